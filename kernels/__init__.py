@@ -1,0 +1,1 @@
+"""CUDA kernel sources (*.cu), installed as minicnn.kernels and compiled at run time by CuPy."""

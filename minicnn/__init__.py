@@ -1,0 +1,22 @@
+"""minicnn: a small CNN engine that reads and runs Caffe nets, written to be read.
+
+    import minicnn
+    net = minicnn.Net("deploy.prototxt", "weights.caffemodel", minicnn.TEST)
+    probs = net.forward(data=batch)["prob"]
+"""
+
+from minicnn import (
+           layers,  # noqa: F401  (registers every layer type)
+           ops,
+)
+from minicnn.blob import Blob
+from minicnn.errors import LayerError, MinicnnError, NetError, PrototxtError, WireFormatError
+from minicnn.layer import LAYERS, Layer, create_layer, register
+from minicnn.net import TEST, TRAIN, Net
+from minicnn.rng import set_random_seed
+
+__version__ = "0.1.0"
+
+__all__ = ["Blob", "Layer", "LAYERS", "Net", "TRAIN", "TEST", "create_layer", "register",
+           "ops", "set_random_seed", "MinicnnError", "PrototxtError", "WireFormatError",
+           "NetError", "LayerError"]

@@ -1,0 +1,5 @@
+import sys
+
+from minicnn.cli import main
+
+sys.exit(main())

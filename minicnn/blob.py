@@ -1,0 +1,159 @@
+"""Blob: an N-d array of values (``data``) and of gradients (``diff``), as in Caffe.
+
+    b = Blob((2, 3, 4, 4))
+    b.data[...] = x            # forward values
+    b.diff                     # d(loss)/d(data), same shape; allocated on first use
+
+Layers read bottom blobs and write top blobs; backward writes the diffs. ``data`` and ``diff`` are
+plain NumPy arrays. They are replaced only by ``reshape`` to a new shape, so code that holds a
+reference to ``blob.data`` keeps seeing the blob's values between reshapes.
+"""
+
+import numpy as np
+
+from minicnn.errors import MinicnnError
+
+
+class Blob:
+    __slots__ = ("_data", "_diff", "_shape", "dtype")
+
+    def __init__(self, shape=(), dtype=np.float32):
+        self.dtype = np.dtype(dtype)
+        self._shape = None
+        self._data = self._diff = None
+        self.reshape(shape)
+
+    @classmethod
+    def from_array(cls, array, dtype=None):
+        array = np.asarray(array)
+        blob = cls(array.shape, dtype or (array.dtype if array.dtype.kind == "f" else np.float32))
+        blob.data[...] = array
+        return blob
+
+    # --- shape ---
+    @property
+    def shape(self):
+        return self._shape
+
+    def reshape(self, *shape):
+        """New shape (ints or one tuple). Contents are kept when the shape does not change."""
+        if len(shape) == 1 and not isinstance(shape[0], (int, np.integer)):
+            shape = shape[0]
+        shape = tuple(int(d) for d in shape)
+        if any(d < 0 for d in shape):
+            raise MinicnnError(f"blob shape {shape} has a negative dimension")
+        if shape != self._shape:
+            self._shape = shape
+            self._data = np.zeros(shape, self.dtype)
+            self._diff = None
+        return self
+
+    def reshape_like(self, other):
+        return self.reshape(other.shape)
+
+    @property
+    def count(self):
+        return int(np.prod(self._shape, dtype=np.int64))
+
+    @property
+    def num_axes(self):
+        return len(self._shape)
+
+    def shape_at(self, axis):
+        return self._shape[self.canonical_axis(axis)]
+
+    def canonical_axis(self, axis):
+        """Caffe's CanonicalAxisIndex: -1 is the last axis; out of range is an error."""
+        n = len(self._shape)
+        if not -n <= axis < n:
+            raise MinicnnError(f"axis {axis} is out of range for a blob of shape {self._shape}")
+        return axis % n if n else 0
+
+    # Caffe's legacy 4-D accessors (pycaffe has them too).
+    num = property(lambda self: self._legacy(0))
+    channels = property(lambda self: self._legacy(1))
+    height = property(lambda self: self._legacy(2))
+    width = property(lambda self: self._legacy(3))
+
+    def _legacy(self, i):
+        if len(self._shape) > 4:
+            raise MinicnnError(f"legacy accessors need at most 4 axes, blob has {self._shape}")
+        return self._shape[i] if i < len(self._shape) else 1
+
+    # --- values ---
+    @property
+    def data(self):
+        return self._data
+
+    @data.setter
+    def data(self, value):
+        self._data[...] = value           # write in place: keeps shared views alive
+
+    @property
+    def diff(self):
+        if self._diff is None:            # inference never touches diffs: allocate lazily
+            self._diff = np.zeros(self._shape, self.dtype)
+        return self._diff
+
+    @diff.setter
+    def diff(self, value):
+        self.diff[...] = value
+
+    def share_data(self, other):
+        """Use ``other``'s data and diff arrays (shared weights), viewed in this blob's shape."""
+        if other.count != self.count:
+            raise MinicnnError(f"cannot share a blob of shape {other.shape} as {self._shape}")
+        self._data = other.data.reshape(self._shape)
+        self._diff = other.diff.reshape(self._shape)
+        self.dtype = other.dtype
+
+    def __repr__(self):
+        return f"Blob(shape={self._shape}, dtype={self.dtype.name})"
+
+
+# --- BlobProto (the message .caffemodel files store blobs in) ----------------------------------
+
+def blob_proto_shape(proto):
+    """The shape a BlobProto declares: legacy num/channels/height/width if any is set."""
+    if any(proto.HasField(f) for f in ("num", "channels", "height", "width")):
+        return (proto.num, proto.channels, proto.height, proto.width)
+    return tuple(proto.shape.dim)
+
+
+def legacy_shape_matches(have, want):
+    """Caffe's rule for old 4-D blobs: shapes align from the end, missing leading axes are 1,
+    so a stored InnerProduct weight (1, 1, N, K) fits an (N, K) blob."""
+    n = max(len(have), len(want))
+    return (1,) * (n - len(have)) + tuple(have) == (1,) * (n - len(want)) + tuple(want)
+
+
+def blob_proto_to_array(proto, diff=False):
+    """A BlobProto's data (or diff) as an array of its declared shape (float32 or float64)."""
+    shape = blob_proto_shape(proto)
+    single, double = (proto.diff, proto.double_diff) if diff else (proto.data, proto.double_data)
+    values = double if len(double) else single
+    count = int(np.prod(shape, dtype=np.int64))
+    if len(values) != count:
+        what = "diff" if diff else "data"
+        raise MinicnnError(f"blob of shape {shape} holds {len(values)} {what} values, "
+                           f"expected {count}")
+    return values.reshape(shape)
+
+
+def array_to_blob_proto(data, diff=None):
+    """A BlobProto holding ``data`` (and ``diff``): float32 arrays go to data, float64 to
+    double_data, as Caffe's Blob<float>/Blob<double>::ToProto write them."""
+    from minicnn.proto.caffe_pb2 import BlobProto
+    data = np.asarray(data)
+    proto = BlobProto()
+    proto.shape.dim.extend(data.shape)
+    proto.shape._touch()
+    if data.dtype == np.float64:
+        proto.double_data = data.reshape(-1)
+        if diff is not None:
+            proto.double_diff = np.asarray(diff).reshape(-1)
+    else:
+        proto.data = data.reshape(-1)
+        if diff is not None:
+            proto.diff = np.asarray(diff).reshape(-1)
+    return proto

@@ -1,0 +1,42 @@
+"""The error types minicnn raises on bad input.
+
+Every error a user can cause with a file or a net definition is a ``MinicnnError``. Each one says
+where the problem is: a prototxt error names file:line:column and the field, a caffemodel error the
+byte offset and the message being read, a net error the layer, its bottoms and their shapes.
+"""
+
+
+class MinicnnError(Exception):
+    """Base class of every error minicnn raises on bad input."""
+
+
+class PrototxtError(MinicnnError, ValueError):
+    """A text-format (prototxt) file that does not parse.
+
+    Attributes ``path``, ``line`` and ``column`` (1-based) locate the problem.
+    """
+
+    def __init__(self, message, path="<string>", line=0, column=0):
+        self.path, self.line, self.column, self.reason = path, line, column, message
+        where = f"{path}:{line}:{column}" if line else path      # line 0: the file as a whole
+        super().__init__(f"{where}: {message}")
+
+
+class WireFormatError(MinicnnError, ValueError):
+    """A binary protobuf file (.caffemodel, .binaryproto, .solverstate) that does not decode.
+
+    Attributes ``path``, ``offset`` (absolute byte offset) and ``context`` (the message being read).
+    """
+
+    def __init__(self, message, path="<bytes>", offset=0, context=""):
+        self.path, self.offset, self.context, self.reason = path, offset, context, message
+        where = f" while reading {context}" if context else ""
+        super().__init__(f"{path}: byte {offset}{where}: {message}")
+
+
+class NetError(MinicnnError, ValueError):
+    """A net that cannot be built or run: bad wiring, wrong shapes, unknown layer types."""
+
+
+class LayerError(NetError):
+    """A layer whose parameters or input shapes are invalid; the Net adds its name and bottoms."""

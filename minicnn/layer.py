@@ -1,0 +1,262 @@
+"""Layer: Caffe's layer protocol in Python, and the registry of layer types.
+
+A layer turns bottom blobs into top blobs (``forward``) and top diffs into bottom diffs and
+parameter diffs (``backward``). Subclasses override four methods, as in Caffe:
+
+    layer_setup(bottom, top)                  read parameters, create self.blobs (once)
+    reshape(bottom, top)                      give the tops their shapes (every new input shape)
+    forward(bottom, top)                      top[i].data from bottom[j].data
+    backward(top, propagate_down, bottom)     bottom[j].diff (assigned) and blobs[k].diff (added)
+
+Bottom diffs are *assigned*, parameter diffs are *accumulated*: only a solver (or you) zeroes
+parameter diffs. A layer only unpacks blobs and parameters and calls the pure functions in
+``minicnn.ops``, where the math is.
+
+A layer also works on its own, built from the keyword fields of its prototxt block:
+
+    conv = ConvolutionLayer(num_output=8, kernel_size=3, weight_filler={"type": "xavier"})
+    y = conv(x)                          # NumPy in, NumPy out
+    dx = conv.backprop(dy)               # dL/dx; dL/dW is now in conv.blobs[0].diff
+"""
+
+import numpy as np
+
+from minicnn.blob import Blob, blob_proto_to_array, legacy_shape_matches
+from minicnn.errors import LayerError, NetError
+from minicnn.fillers import fill
+from minicnn.proto.caffe_pb2 import FillerParameter, LayerParameter
+from minicnn.rng import get_rng
+
+LAYERS = {}                      # Caffe type name -> Layer subclass
+
+
+def register(type_name, *aliases):
+    """Class decorator: make a Layer subclass the implementation of Caffe type ``type_name``."""
+    def decorate(cls):
+        for name in (type_name, *aliases):
+            if name in LAYERS:
+                raise ValueError(f"layer type '{name}' is registered twice")
+            LAYERS[name] = cls
+        cls.type = type_name
+        return cls
+    return decorate
+
+
+def layer_class(type_name):
+    cls = LAYERS.get(type_name)
+    if cls is None:
+        raise NetError(f"unknown layer type '{type_name}'; minicnn supports: "
+                       f"{', '.join(sorted(LAYERS))}")
+    return cls
+
+
+def create_layer(param, phase=None):
+    """The layer for a LayerParameter, by its type (Caffe's LayerRegistry::CreateLayer)."""
+    return layer_class(param.type)(param, phase=phase)
+
+
+class Layer:
+    type = None                  # set by @register
+    param_field = None           # the layer's own parameter message, e.g. "convolution_param"
+
+    # Blob counts (None = no constraint), as Caffe's ExactNumBottomBlobs() and friends.
+    exact_num_bottom = min_num_bottom = max_num_bottom = None
+    exact_num_top = min_num_top = max_num_top = None
+    is_loss = False              # top[0] gets loss_weight 1 unless the prototxt says otherwise
+
+    def __init__(self, layer_param=None, phase=None, **fields):
+        param = layer_param
+        if param is None:
+            param = LayerParameter(type=self.type or "")
+        elif not isinstance(param, LayerParameter):
+            raise TypeError("layer_param must be a LayerParameter; pass prototxt fields as "
+                            "keywords")
+        self.param = param                   # the LayerParameter (Caffe's layer_param_)
+        self._set_fields(fields)
+        if not param.HasField("name"):
+            param.name = self.type or type(self).__name__
+        if phase is not None:
+            param.phase = phase
+        self.blobs = [self._blob_from_proto(b) for b in param.blobs]   # weights in the message
+        self.param_propagate_down = []
+        self.loss_weights = []
+        self._rng = None                 # None: the global generator (minicnn.rng)
+        self.dtype = None
+        self._standalone = None          # (bottom blobs, top blobs) when driven by arrays
+
+    def _set_fields(self, fields):
+        own = getattr(self.param, self.param_field) if self.param_field else None
+        for name, value in fields.items():
+            if own is not None and name in type(own).DESCRIPTOR.fields_by_name:
+                target = own
+            elif name in LayerParameter.DESCRIPTOR.fields_by_name:
+                target = self.param
+            else:
+                where = f"{self.param_field} or LayerParameter" if own is not None \
+                    else "LayerParameter"
+                raise TypeError(f"{type(self).__name__}: '{name}' is not a field of {where}")
+            field = type(target).DESCRIPTOR.fields_by_name[name]
+            if field.repeated and not field.array and (
+                    isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__")):
+                value = [value]                   # kernel_size=3 means kernel_size: 3 once
+            setattr(target, name, value)
+
+    @property
+    def rng(self):
+        return self._rng if self._rng is not None else get_rng()
+
+    @rng.setter
+    def rng(self, generator):
+        self._rng = generator
+
+    @property
+    def name(self):
+        return self.param.name
+
+    @property
+    def phase(self):
+        return self.param.phase
+
+    @property
+    def type_param(self):
+        """The parameter message of this layer type (e.g. its ConvolutionParameter)."""
+        return getattr(self.param, self.param_field)
+
+    def __repr__(self):
+        return f"<{type(self).__name__} '{self.name}'>"
+
+    # --- the protocol subclasses implement ---
+    def layer_setup(self, bottom, top):
+        pass
+
+    def reshape(self, bottom, top):
+        raise NotImplementedError(f"{type(self).__name__} must implement reshape")
+
+    def forward(self, bottom, top):
+        raise NotImplementedError(f"{type(self).__name__} must implement forward")
+
+    def backward(self, top, propagate_down, bottom):
+        if any(propagate_down):
+            raise LayerError(f"layer '{self.name}' ({self.type}) has no backward")
+
+    def canonical_axis(self, blob, axis, field="axis"):
+        """Caffe's CanonicalAxisIndex for a bottom: -1 is the last axis; out of range is a
+        LayerError naming the parameter."""
+        n = len(blob.shape)
+        if not -n <= axis < n:
+            raise LayerError(f"{field} {axis} is out of range for a bottom of shape {blob.shape} "
+                             f"({n} axes)")
+        return axis % n if n else 0
+
+    def default_num_tops(self):
+        """How many tops the layer gets when used without a Net: as many as the LayerParameter
+        names, else the number it requires (Caffe's AutoTopBlobs)."""
+        if self.param.top:
+            return len(self.param.top)
+        if self.exact_num_top is not None:
+            return self.exact_num_top
+        return self.min_num_top if self.min_num_top is not None else 1
+
+    def allow_force_backward(self, bottom_index):
+        """Whether force_backward may ask this layer for a diff of bottom ``bottom_index``."""
+        return True
+
+    # --- setup, as Caffe's Layer::SetUp ---
+    def setup(self, bottom, top):
+        self._check_blob_counts(bottom, top)
+        if bottom:
+            self.dtype = bottom[0].dtype
+        elif self.dtype is None:
+            self.dtype = top[0].dtype if top else np.dtype(np.float32)
+        self.layer_setup(bottom, top)
+        self.reshape(bottom, top)
+        self._set_loss_weights(top)
+        while len(self.param_propagate_down) < len(self.blobs):
+            self.param_propagate_down.append(True)
+
+    def _check_blob_counts(self, bottom, top):
+        for kind, blobs, exact, lo, hi in (
+                ("bottom", bottom, self.exact_num_bottom, self.min_num_bottom, self.max_num_bottom),
+                ("top", top, self.exact_num_top, self.min_num_top, self.max_num_top)):
+            n = len(blobs)
+            if exact is not None and n != exact:
+                raise LayerError(f"{self.type} takes exactly {exact} {kind} blob(s), got {n}")
+            if lo is not None and n < lo:
+                raise LayerError(f"{self.type} takes at least {lo} {kind} blob(s), got {n}")
+            if hi is not None and n > hi:
+                raise LayerError(f"{self.type} takes at most {hi} {kind} blob(s), got {n}")
+
+    def _set_loss_weights(self, top):
+        weights = list(self.param.loss_weight)
+        if not weights and self.is_loss and top:
+            weights = [1.0]
+        if len(weights) > len(top):
+            raise LayerError(f"{len(weights)} loss_weight values for {len(top)} top blob(s)")
+        self.loss_weights = weights + [0.0] * (len(top) - len(weights))
+
+    def loss_weight(self, top_index):
+        return self.loss_weights[top_index] if top_index < len(self.loss_weights) else 0.0
+
+    # --- parameters ---
+    def init_param(self, index, shape, filler=None, what="weights"):
+        """Make sure blobs[index] exists with ``shape``: filled by ``filler`` if new, checked if
+        loaded from a model. Call in order (index 0, 1, ...) from layer_setup."""
+        shape = tuple(int(d) for d in shape)
+        if index < len(self.blobs):
+            blob = self.blobs[index]
+            if blob.shape != shape and not legacy_shape_matches(blob.shape, shape):
+                raise LayerError(f"{what} (blob {index}) should have shape {shape}, but the "
+                                 f"given one has shape {blob.shape}")
+            if blob.shape != shape or blob.dtype != self.dtype:
+                self.blobs[index] = Blob.from_array(blob.data.reshape(shape), self.dtype)
+            return self.blobs[index]
+        if index != len(self.blobs):
+            raise AssertionError("init_param must be called in blob order")
+        if filler is None:
+            filler = FillerParameter()                  # Caffe's default: constant 0
+        blob = Blob(shape, self.dtype)
+        blob.data[...] = fill(filler, shape, self.dtype, self.rng)
+        self.blobs.append(blob)
+        return blob
+
+    def _blob_from_proto(self, proto):
+        return Blob.from_array(blob_proto_to_array(proto))
+
+    # --- standalone use on arrays ---
+    def __call__(self, *arrays):
+        """Forward on NumPy arrays: sets the layer up on first use; returns top data
+        (one array, or a tuple for several tops)."""
+        bottom = [Blob.from_array(a) for a in arrays]
+        if self._standalone is None:
+            top = [Blob((), bottom[0].dtype if bottom else np.float32)
+                   for _ in range(self.default_num_tops())]
+            self.setup(bottom, top)
+        else:
+            old_bottom, top = self._standalone
+            if [b.shape for b in bottom] != [b.shape for b in old_bottom]:
+                self.reshape(bottom, top)
+        self._standalone = (bottom, top)
+        self.forward(bottom, top)
+        return top[0].data if len(top) == 1 else tuple(t.data for t in top)
+
+    def backprop(self, *top_diffs):
+        """Backward after ``__call__``: takes d(loss)/d(top) for each top (none for a loss layer:
+        its loss_weight is used) and returns d(loss)/d(bottom) (None where not computed)."""
+        if self._standalone is None:
+            raise LayerError(f"call the layer on inputs before backprop ({self.name})")
+        bottom, top = self._standalone
+        if top_diffs and len(top_diffs) != len(top):
+            raise LayerError(f"{self.name} has {len(top)} top(s) but {len(top_diffs)} diffs given")
+        for i, t in enumerate(top):
+            if top_diffs:
+                diff = np.asarray(top_diffs[i], dtype=t.dtype)
+                if diff.shape != t.shape:
+                    raise LayerError(f"diff for top {i} has shape {diff.shape}, "
+                                     f"top has shape {t.shape}")
+                t.diff[...] = diff
+            else:
+                t.diff[...] = self.loss_weight(i)
+        propagate_down = [self.allow_force_backward(i) for i in range(len(bottom))]
+        self.backward(top, propagate_down, bottom)
+        diffs = [b.diff if down else None for b, down in zip(bottom, propagate_down)]
+        return diffs[0] if len(diffs) == 1 else tuple(diffs)

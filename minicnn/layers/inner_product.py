@@ -1,0 +1,68 @@
+"""The fully connected layer: InnerProduct."""
+
+import math
+
+from minicnn import ops
+from minicnn.errors import LayerError
+from minicnn.layer import Layer, register
+
+
+@register("InnerProduct")
+class InnerProductLayer(Layer):
+    """Caffe `InnerProduct`: y = x W^T + b, with x flattened from `axis` on into K features.
+
+    blobs[0]: weights (num_output, K), or (K, num_output) with transpose: true;
+    blobs[1]: bias (num_output,) when bias_term. The top has shape
+    bottom.shape[:axis] + (num_output,). K is fixed at setup: a later input must keep it."""
+    param_field = "inner_product_param"
+    exact_num_bottom = exact_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        p = self.param.inner_product_param
+        if p.num_output < 1:
+            raise LayerError(f"inner_product_param.num_output must be at least 1, "
+                             f"got {p.num_output}")
+        self.num_output, self.bias_term, self.transpose = p.num_output, p.bias_term, p.transpose
+        axis = self._axis(bottom[0])
+        self.K = math.prod(bottom[0].shape[axis:])
+        n_blobs = 2 if self.bias_term else 1
+        if len(self.blobs) > n_blobs:
+            raise LayerError(f"{len(self.blobs)} parameter blobs given, but an InnerProduct with "
+                             f"bias_term {str(self.bias_term).lower()} has {n_blobs}")
+        shape = (self.K, self.num_output) if self.transpose else (self.num_output, self.K)
+        self.init_param(0, shape, p.weight_filler, "weights")
+        if self.bias_term:
+            self.init_param(1, (self.num_output,), p.bias_filler, "bias")
+
+    def _axis(self, blob):
+        return self.canonical_axis(blob, self.param.inner_product_param.axis,
+                                   "inner_product_param.axis")
+
+    def reshape(self, bottom, top):
+        axis = self._axis(bottom[0])
+        k = math.prod(bottom[0].shape[axis:])
+        if k != self.K:
+            raise LayerError(f"input of shape {bottom[0].shape} has K = {k} values per item from "
+                             f"axis {axis} on, but the weights were set up for K = {self.K}")
+        self.axis = axis
+        top[0].reshape(bottom[0].shape[:axis] + (self.num_output,))
+
+    def forward(self, bottom, top):
+        b = self.blobs[1].data if self.bias_term else None
+        top[0].data[...] = ops.inner_product_forward(bottom[0].data, self.blobs[0].data, b,
+                                                     axis=self.axis, transpose=self.transpose)
+
+    def backward(self, top, propagate_down, bottom):
+        need_dw = self.param_propagate_down[0]
+        need_db = self.bias_term and self.param_propagate_down[1]
+        if not (propagate_down[0] or need_dw or need_db):
+            return
+        dx, dw, db = ops.inner_product_backward(
+            top[0].diff, bottom[0].data, self.blobs[0].data, axis=self.axis,
+            transpose=self.transpose, need_dx=propagate_down[0], need_dw=need_dw, need_db=need_db)
+        if need_dw:
+            self.blobs[0].diff += dw                       # I1: parameter diffs accumulate
+        if need_db:
+            self.blobs[1].diff += db
+        if propagate_down[0]:
+            bottom[0].diff[...] = dx                       # I1: bottom diffs are assigned

@@ -1,0 +1,134 @@
+"""Layers that score predictions against labels: SoftmaxWithLoss (a loss) and Accuracy."""
+
+import numpy as np
+
+from minicnn import ops
+from minicnn.errors import LayerError
+from minicnn.layer import Layer, register
+from minicnn.ops.softmax import find_bad_label, resolve_normalization, split_shape
+
+
+def _check_label_count(scores, labels, axis):
+    outer, _, inner = split_shape(scores.shape, axis)
+    if labels.count != outer * inner:
+        raise LayerError(
+            f"{labels.count} labels (shape {labels.shape}) do not match the predictions (shape "
+            f"{scores.shape}): with the class axis {axis}, there must be one label per "
+            f"position, {outer} x {inner} = {outer * inner} (e.g. N x H x W labels for "
+            "N x C x H x W predictions)")
+
+
+def _check_label_values(labels, num_classes, ignore_label):
+    bad = find_bad_label(labels, num_classes, ignore_label)
+    if bad is not None:
+        index, value = bad
+        where = tuple(int(i) for i in np.unravel_index(index, labels.shape)) if labels.shape \
+            else ()
+        also = f" or the ignore_label {ignore_label}" if ignore_label is not None else ""
+        raise LayerError(f"label {value:g} at index {where} of the labels (shape {labels.shape}) "
+                         f"is not a class: labels must be integers in [0, {num_classes}){also}")
+
+
+def _ignore_label(message):
+    return message.ignore_label if message.HasField("ignore_label") else None
+
+
+@register("SoftmaxWithLoss")
+class SoftmaxWithLossLayer(Layer):
+    """Caffe `SoftmaxWithLoss`: the mean negative log-probability of the labelled class.
+
+    bottom[0]: scores with classes along softmax_param.axis (default 1); bottom[1]: labels, one
+    per other position (N for N x C; N x H x W or N x 1 x H x W for N x C x H x W).
+    top[0]: the loss, shape (); an optional top[1]: the probabilities (its diff is not used).
+    loss_param: ignore_label, normalization (FULL, VALID (default), BATCH_SIZE, NONE) or the
+    deprecated normalize. The gradient is scaled by top[0].diff, where the Net puts the
+    loss_weight (1 by default)."""
+    param_field = "loss_param"
+    exact_num_bottom = 2
+    min_num_top, max_num_top = 1, 2
+    is_loss = True
+
+    def layer_setup(self, bottom, top):
+        p = self.param.loss_param
+        self.ignore_label = _ignore_label(p)
+        self.normalization = resolve_normalization(
+            p.normalization if p.HasField("normalization") else None,
+            p.normalize if p.HasField("normalize") else None)
+
+    def reshape(self, bottom, top):
+        scores, labels = bottom
+        self.axis = self.canonical_axis(scores, self.param.softmax_param.axis, "softmax_param.axis")
+        if scores.shape[:1] != labels.shape[:1]:        # Caffe's LossLayer check
+            raise LayerError(f"the predictions (shape {scores.shape}) and the labels (shape "
+                             f"{labels.shape}) must have the same first dimension")
+        _check_label_count(scores, labels, self.axis)
+        self.num_classes = scores.shape[self.axis]
+        top[0].reshape(())
+        if len(top) > 1:
+            top[1].reshape(scores.shape)
+
+    def forward(self, bottom, top):
+        scores, labels = bottom
+        _check_label_values(labels.data, self.num_classes, self.ignore_label)
+        loss, self.prob = ops.softmax_loss_forward(
+            scores.data, labels.data, axis=self.axis, ignore_label=self.ignore_label,
+            normalization=self.normalization)
+        top[0].data[...] = loss
+        if len(top) > 1:
+            top[1].data[...] = self.prob
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[1]:
+            raise LayerError("SoftmaxWithLoss cannot backpropagate to labels (bottom 1); "
+                             "set propagate_down: false for them")
+        if propagate_down[0]:
+            bottom[0].diff[...] = ops.softmax_loss_backward(
+                self.prob, bottom[1].data, axis=self.axis, ignore_label=self.ignore_label,
+                normalization=self.normalization, loss_weight=float(top[0].diff))
+
+    def allow_force_backward(self, bottom_index):
+        return bottom_index != 1                           # labels have no gradient
+
+
+@register("Accuracy")
+class AccuracyLayer(Layer):
+    """Caffe `Accuracy`: the fraction of positions whose label is among the top_k scores.
+
+    A position counts as correct when fewer than top_k *other* classes score >= the labelled
+    one, so ties count against it. Positions labelled ignore_label are left out. top[0]: the
+    accuracy, shape (); an optional top[1]: per-class accuracy, shape (C,), 0 for classes
+    that do not occur. No backward."""
+    param_field = "accuracy_param"
+    exact_num_bottom = 2
+    min_num_top, max_num_top = 1, 2
+
+    def layer_setup(self, bottom, top):
+        p = self.param.accuracy_param
+        self.top_k, self.ignore_label = p.top_k, _ignore_label(p)
+
+    def reshape(self, bottom, top):
+        scores, labels = bottom
+        self.axis = self.canonical_axis(scores, self.param.accuracy_param.axis,
+                                        "accuracy_param.axis")
+        self.num_classes = scores.shape[self.axis]
+        if self.top_k > self.num_classes:
+            raise LayerError(f"accuracy_param.top_k = {self.top_k} is more than the "
+                             f"{self.num_classes} classes along axis {self.axis} of the "
+                             f"predictions (shape {scores.shape})")
+        _check_label_count(scores, labels, self.axis)
+        top[0].reshape(())
+        if len(top) > 1:
+            top[1].reshape((self.num_classes,))
+
+    def forward(self, bottom, top):
+        scores, labels = bottom
+        _check_label_values(labels.data, self.num_classes, self.ignore_label)
+        accuracy, per_class = ops.accuracy_forward(
+            scores.data, labels.data, axis=self.axis, top_k=self.top_k,
+            ignore_label=self.ignore_label)
+        top[0].data[...] = accuracy
+        if len(top) > 1:
+            top[1].data[...] = per_class
+
+    def allow_force_backward(self, bottom_index):
+        return False

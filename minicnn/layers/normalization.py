@@ -1,0 +1,148 @@
+"""Normalization layers: BatchNorm (statistics only) and Scale (the learned gamma and beta that
+Caffe nets put after it)."""
+
+from minicnn import ops
+from minicnn.errors import LayerError
+from minicnn.layer import Layer, register
+from minicnn.proto.caffe_pb2 import FillerParameter
+
+
+@register("BatchNorm")
+class BatchNormLayer(Layer):
+    """Caffe `BatchNorm`: y = (x - mean) / sqrt(var + eps) per channel (axis 1).
+
+    blobs: [0] running sum of means (C,), [1] running sum of unbiased variances (C,), [2] the
+    scale factor (1,) that both are divided by. They are statistics, not parameters: their
+    lr_mult is 0 and their diffs stay 0. use_global_stats unset means batch statistics in TRAIN
+    and the stored ones in TEST. Safe in place: forward keeps y and sqrt(var + eps) for
+    backward."""
+    param_field = "batch_norm_param"
+    exact_num_bottom = exact_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        p = self.param.batch_norm_param
+        self.use_global_stats = p.use_global_stats if p.HasField("use_global_stats") \
+            else self.phase == "TEST"
+        self.moving_average_fraction = p.moving_average_fraction
+        self.eps = p.eps
+        shape = bottom[0].shape
+        if len(shape) == 0:
+            raise LayerError("BatchNorm needs a bottom with at least one axis, got shape ()")
+        self.channels = shape[1] if len(shape) > 1 else 1          # Caffe: 1-D input is 1 channel
+        for k, (blob_shape, what) in enumerate((((self.channels,), "mean sums"),
+                                                ((self.channels,), "variance sums"),
+                                                ((1,), "scale factor"))):
+            self.init_param(k, blob_shape, what=what)
+        # Caffe masks the statistics from the solver: missing specs get lr_mult 0, others must
+        # already say 0 (the Net reads these after setup).
+        specs = self.param.param
+        for k in range(len(self.blobs)):
+            if k == len(specs):
+                specs.add(lr_mult=0)
+            elif specs[k].lr_mult != 0:
+                raise LayerError("cannot configure batch normalization statistics as layer "
+                                 f"parameters: param {k} has lr_mult {specs[k].lr_mult:g}, "
+                                 "it must be 0")
+        self._y = self._std = None
+
+    def reshape(self, bottom, top):
+        shape = bottom[0].shape
+        channels = shape[1] if len(shape) > 1 else 1
+        if channels != self.channels:
+            raise LayerError(f"BatchNorm was set up for {self.channels} channels, but the bottom "
+                             f"now has shape {shape} ({channels} channels)")
+        top[0].reshape(shape)
+
+    def forward(self, bottom, top):
+        x = bottom[0].data
+        mean_acc, var_acc, factor = (b.data for b in self.blobs)
+        if self.use_global_stats:
+            mean, var = ops.batch_norm_global_stats(mean_acc, var_acc, factor)
+            y, _, _, std = ops.batch_norm_forward(x, self.eps, mean, var)
+        else:
+            y, mean, var, std = ops.batch_norm_forward(x, self.eps)
+            m = x.size // self.channels
+            new = ops.batch_norm_update_stats(mean_acc, var_acc, factor, mean, var, m,
+                                              self.moving_average_fraction)
+            for blob, value in zip(self.blobs, new):
+                blob.data[...] = value              # in place: shared weights see the update
+        self._y, self._std = y, std                 # top may be bottom: x is gone after this
+        top[0].data[...] = y
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            bottom[0].diff[...] = ops.batch_norm_backward(top[0].diff, self._y, self._std,
+                                                          self.use_global_stats)
+
+
+@register("Scale")
+class ScaleLayer(Layer):
+    """Caffe `Scale`: y = x * scale (+ bias), scale broadcast along axes axis .. axis+num_axes.
+
+    One bottom: scale is blobs[0] (shape bottom.shape[axis : axis + num_axes], num_axes -1 = to
+    the end, 0 = a scalar; filler default constant 1). Two bottoms: scale is bottom[1]. With
+    bias_term a learned bias of the scale's shape follows (blobs[1], or blobs[0] with two
+    bottoms; bias_filler default constant 0). Safe in place: forward keeps a copy of x."""
+    param_field = "scale_param"
+    min_num_bottom, max_num_bottom = 1, 2
+    exact_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        p = self.param.scale_param
+        x_shape = bottom[0].shape
+        self.scale_is_param = len(bottom) == 1
+        if self.scale_is_param:
+            axis = self.canonical_axis(bottom[0], p.axis)
+            if p.num_axes < -1:
+                raise LayerError(f"scale_param num_axes must be >= 0, or -1 to extend to the end "
+                                 f"of bottom[0]; got {p.num_axes}")
+            end = len(x_shape) if p.num_axes == -1 else axis + p.num_axes
+            if end > len(x_shape):
+                raise LayerError(f"the scale's shape extends past bottom[0]'s shape {x_shape}: "
+                                 f"axis {axis} + num_axes {p.num_axes} > {len(x_shape)} axes")
+            filler = p.filler if p.HasField("filler") else FillerParameter(type="constant",
+                                                                            value=1)
+            scale_shape = self.init_param(0, x_shape[axis:end], filler, what="scale").shape
+        else:
+            scale_shape = bottom[1].shape
+        self.bias_term = p.bias_term
+        self.bias_index = len(self.blobs) if self.scale_is_param else 0
+        if self.bias_term:
+            self.init_param(self.bias_index, scale_shape, p.bias_filler, what="bias")
+        self._x = None
+
+    def _scale_blob(self, bottom):
+        return self.blobs[0] if self.scale_is_param else bottom[1]
+
+    def reshape(self, bottom, top):
+        x_shape, scale_shape = bottom[0].shape, self._scale_blob(bottom).shape
+        # a scalar scale multiplies everything, whatever the axis (Caffe sets axis 0)
+        self.axis = 0 if len(scale_shape) == 0 else \
+            self.canonical_axis(bottom[0], self.param.scale_param.axis)
+        covered = x_shape[self.axis:self.axis + len(scale_shape)]
+        if covered != scale_shape:
+            raise LayerError(f"scale of shape {scale_shape} does not match bottom[0] of shape "
+                             f"{x_shape} at axis {self.axis} (dims there: {covered})")
+        top[0].reshape(x_shape)
+
+    def forward(self, bottom, top):
+        x = bottom[0].data
+        # Caffe's in-place Scale keeps x too: backward needs it for dscale
+        self._x = x.copy() if bottom[0] is top[0] else None
+        bias = self.blobs[self.bias_index].data if self.bias_term else None
+        top[0].data[...] = ops.scale_forward(x, self._scale_blob(bottom).data, bias, self.axis)
+
+    def backward(self, top, propagate_down, bottom):
+        x = self._x if self._x is not None else bottom[0].data
+        scale = self._scale_blob(bottom)
+        dx, dscale, dbias = ops.scale_backward(top[0].diff, x, scale.data, self.axis,
+                                               self.bias_term)
+        if self.bias_term and self.param_propagate_down[self.bias_index]:
+            self.blobs[self.bias_index].diff += dbias                  # I1: params accumulate
+        if self.scale_is_param:
+            if self.param_propagate_down[0]:
+                scale.diff += dscale
+        elif len(propagate_down) > 1 and propagate_down[1]:
+            scale.diff[...] = dscale                                   # a bottom: assigned
+        if propagate_down[0]:
+            bottom[0].diff[...] = dx

@@ -1,0 +1,65 @@
+"""Pooling layers: Caffe's `Pooling` (MAX, AVE; global_pooling; CEIL or FLOOR rounding)."""
+
+from minicnn import ops
+from minicnn.errors import LayerError
+from minicnn.layer import Layer, register
+from minicnn.ops.pool import PoolGeometry
+
+# PoolingParameter fields whose presence matters (Caffe's has_*() checks), passed on only if set
+_GEOMETRY_FIELDS = ("kernel_size", "kernel_h", "kernel_w", "stride", "stride_h", "stride_w",
+                    "pad", "pad_h", "pad_w")
+
+
+@register("Pooling")
+class PoolingLayer(Layer):
+    """Caffe `Pooling`: bottom (N, C, H, W) -> top (N, C, oh, ow).
+
+    MAX may have a second top, the mask: the argmax of each window as a float flat index
+    h * W + w into its input plane (-1 for a window with no input pixel), as Caffe writes it.
+    STOCHASTIC is refused: Caffe itself only has it on the GPU."""
+    param_field = "pooling_param"
+    exact_num_bottom = 1
+    min_num_top, max_num_top = 1, 2
+
+    def layer_setup(self, bottom, top):
+        p = self.param.pooling_param
+        if p.pool == "STOCHASTIC":
+            raise LayerError("STOCHASTIC pooling is not supported (Caffe has no CPU version "
+                             "of it); use MAX or AVE")
+        if len(top) > 1 and p.pool != "MAX":
+            raise LayerError(f"only MAX pooling has a mask top; {p.pool} pooling takes 1 top, "
+                             f"got {len(top)}")
+        if any(t is bottom[0] for t in top):
+            raise LayerError("Pooling does not allow in-place computation")
+        self.pool = p.pool
+        given = {f: getattr(p, f) for f in _GEOMETRY_FIELDS if p.HasField(f)}
+        self.geom = PoolGeometry.from_fields(**given, global_pooling=p.global_pooling,
+                                             round_mode=p.round_mode)
+        self.mask = None
+
+    def reshape(self, bottom, top):
+        if len(bottom[0].shape) != 4:
+            raise LayerError(f"Pooling needs a 4-axis (N, C, H, W) input, got shape "
+                             f"{bottom[0].shape}")
+        n, c, h, w = bottom[0].shape
+        shape = (n, c, *self.geom.out_hw(h, w))
+        for t in top:                                       # the mask top has y's shape
+            t.reshape(shape)
+
+    def forward(self, bottom, top):
+        x = bottom[0].data
+        if self.pool == "MAX":
+            top[0].data[...], self.mask = ops.max_pool2d_forward(x, geom=self.geom)
+            if len(top) > 1:
+                top[1].data[...] = self.mask                # float indices, like Caffe
+        else:
+            top[0].data[...] = ops.ave_pool2d_forward(x, geom=self.geom)
+
+    def backward(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        if self.pool == "MAX":     # the mask top has no gradient: it is piecewise constant
+            dx = ops.max_pool2d_backward(top[0].diff, self.mask, bottom[0].shape)
+        else:
+            dx = ops.ave_pool2d_backward(top[0].diff, bottom[0].shape, geom=self.geom)
+        bottom[0].diff[...] = dx

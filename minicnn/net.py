@@ -1,0 +1,558 @@
+"""Net: a graph of layers wired by blob names, built from a NetParameter as Caffe builds it.
+
+    net = minicnn.Net("deploy.prototxt", "weights.caffemodel", minicnn.TEST)
+    out = net.forward(data=images)            # {output name: array}
+    net.blobs["conv1"].data, net.params["conv1"][0].diff
+
+Building a net, in Caffe's order:
+ 1. upgrade old formats (V1 ``layers``, ``input:`` fields) and keep the layers whose
+    include/exclude rules match the net state (phase, level, stages);
+ 2. insert a Split layer wherever one blob feeds several layers: each consumer gets its own copy
+    of the diff, and the Split's backward sums them (so no layer ever accumulates into a bottom);
+ 3. create each layer from the registry by type, connect its bottoms and tops (a top with the
+    same name as the bottom at its index is in place), and set it up, which infers shapes;
+ 4. share parameter blobs that have the same ``param { name }``;
+ 5. decide which layers need backward: those between a loss and a parameter with lr_mult != 0
+    (or everything, with force_backward), minus bottoms switched off by propagate_down.
+"""
+
+import os
+import warnings
+from collections import OrderedDict, defaultdict
+
+import numpy as np
+
+from minicnn.blob import (
+    Blob,
+    array_to_blob_proto,
+    blob_proto_shape,
+    blob_proto_to_array,
+    legacy_shape_matches,
+)
+from minicnn.errors import MinicnnError, NetError
+from minicnn.layer import create_layer
+from minicnn.proto import caffe_pb2
+from minicnn.proto.text import read_prototxt
+from minicnn.proto.upgrade import upgrade_net
+from minicnn.proto.wire import read_binary, write_binary
+
+TRAIN, TEST = "TRAIN", "TEST"
+_PHASES = {TRAIN: TRAIN, TEST: TEST, 0: TRAIN, 1: TEST, "train": TRAIN, "test": TEST}
+
+
+def as_phase(phase):
+    if phase not in _PHASES:
+        raise ValueError(f"phase must be minicnn.TRAIN or minicnn.TEST, not {phase!r}")
+    return _PHASES[phase]
+
+
+# --- 1. filtering by net state -----------------------------------------------------------------
+
+def state_meets_rule(state, rule):
+    """Caffe's StateMeetsRule: phase, level range, all stages present, no not_stage present."""
+    if rule.HasField("phase") and rule.phase != state.phase:
+        return False
+    if rule.HasField("min_level") and state.level < rule.min_level:
+        return False
+    if rule.HasField("max_level") and state.level > rule.max_level:
+        return False
+    if any(stage not in state.stage for stage in rule.stage):
+        return False
+    return not any(stage in state.stage for stage in rule.not_stage)
+
+
+def filter_net(net_param, state):
+    """The layers of ``net_param`` that the net ``state`` includes (Caffe's FilterNet)."""
+    out = caffe_pb2.NetParameter()
+    out.MergeFrom(net_param)
+    out.ClearField("layer")
+    for layer in net_param.layer:
+        if layer.include and layer.exclude:
+            raise NetError(f"layer '{layer.name}' has both include and exclude rules; "
+                           "give one or the other")
+        if layer.include:
+            keep = any(state_meets_rule(state, rule) for rule in layer.include)
+        else:
+            keep = not any(state_meets_rule(state, rule) for rule in layer.exclude)
+        if keep:
+            out.layer.append(layer.copy())
+    return out
+
+
+# --- 2. splits ---------------------------------------------------------------------------------
+
+def split_layer_name(layer_name, blob_name, top_index):
+    return f"{blob_name}_{layer_name}_{top_index}_split"
+
+
+def split_blob_name(layer_name, blob_name, top_index, split_index):
+    return f"{blob_name}_{layer_name}_{top_index}_split_{split_index}"
+
+
+def insert_splits(net_param):
+    """A copy of ``net_param`` with Split layers on fan-out (Caffe's InsertSplits).
+
+    A top counts one use per consuming bottom, plus one if it carries a nonzero loss_weight; a
+    top used more than once gets a Split whose tops (named as Caffe names them, e.g.
+    ``data_input_0_split_1``) feed the consumers in order.
+    """
+    layers = list(net_param.layer)
+    last_producer = {}                     # blob name -> (layer index, top index)
+    source = {}                            # (layer index, bottom index) -> producer
+    uses = defaultdict(int)                # producer -> number of consumers
+    loss_weight_of = {}
+    for i, layer in enumerate(layers):
+        for j, name in enumerate(layer.bottom):
+            if name not in last_producer:
+                raise NetError(f"layer '{layer.name}' ({layer.type}): bottom '{name}' is not "
+                               "produced by any layer before it" + _known(last_producer))
+            source[i, j] = last_producer[name]
+            uses[last_producer[name]] += 1
+        for j, name in enumerate(layer.top):
+            last_producer[name] = (i, j)
+        for j, weight in enumerate(list(layer.loss_weight)[:len(layer.top)]):
+            loss_weight_of[i, j] = weight
+            if weight:
+                uses[i, j] += 1
+    out = caffe_pb2.NetParameter()
+    out.MergeFrom(net_param)
+    out.ClearField("layer")
+    next_split = defaultdict(int)
+    for i, layer in enumerate(layers):
+        layer = layer.copy()
+        for j, name in enumerate(layer.bottom):
+            producer = source[i, j]
+            if uses[producer] > 1:
+                layer.bottom[j] = split_blob_name(layers[producer[0]].name, name, producer[1],
+                                                  next_split[producer])
+                next_split[producer] += 1
+        out.layer.append(layer)
+        for j, name in enumerate(layer.top):
+            n_uses = uses[i, j]
+            if n_uses <= 1:
+                continue
+            split = out.layer.add(name=split_layer_name(layer.name, name, j), type="Split",
+                                  bottom=[name])
+            split.top.extend(split_blob_name(layer.name, name, j, k) for k in range(n_uses))
+            weight = loss_weight_of.get((i, j), 0.0)
+            if weight:                     # the first split top carries the loss
+                split.loss_weight.extend([weight] + [0.0] * (n_uses - 1))
+                out.layer[-2].ClearField("loss_weight")
+                next_split[i, j] += 1
+    return out
+
+
+def _known(blobs):
+    names = list(blobs)
+    return f"; known blobs: {', '.join(names)}" if names else "; no blob is produced before it"
+
+
+# --- the Net -----------------------------------------------------------------------------------
+
+class Net:
+    """A Caffe net. ``Net(model, weights=None, phase=TEST)``; pycaffe's positional forms
+    ``Net(model, phase)`` and ``Net(model, weights, phase)`` work too.
+
+    ``model`` is a prototxt path or a NetParameter; ``weights`` a .caffemodel path (copied by
+    layer name, as ``copy_from``). ``level`` and ``stages`` complete the net state. ``dtype``
+    is float32 (Caffe's Net<float>) or float64 (Net<double>, for gradient checks).
+    """
+
+    def __init__(self, model, *args, weights=None, phase=None, level=0, stages=(),
+                 dtype=np.float32):
+        if len(args) == 1:
+            if args[0] in _PHASES and phase is None:
+                phase = args[0]
+            else:
+                weights = args[0]
+        elif len(args) == 2:
+            weights, phase = args
+        elif args:
+            raise TypeError("Net(model, [weights], [phase]) takes at most 3 positional arguments")
+        if isinstance(model, caffe_pb2.NetParameter):
+            param, self.source = model.copy(), "<NetParameter>"
+        else:
+            self.source = os.fspath(model)
+            param = read_prototxt(self.source, "NetParameter")
+        param = upgrade_net(param)
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise ValueError(f"dtype must be float32 or float64, not {self.dtype}")
+
+        state = caffe_pb2.NetState()
+        state.MergeFrom(param.state)
+        state.phase = as_phase(phase if phase is not None else TEST)
+        if level:
+            state.level = level
+        state.stage.extend(s for s in stages if s not in state.stage)
+        self.state = state
+        self.name = param.name
+        self.force_backward = param.force_backward
+        self.net_param = insert_splits(filter_net(param, state))
+        self._build()
+        if weights is not None:
+            self.copy_from(weights)
+
+    @property
+    def phase(self):
+        return self.state.phase
+
+    # --- 3-5. building -----------------------------------------------------------------------
+    def _build(self):
+        self.layers, self._layer_names = [], []
+        self.blobs = OrderedDict()                 # name -> Blob
+        self.bottom_vecs, self.top_vecs = [], []   # per layer: [Blob]
+        self.bottom_names, self.top_names = OrderedDict(), OrderedDict()
+        self.inputs = []
+        blob_need_backward = {}
+        self.layer_need_backward, self.bottom_need_backward = [], []
+        available = []                             # produced, not yet consumed (net outputs)
+        seen_names = set()
+        for layer_param in self.net_param.layer:
+            if not layer_param.HasField("phase"):
+                layer_param.phase = self.phase
+            name, ltype = layer_param.name, layer_param.type
+            if name in seen_names:
+                warnings.warn(f"two layers are named '{name}'; weights are copied by layer name, "
+                              "so only one of them can receive them", stacklevel=3)
+            seen_names.add(name)
+            if layer_param.propagate_down and len(layer_param.propagate_down) != \
+                    len(layer_param.bottom):
+                raise NetError(f"layer '{name}': propagate_down must be given 0 or "
+                               f"{len(layer_param.bottom)} times (once per bottom)")
+            try:
+                layer = create_layer(layer_param)
+            except MinicnnError as e:
+                raise NetError(f"layer '{name}': {e}") from None
+            bottoms, need_backward, bottom_need = [], False, []
+            for j, blob_name in enumerate(layer_param.bottom):
+                if blob_name not in self.blobs:
+                    raise NetError(f"layer '{name}' ({ltype}): unknown bottom blob '{blob_name}'"
+                                   + _known(self.blobs))
+                if blob_name in available:
+                    available.remove(blob_name)
+                bottoms.append(self.blobs[blob_name])
+                need = blob_need_backward[blob_name]
+                if layer_param.propagate_down:
+                    need = layer_param.propagate_down[j]
+                bottom_need.append(need)
+                need_backward |= blob_need_backward[blob_name]
+            tops = []
+            for j, blob_name in enumerate(layer_param.top):
+                in_place = j < len(layer_param.bottom) and layer_param.bottom[j] == blob_name
+                if in_place:
+                    blob = self.blobs[blob_name]
+                elif blob_name in self.blobs:
+                    raise NetError(f"layer '{name}' ({ltype}): top blob '{blob_name}' is already "
+                                   "produced by another layer (tops may only reuse the name of "
+                                   "the bottom at the same index, for in-place computation)")
+                else:
+                    blob = self.blobs[blob_name] = Blob((), self.dtype)
+                    blob_need_backward[blob_name] = False
+                if ltype == "Input":
+                    self.inputs.append(blob_name)
+                tops.append(blob)
+                available.append(blob_name)
+            layer.dtype = self.dtype
+            self._setup_layer(layer, bottoms, tops)
+            for k in range(len(layer.blobs)):
+                spec = layer_param.param[k] if k < len(layer_param.param) else None
+                lr = spec.lr_mult if spec is not None else 1.0
+                layer.param_propagate_down[k] = lr != 0
+                need_backward |= lr != 0
+            self.layers.append(layer)
+            self._layer_names.append(name)
+            self.bottom_vecs.append(bottoms)
+            self.top_vecs.append(tops)
+            self.bottom_names[name] = list(layer_param.bottom)
+            self.top_names[name] = list(layer_param.top)
+            self.layer_need_backward.append(need_backward)
+            self.bottom_need_backward.append(bottom_need)
+            if need_backward:
+                for blob_name in layer_param.top:
+                    blob_need_backward[blob_name] = True
+        self.outputs = sorted(dict.fromkeys(available))   # Caffe keeps them in a std::set
+        self._prune_backward()
+        self._share_params()
+        self.blob_loss_weights = OrderedDict((n, 0.0) for n in self.blobs)
+        for layer, names in zip(self.layers, self.top_names.values()):
+            for j, blob_name in enumerate(names):
+                if layer.loss_weight(j):
+                    self.blob_loss_weights[blob_name] = layer.loss_weight(j)
+
+    def _setup_layer(self, layer, bottoms, tops):
+        try:
+            layer.setup(bottoms, tops)
+        except MinicnnError as e:
+            raise NetError(f"{self._describe(layer, bottoms)}: {e}") from None
+
+    def _describe(self, layer, bottoms):
+        param = layer.param
+        inputs = ", ".join(f"{n} {b.shape}" for n, b in zip(param.bottom, bottoms))
+        return f"layer '{param.name}' ({param.type}" + (f"; bottoms {inputs})" if inputs else ")")
+
+    def _prune_backward(self):
+        """Caffe's rule: a layer needs backward only if it leads to a loss; force_backward asks
+        every layer for every diff it allows."""
+        under_loss, skip_backprop = set(), set()
+        top_lists, bottom_lists = list(self.top_names.values()), list(self.bottom_names.values())
+        for i in reversed(range(len(self.layers))):
+            layer, top_names = self.layers[i], top_lists[i]
+            contributes, skip_down = False, True
+            for j, name in enumerate(top_names):
+                if layer.loss_weight(j) or name in under_loss:
+                    contributes = True
+                if name not in skip_backprop:
+                    skip_down = False
+                if contributes and not skip_down:
+                    break
+            if self.layer_need_backward[i] and skip_down:
+                self.layer_need_backward[i] = False
+                self.bottom_need_backward[i] = [False] * len(self.bottom_need_backward[i])
+            if not contributes:
+                self.layer_need_backward[i] = False
+            for j, name in enumerate(bottom_lists[i]):
+                if contributes:
+                    under_loss.add(name)
+                else:
+                    self.bottom_need_backward[i][j] = False
+                if not self.bottom_need_backward[i][j]:
+                    skip_backprop.add(name)
+        if self.force_backward:
+            for i, layer in enumerate(self.layers):
+                self.layer_need_backward[i] = True
+                self.bottom_need_backward[i] = [
+                    need or layer.allow_force_backward(j)
+                    for j, need in enumerate(self.bottom_need_backward[i])]
+                layer.param_propagate_down = [True] * len(layer.blobs)
+
+    def _share_params(self):
+        """Blobs with the same ``param { name }`` share data and diff with the first owner."""
+        self.learnable_params, self.params_lr, self.params_weight_decay = [], [], []
+        self._param_owner = []                       # per (layer, blob): learnable index
+        has_lr, has_decay, owners = [], [], {}
+        for layer in self.layers:
+            specs = layer.param.param
+            for k, blob in enumerate(layer.blobs):
+                spec = specs[k] if k < len(specs) else caffe_pb2.ParamSpec()
+                pname = spec.name
+                if not pname or pname not in owners:
+                    if pname:
+                        owners[pname] = (layer, k, len(self.learnable_params))
+                    self._param_owner.append(len(self.learnable_params))
+                    self.learnable_params.append(blob)
+                    self.params_lr.append(spec.lr_mult)
+                    self.params_weight_decay.append(spec.decay_mult)
+                    has_lr.append(spec.HasField("lr_mult"))
+                    has_decay.append(spec.HasField("decay_mult"))
+                    continue
+                owner_layer, owner_k, index = owners[pname]
+                owner = owner_layer.blobs[owner_k]
+                permissive = spec.share_mode == "PERMISSIVE"
+                if (owner.count != blob.count) if permissive else (owner.shape != blob.shape):
+                    raise NetError(
+                        f"cannot share param '{pname}' owned by layer '{owner_layer.name}' with "
+                        f"layer '{layer.name}': {'count' if permissive else 'shape'} mismatch "
+                        f"(owner shape {owner.shape}, sharing layer shape {blob.shape})")
+                blob.share_data(owner)
+                self._param_owner.append(index)
+                for attr, has, value in (("lr_mult", has_lr, self.params_lr),
+                                         ("decay_mult", has_decay, self.params_weight_decay)):
+                    if spec.HasField(attr):
+                        if has[index] and getattr(spec, attr) != value[index]:
+                            raise NetError(f"shared param '{pname}' has mismatched {attr} in "
+                                           f"layer '{layer.name}'")
+                        has[index], value[index] = True, getattr(spec, attr)
+
+    # --- pycaffe-style views -----------------------------------------------------------------
+    @property
+    def params(self):
+        """Layer name -> list of its parameter blobs (weights, bias), for layers that have any."""
+        return OrderedDict((layer.name, layer.blobs) for layer in self.layers if layer.blobs)
+
+    @property
+    def layer_dict(self):
+        return OrderedDict(zip(self._layer_names, self.layers))
+
+    @property
+    def layer_names(self):
+        return list(self._layer_names)
+
+    def _layer_index(self, name):
+        try:
+            return self._layer_names.index(name)
+        except ValueError:
+            raise NetError(f"no layer named '{name}'; layers: "
+                           f"{', '.join(self._layer_names)}") from None
+
+    # --- running ------------------------------------------------------------------------------
+    def _set_blobs(self, arrays, field):
+        """Write ``arrays`` ({blob name: array}) into the blobs' data or diff. New shapes are
+        allowed for net inputs' data: those blobs are reshaped and the net with them."""
+        arrays = {name: np.asarray(value) for name, value in arrays.items()}
+        reshaped = False
+        for name, value in arrays.items():
+            if name not in self.blobs:
+                raise NetError(f"no blob named '{name}'; inputs: {', '.join(self.inputs)}; "
+                               f"outputs: {', '.join(self.outputs)}")
+            blob = self.blobs[name]
+            if value.shape == blob.shape:
+                continue
+            if field == "data" and name in self.inputs:
+                blob.reshape(value.shape)
+                reshaped = True
+            else:
+                raise NetError(f"{field} for blob '{name}' has shape {value.shape}, but the blob "
+                               f"has shape {blob.shape}" + (" (only net inputs are reshaped "
+                                                            "automatically)" if field == "data"
+                                                            else ""))
+        if reshaped:
+            self.reshape()
+        for name, value in arrays.items():
+            getattr(self.blobs[name], field)[...] = value
+
+    def forward(self, blobs=None, start=None, end=None, **inputs):
+        """Run forward; returns {name: data} of the net outputs (or of layer ``end``'s tops)
+        plus any names in ``blobs``. Keyword arguments set input blobs first; an input of a new
+        shape reshapes the net. The arrays returned are the blobs' own (as in pycaffe)."""
+        self._set_blobs(inputs, "data")
+        first = self._layer_index(start) if start is not None else 0
+        last = self._layer_index(end) if end is not None else len(self.layers) - 1
+        self.forward_from_to(first, last)
+        names = self.top_names[self._layer_names[last]] if end is not None else self.outputs
+        return {n: self.blobs[n].data for n in list(dict.fromkeys(list(names) + list(blobs or [])))}
+
+    def forward_from_to(self, first=0, last=None):
+        """Run layers first..last (indices); return the loss (sum of loss_weight * top)."""
+        last = len(self.layers) - 1 if last is None else last
+        loss = 0.0
+        for i in range(first, last + 1):
+            layer, bottoms, tops = self.layers[i], self.bottom_vecs[i], self.top_vecs[i]
+            try:
+                layer.forward(bottoms, tops)
+            except MinicnnError as e:
+                raise NetError(f"{self._describe(layer, bottoms)}: {e}") from None
+            for j, top in enumerate(tops):
+                weight = layer.loss_weight(j)
+                if weight:
+                    loss += weight * float(np.sum(top.data, dtype=np.float64))
+        self.loss = loss
+        return loss
+
+    def backward(self, diffs=None, start=None, end=None, **top_diffs):
+        """Run backward; returns {name: diff} of the net inputs (or of layer ``end``'s bottoms)
+        plus any names in ``diffs``. Keyword arguments set top diffs (any blob) first; loss tops
+        not given start from their loss_weight, other outputs from zero."""
+        for name, weight in self.blob_loss_weights.items():
+            if name not in top_diffs and (weight or name in self.outputs):
+                self.blobs[name].diff[...] = weight
+        self._set_blobs(top_diffs, "diff")
+        first = self._layer_index(start) if start is not None else len(self.layers) - 1
+        last = self._layer_index(end) if end is not None else 0
+        self.backward_from_to(first, last)
+        names = self.bottom_names[self._layer_names[last]] if end is not None else self.inputs
+        return {n: self.blobs[n].diff for n in list(dict.fromkeys(list(names) + list(diffs or [])))}
+
+    def backward_from_to(self, first=None, last=0):
+        first = len(self.layers) - 1 if first is None else first
+        for i in range(first, last - 1, -1):
+            if self.layer_need_backward[i]:
+                layer, bottoms = self.layers[i], self.bottom_vecs[i]
+                try:
+                    layer.backward(self.top_vecs[i], self.bottom_need_backward[i], bottoms)
+                except MinicnnError as e:
+                    raise NetError(f"{self._describe(layer, bottoms)}: {e}") from None
+
+    def forward_backward(self):
+        """One forward and backward pass (loss tops seeded with their loss_weight); the loss."""
+        loss = self.forward_from_to()
+        self.backward()
+        return loss
+
+    def reshape(self):
+        """Propagate new input shapes through every layer (Caffe's Net::Reshape)."""
+        for layer, bottoms, tops in zip(self.layers, self.bottom_vecs, self.top_vecs):
+            try:
+                layer.reshape(bottoms, tops)
+            except MinicnnError as e:
+                raise NetError(f"{self._describe(layer, bottoms)}: {e}") from None
+
+    def clear_param_diffs(self):
+        for blob in self.learnable_params:
+            blob.diff[...] = 0
+
+    # --- weights --------------------------------------------------------------------------------
+    def copy_from(self, weights):
+        """Copy weights from a .caffemodel path (or NetParameter), matching layers by name.
+
+        Layers of the model with no same-named layer here are ignored, and layers here that the
+        model lacks keep their filler values (Caffe's CopyTrainedLayersFrom); a same-named layer
+        with a different blob count or shape is an error: rename the layer to learn it afresh.
+        """
+        if isinstance(weights, caffe_pb2.NetParameter):
+            source, where = weights, "<NetParameter>"
+        else:
+            where = os.fspath(weights)
+            keep = {"NetParameter": {"layer", "layers"},
+                    "LayerParameter": {"name", "type", "blobs"},
+                    "V1LayerParameter": {"name", "type", "blobs"}}
+            source = upgrade_net(read_binary(where, "NetParameter", keep=keep))
+        targets = self.layer_dict
+        for src in source.layer:
+            layer = targets.get(src.name)
+            if layer is None:
+                continue
+            if len(layer.blobs) != len(src.blobs):
+                raise NetError(f"{where}: layer '{src.name}' has {len(src.blobs)} blob(s) there "
+                               f"but {len(layer.blobs)} here ({layer.type}); rename the layer to "
+                               "learn its parameters from scratch")
+            for k, (blob, proto) in enumerate(zip(layer.blobs, src.blobs)):
+                shape = blob_proto_shape(proto)
+                if shape != blob.shape and not legacy_shape_matches(shape, blob.shape):
+                    raise NetError(
+                        f"{where}: cannot copy param {k} of layer '{src.name}': shape mismatch, "
+                        f"the model has {shape} but the net wants {blob.shape}. To learn this "
+                        "layer's parameters from scratch rather than copying them, rename the "
+                        "layer")
+                try:
+                    blob.data[...] = blob_proto_to_array(proto).reshape(blob.shape)
+                except MinicnnError as e:
+                    raise NetError(f"{where}: layer '{src.name}' param {k}: {e}") from None
+
+    def to_proto(self, write_diff=False):
+        """The net as a NetParameter with every layer's blobs (Caffe's Net::ToProto)."""
+        out = caffe_pb2.NetParameter()
+        if self.name:
+            out.name = self.name
+        for layer in self.layers:
+            param = layer.param.copy()
+            param.ClearField("blobs")
+            for blob in layer.blobs:
+                param.blobs.append(array_to_blob_proto(blob.data,
+                                                       blob.diff if write_diff else None))
+            out.layer.append(param)
+        return out
+
+    def save(self, path, write_diff=False):
+        """Write the weights as a .caffemodel (atomically: the old file survives a crash)."""
+        write_binary(self.to_proto(write_diff), path)
+
+    def share_with(self, other):
+        """Use ``other``'s parameter blobs for same-named layers (Caffe's ShareTrainedLayersWith:
+        how a solver's test nets see the train net's weights)."""
+        theirs = other.layer_dict
+        for layer in self.layers:
+            source = theirs.get(layer.name)
+            if source is None:
+                continue
+            if len(source.blobs) != len(layer.blobs):
+                raise NetError(f"layer '{layer.name}': {len(source.blobs)} blobs in the other net,"
+                               f" {len(layer.blobs)} here")
+            for blob, src in zip(layer.blobs, source.blobs):
+                if blob.shape != src.shape:
+                    raise NetError(f"layer '{layer.name}': cannot share a blob of shape "
+                                   f"{src.shape} as {blob.shape}")
+                blob.share_data(src)
+
+    def __repr__(self):
+        return f"<Net '{self.name}' {self.phase}: {len(self.layers)} layers>"

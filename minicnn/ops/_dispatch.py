@@ -1,0 +1,54 @@
+"""Op: one mathematical operation with up to three implementations, picked per call.
+
+    conv2d_forward = Op("conv2d_forward")
+
+    @conv2d_forward.impl("ref")          # readable NumPy: the specification
+    def _conv2d_forward_ref(x, w, b, *, geom, group=1): ...
+
+    @conv2d_forward.impl("cpu")          # fast CPU body (C++ or numba), tested against "ref"
+    @conv2d_forward.impl("cuda")         # CuPy + kernels/*.cu, tested against "ref"
+
+Calling the op dispatches on the first array argument: a CuPy array goes to "cuda"; otherwise
+"cpu" when one is registered (unless MINICNN_CPU=ref), else "ref". ``op.impls["ref"]`` calls one
+implementation directly, which is what tests and students do.
+"""
+
+import os
+
+
+class Op:
+    KINDS = ("ref", "cpu", "cuda")
+
+    def __init__(self, name):
+        self.name = name
+        self.impls = {}
+
+    def impl(self, kind, available=True):
+        """Decorator registering an implementation; ``available=False`` skips it (its library
+        is missing), so op files import everywhere."""
+        if kind not in self.KINDS:
+            raise ValueError(f"impl kind must be one of {self.KINDS}, not {kind!r}")
+
+        def decorate(fn):
+            if available:
+                if kind in self.impls:
+                    raise ValueError(f"{self.name}: '{kind}' is registered twice")
+                self.impls[kind] = fn
+            return fn
+        return decorate
+
+    def pick(self, array):
+        if type(array).__module__.startswith("cupy"):
+            if "cuda" not in self.impls:
+                raise NotImplementedError(f"{self.name} has no CUDA implementation")
+            return self.impls["cuda"]
+        if "cpu" in self.impls and os.environ.get("MINICNN_CPU", "") != "ref":
+            return self.impls["cpu"]
+        return self.impls["ref"]
+
+    def __call__(self, *args, **kwargs):
+        first = args[0] if args else next(iter(kwargs.values()))
+        return self.pick(first)(*args, **kwargs)
+
+    def __repr__(self):
+        return f"<op {self.name}: {', '.join(self.impls)}>"

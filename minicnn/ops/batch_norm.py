@@ -1,0 +1,82 @@
+"""Batch normalization without scale or shift, Caffe's "BatchNorm".
+
+x has shape (N, C, *spatial) (or (N,), which counts as one channel, as in Caffe); statistics are
+per channel, over every axis but 1 (m = N * prod(spatial) values each):
+
+    mean = E[x],  var = E[(x - mean)^2]               (biased: the batch's own spread)
+    y    = (x - mean) / sqrt(var + eps)
+    training (batch statistics):  dx = (dy - E[dy] - y * E[dy * y]) / sqrt(var + eps)
+    global statistics (constants): dx = dy / sqrt(var + eps)
+
+Running statistics are Caffe's unnormalized sums (blobs [0], [1], [2] of the layer):
+
+    s <- lambda * s + 1,  mean_acc <- lambda * mean_acc + mean,
+    var_acc <- lambda * var_acc + m / (m - 1) * var           (factor 1 when m == 1)
+    global mean = mean_acc / s, global var = var_acc / s       (both 0 when s == 0)
+
+No kinks. Backward takes y and sqrt(var + eps) rather than x, so an in-place layer (whose x is
+overwritten by y) can keep what it needs from forward.
+Impls: ref. (Two reductions and a few elementwise passes; NumPy is memory-bound already.)
+"""
+
+import numpy as np
+
+from minicnn.ops._dispatch import Op
+
+batch_norm_forward, batch_norm_backward = Op("batch_norm_forward"), Op("batch_norm_backward")
+batch_norm_update_stats = Op("batch_norm_update_stats")
+batch_norm_global_stats = Op("batch_norm_global_stats")
+
+
+def _channels_view(x):
+    """x as (N, C, S): axis 1 is the channel, everything after it is spatial."""
+    c = x.shape[1] if x.ndim > 1 else 1
+    return x.reshape(x.shape[0], c, -1)
+
+
+# --- reference ---------------------------------------------------------------------------------
+
+@batch_norm_forward.impl("ref")
+def _batch_norm_forward_ref(x, eps=1e-5, mean=None, var=None):
+    """Returns (y, mean, var, std). mean/var None: the batch's statistics (biased variance);
+    given: used as they are (global statistics). std = sqrt(var + eps), shape (C,)."""
+    x3 = _channels_view(x)
+    if mean is None:
+        mean = x3.mean(axis=(0, 2))
+    centered = x3 - mean[:, None]
+    if var is None:
+        var = np.mean(centered * centered, axis=(0, 2))
+    std = np.sqrt(var + eps)
+    y = centered / std[:, None]
+    return y.reshape(x.shape), mean, var, std
+
+
+@batch_norm_backward.impl("ref")
+def _batch_norm_backward_ref(dy, y, std, use_global_stats=False):
+    """dx from dy, the normalized output y and std = sqrt(var + eps) (C,). With batch
+    statistics the mean and variance depend on every x, hence the two correction terms."""
+    dy3, y3 = _channels_view(dy), _channels_view(y)
+    if use_global_stats:
+        dx = dy3 / std[:, None]
+    else:
+        dx = (dy3 - dy3.mean(axis=(0, 2), keepdims=True)
+              - y3 * np.mean(dy3 * y3, axis=(0, 2), keepdims=True)) / std[:, None]
+    return dx.reshape(dy.shape)
+
+
+@batch_norm_update_stats.impl("ref")
+def _batch_norm_update_stats_ref(mean_acc, var_acc, scale_factor, mean, var, m,
+                                 moving_average_fraction=0.999):
+    """New (mean_acc, var_acc, scale_factor) after one training batch of m values per channel.
+    The stored variance is unbiased (m / (m - 1)), as Caffe stores it."""
+    lam = moving_average_fraction
+    correction = m / (m - 1) if m > 1 else 1.0
+    return (lam * mean_acc + mean, lam * var_acc + correction * var, lam * scale_factor + 1)
+
+
+@batch_norm_global_stats.impl("ref")
+def _batch_norm_global_stats_ref(mean_acc, var_acc, scale_factor):
+    """(mean, var) from the running sums: divided by the scale factor, 0 while it is 0."""
+    s = float(np.asarray(scale_factor).reshape(-1)[0])
+    inv = 0.0 if s == 0 else 1.0 / s
+    return mean_acc * mean_acc.dtype.type(inv), var_acc * var_acc.dtype.type(inv)

@@ -1,0 +1,259 @@
+"""2-D convolution, Caffe's "Convolution" (cross-correlation, as every CNN library computes it).
+
+    y[n, f, p, q] = b[f] + sum_{c,i,j} w[f, c, i, j] * xpad[n, g*C/G + c, p*sh + i*dh, q*sw + j*dw]
+
+at output position (p, q), with g = f // (F/G) the group of output f, c running over that
+group's C/G input channels and xpad = x zero-padded by (ph, pw) on each side. Shapes:
+
+    x  (N, C, H, W)     w  (F, C/G, kh, kw)     b  (F,) or None     y  (N, F, oh, ow)
+    oh = floor((H + 2ph - (dh*(kh-1) + 1)) / sh) + 1     (same for ow)
+
+group G splits the channels into G contiguous blocks (G == C is depthwise); dilation d > 1
+spaces the kernel taps d apart (atrous). Backward, per group g:
+
+    db = sum_{n, p, q} dy                            (F,)
+    dw = sum_n dy_g @ cols_g^T                       (F, C/G, kh, kw)
+    dx = col2im(w_g^T @ dy_g)                        (N, C, H, W)
+
+where cols = im2col(x) lays every kernel window out as a column. col2im is the adjoint of
+im2col: it adds each column entry back onto the pixel it was read from (padding is dropped).
+conv2d_backward(..., need=(dx?, dw?, db?)) computes only the parts asked for (None otherwise);
+every impl takes ``need``.
+
+Deconvolution reuses these: its forward is ``conv2d_backward_data`` and its backward is
+``conv2d_forward`` (for the bottom diff) and ``conv2d_backward_filter`` (for the weights), with
+the roles of x and y swapped; ``ConvGeometry.transposed_out_hw`` gives its output size.
+
+No kinks: convolution is linear in x and in w. dtype follows the inputs (float32 stays float32).
+Impls: ref (im2col + batched matmul in NumPy).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from minicnn.errors import LayerError
+from minicnn.ops._dispatch import Op
+
+__all__ = ["ConvGeometry", "col2im_ref", "conv2d_backward", "conv2d_backward_data",
+           "conv2d_backward_filter", "conv2d_forward", "im2col_ref"]
+
+conv2d_forward = Op("conv2d_forward")
+conv2d_backward = Op("conv2d_backward")
+conv2d_backward_data = Op("conv2d_backward_data")
+conv2d_backward_filter = Op("conv2d_backward_filter")
+
+
+# --- geometry ----------------------------------------------------------------------------------
+
+def _pair(value, name):
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = (value, value)
+    try:
+        h, w = value
+    except (TypeError, ValueError):
+        raise LayerError(f"{name} must be an int or an (h, w) pair, not {value!r}") from None
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in (h, w)):
+        raise LayerError(f"{name} must hold integers, not {value!r}")
+    return int(h), int(w)
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Kernel, stride, pad and dilation of a 2-D convolution, each an (h, w) pair.
+
+        ConvGeometry((3, 3), stride=(2, 2), pad=(1, 1))     ConvGeometry(3, 2, 1)  # same
+    """
+    kernel: tuple
+    stride: tuple = (1, 1)
+    pad: tuple = (0, 0)
+    dilation: tuple = (1, 1)
+
+    def __post_init__(self):
+        for name in ("kernel", "stride", "pad", "dilation"):
+            object.__setattr__(self, name, _pair(getattr(self, name), name))
+        for name, low in (("kernel", 1), ("stride", 1), ("dilation", 1), ("pad", 0)):
+            h, w = getattr(self, name)
+            if h < low or w < low:
+                raise LayerError(f"{name} must be >= {low} on both axes, got {h}x{w} (h x w)")
+
+    @classmethod
+    def from_param(cls, p):
+        """The geometry a ConvolutionParameter describes, by Caffe's rules (2 spatial axes):
+        kernel_size/stride/pad/dilation given once (both axes) or twice (h, w), or the
+        kernel_h/kernel_w, stride_h/stride_w, pad_h/pad_w alternatives, never both forms."""
+        kernel = _axis_pair(p, "kernel_size", "kernel_h", "kernel_w", default=None)
+        stride = _axis_pair(p, "stride", "stride_h", "stride_w", default=1)
+        pad = _axis_pair(p, "pad", "pad_h", "pad_w", default=0)
+        dilation = _axis_pair(p, "dilation", None, None, default=1)
+        if min(kernel) < 1:
+            raise LayerError(f"kernel dimensions must be nonzero, got {kernel[0]}x{kernel[1]}")
+        if min(stride) < 1:
+            raise LayerError(f"stride dimensions must be nonzero, got {stride[0]}x{stride[1]}")
+        if min(dilation) < 1:
+            raise LayerError(f"dilation must be nonzero, got {dilation[0]}x{dilation[1]}")
+        return cls(kernel, stride, pad, dilation)
+
+    @property
+    def extent(self):
+        """(h, w) span of one dilated kernel window: d*(k-1) + 1."""
+        return tuple(d * (k - 1) + 1 for k, d in zip(self.kernel, self.dilation))
+
+    def out_hw(self, h, w):
+        """Output (oh, ow) for an (h, w) input: floor((in + 2p - extent) / s) + 1."""
+        out = tuple((size + 2 * p - e) // s + 1
+                    for size, p, e, s in zip((h, w), self.pad, self.extent, self.stride))
+        if min(out) < 1:
+            raise LayerError(
+                f"convolution output would be {out[0]}x{out[1]}: the {h}x{w} input padded by "
+                f"{self.pad[0]}x{self.pad[1]} is smaller than the kernel extent "
+                f"{self.extent[0]}x{self.extent[1]} (kernel {self.kernel[0]}x{self.kernel[1]}, "
+                f"dilation {self.dilation[0]}x{self.dilation[1]})")
+        return out
+
+    def transposed_out_hw(self, h, w):
+        """Deconvolution's output (oh, ow) for an (h, w) input: s*(in - 1) + extent - 2p, the
+        largest input a convolution of this geometry maps to (h, w)."""
+        out = tuple(s * (size - 1) + e - 2 * p
+                    for size, p, e, s in zip((h, w), self.pad, self.extent, self.stride))
+        if min(out) < 1:
+            raise LayerError(f"deconvolution output would be {out[0]}x{out[1]} for a {h}x{w} "
+                             f"input: pad {self.pad[0]}x{self.pad[1]} is too large")
+        return out
+
+
+def _axis_pair(p, name, h_name, w_name, default):
+    """One (h, w) pair from a repeated field ``name`` or from its ``h_name``/``w_name`` form."""
+    values = list(getattr(p, name))
+    if h_name is not None and (p.HasField(h_name) or p.HasField(w_name)):
+        if values:
+            raise LayerError(f"either {name} or {h_name}/{w_name} should be specified; not both "
+                             f"({name}: {values}, {h_name}: {getattr(p, h_name)}, "
+                             f"{w_name}: {getattr(p, w_name)})")
+        return getattr(p, h_name), getattr(p, w_name)     # an unset one reads as its default
+    if not values and default is None:
+        raise LayerError(f"no kernel size: give {name} (once, or once per spatial dimension) "
+                         f"or {h_name} and {w_name}")
+    if len(values) > 2:
+        raise LayerError(f"{name} must be specified once, or once per spatial dimension "
+                         f"({name} specified {len(values)} times; 2 spatial dims)")
+    if not values:
+        return default, default
+    return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
+
+
+# --- reference (the spec) ----------------------------------------------------------------------
+
+def im2col_ref(x, geom):
+    """Every kernel window of x as a column: (N, C, H, W) -> (N, C, kh, kw, oh, ow).
+
+    cols[n, c, i, j, y, z] = xpad[n, c, y*sh + i*dh, z*sw + j*dw]; zero where a tap reads padding.
+    """
+    n, c, h, w = x.shape
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = geom.kernel, geom.stride, geom.pad, geom.dilation
+    oh, ow = geom.out_hw(h, w)
+    xpad = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    cols = np.empty((n, c, kh, kw, oh, ow), x.dtype)
+    for i in range(kh):
+        for j in range(kw):                    # tap (i, j) of every window: one strided slice
+            cols[:, :, i, j] = xpad[:, :, i * dh: i * dh + (oh - 1) * sh + 1: sh,
+                                    j * dw: j * dw + (ow - 1) * sw + 1: sw]
+    return cols
+
+
+def col2im_ref(cols, x_hw, geom):
+    """The adjoint of im2col_ref: (N, C, kh, kw, oh, ow) -> (N, C, H, W), each entry added onto
+    the pixel its tap read (windows overlap, so pixels sum several); entries on padding drop."""
+    n, c, kh, kw, oh, ow = cols.shape
+    h, w = x_hw
+    (sh, sw), (ph, pw), (dh, dw) = geom.stride, geom.pad, geom.dilation
+    if (kh, kw) != geom.kernel or (oh, ow) != geom.out_hw(h, w):
+        raise LayerError(f"columns of shape {cols.shape} do not fit a {h}x{w} image with kernel "
+                         f"{geom.kernel} and output {geom.out_hw(h, w)}")
+    xpad = np.zeros((n, c, h + 2 * ph, w + 2 * pw), cols.dtype)
+    for i in range(kh):
+        for j in range(kw):                    # within one tap, windows never hit a pixel twice
+            xpad[:, :, i * dh: i * dh + (oh - 1) * sh + 1: sh,
+                 j * dw: j * dw + (ow - 1) * sw + 1: sw] += cols[:, :, i, j]
+    return np.ascontiguousarray(xpad[:, :, ph: ph + h, pw: pw + w])
+
+
+def _check_4d(**arrays):
+    for name, a in arrays.items():
+        if np.ndim(a) != 4:
+            raise LayerError(f"conv2d needs a 4-D {name}, got one of shape {np.shape(a)}")
+
+
+def _check_shapes(x_shape, w_shape, group, geom, b=None):
+    c, (f, cg, kh, kw) = x_shape[1], w_shape
+    if group < 1 or c % group or f % group:
+        raise LayerError(f"channels {c} and filters {f} must both be divisible by group {group}")
+    if cg * group != c or (kh, kw) != geom.kernel:
+        raise LayerError(f"weights of shape {tuple(w_shape)} do not fit {c} input channels in "
+                         f"{group} group(s) with kernel {geom.kernel[0]}x{geom.kernel[1]}: "
+                         f"expected ({f}, {c // group}, {geom.kernel[0]}, {geom.kernel[1]})")
+    if b is not None and tuple(b.shape) != (f,):
+        raise LayerError(f"bias of shape {tuple(b.shape)} does not fit {f} filters: expected "
+                         f"({f},)")
+
+
+def _check_dy(dy_shape, n, f, out_hw):
+    if tuple(dy_shape) != (n, f, *out_hw):
+        raise LayerError(f"dy of shape {tuple(dy_shape)} does not match the output shape "
+                         f"{(n, f, *out_hw)}")
+
+
+@conv2d_forward.impl("ref")
+def _conv2d_forward_ref(x, w, b, *, geom, group=1):
+    _check_4d(x=x, w=w)
+    _check_shapes(x.shape, w.shape, group, geom, b)
+    n, f = x.shape[0], w.shape[0]
+    oh, ow = geom.out_hw(*x.shape[2:])
+    cols = im2col_ref(x, geom).reshape(n, group, -1, oh * ow)     # (N, G, C/G*kh*kw, oh*ow)
+    wg = w.reshape(group, f // group, -1)                         # (G, F/G, C/G*kh*kw)
+    y = np.matmul(wg, cols).reshape(n, f, oh, ow)                 # wg broadcasts over N
+    if b is not None:
+        y += b.reshape(1, f, 1, 1)             # in place: y keeps the dtype of x and w
+    return y
+
+
+@conv2d_backward_data.impl("ref")
+def _conv2d_backward_data_ref(dy, w, *, x_hw, geom, group=1):
+    """d(loss)/dx from dy (N, F, oh, ow): (N, C, H, W) with (H, W) = x_hw (stride hides it)."""
+    _check_4d(dy=dy, w=w)
+    n, f, oh, ow = dy.shape
+    c = w.shape[1] * group
+    _check_shapes((n, c, *x_hw), w.shape, group, geom)
+    _check_dy(dy.shape, n, w.shape[0], geom.out_hw(*x_hw))
+    dyg = dy.reshape(n, group, f // group, oh * ow)               # (N, G, F/G, oh*ow)
+    wg = w.reshape(group, f // group, -1)                         # (G, F/G, C/G*kh*kw)
+    dcols = np.matmul(wg.transpose(0, 2, 1), dyg)                 # (N, G, C/G*kh*kw, oh*ow)
+    return col2im_ref(dcols.reshape(n, c, *geom.kernel, oh, ow), x_hw, geom)
+
+
+@conv2d_backward_filter.impl("ref")
+def _conv2d_backward_filter_ref(dy, x, *, geom, group=1):
+    """d(loss)/dw from dy (N, F, oh, ow) and x (N, C, H, W): (F, C/G, kh, kw)."""
+    _check_4d(dy=dy, x=x)
+    n, f, oh, ow = dy.shape
+    c = x.shape[1]
+    if group < 1 or c % group:
+        raise LayerError(f"channels {c} must be divisible by group {group}")
+    _check_shapes(x.shape, (f, c // group, *geom.kernel), group, geom)
+    _check_dy(dy.shape, x.shape[0], f, geom.out_hw(*x.shape[2:]))
+    cols = im2col_ref(x, geom).reshape(n, group, -1, oh * ow)     # (N, G, C/G*kh*kw, oh*ow)
+    dyg = dy.reshape(n, group, f // group, oh * ow)               # (N, G, F/G, oh*ow)
+    dw = np.matmul(dyg, cols.transpose(0, 1, 3, 2)).sum(axis=0)   # (G, F/G, C/G*kh*kw)
+    return dw.reshape(f, c // group, *geom.kernel)
+
+
+@conv2d_backward.impl("ref")
+def _conv2d_backward_ref(dy, x, w, *, geom, group=1, need=(True, True, True)):
+    """(dx, dw, db) for dy (N, F, oh, ow). ``need`` says which of the three to compute; the
+    others come back as None (a frozen layer or the data layer's bottom need no work)."""
+    need_dx, need_dw, need_db = need
+    dx = _conv2d_backward_data_ref(dy, w, x_hw=x.shape[2:], geom=geom, group=group) \
+        if need_dx else None
+    dw = _conv2d_backward_filter_ref(dy, x, geom=geom, group=group) if need_dw else None
+    db = dy.sum(axis=(0, 2, 3)) if need_db else None              # (F,)
+    return dx, dw, db

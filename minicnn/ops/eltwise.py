@@ -1,0 +1,80 @@
+"""Elementwise combination of K same-shaped arrays, Caffe's "Eltwise".
+
+    SUM   y = sum_k coeff_k * x_k          dx_k = coeff_k * dy          (coeff default all 1)
+    PROD  y = prod_k x_k                   dx_k = dy * prod_{j != k} x_j   (stable_prod_grad)
+                                           dx_k = dy * y / x_k             (otherwise; inf/nan at 0)
+    MAX   y = max_k x_k                    dx_k = dy where k is the argmax, else 0
+
+Kink convention (MAX ties), as Caffe behaves: bottoms 0 and 1 are compared first with x_0 > x_1,
+so a tie between them goes to bottom 1; each later bottom takes over only if strictly greater.
+Forward returns the argmax (an int32 array, None for SUM and PROD) for backward to route dy.
+Impls: ref.
+"""
+
+import numpy as np
+
+from minicnn.ops._dispatch import Op
+
+eltwise_forward, eltwise_backward = Op("eltwise_forward"), Op("eltwise_backward")
+
+OPERATIONS = ("PROD", "SUM", "MAX")
+
+
+def _check_operation(operation):
+    if operation not in OPERATIONS:
+        raise ValueError(f"eltwise operation must be one of {OPERATIONS}, not {operation!r}")
+
+
+# --- reference ---------------------------------------------------------------------------------
+
+@eltwise_forward.impl("ref")
+def _eltwise_forward_ref(xs, operation="SUM", coeff=None):
+    """xs: a sequence of K >= 2 arrays of one shape. Returns (y, argmax or None)."""
+    _check_operation(operation)
+    if operation == "SUM":
+        coeff = [1.0] * len(xs) if coeff is None else coeff
+        y = xs[0] * xs[0].dtype.type(coeff[0])
+        for x, c in zip(xs[1:], coeff[1:]):
+            y = y + x * x.dtype.type(c)
+        return y, None
+    if operation == "PROD":
+        y = xs[0].copy()
+        for x in xs[1:]:
+            y = y * x
+        return y, None
+    # MAX: the first comparison is strict in favour of bottom 0, so ties go to bottom 1
+    first = xs[0] > xs[1]
+    y = np.where(first, xs[0], xs[1])
+    argmax = np.where(first, 0, 1).astype(np.int32)
+    for k, x in enumerate(xs[2:], start=2):
+        wins = x > y
+        y = np.where(wins, x, y)
+        argmax[wins] = k
+    return y, argmax
+
+
+@eltwise_backward.impl("ref")
+def _eltwise_backward_ref(dy, xs, operation="SUM", coeff=None, y=None, argmax=None,
+                          stable_prod_grad=True, which=None):
+    """Returns [dx_k] (None for k not in ``which``, default all). PROD with
+    stable_prod_grad=False needs y; MAX needs the argmax from forward."""
+    _check_operation(operation)
+    which = range(len(xs)) if which is None else which
+    dxs = [None] * len(xs)
+    for k in which:
+        if operation == "SUM":
+            c = 1.0 if coeff is None else coeff[k]
+            dxs[k] = dy * dy.dtype.type(c)
+        elif operation == "PROD":
+            if stable_prod_grad:
+                others = [x for j, x in enumerate(xs) if j != k]
+                partial = others[0].copy()
+                for x in others[1:]:
+                    partial = partial * x
+            else:
+                with np.errstate(divide="ignore", invalid="ignore"):   # Caffe divides blindly
+                    partial = y / xs[k]
+            dxs[k] = dy * partial
+        else:
+            dxs[k] = np.where(argmax == k, dy, dy.dtype.type(0))
+    return dxs

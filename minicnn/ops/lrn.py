@@ -1,0 +1,83 @@
+"""Local response normalization, Caffe's "LRN" (n = local_size, odd; h = (n - 1) / 2).
+
+ACROSS_CHANNELS, on x (N, C, ...):
+    s_c  = k + (alpha / n) * sum_{c' = c-h .. c+h} x_c'^2          (channels past the ends are 0)
+    y_c  = x_c * s_c^-beta
+    dx_c = dy_c * s_c^-beta - (2 alpha beta / n) * x_c * sum_{j = c-h .. c+h} dy_j * y_j / s_j
+WITHIN_CHANNEL, on x (N, C, H, W), as Caffe builds it from layers (square, AVE pool of size n
+with pad h and stride 1, power, product), so k is not used and the pool's divisor is always n^2:
+    b  = 1 + (alpha / n^2) * sum over the n x n neighbourhood of x^2   (pixels outside are 0)
+    y  = x * b^-beta
+    dx = dy * b^-beta - (2 alpha beta / n^2) * x * sum over the n x n neighbourhood of dy * y / b
+The window sums are symmetric (odd n, centred), so each backward sum is the same window sum.
+Impls: ref.
+"""
+
+import numpy as np
+
+from minicnn.errors import LayerError
+from minicnn.ops._dispatch import Op
+
+__all__ = ["check_local_size", "lrn_backward", "lrn_forward"]
+
+lrn_forward, lrn_backward = Op("lrn_forward"), Op("lrn_backward")
+
+NORM_REGIONS = ("ACROSS_CHANNELS", "WITHIN_CHANNEL")
+
+
+def check_local_size(local_size, norm_region="ACROSS_CHANNELS"):
+    """Raise LayerError unless local_size is odd (Caffe's only supported windows)."""
+    if local_size <= 0 or local_size % 2 != 1:
+        raise LayerError(f"LRN local_size must be odd, got {local_size}")
+    if norm_region not in NORM_REGIONS:
+        raise LayerError(f"LRN norm_region must be one of {', '.join(NORM_REGIONS)}, "
+                         f"not {norm_region}")
+
+
+def _window_sum(a, n, axes):
+    """Sum over a window of n centred on each element along ``axes``, zero beyond the ends."""
+    half = (n - 1) // 2
+    for axis in axes:
+        padding = [(0, 0)] * a.ndim
+        padding[axis] = (half, half)
+        ap, length, out = np.pad(a, padding), a.shape[axis], np.zeros_like(a)
+        for offset in range(n):
+            out += ap[(slice(None),) * axis + (slice(offset, offset + length),)]
+        a = out
+    return a
+
+
+def _base(x, local_size, alpha, k, norm_region):
+    """The scale s (ACROSS_CHANNELS) or b (WITHIN_CHANNEL), same shape as x."""
+    alpha, k = float(alpha), float(k)           # Python floats keep float32 arrays float32
+    if norm_region == "ACROSS_CHANNELS":
+        return k + (alpha / local_size) * _window_sum(x * x, local_size, axes=(1,))
+    # the AVE pool sums then divides by n^2, so the alpha factor stays outside the average
+    return 1 + alpha * (_window_sum(x * x, local_size, axes=(2, 3)) / local_size**2)
+
+
+# --- reference ---------------------------------------------------------------------------------
+
+@lrn_forward.impl("ref")
+def _lrn_forward_ref(x, *, local_size=5, alpha=1.0, beta=0.75, k=1.0,
+                     norm_region="ACROSS_CHANNELS"):
+    """(N, C, H, W) -> (N, C, H, W)."""
+    check_local_size(local_size, norm_region)
+    return x * _base(x, local_size, alpha, k, norm_region) ** -float(beta)
+
+
+@lrn_backward.impl("ref")
+def _lrn_backward_ref(dy, x, *, local_size=5, alpha=1.0, beta=0.75, k=1.0,
+                      norm_region="ACROSS_CHANNELS"):
+    """dy, x (N, C, H, W) -> dx (N, C, H, W); s (or b) and y are recomputed from x."""
+    check_local_size(local_size, norm_region)
+    alpha, beta = float(alpha), float(beta)
+    base = _base(x, local_size, alpha, k, norm_region)
+    power = base ** -beta
+    y = x * power
+    if norm_region == "ACROSS_CHANNELS":
+        window, axes = local_size, (1,)
+    else:
+        window, axes = local_size**2, (2, 3)
+    return dy * power - (2 * alpha * beta / window) * x * _window_sum(dy * y / base, local_size,
+                                                                      axes)

@@ -1,0 +1,206 @@
+"""2-D max and average pooling, Caffe's "Pooling" (MAX and AVE), with Caffe's window rules.
+
+Geometry (PoolGeometry), per spatial dimension with input size H, kernel k, stride s, pad p:
+    out = ceil((H + 2p - k) / s) + 1            (round_mode CEIL, Caffe's default; FLOOR: floor)
+    if either pad is > 0 and (out - 1) * s >= H + p: out -= 1   (the last window would start in
+                                                    the padding; Caffe tests this in both dims)
+    window o covers rows h0 .. h0 + k - 1 with h0 = o * s - p, clipped to the image.
+global_pooling takes the kernel from the input: k = (H, W), pad 0, stride 1, one output.
+
+MAX:  y = max of the window, padding counting as -inf. As Caffe, y starts at -FLT_MAX and a value
+      replaces it only if strictly greater, scanning the window in row-major order: ties go to the
+      first maximum. The mask is its flat index h * W + w in the input plane; backward routes dy
+      there. A window wholly outside the image (CEIL rounding, pad 0 and stride > kernel) keeps
+      y = -FLT_MAX and mask -1, and passes no gradient.
+AVE:  y = sum of the window / divisor, divisor = (min(h0 + kh, H + ph) - h0) * (same for w), taken
+      before clipping to the image: padding zeros count, overhang past the padding does not.
+      backward spreads dy / divisor over the window's pixels in the image. A window wholly outside
+      the image gives 0 (Caffe divides 0 by a divisor <= 0 there, giving -0 or NaN).
+
+Impls: ref.
+"""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from minicnn.errors import LayerError
+from minicnn.ops._dispatch import Op
+
+__all__ = [
+    "PoolGeometry",
+    "ave_pool2d_backward",
+    "ave_pool2d_forward",
+    "max_pool2d_backward",
+    "max_pool2d_forward",
+]
+
+max_pool2d_forward, max_pool2d_backward = Op("max_pool2d_forward"), Op("max_pool2d_backward")
+ave_pool2d_forward, ave_pool2d_backward = Op("ave_pool2d_forward"), Op("ave_pool2d_backward")
+
+
+# --- geometry ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PoolGeometry:
+    """Kernel, stride and pad as (h, w) pairs; kernel None means global pooling (the input's
+    H x W). ``ceil`` is Caffe's round_mode CEIL (True) or FLOOR (False)."""
+    kernel: tuple = None
+    stride: tuple = (1, 1)
+    pad: tuple = (0, 0)
+    ceil: bool = True
+
+    @classmethod
+    def from_fields(cls, kernel_size=None, kernel_h=None, kernel_w=None, stride=None,
+                    stride_h=None, stride_w=None, pad=None, pad_h=None, pad_w=None,
+                    global_pooling=False, round_mode="CEIL"):
+        """The geometry from PoolingParameter's fields, each None when not given, with the
+        checks of Caffe's PoolingLayer::LayerSetUp."""
+        if global_pooling:
+            given = [f"{n} {v}" for n, v in (("kernel_size", kernel_size), ("kernel_h", kernel_h),
+                                              ("kernel_w", kernel_w)) if v is not None]
+            if given:
+                raise LayerError(f"global_pooling takes its kernel from the input; "
+                                 f"{', '.join(given)} must not be given")
+            kernel = None
+        else:
+            has_hw = kernel_h is not None and kernel_w is not None
+            if kernel_size is None and not has_hw:
+                raise LayerError("pooling needs kernel_size, or both kernel_h and kernel_w "
+                                 f"(got kernel_h {kernel_h}, kernel_w {kernel_w})")
+            if kernel_size is not None and has_hw:
+                raise LayerError(f"give kernel_size ({kernel_size}) or kernel_h and kernel_w "
+                                 f"({kernel_h}, {kernel_w}), not both")
+            # as Caffe, kernel_size wins over a lone kernel_h or kernel_w
+            kernel = (kernel_size, kernel_size) if kernel_size is not None else (kernel_h, kernel_w)
+            if min(kernel) <= 0:
+                raise LayerError(f"pooling kernel {kernel[0]} x {kernel[1]} must not be zero")
+        pad = _pair("pad", pad, pad_h, pad_w, 0)
+        stride = _pair("stride", stride, stride_h, stride_w, 1)
+        if min(stride) <= 0:
+            raise LayerError(f"pooling stride {stride[0]} x {stride[1]} must be positive")
+        if global_pooling:
+            if pad != (0, 0) or stride != (1, 1):
+                raise LayerError(f"global_pooling needs pad 0 and stride 1, got pad "
+                                 f"{pad[0]} x {pad[1]} and stride {stride[0]} x {stride[1]}")
+        elif pad[0] >= kernel[0] or pad[1] >= kernel[1]:
+            raise LayerError(f"pooling pad {pad[0]} x {pad[1]} must be smaller than the kernel "
+                             f"{kernel[0]} x {kernel[1]}")
+        if round_mode not in ("CEIL", "FLOOR"):
+            raise LayerError(f"round_mode must be CEIL or FLOOR, not {round_mode}")
+        return cls(kernel, stride, pad, round_mode == "CEIL")
+
+    def kernel_for(self, h, w):
+        return (h, w) if self.kernel is None else self.kernel
+
+    def out_hw(self, h, w):
+        """Output (oh, ow) for an (h, w) input, with Caffe's rounding and drop-last rule."""
+        kernel, out = self.kernel_for(h, w), []
+        for size, k, s, p in zip((h, w), kernel, self.stride, self.pad):
+            span = size + 2 * p - k
+            n = (math.ceil(span / s) if self.ceil else span // s) + 1
+            if self.pad != (0, 0) and (n - 1) * s >= size + p:
+                n -= 1                 # Caffe tests this in both dims if either pad is non-zero
+            if n < 1:
+                raise LayerError(f"pooling kernel {k} does not fit the input size {size} "
+                                 f"with pad {p} (stride {s})")
+            out.append(n)
+        return tuple(out)
+
+
+def _pair(name, both, h, w, default):
+    if h is None and w is None:
+        value = default if both is None else both
+        return (value, value)
+    if both is not None or h is None or w is None:
+        raise LayerError(f"give {name} ({both}) or both {name}_h and {name}_w ({h}, {w}), "
+                         "not a mix")
+    return (h, w)
+
+
+def _window_starts(size, k, s, p, n_out):
+    """First row (or column) of each window, and the AVE divisor factor of each."""
+    h0 = np.arange(n_out) * s - p
+    return h0, np.minimum(h0 + k, size + p) - h0
+
+
+def _padded(x, geom, fill):
+    """x padded so that every window lies inside: (N, C, (oh-1)*sh + kh, (ow-1)*sw + kw)."""
+    h, w = x.shape[2:]
+    (kh, kw), (sh, sw), (ph, pw) = geom.kernel_for(h, w), geom.stride, geom.pad
+    oh, ow = geom.out_hw(h, w)
+    after_h = max((oh - 1) * sh + kh - h - ph, 0)           # CEIL windows may overhang the pad
+    after_w = max((ow - 1) * sw + kw - w - pw, 0)
+    return np.pad(x, ((0, 0), (0, 0), (ph, after_h), (pw, after_w)), constant_values=fill)
+
+
+# --- reference ---------------------------------------------------------------------------------
+
+@max_pool2d_forward.impl("ref")
+def _max_pool2d_forward_ref(x, *, geom):
+    """(N, C, H, W) -> y (N, C, oh, ow) and mask (N, C, oh, ow) int64: h * W + w, or -1."""
+    h, w = x.shape[2:]
+    (kh, kw), (sh, sw), (ph, pw) = geom.kernel_for(h, w), geom.stride, geom.pad
+    oh, ow = geom.out_hw(h, w)
+    xp = _padded(x, geom, -np.inf)
+    y = np.full((*x.shape[:2], oh, ow), np.finfo(np.float32).min, x.dtype)   # Caffe's -FLT_MAX
+    mask = np.full(y.shape, -1, np.int64)
+    rows, cols = np.arange(oh) * sh - ph, np.arange(ow) * sw - pw
+    for i in range(kh):
+        for j in range(kw):                     # row-major taps + strict > : first max wins
+            tap = xp[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+            take = tap > y
+            y = np.where(take, tap, y)
+            mask = np.where(take, (rows[:, None] + i) * w + (cols[None, :] + j), mask)
+    return y, mask
+
+
+@max_pool2d_backward.impl("ref")
+def _max_pool2d_backward_ref(dy, mask, x_shape):
+    """dy, mask (N, C, oh, ow) -> dx (N, C, H, W): each dy added at its argmax."""
+    n, c, h, w = x_shape
+    dx = np.zeros((n * c, h * w), dy.dtype)
+    plane = np.broadcast_to(np.arange(n * c)[:, None], (n * c, mask.shape[2] * mask.shape[3]))
+    flat_mask, flat_dy = mask.reshape(n * c, -1), dy.reshape(n * c, -1)
+    hit = flat_mask >= 0                        # -1: a window with no pixel of the image
+    np.add.at(dx, (plane[hit], flat_mask[hit]), flat_dy[hit])   # overlapping windows add up
+    return dx.reshape(x_shape)
+
+
+def _ave_divisor(geom, h, w, dtype):
+    (kh, kw), (sh, sw), (ph, pw) = geom.kernel_for(h, w), geom.stride, geom.pad
+    oh, ow = geom.out_hw(h, w)
+    size_h = _window_starts(h, kh, sh, ph, oh)[1]
+    size_w = _window_starts(w, kw, sw, pw, ow)[1]
+    divisor = np.outer(size_h, size_w)
+    # <= 0 only for windows wholly outside the image, whose sum is 0: give them 0, not NaN
+    return np.where(divisor > 0, divisor, 1).astype(dtype)   # (oh, ow)
+
+
+@ave_pool2d_forward.impl("ref")
+def _ave_pool2d_forward_ref(x, *, geom):
+    """(N, C, H, W) -> (N, C, oh, ow)."""
+    h, w = x.shape[2:]
+    (kh, kw), (sh, sw) = geom.kernel_for(h, w), geom.stride
+    oh, ow = geom.out_hw(h, w)
+    xp = _padded(x, geom, 0)
+    total = np.zeros((*x.shape[:2], oh, ow), x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            total += xp[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+    return total / _ave_divisor(geom, h, w, x.dtype)
+
+
+@ave_pool2d_backward.impl("ref")
+def _ave_pool2d_backward_ref(dy, x_shape, *, geom):
+    """dy (N, C, oh, ow) -> dx (N, C, H, W)."""
+    h, w = x_shape[2:]
+    (kh, kw), (sh, sw), (ph, pw) = geom.kernel_for(h, w), geom.stride, geom.pad
+    oh, ow = dy.shape[2:]
+    g = dy / _ave_divisor(geom, h, w, dy.dtype)
+    dxp = _padded(np.zeros(x_shape, dy.dtype), geom, 0)
+    for i in range(kh):
+        for j in range(kw):                     # the adjoint of the forward's slices
+            dxp[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] += g
+    return dxp[:, :, ph:ph + h, pw:pw + w].copy()   # gradient landing on padding is dropped

@@ -1,0 +1,145 @@
+"""Softmax, softmax cross-entropy loss and top-k accuracy, along one axis of x.
+
+x has shape (outer..., C, inner...) around ``axis``; labels hold one class per (outer, inner)
+position, so label.size == outer * inner (e.g. N x C x H x W scores, N x H x W labels).
+
+Softmax (Caffe "Softmax"), per position, made stable by subtracting the max along the axis:
+    y  = exp(x - max x) / sum exp(x - max x)
+    dx = y * (dy - sum(dy * y))                      (needs only y, so it is safe in place)
+
+Softmax loss (Caffe "SoftmaxWithLoss"), p = softmax(x), V = positions whose label != ignore_label:
+    loss = -sum_{V} log(max(p[label], FLT_MIN)) / D
+    dx   = (p - onehot(label)) * loss_weight / D      (0 at ignored positions)
+    D    = max(1, FULL: outer*inner | VALID: |V| | BATCH_SIZE: outer | NONE: 1)
+FLT_MIN is the float32 one for both float32 and float64, as in Caffe.
+
+Accuracy (Caffe "Accuracy"): a position is correct when fewer than top_k *other* classes score
+>= the true class (ties count against it); accuracy = correct / |V| (0 when V is empty), and per
+class = correct / count among positions of that class (0 for absent classes).
+
+Labels are float arrays holding integers; callers check them first with ``find_bad_label``.
+Impls: ref.
+"""
+
+import math
+
+import numpy as np
+
+from minicnn.ops._dispatch import Op
+
+softmax_forward, softmax_backward = Op("softmax_forward"), Op("softmax_backward")
+softmax_loss_forward = Op("softmax_loss_forward")
+softmax_loss_backward = Op("softmax_loss_backward")
+accuracy_forward = Op("accuracy_forward")
+
+FLT_MIN = float(np.finfo(np.float32).tiny)          # Caffe clamps p with FLT_MIN, even in double
+NORMALIZATION_MODES = ("FULL", "VALID", "BATCH_SIZE", "NONE")
+
+
+# --- helpers (plain values in, plain values out) ----------------------------------------------
+
+def split_shape(shape, axis):
+    """(outer, channels, inner) of ``shape`` around ``axis`` (negative counts from the end)."""
+    axis = axis + len(shape) if axis < 0 else axis
+    return math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:])
+
+
+def resolve_normalization(normalization=None, normalize=None):
+    """The normalization mode from LossParameter fields given as None when unset: the
+    deprecated ``normalize`` counts only when ``normalization`` is unset (true -> VALID,
+    false -> BATCH_SIZE); the default is VALID."""
+    if normalization is None:
+        if normalize is not None:
+            return "VALID" if normalize else "BATCH_SIZE"
+        return "VALID"
+    if normalization not in NORMALIZATION_MODES:
+        raise ValueError(f"normalization must be one of {NORMALIZATION_MODES}, "
+                         f"not {normalization!r}")
+    return normalization
+
+
+def loss_normalizer(normalization, outer, inner, valid_count):
+    """Caffe's LossLayer::GetNormalizer: what the summed loss is divided by (at least 1)."""
+    d = {"FULL": outer * inner, "VALID": valid_count, "BATCH_SIZE": outer,
+         "NONE": 1}[resolve_normalization(normalization)]
+    return float(max(1, d))
+
+
+def find_bad_label(label, num_classes, ignore_label=None):
+    """The first label that is not an integer in [0, num_classes) and not ``ignore_label``, as
+    (flat index, value); None when every label is usable."""
+    flat = np.asarray(label).reshape(-1)
+    with np.errstate(invalid="ignore"):
+        ok = (flat == np.floor(flat)) & (flat >= 0) & (flat < num_classes)   # NaN fails all
+    if ignore_label is not None:
+        ok |= flat == ignore_label
+    bad = np.flatnonzero(~ok)
+    return None if bad.size == 0 else (int(bad[0]), float(flat[bad[0]]))
+
+
+def _labels(label, outer, inner, ignore_label):
+    """(class index per position, valid mask), both (outer, inner); ignored positions index 0
+    so that gathers stay in range."""
+    lab = np.asarray(label).reshape(outer, inner).astype(np.int64)   # truncates, as Caffe's cast
+    valid = np.ones(lab.shape, bool) if ignore_label is None else lab != ignore_label
+    return np.where(valid, lab, 0), valid
+
+
+# --- reference: softmax ------------------------------------------------------------------------
+
+@softmax_forward.impl("ref")
+def _softmax_forward_ref(x, axis=1):
+    e = np.exp(x - x.max(axis=axis, keepdims=True))   # the max term keeps exp from overflowing
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+@softmax_backward.impl("ref")
+def _softmax_backward_ref(dy, y, axis=1):
+    return y * (dy - np.sum(dy * y, axis=axis, keepdims=True))
+
+
+# --- reference: softmax loss -------------------------------------------------------------------
+
+@softmax_loss_forward.impl("ref")
+def _softmax_loss_forward_ref(x, label, *, axis=1, ignore_label=None, normalization="VALID"):
+    """Returns (loss as a 0-d array of x's dtype, prob = softmax(x) along axis)."""
+    outer, c, inner = split_shape(x.shape, axis)
+    prob = _softmax_forward_ref(x, axis)
+    idx, valid = _labels(label, outer, inner, ignore_label)
+    p = np.take_along_axis(prob.reshape(outer, c, inner), idx[:, None, :], axis=1)[:, 0, :]
+    log_p = np.log(np.maximum(p, x.dtype.type(FLT_MIN)))            # clamp: log(0) = -inf
+    d = loss_normalizer(normalization, outer, inner, int(valid.sum()))
+    loss = -np.sum(log_p, where=valid, dtype=x.dtype) / d
+    return np.asarray(loss, dtype=x.dtype), prob
+
+
+@softmax_loss_backward.impl("ref")
+def _softmax_loss_backward_ref(prob, label, *, axis=1, ignore_label=None, normalization="VALID",
+                               loss_weight=1.0):
+    """d(loss_weight * loss)/dx from the forward's prob."""
+    outer, c, inner = split_shape(prob.shape, axis)
+    idx, valid = _labels(label, outer, inner, ignore_label)
+    p3 = prob.reshape(outer, c, inner)
+    onehot = np.arange(c)[None, :, None] == idx[:, None, :]
+    d = loss_normalizer(normalization, outer, inner, int(valid.sum()))
+    dx = (p3 - onehot) * valid[:, None, :]
+    return (dx * prob.dtype.type(float(loss_weight) / d)).reshape(prob.shape)
+
+
+# --- reference: accuracy -----------------------------------------------------------------------
+
+@accuracy_forward.impl("ref")
+def _accuracy_forward_ref(x, label, *, axis=1, top_k=1, ignore_label=None):
+    """Returns (accuracy as a 0-d array, per-class accuracy of shape (C,)), x's dtype."""
+    outer, c, inner = split_shape(x.shape, axis)
+    x3 = x.reshape(outer, c, inner)
+    idx, valid = _labels(label, outer, inner, ignore_label)
+    true = np.take_along_axis(x3, idx[:, None, :], axis=1)          # (outer, 1, inner)
+    others_at_least = np.sum(x3 >= true, axis=1) - 1     # - 1: the true class is >= itself
+    correct = (others_at_least < top_k) & valid
+    count = int(valid.sum())
+    accuracy = correct.sum() / count if count else 0.0
+    seen = np.bincount(idx[valid], minlength=c)
+    hits = np.bincount(idx[correct], minlength=c)
+    per_class = np.divide(hits, seen, out=np.zeros(c), where=seen > 0)
+    return np.asarray(accuracy, dtype=x.dtype), per_class.astype(x.dtype)

@@ -1,0 +1,776 @@
+"""The messages of Caffe's format that minicnn reads and writes, with Caffe's field numbers and
+defaults.
+
+The table below is written in a small .proto-like notation of our own, one field per line:
+
+    <number> <name> <type> [repeated] [packed] [array] [= <default>]
+
+``<type>`` is a scalar type (int32, int64, uint32, uint64, bool, float, double, string, bytes),
+an enum declared with ``enum``, or a message declared with ``message``. ``array`` marks a
+repeated float or double field kept as one NumPy array instead of a list (blob data). A field
+without a default takes its type's zero (0, false, "", the first enum value), as in proto2.
+Numbers and defaults are the facts of Caffe's caffe.proto (BVLC master); SSD's messages are
+included so that SSD prototxts parse.
+"""
+
+import numpy as np
+
+SCHEMA = """
+enum Phase               TRAIN=0 TEST=1
+enum Engine              DEFAULT=0 CAFFE=1 CUDNN=2
+enum VarianceNorm        FAN_IN=0 FAN_OUT=1 AVERAGE=2
+enum DimCheckMode        STRICT=0 PERMISSIVE=1
+enum PoolMethod          MAX=0 AVE=1 STOCHASTIC=2
+enum RoundMode           CEIL=0 FLOOR=1
+enum NormRegion          ACROSS_CHANNELS=0 WITHIN_CHANNEL=1
+enum NormalizationMode   FULL=0 VALID=1 BATCH_SIZE=2 NONE=3
+enum EltwiseOp           PROD=0 SUM=1 MAX=2
+enum DB                  LEVELDB=0 LMDB=1
+enum HingeNorm           L1=1 L2=2
+enum ReductionOp         SUM=1 ASUM=2 SUMSQ=3 MEAN=4
+enum SnapshotFormat      HDF5=0 BINARYPROTO=1
+enum SolverMode          CPU=0 GPU=1
+enum SolverType          SGD=0 NESTEROV=1 ADAGRAD=2 RMSPROP=3 ADADELTA=4 ADAM=5
+enum CodeType            CORNER=1 CENTER_SIZE=2 CORNER_SIZE=3
+enum V1LayerType         NONE=0 ACCURACY=1 BNLL=2 CONCAT=3 CONVOLUTION=4 DATA=5 DROPOUT=6
+                         EUCLIDEAN_LOSS=7 FLATTEN=8 HDF5_DATA=9 HDF5_OUTPUT=10 IM2COL=11
+                         IMAGE_DATA=12 INFOGAIN_LOSS=13 INNER_PRODUCT=14 LRN=15
+                         MULTINOMIAL_LOGISTIC_LOSS=16 POOLING=17 RELU=18 SIGMOID=19 SOFTMAX=20
+                         SOFTMAX_LOSS=21 SPLIT=22 TANH=23 WINDOW_DATA=24 ELTWISE=25 POWER=26
+                         SIGMOID_CROSS_ENTROPY_LOSS=27 HINGE_LOSS=28 MEMORY_DATA=29 ARGMAX=30
+                         THRESHOLD=31 DUMMY_DATA=32 SLICE=33 MVN=34 ABSVAL=35 SILENCE=36
+                         CONTRASTIVE_LOSS=37 EXP=38 DECONVOLUTION=39
+
+message BlobShape
+  1   dim                 int64    repeated packed
+
+message BlobProto
+  1   num                 int32
+  2   channels            int32
+  3   height              int32
+  4   width               int32
+  5   data                float    repeated packed array
+  6   diff                float    repeated packed array
+  7   shape               BlobShape
+  8   double_data         double   repeated packed array
+  9   double_diff         double   repeated packed array
+
+message BlobProtoVector
+  1   blobs               BlobProto repeated
+
+message Datum
+  1   channels            int32
+  2   height              int32
+  3   width               int32
+  4   data                bytes
+  5   label               int32
+  6   float_data          float    repeated array
+  7   encoded             bool     = false
+
+message FillerParameter
+  1   type                string   = "constant"
+  2   value               float    = 0
+  3   min                 float    = 0
+  4   max                 float    = 1
+  5   mean                float    = 0
+  6   std                 float    = 1
+  7   sparse              int32    = -1
+  8   variance_norm       VarianceNorm = FAN_IN
+
+message NetParameter
+  1   name                string
+  2   layers              V1LayerParameter repeated
+  3   input               string   repeated
+  4   input_dim           int32    repeated
+  5   force_backward      bool     = false
+  6   state               NetState
+  7   debug_info          bool     = false
+  8   input_shape         BlobShape repeated
+  100 layer               LayerParameter repeated
+
+message SolverParameter
+  1   train_net           string
+  2   test_net            string   repeated
+  3   test_iter           int32    repeated
+  4   test_interval       int32    = 0
+  5   base_lr             float
+  6   display             int32
+  7   max_iter            int32
+  8   lr_policy           string
+  9   gamma               float
+  10  power               float
+  11  momentum            float
+  12  weight_decay        float
+  13  stepsize            int32
+  14  snapshot            int32    = 0
+  15  snapshot_prefix     string
+  16  snapshot_diff       bool     = false
+  17  solver_mode         SolverMode = GPU
+  18  device_id           int32    = 0
+  19  test_compute_loss   bool     = false
+  20  random_seed         int64    = -1
+  21  train_net_param     NetParameter
+  22  test_net_param      NetParameter repeated
+  23  debug_info          bool     = false
+  24  net                 string
+  25  net_param           NetParameter
+  26  train_state         NetState
+  27  test_state          NetState repeated
+  28  snapshot_after_train bool    = true
+  29  regularization_type string   = "L2"
+  30  solver_type         SolverType = SGD
+  31  delta               float    = 1e-8
+  32  test_initialization bool     = true
+  33  average_loss        int32    = 1
+  34  stepvalue           int32    repeated
+  35  clip_gradients      float    = -1
+  36  iter_size           int32    = 1
+  37  snapshot_format     SnapshotFormat = BINARYPROTO
+  38  rms_decay           float    = 0.99
+  39  momentum2           float    = 0.999
+  40  type                string   = "SGD"
+  41  layer_wise_reduce   bool     = true
+  42  weights             string   repeated
+
+message SolverState
+  1   iter                int32
+  2   learned_net         string
+  3   history             BlobProto repeated
+  4   current_step        int32    = 0
+
+message NetState
+  1   phase               Phase    = TEST
+  2   level               int32    = 0
+  3   stage               string   repeated
+
+message NetStateRule
+  1   phase               Phase
+  2   min_level           int32
+  3   max_level           int32
+  4   stage               string   repeated
+  5   not_stage           string   repeated
+
+message ParamSpec
+  1   name                string
+  2   share_mode          DimCheckMode
+  3   lr_mult             float    = 1
+  4   decay_mult          float    = 1
+
+message LayerParameter
+  1   name                string
+  2   type                string
+  3   bottom              string   repeated
+  4   top                 string   repeated
+  5   loss_weight         float    repeated
+  6   param               ParamSpec repeated
+  7   blobs               BlobProto repeated
+  8   include             NetStateRule repeated
+  9   exclude             NetStateRule repeated
+  10  phase               Phase
+  11  propagate_down      bool     repeated
+  100 transform_param     TransformationParameter
+  101 loss_param          LossParameter
+  102 accuracy_param      AccuracyParameter
+  103 argmax_param        ArgMaxParameter
+  104 concat_param        ConcatParameter
+  105 contrastive_loss_param ContrastiveLossParameter
+  106 convolution_param   ConvolutionParameter
+  107 data_param          DataParameter
+  108 dropout_param       DropoutParameter
+  109 dummy_data_param    DummyDataParameter
+  110 eltwise_param       EltwiseParameter
+  111 exp_param           ExpParameter
+  112 hdf5_data_param     HDF5DataParameter
+  113 hdf5_output_param   HDF5OutputParameter
+  114 hinge_loss_param    HingeLossParameter
+  115 image_data_param    ImageDataParameter
+  116 infogain_loss_param InfogainLossParameter
+  117 inner_product_param InnerProductParameter
+  118 lrn_param           LRNParameter
+  119 memory_data_param   MemoryDataParameter
+  120 mvn_param           MVNParameter
+  121 pooling_param       PoolingParameter
+  122 power_param         PowerParameter
+  123 relu_param          ReLUParameter
+  124 sigmoid_param       SigmoidParameter
+  125 softmax_param       SoftmaxParameter
+  126 slice_param         SliceParameter
+  127 tanh_param          TanHParameter
+  128 threshold_param     ThresholdParameter
+  129 window_data_param   WindowDataParameter
+  130 python_param        PythonParameter
+  131 prelu_param         PReLUParameter
+  132 spp_param           SPPParameter
+  133 reshape_param       ReshapeParameter
+  134 log_param           LogParameter
+  135 flatten_param       FlattenParameter
+  136 reduction_param     ReductionParameter
+  137 embed_param         EmbedParameter
+  138 tile_param          TileParameter
+  139 batch_norm_param    BatchNormParameter
+  140 elu_param           ELUParameter
+  141 bias_param          BiasParameter
+  142 scale_param         ScaleParameter
+  143 input_param         InputParameter
+  144 crop_param          CropParameter
+  145 parameter_param     ParameterParameter
+  146 recurrent_param     RecurrentParameter
+  147 swish_param         SwishParameter
+  148 clip_param          ClipParameter
+  202 permute_param       PermuteParameter
+  203 prior_box_param     PriorBoxParameter
+  204 detection_output_param DetectionOutputParameter
+  206 norm_param          NormalizeParameter
+
+message TransformationParameter
+  1   scale               float    = 1
+  2   mirror              bool     = false
+  3   crop_size           uint32   = 0
+  4   mean_file           string
+  5   mean_value          float    repeated
+  6   force_color         bool     = false
+  7   force_gray          bool     = false
+
+message LossParameter
+  1   ignore_label        int32
+  2   normalize           bool
+  3   normalization       NormalizationMode = VALID
+
+message AccuracyParameter
+  1   top_k               uint32   = 1
+  2   axis                int32    = 1
+  3   ignore_label        int32
+
+message ArgMaxParameter
+  1   out_max_val         bool     = false
+  2   top_k               uint32   = 1
+  3   axis                int32
+
+message ConcatParameter
+  1   concat_dim          uint32   = 1
+  2   axis                int32    = 1
+
+message BatchNormParameter
+  1   use_global_stats    bool
+  2   moving_average_fraction float = 0.999
+  3   eps                 float    = 1e-5
+
+message BiasParameter
+  1   axis                int32    = 1
+  2   num_axes            int32    = 1
+  3   filler              FillerParameter
+
+message ContrastiveLossParameter
+  1   margin              float    = 1
+  2   legacy_version      bool     = false
+
+message ConvolutionParameter
+  1   num_output          uint32
+  2   bias_term           bool     = true
+  3   pad                 uint32   repeated
+  4   kernel_size         uint32   repeated
+  5   group               uint32   = 1
+  6   stride              uint32   repeated
+  7   weight_filler       FillerParameter
+  8   bias_filler         FillerParameter
+  9   pad_h               uint32   = 0
+  10  pad_w               uint32   = 0
+  11  kernel_h            uint32
+  12  kernel_w            uint32
+  13  stride_h            uint32
+  14  stride_w            uint32
+  15  engine              Engine   = DEFAULT
+  16  axis                int32    = 1
+  17  force_nd_im2col     bool     = false
+  18  dilation            uint32   repeated
+
+message CropParameter
+  1   axis                int32    = 2
+  2   offset              uint32   repeated
+
+message DataParameter
+  1   source              string
+  2   scale               float    = 1
+  3   mean_file           string
+  4   batch_size          uint32
+  5   crop_size           uint32   = 0
+  6   mirror              bool     = false
+  7   rand_skip           uint32   = 0
+  8   backend             DB       = LEVELDB
+  9   force_encoded_color bool     = false
+  10  prefetch            uint32   = 4
+
+message DropoutParameter
+  1   dropout_ratio       float    = 0.5
+
+message DummyDataParameter
+  1   data_filler         FillerParameter repeated
+  2   num                 uint32   repeated
+  3   channels            uint32   repeated
+  4   height              uint32   repeated
+  5   width               uint32   repeated
+  6   shape               BlobShape repeated
+
+message EltwiseParameter
+  1   operation           EltwiseOp = SUM
+  2   coeff               float    repeated
+  3   stable_prod_grad    bool     = true
+
+message ELUParameter
+  1   alpha               float    = 1
+
+message EmbedParameter
+  1   num_output          uint32
+  2   input_dim           uint32
+  3   bias_term           bool     = true
+  4   weight_filler       FillerParameter
+  5   bias_filler         FillerParameter
+
+message ExpParameter
+  1   base                float    = -1
+  2   scale               float    = 1
+  3   shift               float    = 0
+
+message FlattenParameter
+  1   axis                int32    = 1
+  2   end_axis            int32    = -1
+
+message HDF5DataParameter
+  1   source              string
+  2   batch_size          uint32
+  3   shuffle             bool     = false
+
+message HDF5OutputParameter
+  1   file_name           string
+
+message HingeLossParameter
+  1   norm                HingeNorm = L1
+
+message ImageDataParameter
+  1   source              string
+  2   scale               float    = 1
+  3   mean_file           string
+  4   batch_size          uint32   = 1
+  5   crop_size           uint32   = 0
+  6   mirror              bool     = false
+  7   rand_skip           uint32   = 0
+  8   shuffle             bool     = false
+  9   new_height          uint32   = 0
+  10  new_width           uint32   = 0
+  11  is_color            bool     = true
+  12  root_folder         string   = ""
+
+message InfogainLossParameter
+  1   source              string
+  2   axis                int32    = 1
+
+message InnerProductParameter
+  1   num_output          uint32
+  2   bias_term           bool     = true
+  3   weight_filler       FillerParameter
+  4   bias_filler         FillerParameter
+  5   axis                int32    = 1
+  6   transpose           bool     = false
+
+message InputParameter
+  1   shape               BlobShape repeated
+
+message LogParameter
+  1   base                float    = -1
+  2   scale               float    = 1
+  3   shift               float    = 0
+
+message LRNParameter
+  1   local_size          uint32   = 5
+  2   alpha               float    = 1
+  3   beta                float    = 0.75
+  4   norm_region         NormRegion = ACROSS_CHANNELS
+  5   k                   float    = 1
+  6   engine              Engine   = DEFAULT
+
+message MemoryDataParameter
+  1   batch_size          uint32
+  2   channels            uint32
+  3   height              uint32
+  4   width               uint32
+
+message MVNParameter
+  1   normalize_variance  bool     = true
+  2   across_channels     bool     = false
+  3   eps                 float    = 1e-9
+
+message ParameterParameter
+  1   shape               BlobShape
+
+message PoolingParameter
+  1   pool                PoolMethod = MAX
+  2   kernel_size         uint32
+  3   stride              uint32   = 1
+  4   pad                 uint32   = 0
+  5   kernel_h            uint32
+  6   kernel_w            uint32
+  7   stride_h            uint32
+  8   stride_w            uint32
+  9   pad_h               uint32   = 0
+  10  pad_w               uint32   = 0
+  11  engine              Engine   = DEFAULT
+  12  global_pooling      bool     = false
+  13  round_mode          RoundMode = CEIL
+
+message PowerParameter
+  1   power               float    = 1
+  2   scale               float    = 1
+  3   shift               float    = 0
+
+message PythonParameter
+  1   module              string
+  2   layer               string
+  3   param_str           string   = ""
+  4   share_in_parallel   bool     = false
+
+message RecurrentParameter
+  1   num_output          uint32   = 0
+  2   weight_filler       FillerParameter
+  3   bias_filler         FillerParameter
+  4   debug_info          bool     = false
+  5   expose_hidden       bool     = false
+
+message ReductionParameter
+  1   operation           ReductionOp = SUM
+  2   axis                int32    = 0
+  3   coeff               float    = 1
+
+message ReLUParameter
+  1   negative_slope      float    = 0
+  2   engine              Engine   = DEFAULT
+
+message ReshapeParameter
+  1   shape               BlobShape
+  2   axis                int32    = 0
+  3   num_axes            int32    = -1
+
+message ScaleParameter
+  1   axis                int32    = 1
+  2   num_axes            int32    = 1
+  3   filler              FillerParameter
+  4   bias_term           bool     = false
+  5   bias_filler         FillerParameter
+
+message SigmoidParameter
+  1   engine              Engine   = DEFAULT
+
+message SliceParameter
+  1   slice_dim           uint32   = 1
+  2   slice_point         uint32   repeated
+  3   axis                int32    = 1
+
+message SoftmaxParameter
+  1   engine              Engine   = DEFAULT
+  2   axis                int32    = 1
+
+message SwishParameter
+  1   beta                float    = 1
+
+message ClipParameter
+  1   min                 float
+  2   max                 float
+
+message TanHParameter
+  1   engine              Engine   = DEFAULT
+
+message TileParameter
+  1   axis                int32    = 1
+  2   tiles               int32
+
+message ThresholdParameter
+  1   threshold           float    = 0
+
+message WindowDataParameter
+  1   source              string
+  2   scale               float    = 1
+  3   mean_file           string
+  4   batch_size          uint32
+  5   crop_size           uint32   = 0
+  6   mirror              bool     = false
+  7   fg_threshold        float    = 0.5
+  8   bg_threshold        float    = 0.5
+  9   fg_fraction         float    = 0.25
+  10  context_pad         uint32   = 0
+  11  crop_mode           string   = "warp"
+  12  cache_images        bool     = false
+  13  root_folder         string   = ""
+
+message SPPParameter
+  1   pyramid_height      uint32
+  2   pool                PoolMethod = MAX
+  6   engine              Engine   = DEFAULT
+
+message PReLUParameter
+  1   filler              FillerParameter
+  2   channel_shared      bool     = false
+
+message PermuteParameter
+  1   order               uint32   repeated
+
+message PriorBoxParameter
+  1   min_size            float    repeated
+  2   max_size            float    repeated
+  3   aspect_ratio        float    repeated
+  4   flip                bool     = true
+  5   clip                bool     = false
+  6   variance            float    repeated
+  7   img_size            uint32
+  8   img_h               uint32
+  9   img_w               uint32
+  10  step                float
+  11  step_h              float
+  12  step_w              float
+  13  offset              float    = 0.5
+
+message NonMaximumSuppressionParameter
+  1   nms_threshold       float    = 0.3
+  2   top_k               int32
+  3   eta                 float    = 1
+
+message SaveOutputParameter
+  1   output_directory    string
+  2   output_name_prefix  string
+  3   output_format       string
+  4   label_map_file      string
+  5   name_size_file      string
+  6   num_test_image      uint32
+
+message DetectionOutputParameter
+  1   num_classes         uint32
+  2   share_location      bool     = true
+  3   background_label_id int32    = 0
+  4   nms_param           NonMaximumSuppressionParameter
+  5   save_output_param   SaveOutputParameter
+  6   code_type           CodeType = CORNER
+  7   keep_top_k          int32    = -1
+  8   variance_encoded_in_target bool = false
+  9   confidence_threshold float
+  10  visualize           bool     = false
+  11  visualize_threshold float
+  12  save_file           string
+
+message NormalizeParameter
+  1   across_spatial      bool     = true
+  2   scale_filler        FillerParameter
+  3   channel_shared      bool     = true
+  4   eps                 float    = 1e-10
+
+message V1LayerParameter
+  1   layer               V0LayerParameter
+  2   bottom              string   repeated
+  3   top                 string   repeated
+  4   name                string
+  5   type                V1LayerType
+  6   blobs               BlobProto repeated
+  7   blobs_lr            float    repeated
+  8   weight_decay        float    repeated
+  9   concat_param        ConcatParameter
+  10  convolution_param   ConvolutionParameter
+  11  data_param          DataParameter
+  12  dropout_param       DropoutParameter
+  13  hdf5_data_param     HDF5DataParameter
+  14  hdf5_output_param   HDF5OutputParameter
+  15  image_data_param    ImageDataParameter
+  16  infogain_loss_param InfogainLossParameter
+  17  inner_product_param InnerProductParameter
+  18  lrn_param           LRNParameter
+  19  pooling_param       PoolingParameter
+  20  window_data_param   WindowDataParameter
+  21  power_param         PowerParameter
+  22  memory_data_param   MemoryDataParameter
+  23  argmax_param        ArgMaxParameter
+  24  eltwise_param       EltwiseParameter
+  25  threshold_param     ThresholdParameter
+  26  dummy_data_param    DummyDataParameter
+  27  accuracy_param      AccuracyParameter
+  29  hinge_loss_param    HingeLossParameter
+  30  relu_param          ReLUParameter
+  31  slice_param         SliceParameter
+  32  include             NetStateRule repeated
+  33  exclude             NetStateRule repeated
+  34  mvn_param           MVNParameter
+  35  loss_weight         float    repeated
+  36  transform_param     TransformationParameter
+  37  tanh_param          TanHParameter
+  38  sigmoid_param       SigmoidParameter
+  39  softmax_param       SoftmaxParameter
+  40  contrastive_loss_param ContrastiveLossParameter
+  41  exp_param           ExpParameter
+  42  loss_param          LossParameter
+  1001 param              string   repeated
+  1002 blob_share_mode    DimCheckMode repeated
+
+message V0LayerParameter
+  1   name                string
+  2   type                string
+  3   num_output          uint32
+  4   biasterm            bool     = true
+  5   weight_filler       FillerParameter
+  6   bias_filler         FillerParameter
+  7   pad                 uint32   = 0
+  8   kernelsize          uint32
+  9   group               uint32   = 1
+  10  stride              uint32   = 1
+  11  pool                PoolMethod = MAX
+  12  dropout_ratio       float    = 0.5
+  13  local_size          uint32   = 5
+  14  alpha               float    = 1
+  15  beta                float    = 0.75
+  16  source              string
+  17  scale               float    = 1
+  18  meanfile            string
+  19  batchsize           uint32
+  20  cropsize            uint32   = 0
+  21  mirror              bool     = false
+  22  k                   float    = 1
+  50  blobs               BlobProto repeated
+  51  blobs_lr            float    repeated
+  52  weight_decay        float    repeated
+  53  rand_skip           uint32   = 0
+  54  det_fg_threshold    float    = 0.5
+  55  det_bg_threshold    float    = 0.5
+  56  det_fg_fraction     float    = 0.25
+  58  det_context_pad     uint32   = 0
+  59  det_crop_mode       string   = "warp"
+  60  new_num             int32    = 0
+  61  new_channels        int32    = 0
+  62  new_height          int32    = 0
+  63  new_width           int32    = 0
+  64  shuffle_images      bool     = false
+  65  concat_dim          uint32   = 1
+  1001 hdf5_output_param  HDF5OutputParameter
+"""
+
+# --- descriptors -------------------------------------------------------------------------------
+
+SCALAR_TYPES = ("int32", "int64", "uint32", "uint64", "bool", "float", "double", "string", "bytes")
+INT_RANGES = {
+    "int32": (-(2**31), 2**31 - 1),
+    "int64": (-(2**63), 2**63 - 1),
+    "uint32": (0, 2**32 - 1),
+    "uint64": (0, 2**64 - 1),
+}
+ARRAY_DTYPES = {"float": np.dtype("<f4"), "double": np.dtype("<f8")}
+
+
+class EnumDescriptor:
+    def __init__(self, name, values):
+        self.name = name
+        self.values = dict(values)                       # name -> number
+        self.names = {v: k for k, v in reversed(list(self.values.items()))}  # number -> first name
+
+    def __repr__(self):
+        return f"<enum {self.name}>"
+
+
+class FieldDescriptor:
+    """One field: ``kind`` is 'scalar', 'enum' or 'message'; ``type`` the scalar type or the
+    enum/message name."""
+
+    def __init__(self, number, name, type_name, repeated, packed, array, default_text):
+        self.number, self.name, self.type_name = number, name, type_name
+        self.repeated, self.packed, self.array = repeated, packed, array
+        self.default_text = default_text
+        self.kind = None            # resolved by _link()
+        self.enum = None            # EnumDescriptor for enum fields
+        self.message = None         # MessageDescriptor for message fields
+        self.default = None
+
+    @property
+    def is_message(self):
+        return self.kind == "message"
+
+    def __repr__(self):
+        label = " repeated" if self.repeated else ""
+        return f"<field {self.name}={self.number} {self.type_name}{label}>"
+
+
+class MessageDescriptor:
+    def __init__(self, name):
+        self.name = name
+        self.fields = []                 # in declaration order
+        self.fields_by_name = {}
+        self.fields_by_number = {}
+        self.cls = None                  # the Message subclass, set by message.py
+
+    def add(self, field):
+        if field.name in self.fields_by_name or field.number in self.fields_by_number:
+            raise ValueError(f"schema: duplicate field {field.name}={field.number} in {self.name}")
+        self.fields.append(field)
+        self.fields_by_name[field.name] = field
+        self.fields_by_number[field.number] = field
+
+    def __repr__(self):
+        return f"<message {self.name}>"
+
+
+def _parse_default(field):
+    text = field.default_text
+    if field.kind == "enum":
+        if text is None:
+            return next(iter(field.enum.values))         # proto2: the first value listed
+        if text not in field.enum.values:
+            raise ValueError(f"schema: bad default {text} for {field.name}")
+        return text
+    t = field.type_name
+    if text is None:
+        return {"bool": False, "string": "", "bytes": b"", "float": 0.0, "double": 0.0}.get(t, 0)
+    if t == "bool":
+        return text == "true"
+    if t == "string":
+        return text.strip('"')
+    if t == "float":
+        return float(np.float32(float(text)))              # Caffe stores these as float32
+    if t == "double":
+        return float(text)
+    return int(text)
+
+
+def _load(schema_text):
+    enums, messages, current = {}, {}, None
+    lines = schema_text.strip().splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i].strip()
+        i += 1
+        if not line:
+            continue
+        words = line.split()
+        if words[0] == "enum":
+            pairs = words[2:]
+            while i < len(lines) and lines[i].startswith(" ") and "=" in lines[i] \
+                    and not lines[i].strip()[0].isdigit():
+                pairs += lines[i].split()
+                i += 1
+            enums[words[1]] = EnumDescriptor(words[1], [(p.split("=")[0], int(p.split("=")[1]))
+                                                        for p in pairs])
+        elif words[0] == "message":
+            current = messages[words[1]] = MessageDescriptor(words[1])
+        else:
+            default = None
+            if "=" in words:
+                k = words.index("=")
+                default, words = " ".join(words[k + 1:]), words[:k]
+            number, name, type_name, flags = int(words[0]), words[1], words[2], set(words[3:])
+            current.add(FieldDescriptor(number, name, type_name, "repeated" in flags,
+                                        "packed" in flags, "array" in flags, default))
+    for msg in messages.values():
+        for f in msg.fields:
+            if f.type_name in SCALAR_TYPES:
+                f.kind = "scalar"
+            elif f.type_name in enums:
+                f.kind, f.enum = "enum", enums[f.type_name]
+            elif f.type_name in messages:
+                f.kind, f.message = "message", messages[f.type_name]
+            else:
+                raise ValueError(f"schema: unknown type {f.type_name} of {msg.name}.{f.name}")
+            f.default = None if f.kind == "message" or f.repeated else _parse_default(f)
+    return enums, messages
+
+
+ENUMS, MESSAGES = _load(SCHEMA)

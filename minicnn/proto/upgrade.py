@@ -1,0 +1,127 @@
+"""Caffe's automatic upgrades of old net and solver definitions, done on parsed messages.
+
+- V1 ``layers { type: CONVOLUTION blobs_lr: 1 weight_decay: 1 param: "w" }`` becomes
+  ``layer { type: "Convolution" param { name: "w" lr_mult: 1 decay_mult: 1 } }``.
+- ``input: "data"`` with ``input_dim`` (four per input) or ``input_shape`` becomes an ``Input``
+  layer.
+- data-layer ``scale``/``mean_file``/``crop_size``/``mirror`` move into ``transform_param``.
+- a BatchNorm layer with three ``param`` specs loses them (the layer fixes its own lr_mult 0).
+- the solver's enum ``solver_type: ADAM`` becomes ``type: "Adam"``.
+"""
+
+from minicnn.errors import NetError
+from minicnn.proto.caffe_pb2 import BlobShape, LayerParameter
+
+V1_TYPE_NAMES = {
+    "ABSVAL": "AbsVal", "ACCURACY": "Accuracy", "ARGMAX": "ArgMax", "BNLL": "BNLL",
+    "CONCAT": "Concat", "CONTRASTIVE_LOSS": "ContrastiveLoss", "CONVOLUTION": "Convolution",
+    "DECONVOLUTION": "Deconvolution", "DATA": "Data", "DROPOUT": "Dropout",
+    "DUMMY_DATA": "DummyData", "EUCLIDEAN_LOSS": "EuclideanLoss", "ELTWISE": "Eltwise",
+    "EXP": "Exp", "FLATTEN": "Flatten", "HDF5_DATA": "HDF5Data", "HDF5_OUTPUT": "HDF5Output",
+    "HINGE_LOSS": "HingeLoss", "IM2COL": "Im2col", "IMAGE_DATA": "ImageData",
+    "INFOGAIN_LOSS": "InfogainLoss", "INNER_PRODUCT": "InnerProduct", "LRN": "LRN",
+    "MEMORY_DATA": "MemoryData", "MULTINOMIAL_LOGISTIC_LOSS": "MultinomialLogisticLoss",
+    "MVN": "MVN", "POOLING": "Pooling", "POWER": "Power", "RELU": "ReLU", "SIGMOID": "Sigmoid",
+    "SIGMOID_CROSS_ENTROPY_LOSS": "SigmoidCrossEntropyLoss", "SILENCE": "Silence",
+    "SOFTMAX": "Softmax", "SOFTMAX_LOSS": "SoftmaxWithLoss", "SPLIT": "Split", "SLICE": "Slice",
+    "TANH": "TanH", "WINDOW_DATA": "WindowData", "THRESHOLD": "Threshold",
+}
+SOLVER_TYPE_NAMES = {"SGD": "SGD", "NESTEROV": "Nesterov", "ADAGRAD": "AdaGrad",
+                     "RMSPROP": "RMSProp", "ADADELTA": "AdaDelta", "ADAM": "Adam"}
+_TRANSFORM_FIELDS = ("scale", "mean_file", "crop_size", "mirror")
+_V1_COPIED = ("bottom", "top", "name", "include", "exclude", "blobs", "loss_weight")
+
+
+def upgrade_v1_layer(v1):
+    """One V1LayerParameter as a LayerParameter."""
+    if v1.HasField("layer"):
+        raise NetError(f"layer '{v1.name or v1.layer.name}' uses the V0 format (2014 and earlier), "
+                       "which minicnn does not read; upgrade it with Caffe's "
+                       "upgrade_net_proto_text first")
+    layer = LayerParameter()
+    for field, value in v1.ListFields():       # sub-messages move over; v1 is discarded after
+        if field.name in _V1_COPIED or (field.name.endswith("_param") and field.name != "param"):
+            setattr(layer, field.name, value)
+    if v1.HasField("type"):
+        if v1.type == "NONE":
+            raise NetError(f"layer '{v1.name}' has type NONE")
+        layer.type = V1_TYPE_NAMES[v1.type]
+    n_specs = max(len(v1.param), len(v1.blob_share_mode), len(v1.blobs_lr), len(v1.weight_decay))
+    for i in range(n_specs):
+        spec = layer.param.add()
+        if i < len(v1.param):
+            spec.name = v1.param[i]
+        if i < len(v1.blob_share_mode):
+            spec.share_mode = v1.blob_share_mode[i]
+        if i < len(v1.blobs_lr):
+            spec.lr_mult = v1.blobs_lr[i]
+        if i < len(v1.weight_decay):
+            spec.decay_mult = v1.weight_decay[i]
+    return layer
+
+
+def _upgrade_input(net):
+    inputs = list(net.input)
+    if not inputs:
+        if net.HasField("input_dim") or net.HasField("input_shape"):
+            raise NetError("input_dim/input_shape are given but no 'input' names the blobs")
+        return
+    if net.HasField("input_shape") and net.HasField("input_dim"):
+        raise NetError("give either input_shape or input_dim, not both")
+    shapes = []
+    if net.HasField("input_shape"):
+        if len(net.input_shape) not in (1, len(inputs)):
+            raise NetError(f"{len(inputs)} inputs but {len(net.input_shape)} input_shape entries")
+        shapes = [s.copy() for s in net.input_shape]
+    elif net.HasField("input_dim"):
+        dims = list(net.input_dim)
+        if len(dims) != 4 * len(inputs):
+            raise NetError(f"{len(inputs)} inputs need {4 * len(inputs)} input_dim values "
+                           f"(num, channels, height, width each), got {len(dims)}")
+        shapes = [BlobShape(dim=dims[4 * i:4 * i + 4]) for i in range(len(inputs))]
+    layer = LayerParameter(name="input", type="Input", top=inputs)
+    for shape in shapes:
+        layer.input_param.shape.append(shape)
+    net.layer.insert(0, layer)
+    for name in ("input", "input_dim", "input_shape"):
+        net.ClearField(name)
+
+
+def _upgrade_data_transform(layer):
+    for param_name in ("data_param", "image_data_param", "window_data_param"):
+        if not layer.HasField(param_name):
+            continue
+        param = getattr(layer, param_name)
+        for field in _TRANSFORM_FIELDS:
+            if field in type(param).DESCRIPTOR.fields_by_name and param.HasField(field):
+                setattr(layer.transform_param, field, getattr(param, field))
+                param.ClearField(field)
+
+
+def upgrade_net(net):
+    """Upgrade a NetParameter in place to the current format; return it."""
+    if net.HasField("layers"):
+        if net.HasField("layer"):
+            raise NetError("the net mixes V1 'layers' and current 'layer' definitions; "
+                           "use one of them")
+        for v1 in net.layers:
+            net.layer.append(upgrade_v1_layer(v1))
+        net.ClearField("layers")
+    _upgrade_input(net)
+    for layer in net.layer:
+        _upgrade_data_transform(layer)
+        if layer.type == "BatchNorm" and len(layer.param) == 3:
+            layer.ClearField("param")     # old BatchNorm nets listed its 3 statistics as params
+    return net
+
+
+def upgrade_solver(solver):
+    """Upgrade a SolverParameter in place (enum solver_type -> string type); return it."""
+    if solver.HasField("solver_type"):
+        name = SOLVER_TYPE_NAMES[solver.solver_type]
+        if solver.HasField("type") and solver.type != name:
+            raise NetError(f"solver_type {solver.solver_type} conflicts with type "
+                           f"'{solver.type}'; give only 'type'")
+        solver.type = name
+        solver.ClearField("solver_type")
+    return solver

@@ -1,0 +1,421 @@
+"""Protobuf binary (wire) format: .caffemodel, .binaryproto and .solverstate files.
+
+    net = read_binary("bvlc_reference_caffenet.caffemodel", "NetParameter")
+    write_binary(net, "copy.caffemodel")
+
+Our own reader and writer, driven by schema.py. A file is read through a memory map, and blob data
+is copied once, straight from the file into its NumPy array, so a 500 MB model needs about 500 MB.
+Packed and unpacked repeated fields are both accepted, unknown fields are skipped, and every length
+is checked against the bytes that are really there before anything is allocated. Errors name the
+byte offset and the message being read.
+
+The wire format in four lines: a message is a run of (key, value) records; key = field_number << 3
+| wire_type; wire type 0 is a varint, 1 eight bytes, 5 four bytes, 2 a varint length then that many
+bytes (strings, sub-messages, packed arrays). Fields may come in any order and repeat.
+"""
+
+import contextlib
+import mmap
+import os
+import struct
+import tempfile
+
+import numpy as np
+
+from minicnn.errors import WireFormatError
+from minicnn.proto.schema import ARRAY_DTYPES, MESSAGES
+
+VARINT, FIXED64, LENGTH, START_GROUP, END_GROUP, FIXED32 = 0, 1, 2, 3, 4, 5
+_SCALAR_WIRE = {"int32": VARINT, "int64": VARINT, "uint32": VARINT, "uint64": VARINT,
+                "bool": VARINT, "float": FIXED32, "double": FIXED64}
+_WIRE_NAMES = {0: "varint", 1: "fixed64", 2: "length-delimited", 3: "start-group",
+               4: "end-group", 5: "fixed32"}
+_MAX_DEPTH = 64
+_CHUNK = 1 << 20                         # records examined at once when reading unpacked floats
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+class _Reader:
+    def __init__(self, buf, path, keep=None):
+        self.buf, self.path, self.keep = buf, path, keep
+        self.trail = []                   # [(message, "field[index]")] for error messages
+
+    def fail(self, message, offset):
+        parts = []
+        for msg, label in self.trail:
+            name = ""
+            desc = type(msg).DESCRIPTOR
+            if "name" in desc.fields_by_name and msg.HasField("name"):
+                name = f" '{msg.name}'"
+            parts.append(f"{label}{name}" if label else desc.name + name)
+        raise WireFormatError(message, self.path, offset, " > ".join(parts))
+
+    def varint(self, pos, end):
+        buf, result, shift, start = self.buf, 0, 0, pos
+        while True:
+            if pos >= end:
+                self.fail("truncated varint (the data ends in the middle of a number)", start)
+            byte = buf[pos]
+            pos += 1
+            result |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                return result & 0xFFFFFFFFFFFFFFFF, pos
+            shift += 7
+            if shift >= 70:
+                self.fail("varint longer than 10 bytes", start)
+
+    def skip(self, number, wire_type, pos, end, depth):
+        if wire_type == VARINT:
+            return self.varint(pos, end)[1]
+        if wire_type in (FIXED64, FIXED32):
+            size = 8 if wire_type == FIXED64 else 4
+            if pos + size > end:
+                self.fail(f"truncated {size}-byte value of unknown field {number}", pos)
+            return pos + size
+        if wire_type == LENGTH:
+            length, pos = self.varint(pos, end)
+            if length > end - pos:
+                self.fail(f"unknown field {number} claims {length} bytes but only {end - pos} "
+                          "remain", pos)
+            return pos + length
+        if wire_type == START_GROUP:
+            if depth > _MAX_DEPTH:
+                self.fail("groups nested too deeply", pos)
+            while True:
+                if pos >= end:
+                    self.fail(f"group {number} is not closed", pos)
+                key, pos = self.varint(pos, end)
+                if key & 7 == END_GROUP:
+                    if key >> 3 != number:
+                        self.fail(f"group {number} closed by end-group {key >> 3}", pos)
+                    return pos
+                pos = self.skip(key >> 3, key & 7, pos, end, depth + 1)
+        self.fail(f"invalid wire type {wire_type} for field {number}", pos)
+
+    def parse(self, msg, pos, end, depth=0):
+        if depth > _MAX_DEPTH:
+            self.fail(f"messages nested more than {_MAX_DEPTH} deep", pos)
+        desc = type(msg).DESCRIPTOR
+        keep = self.keep.get(desc.name) if self.keep else None
+        arrays, counts = {}, {}
+        while pos < end:
+            key_pos = pos
+            key, pos = self.varint(pos, end)
+            number, wire_type = key >> 3, key & 7
+            if number == 0:
+                self.fail("field number 0 is not allowed (corrupt data?)", key_pos)
+            field = desc.fields_by_number.get(number)
+            if field is None or (keep is not None and field.name not in keep):
+                pos = self.skip(number, wire_type, pos, end, depth)
+                continue
+            if field.array:
+                pos = self._read_array(field, wire_type, key_pos, pos, end, arrays)
+                continue
+            if field.is_message:
+                if wire_type != LENGTH:
+                    self._wrong_type(field, wire_type, key_pos)
+                length, pos = self.varint(pos, end)
+                self._check_length(field, length, pos, end)
+                index = counts.get(field.name, 0)
+                counts[field.name] = index + 1
+                child = field.message.cls()
+                label = f"{field.name}[{index}]" if field.repeated else field.name
+                self.trail.append((child, f"{label} ({field.message.name})"))
+                self.parse(child, pos, pos + length, depth + 1)
+                self.trail.pop()
+                if field.repeated:
+                    getattr(msg, field.name).append(child)
+                else:                                     # proto rule: a repeated singular merges
+                    getattr(msg, field.name).MergeFrom(child)
+                    msg._touch()
+                pos += length
+                continue
+            t = field.type_name
+            if t in ("string", "bytes"):
+                if wire_type != LENGTH:
+                    self._wrong_type(field, wire_type, key_pos)
+                length, pos = self.varint(pos, end)
+                self._check_length(field, length, pos, end)
+                raw = bytes(self.buf[pos:pos + length])
+                if t == "string":
+                    try:
+                        raw = raw.decode("utf-8")
+                    except UnicodeDecodeError:
+                        self.fail(f"string field '{field.name}' is not valid UTF-8", pos)
+                values, pos = [raw], pos + length
+            elif wire_type == LENGTH and field.repeated:   # a packed run of numbers
+                length, pos = self.varint(pos, end)
+                self._check_length(field, length, pos, end)
+                values = self._unpack(field, pos, pos + length)
+                pos += length
+            else:
+                expected = _SCALAR_WIRE[t] if field.kind == "scalar" else VARINT
+                if wire_type != expected:
+                    self._wrong_type(field, wire_type, key_pos)
+                value, pos = self._read_scalar(field, wire_type, pos, end)
+                values = [value]
+            values = [self._convert(field, v, key_pos) for v in values]
+            if field.repeated:
+                getattr(msg, field.name).extend(values)
+            else:
+                setattr(msg, field.name, values[-1])       # last one wins, as protobuf does
+        for name, chunks in arrays.items():
+            setattr(msg, name, chunks[0] if len(chunks) == 1 else np.concatenate(chunks))
+        msg._touch()
+        return msg
+
+    def _wrong_type(self, field, wire_type, pos):
+        self.fail(f"field '{field.name}' ({field.type_name}) arrived with wire type "
+                  f"{_WIRE_NAMES.get(wire_type, wire_type)}", pos)
+
+    def _check_length(self, field, length, pos, end):
+        if length > end - pos:
+            self.fail(f"field '{field.name}' claims {length} bytes but only {end - pos} remain "
+                      "(truncated or corrupt file)", pos)
+
+    def _read_scalar(self, field, wire_type, pos, end):
+        if wire_type == VARINT:
+            return self.varint(pos, end)
+        size = 4 if wire_type == FIXED32 else 8
+        if pos + size > end:
+            self.fail(f"truncated value of field '{field.name}'", pos)
+        fmt = "<f" if wire_type == FIXED32 else "<d"
+        return struct.unpack_from(fmt, self.buf, pos)[0], pos + size
+
+    def _unpack(self, field, pos, end):
+        t = field.type_name
+        if t in ("float", "double"):
+            size = 4 if t == "float" else 8
+            if (end - pos) % size:
+                self.fail(f"packed field '{field.name}' has {end - pos} bytes, not a multiple "
+                          f"of {size}", pos)
+            return np.frombuffer(self.buf, ARRAY_DTYPES[t], (end - pos) // size, pos).tolist()
+        values = []
+        while pos < end:
+            value, pos = self.varint(pos, end)
+            values.append(value)
+        return values
+
+    def _convert(self, field, raw, pos):
+        """A decoded number as the field's Python value (two's complement, enum names)."""
+        t = field.type_name
+        if field.kind == "enum" or t == "int32":
+            raw &= 0xFFFFFFFF
+            raw = raw - (1 << 32) if raw >= (1 << 31) else raw
+            if field.kind == "enum":
+                if raw not in field.enum.names:
+                    self.fail(f"{raw} is not a value of enum {field.enum.name} (field "
+                              f"'{field.name}'); the file may come from a Caffe fork", pos)
+                return field.enum.names[raw]
+            return raw
+        if t == "int64":
+            return raw - (1 << 64) if raw >= (1 << 63) else raw
+        if t == "uint32":
+            return raw & 0xFFFFFFFF
+        if t == "bool":
+            return raw != 0
+        if t == "float":
+            return float(np.float32(raw))
+        return raw
+
+    def _read_array(self, field, wire_type, key_pos, pos, end, arrays):
+        dtype = ARRAY_DTYPES[field.type_name]
+        if wire_type == LENGTH:                                  # packed (what Caffe writes)
+            length, pos = self.varint(pos, end)
+            self._check_length(field, length, pos, end)
+            if length % dtype.itemsize:
+                self.fail(f"packed field '{field.name}' has {length} bytes, not a multiple of "
+                          f"{dtype.itemsize}", pos)
+            chunk = np.frombuffer(self.buf, dtype, length // dtype.itemsize, pos).copy()
+            arrays.setdefault(field.name, []).append(chunk)
+            return pos + length
+        expected = FIXED32 if dtype.itemsize == 4 else FIXED64
+        if wire_type != expected:
+            self._wrong_type(field, wire_type, key_pos)
+        # Unpacked: a run of records [key][value]; read the whole run at once with NumPy.
+        key_bytes = bytes(self.buf[key_pos:pos])
+        record = len(key_bytes) + dtype.itemsize
+        start = key_pos
+        while True:
+            n_max = min((end - start) // record, _CHUNK)
+            if n_max == 0:
+                self.fail(f"truncated value of field '{field.name}'", start + len(key_bytes))
+            rows = np.frombuffer(self.buf, np.uint8, n_max * record, start).reshape(n_max, record)
+            same = (rows[:, :len(key_bytes)] == np.frombuffer(key_bytes, np.uint8)).all(axis=1)
+            n = n_max if same.all() else int(np.argmin(same))
+            arrays.setdefault(field.name, []).append(
+                np.ascontiguousarray(rows[:n, len(key_bytes):]).view(dtype).reshape(-1))
+            start += n * record
+            if n < n_max or start >= end:
+                return start
+
+
+def parse_binary(data, message_type="NetParameter", path="<bytes>", keep=None):
+    """Decode ``data`` (bytes-like) as a message of ``message_type``.
+
+    ``keep`` optionally maps message names to the field names to decode; other fields of those
+    messages are skipped unread (``copy_from`` reads only layer names, types and blobs).
+    """
+    buf = memoryview(data).cast("B") if not isinstance(data, (bytes, bytearray)) else data
+    msg = MESSAGES[message_type].cls()
+    reader = _Reader(buf, path, keep)
+    reader.trail.append((msg, ""))
+    return reader.parse(msg, 0, len(buf))
+
+
+def read_binary(path, message_type="NetParameter", keep=None):
+    """Read a binary protobuf file through a memory map (see ``parse_binary``)."""
+    path = os.fspath(path)
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise WireFormatError(f"cannot read file: {e.strerror}", path, 0, message_type) from None
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            return MESSAGES[message_type].cls()
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            view = memoryview(mapped)
+            try:
+                return parse_binary(view, message_type, path, keep)
+            finally:
+                view.release()
+
+
+# --- writing -----------------------------------------------------------------------------------
+
+def _varint_bytes(value):
+    value &= 0xFFFFFFFFFFFFFFFF                   # negative ints go out as 10-byte two's complement
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _key(number, wire_type):
+    return _varint_bytes(number << 3 | wire_type)
+
+
+def _number(field, value):
+    return field.enum.values[value] if field.kind == "enum" else int(value)
+
+
+def _scalar_bytes(field, value):
+    t = field.type_name
+    if t == "float":
+        return struct.pack("<f", value)
+    if t == "double":
+        return struct.pack("<d", value)
+    if t == "string":
+        return value.encode("utf-8")
+    if t == "bytes":
+        return value
+    return _varint_bytes(_number(field, value))
+
+
+class _Writer:
+    """Serializes in two passes: sizes first (a sub-message's length precedes it), then bytes."""
+
+    def __init__(self):
+        self.sizes = {}
+
+    def size(self, msg):
+        total = 0
+        for field, value in msg.ListFields():
+            key = len(_key(field.number, 0))
+            if field.array:
+                payload = len(value) * ARRAY_DTYPES[field.type_name].itemsize
+                if field.packed:
+                    total += key + len(_varint_bytes(payload)) + payload
+                else:
+                    total += len(value) * (key + ARRAY_DTYPES[field.type_name].itemsize)
+            elif field.is_message:
+                for item in (value if field.repeated else [value]):
+                    n = self.size(item)
+                    total += key + len(_varint_bytes(n)) + n
+            elif field.repeated and field.packed:
+                payload = sum(len(_scalar_bytes(field, v)) for v in value)
+                total += key + len(_varint_bytes(payload)) + payload
+            else:
+                for item in (value if field.repeated else [value]):
+                    raw = _scalar_bytes(field, item)
+                    length = len(_varint_bytes(len(raw))) if field.type_name in ("string",
+                                                                                "bytes") else 0
+                    total += key + length + len(raw)
+        self.sizes[id(msg)] = total
+        return total
+
+    def write(self, msg, out):
+        for field, value in msg.ListFields():
+            if field.array:
+                arr = np.ascontiguousarray(value, dtype=ARRAY_DTYPES[field.type_name])
+                if field.packed:
+                    out.write(_key(field.number, LENGTH) + _varint_bytes(arr.nbytes))
+                    out.write(memoryview(arr).cast("B"))
+                else:
+                    wire = FIXED32 if arr.itemsize == 4 else FIXED64
+                    key = _key(field.number, wire)
+                    records = np.empty((len(arr), len(key) + arr.itemsize), np.uint8)
+                    records[:, :len(key)] = np.frombuffer(key, np.uint8)
+                    records[:, len(key):] = arr.view(np.uint8).reshape(len(arr), arr.itemsize)
+                    out.write(memoryview(records).cast("B"))
+            elif field.is_message:
+                for item in (value if field.repeated else [value]):
+                    out.write(_key(field.number, LENGTH) + _varint_bytes(self.sizes[id(item)]))
+                    self.write(item, out)
+            elif field.repeated and field.packed:
+                payload = b"".join(_scalar_bytes(field, v) for v in value)
+                out.write(_key(field.number, LENGTH) + _varint_bytes(len(payload)) + payload)
+            else:
+                t = field.type_name
+                wire = LENGTH if t in ("string", "bytes") else (
+                    _SCALAR_WIRE[t] if field.kind == "scalar" else VARINT)
+                for item in (value if field.repeated else [value]):
+                    raw = _scalar_bytes(field, item)
+                    prefix = _varint_bytes(len(raw)) if wire == LENGTH else b""
+                    out.write(_key(field.number, wire) + prefix + raw)
+
+
+def serialize(msg):
+    """The message as wire-format bytes."""
+    import io
+    writer, out = _Writer(), io.BytesIO()
+    writer.size(msg)
+    writer.write(msg, out)
+    return out.getvalue()
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode="wb"):
+    """Open a temporary file beside ``path``; on success rename it over ``path``.
+
+    A crash or an error mid-write leaves the previous file untouched, never a half-written one.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        os.chmod(tmp, os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o644)
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_binary(msg, path):
+    """Write ``msg`` to ``path`` in wire format, atomically, streaming blob data from its arrays."""
+    writer = _Writer()
+    writer.size(msg)
+    with atomic_write(path, "wb") as f:
+        writer.write(msg, f)

@@ -1,0 +1,109 @@
+"""Gradient checking: compare a layer's backward with finite differences of its forward.
+
+    from minicnn.testing import check_layer_gradient
+    check_layer_gradient(lambda: ConvolutionLayer(num_output=2, kernel_size=3,
+                                                  weight_filler={"type": "gaussian"}),
+                         [np.random.randn(2, 3, 5, 5)])
+
+The objective is L = sum_i <top_i, R_i> for fixed random R_i, so dL/dtop_i = R_i: backward is
+run once with those diffs, and each checked input element x is moved by +-eps to get
+(L(x+eps) - L(x-eps)) / 2eps. Everything runs in float64. As in Caffe's GradientChecker,
+elements within ``kink_range`` of a kink (ReLU's 0) are skipped, since the derivative jumps there.
+"""
+
+import numpy as np
+
+from minicnn.blob import Blob
+
+
+def numerical_grad(f, array, eps=1e-6):
+    """d f() / d array by central differences; ``f`` takes no arguments and reads ``array``."""
+    grad = np.zeros_like(array, dtype=np.float64)
+    flat, out = array.reshape(-1), grad.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + eps
+        plus = f()
+        flat[i] = old - eps
+        minus = f()
+        flat[i] = old
+        out[i] = (plus - minus) / (2 * eps)
+    return grad
+
+
+class GradientMismatch(AssertionError):
+    pass
+
+
+def check_layer_gradient(make_layer, bottoms, *, check_bottoms=None, check_params=True,
+                         tops=None, eps=1e-6, rtol=1e-5, atol=1e-8, kink=None, kink_range=1e-3,
+                         max_checks=None, seed=1701):
+    """Check a layer's bottom and parameter diffs against finite differences (float64).
+
+    make_layer     a Layer, or a function returning a fresh one
+    bottoms        input arrays (converted to float64)
+    check_bottoms  indices of bottoms whose diff to check (default: all the layer allows)
+    check_params   also check the parameter blobs' diffs
+    tops           indices of tops in the objective (default: all)
+    kink           skip elements x with |x - kink| < kink_range (e.g. kink=0 for ReLU)
+    max_checks     check at most this many elements per blob (chosen at random)
+    Returns the largest relative error seen; raises GradientMismatch with the worst element.
+    """
+    from minicnn.layer import Layer
+    layer = make_layer if isinstance(make_layer, Layer) else make_layer()
+    rng = np.random.default_rng(seed)
+    bottom = [Blob.from_array(np.asarray(a, dtype=np.float64), np.float64) for a in bottoms]
+    top = [Blob((), np.float64) for _ in range(layer.default_num_tops())]
+    layer.setup(bottom, top)
+    tops = list(range(len(top))) if tops is None else list(tops)
+
+    def run_forward():
+        layer.rng = np.random.default_rng(seed)          # random layers draw the same each time
+        layer.forward(bottom, top)
+
+    run_forward()
+    weights = {i: rng.standard_normal(top[i].shape) for i in tops}
+
+    def objective():
+        run_forward()
+        return sum(float(np.sum(top[i].data * weights[i])) for i in tops)
+
+    if check_bottoms is None:
+        check_bottoms = [i for i in range(len(bottom)) if layer.allow_force_backward(i)]
+    propagate_down = [i in check_bottoms for i in range(len(bottom))]
+    for blob in layer.blobs:
+        blob.diff[...] = 0
+    run_forward()
+    for i, t in enumerate(top):
+        t.diff[...] = weights[i] if i in weights else 0
+    layer.backward(top, propagate_down, bottom)
+    analytic = [(f"bottom[{i}]", bottom[i], bottom[i].diff.copy()) for i in check_bottoms]
+    if check_params:
+        analytic += [(f"blobs[{k}]", blob, blob.diff.copy()) for k, blob in enumerate(layer.blobs)]
+
+    worst = 0.0
+    for label, blob, grad in analytic:
+        values, grad = blob.data.reshape(-1), grad.reshape(-1)
+        indices = np.arange(values.size)
+        if max_checks is not None and values.size > max_checks:
+            indices = rng.choice(values.size, max_checks, replace=False)
+        for idx in indices:
+            if kink is not None and label.startswith("bottom") and \
+                    abs(values[idx] - kink) < kink_range:
+                continue
+            old = values[idx]
+            values[idx] = old + eps
+            plus = objective()
+            values[idx] = old - eps
+            minus = objective()
+            values[idx] = old
+            numeric = (plus - minus) / (2 * eps)
+            scale = max(abs(numeric), abs(grad[idx]), 1.0)
+            error = abs(numeric - grad[idx]) / scale
+            worst = max(worst, error)
+            if abs(numeric - grad[idx]) > atol + rtol * scale:
+                raise GradientMismatch(
+                    f"{type(layer).__name__} {label} element {np.unravel_index(idx, blob.shape)}:"
+                    f" analytic {grad[idx]:.10g}, numeric {numeric:.10g}")
+    objective()                                           # leave the tops as forward made them
+    return worst

@@ -1,0 +1,303 @@
+"""Convolution op: reference against a naive loop, finite differences, adjoints, geometry rules."""
+
+import numpy as np
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from minicnn.errors import LayerError
+from minicnn.ops.conv import (
+    ConvGeometry,
+    col2im_ref,
+    conv2d_backward,
+    conv2d_backward_data,
+    conv2d_backward_filter,
+    conv2d_forward,
+    im2col_ref,
+)
+from minicnn.proto import caffe_pb2, parse_text
+from minicnn.testing import numerical_grad
+
+forward = conv2d_forward.impls["ref"]
+backward = conv2d_backward.impls["ref"]
+
+
+def naive_conv(x, w, b, geom, group):
+    """Caffe's caffe_conv: one output element at a time, straight from the definition."""
+    n_img, _, h, wd = x.shape
+    f, cg, kh, kw = w.shape
+    (sh, sw), (ph, pw), (dh, dw) = geom.stride, geom.pad, geom.dilation
+    oh = (h + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
+    ow = (wd + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
+    fg = f // group
+    y = np.zeros((n_img, f, oh, ow))
+    for n in range(n_img):
+        for o in range(f):
+            g = o // fg
+            for yy in range(oh):
+                for xx in range(ow):
+                    total = 0.0 if b is None else b[o]
+                    for k in range(cg):
+                        for i in range(kh):
+                            for j in range(kw):
+                                r, s = yy * sh - ph + i * dh, xx * sw - pw + j * dw
+                                if 0 <= r < h and 0 <= s < wd:
+                                    total += w[o, k, i, j] * x[n, g * cg + k, r, s]
+                    y[n, o, yy, xx] = total
+    return y
+
+
+@st.composite
+def conv_cases(draw, max_hw=7):
+    """Small cases: odd sizes, stride > kernel, pad > 0, dilation up to 3, groups and depthwise,
+    non-square kernels/strides/pads, with or without a bias."""
+    group = draw(st.sampled_from([1, 2, 3]))
+    c = group * draw(st.integers(1, 2))                    # c == group: depthwise
+    f = group * draw(st.integers(1, 2))
+    kernel = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    stride = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    pad = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+    dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    h, w = draw(st.integers(1, max_hw)), draw(st.integers(1, max_hw))
+    geom = ConvGeometry(kernel, stride, pad, dilation)
+    assume(all(size + 2 * p >= e for size, p, e in zip((h, w), pad, geom.extent)))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    n = draw(st.integers(1, 2))
+    b = rng.standard_normal(f) if draw(st.booleans()) else None
+    return (rng.standard_normal((n, c, h, w)), rng.standard_normal((f, c // group, *kernel)), b,
+            geom, group)
+
+
+def make_case(n, c, hw, f, kernel, stride=1, pad=0, dilation=1, group=1, bias=True, seed=0):
+    geom = ConvGeometry(kernel, stride, pad, dilation)
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((n, c, *hw)), rng.standard_normal((f, c // group, *geom.kernel)),
+            rng.standard_normal(f) if bias else None, geom, group)
+
+
+# Pinned cases, so each feature is covered whatever hypothesis draws.
+PINNED = {
+    "plain": make_case(2, 3, (6, 5), 4, 3),
+    "stride_gt_kernel": make_case(1, 2, (7, 7), 3, 2, stride=3, pad=1),
+    "non_square": make_case(2, 2, (5, 7), 2, (3, 1), stride=(1, 2), pad=(0, 2), bias=False),
+    "atrous_same": make_case(1, 2, (7, 6), 2, 3, pad=3, dilation=3),
+    "grouped": make_case(2, 4, (5, 5), 6, 3, stride=2, pad=1, group=2),
+    "group3_dilated": make_case(1, 6, (6, 7), 3, (2, 3), dilation=(2, 1), group=3),
+    "depthwise": make_case(2, 3, (5, 6), 3, 3, pad=1, group=3, bias=False),
+    "depthwise_multiplier": make_case(1, 2, (4, 5), 4, 2, stride=(2, 1), dilation=2, group=2),
+    "pad_gt_kernel": make_case(1, 1, (3, 2), 2, 1, stride=2, pad=(2, 3)),
+}
+
+
+@pytest.mark.parametrize("case", PINNED.values(), ids=PINNED.keys())
+def test_pinned_cases(case):
+    check_forward_against_naive(case)
+    check_backward_against_finite_differences(case)
+
+
+@given(conv_cases())
+def test_forward_matches_naive_loop(case):
+    check_forward_against_naive(case)
+
+
+@given(conv_cases(max_hw=6))
+def test_backward_matches_finite_differences(case):
+    check_backward_against_finite_differences(case)
+
+
+def check_forward_against_naive(case):
+    x, w, b, geom, group = case
+    np.testing.assert_allclose(forward(x, w, b, geom=geom, group=group),
+                               naive_conv(x, w, b, geom, group), rtol=1e-10, atol=1e-12)
+
+
+def check_backward_against_finite_differences(case):
+    x, w, b, geom, group = case                             # float64 on purpose
+    dy = np.random.default_rng(0).standard_normal(forward(x, w, b, geom=geom, group=group).shape)
+    dx, dw, db = backward(dy, x, w, geom=geom, group=group)
+
+    def loss():                                             # d(loss)/dy == dy
+        return float(np.sum(forward(x, w, b, geom=geom, group=group) * dy))
+
+    checks = [("x", x, dx), ("w", w, dw)] + ([("b", b, db)] if b is not None else [])
+    for name, array, grad in checks:
+        np.testing.assert_allclose(grad, numerical_grad(loss, array), rtol=1e-6, atol=1e-8,
+                                   err_msg=name)
+    if b is None:                                           # db is still d(loss)/d(a zero bias)
+        np.testing.assert_allclose(db, dy.sum(axis=(0, 2, 3)))
+
+
+@given(conv_cases())
+def test_col2im_is_the_adjoint_of_im2col(case):
+    x, _, _, geom, _ = case
+    cols = np.random.default_rng(1).standard_normal(im2col_ref(x, geom).shape)
+    lhs = np.sum(im2col_ref(x, geom) * cols)
+    rhs = np.sum(x * col2im_ref(cols, x.shape[2:], geom))
+    np.testing.assert_allclose(lhs, rhs, rtol=1e-10)
+
+
+@given(conv_cases())
+def test_backward_data_and_filter_are_adjoints_of_forward(case):
+    """What Deconvolution relies on: backward_data is the transpose of the linear map x -> y."""
+    x, w, _, geom, group = case
+    y = forward(x, w, None, geom=geom, group=group)
+    r = np.random.default_rng(2).standard_normal(y.shape)
+    dx = conv2d_backward_data.impls["ref"](r, w, x_hw=x.shape[2:], geom=geom, group=group)
+    dw = conv2d_backward_filter.impls["ref"](r, x, geom=geom, group=group)
+    np.testing.assert_allclose(np.sum(y * r), np.sum(x * dx), rtol=1e-10)
+    np.testing.assert_allclose(np.sum(y * r), np.sum(w * dw), rtol=1e-10)
+
+
+def test_im2col_layout_and_padding():
+    x = np.arange(1.0, 10.0).reshape(1, 1, 3, 3)
+    cols = im2col_ref(x, ConvGeometry(3, 1, 1))             # (1, 1, 3, 3, 3, 3)
+    np.testing.assert_array_equal(cols[0, 0, 1, 1], x[0, 0])   # centre tap sees the image
+    np.testing.assert_array_equal(cols[0, 0, 0, 0], [[0, 0, 0], [0, 1, 2], [0, 4, 5]])
+    # col2im of all ones counts how many windows read each pixel
+    counts = col2im_ref(np.ones_like(cols), (3, 3), ConvGeometry(3, 1, 1))
+    np.testing.assert_array_equal(counts[0, 0], [[4, 6, 4], [6, 9, 6], [4, 6, 4]])
+
+
+def test_depthwise_atrous_same_padding_keeps_size_and_channels_apart():
+    c, d = 3, 2
+    x = np.random.default_rng(3).standard_normal((1, c, 7, 7))
+    w = np.zeros((c, 1, 3, 3))
+    w[:, 0, 1, 1] = [1.0, 2.0, 3.0]                          # centre tap only: scale channel
+    y = forward(x, w, None, geom=ConvGeometry(3, 1, d, d), group=c)   # pad = d (k - 1) / 2
+    np.testing.assert_allclose(y, x * np.array([1.0, 2.0, 3.0])[:, None, None])
+
+
+def test_need_skips_parts_of_backward():
+    x, w = np.ones((1, 2, 4, 4)), np.ones((3, 2, 2, 2))
+    dy = np.ones((1, 3, 3, 3))
+    dx, dw, db = backward(dy, x, w, geom=ConvGeometry(2), need=(False, True, False))
+    assert dx is None and db is None and dw.shape == w.shape
+
+
+def test_dispatch_uses_ref_on_numpy():
+    x, w, b = np.ones((1, 1, 3, 3)), np.ones((1, 1, 2, 2)), np.zeros(1)
+    np.testing.assert_array_equal(conv2d_forward(x, w, b, geom=ConvGeometry(2)),
+                                  np.full((1, 1, 2, 2), 4.0))
+
+
+def test_float32_stays_float32():
+    geom = ConvGeometry((3, 2), (2, 1), (1, 0), (1, 2))
+    x = np.ones((2, 4, 5, 6), np.float32)
+    w, b = np.ones((2, 2, 3, 2), np.float32), np.ones(2, np.float32)
+    y = conv2d_forward(x, w, b, geom=geom, group=2)
+    dx, dw, db = conv2d_backward(y, x, w, geom=geom, group=2)
+    assert {a.dtype for a in (y, dx, dw, db)} == {np.dtype(np.float32)}
+    assert im2col_ref(x, geom).dtype == np.float32
+    assert col2im_ref(im2col_ref(x, geom), (5, 6), geom).dtype == np.float32
+    assert forward(x.astype(np.float64), w.astype(np.float64), None, geom=geom,
+                   group=2).dtype == np.float64
+
+
+def test_ops_do_not_write_their_inputs():
+    rng = np.random.default_rng(4)
+    x, w, b = rng.standard_normal((1, 2, 5, 5)), rng.standard_normal((2, 2, 3, 3)), np.ones(2)
+    copies = [a.copy() for a in (x, w, b)]
+    y = forward(x, w, b, geom=ConvGeometry(3, 1, 1), group=1)
+    dy = y.copy()
+    backward(dy, x, w, geom=ConvGeometry(3, 1, 1))
+    for a, c in zip((x, w, b, dy), copies + [y]):
+        np.testing.assert_array_equal(a, c)
+
+
+@pytest.mark.parametrize("x_shape, w_shape, b_shape, group, match", [
+    ((1, 3, 5, 5), (2, 3, 3, 3), None, 2, "channels 3 and filters 2 .* group 2"),
+    ((1, 4, 5, 5), (2, 4, 3, 3), None, 2, r"expected \(2, 2, 3, 3\)"),
+    ((1, 4, 5, 5), (2, 4, 2, 2), None, 1, "kernel 3x3"),
+    ((1, 4, 5, 5), (2, 4, 3, 3), (3,), 1, r"bias of shape \(3,\) .* 2 filters"),
+    ((4, 5, 5), (2, 4, 3, 3), None, 1, r"4-D x, got one of shape \(4, 5, 5\)"),
+])
+def test_forward_shape_errors(x_shape, w_shape, b_shape, group, match):
+    b = None if b_shape is None else np.zeros(b_shape)
+    with pytest.raises(LayerError, match=match):
+        forward(np.zeros(x_shape), np.zeros(w_shape), b, geom=ConvGeometry(3), group=group)
+
+
+def test_backward_rejects_a_dy_of_the_wrong_shape():
+    with pytest.raises(LayerError, match=r"dy of shape \(1, 2, 4, 4\) .* \(1, 2, 3, 3\)"):
+        backward(np.zeros((1, 2, 4, 4)), np.zeros((1, 1, 5, 5)), np.zeros((2, 1, 3, 3)),
+                 geom=ConvGeometry(3))
+
+
+# --- geometry ------------------------------------------------------------------------------------
+
+def conv_param(text):
+    return parse_text(text, "ConvolutionParameter")
+
+
+@pytest.mark.parametrize("text, kernel, stride, pad, dilation", [
+    ("kernel_size: 3", (3, 3), (1, 1), (0, 0), (1, 1)),
+    ("kernel_size: 3 kernel_size: 5 stride: 2 pad: 1", (3, 5), (2, 2), (1, 1), (1, 1)),
+    ("kernel_size: 3 stride: 1 stride: 2 pad: 2 pad: 0 dilation: 2 dilation: 3",
+     (3, 3), (1, 2), (2, 0), (2, 3)),
+    ("kernel_h: 1 kernel_w: 7 stride_h: 2 stride_w: 3 pad_h: 0 pad_w: 3 dilation: 2",
+     (1, 7), (2, 3), (0, 3), (2, 2)),
+    ("kernel_size: 2 pad_h: 1", (2, 2), (1, 1), (1, 0), (1, 1)),     # unset pad_w reads as 0
+])
+def test_geometry_from_param(text, kernel, stride, pad, dilation):
+    assert ConvGeometry.from_param(conv_param(text)) == ConvGeometry(kernel, stride, pad, dilation)
+
+
+@pytest.mark.parametrize("text, match", [
+    ("num_output: 2", "no kernel size: give kernel_size .* or kernel_h and kernel_w"),
+    ("kernel_size: 3 kernel_h: 3 kernel_w: 3",
+     "either kernel_size or kernel_h/kernel_w .*not both"),
+    ("kernel_size: 3 stride: 2 stride_h: 2", "either stride or stride_h/stride_w .*not both"),
+    ("kernel_size: 3 pad: 1 pad_w: 1", "either pad or pad_h/pad_w .*not both"),
+    ("kernel_size: 1 kernel_size: 2 kernel_size: 3",
+     (r"kernel_size must be specified once, or once per spatial dimension \(kernel_size "
+      r"specified 3 times; 2 spatial dims\)")),
+    ("kernel_size: 3 stride: 1 stride: 1 stride: 1", "stride specified 3 times"),
+    ("kernel_size: 3 pad: 0 pad: 0 pad: 0", "pad specified 3 times"),
+    ("kernel_size: 3 dilation: 1 dilation: 1 dilation: 1", "dilation specified 3 times"),
+    ("kernel_h: 3", "kernel dimensions must be nonzero, got 3x0"),
+    ("kernel_size: 0", "kernel dimensions must be nonzero, got 0x0"),
+    ("kernel_size: 3 stride_h: 2", "stride dimensions must be nonzero, got 2x0"),
+    ("kernel_size: 3 stride: 0", "stride dimensions must be nonzero"),
+    ("kernel_size: 3 dilation: 0", "dilation must be nonzero"),
+])
+def test_geometry_from_param_errors(text, match):
+    with pytest.raises(LayerError, match=match):
+        ConvGeometry.from_param(conv_param(text))
+
+
+def test_geometry_reads_a_message_built_in_python():
+    p = caffe_pb2.ConvolutionParameter(kernel_size=[5, 3], stride=[2], dilation=[2])
+    assert ConvGeometry.from_param(p) == ConvGeometry((5, 3), (2, 2), (0, 0), (2, 2))
+
+
+@given(st.integers(1, 12), st.integers(1, 4), st.integers(1, 3), st.integers(0, 3),
+       st.integers(1, 3))
+def test_out_hw_formula(size, k, s, p, d):
+    geom = ConvGeometry(k, s, p, d)
+    extent = d * (k - 1) + 1
+    if size + 2 * p < extent:
+        with pytest.raises(LayerError, match="convolution output would be"):
+            geom.out_hw(size, size)
+        return
+    out = geom.out_hw(size, size)[0]
+    assert out == (size + 2 * p - extent) // s + 1
+    # the last window fits, one more would not
+    assert (out - 1) * s + extent <= size + 2 * p < out * s + extent
+    # Deconvolution's size maps back to the same output
+    back = geom.transposed_out_hw(out, out)[0]
+    assert back == s * (out - 1) + extent - 2 * p and geom.out_hw(back, back)[0] == out
+
+
+def test_out_hw_error_names_the_numbers():
+    with pytest.raises(LayerError, match=r"output would be 0x5: the 4x9 input padded by 1x1 is "
+                                         r"smaller than the kernel extent 7x7 \(kernel 4x4, "
+                                         r"dilation 2x2\)"):
+        ConvGeometry(4, 1, 1, 2).out_hw(4, 9)
+
+
+def test_geometry_accepts_ints_and_rejects_bad_values():
+    assert ConvGeometry(3, 2) == ConvGeometry((3, 3), (2, 2), (0, 0), (1, 1))
+    with pytest.raises(LayerError, match="pad must be >= 0"):
+        ConvGeometry(3, pad=(-1, 0))
+    with pytest.raises(LayerError, match="kernel must be an int or an"):
+        ConvGeometry((1, 2, 3))

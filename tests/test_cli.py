@@ -1,0 +1,54 @@
+"""The minicnn command: `time`, Caffe's single-dash spellings, and one-line errors."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from minicnn.cli import _caffe_style, main
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LENET = os.path.join(REPO, "models", "lenet", "lenet.prototxt")
+
+
+def test_caffe_single_dash_options_are_accepted():
+    assert _caffe_style(["time", "-model", "m", "-iterations=3", "--sigint_effect", "stop",
+                         "-p", "x"]) == ["time", "--model", "m", "--iterations=3",
+                                         "--sigint-effect", "stop", "-p", "x"]
+
+
+@pytest.mark.parametrize("argv", [
+    ["time", LENET, "--iterations", "1", "--phase", "TEST"],
+    ["time", "-model", LENET, "-iterations", "1"],
+])
+def test_time_prints_caffe_style_report(argv, capsys):
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "Average time per layer:" in out
+    assert "conv1\tforward:" in out and "conv1\tbackward:" in out
+    assert "Average Forward-Backward:" in out and "Total Time:" in out
+
+
+def test_errors_are_one_line_without_traceback(tmp_path, capsys):
+    bad = tmp_path / "bad.prototxt"
+    bad.write_text('layer { name: "c" type: "Convolution" convolution_param { kernel_sise: 3 } }')
+    assert main(["time", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"{bad}:1:" in err and "did you mean 'kernel_size'" in err
+
+
+def test_unknown_layer_type_lists_the_supported_ones(tmp_path, capsys):
+    bad = tmp_path / "bad.prototxt"
+    bad.write_text('input: "x" input_shape { dim: 1 } layer { name: "w" type: "Wobble" '
+                   'bottom: "x" top: "y" }')
+    assert main(["time", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "unknown layer type 'Wobble'" in err and "Convolution" in err and "ReLU" in err
+
+
+def test_console_script_runs():
+    out = subprocess.run([sys.executable, "-m", "minicnn", "time", LENET, "-iterations", "1",
+                          "-phase", "TEST"], capture_output=True, text=True, check=True).stdout
+    assert "Average Forward pass" in out

@@ -1,0 +1,392 @@
+"""Net: phase filtering, fan-out splits, in place, param sharing, loss_weight, backward pruning,
+the pycaffe-style API and weight copying. Two tiny layer types are registered here, which also
+shows that a layer is one class and one decorator."""
+
+import numpy as np
+import pytest
+
+import minicnn
+from minicnn.blob import array_to_blob_proto
+from minicnn.errors import NetError
+from minicnn.layer import Layer, register
+from minicnn.proto import caffe_pb2, parse_text, write_binary
+
+
+@register("TestAffine")
+class AffineLayer(Layer):
+    """y = a * x + b with learned scalars a (blobs[0]) and b (blobs[1]); test-only."""
+    param_field = "scale_param"
+    exact_num_bottom = exact_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        p = self.param.scale_param
+        self.init_param(0, (1,), p.filler if p.HasField("filler") else
+                        caffe_pb2.FillerParameter(type="constant", value=2.0))
+        self.init_param(1, (1,), p.bias_filler)
+
+    def reshape(self, bottom, top):
+        top[0].reshape(bottom[0].shape)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = self.blobs[0].data[0] * bottom[0].data + self.blobs[1].data[0]
+
+    def backward(self, top, propagate_down, bottom):
+        if self.param_propagate_down[0]:
+            self.blobs[0].diff[0] += np.sum(top[0].diff * bottom[0].data)
+        if self.param_propagate_down[1]:
+            self.blobs[1].diff[0] += np.sum(top[0].diff)
+        if propagate_down[0]:
+            bottom[0].diff[...] = self.blobs[0].data[0] * top[0].diff
+
+
+@register("TestSquareLoss")
+class SquareLossLayer(Layer):
+    """loss = sum(x^2) / 2; test-only."""
+    exact_num_bottom = exact_num_top = 1
+    is_loss = True
+
+    def reshape(self, bottom, top):
+        top[0].reshape(())
+
+    def forward(self, bottom, top):
+        top[0].data[...] = 0.5 * np.sum(bottom[0].data ** 2)
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            bottom[0].diff[...] = bottom[0].data * top[0].diff
+
+
+def net_from(text, *args, **kwargs):
+    return minicnn.Net(parse_text(text), *args, **kwargs)
+
+
+X = 'input: "x" input_shape { dim: 2 dim: 3 }\n'
+
+
+# --- phase filtering ------------------------------------------------------------------------------
+
+FILTERED = X + """
+layer { name: "train_only" type: "ReLU" bottom: "x" top: "a" include { phase: TRAIN } }
+layer { name: "test_only" type: "ReLU" bottom: "x" top: "a" include { phase: TEST } }
+layer { name: "not_in_test" type: "ReLU" bottom: "x" top: "b" exclude { phase: TEST } }
+layer { name: "staged" type: "ReLU" bottom: "x" top: "c" include { stage: "deploy" } }
+layer { name: "two_stages" type: "ReLU" bottom: "x" top: "d"
+        include { stage: "s1" stage: "s2" } }
+layer { name: "not_staged" type: "ReLU" bottom: "x" top: "e" include { not_stage: "deploy" } }
+layer { name: "levelled" type: "ReLU" bottom: "x" top: "f" include { min_level: 1 max_level: 2 } }
+layer { name: "either" type: "ReLU" bottom: "x" top: "g"
+        include { phase: TRAIN } include { stage: "s1" } }
+"""
+
+
+@pytest.mark.parametrize("phase, level, stages, expected", [
+    ("TRAIN", 0, (), ["train_only", "not_in_test", "not_staged", "either"]),
+    ("TEST", 0, (), ["test_only", "not_staged"]),
+    ("TEST", 0, ("deploy",), ["test_only", "staged"]),
+    ("TEST", 1, ("s1",), ["test_only", "not_staged", "levelled", "either"]),
+    ("TEST", 3, ("s1", "s2"), ["test_only", "two_stages", "not_staged", "either"]),
+])
+def test_include_exclude_rules(phase, level, stages, expected):
+    net = net_from(FILTERED, phase=phase, level=level, stages=stages)
+    assert [n for n in net.layer_names if not n.endswith("_split")] == ["input"] + expected
+
+
+def test_default_phase_is_test_and_include_plus_exclude_is_an_error():
+    assert net_from(FILTERED).phase == "TEST"
+    with pytest.raises(NetError, match="both include and exclude"):
+        net_from(X + 'layer { name: "r" type: "ReLU" bottom: "x" top: "y" '
+                     'include { phase: TRAIN } exclude { phase: TEST } }')
+
+
+def test_layers_get_the_net_phase():
+    net = net_from(X + 'layer { name: "r" type: "ReLU" bottom: "x" top: "y" }', minicnn.TRAIN)
+    assert net.layers[1].phase == "TRAIN"
+
+
+# --- splits ---------------------------------------------------------------------------------------
+
+FAN_OUT = X + """
+layer { name: "a1" type: "TestAffine" bottom: "x" top: "y" }
+layer { name: "a2" type: "TestAffine" bottom: "y" top: "z1" }
+layer { name: "a3" type: "TestAffine" bottom: "y" top: "z2" }
+layer { name: "l1" type: "TestSquareLoss" bottom: "z1" top: "loss1" }
+layer { name: "l2" type: "TestSquareLoss" bottom: "z2" top: "loss2" loss_weight: 0.5 }
+"""
+
+
+def test_fan_out_inserts_caffe_named_splits():
+    net = net_from(FAN_OUT)
+    assert "y_a1_0_split" in net.layer_names
+    assert net.top_names["y_a1_0_split"] == ["y_a1_0_split_0", "y_a1_0_split_1"]
+    assert net.bottom_names["a2"] == ["y_a1_0_split_0"]
+    assert net.bottom_names["a3"] == ["y_a1_0_split_1"]
+    assert net.outputs == ["loss1", "loss2"]
+
+
+def test_fan_out_gradient_is_the_sum_of_both_branches():
+    net = net_from(FAN_OUT, dtype=np.float64)
+    x = np.random.default_rng(0).standard_normal((2, 3))
+    net.blobs["x"].data[...] = x
+    loss = net.forward_backward()
+    # y = 2x, z = 2y = 4x; loss = 0.5*sum(z^2) + 0.5*0.5*sum(z^2) = 12 sum(x^2)
+    assert loss == pytest.approx(12 * np.sum(x ** 2))
+    # dL/da1 = sum(dL/dy * x) with dL/dy = 2*(z1) + 0.5*2*z2 = 12x
+    assert net.params["a1"][0].diff[0] == pytest.approx(np.sum(12 * x * x))
+
+
+def test_top_with_loss_weight_that_is_also_consumed_gets_a_loss_carrying_split():
+    net = net_from(X + """
+        layer { name: "a" type: "TestAffine" bottom: "x" top: "y" loss_weight: 3 }
+        layer { name: "l" type: "TestSquareLoss" bottom: "y" top: "loss" }""", dtype=np.float64)
+    split = net.layer_dict["y_a_0_split"]
+    assert split.loss_weights == [3.0, 0.0]
+    assert net.layer_dict["a"].loss_weights == [0.0]
+    x = np.ones((2, 3))
+    loss = net.forward(x=x) and net.loss
+    assert loss == pytest.approx(3 * np.sum(2 * x) + 0.5 * np.sum((2 * x) ** 2))
+
+
+# --- in place -------------------------------------------------------------------------------------
+
+def test_in_place_layers_share_the_blob_and_fan_out_after_them():
+    net = net_from(X + """
+        layer { name: "a" type: "TestAffine" bottom: "x" top: "y" }
+        layer { name: "r" type: "ReLU" bottom: "y" top: "y" }
+        layer { name: "l1" type: "TestSquareLoss" bottom: "y" top: "loss1" }
+        layer { name: "l2" type: "TestSquareLoss" bottom: "y" top: "loss2" }""")
+    assert net.bottom_names["r"] == ["y"] and net.top_names["r"] == ["y"]
+    assert net.bottom_vecs[2][0] is net.top_vecs[2][0]
+    assert "y_r_0_split" in net.layer_names
+
+
+def test_a_top_produced_twice_is_an_error():
+    with pytest.raises(NetError, match="top blob 'y' is already produced"):
+        net_from(X + 'layer { name: "a" type: "ReLU" bottom: "x" top: "y" }'
+                     'layer { name: "b" type: "ReLU" bottom: "x" top: "y" }')
+
+
+# --- param sharing --------------------------------------------------------------------------------
+
+SHARED = X + """
+layer { name: "a" type: "TestAffine" bottom: "x" top: "y" param { name: "w" } param { name: "b" } }
+layer { name: "c" type: "TestAffine" bottom: "y" top: "z" param { name: "w" } param { name: "b" } }
+layer { name: "l" type: "TestSquareLoss" bottom: "z" top: "loss" }
+"""
+
+
+def test_shared_params_share_data_and_accumulate_diffs():
+    net = net_from(SHARED, dtype=np.float64)
+    a, c = net.params["a"], net.params["c"]
+    a[0].data[...] = 3.0
+    assert c[0].data[0] == 3.0
+    assert len(net.learnable_params) == 2
+    x = np.random.default_rng(1).standard_normal((2, 3))
+    net.forward(x=x)
+    net.backward()
+    # z = w(wx + b) + b; dL/dw summed over both uses
+    y, z = 3 * x, 9 * x
+    expected = np.sum(z * y) + np.sum(z * 3 * x)
+    assert a[0].diff[0] == pytest.approx(expected)
+    assert c[0].diff is a[0].diff or np.shares_memory(c[0].diff, a[0].diff)
+
+
+def test_sharing_mismatches_are_errors():
+    text = X + """
+    layer { name: "a" type: "TestAffine" bottom: "x" top: "y" param { name: "w" lr_mult: 1 } }
+    layer { name: "c" type: "TestAffine" bottom: "y" top: "z" param { name: "w" lr_mult: 2 } }"""
+    with pytest.raises(NetError, match="mismatched lr_mult"):
+        net_from(text)
+    text = X + """
+    layer { name: "a" type: "TestAffine" bottom: "x" top: "y" param { name: "w" } }
+    layer { name: "c" type: "ReLU" bottom: "y" top: "r" }
+    layer { name: "d" type: "InnerProductShapeless" bottom: "r" top: "z" }"""
+    with pytest.raises(NetError, match="unknown layer type 'InnerProductShapeless'.*TestAffine"):
+        net_from(text)
+
+
+def test_lr_mult_and_decay_mult_are_collected_per_learnable_param():
+    net = net_from(X + 'layer { name: "a" type: "TestAffine" bottom: "x" top: "y" '
+                       'param { lr_mult: 1 decay_mult: 1 } param { lr_mult: 2 decay_mult: 0 } }')
+    assert net.params_lr == [1.0, 2.0] and net.params_weight_decay == [1.0, 0.0]
+
+
+# --- loss weights and backward pruning ------------------------------------------------------------
+
+def test_non_loss_top_with_loss_weight_counts_in_the_loss():
+    net = net_from(X + 'layer { name: "a" type: "TestAffine" bottom: "x" top: "y" '
+                       'loss_weight: 0.25 }', dtype=np.float64)
+    x = np.arange(6.0).reshape(2, 3)
+    net.forward(x=x)
+    assert net.loss == pytest.approx(0.25 * np.sum(2 * x))
+    net.backward()
+    assert net.params["a"][1].diff[0] == pytest.approx(0.25 * 6)
+
+
+def test_loss_weight_zero_turns_a_loss_off():
+    net = net_from(X + 'layer { name: "a" type: "TestAffine" bottom: "x" top: "y" }'
+                       'layer { name: "l" type: "TestSquareLoss" bottom: "y" top: "loss" '
+                       'loss_weight: 0 }')
+    net.forward(x=np.ones((2, 3)))
+    assert net.loss == 0 and net.layer_need_backward == [False, False, False]
+
+
+def test_pruning_lr_mult_zero_and_propagate_down():
+    net = net_from(X + """
+        layer { name: "frozen" type: "TestAffine" bottom: "x" top: "y"
+                param { lr_mult: 0 } param { lr_mult: 0 } }
+        layer { name: "learned" type: "TestAffine" bottom: "y" top: "z" }
+        layer { name: "side" type: "TestAffine" bottom: "x" top: "unused" }
+        layer { name: "l" type: "TestSquareLoss" bottom: "z" top: "loss" }""")
+    need = dict(zip(net.layer_names, net.layer_need_backward))
+    assert need == {"input": False, "x_input_0_split": False, "frozen": False, "learned": True,
+                    "side": False, "l": True}
+    assert net.bottom_need_backward[net.layer_names.index("learned")] == [False]
+    net = net_from(X + """
+        layer { name: "a" type: "TestAffine" bottom: "x" top: "y" }
+        layer { name: "b" type: "TestAffine" bottom: "y" top: "z" propagate_down: false }
+        layer { name: "l" type: "TestSquareLoss" bottom: "z" top: "loss" }""")
+    need = dict(zip(net.layer_names, net.layer_need_backward))
+    assert need["a"] is False and need["b"] is True
+
+
+def test_force_backward_gives_the_input_diff():
+    text = X + """
+        layer { name: "a" type: "TestAffine" bottom: "x" top: "y" }
+        layer { name: "l" type: "TestSquareLoss" bottom: "y" top: "loss" }"""
+    assert net_from(text).bottom_need_backward[1] == [False]
+    net = net_from("force_backward: true\n" + text, dtype=np.float64)
+    x = np.ones((2, 3))
+    net.forward(x=x)
+    grads = net.backward()
+    np.testing.assert_allclose(grads["x"], 2 * (2 * x))
+
+
+# --- the pycaffe-style API ------------------------------------------------------------------------
+
+DEPLOY = X + """
+layer { name: "a" type: "TestAffine" bottom: "x" top: "y" }
+layer { name: "r" type: "ReLU" bottom: "y" top: "r" }
+"""
+
+
+def test_blobs_params_layers_inputs_outputs():
+    net = net_from(DEPLOY)
+    assert list(net.blobs) == ["x", "y", "r"]
+    assert list(net.params) == ["a"] and len(net.params["a"]) == 2
+    assert net.inputs == ["x"] and net.outputs == ["r"]
+    assert [type(layer).__name__ for layer in net.layers] == ["InputLayer", "AffineLayer",
+                                                              "ReLULayer"]
+    assert net.blobs["x"].shape == (2, 3) and net.blobs["x"].data.dtype == np.float32
+
+
+def test_forward_with_inputs_of_a_new_shape_reshapes_the_net():
+    net = net_from(DEPLOY)
+    out = net.forward(x=np.full((5, 3), -1.0))
+    assert out["r"].shape == (5, 3) and net.blobs["y"].shape == (5, 3)
+    np.testing.assert_array_equal(out["r"], 0)
+    out = net.forward(x=np.ones((5, 3)), blobs=["y"])
+    assert set(out) == {"r", "y"}
+
+
+def test_forward_start_end_and_backward_with_diffs():
+    net = net_from("force_backward: true\n" + DEPLOY, dtype=np.float64)
+    net.blobs["x"].data[...] = 1
+    out = net.forward(end="a")
+    assert list(out) == ["y"] and np.all(out["y"] == 2)
+    net.forward(start="r")
+    diffs = net.backward(r=np.ones((2, 3)))
+    np.testing.assert_allclose(diffs["x"], 2)
+    diffs = net.backward(start="a", y=np.full((2, 3), 3.0))
+    np.testing.assert_allclose(diffs["x"], 6)
+
+
+def test_bad_names_and_shapes_are_clear_errors():
+    net = net_from(DEPLOY)
+    with pytest.raises(NetError, match="no blob named 'nope'"):
+        net.forward(nope=np.ones(2))
+    with pytest.raises(NetError, match="no layer named 'zz'"):
+        net.forward(end="zz")
+    with pytest.raises(NetError, match="diff for blob 'r' has shape"):
+        net.backward(r=np.ones((3, 3)))
+    with pytest.raises(NetError, match="bottom 'q' is not produced by any layer before it; "
+                                       "known blobs: x"):
+        net_from(X + 'layer { name: "a" type: "ReLU" bottom: "q" top: "y" }')
+
+
+def test_positional_forms_of_the_constructor(tmp_path):
+    path = tmp_path / "deploy.prototxt"
+    path.write_text(DEPLOY)
+    assert minicnn.Net(str(path), minicnn.TRAIN).phase == "TRAIN"
+    assert minicnn.Net(path, phase=minicnn.TEST).phase == "TEST"
+    net = minicnn.Net(str(path))
+    net.params["a"][0].data[...] = 7
+    net.save(tmp_path / "w.caffemodel")
+    loaded = minicnn.Net(str(path), str(tmp_path / "w.caffemodel"), minicnn.TEST)
+    assert loaded.params["a"][0].data[0] == 7
+    by_keyword = minicnn.Net(str(path), weights=str(tmp_path / "w.caffemodel"))
+    assert by_keyword.params["a"][0].data[0] == 7
+
+
+# --- copying weights ------------------------------------------------------------------------------
+
+def model_with(layers):
+    net = caffe_pb2.NetParameter()
+    for name, arrays in layers:
+        layer = net.layer.add(name=name, type="TestAffine")
+        layer.blobs.extend(array_to_blob_proto(np.asarray(a, np.float32)) for a in arrays)
+    return net
+
+
+def test_copy_from_matches_by_name_and_skips_the_rest(tmp_path):
+    net = net_from(DEPLOY)
+    path = tmp_path / "m.caffemodel"
+    write_binary(model_with([("a", [[5.0], [6.0]]), ("not_here", [[1.0]])]), path)
+    net.copy_from(path)
+    assert net.params["a"][0].data[0] == 5 and net.params["a"][1].data[0] == 6
+
+
+def test_copy_from_shape_mismatch_says_rename_the_layer(tmp_path):
+    net = net_from(DEPLOY)
+    path = tmp_path / "m.caffemodel"
+    write_binary(model_with([("a", [[5.0, 1.0], [6.0]])]), path)
+    with pytest.raises(NetError, match="shape mismatch.*rename the layer"):
+        net.copy_from(path)
+    write_binary(model_with([("a", [[5.0]])]), path)
+    with pytest.raises(NetError, match="1 blob.*but 2 here"):
+        net.copy_from(path)
+
+
+def test_copy_from_accepts_legacy_4d_shapes():
+    net = net_from(DEPLOY)
+    legacy = caffe_pb2.BlobProto(num=1, channels=1, height=1, width=1, data=[9.0])
+    source = caffe_pb2.NetParameter()
+    layer = source.layer.add(name="a")
+    layer.blobs.extend([legacy, legacy.copy()])
+    net.copy_from(source)
+    assert net.params["a"][0].data[0] == 9
+
+
+def test_copy_from_a_v1_model(tmp_path):
+    v1 = caffe_pb2.NetParameter()
+    layer = v1.layers.add(name="a", type="CONVOLUTION")
+    layer.blobs.extend([array_to_blob_proto(np.array([4.0], np.float32))] * 2)
+    path = tmp_path / "v1.caffemodel"
+    write_binary(v1, path)
+    net = net_from(DEPLOY)
+    net.copy_from(path)
+    assert net.params["a"][0].data[0] == 4
+
+
+def test_save_writes_every_layer_with_its_blobs(tmp_path):
+    net = net_from(FAN_OUT)
+    path = tmp_path / "saved.caffemodel"
+    net.save(path)
+    saved = minicnn.proto.read_binary(path)
+    assert [layer.name for layer in saved.layer] == net.layer_names
+    assert len(saved.layer[net.layer_names.index("a1")].blobs) == 2
+
+
+def test_float64_net():
+    net = net_from(DEPLOY, dtype=np.float64)
+    assert all(b.data.dtype == np.float64 for b in net.blobs.values())
+    assert net.params["a"][0].data.dtype == np.float64
