@@ -1,0 +1,72 @@
+"""The message objects: attribute access, type checks, presence, copy/merge, caffe_pb2 names."""
+
+import numpy as np
+import pytest
+
+from minicnn.proto import caffe_pb2
+
+
+def test_constructor_dicts_and_repeated_add():
+    layer = caffe_pb2.LayerParameter(name="c", bottom=["a", "b"],
+                                     convolution_param={"num_output": 3, "kernel_size": [5]})
+    assert layer.convolution_param.num_output == 3 and list(layer.bottom) == ["a", "b"]
+    spec = layer.param.add(lr_mult=2)
+    assert layer.param[0] is spec and spec.decay_mult == 1
+
+
+@pytest.mark.parametrize("field, value, error", [
+    ("name", 3, TypeError), ("phase", "TRAINING", ValueError), ("phase", 7, ValueError),
+    ("bottom", "a", TypeError), ("loss_weight", ["x"], TypeError),
+    ("propagate_down", [1], TypeError), ("convolution_param", 3, TypeError),
+])
+def test_wrong_types_are_refused(field, value, error):
+    layer = caffe_pb2.LayerParameter()
+    with pytest.raises(error):
+        if field in ("loss_weight", "propagate_down"):
+            getattr(layer, field).extend(value)
+        else:
+            setattr(layer, field, value)
+
+
+def test_integer_ranges_and_float32_rounding():
+    p = caffe_pb2.ConvolutionParameter()
+    with pytest.raises(ValueError, match="out of range"):
+        p.num_output = -1
+    p.num_output = 2**32 - 1
+    f = caffe_pb2.FillerParameter(std=0.1)
+    assert f.std == float(np.float32(0.1))
+    assert caffe_pb2.PoolingParameter(pool=1).pool == "AVE"
+
+
+def test_unknown_attribute_suggests_a_field():
+    with pytest.raises(AttributeError, match="did you mean 'kernel_size'"):
+        caffe_pb2.ConvolutionParameter().kernel_sise
+
+
+def test_presence_clear_copy_merge_and_equality():
+    a = caffe_pb2.LayerParameter(name="x", top=["t"])
+    a.pooling_param.kernel_size = 2
+    b = caffe_pb2.LayerParameter()
+    b.CopyFrom(a)
+    assert a == b and b.pooling_param.kernel_size == 2
+    b.pooling_param.kernel_size = 3
+    assert a != b and a.pooling_param.kernel_size == 2, "CopyFrom must not share sub-messages"
+    c = caffe_pb2.LayerParameter(top=["u"], name="y")
+    c.MergeFrom(a)
+    assert list(c.top) == ["u", "t"] and c.name == "x"
+    c.ClearField("pooling_param")
+    assert not c.HasField("pooling_param")
+    assert [f.name for f, _ in a.ListFields()] == ["name", "top", "pooling_param"]
+    assert caffe_pb2.LayerParameter().copy() == caffe_pb2.LayerParameter()
+
+
+def test_blob_data_fields_are_numpy_arrays():
+    blob = caffe_pb2.BlobProto(data=[1, 2, 3])
+    assert isinstance(blob.data, np.ndarray) and blob.data.dtype == np.float32
+    assert caffe_pb2.BlobProto().data.size == 0
+
+
+def test_enum_constants_and_repr():
+    assert caffe_pb2.PoolingParameter.MAX == "MAX"
+    assert caffe_pb2.TEST == "TEST"
+    assert "kernel_size: 3" in repr(caffe_pb2.PoolingParameter(kernel_size=3))
