@@ -16,19 +16,22 @@ import numpy as np
 from minicnn.blob import Blob
 
 
+def central_difference(f, flat, i, eps=1e-6):
+    """(f(x + eps e_i) - f(x - eps e_i)) / 2eps, moving element i of the 1-D view ``flat``."""
+    old = flat[i]
+    flat[i] = old + eps
+    plus = f()
+    flat[i] = old - eps
+    minus = f()
+    flat[i] = old
+    return (plus - minus) / (2 * eps)
+
+
 def numerical_grad(f, array, eps=1e-6):
     """d f() / d array by central differences; ``f`` takes no arguments and reads ``array``."""
-    grad = np.zeros_like(array, dtype=np.float64)
-    flat, out = array.reshape(-1), grad.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + eps
-        plus = f()
-        flat[i] = old - eps
-        minus = f()
-        flat[i] = old
-        out[i] = (plus - minus) / (2 * eps)
-    return grad
+    flat = array.reshape(-1)
+    grad = [central_difference(f, flat, i, eps) for i in range(flat.size)]
+    return np.array(grad, dtype=np.float64).reshape(array.shape)
 
 
 class GradientMismatch(AssertionError):
@@ -91,13 +94,7 @@ def check_layer_gradient(make_layer, bottoms, *, check_bottoms=None, check_param
             if kink is not None and label.startswith("bottom") and \
                     abs(values[idx] - kink) < kink_range:
                 continue
-            old = values[idx]
-            values[idx] = old + eps
-            plus = objective()
-            values[idx] = old - eps
-            minus = objective()
-            values[idx] = old
-            numeric = (plus - minus) / (2 * eps)
+            numeric = central_difference(objective, values, idx, eps)
             scale = max(abs(numeric), abs(grad[idx]), 1.0)
             error = abs(numeric - grad[idx]) / scale
             worst = max(worst, error)

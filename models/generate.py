@@ -54,6 +54,16 @@ class Writer:
         return self.layer(name, "LRN", [bottom], [name],
                           "lrn_param { local_size: 5 alpha: 0.0001 beta: 0.75 }")
 
+    def classifier(self, name, bottom, num_output=1000):
+        return self.layer(name, "InnerProduct", [bottom], [name], f"""
+param {{ lr_mult: 1 decay_mult: 1 }}
+param {{ lr_mult: 2 decay_mult: 0 }}
+inner_product_param {{
+  num_output: {num_output}
+  weight_filler {{ type: "xavier" }}
+  bias_filler {{ type: "constant" value: 0 }}
+}}""")
+
     def save(self, path):
         with open(os.path.join(HERE, path), "w") as f:
             f.write("\n".join(self.lines) + "\n")
@@ -103,14 +113,7 @@ def googlenet():
         x = w.layer(f"{p}/output", "Concat", [b1, b3, b5, bp], [f"{p}/output"])
     x = w.pool("pool5/7x7_s1", x, "AVE", 7, 1)
     w.layer("pool5/drop_7x7_s1", "Dropout", [x], [x], "dropout_param { dropout_ratio: 0.4 }")
-    x = w.layer("loss3/classifier", "InnerProduct", [x], ["loss3/classifier"], """
-param { lr_mult: 1 decay_mult: 1 }
-param { lr_mult: 2 decay_mult: 0 }
-inner_product_param {
-  num_output: 1000
-  weight_filler { type: "xavier" }
-  bias_filler { type: "constant" value: 0 }
-}""")
+    x = w.classifier("loss3/classifier", x)
     w.layer("prob", "Softmax", [x], ["prob"])
     w.save("googlenet/deploy.prototxt")
 
@@ -151,14 +154,7 @@ def resnet50():
             x = w.layer(name, "Eltwise", [shortcut, y], [name])
             w.relu(f"{name}_relu", x)
     x = w.pool("pool5", x, "AVE", 7, 1)
-    x = w.layer("fc1000", "InnerProduct", [x], ["fc1000"], """
-param { lr_mult: 1 decay_mult: 1 }
-param { lr_mult: 2 decay_mult: 0 }
-inner_product_param {
-  num_output: 1000
-  weight_filler { type: "xavier" }
-  bias_filler { type: "constant" value: 0 }
-}""")
+    x = w.classifier("fc1000", x)
     w.layer("prob", "Softmax", [x], ["prob"])
     w.save("resnet50/deploy.prototxt")
 
