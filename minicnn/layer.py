@@ -81,6 +81,7 @@ class Layer:
         self.param_propagate_down = []
         self.loss_weights = []
         self._rng = None                 # None: the global generator (minicnn.rng)
+        self.source_dir = None           # where relative data paths are also looked for
         self.dtype = None
         self._standalone = None          # (bottom blobs, top blobs) when driven by arrays
 
@@ -228,8 +229,8 @@ class Layer:
         (one array, or a tuple for several tops)."""
         bottom = [Blob.from_array(a) for a in arrays]
         if self._standalone is None:
-            top = [Blob((), bottom[0].dtype if bottom else np.float32)
-                   for _ in range(self.default_num_tops())]
+            dtype = bottom[0].dtype if bottom else (self.dtype or np.float32)
+            top = [Blob((), dtype) for _ in range(self.default_num_tops())]
             self.setup(bottom, top)
         else:
             old_bottom, top = self._standalone

@@ -154,12 +154,14 @@ class Net:
     ``Net(model, phase)`` and ``Net(model, weights, phase)`` work too.
 
     ``model`` is a prototxt path or a NetParameter; ``weights`` a .caffemodel path (copied by
-    layer name, as ``copy_from``). ``level`` and ``stages`` complete the net state. ``dtype``
-    is float32 (Caffe's Net<float>) or float64 (Net<double>, for gradient checks).
+    layer name, as ``copy_from``). ``phase``, ``level`` and ``stages`` override the net state
+    the NetParameter carries (whose phase defaults to TEST). ``dtype`` is float32 (Caffe's
+    Net<float>) or float64 (Net<double>, for gradient checks). ``source_dir`` is where data
+    layers look for relative paths after the current directory (default: the prototxt's folder).
     """
 
-    def __init__(self, model, *args, weights=None, phase=None, level=0, stages=(),
-                 dtype=np.float32):
+    def __init__(self, model, *args, weights=None, phase=None, level=None, stages=(),
+                 dtype=np.float32, source_dir=None):
         if len(args) == 1:
             if args[0] in _PHASES and phase is None:
                 phase = args[0]
@@ -174,6 +176,9 @@ class Net:
         else:
             self.source = os.fspath(model)
             param = read_prototxt(self.source, "NetParameter")
+            if source_dir is None:
+                source_dir = os.path.dirname(os.path.abspath(self.source))
+        self.source_dir = source_dir
         param = upgrade_net(param)
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
@@ -181,8 +186,9 @@ class Net:
 
         state = caffe_pb2.NetState()
         state.MergeFrom(param.state)
-        state.phase = as_phase(phase if phase is not None else TEST)
-        if level:
+        if phase is not None:
+            state.phase = as_phase(phase)
+        if level is not None:
             state.level = level
         state.stage.extend(s for s in stages if s not in state.stage)
         self.state = state
@@ -254,6 +260,7 @@ class Net:
                 tops.append(blob)
                 available.append(blob_name)
             layer.dtype = self.dtype
+            layer.source_dir = self.source_dir
             self._setup_layer(layer, bottoms, tops)
             for k in range(len(layer.blobs)):
                 spec = layer_param.param[k] if k < len(layer_param.param) else None
@@ -428,7 +435,8 @@ class Net:
         loss = 0.0
         for i in range(first, last + 1):
             layer, bottoms, tops = self.layers[i], self.bottom_vecs[i], self.top_vecs[i]
-            try:
+            try:                          # Caffe reshapes before every forward: sizes may vary
+                layer.reshape(bottoms, tops)
                 layer.forward(bottoms, tops)
             except MinicnnError as e:
                 raise NetError(f"{self._describe(layer, bottoms)}: {e}") from None
@@ -480,6 +488,59 @@ class Net:
     def clear_param_diffs(self):
         for blob in self.learnable_params:
             blob.diff[...] = 0
+
+    def update(self):
+        """data -= diff for every learnable parameter (Caffe's Net::Update); the solver has
+        already turned each diff into the step to take."""
+        for blob in self.learnable_params:
+            blob.data[...] -= blob.diff
+
+    def set_input_arrays(self, data, labels, layer=None):
+        """Give a MemoryData layer (the first one, or the one named ``layer``) its arrays, as
+        pycaffe's Net.set_input_arrays."""
+        candidates = [m for m in self.layers if m.type == "MemoryData"
+                      and (layer is None or m.name == layer)]
+        if not candidates:
+            raise NetError("set_input_arrays needs a MemoryData layer"
+                           + (f" named '{layer}'" if layer else "") + " in the net")
+        candidates[0].set_input_arrays(data, labels)
+
+    # --- data positions (for exact resume) ---------------------------------------------------
+    def data_state(self):
+        """{layer name: state} of every layer that reads a data source (see layers/data.py)."""
+        return {layer.name: layer.data_state() for layer in self.layers
+                if hasattr(layer, "data_state")}
+
+    def restore_data_state(self, states):
+        layers = self.layer_dict
+        for name, state in states.items():
+            if name not in layers or not hasattr(layers[name], "restore_data_state"):
+                raise NetError(f"the saved data position names layer '{name}', which is not a "
+                               "data layer of this net")
+            layers[name].restore_data_state(state)
+
+    def find_non_finite(self):
+        """Where a forward pass first produced NaN or Inf: a message naming the parameter blob
+        or the layer and top, or None. Re-runs the forward pass after the data layers."""
+        for layer in self.layers:
+            for k, blob in enumerate(layer.blobs):
+                if not np.all(np.isfinite(blob.data)):
+                    return f"parameter {k} of layer '{layer.name}' ({layer.type}) is not finite"
+        for layer, tops in zip(self.layers, self.top_vecs):
+            if not layer.param.bottom:                      # data layers: their batch is kept
+                for j, blob in enumerate(tops):
+                    if not np.all(np.isfinite(blob.data)):
+                        return (f"the data '{layer.param.top[j]}' from layer '{layer.name}' is "
+                                "not finite (check the data)")
+        for i, layer in enumerate(self.layers):
+            if not layer.param.bottom:
+                continue
+            self.forward_from_to(i, i)
+            for j, blob in enumerate(self.top_vecs[i]):
+                if not np.all(np.isfinite(blob.data)):
+                    return (f"layer '{layer.name}' ({layer.type}) is the first whose output "
+                            f"'{layer.param.top[j]}' is not finite")
+        return None
 
     # --- weights --------------------------------------------------------------------------------
     def copy_from(self, weights):

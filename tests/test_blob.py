@@ -65,7 +65,8 @@ def test_blob_proto_round_trip_and_legacy_shapes():
     np.testing.assert_array_equal(blob_proto_to_array(proto, diff=True), d * 2)
     legacy = BlobProto(num=1, channels=1, height=2, width=3, data=list(range(6)))
     assert blob_proto_to_array(legacy).shape == (1, 1, 2, 3)
-    assert legacy_shape_matches((1, 1, 2, 3), (2, 3)) and not legacy_shape_matches((2, 1, 3), (2, 3))
+    assert legacy_shape_matches((1, 1, 2, 3), (2, 3))
+    assert not legacy_shape_matches((2, 1, 3), (2, 3))
     with pytest.raises(MinicnnError, match="holds 5 data values, expected 6"):
         blob_proto_to_array(BlobProto(num=1, channels=1, height=2, width=3, data=[0] * 5))
 

@@ -26,7 +26,7 @@ def with_dummy_data(net_param, batch, label):
             layer.ClearField("data_param")
             layer.ClearField("transform_param")
             p = layer.dummy_data_param
-            p.shape.add(dim=[batch, 3, crop, crop])
+            p.shape.add(dim=[batch, 3, crop, crop] if crop else [batch, 1, 28, 28])   # or MNIST
             p.shape.add(dim=[batch])
             p.data_filler.add(type="gaussian", std=50)
             p.data_filler.add(type="constant", value=label)
@@ -144,7 +144,7 @@ def test_end_to_end_gradient_of_a_net_mixing_every_core_layer():
 def test_every_prototxt_in_models_builds():
     for folder, _, files in os.walk(os.path.join(REPO, "models")):
         for name in files:
-            if name.endswith(".prototxt") and "solver" not in name:
+            if name.endswith(".prototxt") and "solver" not in name:  # nets, not solvers
                 param = read_prototxt(os.path.join(folder, name))
                 if any(layer.type == "Data" for layer in param.layer):
                     param = with_dummy_data(param, 1, 0)

@@ -1,5 +1,23 @@
-"""Layers that bring data into a net: Input (arrays you set), DummyData (filler-made blobs)."""
+"""Layers that bring data into a net: Input (arrays you set), DummyData (filler-made blobs),
+MemoryData (arrays given with set_input_arrays), and the layers that read a source in a
+background thread: Data (LMDB of Datum records), ImageData (list file of images) and HDF5Data.
 
+The reading layers are deterministic: batch b depends only on the source, the layer's seed
+(drawn once from minicnn's global generator at setup) and b, so ``data_state()`` (seed and
+batches served) and ``restore_data_state(state)`` resume a run exactly. The file handling and
+pixel work are in ``minicnn.data``; these classes read parameters and fill tops.
+"""
+
+import os
+
+import numpy as np
+
+from minicnn.data.datum import decode_datum, read_image
+from minicnn.data.db import open_db, resolve_path
+from minicnn.data.errors import DataError, need
+from minicnn.data.imageset import read_list_file
+from minicnn.data.prefetch import Prefetcher
+from minicnn.data.transform import DataTransformer, merged_transform_param
 from minicnn.errors import LayerError
 from minicnn.fillers import fill
 from minicnn.layer import Layer, register
@@ -72,3 +90,391 @@ class DummyDataLayer(Layer):
         for blob, filler in zip(top, self.fillers):
             if filler.type != "constant":
                 blob.data[...] = fill(filler, blob.shape, blob.dtype, self.rng)
+
+
+# --- layers that read a source: Data, ImageData, HDF5Data ---------------------------------------
+#
+# Determinism: batch b is a pure function of (source, seed, b). The sample stream is
+# skip, skip + 1, ... (skip < rand_skip, drawn from the seed); sample i lies in epoch
+# i // n at place i % n of that epoch's order, a permutation drawn from
+# default_rng([seed, epoch]) when shuffling (identity otherwise); the random transforms of
+# batch b draw from default_rng([seed, b, 1]). A Prefetcher computes batches ahead in a thread.
+
+class _SourceDataLayer(Layer):
+    """Common machinery of the layers that read a source through a Prefetcher."""
+    exact_num_bottom = 0
+    min_num_top = 1
+    shuffle = False
+    rand_skip = 0
+    prefetch = 4
+
+    def default_num_tops(self):
+        return len(self.param.top) if self.param.top else 2        # data and label
+
+    # subclasses: _open(top) sets batch_size, num_samples (and shuffle, rand_skip, prefetch),
+    # and returns the top shapes; _load(ids, b) returns the arrays of batch b (sample ids).
+    def layer_setup(self, bottom, top):
+        if hasattr(self, "_prefetcher"):          # set up again: the old thread must end
+            self._prefetcher.stop()
+        self.seed = int(self.rng.integers(2**63))
+        self._orders = {}
+        self._shapes = [tuple(s) for s in self._open(top)]
+        if self.num_samples <= 0:
+            raise DataError("the data source holds no samples", self.source_path)
+        self._prefetcher = Prefetcher(self._make_batch, self.prefetch,
+                                      name=f"minicnn-data-{self.name}")
+        if getattr(self, "_pending_state", None) is not None:
+            self.restore_data_state(self._pending_state)
+
+    def reshape(self, bottom, top):
+        for blob, shape in zip(top, self._shapes):
+            blob.reshape(shape)
+
+    def resolve(self, path, *dirs, what="file"):
+        """A relative path: the current directory first (Caffe's rule), then ``dirs``, then
+        the prototxt's folder (``source_dir``, set by the Net)."""
+        return resolve_path(path, *dirs, getattr(self, "source_dir", None), what=what)
+
+    def _skip(self):
+        if not self.rand_skip:
+            return 0
+        return int(np.random.default_rng([self.seed, 0, 2]).integers(self.rand_skip))
+
+    def _order(self, epoch):
+        """The sample order of an epoch (an index array), or None for the identity."""
+        if not self.shuffle:
+            return None
+        order = self._orders.get(epoch)
+        if order is None:
+            order = self._shuffled_order(np.random.default_rng([self.seed, epoch]))
+            self._orders = {epoch: order}       # batches move forward: keep one epoch
+        return order
+
+    def _shuffled_order(self, rng):
+        return rng.permutation(self.num_samples)
+
+    def sample_ids(self, b):
+        """The sample indices of batch ``b``."""
+        first = self._skip() + b * self.batch_size
+        ids = np.empty(self.batch_size, np.int64)
+        for j in range(self.batch_size):
+            epoch, place = divmod(first + j, self.num_samples)
+            order = self._order(epoch)
+            ids[j] = place if order is None else order[place]
+        return ids
+
+    def _make_batch(self, b):
+        return self._load(self.sample_ids(b), b)
+
+    def forward(self, bottom, top):
+        batch = self._prefetcher.next()
+        for blob, array in zip(top, batch):
+            if blob.shape != array.shape:         # ImageData with images of several sizes
+                blob.reshape(array.shape)
+            blob.data[...] = array
+
+    # --- position, for exact resume ---
+    def data_state(self):
+        """{"seed": the layer's seed, "batches_served": batches handed to forward so far}."""
+        if not hasattr(self, "_prefetcher"):
+            if getattr(self, "_pending_state", None) is not None:
+                return dict(self._pending_state)
+            raise LayerError(f"layer '{self.name}' has no data state before it is set up")
+        return {"seed": self.seed, "batches_served": self._prefetcher.position}
+
+    def restore_data_state(self, state):
+        """Continue from a ``data_state()``: the next forward gets batch ``batches_served``."""
+        seed, served = _check_state(state)
+        if not hasattr(self, "_prefetcher"):      # not set up yet: apply at setup
+            self._pending_state = state
+            return
+        self._pending_state = None
+        self._prefetcher.stop()                   # no thread may compute with the old seed
+        self.seed, self._orders = seed, {}
+        self._prefetcher.seek(served)
+
+
+def _check_state(state):
+    try:
+        seed, served = state["seed"], state["batches_served"]
+    except (TypeError, KeyError):
+        raise LayerError(f"a data state is a dict with 'seed' and 'batches_served', got "
+                         f"{state!r}") from None
+    if isinstance(seed, bool) or isinstance(served, bool) or \
+            not isinstance(seed, (int, np.integer)) or not isinstance(served, (int, np.integer)) \
+            or served < 0:
+        raise LayerError(f"bad data state {state!r}: seed and batches_served must be integers, "
+                         "batches_served >= 0")
+    return int(seed), int(served)
+
+
+def _check_same_shape(samples, names):
+    """Samples of one batch must have the first one's shape (Caffe shapes a batch by it)."""
+    shape = samples[0].shape
+    for sample, name in zip(samples, names):
+        if sample.shape != shape:
+            raise DataError(f"{name} has shape {sample.shape} but the first sample of its batch "
+                            f"has {shape}: samples of a batch must have the same size (resize "
+                            "them, or crop with transform_param)")
+
+
+@register("Data")
+class DataLayer(_SourceDataLayer):
+    """Caffe `Data`: Datum records of an LMDB read in key order, wrapping around at the end
+    (never shuffled, as in Caffe), transformed by transform_param. Tops: data (N, C, H, W) and
+    optionally label (N,). The shape comes from the first record."""
+    param_field = "data_param"
+    max_num_top = 2
+
+    def _open(self, top):
+        p = self.param.data_param
+        if not p.source:
+            raise LayerError("data_param.source is required (the LMDB folder)")
+        if p.batch_size <= 0:
+            raise LayerError("data_param.batch_size must be positive")
+        self.batch_size, self.rand_skip, self.prefetch = p.batch_size, p.rand_skip, p.prefetch
+        self.source_path = self.resolve(p.source, what="data source")
+        self.db = open_db(self.source_path, p.backend)
+        self.num_samples = len(self.db)
+        self.transformer = DataTransformer(
+            merged_transform_param(self.param, "data_param"), self.phase, self.dtype,
+            resolve=lambda f: self.resolve(f, what="mean file"))
+        if not self.num_samples:
+            return []
+        first = self._decode(self.db.keys[self.sample_ids(0)[0]])
+        shape = self.transformer.check(first[0].shape)
+        return [(self.batch_size, *shape), (self.batch_size,)][:len(top)]
+
+    def _decode(self, key, value=None):
+        where = f"{self.source_path} record {key.decode(errors='replace')!r}"
+        value = self.db.get(key) if value is None else value
+        return decode_datum(value, self.transformer.is_color, where=where)
+
+    def _load(self, ids, b):
+        keys = [self.db.keys[i] for i in ids]
+        rng = np.random.default_rng([self.seed, b, 1])
+        samples, labels = [], []
+        for key, value in zip(keys, self.db.get_many(keys)):
+            array, label = self._decode(key, value)
+            samples.append(array)
+            labels.append(label)
+        _check_same_shape(samples, [f"record {k.decode(errors='replace')!r} of "
+                                    f"{self.source_path}" for k in keys])
+        data = np.stack([self.transformer(s, rng) for s in samples])
+        return data, np.asarray(labels, self.dtype)
+
+
+@register("ImageData")
+class ImageDataLayer(_SourceDataLayer):
+    """Caffe `ImageData`: images named by a list file (``path label`` per line, split at the
+    last space), decoded as BGR (or gray with is_color: false), optionally resized to
+    new_height x new_width, transformed by transform_param. ``shuffle`` draws a new order every
+    epoch. Tops: data (N, C, H, W) and label (N,)."""
+    param_field = "image_data_param"
+    max_num_top = 2
+
+    def _open(self, top):
+        p = self.param.image_data_param
+        if not p.source:
+            raise LayerError("image_data_param.source is required (the list file)")
+        if p.batch_size <= 0:
+            raise LayerError("image_data_param.batch_size must be positive")
+        if (p.new_height > 0) != (p.new_width > 0):
+            raise LayerError("image_data_param: give both new_height and new_width, or neither")
+        self.batch_size, self.rand_skip, self.shuffle = p.batch_size, p.rand_skip, p.shuffle
+        self.source_path = self.resolve(p.source, what="image list file")
+        self.entries = read_list_file(self.source_path)
+        self.num_samples = len(self.entries)
+        self.transformer = DataTransformer(
+            merged_transform_param(self.param, "image_data_param"), self.phase, self.dtype,
+            resolve=lambda f: self.resolve(f, what="mean file"))
+        first = self._read(self.sample_ids(0)[0])
+        shape = self.transformer.check(first.shape)
+        return [(self.batch_size, *shape), (self.batch_size,)][:len(top)]
+
+    def _read(self, i):
+        p = self.param.image_data_param
+        name, _, lineno = self.entries[i]
+        path = os.path.join(p.root_folder, name) if p.root_folder else name
+        try:
+            found = self.resolve(path, os.path.dirname(self.source_path))
+            return read_image(found, p.new_height, p.new_width, p.is_color)
+        except DataError as e:
+            raise DataError(f"image '{path}': {e.reason}", self.source_path, lineno) from None
+
+    def _load(self, ids, b):
+        rng = np.random.default_rng([self.seed, b, 1])
+        samples = [self._read(i) for i in ids]
+        _check_same_shape(samples, [f"image '{self.entries[i][0]}' ({self.source_path}:"
+                                    f"{self.entries[i][2]})" for i in ids])
+        data = np.stack([self.transformer(s, rng) for s in samples])
+        return data, np.asarray([self.entries[i][1] for i in ids], self.dtype)
+
+
+@register("HDF5Data")
+class HDF5DataLayer(_SourceDataLayer):
+    """Caffe `HDF5Data`: ``source`` is a text file listing .h5 files; each top reads the
+    dataset of its name (rows = first axis; every dataset of a file has as many). Batches run
+    across file boundaries; ``shuffle`` permutes the file order and the rows of each file every
+    epoch. No transform_param. Tops: (batch_size, *dataset.shape[1:])."""
+    param_field = "hdf5_data_param"
+
+    def _open(self, top):
+        h5py = need("h5py")
+        p = self.param.hdf5_data_param
+        if not p.source:
+            raise LayerError("hdf5_data_param.source is required (a text file listing .h5 "
+                             "files)")
+        if p.batch_size <= 0:
+            raise LayerError("hdf5_data_param.batch_size must be positive")
+        self.batch_size, self.shuffle = p.batch_size, p.shuffle
+        self.source_path = self.resolve(p.source, what="HDF5 list file")
+        self.names = list(self.param.top) or ["data", "label"][:len(top)]
+        list_dir = os.path.dirname(self.source_path)
+        try:
+            with open(self.source_path, encoding="utf-8") as f:
+                lines = [(n, line.strip()) for n, line in enumerate(f, 1) if line.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(f"cannot read the HDF5 list file: {e}", self.source_path) from None
+        if not lines:
+            raise DataError("the list names no HDF5 files", self.source_path)
+        self.files, sizes, shapes = [], [], None
+        for lineno, name in lines:
+            try:
+                path = self.resolve(name, list_dir)
+            except DataError as e:
+                raise DataError(f"HDF5 file '{name}': {e.reason}", self.source_path,
+                                lineno) from None
+            rows, file_shapes = self._inspect(h5py, path)
+            if shapes is None:
+                shapes = file_shapes
+            for dataset, a, b in zip(self.names, shapes, file_shapes):
+                if a != b:
+                    raise DataError(f"dataset '{dataset}' has rows of shape {b}, but "
+                                    f"{self.files[0]} has {a}", path)
+            self.files.append(path)
+            sizes.append(rows)
+        self.sizes = np.asarray(sizes, np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)])
+        self.num_samples = int(self.offsets[-1])
+        self._cache = {}
+        return [(self.batch_size, *s) for s in shapes]
+
+    def _inspect(self, h5py, path):
+        """(rows, [row shape per dataset]) of one file, with its consistency checks."""
+        try:
+            with h5py.File(path, "r") as f:
+                missing = [n for n in self.names if n not in f]
+                if missing:
+                    raise DataError(f"has no dataset '{missing[0]}' (a top of this layer; the "
+                                    f"file has: {', '.join(sorted(f.keys())) or 'nothing'})",
+                                    path)
+                shapes = [f[n].shape for n in self.names]
+        except OSError as e:
+            raise DataError(f"cannot read as HDF5: {e}", path) from None
+        if any(len(s) == 0 for s in shapes):
+            raise DataError("datasets must have at least one axis (the rows)", path)
+        if len({s[0] for s in shapes}) != 1:
+            rows = ", ".join(f"'{n}' {s[0]}" for n, s in zip(self.names, shapes))
+            raise DataError(f"the datasets must have the same number of rows (first "
+                            f"dimension): {rows}", path)
+        if shapes[0][0] == 0:
+            raise DataError("the datasets have no rows", path)
+        return shapes[0][0], [tuple(s[1:]) for s in shapes]
+
+    def _shuffled_order(self, rng):
+        files = rng.permutation(len(self.files))
+        return np.concatenate([self.offsets[f] + rng.permutation(self.sizes[f]) for f in files])
+
+    def _file_arrays(self, k):
+        arrays = self._cache.get(k)
+        if arrays is None:
+            h5py = need("h5py")
+            try:
+                with h5py.File(self.files[k], "r") as f:
+                    arrays = [np.asarray(f[n][...], self.dtype) for n in self.names]
+            except (OSError, KeyError) as e:
+                raise DataError(f"cannot read as HDF5: {e}", self.files[k]) from None
+            if len(self._cache) >= 2:             # a batch spans at most a few files
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[k] = arrays
+        return arrays
+
+    def _load(self, ids, b):
+        which = np.searchsorted(self.offsets, ids, side="right") - 1
+        out = [np.empty((len(ids), *s[1:]), self.dtype) for s in self._shapes]
+        for k in dict.fromkeys(which.tolist()):           # files in order of first use
+            rows = np.flatnonzero(which == k)
+            arrays = self._file_arrays(k)
+            for o, a in zip(out, arrays):
+                o[rows] = a[ids[rows] - self.offsets[k]]
+        return tuple(out)
+
+
+@register("MemoryData")
+class MemoryDataLayer(Layer):
+    """Caffe `MemoryData`: batches cut from arrays given with ``set_input_arrays`` (pycaffe's
+    Net.set_input_arrays), served in order and cyclically. Tops: data (batch_size, channels,
+    height, width) and label (batch_size,)."""
+    param_field = "memory_data_param"
+    exact_num_bottom = 0
+    exact_num_top = 2
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._data = self._labels = None          # set_input_arrays may come before setup
+        self._served = 0
+
+    def layer_setup(self, bottom, top):
+        p = self.param.memory_data_param
+        shape = (p.batch_size, p.channels, p.height, p.width)
+        if min(shape) <= 0:
+            raise LayerError(f"memory_data_param batch_size, channels, height and width must all "
+                             f"be positive, got {shape}")
+        self.batch_size, self.shape = p.batch_size, shape
+
+    def reshape(self, bottom, top):
+        top[0].reshape(self.shape)
+        top[1].reshape((self.batch_size,))
+
+    def set_input_arrays(self, data, labels):
+        """The arrays to serve: ``data`` N x C x H x W (the configured C, H, W), ``labels`` N
+        values (shape (N,) or (N, 1, 1, 1)); N must be a multiple of batch_size. They are
+        copied; serving restarts at the first batch."""
+        p = self.param.memory_data_param
+        data, labels = np.asarray(data), np.asarray(labels)
+        for name, a in (("data", data), ("labels", labels)):
+            if a.dtype.kind not in "fiu":
+                raise LayerError(f"set_input_arrays: {name} must hold real numbers, not "
+                                 f"{a.dtype}")
+        want = (p.channels, p.height, p.width)
+        if data.ndim != 4 or data.shape[1:] != want:
+            raise LayerError(f"set_input_arrays: data must be 4-D N x {want[0]} x {want[1]} x "
+                             f"{want[2]} (memory_data_param), got shape {data.shape}")
+        n = data.shape[0]
+        if labels.shape not in ((n,), (n, 1, 1, 1)):
+            raise LayerError(f"set_input_arrays: labels must have shape ({n},) to match the "
+                             f"{n} data items, got {labels.shape}")
+        if n == 0 or n % p.batch_size:
+            raise LayerError(f"set_input_arrays: the number of items ({n}) must be a positive "
+                             f"multiple of batch_size ({p.batch_size})")
+        dtype = self.dtype or np.float32
+        self._data = np.array(data, dtype)
+        self._labels = np.array(labels.reshape(n), dtype)
+        self._served = 0
+
+    def forward(self, bottom, top):
+        if self._data is None:
+            raise LayerError(f"MemoryData layer '{self.name}' has no data: call "
+                             "set_input_arrays(data, labels) first")
+        start = (self._served * self.batch_size) % len(self._data)
+        top[0].data[...] = self._data[start:start + self.batch_size]
+        top[1].data[...] = self._labels[start:start + self.batch_size]
+        self._served += 1
+
+    def data_state(self):
+        """{"seed": 0 (unused), "batches_served": batches served since set_input_arrays}."""
+        return {"seed": 0, "batches_served": self._served}
+
+    def restore_data_state(self, state):
+        _, self._served = _check_state(state)

@@ -1,4 +1,5 @@
-"""Layers that score predictions against labels: SoftmaxWithLoss (a loss) and Accuracy."""
+"""Layers that score predictions against targets: the losses SoftmaxWithLoss and EuclideanLoss,
+and Accuracy."""
 
 import numpy as np
 
@@ -132,3 +133,33 @@ class AccuracyLayer(Layer):
 
     def allow_force_backward(self, bottom_index):
         return False
+
+
+@register("EuclideanLoss")
+class EuclideanLossLayer(Layer):
+    """Caffe `EuclideanLoss`: sum((a - b)^2) / (2 N), N the batch size (bottom[0].shape[0]).
+
+    The two bottoms must hold the same number of values per item (shapes may differ, e.g.
+    (N, 1) against (N,)); both receive a gradient, of opposite signs, scaled by the loss weight
+    that the Net puts in top[0].diff."""
+    exact_num_bottom = 2
+    exact_num_top = 1
+    is_loss = True
+
+    def reshape(self, bottom, top):
+        a, b = bottom
+        if not a.shape or not b.shape or a.shape[0] != b.shape[0] or a.count != b.count:
+            raise LayerError(f"EuclideanLoss needs two bottoms with the same batch size and "
+                             f"number of values, got shapes {a.shape} and {b.shape}")
+        top[0].reshape(())
+
+    def forward(self, bottom, top):
+        loss, self._diff = ops.euclidean_loss_forward(bottom[0].data, bottom[1].data)
+        top[0].data[...] = loss
+
+    def backward(self, top, propagate_down, bottom):
+        grad = ops.euclidean_loss_backward(self._diff, float(top[0].diff))
+        for sign, down, blob in ((1, propagate_down[0], bottom[0]),
+                                 (-1, propagate_down[1], bottom[1])):
+            if down:
+                blob.diff[...] = (grad if sign > 0 else -grad).reshape(blob.shape)

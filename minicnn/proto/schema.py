@@ -3,7 +3,7 @@ defaults.
 
 The table below is written in a small .proto-like notation of our own, one field per line:
 
-    <number> <name> <type> [repeated] [packed] [array] [= <default>]
+    <number> <name> <type> [repeated] [packed] [array] [= <default>]      # comment
 
 ``<type>`` is a scalar type (int32, int64, uint32, uint64, bool, float, double, string, bytes),
 an enum declared with ``enum``, or a message declared with ``message``. ``array`` marks a
@@ -137,6 +137,20 @@ message SolverState
   2   learned_net         string
   3   history             BlobProto repeated
   4   current_step        int32    = 0
+  1000 minicnn            MinicnnSolverState
+
+# minicnn's own part of a .solverstate: what an exact resume needs beyond Caffe's fields. Its
+# number is far from Caffe's, so Caffe reads minicnn's files (skipping it) and vice versa.
+message MinicnnSolverState
+  1   rng_state           string
+  2   data_state          DataLayerState repeated
+  3   solver_type         string
+
+message DataLayerState
+  1   net                 string
+  2   layer               string
+  3   seed                uint64
+  4   batches_served      int64
 
 message NetState
   1   phase               Phase    = TEST
@@ -736,7 +750,7 @@ def _load(schema_text):
     lines = schema_text.strip().splitlines()
     i = 0
     while i < len(lines):
-        line = lines[i].strip()
+        line = lines[i].split("#")[0].strip()                # '#' starts a comment
         i += 1
         if not line:
             continue

@@ -350,3 +350,25 @@ def test_accuracy_has_no_backward():
     layer.setup(bottom, top)
     with pytest.raises(minicnn.LayerError, match="no backward"):
         layer.backward(top, [True, False], bottom)
+
+
+# --- EuclideanLoss --------------------------------------------------------------------------------
+
+@given(st.integers(1, 3), st.integers(1, 4), st.integers(0, 2**31))
+def test_euclidean_loss_gradient_for_both_bottoms(n, d, seed):
+    from minicnn.layers import EuclideanLossLayer
+    rng = np.random.default_rng(seed)
+    check_layer_gradient(EuclideanLossLayer, [rng.standard_normal((n, d)),
+                                              rng.standard_normal((n, d, 1))])
+
+
+def test_euclidean_loss_value_weight_and_errors():
+    from minicnn.layers import EuclideanLossLayer
+    layer = EuclideanLossLayer(loss_weight=[2.0])
+    a, b = np.array([[1.0, 2.0], [3.0, 4.0]]), np.zeros((2, 2))
+    assert float(layer(a, b)) == (1 + 4 + 9 + 16) / 4
+    da, db = layer.backprop()
+    np.testing.assert_allclose(da, 2 * a / 2)
+    np.testing.assert_allclose(db, -2 * a / 2)
+    with pytest.raises(minicnn.LayerError, match=r"shapes \(2, 2\) and \(3, 2\)"):
+        EuclideanLossLayer()(a, np.zeros((3, 2)))

@@ -1,0 +1,236 @@
+"""Key-value databases of Datum records (Caffe's db::DB): LMDB reading and writing, and paths.
+
+    db = open_db("mnist_train_lmdb")          # read-only; keys listed once, in key order
+    len(db), db.keys[0], db.get(db.keys[0])
+
+    with LMDBWriter("out_lmdb") as w:        # commits in chunks; the map grows when full
+        w.put("00000000", datum_bytes)
+
+Caffe also writes LevelDB; minicnn reads LMDB only and says so when given a LevelDB folder.
+``resolve_path`` is the rule every data file follows: a relative path is looked up in the
+current directory first (Caffe's rule), then in the folders given (e.g. the prototxt's).
+"""
+
+import os
+import shutil
+import threading
+import weakref
+
+from minicnn.data.errors import DataError, need
+
+
+def resolve_path(path, *dirs, what="file"):
+    """``path`` if it exists as given (absolute, or relative to the current directory), else the
+    first ``dir/path`` that exists; a DataError naming every place tried otherwise."""
+    path = os.fspath(path)
+    if not path:
+        raise DataError(f"no {what} given (the path is empty)")
+    if os.path.exists(path):
+        return path
+    tried = [os.path.abspath(path)]
+    if not os.path.isabs(path):
+        for d in dirs:
+            if d:
+                candidate = os.path.join(d, path)
+                if os.path.exists(candidate):
+                    return candidate
+                tried.append(os.path.abspath(candidate))
+    looked = "" if len(tried) == 1 else " (looked for " + ", ".join(tried) + ")"
+    raise DataError(f"{what} not found{looked}", path)
+
+
+def _lmdb():
+    return need("lmdb")
+
+
+def _is_leveldb(path):
+    return os.path.isdir(path) and (os.path.exists(os.path.join(path, "CURRENT"))
+                                    or any(n.endswith(".ldb") for n in os.listdir(path)))
+
+
+class _SharedEnv:
+    """One open environment per database file: python-lmdb refuses a second one in the same
+    process (a train and a test net often read the same LMDB). Closed when the last reader
+    holding it goes."""
+
+    def __init__(self, env):
+        self.env = env
+
+    def __del__(self):
+        try:
+            self.env.close()
+        except Exception:
+            pass
+
+
+_SHARED_ENVS = weakref.WeakValueDictionary()      # (st_dev, st_ino) of the data file -> env
+_SHARED_LOCK = threading.Lock()
+
+
+def _open_shared(path):
+    lmdb = _lmdb()
+    subdir = os.path.isdir(path)
+    st = os.stat(os.path.join(path, "data.mdb") if subdir else path)
+    key = (st.st_dev, st.st_ino)           # a replaced database is a new file: a new env
+    with _SHARED_LOCK:
+        shared = _SHARED_ENVS.get(key)
+        if shared is None:
+            try:
+                env = lmdb.open(path, readonly=True, lock=False, readahead=False,
+                                subdir=subdir, max_readers=512)
+            except lmdb.Error as e:
+                raise DataError(f"cannot open as an LMDB database: {e}", path) from None
+            shared = _SHARED_ENVS[key] = _SharedEnv(env)
+        return shared
+
+
+class LMDBReader:
+    """A read-only LMDB of records: ``keys`` (bytes, in LMDB's sorted order), ``get(key)``,
+    ``get_index(i)``, ``items()``. Safe to read from another thread (python-lmdb opens the
+    environment with MDB_NOTLS); opened without a lock file, so read-only folders work.
+    Readers of the same database share one environment."""
+
+    def __init__(self, path):
+        self.path = path
+        self._shared = _open_shared(path)
+        self.env = self._shared.env
+        with self.env.begin(buffers=False) as txn:
+            self.keys = list(txn.cursor().iternext(keys=True, values=False))
+
+    def __len__(self):
+        return len(self.keys)
+
+    def get(self, key):
+        if isinstance(key, str):
+            key = key.encode()
+        with self.env.begin(buffers=False) as txn:
+            value = txn.get(key)
+        if value is None:
+            raise DataError(f"no record with key {key!r}", self.path)
+        return value
+
+    def get_index(self, i):
+        return self.get(self.keys[i])
+
+    def get_many(self, keys):
+        """The values of several keys in one read transaction."""
+        with self.env.begin(buffers=False) as txn:
+            values = [txn.get(k) for k in keys]
+        for k, v in zip(keys, values):
+            if v is None:
+                raise DataError(f"no record with key {k!r}", self.path)
+        return values
+
+    def items(self):
+        with self.env.begin(buffers=False) as txn:
+            yield from txn.cursor().iternext(keys=True, values=True)
+
+    def close(self):
+        """Let go of the environment (closed once no reader of this database holds it)."""
+        self.env = self._shared = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def open_db(path, backend=None):
+    """Open a database of records for reading. LMDB is recognised by its content whatever
+    ``backend`` says ("LMDB"/"LEVELDB", Caffe's DataParameter.backend, whose default is
+    LEVELDB although nearly every net reads LMDB); a LevelDB folder is a clear error."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise DataError("database not found", path)
+    if os.path.isdir(path) and os.path.exists(os.path.join(path, "data.mdb")):
+        return LMDBReader(path)
+    if _is_leveldb(path):
+        raise DataError("this is a LevelDB database, which minicnn does not read: convert it to "
+                        "LMDB (e.g. re-run convert_imageset / the dataset script with "
+                        "backend lmdb, or copy its records with the plyvel and lmdb packages) "
+                        "and set backend: LMDB", path)
+    if os.path.isdir(path):
+        raise DataError("not an LMDB database (the folder has no data.mdb)", path)
+    return LMDBReader(path)               # a single-file LMDB (opened with subdir=False)
+
+
+class LMDBWriter:
+    """Write records into a new LMDB folder (an existing one is an error unless ``overwrite``).
+
+    Puts are buffered and committed every ``commit_every`` records; when the memory map is
+    full, the map size is doubled and the chunk written again, so ``map_size`` is only a
+    starting guess (LMDB files are sparse: a large map costs no disk)."""
+
+    def __init__(self, path, map_size=1 << 28, commit_every=1000, overwrite=False):
+        lmdb = _lmdb()
+        self.path = os.fspath(path)
+        if os.path.exists(self.path):
+            if not overwrite:
+                raise DataError("already exists (remove it, or ask to overwrite it)", self.path)
+            remove_db(self.path)
+        os.makedirs(self.path)
+        self.map_size = int(map_size)
+        self.env = lmdb.open(self.path, map_size=self.map_size, subdir=True, meminit=False)
+        self.commit_every = commit_every
+        self.count = 0
+        self._pending = []
+
+    def put(self, key, value):
+        if isinstance(key, str):
+            key = key.encode()
+        if not key or len(key) > 511:
+            raise DataError(f"LMDB keys must be 1 to 511 bytes, got {len(key)}: {key[:60]!r}",
+                            self.path)
+        self._pending.append((key, bytes(value)))
+        if len(self._pending) >= self.commit_every:
+            self.commit()
+
+    def commit(self):
+        lmdb = _lmdb()
+        while self._pending:
+            try:
+                with self.env.begin(write=True) as txn:
+                    for key, value in self._pending:
+                        txn.put(key, value)
+            except lmdb.MapFullError:
+                self.map_size *= 2                # the aborted chunk is written again
+                self.env.set_mapsize(self.map_size)
+                continue
+            self.count += len(self._pending)
+            self._pending = []
+
+    def close(self):
+        if self.env is not None:
+            self.commit()
+            self.env.close()
+            self.env = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        if exc_type is None:
+            self.close()
+        elif self.env is not None:
+            self.env.close()
+            self.env = None
+
+
+def remove_db(path):
+    """Delete a database folder (or file)."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
+def replace_db(tmp_path, path):
+    """Move a finished database from ``tmp_path`` to ``path``, replacing what was there."""
+    old = None
+    if os.path.lexists(path):
+        old = f"{path}.old-{os.getpid()}"
+        os.rename(path, old)
+    os.rename(tmp_path, path)
+    if old:
+        remove_db(old)

@@ -1,0 +1,169 @@
+"""Caffe's image-set tools as functions: list files, convert_imageset, compute_image_mean.
+
+A list file has one sample per line, ``path label``, split at the **last** space (so a path may
+contain spaces); the label is an integer. ``convert_imageset`` writes one Datum per line into an
+LMDB under the key ``f"{index:08d}_{path}"``; ``compute_image_mean`` averages a database into the
+.binaryproto mean file that ``transform_param { mean_file: ... }`` reads.
+"""
+
+import os
+import warnings
+
+import numpy as np
+
+from minicnn.data.datum import decode_datum, decode_image, encode_datum, read_image, serialize_datum
+from minicnn.data.db import LMDBWriter, open_db, remove_db, replace_db
+from minicnn.data.errors import DataError
+from minicnn.proto import caffe_pb2, serialize, write_binary
+
+
+def parse_list_line(line, path="<list>", lineno=0):
+    """(image path, integer label) of one list-file line, split at its last space."""
+    text = line.rstrip("\r\n").rstrip()
+    pos = text.rfind(" ")
+    if pos <= 0:
+        raise DataError(f"expected 'path label', got {text!r}", path, lineno)
+    name, label = text[:pos].rstrip(" "), text[pos + 1:]
+    try:
+        return name, int(label)
+    except ValueError:
+        raise DataError(f"the label {label!r} is not an integer (line {text!r})",
+                        path, lineno) from None
+
+
+def read_list_file(path):
+    """[(image path, label, line number)] of a list file; blank lines are skipped."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.readlines()
+    except FileNotFoundError:
+        raise DataError("list file not found", path) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read the list file: {e}", path) from None
+    out = []
+    for lineno, line in enumerate(lines, 1):
+        if line.strip():
+            out.append((*parse_list_line(line, path, lineno), lineno))
+    if not out:
+        raise DataError("the list file names no images", path)
+    return out
+
+
+def _guess_encoding(name):
+    ext = os.path.splitext(name)[1].lower().lstrip(".")
+    if not ext:
+        raise DataError("cannot guess the image encoding from the file name; give encode_type",
+                        name)
+    return ext
+
+
+def convert_imageset(root, list_file, db_path, resize_height=0, resize_width=0, gray=False,
+                     shuffle=False, encoded=False, encode_type="", check_size=False, seed=None,
+                     overwrite=False, verbose=False):
+    """Caffe's convert_imageset: the images of ``list_file`` (paths relative to ``root``) into a
+    new LMDB at ``db_path``; returns the number of records written.
+
+    Each Datum holds the image as BGR (or gray, ``gray=True``) uint8 CHW, resized to
+    (resize_height, resize_width) with a bilinear filter when both are > 0, and its label.
+    ``encoded`` stores image-file bytes instead (the original file when it needs no change,
+    else re-encoded as ``encode_type``, by default the file's extension). ``shuffle`` permutes
+    the lines first, with ``np.random.default_rng(seed)`` (seed None: minicnn's global
+    generator). ``check_size`` makes differently sized images an error. An image that cannot be
+    read is skipped with a warning, as Caffe does (its index is still used up).
+    """
+    from minicnn.rng import get_rng
+    if (resize_height > 0) != (resize_width > 0):
+        raise ValueError("give both resize_height and resize_width, or neither")
+    entries = read_list_file(list_file)
+    if shuffle:
+        rng = get_rng() if seed is None else np.random.default_rng(seed)
+        entries = [entries[i] for i in rng.permutation(len(entries))]
+    db_path = os.fspath(db_path)
+    if os.path.lexists(db_path) and not overwrite:
+        raise DataError("already exists (remove it, or pass overwrite=True)", db_path)
+    is_color = not gray
+    tmp = f"{db_path}.tmp-{os.getpid()}"
+    remove_db(tmp)
+    size = None
+    count = skipped = 0
+    try:
+        with LMDBWriter(tmp) as writer:
+            for index, (name, label, lineno) in enumerate(entries):
+                image_path = os.path.join(root, name) if root else name
+                try:
+                    value = _image_record(image_path, label, resize_height, resize_width,
+                                          is_color, encoded, encode_type)
+                except DataError as e:
+                    warnings.warn(f"{list_file}:{lineno}: skipping {image_path}: {e.reason}",
+                                  stacklevel=2)
+                    skipped += 1
+                    continue
+                if check_size and not encoded:
+                    shape = value[1]
+                    if size is None:
+                        size = shape
+                    elif shape != size:
+                        raise DataError(f"image {image_path} is {shape[0]}x{shape[1]}x"
+                                        f"{shape[2]}, the first one was {size[0]}x{size[1]}x"
+                                        f"{size[2]} (check_size)", list_file, lineno)
+                writer.put(f"{index:08d}_{name}", value[0])
+                count += 1
+        replace_db(tmp, db_path)
+    except BaseException:
+        remove_db(tmp)
+        raise
+    if verbose:
+        print(f"wrote {count} records to {db_path}" + (f" ({skipped} skipped)" if skipped else ""))
+    return count
+
+
+def _image_record(path, label, height, width, is_color, encoded, encode_type):
+    """(serialized Datum, CHW shape) of one image file, as Caffe's ReadImageToDatum."""
+    chw = read_image(path, height, width, is_color)
+    if encoded:
+        encoding = encode_type or _guess_encoding(path)
+        resized = height > 0 and width > 0
+        same_kind = decode_image(path, None).shape[0] == chw.shape[0]
+        if not resized and same_kind and _guess_encoding(path) in _aliases(encoding):
+            with open(path, "rb") as f:           # the file is already what was asked for
+                datum = caffe_pb2.Datum(data=f.read(), label=label, encoded=True)
+            return serialize(datum), chw.shape
+        return serialize(encode_datum(chw, label, encoding)), chw.shape
+    return serialize_datum(chw, label), chw.shape
+
+
+def _aliases(encoding):
+    encoding = encoding.lower().lstrip(".")
+    same = ({"jpg", "jpeg", "jpe"}, {"tif", "tiff"})
+    for group in same:
+        if encoding in group:
+            return group
+    return {encoding}
+
+
+def compute_image_mean(db_path, out_path=None):
+    """Caffe's compute_image_mean: the mean of every record of a database, as a float32 array
+    of shape (1, C, H, W); written to ``out_path`` as a .binaryproto when given (legacy
+    num/channels/height/width fields, as Caffe writes it)."""
+    db = open_db(db_path)
+    total, shape, count = None, None, 0
+    try:
+        for key, value in db.items():
+            array, _ = decode_datum(value, where=f"{db_path} key {key.decode(errors='replace')}")
+            if total is None:
+                shape, total = array.shape, np.zeros(array.shape, np.float64)
+            elif array.shape != shape:
+                raise DataError(f"record {key!r} has shape {array.shape}, the first one "
+                                f"{shape}: every image must have the same size", db_path)
+            total += array
+            count += 1
+    finally:
+        db.close()
+    if not count:
+        raise DataError("the database is empty", db_path)
+    mean = (total / count).astype(np.float32)[None]
+    if out_path is not None:
+        proto = caffe_pb2.BlobProto(num=1, channels=shape[0], height=shape[1], width=shape[2])
+        proto.data = mean.ravel()
+        write_binary(proto, out_path)
+    return mean

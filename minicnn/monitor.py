@@ -1,0 +1,129 @@
+"""Watching training: a progress bar, Caffe-style log lines in a log file, and the training
+curve (every iteration's loss and learning rate, every test's outputs) as CSV and PNG.
+
+    monitor = TrainingMonitor(solver, prefix="snapshots/lenet")
+    solver.solve()
+    monitor.close()          # writes snapshots/lenet_curve.csv and _curve.png
+
+The log file's lines carry glog's prefix (``I1122 13:05:01.123456 4242 solver.py] ...``), so
+Caffe's log parsers (tools/extra/parse_log.py) read them. tqdm draws the bar when the output is
+a terminal and is installed; matplotlib draws the PNG when installed.
+"""
+
+import csv
+import os
+import sys
+import time
+
+
+class TrainingMonitor:
+    def __init__(self, solver, prefix, progress=None, stream=None):
+        self.solver, self.prefix = solver, prefix
+        self.stream = stream or sys.stdout
+        folder = os.path.dirname(prefix)
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+        self.log_path = f"{prefix}_train.log"
+        self.csv_path, self.png_path = f"{prefix}_curve.csv", f"{prefix}_curve.png"
+        self.log_file = open(self.log_path, "a", encoding="utf-8")
+        self.rows = {}                          # iteration -> {column: value}
+        self.columns = ["iteration", "loss", "smoothed_loss", "lr"]
+        self.last_test = {}
+        self.bar = self._make_bar(progress)
+        self._t0, self._it0 = time.perf_counter(), solver.iter
+        solver._log = self.log
+        solver.on_iteration.append(self._on_iteration)
+        solver.on_test.append(self._on_test)
+
+    def _make_bar(self, progress):
+        if progress is False or (progress is None and not self.stream.isatty()):
+            return None
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return None
+        return tqdm(total=self.solver.param.max_iter, initial=self.solver.iter, unit="it",
+                    dynamic_ncols=True, file=self.stream, leave=True)
+
+    # --- events ------------------------------------------------------------------------------
+    def log(self, message):
+        now = time.time()
+        stamp = time.strftime("%m%d %H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1e6):06d}"
+        self.log_file.write(f"I{stamp} {os.getpid()} solver.py] {message}\n")
+        self.log_file.flush()
+        if self.bar is not None:
+            if message.startswith("    ") or message.startswith("Iteration"):
+                return                          # the bar shows these; the log file keeps them
+            self.bar.write(message, file=self.stream)
+        else:
+            print(message, file=self.stream, flush=True)
+
+    def _on_iteration(self, solver, loss, rate):
+        it = solver.iter - 1                    # the loss and lr of the update just made
+        row = self.rows.setdefault(it, {"iteration": it})
+        row.update(loss=loss, smoothed_loss=solver.smoothed_loss, lr=rate)
+        if self.bar is not None:
+            elapsed = time.perf_counter() - self._t0
+            speed = (solver.iter - self._it0) / elapsed if elapsed else 0.0
+            postfix = {"loss": f"{solver.smoothed_loss:.4g}", "lr": f"{rate:.3g}",
+                       "it/s": f"{speed:.3g}"}
+            postfix.update({k: f"{v:.4g}" for k, v in self.last_test.items()})
+            self.bar.set_postfix(postfix, refresh=False)
+            self.bar.update(1)
+
+    def _on_test(self, solver, index, outputs):
+        row = self.rows.setdefault(solver.iter, {"iteration": solver.iter})
+        for name, value in outputs.items():
+            if isinstance(value, float):
+                column = f"test{index}/{name}"
+                if column not in self.columns:
+                    self.columns.append(column)
+                row[column] = value
+                self.last_test[column] = value
+        self.write_csv()
+
+    # --- outputs -----------------------------------------------------------------------------
+    def write_csv(self):
+        with open(self.csv_path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.columns)
+            writer.writeheader()
+            for it in sorted(self.rows):
+                writer.writerow(self.rows[it])
+
+    def write_png(self):
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            return None
+        its = sorted(it for it in self.rows if "loss" in self.rows[it])
+        tests = [c for c in self.columns if c.startswith("test")]
+        fig, axes = plt.subplots(2 if tests else 1, 1, figsize=(8, 6 if tests else 3.5),
+                                 sharex=True, squeeze=False)
+        ax = axes[0][0]
+        ax.plot(its, [self.rows[i]["loss"] for i in its], lw=0.5, alpha=0.4, label="loss")
+        ax.plot(its, [self.rows[i]["smoothed_loss"] for i in its], lw=1.5,
+                label="smoothed loss")
+        ax.set_ylabel("training loss")
+        ax.legend(loc="upper right")
+        if tests:
+            ax = axes[1][0]
+            for column in tests:
+                points = sorted((i, r[column]) for i, r in self.rows.items() if column in r)
+                ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=column)
+            ax.set_ylabel("test outputs")
+            ax.legend(loc="best")
+        axes[-1][0].set_xlabel("iteration")
+        fig.tight_layout()
+        fig.savefig(self.png_path, dpi=100)
+        plt.close(fig)
+        return self.png_path
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+        if self.rows:
+            self.write_csv()
+            self.write_png()
+        self.log_file.close()

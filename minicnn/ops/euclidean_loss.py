@@ -1,0 +1,26 @@
+"""Euclidean (sum-of-squares) loss, Caffe's "EuclideanLoss": the regression loss.
+
+    loss = sum((a - b)^2) / (2 N)          N = a.shape[0], the batch size (not the count)
+    da = loss_weight * (a - b) / N         db = -da
+
+Both inputs get a gradient (either may be the prediction). No kinks.
+Impls: ref.
+"""
+
+from minicnn.ops._dispatch import Op
+
+euclidean_loss_forward = Op("euclidean_loss_forward")
+euclidean_loss_backward = Op("euclidean_loss_backward")
+
+
+@euclidean_loss_forward.impl("ref")
+def _euclidean_loss_forward_ref(a, b):
+    """(loss as a 0-d array of a's dtype, a - b) for a, b of the same size."""
+    diff = a - b.reshape(a.shape)
+    return (diff.reshape(-1) @ diff.reshape(-1)) / a.dtype.type(2 * a.shape[0]), diff
+
+
+@euclidean_loss_backward.impl("ref")
+def _euclidean_loss_backward_ref(diff, loss_weight=1.0):
+    """d(loss)/da for the diff = a - b that forward returned (d/db is its negative)."""
+    return diff * diff.dtype.type(loss_weight / diff.shape[0])

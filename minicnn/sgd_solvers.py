@@ -1,0 +1,130 @@
+"""The six solver types of Caffe and its learning-rate policies.
+
+Every rule turns the (decayed) gradient ``g`` of one parameter into the step ``w -= step``,
+keeping its memory in ``history`` (the learning rate ``lr = rate * lr_mult`` sits *inside*
+the momentum history, Caffe's convention, unlike PyTorch's):
+
+    SGD       v = momentum * v + lr * g                           step = v
+    Nesterov  v' = momentum * v + lr * g                          step = (1 + m) v' - m v
+    AdaGrad   h += g^2                                            step = lr * g / (sqrt(h) + delta)
+    RMSProp   h = rms_decay * h + (1 - rms_decay) g^2             step = lr * g / (sqrt(h) + delta)
+    AdaDelta  hg = m hg + (1-m) g^2;  u = g sqrt((hu + delta) / (hg + delta));
+              hu = m hu + (1-m) u^2                               step = lr * u
+    Adam      m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;  t = iter + 1
+              step = lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + delta)
+
+(Adam's delta is added to the *uncorrected* sqrt(v), as in Caffe; b1 = momentum, b2 =
+momentum2.) The learning rate itself comes from solver.learning_rate.
+"""
+
+import math
+
+import numpy as np
+
+from minicnn.errors import MinicnnError
+from minicnn.solver import Solver, register_solver
+
+# --- the solver types ----------------------------------------------------------------------------
+
+class _Rule(Solver):
+    def _parts(self, param_id, rate):
+        blob = self.net.learnable_params[param_id]
+        t = blob.dtype.type
+        return blob.diff, t(rate * self.net.params_lr[param_id]), t
+
+
+@register_solver("SGD")
+class SGDSolver(_Rule):
+    """Stochastic gradient descent with momentum (Caffe's SGDSolver)."""
+
+    def compute_update_value(self, param_id, rate):
+        g, lr, t = self._parts(param_id, rate)
+        v = self.history[param_id]
+        v *= t(self.param.momentum)
+        v += lr * g
+        g[...] = v
+
+
+@register_solver("Nesterov")
+class NesterovSolver(_Rule):
+    """Nesterov's accelerated gradient, as Caffe writes it (the step looks ahead)."""
+
+    def compute_update_value(self, param_id, rate):
+        g, lr, t = self._parts(param_id, rate)
+        v, m = self.history[param_id], t(self.param.momentum)
+        previous = v.copy()
+        v *= m
+        v += lr * g
+        g[...] = (t(1) + m) * v - m * previous
+
+
+@register_solver("AdaGrad")
+class AdaGradSolver(_Rule):
+    """AdaGrad: each weight's rate shrinks with the sum of its squared gradients."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.param.momentum != 0:
+            raise MinicnnError("AdaGrad takes no momentum (set momentum: 0)")
+
+    def compute_update_value(self, param_id, rate):
+        g, lr, t = self._parts(param_id, rate)
+        h = self.history[param_id]
+        h += g * g
+        g[...] = lr * (g / (np.sqrt(h) + t(self.param.delta)))
+
+
+@register_solver("RMSProp")
+class RMSPropSolver(_Rule):
+    """RMSProp: the rate shrinks with a running mean (rms_decay) of squared gradients."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.param.momentum != 0:
+            raise MinicnnError("RMSProp takes no momentum (set momentum: 0); its decay is "
+                               "rms_decay")
+
+    def compute_update_value(self, param_id, rate):
+        g, lr, t = self._parts(param_id, rate)
+        h, decay = self.history[param_id], t(self.param.rms_decay)
+        h *= decay
+        h += (t(1) - decay) * (g * g)
+        g[...] = lr * (g / (np.sqrt(h) + t(self.param.delta)))
+
+
+@register_solver("AdaDelta")
+class AdaDeltaSolver(_Rule):
+    """AdaDelta: steps scaled by the ratio of running RMS of past steps and of gradients.
+    Caffe uses ``momentum`` as the decay and still multiplies by the learning rate."""
+    history_per_param = 2
+
+    def compute_update_value(self, param_id, rate):
+        g, lr, t = self._parts(param_id, rate)
+        n = len(self.net.learnable_params)
+        hg, hu = self.history[param_id], self.history[n + param_id]
+        m, delta = t(self.param.momentum), t(self.param.delta)
+        hg *= m
+        hg += (t(1) - m) * (g * g)
+        u = g * np.sqrt((hu + delta) / (hg + delta))
+        hu *= m
+        hu += (t(1) - m) * (u * u)
+        g[...] = lr * u
+
+
+@register_solver("Adam")
+class AdamSolver(_Rule):
+    """Adam (Kingma & Ba): momentum2 is beta2, momentum beta1, delta epsilon."""
+    history_per_param = 2
+
+    def compute_update_value(self, param_id, rate):
+        g, lr, t = self._parts(param_id, rate)
+        n = len(self.net.learnable_params)
+        m, v = self.history[param_id], self.history[n + param_id]
+        b1, b2 = self.param.momentum, self.param.momentum2
+        m *= t(b1)
+        m += t(1 - b1) * g
+        v *= t(b2)
+        v += t(1 - b2) * (g * g)
+        step = self.iter + 1
+        correction = t(math.sqrt(1 - b2 ** step) / (1 - b1 ** step))
+        g[...] = (lr * correction) * (m / (np.sqrt(v) + t(self.param.delta)))

@@ -1,0 +1,521 @@
+"""Solver: trains a Net from a SolverParameter, iteration by iteration as Caffe's Solver does.
+
+    solver = minicnn.get_solver("models/lenet/lenet_solver.prototxt")
+    solver.solve()                       # or solver.step(100); solver.net, solver.test_nets
+
+One iteration, in Caffe's order:
+ 1. zero the parameter diffs; every test_interval iterations run the test nets first;
+ 2. forward + backward iter_size times (diffs accumulate), the loss averaged over them;
+ 3. ApplyUpdate: learning rate from lr_policy; clip the global gradient norm to
+    clip_gradients; divide the diffs by iter_size; add weight decay (L2: decay * w, L1:
+    decay * sign(w), decay = weight_decay * decay_mult); the solver type turns each diff into
+    the step (momentum and friends live in ``history``, with the learning rate *inside* it, as
+    Caffe keeps it); then w -= step;
+ 4. iter += 1, then snapshot every ``snapshot`` iterations (and on request).
+
+The update rules of the six solver types are in sgd_solvers.py. Snapshots are Caffe's pair of
+files, ``<prefix>_iter_<N>.caffemodel`` and ``.solverstate``; minicnn's solverstate also keeps the
+data layers' positions and the random generator, so a resumed run repeats an uninterrupted one
+exactly (Caffe's own .solverstate files load too).
+"""
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+from minicnn.blob import array_to_blob_proto, blob_proto_to_array
+from minicnn.errors import MinicnnError, NetError
+from minicnn.net import Net
+from minicnn.proto import caffe_pb2, read_binary, read_prototxt, upgrade_solver, write_binary
+from minicnn.rng import get_rng, set_random_seed
+
+SOLVERS = {}                      # type name ("SGD", "Adam", ...) -> Solver subclass
+
+log = logging.getLogger("minicnn.solver")
+
+
+def register_solver(type_name):
+    def decorate(cls):
+        if type_name in SOLVERS:
+            raise ValueError(f"solver type '{type_name}' is registered twice")
+        SOLVERS[type_name] = cls
+        cls.type = type_name
+        return cls
+    return decorate
+
+
+class TrainingDiverged(MinicnnError):
+    """The loss became NaN or infinite; training stopped without saving the bad weights."""
+
+
+def resolve_path(path, *folders):
+    """Caffe resolves relative paths against the current directory; if nothing is there, try
+    the folder of the file that named the path."""
+    if os.path.isabs(path) or os.path.exists(path):
+        return path
+    for folder in folders:
+        if folder and os.path.exists(os.path.join(folder, path)):
+            return os.path.join(folder, path)
+    return path
+
+
+def read_solver(path):
+    """A SolverParameter from a solver prototxt, upgraded, with snapshot_prefix defaulted as
+    Caffe does (the solver file's path without extension; a folder gets the file's stem)."""
+    param = upgrade_solver(read_prototxt(path, "SolverParameter"))
+    stem = os.path.splitext(os.fspath(path))[0]
+    if not param.HasField("snapshot_prefix"):
+        param.snapshot_prefix = stem
+    elif os.path.isdir(param.snapshot_prefix):
+        param.snapshot_prefix = os.path.join(param.snapshot_prefix, os.path.basename(stem))
+    return param
+
+
+def get_solver(solver, **kwargs):
+    """The Solver of the type the parameter names (Caffe's SolverRegistry::CreateSolver)."""
+    param = read_solver(solver) if not isinstance(solver, caffe_pb2.SolverParameter) \
+        else upgrade_solver(solver.copy())
+    if param.type not in SOLVERS:
+        raise MinicnnError(f"unknown solver type '{param.type}'; minicnn supports: "
+                           f"{', '.join(sorted(SOLVERS))}")
+    return SOLVERS[param.type](param, source=solver if isinstance(solver, (str, os.PathLike))
+                               else None, **kwargs)
+
+
+# --- learning-rate policies --------------------------------------------------------------------
+#   fixed  base_lr                       step       base_lr * gamma^floor(iter / stepsize)
+#   exp    base_lr * gamma^iter          inv        base_lr * (1 + gamma * iter)^-power
+#   multistep  base_lr * gamma^(steps passed, one per iteration at most)
+#   poly   base_lr * (1 - iter / max_iter)^power
+#   sigmoid    base_lr / (1 + exp(-gamma * (iter - stepsize)))     (gamma >= 0: a warm-up)
+# with iter the number of updates done so far.
+
+def _need(param, *fields):
+    for field in fields:
+        if not param.HasField(field):
+            raise MinicnnError(f"lr_policy '{param.lr_policy}' needs {field} in the solver")
+
+
+def learning_rate(param, iteration, current_step, log=None):
+    """(rate, current_step) at ``iteration`` under param.lr_policy, in Caffe's arithmetic."""
+    policy, base = param.lr_policy, param.base_lr
+    if policy == "fixed":
+        return base, current_step
+    if policy == "step":
+        _need(param, "gamma", "stepsize")
+        if param.stepsize <= 0:
+            raise MinicnnError("lr_policy 'step' needs stepsize > 0")
+        current_step = iteration // param.stepsize
+        return base * math.pow(param.gamma, current_step), current_step
+    if policy == "exp":
+        _need(param, "gamma")
+        return base * math.pow(param.gamma, iteration), current_step
+    if policy == "inv":
+        _need(param, "gamma", "power")
+        f32 = np.float32                      # Caffe computes this one in the net's float
+        return float(f32(base) * f32(f32(1) + f32(param.gamma) * f32(iteration))
+                     ** -f32(param.power)), current_step
+    if policy == "multistep":
+        _need(param, "gamma")
+        if current_step < len(param.stepvalue) and iteration >= param.stepvalue[current_step]:
+            current_step += 1
+            if log:
+                log(f"MultiStep Status: Iteration {iteration}, step = {current_step}")
+        return base * math.pow(param.gamma, current_step), current_step
+    if policy == "poly":
+        _need(param, "power")
+        if param.max_iter <= 0:
+            raise MinicnnError("lr_policy 'poly' needs max_iter > 0")
+        return base * math.pow(1 - iteration / param.max_iter, param.power), current_step
+    if policy == "sigmoid":
+        _need(param, "gamma", "stepsize")
+        if param.gamma < 0:
+            raise MinicnnError("lr_policy 'sigmoid' needs gamma >= 0 (Caffe's rising curve)")
+        return base / (1 + math.exp(-param.gamma * (iteration - param.stepsize))), current_step
+    known = "fixed, step, exp, inv, multistep, poly, sigmoid"
+    raise MinicnnError(f"unknown lr_policy '{policy}'; Caffe's policies are: {known}"
+                       if policy else f"the solver gives no lr_policy (one of: {known})")
+
+
+
+class Solver:
+    """Trains ``self.net`` and evaluates ``self.test_nets`` (pycaffe's Solver interface).
+
+    ``solver`` is a solver prototxt path or a SolverParameter. ``dtype`` chooses float32 or
+    float64 nets; ``train_batch_size`` overrides the train net's data-layer batch size;
+    ``log`` receives each log line (default: the "minicnn.solver" logger, or stderr when
+    logging is not configured).
+    """
+    type = None
+    history_per_param = 1                 # AdaDelta and Adam keep two
+
+    def __init__(self, solver, *, source=None, dtype=np.float32, train_batch_size=None,
+                 log=None):
+        if not isinstance(solver, caffe_pb2.SolverParameter):
+            source, solver = solver, read_solver(solver)
+        self.param = param = upgrade_solver(solver.copy())
+        self.source_dir = os.path.dirname(os.path.abspath(source)) if source else None
+        self._log = log
+        self.on_iteration, self.on_test = [], []       # callbacks (see _notify_*)
+        if param.type != self.type and type(self) is not Solver:
+            self.log(f"note: the solver file says type '{param.type}', running {self.type}")
+        if param.random_seed >= 0:
+            set_random_seed(param.random_seed)
+        self.dtype = np.dtype(dtype)
+        self.net = self._train_net(train_batch_size)
+        self.test_nets = self._test_nets()
+        for test_net in self.test_nets:
+            test_net.share_with(self.net)
+        self.iter = 0
+        self.current_step = 0
+        self.losses, self.smoothed_loss = [], 0.0
+        self.requested_action = None         # "stop" or "snapshot", set by signal handlers
+        self.requested_early_exit = False
+        self.diverged = None
+        self.last_snapshot = None
+        self.history = [np.zeros_like(p.data) for _ in range(self.history_per_param)
+                        for p in self.net.learnable_params]
+
+    # --- logging --------------------------------------------------------------------------------
+    def log(self, message):
+        if self._log is not None:
+            self._log(message)
+        elif log.hasHandlers():
+            log.info(message)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
+    # --- building the nets (Caffe's InitTrainNet / InitTestNets) ---------------------------------
+    def _read_net(self, path):
+        return read_prototxt(resolve_path(path, self.source_dir), "NetParameter")
+
+    def _net_folder(self, path):
+        return os.path.dirname(os.path.abspath(resolve_path(path, self.source_dir)))
+
+    def _train_net(self, batch_size):
+        p = self.param
+        given = [f for f in ("net", "net_param", "train_net", "train_net_param") if p.HasField(f)]
+        if len(given) != 1:
+            raise MinicnnError("the solver must name exactly one train net with one of net, "
+                               f"net_param, train_net, train_net_param (it gives "
+                               f"{', '.join(given) or 'none'})")
+        field = given[0]
+        if field.endswith("_param"):
+            net_param, folder = getattr(p, field).copy(), self.source_dir
+        else:
+            net_param, folder = self._read_net(getattr(p, field)), self._net_folder(getattr(p,
+                                                                                        field))
+        state = caffe_pb2.NetState(phase="TRAIN")
+        state.MergeFrom(net_param.state)
+        state.MergeFrom(p.train_state)
+        net_param.state.CopyFrom(state)
+        if batch_size:
+            set_batch_size(net_param, batch_size)
+        self.log(f"Creating training net from {field}"
+                 + (f" {getattr(p, field)}" if not field.endswith("_param") else ""))
+        return Net(net_param, dtype=self.dtype, source_dir=folder)
+
+    def _test_nets(self):
+        p = self.param
+        if p.HasField("net") and p.HasField("net_param"):
+            raise MinicnnError("give the solver's net or net_param, not both")
+        sources = [(f"test_net_param #{i}", q.copy(), self.source_dir)
+                   for i, q in enumerate(p.test_net_param)]
+        sources += [(f"test_net file {f}", self._read_net(f), self._net_folder(f))
+                    for f in p.test_net]
+        generic = p.HasField("net") or p.HasField("net_param")
+        if (len(p.test_iter) < len(sources)) if generic else (len(p.test_iter) != len(sources)):
+            raise MinicnnError(f"test_iter must be given once per test net: {len(sources)} test "
+                               f"net(s), {len(p.test_iter)} test_iter value(s)")
+        for _ in range(len(p.test_iter) - len(sources)):   # the net's TEST phase, once per iter
+            if p.HasField("net_param"):
+                sources.append(("net_param", p.net_param.copy(), self.source_dir))
+            else:
+                sources.append((f"net file {p.net}", self._read_net(p.net),
+                                self._net_folder(p.net)))
+        if p.test_state and len(p.test_state) != len(sources):
+            raise MinicnnError(f"test_state must be unspecified or given once per test net "
+                               f"({len(sources)} test nets, {len(p.test_state)} test_state)")
+        if sources and p.test_interval <= 0:
+            raise MinicnnError("the solver has test nets (test_iter) but no test_interval > 0")
+        nets = []
+        for i, (label, net_param, folder) in enumerate(sources):
+            state = caffe_pb2.NetState(phase="TEST")
+            state.MergeFrom(net_param.state)
+            if p.test_state:
+                state.MergeFrom(p.test_state[i])
+            net_param.state.CopyFrom(state)
+            self.log(f"Creating test net (#{i}) specified by {label}")
+            nets.append(Net(net_param, dtype=self.dtype, source_dir=folder))
+        return nets
+
+    # --- the loop -------------------------------------------------------------------------------
+    def step(self, iters):
+        """Run ``iters`` iterations (fewer if stopped by a request or divergence)."""
+        p = self.param
+        start_iter, stop_iter = self.iter, self.iter + iters
+        self.losses, self.smoothed_loss = [], 0.0
+        timer, iter_last = time.perf_counter(), self.iter
+        while self.iter < stop_iter:
+            self.net.clear_param_diffs()
+            if p.test_interval and self.iter % p.test_interval == 0 and (
+                    self.iter > 0 or p.test_initialization):
+                self.test_all()
+                if self.requested_early_exit:
+                    break
+            display = p.display and self.iter % p.display == 0
+            loss = 0.0
+            for _ in range(max(1, p.iter_size)):
+                loss += self.net.forward_backward()
+            loss /= max(1, p.iter_size)
+            if not math.isfinite(loss):
+                self._diverge(loss)
+                break
+            self._update_smoothed_loss(loss, start_iter)
+            if display:
+                lapse = time.perf_counter() - timer
+                per_s = (self.iter - iter_last) / lapse if lapse else 0.0
+                self.log(f"Iteration {self.iter} ({per_s:.4g} iter/s, {lapse:.4g}s/{p.display} "
+                         f"iters), loss = {self.smoothed_loss:.6g}")
+                timer, iter_last = time.perf_counter(), self.iter
+                self._log_outputs(self.net, "Train", {n: self.net.blobs[n].data
+                                                      for n in self.net.outputs})
+            rate = self.apply_update(display)
+            self.iter += 1
+            for callback in self.on_iteration:
+                callback(self, loss, rate)
+            action, self.requested_action = self.requested_action, None
+            if (p.snapshot and self.iter % p.snapshot == 0) or action == "snapshot":
+                self.snapshot()
+            if action == "stop":
+                self.requested_early_exit = True
+                break
+
+    def solve(self, resume_file=None):
+        """Train to max_iter (Caffe's Solver::Solve): optionally resume from a .solverstate,
+        snapshot at the end (unless snapshot_after_train: false), then a last display/test."""
+        p = self.param
+        self.log(f"Solving {self.net.name}")
+        self.log(f"Learning Rate Policy: {p.lr_policy}")
+        self.requested_early_exit = False
+        if resume_file:
+            self.restore(resume_file)
+        start_iter = self.iter
+        self.step(p.max_iter - self.iter)
+        if self.diverged:
+            raise TrainingDiverged(self.diverged)
+        if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
+            self.snapshot()
+        if self.requested_early_exit:
+            self.log("Optimization stopped early.")
+            return
+        if p.display and self.iter % p.display == 0:
+            loss = self.net.forward_from_to()
+            self._update_smoothed_loss(loss, start_iter)
+            self.log(f"Iteration {self.iter}, loss = {self.smoothed_loss:.6g}")
+        if p.test_interval and self.iter % p.test_interval == 0:
+            self.test_all()
+        self.log("Optimization Done.")
+
+    def _update_smoothed_loss(self, loss, start_iter):
+        """The mean of the last average_loss losses (Caffe's UpdateSmoothedLoss)."""
+        window = max(1, self.param.average_loss)
+        if len(self.losses) < window:
+            self.losses.append(loss)
+            n = len(self.losses)
+            self.smoothed_loss = (self.smoothed_loss * (n - 1) + loss) / n
+        else:
+            index = (self.iter - start_iter) % window
+            self.smoothed_loss += (loss - self.losses[index]) / window
+            self.losses[index] = loss
+
+    def _log_outputs(self, net, kind, outputs):
+        index = 0
+        for name, values in outputs.items():
+            weight = net.blob_loss_weights.get(name, 0.0)
+            for value in np.asarray(values, dtype=np.float64).reshape(-1):
+                extra = f" (* {weight:g} = {weight * value:.6g} loss)" if weight else ""
+                self.log(f"    {kind} net output #{index}: {name} = {value:.6g}{extra}")
+                index += 1
+
+    def _diverge(self, loss):
+        where = self.net.find_non_finite() or "no single layer could be blamed"
+        kept = (f"the last snapshot, {self.last_snapshot}, is kept" if self.last_snapshot
+                else "no snapshot was written")
+        self.diverged = (f"iteration {self.iter}: the loss is {loss}; {where}. Training "
+                         f"stopped and {kept}. Try a lower base_lr (now {self.param.base_lr:g}) "
+                         "or clip_gradients, and check the data.")
+        self.log("Divergence: " + self.diverged)
+
+    # --- testing --------------------------------------------------------------------------------
+    def test_all(self):
+        results = []
+        for i in range(len(self.test_nets)):
+            if self.requested_early_exit:
+                break
+            results.append(self.test(i))
+        return results
+
+    def test(self, index=0):
+        """Run test net ``index`` for test_iter batches; returns {output: mean over batches}."""
+        net = self.test_nets[index]
+        net.share_with(self.net)
+        self.log(f"Iteration {self.iter}, Testing net (#{index})")
+        sums, loss = {}, 0.0
+        n_iter = self.param.test_iter[index]
+        for _ in range(n_iter):
+            action, self.requested_action = self.requested_action, None
+            if action == "snapshot":
+                self.snapshot()
+            elif action == "stop":
+                self.requested_early_exit = True
+                self.log("Test interrupted.")
+                return None
+            loss += net.forward_from_to()
+            for name in net.outputs:
+                values = np.asarray(net.blobs[name].data, dtype=np.float64).reshape(-1)
+                sums[name] = sums[name] + values if name in sums else values.copy()
+        if self.param.test_compute_loss:
+            self.log(f"Test loss: {loss / n_iter:.6g}")
+        means = {name: values / n_iter for name, values in sums.items()}
+        self._log_outputs(net, "Test", means)
+        scalars = {name: float(v[0]) if v.size == 1 else v for name, v in means.items()}
+        for callback in self.on_test:
+            callback(self, index, scalars)
+        return scalars
+
+    # --- the update ------------------------------------------------------------------------------
+    def learning_rate(self):
+        rate, self.current_step = learning_rate(self.param, self.iter, self.current_step,
+                                                self.log)
+        return rate
+
+    def apply_update(self, display=False):
+        """One update of every learnable parameter; returns the learning rate used."""
+        rate = self.learning_rate()
+        if display:
+            self.log(f"Iteration {self.iter}, lr = {rate:.6g}")
+        self.clip_gradients()
+        for param_id in range(len(self.net.learnable_params)):
+            self.normalize(param_id)
+            self.regularize(param_id)
+            self.compute_update_value(param_id, rate)
+        self.net.update()
+        return rate
+
+    def clip_gradients(self):
+        threshold = self.param.clip_gradients
+        if threshold < 0:
+            return
+        norm = math.sqrt(sum(float(np.dot(b.diff.reshape(-1), b.diff.reshape(-1)))
+                             for b in self.net.learnable_params))
+        if norm > threshold:
+            factor = threshold / norm
+            self.log(f"Gradient clipping: scaling down gradients (L2 norm {norm:.6g} > "
+                     f"{threshold:g}) by scale factor {factor:.6g}")
+            for blob in self.net.learnable_params:
+                blob.diff[...] *= blob.dtype.type(factor)
+
+    def normalize(self, param_id):
+        if self.param.iter_size > 1:
+            diff = self.net.learnable_params[param_id].diff
+            diff *= diff.dtype.type(1.0 / self.param.iter_size)
+
+    def regularize(self, param_id):
+        blob = self.net.learnable_params[param_id]
+        decay = self.param.weight_decay * self.net.params_weight_decay[param_id]
+        if not decay:
+            return
+        kind = self.param.regularization_type
+        if kind == "L2":
+            blob.diff[...] += blob.dtype.type(decay) * blob.data
+        elif kind == "L1":
+            blob.diff[...] += blob.dtype.type(decay) * np.sign(blob.data)
+        else:
+            raise MinicnnError(f"unknown regularization_type '{kind}' (L1 or L2)")
+
+    def compute_update_value(self, param_id, rate):
+        raise NotImplementedError(f"{type(self).__name__} must define compute_update_value")
+
+    # --- snapshots ------------------------------------------------------------------------------
+    def snapshot_filename(self, extension):
+        return f"{self.param.snapshot_prefix}_iter_{self.iter}{extension}"
+
+    def snapshot(self):
+        """Write <prefix>_iter_<N>.caffemodel, then .solverstate; each appears whole or not
+        at all. Returns the two paths."""
+        if self.param.snapshot_format == "HDF5":
+            raise MinicnnError("snapshot_format HDF5 is not supported; use BINARYPROTO")
+        model = self.snapshot_filename(".caffemodel")
+        folder = os.path.dirname(model)
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+        self.log(f"Snapshotting to binary proto file {model}")
+        self.net.save(model, write_diff=self.param.snapshot_diff)
+        state_path = self.snapshot_filename(".solverstate")
+        self.log(f"Snapshotting solver state to binary proto file {state_path}")
+        write_binary(self.solver_state(model), state_path)
+        self.last_snapshot = model
+        return model, state_path
+
+    def solver_state(self, model_path):
+        state = caffe_pb2.SolverState(iter=self.iter, learned_net=model_path,
+                                      current_step=self.current_step)
+        for h in self.history:
+            state.history.append(array_to_blob_proto(h))
+        extra = state.minicnn
+        extra.solver_type = self.type
+        extra.rng_state = json.dumps(get_rng().bit_generator.state)
+        for label, net in [("train", self.net)] + [(f"test{i}", n)
+                                                   for i, n in enumerate(self.test_nets)]:
+            for layer, s in net.data_state().items():
+                extra.data_state.add(net=label, layer=layer, seed=s["seed"],
+                                     batches_served=s["batches_served"])
+        return state
+
+    def restore(self, path):
+        """Continue from a .solverstate (minicnn's or Caffe's): iteration, lr step, history,
+        the weights it names and, when minicnn wrote it, the data positions and RNG state."""
+        state = read_binary(path, "SolverState")
+        if len(state.history) != len(self.history):
+            raise MinicnnError(f"{path}: {len(state.history)} history blobs, but a {self.type} "
+                               f"solver on this net keeps {len(self.history)} (is it a state of "
+                               "another net or solver type?)")
+        for k, (h, proto) in enumerate(zip(self.history, state.history)):
+            values = blob_proto_to_array(proto)
+            if values.size != h.size:
+                raise MinicnnError(f"{path}: history blob {k} has {values.size} values, the "
+                                   f"parameter has {h.size}")
+            h[...] = values.reshape(h.shape)
+        self.iter, self.current_step = state.iter, state.current_step
+        if state.HasField("learned_net"):
+            model = resolve_path(state.learned_net, os.path.dirname(os.path.abspath(path)))
+            self.net.copy_from(model)
+        extra = state.minicnn
+        if extra.HasField("rng_state"):
+            get_rng().bit_generator.state = json.loads(extra.rng_state)
+        nets = {"train": self.net, **{f"test{i}": n for i, n in enumerate(self.test_nets)}}
+        by_net = {}
+        for s in extra.data_state:
+            by_net.setdefault(s.net, {})[s.layer] = {"seed": s.seed,
+                                                     "batches_served": s.batches_served}
+        for label, states in by_net.items():
+            if label not in nets:
+                raise NetError(f"{path}: the saved data position names net '{label}', which "
+                               "this solver does not have")
+            nets[label].restore_data_state(states)
+        self.log(f"Restored from {path} at iteration {self.iter}")
+
+
+def set_batch_size(net_param, batch_size):
+    """Set the batch size of every data layer that has one (for `minicnn train --batch-size`)."""
+    for layer in net_param.layer:
+        for field in ("data_param", "image_data_param", "hdf5_data_param",
+                      "memory_data_param"):
+            if layer.HasField(field):
+                getattr(layer, field).batch_size = batch_size

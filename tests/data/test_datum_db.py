@@ -1,0 +1,213 @@
+"""Datum <-> arrays, image decoding in OpenCV's BGR order, and LMDB reading and writing."""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from minicnn.data.datum import (
+    decode_datum,
+    decode_image,
+    encode_datum,
+    encode_image,
+    read_image,
+    resize_image,
+    serialize_datum,
+)
+from minicnn.data.db import LMDBReader, LMDBWriter, open_db, resolve_path
+from minicnn.data.errors import DataError
+from minicnn.proto import caffe_pb2, serialize
+
+
+def test_raw_uint8_datum_round_trip():
+    x = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    datum = encode_datum(x, label=7)
+    assert (datum.channels, datum.height, datum.width, datum.label) == (2, 3, 4, 7)
+    assert datum.data == x.tobytes() and not datum.encoded and not len(datum.float_data)
+    array, label = decode_datum(serialize(datum))
+    assert label == 7 and array.dtype == np.uint8
+    np.testing.assert_array_equal(array, x)
+
+
+def test_float_datum_round_trip():
+    x = np.linspace(-1, 1, 12).reshape(3, 2, 2)
+    datum = encode_datum(x, label=-3)
+    assert not datum.data and len(datum.float_data) == 12
+    array, label = decode_datum(serialize(datum))
+    assert label == -3 and array.dtype == np.float32
+    np.testing.assert_array_equal(array, x.astype(np.float32))
+
+
+def test_hw_array_becomes_one_channel():
+    datum = encode_datum(np.zeros((5, 6), np.uint8))
+    assert (datum.channels, datum.height, datum.width) == (1, 5, 6)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_encoded_png_datum_round_trip(channels):
+    x = np.random.default_rng(0).integers(0, 256, (channels, 5, 7), dtype=np.uint8)
+    datum = encode_datum(x, label=2, encoding="png")
+    assert datum.encoded and datum.data[:8] == b"\x89PNG\r\n\x1a\n"
+    array, label = decode_datum(serialize(datum))          # native: gray stays gray
+    assert label == 2
+    np.testing.assert_array_equal(array, x)
+
+
+@pytest.mark.parametrize("label", [0, 5, 300, -1])
+def test_fast_serializer_matches_the_generic_one(label):
+    x = np.random.default_rng(1).integers(0, 256, (1, 28, 28), dtype=np.uint8)
+    assert serialize_datum(x, label) == serialize(encode_datum(x, label))
+
+
+def test_datum_with_the_wrong_number_of_bytes_is_an_error():
+    datum = caffe_pb2.Datum(channels=1, height=2, width=2, data=b"abc")
+    with pytest.raises(DataError, match="holds 3 data bytes, expected 4"):
+        decode_datum(datum, where="db key 7")
+    with pytest.raises(DataError, match="no data bytes"):
+        decode_datum(caffe_pb2.Datum(channels=1, height=2, width=2))
+
+
+def _red_pixel_png(path, mode="RGB"):
+    img = Image.new("RGB", (3, 2), (0, 0, 0))
+    img.putpixel((1, 0), (255, 0, 0))                       # pure red at x=1, y=0
+    img.save(path)
+
+
+def test_decoded_images_are_bgr_like_opencv(tmp_path):
+    path = str(tmp_path / "red.png")
+    _red_pixel_png(path)
+    chw = decode_image(path)
+    assert chw.shape == (3, 2, 3) and chw.dtype == np.uint8
+    assert chw[2, 0, 1] == 255 and chw[0, 0, 1] == 0 and chw[1, 0, 1] == 0    # B, G, R
+    assert chw.sum() == 255
+    with open(path, "rb") as f:
+        np.testing.assert_array_equal(decode_image(f.read()), chw)
+
+
+def test_gray_decoding_and_native_channels(tmp_path):
+    path = str(tmp_path / "red.png")
+    _red_pixel_png(path)
+    gray = decode_image(path, is_color=False)
+    assert gray.shape == (1, 2, 3) and gray[0, 0, 1] == 76          # 0.299 * 255
+    assert decode_image(path, is_color=None).shape == (3, 2, 3)
+    gpath = str(tmp_path / "g.png")
+    Image.fromarray(np.full((2, 2), 9, np.uint8)).save(gpath)
+    assert decode_image(gpath, is_color=None).shape == (1, 2, 2)
+    color = decode_image(gpath, is_color=True)
+    assert color.shape == (3, 2, 2) and (color == 9).all()
+
+
+def test_encode_image_writes_rgb_files(tmp_path):
+    bgr = np.zeros((3, 1, 1), np.uint8)
+    bgr[2] = 200                                                   # red in BGR
+    data = encode_image(bgr, "png")
+    path = tmp_path / "x.png"
+    path.write_bytes(data)
+    assert Image.open(path).getpixel((0, 0)) == (200, 0, 0)
+    with pytest.raises(DataError, match="cannot encode"):
+        encode_image(bgr, "nosuchformat")
+
+
+def test_resize_is_bilinear_to_the_asked_size(tmp_path):
+    x = np.tile(np.arange(8, dtype=np.uint8) * 30, (3, 4, 1))
+    out = resize_image(x, 2, 4)
+    assert out.shape == (3, 2, 4) and out.dtype == np.uint8
+    assert (np.diff(out[0, 0].astype(int)) > 0).all()              # still increasing
+    path = str(tmp_path / "a.png")
+    Image.fromarray(x.transpose(1, 2, 0)).save(path)
+    assert read_image(path, 3, 5).shape == (3, 3, 5)
+    assert read_image(path).shape == (3, 4, 8)
+
+
+def test_image_errors_name_the_file(tmp_path):
+    with pytest.raises(DataError, match="nope.png: file not found"):
+        decode_image(str(tmp_path / "nope.png"))
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"this is not an image")
+    with pytest.raises(DataError, match="bad.png: cannot decode image"):
+        decode_image(str(bad))
+    with pytest.raises(DataError, match="cannot decode image"):
+        decode_image(b"\x89PNG garbage")
+
+
+# --- LMDB ----------------------------------------------------------------------------------------
+
+def test_lmdb_round_trip_in_key_order(tmp_path):
+    path = str(tmp_path / "db")
+    with LMDBWriter(path, commit_every=3) as w:
+        for key in ["b", "a", "c", "aa", "0"]:
+            w.put(key, key.encode() * 2)
+    db = open_db(path)
+    assert isinstance(db, LMDBReader)
+    assert db.keys == [b"0", b"a", b"aa", b"b", b"c"] and len(db) == 5
+    assert db.get("aa") == b"aaaa" and db.get_index(0) == b"00"
+    assert db.get_many([b"c", b"a"]) == [b"cc", b"aa"]
+    assert list(db.items())[1] == (b"a", b"aa")
+    with pytest.raises(DataError, match="no record with key"):
+        db.get("zz")
+    db.close()
+
+
+def test_lmdb_writer_grows_the_map_when_full(tmp_path):
+    path = str(tmp_path / "db")
+    value = bytes(range(256)) * 16                                  # 4 KiB
+    with LMDBWriter(path, map_size=64 * 1024, commit_every=50) as w:
+        for i in range(200):
+            w.put(f"{i:08d}", value)
+    assert w.map_size > 64 * 1024 and w.count == 200
+    db = open_db(path)
+    assert len(db) == 200 and db.get("00000199") == value
+    db.close()
+
+
+def test_lmdb_writer_refuses_an_existing_db_unless_overwrite(tmp_path):
+    path = str(tmp_path / "db")
+    with LMDBWriter(path) as w:
+        w.put("a", b"1")
+    with pytest.raises(DataError, match="already exists"):
+        LMDBWriter(path)
+    with LMDBWriter(path, overwrite=True) as w:
+        w.put("b", b"2")
+    db = open_db(path)
+    assert db.keys == [b"b"]
+    db.close()
+
+
+def test_leveldb_and_missing_sources_are_clear_errors(tmp_path):
+    level = tmp_path / "train_leveldb"
+    level.mkdir()
+    (level / "CURRENT").write_text("MANIFEST-000001\n")
+    (level / "000003.ldb").write_bytes(b"")
+    with pytest.raises(DataError, match="LevelDB.*convert it to LMDB"):
+        open_db(str(level))
+    with pytest.raises(DataError, match="database not found"):
+        open_db(str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no data.mdb"):
+        open_db(str(tmp_path / "empty"))
+
+
+def test_resolve_path_tries_cwd_then_the_given_dirs(tmp_path, monkeypatch):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "f.txt").write_text("cwd")
+    (tmp_path / "b" / "f.txt").write_text("dir")
+    (tmp_path / "b" / "g.txt").write_text("dir")
+    monkeypatch.chdir(tmp_path / "a")
+    assert resolve_path("f.txt", str(tmp_path / "b")) == "f.txt"
+    assert resolve_path("g.txt", None, str(tmp_path / "b")) == os.path.join(tmp_path / "b",
+                                                                            "g.txt")
+    with pytest.raises(DataError, match="h.txt: list file not found .*looked for") as e:
+        resolve_path("h.txt", str(tmp_path / "b"), what="list file")
+    assert str(tmp_path / "b" / "h.txt") in str(e.value)
+
+
+def test_a_missing_optional_package_names_the_pip_package(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "lmdb", None)              # as if not installed
+    with pytest.raises(DataError, match="pip install lmdb"):
+        LMDBWriter(str(tmp_path / "db2"))
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    with pytest.raises(DataError, match="pip install Pillow"):
+        decode_image(b"\x89PNG")

@@ -1,0 +1,177 @@
+"""List files, convert_imageset (images -> LMDB of Datum) and compute_image_mean."""
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from minicnn.blob import blob_proto_to_array
+from minicnn.data.datum import decode_datum
+from minicnn.data.db import open_db
+from minicnn.data.errors import DataError
+from minicnn.data.imageset import (
+    compute_image_mean,
+    convert_imageset,
+    parse_list_line,
+    read_list_file,
+)
+from minicnn.layers import DataLayer
+from minicnn.proto import parse_binary, read_binary
+
+
+def make_images(root, names, size=(4, 6), seed=0):
+    """Random RGB PNGs; returns their expected BGR CHW arrays."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for name in names:
+        rgb = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+        path = os.path.join(root, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        Image.fromarray(rgb).save(path)
+        out.append(rgb[:, :, ::-1].transpose(2, 0, 1))
+    return out
+
+
+NAMES = ["a.png", "dir with space/b c.png", "c.png", "d.png", "e.png"]
+
+
+@pytest.fixture
+def imageset(tmp_path):
+    root = tmp_path / "images"
+    images = make_images(str(root), NAMES)
+    list_file = tmp_path / "list.txt"
+    list_file.write_text("".join(f"{n} {i + 10}\n" for i, n in enumerate(NAMES)))
+    return str(root), str(list_file), images
+
+
+def test_list_lines_split_at_the_last_space():
+    assert parse_list_line("my dir/a b.png 3\n") == ("my dir/a b.png", 3)
+    assert parse_list_line("x.jpg -1\r\n") == ("x.jpg", -1)
+    assert parse_list_line("x.jpg 4   ") == ("x.jpg", 4)
+
+
+def test_list_file_errors_name_file_and_line(tmp_path):
+    path = tmp_path / "list.txt"
+    path.write_text("a.png 1\n\nnolabel.png\n")
+    with pytest.raises(DataError, match=r"list.txt:3: expected 'path label'"):
+        read_list_file(str(path))
+    path.write_text("a.png 1\nb.png one\n")
+    with pytest.raises(DataError, match=r"list.txt:2: the label 'one' is not an integer"):
+        read_list_file(str(path))
+    path.write_text("a.png 1\n\n  \nb.png 2\n")
+    assert read_list_file(str(path)) == [("a.png", 1, 1), ("b.png", 2, 4)]
+    with pytest.raises(DataError, match="list file not found"):
+        read_list_file(str(tmp_path / "none.txt"))
+
+
+def test_convert_imageset_and_the_data_layer_round_trip(imageset, tmp_path):
+    root, list_file, images = imageset
+    db_path = str(tmp_path / "db")
+    assert convert_imageset(root + "/", list_file, db_path) == 5
+    db = open_db(db_path)
+    assert db.keys == [f"{i:08d}_{n}".encode() for i, n in enumerate(NAMES)]
+    for i, (_, value) in enumerate(db.items()):
+        array, label = decode_datum(value)
+        assert label == i + 10
+        np.testing.assert_array_equal(array, images[i])
+    db.close()
+    # the Data layer reads the keys in order and wraps around at the end
+    layer = DataLayer(source=db_path, batch_size=2, backend="LMDB", phase="TEST")
+    order = []
+    for _ in range(4):
+        data, label = layer()
+        assert data.shape == (2, 3, 4, 6) and data.dtype == np.float32
+        for d, lab in zip(data, label):
+            i = int(lab) - 10
+            np.testing.assert_array_equal(d, images[i])
+            order.append(i)
+    assert order == [0, 1, 2, 3, 4, 0, 1, 2]
+
+
+def test_gray_and_resize(imageset, tmp_path):
+    root, list_file, _ = imageset
+    db_path = str(tmp_path / "db")
+    convert_imageset(root, list_file, db_path, resize_height=3, resize_width=5, gray=True)
+    db = open_db(db_path)
+    array, _ = decode_datum(db.get_index(1))
+    assert array.shape == (1, 3, 5)
+    db.close()
+    with pytest.raises(ValueError, match="both"):
+        convert_imageset(root, list_file, str(tmp_path / "x"), resize_height=3)
+
+
+def test_shuffle_is_seeded_and_keys_follow_the_new_order(imageset, tmp_path):
+    root, list_file, _ = imageset
+    keys = []
+    for k, seed in enumerate([5, 5, 6]):
+        path = str(tmp_path / f"db{k}")
+        convert_imageset(root, list_file, path, shuffle=True, seed=seed)
+        db = open_db(path)
+        keys.append(db.keys)
+        db.close()
+    assert keys[0] == keys[1] != keys[2]
+    names = [k.decode()[9:] for k in keys[0]]
+    assert sorted(names) == sorted(NAMES) and names != NAMES
+    assert [k[:8] for k in keys[0]] == [f"{i:08d}".encode() for i in range(5)]
+
+
+def test_encoded_records_decode_to_the_same_pixels(imageset, tmp_path):
+    root, list_file, images = imageset
+    db_path = str(tmp_path / "db")
+    convert_imageset(root, list_file, db_path, encoded=True)
+    db = open_db(db_path)
+    with open(os.path.join(root, NAMES[0]), "rb") as f:
+        raw = f.read()
+    datum = parse_binary(db.get_index(0), "Datum")
+    assert datum.encoded and datum.data == raw                    # the file itself
+    db.close()
+    layer = DataLayer(source=db_path, batch_size=5, backend="LMDB")
+    data, label = layer()
+    for d, lab in zip(data, label):
+        np.testing.assert_array_equal(d, images[int(lab) - 10])
+    # re-encoding as another type, and with a resize
+    convert_imageset(root, list_file, str(tmp_path / "db2"), encoded=True, encode_type="bmp",
+                     resize_height=4, resize_width=6)
+    db = open_db(str(tmp_path / "db2"))
+    value = db.get_index(2)
+    assert b"BM" in value[:12]
+    np.testing.assert_array_equal(decode_datum(value)[0], images[2])
+    db.close()
+
+
+def test_check_size_and_unreadable_images(imageset, tmp_path):
+    root, list_file, _ = imageset
+    make_images(root, ["big.png"], size=(5, 5))
+    with open(list_file, "a") as f:
+        f.write("missing.png 1\nbig.png 2\n")
+    with pytest.warns(UserWarning, match="missing.png"):
+        n = convert_imageset(root, list_file, str(tmp_path / "db"))
+    assert n == 6
+    with pytest.raises(DataError, match=r"list.txt:7: image .*big.png is 3x5x5, the first one "
+                                        r"was 3x4x6"), pytest.warns(UserWarning):
+        convert_imageset(root, list_file, str(tmp_path / "db2"), check_size=True)
+    assert not os.path.exists(tmp_path / "db2")                   # nothing half-written
+    with pytest.raises(DataError, match="already exists"):
+        convert_imageset(root, list_file, str(tmp_path / "db"))
+    with pytest.warns(UserWarning):
+        assert convert_imageset(root, list_file, str(tmp_path / "db"), overwrite=True) == 6
+
+
+def test_compute_image_mean_is_the_numpy_mean(imageset, tmp_path):
+    root, list_file, images = imageset
+    db_path = str(tmp_path / "db")
+    convert_imageset(root, list_file, db_path)
+    out = str(tmp_path / "mean.binaryproto")
+    mean = compute_image_mean(db_path, out)
+    expected = np.mean(np.stack(images).astype(np.float64), axis=0)[None]
+    assert mean.shape == (1, 3, 4, 6) and mean.dtype == np.float32
+    np.testing.assert_allclose(mean, expected, rtol=1e-6)
+    proto = read_binary(out, "BlobProto")
+    assert (proto.num, proto.channels, proto.height, proto.width) == (1, 3, 4, 6)
+    np.testing.assert_array_equal(blob_proto_to_array(proto), mean)
+    # and a Data layer can subtract it
+    layer = DataLayer(source=db_path, batch_size=1, backend="LMDB", phase="TEST",
+                      transform_param={"mean_file": out})
+    data, _ = layer()
+    np.testing.assert_allclose(data[0], images[0] - mean[0], atol=1e-4)

@@ -1,0 +1,106 @@
+"""The background prefetcher: order, determinism, seek, errors surfacing, thread hygiene."""
+
+import gc
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from minicnn.data.prefetch import Prefetcher
+
+
+def random_batch(b):
+    return np.random.default_rng([42, b]).standard_normal(3)
+
+
+def test_batches_come_in_order():
+    p = Prefetcher(lambda b: b * 10, depth=2)
+    assert [p.next() for _ in range(5)] == [0, 10, 20, 30, 40]
+    assert p.position == 5
+    p.stop()
+
+
+@pytest.mark.parametrize("depth", [0, 1, 4])
+def test_batch_b_does_not_depend_on_how_far_ahead_it_was_computed(depth):
+    p = Prefetcher(random_batch, depth=depth)
+    p.next()
+    time.sleep(0.05)                              # let the queue fill
+    got = [p.next() for _ in range(6)]
+    for b, batch in enumerate(got, 1):
+        np.testing.assert_array_equal(batch, random_batch(b))
+    p.stop()
+
+
+def test_seek_restarts_at_any_index():
+    p = Prefetcher(lambda b: b, depth=3)
+    assert [p.next(), p.next()] == [0, 1]
+    p.seek(7)
+    assert p.position == 7 and not p.running
+    assert [p.next(), p.next()] == [7, 8]
+    p.seek(1)
+    assert p.next() == 1
+    p.stop()
+    assert p.next() == 2                          # a stopped prefetcher starts again
+
+
+def test_a_start_position_is_honoured():
+    p = Prefetcher(lambda b: b, depth=2, start=5)
+    assert p.next() == 5
+    p.stop()
+
+
+def test_exceptions_in_the_thread_surface_in_next_with_their_message():
+    broken = {3}
+
+    def make(b):
+        if b in broken:
+            raise ValueError(f"record {b} is corrupt")
+        return b
+
+    p = Prefetcher(make, depth=4)
+    assert [p.next() for _ in range(3)] == [0, 1, 2]
+    with pytest.raises(ValueError, match="record 3 is corrupt"):
+        p.next()
+    assert p.position == 3
+    with pytest.raises(ValueError, match="record 3 is corrupt"):
+        p.next()                                  # retried, still broken
+    broken.clear()
+    assert p.next() == 3                          # fixed: carries on
+    p.stop()
+
+
+def test_the_thread_is_a_daemon_and_ends_when_the_prefetcher_is_dropped():
+    p = Prefetcher(lambda b: b, depth=2, name="test-prefetch-drop")
+    p.next()
+    thread = p._thread
+    assert thread.daemon and thread.name == "test-prefetch-drop" and thread.is_alive()
+    del p
+    gc.collect()
+    thread.join(timeout=2)
+    assert not thread.is_alive()
+
+
+def test_no_global_random_state_is_used():
+    state = np.random.get_state()[1].copy()
+    p = Prefetcher(random_batch, depth=2)
+    for _ in range(4):
+        p.next()
+    p.stop()
+    np.testing.assert_array_equal(np.random.get_state()[1], state)
+
+
+def test_stop_joins_the_thread():
+    started = threading.Event()
+
+    def slow(b):
+        started.set()
+        time.sleep(0.01)
+        return b
+
+    p = Prefetcher(slow, depth=1)
+    p.next()
+    started.wait()
+    thread = p._thread
+    p.stop()
+    assert not thread.is_alive()

@@ -1,0 +1,131 @@
+"""Caffe's DataTransformer: crop (random in TRAIN, centred in TEST), mirror, mean, scale."""
+
+import numpy as np
+import pytest
+
+from minicnn.blob import array_to_blob_proto
+from minicnn.data.errors import DataError
+from minicnn.data.transform import DataTransformer, merged_transform_param, transform_sample
+from minicnn.errors import LayerError
+from minicnn.proto import caffe_pb2, write_binary
+
+
+def tp(**fields):
+    return caffe_pb2.TransformationParameter(**fields)
+
+
+def test_transform_sample_by_hand():
+    x = np.array([[[1, 2], [3, 4]]], np.uint8)
+    np.testing.assert_array_equal(transform_sample(x), [[[1, 2], [3, 4]]])
+    # mirror flips W; (x - 1) * 2
+    out = transform_sample(x, mirror=True, mean=[1.0], scale=2.0)
+    np.testing.assert_array_equal(out, [[[2, 0], [6, 4]]])
+    assert out.dtype == np.float32
+    # crop 1x1 at (1, 0) of a 3x3 image, per-pixel mean
+    y = np.arange(9, dtype=np.uint8).reshape(1, 3, 3)
+    mean = np.full((1, 3, 3), 0.5, np.float32)
+    mean[0, 1, 0] = 2
+    np.testing.assert_array_equal(transform_sample(y, 1, 1, 1, 0, mean=mean), [[[1.0]]])
+    assert transform_sample(y, dtype=np.float64).dtype == np.float64
+
+
+def test_per_channel_mean_value_then_scale():
+    x = np.stack([np.full((2, 2), v, np.uint8) for v in (10, 20, 30)])
+    out = transform_sample(x, mean=[1, 2, 3], scale=0.5)
+    np.testing.assert_array_equal(out[:, 0, 0], [4.5, 9, 13.5])
+
+
+def test_test_phase_crops_the_centre():
+    x = np.arange(2 * 5 * 6, dtype=np.uint8).reshape(2, 5, 6)
+    t = DataTransformer(tp(crop_size=3), "TEST")
+    assert t.check(x.shape) == (2, 3, 3)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        np.testing.assert_array_equal(t(x, rng), x[:, 1:4, 1:4])     # (5-3)//2, (6-3)//2
+
+
+def test_train_phase_crops_stay_in_bounds_and_vary():
+    x = np.arange(1 * 6 * 7, dtype=np.uint8).reshape(1, 6, 7)
+    t = DataTransformer(tp(crop_size=4), "TRAIN")
+    rng = np.random.default_rng(1)
+    seen = set()
+    for _ in range(200):
+        mirror, h, w = t.draw(rng, x.shape)
+        assert not mirror and 0 <= h <= 2 and 0 <= w <= 3
+        seen.add((h, w))
+    assert seen == {(h, w) for h in range(3) for w in range(4)}      # every offset reached
+    out = t(x, rng)
+    h, w = divmod(int(out[0, 0, 0]), 7)                              # pixel value = index
+    np.testing.assert_array_equal(out, x[:, h:h + 4, w:w + 4])
+
+
+@pytest.mark.parametrize("phase", ["TRAIN", "TEST"])
+def test_mirror_flips_width_randomly_in_both_phases(phase):
+    x = np.arange(12, dtype=np.uint8).reshape(1, 3, 4)
+    t = DataTransformer(tp(mirror=True), phase)
+    rng = np.random.default_rng(2)
+    flipped = plain = 0
+    for _ in range(50):
+        out = t(x, rng)
+        if np.array_equal(out, x[:, :, ::-1]):
+            flipped += 1
+        else:
+            np.testing.assert_array_equal(out, x)
+            plain += 1
+    assert flipped and plain
+
+
+def test_mean_file_is_cropped_with_the_data(tmp_path):
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (3, 5, 5), dtype=np.uint8)
+    mean = rng.uniform(0, 255, (1, 3, 5, 5)).astype(np.float32)
+    path = str(tmp_path / "mean.binaryproto")
+    write_binary(array_to_blob_proto(mean), path)
+    t = DataTransformer(tp(crop_size=3, mean_file=path, scale=0.25), "TEST")
+    expected = (x[:, 1:4, 1:4].astype(np.float32) - mean[0, :, 1:4, 1:4]) * np.float32(0.25)
+    np.testing.assert_array_equal(t(x, rng), expected)
+    # TRAIN + mirror: the mean is taken at the source pixel, then the result is flipped
+    t = DataTransformer(tp(crop_size=3, mean_file=path, mirror=True), "TRAIN")
+    draw_rng = np.random.default_rng(4)
+    mirror, h, w = t.draw(np.random.default_rng(4), x.shape)
+    out = t(x, draw_rng)
+    window = (slice(None), slice(h, h + 3), slice(w, w + 3))
+    expected = x[window].astype(np.float32) - mean[0][window]
+    np.testing.assert_array_equal(out, expected[:, :, ::-1] if mirror else expected)
+
+
+def test_errors():
+    with pytest.raises(LayerError, match=r"crop_size 6 is larger than the image \(5 x 4\)"):
+        DataTransformer(tp(crop_size=6), "TEST").check((1, 5, 4))
+    with pytest.raises(LayerError, match="mean_file or mean_value, not both"):
+        DataTransformer(tp(mean_file="m.binaryproto", mean_value=[1.0]), "TEST")
+    with pytest.raises(LayerError, match="2 mean_value values for data with 3 channels"):
+        DataTransformer(tp(mean_value=[1.0, 2.0]), "TEST").check((3, 4, 4))
+    with pytest.raises(LayerError, match="force_color and force_gray"):
+        DataTransformer(tp(force_color=True, force_gray=True), "TEST")
+    with pytest.raises(DataError, match="cannot read the mean file"):
+        DataTransformer(tp(mean_file="/nonexistent/mean.binaryproto"), "TEST")
+
+
+def test_mean_file_of_another_size_is_an_error(tmp_path):
+    path = str(tmp_path / "mean.binaryproto")
+    write_binary(array_to_blob_proto(np.zeros((1, 1, 4, 4), np.float32)), path)
+    t = DataTransformer(tp(mean_file=path), "TEST")
+    with pytest.raises(LayerError, match="has shape 1x4x4 but the data is 1x5x5"):
+        t.check((1, 5, 5))
+
+
+def test_force_color_and_gray_choose_the_decoding():
+    assert DataTransformer(tp(force_color=True), "TEST").is_color is True
+    assert DataTransformer(tp(force_gray=True), "TEST").is_color is False
+    assert DataTransformer(tp(), "TEST").is_color is None
+
+
+def test_legacy_data_param_fields_move_into_transform_param():
+    layer = caffe_pb2.LayerParameter(type="Data")
+    layer.data_param.crop_size = 3
+    layer.data_param.scale = 0.5
+    layer.transform_param.mirror = True
+    merged = merged_transform_param(layer, "data_param")
+    assert (merged.crop_size, merged.scale, merged.mirror) == (3, 0.5, True)
+    assert not layer.transform_param.HasField("crop_size")          # the layer is unchanged

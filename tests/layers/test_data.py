@@ -1,0 +1,421 @@
+"""Data layers through the Layer protocol and in Nets: MemoryData, Data (LMDB), ImageData,
+HDF5Data; determinism of their batches, exact resume, and errors."""
+
+import os
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import minicnn
+from minicnn.data.datum import serialize_datum
+from minicnn.data.db import LMDBWriter
+from minicnn.data.errors import DataError
+from minicnn.errors import LayerError, NetError
+from minicnn.layers import DataLayer, HDF5DataLayer, ImageDataLayer, MemoryDataLayer
+from minicnn.rng import get_rng
+
+
+def make_lmdb(path, n=10, shape=(3, 6, 7), seed=0):
+    """n random uint8 records with labels 0..n-1; returns the images."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
+    with LMDBWriter(str(path)) as w:
+        for i, image in enumerate(images):
+            w.put(f"{i:08d}", serialize_datum(image, i))
+    return images
+
+
+def collect(layer, n):
+    return [tuple(a.copy() for a in layer()) for _ in range(n)]
+
+
+def assert_same_batches(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        for u, v in zip(x, y):
+            np.testing.assert_array_equal(u, v)
+
+
+# --- MemoryData ----------------------------------------------------------------------------------
+
+def memory_layer(**kw):
+    return MemoryDataLayer(batch_size=2, channels=1, height=2, width=3, **kw)
+
+
+def test_memory_data_serves_batches_cyclically():
+    layer = memory_layer()
+    x = np.arange(6 * 6, dtype=np.float64).reshape(6, 1, 2, 3)
+    layer.set_input_arrays(x, np.arange(6).reshape(6, 1, 1, 1))
+    got = collect(layer, 4)
+    assert got[0][0].shape == (2, 1, 2, 3) and got[0][1].shape == (2,)
+    assert got[0][0].dtype == np.float32
+    for k, (data, label) in zip([0, 1, 2, 0], got):
+        np.testing.assert_array_equal(data, x[2 * k:2 * k + 2])
+        np.testing.assert_array_equal(label, [2 * k, 2 * k + 1])
+    assert layer.data_state() == {"seed": 0, "batches_served": 4}
+    layer.restore_data_state({"seed": 0, "batches_served": 2})
+    np.testing.assert_array_equal(layer()[1], [4, 5])
+    layer.set_input_arrays(x, np.arange(6))                     # restarts at the first batch
+    np.testing.assert_array_equal(layer()[1], [0, 1])
+
+
+def test_memory_data_errors():
+    layer = memory_layer()
+    with pytest.raises(LayerError, match="call set_input_arrays"):
+        layer()
+    with pytest.raises(LayerError, match=r"N x 1 x 2 x 3 .*got shape \(4, 1, 3, 2\)"):
+        layer.set_input_arrays(np.zeros((4, 1, 3, 2)), np.zeros(4))
+    with pytest.raises(LayerError, match="multiple of batch_size"):
+        layer.set_input_arrays(np.zeros((3, 1, 2, 3)), np.zeros(3))
+    with pytest.raises(LayerError, match=r"labels must have shape \(4,\)"):
+        layer.set_input_arrays(np.zeros((4, 1, 2, 3)), np.zeros(5))
+    with pytest.raises(LayerError, match="real numbers"):
+        layer.set_input_arrays(np.zeros((4, 1, 2, 3), complex), np.zeros(4))
+    with pytest.raises(LayerError, match="must all be positive"):
+        MemoryDataLayer(batch_size=2, channels=1, height=2)()
+    with pytest.raises(LayerError, match="bad data state"):
+        layer.restore_data_state({"seed": 0, "batches_served": -1})
+
+
+# --- Data ----------------------------------------------------------------------------------------
+
+def test_data_layer_reads_keys_in_order_and_wraps(tmp_path):
+    images = make_lmdb(tmp_path / "db", n=5)
+    layer = DataLayer(source=str(tmp_path / "db"), batch_size=3, backend="LMDB")
+    batches = collect(layer, 3)
+    labels = np.concatenate([b[1] for b in batches]).astype(int).tolist()
+    assert labels == [0, 1, 2, 3, 4, 0, 1, 2, 3]
+    np.testing.assert_array_equal(batches[1][0][1], images[4])
+    assert layer.data_state()["batches_served"] == 3
+
+
+def test_data_layer_with_only_a_data_top(tmp_path):
+    images = make_lmdb(tmp_path / "db", n=4)
+    layer = DataLayer(source=str(tmp_path / "db"), batch_size=2, top=["data"],
+                      transform_param={"scale": 0.5, "crop_size": 4}, phase="TEST")
+    data = layer()
+    assert data.shape == (2, 3, 4, 4)
+    np.testing.assert_array_equal(data[1], images[1][:, 1:5, 1:5] * np.float32(0.5))
+
+
+def test_data_layer_rand_skip_starts_at_a_seeded_offset(tmp_path):
+    make_lmdb(tmp_path / "db", n=10)
+    starts = set()
+    for seed in range(8):
+        minicnn.set_random_seed(seed)
+        layer = DataLayer(source=str(tmp_path / "db"), batch_size=2, rand_skip=5)
+        first = int(layer()[1][0])
+        assert 0 <= first < 5
+        starts.add(first)
+    assert len(starts) > 1
+
+
+def _augmenting_layer(path, prefetch=4, seed=7):
+    minicnn.set_random_seed(seed)
+    return DataLayer(source=str(path), batch_size=3, backend="LMDB", prefetch=prefetch,
+                     phase="TRAIN", transform_param={"crop_size": 4, "mirror": True})
+
+
+@pytest.mark.parametrize("prefetch", [0, 1])
+def test_batch_b_is_the_same_however_far_ahead_it_was_computed(tmp_path, prefetch):
+    make_lmdb(tmp_path / "db", n=7)
+    reference = collect(_augmenting_layer(tmp_path / "db", prefetch=4), 6)
+    layer = _augmenting_layer(tmp_path / "db", prefetch=prefetch)
+    got = collect(layer, 2)
+    time.sleep(0.05)                              # the thread runs ahead meanwhile
+    got += collect(layer, 4)
+    assert_same_batches(got, reference)
+    # the crops and flips really are random (batch 0 and batch 3 hold different views)
+    assert not all(np.array_equal(a, b) for a, b in zip(reference[0][0], reference[3][0][:1]))
+
+
+def test_restore_data_state_continues_exactly(tmp_path):
+    make_lmdb(tmp_path / "db", n=7)
+    a = _augmenting_layer(tmp_path / "db", seed=1)
+    collect(a, 4)
+    state = a.data_state()
+    assert state["batches_served"] == 4 and isinstance(state["seed"], int)
+    expected = collect(a, 3)
+    b = _augmenting_layer(tmp_path / "db", seed=2)               # another seed, restored
+    collect(b, 1)
+    b.restore_data_state(state)
+    assert b.data_state() == state
+    assert_same_batches(collect(b, 3), expected)
+
+
+def test_data_layers_draw_once_from_the_global_generator(tmp_path):
+    make_lmdb(tmp_path / "db", n=4)
+    layer = _augmenting_layer(tmp_path / "db")
+    before = get_rng().bit_generator.state
+    collect(layer, 1)                              # set up: draws the layer's seed
+    after_setup = get_rng().bit_generator.state
+    assert after_setup != before
+    collect(layer, 3)
+    assert get_rng().bit_generator.state == after_setup
+
+
+def test_data_layer_errors(tmp_path):
+    with pytest.raises(DataError, match="nowhere_lmdb: data source not found"):
+        DataLayer(source=str(tmp_path / "nowhere_lmdb"), batch_size=2)()
+    with pytest.raises(LayerError, match="batch_size must be positive"):
+        DataLayer(source="x")()
+    with pytest.raises(LayerError, match="source is required"):
+        DataLayer(batch_size=2)()
+    level = tmp_path / "leveldb"
+    level.mkdir()
+    (level / "CURRENT").write_text("")
+    with pytest.raises(DataError, match="convert it to LMDB"):
+        DataLayer(source=str(level), batch_size=2)()
+    make_lmdb(tmp_path / "db", n=2, shape=(1, 3, 3))
+    with pytest.raises(LayerError, match=r"crop_size 4 is larger than the image \(3 x 3\)"):
+        DataLayer(source=str(tmp_path / "db"), batch_size=2, transform_param={"crop_size": 4})()
+
+
+def test_relative_sources_are_found_beside_the_prototxt(tmp_path, monkeypatch):
+    make_lmdb(tmp_path / "db", n=2)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    layer = DataLayer(source="db", batch_size=2)
+    with pytest.raises(DataError, match="data source not found"):
+        layer()
+    layer = DataLayer(source="db", batch_size=2)
+    layer.source_dir = str(tmp_path)
+    assert layer()[0].shape == (2, 3, 6, 7)
+
+
+NET = """
+name: "tiny"
+layer { name: "data" type: "Data" top: "data" top: "label" include { phase: TRAIN }
+        transform_param { crop_size: 4 mirror: true scale: 0.00390625 }
+        data_param { source: "train_lmdb" batch_size: 4 backend: LMDB } }
+layer { name: "data" type: "Data" top: "data" top: "label" include { phase: TEST }
+        data_param { source: "train_lmdb" batch_size: 2 backend: LMDB scale: 0.00390625
+                     crop_size: 4 } }
+layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+        inner_product_param { num_output: 5 weight_filler { type: "xavier" } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+"""
+
+
+def test_a_net_with_a_data_layer_in_both_phases(tmp_path, monkeypatch):
+    images = make_lmdb(tmp_path / "train_lmdb", n=5)
+    (tmp_path / "net.prototxt").write_text(NET)
+    monkeypatch.chdir(tmp_path)                    # Caffe's rule: relative to the cwd
+    minicnn.set_random_seed(3)
+    train = minicnn.Net("net.prototxt", minicnn.TRAIN)
+    test = minicnn.Net("net.prototxt", minicnn.TEST)
+    for net, batch in ((train, 4), (test, 2)):
+        loss = net.forward()["loss"]
+        assert np.isfinite(loss)
+        assert net.blobs["data"].shape == (batch, 3, 4, 4)
+        assert net.blobs["label"].data.tolist() == list(range(batch))
+        assert net.blobs["data"].data.max() < 1
+    # TEST: centre crop (1, 1) of the 6x7 images, scaled (the legacy data_param fields)
+    np.testing.assert_allclose(test.blobs["data"].data[1],
+                               images[1][:, 1:5, 1:5] / np.float32(256))
+    test.forward()
+    assert test.blobs["label"].data.tolist() == [2, 3]
+    assert test.layers[0].data_state()["batches_served"] == 2
+    double = minicnn.Net("net.prototxt", minicnn.TEST, dtype=np.float64)
+    double.forward()
+    assert double.blobs["data"].data.dtype == np.float64
+    np.testing.assert_allclose(double.blobs["data"].data[1], images[1][:, 1:5, 1:5] / 256)
+
+
+def test_memory_data_in_a_net():
+    text = """
+    layer { name: "mem" type: "MemoryData" top: "data" top: "label"
+            memory_data_param { batch_size: 2 channels: 1 height: 1 width: 3 } }
+    layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+            inner_product_param { num_output: 2 } }
+    layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+    """
+    net = minicnn.Net(minicnn.proto.parse_text(text), minicnn.TRAIN)
+    with pytest.raises(NetError, match="layer 'mem'.*call set_input_arrays"):
+        net.forward()
+    net.layers[0].set_input_arrays(np.ones((4, 1, 1, 3), np.float32), np.array([0, 1, 1, 0]))
+    assert net.forward()["loss"] == pytest.approx(np.log(2))      # zero weights: uniform
+    assert net.blobs["label"].data.tolist() == [0, 1]
+
+
+def test_a_net_finds_its_data_beside_the_prototxt(tmp_path, monkeypatch):
+    make_lmdb(tmp_path / "train_lmdb", n=5)
+    (tmp_path / "net.prototxt").write_text(NET)
+    monkeypatch.chdir(tmp_path / "train_lmdb")     # a directory without the data
+    net = minicnn.Net(str(tmp_path / "net.prototxt"), minicnn.TEST)
+    assert np.isfinite(net.forward()["loss"])
+    with pytest.raises(NetError, match="layer 'data'.*train_lmdb: data source not found"):
+        minicnn.Net(str(tmp_path / "net.prototxt"), minicnn.TEST, source_dir=str(tmp_path / "x"))
+
+
+# --- ImageData -----------------------------------------------------------------------------------
+
+def make_image_list(tmp_path, n=6, size=(5, 6)):
+    rng = np.random.default_rng(0)
+    images = []
+    lines = []
+    for i in range(n):
+        rgb = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+        name = f"img {i}.png"                    # a space in the name
+        Image.fromarray(rgb).save(tmp_path / name)
+        images.append(rgb[:, :, ::-1].transpose(2, 0, 1))
+        lines.append(f"{name} {i}\n")
+    (tmp_path / "list.txt").write_text("".join(lines))
+    return str(tmp_path / "list.txt"), images
+
+
+def test_image_data_reads_bgr_images_and_labels(tmp_path):
+    source, images = make_image_list(tmp_path)
+    layer = ImageDataLayer(source=source, batch_size=4)
+    data, label = layer()
+    assert data.shape == (4, 3, 5, 6) and label.tolist() == [0, 1, 2, 3]
+    for d, i in zip(data, range(4)):
+        np.testing.assert_array_equal(d, images[i])
+    assert layer()[1].tolist() == [4, 5, 0, 1]                    # wraps around
+
+
+def test_image_data_gray_resize_and_root_folder(tmp_path):
+    sub = tmp_path / "imgs"
+    sub.mkdir()
+    source, _ = make_image_list(sub)
+    (tmp_path / "list.txt").write_text((sub / "list.txt").read_text())
+    layer = ImageDataLayer(source=str(tmp_path / "list.txt"), root_folder=str(sub) + "/",
+                           is_color=False, new_height=3, new_width=4, batch_size=2)
+    data, _ = layer()
+    assert data.shape == (2, 1, 3, 4)
+    with pytest.raises(LayerError, match="new_height and new_width"):
+        ImageDataLayer(source=source, new_height=3)()
+
+
+def test_image_data_default_batch_size_is_one(tmp_path):
+    source, _ = make_image_list(tmp_path, n=2)
+    assert ImageDataLayer(source=source)()[0].shape == (1, 3, 5, 6)
+
+
+def test_image_data_shuffles_anew_every_epoch(tmp_path):
+    source, _ = make_image_list(tmp_path, n=6)
+    layer = ImageDataLayer(source=source, batch_size=6, shuffle=True, top=["data", "label"])
+    epochs = [tuple(layer()[1].astype(int)) for _ in range(4)]
+    for order in epochs:
+        assert sorted(order) == list(range(6))
+    assert len(set(epochs)) > 2
+    # batches that straddle epochs take the end of one order and the start of the next
+    minicnn.set_random_seed(9)
+    a = ImageDataLayer(source=source, batch_size=4, shuffle=True)
+    labels = np.concatenate([b[1] for b in collect(a, 3)]).astype(int)
+    assert sorted(labels[:6]) == list(range(6)) and sorted(labels[6:]) == list(range(6))
+
+
+def test_image_data_errors_name_the_list_line_and_image(tmp_path):
+    source, _ = make_image_list(tmp_path, n=3)
+    with open(source, "a") as f:
+        f.write("img 0.png zero\n")
+    with pytest.raises(DataError, match=r"list.txt:4: the label 'zero' is not an integer"):
+        ImageDataLayer(source=source)()
+    (tmp_path / "list.txt").write_text("img 0.png 0\nmissing.png 1\n")
+    layer = ImageDataLayer(source=source, batch_size=1)
+    layer()
+    with pytest.raises(DataError, match=r"list.txt:2: image 'missing.png': file not found"):
+        layer()
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    (tmp_path / "list.txt").write_text("img 0.png 0\nbroken.png 1\n")
+    layer = ImageDataLayer(source=source, batch_size=2)
+    with pytest.raises(DataError, match=r"list.txt:2: image 'broken.png': cannot decode image"):
+        layer()
+
+
+def test_prefetch_errors_surface_in_a_net_forward(tmp_path):
+    source, _ = make_image_list(tmp_path, n=4)
+    net_text = f"""
+    layer {{ name: "img" type: "ImageData" top: "data" top: "label"
+            image_data_param {{ source: "{source}" batch_size: 2 }} }}
+    """
+    net = minicnn.Net(minicnn.proto.parse_text(net_text), minicnn.TRAIN)
+    net.forward()
+    os.unlink(tmp_path / "img 3.png")
+    with pytest.raises(NetError, match=r"layer 'img'.*list.txt:4: image 'img 3.png': file "
+                                       "not found"):
+        for _ in range(3):                         # batch 1 may have been read already
+            net.forward()
+
+
+# --- HDF5Data ------------------------------------------------------------------------------------
+
+def make_h5(path, rows, start=0, extra=None):
+    import h5py
+    with h5py.File(path, "w") as f:
+        f["data"] = np.arange(start, start + rows * 6, dtype=np.float64).reshape(rows, 2, 3)
+        f["label"] = np.arange(start // 6, start // 6 + rows, dtype=np.int32)
+        for name, value in (extra or {}).items():
+            f[name] = value
+
+
+def h5_list(tmp_path, sizes):
+    names = []
+    start = 0
+    for k, rows in enumerate(sizes):
+        make_h5(tmp_path / f"f{k}.h5", rows, start)
+        names.append(f"f{k}.h5")
+        start += rows * 6
+    (tmp_path / "list.txt").write_text("\n".join(names) + "\n")
+    return str(tmp_path / "list.txt")
+
+
+def test_hdf5_batches_span_files_and_wrap(tmp_path):
+    source = h5_list(tmp_path, [5, 3])            # relative names: found beside the list
+    layer = HDF5DataLayer(source=source, batch_size=4, top=["data", "label"])
+    rows = []
+    for _ in range(3):
+        data, label = layer()
+        assert data.shape == (4, 2, 3) and label.shape == (4,) and data.dtype == np.float32
+        rows += (data[:, 0, 0] // 6).astype(int).tolist()
+        np.testing.assert_array_equal(label, data[:, 0, 0] / 6)
+    assert rows == [0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3]
+
+
+def test_hdf5_shuffle_permutes_every_epoch(tmp_path):
+    source = h5_list(tmp_path, [4, 4])
+    layer = HDF5DataLayer(source=source, batch_size=8, shuffle=True)
+    epochs = [tuple((layer()[0][:, 0, 0] // 6).astype(int)) for _ in range(4)]
+    for order in epochs:
+        assert sorted(order) == list(range(8))
+    assert len(set(epochs)) > 2
+
+
+def test_hdf5_restore_continues_exactly(tmp_path):
+    source = h5_list(tmp_path, [5, 3])
+    a = HDF5DataLayer(source=source, batch_size=3, shuffle=True)
+    collect(a, 2)
+    state = a.data_state()
+    expected = collect(a, 4)
+    b = HDF5DataLayer(source=source, batch_size=3, shuffle=True)
+    b.restore_data_state(state)
+    assert_same_batches(collect(b, 4), expected)
+
+
+def test_hdf5_errors_name_the_file_and_datasets(tmp_path):
+    make_h5(tmp_path / "bad.h5", 4)
+    import h5py
+    with h5py.File(tmp_path / "bad.h5", "a") as f:
+        del f["label"]
+        f["label"] = np.zeros(3)
+    (tmp_path / "list.txt").write_text(str(tmp_path / "bad.h5") + "\n")
+    with pytest.raises(DataError, match=r"bad.h5: the datasets must have the same number of "
+                                        r"rows \(first dimension\): 'data' 4, 'label' 3"):
+        HDF5DataLayer(source=str(tmp_path / "list.txt"), batch_size=2)()
+    with pytest.raises(DataError, match="bad.h5: has no dataset 'target'"):
+        HDF5DataLayer(source=str(tmp_path / "list.txt"), batch_size=2,
+                      top=["data", "target"])()
+    (tmp_path / "list.txt").write_text("nope.h5\n")
+    with pytest.raises(DataError, match=r"list.txt:1: HDF5 file 'nope.h5': file not found"):
+        HDF5DataLayer(source=str(tmp_path / "list.txt"), batch_size=2)()
+    make_h5(tmp_path / "a.h5", 2)
+    with h5py.File(tmp_path / "b.h5", "w") as f:
+        f["data"] = np.zeros((2, 3, 3))
+        f["label"] = np.zeros(2)
+    (tmp_path / "list.txt").write_text("a.h5\nb.h5\n")
+    with pytest.raises(DataError, match=r"b.h5: dataset 'data' has rows of shape \(3, 3\)"):
+        HDF5DataLayer(source=str(tmp_path / "list.txt"), batch_size=2)()

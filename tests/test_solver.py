@@ -1,0 +1,341 @@
+"""Solver: every update rule and lr policy against the update written out by hand in NumPy,
+weight decay (L1/L2, decay_mult), lr_mult, iter_size, clipping, test nets, snapshots, divergence.
+
+The net is linear least squares, y = x W^T + b with EuclideanLoss, so its gradient is known in
+closed form: dL/dy = (y - t) / N, dW = dy^T x, db = sum over the batch of dy.
+"""
+
+import math
+import os
+
+import numpy as np
+import pytest
+
+import minicnn
+from minicnn.errors import MinicnnError
+from minicnn.layer import Layer, register
+from minicnn.proto import caffe_pb2, parse_text, read_binary
+from minicnn.solver import learning_rate
+
+N, D, K = 4, 3, 2
+LINEAR = f"""
+name: "linear"
+input: "x" input_shape {{ dim: {N} dim: {D} }}
+input: "t" input_shape {{ dim: {N} dim: {K} }}
+layer {{ name: "fc" type: "InnerProduct" bottom: "x" top: "y"
+  param {{ lr_mult: 1 decay_mult: 1 }} param {{ lr_mult: 2 decay_mult: 0 }}
+  inner_product_param {{ num_output: {K} weight_filler {{ type: "gaussian" std: 0.5 }}
+                         bias_filler {{ type: "gaussian" std: 0.5 }} }} }}
+layer {{ name: "loss" type: "EuclideanLoss" bottom: "y" bottom: "t" top: "loss" }}
+"""
+RNG = np.random.default_rng(42)
+X, T = RNG.standard_normal((N, D)), RNG.standard_normal((N, K))
+
+
+def make_solver(solver_type="SGD", **fields):
+    fields = {"base_lr": 0.1, "lr_policy": "fixed", "max_iter": 100,
+              "snapshot_after_train": False, **fields}
+    param = caffe_pb2.SolverParameter(net_param=parse_text(LINEAR), type=solver_type, **fields)
+    solver = minicnn.get_solver(param, dtype=np.float64, log=lambda message: None)
+    solver.net.blobs["x"].data[...] = X
+    solver.net.blobs["t"].data[...] = T
+    return solver
+
+
+def gradients(w, b):
+    dy = (X @ w.T + b - T) / N
+    return dy.T @ X, dy.sum(axis=0)
+
+
+def hand_updates(solver_type, w, b, steps, p):
+    """The updates of ``steps`` iterations as Caffe writes them, for (W, b) with lr_mult 1 and
+    2 and decay_mult 1 and 0."""
+    params, lr_mults, decay_mults = [w.copy(), b.copy()], [1, 2], [1, 0]
+    hist = [np.zeros_like(a) for a in params] * 2
+    hist = [h.copy() for h in hist]
+    for it in range(steps):
+        grads = list(gradients(*params))
+        for i in range(2):
+            g = grads[i] + p["weight_decay"] * decay_mults[i] * (
+                params[i] if p.get("reg", "L2") == "L2" else np.sign(params[i]))
+            lr = learning_rate_of(p, it) * lr_mults[i]
+            m, delta = p.get("momentum", 0.0), p.get("delta", 1e-8)
+            if solver_type == "SGD":
+                hist[i] = m * hist[i] + lr * g
+                step = hist[i]
+            elif solver_type == "Nesterov":
+                old = hist[i].copy()
+                hist[i] = m * hist[i] + lr * g
+                step = (1 + m) * hist[i] - m * old
+            elif solver_type == "AdaGrad":
+                hist[i] = hist[i] + g * g
+                step = lr * g / (np.sqrt(hist[i]) + delta)
+            elif solver_type == "RMSProp":
+                r = p["rms_decay"]
+                hist[i] = r * hist[i] + (1 - r) * g * g
+                step = lr * g / (np.sqrt(hist[i]) + delta)
+            elif solver_type == "AdaDelta":
+                hist[i] = m * hist[i] + (1 - m) * g * g
+                u = g * np.sqrt((hist[2 + i] + delta) / (hist[i] + delta))
+                hist[2 + i] = m * hist[2 + i] + (1 - m) * u * u
+                step = lr * u
+            elif solver_type == "Adam":
+                b1, b2 = m, p["momentum2"]
+                hist[i] = b1 * hist[i] + (1 - b1) * g
+                hist[2 + i] = b2 * hist[2 + i] + (1 - b2) * g * g
+                t = it + 1
+                step = lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t) * hist[i] / (
+                    np.sqrt(hist[2 + i]) + delta)
+            params[i] = params[i] - step
+    return params
+
+
+def learning_rate_of(p, it):
+    return p["base_lr"] * (1 + p["gamma"] * it) ** -p["power"] if p.get("lr_policy") == "inv" \
+        else p["base_lr"]
+
+
+F32 = lambda v: float(np.float32(v))          # noqa: E731  (solver fields hold float32 values)
+
+CASES = {
+    "SGD": dict(momentum=0.9, weight_decay=0.01),
+    "Nesterov": dict(momentum=0.8, weight_decay=0.02),
+    "AdaGrad": dict(weight_decay=0.01, delta=1e-6),
+    "RMSProp": dict(weight_decay=0.01, rms_decay=0.95, delta=1e-6),
+    "AdaDelta": dict(momentum=0.95, weight_decay=0.0, delta=1e-6, base_lr=1.0),
+    "Adam": dict(momentum=0.9, momentum2=0.999, weight_decay=0.001, delta=1e-8, base_lr=0.01),
+}
+
+
+@pytest.mark.parametrize("solver_type", sorted(CASES))
+def test_each_solver_type_matches_the_hand_written_update(solver_type):
+    fields = dict(CASES[solver_type])
+    solver = make_solver(solver_type, **fields)
+    w0, b0 = (blob.data.copy() for blob in solver.net.params["fc"])
+    p = {"base_lr": 0.1, **{k: F32(v) for k, v in fields.items()}}
+    p["base_lr"] = F32(p["base_lr"])
+    solver.step(4)
+    w, b = hand_updates(solver_type, w0, b0, 4, p)
+    np.testing.assert_allclose(solver.net.params["fc"][0].data, w, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(solver.net.params["fc"][1].data, b, rtol=1e-10, atol=1e-12)
+    assert solver.iter == 4
+
+
+def test_legacy_solver_type_enum_selects_the_solver():
+    param = caffe_pb2.SolverParameter(net_param=parse_text(LINEAR), solver_type="ADAM",
+                                      base_lr=0.01, lr_policy="fixed")
+    assert isinstance(minicnn.get_solver(param, log=lambda m: None), minicnn.AdamSolver)
+
+
+def test_l1_regularization_and_inv_policy():
+    fields = dict(momentum=0.9, weight_decay=0.05, regularization_type="L1", lr_policy="inv",
+                  gamma=0.1, power=0.75)
+    solver = make_solver("SGD", **fields)
+    w0, b0 = (blob.data.copy() for blob in solver.net.params["fc"])
+    solver.step(3)
+    p = {"base_lr": F32(0.1), "momentum": F32(0.9), "weight_decay": F32(0.05), "reg": "L1",
+         "lr_policy": "inv", "gamma": F32(0.1), "power": F32(0.75)}
+    w, b = hand_updates("SGD", w0, b0, 3, p)
+    np.testing.assert_allclose(solver.net.params["fc"][0].data, w, rtol=1e-6)
+
+
+def test_iter_size_averages_and_clipping_scales_the_summed_gradient():
+    plain, accumulated = make_solver(momentum=0.0), make_solver(momentum=0.0, iter_size=3)
+    for s in (plain, accumulated):
+        for blob, value in zip(s.net.params["fc"], (np.ones((K, D)), np.zeros(K))):
+            blob.data[...] = value
+        s.step(1)
+    np.testing.assert_allclose(accumulated.net.params["fc"][0].data,
+                               plain.net.params["fc"][0].data, rtol=1e-12)
+    clipped = make_solver(momentum=0.0, clip_gradients=0.01, iter_size=2)
+    w0, b0 = (blob.data.copy() for blob in clipped.net.params["fc"])
+    dw, db = gradients(w0, b0)
+    summed = 2 * np.sqrt(np.sum(dw ** 2) + np.sum(db ** 2))      # iter_size 2: diffs add up
+    clipped.step(1)
+    scale = F32(0.01) / summed / 2                                 # clip, then divide by 2
+    np.testing.assert_allclose(clipped.net.params["fc"][0].data, w0 - F32(0.1) * 2 * dw * scale,
+                               rtol=1e-9)
+
+
+def test_lr_mult_zero_freezes_and_decay_mult_applies_per_blob():
+    text = LINEAR.replace("param {{ lr_mult: 2 decay_mult: 0 }}".format(),
+                          "param { lr_mult: 0 decay_mult: 0 }")
+    param = caffe_pb2.SolverParameter(net_param=parse_text(text), base_lr=0.1, lr_policy="fixed",
+                                      weight_decay=0.1)
+    solver = minicnn.get_solver(param, dtype=np.float64, log=lambda m: None)
+    bias = solver.net.params["fc"][1].data.copy()
+    solver.step(2)
+    np.testing.assert_array_equal(solver.net.params["fc"][1].data, bias)
+
+
+# --- learning-rate policies ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("policy, fields, iteration, expected", [
+    ("fixed", {}, 7, 0.1),
+    ("step", {"gamma": 0.5, "stepsize": 3}, 7, 0.1 * 0.5 ** 2),
+    ("exp", {"gamma": 0.9}, 4, 0.1 * 0.9 ** 4),
+    ("inv", {"gamma": 1e-4, "power": 0.75}, 1000, 0.1 * (1 + 1e-4 * 1000) ** -0.75),
+    ("poly", {"power": 2.0, "max_iter": 10}, 4, 0.1 * (1 - 0.4) ** 2),
+    ("sigmoid", {"gamma": 0.5, "stepsize": 6}, 4, 0.1 / (1 + math.exp(-0.5 * (4 - 6)))),
+])
+def test_lr_policies(policy, fields, iteration, expected):
+    param = caffe_pb2.SolverParameter(base_lr=0.1, lr_policy=policy, **fields)
+    assert learning_rate(param, iteration, 0)[0] == pytest.approx(expected, rel=1e-6)
+
+
+def test_multistep_advances_at_most_one_step_per_iteration():
+    param = caffe_pb2.SolverParameter(base_lr=1.0, lr_policy="multistep", gamma=0.1,
+                                      stepvalue=[2, 3, 3])
+    step, rates = 0, []
+    for it in range(6):
+        rate, step = learning_rate(param, it, step)
+        rates.append(rate)
+    g = F32(0.1)
+    assert rates == pytest.approx([1.0, 1.0, g, g ** 2, g ** 3, g ** 3], rel=1e-12)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"lr_policy": "step", "gamma": 0.1}, "needs stepsize"),
+    ({"lr_policy": "sigmoid", "gamma": -1.0, "stepsize": 2}, "gamma >= 0"),
+    ({"lr_policy": "cosine"}, "unknown lr_policy 'cosine'"),
+    ({}, "gives no lr_policy"),
+])
+def test_lr_policy_errors(fields, message):
+    with pytest.raises(MinicnnError, match=message):
+        learning_rate(caffe_pb2.SolverParameter(base_lr=0.1, **fields), 5, 0)
+
+
+# --- test nets ------------------------------------------------------------------------------------
+
+@register("TestCounter")
+class CounterLayer(Layer):
+    """Outputs 1, 2, 3, ... on successive forward passes (test-only)."""
+    exact_num_bottom = 0
+    exact_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        self.count = 0
+
+    def reshape(self, bottom, top):
+        top[0].reshape((1,))
+
+    def forward(self, bottom, top):
+        self.count += 1
+        top[0].data[...] = self.count
+
+
+def test_test_outputs_are_averaged_over_test_iter_and_share_weights():
+    net = parse_text(LINEAR + 'layer { name: "c" type: "TestCounter" top: "count" '
+                              'include { phase: TEST } }')
+    param = caffe_pb2.SolverParameter(net_param=net, base_lr=0.1, lr_policy="fixed",
+                                      test_iter=[4], test_interval=2, max_iter=4,
+                                      snapshot_after_train=False)
+    solver = minicnn.get_solver(param, log=lambda m: None)
+    results = []
+    solver.on_test.append(lambda s, index, outputs: results.append((s.iter, outputs["count"])))
+    for net_ in [solver.net] + solver.test_nets:
+        net_.blobs["x"].data[...] = X
+    solver.solve()
+    assert results == [(0, 2.5), (2, 6.5), (4, 10.5)]               # means of 1..4, 5..8, 9..12
+    assert solver.test_nets[0].params["fc"][0].data is not None
+    np.testing.assert_array_equal(solver.test_nets[0].params["fc"][0].data,
+                                  solver.net.params["fc"][0].data)
+
+
+def test_solver_needs_exactly_one_train_net_and_test_iters():
+    with pytest.raises(MinicnnError, match="exactly one train net"):
+        minicnn.get_solver(caffe_pb2.SolverParameter(base_lr=1), log=lambda m: None)
+    param = caffe_pb2.SolverParameter(net_param=parse_text(LINEAR), test_iter=[1])
+    with pytest.raises(MinicnnError, match="no test_interval"):
+        minicnn.get_solver(param, log=lambda m: None)
+    param = caffe_pb2.SolverParameter(train_net_param=parse_text(LINEAR), test_iter=[1])
+    with pytest.raises(MinicnnError, match="once per test net"):
+        minicnn.get_solver(param, log=lambda m: None)
+
+
+# --- snapshots ----------------------------------------------------------------------------------
+
+def test_snapshot_names_contents_and_copy_from(tmp_path):
+    solver = make_solver(momentum=0.9, snapshot=2, snapshot_prefix=str(tmp_path / "lin"))
+    solver.step(4)
+    names = sorted(os.listdir(tmp_path))
+    assert names == ["lin_iter_2.caffemodel", "lin_iter_2.solverstate",
+                     "lin_iter_4.caffemodel", "lin_iter_4.solverstate"]
+    state = read_binary(tmp_path / "lin_iter_4.solverstate", "SolverState")
+    assert state.iter == 4 and state.learned_net == str(tmp_path / "lin_iter_4.caffemodel")
+    assert len(state.history) == 2
+    np.testing.assert_array_equal(state.history[0].double_data.reshape(K, D), solver.history[0])
+    net = minicnn.Net(parse_text(LINEAR), dtype=np.float64)
+    net.copy_from(tmp_path / "lin_iter_4.caffemodel")
+    np.testing.assert_array_equal(net.params["fc"][0].data, solver.net.params["fc"][0].data)
+
+
+def test_snapshot_prefix_defaults_like_caffe(tmp_path):
+    net_file = tmp_path / "net.prototxt"
+    net_file.write_text(LINEAR)
+    solver_file = tmp_path / "solver.prototxt"
+    solver_file.write_text('net: "net.prototxt" base_lr: 0.1 lr_policy: "fixed"')
+    assert minicnn.get_solver(str(solver_file), log=lambda m: None).param.snapshot_prefix == \
+        str(tmp_path / "solver")
+    (tmp_path / "snaps").mkdir()
+    solver_file.write_text(f'net: "net.prototxt" snapshot_prefix: "{tmp_path / "snaps"}"')
+    assert minicnn.get_solver(str(solver_file), log=lambda m: None).param.snapshot_prefix == \
+        str(tmp_path / "snaps" / "solver")
+
+
+def test_a_failed_snapshot_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    solver = make_solver(snapshot_prefix=str(tmp_path / "lin"))
+    solver.step(1)
+    model, _ = solver.snapshot()
+    before = open(model, "rb").read()
+    import minicnn.proto.wire as wire
+
+    def broken_write(self, msg, out):
+        out.write(b"partial")
+        raise OSError("disk full")
+    monkeypatch.setattr(wire._Writer, "write", broken_write)
+    solver.iter -= 1                                   # same file name as before
+    with pytest.raises(OSError, match="disk full"):
+        solver.snapshot()
+    assert open(model, "rb").read() == before
+    assert sorted(os.listdir(tmp_path)) == ["lin_iter_1.caffemodel", "lin_iter_1.solverstate"]
+
+
+def test_restore_reads_caffe_style_state_without_minicnn_fields(tmp_path):
+    solver = make_solver(momentum=0.9, snapshot_prefix=str(tmp_path / "lin"))
+    solver.step(3)
+    model, state_path = solver.snapshot()
+    state = read_binary(state_path, "SolverState")
+    state.ClearField("minicnn")                       # what Caffe itself would have written
+    caffe_state = tmp_path / "caffe.solverstate"
+    minicnn.proto.write_binary(state, caffe_state)
+    resumed = make_solver(momentum=0.9)
+    resumed.restore(str(caffe_state))
+    assert resumed.iter == 3
+    np.testing.assert_array_equal(resumed.history[0], solver.history[0])
+    np.testing.assert_array_equal(resumed.net.params["fc"][0].data,
+                                  solver.net.params["fc"][0].data)
+    with pytest.raises(MinicnnError, match="history blobs"):
+        make_solver("Adam").restore(str(caffe_state))
+
+
+# --- divergence ---------------------------------------------------------------------------------
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_a_nan_loss_stops_training_naming_the_iteration_and_layer(tmp_path):
+    solver = make_solver(base_lr=10.0, momentum=0.9, snapshot=2,
+                         snapshot_prefix=str(tmp_path / "lin"), max_iter=200,
+                         snapshot_after_train=True)
+    solver.net.blobs["x"].data[...] = X * 1e3
+    with pytest.raises(minicnn.TrainingDiverged) as info:
+        solver.solve()
+    message = str(info.value)
+    assert f"iteration {solver.iter}: the loss is" in message
+    assert "layer 'loss' (EuclideanLoss) is the first whose output 'loss' is not finite" in message
+    assert "the last snapshot" in message and "a lower base_lr" in message
+    snapshots = sorted(os.listdir(tmp_path))
+    assert f"lin_iter_{solver.iter}.caffemodel" not in snapshots     # the bad weights: not saved
+    last = max(int(n.split("_iter_")[1].split(".")[0]) for n in snapshots)
+    net = minicnn.Net(parse_text(LINEAR), dtype=np.float64)
+    net.copy_from(tmp_path / f"lin_iter_{last}.caffemodel")
+    assert np.all(np.isfinite(net.params["fc"][0].data))
