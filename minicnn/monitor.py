@@ -102,9 +102,13 @@ class TrainingMonitor:
         fig, axes = plt.subplots(2 if tests else 1, 1, figsize=(8, 6 if tests else 3.5),
                                  sharex=True, squeeze=False)
         ax = axes[0][0]
-        ax.plot(its, [self.rows[i]["loss"] for i in its], lw=0.5, alpha=0.4, label="loss")
-        ax.plot(its, [self.rows[i]["smoothed_loss"] for i in its], lw=1.5,
-                label="smoothed loss")
+        losses = [self.rows[i]["loss"] for i in its]
+        window = max(1, self.solver.param.average_loss, len(losses) // 50)
+        ax.plot(its, losses, lw=0.5, alpha=0.4, label="loss")
+        if window > 1 and len(losses) >= window:      # a moving average shows the trend
+            trend = [sum(losses[k - window + 1:k + 1]) / window
+                     for k in range(window - 1, len(losses))]
+            ax.plot(its[window - 1:], trend, lw=1.5, label=f"mean of {window} iterations")
         ax.set_ylabel("training loss")
         ax.legend(loc="upper right")
         if tests:
