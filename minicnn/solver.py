@@ -29,6 +29,7 @@ import time
 import numpy as np
 
 from minicnn.blob import array_to_blob_proto, blob_proto_to_array
+from minicnn.data.db import resolve_path
 from minicnn.errors import MinicnnError, NetError
 from minicnn.net import Net
 from minicnn.proto import caffe_pb2, read_binary, read_prototxt, upgrade_solver, write_binary
@@ -51,17 +52,6 @@ def register_solver(type_name):
 
 class TrainingDiverged(MinicnnError):
     """The loss became NaN or infinite; training stopped without saving the bad weights."""
-
-
-def resolve_path(path, *folders):
-    """Caffe resolves relative paths against the current directory; if nothing is there, try
-    the folder of the file that named the path."""
-    if os.path.isabs(path) or os.path.exists(path):
-        return path
-    for folder in folders:
-        if folder and os.path.exists(os.path.join(folder, path)):
-            return os.path.join(folder, path)
-    return path
 
 
 def read_solver(path):
@@ -192,7 +182,8 @@ class Solver:
 
     # --- building the nets (Caffe's InitTrainNet / InitTestNets) ---------------------------------
     def _read_net(self, path):
-        return read_prototxt(resolve_path(path, self.source_dir), "NetParameter")
+        return read_prototxt(resolve_path(path, self.source_dir, what="net file"),
+                             "NetParameter")
 
     def _net_folder(self, path):
         return os.path.dirname(os.path.abspath(resolve_path(path, self.source_dir)))
@@ -494,7 +485,8 @@ class Solver:
             h[...] = values.reshape(h.shape)
         self.iter, self.current_step = state.iter, state.current_step
         if state.HasField("learned_net"):
-            model = resolve_path(state.learned_net, os.path.dirname(os.path.abspath(path)))
+            model = resolve_path(state.learned_net, os.path.dirname(os.path.abspath(path)),
+                                 what=f"the weights file {path} names")
             self.net.copy_from(model)
         extra = state.minicnn
         if extra.HasField("rng_state"):

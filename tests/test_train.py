@@ -178,7 +178,7 @@ def test_train_errors_are_one_line(tmp_path, capsys):
     bad.write_text('net: "missing.prototxt" base_lr: 0.1 max_iter: 3 lr_policy: "fixed"')
     assert main(["train", str(bad)]) == 1
     err = capsys.readouterr().err
-    assert "missing.prototxt" in err and "cannot read file" in err and "Traceback" not in err
+    assert "missing.prototxt: net file not found (looked for" in err and "Traceback" not in err
 
 
 def test_sigint_snapshots_and_stops(tiny_setup):

@@ -16,6 +16,7 @@ import numpy as np
 
 from minicnn.data.errors import DataError, need
 from minicnn.proto import caffe_pb2, parse_binary
+from minicnn.proto.wire import encode_varint
 
 _GRAY_MODES = ("1", "L", "LA")
 _WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")      # 16-bit / float images
@@ -153,19 +154,6 @@ def encode_datum(array, label=0, encoding=""):
     return datum
 
 
-def _varint(value):
-    value &= 0xFFFFFFFFFFFFFFFF                  # int32 negatives: 10-byte two's complement
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
 def serialize_datum(array, label=0):
     """The wire bytes of ``encode_datum(array, label)`` for a uint8 CHW array, built directly
     (the generic serializer is ~20x slower; datasets write tens of thousands of records)."""
@@ -174,8 +162,9 @@ def serialize_datum(array, label=0):
         raise ValueError("serialize_datum takes uint8 arrays; use encode_datum for others")
     c, h, w = array.shape
     data = np.ascontiguousarray(array).tobytes()
-    return b"".join((b"\x08", _varint(c), b"\x10", _varint(h), b"\x18", _varint(w),
-                     b"\x22", _varint(len(data)), data, b"\x28", _varint(int(label))))
+    v = encode_varint
+    return b"".join((b"\x08", v(c), b"\x10", v(h), b"\x18", v(w),
+                     b"\x22", v(len(data)), data, b"\x28", v(int(label))))
 
 
 def decode_datum(datum, is_color=None, where=None):

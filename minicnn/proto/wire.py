@@ -285,8 +285,10 @@ def read_binary(path, message_type="NetParameter", keep=None):
 
 # --- writing -----------------------------------------------------------------------------------
 
-def _varint_bytes(value):
-    value &= 0xFFFFFFFFFFFFFFFF                   # negative ints go out as 10-byte two's complement
+def encode_varint(value):
+    """The varint bytes of an integer (negatives as 10-byte two's complement, as int32 fields
+    are written)."""
+    value &= 0xFFFFFFFFFFFFFFFF
     out = bytearray()
     while True:
         byte = value & 0x7F
@@ -299,7 +301,7 @@ def _varint_bytes(value):
 
 
 def _key(number, wire_type):
-    return _varint_bytes(number << 3 | wire_type)
+    return encode_varint(number << 3 | wire_type)
 
 
 def _number(field, value):
@@ -316,7 +318,7 @@ def _scalar_bytes(field, value):
         return value.encode("utf-8")
     if t == "bytes":
         return value
-    return _varint_bytes(_number(field, value))
+    return encode_varint(_number(field, value))
 
 
 class _Writer:
@@ -332,20 +334,20 @@ class _Writer:
             if field.array:
                 payload = len(value) * ARRAY_DTYPES[field.type_name].itemsize
                 if field.packed:
-                    total += key + len(_varint_bytes(payload)) + payload
+                    total += key + len(encode_varint(payload)) + payload
                 else:
                     total += len(value) * (key + ARRAY_DTYPES[field.type_name].itemsize)
             elif field.is_message:
                 for item in (value if field.repeated else [value]):
                     n = self.size(item)
-                    total += key + len(_varint_bytes(n)) + n
+                    total += key + len(encode_varint(n)) + n
             elif field.repeated and field.packed:
                 payload = sum(len(_scalar_bytes(field, v)) for v in value)
-                total += key + len(_varint_bytes(payload)) + payload
+                total += key + len(encode_varint(payload)) + payload
             else:
                 for item in (value if field.repeated else [value]):
                     raw = _scalar_bytes(field, item)
-                    length = len(_varint_bytes(len(raw))) if field.type_name in ("string",
+                    length = len(encode_varint(len(raw))) if field.type_name in ("string",
                                                                                 "bytes") else 0
                     total += key + length + len(raw)
         self.sizes[id(msg)] = total
@@ -356,7 +358,7 @@ class _Writer:
             if field.array:
                 arr = np.ascontiguousarray(value, dtype=ARRAY_DTYPES[field.type_name])
                 if field.packed:
-                    out.write(_key(field.number, LENGTH) + _varint_bytes(arr.nbytes))
+                    out.write(_key(field.number, LENGTH) + encode_varint(arr.nbytes))
                     out.write(memoryview(arr).cast("B"))
                 else:
                     wire = FIXED32 if arr.itemsize == 4 else FIXED64
@@ -367,18 +369,18 @@ class _Writer:
                     out.write(memoryview(records).cast("B"))
             elif field.is_message:
                 for item in (value if field.repeated else [value]):
-                    out.write(_key(field.number, LENGTH) + _varint_bytes(self.sizes[id(item)]))
+                    out.write(_key(field.number, LENGTH) + encode_varint(self.sizes[id(item)]))
                     self.write(item, out)
             elif field.repeated and field.packed:
                 payload = b"".join(_scalar_bytes(field, v) for v in value)
-                out.write(_key(field.number, LENGTH) + _varint_bytes(len(payload)) + payload)
+                out.write(_key(field.number, LENGTH) + encode_varint(len(payload)) + payload)
             else:
                 t = field.type_name
                 wire = LENGTH if t in ("string", "bytes") else (
                     _SCALAR_WIRE[t] if field.kind == "scalar" else VARINT)
                 for item in (value if field.repeated else [value]):
                     raw = _scalar_bytes(field, item)
-                    prefix = _varint_bytes(len(raw)) if wire == LENGTH else b""
+                    prefix = encode_varint(len(raw)) if wire == LENGTH else b""
                     out.write(_key(field.number, wire) + prefix + raw)
 
 
