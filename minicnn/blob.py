@@ -9,9 +9,24 @@ plain NumPy arrays. They are replaced only by ``reshape`` to a new shape, so cod
 reference to ``blob.data`` keeps seeing the blob's values between reshapes.
 """
 
+import os
+
 import numpy as np
 
 from minicnn.errors import MinicnnError
+
+
+def _physical_memory():
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 40
+
+
+# A blob larger than this is refused with a clear error instead of an out-of-memory crash (a
+# typo such as num_output: 10000000 would otherwise take the machine down). The environment
+# variable MINICNN_MAX_BLOB_BYTES overrides it.
+MAX_BLOB_BYTES = int(os.environ.get("MINICNN_MAX_BLOB_BYTES", 0)) or _physical_memory()
 
 
 class Blob:
@@ -43,6 +58,11 @@ class Blob:
         if any(d < 0 for d in shape):
             raise MinicnnError(f"blob shape {shape} has a negative dimension")
         if shape != self._shape:
+            nbytes = int(np.prod(shape, dtype=object)) * self.dtype.itemsize
+            if nbytes > MAX_BLOB_BYTES:
+                raise MinicnnError(f"a blob of shape {shape} would need {nbytes / 2**30:.3g} GiB, "
+                                   f"more than the {MAX_BLOB_BYTES / 2**30:.3g} GiB allowed "
+                                   "(this machine's memory, or MINICNN_MAX_BLOB_BYTES)")
             self._shape = shape
             self._data = np.zeros(shape, self.dtype)
             self._diff = None
@@ -146,8 +166,8 @@ def array_to_blob_proto(data, diff=None):
     from minicnn.proto.caffe_pb2 import BlobProto
     data = np.asarray(data)
     proto = BlobProto()
-    proto.shape.dim.extend(data.shape)
-    proto.shape._touch()
+    if data.shape:                       # a 0-axis blob has no shape field (Caffe's ToProto)
+        proto.shape.dim.extend(data.shape)
     if data.dtype == np.float64:
         proto.double_data = data.reshape(-1)
         if diff is not None:

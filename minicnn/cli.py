@@ -8,6 +8,7 @@
     minicnn time -model models/lenet/lenet.prototxt -iterations 20     (Caffe's spelling)
     minicnn convert-imageset ROOT/ LIST.txt DB           # Caffe's convert_imageset
     minicnn compute-image-mean DB mean.binaryproto
+    minicnn draw NET.prototxt net.png --rankdir TB --phase TRAIN       # Caffe's draw_net.py
 
 Caffe's single-dash long options (``-model``, ``-iterations``, ``-sigint_effect``) are accepted
 alongside the usual ``--model``. Errors in user files print one line naming the file and place,
@@ -309,6 +310,16 @@ def compute_image_mean(args):
     return 0
 
 
+@command
+def draw(args):
+    """Draw the net as a graph picture (Caffe's draw_net.py)."""
+    from minicnn.draw import draw_net
+    draw_net(args.model_path, args.output, rankdir=args.rankdir, phase=args.phase,
+             display_lrm=args.display_lrm)
+    print(f"Drawing net to {args.output}")
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="minicnn", description="Run Caffe nets with minicnn (commands after Caffe's tool).")
@@ -344,6 +355,15 @@ def build_parser():
     p = sub.add_parser("time", help="time forward/backward of each layer (like `caffe time`)")
     _add_net_options(p, "TRAIN")
     p.add_argument("--iterations", type=int, default=50, help="timed iterations (default 50)")
+
+    p = sub.add_parser("draw", help="draw a net as a graph picture (like draw_net.py)")
+    p.add_argument("model_path", metavar="NET", help="net prototxt")
+    p.add_argument("output", help="picture file: .png, .svg, .pdf, or .dot for the source")
+    p.add_argument("--rankdir", choices=["LR", "RL", "TB", "BT"], default="LR",
+                   help="direction of the flow (default LR: left to right)")
+    p.add_argument("--phase", choices=["TRAIN", "TEST", "ALL"], default="ALL", type=str.upper,
+                   help="draw the layers of this phase (default ALL)")
+    p.add_argument("--display-lrm", action="store_true", help="show lr_mult and decay_mult")
 
     p = sub.add_parser("data", help="write a packaged dataset as LMDB (or HDF5) files")
     p.add_argument("dataset", choices=["mnist", "fashion-mnist"])

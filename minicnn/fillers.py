@@ -33,6 +33,8 @@ def fill(filler_param, shape, dtype=np.float32, rng=None):
         raise MinicnnError(f"unknown filler type '{filler_param.type}'; known: "
                            f"{', '.join(sorted(FILLERS))}")
     shape = tuple(int(d) for d in shape)
+    if math.prod(shape) == 0:
+        return np.zeros(shape, dtype)           # nothing to fill (and no fan to divide by)
     values = fn(filler_param, shape, rng if rng is not None else get_rng())
     return np.asarray(values, dtype=np.float64).reshape(shape).astype(dtype)
 
@@ -57,11 +59,15 @@ def _constant(p, shape, rng):
 
 @register_filler("uniform")
 def _uniform(p, shape, rng):
+    if not p.min <= p.max:
+        raise MinicnnError(f"uniform filler needs min <= max, got min {p.min:g}, max {p.max:g}")
     return rng.uniform(p.min, p.max, shape)
 
 
 @register_filler("gaussian")
 def _gaussian(p, shape, rng):
+    if not p.std > 0:                             # Caffe checks sigma > 0 too
+        raise MinicnnError(f"gaussian filler needs std > 0, got {p.std:g}")
     values = rng.normal(p.mean, p.std, shape)
     if p.sparse >= 0:                           # keep each weight with prob. sparse / num_outputs
         if not shape:

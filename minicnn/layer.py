@@ -55,6 +55,14 @@ def create_layer(param, phase=None):
     return layer_class(param.type)(param, phase=phase)
 
 
+def check_not_empty(bottom):
+    """Blobs with a zero dimension have no values to compute on: say so, not NumPy."""
+    for i, blob in enumerate(bottom):
+        if blob.count == 0:
+            raise LayerError(f"bottom {i} is empty (shape {blob.shape}): no layer computes on "
+                             "blobs with a zero dimension")
+
+
 class Layer:
     type = None                  # set by @register
     param_field = None           # the layer's own parameter message, e.g. "convolution_param"
@@ -165,6 +173,7 @@ class Layer:
     # --- setup, as Caffe's Layer::SetUp ---
     def setup(self, bottom, top):
         self._check_blob_counts(bottom, top)
+        check_not_empty(bottom)
         if bottom:
             self.dtype = bottom[0].dtype
         elif self.dtype is None:

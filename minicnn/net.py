@@ -30,7 +30,7 @@ from minicnn.blob import (
     legacy_shape_matches,
 )
 from minicnn.errors import MinicnnError, NetError
-from minicnn.layer import create_layer
+from minicnn.layer import check_not_empty, create_layer
 from minicnn.proto import caffe_pb2
 from minicnn.proto.text import read_prototxt
 from minicnn.proto.upgrade import upgrade_net
@@ -436,6 +436,7 @@ class Net:
         for i in range(first, last + 1):
             layer, bottoms, tops = self.layers[i], self.bottom_vecs[i], self.top_vecs[i]
             try:                          # Caffe reshapes before every forward: sizes may vary
+                check_not_empty(bottoms)
                 layer.reshape(bottoms, tops)
                 layer.forward(bottoms, tops)
             except MinicnnError as e:

@@ -1,4 +1,5 @@
-"""Convolution layers: Caffe's `Convolution` (the math is in minicnn.ops.conv)."""
+"""Convolution layers: Caffe's `Convolution` and `Deconvolution`, and the depthwise aliases of
+Caffe forks (`ConvolutionDepthwise`, `DepthwiseConvolution`). The math is in minicnn.ops.conv."""
 
 from minicnn import ops
 from minicnn.errors import LayerError
@@ -24,15 +25,16 @@ class ConvolutionLayer(Layer):
     def layer_setup(self, bottom, top):
         p = self.type_param
         if len(bottom) != len(top):
-            raise LayerError(f"Convolution needs one top per bottom, got {len(bottom)} bottom(s) "
+            raise LayerError(f"{self.type} needs one top per bottom, got {len(bottom)} bottom(s) "
                              f"and {len(top)} top(s)")
         shape = bottom[0].shape
         if len(shape) != 4 or not -4 <= p.axis < 4 or p.axis % 4 != 1:
-            raise LayerError(f"minicnn's Convolution supports 2 spatial axes only: a 4-D "
+            raise LayerError(f"minicnn's {self.type} supports 2 spatial axes only: a 4-D "
                              f"(N, C, H, W) bottom with axis 1, got axis {p.axis} and a bottom "
                              f"of shape {shape}")
         self.geom = ConvGeometry.from_param(p)
-        self.num_output, self.group, self.channels = p.num_output, p.group, shape[1]
+        self.channels = shape[1]
+        self.num_output, self.group = self._outputs_and_group(p)
         if self.num_output < 1:
             raise LayerError(f"num_output must be > 0, got {self.num_output}")
         if self.group < 1:
@@ -42,10 +44,9 @@ class ConvolutionLayer(Layer):
                              f"both be divisible by group {self.group}")
         expected = 1 + bool(p.bias_term)
         if self.blobs and len(self.blobs) != expected:
-            raise LayerError(f"{len(self.blobs)} parameter blob(s) given, but a Convolution with "
+            raise LayerError(f"{len(self.blobs)} parameter blob(s) given, but a {self.type} with "
                              f"bias_term {str(p.bias_term).lower()} has {expected}")
-        self.init_param(0, (self.num_output, self.channels // self.group, *self.geom.kernel),
-                        p.weight_filler, "weights")
+        self.init_param(0, self._weight_shape(), p.weight_filler, "weights")
         if p.bias_term:
             self.init_param(1, (self.num_output,), p.bias_filler, "bias")
 
@@ -56,11 +57,21 @@ class ConvolutionLayer(Layer):
                                  f"{bottom[0].shape}, bottom[{i}] is {b.shape}")
         n, _, h, w = self._check_input(bottom[0].shape)
         for t in top:
-            t.reshape((n, self.num_output, *self.geom.out_hw(h, w)))
+            t.reshape((n, self.num_output, *self._out_hw(h, w)))
+
+    def _outputs_and_group(self, p):
+        """(num_output, group) from the ConvolutionParameter."""
+        return p.num_output, p.group
+
+    def _weight_shape(self):
+        return (self.num_output, self.channels // self.group, *self.geom.kernel)
+
+    def _out_hw(self, h, w):
+        return self.geom.out_hw(h, w)
 
     def _check_input(self, shape):
         if len(shape) != 4:
-            raise LayerError(f"Convolution needs a 4-D (N, C, H, W) bottom, got shape {shape}")
+            raise LayerError(f"{self.type} needs a 4-D (N, C, H, W) bottom, got shape {shape}")
         if shape[1] != self.channels:
             raise LayerError(f"the bottom has {shape[1]} channels, but the weights were made "
                              f"for {self.channels}")
@@ -87,3 +98,81 @@ class ConvolutionLayer(Layer):
                 self.blobs[1].diff += db
             if down:
                 x.diff[...] = dx                   # bottom diffs are assigned (I1)
+
+
+@register("ConvolutionDepthwise", "DepthwiseConvolution")
+class ConvolutionDepthwiseLayer(ConvolutionLayer):
+    """The depthwise convolution type of Caffe forks used by published MobileNet prototxts:
+    `ConvolutionDepthwise` (its fork ignores group and num_output: weights (C, 1, kh, kw), C
+    outputs) and `DepthwiseConvolution` (whose prototxts set group: C). Here it is a Convolution
+    with group = the bottom's channels C when group is unset, and num_output = C when that is
+    unset; num_output may be a multiple of C (a channel multiplier, weights (num_output, 1, kh,
+    kw)). A group other than C, or a num_output that C does not divide, is a LayerError."""
+
+    def _outputs_and_group(self, p):
+        c, name = self.channels, self.param.type or self.type     # the alias the net used
+        group = p.group if p.HasField("group") else c
+        num_output = p.num_output if p.HasField("num_output") else c
+        if group != c:
+            raise LayerError(f"{name} is depthwise: group must be the {c} input channels "
+                             f"(or unset), got group {group}")
+        if num_output < 1 or num_output % c:
+            raise LayerError(f"{name} needs num_output equal to the {c} input channels or a "
+                             f"multiple of them (a channel multiplier), got num_output "
+                             f"{num_output}")
+        return num_output, group
+
+
+@register("Deconvolution")
+class DeconvolutionLayer(ConvolutionLayer):
+    """Caffe `Deconvolution` (transposed convolution): the adjoint of a Convolution's x -> y.
+
+    blobs[0]  weights (C, num_output/group, kh, kw): a Convolution's layout with input and output
+              swapped (a Convolution from num_output channels to C has weights of that shape)
+    blobs[1]  bias (num_output,) when bias_term (default true)
+
+    Output size per axis s*(in - 1) + d*(k - 1) + 1 - 2p: the largest input that a Convolution
+    of this geometry maps to the bottom's size. Duality with that Convolution (call it K, from
+    num_output to C channels with these weights; its y = K x):
+
+        forward       top = K^T bottom + b       = conv2d_backward_data(bottom, w)
+        bottom diff   K dtop                     = conv2d_forward(dtop, w, no bias)
+        weight diff   the filter gradient of K with x = dtop and dy = bottom
+                                                 = conv2d_backward_filter(bottom, dtop)
+        bias diff     sum of dtop over N, H, W
+
+    so no new arithmetic is needed. FCN's bilinear upsampling by a factor f: kernel 2f - f%2,
+    stride f, pad ceil((f - 1) / 2), group = num_output = C, bias_term false, weight_filler
+    bilinear (and lr_mult 0): output f*H x f*W, each channel upsampled on its own.
+    """
+
+    def _weight_shape(self):
+        return (self.channels, self.num_output // self.group, *self.geom.kernel)
+
+    def _out_hw(self, h, w):
+        return self.geom.transposed_out_hw(h, w)
+
+    def forward(self, bottom, top):
+        w = self.blobs[0].data
+        b = self.blobs[1].data if len(self.blobs) > 1 else None
+        for x, y in zip(bottom, top):
+            out = ops.conv2d_backward_data(x.data, w, x_hw=y.shape[2:], geom=self.geom,
+                                           group=self.group)
+            if b is not None:
+                out += b.reshape(1, -1, 1, 1)
+            y.data[...] = out
+
+    def backward(self, top, propagate_down, bottom):
+        has_bias = len(self.blobs) > 1
+        need_w = self.param_propagate_down[0]
+        need_b = has_bias and self.param_propagate_down[1]
+        w = self.blobs[0].data
+        for y, down, x in zip(top, propagate_down, bottom):
+            if need_w:                             # parameter diffs accumulate (I1)
+                self.blobs[0].diff += ops.conv2d_backward_filter(x.data, y.diff, geom=self.geom,
+                                                                 group=self.group)
+            if need_b:
+                self.blobs[1].diff += y.diff.sum(axis=(0, 2, 3))
+            if down:                               # bottom diffs are assigned (I1)
+                x.diff[...] = ops.conv2d_forward(y.diff, w, None, geom=self.geom,
+                                                 group=self.group)

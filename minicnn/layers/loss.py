@@ -1,11 +1,12 @@
-"""Layers that score predictions against targets: the losses SoftmaxWithLoss and EuclideanLoss,
-and Accuracy."""
+"""Layers that score predictions against targets: the losses SoftmaxWithLoss, EuclideanLoss and
+SigmoidCrossEntropyLoss, and Accuracy."""
 
 import numpy as np
 
 from minicnn import ops
 from minicnn.errors import LayerError
 from minicnn.layer import Layer, register
+from minicnn.ops.sigmoid_cross_entropy import resolve_sce_normalization
 from minicnn.ops.softmax import find_bad_label, resolve_normalization, split_shape
 
 
@@ -163,3 +164,53 @@ class EuclideanLossLayer(Layer):
                                  (-1, propagate_down[1], bottom[1])):
             if down:
                 blob.diff[...] = (grad if sign > 0 else -grad).reshape(blob.shape)
+
+
+@register("SigmoidCrossEntropyLoss")
+class SigmoidCrossEntropyLossLayer(Layer):
+    """Caffe `SigmoidCrossEntropyLoss`: binary cross-entropy of sigmoid(scores) against targets.
+
+    bottom[0]: scores x; bottom[1]: targets t in [0, 1], the same count and first dimension.
+    top[0]: the loss, shape (). loss_param: normalization (default BATCH_SIZE, unlike
+    SoftmaxWithLoss; the deprecated normalize counts only when normalization is unset),
+    ignore_label (targets whose integer part equals it count neither in the sum nor in VALID).
+    The gradient (sigmoid(x) - t) / D is scaled by top[0].diff, where the Net puts the
+    loss_weight; targets get no gradient."""
+    param_field = "loss_param"
+    exact_num_bottom, exact_num_top = 2, 1
+    is_loss = True
+
+    def layer_setup(self, bottom, top):
+        p = self.param.loss_param
+        self.ignore_label = _ignore_label(p)
+        self.normalization = resolve_sce_normalization(
+            p.normalization if p.HasField("normalization") else None,
+            p.normalize if p.HasField("normalize") else None)
+        self.prob = None
+
+    def reshape(self, bottom, top):
+        scores, targets = bottom
+        if not scores.shape or scores.shape[:1] != targets.shape[:1] \
+                or scores.count != targets.count:
+            raise LayerError(f"the scores (shape {scores.shape}, {scores.count} values) and the "
+                             f"targets (shape {targets.shape}, {targets.count} values) must have "
+                             "the same first dimension and the same count")
+        top[0].reshape(())
+
+    def forward(self, bottom, top):
+        loss, self.prob = ops.sigmoid_cross_entropy_forward(
+            bottom[0].data, bottom[1].data, ignore_label=self.ignore_label,
+            normalization=self.normalization)
+        top[0].data[...] = loss
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[1]:
+            raise LayerError("SigmoidCrossEntropyLoss cannot backpropagate to targets "
+                             "(bottom 1); set propagate_down: false for them")
+        if propagate_down[0]:
+            bottom[0].diff[...] = ops.sigmoid_cross_entropy_backward(
+                self.prob, bottom[1].data, ignore_label=self.ignore_label,
+                normalization=self.normalization, loss_weight=float(top[0].diff))
+
+    def allow_force_backward(self, bottom_index):
+        return bottom_index != 1                           # targets have no gradient

@@ -1,8 +1,12 @@
 """Neuron layers: one output element per input element (ReLU, ...)."""
 
+import math
+
 from minicnn import ops
+from minicnn.blob import Blob
 from minicnn.errors import LayerError
 from minicnn.layer import Layer, register
+from minicnn.proto.caffe_pb2 import FillerParameter
 
 
 class NeuronLayer(Layer):
@@ -65,3 +69,254 @@ class DropoutLayer(NeuronLayer):
             bottom[0].diff[...] = ops.dropout_backward(top[0].diff, self.mask, self.ratio)
         elif bottom[0] is not top[0]:
             bottom[0].diff[...] = top[0].diff
+
+
+def _input_copy(bottom, top):
+    """x for a backward that reads it: a copy when the layer runs in place (forward overwrites
+    x with y), else None (backward reads bottom[0].data)."""
+    return bottom[0].data.copy() if bottom[0] is top[0] else None
+
+
+def _base_of(layer, base, log=False):
+    """Exp's and Log's base, checked as Caffe does: > 0, or -1 for e (Log also needs != 1)."""
+    if base != -1 and not base > 0:
+        raise LayerError(f"{layer.param_field}.base must be > 0, or -1 for e; got {base:g}")
+    if log and base == 1:
+        raise LayerError(f"{layer.param_field}.base must not be 1 (log base 1 is undefined)")
+    return base
+
+
+@register("PReLU")
+class PReLULayer(NeuronLayer):
+    """Caffe `PReLU`: max(x, 0) + a_c * min(x, 0), a learned slope per channel (axis 1).
+
+    blobs[0]: the slopes, shape (C,), or () with channel_shared (a stored blob only has to have
+    the right count); prelu_param.filler defaults to constant 0.25. The bottom needs >= 2 axes.
+    Safe in place: forward keeps a copy of x, as Caffe's bottom_memory_."""
+    param_field = "prelu_param"
+
+    @staticmethod
+    def _check_axes(shape):
+        if len(shape) < 2:
+            raise LayerError(f"PReLU needs a bottom with at least 2 axes (N, C, ...), got "
+                             f"shape {shape}")
+
+    def layer_setup(self, bottom, top):
+        p = self.param.prelu_param
+        shape = bottom[0].shape
+        self._check_axes(shape)
+        self.channel_shared = p.channel_shared
+        want = () if self.channel_shared else (shape[1],)
+        if self.blobs:                                   # from a model: Caffe checks the count
+            have = self.blobs[0]
+            if have.count != math.prod(want):
+                raise LayerError(
+                    f"PReLU slopes (blob 0) of shape {have.shape} hold {have.count} values, but "
+                    f"channel_shared {str(self.channel_shared).lower()} needs "
+                    f"{math.prod(want)} (the bottom has {shape[1]} channels)")
+            if have.shape != want:
+                self.blobs[0] = Blob.from_array(have.data.reshape(want))
+        filler = p.filler if p.HasField("filler") else FillerParameter(type="constant",
+                                                                        value=0.25)
+        self.init_param(0, want, filler, what="slopes")
+        self._x = None
+
+    def reshape(self, bottom, top):
+        shape = bottom[0].shape
+        self._check_axes(shape)
+        if not self.channel_shared and shape[1] != self.blobs[0].count:
+            raise LayerError(f"PReLU was set up for {self.blobs[0].count} channels, but the "
+                             f"bottom now has shape {shape}")
+        top[0].reshape(shape)
+
+    def forward(self, bottom, top):
+        self._x = _input_copy(bottom, top)
+        top[0].data[...] = ops.prelu_forward(bottom[0].data, self.blobs[0].data)
+
+    def backward(self, top, propagate_down, bottom):
+        x = self._x if self._x is not None else bottom[0].data
+        dx, dslope = ops.prelu_backward(top[0].diff, x, self.blobs[0].data)
+        if self.param_propagate_down[0]:
+            self.blobs[0].diff += dslope                  # I1: parameter diffs accumulate
+        if propagate_down[0]:
+            bottom[0].diff[...] = dx
+
+
+@register("ELU")
+class ELULayer(NeuronLayer):
+    """Caffe `ELU`: x if x > 0 else alpha * (exp(x) - 1) (elu_param.alpha, default 1).
+
+    Safe in place: backward reads y (kept from forward) and the sign of x, which y shares when
+    alpha >= 0; with alpha < 0 an in-place layer keeps a copy of x."""
+    param_field = "elu_param"
+
+    def layer_setup(self, bottom, top):
+        self.alpha = self.param.elu_param.alpha
+        self._x = self._y = None
+
+    def forward(self, bottom, top):
+        x = bottom[0].data
+        self._y = ops.elu_forward(x, self.alpha)
+        self._x = None
+        if bottom[0] is top[0]:
+            self._x = self._y if self.alpha >= 0 else x.copy()
+        top[0].data[...] = self._y
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            x = self._x if self._x is not None else bottom[0].data
+            bottom[0].diff[...] = ops.elu_backward(top[0].diff, x, self._y, self.alpha)
+
+
+@register("Sigmoid")
+class SigmoidLayer(NeuronLayer):
+    """Caffe `Sigmoid`: 1 / (1 + exp(-x)). Backward reads y only (kept from forward), so it is
+    safe in place."""
+    param_field = "sigmoid_param"
+    _y = None                    # y from the last forward
+
+    def forward(self, bottom, top):
+        self._y = ops.sigmoid_forward(bottom[0].data)
+        top[0].data[...] = self._y
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            bottom[0].diff[...] = ops.sigmoid_backward(top[0].diff, self._y)
+
+
+@register("TanH")
+class TanHLayer(NeuronLayer):
+    """Caffe `TanH`: tanh(x). Backward reads y only (kept from forward), so it is safe in
+    place."""
+    param_field = "tanh_param"
+    _y = None                    # y from the last forward
+
+    def forward(self, bottom, top):
+        self._y = ops.tanh_forward(bottom[0].data)
+        top[0].data[...] = self._y
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            bottom[0].diff[...] = ops.tanh_backward(top[0].diff, self._y)
+
+
+@register("AbsVal")
+class AbsValLayer(NeuronLayer):
+    """Caffe `AbsVal`: |x|, with derivative sign(x) (0 at 0). Not in place: Caffe refuses it
+    (backward needs the sign of x, which |x| has lost)."""
+
+    def layer_setup(self, bottom, top):
+        if bottom[0] is top[0]:
+            raise LayerError("AbsVal does not allow in-place computation (its backward needs "
+                             "the sign of x); give the top another name")
+
+    def forward(self, bottom, top):
+        top[0].data[...] = ops.absval_forward(bottom[0].data)
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            bottom[0].diff[...] = ops.absval_backward(top[0].diff, bottom[0].data)
+
+
+@register("Power")
+class PowerLayer(NeuronLayer):
+    """Caffe `Power`: (shift + scale * x)^power (power_param: power 1, scale 1, shift 0).
+
+    Backward uses the direct derivative (Caffe's shortcut gives NaN where shift + scale*x == 0;
+    see minicnn.ops.neurons). Safe in place: forward then keeps a copy of x."""
+    param_field = "power_param"
+
+    def layer_setup(self, bottom, top):
+        p = self.param.power_param
+        self.power, self.scale, self.shift = p.power, p.scale, p.shift
+        self._x = None
+
+    def forward(self, bottom, top):
+        self._x = _input_copy(bottom, top)
+        top[0].data[...] = ops.power_forward(bottom[0].data, self.power, self.scale, self.shift)
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            x = self._x if self._x is not None else bottom[0].data
+            bottom[0].diff[...] = ops.power_backward(top[0].diff, x, self.power, self.scale,
+                                                     self.shift)
+
+
+@register("Exp")
+class ExpLayer(NeuronLayer):
+    """Caffe `Exp`: base^(shift + scale * x) (exp_param: base -1 = e, scale 1, shift 0; base
+    must be > 0). Backward reads y only (kept from forward), so it is safe in place."""
+    param_field = "exp_param"
+
+    def layer_setup(self, bottom, top):
+        p = self.param.exp_param
+        self.base, self.scale, self.shift = _base_of(self, p.base), p.scale, p.shift
+        self._y = None
+
+    def forward(self, bottom, top):
+        self._y = ops.exp_forward(bottom[0].data, self.base, self.scale, self.shift)
+        top[0].data[...] = self._y
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            bottom[0].diff[...] = ops.exp_backward(top[0].diff, self._y, self.base, self.scale,
+                                                   self.shift)
+
+
+@register("Log")
+class LogLayer(NeuronLayer):
+    """Caffe `Log`: log_base(shift + scale * x) (log_param: base -1 = e, scale 1, shift 0; base
+    must be > 0 and != 1). Safe in place: forward then keeps a copy of x."""
+    param_field = "log_param"
+
+    def layer_setup(self, bottom, top):
+        p = self.param.log_param
+        self.base, self.scale, self.shift = _base_of(self, p.base, log=True), p.scale, p.shift
+        self._x = None
+
+    def forward(self, bottom, top):
+        self._x = _input_copy(bottom, top)
+        top[0].data[...] = ops.log_forward(bottom[0].data, self.base, self.scale, self.shift)
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            x = self._x if self._x is not None else bottom[0].data
+            bottom[0].diff[...] = ops.log_backward(top[0].diff, x, self.base, self.scale,
+                                                   self.shift)
+
+
+@register("BNLL")
+class BNLLLayer(NeuronLayer):
+    """Caffe `BNLL` (binomial normal log likelihood, softplus): log(1 + exp(x)), computed
+    stably; derivative sigmoid(x). Safe in place: forward then keeps a copy of x."""
+
+    def layer_setup(self, bottom, top):
+        self._x = None
+
+    def forward(self, bottom, top):
+        self._x = _input_copy(bottom, top)
+        top[0].data[...] = ops.bnll_forward(bottom[0].data)
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            x = self._x if self._x is not None else bottom[0].data
+            bottom[0].diff[...] = ops.bnll_backward(top[0].diff, x)
+
+
+@register("Threshold")
+class ThresholdLayer(NeuronLayer):
+    """Caffe `Threshold`: 1 if x > threshold else 0 (threshold_param.threshold, default 0).
+
+    No backward: asking for a diff of its bottom (propagate_down, or a loss below it) is a
+    LayerError, as Caffe's NOT_IMPLEMENTED. force_backward skips it (Caffe would abort).
+    Safe in place."""
+    param_field = "threshold_param"
+
+    def layer_setup(self, bottom, top):
+        self.threshold = self.param.threshold_param.threshold
+
+    def forward(self, bottom, top):
+        top[0].data[...] = ops.threshold_forward(bottom[0].data, self.threshold)
+
+    def allow_force_backward(self, bottom_index):
+        return False

@@ -1,5 +1,5 @@
-"""Normalization layers: BatchNorm (statistics only) and Scale (the learned gamma and beta that
-Caffe nets put after it)."""
+"""Normalization layers: BatchNorm (statistics only), Scale (the learned gamma and beta that
+Caffe nets put after it) and Bias (Scale's additive half on its own)."""
 
 from minicnn import ops
 from minicnn.errors import LayerError
@@ -146,3 +146,101 @@ class ScaleLayer(Layer):
             scale.diff[...] = dscale                                   # a bottom: assigned
         if propagate_down[0]:
             bottom[0].diff[...] = dx
+
+
+@register("Bias")
+class BiasLayer(Layer):
+    """Caffe `Bias`: y = x + bias, bias broadcast along axes axis .. axis+num_axes (the additive
+    twin of Scale; the math is minicnn.ops.bias).
+
+    One bottom: bias is blobs[0] (shape bottom.shape[axis : axis + num_axes], axis negative ok,
+    num_axes -1 = to the end, 0 = a scalar; filler default constant 0). Two bottoms: bias is
+    bottom[1], whose shape must equal bottom[0].shape[axis : axis + bottom[1].ndim] (num_axes is
+    then ignored; a 0-axis bottom[1] is a scalar). Backward: dx = dy; dbias = dy summed over the
+    broadcast axes, added to blobs[0].diff but assigned to bottom[1].diff. Safe in place:
+    backward needs only dy."""
+    param_field = "bias_param"
+    min_num_bottom, max_num_bottom = 1, 2
+    exact_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        p = self.param.bias_param
+        self.bias_is_param = len(bottom) == 1
+        if not self.bias_is_param:
+            return
+        x_shape = bottom[0].shape
+        axis = self.canonical_axis(bottom[0], p.axis)
+        if p.num_axes < -1:
+            raise LayerError(f"bias_param num_axes must be >= 0, or -1 to extend to the end "
+                             f"of bottom[0]; got {p.num_axes}")
+        end = len(x_shape) if p.num_axes == -1 else axis + p.num_axes
+        if end > len(x_shape):
+            raise LayerError(f"the bias's shape extends past bottom[0]'s shape {x_shape}: "
+                             f"axis {axis} + num_axes {p.num_axes} > {len(x_shape)} axes")
+        # an unset filler is FillerParameter's default, constant 0: Caffe's default too
+        self.init_param(0, x_shape[axis:end], p.filler, what="bias")
+
+    def _bias_blob(self, bottom):
+        return self.blobs[0] if self.bias_is_param else bottom[1]
+
+    def reshape(self, bottom, top):
+        x_shape, bias_shape = bottom[0].shape, self._bias_blob(bottom).shape
+        # a scalar bias is added to everything, whatever the axis (Caffe sets axis 0)
+        self.axis = 0 if len(bias_shape) == 0 else \
+            self.canonical_axis(bottom[0], self.param.bias_param.axis)
+        covered = x_shape[self.axis:self.axis + len(bias_shape)]
+        if covered != bias_shape:
+            raise LayerError(f"bias of shape {bias_shape} does not match bottom[0] of shape "
+                             f"{x_shape} at axis {self.axis} (dims there: {covered})")
+        top[0].reshape(x_shape)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = ops.bias_forward(bottom[0].data, self._bias_blob(bottom).data,
+                                            self.axis)
+
+    def backward(self, top, propagate_down, bottom):
+        bias = self._bias_blob(bottom)
+        want_bias = self.param_propagate_down[0] if self.bias_is_param else \
+            len(propagate_down) > 1 and propagate_down[1]
+        if not (propagate_down[0] or want_bias):
+            return
+        dx, dbias = ops.bias_backward(top[0].diff, len(bias.shape), self.axis)
+        if want_bias:
+            if self.bias_is_param:
+                bias.diff += dbias                                     # I1: params accumulate
+            else:
+                bias.diff[...] = dbias                                 # a bottom: assigned
+        if propagate_down[0] and bottom[0] is not top[0]:
+            bottom[0].diff[...] = dx            # in place, bottom's diff already is top's diff
+
+
+@register("MVN")
+class MVNLayer(Layer):
+    """Caffe `MVN`: mean-variance normalization per (n, c) over H*W, or per n over C*H*W with
+    mvn_param.across_channels; y = (x - mean) / (sqrt(var) + eps) with normalize_variance (the
+    default, eps 1e-9 added after the square root), else y = x - mean. No parameters.
+
+    Backward is Caffe's (exact when eps == 0; see minicnn.ops.mvn). Safe in place: forward
+    keeps y and sqrt(var) + eps for backward."""
+    param_field = "mvn_param"
+    exact_num_bottom = exact_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        p = self.param.mvn_param
+        self.normalize_variance, self.across_channels = p.normalize_variance, p.across_channels
+        self.eps = p.eps
+        self._y = self._s = None
+
+    def reshape(self, bottom, top):
+        top[0].reshape(bottom[0].shape)
+
+    def forward(self, bottom, top):
+        self._y, self._s = ops.mvn_forward(
+            bottom[0].data, normalize_variance=self.normalize_variance,
+            across_channels=self.across_channels, eps=self.eps)
+        top[0].data[...] = self._y
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            bottom[0].diff[...] = ops.mvn_backward(top[0].diff, self._y, self._s,
+                                                   across_channels=self.across_channels)

@@ -63,3 +63,44 @@ class PoolingLayer(Layer):
         else:
             dx = ops.ave_pool2d_backward(top[0].diff, bottom[0].shape, geom=self.geom)
         bottom[0].diff[...] = dx
+
+
+@register("SPP")
+class SPPLayer(Layer):
+    """Caffe `SPP` (spatial pyramid pooling): bottom (N, C, H, W) -> top (N, C * sum_l 4^l).
+
+    Level l = 0 .. pyramid_height - 1 pools the whole input into 2^l x 2^l bins with Caffe's
+    Pooling (kernel ceil(H / bins), stride = kernel, pad (kernel * bins - H + 1) // 2; see
+    minicnn.ops.spp), flattens it and the levels are concatenated. As real Caffe does,
+    pyramid_height 1 returns the pooled blob unflattened: N x C x 1 x 1. pool is MAX or AVE;
+    STOCHASTIC is refused (Caffe has it on the GPU only). An input too small for the finest
+    level (a pad >= kernel, which Caffe's Pooling refuses) is a LayerError."""
+    param_field = "spp_param"
+    exact_num_bottom = exact_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        p = self.type_param
+        if p.pool == "STOCHASTIC":
+            raise LayerError("STOCHASTIC SPP pooling is not supported (Caffe has no CPU version "
+                             "of it); use MAX or AVE")
+        self.pool = p.pool
+        self.levels = ops.spp_levels(p.pyramid_height)
+        self.masks = None
+
+    def reshape(self, bottom, top):
+        if len(bottom[0].shape) != 4:
+            raise LayerError(f"SPP needs a 4-axis (N, C, H, W) input, got shape "
+                             f"{bottom[0].shape}")
+        n, c, h, w = bottom[0].shape
+        features = ops.spp_features(h, w, self.levels)
+        top[0].reshape((n, c, 1, 1) if len(self.levels) == 1 else (n, c * features))
+
+    def forward(self, bottom, top):
+        y, self.masks = ops.spp_forward(bottom[0].data, levels=self.levels, pool=self.pool)
+        top[0].data[...] = y.reshape(top[0].shape)
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            dy = top[0].diff.reshape(top[0].shape[0], -1)
+            bottom[0].diff[...] = ops.spp_backward(dy, bottom[0].shape, levels=self.levels,
+                                                   pool=self.pool, masks=self.masks)

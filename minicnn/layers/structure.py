@@ -1,5 +1,5 @@
-"""Layers that route blobs (Split, Concat, Flatten, Silence) or combine them elementwise
-(Eltwise, whose math is in minicnn.ops.eltwise)."""
+"""Layers that route blobs (Split, Concat, Slice, Flatten, Reshape, Silence) or combine them
+elementwise (Eltwise, whose math is in minicnn.ops.eltwise)."""
 
 import warnings
 
@@ -177,3 +177,198 @@ class SilenceLayer(Layer):
         for b, down in zip(bottom, propagate_down):
             if down:
                 b.diff[...] = 0
+
+
+@register("Slice")
+class SliceLayer(Layer):
+    """Caffe `Slice`, Concat's inverse: cuts the bottom along slice_param.axis (default 1,
+    negative allowed) or the legacy slice_dim (no counting from the end; not both) into one top
+    per piece. slice_point gives the len(top) - 1 cut positions, strictly increasing inside
+    (0, dim); without it the axis is split evenly into len(top) parts. Backward concatenates the
+    tops' diffs into the bottom. A single top is a copy (Caffe shares the data instead).
+
+    Caffe itself accepts a last slice_point equal to dim (an empty last top); minicnn refuses it
+    as a mistake. In place only with a single top."""
+    param_field = "slice_param"
+    exact_num_bottom = 1
+    min_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        p = self.param.slice_param
+        if p.HasField("axis") and p.HasField("slice_dim"):
+            raise LayerError(f"give slice_param axis ({p.axis}) or slice_dim ({p.slice_dim}), "
+                             "not both")
+        if len(top) > 1 and top[0] is bottom[0]:
+            raise LayerError(f"Slice with {len(top)} tops cannot run in place (top[0] is "
+                             "bottom[0])")
+        self.slice_points = [int(s) for s in p.slice_point]
+        if self.slice_points and len(self.slice_points) != len(top) - 1:
+            raise LayerError(f"Slice with {len(self.slice_points)} slice_point values "
+                             f"({self.slice_points}) needs {len(self.slice_points) + 1} tops, "
+                             f"got {len(top)}")
+
+    def reshape(self, bottom, top):
+        p = self.param.slice_param
+        shape = bottom[0].shape
+        if p.HasField("slice_dim"):
+            # legacy: an unsigned index, no counting from the end
+            if p.slice_dim >= len(shape):
+                raise LayerError(f"slice_dim {p.slice_dim} is out of range for a bottom of "
+                                 f"shape {shape} ({len(shape)} axes)")
+            self.axis = p.slice_dim
+        else:
+            self.axis = self.canonical_axis(bottom[0], p.axis)
+        dim = shape[self.axis]
+        if self.slice_points:
+            cuts = [0, *self.slice_points, dim]
+            if any(a >= b for a, b in zip(cuts, cuts[1:])):
+                raise LayerError(f"slice_point {self.slice_points} must be strictly increasing "
+                                 f"and inside (0, {dim}) for axis {self.axis} of a bottom of "
+                                 f"shape {shape}")
+            self.sizes = [b - a for a, b in zip(cuts, cuts[1:])]
+        else:
+            if dim % len(top):
+                raise LayerError(f"Slice into {len(top)} tops without slice_point needs axis "
+                                 f"{self.axis} (size {dim}, bottom shape {shape}) to be "
+                                 f"divisible by {len(top)}")
+            self.sizes = [dim // len(top)] * len(top)
+        for t, size in zip(top, self.sizes):
+            t.reshape(shape[:self.axis] + (size,) + shape[self.axis + 1:])
+
+    def forward(self, bottom, top):
+        parts = np.split(bottom[0].data, np.cumsum(self.sizes)[:-1], axis=self.axis)
+        for t, part in zip(top, parts):
+            t.data[...] = part
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            bottom[0].diff[...] = np.concatenate([t.diff for t in top], axis=self.axis)
+
+
+@register("Reshape")
+class ReshapeLayer(Layer):
+    """Caffe `Reshape`: the bottom's data under a new shape (same count, same order).
+
+    reshape_param.shape replaces the bottom axes [start, end): start = axis (default 0; a
+    negative axis counts from after the last axis, start = ndim + axis + 1, so -1 replaces
+    nothing at the end), end = start + num_axes (default -1: to the end). The axes before and
+    after the range are kept. In shape, a 0 copies the bottom's dim at the same position
+    counted from start, and one -1 is inferred from the count. Caffe's top shares the bottom's
+    memory; minicnn copies the data into the top (and the diff back), so it is not in place.
+
+    caffe.proto's comment lists ``shape { dim: 2 dim: 4 } axis: -3`` among the ways to make a
+    2x8 blob 2x2x4; by Caffe's code (and here) that is a count error, -2 is what works
+    (BVLC/caffe PR #6936 corrects the comment)."""
+    param_field = "reshape_param"
+    exact_num_bottom = exact_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        if bottom[0] is top[0]:
+            raise LayerError("Reshape does not allow in-place computation (minicnn copies the "
+                             "data into a separate top)")
+        self.dims = [int(d) for d in self.param.reshape_param.shape.dim]
+        inferred = [i for i, d in enumerate(self.dims) if d == -1]
+        if len(inferred) > 1:
+            raise LayerError(f"reshape shape {self.dims} has {len(inferred)} dims of -1 (at "
+                             f"positions {inferred}); at most one may be inferred")
+        if any(d < -1 for d in self.dims):
+            raise LayerError(f"reshape shape {self.dims} has a dim below -1 (only 0 = copy and "
+                             "-1 = infer are special)")
+        self.inferred = inferred[0] if inferred else None
+        self.copy_axes = [i for i, d in enumerate(self.dims) if d == 0]
+
+    def reshape(self, bottom, top):
+        p = self.param.reshape_param
+        shape, n = bottom[0].shape, len(bottom[0].shape)
+        count = bottom[0].count
+        start = p.axis if p.axis >= 0 else n + p.axis + 1
+        if not 0 <= start <= n:
+            raise LayerError(f"reshape axis {p.axis} is out of range for a bottom of shape "
+                             f"{shape} ({n} axes)")
+        if p.num_axes < -1:
+            raise LayerError(f"reshape num_axes must be >= 0, or -1 for all; got {p.num_axes}")
+        end = n if p.num_axes == -1 else start + p.num_axes
+        if end > n:
+            raise LayerError(f"reshape axis {p.axis} + num_axes {p.num_axes} = {end} is past "
+                             f"the {n} axes of a bottom of shape {shape}")
+        new = list(shape[:start]) + self.dims + list(shape[end:])
+        for i in self.copy_axes:
+            # Caffe copies from bottom axis start + i, even past the replaced range
+            if start + i >= n:
+                raise LayerError(f"reshape shape {self.dims} has a 0 at position {i} with no "
+                                 f"corresponding bottom axis to copy (axis {start + i} of a "
+                                 f"bottom of shape {shape})")
+            new[start + i] = shape[start + i]
+        if self.inferred is not None:
+            k = start + self.inferred
+            known = int(np.prod(new[:k] + new[k + 1:], dtype=np.int64))
+            if known == 0 or count % known:
+                raise LayerError(f"cannot infer the -1 in reshape shape {self.dims}: bottom "
+                                 f"shape {shape} has count {count}, which the product of the "
+                                 f"other dims ({known}) does not divide")
+            new[k] = count // known
+        if int(np.prod(new, dtype=np.int64)) != count:
+            raise LayerError(f"reshape of bottom shape {shape} (count {count}) to shape "
+                             f"{tuple(new)} (requested {self.dims}, count "
+                             f"{int(np.prod(new, dtype=np.int64))}): the counts must match")
+        top[0].reshape(new)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = bottom[0].data.reshape(top[0].shape)
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            bottom[0].diff[...] = top[0].diff.reshape(bottom[0].shape)
+
+
+@register("Crop")
+class CropLayer(Layer):
+    """Caffe `Crop`: bottom[0] cut down to bottom[1]'s size on every axis from crop_param.axis
+    (default 2, negative allowed) on; earlier axes are kept whole. offset: none (all 0), one (used
+    on every cropped axis) or one per cropped axis. FCN uses it to align an upsampled score map
+    with the input. Backward pads the diff with zeros back to bottom[0]'s shape; bottom[1] only
+    lends its shape and gets no diff."""
+    param_field = "crop_param"
+    exact_num_bottom, exact_num_top = 2, 1
+
+    def layer_setup(self, bottom, top):
+        p = self.param.crop_param
+        self.axis = self.canonical_axis(bottom[0], p.axis)
+        ndim = len(bottom[0].shape)
+        self.offset = list(p.offset)
+        if len(self.offset) > 1 and len(self.offset) != ndim - self.axis:
+            raise LayerError(f"Crop takes one offset, or one per cropped axis: {len(self.offset)} "
+                             f"offsets for the {ndim - self.axis} axes from axis {self.axis} of "
+                             f"a bottom of shape {bottom[0].shape}")
+        if bottom[0] is top[0]:
+            raise LayerError("Crop does not allow in-place computation")
+
+    def reshape(self, bottom, top):
+        shape, size = bottom[0].shape, bottom[1].shape
+        if len(size) < len(shape):
+            raise LayerError(f"Crop from axis {self.axis}: bottom[1] of shape {size} needs at "
+                             f"least the {len(shape)} axes of bottom[0] {shape}")
+        offsets = [0] * len(shape)
+        for i in range(self.axis, len(shape)):
+            if self.offset:
+                offsets[i] = self.offset[0] if len(self.offset) == 1 else \
+                    self.offset[i - self.axis]
+            if offsets[i] + size[i] > shape[i]:
+                raise LayerError(f"Crop on axis {i} is out of bounds: offset {offsets[i]} + size "
+                                 f"{size[i]} > {shape[i]} (bottom[0] {shape}, bottom[1] {size})")
+        out = tuple(shape[:self.axis]) + tuple(size[self.axis:len(shape)])
+        self.region = tuple(slice(o, o + d) for o, d in zip(offsets, out))
+        top[0].reshape(out)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = bottom[0].data[self.region]
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            bottom[0].diff[...] = 0
+            bottom[0].diff[self.region] = top[0].diff
+        if propagate_down[1]:              # the output does not depend on its values
+            bottom[1].diff[...] = 0
+
+    def allow_force_backward(self, bottom_index):
+        return bottom_index == 0          # bottom[1] only gives the size

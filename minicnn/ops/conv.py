@@ -34,6 +34,7 @@ import numpy as np
 
 from minicnn.errors import LayerError
 from minicnn.ops._dispatch import Op
+from minicnn.ops._windows import tap_ranges
 
 __all__ = ["ConvGeometry", "col2im_ref", "conv2d_backward", "conv2d_backward_data",
            "conv2d_backward_filter", "conv2d_forward", "im2col_ref"]
@@ -147,17 +148,18 @@ def _axis_pair(p, name, h_name, w_name, default):
 def im2col_ref(x, geom):
     """Every kernel window of x as a column: (N, C, H, W) -> (N, C, kh, kw, oh, ow).
 
-    cols[n, c, i, j, y, z] = xpad[n, c, y*sh + i*dh, z*sw + j*dw]; zero where a tap reads padding.
+    cols[n, c, i, j, y, z] = x[n, c, y*sh + i*dh - ph, z*sw + j*dw - pw], and 0 where that
+    position is padding (outside the image).
     """
     n, c, h, w = x.shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = geom.kernel, geom.stride, geom.pad, geom.dilation
     oh, ow = geom.out_hw(h, w)
-    xpad = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    cols = np.empty((n, c, kh, kw, oh, ow), x.dtype)
-    for i in range(kh):
-        for j in range(kw):                    # tap (i, j) of every window: one strided slice
-            cols[:, :, i, j] = xpad[:, :, i * dh: i * dh + (oh - 1) * sh + 1: sh,
-                                    j * dw: j * dw + (ow - 1) * sw + 1: sw]
+    cols = np.zeros((n, c, kh, kw, oh, ow), x.dtype)
+    for i, lo_y, hi_y, r in tap_ranges(h, kh, sh, ph, dh, oh):
+        for j, lo_z, hi_z, q in tap_ranges(w, kw, sw, pw, dw, ow):   # tap (i, j) of every window:
+            cols[:, :, i, j, lo_y:hi_y, lo_z:hi_z] = \
+                x[:, :, r:r + (hi_y - lo_y - 1) * sh + 1:sh,       # one strided slice
+                  q:q + (hi_z - lo_z - 1) * sw + 1:sw]
     return cols
 
 
@@ -170,12 +172,12 @@ def col2im_ref(cols, x_hw, geom):
     if (kh, kw) != geom.kernel or (oh, ow) != geom.out_hw(h, w):
         raise LayerError(f"columns of shape {cols.shape} do not fit a {h}x{w} image with kernel "
                          f"{geom.kernel} and output {geom.out_hw(h, w)}")
-    xpad = np.zeros((n, c, h + 2 * ph, w + 2 * pw), cols.dtype)
-    for i in range(kh):
-        for j in range(kw):                    # within one tap, windows never hit a pixel twice
-            xpad[:, :, i * dh: i * dh + (oh - 1) * sh + 1: sh,
-                 j * dw: j * dw + (ow - 1) * sw + 1: sw] += cols[:, :, i, j]
-    return np.ascontiguousarray(xpad[:, :, ph: ph + h, pw: pw + w])
+    x = np.zeros((n, c, h, w), cols.dtype)
+    for i, lo_y, hi_y, r in tap_ranges(h, kh, sh, ph, dh, oh):
+        for j, lo_z, hi_z, q in tap_ranges(w, kw, sw, pw, dw, ow):   # within one tap, windows
+            x[:, :, r:r + (hi_y - lo_y - 1) * sh + 1:sh,                # never hit a pixel twice
+              q:q + (hi_z - lo_z - 1) * sw + 1:sw] += cols[:, :, i, j, lo_y:hi_y, lo_z:hi_z]
+    return x
 
 
 def _check_4d(**arrays):

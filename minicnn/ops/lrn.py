@@ -36,12 +36,13 @@ def check_local_size(local_size, norm_region="ACROSS_CHANNELS"):
 
 def _window_sum(a, n, axes):
     """Sum over a window of n centred on each element along ``axes``, zero beyond the ends."""
-    half = (n - 1) // 2
     for axis in axes:
+        length = a.shape[axis]
+        half = min((n - 1) // 2, max(length - 1, 0))   # a wider window adds only zeros
         padding = [(0, 0)] * a.ndim
         padding[axis] = (half, half)
-        ap, length, out = np.pad(a, padding), a.shape[axis], np.zeros_like(a)
-        for offset in range(n):
+        ap, out = np.pad(a, padding), np.zeros_like(a)
+        for offset in range(2 * half + 1):
             out += ap[(slice(None),) * axis + (slice(offset, offset + length),)]
         a = out
     return a

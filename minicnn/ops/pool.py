@@ -27,6 +27,7 @@ import numpy as np
 
 from minicnn.errors import LayerError
 from minicnn.ops._dispatch import Op
+from minicnn.ops._windows import tap_ranges
 
 __all__ = [
     "PoolGeometry",
@@ -125,16 +126,6 @@ def _window_starts(size, k, s, p, n_out):
     return h0, np.minimum(h0 + k, size + p) - h0
 
 
-def _padded(x, geom, fill):
-    """x padded so that every window lies inside: (N, C, (oh-1)*sh + kh, (ow-1)*sw + kw)."""
-    h, w = x.shape[2:]
-    (kh, kw), (sh, sw), (ph, pw) = geom.kernel_for(h, w), geom.stride, geom.pad
-    oh, ow = geom.out_hw(h, w)
-    after_h = max((oh - 1) * sh + kh - h - ph, 0)           # CEIL windows may overhang the pad
-    after_w = max((ow - 1) * sw + kw - w - pw, 0)
-    return np.pad(x, ((0, 0), (0, 0), (ph, after_h), (pw, after_w)), constant_values=fill)
-
-
 # --- reference ---------------------------------------------------------------------------------
 
 @max_pool2d_forward.impl("ref")
@@ -143,16 +134,18 @@ def _max_pool2d_forward_ref(x, *, geom):
     h, w = x.shape[2:]
     (kh, kw), (sh, sw), (ph, pw) = geom.kernel_for(h, w), geom.stride, geom.pad
     oh, ow = geom.out_hw(h, w)
-    xp = _padded(x, geom, -np.inf)
     y = np.full((*x.shape[:2], oh, ow), np.finfo(np.float32).min, x.dtype)   # Caffe's -FLT_MAX
     mask = np.full(y.shape, -1, np.int64)
-    rows, cols = np.arange(oh) * sh - ph, np.arange(ow) * sw - pw
-    for i in range(kh):
-        for j in range(kw):                     # row-major taps + strict > : first max wins
-            tap = xp[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
-            take = tap > y
-            y = np.where(take, tap, y)
-            mask = np.where(take, (rows[:, None] + i) * w + (cols[None, :] + j), mask)
+    for i, lo_y, hi_y, r in tap_ranges(h, kh, sh, ph, 1, oh):      # taps on padding: -inf,
+        for j, lo_z, hi_z, q in tap_ranges(w, kw, sw, pw, 1, ow):  # never a maximum
+            tap = x[:, :, r:r + (hi_y - lo_y - 1) * sh + 1:sh, q:q + (hi_z - lo_z - 1) * sw + 1:sw]
+            best = y[:, :, lo_y:hi_y, lo_z:hi_z]                   # a view: updated in place
+            take = tap > best                  # row-major taps + strict > : first max wins
+            rows = np.arange(r, r + (hi_y - lo_y) * sh, sh)[:, None]
+            cols = np.arange(q, q + (hi_z - lo_z) * sw, sw)[None, :]
+            best[take] = tap[take]
+            mask[:, :, lo_y:hi_y, lo_z:hi_z][take] = np.broadcast_to(rows * w + cols,
+                                                                     take.shape)[take]
     return y, mask
 
 
@@ -182,13 +175,13 @@ def _ave_divisor(geom, h, w, dtype):
 def _ave_pool2d_forward_ref(x, *, geom):
     """(N, C, H, W) -> (N, C, oh, ow)."""
     h, w = x.shape[2:]
-    (kh, kw), (sh, sw) = geom.kernel_for(h, w), geom.stride
+    (kh, kw), (sh, sw), (ph, pw) = geom.kernel_for(h, w), geom.stride, geom.pad
     oh, ow = geom.out_hw(h, w)
-    xp = _padded(x, geom, 0)
     total = np.zeros((*x.shape[:2], oh, ow), x.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            total += xp[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+    for i, lo_y, hi_y, r in tap_ranges(h, kh, sh, ph, 1, oh):      # padding adds zeros:
+        for j, lo_z, hi_z, q in tap_ranges(w, kw, sw, pw, 1, ow):  # only image taps count
+            total[:, :, lo_y:hi_y, lo_z:hi_z] += \
+                x[:, :, r:r + (hi_y - lo_y - 1) * sh + 1:sh, q:q + (hi_z - lo_z - 1) * sw + 1:sw]
     return total / _ave_divisor(geom, h, w, x.dtype)
 
 
@@ -199,8 +192,9 @@ def _ave_pool2d_backward_ref(dy, x_shape, *, geom):
     (kh, kw), (sh, sw), (ph, pw) = geom.kernel_for(h, w), geom.stride, geom.pad
     oh, ow = dy.shape[2:]
     g = dy / _ave_divisor(geom, h, w, dy.dtype)
-    dxp = _padded(np.zeros(x_shape, dy.dtype), geom, 0)
-    for i in range(kh):
-        for j in range(kw):                     # the adjoint of the forward's slices
-            dxp[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] += g
-    return dxp[:, :, ph:ph + h, pw:pw + w].copy()   # gradient landing on padding is dropped
+    dx = np.zeros(x_shape, dy.dtype)
+    for i, lo_y, hi_y, r in tap_ranges(h, kh, sh, ph, 1, oh):      # the adjoint of the
+        for j, lo_z, hi_z, q in tap_ranges(w, kw, sw, pw, 1, ow):  # forward's slices; taps on
+            dx[:, :, r:r + (hi_y - lo_y - 1) * sh + 1:sh,          # padding carry nothing
+               q:q + (hi_z - lo_z - 1) * sw + 1:sw] += g[:, :, lo_y:hi_y, lo_z:hi_z]
+    return dx

@@ -235,6 +235,7 @@ message LayerParameter
   203 prior_box_param     PriorBoxParameter
   204 detection_output_param DetectionOutputParameter
   206 norm_param          NormalizeParameter
+  9143 interp_param       InterpParameter    # DeepLab/PSPNet fork; their 143 is BVLC's input_param
 
 message TransformationParameter
   1   scale               float    = 1
@@ -567,6 +568,14 @@ message DetectionOutputParameter
   10  visualize           bool     = false
   11  visualize_threshold float
   12  save_file           string
+
+message InterpParameter        # the DeepLab/PSPNet fork's bilinear resize layer
+  1   height              int32    = 0
+  2   width               int32    = 0
+  3   zoom_factor         int32    = 1
+  4   shrink_factor       int32    = 1
+  5   pad_beg             int32    = 0
+  6   pad_end             int32    = 0
 
 message NormalizeParameter
   1   across_spatial      bool     = true

@@ -276,11 +276,17 @@ def read_binary(path, message_type="NetParameter", keep=None):
         if size == 0:
             return MESSAGES[message_type].cls()
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            view = memoryview(mapped)
+            view, error = memoryview(mapped), None
             try:
-                return parse_binary(view, message_type, path, keep)
-            finally:
-                view.release()
+                result = parse_binary(view, message_type, path, keep)
+            except WireFormatError as e:
+                # the traceback's frames hold NumPy views of the map, which could not be closed
+                # under them: raise a copy once they are gone
+                error = WireFormatError(e.reason, e.path, e.offset, e.context)
+            view.release()
+    if error is not None:
+        raise error
+    return result
 
 
 # --- writing -----------------------------------------------------------------------------------

@@ -1,0 +1,100 @@
+"""Draw a net as a graph picture, as Caffe's python/draw_net.py does.
+
+    minicnn draw models/lenet/lenet_train_test.prototxt lenet.png --rankdir TB --phase TRAIN
+
+Layers are boxes (coloured by kind, with their main parameters), blobs are octagons, and an
+in-place layer gets a fresh node for the blob it rewrote, so the picture stays a left-to-right
+(or top-to-bottom) flow. The output format follows the file extension: .png, .svg, .pdf, or
+.dot/.gv for the Graphviz source (the only one that does not need Graphviz's `dot` program).
+"""
+
+import os
+
+from minicnn.errors import MinicnnError
+from minicnn.net import filter_net
+from minicnn.proto import caffe_pb2, read_prototxt, upgrade_net
+
+LAYER_COLOURS = {"Convolution": "#FF5050", "Deconvolution": "#FF5050", "Pooling": "#FF9900",
+                 "SPP": "#FF9900", "InnerProduct": "#CC33FF"}
+OTHER_LAYER_COLOUR, BLOB_COLOUR = "#6495ED", "#E0E0E0"
+
+
+def _details(layer, display_lrm):
+    """The short parameter lines under a layer's name."""
+    lines = []
+    if layer.type in ("Convolution", "Deconvolution"):
+        p = layer.convolution_param
+        lines.append(f"num_output: {p.num_output}")
+        for name in ("kernel_size", "stride", "pad", "dilation"):
+            if getattr(p, name):
+                lines.append(f"{name}: {'x'.join(map(str, getattr(p, name)))}")
+        if p.group != 1:
+            lines.append(f"group: {p.group}")
+    elif layer.type == "Pooling":
+        p = layer.pooling_param
+        lines.append(f"{p.pool} " + ("global" if p.global_pooling else
+                                     f"{p.kernel_size or p.kernel_h}/{p.stride}"))
+    elif layer.type == "InnerProduct":
+        lines.append(f"num_output: {layer.inner_product_param.num_output}")
+    if display_lrm and layer.param:
+        lines.append("lr_mult: " + ", ".join(f"{p.lr_mult:g}" for p in layer.param))
+        lines.append("decay_mult: " + ", ".join(f"{p.decay_mult:g}" for p in layer.param))
+    return lines
+
+
+def net_to_dot(net_param, rankdir="LR", phase="TRAIN", display_lrm=False):
+    """A graphviz.Digraph of ``net_param`` (phase TRAIN, TEST, or ALL for every layer)."""
+    try:
+        import graphviz
+    except ImportError:
+        raise MinicnnError("drawing needs the graphviz Python package: "
+                           "pip install graphviz (and Graphviz's dot program)") from None
+    net_param = upgrade_net(net_param.copy())
+    if phase != "ALL":
+        net_param = filter_net(net_param, caffe_pb2.NetState(phase=phase))
+    dot = graphviz.Digraph(net_param.name or "net", graph_attr={"rankdir": rankdir},
+                           node_attr={"fontname": "Helvetica", "fontsize": "10"})
+    version, count = {}, [0]                 # blob name -> its current node id
+
+    def blob_node(name, new=False):
+        if new or name not in version:        # an in-place top is drawn as a new node
+            count[0] += 1
+            version[name] = f"blob{count[0]}"
+            dot.node(version[name], name, shape="octagon", style="filled",
+                     fillcolor=BLOB_COLOUR)
+        return version[name]
+
+    for i, layer in enumerate(net_param.layer):
+        node = f"layer{i}"
+        label = "\n".join([layer.name, f"({layer.type})", *_details(layer, display_lrm)])
+        dot.node(node, label, shape="box", style="filled",
+                 fillcolor=LAYER_COLOURS.get(layer.type, OTHER_LAYER_COLOUR))
+        for bottom in layer.bottom:
+            dot.edge(blob_node(bottom), node)
+        for top in layer.top:
+            dot.edge(node, blob_node(top, new=top in layer.bottom))
+    return dot
+
+
+def draw_net(model, path, rankdir="LR", phase="TRAIN", display_lrm=False):
+    """Write a picture of the net in ``model`` (a prototxt path or NetParameter) to ``path``."""
+    net_param = model if isinstance(model, caffe_pb2.NetParameter) else read_prototxt(model)
+    dot = net_to_dot(net_param, rankdir, phase, display_lrm)
+    stem, extension = os.path.splitext(os.fspath(path))
+    extension = extension.lstrip(".").lower()
+    if extension in ("dot", "gv"):
+        with open(path, "w") as f:
+            f.write(dot.source)
+        return path
+    if not extension:
+        raise MinicnnError(f"give the picture a file extension (.png, .svg, .pdf or .dot): {path}")
+    import graphviz
+    try:
+        dot.render(stem, format=extension, cleanup=True)
+    except graphviz.ExecutableNotFound:
+        raise MinicnnError("drawing needs Graphviz's 'dot' program, which is not installed: "
+                           "apt-get install graphviz (Debian/Ubuntu) or brew install graphviz "
+                           "(or write the .dot source instead)") from None
+    except (graphviz.CalledProcessError, ValueError) as e:
+        raise MinicnnError(f"Graphviz could not write {path}: {e}") from None
+    return path

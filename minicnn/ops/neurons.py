@@ -1,0 +1,199 @@
+"""Elementwise neurons of Caffe's layer zoo: one output per input, y = f(x), dx = dy * f'(x).
+With u = shift + scale * x (Power, Exp, Log):
+
+    PReLU      y = max(0, x) + a_c min(0, x)     a: one slope per channel (axis 1), or one shared
+               dx = dy (x > 0 ? 1 : a_c)         da_c = sum over channel c of dy x (x <= 0)
+    ELU        y = x if x > 0 else alpha (exp(x) - 1)
+               dx = dy (x > 0 ? 1 : y + alpha)   (Caffe reads y, as here)
+    Sigmoid    y = 1 / (1 + exp(-x)) = 0.5 tanh(x / 2) + 0.5      dx = dy y (1 - y)
+    TanH       y = tanh(x)                                          dx = dy (1 - y^2)
+    AbsVal     y = |x|                           dx = dy sign(x), sign(0) = 0
+    Power      y = u^power                       dx = dy power scale u^(power - 1)
+    Exp        y = base^u                        dx = dy y ln(base) scale
+    Log        y = log_base(u)                   dx = dy scale / (u ln(base))
+    BNLL       y = log(1 + exp(x))               dx = dy e / (e + 1), e = exp(min(x, 50))
+    Threshold  y = 1 if x > threshold else 0     no backward (the derivative is 0 or undefined)
+
+Exp and Log take base -1 to mean e (ln(base) = 1 exactly); callers check base > 0 (and, for
+Log, base != 1). Kinks: PReLU and ELU at 0 take the x <= 0 branch (as ReLU, invariant I3); AbsVal
+gives 0 at 0, Caffe's caffe_cpu_sign.
+
+Where this differs in floating point from Caffe's loops, it is the more accurate form of the same
+formula: Sigmoid uses Caffe's own tanh form (no overflow for large |x|); ELU uses expm1; BNLL
+uses max(x, 0) + log1p(exp(-|x|)) (Caffe: x + log(1 + exp(-x)) for x > 0, else
+log(1 + exp(x))); Exp computes exp(ln(base) u) in one exp (Caffe: base^shift exp(ln(base) scale x),
+whose first factor can overflow on its own).
+
+Power's backward is the direct formula. For powers other than 1 and 2 Caffe's takes shortcuts
+instead: power y / x when shift == 0, power scale y / u otherwise, which are 0/0 = NaN wherever
+u == 0 even where the derivative exists (power > 1); they agree elsewhere.
+power == 0 or scale == 0 gives y = shift^power (1 when power == 0) and dx = 0, as in Caffe.
+
+Values outside a function's domain (Log of a negative number, Power of a negative base with a
+fractional power, Exp overflowing) give NaN or inf as Caffe's do, without NumPy warnings.
+
+Every op keeps the input's dtype (parameters are Python floats, which NumPy 2 keeps weak).
+Impls: ref. (Elementwise NumPy is memory-bound already.)
+"""
+
+import math
+
+import numpy as np
+
+from minicnn.ops._dispatch import Op
+
+prelu_forward, prelu_backward = Op("prelu_forward"), Op("prelu_backward")
+elu_forward, elu_backward = Op("elu_forward"), Op("elu_backward")
+sigmoid_forward, sigmoid_backward = Op("sigmoid_forward"), Op("sigmoid_backward")
+tanh_forward, tanh_backward = Op("tanh_forward"), Op("tanh_backward")
+absval_forward, absval_backward = Op("absval_forward"), Op("absval_backward")
+power_forward, power_backward = Op("power_forward"), Op("power_backward")
+exp_forward, exp_backward = Op("exp_forward"), Op("exp_backward")
+log_forward, log_backward = Op("log_forward"), Op("log_backward")
+bnll_forward, bnll_backward = Op("bnll_forward"), Op("bnll_backward")
+threshold_forward = Op("threshold_forward")
+
+BNLL_THRESHOLD = 50.0                   # Caffe's kBNLL_THRESHOLD: exp's argument is clamped here
+
+
+def ln_base(base):
+    """ln(base) for Exp and Log, with base -1 meaning e (exactly 1)."""
+    return 1.0 if base == -1 else math.log(base)
+
+
+# --- reference: PReLU ----------------------------------------------------------------------------
+
+def _channel_view(slope, ndim):
+    """The slope shaped to broadcast along axis 1 of an ndim-axis x (a 0-d slope as it is)."""
+    return slope if slope.ndim == 0 else slope.reshape((1, -1) + (1,) * (ndim - 2))
+
+
+@prelu_forward.impl("ref")
+def _prelu_forward_ref(x, slope):
+    """x: (N, C, ...) with >= 2 axes; slope: (C,), or () when channel_shared."""
+    return np.where(x > 0, x, x * _channel_view(slope, x.ndim))
+
+
+@prelu_backward.impl("ref")
+def _prelu_backward_ref(dy, x, slope):
+    """(dx, dslope), dslope of slope's shape: the caller adds it to the slope's diff."""
+    neg = x <= 0                                           # the kink takes the slope branch
+    dx = np.where(neg, dy * _channel_view(slope, x.ndim), dy)
+    contrib = np.where(neg, dy * x, 0)
+    axes = tuple(a for a in range(x.ndim) if slope.ndim == 0 or a != 1)
+    return dx, contrib.sum(axis=axes).reshape(slope.shape)
+
+
+# --- reference: ELU, Sigmoid, TanH ----------------------------------------------------------------
+
+@elu_forward.impl("ref")
+def _elu_forward_ref(x, alpha=1.0):
+    # exp of min(x, 0) only: no overflow for large x
+    return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0)))
+
+
+@elu_backward.impl("ref")
+def _elu_backward_ref(dy, x, y, alpha=1.0):
+    """Needs only the sign of x: y may stand in for x when alpha >= 0 (same sign)."""
+    return np.where(x > 0, dy, dy * (y + alpha))
+
+
+@sigmoid_forward.impl("ref")
+def _sigmoid_forward_ref(x):
+    return 0.5 * np.tanh(0.5 * x) + 0.5                  # Caffe's form; 1/(1+exp(-x)) overflows
+
+
+@sigmoid_backward.impl("ref")
+def _sigmoid_backward_ref(dy, y):
+    return dy * y * (1 - y)
+
+
+@tanh_forward.impl("ref")
+def _tanh_forward_ref(x):
+    return np.tanh(x)
+
+
+@tanh_backward.impl("ref")
+def _tanh_backward_ref(dy, y):
+    return dy * (1 - y * y)
+
+
+# --- reference: AbsVal ----------------------------------------------------------------------------
+
+@absval_forward.impl("ref")
+def _absval_forward_ref(x):
+    return np.abs(x)
+
+
+@absval_backward.impl("ref")
+def _absval_backward_ref(dy, x):
+    return dy * np.sign(x)                                # sign(0) = 0, as caffe_cpu_sign
+
+
+# --- reference: Power, Exp, Log -------------------------------------------------------------------
+
+@power_forward.impl("ref")
+def _power_forward_ref(x, power=1.0, scale=1.0, shift=0.0):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):   # NaN/inf as Caffe
+        if power * scale == 0:                            # the input does not matter
+            t = x.dtype.type
+            return np.full_like(x, 1 if power == 0 else np.power(t(shift), t(power)))
+        return (shift + scale * x) ** power
+
+
+@power_backward.impl("ref")
+def _power_backward_ref(dy, x, power=1.0, scale=1.0, shift=0.0):
+    diff_scale = power * scale
+    if diff_scale == 0:
+        return np.zeros_like(dy)
+    if power == 1:
+        return dy * diff_scale
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        return dy * (diff_scale * (shift + scale * x) ** (power - 1))
+
+
+@exp_forward.impl("ref")
+def _exp_forward_ref(x, base=-1.0, scale=1.0, shift=0.0):
+    ln = ln_base(base)
+    with np.errstate(over="ignore"):                      # overflow is inf, as in Caffe
+        return np.exp(x * (ln * scale) + ln * shift)
+
+
+@exp_backward.impl("ref")
+def _exp_backward_ref(dy, y, base=-1.0, scale=1.0, shift=0.0):
+    """Needs only y, so it is safe in place."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        return dy * y * (ln_base(base) * scale)
+
+
+@log_forward.impl("ref")
+def _log_forward_ref(x, base=-1.0, scale=1.0, shift=0.0):
+    with np.errstate(divide="ignore", invalid="ignore"):  # log(0) = -inf, log(< 0) = NaN
+        y = np.log(shift + scale * x)
+    ln = ln_base(base)
+    return y if ln == 1.0 else y * (1 / ln)
+
+
+@log_backward.impl("ref")
+def _log_backward_ref(dy, x, base=-1.0, scale=1.0, shift=0.0):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return dy * (scale / ln_base(base)) / (shift + scale * x)
+
+
+# --- reference: BNLL, Threshold -------------------------------------------------------------------
+
+@bnll_forward.impl("ref")
+def _bnll_forward_ref(x):
+    # log(1 + e^x) = max(x, 0) + log(1 + e^-|x|): exp's argument is never positive
+    return np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
+
+
+@bnll_backward.impl("ref")
+def _bnll_backward_ref(dy, x):
+    e = np.exp(np.minimum(x, BNLL_THRESHOLD))             # Caffe's clamp; e/(e+1) is 1 there
+    return dy * (e / (e + 1))
+
+
+@threshold_forward.impl("ref")
+def _threshold_forward_ref(x, threshold=0.0):
+    return (x > threshold).astype(x.dtype)

@@ -1,0 +1,57 @@
+"""minicnn draw: the graph of a net, by phase, as Graphviz source or a picture."""
+
+import os
+import re
+import shutil
+
+import pytest
+
+from minicnn.cli import main
+from minicnn.draw import net_to_dot
+from minicnn.errors import MinicnnError
+from minicnn.proto import read_prototxt
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LENET = os.path.join(REPO, "models", "lenet", "lenet_train_test.prototxt")
+
+
+def blob_nodes(source, name):
+    return len(re.findall(rf'label="?{name}"? fillcolor="#E0E0E0"', source))
+
+
+def test_layers_blobs_and_in_place_nodes():
+    source = net_to_dot(read_prototxt(LENET), phase="TRAIN").source
+    assert "conv1\n(Convolution)\nnum_output: 20\nkernel_size: 5" in source
+    assert "accuracy" not in source                     # TEST-only layer left out
+    assert blob_nodes(source, "ip1") == 2               # relu1 rewrites ip1 in place
+    assert blob_nodes(source, "conv1") == 1 and "rankdir=LR" in source
+
+
+def test_all_phases_and_options(tmp_path):
+    source = net_to_dot(read_prototxt(LENET), rankdir="TB", phase="ALL",
+                        display_lrm=True).source
+    assert "accuracy" in source and "rankdir=TB" in source and "lr_mult: 1, 2" in source
+    assert blob_nodes(source, "data") == 1               # TRAIN and TEST data share the node
+
+
+def test_command_writes_dot_source_without_graphviz(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", "")
+    out = tmp_path / "net.dot"
+    assert main(["draw", LENET, str(out), "--phase", "TEST"]) == 0
+    assert out.read_text().startswith("digraph")
+    assert main(["draw", LENET, str(tmp_path / "net.png")]) == 1
+    assert "needs Graphviz's 'dot' program" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's dot is not installed")
+def test_command_writes_a_png(tmp_path):
+    out = tmp_path / "lenet.png"
+    assert main(["draw", LENET, str(out), "--rankdir", "TB"]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert os.listdir(tmp_path) == ["lenet.png"]
+
+
+def test_missing_extension_is_an_error(tmp_path):
+    from minicnn.draw import draw_net
+    with pytest.raises(MinicnnError, match="file extension"):
+        draw_net(LENET, tmp_path / "picture")
