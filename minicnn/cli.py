@@ -320,6 +320,15 @@ def draw(args):
     return 0
 
 
+@command
+def layers(args):
+    """List every layer type minicnn knows, with its parameters and backends."""
+    from minicnn import catalogue
+    print(catalogue.markdown() if args.markdown else catalogue.table(), end="" if args.markdown
+          else "\n")
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="minicnn", description="Run Caffe nets with minicnn (commands after Caffe's tool).")
@@ -364,6 +373,9 @@ def build_parser():
     p.add_argument("--phase", choices=["TRAIN", "TEST", "ALL"], default="ALL", type=str.upper,
                    help="draw the layers of this phase (default ALL)")
     p.add_argument("--display-lrm", action="store_true", help="show lr_mult and decay_mult")
+
+    p = sub.add_parser("layers", help="list the layer types, their parameters and backends")
+    p.add_argument("--markdown", action="store_true", help="the full catalogue as Markdown")
 
     p = sub.add_parser("data", help="write a packaged dataset as LMDB (or HDF5) files")
     p.add_argument("dataset", choices=["mnist", "fashion-mnist"])

@@ -238,3 +238,15 @@ def test_reading_a_large_model_needs_about_its_own_size(tmp_path):
     tracemalloc.stop()
     assert peak < 1.15 * size, f"peak {peak / 1e6:.1f} MB for a {size / 1e6:.1f} MB file"
     assert model.layer[3].blobs[0].data.shape == (2_500_000,)
+
+
+def test_fork_interp_param_at_bvlc_input_param_number():
+    """DeepLab/PSPNet caffemodels store interp_param at 143, BVLC's input_param."""
+    interp = field(1, 0, varint(65)) + field(2, 0, varint(33))              # height, width
+    data = field(1, 2, b"up") + field(2, 2, b"Interp") + field(143, 2, interp)
+    layer = parse_binary(data, "LayerParameter")
+    assert (layer.interp_param.height, layer.interp_param.width) == (65, 33)
+    assert not layer.HasField("input_param")
+    shape = field(1, 2, field(1, 2, varint(1) + varint(3)))                   # input_param.shape
+    data = field(1, 2, b"data") + field(2, 2, b"Input") + field(143, 2, shape)
+    assert list(parse_binary(data, "LayerParameter").input_param.shape[0].dim) == [1, 3]

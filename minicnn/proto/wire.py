@@ -31,6 +31,11 @@ _SCALAR_WIRE = {"int32": VARINT, "int64": VARINT, "uint32": VARINT, "uint64": VA
 _WIRE_NAMES = {0: "varint", 1: "fixed64", 2: "length-delimited", 3: "start-group",
                4: "end-group", 5: "fixed32"}
 _MAX_DEPTH = 64
+
+# Caffe forks that reused a BVLC field number for their own layer parameter: in a layer of the
+# given type, the number means the fork's field. (DeepLab and PSPNet put interp_param at 143,
+# BVLC's input_param; a layer's type, field 2, is written before its parameters.)
+FORK_FIELDS = {("LayerParameter", 143): {"Interp": "interp_param"}}
 _CHUNK = 1 << 20                         # records examined at once when reading unpacked floats
 
 
@@ -106,6 +111,9 @@ class _Reader:
             if number == 0:
                 self.fail("field number 0 is not allowed (corrupt data?)", key_pos)
             field = desc.fields_by_number.get(number)
+            if (desc.name, number) in FORK_FIELDS and getattr(msg, "type", None) in \
+                    FORK_FIELDS[desc.name, number]:
+                field = desc.fields_by_name[FORK_FIELDS[desc.name, number][msg.type]]
             if field is None or (keep is not None and field.name not in keep):
                 pos = self.skip(number, wire_type, pos, end, depth)
                 continue

@@ -239,7 +239,7 @@ def test_spp_reshapes_for_a_new_input_size():
 
 @pytest.mark.parametrize("fields, shape, match", [
     ({"pyramid_height": 2, "pool": "STOCHASTIC"}, (1, 1, 4, 4), "STOCHASTIC SPP pooling is not"),
-    ({}, (1, 1, 4, 4), "pyramid_height must be >= 1, got 0"),
+    ({}, (1, 1, 4, 4), "pyramid_height must be between 1 and 31, got 0"),
     ({"pyramid_height": 2}, (1, 4, 4), r"4-axis \(N, C, H, W\) input, got shape \(1, 4, 4\)"),
     ({"pyramid_height": 2}, (1, 1, 1, 1), "2 bins needs pad 1 >= kernel 1"),
     ({"pyramid_height": 3}, (1, 1, 8, 5), "4 bins needs pad 2 >= kernel 2 on the 5-pixel w"),

@@ -170,7 +170,7 @@ def test_float32_stays_float32():
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda: spp_levels(0), "pyramid_height must be >= 1, got 0"),
+    (lambda: spp_levels(0), "pyramid_height must be between 1 and 31, got 0"),
     (lambda: forward(np.zeros((2, 3, 4)), levels=[1], pool="MAX"),
      r"4-D \(N, C, H, W\) input, got shape \(2, 3, 4\)"),
     (lambda: forward(np.zeros((1, 1, 4, 4)), levels=[1], pool="STOCHASTIC"),
