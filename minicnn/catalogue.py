@@ -50,10 +50,13 @@ def _default(field):
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def layer_entries():
-    """One dict per registered layer type (aliases folded into their class)."""
+def layer_entries(builtin_only=True):
+    """One dict per registered layer type (aliases folded into their class); with
+    ``builtin_only``, minicnn's own layers and not those a program registered."""
     entries = {}
     for type_name, cls in sorted(LAYERS.items()):
+        if builtin_only and not cls.__module__.startswith("minicnn."):
+            continue
         entry = entries.setdefault(cls, {"type": cls.type, "aliases": [], "class": cls})
         if type_name != cls.type:
             entry["aliases"].append(type_name)
@@ -116,10 +119,10 @@ def markdown():
     return "\n".join(lines) + "\n"
 
 
-def table():
+def table(builtin_only=False):
     header = ("type", "bottoms", "tops", "backward", "parameters", "backends")
     rows = [(e["type"], e["bottoms"], e["tops"], e["backward"], e["param_field"] or "-",
-             ", ".join(e["backends"])) for e in layer_entries()]
+             ", ".join(e["backends"])) for e in layer_entries(builtin_only)]
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
                      for r in [header] + rows)
