@@ -1,0 +1,200 @@
+"""Images in and out of nets, as pycaffe's caffe.io does it.
+
+    image = minicnn.io.load_image("cat.jpg")            # float32 H x W x 3, RGB, in [0, 1]
+    t = minicnn.io.Transformer({"data": net.blobs["data"].shape})
+    t.set_transpose("data", (2, 0, 1))                  # HWC -> CHW
+    t.set_channel_swap("data", (2, 1, 0))               # RGB -> BGR, the order Caffe nets see
+    t.set_raw_scale("data", 255)                        # [0, 1] -> [0, 255]
+    t.set_mean("data", np.array([104, 117, 123]))       # per-channel BGR mean
+    net.blobs["data"].data[0] = t.preprocess("data", image)
+
+    x = minicnn.io.preprocess("cat.jpg")               # the usual recipe in one call
+
+Transformer.preprocess applies, in caffe.io's order: resize to the input's H x W (if it
+differs), transpose, channel swap, raw scale, mean subtraction, input scale. The usual
+ImageNet recipe (Caffe's models were trained on 256 x 256 images and see 224 or 227 crops) is
+``preprocess``: resize to 256 x 256, centre crop, RGB -> BGR, x 255, minus the BGR mean
+(104, 117, 123); ``oversample`` makes Caffe's 10 crops (4 corners and centre, and their mirrors).
+"""
+
+import numpy as np
+
+from minicnn.errors import MinicnnError
+
+IMAGENET_MEAN_BGR = (104.0, 117.0, 123.0)
+
+
+def _pil():
+    try:
+        from PIL import Image
+    except ImportError:
+        raise MinicnnError("reading images needs Pillow: pip install pillow "
+                           "(or pip install minicnn[train])") from None
+    return Image
+
+
+def load_image(path, color=True):
+    """An image file as float32 H x W x C in [0, 1]: RGB (C = 3) when ``color``, else gray
+    (C = 1), as caffe.io.load_image returns it."""
+    Image = _pil()
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB" if color else "L")
+            pixels = np.asarray(image, dtype=np.float32) / 255.0
+    except (OSError, ValueError) as e:
+        raise MinicnnError(f"{path}: cannot read the image ({e})") from None
+    return pixels if color else pixels[:, :, None]
+
+
+def resize_image(image, size):
+    """An H x W x C float image resized (bilinear) to ``size`` = (height, width)."""
+    image = np.asarray(image, dtype=np.float32)
+    height, width = (int(s) for s in size)
+    if image.shape[:2] == (height, width):
+        return image.copy()
+    Image = _pil()
+    channels = [np.asarray(Image.fromarray(np.ascontiguousarray(image[:, :, c]), mode="F")
+                           .resize((width, height), Image.BILINEAR), dtype=np.float32)
+                for c in range(image.shape[2])]
+    return np.stack(channels, axis=2)
+
+
+def center_crop(image, size):
+    """The central ``size`` = (height, width) crop of an H x W x C image."""
+    h, w = image.shape[:2]
+    ch, cw = size
+    if ch > h or cw > w:
+        raise MinicnnError(f"cannot crop {ch}x{cw} from an image of {h}x{w}")
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return image[top:top + ch, left:left + cw]
+
+
+def oversample(images, crop_size):
+    """Caffe's 10 crops of each H x W x C image: the 4 corners and the centre, then the same
+    five mirrored. Returns (10 * N, ch, cw, C) ordered image by image."""
+    ch, cw = crop_size
+    out = []
+    for image in images:
+        h, w = image.shape[:2]
+        if ch > h or cw > w:
+            raise MinicnnError(f"cannot crop {ch}x{cw} from an image of {h}x{w}")
+        corners = [(0, 0), (0, w - cw), (h - ch, 0), (h - ch, w - cw),
+                   ((h - ch) // 2, (w - cw) // 2)]
+        crops = [image[t:t + ch, left:left + cw] for t, left in corners]
+        out.extend(crops + [crop[:, ::-1] for crop in crops])
+    return np.stack(out)
+
+
+class Transformer:
+    """caffe.io.Transformer: prepares images for one or more net inputs.
+
+    ``inputs`` maps input names to their blob shapes (N, C, H, W). Every setting is per input.
+    """
+
+    def __init__(self, inputs):
+        self.inputs = {name: tuple(shape) for name, shape in inputs.items()}
+        self.transpose, self.channel_swap = {}, {}
+        self.raw_scale, self.mean, self.input_scale = {}, {}, {}
+
+    def _check(self, name):
+        if name not in self.inputs:
+            raise MinicnnError(f"{name} is not one of the net inputs: {', '.join(self.inputs)}")
+
+    def set_transpose(self, name, order):
+        """The axis order taking an H x W x C image to the input's C x H x W, e.g. (2, 0, 1)."""
+        self._check(name)
+        if len(order) != len(self.inputs[name]) - 1:
+            raise MinicnnError("transpose order needs as many axes as an input image has")
+        self.transpose[name] = tuple(order)
+
+    def set_channel_swap(self, name, order):
+        """Reorder the channels (after the transpose), e.g. (2, 1, 0) for RGB -> BGR."""
+        self._check(name)
+        if len(order) != self.inputs[name][1]:
+            raise MinicnnError(f"channel swap needs {self.inputs[name][1]} channels, "
+                               f"got {len(order)}")
+        self.channel_swap[name] = tuple(order)
+
+    def set_raw_scale(self, name, scale):
+        """Multiply the raw [0, 1] values, e.g. by 255 for nets trained on 0..255 pixels."""
+        self._check(name)
+        self.raw_scale[name] = float(scale)
+
+    def set_mean(self, name, mean):
+        """Subtract a per-channel mean (C,) or a mean image (C, H, W), after the raw scale."""
+        self._check(name)
+        mean = np.asarray(mean, dtype=np.float32)
+        shape = self.inputs[name][1:]
+        if mean.ndim == 1 and mean.shape[0] == shape[0]:
+            mean = mean[:, None, None]                   # per channel
+        elif mean.shape != shape:
+            raise MinicnnError(f"mean of shape {mean.shape} fits neither the input's channels "
+                               f"({shape[0]},) nor its shape {shape}")
+        self.mean[name] = mean
+
+    def set_input_scale(self, name, scale):
+        """Multiply after the mean subtraction (e.g. 0.017 for some nets)."""
+        self._check(name)
+        self.input_scale[name] = float(scale)
+
+    def preprocess(self, name, image):
+        """An H x W x C image (as load_image gives) as the net input's C x H x W float32."""
+        self._check(name)
+        x = np.asarray(image, dtype=np.float32)
+        size = self.inputs[name][2:]
+        if x.shape[:2] != tuple(size):
+            x = resize_image(x, size)
+        if name in self.transpose:
+            x = x.transpose(self.transpose[name])
+        if name in self.channel_swap:
+            x = x[list(self.channel_swap[name])]
+        if name in self.raw_scale:
+            x = x * self.raw_scale[name]
+        if name in self.mean:
+            x = x - self.mean[name]
+        if name in self.input_scale:
+            x = x * self.input_scale[name]
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def deprocess(self, name, data):
+        """The inverse of preprocess (without the resize): C x H x W back to H x W x C."""
+        self._check(name)
+        x = np.array(data, dtype=np.float32)
+        if name in self.input_scale:
+            x /= self.input_scale[name]
+        if name in self.mean:
+            x += self.mean[name]
+        if name in self.raw_scale:
+            x /= self.raw_scale[name]
+        if name in self.channel_swap:
+            x = x[np.argsort(self.channel_swap[name])]
+        if name in self.transpose:
+            x = x.transpose(np.argsort(self.transpose[name]))
+        return x
+
+
+def preprocess(image, crop=224, resize=256, mean=IMAGENET_MEAN_BGR, raw_scale=255.0,
+               channel_swap=(2, 1, 0), color=True):
+    """The usual Caffe recipe in one call: an image (path or H x W x C array in [0, 1])
+    resized to ``resize`` x ``resize``, centre-cropped to ``crop``, RGB -> BGR, x ``raw_scale``,
+    minus the per-channel ``mean``; returns C x H x W float32. ``crop=None`` keeps the
+    resized image; ``resize=None`` crops from the original size."""
+    if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
+        image = load_image(image, color=color)
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if resize:
+        image = resize_image(image, (resize, resize))
+    if crop:
+        image = center_crop(image, (crop, crop))
+    x = image.transpose(2, 0, 1)
+    if channel_swap is not None and x.shape[0] == len(channel_swap):
+        x = x[list(channel_swap)]
+    x = x * raw_scale
+    if mean is not None:
+        mean = np.asarray(mean, dtype=np.float32).reshape(-1, 1, 1)
+        if mean.shape[0] not in (1, x.shape[0]):
+            raise MinicnnError(f"mean has {mean.shape[0]} values for {x.shape[0]} channels")
+        x = x - mean
+    return np.ascontiguousarray(x, dtype=np.float32)

@@ -1,0 +1,78 @@
+"""minicnn.io: load_image, Transformer (caffe.io's order of operations), oversample, preprocess."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from minicnn.errors import MinicnnError
+from minicnn.io import (Transformer, center_crop, load_image, oversample, preprocess,
+                        resize_image)
+
+
+@pytest.fixture
+def rgb_file(tmp_path):
+    pixels = np.zeros((4, 6, 3), np.uint8)
+    pixels[..., 0] = 255                                 # pure red
+    pixels[1, 2] = (10, 20, 30)
+    path = tmp_path / "red.png"
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def test_load_image_is_float_rgb_in_unit_range(rgb_file):
+    image = load_image(rgb_file)
+    assert image.shape == (4, 6, 3) and image.dtype == np.float32
+    np.testing.assert_allclose(image[0, 0], [1, 0, 0])
+    np.testing.assert_allclose(image[1, 2], np.array([10, 20, 30]) / 255)
+    gray = load_image(rgb_file, color=False)
+    assert gray.shape == (4, 6, 1) and 0 < gray[0, 0, 0] < 1
+    with pytest.raises(MinicnnError, match="cannot read the image"):
+        load_image(rgb_file.parent / "missing.png")
+
+
+def test_transformer_applies_caffe_io_order():
+    rng = np.random.default_rng(0)
+    image = rng.random((5, 7, 3)).astype(np.float32)
+    t = Transformer({"data": (1, 3, 5, 7)})
+    t.set_transpose("data", (2, 0, 1))
+    t.set_channel_swap("data", (2, 1, 0))
+    t.set_raw_scale("data", 255)
+    t.set_mean("data", np.array([104.0, 117.0, 123.0]))
+    t.set_input_scale("data", 0.5)
+    x = t.preprocess("data", image)
+    expected = (image.transpose(2, 0, 1)[::-1] * 255 - np.array([104, 117, 123])[:, None, None]) \
+        * 0.5
+    np.testing.assert_allclose(x, expected, rtol=1e-6)
+    np.testing.assert_allclose(t.deprocess("data", x), image, rtol=1e-5, atol=1e-6)
+
+
+def test_transformer_resizes_to_the_input_and_checks_settings():
+    t = Transformer({"data": (1, 3, 4, 4)})
+    t.set_transpose("data", (2, 0, 1))
+    assert t.preprocess("data", np.ones((9, 9, 3))).shape == (3, 4, 4)
+    with pytest.raises(MinicnnError, match="not one of the net inputs"):
+        t.set_raw_scale("image", 255)
+    with pytest.raises(MinicnnError, match="fits neither"):
+        t.set_mean("data", np.zeros((3, 5, 5)))
+    with pytest.raises(MinicnnError, match="channel swap needs 3"):
+        t.set_channel_swap("data", (1, 0))
+
+
+def test_resize_crop_and_oversample():
+    image = np.arange(8 * 10 * 2, dtype=np.float32).reshape(8, 10, 2)
+    assert resize_image(image, (4, 5)).shape == (4, 5, 2)
+    np.testing.assert_array_equal(resize_image(np.full((3, 3, 1), 7.0), (6, 6)), 7.0)
+    np.testing.assert_array_equal(center_crop(image, (4, 4)), image[2:6, 3:7])
+    crops = oversample([image], (4, 6))
+    assert crops.shape == (10, 4, 6, 2)
+    np.testing.assert_array_equal(crops[0], image[:4, :6])               # top-left corner
+    np.testing.assert_array_equal(crops[4], image[2:6, 2:8])             # centre
+    np.testing.assert_array_equal(crops[9], image[2:6, 2:8][:, ::-1])    # mirrored centre
+
+
+def test_preprocess_is_the_usual_caffe_recipe(rgb_file):
+    x = preprocess(rgb_file, crop=2, resize=4)
+    assert x.shape == (3, 2, 2)
+    image = resize_image(load_image(rgb_file), (4, 4))[1:3, 1:3]
+    expected = image.transpose(2, 0, 1)[::-1] * 255 - np.array([104, 117, 123])[:, None, None]
+    np.testing.assert_allclose(x, expected, rtol=1e-5)
