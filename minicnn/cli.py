@@ -9,6 +9,10 @@
     minicnn convert-imageset ROOT/ LIST.txt DB           # Caffe's convert_imageset
     minicnn compute-image-mean DB mean.binaryproto
     minicnn draw NET.prototxt net.png --rankdir TB --phase TRAIN       # Caffe's draw_net.py
+    minicnn classify cat.jpg @more.txt --model M --weights W --labels synset_words.txt
+    minicnn extract --model M --weights W --blob pool --images list.txt --out feats.h5
+    minicnn retrieve --model M --weights W --blob pool --database list.txt --query q.jpg -k 5
+    minicnn visualize --model M --weights W --layer conv1 --out filters.png
 
 Caffe's single-dash long options (``-model``, ``-iterations``, ``-sigint_effect``) are accepted
 alongside the usual ``--model``. Errors in user files print one line naming the file and place,
@@ -280,12 +284,18 @@ def test(args):
 
 @command
 def data(args):
-    """Write a dataset that ships offline in a package as Caffe-standard LMDB or HDF5 files."""
+    """Write a dataset that ships offline in a package as Caffe-standard LMDB or HDF5 files,
+    or as PNG files with Caffe list files (for ImageData, convert_imageset, extract)."""
     from minicnn.data import datasets
     prepare = {"mnist": datasets.prepare_mnist,
                "fashion-mnist": datasets.prepare_fashion_mnist}[args.dataset]
     out = args.out or {"mnist": "data/mnist", "fashion-mnist": "data/fashion_mnist"}[args.dataset]
-    prepare(out, fmt=args.format)            # it reports what it wrote
+    try:                                     # it reports what it wrote
+        prepare(out, fmt=args.format, train_per_class=args.train_per_class,
+                test_per_class=args.test_per_class, seed=args.seed)
+    except ValueError as e:
+        raise MinicnnError(str(e)) from None
+    return 0
     return 0
 
 
@@ -326,6 +336,213 @@ def layers(args):
     from minicnn import catalogue
     print(catalogue.markdown() if args.markdown else catalogue.table(), end="" if args.markdown
           else "\n")
+    return 0
+
+
+# --- using a trained net: classify, extract, retrieve, visualize -------------------------------
+
+def _numbers(kind):
+    def parse(text):
+        if text.strip().lower() == "none":
+            return None
+        try:
+            return tuple(kind(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+    return parse
+
+
+def _add_deploy_options(p, phase=False, oversample=True):
+    p.add_argument("--model", help="net prototxt, usually a deploy.prototxt (Caffe's -model)")
+    p.add_argument("--weights", help="the trained .caffemodel")
+    if phase:
+        p.add_argument("--phase", choices=["TRAIN", "TEST"], default="TEST", type=str.upper)
+        p.add_argument("--level", type=int, default=0, help="net state level")
+        p.add_argument("--stage", action="append", default=[], help="net state stage")
+    p.add_argument("--mean", type=_numbers(float), default=(104.0, 117.0, 123.0),
+                   help="per-channel mean subtracted after the raw scale, in the net's channel "
+                        "order (default 104,117,123: ImageNet's BGR mean; 'none' for none)")
+    p.add_argument("--raw-scale", type=float, default=255.0,
+                   help="multiply the [0, 1] pixels by this (default 255)")
+    p.add_argument("--channel-swap", type=_numbers(int), default=(2, 1, 0),
+                   help="channel order the net wants (default 2,1,0: RGB -> BGR; 'none')")
+    p.add_argument("--resize", type=int, default=256,
+                   help="resize images to this square size before the centre crop to the net "
+                        "input's size (default 256; 0 keeps their size)")
+    if oversample:
+        p.add_argument("--oversample", action="store_true",
+                       help="average over Caffe's 10 crops (corners, centre, mirrored)")
+    p.add_argument("--root-folder", default="", help="folder prepended to the images' paths")
+    p.add_argument("--batch-size", type=int, default=10,
+                   help="net items per forward pass (default 10; an oversampled image is 10)")
+
+
+def _input_options(args):
+    return {"mean": args.mean, "raw_scale": args.raw_scale, "channel_swap": args.channel_swap,
+            "resize": args.resize or None, "oversample": getattr(args, "oversample", False)}
+
+
+def _deploy_net(args):
+    from minicnn import Net
+    if not args.model:
+        raise MinicnnError(f"give the net prototxt: minicnn {args.command} --model "
+                           "deploy.prototxt --weights trained.caffemodel ...")
+    if not args.weights:
+        print("note: no --weights given: using the net's initial (filler) weights",
+              file=sys.stderr)
+    return Net(args.model, weights=args.weights, phase=getattr(args, "phase", "TEST"),
+               level=getattr(args, "level", 0), stages=getattr(args, "stage", ()))
+
+
+def _image_paths(items, root_folder=""):
+    """Image arguments as paths: `@LIST` reads a list file (labels, if any, are ignored)."""
+    from minicnn.deploy import read_image_list
+    paths = []
+    for item in items:
+        if item.startswith("@"):
+            paths.extend(read_image_list(item[1:], root_folder)[0])
+        else:
+            paths.append(os.path.join(root_folder, item) if root_folder else item)
+    return paths
+
+
+def _progress(args):
+    return False if getattr(args, "no_progress", False) else None
+
+
+def _print_table(header, rows, right=()):
+    """Columns as wide as their widest cell; the indices in ``right`` right-aligned."""
+    cells = [header] + [[str(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    for row in cells:
+        print("  ".join(c.rjust(w) if i in right else c.ljust(w)
+                        for i, (c, w) in enumerate(zip(row, widths))).rstrip())
+
+
+@command
+def classify(args):
+    """Classify images with a trained net (Caffe's classify.py): the top-k classes of each."""
+    import json
+
+    from minicnn.deploy import classify as run_classify
+    images = _image_paths(args.image, args.root_folder)
+    if args.images:
+        images += _image_paths(["@" + args.images], args.root_folder)
+    if not images:
+        raise MinicnnError("give the images to classify: minicnn classify IMAGE... (or "
+                           "@LIST, --images LIST)")
+    net = _deploy_net(args)
+    results = run_classify(net, images, labels=args.labels, top_k=args.top_k,
+                           batch_size=args.batch_size, blob=args.blob,
+                           progress=_progress(args), **_input_options(args))
+    if args.json:
+        print(json.dumps([{"image": r["image"], "predictions": [
+            {"rank": rank, "index": index, "label": label, "probability": p}
+            for rank, (index, label, p) in enumerate(r["predictions"], 1)]}
+            for r in results], indent=2))
+        return 0
+    rows = [(r["image"] if rank == 1 else "", rank, index if label is None else label,
+             f"{p:.4f}")
+            for r in results for rank, (index, label, p) in enumerate(r["predictions"], 1)]
+    _print_table(["image", "rank", "class" if args.labels is None else "label",
+                  "probability"], rows, right=(1, 3))
+    return 0
+
+
+@command
+def extract(args):
+    """Extract a blob's values as features (Caffe's extract_features), from images or from the
+    net's own data layers, into .npy, .npz or .h5 (+ a list file for HDF5Data)."""
+    from minicnn.deploy import extract_features, save_features
+    if (args.images is None) == (args.iterations is None):
+        raise MinicnnError("give --images LIST (images through the net input) or --iterations "
+                           "N (batches of the net's own data layers)")
+    net = _deploy_net(args)
+    features, labels = extract_features(net, args.blob, images=args.images,
+                                        batch_size=args.batch_size, progress=_progress(args),
+                                        iterations=args.iterations,
+                                        root_folder=args.root_folder, **_input_options(args))
+    written = save_features(args.out, features, labels)
+    print(f"Extracted {len(features)} features of shape {features.shape[1:]} from blob "
+          f"'{args.blob}'" + (" with labels" if labels is not None else "") + " -> "
+          + ", ".join(written))
+    return 0
+
+
+@command
+def retrieve(args):
+    """Find the database images most similar to query images (cosine similarity of a blob's
+    features), or score the database against its own labels (--evaluate)."""
+    import json
+
+    from minicnn import deploy
+    if not args.evaluate and not args.query:
+        raise MinicnnError("give --query IMAGE (or --evaluate to score the database against "
+                           "its own labels)")
+    paths, labels = deploy.read_image_list(args.database, args.root_folder)
+    if args.evaluate and labels is None:
+        raise MinicnnError(f"{args.database}: --evaluate needs 'path label' lines")
+    queries = _image_paths(args.query or [], args.root_folder)
+    net = _deploy_net(args)
+    inp = deploy.ImageInput(net, **_input_options(args))
+    database = deploy.run_images(net, inp, paths, args.blob, args.batch_size, _progress(args))
+    if args.evaluate:
+        value = deploy.mean_average_precision(database, labels, args.k)
+        print(f"mean average precision{f'@{args.k}' if args.k else ''} of {len(paths)} images "
+              f"({len(set(labels.tolist()))} labels, cosine similarity of '{args.blob}'): "
+              f"{value:.4f}")
+        return 0
+    query = deploy.run_images(net, inp, queries, args.blob, args.batch_size)
+    found, similarity = deploy.retrieve(query, database, args.k or 10)
+    results = [{"query": q, "matches": [
+        {"rank": rank, "image": paths[j], "similarity": float(s)}
+        | ({} if labels is None else {"label": labels[j].item()})
+        for rank, (j, s) in enumerate(zip(row, sims), 1)]}
+        for q, row, sims in zip(queries, found, similarity)]
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for r in results:
+        print(f"query: {r['query']}")
+        _print_table(["rank", "similarity", "image"] + ([] if labels is None else ["label"]),
+                     [(m["rank"], f"{m['similarity']:.4f}", m["image"])
+                      + (() if labels is None else (m["label"],)) for m in r["matches"]],
+                     right=(0, 1))
+    return 0
+
+
+@command
+def visualize(args):
+    """Draw a layer's filters (--layer) or a blob's feature maps for an image (--blob --image)
+    as a PNG grid."""
+    from minicnn.deploy import ImageInput, run_images
+    from minicnn.visualize import feature_map_grid, filter_grid, save_png
+    if bool(args.layer) == bool(args.blob):
+        raise MinicnnError("give --layer L (its filters) or --blob B --image IMAGE (feature "
+                           "maps), one of them")
+    if args.blob and not args.image:
+        raise MinicnnError("--blob needs --image: the image whose feature maps to draw")
+    net = _deploy_net(args)
+    if args.layer:
+        with_weights = [name for name, blobs in net.params.items() if blobs]
+        if args.layer not in net.layer_dict or args.layer not in with_weights:
+            what = "no layer named" if args.layer not in net.layer_dict else "no weights in"
+            raise MinicnnError(f"{what} '{args.layer}'; layers with weights: "
+                               f"{', '.join(with_weights) or 'none'}")
+        weights = net.params[args.layer][0].data
+        if weights.ndim != 4:
+            raise MinicnnError(f"layer '{args.layer}' ({net.layer_dict[args.layer].type}) has "
+                               f"weights of shape {weights.shape}, not filters (F, C, kh, kw)")
+        picture = filter_grid(weights, scale=args.scale)
+        what = (f"{weights.shape[0]} filters {'x'.join(map(str, weights.shape[1:]))} of layer "
+                f"'{args.layer}'")
+    else:
+        inp = ImageInput(net, **_input_options(args))
+        maps = run_images(net, inp, _image_paths([args.image], args.root_folder), args.blob, 1)[0]
+        picture = feature_map_grid(maps, scale=args.scale)
+        what = f"feature maps {maps.shape} of blob '{args.blob}'"
+    save_png(picture, args.out)
+    print(f"Wrote {args.out} ({picture.shape[1]}x{picture.shape[0]} pixels): {what}")
     return 0
 
 
@@ -377,10 +594,17 @@ def build_parser():
     p = sub.add_parser("layers", help="list the layer types, their parameters and backends")
     p.add_argument("--markdown", action="store_true", help="the full catalogue as Markdown")
 
-    p = sub.add_parser("data", help="write a packaged dataset as LMDB (or HDF5) files")
+    p = sub.add_parser("data", help="write a packaged dataset as LMDB, HDF5 or PNG files")
     p.add_argument("dataset", choices=["mnist", "fashion-mnist"])
     p.add_argument("--out", help="output folder (default data/mnist or data/fashion_mnist)")
-    p.add_argument("--format", choices=["lmdb", "hdf5"], default="lmdb")
+    p.add_argument("--format", choices=["lmdb", "hdf5", "images"], default="lmdb",
+                   help="lmdb (default), hdf5 (+ list files), or images (PNGs + list files)")
+    p.add_argument("--train-per-class", type=int,
+                   help="keep a balanced subset: this many training images of each class")
+    p.add_argument("--test-per-class", type=int,
+                   help="keep this many test images of each class")
+    p.add_argument("--seed", type=int, default=2024,
+                   help="seed of the per-class subsets (default 2024)")
 
     p = sub.add_parser("convert-imageset", help="image list -> LMDB (Caffe's convert_imageset)")
     p.add_argument("root", help="folder the list's paths are relative to")
@@ -397,6 +621,42 @@ def build_parser():
     p = sub.add_parser("compute-image-mean", help="LMDB -> mean .binaryproto")
     p.add_argument("db")
     p.add_argument("output", nargs="?")
+    p = sub.add_parser("classify", help="the top-k classes of images (like classify.py)")
+    p.add_argument("image", nargs="*", metavar="IMAGE", help="image files; @LIST reads a list")
+    p.add_argument("--images", help="a list file of images (`path` or `path label` lines)")
+    _add_deploy_options(p)
+    p.add_argument("--labels", help="class names, one per line (synset_words.txt)")
+    p.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
+    p.add_argument("--blob", help="the scores or probabilities (default: the first output)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    p = sub.add_parser("extract", help="a blob's values as features (like extract_features)")
+    _add_deploy_options(p, phase=True)
+    p.add_argument("--blob", required=True, help="the blob to extract, e.g. pool or fc7")
+    p.add_argument("--images", help="list file of images (`path label` or `path` lines)")
+    p.add_argument("--iterations", type=int, help="batches of the net's own data layers")
+    p.add_argument("--out", required=True, help="features file: .npy, .npz or .h5 (+ .txt)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("retrieve", help="database images most similar to a query image")
+    _add_deploy_options(p)
+    p.add_argument("--blob", required=True, help="the features' blob, e.g. pool or fc7")
+    p.add_argument("--database", required=True, help="list file of the images to search")
+    p.add_argument("--query", nargs="+", metavar="IMAGE", help="query images (@LIST too)")
+    p.add_argument("-k", type=int, help="matches per query (default 10); with --evaluate, "
+                                        "mean average precision at k")
+    p.add_argument("--evaluate", action="store_true",
+                   help="print the mean average precision of the database against its labels")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    p = sub.add_parser("visualize", help="draw a layer's filters or a blob's feature maps")
+    _add_deploy_options(p, oversample=False)
+    p.add_argument("--layer", help="draw this layer's filters (its first blob)")
+    p.add_argument("--blob", help="draw this blob's feature maps for --image")
+    p.add_argument("--image", help="the image whose feature maps to draw")
+    p.add_argument("--out", required=True, help="the PNG to write")
+    p.add_argument("--scale", type=int, help="enlarge each tile this many times (default: "
+                                             "automatic)")
     return parser
 
 

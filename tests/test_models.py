@@ -18,8 +18,17 @@ def model(path):
 
 
 def with_dummy_data(net_param, batch, label):
-    """The net with its Data layers (LMDB readers) replaced by DummyData of the same tops."""
+    """The net with its Data layers (LMDB readers) replaced by DummyData of the same tops, and
+    its HDF5Data layers (feature files that `minicnn extract` writes) by 16-d features."""
     for layer in net_param.layer:
+        if layer.type == "HDF5Data":
+            layer.type = "DummyData"
+            layer.ClearField("hdf5_data_param")
+            p = layer.dummy_data_param
+            p.shape.add(dim=[batch, 16])
+            p.shape.add(dim=[batch])
+            p.data_filler.add(type="gaussian", std=1)
+            p.data_filler.add(type="constant", value=label)
         if layer.type == "Data":
             crop = layer.transform_param.crop_size
             layer.type = "DummyData"
@@ -146,7 +155,7 @@ def test_every_prototxt_in_models_builds():
         for name in files:
             if name.endswith(".prototxt") and "solver" not in name:  # nets, not solvers
                 param = read_prototxt(os.path.join(folder, name))
-                if any(layer.type == "Data" for layer in param.layer):
+                if any(layer.type in ("Data", "HDF5Data") for layer in param.layer):
                     param = with_dummy_data(param, 1, 0)
                 assert minicnn.Net(param, phase="TRAIN").layers
 
