@@ -8,7 +8,14 @@
     solver.solve()
 """
 
-from minicnn import deploy, io, layers, ops, visualize  # noqa: F401  (layers registers them)
+import os as _os
+import sys as _sys
+
+if _os.environ.get("MINICNN_NUM_THREADS") and "numpy" not in _sys.modules:
+    for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        _os.environ.setdefault(_var, _os.environ["MINICNN_NUM_THREADS"])   # BLAS reads them once
+
+from minicnn import deploy, io, layers, native, ops, visualize  # noqa: F401,E402  (registers layers)
 from minicnn.blob import Blob
 from minicnn.errors import LayerError, MinicnnError, NetError, PrototxtError, WireFormatError
 from minicnn.layer import LAYERS, Layer, create_layer, register

@@ -1,0 +1,52 @@
+"""minicnn's compiled CPU kernels (csrc/*.cpp -> ``minicnn._native``), if they were built.
+
+    from minicnn.native import lib        # the pybind11 module, or None on the NumPy-only path
+
+Ops register their "cpu" implementations only when ``lib`` is there, so minicnn runs (on the
+NumPy reference) without it. ``MINICNN_REQUIRE_NATIVE=1`` turns a missing extension into an
+import error (CI sets it, so a broken build cannot pass unnoticed).
+
+Threads: the kernels use ``MINICNN_NUM_THREADS`` OpenMP threads (default: OpenMP's own choice,
+every core unless ``OMP_NUM_THREADS`` says otherwise). NumPy's BLAS, which does the matrix
+products, reads ``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS`` when NumPy is first imported;
+``import minicnn`` copies ``MINICNN_NUM_THREADS`` into them if NumPy is not loaded yet.
+"""
+
+import os
+
+try:
+    from minicnn import _native as lib
+    load_error = None
+except ImportError as e:                   # not built (no compiler, no pybind11): NumPy path
+    lib, load_error = None, e
+
+if lib is None and os.environ.get("MINICNN_REQUIRE_NATIVE") == "1":
+    raise ImportError(f"MINICNN_REQUIRE_NATIVE=1 but minicnn's native extension did not load: "
+                      f"{load_error} (reinstall with pybind11 and a C++17 compiler present)")
+
+
+def _threads_from_env():
+    text = os.environ.get("MINICNN_NUM_THREADS")
+    if not text:
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"MINICNN_NUM_THREADS must be a positive integer, not {text!r}")
+    return n
+
+
+def set_num_threads(n):
+    """Threads of minicnn's own kernels (BLAS keeps the count it started with)."""
+    if lib is not None:
+        lib.set_num_threads(int(n))
+
+
+def num_threads():
+    return lib.num_threads() if lib is not None else 1
+
+
+if lib is not None and _threads_from_env():
+    set_num_threads(_threads_from_env())

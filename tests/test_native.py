@@ -1,0 +1,50 @@
+"""The native extension (csrc/ -> minicnn._native): it loads where CI requires it, its thread
+control works, and ops pick their "cpu" implementation unless MINICNN_CPU=ref."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import minicnn
+from minicnn.native import lib
+from minicnn.ops import Op
+
+needs_native = pytest.mark.skipif(lib is None, reason="minicnn._native was not built")
+
+
+def test_native_extension_loaded_where_required():
+    """.ci/run sets MINICNN_REQUIRE_NATIVE=1: there the extension must have been built."""
+    if os.environ.get("MINICNN_REQUIRE_NATIVE") == "1":
+        assert lib is not None, minicnn.native.load_error
+    else:
+        pytest.skip("MINICNN_REQUIRE_NATIVE is not set")
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_native_build_sums_with_threads(dtype):
+    a = np.arange(100_001, dtype=dtype)
+    assert lib.sum_all(a) == a.astype(np.float64).sum()
+
+
+@needs_native
+def test_thread_count_follows_minicnn_num_threads():
+    code = "from minicnn.native import num_threads; print(num_threads())"
+    env = dict(os.environ, MINICNN_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "1", out.stderr
+    env["MINICNN_NUM_THREADS"] = "zero"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode != 0 and "MINICNN_NUM_THREADS" in out.stderr
+
+
+def test_dispatch_prefers_cpu_unless_told_ref(monkeypatch):
+    op = Op("twice")
+    op.impl("ref")(lambda x: ("ref", x))
+    op.impl("cpu")(lambda x: ("cpu", x))
+    assert op(np.ones(2))[0] == "cpu"
+    monkeypatch.setenv("MINICNN_CPU", "ref")
+    assert op(np.ones(2))[0] == "ref"
