@@ -58,6 +58,7 @@ def native_extensions():
         return []
     sources = sorted(glob.glob("csrc/*.cpp"))
     return [Pybind11Extension("minicnn._native", sources, include_dirs=["csrc"], cxx_std=17,
+                              depends=sorted(glob.glob("csrc/*.h")),
                               extra_compile_args=["-O3", "-fno-math-errno"])]
 
 

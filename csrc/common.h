@@ -31,6 +31,57 @@ inline T* data_of(Array<T>& a) { return a.mutable_data(); }
 template <typename T>
 inline const T* cdata_of(const Array<T>& a) { return a.data(); }
 
+// Kernels that write their results into arrays the caller owns take plain py::array and check
+// it here: a silently converted copy would take the writes and lose them.
+template <typename T>
+inline const T* in_ptr(const py::array& a, const char* name) {
+    if (!a.dtype().is(py::dtype::of<T>()) || !(a.flags() & py::array::c_style))
+        throw std::invalid_argument(std::string(name) + ": expected a C-contiguous " +
+                                    std::string(py::str(py::dtype::of<T>())) + " array, got " +
+                                    std::string(py::str(a.dtype())));
+    return static_cast<const T*>(a.data());
+}
+template <typename T>
+inline T* out_ptr(py::array& a, const char* name) {
+    in_ptr<T>(a, name);
+    if (!a.writeable()) throw std::invalid_argument(std::string(name) + ": array is read-only");
+    return static_cast<T*>(a.mutable_data());
+}
+template <typename T>
+inline T* opt_out_ptr(py::object a, const char* name) {      // None -> nullptr
+    if (a.is_none()) return nullptr;
+    py::array arr = a.cast<py::array>();
+    return out_ptr<T>(arr, name);
+}
+template <typename T>
+inline const T* opt_in_ptr(py::object a, const char* name) {
+    if (a.is_none()) return nullptr;
+    return in_ptr<T>(a.cast<py::array>(), name);
+}
+
+// ceil(a / b) for a >= 0, b > 0 (C++ division truncates toward zero, unlike Python's //).
+inline std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
+
+// Sliding windows (convolution, pooling): the outputs z = lo .. hi-1 of one tap read input
+// column z*stride + off inside the image [0, size); the others read padding.
+inline void valid_range(std::int64_t size, std::int64_t stride, std::int64_t off,
+                        std::int64_t n_out, std::int64_t& lo, std::int64_t& hi) {
+    lo = off >= 0 ? 0 : ceil_div(-off, stride);
+    hi = size - 1 - off < 0 ? 0 : (size - 1 - off) / stride + 1;
+    if (lo > n_out) lo = n_out;
+    if (hi > n_out) hi = n_out;
+    if (hi < lo) hi = lo;
+}
+
+// Calls body(T{}) with T the element type of ``a`` (float32 or float64).
+template <typename Body>
+inline auto by_dtype(const py::array& a, Body&& body) {
+    if (a.dtype().is(py::dtype::of<float>())) return body(float{});
+    if (a.dtype().is(py::dtype::of<double>())) return body(double{});
+    throw std::invalid_argument("expected float32 or float64 arrays, got " +
+                                std::string(py::str(a.dtype())));
+}
+
 // Hot loops carry several compiled versions; the CPU picks the best at load time (GCC's
 // function multiversioning), so one portable wheel still uses AVX2 / AVX-512 where present.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)

@@ -63,7 +63,7 @@ def layer_entries(builtin_only=True):
     out = []
     for cls, entry in sorted(entries.items(), key=lambda kv: kv[1]["type"]):
         found = _ops_of(cls)
-        kinds = sorted({kind for op in found.values() for kind in op.impls},
+        kinds = sorted({kind for op in found.values() for kind in op.declared},
                        key=["ref", "cpu", "cuda"].index)
         params = []
         if cls.param_field:

@@ -21,7 +21,8 @@ class Op:
 
     def __init__(self, name):
         self.name = name
-        self.impls = {}
+        self.impls = {}              # kind -> function, for the kinds this machine can run
+        self.declared = set()        # every kind written for the op, runnable here or not
 
     def impl(self, kind, available=True):
         """Decorator registering an implementation; ``available=False`` skips it (its library
@@ -30,6 +31,7 @@ class Op:
             raise ValueError(f"impl kind must be one of {self.KINDS}, not {kind!r}")
 
         def decorate(fn):
+            self.declared.add(kind)
             if available:
                 if kind in self.impls:
                     raise ValueError(f"{self.name}: '{kind}' is registered twice")

@@ -25,7 +25,10 @@ Deconvolution reuses these: its forward is ``conv2d_backward_data`` and its back
 the roles of x and y swapped; ``ConvGeometry.transposed_out_hw`` gives its output size.
 
 No kinks: convolution is linear in x and in w. dtype follows the inputs (float32 stays float32).
-Impls: ref (im2col + batched matmul in NumPy).
+Impls: ref (im2col + batched matmul in NumPy); cpu (csrc/im2col.cpp and csrc/depthwise.cpp):
+a chunk of images goes through *one* GEMM per group (columns laid out (C*kh*kw, images*oh*ow),
+so the product stays large even on 13x13 maps), 1x1 convolutions skip im2col, depthwise
+convolutions (C/G == 1) run a direct kernel, and the scratch buffers are reused.
 """
 
 from dataclasses import dataclass
@@ -33,8 +36,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from minicnn.errors import LayerError
+from minicnn.native import lib
 from minicnn.ops._dispatch import Op
 from minicnn.ops._windows import tap_ranges
+from minicnn.ops._workspace import workspace
 
 __all__ = ["ConvGeometry", "col2im_ref", "conv2d_backward", "conv2d_backward_data",
            "conv2d_backward_filter", "conv2d_forward", "im2col_ref"]
@@ -259,3 +264,156 @@ def _conv2d_backward_ref(dy, x, w, *, geom, group=1, need=(True, True, True)):
     dw = _conv2d_backward_filter_ref(dy, x, geom=geom, group=group) if need_dw else None
     db = dy.sum(axis=(0, 2, 3)) if need_db else None              # (F,)
     return dx, dw, db
+
+
+# --- fast CPU (csrc/im2col.cpp, csrc/depthwise.cpp) ----------------------------------------------
+#
+# Images go through in chunks whose columns fit COLS_BUDGET elements (at least one image per
+# chunk), so the scratch memory stays bounded whatever the batch size.
+
+COLS_BUDGET = 1 << 23          # 32 MiB of float32 columns
+
+
+def _native_ok(*arrays):
+    """The native kernels take float32 or float64 arrays of one dtype; anything else (mixed
+    dtypes, float16, ...) runs on the reference."""
+    dtype = arrays[0].dtype
+    return dtype in (np.float32, np.float64) and all(
+        a is None or a.dtype == dtype for a in arrays)
+
+
+def _geom_tuple(geom):
+    return (*geom.kernel, *geom.stride, *geom.pad, *geom.dilation)
+
+
+def _is_pointwise(geom):
+    """1x1, stride 1, no padding: the input already is its own column matrix."""
+    return geom.kernel == (1, 1) and geom.stride == (1, 1) and geom.pad == (0, 0)
+
+
+def _is_depthwise(channels, group):
+    """Each filter sees one input channel of its own group (C/G == 1; F may be a multiple)."""
+    return channels == group > 1
+
+
+def _chunks(n, rows, plane):
+    """(first image, images) chunks whose (rows, images * plane) columns fit COLS_BUDGET."""
+    per = max(1, COLS_BUDGET // max(1, rows * plane))
+    return [(n0, min(per, n - n0)) for n0 in range(0, n, per)]
+
+
+def _columns(x, n0, nb, geom, oh, ow):
+    """The (C*kh*kw, nb*oh*ow) column matrix of images n0..n0+nb-1 of x, in scratch memory."""
+    c = x.shape[1]
+    cols = workspace("conv_cols", (c * geom.kernel[0] * geom.kernel[1], nb * oh * ow), x.dtype)
+    if _is_pointwise(geom):
+        lib.nfp_to_fnp(x, cols, n0, nb, None)
+    else:
+        lib.im2col_rows(x, cols, n0, nb, _geom_tuple(geom), oh, ow)
+    return cols
+
+
+@conv2d_forward.impl("cpu", available=lib is not None)
+def _conv2d_forward_cpu(x, w, b, *, geom, group=1):
+    _check_4d(x=x, w=w)
+    _check_shapes(x.shape, w.shape, group, geom, b)
+    if not _native_ok(x, w, b):
+        return _conv2d_forward_ref(x, w, b, geom=geom, group=group)
+    x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
+    b = None if b is None else np.ascontiguousarray(b)
+    n, f = x.shape[0], w.shape[0]
+    oh, ow = geom.out_hw(*x.shape[2:])
+    y = np.empty((n, f, oh, ow), x.dtype)
+    if _is_depthwise(x.shape[1], group):
+        lib.depthwise_forward(x, w, b, y, _geom_tuple(geom))
+        return y
+    fg = f // group
+    wg = w.reshape(group, fg, -1)                                   # (G, F/G, K)
+    k = wg.shape[2]
+    for n0, nb in _chunks(n, x.shape[1] * geom.kernel[0] * geom.kernel[1], oh * ow):
+        cols = _columns(x, n0, nb, geom, oh, ow)                    # (G*K, nb*P)
+        y_t = workspace("conv_y_t", (f, nb * oh * ow), x.dtype)     # (F, nb*P)
+        for g in range(group):
+            np.matmul(wg[g], cols[g * k:(g + 1) * k], out=y_t[g * fg:(g + 1) * fg])
+        lib.fnp_to_nfp(y_t, y, n0, nb, b)
+    return y
+
+
+def _conv2d_backward_cpu_parts(dy, x, w, x_shape, geom, group, need):
+    """(dx, dw, db) on the native path; x or w may be None when the part needing it is not
+    asked for."""
+    need_dx, need_dw, need_db = need
+    n, f, oh, ow = dy.shape
+    c = x_shape[1]
+    dtype = dy.dtype
+    dy = np.ascontiguousarray(dy)
+    x = None if x is None else np.ascontiguousarray(x)
+    w = None if w is None else np.ascontiguousarray(w)
+    kh, kw = geom.kernel
+    dx = np.empty(x_shape, dtype) if need_dx else None
+    dw = np.zeros((f, c // group, kh, kw), dtype) if need_dw else None
+    db = np.zeros(f, dtype) if need_db else None
+    if _is_depthwise(c, group):
+        if need_dx:
+            lib.depthwise_backward_data(dy, w, dx, _geom_tuple(geom))
+        if need_dw:
+            lib.depthwise_backward_filter(dy, x, dw, _geom_tuple(geom))
+        if need_db:
+            db[...] = dy.sum(axis=(0, 2, 3))
+        return dx, dw, db
+    fg, k = f // group, c // group * kh * kw
+    dwg = None if dw is None else dw.reshape(group, fg, k)
+    wg = None if w is None else w.reshape(group, fg, k)
+    chunks = _chunks(n, c * kh * kw, oh * ow)
+    for n0, nb in chunks:
+        dy_t = workspace("conv_dy_t", (f, nb * oh * ow), dtype)      # (F, nb*P)
+        lib.nfp_to_fnp(dy, dy_t, n0, nb, db)
+        if need_dw:
+            cols = _columns(x, n0, nb, geom, oh, ow)                 # (G*K, nb*P)
+            for g in range(group):
+                part = np.matmul(dy_t[g * fg:(g + 1) * fg], cols[g * k:(g + 1) * k].T)
+                dwg[g] += part
+        if need_dx:                                 # the columns' buffer is free again: reuse
+            dcols = workspace("conv_cols", (c * kh * kw, nb * oh * ow), dtype)
+            for g in range(group):
+                np.matmul(wg[g].T, dy_t[g * fg:(g + 1) * fg], out=dcols[g * k:(g + 1) * k])
+            if _is_pointwise(geom):
+                lib.fnp_to_nfp(dcols, dx, n0, nb, None)
+            else:
+                lib.col2im_rows(dcols, dx, n0, nb, _geom_tuple(geom), oh, ow)
+    return dx, dw, db
+
+
+@conv2d_backward.impl("cpu", available=lib is not None)
+def _conv2d_backward_cpu(dy, x, w, *, geom, group=1, need=(True, True, True)):
+    _check_4d(dy=dy, x=x, w=w)
+    _check_shapes(x.shape, w.shape, group, geom)
+    _check_dy(dy.shape, x.shape[0], w.shape[0], geom.out_hw(*x.shape[2:]))
+    if not _native_ok(dy, x, w):
+        return _conv2d_backward_ref(dy, x, w, geom=geom, group=group, need=need)
+    return _conv2d_backward_cpu_parts(dy, x, w, x.shape, geom, group, need)
+
+
+@conv2d_backward_data.impl("cpu", available=lib is not None)
+def _conv2d_backward_data_cpu(dy, w, *, x_hw, geom, group=1):
+    _check_4d(dy=dy, w=w)
+    n = dy.shape[0]
+    x_shape = (n, w.shape[1] * group, *x_hw)
+    _check_shapes(x_shape, w.shape, group, geom)
+    _check_dy(dy.shape, n, w.shape[0], geom.out_hw(*x_hw))
+    if not _native_ok(dy, w):
+        return _conv2d_backward_data_ref(dy, w, x_hw=x_hw, geom=geom, group=group)
+    return _conv2d_backward_cpu_parts(dy, None, w, x_shape, geom, group, (True, False, False))[0]
+
+
+@conv2d_backward_filter.impl("cpu", available=lib is not None)
+def _conv2d_backward_filter_cpu(dy, x, *, geom, group=1):
+    _check_4d(dy=dy, x=x)
+    f, c = dy.shape[1], x.shape[1]
+    if group < 1 or c % group:
+        raise LayerError(f"channels {c} must be divisible by group {group}")
+    _check_shapes(x.shape, (f, c // group, *geom.kernel), group, geom)
+    _check_dy(dy.shape, x.shape[0], f, geom.out_hw(*x.shape[2:]))
+    if not _native_ok(dy, x):
+        return _conv2d_backward_filter_ref(dy, x, geom=geom, group=group)
+    return _conv2d_backward_cpu_parts(dy, x, None, x.shape, geom, group, (False, True, False))[1]

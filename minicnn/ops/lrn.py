@@ -10,12 +10,14 @@ with pad h and stride 1, power, product), so k is not used and the pool's diviso
     y  = x * b^-beta
     dx = dy * b^-beta - (2 alpha beta / n^2) * x * sum over the n x n neighbourhood of dy * y / b
 The window sums are symmetric (odd n, centred), so each backward sum is the same window sum.
-Impls: ref.
+Impls: ref; cpu for ACROSS_CHANNELS (csrc/lrn.cpp: Caffe's sliding channel sum, one pass over
+the data per direction; WITHIN_CHANNEL runs on ref).
 """
 
 import numpy as np
 
 from minicnn.errors import LayerError
+from minicnn.native import lib
 from minicnn.ops._dispatch import Op
 
 __all__ = ["check_local_size", "lrn_backward", "lrn_forward"]
@@ -82,3 +84,35 @@ def _lrn_backward_ref(dy, x, *, local_size=5, alpha=1.0, beta=0.75, k=1.0,
         window, axes = local_size**2, (2, 3)
     return dy * power - (2 * alpha * beta / window) * x * _window_sum(dy * y / base, local_size,
                                                                       axes)
+
+
+# --- fast CPU (csrc/lrn.cpp) --------------------------------------------------------------------
+
+def _native_ok(norm_region, *arrays):
+    return norm_region == "ACROSS_CHANNELS" and arrays[0].ndim >= 2 and all(
+        a.dtype in (np.float32, np.float64) and a.dtype == arrays[0].dtype for a in arrays)
+
+
+@lrn_forward.impl("cpu", available=lib is not None)
+def _lrn_forward_cpu(x, *, local_size=5, alpha=1.0, beta=0.75, k=1.0,
+                     norm_region="ACROSS_CHANNELS"):
+    check_local_size(local_size, norm_region)
+    if not _native_ok(norm_region, x):
+        return _lrn_forward_ref(x, local_size=local_size, alpha=alpha, beta=beta, k=k,
+                                norm_region=norm_region)
+    y = np.empty(x.shape, x.dtype)
+    lib.lrn_forward(np.ascontiguousarray(x), y, local_size, float(alpha), float(beta), float(k))
+    return y
+
+
+@lrn_backward.impl("cpu", available=lib is not None)
+def _lrn_backward_cpu(dy, x, *, local_size=5, alpha=1.0, beta=0.75, k=1.0,
+                      norm_region="ACROSS_CHANNELS"):
+    check_local_size(local_size, norm_region)
+    if not _native_ok(norm_region, dy, x):
+        return _lrn_backward_ref(dy, x, local_size=local_size, alpha=alpha, beta=beta, k=k,
+                                 norm_region=norm_region)
+    dx = np.empty(x.shape, x.dtype)
+    lib.lrn_backward(np.ascontiguousarray(dy), np.ascontiguousarray(x), dx, local_size,
+                     float(alpha), float(beta), float(k))
+    return dx

@@ -17,7 +17,8 @@ AVE:  y = sum of the window / divisor, divisor = (min(h0 + kh, H + ph) - h0) * (
       backward spreads dy / divisor over the window's pixels in the image. A window wholly outside
       the image gives 0 (Caffe divides 0 by a divisor <= 0 there, giving -0 or NaN).
 
-Impls: ref.
+Impls: ref; cpu (csrc/pool.cpp: one loop nest per (image, channel) plane, the same window
+order, so MAX and the AVE forward are bit-identical to ref).
 """
 
 import math
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from minicnn.errors import LayerError
+from minicnn.native import lib
 from minicnn.ops._dispatch import Op
 from minicnn.ops._windows import tap_ranges
 
@@ -197,4 +199,58 @@ def _ave_pool2d_backward_ref(dy, x_shape, *, geom):
         for j, lo_z, hi_z, q in tap_ranges(w, kw, sw, pw, 1, ow):  # forward's slices; taps on
             dx[:, :, r:r + (hi_y - lo_y - 1) * sh + 1:sh,          # padding carry nothing
                q:q + (hi_z - lo_z - 1) * sw + 1:sw] += g[:, :, lo_y:hi_y, lo_z:hi_z]
+    return dx
+
+
+# --- fast CPU (csrc/pool.cpp) -------------------------------------------------------------------
+
+def _native_geom(geom, h, w):
+    return (*geom.kernel_for(h, w), *geom.stride, *geom.pad)
+
+
+def _native_dtype(*arrays):
+    return all(a.dtype in (np.float32, np.float64) and a.dtype == arrays[0].dtype
+               for a in arrays)
+
+
+@max_pool2d_forward.impl("cpu", available=lib is not None)
+def _max_pool2d_forward_cpu(x, *, geom):
+    if x.ndim != 4 or not _native_dtype(x):
+        return _max_pool2d_forward_ref(x, geom=geom)
+    h, w = x.shape[2:]
+    y = np.empty((*x.shape[:2], *geom.out_hw(h, w)), x.dtype)
+    mask = np.empty(y.shape, np.int64)
+    lib.max_pool_forward(np.ascontiguousarray(x), y, mask, _native_geom(geom, h, w))
+    return y, mask
+
+
+@max_pool2d_backward.impl("cpu", available=lib is not None)
+def _max_pool2d_backward_cpu(dy, mask, x_shape):
+    if dy.ndim != 4 or not _native_dtype(dy) or mask.dtype != np.int64:
+        return _max_pool2d_backward_ref(dy, mask, x_shape)
+    dx = np.empty(x_shape, dy.dtype)
+    lib.max_pool_backward(np.ascontiguousarray(dy), np.ascontiguousarray(mask), dx)
+    return dx
+
+
+@ave_pool2d_forward.impl("cpu", available=lib is not None)
+def _ave_pool2d_forward_cpu(x, *, geom):
+    if x.ndim != 4 or not _native_dtype(x):
+        return _ave_pool2d_forward_ref(x, geom=geom)
+    h, w = x.shape[2:]
+    y = np.empty((*x.shape[:2], *geom.out_hw(h, w)), x.dtype)
+    lib.ave_pool_forward(np.ascontiguousarray(x), y, _native_geom(geom, h, w))
+    return y
+
+
+@ave_pool2d_backward.impl("cpu", available=lib is not None)
+def _ave_pool2d_backward_cpu(dy, x_shape, *, geom):
+    if dy.ndim != 4 or not _native_dtype(dy):
+        return _ave_pool2d_backward_ref(dy, x_shape, geom=geom)
+    h, w = x_shape[2:]
+    if tuple(dy.shape) != (*x_shape[:2], *geom.out_hw(h, w)):
+        raise LayerError(f"dy of shape {tuple(dy.shape)} does not match the pooled shape "
+                         f"{(*x_shape[:2], *geom.out_hw(h, w))}")
+    dx = np.empty(x_shape, dy.dtype)
+    lib.ave_pool_backward(np.ascontiguousarray(dy), dx, _native_geom(geom, h, w))
     return dx

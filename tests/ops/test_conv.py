@@ -121,8 +121,11 @@ def check_backward_against_finite_differences(case):
 
     checks = [("x", x, dx), ("w", w, dw)] + ([("b", b, db)] if b is not None else [])
     for name, array, grad in checks:
-        np.testing.assert_allclose(grad, numerical_grad(loss, array), rtol=1e-6, atol=1e-8,
-                                   err_msg=name)
+        # The loss is linear in each of x, w and b, so a central difference is exact for any
+        # step: a large one keeps the rounding error of the loss (~1e-15 * |loss| / eps) far
+        # below the tolerance on every BLAS.
+        np.testing.assert_allclose(grad, numerical_grad(loss, array, eps=0.5), rtol=1e-6,
+                                   atol=1e-8, err_msg=name)
     if b is None:                                           # db is still d(loss)/d(a zero bias)
         np.testing.assert_allclose(db, dy.sum(axis=(0, 2, 3)))
 
@@ -174,7 +177,7 @@ def test_need_skips_parts_of_backward():
     assert dx is None and db is None and dw.shape == w.shape
 
 
-def test_dispatch_uses_ref_on_numpy():
+def test_dispatch_on_numpy_arrays():
     x, w, b = np.ones((1, 1, 3, 3)), np.ones((1, 1, 2, 2)), np.zeros(1)
     np.testing.assert_array_equal(conv2d_forward(x, w, b, geom=ConvGeometry(2)),
                                   np.full((1, 1, 2, 2), 4.0))
@@ -301,3 +304,106 @@ def test_geometry_accepts_ints_and_rejects_bad_values():
         ConvGeometry(3, pad=(-1, 0))
     with pytest.raises(LayerError, match="kernel must be an int or an"):
         ConvGeometry((1, 2, 3))
+
+
+# --- fast paths against the reference (I2) -------------------------------------------------------
+
+FAST_KINDS = [kind for kind in conv2d_forward.impls if kind == "cpu"]
+fast = pytest.mark.parametrize("kind", FAST_KINDS)
+
+
+def check_fast_path(kind, case, dtype):
+    """Forward, the three parts of backward, and the two backward ops Deconvolution uses, each
+    equal to the reference: to float32 rounding, or to 1e-10 in float64."""
+    x, w, b, geom, group = (a.astype(dtype) if isinstance(a, np.ndarray) else a for a in case)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
+    y = conv2d_forward.impls[kind](x, w, b, geom=geom, group=group)
+    want = forward(x, w, b, geom=geom, group=group)
+    assert y.dtype == dtype and y.shape == want.shape
+    np.testing.assert_allclose(y, want, **tol)
+    dy = np.random.default_rng(5).standard_normal(y.shape).astype(dtype)
+    got = conv2d_backward.impls[kind](dy, x, w, geom=geom, group=group)
+    for name, g, r in zip(("dx", "dw", "db"), got, backward(dy, x, w, geom=geom, group=group)):
+        assert g.dtype == dtype, name
+        np.testing.assert_allclose(g, r, err_msg=name, **tol)
+    dx, dw, db = conv2d_backward.impls[kind](dy, x, w, geom=geom, group=group,
+                                             need=(False, True, False))
+    assert dx is None and db is None
+    np.testing.assert_allclose(dw, got[1], **tol)
+    np.testing.assert_allclose(
+        conv2d_backward_data.impls[kind](dy, w, x_hw=x.shape[2:], geom=geom, group=group),
+        got[0], **tol)
+    np.testing.assert_allclose(conv2d_backward_filter.impls[kind](dy, x, geom=geom, group=group),
+                               got[1], **tol)
+
+
+FAST_PINNED = dict(PINNED, **{
+    "pointwise": make_case(3, 5, (4, 6), 7, 1),
+    "pointwise_grouped": make_case(2, 4, (3, 5), 6, 1, group=2),
+    "pointwise_strided": make_case(2, 3, (5, 5), 2, 1, stride=2),
+    "one_channel": make_case(3, 1, (6, 7), 4, (2, 3), stride=(1, 2), pad=1),
+    "depthwise_strided_atrous": make_case(2, 4, (9, 8), 4, 3, stride=2, pad=2, dilation=2,
+                                          group=4),
+    "depthwise_x3_non_square": make_case(2, 3, (7, 9), 9, (3, 1), stride=(1, 3), pad=(1, 0),
+                                         group=3),
+})
+
+
+@fast
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", FAST_PINNED.values(), ids=FAST_PINNED.keys())
+def test_fast_path_pinned_cases(kind, dtype, case):
+    check_fast_path(kind, case, dtype)
+
+
+@fast
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@given(case=conv_cases(max_hw=10))
+def test_fast_path_matches_reference(kind, dtype, case):
+    check_fast_path(kind, case, dtype)
+
+
+@fast
+def test_fast_path_in_chunks_of_one_image(kind, monkeypatch):
+    """A batch whose columns exceed the scratch budget goes through in several chunks."""
+    import minicnn.ops.conv as conv_module
+    monkeypatch.setattr(conv_module, "COLS_BUDGET", 1)
+    for name in ("plain", "grouped", "pointwise", "atrous_same"):
+        check_fast_path(kind, FAST_PINNED[name], np.float32)
+
+
+@fast
+def test_fast_path_takes_strided_views_and_leaves_inputs_alone(kind):
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 6, 9, 12)).astype(np.float32)[:, ::2, :, ::2]   # a view
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32).transpose(0, 1, 3, 2)
+    b = np.arange(4, dtype=np.float32)
+    geom = ConvGeometry(3, 1, 1)
+    copies = [a.copy() for a in (x, w, b)]
+    np.testing.assert_allclose(conv2d_forward.impls[kind](x, w, b, geom=geom),
+                               forward(x, w, b, geom=geom), rtol=1e-5, atol=1e-5)
+    dy = np.ones((2, 4, 9, 6), np.float32)[..., ::1]
+    for got, want in zip(conv2d_backward.impls[kind](dy, x, w, geom=geom),
+                         backward(dy, x, w, geom=geom)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    for a, c in zip((x, w, b), copies):
+        np.testing.assert_array_equal(a, c)
+
+
+@fast
+def test_fast_path_falls_back_on_mixed_dtypes(kind):
+    x, w = np.ones((1, 2, 4, 4), np.float32), np.ones((3, 2, 3, 3), np.float64)
+    y = conv2d_forward.impls[kind](x, w, None, geom=ConvGeometry(3))
+    np.testing.assert_array_equal(y, forward(x, w, None, geom=ConvGeometry(3)))
+
+
+@fast
+def test_fast_path_shape_errors_are_layer_errors(kind):
+    with pytest.raises(LayerError, match="must both be divisible by group"):
+        conv2d_forward.impls[kind](np.zeros((1, 3, 5, 5), np.float32),
+                                   np.zeros((2, 3, 3, 3), np.float32), None,
+                                   geom=ConvGeometry(3), group=2)
+    with pytest.raises(LayerError, match="dy of shape"):
+        conv2d_backward.impls[kind](np.zeros((1, 2, 4, 4), np.float32),
+                                    np.zeros((1, 1, 5, 5), np.float32),
+                                    np.zeros((2, 1, 3, 3), np.float32), geom=ConvGeometry(3))

@@ -121,3 +121,29 @@ def test_float32_stays_float32_and_inputs_are_not_written(region):
 def test_even_local_size_is_refused(local_size):
     with pytest.raises(LayerError, match=f"odd, got {local_size}"):
         fwd(np.ones((1, 3, 2, 2)), local_size=local_size)
+
+
+# --- fast paths against the reference (I2) -------------------------------------------------------
+
+FAST_KINDS = [kind for kind in lrn_forward.impls if kind == "cpu"]
+
+
+@pytest.mark.parametrize("kind", FAST_KINDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@given(case=lrn_cases(), wide=st.booleans())
+def test_fast_paths_match_the_reference(kind, dtype, case, wide):
+    """Caffe's sliding channel sum against the reference's direct window sums, both regions
+    (WITHIN_CHANNEL falls back to the reference), images wider than one pixel block."""
+    x, p = case
+    if wide:                                       # more pixels than one block of 256
+        x = np.random.default_rng(10).standard_normal((2, x.shape[1], 3, 100))
+    x = x.astype(dtype)
+    dy = np.random.default_rng(11).standard_normal(x.shape).astype(dtype)
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-12)
+    for region in ("ACROSS_CHANNELS", "WITHIN_CHANNEL"):
+        y = lrn_forward.impls[kind](x, norm_region=region, **p)
+        assert y.dtype == dtype
+        np.testing.assert_allclose(y, lrn_forward.impls["ref"](x, norm_region=region, **p), **tol)
+        np.testing.assert_allclose(lrn_backward.impls[kind](dy, x, norm_region=region, **p),
+                                   lrn_backward.impls["ref"](dy, x, norm_region=region, **p),
+                                   **tol)

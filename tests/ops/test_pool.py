@@ -276,3 +276,42 @@ def test_float32_stays_float32_and_inputs_are_not_written():
     assert z.dtype == np.float32
     assert ave_pool2d_backward(z, x.shape, geom=geom).dtype == np.float32
     np.testing.assert_array_equal(x, keep)
+
+
+# --- fast paths against the reference (I2) -------------------------------------------------------
+
+FAST_KINDS = [kind for kind in max_pool2d_forward.impls if kind == "cpu"]
+
+
+@pytest.mark.parametrize("kind", FAST_KINDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@given(case=pool_cases())
+def test_fast_paths_match_the_reference(kind, dtype, case):
+    """MAX forward (values and argmax, ties included) and AVE forward are bit-identical; the
+    backward passes add the same terms in another order."""
+    x, geom, _ = case
+    x = (x + np.random.default_rng(7).standard_normal(x.shape) * 0.1).astype(dtype)
+    x[..., ::3] = np.round(x[..., ::3])            # keep some ties
+    y, mask = max_pool2d_forward.impls[kind](x, geom=geom)
+    want_y, want_mask = max_fwd(x, geom=geom)
+    assert y.dtype == dtype and mask.dtype == np.int64
+    np.testing.assert_array_equal(y, want_y)
+    np.testing.assert_array_equal(mask, want_mask)
+    dy = np.random.default_rng(8).standard_normal(y.shape).astype(dtype)
+    np.testing.assert_allclose(max_pool2d_backward.impls[kind](dy, mask, x.shape),
+                               max_bwd(dy, mask, x.shape), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(ave_pool2d_forward.impls[kind](x, geom=geom),
+                                  ave_fwd(x, geom=geom))
+    np.testing.assert_allclose(ave_pool2d_backward.impls[kind](dy, x.shape, geom=geom),
+                               ave_bwd(dy, x.shape, geom=geom), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", FAST_KINDS)
+def test_fast_path_on_a_strided_view_and_a_bad_mask(kind):
+    x = np.random.default_rng(9).standard_normal((2, 6, 9, 9)).astype(np.float32)[:, ::2]
+    geom = PoolGeometry((3, 3), (2, 2), (1, 1))
+    y, mask = max_pool2d_forward.impls[kind](x, geom=geom)
+    np.testing.assert_array_equal(y, max_fwd(x, geom=geom)[0])
+    mask[0, 0, 0, 0] = 81                                      # past the 9x9 plane
+    with pytest.raises(ValueError, match="mask index out of range"):
+        max_pool2d_backward.impls[kind](np.ones_like(y), mask, x.shape)

@@ -1,0 +1,221 @@
+// im2col / col2im and the layout moves around the convolution's GEMM (minicnn/ops/conv.py).
+//
+// The fast convolution folds a chunk of nb images into one matrix product per group:
+//
+//     cols (C*kh*kw, nb*oh*ow)   row (c, i, j), column (n, y, z):
+//         cols[(c, i, j), (n, y, z)] = x[n0 + n, c, y*sh + i*dh - ph, z*sw + j*dw - pw]  (0 on padding)
+//     y_t (F, nb*oh*ow) = w (F, C*kh*kw) @ cols                       (per group, by BLAS)
+//
+// so the products are large even at 13x13 maps, where Caffe's one GEMM per image is small.
+// im2col_rows fills cols; col2im_rows is its adjoint (adds each column entry back onto the
+// pixel it was read from). fnp_to_nfp moves y_t into the (N, F, oh, ow) output adding the bias,
+// nfp_to_fnp moves dy the other way and sums it per filter (the bias gradient) on the way.
+#include <cstring>
+
+#include "common.h"
+
+namespace minicnn {
+
+namespace {
+
+struct Geometry {
+    std::int64_t kh, kw, sh, sw, ph, pw, dh, dw;
+};
+
+}  // namespace
+
+template <typename T>
+MINICNN_VECTOR_CLONES static void im2col_rows(const T* xs, T* out, std::int64_t C, std::int64_t H,
+                                              std::int64_t W, std::int64_t n0, std::int64_t nb,
+                                              const Geometry& g, std::int64_t oh,
+                                              std::int64_t ow) {
+    const std::int64_t P = oh * ow, rows = C * g.kh * g.kw;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (std::int64_t row = 0; row < rows; ++row) {
+        for (std::int64_t n = 0; n < nb; ++n) {
+            const std::int64_t c = row / (g.kh * g.kw), i = (row / g.kw) % g.kh, j = row % g.kw;
+            const std::int64_t off_w = j * g.dw - g.pw;
+            std::int64_t lo, hi;
+            valid_range(W, g.sw, off_w, ow, lo, hi);
+            const T* plane = xs + ((n0 + n) * C + c) * H * W;
+            T* dst = out + row * nb * P + n * P;
+            for (std::int64_t y = 0; y < oh; ++y, dst += ow) {
+                const std::int64_t r = y * g.sh + i * g.dh - g.ph;
+                if (r < 0 || r >= H || lo == hi) {
+                    std::memset(dst, 0, sizeof(T) * ow);
+                    continue;
+                }
+                const T* src = plane + r * W + off_w;
+                for (std::int64_t z = 0; z < lo; ++z) dst[z] = T(0);
+                if (g.sw == 1) {
+                    std::memcpy(dst + lo, src + lo, sizeof(T) * (hi - lo));
+                } else {
+                    for (std::int64_t z = lo; z < hi; ++z) dst[z] = src[z * g.sw];
+                }
+                for (std::int64_t z = hi; z < ow; ++z) dst[z] = T(0);
+            }
+        }
+    }
+}
+
+template <typename T>
+MINICNN_VECTOR_CLONES static void col2im_rows(const T* in, T* xs, std::int64_t C, std::int64_t H,
+                                              std::int64_t W, std::int64_t n0, std::int64_t nb,
+                                              const Geometry& g, std::int64_t oh,
+                                              std::int64_t ow) {
+    const std::int64_t P = oh * ow;
+    // One (image, channel) plane per task: the taps of one channel all land on its own plane,
+    // so no two threads ever add to the same pixel.
+#pragma omp parallel for collapse(2) schedule(static)
+    for (std::int64_t n = 0; n < nb; ++n) {
+        for (std::int64_t c = 0; c < C; ++c) {
+            T* plane = xs + ((n0 + n) * C + c) * H * W;
+            std::memset(plane, 0, sizeof(T) * H * W);
+            for (std::int64_t i = 0; i < g.kh; ++i) {
+                for (std::int64_t j = 0; j < g.kw; ++j) {
+                    const std::int64_t off_w = j * g.dw - g.pw;
+                    std::int64_t lo, hi;
+                    valid_range(W, g.sw, off_w, ow, lo, hi);
+                    const T* src = in + ((c * g.kh + i) * g.kw + j) * nb * P + n * P;
+                    for (std::int64_t y = 0; y < oh; ++y, src += ow) {
+                        const std::int64_t r = y * g.sh + i * g.dh - g.ph;
+                        if (r < 0 || r >= H) continue;
+                        T* dst = plane + r * W + off_w;
+                        if (g.sw == 1) {
+                            for (std::int64_t z = lo; z < hi; ++z) dst[z] += src[z];
+                        } else {
+                            for (std::int64_t z = lo; z < hi; ++z) dst[z * g.sw] += src[z];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+// y[n0 + n, f, :] = y_t[f, n, :] + bias[f]   for y_t (F, nb*P) and y (N, F, ...P).
+template <typename T>
+static void fnp_to_nfp(const T* s, T* d, const T* b, std::int64_t F, std::int64_t P,
+                       std::int64_t n0, std::int64_t nb) {
+#pragma omp parallel for collapse(2) schedule(static)
+    for (std::int64_t n = 0; n < nb; ++n) {
+        for (std::int64_t f = 0; f < F; ++f) {
+            const T* from = s + (f * nb + n) * P;
+            T* to = d + ((n0 + n) * F + f) * P;
+            if (b) {
+                const T add = b[f];
+                for (std::int64_t p = 0; p < P; ++p) to[p] = from[p] + add;
+            } else {
+                std::memcpy(to, from, sizeof(T) * P);
+            }
+        }
+    }
+}
+
+// dy_t[f, n, :] = dy[n0 + n, f, :]; sums[f] += the sum of those values when sums is given.
+template <typename T>
+static void nfp_to_fnp(const T* s, T* d, T* total, std::int64_t F, std::int64_t P,
+                       std::int64_t n0, std::int64_t nb) {
+#pragma omp parallel for schedule(static)
+    for (std::int64_t f = 0; f < F; ++f) {
+        double acc = 0;
+        for (std::int64_t n = 0; n < nb; ++n) {
+            const T* from = s + ((n0 + n) * F + f) * P;
+            T* to = d + (f * nb + n) * P;
+            std::memcpy(to, from, sizeof(T) * P);
+            if (total) {
+                T part = 0;
+                for (std::int64_t p = 0; p < P; ++p) part += from[p];
+                acc += part;
+            }
+        }
+        if (total) total[f] += T(acc);
+    }
+}
+
+// --- bindings: shapes are checked here, once; the loops above trust them -------------------------
+
+static Geometry geometry(const py::tuple& t) {
+    require(t.size() == 8, "geometry must be (kh, kw, sh, sw, ph, pw, dh, dw)");
+    Geometry g{t[0].cast<std::int64_t>(), t[1].cast<std::int64_t>(), t[2].cast<std::int64_t>(),
+               t[3].cast<std::int64_t>(), t[4].cast<std::int64_t>(), t[5].cast<std::int64_t>(),
+               t[6].cast<std::int64_t>(), t[7].cast<std::int64_t>()};
+    require(g.kh >= 1 && g.kw >= 1 && g.sh >= 1 && g.sw >= 1 && g.dh >= 1 && g.dw >= 1 &&
+                g.ph >= 0 && g.pw >= 0, "invalid convolution geometry");
+    return g;
+}
+
+static void check_cols(const py::array& image, const py::array& cols, std::int64_t n0,
+                       std::int64_t nb, const Geometry& g, std::int64_t oh, std::int64_t ow,
+                       const char* who) {
+    require(image.ndim() == 4 && cols.ndim() == 2, std::string(who) + ": image 4-D, cols 2-D");
+    require(n0 >= 0 && nb >= 1 && n0 + nb <= image.shape(0) && oh >= 1 && ow >= 1,
+            std::string(who) + ": image range out of bounds");
+    require(cols.shape(0) == image.shape(1) * g.kh * g.kw && cols.shape(1) == nb * oh * ow,
+            std::string(who) + ": cols has the wrong shape");
+}
+
+REGISTER_NATIVE(m) {
+    m.def("im2col_rows", [](const py::array& x, py::array& cols, std::int64_t n0, std::int64_t nb,
+                            const py::tuple& geom, std::int64_t oh, std::int64_t ow) {
+        const Geometry g = geometry(geom);
+        check_cols(x, cols, n0, nb, g, oh, ow, "im2col_rows");
+        by_dtype(x, [&](auto tag) {
+            using T = decltype(tag);
+            const T* xs = in_ptr<T>(x, "x");
+            T* out = out_ptr<T>(cols, "cols");
+            py::gil_scoped_release release;
+            im2col_rows<T>(xs, out, x.shape(1), x.shape(2), x.shape(3), n0, nb, g, oh, ow);
+        });
+    }, "cols (C*kh*kw, nb*oh*ow) <- the windows of images n0..n0+nb-1 of x (N, C, H, W); "
+       "geom = (kh, kw, sh, sw, ph, pw, dh, dw)");
+    m.def("col2im_rows", [](const py::array& dcols, py::array& dx, std::int64_t n0,
+                            std::int64_t nb, const py::tuple& geom, std::int64_t oh,
+                            std::int64_t ow) {
+        const Geometry g = geometry(geom);
+        check_cols(dx, dcols, n0, nb, g, oh, ow, "col2im_rows");
+        by_dtype(dcols, [&](auto tag) {
+            using T = decltype(tag);
+            const T* in = in_ptr<T>(dcols, "dcols");
+            T* out = out_ptr<T>(dx, "dx");
+            py::gil_scoped_release release;
+            col2im_rows<T>(in, out, dx.shape(1), dx.shape(2), dx.shape(3), n0, nb, g, oh, ow);
+        });
+    }, "dx[n0:n0+nb] <- the adjoint of im2col_rows applied to dcols");
+    m.def("fnp_to_nfp", [](const py::array& src, py::array& dst, std::int64_t n0, std::int64_t nb,
+                           py::object bias) {
+        require(dst.ndim() >= 2, "fnp_to_nfp: dst must be (N, F, ...)");
+        const std::int64_t N = dst.shape(0), F = dst.shape(1);
+        const std::int64_t P = (N * F) != 0 ? dst.size() / (N * F) : 0;
+        require(n0 >= 0 && nb >= 1 && n0 + nb <= N && src.size() == F * nb * P,
+                "fnp_to_nfp: shapes do not match");
+        by_dtype(src, [&](auto tag) {
+            using T = decltype(tag);
+            const T* s = in_ptr<T>(src, "src");
+            T* d = out_ptr<T>(dst, "dst");
+            const T* b = opt_in_ptr<T>(bias, "bias");
+            if (b) require(py::len(bias) == static_cast<size_t>(F), "fnp_to_nfp: bias size");
+            py::gil_scoped_release release;
+            fnp_to_nfp<T>(s, d, b, F, P, n0, nb);
+        });
+    }, "dst[n0 + n, f] <- src[f, n] (+ bias[f]) for src (F, nb*P), dst (N, F, ...)");
+    m.def("nfp_to_fnp", [](const py::array& src, py::array& dst, std::int64_t n0, std::int64_t nb,
+                           py::object sums) {
+        require(src.ndim() >= 2, "nfp_to_fnp: src must be (N, F, ...)");
+        const std::int64_t N = src.shape(0), F = src.shape(1);
+        const std::int64_t P = (N * F) != 0 ? src.size() / (N * F) : 0;
+        require(n0 >= 0 && nb >= 1 && n0 + nb <= N && dst.size() == F * nb * P,
+                "nfp_to_fnp: shapes do not match");
+        by_dtype(src, [&](auto tag) {
+            using T = decltype(tag);
+            const T* s = in_ptr<T>(src, "src");
+            T* d = out_ptr<T>(dst, "dst");
+            T* total = opt_out_ptr<T>(sums, "sums");
+            if (total) require(py::len(sums) == static_cast<size_t>(F), "nfp_to_fnp: sums size");
+            py::gil_scoped_release release;
+            nfp_to_fnp<T>(s, d, total, F, P, n0, nb);
+        });
+    }, "dst[f, n] <- src[n0 + n, f] for src (N, F, ...), dst (F, nb*P); sums[f] += their sum");
+}
+
+}  // namespace minicnn

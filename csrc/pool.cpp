@@ -1,0 +1,182 @@
+// MAX and AVE pooling (minicnn/ops/pool.py), Caffe's window rules, one (image, channel) plane
+// per task. Window (y, z) covers rows y*sh - ph .. +kh and columns z*sw - pw .. +kw, clipped to
+// the image; the AVE divisor counts padding but not the overhang past it (computed before
+// clipping). A window with no pixel of the image gives MAX -FLT_MAX with mask -1 and AVE 0,
+// exactly as the reference does.
+#include <algorithm>
+#include <cfloat>
+#include <cstring>
+
+#include "common.h"
+
+namespace minicnn {
+
+namespace {
+
+struct Window {
+    std::int64_t H, W, oh, ow, kh, kw, sh, sw, ph, pw;
+};
+
+Window window_of(const py::array& x, const py::array& y, const py::tuple& geom) {
+    require(geom.size() == 6, "pool geometry must be (kh, kw, sh, sw, ph, pw)");
+    require(x.ndim() == 4 && y.ndim() == 4 && x.shape(0) == y.shape(0) &&
+                x.shape(1) == y.shape(1), "pool: x and y must be (N, C, ...) of one N and C");
+    Window w{x.shape(2), x.shape(3), y.shape(2), y.shape(3),
+             geom[0].cast<std::int64_t>(), geom[1].cast<std::int64_t>(),
+             geom[2].cast<std::int64_t>(), geom[3].cast<std::int64_t>(),
+             geom[4].cast<std::int64_t>(), geom[5].cast<std::int64_t>()};
+    require(w.kh >= 1 && w.kw >= 1 && w.sh >= 1 && w.sw >= 1 && w.ph >= 0 && w.pw >= 0,
+            "pool: invalid geometry");
+    return w;
+}
+
+}  // namespace
+
+template <typename T>
+static void max_forward(const T* x, T* y, std::int64_t* mask, std::int64_t planes,
+                        const Window& g) {
+#pragma omp parallel for schedule(static)
+    for (std::int64_t p = 0; p < planes; ++p) {
+        const T* in = x + p * g.H * g.W;
+        T* out = y + p * g.oh * g.ow;
+        std::int64_t* arg = mask + p * g.oh * g.ow;
+        for (std::int64_t oy = 0; oy < g.oh; ++oy) {
+            const std::int64_t h0 = std::max<std::int64_t>(oy * g.sh - g.ph, 0);
+            const std::int64_t h1 = std::min(oy * g.sh - g.ph + g.kh, g.H);
+            for (std::int64_t oz = 0; oz < g.ow; ++oz) {
+                const std::int64_t w0 = std::max<std::int64_t>(oz * g.sw - g.pw, 0);
+                const std::int64_t w1 = std::min(oz * g.sw - g.pw + g.kw, g.W);
+                T best = T(-FLT_MAX);                   // Caffe's start value
+                std::int64_t where = -1;
+                for (std::int64_t h = h0; h < h1; ++h)
+                    for (std::int64_t w = w0; w < w1; ++w)
+                        if (in[h * g.W + w] > best) {   // strict: the first maximum wins
+                            best = in[h * g.W + w];
+                            where = h * g.W + w;
+                        }
+                out[oy * g.ow + oz] = best;
+                arg[oy * g.ow + oz] = where;
+            }
+        }
+    }
+}
+
+template <typename T>
+static void max_backward(const T* dy, const std::int64_t* mask, T* dx, std::int64_t planes,
+                         std::int64_t in_size, std::int64_t out_size) {
+#pragma omp parallel for schedule(static)
+    for (std::int64_t p = 0; p < planes; ++p) {
+        T* plane = dx + p * in_size;
+        std::memset(plane, 0, sizeof(T) * in_size);
+        const T* g = dy + p * out_size;
+        const std::int64_t* arg = mask + p * out_size;
+        for (std::int64_t i = 0; i < out_size; ++i)
+            if (arg[i] >= 0) plane[arg[i]] += g[i];
+    }
+}
+
+// The divisor of window (oy, oz), as Caffe's pool_size: before clipping to the image.
+inline std::int64_t ave_divisor(const Window& g, std::int64_t oy, std::int64_t oz) {
+    const std::int64_t h0 = oy * g.sh - g.ph, w0 = oz * g.sw - g.pw;
+    const std::int64_t size = (std::min(h0 + g.kh, g.H + g.ph) - h0) *
+                              (std::min(w0 + g.kw, g.W + g.pw) - w0);
+    return size > 0 ? size : 1;        // <= 0 only for a window wholly outside: its sum is 0
+}
+
+template <typename T>
+static void ave_forward(const T* x, T* y, std::int64_t planes, const Window& g) {
+#pragma omp parallel for schedule(static)
+    for (std::int64_t p = 0; p < planes; ++p) {
+        const T* in = x + p * g.H * g.W;
+        T* out = y + p * g.oh * g.ow;
+        for (std::int64_t oy = 0; oy < g.oh; ++oy) {
+            const std::int64_t h0 = std::max<std::int64_t>(oy * g.sh - g.ph, 0);
+            const std::int64_t h1 = std::min(oy * g.sh - g.ph + g.kh, g.H);
+            for (std::int64_t oz = 0; oz < g.ow; ++oz) {
+                const std::int64_t w0 = std::max<std::int64_t>(oz * g.sw - g.pw, 0);
+                const std::int64_t w1 = std::min(oz * g.sw - g.pw + g.kw, g.W);
+                T total = 0;                           // tap order as the reference: rows, then
+                for (std::int64_t h = h0; h < h1; ++h)  // columns of the window
+                    for (std::int64_t w = w0; w < w1; ++w) total += in[h * g.W + w];
+                out[oy * g.ow + oz] = total / T(ave_divisor(g, oy, oz));
+            }
+        }
+    }
+}
+
+template <typename T>
+static void ave_backward(const T* dy, T* dx, std::int64_t planes, const Window& g) {
+#pragma omp parallel for schedule(static)
+    for (std::int64_t p = 0; p < planes; ++p) {
+        T* plane = dx + p * g.H * g.W;
+        std::memset(plane, 0, sizeof(T) * g.H * g.W);
+        const T* grad = dy + p * g.oh * g.ow;
+        for (std::int64_t oy = 0; oy < g.oh; ++oy) {
+            const std::int64_t h0 = std::max<std::int64_t>(oy * g.sh - g.ph, 0);
+            const std::int64_t h1 = std::min(oy * g.sh - g.ph + g.kh, g.H);
+            for (std::int64_t oz = 0; oz < g.ow; ++oz) {
+                const std::int64_t w0 = std::max<std::int64_t>(oz * g.sw - g.pw, 0);
+                const std::int64_t w1 = std::min(oz * g.sw - g.pw + g.kw, g.W);
+                const T share = grad[oy * g.ow + oz] / T(ave_divisor(g, oy, oz));
+                for (std::int64_t h = h0; h < h1; ++h)
+                    for (std::int64_t w = w0; w < w1; ++w) plane[h * g.W + w] += share;
+            }
+        }
+    }
+}
+
+REGISTER_NATIVE(m) {
+    m.def("max_pool_forward", [](const py::array& x, py::array& y, py::array& mask,
+                                 const py::tuple& geom) {
+        const Window g = window_of(x, y, geom);
+        require(mask.ndim() == 4 && mask.size() == y.size(), "max_pool_forward: mask shape");
+        std::int64_t* arg = out_ptr<std::int64_t>(mask, "mask");
+        by_dtype(x, [&](auto tag) {
+            using T = decltype(tag);
+            const T* in = in_ptr<T>(x, "x");
+            T* out = out_ptr<T>(y, "y");
+            py::gil_scoped_release release;
+            max_forward<T>(in, out, arg, x.shape(0) * x.shape(1), g);
+        });
+    }, "y, mask (int64 h*W + w, or -1) <- MAX pooling of x; geom = (kh, kw, sh, sw, ph, pw)");
+    m.def("max_pool_backward", [](const py::array& dy, const py::array& mask, py::array& dx) {
+        require(dy.ndim() == 4 && dx.ndim() == 4 && mask.size() == dy.size() &&
+                    dy.shape(0) == dx.shape(0) && dy.shape(1) == dx.shape(1),
+                "max_pool_backward: shapes do not match");
+        const std::int64_t* arg = in_ptr<std::int64_t>(mask, "mask");
+        const std::int64_t in_size = dx.shape(2) * dx.shape(3), out_size = dy.shape(2) * dy.shape(3);
+        by_dtype(dy, [&](auto tag) {
+            using T = decltype(tag);
+            const T* g = in_ptr<T>(dy, "dy");
+            T* out = out_ptr<T>(dx, "dx");
+            const std::int64_t planes = dy.shape(0) * dy.shape(1);
+            py::gil_scoped_release release;
+            for (std::int64_t i = 0; i < planes * out_size; ++i)
+                if (arg[i] >= in_size) throw std::invalid_argument("max_pool_backward: mask "
+                                                                   "index out of range");
+            max_backward<T>(g, arg, out, planes, in_size, out_size);
+        });
+    }, "dx <- each dy added at its window's argmax (mask)");
+    m.def("ave_pool_forward", [](const py::array& x, py::array& y, const py::tuple& geom) {
+        const Window g = window_of(x, y, geom);
+        by_dtype(x, [&](auto tag) {
+            using T = decltype(tag);
+            const T* in = in_ptr<T>(x, "x");
+            T* out = out_ptr<T>(y, "y");
+            py::gil_scoped_release release;
+            ave_forward<T>(in, out, x.shape(0) * x.shape(1), g);
+        });
+    }, "y <- AVE pooling of x; geom = (kh, kw, sh, sw, ph, pw)");
+    m.def("ave_pool_backward", [](const py::array& dy, py::array& dx, const py::tuple& geom) {
+        const Window g = window_of(dx, dy, geom);
+        by_dtype(dy, [&](auto tag) {
+            using T = decltype(tag);
+            const T* grad = in_ptr<T>(dy, "dy");
+            T* out = out_ptr<T>(dx, "dx");
+            py::gil_scoped_release release;
+            ave_backward<T>(grad, out, dx.shape(0) * dx.shape(1), g);
+        });
+    }, "dx <- dy / divisor spread over each window's pixels");
+}
+
+}  // namespace minicnn
