@@ -18,10 +18,12 @@ momentum2.) The learning rate itself comes from solver.learning_rate.
 """
 
 import math
+import os
 
 import numpy as np
 
 from minicnn.errors import MinicnnError
+from minicnn.native import lib
 from minicnn.solver import Solver, register_solver
 
 # --- the solver types ----------------------------------------------------------------------------
@@ -32,10 +34,30 @@ class _Rule(Solver):
         t = blob.dtype.type
         return blob.diff, t(rate * self.net.params_lr[param_id]), t
 
+    def _momentum_update(self, param_id, rate, nesterov):
+        """The fast CPU path (csrc/solver.cpp) of SGD and Nesterov, when it applies."""
+        blob = self.net.learnable_params[param_id]
+        history = self.history[param_id]
+        regularization = {"L2": 1, "L1": 2}.get(self.param.regularization_type)
+        if lib is None or regularization is None or os.environ.get("MINICNN_CPU") == "ref" \
+                or blob.dtype not in (np.float32, np.float64) \
+                or not all(isinstance(a, np.ndarray) and a.flags.c_contiguous
+                           and a.dtype == blob.dtype for a in (blob.diff, blob.data, history)):
+            return False                       # unknown regularization: regularize() says so
+        decay = self.param.weight_decay * self.net.params_weight_decay[param_id]
+        lib.momentum_update(blob.diff, blob.data, history, rate * self.net.params_lr[param_id],
+                            self.param.momentum, decay, regularization if decay else 0,
+                            1.0 / self.param.iter_size if self.param.iter_size > 1 else 1.0,
+                            nesterov)
+        return True
+
 
 @register_solver("SGD")
 class SGDSolver(_Rule):
     """Stochastic gradient descent with momentum (Caffe's SGDSolver)."""
+
+    def fused_update_value(self, param_id, rate):
+        return self._momentum_update(param_id, rate, nesterov=False)
 
     def compute_update_value(self, param_id, rate):
         g, lr, t = self._parts(param_id, rate)
@@ -48,6 +70,9 @@ class SGDSolver(_Rule):
 @register_solver("Nesterov")
 class NesterovSolver(_Rule):
     """Nesterov's accelerated gradient, as Caffe writes it (the step looks ahead)."""
+
+    def fused_update_value(self, param_id, rate):
+        return self._momentum_update(param_id, rate, nesterov=True)
 
     def compute_update_value(self, param_id, rate):
         g, lr, t = self._parts(param_id, rate)

@@ -121,6 +121,40 @@ def test_each_solver_type_matches_the_hand_written_update(solver_type):
     assert solver.iter == 4
 
 
+@pytest.mark.skipif(minicnn.native.lib is None, reason="minicnn._native was not built")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("fields", [
+    dict(type="SGD", momentum=0.9, weight_decay=0.01),
+    dict(type="SGD", momentum=0.0, weight_decay=0.0),
+    dict(type="Nesterov", momentum=0.8, weight_decay=0.02, regularization_type="L1"),
+    dict(type="SGD", momentum=0.9, weight_decay=0.005, iter_size=3, lr_policy="inv",
+         gamma=0.1, power=0.75),
+])
+def test_fast_momentum_update_is_bit_for_bit_the_numpy_rule(fields, dtype, monkeypatch):
+    """csrc/solver.cpp's one-pass SGD/Nesterov update against normalize + regularize +
+    compute_update_value in NumPy (MINICNN_CPU=ref): identical weights and histories."""
+    fields = dict(fields)
+    solver_type = fields.pop("type")
+
+    def run():
+        param = caffe_pb2.SolverParameter(net_param=parse_text(LINEAR), type=solver_type,
+                                          base_lr=0.1, max_iter=100, random_seed=7,
+                                          snapshot_after_train=False,
+                                          **{"lr_policy": "fixed", **fields})
+        solver = minicnn.get_solver(param, dtype=dtype, log=lambda message: None)
+        solver.net.blobs["x"].data[...] = X
+        solver.net.blobs["t"].data[...] = T
+        solver.step(5)
+        return [b.data.copy() for b in solver.net.learnable_params] + solver.history
+
+    fast = run()
+    monkeypatch.setenv("MINICNN_CPU", "ref")
+    slow = run()
+    for a, b in zip(fast, slow):
+        assert a.dtype == dtype
+        np.testing.assert_array_equal(a, b)
+
+
 def test_legacy_solver_type_enum_selects_the_solver():
     param = caffe_pb2.SolverParameter(net_param=parse_text(LINEAR), solver_type="ADAM",
                                       base_lr=0.01, lr_policy="fixed")

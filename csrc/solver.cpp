@@ -1,0 +1,63 @@
+// The SGD and Nesterov update values (minicnn/sgd_solvers.py) in one pass over a parameter:
+// Caffe's Normalize (iter_size), Regularize (L2 or L1 weight decay) and ComputeUpdateValue,
+// which NumPy does in about a dozen passes and temporaries (a training step of CaffeNet moves
+// its 61M weights, their diffs and the momentum history through memory).
+//
+//     g = diff * scale  (+ decay * data | + decay * sign(data))
+//     v = momentum * v + lr * g                     history
+//     diff = v                   (SGD)
+//     diff = (1 + momentum) * v - momentum * v_old  (Nesterov)
+//
+// Every product and sum is rounded in the same order as the NumPy code, and this file is not
+// built with the vector clones (whose AVX2 code may fuse a*b+c into one FMA rounding), so the
+// result is bit for bit the NumPy rule's.
+#include "common.h"
+
+namespace minicnn {
+
+enum Regularization { NONE = 0, L2 = 1, L1 = 2 };
+
+template <typename T>
+inline T sign(T x) { return x > T(0) ? T(1) : x < T(0) ? T(-1) : x; }   // NaN stays NaN
+
+template <typename T>
+static void momentum_update(T* diff, const T* data, T* history, std::int64_t n, T lr, T momentum,
+                            T decay, int regularization, T scale, bool apply_scale,
+                            bool nesterov) {
+    const T one_plus = T(1) + momentum;
+#pragma omp parallel for schedule(static)
+    for (std::int64_t i = 0; i < n; ++i) {
+        T g = diff[i];
+        if (apply_scale) g *= scale;
+        if (regularization == L2) g += decay * data[i];
+        else if (regularization == L1) g += decay * sign(data[i]);
+        const T old = history[i];
+        T v = momentum * old;
+        v += lr * g;
+        history[i] = v;
+        diff[i] = nesterov ? one_plus * v - momentum * old : v;
+    }
+}
+
+REGISTER_NATIVE(m) {
+    m.def("momentum_update", [](py::array& diff, const py::array& data, py::array& history,
+                                double lr, double momentum, double decay, int regularization,
+                                double scale, bool nesterov) {
+        require(diff.size() == data.size() && history.size() == data.size(),
+                "momentum_update: diff, data and history must have one size");
+        require(regularization >= NONE && regularization <= L1,
+                "momentum_update: regularization is 0 (none), 1 (L2) or 2 (L1)");
+        by_dtype(data, [&](auto tag) {
+            using T = decltype(tag);
+            T* d = out_ptr<T>(diff, "diff");
+            T* h = out_ptr<T>(history, "history");
+            const T* w = in_ptr<T>(data, "data");
+            py::gil_scoped_release release;
+            momentum_update<T>(d, w, h, data.size(), T(lr), T(momentum), T(decay),
+                               regularization, T(scale), scale != 1.0, nesterov);
+        });
+    }, "diff <- the SGD (or Nesterov) step, history <- the new momentum, in one pass; "
+       "diff is first scaled by `scale` (1/iter_size) and regularized (0 none, 1 L2, 2 L1)");
+}
+
+}  // namespace minicnn
