@@ -236,6 +236,8 @@ message LayerParameter
   204 detection_output_param DetectionOutputParameter
   206 norm_param          NormalizeParameter
   9143 interp_param       InterpParameter    # DeepLab/PSPNet fork; their 143 is BVLC's input_param
+  10001 detection_param   DetectionParameter  # minicnn's own (YOLOv1); 10000+ is clear of
+  10002 detection_data_param DetectionDataParameter  # BVLC's numbers and known forks'
 
 message TransformationParameter
   1   scale               float    = 1
@@ -576,6 +578,33 @@ message InterpParameter        # the DeepLab/PSPNet fork's bilinear resize layer
   4   shrink_factor       int32    = 1
   5   pad_beg             int32    = 0
   6   pad_end             int32    = 0
+
+message DetectionParameter     # minicnn's YOLOv1 "Detection" layer, Darknet's [detection]
+  1   side                uint32   = 7
+  2   num                 uint32   = 2
+  3   classes             uint32   = 20
+  4   coords              uint32   = 4
+  5   sqrt                bool     = true
+  6   rescore             bool     = true
+  7   softmax             bool     = false
+  8   object_scale        float    = 1
+  9   noobject_scale      float    = 0.5
+  10  class_scale         float    = 1
+  11  coord_scale         float    = 5
+
+message DetectionDataParameter # minicnn's "DetectionData" layer: images + Darknet label files
+  1   source              string
+  2   batch_size          uint32   = 1
+  3   shuffle             bool     = false
+  4   new_height          uint32   = 0
+  5   new_width           uint32   = 0
+  6   is_color            bool     = true
+  7   root_folder         string   = ""
+  8   max_boxes           uint32   = 30
+  9   jitter              float    = 0
+  10  flip                bool     = false
+  11  rand_skip           uint32   = 0
+  12  prefetch            uint32   = 4
 
 message NormalizeParameter
   1   across_spatial      bool     = true

@@ -1,0 +1,417 @@
+"""Using a YOLOv1 detector: decode the predictions, non-maximum suppression, drawing, and the
+VOC mean average precision.
+
+    import minicnn
+    net = minicnn.Net("models/yolo/digits_deploy.prototxt", "digits.caffemodel", minicnn.TEST)
+    for d in minicnn.detect(net, "street.png"):           # thresh 0.2, NMS 0.4, as `yolo test`
+        print(d["label"], d["score"], d["box"])          # box: x0, y0, x1, y1 in pixels
+
+Decoding is Darknet's get_detection_detections: predictor j of cell (row, col) has the box
+centre ((x + col) / S, (y + row) / S), size (w^2, h^2) (w, h as predicted when sqrt is off),
+times the image size; its score for class c is confidence * P(c), set to 0 at or below
+``thresh``. NMS (do_nms_sort) is per class: in order of that class's score, each box still
+scoring zeroes the class score of every later box overlapping it with IoU > ``nms``. A box is
+reported once per class it still scores in. IoU is on continuous coordinates (no +1 pixel).
+
+Average precision (``evaluate``) follows the VOC devkit: per class, detections in order of
+score; one is a true positive when its best-overlapping ground truth of that class in its
+image has IoU >= ``iou`` (0.5) and was not matched before, otherwise a false positive
+(duplicates count as false positives). AP is computed both ways: VOC2007's 11-point
+interpolation (mean over recall r = 0, 0.1, ..., 1 of the best precision at recall >= r) and
+VOC2010's all-point area (precision made non-increasing from the right, summed over each change
+of recall). Classes with no ground truth have no AP and are left out of the mean.
+"""
+
+import json
+import os
+
+import numpy as np
+
+from minicnn.errors import MinicnnError
+from minicnn.ops.detection import detection_layout
+
+COLOURS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+           (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
+           (0, 128, 128), (220, 190, 255), (170, 110, 40), (128, 0, 0), (170, 255, 195),
+           (128, 128, 0), (255, 215, 180), (0, 0, 128), (128, 128, 128), (255, 255, 255)]
+
+
+# --- boxes -------------------------------------------------------------------------------------
+
+def iou_matrix(a, b):
+    """IoU of every corner box of ``a`` (n, 4) with every one of ``b`` (m, 4): (n, m).
+    Boxes are (x0, y0, x1, y1); empty overlaps give 0, as does an empty union."""
+    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
+    w = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
+    h = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
+    inter = np.where((w < 0) | (h < 0), 0.0, w * h)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a[:, None] + area_b[None, :] - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def centre_to_corners(boxes):
+    """(x, y, w, h) centre boxes -> (x0, y0, x1, y1)."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    x, y, w, h = boxes.T
+    return np.stack([x - w / 2, y - h / 2, x + w / 2, y + h / 2], axis=1)
+
+
+# --- decoding and NMS ----------------------------------------------------------------------------
+
+def decode(predictions, side, num, classes, sqrt=True, width=1.0, height=1.0):
+    """(boxes (S*S*B, 4) as centre (x, y, w, h) in units of width/height, class scores
+    (S*S*B, C) = confidence * class probability) of one image's predictions (D,)."""
+    predictions = np.asarray(predictions, np.float64).reshape(-1)
+    d, conf0, box0 = detection_layout(side, num, classes)
+    if predictions.size != d:
+        raise MinicnnError(f"predictions of {predictions.size} values do not fit side {side}, "
+                           f"num {num}, classes {classes} ({d} values)")
+    cells = side * side
+    probs = predictions[:conf0].reshape(cells, classes)
+    conf = predictions[conf0:box0].reshape(cells, num)
+    coords = predictions[box0:].reshape(cells, num, 4)
+    row, col = np.divmod(np.arange(cells), side)
+    power = 2 if sqrt else 1
+    boxes = np.stack([(coords[..., 0] + col[:, None]) / side * width,
+                      (coords[..., 1] + row[:, None]) / side * height,
+                      coords[..., 2] ** power * width,
+                      coords[..., 3] ** power * height], axis=-1).reshape(-1, 4)
+    scores = (conf[:, :, None] * probs[:, None, :]).reshape(-1, classes)
+    return boxes, scores
+
+
+def nms(boxes, scores, thresh=0.2, nms_thresh=0.4):
+    """Darknet's thresholding and per-class NMS. ``boxes`` (M, 4) centre boxes, ``scores``
+    (M, C); returns the scores with the suppressed and sub-threshold ones set to 0."""
+    scores = np.where(np.asarray(scores, np.float64) > thresh, scores, 0.0)
+    corners = centre_to_corners(boxes)
+    overlaps = iou_matrix(corners, corners)
+    for c in range(scores.shape[1]):
+        order = np.argsort(-scores[:, c], kind="stable")
+        for rank, i in enumerate(order):
+            if scores[i, c] == 0:
+                continue
+            later = order[rank + 1:]
+            scores[later[overlaps[i, later] > nms_thresh], c] = 0
+    return scores
+
+
+def detections_from(predictions, side, num, classes, sqrt=True, width=1.0, height=1.0,
+                    thresh=0.2, nms_thresh=0.4, names=None, clip=True):
+    """The detections of one image's predictions: a list of {"class", "label", "score",
+    "box": [x0, y0, x1, y1]} in units of width/height (clipped to the image), best first."""
+    boxes, scores = decode(predictions, side, num, classes, sqrt, width, height)
+    scores = nms(boxes, scores, thresh, nms_thresh)
+    corners = centre_to_corners(boxes)
+    if clip:
+        corners = np.clip(corners, 0, [width, height, width, height])
+    out = []
+    for i, c in zip(*np.nonzero(scores)):
+        out.append({"class": int(c), "label": names[c] if names else str(int(c)),
+                    "score": float(scores[i, c]), "box": [float(v) for v in corners[i]]})
+    out.sort(key=lambda d: -d["score"])
+    return out
+
+
+# --- running a net ---------------------------------------------------------------------------------
+
+def detection_layer(net):
+    """(the Detection layer's detection_param, the blob holding its predictions) of a net."""
+    found = [(name, layer) for name, layer in net.layer_dict.items() if layer.type == "Detection"]
+    if len(found) != 1:
+        raise MinicnnError(f"the net must have exactly one Detection layer (it tells how to "
+                           f"decode the predictions), found {len(found)}")
+    name, layer = found[0]
+    blob = net.bottom_names[name][0] if layer.is_loss else net.top_names[name][0]
+    return layer.param.detection_param, blob
+
+
+def load_detection_input(image, height, width, channels=3, rgb=False):
+    """An image file (path) or an H x W (x 3, RGB) uint8 array as a CHW uint8 array of the net's
+    size, BGR (or RGB with ``rgb``) or gray; returns (it, original width, original height)."""
+    from minicnn.data.datum import decode_image, resize_image
+    from minicnn.data.errors import need
+    need("PIL.Image", "Pillow")
+    if isinstance(image, (str, os.PathLike)):
+        chw = decode_image(image, channels == 3)
+    else:
+        a = np.asarray(image)
+        if a.dtype != np.uint8 or a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] != 3):
+            raise MinicnnError(f"an image array must be H x W or H x W x 3 (RGB) uint8, got "
+                               f"{a.dtype} {a.shape}")
+        if a.ndim == 2:
+            a = a[:, :, None].repeat(3, axis=2) if channels == 3 else a[:, :, None]
+        elif channels == 1:
+            a = np.round(a @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)[:, :, None]
+        else:
+            a = a[:, :, ::-1]                                  # RGB -> BGR
+        chw = np.ascontiguousarray(a.transpose(2, 0, 1))
+    h0, w0 = chw.shape[1:]
+    chw = resize_image(chw, height, width)
+    if rgb and channels == 3:
+        chw = np.ascontiguousarray(chw[::-1])
+    return chw, w0, h0
+
+
+def detect(net, images, thresh=0.2, nms=0.4, scale=1 / 255, mean=None, rgb=False, names=None,
+           batch_size=8):
+    """Detections of one image (a path or an RGB uint8 array) or of a list of them (then a list
+    of lists), with the net's Detection layer settings; boxes in the original image's pixels.
+
+    The input is prepared as the DetectionData layer does in TEST: decoded as BGR (``rgb`` for
+    nets trained on RGB, such as Darknet's), resized to the net's input size, minus ``mean``,
+    times ``scale`` (1/255 by default, the yolo models' transform_param scale and Darknet's).
+    """
+    single = isinstance(images, (str, os.PathLike)) or (
+        isinstance(images, np.ndarray) and images.dtype == np.uint8)
+    items = [images] if single else list(images)
+    p, blob = detection_layer(net)
+    if not net.inputs:
+        raise MinicnnError("the net has no Input layer to feed images to (use a deploy "
+                           "prototxt)")
+    name = net.inputs[0]
+    _, channels, height, width = net.blobs[name].shape
+    results = []
+    for start in range(0, len(items), batch_size):
+        chunk = items[start:start + batch_size]
+        loaded = [load_detection_input(im, height, width, channels, rgb) for im in chunk]
+        x = np.stack([chw for chw, _, _ in loaded]).astype(net.blobs[name].dtype)
+        if mean is not None:
+            x -= np.asarray(mean, x.dtype).reshape(1, -1, 1, 1)
+        x *= x.dtype.type(scale)
+        net.forward(**{name: x})
+        preds = net.blobs[blob].data.reshape(len(chunk), -1)
+        for pred, (_, w0, h0) in zip(preds, loaded):
+            results.append(detections_from(pred, p.side, p.num, p.classes, p.sqrt, w0, h0,
+                                           thresh, nms, names))
+    return results[0] if single else results
+
+
+# --- drawing ------------------------------------------------------------------------------------
+
+def draw_detections(image, detections, path=None, line_width=2):
+    """An RGB uint8 picture (H, W, 3) of ``image`` (a path or array) with each detection's box
+    and "label score" drawn; written as PNG to ``path`` if given."""
+    from minicnn.data.errors import need
+    Image = need("PIL.Image", "Pillow")
+    ImageDraw = need("PIL.ImageDraw", "Pillow")
+    if isinstance(image, (str, os.PathLike)):
+        from minicnn.data.datum import decode_image
+        rgb = decode_image(image, True)[::-1].transpose(1, 2, 0)
+    else:
+        rgb = np.asarray(image)
+        if rgb.ndim == 2:
+            rgb = rgb[:, :, None].repeat(3, axis=2)
+    picture = Image.fromarray(np.ascontiguousarray(rgb, np.uint8))
+    draw = ImageDraw.Draw(picture)
+    for d in sorted(detections, key=lambda d: d["score"]):        # the best on top
+        colour = COLOURS[d["class"] % len(COLOURS)]
+        x0, y0, x1, y1 = d["box"]
+        draw.rectangle([x0, y0, x1, y1], outline=colour, width=line_width)
+        text = f"{d['label']} {d['score']:.2f}"
+        tx0, ty0, tx1, ty1 = draw.textbbox((0, 0), text)
+        ty = y0 - (ty1 - ty0) - 3 if y0 - (ty1 - ty0) - 3 >= 0 else y0
+        draw.rectangle([x0, ty, x0 + tx1 - tx0 + 3, ty + ty1 - ty0 + 3], fill=colour)
+        draw.text((x0 + 1, ty), text, fill=(0, 0, 0) if sum(colour) > 380 else (255, 255, 255))
+    if path is not None:
+        folder = os.path.dirname(os.fspath(path))
+        tmp = f"{path}.tmp-{os.getpid()}"
+        try:
+            if folder:
+                os.makedirs(folder, exist_ok=True)
+            picture.save(tmp, format="PNG")
+            os.replace(tmp, path)
+        except (OSError, ValueError) as e:
+            raise MinicnnError(f"{path}: cannot write the picture ({e})") from None
+    return np.asarray(picture)
+
+
+# --- evaluation -----------------------------------------------------------------------------------
+
+def voc_ap(recall, precision, use_07_metric=False):
+    """Average precision from a precision/recall curve (arrays in detection order): VOC2007's
+    11-point interpolation or the all-point area (VOC2010 and later)."""
+    recall, precision = np.asarray(recall, np.float64), np.asarray(precision, np.float64)
+    if use_07_metric:
+        points = [precision[recall >= t].max() if np.any(recall >= t) else 0.0
+                  for t in np.linspace(0, 1, 11)]
+        return float(np.mean(points))
+    mrec = np.concatenate([[0.0], recall, [1.0]])
+    mpre = np.concatenate([[0.0], precision, [0.0]])
+    mpre = np.maximum.accumulate(mpre[::-1])[::-1]               # non-increasing from the right
+    change = np.flatnonzero(mrec[1:] != mrec[:-1])
+    return float(np.sum((mrec[change + 1] - mrec[change]) * mpre[change + 1]))
+
+
+def match_detections(detections, truths, classes, iou=0.5):
+    """Per class: (scores, true-positive flags) of all detections in score order, and the number
+    of ground truths. ``detections`` and ``truths`` are per image: detections as dicts with
+    "class", "score", "box"; truths as (K, 5) arrays of (class, x0, y0, x1, y1)."""
+    if len(detections) != len(truths):
+        raise MinicnnError(f"{len(detections)} images of detections but {len(truths)} of "
+                           "ground truth")
+    out = []
+    for c in range(classes):
+        found = [(d["score"], i, d["box"]) for i, dets in enumerate(detections) for d in dets
+                 if d["class"] == c]
+        found.sort(key=lambda t: -t[0])                          # stable: ties keep image order
+        gt = [np.asarray(t, np.float64).reshape(-1, 5) for t in truths]
+        gt = [g[g[:, 0] == c, 1:] for g in gt]
+        used = [np.zeros(len(g), bool) for g in gt]
+        tp = np.zeros(len(found), bool)
+        for k, (_, i, box) in enumerate(found):
+            if len(gt[i]):
+                overlaps = iou_matrix([box], gt[i])[0]
+                j = int(np.argmax(overlaps))
+                if overlaps[j] >= iou and not used[i][j]:
+                    tp[k] = used[i][j] = True
+        out.append((np.array([f[0] for f in found]), tp, sum(len(g) for g in gt)))
+    return out
+
+
+def evaluate(detections, truths, classes, iou=0.5, names=None):
+    """VOC evaluation: {"classes": [{"class", "label", "ground_truths", "detections",
+    "ap_11point", "ap_allpoint", "recall", "precision"}], "map_11point", "map_allpoint", "iou"}.
+    See ``match_detections`` for the inputs; recall and precision are the curves (lists)."""
+    per_class = []
+    for c, (scores, tp, n_gt) in enumerate(match_detections(detections, truths, classes, iou)):
+        ctp, cfp = np.cumsum(tp), np.cumsum(~tp)
+        entry = {"class": c, "label": names[c] if names else str(c), "ground_truths": n_gt,
+                 "detections": int(len(tp)), "ap_11point": None, "ap_allpoint": None,
+                 "recall": [], "precision": []}
+        if n_gt:
+            recall = ctp / n_gt
+            precision = ctp / np.maximum(ctp + cfp, np.finfo(np.float64).eps)
+            entry.update(ap_11point=voc_ap(recall, precision, True),
+                         ap_allpoint=voc_ap(recall, precision, False),
+                         recall=recall.tolist(), precision=precision.tolist())
+        per_class.append(entry)
+    scored = [e for e in per_class if e["ap_allpoint"] is not None]
+    mean = (lambda key: float(np.mean([e[key] for e in scored])) if scored else None)
+    return {"iou": iou, "classes": per_class, "map_11point": mean("ap_11point"),
+            "map_allpoint": mean("ap_allpoint")}
+
+
+def truths_from_labels(boxes, width, height):
+    """Darknet label rows (class, x, y, w, h) relative -> (class, x0, y0, x1, y1) in pixels."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 5)
+    corners = centre_to_corners(boxes[:, 1:]) * [width, height, width, height]
+    return np.concatenate([boxes[:, :1], corners], axis=1)
+
+
+def plot_pr_curves(result, path, title="precision / recall"):
+    """A PNG of each class's precision/recall curve, with the APs in the legend."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise MinicnnError("the precision/recall plot needs matplotlib: pip install "
+                           "matplotlib") from None
+    fig, ax = plt.subplots(figsize=(7, 5.5))
+    for e in result["classes"]:
+        if e["recall"]:
+            ax.plot([0] + e["recall"], [1] + e["precision"], lw=1.2,
+                    label=f"{e['label']}  AP {e['ap_allpoint']:.3f}")
+    ax.set_xlim(0, 1.01)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    m = result["map_allpoint"]
+    ax.set_title(f"{title}: mAP@{result['iou']:g} = {m:.3f} (all-point), "
+                 f"{result['map_11point']:.3f} (11-point)" if m is not None else title,
+                 fontsize=10)
+    ax.legend(loc="lower left", fontsize=8, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    folder = os.path.dirname(os.fspath(path))
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def write_json(obj, path):
+    """Write JSON atomically (beside the file, then moved into place)."""
+    folder = os.path.dirname(os.fspath(path))
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+    return path
+
+
+# --- whole sets ---------------------------------------------------------------------------------
+
+def read_detection_list(path, root_folder=""):
+    """The image paths of a Darknet list file (one per line; relative paths are found from the
+    current folder, then beside the list), with the line numbers."""
+    from minicnn.data.db import resolve_path
+    from minicnn.data.errors import DataError
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [(n, line.strip()) for n, line in enumerate(f, 1) if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read the image list: {e}", path) from None
+    if not lines:
+        raise DataError("the list names no images", path)
+    out = []
+    for n, name in lines:
+        name = os.path.join(root_folder, name) if root_folder else name
+        try:
+            out.append(resolve_path(name, os.path.dirname(path), what="image"))
+        except DataError as e:
+            raise DataError(f"image '{name}': {e.reason}", path, n) from None
+    return out
+
+
+def image_size(path):
+    """(width, height) of an image file, read from its header."""
+    from minicnn.data.errors import DataError, need
+    Image = need("PIL.Image", "Pillow")
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except Exception as e:
+        raise DataError(f"cannot read image ({type(e).__name__}: {e})", path) from None
+
+
+def evaluate_images(net, images, classes=None, iou=0.5, thresh=0.005, nms_thresh=0.4,
+                    names=None, batch_size=8, progress=None, **input_options):
+    """Detect on every image (paths) and score against their Darknet label files; returns
+    (evaluate()'s result, per-image detections). The low default threshold (0.005) keeps the
+    low-scoring detections that the precision/recall curve needs (Darknet's `valid` uses
+    0.001)."""
+    from minicnn.data.detection import label_path, read_labels
+    p, _ = detection_layer(net)
+    classes = classes or p.classes
+    truths = []
+    for path in images:
+        w, h = image_size(path)
+        truths.append(truths_from_labels(read_labels(label_path(path), classes), w, h))
+    found = []
+    bar = None
+    if progress or progress is None:
+        try:
+            from tqdm import tqdm
+            bar = tqdm(total=len(images), unit="image", disable=None if progress is None
+                       else False, leave=False)
+        except ImportError:
+            bar = None
+    for start in range(0, len(images), batch_size):
+        chunk = images[start:start + batch_size]
+        found += detect(net, chunk, thresh, nms_thresh, names=names, batch_size=batch_size,
+                        **input_options)
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    return evaluate(found, truths, classes, iou, names), found

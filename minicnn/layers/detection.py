@@ -1,0 +1,223 @@
+"""YOLOv1 detection layers: the Detection loss (Darknet's [detection] layer) and DetectionData,
+which reads images with Darknet label files and augments them with their boxes."""
+
+import os
+
+import numpy as np
+
+from minicnn import ops
+from minicnn.data.detection import augment, label_path, pad_boxes, read_labels
+from minicnn.data.datum import read_image
+from minicnn.data.errors import DataError, need
+from minicnn.data.transform import transform_sample
+from minicnn.errors import LayerError
+from minicnn.layer import Layer, register
+from minicnn.layers.data import _SourceDataLayer
+from minicnn.ops.detection import detection_layout, detection_truth
+
+
+def detection_settings(p):
+    """The checked detection_param as keyword arguments of the detection ops."""
+    for name in ("side", "num", "classes"):
+        if getattr(p, name) < 1:
+            raise LayerError(f"detection_param.{name} must be at least 1, got "
+                             f"{getattr(p, name)}")
+    if p.coords != 4:
+        raise LayerError(f"detection_param.coords must be 4 (x, y, w, h), got {p.coords}")
+    if p.softmax:
+        raise LayerError("detection_param.softmax: true is not supported (YOLOv1 predicts class "
+                         "probabilities without a softmax; Darknet's v1 cfgs say softmax=0)")
+    return dict(side=p.side, num=p.num, classes=p.classes, coords=p.coords, sqrt=p.sqrt,
+                rescore=p.rescore, object_scale=p.object_scale,
+                noobject_scale=p.noobject_scale, class_scale=p.class_scale,
+                coord_scale=p.coord_scale)
+
+
+@register("Detection")
+class DetectionLayer(Layer):
+    """Darknet's YOLOv1 [detection] layer.
+
+    bottom[0]: predictions, N x D with D = side^2 * (classes + num * 5) values per item in
+    Darknet's layout (all class probabilities, then all confidences, then all boxes; see
+    minicnn.ops.detection), e.g. an InnerProduct's output. With a second bottom, the box lists
+    (N, K, 5) of rows (class, x, y, w, h), relative to the image, padding rows with class -1
+    (what DetectionData writes), the layer is a loss: top[0] is
+    sum(scale * (target - x)^2) / (2N) and an optional top[1] holds Darknet's training figures
+    [avg IoU, Pos Cat, All Cat, Pos Obj, Any Obj, count]. With one bottom (a deploy net) top[0]
+    is the predictions as N x D, and the layer tells ``minicnn.detect`` how to decode them.
+    detection_param: side, num, classes, coords (4), sqrt, rescore, object_scale,
+    noobject_scale, class_scale, coord_scale (defaults: YOLOv1's 7, 2, 20, 4, true, true, 1, 0.5,
+    1, 5); softmax must stay false."""
+    param_field = "detection_param"
+    min_num_bottom, max_num_bottom = 1, 2
+    min_num_top, max_num_top = 1, 2
+
+    def layer_setup(self, bottom, top):
+        self.settings = detection_settings(self.param.detection_param)
+        self.is_loss = len(bottom) == 2
+        if not self.is_loss and len(top) > 1:
+            raise LayerError("Detection without labels (a deploy net) has one top, the "
+                             "predictions; the statistics top needs the labels as bottom 1")
+        self.delta = None
+
+    @property
+    def size(self):
+        s = self.settings
+        return detection_layout(s["side"], s["num"], s["classes"], s["coords"])[0]
+
+    def reshape(self, bottom, top):
+        x = bottom[0]
+        d = self.size
+        if len(x.shape) < 2 or x.count != x.shape[0] * d:
+            s = self.settings
+            raise LayerError(f"the predictions (shape {x.shape}) must hold side^2 * (classes + "
+                             f"num * 5) = {s['side']}^2 * ({s['classes']} + {s['num']} * 5) = "
+                             f"{d} values per item")
+        if self.is_loss:
+            labels = bottom[1]
+            if not labels.shape or labels.shape[0] != x.shape[0] or \
+                    (labels.count // max(labels.shape[0], 1)) % 5:
+                raise LayerError(f"the box lists (shape {labels.shape}) must be (N, K, 5) rows "
+                                 f"(class, x, y, w, h) for the N = {x.shape[0]} predictions")
+            top[0].reshape(())
+            if len(top) > 1:
+                top[1].reshape((6,))
+        else:
+            top[0].reshape((x.shape[0], d))
+
+    def forward(self, bottom, top):
+        x = bottom[0].data.reshape(bottom[0].shape[0], -1)
+        if not self.is_loss:
+            top[0].data[...] = x
+            return
+        s = self.settings
+        labels = bottom[1].data.reshape(x.shape[0], -1, 5)
+        truth = detection_truth(labels, s["side"], s["classes"], s["coords"], dtype=x.dtype)
+        loss, self.delta, stats = ops.detection_loss_forward(x, truth, **s)
+        top[0].data[...] = loss
+        if len(top) > 1:
+            top[1].data[...] = stats
+
+    def backward(self, top, propagate_down, bottom):
+        if not self.is_loss:
+            if propagate_down[0]:
+                bottom[0].diff[...] = top[0].diff.reshape(bottom[0].shape)
+            return
+        if propagate_down[1]:
+            raise LayerError("Detection cannot backpropagate to the box lists (bottom 1); set "
+                             "propagate_down: false for them")
+        if propagate_down[0]:
+            grad = ops.detection_loss_backward(self.delta, float(top[0].diff))
+            bottom[0].diff[...] = grad.reshape(bottom[0].shape)
+
+    def allow_force_backward(self, bottom_index):
+        return bottom_index == 0
+
+
+@register("DetectionData")
+class DetectionDataLayer(_SourceDataLayer):
+    """Images and their boxes for a Detection loss: ``source`` lists image paths (one per line;
+    relative ones are found from the current folder, then beside the list), each with a Darknet
+    label file (images/ -> labels/, extension -> .txt, lines ``class x y w h`` relative to the
+    image). Images are decoded as BGR (gray with is_color: false) and resized to new_height x
+    new_width (required unless all images share a size); in TRAIN, ``jitter`` and ``flip`` apply
+    Darknet's YOLOv1 augmentation (each side moves by up to jitter of the size, then resize,
+    then a random left-right flip; the boxes follow and are shuffled). transform_param gives
+    scale and mean_value (crop_size and mirror would not move the boxes: use jitter and flip).
+    Tops: data (N, C, H, W) and boxes (N, max_boxes, 5), padding rows (-1, 0, 0, 0, 0); an image
+    with more boxes keeps the first max_boxes. ``shuffle`` draws a new order every epoch."""
+    param_field = "detection_data_param"
+    max_num_top = 2
+
+    def _open(self, top):
+        p = self.param.detection_data_param
+        if not p.source:
+            raise LayerError("detection_data_param.source is required (the list of images)")
+        if p.batch_size <= 0:
+            raise LayerError("detection_data_param.batch_size must be positive")
+        if (p.new_height > 0) != (p.new_width > 0):
+            raise LayerError("detection_data_param: give both new_height and new_width, or "
+                             "neither")
+        if p.max_boxes <= 0:
+            raise LayerError("detection_data_param.max_boxes must be positive")
+        if not 0 <= p.jitter < 0.5:
+            raise LayerError(f"detection_data_param.jitter must be in [0, 0.5), got {p.jitter:g}")
+        tp = self.param.transform_param
+        if tp.crop_size or tp.mirror or tp.HasField("mean_file"):
+            raise LayerError("DetectionData takes transform_param scale and mean_value only: "
+                             "crop_size and mirror would not move the boxes (use "
+                             "detection_data_param jitter and flip), mean_file is not supported")
+        self.batch_size, self.shuffle, self.rand_skip = p.batch_size, p.shuffle, p.rand_skip
+        self.prefetch = p.prefetch
+        need("PIL.Image", "Pillow")                  # decode_image uses Pillow's Image module
+        self.source_path = self.resolve(p.source, what="image list file")
+        self.entries = self._read_list()
+        self.num_samples = len(self.entries)
+        self.boxes = [self._read_boxes(i) for i in range(self.num_samples)]
+        self.augmenting = self.phase == "TRAIN" and (p.jitter > 0 or p.flip)
+        self.mean = np.asarray(tp.mean_value, self.dtype) if len(tp.mean_value) else None
+        first = self._read(0)
+        if self.mean is not None and len(self.mean) not in (1, first.shape[0]):
+            raise LayerError(f"{len(self.mean)} mean_value values for images with "
+                             f"{first.shape[0]} channels: give one, or one per channel")
+        return [(self.batch_size, *first.shape), (self.batch_size, p.max_boxes, 5)][:len(top)]
+
+    def _read_list(self):
+        try:
+            with open(self.source_path, encoding="utf-8") as f:
+                lines = f.readlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(f"cannot read the image list: {e}", self.source_path) from None
+        entries = [(line.strip(), n) for n, line in enumerate(lines, 1) if line.strip()]
+        if not entries:
+            raise DataError("the list names no images", self.source_path)
+        return entries
+
+    def _path(self, i):
+        p = self.param.detection_data_param
+        name, lineno = self.entries[i]
+        path = os.path.join(p.root_folder, name) if p.root_folder else name
+        try:
+            return self.resolve(path, os.path.dirname(self.source_path))
+        except DataError as e:
+            raise DataError(f"image '{path}': {e.reason}", self.source_path, lineno) from None
+
+    def _read_boxes(self, i):
+        try:
+            return read_labels(label_path(self._path(i)))
+        except DataError as e:
+            raise DataError(f"{e} (for {self.entries[i][0]})", self.source_path,
+                            self.entries[i][1]) from None
+
+    def _read(self, i):
+        p = self.param.detection_data_param
+        try:
+            return read_image(self._path(i), p.new_height, p.new_width, p.is_color)
+        except DataError as e:
+            raise DataError(f"image '{self.entries[i][0]}': {e.reason}", self.source_path,
+                            self.entries[i][1]) from None
+
+    def _load(self, ids, b):
+        p = self.param.detection_data_param
+        rng = np.random.default_rng([self.seed, b, 1])
+        images, lists = [], []
+        for i in ids:
+            boxes = self.boxes[i]
+            if self.augmenting:
+                raw = read_image(self._path(i), 0, 0, p.is_color)
+                out_hw = (p.new_height, p.new_width) if p.new_height else None
+                image, boxes = augment(raw, boxes, rng, p.jitter, p.flip, out_hw)
+            else:
+                image = self._read(i)
+            images.append(image)
+            lists.append(pad_boxes(boxes, p.max_boxes, self.dtype))
+        shape = images[0].shape
+        for i, image in zip(ids, images):
+            if image.shape != shape:
+                raise DataError(f"image '{self.entries[i][0]}' has shape {image.shape} but the "
+                                f"first of its batch has {shape}: set new_height and new_width",
+                                self.source_path, self.entries[i][1])
+        scale = float(self.param.transform_param.scale)
+        data = np.stack([transform_sample(im, mean=self.mean, scale=scale, dtype=self.dtype)
+                         for im in images])
+        return data, np.stack(lists)
