@@ -287,6 +287,18 @@ def data(args):
     """Write a dataset that ships offline in a package as Caffe-standard LMDB or HDF5 files,
     or as PNG files with Caffe list files (for ImageData, convert_imageset, extract)."""
     from minicnn.data import datasets
+    if args.dataset == "detection-digits":
+        from minicnn.data.detection_digits import prepare_detection_digits
+        try:
+            prepare_detection_digits(args.out or "data/detection_digits",
+                                     train=args.train_images, val=args.val_images,
+                                     test=args.test_images, size=args.size,
+                                     seed=args.seed if args.seed is not None else 4242)
+        except ValueError as e:
+            raise MinicnnError(str(e)) from None
+        return 0
+    if args.seed is None:
+        args.seed = 2024
     prepare = {"mnist": datasets.prepare_mnist,
                "fashion-mnist": datasets.prepare_fashion_mnist}[args.dataset]
     out = args.out or {"mnist": "data/mnist", "fashion-mnist": "data/fashion_mnist"}[args.dataset]
@@ -546,6 +558,130 @@ def visualize(args):
     return 0
 
 
+# --- detection: detect, eval-detection, convert darknet ----------------------------------------
+
+def _detection_net(args):
+    from minicnn import Net
+    if not args.model:
+        raise MinicnnError(f"give the detector's deploy prototxt: minicnn {args.command} "
+                           "--model deploy.prototxt --weights trained.caffemodel ...")
+    if not args.weights:
+        print("note: no --weights given: using the net's initial (filler) weights",
+              file=sys.stderr)
+    return Net(args.model, weights=args.weights, phase="TEST")
+
+
+def _detection_inputs(args):
+    return {"scale": args.scale, "rgb": args.rgb, "mean": args.mean}
+
+
+def _class_names(args, classes):
+    if not args.names:
+        return None
+    from minicnn.deploy import read_labels
+    names = read_labels(args.names)
+    if len(names) < classes:
+        raise MinicnnError(f"{args.names} names {len(names)} classes, the net has {classes}")
+    return names
+
+
+@command
+def detect(args):
+    """Detect objects with a YOLOv1 net: PNGs with the boxes drawn and a JSON of the
+    detections (boxes x0, y0, x1, y1 in the image's pixels)."""
+    from minicnn import detection
+    images = _image_paths(args.image, args.root_folder)
+    if not images:
+        raise MinicnnError("give the images: minicnn detect --model M --weights W IMAGE... "
+                           "(@LIST reads a list file)")
+    net = _detection_net(args)
+    p, _ = detection.detection_layer(net)
+    names = _class_names(args, p.classes)
+    found = detection.detect(net, images, args.thresh, args.nms, names=names,
+                             batch_size=args.batch_size, **_detection_inputs(args))
+    results, used = [], set()
+    for path, dets in zip(images, found):
+        stem = os.path.splitext(os.path.basename(path))[0]
+        name, k = stem, 1
+        while name in used:                      # two images with one name: number them
+            k += 1
+            name = f"{stem}_{k}"
+        used.add(name)
+        out_png = os.path.join(args.out, name + ".png")
+        detection.draw_detections(path, dets, out_png)
+        width, height = detection.image_size(path)
+        results.append({"image": path, "width": width, "height": height, "output": out_png,
+                        "detections": dets})
+        print(f"{path}: {len(dets)} detection(s)"
+              + "".join(f"\n  {d['label']} {d['score']:.3f} at "
+                        + ", ".join(f"{v:.1f}" for v in d["box"]) for d in dets))
+    path = detection.write_json(results, os.path.join(args.out, "detections.json"))
+    print(f"Wrote {len(results)} picture(s) and {path}")
+    return 0
+
+
+@command
+def eval_detection(args):
+    """Mean average precision at IoU 0.5 (VOC2007 11-point and all-point) of a YOLOv1 net on a
+    Darknet image list, per class, with a precision/recall plot."""
+    from minicnn import detection
+    images = detection.read_detection_list(args.list, args.root_folder)
+    if args.limit:
+        images = images[:args.limit]
+    net = _detection_net(args)
+    p, _ = detection.detection_layer(net)
+    names = _class_names(args, p.classes)
+    result, found = detection.evaluate_images(
+        net, images, iou=args.iou, thresh=args.thresh, nms_thresh=args.nms, names=names,
+        batch_size=args.batch_size, progress=False if args.no_progress else None,
+        **_detection_inputs(args))
+    rows = [(e["label"], e["ground_truths"], e["detections"],
+             "-" if e["ap_11point"] is None else f"{e['ap_11point']:.4f}",
+             "-" if e["ap_allpoint"] is None else f"{e['ap_allpoint']:.4f}")
+            for e in result["classes"]]
+    _print_table(["class", "truths", "detections", "AP 11-point", "AP all-point"], rows,
+                 right=(1, 2, 3, 4))
+    fmt = (lambda v: "-" if v is None else f"{v:.4f}")
+    print(f"mAP@{args.iou:g} over {len(images)} images: {fmt(result['map_11point'])} "
+          f"(VOC2007 11-point), {fmt(result['map_allpoint'])} (all-point)")
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        plot = detection.plot_pr_curves(result, os.path.join(args.out, "pr_curve.png"))
+        result["images"] = [{"image": path, "detections": dets}
+                            for path, dets in zip(images, found)]
+        path = detection.write_json(result, os.path.join(args.out, "eval.json"))
+        print(f"Wrote {plot} and {path}")
+    return 0
+
+
+@command
+def convert(args):
+    """Convert another framework's model to a prototxt and a caffemodel."""
+    from minicnn.darknet import convert_darknet
+    written = convert_darknet(args.cfg, args.weights, args.outdir)
+    for path in written:
+        print(f"Wrote {path}")
+    print("The net takes RGB input scaled to [0, 1] (Darknet's): minicnn detect --rgb")
+    return 0
+
+
+def _add_detection_options(p):
+    p.add_argument("--model", help="the detector's deploy prototxt (ends in a Detection layer)")
+    p.add_argument("--weights", help="the trained .caffemodel")
+    p.add_argument("--nms", type=float, default=0.4,
+                   help="per-class NMS: drop boxes overlapping a better one by IoU > this "
+                        "(default 0.4, Darknet's)")
+    p.add_argument("--scale", type=float, default=1 / 255,
+                   help="multiply the 0..255 pixels by this (default 1/255)")
+    p.add_argument("--mean", type=_numbers(float), default=None,
+                   help="per-channel mean subtracted before the scale (default none)")
+    p.add_argument("--rgb", action="store_true",
+                   help="feed RGB (Darknet nets) instead of BGR (nets trained by minicnn)")
+    p.add_argument("--names", help="class names, one per line")
+    p.add_argument("--root-folder", default="", help="folder prepended to the images' paths")
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="minicnn", description="Run Caffe nets with minicnn (commands after Caffe's tool).")
@@ -595,16 +731,24 @@ def build_parser():
     p.add_argument("--markdown", action="store_true", help="the full catalogue as Markdown")
 
     p = sub.add_parser("data", help="write a packaged dataset as LMDB, HDF5 or PNG files")
-    p.add_argument("dataset", choices=["mnist", "fashion-mnist"])
-    p.add_argument("--out", help="output folder (default data/mnist or data/fashion_mnist)")
+    p.add_argument("dataset", choices=["mnist", "fashion-mnist", "detection-digits"])
+    p.add_argument("--out", help="output folder (default data/mnist, data/fashion_mnist or "
+                                 "data/detection_digits)")
     p.add_argument("--format", choices=["lmdb", "hdf5", "images"], default="lmdb",
                    help="lmdb (default), hdf5 (+ list files), or images (PNGs + list files)")
     p.add_argument("--train-per-class", type=int,
                    help="keep a balanced subset: this many training images of each class")
     p.add_argument("--test-per-class", type=int,
                    help="keep this many test images of each class")
-    p.add_argument("--seed", type=int, default=2024,
-                   help="seed of the per-class subsets (default 2024)")
+    p.add_argument("--seed", type=int,
+                   help="seed of the per-class subsets (default 2024), or of detection-digits "
+                        "(default 4242)")
+    p.add_argument("--train-images", type=int, default=3000,
+                   help="detection-digits: training images (default 3000)")
+    p.add_argument("--val-images", type=int, default=300, help="detection-digits: default 300")
+    p.add_argument("--test-images", type=int, default=500, help="detection-digits: default 500")
+    p.add_argument("--size", type=int, default=160,
+                   help="detection-digits: image width and height (default 160)")
 
     p = sub.add_parser("convert-imageset", help="image list -> LMDB (Caffe's convert_imageset)")
     p.add_argument("root", help="folder the list's paths are relative to")
@@ -657,6 +801,33 @@ def build_parser():
     p.add_argument("--out", required=True, help="the PNG to write")
     p.add_argument("--scale", type=int, help="enlarge each tile this many times (default: "
                                              "automatic)")
+
+    p = sub.add_parser("detect", help="detect objects with a YOLOv1 net: PNGs with boxes + JSON")
+    p.add_argument("image", nargs="*", metavar="IMAGE", help="image files; @LIST reads a list")
+    _add_detection_options(p)
+    p.add_argument("--thresh", type=float, default=0.2,
+                   help="report boxes whose confidence x class probability exceeds this "
+                        "(default 0.2, Darknet's)")
+    p.add_argument("--out", required=True, help="folder for the pictures and detections.json")
+
+    p = sub.add_parser("eval-detection", help="mAP@0.5 (VOC 11-point and all-point) of a "
+                                              "YOLOv1 net on a labelled image list")
+    p.add_argument("--list", required=True, help="image list; labels by Darknet's rule "
+                                                 "(images/ -> labels/, .txt)")
+    _add_detection_options(p)
+    p.add_argument("--thresh", type=float, default=0.005,
+                   help="keep detections scoring above this (default 0.005)")
+    p.add_argument("--iou", type=float, default=0.5, help="IoU for a true positive (0.5)")
+    p.add_argument("--limit", type=int, help="only the first N images")
+    p.add_argument("--out", help="folder for pr_curve.png and eval.json")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("convert", help="another framework's model -> prototxt + caffemodel")
+    p.add_argument("framework", choices=["darknet"])
+    p.add_argument("cfg", help="Darknet .cfg (YOLOv1 layers: convolutional, maxpool, "
+                               "connected, dropout, detection)")
+    p.add_argument("weights", help="Darknet .weights")
+    p.add_argument("outdir", help="folder for <cfg name>.prototxt and .caffemodel")
     return parser
 
 

@@ -1,0 +1,379 @@
+"""Darknet import (minicnn.darknet, `minicnn convert darknet`) and the detection loss, against
+Darknet itself where Debian's libdarknet is installed (.ci/run installs the `darknet` package),
+and against NumPy renderings of Darknet's formulas everywhere."""
+
+import ctypes
+import os
+import re
+
+import numpy as np
+import pytest
+
+import minicnn
+from minicnn.cli import main
+from minicnn.darknet import DarknetError, WeightsReader, build, convert_darknet, read_cfg
+from minicnn.ops.detection import detection_loss_forward, detection_truth
+
+LIB = "/usr/lib/darknet/libdarknet.so"
+CFG_DIR = "/usr/share/darknet/cfg"
+needs_darknet = pytest.mark.skipif(not os.path.exists(LIB),
+                                   reason="Debian's darknet package is not installed")
+
+SMALL_CFG = """[net]
+batch=1
+height=20
+width=20
+channels=3
+
+[convolutional]
+batch_normalize=1
+filters=6
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[maxpool]
+size=2
+stride=2
+
+[convolutional]
+filters=5
+size=3
+stride=2
+pad=1
+activation=logistic
+
+[connected]
+batch_normalize=1
+output=16
+activation=leaky
+
+[dropout]
+probability=.5
+
+[connected]
+output=52
+activation=linear
+
+[detection]
+classes=3
+coords=4
+rescore=1
+side=2
+num=2
+softmax=0
+sqrt=1
+object_scale=1
+noobject_scale=.5
+class_scale=1
+coord_scale=5
+"""
+
+
+# --- random .weights for a cfg, laid out by the converter's own reading order --------------------
+
+class _Recorder:
+    """Stands in for WeightsReader: records what is read where, returns placeholders."""
+    transpose = False
+    path = "<recorder>"
+
+    def __init__(self):
+        self.offset, self.reads = 0, []
+
+    def read(self, count, what):
+        self.reads.append((self.offset, count, what))
+        self.offset += count
+        return np.ones(count, np.float32)
+
+
+def random_weights(cfg, path, seed=0, header=(0, 2, 0), dead=True):
+    """Write random Darknet weights for ``cfg``: He-scaled filters, positive variances, and in
+    each batch norm one nearly dead channel (variance 1e-10, small scale), where the placement
+    of the epsilon matters."""
+    rng = np.random.default_rng(seed)
+    rec = _Recorder()
+    build(read_cfg(cfg), rec)
+    values = np.zeros(rec.offset, np.float32)
+    n = 1
+    for offset, count, what in sorted(rec.reads):
+        if what.startswith("the batch norm"):
+            continue                      # skipped over first, read as the three arrays below
+        if what.startswith("the biases"):
+            v, n = rng.normal(0, 0.1, count), count
+        elif what.startswith("the weights"):
+            v = rng.normal(0, np.sqrt(2 / (count // n)), count)
+        elif what.startswith("the scales"):
+            v = rng.normal(1, 0.2, count)
+            if dead:
+                v[0] = 1e-5
+        elif what.startswith("the rolling mean"):
+            v = rng.normal(0, 0.1, count)
+        elif what.startswith("the rolling variance"):
+            v = rng.uniform(0.5, 2, count)
+            if dead:
+                v[0] = 1e-10
+        else:
+            raise AssertionError(what)
+        values[offset:offset + count] = v
+    major, minor, revision = header
+    wide = major * 10 + minor >= 2 and major < 1000 and minor < 1000
+    with open(path, "wb") as f:
+        f.write(np.array([major, minor, revision], "<i4").tobytes())
+        f.write(np.array([12345], "<u8" if wide else "<i4").tobytes())
+        f.write(values.tobytes())
+    return values
+
+
+def converted(tmp_path, cfg_text, **kwargs):
+    cfg = tmp_path / "net.cfg"
+    cfg.write_text(cfg_text)
+    weights = tmp_path / "net.weights"
+    values = random_weights(str(cfg), str(weights), **kwargs)
+    paths = convert_darknet(str(cfg), str(weights), str(tmp_path / "out"))
+    net = minicnn.Net(paths[0], weights=paths[1], phase=minicnn.TEST)
+    return str(cfg), str(weights), net, values
+
+
+# --- Darknet through ctypes ----------------------------------------------------------------------
+
+class Network(ctypes.Structure):
+    """darknet.h's `struct network` (CPU build) up to its last field."""
+    _fields_ = [("n", ctypes.c_int), ("batch", ctypes.c_int),
+                ("seen", ctypes.POINTER(ctypes.c_size_t)), ("t", ctypes.POINTER(ctypes.c_int)),
+                ("epoch", ctypes.c_float), ("subdivisions", ctypes.c_int),
+                ("layers", ctypes.c_void_p), ("output", ctypes.POINTER(ctypes.c_float)),
+                ("policy", ctypes.c_int)]
+    _fields_ += [(k, ctypes.c_float) for k in ("learning_rate", "momentum", "decay", "gamma",
+                                               "scale", "power")]
+    _fields_ += [("time_steps", ctypes.c_int), ("step", ctypes.c_int),
+                 ("max_batches", ctypes.c_int), ("scales", ctypes.POINTER(ctypes.c_float)),
+                 ("steps", ctypes.POINTER(ctypes.c_int)), ("num_steps", ctypes.c_int),
+                 ("burn_in", ctypes.c_int), ("adam", ctypes.c_int), ("B1", ctypes.c_float),
+                 ("B2", ctypes.c_float), ("eps", ctypes.c_float)]
+    _fields_ += [(k, ctypes.c_int) for k in ("inputs", "outputs", "truths", "notruth", "h", "w",
+                                             "c", "max_crop", "min_crop")]
+    _fields_ += [("max_ratio", ctypes.c_float), ("min_ratio", ctypes.c_float),
+                 ("center", ctypes.c_int)]
+    _fields_ += [(k, ctypes.c_float) for k in ("angle", "aspect", "exposure", "saturation",
+                                               "hue")]
+    _fields_ += [("random", ctypes.c_int), ("gpu_index", ctypes.c_int),
+                 ("hierarchy", ctypes.c_void_p)]
+    _fields_ += [(k, ctypes.POINTER(ctypes.c_float)) for k in ("input", "truth", "delta",
+                                                               "workspace")]
+    _fields_ += [("train", ctypes.c_int), ("index", ctypes.c_int),
+                 ("cost", ctypes.POINTER(ctypes.c_float)), ("clip", ctypes.c_float)]
+
+
+def darknet():
+    lib = ctypes.CDLL(LIB)
+    lib.load_network.restype = ctypes.POINTER(Network)
+    lib.load_network.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int]
+    lib.parse_network_cfg.restype = ctypes.POINTER(Network)
+    lib.parse_network_cfg.argtypes = [ctypes.c_char_p]
+    lib.network_predict.restype = ctypes.POINTER(ctypes.c_float)
+    lib.network_predict.argtypes = [ctypes.POINTER(Network), ctypes.POINTER(ctypes.c_float)]
+    lib.forward_network.argtypes = [ctypes.POINTER(Network)]
+    lib.backward_network.argtypes = [ctypes.POINTER(Network)]
+    lib.free_network.argtypes = [ctypes.POINTER(Network)]
+    return lib
+
+
+def _floats(a):
+    return a.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+
+
+def darknet_forward(cfg, weights, x):
+    """Darknet's network_predict on one CHW float32 image."""
+    lib = darknet()
+    net = lib.load_network(cfg.encode(), weights.encode(), 0)
+    try:
+        n = net.contents.outputs
+        x = np.ascontiguousarray(x, np.float32)
+        return np.ctypeslib.as_array(lib.network_predict(net, _floats(x)), (n,)).copy()
+    finally:
+        lib.free_network(net)
+
+
+@needs_darknet
+def test_small_net_matches_darknet(tmp_path):
+    """Every converted piece at once: conv + BN + leaky, maxpool, strided conv with bias and
+    logistic, connected + BN + leaky, dropout, connected, detection; a nearly dead channel in
+    each batch norm (Caffe's eps-inside-sqrt would be off by a factor of 300 there)."""
+    cfg, weights, net, _ = converted(tmp_path, SMALL_CFG)
+    x = np.random.default_rng(1).random((3, 20, 20), np.float32)
+    want = darknet_forward(cfg, weights, x)
+    got = net.forward(data=x[None])["detection"][0]
+    assert want.shape == got.shape == (52,)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@needs_darknet
+@pytest.mark.parametrize("header", [(0, 1, 0), (0, 2, 0), (1001, 0, 0)],
+                         ids=["seen-int32", "seen-int64", "transposed"])
+def test_weights_headers_match_darknet(tmp_path, header):
+    text = "[net]\nheight=4\nwidth=4\nchannels=2\n[connected]\noutput=6\nactivation=linear\n"
+    cfg, weights, net, _ = converted(tmp_path, text, header=header)
+    x = np.random.default_rng(2).random((2, 4, 4), np.float32)
+    np.testing.assert_allclose(net.forward(data=x[None])["fc0"][0],
+                               darknet_forward(cfg, weights, x), rtol=1e-5, atol=1e-6)
+
+
+@needs_darknet
+def test_yolov1_tiny_layout_matches_darknet(tmp_path):
+    """Debian's yolov1-tiny.cfg (BN convs 16..1024, 256, connected 1470, detection), at a
+    64 x 64 input to stay quick: the same layers, weights and file layout as at 448."""
+    text = open(os.path.join(CFG_DIR, "yolov1-tiny.cfg")).read()
+    text = re.sub(r"(?m)^(height|width)=448", r"\1=64", text)
+    cfg, weights, net, _ = converted(tmp_path, text)
+    types = [layer.type for layer in net.layers]
+    assert types.count("Convolution") == 8 and types.count("BatchNorm") == 8
+    assert types[-2:] == ["InnerProduct", "Detection"]
+    x = np.random.default_rng(3).random((3, 64, 64), np.float32)
+    want = darknet_forward(cfg, weights, x)
+    got = net.forward(data=x[None])["detection"][0]
+    assert got.shape == (1470,)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+@needs_darknet
+@pytest.mark.parametrize("rescore, sqrt", [(1, 1), (0, 0)])
+def test_loss_matches_darknets_detection_layer(tmp_path, rescore, sqrt):
+    """Darknet's own forward_detection_layer (forward and backward of a net of one [detection]
+    layer): its delta is minus N times minicnn's gradient and its cost sum(delta^2)."""
+    side, num, classes, batch = 3, 2, 4, 3
+    d = side * side * (classes + num * 5)
+    cfg = tmp_path / "det.cfg"
+    cfg.write_text(f"[net]\nbatch={batch}\nheight=1\nwidth=1\nchannels={d}\n[detection]\n"
+                   f"classes={classes}\ncoords=4\nrescore={rescore}\nside={side}\nnum={num}\n"
+                   f"sqrt={sqrt}\nobject_scale=1.5\nnoobject_scale=.5\nclass_scale=1\n"
+                   "coord_scale=5\n")
+    rng = np.random.default_rng(4)
+    labels = np.full((batch, 5, 5), -1.0)
+    for b in range(batch):
+        for k in range(b + 2):
+            labels[b, k] = [rng.integers(classes), *rng.uniform(0.05, 0.95, 2),
+                            *rng.uniform(0.05, 0.6, 2)]
+    truth = detection_truth(labels, side, classes).astype(np.float32)
+    x = rng.uniform(0.05, 0.95, (batch, d)).astype(np.float32)
+    lib = darknet()
+    net = lib.parse_network_cfg(str(cfg).encode())
+    address = (lambda p: ctypes.cast(p, ctypes.c_void_p).value)   # a copy, not a view
+    own = address(net.contents.input), address(net.contents.truth)  # free_network frees them
+    try:
+        assert (net.contents.n, net.contents.batch, net.contents.inputs) == (1, batch, d)
+        delta = np.zeros((batch, d), np.float32)
+        net.contents.input, net.contents.truth = _floats(x), _floats(truth)
+        net.contents.delta = _floats(delta)
+        net.contents.train = 1
+        lib.forward_network(net)                 # the loss, into the layer's delta and cost
+        lib.backward_network(net)                # the delta, added into net->delta
+        cost = net.contents.cost[0]
+    finally:
+        net.contents.input, net.contents.truth = (ctypes.cast(a, ctypes.POINTER(ctypes.c_float))
+                                                  for a in own)
+        net.contents.delta = None
+        lib.free_network(net)
+    loss, ours, _ = detection_loss_forward(x, truth, side=side, num=num, classes=classes,
+                                           sqrt=bool(sqrt), rescore=bool(rescore),
+                                           object_scale=1.5, noobject_scale=0.5,
+                                           class_scale=1.0, coord_scale=5.0)
+    assert truth[:, :, 0].sum() >= 6
+    np.testing.assert_allclose(ours, delta, rtol=1e-5, atol=1e-6)
+    assert cost == pytest.approx(float(np.sum(delta.astype(np.float64) ** 2)), rel=1e-5)
+
+
+# --- without Darknet: the formulas -------------------------------------------------------------
+
+def _leaky(v):
+    return np.where(v > 0, v, 0.1 * v)
+
+
+def test_batch_norm_folding_is_exact(tmp_path):
+    """conv + BN (eps after the square root) + leaky, computed as Darknet's forward does."""
+    text = ("[net]\nheight=5\nwidth=5\nchannels=2\n[convolutional]\nbatch_normalize=1\n"
+            "filters=3\nsize=1\nstride=1\npad=1\nactivation=leaky\n")
+    _, _, net, values = converted(tmp_path, text)
+    biases, scales, mean, var = (values[3 * k:3 * k + 3].astype(np.float64) for k in range(4))
+    w = values[12:].reshape(3, 2).astype(np.float64)
+    assert var[0] == np.float32(1e-10)                        # the nearly dead channel
+    x = np.random.default_rng(5).random((1, 2, 5, 5))
+    conv = np.einsum("fc,nchw->nfhw", w, x)
+    norm = (conv - mean[:, None, None]) / (np.sqrt(var) + 1e-6)[:, None, None]
+    want = _leaky(norm * scales[:, None, None] + biases[:, None, None])
+    got = net.forward(data=x.astype(np.float32))["conv0"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    caffe_eps = (conv - mean[:, None, None]) / np.sqrt(var + 1e-5)[:, None, None]
+    assert not np.allclose(caffe_eps[:, 0] * scales[0], norm[:, 0] * scales[0], rtol=0.5)
+
+
+def test_transposed_connected_weights(tmp_path):
+    text = "[net]\nheight=1\nwidth=1\nchannels=3\n[connected]\noutput=2\nactivation=linear\n"
+    _, _, net, values = converted(tmp_path, text, header=(1001, 0, 0))
+    stored = values[2:].reshape(3, 2)                        # (inputs, outputs) when transposed
+    np.testing.assert_array_equal(net.params["fc0"][0].data, stored.T)
+
+
+def test_header_sizes(tmp_path):
+    for header, offset, seen in (((0, 1, 0), 16, 12345), ((0, 2, 0), 20, 12345),
+                                 ((1, 0, 0), 20, 12345), ((1001, 0, 0), 16, 12345)):
+        path = tmp_path / "w"
+        major, minor, rev = header
+        wide = major * 10 + minor >= 2 and major < 1000 and minor < 1000
+        path.write_bytes(np.array(header, "<i4").tobytes()
+                         + np.array([seen], "<u8" if wide else "<i4").tobytes() + bytes(8))
+        r = WeightsReader(str(path))
+        assert (r.offset, r.seen, r.transpose) == (offset, seen, major > 1000)
+
+
+def test_errors_name_the_place(tmp_path):
+    cfg = tmp_path / "a.cfg"
+    cfg.write_text("[net]\nheight=8\nwidth=8\nchannels=1\n[convolutional]\nfilters=2\nsize=3\n")
+    weights = tmp_path / "a.weights"
+    weights.write_bytes(np.array([0, 2, 0, 0, 0], "<i4").tobytes() + bytes(4 * 5))
+    with pytest.raises(DarknetError, match=r"ends at byte 40 while reading the weights of "
+                                           "conv0 \\(18 floats"):
+        convert_darknet(str(cfg), str(weights), str(tmp_path / "o"))
+    assert not os.path.exists(tmp_path / "o" / "a.prototxt")
+    cfg.write_text("[net]\nheight=8\nwidth=8\nchannels=1\n\n[local]\nsize=3\n")
+    with pytest.raises(DarknetError, match=r"a\.cfg:6: \[local\]: this kind of section"):
+        convert_darknet(str(cfg), str(weights), str(tmp_path / "o"))
+    cfg.write_text("[net]\nheight=8\nwidth=8\nchannels=1\nfilters 3\n")
+    with pytest.raises(DarknetError, match=r"a\.cfg:5: expected \[section\] or key=value"):
+        read_cfg(str(cfg))
+    cfg.write_text("[net]\nheight=8\nwidth=8\nchannels=1\n[maxpool]\nsize=2\nstride=1\n")
+    with pytest.raises(DarknetError, match="8x8 in Darknet but 7x7"):
+        convert_darknet(str(cfg), str(weights), str(tmp_path / "o"))
+    cfg.write_text("[net]\nheight=8\nwidth=8\nchannels=1\n[convolutional]\nactivation=swish\n")
+    weights.write_bytes(np.array([0, 2, 0, 0, 0], "<i4").tobytes() + bytes(4 * 2))
+    with pytest.raises(DarknetError, match="activation=swish"):
+        convert_darknet(str(cfg), str(weights), str(tmp_path / "o"))
+
+
+@pytest.mark.skipif(not os.path.exists(CFG_DIR), reason="Debian's darknet package is not "
+                                                        "installed")
+def test_yolov1_full_cfg_is_refused_at_its_local_layer(tmp_path):
+    weights = tmp_path / "w"
+    weights.write_bytes(bytes(20))
+    with pytest.raises(DarknetError, match=r"yolov1\.cfg:\d+: \[local\]"):
+        build(read_cfg(os.path.join(CFG_DIR, "yolov1.cfg")), _Recorder())
+
+
+def test_convert_command(tmp_path, capsys):
+    cfg = tmp_path / "small.cfg"
+    cfg.write_text(SMALL_CFG)
+    random_weights(str(cfg), str(tmp_path / "small.weights"))
+    assert main(["convert", "darknet", str(cfg), str(tmp_path / "small.weights"),
+                 str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "small.prototxt" in out and "small.caffemodel" in out and "--rgb" in out
+    net = minicnn.Net(str(tmp_path / "out" / "small.prototxt"),
+                      weights=str(tmp_path / "out" / "small.caffemodel"), phase=minicnn.TEST)
+    p = net.layer_dict["detection"].param.detection_param
+    assert (p.side, p.num, p.classes, p.sqrt, p.rescore) == (2, 2, 3, True, True)
+    assert (p.noobject_scale, p.coord_scale) == (0.5, 5.0)
+    bad = tmp_path / "bad.cfg"
+    bad.write_text("[net]\nheight=1\n")
+    assert main(["convert", "darknet", str(bad), str(tmp_path / "small.weights"),
+                 str(tmp_path / "out")]) == 1
+    assert "bad.cfg" in capsys.readouterr().err
