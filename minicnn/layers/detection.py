@@ -183,8 +183,9 @@ class DetectionDataLayer(_SourceDataLayer):
             raise DataError(f"image '{path}': {e.reason}", self.source_path, lineno) from None
 
     def _read_boxes(self, i):
+        path = self._path(i)
         try:
-            return read_labels(label_path(self._path(i)))
+            return read_labels(label_path(path))
         except DataError as e:
             raise DataError(f"{e} (for {self.entries[i][0]})", self.source_path,
                             self.entries[i][1]) from None
