@@ -81,7 +81,10 @@ class ConvolutionLayer(Layer):
         w = self.blobs[0].data
         b = self.blobs[1].data if len(self.blobs) > 1 else None
         for x, y in zip(bottom, top):
-            y.data[...] = ops.conv2d_forward(x.data, w, b, geom=self.geom, group=self.group)
+            if x is y:        # in place (as Caffe allows): the kernels must not read what they write
+                y.data[...] = ops.conv2d_forward(x.data, w, b, geom=self.geom, group=self.group)
+            else:
+                ops.conv2d_forward(x.data, w, b, geom=self.geom, group=self.group, out=y.data)
 
     def backward(self, top, propagate_down, bottom):
         has_bias = len(self.blobs) > 1
@@ -91,13 +94,14 @@ class ConvolutionLayer(Layer):
             if not (down or need_w or need_b):
                 continue
             dx, dw, db = ops.conv2d_backward(y.diff, x.data, self.blobs[0].data, geom=self.geom,
-                                             group=self.group, need=(down, need_w, need_b))
+                                             group=self.group, need=(down, need_w, need_b),
+                                             dx_out=x.diff if down and x is not y else None)
+            if down and x is y:
+                x.diff[...] = dx                   # bottom diffs are assigned (I1)
             if need_w:
                 self.blobs[0].diff += dw           # parameter diffs accumulate (I1)
             if need_b:
                 self.blobs[1].diff += db
-            if down:
-                x.diff[...] = dx                   # bottom diffs are assigned (I1)
 
 
 @register("ConvolutionDepthwise", "DepthwiseConvolution")

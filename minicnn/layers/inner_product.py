@@ -49,8 +49,8 @@ class InnerProductLayer(Layer):
 
     def forward(self, bottom, top):
         b = self.blobs[1].data if self.bias_term else None
-        top[0].data[...] = ops.inner_product_forward(bottom[0].data, self.blobs[0].data, b,
-                                                     axis=self.axis, transpose=self.transpose)
+        ops.inner_product_forward(bottom[0].data, self.blobs[0].data, b, axis=self.axis,
+                                  transpose=self.transpose, out=top[0].data)
 
     def backward(self, top, propagate_down, bottom):
         need_dw = self.param_propagate_down[0]

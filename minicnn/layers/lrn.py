@@ -32,9 +32,9 @@ class LRNLayer(Layer):
     def forward(self, bottom, top):
         x = bottom[0].data
         self._x = x.copy() if bottom[0] is top[0] else None    # backward needs x, not y
-        top[0].data[...] = ops.lrn_forward(x, **self.settings)
+        ops.lrn_forward(x, **self.settings, out=top[0].data)      # safe in place
 
     def backward(self, top, propagate_down, bottom):
         if propagate_down[0]:
             x = self._x if self._x is not None else bottom[0].data
-            bottom[0].diff[...] = ops.lrn_backward(top[0].diff, x, **self.settings)
+            ops.lrn_backward(top[0].diff, x, **self.settings, out=bottom[0].diff)

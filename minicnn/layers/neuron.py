@@ -32,12 +32,12 @@ class ReLULayer(NeuronLayer):
                              "the output in place of the input)")
 
     def forward(self, bottom, top):
-        top[0].data[...] = ops.relu_forward(bottom[0].data, self.negative_slope)
+        ops.relu_forward(bottom[0].data, self.negative_slope, out=top[0].data)
 
     def backward(self, top, propagate_down, bottom):
         if propagate_down[0]:
-            bottom[0].diff[...] = ops.relu_backward(top[0].diff, bottom[0].data,
-                                                    self.negative_slope)
+            ops.relu_backward(top[0].diff, bottom[0].data, self.negative_slope,
+                              out=bottom[0].diff)
 
 
 @register("Dropout")

@@ -48,21 +48,26 @@ class PoolingLayer(Layer):
 
     def forward(self, bottom, top):
         x = bottom[0].data
+        y = top[0].data if bottom[0] is not top[0] else None   # in place: no aliasing
         if self.pool == "MAX":
-            top[0].data[...], self.mask = ops.max_pool2d_forward(x, geom=self.geom)
+            y, self.mask = ops.max_pool2d_forward(x, geom=self.geom, out=y)
             if len(top) > 1:
                 top[1].data[...] = self.mask                # float indices, like Caffe
         else:
-            top[0].data[...] = ops.ave_pool2d_forward(x, geom=self.geom)
+            y = ops.ave_pool2d_forward(x, geom=self.geom, out=y)
+        if y is not top[0].data:
+            top[0].data[...] = y
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
+        dx = bottom[0].diff if bottom[0] is not top[0] else None   # assigned (I1)
         if self.pool == "MAX":     # the mask top has no gradient: it is piecewise constant
-            dx = ops.max_pool2d_backward(top[0].diff, self.mask, bottom[0].shape)
+            dx = ops.max_pool2d_backward(top[0].diff, self.mask, bottom[0].shape, out=dx)
         else:
-            dx = ops.ave_pool2d_backward(top[0].diff, bottom[0].shape, geom=self.geom)
-        bottom[0].diff[...] = dx
+            dx = ops.ave_pool2d_backward(top[0].diff, bottom[0].shape, geom=self.geom, out=dx)
+        if dx is not bottom[0].diff:
+            bottom[0].diff[...] = dx
 
 
 @register("SPP")

@@ -8,6 +8,10 @@
     @conv2d_forward.impl("cpu")          # fast CPU body (C++ or numba), tested against "ref"
     @conv2d_forward.impl("cuda")         # CuPy + kernels/*.cu, tested against "ref"
 
+Ops return new arrays. Those the layers call on large blobs also take ``out=``, NumPy's
+convention: the result is written into that array (which may be an input, when the net runs the
+layer in place) and returned, so the fast paths skip a temporary and a copy.
+
 Calling the op dispatches on the first array argument: a CuPy array goes to "cuda"; otherwise
 "cpu" when one is registered (unless MINICNN_CPU=ref), else "ref". ``op.impls["ref"]`` calls one
 implementation directly, which is what tests and students do.
@@ -54,3 +58,19 @@ class Op:
 
     def __repr__(self):
         return f"<op {self.name}: {', '.join(self.impls)}>"
+
+
+def write_out(out, value):
+    """``value`` written into ``out`` and ``out`` returned, or ``value`` when out is None: how a
+    reference impl honours an ``out=`` argument."""
+    if out is None:
+        return value
+    if value is not out and not _same_memory(value, out):
+        out[...] = value
+    return out
+
+
+def _same_memory(a, b):
+    """a and b are the same elements in the same layout (a view of out, reshaped back)."""
+    return a.shape == b.shape and a.strides == b.strides and a.dtype == b.dtype and \
+        a.__array_interface__["data"][0] == b.__array_interface__["data"][0]

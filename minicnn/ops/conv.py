@@ -18,7 +18,8 @@ spaces the kernel taps d apart (atrous). Backward, per group g:
 where cols = im2col(x) lays every kernel window out as a column. col2im is the adjoint of
 im2col: it adds each column entry back onto the pixel it was read from (padding is dropped).
 conv2d_backward(..., need=(dx?, dw?, db?)) computes only the parts asked for (None otherwise);
-every impl takes ``need``.
+every impl takes ``need``. ``out=`` (forward) and ``dx_out=`` (backward) name arrays to write y
+and dx into, as NumPy's ``out``: the layers pass their blobs, so nothing is copied.
 
 Deconvolution reuses these: its forward is ``conv2d_backward_data`` and its backward is
 ``conv2d_forward`` (for the bottom diff) and ``conv2d_backward_filter`` (for the weights), with
@@ -37,7 +38,7 @@ import numpy as np
 
 from minicnn.errors import LayerError
 from minicnn.native import lib
-from minicnn.ops._dispatch import Op
+from minicnn.ops._dispatch import Op, write_out
 from minicnn.ops._windows import tap_ranges
 from minicnn.ops._workspace import workspace
 
@@ -211,7 +212,7 @@ def _check_dy(dy_shape, n, f, out_hw):
 
 
 @conv2d_forward.impl("ref")
-def _conv2d_forward_ref(x, w, b, *, geom, group=1):
+def _conv2d_forward_ref(x, w, b, *, geom, group=1, out=None):
     _check_4d(x=x, w=w)
     _check_shapes(x.shape, w.shape, group, geom, b)
     n, f = x.shape[0], w.shape[0]
@@ -221,7 +222,7 @@ def _conv2d_forward_ref(x, w, b, *, geom, group=1):
     y = np.matmul(wg, cols).reshape(n, f, oh, ow)                 # wg broadcasts over N
     if b is not None:
         y += b.reshape(1, f, 1, 1)             # in place: y keeps the dtype of x and w
-    return y
+    return write_out(out, y)
 
 
 @conv2d_backward_data.impl("ref")
@@ -255,7 +256,7 @@ def _conv2d_backward_filter_ref(dy, x, *, geom, group=1):
 
 
 @conv2d_backward.impl("ref")
-def _conv2d_backward_ref(dy, x, w, *, geom, group=1, need=(True, True, True)):
+def _conv2d_backward_ref(dy, x, w, *, geom, group=1, need=(True, True, True), dx_out=None):
     """(dx, dw, db) for dy (N, F, oh, ow). ``need`` says which of the three to compute; the
     others come back as None (a frozen layer or the data layer's bottom need no work)."""
     need_dx, need_dw, need_db = need
@@ -263,7 +264,7 @@ def _conv2d_backward_ref(dy, x, w, *, geom, group=1, need=(True, True, True)):
         if need_dx else None
     dw = _conv2d_backward_filter_ref(dy, x, geom=geom, group=group) if need_dw else None
     db = dy.sum(axis=(0, 2, 3)) if need_db else None              # (F,)
-    return dx, dw, db
+    return write_out(dx_out if need_dx else None, dx), dw, db
 
 
 # --- fast CPU (csrc/im2col.cpp, csrc/depthwise.cpp) ----------------------------------------------
@@ -313,20 +314,28 @@ def _columns(x, n0, nb, geom, oh, ow):
     return cols
 
 
+def _output(out, shape, dtype):
+    """``out`` when the kernels can write it directly, else a new array."""
+    if out is not None and out.shape == shape and out.dtype == dtype and out.flags.c_contiguous \
+            and out.flags.writeable:
+        return out
+    return np.empty(shape, dtype)
+
+
 @conv2d_forward.impl("cpu", available=lib is not None)
-def _conv2d_forward_cpu(x, w, b, *, geom, group=1):
+def _conv2d_forward_cpu(x, w, b, *, geom, group=1, out=None):
     _check_4d(x=x, w=w)
     _check_shapes(x.shape, w.shape, group, geom, b)
     if not _native_ok(x, w, b):
-        return _conv2d_forward_ref(x, w, b, geom=geom, group=group)
+        return _conv2d_forward_ref(x, w, b, geom=geom, group=group, out=out)
     x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
     b = None if b is None else np.ascontiguousarray(b)
     n, f = x.shape[0], w.shape[0]
     oh, ow = geom.out_hw(*x.shape[2:])
-    y = np.empty((n, f, oh, ow), x.dtype)
+    y = _output(out, (n, f, oh, ow), x.dtype)
     if _is_depthwise(x.shape[1], group):
         lib.depthwise_forward(x, w, b, y, _geom_tuple(geom))
-        return y
+        return write_out(out, y) if y is not out else y
     fg = f // group
     wg = w.reshape(group, fg, -1)                                   # (G, F/G, K)
     k = wg.shape[2]
@@ -336,10 +345,10 @@ def _conv2d_forward_cpu(x, w, b, *, geom, group=1):
         for g in range(group):
             np.matmul(wg[g], cols[g * k:(g + 1) * k], out=y_t[g * fg:(g + 1) * fg])
         lib.fnp_to_nfp(y_t, y, n0, nb, b)
-    return y
+    return write_out(out, y) if y is not out else y
 
 
-def _conv2d_backward_cpu_parts(dy, x, w, x_shape, geom, group, need):
+def _conv2d_backward_cpu_parts(dy, x, w, x_shape, geom, group, need, dx_out=None):
     """(dx, dw, db) on the native path; x or w may be None when the part needing it is not
     asked for."""
     need_dx, need_dw, need_db = need
@@ -350,7 +359,7 @@ def _conv2d_backward_cpu_parts(dy, x, w, x_shape, geom, group, need):
     x = None if x is None else np.ascontiguousarray(x)
     w = None if w is None else np.ascontiguousarray(w)
     kh, kw = geom.kernel
-    dx = np.empty(x_shape, dtype) if need_dx else None
+    dx = _output(dx_out, tuple(x_shape), dtype) if need_dx else None
     dw = np.zeros((f, c // group, kh, kw), dtype) if need_dw else None
     db = np.zeros(f, dtype) if need_db else None
     if _is_depthwise(c, group):
@@ -360,7 +369,7 @@ def _conv2d_backward_cpu_parts(dy, x, w, x_shape, geom, group, need):
             lib.depthwise_backward_filter(dy, x, dw, _geom_tuple(geom))
         if need_db:
             db[...] = dy.sum(axis=(0, 2, 3))
-        return dx, dw, db
+        return _finish_dx(dx_out, dx), dw, db
     fg, k = f // group, c // group * kh * kw
     dwg = None if dw is None else dw.reshape(group, fg, k)
     wg = None if w is None else w.reshape(group, fg, k)
@@ -381,17 +390,21 @@ def _conv2d_backward_cpu_parts(dy, x, w, x_shape, geom, group, need):
                 lib.fnp_to_nfp(dcols, dx, n0, nb, None)
             else:
                 lib.col2im_rows(dcols, dx, n0, nb, _geom_tuple(geom), oh, ow)
-    return dx, dw, db
+    return _finish_dx(dx_out, dx), dw, db
+
+
+def _finish_dx(dx_out, dx):
+    return dx if dx is None or dx is dx_out else write_out(dx_out, dx)
 
 
 @conv2d_backward.impl("cpu", available=lib is not None)
-def _conv2d_backward_cpu(dy, x, w, *, geom, group=1, need=(True, True, True)):
+def _conv2d_backward_cpu(dy, x, w, *, geom, group=1, need=(True, True, True), dx_out=None):
     _check_4d(dy=dy, x=x, w=w)
     _check_shapes(x.shape, w.shape, group, geom)
     _check_dy(dy.shape, x.shape[0], w.shape[0], geom.out_hw(*x.shape[2:]))
     if not _native_ok(dy, x, w):
-        return _conv2d_backward_ref(dy, x, w, geom=geom, group=group, need=need)
-    return _conv2d_backward_cpu_parts(dy, x, w, x.shape, geom, group, need)
+        return _conv2d_backward_ref(dy, x, w, geom=geom, group=group, need=need, dx_out=dx_out)
+    return _conv2d_backward_cpu_parts(dy, x, w, x.shape, geom, group, need, dx_out)
 
 
 @conv2d_backward_data.impl("cpu", available=lib is not None)

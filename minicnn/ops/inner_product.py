@@ -14,12 +14,15 @@ Backward, with DY = dy.reshape(M, N):
     dw = DY.T @ X    (X.T @ DY when transposed)
     db = DY.sum(0)
 
-Impls: ref. (One GEMM per pass: NumPy already hands it to BLAS.)
+Impls: ref. (One GEMM per pass: NumPy already hands it to BLAS, and with ``out=`` the product
+lands straight in the top blob.)
 """
 
 import math
 
-from minicnn.ops._dispatch import Op
+import numpy as np
+
+from minicnn.ops._dispatch import Op, write_out
 
 inner_product_forward = Op("inner_product_forward")
 inner_product_backward = Op("inner_product_backward")
@@ -33,11 +36,17 @@ def _as_matrix(x, axis):
 # --- reference ---------------------------------------------------------------------------------
 
 @inner_product_forward.impl("ref")
-def _inner_product_forward_ref(x, w, b=None, *, axis=1, transpose=False):
-    y = _as_matrix(x, axis) @ (w if transpose else w.T)            # (M, N)
+def _inner_product_forward_ref(x, w, b=None, *, axis=1, transpose=False, out=None):
+    x2, wt = _as_matrix(x, axis), (w if transpose else w.T)
+    shape = (*x.shape[:axis], wt.shape[1])
+    if out is not None and out.shape == shape and out.dtype == np.result_type(x2, wt) \
+            and out.flags.c_contiguous:
+        y = np.matmul(x2, wt, out=out.reshape(x2.shape[0], wt.shape[1]))   # (M, N)
+    else:
+        y = x2 @ wt
     if b is not None:
-        y = y + b
-    return y.reshape(*x.shape[:axis], y.shape[1])
+        y += b
+    return write_out(out, y.reshape(shape))
 
 
 @inner_product_backward.impl("ref")

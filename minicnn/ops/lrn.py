@@ -10,6 +10,7 @@ with pad h and stride 1, power, product), so k is not used and the pool's diviso
     y  = x * b^-beta
     dx = dy * b^-beta - (2 alpha beta / n^2) * x * sum over the n x n neighbourhood of dy * y / b
 The window sums are symmetric (odd n, centred), so each backward sum is the same window sum.
+``out=`` names the array to write the result into (it may be x or dy: in place is safe).
 Impls: ref; cpu for ACROSS_CHANNELS (csrc/lrn.cpp: Caffe's sliding channel sum, one pass over
 the data per direction; WITHIN_CHANNEL runs on ref).
 """
@@ -18,7 +19,7 @@ import numpy as np
 
 from minicnn.errors import LayerError
 from minicnn.native import lib
-from minicnn.ops._dispatch import Op
+from minicnn.ops._dispatch import Op, write_out
 
 __all__ = ["check_local_size", "lrn_backward", "lrn_forward"]
 
@@ -63,15 +64,15 @@ def _base(x, local_size, alpha, k, norm_region):
 
 @lrn_forward.impl("ref")
 def _lrn_forward_ref(x, *, local_size=5, alpha=1.0, beta=0.75, k=1.0,
-                     norm_region="ACROSS_CHANNELS"):
+                     norm_region="ACROSS_CHANNELS", out=None):
     """(N, C, H, W) -> (N, C, H, W)."""
     check_local_size(local_size, norm_region)
-    return x * _base(x, local_size, alpha, k, norm_region) ** -float(beta)
+    return write_out(out, x * _base(x, local_size, alpha, k, norm_region) ** -float(beta))
 
 
 @lrn_backward.impl("ref")
 def _lrn_backward_ref(dy, x, *, local_size=5, alpha=1.0, beta=0.75, k=1.0,
-                      norm_region="ACROSS_CHANNELS"):
+                      norm_region="ACROSS_CHANNELS", out=None):
     """dy, x (N, C, H, W) -> dx (N, C, H, W); s (or b) and y are recomputed from x."""
     check_local_size(local_size, norm_region)
     alpha, beta = float(alpha), float(beta)
@@ -82,8 +83,8 @@ def _lrn_backward_ref(dy, x, *, local_size=5, alpha=1.0, beta=0.75, k=1.0,
         window, axes = local_size, (1,)
     else:
         window, axes = local_size**2, (2, 3)
-    return dy * power - (2 * alpha * beta / window) * x * _window_sum(dy * y / base, local_size,
-                                                                      axes)
+    return write_out(out, dy * power - (2 * alpha * beta / window) * x * _window_sum(
+        dy * y / base, local_size, axes))
 
 
 # --- fast CPU (csrc/lrn.cpp) --------------------------------------------------------------------
@@ -93,26 +94,33 @@ def _native_ok(norm_region, *arrays):
         a.dtype in (np.float32, np.float64) and a.dtype == arrays[0].dtype for a in arrays)
 
 
+def _output(out, like):
+    if out is not None and out.shape == like.shape and out.dtype == like.dtype \
+            and out.flags.c_contiguous and out.flags.writeable:
+        return out
+    return np.empty(like.shape, like.dtype)
+
+
 @lrn_forward.impl("cpu", available=lib is not None)
 def _lrn_forward_cpu(x, *, local_size=5, alpha=1.0, beta=0.75, k=1.0,
-                     norm_region="ACROSS_CHANNELS"):
+                     norm_region="ACROSS_CHANNELS", out=None):
     check_local_size(local_size, norm_region)
     if not _native_ok(norm_region, x):
         return _lrn_forward_ref(x, local_size=local_size, alpha=alpha, beta=beta, k=k,
-                                norm_region=norm_region)
-    y = np.empty(x.shape, x.dtype)
+                                norm_region=norm_region, out=out)
+    y = _output(out, x)
     lib.lrn_forward(np.ascontiguousarray(x), y, local_size, float(alpha), float(beta), float(k))
-    return y
+    return y if out is None or y is out else write_out(out, y)
 
 
 @lrn_backward.impl("cpu", available=lib is not None)
 def _lrn_backward_cpu(dy, x, *, local_size=5, alpha=1.0, beta=0.75, k=1.0,
-                      norm_region="ACROSS_CHANNELS"):
+                      norm_region="ACROSS_CHANNELS", out=None):
     check_local_size(local_size, norm_region)
     if not _native_ok(norm_region, dy, x):
         return _lrn_backward_ref(dy, x, local_size=local_size, alpha=alpha, beta=beta, k=k,
-                                 norm_region=norm_region)
-    dx = np.empty(x.shape, x.dtype)
+                                 norm_region=norm_region, out=out)
+    dx = _output(out, x)
     lib.lrn_backward(np.ascontiguousarray(dy), np.ascontiguousarray(x), dx, local_size,
                      float(alpha), float(beta), float(k))
-    return dx
+    return dx if out is None or dx is out else write_out(out, dx)

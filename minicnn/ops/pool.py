@@ -17,6 +17,7 @@ AVE:  y = sum of the window / divisor, divisor = (min(h0 + kh, H + ph) - h0) * (
       backward spreads dy / divisor over the window's pixels in the image. A window wholly outside
       the image gives 0 (Caffe divides 0 by a divisor <= 0 there, giving -0 or NaN).
 
+``out=`` names the array to write y (forward) or dx (backward) into.
 Impls: ref; cpu (csrc/pool.cpp: one loop nest per (image, channel) plane, the same window
 order, so MAX and the AVE forward are bit-identical to ref).
 """
@@ -28,7 +29,7 @@ import numpy as np
 
 from minicnn.errors import LayerError
 from minicnn.native import lib
-from minicnn.ops._dispatch import Op
+from minicnn.ops._dispatch import Op, write_out
 from minicnn.ops._windows import tap_ranges
 
 __all__ = [
@@ -131,7 +132,7 @@ def _window_starts(size, k, s, p, n_out):
 # --- reference ---------------------------------------------------------------------------------
 
 @max_pool2d_forward.impl("ref")
-def _max_pool2d_forward_ref(x, *, geom):
+def _max_pool2d_forward_ref(x, *, geom, out=None):
     """(N, C, H, W) -> y (N, C, oh, ow) and mask (N, C, oh, ow) int64: h * W + w, or -1."""
     h, w = x.shape[2:]
     (kh, kw), (sh, sw), (ph, pw) = geom.kernel_for(h, w), geom.stride, geom.pad
@@ -148,11 +149,11 @@ def _max_pool2d_forward_ref(x, *, geom):
             best[take] = tap[take]
             mask[:, :, lo_y:hi_y, lo_z:hi_z][take] = np.broadcast_to(rows * w + cols,
                                                                      take.shape)[take]
-    return y, mask
+    return write_out(out, y), mask
 
 
 @max_pool2d_backward.impl("ref")
-def _max_pool2d_backward_ref(dy, mask, x_shape):
+def _max_pool2d_backward_ref(dy, mask, x_shape, *, out=None):
     """dy, mask (N, C, oh, ow) -> dx (N, C, H, W): each dy added at its argmax."""
     n, c, h, w = x_shape
     dx = np.zeros((n * c, h * w), dy.dtype)
@@ -160,7 +161,7 @@ def _max_pool2d_backward_ref(dy, mask, x_shape):
     flat_mask, flat_dy = mask.reshape(n * c, -1), dy.reshape(n * c, -1)
     hit = flat_mask >= 0                        # -1: a window with no pixel of the image
     np.add.at(dx, (plane[hit], flat_mask[hit]), flat_dy[hit])   # overlapping windows add up
-    return dx.reshape(x_shape)
+    return write_out(out, dx.reshape(x_shape))
 
 
 def _ave_divisor(geom, h, w, dtype):
@@ -174,7 +175,7 @@ def _ave_divisor(geom, h, w, dtype):
 
 
 @ave_pool2d_forward.impl("ref")
-def _ave_pool2d_forward_ref(x, *, geom):
+def _ave_pool2d_forward_ref(x, *, geom, out=None):
     """(N, C, H, W) -> (N, C, oh, ow)."""
     h, w = x.shape[2:]
     (kh, kw), (sh, sw), (ph, pw) = geom.kernel_for(h, w), geom.stride, geom.pad
@@ -184,12 +185,19 @@ def _ave_pool2d_forward_ref(x, *, geom):
         for j, lo_z, hi_z, q in tap_ranges(w, kw, sw, pw, 1, ow):  # only image taps count
             total[:, :, lo_y:hi_y, lo_z:hi_z] += \
                 x[:, :, r:r + (hi_y - lo_y - 1) * sh + 1:sh, q:q + (hi_z - lo_z - 1) * sw + 1:sw]
-    return total / _ave_divisor(geom, h, w, x.dtype)
+    return write_out(out, total / _ave_divisor(geom, h, w, x.dtype))
+
+
+def _check_pooled(dy, x_shape, geom):
+    want = (*x_shape[:2], *geom.out_hw(*x_shape[2:]))
+    if tuple(dy.shape) != want:
+        raise LayerError(f"dy of shape {tuple(dy.shape)} does not match the pooled shape {want}")
 
 
 @ave_pool2d_backward.impl("ref")
-def _ave_pool2d_backward_ref(dy, x_shape, *, geom):
+def _ave_pool2d_backward_ref(dy, x_shape, *, geom, out=None):
     """dy (N, C, oh, ow) -> dx (N, C, H, W)."""
+    _check_pooled(dy, x_shape, geom)
     h, w = x_shape[2:]
     (kh, kw), (sh, sw), (ph, pw) = geom.kernel_for(h, w), geom.stride, geom.pad
     oh, ow = dy.shape[2:]
@@ -199,7 +207,7 @@ def _ave_pool2d_backward_ref(dy, x_shape, *, geom):
         for j, lo_z, hi_z, q in tap_ranges(w, kw, sw, pw, 1, ow):  # forward's slices; taps on
             dx[:, :, r:r + (hi_y - lo_y - 1) * sh + 1:sh,          # padding carry nothing
                q:q + (hi_z - lo_z - 1) * sw + 1:sw] += g[:, :, lo_y:hi_y, lo_z:hi_z]
-    return dx
+    return write_out(out, dx)
 
 
 # --- fast CPU (csrc/pool.cpp) -------------------------------------------------------------------
@@ -213,44 +221,54 @@ def _native_dtype(*arrays):
                for a in arrays)
 
 
+def _output(out, shape, dtype):
+    """``out`` when the kernels can write it directly, else a new array."""
+    if out is not None and out.shape == tuple(shape) and out.dtype == dtype \
+            and out.flags.c_contiguous and out.flags.writeable:
+        return out
+    return np.empty(shape, dtype)
+
+
+def _finish(out, result):
+    return result if result is out else write_out(out, result)
+
+
 @max_pool2d_forward.impl("cpu", available=lib is not None)
-def _max_pool2d_forward_cpu(x, *, geom):
+def _max_pool2d_forward_cpu(x, *, geom, out=None):
     if x.ndim != 4 or not _native_dtype(x):
-        return _max_pool2d_forward_ref(x, geom=geom)
+        return _max_pool2d_forward_ref(x, geom=geom, out=out)
     h, w = x.shape[2:]
-    y = np.empty((*x.shape[:2], *geom.out_hw(h, w)), x.dtype)
+    y = _output(out, (*x.shape[:2], *geom.out_hw(h, w)), x.dtype)
     mask = np.empty(y.shape, np.int64)
     lib.max_pool_forward(np.ascontiguousarray(x), y, mask, _native_geom(geom, h, w))
-    return y, mask
+    return _finish(out, y), mask
 
 
 @max_pool2d_backward.impl("cpu", available=lib is not None)
-def _max_pool2d_backward_cpu(dy, mask, x_shape):
+def _max_pool2d_backward_cpu(dy, mask, x_shape, *, out=None):
     if dy.ndim != 4 or not _native_dtype(dy) or mask.dtype != np.int64:
-        return _max_pool2d_backward_ref(dy, mask, x_shape)
-    dx = np.empty(x_shape, dy.dtype)
+        return _max_pool2d_backward_ref(dy, mask, x_shape, out=out)
+    dx = _output(out, x_shape, dy.dtype)
     lib.max_pool_backward(np.ascontiguousarray(dy), np.ascontiguousarray(mask), dx)
-    return dx
+    return _finish(out, dx)
 
 
 @ave_pool2d_forward.impl("cpu", available=lib is not None)
-def _ave_pool2d_forward_cpu(x, *, geom):
+def _ave_pool2d_forward_cpu(x, *, geom, out=None):
     if x.ndim != 4 or not _native_dtype(x):
-        return _ave_pool2d_forward_ref(x, geom=geom)
+        return _ave_pool2d_forward_ref(x, geom=geom, out=out)
     h, w = x.shape[2:]
-    y = np.empty((*x.shape[:2], *geom.out_hw(h, w)), x.dtype)
+    y = _output(out, (*x.shape[:2], *geom.out_hw(h, w)), x.dtype)
     lib.ave_pool_forward(np.ascontiguousarray(x), y, _native_geom(geom, h, w))
-    return y
+    return _finish(out, y)
 
 
 @ave_pool2d_backward.impl("cpu", available=lib is not None)
-def _ave_pool2d_backward_cpu(dy, x_shape, *, geom):
+def _ave_pool2d_backward_cpu(dy, x_shape, *, geom, out=None):
     if dy.ndim != 4 or not _native_dtype(dy):
-        return _ave_pool2d_backward_ref(dy, x_shape, geom=geom)
+        return _ave_pool2d_backward_ref(dy, x_shape, geom=geom, out=out)
+    _check_pooled(dy, x_shape, geom)
     h, w = x_shape[2:]
-    if tuple(dy.shape) != (*x_shape[:2], *geom.out_hw(h, w)):
-        raise LayerError(f"dy of shape {tuple(dy.shape)} does not match the pooled shape "
-                         f"{(*x_shape[:2], *geom.out_hw(h, w))}")
-    dx = np.empty(x_shape, dy.dtype)
+    dx = _output(out, x_shape, dy.dtype)
     lib.ave_pool_backward(np.ascontiguousarray(dy), dx, _native_geom(geom, h, w))
-    return dx
+    return _finish(out, dx)

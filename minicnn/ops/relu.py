@@ -6,12 +6,14 @@
 Kink convention: x == 0 takes the slope branch, as Caffe's (x > 0) + slope * (x <= 0).
 Because sign(y) == sign(x) when negative_slope >= 0, backward may be given y in place of x: that
 is what makes the in-place ReLU (top == bottom) correct.
-Impls: ref. (NumPy is already memory-bound here; a compiled loop would not be faster.)
+Impls: ref; cpu (csrc/relu.cpp: one pass written into ``out``, which saves NumPy's mask and
+product temporaries and the copy into the top blob).
 """
 
 import numpy as np
 
-from minicnn.ops._dispatch import Op
+from minicnn.native import lib
+from minicnn.ops._dispatch import Op, write_out
 
 relu_forward, relu_backward = Op("relu_forward"), Op("relu_backward")
 
@@ -19,10 +21,37 @@ relu_forward, relu_backward = Op("relu_forward"), Op("relu_backward")
 # --- reference ---------------------------------------------------------------------------------
 
 @relu_forward.impl("ref")
-def _relu_forward_ref(x, negative_slope=0.0):
-    return np.where(x > 0, x, x * x.dtype.type(negative_slope))
+def _relu_forward_ref(x, negative_slope=0.0, *, out=None):
+    return write_out(out, np.where(x > 0, x, x * x.dtype.type(negative_slope)))
 
 
 @relu_backward.impl("ref")
-def _relu_backward_ref(dy, x, negative_slope=0.0):
-    return np.where(x > 0, dy, dy * dy.dtype.type(negative_slope))
+def _relu_backward_ref(dy, x, negative_slope=0.0, *, out=None):
+    return write_out(out, np.where(x > 0, dy, dy * dy.dtype.type(negative_slope)))
+
+
+# --- fast CPU (csrc/relu.cpp) -------------------------------------------------------------------
+
+def _native_ok(out, *arrays):
+    dtype = arrays[0].dtype
+    return dtype in (np.float32, np.float64) and all(
+        a.dtype == dtype and a.flags.c_contiguous and a.shape == arrays[0].shape
+        for a in arrays + ((out,) if out is not None else ()))
+
+
+@relu_forward.impl("cpu", available=lib is not None)
+def _relu_forward_cpu(x, negative_slope=0.0, *, out=None):
+    if not _native_ok(out, x):
+        return _relu_forward_ref(x, negative_slope, out=out)
+    y = np.empty_like(x) if out is None else out
+    lib.relu_forward(x, y, float(negative_slope))
+    return y
+
+
+@relu_backward.impl("cpu", available=lib is not None)
+def _relu_backward_cpu(dy, x, negative_slope=0.0, *, out=None):
+    if not _native_ok(out, dy, x):
+        return _relu_backward_ref(dy, x, negative_slope, out=out)
+    dx = np.empty_like(dy) if out is None else out
+    lib.relu_backward(dy, x, dx, float(negative_slope))
+    return dx

@@ -1,6 +1,7 @@
 """ReLU op: reference against its definition and finite differences."""
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -36,3 +37,37 @@ def test_float32_stays_float32():
     x = np.ones(4, np.float32)
     assert relu_forward(x, 0.1).dtype == np.float32
     assert relu_backward(x, x, 0.1).dtype == np.float32
+
+
+# --- fast paths against the reference (I2) -------------------------------------------------------
+
+FAST_KINDS = [kind for kind in relu_forward.impls if kind == "cpu"]
+
+
+@pytest.mark.parametrize("kind", FAST_KINDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@given(x=arrays(np.float64, st.tuples(st.integers(1, 40), st.integers(1, 2000)),
+                elements=st.floats(-3, 3)), slope=slopes)
+def test_fast_paths_match_the_reference_bit_for_bit(kind, dtype, x, slope):
+    x = x.astype(dtype)
+    x.flat[::7] = 0                                          # the kink: slope branch
+    dy = np.random.default_rng(1).standard_normal(x.shape).astype(dtype)
+    y = relu_forward.impls[kind](x, slope)
+    assert y.dtype == dtype
+    np.testing.assert_array_equal(y, relu_forward.impls["ref"](x, slope))
+    np.testing.assert_array_equal(relu_backward.impls[kind](dy, x, slope),
+                                  relu_backward.impls["ref"](dy, x, slope))
+
+
+@pytest.mark.parametrize("kind", ["ref"] + FAST_KINDS)
+def test_out_may_be_the_input_as_an_in_place_layer_runs_it(kind):
+    x = np.array([[-2.0, 0.0, 3.0]], np.float32)
+    dy = np.array([[1.0, 2.0, 4.0]], np.float32)
+    y = relu_forward.impls[kind](x, 0.5, out=x)
+    assert y is x
+    np.testing.assert_array_equal(x, [[-1.0, 0.0, 3.0]])
+    assert relu_backward.impls[kind](dy, x, 0.5, out=dy) is dy
+    np.testing.assert_array_equal(dy, [[0.5, 1.0, 4.0]])
+    view = np.zeros((1, 6), np.float32)[:, ::2]            # a strided out: still written
+    relu_forward.impls[kind](np.ones((1, 3), np.float32), out=view)
+    np.testing.assert_array_equal(view, 1.0)
