@@ -1,5 +1,5 @@
-"""Layers that route blobs (Split, Concat, Slice, Flatten, Reshape, Silence) or combine them
-elementwise (Eltwise, whose math is in minicnn.ops.eltwise)."""
+"""Layers that route blobs (Split, Concat, Slice, Flatten, Reshape, Permute, Silence) or combine
+them elementwise (Eltwise, whose math is in minicnn.ops.eltwise)."""
 
 import warnings
 
@@ -158,6 +158,31 @@ class FlattenLayer(Layer):
     def backward(self, top, propagate_down, bottom):
         if propagate_down[0]:
             bottom[0].diff[...] = top[0].diff.reshape(bottom[0].shape)
+
+
+@register("Permute")
+class PermuteLayer(Layer):
+    """SSD's `Permute`: reorders the axes; permute_param.order lists, for each top axis, the
+    bottom axis it takes (e.g. 0 2 3 1: N x C x H x W -> N x H x W x C); axes it leaves out
+    follow in increasing order. Not in place."""
+    param_field = "permute_param"
+    exact_num_bottom = exact_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        if bottom[0] is top[0]:
+            raise LayerError("Permute does not allow in-place computation")
+
+    def reshape(self, bottom, top):
+        shape = bottom[0].shape
+        self.order = ops.permute.permute_order(self.param.permute_param.order, len(shape))
+        top[0].reshape(tuple(shape[a] for a in self.order))
+
+    def forward(self, bottom, top):
+        top[0].data[...] = ops.permute_forward(bottom[0].data, self.order)
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            bottom[0].diff[...] = ops.permute_backward(top[0].diff, self.order)
 
 
 @register("Silence")
