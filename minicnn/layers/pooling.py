@@ -79,7 +79,13 @@ class SPPLayer(Layer):
     minicnn.ops.spp), flattens it and the levels are concatenated. As real Caffe does,
     pyramid_height 1 returns the pooled blob unflattened: N x C x 1 x 1. pool is MAX or AVE;
     STOCHASTIC is refused (Caffe has it on the GPU only). An input too small for the finest
-    level (a pad >= kernel, which Caffe's Pooling refuses) is a LayerError."""
+    level (a pad >= kernel, which Caffe's Pooling refuses) is a LayerError.
+
+    minicnn extension: ``bins`` (repeated, e.g. ``bins: 1 bins: 2 bins: 3 bins: 6``) gives the
+    SPP-net paper's pyramid instead of pyramid_height (not both), with the paper's rule: per
+    level of n bins, windows of ceil(H / n) at stride floor(H / n), no padding, exactly n per
+    axis (minicnn.ops.spp says how the rules differ). The top is always flattened:
+    (N, C * sum n^2). An input smaller than n on an axis is a LayerError."""
     param_field = "spp_param"
     exact_num_bottom = exact_num_top = 1
 
@@ -89,7 +95,17 @@ class SPPLayer(Layer):
             raise LayerError("STOCHASTIC SPP pooling is not supported (Caffe has no CPU version "
                              "of it); use MAX or AVE")
         self.pool = p.pool
-        self.levels = ops.spp_levels(p.pyramid_height)
+        if len(p.bins):
+            if p.HasField("pyramid_height"):
+                raise LayerError(f"give spp_param pyramid_height ({p.pyramid_height}, Caffe's "
+                                 f"powers of two) or bins ({', '.join(map(str, p.bins))}, "
+                                 "SPP-net's rule), not both")
+            if min(p.bins) < 1:
+                raise LayerError(f"spp_param bins must be >= 1, got {list(p.bins)}")
+            self.levels, self.rule, self.flatten = [int(b) for b in p.bins], "sppnet", True
+        else:
+            self.levels, self.rule = ops.spp_levels(p.pyramid_height), "caffe"
+            self.flatten = len(self.levels) > 1
         self.masks = None
 
     def reshape(self, bottom, top):
@@ -97,15 +113,17 @@ class SPPLayer(Layer):
             raise LayerError(f"SPP needs a 4-axis (N, C, H, W) input, got shape "
                              f"{bottom[0].shape}")
         n, c, h, w = bottom[0].shape
-        features = ops.spp_features(h, w, self.levels)
-        top[0].reshape((n, c, 1, 1) if len(self.levels) == 1 else (n, c * features))
+        features = ops.spp_features(h, w, self.levels, self.rule)
+        top[0].reshape((n, c * features) if self.flatten else (n, c, 1, 1))
 
     def forward(self, bottom, top):
-        y, self.masks = ops.spp_forward(bottom[0].data, levels=self.levels, pool=self.pool)
+        y, self.masks = ops.spp_forward(bottom[0].data, levels=self.levels, pool=self.pool,
+                                        rule=self.rule)
         top[0].data[...] = y.reshape(top[0].shape)
 
     def backward(self, top, propagate_down, bottom):
         if propagate_down[0]:
             dy = top[0].diff.reshape(top[0].shape[0], -1)
             bottom[0].diff[...] = ops.spp_backward(dy, bottom[0].shape, levels=self.levels,
-                                                   pool=self.pool, masks=self.masks)
+                                                   pool=self.pool, masks=self.masks,
+                                                   rule=self.rule)

@@ -521,6 +521,7 @@ message SPPParameter
   1   pyramid_height      uint32
   2   pool                PoolMethod = MAX
   6   engine              Engine   = DEFAULT
+  10001 bins              uint32   repeated   # minicnn's: SPP-net's explicit pyramid (1 2 3 6)
 
 message PReLUParameter
   1   filler              FillerParameter
