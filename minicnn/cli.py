@@ -13,6 +13,9 @@
     minicnn extract --model M --weights W --blob pool --images list.txt --out feats.h5
     minicnn retrieve --model M --weights W --blob pool --database list.txt --query q.jpg -k 5
     minicnn visualize --model M --weights W --layer conv1 --out filters.png
+    minicnn data segmentation-digits                     # images + per-pixel labels
+    minicnn segment --model M --weights W image.png --out masks/
+    minicnn eval-segmentation --model M --weights W --list data/segmentation_digits/test.txt
 
 Caffe's single-dash long options (``-model``, ``-iterations``, ``-sigint_effect``) are accepted
 alongside the usual ``--model``. Errors in user files print one line naming the file and place,
@@ -287,6 +290,12 @@ def data(args):
     """Write a dataset that ships offline in a package as Caffe-standard LMDB or HDF5 files,
     or as PNG files with Caffe list files (for ImageData, convert_imageset, extract)."""
     from minicnn.data import datasets
+    if args.dataset in ("canvas-digits", "segmentation-digits"):
+        return _any_size_data(args)
+    for flag, default in (("train_images", 3000), ("val_images", 300), ("test_images", 500),
+                          ("size", 160)):            # detection-digits' defaults
+        if getattr(args, flag) is None:
+            setattr(args, flag, default)
     if args.dataset == "detection-digits":
         from minicnn.data.detection_digits import prepare_detection_digits
         try:
@@ -682,6 +691,130 @@ def _add_detection_options(p):
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
 
 
+# --- any-size inputs and segmentation: data canvas-digits / segmentation-digits, segment,
+# eval-segmentation ------------------------------------------------------------------------------
+
+def _any_size_data(args):
+    out = args.out or "data/" + args.dataset.replace("-", "_")
+    try:
+        if args.dataset == "canvas-digits":
+            from minicnn.data.canvas_digits import CANVAS_SEED, prepare_canvas_digits
+            prepare_canvas_digits(out, seed=CANVAS_SEED if args.seed is None else args.seed)
+        else:
+            from minicnn.data import segmentation_digits as sd
+            given = {k: v for k, v in (("train", args.train_images), ("val", args.val_images),
+                                       ("test", args.test_images), ("size", args.size))
+                     if v is not None}
+            sd.prepare_segmentation_digits(
+                out, ignore_coverage=args.ignore_coverage,
+                seed=sd.SEGMENTATION_SEED if args.seed is None else args.seed, **given)
+    except ValueError as e:
+        raise MinicnnError(str(e)) from None
+    return 0
+
+
+def _add_segmentation_options(p):
+    p.add_argument("--model", help="the segmentation net's deploy prototxt (an Input blob, "
+                                   "score maps at the input's size out)")
+    p.add_argument("--weights", help="the trained .caffemodel")
+    p.add_argument("--mean", type=float, default=127.5,
+                   help="subtracted from every 0..255 pixel (default 127.5, models/deeplab's)")
+    p.add_argument("--scale", type=float, default=0.0078125,
+                   help="then multiplied by this (default 1/128, models/deeplab's)")
+    p.add_argument("--blob", help="the score maps (default: the net's first output)")
+    p.add_argument("--names", help="class names, one per line")
+    p.add_argument("--root-folder", default="", help="folder prepended to the images' paths")
+
+
+def _segmentation_net(args):
+    from minicnn import Net
+    if not args.model:
+        raise MinicnnError(f"give the net: minicnn {args.command} --model deploy.prototxt "
+                           "--weights trained.caffemodel ...")
+    if not args.weights:
+        print("note: no --weights given: using the net's initial (filler) weights",
+              file=sys.stderr)
+    return Net(args.model, weights=args.weights, phase="TEST")
+
+
+@command
+def segment(args):
+    """Segment images with a net at each image's own size: a colour-coded mask (VOC colours),
+    an overlay on the image and the raw class ids, as PNGs, per image."""
+    from minicnn import segmentation as seg
+    images = _image_paths(args.image, args.root_folder)
+    if not images:
+        raise MinicnnError("give the images: minicnn segment --model M --weights W IMAGE... "
+                           "--out DIR (@LIST reads a list file)")
+    net = _segmentation_net(args)
+    names = _read_names(args.names)
+    used = set()
+    for path in images:
+        labels, _, chw = seg.segment(net, path, args.mean, args.scale, output_blob=args.blob)
+        stem = os.path.splitext(os.path.basename(path))[0]
+        name, k = stem, 1
+        while name in used:                      # two images with one name: number them
+            k += 1
+            name = f"{stem}_{k}"
+        used.add(name)
+        base = os.path.join(args.out, name)
+        seg.save_png(seg.colorize(labels), base + "_mask.png")
+        seg.save_png(seg.overlay(seg.rgb_of(chw), labels), base + "_overlay.png")
+        seg.save_png(labels.astype(np.uint8), base + "_labels.png")
+        counts = np.bincount(labels.ravel(), minlength=1)
+        found = ", ".join(f"{_class_name(names, c)} {n}" for c, n in enumerate(counts) if n)
+        print(f"{path}: {labels.shape[1]}x{labels.shape[0]} -> {base}_mask.png, "
+              f"_overlay.png, _labels.png; pixels per class: {found}")
+    return 0
+
+
+def _read_names(path):
+    if not path:
+        return None
+    from minicnn.deploy import read_labels
+    return read_labels(path)
+
+
+def _class_name(names, c):
+    return names[c] if names is not None and c < len(names) else str(c)
+
+
+@command
+def eval_segmentation(args):
+    """Score a segmentation net on an `image label` list: per-class IoU, mIoU, pixel and mean
+    class accuracy, and the mIoU within a band along the true boundaries."""
+    from minicnn import segmentation as seg
+    pairs = seg.read_segmentation_list(args.list, args.root_folder, args.labels_dir)
+    if args.limit:
+        pairs = pairs[:args.limit]
+    net = _segmentation_net(args)
+    names = _read_names(args.names)
+    bands = tuple(args.band or ())
+    result = seg.evaluate(net, pairs, args.mean, args.scale, args.ignore_label, bands,
+                          output_blob=args.blob, progress=_progress(args))
+    fmt = (lambda v: "-" if v is None else f"{v:.4f}")
+    overall = result["overall"]
+    confusion = np.asarray(result["confusion"])
+    heads = ["class", "IoU"] + [f"IoU@{b}px" for b in bands] + ["truth px", "predicted px"]
+    rows = [[_class_name(names, c), fmt(iou)]
+            + [fmt(result["boundary"][b]["iou"][c]) for b in bands]
+            + [int(confusion[c].sum()), int(confusion[:, c].sum())]
+            for c, iou in enumerate(overall["iou"])]
+    _print_table(heads, rows, right=tuple(range(1, len(heads))))
+    print(f"mIoU over {result['images']} images ({overall['pixels']} scored pixels): "
+          f"{fmt(overall['miou'])}; pixel accuracy {fmt(overall['pixel_accuracy'])}, mean "
+          f"class accuracy {fmt(overall['mean_class_accuracy'])}")
+    for b in bands:
+        near = result["boundary"][b]
+        print(f"boundary mIoU within {b} px of a true boundary ({near['pixels']} pixels): "
+              f"{fmt(near['miou'])}")
+    if args.out:
+        result["names"] = names
+        path = seg.write_json(result, os.path.join(args.out, "eval.json"))
+        print(f"Wrote {path}")
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="minicnn", description="Run Caffe nets with minicnn (commands after Caffe's tool).")
@@ -731,9 +864,9 @@ def build_parser():
     p.add_argument("--markdown", action="store_true", help="the full catalogue as Markdown")
 
     p = sub.add_parser("data", help="write a packaged dataset as LMDB, HDF5 or PNG files")
-    p.add_argument("dataset", choices=["mnist", "fashion-mnist", "detection-digits"])
-    p.add_argument("--out", help="output folder (default data/mnist, data/fashion_mnist or "
-                                 "data/detection_digits)")
+    p.add_argument("dataset", choices=["mnist", "fashion-mnist", "detection-digits",
+                                       "canvas-digits", "segmentation-digits"])
+    p.add_argument("--out", help="output folder (default data/<dataset> with _ for -)")
     p.add_argument("--format", choices=["lmdb", "hdf5", "images"], default="lmdb",
                    help="lmdb (default), hdf5 (+ list files), or images (PNGs + list files)")
     p.add_argument("--train-per-class", type=int,
@@ -742,13 +875,20 @@ def build_parser():
                    help="keep this many test images of each class")
     p.add_argument("--seed", type=int,
                    help="seed of the per-class subsets (default 2024), or of detection-digits "
-                        "(default 4242)")
-    p.add_argument("--train-images", type=int, default=3000,
-                   help="detection-digits: training images (default 3000)")
-    p.add_argument("--val-images", type=int, default=300, help="detection-digits: default 300")
-    p.add_argument("--test-images", type=int, default=500, help="detection-digits: default 500")
-    p.add_argument("--size", type=int, default=160,
-                   help="detection-digits: image width and height (default 160)")
+                        "(default 4242), canvas-digits (606), segmentation-digits (5151)")
+    p.add_argument("--train-images", type=int,
+                   help="detection-digits: training images (default 3000); "
+                        "segmentation-digits: 2000")
+    p.add_argument("--val-images", type=int, help="detection-digits: default 300; "
+                                                  "segmentation-digits: 200")
+    p.add_argument("--test-images", type=int, help="detection-digits: default 500; "
+                                                   "segmentation-digits: 500")
+    p.add_argument("--size", type=int,
+                   help="detection-digits: image width and height (default 160); "
+                        "segmentation-digits: 97")
+    p.add_argument("--ignore-coverage", type=float, default=0.75,
+                   help="segmentation-digits: label 255 (ignore) the pixels whose class covers "
+                        "less than this fraction of them (default 0.75; 0: none)")
 
     p = sub.add_parser("convert-imageset", help="image list -> LMDB (Caffe's convert_imageset)")
     p.add_argument("root", help="folder the list's paths are relative to")
@@ -820,6 +960,26 @@ def build_parser():
     p.add_argument("--iou", type=float, default=0.5, help="IoU for a true positive (0.5)")
     p.add_argument("--limit", type=int, help="only the first N images")
     p.add_argument("--out", help="folder for pr_curve.png and eval.json")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("segment", help="segment images with a net: colour masks, overlays "
+                                       "and label PNGs")
+    p.add_argument("image", nargs="*", metavar="IMAGE", help="image files; @LIST reads a list")
+    _add_segmentation_options(p)
+    p.add_argument("--out", required=True, help="folder for <image>_mask.png (colours), "
+                                                "<image>_overlay.png and <image>_labels.png")
+
+    p = sub.add_parser("eval-segmentation", help="mIoU, per-class IoU, pixel accuracy and "
+                                                 "boundary mIoU of a net on a labelled list")
+    p.add_argument("--list", required=True, help="`image_path label_path` lines")
+    _add_segmentation_options(p)
+    p.add_argument("--labels-dir", help="read the labels from this folder instead of the "
+                                        "list's 'labels' folder (e.g. labels_full)")
+    p.add_argument("--band", type=_numbers(int), default=(2,),
+                   help="boundary bands for the trimap mIoU, in pixels (default 2; e.g. 1,2,4)")
+    p.add_argument("--ignore-label", type=int, default=255, help="truth not scored (255)")
+    p.add_argument("--limit", type=int, help="only the first N images")
+    p.add_argument("--out", help="write eval.json (scores and confusion matrix) here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("convert", help="another framework's model -> prototxt + caffemodel")

@@ -514,6 +514,6 @@ def set_batch_size(net_param, batch_size):
     """Set the batch size of every data layer that has one (for `minicnn train --batch-size`)."""
     for layer in net_param.layer:
         for field in ("data_param", "image_data_param", "hdf5_data_param",
-                      "memory_data_param", "detection_data_param"):
+                      "memory_data_param", "detection_data_param", "segmentation_data_param"):
             if layer.HasField(field):
                 getattr(layer, field).batch_size = batch_size

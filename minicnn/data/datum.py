@@ -23,6 +23,7 @@ _WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")      # 16-bit / floa
 
 
 def _pil():
+    need("PIL.Image", "Pillow")          # importing PIL alone does not load PIL.Image
     return need("PIL", "Pillow")
 
 

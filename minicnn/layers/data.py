@@ -13,6 +13,7 @@ import os
 import numpy as np
 
 from minicnn.data.datum import decode_datum, read_image
+from minicnn.data.buckets import SizeBuckets, image_size
 from minicnn.data.db import open_db, resolve_path
 from minicnn.data.errors import DataError, need
 from minicnn.data.imageset import read_list_file
@@ -269,7 +270,13 @@ class ImageDataLayer(_SourceDataLayer):
     """Caffe `ImageData`: images named by a list file (``path label`` per line, split at the
     last space), decoded as BGR (or gray with is_color: false), optionally resized to
     new_height x new_width, transformed by transform_param. ``shuffle`` draws a new order every
-    epoch. Tops: data (N, C, H, W) and label (N,)."""
+    epoch. Tops: data (N, C, H, W) and label (N,).
+
+    Without new_height/new_width and crop_size each image keeps its size, and the tops take the
+    shape of each batch (nets that take any size, e.g. with SPP): batch_size 1, or minicnn's
+    ``bucket_by_size: true``, which makes every batch of one image size (see
+    minicnn.data.buckets: each size's images cut into batches, shuffled together when
+    ``shuffle``; rand_skip is not supported with it)."""
     param_field = "image_data_param"
     max_num_top = 2
 
@@ -288,19 +295,43 @@ class ImageDataLayer(_SourceDataLayer):
         self.transformer = DataTransformer(
             merged_transform_param(self.param, "image_data_param"), self.phase, self.dtype,
             resolve=lambda f: self.resolve(f, what="mean file"))
+        self.buckets = None
+        if p.bucket_by_size:
+            if p.rand_skip:
+                raise LayerError("image_data_param: rand_skip is not supported with "
+                                 "bucket_by_size")
+            self.buckets = SizeBuckets([self._size(i) for i in range(self.num_samples)],
+                                       self.batch_size)
         first = self._read(self.sample_ids(0)[0])
         shape = self.transformer.check(first.shape)
         return [(self.batch_size, *shape), (self.batch_size,)][:len(top)]
 
-    def _read(self, i):
+    def _read(self, i, header_only=False):
         p = self.param.image_data_param
         name, _, lineno = self.entries[i]
         path = os.path.join(p.root_folder, name) if p.root_folder else name
         try:
             found = self.resolve(path, os.path.dirname(self.source_path))
+            if header_only:
+                return image_size(found)
             return read_image(found, p.new_height, p.new_width, p.is_color)
         except DataError as e:
             raise DataError(f"image '{path}': {e.reason}", self.source_path, lineno) from None
+
+    def _size(self, i):
+        p = self.param.image_data_param
+        return (p.new_height, p.new_width) if p.new_height else self._read(i, header_only=True)
+
+    def sample_ids(self, b):
+        if self.buckets is None:
+            return super().sample_ids(b)
+        epoch, k = divmod(b, self.buckets.batches_per_epoch)
+        plan = self._orders.get(epoch)
+        if plan is None:
+            rng = np.random.default_rng([self.seed, epoch]) if self.shuffle else None
+            plan = self.buckets.epoch(rng)
+            self._orders = {epoch: plan}        # batches move forward: keep one epoch
+        return plan[k]
 
     def _load(self, ids, b):
         rng = np.random.default_rng([self.seed, b, 1])

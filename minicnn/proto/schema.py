@@ -238,6 +238,7 @@ message LayerParameter
   9143 interp_param       InterpParameter    # DeepLab/PSPNet fork; their 143 is BVLC's input_param
   10001 detection_param   DetectionParameter  # minicnn's own (YOLOv1); 10000+ is clear of
   10002 detection_data_param DetectionDataParameter  # BVLC's numbers and known forks'
+  10110 segmentation_data_param SegmentationDataParameter  # minicnn's "SegmentationData"
 
 message TransformationParameter
   1   scale               float    = 1
@@ -376,6 +377,7 @@ message ImageDataParameter
   10  new_width           uint32   = 0
   11  is_color            bool     = true
   12  root_folder         string   = ""
+  10001 bucket_by_size    bool     = false   # minicnn's: batches of one image size
 
 message InfogainLossParameter
   1   source              string
@@ -604,6 +606,20 @@ message DetectionDataParameter # minicnn's "DetectionData" layer: images + Darkn
   8   max_boxes           uint32   = 30
   9   jitter              float    = 0
   10  flip                bool     = false
+  11  rand_skip           uint32   = 0
+  12  prefetch            uint32   = 4
+
+message SegmentationDataParameter  # minicnn's "SegmentationData": image + label-image pairs
+  1   source              string
+  2   batch_size          uint32   = 1
+  3   shuffle             bool     = false
+  4   crop_size           uint32   = 0
+  5   mirror              bool     = false
+  6   scale_min           float    = 1
+  7   scale_max           float    = 1
+  8   ignore_label        uint32   = 255
+  9   is_color            bool     = true
+  10  root_folder         string   = ""
   11  rand_skip           uint32   = 0
   12  prefetch            uint32   = 4
 
