@@ -20,6 +20,7 @@ from minicnn.blob import Blob
 from minicnn.detection import detect
 from minicnn.errors import LayerError, MinicnnError, NetError, PrototxtError, WireFormatError
 from minicnn.layer import LAYERS, Layer, create_layer, register
+from minicnn.layers.python_layer import PythonLayerBase
 from minicnn.net import TEST, TRAIN, Net
 from minicnn.rng import set_random_seed
 from minicnn.sgd_solvers import (AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver,
@@ -32,4 +33,4 @@ __all__ = ["Blob", "Layer", "LAYERS", "Net", "TRAIN", "TEST", "create_layer", "r
            "ops", "set_random_seed", "MinicnnError", "PrototxtError", "WireFormatError",
            "NetError", "LayerError", "Solver", "get_solver", "TrainingDiverged", "SGDSolver",
            "NesterovSolver", "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver", "AdamSolver",
-           "io", "deploy", "visualize", "detect"]
+           "io", "deploy", "visualize", "detect", "PythonLayerBase"]
