@@ -292,6 +292,8 @@ def data(args):
     from minicnn.data import datasets
     if args.dataset in ("canvas-digits", "segmentation-digits"):
         return _any_size_data(args)
+    if args.dataset in ("sos", "face-area"):
+        return _saliency_data(args)
     for flag, default in (("train_images", 3000), ("val_images", 300), ("test_images", 500),
                           ("size", 160)):            # detection-digits' defaults
         if getattr(args, flag) is None:
@@ -565,6 +567,203 @@ def visualize(args):
     save_png(picture, args.out)
     print(f"Wrote {args.out} ({picture.shape[1]}x{picture.shape[0]} pixels): {what}")
     return 0
+
+
+# --- saliency maps and crops (Yahoo JAPAN's case 2) --------------------------------------------
+
+def _saliency_data(args):
+    """minicnn data sos | face-area."""
+    if args.dataset == "sos":
+        from minicnn.data.sos import SOS_SEED, prepare_sos
+        prepare, seed, out = prepare_sos, SOS_SEED, "data/sos"
+        defaults = {"train": 5000, "val": 500, "test": 1000, "size": 128}
+    else:
+        from minicnn.data.face_area import FACE_SEED, prepare_face_area
+        prepare, seed, out = prepare_face_area, FACE_SEED, "data/face_area"
+        defaults = {"train": 4000, "val": 400, "test": 1000, "size": 64}
+    pick = lambda value, key: defaults[key] if value is None else value     # noqa: E731
+    try:
+        prepare(args.out or out, train=pick(args.train_images, "train"),
+                val=pick(args.val_images, "val"), test=pick(args.test_images, "test"),
+                size=pick(args.size, "size"), seed=seed if args.seed is None else args.seed)
+    except ValueError as e:
+        raise MinicnnError(str(e)) from None
+    return 0
+
+
+def _saliency_options(args):
+    return {"mean": args.mean, "raw_scale": args.raw_scale, "channel_swap": args.channel_swap}
+
+
+def _saliency_net(args):
+    from minicnn.saliency import saliency_net
+    if not args.model:
+        raise MinicnnError(f"give the classifier: minicnn {args.command} --model "
+                           "deploy.prototxt --weights trained.caffemodel ...")
+    if not args.weights:
+        print("note: no --weights given: using the net's initial (filler) weights",
+              file=sys.stderr)
+    return saliency_net(args.model, args.weights)
+
+
+def _methods(text):
+    from minicnn.saliency import METHODS
+    methods = tuple(m.strip() for m in text.split(",") if m.strip())
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise MinicnnError(f"unknown method '{bad[0] if bad else text}'; methods: "
+                           f"{', '.join(METHODS)} (comma-separated for several)")
+    return methods
+
+
+def _ratios(text):
+    from minicnn.saliency import parse_ratio
+    ratios = tuple(r.strip() for r in (text or "").split(",") if r.strip())
+    for r in ratios:
+        parse_ratio(r)
+    return ratios
+
+
+CROP_COLOURS = [(255, 255, 255), (0, 255, 0), (255, 0, 255), (255, 255, 0), (0, 255, 255)]
+
+
+@command
+def saliency(args):
+    """Saliency maps of images (PNG, .npy, overlay) and, with --crop, the best crop for each
+    aspect ratio (PNG and crops.json)."""
+    from minicnn import saliency as sal
+    images = _image_paths(args.image, args.root_folder)
+    if not images:
+        raise MinicnnError("give the images: minicnn saliency --model M --weights W --blob B "
+                           "IMAGE... (@LIST reads a list file)")
+    methods, ratios = _methods(args.method), _ratios(args.crop)
+    net = _saliency_net(args)
+    maps, predictions = sal.saliency_maps(net, images, args.blob, methods, output=args.output,
+                                          target=args.target, smooth=args.smooth,
+                                          batch_size=args.batch_size, **_saliency_options(args))
+    from minicnn.deploy import ImageInput
+    inp = ImageInput(net, **_saliency_options(args), resize=None, crop=(1, 1))
+    results, used = [], set()
+    for i, path in enumerate(images):
+        stem = os.path.splitext(os.path.basename(path))[0]
+        name, k = stem, 1
+        while name in used:
+            k += 1
+            name = f"{stem}_{k}"
+        used.add(name)
+        pixels = inp.load(path)
+        rgb = np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels
+        entry = {"image": path, "width": rgb.shape[1], "height": rgb.shape[0],
+                 "class": predictions[i][0],
+                 "probabilities": [round(float(p), 6) for p in predictions[i][1]], "maps": {}}
+        for method in methods:
+            m = maps[method][i]
+            base = os.path.join(args.out, f"{name}_{method}")
+            sal.write_png(np.round(m * 255).astype(np.uint8), base + ".png")
+            sal.write_npy(m, base + ".npy")
+            picture = sal.overlay(rgb, m)
+            crops = {}
+            for j, ratio in enumerate(ratios):
+                c = sal.best_crop(m, ratio, min_size=args.min_size)
+                tag = ratio.replace(":", "x").replace("/", "x")
+                out_crop = f"{base}_crop_{tag}.png"
+                sal.write_png(np.round(rgb[c.y0:c.y1, c.x0:c.x1] * 255).astype(np.uint8),
+                              out_crop)
+                sal.draw_box(picture, c, CROP_COLOURS[j % len(CROP_COLOURS)])
+                crops[ratio] = {"box": [c.x0, c.y0, c.x1, c.y1], "mass": round(c.mass, 6),
+                                "output": out_crop}
+            sal.write_png(picture, base + "_overlay.png")
+            entry["maps"][method] = {"png": base + ".png", "npy": base + ".npy",
+                                     "overlay": base + "_overlay.png", "crops": crops}
+        results.append(entry)
+        print(f"{path}: class {entry['class']} (p = {max(entry['probabilities']):.3f})"
+              + "".join(f"\n  {method}: {base_m['overlay']}" + "".join(
+                  f"\n    crop {r}: x {v['box'][0]}-{v['box'][2]}, y {v['box'][1]}-{v['box'][3]}"
+                  f" (saliency kept {100 * v['mass']:.1f}%)" for r, v in base_m["crops"].items())
+                  for method, base_m in entry["maps"].items()))
+    if ratios:
+        path = sal.write_json({"ratios": list(ratios), "min_size": args.min_size,
+                               "images": results}, os.path.join(args.out, "crops.json"))
+        print(f"Wrote {path}")
+    return 0
+
+
+@command
+def eval_saliency(args):
+    """Score saliency maps and crops against the object masks of `minicnn data sos`: AUC per
+    method, object area kept by each ratio's crop, against a centre prior; and the count
+    accuracy of the classifier."""
+    from minicnn import saliency as sal
+    methods, ratios = _methods(args.method), _ratios(args.crop)
+    records = sal.read_objects(args.data, args.split)
+    if args.limit:
+        records = records[:args.limit]
+    net = _saliency_net(args)
+    from minicnn.deploy import _progress_bar
+    bar = _progress_bar(len(records), _progress(args), "img")
+    try:
+        summary, shown = sal.evaluate(net, records, args.blob, methods, ratios,
+                                      min_size=args.min_size, smooth=args.smooth,
+                                      batch_size=args.batch_size, examples=args.examples,
+                                      progress=bar.update if bar else None,
+                                      **_saliency_options(args))
+    finally:
+        if bar:
+            bar.close()
+    rows = []
+    for m, e in summary["methods"].items():
+        rows.append([m, "-" if e["auc"] is None else f"{e['auc']:.3f}"]
+                    + [f"{100 * e['crops'][r]['object_kept']:.1f}% "
+                       f"({100 * e['crops'][r]['centred_same_size']:.1f}%, "
+                       f"{100 * e['crops'][r]['area']:.0f}%)" for r in ratios])
+    _print_table(["map", "AUC"] + [f"kept {r} (centred, area)" for r in ratios], rows)
+    print(f"{summary['images']} images of {args.data} ({args.split}), {summary['with_objects']} "
+          f"with objects; blob '{args.blob}'; count accuracy {100 * summary['accuracy']:.1f}%")
+    print("kept: the objects' pixels inside the best crop; centred: inside a crop of the same "
+          "size at the centre; area: the crop's share of the image")
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        for k, ex in enumerate(shown):
+            from minicnn.io import load_image
+            rgb = load_image(ex["record"]["image"])
+            tiles = [np.round(rgb * 255).astype(np.uint8)]
+            for m in methods + ("centre prior",):
+                picture = sal.overlay(rgb, ex["maps"][m])
+                for j, r in enumerate(ratios):
+                    sal.draw_box(picture, ex["crops"][m, r], CROP_COLOURS[j % len(CROP_COLOURS)])
+                tiles.append(picture)
+            mask = ex["maps"]["mask (ideal)"]
+            tiles.append(np.repeat(np.round(mask * 255).astype(np.uint8)[:, :, None], 3, 2))
+            gap = np.full((rgb.shape[0], 2, 3), 255, np.uint8)
+            row = np.concatenate([t for tile in tiles for t in (tile, gap)][:-1], axis=1)
+            sal.write_png(row, os.path.join(args.out, f"example_{k:02d}.png"))
+        path = sal.write_json(summary, os.path.join(args.out, "eval.json"))
+        print(f"Wrote {path}" + (f" and {len(shown)} example pictures (image, "
+                                 f"{', '.join(methods)}, centre prior, mask)" if shown else ""))
+    return 0
+
+
+def _add_saliency_options(p):
+    p.add_argument("--model", help="the classifier's deploy prototxt")
+    p.add_argument("--weights", help="the trained .caffemodel")
+    p.add_argument("--blob", help="the intermediate conv blob of the entropy and sum methods, "
+                                  "e.g. inception_4a/output")
+    p.add_argument("--method", default="entropy",
+                   help="entropy (the talk's), gradient (Simonyan et al.), sum (naive), or a "
+                        "comma-separated list (default entropy)")
+    p.add_argument("--crop", help="aspect ratios W:H, comma-separated, e.g. 2:1,1:1,4:3")
+    p.add_argument("--min-size", type=float, default=0.5,
+                   help="a crop's height is at least this fraction of the largest crop of its "
+                        "ratio (default 0.5)")
+    p.add_argument("--smooth", type=float, default=0.03,
+                   help="Gaussian smoothing sigma as a fraction of the image's longer side "
+                        "(default 0.03)")
+    p.add_argument("--mean", type=_numbers(float), default=(104.0, 117.0, 123.0),
+                   help="per-channel mean subtracted after the raw scale (default 104,117,123)")
+    p.add_argument("--raw-scale", type=float, default=255.0, help="default 255")
+    p.add_argument("--channel-swap", type=_numbers(int), default=(2, 1, 0),
+                   help="default 2,1,0: RGB -> BGR")
+    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
 
 
 # --- detection: detect, eval-detection, convert darknet ----------------------------------------
@@ -865,7 +1064,8 @@ def build_parser():
 
     p = sub.add_parser("data", help="write a packaged dataset as LMDB, HDF5 or PNG files")
     p.add_argument("dataset", choices=["mnist", "fashion-mnist", "detection-digits",
-                                       "canvas-digits", "segmentation-digits"])
+                                       "canvas-digits", "segmentation-digits", "sos",
+                                       "face-area"])
     p.add_argument("--out", help="output folder (default data/<dataset> with _ for -)")
     p.add_argument("--format", choices=["lmdb", "hdf5", "images"], default="lmdb",
                    help="lmdb (default), hdf5 (+ list files), or images (PNGs + list files)")
@@ -941,6 +1141,27 @@ def build_parser():
     p.add_argument("--out", required=True, help="the PNG to write")
     p.add_argument("--scale", type=int, help="enlarge each tile this many times (default: "
                                              "automatic)")
+
+    p = sub.add_parser("saliency", help="saliency maps (entropy, gradient, sum) of images, "
+                                        "and the best crop for each aspect ratio")
+    p.add_argument("image", nargs="*", metavar="IMAGE", help="image files; @LIST reads a list")
+    _add_saliency_options(p)
+    p.add_argument("--output", help="the probabilities or scores blob (default: first output)")
+    p.add_argument("--target", type=int, help="gradient method: explain this class's score "
+                                              "(default: the predicted class)")
+    p.add_argument("--root-folder", default="", help="folder prepended to the images' paths")
+    p.add_argument("--out", required=True, help="folder for the maps, overlays and crops")
+
+    p = sub.add_parser("eval-saliency", help="AUC and crop scores of saliency maps against the "
+                                             "object masks of `minicnn data sos`")
+    _add_saliency_options(p)
+    p.add_argument("--data", default="data/sos", help="the set's folder (default data/sos)")
+    p.add_argument("--split", default="test", help="train, val or test (default test)")
+    p.add_argument("--limit", type=int, help="only the first N images")
+    p.add_argument("--examples", type=int, default=6,
+                   help="with --out, pictures of the first N images (default 6)")
+    p.add_argument("--out", help="folder for eval.json and example pictures")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("detect", help="detect objects with a YOLOv1 net: PNGs with boxes + JSON")
     p.add_argument("image", nargs="*", metavar="IMAGE", help="image files; @LIST reads a list")
