@@ -93,8 +93,10 @@ MINICNN_VECTOR_CLONES static void backward_filter_plane(const T* dy, const T* x,
                 const T* src = row + off;
                 T dot = 0;
                 if (s.sw == 1) {
+#pragma omp simd reduction(+ : dot)
                     for (std::int64_t z = lo; z < hi; ++z) dot += g[z] * src[z];
                 } else {
+#pragma omp simd reduction(+ : dot)
                     for (std::int64_t z = lo; z < hi; ++z) dot += g[z] * src[z * s.sw];
                 }
                 acc[i * s.kw + j] += dot;

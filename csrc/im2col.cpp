@@ -12,86 +12,9 @@
 // nfp_to_fnp moves dy the other way and sums it per filter (the bias gradient) on the way.
 #include <cstring>
 
-#include "common.h"
+#include "im2col.h"
 
 namespace minicnn {
-
-namespace {
-
-struct Geometry {
-    std::int64_t kh, kw, sh, sw, ph, pw, dh, dw;
-};
-
-}  // namespace
-
-template <typename T>
-MINICNN_VECTOR_CLONES static void im2col_rows(const T* xs, T* out, std::int64_t C, std::int64_t H,
-                                              std::int64_t W, std::int64_t n0, std::int64_t nb,
-                                              const Geometry& g, std::int64_t oh,
-                                              std::int64_t ow) {
-    const std::int64_t P = oh * ow, rows = C * g.kh * g.kw;
-#pragma omp parallel for collapse(2) schedule(static)
-    for (std::int64_t row = 0; row < rows; ++row) {
-        for (std::int64_t n = 0; n < nb; ++n) {
-            const std::int64_t c = row / (g.kh * g.kw), i = (row / g.kw) % g.kh, j = row % g.kw;
-            const std::int64_t off_w = j * g.dw - g.pw;
-            std::int64_t lo, hi;
-            valid_range(W, g.sw, off_w, ow, lo, hi);
-            const T* plane = xs + ((n0 + n) * C + c) * H * W;
-            T* dst = out + row * nb * P + n * P;
-            for (std::int64_t y = 0; y < oh; ++y, dst += ow) {
-                const std::int64_t r = y * g.sh + i * g.dh - g.ph;
-                if (r < 0 || r >= H || lo == hi) {
-                    std::memset(dst, 0, sizeof(T) * ow);
-                    continue;
-                }
-                const T* src = plane + r * W + off_w;
-                for (std::int64_t z = 0; z < lo; ++z) dst[z] = T(0);
-                if (g.sw == 1) {
-                    std::memcpy(dst + lo, src + lo, sizeof(T) * (hi - lo));
-                } else {
-                    for (std::int64_t z = lo; z < hi; ++z) dst[z] = src[z * g.sw];
-                }
-                for (std::int64_t z = hi; z < ow; ++z) dst[z] = T(0);
-            }
-        }
-    }
-}
-
-template <typename T>
-MINICNN_VECTOR_CLONES static void col2im_rows(const T* in, T* xs, std::int64_t C, std::int64_t H,
-                                              std::int64_t W, std::int64_t n0, std::int64_t nb,
-                                              const Geometry& g, std::int64_t oh,
-                                              std::int64_t ow) {
-    const std::int64_t P = oh * ow;
-    // One (image, channel) plane per task: the taps of one channel all land on its own plane,
-    // so no two threads ever add to the same pixel.
-#pragma omp parallel for collapse(2) schedule(static)
-    for (std::int64_t n = 0; n < nb; ++n) {
-        for (std::int64_t c = 0; c < C; ++c) {
-            T* plane = xs + ((n0 + n) * C + c) * H * W;
-            std::memset(plane, 0, sizeof(T) * H * W);
-            for (std::int64_t i = 0; i < g.kh; ++i) {
-                for (std::int64_t j = 0; j < g.kw; ++j) {
-                    const std::int64_t off_w = j * g.dw - g.pw;
-                    std::int64_t lo, hi;
-                    valid_range(W, g.sw, off_w, ow, lo, hi);
-                    const T* src = in + ((c * g.kh + i) * g.kw + j) * nb * P + n * P;
-                    for (std::int64_t y = 0; y < oh; ++y, src += ow) {
-                        const std::int64_t r = y * g.sh + i * g.dh - g.ph;
-                        if (r < 0 || r >= H) continue;
-                        T* dst = plane + r * W + off_w;
-                        if (g.sw == 1) {
-                            for (std::int64_t z = lo; z < hi; ++z) dst[z] += src[z];
-                        } else {
-                            for (std::int64_t z = lo; z < hi; ++z) dst[z * g.sw] += src[z];
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
 
 // y[n0 + n, f, :] = y_t[f, n, :] + bias[f]   for y_t (F, nb*P) and y (N, F, ...P).
 template <typename T>
@@ -125,6 +48,7 @@ static void nfp_to_fnp(const T* s, T* d, T* total, std::int64_t F, std::int64_t 
             std::memcpy(to, from, sizeof(T) * P);
             if (total) {
                 T part = 0;
+#pragma omp simd reduction(+ : part)
                 for (std::int64_t p = 0; p < P; ++p) part += from[p];
                 acc += part;
             }
@@ -155,7 +79,36 @@ static void check_cols(const py::array& image, const py::array& cols, std::int64
             std::string(who) + ": cols has the wrong shape");
 }
 
+// sums[f] = sum of v[n, f, ...] over n and the trailing axes (a bias gradient), in double.
+template <typename T>
+static void channel_sums(const T* v, T* sums, std::int64_t N, std::int64_t F, std::int64_t P) {
+#pragma omp parallel for schedule(static)
+    for (std::int64_t f = 0; f < F; ++f) {
+        double total = 0;
+        for (std::int64_t n = 0; n < N; ++n) {
+            const T* row = v + (n * F + f) * P;
+            T part = 0;
+#pragma omp simd reduction(+ : part)
+            for (std::int64_t p = 0; p < P; ++p) part += row[p];
+            total += part;
+        }
+        sums[f] = T(total);
+    }
+}
+
 REGISTER_NATIVE(m) {
+    m.def("channel_sums", [](const py::array& v, py::array& sums) {
+        require(v.ndim() >= 2 && sums.size() == v.shape(1), "channel_sums: sums must be (F,)");
+        const std::int64_t N = v.shape(0), F = v.shape(1);
+        const std::int64_t P = (N * F) != 0 ? v.size() / (N * F) : 0;
+        by_dtype(v, [&](auto tag) {
+            using T = decltype(tag);
+            const T* in = in_ptr<T>(v, "v");
+            T* out = out_ptr<T>(sums, "sums");
+            py::gil_scoped_release release;
+            channel_sums<T>(in, out, N, F, P);
+        });
+    }, "sums[f] <- v[:, f].sum() for v (N, F, ...)");
     m.def("im2col_rows", [](const py::array& x, py::array& cols, std::int64_t n0, std::int64_t nb,
                             const py::tuple& geom, std::int64_t oh, std::int64_t ow) {
         const Geometry g = geometry(geom);

@@ -7,6 +7,7 @@
 //     v = momentum * v + lr * g                     history
 //     diff = v                   (SGD)
 //     diff = (1 + momentum) * v - momentum * v_old  (Nesterov)
+//     data -= diff                                  (Net::Update, in the same pass)
 //
 // Every product and sum is rounded in the same order as the NumPy code, and this file is not
 // built with the vector clones (whose AVX2 code may fuse a*b+c into one FMA rounding), so the
@@ -21,7 +22,7 @@ template <typename T>
 inline T sign(T x) { return x > T(0) ? T(1) : x < T(0) ? T(-1) : x; }   // NaN stays NaN
 
 template <typename T>
-static void momentum_update(T* diff, const T* data, T* history, std::int64_t n, T lr, T momentum,
+static void momentum_update(T* diff, T* data, T* history, std::int64_t n, T lr, T momentum,
                             T decay, int regularization, T scale, bool apply_scale,
                             bool nesterov) {
     const T one_plus = T(1) + momentum;
@@ -35,12 +36,14 @@ static void momentum_update(T* diff, const T* data, T* history, std::int64_t n, 
         T v = momentum * old;
         v += lr * g;
         history[i] = v;
-        diff[i] = nesterov ? one_plus * v - momentum * old : v;
+        const T step = nesterov ? one_plus * v - momentum * old : v;
+        diff[i] = step;
+        data[i] -= step;
     }
 }
 
 REGISTER_NATIVE(m) {
-    m.def("momentum_update", [](py::array& diff, const py::array& data, py::array& history,
+    m.def("momentum_update", [](py::array& diff, py::array& data, py::array& history,
                                 double lr, double momentum, double decay, int regularization,
                                 double scale, bool nesterov) {
         require(diff.size() == data.size() && history.size() == data.size(),
@@ -51,13 +54,14 @@ REGISTER_NATIVE(m) {
             using T = decltype(tag);
             T* d = out_ptr<T>(diff, "diff");
             T* h = out_ptr<T>(history, "history");
-            const T* w = in_ptr<T>(data, "data");
+            T* w = out_ptr<T>(data, "data");
             py::gil_scoped_release release;
             momentum_update<T>(d, w, h, data.size(), T(lr), T(momentum), T(decay),
                                regularization, T(scale), scale != 1.0, nesterov);
         });
-    }, "diff <- the SGD (or Nesterov) step, history <- the new momentum, in one pass; "
-       "diff is first scaled by `scale` (1/iter_size) and regularized (0 none, 1 L2, 2 L1)");
+    }, "diff <- the SGD (or Nesterov) step, history <- the new momentum, data -= the step, in "
+       "one pass; diff is first scaled by `scale` (1/iter_size) and regularized (0 none, 1 L2, "
+       "2 L1)");
 }
 
 }  // namespace minicnn

@@ -119,6 +119,13 @@ class Blob:
     def diff(self, value):
         self.diff[...] = value
 
+    def alias_data(self, other):
+        """Take ``other``'s shape and data array (not its diff), as Caffe's Blob::ShareData:
+        writes to either are seen by both. The diff stays this blob's own."""
+        if self._shape != other.shape or self.dtype != other.dtype:
+            self._shape, self.dtype, self._diff = other.shape, other.dtype, None
+        self._data = other.data
+
     def share_data(self, other):
         """Use ``other``'s data and diff arrays (shared weights), viewed in this blob's shape."""
         if other.count != self.count:

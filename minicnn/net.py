@@ -490,11 +490,13 @@ class Net:
         for blob in self.learnable_params:
             blob.diff[...] = 0
 
-    def update(self):
+    def update(self, skip=()):
         """data -= diff for every learnable parameter (Caffe's Net::Update); the solver has
-        already turned each diff into the step to take."""
-        for blob in self.learnable_params:
-            blob.data[...] -= blob.diff
+        already turned each diff into the step to take. ``skip``: indices into learnable_params
+        that the solver has updated already."""
+        for i, blob in enumerate(self.learnable_params):
+            if i not in skip:
+                blob.data[...] -= blob.diff
 
     def set_input_arrays(self, data, labels, layer=None):
         """Give a MemoryData layer (the first one, or the one named ``layer``) its arrays, as

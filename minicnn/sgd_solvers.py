@@ -56,7 +56,7 @@ class _Rule(Solver):
 class SGDSolver(_Rule):
     """Stochastic gradient descent with momentum (Caffe's SGDSolver)."""
 
-    def fused_update_value(self, param_id, rate):
+    def fused_update(self, param_id, rate):
         return self._momentum_update(param_id, rate, nesterov=False)
 
     def compute_update_value(self, param_id, rate):
@@ -71,7 +71,7 @@ class SGDSolver(_Rule):
 class NesterovSolver(_Rule):
     """Nesterov's accelerated gradient, as Caffe writes it (the step looks ahead)."""
 
-    def fused_update_value(self, param_id, rate):
+    def fused_update(self, param_id, rate):
         return self._momentum_update(param_id, rate, nesterov=True)
 
     def compute_update_value(self, param_id, rate):

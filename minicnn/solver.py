@@ -392,17 +392,21 @@ class Solver:
         if display:
             self.log(f"Iteration {self.iter}, lr = {rate:.6g}")
         self.clip_gradients()
+        applied = set()
         for param_id in range(len(self.net.learnable_params)):
-            if not self.fused_update_value(param_id, rate):
-                self.normalize(param_id)
-                self.regularize(param_id)
-                self.compute_update_value(param_id, rate)
-        self.net.update()
+            if self.fused_update(param_id, rate):
+                applied.add(param_id)
+                continue
+            self.normalize(param_id)
+            self.regularize(param_id)
+            self.compute_update_value(param_id, rate)
+        self.net.update(skip=applied)
         return rate
 
-    def fused_update_value(self, param_id, rate):
-        """normalize + regularize + compute_update_value in one pass, where a rule has a fast
-        path for it (bit for bit the same result); False to take the three steps instead."""
+    def fused_update(self, param_id, rate):
+        """normalize + regularize + compute_update_value + the net's update of this parameter
+        in one pass, where a rule has a fast path for it (bit for bit the same result); False
+        to take the separate steps instead."""
         return False
 
     def clip_gradients(self):

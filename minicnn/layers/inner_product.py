@@ -49,20 +49,24 @@ class InnerProductLayer(Layer):
 
     def forward(self, bottom, top):
         b = self.blobs[1].data if self.bias_term else None
-        ops.inner_product_forward(bottom[0].data, self.blobs[0].data, b, axis=self.axis,
-                                  transpose=self.transpose, out=top[0].data)
+        if bottom[0] is top[0]:       # in place: the product must not read what it writes
+            top[0].data[...] = ops.inner_product_forward(bottom[0].data, self.blobs[0].data, b,
+                                                         axis=self.axis, transpose=self.transpose)
+        else:
+            ops.inner_product_forward(bottom[0].data, self.blobs[0].data, b, axis=self.axis,
+                                      transpose=self.transpose, out=top[0].data)
 
     def backward(self, top, propagate_down, bottom):
         need_dw = self.param_propagate_down[0]
         need_db = self.bias_term and self.param_propagate_down[1]
         if not (propagate_down[0] or need_dw or need_db):
             return
-        dx, dw, db = ops.inner_product_backward(
+        in_place = bottom[0] is top[0]
+        dx, _, _ = ops.inner_product_backward(
             top[0].diff, bottom[0].data, self.blobs[0].data, axis=self.axis,
-            transpose=self.transpose, need_dx=propagate_down[0], need_dw=need_dw, need_db=need_db)
-        if need_dw:
-            self.blobs[0].diff += dw                       # I1: parameter diffs accumulate
-        if need_db:
-            self.blobs[1].diff += db
-        if propagate_down[0]:
-            bottom[0].diff[...] = dx                       # I1: bottom diffs are assigned
+            transpose=self.transpose, need_dx=propagate_down[0], need_dw=need_dw, need_db=need_db,
+            dx_out=None if in_place else bottom[0].diff,   # I1: bottom diffs are assigned,
+            dw_acc=self.blobs[0].diff if need_dw else None,       # parameter diffs accumulate
+            db_acc=self.blobs[1].diff if need_db else None)
+        if propagate_down[0] and in_place:
+            bottom[0].diff[...] = dx

@@ -1,6 +1,8 @@
 """Normalization layers: BatchNorm (statistics only), Scale (the learned gamma and beta that
 Caffe nets put after it) and Bias (Scale's additive half on its own)."""
 
+import numpy as np
+
 from minicnn import ops
 from minicnn.errors import LayerError
 from minicnn.layer import Layer, register
@@ -56,23 +58,27 @@ class BatchNormLayer(Layer):
     def forward(self, bottom, top):
         x = bottom[0].data
         mean_acc, var_acc, factor = (b.data for b in self.blobs)
+        # y is kept for backward (as Caffe keeps x_norm_): top may be bottom, and a later
+        # in-place layer may overwrite top. The buffer is reused while the shape holds.
+        if self._y is None or self._y.shape != x.shape or self._y.dtype != x.dtype:
+            self._y = np.empty_like(x)
         if self.use_global_stats:
             mean, var = ops.batch_norm_global_stats(mean_acc, var_acc, factor)
-            y, _, _, std = ops.batch_norm_forward(x, self.eps, mean, var)
+            _, _, _, std = ops.batch_norm_forward(x, self.eps, mean, var, out=self._y)
         else:
-            y, mean, var, std = ops.batch_norm_forward(x, self.eps)
+            _, mean, var, std = ops.batch_norm_forward(x, self.eps, out=self._y)
             m = x.size // self.channels
             new = ops.batch_norm_update_stats(mean_acc, var_acc, factor, mean, var, m,
                                               self.moving_average_fraction)
             for blob, value in zip(self.blobs, new):
                 blob.data[...] = value              # in place: shared weights see the update
-        self._y, self._std = y, std                 # top may be bottom: x is gone after this
-        top[0].data[...] = y
+        self._std = std
+        top[0].data[...] = self._y
 
     def backward(self, top, propagate_down, bottom):
         if propagate_down[0]:
-            bottom[0].diff[...] = ops.batch_norm_backward(top[0].diff, self._y, self._std,
-                                                          self.use_global_stats)
+            ops.batch_norm_backward(top[0].diff, self._y, self._std, self.use_global_stats,
+                                    out=bottom[0].diff)     # safe in place: dy read first
 
 
 @register("Scale")
@@ -127,25 +133,33 @@ class ScaleLayer(Layer):
 
     def forward(self, bottom, top):
         x = bottom[0].data
-        # Caffe's in-place Scale keeps x too: backward needs it for dscale
-        self._x = x.copy() if bottom[0] is top[0] else None
+        if bottom[0] is top[0]:     # Caffe's in-place Scale keeps x too: backward needs it
+            if self._x is None or self._x.shape != x.shape or self._x.dtype != x.dtype:
+                self._x = np.empty_like(x)
+            np.copyto(self._x, x)
+            x = self._x
+        else:
+            self._x = None
         bias = self.blobs[self.bias_index].data if self.bias_term else None
-        top[0].data[...] = ops.scale_forward(x, self._scale_blob(bottom).data, bias, self.axis)
+        ops.scale_forward(x, self._scale_blob(bottom).data, bias, self.axis, out=top[0].data)
 
     def backward(self, top, propagate_down, bottom):
         x = self._x if self._x is not None else bottom[0].data
         scale = self._scale_blob(bottom)
-        dx, dscale, dbias = ops.scale_backward(top[0].diff, x, scale.data, self.axis,
-                                               self.bias_term)
-        if self.bias_term and self.param_propagate_down[self.bias_index]:
-            self.blobs[self.bias_index].diff += dbias                  # I1: params accumulate
-        if self.scale_is_param:
-            if self.param_propagate_down[0]:
-                scale.diff += dscale
-        elif len(propagate_down) > 1 and propagate_down[1]:
+        need_bias = self.bias_term and self.param_propagate_down[self.bias_index]
+        if self.scale_is_param:     # I1: parameter diffs accumulate, bottom diffs are assigned
+            need_scale = self.param_propagate_down[0]
+            scale_acc = scale.diff if need_scale else None
+        else:
+            need_scale = len(propagate_down) > 1 and propagate_down[1]
+            scale_acc = None
+        dx, dscale, _ = ops.scale_backward(
+            top[0].diff, x, scale.data, self.axis, need_bias, need_dx=propagate_down[0],
+            need_dscale=need_scale, dx_out=bottom[0].diff if propagate_down[0] else None,
+            dscale_acc=scale_acc,
+            dbias_acc=self.blobs[self.bias_index].diff if need_bias else None)
+        if need_scale and not self.scale_is_param:
             scale.diff[...] = dscale                                   # a bottom: assigned
-        if propagate_down[0]:
-            bottom[0].diff[...] = dx
 
 
 @register("Bias")

@@ -18,17 +18,24 @@ class SplitLayer(Layer):
     min_num_top = 1
 
     def reshape(self, bottom, top):
-        for t in top:
-            t.reshape(bottom[0].shape)
+        for t in top:           # as Caffe's ShareData: the tops *are* the bottom's values
+            t.alias_data(bottom[0])
 
     def forward(self, bottom, top):
-        for t in top:
-            t.data[...] = bottom[0].data
+        for t in top:           # nothing to copy, unless something replaced a top's array
+            if t.data is not bottom[0].data:
+                t.alias_data(bottom[0])
 
     def backward(self, top, propagate_down, bottom):
-        if propagate_down[0]:
-            bottom[0].diff[...] = np.sum([t.diff for t in top], axis=0) if len(top) > 1 \
-                else top[0].diff
+        if not propagate_down[0]:
+            return
+        diff = bottom[0].diff
+        if len(top) == 1:
+            np.copyto(diff, top[0].diff)
+            return
+        np.add(top[0].diff, top[1].diff, out=diff)
+        for t in top[2:]:
+            diff += t.diff
 
 
 @register("Eltwise")
@@ -68,19 +75,16 @@ class EltwiseLayer(Layer):
         top[0].reshape(bottom[0].shape)
 
     def forward(self, bottom, top):
-        y, self._argmax = ops.eltwise_forward([b.data for b in bottom], self.operation,
-                                              self.coeff)
-        top[0].data[...] = y
+        _, self._argmax = ops.eltwise_forward([b.data for b in bottom], self.operation,
+                                              self.coeff, out=top[0].data)
 
     def backward(self, top, propagate_down, bottom):
         which = [i for i, down in enumerate(propagate_down) if down]
         if not which:
             return
-        dxs = ops.eltwise_backward(top[0].diff, [b.data for b in bottom], self.operation,
-                                   self.coeff, top[0].data, self._argmax,
-                                   self.stable_prod_grad, which)
-        for i in which:
-            bottom[i].diff[...] = dxs[i]
+        ops.eltwise_backward(top[0].diff, [b.data for b in bottom], self.operation, self.coeff,
+                             top[0].data, self._argmax, self.stable_prod_grad, which,
+                             outs=[b.diff for b in bottom])     # bottom diffs are assigned
 
 
 @register("Concat")

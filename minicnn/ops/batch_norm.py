@@ -16,12 +16,15 @@ Running statistics are Caffe's unnormalized sums (blobs [0], [1], [2] of the lay
 
 No kinks. Backward takes y and sqrt(var + eps) rather than x, so an in-place layer (whose x is
 overwritten by y) can keep what it needs from forward.
-Impls: ref. (Two reductions and a few elementwise passes; NumPy is memory-bound already.)
+``out=`` names the array to write y (forward) or dx (backward) into.
+Impls: ref; cpu for forward and backward (csrc/normalization.cpp: a thread per channel, each
+formula one pass over memory where NumPy makes a temporary per operator).
 """
 
 import numpy as np
 
-from minicnn.ops._dispatch import Op
+from minicnn.native import lib
+from minicnn.ops._dispatch import Op, write_out
 
 batch_norm_forward, batch_norm_backward = Op("batch_norm_forward"), Op("batch_norm_backward")
 batch_norm_update_stats = Op("batch_norm_update_stats")
@@ -37,7 +40,7 @@ def _channels_view(x):
 # --- reference ---------------------------------------------------------------------------------
 
 @batch_norm_forward.impl("ref")
-def _batch_norm_forward_ref(x, eps=1e-5, mean=None, var=None):
+def _batch_norm_forward_ref(x, eps=1e-5, mean=None, var=None, *, out=None):
     """Returns (y, mean, var, std). mean/var None: the batch's statistics (biased variance);
     given: used as they are (global statistics). std = sqrt(var + eps), shape (C,)."""
     x3 = _channels_view(x)
@@ -48,11 +51,11 @@ def _batch_norm_forward_ref(x, eps=1e-5, mean=None, var=None):
         var = np.mean(centered * centered, axis=(0, 2))
     std = np.sqrt(var + eps)
     y = centered / std[:, None]
-    return y.reshape(x.shape), mean, var, std
+    return write_out(out, y.reshape(x.shape)), mean, var, std
 
 
 @batch_norm_backward.impl("ref")
-def _batch_norm_backward_ref(dy, y, std, use_global_stats=False):
+def _batch_norm_backward_ref(dy, y, std, use_global_stats=False, *, out=None):
     """dx from dy, the normalized output y and std = sqrt(var + eps) (C,). With batch
     statistics the mean and variance depend on every x, hence the two correction terms."""
     dy3, y3 = _channels_view(dy), _channels_view(y)
@@ -61,7 +64,7 @@ def _batch_norm_backward_ref(dy, y, std, use_global_stats=False):
     else:
         dx = (dy3 - dy3.mean(axis=(0, 2), keepdims=True)
               - y3 * np.mean(dy3 * y3, axis=(0, 2), keepdims=True)) / std[:, None]
-    return dx.reshape(dy.shape)
+    return write_out(out, dx.reshape(dy.shape))
 
 
 @batch_norm_update_stats.impl("ref")
@@ -80,3 +83,43 @@ def _batch_norm_global_stats_ref(mean_acc, var_acc, scale_factor):
     s = float(np.asarray(scale_factor).reshape(-1)[0])
     inv = 0.0 if s == 0 else 1.0 / s
     return mean_acc * mean_acc.dtype.type(inv), var_acc * var_acc.dtype.type(inv)
+
+
+# --- fast CPU (csrc/normalization.cpp) ----------------------------------------------------------
+
+def _native_ok(*arrays):
+    dtype = arrays[0].dtype
+    return dtype in (np.float32, np.float64) and arrays[0].ndim >= 1 and all(
+        a is None or (a.dtype == dtype and a.flags.c_contiguous) for a in arrays)
+
+
+def _target(out, like):
+    if out is not None and out.shape == like.shape and out.dtype == like.dtype and \
+            out.flags.c_contiguous and out.flags.writeable:
+        return out
+    return np.empty(like.shape, like.dtype)
+
+
+@batch_norm_forward.impl("cpu", available=lib is not None)
+def _batch_norm_forward_cpu(x, eps=1e-5, mean=None, var=None, *, out=None):
+    c = x.shape[1] if x.ndim > 1 else 1
+    if not _native_ok(x, mean, var) or (mean is None) != (var is None) or \
+            (mean is not None and (mean.shape != (c,) or var.shape != (c,))):
+        return _batch_norm_forward_ref(x, eps, mean, var, out=out)
+    batch = mean is None
+    mean = np.empty(c, x.dtype) if batch else mean
+    var = np.empty(c, x.dtype) if batch else var
+    std = np.empty(c, x.dtype)
+    y = _target(out, x)
+    lib.bn_forward(x, y, mean, var, std, batch, float(eps))
+    return (y if out is None or y is out else write_out(out, y)), mean, var, std
+
+
+@batch_norm_backward.impl("cpu", available=lib is not None)
+def _batch_norm_backward_cpu(dy, y, std, use_global_stats=False, *, out=None):
+    if not _native_ok(dy, y, std) or y.shape != dy.shape or \
+            std.shape != ((dy.shape[1] if dy.ndim > 1 else 1),):
+        return _batch_norm_backward_ref(dy, y, std, use_global_stats, out=out)
+    dx = _target(out, dy)
+    lib.bn_backward(dy, y, std, dx, bool(use_global_stats))
+    return dx if out is None or dx is out else write_out(out, dx)

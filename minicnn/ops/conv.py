@@ -26,10 +26,12 @@ Deconvolution reuses these: its forward is ``conv2d_backward_data`` and its back
 the roles of x and y swapped; ``ConvGeometry.transposed_out_hw`` gives its output size.
 
 No kinks: convolution is linear in x and in w. dtype follows the inputs (float32 stays float32).
-Impls: ref (im2col + batched matmul in NumPy); cpu (csrc/im2col.cpp and csrc/depthwise.cpp):
-a chunk of images goes through *one* GEMM per group (columns laid out (C*kh*kw, images*oh*ow),
-so the product stays large even on 13x13 maps), 1x1 convolutions skip im2col, depthwise
-convolutions (C/G == 1) run a direct kernel, and the scratch buffers are reused.
+Impls: ref (im2col + batched matmul in NumPy); cpu: depthwise convolutions (C/G == 1) run a
+direct kernel (csrc/depthwise.cpp); float32 runs on minicnn's own GEMM (csrc/gemm.h,
+csrc/conv_gemm.cpp), which packs the im2col columns of a cache-sized block as it goes and
+stores y straight into the (N, F, oh, ow) output; float64 folds a chunk of images into one
+BLAS product per group (csrc/im2col.cpp: columns laid out (C*kh*kw, images*oh*ow), so the
+product stays large even on 13x13 maps; 1x1 convolutions skip im2col; buffers reused).
 """
 
 from dataclasses import dataclass
@@ -336,6 +338,9 @@ def _conv2d_forward_cpu(x, w, b, *, geom, group=1, out=None):
     if _is_depthwise(x.shape[1], group):
         lib.depthwise_forward(x, w, b, y, _geom_tuple(geom))
         return write_out(out, y) if y is not out else y
+    if x.dtype == np.float32:                       # minicnn's GEMM, implicit im2col
+        lib.conv_gemm_forward(x, w, b, y, group, _geom_tuple(geom))
+        return write_out(out, y) if y is not out else y
     fg = f // group
     wg = w.reshape(group, fg, -1)                                   # (G, F/G, K)
     k = wg.shape[2]
@@ -368,7 +373,15 @@ def _conv2d_backward_cpu_parts(dy, x, w, x_shape, geom, group, need, dx_out=None
         if need_dw:
             lib.depthwise_backward_filter(dy, x, dw, _geom_tuple(geom))
         if need_db:
-            db[...] = dy.sum(axis=(0, 2, 3))
+            lib.channel_sums(dy, db)
+        return _finish_dx(dx_out, dx), dw, db
+    if dtype == np.float32:                         # minicnn's GEMM, implicit im2col
+        if need_db:
+            lib.channel_sums(dy, db)
+        if need_dw:
+            lib.conv_gemm_backward_filter(dy, x, dw, group, _geom_tuple(geom))
+        if need_dx:
+            lib.conv_gemm_backward_data(dy, w, dx, group, _geom_tuple(geom))
         return _finish_dx(dx_out, dx), dw, db
     fg, k = f // group, c // group * kh * kw
     dwg = None if dw is None else dw.reshape(group, fg, k)

@@ -8,12 +8,14 @@
 Kink convention (MAX ties), as Caffe behaves: bottoms 0 and 1 are compared first with x_0 > x_1,
 so a tie between them goes to bottom 1; each later bottom takes over only if strictly greater.
 Forward returns the argmax (an int32 array, None for SUM and PROD) for backward to route dy.
-Impls: ref.
+``out=`` (forward) and ``outs=`` (backward, one array or None per bottom) name arrays to write
+into; they may be inputs (an in-place layer), as every operation here is elementwise.
+Impls: ref (NumPy ufuncs with ``out``: one pass per term, no temporaries).
 """
 
 import numpy as np
 
-from minicnn.ops._dispatch import Op
+from minicnn.ops._dispatch import Op, write_out
 
 eltwise_forward, eltwise_backward = Op("eltwise_forward"), Op("eltwise_backward")
 
@@ -28,19 +30,23 @@ def _check_operation(operation):
 # --- reference ---------------------------------------------------------------------------------
 
 @eltwise_forward.impl("ref")
-def _eltwise_forward_ref(xs, operation="SUM", coeff=None):
+def _eltwise_forward_ref(xs, operation="SUM", coeff=None, *, out=None):
     """xs: a sequence of K >= 2 arrays of one shape. Returns (y, argmax or None)."""
     _check_operation(operation)
     if operation == "SUM":
-        coeff = [1.0] * len(xs) if coeff is None else coeff
+        if coeff is None or all(c == 1 for c in coeff):       # x * 1 is exact: skip it
+            y = np.add(xs[0], xs[1], out=out)
+            for x in xs[2:]:
+                np.add(y, x, out=y)
+            return y, None
         y = xs[0] * xs[0].dtype.type(coeff[0])
         for x, c in zip(xs[1:], coeff[1:]):
             y = y + x * x.dtype.type(c)
-        return y, None
+        return write_out(out, y), None
     if operation == "PROD":
-        y = xs[0].copy()
-        for x in xs[1:]:
-            y = y * x
+        y = np.multiply(xs[0], xs[1], out=out)
+        for x in xs[2:]:
+            np.multiply(y, x, out=y)
         return y, None
     # MAX: the first comparison is strict in favour of bottom 0, so ties go to bottom 1
     first = xs[0] > xs[1]
@@ -50,31 +56,36 @@ def _eltwise_forward_ref(xs, operation="SUM", coeff=None):
         wins = x > y
         y = np.where(wins, x, y)
         argmax[wins] = k
-    return y, argmax
+    return write_out(out, y), argmax
 
 
 @eltwise_backward.impl("ref")
 def _eltwise_backward_ref(dy, xs, operation="SUM", coeff=None, y=None, argmax=None,
-                          stable_prod_grad=True, which=None):
+                          stable_prod_grad=True, which=None, *, outs=None):
     """Returns [dx_k] (None for k not in ``which``, default all). PROD with
     stable_prod_grad=False needs y; MAX needs the argmax from forward."""
     _check_operation(operation)
-    which = range(len(xs)) if which is None else which
+    which = list(range(len(xs)) if which is None else which)
+    outs = [None] * len(xs) if outs is None else outs
+    if operation == "SUM":          # dy may be one of the outs: write that one last
+        which.sort(key=lambda k: outs[k] is dy)
     dxs = [None] * len(xs)
     for k in which:
         if operation == "SUM":
             c = 1.0 if coeff is None else coeff[k]
-            dxs[k] = dy * dy.dtype.type(c)
+            dxs[k] = np.multiply(dy, dy.dtype.type(c), out=outs[k])
         elif operation == "PROD":
             if stable_prod_grad:
-                others = [x for j, x in enumerate(xs) if j != k]
-                partial = others[0].copy()
-                for x in others[1:]:
-                    partial = partial * x
+                partial = np.ones_like(dy)
+                for j, x in enumerate(xs):
+                    if j != k:
+                        partial = partial * x
             else:
                 with np.errstate(divide="ignore", invalid="ignore"):   # Caffe divides blindly
                     partial = y / xs[k]
             dxs[k] = dy * partial
         else:
             dxs[k] = np.where(argmax == k, dy, dy.dtype.type(0))
+    if operation != "SUM":          # PROD and MAX read dy for every k: write the outs after
+        dxs = [None if dx is None else write_out(outs[k], dx) for k, dx in enumerate(dxs)]
     return dxs

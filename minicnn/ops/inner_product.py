@@ -14,14 +14,17 @@ Backward, with DY = dy.reshape(M, N):
     dw = DY.T @ X    (X.T @ DY when transposed)
     db = DY.sum(0)
 
-Impls: ref. (One GEMM per pass: NumPy already hands it to BLAS, and with ``out=`` the product
-lands straight in the top blob.)
+``out=`` (forward) and ``dx_out=`` name arrays to write y and dx into; ``dw_acc=`` and
+``db_acc=`` name arrays to *add* dw and db to (a layer's parameter diffs, which accumulate).
+Impls: ref (NumPy's BLAS); cpu, float32 (csrc/inner_product.cpp on minicnn's GEMM: each pass
+reads W exactly once, and dW is added into the diff without a W-sized temporary).
 """
 
 import math
 
 import numpy as np
 
+from minicnn.native import lib
 from minicnn.ops._dispatch import Op, write_out
 
 inner_product_forward = Op("inner_product_forward")
@@ -51,15 +54,69 @@ def _inner_product_forward_ref(x, w, b=None, *, axis=1, transpose=False, out=Non
 
 @inner_product_backward.impl("ref")
 def _inner_product_backward_ref(dy, x, w, *, axis=1, transpose=False, need_dx=True, need_dw=True,
-                                need_db=True):
+                                need_db=True, dx_out=None, dw_acc=None, db_acc=None):
     """Returns (dx, dw, db); an entry is None when its ``need_*`` is False."""
     dy2 = dy.reshape(-1, dy.shape[-1])                              # (M, N)
     dx = dw = db = None
     if need_dx:
-        dx = (dy2 @ (w.T if transpose else w)).reshape(x.shape)
+        dx = write_out(dx_out, (dy2 @ (w.T if transpose else w)).reshape(x.shape))
     if need_dw:
         x2 = _as_matrix(x, axis)
-        dw = x2.T @ dy2 if transpose else dy2.T @ x2
+        dw = _accumulate(dw_acc, x2.T @ dy2 if transpose else dy2.T @ x2)
     if need_db:
-        db = dy2.sum(axis=0)
+        db = _accumulate(db_acc, dy2.sum(axis=0))
+    return dx, dw, db
+
+
+def _accumulate(acc, value):
+    if acc is None:
+        return value
+    acc += value.reshape(acc.shape)
+    return acc
+
+
+# --- fast CPU (csrc/inner_product.cpp) ----------------------------------------------------------
+
+def _native_ok(*arrays):
+    return all(a is None or (a.dtype == np.float32 and a.flags.c_contiguous) for a in arrays)
+
+
+def _writable(out, shape):
+    return out is not None and out.shape == tuple(shape) and out.dtype == np.float32 and \
+        out.flags.c_contiguous and out.flags.writeable
+
+
+@inner_product_forward.impl("cpu", available=lib is not None)
+def _inner_product_forward_cpu(x, w, b=None, *, axis=1, transpose=False, out=None):
+    x2 = _as_matrix(x, axis)
+    if not _native_ok(x2, w, b) or w.ndim != 2 or \
+            (w.shape[0] if transpose else w.shape[1]) != x2.shape[1]:
+        return _inner_product_forward_ref(x, w, b, axis=axis, transpose=transpose, out=out)
+    shape = (*x.shape[:axis], w.shape[1] if transpose else w.shape[0])
+    y = out if _writable(out, shape) else np.empty(shape, np.float32)
+    lib.ip_forward(x2, w, b, y.reshape(x2.shape[0], shape[-1]), transpose)
+    return y if y is out or out is None else write_out(out, y)
+
+
+@inner_product_backward.impl("cpu", available=lib is not None)
+def _inner_product_backward_cpu(dy, x, w, *, axis=1, transpose=False, need_dx=True, need_dw=True,
+                                need_db=True, dx_out=None, dw_acc=None, db_acc=None):
+    dy2, x2 = dy.reshape(-1, dy.shape[-1]), _as_matrix(x, axis)
+    if not _native_ok(dy2, x2, w) or w.ndim != 2 or dy2.shape[0] != x2.shape[0] or \
+            w.size != dy2.shape[1] * x2.shape[1] or \
+            (dw_acc is not None and not _writable(dw_acc, w.shape)):
+        return _inner_product_backward_ref(dy, x, w, axis=axis, transpose=transpose,
+                                           need_dx=need_dx, need_dw=need_dw, need_db=need_db,
+                                           dx_out=dx_out, dw_acc=dw_acc, db_acc=db_acc)
+    dx = dw = db = None
+    if need_dx:
+        dx = dx_out if _writable(dx_out, x.shape) else np.empty(x.shape, np.float32)
+        lib.ip_backward_data(dy2, w, dx.reshape(x2.shape), transpose)
+        if dx_out is not None and dx is not dx_out:
+            dx = write_out(dx_out, dx)
+    if need_dw:
+        dw = dw_acc if dw_acc is not None else np.zeros(w.shape, np.float32)
+        lib.ip_backward_filter(dy2, x2, dw, transpose)
+    if need_db:
+        db = _accumulate(db_acc, dy2.sum(axis=0))
     return dx, dw, db

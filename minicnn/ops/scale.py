@@ -8,10 +8,16 @@ scale has the shape of x.shape[axis : axis + scale.ndim] and is broadcast over t
     dscale = sum of dy * x over the broadcast axes
     dbias  = sum of dy over the broadcast axes
 
-No kinks. Impls: ref.
+``out=`` names the array to write y into; ``dx_out=`` the array for dx, and ``dscale_acc=`` /
+``dbias_acc=`` arrays to *add* dscale and dbias to (a layer's parameter diffs).
+No kinks. Impls: ref; cpu for a per-channel scale (shape (C,) at axis 1, the Caffe nets' case:
+csrc/normalization.cpp, one pass each way).
 """
 
-from minicnn.ops._dispatch import Op
+import numpy as np
+
+from minicnn.native import lib
+from minicnn.ops._dispatch import Op, write_out
 
 scale_forward, scale_backward = Op("scale_forward"), Op("scale_backward")
 
@@ -30,17 +36,73 @@ def _sum_to(a, ndim_p, axis):
 # --- reference ---------------------------------------------------------------------------------
 
 @scale_forward.impl("ref")
-def _scale_forward_ref(x, scale, bias=None, axis=1):
+def _scale_forward_ref(x, scale, bias=None, axis=1, *, out=None):
     y = x * _broadcastable(scale, x.ndim, axis)
     if bias is not None:
         y += _broadcastable(bias, x.ndim, axis)
-    return y
+    return write_out(out, y)
 
 
 @scale_backward.impl("ref")
-def _scale_backward_ref(dy, x, scale, axis=1, bias_term=False):
-    """Returns (dx, dscale, dbias); dbias is None without bias_term."""
-    dx = dy * _broadcastable(scale, dy.ndim, axis)
-    dscale = _sum_to(dy * x, scale.ndim, axis)
-    dbias = _sum_to(dy, scale.ndim, axis) if bias_term else None
+def _scale_backward_ref(dy, x, scale, axis=1, bias_term=False, *, need_dx=True,
+                        need_dscale=True, dx_out=None, dscale_acc=None, dbias_acc=None):
+    """Returns (dx, dscale, dbias); dbias is None without bias_term, dx and dscale None when not
+    needed."""
+    # the sums first: dx_out may be dy itself (an in-place layer)
+    dscale = _add_to(dscale_acc, _sum_to(dy * x, scale.ndim, axis)) if need_dscale else None
+    dbias = _add_to(dbias_acc, _sum_to(dy, scale.ndim, axis)) if bias_term else None
+    dx = write_out(dx_out, dy * _broadcastable(scale, dy.ndim, axis)) if need_dx else None
+    return dx, dscale, dbias
+
+
+def _add_to(acc, value):
+    if acc is None:
+        return value
+    acc += value.reshape(acc.shape)
+    return acc
+
+
+# --- fast CPU (csrc/normalization.cpp) ----------------------------------------------------------
+
+def _per_channel(x, scale, axis, *others):
+    dtype = x.dtype
+    return dtype in (np.float32, np.float64) and x.ndim >= 2 and axis == 1 and \
+        scale.shape == (x.shape[1],) and all(
+            a is None or (a.dtype == dtype and a.flags.c_contiguous) for a in (x, scale) + others)
+
+
+def _target(out, like):
+    if out is not None and out.shape == like.shape and out.dtype == like.dtype and \
+            out.flags.c_contiguous and out.flags.writeable:
+        return out
+    return np.empty(like.shape, like.dtype)
+
+
+@scale_forward.impl("cpu", available=lib is not None)
+def _scale_forward_cpu(x, scale, bias=None, axis=1, *, out=None):
+    if not _per_channel(x, scale, axis, bias) or (bias is not None and bias.shape != scale.shape):
+        return _scale_forward_ref(x, scale, bias, axis, out=out)
+    y = _target(out, x)
+    lib.scale_forward(x, scale, bias, y)
+    return y if out is None or y is out else write_out(out, y)
+
+
+@scale_backward.impl("cpu", available=lib is not None)
+def _scale_backward_cpu(dy, x, scale, axis=1, bias_term=False, *, need_dx=True,
+                        need_dscale=True, dx_out=None, dscale_acc=None, dbias_acc=None):
+    accs = [a for a in (dscale_acc, dbias_acc) if a is not None]
+    if not _per_channel(dy, scale, axis, x) or x.shape != dy.shape or \
+            any(a.shape != scale.shape or a.dtype != dy.dtype or not a.flags.c_contiguous
+                for a in accs):
+        return _scale_backward_ref(dy, x, scale, axis, bias_term, need_dx=need_dx,
+                                   need_dscale=need_dscale, dx_out=dx_out,
+                                   dscale_acc=dscale_acc, dbias_acc=dbias_acc)
+    dx = _target(dx_out, dy) if need_dx else None
+    dscale = (dscale_acc if dscale_acc is not None else np.zeros(scale.shape, dy.dtype)) \
+        if need_dscale else None
+    dbias = (dbias_acc if dbias_acc is not None else np.zeros(scale.shape, dy.dtype)) \
+        if bias_term else None
+    lib.scale_backward(dy, x, scale, dx, dscale, dbias)
+    if dx is not None and dx_out is not None and dx is not dx_out:
+        dx = write_out(dx_out, dx)
     return dx, dscale, dbias

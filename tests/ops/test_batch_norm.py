@@ -1,6 +1,7 @@
 """BatchNorm ops: reference against a per-channel definition, finite differences, statistics."""
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -107,3 +108,41 @@ def test_float32_stays_float32():
     acc = batch_norm_update_stats(mean, var, np.ones(1, np.float32), mean, var, 8, 0.999)
     assert all(a.dtype == np.float32 for a in acc)
     assert all(a.dtype == np.float32 for a in batch_norm_global_stats(mean, var, acc[2]))
+
+
+# --- fast paths against the reference (I2) -------------------------------------------------------
+
+FAST_KINDS = [kind for kind in batch_norm_forward.impls if kind == "cpu"]
+
+
+@pytest.mark.parametrize("kind", FAST_KINDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@given(shape=shapes, seed=seeds, global_stats=st.booleans())
+def test_fast_paths_match_the_reference(kind, dtype, shape, seed, global_stats):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    c = shape[1] if len(shape) > 1 else 1
+    stats = (rng.standard_normal(c).astype(dtype), rng.random(c).astype(dtype) + 0.5) \
+        if global_stats else (None, None)
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-12)
+    got = batch_norm_forward.impls[kind](x, 1e-5, *stats)
+    want = forward(x, 1e-5, *stats)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, **tol)
+    np.testing.assert_allclose(batch_norm_backward.impls[kind](dy, want[0], want[3], global_stats),
+                               backward(dy, want[0], want[3], global_stats), **tol)
+
+
+@pytest.mark.parametrize("kind", ["ref"] + FAST_KINDS)
+def test_out_and_in_place_backward(kind):
+    rng = np.random.default_rng(1)
+    x, dy = rng.standard_normal((2, 3, 5)), rng.standard_normal((2, 3, 5))
+    y, _, _, std = forward(x, 1e-5)
+    want = backward(dy, y, std)
+    out = np.full(x.shape, np.nan)
+    assert batch_norm_forward.impls[kind](x, 1e-5, out=out)[0] is out
+    np.testing.assert_allclose(out, y)
+    g = dy.copy()
+    assert batch_norm_backward.impls[kind](g, y, std, out=g) is g      # dx over dy: in place
+    np.testing.assert_allclose(g, want)

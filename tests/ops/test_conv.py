@@ -407,3 +407,40 @@ def test_fast_path_shape_errors_are_layer_errors(kind):
         conv2d_backward.impls[kind](np.zeros((1, 2, 4, 4), np.float32),
                                     np.zeros((1, 1, 5, 5), np.float32),
                                     np.zeros((2, 1, 3, 3), np.float32), geom=ConvGeometry(3))
+
+
+@fast
+def test_fast_path_backward_data_in_several_chunks(kind):
+    """A batch whose window columns exceed the native path's scratch budget (8M floats) goes
+    through col2im in chunks of images."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((64, 16, 32, 32)).astype(np.float32)
+    w = rng.standard_normal((4, 16, 3, 3)).astype(np.float32)
+    geom = ConvGeometry(3, 1, 1)
+    dy = rng.standard_normal((64, 4, 32, 32)).astype(np.float32)
+    got = conv2d_backward_data.impls[kind](dy, w, x_hw=(32, 32), geom=geom)
+    want = conv2d_backward_data.impls["ref"](dy, w, x_hw=(32, 32), geom=geom)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif("cpu" not in conv2d_forward.impls, reason="minicnn._native was not built")
+@pytest.mark.parametrize("gemm_kernel", ["avx2", "generic"])
+def test_every_gemm_micro_kernel_matches_the_reference(gemm_kernel):
+    """The GEMM picks the widest micro-kernel the CPU has; the narrower ones (what other CPUs
+    get) run here in a subprocess and must agree too."""
+    import os
+    import subprocess
+    import sys
+    code = (
+        "import numpy as np, sys\n"
+        "sys.path.insert(0, 'tests/ops')\n"
+        "from minicnn.native import lib\n"
+        f"assert lib.gemm_kernel().startswith({gemm_kernel!r}), lib.gemm_kernel()\n"
+        "import test_conv as t\n"
+        "for name, case in t.FAST_PINNED.items():\n"
+        "    t.check_fast_path('cpu', case, np.float32)\n"
+        "print('ok')\n")
+    env = dict(os.environ, MINICNN_GEMM_KERNEL=gemm_kernel)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]

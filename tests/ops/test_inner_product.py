@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -86,3 +87,53 @@ def test_float32_stays_float32():
     assert inner_product_forward(x, w, b).dtype == np.float32
     assert all(g.dtype == np.float32 for g in inner_product_backward(np.ones((2, 4), np.float32),
                                                                       x, w))
+
+
+# --- fast paths against the reference (I2) -------------------------------------------------------
+
+FAST_KINDS = [kind for kind in inner_product_forward.impls if kind == "cpu"]
+
+
+@st.composite
+def big_cases(draw):
+    """float32 cases large enough to cross the GEMM's blocks: K past one inner block (256),
+    N past a panel, M past a row panel."""
+    m, k, n = draw(st.integers(1, 40)), draw(st.integers(1, 600)), draw(st.integers(1, 70))
+    transpose, bias = draw(st.booleans()), draw(st.booleans())
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = rng.standard_normal((k, n) if transpose else (n, k)).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32) if bias else None
+    return x, w, b, transpose
+
+
+@pytest.mark.parametrize("kind", FAST_KINDS)
+@given(case=big_cases())
+def test_fast_paths_match_the_reference(kind, case):
+    x, w, b, transpose = case
+    tol = dict(rtol=1e-4, atol=1e-3)
+    y = inner_product_forward.impls[kind](x, w, b, transpose=transpose)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, forward(x, w, b, transpose=transpose), **tol)
+    dy = np.random.default_rng(3).standard_normal(y.shape).astype(np.float32)
+    want = backward(dy, x, w, transpose=transpose)
+    got = inner_product_backward.impls[kind](dy, x, w, transpose=transpose)
+    for name, g, r in zip(("dx", "dw", "db"), got, want):
+        np.testing.assert_allclose(g, r, err_msg=name, **tol)
+
+
+@pytest.mark.parametrize("kind", ["ref"] + FAST_KINDS)
+def test_backward_adds_into_the_accumulators_and_writes_dx_out(kind):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 2, 5)).astype(np.float32)             # axis 1: K = 10
+    w = rng.standard_normal((7, 10)).astype(np.float32)
+    dy = rng.standard_normal((3, 7)).astype(np.float32)
+    want_dx, want_dw, want_db = backward(dy, x, w)
+    dw_acc, db_acc = np.ones((7, 10), np.float32), np.ones(7, np.float32)
+    dx_out = np.full(x.shape, np.nan, np.float32)
+    dx, dw, db = inner_product_backward.impls[kind](dy, x, w, dx_out=dx_out, dw_acc=dw_acc,
+                                                    db_acc=db_acc)
+    assert dx is dx_out and dw is dw_acc and db is db_acc
+    np.testing.assert_allclose(dx, want_dx, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dw, want_dw + 1, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(db, want_db + 1, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,441 @@
+// Convolution as matrix products on minicnn's own GEMM (csrc/gemm.h), float32, per group g:
+//
+//   forward          y_g (F/G x NP)        = w_g (F/G x Kg)   * cols_g (Kg x NP)
+//   backward data    dcols_g (Kg x NP)     = w_g^T (Kg x F/G) * dy_g (F/G x NP)   then col2im
+//   backward filter  dw_g^T (Kg x F/G)    += cols_g (Kg x NP) * dy_g^T (NP x F/G)
+//
+// with Kg = C/G*kh*kw window taps (row t = (c, i, j)) and NP = images * oh * ow output
+// positions (column = (n, y, z)). cols is never stored: the packing routines read the
+// windows straight from x (implicit im2col), dy is read in place (NCHW), and y goes to its
+// (N, F, oh, ow) blob with the bias added as the tile is stored. Columns are walked in
+// "runs": stretches of output positions on one output row of one image, which read one input
+// row (contiguously when the stride is 1).
+#include <vector>
+
+#include "gemm.h"
+#include "im2col.h"
+
+namespace minicnn {
+
+namespace {
+
+struct Conv {
+    std::int64_t N, C, H, W, F, G, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw;
+    std::int64_t cg() const { return C / G; }
+    std::int64_t fg() const { return F / G; }
+    std::int64_t taps() const { return cg() * kh * kw; }
+    std::int64_t P() const { return oh * ow; }
+};
+
+// Output positions j0 .. j0 + n - 1 split at row and image ends: (offset, length, image,
+// output row, first output column) for each run. A pointwise convolution (1x1, stride 1, no
+// pad) reads whole images contiguously, so its runs only end at image ends.
+struct Run {
+    std::int64_t offset, length, n, y, z;
+};
+
+bool pointwise(const Conv& cv) {
+    return cv.kh == 1 && cv.kw == 1 && cv.sh == 1 && cv.sw == 1 && cv.ph == 0 && cv.pw == 0;
+}
+
+void runs_of(const Conv& cv, std::int64_t j0, std::int64_t n, std::vector<Run>& out) {
+    out.clear();
+    const std::int64_t P = cv.P();
+    const bool whole_images = pointwise(cv);
+    std::int64_t j = j0, end = j0 + n;
+    while (j < end) {
+        const std::int64_t img = j / P, rem = j % P, y = rem / cv.ow, z = rem % cv.ow;
+        const std::int64_t len = std::min(end - j, whole_images ? P - rem : cv.ow - z);
+        out.push_back({j - j0, len, img, y, z});
+        j += len;
+    }
+}
+
+// The runs of a block of positions, with, for every kernel column j, the stretch [lo, hi) of
+// each run that reads inside the image: computed once per block, outside the tap loops.
+struct Columns {
+    std::vector<Run> runs;
+    std::vector<std::int64_t> lo, hi;        // [run * kw + j]
+
+    void build(const Conv& cv, std::int64_t j0, std::int64_t n) {
+        runs_of(cv, j0, n, runs);
+        lo.resize(runs.size() * cv.kw);
+        hi.resize(runs.size() * cv.kw);
+        const bool whole = pointwise(cv);                  // runs may span rows: all inside
+        for (std::size_t r = 0; r < runs.size(); ++r)
+            for (std::int64_t j = 0; j < cv.kw; ++j) {
+                if (whole) {
+                    lo[r * cv.kw + j] = 0;
+                    hi[r * cv.kw + j] = runs[r].length;
+                } else {
+                    valid_range(cv.W, cv.sw, runs[r].z * cv.sw - cv.pw + j * cv.dw,
+                                runs[r].length, lo[r * cv.kw + j], hi[r * cv.kw + j]);
+                }
+            }
+    }
+
+    // dst[t * step] <- tap (c, i, j) of the windows of run r (0 where they read padding)
+    void gather(const Conv& cv, const float* x, std::size_t r, std::int64_t c, std::int64_t i,
+                std::int64_t j, float* dst, std::int64_t step) const {
+        const Run& run = runs[r];
+        const std::int64_t row = run.y * cv.sh - cv.ph + i * cv.dh;
+        if (row < 0 || row >= cv.H) {
+            for (std::int64_t t = 0; t < run.length; ++t) dst[t * step] = 0.0f;
+            return;
+        }
+        const float* src = x + ((run.n * cv.C + c) * cv.H + row) * cv.W + run.z * cv.sw -
+                           cv.pw + j * cv.dw;
+        const std::int64_t a = lo[r * cv.kw + j], b = hi[r * cv.kw + j];
+        for (std::int64_t t = 0; t < a; ++t) dst[t * step] = 0.0f;
+        if (step == 1 && cv.sw == 1) {
+            for (std::int64_t t = a; t < b; ++t) dst[t] = src[t];
+        } else {
+            for (std::int64_t t = a; t < b; ++t) dst[t * step] = src[t * cv.sw];
+        }
+        for (std::int64_t t = b; t < run.length; ++t) dst[t * step] = 0.0f;
+    }
+};
+
+// Taps in order (c, i, j) from tap t0 on, without divisions in the loop.
+struct TapWalk {
+    std::int64_t c, i, j, kh, kw;
+    TapWalk(const Conv& cv, std::int64_t g, std::int64_t t0)
+        : c(g * cv.cg() + t0 / (cv.kh * cv.kw)), i((t0 / cv.kw) % cv.kh), j(t0 % cv.kw),
+          kh(cv.kh), kw(cv.kw) {}
+    void next() {
+        if (++j == kw) {
+            j = 0;
+            if (++i == kh) {
+                i = 0;
+                ++c;
+            }
+        }
+    }
+};
+
+// B panels of the implicit im2col: Bp[q][k][t] = cols[tap l0 + k][position j0 + q*nr + t].
+void pack_im2col(const Conv& cv, const float* x, std::int64_t g, std::int64_t j0,
+                 std::int64_t n, std::int64_t l0, std::int64_t kc, std::int64_t nr, float* Bp) {
+    thread_local Columns cols;
+    for (std::int64_t q = 0; q * nr < n; ++q) {
+        const std::int64_t width = std::min(nr, n - q * nr);
+        cols.build(cv, j0 + q * nr, width);
+        float* panel = Bp + q * nr * kc;
+        TapWalk tap(cv, g, l0);
+        for (std::int64_t k = 0; k < kc; ++k, tap.next()) {
+            float* dst = panel + k * nr;
+            for (std::size_t r = 0; r < cols.runs.size(); ++r)
+                cols.gather(cv, x, r, tap.c, tap.i, tap.j, dst + cols.runs[r].offset, 1);
+            for (std::int64_t t = width; t < nr; ++t) dst[t] = 0.0f;
+        }
+    }
+}
+
+// B panels whose column jj = output position (n, p) reads v[n][row0 + l0 + k][p] of an
+// (N, rows_total, P) array (dy for backward data).
+void pack_positions(const Conv& cv, const float* v, std::int64_t rows_total, std::int64_t row0,
+                    std::int64_t j0, std::int64_t n, std::int64_t l0, std::int64_t kc,
+                    std::int64_t nr, float* Bp) {
+    thread_local std::vector<Run> runs;
+    const std::int64_t P = cv.P();
+    for (std::int64_t q = 0; q * nr < n; ++q) {
+        const std::int64_t width = std::min(nr, n - q * nr);
+        runs.clear();
+        for (std::int64_t j = j0 + q * nr, end = j + width; j < end;) {   // split at images
+            const std::int64_t img = j / P, rem = j % P, len = std::min(end - j, P - rem);
+            runs.push_back({j - j0 - q * nr, len, img, rem, 0});
+            j += len;
+        }
+        float* panel = Bp + q * nr * kc;
+        for (std::int64_t k = 0; k < kc; ++k) {
+            float* dst = panel + k * nr;
+            for (const Run& run : runs) {
+                const float* src = v + (run.n * rows_total + row0 + l0 + k) * P + run.y;
+                for (std::int64_t t = 0; t < run.length; ++t) dst[run.offset + t] = src[t];
+            }
+            for (std::int64_t t = width; t < nr; ++t) dst[t] = 0.0f;
+        }
+    }
+}
+
+// A panels from a row-major matrix: Ap[p][k][MR] = a[(i0 + p*MR + r) * lda + l0 + k].
+void pack_rows(const float* a, std::int64_t lda, std::int64_t i0, std::int64_t m,
+               std::int64_t l0, std::int64_t kc, float* Ap) {
+    const std::int64_t MR = gemm::MR;
+    for (std::int64_t p = 0; p * MR < m; ++p)
+        for (std::int64_t r = 0; r < MR; ++r) {
+            float* dst = Ap + p * MR * kc + r;
+            if (p * MR + r < m) {
+                const float* src = a + (i0 + p * MR + r) * lda + l0;
+                for (std::int64_t k = 0; k < kc; ++k) dst[k * MR] = src[k];
+            } else {
+                for (std::int64_t k = 0; k < kc; ++k) dst[k * MR] = 0.0f;
+            }
+        }
+}
+
+}  // namespace
+
+// --- forward ----------------------------------------------------------------------------------
+
+static void conv_forward(const Conv& cv, const float* x, const float* w, const float* b,
+                         float* y) {
+    const std::int64_t fg = cv.fg(), taps = cv.taps(), NP = cv.N * cv.P(), P = cv.P();
+    const gemm::Blocking blocking{48, 1024, 256};
+    for (std::int64_t g = 0; g < cv.G; ++g) {
+        const std::vector<float> A = gemm::pack_all(w + g * fg * taps, fg, taps, taps, false);
+        gemm::run(
+            fg, NP, taps, blocking,
+            [&](std::int64_t i0, std::int64_t, std::int64_t l0, std::int64_t, float*) {
+                return gemm::packed_panels(A, taps, i0, l0);
+            },
+            [&](std::int64_t j0, std::int64_t n, std::int64_t l0, std::int64_t kc,
+                std::int64_t nr, float* Bp) { pack_im2col(cv, x, g, j0, n, l0, kc, nr, Bp); },
+            [&](std::int64_t i0, std::int64_t m, std::int64_t j0, std::int64_t n, const float* C,
+                std::int64_t ldc) {
+                thread_local std::vector<Run> runs;
+                runs_of(cv, j0, n, runs);
+                for (std::int64_t r = 0; r < m; ++r) {
+                    const std::int64_t f = g * fg + i0 + r;
+                    const float bias = b ? b[f] : 0.0f;
+                    const float* src = C + r * ldc;
+                    for (const Run& run : runs) {
+                        float* dst = y + (run.n * cv.F + f) * P + run.y * cv.ow + run.z;
+                        for (std::int64_t t = 0; t < run.length; ++t)
+                            dst[t] = src[run.offset + t] + bias;
+                    }
+                }
+            });
+    }
+}
+
+// --- backward data ---------------------------------------------------------------------------
+//
+// dcols = w^T dy (taps x positions) for a chunk of images, then col2im adds the columns back
+// onto dx. The columns buffer is bounded (COLS_BUDGET floats), so big batches go in chunks. A
+// pointwise convolution's columns are dx itself (transposed), so they are stored straight there.
+
+constexpr std::int64_t COLS_BUDGET = std::int64_t(1) << 23;
+
+static void conv_backward_data(const Conv& cv, const float* dy, const float* w, float* dx) {
+    const std::int64_t fg = cv.fg(), taps = cv.taps(), P = cv.P(), C = cv.C;
+    const gemm::Blocking blocking{48, 1024, 256};
+    const bool direct = pointwise(cv);
+    const std::int64_t per_chunk = std::max<std::int64_t>(1, COLS_BUDGET / (C * cv.kh * cv.kw * P));
+    thread_local std::vector<float> buffer;        // this (calling) thread's: the tasks below
+    for (std::int64_t n0 = 0; n0 < cv.N; n0 += per_chunk) {   // run on others, so they get a
+                                                               // plain pointer to it
+        const std::int64_t nb = std::min(per_chunk, cv.N - n0);
+        Conv chunk = cv;
+        chunk.N = nb;
+        const float* dy_chunk = dy + n0 * cv.F * P;
+        const std::int64_t NP = nb * P;
+        if (!direct) buffer.resize(C * cv.kh * cv.kw * NP);
+        float* const dcols = buffer.data();
+        for (std::int64_t g = 0; g < cv.G; ++g) {
+            // A = w_g^T (taps x F/G): w_g is (F/G x taps), read transposed
+            const std::vector<float> A = gemm::pack_all(w + g * fg * taps, taps, fg, taps, true);
+            gemm::run(
+                taps, NP, fg, blocking,
+                [&](std::int64_t i0, std::int64_t, std::int64_t l0, std::int64_t, float*) {
+                    return gemm::packed_panels(A, fg, i0, l0);
+                },
+                [&](std::int64_t j0, std::int64_t n, std::int64_t l0, std::int64_t kc,
+                    std::int64_t nr, float* Bp) {
+                    pack_positions(chunk, dy_chunk, cv.F, g * fg, j0, n, l0, kc, nr, Bp);
+                },
+                [&](std::int64_t i0, std::int64_t m, std::int64_t j0, std::int64_t n,
+                    const float* Cb, std::int64_t ldc) {
+                    if (!direct) {
+                        float* out = dcols + g * taps * NP;
+                        for (std::int64_t r = 0; r < m; ++r)
+                            std::memcpy(out + (i0 + r) * NP + j0, Cb + r * ldc,
+                                        sizeof(float) * n);
+                        return;
+                    }
+                    for (std::int64_t j = j0, end = j0 + n; j < end;) {    // c = g*fg.. rows
+                        const std::int64_t img = j / P, p = j % P, len = std::min(end - j, P - p);
+                        for (std::int64_t r = 0; r < m; ++r)
+                            std::memcpy(dx + ((n0 + img) * C + g * taps + i0 + r) * P + p,
+                                        Cb + r * ldc + (j - j0), sizeof(float) * len);
+                        j += len;
+                    }
+                });
+        }
+        if (!direct) {
+            const Geometry geom{cv.kh, cv.kw, cv.sh, cv.sw, cv.ph, cv.pw, cv.dh, cv.dw};
+            col2im_rows<float>(dcols, dx, C, cv.H, cv.W, n0, nb, geom, cv.oh, cv.ow);
+        }
+    }
+}
+
+// --- backward filter: dw (F, C/G, kh, kw) += the filter gradient ------------------------------
+
+static void conv_backward_filter(const Conv& cv, const float* dy, const float* x, float* dw) {
+    const std::int64_t fg = cv.fg(), taps = cv.taps(), NP = cv.N * cv.P(), P = cv.P();
+    const gemm::Blocking blocking{96, 384, 384};
+    for (std::int64_t g = 0; g < cv.G; ++g) {
+        float* dwg = dw + g * fg * taps;
+        gemm::run(
+            taps, fg, NP, blocking,
+            [&](std::int64_t i0, std::int64_t m, std::int64_t l0, std::int64_t kc, float* Ap) {
+                // Ap[p][k][r] = cols[tap i0 + p*MR + r][position l0 + k]
+                const std::int64_t MR = gemm::MR;
+                thread_local Columns cols;
+                cols.build(cv, l0, kc);
+                TapWalk tap(cv, g, i0);
+                for (std::int64_t p = 0; p * MR < m; ++p)
+                    for (std::int64_t r = 0; r < MR; ++r) {
+                        float* dst = Ap + p * MR * kc + r;
+                        if (p * MR + r >= m) {
+                            for (std::int64_t k = 0; k < kc; ++k) dst[k * MR] = 0.0f;
+                            continue;
+                        }
+                        for (std::size_t s = 0; s < cols.runs.size(); ++s)
+                            cols.gather(cv, x, s, tap.c, tap.i, tap.j,
+                                        dst + cols.runs[s].offset * MR, MR);
+                        tap.next();
+                    }
+                return gemm::Panels{Ap, kc * MR};
+            },
+            [&](std::int64_t j0, std::int64_t n, std::int64_t l0, std::int64_t kc,
+                std::int64_t nr, float* Bp) {
+                // Bp[q][k][t] = dy[position l0 + k][filter g*fg + j0 + q*nr + t]
+                thread_local std::vector<Run> runs;
+                runs_of(cv, l0, kc, runs);
+                for (std::int64_t q = 0; q * nr < n; ++q) {
+                    float* panel = Bp + q * nr * kc;
+                    for (std::int64_t t = 0; t < nr; ++t) {
+                        const std::int64_t f = j0 + q * nr + t;
+                        if (f >= j0 + n) {
+                            for (std::int64_t k = 0; k < kc; ++k) panel[k * nr + t] = 0.0f;
+                            continue;
+                        }
+                        for (const Run& run : runs) {
+                            const float* src = dy + (run.n * cv.F + g * fg + f) * P +
+                                               run.y * cv.ow + run.z;
+                            float* dst = panel + run.offset * nr + t;
+                            for (std::int64_t s = 0; s < run.length; ++s) dst[s * nr] = src[s];
+                        }
+                    }
+                }
+            },
+            [&](std::int64_t i0, std::int64_t m, std::int64_t j0, std::int64_t n, const float* C,
+                std::int64_t ldc) {
+                for (std::int64_t r = 0; r < m; ++r)
+                    for (std::int64_t t = 0; t < n; ++t)
+                        dwg[(j0 + t) * taps + i0 + r] += C[r * ldc + t];
+            });
+    }
+}
+
+// --- bindings ---------------------------------------------------------------------------------
+
+static Conv conv_of(std::int64_t N, std::int64_t C, std::int64_t H, std::int64_t W,
+                    const py::array& w, std::int64_t G, const py::tuple& geom, std::int64_t oh,
+                    std::int64_t ow) {
+    require(geom.size() == 8, "geometry must be (kh, kw, sh, sw, ph, pw, dh, dw)");
+    require(w.ndim() == 4, "conv_gemm: w must be 4-D");
+    Conv cv{N, C, H, W, w.shape(0), G, oh, ow,
+            geom[0].cast<std::int64_t>(), geom[1].cast<std::int64_t>(),
+            geom[2].cast<std::int64_t>(), geom[3].cast<std::int64_t>(),
+            geom[4].cast<std::int64_t>(), geom[5].cast<std::int64_t>(),
+            geom[6].cast<std::int64_t>(), geom[7].cast<std::int64_t>()};
+    require(G >= 1 && cv.C % G == 0 && cv.F % G == 0, "conv_gemm: bad group");
+    require(w.shape(1) == cv.C / G && w.shape(2) == cv.kh && w.shape(3) == cv.kw,
+            "conv_gemm: w has the wrong shape");
+    require(cv.kh >= 1 && cv.kw >= 1 && cv.sh >= 1 && cv.sw >= 1 && cv.dh >= 1 && cv.dw >= 1 &&
+                cv.ph >= 0 && cv.pw >= 0 && oh >= 1 && ow >= 1, "conv_gemm: invalid geometry");
+    return cv;
+}
+
+static Conv conv_of(const py::array& x, const py::array& w, std::int64_t G, const py::tuple& geom,
+                    std::int64_t oh, std::int64_t ow) {
+    require(x.ndim() == 4, "conv_gemm: x must be 4-D");
+    return conv_of(x.shape(0), x.shape(1), x.shape(2), x.shape(3), w, G, geom, oh, ow);
+}
+
+static void check_shape(const py::array& a, std::initializer_list<std::int64_t> shape,
+                        const char* name) {
+    bool ok = a.ndim() == static_cast<py::ssize_t>(shape.size());
+    std::int64_t d = 0;
+    for (std::int64_t s : shape) ok = ok && a.shape(d++) == s;
+    require(ok, std::string("conv_gemm: ") + name + " has the wrong shape");
+}
+
+REGISTER_NATIVE(m) {
+    m.def("gemm_kernel", [] { return std::string(gemm::kernel().name); },
+          "the micro-kernel minicnn's GEMM picked for this CPU");
+    m.def("gemm", [](const py::array& a, const py::array& b, py::array& c, std::int64_t mc,
+                     std::int64_t nc, std::int64_t kc) {
+        require(a.ndim() == 2 && b.ndim() == 2 && c.ndim() == 2 && a.shape(1) == b.shape(0) &&
+                    c.shape(0) == a.shape(0) && c.shape(1) == b.shape(1),
+                "gemm: c (M, N) = a (M, L) b (L, N)");
+        const std::int64_t M = a.shape(0), L = a.shape(1), N = b.shape(1);
+        const float* as = in_ptr<float>(a, "a");
+        const float* bs = in_ptr<float>(b, "b");
+        float* cs = out_ptr<float>(c, "c");
+        py::gil_scoped_release release;
+        gemm::run(
+            M, N, L, gemm::Blocking{mc, nc, kc},
+            [&](std::int64_t i0, std::int64_t m, std::int64_t l0, std::int64_t k, float* Ap) {
+                pack_rows(as, L, i0, m, l0, k, Ap);
+                return gemm::Panels{Ap, k * gemm::MR};
+            },
+            [&](std::int64_t j0, std::int64_t n, std::int64_t l0, std::int64_t k,
+                std::int64_t nr, float* Bp) {
+                for (std::int64_t q = 0; q * nr < n; ++q) {
+                    const std::int64_t cols = std::min(nr, n - q * nr);
+                    for (std::int64_t kk = 0; kk < k; ++kk) {
+                        float* dst = Bp + (q * k + kk) * nr;
+                        const float* src = bs + (l0 + kk) * N + j0 + q * nr;
+                        for (std::int64_t t = 0; t < cols; ++t) dst[t] = src[t];
+                        for (std::int64_t t = cols; t < nr; ++t) dst[t] = 0.0f;
+                    }
+                }
+            },
+            [&](std::int64_t i0, std::int64_t m, std::int64_t j0, std::int64_t n, const float* C,
+                std::int64_t ldc) {
+                for (std::int64_t r = 0; r < m; ++r)
+                    std::memcpy(cs + (i0 + r) * N + j0, C + r * ldc, sizeof(float) * n);
+            });
+    }, "c <- a @ b (float32, row-major) on minicnn's GEMM; for tests and tuning");
+    m.def("conv_gemm_forward", [](const py::array& x, const py::array& w, py::object b,
+                                  py::array& y, std::int64_t group, const py::tuple& geom) {
+        require(y.ndim() == 4, "conv_gemm: y must be 4-D");
+        const Conv cv = conv_of(x, w, group, geom, y.shape(2), y.shape(3));
+        check_shape(y, {cv.N, cv.F, cv.oh, cv.ow}, "y");
+        const float* xs = in_ptr<float>(x, "x");
+        const float* ws = in_ptr<float>(w, "w");
+        const float* bs = opt_in_ptr<float>(b, "b");
+        if (bs) require(py::len(b) == static_cast<size_t>(cv.F), "conv_gemm: bias size");
+        float* ys = out_ptr<float>(y, "y");
+        py::gil_scoped_release release;
+        conv_forward(cv, xs, ws, bs, ys);
+    }, "y <- conv(x, w) + b, float32, on minicnn's GEMM with implicit im2col");
+    m.def("conv_gemm_backward_data", [](const py::array& dy, const py::array& w, py::array& dx,
+                                        std::int64_t group, const py::tuple& geom) {
+        require(dy.ndim() == 4 && dx.ndim() == 4, "conv_gemm: dy and dx must be 4-D");
+        const Conv cv = conv_of(dx, w, group, geom, dy.shape(2), dy.shape(3));
+        check_shape(dy, {cv.N, cv.F, cv.oh, cv.ow}, "dy");
+        const float* g = in_ptr<float>(dy, "dy");
+        const float* ws = in_ptr<float>(w, "w");
+        float* out = out_ptr<float>(dx, "dx");
+        py::gil_scoped_release release;
+        conv_backward_data(cv, g, ws, out);
+    }, "dx <- the input gradient of conv(x, w) for dy, float32 (w^T dy, then col2im)");
+    m.def("conv_gemm_backward_filter", [](const py::array& dy, const py::array& x,
+                                          py::array& dw, std::int64_t group,
+                                          const py::tuple& geom) {
+        require(dy.ndim() == 4, "conv_gemm: dy must be 4-D");
+        const Conv cv = conv_of(x, dw, group, geom, dy.shape(2), dy.shape(3));
+        check_shape(dy, {cv.N, cv.F, cv.oh, cv.ow}, "dy");
+        const float* g = in_ptr<float>(dy, "dy");
+        const float* xs = in_ptr<float>(x, "x");
+        float* out = out_ptr<float>(dw, "dw");
+        py::gil_scoped_release release;
+        conv_backward_filter(cv, g, xs, out);
+    }, "dw += the filter gradient of conv(x, w) for dy, float32");
+}
+
+}  // namespace minicnn

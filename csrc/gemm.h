@@ -1,0 +1,310 @@
+// A float32 matrix product, C (M x N) = A (M x L) * B (L x N), in the BLIS style, for the
+// convolution kernels (csrc/conv_gemm.cpp).
+//
+// Why not just call BLAS: a convolution's matrices are never stored. B is the im2col of the
+// input (or a transposed gradient), and C goes to an (N, F, H, W) blob with a bias. Here the
+// caller supplies the packing of A and B and the store of C, so the im2col happens while
+// packing a cache-sized block, and the result is written once, to its final place. It also
+// keeps every thread in one OpenMP pool (BLAS and OpenMP pools spinning against each other on
+// two cores cost more than either).
+//
+// Blocking (Goto / BLIS): for each macro tile of C (MC rows x NC columns, one per task), for
+// each block of the inner dimension (KC):
+//     pack A block  (MC x KC) into MR-row panels:    Ap[panel][k][MR]
+//     pack B block  (KC x NC) into NR-column panels: Bp[panel][k][NR]
+//     every (MR x NR) tile of the macro tile += Ap panel * Bp panel   (the micro-kernel)
+// and the finished macro tile is handed to the store. The micro-kernel keeps its MR x NR tile
+// of C in registers: AVX-512 6 x 32 (12 zmm accumulators), AVX2 6 x 16, or a portable loop.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define MINICNN_X86 1
+#endif
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace minicnn {
+namespace gemm {
+
+constexpr std::int64_t MR = 6;
+
+// --- micro-kernels: c (MR x nr, row stride ldc) (+)= a panel (kc x MR) * b panel (kc x nr) ---
+
+using MicroKernel = void (*)(std::int64_t kc, const float* a, const float* b, float* c,
+                             std::int64_t ldc, bool accumulate);
+
+#ifdef MINICNN_X86
+__attribute__((target("avx512f"))) inline void micro_avx512(std::int64_t kc, const float* a,
+                                                            const float* b, float* c,
+                                                            std::int64_t ldc, bool accumulate) {
+    __m512 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
+    if (accumulate) {
+        c00 = _mm512_loadu_ps(c + 0 * ldc); c01 = _mm512_loadu_ps(c + 0 * ldc + 16);
+        c10 = _mm512_loadu_ps(c + 1 * ldc); c11 = _mm512_loadu_ps(c + 1 * ldc + 16);
+        c20 = _mm512_loadu_ps(c + 2 * ldc); c21 = _mm512_loadu_ps(c + 2 * ldc + 16);
+        c30 = _mm512_loadu_ps(c + 3 * ldc); c31 = _mm512_loadu_ps(c + 3 * ldc + 16);
+        c40 = _mm512_loadu_ps(c + 4 * ldc); c41 = _mm512_loadu_ps(c + 4 * ldc + 16);
+        c50 = _mm512_loadu_ps(c + 5 * ldc); c51 = _mm512_loadu_ps(c + 5 * ldc + 16);
+    } else {
+        c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 =
+            _mm512_setzero_ps();
+    }
+    for (std::int64_t k = 0; k < kc; ++k, a += MR, b += 32) {
+        const __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
+        __m512 x = _mm512_set1_ps(a[0]);
+        c00 = _mm512_fmadd_ps(x, b0, c00); c01 = _mm512_fmadd_ps(x, b1, c01);
+        x = _mm512_set1_ps(a[1]);
+        c10 = _mm512_fmadd_ps(x, b0, c10); c11 = _mm512_fmadd_ps(x, b1, c11);
+        x = _mm512_set1_ps(a[2]);
+        c20 = _mm512_fmadd_ps(x, b0, c20); c21 = _mm512_fmadd_ps(x, b1, c21);
+        x = _mm512_set1_ps(a[3]);
+        c30 = _mm512_fmadd_ps(x, b0, c30); c31 = _mm512_fmadd_ps(x, b1, c31);
+        x = _mm512_set1_ps(a[4]);
+        c40 = _mm512_fmadd_ps(x, b0, c40); c41 = _mm512_fmadd_ps(x, b1, c41);
+        x = _mm512_set1_ps(a[5]);
+        c50 = _mm512_fmadd_ps(x, b0, c50); c51 = _mm512_fmadd_ps(x, b1, c51);
+    }
+    _mm512_storeu_ps(c + 0 * ldc, c00); _mm512_storeu_ps(c + 0 * ldc + 16, c01);
+    _mm512_storeu_ps(c + 1 * ldc, c10); _mm512_storeu_ps(c + 1 * ldc + 16, c11);
+    _mm512_storeu_ps(c + 2 * ldc, c20); _mm512_storeu_ps(c + 2 * ldc + 16, c21);
+    _mm512_storeu_ps(c + 3 * ldc, c30); _mm512_storeu_ps(c + 3 * ldc + 16, c31);
+    _mm512_storeu_ps(c + 4 * ldc, c40); _mm512_storeu_ps(c + 4 * ldc + 16, c41);
+    _mm512_storeu_ps(c + 5 * ldc, c50); _mm512_storeu_ps(c + 5 * ldc + 16, c51);
+}
+
+__attribute__((target("avx2,fma"))) inline void micro_avx2(std::int64_t kc, const float* a,
+                                                           const float* b, float* c,
+                                                           std::int64_t ldc, bool accumulate) {
+    __m256 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
+    if (accumulate) {
+        c00 = _mm256_loadu_ps(c + 0 * ldc); c01 = _mm256_loadu_ps(c + 0 * ldc + 8);
+        c10 = _mm256_loadu_ps(c + 1 * ldc); c11 = _mm256_loadu_ps(c + 1 * ldc + 8);
+        c20 = _mm256_loadu_ps(c + 2 * ldc); c21 = _mm256_loadu_ps(c + 2 * ldc + 8);
+        c30 = _mm256_loadu_ps(c + 3 * ldc); c31 = _mm256_loadu_ps(c + 3 * ldc + 8);
+        c40 = _mm256_loadu_ps(c + 4 * ldc); c41 = _mm256_loadu_ps(c + 4 * ldc + 8);
+        c50 = _mm256_loadu_ps(c + 5 * ldc); c51 = _mm256_loadu_ps(c + 5 * ldc + 8);
+    } else {
+        c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 =
+            _mm256_setzero_ps();
+    }
+    for (std::int64_t k = 0; k < kc; ++k, a += MR, b += 16) {
+        const __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
+        __m256 x = _mm256_broadcast_ss(a + 0);
+        c00 = _mm256_fmadd_ps(x, b0, c00); c01 = _mm256_fmadd_ps(x, b1, c01);
+        x = _mm256_broadcast_ss(a + 1);
+        c10 = _mm256_fmadd_ps(x, b0, c10); c11 = _mm256_fmadd_ps(x, b1, c11);
+        x = _mm256_broadcast_ss(a + 2);
+        c20 = _mm256_fmadd_ps(x, b0, c20); c21 = _mm256_fmadd_ps(x, b1, c21);
+        x = _mm256_broadcast_ss(a + 3);
+        c30 = _mm256_fmadd_ps(x, b0, c30); c31 = _mm256_fmadd_ps(x, b1, c31);
+        x = _mm256_broadcast_ss(a + 4);
+        c40 = _mm256_fmadd_ps(x, b0, c40); c41 = _mm256_fmadd_ps(x, b1, c41);
+        x = _mm256_broadcast_ss(a + 5);
+        c50 = _mm256_fmadd_ps(x, b0, c50); c51 = _mm256_fmadd_ps(x, b1, c51);
+    }
+    _mm256_storeu_ps(c + 0 * ldc, c00); _mm256_storeu_ps(c + 0 * ldc + 8, c01);
+    _mm256_storeu_ps(c + 1 * ldc, c10); _mm256_storeu_ps(c + 1 * ldc + 8, c11);
+    _mm256_storeu_ps(c + 2 * ldc, c20); _mm256_storeu_ps(c + 2 * ldc + 8, c21);
+    _mm256_storeu_ps(c + 3 * ldc, c30); _mm256_storeu_ps(c + 3 * ldc + 8, c31);
+    _mm256_storeu_ps(c + 4 * ldc, c40); _mm256_storeu_ps(c + 4 * ldc + 8, c41);
+    _mm256_storeu_ps(c + 5 * ldc, c50); _mm256_storeu_ps(c + 5 * ldc + 8, c51);
+}
+#endif
+
+// The portable one: 6 x 16, which compilers vectorize on any target.
+inline void micro_generic(std::int64_t kc, const float* a, const float* b, float* c,
+                          std::int64_t ldc, bool accumulate) {
+    float acc[MR][16];
+    for (int r = 0; r < MR; ++r)
+        for (int t = 0; t < 16; ++t) acc[r][t] = accumulate ? c[r * ldc + t] : 0.0f;
+    for (std::int64_t k = 0; k < kc; ++k, a += MR, b += 16)
+        for (int r = 0; r < MR; ++r)
+            for (int t = 0; t < 16; ++t) acc[r][t] += a[r] * b[t];
+    for (int r = 0; r < MR; ++r)
+        for (int t = 0; t < 16; ++t) c[r * ldc + t] = acc[r][t];
+}
+
+struct Kernel {
+    MicroKernel run;
+    std::int64_t nr;          // columns of the micro tile
+    const char* name;
+};
+
+// The widest kernel this CPU runs; MINICNN_GEMM_KERNEL=avx2|generic picks a narrower one (the
+// tests check each against the reference).
+inline Kernel best_kernel() {
+    const char* wanted = std::getenv("MINICNN_GEMM_KERNEL");
+    const std::string choice = wanted ? wanted : "";
+#ifdef MINICNN_X86
+    __builtin_cpu_init();
+    if ((choice.empty() || choice == "avx512") && __builtin_cpu_supports("avx512f"))
+        return {micro_avx512, 32, "avx512 6x32"};
+    if ((choice.empty() || choice == "avx512" || choice == "avx2") &&
+        __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return {micro_avx2, 16, "avx2 6x16"};
+#endif
+    return {micro_generic, 16, "generic 6x16"};
+}
+
+inline const Kernel& kernel() {
+    static const Kernel k = best_kernel();
+    return k;
+}
+
+// --- scratch ----------------------------------------------------------------------------------
+
+struct AlignedFree {
+    void operator()(float* p) const { std::free(p); }
+};
+
+// Per-thread packing buffers, 64-byte aligned, grown on demand and kept.
+inline float* scratch(int slot, std::int64_t floats) {
+    thread_local std::vector<std::unique_ptr<float, AlignedFree>> buffers;
+    thread_local std::vector<std::int64_t> sizes;
+    if (static_cast<int>(buffers.size()) <= slot) {
+        buffers.resize(slot + 1);
+        sizes.resize(slot + 1, 0);
+    }
+    if (sizes[slot] < floats) {
+        const std::int64_t bytes = ((floats * 4 + 63) / 64) * 64;
+        buffers[slot].reset(static_cast<float*>(std::aligned_alloc(64, bytes)));
+        if (!buffers[slot]) throw std::bad_alloc();
+        sizes[slot] = floats;
+    }
+    return buffers[slot].get();
+}
+
+// --- the driver -------------------------------------------------------------------------------
+//
+//   pack_a(i0, mc, l0, kc, Ap) -> Panels   A's panels for rows i0.. and inner l0..l0+kc:
+//       either packed into the scratch Ap as Ap[p][k][MR] (return {Ap, kc * MR}), or found in
+//       a buffer packed once beforehand (return {first panel, distance between panels}); rows
+//       past mc are 0
+//   pack_b(j0, nc, l0, kc, nr, Bp)   Bp[q][k][nr] for columns j0..; columns past nc 0
+//   store(i0, mc, j0, nc, C, ldc)   the finished C[i0 .. i0+mc, j0 .. j0+nc] (row stride ldc)
+//
+// A task owns a block of NC columns (and, when there are fewer column blocks than threads, a
+// share of the rows). For each KC block of the inner dimension it packs its B block once and
+// runs it against every MC block of its rows, accumulating into its own C buffer (rows x NC),
+// which goes to ``store`` at the end. Every task packs its own blocks: no locks, no sharing.
+
+struct Blocking {
+    std::int64_t mc, nc, kc;
+};
+
+struct Panels {
+    const float* first;
+    std::int64_t stride;      // floats from one MR-row panel to the next
+};
+
+inline int max_threads() {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+template <typename PackA, typename PackB, typename Store>
+void run(std::int64_t M, std::int64_t N, std::int64_t L, const Blocking& blocking,
+         PackA&& pack_a, PackB&& pack_b, Store&& store) {
+    const Kernel& K = kernel();
+    const std::int64_t nr = K.nr;
+    const std::int64_t mc = std::max<std::int64_t>(MR, (blocking.mc + MR - 1) / MR * MR);
+    const std::int64_t nc = std::max<std::int64_t>(nr, (blocking.nc + nr - 1) / nr * nr);
+    const std::int64_t kc = std::max<std::int64_t>(1, blocking.kc);
+    const std::int64_t n_tiles = (N + nc - 1) / nc, m_tiles = (M + mc - 1) / mc;
+    // split the rows too when the column blocks alone cannot keep every thread busy
+    const std::int64_t m_groups = std::min<std::int64_t>(
+        m_tiles, std::max<std::int64_t>(1, (max_threads() + n_tiles - 1) / n_tiles));
+    const std::int64_t tiles_per_group = (m_tiles + m_groups - 1) / m_groups;
+#pragma omp parallel for collapse(2) schedule(dynamic)
+    for (std::int64_t tg = 0; tg < m_groups; ++tg) {
+        for (std::int64_t tj = 0; tj < n_tiles; ++tj) {
+            const std::int64_t r0 = tg * tiles_per_group * mc;
+            const std::int64_t rows = std::min(tiles_per_group * mc, M - r0);
+            if (rows <= 0) continue;
+            const std::int64_t j0 = tj * nc, n = std::min(nc, N - j0);
+            const std::int64_t n_panels = (n + nr - 1) / nr, ldc = n_panels * nr;
+            const std::int64_t row_panels = (rows + MR - 1) / MR;
+            float* Ap = scratch(0, std::min(mc, row_panels * MR) * kc);
+            float* Bp = scratch(1, n_panels * nr * kc);
+            if (L <= kc) {        // one inner block: each MC block is final as soon as it is done
+                float* C = scratch(2, std::min(mc, row_panels * MR) * ldc);
+                if (L > 0) pack_b(j0, n, 0, L, nr, Bp);
+                for (std::int64_t i0 = 0; i0 < rows; i0 += mc) {
+                    const std::int64_t m = std::min(mc, rows - i0);
+                    const std::int64_t m_panels = (m + MR - 1) / MR;
+                    if (L == 0) {
+                        std::memset(C, 0, sizeof(float) * m_panels * MR * ldc);
+                    } else {
+                        const Panels A = pack_a(r0 + i0, m, 0, L, Ap);
+                        for (std::int64_t q = 0; q < n_panels; ++q)
+                            for (std::int64_t p = 0; p < m_panels; ++p)
+                                K.run(L, A.first + p * A.stride, Bp + q * nr * L,
+                                      C + p * MR * ldc + q * nr, ldc, false);
+                    }
+                    store(r0 + i0, m, j0, n, C, ldc);
+                }
+                continue;
+            }
+            float* C = scratch(2, row_panels * MR * ldc);
+            for (std::int64_t l0 = 0; l0 < L; l0 += kc) {
+                const std::int64_t k = std::min(kc, L - l0);
+                pack_b(j0, n, l0, k, nr, Bp);
+                for (std::int64_t i0 = 0; i0 < rows; i0 += mc) {
+                    const std::int64_t m = std::min(mc, rows - i0);
+                    const std::int64_t m_panels = (m + MR - 1) / MR;
+                    const Panels A = pack_a(r0 + i0, m, l0, k, Ap);
+                    for (std::int64_t q = 0; q < n_panels; ++q)
+                        for (std::int64_t p = 0; p < m_panels; ++p)
+                            K.run(k, A.first + p * A.stride, Bp + q * nr * k,
+                                  C + (i0 + p * MR) * ldc + q * nr, ldc, l0 > 0);
+                }
+            }
+            store(r0, rows, j0, n, C, ldc);
+        }
+    }
+}
+
+// A whole row-major matrix (M x L, row stride lda) packed once as panels Ap[p][l][MR], for
+// pack_a callbacks to point into: panel p of rows i0.. at inner l0 is
+// packed + ((i0 / MR + p) * L + l0) * MR, panels L * MR apart. ``transposed`` reads a[l][i].
+inline std::vector<float> pack_all(const float* a, std::int64_t M, std::int64_t L,
+                                   std::int64_t lda, bool transposed) {
+    const std::int64_t panels = (M + MR - 1) / MR;
+    std::vector<float> packed(panels * L * MR, 0.0f);
+#pragma omp parallel for schedule(static)
+    for (std::int64_t p = 0; p < panels; ++p) {
+        float* dst = packed.data() + p * L * MR;
+        const std::int64_t rows = std::min(MR, M - p * MR);
+        for (std::int64_t r = 0; r < rows; ++r) {
+            const std::int64_t i = p * MR + r;
+            if (transposed) {
+                for (std::int64_t l = 0; l < L; ++l) dst[l * MR + r] = a[l * lda + i];
+            } else {
+                for (std::int64_t l = 0; l < L; ++l) dst[l * MR + r] = a[i * lda + l];
+            }
+        }
+    }
+    return packed;
+}
+
+inline Panels packed_panels(const std::vector<float>& packed, std::int64_t L, std::int64_t i0,
+                            std::int64_t l0) {
+    return {packed.data() + ((i0 / MR) * L + l0) * MR, L * MR};
+}
+
+}  // namespace gemm
+}  // namespace minicnn

@@ -1,0 +1,210 @@
+// InnerProduct (minicnn/ops/inner_product.py) on minicnn's GEMM, float32. With X (M x K) the
+// batch, W stored (N x K) (or (K x N) when transposed) and dY (M x N):
+//
+//     forward         Y (M x N)    = X W^T          (dot products of rows: W streams through
+//                                                    once, straight from the blob)
+//     backward data   dX (M x K)   = dY W           (same for W)
+//     backward filter dW (N x K)  += dY^T X         (added straight into the parameter's diff:
+//                                                    no temporary the size of W)
+//
+// A fully connected layer of CaffeNet holds 38M weights and sees 16 images: every pass is one
+// read (or read and write) of W, and these shapes keep it at exactly one.
+#include "common.h"
+#include "gemm.h"
+
+namespace minicnn {
+
+namespace {
+
+// --- C (M x N) = A (M x L) B^T, B given as (N x L): every entry a dot product of two rows ------
+//
+// Tiles of 4 rows of A by 4 rows of B keep 16 running sums in vector registers; a task takes 4
+// rows of B (a 4-row slice of W) through every row of A, so W is read from memory once.
+
+#ifdef MINICNN_X86
+__attribute__((target("avx512f"))) void dot_tile_avx512(const float* const* a,
+                                                        const float* const* b, std::int64_t L,
+                                                        float* out) {
+    __m512 acc[4][4];
+    for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_setzero_ps();
+    std::int64_t l = 0;
+    for (; l + 16 <= L; l += 16) {
+        __m512 va[4], vb[4];
+        for (int i = 0; i < 4; ++i) va[i] = _mm512_loadu_ps(a[i] + l);
+        for (int j = 0; j < 4; ++j) vb[j] = _mm512_loadu_ps(b[j] + l);
+        for (int i = 0; i < 4; ++i)
+            for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_fmadd_ps(va[i], vb[j], acc[i][j]);
+    }
+    if (l < L) {
+        const __mmask16 mask = static_cast<__mmask16>((1u << (L - l)) - 1);
+        __m512 va[4], vb[4];
+        for (int i = 0; i < 4; ++i) va[i] = _mm512_maskz_loadu_ps(mask, a[i] + l);
+        for (int j = 0; j < 4; ++j) vb[j] = _mm512_maskz_loadu_ps(mask, b[j] + l);
+        for (int i = 0; i < 4; ++i)
+            for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_fmadd_ps(va[i], vb[j], acc[i][j]);
+    }
+    for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 4; ++j) out[i * 4 + j] = _mm512_reduce_add_ps(acc[i][j]);
+}
+#endif
+
+void dot_tile_generic(const float* const* a, const float* const* b, std::int64_t L,
+                      float* out) {
+    for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 4; ++j) {
+            float total = 0.0f;
+#pragma omp simd reduction(+ : total)
+            for (std::int64_t l = 0; l < L; ++l) total += a[i][l] * b[j][l];
+            out[i * 4 + j] = total;
+        }
+}
+
+void dot_products(std::int64_t M, std::int64_t N, std::int64_t L, const float* A, const float* B,
+                  const float* bias, float* C) {
+#ifdef MINICNN_X86
+    const bool wide = __builtin_cpu_supports("avx512f") && !std::getenv("MINICNN_GEMM_KERNEL");
+#else
+    const bool wide = false;
+#endif
+#pragma omp parallel for schedule(dynamic)
+    for (std::int64_t j0 = 0; j0 < N; j0 += 4) {
+        const float* b[4];
+        for (int j = 0; j < 4; ++j) b[j] = B + std::min(j0 + j, N - 1) * L;   // pad: repeat
+        for (std::int64_t i0 = 0; i0 < M; i0 += 4) {
+            const float* a[4];
+            for (int i = 0; i < 4; ++i) a[i] = A + std::min(i0 + i, M - 1) * L;
+            float out[16];
+#ifdef MINICNN_X86
+            if (wide) dot_tile_avx512(a, b, L, out); else
+#endif
+            dot_tile_generic(a, b, L, out);
+            for (int i = 0; i < 4 && i0 + i < M; ++i)
+                for (int j = 0; j < 4 && j0 + j < N; ++j)
+                    C[(i0 + i) * N + j0 + j] = out[i * 4 + j] + (bias ? bias[j0 + j] : 0.0f);
+        }
+    }
+}
+
+// B panels from a row-major (rows x cols) matrix b, or from its transpose (b is (cols x rows)):
+// Bp[q][k][t] = B[l0 + k][j0 + q*nr + t].
+void pack_b(const float* b, std::int64_t ld, bool transposed, std::int64_t j0, std::int64_t n,
+            std::int64_t l0, std::int64_t kc, std::int64_t nr, float* Bp) {
+    for (std::int64_t q = 0; q * nr < n; ++q) {
+        const std::int64_t width = std::min(nr, n - q * nr);
+        float* panel = Bp + q * nr * kc;
+        for (std::int64_t k = 0; k < kc; ++k) {
+            float* dst = panel + k * nr;
+            if (transposed) {
+                for (std::int64_t t = 0; t < width; ++t) dst[t] = b[(j0 + q * nr + t) * ld + l0 + k];
+            } else {
+                const float* src = b + (l0 + k) * ld + j0 + q * nr;
+                for (std::int64_t t = 0; t < width; ++t) dst[t] = src[t];
+            }
+            for (std::int64_t t = width; t < nr; ++t) dst[t] = 0.0f;
+        }
+    }
+}
+
+// A panels from a row-major (rows x cols) matrix a, or from its transpose.
+void pack_a(const float* a, std::int64_t ld, bool transposed, std::int64_t i0, std::int64_t m,
+            std::int64_t l0, std::int64_t kc, float* Ap) {
+    const std::int64_t MR = gemm::MR;
+    for (std::int64_t p = 0; p * MR < m; ++p) {
+        const std::int64_t rows = std::min(MR, m - p * MR);
+        float* panel = Ap + p * MR * kc;
+        if (transposed) {
+            for (std::int64_t k = 0; k < kc; ++k) {
+                const float* src = a + (l0 + k) * ld + i0 + p * MR;
+                for (std::int64_t r = 0; r < rows; ++r) panel[k * MR + r] = src[r];
+                for (std::int64_t r = rows; r < MR; ++r) panel[k * MR + r] = 0.0f;
+            }
+        } else {
+            for (std::int64_t r = 0; r < MR; ++r) {
+                const float* src = a + (i0 + p * MR + r) * ld + l0;
+                for (std::int64_t k = 0; k < kc; ++k) panel[k * MR + r] = r < rows ? src[k] : 0.0f;
+            }
+        }
+    }
+}
+
+// C (M x N) (+)= op(A) op(B) with A (M x L) and B (L x N) given as row-major arrays or
+// transposes; C stored row-major (accumulate: added to what it holds).
+void product(std::int64_t M, std::int64_t N, std::int64_t L, const float* a, std::int64_t lda,
+             bool a_t, const float* b, std::int64_t ldb, bool b_t, float* c, bool accumulate) {
+    gemm::run(
+        M, N, L, gemm::Blocking{48, 1024, 256},
+        [&](std::int64_t i0, std::int64_t m, std::int64_t l0, std::int64_t kc, float* Ap) {
+            pack_a(a, lda, a_t, i0, m, l0, kc, Ap);
+            return gemm::Panels{Ap, kc * gemm::MR};
+        },
+        [&](std::int64_t j0, std::int64_t n, std::int64_t l0, std::int64_t kc, std::int64_t nr,
+            float* Bp) { pack_b(b, ldb, b_t, j0, n, l0, kc, nr, Bp); },
+        [&](std::int64_t i0, std::int64_t m, std::int64_t j0, std::int64_t n, const float* C,
+            std::int64_t ldc) {
+            for (std::int64_t r = 0; r < m; ++r) {
+                float* dst = c + (i0 + r) * N + j0;
+                const float* src = C + r * ldc;
+                if (accumulate) {
+                    for (std::int64_t t = 0; t < n; ++t) dst[t] += src[t];
+                } else {
+                    for (std::int64_t t = 0; t < n; ++t) dst[t] = src[t];
+                }
+            }
+        });
+}
+
+}  // namespace
+
+REGISTER_NATIVE(m) {
+    m.def("ip_forward", [](const py::array& x, const py::array& w, py::object b, py::array& y,
+                           bool transpose) {
+        require(x.ndim() == 2 && w.ndim() == 2 && y.ndim() == 2, "ip_forward: 2-D arrays");
+        const std::int64_t M = x.shape(0), K = x.shape(1);
+        const std::int64_t N = transpose ? w.shape(1) : w.shape(0);
+        require((transpose ? w.shape(0) : w.shape(1)) == K && y.shape(0) == M && y.shape(1) == N,
+                "ip_forward: shapes do not match");
+        const float* xs = in_ptr<float>(x, "x");
+        const float* ws = in_ptr<float>(w, "w");
+        const float* bs = opt_in_ptr<float>(b, "b");
+        if (bs) require(py::len(b) == static_cast<size_t>(N), "ip_forward: bias size");
+        float* ys = out_ptr<float>(y, "y");
+        py::gil_scoped_release release;
+        if (!transpose) {            // w (N x K): y[i][j] = x[i] . w[j]
+            dot_products(M, N, K, xs, ws, bs, ys);
+            return;
+        }
+        product(M, N, K, xs, K, false, ws, N, false, ys, false);   // w (K x N): y = x w
+        if (bs)
+            for (std::int64_t i = 0; i < M; ++i)
+                for (std::int64_t j = 0; j < N; ++j) ys[i * N + j] += bs[j];
+    }, "y <- x w^T + b (x w + b when transpose), float32");
+    m.def("ip_backward_data", [](const py::array& dy, const py::array& w, py::array& dx,
+                                 bool transpose) {
+        require(dy.ndim() == 2 && w.ndim() == 2 && dx.ndim() == 2, "ip_backward_data: 2-D");
+        const std::int64_t M = dy.shape(0), N = dy.shape(1), K = dx.shape(1);
+        require(dx.shape(0) == M && w.size() == N * K, "ip_backward_data: shapes do not match");
+        const float* g = in_ptr<float>(dy, "dy");
+        const float* ws = in_ptr<float>(w, "w");
+        float* out = out_ptr<float>(dx, "dx");
+        py::gil_scoped_release release;
+        // dx (M x K) = dy (M x N) . W (N x K)   [W^T . when w is stored (K x N)]
+        product(M, K, N, g, N, false, ws, transpose ? N : K, transpose, out, false);
+    }, "dx <- dy w (dy w^T when transpose), float32");
+    m.def("ip_backward_filter", [](const py::array& dy, const py::array& x, py::array& dw,
+                                   bool transpose) {
+        require(dy.ndim() == 2 && x.ndim() == 2 && dw.ndim() == 2, "ip_backward_filter: 2-D");
+        const std::int64_t M = dy.shape(0), N = dy.shape(1), K = x.shape(1);
+        require(x.shape(0) == M && dw.size() == N * K, "ip_backward_filter: shapes do not match");
+        const float* g = in_ptr<float>(dy, "dy");
+        const float* xs = in_ptr<float>(x, "x");
+        float* out = out_ptr<float>(dw, "dw");
+        py::gil_scoped_release release;
+        if (transpose)   // dw (K x N) += x^T (K x M) . dy (M x N)
+            product(K, N, M, xs, K, true, g, N, false, out, true);
+        else             // dw (N x K) += dy^T (N x M) . x (M x K)
+            product(N, K, M, g, N, true, xs, K, false, out, true);
+    }, "dw += dy^T x (x^T dy when transpose), float32: accumulated in place");
+}
+
+}  // namespace minicnn

@@ -1,0 +1,213 @@
+// BatchNorm and per-channel Scale (minicnn/ops/batch_norm.py, minicnn/ops/scale.py), on arrays
+// viewed as (N, C, S): channel c's values are x[n, c, :] for every n. One thread per channel,
+// so every per-channel sum is a private running total (in double) and no two threads write one
+// value. NumPy spends a temporary array and a pass over memory on every operator of these
+// formulas; here each formula is one pass.
+//
+//   batch_norm_forward   mean, var (biased) over (N, S) unless given; std = sqrt(var + eps);
+//                        y = (x - mean) / std
+//   batch_norm_backward  dx = (dy - mean(dy) - y * mean(dy * y)) / std   (batch statistics)
+//                        dx = dy / std                                   (global statistics)
+//   scale_forward        y = x * scale[c] + bias[c]
+//   scale_backward       dx = dy * scale[c]; dscale[c] += sum dy * x; dbias[c] += sum dy
+#include <cmath>
+
+#include "common.h"
+
+namespace minicnn {
+
+namespace {
+
+struct View {
+    std::int64_t N, C, S;
+    std::int64_t at(std::int64_t n, std::int64_t c) const { return (n * C + c) * S; }
+};
+
+View view_of(const py::array& a, std::int64_t channels) {
+    require(a.ndim() >= 1, "normalization: arrays need at least one axis");
+    const std::int64_t N = a.shape(0);
+    const std::int64_t C = a.ndim() > 1 ? a.shape(1) : 1;
+    require(C == channels, "normalization: the channel count does not match");
+    return View{N, C, (N * C) != 0 ? static_cast<std::int64_t>(a.size()) / (N * C) : 0};
+}
+
+}  // namespace
+
+template <typename T>
+MINICNN_VECTOR_CLONES static void bn_forward(const T* x, T* y, T* mean, T* var, T* std_out,
+                                             bool batch_stats, double eps, const View& v) {
+#pragma omp parallel for schedule(dynamic, 1)
+    for (std::int64_t c = 0; c < v.C; ++c) {
+        if (batch_stats) {
+            double total = 0;
+            for (std::int64_t n = 0; n < v.N; ++n) {
+                const T* row = x + v.at(n, c);
+                T part = 0;
+#pragma omp simd reduction(+ : part)
+                for (std::int64_t s = 0; s < v.S; ++s) part += row[s];
+                total += part;
+            }
+            const double m = total / double(v.N * v.S);
+            double squares = 0;                       // two passes: no cancellation
+            for (std::int64_t n = 0; n < v.N; ++n) {
+                const T* row = x + v.at(n, c);
+                const T mt = T(m);
+                T part = 0;
+#pragma omp simd reduction(+ : part)
+                for (std::int64_t s = 0; s < v.S; ++s) part += (row[s] - mt) * (row[s] - mt);
+                squares += part;
+            }
+            mean[c] = T(m);
+            var[c] = T(squares / double(v.N * v.S));
+        }
+        const T sd = std::sqrt(var[c] + T(eps));
+        std_out[c] = sd;
+        const T m = mean[c], inv = T(1) / sd;    // a product: a divide per element costs more
+        for (std::int64_t n = 0; n < v.N; ++n) {                // than the memory traffic
+            const T* in = x + v.at(n, c);
+            T* out = y + v.at(n, c);
+            for (std::int64_t s = 0; s < v.S; ++s) out[s] = (in[s] - m) * inv;
+        }
+    }
+}
+
+template <typename T>
+MINICNN_VECTOR_CLONES static void bn_backward(const T* dy, const T* y, const T* sd, T* dx,
+                                              bool global_stats, const View& v) {
+#pragma omp parallel for schedule(dynamic, 1)
+    for (std::int64_t c = 0; c < v.C; ++c) {
+        T mean_dy = 0, mean_dyy = 0;
+        if (!global_stats) {
+            double a = 0, b = 0;
+            for (std::int64_t n = 0; n < v.N; ++n) {
+                const T *g = dy + v.at(n, c), *yy = y + v.at(n, c);
+                T pa = 0, pb = 0;
+#pragma omp simd reduction(+ : pa, pb)
+                for (std::int64_t s = 0; s < v.S; ++s) {
+                    pa += g[s];
+                    pb += g[s] * yy[s];
+                }
+                a += pa;
+                b += pb;
+            }
+            mean_dy = T(a / double(v.N * v.S));
+            mean_dyy = T(b / double(v.N * v.S));
+        }
+        const T inv = T(1) / sd[c];
+        for (std::int64_t n = 0; n < v.N; ++n) {
+            const T *g = dy + v.at(n, c), *yy = y + v.at(n, c);
+            T* out = dx + v.at(n, c);
+            for (std::int64_t s = 0; s < v.S; ++s)
+                out[s] = (g[s] - mean_dy - yy[s] * mean_dyy) * inv;
+        }
+    }
+}
+
+template <typename T>
+MINICNN_VECTOR_CLONES static void scale_forward(const T* x, const T* scale, const T* bias, T* y,
+                                                const View& v) {
+#pragma omp parallel for collapse(2) schedule(static)
+    for (std::int64_t n = 0; n < v.N; ++n) {
+        for (std::int64_t c = 0; c < v.C; ++c) {
+            const T* in = x + v.at(n, c);
+            T* out = y + v.at(n, c);
+            const T a = scale[c], b = bias ? bias[c] : T(0);
+            for (std::int64_t s = 0; s < v.S; ++s) out[s] = in[s] * a + b;
+        }
+    }
+}
+
+template <typename T>
+MINICNN_VECTOR_CLONES static void scale_backward(const T* dy, const T* x, const T* scale, T* dx,
+                                                 T* dscale, T* dbias, const View& v) {
+#pragma omp parallel for schedule(dynamic, 1)
+    for (std::int64_t c = 0; c < v.C; ++c) {
+        double sum_dyx = 0, sum_dy = 0;
+        const T a = scale[c];
+        for (std::int64_t n = 0; n < v.N; ++n) {
+            const T* g = dy + v.at(n, c);
+            const T* in = x + v.at(n, c);
+            T p_dyx = 0, p_dy = 0;
+            if (dscale)
+#pragma omp simd reduction(+ : p_dyx)
+                for (std::int64_t s = 0; s < v.S; ++s) p_dyx += g[s] * in[s];
+            if (dbias)
+#pragma omp simd reduction(+ : p_dy)
+                for (std::int64_t s = 0; s < v.S; ++s) p_dy += g[s];
+            if (dx) {
+                T* out = dx + v.at(n, c);
+                for (std::int64_t s = 0; s < v.S; ++s) out[s] = g[s] * a;
+            }
+            sum_dyx += p_dyx;
+            sum_dy += p_dy;
+        }
+        if (dscale) dscale[c] += T(sum_dyx);
+        if (dbias) dbias[c] += T(sum_dy);
+    }
+}
+
+REGISTER_NATIVE(m) {
+    m.def("bn_forward", [](const py::array& x, py::array& y, py::array& mean, py::array& var,
+                           py::array& std_out, bool batch_stats, double eps) {
+        const std::int64_t C = mean.size();
+        const View v = view_of(x, C);
+        require(y.size() == x.size() && var.size() == C && std_out.size() == C,
+                "bn_forward: shapes do not match");
+        by_dtype(x, [&](auto tag) {
+            using T = decltype(tag);
+            const T* in = in_ptr<T>(x, "x");
+            T* out = out_ptr<T>(y, "y");
+            T* mp = out_ptr<T>(mean, "mean");
+            T* vp = out_ptr<T>(var, "var");
+            T* sp = out_ptr<T>(std_out, "std");
+            py::gil_scoped_release release;
+            bn_forward<T>(in, out, mp, vp, sp, batch_stats, eps, v);
+        });
+    }, "y <- (x - mean) / sqrt(var + eps) per channel; batch_stats: mean, var computed first");
+    m.def("bn_backward", [](const py::array& dy, const py::array& y, const py::array& sd,
+                            py::array& dx, bool global_stats) {
+        const View v = view_of(dy, sd.size());
+        require(y.size() == dy.size() && dx.size() == dy.size(), "bn_backward: shapes differ");
+        by_dtype(dy, [&](auto tag) {
+            using T = decltype(tag);
+            const T *g = in_ptr<T>(dy, "dy"), *yy = in_ptr<T>(y, "y"), *s = in_ptr<T>(sd, "std");
+            T* out = out_ptr<T>(dx, "dx");
+            py::gil_scoped_release release;
+            bn_backward<T>(g, yy, s, out, global_stats, v);
+        });
+    }, "dx <- the BatchNorm input gradient from dy, the normalized y and std");
+    m.def("scale_forward", [](const py::array& x, const py::array& scale, py::object bias,
+                              py::array& y) {
+        const View v = view_of(x, scale.size());
+        require(y.size() == x.size(), "scale_forward: y must have x's size");
+        by_dtype(x, [&](auto tag) {
+            using T = decltype(tag);
+            const T *in = in_ptr<T>(x, "x"), *s = in_ptr<T>(scale, "scale");
+            const T* b = opt_in_ptr<T>(bias, "bias");
+            if (b) require(py::len(bias) == static_cast<size_t>(v.C), "scale_forward: bias");
+            T* out = out_ptr<T>(y, "y");
+            py::gil_scoped_release release;
+            scale_forward<T>(in, s, b, out, v);
+        });
+    }, "y <- x * scale[c] (+ bias[c]) per channel (axis 1)");
+    m.def("scale_backward", [](const py::array& dy, const py::array& x, const py::array& scale,
+                               py::object dx, py::object dscale, py::object dbias) {
+        const View v = view_of(dy, scale.size());
+        require(x.size() == dy.size(), "scale_backward: x must have dy's size");
+        by_dtype(dy, [&](auto tag) {
+            using T = decltype(tag);
+            const T *g = in_ptr<T>(dy, "dy"), *in = in_ptr<T>(x, "x");
+            const T* s = in_ptr<T>(scale, "scale");
+            T* out = opt_out_ptr<T>(dx, "dx");
+            T* ds = opt_out_ptr<T>(dscale, "dscale");
+            T* db = opt_out_ptr<T>(dbias, "dbias");
+            if (out) require(dx.cast<py::array>().size() == dy.size(), "scale_backward: dx");
+            if (ds) require(dscale.cast<py::array>().size() == v.C, "scale_backward: dscale");
+            if (db) require(dbias.cast<py::array>().size() == v.C, "scale_backward: dbias");
+            py::gil_scoped_release release;
+            scale_backward<T>(g, in, s, out, ds, db, v);
+        });
+    }, "dx <- dy * scale[c]; dscale[c] += sum(dy * x); dbias[c] += sum(dy) (each optional)");
+}
+
+}  // namespace minicnn
