@@ -12,8 +12,8 @@
 // row (contiguously when the stride is 1).
 #include <vector>
 
+#include "common.h"
 #include "gemm.h"
-#include "im2col.h"
 
 namespace minicnn {
 
@@ -113,21 +113,31 @@ struct TapWalk {
     }
 };
 
+// Bp[q][k][t] <- line[q*nr + t] for one k: a gathered row of the block dealt into its panels.
+inline void deal(const float* line, std::int64_t n, std::int64_t k, std::int64_t kc,
+                 std::int64_t nr, float* Bp) {
+    for (std::int64_t q = 0; q * nr < n; ++q) {
+        float* dst = Bp + (q * kc + k) * nr;
+        const std::int64_t width = std::min(nr, n - q * nr);
+        std::memcpy(dst, line + q * nr, sizeof(float) * width);
+        for (std::int64_t t = width; t < nr; ++t) dst[t] = 0.0f;
+    }
+}
+
 // B panels of the implicit im2col: Bp[q][k][t] = cols[tap l0 + k][position j0 + q*nr + t].
+// Each tap's row of the whole block is gathered run by run (long runs: little overhead per
+// value), then dealt into the panels.
 void pack_im2col(const Conv& cv, const float* x, std::int64_t g, std::int64_t j0,
                  std::int64_t n, std::int64_t l0, std::int64_t kc, std::int64_t nr, float* Bp) {
     thread_local Columns cols;
-    for (std::int64_t q = 0; q * nr < n; ++q) {
-        const std::int64_t width = std::min(nr, n - q * nr);
-        cols.build(cv, j0 + q * nr, width);
-        float* panel = Bp + q * nr * kc;
-        TapWalk tap(cv, g, l0);
-        for (std::int64_t k = 0; k < kc; ++k, tap.next()) {
-            float* dst = panel + k * nr;
-            for (std::size_t r = 0; r < cols.runs.size(); ++r)
-                cols.gather(cv, x, r, tap.c, tap.i, tap.j, dst + cols.runs[r].offset, 1);
-            for (std::int64_t t = width; t < nr; ++t) dst[t] = 0.0f;
-        }
+    thread_local std::vector<float> line;
+    cols.build(cv, j0, n);
+    line.resize(n);
+    TapWalk tap(cv, g, l0);
+    for (std::int64_t k = 0; k < kc; ++k, tap.next()) {
+        for (std::size_t r = 0; r < cols.runs.size(); ++r)
+            cols.gather(cv, x, r, tap.c, tap.i, tap.j, line.data() + cols.runs[r].offset, 1);
+        deal(line.data(), n, k, kc, nr, Bp);
     }
 }
 
@@ -136,25 +146,17 @@ void pack_im2col(const Conv& cv, const float* x, std::int64_t g, std::int64_t j0
 void pack_positions(const Conv& cv, const float* v, std::int64_t rows_total, std::int64_t row0,
                     std::int64_t j0, std::int64_t n, std::int64_t l0, std::int64_t kc,
                     std::int64_t nr, float* Bp) {
-    thread_local std::vector<Run> runs;
+    thread_local std::vector<float> line;
+    line.resize(n);
     const std::int64_t P = cv.P();
-    for (std::int64_t q = 0; q * nr < n; ++q) {
-        const std::int64_t width = std::min(nr, n - q * nr);
-        runs.clear();
-        for (std::int64_t j = j0 + q * nr, end = j + width; j < end;) {   // split at images
-            const std::int64_t img = j / P, rem = j % P, len = std::min(end - j, P - rem);
-            runs.push_back({j - j0 - q * nr, len, img, rem, 0});
+    for (std::int64_t k = 0; k < kc; ++k) {
+        for (std::int64_t j = j0, end = j0 + n; j < end;) {        // split at image ends
+            const std::int64_t img = j / P, p = j % P, len = std::min(end - j, P - p);
+            std::memcpy(line.data() + (j - j0), v + (img * rows_total + row0 + l0 + k) * P + p,
+                        sizeof(float) * len);
             j += len;
         }
-        float* panel = Bp + q * nr * kc;
-        for (std::int64_t k = 0; k < kc; ++k) {
-            float* dst = panel + k * nr;
-            for (const Run& run : runs) {
-                const float* src = v + (run.n * rows_total + row0 + l0 + k) * P + run.y;
-                for (std::int64_t t = 0; t < run.length; ++t) dst[run.offset + t] = src[t];
-            }
-            for (std::int64_t t = width; t < nr; ++t) dst[t] = 0.0f;
-        }
+        deal(line.data(), n, k, kc, nr, Bp);
     }
 }
 
@@ -211,61 +213,64 @@ static void conv_forward(const Conv& cv, const float* x, const float* w, const f
 
 // --- backward data ---------------------------------------------------------------------------
 //
-// dcols = w^T dy (taps x positions) for a chunk of images, then col2im adds the columns back
-// onto dx. The columns buffer is bounded (COLS_BUDGET floats), so big batches go in chunks. A
-// pointwise convolution's columns are dx itself (transposed), so they are stored straight there.
-
-constexpr std::int64_t COLS_BUDGET = std::int64_t(1) << 23;
+// dx = col2im(w^T dy): each finished tile of w^T dy (rows = taps (c, i, j), columns = output
+// positions) is added straight onto the input pixels its taps read, so the columns are never
+// stored. Two tasks never add to one pixel: every task owns whole images (its columns) and
+// whole channels (its rows). A pointwise convolution's columns are dx itself: stored, not added.
 
 static void conv_backward_data(const Conv& cv, const float* dy, const float* w, float* dx) {
-    const std::int64_t fg = cv.fg(), taps = cv.taps(), P = cv.P(), C = cv.C;
-    const gemm::Blocking blocking{48, 1024, 256};
+    const std::int64_t fg = cv.fg(), taps = cv.taps(), P = cv.P(), NP = cv.N * P;
     const bool direct = pointwise(cv);
-    const std::int64_t per_chunk = std::max<std::int64_t>(1, COLS_BUDGET / (C * cv.kh * cv.kw * P));
-    thread_local std::vector<float> buffer;        // this (calling) thread's: the tasks below
-    for (std::int64_t n0 = 0; n0 < cv.N; n0 += per_chunk) {   // run on others, so they get a
-                                                               // plain pointer to it
-        const std::int64_t nb = std::min(per_chunk, cv.N - n0);
-        Conv chunk = cv;
-        chunk.N = nb;
-        const float* dy_chunk = dy + n0 * cv.F * P;
-        const std::int64_t NP = nb * P;
-        if (!direct) buffer.resize(C * cv.kh * cv.kw * NP);
-        float* const dcols = buffer.data();
-        for (std::int64_t g = 0; g < cv.G; ++g) {
-            // A = w_g^T (taps x F/G): w_g is (F/G x taps), read transposed
-            const std::vector<float> A = gemm::pack_all(w + g * fg * taps, taps, fg, taps, true);
-            gemm::run(
-                taps, NP, fg, blocking,
-                [&](std::int64_t i0, std::int64_t, std::int64_t l0, std::int64_t, float*) {
-                    return gemm::packed_panels(A, fg, i0, l0);
-                },
-                [&](std::int64_t j0, std::int64_t n, std::int64_t l0, std::int64_t kc,
-                    std::int64_t nr, float* Bp) {
-                    pack_positions(chunk, dy_chunk, cv.F, g * fg, j0, n, l0, kc, nr, Bp);
-                },
-                [&](std::int64_t i0, std::int64_t m, std::int64_t j0, std::int64_t n,
-                    const float* Cb, std::int64_t ldc) {
-                    if (!direct) {
-                        float* out = dcols + g * taps * NP;
-                        for (std::int64_t r = 0; r < m; ++r)
-                            std::memcpy(out + (i0 + r) * NP + j0, Cb + r * ldc,
-                                        sizeof(float) * n);
-                        return;
+    gemm::Blocking blocking{48, 1024, 256};
+    blocking.col_align = P;                      // whole images
+    blocking.row_align = cv.kh * cv.kw;          // whole channels
+    if (!direct) {
+        const std::int64_t total = cv.N * cv.C * cv.H * cv.W;
+#pragma omp parallel for schedule(static)
+        for (std::int64_t i = 0; i < total; i += 65536)
+            std::memset(dx + i, 0, sizeof(float) * std::min<std::int64_t>(65536, total - i));
+    }
+    for (std::int64_t g = 0; g < cv.G; ++g) {
+        // A = w_g^T (taps x F/G): w_g is (F/G x taps), read transposed
+        const std::vector<float> A = gemm::pack_all(w + g * fg * taps, taps, fg, taps, true);
+        gemm::run(
+            taps, NP, fg, blocking,
+            [&](std::int64_t i0, std::int64_t, std::int64_t l0, std::int64_t, float*) {
+                return gemm::packed_panels(A, fg, i0, l0);
+            },
+            [&](std::int64_t j0, std::int64_t n, std::int64_t l0, std::int64_t kc,
+                std::int64_t nr, float* Bp) {
+                pack_positions(cv, dy, cv.F, g * fg, j0, n, l0, kc, nr, Bp);
+            },
+            [&](std::int64_t i0, std::int64_t m, std::int64_t j0, std::int64_t n,
+                const float* Cb, std::int64_t ldc) {
+                thread_local Columns cols;
+                cols.build(cv, j0, n);
+                TapWalk tap(cv, g, i0);
+                for (std::int64_t r = 0; r < m; ++r, tap.next()) {
+                    const float* src = Cb + r * ldc;
+                    for (std::size_t k = 0; k < cols.runs.size(); ++k) {
+                        const Run& run = cols.runs[k];
+                        if (direct) {
+                            std::memcpy(dx + (run.n * cv.C + tap.c) * P + run.y * cv.ow + run.z,
+                                        src + run.offset, sizeof(float) * run.length);
+                            continue;
+                        }
+                        const std::int64_t row = run.y * cv.sh - cv.ph + tap.i * cv.dh;
+                        if (row < 0 || row >= cv.H) continue;
+                        float* dst = dx + ((run.n * cv.C + tap.c) * cv.H + row) * cv.W +
+                                     run.z * cv.sw - cv.pw + tap.j * cv.dw;
+                        const float* from = src + run.offset;
+                        const std::int64_t lo = cols.lo[k * cv.kw + tap.j];
+                        const std::int64_t hi = cols.hi[k * cv.kw + tap.j];
+                        if (cv.sw == 1) {
+                            for (std::int64_t t = lo; t < hi; ++t) dst[t] += from[t];
+                        } else {
+                            for (std::int64_t t = lo; t < hi; ++t) dst[t * cv.sw] += from[t];
+                        }
                     }
-                    for (std::int64_t j = j0, end = j0 + n; j < end;) {    // c = g*fg.. rows
-                        const std::int64_t img = j / P, p = j % P, len = std::min(end - j, P - p);
-                        for (std::int64_t r = 0; r < m; ++r)
-                            std::memcpy(dx + ((n0 + img) * C + g * taps + i0 + r) * P + p,
-                                        Cb + r * ldc + (j - j0), sizeof(float) * len);
-                        j += len;
-                    }
-                });
-        }
-        if (!direct) {
-            const Geometry geom{cv.kh, cv.kw, cv.sh, cv.sw, cv.ph, cv.pw, cv.dh, cv.dw};
-            col2im_rows<float>(dcols, dx, C, cv.H, cv.W, n0, nb, geom, cv.oh, cv.ow);
-        }
+                }
+            });
     }
 }
 
@@ -322,9 +327,10 @@ static void conv_backward_filter(const Conv& cv, const float* dy, const float* x
             },
             [&](std::int64_t i0, std::int64_t m, std::int64_t j0, std::int64_t n, const float* C,
                 std::int64_t ldc) {
-                for (std::int64_t r = 0; r < m; ++r)
-                    for (std::int64_t t = 0; t < n; ++t)
-                        dwg[(j0 + t) * taps + i0 + r] += C[r * ldc + t];
+                for (std::int64_t t = 0; t < n; ++t) {      // C is dw^T: walk dw's rows
+                    float* dst = dwg + (j0 + t) * taps + i0;
+                    for (std::int64_t r = 0; r < m; ++r) dst[r] += C[r * ldc + t];
+                }
             });
     }
 }

@@ -201,6 +201,10 @@ inline float* scratch(int slot, std::int64_t floats) {
 
 struct Blocking {
     std::int64_t mc, nc, kc;
+    // Tasks (one thread each) own whole stretches: columns from multiples of col_align and
+    // rows from multiples of row_align (0: no constraint). A store that scatters into shared
+    // memory (col2im) uses this to give every task its own images and channels.
+    std::int64_t col_align = 0, row_align = 0;
 };
 
 struct Panels {
@@ -224,56 +228,64 @@ void run(std::int64_t M, std::int64_t N, std::int64_t L, const Blocking& blockin
     const std::int64_t mc = std::max<std::int64_t>(MR, (blocking.mc + MR - 1) / MR * MR);
     const std::int64_t nc = std::max<std::int64_t>(nr, (blocking.nc + nr - 1) / nr * nr);
     const std::int64_t kc = std::max<std::int64_t>(1, blocking.kc);
-    const std::int64_t n_tiles = (N + nc - 1) / nc, m_tiles = (M + mc - 1) / mc;
-    // split the rows too when the column blocks alone cannot keep every thread busy
+    // column tasks: NC columns, or as many whole col_align stretches as fit in NC (at least 1)
+    const std::int64_t ca = blocking.col_align;
+    const std::int64_t unit = ca > 0 ? ca * std::max<std::int64_t>(1, nc / ca) : nc;
+    const std::int64_t n_tasks = std::max<std::int64_t>(1, (N + unit - 1) / unit);
+    // row groups, when the column tasks alone cannot keep every thread busy
+    std::int64_t step = MR;
+    if (blocking.row_align > 0)
+        while (step % blocking.row_align) step += MR;           // a multiple of both
+    const std::int64_t row_steps = (M + step - 1) / step;
     const std::int64_t m_groups = std::min<std::int64_t>(
-        m_tiles, std::max<std::int64_t>(1, (max_threads() + n_tiles - 1) / n_tiles));
-    const std::int64_t tiles_per_group = (m_tiles + m_groups - 1) / m_groups;
+        row_steps, std::max<std::int64_t>(1, (max_threads() + n_tasks - 1) / n_tasks));
+    const std::int64_t group_rows = (row_steps + m_groups - 1) / m_groups * step;
 #pragma omp parallel for collapse(2) schedule(dynamic)
     for (std::int64_t tg = 0; tg < m_groups; ++tg) {
-        for (std::int64_t tj = 0; tj < n_tiles; ++tj) {
-            const std::int64_t r0 = tg * tiles_per_group * mc;
-            const std::int64_t rows = std::min(tiles_per_group * mc, M - r0);
+        for (std::int64_t tj = 0; tj < n_tasks; ++tj) {
+            const std::int64_t r0 = tg * group_rows, rows = std::min(group_rows, M - r0);
             if (rows <= 0) continue;
-            const std::int64_t j0 = tj * nc, n = std::min(nc, N - j0);
-            const std::int64_t n_panels = (n + nr - 1) / nr, ldc = n_panels * nr;
             const std::int64_t row_panels = (rows + MR - 1) / MR;
-            float* Ap = scratch(0, std::min(mc, row_panels * MR) * kc);
-            float* Bp = scratch(1, n_panels * nr * kc);
-            if (L <= kc) {        // one inner block: each MC block is final as soon as it is done
-                float* C = scratch(2, std::min(mc, row_panels * MR) * ldc);
-                if (L > 0) pack_b(j0, n, 0, L, nr, Bp);
-                for (std::int64_t i0 = 0; i0 < rows; i0 += mc) {
-                    const std::int64_t m = std::min(mc, rows - i0);
-                    const std::int64_t m_panels = (m + MR - 1) / MR;
-                    if (L == 0) {
-                        std::memset(C, 0, sizeof(float) * m_panels * MR * ldc);
-                    } else {
-                        const Panels A = pack_a(r0 + i0, m, 0, L, Ap);
+            for (std::int64_t j0 = tj * unit; j0 < std::min(N, (tj + 1) * unit); j0 += nc) {
+                const std::int64_t n = std::min({nc, N - j0, (tj + 1) * unit - j0});
+                const std::int64_t n_panels = (n + nr - 1) / nr, ldc = n_panels * nr;
+                float* Ap = scratch(0, std::min(mc, row_panels * MR) * kc);
+                float* Bp = scratch(1, n_panels * nr * kc);
+                if (L <= kc) {    // one inner block: each MC block is final as soon as done
+                    float* C = scratch(2, std::min(mc, row_panels * MR) * ldc);
+                    if (L > 0) pack_b(j0, n, 0, L, nr, Bp);
+                    for (std::int64_t i0 = 0; i0 < rows; i0 += mc) {
+                        const std::int64_t m = std::min(mc, rows - i0);
+                        const std::int64_t m_panels = (m + MR - 1) / MR;
+                        if (L == 0) {
+                            std::memset(C, 0, sizeof(float) * m_panels * MR * ldc);
+                        } else {
+                            const Panels A = pack_a(r0 + i0, m, 0, L, Ap);
+                            for (std::int64_t q = 0; q < n_panels; ++q)
+                                for (std::int64_t p = 0; p < m_panels; ++p)
+                                    K.run(L, A.first + p * A.stride, Bp + q * nr * L,
+                                          C + p * MR * ldc + q * nr, ldc, false);
+                        }
+                        store(r0 + i0, m, j0, n, C, ldc);
+                    }
+                    continue;
+                }
+                float* C = scratch(2, row_panels * MR * ldc);
+                for (std::int64_t l0 = 0; l0 < L; l0 += kc) {
+                    const std::int64_t k = std::min(kc, L - l0);
+                    pack_b(j0, n, l0, k, nr, Bp);
+                    for (std::int64_t i0 = 0; i0 < rows; i0 += mc) {
+                        const std::int64_t m = std::min(mc, rows - i0);
+                        const std::int64_t m_panels = (m + MR - 1) / MR;
+                        const Panels A = pack_a(r0 + i0, m, l0, k, Ap);
                         for (std::int64_t q = 0; q < n_panels; ++q)
                             for (std::int64_t p = 0; p < m_panels; ++p)
-                                K.run(L, A.first + p * A.stride, Bp + q * nr * L,
-                                      C + p * MR * ldc + q * nr, ldc, false);
+                                K.run(k, A.first + p * A.stride, Bp + q * nr * k,
+                                      C + (i0 + p * MR) * ldc + q * nr, ldc, l0 > 0);
                     }
-                    store(r0 + i0, m, j0, n, C, ldc);
                 }
-                continue;
+                store(r0, rows, j0, n, C, ldc);
             }
-            float* C = scratch(2, row_panels * MR * ldc);
-            for (std::int64_t l0 = 0; l0 < L; l0 += kc) {
-                const std::int64_t k = std::min(kc, L - l0);
-                pack_b(j0, n, l0, k, nr, Bp);
-                for (std::int64_t i0 = 0; i0 < rows; i0 += mc) {
-                    const std::int64_t m = std::min(mc, rows - i0);
-                    const std::int64_t m_panels = (m + MR - 1) / MR;
-                    const Panels A = pack_a(r0 + i0, m, l0, k, Ap);
-                    for (std::int64_t q = 0; q < n_panels; ++q)
-                        for (std::int64_t p = 0; p < m_panels; ++p)
-                            K.run(k, A.first + p * A.stride, Bp + q * nr * k,
-                                  C + (i0 + p * MR) * ldc + q * nr, ldc, l0 > 0);
-                }
-            }
-            store(r0, rows, j0, n, C, ldc);
         }
     }
 }
