@@ -8,6 +8,7 @@
 // tap in cache, and the three passes (forward, backward-data, backward-filter) each read their
 // inputs once. Channels (or filters) are split across threads, so no two threads write one
 // value.
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -23,37 +24,238 @@ struct Shape {
 
 }  // namespace
 
-// One output row: out[z] += sum over the taps of row r of the input plane.
+constexpr std::int64_t V = 16;      // output columns accumulated together in registers
+
+// V floats as one value of GCC's generic vector type: one zmm register on AVX-512 (two ymm,
+// four xmm elsewhere), whatever the loops around it look like to the auto-vectorizer.
+typedef float floatv __attribute__((vector_size(V * sizeof(float))));
+
+inline floatv load_v(const float* p) {
+    floatv v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+
+// out[p .. p+V) (+)= sum_k w[k] * x[p + off[k] .. ] for the flat loop below; double: plainly.
 template <typename T>
-MINICNN_VECTOR_CLONES static void forward_plane(const T* x, const T* w, T bias, T* y,
-                                                const Shape& s) {
-    for (std::int64_t oy = 0; oy < s.oh; ++oy) {
-        T* out = y + oy * s.ow;
-        for (std::int64_t z = 0; z < s.ow; ++z) out[z] = bias;
-        for (std::int64_t i = 0; i < s.kh; ++i) {
-            const std::int64_t r = oy * s.sh + i * s.dh - s.ph;
-            if (r < 0 || r >= s.H) continue;
-            const T* row = x + r * s.W;
-            for (std::int64_t j = 0; j < s.kw; ++j) {
-                const std::int64_t off = j * s.dw - s.pw;
-                std::int64_t lo, hi;
-                valid_range(s.W, s.sw, off, s.ow, lo, hi);
-                const T tap = w[i * s.kw + j];
-                const T* src = row + off;
-                if (s.sw == 1) {
-                    for (std::int64_t z = lo; z < hi; ++z) out[z] += tap * src[z];
-                } else {
-                    for (std::int64_t z = lo; z < hi; ++z) out[z] += tap * src[z * s.sw];
+inline void flat_chunk(const T* x, const T* w, const std::int64_t* off, std::int64_t taps,
+                       std::int64_t p, T bias, bool accumulate, T* out) {
+    for (std::int64_t t = 0; t < V; ++t) {
+        T acc = accumulate ? out[p + t] : bias;
+        for (std::int64_t k = 0; k < taps; ++k) acc += w[k] * x[p + t + off[k]];
+        out[p + t] = acc;
+    }
+}
+
+template <>
+inline void flat_chunk<float>(const float* x, const float* w, const std::int64_t* off,
+                              std::int64_t taps, std::int64_t p, float bias, bool accumulate,
+                              float* out) {
+    floatv acc = accumulate ? load_v(out + p) : floatv{} + bias;
+    for (std::int64_t k = 0; k < taps; ++k) acc += w[k] * load_v(x + p + off[k]);
+    std::memcpy(out + p, &acc, sizeof acc);
+}
+
+// Four chunks at once: four independent sums, so the multiply-adds do not wait on each other.
+template <typename T>
+inline void flat_chunks4(const T* x, const T* w, const std::int64_t* off, std::int64_t taps,
+                         std::int64_t p, T bias, bool accumulate, T* out) {
+    for (std::int64_t c = 0; c < 4; ++c)
+        flat_chunk<T>(x, w, off, taps, p + c * V, bias, accumulate, out);
+}
+
+template <>
+inline void flat_chunks4<float>(const float* x, const float* w, const std::int64_t* off,
+                                std::int64_t taps, std::int64_t p, float bias, bool accumulate,
+                                float* out) {
+    floatv a0, a1, a2, a3;
+    if (accumulate) {
+        a0 = load_v(out + p), a1 = load_v(out + p + V);
+        a2 = load_v(out + p + 2 * V), a3 = load_v(out + p + 3 * V);
+    } else {
+        a0 = a1 = a2 = a3 = floatv{} + bias;
+    }
+    for (std::int64_t k = 0; k < taps; ++k) {
+        const float tap = w[k];
+        const float* src = x + p + off[k];
+        a0 += tap * load_v(src);
+        a1 += tap * load_v(src + V);
+        a2 += tap * load_v(src + 2 * V);
+        a3 += tap * load_v(src + 3 * V);
+    }
+    std::memcpy(out + p, &a0, sizeof a0);
+    std::memcpy(out + p + V, &a1, sizeof a1);
+    std::memcpy(out + p + 2 * V, &a2, sizeof a2);
+    std::memcpy(out + p + 3 * V, &a3, sizeof a3);
+}
+
+// out (oh x ow) (+)= the taps of w over the plane x (H x W), for one (image, filter) pair:
+//     out[y, z] = [out[y, z] +] bias + sum_{i,j} w[i, j] * x[y*sh + i*dh - ph, z*sw + j*dw - pw]
+// Stride 1: the columns where every tap reads inside the row are done V at a time with the V
+// sums kept in registers (one load per tap, one store per V outputs); the few columns next to
+// the padding, and other strides, go tap by tap.
+template <typename T>
+MINICNN_VECTOR_CLONES static void correlate_rows(const T* __restrict x, const T* __restrict w,
+                                                 T bias, T* __restrict out, bool accumulate,
+                                                 const Shape& s, std::int64_t y0,
+                                                 std::int64_t y1) {
+    thread_local std::vector<std::int64_t> lo_of, hi_of;   // columns inside, per tap column
+    lo_of.resize(s.kw);
+    hi_of.resize(s.kw);
+    std::int64_t zlo = 0, zhi = s.ow;                 // columns inside for every tap
+    for (std::int64_t j = 0; j < s.kw; ++j) {
+        valid_range(s.W, s.sw, j * s.dw - s.pw, s.ow, lo_of[j], hi_of[j]);
+        zlo = std::max(zlo, lo_of[j]);
+        zhi = std::min(zhi, hi_of[j]);
+    }
+    if (s.sw != 1 || zhi < zlo) zlo = zhi = 0;       // no vector interior: all tap by tap
+    for (std::int64_t oy = y0; oy < y1; ++oy) {
+        T* row_out = out + oy * s.ow;
+        std::int64_t z = zlo;
+        while (zhi - zlo >= V && z < zhi) {
+            // the last chunk ends at zhi, overlapping the previous one: its lanes before z are
+            // done already and are not stored again
+            const std::int64_t start = std::min(z, zhi - V), first = z - start;
+            T acc[V];
+#pragma omp simd
+            for (std::int64_t t = 0; t < V; ++t) acc[t] = accumulate ? row_out[start + t] : bias;
+            for (std::int64_t i = 0; i < s.kh; ++i) {
+                const std::int64_t r = oy * s.sh + i * s.dh - s.ph;
+                if (r < 0 || r >= s.H) continue;
+                const T* row = x + r * s.W + start - s.pw;
+                if (s.kw == 3) {            // the usual 3x3: taps unrolled, no loop overhead
+                    const T t0 = w[i * 3], t1 = w[i * 3 + 1], t2 = w[i * 3 + 2];
+                    const T *s0 = row, *s1 = row + s.dw, *s2 = row + 2 * s.dw;
+#pragma omp simd
+                    for (std::int64_t t = 0; t < V; ++t)
+                        acc[t] += t0 * s0[t] + t1 * s1[t] + t2 * s2[t];
+                    continue;
+                }
+                for (std::int64_t j = 0; j < s.kw; ++j) {
+                    const T tap = w[i * s.kw + j];
+                    const T* src = row + j * s.dw;
+#pragma omp simd
+                    for (std::int64_t t = 0; t < V; ++t) acc[t] += tap * src[t];
+                }
+            }
+            if (first == 0) {                 // (a partial store would become a memcpy call)
+#pragma omp simd
+                for (std::int64_t t = 0; t < V; ++t) row_out[start + t] = acc[t];
+            } else {
+                for (std::int64_t t = first; t < V; ++t) row_out[start + t] = acc[t];
+            }
+            z = start + V;
+        }
+        // everything else: [0, zlo), [z, ow), tap by tap with the window clipped
+        const std::int64_t spans[2][2] = {{0, zlo}, {z, s.ow}};
+        for (const auto& span : spans) {
+            const std::int64_t z0 = span[0], z1 = span[1];
+            if (z0 >= z1) continue;
+            if (!accumulate)
+                for (std::int64_t q = z0; q < z1; ++q) row_out[q] = bias;
+            for (std::int64_t i = 0; i < s.kh; ++i) {
+                const std::int64_t r = oy * s.sh + i * s.dh - s.ph;
+                if (r < 0 || r >= s.H) continue;
+                const T* row = x + r * s.W;
+                for (std::int64_t j = 0; j < s.kw; ++j) {
+                    const std::int64_t off = j * s.dw - s.pw;
+                    const std::int64_t lo = std::max(lo_of[j], z0), hi = std::min(hi_of[j], z1);
+                    const T tap = w[i * s.kw + j];
+                    for (std::int64_t q = lo; q < hi; ++q) row_out[q] += tap * row[q * s.sw + off];
                 }
             }
         }
     }
 }
 
-// dx plane += the adjoint of forward_plane for one filter.
+template <typename T>
+static void correlate_plane(const T* x, const T* w, T bias, T* out, bool accumulate,
+                            const Shape& s) {
+    correlate_rows<T>(x, w, bias, out, accumulate, s, 0, s.oh);
+}
+
+// "Same" geometry (stride 1, output the size of the input): every output row whose window rows
+// are all inside the image is computed over the flat index p = y*W + z, one long vector loop
+// per plane, tap offsets (i*dh - ph)*W + j*dw - pw. Near the left and right edges that reads
+// the neighbouring row instead of padding, so those few columns are then redone exactly (and
+// the top and bottom rows, whose windows leave the image, by correlate_plane's path).
+inline bool same_geometry(const Shape& s) {
+    return s.sh == 1 && s.sw == 1 && s.oh == s.H && s.ow == s.W && s.kh * s.kw <= 49;
+}
+
+template <typename T>
+MINICNN_VECTOR_CLONES static void correlate_plane_flat(const T* __restrict x,
+                                                       const T* __restrict w, T bias,
+                                                       T* __restrict out, bool accumulate,
+                                                       const Shape& s) {
+    const std::int64_t taps = s.kh * s.kw, W = s.W;
+    std::int64_t off[49];
+    for (std::int64_t i = 0; i < s.kh; ++i)
+        for (std::int64_t j = 0; j < s.kw; ++j)
+            off[i * s.kw + j] = (i * s.dh - s.ph) * W + j * s.dw - s.pw;
+    // rows whose window rows all lie inside: [ylo, yhi); columns away from the edges:
+    // [zlo, zhi). The flat loop starts zlo into row ylo and stops short of the last row's
+    // right edge, so it never reads outside the plane.
+    const std::int64_t ylo = std::min(s.H, s.ph);
+    const std::int64_t yhi = std::max(ylo, s.H - ((s.kh - 1) * s.dh - s.ph));
+    const std::int64_t zlo = std::min(W, s.pw);
+    const std::int64_t zhi = std::max(zlo, W - ((s.kw - 1) * s.dw - s.pw));
+    thread_local std::vector<T> saved;              // accumulate: the edges' values before
+    if (accumulate && yhi > ylo) {
+        saved.resize((yhi - ylo) * (zlo + W - zhi));
+        T* keep = saved.data();
+        for (std::int64_t y = ylo; y < yhi; ++y) {
+            for (std::int64_t z = 0; z < zlo; ++z) *keep++ = out[y * W + z];
+            for (std::int64_t z = zhi; z < W; ++z) *keep++ = out[y * W + z];
+        }
+    }
+    const std::int64_t p1 = yhi > ylo ? yhi * W - (W - zhi) : 0;
+    std::int64_t p = ylo * W + zlo;
+    for (; p + 4 * V <= p1; p += 4 * V) flat_chunks4<T>(x, w, off, taps, p, bias, accumulate, out);
+    for (; p + V <= p1; p += V) flat_chunk<T>(x, w, off, taps, p, bias, accumulate, out);
+    for (; p < p1; ++p) {
+        T acc = accumulate ? out[p] : bias;
+        for (std::int64_t k = 0; k < taps; ++k) acc += w[k] * x[p + off[k]];
+        out[p] = acc;
+    }
+    // now exactly: the edge columns of those rows (the flat loop read the neighbouring row
+    // there), with their valid kernel columns worked out once per column ...
+    thread_local std::vector<std::int64_t> edges;   // (z, first j, end j) per edge column
+    edges.clear();
+    for (std::int64_t z = 0; z < W; ++z) {
+        if (z == zlo) z = zhi;                           // the middle is done
+        if (z >= W) break;
+        std::int64_t jlo = 0, jhi = s.kw;                 // taps j with 0 <= z + j*dw - pw < W
+        while (jlo < s.kw && z + jlo * s.dw - s.pw < 0) ++jlo;
+        while (jhi > jlo && z + (jhi - 1) * s.dw - s.pw >= W) --jhi;
+        edges.insert(edges.end(), {z, jlo, jhi});
+    }
+    const T* keep = saved.data();
+    for (std::int64_t y = ylo; y < yhi; ++y) {
+        for (std::size_t e = 0; e < edges.size(); e += 3) {
+            const std::int64_t z = edges[e], jlo = edges[e + 1], jhi = edges[e + 2];
+            T acc = accumulate ? *keep++ : bias;
+            for (std::int64_t i = 0; i < s.kh; ++i) {
+                const T* row = x + (y + i * s.dh - s.ph) * W + z - s.pw;
+                for (std::int64_t j = jlo; j < jhi; ++j) acc += w[i * s.kw + j] * row[j * s.dw];
+            }
+            out[y * W + z] = acc;
+        }
+    }
+    // ... and the rows whose windows leave the image, row by row
+    correlate_rows<T>(x, w, bias, out, accumulate, s, 0, ylo);
+    correlate_rows<T>(x, w, bias, out, accumulate, s, yhi, s.H);
+}
+
+// dx plane += the adjoint of the forward for one filter, scattering tap by tap (any stride).
 template <typename T>
 MINICNN_VECTOR_CLONES static void backward_data_plane(const T* dy, const T* w, T* dx,
                                                       const Shape& s) {
+    thread_local std::vector<std::int64_t> lo_of, hi_of;
+    lo_of.resize(s.kw);
+    hi_of.resize(s.kw);
+    for (std::int64_t j = 0; j < s.kw; ++j)
+        valid_range(s.W, s.sw, j * s.dw - s.pw, s.ow, lo_of[j], hi_of[j]);
     for (std::int64_t oy = 0; oy < s.oh; ++oy) {
         const T* g = dy + oy * s.ow;
         for (std::int64_t i = 0; i < s.kh; ++i) {
@@ -62,47 +264,156 @@ MINICNN_VECTOR_CLONES static void backward_data_plane(const T* dy, const T* w, T
             T* row = dx + r * s.W;
             for (std::int64_t j = 0; j < s.kw; ++j) {
                 const std::int64_t off = j * s.dw - s.pw;
-                std::int64_t lo, hi;
-                valid_range(s.W, s.sw, off, s.ow, lo, hi);
+                const std::int64_t lo = lo_of[j], hi = hi_of[j];
                 const T tap = w[i * s.kw + j];
                 T* dst = row + off;
-                if (s.sw == 1) {
-                    for (std::int64_t z = lo; z < hi; ++z) dst[z] += tap * g[z];
-                } else {
-                    for (std::int64_t z = lo; z < hi; ++z) dst[z * s.sw] += tap * g[z];
-                }
+                for (std::int64_t z = lo; z < hi; ++z) dst[z * s.sw] += tap * g[z];
             }
         }
     }
 }
 
-// acc[i*kw + j] += sum_{y,z} dy[y, z] * x[y*sh + i*dh - ph, z*sw + j*dw - pw] for one plane.
+// acc[i*kw + j] += sum_{y,z} dy[y, z] * x[y*sh + i*dh - ph, z*sw + j*dw - pw] for one plane;
+// each tap sums into V lanes over the whole plane and reduces once.
 template <typename T>
 MINICNN_VECTOR_CLONES static void backward_filter_plane(const T* dy, const T* x, double* acc,
                                                         const Shape& s) {
-    for (std::int64_t oy = 0; oy < s.oh; ++oy) {
-        const T* g = dy + oy * s.ow;
-        for (std::int64_t i = 0; i < s.kh; ++i) {
-            const std::int64_t r = oy * s.sh + i * s.dh - s.ph;
-            if (r < 0 || r >= s.H) continue;
-            const T* row = x + r * s.W;
-            for (std::int64_t j = 0; j < s.kw; ++j) {
-                const std::int64_t off = j * s.dw - s.pw;
-                std::int64_t lo, hi;
-                valid_range(s.W, s.sw, off, s.ow, lo, hi);
-                const T* src = row + off;
-                T dot = 0;
+    for (std::int64_t i = 0; i < s.kh; ++i) {
+        for (std::int64_t j = 0; j < s.kw; ++j) {
+            const std::int64_t off = j * s.dw - s.pw;
+            std::int64_t lo, hi;
+            valid_range(s.W, s.sw, off, s.ow, lo, hi);
+            T lanes[V] = {};
+            T rest = 0;
+            for (std::int64_t oy = 0; oy < s.oh; ++oy) {
+                const std::int64_t r = oy * s.sh + i * s.dh - s.ph;
+                if (r < 0 || r >= s.H) continue;
+                const T* g = dy + oy * s.ow;
+                const T* src = x + r * s.W + off;
+                std::int64_t z = lo;
                 if (s.sw == 1) {
-#pragma omp simd reduction(+ : dot)
-                    for (std::int64_t z = lo; z < hi; ++z) dot += g[z] * src[z];
-                } else {
-#pragma omp simd reduction(+ : dot)
-                    for (std::int64_t z = lo; z < hi; ++z) dot += g[z] * src[z * s.sw];
+                    for (; z + V <= hi; z += V) {
+#pragma omp simd
+                        for (std::int64_t t = 0; t < V; ++t) lanes[t] += g[z + t] * src[z + t];
+                    }
                 }
-                acc[i * s.kw + j] += dot;
+                for (; z < hi; ++z) rest += g[z] * src[z * s.sw];
+            }
+            double total = rest;
+            for (std::int64_t t = 0; t < V; ++t) total += lanes[t];
+            acc[i * s.kw + j] += total;
+        }
+    }
+}
+
+// sums[k] += sum over whole V-chunks of p in [p0, p1) of g[p] * x[p + off[k]]; returns where
+// the chunks stopped. float: one register of partial sums per tap.
+template <typename T>
+inline std::int64_t filter_flat_range(const T* g, const T* x, const std::int64_t* off,
+                                      std::int64_t taps, std::int64_t p0, std::int64_t p1,
+                                      double* sums) {
+    std::int64_t p = p0;
+    for (; p + V <= p1; p += V)
+        for (std::int64_t k = 0; k < taps; ++k)
+            for (std::int64_t t = 0; t < V; ++t) sums[k] += double(g[p + t]) * x[p + t + off[k]];
+    return p;
+}
+
+template <>
+inline std::int64_t filter_flat_range<float>(const float* g, const float* x,
+                                             const std::int64_t* off, std::int64_t taps,
+                                             std::int64_t p0, std::int64_t p1, double* sums) {
+    floatv lanes[49];
+    for (std::int64_t k = 0; k < taps; ++k) lanes[k] = floatv{};
+    std::int64_t p = p0;
+    if (taps == 9) {            // 3x3: nine sums that stay in registers
+        floatv l0{}, l1{}, l2{}, l3{}, l4{}, l5{}, l6{}, l7{}, l8{};
+        for (; p + V <= p1; p += V) {
+            const floatv gv = load_v(g + p);
+            const float* b = x + p;
+            l0 += gv * load_v(b + off[0]), l1 += gv * load_v(b + off[1]);
+            l2 += gv * load_v(b + off[2]), l3 += gv * load_v(b + off[3]);
+            l4 += gv * load_v(b + off[4]), l5 += gv * load_v(b + off[5]);
+            l6 += gv * load_v(b + off[6]), l7 += gv * load_v(b + off[7]);
+            l8 += gv * load_v(b + off[8]);
+        }
+        lanes[0] = l0, lanes[1] = l1, lanes[2] = l2, lanes[3] = l3, lanes[4] = l4;
+        lanes[5] = l5, lanes[6] = l6, lanes[7] = l7, lanes[8] = l8;
+    }
+    for (; p + V <= p1; p += V) {
+        const floatv gv = load_v(g + p);
+        for (std::int64_t k = 0; k < taps; ++k) lanes[k] += gv * load_v(x + p + off[k]);
+    }
+    for (std::int64_t k = 0; k < taps; ++k)
+        for (std::int64_t t = 0; t < V; ++t) sums[k] += lanes[k][t];
+    return p;
+}
+
+// The filter gradient of one plane for "same" geometry: the flat range of positions against
+// every tap at once (one load of dy per V positions), with dy's edge columns masked to 0 there
+// (the flat reads wrap into the next row), then the edge columns and the border rows exactly.
+template <typename T>
+MINICNN_VECTOR_CLONES static void backward_filter_plane_flat(const T* __restrict dy,
+                                                             const T* __restrict x, double* acc,
+                                                             const Shape& s) {
+    const std::int64_t taps = s.kh * s.kw, W = s.W;
+    std::int64_t off[49];
+    for (std::int64_t i = 0; i < s.kh; ++i)
+        for (std::int64_t j = 0; j < s.kw; ++j)
+            off[i * s.kw + j] = (i * s.dh - s.ph) * W + j * s.dw - s.pw;
+    const std::int64_t ylo = std::min(s.H, s.ph);
+    const std::int64_t yhi = std::max(ylo, s.H - ((s.kh - 1) * s.dh - s.ph));
+    const std::int64_t zlo = std::min(W, s.pw);
+    const std::int64_t zhi = std::max(zlo, W - ((s.kw - 1) * s.dw - s.pw));
+    const std::int64_t p0 = ylo * W + zlo, p1 = yhi > ylo ? yhi * W - (W - zhi) : p0;
+    thread_local std::vector<T> g;                   // dy with the edge columns zeroed
+    g.assign(dy, dy + s.H * W);
+    for (std::int64_t y = ylo; y < yhi; ++y) {
+        for (std::int64_t z = 0; z < zlo; ++z) g[y * W + z] = 0;
+        for (std::int64_t z = zhi; z < W; ++z) g[y * W + z] = 0;
+    }
+    double sums[49] = {};
+    const std::int64_t p = filter_flat_range<T>(g.data(), x, off, taps, p0, p1, sums);
+    for (std::int64_t q = p; q < p1; ++q)
+        for (std::int64_t k = 0; k < taps; ++k) sums[k] += double(g[q]) * x[q + off[k]];
+    for (std::int64_t k = 0; k < taps; ++k) acc[k] += sums[k];
+    // exactly: the edge columns of the inner rows (their valid kernel columns found once) ...
+    T edge[49] = {};
+    for (std::int64_t z = 0; z < W; ++z) {
+        if (z == zlo) z = zhi;
+        if (z >= W) break;
+        std::int64_t jlo = 0, jhi = s.kw;
+        while (jlo < s.kw && z + jlo * s.dw - s.pw < 0) ++jlo;
+        while (jhi > jlo && z + (jhi - 1) * s.dw - s.pw >= W) --jhi;
+        for (std::int64_t y = ylo; y < yhi; ++y) {
+            const T gy = dy[y * W + z];
+            for (std::int64_t i = 0; i < s.kh; ++i) {
+                const T* row = x + (y + i * s.dh - s.ph) * W + z - s.pw;
+                for (std::int64_t j = jlo; j < jhi; ++j) edge[i * s.kw + j] += gy * row[j * s.dw];
             }
         }
     }
+    // ... and the border rows, one dot product per (row, tap)
+    for (std::int64_t y = 0; y < s.H; ++y) {
+        if (y == ylo) y = std::max(y, yhi);
+        if (y >= s.H) break;
+        const T* gy = dy + y * W;
+        for (std::int64_t i = 0; i < s.kh; ++i) {
+            const std::int64_t r = y + i * s.dh - s.ph;
+            if (r < 0 || r >= s.H) continue;
+            for (std::int64_t j = 0; j < s.kw; ++j) {
+                const std::int64_t shift = j * s.dw - s.pw;
+                std::int64_t lo, hi;
+                valid_range(W, 1, shift, W, lo, hi);
+                const T* src = x + r * W + shift;
+                T dot = 0;
+#pragma omp simd reduction(+ : dot)
+                for (std::int64_t z = lo; z < hi; ++z) dot += gy[z] * src[z];
+                edge[i * s.kw + j] += dot;
+            }
+        }
+    }
+    for (std::int64_t k = 0; k < taps; ++k) acc[k] += edge[k];
 }
 
 template <typename T>
@@ -111,23 +422,43 @@ static void depthwise_forward(const T* x, const T* w, const T* b, T* y, const Sh
 #pragma omp parallel for collapse(2) schedule(static)
     for (std::int64_t n = 0; n < s.N; ++n) {
         for (std::int64_t f = 0; f < s.F; ++f) {
-            forward_plane<T>(x + (n * s.C + f / m) * s.H * s.W, w + f * s.kh * s.kw,
-                             b ? b[f] : T(0), y + (n * s.F + f) * s.oh * s.ow, s);
+            const T* in = x + (n * s.C + f / m) * s.H * s.W;
+            T* out = y + (n * s.F + f) * s.oh * s.ow;
+            if (same_geometry(s))
+                correlate_plane_flat<T>(in, w + f * s.kh * s.kw, b ? b[f] : T(0), out, false, s);
+            else
+                correlate_plane<T>(in, w + f * s.kh * s.kw, b ? b[f] : T(0), out, false, s);
         }
     }
 }
 
+// Stride 1: dx is a correlation of dy with the flipped kernel, padded by (k - 1)*d - p, so the
+// register-blocked forward does it (the filters of one channel accumulate). Otherwise scatter.
 template <typename T>
 static void depthwise_backward_data(const T* dy, const T* w, T* dx, const Shape& s) {
-    const std::int64_t m = s.F / s.C;
+    const std::int64_t m = s.F / s.C, taps = s.kh * s.kw;
+    const bool flip = s.sh == 1 && s.sw == 1;
+    Shape t = s;                                    // the flipped problem: dy in, dx out
+    t.H = s.oh, t.W = s.ow, t.oh = s.H, t.ow = s.W;
+    t.ph = (s.kh - 1) * s.dh - s.ph, t.pw = (s.kw - 1) * s.dw - s.pw;
+    std::vector<T> flipped(flip ? s.F * taps : 0);
+    for (std::int64_t f = 0; flip && f < s.F; ++f)
+        for (std::int64_t k = 0; k < taps; ++k) flipped[f * taps + k] = w[f * taps + taps - 1 - k];
 #pragma omp parallel for collapse(2) schedule(static)
     for (std::int64_t n = 0; n < s.N; ++n) {
         for (std::int64_t c = 0; c < s.C; ++c) {
             T* plane = dx + (n * s.C + c) * s.H * s.W;
-            std::memset(plane, 0, sizeof(T) * s.H * s.W);
-            for (std::int64_t f = c * m; f < (c + 1) * m; ++f)
-                backward_data_plane<T>(dy + (n * s.F + f) * s.oh * s.ow, w + f * s.kh * s.kw,
-                                       plane, s);
+            if (!flip) std::memset(plane, 0, sizeof(T) * s.H * s.W);
+            for (std::int64_t f = c * m; f < (c + 1) * m; ++f) {
+                const T* g = dy + (n * s.F + f) * s.oh * s.ow;
+                if (flip && same_geometry(t))
+                    correlate_plane_flat<T>(g, flipped.data() + f * taps, T(0), plane, f > c * m,
+                                            t);
+                else if (flip)
+                    correlate_plane<T>(g, flipped.data() + f * taps, T(0), plane, f > c * m, t);
+                else
+                    backward_data_plane<T>(g, w + f * taps, plane, s);
+            }
         }
     }
 }
@@ -138,9 +469,15 @@ static void depthwise_backward_filter(const T* dy, const T* x, T* dw, const Shap
 #pragma omp parallel for schedule(static)
     for (std::int64_t f = 0; f < s.F; ++f) {
         std::vector<double> acc(taps, 0.0);
-        for (std::int64_t n = 0; n < s.N; ++n)
-            backward_filter_plane<T>(dy + (n * s.F + f) * s.oh * s.ow,
-                                     x + (n * s.C + f / m) * s.H * s.W, acc.data(), s);
+        const bool flat = same_geometry(s);
+        for (std::int64_t n = 0; n < s.N; ++n) {
+            const T* g = dy + (n * s.F + f) * s.oh * s.ow;
+            const T* in = x + (n * s.C + f / m) * s.H * s.W;
+            if (flat)
+                backward_filter_plane_flat<T>(g, in, acc.data(), s);
+            else
+                backward_filter_plane<T>(g, in, acc.data(), s);
+        }
         for (std::int64_t t = 0; t < taps; ++t) dw[f * taps + t] = T(acc[t]);
     }
 }

@@ -346,6 +346,12 @@ FAST_PINNED = dict(PINNED, **{
                                           group=4),
     "depthwise_x3_non_square": make_case(2, 3, (7, 9), 9, (3, 1), stride=(1, 3), pad=(1, 0),
                                          group=3),
+    # "same" depthwise geometries: the flat kernel, its edge columns and the border rows
+    "depthwise_same_wide": make_case(2, 3, (9, 70), 3, 3, pad=1, group=3),
+    "depthwise_same_atrous": make_case(1, 2, (11, 40), 2, 3, pad=2, dilation=2, group=2),
+    "depthwise_same_x2": make_case(2, 2, (6, 37), 4, 3, pad=1, group=2),
+    "depthwise_same_5x5": make_case(1, 3, (8, 81), 3, 5, pad=2, group=3, bias=False),
+    "depthwise_same_tiny": make_case(1, 2, (2, 3), 2, 3, pad=1, group=2),
 })
 
 
