@@ -115,7 +115,28 @@ def time_(args):
     print(f"Average Backward pass: {backward_ms.sum():.4f} ms.")
     print(f"Average Forward-Backward: {total / args.iterations:.4f} ms.")
     print(f"Total Time: {total:.4f} ms.")
+    print_time_split(net, forward_ms, backward_ms)
     return 0
+
+
+def print_time_split(net, forward_ms, backward_ms, top=10):
+    """Where the time goes: each layer type's share, then the slowest layers."""
+    both = forward_ms + backward_ms
+    total = both.sum() or 1.0
+    by_type = {}
+    for layer, f, b in zip(net.layers, forward_ms, backward_ms):
+        entry = by_type.setdefault(layer.type, [0, 0.0, 0.0])
+        entry[0] += 1
+        entry[1] += f
+        entry[2] += b
+    print("\nBy layer type (share of forward + backward):")
+    for kind, (count, f, b) in sorted(by_type.items(), key=lambda kv: -(kv[1][1] + kv[1][2])):
+        print(f"  {kind:<18} x{count:<4} forward {f:9.3f} ms  backward {b:9.3f} ms  "
+              f"{100 * (f + b) / total:5.1f}%")
+    print(f"Slowest {min(top, len(both))} layers:")
+    for i in np.argsort(-both)[:top]:
+        print(f"  {net.layer_names[i]:<24} {net.layers[i].type:<16} {both[i]:9.3f} ms  "
+              f"{100 * both[i] / total:5.1f}%")
 
 
 def _no_gpu(args):

@@ -28,6 +28,14 @@ def test_time_prints_caffe_style_report(argv, capsys):
     assert "Average time per layer:" in out
     assert "conv1\tforward:" in out and "conv1\tbackward:" in out
     assert "Average Forward-Backward:" in out and "Total Time:" in out
+    split = out.split("By layer type (share of forward + backward):")[1]
+    shares = [float(line.rsplit(None, 1)[1].rstrip("%")) for line in
+              split.split("Slowest")[0].strip().splitlines()]
+    assert {"Convolution", "InnerProduct", "Pooling"} <= {line.split()[0] for line in
+                                                         split.split("Slowest")[0].splitlines()
+                                                         if line.strip()}
+    assert abs(sum(shares) - 100) < 1 and shares == sorted(shares, reverse=True)
+    assert "conv1" in split.split("Slowest")[1]
 
 
 def test_errors_are_one_line_without_traceback(tmp_path, capsys):
