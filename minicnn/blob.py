@@ -9,6 +9,7 @@ plain NumPy arrays. They are replaced only by ``reshape`` to a new shape, so cod
 reference to ``blob.data`` keeps seeing the blob's values between reshapes.
 """
 
+import math
 import os
 
 import numpy as np
@@ -30,7 +31,7 @@ MAX_BLOB_BYTES = int(os.environ.get("MINICNN_MAX_BLOB_BYTES", 0)) or _physical_m
 
 
 class Blob:
-    __slots__ = ("_data", "_diff", "_shape", "dtype")
+    __slots__ = ("_data", "_diff", "_shape", "_count", "dtype")
 
     def __init__(self, shape=(), dtype=np.float32):
         self.dtype = np.dtype(dtype)
@@ -64,6 +65,7 @@ class Blob:
                                    f"more than the {MAX_BLOB_BYTES / 2**30:.3g} GiB allowed "
                                    "(this machine's memory, or MINICNN_MAX_BLOB_BYTES)")
             self._shape = shape
+            self._count = math.prod(shape)
             self._data = np.zeros(shape, self.dtype)
             self._diff = None
         return self
@@ -73,7 +75,7 @@ class Blob:
 
     @property
     def count(self):
-        return int(np.prod(self._shape, dtype=np.int64))
+        return self._count
 
     @property
     def num_axes(self):
@@ -124,6 +126,7 @@ class Blob:
         writes to either are seen by both. The diff stays this blob's own."""
         if self._shape != other.shape or self.dtype != other.dtype:
             self._shape, self.dtype, self._diff = other.shape, other.dtype, None
+            self._count = other.count
         self._data = other.data
 
     def share_data(self, other):

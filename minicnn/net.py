@@ -280,6 +280,8 @@ class Net:
                     blob_need_backward[blob_name] = True
         self.outputs = sorted(dict.fromkeys(available))   # Caffe keeps them in a std::set
         self._prune_backward()
+        for layer, need in zip(self.layers, self.layer_need_backward):
+            layer.backward_needed = need        # lets a layer skip keeping state for backward
         self._share_params()
         self.blob_loss_weights = OrderedDict((n, 0.0) for n in self.blobs)
         for layer, names in zip(self.layers, self.top_names.values()):

@@ -59,24 +59,34 @@ class BatchNormLayer(Layer):
         x = bottom[0].data
         mean_acc, var_acc, factor = (b.data for b in self.blobs)
         # y is kept for backward (as Caffe keeps x_norm_): top may be bottom, and a later
-        # in-place layer may overwrite top. The buffer is reused while the shape holds.
-        if self._y is None or self._y.shape != x.shape or self._y.dtype != x.dtype:
-            self._y = np.empty_like(x)
+        # in-place layer may overwrite top. The buffer is reused while the shape holds. A net
+        # that never runs this backward (inference) writes y straight into top.
+        if not self.backward_needed:
+            self._y = None
+            y = top[0].data
+        else:
+            if self._y is None or self._y.shape != x.shape or self._y.dtype != x.dtype:
+                self._y = np.empty_like(x)
+            y = self._y
         if self.use_global_stats:
             mean, var = ops.batch_norm_global_stats(mean_acc, var_acc, factor)
-            _, _, _, std = ops.batch_norm_forward(x, self.eps, mean, var, out=self._y)
+            _, _, _, std = ops.batch_norm_forward(x, self.eps, mean, var, out=y)
         else:
-            _, mean, var, std = ops.batch_norm_forward(x, self.eps, out=self._y)
+            _, mean, var, std = ops.batch_norm_forward(x, self.eps, out=y)
             m = x.size // self.channels
             new = ops.batch_norm_update_stats(mean_acc, var_acc, factor, mean, var, m,
                                               self.moving_average_fraction)
             for blob, value in zip(self.blobs, new):
                 blob.data[...] = value              # in place: shared weights see the update
         self._std = std
-        top[0].data[...] = self._y
+        if y is not top[0].data:
+            top[0].data[...] = y
 
     def backward(self, top, propagate_down, bottom):
         if propagate_down[0]:
+            if self._y is None:
+                raise LayerError("backward after a forward that kept nothing for it: the net "
+                                 "said this layer needs no backward")
             ops.batch_norm_backward(top[0].diff, self._y, self._std, self.use_global_stats,
                                     out=bottom[0].diff)     # safe in place: dy read first
 
@@ -133,7 +143,7 @@ class ScaleLayer(Layer):
 
     def forward(self, bottom, top):
         x = bottom[0].data
-        if bottom[0] is top[0]:     # Caffe's in-place Scale keeps x too: backward needs it
+        if bottom[0] is top[0] and self.backward_needed:   # Caffe's in-place Scale keeps x:
             if self._x is None or self._x.shape != x.shape or self._x.dtype != x.dtype:
                 self._x = np.empty_like(x)
             np.copyto(self._x, x)
