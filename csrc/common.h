@@ -73,6 +73,11 @@ inline void valid_range(std::int64_t size, std::int64_t stride, std::int64_t off
     if (hi < lo) hi = lo;
 }
 
+// Below this much work (elements, or multiply-adds), waking a second thread costs more than it
+// saves, and on a busy machine it can wait out a whole scheduler slice: such loops run serially
+// (OpenMP's `if` clause).
+constexpr std::int64_t PARALLEL_WORK = std::int64_t(1) << 16;
+
 // Calls body(T{}) with T the element type of ``a`` (float32 or float64).
 template <typename Body>
 inline auto by_dtype(const py::array& a, Body&& body) {

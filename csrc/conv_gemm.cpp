@@ -226,7 +226,7 @@ static void conv_backward_data(const Conv& cv, const float* dy, const float* w, 
     blocking.row_align = cv.kh * cv.kw;          // whole channels
     if (!direct) {
         const std::int64_t total = cv.N * cv.C * cv.H * cv.W;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (total > PARALLEL_WORK)
         for (std::int64_t i = 0; i < total; i += 65536)
             std::memset(dx + i, 0, sizeof(float) * std::min<std::int64_t>(65536, total - i));
     }

@@ -419,7 +419,8 @@ MINICNN_VECTOR_CLONES static void backward_filter_plane_flat(const T* __restrict
 template <typename T>
 static void depthwise_forward(const T* x, const T* w, const T* b, T* y, const Shape& s) {
     const std::int64_t m = s.F / s.C;
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) \
+    if (s.N * s.F * s.oh * s.ow * s.kh * s.kw > PARALLEL_WORK)
     for (std::int64_t n = 0; n < s.N; ++n) {
         for (std::int64_t f = 0; f < s.F; ++f) {
             const T* in = x + (n * s.C + f / m) * s.H * s.W;
@@ -444,7 +445,8 @@ static void depthwise_backward_data(const T* dy, const T* w, T* dx, const Shape&
     std::vector<T> flipped(flip ? s.F * taps : 0);
     for (std::int64_t f = 0; flip && f < s.F; ++f)
         for (std::int64_t k = 0; k < taps; ++k) flipped[f * taps + k] = w[f * taps + taps - 1 - k];
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) \
+    if (s.N * s.F * s.oh * s.ow * s.kh * s.kw > PARALLEL_WORK)
     for (std::int64_t n = 0; n < s.N; ++n) {
         for (std::int64_t c = 0; c < s.C; ++c) {
             T* plane = dx + (n * s.C + c) * s.H * s.W;
@@ -466,7 +468,8 @@ static void depthwise_backward_data(const T* dy, const T* w, T* dx, const Shape&
 template <typename T>
 static void depthwise_backward_filter(const T* dy, const T* x, T* dw, const Shape& s) {
     const std::int64_t m = s.F / s.C, taps = s.kh * s.kw;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) \
+    if (s.N * s.F * s.oh * s.ow * s.kh * s.kw > PARALLEL_WORK)
     for (std::int64_t f = 0; f < s.F; ++f) {
         std::vector<double> acc(taps, 0.0);
         const bool flat = same_geometry(s);

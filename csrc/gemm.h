@@ -240,7 +240,7 @@ void run(std::int64_t M, std::int64_t N, std::int64_t L, const Blocking& blockin
     const std::int64_t m_groups = std::min<std::int64_t>(
         row_steps, std::max<std::int64_t>(1, (max_threads() + n_tasks - 1) / n_tasks));
     const std::int64_t group_rows = (row_steps + m_groups - 1) / m_groups * step;
-#pragma omp parallel for collapse(2) schedule(dynamic)
+#pragma omp parallel for collapse(2) schedule(dynamic) if (M * N * L > (1 << 18))
     for (std::int64_t tg = 0; tg < m_groups; ++tg) {
         for (std::int64_t tj = 0; tj < n_tasks; ++tj) {
             const std::int64_t r0 = tg * group_rows, rows = std::min(group_rows, M - r0);
@@ -297,7 +297,7 @@ inline std::vector<float> pack_all(const float* a, std::int64_t M, std::int64_t 
                                    std::int64_t lda, bool transposed) {
     const std::int64_t panels = (M + MR - 1) / MR;
     std::vector<float> packed(panels * L * MR, 0.0f);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (M * L > (1 << 16))
     for (std::int64_t p = 0; p < panels; ++p) {
         float* dst = packed.data() + p * L * MR;
         const std::int64_t rows = std::min(MR, M - p * MR);

@@ -20,7 +20,7 @@ namespace minicnn {
 template <typename T>
 static void fnp_to_nfp(const T* s, T* d, const T* b, std::int64_t F, std::int64_t P,
                        std::int64_t n0, std::int64_t nb) {
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (nb * F * P > PARALLEL_WORK)
     for (std::int64_t n = 0; n < nb; ++n) {
         for (std::int64_t f = 0; f < F; ++f) {
             const T* from = s + (f * nb + n) * P;
@@ -39,7 +39,7 @@ static void fnp_to_nfp(const T* s, T* d, const T* b, std::int64_t F, std::int64_
 template <typename T>
 static void nfp_to_fnp(const T* s, T* d, T* total, std::int64_t F, std::int64_t P,
                        std::int64_t n0, std::int64_t nb) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (nb * F * P > PARALLEL_WORK)
     for (std::int64_t f = 0; f < F; ++f) {
         double acc = 0;
         for (std::int64_t n = 0; n < nb; ++n) {
@@ -82,7 +82,7 @@ static void check_cols(const py::array& image, const py::array& cols, std::int64
 // sums[f] = sum of v[n, f, ...] over n and the trailing axes (a bias gradient), in double.
 template <typename T>
 static void channel_sums(const T* v, T* sums, std::int64_t N, std::int64_t F, std::int64_t P) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * F * P > PARALLEL_WORK)
     for (std::int64_t f = 0; f < F; ++f) {
         double total = 0;
         for (std::int64_t n = 0; n < N; ++n) {

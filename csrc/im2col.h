@@ -21,7 +21,7 @@ MINICNN_VECTOR_CLONES static void im2col_rows(const T* xs, T* out, std::int64_t 
                                               const Geometry& g, std::int64_t oh,
                                               std::int64_t ow) {
     const std::int64_t P = oh * ow, rows = C * g.kh * g.kw;
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (rows * nb * P > (1 << 16))
     for (std::int64_t row = 0; row < rows; ++row) {
         for (std::int64_t n = 0; n < nb; ++n) {
             const std::int64_t c = row / (g.kh * g.kw), i = (row / g.kw) % g.kh, j = row % g.kw;
@@ -57,7 +57,7 @@ MINICNN_VECTOR_CLONES static void col2im_rows(const T* in, T* xs, std::int64_t C
     const std::int64_t P = oh * ow;
     // One (image, channel) plane per task: the taps of one channel all land on its own plane,
     // so no two threads ever add to the same pixel.
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (nb * C * g.kh * g.kw * P > (1 << 16))
     for (std::int64_t n = 0; n < nb; ++n) {
         for (std::int64_t c = 0; c < C; ++c) {
             T* plane = xs + ((n0 + n) * C + c) * H * W;

@@ -67,7 +67,7 @@ void dot_products(std::int64_t M, std::int64_t N, std::int64_t L, const float* A
 #else
     const bool wide = false;
 #endif
-#pragma omp parallel for schedule(dynamic)
+#pragma omp parallel for schedule(dynamic) if (M * N * L > PARALLEL_WORK)
     for (std::int64_t j0 = 0; j0 < N; j0 += 4) {
         const float* b[4];
         for (int j = 0; j < 4; ++j) b[j] = B + std::min(j0 + j, N - 1) * L;   // pad: repeat

@@ -107,7 +107,7 @@ MINICNN_VECTOR_CLONES static void block_backward(const T* dy, const T* x, T* dx,
 template <typename T>
 static void lrn_forward(const T* x, T* y, const Lrn& L) {
     const std::int64_t blocks = (L.HW + BLOCK - 1) / BLOCK;
-#pragma omp parallel
+#pragma omp parallel if (L.N * L.C * L.HW * L.size > PARALLEL_WORK)
     {
         std::vector<T> scale(L.C * BLOCK);
 #pragma omp for collapse(2) schedule(static)
@@ -123,7 +123,7 @@ static void lrn_forward(const T* x, T* y, const Lrn& L) {
 template <typename T>
 static void lrn_backward(const T* dy, const T* x, T* dx, const Lrn& L) {
     const std::int64_t blocks = (L.HW + BLOCK - 1) / BLOCK;
-#pragma omp parallel
+#pragma omp parallel if (L.N * L.C * L.HW * L.size > PARALLEL_WORK)
     {
         std::vector<T> scale(L.C * BLOCK), ratio(L.C * BLOCK);
 #pragma omp for collapse(2) schedule(static)

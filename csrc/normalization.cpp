@@ -36,7 +36,7 @@ View view_of(const py::array& a, std::int64_t channels) {
 template <typename T>
 MINICNN_VECTOR_CLONES static void bn_forward(const T* x, T* y, T* mean, T* var, T* std_out,
                                              bool batch_stats, double eps, const View& v) {
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) if (v.N * v.C * v.S > PARALLEL_WORK)
     for (std::int64_t c = 0; c < v.C; ++c) {
         if (batch_stats) {
             double total = 0;
@@ -74,7 +74,7 @@ MINICNN_VECTOR_CLONES static void bn_forward(const T* x, T* y, T* mean, T* var, 
 template <typename T>
 MINICNN_VECTOR_CLONES static void bn_backward(const T* dy, const T* y, const T* sd, T* dx,
                                               bool global_stats, const View& v) {
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) if (v.N * v.C * v.S > PARALLEL_WORK)
     for (std::int64_t c = 0; c < v.C; ++c) {
         T mean_dy = 0, mean_dyy = 0;
         if (!global_stats) {
@@ -106,7 +106,7 @@ MINICNN_VECTOR_CLONES static void bn_backward(const T* dy, const T* y, const T* 
 template <typename T>
 MINICNN_VECTOR_CLONES static void scale_forward(const T* x, const T* scale, const T* bias, T* y,
                                                 const View& v) {
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (v.N * v.C * v.S > PARALLEL_WORK)
     for (std::int64_t n = 0; n < v.N; ++n) {
         for (std::int64_t c = 0; c < v.C; ++c) {
             const T* in = x + v.at(n, c);
@@ -120,7 +120,7 @@ MINICNN_VECTOR_CLONES static void scale_forward(const T* x, const T* scale, cons
 template <typename T>
 MINICNN_VECTOR_CLONES static void scale_backward(const T* dy, const T* x, const T* scale, T* dx,
                                                  T* dscale, T* dbias, const View& v) {
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) if (v.N * v.C * v.S > PARALLEL_WORK)
     for (std::int64_t c = 0; c < v.C; ++c) {
         double sum_dyx = 0, sum_dy = 0;
         const T a = scale[c];

@@ -35,7 +35,7 @@ Window window_of(const py::array& x, const py::array& y, const py::tuple& geom) 
 template <typename T>
 static void max_forward(const T* x, T* y, std::int64_t* mask, std::int64_t planes,
                         const Window& g) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (planes * g.oh * g.ow * g.kh * g.kw > PARALLEL_WORK)
     for (std::int64_t p = 0; p < planes; ++p) {
         const T* in = x + p * g.H * g.W;
         T* out = y + p * g.oh * g.ow;
@@ -64,7 +64,7 @@ static void max_forward(const T* x, T* y, std::int64_t* mask, std::int64_t plane
 template <typename T>
 static void max_backward(const T* dy, const std::int64_t* mask, T* dx, std::int64_t planes,
                          std::int64_t in_size, std::int64_t out_size) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (planes * (in_size + out_size) > PARALLEL_WORK)
     for (std::int64_t p = 0; p < planes; ++p) {
         T* plane = dx + p * in_size;
         std::memset(plane, 0, sizeof(T) * in_size);
@@ -85,7 +85,7 @@ inline std::int64_t ave_divisor(const Window& g, std::int64_t oy, std::int64_t o
 
 template <typename T>
 static void ave_forward(const T* x, T* y, std::int64_t planes, const Window& g) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (planes * g.oh * g.ow * g.kh * g.kw > PARALLEL_WORK)
     for (std::int64_t p = 0; p < planes; ++p) {
         const T* in = x + p * g.H * g.W;
         T* out = y + p * g.oh * g.ow;
@@ -106,7 +106,7 @@ static void ave_forward(const T* x, T* y, std::int64_t planes, const Window& g) 
 
 template <typename T>
 static void ave_backward(const T* dy, T* dx, std::int64_t planes, const Window& g) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (planes * g.oh * g.ow * g.kh * g.kw > PARALLEL_WORK)
     for (std::int64_t p = 0; p < planes; ++p) {
         T* plane = dx + p * g.H * g.W;
         std::memset(plane, 0, sizeof(T) * g.H * g.W);

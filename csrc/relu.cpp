@@ -7,14 +7,14 @@ namespace minicnn {
 
 template <typename T>
 MINICNN_VECTOR_CLONES static void relu_forward(const T* x, T* y, std::int64_t n, T slope) {
-#pragma omp parallel for schedule(static) if (n > 32768)
+#pragma omp parallel for schedule(static) if (n > PARALLEL_WORK)
     for (std::int64_t i = 0; i < n; ++i) y[i] = x[i] > T(0) ? x[i] : x[i] * slope;
 }
 
 template <typename T>
 MINICNN_VECTOR_CLONES static void relu_backward(const T* dy, const T* x, T* dx, std::int64_t n,
                                                 T slope) {
-#pragma omp parallel for schedule(static) if (n > 32768)
+#pragma omp parallel for schedule(static) if (n > PARALLEL_WORK)
     for (std::int64_t i = 0; i < n; ++i) dx[i] = x[i] > T(0) ? dy[i] : dy[i] * slope;
 }
 

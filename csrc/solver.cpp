@@ -26,7 +26,7 @@ static void momentum_update(T* diff, T* data, T* history, std::int64_t n, T lr, 
                             T decay, int regularization, T scale, bool apply_scale,
                             bool nesterov) {
     const T one_plus = T(1) + momentum;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n > PARALLEL_WORK)
     for (std::int64_t i = 0; i < n; ++i) {
         T g = diff[i];
         if (apply_scale) g *= scale;
