@@ -236,33 +236,50 @@ def _signal_effects(solver, sigint_effect, sighup_effect):
 
 @command
 def train(args):
-    """Train a net with a solver (Caffe's `caffe train`)."""
+    """Train a net with a solver (Caffe's `caffe train`); under mpirun or srun, data-parallel
+    over the ranks (minicnn.distributed)."""
+    from minicnn import distributed
+    _no_gpu(args)
+    world = distributed.from_environment(args.gpu)      # None: one process, no MPI loaded
+    if world is None:
+        return _train(args, None)
+    return world.run(lambda: _train(args, world))
+
+
+def _train(args, world):
     from minicnn.monitor import TrainingMonitor
     from minicnn.solver import SOLVERS
-    _no_gpu(args)
+    root = world is None or world.rank == 0           # the rank that logs, tests, snapshots
     if args.snapshot and args.weights:
         raise MinicnnError("give --snapshot (resume) or --weights (fine-tune), not both")
     param, path = _solver_param(args)
-    if param.solver_mode == "GPU" and param.HasField("solver_mode"):
+    if param.solver_mode == "GPU" and param.HasField("solver_mode") and root:
         print("note: the solver asks for the GPU; minicnn runs it on the CPU", file=sys.stderr)
     if param.type not in SOLVERS:
         raise MinicnnError(f"unknown solver type '{param.type}'; minicnn supports: "
                            f"{', '.join(sorted(SOLVERS))}")
     if param.max_iter <= 0:
         raise MinicnnError(f"{path}: max_iter is {param.max_iter}: nothing to train")
-    solver = SOLVERS[param.type](param, source=path, train_batch_size=args.batch_size)
+    solver = SOLVERS[param.type](param if world is None else world.rank_param(param),
+                                 source=path, train_batch_size=args.batch_size,
+                                 log=None if root else world.quiet)
     monitor = TrainingMonitor(solver, param.snapshot_prefix,
-                              progress=False if args.no_progress else None)
+                              progress=False if args.no_progress else None) if root else None
     try:
-        for weights in (args.weights.split(",") if args.weights else []):
+        for weights in (args.weights.split(",") if args.weights and root else []):
             solver.log(f"Finetuning from {weights}")
             for net in [solver.net] + solver.test_nets:
                 net.copy_from(weights)
-        with _signal_effects(solver, args.sigint_effect, args.sighup_effect), \
+        parallel = world.attach(solver, param) if world is not None else None
+        with _signal_effects(solver if parallel is None else parallel.requests,
+                             args.sigint_effect, args.sighup_effect), \
                 np.errstate(over="ignore", invalid="ignore"):   # divergence is reported instead
-            solver.solve(args.snapshot)
+            (solver if parallel is None else parallel).solve(args.snapshot)
     finally:
-        monitor.close()
+        if monitor is not None:
+            monitor.close()
+    if not root:
+        return 0
     finals = {k: v for k, v in monitor.last_test.items()}
     if finals:
         print(f"Final test at iteration {solver.iter}: "

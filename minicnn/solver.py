@@ -168,6 +168,7 @@ class Solver:
         self.requested_early_exit = False
         self.diverged = None
         self.last_snapshot = None
+        self.gradient_reducer = None         # data-parallel: (solver, loss) -> averaged loss
         self.history = [np.zeros_like(p.data) for _ in range(self.history_per_param)
                         for p in self.net.learnable_params]
 
@@ -264,6 +265,8 @@ class Solver:
             for _ in range(max(1, p.iter_size)):
                 loss += self.net.forward_backward()
             loss /= max(1, p.iter_size)
+            if self.gradient_reducer is not None:    # averages diffs and loss over the ranks
+                loss = self.gradient_reducer(self, loss)
             if not math.isfinite(loss):
                 self._diverge(loss)
                 break

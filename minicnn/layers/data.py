@@ -100,6 +100,12 @@ class DummyDataLayer(Layer):
 # i // n at place i % n of that epoch's order, a permutation drawn from
 # default_rng([seed, epoch]) when shuffling (identity otherwise); the random transforms of
 # batch b draw from default_rng([seed, b, 1]). A Prefetcher computes batches ahead in a thread.
+#
+# Sharding (data-parallel training, minicnn.distributed): with set_shard(r, K), batch b is the
+# K * batch_size samples a single process with that batch size would read as its batch b, cut
+# into K contiguous blocks of batch_size, and rank r serves block r. Data and ImageData skip the
+# random draws (mirror, crop) of the blocks before theirs, so every sample is transformed as in
+# the single-process run (the samples of a batch share one shape, as a single batch requires).
 
 class _SourceDataLayer(Layer):
     """Common machinery of the layers that read a source through a Prefetcher."""
@@ -108,6 +114,7 @@ class _SourceDataLayer(Layer):
     shuffle = False
     rand_skip = 0
     prefetch = 4
+    shard_rank, shard_count = 0, 1        # set_shard: this rank's block of each batch
 
     def default_num_tops(self):
         return len(self.param.top) if self.param.top else 2        # data and label
@@ -154,9 +161,27 @@ class _SourceDataLayer(Layer):
     def _shuffled_order(self, rng):
         return rng.permutation(self.num_samples)
 
+    def set_shard(self, rank, count):
+        """Serve block ``rank`` of ``count`` of every batch (data-parallel training; see the
+        sharding note above). Call before the first forward, or the data position restarts."""
+        rank, count = int(rank), int(count)
+        if not 0 <= rank < count:
+            raise LayerError(f"shard {rank} of {count}: need 0 <= rank < count")
+        if hasattr(self, "_prefetcher"):          # batches computed ahead are of the old rule
+            self._prefetcher.seek(self._prefetcher.position)
+        self.shard_rank, self.shard_count = rank, count
+
+    def _transform_rng(self, b, shape):
+        """The generator of batch b's random transforms, past the draws of the samples that
+        other ranks serve before this rank's block (``shape``: the shape of those samples)."""
+        rng = np.random.default_rng([self.seed, b, 1])
+        for _ in range(self.shard_rank * self.batch_size):
+            self.transformer.draw(rng, shape)
+        return rng
+
     def sample_ids(self, b):
-        """The sample indices of batch ``b``."""
-        first = self._skip() + b * self.batch_size
+        """The sample indices of batch ``b`` (this rank's block of it when sharded)."""
+        first = self._skip() + (b * self.shard_count + self.shard_rank) * self.batch_size
         ids = np.empty(self.batch_size, np.int64)
         for j in range(self.batch_size):
             epoch, place = divmod(first + j, self.num_samples)
@@ -253,7 +278,6 @@ class DataLayer(_SourceDataLayer):
 
     def _load(self, ids, b):
         keys = [self.db.keys[i] for i in ids]
-        rng = np.random.default_rng([self.seed, b, 1])
         samples, labels = [], []
         for key, value in zip(keys, self.db.get_many(keys)):
             array, label = self._decode(key, value)
@@ -261,6 +285,7 @@ class DataLayer(_SourceDataLayer):
             labels.append(label)
         _check_same_shape(samples, [f"record {k.decode(errors='replace')!r} of "
                                     f"{self.source_path}" for k in keys])
+        rng = self._transform_rng(b, samples[0].shape)
         data = np.stack([self.transformer(s, rng) for s in samples])
         return data, np.asarray(labels, self.dtype)
 
@@ -331,13 +356,24 @@ class ImageDataLayer(_SourceDataLayer):
             rng = np.random.default_rng([self.seed, epoch]) if self.shuffle else None
             plan = self.buckets.epoch(rng)
             self._orders = {epoch: plan}        # batches move forward: keep one epoch
-        return plan[k]
+        n = self.batch_size
+        return plan[k][self.shard_rank * n:(self.shard_rank + 1) * n]
+
+    def set_shard(self, rank, count):
+        super().set_shard(rank, count)
+        if self.buckets is not None:            # buckets of whole (all-rank) batches
+            sizes = [None] * self.num_samples
+            for size, members in zip(self.buckets.sizes, self.buckets.members):
+                for i in members:
+                    sizes[i] = size
+            self.buckets = SizeBuckets(sizes, self.batch_size * self.shard_count)
+            self._orders = {}
 
     def _load(self, ids, b):
-        rng = np.random.default_rng([self.seed, b, 1])
         samples = [self._read(i) for i in ids]
         _check_same_shape(samples, [f"image '{self.entries[i][0]}' ({self.source_path}:"
                                     f"{self.entries[i][2]})" for i in ids])
+        rng = self._transform_rng(b, samples[0].shape)
         data = np.stack([self.transformer(s, rng) for s in samples])
         return data, np.asarray([self.entries[i][1] for i in ids], self.dtype)
 
@@ -455,6 +491,7 @@ class MemoryDataLayer(Layer):
         super().__init__(*args, **kwargs)
         self._data = self._labels = None          # set_input_arrays may come before setup
         self._served = 0
+        self.shard_rank, self.shard_count = 0, 1
 
     def layer_setup(self, bottom, top):
         p = self.param.memory_data_param
@@ -498,10 +535,19 @@ class MemoryDataLayer(Layer):
         if self._data is None:
             raise LayerError(f"MemoryData layer '{self.name}' has no data: call "
                              "set_input_arrays(data, labels) first")
-        start = (self._served * self.batch_size) % len(self._data)
+        start = ((self._served * self.shard_count + self.shard_rank) * self.batch_size) \
+            % len(self._data)
         top[0].data[...] = self._data[start:start + self.batch_size]
         top[1].data[...] = self._labels[start:start + self.batch_size]
         self._served += 1
+
+    def set_shard(self, rank, count):
+        """Serve block ``rank`` of ``count`` of every batch: batch b is then rows
+        [(b * count + rank) * batch_size, + batch_size) (modulo N), a block of the batch a
+        single process with count x batch_size would serve."""
+        if not 0 <= int(rank) < int(count):
+            raise LayerError(f"shard {rank} of {count}: need 0 <= rank < count")
+        self.shard_rank, self.shard_count = int(rank), int(count)
 
     def data_state(self):
         """{"seed": 0 (unused), "batches_served": batches served since set_input_arrays}."""
