@@ -21,8 +21,8 @@ def _gpu_available():
 
 
 def pytest_collection_modifyitems(config, items):
-    if any("cuda" in item.keywords for item in items) and not _gpu_available():
+    marked = [item for item in items if item.get_closest_marker("cuda") is not None]
+    if marked and not _gpu_available():
         skip = pytest.mark.skip(reason="no CUDA GPU (or CuPy) on this machine")
-        for item in items:
-            if "cuda" in item.keywords:
-                item.add_marker(skip)
+        for item in marked:
+            item.add_marker(skip)

@@ -27,6 +27,7 @@ class Op:
         self.name = name
         self.impls = {}              # kind -> function, for the kinds this machine can run
         self.declared = set()        # every kind written for the op, runnable here or not
+        self.unavailable = {}        # kind -> impl whose library is missing (for emulators)
 
     def impl(self, kind, available=True):
         """Decorator registering an implementation; ``available=False`` skips it (its library
@@ -40,6 +41,8 @@ class Op:
                 if kind in self.impls:
                     raise ValueError(f"{self.name}: '{kind}' is registered twice")
                 self.impls[kind] = fn
+            else:
+                self.unavailable[kind] = fn
             return fn
         return decorate
 

@@ -443,3 +443,183 @@ def _conv2d_backward_filter_cpu(dy, x, *, geom, group=1):
     if not _native_ok(dy, x):
         return _conv2d_backward_filter_ref(dy, x, geom=geom, group=group)
     return _conv2d_backward_cpu_parts(dy, x, None, x.shape, geom, group, (False, True, False))[1]
+
+
+# --- CUDA (kernels/im2col.cu, kernels/depthwise.cu; products on cuBLAS) -------------------------
+#
+# Forward: im2col into image-major columns (nb, C*kh*kw, oh*ow) and, per group, one strided-
+# batched GEMM over the images writing y in NCHW (1x1/stride 1/no pad convolutions skip im2col:
+# x is its own column matrix). Backward: dy and the columns of a chunk of images are laid out
+# (rows, images * oh * ow), so that dW is one GEMM per group summing over every image, and dx one
+# GEMM into columns that col2im gathers (no atomics). Depthwise convolutions run direct kernels.
+# Scratch columns are bounded by CUDA_COLS_BUDGET elements per chunk of images.
+
+from minicnn import cuda  # noqa: E402
+
+CUDA_COLS_BUDGET = 1 << 27     # 512 MiB of float32 columns
+
+
+def _cuda_geom(c, h, w, geom, oh, ow):
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = geom.kernel, geom.stride, geom.pad, geom.dilation
+    return tuple(np.int32(v) for v in (c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow))
+
+
+def _cuda_chunks(n, rows, plane):
+    per = max(1, CUDA_COLS_BUDGET // max(1, rows * plane))
+    return [(n0, min(per, n - n0)) for n0 in range(0, n, per)]
+
+
+def _cuda_check(x_shape, w_shape, group, geom, b=None, dy_shape=None):
+    if len(x_shape) != 4 or len(w_shape) != 4:
+        raise LayerError(f"conv2d needs 4-D x and w, got shapes {tuple(x_shape)} and "
+                         f"{tuple(w_shape)}")
+    _check_shapes(x_shape, w_shape, group, geom, b)
+    if dy_shape is not None:
+        _check_dy(dy_shape, x_shape[0], w_shape[0], geom.out_hw(*x_shape[2:]))
+
+
+def _distinct(out, *inputs):
+    """``out`` unless it is one of the inputs (a kernel must not write what it reads)."""
+    if out is not None and any(out is a for a in inputs if a is not None):
+        return None
+    return out
+
+
+def _depthwise_args(x_shape, f, geom, oh, ow):
+    n, c, h, w = x_shape
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = geom.kernel, geom.stride, geom.pad, geom.dilation
+    return tuple(np.int32(v) for v in (c, h, w, f // c, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow))
+
+
+@conv2d_forward.impl("cuda", available=cuda.importable)
+def _conv2d_forward_cuda(x, w, b, *, geom, group=1, out=None):
+    _cuda_check(x.shape, w.shape, group, geom, b)
+    x, w, b = cuda.contiguous(x, w, b)
+    n, c, h, wd = x.shape
+    f = w.shape[0]
+    oh, ow = geom.out_hw(h, wd)
+    plane = oh * ow
+    y = cuda.output(_distinct(out, x, w, b), (n, f, oh, ow), x.dtype)
+    if _is_depthwise(c, group):
+        cuda.launch_1d(cuda.kernel("depthwise.cu", "depthwise_forward", x.dtype), y.size,
+                       x, w, w if b is None else b, y, *_depthwise_args(x.shape, f, geom, oh, ow),
+                       np.int32(b is not None))
+        return cuda.finish(out, y)
+    fg, rows = f // group, c * geom.kernel[0] * geom.kernel[1]
+    k = rows // group                                              # C/G * kh * kw
+    if _is_pointwise(geom):                                        # x is (N, C, P) columns
+        for g in range(group):
+            cuda.gemm(w, x, y, fg, plane, k, batch=n, offset_a=g * fg * k, stride_b=c * plane,
+                      offset_b=g * k * plane, stride_c=f * plane, offset_c=g * fg * plane)
+    else:
+        im2col = cuda.kernel("im2col.cu", "im2col", x.dtype)
+        for n0, nb in _cuda_chunks(n, rows, plane):
+            cols = cuda.cupy().empty((nb, rows, plane), x.dtype)
+            cuda.launch_1d(im2col, nb * c * plane, x[n0:n0 + nb], cols,
+                           *_cuda_geom(c, h, wd, geom, oh, ow), np.int64(rows * plane),
+                           np.int64(plane))
+            for g in range(group):
+                cuda.gemm(w, cols, y, fg, plane, k, batch=nb, offset_a=g * fg * k,
+                          stride_b=rows * plane, offset_b=g * k * plane, stride_c=f * plane,
+                          offset_c=(n0 * f + g * fg) * plane)
+    if b is not None:
+        cuda.launch_1d(cuda.kernel("im2col.cu", "channel_bias_add", x.dtype), y.size, y, b,
+                       np.int32(f), np.int64(plane))
+    return cuda.finish(out, y)
+
+
+def _depthwise_filter_cuda(dy, x, f, geom, oh, ow):
+    n = x.shape[0]
+    kh, kw = geom.kernel
+    dw = cuda.cupy().zeros((f, 1, kh, kw), dy.dtype)
+    blocks = f * kh * kw
+    splits = max(1, min(-(-n * oh * ow // (cuda.BLOCK * 4)), -(-1024 // blocks)))
+    cuda.launch_blocks(cuda.kernel("depthwise.cu", "depthwise_backward_filter", dy.dtype),
+                       (blocks, splits), (dy, x, dw, np.int32(n),
+                                          *_depthwise_args(x.shape, f, geom, oh, ow)))
+    return dw
+
+
+def _conv2d_backward_cuda_parts(dy, x, w, x_shape, geom, group, need, dx_out=None):
+    """(dx, dw, db) on the GPU; x or w may be None when the part needing it is not asked for."""
+    need_dx, need_dw, need_db = need
+    cp = cuda.cupy()
+    dy, x, w = cuda.contiguous(dy, x, w)
+    n, f, oh, ow = dy.shape
+    c, h, wd = x_shape[1:]
+    plane = oh * ow
+    kh, kw = geom.kernel
+    dtype = dy.dtype
+    db = dy.sum(axis=(0, 2, 3)) if need_db else None
+    dx = cuda.output(_distinct(dx_out, dy, x, w), x_shape, dtype) if need_dx else None
+    dw = None
+    if _is_depthwise(c, group):
+        if need_dx:
+            cuda.launch_1d(cuda.kernel("depthwise.cu", "depthwise_backward_data", dtype),
+                           dx.size, dy, w, dx, *_depthwise_args(x_shape, f, geom, oh, ow))
+        if need_dw:
+            dw = _depthwise_filter_cuda(dy, x, f, geom, oh, ow)
+        return cuda.finish(dx_out, dx) if need_dx else None, dw, db
+    fg, rows = f // group, c * kh * kw
+    k = rows // group
+    if need_dw:
+        dw = cp.zeros((f, c // group, kh, kw), dtype)
+    if not (need_dx or need_dw):
+        return None, None, db
+    transpose = cuda.kernel("im2col.cu", "nfp_to_fnp", dtype)
+    pointwise = _is_pointwise(geom)
+    for n0, nb in _cuda_chunks(n, rows, plane):
+        span = nb * plane                                          # columns of this chunk
+        dy_t = cp.empty((f, span), dtype)                          # (F, nb*P)
+        cuda.launch_1d(transpose, dy_t.size, dy[n0:n0 + nb], dy_t, np.int32(f),
+                       np.int64(plane), np.int64(nb))
+        if need_dw:
+            cols = cp.empty((rows, span), dtype)                   # (C*kh*kw, nb*P)
+            if pointwise:
+                cuda.launch_1d(transpose, cols.size, x[n0:n0 + nb], cols, np.int32(c),
+                               np.int64(plane), np.int64(nb))
+            else:
+                cuda.launch_1d(cuda.kernel("im2col.cu", "im2col", dtype), nb * c * plane,
+                               x[n0:n0 + nb], cols, *_cuda_geom(c, h, wd, geom, oh, ow),
+                               np.int64(plane), np.int64(span))
+            for g in range(group):                                 # dW_g += dy_g cols_g^T
+                cuda.gemm(dy_t, cols, dw, fg, k, span, trans_b=True, beta=1.0,
+                          offset_a=g * fg * span, offset_b=g * k * span, offset_c=g * fg * k)
+        if need_dx:
+            dcols = cp.empty((rows, span), dtype)
+            for g in range(group):                                 # dcols_g = w_g^T dy_g
+                cuda.gemm(w, dy_t, dcols, k, span, fg, trans_a=True, offset_a=g * fg * k,
+                          offset_b=g * fg * span, offset_c=g * k * span)
+            target = dx[n0:n0 + nb]
+            if pointwise:                                          # (C, nb*P) -> (nb, C, P)
+                cuda.launch_1d(transpose, target.size, dcols, target, np.int32(nb),
+                               np.int64(plane), np.int64(c))
+            else:
+                cuda.launch_1d(cuda.kernel("im2col.cu", "col2im", dtype), target.size, dcols,
+                               target, *_cuda_geom(c, h, wd, geom, oh, ow), np.int64(plane),
+                               np.int64(span))
+    return cuda.finish(dx_out, dx) if need_dx else None, dw, db
+
+
+@conv2d_backward.impl("cuda", available=cuda.importable)
+def _conv2d_backward_cuda(dy, x, w, *, geom, group=1, need=(True, True, True), dx_out=None):
+    _cuda_check(x.shape, w.shape, group, geom, dy_shape=dy.shape)
+    return _conv2d_backward_cuda_parts(dy, x, w, x.shape, geom, group, need, dx_out)
+
+
+@conv2d_backward_data.impl("cuda", available=cuda.importable)
+def _conv2d_backward_data_cuda(dy, w, *, x_hw, geom, group=1):
+    x_shape = (dy.shape[0], w.shape[1] * group, *x_hw)
+    _cuda_check(x_shape, w.shape, group, geom, dy_shape=dy.shape)
+    return _conv2d_backward_cuda_parts(dy, None, w, x_shape, geom, group,
+                                       (True, False, False))[0]
+
+
+@conv2d_backward_filter.impl("cuda", available=cuda.importable)
+def _conv2d_backward_filter_cuda(dy, x, *, geom, group=1):
+    f, c = dy.shape[1], x.shape[1]
+    if group < 1 or c % group:
+        raise LayerError(f"channels {c} must be divisible by group {group}")
+    _cuda_check(x.shape, (f, c // group, *geom.kernel), group, geom, dy_shape=dy.shape)
+    return _conv2d_backward_cuda_parts(dy, x, None, x.shape, geom, group,
+                                       (False, True, False))[1]

@@ -197,3 +197,162 @@ def _bnll_backward_ref(dy, x):
 @threshold_forward.impl("ref")
 def _threshold_forward_ref(x, threshold=0.0):
     return (x > threshold).astype(x.dtype)
+
+
+# --- CUDA (kernels/neurons.cu) ------------------------------------------------------------------
+# Each op is one elementwise kernel over contiguous arrays; the host-side special cases of the
+# reference (Power's constant output, Power with power 1, the ln(base) factors) stay on the host.
+
+from minicnn import cuda  # noqa: E402
+
+
+def _run(name, n, dtype, *args):
+    cuda.launch_1d(cuda.kernel("neurons.cu", name, dtype), n, *args)
+
+
+def _unary(name, x, *scalars):
+    x = cuda.contiguous(x)
+    y = cuda.cupy().empty_like(x)
+    _run(name, x.size, x.dtype, x, y, *(x.dtype.type(s) for s in scalars))
+    return y
+
+
+def _binary(name, dy, other, *scalars):
+    dy, other = cuda.contiguous(dy, other)
+    dx = cuda.cupy().empty_like(dy)
+    _run(name, dy.size, dy.dtype, dy, other, dx, *(dy.dtype.type(s) for s in scalars))
+    return dx
+
+
+def _slope_layout(x, slope):
+    """(channels, inner) of the slope broadcast along axis 1 (channels 1 when shared)."""
+    if slope.ndim == 0:
+        return 1, x.size
+    return int(slope.size), int(np.prod(x.shape[2:], dtype=np.int64))
+
+
+@prelu_forward.impl("cuda", available=cuda.importable)
+def _prelu_forward_cuda(x, slope):
+    x, slope = cuda.contiguous(x, slope)
+    channels, inner = _slope_layout(x, slope)
+    y = cuda.cupy().empty_like(x)
+    _run("prelu_forward", x.size, x.dtype, x, slope, y, np.int32(channels), np.int64(inner))
+    return y
+
+
+@prelu_backward.impl("cuda", available=cuda.importable)
+def _prelu_backward_cuda(dy, x, slope):
+    dy, x, slope = cuda.contiguous(dy, x, slope)
+    channels, inner = _slope_layout(x, slope)
+    cp = cuda.cupy()
+    dx, contrib = cp.empty_like(dy), cp.empty_like(dy)
+    _run("prelu_backward", dy.size, dy.dtype, dy, x, slope, dx, contrib, np.int32(channels),
+         np.int64(inner))
+    if slope.ndim == 0:
+        return dx, contrib.sum().reshape(slope.shape)
+    return dx, contrib.reshape(x.shape[0], channels, -1).sum(axis=(0, 2))
+
+
+@elu_forward.impl("cuda", available=cuda.importable)
+def _elu_forward_cuda(x, alpha=1.0):
+    return _unary("elu_forward", x, alpha)
+
+
+@elu_backward.impl("cuda", available=cuda.importable)
+def _elu_backward_cuda(dy, x, y, alpha=1.0):
+    dy, x, y = cuda.contiguous(dy, x, y)
+    dx = cuda.cupy().empty_like(dy)
+    _run("elu_backward", dy.size, dy.dtype, dy, x, y, dx, dy.dtype.type(alpha))
+    return dx
+
+
+@sigmoid_forward.impl("cuda", available=cuda.importable)
+def _sigmoid_forward_cuda(x):
+    return _unary("sigmoid_forward", x)
+
+
+@sigmoid_backward.impl("cuda", available=cuda.importable)
+def _sigmoid_backward_cuda(dy, y):
+    return _binary("sigmoid_backward", dy, y)
+
+
+@tanh_forward.impl("cuda", available=cuda.importable)
+def _tanh_forward_cuda(x):
+    return _unary("tanh_forward", x)
+
+
+@tanh_backward.impl("cuda", available=cuda.importable)
+def _tanh_backward_cuda(dy, y):
+    return _binary("tanh_backward", dy, y)
+
+
+@absval_forward.impl("cuda", available=cuda.importable)
+def _absval_forward_cuda(x):
+    return _unary("absval_forward", x)
+
+
+@absval_backward.impl("cuda", available=cuda.importable)
+def _absval_backward_cuda(dy, x):
+    return _binary("absval_backward", dy, x)
+
+
+@power_forward.impl("cuda", available=cuda.importable)
+def _power_forward_cuda(x, power=1.0, scale=1.0, shift=0.0):
+    if power * scale == 0:                                # the input does not matter
+        t = x.dtype.type
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            value = 1 if power == 0 else np.power(t(shift), t(power))
+        return cuda.cupy().full(x.shape, value, x.dtype)
+    return _unary("power_forward", x, power, scale, shift)
+
+
+@power_backward.impl("cuda", available=cuda.importable)
+def _power_backward_cuda(dy, x, power=1.0, scale=1.0, shift=0.0):
+    diff_scale = power * scale
+    if diff_scale == 0:
+        return cuda.cupy().zeros_like(dy)
+    if power == 1:
+        return dy * dy.dtype.type(diff_scale)
+    return _binary("power_backward", dy, x, power, scale, shift)
+
+
+@exp_forward.impl("cuda", available=cuda.importable)
+def _exp_forward_cuda(x, base=-1.0, scale=1.0, shift=0.0):
+    ln = ln_base(base)
+    return _unary("exp_forward", x, ln * scale, ln * shift)
+
+
+@exp_backward.impl("cuda", available=cuda.importable)
+def _exp_backward_cuda(dy, y, base=-1.0, scale=1.0, shift=0.0):
+    return _binary("exp_backward", dy, y, ln_base(base) * scale)
+
+
+@log_forward.impl("cuda", available=cuda.importable)
+def _log_forward_cuda(x, base=-1.0, scale=1.0, shift=0.0):
+    ln = ln_base(base)
+    x = cuda.contiguous(x)
+    y = cuda.cupy().empty_like(x)
+    t = x.dtype.type
+    _run("log_forward", x.size, x.dtype, x, y, t(scale), t(shift), t(1 / ln),
+         np.int32(ln != 1.0))
+    return y
+
+
+@log_backward.impl("cuda", available=cuda.importable)
+def _log_backward_cuda(dy, x, base=-1.0, scale=1.0, shift=0.0):
+    return _binary("log_backward", dy, x, scale / ln_base(base), scale, shift)
+
+
+@bnll_forward.impl("cuda", available=cuda.importable)
+def _bnll_forward_cuda(x):
+    return _unary("bnll_forward", x)
+
+
+@bnll_backward.impl("cuda", available=cuda.importable)
+def _bnll_backward_cuda(dy, x):
+    return _binary("bnll_backward", dy, x, BNLL_THRESHOLD)
+
+
+@threshold_forward.impl("cuda", available=cuda.importable)
+def _threshold_forward_cuda(x, threshold=0.0):
+    return _unary("threshold_forward", x, threshold)

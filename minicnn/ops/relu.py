@@ -55,3 +55,26 @@ def _relu_backward_cpu(dy, x, negative_slope=0.0, *, out=None):
     dx = np.empty_like(dy) if out is None else out
     lib.relu_backward(dy, x, dx, float(negative_slope))
     return dx
+
+
+# --- CUDA (kernels/relu.cu) ---------------------------------------------------------------------
+
+from minicnn import cuda  # noqa: E402
+
+
+@relu_forward.impl("cuda", available=cuda.importable)
+def _relu_forward_cuda(x, negative_slope=0.0, *, out=None):
+    x = cuda.contiguous(x)
+    y = cuda.output(out, x.shape, x.dtype)             # may be x itself: elementwise is safe
+    cuda.launch_1d(cuda.kernel("relu.cu", "relu_forward", x.dtype), x.size, x, y,
+                   x.dtype.type(negative_slope))
+    return cuda.finish(out, y)
+
+
+@relu_backward.impl("cuda", available=cuda.importable)
+def _relu_backward_cuda(dy, x, negative_slope=0.0, *, out=None):
+    dy, x = cuda.contiguous(dy, x)
+    dx = cuda.output(out, dy.shape, dy.dtype)
+    cuda.launch_1d(cuda.kernel("relu.cu", "relu_backward", dy.dtype), dy.size, dy, x, dx,
+                   dy.dtype.type(negative_slope))
+    return cuda.finish(out, dx)

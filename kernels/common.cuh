@@ -1,0 +1,55 @@
+// Shared by the kernels of minicnn: the grid-stride loop, type-generic math, block reductions.
+//
+// Every .cu file here is compiled at run time by CuPy (NVRTC, no system headers), once for
+// float and once for double: kernels are `template <typename T> __global__ void <op name>(...)`
+// and minicnn/cuda.py instantiates <float> and <double> of each. Element counts are long long;
+// shapes are int. Only CUDA built-ins and the math functions NVRTC provides are used here, so
+// the same sources also build for the host emulator of the tests (tests/cuda_emu/emu.h).
+#pragma once
+
+// for (i = this thread's first index; i < n; i += every thread of the grid)
+#define MINICNN_KERNEL_LOOP(i, n)                                                       \
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (long long)(n); \
+       i += (long long)blockDim.x * gridDim.x)
+
+#define MINICNN_FLT_MAX 3.402823466e+38F   // Caffe's -FLT_MAX starts max pooling, in both dtypes
+#define MINICNN_FLT_MIN 1.175494351e-38F   // the softmax loss clamps p here, in both dtypes
+
+namespace mc {
+
+__device__ __forceinline__ float exp_(float x) { return expf(x); }
+__device__ __forceinline__ double exp_(double x) { return exp(x); }
+__device__ __forceinline__ float expm1_(float x) { return expm1f(x); }
+__device__ __forceinline__ double expm1_(double x) { return expm1(x); }
+__device__ __forceinline__ float log_(float x) { return logf(x); }
+__device__ __forceinline__ double log_(double x) { return log(x); }
+__device__ __forceinline__ float log1p_(float x) { return log1pf(x); }
+__device__ __forceinline__ double log1p_(double x) { return log1p(x); }
+__device__ __forceinline__ float sqrt_(float x) { return sqrtf(x); }
+__device__ __forceinline__ double sqrt_(double x) { return sqrt(x); }
+__device__ __forceinline__ float tanh_(float x) { return tanhf(x); }
+__device__ __forceinline__ double tanh_(double x) { return tanh(x); }
+__device__ __forceinline__ float pow_(float x, float y) { return powf(x, y); }
+__device__ __forceinline__ double pow_(double x, double y) { return pow(x, y); }
+__device__ __forceinline__ float abs_(float x) { return fabsf(x); }
+__device__ __forceinline__ double abs_(double x) { return fabs(x); }
+
+template <typename T> __device__ __forceinline__ T max_(T a, T b) { return a > b ? a : b; }
+template <typename T> __device__ __forceinline__ T min_(T a, T b) { return a < b ? a : b; }
+
+// Sum of v over the block's threads (blockDim.x a power of two, at most 1024); every thread of
+// the block must call it. `shared` holds blockDim.x values. The result is returned to all.
+template <typename A>
+__device__ __forceinline__ A block_sum(A v, A* shared) {
+  shared[threadIdx.x] = v;
+  __syncthreads();
+  for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
+    if (threadIdx.x < s) shared[threadIdx.x] += shared[threadIdx.x + s];
+    __syncthreads();
+  }
+  A total = shared[0];
+  __syncthreads();                     // before anyone reuses `shared`
+  return total;
+}
+
+}  // namespace mc

@@ -1,0 +1,172 @@
+// CUDA's execution model on the host, for running kernels/*.cu without a GPU (tests only).
+//
+// A launch runs the grid's blocks one after another. Without __syncthreads the threads of a
+// block run one after another too; kernels that call __syncthreads run each thread as a fiber
+// (ucontext), and __syncthreads switches to the next fiber, so a block's threads advance from
+// barrier to barrier together, as on the device. __shared__ variables are function statics:
+// one copy that the threads of the running block share. atomicAdd is a plain add (one OS thread).
+// A divergent barrier (some threads finished while others wait) is reported as an error.
+#pragma once
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+#include <ucontext.h>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __shared__ static
+
+struct uint3 { unsigned x, y, z; };
+struct dim3 {
+  unsigned x, y, z;
+  dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+
+static uint3 threadIdx, blockIdx;
+static dim3 blockDim, gridDim;
+
+namespace emu {
+
+struct Fiber {
+  ucontext_t ctx;
+  std::vector<char> stack;
+  uint3 tid;
+  bool done;
+};
+
+static ucontext_t scheduler;
+static Fiber* current = nullptr;
+static std::vector<Fiber> fibers;
+static void (*body)(void*) = nullptr;
+static void* body_arg = nullptr;
+static std::string error;
+
+inline void fiber_main() {
+  body(body_arg);
+  current->done = true;
+  swapcontext(&current->ctx, &scheduler);
+}
+
+inline void syncthreads() {
+  if (current == nullptr) {
+    error = "__syncthreads outside a fiber launch (the emulator ran this kernel without fibers)";
+    return;
+  }
+  swapcontext(&current->ctx, &scheduler);
+}
+
+template <typename F>
+void run_block_fibers(const F& f) {
+  unsigned n = blockDim.x * blockDim.y * blockDim.z;
+  if (fibers.size() < n) fibers.resize(n);
+  body = [](void* p) { (*static_cast<const F*>(p))(); };
+  body_arg = const_cast<F*>(&f);
+  for (unsigned t = 0; t < n; ++t) {
+    Fiber& fb = fibers[t];
+    fb.stack.resize(128 * 1024);
+    fb.tid = {t % blockDim.x, (t / blockDim.x) % blockDim.y, t / (blockDim.x * blockDim.y)};
+    fb.done = false;
+    getcontext(&fb.ctx);
+    fb.ctx.uc_stack.ss_sp = fb.stack.data();
+    fb.ctx.uc_stack.ss_size = fb.stack.size();
+    fb.ctx.uc_link = nullptr;
+    makecontext(&fb.ctx, fiber_main, 0);
+  }
+  for (;;) {                                  // one round: every thread to its next barrier
+    unsigned finished = 0, waiting = 0;
+    for (unsigned t = 0; t < n; ++t) {
+      Fiber& fb = fibers[t];
+      if (fb.done) continue;
+      current = &fb;
+      threadIdx = fb.tid;
+      swapcontext(&scheduler, &fb.ctx);
+      if (fb.done) ++finished; else ++waiting;
+    }
+    current = nullptr;
+    if (waiting == 0) break;
+    if (finished > 0) {
+      error = "divergent __syncthreads: some threads of a block ended while others waited";
+      break;
+    }
+  }
+}
+
+template <typename F>
+void run_grid(dim3 grid, dim3 block, bool fibered, const F& f) {
+  gridDim = grid;
+  blockDim = block;
+  for (unsigned bz = 0; bz < grid.z; ++bz)
+    for (unsigned by = 0; by < grid.y; ++by)
+      for (unsigned bx = 0; bx < grid.x; ++bx) {
+        blockIdx = {bx, by, bz};
+        if (fibered) {
+          run_block_fibers(f);
+          if (!error.empty()) return;
+          continue;
+        }
+        for (unsigned tz = 0; tz < block.z; ++tz)
+          for (unsigned ty = 0; ty < block.y; ++ty)
+            for (unsigned tx = 0; tx < block.x; ++tx) {
+              threadIdx = {tx, ty, tz};
+              f();
+            }
+      }
+}
+
+template <typename... A, size_t... I>
+void call_with(void (*f)(A...), void** args, std::index_sequence<I...>) {
+  f(*static_cast<typename std::remove_cv<A>::type*>(args[I])...);
+}
+
+// one letter per parameter, NumPy's type characters; '*' marks a pointer
+template <typename T> struct code { static constexpr const char* c = "?unknown"; };
+template <> struct code<float> { static constexpr const char* c = "f"; };
+template <> struct code<double> { static constexpr const char* c = "d"; };
+template <> struct code<int> { static constexpr const char* c = "i"; };
+template <> struct code<long long> { static constexpr const char* c = "q"; };
+template <> struct code<bool> { static constexpr const char* c = "?"; };
+template <> struct code<unsigned char> { static constexpr const char* c = "B"; };
+
+template <typename A> std::string param_code() {
+  typedef typename std::remove_cv<A>::type P;
+  if constexpr (std::is_pointer<P>::value) {
+    typedef typename std::remove_cv<typename std::remove_pointer<P>::type>::type E;
+    return std::string(code<E>::c) + "*";
+  } else {
+    return std::string(code<P>::c);
+  }
+}
+
+template <typename... A> const char* signature(void (*)(A...)) {
+  static std::string s;
+  s.clear();
+  ((s += param_code<A>() + ","), ...);
+  return s.c_str();
+}
+
+template <typename... A>
+const char* launch(void (*f)(A...), unsigned gx, unsigned gy, unsigned gz, unsigned bx,
+                   unsigned by, unsigned bz, int fibered, void** args) {
+  error.clear();
+  auto run = [&]() { call_with(f, args, std::index_sequence_for<A...>{}); };
+  run_grid(dim3(gx, gy, gz), dim3(bx, by, bz), fibered != 0, run);
+  return error.c_str();
+}
+
+}  // namespace emu
+
+inline void __syncthreads() { emu::syncthreads(); }
+
+template <typename T> inline T atomicAdd(T* address, T value) {
+  T old = *address;
+  *address = old + value;
+  return old;
+}
