@@ -31,6 +31,8 @@ __device__ __forceinline__ float tanh_(float x) { return tanhf(x); }
 __device__ __forceinline__ double tanh_(double x) { return tanh(x); }
 __device__ __forceinline__ float pow_(float x, float y) { return powf(x, y); }
 __device__ __forceinline__ double pow_(double x, double y) { return pow(x, y); }
+__device__ __forceinline__ float trunc_(float x) { return truncf(x); }
+__device__ __forceinline__ double trunc_(double x) { return trunc(x); }
 __device__ __forceinline__ float abs_(float x) { return fabsf(x); }
 __device__ __forceinline__ double abs_(double x) { return fabs(x); }
 

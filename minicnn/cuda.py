@@ -420,3 +420,25 @@ def finish(out, result):
         return result
     assign(out, result)
     return out
+
+
+def distinct(out, *inputs):
+    """``out`` unless it is one of ``inputs`` (a kernel that reads neighbours must not write
+    what it reads): then None, and the impl writes a new array and copies it into out."""
+    if out is not None and any(out is a for a in inputs if a is not None):
+        return None
+    return out
+
+
+def channel_reduce(name, arrays, layout, extra=()):
+    """Per-channel sums of kernels/normalization.cu's ``name`` (channel_sum, channel_dot,
+    channel_sqdev) over arrays viewed as (outer, C, inner) = ``layout``: a float64 (C,) array."""
+    outer, c, inner = (int(v) for v in layout)
+    cp = cupy()
+    if c == 0:
+        return cp.zeros(0, np.float64)
+    splits = max(1, min(-(-outer * inner // (BLOCK * 16)), -(-512 // c)))
+    part = cp.empty((c, splits), np.float64)
+    launch_blocks(kernel("normalization.cu", name, arrays[0].dtype), (c, splits),
+                  (*arrays, *extra, part, np.int32(c), np.int64(inner), np.int64(outer)))
+    return part.sum(axis=1)

@@ -57,6 +57,8 @@ class Op:
 
     def __call__(self, *args, **kwargs):
         first = args[0] if args else next(iter(kwargs.values()))
+        if isinstance(first, (list, tuple)) and first:       # a list of arrays (Eltwise)
+            first = first[0]
         return self.pick(first)(*args, **kwargs)
 
     def __repr__(self):

@@ -123,3 +123,69 @@ def _batch_norm_backward_cpu(dy, y, std, use_global_stats=False, *, out=None):
     dx = _target(out, dy)
     lib.bn_backward(dy, y, std, dx, bool(use_global_stats))
     return dx if out is None or dx is out else write_out(out, dx)
+
+
+# --- CUDA (kernels/normalization.cu) ------------------------------------------------------------
+# Channel statistics are two passes (mean, then the squared deviations from it) accumulated in
+# double on the device; the normalization and the backward formula are elementwise kernels.
+
+from minicnn import cuda  # noqa: E402
+
+
+def _cuda_layout(x):
+    c = x.shape[1] if x.ndim > 1 else 1
+    outer = x.shape[0] if x.ndim else 1
+    return outer, c, x.size // max(1, outer * c)
+
+
+@batch_norm_forward.impl("cuda", available=cuda.importable)
+def _batch_norm_forward_cuda(x, eps=1e-5, mean=None, var=None, *, out=None):
+    cp = cuda.cupy()
+    x, mean, var = cuda.contiguous(x, mean, var)
+    layout = _cuda_layout(x)
+    m = max(1, x.size // layout[1])
+    if mean is None:
+        mean64 = cuda.channel_reduce("channel_sum", (x,), layout) / m
+        mean = mean64.astype(x.dtype)
+    else:
+        mean64 = mean.astype(np.float64)
+    if var is None:
+        var = (cuda.channel_reduce("channel_sqdev", (x,), layout, (mean64,)) / m).astype(x.dtype)
+    std = cp.sqrt(var + x.dtype.type(eps))
+    y = cuda.output(out, x.shape, x.dtype)                         # elementwise: x itself is fine
+    cuda.launch_1d(cuda.kernel("normalization.cu", "batch_norm_forward", x.dtype), x.size, x,
+                   mean, std, y, np.int32(layout[1]), np.int64(layout[2]))
+    return cuda.finish(out, y), mean, var, std
+
+
+@batch_norm_backward.impl("cuda", available=cuda.importable)
+def _batch_norm_backward_cuda(dy, y, std, use_global_stats=False, *, out=None):
+    dy, y, std = cuda.contiguous(dy, y, std)
+    layout = _cuda_layout(dy)
+    if use_global_stats:
+        mean_dy = mean_dyy = std                                   # not read
+    else:
+        m = max(1, dy.size // layout[1])
+        mean_dy = (cuda.channel_reduce("channel_sum", (dy,), layout) / m).astype(dy.dtype)
+        mean_dyy = (cuda.channel_reduce("channel_dot", (dy, y), layout) / m).astype(dy.dtype)
+    dx = cuda.output(out, dy.shape, dy.dtype)                      # reads element i only
+    cuda.launch_1d(cuda.kernel("normalization.cu", "batch_norm_backward", dy.dtype), dy.size, dy,
+                   y, std, mean_dy, mean_dyy, dx, np.int32(layout[1]), np.int64(layout[2]),
+                   np.int32(bool(use_global_stats)))
+    return cuda.finish(out, dx)
+
+
+@batch_norm_update_stats.impl("cuda", available=cuda.importable)
+def _batch_norm_update_stats_cuda(mean_acc, var_acc, scale_factor, mean, var, m,
+                                  moving_average_fraction=0.999):
+    t = mean_acc.dtype.type
+    lam = t(moving_average_fraction)
+    correction = t(m / (m - 1) if m > 1 else 1.0)
+    return (mean_acc * lam + mean, var_acc * lam + var * correction, scale_factor * lam + t(1))
+
+
+@batch_norm_global_stats.impl("cuda", available=cuda.importable)
+def _batch_norm_global_stats_cuda(mean_acc, var_acc, scale_factor):
+    s = float(scale_factor.reshape(-1)[0])                         # one value to the host
+    inv = mean_acc.dtype.type(0.0 if s == 0 else 1.0 / s)
+    return mean_acc * inv, var_acc * inv

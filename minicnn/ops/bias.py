@@ -27,3 +27,29 @@ def _bias_forward_ref(x, bias, axis=1):
 def _bias_backward_ref(dy, bias_ndim, axis=1):
     """Returns (dx, dbias): dx is a new array equal to dy, dbias has bias_ndim axes."""
     return dy.copy(), _sum_to(dy, bias_ndim, axis)
+
+
+# --- CUDA (kernels/normalization.cu) ------------------------------------------------------------
+
+import numpy as np  # noqa: E402
+
+from minicnn import cuda  # noqa: E402
+from minicnn.ops.scale import _cuda_layout  # noqa: E402
+
+
+@bias_forward.impl("cuda", available=cuda.importable)
+def _bias_forward_cuda(x, bias, axis=1):
+    x, bias = cuda.contiguous(x, bias)
+    _, s, inner = _cuda_layout(x.shape, bias.shape, axis)
+    y = cuda.cupy().empty_like(x)
+    cuda.launch_1d(cuda.kernel("normalization.cu", "bias_forward", x.dtype), x.size, x, bias, y,
+                   np.int32(s), np.int64(inner))
+    return y
+
+
+@bias_backward.impl("cuda", available=cuda.importable)
+def _bias_backward_cuda(dy, bias_ndim, axis=1):
+    dy = cuda.contiguous(dy)
+    p_shape = dy.shape[axis:axis + bias_ndim]
+    total = cuda.channel_reduce("channel_sum", (dy,), _cuda_layout(dy.shape, p_shape, axis))
+    return dy.copy(), total.astype(dy.dtype).reshape(p_shape)

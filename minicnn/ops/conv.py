@@ -478,13 +478,6 @@ def _cuda_check(x_shape, w_shape, group, geom, b=None, dy_shape=None):
         _check_dy(dy_shape, x_shape[0], w_shape[0], geom.out_hw(*x_shape[2:]))
 
 
-def _distinct(out, *inputs):
-    """``out`` unless it is one of the inputs (a kernel must not write what it reads)."""
-    if out is not None and any(out is a for a in inputs if a is not None):
-        return None
-    return out
-
-
 def _depthwise_args(x_shape, f, geom, oh, ow):
     n, c, h, w = x_shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = geom.kernel, geom.stride, geom.pad, geom.dilation
@@ -499,7 +492,7 @@ def _conv2d_forward_cuda(x, w, b, *, geom, group=1, out=None):
     f = w.shape[0]
     oh, ow = geom.out_hw(h, wd)
     plane = oh * ow
-    y = cuda.output(_distinct(out, x, w, b), (n, f, oh, ow), x.dtype)
+    y = cuda.output(cuda.distinct(out, x, w, b), (n, f, oh, ow), x.dtype)
     if _is_depthwise(c, group):
         cuda.launch_1d(cuda.kernel("depthwise.cu", "depthwise_forward", x.dtype), y.size,
                        x, w, w if b is None else b, y, *_depthwise_args(x.shape, f, geom, oh, ow),
@@ -551,7 +544,7 @@ def _conv2d_backward_cuda_parts(dy, x, w, x_shape, geom, group, need, dx_out=Non
     kh, kw = geom.kernel
     dtype = dy.dtype
     db = dy.sum(axis=(0, 2, 3)) if need_db else None
-    dx = cuda.output(_distinct(dx_out, dy, x, w), x_shape, dtype) if need_dx else None
+    dx = cuda.output(cuda.distinct(dx_out, dy, x, w), x_shape, dtype) if need_dx else None
     dw = None
     if _is_depthwise(c, group):
         if need_dx:

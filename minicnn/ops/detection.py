@@ -227,3 +227,43 @@ def _detection_loss_forward_cpu(x, truth, *, side, num, classes, coords=4, sqrt=
         x, truth, int(side), int(num), int(classes), bool(sqrt), bool(rescore),
         float(object_scale), float(noobject_scale), float(class_scale), float(coord_scale))
     return np.asarray(loss2 / (2 * x.shape[0]), x.dtype), delta, np.asarray(stats, x.dtype)
+
+
+# --- CUDA (kernels/detection.cu) ----------------------------------------------------------------
+
+from minicnn import cuda  # noqa: E402
+
+
+@detection_loss_forward.impl("cuda", available=cuda.importable)
+def _detection_loss_forward_cuda(x, truth, *, side, num, classes, coords=4, sqrt=True,
+                                 rescore=True, object_scale=1.0, noobject_scale=1.0,
+                                 class_scale=1.0, coord_scale=1.0):
+    check_detection_shapes(x.shape, truth.shape, side, num, classes, coords)
+    if coords != 4:
+        raise LayerError(f"coords must be 4 (x, y, w, h), got {coords}")
+    cp = cuda.cupy()
+    x = cuda.contiguous(x)
+    truth = cp.ascontiguousarray(truth if cuda.is_device_array(truth) else cuda.to_device(truth),
+                                 dtype=x.dtype)
+    n, cells = x.shape[0], side * side
+    delta = cp.empty_like(x)
+    part = cp.empty((n * cells, 6), np.float64)
+    counted = cp.empty(n * cells, np.int32)
+    t = x.dtype.type
+    cuda.launch_1d(cuda.kernel("detection.cu", "detection_loss_forward", x.dtype), n * cells,
+                   x, truth, delta, part, counted, np.int32(x.shape[1]), np.int32(side),
+                   np.int32(num), np.int32(classes), np.int32(bool(sqrt)), np.int32(bool(rescore)),
+                   t(object_scale), t(noobject_scale), t(class_scale), t(coord_scale))
+    sums = part.sum(axis=0).get()                     # 7 numbers to the host
+    count = int(counted.sum())
+    loss2, iou_sum, cat_sum, allcat_sum, obj_sum, anyobj_sum = (float(v) for v in sums)
+    stats = np.array([iou_sum / count if count else 0.0, cat_sum / count if count else 0.0,
+                      allcat_sum / (count * classes) if count else 0.0,
+                      obj_sum / count if count else 0.0, anyobj_sum / (n * cells * num), count],
+                     x.dtype)
+    return (cp.asarray(np.asarray(loss2 / (2 * n), x.dtype)), delta, cp.asarray(stats))
+
+
+@detection_loss_backward.impl("cuda", available=cuda.importable)
+def _detection_loss_backward_cuda(delta, loss_weight=1.0):
+    return delta * delta.dtype.type(-loss_weight / delta.shape[0])

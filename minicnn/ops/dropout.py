@@ -36,3 +36,32 @@ def _dropout_forward_ref(x, mask, ratio):
 def _dropout_backward_ref(dy, mask, ratio):
     return dy * mask * _scale(dy.dtype, ratio)
 
+
+
+# --- CUDA (kernels/dropout.cu) ------------------------------------------------------------------
+# The mask may be a host array (the layer draws it from its generator): it is copied over.
+
+import numpy as np  # noqa: E402
+
+from minicnn import cuda  # noqa: E402
+
+
+def _cuda_dropout(x, mask, ratio):
+    cp = cuda.cupy()
+    x = cuda.contiguous(x)
+    mask = cp.ascontiguousarray(cuda.to_device(mask) if not cuda.is_device_array(mask) else mask,
+                                dtype=np.bool_).reshape(x.shape)
+    y = cp.empty_like(x)
+    cuda.launch_1d(cuda.kernel("dropout.cu", "dropout_forward", x.dtype), x.size, x, mask, y,
+                   _scale(x.dtype, ratio))
+    return y
+
+
+@dropout_forward.impl("cuda", available=cuda.importable)
+def _dropout_forward_cuda(x, mask, ratio):
+    return _cuda_dropout(x, mask, ratio)
+
+
+@dropout_backward.impl("cuda", available=cuda.importable)
+def _dropout_backward_cuda(dy, mask, ratio):
+    return _cuda_dropout(dy, mask, ratio)

@@ -89,3 +89,68 @@ def _eltwise_backward_ref(dy, xs, operation="SUM", coeff=None, y=None, argmax=No
     if operation != "SUM":          # PROD and MAX read dy for every k: write the outs after
         dxs = [None if dx is None else write_out(outs[k], dx) for k, dx in enumerate(dxs)]
     return dxs
+
+
+# --- CUDA (kernels/eltwise.cu for MAX; SUM and PROD through CuPy's ufuncs with out=) ------------
+
+from minicnn import cuda  # noqa: E402
+
+
+@eltwise_forward.impl("cuda", available=cuda.importable)
+def _eltwise_forward_cuda(xs, operation="SUM", coeff=None, *, out=None):
+    _check_operation(operation)
+    cp = cuda.cupy()
+    if operation != "MAX":
+        if operation == "PROD" or coeff is None or all(c == 1 for c in coeff):
+            fn = cp.multiply if operation == "PROD" else cp.add
+            y = fn(xs[0], xs[1], out=out)
+            for x in xs[2:]:
+                fn(y, x, out=y)
+            return y, None
+        y = xs[0] * xs[0].dtype.type(coeff[0])
+        for x, c in zip(xs[1:], coeff[1:]):
+            y = y + x * x.dtype.type(c)
+        return cuda.finish(out, y), None
+    xs = [cuda.contiguous(x) for x in xs]
+    y = cuda.output(cuda.distinct(out, *xs[2:]), xs[0].shape, xs[0].dtype)
+    argmax = cp.empty(y.shape, np.int32)
+    cuda.launch_1d(cuda.kernel("eltwise.cu", "eltwise_max_first", y.dtype), y.size, xs[0], xs[1],
+                   y, argmax)
+    step = cuda.kernel("eltwise.cu", "eltwise_max_next", y.dtype)
+    for k, x in enumerate(xs[2:], start=2):
+        cuda.launch_1d(step, y.size, x, y, argmax, np.int32(k))
+    return cuda.finish(out, y), argmax
+
+
+@eltwise_backward.impl("cuda", available=cuda.importable)
+def _eltwise_backward_cuda(dy, xs, operation="SUM", coeff=None, y=None, argmax=None,
+                           stable_prod_grad=True, which=None, *, outs=None):
+    _check_operation(operation)
+    cp = cuda.cupy()
+    which = list(range(len(xs)) if which is None else which)
+    outs = [None] * len(xs) if outs is None else outs
+    if operation == "SUM":          # dy may be one of the outs: write that one last
+        which.sort(key=lambda k: outs[k] is dy)
+    dxs = [None] * len(xs)
+    for k in which:
+        if operation == "SUM":
+            c = 1.0 if coeff is None else coeff[k]
+            dxs[k] = cp.multiply(dy, dy.dtype.type(c), out=outs[k])
+        elif operation == "PROD":
+            if stable_prod_grad:
+                partial = cp.ones_like(dy)
+                for j, x in enumerate(xs):
+                    if j != k:
+                        partial = partial * x
+            else:
+                partial = y / xs[k]
+            dxs[k] = dy * partial
+        else:
+            dy_c, argmax_c = cuda.contiguous(dy, argmax)
+            dx = cp.empty_like(dy_c)
+            cuda.launch_1d(cuda.kernel("eltwise.cu", "eltwise_max_backward", dy.dtype), dx.size,
+                           dy_c, argmax_c, dx, np.int32(k))
+            dxs[k] = dx
+    if operation != "SUM":          # PROD and MAX read dy for every k: write the outs after
+        dxs = [None if dx is None else cuda.finish(outs[k], dx) for k, dx in enumerate(dxs)]
+    return dxs

@@ -24,3 +24,24 @@ def _euclidean_loss_forward_ref(a, b):
 def _euclidean_loss_backward_ref(diff, loss_weight=1.0):
     """d(loss)/da for the diff = a - b that forward returned (d/db is its negative)."""
     return diff * diff.dtype.type(loss_weight / diff.shape[0])
+
+
+# --- CUDA (CuPy array expressions: one subtraction and a cuBLAS dot) -----------------------------
+
+import numpy as np  # noqa: E402
+
+from minicnn import cuda  # noqa: E402
+
+
+@euclidean_loss_forward.impl("cuda", available=cuda.importable)
+def _euclidean_loss_forward_cuda(a, b):
+    cp = cuda.cupy()
+    diff = cp.subtract(a, b.reshape(a.shape))
+    flat = cp.ascontiguousarray(diff).reshape(-1)
+    loss = cp.dot(flat, flat) / a.dtype.type(2 * a.shape[0])
+    return loss.astype(a.dtype, copy=False), diff
+
+
+@euclidean_loss_backward.impl("cuda", available=cuda.importable)
+def _euclidean_loss_backward_cuda(diff, loss_weight=1.0):
+    return diff * np.dtype(diff.dtype).type(loss_weight / diff.shape[0])

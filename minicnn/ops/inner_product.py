@@ -120,3 +120,53 @@ def _inner_product_backward_cpu(dy, x, w, *, axis=1, transpose=False, need_dx=Tr
     if need_db:
         db = _accumulate(db_acc, dy2.sum(axis=0))
     return dx, dw, db
+
+
+# --- CUDA (cuBLAS through minicnn.cuda.gemm; the bias by kernels/im2col.cu) ----------------------
+# Transposes are cuBLAS flags, not copies; dW is added into the diff by the GEMM itself (beta 1).
+
+from minicnn import cuda  # noqa: E402
+
+
+@inner_product_forward.impl("cuda", available=cuda.importable)
+def _inner_product_forward_cuda(x, w, b=None, *, axis=1, transpose=False, out=None):
+    x2, w, b = cuda.contiguous(_as_matrix(x, axis), w, b)
+    m, k = x2.shape
+    n = w.shape[1] if transpose else w.shape[0]
+    if w.ndim != 2 or w.size != n * k:
+        raise ValueError(f"inner product: weights of shape {w.shape} do not take {k} inputs")
+    shape = (*x.shape[:axis], n)
+    y = cuda.output(cuda.distinct(out, x, w, b), shape, x.dtype)
+    cuda.gemm(x2, w, y, m, n, k, trans_b=not transpose)
+    if b is not None:
+        cuda.launch_1d(cuda.kernel("im2col.cu", "channel_bias_add", y.dtype), y.size, y, b,
+                       np.int32(n), np.int64(1))
+    return cuda.finish(out, y)
+
+
+@inner_product_backward.impl("cuda", available=cuda.importable)
+def _inner_product_backward_cuda(dy, x, w, *, axis=1, transpose=False, need_dx=True,
+                                 need_dw=True, need_db=True, dx_out=None, dw_acc=None,
+                                 db_acc=None):
+    dy2 = cuda.contiguous(dy.reshape(-1, dy.shape[-1]))               # (M, N)
+    x2, w = cuda.contiguous(_as_matrix(x, axis), w)                  # (M, K)
+    m, n = dy2.shape
+    k = x2.shape[1]
+    dx = dw = db = None
+    if need_dx:                                   # DY @ W, or DY @ W^T when transposed
+        dx = cuda.output(cuda.distinct(dx_out, dy, w), x.shape, dy.dtype)
+        cuda.gemm(dy2, w, dx, m, k, n, trans_b=transpose)
+        dx = cuda.finish(dx_out, dx)
+    if need_dw:                                   # DY^T @ X (N, K), or X^T @ DY (K, N)
+        direct = dw_acc is not None and cuda.is_device_array(dw_acc) and \
+            dw_acc.flags.c_contiguous and dw_acc.dtype == dy.dtype and dw_acc.size == w.size
+        dw = dw_acc if direct else cuda.cupy().zeros(w.shape, dy.dtype)
+        if transpose:
+            cuda.gemm(x2, dy2, dw, k, n, m, trans_a=True, beta=1.0)
+        else:
+            cuda.gemm(dy2, x2, dw, n, k, m, trans_a=True, beta=1.0)
+        if not direct:
+            dw = _accumulate(dw_acc, dw)
+    if need_db:
+        db = _accumulate(db_acc, dy2.sum(axis=0))
+    return dx, dw, db

@@ -141,3 +141,36 @@ def _interp_backward_ref(dy, x_shape, *, pad_beg=0, pad_end=0):
     a_h = _weights(h, dy.shape[2], pad_beg, h_eff, dy.dtype)
     a_w = _weights(w, dy.shape[3], pad_beg, w_eff, dy.dtype)
     return np.matmul(np.matmul(a_h.T, dy), a_w)
+
+
+# --- CUDA (cuBLAS: the two small weight matrices times the planes, batched) ----------------------
+
+from minicnn import cuda  # noqa: E402
+
+
+@interp_forward.impl("cuda", available=cuda.importable)
+def _interp_forward_cuda(x, *, out_hw, pad_beg=0, pad_end=0):
+    _check_4d("input", x.shape)
+    h, w = x.shape[2:]
+    h_eff, w_eff = _effective(h, w, pad_beg, pad_end)
+    if len(out_hw) != 2 or min(out_hw) < 1:
+        raise LayerError(f"Interp output size must be two positive sizes, got {out_hw}")
+    cp = cuda.cupy()
+    a_h = cp.asarray(_weights(h, out_hw[0], pad_beg, h_eff, x.dtype))
+    a_w_t = cp.asarray(np.ascontiguousarray(_weights(w, out_hw[1], pad_beg, w_eff, x.dtype).T))
+    return cp.matmul(cp.matmul(a_h, cuda.contiguous(x)), a_w_t)
+
+
+@interp_backward.impl("cuda", available=cuda.importable)
+def _interp_backward_cuda(dy, x_shape, *, pad_beg=0, pad_end=0):
+    _check_4d("input", x_shape)
+    _check_4d("dy", dy.shape)
+    if tuple(dy.shape[:2]) != tuple(x_shape[:2]):
+        raise LayerError(f"dy of shape {tuple(dy.shape)} does not fit an input of shape "
+                         f"{tuple(x_shape)}")
+    h, w = x_shape[2:]
+    h_eff, w_eff = _effective(h, w, pad_beg, pad_end)
+    cp = cuda.cupy()
+    a_h_t = cp.asarray(np.ascontiguousarray(_weights(h, dy.shape[2], pad_beg, h_eff, dy.dtype).T))
+    a_w = cp.asarray(_weights(w, dy.shape[3], pad_beg, w_eff, dy.dtype))
+    return cp.matmul(cp.matmul(a_h_t, cuda.contiguous(dy)), a_w)

@@ -124,3 +124,61 @@ def _lrn_backward_cpu(dy, x, *, local_size=5, alpha=1.0, beta=0.75, k=1.0,
     lib.lrn_backward(np.ascontiguousarray(dy), np.ascontiguousarray(x), dx, local_size,
                      float(alpha), float(beta), float(k))
     return dx if out is None or dx is out else write_out(out, dx)
+
+
+# --- CUDA (kernels/lrn.cu) ----------------------------------------------------------------------
+
+from minicnn import cuda  # noqa: E402
+
+
+def _cuda_scale(x, local_size, alpha, k, norm_region):
+    """s (ACROSS_CHANNELS) or b (WITHIN_CHANNEL) of x, as a new device array."""
+    if x.ndim < 2 or (norm_region == "WITHIN_CHANNEL" and x.ndim != 4):
+        raise LayerError(f"LRN needs an (N, C, ...) input (4-D for WITHIN_CHANNEL), got shape "
+                         f"{tuple(x.shape)}")
+    s = cuda.cupy().empty_like(x)
+    t, half = x.dtype.type, (local_size - 1) // 2
+    if norm_region == "ACROSS_CHANNELS":
+        inner = int(np.prod(x.shape[2:], dtype=np.int64))
+        cuda.launch_1d(cuda.kernel("lrn.cu", "lrn_scale_across", x.dtype), x.size, x, s,
+                       np.int32(x.shape[1]), np.int64(inner), np.int32(half),
+                       t(float(alpha) / local_size), t(k))
+    else:
+        cuda.launch_1d(cuda.kernel("lrn.cu", "lrn_scale_within", x.dtype), x.size, x, s,
+                       np.int32(x.shape[2]), np.int32(x.shape[3]), np.int32(half), t(alpha),
+                       t(local_size ** 2))
+    return s
+
+
+@lrn_forward.impl("cuda", available=cuda.importable)
+def _lrn_forward_cuda(x, *, local_size=5, alpha=1.0, beta=0.75, k=1.0,
+                      norm_region="ACROSS_CHANNELS", out=None):
+    check_local_size(local_size, norm_region)
+    x = cuda.contiguous(x)
+    s = _cuda_scale(x, local_size, alpha, k, norm_region)
+    y = cuda.output(out, x.shape, x.dtype)                        # x itself is fine now
+    cuda.launch_1d(cuda.kernel("lrn.cu", "lrn_apply", x.dtype), x.size, x, s, y,
+                   x.dtype.type(beta))
+    return cuda.finish(out, y)
+
+
+@lrn_backward.impl("cuda", available=cuda.importable)
+def _lrn_backward_cuda(dy, x, *, local_size=5, alpha=1.0, beta=0.75, k=1.0,
+                       norm_region="ACROSS_CHANNELS", out=None):
+    check_local_size(local_size, norm_region)
+    dy, x = cuda.contiguous(dy, x)
+    t, half = dy.dtype.type, (local_size - 1) // 2
+    s = _cuda_scale(x, local_size, alpha, k, norm_region)
+    r = cuda.cupy().empty_like(dy)
+    cuda.launch_1d(cuda.kernel("lrn.cu", "lrn_ratio", dy.dtype), dy.size, dy, x, s, r, t(beta))
+    dx = cuda.output(out, dy.shape, dy.dtype)                     # reads only its own dy, x
+    if norm_region == "ACROSS_CHANNELS":
+        inner = int(np.prod(x.shape[2:], dtype=np.int64))
+        cuda.launch_1d(cuda.kernel("lrn.cu", "lrn_backward_across", dy.dtype), dy.size, dy, x,
+                       s, r, dx, np.int32(x.shape[1]), np.int64(inner), np.int32(half), t(beta),
+                       t(2 * float(alpha) * float(beta) / local_size))
+    else:
+        cuda.launch_1d(cuda.kernel("lrn.cu", "lrn_backward_within", dy.dtype), dy.size, dy, x,
+                       s, r, dx, np.int32(x.shape[2]), np.int32(x.shape[3]), np.int32(half),
+                       t(beta), t(2 * float(alpha) * float(beta) / local_size ** 2))
+    return cuda.finish(out, dx)

@@ -57,3 +57,29 @@ def _mvn_backward_ref(dy, y, s, *, across_channels=False):
         with np.errstate(invalid="ignore", divide="ignore"):
             dx = (dx - yg * np.mean(yg * d, axis=1, keepdims=True)) / s
     return dx.reshape(dy.shape)
+
+
+# --- CUDA (CuPy reductions over each group's row, as the reference) -----------------------------
+
+from minicnn import cuda  # noqa: E402
+
+
+@mvn_forward.impl("cuda", available=cuda.importable)
+def _mvn_forward_cuda(x, *, normalize_variance=True, across_channels=False, eps=1e-9):
+    cp = cuda.cupy()
+    g = _groups(cuda.contiguous(x), across_channels)
+    centred = g - g.mean(axis=1, keepdims=True)
+    if not normalize_variance:
+        return centred.reshape(x.shape), None
+    s = cp.sqrt((centred * centred).mean(axis=1, keepdims=True)) + x.dtype.type(eps)
+    return (centred / s).reshape(x.shape), s
+
+
+@mvn_backward.impl("cuda", available=cuda.importable)
+def _mvn_backward_cuda(dy, y, s, *, across_channels=False):
+    d = _groups(cuda.contiguous(dy), across_channels)
+    dx = d - d.mean(axis=1, keepdims=True)
+    if s is not None:
+        yg = _groups(cuda.contiguous(y), across_channels)
+        dx = (dx - yg * (yg * d).mean(axis=1, keepdims=True)) / s
+    return dx.reshape(dy.shape)

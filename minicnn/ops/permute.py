@@ -36,3 +36,20 @@ def _permute_forward_ref(x, order):
 @permute_backward.impl("ref")
 def _permute_backward_ref(dy, order):
     return np.ascontiguousarray(np.transpose(dy, np.argsort(order)))
+
+
+# --- CUDA (a CuPy transpose made contiguous: one copy kernel) ------------------------------------
+
+from minicnn import cuda  # noqa: E402
+
+
+@permute_forward.impl("cuda", available=cuda.importable)
+def _permute_forward_cuda(x, order):
+    cp = cuda.cupy()
+    return cp.ascontiguousarray(cp.transpose(x, tuple(int(a) for a in order)))
+
+
+@permute_backward.impl("cuda", available=cuda.importable)
+def _permute_backward_cuda(dy, order):
+    cp = cuda.cupy()
+    return cp.ascontiguousarray(cp.transpose(dy, tuple(int(a) for a in np.argsort(order))))

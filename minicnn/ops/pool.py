@@ -272,3 +272,65 @@ def _ave_pool2d_backward_cpu(dy, x_shape, *, geom, out=None):
     dx = _output(out, x_shape, dy.dtype)
     lib.ave_pool_backward(np.ascontiguousarray(dy), dx, _native_geom(geom, h, w))
     return _finish(out, dx)
+
+
+# --- CUDA (kernels/pooling.cu) ------------------------------------------------------------------
+
+from minicnn import cuda  # noqa: E402
+
+
+def _cuda_args(geom, h, w):
+    (kh, kw), (sh, sw), (ph, pw) = geom.kernel_for(h, w), geom.stride, geom.pad
+    oh, ow = geom.out_hw(h, w)
+    return oh, ow, tuple(np.int32(v) for v in (h, w, oh, ow, kh, kw, sh, sw, ph, pw))
+
+
+def _cuda_4d(shape):
+    if len(shape) != 4:
+        raise LayerError(f"pooling needs a 4-D (N, C, H, W) input, got shape {tuple(shape)}")
+
+
+@max_pool2d_forward.impl("cuda", available=cuda.importable)
+def _max_pool2d_forward_cuda(x, *, geom, out=None):
+    """(N, C, H, W) -> y and mask (int64, h * W + w or -1), as the reference."""
+    _cuda_4d(x.shape)
+    x = cuda.contiguous(x)
+    oh, ow, args = _cuda_args(geom, *x.shape[2:])
+    y = cuda.output(cuda.distinct(out, x), (*x.shape[:2], oh, ow), x.dtype)
+    mask = cuda.cupy().empty(y.shape, np.int64)
+    cuda.launch_1d(cuda.kernel("pooling.cu", "max_pool2d_forward", x.dtype), y.size, x, y, mask,
+                   *args)
+    return cuda.finish(out, y), mask
+
+
+@max_pool2d_backward.impl("cuda", available=cuda.importable)
+def _max_pool2d_backward_cuda(dy, mask, x_shape, *, out=None):
+    _cuda_4d(x_shape)
+    dy, mask = cuda.contiguous(dy, mask.astype(np.int64, copy=False))
+    dx = cuda.output(cuda.distinct(out, dy), x_shape, dy.dtype)
+    dx.fill(0)                                               # the kernel scatters into it
+    cuda.launch_1d(cuda.kernel("pooling.cu", "max_pool2d_backward", dy.dtype), dy.size, dy, mask,
+                   dx, np.int64(x_shape[2] * x_shape[3]), np.int64(dy.shape[2] * dy.shape[3]))
+    return cuda.finish(out, dx)
+
+
+@ave_pool2d_forward.impl("cuda", available=cuda.importable)
+def _ave_pool2d_forward_cuda(x, *, geom, out=None):
+    _cuda_4d(x.shape)
+    x = cuda.contiguous(x)
+    oh, ow, args = _cuda_args(geom, *x.shape[2:])
+    y = cuda.output(cuda.distinct(out, x), (*x.shape[:2], oh, ow), x.dtype)
+    cuda.launch_1d(cuda.kernel("pooling.cu", "ave_pool2d_forward", x.dtype), y.size, x, y, *args)
+    return cuda.finish(out, y)
+
+
+@ave_pool2d_backward.impl("cuda", available=cuda.importable)
+def _ave_pool2d_backward_cuda(dy, x_shape, *, geom, out=None):
+    _cuda_4d(x_shape)
+    _check_pooled(dy, x_shape, geom)
+    dy = cuda.contiguous(dy)
+    _, _, args = _cuda_args(geom, *x_shape[2:])
+    dx = cuda.output(cuda.distinct(out, dy), x_shape, dy.dtype)
+    cuda.launch_1d(cuda.kernel("pooling.cu", "ave_pool2d_backward", dy.dtype), dx.size, dy, dx,
+                   *args)
+    return cuda.finish(out, dx)

@@ -106,3 +106,47 @@ def _scale_backward_cpu(dy, x, scale, axis=1, bias_term=False, *, need_dx=True,
     if dx is not None and dx_out is not None and dx is not dx_out:
         dx = write_out(dx_out, dx)
     return dx, dscale, dbias
+
+
+# --- CUDA (kernels/normalization.cu) ------------------------------------------------------------
+
+from minicnn import cuda  # noqa: E402
+
+
+def _cuda_layout(shape, p_shape, axis):
+    """(outer, S, inner): x viewed around the S = prod(p_shape) values of the parameter."""
+    size = int(np.prod(shape, dtype=np.int64))
+    s = int(np.prod(p_shape, dtype=np.int64))
+    outer = int(np.prod(shape[:axis], dtype=np.int64))
+    return outer, s, size // max(1, outer * s)
+
+
+@scale_forward.impl("cuda", available=cuda.importable)
+def _scale_forward_cuda(x, scale, bias=None, axis=1, *, out=None):
+    x, scale, bias = cuda.contiguous(x, scale, bias)
+    _, s, inner = _cuda_layout(x.shape, scale.shape, axis)
+    y = cuda.output(out, x.shape, x.dtype)                         # elementwise: in place is fine
+    cuda.launch_1d(cuda.kernel("normalization.cu", "scale_forward", x.dtype), x.size, x, scale,
+                   scale if bias is None else bias, y, np.int32(s), np.int64(inner),
+                   np.int32(bias is not None))
+    return cuda.finish(out, y)
+
+
+@scale_backward.impl("cuda", available=cuda.importable)
+def _scale_backward_cuda(dy, x, scale, axis=1, bias_term=False, *, need_dx=True,
+                         need_dscale=True, dx_out=None, dscale_acc=None, dbias_acc=None):
+    dy, x, scale = cuda.contiguous(dy, x, scale)
+    layout = _cuda_layout(dy.shape, scale.shape, axis)
+    dscale = dbias = dx = None
+    if need_dscale:                   # the sums first: dx_out may be dy itself (in place)
+        total = cuda.channel_reduce("channel_dot", (dy, x), layout)
+        dscale = _add_to(dscale_acc, total.astype(dy.dtype).reshape(scale.shape))
+    if bias_term:
+        total = cuda.channel_reduce("channel_sum", (dy,), layout)
+        dbias = _add_to(dbias_acc, total.astype(dy.dtype).reshape(scale.shape))
+    if need_dx:
+        dx = cuda.output(dx_out, dy.shape, dy.dtype)
+        cuda.launch_1d(cuda.kernel("normalization.cu", "scale_backward", dy.dtype), dy.size, dy,
+                       scale, dx, np.int32(layout[1]), np.int64(layout[2]))
+        dx = cuda.finish(dx_out, dx)
+    return dx, dscale, dbias

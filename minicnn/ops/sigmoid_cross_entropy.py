@@ -63,3 +63,57 @@ def _sigmoid_cross_entropy_backward_ref(prob, target, *, ignore_label=None,
     valid = _valid(t, ignore_label)
     scale = float(loss_weight) / _normalizer(prob, valid, normalization)
     return np.where(valid, prob - t, 0) * prob.dtype.type(scale)
+
+
+# --- CUDA (kernels/sigmoid_cross_entropy.cu) ----------------------------------------------------
+
+from minicnn import cuda  # noqa: E402
+
+
+def _cuda_target(target, x):
+    cp = cuda.cupy()
+    t = target if cuda.is_device_array(target) else cuda.to_device(target)
+    return cp.ascontiguousarray(t.reshape(x.shape), dtype=x.dtype)
+
+
+def _cuda_ignore(ignore_label, dtype):
+    return np.int32(ignore_label is not None), dtype.type(0 if ignore_label is None
+                                                          else ignore_label)
+
+
+def _cuda_normalizer(x, valid_count, normalization):
+    outer = x.shape[0] if x.ndim else 1
+    return loss_normalizer(normalization, outer, x.size // max(outer, 1), valid_count)
+
+
+@sigmoid_cross_entropy_forward.impl("cuda", available=cuda.importable)
+def _sigmoid_cross_entropy_forward_cuda(x, target, *, ignore_label=None,
+                                        normalization="BATCH_SIZE"):
+    cp = cuda.cupy()
+    x = cuda.contiguous(x)
+    t = _cuda_target(target, x)
+    nll, prob = cp.empty_like(x), cp.empty_like(x)
+    valid = cp.empty(x.shape, np.int32)
+    cuda.launch_1d(cuda.kernel("sigmoid_cross_entropy.cu", "sigmoid_cross_entropy_forward",
+                               x.dtype), x.size, x, t, nll, prob, valid,
+                   *_cuda_ignore(ignore_label, x.dtype))
+    count = int(valid.sum()) if resolve_normalization(normalization) == "VALID" else 0
+    loss = nll.sum(dtype=x.dtype) / x.dtype.type(_cuda_normalizer(x, count, normalization))
+    return loss.astype(x.dtype, copy=False), prob
+
+
+@sigmoid_cross_entropy_backward.impl("cuda", available=cuda.importable)
+def _sigmoid_cross_entropy_backward_cuda(prob, target, *, ignore_label=None,
+                                         normalization="BATCH_SIZE", loss_weight=1.0):
+    prob = cuda.contiguous(prob)
+    t = _cuda_target(target, prob)
+    count = 0
+    if resolve_normalization(normalization) == "VALID":
+        count = prob.size if ignore_label is None else \
+            int((cuda.cupy().trunc(t) != prob.dtype.type(ignore_label)).sum())
+    scale = float(loss_weight) / _cuda_normalizer(prob, count, normalization)
+    dx = cuda.cupy().empty_like(prob)
+    cuda.launch_1d(cuda.kernel("sigmoid_cross_entropy.cu", "sigmoid_cross_entropy_backward",
+                               prob.dtype), prob.size, prob, t, dx,
+                   *_cuda_ignore(ignore_label, prob.dtype), prob.dtype.type(scale))
+    return dx

@@ -143,3 +143,100 @@ def _accuracy_forward_ref(x, label, *, axis=1, top_k=1, ignore_label=None):
     hits = np.bincount(idx[correct], minlength=c)
     per_class = np.divide(hits, seen, out=np.zeros(c), where=seen > 0)
     return np.asarray(accuracy, dtype=x.dtype), per_class.astype(x.dtype)
+
+
+# --- CUDA (kernels/softmax.cu) ------------------------------------------------------------------
+# The losses' sums (over a batch's positions) and the valid count run on the device as CuPy
+# reductions; loss_normalizer needs the count on the host only for VALID normalization.
+
+from minicnn import cuda  # noqa: E402
+
+
+def _cuda_layout(shape, axis):
+    outer, c, inner = split_shape(shape, axis)
+    return outer, c, inner
+
+
+def _cuda_ignore(ignore_label):
+    return np.int32(ignore_label is not None), np.int64(0 if ignore_label is None
+                                                        else int(ignore_label))
+
+
+def _cuda_labels(label, dtype):
+    return cuda.cupy().ascontiguousarray(cuda.to_device(label) if not cuda.is_device_array(label)
+                                         else label, dtype=dtype)
+
+
+@softmax_forward.impl("cuda", available=cuda.importable)
+def _softmax_forward_cuda(x, axis=1):
+    x = cuda.contiguous(x)
+    outer, c, inner = _cuda_layout(x.shape, axis)
+    y = cuda.cupy().empty_like(x)
+    cuda.launch_1d(cuda.kernel("softmax.cu", "softmax_forward", x.dtype), outer * inner, x, y,
+                   np.int32(c), np.int64(inner))
+    return y
+
+
+@softmax_backward.impl("cuda", available=cuda.importable)
+def _softmax_backward_cuda(dy, y, axis=1):
+    dy, y = cuda.contiguous(dy, y)
+    outer, c, inner = _cuda_layout(y.shape, axis)
+    dx = cuda.cupy().empty_like(dy)
+    cuda.launch_1d(cuda.kernel("softmax.cu", "softmax_backward", dy.dtype), outer * inner, dy, y,
+                   dx, np.int32(c), np.int64(inner))
+    return dx
+
+
+def _cuda_valid_count(valid, normalization):
+    return int(valid.sum()) if resolve_normalization(normalization) == "VALID" else 0
+
+
+@softmax_loss_forward.impl("cuda", available=cuda.importable)
+def _softmax_loss_forward_cuda(x, label, *, axis=1, ignore_label=None, normalization="VALID"):
+    cp = cuda.cupy()
+    x = cuda.contiguous(x)
+    outer, c, inner = _cuda_layout(x.shape, axis)
+    prob = _softmax_forward_cuda(x, axis)
+    label = _cuda_labels(label, x.dtype)
+    nll = cp.empty(outer * inner, x.dtype)
+    valid = cp.empty(outer * inner, np.int32)
+    cuda.launch_1d(cuda.kernel("softmax.cu", "softmax_loss_forward", x.dtype), outer * inner,
+                   prob, label, nll, valid, np.int32(c), np.int64(inner),
+                   *_cuda_ignore(ignore_label))
+    d = loss_normalizer(normalization, outer, inner, _cuda_valid_count(valid, normalization))
+    loss = nll.sum(dtype=x.dtype) / x.dtype.type(d)
+    return loss.astype(x.dtype, copy=False), prob
+
+
+@softmax_loss_backward.impl("cuda", available=cuda.importable)
+def _softmax_loss_backward_cuda(prob, label, *, axis=1, ignore_label=None, normalization="VALID",
+                                loss_weight=1.0):
+    prob = cuda.contiguous(prob)
+    outer, c, inner = _cuda_layout(prob.shape, axis)
+    label = _cuda_labels(label, prob.dtype)
+    count = 0
+    if resolve_normalization(normalization) == "VALID":
+        count = outer * inner if ignore_label is None else \
+            int((label.astype(np.int64) != int(ignore_label)).sum())
+    d = loss_normalizer(normalization, outer, inner, count)
+    dx = cuda.cupy().empty_like(prob)
+    cuda.launch_1d(cuda.kernel("softmax.cu", "softmax_loss_backward", prob.dtype), prob.size,
+                   prob, label, dx, np.int32(c), np.int64(inner), *_cuda_ignore(ignore_label),
+                   prob.dtype.type(float(loss_weight) / d))
+    return dx
+
+
+@accuracy_forward.impl("cuda", available=cuda.importable)
+def _accuracy_forward_cuda(x, label, *, axis=1, top_k=1, ignore_label=None):
+    cp = cuda.cupy()
+    x = cuda.contiguous(x)
+    outer, c, inner = _cuda_layout(x.shape, axis)
+    label = _cuda_labels(label, x.dtype)
+    seen, hits = cp.zeros(c, np.int32), cp.zeros(c, np.int32)
+    cuda.launch_1d(cuda.kernel("softmax.cu", "accuracy_forward", x.dtype), outer * inner, x,
+                   label, seen, hits, np.int32(c), np.int64(inner), np.int32(top_k),
+                   *_cuda_ignore(ignore_label))
+    count, correct = seen.sum(), hits.sum()
+    accuracy = correct.astype(np.float64) / cp.maximum(count, 1).astype(np.float64)
+    per_class = cp.where(seen > 0, hits / cp.maximum(seen, 1), 0.0)
+    return accuracy.astype(x.dtype), per_class.astype(x.dtype)

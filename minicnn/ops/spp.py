@@ -176,3 +176,51 @@ def _spp_backward_ref(dy, x_shape, *, levels, pool="MAX", masks=None, rule="caff
             full[:, :, :oh, :ow] = dy_level
             dx += ave_pool2d_backward(full, x_shape, geom=geom)
     return dx
+
+
+# --- CUDA (the pooling kernels of kernels/pooling.cu, per level) --------------------------------
+
+from minicnn import cuda  # noqa: E402
+
+
+@spp_forward.impl("cuda", available=cuda.importable)
+def _spp_forward_cuda(x, *, levels, pool="MAX", rule="caffe"):
+    _check(x.shape, pool, rule)
+    n, _, h, w = x.shape
+    parts, masks = [], []
+    for bins in levels:
+        geom, (oh, ow) = _level(h, w, bins, rule)
+        if pool == "MAX":
+            y, mask = max_pool2d_forward(x, geom=geom)
+            masks.append(mask[:, :, :oh, :ow])
+        else:
+            y = ave_pool2d_forward(x, geom=geom)
+        parts.append(y[:, :, :oh, :ow].reshape(n, -1))
+    return cuda.cupy().concatenate(parts, axis=1), (masks if pool == "MAX" else None)
+
+
+@spp_backward.impl("cuda", available=cuda.importable)
+def _spp_backward_cuda(dy, x_shape, *, levels, pool="MAX", masks=None, rule="caffe"):
+    _check(x_shape, pool, rule)
+    n, c, h, w = x_shape
+    if pool == "MAX" and (masks is None or len(masks) != len(levels)):
+        raise LayerError(f"SPP MAX backward needs one mask per level ({len(levels)}), "
+                         f"got {None if masks is None else len(masks)}")
+    expected = (n, c * spp_features(h, w, levels, rule))
+    if tuple(dy.shape) != expected:
+        raise LayerError(f"dy of shape {tuple(dy.shape)} does not match the SPP output "
+                         f"{expected}")
+    cp = cuda.cupy()
+    dx, start = cp.zeros(x_shape, dy.dtype), 0
+    for i, bins in enumerate(levels):
+        geom, (oh, ow) = _level(h, w, bins, rule)
+        dy_level = dy[:, start:start + c * oh * ow].reshape(n, c, oh, ow)
+        start += c * oh * ow
+        if pool == "MAX":
+            dx += max_pool2d_backward(cp.ascontiguousarray(dy_level),
+                                      cp.ascontiguousarray(masks[i]), x_shape)
+        else:
+            full = cp.zeros((n, c, *geom.out_hw(h, w)), dy.dtype)
+            full[:, :, :oh, :ow] = dy_level
+            dx += ave_pool2d_backward(full, x_shape, geom=geom)
+    return dx

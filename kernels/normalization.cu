@@ -1,0 +1,101 @@
+// BatchNorm, Scale and Bias (minicnn/ops/batch_norm.py, scale.py, bias.py). Arrays are viewed as
+// (outer, C, inner) around the channel (or the scale's) axis. Per-channel sums run on a grid of
+// (C, splits) blocks of 256 threads: each block sums its share of the outer * inner values of
+// channel c in double, reduces in shared memory and writes one partial, part[c * splits + s];
+// the host-side CuPy sum over the splits finishes them (no atomics: deterministic).
+#include "common.cuh"
+
+#define MINICNN_CHANNEL_LOOP(q, total)                                                      \
+  for (long long q = (long long)blockIdx.y * blockDim.x + threadIdx.x; q < (total);         \
+       q += (long long)blockDim.x * gridDim.y)
+
+// part[c, s] = sum of a over channel c
+template <typename T>
+__global__ void channel_sum(const T* a, double* part, int C, long long inner, long long outer) {
+  __shared__ double shared[256];
+  int c = blockIdx.x;
+  double acc = 0;
+  MINICNN_CHANNEL_LOOP(q, outer * inner) {
+    acc += (double)a[((q / inner) * C + c) * inner + q % inner];
+  }
+  acc = mc::block_sum(acc, shared);
+  if (threadIdx.x == 0) part[(long long)c * gridDim.y + blockIdx.y] = acc;
+}
+
+// part[c, s] = sum of a * b over channel c
+template <typename T>
+__global__ void channel_dot(const T* a, const T* b, double* part, int C, long long inner,
+                            long long outer) {
+  __shared__ double shared[256];
+  int c = blockIdx.x;
+  double acc = 0;
+  MINICNN_CHANNEL_LOOP(q, outer * inner) {
+    long long i = ((q / inner) * C + c) * inner + q % inner;
+    acc += (double)a[i] * (double)b[i];
+  }
+  acc = mc::block_sum(acc, shared);
+  if (threadIdx.x == 0) part[(long long)c * gridDim.y + blockIdx.y] = acc;
+}
+
+// part[c, s] = sum of (a - mean[c])^2 over channel c (the variance's second pass)
+template <typename T>
+__global__ void channel_sqdev(const T* a, const double* mean, double* part, int C,
+                              long long inner, long long outer) {
+  __shared__ double shared[256];
+  int c = blockIdx.x;
+  double m = mean[c], acc = 0;
+  MINICNN_CHANNEL_LOOP(q, outer * inner) {
+    double d = (double)a[((q / inner) * C + c) * inner + q % inner] - m;
+    acc += d * d;
+  }
+  acc = mc::block_sum(acc, shared);
+  if (threadIdx.x == 0) part[(long long)c * gridDim.y + blockIdx.y] = acc;
+}
+
+// y = (x - mean[c]) / std[c]
+template <typename T>
+__global__ void batch_norm_forward(const T* x, const T* mean, const T* std, T* y, int C,
+                                   long long inner, long long n) {
+  MINICNN_KERNEL_LOOP(i, n) {
+    int c = (int)((i / inner) % C);
+    y[i] = (x[i] - mean[c]) / std[c];
+  }
+}
+
+// batch statistics: dx = (dy - E[dy] - y E[dy y]) / std; global statistics: dx = dy / std.
+// Reads only element i of dy and y, so dx may be dy.
+template <typename T>
+__global__ void batch_norm_backward(const T* dy, const T* y, const T* std, const T* mean_dy,
+                                    const T* mean_dyy, T* dx, int C, long long inner,
+                                    int use_global_stats, long long n) {
+  MINICNN_KERNEL_LOOP(i, n) {
+    int c = (int)((i / inner) % C);
+    dx[i] = use_global_stats ? dy[i] / std[c]
+                             : (dy[i] - mean_dy[c] - y[i] * mean_dyy[c]) / std[c];
+  }
+}
+
+// y = x * scale[s] (+ bias[s]), s = (i / inner) % S
+template <typename T>
+__global__ void scale_forward(const T* x, const T* scale, const T* bias, T* y, int S,
+                              long long inner, int has_bias, long long n) {
+  MINICNN_KERNEL_LOOP(i, n) {
+    int s = (int)((i / inner) % S);
+    T v = x[i] * scale[s];
+    y[i] = has_bias ? v + bias[s] : v;
+  }
+}
+
+// dx = dy * scale[s]
+template <typename T>
+__global__ void scale_backward(const T* dy, const T* scale, T* dx, int S, long long inner,
+                               long long n) {
+  MINICNN_KERNEL_LOOP(i, n) { dx[i] = dy[i] * scale[(i / inner) % S]; }
+}
+
+// y = x + bias[s]
+template <typename T>
+__global__ void bias_forward(const T* x, const T* bias, T* y, int S, long long inner,
+                             long long n) {
+  MINICNN_KERNEL_LOOP(i, n) { y[i] = x[i] + bias[(i / inner) % S]; }
+}

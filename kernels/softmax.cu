@@ -1,0 +1,85 @@
+// Softmax, the softmax loss and top-k accuracy along one axis (minicnn/ops/softmax.py): x is
+// (outer, C, inner), one thread per (outer, inner) position walking the C values at stride
+// inner (coalesced across threads when inner > 1, e.g. segmentation maps). Each thread reads
+// its whole column before writing it, so softmax is safe in place.
+#include "common.cuh"
+
+template <typename T>
+__global__ void softmax_forward(const T* x, T* y, int C, long long inner, long long n) {
+  MINICNN_KERNEL_LOOP(pos, n) {               // n = outer * inner
+    long long base = (pos / inner) * C * inner + pos % inner;
+    T m = x[base];
+    for (int c = 1; c < C; ++c) m = mc::max_(m, x[base + c * inner]);
+    T sum = T(0);
+    for (int c = 0; c < C; ++c) {
+      T e = mc::exp_(x[base + c * inner] - m);    // the max keeps exp from overflowing
+      y[base + c * inner] = e;
+      sum += e;
+    }
+    for (int c = 0; c < C; ++c) y[base + c * inner] /= sum;
+  }
+}
+
+// dx = y (dy - sum_c dy y)
+template <typename T>
+__global__ void softmax_backward(const T* dy, const T* y, T* dx, int C, long long inner,
+                                 long long n) {
+  MINICNN_KERNEL_LOOP(pos, n) {
+    long long base = (pos / inner) * C * inner + pos % inner;
+    T dot = T(0);
+    for (int c = 0; c < C; ++c) dot += dy[base + c * inner] * y[base + c * inner];
+    for (int c = 0; c < C; ++c) {
+      long long i = base + c * inner;
+      dx[i] = y[i] * (dy[i] - dot);
+    }
+  }
+}
+
+// Per position: nll = -log(max(p[label], FLT_MIN)) and valid = 1, or 0 and 0 where the label
+// is ignore_label. Labels are floats holding integers (truncated, as Caffe's cast).
+template <typename T>
+__global__ void softmax_loss_forward(const T* prob, const T* label, T* nll, int* valid, int C,
+                                     long long inner, int has_ignore, long long ignore_label,
+                                     long long n) {
+  MINICNN_KERNEL_LOOP(pos, n) {
+    long long l = (long long)label[pos];
+    bool ok = !(has_ignore && l == ignore_label);
+    T p = ok ? prob[(pos / inner) * C * inner + l * inner + pos % inner] : T(1);
+    nll[pos] = ok ? -mc::log_(mc::max_(p, T(MINICNN_FLT_MIN))) : T(0);
+    valid[pos] = ok ? 1 : 0;
+  }
+}
+
+// dx = (p - onehot(label)) * scale, 0 at ignored positions; one thread per element
+template <typename T>
+__global__ void softmax_loss_backward(const T* prob, const T* label, T* dx, int C,
+                                      long long inner, int has_ignore, long long ignore_label,
+                                      T scale, long long n) {
+  MINICNN_KERNEL_LOOP(i, n) {                 // n = outer * C * inner
+    long long in = i % inner;
+    long long c = (i / inner) % C;
+    long long pos = (i / inner / C) * inner + in;
+    long long l = (long long)label[pos];
+    bool ok = !(has_ignore && l == ignore_label);
+    dx[i] = ok ? (prob[i] - (c == l ? T(1) : T(0))) * scale : T(0);
+  }
+}
+
+// Accuracy counts: a valid position is correct when fewer than top_k other classes score >= the
+// labelled one; per class, seen[l] and hits[l] count positions and correct ones (atomically).
+template <typename T>
+__global__ void accuracy_forward(const T* x, const T* label, int* seen, int* hits, int C,
+                                 long long inner, int top_k, int has_ignore,
+                                 long long ignore_label, long long n) {
+  MINICNN_KERNEL_LOOP(pos, n) {
+    long long l = (long long)label[pos];
+    if (has_ignore && l == ignore_label) continue;
+    long long base = (pos / inner) * C * inner + pos % inner;
+    T truth = x[base + l * inner];
+    int at_least = 0;
+    for (int c = 0; c < C; ++c)
+      if (x[base + c * inner] >= truth) ++at_least;
+    atomicAdd(seen + l, 1);
+    if (at_least - 1 < top_k) atomicAdd(hits + l, 1);
+  }
+}
