@@ -12,6 +12,7 @@ Three layers of evidence:
   loads (skipped only where mpirun or mpi4py is not installed; CI installs both).
 """
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -553,13 +554,9 @@ def test_single_process_train_does_not_load_mpi(images, tmp_path):
 # --- mpirun -----------------------------------------------------------------------------------
 
 def _mpi_available():
-    if shutil.which("mpirun") is None:
-        return False
-    try:
-        import mpi4py  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """mpirun and mpi4py installed (checked without importing mpi4py.MPI, which would start
+    MPI in the test process)."""
+    return shutil.which("mpirun") is not None and importlib.util.find_spec("mpi4py") is not None
 
 
 needs_mpi = pytest.mark.skipif(not _mpi_available(), reason="mpirun or mpi4py not installed")
