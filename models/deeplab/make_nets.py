@@ -29,7 +29,8 @@ Variants (the ablation of README.md; same encoder and layer names where the laye
   deeplab_plain    plain atrous ASPP (full 3x3 convolutions at rates 2, 4, 6) + decoder
 
 Files per variant: <v>_train_test.prototxt (SegmentationData: TRAIN random 65 x 65 crops of
-rescaled (0.75..1.25), flipped images, batches of 8; TEST whole 97 x 97 images, batch 10),
+images rescaled by 0.75..1.25, batches of 8, no mirroring (a mirrored digit is not that digit);
+TEST whole 97 x 97 images, batch 10),
 <v>_solver.prototxt, <v>_deploy.prototxt (Input 1 x 3 x 97 x 97; any size works, 8k + 1 aligns
 best; ends in Softmax "prob").
 """
@@ -103,14 +104,21 @@ def sep(net, name, x, num_output, stride=1, rate=1):
     return conv(net, f"{name}_pw", x, num_output)
 
 
-def encoder(net, x):
-    x = conv(net, "conv1", x, 24, 3, stride=2)                      # stride 2
-    x = sep(net, "block1", x, 32)
-    x = sep(net, "block2", x, 48, stride=2)                         # stride 4
-    low = sep(net, "block3", x, 48)
-    x = sep(net, "block4", low, 96, stride=2)                       # stride 8
-    x = sep(net, "block5", x, 96, rate=2)
-    x = sep(net, "block6", x, 128, rate=2)
+# (name, output channels, stride, rate); "low" marks the low-level features of the decoder
+ENCODER = (("conv1", 24, 2, 1), ("block1", 32, 1, 1), ("block2", 48, 2, 1),
+           ("block3", 48, 1, 1, "low"), ("block4", 96, 2, 1), ("block5", 96, 1, 2),
+           ("block6", 128, 1, 2))
+
+
+def encoder(net, x, spec=ENCODER):
+    low = None
+    for name, width, stride, rate, *mark in spec:
+        if name == "conv1":
+            x = conv(net, name, x, width, 3, stride=stride)
+        else:
+            x = sep(net, name, x, width, stride=stride, rate=rate)
+        if mark:
+            low = x
     return x, low
 
 
@@ -129,9 +137,9 @@ def aspp(net, x, separable, width=64):
     return conv(net, "aspp_fuse", cat, width)
 
 
-def head(net, data, separable, decoder):
-    x, low = encoder(net, data)
-    x = aspp(net, x, separable)
+def head(net, data, separable, decoder, spec=ENCODER, aspp_width=64):
+    x, low = encoder(net, data, spec)
+    x = aspp(net, x, separable, aspp_width)
     if decoder:
         up = net.layer("decoder_up", "Interp", [x, low], ["decoder_up"])
         low = conv(net, "decoder_low", low, 24)
@@ -151,7 +159,6 @@ segmentation_data_param {{
   batch_size: {batch}
   shuffle: true
   crop_size: {crop}
-  mirror: true
   scale_min: 0.75
   scale_max: 1.25
 }}""", include="TRAIN")
@@ -163,10 +170,10 @@ segmentation_data_param {{
 }}""", include="TEST")
 
 
-def train_test(name, separable, decoder):
+def train_test(name, separable, decoder, spec=ENCODER, aspp_width=64, batch=8, crop=65):
     net = Net(name)
-    data_layers(net)
-    out = head(net, "data", separable, decoder)
+    data_layers(net, batch=batch, crop=crop)
+    out = head(net, "data", separable, decoder, spec, aspp_width)
     net.layer("loss", "SoftmaxWithLoss", [out, "label"], ["loss"],
               "loss_param { ignore_label: 255 }")
     net.layer("accuracy", "Accuracy", [out, "label"], ["accuracy"],
@@ -174,21 +181,21 @@ def train_test(name, separable, decoder):
     return net.text()
 
 
-def deploy(name, separable, decoder, size=97):
+def deploy(name, separable, decoder, spec=ENCODER, aspp_width=64, size=97):
     net = Net(name)
     net.layer("data", "Input", [], ["data"],
               f"input_param {{ shape {{ dim: 1 dim: 3 dim: {size} dim: {size} }} }}")
-    out = head(net, "data", separable, decoder)
+    out = head(net, "data", separable, decoder, spec, aspp_width)
     net.layer("prob", "Softmax", [out], ["prob"])
     return net.text()
 
 
-def solver(name, max_iter=4000):
+def solver(name, max_iter=12000):
     return f"""# {name}: {max_iter} iterations of 8 random 65 x 65 crops ({max_iter * 8 // 2000} epochs of the
 # 2,000 training images); "poly" learning rate as DeepLab; validation on the 200 val images
 net: "models/deeplab/{name}_train_test.prototxt"
 test_iter: 20
-test_interval: 1000
+test_interval: 4000
 test_initialization: false
 base_lr: 0.05
 lr_policy: "poly"
@@ -203,14 +210,32 @@ random_seed: 1
 """
 
 
+def parse_spec(text):
+    """"conv1:24:2:1,block1:32:1:1,...,block3:48:1:1:low,..." -> an ENCODER-like tuple."""
+    out = []
+    for item in text.split(","):
+        name, width, stride, rate, *mark = item.split(":")
+        out.append((name, int(width), int(stride), int(rate), *mark))
+    return tuple(out)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=HERE)
+    ap.add_argument("--encoder", type=parse_spec, default=ENCODER,
+                    help="name:width:stride:rate[:low],... (default: the committed nets')")
+    ap.add_argument("--aspp-width", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--crop", type=int, default=65)
+    ap.add_argument("--max-iter", type=int, default=12000)
     args = ap.parse_args(argv)
     for name, v in VARIANTS.items():
-        save(train_test(name, **v), os.path.join(args.out, f"{name}_train_test.prototxt"))
-        save(deploy(name, **v), os.path.join(args.out, f"{name}_deploy.prototxt"))
-        save(solver(name), os.path.join(args.out, f"{name}_solver.prototxt"))
+        save(train_test(name, **v, spec=args.encoder, aspp_width=args.aspp_width,
+                        batch=args.batch, crop=args.crop),
+             os.path.join(args.out, f"{name}_train_test.prototxt"))
+        save(deploy(name, **v, spec=args.encoder, aspp_width=args.aspp_width),
+             os.path.join(args.out, f"{name}_deploy.prototxt"))
+        save(solver(name, args.max_iter), os.path.join(args.out, f"{name}_solver.prototxt"))
 
 
 if __name__ == "__main__":
