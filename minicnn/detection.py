@@ -116,7 +116,7 @@ def detections_from(predictions, side, num, classes, sqrt=True, width=1.0, heigh
     return out
 
 
-# --- running a net ---------------------------------------------------------------------------------
+# --- running a net --------------------------------------------------------------------------------
 
 def detection_layer(net):
     """(the Detection layer's detection_param, the blob holding its predictions) of a net."""

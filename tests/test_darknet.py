@@ -223,7 +223,8 @@ def test_weights_headers_match_darknet(tmp_path, header):
 def test_yolov1_tiny_layout_matches_darknet(tmp_path):
     """Debian's yolov1-tiny.cfg (BN convs 16..1024, 256, connected 1470, detection), at a
     64 x 64 input to stay quick: the same layers, weights and file layout as at 448."""
-    text = open(os.path.join(CFG_DIR, "yolov1-tiny.cfg")).read()
+    with open(os.path.join(CFG_DIR, "yolov1-tiny.cfg")) as f:
+        text = f.read()
     text = re.sub(r"(?m)^(height|width)=448", r"\1=64", text)
     cfg, weights, net, _ = converted(tmp_path, text)
     types = [layer.type for layer in net.layers]
@@ -274,7 +275,7 @@ def test_loss_matches_darknets_detection_layer(tmp_path, rescore, sqrt):
                                                   for a in own)
         net.contents.delta = None
         lib.free_network(net)
-    loss, ours, _ = detection_loss_forward(x, truth, side=side, num=num, classes=classes,
+    _, ours, _ = detection_loss_forward(x, truth, side=side, num=num, classes=classes,
                                            sqrt=bool(sqrt), rescore=bool(rescore),
                                            object_scale=1.5, noobject_scale=0.5,
                                            class_scale=1.0, coord_scale=5.0)
@@ -318,7 +319,7 @@ def test_header_sizes(tmp_path):
     for header, offset, seen in (((0, 1, 0), 16, 12345), ((0, 2, 0), 20, 12345),
                                  ((1, 0, 0), 20, 12345), ((1001, 0, 0), 16, 12345)):
         path = tmp_path / "w"
-        major, minor, rev = header
+        major, minor, _ = header
         wide = major * 10 + minor >= 2 and major < 1000 and minor < 1000
         path.write_bytes(np.array(header, "<i4").tobytes()
                          + np.array([seen], "<u8" if wide else "<i4").tobytes() + bytes(8))

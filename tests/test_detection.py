@@ -12,9 +12,17 @@ import minicnn
 from minicnn.cli import main
 from minicnn.data.datum import decode_image, encode_image
 from minicnn.data.detection import write_labels
-from minicnn.detection import (decode, detections_from, evaluate, iou_matrix, match_detections,
-                               nms, truths_from_labels, voc_ap)
 from minicnn.data.errors import need
+from minicnn.detection import (
+    decode,
+    detections_from,
+    evaluate,
+    iou_matrix,
+    match_detections,
+    nms,
+    truths_from_labels,
+    voc_ap,
+)
 from minicnn.errors import MinicnnError
 
 need("PIL.Image", "Pillow")          # encode_image and decode_image use Pillow's Image module
@@ -114,7 +122,7 @@ def test_evaluate_hand_worked():
 
 
 def test_iou_just_below_half_is_a_false_positive():
-    (scores, tp, n), = match_detections([[det(0, 0.9, [0, 0, 10, 4.99])]],
+    (_, tp, n), = match_detections([[det(0, 0.9, [0, 0, 10, 4.99])]],
                                         [np.array([[0, 0, 0, 10, 10]])], 1)
     assert n == 1 and tp.tolist() == [False]
     with pytest.raises(MinicnnError, match="2 images of detections but 1"):

@@ -13,7 +13,7 @@ from minicnn.cli import main
 from minicnn.data.datum import decode_image, encode_image
 from minicnn.data.detection import augment, label_path, read_labels, write_labels
 from minicnn.data.errors import DataError, need
-from minicnn.errors import LayerError, NetError
+from minicnn.errors import LayerError
 from minicnn.layers import DetectionDataLayer, DetectionLayer
 from minicnn.ops.detection import detection_layout
 from minicnn.proto import parse_text
@@ -30,7 +30,7 @@ def clear_case(seed=0):
     rng = np.random.default_rng(seed)
     labels = np.array([[[1, 0.3, 0.2, 0.3, 0.2], [2, 0.8, 0.7, 0.2, 0.4], [-1, 0, 0, 0, 0]],
                        [[0, 0.6, 0.6, 0.5, 0.5], [-1, 0, 0, 0, 0], [-1, 0, 0, 0, 0]]])
-    d, conf0, box0 = detection_layout(2, 2, 3)
+    d, _, box0 = detection_layout(2, 2, 3)
     x = rng.uniform(0, 1, (2, d))
     boxes = x[:, box0:].reshape(2, 4, 2, 4)
     for b, rows in enumerate(labels):
@@ -150,7 +150,7 @@ def test_augmentation_moves_the_boxes_with_the_pixels(tmp_path):
         assert data.shape == (3, 3, 24, 32) and boxes.shape == (3, 4, 5)
         for image, rows in zip(data, boxes):
             assert (rows[1:, 0] == -1).all()                   # padding rows
-            c, x, y, w, h = rows[0]
+            _, x, y, w, h = rows[0]
             want = np.array([(x - w / 2) * 32, (y - h / 2) * 24, (x + w / 2) * 32,
                              (y + h / 2) * 24])
             if w * 32 < 3 or h * 24 < 3:
@@ -248,7 +248,7 @@ def test_read_labels_and_label_path(tmp_path):
         read_labels(str(path), classes=3)
 
 
-# --- the synthetic set ------------------------------------------------------------------------------
+# --- the synthetic set ----------------------------------------------------------------------------
 
 def test_detection_digits(tmp_path, capsys):
     pytest.importorskip("skimage")

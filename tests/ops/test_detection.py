@@ -8,8 +8,12 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from minicnn.errors import LayerError
-from minicnn.ops.detection import (detection_layout, detection_loss_backward,
-                                   detection_loss_forward, detection_truth)
+from minicnn.ops.detection import (
+    detection_layout,
+    detection_loss_backward,
+    detection_loss_forward,
+    detection_truth,
+)
 from minicnn.testing import numerical_grad
 
 REF = detection_loss_forward.impls["ref"]
@@ -94,7 +98,7 @@ def darknet_detection(output, truth, side, n, classes, sqrt, rescore, object_sca
 # --- cases -------------------------------------------------------------------------------------
 
 @st.composite
-def detection_cases(draw, settings_only=False):
+def detection_cases(draw):
     side, num, classes = draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
     n = draw(st.integers(1, 3))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
@@ -105,7 +109,7 @@ def detection_cases(draw, settings_only=False):
         for j in range(rng.integers(1 if b == 0 else 0, k + 1)):    # item 0 has an object
             labels[b, j] = [rng.integers(classes), *rng.uniform(0, 1, 2), *rng.uniform(0.05, 0.8,
                                                                                          2)]
-    d, conf0, box0 = detection_layout(side, num, classes)
+    d, _, box0 = detection_layout(side, num, classes)
     x = rng.uniform(-0.2, 1.0, (n, d))
     x[:, box0:] = rng.uniform(0.05, 0.95, (n, d - box0))          # boxes: plausible predictions
     params = dict(side=side, num=num, classes=classes, sqrt=draw(st.booleans()),
@@ -150,7 +154,7 @@ def switch_margin(x, truth, p):
     return margin
 
 
-# --- the reference against Darknet's own loop ------------------------------------------------------
+# --- the reference against Darknet's own loop -----------------------------------------------------
 
 @settings(max_examples=40, deadline=None)
 @given(detection_cases())
