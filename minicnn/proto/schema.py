@@ -236,9 +236,9 @@ message LayerParameter
   204 detection_output_param DetectionOutputParameter
   206 norm_param          NormalizeParameter
   9143 interp_param       InterpParameter    # DeepLab/PSPNet fork; their 143 is BVLC's input_param
-  10001 detection_param   DetectionParameter  # minicnn's own (YOLOv1); 10000+ is clear of
-  10002 detection_data_param DetectionDataParameter  # BVLC's numbers and known forks'
-  10110 segmentation_data_param SegmentationDataParameter  # minicnn's "SegmentationData"
+  20001 detection_param   DetectionParameter  # minicnn's own (YOLOv1). 20000+: clear of
+  20002 detection_data_param DetectionDataParameter  # BVLC's numbers and known forks' (Yahoo's
+  20110 segmentation_data_param SegmentationDataParameter  # open_nsfw model uses 10001)
 
 message TransformationParameter
   1   scale               float    = 1
