@@ -500,15 +500,15 @@ class DataParallel:
         """Solver.solve for this rank: rank 0 restores ``resume_file``, every rank takes rank
         0's state, then all train to max_iter together."""
         s = self.solver
-        if resume_file and self.rank == 0:
-            s.restore(resume_file)
-        self.sync_from_root()
-        machines = np.array([1 if self.comm.local_rank == 0 else 0], np.int64)
-        self._collective("the start", self.comm.allreduce, machines, patient=True)
-        if self.rank == 0:
-            self._describe(int(machines[0]))
         try:
-            with self._signals():
+            with self._signals():                  # from here on a request waits for a step
+                if resume_file and self.rank == 0:
+                    s.restore(resume_file)
+                self.sync_from_root()
+                machines = np.array([1 if self.comm.local_rank == 0 else 0], np.int64)
+                self._collective("the start", self.comm.allreduce, machines, patient=True)
+                if self.rank == 0:
+                    self._describe(int(machines[0]))
                 s.solve()
         finally:
             self.close()

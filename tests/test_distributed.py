@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import types
 
 import numpy as np
@@ -310,7 +309,7 @@ def test_two_ranks_train_like_one_process_with_twice_the_batch(images, case):
     single.step(steps)
     if "clip_gradients" in fields:
         assert len(clipped) == steps                  # the threshold does bite
-    solvers, parallels, rank_losses, allreduces = parallel_run(
+    solvers, _, rank_losses, allreduces = parallel_run(
         lambda rank: solver_param(net(b), **fields), 2, steps)
     assert allreduces == steps                         # one allreduce per step
     for solver in solvers:
@@ -683,11 +682,10 @@ def test_sigusr2_to_mpirun_stops_every_rank_after_a_snapshot(images, tmp_path):
                                stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, "MINICNN_NUM_THREADS": "1"})
     lines = []
-    for line in process.stdout:                       # training has begun once this is logged
+    for line in process.stdout:        # logged once every rank has its handlers installed
         lines.append(line)
         if line.startswith("Data-parallel training"):
             break
-    time.sleep(0.5)
     process.send_signal(signal.SIGUSR2)
     out, _ = process.communicate(timeout=120)
     log = "".join(lines) + out
