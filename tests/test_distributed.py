@@ -322,6 +322,42 @@ def test_two_ranks_train_like_one_process_with_twice_the_batch(images, case):
     assert max(abs(w.data).max() for w in single.net.learnable_params) > 0.05
 
 
+BN_NET = NET.replace('layer {{ name: "relu"',
+                     'layer {{ name: "bn" type: "BatchNorm" bottom: "conv" top: "conv" }}\n'
+                     'layer {{ name: "relu"')
+
+
+def test_batchnorm_uses_each_ranks_own_batch_statistics(images):
+    """Caffe's multi-GPU BatchNorm: the averaged gradient is the mean of the gradients each
+    block gives alone (its own mean and variance), not the gradient of the joined batch."""
+    b = 3
+    net = lambda batch: BN_NET.format(kind="ImageData", source=image_source(images, batch))  # noqa: E731
+    fields = {"momentum": 0.0, "base_lr": 0.1}
+    solvers, _, _, _ = parallel_run(lambda rank: solver_param(net(b), **fields), 2, 1)
+    alone, statistics = [], []
+    for rank in range(2):                      # each block through a net of its own
+        s = minicnn.get_solver(solver_param(net(b), **fields), log=lambda m: None)
+        s.net.layers[0].set_shard(rank, 2)
+        w0 = [p.data.copy() for p in s.net.learnable_params]
+        s.net.clear_param_diffs()
+        s.net.forward_backward()
+        alone.append([p.diff.copy() for p in s.net.learnable_params])
+        statistics.append([blob.data.copy() for blob in s.net.params["bn"]])
+    learned = [i for i, lr in enumerate(s.net.params_lr) if lr]
+    assert len(learned) == 4                   # conv and fc weights and biases; bn: lr_mult 0
+    for i in learned:
+        want = w0[i] - 0.1 * s.net.params_lr[i] * (alone[0][i] + alone[1][i]) / 2
+        for solver in solvers:
+            np.testing.assert_allclose(solver.net.learnable_params[i].data, want, rtol=1e-5,
+                                       atol=1e-7)
+    for rank, solver in enumerate(solvers):    # moving averages: each rank its own block's
+        for blob, want in zip(solver.net.params["bn"], statistics[rank]):
+            np.testing.assert_allclose(blob.data, want, rtol=1e-6)
+    assert not np.allclose(statistics[0][0], statistics[1][0])
+    joined, _ = single_run(solver_param(net(2 * b), **fields), 1)
+    assert max_difference(joined, solvers[0]) > 1e-4     # the joined batch's statistics differ
+
+
 def test_ranks_start_from_rank_zero_and_differ_before(images):
     net_text = NET.format(kind="ImageData", source=image_source(images, 2))
     group = _Group(2)
