@@ -167,6 +167,13 @@ class Network(ctypes.Structure):
 
 def darknet():
     lib = ctypes.CDLL(LIB)
+    # Debian builds libdarknet with -Ofast: loading it runs crtfastmath's constructor, which
+    # flushes subnormal floats to zero (FTZ/DAZ) for the whole process, so every test after
+    # this one would compute differently. Put the default floating-point environment back.
+    libm = ctypes.CDLL("libm.so.6")
+    libm.fesetenv.argtypes = [ctypes.c_void_p]
+    libm.fesetenv(ctypes.c_void_p(-1))                            # FE_DFL_ENV
+    assert np.float32(1e-40) * np.float32(1) != 0, "subnormals still flushed after darknet"
     lib.load_network.restype = ctypes.POINTER(Network)
     lib.load_network.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int]
     lib.parse_network_cfg.restype = ctypes.POINTER(Network)

@@ -250,3 +250,15 @@ def test_fork_interp_param_at_bvlc_input_param_number():
     shape = field(1, 2, field(1, 2, varint(1) + varint(3)))                   # input_param.shape
     data = field(1, 2, b"data") + field(2, 2, b"Input") + field(143, 2, shape)
     assert list(parse_binary(data, "LayerParameter").input_param.shape[0].dim) == [1, 3]
+
+
+def test_unpacked_floats_followed_by_a_short_field():
+    """A run of unpacked fixed32 records ends where fewer bytes than one record remain and they
+    belong to another field (found by hypothesis: Datum float_data then encoded)."""
+    msg = caffe_pb2.Datum()
+    msg.channels, msg.encoded = 0, False
+    msg.float_data = np.array([0.0], np.float32)
+    data = serialize(msg)
+    assert parse_binary(data, "Datum") == msg
+    with pytest.raises(WireFormatError, match="truncated value of field 'float_data'"):
+        parse_binary(b"\x35\x00\x00\x00\x00\x35\x00\x00", "Datum")

@@ -247,7 +247,9 @@ class _Reader:
         start = key_pos
         while True:
             n_max = min((end - start) // record, _CHUNK)
-            if n_max == 0:
+            if n_max == 0:        # under one record left: the run ended, unless it is our key
+                if start > key_pos and bytes(self.buf[start:start + len(key_bytes)]) != key_bytes:
+                    return start
                 self.fail(f"truncated value of field '{field.name}'", start + len(key_bytes))
             rows = np.frombuffer(self.buf, np.uint8, n_max * record, start).reshape(n_max, record)
             same = (rows[:, :len(key_bytes)] == np.frombuffer(key_bytes, np.uint8)).all(axis=1)
