@@ -23,7 +23,7 @@ def test_every_registered_type_is_listed_with_parameters_and_backends():
     conv = entries["Convolution"]
     assert ("kernel_size", "uint32", "(repeated)") in conv["params"]
     assert ("bias_term", "bool", "true") in conv["params"]
-    assert "conv2d_forward" in conv["ops"] and conv["backends"] == ["ref", "cpu"]
+    assert "conv2d_forward" in conv["ops"] and conv["backends"] == ["ref", "cpu", "cuda"]
     assert entries["Accuracy"]["backward"] == "no" and entries["Data"]["backward"] == "-"
     assert entries["Pooling"]["tops"] == "1-2"
     assert "DepthwiseConvolution" in entries["ConvolutionDepthwise"]["aliases"]

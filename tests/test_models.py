@@ -19,13 +19,16 @@ def model(path):
 
 def with_dummy_data(net_param, batch, label):
     """The net with its Data layers (LMDB readers) replaced by DummyData of the same tops, and
-    its HDF5Data layers (feature files that `minicnn extract` writes) by 16-d features."""
+    its HDF5Data layers by 16-d features (the files `minicnn extract` writes), or by 64 x 64
+    images where a convolution reads them (models/face_area)."""
     for layer in net_param.layer:
         if layer.type == "HDF5Data":
             layer.type = "DummyData"
             layer.ClearField("hdf5_data_param")
             p = layer.dummy_data_param
-            p.shape.add(dim=[batch, 16])
+            images = any(other.type == "Convolution" and layer.top[0] in other.bottom
+                         for other in net_param.layer)        # images (models/face_area)
+            p.shape.add(dim=[batch, 3, 64, 64] if images else [batch, 16])
             p.shape.add(dim=[batch])
             p.data_filler.add(type="gaussian", std=1)
             p.data_filler.add(type="constant", value=label)
@@ -157,7 +160,8 @@ def test_every_prototxt_in_models_builds():
                 param = read_prototxt(os.path.join(folder, name))
                 if any(layer.type in ("Data", "HDF5Data") for layer in param.layer):
                     param = with_dummy_data(param, 1, 0)
-                assert minicnn.Net(param, phase="TRAIN").layers
+                # source_dir: Python layers' modules sit next to their prototxt
+                assert minicnn.Net(param, phase="TRAIN", source_dir=folder).layers, name
 
 
 def test_generated_prototxts_are_current():
