@@ -5,6 +5,8 @@ PyTorch, translated layer by layer from the minicnn Net and sharing its weights.
     net = minicnn_net("caffenet", batch=16, train=True)      # a minicnn.Net
     model = TorchNet(net)                                     # the same net in PyTorch
     model.forward_loss(inputs)                                # torch loss (train nets)
+    gpu = minicnn_net("caffenet", 128, True, device="cuda:0")  # bench/gpu_vs_torch.py
+    TorchNet(gpu, device="cuda")                              # its PyTorch twin on the GPU
 
 Only the layer types these nets use are translated; anything else is an error.
 """
@@ -15,6 +17,7 @@ import os
 import numpy as np
 
 import minicnn
+from minicnn.cuda import to_host
 from minicnn.net import filter_net
 from minicnn.proto import caffe_pb2, read_prototxt
 
@@ -68,23 +71,23 @@ def net_param(name, batch, train):
     return out
 
 
-def minicnn_net(name, batch, train, dtype=np.float32, seed=0):
+def minicnn_net(name, batch, train, dtype=np.float32, seed=0, device=None):
     """The benchmark net, inputs random; weights from its fillers (seeded), or for open_nsfw
-    the real pretrained ones."""
+    the real pretrained ones. ``device``: a GPU ("cuda:0") for the GPU benchmark."""
     minicnn.set_random_seed(seed)
     net = minicnn.Net(net_param(name, batch, train), phase="TRAIN" if train else "TEST",
-                      dtype=dtype)
+                      dtype=dtype, device=device)
     return _prepare(net, name, seed)
 
 
-def minicnn_solver(name, batch, base_lr=0.001, seed=0):
+def minicnn_solver(name, batch, base_lr=0.001, seed=0, device=None):
     """An SGD solver (momentum 0.9, weight decay 0.0005) on the training version of the net:
     what the training-step rows run on both sides."""
     param = caffe_pb2.SolverParameter(base_lr=base_lr, momentum=0.9, weight_decay=0.0005,
                                       lr_policy="fixed", display=0, max_iter=1 << 30,
                                       random_seed=seed, snapshot_after_train=False)
     param.net_param.CopyFrom(net_param(name, batch, True))
-    solver = minicnn.SGDSolver(param, log=lambda message: None)
+    solver = minicnn.SGDSolver(param, log=lambda message: None, device=device)
     _prepare(solver.net, name, seed)
     return solver
 
@@ -93,9 +96,9 @@ def _prepare(net, name, seed):
     if NETS[name][0] is None:
         net.copy_from(open_nsfw_file("resnet_50_1by2_nsfw.caffemodel"))
     rng = np.random.default_rng(seed)
-    net.blobs["data"].data[...] = rng.standard_normal(net.blobs["data"].shape)
+    net.blobs["data"].data = rng.standard_normal(net.blobs["data"].shape)   # (to a GPU too)
     if "label" in net.blobs:
-        net.blobs["label"].data[...] = rng.integers(0, NETS[name][2], net.blobs["label"].shape)
+        net.blobs["label"].data = rng.integers(0, NETS[name][2], net.blobs["label"].shape)
     return net
 
 
@@ -105,17 +108,19 @@ class TorchNet:
     """A minicnn Net's layers as PyTorch calls, on copies of its weights (float32 tensors).
     ``parameters`` lists them with their lr_mult/decay_mult, for an SGD with the same rules."""
 
-    def __init__(self, net):
+    def __init__(self, net, device="cpu"):
         import torch
         self.torch = torch
         self.net = net
+        self.device = device                 # "cuda": the twin of a GPU net
         self.train = net.phase == caffe_pb2.TRAIN
         self.layers = []
         self.parameters = []                 # (tensor, lr_mult, decay_mult)
         for layer, lr, decay in zip(net.layers, _mults(net), _mults(net, "decay_mult")):
-            weights = [torch.tensor(b.data, requires_grad=True) for b in layer.blobs]
+            values = [to_host(b.data) for b in layer.blobs]
+            weights = [torch.tensor(v, device=device, requires_grad=True) for v in values]
             if layer.type == "BatchNorm":    # running statistics are state, not parameters
-                weights = [torch.tensor(b.data) for b in layer.blobs]
+                weights = [torch.tensor(v, device=device) for v in values]
             else:
                 self.parameters += [(w, lr[i], decay[i]) for i, w in enumerate(weights)]
             self.layers.append((layer, weights))
@@ -124,7 +129,8 @@ class TorchNet:
         """{blob name: tensor} after running every layer on ``inputs`` ({name: array})."""
         torch = self.torch
         F = torch.nn.functional
-        blobs = {k: torch.from_numpy(np.asarray(v)) for k, v in inputs.items()}
+        blobs = {k: v if torch.is_tensor(v) else torch.from_numpy(to_host(v)).to(self.device)
+                 for k, v in inputs.items()}
         for (layer, w), bottoms, tops in zip(self.layers, self.net.bottom_names.values(),
                                              self.net.top_names.values()):
             t, p = layer.type, layer.param

@@ -70,28 +70,52 @@ __global__ void depthwise_backward_data(const T* dy, const T* w, T* dx, int C, i
 }
 
 // dw[f, i, j] += sum over (n, y, z) of dy[n, f, y, z] x[n, f / M, y sh + i dh - ph, z sw + j dw - pw]
-// Grid (F * kh * kw, splits), 256 threads: block (f, tap) sums its share of the N * oh * ow
-// positions, reduces in shared memory and adds the total to dw (atomically: splits > 1).
+// Grid (F, splits) of 256 threads: block (f, s) walks its share of the N * oh * ow positions
+// once, reading each dy value once and keeping one sum per tap in registers (a pass covers up
+// to MINICNN_DW_TAPS taps: kernels up to 5x5 in one pass), then reduces each sum in shared
+// memory and adds it to dw (atomically: the splits of a filter add up there).
+#define MINICNN_DW_TAPS 25
+
 template <typename T>
 __global__ void depthwise_backward_filter(const T* dy, const T* x, T* dw, int N, int C, int H,
                                           int W, int M, int kh, int kw, int sh, int sw, int ph,
                                           int pw, int dh, int dwid, int oh, int ow) {
   __shared__ T shared[256];
-  int taps = kh * kw;
-  int f = blockIdx.x / taps, tap = blockIdx.x % taps;
-  int i = tap / kw, j = tap % kw;
-  int c = f / M;
+  int f = blockIdx.x, taps = kh * kw;
   long long P = (long long)oh * ow, total = (long long)N * P;
-  T acc = T(0);
-  for (long long q = (long long)blockIdx.y * blockDim.x + threadIdx.x; q < total;
-       q += (long long)blockDim.x * gridDim.y) {
-    long long img = q / P;
-    int p = (int)(q % P);
-    int h = (p / ow) * sh + i * dh - ph, ww = (p % ow) * sw + j * dwid - pw;
-    if (h >= 0 && h < H && ww >= 0 && ww < W)
-      acc += dy[(img * C * M + f) * P + p] * x[(img * C + c) * (long long)H * W +
-                                               (long long)h * W + ww];
+  const T* dyf = dy + (long long)f * P;                     // image n: + n * C * M * P
+  const T* xc = x + (long long)(f / M) * H * W;             // image n: + n * C * H * W
+  for (int t0 = 0; t0 < taps; t0 += MINICNN_DW_TAPS) {
+    T acc[MINICNN_DW_TAPS];
+#pragma unroll
+    for (int t = 0; t < MINICNN_DW_TAPS; ++t) acc[t] = T(0);
+    int i0 = t0 / kw, j0 = t0 % kw;
+    for (long long q = (long long)blockIdx.y * blockDim.x + threadIdx.x; q < total;
+         q += (long long)blockDim.x * gridDim.y) {
+      long long img = q / P;
+      int p = (int)(q % P);
+      T g = dyf[img * C * M * P + p];
+      const T* xi = xc + img * C * (long long)H * W;
+      int h0 = (p / ow) * sh - ph, w0 = (p % ow) * sw - pw;
+      int i = i0, j = j0;
+#pragma unroll
+      for (int t = 0; t < MINICNN_DW_TAPS; ++t) {
+        if (t0 + t < taps) {
+          int h = h0 + i * dh, w = w0 + j * dwid;
+          if (h >= 0 && h < H && w >= 0 && w < W) acc[t] += g * xi[(long long)h * W + w];
+          if (++j == kw) {
+            j = 0;
+            ++i;
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int t = 0; t < MINICNN_DW_TAPS; ++t) {
+      if (t0 + t < taps) {                    // the same for every thread: no divergent barrier
+        T sum = mc::block_sum(acc[t], shared);
+        if (threadIdx.x == 0) atomicAdd(dw + (long long)f * taps + t0 + t, sum);
+      }
+    }
   }
-  acc = mc::block_sum(acc, shared);
-  if (threadIdx.x == 0) atomicAdd(dw + (long long)f * taps + tap, acc);
 }

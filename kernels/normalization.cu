@@ -5,19 +5,34 @@
 // the host-side CuPy sum over the splits finishes them (no atomics: deterministic).
 #include "common.cuh"
 
-#define MINICNN_CHANNEL_LOOP(q, total)                                                      \
-  for (long long q = (long long)blockIdx.y * blockDim.x + threadIdx.x; q < (total);         \
-       q += (long long)blockDim.x * gridDim.y)
+// The sum of value(i) over the elements i of channel c that block (c, s) covers: rows
+// o = s, s + splits, ... of the (outer, C, inner) view, each row's inner values read by
+// consecutive threads (coalesced, no division) when rows are long; for short rows (inner < 32,
+// e.g. BatchNorm after an InnerProduct) a flat walk over the outer * inner values instead.
+template <typename F>
+__device__ __forceinline__ double channel_accumulate(int c, int C, long long inner,
+                                                     long long outer, F value) {
+  double acc = 0;
+  if (inner >= 32) {
+    for (long long o = blockIdx.y; o < outer; o += gridDim.y) {
+      long long base = (o * C + c) * inner;
+      for (long long i = threadIdx.x; i < inner; i += blockDim.x) acc += value(base + i);
+    }
+  } else {
+    for (long long q = (long long)blockIdx.y * blockDim.x + threadIdx.x; q < outer * inner;
+         q += (long long)blockDim.x * gridDim.y)
+      acc += value(((q / inner) * C + c) * inner + q % inner);
+  }
+  return acc;
+}
 
 // part[c, s] = sum of a over channel c
 template <typename T>
 __global__ void channel_sum(const T* a, double* part, int C, long long inner, long long outer) {
   __shared__ double shared[256];
   int c = blockIdx.x;
-  double acc = 0;
-  MINICNN_CHANNEL_LOOP(q, outer * inner) {
-    acc += (double)a[((q / inner) * C + c) * inner + q % inner];
-  }
+  double acc = channel_accumulate(c, C, inner, outer,
+                                  [=](long long i) { return (double)a[i]; });
   acc = mc::block_sum(acc, shared);
   if (threadIdx.x == 0) part[(long long)c * gridDim.y + blockIdx.y] = acc;
 }
@@ -28,11 +43,8 @@ __global__ void channel_dot(const T* a, const T* b, double* part, int C, long lo
                             long long outer) {
   __shared__ double shared[256];
   int c = blockIdx.x;
-  double acc = 0;
-  MINICNN_CHANNEL_LOOP(q, outer * inner) {
-    long long i = ((q / inner) * C + c) * inner + q % inner;
-    acc += (double)a[i] * (double)b[i];
-  }
+  double acc = channel_accumulate(c, C, inner, outer,
+                                  [=](long long i) { return (double)a[i] * (double)b[i]; });
   acc = mc::block_sum(acc, shared);
   if (threadIdx.x == 0) part[(long long)c * gridDim.y + blockIdx.y] = acc;
 }
@@ -43,11 +55,11 @@ __global__ void channel_sqdev(const T* a, const double* mean, double* part, int 
                               long long inner, long long outer) {
   __shared__ double shared[256];
   int c = blockIdx.x;
-  double m = mean[c], acc = 0;
-  MINICNN_CHANNEL_LOOP(q, outer * inner) {
-    double d = (double)a[((q / inner) * C + c) * inner + q % inner] - m;
-    acc += d * d;
-  }
+  double m = mean[c];
+  double acc = channel_accumulate(c, C, inner, outer, [=](long long i) {
+    double d = (double)a[i] - m;
+    return d * d;
+  });
   acc = mc::block_sum(acc, shared);
   if (threadIdx.x == 0) part[(long long)c * gridDim.y + blockIdx.y] = acc;
 }

@@ -5,8 +5,10 @@
     b.diff                     # d(loss)/d(data), same shape; allocated on first use
 
 Layers read bottom blobs and write top blobs; backward writes the diffs. ``data`` and ``diff`` are
-plain NumPy arrays. They are replaced only by ``reshape`` to a new shape, so code that holds a
-reference to ``blob.data`` keeps seeing the blob's values between reshapes.
+plain NumPy arrays, or CuPy arrays on a GPU (``Blob(shape, device=0)``, ``blob.to_device(0)``: a
+Net on the GPU keeps every blob there). They are replaced only by ``reshape`` to a new shape, so
+code that holds a reference to ``blob.data`` keeps seeing the blob's values between reshapes.
+``blob.data = values`` copies NumPy values onto the device (and device values to the host).
 """
 
 import math
@@ -14,6 +16,7 @@ import os
 
 import numpy as np
 
+from minicnn import cuda
 from minicnn.errors import MinicnnError
 
 
@@ -31,18 +34,21 @@ MAX_BLOB_BYTES = int(os.environ.get("MINICNN_MAX_BLOB_BYTES", 0)) or _physical_m
 
 
 class Blob:
-    __slots__ = ("_data", "_diff", "_shape", "_count", "dtype")
+    __slots__ = ("_data", "_diff", "_shape", "_count", "dtype", "device")
 
-    def __init__(self, shape=(), dtype=np.float32):
+    def __init__(self, shape=(), dtype=np.float32, device=None):
         self.dtype = np.dtype(dtype)
+        self.device = device              # None: host memory (NumPy); a number: that CUDA GPU
         self._shape = None
         self._data = self._diff = None
         self.reshape(shape)
 
     @classmethod
     def from_array(cls, array, dtype=None):
-        array = np.asarray(array)
-        blob = cls(array.shape, dtype or (array.dtype if array.dtype.kind == "f" else np.float32))
+        device = array.device.id if cuda.is_device_array(array) else None
+        array = array if device is not None else np.asarray(array)
+        blob = cls(array.shape, dtype or (array.dtype if array.dtype.kind == "f" else np.float32),
+                   device)
         blob.data[...] = array
         return blob
 
@@ -66,7 +72,7 @@ class Blob:
                                    "(this machine's memory, or MINICNN_MAX_BLOB_BYTES)")
             self._shape = shape
             self._count = math.prod(shape)
-            self._data = np.zeros(shape, self.dtype)
+            self._data = cuda.zeros(shape, self.dtype, self.device)
             self._diff = None
         return self
 
@@ -109,25 +115,39 @@ class Blob:
 
     @data.setter
     def data(self, value):
-        self._data[...] = value           # write in place: keeps shared views alive
+        cuda.assign(self._data, value)    # write in place: keeps shared views alive
 
     @property
     def diff(self):
         if self._diff is None:            # inference never touches diffs: allocate lazily
-            self._diff = np.zeros(self._shape, self.dtype)
+            self._diff = cuda.zeros(self._shape, self.dtype, self.device)
         return self._diff
 
     @diff.setter
     def diff(self, value):
-        self.diff[...] = value
+        cuda.assign(self.diff, value)
+
+    def to_device(self, device, move=None):
+        """Move data (and diff) to CUDA device ``device`` (None: to the host), in place.
+        ``move`` (array -> array) replaces the plain copy (the Net's keeps views shared)."""
+        if device == self.device:
+            return self
+        if move is None:
+            move = (lambda a: cuda.to_device(a, device)) if device is not None else cuda.to_host
+        self._data = move(self._data)
+        if self._diff is not None:
+            self._diff = move(self._diff)
+        self.device = device
+        return self
 
     def alias_data(self, other):
         """Take ``other``'s shape and data array (not its diff), as Caffe's Blob::ShareData:
         writes to either are seen by both. The diff stays this blob's own."""
-        if self._shape != other.shape or self.dtype != other.dtype:
+        if self._shape != other.shape or self.dtype != other.dtype or \
+                self.device != other.device:
             self._shape, self.dtype, self._diff = other.shape, other.dtype, None
             self._count = other.count
-        self._data = other.data
+        self._data, self.device = other.data, other.device
 
     def share_data(self, other):
         """Use ``other``'s data and diff arrays (shared weights), viewed in this blob's shape."""
@@ -135,10 +155,11 @@ class Blob:
             raise MinicnnError(f"cannot share a blob of shape {other.shape} as {self._shape}")
         self._data = other.data.reshape(self._shape)
         self._diff = other.diff.reshape(self._shape)
-        self.dtype = other.dtype
+        self.dtype, self.device = other.dtype, other.device
 
     def __repr__(self):
-        return f"Blob(shape={self._shape}, dtype={self.dtype.name})"
+        where = "" if self.device is None else f", device=cuda:{self.device}"
+        return f"Blob(shape={self._shape}, dtype={self.dtype.name}{where})"
 
 
 # --- BlobProto (the message .caffemodel files store blobs in) ----------------------------------
@@ -174,16 +195,16 @@ def array_to_blob_proto(data, diff=None):
     """A BlobProto holding ``data`` (and ``diff``): float32 arrays go to data, float64 to
     double_data, as Caffe's Blob<float>/Blob<double>::ToProto write them."""
     from minicnn.proto.caffe_pb2 import BlobProto
-    data = np.asarray(data)
+    data = cuda.to_host(data)             # a GPU blob's values come to the host here
     proto = BlobProto()
     if data.shape:                       # a 0-axis blob has no shape field (Caffe's ToProto)
         proto.shape.dim.extend(data.shape)
     if data.dtype == np.float64:
         proto.double_data = data.reshape(-1)
         if diff is not None:
-            proto.double_diff = np.asarray(diff).reshape(-1)
+            proto.double_diff = cuda.to_host(diff).reshape(-1)
     else:
         proto.data = data.reshape(-1)
         if diff is not None:
-            proto.diff = np.asarray(diff).reshape(-1)
+            proto.diff = cuda.to_host(diff).reshape(-1)
     return proto

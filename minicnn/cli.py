@@ -74,12 +74,14 @@ def time_(args):
     """Time forward and backward of every layer, as `caffe time` does."""
     from minicnn import Net
 
+    from minicnn import cuda
     net = Net(_model(args), weights=args.weights, phase=args.phase, level=args.level,
-              stages=args.stage)
+              stages=args.stage, device=_device(args))
     rng = np.random.default_rng(0)
     for name in net.inputs:                   # inputs get random data of their declared shape
         blob = net.blobs[name]
-        blob.data[...] = rng.standard_normal(blob.shape)
+        blob.data = rng.standard_normal(blob.shape).astype(blob.dtype)
+    sync = cuda.synchronize if net.device is not None else (lambda: None)
     n_layers = len(net.layers)
     print(f"Net '{net.name}' ({net.phase}): {n_layers} layers, input "
           + ", ".join(f"{n} {net.blobs[n].shape}" for n in net.inputs))
@@ -92,16 +94,17 @@ def time_(args):
               "backward times below cover parameter diffs only.")
     forward_ms, backward_ms = np.zeros(n_layers), np.zeros(n_layers)
     start = time.perf_counter()
+    sync()
     for _ in range(args.iterations):
-        for i, (layer, bottoms, tops) in enumerate(zip(net.layers, net.bottom_vecs,
-                                                       net.top_vecs)):
-            t = time.perf_counter()
-            layer.forward(bottoms, tops)
+        for i in range(n_layers):             # on a GPU each layer is waited for (as Caffe's
+            t = time.perf_counter()           # CUDA events time them)
+            net.forward_layer(i, reshape=False)
+            sync()
             forward_ms[i] += time.perf_counter() - t
         for i in reversed(range(n_layers)):   # every layer, as Caffe's time does
             t = time.perf_counter()
-            net.layers[i].backward(net.top_vecs[i], net.bottom_need_backward[i],
-                                   net.bottom_vecs[i])
+            net.backward_layer(i)
+            sync()
             backward_ms[i] += time.perf_counter() - t
     total = (time.perf_counter() - start) * 1000
     forward_ms *= 1000 / args.iterations
@@ -139,9 +142,35 @@ def print_time_split(net, forward_ms, backward_ms, top=10):
               f"{100 * both[i] / total:5.1f}%")
 
 
-def _no_gpu(args):
+def _device(args):
+    """The GPU that --gpu names, or None (the CPU). One GPU per process: several (train's
+    data-parallel runs) go through minicnn.distributed, one rank per GPU."""
+    text = getattr(args, "gpu", None)
+    if text in (None, ""):
+        return None
+    from minicnn.distributed import parse_gpus
+    gpus = parse_gpus(text)
+    if len(gpus) != 1:
+        raise MinicnnError(f"--gpu {text}: minicnn {args.command} runs on one GPU; give one "
+                           "number (e.g. --gpu 0)")
+    from minicnn import cuda
+    cuda.check_device(gpus[0])
+    return gpus[0]
+
+
+def _train_device(args, param, root):
+    """The GPU of a one-process `minicnn train`: --gpu, else the solver's solver_mode: GPU
+    (device_id) as Caffe's tool reads it, when a GPU is there; None for the CPU."""
+    from minicnn import cuda
     if getattr(args, "gpu", None) not in (None, ""):
-        raise MinicnnError("minicnn's GPU backend is not available yet: run without --gpu")
+        return _device(args)
+    if param.HasField("solver_mode") and param.solver_mode == "GPU":
+        if cuda.available():
+            return param.device_id
+        if root:
+            print("note: the solver asks for the GPU, but none can be used here (CuPy or a "
+                  "CUDA device is missing); minicnn runs it on the CPU", file=sys.stderr)
+    return None
 
 
 # --- train -------------------------------------------------------------------------------------
@@ -239,7 +268,6 @@ def train(args):
     """Train a net with a solver (Caffe's `caffe train`); under mpirun or srun, data-parallel
     over the ranks (minicnn.distributed)."""
     from minicnn import distributed
-    _no_gpu(args)
     world = distributed.from_environment(args.gpu)      # None: one process, no MPI loaded
     if world is None:
         return _train(args, None)
@@ -253,8 +281,7 @@ def _train(args, world):
     if args.snapshot and args.weights:
         raise MinicnnError("give --snapshot (resume) or --weights (fine-tune), not both")
     param, path = _solver_param(args)
-    if param.solver_mode == "GPU" and param.HasField("solver_mode") and root:
-        print("note: the solver asks for the GPU; minicnn runs it on the CPU", file=sys.stderr)
+    device = world.device if world is not None else _train_device(args, param, root)
     if param.type not in SOLVERS:
         raise MinicnnError(f"unknown solver type '{param.type}'; minicnn supports: "
                            f"{', '.join(sorted(SOLVERS))}")
@@ -262,7 +289,7 @@ def _train(args, world):
         raise MinicnnError(f"{path}: max_iter is {param.max_iter}: nothing to train")
     solver = SOLVERS[param.type](param if world is None else world.rank_param(param),
                                  source=path, train_batch_size=args.batch_size,
-                                 log=None if root else world.quiet)
+                                 log=None if root else world.quiet, device=device)
     monitor = TrainingMonitor(solver, param.snapshot_prefix,
                               progress=False if args.no_progress else None) if root else None
     try:
@@ -297,18 +324,19 @@ def _train(args, world):
 def test(args):
     """Score a trained net: forward --iterations batches and average each output (Caffe's
     `caffe test`)."""
-    from minicnn import Net
-    _no_gpu(args)
+    from minicnn import Net, cuda
+    device = _device(args)
     if not args.weights:
         print("note: no --weights given: testing the net's initial (filler) weights",
               file=sys.stderr)
     net = Net(_model(args), weights=args.weights, phase=args.phase, level=args.level,
-              stages=args.stage)
+              stages=args.stage, device=device)
     sums, loss = {}, 0.0
     for i in range(args.iterations):
         loss += net.forward_from_to()
         for name in net.outputs:
-            values = np.asarray(net.blobs[name].data, dtype=np.float64).reshape(-1)
+            values = np.asarray(cuda.to_host(net.blobs[name].data), dtype=np.float64)
+            values = values.reshape(-1)
             for k, value in enumerate(values):
                 print(f"Batch {i}, {name}{'' if values.size == 1 else f'[{k}]'} = {value:.6g}")
             sums[name] = sums[name] + values if name in sums else values.copy()
@@ -452,7 +480,8 @@ def _deploy_net(args):
         print("note: no --weights given: using the net's initial (filler) weights",
               file=sys.stderr)
     return Net(args.model, weights=args.weights, phase=getattr(args, "phase", "TEST"),
-               level=getattr(args, "level", 0), stages=getattr(args, "stage", ()))
+               level=getattr(args, "level", 0), stages=getattr(args, "stage", ()),
+               device=_device(args))
 
 
 def _image_paths(items, root_folder=""):
@@ -1062,7 +1091,8 @@ def build_parser():
     p.add_argument("--solver", help="solver prototxt (Caffe's -solver)")
     p.add_argument("--weights", help="fine-tune from these .caffemodel files (comma-separated)")
     p.add_argument("--snapshot", help="resume from this .solverstate")
-    p.add_argument("--gpu", help="GPU id (not available yet)")
+    p.add_argument("--gpu", help="train on this GPU (e.g. 0); several (0,1 or all) train "
+                                 "data-parallel, one process per GPU")
     p.add_argument("--level", type=int, default=0)
     p.add_argument("--stage", action="append", default=[])
     p.add_argument("--sigint-effect", choices=["stop", "snapshot", "none"], default="stop",
@@ -1082,11 +1112,12 @@ def build_parser():
     p = sub.add_parser("test", help="average a net's outputs over batches (like `caffe test`)")
     _add_net_options(p, "TEST")
     p.add_argument("--iterations", type=int, default=50, help="batches (default 50)")
-    p.add_argument("--gpu", help="GPU id (not available yet)")
+    p.add_argument("--gpu", help="run on this GPU (e.g. 0)")
 
     p = sub.add_parser("time", help="time forward/backward of each layer (like `caffe time`)")
     _add_net_options(p, "TRAIN")
     p.add_argument("--iterations", type=int, default=50, help="timed iterations (default 50)")
+    p.add_argument("--gpu", help="time on this GPU (e.g. 0; each layer is synchronized)")
 
     p = sub.add_parser("draw", help="draw a net as a graph picture (like draw_net.py)")
     p.add_argument("model_path", metavar="NET", help="net prototxt")
@@ -1151,6 +1182,7 @@ def build_parser():
     p.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
     p.add_argument("--blob", help="the scores or probabilities (default: the first output)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--gpu", help="run the net on this GPU (e.g. 0)")
 
     p = sub.add_parser("extract", help="a blob's values as features (like extract_features)")
     _add_deploy_options(p, phase=True)
@@ -1159,6 +1191,7 @@ def build_parser():
     p.add_argument("--iterations", type=int, help="batches of the net's own data layers")
     p.add_argument("--out", required=True, help="features file: .npy, .npz or .h5 (+ .txt)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--gpu", help="run the net on this GPU (e.g. 0)")
 
     p = sub.add_parser("retrieve", help="database images most similar to a query image")
     _add_deploy_options(p)

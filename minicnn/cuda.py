@@ -9,7 +9,7 @@ kernels/*.cu.
 
 CuPy is imported only when the GPU is asked for, so minicnn imports and runs on machines without
 it; asking for the GPU there raises CudaUnavailable saying what is missing (CuPy, or a device).
-Install it with ``pip install "minicnn[cuda12]"`` (CUDA 12 drivers) or ``"minicnn[cuda13]"``.
+Install it with ``pip install "minicnn[cuda]"`` (CUDA 12 drivers) or ``"minicnn[cuda13]"``.
 
 Arrays. A net on the GPU holds CuPy arrays in its blobs; ops dispatch on the array type
 (minicnn.ops._dispatch) to their "cuda" impls. ``to_host``/``to_device``/``assign`` move values
@@ -44,8 +44,8 @@ class CudaUnavailable(MinicnnError):
     """The GPU was asked for but CuPy or a CUDA device is missing."""
 
 
-INSTALL_HINT = ('install CuPy for your CUDA driver: pip install "minicnn[cuda12]" '
-                '(cupy-cuda12x) or "minicnn[cuda13]" (cupy-cuda13x)')
+INSTALL_HINT = ('install CuPy for your CUDA driver: pip install "minicnn[cuda]" (cupy-cuda12x, '
+                'CUDA 12) or "minicnn[cuda13]" (cupy-cuda13x)')
 
 _backend = None            # the CuPy module (or a stand-in installed with use_backend)
 _gemm_backend = None       # cuBLAS's strided-batched GEMM, or the stand-in's
@@ -63,6 +63,7 @@ def use_backend(module=None, gemm=None):
     previous = (_backend, _gemm_backend)
     _backend, _gemm_backend = module, gemm
     _module.cache_clear()
+    _kernels.clear()
     _tf32["applied"].clear()
     return previous
 
@@ -290,12 +291,19 @@ def _module(file):
     return cupy().RawModule(code=source, options=("-std=c++17",), name_expressions=names)
 
 
+_kernels = {}                  # (file, name, dtype) -> function: get_function is not free
+
+
 def kernel(file, name, dtype):
     """The CUDA function ``name<float>`` or ``name<double>`` of kernels/``file``."""
-    ctype = CTYPES.get(np.dtype(dtype))
-    if ctype is None:
-        raise MinicnnError(f"the CUDA kernels take float32 or float64 arrays, not {dtype}")
-    return _module(file).get_function(f"{name}<{ctype}>")
+    key = (file, name, np.dtype(dtype))
+    found = _kernels.get(key)
+    if found is None:
+        ctype = CTYPES.get(key[2])
+        if ctype is None:
+            raise MinicnnError(f"the CUDA kernels take float32 or float64 arrays, not {dtype}")
+        found = _kernels[key] = _module(file).get_function(f"{name}<{ctype}>")
+    return found
 
 
 def _check_args(name, args):
@@ -437,7 +445,8 @@ def channel_reduce(name, arrays, layout, extra=()):
     cp = cupy()
     if c == 0:
         return cp.zeros(0, np.float64)
-    splits = max(1, min(-(-outer * inner // (BLOCK * 16)), -(-512 // c)))
+    rows = outer if inner >= 32 else -(-outer * inner // BLOCK)   # see channel_accumulate
+    splits = max(1, min(rows, -(-512 // c), 256))
     part = cp.empty((c, splits), np.float64)
     launch_blocks(kernel("normalization.cu", name, arrays[0].dtype), (c, splits),
                   (*arrays, *extra, part, np.int32(c), np.int64(inner), np.int64(outer)))

@@ -24,6 +24,7 @@ import sys
 import numpy as np
 
 from minicnn import io
+from minicnn.cuda import to_host
 from minicnn.data.db import resolve_path
 from minicnn.data.errors import DataError, need
 from minicnn.data.imageset import read_list_file
@@ -181,9 +182,9 @@ def run_images(net, image_input, images, blob, batch_size=10, progress=False, pe
             if input_blob.shape != batch.shape:      # a new batch size reshapes the net
                 input_blob.reshape(batch.shape)
                 net.reshape()
-            input_blob.data[...] = batch
+            input_blob.data = batch                  # to the GPU too, for a net there
             net.forward_from_to(0, last)
-            values = np.array(net.blobs[blob].data, dtype=np.float32)
+            values = np.array(to_host(net.blobs[blob].data), dtype=np.float32)
             if per_item is not None:
                 values = per_item(values)
             out.append(values.reshape(len(chunk), image_input.crops, *values.shape[1:])
@@ -213,9 +214,9 @@ def _run_data_layers(net, blob, iterations, progress):
     try:
         for _ in range(int(iterations)):
             net.forward_from_to(0, last)
-            features.append(np.array(net.blobs[blob].data, dtype=np.float32))
+            features.append(np.array(to_host(net.blobs[blob].data), dtype=np.float32))
             if has_label:
-                labels.append(np.array(net.blobs["label"].data, dtype=np.float32))
+                labels.append(np.array(to_host(net.blobs["label"].data), dtype=np.float32))
             if bar is not None:
                 bar.update(1)
     finally:

@@ -74,6 +74,9 @@ class Layer:
     # False when the Net will never run this layer's backward (inference): forward may then
     # skip copies it keeps only for backward. Standalone layers always keep them.
     backward_needed = True
+    # True for layers that compute with NumPy only: a Net on the GPU runs them on host copies
+    # of their blobs (data sources and Python layers do so, see minicnn.net.runs_on_host).
+    host_only = False
 
     def __init__(self, layer_param=None, phase=None, **fields):
         param = layer_param

@@ -16,12 +16,14 @@ Building a net, in Caffe's order:
     (or everything, with force_backward), minus bottoms switched off by propagate_down.
 """
 
+import functools
 import os
 import warnings
 from collections import OrderedDict, defaultdict
 
 import numpy as np
 
+from minicnn import cuda
 from minicnn.blob import (
     Blob,
     array_to_blob_proto,
@@ -147,6 +149,27 @@ def _known(blobs):
     return f"; known blobs: {', '.join(names)}" if names else "; no blob is produced before it"
 
 
+# --- which layers compute on the host in a GPU net ------------------------------------------------
+
+def runs_on_host(layer):
+    """Whether a GPU net runs ``layer`` on host copies of its blobs: data sources (no bottoms;
+    not Input, whose tops the caller fills), layers that say so (``host_only``, e.g. Python
+    layers, which compute with NumPy), and layers that call an op without a CUDA version."""
+    if getattr(layer, "host_only", False):
+        return True
+    if layer.type == "Input":
+        return False
+    if not layer.param.bottom:
+        return True
+    return not _cuda_ready(type(layer))
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_ready(cls):
+    from minicnn.catalogue import _ops_of
+    return all("cuda" in op.declared for op in _ops_of(cls).values())
+
+
 # --- the Net -----------------------------------------------------------------------------------
 
 class Net:
@@ -158,10 +181,16 @@ class Net:
     the NetParameter carries (whose phase defaults to TEST). ``dtype`` is float32 (Caffe's
     Net<float>) or float64 (Net<double>, for gradient checks). ``source_dir`` is where data
     layers look for relative paths after the current directory (default: the prototxt's folder).
+
+    ``device`` puts the net on a GPU: "cuda:0" (or "cuda", 0), "cpu"; None follows
+    minicnn.set_mode_gpu()/set_mode_cpu() (the CPU by default). The net is built on the host,
+    then every blob moves to the device and stays there; data layers (and Python layers, and
+    layers whose ops have no CUDA version) compute on host copies of their blobs, which the net
+    copies across around them (see ``runs_on_host``).
     """
 
     def __init__(self, model, *args, weights=None, phase=None, level=None, stages=(),
-                 dtype=np.float32, source_dir=None):
+                 dtype=np.float32, source_dir=None, device=None):
         if len(args) == 1:
             if args[0] in _PHASES and phase is None:
                 phase = args[0]
@@ -195,9 +224,13 @@ class Net:
         self.name = param.name
         self.force_backward = param.force_backward
         self.net_param = insert_splits(filter_net(param, state))
+        self.device, self._mirrors = None, {}
         self._build()
         if weights is not None:
             self.copy_from(weights)
+        device = cuda.resolve_device(device)
+        if device is not None:
+            self._to_device(device)
 
     @property
     def phase(self):
@@ -398,7 +431,8 @@ class Net:
     def _set_blobs(self, arrays, field):
         """Write ``arrays`` ({blob name: array}) into the blobs' data or diff. New shapes are
         allowed for net inputs' data: those blobs are reshaped and the net with them."""
-        arrays = {name: np.asarray(value) for name, value in arrays.items()}
+        arrays = {name: value if cuda.is_device_array(value) else np.asarray(value)
+                  for name, value in arrays.items()}
         reshaped = False
         for name, value in arrays.items():
             if name not in self.blobs:
@@ -418,7 +452,7 @@ class Net:
         if reshaped:
             self.reshape()
         for name, value in arrays.items():
-            getattr(self.blobs[name], field)[...] = value
+            setattr(self.blobs[name], field, value)       # the Blob copies across devices
 
     def forward(self, blobs=None, start=None, end=None, **inputs):
         """Run forward; returns {name: data} of the net outputs (or of layer ``end``'s tops)
@@ -439,8 +473,11 @@ class Net:
             layer, bottoms, tops = self.layers[i], self.bottom_vecs[i], self.top_vecs[i]
             try:                          # Caffe reshapes before every forward: sizes may vary
                 check_not_empty(bottoms)
-                layer.reshape(bottoms, tops)
-                layer.forward(bottoms, tops)
+                if i in self._mirrors:
+                    self._host_forward(i)
+                else:
+                    layer.reshape(bottoms, tops)
+                    layer.forward(bottoms, tops)
             except MinicnnError as e:
                 raise NetError(f"{self._describe(layer, bottoms)}: {e}") from None
             for j, top in enumerate(tops):
@@ -470,7 +507,10 @@ class Net:
             if self.layer_need_backward[i]:
                 layer, bottoms = self.layers[i], self.bottom_vecs[i]
                 try:
-                    layer.backward(self.top_vecs[i], self.bottom_need_backward[i], bottoms)
+                    if i in self._mirrors:
+                        self._host_backward(i)
+                    else:
+                        layer.backward(self.top_vecs[i], self.bottom_need_backward[i], bottoms)
                 except MinicnnError as e:
                     raise NetError(f"{self._describe(layer, bottoms)}: {e}") from None
 
@@ -482,11 +522,104 @@ class Net:
 
     def reshape(self):
         """Propagate new input shapes through every layer (Caffe's Net::Reshape)."""
-        for layer, bottoms, tops in zip(self.layers, self.bottom_vecs, self.top_vecs):
+        for i, (layer, bottoms, tops) in enumerate(zip(self.layers, self.bottom_vecs,
+                                                        self.top_vecs)):
             try:
-                layer.reshape(bottoms, tops)
+                if i in self._mirrors:
+                    self._host_reshape(i)
+                else:
+                    layer.reshape(bottoms, tops)
             except MinicnnError as e:
                 raise NetError(f"{self._describe(layer, bottoms)}: {e}") from None
+
+    # --- on a GPU ------------------------------------------------------------------------------
+    def _to_device(self, device):
+        """Move the net to CUDA device ``device``: every blob of the net and the parameters of
+        the layers that compute there (views keep sharing: shared weights, Split's aliases);
+        layers that run on the host get host copies (mirrors) of their bottoms and tops."""
+        moved = {}
+
+        def move(array):
+            if array is None or cuda.is_device_array(array):
+                return array
+            root = array if array.base is None or not isinstance(array.base, np.ndarray) \
+                else array.base
+            if id(root) not in moved:
+                moved[id(root)] = (root, cuda.to_device(root, device))
+            on_device = moved[id(root)][1]
+            if array is root:
+                return on_device
+            if array.size == root.size and array.flags.c_contiguous and root.flags.c_contiguous:
+                return on_device.reshape(array.shape)          # a reshaped view (shared weights)
+            return cuda.to_device(array, device)
+
+        self._mirrors = {}
+        for i, layer in enumerate(self.layers):
+            if runs_on_host(layer):
+                copies = {}
+
+                def host(blob):
+                    if id(blob) not in copies:
+                        copies[id(blob)] = Blob.from_array(blob.data, blob.dtype)
+                    return copies[id(blob)]
+                self._mirrors[i] = ([host(b) for b in self.bottom_vecs[i]],
+                                    [host(t) for t in self.top_vecs[i]])
+        blobs = list(self.blobs.values())
+        for i, layer in enumerate(self.layers):
+            if i not in self._mirrors:
+                blobs += layer.blobs
+        for blob in blobs:
+            if blob.device is None:
+                blob.to_device(device, move)
+        self.device = device
+
+    def forward_layer(self, i, reshape=True):
+        """Layer i's forward alone (its reshape first unless ``reshape`` is False), on host
+        copies for a layer that runs on the host in a GPU net (minicnn time uses it)."""
+        if i in self._mirrors:
+            self._host_forward(i)
+            return
+        if reshape:
+            self.layers[i].reshape(self.bottom_vecs[i], self.top_vecs[i])
+        self.layers[i].forward(self.bottom_vecs[i], self.top_vecs[i])
+
+    def backward_layer(self, i, propagate_down=None):
+        """Layer i's backward alone (``propagate_down``: default, what the net needs)."""
+        if i in self._mirrors:
+            self._host_backward(i, propagate_down)
+            return
+        need = self.bottom_need_backward[i] if propagate_down is None else propagate_down
+        self.layers[i].backward(self.top_vecs[i], need, self.bottom_vecs[i])
+
+    def _host_reshape(self, i):
+        hosts_in, hosts_out = self._mirrors[i]
+        for blob, host in zip(self.bottom_vecs[i], hosts_in):
+            host.reshape(blob.shape)
+        self.layers[i].reshape(hosts_in, hosts_out)
+        for blob, host in zip(self.top_vecs[i], hosts_out):
+            blob.reshape(host.shape)
+
+    def _host_forward(self, i):
+        """A host layer's forward: bottoms to the host, compute, tops to the device."""
+        hosts_in, hosts_out = self._mirrors[i]
+        for blob, host in zip(self.bottom_vecs[i], hosts_in):
+            host.reshape(blob.shape)
+            host.data = blob.data
+        self.layers[i].reshape(hosts_in, hosts_out)
+        self.layers[i].forward(hosts_in, hosts_out)
+        for blob, host in zip(self.top_vecs[i], hosts_out):
+            blob.reshape(host.shape)
+            blob.data = host.data                  # pinned, asynchronous (minicnn.cuda.assign)
+
+    def _host_backward(self, i, propagate_down=None):
+        hosts_in, hosts_out = self._mirrors[i]
+        need = self.bottom_need_backward[i] if propagate_down is None else propagate_down
+        for blob, host in zip(self.top_vecs[i], hosts_out):
+            host.diff = blob.diff
+        self.layers[i].backward(hosts_out, need, hosts_in)
+        for blob, host, down in zip(self.bottom_vecs[i], hosts_in, need):
+            if down:
+                blob.diff = host.diff
 
     def clear_param_diffs(self):
         for blob in self.learnable_params:
@@ -581,7 +714,7 @@ class Net:
                         "layer's parameters from scratch rather than copying them, rename the "
                         "layer")
                 try:
-                    blob.data[...] = blob_proto_to_array(proto).reshape(blob.shape)
+                    blob.data = blob_proto_to_array(proto).reshape(blob.shape)
                 except MinicnnError as e:
                     raise NetError(f"{where}: layer '{src.name}' param {k}: {e}") from None
 

@@ -28,6 +28,7 @@ import time
 
 import numpy as np
 
+from minicnn import cuda
 from minicnn.blob import array_to_blob_proto, blob_proto_to_array
 from minicnn.data.db import resolve_path
 from minicnn.errors import MinicnnError, NetError
@@ -139,13 +140,14 @@ class Solver:
     ``solver`` is a solver prototxt path or a SolverParameter. ``dtype`` chooses float32 or
     float64 nets; ``train_batch_size`` overrides the train net's data-layer batch size;
     ``log`` receives each log line (default: the "minicnn.solver" logger, or stderr when
-    logging is not configured).
+    logging is not configured). ``device`` puts the nets on a GPU ("cuda:0", 0; None follows
+    minicnn.set_mode_gpu): the update then runs on the device arrays the blobs hold.
     """
     type = None
     history_per_param = 1                 # AdaDelta and Adam keep two
 
     def __init__(self, solver, *, source=None, dtype=np.float32, train_batch_size=None,
-                 log=None):
+                 log=None, device=None):
         if not isinstance(solver, caffe_pb2.SolverParameter):
             source, solver = solver, read_solver(solver)
         self.param = param = upgrade_solver(solver.copy())
@@ -157,6 +159,7 @@ class Solver:
         if param.random_seed >= 0:
             set_random_seed(param.random_seed)
         self.dtype = np.dtype(dtype)
+        self.device = cuda.resolve_device(device)
         self.net = self._train_net(train_batch_size)
         self.test_nets = self._test_nets()
         for test_net in self.test_nets:
@@ -210,7 +213,7 @@ class Solver:
             set_batch_size(net_param, batch_size)
         self.log(f"Creating training net from {field}"
                  + (f" {getattr(p, field)}" if not field.endswith("_param") else ""))
-        return Net(net_param, dtype=self.dtype, source_dir=folder)
+        return Net(net_param, dtype=self.dtype, source_dir=folder, device=self.device)
 
     def _test_nets(self):
         p = self.param
@@ -243,7 +246,8 @@ class Solver:
                 state.MergeFrom(p.test_state[i])
             net_param.state.CopyFrom(state)
             self.log(f"Creating test net (#{i}) specified by {label}")
-            nets.append(Net(net_param, dtype=self.dtype, source_dir=folder))
+            nets.append(Net(net_param, dtype=self.dtype, source_dir=folder,
+                            device=self.device))
         return nets
 
     # --- the loop -------------------------------------------------------------------------------
@@ -332,7 +336,7 @@ class Solver:
         index = 0
         for name, values in outputs.items():
             weight = net.blob_loss_weights.get(name, 0.0)
-            for value in np.asarray(values, dtype=np.float64).reshape(-1):
+            for value in np.asarray(cuda.to_host(values), dtype=np.float64).reshape(-1):
                 extra = f" (* {weight:g} = {weight * value:.6g} loss)" if weight else ""
                 self.log(f"    {kind} net output #{index}: {name} = {value:.6g}{extra}")
                 index += 1
@@ -372,7 +376,8 @@ class Solver:
                 return None
             loss += net.forward_from_to()
             for name in net.outputs:
-                values = np.asarray(net.blobs[name].data, dtype=np.float64).reshape(-1)
+                values = np.asarray(cuda.to_host(net.blobs[name].data),
+                                    dtype=np.float64).reshape(-1)
                 sums[name] = sums[name] + values if name in sums else values.copy()
         if self.param.test_compute_loss:
             self.log(f"Test loss: {loss / n_iter:.6g}")
@@ -495,7 +500,7 @@ class Solver:
             if values.size != h.size:
                 raise MinicnnError(f"{path}: history blob {k} has {values.size} values, the "
                                    f"parameter has {h.size}")
-            h[...] = values.reshape(h.shape)
+            cuda.assign(h, values.reshape(h.shape))
         self.iter, self.current_step = state.iter, state.current_step
         if state.HasField("learned_net"):
             model = resolve_path(state.learned_net, os.path.dirname(os.path.abspath(path)),

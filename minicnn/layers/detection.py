@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from minicnn import ops
+from minicnn import cuda, ops
 from minicnn.data.detection import augment, label_path, pad_boxes, read_labels
 from minicnn.data.datum import read_image
 from minicnn.data.errors import DataError, need
@@ -91,7 +91,7 @@ class DetectionLayer(Layer):
             top[0].data[...] = x
             return
         s = self.settings
-        labels = bottom[1].data.reshape(x.shape[0], -1, 5)
+        labels = cuda.to_host(bottom[1].data).reshape(x.shape[0], -1, 5)   # truth on the host
         truth = detection_truth(labels, s["side"], s["classes"], s["coords"], dtype=x.dtype)
         loss, self.delta, stats = ops.detection_loss_forward(x, truth, **s)
         top[0].data[...] = loss

@@ -3,7 +3,7 @@ SigmoidCrossEntropyLoss, and Accuracy."""
 
 import numpy as np
 
-from minicnn import ops
+from minicnn import cuda, ops
 from minicnn.errors import LayerError
 from minicnn.layer import Layer, register
 from minicnn.ops.sigmoid_cross_entropy import resolve_sce_normalization
@@ -21,6 +21,7 @@ def _check_label_count(scores, labels, axis):
 
 
 def _check_label_values(labels, num_classes, ignore_label):
+    labels = cuda.to_host(labels)                  # on a GPU: the batch's labels come over
     bad = find_bad_label(labels, num_classes, ignore_label)
     if bad is not None:
         index, value = bad

@@ -168,6 +168,7 @@ class PythonLayer(Layer):
     backward(top, propagate_down, bottom) on minicnn Blobs; param_str reaches it as
     ``self.param_str``. Importing the module runs its code: see the module docstring."""
     param_field = "python_param"
+    host_only = True             # the user's code computes with NumPy: a GPU net hands it copies
 
     def layer_setup(self, bottom, top):
         p = self.param.python_param

@@ -525,10 +525,9 @@ def _depthwise_filter_cuda(dy, x, f, geom, oh, ow):
     n = x.shape[0]
     kh, kw = geom.kernel
     dw = cuda.cupy().zeros((f, 1, kh, kw), dy.dtype)
-    blocks = f * kh * kw
-    splits = max(1, min(-(-n * oh * ow // (cuda.BLOCK * 4)), -(-1024 // blocks)))
+    splits = max(1, min(-(-n * oh * ow // (cuda.BLOCK * 4)), -(-1024 // f)))
     cuda.launch_blocks(cuda.kernel("depthwise.cu", "depthwise_backward_filter", dy.dtype),
-                       (blocks, splits), (dy, x, dw, np.int32(n),
+                       (f, splits), (dy, x, dw, np.int32(n),
                                           *_depthwise_args(x.shape, f, geom, oh, ow)))
     return dw
 

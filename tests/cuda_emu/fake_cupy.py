@@ -438,13 +438,29 @@ class RawModule:
             with open(path) as f:
                 code = f.read()
         self.names = list(name_expressions)
-        self.fibered = "__syncthreads" in code
+        self.fibered = {name: _synchronizes(code, name.split("<")[0]) for name in self.names}
         self.lib = _build(code, self.names)
 
     def get_function(self, name):
         if name not in self.names:
             raise CUDARuntimeError(f"{name} is not among the module's name_expressions")
         return RawKernel._from_module(self, self.names.index(name), name)
+
+
+def _synchronizes(code, kernel):
+    """Whether the body of ``kernel`` reaches __syncthreads (directly or via mc::block_sum): it
+    then runs as fibers; other kernels run their threads one after another (much faster)."""
+    m = re.search(rf"__global__\s+void\s+{re.escape(kernel)}\s*\(", code)
+    if m is None:
+        return True
+    start = code.index("{", m.end())
+    depth, i = 0, start
+    for i in range(start, len(code)):
+        depth += {"{": 1, "}": -1}.get(code[i], 0)
+        if depth == 0:
+            break
+    body = code[start:i + 1]
+    return "__syncthreads" in body or "block_sum" in body
 
 
 class RawKernel:
@@ -493,7 +509,7 @@ class RawKernel:
             pointers.append(ctypes.cast(ctypes.pointer(value), ctypes.c_void_p))
         argv = (ctypes.c_void_p * max(1, len(pointers)))(*pointers)
         error = self.launcher(*(ctypes.c_uint(v) for v in grid + block),
-                              ctypes.c_int(int(self.module.fibered)), argv)
+                              ctypes.c_int(int(self.module.fibered[self.name])), argv)
         if error:
             raise CUDARuntimeError(f"{self.name}: {error.decode()}")
         for buf in buffers:
@@ -523,22 +539,26 @@ def gemm_strided_batched(opa, opb, m, n, k, alpha, a, offset_a, lda, stride_a, b
     if lda < max(1, rows_a) or ldb < max(1, rows_b) or ldc < max(1, m):
         raise CUDARuntimeError(f"cuBLAS would refuse lda {lda}, ldb {ldb}, ldc {ldc} for "
                                f"{opa}{opb} m {m} n {n} k {k}")
-    fa, fb, fc = a._a.reshape(-1), b._a.reshape(-1), c._a.reshape(-1)
-    r_m, c_k, c_n = np.arange(m)[:, None], np.arange(k)[None, :], np.arange(n)[None, :]
-    r_k = np.arange(k)[:, None]
-    for i in range(batch):
-        ia = offset_a + i * stride_a + (r_m + c_k * lda if opa == "N" else r_m * lda + c_k)
-        ib = offset_b + i * stride_b + (r_k + c_n * ldb if opb == "N" else r_k * ldb + c_n)
-        ic = offset_c + i * stride_c + r_m + c_n * ldc
-        for name, idx, flat in (("A", ia, fa), ("B", ib, fb), ("C", ic, fc)):
-            if idx.size and (idx.min() < 0 or idx.max() >= flat.size):
-                raise CUDARuntimeError(f"gemm batch {i}: {name} reaches element "
-                                       f"{int(idx.max())} of {flat.size}")
-        product = fa[ia] @ fb[ib] if k else np.zeros((m, n), c.dtype)
-        value = c.dtype.type(alpha) * product
-        if beta != 0:
-            value = value + c.dtype.type(beta) * fc[ic]
-        fc[ic] = value
+    def view(arr, name, offset, rows, cols, ld, trans, stride):
+        # column major: element (r, c) of the op'd matrix sits at offset + r + c * ld, or at
+        # offset + r * ld + c when transposed; matrix i of the batch stride elements later
+        flat = arr._a.reshape(-1)
+        step = (ld, 1) if trans == "T" else (1, ld)
+        last = offset + (batch - 1) * stride + (rows - 1) * step[0] + (cols - 1) * step[1]
+        if rows and cols and (offset < 0 or last >= flat.size):
+            raise CUDARuntimeError(f"gemm: {name} reaches element {last} of {flat.size}")
+        item = flat.itemsize
+        return np.lib.stride_tricks.as_strided(
+            flat[offset:], shape=(batch, rows, cols),
+            strides=(stride * item, step[0] * item, step[1] * item))
+    a3 = view(a, "A", offset_a, m, k, lda, opa, stride_a)
+    b3 = view(b, "B", offset_b, k, n, ldb, opb, stride_b)
+    c3 = view(c, "C", offset_c, m, n, ldc, "N", stride_c)
+    t = c.dtype.type
+    value = t(alpha) * np.matmul(a3, b3) if k else np.zeros((batch, m, n), c.dtype)
+    if beta != 0:
+        value = value + t(beta) * c3
+    c3[...] = value
 
 
 # --- devices, streams, events, pinned memory ------------------------------------------------------

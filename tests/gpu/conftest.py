@@ -32,10 +32,11 @@ def poisoned(cp, shape, dtype):
     return cp.full(shape, np.nan, dtype)
 
 
-def rel_error(got, want):
-    """|got - want| / |want| over the whole array (0 when both are 0)."""
+def rel_error(got, want, floor=0.0):
+    """|got - want| / max(|want|, floor) over the whole array (norms; 0 when both are 0).
+    ``floor`` is for values that are rounding noise around 0 on both sides."""
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    scale = np.linalg.norm(want.ravel())
+    scale = max(np.linalg.norm(want.ravel()), floor)
     return np.linalg.norm((got - want).ravel()) / (scale if scale > 0 else 1.0)
 
 

@@ -20,6 +20,8 @@ CASES = [   # (N, C, H, W), F, kernel, stride, pad, dilation, group
     ((2, 4, 7, 9), 8, 1, 1, 0, 1, 2),                   # grouped pointwise
     ((2, 4, 9, 9), 4, 3, 1, 1, 1, 4),                   # depthwise
     ((2, 3, 12, 10), 6, 3, 2, 2, 2, 3),                 # depthwise, multiplier 2, dilated
+    ((2, 3, 11, 11), 3, 7, 1, 3, 1, 3),                 # depthwise 7x7: two passes of taps
+    ((2, 4, 10, 9), 4, (5, 3), (2, 1), (2, 1), 1, 4),   # depthwise 5x3, strided
     ((1, 2, 5, 5), 3, 5, 1, 0, 1, 1),                   # one output position
     ((2, 3, 6, 6), 2, 2, 3, 1, 1, 1),                   # stride larger than the kernel
 ]

@@ -1,0 +1,45 @@
+"""bench/gpu_vs_torch.py's code paths, run on the CUDA host emulator with PyTorch on the CPU at
+toy sizes: a broken benchmark script is found here, not on a GPU's clock. (The timings mean
+nothing; the GPU run is bench/gpu_check.sh.)"""
+
+import argparse
+import importlib.util
+import os
+
+import pytest
+
+from tests import cuda_emu
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__)))), "bench", "gpu_vs_torch.py")
+
+
+def test_the_gpu_benchmark_runs_on_the_emulator(monkeypatch, capsys):
+    torch = pytest.importorskip("torch")
+    if not cuda_emu.available():
+        pytest.skip("no C++ compiler for the CUDA host emulator")
+    monkeypatch.syspath_prepend(os.path.dirname(BENCH))
+    spec = importlib.util.spec_from_file_location("gpu_vs_torch", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(bench, "TORCH_DEVICE", "cpu")
+    monkeypatch.setattr(bench, "CONVS", [("conv 3x3 g2", (2, 4, 9, 9), (6, 3, 2, 1, 1, 2)),
+                                         ("depthwise 3x3", (2, 4, 8, 8), (4, 3, 1, 2, 2, 4))])
+    monkeypatch.setattr(bench, "LRN_SHAPE", (2, 6, 5, 5))
+    monkeypatch.setattr(bench, "POOL_SHAPE", (2, 3, 9, 9))
+    monkeypatch.setattr(bench, "NET_ROWS", [("LeNet training step", "lenet", 4)])
+    args = argparse.Namespace(repeat=1, block=0.001, quick=False)
+    with cuda_emu.installed():
+        name, peak, tf32, sms, clock = bench.gpu_facts()
+        assert name and peak > 0 and sms >= 1
+        header, table = bench.layer_rows(args, torch, sgemm=peak, peak=peak)
+        assert len(table) == 2 * 2 + 4 and all(row[4].endswith("x") for row in table)
+        net_header, nets = bench.net_rows(args, torch, False)
+        bench.set_tf32(torch, True)
+        nets += bench.net_rows(args, torch, True)[1]
+        bench.set_tf32(torch, False)
+        assert [row[2] for row in nets] == ["off", "on"]
+        assert all(float(row[6]) > 0 for row in nets), nets
+    bench.show("Layers", header, table, True)
+    out = capsys.readouterr().out
+    assert "| layer | pass |" in out and "depthwise 3x3" in out

@@ -1,0 +1,191 @@
+"""Whole nets on the GPU: a Net(device=...) and a Solver on the device compute what the CPU
+computes (float32 tolerance), with the data layer on the host and every other layer on the
+device; LeNet training steps, a net of many layer types forward and backward, snapshots and
+weights in and out, and the errors when no GPU can be had."""
+
+import os
+
+import numpy as np
+import pytest
+
+import minicnn
+from minicnn import cuda
+from minicnn.proto import caffe_pb2
+from minicnn.proto.text import parse_text
+
+from .conftest import rel_error
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def lenet_memory_data(batch=16):
+    """Caffe's LeNet (models/lenet) with its Data layers replaced by one MemoryData layer."""
+    with open(os.path.join(REPO, "models", "lenet", "lenet_train_test.prototxt")) as f:
+        net = parse_text(f.read(), "NetParameter")
+    layers = [layer for layer in net.layer if layer.type != "Data"]
+    net.ClearField("layer")
+    net.layer.add().CopyFrom(parse_text(f"""
+        name: "mnist" type: "MemoryData" top: "data" top: "label"
+        memory_data_param {{ batch_size: {batch} channels: 1 height: 24 width: 24 }}""",
+                                        "LayerParameter"))
+    for layer in layers:
+        net.layer.add().CopyFrom(layer)
+    return net
+
+
+def digits(n=48, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.random((n, 1, 24, 24)).astype(np.float32), \
+        rng.integers(0, 10, n).astype(np.float32)
+
+
+def lenet_solver(device):
+    param = caffe_pb2.SolverParameter(base_lr=0.01, momentum=0.9, weight_decay=0.0005,
+                                      lr_policy="inv", gamma=0.0001, power=0.75, max_iter=100,
+                                      random_seed=1701, snapshot_after_train=False)
+    param.net_param.CopyFrom(lenet_memory_data())
+    solver = minicnn.SGDSolver(param, log=lambda m: None, device=device)
+    solver.net.set_input_arrays(*digits())
+    return solver
+
+
+def test_lenet_training_steps_equal_the_cpu(gpu):
+    cpu, dev = lenet_solver(None), lenet_solver("cuda:0")
+    assert dev.net.device == 0 and cpu.net.device is None
+    assert all(cuda.is_device_array(b.data) for b in dev.net.learnable_params)
+    assert not cuda.is_device_array(dev.net._mirrors[0][1][0].data)   # the data layer's tops
+    for _ in range(3):
+        cpu.step(1)
+        dev.step(1)
+        assert abs(cpu.smoothed_loss - dev.smoothed_loss) <= 1e-5 * abs(cpu.smoothed_loss)
+    for i, (a, b) in enumerate(zip(cpu.net.learnable_params, dev.net.learnable_params)):
+        assert rel_error(cuda.to_host(b.data), a.data) < 1e-5, f"parameter {i}"
+    for a, b in zip(cpu.history, dev.history):
+        assert rel_error(cuda.to_host(b), a) < 1e-4
+
+
+def test_snapshot_and_weights_round_trip(gpu, tmp_path):
+    dev = lenet_solver("cuda")
+    dev.param.snapshot_prefix = str(tmp_path / "lenet")
+    dev.step(2)
+    model, state = dev.snapshot()
+    cpu = minicnn.Net(lenet_memory_data(), model, minicnn.TRAIN)
+    for a, b in zip(cpu.learnable_params, dev.net.learnable_params):
+        np.testing.assert_array_equal(a.data, b.data.get())
+    again = lenet_solver(0)
+    again.restore(state)
+    assert again.iter == 2
+    for a, b in zip(again.history, dev.history):
+        np.testing.assert_array_equal(a.get(), b.get())
+
+
+ZOO = """
+name: "zoo" force_backward: true
+layer { name: "data" type: "Input" top: "data" top: "label"
+        input_param { shape { dim: 2 dim: 3 dim: 12 dim: 12 } shape { dim: 2 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 6 kernel_size: 3 pad: 1
+                            weight_filler { type: "gaussian" std: 0.3 }
+                            bias_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "bn1" type: "BatchNorm" bottom: "conv1" top: "conv1" }
+layer { name: "sc1" type: "Scale" bottom: "conv1" top: "conv1"
+        scale_param { bias_term: true filler { type: "gaussian" std: 1 }
+                      bias_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" relu_param { negative_slope: 0.1 } }
+layer { name: "dw" type: "Convolution" bottom: "conv1" top: "dw"
+        convolution_param { num_output: 6 group: 6 kernel_size: 3 pad: 2 dilation: 2
+                            weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "lrn" type: "LRN" bottom: "dw" top: "lrn" lrn_param { local_size: 3 alpha: 0.5 } }
+layer { name: "pool" type: "Pooling" bottom: "conv1" top: "pool"
+        pooling_param { pool: MAX kernel_size: 3 stride: 1 pad: 1 } }
+layer { name: "lrn2" type: "LRN" bottom: "pool" top: "lrn2"
+        lrn_param { local_size: 3 alpha: 0.5 norm_region: WITHIN_CHANNEL } }
+layer { name: "sum" type: "Eltwise" bottom: "lrn" bottom: "lrn2" top: "sum"
+        eltwise_param { coeff: 1 coeff: -0.5 } }
+layer { name: "cat" type: "Concat" bottom: "sum" bottom: "conv1" top: "cat" }
+layer { name: "slice" type: "Slice" bottom: "cat" top: "s1" top: "s2" }
+layer { name: "max" type: "Eltwise" bottom: "s1" bottom: "s2" top: "max"
+        eltwise_param { operation: MAX } }
+layer { name: "tanh" type: "TanH" bottom: "max" top: "tanh" }
+layer { name: "ave" type: "Pooling" bottom: "tanh" top: "ave"
+        pooling_param { pool: AVE kernel_size: 3 stride: 2 } }
+layer { name: "up" type: "Deconvolution" bottom: "ave" top: "up"
+        convolution_param { num_output: 4 kernel_size: 4 stride: 2 pad: 1
+                            weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "interp" type: "Interp" bottom: "up" top: "interp" interp_param { height: 7 width: 5 } }
+layer { name: "drop" type: "Dropout" bottom: "interp" top: "interp" dropout_param { dropout_ratio: 0.3 } }
+layer { name: "ip" type: "InnerProduct" bottom: "interp" top: "ip"
+        inner_product_param { num_output: 5 weight_filler { type: "gaussian" std: 0.2 } } }
+layer { name: "prelu" type: "PReLU" bottom: "ip" top: "prelu" }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "prelu" bottom: "label" top: "loss" }
+layer { name: "acc" type: "Accuracy" bottom: "prelu" bottom: "label" top: "acc" }
+"""
+
+
+def test_many_layer_types_forward_and_backward_as_on_the_cpu(gpu):
+    param = parse_text(ZOO, "NetParameter")
+    minicnn.set_random_seed(5)
+    cpu = minicnn.Net(param, phase=minicnn.TRAIN)
+    minicnn.set_random_seed(5)
+    dev = minicnn.Net(param, phase=minicnn.TRAIN, device="cuda:0")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 12, 12)).astype(np.float32)
+    label = np.array([1, 3], np.float32)
+    for net in (cpu, dev):
+        minicnn.set_random_seed(9)                        # the same dropout mask
+        net.forward(data=x, label=label)
+        net.backward()
+    for name, blob in cpu.blobs.items():
+        other = dev.blobs[name]
+        assert cuda.is_device_array(other.data), name
+        assert rel_error(other.data.get(), blob.data) < 1e-5, f"{name} data"
+        if name != "label":
+            assert rel_error(other.diff.get(), blob.diff) < 1e-4, f"{name} diff"
+    for layer in cpu.params:
+        for k, (a, b) in enumerate(zip(cpu.params[layer], dev.params[layer])):
+            # conv1's bias gets no gradient through BatchNorm: both sides are rounding noise
+            assert rel_error(b.diff.get(), a.diff, floor=1e-3) < 1e-4, f"{layer} param {k} diff"
+            assert rel_error(b.data.get(), a.data) < 1e-5, f"{layer} param {k} data"
+
+
+def test_python_and_argmax_layers_run_on_host_copies(gpu, tmp_path):
+    (tmp_path / "double_layer.py").write_text(
+        "import numpy as np\n"
+        "import minicnn\n"
+        "class Double(minicnn.PythonLayerBase):\n"
+        "    def reshape(self, bottom, top): top[0].reshape(*bottom[0].shape)\n"
+        "    def forward(self, bottom, top):\n"
+        "        assert isinstance(bottom[0].data, np.ndarray)\n"
+        "        top[0].data[...] = 2 * bottom[0].data\n"
+        "    def backward(self, top, propagate_down, bottom):\n"
+        "        bottom[0].diff[...] = 2 * top[0].diff\n")
+    (tmp_path / "net.prototxt").write_text("""
+        force_backward: true
+        layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 5 } } }
+        layer { name: "py" type: "Python" bottom: "data" top: "py"
+                python_param { module: "double_layer" layer: "Double" } }
+        layer { name: "sig" type: "Sigmoid" bottom: "py" top: "sig" }
+        layer { name: "arg" type: "ArgMax" bottom: "sig" top: "arg" argmax_param { top_k: 2 } }
+        layer { name: "loss" type: "EuclideanLoss" bottom: "sig" bottom: "data" top: "loss" }""")
+    x = np.random.default_rng(1).standard_normal((2, 5)).astype(np.float32)
+    cpu = minicnn.Net(str(tmp_path / "net.prototxt"), phase=minicnn.TRAIN)
+    dev = minicnn.Net(str(tmp_path / "net.prototxt"), phase=minicnn.TRAIN, device=0)
+    assert sorted(dev.layers[i].type for i in dev._mirrors) == ["ArgMax", "Python"]
+    for net in (cpu, dev):
+        net.forward(data=x)
+        net.backward()
+    for name in ("py", "sig", "arg", "loss"):
+        assert rel_error(cuda.to_host(dev.blobs[name].data), cpu.blobs[name].data) < 1e-6
+    assert rel_error(dev.blobs["data"].diff.get(), cpu.blobs["data"].diff) < 1e-5
+
+
+def test_global_gpu_mode_and_set_device(gpu):
+    minicnn.set_device(0)
+    minicnn.set_mode_gpu()
+    try:
+        net = minicnn.Net(lenet_memory_data(), phase=minicnn.TRAIN)
+        assert net.device == 0 and cuda.mode() == "GPU"
+        assert minicnn.Net(lenet_memory_data(), phase=minicnn.TRAIN, device="cpu").device is None
+    finally:
+        minicnn.set_mode_cpu()
+    assert minicnn.Net(lenet_memory_data(), phase=minicnn.TRAIN).device is None

@@ -1,0 +1,116 @@
+"""The CUDA backend's host side, on any machine: asking for a GPU without CuPy or without a
+device fails with an error naming what is missing (Net, Solver, set_mode_gpu, the CLI); device
+names; launch hygiene; the kernel sources CuPy is handed; which layers a GPU net runs on the
+host; and CPU nets untouched by all of it."""
+
+import os
+import sys
+import types
+
+import numpy as np
+import pytest
+
+import minicnn
+from minicnn import cuda
+from minicnn.cli import main
+from minicnn.layer import LAYERS
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LENET = os.path.join(REPO, "models", "lenet", "lenet.prototxt")
+
+
+@pytest.fixture
+def no_cupy(monkeypatch):
+    """CuPy cannot be imported (as on machines without it)."""
+    previous = cuda.use_backend(None, None)
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    yield
+    cuda.use_backend(*previous)
+
+
+@pytest.fixture
+def no_device():
+    """CuPy imports, but the driver finds no GPU."""
+    runtime = types.SimpleNamespace(getDeviceCount=lambda: 0)
+    previous = cuda.use_backend(types.SimpleNamespace(cuda=types.SimpleNamespace(runtime=runtime)))
+    yield
+    cuda.use_backend(*previous)
+
+
+def test_a_gpu_net_without_cupy_says_to_install_it(no_cupy):
+    with pytest.raises(cuda.CudaUnavailable, match=r"needs CuPy.*pip install.*minicnn\[cuda"):
+        minicnn.Net(LENET, device="cuda:0")
+    with pytest.raises(cuda.CudaUnavailable, match="CuPy"):
+        minicnn.set_mode_gpu()
+    assert cuda.mode() == "CPU" and not cuda.available()
+
+
+def test_a_gpu_net_without_a_device_says_there_is_none(no_device):
+    with pytest.raises(cuda.CudaUnavailable, match="found no CUDA device"):
+        minicnn.Net(LENET, device=0)
+    with pytest.raises(cuda.CudaUnavailable, match="no CUDA device"):
+        minicnn.set_device(0)
+    assert not cuda.available()
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "models/lenet/lenet_solver.prototxt", "--gpu", "0"],
+    ["test", LENET, "--gpu", "0", "--iterations", "1"],
+    ["time", LENET, "--gpu", "0", "--iterations", "1"],
+    ["extract", "--model", LENET, "--blob", "prob", "--iterations", "1", "--out", "f.npy",
+     "--gpu", "0"],
+])
+def test_cli_gpu_flag_without_cupy_is_a_clear_error(no_cupy, argv, capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(REPO if argv[0] == "train" else tmp_path)
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "error" in err and "CuPy" in err and "pip install" in err
+
+
+def test_device_names():
+    assert cuda.parse_device(None) is None and cuda.parse_device("cpu") is None
+    assert cuda.parse_device("cuda:1") == 1 and cuda.parse_device("GPU:2") == 2
+    assert cuda.parse_device(3) == 3 and cuda.parse_device("0") == 0
+    assert cuda.parse_device("cuda") == cuda._mode["device"]
+    for bad in ("tpu", "cuda:x", 1.5, True):
+        with pytest.raises(minicnn.MinicnnError, match="device must be"):
+            cuda.parse_device(bad)
+
+
+def test_launches_refuse_python_numbers():
+    with pytest.raises(minicnn.MinicnnError, match="NumPy scalar"):
+        cuda.launch(lambda grid, block, args: None, 10, (np.int64(1), 2))
+    with pytest.raises(minicnn.MinicnnError, match="NumPy scalar"):
+        cuda.launch(lambda grid, block, args: None, 10, (np.float32(1), 0.5))
+    cuda.launch(lambda grid, block, args: pytest.fail("launched"), 0, (3,))  # nothing to do
+
+
+def test_kernel_sources_are_self_contained():
+    for path in sorted(cuda.kernels_dir().glob("*.cu")):
+        source = cuda.kernel_source(path.name)
+        assert "#include" not in source and "MINICNN_KERNEL_LOOP" in source, path.name
+        assert cuda.template_kernels(source), path.name
+    assert cuda.template_kernels(cuda.kernel_source("relu.cu")) == ["relu_forward",
+                                                                     "relu_backward"]
+
+
+def test_every_op_but_argmax_has_a_cuda_impl():
+    from minicnn import ops
+    lacking = sorted(name for name in ops.__all__ if isinstance(getattr(ops, name), ops.Op)
+                     and "cuda" not in getattr(ops, name).declared)
+    assert lacking == ["argmax_forward"]
+    assert ("cuda" in ops.relu_forward.impls) == cuda.importable
+
+
+def test_gpu_nets_run_data_python_and_argmax_layers_on_the_host():
+    from minicnn.net import _cuda_ready
+    assert sorted(cls.type for cls in set(LAYERS.values()) if not _cuda_ready(cls)) == \
+        ["ArgMax"]
+    assert LAYERS["Python"].host_only and not LAYERS["Convolution"].host_only
+
+
+def test_cpu_nets_stay_numpy():
+    net = minicnn.Net(LENET)
+    assert net.device is None and net._mirrors == {}
+    assert all(type(b.data) is np.ndarray for b in net.blobs.values())
+    assert "device" not in repr(net.blobs["data"])
