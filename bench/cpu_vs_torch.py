@@ -3,12 +3,15 @@
     python bench/cpu_vs_torch.py                  # everything: about 10 minutes on 2 cores
     python bench/cpu_vs_torch.py --only layers    # or nets, memory
     python bench/cpu_vs_torch.py --markdown       # tables as Markdown (for bench/RESULTS.md)
+    python bench/cpu_vs_torch.py --one-thread     # both engines on one thread, CPU time
 
 Each row runs both engines interleaved: a warm-up of each, then `--repeat` rounds of one timed
 block of minicnn and one of PyTorch, each block long enough to time (at least `--block`
 seconds), with a pause between blocks (OpenBLAS's threads spin for about 0.1 s after a call and
 would slow whichever side came next). The tables give medians in milliseconds and the ratio
-PyTorch / minicnn: above 1 means minicnn is faster.
+PyTorch / minicnn: above 1 means minicnn is faster. ``--one-thread`` runs both engines on one
+thread and times them by CPU time (time.process_time), which other programs on the machine do
+not inflate: the per-core efficiency of each engine.
 
 GFLOP/s counts 2 flops per multiply-add (convolution forward 2*N*F*C/G*kh*kw*oh*ow, backward
 twice that: the data and the filter gradients); "of sgemm" divides by the rate NumPy's BLAS
@@ -35,15 +38,17 @@ from minicnn.ops.pool import PoolGeometry  # noqa: E402
 from nets import TorchNet, minicnn_net, minicnn_solver  # noqa: E402
 
 PAUSE = 0.15
+ONE_THREAD = os.environ.get("MINICNN_BENCH_ONE_THREAD") == "1"
+clock = time.process_time if ONE_THREAD else time.perf_counter
 
 
 def timed(fn, min_seconds):
     """Seconds per call of fn, over a block of calls lasting at least min_seconds."""
-    calls, start = 0, time.perf_counter()
+    calls, start = 0, clock()
     while True:
         fn()
         calls += 1
-        elapsed = time.perf_counter() - start
+        elapsed = clock() - start
         if elapsed >= min_seconds:
             return elapsed / calls
 
@@ -114,10 +119,10 @@ def layer_rows(args, torch, sgemm):
     lrn = dict(local_size=5, alpha=1e-4, beta=0.75, k=1.0)
     ty = F.local_response_norm(tx, 5, 1e-4, 0.75, 1.0)
     dy = np.ones_like(x)
-    rows.append(("LRN 5 (CaffeNet norm2 input)", "forward", *side_by_side(
+    rows.append(("LRN 5 (CaffeNet norm1)", "forward", *side_by_side(
         lambda: ops.lrn_forward(x, **lrn), lambda: F.local_response_norm(tx, 5, 1e-4, 0.75, 1.0),
         args.repeat, args.block), None))
-    rows.append(("LRN 5 (CaffeNet norm2 input)", "backward", *side_by_side(
+    rows.append(("LRN 5 (CaffeNet norm1)", "backward", *side_by_side(
         lambda: ops.lrn_backward(dy, x, **lrn),
         lambda: torch.autograd.grad(ty, tx, torch.from_numpy(dy), retain_graph=True),
         args.repeat, args.block), None))
@@ -280,13 +285,23 @@ def main():
     parser.add_argument("--repeat", type=int, default=7, help="timed blocks per side (median)")
     parser.add_argument("--block", type=float, default=0.2, help="seconds per timed block")
     parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--one-thread", action="store_true",
+                        help="one thread per engine, timed by CPU time")
     args = parser.parse_args()
+    if args.one_thread and not ONE_THREAD:      # thread counts must be set before the imports
+        env = dict(os.environ, MINICNN_BENCH_ONE_THREAD="1", MINICNN_NUM_THREADS="1",
+                   OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        raise SystemExit(subprocess.call([sys.executable, *sys.argv], env=env))
     try:
         import torch
     except ImportError:
         raise SystemExit("PyTorch is needed for the comparison: pip install torch==2.13.0")
+    if ONE_THREAD:
+        torch.set_num_threads(1)
     only = set(args.only or ["layers", "nets", "memory"])
     print(machine(torch))
+    print("one thread per engine, CPU time" if ONE_THREAD else
+          "all cores, wall-clock time, engines interleaved")
     sgemm = sgemm_rate()
     print(f"NumPy float32 sgemm (2048^3): {sgemm:.1f} GFLOP/s")
     if "layers" in only:
