@@ -10,6 +10,7 @@
 // value.
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "common.h"
@@ -178,9 +179,158 @@ static void correlate_plane(const T* x, const T* w, T bias, T* out, bool accumul
 // are all inside the image is computed over the flat index p = y*W + z, one long vector loop
 // per plane, tap offsets (i*dh - ph)*W + j*dw - pw. Near the left and right edges that reads
 // the neighbouring row instead of padding, so those few columns are then redone exactly (and
-// the top and bottom rows, whose windows leave the image, by correlate_plane's path).
+// the top and bottom rows, whose windows leave the image, by correlate_plane's path). float32
+// planes of the usual widths take correlate_plane_masked instead, which needs no redoing.
 inline bool same_geometry(const Shape& s) {
     return s.sh == 1 && s.sw == 1 && s.oh == s.H && s.ow == s.W && s.kh * s.kw <= 49;
+}
+
+// One output of a "same" plane computed plainly, with the window clipped to the image.
+template <typename T>
+inline T correlate_point(const T* x, const T* w, T start, const Shape& s, std::int64_t y,
+                         std::int64_t z) {
+    T acc = start;
+    for (std::int64_t i = 0; i < s.kh; ++i) {
+        const std::int64_t r = y + i * s.dh - s.ph;
+        if (r < 0 || r >= s.H) continue;
+        for (std::int64_t j = 0; j < s.kw; ++j) {
+            const std::int64_t c = z + j * s.dw - s.pw;
+            if (c >= 0 && c < s.W) acc += w[i * s.kw + j] * x[r * s.W + c];
+        }
+    }
+    return acc;
+}
+
+typedef std::int32_t intv __attribute__((vector_size(V * sizeof(std::int32_t))));
+
+// For the flat loops of "same" geometry over whole rows: per (chunk phase, tap), which of the V
+// lanes read inside their row. A lane whose tap column lies in the padding would read the
+// neighbouring row; its input is masked to 0 instead. Chunk c of a loop starting at p0 covers
+// columns (p0 + c*V + t) % W, which repeat every period = W / gcd(W, V) chunks. The same for
+// every plane of a call: made again only when the geometry changes. Taps whose lanes are all
+// inside in every phase (the centre column) are left unmasked.
+struct EdgeMasks {
+    struct alignas(64) Lanes { std::int32_t v[V]; };
+    std::vector<Lanes> masks;          // (phase, tap)
+    std::vector<char> needs;           // tap -> masked at all
+    std::int64_t taps = 0;
+    std::int64_t key[10] = {-1};
+
+    floatv apply(floatv in, std::int64_t k, std::int64_t phase) const {
+        if (!needs[k]) return in;
+        intv keep;
+        std::memcpy(&keep, masks[phase * taps + k].v, sizeof keep);
+        return (floatv)((intv)in & keep);
+    }
+};
+
+inline const EdgeMasks& edge_masks(const Shape& s, std::int64_t period, std::int64_t p0) {
+    thread_local EdgeMasks e;
+    const std::int64_t W = s.W;
+    const std::int64_t now[10] = {W, s.kh, s.kw, s.dh, s.dw, s.ph, s.pw, p0 % W, period, 1};
+    if (!std::equal(now, now + 10, e.key)) {
+        std::copy(now, now + 10, e.key);
+        e.taps = s.kh * s.kw;
+        e.masks.resize(period * e.taps);
+        e.needs.assign(e.taps, 0);
+        for (std::int64_t c = 0; c < period; ++c)
+            for (std::int64_t k = 0; k < e.taps; ++k)
+                for (std::int64_t t = 0; t < V; ++t) {
+                    const std::int64_t z = (p0 + c * V + t) % W;
+                    const std::int64_t col = z + (k % s.kw) * s.dw - s.pw;
+                    const bool inside = col >= 0 && col < W;
+                    e.masks[c * e.taps + k].v[t] = inside ? -1 : 0;
+                    if (!inside) e.needs[k] = 1;
+                }
+    }
+    return e;
+}
+
+// The flat range of a "same" plane: interior rows [ylo, yhi), and within them [p0, p1), the
+// whole chunks whose reads stay inside the plane. period = 0 where the columns under a chunk
+// repeat too slowly for a mask table (the caller then takes another path).
+struct FlatRange {
+    std::int64_t ylo, yhi, p0, p1, period;
+};
+
+inline FlatRange flat_range(const Shape& s) {
+    const std::int64_t W = s.W;
+    std::int64_t g = W, v = V;
+    while (v) { const std::int64_t t = g % v; g = v; v = t; }
+    FlatRange r;
+    r.period = (W / g <= 16 && s.kw <= 7 && s.kh * s.kw <= 49) ? W / g : 0;
+    const std::int64_t min_off = -s.ph * W - s.pw;
+    const std::int64_t max_off = ((s.kh - 1) * s.dh - s.ph) * W + (s.kw - 1) * s.dw - s.pw;
+    r.ylo = std::min(s.H, s.ph);
+    r.yhi = std::max(r.ylo, s.H - ((s.kh - 1) * s.dh - s.ph));
+    const std::int64_t r0 = r.ylo * W, r1 = r.yhi * W;
+    r.p0 = std::min(r1, std::max(r0, -min_off));
+    const std::int64_t p1 = std::max(r.p0, std::min(r1, s.H * W - max_off));
+    r.p1 = r.p0 + (p1 - r.p0) / V * V;
+    return r;
+}
+
+// The float flat loop without edge fix-ups, when the columns under a chunk of V outputs repeat
+// with a short period (P = W / gcd(W, V) chunks: 7 for MobileNet's 112, 56, 28, 14 and 7):
+// whole rows go through the vector loop, and a lane whose tap would read across the row's
+// edge (the neighbouring row, where the padding should be) has that tap's input masked to 0,
+// by a mask looked up per (chunk phase, tap column). Returns false where P is too long.
+MINICNN_VECTOR_CLONES static bool correlate_plane_masked(const float* __restrict x,
+                                                         const float* __restrict w, float bias,
+                                                         float* __restrict out, bool accumulate,
+                                                         const Shape& s) {
+    const std::int64_t W = s.W, taps = s.kh * s.kw;
+    const FlatRange range = flat_range(s);
+    const std::int64_t period = range.period, ylo = range.ylo, yhi = range.yhi;
+    const std::int64_t r0 = ylo * W, r1 = yhi * W, p0 = range.p0, p1 = range.p1;
+    if (period == 0) return false;
+    std::int64_t off[49];
+    for (std::int64_t i = 0; i < s.kh; ++i)
+        for (std::int64_t j = 0; j < s.kw; ++j)
+            off[i * s.kw + j] = (i * s.dh - s.ph) * W + j * s.dw - s.pw;
+    const EdgeMasks& edge = edge_masks(s, period, p0);
+    for (std::int64_t p = r0; p < p0; ++p)
+        out[p] = correlate_point<float>(x, w, accumulate ? out[p] : bias, s, p / W, p % W);
+    // four chunks at a time: four independent sums keep the multiply-adds from waiting
+    auto masked = [&](std::int64_t p, std::int64_t k, std::int64_t phase) {
+        return edge.apply(load_v(x + p + off[k]), k, phase);
+    };
+    std::int64_t p = p0, phase = 0;
+    for (; p + 4 * V <= p1; p += 4 * V) {
+        const std::int64_t q1 = phase + 1 == period ? 0 : phase + 1;
+        const std::int64_t q2 = q1 + 1 == period ? 0 : q1 + 1;
+        const std::int64_t q3 = q2 + 1 == period ? 0 : q2 + 1;
+        floatv a0, a1, a2, a3;
+        if (accumulate) {
+            a0 = load_v(out + p), a1 = load_v(out + p + V);
+            a2 = load_v(out + p + 2 * V), a3 = load_v(out + p + 3 * V);
+        } else {
+            a0 = a1 = a2 = a3 = floatv{} + bias;
+        }
+        for (std::int64_t k = 0; k < taps; ++k) {
+            const float tap = w[k];
+            a0 += tap * masked(p, k, phase);
+            a1 += tap * masked(p + V, k, q1);
+            a2 += tap * masked(p + 2 * V, k, q2);
+            a3 += tap * masked(p + 3 * V, k, q3);
+        }
+        std::memcpy(out + p, &a0, sizeof a0);
+        std::memcpy(out + p + V, &a1, sizeof a1);
+        std::memcpy(out + p + 2 * V, &a2, sizeof a2);
+        std::memcpy(out + p + 3 * V, &a3, sizeof a3);
+        phase = q3 + 1 == period ? 0 : q3 + 1;
+    }
+    for (; p + V <= p1; p += V) {
+        floatv acc = accumulate ? load_v(out + p) : floatv{} + bias;
+        for (std::int64_t k = 0; k < taps; ++k) acc += w[k] * masked(p, k, phase);
+        std::memcpy(out + p, &acc, sizeof acc);
+        if (++phase == period) phase = 0;
+    }
+    for (std::int64_t p = p1; p < r1; ++p)
+        out[p] = correlate_point<float>(x, w, accumulate ? out[p] : bias, s, p / W, p % W);
+    correlate_rows<float>(x, w, bias, out, accumulate, s, 0, ylo);
+    correlate_rows<float>(x, w, bias, out, accumulate, s, yhi, s.H);
+    return true;
 }
 
 template <typename T>
@@ -188,6 +338,8 @@ MINICNN_VECTOR_CLONES static void correlate_plane_flat(const T* __restrict x,
                                                        const T* __restrict w, T bias,
                                                        T* __restrict out, bool accumulate,
                                                        const Shape& s) {
+    if constexpr (std::is_same_v<T, float>)
+        if (correlate_plane_masked(x, w, bias, out, accumulate, s)) return;
     const std::int64_t taps = s.kh * s.kw, W = s.W;
     std::int64_t off[49];
     for (std::int64_t i = 0; i < s.kh; ++i)
@@ -349,6 +501,102 @@ inline std::int64_t filter_flat_range<float>(const float* g, const float* x,
     return p;
 }
 
+// The border rows' part of a plane's filter gradient: rows [0, ylo) and [yhi, H), one dot
+// product per (row, tap), added into edge.
+template <typename T>
+MINICNN_VECTOR_CLONES static void filter_border_rows(const T* dy, const T* x, const Shape& s,
+                                                     std::int64_t ylo, std::int64_t yhi,
+                                                     T* edge) {
+    const std::int64_t W = s.W;
+    for (std::int64_t y = 0; y < s.H; ++y) {
+        if (y == ylo) y = std::max(y, yhi);
+        if (y >= s.H) break;
+        const T* gy = dy + y * W;
+        for (std::int64_t i = 0; i < s.kh; ++i) {
+            const std::int64_t r = y + i * s.dh - s.ph;
+            if (r < 0 || r >= s.H) continue;
+            for (std::int64_t j = 0; j < s.kw; ++j) {
+                const std::int64_t shift = j * s.dw - s.pw;
+                std::int64_t lo, hi;
+                valid_range(W, 1, shift, W, lo, hi);
+                const T* src = x + r * W + shift;
+                T dot = 0;
+#pragma omp simd reduction(+ : dot)
+                for (std::int64_t z = lo; z < hi; ++z) dot += gy[z] * src[z];
+                edge[i * s.kw + j] += dot;
+            }
+        }
+    }
+}
+
+// The float filter gradient of a "same" plane with the edge masks (see EdgeMasks): the flat
+// loop covers the interior rows whole, each tap's sum kept in V lanes, a tap's lanes that
+// would read across the row's edge masked to 0; then the few points at the ends of that
+// range and the border rows. Returns false where the mask table does not apply.
+MINICNN_VECTOR_CLONES static bool backward_filter_plane_masked(const float* __restrict dy,
+                                                               const float* __restrict x,
+                                                               double* acc, const Shape& s) {
+    const std::int64_t W = s.W, taps = s.kh * s.kw;
+    const FlatRange range = flat_range(s);
+    const std::int64_t period = range.period, p0 = range.p0, p1 = range.p1;
+    if (period == 0) return false;
+    std::int64_t off[49];
+    for (std::int64_t i = 0; i < s.kh; ++i)
+        for (std::int64_t j = 0; j < s.kw; ++j)
+            off[i * s.kw + j] = (i * s.dh - s.ph) * W + j * s.dw - s.pw;
+    const EdgeMasks& edge = edge_masks(s, period, p0);
+    floatv lanes[49];
+    for (std::int64_t k = 0; k < taps; ++k) lanes[k] = floatv{};
+    std::int64_t phase = 0;
+    if (taps == 9) {                          // 3x3: nine sums that stay in registers
+        floatv l0{}, l1{}, l2{}, l3{}, l4{}, l5{}, l6{}, l7{}, l8{};
+        for (std::int64_t p = p0; p < p1; p += V) {
+            const floatv gv = load_v(dy + p);
+            const float* b = x + p;
+            l0 += gv * edge.apply(load_v(b + off[0]), 0, phase);
+            l1 += gv * edge.apply(load_v(b + off[1]), 1, phase);
+            l2 += gv * edge.apply(load_v(b + off[2]), 2, phase);
+            l3 += gv * edge.apply(load_v(b + off[3]), 3, phase);
+            l4 += gv * edge.apply(load_v(b + off[4]), 4, phase);
+            l5 += gv * edge.apply(load_v(b + off[5]), 5, phase);
+            l6 += gv * edge.apply(load_v(b + off[6]), 6, phase);
+            l7 += gv * edge.apply(load_v(b + off[7]), 7, phase);
+            l8 += gv * edge.apply(load_v(b + off[8]), 8, phase);
+            if (++phase == period) phase = 0;
+        }
+        lanes[0] = l0, lanes[1] = l1, lanes[2] = l2, lanes[3] = l3, lanes[4] = l4;
+        lanes[5] = l5, lanes[6] = l6, lanes[7] = l7, lanes[8] = l8;
+    } else {
+        for (std::int64_t p = p0; p < p1; p += V) {
+            const floatv gv = load_v(dy + p);
+            for (std::int64_t k = 0; k < taps; ++k)
+                lanes[k] += gv * edge.apply(load_v(x + p + off[k]), k, phase);
+            if (++phase == period) phase = 0;
+        }
+    }
+    double sums[49] = {};
+    for (std::int64_t k = 0; k < taps; ++k)
+        for (std::int64_t t = 0; t < V; ++t) sums[k] += lanes[k][t];
+    // the ends of the interior rows' range, point by point with the window clipped
+    const std::int64_t ends[2][2] = {{range.ylo * W, p0}, {p1, range.yhi * W}};
+    for (const auto& span : ends)
+        for (std::int64_t q = span[0]; q < span[1]; ++q) {
+            const std::int64_t y = q / W, z = q % W;
+            for (std::int64_t i = 0; i < s.kh; ++i) {
+                const std::int64_t r = y + i * s.dh - s.ph;
+                if (r < 0 || r >= s.H) continue;
+                for (std::int64_t j = 0; j < s.kw; ++j) {
+                    const std::int64_t c = z + j * s.dw - s.pw;
+                    if (c >= 0 && c < W) sums[i * s.kw + j] += double(dy[q]) * x[r * W + c];
+                }
+            }
+        }
+    float border[49] = {};
+    filter_border_rows<float>(dy, x, s, range.ylo, range.yhi, border);
+    for (std::int64_t k = 0; k < taps; ++k) acc[k] += sums[k] + border[k];
+    return true;
+}
+
 // The filter gradient of one plane for "same" geometry: the flat range of positions against
 // every tap at once (one load of dy per V positions), with dy's edge columns masked to 0 there
 // (the flat reads wrap into the next row), then the edge columns and the border rows exactly.
@@ -356,6 +604,8 @@ template <typename T>
 MINICNN_VECTOR_CLONES static void backward_filter_plane_flat(const T* __restrict dy,
                                                              const T* __restrict x, double* acc,
                                                              const Shape& s) {
+    if constexpr (std::is_same_v<T, float>)
+        if (backward_filter_plane_masked(dy, x, acc, s)) return;
     const std::int64_t taps = s.kh * s.kw, W = s.W;
     std::int64_t off[49];
     for (std::int64_t i = 0; i < s.kh; ++i)
@@ -394,25 +644,7 @@ MINICNN_VECTOR_CLONES static void backward_filter_plane_flat(const T* __restrict
         }
     }
     // ... and the border rows, one dot product per (row, tap)
-    for (std::int64_t y = 0; y < s.H; ++y) {
-        if (y == ylo) y = std::max(y, yhi);
-        if (y >= s.H) break;
-        const T* gy = dy + y * W;
-        for (std::int64_t i = 0; i < s.kh; ++i) {
-            const std::int64_t r = y + i * s.dh - s.ph;
-            if (r < 0 || r >= s.H) continue;
-            for (std::int64_t j = 0; j < s.kw; ++j) {
-                const std::int64_t shift = j * s.dw - s.pw;
-                std::int64_t lo, hi;
-                valid_range(W, 1, shift, W, lo, hi);
-                const T* src = x + r * W + shift;
-                T dot = 0;
-#pragma omp simd reduction(+ : dot)
-                for (std::int64_t z = lo; z < hi; ++z) dot += gy[z] * src[z];
-                edge[i * s.kw + j] += dot;
-            }
-        }
-    }
+    filter_border_rows<T>(dy, x, s, ylo, yhi, edge);
     for (std::int64_t k = 0; k < taps; ++k) acc[k] += edge[k];
 }
 

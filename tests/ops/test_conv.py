@@ -352,6 +352,12 @@ FAST_PINNED = dict(PINNED, **{
     "depthwise_same_x2": make_case(2, 2, (6, 37), 4, 3, pad=1, group=2),
     "depthwise_same_5x5": make_case(1, 3, (8, 81), 3, 5, pad=2, group=3, bias=False),
     "depthwise_same_tiny": make_case(1, 2, (2, 3), 2, 3, pad=1, group=2),
+    # widths whose columns under a 16-wide chunk repeat quickly (56: every 7 chunks, 16: every
+    # chunk, 7: chunks across rows) take float32's masked flat loop over whole rows
+    "depthwise_same_56": make_case(2, 3, (9, 56), 3, 3, pad=1, group=3),
+    "depthwise_same_16_atrous": make_case(1, 2, (10, 16), 2, 3, pad=2, dilation=2, group=2),
+    "depthwise_same_7_rows": make_case(3, 2, (7, 7), 2, 3, pad=1, group=2),
+    "depthwise_same_28_5x5_x2": make_case(1, 2, (12, 28), 4, 5, pad=2, group=2),
 })
 
 
