@@ -153,7 +153,20 @@ def test_end_to_end_gradient_of_a_net_mixing_every_core_layer():
             assert analytic[i] == pytest.approx(numeric, rel=1e-4, abs=1e-7), (label, i)
 
 
-def test_every_prototxt_in_models_builds():
+@pytest.fixture(scope="module")
+def tiny_sets(tmp_path_factory):
+    """A folder holding a few images of each synthetic set the models read through list files
+    (ImageData, SegmentationData, DetectionData), made by `minicnn data` as a user would."""
+    from minicnn.cli import main
+    root = tmp_path_factory.mktemp("tiny_sets")
+    for name in ("detection-digits", "canvas-digits", "segmentation-digits", "sos"):
+        assert main(["data", name, "--out", str(root / "data" / name.replace("-", "_")),
+                     "--train-images", "4", "--val-images", "4", "--test-images", "4"]) == 0
+    return root
+
+
+def test_every_prototxt_in_models_builds(tiny_sets, monkeypatch, capsys):
+    monkeypatch.chdir(tiny_sets)             # data/... paths resolve against the current folder
     for folder, _, files in os.walk(os.path.join(REPO, "models")):
         for name in files:
             if name.endswith(".prototxt") and "solver" not in name:  # nets, not solvers
