@@ -86,7 +86,7 @@ def test_deeplab_scores_come_back_at_the_input_size(variant, hw):
     prob = net.forward(data=x)["prob"]
     assert prob.shape == (1, 13, *hw)
     stride8 = tuple((s - 1) // 8 + 1 for s in hw)            # three 3x3 stride-2, pad-1 convs
-    assert net.blobs["block6_pw"].shape == (1, 128, *stride8)
+    assert net.blobs["conv7"].shape == (1, 128, *stride8)
     assert net.blobs["aspp_fuse"].shape == (1, 64, *stride8)
 
 
@@ -109,7 +109,7 @@ def test_aspp_branches_by_design():
     up = net.blobs["aspp_pool_up"].data
     np.testing.assert_allclose(up, np.broadcast_to(up[:, :, :1, :1], up.shape), rtol=1e-6)
     # decoder: ASPP output to the stride-4 low-level map, concatenated with its 1x1 reduction
-    assert net.blobs["block3_pw"].shape == (2, 48, 25, 25)
+    assert net.blobs["block3_pw"].shape == (2, 64, 25, 25)
     assert net.blobs["decoder_up"].shape == (2, 64, 25, 25)
     assert net.blobs["decoder_concat"].shape == (2, 64 + 24, 25, 25)
     assert net.blobs["score"].shape == (2, 13, 25, 25)
@@ -165,3 +165,10 @@ def test_deeplab_train_net_runs_on_segmentation_digits(small_set, variant):
     test.forward_from_to()
     assert test.blobs["score_up"].shape == (2, 13, 97, 97)
     assert 0 <= float(test.blobs["accuracy"].data) <= 1
+    # the digit-only loss sees the digit pixels' labels and ignores (255) every other pixel
+    label = net.blobs["label"].data
+    np.testing.assert_array_equal(net.blobs["label_digits"].data,
+                                  np.where((label >= 1) & (label <= 10), label, 255))
+    assert (label == 0).any() and ((label >= 1) & (label <= 10)).any()
+    assert float(net.blobs["loss_digits"].data) > 0
+    assert "loss_digits" not in test.blobs

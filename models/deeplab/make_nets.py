@@ -7,8 +7,9 @@ The committed prototxts are this script's output; nothing needs it at run time.
 A DeepLabv3+ (Chen et al. 2018) sized for CPU training on data/segmentation_digits
 (`minicnn data segmentation-digits`: 97 x 97 images, 13 classes), output stride 8:
 
-  encoder  conv 3x3/2 (24) - sep 32 - sep 48 /2 - sep 48 [low-level features, stride 4]
-           - sep 96 /2 - sep 96 rate 2 - sep 128 rate 2                     [stride 8]
+  encoder  conv 3x3/2 (32) - conv 3x3 (32) - sep 64 /2 - sep 64 [low-level features, stride 4]
+           - conv 3x3/2 (128) - conv 3x3 rate 2 (128) - conv 3x3 rate 2 (128)
+           - conv 3x3 rate 4 (128)                                              [stride 8]
   ASPP     1x1 conv; three 3x3 atrous branches at rates 2, 4, 6 (DeepLab's 6, 12, 18 at stride
            16 on 513 x 513 inputs scaled to our 9..13-pixel maps); image pooling (global
            average pooling, 1x1 conv, upsampled by Interp to the map's size); concatenated and
@@ -17,11 +18,20 @@ A DeepLabv3+ (Chen et al. 2018) sized for CPU training on data/segmentation_digi
            low-level features reduced by a 1x1 conv (24), two sep 64, a 1x1 classifier, and
            Interp to the input's size
 
-"sep N" is an atrous depthwise-separable convolution: a 3x3 depthwise convolution
-(ConvolutionDepthwise, dilation = rate, pad = rate, so the size is kept at stride 1) and a 1x1
-pointwise convolution to N channels, each followed by BatchNorm + Scale + ReLU (every conv has
-BN, so none has a bias). Interp (the fork's corner-aligned bilinear resize) upsamples exactly
-for inputs of 8k + 1 pixels, where the stride-2 grids keep the corners (97 -> 49 -> 25 -> 13).
+"conv" is a full 3x3 convolution (dilation = rate), "sep N" an atrous depthwise-separable
+convolution: a 3x3 depthwise convolution (ConvolutionDepthwise, dilation = rate, pad = rate, so
+the size is kept at stride 1) and a 1x1 pointwise convolution to N channels; every convolution is
+followed by BatchNorm + Scale + ReLU (so none has a bias). The stride-8 part of the encoder uses
+full 3x3 convolutions (as DeepLabv3+'s ResNet backbone does; its Xception backbone is separable
+throughout): telling ten digits apart takes more than the separable stack could learn here (see
+README.md). Interp (the fork's corner-aligned bilinear resize) upsamples exactly for inputs of
+8k + 1 pixels, where the stride-2 grids keep the corners (97 -> 49 -> 25 -> 13).
+
+Loss: SoftmaxWithLoss over every labelled pixel, plus (TRAIN only, loss_weight DIGIT_WEIGHT) a
+second SoftmaxWithLoss over the digit pixels only, built from Caffe's own layers (Threshold,
+Eltwise, Power turn the label into "the label where it is 1..10, else 255 = ignored"): digits
+are 3.5% of the pixels, and with both losses normalised by their own pixel counts a digit pixel
+weighs about 1 + 0.5 / 0.035 = 15 times a background pixel.
 
 Variants (the ablation of README.md; same encoder and layer names where the layers agree):
   deeplab          separable ASPP + decoder (the DeepLabv3+ design)
@@ -105,19 +115,21 @@ def sep(net, name, x, num_output, stride=1, rate=1):
 
 
 # (name, output channels, stride, rate); "low" marks the low-level features of the decoder
-ENCODER = (("conv1", 24, 2, 1), ("block1", 32, 1, 1), ("block2", 48, 2, 1),
-           ("block3", 48, 1, 1, "low"), ("block4", 96, 2, 1), ("block5", 96, 1, 2),
-           ("block6", 128, 1, 2))
+ENCODER = (("conv1", 32, 2, 1), ("conv2", 32, 1, 1, "conv"), ("block2", 64, 2, 1),
+           ("block3", 64, 1, 1, "low"), ("conv4", 128, 2, 1, "conv"),
+           ("conv5", 128, 1, 2, "conv"), ("conv6", 128, 1, 2, "conv"),
+           ("conv7", 128, 1, 4, "conv"))
+DIGIT_WEIGHT = 0.5
 
 
 def encoder(net, x, spec=ENCODER):
     low = None
-    for name, width, stride, rate, *mark in spec:
-        if name == "conv1":
-            x = conv(net, name, x, width, 3, stride=stride)
+    for name, width, stride, rate, *flags in spec:
+        if name == "conv1" or "conv" in flags:
+            x = conv(net, name, x, width, 3, stride=stride, rate=rate)
         else:
             x = sep(net, name, x, width, stride=stride, rate=rate)
-        if mark:
+        if "low" in flags:
             low = x
     return x, low
 
@@ -170,12 +182,34 @@ segmentation_data_param {{
 }}""", include="TEST")
 
 
-def train_test(name, separable, decoder, spec=ENCODER, aspp_width=64, batch=8, crop=65):
+def digit_loss(net, out, weight):
+    """A second SoftmaxWithLoss over the digit pixels only (class balancing with Caffe's own
+    layers): label_digits = the label where it is a digit (1..10), 255 (ignored) elsewhere."""
+    net.layer("label_gt0", "Threshold", ["label"], ["label_gt0"],
+              "threshold_param { threshold: 0.5 }", include="TRAIN")
+    net.layer("label_gt10", "Threshold", ["label"], ["label_gt10"],
+              "threshold_param { threshold: 10.5 }", include="TRAIN")
+    net.layer("label_is_digit", "Eltwise", ["label_gt0", "label_gt10"], ["label_is_digit"],
+              "eltwise_param { operation: SUM coeff: 1 coeff: -1 }", include="TRAIN")
+    net.layer("label_minus255", "Power", ["label"], ["label_minus255"],
+              "power_param { shift: -255 }", include="TRAIN")
+    net.layer("label_digits0", "Eltwise", ["label_is_digit", "label_minus255"],
+              ["label_digits0"], "eltwise_param { operation: PROD }", include="TRAIN")
+    net.layer("label_digits", "Power", ["label_digits0"], ["label_digits"],
+              "power_param { shift: 255 }", include="TRAIN")
+    net.layer("loss_digits", "SoftmaxWithLoss", [out, "label_digits"], ["loss_digits"],
+              f"loss_weight: {weight:g}\nloss_param {{ ignore_label: 255 }}", include="TRAIN")
+
+
+def train_test(name, separable, decoder, spec=ENCODER, aspp_width=64, batch=8, crop=65,
+               digit_weight=DIGIT_WEIGHT):
     net = Net(name)
     data_layers(net, batch=batch, crop=crop)
     out = head(net, "data", separable, decoder, spec, aspp_width)
     net.layer("loss", "SoftmaxWithLoss", [out, "label"], ["loss"],
               "loss_param { ignore_label: 255 }")
+    if digit_weight:
+        digit_loss(net, out, digit_weight)
     net.layer("accuracy", "Accuracy", [out, "label"], ["accuracy"],
               "accuracy_param { ignore_label: 255 }", include="TEST")
     return net.text()
@@ -228,10 +262,11 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--crop", type=int, default=65)
     ap.add_argument("--max-iter", type=int, default=12000)
+    ap.add_argument("--digit-weight", type=float, default=DIGIT_WEIGHT)
     args = ap.parse_args(argv)
     for name, v in VARIANTS.items():
         save(train_test(name, **v, spec=args.encoder, aspp_width=args.aspp_width,
-                        batch=args.batch, crop=args.crop),
+                        batch=args.batch, crop=args.crop, digit_weight=args.digit_weight),
              os.path.join(args.out, f"{name}_train_test.prototxt"))
         save(deploy(name, **v, spec=args.encoder, aspp_width=args.aspp_width),
              os.path.join(args.out, f"{name}_deploy.prototxt"))
