@@ -150,10 +150,14 @@ def test_readme_tables_are_the_committed_results():
     assert "googlenet" in results
     for net in results:                 # the fine-tuned net only where it was run
         summary = results[net]["eval"]
+        with open(os.path.join(SOS, "results", net, "eval.json")) as f:
+            assert summary == json.load(f), f"{net}: run models/sos/collect_results.py"
         assert f"{100 * results[net]['test_accuracy']:.1f}%" in text
         for method, entry in summary["methods"].items():
             if entry["auc"] is not None:
                 assert f"{entry['auc']:.3f}" in text, (net, method)
+            for ratio, crop in entry["crops"].items():
+                assert f"{100 * crop['object_kept']:.1f}%" in text, (net, method, ratio)
     text, _ = readme_commands(FACE)
     results = json.load(open(os.path.join(FACE, "results.json")))
     for key in ("mae", "baseline_mae"):
