@@ -7,7 +7,8 @@
 Measured: the training step of each net (bench/nets.py: the real prototxts, data layers replaced
 by random Input blobs, SGD with momentum and weight decay) run as K = 1 and K = 2 ranks through
 `mpirun`, each rank with batch b, the cores of this machine shared among the ranks
-(MINICNN_NUM_THREADS = cores / K). For each run: images/s of the whole job (K x b per step),
+(MINICNN_NUM_THREADS = cores / K; a rank with one thread is bound to a core, one with several
+is not bound). For each run: images/s of the whole job (K x b per step),
 and the share of the step spent communicating: packing the diffs into the flat buffer, the one
 allreduce, unpacking (divided by K). A barrier before the allreduce (DataParallel's
 measure_wait) keeps the time spent waiting for the slower rank out of the communication share;
@@ -102,7 +103,9 @@ def run_case(net, ranks, batch, steps, warmup, threads, plain=False):
     if plain:
         command.append("--plain")
     else:
-        command = ["mpirun", "--oversubscribe", "-np", str(ranks)] + \
+        # one thread a rank: each rank on its own core; several: the rank may use them all
+        binding = ["--bind-to", "core" if threads == 1 else "none"]
+        command = ["mpirun", "--oversubscribe", "-np", str(ranks), *binding] + \
             (["--allow-run-as-root"] if os.geteuid() == 0 else []) + command
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
     for line in done.stdout.splitlines():
