@@ -230,8 +230,25 @@ void run(std::int64_t M, std::int64_t N, std::int64_t L, const Blocking& blockin
     const std::int64_t kc = std::max<std::int64_t>(1, blocking.kc);
     // column tasks: NC columns, or as many whole col_align stretches as fit in NC (at least 1)
     const std::int64_t ca = blocking.col_align;
-    const std::int64_t unit = ca > 0 ? ca * std::max<std::int64_t>(1, nc / ca) : nc;
-    const std::int64_t n_tasks = std::max<std::int64_t>(1, (N + unit - 1) / unit);
+    std::int64_t unit = ca > 0 ? ca * std::max<std::int64_t>(1, nc / ca) : nc;
+    std::int64_t n_tasks = std::max<std::int64_t>(1, (N + unit - 1) / unit);
+    // A few column tasks, but not a multiple of the threads: make their count one and their
+    // widths equal, or a thread waits on the remainder (2 threads, 2,704 columns in NC = 1,024
+    // pieces: 1,024 + 1,024 + 656 run as 1,680 against an even 1,352 per thread). Fewer tasks
+    // than threads are left to the row groups below, which do not pack the same rows twice.
+    const std::int64_t threads = max_threads();
+    if (threads > 1 && n_tasks > threads && n_tasks < 4 * threads && n_tasks % threads) {
+        std::int64_t want = (n_tasks + threads - 1) / threads * threads;
+        if (ca > 0) {
+            const std::int64_t items = (N + ca - 1) / ca;             // whole stretches
+            want = std::min(want, items);
+            unit = ca * ((items + want - 1) / want);
+        } else {
+            want = std::min(want, (N + nr - 1) / nr);
+            unit = ((N + want - 1) / want + nr - 1) / nr * nr;
+        }
+        n_tasks = (N + unit - 1) / unit;
+    }
     // row groups, when the column tasks alone cannot keep every thread busy
     std::int64_t step = MR;
     if (blocking.row_align > 0)
