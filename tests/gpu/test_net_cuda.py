@@ -6,7 +6,6 @@ weights in and out, and the errors when no GPU can be had."""
 import os
 
 import numpy as np
-import pytest
 
 import minicnn
 from minicnn import cuda

@@ -426,7 +426,6 @@ def test_fast_path_backward_data_in_several_chunks(kind):
     """A batch whose window columns exceed the native path's scratch budget (8M floats) goes
     through col2im in chunks of images."""
     rng = np.random.default_rng(12)
-    x = rng.standard_normal((64, 16, 32, 32)).astype(np.float32)
     w = rng.standard_normal((4, 16, 3, 3)).astype(np.float32)
     geom = ConvGeometry(3, 1, 1)
     dy = rng.standard_normal((64, 4, 32, 32)).astype(np.float32)
