@@ -185,6 +185,13 @@ inline bool same_geometry(const Shape& s) {
     return s.sh == 1 && s.sw == 1 && s.oh == s.H && s.ow == s.W && s.kh * s.kw <= 49;
 }
 
+// The flat loops' tap offsets: tap (i, j) of the output at p reads x[p + off[i*kw + j]].
+inline void flat_offsets(const Shape& s, std::int64_t* off) {
+    for (std::int64_t i = 0; i < s.kh; ++i)
+        for (std::int64_t j = 0; j < s.kw; ++j)
+            off[i * s.kw + j] = (i * s.dh - s.ph) * s.W + j * s.dw - s.pw;
+}
+
 // One output of a "same" plane computed plainly, with the window clipped to the image.
 template <typename T>
 inline T correlate_point(const T* x, const T* w, T start, const Shape& s, std::int64_t y,
@@ -285,9 +292,7 @@ MINICNN_VECTOR_CLONES static bool correlate_plane_masked(const float* __restrict
     const std::int64_t r0 = ylo * W, r1 = yhi * W, p0 = range.p0, p1 = range.p1;
     if (period == 0) return false;
     std::int64_t off[49];
-    for (std::int64_t i = 0; i < s.kh; ++i)
-        for (std::int64_t j = 0; j < s.kw; ++j)
-            off[i * s.kw + j] = (i * s.dh - s.ph) * W + j * s.dw - s.pw;
+    flat_offsets(s, off);
     const EdgeMasks& edge = edge_masks(s, period, p0);
     for (std::int64_t p = r0; p < p0; ++p)
         out[p] = correlate_point<float>(x, w, accumulate ? out[p] : bias, s, p / W, p % W);
@@ -342,9 +347,7 @@ MINICNN_VECTOR_CLONES static void correlate_plane_flat(const T* __restrict x,
         if (correlate_plane_masked(x, w, bias, out, accumulate, s)) return;
     const std::int64_t taps = s.kh * s.kw, W = s.W;
     std::int64_t off[49];
-    for (std::int64_t i = 0; i < s.kh; ++i)
-        for (std::int64_t j = 0; j < s.kw; ++j)
-            off[i * s.kw + j] = (i * s.dh - s.ph) * W + j * s.dw - s.pw;
+    flat_offsets(s, off);
     // rows whose window rows all lie inside: [ylo, yhi); columns away from the edges:
     // [zlo, zhi). The flat loop starts zlo into row ylo and stops short of the last row's
     // right edge, so it never reads outside the plane.
@@ -541,9 +544,7 @@ MINICNN_VECTOR_CLONES static bool backward_filter_plane_masked(const float* __re
     const std::int64_t period = range.period, p0 = range.p0, p1 = range.p1;
     if (period == 0) return false;
     std::int64_t off[49];
-    for (std::int64_t i = 0; i < s.kh; ++i)
-        for (std::int64_t j = 0; j < s.kw; ++j)
-            off[i * s.kw + j] = (i * s.dh - s.ph) * W + j * s.dw - s.pw;
+    flat_offsets(s, off);
     const EdgeMasks& edge = edge_masks(s, period, p0);
     floatv lanes[49];
     for (std::int64_t k = 0; k < taps; ++k) lanes[k] = floatv{};
@@ -608,9 +609,7 @@ MINICNN_VECTOR_CLONES static void backward_filter_plane_flat(const T* __restrict
         if (backward_filter_plane_masked(dy, x, acc, s)) return;
     const std::int64_t taps = s.kh * s.kw, W = s.W;
     std::int64_t off[49];
-    for (std::int64_t i = 0; i < s.kh; ++i)
-        for (std::int64_t j = 0; j < s.kw; ++j)
-            off[i * s.kw + j] = (i * s.dh - s.ph) * W + j * s.dw - s.pw;
+    flat_offsets(s, off);
     const std::int64_t ylo = std::min(s.H, s.ph);
     const std::int64_t yhi = std::max(ylo, s.H - ((s.kh - 1) * s.dh - s.ph));
     const std::int64_t zlo = std::min(W, s.pw);
