@@ -16,9 +16,11 @@ class Writer:
     def __init__(self, name):
         self.lines = [f'name: "{name}"']
 
-    def layer(self, name, type_, bottoms, tops, body=""):
+    def layer(self, name, type_, bottoms, tops, body="", include=None):
         lines = ["layer {", f'  name: "{name}"', f'  type: "{type_}"']
         lines += [f'  bottom: "{b}"' for b in bottoms] + [f'  top: "{t}"' for t in tops]
+        if include:
+            lines.append(f"  include {{ phase: {include} }}")
         lines += ["  " + line for line in body.strip().splitlines() if line.strip()]
         self.lines += lines + ["}"]
         return tops[0] if tops else None

@@ -47,6 +47,10 @@ best; ends in Softmax "prob").
 
 import argparse
 import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from generate import Writer  # noqa: E402  (models/generate.py)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = "data/segmentation_digits"
@@ -58,18 +62,9 @@ VARIANTS = {"deeplab": dict(separable=True, decoder=True),
             "deeplab_plain": dict(separable=False, decoder=True)}
 
 
-class Net:
-    def __init__(self, name):
-        self.lines = [f'name: "{name}"']
-
-    def layer(self, name, type_, bottoms, tops, body="", include=None):
-        lines = ["layer {", f'  name: "{name}"', f'  type: "{type_}"']
-        lines += [f'  bottom: "{b}"' for b in bottoms] + [f'  top: "{t}"' for t in tops]
-        if include:
-            lines.append(f"  include {{ phase: {include} }}")
-        lines += ["  " + line for line in body.strip().splitlines() if line.strip()]
-        self.lines += lines + ["}"]
-        return tops[0] if tops else None
+class Net(Writer):
+    """models/generate.py's prototxt writer (layer(..., include=phase)) and this folder's
+    building blocks."""
 
     def text(self):
         return "\n".join(self.lines) + "\n"

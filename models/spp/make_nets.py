@@ -22,6 +22,10 @@ The layer names are the same in every file, so either net's weights load into an
 
 import argparse
 import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from generate import Writer  # noqa: E402  (models/generate.py)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = "data/canvas_digits"
@@ -29,18 +33,9 @@ BINS = (1, 2, 3, 6)
 SCALE = 0.00390625
 
 
-class Net:
-    def __init__(self, name):
-        self.lines = [f'name: "{name}"']
-
-    def layer(self, name, type_, bottoms, tops, body="", include=None):
-        lines = ["layer {", f'  name: "{name}"', f'  type: "{type_}"']
-        lines += [f'  bottom: "{b}"' for b in bottoms] + [f'  top: "{t}"' for t in tops]
-        if include:
-            lines.append(f"  include {{ phase: {include} }}")
-        lines += ["  " + line for line in body.strip().splitlines() if line.strip()]
-        self.lines += lines + ["}"]
-        return tops[0] if tops else None
+class Net(Writer):
+    """models/generate.py's prototxt writer (layer(..., include=phase)) and this folder's
+    building blocks."""
 
     def save(self, path):
         with open(path + ".tmp", "w") as f:

@@ -26,6 +26,10 @@ relative to the repository root); deploy nets end in a one-bottom Detection laye
 
 import argparse
 import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from generate import Writer  # noqa: E402  (models/generate.py)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = "data/detection_digits"
@@ -34,18 +38,9 @@ DETECTION = ("object_scale: 1 noobject_scale: 0.5 class_scale: 1 coord_scale: 5 
              "rescore: true sqrt: true")
 
 
-class Net:
-    def __init__(self, name):
-        self.lines = [f'name: "{name}"']
-
-    def layer(self, name, type_, bottoms, tops, body="", include=None):
-        lines = ["layer {", f'  name: "{name}"', f'  type: "{type_}"']
-        lines += [f'  bottom: "{b}"' for b in bottoms] + [f'  top: "{t}"' for t in tops]
-        if include:
-            lines.append(f"  include {{ phase: {include} }}")
-        lines += ["  " + line for line in body.strip().splitlines() if line.strip()]
-        self.lines += lines + ["}"]
-        return tops[0] if tops else None
+class Net(Writer):
+    """models/generate.py's prototxt writer (layer(..., include=phase)) and this folder's
+    building blocks."""
 
     def conv(self, name, bottom, num_output, kernel=3, stride=1, bn=False):
         body = ["param { lr_mult: 1 decay_mult: 1 }"]
