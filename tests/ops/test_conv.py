@@ -341,6 +341,9 @@ FAST_PINNED = dict(PINNED, **{
     "pointwise": make_case(3, 5, (4, 6), 7, 1),
     "pointwise_grouped": make_case(2, 4, (3, 5), 6, 1, group=2),
     "pointwise_strided": make_case(2, 3, (5, 5), 2, 1, stride=2),
+    # strides 2 and 4 over rows long enough for the vectorized strided gather (and its tail)
+    "conv1_like_stride4": make_case(2, 3, (27, 95), 5, 11, stride=4, pad=1),
+    "stride2_7x7": make_case(1, 3, (15, 77), 4, 7, stride=2, pad=3),
     "one_channel": make_case(3, 1, (6, 7), 4, (2, 3), stride=(1, 2), pad=1),
     "depthwise_strided_atrous": make_case(2, 4, (9, 8), 4, 3, stride=2, pad=2, dilation=2,
                                           group=4),
