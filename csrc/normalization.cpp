@@ -14,6 +14,12 @@
 
 #include "common.h"
 
+// No fused multiply-adds in this file: y = x * scale + bias rounds the product, as NumPy's
+// reference does, and the fused inference kernel below then gives the same bits as the layers
+// run one by one (GCC's default contraction chose differently for a loop's vector body and
+// its tail).
+#pragma GCC optimize("fp-contract=off")
+
 namespace minicnn {
 
 namespace {
@@ -146,7 +152,56 @@ MINICNN_VECTOR_CLONES static void scale_backward(const T* dy, const T* x, const 
     }
 }
 
+// Inference (minicnn/fusion.py): BatchNorm with stored statistics, the per-channel Scale after
+// it and, if it follows, the (leaky) ReLU, in one pass: the same operations as bn_forward,
+// scale_forward and relu_forward one after the other, so the same bits come out.
+template <typename T>
+MINICNN_VECTOR_CLONES static void bn_scale_relu(const T* x, T* y, const T* mean, const T* var,
+                                                T* std_out, double eps, const T* scale,
+                                                const T* bias, bool relu, T slope,
+                                                const View& v) {
+    for (std::int64_t c = 0; c < v.C; ++c) std_out[c] = std::sqrt(var[c] + T(eps));
+#pragma omp parallel for collapse(2) schedule(static) if (v.N * v.C * v.S > PARALLEL_WORK)
+    for (std::int64_t n = 0; n < v.N; ++n) {
+        for (std::int64_t c = 0; c < v.C; ++c) {
+            const T* in = x + v.at(n, c);
+            T* out = y + v.at(n, c);
+            const T m = mean[c], inv = T(1) / std_out[c];
+            const T a = scale[c], b = bias ? bias[c] : T(0);
+            if (relu) {
+                for (std::int64_t s = 0; s < v.S; ++s) {
+                    const T t = ((in[s] - m) * inv) * a + b;
+                    out[s] = t > T(0) ? t : t * slope;
+                }
+            } else {
+                for (std::int64_t s = 0; s < v.S; ++s) out[s] = ((in[s] - m) * inv) * a + b;
+            }
+        }
+    }
+}
+
 REGISTER_NATIVE(m) {
+    m.def("bn_scale_relu", [](const py::array& x, py::array& y, const py::array& mean,
+                              const py::array& var, py::array& std_out, double eps,
+                              const py::array& scale, py::object bias, bool relu,
+                              double slope) {
+        const std::int64_t C = mean.size();
+        const View v = view_of(x, C);
+        require(y.size() == x.size() && var.size() == C && std_out.size() == C &&
+                    scale.size() == C && (bias.is_none() || py::len(bias) == size_t(C)),
+                "bn_scale_relu: shapes do not match");
+        by_dtype(x, [&](auto tag) {
+            using T = decltype(tag);
+            const T* in = in_ptr<T>(x, "x");
+            T* out = out_ptr<T>(y, "y");
+            const T *mp = in_ptr<T>(mean, "mean"), *vp = in_ptr<T>(var, "var");
+            const T *sp = in_ptr<T>(scale, "scale"), *bp = opt_in_ptr<T>(bias, "bias");
+            T* sd = out_ptr<T>(std_out, "std");
+            py::gil_scoped_release release;
+            bn_scale_relu<T>(in, out, mp, vp, sd, eps, sp, bp, relu, T(slope), v);
+        });
+    }, "y <- relu(((x - mean) / sqrt(var + eps)) * scale[c] + bias[c]) per channel, as the "
+       "three layers compute it (inference)");
     m.def("bn_forward", [](const py::array& x, py::array& y, py::array& mean, py::array& var,
                            py::array& std_out, bool batch_stats, double eps) {
         const std::int64_t C = mean.size();

@@ -23,7 +23,7 @@ from collections import OrderedDict, defaultdict
 
 import numpy as np
 
-from minicnn import cuda
+from minicnn import cuda, fusion
 from minicnn.blob import (
     Blob,
     array_to_blob_proto,
@@ -225,6 +225,7 @@ class Net:
         self.force_backward = param.force_backward
         self.net_param = insert_splits(filter_net(param, state))
         self.device, self._mirrors = None, {}
+        self._fusions = None              # minicnn/fusion.py's plan, made at the first forward
         self._build()
         if weights is not None:
             self.copy_from(weights)
@@ -469,12 +470,26 @@ class Net:
         """Run layers first..last (indices); return the loss (sum of loss_weight * top)."""
         last = len(self.layers) - 1 if last is None else last
         loss = 0.0
-        for i in range(first, last + 1):
-            layer, bottoms, tops = self.layers[i], self.bottom_vecs[i], self.top_vecs[i]
+        if self._fusions is None:
+            self._fusions = fusion.plan(self)
+        i = first
+        while i <= last:
+            chain = self._fusions.get(i)
+            if chain is not None and i + chain.count - 1 <= last:
+                try:                      # BatchNorm + Scale (+ ReLU) at inference: one pass
+                    check_not_empty(self.bottom_vecs[i])
+                    if chain.run(self):
+                        i += chain.count
+                        continue
+                except MinicnnError as e:
+                    raise NetError(f"{self._describe(self.layers[i], self.bottom_vecs[i])}: "
+                                   f"{e}") from None
+            k, i = i, i + 1
+            layer, bottoms, tops = self.layers[k], self.bottom_vecs[k], self.top_vecs[k]
             try:                          # Caffe reshapes before every forward: sizes may vary
                 check_not_empty(bottoms)
-                if i in self._mirrors:
-                    self._host_forward(i)
+                if k in self._mirrors:
+                    self._host_forward(k)
                 else:
                     layer.reshape(bottoms, tops)
                     layer.forward(bottoms, tops)
@@ -554,6 +569,7 @@ class Net:
             return cuda.to_device(array, device)
 
         self._mirrors = {}
+        self._fusions = None
         for i, layer in enumerate(self.layers):
             if runs_on_host(layer):
                 copies = {}
