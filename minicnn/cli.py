@@ -990,6 +990,20 @@ def _add_segmentation_options(p):
     p.add_argument("--blob", help="the score maps (default: the net's first output)")
     p.add_argument("--names", help="class names, one per line")
     p.add_argument("--root-folder", default="", help="folder prepended to the images' paths")
+    p.add_argument("--scales", type=_scales, default=(1.0,),
+                   help="multi-scale inference: comma-separated input scales whose score maps "
+                        "are averaged, e.g. 0.75,1,1.25 (DeepLab's MS; default 1)")
+
+
+def _scales(text):
+    try:
+        scales = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        scales = ()
+    if not scales or any(not s > 0 for s in scales):
+        raise argparse.ArgumentTypeError(f"expected positive numbers like 0.75,1,1.25, got "
+                                         f"{text!r}")
+    return scales
 
 
 def _segmentation_net(args):
@@ -1016,7 +1030,8 @@ def segment(args):
     names = _read_names(args.names)
     used = set()
     for path in images:
-        labels, _, chw = seg.segment(net, path, args.mean, args.scale, output_blob=args.blob)
+        labels, _, chw = seg.segment(net, path, args.mean, args.scale, output_blob=args.blob,
+                                     scales=args.scales)
         stem = os.path.splitext(os.path.basename(path))[0]
         name, k = stem, 1
         while name in used:                      # two images with one name: number them
@@ -1057,7 +1072,8 @@ def eval_segmentation(args):
     names = _read_names(args.names)
     bands = tuple(args.band or ())
     result = seg.evaluate(net, pairs, args.mean, args.scale, args.ignore_label, bands,
-                          output_blob=args.blob, progress=_progress(args))
+                          output_blob=args.blob, progress=_progress(args),
+                          scales=args.scales)
     fmt = (lambda v: "-" if v is None else f"{v:.4f}")
     overall = result["overall"]
     confusion = np.asarray(result["confusion"])
@@ -1067,6 +1083,9 @@ def eval_segmentation(args):
             + [int(confusion[c].sum()), int(confusion[:, c].sum())]
             for c, iou in enumerate(overall["iou"])]
     _print_table(heads, rows, right=tuple(range(1, len(heads))))
+    if tuple(args.scales) != (1.0,):
+        print(f"multi-scale inference: score maps averaged over scales "
+              f"{', '.join(f'{s:g}' for s in args.scales)}")
     print(f"mIoU over {result['images']} images ({overall['pixels']} scored pixels): "
           f"{fmt(overall['miou'])}; pixel accuracy {fmt(overall['pixel_accuracy'])}, mean "
           f"class accuracy {fmt(overall['mean_class_accuracy'])}")

@@ -172,22 +172,44 @@ def load_input(path, channels=3, mean=127.5, scale=0.0078125, dtype=np.float32):
     return x[None], chw
 
 
-def segment(net, image, mean=127.5, scale=0.0078125, input_blob=None, output_blob=None):
+def scaled_size(size, s):
+    """The size of a side of ``size`` pixels scaled by s, corner-aligned: (size - 1) * s + 1
+    (rounded), so 97 pixels at 0.75 / 1.25 give 73 / 121, which keep a stride-8 net's grid."""
+    return max(1, int(round((size - 1) * s)) + 1)
+
+
+def segment(net, image, mean=127.5, scale=0.0078125, input_blob=None, output_blob=None,
+            scales=(1.0,)):
     """(labels (H, W) int64, scores (C, H, W) float32, image CHW uint8 BGR/gray) of one image
-    file run through the net at its own size."""
+    file run through the net at its own size. Several ``scales`` (multi-scale inference, as
+    DeepLab's "MS" evaluation): the image is resized by each (bilinear, corner-aligned, see
+    scaled_size), the score maps resized back and averaged."""
+    from minicnn import ops
     name, out = _input_name(net, input_blob), _output_name(net, output_blob)
     channels = net.blobs[name].shape[1] if len(net.blobs[name].shape) == 4 else 3
     x, chw = load_input(image, channels, mean, scale, net.dtype.type)
-    scores = net.forward(**{name: x}, blobs=[out])[out]
-    if scores.ndim != 4 or scores.shape[0] != 1:
-        raise MinicnnError(f"the output blob '{out}' has shape {scores.shape}; a segmentation "
-                           "net gives 1 x C x H x W score maps")
-    if scores.shape[2:] != chw.shape[1:]:
-        raise MinicnnError(f"the output blob '{out}' is {scores.shape[2]}x{scores.shape[3]} but "
-                           f"the image {image} is {chw.shape[1]}x{chw.shape[2]}: the net must "
-                           "upsample its scores to the input's size (e.g. Interp with the "
-                           "input as second bottom)")
-    scores = np.array(scores[0], np.float32)
+    if not scales or any(not s > 0 for s in scales):
+        raise MinicnnError(f"scales must be positive numbers, got {tuple(scales)}")
+    h, w = chw.shape[1:]
+    total = None
+    for s in scales:
+        size = (scaled_size(h, s), scaled_size(w, s))
+        xs = x if size == (h, w) else ops.interp_forward(x, out_hw=size)
+        scores = net.forward(**{name: xs}, blobs=[out])[out]
+        if scores.ndim != 4 or scores.shape[0] != 1:
+            raise MinicnnError(f"the output blob '{out}' has shape {scores.shape}; a "
+                               "segmentation net gives 1 x C x H x W score maps")
+        if scores.shape[2:] != size:
+            raise MinicnnError(f"the output blob '{out}' is {scores.shape[2]}x{scores.shape[3]} "
+                               f"but the image {image} is {size[0]}x{size[1]}"
+                               f"{'' if size == (h, w) else f' (at scale {s:g})'}: the net must "
+                               "upsample its scores to the input's size (e.g. Interp with the "
+                               "input as second bottom)")
+        scores = np.array(scores, np.float32)              # a copy: the blob is reused
+        if size != (h, w):
+            scores = ops.interp_forward(scores, out_hw=(h, w))
+        total = scores if total is None else total + scores
+    scores = total[0] if len(scales) == 1 else total[0] / np.float32(len(scales))
     return np.argmax(scores, axis=0), scores, chw
 
 
@@ -228,7 +250,7 @@ def read_segmentation_list(path, root_folder="", labels_dir=None):
 
 
 def evaluate(net, pairs, mean=127.5, scale=0.0078125, ignore_label=IGNORE, bands=(2,),
-             input_blob=None, output_blob=None, progress=None):
+             input_blob=None, output_blob=None, progress=None, scales=(1.0,)):
     """Scores of the net on [(image path, label path)]: {"num_classes", "images", "confusion"
     (list of lists), "overall": scores_from_confusion, "boundary": {band: scores over the band}
     }."""
@@ -240,7 +262,8 @@ def evaluate(net, pairs, mean=127.5, scale=0.0078125, ignore_label=IGNORE, bands
     bar = _progress_bar(len(pairs), progress, "img")
     try:
         for image, label_file in pairs:
-            pred, scores, _ = segment(net, image, mean, scale, input_blob, output_blob)
+            pred, scores, _ = segment(net, image, mean, scale, input_blob, output_blob,
+                                      scales)
             truth = read_label(label_file)
             if truth.shape != pred.shape:
                 raise DataError(f"the labels are {truth.shape[0]}x{truth.shape[1]} but the "
@@ -261,7 +284,8 @@ def evaluate(net, pairs, mean=127.5, scale=0.0078125, ignore_label=IGNORE, bands
     finally:
         if bar is not None:
             bar.close()
-    return {"num_classes": int(c), "images": len(pairs), "confusion": total.tolist(),
+    return {"num_classes": int(c), "images": len(pairs), "scales": [float(s) for s in scales],
+            "confusion": total.tolist(),
             "overall": scores_from_confusion(total),
             "boundary": {int(b): scores_from_confusion(m) for b, m in near.items()}}
 

@@ -242,3 +242,48 @@ def test_segment_net_dtype_and_gray(tmp_path):
     assert chw.shape == (1, 1, 3)
     np.testing.assert_array_equal(labels, [[1, 0, 1]])
     assert seg.rgb_of(chw).shape == (1, 3, 3)
+
+
+def test_multi_scale_averages_the_resized_score_maps(tmp_path, known_net):
+    """scales: the image resized corner-aligned ((size - 1) * s + 1 pixels), each score map
+    resized back, the maps averaged; one scale of 1 is the plain run."""
+    from minicnn import ops
+    net = minicnn.Net(*known_net)
+    rng = np.random.default_rng(4)
+    classes = rng.integers(0, 3, (9, 13))
+    write_case(tmp_path, "m", classes, classes)
+    path = str(tmp_path / "images" / "m.png")
+    plain = seg.segment(net, path)
+    same = seg.segment(net, path, scales=(1.0,))
+    np.testing.assert_array_equal(plain[1], same[1])
+    assert seg.scaled_size(97, 0.75) == 73 and seg.scaled_size(97, 1.25) == 121
+    labels, scores, _ = seg.segment(net, path, scales=(0.5, 1.0, 1.5))
+    x, _ = seg.load_input(path)
+    want = 0
+    for s in (0.5, 1.0, 1.5):
+        size = (seg.scaled_size(9, s), seg.scaled_size(13, s))
+        assert size == ((5, 7), (9, 13), (13, 19))[(0.5, 1.0, 1.5).index(s)]
+        xs = ops.interp_forward(x, out_hw=size)
+        w = np.eye(3, dtype=np.float32).reshape(3, 3, 1, 1)        # the known net by hand
+        y = np.einsum("fc,nchw->nfhw", w[:, :, 0, 0], xs)
+        want = want + ops.interp_forward(y, out_hw=(9, 13))
+    np.testing.assert_allclose(scores, want[0] / 3, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(labels, np.argmax(scores, axis=0))
+    with pytest.raises(MinicnnError, match="scales must be positive"):
+        seg.segment(net, path, scales=(1.0, 0.0))
+
+
+def test_cli_scales_option(tmp_path, known_net, capsys):
+    classes = np.zeros((6, 6), int)
+    classes[:3] = 1
+    (tmp_path / "list.txt").write_text(write_case(tmp_path, "x", classes, classes))
+    model, weights = known_net
+    assert main(["eval-segmentation", "--model", model, "--weights", weights, "--list",
+                 str(tmp_path / "list.txt"), "--scales", "0.75,1,1.25",
+                 "--out", str(tmp_path / "ev")]) == 0
+    assert "averaged over scales 0.75, 1, 1.25" in capsys.readouterr().out
+    assert json.loads((tmp_path / "ev" / "eval.json").read_text())["scales"] == [0.75, 1, 1.25]
+    with pytest.raises(SystemExit):
+        main(["eval-segmentation", "--model", model, "--list", str(tmp_path / "list.txt"),
+              "--scales", "1,x"])
+    assert "expected positive numbers" in capsys.readouterr().err
