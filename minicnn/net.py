@@ -33,6 +33,7 @@ from minicnn.blob import (
 )
 from minicnn.errors import MinicnnError, NetError
 from minicnn.layer import check_not_empty, create_layer
+from minicnn.native import lib
 from minicnn.proto import caffe_pb2
 from minicnn.proto.text import read_prototxt
 from minicnn.proto.upgrade import upgrade_net
@@ -638,8 +639,16 @@ class Net:
                 blob.diff = host.diff
 
     def clear_param_diffs(self):
-        for blob in self.learnable_params:
-            blob.diff[...] = 0
+        native = []                 # host arrays, zeroed together on both cores (CaffeNet:
+        for blob in self.learnable_params:                  # 244 MB of diffs every step)
+            d = blob.diff
+            if lib is not None and type(d) is np.ndarray and d.flags.c_contiguous \
+                    and d.flags.writeable:
+                native.append(d)
+            else:
+                d[...] = 0
+        if native:
+            lib.zero_fill(native)
 
     def update(self, skip=()):
         """data -= diff for every learnable parameter (Caffe's Net::Update); the solver has

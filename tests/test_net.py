@@ -188,6 +188,11 @@ def test_shared_params_share_data_and_accumulate_diffs():
     expected = np.sum(z * y) + np.sum(z * 3 * x)
     assert a[0].diff[0] == pytest.approx(expected)
     assert c[0].diff is a[0].diff or np.shares_memory(c[0].diff, a[0].diff)
+    net.clear_param_diffs()              # the native zero fill, float64 and shared blobs too
+    for layer in net.layers:
+        for blob in layer.blobs:
+            assert not np.any(blob.diff)
+    assert a[0].data[0] == 3.0                                          # data untouched
 
 
 def test_sharing_mismatches_are_errors():
