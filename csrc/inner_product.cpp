@@ -22,22 +22,28 @@ namespace {
 // rows of B (a 4-row slice of W) through every row of A, so W is read from memory once.
 
 #ifdef MINICNN_X86
+// acc (4 x 4 sums of 16 lanes, kept in memory between calls) += a[i][l..] . b[j][l..] for l in
+// [l0, l1); `ahead` (4 rows, or null) are prefetched over the same stretch, for the next call.
 __attribute__((target("avx512f"))) void dot_tile_avx512(const float* const* a,
-                                                        const float* const* b, std::int64_t L,
-                                                        float* out) {
+                                                        const float* const* b, std::int64_t l0,
+                                                        std::int64_t l1, float* acc_mem,
+                                                        const float* const* ahead) {
     __m512 acc[4][4];
     for (int i = 0; i < 4; ++i)
-        for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_setzero_ps();
-    std::int64_t l = 0;
-    for (; l + 16 <= L; l += 16) {
+        for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_load_ps(acc_mem + (i * 4 + j) * 16);
+    std::int64_t l = l0;
+    for (; l + 16 <= l1; l += 16) {
+        if (ahead)
+            for (int j = 0; j < 4; ++j)
+                _mm_prefetch(reinterpret_cast<const char*>(ahead[j] + l), _MM_HINT_T0);
         __m512 va[4], vb[4];
         for (int i = 0; i < 4; ++i) va[i] = _mm512_loadu_ps(a[i] + l);
         for (int j = 0; j < 4; ++j) vb[j] = _mm512_loadu_ps(b[j] + l);
         for (int i = 0; i < 4; ++i)
             for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_fmadd_ps(va[i], vb[j], acc[i][j]);
     }
-    if (l < L) {
-        const __mmask16 mask = static_cast<__mmask16>((1u << (L - l)) - 1);
+    if (l < l1) {
+        const __mmask16 mask = static_cast<__mmask16>((1u << (l1 - l)) - 1);
         __m512 va[4], vb[4];
         for (int i = 0; i < 4; ++i) va[i] = _mm512_maskz_loadu_ps(mask, a[i] + l);
         for (int j = 0; j < 4; ++j) vb[j] = _mm512_maskz_loadu_ps(mask, b[j] + l);
@@ -45,7 +51,7 @@ __attribute__((target("avx512f"))) void dot_tile_avx512(const float* const* a,
             for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_fmadd_ps(va[i], vb[j], acc[i][j]);
     }
     for (int i = 0; i < 4; ++i)
-        for (int j = 0; j < 4; ++j) out[i * 4 + j] = _mm512_reduce_add_ps(acc[i][j]);
+        for (int j = 0; j < 4; ++j) _mm512_store_ps(acc_mem + (i * 4 + j) * 16, acc[i][j]);
 }
 #endif
 
@@ -60,6 +66,11 @@ void dot_tile_generic(const float* const* a, const float* const* b, std::int64_t
         }
 }
 
+// C (M x N) = A B^T + bias, B given as (N x L). A task is a group of 4 rows of B (of W) against
+// every row of A, in stretches of L: a stretch of A's rows and of the group's stays in L1 while
+// each 4-row block of A passes over it (over the whole of L, 4 rows of A and 4 of W are 150 KB
+// for CaffeNet's fc6, which only L2 holds, and L2 could not feed the multiply-adds). The running
+// sums wait in memory between stretches; the next stretch of W is prefetched meanwhile.
 void dot_products(std::int64_t M, std::int64_t N, std::int64_t L, const float* A, const float* B,
                   const float* bias, float* C) {
 #ifdef MINICNN_X86
@@ -67,17 +78,46 @@ void dot_products(std::int64_t M, std::int64_t N, std::int64_t L, const float* A
 #else
     const bool wide = false;
 #endif
-#pragma omp parallel for schedule(dynamic) if (M * N * L > PARALLEL_WORK)
+    constexpr std::int64_t stretch = 256;
+    const std::int64_t groups = (M + 3) / 4;
+#pragma omp parallel for schedule(static) if (M * N * L > PARALLEL_WORK)
     for (std::int64_t j0 = 0; j0 < N; j0 += 4) {
         const float* b[4];
         for (int j = 0; j < 4; ++j) b[j] = B + std::min(j0 + j, N - 1) * L;   // pad: repeat
+        float out[16];
+#ifdef MINICNN_X86
+        if (wide) {
+            thread_local std::vector<float> sums;
+            sums.assign(groups * 256 + 16, 0.0f);
+            float* acc = reinterpret_cast<float*>(
+                (reinterpret_cast<std::uintptr_t>(sums.data()) + 63) & ~std::uintptr_t(63));
+            for (std::int64_t l0 = 0; l0 < L; l0 += stretch) {
+                const std::int64_t l1 = std::min(L, l0 + stretch);
+                const float* ahead[4];
+                for (int j = 0; j < 4; ++j) ahead[j] = b[j] + stretch;   // next stretch
+                for (std::int64_t g = 0; g < groups; ++g) {
+                    const float* a[4];
+                    for (int i = 0; i < 4; ++i) a[i] = A + std::min(g * 4 + i, M - 1) * L;
+                    dot_tile_avx512(a, b, l0, l1, acc + g * 256,
+                                    g == 0 && l1 < L ? ahead : nullptr);
+                }
+            }
+            for (std::int64_t g = 0; g < groups; ++g) {
+                for (int t = 0; t < 16; ++t) {
+                    float total = 0.0f;
+                    for (int lane = 0; lane < 16; ++lane) total += acc[g * 256 + t * 16 + lane];
+                    out[t] = total;
+                }
+                for (int i = 0; i < 4 && g * 4 + i < M; ++i)
+                    for (int j = 0; j < 4 && j0 + j < N; ++j)
+                        C[(g * 4 + i) * N + j0 + j] = out[i * 4 + j] + (bias ? bias[j0 + j] : 0.0f);
+            }
+            continue;
+        }
+#endif
         for (std::int64_t i0 = 0; i0 < M; i0 += 4) {
             const float* a[4];
             for (int i = 0; i < 4; ++i) a[i] = A + std::min(i0 + i, M - 1) * L;
-            float out[16];
-#ifdef MINICNN_X86
-            if (wide) dot_tile_avx512(a, b, L, out); else
-#endif
             dot_tile_generic(a, b, L, out);
             for (int i = 0; i < 4 && i0 + i < M; ++i)
                 for (int j = 0; j < 4 && j0 + j < N; ++j)
@@ -87,27 +127,41 @@ void dot_products(std::int64_t M, std::int64_t N, std::int64_t L, const float* A
 }
 
 // B panels from a row-major (rows x cols) matrix b, or from its transpose (b is (cols x rows)):
-// Bp[q][k][t] = B[l0 + k][j0 + q*nr + t].
-void pack_b(const float* b, std::int64_t ld, bool transposed, std::int64_t j0, std::int64_t n,
-            std::int64_t l0, std::int64_t kc, std::int64_t nr, float* Bp) {
-    for (std::int64_t q = 0; q * nr < n; ++q) {
+// Bp[q][k][t] = B[l0 + k][j0 + q*nr + t]. Read in b's own order (row by row, or for the
+// transpose column by column), so a weight matrix streams from memory: walking it panel by
+// panel jumps between rows every 32 values and ran at half the memory's speed.
+MINICNN_VECTOR_CLONES void pack_b(const float* b, std::int64_t ld, bool transposed,
+                                  std::int64_t j0, std::int64_t n, std::int64_t l0,
+                                  std::int64_t kc, std::int64_t nr, float* Bp) {
+    const std::int64_t panels = (n + nr - 1) / nr;
+    if (!transposed) {
+        for (std::int64_t k = 0; k < kc; ++k) {
+            const float* src = b + (l0 + k) * ld + j0;
+            for (std::int64_t q = 0; q < panels; ++q) {
+                float* dst = Bp + (q * kc + k) * nr;
+                const std::int64_t width = std::min(nr, n - q * nr);
+                for (std::int64_t t = 0; t < width; ++t) dst[t] = src[q * nr + t];
+                for (std::int64_t t = width; t < nr; ++t) dst[t] = 0.0f;
+            }
+        }
+        return;
+    }
+    for (std::int64_t q = 0; q < panels; ++q) {
         const std::int64_t width = std::min(nr, n - q * nr);
         float* panel = Bp + q * nr * kc;
-        for (std::int64_t k = 0; k < kc; ++k) {
-            float* dst = panel + k * nr;
-            if (transposed) {
-                for (std::int64_t t = 0; t < width; ++t) dst[t] = b[(j0 + q * nr + t) * ld + l0 + k];
-            } else {
-                const float* src = b + (l0 + k) * ld + j0 + q * nr;
-                for (std::int64_t t = 0; t < width; ++t) dst[t] = src[t];
+        for (std::int64_t t = 0; t < nr; ++t) {
+            if (t >= width) {
+                for (std::int64_t k = 0; k < kc; ++k) panel[k * nr + t] = 0.0f;
+                continue;
             }
-            for (std::int64_t t = width; t < nr; ++t) dst[t] = 0.0f;
+            const float* src = b + (j0 + q * nr + t) * ld + l0;     // a row of the stored b
+            for (std::int64_t k = 0; k < kc; ++k) panel[k * nr + t] = src[k];
         }
     }
 }
 
 // A panels from a row-major (rows x cols) matrix a, or from its transpose.
-void pack_a(const float* a, std::int64_t ld, bool transposed, std::int64_t i0, std::int64_t m,
+MINICNN_VECTOR_CLONES void pack_a(const float* a, std::int64_t ld, bool transposed, std::int64_t i0, std::int64_t m,
             std::int64_t l0, std::int64_t kc, float* Ap) {
     const std::int64_t MR = gemm::MR;
     for (std::int64_t p = 0; p * MR < m; ++p) {
