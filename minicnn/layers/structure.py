@@ -33,9 +33,7 @@ class SplitLayer(Layer):
         if len(top) == 1:
             np.copyto(diff, top[0].diff)
             return
-        np.add(top[0].diff, top[1].diff, out=diff)
-        for t in top[2:]:
-            diff += t.diff
+        ops.eltwise_forward([t.diff for t in top], "SUM", out=diff)    # the diffs' sum
 
 
 @register("Eltwise")

@@ -10,11 +10,13 @@ so a tie between them goes to bottom 1; each later bottom takes over only if str
 Forward returns the argmax (an int32 array, None for SUM and PROD) for backward to route dy.
 ``out=`` (forward) and ``outs=`` (backward, one array or None per bottom) name arrays to write
 into; they may be inputs (an in-place layer), as every operation here is elementwise.
-Impls: ref (NumPy ufuncs with ``out``: one pass per term, no temporaries).
+Impls: ref (NumPy ufuncs with ``out``: one pass per term, no temporaries); cpu for SUM
+(csrc/eltwise.cpp: the same arithmetic in one pass on every core; PROD and MAX take ref).
 """
 
 import numpy as np
 
+from minicnn.native import lib
 from minicnn.ops._dispatch import Op, write_out
 
 eltwise_forward, eltwise_backward = Op("eltwise_forward"), Op("eltwise_backward")
@@ -88,6 +90,43 @@ def _eltwise_backward_ref(dy, xs, operation="SUM", coeff=None, y=None, argmax=No
             dxs[k] = np.where(argmax == k, dy, dy.dtype.type(0))
     if operation != "SUM":          # PROD and MAX read dy for every k: write the outs after
         dxs = [None if dx is None else write_out(outs[k], dx) for k, dx in enumerate(dxs)]
+    return dxs
+
+
+# --- fast CPU (csrc/eltwise.cpp): SUM -----------------------------------------------------------
+
+def _native_sum(arrays, outs=()):
+    dtype = arrays[0].dtype
+    return dtype in (np.float32, np.float64) and all(
+        type(a) is np.ndarray and a.dtype == dtype and a.shape == arrays[0].shape
+        and a.flags.c_contiguous for a in arrays) and all(
+        o is None or (type(o) is np.ndarray and o.dtype == dtype and o.shape == arrays[0].shape
+                      and o.flags.c_contiguous and o.flags.writeable) for o in outs)
+
+
+@eltwise_forward.impl("cpu", available=lib is not None)
+def _eltwise_forward_cpu(xs, operation="SUM", coeff=None, *, out=None):
+    if operation != "SUM" or len(xs) < 2 or not _native_sum(list(xs), [out]):
+        return _eltwise_forward_ref(xs, operation, coeff, out=out)
+    y = np.empty_like(xs[0]) if out is None else out
+    plain = coeff is None or all(c == 1 for c in coeff)
+    lib.eltwise_sum(list(xs), None if plain else np.asarray(coeff, xs[0].dtype), y)
+    return y, None
+
+
+@eltwise_backward.impl("cpu", available=lib is not None)
+def _eltwise_backward_cpu(dy, xs, operation="SUM", coeff=None, y=None, argmax=None,
+                          stable_prod_grad=True, which=None, *, outs=None):
+    which = list(range(len(xs)) if which is None else which)
+    outs = [None] * len(xs) if outs is None else list(outs)
+    if operation != "SUM" or not _native_sum([dy], outs):
+        return _eltwise_backward_ref(dy, xs, operation, coeff, y, argmax, stable_prod_grad,
+                                     which, outs=outs)
+    dxs = [None] * len(xs)
+    for k in which:
+        dxs[k] = np.empty_like(dy) if outs[k] is None else outs[k]
+    lib.eltwise_scatter(dy, [dxs[k] for k in which],
+                        [1.0 if coeff is None else float(coeff[k]) for k in which])
     return dxs
 
 

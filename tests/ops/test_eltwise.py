@@ -109,3 +109,55 @@ def test_float32_stays_float32():
         assert y.dtype == np.float32
         dxs = eltwise_backward(y, xs, op, [0.5, -1.0] if op == "SUM" else None, y, argmax)
         assert all(dx.dtype == np.float32 for dx in dxs)
+
+
+# --- the fast SUM path against the reference, bit for bit (same operations, same order) -------
+
+FAST_KINDS = [kind for kind in eltwise_forward.impls if kind == "cpu"]
+
+
+@pytest.mark.parametrize("kind", FAST_KINDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@given(shape=st.lists(st.integers(1, 40), min_size=1, max_size=3), k=st.integers(2, 4),
+       with_coeff=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_fast_sum_equals_the_reference(kind, dtype, shape, k, with_coeff, seed):
+    rng = np.random.default_rng(seed)
+    xs = [rng.standard_normal(shape).astype(dtype) for _ in range(k)]
+    coeff = list(rng.uniform(-2, 2, k)) if with_coeff else None
+    dy = rng.standard_normal(shape).astype(dtype)
+    got, _ = eltwise_forward.impls[kind](xs, "SUM", coeff)
+    np.testing.assert_array_equal(got, forward(xs, "SUM", coeff)[0])
+    for g, w in zip(eltwise_backward.impls[kind](dy, xs, "SUM", coeff),
+                    backward(dy, xs, "SUM", coeff)):
+        np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("kind", FAST_KINDS)
+def test_fast_sum_in_place_and_into_outs(kind):
+    """y may be one of the bottoms (an in-place Eltwise); dy may be one of the outs (the
+    bottom diff of an in-place layer), which must then be written last; ``which`` skips."""
+    rng = np.random.default_rng(3)
+    xs = [rng.standard_normal(70000).astype(np.float32) for _ in range(3)]   # > one block
+    want = forward([x.copy() for x in xs], "SUM", [1.0, -0.5, 2.0])[0]
+    y, _ = eltwise_forward.impls[kind](xs, "SUM", [1.0, -0.5, 2.0], out=xs[1])
+    assert y is xs[1]
+    np.testing.assert_array_equal(y, want)
+    dy = rng.standard_normal(70000).astype(np.float32)
+    want = backward(dy.copy(), xs, "SUM", [2.0, 1.0, 3.0])
+    g, other = dy.copy(), np.empty_like(dy)
+    dxs = eltwise_backward.impls[kind](g, xs, "SUM", [2.0, 1.0, 3.0], outs=[g, other, None],
+                                       which=[0, 1])
+    assert dxs[0] is g and dxs[1] is other and dxs[2] is None
+    np.testing.assert_array_equal(dxs[0], want[0])
+    np.testing.assert_array_equal(dxs[1], want[1])
+
+
+@pytest.mark.parametrize("kind", FAST_KINDS)
+def test_fast_path_leaves_prod_max_and_odd_arrays_to_the_reference(kind):
+    xs = [np.arange(6.0).reshape(2, 3), np.ones((2, 3))]
+    for op in ("PROD", "MAX"):
+        np.testing.assert_array_equal(eltwise_forward.impls[kind](xs, op)[0],
+                                      forward(xs, op)[0])
+    strided = [x[:, ::2] for x in xs]                       # not contiguous
+    np.testing.assert_array_equal(eltwise_forward.impls[kind](strided, "SUM")[0],
+                                  strided[0] + strided[1])
