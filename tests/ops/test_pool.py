@@ -307,6 +307,21 @@ def test_fast_paths_match_the_reference(kind, dtype, case):
 
 
 @pytest.mark.parametrize("kind", FAST_KINDS)
+@pytest.mark.parametrize("kernel, stride, pad", [(3, 2, 0), (3, 2, 1), (2, 1, 0), (3, 3, 1),
+                                                 (5, 2, 2)])
+def test_fast_max_over_wide_rows(kind, kernel, stride, pad):
+    """Rows wide enough for the vectorized interior of a row (and its tail and edges), ties
+    included: values and argmax equal the reference's."""
+    rng = np.random.default_rng(kernel * 10 + stride)
+    x = np.round(rng.standard_normal((2, 3, 11, 83)) * 2).astype(np.float32)   # many ties
+    geom = PoolGeometry((kernel, kernel), (stride, stride), (pad, pad))
+    y, mask = max_pool2d_forward.impls[kind](x, geom=geom)
+    want_y, want_mask = max_fwd(x, geom=geom)
+    np.testing.assert_array_equal(y, want_y)
+    np.testing.assert_array_equal(mask, want_mask)
+
+
+@pytest.mark.parametrize("kind", FAST_KINDS)
 def test_fast_path_on_a_strided_view_and_a_bad_mask(kind):
     x = np.random.default_rng(9).standard_normal((2, 6, 9, 9)).astype(np.float32)[:, ::2]
     geom = PoolGeometry((3, 3), (2, 2), (1, 1))
