@@ -2,8 +2,8 @@
 image | true labels | predicted labels | overlay of the prediction (VOC colours; the ignore band
 of the truth in cream).
 
-    python models/deeplab/figure.py --weights snapshots/deeplab_s12000_iter_12000.caffemodel \
-        --out models/deeplab/example.png
+    python models/deeplab/figure.py --weights snapshots/deeplab_iter_60000.caffemodel \
+        --scales 0.75,1,1.25 --out models/deeplab/example.png
 """
 
 import argparse
@@ -27,6 +27,8 @@ def main(argv=None):
     ap.add_argument("--first", type=int, default=0)
     ap.add_argument("--count", type=int, default=4)
     ap.add_argument("--zoom", type=int, default=2)
+    ap.add_argument("--scales", default="1",
+                    help="multi-scale inference: comma-separated scales (default 1)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     net = minicnn.Net(args.model, args.weights)
@@ -35,7 +37,8 @@ def main(argv=None):
         name = f"{i:06d}.png"
         image_path = os.path.join(args.data, "images", args.split, name)
         truth = read_label(os.path.join(args.data, "labels", args.split, name))
-        labels, _, bgr = segment(net, image_path)
+        labels, _, bgr = segment(net, image_path,
+                                 scales=tuple(float(v) for v in args.scales.split(",")))
         rgb = np.ascontiguousarray(bgr[::-1].transpose(1, 2, 0))
         gap = np.full((rgb.shape[0], 2, 3), 255, np.uint8)
         rows.append(np.concatenate([rgb, gap, colorize(truth), gap, colorize(labels), gap,
