@@ -32,42 +32,9 @@ Window window_of(const py::array& x, const py::array& y, const py::tuple& geom) 
 
 }  // namespace
 
-// The windows of output columns [z0, z1) of one output row, all inside the image along the
-// row, taken tap by tap (h, w) in the reference's order with the outputs side by side: each
-// output's running maximum is a chain of dependent comparisons, and running 16 of them at once
-// (one vector) instead of one after the other is what makes pooling fast. kStride: the column
-// stride when it is a constant the compiler can use (1 or 2), else 0 (read from g).
-template <typename T, int kStride>
-MINICNN_VECTOR_CLONES static void max_row_interior(const T* in, T* out, std::int64_t* arg,
-                                                   std::int64_t h0, std::int64_t h1,
-                                                   std::int64_t z0, std::int64_t z1,
-                                                   const Window& g) {
-    const std::int64_t sw = kStride ? kStride : g.sw;
-    for (std::int64_t z = z0; z < z1; ++z) {
-        out[z] = T(-FLT_MAX);
-        arg[z] = -1;
-    }
-    for (std::int64_t h = h0; h < h1; ++h)
-        for (std::int64_t j = 0; j < g.kw; ++j) {
-            const std::int64_t base = h * g.W + j - g.pw;
-            for (std::int64_t z = z0; z < z1; ++z) {
-                const std::int64_t at = base + z * sw;
-                const T v = in[at];
-                const bool higher = v > out[z];            // strict: the first maximum wins
-                out[z] = higher ? v : out[z];
-                arg[z] = higher ? at : arg[z];
-            }
-        }
-}
-
 template <typename T>
 static void max_forward(const T* x, T* y, std::int64_t* mask, std::int64_t planes,
                         const Window& g) {
-    // output columns whose windows lie inside the row: z*sw - pw >= 0, z*sw - pw + kw <= W
-    const std::int64_t z0 = std::min(g.ow, ceil_div(g.pw, g.sw));
-    const std::int64_t z1 = std::max(z0, std::min(g.ow, g.W + g.pw - g.kw >= 0
-                                                           ? (g.W + g.pw - g.kw) / g.sw + 1
-                                                           : 0));
 #pragma omp parallel for schedule(static) if (planes * g.oh * g.ow * g.kh * g.kw > PARALLEL_WORK)
     for (std::int64_t p = 0; p < planes; ++p) {
         const T* in = x + p * g.H * g.W;
@@ -76,19 +43,7 @@ static void max_forward(const T* x, T* y, std::int64_t* mask, std::int64_t plane
         for (std::int64_t oy = 0; oy < g.oh; ++oy) {
             const std::int64_t h0 = std::max<std::int64_t>(oy * g.sh - g.ph, 0);
             const std::int64_t h1 = std::min(oy * g.sh - g.ph + g.kh, g.H);
-            T* out_row = out + oy * g.ow;
-            std::int64_t* arg_row = arg + oy * g.ow;
-            if (z1 > z0) {
-                if (g.sw == 1)
-                    max_row_interior<T, 1>(in, out_row, arg_row, h0, h1, z0, z1, g);
-                else if (g.sw == 2)
-                    max_row_interior<T, 2>(in, out_row, arg_row, h0, h1, z0, z1, g);
-                else
-                    max_row_interior<T, 0>(in, out_row, arg_row, h0, h1, z0, z1, g);
-            }
             for (std::int64_t oz = 0; oz < g.ow; ++oz) {
-                if (oz == z0 && z1 > z0) oz = z1;               // done above
-                if (oz >= g.ow) break;
                 const std::int64_t w0 = std::max<std::int64_t>(oz * g.sw - g.pw, 0);
                 const std::int64_t w1 = std::min(oz * g.sw - g.pw + g.kw, g.W);
                 T best = T(-FLT_MAX);                   // Caffe's start value
