@@ -1,5 +1,6 @@
 """Watching training: a progress bar, Caffe-style log lines in a log file, and the training
-curve (every iteration's loss and learning rate, every test's outputs) as CSV and PNG.
+curve (every iteration's loss and learning rate, every test's outputs) as CSV and PNG; and
+reading such logs back (read_train_log, read_test_log) for result tables.
 
     monitor = TrainingMonitor(solver, prefix="snapshots/lenet")
     solver.solve()
@@ -12,6 +13,7 @@ a terminal and is installed; matplotlib draws the PNG when installed.
 
 import csv
 import os
+import re
 import sys
 import time
 
@@ -131,3 +133,38 @@ class TrainingMonitor:
             self.write_csv()
             self.write_png()
         self.log_file.close()
+
+
+def read_train_log(path):
+    """{"iterations", "train_minutes", "tests": [{"iteration", output: value, ...}, ...]} of a
+    training log (minicnn's or Caffe's lines). The time is the sum of the solver's display
+    intervals ("Iteration N (r iter/s, Ts/50 iters)"), tests included; a line the log holds twice
+    (a resumed run) counts once."""
+    tests, seconds, testing, last_iter = {}, {}, None, 0
+    with open(path) as f:
+        for line in f:
+            m = re.search(r"Iteration (\d+) \([0-9.]+ iter/s, ([0-9.]+)s/", line)
+            if m:
+                seconds[int(m.group(1))] = float(m.group(2))
+            m = re.search(r"Iteration (\d+)", line)
+            if m:
+                last_iter = max(last_iter, int(m.group(1)))
+            m = re.search(r"Iteration (\d+), Testing net", line)
+            if m:
+                testing = tests.setdefault(int(m.group(1)), {"iteration": int(m.group(1))})
+            m = re.search(r"Test net output #\d+: (\w+) = ([0-9.eE+-]+)", line)
+            if m and testing is not None:
+                testing[m.group(1)] = float(m.group(2))
+    return {"iterations": last_iter, "train_minutes": round(sum(seconds.values()) / 60, 1),
+            "tests": [tests[k] for k in sorted(tests)]}
+
+
+def read_test_log(path):
+    """{output: value} of the averages `minicnn test` prints last ("name = value" lines)."""
+    out = {}
+    with open(path) as f:
+        for line in f:
+            m = re.match(r"^(\w+) = ([0-9.eE+-]+)", line.strip())
+            if m:
+                out[m.group(1)] = float(m.group(2))
+    return out

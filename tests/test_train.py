@@ -269,3 +269,24 @@ def test_data_tools_commands(tiny_setup, capsys, monkeypatch):
         pytest.skip(str(e))
     assert main(["data", "mnist", "--format", "hdf5", "--out", "m"]) == 0
     assert sorted(os.listdir(tmp_path / "m")) == ["test.h5", "test.txt", "train.h5", "train.txt"]
+
+
+def test_read_train_log_and_test_log(tmp_path):
+    """minicnn.monitor reads back the lines the monitor and `minicnn test` write (the models'
+    collect_results.py build their tables from them)."""
+    from minicnn import monitor
+    log = tmp_path / "x_train.log"
+    log.write_text(
+        "I1205 00:00:00.1 1 solver.py] Iteration 0 (0 iter/s, 0.5s/50 iters), loss = 2.3\n"
+        "I1205 00:00:01.1 1 solver.py] Iteration 50 (100 iter/s, 30s/50 iters), loss = 1.1\n"
+        "I1205 00:00:01.2 1 solver.py] Iteration 50, Testing net (#0)\n"
+        "I1205 00:00:01.3 1 solver.py]     Test net output #0: accuracy = 0.75\n"
+        "I1205 00:00:01.4 1 solver.py]     Test net output #1: loss = 0.5 (* 1 = 0.5 loss)\n"
+        "I1205 00:00:02.1 1 solver.py] Iteration 100 (100 iter/s, 30s/50 iters), loss = 0.9\n"
+        "I1205 00:00:02.1 1 solver.py] Iteration 100 (100 iter/s, 30s/50 iters), loss = 0.9\n")
+    got = monitor.read_train_log(str(log))
+    assert got == {"iterations": 100, "train_minutes": 1.0,
+                   "tests": [{"iteration": 50, "accuracy": 0.75, "loss": 0.5}]}
+    out = tmp_path / "x_test.log"
+    out.write_text("Loading...\naccuracy = 0.98\nloss = 0.0612\n")
+    assert monitor.read_test_log(str(out)) == {"accuracy": 0.98, "loss": 0.0612}

@@ -13,41 +13,17 @@ Nothing is typed in by hand.
 import argparse
 import json
 import os
-import re
+
+from minicnn import monitor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def read_train_log(path):
-    """{"iterations", "train_minutes", "val": [{"iteration", scores...}, ...]}; the time is the
-    sum of the solver's display intervals, tests included."""
-    tests, seconds, testing, last_iter = {}, {}, None, 0
-    with open(path) as f:
-        for line in f:
-            m = re.search(r"Iteration (\d+) \([0-9.]+ iter/s, ([0-9.]+)s/", line)
-            if m:
-                seconds[int(m.group(1))] = float(m.group(2))
-            m = re.search(r"Iteration (\d+)", line)
-            if m:
-                last_iter = max(last_iter, int(m.group(1)))
-            m = re.search(r"Iteration (\d+), Testing net", line)
-            if m:
-                testing = tests.setdefault(int(m.group(1)), {"iteration": int(m.group(1))})
-            m = re.search(r"Test net output #\d+: (\w+) = ([0-9.eE+-]+)", line)
-            if m and testing is not None:
-                testing[m.group(1)] = float(m.group(2))
-    return {"iterations": last_iter, "train_minutes": round(sum(seconds.values()) / 60, 1),
-            "val": [tests[k] for k in sorted(tests)]}
-
-
-def read_test_log(path):
-    out = {}
-    with open(path) as f:
-        for line in f:
-            m = re.match(r"^(\w+) = ([0-9.eE+-]+)", line.strip())
-            if m:
-                out[m.group(1)] = float(m.group(2))
-    return out
+    """{"iterations", "train_minutes", "val": [{"iteration", scores...}, ...]}."""
+    log = monitor.read_train_log(path)
+    return {"iterations": log["iterations"], "train_minutes": log["train_minutes"],
+            "val": log["tests"]}
 
 
 def main(argv=None):
@@ -55,7 +31,7 @@ def main(argv=None):
     ap.add_argument("--logs", default="snapshots")
     ap.add_argument("--out", default=os.path.join(HERE, "results.json"))
     args = ap.parse_args(argv)
-    scores = read_test_log(os.path.join(args.logs, "face_area_test.log"))
+    scores = monitor.read_test_log(os.path.join(args.logs, "face_area_test.log"))
     results = {"split": "test", "mae": scores["mae"], "baseline_mae": scores["baseline_mae"],
                "loss": scores.get("loss"),
                "train": read_train_log(os.path.join(args.logs, "face_area_train.log"))}

@@ -13,45 +13,19 @@ Nothing is typed in by hand: a net without these files is left out.
 import argparse
 import json
 import os
-import re
+
+from minicnn import monitor
 
 NETS = {"googlenet": "small GoogLeNet, from scratch",
         "finetune": "open_nsfw ResNet-50-1by2, fine-tuned"}
 
 
 def read_train_log(path):
-    """{"iterations", "train_minutes", "val_accuracy": [[iteration, accuracy], ...]}. The time is
-    the sum of the solver's display intervals ("Iteration N (r iter/s, Ts/50 iters)"), tests
-    included; each line counts once even if the log holds it twice."""
-    tests, seconds, testing, last_iter = {}, {}, None, 0
-    with open(path) as f:
-        for line in f:
-            m = re.search(r"Iteration (\d+) \([0-9.]+ iter/s, ([0-9.]+)s/", line)
-            if m:
-                seconds[int(m.group(1))] = float(m.group(2))
-            m = re.search(r"Iteration (\d+)", line)
-            if m:
-                last_iter = max(last_iter, int(m.group(1)))
-            m = re.search(r"Iteration (\d+), Testing net", line)
-            if m:
-                testing = int(m.group(1))
-            m = re.search(r"Test net output #\d+: accuracy = ([0-9.eE+-]+)", line)
-            if m and testing is not None:
-                tests[testing] = float(m.group(1))
-                testing = None
-    return {"iterations": last_iter, "train_minutes": round(sum(seconds.values()) / 60, 1),
-            "val_accuracy": sorted([k, v] for k, v in tests.items())}
-
-
-def read_test_log(path):
-    """The averaged outputs printed last by `minicnn test` ("name = value" lines)."""
-    out = {}
-    with open(path) as f:
-        for line in f:
-            m = re.match(r"^(\w+) = ([0-9.eE+-]+)", line.strip())
-            if m:
-                out[m.group(1)] = float(m.group(2))
-    return out
+    """{"iterations", "train_minutes", "val_accuracy": [[iteration, accuracy], ...]}."""
+    log = monitor.read_train_log(path)
+    return {"iterations": log["iterations"], "train_minutes": log["train_minutes"],
+            "val_accuracy": [[t["iteration"], t["accuracy"]] for t in log["tests"]
+                             if "accuracy" in t]}
 
 
 def collect(logs, results):
@@ -62,7 +36,7 @@ def collect(logs, results):
         ev = os.path.join(results, net, "eval.json")
         if not all(os.path.exists(p) for p in (train, test, ev)):
             continue
-        scores = read_test_log(test)
+        scores = monitor.read_test_log(test)
         summary[net] = {"net": NETS[net], "test_accuracy": scores["accuracy"],
                         "test_loss": scores.get("loss"), "train": read_train_log(train),
                         "eval": json.load(open(ev))}
