@@ -14,7 +14,11 @@
 
 #include "common.h"
 
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
 #pragma GCC optimize("fp-contract=off")
+#endif
 
 namespace minicnn {
 

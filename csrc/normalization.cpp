@@ -18,7 +18,11 @@
 // reference does, and the fused inference kernel below then gives the same bits as the layers
 // run one by one (GCC's default contraction chose differently for a loop's vector body and
 // its tail).
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
 #pragma GCC optimize("fp-contract=off")
+#endif
 
 namespace minicnn {
 
