@@ -212,9 +212,11 @@ struct Panels {
     std::int64_t stride;      // floats from one MR-row panel to the next
 };
 
+// Threads a product will run on: 1 inside another parallel region (OpenMP does not nest, so
+// the tasks are cut for one thread, as the groups of a convolution run side by side).
 inline int max_threads() {
 #ifdef _OPENMP
-    return omp_get_max_threads();
+    return omp_in_parallel() ? 1 : omp_get_max_threads();
 #else
     return 1;
 #endif
