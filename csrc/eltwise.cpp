@@ -13,12 +13,7 @@
 #include <vector>
 
 #include "common.h"
-
-#if defined(__clang__)
-#pragma clang fp contract(off)
-#elif defined(__GNUC__)
-#pragma GCC optimize("fp-contract=off")
-#endif
+#include "exact_fp.h"
 
 namespace minicnn {
 

@@ -13,16 +13,7 @@
 #include <cmath>
 
 #include "common.h"
-
-// No fused multiply-adds in this file: y = x * scale + bias rounds the product, as NumPy's
-// reference does, and the fused inference kernel below then gives the same bits as the layers
-// run one by one (GCC's default contraction chose differently for a loop's vector body and
-// its tail).
-#if defined(__clang__)
-#pragma clang fp contract(off)
-#elif defined(__GNUC__)
-#pragma GCC optimize("fp-contract=off")
-#endif
+#include "exact_fp.h"     // the fused inference kernel below gives the layers' own bits
 
 namespace minicnn {
 
