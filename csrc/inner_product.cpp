@@ -91,10 +91,10 @@ void dot_products(std::int64_t M, std::int64_t N, std::int64_t L, const float* A
             sums.assign(groups * 256 + 16, 0.0f);
             float* acc = reinterpret_cast<float*>(
                 (reinterpret_cast<std::uintptr_t>(sums.data()) + 63) & ~std::uintptr_t(63));
+            const float* ahead[4];                   // + l: the stretch after the one at l
+            for (int j = 0; j < 4; ++j) ahead[j] = b[j] + stretch;
             for (std::int64_t l0 = 0; l0 < L; l0 += stretch) {
                 const std::int64_t l1 = std::min(L, l0 + stretch);
-                const float* ahead[4];
-                for (int j = 0; j < 4; ++j) ahead[j] = b[j] + stretch;   // next stretch
                 for (std::int64_t g = 0; g < groups; ++g) {
                     const float* a[4];
                     for (int i = 0; i < 4; ++i) a[i] = A + std::min(g * 4 + i, M - 1) * L;

@@ -29,6 +29,7 @@ import os
 
 import numpy as np
 
+from minicnn import ops
 from minicnn.data.datum import decode_image, encode_image
 from minicnn.data.db import resolve_path
 from minicnn.data.errors import DataError
@@ -184,7 +185,6 @@ def segment(net, image, mean=127.5, scale=0.0078125, input_blob=None, output_blo
     file run through the net at its own size. Several ``scales`` (multi-scale inference, as
     DeepLab's "MS" evaluation): the image is resized by each (bilinear, corner-aligned, see
     scaled_size), the score maps resized back and averaged."""
-    from minicnn import ops
     name, out = _input_name(net, input_blob), _output_name(net, output_blob)
     channels = net.blobs[name].shape[1] if len(net.blobs[name].shape) == 4 else 3
     x, chw = load_input(image, channels, mean, scale, net.dtype.type)
