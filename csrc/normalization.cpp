@@ -35,8 +35,9 @@ View view_of(const py::array& a, std::int64_t channels) {
 }  // namespace
 
 template <typename T>
-MINICNN_VECTOR_CLONES static void bn_forward(const T* x, T* y, T* mean, T* var, T* std_out,
-                                             bool batch_stats, double eps, const View& v) {
+MINICNN_VECTOR_CLONES static void bn_forward(const T* x, T* y, T* y2, T* mean, T* var,
+                                             T* std_out, bool batch_stats, double eps,
+                                             const View& v) {
 #pragma omp parallel for schedule(dynamic, 1) if (v.N * v.C * v.S > PARALLEL_WORK)
     for (std::int64_t c = 0; c < v.C; ++c) {
         if (batch_stats) {
@@ -67,7 +68,18 @@ MINICNN_VECTOR_CLONES static void bn_forward(const T* x, T* y, T* mean, T* var, 
         for (std::int64_t n = 0; n < v.N; ++n) {                // than the memory traffic
             const T* in = x + v.at(n, c);
             T* out = y + v.at(n, c);
-            for (std::int64_t s = 0; s < v.S; ++s) out[s] = (in[s] - m) * inv;
+            if (y2) {             // a second copy in the same pass (in may be out2: same index)
+                T* out2 = y2 + v.at(n, c);
+#pragma omp simd
+                for (std::int64_t s = 0; s < v.S; ++s) {
+                    const T t = (in[s] - m) * inv;
+                    out[s] = t;
+                    out2[s] = t;
+                }
+            } else {
+#pragma omp simd
+                for (std::int64_t s = 0; s < v.S; ++s) out[s] = (in[s] - m) * inv;
+            }
         }
     }
 }
@@ -106,14 +118,31 @@ MINICNN_VECTOR_CLONES static void bn_backward(const T* dy, const T* y, const T* 
 
 template <typename T>
 MINICNN_VECTOR_CLONES static void scale_forward(const T* x, const T* scale, const T* bias, T* y,
-                                                const View& v) {
+                                                T* keep, bool relu, T slope, const View& v) {
 #pragma omp parallel for collapse(2) schedule(static) if (v.N * v.C * v.S > PARALLEL_WORK)
     for (std::int64_t n = 0; n < v.N; ++n) {
         for (std::int64_t c = 0; c < v.C; ++c) {
             const T* in = x + v.at(n, c);
             T* out = y + v.at(n, c);
             const T a = scale[c], b = bias ? bias[c] : T(0);
-            for (std::int64_t s = 0; s < v.S; ++s) out[s] = in[s] * a + b;
+            if (keep) {          // x kept for backward in the same pass (y may be x: in place)
+                T* kept = keep + v.at(n, c);
+#pragma omp simd
+                for (std::int64_t s = 0; s < v.S; ++s) {
+                    const T t = in[s];
+                    kept[s] = t;
+                    out[s] = t * a + b;
+                }
+            } else if (relu) {   // the ReLU after it, as relu_forward computes it
+#pragma omp simd
+                for (std::int64_t s = 0; s < v.S; ++s) {
+                    const T t = in[s] * a + b;
+                    out[s] = t > T(0) ? t : t * slope;
+                }
+            } else {
+#pragma omp simd
+                for (std::int64_t s = 0; s < v.S; ++s) out[s] = in[s] * a + b;
+            }
         }
     }
 }
@@ -144,6 +173,69 @@ MINICNN_VECTOR_CLONES static void scale_backward(const T* dy, const T* x, const 
         }
         if (dscale) dscale[c] += T(sum_dyx);
         if (dbias) dbias[c] += T(sum_dy);
+    }
+}
+
+// Training (minicnn/fusion.py): the backward of ReLU (optional), Scale and BatchNorm of one
+// chain, where Scale's x is BatchNorm's y (the chain keeps one array for both). Per channel,
+// the first sweep does, row by row and while the row is in L1, what relu_backward,
+// scale_backward and bn_backward's sums do, loop for loop (so the bits are theirs), and leaves
+// g = Scale's dx in g_out (the chain's top diff); the second sweep writes BatchNorm's dx from
+// g and y, still in L2. Four streams over memory instead of nine.
+template <typename T>
+MINICNN_VECTOR_CLONES static void bn_scale_relu_backward(
+        const T* dy, const T* top, T slope, const T* y, const T* sd, const T* scale,
+        T* g_out, T* dx, T* dscale, T* dbias, bool global_stats, const View& v) {
+#pragma omp parallel for schedule(dynamic, 1) if (v.N * v.C * v.S > PARALLEL_WORK)
+    for (std::int64_t c = 0; c < v.C; ++c) {
+        double sum_dyx = 0, sum_dy = 0, a_sum = 0, b_sum = 0;
+        const T a = scale[c];
+        for (std::int64_t n = 0; n < v.N; ++n) {
+            const T *d = dy + v.at(n, c), *yy = y + v.at(n, c);
+            T* g = g_out + v.at(n, c);
+            if (top) {                                        // relu_backward, into g
+                const T* t = top + v.at(n, c);
+#pragma omp simd
+                for (std::int64_t s = 0; s < v.S; ++s) g[s] = t[s] > T(0) ? d[s] : d[s] * slope;
+            } else if (g != d) {
+#pragma omp simd
+                for (std::int64_t s = 0; s < v.S; ++s) g[s] = d[s];
+            }
+            T p_dyx = 0, p_dy = 0;                            // scale_backward
+            if (dscale)
+#pragma omp simd reduction(+ : p_dyx)
+                for (std::int64_t s = 0; s < v.S; ++s) p_dyx += g[s] * yy[s];
+            if (dbias)
+#pragma omp simd reduction(+ : p_dy)
+                for (std::int64_t s = 0; s < v.S; ++s) p_dy += g[s];
+            sum_dyx += p_dyx;
+            sum_dy += p_dy;
+            for (std::int64_t s = 0; s < v.S; ++s) g[s] = g[s] * a;
+            if (!global_stats) {                              // bn_backward's sums
+                T pa = 0, pb = 0;
+#pragma omp simd reduction(+ : pa, pb)
+                for (std::int64_t s = 0; s < v.S; ++s) {
+                    pa += g[s];
+                    pb += g[s] * yy[s];
+                }
+                a_sum += pa;
+                b_sum += pb;
+            }
+        }
+        if (dscale) dscale[c] += T(sum_dyx);
+        if (dbias) dbias[c] += T(sum_dy);
+        T mean_dy = 0, mean_dyy = 0;
+        if (!global_stats) {
+            mean_dy = T(a_sum / double(v.N * v.S));
+            mean_dyy = T(b_sum / double(v.N * v.S));
+        }
+        const T inv = T(1) / sd[c];
+        for (std::int64_t n = 0; n < v.N; ++n) {
+            const T *g = g_out + v.at(n, c), *yy = y + v.at(n, c);
+            T* out = dx + v.at(n, c);
+            for (std::int64_t s = 0; s < v.S; ++s)
+                out[s] = (g[s] - mean_dy - yy[s] * mean_dyy) * inv;
+        }
     }
 }
 
@@ -198,22 +290,25 @@ REGISTER_NATIVE(m) {
     }, "y <- relu(((x - mean) / sqrt(var + eps)) * scale[c] + bias[c]) per channel, as the "
        "three layers compute it (inference)");
     m.def("bn_forward", [](const py::array& x, py::array& y, py::array& mean, py::array& var,
-                           py::array& std_out, bool batch_stats, double eps) {
+                           py::array& std_out, bool batch_stats, double eps, py::object y2) {
         const std::int64_t C = mean.size();
         const View v = view_of(x, C);
-        require(y.size() == x.size() && var.size() == C && std_out.size() == C,
+        require(y.size() == x.size() && var.size() == C && std_out.size() == C &&
+                    (y2.is_none() || y2.cast<py::array>().size() == x.size()),
                 "bn_forward: shapes do not match");
         by_dtype(x, [&](auto tag) {
             using T = decltype(tag);
             const T* in = in_ptr<T>(x, "x");
             T* out = out_ptr<T>(y, "y");
+            T* out2 = opt_out_ptr<T>(y2, "y2");
             T* mp = out_ptr<T>(mean, "mean");
             T* vp = out_ptr<T>(var, "var");
             T* sp = out_ptr<T>(std_out, "std");
             py::gil_scoped_release release;
-            bn_forward<T>(in, out, mp, vp, sp, batch_stats, eps, v);
+            bn_forward<T>(in, out, out2, mp, vp, sp, batch_stats, eps, v);
         });
-    }, "y <- (x - mean) / sqrt(var + eps) per channel; batch_stats: mean, var computed first");
+    }, "y (and y2, unless None) <- (x - mean) / sqrt(var + eps) per channel; batch_stats: "
+       "mean, var computed first");
     m.def("bn_backward", [](const py::array& dy, const py::array& y, const py::array& sd,
                             py::array& dx, bool global_stats) {
         const View v = view_of(dy, sd.size());
@@ -227,19 +322,48 @@ REGISTER_NATIVE(m) {
         });
     }, "dx <- the BatchNorm input gradient from dy, the normalized y and std");
     m.def("scale_forward", [](const py::array& x, const py::array& scale, py::object bias,
-                              py::array& y) {
+                              py::array& y, py::object keep, bool relu, double slope) {
         const View v = view_of(x, scale.size());
-        require(y.size() == x.size(), "scale_forward: y must have x's size");
+        require(y.size() == x.size() &&
+                    (keep.is_none() || keep.cast<py::array>().size() == x.size()),
+                "scale_forward: y (and keep) must have x's size");
         by_dtype(x, [&](auto tag) {
             using T = decltype(tag);
             const T *in = in_ptr<T>(x, "x"), *s = in_ptr<T>(scale, "scale");
             const T* b = opt_in_ptr<T>(bias, "bias");
             if (b) require(py::len(bias) == static_cast<size_t>(v.C), "scale_forward: bias");
             T* out = out_ptr<T>(y, "y");
+            T* kept = opt_out_ptr<T>(keep, "keep");
             py::gil_scoped_release release;
-            scale_forward<T>(in, s, b, out, v);
+            scale_forward<T>(in, s, b, out, kept, relu && !kept, T(slope), v);
         });
-    }, "y <- x * scale[c] (+ bias[c]) per channel (axis 1)");
+    }, "y <- x * scale[c] (+ bias[c]) per channel (axis 1); keep (unless None) <- x first; "
+       "relu (without keep): then the leaky ReLU of that");
+    m.def("bn_scale_relu_backward", [](const py::array& dy, py::object top, double slope,
+                                       const py::array& y, const py::array& sd,
+                                       const py::array& scale, py::array& g, py::array& dx,
+                                       py::object dscale, py::object dbias, bool global_stats) {
+        const std::int64_t C = sd.size();
+        const View v = view_of(dy, C);
+        require(y.size() == dy.size() && g.size() == dy.size() && dx.size() == dy.size() &&
+                    scale.size() == C &&
+                    (top.is_none() || top.cast<py::array>().size() == dy.size()) &&
+                    (dscale.is_none() || dscale.cast<py::array>().size() == C) &&
+                    (dbias.is_none() || dbias.cast<py::array>().size() == C),
+                "bn_scale_relu_backward: shapes do not match");
+        by_dtype(dy, [&](auto tag) {
+            using T = decltype(tag);
+            const T *d = in_ptr<T>(dy, "dy"), *t = opt_in_ptr<T>(top, "top");
+            const T *yy = in_ptr<T>(y, "y"), *s = in_ptr<T>(sd, "std");
+            const T* a = in_ptr<T>(scale, "scale");
+            T *gp = out_ptr<T>(g, "g"), *out = out_ptr<T>(dx, "dx");
+            T *ds = opt_out_ptr<T>(dscale, "dscale"), *db = opt_out_ptr<T>(dbias, "dbias");
+            py::gil_scoped_release release;
+            bn_scale_relu_backward<T>(d, t, T(slope), yy, s, a, gp, out, ds, db, global_stats,
+                                      v);
+        });
+    }, "backward of a training chain BatchNorm -> Scale (-> ReLU, given its top): g <- Scale's "
+       "dx, dscale/dbias += their sums, dx <- BatchNorm's dx (g may be dy, dx may be g)");
     m.def("scale_backward", [](const py::array& dy, const py::array& x, const py::array& scale,
                                py::object dx, py::object dscale, py::object dbias) {
         const View v = view_of(dy, scale.size());

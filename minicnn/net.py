@@ -519,7 +519,21 @@ class Net:
 
     def backward_from_to(self, first=None, last=0):
         first = len(self.layers) - 1 if first is None else first
-        for i in range(first, last - 1, -1):
+        if self._fusions is None:
+            self._fusions = fusion.plan(self)
+        ends = {c.first + c.count - 1: c for c in self._fusions.values()
+                if hasattr(c, "run_backward")}
+        i = first
+        while i >= last:
+            chain = ends.get(i)
+            if chain is not None and chain.first >= last:
+                try:                      # BatchNorm + Scale (+ ReLU) training chain: one call
+                    if chain.run_backward(self):
+                        i = chain.first - 1
+                        continue
+                except MinicnnError as e:
+                    raise NetError(f"{self._describe(self.layers[i], self.bottom_vecs[i])}: "
+                                   f"{e}") from None
             if self.layer_need_backward[i]:
                 layer, bottoms = self.layers[i], self.bottom_vecs[i]
                 try:
@@ -529,6 +543,7 @@ class Net:
                         layer.backward(self.top_vecs[i], self.bottom_need_backward[i], bottoms)
                 except MinicnnError as e:
                     raise NetError(f"{self._describe(layer, bottoms)}: {e}") from None
+            i -= 1
 
     def forward_backward(self):
         """One forward and backward pass (loss tops seeded with their loss_weight); the loss."""

@@ -1,6 +1,6 @@
-"""Inference fusion (minicnn/fusion.py): BatchNorm -> Scale (-> ReLU) run as one native pass
-must leave every blob bit-identical to running the layers one by one, and must stay out of
-the way whenever a layer needs backward."""
+"""Fusion (minicnn/fusion.py): BatchNorm -> Scale (-> ReLU) run as one native pass at inference,
+or as a training chain (one kept array, fused backward), must leave every blob, diff and
+parameter bit-identical to running the layers one by one."""
 
 import numpy as np
 import pytest
@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minicnn
+from minicnn import fusion
 from minicnn.native import lib
 from minicnn.proto import parse_text
 
@@ -110,16 +111,101 @@ def test_partial_forward_runs_a_cut_chain_layer_by_layer(monkeypatch):
     np.testing.assert_array_equal(fused.blobs["c1"].data, plain.blobs["c1"].data)
 
 
+def kinds(net):
+    return {net.layers[i].name: type(chain).__name__ for i, chain in net._fusions.items()}
+
+
+def train_both(param, phase, seed, monkeypatch, steps=2):
+    """Two nets, fused and not, each run forward + backward ``steps`` times (BatchNorm's
+    running sums move with batch statistics); the pair. The fused net's ``fused_backwards``:
+    how many chain backwards ran fused."""
+    nets, fused_backwards = [], []
+    run_backward = fusion.TrainingBatchNormChain.run_backward
+
+    def counting(chain, net):
+        done = run_backward(chain, net)
+        fused_backwards.append(done)
+        return done
+    monkeypatch.setattr(fusion.TrainingBatchNormChain, "run_backward", counting)
+    for fuse in ("1", "0"):
+        monkeypatch.setenv("MINICNN_FUSE", fuse)
+        net = minicnn.Net(param, phase=phase)
+        randomize(net, seed)
+        for _ in range(steps):
+            net.clear_param_diffs()
+            net.forward()
+            net.backward()
+        nets.append(net)
+    monkeypatch.delenv("MINICNN_FUSE")
+    nets[0].fused_backwards = sum(fused_backwards)
+    return nets
+
+
+def assert_nets_equal(fused, plain):
+    for name in plain.blobs:
+        np.testing.assert_array_equal(fused.blobs[name].data, plain.blobs[name].data,
+                                      err_msg=f"{name} data")
+        np.testing.assert_array_equal(fused.blobs[name].diff, plain.blobs[name].diff,
+                                      err_msg=f"{name} diff")
+    for a, b in zip(fused.layers, plain.layers):
+        for k, (pa, pb) in enumerate(zip(a.blobs, b.blobs)):
+            np.testing.assert_array_equal(pa.data, pb.data, err_msg=f"{a.name} blob {k}")
+            np.testing.assert_array_equal(pa.diff, pb.diff, err_msg=f"{a.name} blob {k} diff")
+
+
+@settings(max_examples=25, deadline=None)
+@given(c=st.integers(1, 5), relu1=st.booleans(), slope=st.sampled_from([0.0, 0.1, 0.25]),
+       bias1=st.booleans(), bn2_in_place=st.booleans(), relu2=st.booleans(),
+       phase=st.sampled_from(["TRAIN", "TEST"]), seed=st.integers(0, 2**32 - 1))
+def test_training_chain_is_bit_identical(c, relu1, slope, bias1, bn2_in_place, relu2, phase,
+                                         seed):
+    """TRAIN: batch statistics; TEST with a loss: stored statistics, and still backward."""
+    param = chain_net(c, relu1, slope, bias1, bn2_in_place, relu2, loss=True)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        fused, plain = train_both(param, phase, seed, monkeypatch)
+    assert chains(fused) == {"bn1": 3 if relu1 else 2, "bn2": 3 if relu2 else 2, "bn3": 2}
+    assert set(kinds(fused).values()) == {"TrainingBatchNormChain"}
+    assert plain._fusions == {}
+    assert fused.layers[3]._x is fused.layers[2]._y           # s1 keeps bn1's y: one copy
+    assert fused.fused_backwards == 2 * 3                       # 2 steps, 3 chains
+    assert_nets_equal(fused, plain)
+    assert np.any(fused.blobs["c1"].diff != 0) and np.all(np.isfinite(fused.blobs["data"].diff))
+
+
+def test_frozen_scale_and_partial_runs_match_the_layers(monkeypatch):
+    """lr_mult 0 on a Scale (no parameter diffs there), a backward that stops inside a chain
+    and a forward that ran the chain cut in two: each like the layers one by one."""
+    param = chain_net(3, loss=True)
+    s1 = next(layer for layer in param.layer if layer.name == "s1")
+    s1.param.add(lr_mult=0)
+    s1.param.add(lr_mult=0)
+    fused, plain = train_both(param, "TRAIN", 7, monkeypatch)
+    assert fused.layers[3].param_propagate_down == [False, False]
+    assert fused.fused_backwards == 2 * 3
+    assert_nets_equal(fused, plain)
+    for net in (fused, plain):
+        net.backward(start="r1", end="s1")      # stops inside the bn1 chain
+    assert_nets_equal(fused, plain)
+    for net in (fused, plain):                  # forward cut inside the chain, then backward:
+        net.forward(end="bn1")                  # Scale keeps its own copy again
+        net.forward(start="s1")
+        net.backward()
+    assert fused.layers[3]._x is not fused.layers[2]._y
+    assert_nets_equal(fused, plain)
+
+
 @pytest.mark.parametrize("kwargs", [dict(force_backward=True), dict(loss=True)])
-def test_no_fusion_when_backward_needs_the_layers(kwargs):
-    net = minicnn.Net(chain_net(3, **kwargs), phase="TEST")
-    randomize(net, 1)
-    net.forward()
-    assert net._fusions == {}
-    net.backward()                              # and backward still has what it needs
+def test_no_inference_fusion_when_backward_needs_the_layers(kwargs, monkeypatch):
+    """Stored statistics but backward wanted: the training chain, not the inference kernel
+    (which keeps nothing for backward), and the same results as the layers."""
+    param = chain_net(3, **kwargs)
+    fused, plain = train_both(param, "TEST", 1, monkeypatch, steps=1)
+    assert set(kinds(fused).values()) == {"TrainingBatchNormChain"}
+    assert_nets_equal(fused, plain)
 
 
-def test_no_fusion_with_batch_statistics():
+def test_batch_statistics_without_backward_run_layer_by_layer():
+    """TRAIN phase, nothing asks for backward (no loss): no chain of either kind."""
     net = minicnn.Net(chain_net(2), phase="TRAIN")   # BatchNorm on the batch's own statistics
     randomize(net, 2)
     net.forward()

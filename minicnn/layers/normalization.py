@@ -57,30 +57,41 @@ class BatchNormLayer(Layer):
 
     def forward(self, bottom, top):
         x = bottom[0].data
-        mean_acc, var_acc, factor = (b.data for b in self.blobs)
         # y is kept for backward (as Caffe keeps x_norm_): top may be bottom, and a later
-        # in-place layer may overwrite top. The buffer is reused while the shape holds. A net
-        # that never runs this backward (inference) writes y straight into top.
+        # in-place layer may overwrite top. One pass writes both. A net that never runs this
+        # backward (inference) writes y straight into top and keeps nothing.
         if not self.backward_needed:
             self._y = None
-            y = top[0].data
+            self._normalize(x, out=top[0].data)
         else:
-            if self._y is None or self._y.shape != x.shape or self._y.dtype != x.dtype:
-                self._y = np.empty_like(x)
-            y = self._y
+            self._normalize(x, out=self._kept_buffer(x), out2=top[0].data)
+
+    def forward_keeping_y(self, bottom):
+        """Forward into the kept y only, top left as it was: for minicnn/fusion.py's training
+        chain, where the in-place Scale right after reads y from here and writes top. Returns
+        y."""
+        x = bottom[0].data
+        return self._normalize(x, out=self._kept_buffer(x))
+
+    def _kept_buffer(self, x):
+        if self._y is None or self._y.shape != x.shape or self._y.dtype != x.dtype:
+            self._y = np.empty_like(x)           # reused while the shape holds
+        return self._y
+
+    def _normalize(self, x, out, out2=None):
+        mean_acc, var_acc, factor = (b.data for b in self.blobs)
         if self.use_global_stats:
             mean, var = ops.batch_norm_global_stats(mean_acc, var_acc, factor)
-            _, _, _, std = ops.batch_norm_forward(x, self.eps, mean, var, out=y)
+            y, _, _, std = ops.batch_norm_forward(x, self.eps, mean, var, out=out, out2=out2)
         else:
-            _, mean, var, std = ops.batch_norm_forward(x, self.eps, out=y)
+            y, mean, var, std = ops.batch_norm_forward(x, self.eps, out=out, out2=out2)
             m = x.size // self.channels
             new = ops.batch_norm_update_stats(mean_acc, var_acc, factor, mean, var, m,
                                               self.moving_average_fraction)
             for blob, value in zip(self.blobs, new):
                 blob.data[...] = value              # in place: shared weights see the update
         self._std = std
-        if y is not top[0].data:
-            top[0].data[...] = y
+        return y
 
     def backward(self, top, propagate_down, bottom):
         if propagate_down[0]:
@@ -125,7 +136,7 @@ class ScaleLayer(Layer):
         self.bias_index = len(self.blobs) if self.scale_is_param else 0
         if self.bias_term:
             self.init_param(self.bias_index, scale_shape, p.bias_filler, what="bias")
-        self._x = None
+        self._x = self._x_buffer = None     # x as forward saw it (in place); our own copy
 
     def _scale_blob(self, bottom):
         return self.blobs[0] if self.scale_is_param else bottom[1]
@@ -142,16 +153,26 @@ class ScaleLayer(Layer):
         top[0].reshape(x_shape)
 
     def forward(self, bottom, top):
-        x = bottom[0].data
-        if bottom[0] is top[0] and self.backward_needed:   # Caffe's in-place Scale keeps x:
-            if self._x is None or self._x.shape != x.shape or self._x.dtype != x.dtype:
-                self._x = np.empty_like(x)
-            np.copyto(self._x, x)
-            x = self._x
+        x, keep = bottom[0].data, None
+        if bottom[0] is top[0] and self.backward_needed:   # Caffe's in-place Scale keeps x
+            if self._x_buffer is None or self._x_buffer.shape != x.shape or \
+                    self._x_buffer.dtype != x.dtype:
+                self._x_buffer = np.empty_like(x)
+            keep = self._x = self._x_buffer               # filled in the same pass as top
         else:
             self._x = None
+        self._scale_into(x, bottom, top, keep)
+
+    def forward_from_kept(self, x, bottom, top):
+        """Forward from x, an input that the layer before keeps unchanged until this backward
+        (BatchNorm's y in minicnn/fusion.py's training chain): kept by reference, no copy."""
+        self._x = x
+        self._scale_into(x, bottom, top)
+
+    def _scale_into(self, x, bottom, top, keep=None):
         bias = self.blobs[self.bias_index].data if self.bias_term else None
-        ops.scale_forward(x, self._scale_blob(bottom).data, bias, self.axis, out=top[0].data)
+        ops.scale_forward(x, self._scale_blob(bottom).data, bias, self.axis, out=top[0].data,
+                          keep_x=keep)
 
     def backward(self, top, propagate_down, bottom):
         x = self._x if self._x is not None else bottom[0].data

@@ -16,7 +16,8 @@ Running statistics are Caffe's unnormalized sums (blobs [0], [1], [2] of the lay
 
 No kinks. Backward takes y and sqrt(var + eps) rather than x, so an in-place layer (whose x is
 overwritten by y) can keep what it needs from forward.
-``out=`` names the array to write y (forward) or dx (backward) into.
+``out=`` names the array to write y (forward) or dx (backward) into; forward's ``out2=`` a second
+array to write y into as well (an in-place layer keeps y and fills its top in one pass).
 Impls: ref; cpu for forward and backward (csrc/normalization.cpp: a thread per channel, each
 formula one pass over memory where NumPy makes a temporary per operator).
 """
@@ -40,7 +41,7 @@ def _channels_view(x):
 # --- reference ---------------------------------------------------------------------------------
 
 @batch_norm_forward.impl("ref")
-def _batch_norm_forward_ref(x, eps=1e-5, mean=None, var=None, *, out=None):
+def _batch_norm_forward_ref(x, eps=1e-5, mean=None, var=None, *, out=None, out2=None):
     """Returns (y, mean, var, std). mean/var None: the batch's statistics (biased variance);
     given: used as they are (global statistics). std = sqrt(var + eps), shape (C,)."""
     x3 = _channels_view(x)
@@ -50,8 +51,10 @@ def _batch_norm_forward_ref(x, eps=1e-5, mean=None, var=None, *, out=None):
     if var is None:
         var = np.mean(centered * centered, axis=(0, 2))
     std = np.sqrt(var + eps)
-    y = centered / std[:, None]
-    return write_out(out, y.reshape(x.shape)), mean, var, std
+    y = (centered / std[:, None]).reshape(x.shape)
+    if out2 is not None:
+        out2[...] = y
+    return write_out(out, y), mean, var, std
 
 
 @batch_norm_backward.impl("ref")
@@ -101,17 +104,18 @@ def _target(out, like):
 
 
 @batch_norm_forward.impl("cpu", available=lib is not None)
-def _batch_norm_forward_cpu(x, eps=1e-5, mean=None, var=None, *, out=None):
+def _batch_norm_forward_cpu(x, eps=1e-5, mean=None, var=None, *, out=None, out2=None):
     c = x.shape[1] if x.ndim > 1 else 1
     if not _native_ok(x, mean, var) or (mean is None) != (var is None) or \
-            (mean is not None and (mean.shape != (c,) or var.shape != (c,))):
-        return _batch_norm_forward_ref(x, eps, mean, var, out=out)
+            (mean is not None and (mean.shape != (c,) or var.shape != (c,))) or \
+            (out2 is not None and _target(out2, x) is not out2):
+        return _batch_norm_forward_ref(x, eps, mean, var, out=out, out2=out2)
     batch = mean is None
     mean = np.empty(c, x.dtype) if batch else mean
     var = np.empty(c, x.dtype) if batch else var
     std = np.empty(c, x.dtype)
     y = _target(out, x)
-    lib.bn_forward(x, y, mean, var, std, batch, float(eps))
+    lib.bn_forward(x, y, mean, var, std, batch, float(eps), out2)
     return (y if out is None or y is out else write_out(out, y)), mean, var, std
 
 
@@ -139,7 +143,7 @@ def _cuda_layout(x):
 
 
 @batch_norm_forward.impl("cuda", available=cuda.importable)
-def _batch_norm_forward_cuda(x, eps=1e-5, mean=None, var=None, *, out=None):
+def _batch_norm_forward_cuda(x, eps=1e-5, mean=None, var=None, *, out=None, out2=None):
     cp = cuda.cupy()
     x, mean, var = cuda.contiguous(x, mean, var)
     layout = _cuda_layout(x)
@@ -155,7 +159,10 @@ def _batch_norm_forward_cuda(x, eps=1e-5, mean=None, var=None, *, out=None):
     y = cuda.output(out, x.shape, x.dtype)                         # elementwise: x itself is fine
     cuda.launch_1d(cuda.kernel("normalization.cu", "batch_norm_forward", x.dtype), x.size, x,
                    mean, std, y, np.int32(layout[1]), np.int64(layout[2]))
-    return cuda.finish(out, y), mean, var, std
+    y = cuda.finish(out, y)
+    if out2 is not None:
+        out2[...] = y
+    return y, mean, var, std
 
 
 @batch_norm_backward.impl("cuda", available=cuda.importable)

@@ -8,7 +8,8 @@ scale has the shape of x.shape[axis : axis + scale.ndim] and is broadcast over t
     dscale = sum of dy * x over the broadcast axes
     dbias  = sum of dy over the broadcast axes
 
-``out=`` names the array to write y into; ``dx_out=`` the array for dx, and ``dscale_acc=`` /
+``out=`` names the array to write y into (it may be x); ``keep_x=`` an array to copy x into first
+(an in-place layer keeps its input for backward; one pass with y on the CPU); ``dx_out=`` the array for dx, and ``dscale_acc=`` /
 ``dbias_acc=`` arrays to *add* dscale and dbias to (a layer's parameter diffs).
 No kinks. Impls: ref; cpu for a per-channel scale (shape (C,) at axis 1, the Caffe nets' case:
 csrc/normalization.cpp, one pass each way).
@@ -36,7 +37,9 @@ def _sum_to(a, ndim_p, axis):
 # --- reference ---------------------------------------------------------------------------------
 
 @scale_forward.impl("ref")
-def _scale_forward_ref(x, scale, bias=None, axis=1, *, out=None):
+def _scale_forward_ref(x, scale, bias=None, axis=1, *, out=None, keep_x=None):
+    if keep_x is not None:
+        keep_x[...] = x
     y = x * _broadcastable(scale, x.ndim, axis)
     if bias is not None:
         y += _broadcastable(bias, x.ndim, axis)
@@ -79,11 +82,12 @@ def _target(out, like):
 
 
 @scale_forward.impl("cpu", available=lib is not None)
-def _scale_forward_cpu(x, scale, bias=None, axis=1, *, out=None):
-    if not _per_channel(x, scale, axis, bias) or (bias is not None and bias.shape != scale.shape):
-        return _scale_forward_ref(x, scale, bias, axis, out=out)
+def _scale_forward_cpu(x, scale, bias=None, axis=1, *, out=None, keep_x=None):
+    if not _per_channel(x, scale, axis, bias) or (bias is not None and bias.shape != scale.shape) \
+            or (keep_x is not None and _target(keep_x, x) is not keep_x):
+        return _scale_forward_ref(x, scale, bias, axis, out=out, keep_x=keep_x)
     y = _target(out, x)
-    lib.scale_forward(x, scale, bias, y)
+    lib.scale_forward(x, scale, bias, y, keep_x, False, 0.0)
     return y if out is None or y is out else write_out(out, y)
 
 
@@ -122,8 +126,10 @@ def _cuda_layout(shape, p_shape, axis):
 
 
 @scale_forward.impl("cuda", available=cuda.importable)
-def _scale_forward_cuda(x, scale, bias=None, axis=1, *, out=None):
+def _scale_forward_cuda(x, scale, bias=None, axis=1, *, out=None, keep_x=None):
     x, scale, bias = cuda.contiguous(x, scale, bias)
+    if keep_x is not None:
+        keep_x[...] = x
     _, s, inner = _cuda_layout(x.shape, scale.shape, axis)
     y = cuda.output(out, x.shape, x.dtype)                         # elementwise: in place is fine
     cuda.launch_1d(cuda.kernel("normalization.cu", "scale_forward", x.dtype), x.size, x, scale,
