@@ -301,6 +301,43 @@ MINICNN_VECTOR_CLONES static bool correlate_plane_masked(const float* __restrict
         return edge.apply(load_v(x + p + off[k]), k, phase);
     };
     std::int64_t p = p0, phase = 0;
+    if (s.kh == 3 && s.kw == 3) {
+        // The usual 3x3, unrolled: the nine taps in registers and, per chunk, one mask for the
+        // left column and one for the right (the same for the three rows; the centre column
+        // of a "same" geometry never leaves the row), two chunks at a time. The one chunk
+        // that may be left goes to the loops below.
+        const floatv zero{};
+        floatv t[9];
+        for (std::int64_t k = 0; k < 9; ++k) t[k] = zero + w[k];
+        auto lanes = [&](std::int64_t k, std::int64_t q) {
+            intv m;
+            std::memcpy(&m, edge.masks[q * taps + k].v, sizeof m);
+            return m;
+        };
+        const std::int64_t d = off[1] - off[0];                  // the dilation along a row
+        auto chunks2 = [&](std::int64_t at, std::int64_t q, std::int64_t r) {
+            const intv left0 = lanes(0, q), right0 = lanes(2, q);
+            const intv left1 = lanes(0, r), right1 = lanes(2, r);
+            floatv a0 = accumulate ? load_v(out + at) : zero + bias;
+            floatv a1 = accumulate ? load_v(out + at + V) : zero + bias;
+            for (std::int64_t i = 0; i < 3; ++i) {
+                const float* src = x + at + off[3 * i];
+                a0 += t[3 * i] * (floatv)((intv)load_v(src) & left0);
+                a1 += t[3 * i] * (floatv)((intv)load_v(src + V) & left1);
+                a0 += t[3 * i + 1] * load_v(src + d);
+                a1 += t[3 * i + 1] * load_v(src + V + d);
+                a0 += t[3 * i + 2] * (floatv)((intv)load_v(src + 2 * d) & right0);
+                a1 += t[3 * i + 2] * (floatv)((intv)load_v(src + V + 2 * d) & right1);
+            }
+            std::memcpy(out + at, &a0, sizeof a0);
+            std::memcpy(out + at + V, &a1, sizeof a1);
+        };
+        for (; p + 2 * V <= p1; p += 2 * V) {
+            const std::int64_t q = phase + 1 == period ? 0 : phase + 1;
+            chunks2(p, phase, q);
+            phase = q + 1 == period ? 0 : q + 1;
+        }
+    }
     for (; p + 4 * V <= p1; p += 4 * V) {
         const std::int64_t q1 = phase + 1 == period ? 0 : phase + 1;
         const std::int64_t q2 = q1 + 1 == period ? 0 : q1 + 1;

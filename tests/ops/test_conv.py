@@ -361,6 +361,12 @@ FAST_PINNED = dict(PINNED, **{
     "depthwise_same_16_atrous": make_case(1, 2, (10, 16), 2, 3, pad=2, dilation=2, group=2),
     "depthwise_same_7_rows": make_case(3, 2, (7, 7), 2, 3, pad=1, group=2),
     "depthwise_same_28_5x5_x2": make_case(1, 2, (12, 28), 4, 5, pad=2, group=2),
+    # 3x3 has its own unrolled masked loop (two chunks at a time, then one): widths with an
+    # odd number of chunks, dilation, and a multiplier (backward data accumulates over it)
+    "depthwise_same_3x3_48_atrous3": make_case(1, 2, (11, 48), 2, 3, pad=3, dilation=3,
+                                               group=2),
+    "depthwise_same_3x3_56_x2": make_case(2, 2, (9, 56), 4, 3, pad=1, group=2),
+    "depthwise_same_3x3_14_x3": make_case(1, 2, (5, 14), 6, 3, pad=1, group=2),
 })
 
 
