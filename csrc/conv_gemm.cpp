@@ -326,18 +326,24 @@ static void conv_backward_data(const Conv& cv, const float* dy, const float* w, 
 
 // --- backward filter: dw (F, C/G, kh, kw) += the filter gradient ------------------------------
 
+//
+// The product's columns are the filters (fg) and its inner dimension the output positions (NP,
+// tens of thousands): with fewer filters than NC per thread, splitting columns or rows between
+// threads would have every thread pack the same dy block. Then the positions are split instead:
+// each thread multiplies its share into its own partial dw, and the partials are added in
+// thread order (the same sums whatever the timing).
 static void conv_backward_filter(const Conv& cv, const float* dy, const float* x, float* dw) {
     const std::int64_t fg = cv.fg(), taps = cv.taps(), NP = cv.N * cv.P(), P = cv.P();
     const gemm::Blocking blocking{96, 384, 384};
-    for_each_group(cv, [&](std::int64_t g) {
-        float* dwg = dw + g * fg * taps;
+    // dw_g (fg x taps rows) += the product over positions [p0, p0 + np)
+    auto product = [&](std::int64_t g, std::int64_t p0, std::int64_t np, float* dwg) {
         gemm::run(
-            taps, fg, NP, blocking,
+            taps, fg, np, blocking,
             [&](std::int64_t i0, std::int64_t m, std::int64_t l0, std::int64_t kc, float* Ap) {
                 // Ap[p][k][r] = cols[tap i0 + p*MR + r][position l0 + k]
                 const std::int64_t MR = gemm::MR;
                 thread_local Columns cols;
-                cols.build(cv, l0, kc);
+                cols.build(cv, p0 + l0, kc);
                 TapWalk tap(cv, g, i0);
                 for (std::int64_t p = 0; p * MR < m; ++p)
                     for (std::int64_t r = 0; r < MR; ++r) {
@@ -355,9 +361,9 @@ static void conv_backward_filter(const Conv& cv, const float* dy, const float* x
             },
             [&](std::int64_t j0, std::int64_t n, std::int64_t l0, std::int64_t kc,
                 std::int64_t nr, float* Bp) {
-                // Bp[q][k][t] = dy[position l0 + k][filter g*fg + j0 + q*nr + t]
+                // Bp[q][k][t] = dy[position p0 + l0 + k][filter g*fg + j0 + q*nr + t]
                 thread_local std::vector<Run> runs;
-                runs_of(cv, l0, kc, runs);
+                runs_of(cv, p0 + l0, kc, runs);
                 for (std::int64_t q = 0; q * nr < n; ++q) {
                     float* panel = Bp + q * nr * kc;
                     for (std::int64_t t = 0; t < nr; ++t) {
@@ -382,7 +388,34 @@ static void conv_backward_filter(const Conv& cv, const float* dy, const float* x
                     for (std::int64_t r = 0; r < m; ++r) dst[r] += C[r * ldc + t];
                 }
             });
-    });
+    };
+    const std::int64_t threads = max_threads(), size = fg * taps;
+    const bool split = threads > 1 && !groups_in_parallel(cv) &&
+                       fg <= blocking.nc * (threads - 1) && NP >= 512 * threads;
+    if (!split) {
+        for_each_group(cv, [&](std::int64_t g) { product(g, 0, NP, dw + g * size); });
+        return;
+    }
+#ifdef _OPENMP
+    thread_local std::vector<float> parts;              // threads 1.. (thread 0 adds to dw)
+    parts.resize((threads - 1) * size);
+    float* const partials = parts.data();               // (thread_local: this thread's)
+    for (std::int64_t g = 0; g < cv.G; ++g) {
+        float* dwg = dw + g * size;
+        std::int64_t used = 1;
+#pragma omp parallel num_threads(threads)
+        {
+            const std::int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
+            if (t == 0) used = T;
+            float* mine = t == 0 ? dwg : partials + (t - 1) * size;
+            if (t > 0) std::fill(mine, mine + size, 0.0f);
+            product(g, NP * t / T, NP * (t + 1) / T - NP * t / T, mine);
+        }
+#pragma omp parallel for schedule(static) if (size * used > (1 << 16))
+        for (std::int64_t i = 0; i < size; ++i)
+            for (std::int64_t t = 1; t < used; ++t) dwg[i] += partials[(t - 1) * size + i];
+    }
+#endif
 }
 
 // --- bindings ---------------------------------------------------------------------------------

@@ -367,6 +367,11 @@ FAST_PINNED = dict(PINNED, **{
                                                group=2),
     "depthwise_same_3x3_56_x2": make_case(2, 2, (9, 56), 4, 3, pad=1, group=2),
     "depthwise_same_3x3_14_x3": make_case(1, 2, (5, 14), 6, 3, pad=1, group=2),
+    # enough output positions (>= 512 per thread) for the filter gradient to split them
+    # between threads (partial sums added in thread order), ungrouped and 3 groups in turn
+    "positions_split": make_case(3, 4, (23, 19), 5, 3, pad=1),
+    "positions_split_grouped": make_case(2, 6, (24, 25), 9, 3, stride=1, pad=1, group=3),
+    "positions_split_pointwise": make_case(2, 8, (30, 31), 7, 1),
 })
 
 
