@@ -452,7 +452,8 @@ def test_fast_path_backward_data_in_several_chunks(kind):
 @pytest.mark.parametrize("gemm_kernel", ["avx2", "generic"])
 def test_every_gemm_micro_kernel_matches_the_reference(gemm_kernel):
     """The GEMM picks the widest micro-kernel the CPU has; the narrower ones (what other CPUs
-    get) run here in a subprocess and must agree too."""
+    get) run here in a subprocess and must agree too (convolutions and InnerProduct's
+    backward)."""
     import os
     import subprocess
     import sys
@@ -464,6 +465,16 @@ def test_every_gemm_micro_kernel_matches_the_reference(gemm_kernel):
         "import test_conv as t\n"
         "for name, case in t.FAST_PINNED.items():\n"
         "    t.check_fast_path('cpu', case, np.float32)\n"
+        "from minicnn.ops.inner_product import inner_product_backward as ip\n"
+        "rng = np.random.default_rng(0)\n"
+        "for m, k, n, tr in [(16, 70, 45, False), (16, 70, 45, True), (7, 300, 100, False),\n"
+        "                    (70, 50, 40, False)]:\n"
+        "    x = rng.standard_normal((m, k)).astype(np.float32)\n"
+        "    w = rng.standard_normal((k, n) if tr else (n, k)).astype(np.float32)\n"
+        "    dy = rng.standard_normal((m, n)).astype(np.float32)\n"
+        "    got, want = (ip.impls[kind](dy, x, w, transpose=tr) for kind in ('cpu', 'ref'))\n"
+        "    for g, r in zip(got, want):\n"
+        "        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-3)\n"
         "print('ok')\n")
     env = dict(os.environ, MINICNN_GEMM_KERNEL=gemm_kernel)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
