@@ -43,11 +43,33 @@ constexpr std::int64_t MR = 6;
 
 using MicroKernel = void (*)(std::int64_t kc, const float* a, const float* b, float* c,
                              std::int64_t ldc, bool accumulate);
+// The same product with A read in place from a row-major matrix (row stride lda; rows past
+// ``rows`` repeat the last one, whose results the caller drops): no packing, for an A that
+// each call would otherwise pack whole for a few columns of B (a convolution's weights at
+// batch 1).
+using MicroKernelRows = void (*)(std::int64_t kc, const float* a, std::int64_t lda,
+                                 std::int64_t rows, const float* b, float* c, std::int64_t ldc,
+                                 bool accumulate);
+
+// How a micro-kernel reads a[k][r] (k along the inner dimension, r < MR along the tile's
+// rows): from a packed panel, or from MR rows of a matrix.
+struct PanelA {
+    const float* a;
+    float at(std::int64_t k, int r) const { return a[k * MR + r]; }
+};
+struct RowsA {
+    const float* row[MR];
+    RowsA(const float* a, std::int64_t lda, std::int64_t rows) {
+        for (int r = 0; r < MR; ++r) row[r] = a + std::min<std::int64_t>(r, rows - 1) * lda;
+    }
+    float at(std::int64_t k, int r) const { return row[r][k]; }
+};
 
 #ifdef MINICNN_X86
-__attribute__((target("avx512f"))) inline void micro_avx512(std::int64_t kc, const float* a,
-                                                            const float* b, float* c,
-                                                            std::int64_t ldc, bool accumulate) {
+template <typename A>
+__attribute__((target("avx512f"))) inline void micro_avx512_t(std::int64_t kc, const A a,
+                                                              const float* b, float* c,
+                                                              std::int64_t ldc, bool accumulate) {
     __m512 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
     if (accumulate) {
         c00 = _mm512_loadu_ps(c + 0 * ldc); c01 = _mm512_loadu_ps(c + 0 * ldc + 16);
@@ -60,19 +82,19 @@ __attribute__((target("avx512f"))) inline void micro_avx512(std::int64_t kc, con
         c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 =
             _mm512_setzero_ps();
     }
-    for (std::int64_t k = 0; k < kc; ++k, a += MR, b += 32) {
+    for (std::int64_t k = 0; k < kc; ++k, b += 32) {
         const __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
-        __m512 x = _mm512_set1_ps(a[0]);
+        __m512 x = _mm512_set1_ps(a.at(k, 0));
         c00 = _mm512_fmadd_ps(x, b0, c00); c01 = _mm512_fmadd_ps(x, b1, c01);
-        x = _mm512_set1_ps(a[1]);
+        x = _mm512_set1_ps(a.at(k, 1));
         c10 = _mm512_fmadd_ps(x, b0, c10); c11 = _mm512_fmadd_ps(x, b1, c11);
-        x = _mm512_set1_ps(a[2]);
+        x = _mm512_set1_ps(a.at(k, 2));
         c20 = _mm512_fmadd_ps(x, b0, c20); c21 = _mm512_fmadd_ps(x, b1, c21);
-        x = _mm512_set1_ps(a[3]);
+        x = _mm512_set1_ps(a.at(k, 3));
         c30 = _mm512_fmadd_ps(x, b0, c30); c31 = _mm512_fmadd_ps(x, b1, c31);
-        x = _mm512_set1_ps(a[4]);
+        x = _mm512_set1_ps(a.at(k, 4));
         c40 = _mm512_fmadd_ps(x, b0, c40); c41 = _mm512_fmadd_ps(x, b1, c41);
-        x = _mm512_set1_ps(a[5]);
+        x = _mm512_set1_ps(a.at(k, 5));
         c50 = _mm512_fmadd_ps(x, b0, c50); c51 = _mm512_fmadd_ps(x, b1, c51);
     }
     _mm512_storeu_ps(c + 0 * ldc, c00); _mm512_storeu_ps(c + 0 * ldc + 16, c01);
@@ -82,10 +104,21 @@ __attribute__((target("avx512f"))) inline void micro_avx512(std::int64_t kc, con
     _mm512_storeu_ps(c + 4 * ldc, c40); _mm512_storeu_ps(c + 4 * ldc + 16, c41);
     _mm512_storeu_ps(c + 5 * ldc, c50); _mm512_storeu_ps(c + 5 * ldc + 16, c51);
 }
+__attribute__((target("avx512f"))) inline void micro_avx512(std::int64_t kc, const float* a,
+                                                            const float* b, float* c,
+                                                            std::int64_t ldc, bool accumulate) {
+    micro_avx512_t(kc, PanelA{a}, b, c, ldc, accumulate);
+}
+__attribute__((target("avx512f"))) inline void micro_avx512_rows(
+        std::int64_t kc, const float* a, std::int64_t lda, std::int64_t rows, const float* b,
+        float* c, std::int64_t ldc, bool accumulate) {
+    micro_avx512_t(kc, RowsA(a, lda, rows), b, c, ldc, accumulate);
+}
 
-__attribute__((target("avx2,fma"))) inline void micro_avx2(std::int64_t kc, const float* a,
-                                                           const float* b, float* c,
-                                                           std::int64_t ldc, bool accumulate) {
+template <typename A>
+__attribute__((target("avx2,fma"))) inline void micro_avx2_t(std::int64_t kc, const A a,
+                                                             const float* b, float* c,
+                                                             std::int64_t ldc, bool accumulate) {
     __m256 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
     if (accumulate) {
         c00 = _mm256_loadu_ps(c + 0 * ldc); c01 = _mm256_loadu_ps(c + 0 * ldc + 8);
@@ -98,19 +131,19 @@ __attribute__((target("avx2,fma"))) inline void micro_avx2(std::int64_t kc, cons
         c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 =
             _mm256_setzero_ps();
     }
-    for (std::int64_t k = 0; k < kc; ++k, a += MR, b += 16) {
+    for (std::int64_t k = 0; k < kc; ++k, b += 16) {
         const __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
-        __m256 x = _mm256_broadcast_ss(a + 0);
+        __m256 x = _mm256_set1_ps(a.at(k, 0));
         c00 = _mm256_fmadd_ps(x, b0, c00); c01 = _mm256_fmadd_ps(x, b1, c01);
-        x = _mm256_broadcast_ss(a + 1);
+        x = _mm256_set1_ps(a.at(k, 1));
         c10 = _mm256_fmadd_ps(x, b0, c10); c11 = _mm256_fmadd_ps(x, b1, c11);
-        x = _mm256_broadcast_ss(a + 2);
+        x = _mm256_set1_ps(a.at(k, 2));
         c20 = _mm256_fmadd_ps(x, b0, c20); c21 = _mm256_fmadd_ps(x, b1, c21);
-        x = _mm256_broadcast_ss(a + 3);
+        x = _mm256_set1_ps(a.at(k, 3));
         c30 = _mm256_fmadd_ps(x, b0, c30); c31 = _mm256_fmadd_ps(x, b1, c31);
-        x = _mm256_broadcast_ss(a + 4);
+        x = _mm256_set1_ps(a.at(k, 4));
         c40 = _mm256_fmadd_ps(x, b0, c40); c41 = _mm256_fmadd_ps(x, b1, c41);
-        x = _mm256_broadcast_ss(a + 5);
+        x = _mm256_set1_ps(a.at(k, 5));
         c50 = _mm256_fmadd_ps(x, b0, c50); c51 = _mm256_fmadd_ps(x, b1, c51);
     }
     _mm256_storeu_ps(c + 0 * ldc, c00); _mm256_storeu_ps(c + 0 * ldc + 8, c01);
@@ -120,23 +153,44 @@ __attribute__((target("avx2,fma"))) inline void micro_avx2(std::int64_t kc, cons
     _mm256_storeu_ps(c + 4 * ldc, c40); _mm256_storeu_ps(c + 4 * ldc + 8, c41);
     _mm256_storeu_ps(c + 5 * ldc, c50); _mm256_storeu_ps(c + 5 * ldc + 8, c51);
 }
+__attribute__((target("avx2,fma"))) inline void micro_avx2(std::int64_t kc, const float* a,
+                                                           const float* b, float* c,
+                                                           std::int64_t ldc, bool accumulate) {
+    micro_avx2_t(kc, PanelA{a}, b, c, ldc, accumulate);
+}
+__attribute__((target("avx2,fma"))) inline void micro_avx2_rows(
+        std::int64_t kc, const float* a, std::int64_t lda, std::int64_t rows, const float* b,
+        float* c, std::int64_t ldc, bool accumulate) {
+    micro_avx2_t(kc, RowsA(a, lda, rows), b, c, ldc, accumulate);
+}
 #endif
 
 // The portable one: 6 x 16, which compilers vectorize on any target.
-inline void micro_generic(std::int64_t kc, const float* a, const float* b, float* c,
-                          std::int64_t ldc, bool accumulate) {
+template <typename A>
+inline void micro_generic_t(std::int64_t kc, const A a, const float* b, float* c,
+                            std::int64_t ldc, bool accumulate) {
     float acc[MR][16];
     for (int r = 0; r < MR; ++r)
         for (int t = 0; t < 16; ++t) acc[r][t] = accumulate ? c[r * ldc + t] : 0.0f;
-    for (std::int64_t k = 0; k < kc; ++k, a += MR, b += 16)
+    for (std::int64_t k = 0; k < kc; ++k, b += 16)
         for (int r = 0; r < MR; ++r)
-            for (int t = 0; t < 16; ++t) acc[r][t] += a[r] * b[t];
+            for (int t = 0; t < 16; ++t) acc[r][t] += a.at(k, r) * b[t];
     for (int r = 0; r < MR; ++r)
         for (int t = 0; t < 16; ++t) c[r * ldc + t] = acc[r][t];
+}
+inline void micro_generic(std::int64_t kc, const float* a, const float* b, float* c,
+                          std::int64_t ldc, bool accumulate) {
+    micro_generic_t(kc, PanelA{a}, b, c, ldc, accumulate);
+}
+inline void micro_generic_rows(std::int64_t kc, const float* a, std::int64_t lda,
+                               std::int64_t rows, const float* b, float* c, std::int64_t ldc,
+                               bool accumulate) {
+    micro_generic_t(kc, RowsA(a, lda, rows), b, c, ldc, accumulate);
 }
 
 struct Kernel {
     MicroKernel run;
+    MicroKernelRows run_rows;
     std::int64_t nr;          // columns of the micro tile
     const char* name;
 };
@@ -149,12 +203,12 @@ inline Kernel best_kernel() {
 #ifdef MINICNN_X86
     __builtin_cpu_init();
     if ((choice.empty() || choice == "avx512") && __builtin_cpu_supports("avx512f"))
-        return {micro_avx512, 32, "avx512 6x32"};
+        return {micro_avx512, micro_avx512_rows, 32, "avx512 6x32"};
     if ((choice.empty() || choice == "avx512" || choice == "avx2") &&
         __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-        return {micro_avx2, 16, "avx2 6x16"};
+        return {micro_avx2, micro_avx2_rows, 16, "avx2 6x16"};
 #endif
-    return {micro_generic, 16, "generic 6x16"};
+    return {micro_generic, micro_generic_rows, 16, "generic 6x16"};
 }
 
 inline const Kernel& kernel() {
@@ -190,7 +244,7 @@ inline float* scratch(int slot, std::int64_t floats) {
 //   pack_a(i0, mc, l0, kc, Ap) -> Panels   A's panels for rows i0.. and inner l0..l0+kc:
 //       either packed into the scratch Ap as Ap[p][k][MR] (return {Ap, kc * MR}), or found in
 //       a buffer packed once beforehand (return {first panel, distance between panels}); rows
-//       past mc are 0
+//       past mc are 0. Or A itself, row-major: {&a[i0][l0], 0, lda}, read in place
 //   pack_b(j0, nc, l0, kc, nr, Bp)   Bp[q][k][nr] for columns j0..; columns past nc 0
 //   store(i0, mc, j0, nc, C, ldc)   the finished C[i0 .. i0+mc, j0 .. j0+nc] (row stride ldc)
 //
@@ -210,6 +264,7 @@ struct Blocking {
 struct Panels {
     const float* first;
     std::int64_t stride;      // floats from one MR-row panel to the next
+    std::int64_t lda = 0;     // not 0: A read in place, row-major with this row stride
 };
 
 // Threads a product will run on: 1 inside another parallel region (OpenMP does not nest, so
@@ -220,6 +275,16 @@ inline int max_threads() {
 #else
     return 1;
 #endif
+}
+
+// One micro tile: panel p of A (rows p*MR.. of the m in this block) against a B panel.
+inline void tile(const Kernel& K, const Panels& A, std::int64_t p, std::int64_t m,
+                 std::int64_t kc, const float* b, float* c, std::int64_t ldc, bool accumulate) {
+    if (A.lda)
+        K.run_rows(kc, A.first + p * MR * A.lda, A.lda, std::min(MR, m - p * MR), b, c, ldc,
+                   accumulate);
+    else
+        K.run(kc, A.first + p * A.stride, b, c, ldc, accumulate);
 }
 
 template <typename PackA, typename PackB, typename Store>
@@ -283,8 +348,8 @@ void run(std::int64_t M, std::int64_t N, std::int64_t L, const Blocking& blockin
                             const Panels A = pack_a(r0 + i0, m, 0, L, Ap);
                             for (std::int64_t q = 0; q < n_panels; ++q)
                                 for (std::int64_t p = 0; p < m_panels; ++p)
-                                    K.run(L, A.first + p * A.stride, Bp + q * nr * L,
-                                          C + p * MR * ldc + q * nr, ldc, false);
+                                    tile(K, A, p, m, L, Bp + q * nr * L,
+                                         C + p * MR * ldc + q * nr, ldc, false);
                         }
                         store(r0 + i0, m, j0, n, C, ldc);
                     }
@@ -300,8 +365,8 @@ void run(std::int64_t M, std::int64_t N, std::int64_t L, const Blocking& blockin
                         const Panels A = pack_a(r0 + i0, m, l0, k, Ap);
                         for (std::int64_t q = 0; q < n_panels; ++q)
                             for (std::int64_t p = 0; p < m_panels; ++p)
-                                K.run(k, A.first + p * A.stride, Bp + q * nr * k,
-                                      C + (i0 + p * MR) * ldc + q * nr, ldc, l0 > 0);
+                                tile(K, A, p, m, k, Bp + q * nr * k,
+                                     C + (i0 + p * MR) * ldc + q * nr, ldc, l0 > 0);
                     }
                 }
                 store(r0, rows, j0, n, C, ldc);
