@@ -586,20 +586,29 @@ MINICNN_VECTOR_CLONES static bool backward_filter_plane_masked(const float* __re
     floatv lanes[49];
     for (std::int64_t k = 0; k < taps; ++k) lanes[k] = floatv{};
     std::int64_t phase = 0;
-    if (taps == 9) {                          // 3x3: nine sums that stay in registers
+    if (s.kh == 3 && s.kw == 3) {             // 3x3: nine sums that stay in registers
+        // only the left and right kernel columns can fall in the padding ("same" geometry:
+        // the centre column never leaves the row): one mask each per chunk
         floatv l0{}, l1{}, l2{}, l3{}, l4{}, l5{}, l6{}, l7{}, l8{};
+        auto mask = [&](std::int64_t k) {
+            intv m;
+            std::memcpy(&m, edge.masks[phase * taps + k].v, sizeof m);
+            return m;
+        };
+        auto keep = [](floatv v, intv m) { return (floatv)((intv)v & m); };
         for (std::int64_t p = p0; p < p1; p += V) {
             const floatv gv = load_v(dy + p);
             const float* b = x + p;
-            l0 += gv * edge.apply(load_v(b + off[0]), 0, phase);
-            l1 += gv * edge.apply(load_v(b + off[1]), 1, phase);
-            l2 += gv * edge.apply(load_v(b + off[2]), 2, phase);
-            l3 += gv * edge.apply(load_v(b + off[3]), 3, phase);
-            l4 += gv * edge.apply(load_v(b + off[4]), 4, phase);
-            l5 += gv * edge.apply(load_v(b + off[5]), 5, phase);
-            l6 += gv * edge.apply(load_v(b + off[6]), 6, phase);
-            l7 += gv * edge.apply(load_v(b + off[7]), 7, phase);
-            l8 += gv * edge.apply(load_v(b + off[8]), 8, phase);
+            const intv left = mask(0), right = mask(2);
+            l0 += gv * keep(load_v(b + off[0]), left);
+            l1 += gv * load_v(b + off[1]);
+            l2 += gv * keep(load_v(b + off[2]), right);
+            l3 += gv * keep(load_v(b + off[3]), left);
+            l4 += gv * load_v(b + off[4]);
+            l5 += gv * keep(load_v(b + off[5]), right);
+            l6 += gv * keep(load_v(b + off[6]), left);
+            l7 += gv * load_v(b + off[7]);
+            l8 += gv * keep(load_v(b + off[8]), right);
             if (++phase == period) phase = 0;
         }
         lanes[0] = l0, lanes[1] = l1, lanes[2] = l2, lanes[3] = l3, lanes[4] = l4;
@@ -733,23 +742,45 @@ static void depthwise_backward_data(const T* dy, const T* w, T* dx, const Shape&
     }
 }
 
+// The sum of a plane that is in cache: four vector sums, so the adds do not wait on each other.
 template <typename T>
-static void depthwise_backward_filter(const T* dy, const T* x, T* dw, const Shape& s) {
-    const std::int64_t m = s.F / s.C, taps = s.kh * s.kw;
+MINICNN_VECTOR_CLONES static double plane_sum(const T* g, std::int64_t P) {
+    constexpr std::int64_t L = 64 / sizeof(T);           // one cache line per sum and step
+    T part[4][L] = {};
+    std::int64_t p = 0;
+    for (; p + 4 * L <= P; p += 4 * L)
+        for (int a = 0; a < 4; ++a)
+#pragma omp simd
+            for (std::int64_t t = 0; t < L; ++t) part[a][t] += g[p + a * L + t];
+    double total = 0;
+    for (; p < P; ++p) total += g[p];
+    for (int a = 0; a < 4; ++a)
+        for (std::int64_t t = 0; t < L; ++t) total += part[a][t];
+    return total;
+}
+
+// db (unless null) <- the bias gradient too, each dy plane summed while it is still in cache
+// (a pass over dy fewer than channel_sums).
+template <typename T>
+static void depthwise_backward_filter(const T* dy, const T* x, T* dw, T* db, const Shape& s) {
+    const std::int64_t m = s.F / s.C, taps = s.kh * s.kw, P = s.oh * s.ow;
 #pragma omp parallel for schedule(static) \
     if (s.N * s.F * s.oh * s.ow * s.kh * s.kw > PARALLEL_WORK)
     for (std::int64_t f = 0; f < s.F; ++f) {
         std::vector<double> acc(taps, 0.0);
+        double bias_total = 0;
         const bool flat = same_geometry(s);
         for (std::int64_t n = 0; n < s.N; ++n) {
-            const T* g = dy + (n * s.F + f) * s.oh * s.ow;
+            const T* g = dy + (n * s.F + f) * P;
             const T* in = x + (n * s.C + f / m) * s.H * s.W;
             if (flat)
                 backward_filter_plane_flat<T>(g, in, acc.data(), s);
             else
                 backward_filter_plane<T>(g, in, acc.data(), s);
+            if (db) bias_total += plane_sum<T>(g, P);
         }
         for (std::int64_t t = 0; t < taps; ++t) dw[f * taps + t] = T(acc[t]);
+        if (db) db[f] = T(bias_total);
     }
 }
 
@@ -807,18 +838,21 @@ REGISTER_NATIVE(m) {
         });
     }, "dx <- d(loss)/dx of the depthwise convolution, from dy");
     m.def("depthwise_backward_filter", [](const py::array& dy, const py::array& x, py::array& dw,
-                                          const py::tuple& geom) {
+                                          const py::tuple& geom, py::object db) {
         require(dy.ndim() == 4, "depthwise: dy must be 4-D");
         const Shape s = shape_of(x, dw, geom, dy.shape(2), dy.shape(3));
         check_4d(dy, s.N, s.F, s.oh, s.ow, "dy");
+        require(db.is_none() || db.cast<py::array>().size() == s.F, "depthwise: db must be (F,)");
         by_dtype(dy, [&](auto tag) {
             using T = decltype(tag);
             const T *g = in_ptr<T>(dy, "dy"), *xs = in_ptr<T>(x, "x");
             T* out = out_ptr<T>(dw, "dw");
+            T* bias = opt_out_ptr<T>(db, "db");
             py::gil_scoped_release release;
-            depthwise_backward_filter<T>(g, xs, out, s);
+            depthwise_backward_filter<T>(g, xs, out, bias, s);
         });
-    }, "dw (F, 1, kh, kw) <- d(loss)/dw of the depthwise convolution, from dy and x");
+    }, "dw (F, 1, kh, kw) <- d(loss)/dw of the depthwise convolution, from dy and x; db (F,) "
+       "<- the sums of dy per filter too, unless None");
 }
 
 }  // namespace minicnn

@@ -370,9 +370,9 @@ def _conv2d_backward_cpu_parts(dy, x, w, x_shape, geom, group, need, dx_out=None
     if _is_depthwise(c, group):
         if need_dx:
             lib.depthwise_backward_data(dy, w, dx, _geom_tuple(geom))
-        if need_dw:
-            lib.depthwise_backward_filter(dy, x, dw, _geom_tuple(geom))
-        if need_db:
+        if need_dw:                               # db summed in the same pass over dy
+            lib.depthwise_backward_filter(dy, x, dw, _geom_tuple(geom), db)
+        elif need_db:
             lib.channel_sums(dy, db)
         return _finish_dx(dx_out, dx), dw, db
     if dtype == np.float32:                         # minicnn's GEMM, implicit im2col
