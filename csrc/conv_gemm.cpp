@@ -328,6 +328,33 @@ static void conv_backward_data(const Conv& cv, const float* dy, const float* w, 
 
 // --- backward filter: dw (F, C/G, kh, kw) += the filter gradient ------------------------------
 
+#ifdef MINICNN_X86
+// One run of dy dealt into a 32-filter B panel: panel[s][t] = src[t * P + s] for s < length
+// and t < width (0 for t >= width), 16 filters at a time by a gather. The scalar loop wrote
+// one value per cache line of the panel at a time (a transpose): it was as slow as the
+// products on 1x1 convolutions.
+__attribute__((target("avx512f"))) static void dy_panel_avx512(const float* src, std::int64_t P,
+                                                               std::int64_t width,
+                                                               std::int64_t length,
+                                                               float* panel) {
+    const __m512i rows = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(static_cast<int>(P)));
+    const __mmask16 lo = width >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << width) - 1);
+    const __mmask16 hi = width >= 32 ? 0xFFFF
+                         : width <= 16 ? 0
+                                       : static_cast<__mmask16>((1u << (width - 16)) - 1);
+    const float* upper = src + 16 * P;
+    for (std::int64_t s = 0; s < length; ++s) {
+        const __m512 a = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), lo, rows, src + s, 4);
+        const __m512 b = hi ? _mm512_mask_i32gather_ps(_mm512_setzero_ps(), hi, rows, upper + s, 4)
+                            : _mm512_setzero_ps();
+        _mm512_storeu_ps(panel + s * 32, a);
+        _mm512_storeu_ps(panel + s * 32 + 16, b);
+    }
+}
+#endif
+
 //
 // The product's columns are the filters (fg) and its inner dimension the output positions (NP,
 // tens of thousands): with fewer filters than NC per thread, splitting columns or rows between
@@ -337,6 +364,9 @@ static void conv_backward_data(const Conv& cv, const float* dy, const float* w, 
 static void conv_backward_filter(const Conv& cv, const float* dy, const float* x, float* dw) {
     const std::int64_t fg = cv.fg(), taps = cv.taps(), NP = cv.N * cv.P(), P = cv.P();
     const gemm::Blocking blocking{96, 384, 384};
+#ifdef MINICNN_X86
+    static const bool wide = __builtin_cpu_supports("avx512f");
+#endif
     // dw_g (fg x taps rows) += the product over positions [p0, p0 + np)
     auto product = [&](std::int64_t g, std::int64_t p0, std::int64_t np, float* dwg) {
         gemm::run(
@@ -366,6 +396,17 @@ static void conv_backward_filter(const Conv& cv, const float* dy, const float* x
                 // Bp[q][k][t] = dy[position p0 + l0 + k][filter g*fg + j0 + q*nr + t]
                 thread_local std::vector<Run> runs;
                 runs_of(cv, p0 + l0, kc, runs);
+#ifdef MINICNN_X86
+                if (nr == 32 && wide && P < (std::int64_t(1) << 27)) {   // int32 offsets
+                    for (std::int64_t q = 0; q * nr < n; ++q)
+                        for (const Run& run : runs)
+                            dy_panel_avx512(dy + (run.n * cv.F + g * fg + j0 + q * nr) * P +
+                                                run.y * cv.ow + run.z,
+                                            P, std::min(nr, n - q * nr), run.length,
+                                            Bp + (q * kc + run.offset) * nr);
+                    return;
+                }
+#endif
                 for (std::int64_t q = 0; q * nr < n; ++q) {
                     float* panel = Bp + q * nr * kc;
                     for (std::int64_t t = 0; t < nr; ++t) {

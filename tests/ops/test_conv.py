@@ -372,6 +372,10 @@ FAST_PINNED = dict(PINNED, **{
     "positions_split": make_case(3, 4, (23, 19), 5, 3, pad=1),
     "positions_split_grouped": make_case(2, 6, (24, 25), 9, 3, stride=1, pad=1, group=3),
     "positions_split_pointwise": make_case(2, 8, (30, 31), 7, 1),
+    # filter counts that leave the filter gradient's 32-wide dy panels partly filled (its
+    # AVX-512 gather packs 16 filters at a time): 24 (16 + 8) and 40 (32, then 8)
+    "filters_24": make_case(2, 3, (6, 7), 24, 3, pad=1),
+    "filters_40_pointwise": make_case(1, 5, (9, 4), 40, 1),
 })
 
 
