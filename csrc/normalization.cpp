@@ -34,6 +34,46 @@ View view_of(const py::array& a, std::int64_t channels) {
 
 }  // namespace
 
+// BatchNorm backward's two pieces, shared by bn_backward and the training chain's kernel (so
+// both give the same bits): the sums of dy and dy * y over one row, and channel c's dx from
+// their means.
+template <typename T>
+inline void bn_row_sums(const T* g, const T* yy, std::int64_t S, double& a, double& b) {
+    T pa = 0, pb = 0;
+#pragma omp simd reduction(+ : pa, pb)
+    for (std::int64_t s = 0; s < S; ++s) {
+        pa += g[s];
+        pb += g[s] * yy[s];
+    }
+    a += pa;
+    b += pb;
+}
+
+template <typename T>
+inline void bn_dx_channel(const T* dy, const T* y, T* dx, T mean_dy, T mean_dyy, T inv,
+                          std::int64_t c, const View& v) {
+    for (std::int64_t n = 0; n < v.N; ++n) {
+        const T *g = dy + v.at(n, c), *yy = y + v.at(n, c);
+        T* out = dx + v.at(n, c);
+        for (std::int64_t s = 0; s < v.S; ++s) out[s] = (g[s] - mean_dy - yy[s] * mean_dyy) * inv;
+    }
+}
+
+// Scale backward's sums over one row: of dy * x (for dscale) and of dy (for dbias).
+template <typename T>
+inline void scale_row_sums(const T* g, const T* in, std::int64_t S, bool want_dyx, bool want_dy,
+                           double& sum_dyx, double& sum_dy) {
+    T p_dyx = 0, p_dy = 0;
+    if (want_dyx)
+#pragma omp simd reduction(+ : p_dyx)
+        for (std::int64_t s = 0; s < S; ++s) p_dyx += g[s] * in[s];
+    if (want_dy)
+#pragma omp simd reduction(+ : p_dy)
+        for (std::int64_t s = 0; s < S; ++s) p_dy += g[s];
+    sum_dyx += p_dyx;
+    sum_dy += p_dy;
+}
+
 template <typename T>
 MINICNN_VECTOR_CLONES static void bn_forward(const T* x, T* y, T* y2, T* mean, T* var,
                                              T* std_out, bool batch_stats, double eps,
@@ -92,27 +132,12 @@ MINICNN_VECTOR_CLONES static void bn_backward(const T* dy, const T* y, const T* 
         T mean_dy = 0, mean_dyy = 0;
         if (!global_stats) {
             double a = 0, b = 0;
-            for (std::int64_t n = 0; n < v.N; ++n) {
-                const T *g = dy + v.at(n, c), *yy = y + v.at(n, c);
-                T pa = 0, pb = 0;
-#pragma omp simd reduction(+ : pa, pb)
-                for (std::int64_t s = 0; s < v.S; ++s) {
-                    pa += g[s];
-                    pb += g[s] * yy[s];
-                }
-                a += pa;
-                b += pb;
-            }
+            for (std::int64_t n = 0; n < v.N; ++n)
+                bn_row_sums(dy + v.at(n, c), y + v.at(n, c), v.S, a, b);
             mean_dy = T(a / double(v.N * v.S));
             mean_dyy = T(b / double(v.N * v.S));
         }
-        const T inv = T(1) / sd[c];
-        for (std::int64_t n = 0; n < v.N; ++n) {
-            const T *g = dy + v.at(n, c), *yy = y + v.at(n, c);
-            T* out = dx + v.at(n, c);
-            for (std::int64_t s = 0; s < v.S; ++s)
-                out[s] = (g[s] - mean_dy - yy[s] * mean_dyy) * inv;
-        }
+        bn_dx_channel(dy, y, dx, mean_dy, mean_dyy, T(1) / sd[c], c, v);
     }
 }
 
@@ -157,19 +182,11 @@ MINICNN_VECTOR_CLONES static void scale_backward(const T* dy, const T* x, const 
         for (std::int64_t n = 0; n < v.N; ++n) {
             const T* g = dy + v.at(n, c);
             const T* in = x + v.at(n, c);
-            T p_dyx = 0, p_dy = 0;
-            if (dscale)
-#pragma omp simd reduction(+ : p_dyx)
-                for (std::int64_t s = 0; s < v.S; ++s) p_dyx += g[s] * in[s];
-            if (dbias)
-#pragma omp simd reduction(+ : p_dy)
-                for (std::int64_t s = 0; s < v.S; ++s) p_dy += g[s];
+            scale_row_sums(g, in, v.S, dscale != nullptr, dbias != nullptr, sum_dyx, sum_dy);
             if (dx) {
                 T* out = dx + v.at(n, c);
                 for (std::int64_t s = 0; s < v.S; ++s) out[s] = g[s] * a;
             }
-            sum_dyx += p_dyx;
-            sum_dy += p_dy;
         }
         if (dscale) dscale[c] += T(sum_dyx);
         if (dbias) dbias[c] += T(sum_dy);
@@ -201,26 +218,10 @@ MINICNN_VECTOR_CLONES static void bn_scale_relu_backward(
 #pragma omp simd
                 for (std::int64_t s = 0; s < v.S; ++s) g[s] = d[s];
             }
-            T p_dyx = 0, p_dy = 0;                            // scale_backward
-            if (dscale)
-#pragma omp simd reduction(+ : p_dyx)
-                for (std::int64_t s = 0; s < v.S; ++s) p_dyx += g[s] * yy[s];
-            if (dbias)
-#pragma omp simd reduction(+ : p_dy)
-                for (std::int64_t s = 0; s < v.S; ++s) p_dy += g[s];
-            sum_dyx += p_dyx;
-            sum_dy += p_dy;
+            scale_row_sums(g, yy, v.S, dscale != nullptr, dbias != nullptr, sum_dyx,  // Scale's
+                           sum_dy);
             for (std::int64_t s = 0; s < v.S; ++s) g[s] = g[s] * a;
-            if (!global_stats) {                              // bn_backward's sums
-                T pa = 0, pb = 0;
-#pragma omp simd reduction(+ : pa, pb)
-                for (std::int64_t s = 0; s < v.S; ++s) {
-                    pa += g[s];
-                    pb += g[s] * yy[s];
-                }
-                a_sum += pa;
-                b_sum += pb;
-            }
+            if (!global_stats) bn_row_sums(g, yy, v.S, a_sum, b_sum);   // bn_backward's sums
         }
         if (dscale) dscale[c] += T(sum_dyx);
         if (dbias) dbias[c] += T(sum_dy);
@@ -229,13 +230,7 @@ MINICNN_VECTOR_CLONES static void bn_scale_relu_backward(
             mean_dy = T(a_sum / double(v.N * v.S));
             mean_dyy = T(b_sum / double(v.N * v.S));
         }
-        const T inv = T(1) / sd[c];
-        for (std::int64_t n = 0; n < v.N; ++n) {
-            const T *g = g_out + v.at(n, c), *yy = y + v.at(n, c);
-            T* out = dx + v.at(n, c);
-            for (std::int64_t s = 0; s < v.S; ++s)
-                out[s] = (g[s] - mean_dy - yy[s] * mean_dyy) * inv;
-        }
+        bn_dx_channel(g_out, y, dx, mean_dy, mean_dyy, T(1) / sd[c], c, v);
     }
 }
 
