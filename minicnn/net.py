@@ -227,6 +227,7 @@ class Net:
         self.net_param = insert_splits(filter_net(param, state))
         self.device, self._mirrors = None, {}
         self._fusions = None              # minicnn/fusion.py's plan, made at the first forward
+        self._fused_backwards = None      # its training chains by their last layer
         self._build()
         if weights is not None:
             self.copy_from(weights)
@@ -471,8 +472,7 @@ class Net:
         """Run layers first..last (indices); return the loss (sum of loss_weight * top)."""
         last = len(self.layers) - 1 if last is None else last
         loss = 0.0
-        if self._fusions is None:
-            self._fusions = fusion.plan(self)
+        self._plan_fusions()
         i = first
         while i <= last:
             chain = self._fusions.get(i)
@@ -519,13 +519,10 @@ class Net:
 
     def backward_from_to(self, first=None, last=0):
         first = len(self.layers) - 1 if first is None else first
-        if self._fusions is None:
-            self._fusions = fusion.plan(self)
-        ends = {c.first + c.count - 1: c for c in self._fusions.values()
-                if hasattr(c, "run_backward")}
+        self._plan_fusions()
         i = first
         while i >= last:
-            chain = ends.get(i)
+            chain = self._fused_backwards.get(i)
             if chain is not None and chain.first >= last:
                 try:                      # BatchNorm + Scale (+ ReLU) training chain: one call
                     if chain.run_backward(self):
@@ -544,6 +541,12 @@ class Net:
                 except MinicnnError as e:
                     raise NetError(f"{self._describe(layer, bottoms)}: {e}") from None
             i -= 1
+
+    def _plan_fusions(self):
+        if self._fusions is None:
+            self._fusions = fusion.plan(self)
+            self._fused_backwards = {c.first + c.count - 1: c for c in self._fusions.values()
+                                     if hasattr(c, "run_backward")}
 
     def forward_backward(self):
         """One forward and backward pass (loss tops seeded with their loss_weight); the loss."""
