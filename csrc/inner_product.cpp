@@ -221,18 +221,14 @@ void rank_update(std::int64_t R, std::int64_t S, std::int64_t L, const float* a,
     std::vector<float> packed(panels * nr * L + 16);
     float* Bp = reinterpret_cast<float*>(
         (reinterpret_cast<std::uintptr_t>(packed.data()) + 63) & ~std::uintptr_t(63));
-    for (std::int64_t k = 0; k < L; ++k)                         // Bp[q][k][t] = b[k][q*nr+t]
-        for (std::int64_t q = 0; q < panels; ++q)
-            for (std::int64_t t = 0; t < nr; ++t)
-                Bp[(q * L + k) * nr + t] = q * nr + t < S ? b[k * S + q * nr + t] : 0.0f;
+    pack_b(b, S, false, 0, S, 0, L, nr, Bp);                    // Bp[q][k][t] = b[k][q*nr+t]
     const std::int64_t row_panels = (R + MR - 1) / MR;
 #pragma omp parallel for schedule(static) if (R * S * L > PARALLEL_WORK)
     for (std::int64_t p = 0; p < row_panels; ++p) {
         const std::int64_t i0 = p * MR, rows = std::min(MR, R - i0);
         float* Ap = gemm::scratch(0, MR * L);
         float* tile = gemm::scratch(1, MR * nr);
-        for (std::int64_t k = 0; k < L; ++k)                     // Ap[k][r] = a[k][i0 + r]
-            for (std::int64_t r = 0; r < MR; ++r) Ap[k * MR + r] = r < rows ? a[k * R + i0 + r] : 0.0f;
+        pack_a(a, R, true, i0, rows, 0, L, Ap);                 // Ap[k][r] = a[k][i0 + r]
         for (std::int64_t q = 0; q < panels; ++q) {
             const std::int64_t j0 = q * nr, cols = std::min(nr, S - j0);
             if (rows == MR && cols == nr) {
