@@ -223,10 +223,168 @@ static void for_each_group(const Conv& cv, Body&& body) {
     }
 }
 
+// --- the direct stride-1 product --------------------------------------------------------------
+//
+// At stride 1 the windows of consecutive output positions are consecutive input values, once
+// the input has its zero border stored (xp, planes Hp x Wp) and the positions are numbered on
+// the padded width: position q = y * Wp + z reads tap (c, i, j) at xp[c][q + i*dh*Wp + j*dw].
+// So the micro-kernel reads B straight from xp through a table of tap offsets, and nothing is
+// packed: im2col cost CaffeNet's and ResNet's 3x3 convolutions a third of their forward time.
+// The positions z >= ow of each padded row are computed and dropped (Wp / ow more products: 4%
+// at 56x56, 14% at 14x14), and each image's positions are rounded up to whole micro tiles.
+
+// 0: never, 1: where it pays (the default), 2: at every stride-1 convolution (for the tests)
+static int direct_mode = [] {
+    const char* v = std::getenv("MINICNN_CONV_DIRECT");
+    return v ? std::atoi(v) : 1;
+}();
+
+static std::int64_t direct_chunk = std::int64_t(1) << 24;   // floats of padded images at a time
+
+struct Direct {
+    std::int64_t Hp, Wp, plane, Q, Qp;      // padded input planes; positions an image (used, kept)
+    Direct(const Conv& cv, std::int64_t nr)
+        : Hp(cv.H + 2 * cv.ph), Wp(cv.W + 2 * cv.pw), plane(Hp * Wp), Q(cv.oh * Wp),
+          Qp((Q + nr - 1) / nr * nr) {}
+    // floats a chunk of nb images takes, with room for the last tile's reads past its end
+    std::int64_t floats(const Conv& cv, std::int64_t nb, std::int64_t nr) const {
+        return nb * cv.C * plane + 2 * nr + (cv.kw - 1) * cv.dw + 16;
+    }
+};
+
+// Stride 1, and not so small a map that the dropped positions outweigh the packing saved.
+static bool use_direct(const Conv& cv) {
+    if (direct_mode == 0 || cv.sh != 1 || cv.sw != 1 || pointwise(cv)) return false;
+    if (direct_mode == 2) return true;
+    // More products (the dropped positions) against no packing, whose cost grows with fewer
+    // filters to share it and with shorter rows. Measured on 2 cores (AMD EPYC, AVX-512), the
+    // direct product against the packed one, forward: 3x3 with 32-128 filters at 56x56 to 14x14
+    // (4-14% more products) 1.3-1.5x faster; 7x7 maps (31% more) 1.07-1.24x; CaffeNet's 5x5 conv2
+    // (19% more, 128 filters a group) 1.04x; 13x13 maps (33% more) 0.86-0.95x; 3x3 rate 2 at
+    // 33x33 with 256 filters (15% more) 0.92x; 256 filters at 56x56 (4% more) 1.0x.
+    const Direct d(cv, gemm::kernel().nr);
+    const double more = static_cast<double>(d.Qp) / cv.P();
+    return more <= 1.12 || (cv.fg() <= 128 && more <= 1.2) || (cv.ow <= 8 && more <= 1.35);
+}
+
+// xp <- images n0 .. n0 + nb of x with a zero border of ph rows and pw columns; the tail zeroed.
+static void pad_images(const Conv& cv, const Direct& d, const float* x, std::int64_t n0,
+                       std::int64_t nb, float* xp, std::int64_t total) {
+    const std::int64_t planes = nb * cv.C;
+#pragma omp parallel for schedule(static) if (planes * d.plane > PARALLEL_WORK)
+    for (std::int64_t pl = 0; pl < planes; ++pl) {
+        const float* src = x + (n0 * cv.C + pl) * cv.H * cv.W;
+        float* dst = xp + pl * d.plane;
+        std::memset(dst, 0, sizeof(float) * cv.ph * d.Wp);
+        for (std::int64_t r = 0; r < cv.H; ++r) {
+            float* row = dst + (cv.ph + r) * d.Wp;
+            for (std::int64_t t = 0; t < cv.pw; ++t) row[t] = 0.0f;
+            std::memcpy(row + cv.pw, src + r * cv.W, sizeof(float) * cv.W);
+            for (std::int64_t t = cv.pw + cv.W; t < d.Wp; ++t) row[t] = 0.0f;
+        }
+        std::memset(dst + (cv.ph + cv.H) * d.Wp, 0, sizeof(float) * cv.ph * d.Wp);
+    }
+    std::memset(xp + planes * d.plane, 0, sizeof(float) * (total - planes * d.plane));
+}
+
+// y[n0 .. n0 + nb] (+)= w * xp, one group at a time; bias added when given (not accumulated).
+static void direct_product(const Conv& cv, const Direct& d, const float* xp, std::int64_t n0,
+                           std::int64_t nb, const float* w, const float* b, float* y) {
+    const gemm::Kernel& K = gemm::kernel();
+    const std::int64_t nr = K.nr, MR = gemm::MR;
+    const std::int64_t fg = cv.fg(), taps = cv.taps(), P = cv.P();
+    const std::int64_t kc_max = 256, mc = 96, nc_tiles = 512 / nr;
+    const std::int64_t tiles = nb * d.Qp / nr;
+    for_each_group(cv, [&](std::int64_t g) {
+        std::vector<std::int64_t> off(taps);             // tap (c, i, j) of group g
+        for (std::int64_t t = 0; t < taps; ++t) {
+            const std::int64_t c = t / (cv.kh * cv.kw), i = (t / cv.kw) % cv.kh, j = t % cv.kw;
+            off[t] = (g * cv.cg() + c) * d.plane + i * cv.dh * d.Wp + j * cv.dw;
+        }
+        const float* wg = w + g * fg * taps;
+        // tasks: chunks of tiles (an even count per thread when there are few), and, when there
+        // are fewer chunks than threads, groups of rows
+        const std::int64_t threads = max_threads();
+        std::int64_t chunks = (tiles + nc_tiles - 1) / nc_tiles;
+        if (threads > 1 && chunks < 8 * threads && chunks % threads)
+            chunks = std::min(tiles, (chunks + threads - 1) / threads * threads);
+        const std::int64_t chunk = (tiles + chunks - 1) / chunks;
+        chunks = (tiles + chunk - 1) / chunk;
+        const std::int64_t row_steps = (fg + MR - 1) / MR;
+        const std::int64_t m_groups = std::min<std::int64_t>(
+            row_steps, std::max<std::int64_t>(1, (threads + chunks - 1) / chunks));
+        const std::int64_t group_rows = (row_steps + m_groups - 1) / m_groups * MR;
+        const std::int64_t blocks = (taps + kc_max - 1) / kc_max;
+        const std::int64_t kc = (taps + blocks - 1) / blocks;
+#pragma omp parallel for collapse(2) schedule(dynamic) if (fg * tiles * taps > (1 << 13))
+        for (std::int64_t tg = 0; tg < m_groups; ++tg) {
+            for (std::int64_t tc = 0; tc < chunks; ++tc) {
+                const std::int64_t r0 = tg * group_rows, rows = std::min(group_rows, fg - r0);
+                const std::int64_t t0 = tc * chunk, t1 = std::min(tiles, t0 + chunk);
+                if (rows <= 0 || t0 >= t1) continue;
+                const std::int64_t ldc = (t1 - t0) * nr;
+                float* C = gemm::scratch(2, (rows + MR - 1) / MR * MR * ldc);
+                for (std::int64_t l0 = 0; l0 < taps; l0 += kc) {
+                    const std::int64_t k = std::min(kc, taps - l0);
+                    for (std::int64_t i0 = 0; i0 < rows; i0 += mc) {
+                        const std::int64_t m = std::min(mc, rows - i0);
+                        for (std::int64_t t = t0; t < t1; ++t) {
+                            const std::int64_t col = t * nr, img = col / d.Qp;
+                            const float* base = xp + img * cv.C * d.plane + col % d.Qp;
+                            for (std::int64_t p = 0; p * MR < m; ++p)
+                                K.run_offsets(k, wg + (r0 + i0 + p * MR) * taps + l0, taps,
+                                              std::min(MR, m - p * MR), base, off.data() + l0,
+                                              C + (i0 + p * MR) * ldc + (t - t0) * nr, ldc,
+                                              l0 > 0);
+                        }
+                    }
+                }
+                // store: the kept positions of each padded row, for every filter of the task
+                for (std::int64_t col = t0 * nr, end = t1 * nr; col < end;) {
+                    const std::int64_t img = col / d.Qp, q = col % d.Qp;
+                    const std::int64_t yy = q / d.Wp, zz = q % d.Wp;
+                    const std::int64_t next = std::min({end, col - zz + d.Wp, (img + 1) * d.Qp});
+                    if (yy < cv.oh && zz < cv.ow) {
+                        const std::int64_t len = std::min(next - col, cv.ow - zz);
+                        for (std::int64_t r = 0; r < rows; ++r) {
+                            const std::int64_t f = g * fg + r0 + r;
+                            const float bias = b ? b[f] : 0.0f;
+                            const float* src = C + r * ldc + (col - t0 * nr);
+                            float* dst = y + ((n0 + img) * cv.F + f) * P + yy * cv.ow + zz;
+                            for (std::int64_t s = 0; s < len; ++s) dst[s] = src[s] + bias;
+                        }
+                    }
+                    col = next;
+                }
+            }
+        }
+    });
+}
+
+// The forward through the direct product, a chunk of images at a time (the padded copy of a
+// chunk stays under direct_chunk floats, 16M).
+static void conv_forward_direct(const Conv& cv, const float* x, const float* w, const float* b,
+                                float* y) {
+    const std::int64_t nr = gemm::kernel().nr;
+    const Direct d(cv, nr);
+    const std::int64_t per = std::max<std::int64_t>(1, direct_chunk / (cv.C * d.plane));
+    for (std::int64_t n0 = 0; n0 < cv.N; n0 += per) {
+        const std::int64_t nb = std::min(per, cv.N - n0);
+        const std::int64_t total = d.floats(cv, nb, nr);
+        float* padded = gemm::scratch(3, total);          // this thread's; the others read it
+        pad_images(cv, d, x, n0, nb, padded, total);
+        direct_product(cv, d, padded, n0, nb, w, b, y);
+    }
+}
+
 // --- forward ----------------------------------------------------------------------------------
 
 static void conv_forward(const Conv& cv, const float* x, const float* w, const float* b,
                          float* y) {
+    if (use_direct(cv)) {
+        conv_forward_direct(cv, x, w, b, y);
+        return;
+    }
     const std::int64_t fg = cv.fg(), taps = cv.taps(), NP = cv.N * cv.P(), P = cv.P();
     const gemm::Blocking blocking{48, 1024, 256};
     for_each_group(cv, [&](std::int64_t g) {
@@ -270,7 +428,34 @@ static void conv_forward(const Conv& cv, const float* x, const float* w, const f
 // stored. Two tasks never add to one pixel: every task owns whole images (its columns) and
 // whole channels (its rows). A pointwise convolution's columns are dx itself: stored, not added.
 
+// At stride 1 the input gradient is itself a stride-1 convolution: of dy, padded by
+// (kh-1)*dh - ph rows and (kw-1)*dw - pw columns, with the filters flipped and their input and
+// output channels swapped, w'[c][f][i][j] = w[f][c][kh-1-i][kw-1-j] (per group). Through the
+// direct product it is written whole, with no col2im scatter.
+static bool backward_data_direct(const Conv& cv, const float* dy, const float* w, float* dx) {
+    if (cv.sh != 1 || cv.sw != 1 || pointwise(cv)) return false;
+    const Conv full{cv.N, cv.F, cv.oh, cv.ow, cv.C, cv.G, cv.H, cv.W, cv.kh, cv.kw, 1, 1,
+                    (cv.kh - 1) * cv.dh - cv.ph, (cv.kw - 1) * cv.dw - cv.pw, cv.dh, cv.dw};
+    if (full.ph < 0 || full.pw < 0 || !use_direct(full)) return false;
+    const std::int64_t fg = cv.fg(), cg = cv.cg(), kk = cv.kh * cv.kw;
+    thread_local std::vector<float> flipped;
+    flipped.resize(cv.C * fg * kk);
+    float* out = flipped.data();
+#pragma omp parallel for schedule(static) if (cv.C * fg * kk > PARALLEL_WORK)
+    for (std::int64_t gc = 0; gc < cv.C; ++gc) {            // written in order, rows read in turn
+        const std::int64_t g = gc / cg, c = gc % cg;
+        for (std::int64_t f = 0; f < fg; ++f) {
+            const float* src = w + ((g * fg + f) * cg + c) * kk;
+            float* dst = out + (gc * fg + f) * kk;
+            for (std::int64_t t = 0; t < kk; ++t) dst[kk - 1 - t] = src[t];
+        }
+    }
+    conv_forward_direct(full, dy, flipped.data(), nullptr, dx);
+    return true;
+}
+
 static void conv_backward_data(const Conv& cv, const float* dy, const float* w, float* dx) {
+    if (backward_data_direct(cv, dy, w, dx)) return;
     const std::int64_t fg = cv.fg(), taps = cv.taps(), P = cv.P(), NP = cv.N * P;
     const bool direct = pointwise(cv);
     gemm::Blocking blocking{48, 1024, 256};
@@ -355,6 +540,132 @@ __attribute__((target("avx512f"))) static void dy_panel_avx512(const float* src,
 }
 #endif
 
+
+// panel[s][t] = src[t * P + s] for s < length, t < width, 0 for t in [width, nr): a run of dy
+// (length positions of width filters, P apart) dealt into a B panel of nr filters.
+static void dy_panel(const float* src, std::int64_t P, std::int64_t width, std::int64_t length,
+                     std::int64_t nr, float* panel) {
+#ifdef MINICNN_X86
+    static const bool wide = __builtin_cpu_supports("avx512f");
+    if (nr == 32 && wide && P < (std::int64_t(1) << 27)) {      // int32 offsets
+        dy_panel_avx512(src, P, width, length, panel);
+        return;
+    }
+#endif
+    for (std::int64_t s = 0; s < length; ++s) {
+        float* dst = panel + s * nr;
+        for (std::int64_t t = 0; t < width; ++t) dst[t] = src[t * P + s];
+        for (std::int64_t t = width; t < nr; ++t) dst[t] = 0.0f;
+    }
+}
+
+// dw (fg x taps, per group) += partial products over positions, split between threads when
+// few filters leave nothing else to split: product(g, p0, np, dwg) adds the positions
+// [p0, p0 + np) of group g into dwg (shares in whole units of positions); each thread adds its
+// share into a partial of its own,
+// and the partials are added in thread order (the same sums whatever the timing).
+template <typename Product>
+static void filter_gradient_by_positions(const Conv& cv, std::int64_t positions,
+                                         std::int64_t unit, std::int64_t nc, float* dw,
+                                         Product&& product) {
+    const std::int64_t fg = cv.fg(), taps = cv.taps();
+    const std::int64_t threads = max_threads(), size = fg * taps;
+    const bool split = threads > 1 && !groups_in_parallel(cv) && fg <= nc * (threads - 1) &&
+                       positions >= 512 * threads;
+    if (!split) {
+        for_each_group(cv, [&](std::int64_t g) { product(g, 0, positions, dw + g * size); });
+        return;
+    }
+#ifdef _OPENMP
+    thread_local std::vector<float> parts;              // threads 1.. (thread 0 adds to dw)
+    parts.resize((threads - 1) * size);
+    float* const partials = parts.data();               // (thread_local: this thread's)
+    for (std::int64_t g = 0; g < cv.G; ++g) {
+        float* dwg = dw + g * size;
+        std::int64_t used = 1;
+#pragma omp parallel num_threads(threads)
+        {
+            const std::int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
+            if (t == 0) used = T;
+            float* mine = t == 0 ? dwg : partials + (t - 1) * size;
+            if (t > 0) std::fill(mine, mine + size, 0.0f);
+            const std::int64_t units = positions / unit;         // shares in whole units
+            const std::int64_t u0 = units * t / T, u1 = units * (t + 1) / T;
+            product(g, u0 * unit, (t + 1 == T ? positions : u1 * unit) - u0 * unit, mine);
+        }
+#pragma omp parallel for schedule(static) if (size * used > (1 << 16))
+        for (std::int64_t i = 0; i < size; ++i)
+            for (std::int64_t t = 1; t < used; ++t) dwg[i] += partials[(t - 1) * size + i];
+    }
+#endif
+}
+
+// The filter gradient at stride 1 on the padded input (see the direct product above): A's rows,
+// the taps, are read in place from xp (row (c, i, j) of position q is xp[c][q + i*dh*Wp +
+// j*dw]) instead of being gathered 6 taps at a time into panels; dy is dealt into panels on the
+// padded positions, with zero rows at the dropped ones (z >= ow), which so add nothing.
+static void conv_backward_filter_direct(const Conv& cv, const float* dy, const float* x,
+                                        float* dw) {
+    const std::int64_t nr = gemm::kernel().nr;
+    const Direct d(cv, nr);
+    const std::int64_t fg = cv.fg(), taps = cv.taps(), P = cv.P();
+    // inner blocks of at most 384 positions that never straddle two images: each image's Q
+    // positions in `blocks` blocks of kc, the few past Q zero rows of dy
+    const std::int64_t blocks = (d.Q + 383) / 384, kc = (d.Q + blocks - 1) / blocks;
+    const std::int64_t Qk = blocks * kc;
+    const gemm::Blocking blocking{96, 384, kc};
+    std::vector<std::int64_t> offsets(cv.G * taps);          // [g][tap]
+    for (std::int64_t g = 0; g < cv.G; ++g)
+        for (std::int64_t t = 0; t < taps; ++t) {
+            const std::int64_t c = t / (cv.kh * cv.kw), i = (t / cv.kw) % cv.kh, j = t % cv.kw;
+            offsets[g * taps + t] = (g * cv.cg() + c) * d.plane + i * cv.dh * d.Wp + j * cv.dw;
+        }
+    const std::int64_t per = std::max<std::int64_t>(1, direct_chunk / (cv.C * d.plane));
+    for (std::int64_t n0 = 0; n0 < cv.N; n0 += per) {
+        const std::int64_t nb = std::min(per, cv.N - n0);
+        const std::int64_t total = d.floats(cv, nb, nr) + blocks;
+        float* xp = gemm::scratch(3, total);
+        pad_images(cv, d, x, n0, nb, xp, total);
+        // positions u = img * Qk + q of this chunk, in whole blocks
+        filter_gradient_by_positions(cv, nb * Qk, kc, blocking.nc, dw, [&](std::int64_t g,
+                                     std::int64_t u0, std::int64_t nu, float* dwg) {
+            const std::int64_t* off = offsets.data() + g * taps;
+            gemm::run(
+                taps, fg, nu, blocking,
+                [&](std::int64_t i0, std::int64_t, std::int64_t l0, std::int64_t, float*) {
+                    const std::int64_t u = u0 + l0, img = u / Qk;
+                    return gemm::Panels{xp + img * cv.C * d.plane + u % Qk, 0, 0, off + i0};
+                },
+                [&](std::int64_t j0, std::int64_t n, std::int64_t l0, std::int64_t k_,
+                    std::int64_t nr_, float* Bp) {
+                    const std::int64_t u = u0 + l0, img = u / Qk;
+                    const float* dyi = dy + ((n0 + img) * cv.F + g * fg + j0) * P;
+                    for (std::int64_t k = 0; k < k_;) {          // one padded row at a time
+                        const std::int64_t q = u % Qk + k, yy = q / d.Wp, zz = q % d.Wp;
+                        const std::int64_t len = std::min(k_ - k, d.Wp - zz);
+                        const std::int64_t kept =
+                            yy < cv.oh && zz < cv.ow ? std::min(len, cv.ow - zz) : 0;
+                        for (std::int64_t qq = 0; qq * nr_ < n; ++qq) {
+                            float* panel = Bp + (qq * k_ + k) * nr_;
+                            if (kept)
+                                dy_panel(dyi + qq * nr_ * P + yy * cv.ow + zz, P,
+                                         std::min(nr_, n - qq * nr_), kept, nr_, panel);
+                            std::memset(panel + kept * nr_, 0, sizeof(float) * (len - kept) * nr_);
+                        }
+                        k += len;
+                    }
+                },
+                [&](std::int64_t i0, std::int64_t m, std::int64_t j0, std::int64_t n,
+                    const float* C, std::int64_t ldc) {
+                    for (std::int64_t t = 0; t < n; ++t) {       // C is dw^T: walk dw's rows
+                        float* dst = dwg + (j0 + t) * taps + i0;
+                        for (std::int64_t r = 0; r < m; ++r) dst[r] += C[r * ldc + t];
+                    }
+                });
+        });
+    }
+}
+
 //
 // The product's columns are the filters (fg) and its inner dimension the output positions (NP,
 // tens of thousands): with fewer filters than NC per thread, splitting columns or rows between
@@ -362,11 +673,12 @@ __attribute__((target("avx512f"))) static void dy_panel_avx512(const float* src,
 // each thread multiplies its share into its own partial dw, and the partials are added in
 // thread order (the same sums whatever the timing).
 static void conv_backward_filter(const Conv& cv, const float* dy, const float* x, float* dw) {
+    if (use_direct(cv)) {
+        conv_backward_filter_direct(cv, dy, x, dw);
+        return;
+    }
     const std::int64_t fg = cv.fg(), taps = cv.taps(), NP = cv.N * cv.P(), P = cv.P();
     const gemm::Blocking blocking{96, 384, 384};
-#ifdef MINICNN_X86
-    static const bool wide = __builtin_cpu_supports("avx512f");
-#endif
     // dw_g (fg x taps rows) += the product over positions [p0, p0 + np)
     auto product = [&](std::int64_t g, std::int64_t p0, std::int64_t np, float* dwg) {
         gemm::run(
@@ -396,33 +708,12 @@ static void conv_backward_filter(const Conv& cv, const float* dy, const float* x
                 // Bp[q][k][t] = dy[position p0 + l0 + k][filter g*fg + j0 + q*nr + t]
                 thread_local std::vector<Run> runs;
                 runs_of(cv, p0 + l0, kc, runs);
-#ifdef MINICNN_X86
-                if (nr == 32 && wide && P < (std::int64_t(1) << 27)) {   // int32 offsets
-                    for (std::int64_t q = 0; q * nr < n; ++q)
-                        for (const Run& run : runs)
-                            dy_panel_avx512(dy + (run.n * cv.F + g * fg + j0 + q * nr) * P +
-                                                run.y * cv.ow + run.z,
-                                            P, std::min(nr, n - q * nr), run.length,
-                                            Bp + (q * kc + run.offset) * nr);
-                    return;
-                }
-#endif
-                for (std::int64_t q = 0; q * nr < n; ++q) {
-                    float* panel = Bp + q * nr * kc;
-                    for (std::int64_t t = 0; t < nr; ++t) {
-                        const std::int64_t f = j0 + q * nr + t;
-                        if (f >= j0 + n) {
-                            for (std::int64_t k = 0; k < kc; ++k) panel[k * nr + t] = 0.0f;
-                            continue;
-                        }
-                        for (const Run& run : runs) {
-                            const float* src = dy + (run.n * cv.F + g * fg + f) * P +
-                                               run.y * cv.ow + run.z;
-                            float* dst = panel + run.offset * nr + t;
-                            for (std::int64_t s = 0; s < run.length; ++s) dst[s * nr] = src[s];
-                        }
-                    }
-                }
+                for (std::int64_t q = 0; q * nr < n; ++q)
+                    for (const Run& run : runs)
+                        dy_panel(dy + (run.n * cv.F + g * fg + j0 + q * nr) * P + run.y * cv.ow +
+                                     run.z,
+                                 P, std::min(nr, n - q * nr), run.length, nr,
+                                 Bp + (q * kc + run.offset) * nr);
             },
             [&](std::int64_t i0, std::int64_t m, std::int64_t j0, std::int64_t n, const float* C,
                 std::int64_t ldc) {
@@ -432,33 +723,7 @@ static void conv_backward_filter(const Conv& cv, const float* dy, const float* x
                 }
             });
     };
-    const std::int64_t threads = max_threads(), size = fg * taps;
-    const bool split = threads > 1 && !groups_in_parallel(cv) &&
-                       fg <= blocking.nc * (threads - 1) && NP >= 512 * threads;
-    if (!split) {
-        for_each_group(cv, [&](std::int64_t g) { product(g, 0, NP, dw + g * size); });
-        return;
-    }
-#ifdef _OPENMP
-    thread_local std::vector<float> parts;              // threads 1.. (thread 0 adds to dw)
-    parts.resize((threads - 1) * size);
-    float* const partials = parts.data();               // (thread_local: this thread's)
-    for (std::int64_t g = 0; g < cv.G; ++g) {
-        float* dwg = dw + g * size;
-        std::int64_t used = 1;
-#pragma omp parallel num_threads(threads)
-        {
-            const std::int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
-            if (t == 0) used = T;
-            float* mine = t == 0 ? dwg : partials + (t - 1) * size;
-            if (t > 0) std::fill(mine, mine + size, 0.0f);
-            product(g, NP * t / T, NP * (t + 1) / T - NP * t / T, mine);
-        }
-#pragma omp parallel for schedule(static) if (size * used > (1 << 16))
-        for (std::int64_t i = 0; i < size; ++i)
-            for (std::int64_t t = 1; t < used; ++t) dwg[i] += partials[(t - 1) * size + i];
-    }
-#endif
+    filter_gradient_by_positions(cv, NP, 1, blocking.nc, dw, product);
 }
 
 // --- bindings ---------------------------------------------------------------------------------
@@ -498,6 +763,21 @@ static void check_shape(const py::array& a, std::initializer_list<std::int64_t> 
 REGISTER_NATIVE(m) {
     m.def("gemm_kernel", [] { return std::string(gemm::kernel().name); },
           "the micro-kernel minicnn's GEMM picked for this CPU");
+    m.def("set_conv_direct", [](int mode) {
+        require(mode >= 0 && mode <= 2, "set_conv_direct: mode 0, 1 or 2");
+        const int was = direct_mode;
+        direct_mode = mode;
+        return was;
+    }, "the direct stride-1 convolution: 0 never, 1 where it pays (default), 2 at every "
+       "stride-1 convolution; MINICNN_CONV_DIRECT sets it too. Returns the previous mode (the "
+       "tests run every path)");
+    m.def("set_conv_direct_chunk", [](std::int64_t floats) {
+        require(floats >= 1, "set_conv_direct_chunk: floats >= 1");
+        const std::int64_t was = direct_chunk;
+        direct_chunk = floats;
+        return was;
+    }, "floats of padded images the direct convolution holds at a time (default 16M; the "
+       "tests make it small to run several chunks); returns the previous value");
     m.def("gemm", [](const py::array& a, const py::array& b, py::array& c, std::int64_t mc,
                      std::int64_t nc, std::int64_t kc) {
         require(a.ndim() == 2 && b.ndim() == 2 && c.ndim() == 2 && a.shape(1) == b.shape(0) &&

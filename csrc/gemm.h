@@ -50,6 +50,16 @@ using MicroKernel = void (*)(std::int64_t kc, const float* a, const float* b, fl
 using MicroKernelRows = void (*)(std::int64_t kc, const float* a, std::int64_t lda,
                                  std::int64_t rows, const float* b, float* c, std::int64_t ldc,
                                  bool accumulate);
+// A's rows at base + off[r] (TapRowsA), B a packed panel.
+using MicroKernelTaps = void (*)(std::int64_t kc, const float* base, const std::int64_t* off,
+                                 std::int64_t rows, const float* b, float* c, std::int64_t ldc,
+                                 bool accumulate);
+// A in place as above, and B read straight from memory: row k of the B panel is the nr values
+// at base + off[k] (the direct stride-1 convolution's taps, csrc/conv_gemm.cpp).
+using MicroKernelOffsets = void (*)(std::int64_t kc, const float* a, std::int64_t lda,
+                                    std::int64_t rows, const float* base,
+                                    const std::int64_t* off, float* c, std::int64_t ldc,
+                                    bool accumulate);
 
 // How a micro-kernel reads a[k][r] (k along the inner dimension, r < MR along the tile's
 // rows): from a packed panel, or from MR rows of a matrix.
@@ -65,10 +75,34 @@ struct RowsA {
     float at(std::int64_t k, int r) const { return row[r][k]; }
 };
 
+// MR rows at offsets of their own from one base (rows past ``rows`` repeat the last): the taps
+// of the direct convolution's filter gradient, row r = base + off[r] (csrc/conv_gemm.cpp).
+struct TapRowsA {
+    const float* row[MR];
+    TapRowsA(const float* base, const std::int64_t* off, std::int64_t rows) {
+        for (int r = 0; r < MR; ++r) row[r] = base + off[std::min<std::int64_t>(r, rows - 1)];
+    }
+    float at(std::int64_t k, int r) const { return row[r][k]; }
+};
+
+// How a micro-kernel finds b[k][0 .. nr): a packed panel (rows nr apart), or, for the direct
+// stride-1 convolution (csrc/conv_gemm.cpp), nr consecutive values of a padded input at the
+// tap's offset: b[k] = base + off[k] (unaligned).
+template <int NR>
+struct PanelB {
+    const float* b;
+    const float* at(std::int64_t k) const { return b + k * NR; }
+};
+struct OffsetB {
+    const float* base;
+    const std::int64_t* off;
+    const float* at(std::int64_t k) const { return base + off[k]; }
+};
+
 #ifdef MINICNN_X86
-template <typename A>
+template <typename A, typename B>
 __attribute__((target("avx512f"))) inline void micro_avx512_t(std::int64_t kc, const A a,
-                                                              const float* b, float* c,
+                                                              const B b, float* c,
                                                               std::int64_t ldc, bool accumulate) {
     __m512 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
     if (accumulate) {
@@ -82,8 +116,9 @@ __attribute__((target("avx512f"))) inline void micro_avx512_t(std::int64_t kc, c
         c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 =
             _mm512_setzero_ps();
     }
-    for (std::int64_t k = 0; k < kc; ++k, b += 32) {
-        const __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
+    for (std::int64_t k = 0; k < kc; ++k) {
+        const float* bk = b.at(k);
+        const __m512 b0 = _mm512_loadu_ps(bk), b1 = _mm512_loadu_ps(bk + 16);
         __m512 x = _mm512_set1_ps(a.at(k, 0));
         c00 = _mm512_fmadd_ps(x, b0, c00); c01 = _mm512_fmadd_ps(x, b1, c01);
         x = _mm512_set1_ps(a.at(k, 1));
@@ -107,17 +142,27 @@ __attribute__((target("avx512f"))) inline void micro_avx512_t(std::int64_t kc, c
 __attribute__((target("avx512f"))) inline void micro_avx512(std::int64_t kc, const float* a,
                                                             const float* b, float* c,
                                                             std::int64_t ldc, bool accumulate) {
-    micro_avx512_t(kc, PanelA{a}, b, c, ldc, accumulate);
+    micro_avx512_t(kc, PanelA{a}, PanelB<32>{b}, c, ldc, accumulate);
 }
 __attribute__((target("avx512f"))) inline void micro_avx512_rows(
         std::int64_t kc, const float* a, std::int64_t lda, std::int64_t rows, const float* b,
         float* c, std::int64_t ldc, bool accumulate) {
-    micro_avx512_t(kc, RowsA(a, lda, rows), b, c, ldc, accumulate);
+    micro_avx512_t(kc, RowsA(a, lda, rows), PanelB<32>{b}, c, ldc, accumulate);
+}
+__attribute__((target("avx512f"))) inline void micro_avx512_taps(
+        std::int64_t kc, const float* base, const std::int64_t* off, std::int64_t rows,
+        const float* b, float* c, std::int64_t ldc, bool accumulate) {
+    micro_avx512_t(kc, TapRowsA(base, off, rows), PanelB<32>{b}, c, ldc, accumulate);
+}
+__attribute__((target("avx512f"))) inline void micro_avx512_offsets(
+        std::int64_t kc, const float* a, std::int64_t lda, std::int64_t rows, const float* base,
+        const std::int64_t* off, float* c, std::int64_t ldc, bool accumulate) {
+    micro_avx512_t(kc, RowsA(a, lda, rows), OffsetB{base, off}, c, ldc, accumulate);
 }
 
-template <typename A>
+template <typename A, typename B>
 __attribute__((target("avx2,fma"))) inline void micro_avx2_t(std::int64_t kc, const A a,
-                                                             const float* b, float* c,
+                                                             const B b, float* c,
                                                              std::int64_t ldc, bool accumulate) {
     __m256 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
     if (accumulate) {
@@ -131,8 +176,9 @@ __attribute__((target("avx2,fma"))) inline void micro_avx2_t(std::int64_t kc, co
         c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 =
             _mm256_setzero_ps();
     }
-    for (std::int64_t k = 0; k < kc; ++k, b += 16) {
-        const __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
+    for (std::int64_t k = 0; k < kc; ++k) {
+        const float* bk = b.at(k);
+        const __m256 b0 = _mm256_loadu_ps(bk), b1 = _mm256_loadu_ps(bk + 8);
         __m256 x = _mm256_set1_ps(a.at(k, 0));
         c00 = _mm256_fmadd_ps(x, b0, c00); c01 = _mm256_fmadd_ps(x, b1, c01);
         x = _mm256_set1_ps(a.at(k, 1));
@@ -156,41 +202,65 @@ __attribute__((target("avx2,fma"))) inline void micro_avx2_t(std::int64_t kc, co
 __attribute__((target("avx2,fma"))) inline void micro_avx2(std::int64_t kc, const float* a,
                                                            const float* b, float* c,
                                                            std::int64_t ldc, bool accumulate) {
-    micro_avx2_t(kc, PanelA{a}, b, c, ldc, accumulate);
+    micro_avx2_t(kc, PanelA{a}, PanelB<16>{b}, c, ldc, accumulate);
 }
 __attribute__((target("avx2,fma"))) inline void micro_avx2_rows(
         std::int64_t kc, const float* a, std::int64_t lda, std::int64_t rows, const float* b,
         float* c, std::int64_t ldc, bool accumulate) {
-    micro_avx2_t(kc, RowsA(a, lda, rows), b, c, ldc, accumulate);
+    micro_avx2_t(kc, RowsA(a, lda, rows), PanelB<16>{b}, c, ldc, accumulate);
+}
+__attribute__((target("avx2,fma"))) inline void micro_avx2_taps(
+        std::int64_t kc, const float* base, const std::int64_t* off, std::int64_t rows,
+        const float* b, float* c, std::int64_t ldc, bool accumulate) {
+    micro_avx2_t(kc, TapRowsA(base, off, rows), PanelB<16>{b}, c, ldc, accumulate);
+}
+__attribute__((target("avx2,fma"))) inline void micro_avx2_offsets(
+        std::int64_t kc, const float* a, std::int64_t lda, std::int64_t rows, const float* base,
+        const std::int64_t* off, float* c, std::int64_t ldc, bool accumulate) {
+    micro_avx2_t(kc, RowsA(a, lda, rows), OffsetB{base, off}, c, ldc, accumulate);
 }
 #endif
 
 // The portable one: 6 x 16, which compilers vectorize on any target.
-template <typename A>
-inline void micro_generic_t(std::int64_t kc, const A a, const float* b, float* c,
+template <typename A, typename B>
+inline void micro_generic_t(std::int64_t kc, const A a, const B b, float* c,
                             std::int64_t ldc, bool accumulate) {
     float acc[MR][16];
     for (int r = 0; r < MR; ++r)
         for (int t = 0; t < 16; ++t) acc[r][t] = accumulate ? c[r * ldc + t] : 0.0f;
-    for (std::int64_t k = 0; k < kc; ++k, b += 16)
+    for (std::int64_t k = 0; k < kc; ++k) {
+        const float* bk = b.at(k);
         for (int r = 0; r < MR; ++r)
-            for (int t = 0; t < 16; ++t) acc[r][t] += a.at(k, r) * b[t];
+            for (int t = 0; t < 16; ++t) acc[r][t] += a.at(k, r) * bk[t];
+    }
     for (int r = 0; r < MR; ++r)
         for (int t = 0; t < 16; ++t) c[r * ldc + t] = acc[r][t];
 }
 inline void micro_generic(std::int64_t kc, const float* a, const float* b, float* c,
                           std::int64_t ldc, bool accumulate) {
-    micro_generic_t(kc, PanelA{a}, b, c, ldc, accumulate);
+    micro_generic_t(kc, PanelA{a}, PanelB<16>{b}, c, ldc, accumulate);
 }
 inline void micro_generic_rows(std::int64_t kc, const float* a, std::int64_t lda,
                                std::int64_t rows, const float* b, float* c, std::int64_t ldc,
                                bool accumulate) {
-    micro_generic_t(kc, RowsA(a, lda, rows), b, c, ldc, accumulate);
+    micro_generic_t(kc, RowsA(a, lda, rows), PanelB<16>{b}, c, ldc, accumulate);
+}
+inline void micro_generic_taps(std::int64_t kc, const float* base, const std::int64_t* off,
+                              std::int64_t rows, const float* b, float* c, std::int64_t ldc,
+                              bool accumulate) {
+    micro_generic_t(kc, TapRowsA(base, off, rows), PanelB<16>{b}, c, ldc, accumulate);
+}
+inline void micro_generic_offsets(std::int64_t kc, const float* a, std::int64_t lda,
+                                  std::int64_t rows, const float* base, const std::int64_t* off,
+                                  float* c, std::int64_t ldc, bool accumulate) {
+    micro_generic_t(kc, RowsA(a, lda, rows), OffsetB{base, off}, c, ldc, accumulate);
 }
 
 struct Kernel {
     MicroKernel run;
     MicroKernelRows run_rows;
+    MicroKernelTaps run_taps;
+    MicroKernelOffsets run_offsets;
     std::int64_t nr;          // columns of the micro tile
     const char* name;
 };
@@ -203,12 +273,12 @@ inline Kernel best_kernel() {
 #ifdef MINICNN_X86
     __builtin_cpu_init();
     if ((choice.empty() || choice == "avx512") && __builtin_cpu_supports("avx512f"))
-        return {micro_avx512, micro_avx512_rows, 32, "avx512 6x32"};
+        return {micro_avx512, micro_avx512_rows, micro_avx512_taps, micro_avx512_offsets, 32, "avx512 6x32"};
     if ((choice.empty() || choice == "avx512" || choice == "avx2") &&
         __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-        return {micro_avx2, micro_avx2_rows, 16, "avx2 6x16"};
+        return {micro_avx2, micro_avx2_rows, micro_avx2_taps, micro_avx2_offsets, 16, "avx2 6x16"};
 #endif
-    return {micro_generic, micro_generic_rows, 16, "generic 6x16"};
+    return {micro_generic, micro_generic_rows, micro_generic_taps, micro_generic_offsets, 16, "generic 6x16"};
 }
 
 inline const Kernel& kernel() {
@@ -265,6 +335,7 @@ struct Panels {
     const float* first;
     std::int64_t stride;      // floats from one MR-row panel to the next
     std::int64_t lda = 0;     // not 0: A read in place, row-major with this row stride
+    const std::int64_t* row_off = nullptr;   // not null: A's rows in place at first + row_off[r]
 };
 
 // Threads a product will run on: 1 inside another parallel region (OpenMP does not nest, so
@@ -280,7 +351,10 @@ inline int max_threads() {
 // One micro tile: panel p of A (rows p*MR.. of the m in this block) against a B panel.
 inline void tile(const Kernel& K, const Panels& A, std::int64_t p, std::int64_t m,
                  std::int64_t kc, const float* b, float* c, std::int64_t ldc, bool accumulate) {
-    if (A.lda)
+    if (A.row_off)
+        K.run_taps(kc, A.first, A.row_off + p * MR, std::min(MR, m - p * MR), b, c, ldc,
+                   accumulate);
+    else if (A.lda)
         K.run_rows(kc, A.first + p * MR * A.lda, A.lda, std::min(MR, m - p * MR), b, c, ldc,
                    accumulate);
     else

@@ -1,5 +1,7 @@
 """Convolution op: reference against a naive loop, finite differences, adjoints, geometry rules."""
 
+import contextlib
+
 import numpy as np
 import pytest
 from hypothesis import assume, given
@@ -393,6 +395,76 @@ def test_fast_path_matches_reference(kind, dtype, case):
     check_fast_path(kind, case, dtype)
 
 
+# The direct stride-1 products (csrc/conv_gemm.cpp) on the padded input: forced at every stride-1
+# convolution (mode 2) and turned off (mode 0), so both native paths meet the reference whatever
+# the heuristic picks for a shape.
+DIRECT_PINNED = {
+    # more than 256 taps (two inner blocks) and more than 96 filters (two row blocks)
+    "direct_blocks": make_case(2, 30, (9, 11), 100, 3, pad=1),
+    # one micro tile for the whole batch: the filters are split between threads instead
+    "direct_one_tile": make_case(1, 8, (5, 5), 40, 3, pad=1),
+    # positions rounded up to whole tiles per image, tiles ending inside padded rows
+    "direct_images_and_tiles": make_case(3, 5, (13, 13), 7, 3, pad=1),
+    "direct_grouped_atrous": make_case(3, 8, (12, 10), 6, 3, pad=2, dilation=2, group=2),
+    "direct_5x5_uneven_pad": make_case(2, 3, (8, 9), 4, 5, pad=(2, 1), bias=False),
+    "direct_no_pad": make_case(2, 4, (7, 9), 5, (3, 2)),
+    # more padding than the kernel reaches: the input gradient is no stride-1 convolution of dy
+    "direct_pad_past_kernel": make_case(1, 2, (5, 5), 3, 3, pad=3),
+    # rows of 40 positions: the filter gradient's inner blocks split padded rows
+    "direct_long_rows": make_case(2, 6, (21, 40), 9, 3, pad=1),
+}
+
+
+@contextlib.contextmanager
+def conv_direct(mode, chunk=None):
+    """The native convolution's direct products in this mode (and padded-image budget)."""
+    from minicnn.native import lib
+    previous = lib.set_conv_direct(mode)
+    previous_chunk = lib.set_conv_direct_chunk(chunk) if chunk else None
+    try:
+        yield
+    finally:
+        lib.set_conv_direct(previous)
+        if previous_chunk:
+            lib.set_conv_direct_chunk(previous_chunk)
+
+
+direct_modes = pytest.mark.parametrize("mode", [2, 0], ids=["direct", "packed"])
+
+
+@fast
+@direct_modes
+@pytest.mark.parametrize("case", {**FAST_PINNED, **DIRECT_PINNED}.values(),
+                         ids={**FAST_PINNED, **DIRECT_PINNED}.keys())
+def test_direct_and_packed_products_pinned(kind, mode, case):
+    with conv_direct(mode):
+        check_fast_path(kind, case, np.float32)
+
+
+@fast
+@direct_modes
+@given(case=conv_cases(max_hw=12))
+def test_direct_and_packed_products_match_reference(kind, mode, case):
+    with conv_direct(mode):
+        check_fast_path(kind, case, np.float32)
+
+
+@fast
+@direct_modes
+def test_direct_product_in_chunks_of_images(kind, mode):
+    """Padded images taken a few at a time (here one: a budget of one float)."""
+    with conv_direct(mode, chunk=1):
+        for name in ("direct_images_and_tiles", "direct_grouped_atrous", "plain"):
+            check_fast_path(kind, {**FAST_PINNED, **DIRECT_PINNED}[name], np.float32)
+
+
+@fast
+def test_direct_mode_is_checked(kind):
+    from minicnn.native import lib
+    with pytest.raises(ValueError, match="mode 0, 1 or 2"):
+        lib.set_conv_direct(3)
+
+
 @fast
 def test_fast_path_in_chunks_of_one_image(kind, monkeypatch):
     """A batch whose columns exceed the scratch budget goes through in several chunks."""
@@ -469,6 +541,10 @@ def test_every_gemm_micro_kernel_matches_the_reference(gemm_kernel):
         "import test_conv as t\n"
         "for name, case in t.FAST_PINNED.items():\n"
         "    t.check_fast_path('cpu', case, np.float32)\n"
+        "lib.set_conv_direct(2)\n"                  # the direct products' kernels too
+        "for name, case in dict(t.FAST_PINNED, **t.DIRECT_PINNED).items():\n"
+        "    t.check_fast_path('cpu', case, np.float32)\n"
+        "lib.set_conv_direct(1)\n"
         "from minicnn.ops.inner_product import inner_product_backward as ip\n"
         "rng = np.random.default_rng(0)\n"
         "for m, k, n, tr in [(16, 70, 45, False), (16, 70, 45, True), (7, 300, 100, False),\n"
