@@ -223,17 +223,22 @@ static void for_each_group(const Conv& cv, Body&& body) {
     }
 }
 
-// --- the direct stride-1 product --------------------------------------------------------------
+// --- the direct product ----------------------------------------------------------------------
 //
 // At stride 1 the windows of consecutive output positions are consecutive input values, once
 // the input has its zero border stored (xp, planes Hp x Wp) and the positions are numbered on
 // the padded width: position q = y * Wp + z reads tap (c, i, j) at xp[c][q + i*dh*Wp + j*dw].
 // So the micro-kernel reads B straight from xp through a table of tap offsets, and nothing is
 // packed: im2col cost CaffeNet's and ResNet's 3x3 convolutions a third of their forward time.
-// The positions z >= ow of each padded row are computed and dropped (Wp / ow more products: 4%
-// at 56x56, 14% at 14x14), and each image's positions are rounded up to whole micro tiles.
+// A stride s becomes stride 1 the same way once the padded input is split into its phases:
+// phase (a, b) holds every sh-th row from row a and every sw-th column from column b, and tap
+// (c, i, j) reads phase ((i*dh) % sh, (j*dw) % sw) at row (i*dh) / sh, column (j*dw) / sw, so
+// an 11x11 stride-4 conv1 is 16 phases of 57x57 read by stride-1 windows (only the phases some
+// tap reads are stored). The positions z >= ow of each row (of Ws = the phase width) are
+// computed and dropped (Ws / ow more products: 4% at 56x56, 14% at 14x14), and each image's
+// positions are rounded up to whole micro tiles.
 
-// 0: never, 1: where it pays (the default), 2: at every stride-1 convolution (for the tests)
+// 0: never, 1: where it pays (the default), 2: at every convolution but a pointwise one (tests)
 static int direct_mode = [] {
     const char* v = std::getenv("MINICNN_CONV_DIRECT");
     return v ? std::atoi(v) : 1;
@@ -242,19 +247,50 @@ static int direct_mode = [] {
 static std::int64_t direct_chunk = std::int64_t(1) << 24;   // floats of padded images at a time
 
 struct Direct {
-    std::int64_t Hp, Wp, plane, Q, Qp;      // padded input planes; positions an image (used, kept)
+    std::int64_t Hs, Ws, plane;     // a phase plane of the padded input: rows, columns, floats
+    std::int64_t phases = 0;        // the phases some tap reads, stored in order of first use
+    std::vector<std::int64_t> slot, phase_row, phase_col;   // slot[a * sw + b]: its place or -1
+    std::int64_t image;             // floats an image takes: C * phases * plane
+    std::int64_t Q, Qp;             // positions of an image: used (oh rows of Ws), kept (tiles)
     Direct(const Conv& cv, std::int64_t nr)
-        : Hp(cv.H + 2 * cv.ph), Wp(cv.W + 2 * cv.pw), plane(Hp * Wp), Q(cv.oh * Wp),
-          Qp((Q + nr - 1) / nr * nr) {}
+        : Hs((cv.H + 2 * cv.ph + cv.sh - 1) / cv.sh), Ws((cv.W + 2 * cv.pw + cv.sw - 1) / cv.sw),
+          plane(Hs * Ws), slot(cv.sh * cv.sw, -1), Q(cv.oh * Ws), Qp((Q + nr - 1) / nr * nr) {
+        for (std::int64_t i = 0; i < cv.kh; ++i)
+            for (std::int64_t j = 0; j < cv.kw; ++j) {
+                const std::int64_t a = (i * cv.dh) % cv.sh, b = (j * cv.dw) % cv.sw;
+                if (slot[a * cv.sw + b] < 0) {
+                    slot[a * cv.sw + b] = phases++;
+                    phase_row.push_back(a);
+                    phase_col.push_back(b);
+                }
+            }
+        image = cv.C * phases * plane;
+    }
+    // where tap (c, i, j) of position 0 is, from the image's first float
+    std::int64_t offset(const Conv& cv, std::int64_t c, std::int64_t i, std::int64_t j) const {
+        const std::int64_t ii = i * cv.dh, jj = j * cv.dw;
+        return (c * phases + slot[(ii % cv.sh) * cv.sw + jj % cv.sw]) * plane +
+               (ii / cv.sh) * Ws + jj / cv.sw;
+    }
+    // every tap of group g, in the weights' order (c, i, j)
+    std::vector<std::int64_t> offsets(const Conv& cv, std::int64_t g) const {
+        std::vector<std::int64_t> off;
+        off.reserve(cv.taps());
+        for (std::int64_t c = 0; c < cv.cg(); ++c)
+            for (std::int64_t i = 0; i < cv.kh; ++i)
+                for (std::int64_t j = 0; j < cv.kw; ++j)
+                    off.push_back(offset(cv, g * cv.cg() + c, i, j));
+        return off;
+    }
     // floats a chunk of nb images takes, with room for the last tile's reads past its end
     std::int64_t floats(const Conv& cv, std::int64_t nb, std::int64_t nr) const {
-        return nb * cv.C * plane + 2 * nr + (cv.kw - 1) * cv.dw + 16;
+        return nb * image + 2 * nr + (cv.kw - 1) * cv.dw + 16;
     }
 };
 
-// Stride 1, and not so small a map that the dropped positions outweigh the packing saved.
+// Not so small a map that the dropped positions outweigh the packing saved.
 static bool use_direct(const Conv& cv) {
-    if (direct_mode == 0 || cv.sh != 1 || cv.sw != 1 || pointwise(cv)) return false;
+    if (direct_mode == 0 || pointwise(cv)) return false;
     if (direct_mode == 2) return true;
     // More products (the dropped positions) against no packing, whose cost grows with fewer
     // filters to share it and with shorter rows. Measured on 2 cores (AMD EPYC, AVX-512), the
@@ -267,22 +303,35 @@ static bool use_direct(const Conv& cv) {
     return more <= 1.12 || (cv.fg() <= 128 && more <= 1.2) || (cv.ow <= 8 && more <= 1.35);
 }
 
-// xp <- images n0 .. n0 + nb of x with a zero border of ph rows and pw columns; the tail zeroed.
+// xp <- images n0 .. n0 + nb of x, padded and split into the phases the taps read; the tail
+// zeroed. Phase (a, b) row u, column v = padded x[u*sh + a][v*sw + b].
 static void pad_images(const Conv& cv, const Direct& d, const float* x, std::int64_t n0,
                        std::int64_t nb, float* xp, std::int64_t total) {
-    const std::int64_t planes = nb * cv.C;
+    const std::int64_t planes = nb * cv.C * d.phases;
 #pragma omp parallel for schedule(static) if (planes * d.plane > PARALLEL_WORK)
     for (std::int64_t pl = 0; pl < planes; ++pl) {
-        const float* src = x + (n0 * cv.C + pl) * cv.H * cv.W;
+        const std::int64_t a = d.phase_row[pl % d.phases], b = d.phase_col[pl % d.phases];
+        const float* src = x + (n0 * cv.C + pl / d.phases) * cv.H * cv.W;
         float* dst = xp + pl * d.plane;
-        std::memset(dst, 0, sizeof(float) * cv.ph * d.Wp);
-        for (std::int64_t r = 0; r < cv.H; ++r) {
-            float* row = dst + (cv.ph + r) * d.Wp;
-            for (std::int64_t t = 0; t < cv.pw; ++t) row[t] = 0.0f;
-            std::memcpy(row + cv.pw, src + r * cv.W, sizeof(float) * cv.W);
-            for (std::int64_t t = cv.pw + cv.W; t < d.Wp; ++t) row[t] = 0.0f;
+        // the columns v whose x column v*sw + b - pw is inside: [lo, hi)
+        const std::int64_t first = cv.pw - b, end = cv.W + cv.pw - b;
+        const std::int64_t lo = first <= 0 ? 0 : std::min(d.Ws, (first + cv.sw - 1) / cv.sw);
+        const std::int64_t hi = end <= 0 ? 0 : std::min(d.Ws, (end + cv.sw - 1) / cv.sw);
+        for (std::int64_t u = 0; u < d.Hs; ++u) {
+            float* row = dst + u * d.Ws;
+            const std::int64_t r = u * cv.sh + a - cv.ph;
+            if (r < 0 || r >= cv.H || hi <= lo) {
+                std::memset(row, 0, sizeof(float) * d.Ws);
+                continue;
+            }
+            for (std::int64_t v = 0; v < lo; ++v) row[v] = 0.0f;
+            const float* from = src + r * cv.W + lo * cv.sw + b - cv.pw;
+            if (cv.sw == 1)
+                std::memcpy(row + lo, from, sizeof(float) * (hi - lo));
+            else
+                strided_copy(row + lo, from, hi - lo, cv.sw);
+            for (std::int64_t v = hi; v < d.Ws; ++v) row[v] = 0.0f;
         }
-        std::memset(dst + (cv.ph + cv.H) * d.Wp, 0, sizeof(float) * cv.ph * d.Wp);
     }
     std::memset(xp + planes * d.plane, 0, sizeof(float) * (total - planes * d.plane));
 }
@@ -296,11 +345,7 @@ static void direct_product(const Conv& cv, const Direct& d, const float* xp, std
     const std::int64_t kc_max = 256, mc = 96, nc_tiles = 512 / nr;
     const std::int64_t tiles = nb * d.Qp / nr;
     for_each_group(cv, [&](std::int64_t g) {
-        std::vector<std::int64_t> off(taps);             // tap (c, i, j) of group g
-        for (std::int64_t t = 0; t < taps; ++t) {
-            const std::int64_t c = t / (cv.kh * cv.kw), i = (t / cv.kw) % cv.kh, j = t % cv.kw;
-            off[t] = (g * cv.cg() + c) * d.plane + i * cv.dh * d.Wp + j * cv.dw;
-        }
+        const std::vector<std::int64_t> off = d.offsets(cv, g);   // tap (c, i, j) of group g
         const float* wg = w + g * fg * taps;
         // tasks: chunks of tiles (an even count per thread when there are few), and, when there
         // are fewer chunks than threads, groups of rows
@@ -330,7 +375,7 @@ static void direct_product(const Conv& cv, const Direct& d, const float* xp, std
                         const std::int64_t m = std::min(mc, rows - i0);
                         for (std::int64_t t = t0; t < t1; ++t) {
                             const std::int64_t col = t * nr, img = col / d.Qp;
-                            const float* base = xp + img * cv.C * d.plane + col % d.Qp;
+                            const float* base = xp + img * d.image + col % d.Qp;
                             for (std::int64_t p = 0; p * MR < m; ++p)
                                 K.run_offsets(k, wg + (r0 + i0 + p * MR) * taps + l0, taps,
                                               std::min(MR, m - p * MR), base, off.data() + l0,
@@ -342,8 +387,8 @@ static void direct_product(const Conv& cv, const Direct& d, const float* xp, std
                 // store: the kept positions of each padded row, for every filter of the task
                 for (std::int64_t col = t0 * nr, end = t1 * nr; col < end;) {
                     const std::int64_t img = col / d.Qp, q = col % d.Qp;
-                    const std::int64_t yy = q / d.Wp, zz = q % d.Wp;
-                    const std::int64_t next = std::min({end, col - zz + d.Wp, (img + 1) * d.Qp});
+                    const std::int64_t yy = q / d.Ws, zz = q % d.Ws;
+                    const std::int64_t next = std::min({end, col - zz + d.Ws, (img + 1) * d.Qp});
                     if (yy < cv.oh && zz < cv.ow) {
                         const std::int64_t len = std::min(next - col, cv.ow - zz);
                         for (std::int64_t r = 0; r < rows; ++r) {
@@ -367,7 +412,7 @@ static void conv_forward_direct(const Conv& cv, const float* x, const float* w, 
                                 float* y) {
     const std::int64_t nr = gemm::kernel().nr;
     const Direct d(cv, nr);
-    const std::int64_t per = std::max<std::int64_t>(1, direct_chunk / (cv.C * d.plane));
+    const std::int64_t per = std::max<std::int64_t>(1, direct_chunk / d.image);
     for (std::int64_t n0 = 0; n0 < cv.N; n0 += per) {
         const std::int64_t nb = std::min(per, cv.N - n0);
         const std::int64_t total = d.floats(cv, nb, nr);
@@ -600,10 +645,11 @@ static void filter_gradient_by_positions(const Conv& cv, std::int64_t positions,
 #endif
 }
 
-// The filter gradient at stride 1 on the padded input (see the direct product above): A's rows,
-// the taps, are read in place from xp (row (c, i, j) of position q is xp[c][q + i*dh*Wp +
-// j*dw]) instead of being gathered 6 taps at a time into panels; dy is dealt into panels on the
-// padded positions, with zero rows at the dropped ones (z >= ow), which so add nothing.
+// The filter gradient on the padded (phase-split) input of the direct product above: A's
+// rows, the taps, are read in place from xp (tap (c, i, j) at position q is xp[image +
+// Direct::offset(c, i, j) + q]) instead of being gathered 6 taps at a time into panels; dy is
+// dealt into panels on the same positions, with zero rows at the dropped ones (z >= ow), which
+// so add nothing.
 static void conv_backward_filter_direct(const Conv& cv, const float* dy, const float* x,
                                         float* dw) {
     const std::int64_t nr = gemm::kernel().nr;
@@ -614,13 +660,12 @@ static void conv_backward_filter_direct(const Conv& cv, const float* dy, const f
     const std::int64_t blocks = (d.Q + 383) / 384, kc = (d.Q + blocks - 1) / blocks;
     const std::int64_t Qk = blocks * kc;
     const gemm::Blocking blocking{96, 384, kc};
-    std::vector<std::int64_t> offsets(cv.G * taps);          // [g][tap]
-    for (std::int64_t g = 0; g < cv.G; ++g)
-        for (std::int64_t t = 0; t < taps; ++t) {
-            const std::int64_t c = t / (cv.kh * cv.kw), i = (t / cv.kw) % cv.kh, j = t % cv.kw;
-            offsets[g * taps + t] = (g * cv.cg() + c) * d.plane + i * cv.dh * d.Wp + j * cv.dw;
-        }
-    const std::int64_t per = std::max<std::int64_t>(1, direct_chunk / (cv.C * d.plane));
+    std::vector<std::int64_t> offsets;                        // [g][tap]
+    for (std::int64_t g = 0; g < cv.G; ++g) {
+        const std::vector<std::int64_t> off = d.offsets(cv, g);
+        offsets.insert(offsets.end(), off.begin(), off.end());
+    }
+    const std::int64_t per = std::max<std::int64_t>(1, direct_chunk / d.image);
     for (std::int64_t n0 = 0; n0 < cv.N; n0 += per) {
         const std::int64_t nb = std::min(per, cv.N - n0);
         const std::int64_t total = d.floats(cv, nb, nr) + blocks;
@@ -634,15 +679,15 @@ static void conv_backward_filter_direct(const Conv& cv, const float* dy, const f
                 taps, fg, nu, blocking,
                 [&](std::int64_t i0, std::int64_t, std::int64_t l0, std::int64_t, float*) {
                     const std::int64_t u = u0 + l0, img = u / Qk;
-                    return gemm::Panels{xp + img * cv.C * d.plane + u % Qk, 0, 0, off + i0};
+                    return gemm::Panels{xp + img * d.image + u % Qk, 0, 0, off + i0};
                 },
                 [&](std::int64_t j0, std::int64_t n, std::int64_t l0, std::int64_t k_,
                     std::int64_t nr_, float* Bp) {
                     const std::int64_t u = u0 + l0, img = u / Qk;
                     const float* dyi = dy + ((n0 + img) * cv.F + g * fg + j0) * P;
                     for (std::int64_t k = 0; k < k_;) {          // one padded row at a time
-                        const std::int64_t q = u % Qk + k, yy = q / d.Wp, zz = q % d.Wp;
-                        const std::int64_t len = std::min(k_ - k, d.Wp - zz);
+                        const std::int64_t q = u % Qk + k, yy = q / d.Ws, zz = q % d.Ws;
+                        const std::int64_t len = std::min(k_ - k, d.Ws - zz);
                         const std::int64_t kept =
                             yy < cv.oh && zz < cv.ow ? std::min(len, cv.ow - zz) : 0;
                         for (std::int64_t qq = 0; qq * nr_ < n; ++qq) {
