@@ -78,7 +78,7 @@ template <typename T>
 MINICNN_VECTOR_CLONES static void bn_forward(const T* x, T* y, T* y2, T* mean, T* var,
                                              T* std_out, bool batch_stats, double eps,
                                              const View& v) {
-#pragma omp parallel for schedule(dynamic, 1) if (v.N * v.C * v.S > PARALLEL_WORK)
+#pragma omp parallel for schedule(static) if (v.N * v.C * v.S > PARALLEL_WORK)
     for (std::int64_t c = 0; c < v.C; ++c) {
         if (batch_stats) {
             double total = 0;
@@ -127,7 +127,7 @@ MINICNN_VECTOR_CLONES static void bn_forward(const T* x, T* y, T* y2, T* mean, T
 template <typename T>
 MINICNN_VECTOR_CLONES static void bn_backward(const T* dy, const T* y, const T* sd, T* dx,
                                               bool global_stats, const View& v) {
-#pragma omp parallel for schedule(dynamic, 1) if (v.N * v.C * v.S > PARALLEL_WORK)
+#pragma omp parallel for schedule(static) if (v.N * v.C * v.S > PARALLEL_WORK)
     for (std::int64_t c = 0; c < v.C; ++c) {
         T mean_dy = 0, mean_dyy = 0;
         if (!global_stats) {
@@ -175,7 +175,7 @@ MINICNN_VECTOR_CLONES static void scale_forward(const T* x, const T* scale, cons
 template <typename T>
 MINICNN_VECTOR_CLONES static void scale_backward(const T* dy, const T* x, const T* scale, T* dx,
                                                  T* dscale, T* dbias, const View& v) {
-#pragma omp parallel for schedule(dynamic, 1) if (v.N * v.C * v.S > PARALLEL_WORK)
+#pragma omp parallel for schedule(static) if (v.N * v.C * v.S > PARALLEL_WORK)
     for (std::int64_t c = 0; c < v.C; ++c) {
         double sum_dyx = 0, sum_dy = 0;
         const T a = scale[c];
@@ -203,7 +203,7 @@ template <typename T>
 MINICNN_VECTOR_CLONES static void bn_scale_relu_backward(
         const T* dy, const T* top, T slope, const T* y, const T* sd, const T* scale,
         T* g_out, T* dx, T* dscale, T* dbias, bool global_stats, const View& v) {
-#pragma omp parallel for schedule(dynamic, 1) if (v.N * v.C * v.S > PARALLEL_WORK)
+#pragma omp parallel for schedule(static) if (v.N * v.C * v.S > PARALLEL_WORK)
     for (std::int64_t c = 0; c < v.C; ++c) {
         double sum_dyx = 0, sum_dy = 0, a_sum = 0, b_sum = 0;
         const T a = scale[c];
