@@ -15,7 +15,9 @@ not inflate: the per-core efficiency of each engine.
 
 GFLOP/s counts 2 flops per multiply-add (convolution forward 2*N*F*C/G*kh*kw*oh*ow, backward
 twice that: the data and the filter gradients); "of sgemm" divides by the rate NumPy's BLAS
-reaches on a large square product here. Peak memory is the growth of the resident set during a
+reaches on a large square product here, "of peak" by the float32 multiply-add rate of the
+machine, measured by a register-only AVX-512 loop on the same threads (minicnn's
+`fma_peak_gflops`; blank without AVX-512). Peak memory is the growth of the resident set during a
 training step, each engine in a fresh process. PyTorch is a bench-only dependency
 (`pip install torch==2.13.0`, the CPU build); nothing in minicnn imports it.
 """
@@ -93,7 +95,13 @@ CONVS = [  # name, x shape, (F, kernel, stride, pad, dilation, group)
 ]
 
 
-def layer_rows(args, torch, sgemm):
+def fma_peak():
+    """GFLOP/s of AVX-512 float32 multiply-adds on minicnn's threads, or None."""
+    rate = native.lib.fma_peak_gflops(0.6) if native.lib else 0.0
+    return rate or None
+
+
+def layer_rows(args, torch, sgemm, peak=None):
     F = torch.nn.functional
     rng = np.random.default_rng(0)
     rows = []
@@ -141,13 +149,15 @@ def layer_rows(args, torch, sgemm):
         lambda: torch.autograd.grad(ty, tx, torch.from_numpy(dy), retain_graph=True),
         args.repeat, args.block), None))
     header = ("layer", "pass", "minicnn ms", "PyTorch ms", "PyTorch/minicnn", "minicnn GFLOP/s",
-              "of sgemm")
+              "of sgemm", "of peak", "PyTorch of peak")
     table = []
     for name, kind, ours, theirs, flops in rows:
         rate = f"{flops / ours / 1e9:.1f}" if flops else ""
         share = f"{flops / ours / 1e9 / sgemm:.0%}" if flops else ""
+        of_peak = f"{flops / ours / 1e9 / peak:.0%}" if flops and peak else ""
+        theirs_of_peak = f"{flops / theirs / 1e9 / peak:.0%}" if flops and peak else ""
         table.append((name, kind, f"{ours * 1e3:.2f}", f"{theirs * 1e3:.2f}",
-                      f"{theirs / ours:.2f}x", rate, share))
+                      f"{theirs / ours:.2f}x", rate, share, of_peak, theirs_of_peak))
     return header, table
 
 
@@ -304,8 +314,11 @@ def main():
           "all cores, wall-clock time, engines interleaved")
     sgemm = sgemm_rate()
     print(f"NumPy float32 sgemm (2048^3): {sgemm:.1f} GFLOP/s")
+    peak = fma_peak()
+    if peak:
+        print(f"float32 multiply-add peak (AVX-512, measured): {peak:.1f} GFLOP/s")
     if "layers" in only:
-        show("Single layers (float32)", *layer_rows(args, torch, sgemm), args.markdown)
+        show("Single layers (float32)", *layer_rows(args, torch, sgemm, peak), args.markdown)
     if "nets" in only:
         show("Whole nets (float32)", *net_rows(args, torch), args.markdown)
     if "memory" in only:

@@ -10,6 +10,7 @@
 // (N, F, oh, ow) blob with the bias added as the tile is stored. Columns are walked in
 // "runs": stretches of output positions on one output row of one image, which read one input
 // row (contiguously when the stride is 1).
+#include <chrono>
 #include <vector>
 
 #include "common.h"
@@ -839,9 +840,60 @@ static void check_shape(const py::array& a, std::initializer_list<std::int64_t> 
     require(ok, std::string("conv_gemm: ") + name + " has the wrong shape");
 }
 
+#ifdef MINICNN_X86
+// Multiply-adds with nothing but registers: 12 independent AVX-512 sums, as many as the GEMM's
+// micro-kernel keeps, so the FLOP/s this reaches is the most the micro-kernel could.
+__attribute__((target("avx512f"))) static double fma_loop_avx512(std::int64_t iterations) {
+    __m512 a[12];
+    for (int i = 0; i < 12; ++i) a[i] = _mm512_set1_ps(float(i));
+    const __m512 x = _mm512_set1_ps(0.999f), y = _mm512_set1_ps(1e-7f);
+    for (std::int64_t it = 0; it < iterations; ++it)
+        for (int i = 0; i < 12; ++i) a[i] = _mm512_fmadd_ps(a[i], x, y);
+    __m512 total = a[0];
+    for (int i = 1; i < 12; ++i) total = _mm512_add_ps(total, a[i]);
+    static volatile float sink;                          // the sums are used: the loop stays
+    sink = _mm512_reduce_add_ps(total);
+    return 2.0 * 16 * 12 * iterations;
+}
+#endif
+
+// GFLOP/s of float32 multiply-adds on every thread at once (the benchmark's "of peak"), or
+// 0 where there is no AVX-512.
+static double fma_peak_gflops(double seconds) {
+#ifdef MINICNN_X86
+    if (!__builtin_cpu_supports("avx512f")) return 0.0;
+    const std::int64_t per_call = 1 << 20;
+    double rate = 0.0;
+    for (int round = 0; round < 3; ++round) {        // the best of three (clocks ramp up)
+        double flops = 0.0;
+        const auto start = std::chrono::steady_clock::now();
+#pragma omp parallel reduction(+ : flops)
+        {
+            do {
+                flops += fma_loop_avx512(per_call);
+            } while (std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+                         .count() < seconds / 3);
+        }
+        const double elapsed =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        rate = std::max(rate, flops / elapsed / 1e9);
+    }
+    return rate;
+#else
+    (void)seconds;
+    return 0.0;
+#endif
+}
+
 REGISTER_NATIVE(m) {
     m.def("gemm_kernel", [] { return std::string(gemm::kernel().name); },
           "the micro-kernel minicnn's GEMM picked for this CPU");
+    m.def("fma_peak_gflops", [](double seconds) {
+        py::gil_scoped_release release;
+        return fma_peak_gflops(seconds);
+    }, py::arg("seconds") = 0.6,
+       "measured GFLOP/s of float32 AVX-512 multiply-adds on every thread (0 without AVX-512): "
+       "the machine's peak, for the benchmark's 'of peak' column");
     m.def("set_conv_direct", [](int mode) {
         require(mode >= 0 && mode <= 2, "set_conv_direct: mode 0, 1 or 2");
         const int was = direct_mode;

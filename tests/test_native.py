@@ -48,3 +48,14 @@ def test_dispatch_prefers_cpu_unless_told_ref(monkeypatch):
     assert op(np.ones(2))[0] == "cpu"
     monkeypatch.setenv("MINICNN_CPU", "ref")
     assert op(np.ones(2))[0] == "ref"
+
+
+@needs_native
+def test_fma_peak_is_a_plausible_rate():
+    """The benchmark's 'of peak' divisor: GFLOP/s of a register-only AVX-512 loop (0 without
+    AVX-512), a rate between one slow core's and a large server's."""
+    rate = lib.fma_peak_gflops(0.05)
+    if "avx512" not in lib.gemm_kernel():
+        assert rate == 0.0
+    else:
+        assert 1.0 < rate < 100_000.0, rate
