@@ -391,6 +391,20 @@ static void direct_product(const Conv& cv, const Direct& d, const float* xp, std
                         for (std::int64_t t = t0; t < t1; ++t) {
                             const std::int64_t col = t * nr, img = col / d.Qp;
                             const float* base = xp + img * d.image + col % d.Qp;
+                            if (t + 1 < t1 && i0 == 0) {
+                                // the next tile's rows, one per tap and far apart: more
+                                // streams than the hardware prefetcher follows
+                                const std::int64_t next = col + nr, nimg = next / d.Qp;
+                                const float* ahead = xp + nimg * d.image + next % d.Qp;
+                                const float* end = limit ? limit : ahead;
+                                for (std::int64_t kk = l0; kk < l0 + k; ++kk) {
+                                    const float* at = ahead + off[kk];
+                                    if (!limit || at + nr <= end) {
+                                        __builtin_prefetch(at);
+                                        __builtin_prefetch(at + nr - 1);
+                                    }
+                                }
+                            }
                             if (limit && base + off[taps - 1] + nr > limit) {
                                 float* Bp = gemm::scratch(1, k * nr);    // the array's tail
                                 for (std::int64_t kk = 0; kk < k; ++kk) {
