@@ -9,7 +9,9 @@
 // windows straight from x (implicit im2col), dy is read in place (NCHW), and y goes to its
 // (N, F, oh, ow) blob with the bias added as the tile is stored. Columns are walked in
 // "runs": stretches of output positions on one output row of one image, which read one input
-// row (contiguously when the stride is 1).
+// row (contiguously when the stride is 1). Where it pays, "the direct product" below packs
+// nothing at all: the micro-kernel reads each tap's windows in place from a zero-bordered copy
+// of the input (split into phases at a stride), through a table of tap offsets.
 #include <chrono>
 #include <vector>
 
