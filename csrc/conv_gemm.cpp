@@ -291,9 +291,9 @@ struct Direct {
     }
 };
 
-// Not so small a map that the dropped positions outweigh the packing saved.
 enum class Pass { forward, filter };
 
+// Not so small a map that the dropped positions outweigh the packing saved.
 static bool use_direct(const Conv& cv, Pass pass = Pass::forward) {
     if (direct_mode == 0) return false;
     if (direct_mode == 2) return true;
@@ -397,14 +397,11 @@ static void direct_product(const Conv& cv, const Direct& d, const float* xp, std
                                 // the next tile's rows, one per tap and far apart: more
                                 // streams than the hardware prefetcher follows
                                 const std::int64_t next = col + nr, nimg = next / d.Qp;
+                                // (a prefetch past the array's end does not fault)
                                 const float* ahead = xp + nimg * d.image + next % d.Qp;
-                                const float* end = limit ? limit : ahead;
                                 for (std::int64_t kk = l0; kk < l0 + k; ++kk) {
-                                    const float* at = ahead + off[kk];
-                                    if (!limit || at + nr <= end) {
-                                        __builtin_prefetch(at);
-                                        __builtin_prefetch(at + nr - 1);
-                                    }
+                                    __builtin_prefetch(ahead + off[kk]);
+                                    __builtin_prefetch(ahead + off[kk] + nr - 1);
                                 }
                             }
                             if (limit && base + off[taps - 1] + nr > limit) {
@@ -636,7 +633,6 @@ __attribute__((target("avx512f"))) static void dy_panel_avx512(const float* src,
 }
 #endif
 
-
 // panel[s][t] = src[t * P + s] for s < length, t < width, 0 for t in [width, nr): a run of dy
 // (length positions of width filters, P apart) dealt into a B panel of nr filters.
 static void dy_panel(const float* src, std::int64_t P, std::int64_t width, std::int64_t length,
@@ -658,8 +654,8 @@ static void dy_panel(const float* src, std::int64_t P, std::int64_t width, std::
 // dw (fg x taps, per group) += partial products over positions, split between threads when
 // few filters leave nothing else to split: product(g, p0, np, dwg) adds the positions
 // [p0, p0 + np) of group g into dwg (shares in whole units of positions); each thread adds its
-// share into a partial of its own,
-// and the partials are added in thread order (the same sums whatever the timing).
+// share into a partial of its own, and the partials are added in thread order (the same sums
+// whatever the timing).
 template <typename Product>
 static void filter_gradient_by_positions(const Conv& cv, std::int64_t positions,
                                          std::int64_t unit, std::int64_t nc, float* dw,
@@ -915,9 +911,9 @@ REGISTER_NATIVE(m) {
         const int was = direct_mode;
         direct_mode = mode;
         return was;
-    }, "the direct stride-1 convolution: 0 never, 1 where it pays (default), 2 at every "
-       "stride-1 convolution; MINICNN_CONV_DIRECT sets it too. Returns the previous mode (the "
-       "tests run every path)");
+    }, "the direct convolution (no packing): 0 never, 1 where it pays (default), 2 at every "
+       "convolution; MINICNN_CONV_DIRECT sets it too. Returns the previous mode (the tests run "
+       "every path)");
     m.def("set_conv_direct_chunk", [](std::int64_t floats) {
         require(floats >= 1, "set_conv_direct_chunk: floats >= 1");
         const std::int64_t was = direct_chunk;

@@ -55,7 +55,7 @@ using MicroKernelTaps = void (*)(std::int64_t kc, const float* base, const std::
                                  std::int64_t rows, const float* b, float* c, std::int64_t ldc,
                                  bool accumulate);
 // A in place as above, and B read straight from memory: row k of the B panel is the nr values
-// at base + off[k] (the direct stride-1 convolution's taps, csrc/conv_gemm.cpp).
+// at base + off[k] (the direct convolution's taps, csrc/conv_gemm.cpp).
 using MicroKernelOffsets = void (*)(std::int64_t kc, const float* a, std::int64_t lda,
                                     std::int64_t rows, const float* base,
                                     const std::int64_t* off, float* c, std::int64_t ldc,
@@ -86,8 +86,8 @@ struct TapRowsA {
 };
 
 // How a micro-kernel finds b[k][0 .. nr): a packed panel (rows nr apart), or, for the direct
-// stride-1 convolution (csrc/conv_gemm.cpp), nr consecutive values of a padded input at the
-// tap's offset: b[k] = base + off[k] (unaligned).
+// convolution (csrc/conv_gemm.cpp), nr consecutive values of a padded input at the tap's
+// offset: b[k] = base + off[k] (unaligned).
 template <int NR>
 struct PanelB {
     const float* b;
