@@ -97,9 +97,10 @@ FAST_KINDS = [kind for kind in inner_product_forward.impls if kind == "cpu"]
 @st.composite
 def big_cases(draw):
     """float32 cases large enough to cross the GEMM's blocks: K past one inner block (256),
-    N past a panel, M past a row panel; M up to 80, past the batch size (64) up to which the
-    filter gradient streams dW as a rank-M update instead."""
-    m, k, n = draw(st.integers(1, 80)), draw(st.integers(1, 600)), draw(st.integers(1, 70))
+    N past a panel and past a chunk of 128 rows of W (the input gradient's row-streaming
+    product), M past a row panel; M up to 80, past the batch size (64) up to which the filter
+    gradient streams dW as a rank-M update and the input gradient streams W row by row."""
+    m, k, n = draw(st.integers(1, 80)), draw(st.integers(1, 600)), draw(st.integers(1, 300))
     transpose, bias = draw(st.booleans()), draw(st.booleans())
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     x = rng.standard_normal((m, k)).astype(np.float32)
@@ -119,6 +120,37 @@ def test_fast_paths_match_the_reference(kind, case):
     dy = np.random.default_rng(3).standard_normal(y.shape).astype(np.float32)
     want = backward(dy, x, w, transpose=transpose)
     got = inner_product_backward.impls[kind](dy, x, w, transpose=transpose)
+    for name, g, r in zip(("dx", "dw", "db"), got, want):
+        np.testing.assert_allclose(g, r, err_msg=name, **tol)
+
+
+# Edges of the fast kernels (csrc/inner_product.cpp): the forward's tasks of 16 rows of W
+# (4 tiles of 4; fewer at the end), its stretches of 256 inputs; the input gradient's blocks of
+# 48 columns, 8 rows of dY at a time and chunks of 128 rows of W, split between the threads
+# (one block only: a thread with none); a batch of 64 (the last on the streaming paths) and 65.
+EDGE_CASES = [  # (batch M, inputs K, outputs N)
+    (1, 1, 1), (1, 9, 17), (5, 300, 33), (8, 48, 16), (9, 49, 50), (16, 257, 129),
+    (16, 600, 64), (17, 30, 300), (3, 97, 255), (64, 100, 130), (65, 100, 130), (16, 512, 4),
+]
+
+
+@pytest.mark.parametrize("kind", FAST_KINDS)
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("m, k, n", EDGE_CASES)
+def test_fast_kernels_at_their_block_edges(kind, m, k, n, transpose):
+    rng = np.random.default_rng(m * 1000 + k + n)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = rng.standard_normal((k, n) if transpose else (n, k)).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    tol = dict(rtol=1e-4, atol=1e-4)
+    y = np.full((m, n), np.nan, np.float32)             # unwritten entries would stay NaN
+    inner_product_forward.impls[kind](x, w, b, transpose=transpose, out=y)
+    np.testing.assert_allclose(y, forward(x, w, b, transpose=transpose), **tol)
+    dy = rng.standard_normal((m, n)).astype(np.float32)
+    dx = np.full(x.shape, np.nan, np.float32)
+    want = backward(dy, x, w, transpose=transpose)
+    got = inner_product_backward.impls[kind](dy, x, w, transpose=transpose, dx_out=dx)
+    assert got[0] is dx
     for name, g, r in zip(("dx", "dw", "db"), got, want):
         np.testing.assert_allclose(g, r, err_msg=name, **tol)
 
