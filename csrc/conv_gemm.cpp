@@ -237,9 +237,10 @@ static void for_each_group(const Conv& cv, Body&& body) {
 // phase (a, b) holds every sh-th row from row a and every sw-th column from column b, and tap
 // (c, i, j) reads phase ((i*dh) % sh, (j*dw) % sw) at row (i*dh) / sh, column (j*dw) / sw, so
 // an 11x11 stride-4 conv1 is 16 phases of 57x57 read by stride-1 windows (only the phases some
-// tap reads are stored). The positions z >= ow of each row (of Ws = the phase width) are
-// computed and dropped (Ws / ow more products: 4% at 56x56, 14% at 14x14), and each image's
-// positions are rounded up to whole micro tiles.
+// tap reads are stored). At stride 1 a row's right border is the next row's left one, so a
+// row is W + pw wide (Direct::width). The positions z >= ow of each row (of Ws = the phase
+// width) are computed and dropped (Ws / ow more products: 2% at 56x56, 7% at 14x14), and each
+// image's positions are rounded up to whole micro tiles.
 
 // 0: never, 1: where it pays (the default), 2: at every convolution (for the tests)
 static int direct_mode = [] {
@@ -256,8 +257,8 @@ struct Direct {
     std::int64_t image;             // floats an image takes: C * phases * plane
     std::int64_t Q, Qp;             // positions of an image: used (oh rows of Ws), kept (tiles)
     Direct(const Conv& cv, std::int64_t nr)
-        : Hs((cv.H + 2 * cv.ph + cv.sh - 1) / cv.sh), Ws((cv.W + 2 * cv.pw + cv.sw - 1) / cv.sw),
-          plane(Hs * Ws), slot(cv.sh * cv.sw, -1), Q(cv.oh * Ws), Qp((Q + nr - 1) / nr * nr) {
+        : Hs((cv.H + 2 * cv.ph + cv.sh - 1) / cv.sh), Ws(width(cv)), plane(Hs * Ws),
+          slot(cv.sh * cv.sw, -1), Q(cv.oh * Ws), Qp((Q + nr - 1) / nr * nr) {
         for (std::int64_t i = 0; i < cv.kh; ++i)
             for (std::int64_t j = 0; j < cv.kw; ++j) {
                 const std::int64_t a = (i * cv.dh) % cv.sh, b = (j * cv.dw) % cv.sw;
@@ -268,6 +269,14 @@ struct Direct {
                 }
             }
         image = cv.C * phases * plane;
+    }
+    // A phase row's width. At stride 1 a row's right border and the next row's left border are
+    // one run of zeros (pw of them, or as many as keep each row's ow positions apart), read by
+    // the windows at both ends: W + pw columns instead of W + 2 pw, and as many fewer
+    // positions to compute and drop (a 13x13 map with pad 1: 14 instead of 15 a row).
+    static std::int64_t width(const Conv& cv) {
+        if (cv.sw != 1) return (cv.W + 2 * cv.pw + cv.sw - 1) / cv.sw;
+        return cv.W + std::max(cv.pw, cv.ow - cv.W);
     }
     // where tap (c, i, j) of position 0 is, from the image's first float
     std::int64_t offset(const Conv& cv, std::int64_t c, std::int64_t i, std::int64_t j) const {
@@ -308,12 +317,14 @@ static bool use_direct(const Conv& cv, Pass pass = Pass::forward) {
     // More products (the dropped positions) against no packing, whose cost grows with fewer
     // filters to share it and with shorter rows. Measured on 2 cores (AMD EPYC, AVX-512), the
     // direct product against the packed one, forward: 3x3 with 32-128 filters at 56x56 to 14x14
-    // (4-14% more products) 1.3-1.5x faster; 7x7 maps (31% more) 1.07-1.24x; CaffeNet's 5x5 conv2
-    // (19% more, 128 filters a group) 1.04x; 13x13 maps (33% more) 0.86-0.95x; 3x3 rate 2 at
-    // 33x33 with 256 filters (15% more) 0.92x; 256 filters at 56x56 (4% more) 1.0x.
+    // (4-14% more products) 1.3-1.5x faster; 7x7 maps (31% more) 1.07-1.24x; 256 filters at
+    // 56x56 (4% more) 1.0x. With rows sharing their borders (Direct::width): CaffeNet's 5x5
+    // conv2 (10% more) 1.05-1.2x in all three passes; its 13x13 maps (14% more) with 128-192
+    // filters a group 1.04-1.2x, with 384 (conv3) 1.0-1.1x; 3x3 at 33x33, 256 filters, rate 2
+    // (9% more) 1.0-1.09x, rates 4 and 6 (15% and 20% more) 0.9-0.96x.
     const Direct d(cv, gemm::kernel().nr);
     const double more = static_cast<double>(d.Qp) / cv.P();
-    return more <= 1.12 || (cv.fg() <= 128 && more <= 1.2) || (cv.ow <= 8 && more <= 1.35);
+    return more <= 1.14 || (cv.fg() <= 128 && more <= 1.2) || (cv.ow <= 8 && more <= 1.35);
 }
 
 // xp <- images n0 .. n0 + nb of x, padded and split into the phases the taps read; the tail
