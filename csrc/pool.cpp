@@ -35,27 +35,57 @@ Window window_of(const py::array& x, const py::array& y, const py::tuple& geom) 
 template <typename T>
 static void max_forward(const T* x, T* y, std::int64_t* mask, std::int64_t planes,
                         const Window& g) {
+    // Windows whose columns are all inside the image: [lo, hi). Along an output row they are
+    // taken four at a time, tap by tap in the window's order (rows, then columns), so each
+    // window still keeps the first maximum, and four compare-and-select chains interleave
+    // instead of each window's taps waiting on the one before (CaffeNet's pool1 on 2 cores:
+    // 2.9 -> 2.1 ms; 8 at a time 2.2 ms, 16 at a time 2.9 ms: rows of 13 and 27 windows).
+    const std::int64_t lo = std::min(g.ow, (g.pw + g.sw - 1) / g.sw);
+    const std::int64_t hi = std::max(lo, std::min(g.ow, g.W + g.pw - g.kw >= 0
+                                                            ? (g.W + g.pw - g.kw) / g.sw + 1
+                                                            : 0));
 #pragma omp parallel for schedule(static) if (planes * g.oh * g.ow * g.kh * g.kw > PARALLEL_WORK)
     for (std::int64_t p = 0; p < planes; ++p) {
         const T* in = x + p * g.H * g.W;
-        T* out = y + p * g.oh * g.ow;
-        std::int64_t* arg = mask + p * g.oh * g.ow;
         for (std::int64_t oy = 0; oy < g.oh; ++oy) {
+            T* out = y + (p * g.oh + oy) * g.ow;
+            std::int64_t* arg = mask + (p * g.oh + oy) * g.ow;
             const std::int64_t h0 = std::max<std::int64_t>(oy * g.sh - g.ph, 0);
             const std::int64_t h1 = std::min(oy * g.sh - g.ph + g.kh, g.H);
-            for (std::int64_t oz = 0; oz < g.ow; ++oz) {
+            constexpr std::int64_t B = 4;               // windows at a time
+            const std::int64_t end = lo + (hi - lo) / B * B;
+            for (std::int64_t oz0 = lo; oz0 < end; oz0 += B) {
+                T best[B];
+                std::int64_t where[B];
+                for (int u = 0; u < B; ++u) best[u] = T(-FLT_MAX), where[u] = -1;
+                for (std::int64_t h = h0; h < h1; ++h)
+                    for (std::int64_t j = 0; j < g.kw; ++j) {
+                        const std::int64_t first = h * g.W + j - g.pw + oz0 * g.sw;
+                        for (int u = 0; u < B; ++u) {
+                            const std::int64_t at = first + u * g.sw;
+                            const T v = in[at];
+                            const bool larger = v > best[u];    // strict: the first maximum wins
+                            best[u] = larger ? v : best[u];
+                            where[u] = larger ? at : where[u];
+                        }
+                    }
+                for (int u = 0; u < B; ++u) out[oz0 + u] = best[u], arg[oz0 + u] = where[u];
+            }
+            for (std::int64_t oz = 0; oz < g.ow; ++oz) {    // the others, one by one
+                if (oz == lo) oz = end;
+                if (oz >= g.ow) break;
                 const std::int64_t w0 = std::max<std::int64_t>(oz * g.sw - g.pw, 0);
                 const std::int64_t w1 = std::min(oz * g.sw - g.pw + g.kw, g.W);
-                T best = T(-FLT_MAX);                   // Caffe's start value
+                T best = T(-FLT_MAX);
                 std::int64_t where = -1;
                 for (std::int64_t h = h0; h < h1; ++h)
                     for (std::int64_t w = w0; w < w1; ++w)
-                        if (in[h * g.W + w] > best) {   // strict: the first maximum wins
+                        if (in[h * g.W + w] > best) {
                             best = in[h * g.W + w];
                             where = h * g.W + w;
                         }
-                out[oy * g.ow + oz] = best;
-                arg[oy * g.ow + oz] = where;
+                out[oz] = best;
+                arg[oz] = where;
             }
         }
     }

@@ -322,6 +322,26 @@ def test_fast_max_over_wide_rows(kind, kernel, stride, pad):
 
 
 @pytest.mark.parametrize("kind", FAST_KINDS)
+@pytest.mark.parametrize("kernel, stride, pad", [(3, 2, 0), (3, 2, 1), (2, 2, 1), (4, 3, 2)])
+def test_fast_max_with_nan_infinities_and_ceil_overhang(kind, kernel, stride, pad):
+    """The windows taken four at a time and the clipped ones one at a time keep the
+    reference's rule: NaN never wins, -inf and -FLT_MAX lose to the start value (mask -1 for
+    a window with nothing larger), ties go to the first maximum."""
+    rng = np.random.default_rng(kernel * 100 + pad)
+    x = np.round(rng.standard_normal((2, 2, 9, 38)) * 2).astype(np.float32)
+    x[rng.random(x.shape) < 0.1] = np.nan
+    x[rng.random(x.shape) < 0.05] = -np.inf
+    x[0, 0, :, 5:17] = np.nan                                # whole windows of NaN
+    x[0, 1, :, 20:30] = -np.finfo(np.float32).max
+    for ceil in (True, False):
+        geom = PoolGeometry((kernel, kernel), (stride, stride), (pad, pad), ceil=ceil)
+        y, mask = max_pool2d_forward.impls[kind](x, geom=geom)
+        want_y, want_mask = max_fwd(x, geom=geom)
+        np.testing.assert_array_equal(y, want_y)
+        np.testing.assert_array_equal(mask, want_mask)
+
+
+@pytest.mark.parametrize("kind", FAST_KINDS)
 def test_fast_path_on_a_strided_view_and_a_bad_mask(kind):
     x = np.random.default_rng(9).standard_normal((2, 6, 9, 9)).astype(np.float32)[:, ::2]
     geom = PoolGeometry((3, 3), (2, 2), (1, 1))
