@@ -29,7 +29,8 @@ constexpr std::int64_t rows_product_batch = 64;
 
 #ifdef MINICNN_X86
 // acc (4 x 4 sums of 16 lanes, kept in memory between calls) += a[i][l..] . b[j][l..] for l in
-// [l0, l1); `ahead` (4 rows, or null) are prefetched over the same stretch, for the next call.
+// [l0, l1); `ahead` (n_ahead rows, or null) are prefetched over the same stretch, a line of
+// each per step, for a later call.
 __attribute__((target("avx512f"))) void dot_tile_avx512(const float* const* a,
                                                         const float* const* b, std::int64_t l0,
                                                         std::int64_t l1, float* acc_mem,
@@ -87,9 +88,9 @@ void dot_products(std::int64_t M, std::int64_t N, std::int64_t L, const float* A
 #endif
     constexpr std::int64_t stretch = 256;
     const std::int64_t groups = (M + 3) / 4;
-    // A copied stretch by stretch (Ap[stretch][row][256], zero past L): rows of a batch lie a
-    // multiple of 4 KB apart in x (9216 floats for fc6), so their stretches all fell into the
-    // same few sets of L1 and pushed each other out.
+    // A copied stretch by stretch (Ap[stretch][row][256], zero past L): rows of a batch can lie
+    // a multiple of 4 KB apart in x (9216 floats for fc6), and then their stretches would all
+    // fall on the same few sets of L1 (as B's rows would, below).
     std::vector<float> packed;
     float* Ap = nullptr;
     if (wide) {
@@ -128,7 +129,8 @@ void dot_products(std::int64_t M, std::int64_t N, std::int64_t L, const float* A
                 const std::int64_t l1 = std::min(L, l0 + stretch);
                 // This stretch of the 16 rows copied side by side: in B they lie a multiple of
                 // 4 KB apart, so 16 lines fall on one set of L1 (12 ways).
-                for (int j = 0; j < 4 * tiles; ++j) std::copy_n(b[j] + l0, l1 - l0, Bs + j * stretch);
+                for (int j = 0; j < 4 * tiles; ++j)
+                    std::copy_n(b[j] + l0, l1 - l0, Bs + j * stretch);
                 // The next stretch of the 16 rows is prefetched a row or so per call, spread
                 // over the whole stretch's work (issued all at once, the prefetches stalled).
                 const std::int64_t calls = groups * used, rows = 4 * used;
