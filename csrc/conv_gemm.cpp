@@ -704,58 +704,56 @@ static void filter_gradient_by_positions(const Conv& cv, std::int64_t positions,
 }
 
 // The filter gradient on the padded (phase-split) input of the direct product above: A's
-// rows, the taps, are read in place from xp (tap (c, i, j) at position q is xp[image +
-// Direct::offset(c, i, j) + q]) instead of being gathered 6 taps at a time into panels; dy is
-// dealt into panels on the same positions, with zero rows at the dropped ones (z >= ow), which
-// so add nothing.
+// rows, the taps, are read in place from xp (tap (c, i, j) at output position (y, z) is
+// xp[image + Direct::offset(c, i, j) + y * Ws + z]) instead of being gathered 6 taps at a time
+// into panels, at the kept positions only: the inner index k runs over dy's own positions
+// y * ow + z, and a table gives each one's place y * Ws + z on the padded rows (the positions
+// the forward computes and drops, z >= ow, are skipped here: 7% of CaffeNet's 13x13 and 27x27
+// maps). dy is dealt into panels straight from its rows.
 static void conv_backward_filter_direct(const Conv& cv, const float* dy, const float* x,
                                         float* dw) {
     const std::int64_t nr = gemm::kernel().nr;
     const Direct d(cv, nr);
     const std::int64_t fg = cv.fg(), taps = cv.taps(), P = cv.P();
-    // inner blocks of at most 384 positions that never straddle two images: each image's Q
-    // positions in `blocks` blocks of kc, the few past Q zero rows of dy
-    const std::int64_t blocks = (d.Q + 383) / 384, kc = (d.Q + blocks - 1) / blocks;
-    const std::int64_t Qk = blocks * kc;
+    // inner blocks of at most 384 positions that never straddle two images: each image's P
+    // positions in `blocks` blocks of kc, the few past P zero rows of dy (read at position 0)
+    const std::int64_t blocks = (P + 383) / 384, kc = (P + blocks - 1) / blocks;
+    const std::int64_t Pk = blocks * kc;
     const gemm::Blocking blocking{96, 384, kc};
     std::vector<std::int64_t> offsets;                        // [g][tap]
     for (std::int64_t g = 0; g < cv.G; ++g) {
         const std::vector<std::int64_t> off = d.offsets(cv, g);
         offsets.insert(offsets.end(), off.begin(), off.end());
     }
+    std::vector<std::int64_t> place(Pk, 0);                   // position p -> y * Ws + z
+    for (std::int64_t p = 0; p < P; ++p) place[p] = (p / cv.ow) * d.Ws + p % cv.ow;
     const std::int64_t per = std::max<std::int64_t>(1, direct_chunk / d.image);
     for (std::int64_t n0 = 0; n0 < cv.N; n0 += per) {
         const std::int64_t nb = std::min(per, cv.N - n0);
-        const std::int64_t total = d.floats(cv, nb, nr) + blocks;
+        const std::int64_t total = d.floats(cv, nb, nr);
         float* xp = gemm::scratch(3, total);
         pad_images(cv, d, x, n0, nb, xp, total);
-        // positions u = img * Qk + q of this chunk, in whole blocks
-        filter_gradient_by_positions(cv, nb * Qk, kc, blocking.nc, dw, [&](std::int64_t g,
+        // positions u = img * Pk + p of this chunk, in whole blocks
+        filter_gradient_by_positions(cv, nb * Pk, kc, blocking.nc, dw, [&](std::int64_t g,
                                      std::int64_t u0, std::int64_t nu, float* dwg) {
             const std::int64_t* off = offsets.data() + g * taps;
             gemm::run(
                 taps, fg, nu, blocking,
                 [&](std::int64_t i0, std::int64_t, std::int64_t l0, std::int64_t, float*) {
-                    const std::int64_t u = u0 + l0, img = u / Qk;
-                    return gemm::Panels{xp + img * d.image + u % Qk, 0, 0, off + i0};
+                    const std::int64_t u = u0 + l0, img = u / Pk;
+                    return gemm::Panels{xp + img * d.image, 0, 0, off + i0, place.data() + u % Pk};
                 },
                 [&](std::int64_t j0, std::int64_t n, std::int64_t l0, std::int64_t k_,
                     std::int64_t nr_, float* Bp) {
-                    const std::int64_t u = u0 + l0, img = u / Qk;
-                    const float* dyi = dy + ((n0 + img) * cv.F + g * fg + j0) * P;
-                    for (std::int64_t k = 0; k < k_;) {          // one padded row at a time
-                        const std::int64_t q = u % Qk + k, yy = q / d.Ws, zz = q % d.Ws;
-                        const std::int64_t len = std::min(k_ - k, d.Ws - zz);
-                        const std::int64_t kept =
-                            yy < cv.oh && zz < cv.ow ? std::min(len, cv.ow - zz) : 0;
-                        for (std::int64_t qq = 0; qq * nr_ < n; ++qq) {
-                            float* panel = Bp + (qq * k_ + k) * nr_;
-                            if (kept)
-                                dy_panel(dyi + qq * nr_ * P + yy * cv.ow + zz, P,
-                                         std::min(nr_, n - qq * nr_), kept, nr_, panel);
-                            std::memset(panel + kept * nr_, 0, sizeof(float) * (len - kept) * nr_);
-                        }
-                        k += len;
+                    const std::int64_t u = u0 + l0, img = u / Pk, p0 = u % Pk;
+                    const float* dyi = dy + ((n0 + img) * cv.F + g * fg + j0) * P + p0;
+                    const std::int64_t kept = std::clamp<std::int64_t>(P - p0, 0, k_);
+                    for (std::int64_t qq = 0; qq * nr_ < n; ++qq) {
+                        float* panel = Bp + qq * k_ * nr_;
+                        if (kept)
+                            dy_panel(dyi + qq * nr_ * P, P, std::min(nr_, n - qq * nr_), kept,
+                                     nr_, panel);
+                        std::memset(panel + kept * nr_, 0, sizeof(float) * (k_ - kept) * nr_);
                     }
                 },
                 [&](std::int64_t i0, std::int64_t m, std::int64_t j0, std::int64_t n,

@@ -50,10 +50,11 @@ using MicroKernel = void (*)(std::int64_t kc, const float* a, const float* b, fl
 using MicroKernelRows = void (*)(std::int64_t kc, const float* a, std::int64_t lda,
                                  std::int64_t rows, const float* b, float* c, std::int64_t ldc,
                                  bool accumulate);
-// A's rows at base + off[r] (TapRowsA), B a packed panel.
+// A's rows at base + off[r] (TapRowsA), read at inner indices pos[k] when pos is not null
+// (TapPosA), B a packed panel.
 using MicroKernelTaps = void (*)(std::int64_t kc, const float* base, const std::int64_t* off,
-                                 std::int64_t rows, const float* b, float* c, std::int64_t ldc,
-                                 bool accumulate);
+                                 std::int64_t rows, const std::int64_t* pos, const float* b,
+                                 float* c, std::int64_t ldc, bool accumulate);
 // A in place as above, and B read straight from memory: row k of the B panel is the nr values
 // at base + off[k] (the direct convolution's taps, csrc/conv_gemm.cpp).
 using MicroKernelOffsets = void (*)(std::int64_t kc, const float* a, std::int64_t lda,
@@ -83,6 +84,18 @@ struct TapRowsA {
         for (int r = 0; r < MR; ++r) row[r] = base + off[std::min<std::int64_t>(r, rows - 1)];
     }
     float at(std::int64_t k, int r) const { return row[r][k]; }
+};
+// The same rows read at the inner indices a table gives: a[k][r] = base[off[r] + pos[k]] (the
+// direct filter gradient walks only the positions it keeps, skipping those it would drop).
+struct TapPosA {
+    const float* row[MR];
+    const std::int64_t* pos;
+    TapPosA(const float* base, const std::int64_t* off, std::int64_t rows,
+            const std::int64_t* positions)
+        : pos(positions) {
+        for (int r = 0; r < MR; ++r) row[r] = base + off[std::min<std::int64_t>(r, rows - 1)];
+    }
+    float at(std::int64_t k, int r) const { return row[r][pos[k]]; }
 };
 
 // How a micro-kernel finds b[k][0 .. nr): a packed panel (rows nr apart), or, for the direct
@@ -151,8 +164,11 @@ __attribute__((target("avx512f"))) inline void micro_avx512_rows(
 }
 __attribute__((target("avx512f"))) inline void micro_avx512_taps(
         std::int64_t kc, const float* base, const std::int64_t* off, std::int64_t rows,
-        const float* b, float* c, std::int64_t ldc, bool accumulate) {
-    micro_avx512_t(kc, TapRowsA(base, off, rows), PanelB<32>{b}, c, ldc, accumulate);
+        const std::int64_t* pos, const float* b, float* c, std::int64_t ldc, bool accumulate) {
+    if (pos)
+        micro_avx512_t(kc, TapPosA(base, off, rows, pos), PanelB<32>{b}, c, ldc, accumulate);
+    else
+        micro_avx512_t(kc, TapRowsA(base, off, rows), PanelB<32>{b}, c, ldc, accumulate);
 }
 __attribute__((target("avx512f"))) inline void micro_avx512_offsets(
         std::int64_t kc, const float* a, std::int64_t lda, std::int64_t rows, const float* base,
@@ -211,8 +227,11 @@ __attribute__((target("avx2,fma"))) inline void micro_avx2_rows(
 }
 __attribute__((target("avx2,fma"))) inline void micro_avx2_taps(
         std::int64_t kc, const float* base, const std::int64_t* off, std::int64_t rows,
-        const float* b, float* c, std::int64_t ldc, bool accumulate) {
-    micro_avx2_t(kc, TapRowsA(base, off, rows), PanelB<16>{b}, c, ldc, accumulate);
+        const std::int64_t* pos, const float* b, float* c, std::int64_t ldc, bool accumulate) {
+    if (pos)
+        micro_avx2_t(kc, TapPosA(base, off, rows, pos), PanelB<16>{b}, c, ldc, accumulate);
+    else
+        micro_avx2_t(kc, TapRowsA(base, off, rows), PanelB<16>{b}, c, ldc, accumulate);
 }
 __attribute__((target("avx2,fma"))) inline void micro_avx2_offsets(
         std::int64_t kc, const float* a, std::int64_t lda, std::int64_t rows, const float* base,
@@ -246,9 +265,12 @@ inline void micro_generic_rows(std::int64_t kc, const float* a, std::int64_t lda
     micro_generic_t(kc, RowsA(a, lda, rows), PanelB<16>{b}, c, ldc, accumulate);
 }
 inline void micro_generic_taps(std::int64_t kc, const float* base, const std::int64_t* off,
-                              std::int64_t rows, const float* b, float* c, std::int64_t ldc,
-                              bool accumulate) {
-    micro_generic_t(kc, TapRowsA(base, off, rows), PanelB<16>{b}, c, ldc, accumulate);
+                              std::int64_t rows, const std::int64_t* pos, const float* b,
+                              float* c, std::int64_t ldc, bool accumulate) {
+    if (pos)
+        micro_generic_t(kc, TapPosA(base, off, rows, pos), PanelB<16>{b}, c, ldc, accumulate);
+    else
+        micro_generic_t(kc, TapRowsA(base, off, rows), PanelB<16>{b}, c, ldc, accumulate);
 }
 inline void micro_generic_offsets(std::int64_t kc, const float* a, std::int64_t lda,
                                   std::int64_t rows, const float* base, const std::int64_t* off,
@@ -336,6 +358,7 @@ struct Panels {
     std::int64_t stride;      // floats from one MR-row panel to the next
     std::int64_t lda = 0;     // not 0: A read in place, row-major with this row stride
     const std::int64_t* row_off = nullptr;   // not null: A's rows in place at first + row_off[r]
+    const std::int64_t* pos = nullptr;       // with row_off: read at inner indices pos[k]
 };
 
 // Threads a product will run on: 1 inside another parallel region (OpenMP does not nest, so
@@ -352,7 +375,7 @@ inline int max_threads() {
 inline void tile(const Kernel& K, const Panels& A, std::int64_t p, std::int64_t m,
                  std::int64_t kc, const float* b, float* c, std::int64_t ldc, bool accumulate) {
     if (A.row_off)
-        K.run_taps(kc, A.first, A.row_off + p * MR, std::min(MR, m - p * MR), b, c, ldc,
+        K.run_taps(kc, A.first, A.row_off + p * MR, std::min(MR, m - p * MR), A.pos, b, c, ldc,
                    accumulate);
     else if (A.lda)
         K.run_rows(kc, A.first + p * MR * A.lda, A.lda, std::min(MR, m - p * MR), b, c, ldc,
