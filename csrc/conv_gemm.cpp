@@ -240,7 +240,8 @@ static void for_each_group(const Conv& cv, Body&& body) {
 // tap reads are stored). At stride 1 a row's right border is the next row's left one, so a
 // row is W + pw wide (Direct::width). The positions z >= ow of each row (of Ws = the phase
 // width) are computed and dropped (Ws / ow more products: 2% at 56x56, 7% at 14x14), and each
-// image's positions are rounded up to whole micro tiles.
+// image's positions are rounded up to whole micro tiles; the filter gradient, whose inner
+// dimension the positions are, skips them instead.
 
 // 0: never, 1: where it pays (the default), 2: at every convolution (for the tests)
 static int direct_mode = [] {
