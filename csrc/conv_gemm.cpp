@@ -742,7 +742,8 @@ static void conv_backward_filter_direct(const Conv& cv, const float* dy, const f
                 taps, fg, nu, blocking,
                 [&](std::int64_t i0, std::int64_t, std::int64_t l0, std::int64_t, float*) {
                     const std::int64_t u = u0 + l0, img = u / Pk;
-                    return gemm::Panels{xp + img * d.image, 0, 0, off + i0, place.data() + u % Pk};
+                    return gemm::Panels{xp + img * d.image, 0, 0, off + i0,
+                                        place.data() + u % Pk};
                 },
                 [&](std::int64_t j0, std::int64_t n, std::int64_t l0, std::int64_t k_,
                     std::int64_t nr_, float* Bp) {

@@ -50,8 +50,7 @@ using MicroKernel = void (*)(std::int64_t kc, const float* a, const float* b, fl
 using MicroKernelRows = void (*)(std::int64_t kc, const float* a, std::int64_t lda,
                                  std::int64_t rows, const float* b, float* c, std::int64_t ldc,
                                  bool accumulate);
-// A's rows at base + off[r] (TapRowsA), read at inner indices pos[k] when pos is not null
-// (TapPosA), B a packed panel.
+// A's rows at base + off[r], read at inner indices pos[k] (TapRowsA), B a packed panel.
 using MicroKernelTaps = void (*)(std::int64_t kc, const float* base, const std::int64_t* off,
                                  std::int64_t rows, const std::int64_t* pos, const float* b,
                                  float* c, std::int64_t ldc, bool accumulate);
@@ -76,22 +75,16 @@ struct RowsA {
     float at(std::int64_t k, int r) const { return row[r][k]; }
 };
 
-// MR rows at offsets of their own from one base (rows past ``rows`` repeat the last): the taps
-// of the direct convolution's filter gradient, row r = base + off[r] (csrc/conv_gemm.cpp).
+// MR rows at offsets of their own from one base (rows past ``rows`` repeat the last), read at
+// the inner indices a table gives: a[k][r] = base[off[r] + pos[k]]. The taps of the direct
+// convolution's filter gradient (csrc/conv_gemm.cpp): row r = tap r, pos[k] = where output
+// position k lies on the padded rows, so the positions the forward computes and drops are
+// never visited.
 struct TapRowsA {
     const float* row[MR];
-    TapRowsA(const float* base, const std::int64_t* off, std::int64_t rows) {
-        for (int r = 0; r < MR; ++r) row[r] = base + off[std::min<std::int64_t>(r, rows - 1)];
-    }
-    float at(std::int64_t k, int r) const { return row[r][k]; }
-};
-// The same rows read at the inner indices a table gives: a[k][r] = base[off[r] + pos[k]] (the
-// direct filter gradient walks only the positions it keeps, skipping those it would drop).
-struct TapPosA {
-    const float* row[MR];
     const std::int64_t* pos;
-    TapPosA(const float* base, const std::int64_t* off, std::int64_t rows,
-            const std::int64_t* positions)
+    TapRowsA(const float* base, const std::int64_t* off, std::int64_t rows,
+             const std::int64_t* positions)
         : pos(positions) {
         for (int r = 0; r < MR; ++r) row[r] = base + off[std::min<std::int64_t>(r, rows - 1)];
     }
@@ -165,10 +158,7 @@ __attribute__((target("avx512f"))) inline void micro_avx512_rows(
 __attribute__((target("avx512f"))) inline void micro_avx512_taps(
         std::int64_t kc, const float* base, const std::int64_t* off, std::int64_t rows,
         const std::int64_t* pos, const float* b, float* c, std::int64_t ldc, bool accumulate) {
-    if (pos)
-        micro_avx512_t(kc, TapPosA(base, off, rows, pos), PanelB<32>{b}, c, ldc, accumulate);
-    else
-        micro_avx512_t(kc, TapRowsA(base, off, rows), PanelB<32>{b}, c, ldc, accumulate);
+    micro_avx512_t(kc, TapRowsA(base, off, rows, pos), PanelB<32>{b}, c, ldc, accumulate);
 }
 __attribute__((target("avx512f"))) inline void micro_avx512_offsets(
         std::int64_t kc, const float* a, std::int64_t lda, std::int64_t rows, const float* base,
@@ -228,10 +218,7 @@ __attribute__((target("avx2,fma"))) inline void micro_avx2_rows(
 __attribute__((target("avx2,fma"))) inline void micro_avx2_taps(
         std::int64_t kc, const float* base, const std::int64_t* off, std::int64_t rows,
         const std::int64_t* pos, const float* b, float* c, std::int64_t ldc, bool accumulate) {
-    if (pos)
-        micro_avx2_t(kc, TapPosA(base, off, rows, pos), PanelB<16>{b}, c, ldc, accumulate);
-    else
-        micro_avx2_t(kc, TapRowsA(base, off, rows), PanelB<16>{b}, c, ldc, accumulate);
+    micro_avx2_t(kc, TapRowsA(base, off, rows, pos), PanelB<16>{b}, c, ldc, accumulate);
 }
 __attribute__((target("avx2,fma"))) inline void micro_avx2_offsets(
         std::int64_t kc, const float* a, std::int64_t lda, std::int64_t rows, const float* base,
@@ -267,10 +254,7 @@ inline void micro_generic_rows(std::int64_t kc, const float* a, std::int64_t lda
 inline void micro_generic_taps(std::int64_t kc, const float* base, const std::int64_t* off,
                               std::int64_t rows, const std::int64_t* pos, const float* b,
                               float* c, std::int64_t ldc, bool accumulate) {
-    if (pos)
-        micro_generic_t(kc, TapPosA(base, off, rows, pos), PanelB<16>{b}, c, ldc, accumulate);
-    else
-        micro_generic_t(kc, TapRowsA(base, off, rows), PanelB<16>{b}, c, ldc, accumulate);
+    micro_generic_t(kc, TapRowsA(base, off, rows, pos), PanelB<16>{b}, c, ldc, accumulate);
 }
 inline void micro_generic_offsets(std::int64_t kc, const float* a, std::int64_t lda,
                                   std::int64_t rows, const float* base, const std::int64_t* off,
@@ -357,8 +341,8 @@ struct Panels {
     const float* first;
     std::int64_t stride;      // floats from one MR-row panel to the next
     std::int64_t lda = 0;     // not 0: A read in place, row-major with this row stride
-    const std::int64_t* row_off = nullptr;   // not null: A's rows in place at first + row_off[r]
-    const std::int64_t* pos = nullptr;       // with row_off: read at inner indices pos[k]
+    const std::int64_t* row_off = nullptr;   // not null: A's rows in place at first + row_off[r],
+    const std::int64_t* pos = nullptr;       // read at inner indices pos[k] (TapRowsA)
 };
 
 // Threads a product will run on: 1 inside another parallel region (OpenMP does not nest, so
