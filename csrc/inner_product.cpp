@@ -252,6 +252,10 @@ __attribute__((target("avx512f"))) void rows_block_avx512(const float* at, const
 bool rows_product(std::int64_t M, std::int64_t N, std::int64_t L, const float* a,
                   const float* b, float* c) {
     if (!__builtin_cpu_supports("avx512f") || std::getenv("MINICNN_GEMM_KERNEL")) return false;
+    if (L == 0) {                                      // an empty sum: no row of B to stream
+        std::fill(c, c + M * N, 0.0f);
+        return true;
+    }
     constexpr std::int64_t width = 48, chunk = 128;    // chunk: 128 rows x 192 B of B stay in L1
     const std::int64_t blocks = (M + 7) / 8;           // while each 8-row block of A passes
     std::vector<float> packed(blocks * L * 8 + 16);

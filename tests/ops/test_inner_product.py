@@ -131,6 +131,7 @@ def test_fast_paths_match_the_reference(kind, case):
 EDGE_CASES = [  # (batch M, inputs K, outputs N)
     (1, 1, 1), (1, 9, 17), (5, 300, 33), (8, 48, 16), (9, 49, 50), (16, 257, 129),
     (16, 600, 64), (17, 30, 300), (3, 97, 255), (64, 100, 130), (65, 100, 130), (16, 512, 4),
+    (3, 0, 5),                                               # no inputs: y is the bias alone
 ]
 
 
