@@ -247,8 +247,9 @@ def _signal_effects(solver, sigint_effect, sighup_effect):
             if effect == "stop" and solver.requested_early_exit or \
                     solver.requested_action == "stop":
                 raise KeyboardInterrupt
-            solver.log(f"{name} received: will {effect} after this iteration"
-                       + (" (press Ctrl-C again to quit at once)" if effect == "stop" else ""))
+            solver.log_from_signal(
+                f"{name} received: will {effect} after this iteration"
+                + (" (press Ctrl-C again to quit at once)" if effect == "stop" else ""))
             solver.requested_action = effect
         return handle
     previous = {}

@@ -337,8 +337,8 @@ class _Requests:
     def requested_early_exit(self):
         return self._parallel.solver.requested_early_exit
 
-    def log(self, message):
-        self._parallel.solver.log(message)
+    def log_from_signal(self, message):
+        self._parallel.solver.log_from_signal(message)
 
 
 class DataParallel:
@@ -576,7 +576,7 @@ class DataParallel:
         if self.pending_action != "stop":
             self.pending_action = action
         if self.rank == 0:
-            self.solver.log(f"{name} received: will {action} after this iteration")
+            self.solver.log_from_signal(f"{name} received: will {action} after this iteration")
 
 
 # --- `minicnn train` under mpirun / srun ---------------------------------------------------------

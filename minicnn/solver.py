@@ -153,6 +153,7 @@ class Solver:
         self.param = param = upgrade_solver(solver.copy())
         self.source_dir = os.path.dirname(os.path.abspath(source)) if source else None
         self._log = log
+        self._signal_messages = []           # what signal handlers had to say (log_from_signal)
         self.on_iteration, self.on_test = [], []       # callbacks (see _notify_*)
         if param.type != self.type and type(self) is not Solver:
             self.log(f"note: the solver file says type '{param.type}', running {self.type}")
@@ -177,6 +178,21 @@ class Solver:
 
     # --- logging --------------------------------------------------------------------------------
     def log(self, message):
+        self.log_signal_messages()
+        self._write_log(message)
+
+    def log_from_signal(self, message):
+        """Log ``message`` from a signal handler: it is only queued here, and written by the
+        next log() or at the end of the iteration. (Written from the handler itself, it could
+        land in the middle of a write to the same log file, which Python refuses with
+        "reentrant call inside BufferedWriter".)"""
+        self._signal_messages.append(message)
+
+    def log_signal_messages(self):
+        while self._signal_messages:
+            self._write_log(self._signal_messages.pop(0))
+
+    def _write_log(self, message):
         if self._log is not None:
             self._log(message)
         elif log.hasHandlers():
@@ -287,6 +303,7 @@ class Solver:
             self.iter += 1
             for callback in self.on_iteration:
                 callback(self, loss, rate)
+            self.log_signal_messages()
             action, self.requested_action = self.requested_action, None
             if (p.snapshot and self.iter % p.snapshot == 0) or action == "snapshot":
                 self.snapshot()
@@ -367,6 +384,7 @@ class Solver:
         sums, loss = {}, 0.0
         n_iter = self.param.test_iter[index]
         for _ in range(n_iter):
+            self.log_signal_messages()
             action, self.requested_action = self.requested_action, None
             if action == "snapshot":
                 self.snapshot()

@@ -375,3 +375,29 @@ def test_a_nan_loss_stops_training_naming_the_iteration_and_layer(tmp_path):
     net = minicnn.Net(parse_text(LINEAR), dtype=np.float64)
     net.copy_from(tmp_path / f"lin_iter_{last}.caffemodel")
     assert np.all(np.isfinite(net.params["fc"][0].data))
+
+
+def test_messages_from_signal_handlers_wait_for_the_main_flow():
+    """A handler's message is queued, not written from inside whatever the main flow was
+    writing (a signal during a write to the log file made Python raise "reentrant call"); the
+    next log line or the end of the iteration writes it."""
+    lines = []
+
+    def write(message):
+        lines.append(message)
+        if message == "first":
+            solver.log_from_signal("from a handler")       # a signal arriving mid-write
+            assert lines == ["first"]
+
+    param = caffe_pb2.SolverParameter(net_param=parse_text(LINEAR), base_lr=0.1,
+                                      lr_policy="fixed", max_iter=10, display=0,
+                                      snapshot_after_train=False)
+    solver = minicnn.get_solver(param, dtype=np.float64, log=write)
+    lines.clear()
+    solver.log("first")
+    assert lines == ["first"]
+    solver.log("second")
+    assert lines == ["first", "from a handler", "second"]
+    solver.log_from_signal("during a step")
+    solver.step(1)
+    assert lines[-1] == "during a step"
