@@ -71,9 +71,8 @@ static void max_forward(const T* x, T* y, std::int64_t* mask, std::int64_t plane
                     }
                 for (int u = 0; u < B; ++u) out[oz0 + u] = best[u], arg[oz0 + u] = where[u];
             }
-            for (std::int64_t oz = 0; oz < g.ow; ++oz) {    // the others, one by one
-                if (oz == lo) oz = end;
-                if (oz >= g.ow) break;
+            // the windows clipped at the sides, and those left over from the groups of four
+            auto one = [&](std::int64_t oz) {
                 const std::int64_t w0 = std::max<std::int64_t>(oz * g.sw - g.pw, 0);
                 const std::int64_t w1 = std::min(oz * g.sw - g.pw + g.kw, g.W);
                 T best = T(-FLT_MAX);
@@ -86,7 +85,9 @@ static void max_forward(const T* x, T* y, std::int64_t* mask, std::int64_t plane
                         }
                 out[oz] = best;
                 arg[oz] = where;
-            }
+            };
+            for (std::int64_t oz = 0; oz < lo; ++oz) one(oz);
+            for (std::int64_t oz = end; oz < g.ow; ++oz) one(oz);
         }
     }
 }
