@@ -241,9 +241,11 @@ static void for_each_group(const Conv& cv, Body&& body) {
 // row is W + pw wide (Direct::width). The positions z >= ow of each row (of Ws = the phase
 // width) are computed and dropped (Ws / ow more products: 2% at 56x56, 7% at 14x14), and each
 // image's positions are rounded up to whole micro tiles; the filter gradient, whose inner
-// dimension the positions are, skips them instead.
+// dimension the positions are, skips them instead, and so does the forward's other direct
+// product (direct_product_kept), which makes the positions the tile's rows, where it pays.
 
-// 0: never, 1: where it pays (the default), 2: at every convolution (for the tests)
+// 0: never, 1: where it pays (the default), 2: at every convolution, 3: the same with the kept
+// positions' product in every forward (2 and 3 for the tests)
 static int direct_mode = [] {
     const char* v = std::getenv("MINICNN_CONV_DIRECT");
     return v ? std::atoi(v) : 1;
@@ -306,7 +308,7 @@ enum class Pass { forward, filter };
 // Not so small a map that the dropped positions outweigh the packing saved.
 static bool use_direct(const Conv& cv, Pass pass = Pass::forward) {
     if (direct_mode == 0) return false;
-    if (direct_mode == 2) return true;
+    if (direct_mode >= 2) return true;
     if (pointwise(cv)) {
         // 1x1 at stride 1: the input read in place (forward) or copied once (filter gradient)
         // instead of packed. Forward: 1.35-1.42x at 56x56, 1.0x at 28x28, 0.6-0.8x at 7x7 (31%
@@ -462,6 +464,111 @@ static void direct_product(const Conv& cv, const Direct& d, const float* xp, std
     });
 }
 
+// The direct product turned around: the output positions are the tile's rows, each read in
+// place at its own place on the padded rows (TapRowsA: row r at xp + at[u], tap k at off[k]),
+// and the filters its columns (the weights packed once, transposed, into nr-filter panels).
+// Then only the kept positions are computed: none of the z >= ow columns, no image rounded
+// up to whole tiles (a tile may span two images): 169 positions of a 13x13 map instead of
+// 192. The finished tile is positions x filters, and goes to y transposed.
+static void direct_product_kept(const Conv& cv, const Direct& d, const float* xp, std::int64_t n0,
+                                std::int64_t nb, const float* w, const float* b, float* y) {
+    const gemm::Kernel& K = gemm::kernel();
+    const std::int64_t nr = K.nr, MR = gemm::MR;
+    const std::int64_t fg = cv.fg(), taps = cv.taps(), P = cv.P(), U = nb * P;
+    const std::int64_t panels = (fg + nr - 1) / nr, ldc = panels * nr;
+    const std::int64_t blocks = (taps + 255) / 256, kc = (taps + blocks - 1) / blocks;
+    // at[u]: where position u = img * P + y * ow + z of the chunk reads its tap 0
+    thread_local std::vector<std::int64_t> at;
+    at.resize(U);
+    for (std::int64_t u = 0; u < U; ++u) {
+        const std::int64_t p = u % P;
+        at[u] = (u / P) * d.image + (p / cv.ow) * d.Ws + p % cv.ow;
+    }
+    thread_local std::vector<std::int64_t> offsets;          // [g][tap]
+    offsets.clear();
+    for (std::int64_t g = 0; g < cv.G; ++g) {
+        const std::vector<std::int64_t> off = d.offsets(cv, g);
+        offsets.insert(offsets.end(), off.begin(), off.end());
+    }
+    // Wp[g][inner block from l0][q][k][t] = w[g * fg + q * nr + t][l0 + k], 0 past fg
+    thread_local std::vector<float> packed;
+    packed.resize(cv.G * taps * ldc);
+    float* const Wp = packed.data();
+    const std::int64_t* const place = at.data();           // (thread_local: the caller's)
+    const std::int64_t* const tap_offsets = offsets.data();
+#pragma omp parallel for collapse(2) schedule(static) if (cv.G * taps * ldc > PARALLEL_WORK)
+    for (std::int64_t g = 0; g < cv.G; ++g)
+        for (std::int64_t q = 0; q < panels; ++q)
+            for (std::int64_t l0 = 0; l0 < taps; l0 += kc) {
+                const std::int64_t k = std::min(kc, taps - l0);
+                float* dst = Wp + (g * taps + l0) * ldc + q * k * nr;
+                for (std::int64_t kk = 0; kk < k; ++kk)
+                    for (std::int64_t t = 0; t < nr; ++t) {
+                        const std::int64_t f = q * nr + t;
+                        dst[kk * nr + t] = f < fg ? w[((g * fg + f) * taps) + l0 + kk] : 0.0f;
+                    }
+            }
+    // tasks: (group, stretch of positions, range of filter panels); stretches of whole tiles
+    // whose C (positions x ldc) stays near 256 KB, and filter ranges only when there are too
+    // few stretches to keep every thread busy
+    const std::int64_t threads = max_threads();
+    const std::int64_t tiles = (U + MR - 1) / MR;
+    std::int64_t per = std::max<std::int64_t>(1, (65536 / ldc) / MR);      // tiles a stretch
+    std::int64_t stretches = (tiles + per - 1) / per;
+    if (threads > 1 && cv.G * stretches < 8 * threads && (cv.G * stretches) % threads) {
+        stretches = std::min(tiles, (cv.G * stretches + threads - 1) / threads * threads / cv.G);
+        stretches = std::max<std::int64_t>(1, stretches);
+        per = (tiles + stretches - 1) / stretches;
+        stretches = (tiles + per - 1) / per;
+    }
+    const std::int64_t franges = std::min<std::int64_t>(
+        panels, std::max<std::int64_t>(1, (threads + cv.G * stretches - 1) / (cv.G * stretches)));
+    const std::int64_t per_range = (panels + franges - 1) / franges;
+    const std::int64_t tasks = cv.G * stretches * franges;
+#pragma omp parallel for schedule(dynamic) if (fg * U * taps > (1 << 13))
+    for (std::int64_t task = 0; task < tasks; ++task) {
+        const std::int64_t g = task / (stretches * franges);
+        const std::int64_t s = task / franges % stretches, fr = task % franges;
+        const std::int64_t u0 = s * per * MR, u1 = std::min(U, u0 + per * MR);
+        const std::int64_t q0 = fr * per_range, q1 = std::min(panels, q0 + per_range);
+        if (u0 >= u1 || q0 >= q1) continue;
+        float* C = gemm::scratch(2, per * MR * ldc);
+        const std::int64_t* off = tap_offsets + g * taps;
+        for (std::int64_t l0 = 0; l0 < taps; l0 += kc) {
+            const std::int64_t k = std::min(kc, taps - l0);
+            const float* Wk = Wp + (g * taps + l0) * ldc;
+            for (std::int64_t q = q0; q < q1; ++q)
+                for (std::int64_t u = u0; u < u1; u += MR)
+                    K.run_taps(k, xp, place + u, std::min(MR, u1 - u), off + l0,
+                               Wk + q * k * nr, C + (u - u0) * ldc + q * nr, ldc, l0 > 0);
+        }
+        // store: y[n0 + img][filter][p] = C[u][f], an image's stretch at a time
+        const std::int64_t f0 = q0 * nr, f1 = std::min(fg, q1 * nr);
+        for (std::int64_t u = u0; u < u1;) {
+            const std::int64_t img = u / P, p = u % P, len = std::min(u1 - u, P - p);
+            for (std::int64_t f = f0; f < f1; ++f) {
+                const float bias = b ? b[g * fg + f] : 0.0f;
+                const float* src = C + (u - u0) * ldc + f;
+                float* dst = y + ((n0 + img) * cv.F + g * fg + f) * P + p;
+                for (std::int64_t t = 0; t < len; ++t) dst[t] = src[t * ldc] + bias;
+            }
+            u += len;
+        }
+    }
+}
+
+// The kept positions' product where it measured faster (2 cores, AMD EPYC, AVX-512): with
+// positions to spare for the weights' packing, a full last panel of filters, and 5% or more
+// of the positions dropped by the other. CaffeNet conv2 (forward) to conv5 and its 3x3 ASPP
+// at 33x33: 5-9% faster; a ResNet 3x3 at 28x28 (6% dropped) 2%; not at a stride (conv1
+// 10% slower), 48 filters a group (conv2's input gradient: 20% slower), 7x7 maps or one image
+// (0.6-0.7 ms -> 0.8 ms: the packing).
+static bool use_kept(const Conv& cv, const Direct& d) {
+    const std::int64_t nr = gemm::kernel().nr;
+    return cv.sh == 1 && cv.sw == 1 && cv.fg() % nr == 0 && cv.N * cv.P() >= 2048 &&
+           d.Qp * 100 >= cv.P() * 105;
+}
+
 // The forward through the direct product, a chunk of images at a time (the padded copy of a
 // chunk stays under direct_chunk floats, 16M).
 static void conv_forward_direct(const Conv& cv, const float* x, const float* w, const float* b,
@@ -478,7 +585,10 @@ static void conv_forward_direct(const Conv& cv, const float* x, const float* w, 
         const std::int64_t total = d.floats(cv, nb, nr);
         float* padded = gemm::scratch(3, total);          // this thread's; the others read it
         pad_images(cv, d, x, n0, nb, padded, total);
-        direct_product(cv, d, padded, n0, nb, w, b, y);
+        if (direct_mode == 3 || (direct_mode == 1 && use_kept(cv, d)))
+            direct_product_kept(cv, d, padded, n0, nb, w, b, y);
+        else
+            direct_product(cv, d, padded, n0, nb, w, b, y);
     }
 }
 
@@ -918,13 +1028,14 @@ REGISTER_NATIVE(m) {
        "measured GFLOP/s of float32 AVX-512 multiply-adds on every thread (0 without AVX-512): "
        "the machine's peak, for the benchmark's 'of peak' column");
     m.def("set_conv_direct", [](int mode) {
-        require(mode >= 0 && mode <= 2, "set_conv_direct: mode 0, 1 or 2");
+        require(mode >= 0 && mode <= 3, "set_conv_direct: mode 0, 1, 2 or 3");
         const int was = direct_mode;
         direct_mode = mode;
         return was;
     }, "the direct convolution (no packing): 0 never, 1 where it pays (default), 2 at every "
-       "convolution; MINICNN_CONV_DIRECT sets it too. Returns the previous mode (the tests run "
-       "every path)");
+       "convolution, 3 at every convolution and with its kept positions' product wherever a "
+       "forward (or an input gradient) takes the direct one; MINICNN_CONV_DIRECT sets it too. "
+       "Returns the previous mode (the tests run every path)");
     m.def("set_conv_direct_chunk", [](std::int64_t floats) {
         require(floats >= 1, "set_conv_direct_chunk: floats >= 1");
         const std::int64_t was = direct_chunk;

@@ -79,7 +79,8 @@ struct RowsA {
 // the inner indices a table gives: a[k][r] = base[off[r] + pos[k]]. The taps of the direct
 // convolution's filter gradient (csrc/conv_gemm.cpp): row r = tap r, pos[k] = where output
 // position k lies on the padded rows, so the positions the forward computes and drops are
-// never visited.
+// never visited; and the other way round in its kept positions' forward: row r = an output
+// position, pos[k] = tap k's offset.
 struct TapRowsA {
     const float* row[MR];
     const std::int64_t* pos;

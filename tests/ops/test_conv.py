@@ -412,6 +412,10 @@ DIRECT_PINNED = {
     "direct_pad_past_kernel": make_case(1, 2, (5, 5), 3, 3, pad=3),
     # rows of 40 positions: the filter gradient's inner blocks split padded rows
     "direct_long_rows": make_case(2, 6, (21, 40), 9, 3, pad=1),
+    # the kept positions' product: two stretches of positions (tiles across images), and one
+    # image whose three panels of filters (the last one short) are split between threads
+    "kept_stretches": make_case(4, 8, (20, 20), 64, 3, pad=1),
+    "kept_filter_ranges": make_case(1, 6, (4, 5), 70, 3, pad=1),
 }
 
 
@@ -429,7 +433,7 @@ def conv_direct(mode, chunk=None):
             lib.set_conv_direct_chunk(previous_chunk)
 
 
-direct_modes = pytest.mark.parametrize("mode", [2, 0], ids=["direct", "packed"])
+direct_modes = pytest.mark.parametrize("mode", [2, 3, 0], ids=["direct", "kept", "packed"])
 
 
 @fast
@@ -461,8 +465,8 @@ def test_direct_product_in_chunks_of_images(kind, mode):
 @fast
 def test_direct_mode_is_checked(kind):
     from minicnn.native import lib
-    with pytest.raises(ValueError, match="mode 0, 1 or 2"):
-        lib.set_conv_direct(3)
+    with pytest.raises(ValueError, match="mode 0, 1, 2 or 3"):
+        lib.set_conv_direct(4)
 
 
 @fast
