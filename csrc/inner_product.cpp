@@ -305,6 +305,156 @@ bool rows_product(std::int64_t, std::int64_t, std::int64_t, const float*, const 
 }
 #endif
 
+// --- W's gradient and the solver's SGD step, in one pass over W --------------------------------
+//
+// A training step of CaffeNet moves fc6's and fc7's weights (218 MB, 89% of its parameters)
+// through memory again and again: the diff is cleared, the filter gradient reads and writes it,
+// and the solver's update reads it, W and the momentum history V, and writes all three. When the
+// solver hands the step to the layer (minicnn/solver.py, Solver._layer_steps: plain SGD or
+// Nesterov, one iteration a step, no clipping), one pass over W, V and the diff D does it: each
+// tile's gradient is summed in registers and never stored, then W and V are updated and the
+// step goes to D (Caffe leaves it there), by streaming stores (D is not read: nothing to bring
+// into the cache, and the solver skips the clear). Every value is rounded as the separate passes
+// round it: the gradient summed over the batch in order from 0 (the rank update's order), the
+// step in solver.cpp's order, each product and sum rounded on its own.
+
+struct MomentumRule {
+    float lr, momentum, decay;
+    int regularization;       // 0 none, 1 L2, 2 L1 (solver.cpp's numbering)
+    bool nesterov;
+};
+
+#ifdef MINICNN_X86
+// Rows r < R of W from row l, the 96 columns at j0 (masked): their gradient, g[r] = the sum
+// over the batch b of dY[b][l + r] X[b][j0..] (xq: those 96 columns of X packed [b][96]), then
+// the step. (Two rows of 96: 12 running sums hide the multiply-adds' latency; more rows, more
+// streams from memory, measured slower.)
+template <int R>
+__attribute__((target("avx512f"))) void gradient_step_tile_avx512(
+        const float* at, std::int64_t L, std::int64_t M, const float* xq, std::int64_t K,
+        std::int64_t l, std::int64_t j0, const __mmask16* mask, float* w, float* v, float* d,
+        const MomentumRule& rule) {
+    // explicit rounding: the compiler may not fuse these products and sums into one FMA
+    constexpr int nearest = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    constexpr std::int64_t ahead = 256;        // floats: how far on W and V are prefetched
+    constexpr int V = 6;                       // vectors a row
+    __m512 g[R][V];
+    for (int r = 0; r < R; ++r)
+        for (int t = 0; t < V; ++t) g[r][t] = _mm512_setzero_ps();
+    for (std::int64_t b = 0; b < M; ++b) {
+        __m512 xv[V];
+        for (int t = 0; t < V; ++t) xv[t] = _mm512_load_ps(xq + b * 16 * V + 16 * t);
+        const float* s = at + ((b >> 3) * L + l) * 8 + (b & 7);      // dY[b][l + r] = s[8 r]
+        for (int r = 0; r < R; ++r) {
+            const __m512 y = _mm512_set1_ps(s[8 * r]);
+            for (int t = 0; t < V; ++t) g[r][t] = _mm512_fmadd_ps(y, xv[t], g[r][t]);
+        }
+    }
+    const __m512 lr = _mm512_set1_ps(rule.lr), momentum = _mm512_set1_ps(rule.momentum);
+    const __m512 decay = _mm512_set1_ps(rule.decay);
+    const __m512 one_plus = _mm512_set1_ps(1.0f + rule.momentum);
+    const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f);
+    const __m512 minus_one = _mm512_set1_ps(-1.0f);
+    for (int r = 0; r < R; ++r) {
+        const std::int64_t row = (l + r) * K + j0;
+        for (int t = 0; t < V; ++t) {          // (a prefetch past the end does not fault)
+            _mm_prefetch(reinterpret_cast<const char*>(w + row + ahead + 16 * t), _MM_HINT_T0);
+            _mm_prefetch(reinterpret_cast<const char*>(v + row + ahead + 16 * t), _MM_HINT_T0);
+        }
+        for (int t = 0; t < V; ++t) {
+            float* wp = w + row + 16 * t;
+            float* vp = v + row + 16 * t;
+            float* dp = d + row + 16 * t;
+            const __m512 data = _mm512_maskz_loadu_ps(mask[t], wp);
+            const __m512 old = _mm512_maskz_loadu_ps(mask[t], vp);
+            __m512 grad = g[r][t];
+            if (rule.regularization == 1) {
+                grad = _mm512_add_round_ps(grad, _mm512_mul_round_ps(decay, data, nearest),
+                                           nearest);
+            } else if (rule.regularization == 2) {        // sign(data): NaN and zeros kept
+                __m512 sign = _mm512_mask_mov_ps(
+                    data, _mm512_cmp_ps_mask(data, zero, _CMP_GT_OQ), one);
+                sign = _mm512_mask_mov_ps(sign, _mm512_cmp_ps_mask(data, zero, _CMP_LT_OQ),
+                                          minus_one);
+                grad = _mm512_add_round_ps(grad, _mm512_mul_round_ps(decay, sign, nearest),
+                                           nearest);
+            }
+            const __m512 kept = _mm512_mul_round_ps(momentum, old, nearest);
+            const __m512 fresh = _mm512_add_round_ps(kept, _mm512_mul_round_ps(lr, grad, nearest),
+                                                     nearest);
+            const __m512 step = rule.nesterov
+                ? _mm512_sub_round_ps(_mm512_mul_round_ps(one_plus, fresh, nearest), kept,
+                                      nearest)
+                : fresh;
+            _mm512_mask_storeu_ps(vp, mask[t], fresh);
+            _mm512_mask_storeu_ps(wp, mask[t], _mm512_sub_round_ps(data, step, nearest));
+            if (mask[t] == 0xFFFF && (reinterpret_cast<std::uintptr_t>(dp) & 63) == 0)
+                _mm512_stream_ps(dp, step);
+            else
+                _mm512_mask_storeu_ps(dp, mask[t], step);
+        }
+    }
+}
+
+// W (N x K) <- its SGD step for the gradient dY^T X, V (N x K) <- the new momentum, D (N x K)
+// <- the step, for a batch of M <= rows_product_batch; false where there is no AVX-512 (the
+// caller takes the passes one by one). Threads take pairs of W's rows and sweep them in order:
+// W, V and D stream from memory in long runs.
+bool gradient_step(std::int64_t M, std::int64_t N, std::int64_t K, const float* dy,
+                   const float* x, float* w, float* v, float* d, const MomentumRule& rule) {
+    if (!__builtin_cpu_supports("avx512f") || std::getenv("MINICNN_GEMM_KERNEL")) return false;
+    constexpr std::int64_t width = 96;
+    const std::int64_t blocks = (M + 7) / 8, column_blocks = (K + width - 1) / width;
+    // at[block][l][8] = dY[8 block + i][l] (a row's 8 broadcasts from one line); xp[q][b][96] =
+    // X[b][96 q + t], 0 past K (CaffeNet's rows of X are 4 KB multiples apart: read in place, a
+    // block's 16 rows would share one L1 set)
+    std::vector<float> packed(blocks * N * 8 + column_blocks * M * width + 32);
+    float* at = reinterpret_cast<float*>(
+        (reinterpret_cast<std::uintptr_t>(packed.data()) + 63) & ~std::uintptr_t(63));
+    float* xp = at + (blocks * N * 8 + 15) / 16 * 16;
+    for (std::int64_t k = 0; k < blocks; ++k)
+        for (std::int64_t l = 0; l < N; ++l)
+            for (std::int64_t i = 0; i < 8; ++i) {
+                const std::int64_t row = k * 8 + i;
+                at[(k * N + l) * 8 + i] = row < M ? dy[row * N + l] : 0.0f;
+            }
+    for (std::int64_t q = 0; q < column_blocks; ++q)
+        for (std::int64_t b = 0; b < M; ++b)
+            for (std::int64_t t = 0; t < width; ++t) {
+                const std::int64_t j = q * width + t;
+                xp[(q * M + b) * width + t] = j < K ? x[b * K + j] : 0.0f;
+            }
+    const std::int64_t pairs = (N + 1) / 2;
+#pragma omp parallel if (M * N * K > PARALLEL_WORK)
+    {
+#pragma omp for schedule(static)
+        for (std::int64_t pair = 0; pair < pairs; ++pair) {
+            const std::int64_t l = 2 * pair;
+            for (std::int64_t q = 0; q < column_blocks; ++q) {
+                const std::int64_t j0 = q * width, cols = std::min(width, K - j0);
+                __mmask16 mask[6];
+                for (int t = 0; t < 6; ++t) {
+                    const std::int64_t n = std::clamp<std::int64_t>(cols - t * 16, 0, 16);
+                    mask[t] = static_cast<__mmask16>((1u << n) - 1);
+                }
+                const float* xq = xp + q * M * width;
+                if (l + 1 < N)
+                    gradient_step_tile_avx512<2>(at, N, M, xq, K, l, j0, mask, w, v, d, rule);
+                else
+                    gradient_step_tile_avx512<1>(at, N, M, xq, K, l, j0, mask, w, v, d, rule);
+            }
+        }
+        _mm_sfence();                          // the streamed stores, before anyone reads D
+    }
+    return true;
+}
+#else
+bool gradient_step(std::int64_t, std::int64_t, std::int64_t, const float*, const float*, float*,
+                   float*, float*, const MomentumRule&) {
+    return false;
+}
+#endif
+
 // B panels from a row-major (rows x cols) matrix b, or from its transpose (b is (cols x rows)):
 // Bp[q][k][t] = B[l0 + k][j0 + q*nr + t]. Read in b's own order (row by row, or for the
 // transpose column by column), so a weight matrix streams from memory: walking it panel by
@@ -464,6 +614,36 @@ REGISTER_NATIVE(m) {
         else if (!rows_product(M, K, N, g, ws, out))
             product(M, K, N, g, N, false, ws, K, false, out, false);
     }, "dx <- dy w (dy w^T when transpose), float32");
+    m.def("ip_backward_step", [](const py::array& dy, const py::array& x, py::array& w,
+                                 py::array& history, py::array& diff, py::object dx, double lr,
+                                 double momentum, double decay, int regularization,
+                                 bool nesterov) {
+        require(dy.ndim() == 2 && x.ndim() == 2 && w.ndim() == 2, "ip_backward_step: 2-D arrays");
+        const std::int64_t M = dy.shape(0), N = dy.shape(1), K = x.shape(1);
+        require(x.shape(0) == M && w.shape(0) == N && w.shape(1) == K &&
+                    history.size() == N * K && diff.size() == N * K,
+                "ip_backward_step: shapes do not match");
+        require(regularization >= 0 && regularization <= 2,
+                "ip_backward_step: regularization is 0 (none), 1 (L2) or 2 (L1)");
+        const float* g = in_ptr<float>(dy, "dy");
+        const float* xs = in_ptr<float>(x, "x");
+        float* ws = out_ptr<float>(w, "w");
+        float* vs = out_ptr<float>(history, "history");
+        float* ds = out_ptr<float>(diff, "diff");
+        float* dxs = opt_out_ptr<float>(dx, "dx");
+        if (dxs) require(dx.cast<py::array>().size() == M * K, "ip_backward_step: dx size");
+        const MomentumRule rule{static_cast<float>(lr), static_cast<float>(momentum),
+                                static_cast<float>(decay), regularization, nesterov};
+        py::gil_scoped_release release;
+        if (M > rows_product_batch || !__builtin_cpu_supports("avx512f") ||
+            std::getenv("MINICNN_GEMM_KERNEL"))
+            return false;
+        if (dxs && !rows_product(M, K, N, g, ws, dxs)) return false;     // from the old W
+        return gradient_step(M, N, K, g, xs, ws, vs, ds, rule);
+    }, "dx <- dy w (when dx is not None), then w's gradient dy^T x and the solver's SGD step "
+       "(nesterov: Nesterov's) with it, in one pass over w, history and diff: history <- the new "
+       "momentum, diff <- the step, w -= the step. False, with nothing written, where this "
+       "machine has no such pass (no AVX-512, or a batch over 64): take the passes one by one");
     m.def("ip_backward_filter", [](const py::array& dy, const py::array& x, py::array& dw,
                                    bool transpose) {
         require(dy.ndim() == 2 && x.ndim() == 2 && dw.ndim() == 2, "ip_backward_filter: 2-D");

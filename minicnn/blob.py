@@ -33,6 +33,15 @@ def _physical_memory():
 MAX_BLOB_BYTES = int(os.environ.get("MINICNN_MAX_BLOB_BYTES", 0)) or _physical_memory()
 
 
+def _zeros_on_a_line(shape, dtype, line=64):
+    """np.zeros(shape, dtype) starting on a cache-line boundary: the native kernels write a
+    parameter's diff with streaming stores (csrc/inner_product.cpp), which need one."""
+    count = math.prod(shape)
+    buffer = np.zeros(count + line // dtype.itemsize, dtype)
+    start = (-buffer.ctypes.data % line) // dtype.itemsize
+    return buffer[start:start + count].reshape(shape)
+
+
 class Blob:
     __slots__ = ("_data", "_diff", "_shape", "_count", "dtype", "device")
 
@@ -120,7 +129,8 @@ class Blob:
     @property
     def diff(self):
         if self._diff is None:            # inference never touches diffs: allocate lazily
-            self._diff = cuda.zeros(self._shape, self.dtype, self.device)
+            self._diff = _zeros_on_a_line(self._shape, self.dtype) if self.device is None \
+                else cuda.zeros(self._shape, self.dtype, self.device)
         return self._diff
 
     @diff.setter

@@ -74,6 +74,11 @@ class Layer:
     # False when the Net will never run this layer's backward (inference): forward may then
     # skip copies it keeps only for backward. Standalone layers always keep them.
     backward_needed = True
+    # Parameter blobs whose solver step this layer's backward can take in the same pass as
+    # their gradient (minicnn.solver.ParamStep): the solver puts them in self.param_steps
+    # ({blob index: step}, assigned whole) for one backward at a time. InnerProduct's weights.
+    steppable_params = ()
+    param_steps = {}
     # True for layers that compute with NumPy only: a Net on the GPU runs them on host copies
     # of their blobs (data sources and Python layers do so, see minicnn.net.runs_on_host).
     host_only = False

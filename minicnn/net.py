@@ -656,9 +656,13 @@ class Net:
             if down:
                 blob.diff = host.diff
 
-    def clear_param_diffs(self):
+    def clear_param_diffs(self, skip=()):
+        """Zero every parameter's diff; ``skip``: indices into learnable_params to leave (their
+        diffs will be written whole: Solver._layer_steps)."""
         native = []                 # host arrays, zeroed together on both cores (CaffeNet:
-        for blob in self.learnable_params:                  # 244 MB of diffs every step)
+        for param_id, blob in enumerate(self.learnable_params):   # 244 MB of diffs a step)
+            if param_id in skip:
+                continue
             d = blob.diff
             if lib is not None and type(d) is np.ndarray and d.flags.c_contiguous \
                     and d.flags.writeable:
@@ -667,6 +671,21 @@ class Net:
                 d[...] = 0
         if native:
             lib.zero_fill(native)
+
+    def steppable_params(self):
+        """(layer, k, param_id) for each parameter blob k a layer can take the solver's step of
+        in its backward (Layer.steppable_params) and no other layer shares."""
+        owners = {}
+        found = []
+        i = 0
+        for layer in self.layers:
+            for k in range(len(layer.blobs)):
+                param_id = self._param_owner[i]
+                owners[param_id] = owners.get(param_id, 0) + 1
+                if k in layer.steppable_params:
+                    found.append((layer, k, param_id))
+                i += 1
+        return [(layer, k, param_id) for layer, k, param_id in found if owners[param_id] == 1]
 
     def update(self, skip=()):
         """data -= diff for every learnable parameter (Caffe's Net::Update); the solver has

@@ -24,7 +24,7 @@ import numpy as np
 
 from minicnn.errors import MinicnnError
 from minicnn.native import lib
-from minicnn.solver import Solver, register_solver
+from minicnn.solver import ParamStep, Solver, register_solver
 
 # --- the solver types ----------------------------------------------------------------------------
 
@@ -34,8 +34,9 @@ class _Rule(Solver):
         t = blob.dtype.type
         return blob.diff, t(rate * self.net.params_lr[param_id]), t
 
-    def _momentum_update(self, param_id, rate, nesterov):
-        """The fast CPU path (csrc/solver.cpp) of SGD and Nesterov, when it applies."""
+    def _momentum_args(self, param_id, rate):
+        """(lr, momentum, decay, regularization, scale) as csrc/solver.cpp's momentum_update
+        takes them, or None where that fast path does not apply."""
         blob = self.net.learnable_params[param_id]
         history = self.history[param_id]
         regularization = {"L2": 1, "L1": 2}.get(self.param.regularization_type)
@@ -43,13 +44,27 @@ class _Rule(Solver):
                 or blob.dtype not in (np.float32, np.float64) \
                 or not all(isinstance(a, np.ndarray) and a.flags.c_contiguous
                            and a.dtype == blob.dtype for a in (blob.diff, blob.data, history)):
-            return False                       # unknown regularization: regularize() says so
+            return None                        # unknown regularization: regularize() says so
         decay = self.param.weight_decay * self.net.params_weight_decay[param_id]
-        lib.momentum_update(blob.diff, blob.data, history, rate * self.net.params_lr[param_id],
-                            self.param.momentum, decay, regularization if decay else 0,
-                            1.0 / self.param.iter_size if self.param.iter_size > 1 else 1.0,
-                            nesterov)
+        return (rate * self.net.params_lr[param_id], self.param.momentum, decay,
+                regularization if decay else 0,
+                1.0 / self.param.iter_size if self.param.iter_size > 1 else 1.0)
+
+    def _momentum_update(self, param_id, rate, nesterov):
+        """The fast CPU path (csrc/solver.cpp) of SGD and Nesterov, when it applies."""
+        args = self._momentum_args(param_id, rate)
+        if args is None:
+            return False
+        blob = self.net.learnable_params[param_id]
+        lib.momentum_update(blob.diff, blob.data, self.history[param_id], *args, nesterov)
         return True
+
+    def _momentum_step(self, param_id, rate, nesterov):
+        args = self._momentum_args(param_id, rate)
+        if args is None or args[4] != 1.0:
+            return None
+        lr, momentum, decay, regularization, _ = args
+        return ParamStep(lr, momentum, decay, regularization, nesterov, self.history[param_id])
 
 
 @register_solver("SGD")
@@ -58,6 +73,9 @@ class SGDSolver(_Rule):
 
     def fused_update(self, param_id, rate):
         return self._momentum_update(param_id, rate, nesterov=False)
+
+    def param_step(self, param_id, rate):
+        return self._momentum_step(param_id, rate, nesterov=False)
 
     def compute_update_value(self, param_id, rate):
         g, lr, t = self._parts(param_id, rate)
@@ -73,6 +91,9 @@ class NesterovSolver(_Rule):
 
     def fused_update(self, param_id, rate):
         return self._momentum_update(param_id, rate, nesterov=True)
+
+    def param_step(self, param_id, rate):
+        return self._momentum_step(param_id, rate, nesterov=True)
 
     def compute_update_value(self, param_id, rate):
         g, lr, t = self._parts(param_id, rate)

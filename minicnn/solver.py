@@ -25,6 +25,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -49,6 +50,24 @@ def register_solver(type_name):
         cls.type = type_name
         return cls
     return decorate
+
+
+@dataclass
+class ParamStep:
+    """The solver's update of one parameter, handed to the layer that computes its gradient so
+    that its backward takes the step in the same pass (Layer.steppable_params; InnerProduct's
+    weights, csrc/inner_product.cpp): SGD, or Nesterov, with csrc/solver.cpp's arguments. The
+    layer sets ``taken``. ``cleared``: whether the diff was zeroed this iteration (the solver
+    skips the clear of a diff the step will write whole; a layer that does not take the step
+    zeroes it before adding its gradient)."""
+    lr: float
+    momentum: float
+    decay: float
+    regularization: int          # 0 none, 1 L2, 2 L1
+    nesterov: bool
+    history: np.ndarray
+    cleared: bool = False
+    taken: bool = False
 
 
 class TrainingDiverged(MinicnnError):
@@ -274,17 +293,22 @@ class Solver:
         self.losses, self.smoothed_loss = [], 0.0
         timer, iter_last = time.perf_counter(), self.iter
         while self.iter < stop_iter:
-            self.net.clear_param_diffs()
+            steps = self._layer_steps()
+            self.net.clear_param_diffs(skip=steps)
             if p.test_interval and self.iter % p.test_interval == 0 and (
                     self.iter > 0 or p.test_initialization):
                 self.test_all()
                 if self.requested_early_exit:
+                    self._clear_untaken(steps)
                     break
             display = p.display and self.iter % p.display == 0
-            loss = 0.0
-            for _ in range(max(1, p.iter_size)):
-                loss += self.net.forward_backward()
-            loss /= max(1, p.iter_size)
+            if steps:
+                loss = self._forward_backward_taking(steps)
+            else:
+                loss = 0.0
+                for _ in range(max(1, p.iter_size)):
+                    loss += self.net.forward_backward()
+                loss /= max(1, p.iter_size)
             if self.gradient_reducer is not None:    # averages diffs and loss over the ranks
                 loss = self.gradient_reducer(self, loss)
             if not math.isfinite(loss):
@@ -299,7 +323,7 @@ class Solver:
                 timer, iter_last = time.perf_counter(), self.iter
                 self._log_outputs(self.net, "Train", {n: self.net.blobs[n].data
                                                       for n in self.net.outputs})
-            rate = self.apply_update(display)
+            rate = self.apply_update(display, taken={i for i, st in steps.items() if st.taken})
             self.iter += 1
             for callback in self.on_iteration:
                 callback(self, loss, rate)
@@ -412,14 +436,17 @@ class Solver:
                                                 self.log)
         return rate
 
-    def apply_update(self, display=False):
-        """One update of every learnable parameter; returns the learning rate used."""
+    def apply_update(self, display=False, taken=()):
+        """One update of every learnable parameter; returns the learning rate used. ``taken``:
+        the parameters whose layers took their step in the backward (_layer_steps)."""
         rate = self.learning_rate()
         if display:
             self.log(f"Iteration {self.iter}, lr = {rate:.6g}")
         self.clip_gradients()
-        applied = set()
+        applied = set(taken)
         for param_id in range(len(self.net.learnable_params)):
+            if param_id in applied:
+                continue
             if self.fused_update(param_id, rate):
                 applied.add(param_id)
                 continue
@@ -434,6 +461,62 @@ class Solver:
         in one pass, where a rule has a fast path for it (bit for bit the same result); False
         to take the separate steps instead."""
         return False
+
+    def param_step(self, param_id, rate):
+        """The update of this parameter as a ParamStep a layer can take in its backward, or
+        None (the solver applies it after the backward, as always)."""
+        return None
+
+    # --- steps taken by the layers ----------------------------------------------------------------
+    # A layer that computes a parameter's gradient may also take the solver's step with it, in
+    # the same pass over memory (InnerProduct's weights: CaffeNet's fc6 and fc7 are 89% of its
+    # parameters, and the step reads and writes each of them several times). The result is bit
+    # for bit the same; only the order of the work changes. It applies to one plain iteration
+    # a step (iter_size 1, no gradient clipping, no averaging over ranks: all of these need
+    # every gradient before any step) and to parameters no other layer shares.
+
+    def _layer_steps(self):
+        """{param_id: ParamStep} for this iteration's steps the layers may take."""
+        p = self.param
+        if p.iter_size > 1 or p.clip_gradients >= 0 or self.gradient_reducer is not None \
+                or os.environ.get("MINICNN_FUSE", "1") == "0":
+            return {}
+        rate = None
+        steps = {}
+        for layer, k, param_id in self.net.steppable_params():
+            if rate is None:    # the rate apply_update will use, without its log lines
+                rate = learning_rate(p, self.iter, self.current_step, lambda *_: None)[0]
+            step = self.param_step(param_id, rate)
+            if step is not None:
+                steps[param_id] = step
+        return steps
+
+    def _forward_backward_taking(self, steps):
+        """forward + backward with the steps handed to their layers (iter_size is 1)."""
+        loss = self.net.forward_from_to()
+        if not math.isfinite(loss):       # about to stop: the weights must stay as they were
+            self._clear_untaken(steps)
+            self.net.backward()
+            return loss
+        handed = {}
+        for layer, k, param_id in self.net.steppable_params():
+            if param_id in steps:
+                handed.setdefault(layer, {})[k] = steps[param_id]
+        for layer, layer_steps in handed.items():
+            layer.param_steps = layer_steps
+        try:
+            self.net.backward()
+        finally:
+            for layer in handed:
+                layer.param_steps = {}
+        self._clear_untaken(steps)        # a layer whose backward did not run: gradient 0
+        return loss
+
+    def _clear_untaken(self, steps):
+        for param_id, step in steps.items():
+            if not step.taken and not step.cleared:
+                self.net.learnable_params[param_id].diff[...] = 0
+                step.cleared = True
 
     def clip_gradients(self):
         threshold = self.param.clip_gradients

@@ -131,9 +131,9 @@ def test_each_solver_type_matches_the_hand_written_update(solver_type):
          gamma=0.1, power=0.75),
 ])
 def test_fast_momentum_update_is_bit_for_bit_the_numpy_rule(fields, dtype, monkeypatch):
-    """csrc/solver.cpp's one-pass SGD/Nesterov update against normalize + regularize +
-    compute_update_value + Net.update in NumPy: identical weights and histories (the layers
-    run the same code both times, so only the update differs)."""
+    """csrc/solver.cpp's one-pass SGD/Nesterov update (and, in float32, the InnerProduct's step
+    in its backward, csrc/inner_product.cpp) against normalize + regularize +
+    compute_update_value + Net.update in NumPy: identical weights and histories."""
     fields = dict(fields)
     solver_type = fields.pop("type")
 
@@ -151,6 +151,8 @@ def test_fast_momentum_update_is_bit_for_bit_the_numpy_rule(fields, dtype, monke
     fast = run()
     monkeypatch.setattr(minicnn.sgd_solvers._Rule, "_momentum_update",
                         lambda self, param_id, rate, nesterov: False)
+    monkeypatch.setattr(minicnn.sgd_solvers._Rule, "_momentum_step",   # nor the layer's step
+                        lambda self, param_id, rate, nesterov: None)
     slow = run()
     for a, b in zip(fast, slow):
         assert a.dtype == dtype

@@ -56,17 +56,35 @@ class InnerProductLayer(Layer):
             ops.inner_product_forward(bottom[0].data, self.blobs[0].data, b, axis=self.axis,
                                       transpose=self.transpose, out=top[0].data)
 
+    # the solver may hand this layer the step of its weights (Solver._layer_steps)
+    steppable_params = (0,)
+
     def backward(self, top, propagate_down, bottom):
+        need_dx = propagate_down[0]
         need_dw = self.param_propagate_down[0]
         need_db = self.bias_term and self.param_propagate_down[1]
-        if not (propagate_down[0] or need_dw or need_db):
+        if not (need_dx or need_dw or need_db):
             return
         in_place = bottom[0] is top[0]
+        step = self.param_steps.get(0) if need_dw else None
+        if step is not None:
+            # dx (from the old weights), then the weights' gradient and step in one pass
+            if not in_place and ops.inner_product_backward_step(
+                    top[0].diff, bottom[0].data, self.blobs[0].data, self.blobs[0].diff, step,
+                    axis=self.axis, transpose=self.transpose,
+                    dx_out=bottom[0].diff if need_dx else None):
+                step.taken = True
+                need_dx = need_dw = False
+                if not need_db:
+                    return
+            elif not step.cleared:     # the solver left this diff for the step to write
+                self.blobs[0].diff[...] = 0
+                step.cleared = True
         dx, _, _ = ops.inner_product_backward(
             top[0].diff, bottom[0].data, self.blobs[0].data, axis=self.axis,
-            transpose=self.transpose, need_dx=propagate_down[0], need_dw=need_dw, need_db=need_db,
+            transpose=self.transpose, need_dx=need_dx, need_dw=need_dw, need_db=need_db,
             dx_out=None if in_place else bottom[0].diff,   # I1: bottom diffs are assigned,
             dw_acc=self.blobs[0].diff if need_dw else None,       # parameter diffs accumulate
             db_acc=self.blobs[1].diff if need_db else None)
-        if propagate_down[0] and in_place:
+        if need_dx and in_place:
             bottom[0].diff[...] = dx

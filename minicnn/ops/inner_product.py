@@ -21,11 +21,14 @@ reads W exactly once, and dW is added into the diff without a W-sized temporary)
 """
 
 import math
+import os
 
 import numpy as np
 
 from minicnn.native import lib
 from minicnn.ops._dispatch import Op, write_out
+
+__all__ = ["inner_product_forward", "inner_product_backward", "inner_product_backward_step"]
 
 inner_product_forward = Op("inner_product_forward")
 inner_product_backward = Op("inner_product_backward")
@@ -120,6 +123,32 @@ def _inner_product_backward_cpu(dy, x, w, *, axis=1, transpose=False, need_dx=Tr
     if need_db:
         db = _accumulate(db_acc, dy2.sum(axis=0))
     return dx, dw, db
+
+
+def inner_product_backward_step(dy, x, w, diff, step, *, axis=1, transpose=False, dx_out=None):
+    """The input gradient (into ``dx_out``, when given) and the solver's step of the weights in
+    one pass over them (csrc/inner_product.cpp): ``step`` is a minicnn.solver.ParamStep, and w,
+    step.history and ``diff`` (w's diff, which gets the step, as after Caffe's update) are
+    updated in place; the weight gradient itself is never stored. Bit for bit the result of the
+    backward followed by the solver's update. True when done; False, with nothing written,
+    where this pass does not run (not float32 host arrays, a transposed layer, a batch over 64,
+    no AVX-512, MINICNN_CPU=ref): then take the backward and leave the step to the solver."""
+    if lib is None or transpose or os.environ.get("MINICNN_CPU", "") == "ref":
+        return False
+    dy2, x2 = dy.reshape(-1, dy.shape[-1]), _as_matrix(x, axis)
+    arrays = (dy2, x2, w, diff, step.history)
+    if not all(type(a) is np.ndarray for a in arrays) or not _native_ok(dy2, x2) or \
+            w.ndim != 2 or w.shape != (dy2.shape[1], x2.shape[1]) or \
+            dy2.shape[0] != x2.shape[0] or \
+            not all(_writable(a, w.shape) for a in (w, diff, step.history)):
+        return False
+    dx2 = None
+    if dx_out is not None:
+        if not _writable(dx_out, x.shape):
+            return False
+        dx2 = dx_out.reshape(x2.shape)
+    return lib.ip_backward_step(dy2, x2, w, step.history, diff, dx2, step.lr, step.momentum,
+                                step.decay, step.regularization, step.nesterov)
 
 
 # --- CUDA (cuBLAS through minicnn.cuda.gemm; the bias by kernels/im2col.cu) ----------------------
