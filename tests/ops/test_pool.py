@@ -322,9 +322,10 @@ def test_fast_max_over_wide_rows(kind, kernel, stride, pad):
 
 
 @pytest.mark.parametrize("kind", FAST_KINDS)
-@pytest.mark.parametrize("kernel, stride, pad", [(3, 2, 0), (3, 2, 1), (2, 2, 1), (4, 3, 2)])
+@pytest.mark.parametrize("kernel, stride, pad", [(3, 2, 0), (3, 2, 1), (2, 2, 1), (4, 3, 2),
+                                                 (3, 1, 1)])
 def test_fast_max_with_nan_infinities_and_ceil_overhang(kind, kernel, stride, pad):
-    """The windows taken four at a time and the clipped ones one at a time keep the
+    """The windows taken 16 and four at a time and the clipped ones one at a time keep the
     reference's rule: NaN never wins, -inf and -FLT_MAX lose to the start value (mask -1 for
     a window with nothing larger), ties go to the first maximum."""
     rng = np.random.default_rng(kernel * 100 + pad)
