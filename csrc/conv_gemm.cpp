@@ -826,45 +826,49 @@ static void conv_backward_filter_direct(const Conv& cv, const float* dy, const f
     const std::int64_t nr = gemm::kernel().nr;
     const Direct d(cv, nr);
     const std::int64_t fg = cv.fg(), taps = cv.taps(), P = cv.P();
-    // inner blocks of at most 384 positions that never straddle two images: each image's P
-    // positions in `blocks` blocks of kc, the few past P zero rows of dy (read at position 0)
-    const std::int64_t blocks = (P + 383) / 384, kc = (P + blocks - 1) / blocks;
-    const std::int64_t Pk = blocks * kc;
-    const gemm::Blocking blocking{96, 384, kc};
+    const std::int64_t per = std::max<std::int64_t>(1, direct_chunk / d.image);
     std::vector<std::int64_t> offsets;                        // [g][tap]
     for (std::int64_t g = 0; g < cv.G; ++g) {
         const std::vector<std::int64_t> off = d.offsets(cv, g);
         offsets.insert(offsets.end(), off.begin(), off.end());
     }
-    std::vector<std::int64_t> place(Pk, 0);                   // position p -> y * Ws + z
-    for (std::int64_t p = 0; p < P; ++p) place[p] = (p / cv.ow) * d.Ws + p % cv.ow;
-    const std::int64_t per = std::max<std::int64_t>(1, direct_chunk / d.image);
     for (std::int64_t n0 = 0; n0 < cv.N; n0 += per) {
-        const std::int64_t nb = std::min(per, cv.N - n0);
+        const std::int64_t nb = std::min(per, cv.N - n0), U = nb * P;
+        // the chunk's positions u = img * P + p in inner blocks of kc (at most 384, across
+        // images: blocks of one 13x13 image, 169 positions, spent a seventh of their time
+        // loading and storing the micro tiles); the few past U are zero rows of dy
+        const std::int64_t blocks = (U + 383) / 384, kc = (U + blocks - 1) / blocks;
+        const gemm::Blocking blocking{96, 384, kc};
+        std::vector<std::int64_t> place(blocks * kc, 0);   // u -> where it reads its taps
+        for (std::int64_t u = 0; u < U; ++u) {
+            const std::int64_t p = u % P;
+            place[u] = (u / P) * d.image + (p / cv.ow) * d.Ws + p % cv.ow;
+        }
         const std::int64_t total = d.floats(cv, nb, nr);
         float* xp = gemm::scratch(3, total);
         pad_images(cv, d, x, n0, nb, xp, total);
-        // positions u = img * Pk + p of this chunk, in whole blocks
-        filter_gradient_by_positions(cv, nb * Pk, kc, blocking.nc, dw, [&](std::int64_t g,
+        filter_gradient_by_positions(cv, blocks * kc, kc, blocking.nc, dw, [&](std::int64_t g,
                                      std::int64_t u0, std::int64_t nu, float* dwg) {
             const std::int64_t* off = offsets.data() + g * taps;
             gemm::run(
                 taps, fg, nu, blocking,
                 [&](std::int64_t i0, std::int64_t, std::int64_t l0, std::int64_t, float*) {
-                    const std::int64_t u = u0 + l0, img = u / Pk;
-                    return gemm::Panels{xp + img * d.image, 0, 0, off + i0,
-                                        place.data() + u % Pk};
+                    return gemm::Panels{xp, 0, 0, off + i0, place.data() + u0 + l0};
                 },
                 [&](std::int64_t j0, std::int64_t n, std::int64_t l0, std::int64_t k_,
                     std::int64_t nr_, float* Bp) {
-                    const std::int64_t u = u0 + l0, img = u / Pk, p0 = u % Pk;
-                    const float* dyi = dy + ((n0 + img) * cv.F + g * fg + j0) * P + p0;
-                    const std::int64_t kept = std::clamp<std::int64_t>(P - p0, 0, k_);
+                    const std::int64_t first = u0 + l0, kept = std::clamp<std::int64_t>(
+                                                            U - first, 0, k_);
                     for (std::int64_t qq = 0; qq * nr_ < n; ++qq) {
                         float* panel = Bp + qq * k_ * nr_;
-                        if (kept)
-                            dy_panel(dyi + qq * nr_ * P, P, std::min(nr_, n - qq * nr_), kept,
-                                     nr_, panel);
+                        for (std::int64_t u = first; u < first + kept;) {  // an image's run
+                            const std::int64_t img = u / P, p = u % P;
+                            const std::int64_t len = std::min(first + kept - u, P - p);
+                            dy_panel(dy + ((n0 + img) * cv.F + g * fg + j0 + qq * nr_) * P + p,
+                                     P, std::min(nr_, n - qq * nr_), len, nr_,
+                                     panel + (u - first) * nr_);
+                            u += len;
+                        }
                         std::memset(panel + kept * nr_, 0, sizeof(float) * (k_ - kept) * nr_);
                     }
                 },
