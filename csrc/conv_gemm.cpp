@@ -297,6 +297,26 @@ struct Direct {
                     off.push_back(offset(cv, g * cv.cg() + c, i, j));
         return off;
     }
+    // every group's taps: [g][tap]
+    std::vector<std::int64_t> offsets_of_groups(const Conv& cv) const {
+        std::vector<std::int64_t> all;
+        for (std::int64_t g = 0; g < cv.G; ++g) {
+            const std::vector<std::int64_t> off = offsets(cv, g);
+            all.insert(all.end(), off.begin(), off.end());
+        }
+        return all;
+    }
+    // place[u] for the kept positions u = img * P + y * ow + z of nb images: where position u
+    // reads its tap 0 (img * image + y * Ws + z); `size` entries, 0 past nb * P
+    void places(const Conv& cv, std::int64_t nb, std::int64_t size,
+                std::vector<std::int64_t>& place) const {
+        const std::int64_t P = cv.P();
+        place.assign(size, 0);
+        for (std::int64_t u = 0; u < nb * P; ++u) {
+            const std::int64_t p = u % P;
+            place[u] = (u / P) * image + (p / cv.ow) * Ws + p % cv.ow;
+        }
+    }
     // floats a chunk of nb images takes, with room for the last tile's reads past its end
     std::int64_t floats(const Conv& cv, std::int64_t nb, std::int64_t nr) const {
         return nb * image + 2 * nr + (cv.kw - 1) * cv.dw + 16;
@@ -477,19 +497,9 @@ static void direct_product_kept(const Conv& cv, const Direct& d, const float* xp
     const std::int64_t fg = cv.fg(), taps = cv.taps(), P = cv.P(), U = nb * P;
     const std::int64_t panels = (fg + nr - 1) / nr, ldc = panels * nr;
     const std::int64_t blocks = (taps + 255) / 256, kc = (taps + blocks - 1) / blocks;
-    // at[u]: where position u = img * P + y * ow + z of the chunk reads its tap 0
-    thread_local std::vector<std::int64_t> at;
-    at.resize(U);
-    for (std::int64_t u = 0; u < U; ++u) {
-        const std::int64_t p = u % P;
-        at[u] = (u / P) * d.image + (p / cv.ow) * d.Ws + p % cv.ow;
-    }
-    thread_local std::vector<std::int64_t> offsets;          // [g][tap]
-    offsets.clear();
-    for (std::int64_t g = 0; g < cv.G; ++g) {
-        const std::vector<std::int64_t> off = d.offsets(cv, g);
-        offsets.insert(offsets.end(), off.begin(), off.end());
-    }
+    thread_local std::vector<std::int64_t> at;               // where each position reads
+    d.places(cv, nb, U, at);
+    const std::vector<std::int64_t> offsets = d.offsets_of_groups(cv);
     // Wp[g][inner block from l0][q][k][t] = w[g * fg + q * nr + t][l0 + k], 0 past fg
     thread_local std::vector<float> packed;
     packed.resize(cv.G * taps * ldc);
@@ -827,11 +837,7 @@ static void conv_backward_filter_direct(const Conv& cv, const float* dy, const f
     const Direct d(cv, nr);
     const std::int64_t fg = cv.fg(), taps = cv.taps(), P = cv.P();
     const std::int64_t per = std::max<std::int64_t>(1, direct_chunk / d.image);
-    std::vector<std::int64_t> offsets;                        // [g][tap]
-    for (std::int64_t g = 0; g < cv.G; ++g) {
-        const std::vector<std::int64_t> off = d.offsets(cv, g);
-        offsets.insert(offsets.end(), off.begin(), off.end());
-    }
+    const std::vector<std::int64_t> offsets = d.offsets_of_groups(cv);     // [g][tap]
     for (std::int64_t n0 = 0; n0 < cv.N; n0 += per) {
         const std::int64_t nb = std::min(per, cv.N - n0), U = nb * P;
         // the chunk's positions u = img * P + p in inner blocks of kc (at most 384, across
@@ -839,11 +845,8 @@ static void conv_backward_filter_direct(const Conv& cv, const float* dy, const f
         // loading and storing the micro tiles); the few past U are zero rows of dy
         const std::int64_t blocks = (U + 383) / 384, kc = (U + blocks - 1) / blocks;
         const gemm::Blocking blocking{96, 384, kc};
-        std::vector<std::int64_t> place(blocks * kc, 0);   // u -> where it reads its taps
-        for (std::int64_t u = 0; u < U; ++u) {
-            const std::int64_t p = u % P;
-            place[u] = (u / P) * d.image + (p / cv.ow) * d.Ws + p % cv.ow;
-        }
+        std::vector<std::int64_t> place;                    // u -> where it reads its taps
+        d.places(cv, nb, blocks * kc, place);
         const std::int64_t total = d.floats(cv, nb, nr);
         float* xp = gemm::scratch(3, total);
         pad_images(cv, d, x, n0, nb, xp, total);

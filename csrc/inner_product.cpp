@@ -247,6 +247,24 @@ __attribute__((target("avx512f"))) void rows_block_avx512(const float* at, const
 #undef MINICNN_STORE
 }
 
+// at[block][l][8] = a[8 block + i][l] for an (M x L) a, 0 past M: the columns of a, 8 rows at a
+// time, so the 8 broadcasts of one l come from one cache line. Returns `at`, 64-byte aligned in
+// `buffer` (which keeps `extra` more floats after it, for the caller).
+float* pack_columns8(const float* a, std::int64_t M, std::int64_t L, std::int64_t extra,
+                     std::vector<float>& buffer) {
+    const std::int64_t blocks = (M + 7) / 8;
+    buffer.assign(blocks * L * 8 + extra + 32, 0.0f);
+    float* at = reinterpret_cast<float*>(
+        (reinterpret_cast<std::uintptr_t>(buffer.data()) + 63) & ~std::uintptr_t(63));
+    for (std::int64_t k = 0; k < blocks; ++k)
+        for (std::int64_t l = 0; l < L; ++l)
+            for (std::int64_t i = 0; i < 8; ++i) {
+                const std::int64_t row = k * 8 + i;
+                at[(k * L + l) * 8 + i] = row < M ? a[row * L + l] : 0.0f;
+            }
+    return at;
+}
+
 // C = A B for M up to a small batch, or false when this machine has no AVX-512 (the caller
 // takes the packed product instead).
 bool rows_product(std::int64_t M, std::int64_t N, std::int64_t L, const float* a,
@@ -258,15 +276,8 @@ bool rows_product(std::int64_t M, std::int64_t N, std::int64_t L, const float* a
     }
     constexpr std::int64_t width = 48, chunk = 128;    // chunk: 128 rows x 192 B of B stay in L1
     const std::int64_t blocks = (M + 7) / 8;           // while each 8-row block of A passes
-    std::vector<float> packed(blocks * L * 8 + 16);
-    float* at = reinterpret_cast<float*>(
-        (reinterpret_cast<std::uintptr_t>(packed.data()) + 63) & ~std::uintptr_t(63));
-    for (std::int64_t k = 0; k < blocks; ++k)
-        for (std::int64_t l = 0; l < L; ++l)
-            for (std::int64_t i = 0; i < 8; ++i) {
-                const std::int64_t row = k * 8 + i;
-                at[(k * L + l) * 8 + i] = row < M ? a[row * L + l] : 0.0f;
-            }
+    std::vector<float> packed;
+    const float* at = pack_columns8(a, M, L, 0, packed);
     // Each thread owns a contiguous range of column blocks and sweeps it chunk by chunk: within
     // a chunk, the blocks of one row of B are read one after another, so B streams from memory
     // in long runs (a block alone from top to bottom, 192 bytes every 36 KB of CaffeNet's fc6,
@@ -408,16 +419,9 @@ bool gradient_step(std::int64_t M, std::int64_t N, std::int64_t K, const float* 
     // at[block][l][8] = dY[8 block + i][l] (a row's 8 broadcasts from one line); xp[q][b][96] =
     // X[b][96 q + t], 0 past K (CaffeNet's rows of X are 4 KB multiples apart: read in place, a
     // block's 16 rows would share one L1 set)
-    std::vector<float> packed(blocks * N * 8 + column_blocks * M * width + 32);
-    float* at = reinterpret_cast<float*>(
-        (reinterpret_cast<std::uintptr_t>(packed.data()) + 63) & ~std::uintptr_t(63));
+    std::vector<float> packed;
+    float* at = pack_columns8(dy, M, N, column_blocks * M * width + 16, packed);
     float* xp = at + (blocks * N * 8 + 15) / 16 * 16;
-    for (std::int64_t k = 0; k < blocks; ++k)
-        for (std::int64_t l = 0; l < N; ++l)
-            for (std::int64_t i = 0; i < 8; ++i) {
-                const std::int64_t row = k * 8 + i;
-                at[(k * N + l) * 8 + i] = row < M ? dy[row * N + l] : 0.0f;
-            }
     for (std::int64_t q = 0; q < column_blocks; ++q)
         for (std::int64_t b = 0; b < M; ++b)
             for (std::int64_t t = 0; t < width; ++t) {
