@@ -325,8 +325,9 @@ bool rows_product(std::int64_t, std::int64_t, std::int64_t, const float*, const 
 // Nesterov, one iteration a step, no clipping), one pass over W, V and the diff D does it: each
 // tile's gradient is summed in registers and never stored, then W and V are updated and the
 // step goes to D (Caffe leaves it there), by streaming stores (D is not read: nothing to bring
-// into the cache, and the solver skips the clear). Every value is rounded as the separate passes
-// round it: the gradient summed over the batch in order from 0 (the rank update's order), the
+// into the cache, and the solver skips the clear), or, for plain SGD, whose step is the new V,
+// nowhere: the layer makes the diff a copy of V taken when read (Blob.defer_diff). Every value
+// is rounded as the separate passes round it: the gradient summed over the batch in order from 0 (the rank update's order), the
 // step in solver.cpp's order, each product and sum rounded on its own.
 
 struct MomentumRule {
@@ -375,7 +376,7 @@ __attribute__((target("avx512f"))) void gradient_step_tile_avx512(
         for (int t = 0; t < V; ++t) {
             float* wp = w + row + 16 * t;
             float* vp = v + row + 16 * t;
-            float* dp = d + row + 16 * t;
+            float* dp = d ? d + row + 16 * t : nullptr;
             const __m512 data = _mm512_maskz_loadu_ps(mask[t], wp);
             const __m512 old = _mm512_maskz_loadu_ps(mask[t], vp);
             __m512 grad = g[r][t];
@@ -399,6 +400,7 @@ __attribute__((target("avx512f"))) void gradient_step_tile_avx512(
                 : fresh;
             _mm512_mask_storeu_ps(vp, mask[t], fresh);
             _mm512_mask_storeu_ps(wp, mask[t], _mm512_sub_round_ps(data, step, nearest));
+            if (!d) continue;                           // the caller keeps no diff
             if (mask[t] == 0xFFFF && (reinterpret_cast<std::uintptr_t>(dp) & 63) == 0)
                 _mm512_stream_ps(dp, step);
             else
@@ -408,7 +410,7 @@ __attribute__((target("avx512f"))) void gradient_step_tile_avx512(
 }
 
 // W (N x K) <- its SGD step for the gradient dY^T X, V (N x K) <- the new momentum, D (N x K)
-// <- the step, for a batch of M <= rows_product_batch; false where there is no AVX-512 (the
+// <- the step (D null: not stored; for SGD the layer lets the diff copy V when read), for a batch of M <= rows_product_batch; false where there is no AVX-512 (the
 // caller takes the passes one by one). Threads take pairs of W's rows and sweep them in order:
 // W, V and D stream from memory in long runs.
 bool gradient_step(std::int64_t M, std::int64_t N, std::int64_t K, const float* dy,
@@ -619,13 +621,14 @@ REGISTER_NATIVE(m) {
             product(M, K, N, g, N, false, ws, K, false, out, false);
     }, "dx <- dy w (dy w^T when transpose), float32");
     m.def("ip_backward_step", [](const py::array& dy, const py::array& x, py::array& w,
-                                 py::array& history, py::array& diff, py::object dx, double lr,
+                                 py::array& history, py::object diff, py::object dx, double lr,
                                  double momentum, double decay, int regularization,
                                  bool nesterov) {
         require(dy.ndim() == 2 && x.ndim() == 2 && w.ndim() == 2, "ip_backward_step: 2-D arrays");
         const std::int64_t M = dy.shape(0), N = dy.shape(1), K = x.shape(1);
         require(x.shape(0) == M && w.shape(0) == N && w.shape(1) == K &&
-                    history.size() == N * K && diff.size() == N * K,
+                    history.size() == N * K &&
+                    (diff.is_none() || diff.cast<py::array>().size() == N * K),
                 "ip_backward_step: shapes do not match");
         require(regularization >= 0 && regularization <= 2,
                 "ip_backward_step: regularization is 0 (none), 1 (L2) or 2 (L1)");
@@ -633,7 +636,7 @@ REGISTER_NATIVE(m) {
         const float* xs = in_ptr<float>(x, "x");
         float* ws = out_ptr<float>(w, "w");
         float* vs = out_ptr<float>(history, "history");
-        float* ds = out_ptr<float>(diff, "diff");
+        float* ds = opt_out_ptr<float>(diff, "diff");
         float* dxs = opt_out_ptr<float>(dx, "dx");
         if (dxs) require(dx.cast<py::array>().size() == M * K, "ip_backward_step: dx size");
         const MomentumRule rule{static_cast<float>(lr), static_cast<float>(momentum),
@@ -646,7 +649,8 @@ REGISTER_NATIVE(m) {
         return gradient_step(M, N, K, g, xs, ws, vs, ds, rule);
     }, "dx <- dy w (when dx is not None), then w's gradient dy^T x and the solver's SGD step "
        "(nesterov: Nesterov's) with it, in one pass over w, history and diff: history <- the new "
-       "momentum, diff <- the step, w -= the step. False, with nothing written, where this "
+       "momentum, diff <- the step (not when diff is None), w -= the step. False, with nothing "
+       "written, where this "
        "machine has no such pass (no AVX-512, or a batch over 64): take the passes one by one");
     m.def("ip_backward_filter", [](const py::array& dy, const py::array& x, py::array& dw,
                                    bool transpose) {

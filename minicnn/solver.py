@@ -596,6 +596,8 @@ class Solver:
             raise MinicnnError(f"{path}: {len(state.history)} history blobs, but a {self.type} "
                                f"solver on this net keeps {len(self.history)} (is it a state of "
                                "another net or solver type?)")
+        for blob in self.net.learnable_params:    # a diff deferred to a history (InnerProduct's
+            blob.diff                             # SGD step) keeps the step it holds now
         for k, (h, proto) in enumerate(zip(self.history, state.history)):
             values = blob_proto_to_array(proto)
             if values.size != h.size:

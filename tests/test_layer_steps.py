@@ -71,6 +71,10 @@ def test_one_pass_step_is_the_backward_then_the_update(case):
     assert lib.ip_backward_step(dy, x, w2, h2, d2, dx2, *args)
     for a, b in ((w1, w2), (h1, h2), (d1, d2)) + (((dx1, dx2),) if case["with_dx"] else ()):
         np.testing.assert_array_equal(a.view(np.int32), b.view(np.int32))
+    w3, h3 = w.copy(), history.copy()                    # no diff: the same weights and history
+    assert lib.ip_backward_step(dy, x, w3, h3, None, None, *args)
+    for a, b in ((w1, w3), (h1, h3)):
+        np.testing.assert_array_equal(a.view(np.int32), b.view(np.int32))
 
 
 @pytest.mark.skipif(not FUSED_HERE, reason="the one-pass step needs AVX-512")
@@ -128,9 +132,10 @@ def mlp(batch):
     """)
 
 
-def train(fields, monkeypatch, fuse, batch=6, steps=4, x_scale=1.0):
+def train(fields, monkeypatch, fuse, batch=6, steps=4, x_scale=1.0, read_diffs_every=0):
     """Weights, histories and diffs after ``steps`` iterations, and the layers that took a
-    step (name, number of times)."""
+    step (name, number of times). ``read_diffs_every``: also the diffs after every so many
+    iterations (a deferred diff, Blob.defer_diff, is copied when read)."""
     monkeypatch.setenv("MINICNN_FUSE", "1" if fuse else "0")
     fields = {"base_lr": 0.05, "lr_policy": "step", "stepsize": 2, "gamma": 0.5,
               "max_iter": 100, "random_seed": 3, "snapshot_after_train": False,
@@ -152,10 +157,14 @@ def train(fields, monkeypatch, fuse, batch=6, steps=4, x_scale=1.0):
         return done
 
     monkeypatch.setattr(minicnn.ops, "inner_product_backward_step", spy)
-    solver.step(steps)
+    seen = []
+    for _ in range(steps // read_diffs_every if read_diffs_every else 1):
+        solver.step(read_diffs_every or steps)
+        if read_diffs_every:
+            seen += [blob.diff.copy() for blob in solver.net.learnable_params]
     error = solver.diverged                 # step() stops at a non-finite loss (solve() raises)
     arrays = [a.copy() for blob in solver.net.learnable_params for a in (blob.data, blob.diff)]
-    return arrays + [h.copy() for h in solver.history], taken, error, solver
+    return seen + arrays + [h.copy() for h in solver.history], taken, error, solver
 
 
 def assert_same_training(fields, monkeypatch, **kwargs):
@@ -186,6 +195,49 @@ def test_steps_taken_in_the_backward_train_bit_for_bit_as_the_solver_alone(field
 ])
 def test_no_steps_are_handed_over_where_the_update_needs_every_gradient(fields, monkeypatch):
     assert assert_same_training(fields, monkeypatch) == {}
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_a_deferred_diff_holds_each_iterations_step_when_read(every, monkeypatch):
+    """Plain SGD's step is the new history: the layer leaves the diff to be copied from it when
+    read (Blob.defer_diff). Read after every iteration or now and then, it holds the step."""
+    taken = assert_same_training(dict(type="SGD"), monkeypatch, steps=6, read_diffs_every=every)
+    assert taken == ({"fc1": 6, "fc2": 6} if FUSED_HERE else {})
+
+
+def test_a_deferred_diff_survives_a_restore(monkeypatch, tmp_path):
+    """Restoring a solver state overwrites the histories in place; a diff deferred to one keeps
+    the step it held (as Caffe's diff does)."""
+    def restored_diffs(fuse):
+        _, _, _, solver = train(dict(type="SGD"), monkeypatch, fuse, steps=3)
+        solver.param.snapshot_prefix = str(tmp_path / ("fused" if fuse else "plain"))
+        solver.snapshot()
+        before = [blob.diff.copy() for blob in solver.net.learnable_params]
+        solver.step(2)                                   # the histories move on, unread
+        solver.restore(str(tmp_path / ("fused" if fuse else "plain")) + "_iter_3.solverstate")
+        return before, [blob.diff.copy() for blob in solver.net.learnable_params]
+    fused_before, fused_after = restored_diffs(True)
+    plain_before, plain_after = restored_diffs(False)
+    for a, b in zip(fused_before + fused_after, plain_before + plain_after):
+        np.testing.assert_array_equal(a.view(np.int32), b.view(np.int32))
+
+
+def test_blob_defer_diff():
+    blob = minicnn.Blob((2, 3))
+    source = np.arange(6, dtype=np.float32)
+    blob.defer_diff(source)
+    source[0] = 7.0                                      # the copy is taken when read
+    np.testing.assert_array_equal(blob.diff.reshape(-1), [7, 1, 2, 3, 4, 5])
+    source[1] = 9.0                                      # and only once
+    assert blob.diff[0, 1] == 1.0
+    blob.defer_diff(source)
+    blob.diff = np.zeros((2, 3))                         # a write cancels it
+    assert not blob.diff.any()
+    blob.defer_diff(source)
+    blob.reshape(3, 2)                                   # so does a new shape
+    assert not blob.diff.any()
+    with pytest.raises(minicnn.MinicnnError, match="defer_diff"):
+        blob.defer_diff(np.zeros(5, np.float32))
 
 
 def test_a_declined_step_still_clears_the_diff(monkeypatch):

@@ -68,11 +68,17 @@ class InnerProductLayer(Layer):
         in_place = bottom[0] is top[0]
         step = self.param_steps.get(0) if need_dw else None
         if step is not None:
-            # dx (from the old weights), then the weights' gradient and step in one pass
+            # dx (from the old weights), then the weights' gradient and step in one pass. The
+            # step goes to the diff, as after Caffe's update; SGD's step is the new history
+            # itself, so the diff becomes a copy of it made only if someone reads it.
+            defer = not step.nesterov
             if not in_place and ops.inner_product_backward_step(
-                    top[0].diff, bottom[0].data, self.blobs[0].data, self.blobs[0].diff, step,
+                    top[0].diff, bottom[0].data, self.blobs[0].data,
+                    None if defer else self.blobs[0].diff, step,
                     axis=self.axis, transpose=self.transpose,
                     dx_out=bottom[0].diff if need_dx else None):
+                if defer:
+                    self.blobs[0].defer_diff(step.history)
                 step.taken = True
                 need_dx = need_dw = False
                 if not need_db:

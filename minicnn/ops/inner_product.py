@@ -129,18 +129,18 @@ def inner_product_backward_step(dy, x, w, diff, step, *, axis=1, transpose=False
     """The input gradient (into ``dx_out``, when given) and the solver's step of the weights in
     one pass over them (csrc/inner_product.cpp): ``step`` is a minicnn.solver.ParamStep, and w,
     step.history and ``diff`` (w's diff, which gets the step, as after Caffe's update) are
-    updated in place; the weight gradient itself is never stored. Bit for bit the result of the
+    updated in place (``diff`` None: not written, for a caller that knows the step equals the
+    new history); the weight gradient itself is never stored. Bit for bit the result of the
     backward followed by the solver's update. True when done; False, with nothing written,
     where this pass does not run (not float32 host arrays, a transposed layer, a batch over 64,
     no AVX-512, MINICNN_CPU=ref): then take the backward and leave the step to the solver."""
     if lib is None or transpose or os.environ.get("MINICNN_CPU", "") == "ref":
         return False
     dy2, x2 = dy.reshape(-1, dy.shape[-1]), _as_matrix(x, axis)
-    arrays = (dy2, x2, w, diff, step.history)
-    if not all(type(a) is np.ndarray for a in arrays) or not _native_ok(dy2, x2) or \
-            w.ndim != 2 or w.shape != (dy2.shape[1], x2.shape[1]) or \
-            dy2.shape[0] != x2.shape[0] or \
-            not all(_writable(a, w.shape) for a in (w, diff, step.history)):
+    updated = (w, step.history) if diff is None else (w, diff, step.history)
+    if not all(type(a) is np.ndarray for a in (dy2, x2, *updated)) or \
+            not _native_ok(dy2, x2) or w.ndim != 2 or w.shape != (dy2.shape[1], x2.shape[1]) or \
+            dy2.shape[0] != x2.shape[0] or not all(_writable(a, w.shape) for a in updated):
         return False
     dx2 = None
     if dx_out is not None:
