@@ -12,6 +12,7 @@
 // row (contiguously when the stride is 1). Where it pays, "the direct product" below packs
 // nothing at all: the micro-kernel reads each tap's windows in place from a zero-bordered copy
 // of the input (split into phases at a stride), through a table of tap offsets.
+#include <array>
 #include <chrono>
 #include <vector>
 
@@ -485,27 +486,95 @@ static void direct_product(const Conv& cv, const Direct& d, const float* xp, std
 }
 
 // The direct product turned around: the output positions are the tile's rows, each read in
-// place at its own place on the padded rows (TapRowsA: row r at xp + at[u], tap k at off[k]),
-// and the filters its columns (the weights packed once, transposed, into nr-filter panels).
-// Then only the kept positions are computed: none of the z >= ow columns, no image rounded
-// up to whole tiles (a tile may span two images): 169 positions of a 13x13 map instead of
-// 192. The finished tile is positions x filters, and goes to y transposed.
+// place at its own place on the padded rows (TapRowsA: row r at xp + place[u], tap k at
+// off[k]), and the filters its columns (the weights packed once, transposed, into nr-filter
+// panels). Then only the kept positions are computed: none of the z >= ow columns, no image
+// rounded up to whole tiles (a tile may span two images): 169 positions of a 13x13 map instead
+// of 192. The finished tile is positions x filters, and goes to y transposed.
+//
+// And the kernel rows that read the zero border are skipped, as oneDNN skips them: a 3x3
+// window with pad 1 on a 13x13 map has 5% of its taps on the top and bottom borders (and 5%
+// more on the left and right ones, which are computed: skipping those too took the taps in
+// the order (i, j, c), a cache line each, and measured slower). For that the taps run in the
+// order (i, c, j), so the kernel rows an output row reads inside the input are one run of k,
+// and the positions are sorted by that run (KeptOrder): the top rows of every image together,
+// then the inner rows, then the bottom ones, so that a micro tile's positions share it. A tile
+// computes the kernel rows any of its positions reads (a row beyond the edge reads the stored
+// zeros, so a longer run is only slower).
+struct KeptOrder {
+    std::vector<std::int64_t> target;   // u (sorted) -> img * P + p
+    std::vector<std::int64_t> place;    // u (sorted) -> where it reads tap 0
+    std::vector<std::int64_t> rows;     // per tile: i0, i1 (the kernel rows i0 <= i < i1)
+
+    KeptOrder(const Conv& cv, const Direct& d, std::int64_t nb, std::int64_t MR) {
+        const std::int64_t P = cv.P(), U = nb * P;
+        // output rows grouped by the kernel rows [lo, hi) they read inside the input, in order
+        std::vector<std::pair<std::int64_t, std::int64_t>> range;
+        std::vector<std::vector<std::int64_t>> members;
+        for (std::int64_t y = 0; y < cv.oh; ++y) {
+            const std::int64_t at = y * cv.sh - cv.ph;         // the input row tap 0 reads
+            const std::int64_t lo = std::min(cv.kh, at >= 0 ? 0 : (cv.dh - 1 - at) / cv.dh);
+            const std::int64_t hi =
+                std::clamp(at >= cv.H ? 0 : (cv.H - at + cv.dh - 1) / cv.dh, lo, cv.kh);
+            std::size_t c = 0;
+            while (c < range.size() && range[c] != std::make_pair(lo, hi)) ++c;
+            if (c == range.size()) {
+                range.emplace_back(lo, hi);
+                members.emplace_back();
+            }
+            members[c].push_back(y);
+        }
+        target.reserve(U);
+        place.reserve(U);
+        std::vector<std::int64_t> lo, hi;                    // per sorted position
+        for (std::size_t c = 0; c < range.size(); ++c)
+            for (std::int64_t img = 0; img < nb; ++img)
+                for (std::int64_t y : members[c])
+                    for (std::int64_t z = 0; z < cv.ow; ++z) {
+                        target.push_back(img * P + y * cv.ow + z);
+                        place.push_back(img * d.image + y * d.Ws + z);
+                        lo.push_back(range[c].first);
+                        hi.push_back(range[c].second);
+                    }
+        const std::int64_t tiles = (U + MR - 1) / MR;
+        rows.assign(2 * tiles, 0);
+        for (std::int64_t t = 0; t < tiles; ++t) {
+            std::int64_t i0 = cv.kh, i1 = 0;
+            for (std::int64_t u = t * MR; u < std::min(U, (t + 1) * MR); ++u)
+                if (lo[u] < hi[u]) {                           // (else it reads only zeros)
+                    i0 = std::min(i0, lo[u]);
+                    i1 = std::max(i1, hi[u]);
+                }
+            rows[2 * t] = std::min(i0, i1);                    // i0 == i1: nothing to compute
+            rows[2 * t + 1] = i1;
+        }
+    }
+};
+
 static void direct_product_kept(const Conv& cv, const Direct& d, const float* xp, std::int64_t n0,
                                 std::int64_t nb, const float* w, const float* b, float* y) {
     const gemm::Kernel& K = gemm::kernel();
     const std::int64_t nr = K.nr, MR = gemm::MR;
-    const std::int64_t fg = cv.fg(), taps = cv.taps(), P = cv.P(), U = nb * P;
+    const std::int64_t fg = cv.fg(), cg = cv.cg(), taps = cv.taps(), P = cv.P(), U = nb * P;
     const std::int64_t panels = (fg + nr - 1) / nr, ldc = panels * nr;
     const std::int64_t blocks = (taps + 255) / 256, kc = (taps + blocks - 1) / blocks;
-    thread_local std::vector<std::int64_t> at;               // where each position reads
-    d.places(cv, nb, U, at);
-    const std::vector<std::int64_t> offsets = d.offsets_of_groups(cv);
-    // Wp[g][inner block from l0][q][k][t] = w[g * fg + q * nr + t][l0 + k], 0 past fg
+    const std::int64_t per_row = cg * cv.kw;                   // taps of one kernel row
+    const KeptOrder order(cv, d, nb, MR);
+    // tap k = (i * cg + c) * kw + j of every group: offsets[g][k], and the weights packed
+    // Wp[g][inner block from l0][q][k][t] = w[g * fg + q * nr + t][c, i, j of l0 + k], 0 past fg
+    std::vector<std::int64_t> offsets(cv.G * taps), weight_index(taps);
+    for (std::int64_t i = 0; i < cv.kh; ++i)
+        for (std::int64_t c = 0; c < cg; ++c)
+            for (std::int64_t j = 0; j < cv.kw; ++j) {
+                const std::int64_t k = (i * cg + c) * cv.kw + j;
+                weight_index[k] = (c * cv.kh + i) * cv.kw + j;
+                for (std::int64_t g = 0; g < cv.G; ++g)
+                    offsets[g * taps + k] = d.offset(cv, g * cg + c, i, j);
+            }
     thread_local std::vector<float> packed;
     packed.resize(cv.G * taps * ldc);
     float* const Wp = packed.data();
-    const std::int64_t* const place = at.data();           // (thread_local: the caller's)
-    const std::int64_t* const tap_offsets = offsets.data();
+    const std::int64_t* const from = weight_index.data();
 #pragma omp parallel for collapse(2) schedule(static) if (cv.G * taps * ldc > PARALLEL_WORK)
     for (std::int64_t g = 0; g < cv.G; ++g)
         for (std::int64_t q = 0; q < panels; ++q)
@@ -515,7 +584,8 @@ static void direct_product_kept(const Conv& cv, const Direct& d, const float* xp
                 for (std::int64_t kk = 0; kk < k; ++kk)
                     for (std::int64_t t = 0; t < nr; ++t) {
                         const std::int64_t f = q * nr + t;
-                        dst[kk * nr + t] = f < fg ? w[((g * fg + f) * taps) + l0 + kk] : 0.0f;
+                        dst[kk * nr + t] =
+                            f < fg ? w[(g * fg + f) * taps + from[l0 + kk]] : 0.0f;
                     }
             }
     // tasks: (group, stretch of positions, range of filter panels); stretches of whole tiles
@@ -535,6 +605,10 @@ static void direct_product_kept(const Conv& cv, const Direct& d, const float* xp
         panels, std::max<std::int64_t>(1, (threads + cv.G * stretches - 1) / (cv.G * stretches)));
     const std::int64_t per_range = (panels + franges - 1) / franges;
     const std::int64_t tasks = cv.G * stretches * franges;
+    const std::int64_t* const place = order.place.data();
+    const std::int64_t* const target = order.target.data();
+    const std::int64_t* const tile_rows = order.rows.data();
+    const std::int64_t* const tap_offsets = offsets.data();
 #pragma omp parallel for schedule(dynamic) if (fg * U * taps > (1 << 13))
     for (std::int64_t task = 0; task < tasks; ++task) {
         const std::int64_t g = task / (stretches * franges);
@@ -548,14 +622,28 @@ static void direct_product_kept(const Conv& cv, const Direct& d, const float* xp
             const std::int64_t k = std::min(kc, taps - l0);
             const float* Wk = Wp + (g * taps + l0) * ldc;
             for (std::int64_t q = q0; q < q1; ++q)
-                for (std::int64_t u = u0; u < u1; u += MR)
-                    K.run_taps(k, xp, place + u, std::min(MR, u1 - u), off + l0,
-                               Wk + q * k * nr, C + (u - u0) * ldc + q * nr, ldc, l0 > 0);
+                for (std::int64_t u = u0; u < u1; u += MR) {
+                    // the tile's taps: its kernel rows, cut to this inner block
+                    const std::int64_t first = tile_rows[2 * (u / MR)] * per_row;
+                    const std::int64_t a = std::max(l0, first);
+                    const std::int64_t e = std::min(l0 + k, tile_rows[2 * (u / MR) + 1] * per_row);
+                    float* c = C + (u - u0) * ldc + q * nr;
+                    if (a < e)
+                        K.run_taps(e - a, xp, place + u, std::min(MR, u1 - u), off + a,
+                                   Wk + (q * k + a - l0) * nr, c, ldc, a > first);
+                    else if (l0 == 0 && first == tile_rows[2 * (u / MR) + 1] * per_row)
+                        for (std::int64_t r = 0; r < MR; ++r)    // only zeros read: 0
+                            std::fill(c + r * ldc, c + r * ldc + nr, 0.0f);
+                }
         }
-        // store: y[n0 + img][filter][p] = C[u][f], an image's stretch at a time
+        // store: y[n0 + img][filter][p] = C[u][f], a run of consecutive positions at a time
         const std::int64_t f0 = q0 * nr, f1 = std::min(fg, q1 * nr);
         for (std::int64_t u = u0; u < u1;) {
-            const std::int64_t img = u / P, p = u % P, len = std::min(u1 - u, P - p);
+            std::int64_t len = 1;
+            while (u + len < u1 && target[u + len] == target[u] + len &&
+                   target[u] % P + len < P)
+                ++len;
+            const std::int64_t img = target[u] / P, p = target[u] % P;
             for (std::int64_t f = f0; f < f1; ++f) {
                 const float bias = b ? b[g * fg + f] : 0.0f;
                 const float* src = C + (u - u0) * ldc + f;
@@ -572,7 +660,8 @@ static void direct_product_kept(const Conv& cv, const Direct& d, const float* xp
 // of the positions dropped by the other. CaffeNet conv2 (forward) to conv5 and its 3x3 ASPP
 // at 33x33: 5-9% faster; a ResNet 3x3 at 28x28 (6% dropped) 2%; not at a stride (conv1
 // 10% slower), 48 filters a group (conv2's input gradient: 20% slower), 7x7 maps or one image
-// (0.6-0.7 ms -> 0.8 ms: the packing).
+// (0.6-0.7 ms -> 0.8 ms: the packing). (Measured on Zen 5; skipping the border rows made it
+// 2.5-4% faster again on CaffeNet's shapes, Zen 4.)
 static bool use_kept(const Conv& cv, const Direct& d) {
     const std::int64_t nr = gemm::kernel().nr;
     return cv.sh == 1 && cv.sw == 1 && cv.fg() % nr == 0 && cv.N * cv.P() >= 2048 &&

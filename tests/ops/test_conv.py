@@ -416,6 +416,13 @@ DIRECT_PINNED = {
     # image whose three panels of filters (the last one short) are split between threads
     "kept_stretches": make_case(4, 8, (20, 20), 64, 3, pad=1),
     "kept_filter_ranges": make_case(1, 6, (4, 5), 70, 3, pad=1),
+    # the kernel rows on the border skipped (KeptOrder): edge rows of several images in one
+    # tile, runs across two inner blocks (300 taps), dilated rows at a stride, and whole rows
+    # of outputs that read nothing but the border
+    "kept_border_rows": make_case(3, 32, (7, 6), 33, 3, pad=(2, 1)),
+    "kept_border_dilated_strided": make_case(2, 4, (11, 9), 8, 3, stride=2, pad=3,
+                                             dilation=2),
+    "kept_border_only": make_case(2, 3, (4, 4), 5, (3, 2), pad=(4, 1)),
 }
 
 
