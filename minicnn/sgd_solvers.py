@@ -34,16 +34,18 @@ class _Rule(Solver):
         t = blob.dtype.type
         return blob.diff, t(rate * self.net.params_lr[param_id]), t
 
-    def _momentum_args(self, param_id, rate):
+    def _momentum_args(self, param_id, rate, diff=True):
         """(lr, momentum, decay, regularization, scale) as csrc/solver.cpp's momentum_update
-        takes them, or None where that fast path does not apply."""
+        takes them, or None where that fast path does not apply. ``diff``: whether the diff
+        takes part (a layer's step checks its own, and reading a deferred one copies it)."""
         blob = self.net.learnable_params[param_id]
         history = self.history[param_id]
         regularization = {"L2": 1, "L1": 2}.get(self.param.regularization_type)
+        arrays = (blob.diff, blob.data, history) if diff else (blob.data, history)
         if lib is None or regularization is None or os.environ.get("MINICNN_CPU") == "ref" \
                 or blob.dtype not in (np.float32, np.float64) \
                 or not all(isinstance(a, np.ndarray) and a.flags.c_contiguous
-                           and a.dtype == blob.dtype for a in (blob.diff, blob.data, history)):
+                           and a.dtype == blob.dtype for a in arrays):
             return None                        # unknown regularization: regularize() says so
         decay = self.param.weight_decay * self.net.params_weight_decay[param_id]
         return (rate * self.net.params_lr[param_id], self.param.momentum, decay,
@@ -60,7 +62,7 @@ class _Rule(Solver):
         return True
 
     def _momentum_step(self, param_id, rate, nesterov):
-        args = self._momentum_args(param_id, rate)
+        args = self._momentum_args(param_id, rate, diff=False)
         if args is None or args[4] != 1.0:
             return None
         lr, momentum, decay, regularization, _ = args

@@ -205,6 +205,28 @@ def test_a_deferred_diff_holds_each_iterations_step_when_read(every, monkeypatch
     assert taken == ({"fc1": 6, "fc2": 6} if FUSED_HERE else {})
 
 
+@pytest.mark.skipif(not FUSED_HERE, reason="the one-pass step needs AVX-512")
+def test_training_never_copies_a_deferred_diff_nobody_reads(monkeypatch):
+    """The copy is for readers: the solver's own iterations (handing the next step over
+    included) leave fc1's and fc2's diffs deferred."""
+    _, _, _, solver = train(dict(type="SGD"), monkeypatch, True, steps=3)
+    copies = []
+    copyto = np.copyto
+
+    def spy(dst, src, *args, **kwargs):
+        copies.append(dst.shape)
+        return copyto(dst, src, *args, **kwargs)
+
+    monkeypatch.setattr(np, "copyto", spy)
+    solver.step(3)
+    assert copies == []
+    deferred = {layer.name for layer in solver.net.layers
+                if layer.blobs and layer.blobs[0]._diff_source is not None}
+    assert deferred == {"fc1", "fc2"}
+    solver.net.params["fc1"][0].diff
+    assert copies == [solver.net.params["fc1"][0].data.shape]
+
+
 def test_a_deferred_diff_survives_a_restore(monkeypatch, tmp_path):
     """Restoring a solver state overwrites the histories in place; a diff deferred to one keeps
     the step it held (as Caffe's diff does)."""
