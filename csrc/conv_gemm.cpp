@@ -326,6 +326,30 @@ struct Direct {
 
 enum class Pass { forward, filter };
 
+// Whether the direct product's dropped positions (Direct) cost less than the packing saved:
+// more products against no packing, whose cost grows with fewer
+// filters to share it and with shorter rows. Measured on 2 cores (AMD EPYC, AVX-512), the
+// direct product against the packed one, forward: 3x3 with 32-128 filters at 56x56 to 14x14
+// (4-14% more products) 1.3-1.5x faster; 7x7 maps (31% more) 1.07-1.24x; 256 filters at
+// 56x56 (4% more) 1.0x. With rows sharing their borders (Direct::width): CaffeNet's 5x5
+// conv2 (10% more) 1.05-1.2x in all three passes; its 13x13 maps (14% more) with 128-192
+// filters a group 1.04-1.2x, with 384 (conv3) 1.0-1.1x; 3x3 at 33x33, 256 filters, rate 2
+// (9% more) 1.0-1.09x, rates 4 and 6 (15% and 20% more) 0.9-0.96x.
+static bool direct_pays(const Conv& cv) {
+    const Direct d(cv, gemm::kernel().nr);
+    const double more = static_cast<double>(d.Qp) / cv.P();
+    return more <= 1.14 || (cv.fg() <= 128 && more <= 1.2) || (cv.ow <= 8 && more <= 1.35);
+}
+
+// The shapes the kept positions' product (direct_product_kept) runs well: stride 1 and whole
+// panels of filters.
+static bool kept_possible(const Conv& cv) {
+    return cv.sh == 1 && cv.sw == 1 && cv.fg() % gemm::kernel().nr == 0 && !pointwise(cv);
+}
+static bool kept_instead(const Conv& cv) {    // where use_kept takes it though direct_pays not
+    return kept_possible(cv) && cv.N * cv.P() >= 64 && !direct_pays(cv);
+}
+
 // Not so small a map that the dropped positions outweigh the packing saved.
 static bool use_direct(const Conv& cv, Pass pass = Pass::forward) {
     if (direct_mode == 0) return false;
@@ -338,17 +362,9 @@ static bool use_direct(const Conv& cv, Pass pass = Pass::forward) {
         const bool whole_tiles = d.Qp * 20 <= cv.P() * 21;         // at most 5% more
         return whole_tiles && (pass == Pass::forward || cv.fg() <= 64);
     }
-    // More products (the dropped positions) against no packing, whose cost grows with fewer
-    // filters to share it and with shorter rows. Measured on 2 cores (AMD EPYC, AVX-512), the
-    // direct product against the packed one, forward: 3x3 with 32-128 filters at 56x56 to 14x14
-    // (4-14% more products) 1.3-1.5x faster; 7x7 maps (31% more) 1.07-1.24x; 256 filters at
-    // 56x56 (4% more) 1.0x. With rows sharing their borders (Direct::width): CaffeNet's 5x5
-    // conv2 (10% more) 1.05-1.2x in all three passes; its 13x13 maps (14% more) with 128-192
-    // filters a group 1.04-1.2x, with 384 (conv3) 1.0-1.1x; 3x3 at 33x33, 256 filters, rate 2
-    // (9% more) 1.0-1.09x, rates 4 and 6 (15% and 20% more) 0.9-0.96x.
-    const Direct d(cv, gemm::kernel().nr);
-    const double more = static_cast<double>(d.Qp) / cv.P();
-    return more <= 1.14 || (cv.fg() <= 128 && more <= 1.2) || (cv.ow <= 8 && more <= 1.35);
+    // Where the dropped positions cost too much, the kept positions' product (which drops none)
+    // can still take a forward or an input gradient: see use_kept.
+    return direct_pays(cv) || (pass == Pass::forward && kept_instead(cv));
 }
 
 // xp <- images n0 .. n0 + nb of x, padded and split into the phases the taps read; the tail
@@ -662,10 +678,17 @@ static void direct_product_kept(const Conv& cv, const Direct& d, const float* xp
 // 10% slower), 48 filters a group (conv2's input gradient: 20% slower), 7x7 maps or one image
 // (0.6-0.7 ms -> 0.8 ms: the packing). (Measured on Zen 5; skipping the border rows made it
 // 2.5-4% faster again on CaffeNet's shapes, Zen 4.)
+//
+// And wherever the other direct product does not pay (direct_pays) and this one can run, with
+// 64 positions or more to spare for the weights' packing: there the choice was the packed
+// product, which it beat on every such shape measured (2 cores, Zen 4, forward and input
+// gradient): 3x3 at 33x33 with 256 filters, rates 4, 6 and 12, 51-52 -> 44-47 ms (26 -> 21 ms
+// at rate 12, batch 4); 256 filters at 14x14, batch 8, 12.5 -> 8.8 ms, batch 1 1.44/1.68 ->
+// 1.34/1.45; 3x3 maps 0.95/1.11 -> 0.80/1.02; 5x5 at 20x20 6.4/4.3 -> 4.2/3.9; 7x7 at 17x17
+// 7.6/6.2 -> 3.7/5.7. (512 filters on one 4x4 map, 16 positions: 0.94 -> 2.65 ms.)
 static bool use_kept(const Conv& cv, const Direct& d) {
-    const std::int64_t nr = gemm::kernel().nr;
-    return cv.sh == 1 && cv.sw == 1 && cv.fg() % nr == 0 && cv.N * cv.P() >= 2048 &&
-           d.Qp * 100 >= cv.P() * 105;
+    if (!kept_possible(cv)) return false;
+    return (cv.N * cv.P() >= 2048 && d.Qp * 100 >= cv.P() * 105) || kept_instead(cv);
 }
 
 // The forward through the direct product, a chunk of images at a time (the padded copy of a

@@ -341,6 +341,9 @@ def check_fast_path(kind, case, dtype):
 
 FAST_PINNED = dict(PINNED, **{
     "pointwise": make_case(3, 5, (4, 6), 7, 1),
+    # too many dropped positions for the direct product, whole filter panels: the default
+    # takes the kept positions' product instead of the packed one (forward, input gradient)
+    "kept_instead_of_packed": make_case(2, 8, (9, 9), 32, 3, pad=4, dilation=4),
     "pointwise_grouped": make_case(2, 4, (3, 5), 6, 1, group=2),
     "pointwise_strided": make_case(2, 3, (5, 5), 2, 1, stride=2),
     # strides 2 and 4 over rows long enough for the vectorized strided gather (and its tail)
