@@ -343,8 +343,10 @@ static bool direct_pays(const Conv& cv) {
 
 // The shapes the kept positions' product (direct_product_kept) runs well: stride 1 and whole
 // panels of filters.
+static bool kept_panels48(const Conv& cv);
 static bool kept_possible(const Conv& cv) {
-    return cv.sh == 1 && cv.sw == 1 && cv.fg() % gemm::kernel().nr == 0 && !pointwise(cv);
+    return cv.sh == 1 && cv.sw == 1 && !pointwise(cv) &&
+           (cv.fg() % gemm::kernel().nr == 0 || kept_panels48(cv));
 }
 static bool kept_instead(const Conv& cv) {    // where use_kept takes it though direct_pays not
     return kept_possible(cv) && cv.N * cv.P() >= 64 && !direct_pays(cv);
@@ -567,15 +569,31 @@ struct KeptOrder {
     }
 };
 
+// Filters a group that 32-wide panels would pad (48, 96 + 48, ...) take 48-wide ones (AVX-512).
+static bool kept_panels48(const Conv& cv) {
+#ifdef MINICNN_X86
+    return gemm::kernel().nr == 32 && cv.fg() % 32 != 0 && cv.fg() % 48 == 0;
+#else
+    (void)cv;
+    return false;
+#endif
+}
+
 static void direct_product_kept(const Conv& cv, const Direct& d, const float* xp, std::int64_t n0,
                                 std::int64_t nb, const float* w, const float* b, float* y) {
     const gemm::Kernel& K = gemm::kernel();
-    const std::int64_t nr = K.nr, MR = gemm::MR;
+    const bool wide = kept_panels48(cv);
+    const std::int64_t nr = wide ? 48 : K.nr, MR = gemm::MR;
     const std::int64_t fg = cv.fg(), cg = cv.cg(), taps = cv.taps(), P = cv.P(), U = nb * P;
     const std::int64_t panels = (fg + nr - 1) / nr, ldc = panels * nr;
     const std::int64_t blocks = (taps + 255) / 256, kc = (taps + blocks - 1) / blocks;
     const std::int64_t per_row = cg * cv.kw;                   // taps of one kernel row
     const KeptOrder order(cv, d, nb, MR);
+#ifdef MINICNN_X86
+    const gemm::MicroKernelTaps taps48 = gemm::micro_avx512_taps48;
+#else
+    const gemm::MicroKernelTaps taps48 = K.run_taps;              // (never taken)
+#endif
     // tap k = (i * cg + c) * kw + j of every group: offsets[g][k], and the weights packed
     // Wp[g][inner block from l0][q][k][t] = w[g * fg + q * nr + t][c, i, j of l0 + k], 0 past fg
     std::vector<std::int64_t> offsets(cv.G * taps), weight_index(taps);
@@ -645,8 +663,9 @@ static void direct_product_kept(const Conv& cv, const Direct& d, const float* xp
                     const std::int64_t e = std::min(l0 + k, tile_rows[2 * (u / MR) + 1] * per_row);
                     float* c = C + (u - u0) * ldc + q * nr;
                     if (a < e)
-                        K.run_taps(e - a, xp, place + u, std::min(MR, u1 - u), off + a,
-                                   Wk + (q * k + a - l0) * nr, c, ldc, a > first);
+                        (wide ? taps48 : K.run_taps)(e - a, xp, place + u, std::min(MR, u1 - u),
+                                                     off + a, Wk + (q * k + a - l0) * nr, c,
+                                                     ldc, a > first);
                     else if (l0 == 0 && first == tile_rows[2 * (u / MR) + 1] * per_row)
                         for (std::int64_t r = 0; r < MR; ++r)    // only zeros read: 0
                             std::fill(c + r * ldc, c + r * ldc + nr, 0.0f);
@@ -675,9 +694,10 @@ static void direct_product_kept(const Conv& cv, const Direct& d, const float* xp
 // positions to spare for the weights' packing, a full last panel of filters, and 5% or more
 // of the positions dropped by the other. CaffeNet conv2 (forward) to conv5 and its 3x3 ASPP
 // at 33x33: 5-9% faster; a ResNet 3x3 at 28x28 (6% dropped) 2%; not at a stride (conv1
-// 10% slower), 48 filters a group (conv2's input gradient: 20% slower), 7x7 maps or one image
-// (0.6-0.7 ms -> 0.8 ms: the packing). (Measured on Zen 5; skipping the border rows made it
-// 2.5-4% faster again on CaffeNet's shapes, Zen 4.)
+// 10% slower), 7x7 maps or one image (0.6-0.7 ms -> 0.8 ms: the packing). (Measured on Zen 5;
+// skipping the border rows made it 2.5-4% faster again on CaffeNet's shapes, Zen 4.) With 48
+// filters a group (conv2's input gradient) 32-wide panels were 20% slower; 48-wide ones
+// (kept_panels48) are 10% faster: 37.1-37.4 -> 33.6-33.8 ms (Zen 4, A/B in one process).
 //
 // And wherever the other direct product does not pay (direct_pays) and this one can run, with
 // 64 positions or more to spare for the weights' packing: there the choice was the packed

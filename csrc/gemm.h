@@ -167,6 +167,51 @@ __attribute__((target("avx512f"))) inline void micro_avx512_offsets(
     micro_avx512_t(kc, RowsA(a, lda, rows), OffsetB{base, off}, c, ldc, accumulate);
 }
 
+// A 6 x 48 tile (18 running sums) with A's rows in place (TapRowsA) and B a 48-wide packed
+// panel: the kept positions' product of a convolution with 48 (or 96, 144...) filters a group,
+// which 32-wide panels would pad by a third (csrc/conv_gemm.cpp, direct_product_kept).
+__attribute__((target("avx512f"))) inline void micro_avx512_taps48(
+        std::int64_t kc, const float* base, const std::int64_t* off, std::int64_t rows,
+        const std::int64_t* pos, const float* b, float* c, std::int64_t ldc, bool accumulate) {
+    const TapRowsA a(base, off, rows, pos);
+    // named sums: GCC keeps them in registers (an array of 18 vectors it spills)
+#define MINICNN_R(X) X(0) X(1) X(2) X(3) X(4) X(5)
+#define MINICNN_DECLARE(r) __m512 c##r##0, c##r##1, c##r##2;
+#define MINICNN_LOAD(r)                                                                       \
+    if (accumulate) {                                                                         \
+        c##r##0 = _mm512_loadu_ps(c + (r) * ldc);                                             \
+        c##r##1 = _mm512_loadu_ps(c + (r) * ldc + 16);                                        \
+        c##r##2 = _mm512_loadu_ps(c + (r) * ldc + 32);                                        \
+    } else {                                                                                  \
+        c##r##0 = c##r##1 = c##r##2 = _mm512_setzero_ps();                                    \
+    }
+#define MINICNN_FMA(r)                                                                        \
+    {                                                                                         \
+        const __m512 x = _mm512_set1_ps(a.at(k, r));                                          \
+        c##r##0 = _mm512_fmadd_ps(x, b0, c##r##0);                                            \
+        c##r##1 = _mm512_fmadd_ps(x, b1, c##r##1);                                            \
+        c##r##2 = _mm512_fmadd_ps(x, b2, c##r##2);                                            \
+    }
+#define MINICNN_STORE(r)                                                                      \
+    _mm512_storeu_ps(c + (r) * ldc, c##r##0);                                                 \
+    _mm512_storeu_ps(c + (r) * ldc + 16, c##r##1);                                            \
+    _mm512_storeu_ps(c + (r) * ldc + 32, c##r##2);
+    MINICNN_R(MINICNN_DECLARE)
+    MINICNN_R(MINICNN_LOAD)
+    for (std::int64_t k = 0; k < kc; ++k) {
+        const float* bk = b + k * 48;
+        const __m512 b0 = _mm512_loadu_ps(bk), b1 = _mm512_loadu_ps(bk + 16),
+                     b2 = _mm512_loadu_ps(bk + 32);
+        MINICNN_R(MINICNN_FMA)
+    }
+    MINICNN_R(MINICNN_STORE)
+#undef MINICNN_R
+#undef MINICNN_DECLARE
+#undef MINICNN_LOAD
+#undef MINICNN_FMA
+#undef MINICNN_STORE
+}
+
 template <typename A, typename B>
 __attribute__((target("avx2,fma"))) inline void micro_avx2_t(std::int64_t kc, const A a,
                                                              const B b, float* c,

@@ -426,6 +426,11 @@ DIRECT_PINNED = {
     "kept_border_dilated_strided": make_case(2, 4, (11, 9), 8, 3, stride=2, pad=3,
                                              dilation=2),
     "kept_border_only": make_case(2, 3, (4, 4), 5, (3, 2), pad=(4, 1)),
+    # 48-wide filter panels (6 x 48 micro tiles): 48 and 144 filters a group in the forward,
+    # 48 input channels a group in the input gradient (CaffeNet conv2's)
+    "kept_48_filters": make_case(2, 5, (8, 7), 48, 3, pad=1),
+    "kept_144_filters_grouped": make_case(1, 4, (6, 9), 288, 3, pad=1, group=2),
+    "kept_48_channels": make_case(2, 96, (7, 7), 64, 5, pad=2, group=2, bias=False),
 }
 
 
