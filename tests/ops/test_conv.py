@@ -471,9 +471,11 @@ def test_direct_and_packed_products_match_reference(kind, mode, case):
 @fast
 @direct_modes
 def test_direct_product_in_chunks_of_images(kind, mode):
-    """Padded images taken a few at a time (here one: a budget of one float)."""
+    """Padded images taken a few at a time (here one: a budget of one float); the filter
+    gradient adds each chunk's onto dw (kept_stretches: in 16 x 16 blocks, 64 filters)."""
     with conv_direct(mode, chunk=1):
-        for name in ("direct_images_and_tiles", "direct_grouped_atrous", "plain"):
+        for name in ("direct_images_and_tiles", "direct_grouped_atrous", "plain",
+                     "kept_stretches"):
             check_fast_path(kind, {**FAST_PINNED, **DIRECT_PINNED}[name], np.float32)
 
 
