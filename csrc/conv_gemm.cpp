@@ -12,7 +12,6 @@
 // row (contiguously when the stride is 1). Where it pays, "the direct product" below packs
 // nothing at all: the micro-kernel reads each tap's windows in place from a zero-bordered copy
 // of the input (split into phases at a stride), through a table of tap offsets.
-#include <array>
 #include <chrono>
 #include <vector>
 
@@ -327,8 +326,8 @@ struct Direct {
 enum class Pass { forward, filter };
 
 // Whether the direct product's dropped positions (Direct) cost less than the packing saved:
-// more products against no packing, whose cost grows with fewer
-// filters to share it and with shorter rows. Measured on 2 cores (AMD EPYC, AVX-512), the
+// more products against no packing, whose cost grows with fewer filters to share it and with
+// shorter rows. Measured on 2 cores (AMD EPYC, AVX-512), the
 // direct product against the packed one, forward: 3x3 with 32-128 filters at 56x56 to 14x14
 // (4-14% more products) 1.3-1.5x faster; 7x7 maps (31% more) 1.07-1.24x; 256 filters at
 // 56x56 (4% more) 1.0x. With rows sharing their borders (Direct::width): CaffeNet's 5x5
@@ -341,9 +340,18 @@ static bool direct_pays(const Conv& cv) {
     return more <= 1.14 || (cv.fg() <= 128 && more <= 1.2) || (cv.ow <= 8 && more <= 1.35);
 }
 
+// Filters a group that 32-wide panels would pad (48, 96 + 48, ...) take 48-wide ones (AVX-512).
+static bool kept_panels48(const Conv& cv) {
+#ifdef MINICNN_X86
+    return gemm::kernel().nr == 32 && cv.fg() % 32 != 0 && cv.fg() % 48 == 0;
+#else
+    (void)cv;
+    return false;
+#endif
+}
+
 // The shapes the kept positions' product (direct_product_kept) runs well: stride 1 and whole
 // panels of filters.
-static bool kept_panels48(const Conv& cv);
 static bool kept_possible(const Conv& cv) {
     return cv.sh == 1 && cv.sw == 1 && !pointwise(cv) &&
            (cv.fg() % gemm::kernel().nr == 0 || kept_panels48(cv));
@@ -568,16 +576,6 @@ struct KeptOrder {
         }
     }
 };
-
-// Filters a group that 32-wide panels would pad (48, 96 + 48, ...) take 48-wide ones (AVX-512).
-static bool kept_panels48(const Conv& cv) {
-#ifdef MINICNN_X86
-    return gemm::kernel().nr == 32 && cv.fg() % 32 != 0 && cv.fg() % 48 == 0;
-#else
-    (void)cv;
-    return false;
-#endif
-}
 
 static void direct_product_kept(const Conv& cv, const Direct& d, const float* xp, std::int64_t n0,
                                 std::int64_t nb, const float* w, const float* b, float* y) {
