@@ -869,85 +869,6 @@ static void conv_backward_data(const Conv& cv, const float* dy, const float* w, 
 // --- backward filter: dw (F, C/G, kh, kw) += the filter gradient ------------------------------
 
 #ifdef MINICNN_X86
-// r[i] lane j <- r[j] lane i: a 16 x 16 block of floats transposed in registers (pairs
-// interleaved, then 2 x 2 blocks, then 128-bit lanes twice).
-__attribute__((target("avx512f"))) static inline void transpose16(__m512 r[16]) {
-    __m512 t[16];
-    for (int i = 0; i < 8; ++i) {
-        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    for (int i = 0; i < 4; ++i) {
-        r[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
-        r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
-        r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
-        r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
-    }
-    for (int i = 0; i < 4; ++i) {
-        t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
-        t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xDD);
-        t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
-        t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xDD);
-    }
-    for (int i = 0; i < 4; ++i) {
-        r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
-        r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
-        r[i + 4] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0x88);
-        r[i + 12] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xDD);
-    }
-}
-
-// One run of dy dealt into a 32-filter B panel: panel[s][t] = src[t * P + s] for s < length
-// and t < width (0 for t >= width): 16 positions of 16 filters loaded as 16 rows (each filter's
-// positions are contiguous) and transposed in registers. (The scalar loop wrote one value per
-// cache line of the panel at a time; a gather of 16 filters per position took 13% of CaffeNet
-// conv1's filter gradient on Zen 4, this 4.)
-__attribute__((target("avx512f"))) static void dy_panel_avx512(const float* src, std::int64_t P,
-                                                               std::int64_t width,
-                                                               std::int64_t length,
-                                                               float* panel) {
-    for (std::int64_t s0 = 0; s0 < length; s0 += 16) {
-        const std::int64_t n = std::min<std::int64_t>(16, length - s0);
-        const __mmask16 positions = static_cast<__mmask16>((1u << n) - 1);
-        for (int half = 0; half < 2; ++half) {
-            float* out = panel + s0 * 32 + half * 16;
-            if (half * 16 >= width) {                      // no filters here: zeros
-                for (std::int64_t s = 0; s < n; ++s)
-                    _mm512_storeu_ps(out + s * 32, _mm512_setzero_ps());
-                continue;
-            }
-            __m512 r[16];
-            for (int t = 0; t < 16; ++t) {
-                const std::int64_t f = half * 16 + t;
-                r[t] = f < width ? _mm512_maskz_loadu_ps(positions, src + f * P + s0)
-                                 : _mm512_setzero_ps();
-            }
-            transpose16(r);
-            for (std::int64_t s = 0; s < n; ++s) _mm512_storeu_ps(out + s * 32, r[s]);
-        }
-    }
-}
-#endif
-
-// panel[s][t] = src[t * P + s] for s < length, t < width, 0 for t in [width, nr): a run of dy
-// (length positions of width filters, P apart) dealt into a B panel of nr filters.
-static void dy_panel(const float* src, std::int64_t P, std::int64_t width, std::int64_t length,
-                     std::int64_t nr, float* panel) {
-#ifdef MINICNN_X86
-    static const bool wide = __builtin_cpu_supports("avx512f");
-    if (nr == 32 && wide) {
-        dy_panel_avx512(src, P, width, length, panel);
-        return;
-    }
-#endif
-    for (std::int64_t s = 0; s < length; ++s) {
-        float* dst = panel + s * nr;
-        for (std::int64_t t = 0; t < width; ++t) dst[t] = src[t * P + s];
-        for (std::int64_t t = width; t < nr; ++t) dst[t] = 0.0f;
-    }
-}
-
-#ifdef MINICNN_X86
 __attribute__((target("avx512f"))) static void add_transposed_avx512(
         const float* C, std::int64_t ldc, std::int64_t m, std::int64_t n, float* dst,
         std::int64_t ld) {
@@ -957,7 +878,7 @@ __attribute__((target("avx512f"))) static void add_transposed_avx512(
         for (; t0 + 16 <= n; t0 += 16) {
             __m512 r[16];
             for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(C + (r0 + i) * ldc + t0);
-            transpose16(r);                              // r[j]: column t0 + j, rows r0..
+            gemm::transpose16(r);                        // r[j]: column t0 + j, rows r0..
             for (int i = 0; i < 16; ++i) {
                 float* d = dst + (t0 + i) * ld + r0;
                 _mm512_storeu_ps(d, _mm512_add_ps(_mm512_loadu_ps(d), r[i]));
@@ -1071,9 +992,9 @@ static void conv_backward_filter_direct(const Conv& cv, const float* dy, const f
                         for (std::int64_t u = first; u < first + kept;) {  // an image's run
                             const std::int64_t img = u / P, p = u % P;
                             const std::int64_t len = std::min(first + kept - u, P - p);
-                            dy_panel(dy + ((n0 + img) * cv.F + g * fg + j0 + qq * nr_) * P + p,
-                                     P, std::min(nr_, n - qq * nr_), len, nr_,
-                                     panel + (u - first) * nr_);
+                            gemm::transposed_panel(
+                                dy + ((n0 + img) * cv.F + g * fg + j0 + qq * nr_) * P + p, P,
+                                std::min(nr_, n - qq * nr_), len, nr_, panel + (u - first) * nr_);
                             u += len;
                         }
                         std::memset(panel + kept * nr_, 0, sizeof(float) * (k_ - kept) * nr_);
@@ -1131,10 +1052,10 @@ static void conv_backward_filter(const Conv& cv, const float* dy, const float* x
                 runs_of(cv, p0 + l0, kc, runs);
                 for (std::int64_t q = 0; q * nr < n; ++q)
                     for (const Run& run : runs)
-                        dy_panel(dy + (run.n * cv.F + g * fg + j0 + q * nr) * P + run.y * cv.ow +
-                                     run.z,
-                                 P, std::min(nr, n - q * nr), run.length, nr,
-                                 Bp + (q * kc + run.offset) * nr);
+                        gemm::transposed_panel(
+                            dy + (run.n * cv.F + g * fg + j0 + q * nr) * P + run.y * cv.ow + run.z,
+                            P, std::min(nr, n - q * nr), run.length, nr,
+                            Bp + (q * kc + run.offset) * nr);
             },
             [&](std::int64_t i0, std::int64_t m, std::int64_t j0, std::int64_t n, const float* C,
                 std::int64_t ldc) {

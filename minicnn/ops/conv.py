@@ -32,8 +32,11 @@ csrc/conv_gemm.cpp), which packs the im2col columns of a cache-sized block as it
 stores y straight into the (N, F, oh, ow) output; float64 folds a chunk of images into one
 BLAS product per group (csrc/im2col.cpp: columns laid out (C*kh*kw, images*oh*ow), so the
 product stays large even on 13x13 maps; 1x1 convolutions skip im2col; buffers reused).
+3x3 stride-1 float32 convolutions with enough output tiles run Winograd's F(2x2, 3x3) instead
+(csrc/winograd.cpp; _winograd says where).
 """
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -316,6 +319,39 @@ def _columns(x, n0, nb, geom, oh, ow):
     return cols
 
 
+# Winograd's F(2x2, 3x3) (csrc/winograd.cpp) for 3x3 stride-1 undilated float32 convolutions
+# where it measured faster than the direct products (bench/RESULTS.md): 16 products of
+# tiles x C x F over 2x2 output tiles instead of 9 taps per output, 0.44-0.52 of the multiply-
+# adds. Its sums round differently from the direct product's (a few float32 ulps, like
+# cuDNN's WINOGRAD algorithms); MINICNN_CONV_WINOGRAD=0 turns it off, =2 takes it wherever the
+# geometry allows (for the tests). WINOGRAD_MODE is read at each call.
+WINOGRAD_MODE = os.environ.get("MINICNN_CONV_WINOGRAD", "1")
+WINOGRAD_MIN_TILES = 96            # fewer: transforming the filters costs more than it saves
+WINOGRAD_FILTER_BYTES = 1 << 27    # the filter gradient stores every tile's transforms
+
+
+def _winograd(x_shape, w_shape, group, geom, dtype, part):
+    """Whether ``part`` ("forward", "data", "filter") of this convolution runs by Winograd."""
+    if WINOGRAD_MODE == "0" or dtype != np.float32 or not hasattr(lib, "winograd_forward") or \
+            geom.kernel != (3, 3) or geom.stride != (1, 1) or geom.dilation != (1, 1):
+        return False
+    n, c, h, w = x_shape
+    oh, ow = geom.out_hw(h, w)
+    tiles = n * ((oh + 1) // 2) * ((ow + 1) // 2)
+    cg, fg = c // group, w_shape[0] // group
+    if part == "filter" and 16 * tiles * (c + w_shape[0]) * 4 > WINOGRAD_FILTER_BYTES:
+        return False
+    if WINOGRAD_MODE == "2":
+        return True
+    if tiles < WINOGRAD_MIN_TILES or min(cg, fg) < 16 or _is_depthwise(c, group):
+        return False
+    if part == "data":              # each thread takes whole images
+        return n >= lib.num_threads()
+    if part == "filter":            # its transforms outweigh the savings below ~128 channels
+        return min(cg, fg) >= 128 and tiles >= 256
+    return True
+
+
 def _output(out, shape, dtype):
     """``out`` when the kernels can write it directly, else a new array."""
     if out is not None and out.shape == shape and out.dtype == dtype and out.flags.c_contiguous \
@@ -337,6 +373,9 @@ def _conv2d_forward_cpu(x, w, b, *, geom, group=1, out=None):
     y = _output(out, (n, f, oh, ow), x.dtype)
     if _is_depthwise(x.shape[1], group):
         lib.depthwise_forward(x, w, b, y, _geom_tuple(geom))
+        return write_out(out, y) if y is not out else y
+    if _winograd(x.shape, w.shape, group, geom, x.dtype, "forward"):
+        lib.winograd_forward(x, w, b, y, group, *geom.pad)
         return write_out(out, y) if y is not out else y
     if x.dtype == np.float32:                       # minicnn's GEMM, implicit im2col
         lib.conv_gemm_forward(x, w, b, y, group, _geom_tuple(geom))
@@ -378,9 +417,14 @@ def _conv2d_backward_cpu_parts(dy, x, w, x_shape, geom, group, need, dx_out=None
     if dtype == np.float32:                         # minicnn's GEMM, implicit im2col
         if need_db:
             lib.channel_sums(dy, db)
-        if need_dw:
+        w_shape = (f, c // group, kh, kw)
+        if need_dw and _winograd(x_shape, w_shape, group, geom, dtype, "filter"):
+            lib.winograd_backward_filter(dy, x, dw, group, *geom.pad)
+        elif need_dw:
             lib.conv_gemm_backward_filter(dy, x, dw, group, _geom_tuple(geom))
-        if need_dx:
+        if need_dx and _winograd(x_shape, w_shape, group, geom, dtype, "data"):
+            lib.winograd_backward_data(dy, w, dx, group, *geom.pad)
+        elif need_dx:
             lib.conv_gemm_backward_data(dy, w, dx, group, _geom_tuple(geom))
         return _finish_dx(dx_out, dx), dw, db
     fg, k = f // group, c // group * kh * kw

@@ -486,6 +486,134 @@ def test_direct_mode_is_checked(kind):
         lib.set_conv_direct(4)
 
 
+# --- Winograd F(2x2, 3x3) (csrc/winograd.cpp) -------------------------------------------------
+
+WINOGRAD_PINNED = {
+    # 13x13: tile rows of 7 (one AVX-512 chunk of the input transform), grouped, blocks of 32
+    # tiles that end mid-row and mid-image
+    "wino_13x13_grouped": make_case(3, 8, (13, 13), 12, 3, pad=1, group=2),
+    # tile rows of 15: input chunks 7 + 7 + 1, output-gradient chunks 8 + 7; even output width
+    "wino_rows_of_15": make_case(2, 5, (9, 30), 7, 3, pad=1),
+    "wino_rows_of_33": make_case(1, 2, (5, 65), 3, 3, pad=1),
+    # no padding and a wider one, different per axis; odd output sizes drop half a tile
+    "wino_pad_0_2": make_case(2, 4, (10, 17), 6, 3, pad=(0, 2)),
+    "wino_pad_2_0": make_case(2, 3, (4, 7), 5, 3, pad=(2, 0), bias=False),
+    "wino_one_pixel": make_case(2, 3, (1, 1), 2, 3, pad=1),
+    # 40 filters (6 full filter panels and a partial one) over 108 tiles (3 full blocks and 12);
+    # 13 channels a group (a partial channel panel in the input gradient)
+    "wino_40_filters": make_case(3, 6, (12, 11), 40, 3, pad=1, bias=False),
+    "wino_13_channels": make_case(2, 39, (8, 9), 6, 3, pad=1, group=3),
+}
+
+
+@contextlib.contextmanager
+def winograd(mode, monkeypatch):
+    import minicnn.ops.conv as conv_module
+    monkeypatch.setattr(conv_module, "WINOGRAD_MODE", mode)
+    yield
+
+
+def check_winograd(case):
+    """Every pass by Winograd, against the float64 reference to a few float32 roundings of
+    the largest value (outputs poisoned first: an unwritten value is NaN)."""
+    import minicnn.ops.conv as conv_module
+    x, w, b, geom, group = (a.astype(np.float32) if isinstance(a, np.ndarray) else a
+                            for a in case)
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    want_y = forward(x64, w64, None if b is None else b.astype(np.float64), geom=geom,
+                     group=group)
+    dy = np.random.default_rng(7).standard_normal(want_y.shape).astype(np.float32)
+    want = (want_y, *backward(dy.astype(np.float64), x64, w64, geom=geom, group=group)[:2])
+    y = np.full(want_y.shape, np.nan, np.float32)
+    conv2d_forward.impls["cpu"](x, w, b, geom=geom, group=group, out=y)
+    dx = np.full(x.shape, np.nan, np.float32)
+    _, dw, _ = conv2d_backward.impls["cpu"](dy, x, w, geom=geom, group=group, dx_out=dx)
+    for name, got, ref in zip(("y", "dx", "dw"), (y, dx, dw), want):
+        scale = max(1.0, np.abs(ref).max())
+        assert np.all(np.isfinite(got)), name
+        assert np.abs(got - ref).max() <= 2e-6 * scale, (name, np.abs(got - ref).max(), scale)
+    assert all(conv_module._winograd(x.shape, w.shape, group, geom, np.float32, part)
+               for part in ("forward", "data", "filter"))
+
+
+@fast
+@pytest.mark.parametrize("case", WINOGRAD_PINNED.values(), ids=WINOGRAD_PINNED.keys())
+def test_winograd_pinned(kind, case, monkeypatch):
+    from minicnn.native import lib
+    calls = []
+    for name in ("winograd_forward", "winograd_backward_data", "winograd_backward_filter"):
+        monkeypatch.setattr(lib, name, lambda *a, _f=getattr(lib, name), _n=name:
+                            calls.append(_n) or _f(*a))
+    with winograd("2", monkeypatch):
+        check_winograd(case)
+    assert sorted(set(calls)) == ["winograd_backward_data", "winograd_backward_filter",
+                                  "winograd_forward"]
+
+
+@st.composite
+def winograd_cases(draw):
+    group = draw(st.integers(1, 3))
+    pad = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+    h, w = (draw(st.integers(max(1, 3 - 2 * p), 20)) for p in pad)
+    return make_case(draw(st.integers(1, 3)), group * draw(st.integers(1, 9)), (h, w),
+                     group * draw(st.integers(1, 9)), 3, pad=pad, group=group,
+                     bias=draw(st.booleans()), seed=draw(st.integers(0, 2**32 - 1)))
+
+
+@fast
+@given(case=winograd_cases())
+def test_winograd_matches_reference(kind, case):
+    import minicnn.ops.conv as conv_module
+    previous, conv_module.WINOGRAD_MODE = conv_module.WINOGRAD_MODE, "2"
+    try:
+        check_winograd(case)
+    finally:
+        conv_module.WINOGRAD_MODE = previous
+
+
+@fast
+def test_winograd_runs_where_it_measured_faster(kind, monkeypatch):
+    """The default (MINICNN_CONV_WINOGRAD=1): CaffeNet's conv3-5 at batch 16 take it in every
+    pass; few tiles, other geometries, float64 and mode 0 do not."""
+    import minicnn.ops.conv as conv_module
+    from minicnn.native import lib
+    monkeypatch.setattr(conv_module, "WINOGRAD_MODE", "1")
+    same = ConvGeometry(3, 1, 1)
+    parts = ("forward", "data", "filter")
+
+    def takes(x_shape, w_shape, group=1, geom=same, dtype=np.float32):
+        return [conv_module._winograd(x_shape, w_shape, group, geom, dtype, p) for p in parts]
+
+    assert takes((16, 256, 13, 13), (384, 256, 3, 3)) == [True, True, True]         # conv3
+    assert takes((16, 384, 13, 13), (256, 192, 3, 3), group=2) == [True, True, True]  # conv5
+    assert takes((8, 64, 28, 28), (64, 64, 3, 3)) == [True, True, False]   # filter: < 128 ch
+    assert takes((1, 256, 7, 7), (256, 256, 3, 3)) == [False] * 3                   # 16 tiles
+    assert takes((1, 64, 28, 28), (64, 64, 3, 3))[1] == (lib.num_threads() == 1)   # 1 image
+    assert takes((16, 256, 13, 13), (384, 256, 3, 3), dtype=np.float64) == [False] * 3
+    assert takes((16, 48, 27, 27), (256, 48, 5, 5), geom=ConvGeometry(5, 1, 2)) == [False] * 3
+    assert takes((16, 256, 26, 26), (384, 256, 3, 3), geom=ConvGeometry(3, 2, 1)) == [False] * 3
+    assert takes((16, 256, 26, 26), (384, 256, 3, 3),
+                 geom=ConvGeometry(3, 1, 2, 2)) == [False] * 3                      # atrous
+    assert takes((16, 256, 13, 13), (256, 1, 3, 3), group=256) == [False] * 3       # depthwise
+    monkeypatch.setattr(conv_module, "WINOGRAD_MODE", "0")
+    assert takes((16, 256, 13, 13), (384, 256, 3, 3)) == [False] * 3
+
+
+@fast
+def test_winograd_checks_its_arguments(kind):
+    from minicnn.native import lib
+    x = np.zeros((1, 4, 5, 5), np.float32)
+    with pytest.raises(ValueError, match="3x3 filters only"):
+        lib.winograd_forward(x, np.zeros((2, 4, 5, 5), np.float32), None,
+                             np.zeros((1, 2, 3, 3), np.float32), 1, 1, 1)
+    with pytest.raises(ValueError, match="output size"):
+        lib.winograd_forward(x, np.zeros((2, 4, 3, 3), np.float32), None,
+                             np.zeros((1, 2, 4, 4), np.float32), 1, 1, 1)
+    with pytest.raises(ValueError, match="split into the groups"):
+        lib.winograd_backward_data(np.zeros((1, 2, 5, 5), np.float32),
+                                   np.zeros((2, 4, 3, 3), np.float32), x, 2, 1, 1)
+
+
 @fast
 def test_fast_path_in_chunks_of_one_image(kind, monkeypatch):
     """A batch whose columns exceed the scratch budget goes through in several chunks."""
@@ -566,6 +694,11 @@ def test_every_gemm_micro_kernel_matches_the_reference(gemm_kernel):
         "for name, case in dict(t.FAST_PINNED, **t.DIRECT_PINNED).items():\n"
         "    t.check_fast_path('cpu', case, np.float32)\n"
         "lib.set_conv_direct(1)\n"
+        "import minicnn.ops.conv as c\n"        # Winograd's portable transforms
+        "c.WINOGRAD_MODE = '2'\n"
+        "for name, case in t.WINOGRAD_PINNED.items():\n"
+        "    t.check_winograd(case)\n"
+        "c.WINOGRAD_MODE = '1'\n"
         "from minicnn.ops.inner_product import inner_product_backward as ip\n"
         "rng = np.random.default_rng(0)\n"
         "for m, k, n, tr in [(16, 70, 45, False), (16, 70, 45, True), (7, 300, 100, False),\n"

@@ -1,0 +1,746 @@
+// 3x3 stride-1 convolution by Winograd's minimal filtering F(2x2, 3x3), float32, forward,
+// input gradient and filter gradient (Lavin & Gray 2015, "Fast Algorithms for Convolutional
+// Neural Networks"; cuDNN's and NNPACK's WINOGRAD algorithms).
+//
+// Cut the output into 2x2 tiles; tile t reads a 4x4 window d_t of the (zero-padded) input.
+// With the constant matrices
+//
+//     B^T = [1  0 -1  0]      G = [ 1    0    0 ]      A^T = [1  1  1  0]
+//           [0  1  1  0]          [1/2  1/2  1/2]            [0  1 -1 -1]
+//           [0 -1  1  0]          [1/2 -1/2  1/2]
+//           [0  1  0 -1]          [ 0    0    1 ]
+//
+// the 2x2 outputs of filter f are  y_t[f] = A^T ( sum_c (G w[f,c] G^T) . (B^T d_t[c] B) ) A,
+// where . multiplies elementwise. Each of the 16 elements e of the 4x4 products is a matrix
+// product over the channels:
+//
+//     M_e (tiles x F)  =  V_e (tiles x C)  *  U_e (C x F)
+//     V_e[t][c] = (B^T d_t[c] B)_e      U_e[c][f] = (G w[f,c] G^T)_e
+//
+// 16 products of tiles x C x F multiply-adds where the direct convolution does 4 * 9 per tile:
+// 2.25 times fewer (less the tiles hanging past an odd-sized map: 0.52 of the direct work on
+// 13x13, 0.44 on 14x14 or 56x56). The backward passes are the adjoints of the same linear map:
+//
+//     input gradient   D_e = (A dy_t A^T)_e        dV_e = D_e * U_e^T      dd_t = B dV_t B^T
+//     filter gradient  dU_e = V_e^T * D_e          dw[f,c] += G^T dU[c,f] G
+//
+// (dd_t added onto the input window t read). The transforms only add and halve, so the sums
+// differ from the direct product's by a few float32 roundings (the tests hold every pass to
+// the NumPy reference); MINICNN_CONV_WINOGRAD=0 turns the algorithm off (minicnn/ops/conv.py
+// decides where it runs). The products run on minicnn's micro-kernels (csrc/gemm.h): the
+// forward and the input gradient a block of tiles at a time, transformed straight into the
+// micro-kernel's panels; the filter gradient, whose inner dimension is the tiles, on whole
+// transformed tensors.
+#include <vector>
+
+#include "common.h"
+#include "gemm.h"
+
+namespace minicnn {
+
+namespace {
+
+struct Wino {
+    std::int64_t N, C, H, W, F, G, ph, pw, oh, ow;
+    std::int64_t th() const { return (oh + 1) / 2; }        // tile rows and columns
+    std::int64_t tw() const { return (ow + 1) / 2; }
+    std::int64_t tiles() const { return N * th() * tw(); }  // T: every image's tiles
+    std::int64_t cg() const { return C / G; }
+    std::int64_t fg() const { return F / G; }
+};
+
+// Scratch kept between calls (the calling thread's own: the GIL is released while we run).
+float* buffer(int slot, std::int64_t floats) {
+    thread_local std::vector<float> slots[4];
+    std::vector<float>& v = slots[slot];
+    if (static_cast<std::int64_t>(v.size()) < floats) v.assign(floats, 0.0f);
+    return v.data();
+}
+
+// --- the forward and the input gradient, a block of tiles at a time ---------------------------
+//
+// The products run with the tiles as their columns: a block of nr tiles (the micro-kernel's
+// width) is transformed straight into one B panel per element, Bp[e][k][nr] (k a channel, or a
+// filter for the input gradient), which stays in the cache while every MR-row panel of the
+// transformed filters (packed once per call) runs against it into Cb[e][MR][nr]; the MR rows
+// of the 16 elements are then turned back into outputs (or input gradients) at once. Nothing
+// the size of the whole tensor is ever stored.
+
+// Tiles (n, a, b0 .. b1-1) of one tile row, at columns j .. of their block.
+struct Segment {
+    std::int64_t n, a, b0, b1, j;
+};
+
+void segments_of(const Wino& w, std::int64_t t0, std::int64_t nt, std::vector<Segment>& out) {
+    out.clear();
+    const std::int64_t th = w.th(), tw = w.tw();
+    for (std::int64_t t = t0; t < t0 + nt;) {
+        const std::int64_t n = t / (th * tw), a = (t / tw) % th, b = t % tw;
+        const std::int64_t len = std::min(tw - b, t0 + nt - t);
+        out.push_back({n, a, b, b + len, t - t0});
+        t += len;
+    }
+}
+
+// ``width`` values of image row r from column s0 (zeros outside the image) into dst.
+inline void read_row(const float* plane, std::int64_t H, std::int64_t W, std::int64_t r,
+                     std::int64_t s0, std::int64_t width, float* dst) {
+    std::fill(dst, dst + width, 0.0f);
+    if (r < 0 || r >= H) return;
+    const std::int64_t lo = std::max<std::int64_t>(0, -s0), hi = std::min(width, W - s0);
+    if (hi > lo) std::memcpy(dst + lo, plane + r * W + s0 + lo, sizeof(float) * (hi - lo));
+}
+
+// B^T d B of ``len`` tiles side by side: rows holds their 4 input rows (2 len + 2 values each,
+// row stride ld); element e of tile b goes to out[e * lde + b].
+MINICNN_VECTOR_CLONES static void input_tiles(const float* __restrict rows, std::int64_t ld,
+                                              std::int64_t len, float* __restrict t,
+                                              float* __restrict out, std::int64_t lde) {
+    const std::int64_t width = 2 * len + 2;
+    const float *d0 = rows, *d1 = rows + ld, *d2 = rows + 2 * ld, *d3 = rows + 3 * ld;
+    float *t0 = t, *t1 = t + ld, *t2 = t + 2 * ld, *t3 = t + 3 * ld;
+    for (std::int64_t k = 0; k < width; ++k) {                 // B^T along the rows
+        t0[k] = d0[k] - d2[k];
+        t1[k] = d1[k] + d2[k];
+        t2[k] = d2[k] - d1[k];
+        t3[k] = d1[k] - d3[k];
+    }
+    for (int i = 0; i < 4; ++i) {                              // then along the columns
+        const float* ti = t + i * ld;
+        float* o = out + i * 4 * lde;
+        for (std::int64_t b = 0; b < len; ++b) {
+            o[0 * lde + b] = ti[2 * b] - ti[2 * b + 2];
+            o[1 * lde + b] = ti[2 * b + 1] + ti[2 * b + 2];
+            o[2 * lde + b] = ti[2 * b + 2] - ti[2 * b + 1];
+            o[3 * lde + b] = ti[2 * b + 1] - ti[2 * b + 3];
+        }
+    }
+}
+
+#ifdef MINICNN_X86
+// input_tiles for up to 7 tiles in AVX-512 registers: their 4 input rows are 16 values each
+// (columns s0 .. s0+15 of the plane, zeros outside it, read by masked loads), and the columns'
+// transform picks the even and odd values by permutes. On 13x13 maps a tile row is 7 tiles,
+// too short for the portable loops to vectorize.
+__attribute__((target("avx512f"))) static void input_tiles7_avx512(
+        const float* plane, std::int64_t H, std::int64_t W, std::int64_t r0, std::int64_t s0,
+        std::int64_t len, float* out, std::int64_t lde) {
+    const std::int64_t lo = std::max<std::int64_t>(0, -s0);
+    const std::int64_t hi = std::min<std::int64_t>(2 * len + 2, W - s0);
+    const __mmask16 cols = hi > lo ? __mmask16(((1u << hi) - 1) & ~((1u << lo) - 1)) : 0;
+    __m512 d[4];
+    for (int i = 0; i < 4; ++i) {
+        const std::int64_t r = r0 + i;
+        d[i] = (r >= 0 && r < H) ? _mm512_maskz_loadu_ps(cols, plane + r * W + s0)
+                                 : _mm512_setzero_ps();
+    }
+    const __m512 t[4] = {_mm512_sub_ps(d[0], d[2]), _mm512_add_ps(d[1], d[2]),
+                         _mm512_sub_ps(d[2], d[1]), _mm512_sub_ps(d[1], d[3])};
+    // lane b of these picks column 2b, 2b+1, 2b+2, 2b+3 (lanes past 6 are never stored)
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i even2 = _mm512_setr_epi32(2, 4, 6, 8, 10, 12, 14, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i odd2 = _mm512_setr_epi32(3, 5, 7, 9, 11, 13, 15, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __mmask16 tiles = __mmask16((1u << len) - 1);
+    for (int i = 0; i < 4; ++i) {
+        const __m512 e0 = _mm512_permutexvar_ps(even, t[i]);
+        const __m512 o0 = _mm512_permutexvar_ps(odd, t[i]);
+        const __m512 e1 = _mm512_permutexvar_ps(even2, t[i]);
+        const __m512 o1 = _mm512_permutexvar_ps(odd2, t[i]);
+        float* o = out + i * 4 * lde;
+        _mm512_mask_storeu_ps(o, tiles, _mm512_sub_ps(e0, e1));
+        _mm512_mask_storeu_ps(o + lde, tiles, _mm512_add_ps(o0, e1));
+        _mm512_mask_storeu_ps(o + 2 * lde, tiles, _mm512_sub_ps(e1, o0));
+        _mm512_mask_storeu_ps(o + 3 * lde, tiles, _mm512_sub_ps(o0, o1));
+    }
+}
+#endif
+
+#ifdef MINICNN_X86
+// gradient_tiles for up to 8 tiles: their 2 output-gradient rows are 16 values each (masked
+// loads, zeros past the map).
+__attribute__((target("avx512f"))) static void gradient_tiles8_avx512(
+        const float* plane, std::int64_t oh, std::int64_t ow, std::int64_t r0, std::int64_t s0,
+        std::int64_t len, float* out, std::int64_t lde) {
+    const std::int64_t hi = std::min<std::int64_t>(2 * len, ow - s0);
+    const __mmask16 cols = __mmask16((1u << hi) - 1);
+    const __m512 y0 = _mm512_maskz_loadu_ps(cols, plane + r0 * ow + s0);
+    const __m512 y1 = r0 + 1 < oh ? _mm512_maskz_loadu_ps(cols, plane + (r0 + 1) * ow + s0)
+                                  : _mm512_setzero_ps();
+    const __m512 zero = _mm512_setzero_ps();
+    const __m512 z[4] = {y0, _mm512_add_ps(y0, y1), _mm512_sub_ps(y0, y1),
+                         _mm512_sub_ps(zero, y1)};
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __mmask16 tiles = __mmask16((1u << len) - 1);
+    for (int i = 0; i < 4; ++i) {
+        const __m512 e = _mm512_permutexvar_ps(even, z[i]);
+        const __m512 o = _mm512_permutexvar_ps(odd, z[i]);
+        float* dst = out + i * 4 * lde;
+        _mm512_mask_storeu_ps(dst, tiles, e);
+        _mm512_mask_storeu_ps(dst + lde, tiles, _mm512_add_ps(e, o));
+        _mm512_mask_storeu_ps(dst + 2 * lde, tiles, _mm512_sub_ps(e, o));
+        _mm512_mask_storeu_ps(dst + 3 * lde, tiles, _mm512_sub_ps(zero, o));
+    }
+}
+
+// input_adjoint_tiles for up to 7 tiles, added straight onto the 4 input rows they read
+// (columns s0 .. s0 + 2 len + 1, those inside the plane).
+__attribute__((target("avx512f"))) static void input_adjoint_tiles7_avx512(
+        const float* v, std::int64_t lde, std::int64_t len, float* plane, std::int64_t H,
+        std::int64_t W, std::int64_t r0, std::int64_t s0) {
+    const __mmask16 tiles = __mmask16((1u << len) - 1);
+    const __m512 zero = _mm512_setzero_ps();
+    const __m512i interleave = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22,
+                                                 7, 23);
+    __m512 acc[4];
+    for (int i = 0; i < 4; ++i) {              // B along the columns, neighbours overlapping
+        const __m512 v0 = _mm512_maskz_loadu_ps(tiles, v + (i * 4 + 0) * lde);
+        const __m512 v1 = _mm512_maskz_loadu_ps(tiles, v + (i * 4 + 1) * lde);
+        const __m512 v2 = _mm512_maskz_loadu_ps(tiles, v + (i * 4 + 2) * lde);
+        const __m512 v3 = _mm512_maskz_loadu_ps(tiles, v + (i * 4 + 3) * lde);
+        // tile b gives columns 2b, 2b+1 (first, second) and 2b+2, 2b+3 (third, fourth)
+        const __m512 first = v0, second = _mm512_add_ps(_mm512_sub_ps(v1, v2), v3);
+        const __m512 third = _mm512_sub_ps(_mm512_add_ps(v1, v2), v0);
+        const __m512 fourth = _mm512_sub_ps(zero, v3);
+        const __m512 prev3 = _mm512_castsi512_ps(_mm512_alignr_epi32(      // lane b: b-1's
+            _mm512_castps_si512(third), _mm512_castps_si512(zero), 15));
+        const __m512 prev4 = _mm512_castsi512_ps(_mm512_alignr_epi32(
+            _mm512_castps_si512(fourth), _mm512_castps_si512(zero), 15));
+        acc[i] = _mm512_permutex2var_ps(_mm512_add_ps(first, prev3), interleave,
+                                        _mm512_add_ps(second, prev4));
+    }
+    const __m512 rows[4] = {acc[0], _mm512_add_ps(_mm512_sub_ps(acc[1], acc[2]), acc[3]),
+                            _mm512_sub_ps(_mm512_add_ps(acc[1], acc[2]), acc[0]),
+                            _mm512_sub_ps(zero, acc[3])};
+    const std::int64_t lo = std::max<std::int64_t>(0, -s0);
+    const std::int64_t hi = std::min<std::int64_t>(2 * len + 2, W - s0);
+    if (hi <= lo) return;
+    const __mmask16 cols = __mmask16(((1u << hi) - 1) & ~((1u << lo) - 1));
+    for (int i = 0; i < 4; ++i) {                // then along the rows, onto the plane
+        const std::int64_t r = r0 + i;
+        if (r < 0 || r >= H) continue;
+        float* dst = plane + r * W + s0;
+        _mm512_mask_storeu_ps(dst, cols,
+                              _mm512_add_ps(_mm512_maskz_loadu_ps(cols, dst), rows[i]));
+    }
+}
+#endif
+
+// A dy A^T of ``len`` tiles side by side: rows holds their 2 output-gradient rows (2 len values
+// each, row stride ld); element e of tile b goes to out[e * lde + b].
+MINICNN_VECTOR_CLONES static void gradient_tiles(const float* __restrict rows, std::int64_t ld,
+                                                 std::int64_t len, float* __restrict z,
+                                                 float* __restrict out, std::int64_t lde) {
+    const float *y0 = rows, *y1 = rows + ld;
+    float *z1 = z, *z2 = z + ld;                               // z0 = y0, z3 = -y1
+    for (std::int64_t k = 0; k < 2 * len; ++k) {               // A along the rows
+        z1[k] = y0[k] + y1[k];
+        z2[k] = y0[k] - y1[k];
+    }
+    const float* zr[3] = {y0, z1, z2};
+    for (int i = 0; i < 3; ++i) {                              // then along the columns
+        const float* zi = zr[i];
+        float* o = out + i * 4 * lde;
+        for (std::int64_t b = 0; b < len; ++b) {
+            o[0 * lde + b] = zi[2 * b];
+            o[1 * lde + b] = zi[2 * b] + zi[2 * b + 1];
+            o[2 * lde + b] = zi[2 * b] - zi[2 * b + 1];
+            o[3 * lde + b] = -zi[2 * b + 1];
+        }
+    }
+    float* o = out + 12 * lde;                                 // row 3 = -y1
+    for (std::int64_t b = 0; b < len; ++b) {
+        o[0 * lde + b] = -y1[2 * b];
+        o[1 * lde + b] = -y1[2 * b] - y1[2 * b + 1];
+        o[2 * lde + b] = y1[2 * b + 1] - y1[2 * b];
+        o[3 * lde + b] = y1[2 * b + 1];
+    }
+}
+
+// A^T m A of n tiles: m[e * lde + j] -> out[p * ld + j] for the 2x2 outputs p = 2 i + k.
+MINICNN_VECTOR_CLONES static void output_tiles(const float* __restrict m, std::int64_t lde,
+                                               std::int64_t n, float* __restrict out,
+                                               std::int64_t ld) {
+    for (std::int64_t j = 0; j < n; ++j) {
+        float t[2][4];
+        for (int k = 0; k < 4; ++k) {
+            const float m0 = m[(0 + k) * lde + j], m1 = m[(4 + k) * lde + j];
+            const float m2 = m[(8 + k) * lde + j], m3 = m[(12 + k) * lde + j];
+            t[0][k] = m0 + m1 + m2;
+            t[1][k] = m1 - m2 - m3;
+        }
+        for (int i = 0; i < 2; ++i) {
+            out[(2 * i + 0) * ld + j] = t[i][0] + t[i][1] + t[i][2];
+            out[(2 * i + 1) * ld + j] = t[i][1] - t[i][2] - t[i][3];
+        }
+    }
+}
+
+// B v B^T of ``len`` tiles side by side, neighbours' overlapping columns summed: v[e * lde + b]
+// -> 4 rows of 2 len + 2 values (row stride ld), the gradient of the 4 input rows they read.
+MINICNN_VECTOR_CLONES static void input_adjoint_tiles(const float* __restrict v, std::int64_t lde,
+                                                      std::int64_t len, float* __restrict r,
+                                                      std::int64_t ld) {
+    float* acc = r + 4 * ld;                                   // 4 more rows of scratch
+    for (int i = 0; i < 4; ++i) {                              // B along the columns
+        const float *v0 = v + (i * 4 + 0) * lde, *v1 = v + (i * 4 + 1) * lde;
+        const float *v2 = v + (i * 4 + 2) * lde, *v3 = v + (i * 4 + 3) * lde;
+        float* a = acc + i * ld;
+        a[0] = v0[0];
+        a[1] = v1[0] - v2[0] + v3[0];
+        for (std::int64_t b = 1; b < len; ++b) {    // tile b's first two columns, b-1's last two
+            a[2 * b] = v0[b] + v1[b - 1] + v2[b - 1] - v0[b - 1];
+            a[2 * b + 1] = v1[b] - v2[b] + v3[b] - v3[b - 1];
+        }
+        a[2 * len] = v1[len - 1] + v2[len - 1] - v0[len - 1];
+        a[2 * len + 1] = -v3[len - 1];
+    }
+    const std::int64_t width = 2 * len + 2;
+    const float *a0 = acc, *a1 = acc + ld, *a2 = acc + 2 * ld, *a3 = acc + 3 * ld;
+    for (std::int64_t k = 0; k < width; ++k) {                 // then along the rows
+        r[k] = a0[k];
+        r[ld + k] = a1[k] - a2[k] + a3[k];
+        r[2 * ld + k] = a1[k] + a2[k] - a0[k];
+        r[3 * ld + k] = -a3[k];
+    }
+}
+
+// G w G^T of n filters (9 taps each, contiguous): element e of filter p goes to u[e * n + p].
+MINICNN_VECTOR_CLONES static void filter_tiles(const float* __restrict w, std::int64_t n,
+                                               float* __restrict u) {
+    for (std::int64_t p = 0; p < n; ++p) {
+        float t[4][3];
+        for (int j = 0; j < 3; ++j) {
+            const float w0 = w[p * 9 + j], w1 = w[p * 9 + 3 + j], w2 = w[p * 9 + 6 + j];
+            t[0][j] = w0;
+            t[1][j] = 0.5f * (w0 + w1 + w2);
+            t[2][j] = 0.5f * (w0 - w1 + w2);
+            t[3][j] = w2;
+        }
+        for (int i = 0; i < 4; ++i) {
+            u[(i * 4 + 0) * n + p] = t[i][0];
+            u[(i * 4 + 1) * n + p] = 0.5f * (t[i][0] + t[i][1] + t[i][2]);
+            u[(i * 4 + 2) * n + p] = 0.5f * (t[i][0] - t[i][1] + t[i][2]);
+            u[(i * 4 + 3) * n + p] = t[i][2];
+        }
+    }
+}
+
+#ifdef MINICNN_X86
+// filter_tiles for 16 filters at a time: tap k of the 16 by one gather (9 floats apart).
+__attribute__((target("avx512f"))) static void filter_tiles_avx512(const float* w, std::int64_t n,
+                                                                   float* u) {
+    const __m512i nine = _mm512_setr_epi32(0, 9, 18, 27, 36, 45, 54, 63, 72, 81, 90, 99, 108,
+                                           117, 126, 135);
+    const __m512 half = _mm512_set1_ps(0.5f);
+    std::int64_t p = 0;
+    for (; p + 16 <= n; p += 16) {
+        __m512 g[9];
+        for (int k = 0; k < 9; ++k)
+            g[k] = _mm512_i32gather_ps(nine, w + p * 9 + k, 4);
+        __m512 t[4][3];
+        for (int j = 0; j < 3; ++j) {
+            t[0][j] = g[j];
+            t[1][j] = _mm512_mul_ps(half, _mm512_add_ps(_mm512_add_ps(g[j], g[3 + j]), g[6 + j]));
+            t[2][j] = _mm512_mul_ps(half, _mm512_add_ps(_mm512_sub_ps(g[j], g[3 + j]), g[6 + j]));
+            t[3][j] = g[6 + j];
+        }
+        for (int i = 0; i < 4; ++i) {
+            const __m512 a = t[i][0], b = t[i][1], c = t[i][2];
+            _mm512_storeu_ps(u + (i * 4 + 0) * n + p, a);
+            _mm512_storeu_ps(u + (i * 4 + 1) * n + p,
+                             _mm512_mul_ps(half, _mm512_add_ps(_mm512_add_ps(a, b), c)));
+            _mm512_storeu_ps(u + (i * 4 + 2) * n + p,
+                             _mm512_mul_ps(half, _mm512_add_ps(_mm512_sub_ps(a, b), c)));
+            _mm512_storeu_ps(u + (i * 4 + 3) * n + p, c);
+        }
+    }
+    if (p < n) {                                  // the last few: the portable loop's order
+        float rest[16 * 16];
+        filter_tiles(w + p * 9, n - p, rest);
+        for (int e = 0; e < 16; ++e)
+            std::memcpy(u + e * n + p, rest + e * (n - p), sizeof(float) * (n - p));
+    }
+}
+#endif
+
+// The transformed filters as MR-row A panels: for the forward, rows = a group's filters and
+// inner index = its channels, Ua[g][e][p][c][MR]; for the input gradient the other way round,
+// Ut[g][e][p][f][MR] (either may be null). Rows past the group's end are 0.
+void pack_filters(const Wino& w, const float* wt, float* Ua, float* Ut) {
+    const std::int64_t MR = gemm::MR, cg = w.cg(), fg = w.fg(), pairs = w.F * cg;
+    const std::int64_t Pf = (fg + MR - 1) / MR, Pc = (cg + MR - 1) / MR;
+    float* u = buffer(2, 16 * pairs);                        // u[e][f][c]
+    const bool wide = gemm::kernel().nr == 32;
+    const std::int64_t chunk = 1024;
+#pragma omp parallel
+    {
+#pragma omp for schedule(static)
+        for (std::int64_t p0 = 0; p0 < pairs; p0 += chunk) {
+            const std::int64_t n = std::min(chunk, pairs - p0);
+            float* part = gemm::scratch(6, 16 * chunk);
+#ifdef MINICNN_X86
+            if (wide)
+                filter_tiles_avx512(wt + p0 * 9, n, part);
+            else
+#endif
+                filter_tiles(wt + p0 * 9, n, part);
+            for (int e = 0; e < 16; ++e)
+                std::memcpy(u + e * pairs + p0, part + e * n, sizeof(float) * n);
+        }
+#pragma omp for collapse(2) schedule(static)
+        for (std::int64_t g = 0; g < w.G; ++g)
+            for (int e = 0; e < 16; ++e) {
+                const float* ue = u + e * pairs + g * fg * cg;   // this group's (fg x cg) rows
+                if (Ua)
+                    for (std::int64_t p = 0; p < Pf; ++p) {
+                        float* dst = Ua + ((g * 16 + e) * Pf + p) * cg * MR;
+                        const std::int64_t rows = std::min(MR, fg - p * MR);
+                        for (std::int64_t c = 0; c < cg; ++c)
+                            for (std::int64_t r = 0; r < MR; ++r)
+                                dst[c * MR + r] = r < rows ? ue[(p * MR + r) * cg + c] : 0.0f;
+                    }
+                if (Ut)
+                    for (std::int64_t p = 0; p < Pc; ++p) {
+                        float* dst = Ut + ((g * 16 + e) * Pc + p) * fg * MR;
+                        const std::int64_t cols = std::min(MR, cg - p * MR);
+                        for (std::int64_t f = 0; f < fg; ++f)
+                            for (std::int64_t r = 0; r < MR; ++r)
+                                dst[f * MR + r] = r < cols ? ue[f * cg + p * MR + r] : 0.0f;
+                    }
+            }
+    }
+}
+
+void winograd_forward(const Wino& w, const float* x, const float* wt, const float* bias,
+                      float* y) {
+    const gemm::Kernel& K = gemm::kernel();
+    const std::int64_t MR = gemm::MR, NB = K.nr, T = w.tiles(), cg = w.cg(), fg = w.fg();
+    const std::int64_t Pf = (fg + MR - 1) / MR, blocks = (T + NB - 1) / NB;
+    float* Ua = buffer(0, w.G * 16 * Pf * MR * cg);
+    pack_filters(w, wt, Ua, nullptr);
+    const std::int64_t ld = 2 * NB + 8;                        // a row of a segment's window
+    const bool wide = NB == 32;                                // the AVX-512 micro-kernel runs
+#pragma omp parallel if (w.G * blocks > 1)
+    {
+        std::vector<Segment> segments;
+        float* Bp = gemm::scratch(3, 16 * cg * NB);
+        float* Cb = gemm::scratch(4, 16 * MR * NB);
+        float* tmp = gemm::scratch(5, 8 * ld + 4 * NB);
+#pragma omp for schedule(dynamic)
+        for (std::int64_t gb = 0; gb < w.G * blocks; ++gb) {
+            const std::int64_t g = gb / blocks, t0 = gb % blocks * NB;
+            const std::int64_t nt = std::min(NB, T - t0);
+            segments_of(w, t0, nt, segments);
+            if (nt < NB) std::memset(Bp, 0, sizeof(float) * 16 * cg * NB);
+            for (const Segment& s : segments) {
+                const std::int64_t len = s.b1 - s.b0, r0 = 2 * s.a - w.ph, s0 = 2 * s.b0 - w.pw;
+                for (std::int64_t c = 0; c < cg; ++c) {
+                    const float* plane = x + (s.n * w.C + g * cg + c) * w.H * w.W;
+                    float* dst = Bp + c * NB + s.j;
+#ifdef MINICNN_X86
+                    if (wide) {
+                        for (std::int64_t b = 0; b < len; b += 7)
+                            input_tiles7_avx512(plane, w.H, w.W, r0, s0 + 2 * b,
+                                                std::min<std::int64_t>(7, len - b), dst + b,
+                                                cg * NB);
+                        continue;
+                    }
+#endif
+                    for (int i = 0; i < 4; ++i)
+                        read_row(plane, w.H, w.W, r0 + i, s0, 2 * len + 2, tmp + i * ld);
+                    input_tiles(tmp, ld, len, tmp + 4 * ld, dst, cg * NB);
+                }
+            }
+            float* out = tmp + 8 * ld;                          // 4 x NB outputs of a filter
+            for (std::int64_t p = 0; p < Pf; ++p) {
+                for (int e = 0; e < 16; ++e)
+                    K.run(cg, Ua + ((g * 16 + e) * Pf + p) * cg * MR, Bp + e * cg * NB,
+                          Cb + e * MR * NB, NB, false);
+                for (std::int64_t r = 0; r < std::min(MR, fg - p * MR); ++r) {
+                    const std::int64_t f = g * fg + p * MR + r;
+                    const float b0 = bias ? bias[f] : 0.0f;
+                    output_tiles(Cb + r * NB, MR * NB, nt, out, NB);
+                    for (const Segment& s : segments) {
+                        float* plane = y + (s.n * w.F + f) * w.oh * w.ow;
+                        for (int i = 0; i < 2; ++i) {
+                            const std::int64_t row = 2 * s.a + i;
+                            if (row >= w.oh) break;
+                            float* dst = plane + row * w.ow + 2 * s.b0;
+                            const float* o0 = out + (2 * i) * NB + s.j;
+                            const float* o1 = out + (2 * i + 1) * NB + s.j;
+                            const std::int64_t cols = std::min(2 * (s.b1 - s.b0), w.ow - 2 * s.b0);
+                            for (std::int64_t q = 0; q < cols; ++q)
+                                dst[q] = (q & 1 ? o1[q >> 1] : o0[q >> 1]) + b0;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+// Neighbouring tiles add onto the same input values, so each thread owns whole images.
+void winograd_backward_data(const Wino& w, const float* dy, const float* wt, float* dx) {
+    const gemm::Kernel& K = gemm::kernel();
+    const std::int64_t MR = gemm::MR, NB = K.nr, cg = w.cg(), fg = w.fg();
+    const std::int64_t Pc = (cg + MR - 1) / MR, per_image = w.th() * w.tw();
+    float* Ut = buffer(1, w.G * 16 * Pc * MR * fg);
+    pack_filters(w, wt, nullptr, Ut);
+    const std::int64_t ld = 2 * NB + 8;
+    const bool wide = NB == 32;                                // the AVX-512 micro-kernel runs
+    const std::int64_t chunks = std::min<std::int64_t>(w.N, max_threads());
+#pragma omp parallel for schedule(static) if (chunks > 1)
+    for (std::int64_t chunk = 0; chunk < chunks; ++chunk) {
+        const std::int64_t n0 = w.N * chunk / chunks, n1 = w.N * (chunk + 1) / chunks;
+        std::fill(dx + n0 * w.C * w.H * w.W, dx + n1 * w.C * w.H * w.W, 0.0f);
+        std::vector<Segment> segments;
+        float* Bp = gemm::scratch(3, 16 * fg * NB);
+        float* Cb = gemm::scratch(4, 16 * MR * NB);
+        float* tmp = gemm::scratch(5, 8 * ld);
+        for (std::int64_t g = 0; g < w.G; ++g)
+            for (std::int64_t t0 = n0 * per_image; t0 < n1 * per_image; t0 += NB) {
+                const std::int64_t nt = std::min(NB, n1 * per_image - t0);
+                segments_of(w, t0, nt, segments);
+                if (nt < NB) std::memset(Bp, 0, sizeof(float) * 16 * fg * NB);
+                for (const Segment& s : segments) {
+                    const std::int64_t len = s.b1 - s.b0;
+                    for (std::int64_t k = 0; k < fg; ++k) {
+                        const float* plane = dy + (s.n * w.F + g * fg + k) * w.oh * w.ow;
+#ifdef MINICNN_X86
+                        if (wide) {
+                            for (std::int64_t b = 0; b < len; b += 8)
+                                gradient_tiles8_avx512(plane, w.oh, w.ow, 2 * s.a,
+                                                       2 * (s.b0 + b),
+                                                       std::min<std::int64_t>(8, len - b),
+                                                       Bp + k * NB + s.j + b, fg * NB);
+                            continue;
+                        }
+#endif
+                        for (int i = 0; i < 2; ++i)
+                            read_row(plane, w.oh, w.ow, 2 * s.a + i, 2 * s.b0, 2 * len,
+                                     tmp + i * ld);
+                        gradient_tiles(tmp, ld, len, tmp + 2 * ld, Bp + k * NB + s.j, fg * NB);
+                    }
+                }
+                for (std::int64_t p = 0; p < Pc; ++p) {
+                    for (int e = 0; e < 16; ++e)
+                        K.run(fg, Ut + ((g * 16 + e) * Pc + p) * fg * MR, Bp + e * fg * NB,
+                              Cb + e * MR * NB, NB, false);
+                    for (std::int64_t r = 0; r < std::min(MR, cg - p * MR); ++r) {
+                        const std::int64_t c = g * cg + p * MR + r;
+                        for (const Segment& s : segments) {
+                            const std::int64_t len = s.b1 - s.b0;
+                            float* plane = dx + (s.n * w.C + c) * w.H * w.W;
+                            const std::int64_t r0 = 2 * s.a - w.ph, s0 = 2 * s.b0 - w.pw;
+#ifdef MINICNN_X86
+                            if (wide) {         // chunks of 7 tiles, each after the last
+                                for (std::int64_t b = 0; b < len; b += 7)
+                                    input_adjoint_tiles7_avx512(
+                                        Cb + r * NB + s.j + b, MR * NB,
+                                        std::min<std::int64_t>(7, len - b), plane, w.H, w.W,
+                                        r0, s0 + 2 * b);
+                                continue;
+                            }
+#endif
+                            input_adjoint_tiles(Cb + r * NB + s.j, MR * NB, len, tmp, ld);
+                            const std::int64_t lo = std::max<std::int64_t>(0, -s0);
+                            const std::int64_t hi = std::min(2 * len + 2, w.W - s0);
+                            for (int i = 0; i < 4; ++i) {
+                                const std::int64_t row = r0 + i;
+                                if (row < 0 || row >= w.H) continue;
+                                float* dst = plane + row * w.W + s0;
+                                const float* src = tmp + i * ld;
+                                for (std::int64_t q = lo; q < hi; ++q) dst[q] += src[q];
+                            }
+                        }
+                    }
+                }
+            }
+    }
+}
+
+// --- the filter gradient: whole tensors ------------------------------------------------------
+//
+// Its inner dimension is the tiles, so every tile's transforms are stored first, as rows that
+// run over the tiles: V[g][e][c][t] from x and D[g][e][f][t] from dy (T = every image's tiles).
+// Then dU_e (F/G x C/G) = D_e V_e^T on minicnn's GEMM, which packs both operands' panels.
+
+// V from x (rows of T tiles), one (image, channel) plane at a time.
+void transform_input_planes(const Wino& w, const float* x, float* V, bool wide) {
+    const std::int64_t T = w.tiles(), th = w.th(), tw = w.tw(), cg = w.cg();
+    const std::int64_t ld = 2 * tw + 8;
+#pragma omp parallel
+    {
+        float* tmp = gemm::scratch(5, 8 * ld);
+#pragma omp for collapse(2) schedule(static)
+        for (std::int64_t n = 0; n < w.N; ++n)
+            for (std::int64_t c = 0; c < w.C; ++c) {
+                const float* plane = x + (n * w.C + c) * w.H * w.W;
+                const std::int64_t g = c / cg;
+                for (std::int64_t a = 0; a < th; ++a) {
+                    float* dst = V + ((g * 16) * cg + c % cg) * T + (n * th + a) * tw;
+                    const std::int64_t r0 = 2 * a - w.ph, s0 = -w.pw;
+#ifdef MINICNN_X86
+                    if (wide) {
+                        for (std::int64_t b = 0; b < tw; b += 7)
+                            input_tiles7_avx512(plane, w.H, w.W, r0, s0 + 2 * b,
+                                                std::min<std::int64_t>(7, tw - b), dst + b,
+                                                cg * T);
+                        continue;
+                    }
+#endif
+                    for (int i = 0; i < 4; ++i)
+                        read_row(plane, w.H, w.W, r0 + i, s0, 2 * tw + 2, tmp + i * ld);
+                    input_tiles(tmp, ld, tw, tmp + 4 * ld, dst, cg * T);
+                }
+            }
+    }
+}
+
+// D from dy (rows of T tiles), one (image, filter) plane at a time.
+void transform_gradient_planes(const Wino& w, const float* dy, float* D, bool wide) {
+    const std::int64_t T = w.tiles(), th = w.th(), tw = w.tw(), fg = w.fg();
+    const std::int64_t ld = 2 * tw + 8;
+#pragma omp parallel
+    {
+        float* tmp = gemm::scratch(5, 8 * ld);
+#pragma omp for collapse(2) schedule(static)
+        for (std::int64_t n = 0; n < w.N; ++n)
+            for (std::int64_t f = 0; f < w.F; ++f) {
+                const float* plane = dy + (n * w.F + f) * w.oh * w.ow;
+                const std::int64_t g = f / fg;
+                for (std::int64_t a = 0; a < th; ++a) {
+                    float* dst = D + ((g * 16) * fg + f % fg) * T + (n * th + a) * tw;
+#ifdef MINICNN_X86
+                    if (wide) {
+                        for (std::int64_t b = 0; b < tw; b += 8)
+                            gradient_tiles8_avx512(plane, w.oh, w.ow, 2 * a, 2 * b,
+                                                   std::min<std::int64_t>(8, tw - b), dst + b,
+                                                   fg * T);
+                        continue;
+                    }
+#endif
+                    for (int i = 0; i < 2; ++i)
+                        read_row(plane, w.oh, w.ow, 2 * a + i, 0, 2 * tw, tmp + i * ld);
+                    gradient_tiles(tmp, ld, tw, tmp + 2 * ld, dst, fg * T);
+                }
+            }
+    }
+}
+
+// G^T u G: the filter gradient of the 3x3 filter whose transform is u (4x4, row-major).
+inline void filter_adjoint(const float u[16], float w[9]) {
+    float t[12];                                                      // 3 x 4
+    for (int j = 0; j < 4; ++j) {
+        t[0 * 4 + j] = u[0 * 4 + j] + 0.5f * (u[1 * 4 + j] + u[2 * 4 + j]);
+        t[1 * 4 + j] = 0.5f * (u[1 * 4 + j] - u[2 * 4 + j]);
+        t[2 * 4 + j] = u[3 * 4 + j] + 0.5f * (u[1 * 4 + j] + u[2 * 4 + j]);
+    }
+    for (int i = 0; i < 3; ++i) {
+        w[i * 3 + 0] = t[i * 4 + 0] + 0.5f * (t[i * 4 + 1] + t[i * 4 + 2]);
+        w[i * 3 + 1] = 0.5f * (t[i * 4 + 1] - t[i * 4 + 2]);
+        w[i * 3 + 2] = t[i * 4 + 3] + 0.5f * (t[i * 4 + 1] + t[i * 4 + 2]);
+    }
+}
+
+void winograd_backward_filter(const Wino& w, const float* dy, const float* x, float* dw) {
+    const std::int64_t MR = gemm::MR, T = w.tiles(), cg = w.cg(), fg = w.fg();
+    const bool wide = gemm::kernel().nr == 32;
+    float* V = buffer(0, w.G * 16 * cg * T);
+    float* D = buffer(1, w.G * 16 * fg * T);
+    float* dU = buffer(2, w.G * 16 * fg * cg);
+    transform_input_planes(w, x, V, wide);
+    transform_gradient_planes(w, dy, D, wide);
+    // dU_e = D_e V_e^T, the products side by side, each on one thread (OpenMP does not nest:
+    // gemm::run sees one thread), so no two threads pack the same panels of V_e
+#pragma omp parallel for schedule(dynamic)
+    for (std::int64_t ge = 0; ge < w.G * 16; ++ge) {
+        const float* De = D + ge * fg * T;
+        const float* Ve = V + ge * cg * T;
+        float* out = dU + ge * fg * cg;
+        gemm::run(
+            fg, cg, T, gemm::Blocking{96, 1024, 384},
+            [&](std::int64_t i0, std::int64_t m, std::int64_t l0, std::int64_t kc, float* Ap) {
+                for (std::int64_t p = 0; p * MR < m; ++p)        // MR rows of D_e a panel
+                    gemm::transposed_panel(De + (i0 + p * MR) * T + l0, T,
+                                           std::min(MR, m - p * MR), kc, MR, Ap + p * MR * kc);
+                return gemm::Panels{Ap, kc * MR};
+            },
+            [&](std::int64_t j0, std::int64_t n, std::int64_t l0, std::int64_t kc,
+                std::int64_t nr, float* Bp) {                     // nr rows of V_e a panel
+                for (std::int64_t q = 0; q * nr < n; ++q)
+                    gemm::transposed_panel(Ve + (j0 + q * nr) * T + l0, T,
+                                           std::min(nr, n - q * nr), kc, nr, Bp + q * nr * kc);
+            },
+            [&](std::int64_t i0, std::int64_t m, std::int64_t j0, std::int64_t n, const float* C,
+                std::int64_t ldc) {
+                for (std::int64_t r = 0; r < m; ++r)
+                    std::memcpy(out + (i0 + r) * cg + j0, C + r * ldc, sizeof(float) * n);
+            });
+    }
+    // dw[f, c] += G^T dU[f][c] G
+#pragma omp parallel for schedule(static) if (w.F * cg > 4096)
+    for (std::int64_t f = 0; f < w.F; ++f)
+        for (std::int64_t c = 0; c < cg; ++c) {
+            const std::int64_t g = f / fg, k = f % fg;
+            float u[16], d[9];
+            for (int e = 0; e < 16; ++e) u[e] = dU[((g * 16 + e) * fg + k) * cg + c];
+            filter_adjoint(u, d);
+            float* out = dw + (f * cg + c) * 9;
+            for (int i = 0; i < 9; ++i) out[i] += d[i];
+        }
+}
+
+Wino wino_of(const py::array& x, const py::array& w, std::int64_t G, std::int64_t ph,
+             std::int64_t pw, const py::array& y) {
+    require(x.ndim() == 4 && w.ndim() == 4 && y.ndim() == 4, "winograd: 4-D arrays");
+    Wino v{x.shape(0), x.shape(1), x.shape(2), x.shape(3), w.shape(0), G, ph, pw,
+           y.shape(2), y.shape(3)};
+    require(G >= 1 && v.C % G == 0 && v.F % G == 0 && w.shape(1) == v.C / G,
+            "winograd: channels and filters must split into the groups");
+    require(w.shape(2) == 3 && w.shape(3) == 3, "winograd: 3x3 filters only");
+    require(ph >= 0 && pw >= 0 && v.oh == v.H + 2 * ph - 2 && v.ow == v.W + 2 * pw - 2 &&
+                v.oh >= 1 && v.ow >= 1,
+            "winograd: output size must be H + 2 pad - 2 (3x3, stride 1, no dilation)");
+    require(y.shape(0) == v.N && y.shape(1) == v.F, "winograd: output shape");
+    return v;
+}
+
+}  // namespace
+
+REGISTER_NATIVE(m) {
+    m.def("winograd_forward", [](const py::array& x, const py::array& w, py::object b,
+                                 py::array& y, std::int64_t group, std::int64_t ph,
+                                 std::int64_t pw) {
+        const Wino v = wino_of(x, w, group, ph, pw, y);
+        const float* xs = in_ptr<float>(x, "x");
+        const float* ws = in_ptr<float>(w, "w");
+        const float* bs = opt_in_ptr<float>(b, "b");
+        if (bs) require(py::len(b) == static_cast<size_t>(v.F), "winograd: bias size");
+        float* ys = out_ptr<float>(y, "y");
+        py::gil_scoped_release release;
+        winograd_forward(v, xs, ws, bs, ys);
+    }, "y <- conv3x3(x, w) + b (stride 1, pad (ph, pw)), float32, by Winograd F(2x2, 3x3)");
+    m.def("winograd_backward_data", [](const py::array& dy, const py::array& w, py::array& dx,
+                                       std::int64_t group, std::int64_t ph, std::int64_t pw) {
+        const Wino v = wino_of(dx, w, group, ph, pw, dy);
+        const float* g = in_ptr<float>(dy, "dy");
+        const float* ws = in_ptr<float>(w, "w");
+        float* out = out_ptr<float>(dx, "dx");
+        py::gil_scoped_release release;
+        winograd_backward_data(v, g, ws, out);
+    }, "dx <- the input gradient of the 3x3 stride-1 conv for dy, by Winograd F(2x2, 3x3)");
+    m.def("winograd_backward_filter", [](const py::array& dy, const py::array& x, py::array& dw,
+                                         std::int64_t group, std::int64_t ph, std::int64_t pw) {
+        const Wino v = wino_of(x, dw, group, ph, pw, dy);
+        const float* g = in_ptr<float>(dy, "dy");
+        const float* xs = in_ptr<float>(x, "x");
+        float* out = out_ptr<float>(dw, "dw");
+        py::gil_scoped_release release;
+        winograd_backward_filter(v, g, xs, out);
+    }, "dw += the filter gradient of the 3x3 stride-1 conv for dy, by Winograd F(2x2, 3x3)");
+}
+
+}  // namespace minicnn
