@@ -1,4 +1,4 @@
-// 3x3 stride-1 convolution by Winograd's minimal filtering F(2x2, 3x3), float32, forward,
+// Stride-1 convolution by Winograd's minimal filtering F(2x2, 3x3), float32, forward,
 // input gradient and filter gradient (Lavin & Gray 2015, "Fast Algorithms for Convolutional
 // Neural Networks"; cuDNN's and NNPACK's WINOGRAD algorithms).
 //
@@ -40,13 +40,25 @@ namespace minicnn {
 
 namespace {
 
+// A larger kernel (kh x kw) is cut into 3x3 pieces, piece (p, q) holding taps 3p .. 3p+2 and
+// 3q .. 3q+2 (zeros past the kernel's edge): piece s = p * pieces_w + q is a 3x3 convolution
+// of the input shifted by (3p, 3q), and all of them add up. So each piece of each channel is
+// one more "channel" of a 3x3 Winograd convolution, kg = pieces * C/G of them a group, its
+// tiles read at the piece's shift: 5x5 (CaffeNet's conv2) is 4 pieces, 64 products per 2x2
+// tile instead of 100.
 struct Wino {
-    std::int64_t N, C, H, W, F, G, ph, pw, oh, ow;
+    std::int64_t N, C, H, W, F, G, kh, kw, ph, pw, oh, ow;
     std::int64_t th() const { return (oh + 1) / 2; }        // tile rows and columns
     std::int64_t tw() const { return (ow + 1) / 2; }
     std::int64_t tiles() const { return N * th() * tw(); }  // T: every image's tiles
     std::int64_t cg() const { return C / G; }
     std::int64_t fg() const { return F / G; }
+    std::int64_t pieces_w() const { return (kw + 2) / 3; }
+    std::int64_t pieces() const { return (kh + 2) / 3 * pieces_w(); }
+    std::int64_t kg() const { return pieces() * cg(); }     // the products' channels a group
+    // channel k of a group: channel k % cg of piece k / cg, read from (row, column) + shift
+    std::int64_t shift_h(std::int64_t k) const { return 3 * (k / cg() / pieces_w()); }
+    std::int64_t shift_w(std::int64_t k) const { return 3 * (k / cg() % pieces_w()); }
 };
 
 // Scratch kept between calls (the calling thread's own: the GIL is released while we run).
@@ -365,13 +377,34 @@ __attribute__((target("avx512f"))) static void filter_tiles_avx512(const float* 
 }
 #endif
 
+// The pieces of every filter as 3x3 filters, g[f][k][9] for the channels k of its group.
+void cut_filters(const Wino& w, const float* wt, float* pieces) {
+    const std::int64_t cg = w.cg(), kg = w.kg();
+#pragma omp parallel for schedule(static) if (w.F * kg > 4096)
+    for (std::int64_t f = 0; f < w.F; ++f)
+        for (std::int64_t k = 0; k < kg; ++k) {
+            const float* src = wt + (f * cg + k % cg) * w.kh * w.kw;
+            float* dst = pieces + (f * kg + k) * 9;
+            const std::int64_t i0 = w.shift_h(k), j0 = w.shift_w(k);
+            for (int i = 0; i < 3; ++i)
+                for (int j = 0; j < 3; ++j)
+                    dst[i * 3 + j] = i0 + i < w.kh && j0 + j < w.kw
+                                         ? src[(i0 + i) * w.kw + j0 + j] : 0.0f;
+        }
+}
+
 // The transformed filters as MR-row A panels: for the forward, rows = a group's filters and
-// inner index = its channels, Ua[g][e][p][c][MR]; for the input gradient the other way round,
+// inner index = its channels, Ua[g][e][p][k][MR]; for the input gradient the other way round,
 // Ut[g][e][p][f][MR] (either may be null). Rows past the group's end are 0.
 void pack_filters(const Wino& w, const float* wt, float* Ua, float* Ut) {
-    const std::int64_t MR = gemm::MR, cg = w.cg(), fg = w.fg(), pairs = w.F * cg;
+    const std::int64_t MR = gemm::MR, cg = w.kg(), fg = w.fg(), pairs = w.F * cg;
     const std::int64_t Pf = (fg + MR - 1) / MR, Pc = (cg + MR - 1) / MR;
-    float* u = buffer(2, 16 * pairs);                        // u[e][f][c]
+    if (w.kh != 3 || w.kw != 3) {
+        float* pieces = buffer(3, pairs * 9);
+        cut_filters(w, wt, pieces);
+        wt = pieces;
+    }
+    float* u = buffer(2, 16 * pairs);                        // u[e][f][k]
     const bool wide = gemm::kernel().nr == 32;
     const std::int64_t chunk = 1024;
 #pragma omp parallel
@@ -413,10 +446,41 @@ void pack_filters(const Wino& w, const float* wt, float* Ua, float* Ut) {
     }
 }
 
+#ifdef MINICNN_X86
+__attribute__((target("avx512f"))) static void store_row_avx512(const float* even,
+                                                                const float* odd,
+                                                                std::int64_t cols, float bias,
+                                                                float* dst) {
+    const __m512i interleave = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22,
+                                                 7, 23);
+    const __m512 b = _mm512_set1_ps(bias);
+    for (std::int64_t q = 0; 2 * q < cols; q += 8) {
+        const std::int64_t n = std::min<std::int64_t>(16, cols - 2 * q);
+        const __mmask16 halves = __mmask16((1u << ((n + 1) / 2)) - 1);
+        const __m512 e = _mm512_maskz_loadu_ps(halves, even + q);
+        const __m512 o = _mm512_maskz_loadu_ps(halves, odd + q);
+        _mm512_mask_storeu_ps(dst + 2 * q, __mmask16((1u << n) - 1),
+                              _mm512_add_ps(_mm512_permutex2var_ps(e, interleave, o), b));
+    }
+}
+#endif
+
+inline void store_row(const float* even, const float* odd, std::int64_t cols, float bias,
+                      float* dst, bool wide) {
+#ifdef MINICNN_X86
+    if (wide) {
+        store_row_avx512(even, odd, cols, bias, dst);
+        return;
+    }
+#endif
+    (void)wide;
+    for (std::int64_t q = 0; q < cols; ++q) dst[q] = (q & 1 ? odd[q >> 1] : even[q >> 1]) + bias;
+}
+
 void winograd_forward(const Wino& w, const float* x, const float* wt, const float* bias,
                       float* y) {
     const gemm::Kernel& K = gemm::kernel();
-    const std::int64_t MR = gemm::MR, NB = K.nr, T = w.tiles(), cg = w.cg(), fg = w.fg();
+    const std::int64_t MR = gemm::MR, NB = K.nr, T = w.tiles(), cg = w.kg(), fg = w.fg();
     const std::int64_t Pf = (fg + MR - 1) / MR, blocks = (T + NB - 1) / NB;
     float* Ua = buffer(0, w.G * 16 * Pf * MR * cg);
     pack_filters(w, wt, Ua, nullptr);
@@ -435,10 +499,12 @@ void winograd_forward(const Wino& w, const float* x, const float* wt, const floa
             segments_of(w, t0, nt, segments);
             if (nt < NB) std::memset(Bp, 0, sizeof(float) * 16 * cg * NB);
             for (const Segment& s : segments) {
-                const std::int64_t len = s.b1 - s.b0, r0 = 2 * s.a - w.ph, s0 = 2 * s.b0 - w.pw;
-                for (std::int64_t c = 0; c < cg; ++c) {
-                    const float* plane = x + (s.n * w.C + g * cg + c) * w.H * w.W;
+                const std::int64_t len = s.b1 - s.b0, r00 = 2 * s.a - w.ph;
+                const std::int64_t s00 = 2 * s.b0 - w.pw;
+                for (std::int64_t c = 0; c < cg; ++c) {     // each piece of each channel
+                    const float* plane = x + (s.n * w.C + g * w.cg() + c % w.cg()) * w.H * w.W;
                     float* dst = Bp + c * NB + s.j;
+                    const std::int64_t r0 = r00 + w.shift_h(c), s0 = s00 + w.shift_w(c);
 #ifdef MINICNN_X86
                     if (wide) {
                         for (std::int64_t b = 0; b < len; b += 7)
@@ -467,12 +533,9 @@ void winograd_forward(const Wino& w, const float* x, const float* wt, const floa
                         for (int i = 0; i < 2; ++i) {
                             const std::int64_t row = 2 * s.a + i;
                             if (row >= w.oh) break;
-                            float* dst = plane + row * w.ow + 2 * s.b0;
-                            const float* o0 = out + (2 * i) * NB + s.j;
-                            const float* o1 = out + (2 * i + 1) * NB + s.j;
-                            const std::int64_t cols = std::min(2 * (s.b1 - s.b0), w.ow - 2 * s.b0);
-                            for (std::int64_t q = 0; q < cols; ++q)
-                                dst[q] = (q & 1 ? o1[q >> 1] : o0[q >> 1]) + b0;
+                            store_row(out + 2 * i * NB + s.j, out + (2 * i + 1) * NB + s.j,
+                                      std::min(2 * (s.b1 - s.b0), w.ow - 2 * s.b0), b0,
+                                      plane + row * w.ow + 2 * s.b0, wide);
                         }
                     }
                 }
@@ -484,7 +547,7 @@ void winograd_forward(const Wino& w, const float* x, const float* wt, const floa
 // Neighbouring tiles add onto the same input values, so each thread owns whole images.
 void winograd_backward_data(const Wino& w, const float* dy, const float* wt, float* dx) {
     const gemm::Kernel& K = gemm::kernel();
-    const std::int64_t MR = gemm::MR, NB = K.nr, cg = w.cg(), fg = w.fg();
+    const std::int64_t MR = gemm::MR, NB = K.nr, cg = w.kg(), fg = w.fg();
     const std::int64_t Pc = (cg + MR - 1) / MR, per_image = w.th() * w.tw();
     float* Ut = buffer(1, w.G * 16 * Pc * MR * fg);
     pack_filters(w, wt, nullptr, Ut);
@@ -529,11 +592,13 @@ void winograd_backward_data(const Wino& w, const float* dy, const float* wt, flo
                         K.run(fg, Ut + ((g * 16 + e) * Pc + p) * fg * MR, Bp + e * fg * NB,
                               Cb + e * MR * NB, NB, false);
                     for (std::int64_t r = 0; r < std::min(MR, cg - p * MR); ++r) {
-                        const std::int64_t c = g * cg + p * MR + r;
+                        const std::int64_t k = p * MR + r;      // a piece of a channel
+                        const std::int64_t c = g * w.cg() + k % w.cg();
                         for (const Segment& s : segments) {
                             const std::int64_t len = s.b1 - s.b0;
                             float* plane = dx + (s.n * w.C + c) * w.H * w.W;
-                            const std::int64_t r0 = 2 * s.a - w.ph, s0 = 2 * s.b0 - w.pw;
+                            const std::int64_t r0 = 2 * s.a - w.ph + w.shift_h(k);
+                            const std::int64_t s0 = 2 * s.b0 - w.pw + w.shift_w(k);
 #ifdef MINICNN_X86
                             if (wide) {         // chunks of 7 tiles, each after the last
                                 for (std::int64_t b = 0; b < len; b += 7)
@@ -569,7 +634,7 @@ void winograd_backward_data(const Wino& w, const float* dy, const float* wt, flo
 
 // V from x (rows of T tiles), one (image, channel) plane at a time.
 void transform_input_planes(const Wino& w, const float* x, float* V, bool wide) {
-    const std::int64_t T = w.tiles(), th = w.th(), tw = w.tw(), cg = w.cg();
+    const std::int64_t T = w.tiles(), th = w.th(), tw = w.tw(), cg = w.cg(), kg = w.kg();
     const std::int64_t ld = 2 * tw + 8;
 #pragma omp parallel
     {
@@ -579,22 +644,24 @@ void transform_input_planes(const Wino& w, const float* x, float* V, bool wide) 
             for (std::int64_t c = 0; c < w.C; ++c) {
                 const float* plane = x + (n * w.C + c) * w.H * w.W;
                 const std::int64_t g = c / cg;
-                for (std::int64_t a = 0; a < th; ++a) {
-                    float* dst = V + ((g * 16) * cg + c % cg) * T + (n * th + a) * tw;
-                    const std::int64_t r0 = 2 * a - w.ph, s0 = -w.pw;
+                for (std::int64_t k = c % cg; k < kg; k += cg)      // each piece
+                    for (std::int64_t a = 0; a < th; ++a) {
+                        float* dst = V + ((g * 16) * kg + k) * T + (n * th + a) * tw;
+                        const std::int64_t r0 = 2 * a - w.ph + w.shift_h(k);
+                        const std::int64_t s0 = w.shift_w(k) - w.pw;
 #ifdef MINICNN_X86
-                    if (wide) {
-                        for (std::int64_t b = 0; b < tw; b += 7)
-                            input_tiles7_avx512(plane, w.H, w.W, r0, s0 + 2 * b,
-                                                std::min<std::int64_t>(7, tw - b), dst + b,
-                                                cg * T);
-                        continue;
-                    }
+                        if (wide) {
+                            for (std::int64_t b = 0; b < tw; b += 7)
+                                input_tiles7_avx512(plane, w.H, w.W, r0, s0 + 2 * b,
+                                                    std::min<std::int64_t>(7, tw - b), dst + b,
+                                                    kg * T);
+                            continue;
+                        }
 #endif
-                    for (int i = 0; i < 4; ++i)
-                        read_row(plane, w.H, w.W, r0 + i, s0, 2 * tw + 2, tmp + i * ld);
-                    input_tiles(tmp, ld, tw, tmp + 4 * ld, dst, cg * T);
-                }
+                        for (int i = 0; i < 4; ++i)
+                            read_row(plane, w.H, w.W, r0 + i, s0, 2 * tw + 2, tmp + i * ld);
+                        input_tiles(tmp, ld, tw, tmp + 4 * ld, dst, kg * T);
+                    }
             }
     }
 }
@@ -646,7 +713,7 @@ inline void filter_adjoint(const float u[16], float w[9]) {
 }
 
 void winograd_backward_filter(const Wino& w, const float* dy, const float* x, float* dw) {
-    const std::int64_t MR = gemm::MR, T = w.tiles(), cg = w.cg(), fg = w.fg();
+    const std::int64_t MR = gemm::MR, T = w.tiles(), cg = w.kg(), fg = w.fg();
     const bool wide = gemm::kernel().nr == 32;
     float* V = buffer(0, w.G * 16 * cg * T);
     float* D = buffer(1, w.G * 16 * fg * T);
@@ -680,30 +747,32 @@ void winograd_backward_filter(const Wino& w, const float* dy, const float* x, fl
                     std::memcpy(out + (i0 + r) * cg + j0, C + r * ldc, sizeof(float) * n);
             });
     }
-    // dw[f, c] += G^T dU[f][c] G
+    // dw[f, c] += G^T dU[f][k] G for each piece k of channel c (taps past the kernel dropped)
 #pragma omp parallel for schedule(static) if (w.F * cg > 4096)
     for (std::int64_t f = 0; f < w.F; ++f)
-        for (std::int64_t c = 0; c < cg; ++c) {
-            const std::int64_t g = f / fg, k = f % fg;
+        for (std::int64_t k = 0; k < cg; ++k) {
+            const std::int64_t g = f / fg, row = f % fg;
             float u[16], d[9];
-            for (int e = 0; e < 16; ++e) u[e] = dU[((g * 16 + e) * fg + k) * cg + c];
+            for (int e = 0; e < 16; ++e) u[e] = dU[((g * 16 + e) * fg + row) * cg + k];
             filter_adjoint(u, d);
-            float* out = dw + (f * cg + c) * 9;
-            for (int i = 0; i < 9; ++i) out[i] += d[i];
+            float* out = dw + (f * w.cg() + k % w.cg()) * w.kh * w.kw;
+            const std::int64_t i0 = w.shift_h(k), j0 = w.shift_w(k);
+            for (int i = 0; i < 3 && i0 + i < w.kh; ++i)
+                for (int j = 0; j < 3 && j0 + j < w.kw; ++j)
+                    out[(i0 + i) * w.kw + j0 + j] += d[i * 3 + j];
         }
 }
 
 Wino wino_of(const py::array& x, const py::array& w, std::int64_t G, std::int64_t ph,
              std::int64_t pw, const py::array& y) {
     require(x.ndim() == 4 && w.ndim() == 4 && y.ndim() == 4, "winograd: 4-D arrays");
-    Wino v{x.shape(0), x.shape(1), x.shape(2), x.shape(3), w.shape(0), G, ph, pw,
-           y.shape(2), y.shape(3)};
+    Wino v{x.shape(0), x.shape(1), x.shape(2), x.shape(3), w.shape(0), G, w.shape(2),
+           w.shape(3), ph, pw, y.shape(2), y.shape(3)};
     require(G >= 1 && v.C % G == 0 && v.F % G == 0 && w.shape(1) == v.C / G,
             "winograd: channels and filters must split into the groups");
-    require(w.shape(2) == 3 && w.shape(3) == 3, "winograd: 3x3 filters only");
-    require(ph >= 0 && pw >= 0 && v.oh == v.H + 2 * ph - 2 && v.ow == v.W + 2 * pw - 2 &&
-                v.oh >= 1 && v.ow >= 1,
-            "winograd: output size must be H + 2 pad - 2 (3x3, stride 1, no dilation)");
+    require(ph >= 0 && pw >= 0 && v.kh >= 1 && v.kw >= 1 && v.oh == v.H + 2 * ph - v.kh + 1 &&
+                v.ow == v.W + 2 * pw - v.kw + 1 && v.oh >= 1 && v.ow >= 1,
+            "winograd: output size must be H + 2 pad - kernel + 1 (stride 1, no dilation)");
     require(y.shape(0) == v.N && y.shape(1) == v.F, "winograd: output shape");
     return v;
 }
@@ -722,7 +791,8 @@ REGISTER_NATIVE(m) {
         float* ys = out_ptr<float>(y, "y");
         py::gil_scoped_release release;
         winograd_forward(v, xs, ws, bs, ys);
-    }, "y <- conv3x3(x, w) + b (stride 1, pad (ph, pw)), float32, by Winograd F(2x2, 3x3)");
+    }, "y <- conv(x, w) + b (stride 1, pad (ph, pw)), float32, by Winograd F(2x2, 3x3) (a "
+       "kernel larger than 3x3 in 3x3 pieces)");
     m.def("winograd_backward_data", [](const py::array& dy, const py::array& w, py::array& dx,
                                        std::int64_t group, std::int64_t ph, std::int64_t pw) {
         const Wino v = wino_of(dx, w, group, ph, pw, dy);
@@ -731,7 +801,7 @@ REGISTER_NATIVE(m) {
         float* out = out_ptr<float>(dx, "dx");
         py::gil_scoped_release release;
         winograd_backward_data(v, g, ws, out);
-    }, "dx <- the input gradient of the 3x3 stride-1 conv for dy, by Winograd F(2x2, 3x3)");
+    }, "dx <- the input gradient of the stride-1 conv for dy, by Winograd F(2x2, 3x3)");
     m.def("winograd_backward_filter", [](const py::array& dy, const py::array& x, py::array& dw,
                                          std::int64_t group, std::int64_t ph, std::int64_t pw) {
         const Wino v = wino_of(x, dw, group, ph, pw, dy);
@@ -740,7 +810,7 @@ REGISTER_NATIVE(m) {
         float* out = out_ptr<float>(dw, "dw");
         py::gil_scoped_release release;
         winograd_backward_filter(v, g, xs, out);
-    }, "dw += the filter gradient of the 3x3 stride-1 conv for dy, by Winograd F(2x2, 3x3)");
+    }, "dw += the filter gradient of the stride-1 conv for dy, by Winograd F(2x2, 3x3)");
 }
 
 }  // namespace minicnn

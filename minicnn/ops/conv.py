@@ -32,8 +32,8 @@ csrc/conv_gemm.cpp), which packs the im2col columns of a cache-sized block as it
 stores y straight into the (N, F, oh, ow) output; float64 folds a chunk of images into one
 BLAS product per group (csrc/im2col.cpp: columns laid out (C*kh*kw, images*oh*ow), so the
 product stays large even on 13x13 maps; 1x1 convolutions skip im2col; buffers reused).
-3x3 stride-1 float32 convolutions with enough output tiles run Winograd's F(2x2, 3x3) instead
-(csrc/winograd.cpp; _winograd says where).
+3x3 and 5x5 stride-1 float32 convolutions with enough output tiles run Winograd's F(2x2, 3x3)
+instead (csrc/winograd.cpp; _winograd says where).
 """
 
 import os
@@ -319,36 +319,41 @@ def _columns(x, n0, nb, geom, oh, ow):
     return cols
 
 
-# Winograd's F(2x2, 3x3) (csrc/winograd.cpp) for 3x3 stride-1 undilated float32 convolutions
+# Winograd's F(2x2, 3x3) (csrc/winograd.cpp) for stride-1 undilated float32 convolutions
 # where it measured faster than the direct products (bench/RESULTS.md): 16 products of
 # tiles x C x F over 2x2 output tiles instead of 9 taps per output, 0.44-0.52 of the multiply-
-# adds. Its sums round differently from the direct product's (a few float32 ulps, like
-# cuDNN's WINOGRAD algorithms); MINICNN_CONV_WINOGRAD=0 turns it off, =2 takes it wherever the
-# geometry allows (for the tests). WINOGRAD_MODE is read at each call.
+# adds; a 5x5 kernel as four 3x3 pieces (0.69 of them on 27x27). Its sums round differently
+# from the direct product's (a few float32 ulps, like cuDNN's WINOGRAD algorithms);
+# MINICNN_CONV_WINOGRAD=0 turns it off, =2 takes it wherever the geometry allows (for the
+# tests). WINOGRAD_MODE is read at each call.
 WINOGRAD_MODE = os.environ.get("MINICNN_CONV_WINOGRAD", "1")
-WINOGRAD_MIN_TILES = 96            # fewer: transforming the filters costs more than it saves
+# fewer tiles (a 2x2 output tile per image position pair) than this and transforming the
+# filters costs more than it saves: 3x3, 5x5 kernels
+WINOGRAD_MIN_TILES = {(3, 3): 96, (5, 5): 512}
 WINOGRAD_FILTER_BYTES = 1 << 27    # the filter gradient stores every tile's transforms
 
 
 def _winograd(x_shape, w_shape, group, geom, dtype, part):
     """Whether ``part`` ("forward", "data", "filter") of this convolution runs by Winograd."""
     if WINOGRAD_MODE == "0" or dtype != np.float32 or not hasattr(lib, "winograd_forward") or \
-            geom.kernel != (3, 3) or geom.stride != (1, 1) or geom.dilation != (1, 1):
+            geom.stride != (1, 1) or geom.dilation != (1, 1):
         return False
     n, c, h, w = x_shape
     oh, ow = geom.out_hw(h, w)
     tiles = n * ((oh + 1) // 2) * ((ow + 1) // 2)
-    cg, fg = c // group, w_shape[0] // group
-    if part == "filter" and 16 * tiles * (c + w_shape[0]) * 4 > WINOGRAD_FILTER_BYTES:
+    pieces = ((geom.kernel[0] + 2) // 3) * ((geom.kernel[1] + 2) // 3)
+    if part == "filter" and 16 * tiles * (c * pieces + w_shape[0]) * 4 > WINOGRAD_FILTER_BYTES:
         return False
     if WINOGRAD_MODE == "2":
         return True
-    if tiles < WINOGRAD_MIN_TILES or min(cg, fg) < 16 or _is_depthwise(c, group):
+    cg, fg = c // group, w_shape[0] // group
+    if tiles < WINOGRAD_MIN_TILES.get(geom.kernel, np.inf) or min(cg, fg) < 16 or \
+            _is_depthwise(c, group):
         return False
     if part == "data":              # each thread takes whole images
         return n >= lib.num_threads()
     if part == "filter":            # its transforms outweigh the savings below ~128 channels
-        return min(cg, fg) >= 128 and tiles >= 256
+        return geom.kernel == (3, 3) and min(cg, fg) >= 128 and tiles >= 256
     return True
 
 

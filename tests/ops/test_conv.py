@@ -503,6 +503,13 @@ WINOGRAD_PINNED = {
     # 13 channels a group (a partial channel panel in the input gradient)
     "wino_40_filters": make_case(3, 6, (12, 11), 40, 3, pad=1, bias=False),
     "wino_13_channels": make_case(2, 39, (8, 9), 6, 3, pad=1, group=3),
+    # larger kernels as 3x3 pieces (taps past the kernel's edge zero): CaffeNet conv2's 5x5
+    # (4 pieces), 7x7 (9), 4x4 and 2x2 and 1x1 (one piece, mostly zeros), non-square
+    "wino_5x5_grouped": make_case(2, 8, (9, 11), 6, 5, pad=2, group=2),
+    "wino_7x7": make_case(1, 3, (8, 9), 4, 7, pad=3),
+    "wino_4x4_2x2_1x1": make_case(2, 3, (6, 7), 5, (4, 2), pad=(1, 0), bias=False),
+    "wino_1x1": make_case(2, 4, (5, 3), 3, 1),
+    "wino_5x1_wide": make_case(1, 2, (7, 33), 3, (5, 1), pad=(2, 0)),
 }
 
 
@@ -553,10 +560,12 @@ def test_winograd_pinned(kind, case, monkeypatch):
 @st.composite
 def winograd_cases(draw):
     group = draw(st.integers(1, 3))
-    pad = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
-    h, w = (draw(st.integers(max(1, 3 - 2 * p), 20)) for p in pad)
+    kernel = (draw(st.sampled_from([3, 3, 5, 1, 2, 4, 6, 7])),
+              draw(st.sampled_from([3, 3, 5, 1, 2, 4, 6, 7])))
+    pad = (draw(st.integers(0, 3)), draw(st.integers(0, 3)))
+    h, w = (draw(st.integers(max(1, k - 2 * p), 20)) for k, p in zip(kernel, pad))
     return make_case(draw(st.integers(1, 3)), group * draw(st.integers(1, 9)), (h, w),
-                     group * draw(st.integers(1, 9)), 3, pad=pad, group=group,
+                     group * draw(st.integers(1, 9)), kernel, pad=pad, group=group,
                      bias=draw(st.booleans()), seed=draw(st.integers(0, 2**32 - 1)))
 
 
@@ -574,7 +583,8 @@ def test_winograd_matches_reference(kind, case):
 @fast
 def test_winograd_runs_where_it_measured_faster(kind, monkeypatch):
     """The default (MINICNN_CONV_WINOGRAD=1): CaffeNet's conv3-5 at batch 16 take it in every
-    pass; few tiles, other geometries, float64 and mode 0 do not."""
+    pass, its 5x5 conv2 in the forward and the input gradient; few tiles, other geometries,
+    float64 and mode 0 do not."""
     import minicnn.ops.conv as conv_module
     from minicnn.native import lib
     monkeypatch.setattr(conv_module, "WINOGRAD_MODE", "1")
@@ -590,7 +600,10 @@ def test_winograd_runs_where_it_measured_faster(kind, monkeypatch):
     assert takes((1, 256, 7, 7), (256, 256, 3, 3)) == [False] * 3                   # 16 tiles
     assert takes((1, 64, 28, 28), (64, 64, 3, 3))[1] == (lib.num_threads() == 1)   # 1 image
     assert takes((16, 256, 13, 13), (384, 256, 3, 3), dtype=np.float64) == [False] * 3
-    assert takes((16, 48, 27, 27), (256, 48, 5, 5), geom=ConvGeometry(5, 1, 2)) == [False] * 3
+    five = ConvGeometry(5, 1, 2)
+    assert takes((16, 96, 27, 27), (256, 48, 5, 5), group=2, geom=five) == [True, True, False]
+    assert takes((1, 96, 27, 27), (256, 48, 5, 5), group=2, geom=five) == [False] * 3
+    assert takes((16, 64, 13, 13), (64, 64, 7, 7), geom=ConvGeometry(7, 1, 3)) == [False] * 3
     assert takes((16, 256, 26, 26), (384, 256, 3, 3), geom=ConvGeometry(3, 2, 1)) == [False] * 3
     assert takes((16, 256, 26, 26), (384, 256, 3, 3),
                  geom=ConvGeometry(3, 1, 2, 2)) == [False] * 3                      # atrous
@@ -603,9 +616,9 @@ def test_winograd_runs_where_it_measured_faster(kind, monkeypatch):
 def test_winograd_checks_its_arguments(kind):
     from minicnn.native import lib
     x = np.zeros((1, 4, 5, 5), np.float32)
-    with pytest.raises(ValueError, match="3x3 filters only"):
+    with pytest.raises(ValueError, match="output size"):
         lib.winograd_forward(x, np.zeros((2, 4, 5, 5), np.float32), None,
-                             np.zeros((1, 2, 3, 3), np.float32), 1, 1, 1)
+                             np.zeros((1, 2, 5, 5), np.float32), 1, 1, 1)
     with pytest.raises(ValueError, match="output size"):
         lib.winograd_forward(x, np.zeros((2, 4, 3, 3), np.float32), None,
                              np.zeros((1, 2, 4, 4), np.float32), 1, 1, 1)
