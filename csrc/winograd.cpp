@@ -130,35 +130,47 @@ MINICNN_VECTOR_CLONES static void input_tiles(const float* __restrict rows, std:
 }
 
 #ifdef MINICNN_X86
-// input_tiles for up to 7 tiles in AVX-512 registers: their 4 input rows are 16 values each
-// (columns s0 .. s0+15 of the plane, zeros outside it, read by masked loads), and the columns'
-// transform picks the even and odd values by permutes. On 13x13 maps a tile row is 7 tiles,
-// too short for the portable loops to vectorize.
-__attribute__((target("avx512f"))) static void input_tiles7_avx512(
-        const float* plane, std::int64_t H, std::int64_t W, std::int64_t r0, std::int64_t s0,
-        std::int64_t len, float* out, std::int64_t lde) {
-    const std::int64_t lo = std::max<std::int64_t>(0, -s0);
-    const std::int64_t hi = std::min<std::int64_t>(2 * len + 2, W - s0);
-    const __mmask16 cols = hi > lo ? __mmask16(((1u << hi) - 1) & ~((1u << lo) - 1)) : 0;
-    __m512 d[4];
-    for (int i = 0; i < 4; ++i) {
-        const std::int64_t r = r0 + i;
-        d[i] = (r >= 0 && r < H) ? _mm512_maskz_loadu_ps(cols, plane + r * W + s0)
-                                 : _mm512_setzero_ps();
+// The AVX-512 transforms take up to 16 tiles at once from two sources of 16 columns each, a and
+// b: tile L reads its columns from pick[L] on (an index past 15 reads b's column pick - 16). A
+// tile row of up to 15 tiles is a and b side by side (pick = 2L); two tile rows of up to 7
+// (8 for the output gradient) are a and b one above the other (13x13 maps: 7 tiles a row).
+// Rows outside the plane and columns outside [0, width) read zeros (masked loads).
+__attribute__((target("avx512f"))) inline __m512 load_columns(const float* plane,
+                                                              std::int64_t height,
+                                                              std::int64_t width,
+                                                              std::int64_t r, std::int64_t c) {
+    if (r < 0 || r >= height) return _mm512_setzero_ps();
+    const std::int64_t lo = std::max<std::int64_t>(0, -c), hi = std::min<std::int64_t>(16, width - c);
+    if (hi <= lo) return _mm512_setzero_ps();
+    const __mmask16 cols = __mmask16(((1u << hi) - 1) & ~((1u << lo) - 1));
+    return _mm512_maskz_loadu_ps(cols, plane + r * width + c);
+}
+
+// input_tiles for the tiles of sources a (rows ra.., columns ca..) and b (rb.., cb..).
+__attribute__((target("avx512f"))) static void input_tiles_avx512(
+        const float* plane, std::int64_t H, std::int64_t W, std::int64_t ra, std::int64_t ca,
+        std::int64_t rb, std::int64_t cb, const std::int32_t* pick, std::int64_t lanes,
+        float* out, std::int64_t lde) {
+    __m512 ta[4], tb[4];
+    for (int src = 0; src < 2; ++src) {
+        __m512 d[4];
+        for (int i = 0; i < 4; ++i)
+            d[i] = load_columns(plane, H, W, (src ? rb : ra) + i, src ? cb : ca);
+        __m512* t = src ? tb : ta;                             // B^T along the rows
+        t[0] = _mm512_sub_ps(d[0], d[2]);
+        t[1] = _mm512_add_ps(d[1], d[2]);
+        t[2] = _mm512_sub_ps(d[2], d[1]);
+        t[3] = _mm512_sub_ps(d[1], d[3]);
     }
-    const __m512 t[4] = {_mm512_sub_ps(d[0], d[2]), _mm512_add_ps(d[1], d[2]),
-                         _mm512_sub_ps(d[2], d[1]), _mm512_sub_ps(d[1], d[3])};
-    // lane b of these picks column 2b, 2b+1, 2b+2, 2b+3 (lanes past 6 are never stored)
-    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 0, 0, 0, 0, 0, 0, 0, 0);
-    const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 0, 0, 0, 0, 0, 0, 0, 0);
-    const __m512i even2 = _mm512_setr_epi32(2, 4, 6, 8, 10, 12, 14, 0, 0, 0, 0, 0, 0, 0, 0, 0);
-    const __m512i odd2 = _mm512_setr_epi32(3, 5, 7, 9, 11, 13, 15, 0, 0, 0, 0, 0, 0, 0, 0, 0);
-    const __mmask16 tiles = __mmask16((1u << len) - 1);
-    for (int i = 0; i < 4; ++i) {
-        const __m512 e0 = _mm512_permutexvar_ps(even, t[i]);
-        const __m512 o0 = _mm512_permutexvar_ps(odd, t[i]);
-        const __m512 e1 = _mm512_permutexvar_ps(even2, t[i]);
-        const __m512 o1 = _mm512_permutexvar_ps(odd2, t[i]);
+    const __m512i p0 = _mm512_loadu_si512(pick), one = _mm512_set1_epi32(1);
+    const __m512i p1 = _mm512_add_epi32(p0, one), p2 = _mm512_add_epi32(p1, one);
+    const __m512i p3 = _mm512_add_epi32(p2, one);
+    const __mmask16 tiles = __mmask16((1u << lanes) - 1);
+    for (int i = 0; i < 4; ++i) {                              // then along the columns
+        const __m512 e0 = _mm512_permutex2var_ps(ta[i], p0, tb[i]);
+        const __m512 o0 = _mm512_permutex2var_ps(ta[i], p1, tb[i]);
+        const __m512 e1 = _mm512_permutex2var_ps(ta[i], p2, tb[i]);
+        const __m512 o1 = _mm512_permutex2var_ps(ta[i], p3, tb[i]);
         float* o = out + i * 4 * lde;
         _mm512_mask_storeu_ps(o, tiles, _mm512_sub_ps(e0, e1));
         _mm512_mask_storeu_ps(o + lde, tiles, _mm512_add_ps(o0, e1));
@@ -166,28 +178,30 @@ __attribute__((target("avx512f"))) static void input_tiles7_avx512(
         _mm512_mask_storeu_ps(o + 3 * lde, tiles, _mm512_sub_ps(o0, o1));
     }
 }
-#endif
 
-#ifdef MINICNN_X86
-// gradient_tiles for up to 8 tiles: their 2 output-gradient rows are 16 values each (masked
-// loads, zeros past the map).
-__attribute__((target("avx512f"))) static void gradient_tiles8_avx512(
-        const float* plane, std::int64_t oh, std::int64_t ow, std::int64_t r0, std::int64_t s0,
-        std::int64_t len, float* out, std::int64_t lde) {
-    const std::int64_t hi = std::min<std::int64_t>(2 * len, ow - s0);
-    const __mmask16 cols = __mmask16((1u << hi) - 1);
-    const __m512 y0 = _mm512_maskz_loadu_ps(cols, plane + r0 * ow + s0);
-    const __m512 y1 = r0 + 1 < oh ? _mm512_maskz_loadu_ps(cols, plane + (r0 + 1) * ow + s0)
-                                  : _mm512_setzero_ps();
+// gradient_tiles for the tiles of sources a (output-gradient rows ra, ra+1, columns ca..) and
+// b (rb, rb+1, cb..).
+__attribute__((target("avx512f"))) static void gradient_tiles_avx512(
+        const float* plane, std::int64_t oh, std::int64_t ow, std::int64_t ra, std::int64_t ca,
+        std::int64_t rb, std::int64_t cb, const std::int32_t* pick, std::int64_t lanes,
+        float* out, std::int64_t lde) {
     const __m512 zero = _mm512_setzero_ps();
-    const __m512 z[4] = {y0, _mm512_add_ps(y0, y1), _mm512_sub_ps(y0, y1),
-                         _mm512_sub_ps(zero, y1)};
-    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 0, 0, 0, 0, 0, 0, 0, 0);
-    const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 0, 0, 0, 0, 0, 0, 0, 0);
-    const __mmask16 tiles = __mmask16((1u << len) - 1);
-    for (int i = 0; i < 4; ++i) {
-        const __m512 e = _mm512_permutexvar_ps(even, z[i]);
-        const __m512 o = _mm512_permutexvar_ps(odd, z[i]);
+    __m512 za[4], zb[4];
+    for (int src = 0; src < 2; ++src) {                        // A along the rows
+        const __m512 y0 = load_columns(plane, oh, ow, src ? rb : ra, src ? cb : ca);
+        const __m512 y1 = load_columns(plane, oh, ow, (src ? rb : ra) + 1, src ? cb : ca);
+        __m512* z = src ? zb : za;
+        z[0] = y0;
+        z[1] = _mm512_add_ps(y0, y1);
+        z[2] = _mm512_sub_ps(y0, y1);
+        z[3] = _mm512_sub_ps(zero, y1);
+    }
+    const __m512i p0 = _mm512_loadu_si512(pick);
+    const __m512i p1 = _mm512_add_epi32(p0, _mm512_set1_epi32(1));
+    const __mmask16 tiles = __mmask16((1u << lanes) - 1);
+    for (int i = 0; i < 4; ++i) {                              // then along the columns
+        const __m512 e = _mm512_permutex2var_ps(za[i], p0, zb[i]);
+        const __m512 o = _mm512_permutex2var_ps(za[i], p1, zb[i]);
         float* dst = out + i * 4 * lde;
         _mm512_mask_storeu_ps(dst, tiles, e);
         _mm512_mask_storeu_ps(dst + lde, tiles, _mm512_add_ps(e, o));
@@ -195,7 +209,21 @@ __attribute__((target("avx512f"))) static void gradient_tiles8_avx512(
         _mm512_mask_storeu_ps(dst + 3 * lde, tiles, _mm512_sub_ps(zero, o));
     }
 }
+#endif
 
+// Which columns the AVX-512 transforms pick: one tile row (2L), or two rows of ``first`` and
+// the rest tiles one above the other.
+struct Picks {
+    std::int32_t row[16], pair[16];
+    explicit Picks(std::int64_t first) {
+        for (int L = 0; L < 16; ++L) {
+            row[L] = 2 * L;
+            pair[L] = L < first ? 2 * L : 16 + 2 * (L - static_cast<int>(first));
+        }
+    }
+};
+
+#ifdef MINICNN_X86
 // input_adjoint_tiles for up to 7 tiles, added straight onto the 4 input rows they read
 // (columns s0 .. s0 + 2 len + 1, those inside the plane).
 __attribute__((target("avx512f"))) static void input_adjoint_tiles7_avx512(
@@ -377,6 +405,88 @@ __attribute__((target("avx512f"))) static void filter_tiles_avx512(const float* 
 }
 #endif
 
+// The transformed input of a block of tiles (segments), for group g's channels (each piece of
+// each): element e of channel k, tile b of segment s at out[(e * kg + k) * ldk + s.j + b].
+// With AVX-512, two whole tile rows of an image that follow each other in the block go through
+// together when they fit (7 tiles or fewer a row), a longer row 15 tiles at a time.
+void input_block(const Wino& w, const float* x, std::int64_t g,
+                 const std::vector<Segment>& segments, float* out, std::int64_t ldk, bool wide,
+                 float* tmp, std::int64_t ld) {
+    const std::int64_t kg = w.kg(), cg = w.cg(), tw = w.tw();
+    const Picks picks(tw);
+    for (std::size_t i = 0; i < segments.size(); ++i) {
+        const Segment& s = segments[i];
+        const std::int64_t len = s.b1 - s.b0;
+        const bool pair = wide && tw <= 7 && s.b0 == 0 && s.b1 == tw &&
+                          i + 1 < segments.size() && segments[i + 1].n == s.n &&
+                          segments[i + 1].b1 == tw;     // (the next row: rows run in order)
+        for (std::int64_t k = 0; k < kg; ++k) {
+            const float* plane = x + (s.n * w.C + g * cg + k % cg) * w.H * w.W;
+            float* dst = out + k * ldk + s.j;
+            const std::int64_t r0 = 2 * s.a - w.ph + w.shift_h(k);
+            const std::int64_t s0 = 2 * s.b0 - w.pw + w.shift_w(k);
+#ifdef MINICNN_X86
+            if (pair) {
+                input_tiles_avx512(plane, w.H, w.W, r0, s0, r0 + 2, s0, picks.pair, 2 * tw,
+                                   dst, kg * ldk);
+                continue;
+            }
+            if (wide) {
+                for (std::int64_t b = 0; b < len; b += 15)
+                    input_tiles_avx512(plane, w.H, w.W, r0, s0 + 2 * b, r0, s0 + 2 * b + 16,
+                                       picks.row, std::min<std::int64_t>(15, len - b), dst + b,
+                                       kg * ldk);
+                continue;
+            }
+#endif
+            for (int r = 0; r < 4; ++r)
+                read_row(plane, w.H, w.W, r0 + r, s0, 2 * len + 2, tmp + r * ld);
+            input_tiles(tmp, ld, len, tmp + 4 * ld, dst, kg * ldk);
+        }
+        if (pair) ++i;
+    }
+}
+
+// The transformed output gradient of a block of tiles for group g's filters: element e of
+// filter f, tile b of segment s at out[(e * fg + f) * ldf + s.j + b] (two tile rows together
+// when they fit, 8 tiles or fewer a row, a longer row 16 tiles at a time).
+void gradient_block(const Wino& w, const float* dy, std::int64_t g,
+                    const std::vector<Segment>& segments, float* out, std::int64_t ldf,
+                    bool wide, float* tmp, std::int64_t ld) {
+    const std::int64_t fg = w.fg(), tw = w.tw();
+    const Picks picks(tw);
+    for (std::size_t i = 0; i < segments.size(); ++i) {
+        const Segment& s = segments[i];
+        const std::int64_t len = s.b1 - s.b0;
+        const bool pair = wide && tw <= 8 && s.b0 == 0 && s.b1 == tw &&
+                          i + 1 < segments.size() && segments[i + 1].n == s.n &&
+                          segments[i + 1].b1 == tw;
+        for (std::int64_t f = 0; f < fg; ++f) {
+            const float* plane = dy + (s.n * w.F + g * fg + f) * w.oh * w.ow;
+            float* dst = out + f * ldf + s.j;
+#ifdef MINICNN_X86
+            if (pair) {
+                gradient_tiles_avx512(plane, w.oh, w.ow, 2 * s.a, 0, 2 * s.a + 2, 0, picks.pair,
+                                      2 * tw, dst, fg * ldf);
+                continue;
+            }
+            if (wide) {
+                for (std::int64_t b = 0; b < len; b += 16)
+                    gradient_tiles_avx512(plane, w.oh, w.ow, 2 * s.a, 2 * (s.b0 + b), 2 * s.a,
+                                          2 * (s.b0 + b) + 16, picks.row,
+                                          std::min<std::int64_t>(16, len - b), dst + b,
+                                          fg * ldf);
+                continue;
+            }
+#endif
+            for (int r = 0; r < 2; ++r)
+                read_row(plane, w.oh, w.ow, 2 * s.a + r, 2 * s.b0, 2 * len, tmp + r * ld);
+            gradient_tiles(tmp, ld, len, tmp + 2 * ld, dst, fg * ldf);
+        }
+        if (pair) ++i;
+    }
+}
+
 // The pieces of every filter as 3x3 filters, g[f][k][9] for the channels k of its group.
 void cut_filters(const Wino& w, const float* wt, float* pieces) {
     const std::int64_t cg = w.cg(), kg = w.kg();
@@ -498,27 +608,7 @@ void winograd_forward(const Wino& w, const float* x, const float* wt, const floa
             const std::int64_t nt = std::min(NB, T - t0);
             segments_of(w, t0, nt, segments);
             if (nt < NB) std::memset(Bp, 0, sizeof(float) * 16 * cg * NB);
-            for (const Segment& s : segments) {
-                const std::int64_t len = s.b1 - s.b0, r00 = 2 * s.a - w.ph;
-                const std::int64_t s00 = 2 * s.b0 - w.pw;
-                for (std::int64_t c = 0; c < cg; ++c) {     // each piece of each channel
-                    const float* plane = x + (s.n * w.C + g * w.cg() + c % w.cg()) * w.H * w.W;
-                    float* dst = Bp + c * NB + s.j;
-                    const std::int64_t r0 = r00 + w.shift_h(c), s0 = s00 + w.shift_w(c);
-#ifdef MINICNN_X86
-                    if (wide) {
-                        for (std::int64_t b = 0; b < len; b += 7)
-                            input_tiles7_avx512(plane, w.H, w.W, r0, s0 + 2 * b,
-                                                std::min<std::int64_t>(7, len - b), dst + b,
-                                                cg * NB);
-                        continue;
-                    }
-#endif
-                    for (int i = 0; i < 4; ++i)
-                        read_row(plane, w.H, w.W, r0 + i, s0, 2 * len + 2, tmp + i * ld);
-                    input_tiles(tmp, ld, len, tmp + 4 * ld, dst, cg * NB);
-                }
-            }
+            input_block(w, x, g, segments, Bp, NB, wide, tmp, ld);
             float* out = tmp + 8 * ld;                          // 4 x NB outputs of a filter
             for (std::int64_t p = 0; p < Pf; ++p) {
                 for (int e = 0; e < 16; ++e)
@@ -567,26 +657,7 @@ void winograd_backward_data(const Wino& w, const float* dy, const float* wt, flo
                 const std::int64_t nt = std::min(NB, n1 * per_image - t0);
                 segments_of(w, t0, nt, segments);
                 if (nt < NB) std::memset(Bp, 0, sizeof(float) * 16 * fg * NB);
-                for (const Segment& s : segments) {
-                    const std::int64_t len = s.b1 - s.b0;
-                    for (std::int64_t k = 0; k < fg; ++k) {
-                        const float* plane = dy + (s.n * w.F + g * fg + k) * w.oh * w.ow;
-#ifdef MINICNN_X86
-                        if (wide) {
-                            for (std::int64_t b = 0; b < len; b += 8)
-                                gradient_tiles8_avx512(plane, w.oh, w.ow, 2 * s.a,
-                                                       2 * (s.b0 + b),
-                                                       std::min<std::int64_t>(8, len - b),
-                                                       Bp + k * NB + s.j + b, fg * NB);
-                            continue;
-                        }
-#endif
-                        for (int i = 0; i < 2; ++i)
-                            read_row(plane, w.oh, w.ow, 2 * s.a + i, 2 * s.b0, 2 * len,
-                                     tmp + i * ld);
-                        gradient_tiles(tmp, ld, len, tmp + 2 * ld, Bp + k * NB + s.j, fg * NB);
-                    }
-                }
+                gradient_block(w, dy, g, segments, Bp, NB, wide, tmp, ld);
                 for (std::int64_t p = 0; p < Pc; ++p) {
                     for (int e = 0; e < 16; ++e)
                         K.run(fg, Ut + ((g * 16 + e) * Pc + p) * fg * MR, Bp + e * fg * NB,
@@ -632,67 +703,23 @@ void winograd_backward_data(const Wino& w, const float* dy, const float* wt, flo
 // run over the tiles: V[g][e][c][t] from x and D[g][e][f][t] from dy (T = every image's tiles).
 // Then dU_e (F/G x C/G) = D_e V_e^T on minicnn's GEMM, which packs both operands' panels.
 
-// V from x (rows of T tiles), one (image, channel) plane at a time.
-void transform_input_planes(const Wino& w, const float* x, float* V, bool wide) {
-    const std::int64_t T = w.tiles(), th = w.th(), tw = w.tw(), cg = w.cg(), kg = w.kg();
+// V from x and D from dy (rows of T tiles), an image of a group at a time.
+void transform_planes(const Wino& w, const float* x, const float* dy, float* V, float* D,
+                      bool wide) {
+    const std::int64_t T = w.tiles(), th = w.th(), tw = w.tw(), kg = w.kg(), fg = w.fg();
     const std::int64_t ld = 2 * tw + 8;
 #pragma omp parallel
     {
         float* tmp = gemm::scratch(5, 8 * ld);
+        std::vector<Segment> rows;
 #pragma omp for collapse(2) schedule(static)
         for (std::int64_t n = 0; n < w.N; ++n)
-            for (std::int64_t c = 0; c < w.C; ++c) {
-                const float* plane = x + (n * w.C + c) * w.H * w.W;
-                const std::int64_t g = c / cg;
-                for (std::int64_t k = c % cg; k < kg; k += cg)      // each piece
-                    for (std::int64_t a = 0; a < th; ++a) {
-                        float* dst = V + ((g * 16) * kg + k) * T + (n * th + a) * tw;
-                        const std::int64_t r0 = 2 * a - w.ph + w.shift_h(k);
-                        const std::int64_t s0 = w.shift_w(k) - w.pw;
-#ifdef MINICNN_X86
-                        if (wide) {
-                            for (std::int64_t b = 0; b < tw; b += 7)
-                                input_tiles7_avx512(plane, w.H, w.W, r0, s0 + 2 * b,
-                                                    std::min<std::int64_t>(7, tw - b), dst + b,
-                                                    kg * T);
-                            continue;
-                        }
-#endif
-                        for (int i = 0; i < 4; ++i)
-                            read_row(plane, w.H, w.W, r0 + i, s0, 2 * tw + 2, tmp + i * ld);
-                        input_tiles(tmp, ld, tw, tmp + 4 * ld, dst, kg * T);
-                    }
-            }
-    }
-}
-
-// D from dy (rows of T tiles), one (image, filter) plane at a time.
-void transform_gradient_planes(const Wino& w, const float* dy, float* D, bool wide) {
-    const std::int64_t T = w.tiles(), th = w.th(), tw = w.tw(), fg = w.fg();
-    const std::int64_t ld = 2 * tw + 8;
-#pragma omp parallel
-    {
-        float* tmp = gemm::scratch(5, 8 * ld);
-#pragma omp for collapse(2) schedule(static)
-        for (std::int64_t n = 0; n < w.N; ++n)
-            for (std::int64_t f = 0; f < w.F; ++f) {
-                const float* plane = dy + (n * w.F + f) * w.oh * w.ow;
-                const std::int64_t g = f / fg;
-                for (std::int64_t a = 0; a < th; ++a) {
-                    float* dst = D + ((g * 16) * fg + f % fg) * T + (n * th + a) * tw;
-#ifdef MINICNN_X86
-                    if (wide) {
-                        for (std::int64_t b = 0; b < tw; b += 8)
-                            gradient_tiles8_avx512(plane, w.oh, w.ow, 2 * a, 2 * b,
-                                                   std::min<std::int64_t>(8, tw - b), dst + b,
-                                                   fg * T);
-                        continue;
-                    }
-#endif
-                    for (int i = 0; i < 2; ++i)
-                        read_row(plane, w.oh, w.ow, 2 * a + i, 0, 2 * tw, tmp + i * ld);
-                    gradient_tiles(tmp, ld, tw, tmp + 2 * ld, dst, fg * T);
-                }
+            for (std::int64_t g = 0; g < w.G; ++g) {
+                rows.clear();
+                for (std::int64_t a = 0; a < th; ++a) rows.push_back({n, a, 0, tw, a * tw});
+                input_block(w, x, g, rows, V + g * 16 * kg * T + n * th * tw, T, wide, tmp, ld);
+                gradient_block(w, dy, g, rows, D + g * 16 * fg * T + n * th * tw, T, wide, tmp,
+                               ld);
             }
     }
 }
@@ -718,8 +745,7 @@ void winograd_backward_filter(const Wino& w, const float* dy, const float* x, fl
     float* V = buffer(0, w.G * 16 * cg * T);
     float* D = buffer(1, w.G * 16 * fg * T);
     float* dU = buffer(2, w.G * 16 * fg * cg);
-    transform_input_planes(w, x, V, wide);
-    transform_gradient_planes(w, dy, D, wide);
+    transform_planes(w, x, dy, V, D, wide);
     // dU_e = D_e V_e^T, the products side by side, each on one thread (OpenMP does not nest:
     // gemm::run sees one thread), so no two threads pack the same panels of V_e
 #pragma omp parallel for schedule(dynamic)

@@ -353,7 +353,9 @@ def _winograd(x_shape, w_shape, group, geom, dtype, part):
     if part == "data":              # each thread takes whole images
         return n >= lib.num_threads()
     if part == "filter":            # its transforms outweigh the savings below ~128 channels
-        return geom.kernel == (3, 3) and min(cg, fg) >= 128 and tiles >= 256
+        # (and with groups, below 192: CaffeNet's conv5, 192 -> 128 a group, measured slower)
+        return geom.kernel == (3, 3) and min(cg, fg) >= (128 if group == 1 else 192) and \
+            tiles >= 256
     return True
 
 

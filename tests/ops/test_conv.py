@@ -489,12 +489,15 @@ def test_direct_mode_is_checked(kind):
 # --- Winograd F(2x2, 3x3) (csrc/winograd.cpp) -------------------------------------------------
 
 WINOGRAD_PINNED = {
-    # 13x13: tile rows of 7 (one AVX-512 chunk of the input transform), grouped, blocks of 32
+    # 13x13: tile rows of 7 (the AVX-512 transforms take two at once), grouped, blocks of 32
     # tiles that end mid-row and mid-image
     "wino_13x13_grouped": make_case(3, 8, (13, 13), 12, 3, pad=1, group=2),
-    # tile rows of 15: input chunks 7 + 7 + 1, output-gradient chunks 8 + 7; even output width
+    # tile rows of 15 (one AVX-512 input transform, one output-gradient one) and of 33 (15 + 15
+    # + 3 and 16 + 16 + 1); even output width
     "wino_rows_of_15": make_case(2, 5, (9, 30), 7, 3, pad=1),
     "wino_rows_of_33": make_case(1, 2, (5, 65), 3, 3, pad=1),
+    # tile rows of 8: the output gradient's AVX-512 transform takes two rows at once (16 tiles)
+    "wino_rows_of_8": make_case(3, 3, (6, 16), 4, 3, pad=1),
     # no padding and a wider one, different per axis; odd output sizes drop half a tile
     "wino_pad_0_2": make_case(2, 4, (10, 17), 6, 3, pad=(0, 2)),
     "wino_pad_2_0": make_case(2, 3, (4, 7), 5, 3, pad=(2, 0), bias=False),
@@ -582,9 +585,9 @@ def test_winograd_matches_reference(kind, case):
 
 @fast
 def test_winograd_runs_where_it_measured_faster(kind, monkeypatch):
-    """The default (MINICNN_CONV_WINOGRAD=1): CaffeNet's conv3-5 at batch 16 take it in every
-    pass, its 5x5 conv2 in the forward and the input gradient; few tiles, other geometries,
-    float64 and mode 0 do not."""
+    """The default (MINICNN_CONV_WINOGRAD=1): CaffeNet's conv3 and conv4 at batch 16 take it in
+    every pass, conv5 and the 5x5 conv2 in the forward and the input gradient; few tiles, other
+    geometries, float64 and mode 0 do not."""
     import minicnn.ops.conv as conv_module
     from minicnn.native import lib
     monkeypatch.setattr(conv_module, "WINOGRAD_MODE", "1")
@@ -595,7 +598,8 @@ def test_winograd_runs_where_it_measured_faster(kind, monkeypatch):
         return [conv_module._winograd(x_shape, w_shape, group, geom, dtype, p) for p in parts]
 
     assert takes((16, 256, 13, 13), (384, 256, 3, 3)) == [True, True, True]         # conv3
-    assert takes((16, 384, 13, 13), (256, 192, 3, 3), group=2) == [True, True, True]  # conv5
+    assert takes((16, 384, 13, 13), (384, 192, 3, 3), group=2) == [True, True, True]  # conv4
+    assert takes((16, 384, 13, 13), (256, 192, 3, 3), group=2) == [True, True, False]  # conv5
     assert takes((8, 64, 28, 28), (64, 64, 3, 3)) == [True, True, False]   # filter: < 128 ch
     assert takes((1, 256, 7, 7), (256, 256, 3, 3)) == [False] * 3                   # 16 tiles
     assert takes((1, 64, 28, 28), (64, 64, 3, 3))[1] == (lib.num_threads() == 1)   # 1 image
