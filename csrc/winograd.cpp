@@ -724,18 +724,24 @@ void transform_planes(const Wino& w, const float* x, const float* dy, float* V, 
     }
 }
 
-// G^T u G: the filter gradient of the 3x3 filter whose transform is u (4x4, row-major).
-inline void filter_adjoint(const float u[16], float w[9]) {
-    float t[12];                                                      // 3 x 4
-    for (int j = 0; j < 4; ++j) {
-        t[0 * 4 + j] = u[0 * 4 + j] + 0.5f * (u[1 * 4 + j] + u[2 * 4 + j]);
-        t[1 * 4 + j] = 0.5f * (u[1 * 4 + j] - u[2 * 4 + j]);
-        t[2 * 4 + j] = u[3 * 4 + j] + 0.5f * (u[1 * 4 + j] + u[2 * 4 + j]);
-    }
-    for (int i = 0; i < 3; ++i) {
-        w[i * 3 + 0] = t[i * 4 + 0] + 0.5f * (t[i * 4 + 1] + t[i * 4 + 2]);
-        w[i * 3 + 1] = 0.5f * (t[i * 4 + 1] - t[i * 4 + 2]);
-        w[i * 3 + 2] = t[i * 4 + 3] + 0.5f * (t[i * 4 + 1] + t[i * 4 + 2]);
+// G^T u G for n filters side by side: element e of filter k at u[e * lde + k] (a row of the
+// filter gradient's products), tap i of it to d[i * n + k].
+MINICNN_VECTOR_CLONES static void filter_adjoint_rows(const float* __restrict u, std::int64_t lde,
+                                                      std::int64_t n, float* __restrict d) {
+    for (std::int64_t k = 0; k < n; ++k) {
+        float t[3][4];
+        for (int j = 0; j < 4; ++j) {
+            const float u0 = u[j * lde + k], u1 = u[(4 + j) * lde + k];
+            const float u2 = u[(8 + j) * lde + k], u3 = u[(12 + j) * lde + k];
+            t[0][j] = u0 + 0.5f * (u1 + u2);
+            t[1][j] = 0.5f * (u1 - u2);
+            t[2][j] = u3 + 0.5f * (u1 + u2);
+        }
+        for (int i = 0; i < 3; ++i) {
+            d[(i * 3 + 0) * n + k] = t[i][0] + 0.5f * (t[i][1] + t[i][2]);
+            d[(i * 3 + 1) * n + k] = 0.5f * (t[i][1] - t[i][2]);
+            d[(i * 3 + 2) * n + k] = t[i][3] + 0.5f * (t[i][1] + t[i][2]);
+        }
     }
 }
 
@@ -774,19 +780,22 @@ void winograd_backward_filter(const Wino& w, const float* dy, const float* x, fl
             });
     }
     // dw[f, c] += G^T dU[f][k] G for each piece k of channel c (taps past the kernel dropped)
-#pragma omp parallel for schedule(static) if (w.F * cg > 4096)
-    for (std::int64_t f = 0; f < w.F; ++f)
-        for (std::int64_t k = 0; k < cg; ++k) {
+#pragma omp parallel if (w.F * cg > 4096)
+    {
+        float* d = gemm::scratch(6, 9 * cg);
+#pragma omp for schedule(static)
+        for (std::int64_t f = 0; f < w.F; ++f) {
             const std::int64_t g = f / fg, row = f % fg;
-            float u[16], d[9];
-            for (int e = 0; e < 16; ++e) u[e] = dU[((g * 16 + e) * fg + row) * cg + k];
-            filter_adjoint(u, d);
-            float* out = dw + (f * w.cg() + k % w.cg()) * w.kh * w.kw;
-            const std::int64_t i0 = w.shift_h(k), j0 = w.shift_w(k);
-            for (int i = 0; i < 3 && i0 + i < w.kh; ++i)
-                for (int j = 0; j < 3 && j0 + j < w.kw; ++j)
-                    out[(i0 + i) * w.kw + j0 + j] += d[i * 3 + j];
+            filter_adjoint_rows(dU + (g * 16 * fg + row) * cg, fg * cg, cg, d);
+            for (std::int64_t k = 0; k < cg; ++k) {
+                float* out = dw + (f * w.cg() + k % w.cg()) * w.kh * w.kw;
+                const std::int64_t i0 = w.shift_h(k), j0 = w.shift_w(k);
+                for (int i = 0; i < 3 && i0 + i < w.kh; ++i)
+                    for (int j = 0; j < 3 && j0 + j < w.kw; ++j)
+                        out[(i0 + i) * w.kw + j0 + j] += d[(i * 3 + j) * cg + k];
+            }
         }
+    }
 }
 
 Wino wino_of(const py::array& x, const py::array& w, std::int64_t G, std::int64_t ph,
