@@ -540,9 +540,11 @@ void pack_filters(const Wino& w, const float* wt, float* Ua, float* Ut) {
                     for (std::int64_t p = 0; p < Pf; ++p) {
                         float* dst = Ua + ((g * 16 + e) * Pf + p) * cg * MR;
                         const std::int64_t rows = std::min(MR, fg - p * MR);
-                        for (std::int64_t c = 0; c < cg; ++c)
-                            for (std::int64_t r = 0; r < MR; ++r)
-                                dst[c * MR + r] = r < rows ? ue[(p * MR + r) * cg + c] : 0.0f;
+                        for (std::int64_t r = 0; r < MR; ++r) {   // rows of u read in order
+                            const float* src = ue + (p * MR + r) * cg;
+                            for (std::int64_t c = 0; c < cg; ++c)
+                                dst[c * MR + r] = r < rows ? src[c] : 0.0f;
+                        }
                     }
                 if (Ut)
                     for (std::int64_t p = 0; p < Pc; ++p) {
