@@ -124,13 +124,16 @@ def test_fast_paths_match_the_reference(kind, case):
         np.testing.assert_allclose(g, r, err_msg=name, **tol)
 
 
-# Edges of the fast kernels (csrc/inner_product.cpp): the forward's tasks of 16 rows of W
-# (4 tiles of 4; fewer at the end), its stretches of 256 inputs; the input gradient's blocks of
-# 48 columns, 8 rows of dY at a time and chunks of 128 rows of W, split between the threads
-# (one block only: a thread with none); a batch of 64 (the last on the streaming paths) and 65.
+# Edges of the fast kernels (csrc/inner_product.cpp): the forward's blocks of 8 rows of W (tiles
+# of 4 by 4, fewer at the end; each thread a run of blocks, one with none when there is one
+# block) with inputs in steps of 16, and past a batch of 64 its tasks of 16 rows of W and
+# stretches of 256 inputs; the input gradient's blocks of 48 columns, 8 rows of dY at a time and
+# chunks of 128 rows of W, split between the threads (one block only: a thread with none); a
+# batch of 64 (the last on the streaming paths) and 65.
 EDGE_CASES = [  # (batch M, inputs K, outputs N)
     (1, 1, 1), (1, 9, 17), (5, 300, 33), (8, 48, 16), (9, 49, 50), (16, 257, 129),
     (16, 600, 64), (17, 30, 300), (3, 97, 255), (64, 100, 130), (65, 100, 130), (16, 512, 4),
+    (4, 16, 9), (13, 31, 8), (64, 17, 7), (65, 600, 300),
     (3, 0, 5),                                               # no inputs: y is the bias alone
 ]
 
