@@ -17,7 +17,10 @@ GFLOP/s counts 2 flops per multiply-add (convolution forward 2*N*F*C/G*kh*kw*oh*
 twice that: the data and the filter gradients); "of sgemm" divides by the rate NumPy's BLAS
 reaches on a large square product here, "of peak" by the float32 multiply-add rate of the
 machine, measured by a register-only AVX-512 loop on the same threads (minicnn's
-`fma_peak_gflops`; blank without AVX-512). Peak memory is the growth of the resident set during a
+`fma_peak_gflops`; blank without AVX-512). Convolutions that minicnn runs by Winograd (3x3 and
+5x5, stride 1: minicnn/ops/conv.py, _winograd) do 0.44-0.69 of those multiply-adds, so their
+rates are effective ones (the direct convolution's flops over the time) and can pass 100% of
+peak. Peak memory is the growth of the resident set during a
 training step, each engine in a fresh process. PyTorch is a bench-only dependency
 (`pip install torch==2.13.0`, the CPU build); nothing in minicnn imports it.
 """
