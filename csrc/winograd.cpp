@@ -699,29 +699,31 @@ void winograd_backward_data(const Wino& w, const float* dy, const float* wt, flo
     }
 }
 
-// --- the filter gradient: whole tensors ------------------------------------------------------
+// --- the filter gradient: a chunk of images at a time -----------------------------------------
 //
-// Its inner dimension is the tiles, so every tile's transforms are stored first, as rows that
-// run over the tiles: V[g][e][c][t] from x and D[g][e][f][t] from dy (T = every image's tiles).
-// Then dU_e (F/G x C/G) = D_e V_e^T on minicnn's GEMM, which packs both operands' panels.
+// Its inner dimension is the tiles, so the tiles' transforms are stored first, as rows that
+// run over the tiles: V[g][e][c][t] from x and D[g][e][f][t] from dy, for a chunk of images
+// whose transforms the cache can hold. Then dU_e (F/G x kg) = D_e V_e^T on minicnn's GEMM,
+// which packs both operands' panels, added up over the chunks.
 
-// V from x and D from dy (rows of T tiles), an image of a group at a time.
-void transform_planes(const Wino& w, const float* x, const float* dy, float* V, float* D,
-                      bool wide) {
-    const std::int64_t T = w.tiles(), th = w.th(), tw = w.tw(), kg = w.kg(), fg = w.fg();
+// V from x and D from dy for images n0 .. n0 + images - 1 (rows of T tiles: theirs, and
+// room), an image of a group at a time.
+void transform_planes(const Wino& w, const float* x, const float* dy, std::int64_t n0,
+                      std::int64_t images, std::int64_t T, float* V, float* D, bool wide) {
+    const std::int64_t th = w.th(), tw = w.tw(), kg = w.kg(), fg = w.fg();
     const std::int64_t ld = 2 * tw + 8;
 #pragma omp parallel
     {
         float* tmp = gemm::scratch(5, 8 * ld);
         std::vector<Segment> rows;
 #pragma omp for collapse(2) schedule(static)
-        for (std::int64_t n = 0; n < w.N; ++n)
+        for (std::int64_t n = n0; n < n0 + images; ++n)
             for (std::int64_t g = 0; g < w.G; ++g) {
                 rows.clear();
                 for (std::int64_t a = 0; a < th; ++a) rows.push_back({n, a, 0, tw, a * tw});
-                input_block(w, x, g, rows, V + g * 16 * kg * T + n * th * tw, T, wide, tmp, ld);
-                gradient_block(w, dy, g, rows, D + g * 16 * fg * T + n * th * tw, T, wide, tmp,
-                               ld);
+                const std::int64_t t0 = (n - n0) * th * tw;
+                input_block(w, x, g, rows, V + g * 16 * kg * T + t0, T, wide, tmp, ld);
+                gradient_block(w, dy, g, rows, D + g * 16 * fg * T + t0, T, wide, tmp, ld);
             }
     }
 }
@@ -747,39 +749,58 @@ MINICNN_VECTOR_CLONES static void filter_adjoint_rows(const float* __restrict u,
     }
 }
 
+// Bytes of transformed tiles the filter gradient holds at a time (settable for the tests).
+std::int64_t filter_chunk_bytes = std::int64_t(12) << 20;
+
 void winograd_backward_filter(const Wino& w, const float* dy, const float* x, float* dw) {
-    const std::int64_t MR = gemm::MR, T = w.tiles(), cg = w.kg(), fg = w.fg();
+    const std::int64_t MR = gemm::MR, cg = w.kg(), fg = w.fg(), per_image = w.th() * w.tw();
     const bool wide = gemm::kernel().nr == 32;
-    float* V = buffer(0, w.G * 16 * cg * T);
-    float* D = buffer(1, w.G * 16 * fg * T);
+    const std::int64_t per_image_bytes = w.G * 16 * (cg + fg) * per_image * 4;
+    const std::int64_t chunk =
+        std::clamp<std::int64_t>(filter_chunk_bytes / per_image_bytes, 1, w.N);
+    const std::int64_t Tc = chunk * per_image;                  // the buffers' row length
+    float* V = buffer(0, w.G * 16 * cg * Tc);
+    float* D = buffer(1, w.G * 16 * fg * Tc);
     float* dU = buffer(2, w.G * 16 * fg * cg);
-    transform_planes(w, x, dy, V, D, wide);
-    // dU_e = D_e V_e^T, the products side by side, each on one thread (OpenMP does not nest:
-    // gemm::run sees one thread), so no two threads pack the same panels of V_e
+    for (std::int64_t n0 = 0; n0 < w.N; n0 += chunk) {
+        const std::int64_t images = std::min(chunk, w.N - n0), T = images * per_image;
+        transform_planes(w, x, dy, n0, images, Tc, V, D, wide);
+        // dU_e (+)= D_e V_e^T, the products side by side, each on one thread (OpenMP does not
+        // nest: gemm::run sees one thread), so no two threads pack the same panels of V_e
 #pragma omp parallel for schedule(dynamic)
-    for (std::int64_t ge = 0; ge < w.G * 16; ++ge) {
-        const float* De = D + ge * fg * T;
-        const float* Ve = V + ge * cg * T;
-        float* out = dU + ge * fg * cg;
-        gemm::run(
-            fg, cg, T, gemm::Blocking{96, 1024, 384},
-            [&](std::int64_t i0, std::int64_t m, std::int64_t l0, std::int64_t kc, float* Ap) {
-                for (std::int64_t p = 0; p * MR < m; ++p)        // MR rows of D_e a panel
-                    gemm::transposed_panel(De + (i0 + p * MR) * T + l0, T,
-                                           std::min(MR, m - p * MR), kc, MR, Ap + p * MR * kc);
-                return gemm::Panels{Ap, kc * MR};
-            },
-            [&](std::int64_t j0, std::int64_t n, std::int64_t l0, std::int64_t kc,
-                std::int64_t nr, float* Bp) {                     // nr rows of V_e a panel
-                for (std::int64_t q = 0; q * nr < n; ++q)
-                    gemm::transposed_panel(Ve + (j0 + q * nr) * T + l0, T,
-                                           std::min(nr, n - q * nr), kc, nr, Bp + q * nr * kc);
-            },
-            [&](std::int64_t i0, std::int64_t m, std::int64_t j0, std::int64_t n, const float* C,
-                std::int64_t ldc) {
-                for (std::int64_t r = 0; r < m; ++r)
-                    std::memcpy(out + (i0 + r) * cg + j0, C + r * ldc, sizeof(float) * n);
-            });
+        for (std::int64_t ge = 0; ge < w.G * 16; ++ge) {
+            const float* De = D + ge * fg * Tc;
+            const float* Ve = V + ge * cg * Tc;
+            float* out = dU + ge * fg * cg;
+            gemm::run(
+                fg, cg, T, gemm::Blocking{96, 1024, 384},
+                [&](std::int64_t i0, std::int64_t m, std::int64_t l0, std::int64_t kc,
+                    float* Ap) {                                  // MR rows of D_e a panel
+                    for (std::int64_t p = 0; p * MR < m; ++p)
+                        gemm::transposed_panel(De + (i0 + p * MR) * Tc + l0, Tc,
+                                               std::min(MR, m - p * MR), kc, MR,
+                                               Ap + p * MR * kc);
+                    return gemm::Panels{Ap, kc * MR};
+                },
+                [&](std::int64_t j0, std::int64_t n, std::int64_t l0, std::int64_t kc,
+                    std::int64_t nr, float* Bp) {                 // nr rows of V_e a panel
+                    for (std::int64_t q = 0; q * nr < n; ++q)
+                        gemm::transposed_panel(Ve + (j0 + q * nr) * Tc + l0, Tc,
+                                               std::min(nr, n - q * nr), kc, nr,
+                                               Bp + q * nr * kc);
+                },
+                [&](std::int64_t i0, std::int64_t m, std::int64_t j0, std::int64_t n,
+                    const float* C, std::int64_t ldc) {
+                    for (std::int64_t r = 0; r < m; ++r) {
+                        float* dst = out + (i0 + r) * cg + j0;
+                        const float* src = C + r * ldc;
+                        if (n0 == 0)
+                            std::memcpy(dst, src, sizeof(float) * n);
+                        else
+                            for (std::int64_t q = 0; q < n; ++q) dst[q] += src[q];
+                    }
+                });
+        }
     }
     // dw[f, c] += G^T dU[f][k] G for each piece k of channel c (taps past the kernel dropped)
 #pragma omp parallel if (w.F * cg > 4096)
@@ -839,6 +860,13 @@ REGISTER_NATIVE(m) {
         py::gil_scoped_release release;
         winograd_backward_data(v, g, ws, out);
     }, "dx <- the input gradient of the stride-1 conv for dy, by Winograd F(2x2, 3x3)");
+    m.def("set_winograd_filter_chunk", [](std::int64_t bytes) {
+        require(bytes >= 1, "set_winograd_filter_chunk: bytes >= 1");
+        const std::int64_t was = filter_chunk_bytes;
+        filter_chunk_bytes = bytes;
+        return was;
+    }, "bytes of transformed tiles the Winograd filter gradient holds at a time (default "
+       "12 MiB; the tests make it small to run one image a chunk); returns the previous value");
     m.def("winograd_backward_filter", [](const py::array& dy, const py::array& x, py::array& dw,
                                          std::int64_t group, std::int64_t ph, std::int64_t pw) {
         const Wino v = wino_of(x, dw, group, ph, pw, dy);

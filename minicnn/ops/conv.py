@@ -330,7 +330,7 @@ WINOGRAD_MODE = os.environ.get("MINICNN_CONV_WINOGRAD", "1")
 # fewer tiles (a 2x2 output tile per image position pair) than this and transforming the
 # filters costs more than it saves: 3x3, 5x5 kernels
 WINOGRAD_MIN_TILES = {(3, 3): 96, (5, 5): 512}
-WINOGRAD_FILTER_BYTES = 1 << 27    # the filter gradient stores every tile's transforms
+WINOGRAD_FILTER_BYTES = 1 << 27    # the filter gradient stores at least an image's transforms
 
 
 def _winograd(x_shape, w_shape, group, geom, dtype, part):
@@ -340,9 +340,11 @@ def _winograd(x_shape, w_shape, group, geom, dtype, part):
         return False
     n, c, h, w = x_shape
     oh, ow = geom.out_hw(h, w)
-    tiles = n * ((oh + 1) // 2) * ((ow + 1) // 2)
+    per_image = ((oh + 1) // 2) * ((ow + 1) // 2)
+    tiles = n * per_image
     pieces = ((geom.kernel[0] + 2) // 3) * ((geom.kernel[1] + 2) // 3)
-    if part == "filter" and 16 * tiles * (c * pieces + w_shape[0]) * 4 > WINOGRAD_FILTER_BYTES:
+    if part == "filter" and \
+            16 * per_image * (c * pieces + w_shape[0]) * 4 > WINOGRAD_FILTER_BYTES:
         return False
     if WINOGRAD_MODE == "2":
         return True
@@ -352,10 +354,8 @@ def _winograd(x_shape, w_shape, group, geom, dtype, part):
         return False
     if part == "data":              # each thread takes whole images
         return n >= lib.num_threads()
-    if part == "filter":            # its transforms outweigh the savings below ~128 channels
-        # (and with groups, below 192: CaffeNet's conv5, 192 -> 128 a group, measured slower)
-        return geom.kernel == (3, 3) and min(cg, fg) >= (128 if group == 1 else 192) and \
-            tiles >= 256
+    if part == "filter":            # its transforms outweigh the savings below 64 channels
+        return geom.kernel == (3, 3) and min(cg, fg) >= 64 and tiles >= 256
     return True
 
 

@@ -584,10 +584,26 @@ def test_winograd_matches_reference(kind, case):
 
 
 @fast
+def test_winograd_filter_gradient_in_chunks_of_one_image(kind, monkeypatch):
+    """The filter gradient holds a chunk of images' transforms at a time (here one image: a
+    budget of one byte) and adds the chunks' products up."""
+    from minicnn.native import lib
+    previous = lib.set_winograd_filter_chunk(1)
+    try:
+        with winograd("2", monkeypatch):
+            for name in ("wino_13x13_grouped", "wino_5x5_grouped", "wino_40_filters"):
+                check_winograd(WINOGRAD_PINNED[name])
+    finally:
+        lib.set_winograd_filter_chunk(previous)
+    with pytest.raises(ValueError, match="bytes >= 1"):
+        lib.set_winograd_filter_chunk(0)
+
+
+@fast
 def test_winograd_runs_where_it_measured_faster(kind, monkeypatch):
-    """The default (MINICNN_CONV_WINOGRAD=1): CaffeNet's conv3 and conv4 at batch 16 take it in
-    every pass, conv5 and the 5x5 conv2 in the forward and the input gradient; few tiles, other
-    geometries, float64 and mode 0 do not."""
+    """The default (MINICNN_CONV_WINOGRAD=1): CaffeNet's conv3-5 at batch 16 take it in every
+    pass, the 5x5 conv2 in the forward and the input gradient; few tiles, other geometries,
+    float64 and mode 0 do not."""
     import minicnn.ops.conv as conv_module
     from minicnn.native import lib
     monkeypatch.setattr(conv_module, "WINOGRAD_MODE", "1")
@@ -599,8 +615,10 @@ def test_winograd_runs_where_it_measured_faster(kind, monkeypatch):
 
     assert takes((16, 256, 13, 13), (384, 256, 3, 3)) == [True, True, True]         # conv3
     assert takes((16, 384, 13, 13), (384, 192, 3, 3), group=2) == [True, True, True]  # conv4
-    assert takes((16, 384, 13, 13), (256, 192, 3, 3), group=2) == [True, True, False]  # conv5
-    assert takes((8, 64, 28, 28), (64, 64, 3, 3)) == [True, True, False]   # filter: < 128 ch
+    assert takes((16, 384, 13, 13), (256, 192, 3, 3), group=2) == [True, True, True]  # conv5
+    assert takes((8, 64, 28, 28), (64, 64, 3, 3)) == [True, True, True]
+    assert takes((8, 32, 56, 56), (32, 32, 3, 3)) == [True, True, False]   # filter: < 64 ch
+    assert takes((1, 64, 300, 300), (64, 64, 3, 3))[2] is False  # an image: 184 MB of transforms
     assert takes((1, 256, 7, 7), (256, 256, 3, 3)) == [False] * 3                   # 16 tiles
     assert takes((1, 64, 28, 28), (64, 64, 3, 3))[1] == (lib.num_threads() == 1)   # 1 image
     assert takes((16, 256, 13, 13), (384, 256, 3, 3), dtype=np.float64) == [False] * 3
