@@ -29,8 +29,8 @@
 // the NumPy reference); MINICNN_CONV_WINOGRAD=0 turns the algorithm off (minicnn/ops/conv.py
 // decides where it runs). The products run on minicnn's micro-kernels (csrc/gemm.h): the
 // forward and the input gradient a block of tiles at a time, transformed straight into the
-// micro-kernel's panels; the filter gradient, whose inner dimension is the tiles, on whole
-// transformed tensors.
+// micro-kernel's panels; the filter gradient, whose inner dimension is the tiles, on the
+// transformed tiles of a chunk of images at a time.
 #include <vector>
 
 #include "common.h"
@@ -753,6 +753,7 @@ MINICNN_VECTOR_CLONES static void filter_adjoint_rows(const float* __restrict u,
 std::int64_t filter_chunk_bytes = std::int64_t(12) << 20;
 
 void winograd_backward_filter(const Wino& w, const float* dy, const float* x, float* dw) {
+    if (w.N == 0) return;                                       // no images: nothing to add
     const std::int64_t MR = gemm::MR, cg = w.kg(), fg = w.fg(), per_image = w.th() * w.tw();
     const bool wide = gemm::kernel().nr == 32;
     const std::int64_t per_image_bytes = w.G * 16 * (cg + fg) * per_image * 4;

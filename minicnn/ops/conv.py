@@ -222,7 +222,8 @@ def _conv2d_forward_ref(x, w, b, *, geom, group=1, out=None):
     _check_shapes(x.shape, w.shape, group, geom, b)
     n, f = x.shape[0], w.shape[0]
     oh, ow = geom.out_hw(*x.shape[2:])
-    cols = im2col_ref(x, geom).reshape(n, group, -1, oh * ow)     # (N, G, C/G*kh*kw, oh*ow)
+    k = w[0].size                                                 # C/G*kh*kw (named: N may be 0)
+    cols = im2col_ref(x, geom).reshape(n, group, k, oh * ow)      # (N, G, C/G*kh*kw, oh*ow)
     wg = w.reshape(group, f // group, -1)                         # (G, F/G, C/G*kh*kw)
     y = np.matmul(wg, cols).reshape(n, f, oh, ow)                 # wg broadcasts over N
     if b is not None:
@@ -254,7 +255,8 @@ def _conv2d_backward_filter_ref(dy, x, *, geom, group=1):
         raise LayerError(f"channels {c} must be divisible by group {group}")
     _check_shapes(x.shape, (f, c // group, *geom.kernel), group, geom)
     _check_dy(dy.shape, x.shape[0], f, geom.out_hw(*x.shape[2:]))
-    cols = im2col_ref(x, geom).reshape(n, group, -1, oh * ow)     # (N, G, C/G*kh*kw, oh*ow)
+    k = c // group * geom.kernel[0] * geom.kernel[1]              # named: N may be 0
+    cols = im2col_ref(x, geom).reshape(n, group, k, oh * ow)      # (N, G, C/G*kh*kw, oh*ow)
     dyg = dy.reshape(n, group, f // group, oh * ow)               # (N, G, F/G, oh*ow)
     dw = np.matmul(dyg, cols.transpose(0, 1, 3, 2)).sum(axis=0)   # (G, F/G, C/G*kh*kw)
     return dw.reshape(f, c // group, *geom.kernel)
