@@ -10,7 +10,8 @@
 // read (or read and write) of W, from memory, and these shapes keep it at exactly one, in W's
 // own order, with W's next block prefetched while the current one is multiplied. (A
 // transposed W swaps the first two: its forward is rows_product, its input gradient
-// dot_products.) Past a batch of 64 the packed GEMM takes over (the forward: W in stretches).
+// dot_products.) Past a batch of 64 the packed GEMM takes the backward passes over, and the
+// forward goes through W in stretches.
 #include "common.h"
 #include "gemm.h"
 
@@ -76,8 +77,9 @@ void dot_tile_generic(const float* const* a, const float* const* b, std::int64_t
 
 #ifdef MINICNN_X86
 // out (4 x 4) = a[i] . b[j] over the whole of L, 16 sums in registers, summed lane by lane as
-// dot_tile_avx512's callers sum (so both give the same bits); a's rows `lda` apart, b's `ldb`
-// apart. Each step also prefetches `per_step` lines from `ahead` into L2 (up to `ahead_end`).
+// dot_tile_avx512's callers sum (so both give the same bits); a's rows `lda` apart, b's four
+// rows where the pointers say. Each step also prefetches `per_step` lines from `ahead` into L2
+// (up to `ahead_end`).
 __attribute__((target("avx512f"))) static void dot_rows_avx512(
         const float* a, std::int64_t lda, const float* const* b, std::int64_t L,
         const char*& ahead, const char* ahead_end, int per_step, float out[16]) {
@@ -128,6 +130,8 @@ __attribute__((target("avx512f"))) static void dot_products_blocks(
     for (std::int64_t r = 0; r < M; ++r) std::copy_n(A + r * L, L, Ap + r * lda);
     constexpr std::int64_t block = 8;
     const std::int64_t blocks = (N + block - 1) / block;
+    // a block's steps (2 tiles of rows x the batch's groups x L / 16), over which the next
+    // block's lines are prefetched
     const std::int64_t steps = std::max<std::int64_t>(1, 2 * groups * ((L + 15) / 16));
     const int per_step = static_cast<int>((block * L * 4 / 64 + steps - 1) / steps);
 #pragma omp parallel if (M * N * L > PARALLEL_WORK)

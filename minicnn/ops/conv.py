@@ -222,7 +222,7 @@ def _conv2d_forward_ref(x, w, b, *, geom, group=1, out=None):
     _check_shapes(x.shape, w.shape, group, geom, b)
     n, f = x.shape[0], w.shape[0]
     oh, ow = geom.out_hw(*x.shape[2:])
-    k = w[0].size                                                 # C/G*kh*kw (named: N may be 0)
+    k = w.shape[1] * w.shape[2] * w.shape[3]                      # C/G*kh*kw (named: N may be 0)
     cols = im2col_ref(x, geom).reshape(n, group, k, oh * ow)      # (N, G, C/G*kh*kw, oh*ow)
     wg = w.reshape(group, f // group, -1)                         # (G, F/G, C/G*kh*kw)
     y = np.matmul(wg, cols).reshape(n, f, oh, ow)                 # wg broadcasts over N
@@ -329,10 +329,12 @@ def _columns(x, n0, nb, geom, oh, ow):
 # MINICNN_CONV_WINOGRAD=0 turns it off, =2 takes it wherever the geometry allows (for the
 # tests). WINOGRAD_MODE is read at each call.
 WINOGRAD_MODE = os.environ.get("MINICNN_CONV_WINOGRAD", "1")
-# fewer tiles (a 2x2 output tile per image position pair) than this and transforming the
-# filters costs more than it saves: 3x3, 5x5 kernels
+# below this many 2x2 output tiles (over the batch), transforming the filters costs more than
+# the products save, by kernel size
 WINOGRAD_MIN_TILES = {(3, 3): 96, (5, 5): 512}
-WINOGRAD_FILTER_BYTES = 1 << 27    # the filter gradient stores at least an image's transforms
+# the filter gradient holds the transforms of a chunk of images at a time, at least one: no
+# Winograd where one image's pass this
+WINOGRAD_FILTER_BYTES = 1 << 27
 
 
 def _winograd(x_shape, w_shape, group, geom, dtype, part):
