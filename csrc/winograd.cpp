@@ -507,8 +507,8 @@ void cut_filters(const Wino& w, const float* wt, float* pieces) {
 // inner index = its channels, Ua[g][e][p][k][MR]; for the input gradient the other way round,
 // Ut[g][e][p][f][MR] (either may be null). Rows past the group's end are 0.
 void pack_filters(const Wino& w, const float* wt, float* Ua, float* Ut) {
-    const std::int64_t MR = gemm::MR, cg = w.kg(), fg = w.fg(), pairs = w.F * cg;
-    const std::int64_t Pf = (fg + MR - 1) / MR, Pc = (cg + MR - 1) / MR;
+    const std::int64_t MR = gemm::MR, kg = w.kg(), fg = w.fg(), pairs = w.F * kg;
+    const std::int64_t Pf = (fg + MR - 1) / MR, Pc = (kg + MR - 1) / MR;
     if (w.kh != 3 || w.kw != 3) {
         float* pieces = buffer(3, pairs * 9);
         cut_filters(w, wt, pieces);
@@ -535,24 +535,24 @@ void pack_filters(const Wino& w, const float* wt, float* Ua, float* Ut) {
 #pragma omp for collapse(2) schedule(static)
         for (std::int64_t g = 0; g < w.G; ++g)
             for (int e = 0; e < 16; ++e) {
-                const float* ue = u + e * pairs + g * fg * cg;   // this group's (fg x cg) rows
+                const float* ue = u + e * pairs + g * fg * kg;   // this group's (fg x kg) rows
                 if (Ua)
                     for (std::int64_t p = 0; p < Pf; ++p) {
-                        float* dst = Ua + ((g * 16 + e) * Pf + p) * cg * MR;
+                        float* dst = Ua + ((g * 16 + e) * Pf + p) * kg * MR;
                         const std::int64_t rows = std::min(MR, fg - p * MR);
                         for (std::int64_t r = 0; r < MR; ++r) {   // rows of u read in order
-                            const float* src = ue + (p * MR + r) * cg;
-                            for (std::int64_t c = 0; c < cg; ++c)
+                            const float* src = ue + (p * MR + r) * kg;
+                            for (std::int64_t c = 0; c < kg; ++c)
                                 dst[c * MR + r] = r < rows ? src[c] : 0.0f;
                         }
                     }
                 if (Ut)
                     for (std::int64_t p = 0; p < Pc; ++p) {
                         float* dst = Ut + ((g * 16 + e) * Pc + p) * fg * MR;
-                        const std::int64_t cols = std::min(MR, cg - p * MR);
+                        const std::int64_t cols = std::min(MR, kg - p * MR);
                         for (std::int64_t f = 0; f < fg; ++f)
                             for (std::int64_t r = 0; r < MR; ++r)
-                                dst[f * MR + r] = r < cols ? ue[f * cg + p * MR + r] : 0.0f;
+                                dst[f * MR + r] = r < cols ? ue[f * kg + p * MR + r] : 0.0f;
                     }
             }
     }
@@ -592,16 +592,16 @@ inline void store_row(const float* even, const float* odd, std::int64_t cols, fl
 void winograd_forward(const Wino& w, const float* x, const float* wt, const float* bias,
                       float* y) {
     const gemm::Kernel& K = gemm::kernel();
-    const std::int64_t MR = gemm::MR, NB = K.nr, T = w.tiles(), cg = w.kg(), fg = w.fg();
+    const std::int64_t MR = gemm::MR, NB = K.nr, T = w.tiles(), kg = w.kg(), fg = w.fg();
     const std::int64_t Pf = (fg + MR - 1) / MR, blocks = (T + NB - 1) / NB;
-    float* Ua = buffer(0, w.G * 16 * Pf * MR * cg);
+    float* Ua = buffer(0, w.G * 16 * Pf * MR * kg);
     pack_filters(w, wt, Ua, nullptr);
     const std::int64_t ld = 2 * NB + 8;                        // a row of a segment's window
     const bool wide = NB == 32;                                // the AVX-512 micro-kernel runs
 #pragma omp parallel if (w.G * blocks > 1)
     {
         std::vector<Segment> segments;
-        float* Bp = gemm::scratch(3, 16 * cg * NB);
+        float* Bp = gemm::scratch(3, 16 * kg * NB);
         float* Cb = gemm::scratch(4, 16 * MR * NB);
         float* tmp = gemm::scratch(5, 8 * ld + 4 * NB);
 #pragma omp for schedule(dynamic)
@@ -609,12 +609,12 @@ void winograd_forward(const Wino& w, const float* x, const float* wt, const floa
             const std::int64_t g = gb / blocks, t0 = gb % blocks * NB;
             const std::int64_t nt = std::min(NB, T - t0);
             segments_of(w, t0, nt, segments);
-            if (nt < NB) std::memset(Bp, 0, sizeof(float) * 16 * cg * NB);
+            if (nt < NB) std::memset(Bp, 0, sizeof(float) * 16 * kg * NB);
             input_block(w, x, g, segments, Bp, NB, wide, tmp, ld);
             float* out = tmp + 8 * ld;                          // 4 x NB outputs of a filter
             for (std::int64_t p = 0; p < Pf; ++p) {
                 for (int e = 0; e < 16; ++e)
-                    K.run(cg, Ua + ((g * 16 + e) * Pf + p) * cg * MR, Bp + e * cg * NB,
+                    K.run(kg, Ua + ((g * 16 + e) * Pf + p) * kg * MR, Bp + e * kg * NB,
                           Cb + e * MR * NB, NB, false);
                 for (std::int64_t r = 0; r < std::min(MR, fg - p * MR); ++r) {
                     const std::int64_t f = g * fg + p * MR + r;
@@ -639,8 +639,8 @@ void winograd_forward(const Wino& w, const float* x, const float* wt, const floa
 // Neighbouring tiles add onto the same input values, so each thread owns whole images.
 void winograd_backward_data(const Wino& w, const float* dy, const float* wt, float* dx) {
     const gemm::Kernel& K = gemm::kernel();
-    const std::int64_t MR = gemm::MR, NB = K.nr, cg = w.kg(), fg = w.fg();
-    const std::int64_t Pc = (cg + MR - 1) / MR, per_image = w.th() * w.tw();
+    const std::int64_t MR = gemm::MR, NB = K.nr, kg = w.kg(), fg = w.fg();
+    const std::int64_t Pc = (kg + MR - 1) / MR, per_image = w.th() * w.tw();
     float* Ut = buffer(1, w.G * 16 * Pc * MR * fg);
     pack_filters(w, wt, nullptr, Ut);
     const std::int64_t ld = 2 * NB + 8;
@@ -664,7 +664,7 @@ void winograd_backward_data(const Wino& w, const float* dy, const float* wt, flo
                     for (int e = 0; e < 16; ++e)
                         K.run(fg, Ut + ((g * 16 + e) * Pc + p) * fg * MR, Bp + e * fg * NB,
                               Cb + e * MR * NB, NB, false);
-                    for (std::int64_t r = 0; r < std::min(MR, cg - p * MR); ++r) {
+                    for (std::int64_t r = 0; r < std::min(MR, kg - p * MR); ++r) {
                         const std::int64_t k = p * MR + r;      // a piece of a channel
                         const std::int64_t c = g * w.cg() + k % w.cg();
                         for (const Segment& s : segments) {
@@ -754,15 +754,15 @@ std::int64_t filter_chunk_bytes = std::int64_t(12) << 20;
 
 void winograd_backward_filter(const Wino& w, const float* dy, const float* x, float* dw) {
     if (w.N == 0) return;                                       // no images: nothing to add
-    const std::int64_t MR = gemm::MR, cg = w.kg(), fg = w.fg(), per_image = w.th() * w.tw();
+    const std::int64_t MR = gemm::MR, kg = w.kg(), fg = w.fg(), per_image = w.th() * w.tw();
     const bool wide = gemm::kernel().nr == 32;
-    const std::int64_t per_image_bytes = w.G * 16 * (cg + fg) * per_image * 4;
+    const std::int64_t per_image_bytes = w.G * 16 * (kg + fg) * per_image * 4;
     const std::int64_t chunk =
         std::clamp<std::int64_t>(filter_chunk_bytes / per_image_bytes, 1, w.N);
     const std::int64_t Tc = chunk * per_image;                  // the buffers' row length
-    float* V = buffer(0, w.G * 16 * cg * Tc);
+    float* V = buffer(0, w.G * 16 * kg * Tc);
     float* D = buffer(1, w.G * 16 * fg * Tc);
-    float* dU = buffer(2, w.G * 16 * fg * cg);
+    float* dU = buffer(2, w.G * 16 * fg * kg);
     for (std::int64_t n0 = 0; n0 < w.N; n0 += chunk) {
         const std::int64_t images = std::min(chunk, w.N - n0), T = images * per_image;
         transform_planes(w, x, dy, n0, images, Tc, V, D, wide);
@@ -771,10 +771,10 @@ void winograd_backward_filter(const Wino& w, const float* dy, const float* x, fl
 #pragma omp parallel for schedule(dynamic)
         for (std::int64_t ge = 0; ge < w.G * 16; ++ge) {
             const float* De = D + ge * fg * Tc;
-            const float* Ve = V + ge * cg * Tc;
-            float* out = dU + ge * fg * cg;
+            const float* Ve = V + ge * kg * Tc;
+            float* out = dU + ge * fg * kg;
             gemm::run(
-                fg, cg, T, gemm::Blocking{96, 1024, 384},
+                fg, kg, T, gemm::Blocking{96, 1024, 384},
                 [&](std::int64_t i0, std::int64_t m, std::int64_t l0, std::int64_t kc,
                     float* Ap) {                                  // MR rows of D_e a panel
                     for (std::int64_t p = 0; p * MR < m; ++p)
@@ -793,7 +793,7 @@ void winograd_backward_filter(const Wino& w, const float* dy, const float* x, fl
                 [&](std::int64_t i0, std::int64_t m, std::int64_t j0, std::int64_t n,
                     const float* C, std::int64_t ldc) {
                     for (std::int64_t r = 0; r < m; ++r) {
-                        float* dst = out + (i0 + r) * cg + j0;
+                        float* dst = out + (i0 + r) * kg + j0;
                         const float* src = C + r * ldc;
                         if (n0 == 0)
                             std::memcpy(dst, src, sizeof(float) * n);
@@ -804,19 +804,19 @@ void winograd_backward_filter(const Wino& w, const float* dy, const float* x, fl
         }
     }
     // dw[f, c] += G^T dU[f][k] G for each piece k of channel c (taps past the kernel dropped)
-#pragma omp parallel if (w.F * cg > 4096)
+#pragma omp parallel if (w.F * kg > 4096)
     {
-        float* d = gemm::scratch(6, 9 * cg);
+        float* d = gemm::scratch(6, 9 * kg);
 #pragma omp for schedule(static)
         for (std::int64_t f = 0; f < w.F; ++f) {
             const std::int64_t g = f / fg, row = f % fg;
-            filter_adjoint_rows(dU + (g * 16 * fg + row) * cg, fg * cg, cg, d);
-            for (std::int64_t k = 0; k < cg; ++k) {
+            filter_adjoint_rows(dU + (g * 16 * fg + row) * kg, fg * kg, kg, d);
+            for (std::int64_t k = 0; k < kg; ++k) {
                 float* out = dw + (f * w.cg() + k % w.cg()) * w.kh * w.kw;
                 const std::int64_t i0 = w.shift_h(k), j0 = w.shift_w(k);
                 for (int i = 0; i < 3 && i0 + i < w.kh; ++i)
                     for (int j = 0; j < 3 && j0 + j < w.kw; ++j)
-                        out[(i0 + i) * w.kw + j0 + j] += d[(i * 3 + j) * cg + k];
+                        out[(i0 + i) * w.kw + j0 + j] += d[(i * 3 + j) * kg + k];
             }
         }
     }
