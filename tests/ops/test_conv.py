@@ -518,10 +518,15 @@ WINOGRAD_PINNED = {
 
 
 @contextlib.contextmanager
-def winograd(mode, monkeypatch):
+def winograd(mode):
+    """minicnn.ops.conv.WINOGRAD_MODE set to ``mode`` inside the block (hypothesis tests take
+    no function-scoped monkeypatch)."""
     import minicnn.ops.conv as conv_module
-    monkeypatch.setattr(conv_module, "WINOGRAD_MODE", mode)
-    yield
+    previous, conv_module.WINOGRAD_MODE = conv_module.WINOGRAD_MODE, mode
+    try:
+        yield
+    finally:
+        conv_module.WINOGRAD_MODE = previous
 
 
 def check_winograd(case):
@@ -556,7 +561,7 @@ def test_winograd_pinned(kind, case, monkeypatch):
     for name in ("winograd_forward", "winograd_backward_data", "winograd_backward_filter"):
         monkeypatch.setattr(lib, name, lambda *a, _f=getattr(lib, name), _n=name:
                             calls.append(_n) or _f(*a))
-    with winograd("2", monkeypatch):
+    with winograd("2"):
         check_winograd(case)
     assert sorted(set(calls)) == ["winograd_backward_data", "winograd_backward_filter",
                                   "winograd_forward"]
@@ -577,22 +582,18 @@ def winograd_cases(draw):
 @fast
 @given(case=winograd_cases())
 def test_winograd_matches_reference(kind, case):
-    import minicnn.ops.conv as conv_module
-    previous, conv_module.WINOGRAD_MODE = conv_module.WINOGRAD_MODE, "2"
-    try:
+    with winograd("2"):
         check_winograd(case)
-    finally:
-        conv_module.WINOGRAD_MODE = previous
 
 
 @fast
-def test_winograd_filter_gradient_in_chunks_of_one_image(kind, monkeypatch):
+def test_winograd_filter_gradient_in_chunks_of_one_image(kind):
     """The filter gradient holds a chunk of images' transforms at a time (here one image: a
     budget of one byte) and adds the chunks' products up."""
     from minicnn.native import lib
     previous = lib.set_winograd_filter_chunk(1)
     try:
-        with winograd("2", monkeypatch):
+        with winograd("2"):
             for name in ("wino_13x13_grouped", "wino_5x5_grouped", "wino_40_filters"):
                 check_winograd(WINOGRAD_PINNED[name])
     finally:
