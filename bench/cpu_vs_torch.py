@@ -18,7 +18,7 @@ twice that: the data and the filter gradients); "of sgemm" divides by the rate N
 reaches on a large square product here, "of peak" by the float32 multiply-add rate of the
 machine, measured by a register-only AVX-512 loop on the same threads (minicnn's
 `fma_peak_gflops`; blank without AVX-512). Convolutions that minicnn runs by Winograd (3x3 and
-5x5, stride 1: minicnn/ops/conv.py, _winograd) do 0.44-0.69 of those multiply-adds, so their
+5x5, stride 1: minicnn/ops/conv.py, _winograd) do 0.36-0.52 of those multiply-adds, so their
 rates are effective ones (the direct convolution's flops over the time) and can pass 100% of
 peak. Peak memory is the growth of the resident set during a
 training step, each engine in a fresh process. PyTorch is a bench-only dependency

@@ -1,4 +1,5 @@
-// Stride-1 convolution by Winograd's minimal filtering F(2x2, 3x3), float32, forward,
+// Stride-1 convolution by Winograd's minimal filtering F(2x2, 3x3) (and F(2x2, 5x5), below:
+// the same tiles with 6x6 input windows), float32, forward,
 // input gradient and filter gradient (Lavin & Gray 2015, "Fast Algorithms for Convolutional
 // Neural Networks"; cuDNN's and NNPACK's WINOGRAD algorithms).
 //
@@ -40,21 +41,25 @@ namespace minicnn {
 
 namespace {
 
-// A larger kernel (kh x kw) is cut into 3x3 pieces, piece (p, q) holding taps 3p .. 3p+2 and
-// 3q .. 3q+2 (zeros past the kernel's edge): piece s = p * pieces_w + q is a 3x3 convolution
-// of the input shifted by (3p, 3q), and all of them add up. So each piece of each channel is
-// one more "channel" of a 3x3 Winograd convolution, kg = pieces * C/G of them a group, its
-// tiles read at the piece's shift: 5x5 (CaffeNet's conv2) is 4 pieces, 64 products per 2x2
-// tile instead of 100.
+// A 5x5 kernel (CaffeNet's conv2) has its own transforms, F(2x2, 5x5): 6x6 input windows, 36
+// products per 2x2 tile instead of 100 (below, after F(2x2, 3x3)'s). Any other kernel
+// (kh x kw) is cut into 3x3 pieces, piece (p, q) holding taps 3p .. 3p+2 and 3q .. 3q+2 (zeros
+// past the kernel's edge): piece s = p * pieces_w + q is a 3x3 convolution of the input
+// shifted by (3p, 3q), and all of them add up. So each piece of each channel is one more
+// "channel" of a 3x3 Winograd convolution, kg = pieces * C/G of them a group, its tiles read at
+// the piece's shift: 7x7 is 9 pieces, 144 products per 2x2 tile instead of 196.
 struct Wino {
     std::int64_t N, C, H, W, F, G, kh, kw, ph, pw, oh, ow;
+    bool five() const { return kh == 5 && kw == 5; }        // F(2x2, 5x5)
+    std::int64_t alpha() const { return five() ? 6 : 4; }   // a tile's input window, a side
+    std::int64_t E() const { return alpha() * alpha(); }    // the products: one per element
     std::int64_t th() const { return (oh + 1) / 2; }        // tile rows and columns
     std::int64_t tw() const { return (ow + 1) / 2; }
     std::int64_t tiles() const { return N * th() * tw(); }  // T: every image's tiles
     std::int64_t cg() const { return C / G; }
     std::int64_t fg() const { return F / G; }
-    std::int64_t pieces_w() const { return (kw + 2) / 3; }
-    std::int64_t pieces() const { return (kh + 2) / 3 * pieces_w(); }
+    std::int64_t pieces_w() const { return five() ? 1 : (kw + 2) / 3; }
+    std::int64_t pieces() const { return five() ? 1 : (kh + 2) / 3 * pieces_w(); }
     std::int64_t kg() const { return pieces() * cg(); }     // the products' channels a group
     // channel k of a group: channel k % cg of piece k / cg, read from (row, column) + shift
     std::int64_t shift_h(std::int64_t k) const { return 3 * (k / cg() / pieces_w()); }
@@ -405,19 +410,302 @@ __attribute__((target("avx512f"))) static void filter_tiles_avx512(const float* 
 }
 #endif
 
+// --- F(2x2, 5x5): the same tiles, 6x6 input windows ---------------------------------------------
+//
+// With the points 0, 1, -1, 2, -1/2 and infinity (of the sets drawn from 0, +-1/4 .. +-4, one
+// of the three whose float32 sums came closest to the exact ones, 1.4-1.5e-6 of the largest
+// output on 48 channels, and of those the one with the smallest coefficients; 0, +-1, +-2 gave
+// 2.6e-6, F(2x2, 3x3) 2.8e-7, the direct product 3e-7):
+//
+//   B^T = [1  3/2   -2  -3/2    1  0]     G = [    1     0     0     0     0]
+//         [0   -1 -5/2  -1/2    1  0]         [ -1/3  -1/3  -1/3  -1/3  -1/3]
+//         [0    1  1/2  -5/2    1  0]         [  1/3  -1/3   1/3  -1/3   1/3]
+//         [0 -1/2   -1   1/2    1  0]         [ 1/15  2/15  4/15  8/15 16/15]
+//         [0    2   -1    -2    1  0]         [-16/15 8/15 -4/15  2/15 -1/15]
+//         [0    1  3/2    -2 -3/2  1]         [    0     0     0     0     1]
+//
+//   A^T = [1  1  1  1    1  0]
+//         [0  1 -1  2 -1/2  1]
+//
+// Each helper applies one of them (or its transpose, for the adjoints) to one line of values:
+// T is a float, or 16 tiles' values at once.
+
+template <class T> inline void bt6(const T* d, T* v) {           // v = B^T d
+    v[0] = d[0] + d[4] + 1.5f * (d[1] - d[3]) - 2.0f * d[2];
+    v[1] = d[4] - d[1] - 2.5f * d[2] - 0.5f * d[3];
+    v[2] = d[4] + d[1] + 0.5f * d[2] - 2.5f * d[3];
+    v[3] = d[4] - d[2] + 0.5f * (d[3] - d[1]);
+    v[4] = d[4] - d[2] + 2.0f * (d[1] - d[3]);
+    v[5] = d[5] + d[1] - 2.0f * d[3] + 1.5f * (d[2] - d[4]);
+}
+
+template <class T> inline void b6(const T* v, T* d) {            // d = B v
+    d[0] = v[0];
+    d[1] = 1.5f * v[0] - v[1] + v[2] - 0.5f * v[3] + 2.0f * v[4] + v[5];
+    d[2] = -2.0f * v[0] - 2.5f * v[1] + 0.5f * v[2] - v[3] - v[4] + 1.5f * v[5];
+    d[3] = -1.5f * v[0] - 0.5f * v[1] - 2.5f * v[2] + 0.5f * v[3] - 2.0f * v[4] - 2.0f * v[5];
+    d[4] = v[0] + v[1] + v[2] + v[3] + v[4] - 1.5f * v[5];
+    d[5] = v[5];
+}
+
+template <class T> inline void at6(const T* m, T* y) {           // y (2) = A^T m (6)
+    y[0] = m[0] + m[1] + m[2] + m[3] + m[4];
+    y[1] = m[1] - m[2] + 2.0f * m[3] - 0.5f * m[4] + m[5];
+}
+
+template <class T> inline void a6(T y0, T y1, T* z) {            // z (6) = A (y0, y1)
+    z[0] = y0;
+    z[1] = y0 + y1;
+    z[2] = y0 - y1;
+    z[3] = y0 + 2.0f * y1;
+    z[4] = y0 - 0.5f * y1;
+    z[5] = y1;
+}
+
+inline void g6(const float* w, float* u) {                        // u (6) = G w (5)
+    constexpr float third = 1.0f / 3.0f, fifteenth = 1.0f / 15.0f;
+    u[0] = w[0];
+    u[1] = -third * (w[0] + w[1] + w[2] + w[3] + w[4]);
+    u[2] = third * (w[0] - w[1] + w[2] - w[3] + w[4]);
+    u[3] = fifteenth * (w[0] + 2.0f * w[1] + 4.0f * w[2] + 8.0f * w[3] + 16.0f * w[4]);
+    u[4] = fifteenth * (-16.0f * w[0] + 8.0f * w[1] - 4.0f * w[2] + 2.0f * w[3] - w[4]);
+    u[5] = w[4];
+}
+
+inline void gt6(const float* u, float* w) {                       // w (5) = G^T u (6)
+    constexpr float third = 1.0f / 3.0f, fifteenth = 1.0f / 15.0f;
+    const float odd = third * (u[2] - u[1]), even = -third * (u[1] + u[2]);   // +-1's rows
+    w[0] = u[0] + odd + fifteenth * (u[3] - 16.0f * u[4]);
+    w[1] = even + fifteenth * (2.0f * u[3] + 8.0f * u[4]);
+    w[2] = odd + fifteenth * (4.0f * u[3] - 4.0f * u[4]);
+    w[3] = even + fifteenth * (8.0f * u[3] + 2.0f * u[4]);
+    w[4] = odd + fifteenth * (16.0f * u[3] - u[4]) + u[5];
+}
+
+// input_tiles for 6x6 windows: rows holds 6 input rows of 2 len + 4 values.
+MINICNN_VECTOR_CLONES static void input_tiles6(const float* __restrict rows, std::int64_t ld,
+                                               std::int64_t len, float* __restrict t,
+                                               float* __restrict out, std::int64_t lde) {
+    for (std::int64_t k = 0; k < 2 * len + 4; ++k) {           // B^T along the rows
+        float d[6], v[6];
+        for (int i = 0; i < 6; ++i) d[i] = rows[i * ld + k];
+        bt6(d, v);
+        for (int i = 0; i < 6; ++i) t[i * ld + k] = v[i];
+    }
+    for (int i = 0; i < 6; ++i)                                // then along the columns
+        for (std::int64_t b = 0; b < len; ++b) {
+            float v[6];
+            bt6(t + i * ld + 2 * b, v);
+            for (int j = 0; j < 6; ++j) out[(i * 6 + j) * lde + b] = v[j];
+        }
+}
+
+// gradient_tiles for 6x6 windows (A dy A^T, 36 elements; z unused).
+MINICNN_VECTOR_CLONES static void gradient_tiles6(const float* __restrict rows, std::int64_t ld,
+                                                  std::int64_t len, float* __restrict,
+                                                  float* __restrict out, std::int64_t lde) {
+    for (std::int64_t b = 0; b < len; ++b) {
+        float left[6], right[6], z[6];                          // A along the rows
+        a6(rows[2 * b], rows[ld + 2 * b], left);
+        a6(rows[2 * b + 1], rows[ld + 2 * b + 1], right);
+        for (int i = 0; i < 6; ++i) {                           // then along the columns
+            a6(left[i], right[i], z);
+            for (int j = 0; j < 6; ++j) out[(i * 6 + j) * lde + b] = z[j];
+        }
+    }
+}
+
+// output_tiles for 6x6 windows (A^T m A).
+MINICNN_VECTOR_CLONES static void output_tiles6(const float* __restrict m, std::int64_t lde,
+                                                std::int64_t n, float* __restrict out,
+                                                std::int64_t ld) {
+    for (std::int64_t j = 0; j < n; ++j) {
+        float s[2][6];
+        for (int a = 0; a < 6; ++a) {                          // A^T along each row a
+            float row[6], y[2];
+            for (int b = 0; b < 6; ++b) row[b] = m[(a * 6 + b) * lde + j];
+            at6(row, y);
+            s[0][a] = y[0];
+            s[1][a] = y[1];
+        }
+        for (int k = 0; k < 2; ++k) {                           // then down the columns
+            float y[2];
+            at6(s[k], y);
+            out[(0 + k) * ld + j] = y[0];
+            out[(2 + k) * ld + j] = y[1];
+        }
+    }
+}
+
+// input_adjoint_tiles for 6x6 windows: 6 rows of 2 len + 4 values (6 more rows of scratch).
+MINICNN_VECTOR_CLONES static void input_adjoint_tiles6(const float* __restrict v,
+                                                       std::int64_t lde, std::int64_t len,
+                                                       float* __restrict r, std::int64_t ld) {
+    float* acc = r + 6 * ld;
+    const std::int64_t width = 2 * len + 4;
+    for (int i = 0; i < 6; ++i) {                              // B along the columns
+        float* a = acc + i * ld;
+        std::fill(a, a + width, 0.0f);
+        for (std::int64_t b = 0; b < len; ++b) {              // neighbours overlap by 4
+            float e[6], d[6];
+            for (int j = 0; j < 6; ++j) e[j] = v[(i * 6 + j) * lde + b];
+            b6(e, d);
+            for (int j = 0; j < 6; ++j) a[2 * b + j] += d[j];
+        }
+    }
+    for (std::int64_t k = 0; k < width; ++k) {                 // then along the rows
+        float e[6], d[6];
+        for (int i = 0; i < 6; ++i) e[i] = acc[i * ld + k];
+        b6(e, d);
+        for (int i = 0; i < 6; ++i) r[i * ld + k] = d[i];
+    }
+}
+
+// filter_tiles for 5x5 filters (G w G^T, 25 taps each, contiguous, to 36 elements).
+MINICNN_VECTOR_CLONES static void filter_tiles6(const float* __restrict w, std::int64_t n,
+                                                float* __restrict u) {
+    for (std::int64_t p = 0; p < n; ++p) {
+        float t[6][5];
+        for (int l = 0; l < 5; ++l) {                          // G down each column
+            float col[5], g[6];
+            for (int k = 0; k < 5; ++k) col[k] = w[p * 25 + k * 5 + l];
+            g6(col, g);
+            for (int a = 0; a < 6; ++a) t[a][l] = g[a];
+        }
+        for (int a = 0; a < 6; ++a) {                          // then along each row
+            float g[6];
+            g6(t[a], g);
+            for (int b = 0; b < 6; ++b) u[(a * 6 + b) * n + p] = g[b];
+        }
+    }
+}
+
+// filter_adjoint_rows for 5x5 filters (G^T u G: 36 elements to 25 taps).
+MINICNN_VECTOR_CLONES static void filter_adjoint_rows6(const float* __restrict u,
+                                                       std::int64_t lde, std::int64_t n,
+                                                       float* __restrict d) {
+    for (std::int64_t k = 0; k < n; ++k) {
+        float s[5][6];
+        for (int a = 0; a < 6; ++a) {                          // G^T along each row a
+            float row[6], w[5];
+            for (int b = 0; b < 6; ++b) row[b] = u[(a * 6 + b) * lde + k];
+            gt6(row, w);
+            for (int l = 0; l < 5; ++l) s[l][a] = w[l];
+        }
+        for (int l = 0; l < 5; ++l) {                          // then down each column l
+            float w[5];
+            gt6(s[l], w);
+            for (int i = 0; i < 5; ++i) d[(i * 5 + l) * n + k] = w[i];
+        }
+    }
+}
+
+#ifdef MINICNN_X86
+// input_tiles_avx512 for 6x6 windows: up to 14 tiles of one row (their 32 columns), or two
+// rows of up to 6.
+__attribute__((target("avx512f"))) static void input_tiles6_avx512(
+        const float* plane, std::int64_t H, std::int64_t W, std::int64_t ra, std::int64_t ca,
+        std::int64_t rb, std::int64_t cb, const std::int32_t* pick, std::int64_t lanes,
+        float* out, std::int64_t lde) {
+    __m512 ta[6], tb[6];
+    for (int src = 0; src < 2; ++src) {
+        __m512 d[6];
+        for (int i = 0; i < 6; ++i)
+            d[i] = load_columns(plane, H, W, (src ? rb : ra) + i, src ? cb : ca);
+        bt6(d, src ? tb : ta);                                 // B^T along the rows
+    }
+    __m512i p[6];
+    p[0] = _mm512_loadu_si512(pick);
+    for (int k = 1; k < 6; ++k) p[k] = _mm512_add_epi32(p[k - 1], _mm512_set1_epi32(1));
+    const __mmask16 tiles = __mmask16((1u << lanes) - 1);
+    for (int i = 0; i < 6; ++i) {                              // then along the columns
+        __m512 c[6], v[6];
+        for (int k = 0; k < 6; ++k) c[k] = _mm512_permutex2var_ps(ta[i], p[k], tb[i]);
+        bt6(c, v);
+        for (int j = 0; j < 6; ++j) _mm512_mask_storeu_ps(out + (i * 6 + j) * lde, tiles, v[j]);
+    }
+}
+
+// gradient_tiles_avx512 for 6x6 windows.
+__attribute__((target("avx512f"))) static void gradient_tiles6_avx512(
+        const float* plane, std::int64_t oh, std::int64_t ow, std::int64_t ra, std::int64_t ca,
+        std::int64_t rb, std::int64_t cb, const std::int32_t* pick, std::int64_t lanes,
+        float* out, std::int64_t lde) {
+    __m512 za[6], zb[6];
+    for (int src = 0; src < 2; ++src)                          // A along the rows
+        a6(load_columns(plane, oh, ow, src ? rb : ra, src ? cb : ca),
+           load_columns(plane, oh, ow, (src ? rb : ra) + 1, src ? cb : ca), src ? zb : za);
+    const __m512i p0 = _mm512_loadu_si512(pick);
+    const __m512i p1 = _mm512_add_epi32(p0, _mm512_set1_epi32(1));
+    const __mmask16 tiles = __mmask16((1u << lanes) - 1);
+    for (int i = 0; i < 6; ++i) {                              // then along the columns
+        __m512 z[6];
+        a6(_mm512_permutex2var_ps(za[i], p0, zb[i]), _mm512_permutex2var_ps(za[i], p1, zb[i]),
+           z);
+        for (int j = 0; j < 6; ++j) _mm512_mask_storeu_ps(out + (i * 6 + j) * lde, tiles, z[j]);
+    }
+}
+
+// Lane b of back<s>(x): lane b - s of x (zeros before the first).
+template <int s> __attribute__((target("avx512f"))) inline __m512 back(__m512 x) {
+    return _mm512_castsi512_ps(
+        _mm512_alignr_epi32(_mm512_castps_si512(x), _mm512_setzero_si512(), 16 - s));
+}
+
+// input_adjoint_tiles for up to 6 tiles of 6x6 windows, added straight onto the 6 input rows
+// they read (columns s0 .. s0 + 2 len + 3, those inside the plane).
+__attribute__((target("avx512f"))) static void input_adjoint_tiles6_avx512(
+        const float* v, std::int64_t lde, std::int64_t len, float* plane, std::int64_t H,
+        std::int64_t W, std::int64_t r0, std::int64_t s0) {
+    const __mmask16 tiles = __mmask16((1u << len) - 1);
+    const __m512i interleave = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22,
+                                                 7, 23);
+    __m512 acc[6];
+    for (int i = 0; i < 6; ++i) {              // B along the columns, neighbours overlapping
+        __m512 e[6], d[6];
+        for (int j = 0; j < 6; ++j) e[j] = _mm512_maskz_loadu_ps(tiles, v + (i * 6 + j) * lde);
+        b6(e, d);
+        // tile b gives columns 2b .. 2b+5: pair b of columns gets its d0, d1, b-1's d2, d3
+        // and b-2's d4, d5
+        const __m512 even = d[0] + back<1>(d[2]) + back<2>(d[4]);
+        const __m512 odd = d[1] + back<1>(d[3]) + back<2>(d[5]);
+        acc[i] = _mm512_permutex2var_ps(even, interleave, odd);
+    }
+    __m512 rows[6];
+    b6(acc, rows);                             // then along the rows, onto the plane
+    const std::int64_t lo = std::max<std::int64_t>(0, -s0);
+    const std::int64_t hi = std::min<std::int64_t>(2 * len + 4, W - s0);
+    if (hi <= lo) return;
+    const __mmask16 cols = __mmask16(((1u << hi) - 1) & ~((1u << lo) - 1));
+    for (int i = 0; i < 6; ++i) {
+        const std::int64_t r = r0 + i;
+        if (r < 0 || r >= H) continue;
+        float* dst = plane + r * W + s0;
+        _mm512_mask_storeu_ps(dst, cols,
+                              _mm512_add_ps(_mm512_maskz_loadu_ps(cols, dst), rows[i]));
+    }
+}
+#endif
+
 // The transformed input of a block of tiles (segments), for group g's channels (each piece of
 // each): element e of channel k, tile b of segment s at out[(e * kg + k) * ldk + s.j + b].
 // With AVX-512, two whole tile rows of an image that follow each other in the block go through
-// together when they fit (7 tiles or fewer a row), a longer row 15 tiles at a time.
+// together when they fit (7 tiles or fewer a row, 6 for 6x6 windows), a longer row 15 (14)
+// tiles at a time. tmp: 12 rows of ld.
 void input_block(const Wino& w, const float* x, std::int64_t g,
                  const std::vector<Segment>& segments, float* out, std::int64_t ldk, bool wide,
                  float* tmp, std::int64_t ld) {
-    const std::int64_t kg = w.kg(), cg = w.cg(), tw = w.tw();
+    const std::int64_t kg = w.kg(), cg = w.cg(), tw = w.tw(), alpha = w.alpha();
+    const std::int64_t most = w.five() ? 14 : 15;               // tiles in 32 columns
     const Picks picks(tw);
+    const auto tiles = w.five() ? input_tiles6 : input_tiles;
+#ifdef MINICNN_X86
+    const auto tiles_avx512 = w.five() ? input_tiles6_avx512 : input_tiles_avx512;
+#endif
     for (std::size_t i = 0; i < segments.size(); ++i) {
         const Segment& s = segments[i];
         const std::int64_t len = s.b1 - s.b0;
-        const bool pair = wide && tw <= 7 && s.b0 == 0 && s.b1 == tw &&
+        const bool pair = wide && 2 * tw + alpha - 2 <= 16 && s.b0 == 0 && s.b1 == tw &&
                           i + 1 < segments.size() && segments[i + 1].n == s.n &&
                           segments[i + 1].b1 == tw;     // (the next row: rows run in order)
         for (std::int64_t k = 0; k < kg; ++k) {
@@ -427,21 +715,20 @@ void input_block(const Wino& w, const float* x, std::int64_t g,
             const std::int64_t s0 = 2 * s.b0 - w.pw + w.shift_w(k);
 #ifdef MINICNN_X86
             if (pair) {
-                input_tiles_avx512(plane, w.H, w.W, r0, s0, r0 + 2, s0, picks.pair, 2 * tw,
-                                   dst, kg * ldk);
+                tiles_avx512(plane, w.H, w.W, r0, s0, r0 + 2, s0, picks.pair, 2 * tw, dst,
+                             kg * ldk);
                 continue;
             }
             if (wide) {
-                for (std::int64_t b = 0; b < len; b += 15)
-                    input_tiles_avx512(plane, w.H, w.W, r0, s0 + 2 * b, r0, s0 + 2 * b + 16,
-                                       picks.row, std::min<std::int64_t>(15, len - b), dst + b,
-                                       kg * ldk);
+                for (std::int64_t b = 0; b < len; b += most)
+                    tiles_avx512(plane, w.H, w.W, r0, s0 + 2 * b, r0, s0 + 2 * b + 16,
+                                 picks.row, std::min(most, len - b), dst + b, kg * ldk);
                 continue;
             }
 #endif
-            for (int r = 0; r < 4; ++r)
-                read_row(plane, w.H, w.W, r0 + r, s0, 2 * len + 2, tmp + r * ld);
-            input_tiles(tmp, ld, len, tmp + 4 * ld, dst, kg * ldk);
+            for (int r = 0; r < alpha; ++r)
+                read_row(plane, w.H, w.W, r0 + r, s0, 2 * len + alpha - 2, tmp + r * ld);
+            tiles(tmp, ld, len, tmp + alpha * ld, dst, kg * ldk);
         }
         if (pair) ++i;
     }
@@ -455,6 +742,10 @@ void gradient_block(const Wino& w, const float* dy, std::int64_t g,
                     bool wide, float* tmp, std::int64_t ld) {
     const std::int64_t fg = w.fg(), tw = w.tw();
     const Picks picks(tw);
+    const auto tiles = w.five() ? gradient_tiles6 : gradient_tiles;
+#ifdef MINICNN_X86
+    const auto tiles_avx512 = w.five() ? gradient_tiles6_avx512 : gradient_tiles_avx512;
+#endif
     for (std::size_t i = 0; i < segments.size(); ++i) {
         const Segment& s = segments[i];
         const std::int64_t len = s.b1 - s.b0;
@@ -466,22 +757,21 @@ void gradient_block(const Wino& w, const float* dy, std::int64_t g,
             float* dst = out + f * ldf + s.j;
 #ifdef MINICNN_X86
             if (pair) {
-                gradient_tiles_avx512(plane, w.oh, w.ow, 2 * s.a, 0, 2 * s.a + 2, 0, picks.pair,
-                                      2 * tw, dst, fg * ldf);
+                tiles_avx512(plane, w.oh, w.ow, 2 * s.a, 0, 2 * s.a + 2, 0, picks.pair, 2 * tw,
+                             dst, fg * ldf);
                 continue;
             }
             if (wide) {
                 for (std::int64_t b = 0; b < len; b += 16)
-                    gradient_tiles_avx512(plane, w.oh, w.ow, 2 * s.a, 2 * (s.b0 + b), 2 * s.a,
-                                          2 * (s.b0 + b) + 16, picks.row,
-                                          std::min<std::int64_t>(16, len - b), dst + b,
-                                          fg * ldf);
+                    tiles_avx512(plane, w.oh, w.ow, 2 * s.a, 2 * (s.b0 + b), 2 * s.a,
+                                 2 * (s.b0 + b) + 16, picks.row,
+                                 std::min<std::int64_t>(16, len - b), dst + b, fg * ldf);
                 continue;
             }
 #endif
             for (int r = 0; r < 2; ++r)
                 read_row(plane, w.oh, w.ow, 2 * s.a + r, 2 * s.b0, 2 * len, tmp + r * ld);
-            gradient_tiles(tmp, ld, len, tmp + 2 * ld, dst, fg * ldf);
+            tiles(tmp, ld, len, tmp + 2 * ld, dst, fg * ldf);
         }
         if (pair) ++i;
     }
@@ -507,14 +797,15 @@ void cut_filters(const Wino& w, const float* wt, float* pieces) {
 // inner index = its channels, Ua[g][e][p][k][MR]; for the input gradient the other way round,
 // Ut[g][e][p][f][MR] (either may be null). Rows past the group's end are 0.
 void pack_filters(const Wino& w, const float* wt, float* Ua, float* Ut) {
-    const std::int64_t MR = gemm::MR, kg = w.kg(), fg = w.fg(), pairs = w.F * kg;
+    const std::int64_t MR = gemm::MR, kg = w.kg(), fg = w.fg(), pairs = w.F * kg, E = w.E();
     const std::int64_t Pf = (fg + MR - 1) / MR, Pc = (kg + MR - 1) / MR;
-    if (w.kh != 3 || w.kw != 3) {
+    const std::int64_t taps = w.five() ? 25 : 9;
+    if (!w.five() && (w.kh != 3 || w.kw != 3)) {
         float* pieces = buffer(3, pairs * 9);
         cut_filters(w, wt, pieces);
         wt = pieces;
     }
-    float* u = buffer(2, 16 * pairs);                        // u[e][f][k]
+    float* u = buffer(2, E * pairs);                         // u[e][f][k]
     const bool wide = gemm::kernel().nr == 32;
     const std::int64_t chunk = 1024;
 #pragma omp parallel
@@ -522,23 +813,25 @@ void pack_filters(const Wino& w, const float* wt, float* Ua, float* Ut) {
 #pragma omp for schedule(static)
         for (std::int64_t p0 = 0; p0 < pairs; p0 += chunk) {
             const std::int64_t n = std::min(chunk, pairs - p0);
-            float* part = gemm::scratch(6, 16 * chunk);
+            float* part = gemm::scratch(6, E * chunk);
+            if (w.five())
+                filter_tiles6(wt + p0 * taps, n, part);
 #ifdef MINICNN_X86
-            if (wide)
-                filter_tiles_avx512(wt + p0 * 9, n, part);
-            else
+            else if (wide)
+                filter_tiles_avx512(wt + p0 * taps, n, part);
 #endif
-                filter_tiles(wt + p0 * 9, n, part);
-            for (int e = 0; e < 16; ++e)
+            else
+                filter_tiles(wt + p0 * taps, n, part);
+            for (std::int64_t e = 0; e < E; ++e)
                 std::memcpy(u + e * pairs + p0, part + e * n, sizeof(float) * n);
         }
 #pragma omp for collapse(2) schedule(static)
         for (std::int64_t g = 0; g < w.G; ++g)
-            for (int e = 0; e < 16; ++e) {
+            for (std::int64_t e = 0; e < E; ++e) {
                 const float* ue = u + e * pairs + g * fg * kg;   // this group's (fg x kg) rows
                 if (Ua)
                     for (std::int64_t p = 0; p < Pf; ++p) {
-                        float* dst = Ua + ((g * 16 + e) * Pf + p) * kg * MR;
+                        float* dst = Ua + ((g * E + e) * Pf + p) * kg * MR;
                         const std::int64_t rows = std::min(MR, fg - p * MR);
                         for (std::int64_t r = 0; r < MR; ++r) {   // rows of u read in order
                             const float* src = ue + (p * MR + r) * kg;
@@ -548,7 +841,7 @@ void pack_filters(const Wino& w, const float* wt, float* Ua, float* Ut) {
                     }
                 if (Ut)
                     for (std::int64_t p = 0; p < Pc; ++p) {
-                        float* dst = Ut + ((g * 16 + e) * Pc + p) * fg * MR;
+                        float* dst = Ut + ((g * E + e) * Pc + p) * fg * MR;
                         const std::int64_t cols = std::min(MR, kg - p * MR);
                         for (std::int64_t f = 0; f < fg; ++f)
                             for (std::int64_t r = 0; r < MR; ++r)
@@ -593,33 +886,34 @@ void winograd_forward(const Wino& w, const float* x, const float* wt, const floa
                       float* y) {
     const gemm::Kernel& K = gemm::kernel();
     const std::int64_t MR = gemm::MR, NB = K.nr, T = w.tiles(), kg = w.kg(), fg = w.fg();
-    const std::int64_t Pf = (fg + MR - 1) / MR, blocks = (T + NB - 1) / NB;
-    float* Ua = buffer(0, w.G * 16 * Pf * MR * kg);
+    const std::int64_t Pf = (fg + MR - 1) / MR, blocks = (T + NB - 1) / NB, E = w.E();
+    float* Ua = buffer(0, w.G * E * Pf * MR * kg);
     pack_filters(w, wt, Ua, nullptr);
     const std::int64_t ld = 2 * NB + 8;                        // a row of a segment's window
     const bool wide = NB == 32;                                // the AVX-512 micro-kernel runs
+    const auto outputs = w.five() ? output_tiles6 : output_tiles;
 #pragma omp parallel if (w.G * blocks > 1)
     {
         std::vector<Segment> segments;
-        float* Bp = gemm::scratch(3, 16 * kg * NB);
-        float* Cb = gemm::scratch(4, 16 * MR * NB);
-        float* tmp = gemm::scratch(5, 8 * ld + 4 * NB);
+        float* Bp = gemm::scratch(3, E * kg * NB);
+        float* Cb = gemm::scratch(4, E * MR * NB);
+        float* tmp = gemm::scratch(5, 12 * ld + 4 * NB);
 #pragma omp for schedule(dynamic)
         for (std::int64_t gb = 0; gb < w.G * blocks; ++gb) {
             const std::int64_t g = gb / blocks, t0 = gb % blocks * NB;
             const std::int64_t nt = std::min(NB, T - t0);
             segments_of(w, t0, nt, segments);
-            if (nt < NB) std::memset(Bp, 0, sizeof(float) * 16 * kg * NB);
+            if (nt < NB) std::memset(Bp, 0, sizeof(float) * E * kg * NB);
             input_block(w, x, g, segments, Bp, NB, wide, tmp, ld);
-            float* out = tmp + 8 * ld;                          // 4 x NB outputs of a filter
+            float* out = tmp + 12 * ld;                         // 4 x NB outputs of a filter
             for (std::int64_t p = 0; p < Pf; ++p) {
-                for (int e = 0; e < 16; ++e)
-                    K.run(kg, Ua + ((g * 16 + e) * Pf + p) * kg * MR, Bp + e * kg * NB,
+                for (std::int64_t e = 0; e < E; ++e)
+                    K.run(kg, Ua + ((g * E + e) * Pf + p) * kg * MR, Bp + e * kg * NB,
                           Cb + e * MR * NB, NB, false);
                 for (std::int64_t r = 0; r < std::min(MR, fg - p * MR); ++r) {
                     const std::int64_t f = g * fg + p * MR + r;
                     const float b0 = bias ? bias[f] : 0.0f;
-                    output_tiles(Cb + r * NB, MR * NB, nt, out, NB);
+                    outputs(Cb + r * NB, MR * NB, nt, out, NB);
                     for (const Segment& s : segments) {
                         float* plane = y + (s.n * w.F + f) * w.oh * w.ow;
                         for (int i = 0; i < 2; ++i) {
@@ -639,30 +933,36 @@ void winograd_forward(const Wino& w, const float* x, const float* wt, const floa
 // Neighbouring tiles add onto the same input values, so each thread owns whole images.
 void winograd_backward_data(const Wino& w, const float* dy, const float* wt, float* dx) {
     const gemm::Kernel& K = gemm::kernel();
-    const std::int64_t MR = gemm::MR, NB = K.nr, kg = w.kg(), fg = w.fg();
+    const std::int64_t MR = gemm::MR, NB = K.nr, kg = w.kg(), fg = w.fg(), E = w.E();
     const std::int64_t Pc = (kg + MR - 1) / MR, per_image = w.th() * w.tw();
-    float* Ut = buffer(1, w.G * 16 * Pc * MR * fg);
+    float* Ut = buffer(1, w.G * E * Pc * MR * fg);
     pack_filters(w, wt, nullptr, Ut);
-    const std::int64_t ld = 2 * NB + 8;
+    const std::int64_t ld = 2 * NB + 8, alpha = w.alpha();
     const bool wide = NB == 32;                                // the AVX-512 micro-kernel runs
+    const auto adjoint = w.five() ? input_adjoint_tiles6 : input_adjoint_tiles;
+#ifdef MINICNN_X86
+    const auto adjoint_avx512 = w.five() ? input_adjoint_tiles6_avx512
+                                         : input_adjoint_tiles7_avx512;
+    const std::int64_t most = w.five() ? 6 : 7;                // tiles whose columns fit in 16
+#endif
     const std::int64_t chunks = std::min<std::int64_t>(w.N, max_threads());
 #pragma omp parallel for schedule(static) if (chunks > 1)
     for (std::int64_t chunk = 0; chunk < chunks; ++chunk) {
         const std::int64_t n0 = w.N * chunk / chunks, n1 = w.N * (chunk + 1) / chunks;
         std::fill(dx + n0 * w.C * w.H * w.W, dx + n1 * w.C * w.H * w.W, 0.0f);
         std::vector<Segment> segments;
-        float* Bp = gemm::scratch(3, 16 * fg * NB);
-        float* Cb = gemm::scratch(4, 16 * MR * NB);
-        float* tmp = gemm::scratch(5, 8 * ld);
+        float* Bp = gemm::scratch(3, E * fg * NB);
+        float* Cb = gemm::scratch(4, E * MR * NB);
+        float* tmp = gemm::scratch(5, 12 * ld);
         for (std::int64_t g = 0; g < w.G; ++g)
             for (std::int64_t t0 = n0 * per_image; t0 < n1 * per_image; t0 += NB) {
                 const std::int64_t nt = std::min(NB, n1 * per_image - t0);
                 segments_of(w, t0, nt, segments);
-                if (nt < NB) std::memset(Bp, 0, sizeof(float) * 16 * fg * NB);
+                if (nt < NB) std::memset(Bp, 0, sizeof(float) * E * fg * NB);
                 gradient_block(w, dy, g, segments, Bp, NB, wide, tmp, ld);
                 for (std::int64_t p = 0; p < Pc; ++p) {
-                    for (int e = 0; e < 16; ++e)
-                        K.run(fg, Ut + ((g * 16 + e) * Pc + p) * fg * MR, Bp + e * fg * NB,
+                    for (std::int64_t e = 0; e < E; ++e)
+                        K.run(fg, Ut + ((g * E + e) * Pc + p) * fg * MR, Bp + e * fg * NB,
                               Cb + e * MR * NB, NB, false);
                     for (std::int64_t r = 0; r < std::min(MR, kg - p * MR); ++r) {
                         const std::int64_t k = p * MR + r;      // a piece of a channel
@@ -673,19 +973,18 @@ void winograd_backward_data(const Wino& w, const float* dy, const float* wt, flo
                             const std::int64_t r0 = 2 * s.a - w.ph + w.shift_h(k);
                             const std::int64_t s0 = 2 * s.b0 - w.pw + w.shift_w(k);
 #ifdef MINICNN_X86
-                            if (wide) {         // chunks of 7 tiles, each after the last
-                                for (std::int64_t b = 0; b < len; b += 7)
-                                    input_adjoint_tiles7_avx512(
-                                        Cb + r * NB + s.j + b, MR * NB,
-                                        std::min<std::int64_t>(7, len - b), plane, w.H, w.W,
-                                        r0, s0 + 2 * b);
+                            if (wide) {         // chunks of 7 (6) tiles, each after the last
+                                for (std::int64_t b = 0; b < len; b += most)
+                                    adjoint_avx512(Cb + r * NB + s.j + b, MR * NB,
+                                                   std::min(most, len - b), plane, w.H, w.W, r0,
+                                                   s0 + 2 * b);
                                 continue;
                             }
 #endif
-                            input_adjoint_tiles(Cb + r * NB + s.j, MR * NB, len, tmp, ld);
+                            adjoint(Cb + r * NB + s.j, MR * NB, len, tmp, ld);
                             const std::int64_t lo = std::max<std::int64_t>(0, -s0);
-                            const std::int64_t hi = std::min(2 * len + 2, w.W - s0);
-                            for (int i = 0; i < 4; ++i) {
+                            const std::int64_t hi = std::min(2 * len + alpha - 2, w.W - s0);
+                            for (int i = 0; i < alpha; ++i) {
                                 const std::int64_t row = r0 + i;
                                 if (row < 0 || row >= w.H) continue;
                                 float* dst = plane + row * w.W + s0;
@@ -711,10 +1010,10 @@ void winograd_backward_data(const Wino& w, const float* dy, const float* wt, flo
 void transform_planes(const Wino& w, const float* x, const float* dy, std::int64_t n0,
                       std::int64_t images, std::int64_t T, float* V, float* D, bool wide) {
     const std::int64_t th = w.th(), tw = w.tw(), kg = w.kg(), fg = w.fg();
-    const std::int64_t ld = 2 * tw + 8;
+    const std::int64_t ld = 2 * tw + 8, E = w.E();
 #pragma omp parallel
     {
-        float* tmp = gemm::scratch(5, 8 * ld);
+        float* tmp = gemm::scratch(5, 12 * ld);
         std::vector<Segment> rows;
 #pragma omp for collapse(2) schedule(static)
         for (std::int64_t n = n0; n < n0 + images; ++n)
@@ -722,8 +1021,8 @@ void transform_planes(const Wino& w, const float* x, const float* dy, std::int64
                 rows.clear();
                 for (std::int64_t a = 0; a < th; ++a) rows.push_back({n, a, 0, tw, a * tw});
                 const std::int64_t t0 = (n - n0) * th * tw;
-                input_block(w, x, g, rows, V + g * 16 * kg * T + t0, T, wide, tmp, ld);
-                gradient_block(w, dy, g, rows, D + g * 16 * fg * T + t0, T, wide, tmp, ld);
+                input_block(w, x, g, rows, V + g * E * kg * T + t0, T, wide, tmp, ld);
+                gradient_block(w, dy, g, rows, D + g * E * fg * T + t0, T, wide, tmp, ld);
             }
     }
 }
@@ -755,21 +1054,22 @@ std::int64_t filter_chunk_bytes = std::int64_t(12) << 20;
 void winograd_backward_filter(const Wino& w, const float* dy, const float* x, float* dw) {
     if (w.N == 0) return;                                       // no images: nothing to add
     const std::int64_t MR = gemm::MR, kg = w.kg(), fg = w.fg(), per_image = w.th() * w.tw();
+    const std::int64_t E = w.E();
     const bool wide = gemm::kernel().nr == 32;
-    const std::int64_t per_image_bytes = w.G * 16 * (kg + fg) * per_image * 4;
+    const std::int64_t per_image_bytes = w.G * E * (kg + fg) * per_image * 4;
     const std::int64_t chunk =
         std::clamp<std::int64_t>(filter_chunk_bytes / per_image_bytes, 1, w.N);
     const std::int64_t Tc = chunk * per_image;                  // the buffers' row length
-    float* V = buffer(0, w.G * 16 * kg * Tc);
-    float* D = buffer(1, w.G * 16 * fg * Tc);
-    float* dU = buffer(2, w.G * 16 * fg * kg);
+    float* V = buffer(0, w.G * E * kg * Tc);
+    float* D = buffer(1, w.G * E * fg * Tc);
+    float* dU = buffer(2, w.G * E * fg * kg);
     for (std::int64_t n0 = 0; n0 < w.N; n0 += chunk) {
         const std::int64_t images = std::min(chunk, w.N - n0), T = images * per_image;
         transform_planes(w, x, dy, n0, images, Tc, V, D, wide);
         // dU_e (+)= D_e V_e^T, the products side by side, each on one thread (OpenMP does not
         // nest: gemm::run sees one thread), so no two threads pack the same panels of V_e
 #pragma omp parallel for schedule(dynamic)
-        for (std::int64_t ge = 0; ge < w.G * 16; ++ge) {
+        for (std::int64_t ge = 0; ge < w.G * E; ++ge) {
             const float* De = D + ge * fg * Tc;
             const float* Ve = V + ge * kg * Tc;
             float* out = dU + ge * fg * kg;
@@ -806,11 +1106,20 @@ void winograd_backward_filter(const Wino& w, const float* dy, const float* x, fl
     // dw[f, c] += G^T dU[f][k] G for each piece k of channel c (taps past the kernel dropped)
 #pragma omp parallel if (w.F * kg > 4096)
     {
-        float* d = gemm::scratch(6, 9 * kg);
+        float* d = gemm::scratch(6, 25 * kg);
 #pragma omp for schedule(static)
         for (std::int64_t f = 0; f < w.F; ++f) {
             const std::int64_t g = f / fg, row = f % fg;
-            filter_adjoint_rows(dU + (g * 16 * fg + row) * kg, fg * kg, kg, d);
+            const float* u = dU + (g * E * fg + row) * kg;
+            if (w.five()) {                                     // one 5x5 piece
+                filter_adjoint_rows6(u, fg * kg, kg, d);
+                for (std::int64_t k = 0; k < kg; ++k) {
+                    float* out = dw + (f * w.cg() + k) * 25;
+                    for (int i = 0; i < 25; ++i) out[i] += d[i * kg + k];
+                }
+                continue;
+            }
+            filter_adjoint_rows(u, fg * kg, kg, d);
             for (std::int64_t k = 0; k < kg; ++k) {
                 float* out = dw + (f * w.cg() + k % w.cg()) * w.kh * w.kw;
                 const std::int64_t i0 = w.shift_h(k), j0 = w.shift_w(k);
@@ -850,8 +1159,8 @@ REGISTER_NATIVE(m) {
         float* ys = out_ptr<float>(y, "y");
         py::gil_scoped_release release;
         winograd_forward(v, xs, ws, bs, ys);
-    }, "y <- conv(x, w) + b (stride 1, pad (ph, pw)), float32, by Winograd F(2x2, 3x3) (a "
-       "kernel larger than 3x3 in 3x3 pieces)");
+    }, "y <- conv(x, w) + b (stride 1, pad (ph, pw)), float32, by Winograd F(2x2, 3x3) (5x5: "
+       "F(2x2, 5x5); other kernels in 3x3 pieces)");
     m.def("winograd_backward_data", [](const py::array& dy, const py::array& w, py::array& dx,
                                        std::int64_t group, std::int64_t ph, std::int64_t pw) {
         const Wino v = wino_of(dx, w, group, ph, pw, dy);
@@ -860,7 +1169,7 @@ REGISTER_NATIVE(m) {
         float* out = out_ptr<float>(dx, "dx");
         py::gil_scoped_release release;
         winograd_backward_data(v, g, ws, out);
-    }, "dx <- the input gradient of the stride-1 conv for dy, by Winograd F(2x2, 3x3)");
+    }, "dx <- the input gradient of the stride-1 conv for dy, by Winograd");
     m.def("set_winograd_filter_chunk", [](std::int64_t bytes) {
         require(bytes >= 1, "set_winograd_filter_chunk: bytes >= 1");
         const std::int64_t was = filter_chunk_bytes;
@@ -876,7 +1185,7 @@ REGISTER_NATIVE(m) {
         float* out = out_ptr<float>(dw, "dw");
         py::gil_scoped_release release;
         winograd_backward_filter(v, g, xs, out);
-    }, "dw += the filter gradient of the stride-1 conv for dy, by Winograd F(2x2, 3x3)");
+    }, "dw += the filter gradient of the stride-1 conv for dy, by Winograd");
 }
 
 }  // namespace minicnn

@@ -20,9 +20,9 @@ class ConvolutionLayer(Layer):
     bottoms of one shape may be given, each with its own top; they share the weights.
 
     On the CPU, float32 3x3 and 5x5 stride-1 convolutions with enough output tiles run by
-    Winograd's F(2x2, 3x3) (minicnn/ops/conv.py, csrc/winograd.cpp): a few float32 roundings
-    apart from the direct product; MINICNN_CONV_WINOGRAD=0 keeps every one direct. engine is
-    read and ignored (minicnn picks its algorithm per shape, as measured).
+    Winograd's F(2x2, 3x3) or F(2x2, 5x5) (minicnn/ops/conv.py, csrc/winograd.cpp): a few
+    float32 roundings apart from the direct product; MINICNN_CONV_WINOGRAD=0 keeps every one
+    direct. engine is read and ignored (minicnn picks its algorithm per shape, as measured).
     """
     param_field = "convolution_param"
     min_num_bottom = min_num_top = 1

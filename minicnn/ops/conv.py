@@ -33,7 +33,7 @@ stores y straight into the (N, F, oh, ow) output; float64 folds a chunk of image
 BLAS product per group (csrc/im2col.cpp: columns laid out (C*kh*kw, images*oh*ow), so the
 product stays large even on 13x13 maps; 1x1 convolutions skip im2col; buffers reused).
 3x3 and 5x5 stride-1 float32 convolutions with enough output tiles run Winograd's F(2x2, 3x3)
-instead (csrc/winograd.cpp; _winograd says where).
+or F(2x2, 5x5) instead (csrc/winograd.cpp; _winograd says where).
 """
 
 import os
@@ -324,8 +324,9 @@ def _columns(x, n0, nb, geom, oh, ow):
 # Winograd's F(2x2, 3x3) (csrc/winograd.cpp) for stride-1 undilated float32 convolutions
 # where it measured faster than the direct products (bench/RESULTS.md): 16 products of
 # tiles x C x F over 2x2 output tiles instead of 9 taps per output, 0.44-0.52 of the multiply-
-# adds; a 5x5 kernel as four 3x3 pieces (0.69 of them on 27x27). Its sums round differently
-# from the direct product's (a few float32 ulps, like cuDNN's WINOGRAD algorithms);
+# adds; F(2x2, 5x5) for 5x5 kernels, 36 products instead of 25 taps per output (0.39 of them
+# on 27x27); other kernels as 3x3 pieces. Its sums round differently from the direct
+# product's (a few float32 ulps, like cuDNN's WINOGRAD algorithms);
 # MINICNN_CONV_WINOGRAD=0 turns it off, =2 takes it wherever the geometry allows (for the
 # tests). WINOGRAD_MODE is read at each call.
 WINOGRAD_MODE = os.environ.get("MINICNN_CONV_WINOGRAD", "1")
@@ -346,9 +347,12 @@ def _winograd(x_shape, w_shape, group, geom, dtype, part):
     oh, ow = geom.out_hw(h, w)
     per_image = ((oh + 1) // 2) * ((ow + 1) // 2)
     tiles = n * per_image
-    pieces = ((geom.kernel[0] + 2) // 3) * ((geom.kernel[1] + 2) // 3)
+    if geom.kernel == (5, 5):       # F(2x2, 5x5): 36 elements a tile
+        elements, pieces = 36, 1
+    else:                           # F(2x2, 3x3) on 3x3 pieces: 16 elements a tile and piece
+        elements, pieces = 16, ((geom.kernel[0] + 2) // 3) * ((geom.kernel[1] + 2) // 3)
     if part == "filter" and \
-            16 * per_image * (c * pieces + w_shape[0]) * 4 > WINOGRAD_FILTER_BYTES:
+            elements * per_image * (c * pieces + w_shape[0]) * 4 > WINOGRAD_FILTER_BYTES:
         return False
     if WINOGRAD_MODE == "2":
         return True

@@ -486,7 +486,7 @@ def test_direct_mode_is_checked(kind):
         lib.set_conv_direct(4)
 
 
-# --- Winograd F(2x2, 3x3) (csrc/winograd.cpp) -------------------------------------------------
+# --- Winograd F(2x2, 3x3) and F(2x2, 5x5) (csrc/winograd.cpp) -----------------------------------
 
 WINOGRAD_PINNED = {
     # 13x13: tile rows of 7 (the AVX-512 transforms take two at once), grouped, blocks of 32
@@ -507,9 +507,19 @@ WINOGRAD_PINNED = {
     # 13 channels a group (a partial channel panel in the input gradient)
     "wino_40_filters": make_case(3, 6, (12, 11), 40, 3, pad=1, bias=False),
     "wino_13_channels": make_case(2, 39, (8, 9), 6, 3, pad=1, group=3),
-    # larger kernels as 3x3 pieces (taps past the kernel's edge zero): CaffeNet conv2's 5x5
-    # (4 pieces), 7x7 (9), 4x4 and 2x2 and 1x1 (one piece, mostly zeros), non-square
+    # 5x5 by F(2x2, 5x5), 6x6 windows: tile rows of 6 (the AVX-512 input transform takes two
+    # at once; not 7, whose windows span 18 columns), grouped; rows of 14 (one AVX-512 input
+    # transform; the input gradient's adjoint in chunks of 6 + 6 + 2) and of 15 (14 + 1),
+    # unpadded on the right so the last tile reads image columns; no padding, a partial
+    # channel panel (13 a group); 40 filters; pads differing per axis
     "wino_5x5_grouped": make_case(2, 8, (9, 11), 6, 5, pad=2, group=2),
+    "wino_5x5_rows_of_7": make_case(2, 3, (9, 17), 4, 5),
+    "wino_5x5_rows_of_14": make_case(2, 4, (7, 27), 5, 5, pad=2),
+    "wino_5x5_rows_of_15": make_case(1, 3, (6, 34), 4, 5, pad=(2, 0), bias=False),
+    "wino_5x5_no_pad": make_case(3, 26, (12, 13), 6, 5, group=2),
+    "wino_5x5_40_filters": make_case(2, 5, (10, 10), 40, 5, pad=(1, 3)),
+    # other kernels as 3x3 pieces (taps past the kernel's edge zero): 7x7 (9 pieces), 4x4 and
+    # 2x2 and 1x1 (one piece, mostly zeros), non-square
     "wino_7x7": make_case(1, 3, (8, 9), 4, 7, pad=3),
     "wino_4x4_2x2_1x1": make_case(2, 3, (6, 7), 5, (4, 2), pad=(1, 0), bias=False),
     "wino_1x1": make_case(2, 4, (5, 3), 3, 1),
@@ -531,7 +541,10 @@ def winograd(mode):
 
 def check_winograd(case):
     """Every pass by Winograd, against the float64 reference to a few float32 roundings of
-    the largest value (outputs poisoned first: an unwritten value is NaN)."""
+    the largest value (outputs poisoned first: an unwritten value is NaN). F(2x2, 5x5)'s
+    larger transform coefficients round more: over 300 drawn cases its worst was 1.5e-6 of the
+    largest value forward and backward to the data, 5.6e-6 for the filter gradient (7.6e-6 on
+    CaffeNet's conv2), F(2x2, 3x3)'s 1.4e-6 everywhere."""
     import minicnn.ops.conv as conv_module
     x, w, b, geom, group = (a.astype(np.float32) if isinstance(a, np.ndarray) else a
                             for a in case)
@@ -544,11 +557,13 @@ def check_winograd(case):
     conv2d_forward.impls["cpu"](x, w, b, geom=geom, group=group, out=y)
     dx = np.full(x.shape, np.nan, np.float32)
     _, dw, _ = conv2d_backward.impls["cpu"](dy, x, w, geom=geom, group=group, dx_out=dx)
+    five = geom.kernel == (5, 5)
     for name, got, ref in zip(("y", "dx", "dw"), (y, dx, dw), want):
         scale = max(1.0, np.abs(ref).max(initial=0.0))
         error = np.abs(got - ref).max(initial=0.0)
+        bound = (1.5e-5 if name == "dw" else 4e-6) if five else 2e-6
         assert np.all(np.isfinite(got)), name
-        assert error <= 2e-6 * scale, (name, error, scale)
+        assert error <= bound * scale, (name, error, scale)
     assert all(conv_module._winograd(x.shape, w.shape, group, geom, np.float32, part)
                for part in ("forward", "data", "filter"))
 
