@@ -462,7 +462,7 @@ template <class T> inline void a6(T y0, T y1, T* z) {            // z (6) = A (y
     z[5] = y1;
 }
 
-inline void g6(const float* w, float* u) {                        // u (6) = G w (5)
+template <class T> inline void g6(const T* w, T* u) {            // u (6) = G w (5)
     constexpr float third = 1.0f / 3.0f, fifteenth = 1.0f / 15.0f;
     u[0] = w[0];
     u[1] = -third * (w[0] + w[1] + w[2] + w[3] + w[4]);
@@ -623,6 +623,36 @@ __attribute__((target("avx512f"))) static void input_tiles6_avx512(
         for (int k = 0; k < 6; ++k) c[k] = _mm512_permutex2var_ps(ta[i], p[k], tb[i]);
         bt6(c, v);
         for (int j = 0; j < 6; ++j) _mm512_mask_storeu_ps(out + (i * 6 + j) * lde, tiles, v[j]);
+    }
+}
+
+// filter_tiles6 for 16 filters at a time: tap k of the 16 by one gather (25 floats apart).
+__attribute__((target("avx512f"))) static void filter_tiles6_avx512(const float* w,
+                                                                    std::int64_t n, float* u) {
+    const __m512i apart = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(25));
+    std::int64_t p = 0;
+    for (; p + 16 <= n; p += 16) {
+        __m512 t[6][5];
+        for (int l = 0; l < 5; ++l) {                          // G down each column
+            __m512 col[5], g[6];
+            for (int k = 0; k < 5; ++k)
+                col[k] = _mm512_i32gather_ps(apart, w + p * 25 + k * 5 + l, 4);
+            g6(col, g);
+            for (int a = 0; a < 6; ++a) t[a][l] = g[a];
+        }
+        for (int a = 0; a < 6; ++a) {                          // then along each row
+            __m512 g[6];
+            g6(t[a], g);
+            for (int b = 0; b < 6; ++b) _mm512_storeu_ps(u + (a * 6 + b) * n + p, g[b]);
+        }
+    }
+    if (p < n) {                                  // the last few: the portable loop
+        float rest[36 * 16];
+        filter_tiles6(w + p * 25, n - p, rest);
+        for (int e = 0; e < 36; ++e)
+            std::memcpy(u + e * n + p, rest + e * (n - p), sizeof(float) * (n - p));
     }
 }
 
@@ -851,7 +881,12 @@ void pack_filters(const Wino& w, const float* wt, float* Ua, float* Ut) {
         wt = pieces;
     }
     float* u = buffer(2, E * pairs);                         // u[e][f][k]
-    const bool wide = gemm::kernel().nr == 32;
+    void (*transform)(const float*, std::int64_t, float*) = w.five() ? filter_tiles6
+                                                                      : filter_tiles;
+#ifdef MINICNN_X86
+    if (gemm::kernel().nr == 32)                             // the AVX-512 micro-kernel runs
+        transform = w.five() ? filter_tiles6_avx512 : filter_tiles_avx512;
+#endif
     const std::int64_t chunk = 1024;
 #pragma omp parallel
     {
@@ -859,14 +894,7 @@ void pack_filters(const Wino& w, const float* wt, float* Ua, float* Ut) {
         for (std::int64_t p0 = 0; p0 < pairs; p0 += chunk) {
             const std::int64_t n = std::min(chunk, pairs - p0);
             float* part = gemm::scratch(6, E * chunk);
-            if (w.five())
-                filter_tiles6(wt + p0 * taps, n, part);
-#ifdef MINICNN_X86
-            else if (wide)
-                filter_tiles_avx512(wt + p0 * taps, n, part);
-#endif
-            else
-                filter_tiles(wt + p0 * taps, n, part);
+            transform(wt + p0 * taps, n, part);
             for (std::int64_t e = 0; e < E; ++e)
                 std::memcpy(u + e * pairs + p0, part + e * n, sizeof(float) * n);
         }
