@@ -362,8 +362,9 @@ def _winograd(x_shape, w_shape, group, geom, dtype, part):
         return False
     if part == "data":              # each thread takes whole images
         return n >= lib.num_threads()
-    if part == "filter":            # its transforms outweigh the savings below 64 channels
-        return geom.kernel == (3, 3) and min(cg, fg) >= 64 and tiles >= 256
+    if part == "filter":            # F(2x2, 3x3)'s transforms outweigh the savings below 64
+        return geom.kernel == (5, 5) or \
+            (geom.kernel == (3, 3) and min(cg, fg) >= 64 and tiles >= 256)   # channels
     return True
 
 

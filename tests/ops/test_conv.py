@@ -619,9 +619,9 @@ def test_winograd_filter_gradient_in_chunks_of_one_image(kind):
 
 @fast
 def test_winograd_runs_where_it_measured_faster(kind, monkeypatch):
-    """The default (MINICNN_CONV_WINOGRAD=1): CaffeNet's conv3-5 at batch 16 take it in every
-    pass, the 5x5 conv2 in the forward and the input gradient; few tiles, other geometries,
-    float64 and mode 0 do not."""
+    """The default (MINICNN_CONV_WINOGRAD=1): CaffeNet's conv3-5 and 5x5 conv2 at batch 16 and
+    LeNet's conv2 at batch 64 take it in every pass; few tiles, other geometries, float64 and
+    mode 0 do not."""
     import minicnn.ops.conv as conv_module
     from minicnn.native import lib
     monkeypatch.setattr(conv_module, "WINOGRAD_MODE", "1")
@@ -641,7 +641,9 @@ def test_winograd_runs_where_it_measured_faster(kind, monkeypatch):
     assert takes((1, 64, 28, 28), (64, 64, 3, 3))[1] == (lib.num_threads() == 1)   # 1 image
     assert takes((16, 256, 13, 13), (384, 256, 3, 3), dtype=np.float64) == [False] * 3
     five = ConvGeometry(5, 1, 2)
-    assert takes((16, 96, 27, 27), (256, 48, 5, 5), group=2, geom=five) == [True, True, False]
+    assert takes((16, 96, 27, 27), (256, 48, 5, 5), group=2, geom=five) == [True] * 3
+    assert takes((64, 20, 12, 12), (50, 20, 5, 5), geom=ConvGeometry(5, 1, 0)) == [True] * 3
+    assert takes((4, 48, 14, 14), (64, 48, 5, 5), geom=five) == [False] * 3       # 196 tiles
     assert takes((1, 96, 27, 27), (256, 48, 5, 5), group=2, geom=five) == [False] * 3
     assert takes((16, 64, 13, 13), (64, 64, 7, 7), geom=ConvGeometry(7, 1, 3)) == [False] * 3
     assert takes((16, 256, 26, 26), (384, 256, 3, 3), geom=ConvGeometry(3, 2, 1)) == [False] * 3
