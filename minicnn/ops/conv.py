@@ -336,6 +336,10 @@ WINOGRAD_MIN_TILES = {(3, 3): 96, (5, 5): 512}
 # the filter gradient holds the transforms of a chunk of images at a time, at least one: no
 # Winograd where one image's pass this
 WINOGRAD_FILTER_BYTES = 1 << 27
+# F(2x2, 3x3)'s filter gradient by default only where one image's transforms are at most this:
+# 64 channels at 56x56 (6.4 MB an image) took 9.7-30 ms on 2 cores against 9.0-10.4 direct
+# (CaffeNet's conv3 2 MB, ResNet's 28x28 1.6 MB: faster)
+WINOGRAD_FILTER_IMAGE_BYTES = 1 << 22
 
 
 def _winograd(x_shape, w_shape, group, geom, dtype, part):
@@ -351,8 +355,8 @@ def _winograd(x_shape, w_shape, group, geom, dtype, part):
         elements, pieces = 36, 1
     else:                           # F(2x2, 3x3) on 3x3 pieces: 16 elements a tile and piece
         elements, pieces = 16, ((geom.kernel[0] + 2) // 3) * ((geom.kernel[1] + 2) // 3)
-    if part == "filter" and \
-            elements * per_image * (c * pieces + w_shape[0]) * 4 > WINOGRAD_FILTER_BYTES:
+    image_bytes = elements * per_image * (c * pieces + w_shape[0]) * 4   # its transforms
+    if part == "filter" and image_bytes > WINOGRAD_FILTER_BYTES:
         return False
     if WINOGRAD_MODE == "2":
         return True
@@ -364,7 +368,8 @@ def _winograd(x_shape, w_shape, group, geom, dtype, part):
         return n >= lib.num_threads()
     if part == "filter":            # F(2x2, 3x3)'s transforms outweigh the savings below 64
         return geom.kernel == (5, 5) or \
-            (geom.kernel == (3, 3) and min(cg, fg) >= 64 and tiles >= 256)   # channels
+            (geom.kernel == (3, 3) and min(cg, fg) >= 64 and tiles >= 256 and   # channels
+             image_bytes <= WINOGRAD_FILTER_IMAGE_BYTES)
     return True
 
 

@@ -636,6 +636,7 @@ def test_winograd_runs_where_it_measured_faster(kind, monkeypatch):
     assert takes((16, 384, 13, 13), (256, 192, 3, 3), group=2) == [True, True, True]  # conv5
     assert takes((8, 64, 28, 28), (64, 64, 3, 3)) == [True, True, True]
     assert takes((8, 32, 56, 56), (32, 32, 3, 3)) == [True, True, False]   # filter: < 64 ch
+    assert takes((8, 64, 56, 56), (64, 64, 3, 3)) == [True, True, False]   # 6.4 MB an image
     assert takes((1, 64, 300, 300), (64, 64, 3, 3))[2] is False  # an image: 184 MB of transforms
     assert takes((1, 256, 7, 7), (256, 256, 3, 3)) == [False] * 3                   # 16 tiles
     assert takes((1, 64, 28, 28), (64, 64, 3, 3))[1] == (lib.num_threads() == 1)   # 1 image
