@@ -542,9 +542,12 @@ def winograd(mode):
 def check_winograd(case):
     """Every pass by Winograd, against the float64 reference to a few float32 roundings of
     the largest value (outputs poisoned first: an unwritten value is NaN). F(2x2, 5x5)'s
-    larger transform coefficients round more: over 300 drawn cases its worst was 1.5e-6 of the
-    largest value forward and backward to the data, 5.6e-6 for the filter gradient (7.6e-6 on
-    CaffeNet's conv2), F(2x2, 3x3)'s 1.4e-6 everywhere."""
+    larger transform coefficients round more, and in proportion to the magnitudes summed
+    rather than to the sum (a float32 dot product's error bound): its passes are held to
+    4e-6 (6e-6 for the filter gradient) of the largest value of the same convolution on |x|
+    and |w| (|dy| with |w| or |x| backward). Over 1,500 drawn 5x5 cases the worst was
+    1.5e-6 / 1.6e-6 / 2.0e-6 of that, while of the largest output it reached 9.1e-6 (one
+    channel, small outputs); F(2x2, 3x3)'s worst was 1.4e-6 of the largest output."""
     import minicnn.ops.conv as conv_module
     x, w, b, geom, group = (a.astype(np.float32) if isinstance(a, np.ndarray) else a
                             for a in case)
@@ -558,10 +561,16 @@ def check_winograd(case):
     dx = np.full(x.shape, np.nan, np.float32)
     _, dw, _ = conv2d_backward.impls["cpu"](dy, x, w, geom=geom, group=group, dx_out=dx)
     five = geom.kernel == (5, 5)
-    for name, got, ref in zip(("y", "dx", "dw"), (y, dx, dw), want):
-        scale = max(1.0, np.abs(ref).max(initial=0.0))
+    if five:   # its roundings scale with the magnitudes summed: |x| * |w| (|dy| with |w|, |x|)
+        size = (forward(np.abs(x64), np.abs(w64), None, geom=geom, group=group),
+                *backward(np.abs(dy).astype(np.float64), np.abs(x64), np.abs(w64), geom=geom,
+                          group=group)[:2])
+    else:
+        size = want
+    for name, got, ref, magnitude in zip(("y", "dx", "dw"), (y, dx, dw), want, size):
+        scale = max(1.0, np.abs(magnitude).max(initial=0.0))
         error = np.abs(got - ref).max(initial=0.0)
-        bound = (1.5e-5 if name == "dw" else 4e-6) if five else 2e-6
+        bound = (6e-6 if name == "dw" else 4e-6) if five else 2e-6
         assert np.all(np.isfinite(got)), name
         assert error <= bound * scale, (name, error, scale)
     assert all(conv_module._winograd(x.shape, w.shape, group, geom, np.float32, part)
@@ -583,10 +592,9 @@ def test_winograd_pinned(kind, case, monkeypatch):
 
 
 @st.composite
-def winograd_cases(draw):
+def winograd_cases(draw, sizes=(3, 3, 5, 1, 2, 4, 6, 7)):
     group = draw(st.integers(1, 3))
-    kernel = (draw(st.sampled_from([3, 3, 5, 1, 2, 4, 6, 7])),
-              draw(st.sampled_from([3, 3, 5, 1, 2, 4, 6, 7])))
+    kernel = (draw(st.sampled_from(sizes)), draw(st.sampled_from(sizes)))
     pad = (draw(st.integers(0, 3)), draw(st.integers(0, 3)))
     h, w = (draw(st.integers(max(1, k - 2 * p), 20)) for k, p in zip(kernel, pad))
     return make_case(draw(st.integers(1, 3)), group * draw(st.integers(1, 9)), (h, w),
@@ -597,6 +605,14 @@ def winograd_cases(draw):
 @fast
 @given(case=winograd_cases())
 def test_winograd_matches_reference(kind, case):
+    with winograd("2"):
+        check_winograd(case)
+
+
+@fast
+@given(case=winograd_cases(sizes=(5,)))
+def test_winograd_5x5_matches_reference(kind, case):
+    """F(2x2, 5x5) on drawn shapes (the test above draws 5x5 in one case of 64)."""
     with winograd("2"):
         check_winograd(case)
 
