@@ -284,11 +284,20 @@ def template_kernels(source):
                       source)
 
 
+def instantiations(source):
+    """The name expressions CuPy compiles for a kernel file: each template kernel of it for
+    float and double (``relu_forward<float>``, ...)."""
+    return tuple(f"{k}<{t}>" for k in template_kernels(source) for t in ("float", "double"))
+
+
+NVRTC_OPTIONS = ("-std=c++17",)        # CuPy adds the target (-arch=sm_XY) and -ftz=true
+
+
 @functools.lru_cache(maxsize=None)
 def _module(file):
     source = kernel_source(file)
-    names = tuple(f"{k}<{t}>" for k in template_kernels(source) for t in ("float", "double"))
-    return cupy().RawModule(code=source, options=("-std=c++17",), name_expressions=names)
+    return cupy().RawModule(code=source, options=NVRTC_OPTIONS,
+                            name_expressions=instantiations(source))
 
 
 _kernels = {}                  # (file, name, dtype) -> function: get_function is not free

@@ -1,8 +1,15 @@
-"""Every kernels/*.cu file compiles with nvcc, on any machine that has it (no GPU needed), so a
-syntax error never waits for a GPU session. The source compiled is what CuPy hands NVRTC
-(minicnn.cuda.kernel_source: local includes inlined), and each template kernel is
-instantiated for float and double, as minicnn.cuda does, then built to Hopper machine code."""
+"""Every kernels/*.cu file compiles, on any machine with the compilers (no GPU needed), so a
+syntax error never waits for a GPU session:
 
+- with nvcc, where it is installed: the source CuPy is handed (minicnn.cuda.kernel_source: local
+  includes inlined), each template kernel instantiated for float and double, built to Hopper
+  machine code;
+- with NVRTC through CuPy's own compiler, where CuPy and NVRTC load (CI installs
+  cupy-cuda13x and nvidia-cuda-nvrtc; no driver needed): the same call a GPU run makes
+  (RawModule: minicnn.cuda.NVRTC_OPTIONS, CuPy's -ftz=true, the name expressions), for sm_90.
+  NVRTC is not nvcc: no host headers, other defaults; this is the compiler the GPU uses."""
+
+import io
 import shutil
 import subprocess
 
@@ -12,6 +19,19 @@ from minicnn import cuda
 
 NVCC = shutil.which("nvcc")
 FILES = sorted(p.name for p in cuda.kernels_dir().glob("*.cu"))
+
+
+def cupy_nvrtc():
+    """CuPy's compiler module if CuPy imports and NVRTC loads, else None (a reason)."""
+    try:
+        from cupy.cuda import compiler
+        compiler._get_nvrtc_version()               # loads libnvrtc
+    except Exception as e:                          # no CuPy, or no NVRTC library
+        return None, f"{type(e).__name__}: {e}"
+    return compiler, None
+
+
+NVRTC, NO_NVRTC = cupy_nvrtc()
 
 
 def test_the_kernel_sources_are_found():
@@ -25,10 +45,30 @@ def test_kernel_file_compiles_with_nvcc(name, tmp_path):
     source = cuda.kernel_source(name)
     kernels = cuda.template_kernels(source)
     assert kernels, f"{name} defines no `template <typename T> __global__ void` kernel"
-    uses = " ".join(f"(void)&{k}<{t}>;" for k in kernels for t in ("float", "double"))
+    uses = " ".join(f"(void)&{name};" for name in cuda.instantiations(source))
     path = tmp_path / name
     path.write_text(source + f"\nvoid minicnn_instantiate() {{ {uses} }}\n")
     done = subprocess.run([NVCC, "-std=c++17", "-arch=sm_90", "-c", str(path), "-o",
                            str(tmp_path / "kernels.o")], capture_output=True, text=True)
     assert done.returncode == 0, f"nvcc failed on {name}:\n{done.stderr[-4000:]}"
     assert "warning" not in done.stderr.lower(), f"nvcc warns on {name}:\n{done.stderr}"
+
+
+@pytest.mark.skipif(NVRTC is None, reason=f"CuPy's NVRTC compiler is not usable here ({NO_NVRTC})")
+@pytest.mark.parametrize("name", FILES)
+def test_kernel_file_compiles_with_nvrtc_as_cupy_does(name, monkeypatch):
+    source = cuda.kernel_source(name)
+    names = cuda.instantiations(source)
+    # CuPy asks the device for its architecture; there is none here: H100/H200's, as machine code
+    monkeypatch.setattr(NVRTC, "_get_arch_for_options_for_nvrtc", lambda arch: ("-arch=sm_90",
+                                                                                 "cubin"))
+    log = io.StringIO()
+    try:
+        cubin, mapping = NVRTC.compile_using_nvrtc(
+            source, options=cuda.NVRTC_OPTIONS + ("-ftz=true",), arch="90", filename=name,
+            name_expressions=names, log_stream=log)
+    except NVRTC.CompileException as e:
+        pytest.fail(f"NVRTC failed on {name}:\n{str(e)[-4000:]}")
+    assert sorted(mapping) == sorted(names) and all(mapping.values())
+    assert cubin[:4] == b"\x7fELF", "NVRTC did not return machine code (a cubin)"
+    assert "warning" not in log.getvalue().lower(), f"NVRTC warns on {name}:\n{log.getvalue()}"

@@ -1,6 +1,7 @@
 """``out=``: the ops the layers call on large blobs write their result into a given array (the
-top blob, or the bottom diff) and return it, on every implementation; LRN and ReLU also run with
-out being their input, as in-place layers use them."""
+top blob, or the bottom diff) and return it, on every host implementation; LRN and ReLU also run
+with out being their input, as in-place layers use them. (The "cuda" impls take CuPy arrays; where
+CuPy is installed they are registered too, and tests/gpu checks their out= on the device.)"""
 
 import numpy as np
 import pytest
@@ -33,6 +34,11 @@ CASES = {  # name: (op, args, kwargs, which result is written into out)
 }
 
 
+def host_impls(op):
+    """(kind, impl) of the impls that take NumPy arrays: not "cuda"."""
+    return [(kind, impl) for kind, impl in op.impls.items() if kind != "cuda"]
+
+
 def arguments(name):
     op, args, kwargs, part = CASES[name]
     if name == "max_pool2d_backward":
@@ -46,7 +52,7 @@ def test_out_is_written_and_returned_by_every_impl(name):
     op, args, kwargs, part = arguments(name)
     want = op.impls["ref"](*args, **kwargs)
     want = want[part] if part is not None else want
-    for kind, impl in op.impls.items():
+    for kind, impl in host_impls(op):
         out = np.full(want.shape, np.nan, np.float32)          # poisoned: every value written
         got = impl(*args, **kwargs, out=out)
         got = got[part] if part is not None else got
@@ -61,7 +67,7 @@ def test_out_is_written_and_returned_by_every_impl(name):
 def test_conv_backward_writes_dx_out():
     dy = RNG.standard_normal((2, 6, 7, 6)).astype(np.float32)
     want = ops.conv2d_backward.impls["ref"](dy, X, W, geom=CONV, group=2)
-    for kind, impl in ops.conv2d_backward.impls.items():
+    for kind, impl in host_impls(ops.conv2d_backward):
         dx_out = np.full(X.shape, np.nan, np.float32)
         dx, dw, db = impl(dy, X, W, geom=CONV, group=2, dx_out=dx_out)
         assert dx is dx_out, kind
@@ -74,7 +80,7 @@ def test_conv_backward_writes_dx_out():
 def test_in_place_on_the_first_argument(name):
     op, args, kwargs, _ = arguments(name)
     want = op.impls["ref"](*args, **kwargs)
-    for kind, impl in op.impls.items():
+    for kind, impl in host_impls(op):
         first = args[0].copy()
         impl(first, *args[1:], **kwargs, out=first)
         np.testing.assert_allclose(first, want, rtol=1e-5, atol=1e-5, err_msg=kind)
