@@ -36,6 +36,15 @@ __device__ __forceinline__ double trunc_(double x) { return trunc(x); }
 __device__ __forceinline__ float abs_(float x) { return fabsf(x); }
 __device__ __forceinline__ double abs_(double x) { return fabs(x); }
 
+// Products and sums rounded one at a time, never contracted into a fused multiply-add: where the
+// GPU must compute bit for bit what the CPU does (the solver's step)
+__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+__device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
+__device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
+__device__ __forceinline__ float sub_rn(float a, float b) { return __fsub_rn(a, b); }
+__device__ __forceinline__ double sub_rn(double a, double b) { return __dsub_rn(a, b); }
+
 template <typename T> __device__ __forceinline__ T max_(T a, T b) { return a > b ? a : b; }
 template <typename T> __device__ __forceinline__ T min_(T a, T b) { return a < b ? a : b; }
 

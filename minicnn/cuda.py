@@ -349,6 +349,70 @@ def launch_blocks(k, grid, args, block=BLOCK):
     k(tuple(int(g) for g in grid), (block,), tuple(args))
 
 
+# --- many arrays in one launch --------------------------------------------------------------------
+# The solver's work touches every parameter blob: a ResNet-50 has hundreds, and a launch (or a few
+# CuPy operations) per blob costs more host time than the GPU spends on them. kernels/solver.cu
+# takes them all at once from a table of segments: (count, addresses of the arrays) a row.
+
+SEGMENT_CHUNK = 8192           # elements a block takes at a time
+_segment_tables = {}           # (rows, mults) -> (segments, mults, chunks, chunk count) on device
+
+
+def segment_table(rows, mults=None):
+    """The device tables of kernels/solver.cu for ``rows`` (one tuple of same-size, contiguous
+    device arrays per segment) and per-segment float64 ``mults``: (segments (S, 1 + arrays)
+    int64, mults or None, chunks (C, 2) int64 = (segment, first element), C). Made once for a
+    set of arrays: the key is their addresses and sizes, which are all the table holds."""
+    key = (tuple((int(r[0].size), *(int(a.data.ptr) for a in r)) for r in rows),
+           None if mults is None else tuple(float(m) for m in mults))
+    found = _segment_tables.get(key)
+    if found is None:
+        cp = cupy()
+        if len(_segment_tables) >= 16:              # arrays keep moving: start over
+            _segment_tables.clear()
+        chunks = np.array([(s, start) for s, row in enumerate(key[0])
+                           for start in range(0, row[0], SEGMENT_CHUNK)],
+                          np.int64).reshape(-1, 2)
+        found = _segment_tables[key] = (
+            cp.asarray(np.array(key[0], np.int64).reshape(len(rows), -1)),
+            None if mults is None else cp.asarray(np.array(key[1], np.float64)),
+            cp.asarray(chunks), len(chunks))
+    return found
+
+
+def _by_dtype(rows):
+    groups = {}
+    for i, row in enumerate(rows):
+        groups.setdefault(row[0].dtype, []).append(i)
+    return groups
+
+
+def zero_fill(arrays):
+    """Every array of the list (contiguous float32/float64 device arrays) <- 0, in one launch
+    per dtype: Caffe's ClearParamDiffs."""
+    for dtype, indices in _by_dtype([(a,) for a in arrays]).items():
+        segments, _, chunks, count = segment_table([(arrays[i],) for i in indices])
+        if count:
+            launch_blocks(kernel("solver.cu", "zero_segments", dtype), (min(count, MAX_BLOCKS),),
+                          (segments, chunks, np.int64(count), np.int32(SEGMENT_CHUNK)))
+
+
+def momentum_step(rows, mults, rate, momentum, scale, regularization, nesterov):
+    """SGD's (or Nesterov's) step of every parameter in ``rows`` ((data, diff, history) device
+    arrays each) in one launch per dtype, bit for bit csrc/solver.cpp's momentum_update;
+    ``mults``: (lr_mult, weight_decay * decay_mult) a row; regularization 1 (L2) or 2 (L1)."""
+    for dtype, indices in _by_dtype(rows).items():
+        t = np.dtype(dtype).type
+        segments, factors, chunks, count = segment_table(
+            [rows[i] for i in indices], [m for i in indices for m in mults[i]])
+        if count:
+            launch_blocks(kernel("solver.cu", "momentum_step_segments", dtype),
+                          (min(count, MAX_BLOCKS),),
+                          (segments, factors, chunks, np.int64(count), np.int32(SEGMENT_CHUNK),
+                           np.float64(rate), t(momentum), t(scale), np.int32(scale != 1.0),
+                           np.int32(regularization), np.int32(bool(nesterov))))
+
+
 # --- cuBLAS ---------------------------------------------------------------------------------------
 
 def set_tf32(enabled):

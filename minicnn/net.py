@@ -660,17 +660,22 @@ class Net:
         """Zero every parameter's diff; ``skip``: indices into learnable_params to leave (their
         diffs will be written whole: Solver._layer_steps)."""
         native = []                 # host arrays, zeroed together on both cores (CaffeNet:
-        for param_id, blob in enumerate(self.learnable_params):   # 244 MB of diffs a step)
+        device = []                 # 244 MB of diffs a step); device arrays, in one launch
+        for param_id, blob in enumerate(self.learnable_params):
             if param_id in skip:
                 continue
             d = blob.diff
             if lib is not None and type(d) is np.ndarray and d.flags.c_contiguous \
                     and d.flags.writeable:
                 native.append(d)
+            elif cuda.is_device_array(d) and d.flags.c_contiguous and d.dtype in cuda.CTYPES:
+                device.append(d)
             else:
                 d[...] = 0
         if native:
             lib.zero_fill(native)
+        if device:
+            cuda.zero_fill(device)
 
     def steppable_params(self):
         """(layer, k, param_id) for each parameter blob k a layer can take the solver's step of

@@ -444,6 +444,7 @@ class Solver:
             self.log(f"Iteration {self.iter}, lr = {rate:.6g}")
         self.clip_gradients()
         applied = set(taken)
+        applied |= self.fused_device_update(rate, applied)
         for param_id in range(len(self.net.learnable_params)):
             if param_id in applied:
                 continue
@@ -461,6 +462,12 @@ class Solver:
         in one pass, where a rule has a fast path for it (bit for bit the same result); False
         to take the separate steps instead."""
         return False
+
+    def fused_device_update(self, rate, skip):
+        """fused_update for every parameter on the GPU at once (one launch, not a few CuPy
+        operations per blob), where a rule has that path; returns the parameter ids it updated
+        (none here). ``skip``: ids already updated."""
+        return set()
 
     def param_step(self, param_id, rate):
         """The update of this parameter as a ParamStep a layer can take in its backward, or

@@ -165,6 +165,15 @@ const char* launch(void (*f)(A...), unsigned gx, unsigned gy, unsigned gz, unsig
 
 inline void __syncthreads() { emu::syncthreads(); }
 
+// CUDA's rounded-operation intrinsics: the host compiler (no -march, so no FMA) rounds each
+// operation on its own already
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline double __dmul_rn(double a, double b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline double __dadd_rn(double a, double b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline double __dsub_rn(double a, double b) { return a - b; }
+
 template <typename T> inline T atomicAdd(T* address, T value) {
   T old = *address;
   *address = old + value;
