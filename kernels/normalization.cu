@@ -2,7 +2,7 @@
 // (outer, C, inner) around the channel (or the scale's) axis. Per-channel sums run on a grid of
 // (C, splits) blocks of 256 threads: each block sums its share of the outer * inner values of
 // channel c in double, reduces in shared memory and writes one partial, part[c * splits + s];
-// the host-side CuPy sum over the splits finishes them (no atomics: deterministic).
+// a finishing kernel, one thread a channel, adds them up (no atomics: deterministic).
 #include "common.cuh"
 
 // The sum of value(i) over the elements i of channel c that block (c, s) covers: rows
@@ -62,6 +62,80 @@ __global__ void channel_sqdev(const T* a, const double* mean, double* part, int 
   });
   acc = mc::block_sum(acc, shared);
   if (threadIdx.x == 0) part[(long long)c * gridDim.y + blockIdx.y] = acc;
+}
+
+// --- per-channel finishes, one thread a channel: the partials' total and what is made of it ----
+// (on the device, so a layer costs its launches and no CuPy operations on C-sized arrays)
+
+// the total of channel c's partials, in split order
+__device__ __forceinline__ double channel_total(const double* part, int c, int splits) {
+  double total = 0;
+  for (int s = 0; s < splits; ++s) total += part[(long long)c * splits + s];
+  return total;
+}
+
+// mean64[c] = total / m in double (the variance's second pass reads it), mean[c] = T(mean64[c])
+template <typename T>
+__global__ void channel_mean(const double* part, T* mean, double* mean64, int splits, double m,
+                             int C) {
+  MINICNN_KERNEL_LOOP(c, C) {
+    double value = channel_total(part, (int)c, splits) / m;
+    mean64[c] = value;
+    mean[c] = T(value);
+  }
+}
+
+// BatchNorm's batch statistics: var[c] = T(total / m), std[c] = sqrt(var[c] + eps) in T
+template <typename T>
+__global__ void channel_variance(const double* part, T* var, T* std, int splits, double m, T eps,
+                                 int C) {
+  MINICNN_KERNEL_LOOP(c, C) {
+    T v = T(channel_total(part, (int)c, splits) / m);
+    var[c] = v;
+    std[c] = mc::sqrt_(mc::add_rn(v, eps));
+  }
+}
+
+// acc[c] += T(total), or acc[c] = T(total) when assign (Scale's and Bias's parameter gradients)
+template <typename T>
+__global__ void channel_add_total(const double* part, T* acc, int splits, int assign, int C) {
+  MINICNN_KERNEL_LOOP(c, C) {
+    T total = T(channel_total(part, (int)c, splits));
+    acc[c] = assign ? total : mc::add_rn(acc[c], total);
+  }
+}
+
+// given statistics: std[c] = sqrt(var[c] + eps)
+template <typename T>
+__global__ void batch_norm_std(const T* var, T* std, T eps, int C) {
+  MINICNN_KERNEL_LOOP(c, C) { std[c] = mc::sqrt_(mc::add_rn(var[c], eps)); }
+}
+
+// Caffe's moving averages after a training batch: mean_acc' = lam mean_acc + mean,
+// var_acc' = lam var_acc + correction var (the unbiased variance), factor' = lam factor + 1.
+// Element c is read before it is written, so the outputs may be the inputs.
+template <typename T>
+__global__ void batch_norm_update_stats(const T* mean_acc, const T* var_acc, const T* factor,
+                                        const T* mean, const T* var, T* mean_out, T* var_out,
+                                        T* factor_out, T lam, T correction, int C) {
+  MINICNN_KERNEL_LOOP(c, C) {
+    mean_out[c] = mc::add_rn(mc::mul_rn(mean_acc[c], lam), mean[c]);
+    var_out[c] = mc::add_rn(mc::mul_rn(var_acc[c], lam), mc::mul_rn(var[c], correction));
+    if (c == 0) factor_out[0] = mc::add_rn(mc::mul_rn(factor[0], lam), T(1));
+  }
+}
+
+// the global statistics: mean = mean_acc / factor, var = var_acc / factor (0 while the factor is
+// 0), as the host computes them: 1 / factor in double, rounded to T, then one product
+template <typename T>
+__global__ void batch_norm_global_stats(const T* mean_acc, const T* var_acc, const T* factor,
+                                        T* mean, T* var, int C) {
+  MINICNN_KERNEL_LOOP(c, C) {
+    double s = (double)factor[0];
+    T inv = T(s == 0.0 ? 0.0 : 1.0 / s);
+    mean[c] = mc::mul_rn(mean_acc[c], inv);
+    var[c] = mc::mul_rn(var_acc[c], inv);
+  }
 }
 
 // y = (x - mean[c]) / std[c]

@@ -481,7 +481,8 @@ importable = _find_spec("cupy") is not None       # registers the "cuda" impls o
 def contiguous(*arrays):
     """Each device array C-contiguous (RawKernel ignores strides); None stays None."""
     cp = cupy()
-    out = tuple(None if a is None else cp.ascontiguousarray(a) for a in arrays)
+    out = tuple(a if a is None or a.flags.c_contiguous else cp.ascontiguousarray(a)
+                for a in arrays)
     return out[0] if len(out) == 1 else out
 
 
@@ -511,16 +512,42 @@ def distinct(out, *inputs):
     return out
 
 
-def channel_reduce(name, arrays, layout, extra=()):
-    """Per-channel sums of kernels/normalization.cu's ``name`` (channel_sum, channel_dot,
-    channel_sqdev) over arrays viewed as (outer, C, inner) = ``layout``: a float64 (C,) array."""
+def channel_partials(name, arrays, layout, extra=()):
+    """Per-channel partial sums of kernels/normalization.cu's ``name`` (channel_sum,
+    channel_dot, channel_sqdev) over arrays viewed as (outer, C, inner) = ``layout``:
+    (part, splits), part a float64 (C, splits) array that a finishing kernel of that file
+    (channel_mean, channel_variance, channel_add_total) adds up on the device."""
     outer, c, inner = (int(v) for v in layout)
     cp = cupy()
     if c == 0:
-        return cp.zeros(0, np.float64)
+        return cp.zeros((0, 1), np.float64), 1
     rows = outer if inner >= 32 else -(-outer * inner // BLOCK)   # see channel_accumulate
     splits = max(1, min(rows, -(-512 // c), 256))
     part = cp.empty((c, splits), np.float64)
     launch_blocks(kernel("normalization.cu", name, arrays[0].dtype), (c, splits),
                   (*arrays, *extra, part, np.int32(c), np.int64(inner), np.int64(outer)))
-    return part.sum(axis=1)
+    return part, splits
+
+
+def channel_mean(name, arrays, layout, divisor, dtype, extra=()):
+    """(T array, float64 array) of the per-channel totals of ``name`` divided by ``divisor``."""
+    part, splits = channel_partials(name, arrays, layout, extra)
+    c = part.shape[0]
+    cp = cupy()
+    mean, mean64 = cp.empty(c, dtype), cp.empty(c, np.float64)
+    launch(kernel("normalization.cu", "channel_mean", dtype), c,
+           (part, mean, mean64, np.int32(splits), np.float64(divisor), np.int32(c)))
+    return mean, mean64
+
+
+def channel_add_total(name, arrays, layout, acc, dtype, extra=()):
+    """acc (a contiguous (C,) device array) += the per-channel totals of ``name``, rounded to
+    dtype; acc None: a new array of them. Returns acc."""
+    part, splits = channel_partials(name, arrays, layout, extra)
+    c = part.shape[0]
+    assign = acc is None
+    if assign:
+        acc = cupy().empty(c, dtype)
+    launch(kernel("normalization.cu", "channel_add_total", dtype), c,
+           (part, acc, np.int32(splits), np.int32(assign), np.int32(c)))
+    return acc

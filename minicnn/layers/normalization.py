@@ -87,9 +87,11 @@ class BatchNormLayer(Layer):
             y, mean, var, std = ops.batch_norm_forward(x, self.eps, out=out, out2=out2)
             m = x.size // self.channels
             new = ops.batch_norm_update_stats(mean_acc, var_acc, factor, mean, var, m,
-                                              self.moving_average_fraction)
+                                              self.moving_average_fraction,
+                                              out=(mean_acc, var_acc, factor))
             for blob, value in zip(self.blobs, new):
-                blob.data[...] = value              # in place: shared weights see the update
+                if value is not blob.data:          # in place: shared weights see the update
+                    blob.data[...] = value
         self._std = std
         return y
 

@@ -72,12 +72,18 @@ def _batch_norm_backward_ref(dy, y, std, use_global_stats=False, *, out=None):
 
 @batch_norm_update_stats.impl("ref")
 def _batch_norm_update_stats_ref(mean_acc, var_acc, scale_factor, mean, var, m,
-                                 moving_average_fraction=0.999):
+                                 moving_average_fraction=0.999, *, out=None):
     """New (mean_acc, var_acc, scale_factor) after one training batch of m values per channel.
-    The stored variance is unbiased (m / (m - 1)), as Caffe stores it."""
+    The stored variance is unbiased (m / (m - 1)), as Caffe stores it. ``out``: three arrays
+    to write them into (the accumulators themselves, to update them in place)."""
     lam = moving_average_fraction
     correction = m / (m - 1) if m > 1 else 1.0
-    return (lam * mean_acc + mean, lam * var_acc + correction * var, lam * scale_factor + 1)
+    new = (lam * mean_acc + mean, lam * var_acc + correction * var, lam * scale_factor + 1)
+    if out is None:
+        return new
+    for target, value in zip(out, new):
+        target[...] = value
+    return tuple(out)
 
 
 @batch_norm_global_stats.impl("ref")
@@ -131,7 +137,9 @@ def _batch_norm_backward_cpu(dy, y, std, use_global_stats=False, *, out=None):
 
 # --- CUDA (kernels/normalization.cu) ------------------------------------------------------------
 # Channel statistics are two passes (mean, then the squared deviations from it) accumulated in
-# double on the device; the normalization and the backward formula are elementwise kernels.
+# double on the device and finished there (one thread a channel), as are the moving averages:
+# a layer costs its launches and no CuPy operations. The normalization and the backward formula
+# are elementwise kernels.
 
 from minicnn import cuda  # noqa: E402
 
@@ -147,18 +155,22 @@ def _batch_norm_forward_cuda(x, eps=1e-5, mean=None, var=None, *, out=None, out2
     cp = cuda.cupy()
     x, mean, var = cuda.contiguous(x, mean, var)
     layout = _cuda_layout(x)
-    m = max(1, x.size // layout[1])
+    c, t = layout[1], x.dtype.type
+    m = max(1, x.size // c)
+    std = cp.empty(c, x.dtype)
     if mean is None:
-        mean64 = cuda.channel_reduce("channel_sum", (x,), layout) / m
-        mean = mean64.astype(x.dtype)
+        mean, mean64 = cuda.channel_mean("channel_sum", (x,), layout, m, x.dtype)
+    if var is None:               # the second pass, around the mean in double
+        var = cp.empty(c, x.dtype)
+        part, splits = cuda.channel_partials("channel_sqdev", (x,), layout, (mean64,))
+        cuda.launch(cuda.kernel("normalization.cu", "channel_variance", x.dtype), c,
+                    (part, var, std, np.int32(splits), np.float64(m), t(eps), np.int32(c)))
     else:
-        mean64 = mean.astype(np.float64)
-    if var is None:
-        var = (cuda.channel_reduce("channel_sqdev", (x,), layout, (mean64,)) / m).astype(x.dtype)
-    std = cp.sqrt(var + x.dtype.type(eps))
+        cuda.launch(cuda.kernel("normalization.cu", "batch_norm_std", x.dtype), c,
+                    (var, std, t(eps), np.int32(c)))
     y = cuda.output(out, x.shape, x.dtype)                         # elementwise: x itself is fine
     cuda.launch_1d(cuda.kernel("normalization.cu", "batch_norm_forward", x.dtype), x.size, x,
-                   mean, std, y, np.int32(layout[1]), np.int64(layout[2]))
+                   mean, std, y, np.int32(c), np.int64(layout[2]))
     y = cuda.finish(out, y)
     if out2 is not None:
         out2[...] = y
@@ -173,8 +185,8 @@ def _batch_norm_backward_cuda(dy, y, std, use_global_stats=False, *, out=None):
         mean_dy = mean_dyy = std                                   # not read
     else:
         m = max(1, dy.size // layout[1])
-        mean_dy = (cuda.channel_reduce("channel_sum", (dy,), layout) / m).astype(dy.dtype)
-        mean_dyy = (cuda.channel_reduce("channel_dot", (dy, y), layout) / m).astype(dy.dtype)
+        mean_dy, _ = cuda.channel_mean("channel_sum", (dy,), layout, m, dy.dtype)
+        mean_dyy, _ = cuda.channel_mean("channel_dot", (dy, y), layout, m, dy.dtype)
     dx = cuda.output(out, dy.shape, dy.dtype)                      # reads element i only
     cuda.launch_1d(cuda.kernel("normalization.cu", "batch_norm_backward", dy.dtype), dy.size, dy,
                    y, std, mean_dy, mean_dyy, dx, np.int32(layout[1]), np.int64(layout[2]),
@@ -182,17 +194,35 @@ def _batch_norm_backward_cuda(dy, y, std, use_global_stats=False, *, out=None):
     return cuda.finish(out, dx)
 
 
+def _per_channel_arrays(*arrays):
+    return all(cuda.is_device_array(a) and a.flags.c_contiguous for a in arrays)
+
+
 @batch_norm_update_stats.impl("cuda", available=cuda.importable)
 def _batch_norm_update_stats_cuda(mean_acc, var_acc, scale_factor, mean, var, m,
-                                  moving_average_fraction=0.999):
+                                  moving_average_fraction=0.999, *, out=None):
+    mean_acc, var_acc, scale_factor, mean, var = cuda.contiguous(mean_acc, var_acc, scale_factor,
+                                                                 mean, var)
     t = mean_acc.dtype.type
-    lam = t(moving_average_fraction)
-    correction = t(m / (m - 1) if m > 1 else 1.0)
-    return (mean_acc * lam + mean, var_acc * lam + var * correction, scale_factor * lam + t(1))
+    cp = cuda.cupy()
+    if out is None or not _per_channel_arrays(*out) or \
+            any(o.shape != a.shape for o, a in zip(out, (mean_acc, var_acc, scale_factor))):
+        out = None
+    results = tuple(out) if out is not None else (
+        cp.empty_like(mean_acc), cp.empty_like(var_acc), cp.empty_like(scale_factor))
+    cuda.launch(cuda.kernel("normalization.cu", "batch_norm_update_stats", mean_acc.dtype),
+                mean_acc.size, (mean_acc, var_acc, scale_factor, mean, var, *results,
+                                t(moving_average_fraction), t(m / (m - 1) if m > 1 else 1.0),
+                                np.int32(mean_acc.size)))
+    return results
 
 
 @batch_norm_global_stats.impl("cuda", available=cuda.importable)
 def _batch_norm_global_stats_cuda(mean_acc, var_acc, scale_factor):
-    s = float(scale_factor.reshape(-1)[0])                         # one value to the host
-    inv = mean_acc.dtype.type(0.0 if s == 0 else 1.0 / s)
-    return mean_acc * inv, var_acc * inv
+    mean_acc, var_acc, scale_factor = cuda.contiguous(mean_acc, var_acc, scale_factor)
+    cp = cuda.cupy()
+    mean, var = cp.empty_like(mean_acc), cp.empty_like(var_acc)    # no value to the host
+    cuda.launch(cuda.kernel("normalization.cu", "batch_norm_global_stats", mean_acc.dtype),
+                mean_acc.size, (mean_acc, var_acc, scale_factor, mean, var,
+                                np.int32(mean_acc.size)))
+    return mean, var

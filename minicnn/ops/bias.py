@@ -51,5 +51,6 @@ def _bias_forward_cuda(x, bias, axis=1):
 def _bias_backward_cuda(dy, bias_ndim, axis=1):
     dy = cuda.contiguous(dy)
     p_shape = dy.shape[axis:axis + bias_ndim]
-    total = cuda.channel_reduce("channel_sum", (dy,), _cuda_layout(dy.shape, p_shape, axis))
-    return dy.copy(), total.astype(dy.dtype).reshape(p_shape)
+    total = cuda.channel_add_total("channel_sum", (dy,), _cuda_layout(dy.shape, p_shape, axis),
+                                   None, dy.dtype)
+    return dy.copy(), total.reshape(p_shape)

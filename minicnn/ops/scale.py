@@ -138,6 +138,19 @@ def _scale_forward_cuda(x, scale, bias=None, axis=1, *, out=None, keep_x=None):
     return cuda.finish(out, y)
 
 
+def _add_total_cuda(name, arrays, layout, acc, shape):
+    """acc += the per-parameter totals of ``name`` (added on the device in one launch where acc
+    is a contiguous device array of the dtype); acc None: a new array of them."""
+    dtype = arrays[0].dtype
+    if acc is None:
+        return cuda.channel_add_total(name, arrays, layout, None, dtype).reshape(shape)
+    if cuda.is_device_array(acc) and acc.flags.c_contiguous and acc.dtype == dtype \
+            and acc.size == layout[1]:
+        cuda.channel_add_total(name, arrays, layout, acc, dtype)
+        return acc
+    return _add_to(acc, cuda.channel_add_total(name, arrays, layout, None, dtype))
+
+
 @scale_backward.impl("cuda", available=cuda.importable)
 def _scale_backward_cuda(dy, x, scale, axis=1, bias_term=False, *, need_dx=True,
                          need_dscale=True, dx_out=None, dscale_acc=None, dbias_acc=None):
@@ -145,11 +158,9 @@ def _scale_backward_cuda(dy, x, scale, axis=1, bias_term=False, *, need_dx=True,
     layout = _cuda_layout(dy.shape, scale.shape, axis)
     dscale = dbias = dx = None
     if need_dscale:                   # the sums first: dx_out may be dy itself (in place)
-        total = cuda.channel_reduce("channel_dot", (dy, x), layout)
-        dscale = _add_to(dscale_acc, total.astype(dy.dtype).reshape(scale.shape))
+        dscale = _add_total_cuda("channel_dot", (dy, x), layout, dscale_acc, scale.shape)
     if bias_term:
-        total = cuda.channel_reduce("channel_sum", (dy,), layout)
-        dbias = _add_to(dbias_acc, total.astype(dy.dtype).reshape(scale.shape))
+        dbias = _add_total_cuda("channel_sum", (dy,), layout, dbias_acc, scale.shape)
     if need_dx:
         dx = cuda.output(dx_out, dy.shape, dy.dtype)
         cuda.launch_1d(cuda.kernel("normalization.cu", "scale_backward", dy.dtype), dy.size, dy,

@@ -40,6 +40,19 @@ def test_batch_norm_matches_the_reference(gpu, shape, dtype):
     for g, w in zip(batch_norm_global_stats(*(gpu.asarray(s) for s in stats)),
                     batch_norm_global_stats.impls["ref"](*stats)):
         assert_close(g, w, tol)
+    # the running sums rounded as the host rounds them: equal bit for bit on the same inputs,
+    # in place into the accumulators as the layer updates them, and with a factor of 0
+    want_new = batch_norm_update_stats.impls["ref"](*stats, mean, var, 120, 0.9)
+    accumulators = [gpu.asarray(s) for s in stats]
+    assert batch_norm_update_stats(*accumulators, gpu.asarray(mean), gpu.asarray(var), 120, 0.9,
+                                   out=accumulators) == tuple(accumulators)
+    for g, w in zip(accumulators, want_new):
+        np.testing.assert_array_equal(g.get(), w)
+    for factor in (stats[2], np.zeros(1, dtype)):
+        for g, w in zip(batch_norm_global_stats(gpu.asarray(stats[0]), gpu.asarray(stats[1]),
+                                                gpu.asarray(factor)),
+                        batch_norm_global_stats.impls["ref"](stats[0], stats[1], factor)):
+            np.testing.assert_array_equal(g.get(), w)
     y_global = batch_norm_forward(gpu.asarray(x), 1e-5, gpu.asarray(mean), gpu.asarray(var))
     assert_close(y_global[0], batch_norm_forward.impls["ref"](x, 1e-5, mean, var)[0], tol)
 
@@ -68,6 +81,10 @@ def test_scale_and_bias_match_the_reference(gpu, shape, p_shape, axis, dtype):
     assert got[0] is dx_out and got[1] is dacc_s and got[2] is dacc_b
     for name, g, w in zip(("dx", "dscale", "dbias"), got, want):
         assert_close(g, w, tol, name)
+    fresh = scale_backward(gpu.asarray(dy), gpu.asarray(x), gpu.asarray(scale), axis, True)
+    alone = scale_backward.impls["ref"](dy, x, scale, axis, True)
+    for name, g, w in zip(("dx", "dscale", "dbias"), fresh, alone):
+        assert_close(g, w, tol, f"{name} (no accumulator)")
     assert_close(bias_forward(gpu.asarray(x), gpu.asarray(bias), axis),
                  bias_forward.impls["ref"](x, bias, axis), tol, "bias y")
     for name, g, w in zip(("dx", "dbias"), bias_backward(gpu.asarray(dy), len(p_shape), axis),
