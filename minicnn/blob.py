@@ -124,7 +124,8 @@ class Blob:
 
     @data.setter
     def data(self, value):
-        cuda.assign(self._data, value)    # write in place: keeps shared views alive
+        if value is not self._data:       # `blob.data -= step` has written in place already
+            cuda.assign(self._data, value)    # write in place: keeps shared views alive
 
     @property
     def diff(self):
@@ -138,7 +139,9 @@ class Blob:
 
     @diff.setter
     def diff(self, value):
-        cuda.assign(self.diff, value)
+        target = self.diff
+        if value is not target:           # `blob.diff += g` has written in place already
+            cuda.assign(target, value)
 
     def defer_diff(self, source):
         """The diff is a copy of the host array ``source``, taken when the diff is next read

@@ -98,15 +98,15 @@ class ConvolutionLayer(Layer):
         for y, down, x in zip(top, propagate_down, bottom):
             if not (down or need_w or need_b):
                 continue
-            dx, dw, db = ops.conv2d_backward(y.diff, x.data, self.blobs[0].data, geom=self.geom,
-                                             group=self.group, need=(down, need_w, need_b),
-                                             dx_out=x.diff if down and x is not y else None)
+            # bottom diffs are assigned, parameter diffs accumulate (I1): the op adds onto
+            # dw_acc and db_acc
+            dx, _, _ = ops.conv2d_backward(y.diff, x.data, self.blobs[0].data, geom=self.geom,
+                                           group=self.group, need=(down, need_w, need_b),
+                                           dx_out=x.diff if down and x is not y else None,
+                                           dw_acc=self.blobs[0].diff if need_w else None,
+                                           db_acc=self.blobs[1].diff if need_b else None)
             if down and x is y:
-                x.diff[...] = dx                   # bottom diffs are assigned (I1)
-            if need_w:
-                self.blobs[0].diff += dw           # parameter diffs accumulate (I1)
-            if need_b:
-                self.blobs[1].diff += db
+                x.diff[...] = dx
 
 
 @register("ConvolutionDepthwise", "DepthwiseConvolution")

@@ -20,6 +20,9 @@ im2col: it adds each column entry back onto the pixel it was read from (padding 
 conv2d_backward(..., need=(dx?, dw?, db?)) computes only the parts asked for (None otherwise);
 every impl takes ``need``. ``out=`` (forward) and ``dx_out=`` (backward) name arrays to write y
 and dx into, as NumPy's ``out``: the layers pass their blobs, so nothing is copied.
+``dw_acc=``/``db_acc=`` name the parameter diffs that dw and db are added onto (Caffe
+accumulates parameter gradients), returned in their place: the GPU's GEMM adds into them
+directly (beta = 1) instead of into a zeroed array that the layer then adds.
 
 Deconvolution reuses these: its forward is ``conv2d_backward_data`` and its backward is
 ``conv2d_forward`` (for the bottom diff) and ``conv2d_backward_filter`` (for the weights), with
@@ -262,8 +265,17 @@ def _conv2d_backward_filter_ref(dy, x, *, geom, group=1):
     return dw.reshape(f, c // group, *geom.kernel)
 
 
+def _accumulate(acc, value):
+    """value added onto acc (returned), or value itself when there is no acc."""
+    if acc is None or value is None:
+        return value
+    acc += value.reshape(acc.shape)
+    return acc
+
+
 @conv2d_backward.impl("ref")
-def _conv2d_backward_ref(dy, x, w, *, geom, group=1, need=(True, True, True), dx_out=None):
+def _conv2d_backward_ref(dy, x, w, *, geom, group=1, need=(True, True, True), dx_out=None,
+                         dw_acc=None, db_acc=None):
     """(dx, dw, db) for dy (N, F, oh, ow). ``need`` says which of the three to compute; the
     others come back as None (a frozen layer or the data layer's bottom need no work)."""
     need_dx, need_dw, need_db = need
@@ -271,7 +283,8 @@ def _conv2d_backward_ref(dy, x, w, *, geom, group=1, need=(True, True, True), dx
         if need_dx else None
     dw = _conv2d_backward_filter_ref(dy, x, geom=geom, group=group) if need_dw else None
     db = dy.sum(axis=(0, 2, 3)) if need_db else None              # (F,)
-    return write_out(dx_out if need_dx else None, dx), dw, db
+    return write_out(dx_out if need_dx else None, dx), _accumulate(dw_acc, dw), \
+        _accumulate(db_acc, db)
 
 
 # --- fast CPU (csrc/im2col.cpp, csrc/depthwise.cpp) ----------------------------------------------
@@ -476,13 +489,16 @@ def _finish_dx(dx_out, dx):
 
 
 @conv2d_backward.impl("cpu", available=lib is not None)
-def _conv2d_backward_cpu(dy, x, w, *, geom, group=1, need=(True, True, True), dx_out=None):
+def _conv2d_backward_cpu(dy, x, w, *, geom, group=1, need=(True, True, True), dx_out=None,
+                         dw_acc=None, db_acc=None):
     _check_4d(dy=dy, x=x, w=w)
     _check_shapes(x.shape, w.shape, group, geom)
     _check_dy(dy.shape, x.shape[0], w.shape[0], geom.out_hw(*x.shape[2:]))
     if not _native_ok(dy, x, w):
-        return _conv2d_backward_ref(dy, x, w, geom=geom, group=group, need=need, dx_out=dx_out)
-    return _conv2d_backward_cpu_parts(dy, x, w, x.shape, geom, group, need, dx_out)
+        return _conv2d_backward_ref(dy, x, w, geom=geom, group=group, need=need, dx_out=dx_out,
+                                    dw_acc=dw_acc, db_acc=db_acc)
+    dx, dw, db = _conv2d_backward_cpu_parts(dy, x, w, x.shape, geom, group, need, dx_out)
+    return dx, _accumulate(dw_acc, dw), _accumulate(db_acc, db)
 
 
 @conv2d_backward_data.impl("cpu", available=lib is not None)
@@ -586,10 +602,20 @@ def _conv2d_forward_cuda(x, w, b, *, geom, group=1, out=None):
     return cuda.finish(out, y)
 
 
-def _depthwise_filter_cuda(dy, x, f, geom, oh, ow):
+def _usable_acc(acc, shape, dtype):
+    """acc, if a kernel or GEMM can add into it directly, else None."""
+    if acc is not None and cuda.is_device_array(acc) and acc.flags.c_contiguous \
+            and acc.dtype == dtype and acc.shape == tuple(shape):
+        return acc
+    return None
+
+
+def _depthwise_filter_cuda(dy, x, f, geom, oh, ow, dw=None):
+    """dw += the depthwise filter gradient (dw None: a new array)."""
     n = x.shape[0]
     kh, kw = geom.kernel
-    dw = cuda.cupy().zeros((f, 1, kh, kw), dy.dtype)
+    if dw is None:
+        dw = cuda.cupy().zeros((f, 1, kh, kw), dy.dtype)
     splits = max(1, min(-(-n * oh * ow // (cuda.BLOCK * 4)), -(-1024 // f)))
     cuda.launch_blocks(cuda.kernel("depthwise.cu", "depthwise_backward_filter", dy.dtype),
                        (f, splits), (dy, x, dw, np.int32(n),
@@ -597,8 +623,10 @@ def _depthwise_filter_cuda(dy, x, f, geom, oh, ow):
     return dw
 
 
-def _conv2d_backward_cuda_parts(dy, x, w, x_shape, geom, group, need, dx_out=None):
-    """(dx, dw, db) on the GPU; x or w may be None when the part needing it is not asked for."""
+def _conv2d_backward_cuda_parts(dy, x, w, x_shape, geom, group, need, dx_out=None,
+                                dw_acc=None, db_acc=None):
+    """(dx, dw, db) on the GPU; x or w may be None when the part needing it is not asked for.
+    dw and db are added onto dw_acc and db_acc where given (and returned in their place)."""
     need_dx, need_dw, need_db = need
     cp = cuda.cupy()
     dy, x, w = cuda.contiguous(dy, x, w)
@@ -607,22 +635,40 @@ def _conv2d_backward_cuda_parts(dy, x, w, x_shape, geom, group, need, dx_out=Non
     plane = oh * ow
     kh, kw = geom.kernel
     dtype = dy.dtype
-    db = dy.sum(axis=(0, 2, 3)) if need_db else None
+    db = None
+    if need_db:                       # per-channel sums in double, added on the device
+        usable = _usable_acc(db_acc, (f,), dtype)
+        db = cuda.channel_add_total("channel_sum", (dy,), (n, f, plane), usable, dtype)
+        db = db if db_acc is None or usable is not None else _accumulate(db_acc, db)
     dx = cuda.output(cuda.distinct(dx_out, dy, x, w), x_shape, dtype) if need_dx else None
-    dw = None
+    dw = dw_into = None
+    if need_dw:                       # the GEMMs (or the depthwise kernel) add onto dw
+        dw_shape = (f, c // group, kh, kw)
+        dw_into = _usable_acc(dw_acc, dw_shape, dtype)
+        dw = dw_into if dw_into is not None else cp.zeros(dw_shape, dtype)
     if _is_depthwise(c, group):
         if need_dx:
             cuda.launch_1d(cuda.kernel("depthwise.cu", "depthwise_backward_data", dtype),
                            dx.size, dy, w, dx, *_depthwise_args(x_shape, f, geom, oh, ow))
         if need_dw:
-            dw = _depthwise_filter_cuda(dy, x, f, geom, oh, ow)
-        return cuda.finish(dx_out, dx) if need_dx else None, dw, db
+            _depthwise_filter_cuda(dy, x, f, geom, oh, ow, dw)
+    elif need_dx or need_dw:
+        _conv2d_backward_gemms(dy, x, w, x_shape, geom, group, need_dx, need_dw, dx, dw)
+    if need_dw and dw_into is None:
+        dw = _accumulate(dw_acc, dw)
+    return cuda.finish(dx_out, dx) if need_dx else None, dw, db
+
+
+def _conv2d_backward_gemms(dy, x, w, x_shape, geom, group, need_dx, need_dw, dx, dw):
+    """dx = col2im(w^T dy) and dw += dy cols^T by cuBLAS, chunk by chunk of images."""
+    cp = cuda.cupy()
+    n, f, oh, ow = dy.shape
+    c, h, wd = x_shape[1:]
+    plane = oh * ow
+    kh, kw = geom.kernel
+    dtype = dy.dtype
     fg, rows = f // group, c * kh * kw
     k = rows // group
-    if need_dw:
-        dw = cp.zeros((f, c // group, kh, kw), dtype)
-    if not (need_dx or need_dw):
-        return None, None, db
     transpose = cuda.kernel("im2col.cu", "nfp_to_fnp", dtype)
     pointwise = _is_pointwise(geom)
     for n0, nb in _cuda_chunks(n, rows, plane):
@@ -655,13 +701,14 @@ def _conv2d_backward_cuda_parts(dy, x, w, x_shape, geom, group, need, dx_out=Non
                 cuda.launch_1d(cuda.kernel("im2col.cu", "col2im", dtype), target.size, dcols,
                                target, *_cuda_geom(c, h, wd, geom, oh, ow), np.int64(plane),
                                np.int64(span))
-    return cuda.finish(dx_out, dx) if need_dx else None, dw, db
 
 
 @conv2d_backward.impl("cuda", available=cuda.importable)
-def _conv2d_backward_cuda(dy, x, w, *, geom, group=1, need=(True, True, True), dx_out=None):
+def _conv2d_backward_cuda(dy, x, w, *, geom, group=1, need=(True, True, True), dx_out=None,
+                          dw_acc=None, db_acc=None):
     _cuda_check(x.shape, w.shape, group, geom, dy_shape=dy.shape)
-    return _conv2d_backward_cuda_parts(dy, x, w, x.shape, geom, group, need, dx_out)
+    return _conv2d_backward_cuda_parts(dy, x, w, x.shape, geom, group, need, dx_out,
+                                       dw_acc, db_acc)
 
 
 @conv2d_backward_data.impl("cuda", available=cuda.importable)

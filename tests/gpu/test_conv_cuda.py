@@ -59,6 +59,20 @@ def test_forward_and_backward_match_the_reference(gpu, case, dtype):
     assert dx is dx_out
     for name, got, ref in (("dx", dx, want[0]), ("dw", dw, want[1]), ("db", db, want[2])):
         assert_close(got, ref, TOL[dtype], name)
+    # dw and db added onto the parameter diffs, as the layer has them: into those arrays
+    acc_w, acc_b = (np.random.default_rng(9).standard_normal(a.shape).astype(dtype)
+                    for a in want[1:])
+    dev_w, dev_b = gpu.asarray(acc_w), gpu.asarray(acc_b)
+    _, got_w, got_b = conv2d_backward(gpu.asarray(dy), gpu.asarray(x), gpu.asarray(w),
+                                      geom=geom, group=g, need=(False, True, True),
+                                      dw_acc=dev_w, db_acc=dev_b)
+    assert got_w is dev_w and got_b is dev_b
+    assert_close(dev_w, acc_w + want[1], TOL[dtype], "dw added")
+    assert_close(dev_b, acc_b + want[2], TOL[dtype], "db added")
+    strided = gpu.asarray(np.repeat(acc_b, 2))[::2]        # not contiguous: added all the same
+    assert conv2d_backward(gpu.asarray(dy), gpu.asarray(x), gpu.asarray(w), geom=geom, group=g,
+                           need=(False, False, True), db_acc=strided)[2] is strided
+    assert_close(gpu.ascontiguousarray(strided), acc_b + want[2], TOL[dtype], "db, strided")
     only_w = conv2d_backward(gpu.asarray(dy), gpu.asarray(x), gpu.asarray(w), geom=geom,
                              group=g, need=(False, True, False))
     assert only_w[0] is None and only_w[2] is None

@@ -75,6 +75,17 @@ def test_conv_backward_writes_dx_out():
             np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4, err_msg=kind)
 
 
+def test_conv_backward_adds_onto_dw_acc_and_db_acc():
+    dy = RNG.standard_normal((2, 6, 7, 6)).astype(np.float32)
+    _, want_w, want_b = ops.conv2d_backward.impls["ref"](dy, X, W, geom=CONV, group=2)
+    for kind, impl in host_impls(ops.conv2d_backward):
+        acc_w, acc_b = np.ones_like(want_w), np.full_like(want_b, 2)
+        _, dw, db = impl(dy, X, W, geom=CONV, group=2, dw_acc=acc_w, db_acc=acc_b)
+        assert dw is acc_w and db is acc_b, kind
+        np.testing.assert_allclose(acc_w, want_w + 1, rtol=1e-4, atol=1e-4, err_msg=kind)
+        np.testing.assert_allclose(acc_b, want_b + 2, rtol=1e-4, atol=1e-4, err_msg=kind)
+
+
 @pytest.mark.parametrize("name", ["lrn_forward", "lrn_backward", "relu_forward",
                                   "relu_backward"])
 def test_in_place_on_the_first_argument(name):
