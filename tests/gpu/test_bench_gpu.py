@@ -43,3 +43,20 @@ def test_the_gpu_benchmark_runs_on_the_emulator(monkeypatch, capsys):
     bench.show("Layers", header, table, True)
     out = capsys.readouterr().out
     assert "| layer | pass |" in out and "depthwise 3x3" in out
+
+
+def test_the_host_call_count_runs(tmp_path):
+    """bench/gpu_host_calls.py (it patches the emulator for good: its own process)."""
+    import subprocess
+    import sys
+    if not cuda_emu.available():
+        pytest.skip("no C++ compiler for the CUDA host emulator")
+    done = subprocess.run([sys.executable, os.path.join(os.path.dirname(BENCH),
+                                                        "gpu_host_calls.py"),
+                           "--net", "lenet", "--batch", "2", "--sites", "3"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = {line.split()[0]: line.split()[1:] for line in done.stdout.splitlines() if line}
+    assert lines["update"][:3] == ["1", "0", "0"]          # one launch, no CuPy arithmetic
+    assert lines["clear"][:4] == ["diffs", "1", "0", "0"]
+    assert int(lines["step"][0]) > 10 and int(lines["step"][1]) >= 8   # launches, GEMMs
