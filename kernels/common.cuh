@@ -12,6 +12,19 @@
   for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (long long)(n); \
        i += (long long)blockDim.x * gridDim.x)
 
+// Index arithmetic: a / b and a % b for a >= 0, b > 0. Dividing a 64-bit integer by a value
+// known only at run time is a long software routine on the GPU, a 32-bit division a few
+// instructions; nearly every index fits in 31 bits, and those take the 32-bit path (the branch
+// goes the same way for every thread of a launch but for the largest arrays).
+namespace mc {
+__device__ __forceinline__ long long div_(long long a, long long b) {
+  return ((a | b) >> 31) ? a / b : (long long)((unsigned)a / (unsigned)b);
+}
+__device__ __forceinline__ long long mod_(long long a, long long b) {
+  return ((a | b) >> 31) ? a % b : (long long)((unsigned)a % (unsigned)b);
+}
+}  // namespace mc
+
 #define MINICNN_FLT_MAX 3.402823466e+38F   // Caffe's -FLT_MAX starts max pooling, in both dtypes
 #define MINICNN_FLT_MIN 1.175494351e-38F   // the softmax loss clamps p here, in both dtypes
 

@@ -11,12 +11,12 @@ __global__ void depthwise_forward(const T* x, const T* w, const T* b, T* y, int 
                                   int dw, int oh, int ow, int has_bias, long long n) {
   int F = C * M;
   MINICNN_KERNEL_LOOP(idx, n) {               // n = N * F * oh * ow
-    int z = (int)(idx % ow);
-    long long t = idx / ow;
-    int yy = (int)(t % oh);
-    t /= oh;
-    int f = (int)(t % F);
-    long long img = t / F;
+    int z = (int)mc::mod_(idx, ow);
+    long long t = mc::div_(idx, ow);
+    int yy = (int)mc::mod_(t, oh);
+    t = mc::div_(t, oh);
+    int f = (int)mc::mod_(t, F);
+    long long img = mc::div_(t, F);
     const T* xp = x + (img * C + f / M) * (long long)H * W;
     const T* wp = w + (long long)f * kh * kw;
     int h0 = yy * sh - ph, w0 = z * sw - pw;
@@ -40,12 +40,12 @@ __global__ void depthwise_backward_data(const T* dy, const T* w, T* dx, int C, i
                                         int dh, int dw, int oh, int ow, long long n) {
   long long P = (long long)oh * ow;
   MINICNN_KERNEL_LOOP(idx, n) {               // n = N * C * H * W
-    int ww = (int)(idx % W);
-    long long t = idx / W;
-    int h = (int)(t % H);
-    t /= H;
-    int c = (int)(t % C);
-    long long img = t / C;
+    int ww = (int)mc::mod_(idx, W);
+    long long t = mc::div_(idx, W);
+    int h = (int)mc::mod_(t, H);
+    t = mc::div_(t, H);
+    int c = (int)mc::mod_(t, C);
+    long long img = mc::div_(t, C);
     T acc = T(0);
     for (int m = 0; m < M; ++m) {
       int f = c * M + m;
@@ -92,8 +92,8 @@ __global__ void depthwise_backward_filter(const T* dy, const T* x, T* dw, int N,
     int i0 = t0 / kw, j0 = t0 % kw;
     for (long long q = (long long)blockIdx.y * blockDim.x + threadIdx.x; q < total;
          q += (long long)blockDim.x * gridDim.y) {
-      long long img = q / P;
-      int p = (int)(q % P);
+      long long img = mc::div_(q, P);
+      int p = (int)mc::mod_(q, P);
       T g = dyf[img * C * M * P + p];
       const T* xi = xc + img * C * (long long)H * W;
       int h0 = (p / ow) * sh - ph, w0 = (p % ow) * sw - pw;

@@ -33,8 +33,8 @@ __global__ void detection_loss_forward(const T* x, const T* truth, T* delta, dou
                                        long long n) {
   int cells = side * side;
   MINICNN_KERNEL_LOOP(idx, n) {               // n = N * cells
-    long long b = idx / cells;
-    int i = (int)(idx % cells);
+    long long b = mc::div_(idx, cells);
+    int i = (int)mc::mod_(idx, cells);
     const T* xb = x + b * D;
     T* db = delta + b * D;
     const T* tr = truth + idx * (1 + classes + 4);

@@ -15,12 +15,12 @@ __global__ void im2col(const T* x, T* cols, int C, int H, int W, int kh, int kw,
                        int ph, int pw, int dh, int dw, int oh, int ow, long long col_n_stride,
                        long long col_row_stride, long long n) {
   MINICNN_KERNEL_LOOP(idx, n) {               // n = images * C * oh * ow
-    int z = (int)(idx % ow);
-    long long t = idx / ow;
-    int y = (int)(t % oh);
-    t /= oh;
-    int c = (int)(t % C);
-    long long img = t / C;
+    int z = (int)mc::mod_(idx, ow);
+    long long t = mc::div_(idx, ow);
+    int y = (int)mc::mod_(t, oh);
+    t = mc::div_(t, oh);
+    int c = (int)mc::mod_(t, C);
+    long long img = mc::div_(t, C);
     const T* xp = x + (img * C + c) * (long long)H * W;
     T* out = cols + img * col_n_stride + (long long)c * kh * kw * col_row_stride +
              (long long)y * ow + z;
@@ -44,12 +44,12 @@ __global__ void col2im(const T* cols, T* x, int C, int H, int W, int kh, int kw,
                        int ph, int pw, int dh, int dw, int oh, int ow, long long col_n_stride,
                        long long col_row_stride, long long n) {
   MINICNN_KERNEL_LOOP(idx, n) {               // n = images * C * H * W
-    int w = (int)(idx % W);
-    long long t = idx / W;
-    int h = (int)(t % H);
-    t /= H;
-    int c = (int)(t % C);
-    long long img = t / C;
+    int w = (int)mc::mod_(idx, W);
+    long long t = mc::div_(idx, W);
+    int h = (int)mc::mod_(t, H);
+    t = mc::div_(t, H);
+    int c = (int)mc::mod_(t, C);
+    long long img = mc::div_(t, C);
     const T* base = cols + img * col_n_stride + (long long)c * kh * kw * col_row_stride;
     T acc = T(0);
     for (int i = 0; i < kh; ++i) {
@@ -72,7 +72,7 @@ __global__ void col2im(const T* cols, T* x, int C, int H, int W, int kh, int kw,
 // y[n, f, p] += b[f]: the bias of a convolution (P = oh * ow) or an inner product (P = 1)
 template <typename T>
 __global__ void channel_bias_add(T* y, const T* b, int F, long long P, long long n) {
-  MINICNN_KERNEL_LOOP(i, n) { y[i] += b[(i / P) % F]; }
+  MINICNN_KERNEL_LOOP(i, n) { y[i] += b[mc::mod_(mc::div_(i, P), F)]; }
 }
 
 // dst[f, m, p] = src[m, f, p]: (images, F, P) -> (F, images, P), so that a GEMM over
@@ -81,10 +81,10 @@ template <typename T>
 __global__ void nfp_to_fnp(const T* src, T* dst, int F, long long P, long long images,
                            long long n) {
   MINICNN_KERNEL_LOOP(i, n) {                 // i indexes dst
-    long long p = i % P;
-    long long t = i / P;
-    long long img = t % images;
-    long long f = t / images;
+    long long p = mc::mod_(i, P);
+    long long t = mc::div_(i, P);
+    long long img = mc::mod_(t, images);
+    long long f = mc::div_(t, images);
     dst[i] = src[(img * F + f) * P + p];
   }
 }

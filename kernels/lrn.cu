@@ -9,9 +9,9 @@ template <typename T>
 __global__ void lrn_scale_across(const T* x, T* s, int C, long long inner, int half, T alpha_n,
                                  T k, long long n) {
   MINICNN_KERNEL_LOOP(idx, n) {               // n = N * C * inner
-    long long pos = idx % inner;
-    int c = (int)((idx / inner) % C);
-    const T* base = x + (idx / inner / C) * C * inner + pos;
+    long long pos = mc::mod_(idx, inner);
+    int c = (int)mc::mod_(mc::div_(idx, inner), C);
+    const T* base = x + mc::div_(mc::div_(idx, inner), C) * C * inner + pos;
     T sum = T(0);
     for (int j = c - half; j <= c + half; ++j)
       if (j >= 0 && j < C) {
@@ -28,9 +28,9 @@ template <typename T>
 __global__ void lrn_scale_within(const T* x, T* s, int H, int W, int half, T alpha, T area,
                                  long long n) {
   MINICNN_KERNEL_LOOP(idx, n) {               // n = N * C * H * W
-    int w = (int)(idx % W);
-    int h = (int)((idx / W) % H);
-    const T* plane = x + (idx / ((long long)H * W)) * H * W;
+    int w = (int)mc::mod_(idx, W);
+    int h = (int)mc::mod_(mc::div_(idx, W), H);
+    const T* plane = x + mc::div_(idx, ((long long)H * W)) * H * W;
     T sum = T(0);
     for (int dw = -half; dw <= half; ++dw) {
       int ww = w + dw;
@@ -67,9 +67,9 @@ __global__ void lrn_backward_across(const T* dy, const T* x, const T* s, const T
                                     int C, long long inner, int half, T beta, T coef,
                                     long long n) {
   MINICNN_KERNEL_LOOP(idx, n) {
-    long long pos = idx % inner;
-    int c = (int)((idx / inner) % C);
-    const T* base = r + (idx / inner / C) * C * inner + pos;
+    long long pos = mc::mod_(idx, inner);
+    int c = (int)mc::mod_(mc::div_(idx, inner), C);
+    const T* base = r + mc::div_(mc::div_(idx, inner), C) * C * inner + pos;
     T sum = T(0);
     for (int j = c - half; j <= c + half; ++j)
       if (j >= 0 && j < C) sum += base[(long long)j * inner];
@@ -82,9 +82,9 @@ template <typename T>
 __global__ void lrn_backward_within(const T* dy, const T* x, const T* s, const T* r, T* dx,
                                     int H, int W, int half, T beta, T coef, long long n) {
   MINICNN_KERNEL_LOOP(idx, n) {
-    int w = (int)(idx % W);
-    int h = (int)((idx / W) % H);
-    const T* plane = r + (idx / ((long long)H * W)) * H * W;
+    int w = (int)mc::mod_(idx, W);
+    int h = (int)mc::mod_(mc::div_(idx, W), H);
+    const T* plane = r + mc::div_(idx, ((long long)H * W)) * H * W;
     T sum = T(0);
     for (int dw = -half; dw <= half; ++dw) {
       int ww = w + dw;

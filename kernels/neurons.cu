@@ -9,7 +9,7 @@ __global__ void prelu_forward(const T* x, const T* slope, T* y, int channels, lo
                               long long n) {
   MINICNN_KERNEL_LOOP(i, n) {
     T v = x[i];
-    y[i] = v > T(0) ? v : v * slope[(i / inner) % channels];
+    y[i] = v > T(0) ? v : v * slope[mc::mod_(mc::div_(i, inner), channels)];
   }
 }
 
@@ -20,7 +20,7 @@ __global__ void prelu_backward(const T* dy, const T* x, const T* slope, T* dx, T
   MINICNN_KERNEL_LOOP(i, n) {
     T v = x[i], g = dy[i];
     bool neg = v <= T(0);
-    dx[i] = neg ? g * slope[(i / inner) % channels] : g;
+    dx[i] = neg ? g * slope[mc::mod_(mc::div_(i, inner), channels)] : g;
     contrib[i] = neg ? g * v : T(0);
   }
 }

@@ -21,7 +21,7 @@ __device__ __forceinline__ double channel_accumulate(int c, int C, long long inn
   } else {
     for (long long q = (long long)blockIdx.y * blockDim.x + threadIdx.x; q < outer * inner;
          q += (long long)blockDim.x * gridDim.y)
-      acc += value(((q / inner) * C + c) * inner + q % inner);
+      acc += value((mc::div_(q, inner) * C + c) * inner + mc::mod_(q, inner));
   }
   return acc;
 }
@@ -143,7 +143,7 @@ template <typename T>
 __global__ void batch_norm_forward(const T* x, const T* mean, const T* std, T* y, int C,
                                    long long inner, long long n) {
   MINICNN_KERNEL_LOOP(i, n) {
-    int c = (int)((i / inner) % C);
+    int c = (int)mc::mod_(mc::div_(i, inner), C);
     y[i] = (x[i] - mean[c]) / std[c];
   }
 }
@@ -155,7 +155,7 @@ __global__ void batch_norm_backward(const T* dy, const T* y, const T* std, const
                                     const T* mean_dyy, T* dx, int C, long long inner,
                                     int use_global_stats, long long n) {
   MINICNN_KERNEL_LOOP(i, n) {
-    int c = (int)((i / inner) % C);
+    int c = (int)mc::mod_(mc::div_(i, inner), C);
     dx[i] = use_global_stats ? dy[i] / std[c]
                              : (dy[i] - mean_dy[c] - y[i] * mean_dyy[c]) / std[c];
   }
@@ -166,7 +166,7 @@ template <typename T>
 __global__ void scale_forward(const T* x, const T* scale, const T* bias, T* y, int S,
                               long long inner, int has_bias, long long n) {
   MINICNN_KERNEL_LOOP(i, n) {
-    int s = (int)((i / inner) % S);
+    int s = (int)mc::mod_(mc::div_(i, inner), S);
     T v = x[i] * scale[s];
     y[i] = has_bias ? v + bias[s] : v;
   }
@@ -176,12 +176,12 @@ __global__ void scale_forward(const T* x, const T* scale, const T* bias, T* y, i
 template <typename T>
 __global__ void scale_backward(const T* dy, const T* scale, T* dx, int S, long long inner,
                                long long n) {
-  MINICNN_KERNEL_LOOP(i, n) { dx[i] = dy[i] * scale[(i / inner) % S]; }
+  MINICNN_KERNEL_LOOP(i, n) { dx[i] = dy[i] * scale[mc::mod_(mc::div_(i, inner), S)]; }
 }
 
 // y = x + bias[s]
 template <typename T>
 __global__ void bias_forward(const T* x, const T* bias, T* y, int S, long long inner,
                              long long n) {
-  MINICNN_KERNEL_LOOP(i, n) { y[i] = x[i] + bias[(i / inner) % S]; }
+  MINICNN_KERNEL_LOOP(i, n) { y[i] = x[i] + bias[mc::mod_(mc::div_(i, inner), S)]; }
 }

@@ -12,10 +12,10 @@ __global__ void max_pool2d_forward(const T* x, T* y, long long* mask, int H, int
                                    int ow, int kh, int kw, int sh, int sw, int ph, int pw,
                                    long long n) {
   MINICNN_KERNEL_LOOP(idx, n) {               // n = planes * oh * ow
-    int z = (int)(idx % ow);
-    long long t = idx / ow;
-    int yy = (int)(t % oh);
-    long long plane = t / oh;
+    int z = (int)mc::mod_(idx, ow);
+    long long t = mc::div_(idx, ow);
+    int yy = (int)mc::mod_(t, oh);
+    long long plane = mc::div_(t, oh);
     int h0 = yy * sh - ph, w0 = z * sw - pw;
     int hs = mc::max_(h0, 0), he = mc::min_(h0 + kh, H);
     int ws = mc::max_(w0, 0), we = mc::min_(w0 + kw, W);
@@ -42,7 +42,7 @@ __global__ void max_pool2d_backward(const T* dy, const long long* mask, T* dx, l
                                     long long plane_out, long long n) {
   MINICNN_KERNEL_LOOP(idx, n) {               // n = planes * oh * ow
     long long m = mask[idx];
-    if (m >= 0) atomicAdd(dx + (idx / plane_out) * plane_in + m, dy[idx]);
+    if (m >= 0) atomicAdd(dx + mc::div_(idx, plane_out) * plane_in + m, dy[idx]);
   }
 }
 
@@ -59,10 +59,10 @@ template <typename T>
 __global__ void ave_pool2d_forward(const T* x, T* y, int H, int W, int oh, int ow, int kh,
                                    int kw, int sh, int sw, int ph, int pw, long long n) {
   MINICNN_KERNEL_LOOP(idx, n) {
-    int z = (int)(idx % ow);
-    long long t = idx / ow;
-    int yy = (int)(t % oh);
-    long long plane = t / oh;
+    int z = (int)mc::mod_(idx, ow);
+    long long t = mc::div_(idx, ow);
+    int yy = (int)mc::mod_(t, oh);
+    long long plane = mc::div_(t, oh);
     int h0 = yy * sh - ph, w0 = z * sw - pw;
     int hs = mc::max_(h0, 0), he = mc::min_(h0 + kh, H);
     int ws = mc::max_(w0, 0), we = mc::min_(w0 + kw, W);
@@ -78,10 +78,10 @@ template <typename T>
 __global__ void ave_pool2d_backward(const T* dy, T* dx, int H, int W, int oh, int ow, int kh,
                                     int kw, int sh, int sw, int ph, int pw, long long n) {
   MINICNN_KERNEL_LOOP(idx, n) {
-    int w = (int)(idx % W);
-    long long t = idx / W;
-    int h = (int)(t % H);
-    long long plane = t / H;
+    int w = (int)mc::mod_(idx, W);
+    long long t = mc::div_(idx, W);
+    int h = (int)mc::mod_(t, H);
+    long long plane = mc::div_(t, H);
     int ys = (h + ph < kh) ? 0 : (h + ph - kh) / sh + 1;
     int ye = mc::min_((h + ph) / sh + 1, oh);
     int zs = (w + pw < kw) ? 0 : (w + pw - kw) / sw + 1;

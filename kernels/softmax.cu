@@ -7,7 +7,7 @@
 template <typename T>
 __global__ void softmax_forward(const T* x, T* y, int C, long long inner, long long n) {
   MINICNN_KERNEL_LOOP(pos, n) {               // n = outer * inner
-    long long base = (pos / inner) * C * inner + pos % inner;
+    long long base = mc::div_(pos, inner) * C * inner + mc::mod_(pos, inner);
     T m = x[base];
     for (int c = 1; c < C; ++c) m = mc::max_(m, x[base + c * inner]);
     T sum = T(0);
@@ -25,7 +25,7 @@ template <typename T>
 __global__ void softmax_backward(const T* dy, const T* y, T* dx, int C, long long inner,
                                  long long n) {
   MINICNN_KERNEL_LOOP(pos, n) {
-    long long base = (pos / inner) * C * inner + pos % inner;
+    long long base = mc::div_(pos, inner) * C * inner + mc::mod_(pos, inner);
     T dot = T(0);
     for (int c = 0; c < C; ++c) dot += dy[base + c * inner] * y[base + c * inner];
     for (int c = 0; c < C; ++c) {
@@ -44,7 +44,7 @@ __global__ void softmax_loss_forward(const T* prob, const T* label, T* nll, int*
   MINICNN_KERNEL_LOOP(pos, n) {
     long long l = (long long)label[pos];
     bool ok = !(has_ignore && l == ignore_label);
-    T p = ok ? prob[(pos / inner) * C * inner + l * inner + pos % inner] : T(1);
+    T p = ok ? prob[mc::div_(pos, inner) * C * inner + l * inner + mc::mod_(pos, inner)] : T(1);
     nll[pos] = ok ? -mc::log_(mc::max_(p, T(MINICNN_FLT_MIN))) : T(0);
     valid[pos] = ok ? 1 : 0;
   }
@@ -56,9 +56,9 @@ __global__ void softmax_loss_backward(const T* prob, const T* label, T* dx, int 
                                       long long inner, int has_ignore, long long ignore_label,
                                       T scale, long long n) {
   MINICNN_KERNEL_LOOP(i, n) {                 // n = outer * C * inner
-    long long in = i % inner;
-    long long c = (i / inner) % C;
-    long long pos = (i / inner / C) * inner + in;
+    long long in = mc::mod_(i, inner);
+    long long c = mc::mod_(mc::div_(i, inner), C);
+    long long pos = mc::div_(mc::div_(i, inner), C) * inner + in;
     long long l = (long long)label[pos];
     bool ok = !(has_ignore && l == ignore_label);
     dx[i] = ok ? (prob[i] - (c == l ? T(1) : T(0))) * scale : T(0);
@@ -74,7 +74,7 @@ __global__ void accuracy_forward(const T* x, const T* label, int* seen, int* hit
   MINICNN_KERNEL_LOOP(pos, n) {
     long long l = (long long)label[pos];
     if (has_ignore && l == ignore_label) continue;
-    long long base = (pos / inner) * C * inner + pos % inner;
+    long long base = mc::div_(pos, inner) * C * inner + mc::mod_(pos, inner);
     T truth = x[base + l * inner];
     int at_least = 0;
     for (int c = 0; c < C; ++c)

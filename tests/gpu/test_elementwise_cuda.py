@@ -188,3 +188,32 @@ def test_permute(gpu):
     y = permute_forward(gpu.asarray(x), (0, 2, 3, 1))
     assert_close(y, permute_forward.impls["ref"](x, (0, 2, 3, 1)), 0, "y")
     assert_close(permute_backward(y, (0, 2, 3, 1)), x, 0, "dx")
+
+
+DIVMOD = """
+template <typename T>
+__global__ void divmod_check(const long long* a, const long long* b, long long* q, long long* r,
+                             long long n) {
+  MINICNN_KERNEL_LOOP(i, n) {
+    q[i] = mc::div_(a[i], b[i]);
+    r[i] = mc::mod_(a[i], b[i]);
+  }
+}
+"""
+
+
+def test_index_division_takes_either_width(gpu):
+    """mc::div_ / mc::mod_ (kernels/common.cuh), which the kernels' index arithmetic uses:
+    32-bit where both operands fit in 31 bits, 64-bit otherwise, the same results."""
+    from minicnn import cuda
+    module = gpu.RawModule(code=cuda.kernel_source("common.cuh") + DIVMOD,
+                           options=cuda.NVRTC_OPTIONS, name_expressions=["divmod_check<float>"])
+    kernel = module.get_function("divmod_check<float>")
+    big = [0, 1, 5, 2**31 - 1, 2**31, 2**31 + 7, 2**32 + 9, 3 * 2**32 + 1, 2**40 + 5,
+           7 * 2**33 + 3]
+    a = np.array([x for x in big for _ in range(6)], np.int64)
+    b = np.array([1, 3, 2**31 - 1, 2**31, 2**33 + 1, 2**35] * len(big), np.int64)
+    q, r = (gpu.full(a.shape, -1, np.int64) for _ in range(2))
+    cuda.launch(kernel, a.size, (gpu.asarray(a), gpu.asarray(b), q, r, np.int64(a.size)))
+    np.testing.assert_array_equal(q.get(), a // b)
+    np.testing.assert_array_equal(r.get(), a % b)
