@@ -34,6 +34,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from minicnn import cuda, ops  # noqa: E402
+from minicnn.ops import conv  # noqa: E402
 from minicnn.ops.conv import ConvGeometry  # noqa: E402
 from minicnn.ops.pool import PoolGeometry  # noqa: E402
 from nets import TorchNet, minicnn_solver  # noqa: E402
@@ -169,6 +170,14 @@ def layer_rows(args, torch, sgemm, peak):
             lambda: torch.autograd.grad(ty, (tx, tw, tb), tdy, retain_graph=True),
             args.repeat, args.block)
         rows.append((name, "forward", *fwd, flops))
+        if oh * ow < conv.CUDA_WIDE_BELOW and g < xs[1] and xs[0] > 1 and not args.quick:
+            wide_below, conv.CUDA_WIDE_BELOW = conv.CUDA_WIDE_BELOW, 0
+            try:                  # the other way to lay out a small map's products, for the record
+                rows.append((name, "forward, a GEMM per image", *side_by_side(
+                    lambda: ops.conv2d_forward(dx_, dw_, db_, geom=geom, group=g, out=y),
+                    lambda: F.conv2d(tx, tw, tb, s, p, d, g), args.repeat, args.block), flops))
+            finally:
+                conv.CUDA_WIDE_BELOW = wide_below
         rows.append((name, "backward", *bwd, 2 * flops))
         del ty
     x = rng.standard_normal(LRN_SHAPE, dtype=np.float32)

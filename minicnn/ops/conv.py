@@ -534,10 +534,17 @@ def _conv2d_backward_filter_cpu(dy, x, *, geom, group=1):
 # (rows, images * oh * ow), so that dW is one GEMM per group summing over every image, and dx one
 # GEMM into columns that col2im gathers (no atomics). Depthwise convolutions run direct kernels.
 # Scratch columns are bounded by CUDA_COLS_BUDGET elements per chunk of images.
+#
+# Small maps (fewer than CUDA_WIDE_BELOW output positions: CaffeNet's 13x13, ResNet's 14x14
+# and 7x7) of more than one image take the forward the backward's way: columns (rows, images *
+# positions), one wide GEMM per group into (F, images * positions), then a transpose into NCHW.
+# A product per image there is at most a couple of GEMM tiles wide and leaves much of each tile
+# empty (169 positions fill 66% of two 128-wide tiles); the transpose costs a pass over y.
 
 from minicnn import cuda  # noqa: E402
 
 CUDA_COLS_BUDGET = 1 << 27     # 512 MiB of float32 columns
+CUDA_WIDE_BELOW = 256          # output positions below which the forward takes one wide GEMM
 
 
 def _cuda_geom(c, h, w, geom, oh, ow):
@@ -581,7 +588,9 @@ def _conv2d_forward_cuda(x, w, b, *, geom, group=1, out=None):
         return cuda.finish(out, y)
     fg, rows = f // group, c * geom.kernel[0] * geom.kernel[1]
     k = rows // group                                              # C/G * kh * kw
-    if _is_pointwise(geom):                                        # x is (N, C, P) columns
+    if plane < CUDA_WIDE_BELOW and n > 1:
+        _conv2d_forward_wide_cuda(x, w, y, geom, group)
+    elif _is_pointwise(geom):                                      # x is (N, C, P) columns
         for g in range(group):
             cuda.gemm(w, x, y, fg, plane, k, batch=n, offset_a=g * fg * k, stride_b=c * plane,
                       offset_b=g * k * plane, stride_c=f * plane, offset_c=g * fg * plane)
@@ -600,6 +609,36 @@ def _conv2d_forward_cuda(x, w, b, *, geom, group=1, out=None):
         cuda.launch_1d(cuda.kernel("im2col.cu", "channel_bias_add", x.dtype), y.size, y, b,
                        np.int32(f), np.int64(plane))
     return cuda.finish(out, y)
+
+
+def _conv2d_forward_wide_cuda(x, w, y, geom, group):
+    """y (N, F, oh, ow) = conv(x, w) without bias, chunk by chunk of images: columns (rows,
+    images * P), one GEMM per group into (F, images * P), then a transpose into y."""
+    cp = cuda.cupy()
+    n, c, h, wd = x.shape
+    f, oh, ow = y.shape[1:]
+    plane = oh * ow
+    dtype = x.dtype
+    fg, rows = f // group, c * geom.kernel[0] * geom.kernel[1]
+    k = rows // group
+    transpose = cuda.kernel("im2col.cu", "nfp_to_fnp", dtype)
+    for n0, nb in _cuda_chunks(n, rows + f, plane):               # columns and y_t both
+        span = nb * plane
+        cols = cp.empty((rows, span), dtype)                       # (C*kh*kw, nb*P)
+        if _is_pointwise(geom):                                    # (nb, C, P) -> (C, nb*P)
+            cuda.launch_1d(transpose, cols.size, x[n0:n0 + nb], cols, np.int32(c),
+                           np.int64(plane), np.int64(nb))
+        else:
+            cuda.launch_1d(cuda.kernel("im2col.cu", "im2col", dtype), nb * c * plane,
+                           x[n0:n0 + nb], cols, *_cuda_geom(c, h, wd, geom, oh, ow),
+                           np.int64(plane), np.int64(span))
+        y_t = cp.empty((f, span), dtype)                           # (F, nb*P)
+        for g in range(group):
+            cuda.gemm(w, cols, y_t, fg, span, k, offset_a=g * fg * k, offset_b=g * k * span,
+                      offset_c=g * fg * span)
+        target = y[n0:n0 + nb]                                     # (F, nb, P) -> (nb, F, P)
+        cuda.launch_1d(transpose, target.size, y_t, target, np.int32(nb), np.int64(plane),
+                       np.int64(f))
 
 
 def _usable_acc(acc, shape, dtype):

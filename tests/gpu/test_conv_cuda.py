@@ -39,17 +39,21 @@ def _case(case, dtype, seed):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", CASES)
-def test_forward_and_backward_match_the_reference(gpu, case, dtype):
+def test_forward_and_backward_match_the_reference(gpu, case, dtype, monkeypatch):
+    import minicnn.ops.conv as conv
     x, w, b, geom, g = _case(case, dtype, 7)
     want_y = conv2d_forward.impls["ref"](x, w, b, geom=geom, group=g)
-    y = poisoned(gpu, want_y.shape, dtype)
-    got = conv2d_forward(gpu.asarray(x), gpu.asarray(w), gpu.asarray(b), geom=geom, group=g,
-                         out=y)
-    assert got is y
-    assert_close(y, want_y, TOL[dtype], "y")
-    assert_close(conv2d_forward(gpu.asarray(x), gpu.asarray(w), None, geom=geom, group=g),
-                 conv2d_forward.impls["ref"](x, w, None, geom=geom, group=g), TOL[dtype],
-                 "y without bias")
+    for wide_below, path in ((0, "a GEMM per image"), (1 << 30, "one wide GEMM")):
+        monkeypatch.setattr(conv, "CUDA_WIDE_BELOW", wide_below)
+        y = poisoned(gpu, want_y.shape, dtype)
+        got = conv2d_forward(gpu.asarray(x), gpu.asarray(w), gpu.asarray(b), geom=geom,
+                             group=g, out=y)
+        assert got is y
+        assert_close(y, want_y, TOL[dtype], f"y ({path})")
+        assert_close(conv2d_forward(gpu.asarray(x), gpu.asarray(w), None, geom=geom, group=g),
+                     conv2d_forward.impls["ref"](x, w, None, geom=geom, group=g), TOL[dtype],
+                     f"y without bias ({path})")
+    monkeypatch.undo()
 
     dy = np.random.default_rng(8).standard_normal(want_y.shape).astype(dtype)
     want = conv2d_backward.impls["ref"](dy, x, w, geom=geom, group=g)
@@ -88,8 +92,10 @@ def test_images_go_through_in_chunks(gpu, monkeypatch):
     import minicnn.ops.conv as conv
     monkeypatch.setattr(conv, "CUDA_COLS_BUDGET", 3 * 9 * 20)     # about one image per chunk
     x, w, b, geom, g = _case(((5, 3, 6, 6), 4, 3, 1, 1, 1, 1), np.float64, 3)
-    assert_close(conv2d_forward(gpu.asarray(x), gpu.asarray(w), gpu.asarray(b), geom=geom),
-                 conv2d_forward.impls["ref"](x, w, b, geom=geom), 1e-11, "y")
+    for wide_below in (0, 1 << 30):
+        monkeypatch.setattr(conv, "CUDA_WIDE_BELOW", wide_below)
+        assert_close(conv2d_forward(gpu.asarray(x), gpu.asarray(w), gpu.asarray(b), geom=geom),
+                     conv2d_forward.impls["ref"](x, w, b, geom=geom), 1e-11, "y")
     dy = np.random.default_rng(4).standard_normal((5, 4, 6, 6))
     want = conv2d_backward.impls["ref"](dy, x, w, geom=geom)
     for got, ref in zip(conv2d_backward(gpu.asarray(dy), gpu.asarray(x), gpu.asarray(w),
