@@ -67,7 +67,8 @@ class _Rule(Solver):
         contiguous device arrays, in one launch (kernels/solver.cu), bit for bit the step of
         csrc/solver.cpp. Returns the ids updated."""
         regularization = {"L2": 1, "L1": 2}.get(self.param.regularization_type)
-        if regularization is None or os.environ.get("MINICNN_FUSE", "1") == "0":
+        if self.net.device is None or regularization is None \
+                or os.environ.get("MINICNN_FUSE", "1") == "0":
             return set()                       # unknown regularization: regularize() says so
         ids, rows, mults = [], [], []
         for param_id, blob in enumerate(self.net.learnable_params):
