@@ -160,6 +160,8 @@ def _batch_norm_forward_cuda(x, eps=1e-5, mean=None, var=None, *, out=None, out2
     std = cp.empty(c, x.dtype)
     if mean is None:
         mean, mean64 = cuda.channel_mean("channel_sum", (x,), layout, m, x.dtype)
+    elif var is None:
+        mean64 = mean.astype(np.float64)
     if var is None:               # the second pass, around the mean in double
         var = cp.empty(c, x.dtype)
         part, splits = cuda.channel_partials("channel_sqdev", (x,), layout, (mean64,))
@@ -194,8 +196,11 @@ def _batch_norm_backward_cuda(dy, y, std, use_global_stats=False, *, out=None):
     return cuda.finish(out, dx)
 
 
-def _per_channel_arrays(*arrays):
-    return all(cuda.is_device_array(a) and a.flags.c_contiguous for a in arrays)
+def _writable_like(targets, arrays):
+    """Whether the kernel can write straight into ``targets``: contiguous device arrays of the
+    shapes and dtypes of ``arrays``."""
+    return all(cuda.is_device_array(o) and o.flags.c_contiguous and o.shape == a.shape
+               and o.dtype == a.dtype for o, a in zip(targets, arrays))
 
 
 @batch_norm_update_stats.impl("cuda", available=cuda.importable)
@@ -205,16 +210,18 @@ def _batch_norm_update_stats_cuda(mean_acc, var_acc, scale_factor, mean, var, m,
                                                                  mean, var)
     t = mean_acc.dtype.type
     cp = cuda.cupy()
-    if out is None or not _per_channel_arrays(*out) or \
-            any(o.shape != a.shape for o, a in zip(out, (mean_acc, var_acc, scale_factor))):
-        out = None
-    results = tuple(out) if out is not None else (
-        cp.empty_like(mean_acc), cp.empty_like(var_acc), cp.empty_like(scale_factor))
+    accumulators = (mean_acc, var_acc, scale_factor)
+    direct = out is not None and _writable_like(out, accumulators)
+    results = tuple(out) if direct else tuple(cp.empty_like(a) for a in accumulators)
     cuda.launch(cuda.kernel("normalization.cu", "batch_norm_update_stats", mean_acc.dtype),
                 mean_acc.size, (mean_acc, var_acc, scale_factor, mean, var, *results,
                                 t(moving_average_fraction), t(m / (m - 1) if m > 1 else 1.0),
                                 np.int32(mean_acc.size)))
-    return results
+    if out is None or direct:
+        return results
+    for target, value in zip(out, results):
+        cuda.assign(target, value)
+    return tuple(out)
 
 
 @batch_norm_global_stats.impl("cuda", available=cuda.importable)

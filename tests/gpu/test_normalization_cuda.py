@@ -53,6 +53,15 @@ def test_batch_norm_matches_the_reference(gpu, shape, dtype):
                                                 gpu.asarray(factor)),
                         batch_norm_global_stats.impls["ref"](stats[0], stats[1], factor)):
             np.testing.assert_array_equal(g.get(), w)
+    strided = [gpu.asarray(np.repeat(a, 2))[::2] for a in stats]   # not contiguous: copied
+    assert batch_norm_update_stats(*(gpu.asarray(s) for s in stats), gpu.asarray(mean),
+                                   gpu.asarray(var), 120, 0.9, out=strided) == tuple(strided)
+    for g, w in zip(strided, want_new):
+        np.testing.assert_array_equal(g.get(), w)
+    given_mean = batch_norm_forward(gpu.asarray(x), 1e-5, gpu.asarray(mean))   # var from it
+    for name, g, w in zip(("y", "mean", "var", "std"), given_mean,
+                          batch_norm_forward.impls["ref"](x, 1e-5, mean)):
+        assert_close(g, w, tol, f"{name}, mean given")
     y_global = batch_norm_forward(gpu.asarray(x), 1e-5, gpu.asarray(mean), gpu.asarray(var))
     assert_close(y_global[0], batch_norm_forward.impls["ref"](x, 1e-5, mean, var)[0], tol)
 
