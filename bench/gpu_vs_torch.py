@@ -241,9 +241,30 @@ def engines(name, batch, torch):
     return lambda: solver.step(1), theirs
 
 
+def launches_per_step(step):
+    """Kernel launches and cuBLAS GEMMs that one call of ``step`` makes through minicnn.cuda:
+    at some microseconds of host time each, they say whether the host keeps the GPU fed."""
+    count = [0]
+    real = {name: getattr(cuda, name) for name in ("launch", "launch_blocks", "gemm")}
+
+    def counting(fn):
+        def counted(*args, **kwargs):
+            count[0] += 1
+            return fn(*args, **kwargs)
+        return counted
+    for name, fn in real.items():
+        setattr(cuda, name, counting(fn))
+    try:
+        step()
+    finally:
+        for name, fn in real.items():
+            setattr(cuda, name, fn)
+    return count[0]
+
+
 def net_rows(args, torch, tf32):
     header = ("net", "batch", "TF32", "minicnn ms", "PyTorch ms", "PyTorch/minicnn",
-              "minicnn img/s", "PyTorch img/s")
+              "minicnn img/s", "PyTorch img/s", "minicnn launches/step")
     table = []
     for label, name, batch in NET_ROWS:
         if args.quick:
@@ -251,11 +272,12 @@ def net_rows(args, torch, tf32):
         try:
             ours, theirs = engines(name, batch, torch)
         except SystemExit as e:                          # open_nsfw not installed
-            table.append((label, batch, "on" if tf32 else "off", "-", "-", str(e), "", ""))
+            table.append((label, batch, "on" if tf32 else "off", "-", "-", str(e), "", "", ""))
             continue
         a, b = side_by_side(ours, theirs, args.repeat, max(args.block, 0.5))
         table.append((label, batch, "on" if tf32 else "off", f"{a * 1e3:.1f}", f"{b * 1e3:.1f}",
-                      f"{b / a:.2f}x", f"{batch / a:.0f}", f"{batch / b:.0f}"))
+                      f"{b / a:.2f}x", f"{batch / a:.0f}", f"{batch / b:.0f}",
+                      launches_per_step(ours)))
         del ours, theirs
         if TORCH_DEVICE == "cuda":
             cuda.cupy().get_default_memory_pool().free_all_blocks()

@@ -41,6 +41,7 @@ def test_the_gpu_benchmark_runs_on_the_emulator(monkeypatch, capsys):
         bench.set_tf32(torch, False)
         assert [row[2] for row in nets] == ["off", "on"]
         assert all(float(row[6]) > 0 for row in nets), nets
+        assert all(row[8] > 10 for row in nets), nets       # launches and GEMMs of a step
     bench.show("Layers", header, table, True)
     out = capsys.readouterr().out
     assert "| layer | pass |" in out and "depthwise 3x3" in out
