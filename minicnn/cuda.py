@@ -217,24 +217,34 @@ def assign(dst, src):
     return dst
 
 
-_pinned = {}                               # nbytes -> (pinned host buffer, event of its last copy)
+_pinned = {}              # nbytes -> a few [pinned host buffer, event of its last copy]
+PINNED_PER_SIZE = 4       # buffers of one size in flight at once (two Dropout masks, a batch)
 
 
 def _staged_copy(dst, src):
     """Host -> device through a pinned buffer, asynchronously on the current stream: the copy
-    overlaps the GPU work queued before it. The buffer is reused once its last copy is done."""
+    overlaps the GPU work queued before it, and the host runs on (a copy from pageable memory
+    would wait for the GPU to drain first). A buffer is reused once its last copy is done."""
     cp = cupy()
     nbytes = src.nbytes
-    entry = _pinned.get(nbytes)
-    if entry is None:
-        if len(_pinned) > 16:              # input sizes changing all the time: start over
+    ring = _pinned.get(nbytes)
+    if ring is None:
+        if len(_pinned) > 16:              # input sizes changing all the time: start over,
+            for entries in _pinned.values():            # once no copy reads the old buffers
+                for _, event in entries:
+                    if event is not None:
+                        event.synchronize()
             _pinned.clear()
-        memory = cp.cuda.alloc_pinned_memory(nbytes)
-        entry = _pinned[nbytes] = [memory, None]
-    memory, event = entry
-    if event is not None:
-        event.synchronize()                # the previous copy from this buffer has finished
-    staged = np.ndarray(src.shape, src.dtype, buffer=memory)
+        ring = _pinned[nbytes] = []
+    entry = next((e for e in ring if e[1] is None or e[1].done), None)
+    if entry is None and len(ring) < PINNED_PER_SIZE:
+        entry = [cp.cuda.alloc_pinned_memory(nbytes), None]
+        ring.append(entry)
+    elif entry is None:                    # every buffer in flight: wait for the oldest
+        entry = ring.pop(0)
+        ring.append(entry)
+        entry[1].synchronize()
+    staged = np.ndarray(src.shape, src.dtype, buffer=entry[0])
     np.copyto(staged, src)
     dst.set(staged, stream=cp.cuda.get_current_stream())
     event = cp.cuda.Event()

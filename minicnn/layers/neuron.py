@@ -2,7 +2,9 @@
 
 import math
 
-from minicnn import ops
+import numpy as np
+
+from minicnn import cuda, ops
 from minicnn.blob import Blob
 from minicnn.errors import LayerError
 from minicnn.layer import Layer, register
@@ -54,11 +56,17 @@ class DropoutLayer(NeuronLayer):
         if not 0.0 <= self.ratio < 1.0:
             raise LayerError(f"dropout_param.dropout_ratio must be in [0, 1), got {self.ratio:g}")
         self.mask = None
+        self._device_mask = None
 
     def forward(self, bottom, top):
         if self.phase == "TRAIN":
             self.mask = ops.dropout_mask(self.rng, bottom[0].shape, self.ratio)
-            top[0].data[...] = ops.dropout_forward(bottom[0].data, self.mask, self.ratio)
+            x = bottom[0].data
+            if cuda.is_device_array(x):    # on the GPU: one asynchronous copy, kept for backward
+                if self._device_mask is None or self._device_mask.shape != self.mask.shape:
+                    self._device_mask = cuda.cupy().empty_like(x, dtype=np.bool_)
+                self.mask = cuda.assign(self._device_mask, self.mask)
+            top[0].data[...] = ops.dropout_forward(x, self.mask, self.ratio)
         elif bottom[0] is not top[0]:
             top[0].data[...] = bottom[0].data
 

@@ -605,6 +605,8 @@ class Stream:
 
 
 class Event:
+    done = True                    # the host emulator's work is done when its call returns
+
     def __init__(self, *args, **kwargs):
         pass
 

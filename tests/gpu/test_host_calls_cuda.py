@@ -94,3 +94,55 @@ def test_a_deeper_net_asks_for_no_more_cupy_arithmetic(emu, monkeypatch):
     assert many["array operations"] <= 8, many
     assert many["launches"] > few["launches"] and many["gemms"] > few["gemms"]
     assert np.isfinite(deep.smoothed_loss)
+
+
+def test_host_to_device_copies_do_not_wait_for_the_gpu(emu, monkeypatch):
+    """cuda.assign stages host arrays through pinned buffers and copies asynchronously: a
+    buffer whose copy may still be in flight is not written again (another is taken, up to
+    PINNED_PER_SIZE of a size; then the oldest copy is waited for), and the values arrive."""
+    waited, events = [], []
+
+    class SlowEvent:                    # a copy stays in flight until someone waits for it
+        def __init__(self, *args, **kwargs):
+            self.done = True
+            events.append(self)
+
+        def record(self, stream=None):
+            self.done = False
+
+        def synchronize(self):
+            waited.append(self)
+            self.done = True
+    monkeypatch.setattr(emu.cuda, "Event", SlowEvent)
+    monkeypatch.setattr(cuda, "_pinned", {})
+    buffers = []
+    real_alloc = emu.cuda.alloc_pinned_memory
+    monkeypatch.setattr(emu.cuda, "alloc_pinned_memory",
+                        lambda n: buffers.append(real_alloc(n)) or buffers[-1])
+    targets = [emu.empty((3, 5), np.float32) for _ in range(cuda.PINNED_PER_SIZE + 2)]
+    for i, target in enumerate(targets):
+        cuda.assign(target, np.full((3, 5), i, np.float32))
+    assert len(buffers) == cuda.PINNED_PER_SIZE                 # one each while in flight
+    assert len(waited) == 2                                     # then the oldest, waited for
+    for i, target in enumerate(targets):
+        np.testing.assert_array_equal(target.get(), np.full((3, 5), i, np.float32))
+    events[2].done = True                                       # the third copy has finished
+    cuda.assign(targets[0], np.ones((3, 5), np.float32))       # its buffer, without a wait
+    assert len(waited) == 2 and len(buffers) == cuda.PINNED_PER_SIZE
+
+
+def test_a_gpu_dropout_layer_copies_its_mask_once(emu):
+    net = minicnn.Net(parse_text("""
+        force_backward: true
+        layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 4 dim: 6 } } }
+        layer { name: "drop" type: "Dropout" bottom: "data" top: "drop" }
+        layer { name: "loss" type: "EuclideanLoss" bottom: "drop" bottom: "data" top: "loss" }
+        """, "NetParameter"), phase=minicnn.TRAIN, device=0)
+    x = np.random.default_rng(2).standard_normal((4, 6)).astype(np.float32)
+    net.forward(data=x)
+    layer = net.layer_dict["drop"]
+    assert cuda.is_device_array(layer.mask) and layer.mask is layer._device_mask
+    kept = layer.mask.get()
+    np.testing.assert_array_equal(net.blobs["drop"].data.get(), x * kept * np.float32(2))
+    net.backward()
+    assert layer.mask is layer._device_mask                      # the same mask, not copied again
