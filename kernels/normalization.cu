@@ -161,14 +161,16 @@ __global__ void batch_norm_backward(const T* dy, const T* y, const T* std, const
   }
 }
 
-// y = x * scale[s] (+ bias[s]), s = (i / inner) % S
+// y = x * scale[s] (+ bias[s]), s = (i / inner) % S; with relu, then y > 0 ? y : y * slope
+// (minicnn/fusion.py's training chain runs Scale and an in-place ReLU as this one pass)
 template <typename T>
 __global__ void scale_forward(const T* x, const T* scale, const T* bias, T* y, int S,
-                              long long inner, int has_bias, long long n) {
+                              long long inner, int has_bias, int relu, T slope, long long n) {
   MINICNN_KERNEL_LOOP(i, n) {
     int s = (int)mc::mod_(mc::div_(i, inner), S);
     T v = x[i] * scale[s];
-    y[i] = has_bias ? v + bias[s] : v;
+    v = has_bias ? v + bias[s] : v;
+    y[i] = relu && !(v > T(0)) ? v * slope : v;
   }
 }
 

@@ -12,7 +12,8 @@ bit-identical to the layer-by-layer run (tests/test_fusion.py checks it):
   writes y into its kept buffer only and Scale reads it from there, keeps that by reference and
   writes the top: two passes over the blob fewer (TrainingBatchNormChain).
 
-Anything else (a GPU net, a loss on the way, other dtypes or shapes) runs layer by layer.
+On a GPU the training chain's forward runs the same way (Scale and ReLU as one kernel); its
+backward, and anything else (a loss on the way, other dtypes or shapes), runs layer by layer.
 ``MINICNN_FUSE=0`` turns fusion off; ``minicnn time`` and ``Net.forward_layer`` always time and
 run single layers.
 """
@@ -22,8 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from minicnn import ops
+from minicnn import cuda, ops
 from minicnn.native import lib
+from minicnn.ops.scale import scale_relu_forward_cuda
 
 
 @dataclass
@@ -77,13 +79,18 @@ class TrainingBatchNormChain:
         x = net.bottom_vecs[self.first][0].data
         top = net.top_vecs[self.first + 1][0].data
         gamma, beta = _scale_params(scale)
-        if not _native_arrays(x, top, gamma, beta) or scale.axis != 1 or \
-                gamma.shape != (x.shape[1],):
+        on_gpu = _device_arrays(x, top, gamma, beta)
+        if not (on_gpu or (lib is not None and _native_arrays(x, top, gamma, beta))) \
+                or scale.axis != 1 or gamma.shape != (x.shape[1],):
             return False
         y = bn.forward_keeping_y(net.bottom_vecs[self.first])
         scale._x = y                     # Scale's x is BatchNorm's y: kept once, by reference
         slope = relu.negative_slope if relu is not None else 0.0
-        lib.scale_forward(y, gamma, beta, top, None, relu is not None, float(slope))
+        if on_gpu:                       # Scale (+ ReLU) in one kernel (kernels/normalization.cu)
+            scale_relu_forward_cuda(y, gamma, beta, out=top,
+                                    relu_slope=float(slope) if relu is not None else None)
+        else:
+            lib.scale_forward(y, gamma, beta, top, None, relu is not None, float(slope))
         return True
 
     def run_backward(self, net):
@@ -92,7 +99,7 @@ class TrainingBatchNormChain:
         (nothing done) otherwise."""
         bn, scale, relu = self._layers(net)
         first, last = self.first, self.first + self.count - 1
-        if not (bn._y is not None and scale._x is bn._y and net.bottom_need_backward[first][0]
+        if not (lib is not None and bn._y is not None and scale._x is bn._y and net.bottom_need_backward[first][0]
                 and all(net.bottom_need_backward[i][0] for i in range(first + 1, last + 1))):
             return False
         blob = net.top_vecs[first][0]
@@ -116,6 +123,14 @@ def _scale_params(scale):
                                  else None)
 
 
+def _device_arrays(*arrays):
+    """GPU arrays of one float dtype, C-contiguous (None entries skipped)."""
+    arrays = [a for a in arrays if a is not None]
+    dtype = arrays[0].dtype
+    return dtype in (np.float32, np.float64) and all(
+        cuda.is_device_array(a) and a.dtype == dtype and a.flags.c_contiguous for a in arrays)
+
+
 def _native_arrays(*arrays):
     """Host arrays of one float dtype, C-contiguous (None entries skipped)."""
     arrays = [a for a in arrays if a is not None]
@@ -125,8 +140,9 @@ def _native_arrays(*arrays):
 
 
 def plan(net):
-    """{first layer index: chain} of the chains the net may run fused."""
-    if lib is None or os.environ.get("MINICNN_FUSE", "1") == "0":
+    """{first layer index: chain} of the chains the net may run fused (the inference chain on
+    the host's native kernel, the training chain there or on the GPU)."""
+    if os.environ.get("MINICNN_FUSE", "1") == "0":
         return {}
     from minicnn.layers.neuron import ReLULayer
     from minicnn.layers.normalization import BatchNormLayer, ScaleLayer
@@ -148,7 +164,7 @@ def plan(net):
     chains, i, n = {}, 0, len(net.layers)
     while i + 1 < n:
         bn, scale = net.layers[i], net.layers[i + 1]
-        if (type(bn) is BatchNormLayer and bn.use_global_stats and plain(i)
+        if (lib is not None and type(bn) is BatchNormLayer and bn.use_global_stats and plain(i)
                 and type(scale) is ScaleLayer and scale.scale_is_param and plain(i + 1)
                 and len(net.top_vecs[i]) == 1 and in_place_on(i + 1, net.top_vecs[i][0])):
             blob = net.top_vecs[i][0]

@@ -127,14 +127,22 @@ def _cuda_layout(shape, p_shape, axis):
 
 @scale_forward.impl("cuda", available=cuda.importable)
 def _scale_forward_cuda(x, scale, bias=None, axis=1, *, out=None, keep_x=None):
-    x, scale, bias = cuda.contiguous(x, scale, bias)
     if keep_x is not None:
         keep_x[...] = x
+    return scale_relu_forward_cuda(x, scale, bias, axis, out=out)
+
+
+def scale_relu_forward_cuda(x, scale, bias=None, axis=1, *, out=None, relu_slope=None):
+    """Scale's forward on the GPU, followed in the same pass by a (leaky) ReLU where relu_slope
+    is given: minicnn/fusion.py's training chain (BatchNorm -> Scale -> ReLU in place)."""
+    x, scale, bias = cuda.contiguous(x, scale, bias)
     _, s, inner = _cuda_layout(x.shape, scale.shape, axis)
     y = cuda.output(out, x.shape, x.dtype)                         # elementwise: in place is fine
+    t = x.dtype.type
     cuda.launch_1d(cuda.kernel("normalization.cu", "scale_forward", x.dtype), x.size, x, scale,
                    scale if bias is None else bias, y, np.int32(s), np.int64(inner),
-                   np.int32(bias is not None))
+                   np.int32(bias is not None), np.int32(relu_slope is not None),
+                   t(relu_slope or 0.0))
     return cuda.finish(out, y)
 
 

@@ -188,3 +188,34 @@ def test_global_gpu_mode_and_set_device(gpu):
     finally:
         minicnn.set_mode_cpu()
     assert minicnn.Net(lenet_memory_data(), phase=minicnn.TRAIN).device is None
+
+
+def test_the_batchnorm_chain_runs_fused_on_the_gpu(gpu, monkeypatch):
+    """BatchNorm -> Scale -> ReLU in place (minicnn/fusion.py's training chain): BatchNorm's y
+    only into its kept buffer, Scale and ReLU as one kernel from there into the top, the same
+    values as layer by layer (MINICNN_FUSE=0) and as the CPU."""
+    from minicnn.fusion import TrainingBatchNormChain
+
+    from .test_host_calls_cuda import net_param
+    x = np.random.default_rng(4).standard_normal((2, 3, 6, 6)).astype(np.float32)
+    label = np.array([1, 3], np.float32)
+    runs = {}
+    for name, device, fuse in (("fused", 0, "1"), ("layers", 0, "0"), ("cpu", None, "1")):
+        monkeypatch.setenv("MINICNN_FUSE", fuse)
+        minicnn.set_random_seed(3)
+        net = minicnn.Net(net_param(2), phase=minicnn.TRAIN, device=device)
+        net.forward(data=x, label=label)
+        net.backward()
+        runs[name] = net
+    fused = runs["fused"]
+    chains = [c for c in fused._fusions.values() if isinstance(c, TrainingBatchNormChain)]
+    assert [c.count for c in chains] == [3, 3]
+    assert fused.layer_dict["sc0"]._x is fused.layer_dict["bn0"]._y      # kept once
+    assert not runs["layers"]._fusions
+    for name, blob in fused.blobs.items():
+        for other in (runs["layers"], runs["cpu"]):
+            want = other.blobs[name]
+            assert rel_error(cuda.to_host(blob.data), cuda.to_host(want.data)) < 1e-6, name
+            if name != "label":
+                assert rel_error(cuda.to_host(blob.diff), cuda.to_host(want.diff),
+                                 floor=1e-3) < 1e-5, name
