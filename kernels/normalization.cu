@@ -5,24 +5,31 @@
 // a finishing kernel, one thread a channel, adds them up (no atomics: deterministic).
 #include "common.cuh"
 
-// The sum of value(i) over the elements i of channel c that block (c, s) covers: rows
-// o = s, s + splits, ... of the (outer, C, inner) view, each row's inner values read by
-// consecutive threads (coalesced, no division) when rows are long; for short rows (inner < 32,
-// e.g. BatchNorm after an InnerProduct) a flat walk over the outer * inner values instead.
+// visit(i) for the elements i of channel c that block (c, s) covers: rows o = s, s + splits, ...
+// of the (outer, C, inner) view, each row's inner values taken by consecutive threads
+// (coalesced, no division) when rows are long; for short rows (inner < 32, e.g. BatchNorm after
+// an InnerProduct) a flat walk over the outer * inner values instead.
 template <typename F>
-__device__ __forceinline__ double channel_accumulate(int c, int C, long long inner,
-                                                     long long outer, F value) {
-  double acc = 0;
+__device__ __forceinline__ void channel_visit(int c, int C, long long inner, long long outer,
+                                              F visit) {
   if (inner >= 32) {
     for (long long o = blockIdx.y; o < outer; o += gridDim.y) {
       long long base = (o * C + c) * inner;
-      for (long long i = threadIdx.x; i < inner; i += blockDim.x) acc += value(base + i);
+      for (long long i = threadIdx.x; i < inner; i += blockDim.x) visit(base + i);
     }
   } else {
     for (long long q = (long long)blockIdx.y * blockDim.x + threadIdx.x; q < outer * inner;
          q += (long long)blockDim.x * gridDim.y)
-      acc += value((mc::div_(q, inner) * C + c) * inner + mc::mod_(q, inner));
+      visit((mc::div_(q, inner) * C + c) * inner + mc::mod_(q, inner));
   }
+}
+
+// The sum of value(i) over the elements of channel c that block (c, s) covers, in double
+template <typename F>
+__device__ __forceinline__ double channel_accumulate(int c, int C, long long inner,
+                                                     long long outer, F value) {
+  double acc = 0;
+  channel_visit(c, C, inner, outer, [&](long long i) { acc += value(i); });
   return acc;
 }
 
@@ -186,4 +193,75 @@ template <typename T>
 __global__ void bias_forward(const T* x, const T* bias, T* y, int S, long long inner,
                              long long n) {
   MINICNN_KERNEL_LOOP(i, n) { y[i] = x[i] + bias[mc::mod_(mc::div_(i, inner), S)]; }
+}
+
+// --- the training chain BatchNorm -> Scale (-> ReLU) backward, in two passes over the blob ----
+// (minicnn/fusion.py; csrc/normalization.cpp's bn_scale_relu_backward on the CPU). With
+// g = ReLU's dx (dy where top > 0, else slope * dy; dy itself without a ReLU) and dz = g * gamma
+// (Scale's dx), the sums are Scale's gradients and BatchNorm's means, and dx is BatchNorm's:
+//   dscale += sum g y,  dbias += sum g,  dx = (dz - mean(dz) - y mean(dz y)) / std
+// (dz / std with global statistics). y is BatchNorm's output, which Scale read.
+
+template <typename T>
+__device__ __forceinline__ T chain_relu_dx(const T* dy, const T* top, int relu, T slope,
+                                           long long i) {
+  T d = dy[i];
+  return relu && !(top[i] > T(0)) ? d * slope : d;
+}
+
+// part[(c * splits + s) * 4 + k]: the block's sums of (g y, g, dz, dz y)[k] over channel c
+template <typename T>
+__global__ void chain_backward_sums(const T* dy, const T* top, const T* y, const T* gamma,
+                                    double* part, int relu, T slope, int C, long long inner,
+                                    long long outer) {
+  __shared__ double shared[256];
+  int c = blockIdx.x;
+  const T a = gamma[c];
+  double gy = 0, g_sum = 0, dz_sum = 0, dzy = 0;
+  channel_visit(c, C, inner, outer, [&](long long i) {
+    T g = chain_relu_dx(dy, top, relu, slope, i), dz = g * a;
+    double yi = (double)y[i];
+    gy += (double)g * yi;
+    g_sum += (double)g;
+    dz_sum += (double)dz;
+    dzy += (double)dz * yi;
+  });
+  double sums[4] = {gy, g_sum, dz_sum, dzy};
+  for (int k = 0; k < 4; ++k) {
+    double total = mc::block_sum(sums[k], shared);
+    if (threadIdx.x == 0) part[((long long)c * gridDim.y + blockIdx.y) * 4 + k] = total;
+  }
+}
+
+// per channel: dscale += T(sum g y), dbias += T(sum g) (where has_*), and BatchNorm's means
+// means[2c] = T(sum dz / m), means[2c + 1] = T(sum dz y / m) (0 with global statistics)
+template <typename T>
+__global__ void chain_backward_finish(const double* part, int splits, T* dscale, T* dbias,
+                                      T* means, int has_dscale, int has_dbias, int global_stats,
+                                      double m, int C) {
+  MINICNN_KERNEL_LOOP(c, C) {
+    double total[4] = {0, 0, 0, 0};
+    for (int s = 0; s < splits; ++s)
+      for (int k = 0; k < 4; ++k) total[k] += part[(c * splits + s) * 4 + k];
+    if (has_dscale) dscale[c] = mc::add_rn(dscale[c], T(total[0]));
+    if (has_dbias) dbias[c] = mc::add_rn(dbias[c], T(total[1]));
+    means[2 * c] = global_stats ? T(0) : T(total[2] / m);
+    means[2 * c + 1] = global_stats ? T(0) : T(total[3] / m);
+  }
+}
+
+// g_out = dz (Scale's dx, where BatchNorm's bottom is another blob), dx = BatchNorm's dx. Reads
+// only element i of dy, top and y, so g_out and dx may be dy.
+template <typename T>
+__global__ void chain_backward_dx(const T* dy, const T* top, const T* y, const T* std,
+                                  const T* gamma, const T* means, T* g_out, T* dx, int relu,
+                                  T slope, int global_stats, int write_g, int C, long long inner,
+                                  long long n) {
+  MINICNN_KERNEL_LOOP(i, n) {
+    int c = (int)mc::mod_(mc::div_(i, inner), C);
+    T dz = chain_relu_dx(dy, top, relu, slope, i) * gamma[c];
+    T yi = y[i];
+    if (write_g) g_out[i] = dz;
+    dx[i] = global_stats ? dz / std[c] : (dz - means[2 * c] - yi * means[2 * c + 1]) / std[c];
+  }
 }

@@ -522,6 +522,14 @@ def distinct(out, *inputs):
     return out
 
 
+def channel_splits(layout):
+    """Blocks per channel of the per-channel sums over (outer, C, inner) = ``layout``: enough
+    for about 512 blocks in all, at most one per row (see normalization.cu's channel_visit)."""
+    outer, c, inner = (int(v) for v in layout)
+    rows = outer if inner >= 32 else -(-outer * inner // BLOCK)
+    return max(1, min(rows, -(-512 // max(c, 1)), 256))
+
+
 def channel_partials(name, arrays, layout, extra=()):
     """Per-channel partial sums of kernels/normalization.cu's ``name`` (channel_sum,
     channel_dot, channel_sqdev) over arrays viewed as (outer, C, inner) = ``layout``:
@@ -531,8 +539,7 @@ def channel_partials(name, arrays, layout, extra=()):
     cp = cupy()
     if c == 0:
         return cp.zeros((0, 1), np.float64), 1
-    rows = outer if inner >= 32 else -(-outer * inner // BLOCK)   # see channel_accumulate
-    splits = max(1, min(rows, -(-512 // c), 256))
+    splits = channel_splits(layout)
     part = cp.empty((c, splits), np.float64)
     launch_blocks(kernel("normalization.cu", name, arrays[0].dtype), (c, splits),
                   (*arrays, *extra, part, np.int32(c), np.int64(inner), np.int64(outer)))

@@ -12,8 +12,9 @@ bit-identical to the layer-by-layer run (tests/test_fusion.py checks it):
   writes y into its kept buffer only and Scale reads it from there, keeps that by reference and
   writes the top: two passes over the blob fewer (TrainingBatchNormChain).
 
-On a GPU the training chain's forward runs the same way (Scale and ReLU as one kernel); its
-backward, and anything else (a loss on the way, other dtypes or shapes), runs layer by layer.
+On a GPU the training chain runs the same way (Scale and ReLU as one kernel forward, the
+backward in two passes over the blob); anything else (a loss on the way, other dtypes or
+shapes) runs layer by layer.
 ``MINICNN_FUSE=0`` turns fusion off; ``minicnn time`` and ``Net.forward_layer`` always time and
 run single layers.
 """
@@ -25,6 +26,7 @@ import numpy as np
 
 from minicnn import cuda, ops
 from minicnn.native import lib
+from minicnn.ops.batch_norm import bn_scale_relu_backward_cuda
 from minicnn.ops.scale import scale_relu_forward_cuda
 
 
@@ -94,12 +96,13 @@ class TrainingBatchNormChain:
         return True
 
     def run_backward(self, net):
-        """Backward of the whole chain in one native call, when forward ran as the chain (so
-        Scale's x is BatchNorm's y) and every diff goes where the layers would put it. False
-        (nothing done) otherwise."""
+        """Backward of the whole chain in one native call (on a GPU, the chain_backward_*
+        kernels of kernels/normalization.cu), when forward ran as the chain (so Scale's x is
+        BatchNorm's y) and every diff goes where the layers would put it. False (nothing done)
+        otherwise."""
         bn, scale, relu = self._layers(net)
         first, last = self.first, self.first + self.count - 1
-        if not (lib is not None and bn._y is not None and scale._x is bn._y and net.bottom_need_backward[first][0]
+        if not (bn._y is not None and scale._x is bn._y and net.bottom_need_backward[first][0]
                 and all(net.bottom_need_backward[i][0] for i in range(first + 1, last + 1))):
             return False
         blob = net.top_vecs[first][0]
@@ -108,8 +111,16 @@ class TrainingBatchNormChain:
         dscale = scale.blobs[0].diff if scale.param_propagate_down[0] else None
         dbias = scale.blobs[scale.bias_index].diff if scale.bias_term and \
             scale.param_propagate_down[scale.bias_index] else None
-        if not _native_arrays(blob.diff, blob.data, dx, bn._y, bn._std, gamma, dscale, dbias) \
-                or dx.shape != blob.diff.shape:
+        arrays = (blob.diff, blob.data, dx, bn._y, bn._std, gamma, dscale, dbias)
+        if dx.shape != blob.diff.shape or gamma.shape != bn._std.shape:
+            return False
+        if _device_arrays(*arrays):      # on the GPU: two kernels' passes over the blob
+            bn_scale_relu_backward_cuda(blob.diff, blob.data if relu is not None else None,
+                                        float(relu.negative_slope) if relu is not None else 0.0,
+                                        bn._y, bn._std, gamma, blob.diff, dx, dscale, dbias,
+                                        bool(bn.use_global_stats))
+            return True
+        if lib is None or not _native_arrays(*arrays):
             return False
         lib.bn_scale_relu_backward(blob.diff, blob.data if relu is not None else None,
                                    float(relu.negative_slope) if relu is not None else 0.0,

@@ -233,3 +233,33 @@ def _batch_norm_global_stats_cuda(mean_acc, var_acc, scale_factor):
                 mean_acc.size, (mean_acc, var_acc, scale_factor, mean, var,
                                 np.int32(mean_acc.size)))
     return mean, var
+
+
+def bn_scale_relu_backward_cuda(dy, top, slope, y, std, gamma, g_out, dx, dscale, dbias,
+                                global_stats):
+    """The backward of minicnn/fusion.py's training chain BatchNorm -> Scale (-> ReLU) on the
+    GPU, as the CPU's native bn_scale_relu_backward: g_out <- Scale's dx, dscale and dbias
+    (None: not wanted) += Scale's gradients, dx <- BatchNorm's dx; top None: no ReLU. g_out and
+    dx may be dy. Two passes over the blob (the sums, then dx) where the layers make seven."""
+    cp = cuda.cupy()
+    outer, c, inner = _cuda_layout(dy)
+    t = dy.dtype.type
+    relu = top is not None
+    top = dy if top is None else top
+    means = cp.zeros(2 * c, dy.dtype)
+    if not global_stats or dscale is not None or dbias is not None:
+        splits = cuda.channel_splits((outer, c, inner))
+        part = cp.empty((c, splits, 4), np.float64)
+        cuda.launch_blocks(cuda.kernel("normalization.cu", "chain_backward_sums", dy.dtype),
+                           (c, splits), (dy, top, y, gamma, part, np.int32(relu), t(slope),
+                                         np.int32(c), np.int64(inner), np.int64(outer)))
+        cuda.launch(cuda.kernel("normalization.cu", "chain_backward_finish", dy.dtype), c,
+                    (part, np.int32(splits), means if dscale is None else dscale,
+                     means if dbias is None else dbias, means, np.int32(dscale is not None),
+                     np.int32(dbias is not None), np.int32(bool(global_stats)),
+                     np.float64(max(1, outer * inner)), np.int32(c)))
+    cuda.launch_1d(cuda.kernel("normalization.cu", "chain_backward_dx", dy.dtype), dy.size, dy,
+                   top, y, std, gamma, means, g_out, dx, np.int32(relu), t(slope),
+                   np.int32(bool(global_stats)), np.int32(g_out is not dx), np.int32(c),
+                   np.int64(inner))
+    return dx

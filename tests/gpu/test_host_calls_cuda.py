@@ -19,20 +19,29 @@ BLOCK = """
 layer {{ name: "conv{i}" type: "Convolution" bottom: "{bottom}" top: "conv{i}"
         convolution_param {{ num_output: 6 kernel_size: 3 pad: 1
                             weight_filler {{ type: "gaussian" std: 0.3 }} }} }}
-layer {{ name: "bn{i}" type: "BatchNorm" bottom: "conv{i}" top: "conv{i}" }}
-layer {{ name: "sc{i}" type: "Scale" bottom: "conv{i}" top: "conv{i}"
-        scale_param {{ bias_term: true }} }}
-layer {{ name: "relu{i}" type: "ReLU" bottom: "conv{i}" top: "conv{i}" }}
+layer {{ name: "bn{i}" type: "BatchNorm" bottom: "conv{i}" top: "{bn_top}" {bn_param} }}
+layer {{ name: "sc{i}" type: "Scale" bottom: "{bn_top}" top: "{bn_top}"
+        scale_param {{ bias_term: true filler {{ type: "gaussian" std: 1 }} }} }}
+"""
+RELU = """
+layer {{ name: "relu{i}" type: "ReLU" bottom: "{bn_top}" top: "{bn_top}"
+        relu_param {{ negative_slope: 0.1 }} }}
 """
 
 
-def net_param(blocks):
+def net_param(blocks, bn_in_place=True, global_stats=False, relu=True):
+    """Input -> blocks of Convolution, BatchNorm, Scale (in place on BatchNorm's top), ReLU
+    -> InnerProduct -> SoftmaxWithLoss."""
     text = ('layer { name: "data" type: "Input" top: "data" top: "label" '
             'input_param { shape { dim: 2 dim: 3 dim: 6 dim: 6 } shape { dim: 2 } } }')
     bottom = "data"
+    bn_param = "batch_norm_param { use_global_stats: true }" if global_stats else ""
     for i in range(blocks):
-        text += BLOCK.format(i=i, bottom=bottom)
-        bottom = f"conv{i}"
+        bn_top = f"conv{i}" if bn_in_place else f"bn{i}"
+        text += BLOCK.format(i=i, bottom=bottom, bn_top=bn_top, bn_param=bn_param)
+        if relu:
+            text += RELU.format(i=i, bn_top=bn_top)
+        bottom = bn_top
     text += f"""
 layer {{ name: "ip" type: "InnerProduct" bottom: "{bottom}" top: "ip"
         inner_product_param {{ num_output: 4 weight_filler {{ type: "gaussian" std: 0.1 }} }} }}

@@ -6,6 +6,7 @@ weights in and out, and the errors when no GPU can be had."""
 import os
 
 import numpy as np
+import pytest
 
 import minicnn
 from minicnn import cuda
@@ -190,27 +191,47 @@ def test_global_gpu_mode_and_set_device(gpu):
     assert minicnn.Net(lenet_memory_data(), phase=minicnn.TRAIN).device is None
 
 
-def test_the_batchnorm_chain_runs_fused_on_the_gpu(gpu, monkeypatch):
-    """BatchNorm -> Scale -> ReLU in place (minicnn/fusion.py's training chain): BatchNorm's y
-    only into its kept buffer, Scale and ReLU as one kernel from there into the top, the same
-    values as layer by layer (MINICNN_FUSE=0) and as the CPU."""
-    from minicnn.fusion import TrainingBatchNormChain
+@pytest.mark.parametrize("bn_in_place, global_stats, relu", [
+    (True, False, True), (False, False, True), (True, True, True), (False, False, False)])
+def test_the_batchnorm_chain_runs_fused_on_the_gpu(gpu, monkeypatch, bn_in_place,
+                                                   global_stats, relu):
+    """BatchNorm -> Scale (-> ReLU) in place (minicnn/fusion.py's training chain): forward,
+    BatchNorm's y only into its kept buffer and Scale (+ ReLU) as one kernel from there into
+    the top; backward in two passes (chain_backward_*). The same values as layer by layer
+    (MINICNN_FUSE=0) and as the CPU, with BatchNorm in place or not (then the blob between
+    keeps Scale's dx), batch or global statistics, with and without the ReLU."""
+    import minicnn.fusion as fusion
 
     from .test_host_calls_cuda import net_param
     x = np.random.default_rng(4).standard_normal((2, 3, 6, 6)).astype(np.float32)
     label = np.array([1, 3], np.float32)
+    param = net_param(2, bn_in_place, global_stats, relu)
+    calls = []
+    real = fusion.bn_scale_relu_backward_cuda
+    monkeypatch.setattr(fusion, "bn_scale_relu_backward_cuda",
+                        lambda *a: calls.append(a) or real(*a))
     runs = {}
     for name, device, fuse in (("fused", 0, "1"), ("layers", 0, "0"), ("cpu", None, "1")):
         monkeypatch.setenv("MINICNN_FUSE", fuse)
         minicnn.set_random_seed(3)
-        net = minicnn.Net(net_param(2), phase=minicnn.TRAIN, device=device)
+        net = minicnn.Net(param, phase=minicnn.TRAIN, device=device)
+        if global_stats:                       # stored statistics to normalize with
+            for layer in ("bn0", "bn1"):
+                stats = net.layer_dict[layer].blobs
+                stats[0].data = np.array([0.1, -0.2, 0.3, 0.0, 0.5, -0.1], np.float32)
+                stats[1].data = np.array([1.5, 0.7, 2.0, 1.0, 0.9, 1.2], np.float32)
+                stats[2].data = np.ones(1, np.float32)
         net.forward(data=x, label=label)
+        for layer in ("sc0", "sc1"):                 # parameter gradients add onto their diffs
+            for blob in net.layer_dict[layer].blobs:
+                blob.diff = np.ones(blob.shape, np.float32)
         net.backward()
         runs[name] = net
     fused = runs["fused"]
-    chains = [c for c in fused._fusions.values() if isinstance(c, TrainingBatchNormChain)]
-    assert [c.count for c in chains] == [3, 3]
+    chains = [c for c in fused._fusions.values() if isinstance(c, fusion.TrainingBatchNormChain)]
+    assert [c.count for c in chains] == [3 if relu else 2] * 2
     assert fused.layer_dict["sc0"]._x is fused.layer_dict["bn0"]._y      # kept once
+    assert len(calls) == 2                                           # both chains' backward
     assert not runs["layers"]._fusions
     for name, blob in fused.blobs.items():
         for other in (runs["layers"], runs["cpu"]):
@@ -219,3 +240,12 @@ def test_the_batchnorm_chain_runs_fused_on_the_gpu(gpu, monkeypatch):
             if name != "label":
                 assert rel_error(cuda.to_host(blob.diff), cuda.to_host(want.diff),
                                  floor=1e-3) < 1e-5, name
+    for layer, blobs in fused.params.items():
+        for k, blob in enumerate(blobs):
+            if layer.startswith("conv") and k == 1:
+                continue           # no gradient through BatchNorm: rounding noise, 1e-8 or so
+            for other in (runs["layers"], runs["cpu"]):
+                want = other.params[layer][k]
+                assert rel_error(cuda.to_host(blob.diff), cuda.to_host(want.diff),
+                                 floor=1e-3) < 1e-5, f"{layer} parameter {k}"
+                assert rel_error(cuda.to_host(blob.data), cuda.to_host(want.data)) < 1e-5
