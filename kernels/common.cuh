@@ -76,4 +76,18 @@ __device__ __forceinline__ A block_sum(A v, A* shared) {
   return total;
 }
 
+// The largest v over the block's threads, returned to all (as block_sum; every thread calls it)
+template <typename A>
+__device__ __forceinline__ A block_max(A v, A* shared) {
+  shared[threadIdx.x] = v;
+  __syncthreads();
+  for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
+    if (threadIdx.x < s) shared[threadIdx.x] = max_(shared[threadIdx.x], shared[threadIdx.x + s]);
+    __syncthreads();
+  }
+  A total = shared[0];
+  __syncthreads();
+  return total;
+}
+
 }  // namespace mc

@@ -1,7 +1,8 @@
 // Softmax, the softmax loss and top-k accuracy along one axis (minicnn/ops/softmax.py): x is
 // (outer, C, inner), one thread per (outer, inner) position walking the C values at stride
-// inner (coalesced across threads when inner > 1, e.g. segmentation maps). Each thread reads
-// its whole column before writing it, so softmax is safe in place.
+// inner (coalesced across threads when inner > 1, e.g. segmentation maps); for inner == 1 and
+// many classes, a block per row (softmax_*_rows). Each position's values are all read before
+// any is written, so softmax is safe in place.
 #include "common.cuh"
 
 template <typename T>
@@ -32,6 +33,41 @@ __global__ void softmax_backward(const T* dy, const T* y, T* dx, int C, long lon
       long long i = base + c * inner;
       dx[i] = y[i] * (dy[i] - dot);
     }
+  }
+}
+
+// The same two for long rows (inner == 1: a classifier's N x C scores, where a thread per
+// position would leave the GPU nearly idle): a block per row, its threads over the C values.
+template <typename T>
+__global__ void softmax_forward_rows(const T* x, T* y, int C, long long rows) {
+  __shared__ T shared[256];
+  for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* xr = x + r * C;
+    T* yr = y + r * C;
+    T m = xr[0];
+    for (int c = threadIdx.x; c < C; c += blockDim.x) m = mc::max_(m, xr[c]);
+    m = mc::block_max(m, shared);
+    T sum = T(0);
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+      T e = mc::exp_(xr[c] - m);
+      yr[c] = e;
+      sum += e;
+    }
+    sum = mc::block_sum(sum, shared);
+    for (int c = threadIdx.x; c < C; c += blockDim.x) yr[c] /= sum;
+  }
+}
+
+template <typename T>
+__global__ void softmax_backward_rows(const T* dy, const T* y, T* dx, int C, long long rows) {
+  __shared__ T shared[256];
+  for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
+    const long long base = r * C;
+    T dot = T(0);
+    for (int c = threadIdx.x; c < C; c += blockDim.x) dot += dy[base + c] * y[base + c];
+    dot = mc::block_sum(dot, shared);
+    for (int c = threadIdx.x; c < C; c += blockDim.x)
+      dx[base + c] = y[base + c] * (dy[base + c] - dot);
   }
 }
 

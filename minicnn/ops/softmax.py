@@ -172,9 +172,20 @@ def _softmax_forward_cuda(x, axis=1):
     x = cuda.contiguous(x)
     outer, c, inner = _cuda_layout(x.shape, axis)
     y = cuda.cupy().empty_like(x)
-    cuda.launch_1d(cuda.kernel("softmax.cu", "softmax_forward", x.dtype), outer * inner, x, y,
-                   np.int32(c), np.int64(inner))
+    if _by_rows(c, inner):
+        cuda.launch_blocks(cuda.kernel("softmax.cu", "softmax_forward_rows", x.dtype),
+                           (min(outer, cuda.MAX_BLOCKS),), (x, y, np.int32(c), np.int64(outer)))
+    else:
+        cuda.launch_1d(cuda.kernel("softmax.cu", "softmax_forward", x.dtype), outer * inner, x,
+                       y, np.int32(c), np.int64(inner))
     return y
+
+
+CUDA_ROWS_FROM = 64            # classes from which a row of scores (inner 1) gets a block
+
+
+def _by_rows(c, inner):
+    return inner == 1 and c >= CUDA_ROWS_FROM
 
 
 @softmax_backward.impl("cuda", available=cuda.importable)
@@ -182,8 +193,13 @@ def _softmax_backward_cuda(dy, y, axis=1):
     dy, y = cuda.contiguous(dy, y)
     outer, c, inner = _cuda_layout(y.shape, axis)
     dx = cuda.cupy().empty_like(dy)
-    cuda.launch_1d(cuda.kernel("softmax.cu", "softmax_backward", dy.dtype), outer * inner, dy, y,
-                   dx, np.int32(c), np.int64(inner))
+    if _by_rows(c, inner):
+        cuda.launch_blocks(cuda.kernel("softmax.cu", "softmax_backward_rows", dy.dtype),
+                           (min(outer, cuda.MAX_BLOCKS),),
+                           (dy, y, dx, np.int32(c), np.int64(outer)))
+    else:
+        cuda.launch_1d(cuda.kernel("softmax.cu", "softmax_backward", dy.dtype), outer * inner,
+                       dy, y, dx, np.int32(c), np.int64(inner))
     return dx
 
 

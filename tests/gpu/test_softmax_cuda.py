@@ -12,7 +12,8 @@ from minicnn.ops.softmax import (accuracy_forward, softmax_backward, softmax_for
 
 from .conftest import assert_close
 
-SHAPES = [((6, 10), 1), ((2, 5, 3, 4), 1), ((3, 4, 7), 2), ((4, 1000), 1)]
+SHAPES = [((6, 10), 1), ((2, 5, 3, 4), 1), ((3, 4, 7), 2), ((4, 1000), 1),
+          ((7, 70), 1)]                  # the last two: a block per row of classes
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -39,7 +40,7 @@ def _labels(rng, shape, axis, ignore):
 
 @pytest.mark.parametrize("normalization", ["VALID", "FULL", "BATCH_SIZE", "NONE"])
 @pytest.mark.parametrize("ignore", [None, 255])
-@pytest.mark.parametrize("shape, axis", SHAPES[:3])
+@pytest.mark.parametrize("shape, axis", SHAPES)
 def test_softmax_loss_matches_the_reference(gpu, shape, axis, ignore, normalization):
     rng = np.random.default_rng(2)
     x = (rng.standard_normal(shape) * 3).astype(np.float32)
