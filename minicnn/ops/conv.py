@@ -611,11 +611,27 @@ def _conv2d_forward_cuda(x, w, b, *, geom, group=1, out=None):
     return cuda.finish(out, y)
 
 
+def _wide_columns(x, geom, oh, ow):
+    """The columns of a chunk of images x (nb, C, H, W) laid out (C*kh*kw, nb * oh*ow), so
+    that one GEMM covers every image: im2col, or x transposed for a 1x1 convolution."""
+    nb, c, h, wd = x.shape
+    plane, dtype = oh * ow, x.dtype
+    cols = cuda.cupy().empty((c * geom.kernel[0] * geom.kernel[1], nb * plane), dtype)
+    if _is_pointwise(geom):                                        # (nb, C, P) -> (C, nb*P)
+        cuda.launch_1d(cuda.kernel("im2col.cu", "nfp_to_fnp", dtype), cols.size, x, cols,
+                       np.int32(c), np.int64(plane), np.int64(nb))
+    else:
+        cuda.launch_1d(cuda.kernel("im2col.cu", "im2col", dtype), nb * c * plane, x, cols,
+                       *_cuda_geom(c, h, wd, geom, oh, ow), np.int64(plane),
+                       np.int64(nb * plane))
+    return cols
+
+
 def _conv2d_forward_wide_cuda(x, w, y, geom, group):
     """y (N, F, oh, ow) = conv(x, w) without bias, chunk by chunk of images: columns (rows,
     images * P), one GEMM per group into (F, images * P), then a transpose into y."""
     cp = cuda.cupy()
-    n, c, h, wd = x.shape
+    n, c = x.shape[:2]
     f, oh, ow = y.shape[1:]
     plane = oh * ow
     dtype = x.dtype
@@ -624,14 +640,7 @@ def _conv2d_forward_wide_cuda(x, w, y, geom, group):
     transpose = cuda.kernel("im2col.cu", "nfp_to_fnp", dtype)
     for n0, nb in _cuda_chunks(n, rows + f, plane):               # columns and y_t both
         span = nb * plane
-        cols = cp.empty((rows, span), dtype)                       # (C*kh*kw, nb*P)
-        if _is_pointwise(geom):                                    # (nb, C, P) -> (C, nb*P)
-            cuda.launch_1d(transpose, cols.size, x[n0:n0 + nb], cols, np.int32(c),
-                           np.int64(plane), np.int64(nb))
-        else:
-            cuda.launch_1d(cuda.kernel("im2col.cu", "im2col", dtype), nb * c * plane,
-                           x[n0:n0 + nb], cols, *_cuda_geom(c, h, wd, geom, oh, ow),
-                           np.int64(plane), np.int64(span))
+        cols = _wide_columns(x[n0:n0 + nb], geom, oh, ow)          # (C*kh*kw, nb*P)
         y_t = cp.empty((f, span), dtype)                           # (F, nb*P)
         for g in range(group):
             cuda.gemm(w, cols, y_t, fg, span, k, offset_a=g * fg * k, offset_b=g * k * span,
@@ -716,14 +725,7 @@ def _conv2d_backward_gemms(dy, x, w, x_shape, geom, group, need_dx, need_dw, dx,
         cuda.launch_1d(transpose, dy_t.size, dy[n0:n0 + nb], dy_t, np.int32(f),
                        np.int64(plane), np.int64(nb))
         if need_dw:
-            cols = cp.empty((rows, span), dtype)                   # (C*kh*kw, nb*P)
-            if pointwise:
-                cuda.launch_1d(transpose, cols.size, x[n0:n0 + nb], cols, np.int32(c),
-                               np.int64(plane), np.int64(nb))
-            else:
-                cuda.launch_1d(cuda.kernel("im2col.cu", "im2col", dtype), nb * c * plane,
-                               x[n0:n0 + nb], cols, *_cuda_geom(c, h, wd, geom, oh, ow),
-                               np.int64(plane), np.int64(span))
+            cols = _wide_columns(x[n0:n0 + nb], geom, oh, ow)      # (C*kh*kw, nb*P)
             for g in range(group):                                 # dW_g += dy_g cols_g^T
                 cuda.gemm(dy_t, cols, dw, fg, k, span, trans_b=True, beta=1.0,
                           offset_a=g * fg * span, offset_b=g * k * span, offset_c=g * fg * k)
