@@ -19,14 +19,15 @@ __global__ void sigmoid_cross_entropy_forward(const T* x, const T* target, T* nl
   }
 }
 
-// dx = (p - t) * scale where the target is used, else 0
+// dx = (p - t) * scale[0] where the target is used, else 0 (scale: the loss weight / the
+// normalizer, on the device)
 template <typename T>
 __global__ void sigmoid_cross_entropy_backward(const T* prob, const T* target, T* dx,
-                                               int has_ignore, T ignore_label, T scale,
+                                               int has_ignore, T ignore_label, const T* scale,
                                                long long n) {
   MINICNN_KERNEL_LOOP(i, n) {
     T t = target[i];
     bool ok = !(has_ignore && mc::trunc_(t) == ignore_label);
-    dx[i] = ok ? (prob[i] - t) * scale : T(0);
+    dx[i] = ok ? (prob[i] - t) * scale[0] : T(0);
   }
 }

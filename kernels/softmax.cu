@@ -71,33 +71,58 @@ __global__ void softmax_backward_rows(const T* dy, const T* y, T* dx, int C, lon
   }
 }
 
+// A label as a class index: the label (a float holding an integer, as Caffe stores them) when
+// it is one of the C classes, LABEL_IGNORED for ignore_label, LABEL_BAD for anything else (a
+// fraction, out of range, NaN, infinite). The host checks labels before its kernels run; on the
+// GPU the check is find_bad_labels, read later (with the loss), so the kernels below leave bad
+// labels out of their sums and never index the scores with one.
+#define MINICNN_LABEL_IGNORED (-1)
+#define MINICNN_LABEL_BAD (-2)
+template <typename T>
+__device__ __forceinline__ long long label_class(T v, int C, int has_ignore,
+                                                 long long ignore_label) {
+  if (!(mc::trunc_(v) == v && mc::abs_(v) < T(4.0e18))) return MINICNN_LABEL_BAD;
+  long long l = (long long)v;
+  if (has_ignore && l == ignore_label) return MINICNN_LABEL_IGNORED;
+  return (l >= 0 && l < C) ? l : MINICNN_LABEL_BAD;
+}
+
+// bad[0] = 1 if any label is LABEL_BAD (every thread that sees one stores the same value)
+template <typename T>
+__global__ void find_bad_labels(const T* label, int* bad, int C, int has_ignore,
+                                long long ignore_label, long long n) {
+  MINICNN_KERNEL_LOOP(pos, n) {
+    if (label_class(label[pos], C, has_ignore, ignore_label) == MINICNN_LABEL_BAD) bad[0] = 1;
+  }
+}
+
 // Per position: nll = -log(max(p[label], FLT_MIN)) and valid = 1, or 0 and 0 where the label
-// is ignore_label. Labels are floats holding integers (truncated, as Caffe's cast).
+// is ignore_label (or bad).
 template <typename T>
 __global__ void softmax_loss_forward(const T* prob, const T* label, T* nll, int* valid, int C,
                                      long long inner, int has_ignore, long long ignore_label,
                                      long long n) {
   MINICNN_KERNEL_LOOP(pos, n) {
-    long long l = (long long)label[pos];
-    bool ok = !(has_ignore && l == ignore_label);
+    long long l = label_class(label[pos], C, has_ignore, ignore_label);
+    bool ok = l >= 0;
     T p = ok ? prob[mc::div_(pos, inner) * C * inner + l * inner + mc::mod_(pos, inner)] : T(1);
     nll[pos] = ok ? -mc::log_(mc::max_(p, T(MINICNN_FLT_MIN))) : T(0);
     valid[pos] = ok ? 1 : 0;
   }
 }
 
-// dx = (p - onehot(label)) * scale, 0 at ignored positions; one thread per element
+// dx = (p - onehot(label)) * scale[0], 0 at ignored positions; one thread per element. The
+// scale (loss weight / normalizer) is read on the device: it comes from the loss top's diff.
 template <typename T>
 __global__ void softmax_loss_backward(const T* prob, const T* label, T* dx, int C,
                                       long long inner, int has_ignore, long long ignore_label,
-                                      T scale, long long n) {
+                                      const T* scale, long long n) {
   MINICNN_KERNEL_LOOP(i, n) {                 // n = outer * C * inner
     long long in = mc::mod_(i, inner);
     long long c = mc::mod_(mc::div_(i, inner), C);
     long long pos = mc::div_(mc::div_(i, inner), C) * inner + in;
-    long long l = (long long)label[pos];
-    bool ok = !(has_ignore && l == ignore_label);
-    dx[i] = ok ? (prob[i] - (c == l ? T(1) : T(0))) * scale : T(0);
+    long long l = label_class(label[pos], C, has_ignore, ignore_label);
+    dx[i] = l >= 0 ? (prob[i] - (c == l ? T(1) : T(0))) * scale[0] : T(0);
   }
 }
 
@@ -108,8 +133,8 @@ __global__ void accuracy_forward(const T* x, const T* label, int* seen, int* hit
                                  long long inner, int top_k, int has_ignore,
                                  long long ignore_label, long long n) {
   MINICNN_KERNEL_LOOP(pos, n) {
-    long long l = (long long)label[pos];
-    if (has_ignore && l == ignore_label) continue;
+    long long l = label_class(label[pos], C, has_ignore, ignore_label);
+    if (l < 0) continue;
     long long base = mc::div_(pos, inner) * C * inner + mc::mod_(pos, inner);
     T truth = x[base + l * inner];
     int at_least = 0;

@@ -522,6 +522,16 @@ def distinct(out, *inputs):
     return out
 
 
+def loss_scale(loss_weight, normalizer, dtype):
+    """loss_weight / normalizer rounded to dtype, as a device scalar that the losses' backward
+    kernels read: divided in double, as the reference does. loss_weight may be the loss top's
+    diff on the device, the normalizer a float64 device scalar (a VALID count), so no value has
+    to come back to the host mid-step."""
+    weight = loss_weight.astype(np.float64) if is_device_array(loss_weight) \
+        else cupy().full((), float(loss_weight), np.float64)
+    return (weight / normalizer).astype(dtype)
+
+
 def channel_splits(layout):
     """Blocks per channel of the per-channel sums over (outer, C, inner) = ``layout``: enough
     for about 512 blocks in all, at most one per row (see normalization.cu's channel_visit)."""

@@ -82,6 +82,11 @@ class Layer:
     # True for layers that compute with NumPy only: a Net on the GPU runs them on host copies
     # of their blobs (data sources and Python layers do so, see minicnn.net.runs_on_host).
     host_only = False
+    # A GPU forward may leave a check of its inputs to a kernel (labels that are not classes)
+    # rather than wait for the GPU mid-step to read them: deferred_flag is then a device array
+    # that turns nonzero if the check failed. The Net reads it with the loss, once the GPU has
+    # caught up (settle_deferred), and the layer's raise_deferred says what was wrong.
+    deferred_flag = None
 
     def __init__(self, layer_param=None, phase=None, **fields):
         param = layer_param
@@ -158,6 +163,16 @@ class Layer:
     def backward(self, top, propagate_down, bottom):
         if any(propagate_down):
             raise LayerError(f"layer '{self.name}' ({self.type}) has no backward")
+
+    def settle_deferred(self, bottom):
+        """Read and clear deferred_flag; raise_deferred if its check failed."""
+        flag, self.deferred_flag = self.deferred_flag, None
+        if flag is not None and int(flag.reshape(-1)[0]):
+            self.raise_deferred(bottom)
+
+    def raise_deferred(self, bottom):
+        """Raise the LayerError that a failed deferred check stands for."""
+        raise LayerError(f"{self.name}: a check of its inputs on the GPU failed")
 
     def canonical_axis(self, blob, axis, field="axis"):
         """Caffe's CanonicalAxisIndex for a bottom: -1 is the last axis; out of range is a
@@ -258,6 +273,7 @@ class Layer:
                 self.reshape(bottom, top)
         self._standalone = (bottom, top)
         self.forward(bottom, top)
+        self.settle_deferred(bottom)
         return top[0].data if len(top) == 1 else tuple(t.data for t in top)
 
     def backprop(self, *top_diffs):

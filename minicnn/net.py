@@ -470,8 +470,14 @@ class Net:
 
     def forward_from_to(self, first=0, last=None):
         """Run layers first..last (indices); return the loss (sum of loss_weight * top)."""
+        return self._settle(*self._forward_layers(first, last))
+
+    def _forward_layers(self, first=0, last=None):
+        """Run layers first..last; (loss, layers with a deferred check). On a GPU the loss is a
+        device scalar: _settle reads it, and the checks, once the work queued is done."""
         last = len(self.layers) - 1 if last is None else last
         loss = 0.0
+        deferred = []
         self._plan_fusions()
         i = first
         while i <= last:
@@ -496,11 +502,24 @@ class Net:
                     layer.forward(bottoms, tops)
             except MinicnnError as e:
                 raise NetError(f"{self._describe(layer, bottoms)}: {e}") from None
+            if layer.deferred_flag is not None:
+                deferred.append(k)
             for j, top in enumerate(tops):
                 weight = layer.loss_weight(j)
-                if weight:
-                    loss += weight * float(np.sum(top.data, dtype=np.float64))
-        self.loss = loss
+                if weight:                # a device scalar on a GPU: not read here
+                    loss = loss + weight * np.sum(top.data, dtype=np.float64)
+        return loss, deferred
+
+    def _settle(self, loss, deferred):
+        """The loss as a float, after the checks the GPU layers left (deferred_flag) have been
+        read: on a GPU the one point of a step that waits for the device."""
+        self.loss = loss = float(loss)
+        for k in deferred:
+            try:
+                self.layers[k].settle_deferred(self.bottom_vecs[k])
+            except MinicnnError as e:
+                raise NetError(f"{self._describe(self.layers[k], self.bottom_vecs[k])}: "
+                               f"{e}") from None
         return loss
 
     def backward(self, diffs=None, start=None, end=None, **top_diffs):
@@ -549,10 +568,12 @@ class Net:
                                      if hasattr(c, "run_backward")}
 
     def forward_backward(self):
-        """One forward and backward pass (loss tops seeded with their loss_weight); the loss."""
-        loss = self.forward_from_to()
+        """One forward and backward pass (loss tops seeded with their loss_weight); the loss.
+        On a GPU the loss is read once the backward is queued, so the host never waits for the
+        device between the two (and a failed deferred check raises before any update)."""
+        pending = self._forward_layers()
         self.backward()
-        return loss
+        return self._settle(*pending)
 
     def reshape(self):
         """Propagate new input shapes through every layer (Caffe's Net::Reshape)."""

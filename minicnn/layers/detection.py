@@ -107,7 +107,7 @@ class DetectionLayer(Layer):
             raise LayerError("Detection cannot backpropagate to the box lists (bottom 1); set "
                              "propagate_down: false for them")
         if propagate_down[0]:
-            grad = ops.detection_loss_backward(self.delta, float(top[0].diff))
+            grad = ops.detection_loss_backward(self.delta, top[0].diff)
             bottom[0].diff[...] = grad.reshape(bottom[0].shape)
 
     def allow_force_backward(self, bottom_index):

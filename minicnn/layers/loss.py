@@ -7,7 +7,7 @@ from minicnn import cuda, ops
 from minicnn.errors import LayerError
 from minicnn.layer import Layer, register
 from minicnn.ops.sigmoid_cross_entropy import resolve_sce_normalization
-from minicnn.ops.softmax import find_bad_label, resolve_normalization, split_shape
+from minicnn.ops.softmax import find_bad_label, flag_bad_labels, resolve_normalization, split_shape
 
 
 def _check_label_count(scores, labels, axis):
@@ -20,8 +20,13 @@ def _check_label_count(scores, labels, axis):
             "N x C x H x W predictions)")
 
 
-def _check_label_values(labels, num_classes, ignore_label):
-    labels = cuda.to_host(labels)                  # on a GPU: the batch's labels come over
+def _check_label_values(layer, labels, num_classes, ignore_label):
+    """Labels on the host are checked now. Labels on the GPU are checked by a kernel whose flag
+    the Net reads with the loss (layer.deferred_flag): reading them here would make every
+    training step wait for the GPU in the middle; the GPU kernels leave bad labels out."""
+    if cuda.is_device_array(labels):
+        layer.deferred_flag = flag_bad_labels(labels, num_classes, ignore_label)
+        return
     bad = find_bad_label(labels, num_classes, ignore_label)
     if bad is not None:
         index, value = bad
@@ -30,6 +35,13 @@ def _check_label_values(labels, num_classes, ignore_label):
         also = f" or the ignore_label {ignore_label}" if ignore_label is not None else ""
         raise LayerError(f"label {value:g} at index {where} of the labels (shape {labels.shape}) "
                          f"is not a class: labels must be integers in [0, {num_classes}){also}")
+
+
+def _raise_bad_labels(layer, labels):
+    """A GPU label check failed: the same error as on the host, from a host copy."""
+    _check_label_values(layer, cuda.to_host(labels), layer.num_classes, layer.ignore_label)
+    raise LayerError(f"a label of {layer.name} was not a class in [0, {layer.num_classes}) "
+                     "when its forward ran (the labels have changed since)")
 
 
 def _ignore_label(message):
@@ -72,7 +84,7 @@ class SoftmaxWithLossLayer(Layer):
 
     def forward(self, bottom, top):
         scores, labels = bottom
-        _check_label_values(labels.data, self.num_classes, self.ignore_label)
+        _check_label_values(self, labels.data, self.num_classes, self.ignore_label)
         loss, self.prob = ops.softmax_loss_forward(
             scores.data, labels.data, axis=self.axis, ignore_label=self.ignore_label,
             normalization=self.normalization)
@@ -87,7 +99,10 @@ class SoftmaxWithLossLayer(Layer):
         if propagate_down[0]:
             bottom[0].diff[...] = ops.softmax_loss_backward(
                 self.prob, bottom[1].data, axis=self.axis, ignore_label=self.ignore_label,
-                normalization=self.normalization, loss_weight=float(top[0].diff))
+                normalization=self.normalization, loss_weight=top[0].diff)
+
+    def raise_deferred(self, bottom):
+        _raise_bad_labels(self, bottom[1].data)
 
     def allow_force_backward(self, bottom_index):
         return bottom_index != 1                           # labels have no gradient
@@ -125,13 +140,16 @@ class AccuracyLayer(Layer):
 
     def forward(self, bottom, top):
         scores, labels = bottom
-        _check_label_values(labels.data, self.num_classes, self.ignore_label)
+        _check_label_values(self, labels.data, self.num_classes, self.ignore_label)
         accuracy, per_class = ops.accuracy_forward(
             scores.data, labels.data, axis=self.axis, top_k=self.top_k,
             ignore_label=self.ignore_label)
         top[0].data[...] = accuracy
         if len(top) > 1:
             top[1].data[...] = per_class
+
+    def raise_deferred(self, bottom):
+        _raise_bad_labels(self, bottom[1].data)
 
     def allow_force_backward(self, bottom_index):
         return False
@@ -160,7 +178,7 @@ class EuclideanLossLayer(Layer):
         top[0].data[...] = loss
 
     def backward(self, top, propagate_down, bottom):
-        grad = ops.euclidean_loss_backward(self._diff, float(top[0].diff))
+        grad = ops.euclidean_loss_backward(self._diff, top[0].diff)
         for sign, down, blob in ((1, propagate_down[0], bottom[0]),
                                  (-1, propagate_down[1], bottom[1])):
             if down:
@@ -211,7 +229,7 @@ class SigmoidCrossEntropyLossLayer(Layer):
         if propagate_down[0]:
             bottom[0].diff[...] = ops.sigmoid_cross_entropy_backward(
                 self.prob, bottom[1].data, ignore_label=self.ignore_label,
-                normalization=self.normalization, loss_weight=float(top[0].diff))
+                normalization=self.normalization, loss_weight=top[0].diff)
 
     def allow_force_backward(self, bottom_index):
         return bottom_index != 1                           # targets have no gradient

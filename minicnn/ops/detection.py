@@ -205,7 +205,7 @@ def _detection_loss_forward_ref(x, truth, *, side, num, classes, coords=4, sqrt=
 @detection_loss_backward.impl("ref")
 def _detection_loss_backward_ref(delta, loss_weight=1.0):
     """d(loss)/dx = -loss_weight * delta / N, for the delta that forward returned."""
-    return delta * delta.dtype.type(-loss_weight / delta.shape[0])
+    return delta * delta.dtype.type(-float(loss_weight) / delta.shape[0])
 
 
 # --- fast CPU: csrc/detection.cpp ----------------------------------------------------------------
@@ -266,4 +266,4 @@ def _detection_loss_forward_cuda(x, truth, *, side, num, classes, coords=4, sqrt
 
 @detection_loss_backward.impl("cuda", available=cuda.importable)
 def _detection_loss_backward_cuda(delta, loss_weight=1.0):
-    return delta * delta.dtype.type(-loss_weight / delta.shape[0])
+    return delta * cuda.loss_scale(loss_weight, -float(delta.shape[0]), delta.dtype)

@@ -23,12 +23,10 @@ def _euclidean_loss_forward_ref(a, b):
 @euclidean_loss_backward.impl("ref")
 def _euclidean_loss_backward_ref(diff, loss_weight=1.0):
     """d(loss)/da for the diff = a - b that forward returned (d/db is its negative)."""
-    return diff * diff.dtype.type(loss_weight / diff.shape[0])
+    return diff * diff.dtype.type(float(loss_weight) / diff.shape[0])
 
 
 # --- CUDA (CuPy array expressions: one subtraction and a cuBLAS dot) -----------------------------
-
-import numpy as np  # noqa: E402
 
 from minicnn import cuda  # noqa: E402
 
@@ -44,4 +42,4 @@ def _euclidean_loss_forward_cuda(a, b):
 
 @euclidean_loss_backward.impl("cuda", available=cuda.importable)
 def _euclidean_loss_backward_cuda(diff, loss_weight=1.0):
-    return diff * np.dtype(diff.dtype).type(loss_weight / diff.shape[0])
+    return diff * cuda.loss_scale(loss_weight, float(diff.shape[0]), diff.dtype)

@@ -17,7 +17,7 @@ Impls: ref.
 import numpy as np
 
 from minicnn.ops._dispatch import Op
-from minicnn.ops.softmax import loss_normalizer, resolve_normalization
+from minicnn.ops.softmax import cuda_normalizer, loss_normalizer, resolve_normalization
 
 sigmoid_cross_entropy_forward = Op("sigmoid_cross_entropy_forward")
 sigmoid_cross_entropy_backward = Op("sigmoid_cross_entropy_backward")
@@ -81,9 +81,9 @@ def _cuda_ignore(ignore_label, dtype):
                                                           else ignore_label)
 
 
-def _cuda_normalizer(x, valid_count, normalization):
+def _cuda_normalizer(x, valid_count, normalization, dtype):
     outer = x.shape[0] if x.ndim else 1
-    return loss_normalizer(normalization, outer, x.size // max(outer, 1), valid_count)
+    return cuda_normalizer(normalization, outer, x.size // max(outer, 1), valid_count, dtype)
 
 
 @sigmoid_cross_entropy_forward.impl("cuda", available=cuda.importable)
@@ -97,8 +97,8 @@ def _sigmoid_cross_entropy_forward_cuda(x, target, *, ignore_label=None,
     cuda.launch_1d(cuda.kernel("sigmoid_cross_entropy.cu", "sigmoid_cross_entropy_forward",
                                x.dtype), x.size, x, t, nll, prob, valid,
                    *_cuda_ignore(ignore_label, x.dtype))
-    count = int(valid.sum()) if resolve_normalization(normalization) == "VALID" else 0
-    loss = nll.sum(dtype=x.dtype) / x.dtype.type(_cuda_normalizer(x, count, normalization))
+    count = valid.sum() if resolve_normalization(normalization) == "VALID" else 0
+    loss = nll.sum(dtype=x.dtype) / _cuda_normalizer(x, count, normalization, x.dtype)
     return loss.astype(x.dtype, copy=False), prob
 
 
@@ -110,10 +110,11 @@ def _sigmoid_cross_entropy_backward_cuda(prob, target, *, ignore_label=None,
     count = 0
     if resolve_normalization(normalization) == "VALID":
         count = prob.size if ignore_label is None else \
-            int((cuda.cupy().trunc(t) != prob.dtype.type(ignore_label)).sum())
-    scale = float(loss_weight) / _cuda_normalizer(prob, count, normalization)
+            (cuda.cupy().trunc(t) != prob.dtype.type(ignore_label)).sum()
+    scale = cuda.loss_scale(
+        loss_weight, _cuda_normalizer(prob, count, normalization, np.float64), prob.dtype)
     dx = cuda.cupy().empty_like(prob)
     cuda.launch_1d(cuda.kernel("sigmoid_cross_entropy.cu", "sigmoid_cross_entropy_backward",
                                prob.dtype), prob.size, prob, t, dx,
-                   *_cuda_ignore(ignore_label, prob.dtype), prob.dtype.type(scale))
+                   *_cuda_ignore(ignore_label, prob.dtype), scale)
     return dx

@@ -17,7 +17,8 @@ Accuracy (Caffe "Accuracy"): a position is correct when fewer than top_k *other*
 >= the true class (ties count against it); accuracy = correct / |V| (0 when V is empty), and per
 class = correct / count among positions of that class (0 for absent classes).
 
-Labels are float arrays holding integers; callers check them first with ``find_bad_label``.
+Labels are float arrays holding integers; callers check them first with ``find_bad_label`` (or
+on the GPU ``flag_bad_labels``, read later: the GPU kernels leave unusable labels out).
 Impls: ref.
 """
 
@@ -146,8 +147,9 @@ def _accuracy_forward_ref(x, label, *, axis=1, top_k=1, ignore_label=None):
 
 
 # --- CUDA (kernels/softmax.cu) ------------------------------------------------------------------
-# The losses' sums (over a batch's positions) and the valid count run on the device as CuPy
-# reductions; loss_normalizer needs the count on the host only for VALID normalization.
+# The losses' sums (over a batch's positions), the VALID count and the backward's scale (the
+# loss top's diff over the normalizer) stay on the device as CuPy scalars, and labels are checked
+# there (flag_bad_labels): nothing in a training step waits for the GPU to hand a value back.
 
 from minicnn import cuda  # noqa: E402
 
@@ -203,8 +205,25 @@ def _softmax_backward_cuda(dy, y, axis=1):
     return dx
 
 
-def _cuda_valid_count(valid, normalization):
-    return int(valid.sum()) if resolve_normalization(normalization) == "VALID" else 0
+def cuda_normalizer(normalization, outer, inner, valid_count, dtype):
+    """loss_normalizer for the GPU, as a ``dtype`` scalar: for VALID normalization with a device
+    ``valid_count``, the device scalar max(1, count) that no one reads on the host."""
+    if resolve_normalization(normalization) != "VALID" or not cuda.is_device_array(valid_count):
+        return np.dtype(dtype).type(loss_normalizer(normalization, outer, inner, valid_count))
+    return cuda.cupy().maximum(valid_count, 1).astype(dtype)
+
+
+def flag_bad_labels(label, num_classes, ignore_label=None):
+    """find_bad_label on the GPU, without waiting for it: a device int32 array (1,) that becomes
+    nonzero if some label is not an integer in [0, num_classes) nor ignore_label. Read it once
+    the GPU has caught up (the Net does, with the loss; minicnn.layer.Layer.deferred_flag)."""
+    bad = cuda.cupy().zeros(1, np.int32)
+    label = cuda.contiguous(label)
+    if label.dtype not in cuda.CTYPES:
+        label = label.astype(np.float32)
+    cuda.launch_1d(cuda.kernel("softmax.cu", "find_bad_labels", label.dtype), label.size, label,
+                   bad, np.int32(num_classes), *_cuda_ignore(ignore_label))
+    return bad
 
 
 @softmax_loss_forward.impl("cuda", available=cuda.importable)
@@ -219,8 +238,8 @@ def _softmax_loss_forward_cuda(x, label, *, axis=1, ignore_label=None, normaliza
     cuda.launch_1d(cuda.kernel("softmax.cu", "softmax_loss_forward", x.dtype), outer * inner,
                    prob, label, nll, valid, np.int32(c), np.int64(inner),
                    *_cuda_ignore(ignore_label))
-    d = loss_normalizer(normalization, outer, inner, _cuda_valid_count(valid, normalization))
-    loss = nll.sum(dtype=x.dtype) / x.dtype.type(d)
+    count = valid.sum() if resolve_normalization(normalization) == "VALID" else 0
+    loss = nll.sum(dtype=x.dtype) / cuda_normalizer(normalization, outer, inner, count, x.dtype)
     return loss.astype(x.dtype, copy=False), prob
 
 
@@ -233,12 +252,13 @@ def _softmax_loss_backward_cuda(prob, label, *, axis=1, ignore_label=None, norma
     count = 0
     if resolve_normalization(normalization) == "VALID":
         count = outer * inner if ignore_label is None else \
-            int((label.astype(np.int64) != int(ignore_label)).sum())
-    d = loss_normalizer(normalization, outer, inner, count)
+            (label != prob.dtype.type(ignore_label)).sum()
+    scale = cuda.loss_scale(
+        loss_weight, cuda_normalizer(normalization, outer, inner, count, np.float64), prob.dtype)
     dx = cuda.cupy().empty_like(prob)
     cuda.launch_1d(cuda.kernel("softmax.cu", "softmax_loss_backward", prob.dtype), prob.size,
                    prob, label, dx, np.int32(c), np.int64(inner), *_cuda_ignore(ignore_label),
-                   prob.dtype.type(float(loss_weight) / d))
+                   scale)
     return dx
 
 

@@ -155,3 +155,29 @@ def test_a_gpu_dropout_layer_copies_its_mask_once(emu):
     np.testing.assert_array_equal(net.blobs["drop"].data.get(), x * kept * np.float32(2))
     net.backward()
     assert layer.mask is layer._device_mask                      # the same mask, not copied again
+
+
+def test_a_training_step_waits_for_the_gpu_once_after_its_backward(emu, monkeypatch):
+    """Reading a value back from the GPU waits for all the work queued before it. A training
+    step reads the loss (and the flag of the label check) once, after its backward is queued
+    and before the update: never between layers, so the host runs ahead of the GPU through
+    the whole forward and backward. (Before: the labels, the VALID count and the loss in the
+    forward, the loss weight in the backward.)"""
+    s = solver(2)
+    s.step(1)
+    events = []
+    for name in ("get", "item", "tolist", "__float__", "__int__", "__bool__"):
+        real = getattr(emu.ndarray, name)
+        monkeypatch.setattr(emu.ndarray, name, lambda self, *a, _real=real, **k: (
+            events.append("read"), _real(self, *a, **k))[1])
+    real_call = emu.RawKernel.__call__
+    monkeypatch.setattr(emu.RawKernel, "__call__", lambda self, *a, **k: (
+        events.append(self.name), real_call(self, *a, **k))[1])
+    s.step(1)
+    monkeypatch.undo()
+    first = events.index("read")
+    assert events.count("read") == 2, events                 # the loss, the labels' flag
+    assert events[first:first + 2] == ["read", "read"]
+    assert any(name.startswith("softmax_loss_backward") for name in events[:first])
+    assert all(name.startswith("momentum_step") for name in events[first + 2:]), events
+    assert np.isfinite(s.smoothed_loss)

@@ -249,3 +249,87 @@ def test_the_batchnorm_chain_runs_fused_on_the_gpu(gpu, monkeypatch, bn_in_place
                 assert rel_error(cuda.to_host(blob.diff), cuda.to_host(want.diff),
                                  floor=1e-3) < 1e-5, f"{layer} parameter {k}"
                 assert rel_error(cuda.to_host(blob.data), cuda.to_host(want.data)) < 1e-5
+
+
+LOSSES = """
+force_backward: true
+layer { name: "data" type: "Input" top: "data" top: "label" top: "target"
+        input_param { shape { dim: 6 dim: 5 } shape { dim: 6 } shape { dim: 6 dim: 5 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+        inner_product_param { num_output: 5 weight_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "softmax" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "softmax"
+        loss_weight: 2 loss_param { ignore_label: 4 } }
+layer { name: "sigmoid" type: "SigmoidCrossEntropyLoss" bottom: "ip" bottom: "target"
+        top: "sigmoid" loss_weight: 0.5 loss_param { ignore_label: 1 normalization: VALID } }
+layer { name: "euclid" type: "EuclideanLoss" bottom: "ip" bottom: "target" top: "euclid"
+        loss_weight: 3 }
+layer { name: "acc" type: "Accuracy" bottom: "ip" bottom: "label" top: "acc" }
+"""
+
+
+def _loss_inputs():
+    rng = np.random.default_rng(4)
+    target = rng.random((6, 5)).astype(np.float32)
+    target[::2, 1] = 1                                   # ignored by the sigmoid loss
+    return dict(data=rng.standard_normal((6, 5)).astype(np.float32),
+                label=np.array([0, 4, 2, 4, 1, 3], np.float32), target=target)
+
+
+def test_losses_with_weights_and_ignored_labels_as_on_the_cpu(gpu):
+    """Each loss's normalizer (VALID counts on the device) and its loss_weight (the top's diff,
+    read on the device) as on the CPU: the loss, the accuracy and the gradient."""
+    param = parse_text(LOSSES, "NetParameter")
+    minicnn.set_random_seed(2)
+    cpu = minicnn.Net(param, phase=minicnn.TRAIN)
+    minicnn.set_random_seed(2)
+    dev = minicnn.Net(param, phase=minicnn.TRAIN, device=0)
+    inputs = _loss_inputs()
+    losses = []
+    for net in (cpu, dev):
+        net._set_blobs(inputs, "data")
+        losses.append(net.forward_backward())
+    assert abs(losses[1] - losses[0]) <= 1e-6 * abs(losses[0])
+    for name in ("softmax", "sigmoid", "euclid", "acc"):
+        assert rel_error(dev.blobs[name].data.get(), cpu.blobs[name].data) < 1e-6, name
+    assert rel_error(dev.blobs["ip"].diff.get(), cpu.blobs["ip"].diff) < 1e-5
+    assert rel_error(dev.params["ip"][0].diff.get(), cpu.params["ip"][0].diff) < 1e-5
+
+
+@pytest.mark.parametrize("bad, shown", [(7.0, "label 7 at index (3,)"),
+                                        (2.5, "label 2.5 at index (3,)"),
+                                        (np.nan, "label nan at index (3,)"),
+                                        (-1.0, "label -1 at index (3,)")])
+@pytest.mark.parametrize("where", ["forward", "solver", "loss weight 0"])
+def test_a_bad_label_on_the_gpu_stops_the_step_with_the_host_error(gpu, bad, shown, where):
+    """Labels on the GPU are checked by a kernel and the flag read with the loss (no wait for
+    the GPU mid-step): the error is the host's, raised before any update is applied, even for
+    a loss that does not count (loss_weight 0) and for Accuracy."""
+    text = LOSSES.replace("loss_weight: 2", "loss_weight: 0") if where == "loss weight 0" \
+        else LOSSES
+    inputs = _loss_inputs()
+    inputs["label"][3] = bad
+    if where == "solver":
+        param = caffe_pb2.SolverParameter(base_lr=0.1, lr_policy="fixed", max_iter=5,
+                                          snapshot_after_train=False)
+        param.net_param.CopyFrom(parse_text(text, "NetParameter"))
+        solver = minicnn.SGDSolver(param, log=lambda m: None, device=0)
+        solver.net._set_blobs(inputs, "data")
+        before = solver.net.params["ip"][0].data.get()
+        with pytest.raises(minicnn.NetError) as e:
+            solver.step(1)
+        np.testing.assert_array_equal(solver.net.params["ip"][0].data.get(), before)
+        assert solver.iter == 0
+    else:
+        net = minicnn.Net(parse_text(text, "NetParameter"), phase=minicnn.TRAIN, device=0)
+        with pytest.raises(minicnn.NetError) as e:
+            net.forward(**inputs)
+    message = str(e.value)
+    assert "'softmax'" in message and shown in message and "[0, 5) or the ignore_label 4" \
+        in message, message
+    net = minicnn.Net(parse_text(text.replace("top: \"softmax\"\n", "top: \"softmax\" "
+                                              "include { phase: TRAIN }\n"), "NetParameter"),
+                      phase=minicnn.TEST, device=0)
+    assert "softmax" not in net.layer_dict
+    with pytest.raises(minicnn.NetError, match=r"'acc'.*" + shown.replace("(", r"\(")
+                       .replace(")", r"\)")):
+        net.forward(**inputs)
