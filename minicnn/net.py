@@ -245,6 +245,7 @@ class Net:
         self.blobs = OrderedDict()                 # name -> Blob
         self.bottom_vecs, self.top_vecs = [], []   # per layer: [Blob]
         self.bottom_names, self.top_names = OrderedDict(), OrderedDict()
+        self._bottom_lists, self._top_lists = [], []   # per layer index (names may repeat)
         self.inputs = []
         blob_need_backward = {}
         self.layer_need_backward, self.bottom_need_backward = [], []
@@ -309,6 +310,8 @@ class Net:
             self.top_vecs.append(tops)
             self.bottom_names[name] = list(layer_param.bottom)
             self.top_names[name] = list(layer_param.top)
+            self._bottom_lists.append(list(layer_param.bottom))
+            self._top_lists.append(list(layer_param.top))
             self.layer_need_backward.append(need_backward)
             self.bottom_need_backward.append(bottom_need)
             if need_backward:
@@ -320,7 +323,7 @@ class Net:
             layer.backward_needed = need        # lets a layer skip keeping state for backward
         self._share_params()
         self.blob_loss_weights = OrderedDict((n, 0.0) for n in self.blobs)
-        for layer, names in zip(self.layers, self.top_names.values()):
+        for layer, names in zip(self.layers, self._top_lists):
             for j, blob_name in enumerate(names):
                 if layer.loss_weight(j):
                     self.blob_loss_weights[blob_name] = layer.loss_weight(j)
@@ -340,7 +343,7 @@ class Net:
         """Caffe's rule: a layer needs backward only if it leads to a loss; force_backward asks
         every layer for every diff it allows."""
         under_loss, skip_backprop = set(), set()
-        top_lists, bottom_lists = list(self.top_names.values()), list(self.bottom_names.values())
+        top_lists, bottom_lists = self._top_lists, self._bottom_lists
         for i in reversed(range(len(self.layers))):
             layer, top_names = self.layers[i], top_lists[i]
             contributes, skip_down = False, True
@@ -465,7 +468,7 @@ class Net:
         first = self._layer_index(start) if start is not None else 0
         last = self._layer_index(end) if end is not None else len(self.layers) - 1
         self.forward_from_to(first, last)
-        names = self.top_names[self._layer_names[last]] if end is not None else self.outputs
+        names = self._top_lists[last] if end is not None else self.outputs
         return {n: self.blobs[n].data for n in list(dict.fromkeys(list(names) + list(blobs or [])))}
 
     def forward_from_to(self, first=0, last=None):
@@ -533,7 +536,7 @@ class Net:
         first = self._layer_index(start) if start is not None else len(self.layers) - 1
         last = self._layer_index(end) if end is not None else 0
         self.backward_from_to(first, last)
-        names = self.bottom_names[self._layer_names[last]] if end is not None else self.inputs
+        names = self._bottom_lists[last] if end is not None else self.inputs
         return {n: self.blobs[n].diff for n in list(dict.fromkeys(list(names) + list(diffs or [])))}
 
     def backward_from_to(self, first=None, last=0):

@@ -102,6 +102,22 @@ def test_layers_get_the_net_phase():
     net = net_from(X + 'layer { name: "r" type: "ReLU" bottom: "x" top: "y" }', minicnn.TRAIN)
     assert net.layers[1].phase == "TRAIN"
 
+def test_two_layers_with_one_name_still_build_and_run():
+    # Caffe does not require unique layer names; minicnn warns (weights go by name). Its own
+    # per-layer bookkeeping must not be keyed by name: it used to die with an IndexError.
+    with pytest.warns(UserWarning, match="two layers are named 'a'"):
+        net = net_from(X + """
+            layer { name: "a" type: "TestAffine" bottom: "x" top: "y" }
+            layer { name: "a" type: "TestAffine" bottom: "y" top: "z" }
+            layer { name: "l" type: "TestSquareLoss" bottom: "z" top: "loss" }""",
+                       dtype=np.float64)
+    x = np.array([[1.0, -2.0, 0.5], [0.0, 3.0, -1.0]])
+    net.blobs["x"].data[...] = x
+    assert net.forward_backward() == pytest.approx(0.5 * np.sum((4 * x) ** 2))
+    assert list(net.forward(end="a")) == ["y"]          # the first layer named 'a'
+    assert net.layers[2].blobs[0].diff[0] == pytest.approx(np.sum(4 * x * 2 * x))  # dz * y
+
+
 
 # --- splits ---------------------------------------------------------------------------------------
 
