@@ -299,6 +299,10 @@ class Net:
             layer.dtype = self.dtype
             layer.source_dir = self.source_dir
             self._setup_layer(layer, bottoms, tops)
+            if len(layer_param.param) > len(layer.blobs):
+                raise NetError(f"layer '{name}' ({ltype}): {len(layer_param.param)} param specs "
+                               f"for {len(layer.blobs)} parameter blob(s); too many params "
+                               "specified (give at most one per blob: weights, then bias)")
             for k in range(len(layer.blobs)):
                 spec = layer_param.param[k] if k < len(layer_param.param) else None
                 lr = spec.lr_mult if spec is not None else 1.0

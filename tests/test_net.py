@@ -231,6 +231,15 @@ def test_lr_mult_and_decay_mult_are_collected_per_learnable_param():
     assert net.params_lr == [1.0, 2.0] and net.params_weight_decay == [1.0, 0.0]
 
 
+def test_more_param_specs_than_blobs_is_an_error():
+    # Caffe: "Too many params specified for layer"; the lr_mult 0 must not be dropped silently
+    for text in ['layer { name: "r" type: "ReLU" bottom: "x" top: "y" param { lr_mult: 0 } }',
+                 'layer { name: "a" type: "TestAffine" bottom: "x" top: "y" param { lr_mult: 0 }'
+                 ' param { lr_mult: 0 } param { lr_mult: 0 } }']:
+        with pytest.raises(NetError, match="too many params"):
+            net_from(X + text)
+
+
 # --- loss weights and backward pruning ------------------------------------------------------------
 
 def test_non_loss_top_with_loss_weight_counts_in_the_loss():
