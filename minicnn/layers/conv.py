@@ -17,7 +17,8 @@ class ConvolutionLayer(Layer):
     group splits channels and outputs into contiguous blocks: group == channels is a depthwise
     convolution. dilation > 1 spaces the kernel taps apart: an atrous (dilated) convolution;
     pad = dilation * (kernel - 1) / 2 keeps the size at stride 1 ("same"). As in Caffe, several
-    bottoms of one shape may be given, each with its own top; they share the weights.
+    bottoms of one shape may be given, each with its own top; they share the weights. In place
+    (top == bottom, same shape), forward keeps a copy of x for the weight gradient.
 
     On the CPU, float32 3x3 and 5x5 stride-1 convolutions with enough output tiles run by
     Winograd's F(2x2, 3x3) or F(2x2, 5x5) (minicnn/ops/conv.py, csrc/winograd.cpp): a few
@@ -54,6 +55,17 @@ class ConvolutionLayer(Layer):
         self.init_param(0, self._weight_shape(), p.weight_filler, "weights")
         if p.bias_term:
             self.init_param(1, (self.num_output,), p.bias_filler, "bias")
+        self._kept = {}           # in place: bottom index -> x, which forward overwrites with y
+
+    def _keep_input(self, i, x):
+        """Keep a copy of bottom ``i``'s data before an in-place forward overwrites it: the
+        weight gradient needs x, not y (Caffe's own in-place use would read y)."""
+        if self.backward_needed:
+            self._kept[i] = x.data.copy()
+
+    def _input(self, i, x):
+        """Bottom ``i``'s data as forward saw it."""
+        return self._kept.get(i, x.data)
 
     def reshape(self, bottom, top):
         for i, b in enumerate(bottom):
@@ -85,8 +97,10 @@ class ConvolutionLayer(Layer):
     def forward(self, bottom, top):
         w = self.blobs[0].data
         b = self.blobs[1].data if len(self.blobs) > 1 else None
-        for x, y in zip(bottom, top):
+        self._kept = {}
+        for i, (x, y) in enumerate(zip(bottom, top)):
             if x is y:        # in place (as Caffe allows): the kernels must not read what they write
+                self._keep_input(i, x)
                 y.data[...] = ops.conv2d_forward(x.data, w, b, geom=self.geom, group=self.group)
             else:
                 ops.conv2d_forward(x.data, w, b, geom=self.geom, group=self.group, out=y.data)
@@ -95,13 +109,14 @@ class ConvolutionLayer(Layer):
         has_bias = len(self.blobs) > 1
         need_w = self.param_propagate_down[0]
         need_b = has_bias and self.param_propagate_down[1]
-        for y, down, x in zip(top, propagate_down, bottom):
+        for i, (y, down, x) in enumerate(zip(top, propagate_down, bottom)):
             if not (down or need_w or need_b):
                 continue
             # bottom diffs are assigned, parameter diffs accumulate (I1): the op adds onto
             # dw_acc and db_acc
-            dx, _, _ = ops.conv2d_backward(y.diff, x.data, self.blobs[0].data, geom=self.geom,
-                                           group=self.group, need=(down, need_w, need_b),
+            dx, _, _ = ops.conv2d_backward(y.diff, self._input(i, x), self.blobs[0].data,
+                                           geom=self.geom, group=self.group,
+                                           need=(down, need_w, need_b),
                                            dx_out=x.diff if down and x is not y else None,
                                            dw_acc=self.blobs[0].diff if need_w else None,
                                            db_acc=self.blobs[1].diff if need_b else None)
@@ -164,9 +179,12 @@ class DeconvolutionLayer(ConvolutionLayer):
     def forward(self, bottom, top):
         w = self.blobs[0].data
         b = self.blobs[1].data if len(self.blobs) > 1 else None
-        for x, y in zip(bottom, top):
+        self._kept = {}
+        for i, (x, y) in enumerate(zip(bottom, top)):
             out = ops.conv2d_backward_data(x.data, w, x_hw=y.shape[2:], geom=self.geom,
                                            group=self.group)
+            if x is y:
+                self._keep_input(i, x)
             if b is not None:
                 out += b.reshape(1, -1, 1, 1)
             y.data[...] = out
@@ -176,10 +194,10 @@ class DeconvolutionLayer(ConvolutionLayer):
         need_w = self.param_propagate_down[0]
         need_b = has_bias and self.param_propagate_down[1]
         w = self.blobs[0].data
-        for y, down, x in zip(top, propagate_down, bottom):
+        for i, (y, down, x) in enumerate(zip(top, propagate_down, bottom)):
             if need_w:                             # parameter diffs accumulate (I1)
-                self.blobs[0].diff += ops.conv2d_backward_filter(x.data, y.diff, geom=self.geom,
-                                                                 group=self.group)
+                self.blobs[0].diff += ops.conv2d_backward_filter(self._input(i, x), y.diff,
+                                                                 geom=self.geom, group=self.group)
             if need_b:
                 self.blobs[1].diff += y.diff.sum(axis=(0, 2, 3))
             if down:                               # bottom diffs are assigned (I1)

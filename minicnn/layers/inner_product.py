@@ -13,7 +13,8 @@ class InnerProductLayer(Layer):
 
     blobs[0]: weights (num_output, K), or (K, num_output) with transpose: true;
     blobs[1]: bias (num_output,) when bias_term. The top has shape
-    bottom.shape[:axis] + (num_output,). K is fixed at setup: a later input must keep it."""
+    bottom.shape[:axis] + (num_output,). K is fixed at setup: a later input must keep it.
+    In place (num_output == K), forward keeps a copy of x for the weight gradient."""
     param_field = "inner_product_param"
     exact_num_bottom = exact_num_top = 1
 
@@ -33,6 +34,7 @@ class InnerProductLayer(Layer):
         self.init_param(0, shape, p.weight_filler, "weights")
         if self.bias_term:
             self.init_param(1, (self.num_output,), p.bias_filler, "bias")
+        self._x = None            # in place: x, which forward overwrites with y
 
     def _axis(self, blob):
         return self.canonical_axis(blob, self.param.inner_product_param.axis,
@@ -49,7 +51,10 @@ class InnerProductLayer(Layer):
 
     def forward(self, bottom, top):
         b = self.blobs[1].data if self.bias_term else None
+        self._x = None
         if bottom[0] is top[0]:       # in place: the product must not read what it writes
+            if self.backward_needed:  # and the weight gradient needs x, not y
+                self._x = bottom[0].data.copy()
             top[0].data[...] = ops.inner_product_forward(bottom[0].data, self.blobs[0].data, b,
                                                          axis=self.axis, transpose=self.transpose)
         else:
@@ -86,8 +91,9 @@ class InnerProductLayer(Layer):
             elif not step.cleared:     # the solver left this diff for the step to write
                 self.blobs[0].diff[...] = 0
                 step.cleared = True
+        x = self._x if self._x is not None else bottom[0].data
         dx, _, _ = ops.inner_product_backward(
-            top[0].diff, bottom[0].data, self.blobs[0].data, axis=self.axis,
+            top[0].diff, x, self.blobs[0].data, axis=self.axis,
             transpose=self.transpose, need_dx=need_dx, need_dw=need_dw, need_db=need_db,
             dx_out=None if in_place else bottom[0].diff,   # I1: bottom diffs are assigned,
             dw_acc=self.blobs[0].diff if need_dw else None,       # parameter diffs accumulate

@@ -225,6 +225,26 @@ def test_several_bottoms_share_the_weights():
         ConvolutionLayer(num_output=1, kernel_size=1).setup([Blob((1, 1, 2, 2))], [Blob(), Blob()])
 
 
+def test_in_place_keeps_x_for_the_weight_gradient():
+    """top == bottom: forward overwrites x with y, but dW needs x (it used to read y)."""
+    x, dy = np.random.default_rng(6).standard_normal((2, 2, 3, 4, 4))
+    runs = []
+    for in_place in (True, False):
+        layer = ConvolutionLayer(num_output=3, kernel_size=3, pad=1, weight_filler=GAUSSIAN,
+                                 bias_filler=GAUSSIAN)
+        layer.rng = np.random.default_rng(7)                    # the same weights both times
+        bottom = [Blob.from_array(x.copy())]
+        top = bottom if in_place else [Blob((), x.dtype)]
+        layer.setup(bottom, top)
+        layer.forward(bottom, top)
+        y = top[0].data.copy()
+        top[0].diff[...] = dy
+        layer.backward(top, [True], bottom)
+        runs.append([y, bottom[0].diff.copy()] + [b.diff.copy() for b in layer.blobs])
+    for got, want in zip(*runs):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
 def test_standalone_call_and_backprop_in_float32():
     layer = ConvolutionLayer(num_output=3, kernel_size=3, pad=1, weight_filler={"type": "msra"})
     x = np.random.default_rng(4).standard_normal((2, 2, 5, 5)).astype(np.float32)

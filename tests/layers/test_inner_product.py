@@ -113,6 +113,27 @@ def test_propagate_down_flags_are_respected():
     np.testing.assert_array_equal(layer.blobs[1].diff, [3, 3])
 
 
+
+def test_in_place_keeps_x_for_the_weight_gradient():
+    """top == bottom (num_output == K): forward overwrites x with y, but dW needs x (it used
+    to read y)."""
+    rng = np.random.default_rng(5)
+    x, dy = rng.standard_normal((2, 4, 3))
+    runs = []
+    for in_place in (True, False):
+        layer = InnerProductLayer(num_output=3, weight_filler=GAUSSIAN, bias_filler=GAUSSIAN)
+        layer.rng = np.random.default_rng(6)                    # the same weights both times
+        bottom = [Blob.from_array(x.copy())]
+        top = bottom if in_place else [Blob((), x.dtype)]
+        layer.setup(bottom, top)
+        layer.forward(bottom, top)
+        y = top[0].data.copy()
+        top[0].diff[...] = dy
+        layer.backward(top, [True], bottom)
+        runs.append([y, bottom[0].diff.copy()] + [b.diff.copy() for b in layer.blobs])
+    for got, want in zip(*runs):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
 def test_frozen_weights_in_a_net_get_no_diff():
     text = """
     input: "x" input_shape { dim: 2 dim: 3 }

@@ -79,6 +79,27 @@ def test_deconvolution_gradient_with_two_bottoms_sharing_weights():
                          list(rng.standard_normal((2, 1, 2, 3, 3))))
 
 
+
+def test_deconvolution_in_place_keeps_x_for_the_weight_gradient():
+    """top == bottom: forward overwrites x with y, but dW needs x (it used to read y)."""
+    rng = np.random.default_rng(8)
+    x, dy = rng.standard_normal((2, 2, 2, 3, 3))
+    runs = []
+    for in_place in (True, False):
+        layer = DeconvolutionLayer(num_output=2, kernel_size=3, pad=1, weight_filler=GAUSSIAN,
+                                   bias_filler=GAUSSIAN)
+        layer.rng = np.random.default_rng(9)                    # the same weights both times
+        bottom = [Blob.from_array(x.copy())]
+        top = bottom if in_place else [Blob((), x.dtype)]
+        layer.setup(bottom, top)
+        layer.forward(bottom, top)
+        y = top[0].data.copy()
+        top[0].diff[...] = dy
+        layer.backward(top, [True], bottom)
+        runs.append([y, bottom[0].diff.copy()] + [b.diff.copy() for b in layer.blobs])
+    for got, want in zip(*runs):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
 DECONV_TEXT = """
 name: "up" type: "Deconvolution" bottom: "x" top: "y"
 param { lr_mult: 0 }
