@@ -5,7 +5,8 @@ net's step is thousands of them, and where the GPU is fast they set the pace. Th
 benchmark nets (bench/nets.py) on the host emulator of the CUDA backend (tests/cuda_emu) with
 the kernels and GEMMs made no-ops, so only the calls are made, and counts per part of a step:
 kernel launches, cuBLAS GEMMs, CuPy array operations (arithmetic, reductions, copies, views;
-by the line of minicnn that asked) and new arrays.
+by the line of minicnn that asked), new arrays, and reads back to the host (each waits for the
+GPU to finish the work queued before it).
 
     python3 bench/gpu_host_calls.py                      # ResNet-50-1by2 (open_nsfw), batch 1
     python3 bench/gpu_host_calls.py --net caffenet --sites 10
@@ -61,6 +62,8 @@ def instrument():
     for name in ("empty", "zeros", "ones", "full", "empty_like", "zeros_like", "asarray",
                  "ascontiguousarray"):
         setattr(fake_cupy, name, _count("new arrays", getattr(fake_cupy, name)))
+    for name in ("get", "item", "tolist", "__float__", "__int__", "__bool__"):  # each one waits
+        setattr(fake_cupy.ndarray, name, _count("reads", getattr(fake_cupy.ndarray, name)))
 
 
 def main():
@@ -73,8 +76,11 @@ def main():
     with cuda_emu.installed():
         solver = nets.minicnn_solver(args.net, args.batch, device=0)
         net = solver.net
-        parts = [("clear diffs", net.clear_param_diffs), ("forward", net.forward_from_to),
-                 ("backward", net.backward), ("update", solver.apply_update)]
+        pending = []                              # Net.forward_backward, in its parts
+        parts = [("clear diffs", net.clear_param_diffs),
+                 ("forward", lambda: pending.append(net._forward_layers())),
+                 ("backward", net.backward), ("read loss", lambda: net._settle(*pending.pop())),
+                 ("update", solver.apply_update)]
         for _, run in parts:                      # first calls make tables and kernels
             run()
         rows = []
@@ -85,13 +91,14 @@ def main():
             run()
             seconds = time.perf_counter() - start
             rows.append((label, COUNTS["launches"], COUNTS["gemms"], COUNTS["array operations"],
-                         COUNTS["new arrays"], seconds * 1e3))
+                         COUNTS["new arrays"], COUNTS["reads"], seconds * 1e3))
     print(f"{args.net}, batch {args.batch}: {len(net.layers)} layers, "
           f"{len(net.learnable_params)} parameter blobs (host emulator, kernels not run)")
     print(f"{'part':<12} {'launches':>9} {'GEMMs':>6} {'array ops':>10} {'new arrays':>11} "
-          f"{'host ms':>8}")
-    for row in rows + [("step", *(sum(r[i] for r in rows) for i in range(1, 6)))]:
-        print(f"{row[0]:<12} {row[1]:>9} {row[2]:>6} {row[3]:>10} {row[4]:>11} {row[5]:>8.1f}")
+          f"{'reads':>6} {'host ms':>8}")
+    for row in rows + [("step", *(sum(r[i] for r in rows) for i in range(1, 7)))]:
+        print(f"{row[0]:<12} {row[1]:>9} {row[2]:>6} {row[3]:>10} {row[4]:>11} {row[5]:>6} "
+              f"{row[6]:>8.1f}")
     print("(host ms: this machine, the emulator's stand-in for CuPy; CuPy's own cost per call "
           "differs)")
     for site, n in SITES.most_common(args.sites):

@@ -62,3 +62,5 @@ def test_the_host_call_count_runs(tmp_path):
     assert lines["update"][:3] == ["1", "0", "0"]          # one launch, no CuPy arithmetic
     assert lines["clear"][:4] == ["diffs", "1", "0", "0"]
     assert int(lines["step"][0]) > 10 and int(lines["step"][1]) >= 8   # launches, GEMMs
+    assert lines["forward"][4] == lines["backward"][4] == "0"      # no reads back mid-step
+    assert lines["step"][4] == "2"                                 # the loss, the label flag
