@@ -518,8 +518,8 @@ class Net:
         return loss, deferred
 
     def _settle(self, loss, deferred):
-        """The loss as a float, after the checks the GPU layers left (deferred_flag) have been
-        read: on a GPU the one point of a step that waits for the device."""
+        """The loss as a float; then the checks that GPU layers left (deferred_flag), raised
+        here if one failed. On a GPU the one point of a step that waits for the device."""
         self.loss = loss = float(loss)
         for k in deferred:
             try:
