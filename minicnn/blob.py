@@ -210,14 +210,19 @@ def legacy_shape_matches(have, want):
 def blob_proto_to_array(proto, diff=False):
     """A BlobProto's data (or diff) as an array of its declared shape (float32 or float64)."""
     shape = blob_proto_shape(proto)
+    if any(d < 0 for d in shape):                   # NumPy would read -1 as "the rest"
+        raise MinicnnError(f"blob shape {shape} has a negative dimension")
     single, double = (proto.diff, proto.double_diff) if diff else (proto.data, proto.double_data)
     values = double if len(double) else single
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)                        # exact: an int64 product wraps around
     if len(values) != count:
         what = "diff" if diff else "data"
         raise MinicnnError(f"blob of shape {shape} holds {len(values)} {what} values, "
                            f"expected {count}")
-    return values.reshape(shape)
+    try:
+        return values.reshape(shape)
+    except ValueError as e:          # NumPy's limits: 64 axes; huge dimensions beside a zero
+        raise MinicnnError(f"blob of shape {shape} cannot be an array: {e}") from None
 
 
 def array_to_blob_proto(data, diff=None):

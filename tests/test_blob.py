@@ -75,3 +75,16 @@ def test_scalar_blob_proto():
     proto = array_to_blob_proto(np.array(3.5, np.float32))
     assert not proto.HasField("shape")              # as Caffe writes it (OpenCV needs that)
     assert blob_proto_to_array(proto).shape == () and float(blob_proto_to_array(proto)) == 3.5
+
+
+@pytest.mark.parametrize("dims, values, message", [
+    ((-2, -3), 6, "negative dimension"),               # -2 x -3 = 6: NumPy's reshape refused it
+    ((2 ** 32, 2 ** 32), 0, "expected 18446744073709551616"),     # an int64 product wraps to 0
+    ((2 ** 62, 4, 0), 0, "cannot be an array"),        # 0 values, but past NumPy's index range
+    ((1,) * 65, 1, "cannot be an array"),              # more axes than NumPy has
+])
+def test_blob_proto_with_an_impossible_shape_is_a_minicnn_error(dims, values, message):
+    proto = BlobProto(data=[0] * values)
+    proto.shape.dim.extend(dims)
+    with pytest.raises(MinicnnError, match=message):
+        blob_proto_to_array(proto)
