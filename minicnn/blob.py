@@ -79,9 +79,13 @@ class Blob:
                 raise MinicnnError(f"a blob of shape {shape} would need {nbytes / 2**30:.3g} GiB, "
                                    f"more than the {MAX_BLOB_BYTES / 2**30:.3g} GiB allowed "
                                    "(this machine's memory, or MINICNN_MAX_BLOB_BYTES)")
+            try:
+                data = cuda.zeros(shape, self.dtype, self.device)
+            except ValueError as e:    # NumPy's limits: 64 axes; huge dimensions beside a zero
+                raise MinicnnError(f"a blob of shape {shape} cannot be an array: {e}") from None
             self._shape = shape
             self._count = math.prod(shape)
-            self._data = cuda.zeros(shape, self.dtype, self.device)
+            self._data = data
             self._diff = self._diff_source = None
         return self
 

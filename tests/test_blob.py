@@ -25,6 +25,10 @@ def test_reshape_keeps_contents_only_when_the_shape_is_unchanged():
     assert b.shape == (4,) and np.all(b.data == 0)
     with pytest.raises(MinicnnError, match="negative"):
         b.reshape(-1, 2)
+    for shape in [(10 ** 11, 10 ** 11, 0), (1,) * 65]:        # no bytes, but no array either
+        with pytest.raises(MinicnnError, match="cannot be an array"):
+            b.reshape(shape)
+    assert b.shape == (4,)
 
 
 def test_diff_is_allocated_on_first_use_and_assignment_writes_in_place():

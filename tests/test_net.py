@@ -341,6 +341,10 @@ def test_bad_names_and_shapes_are_clear_errors():
     with pytest.raises(NetError, match="bottom 'q' is not produced by any layer before it; "
                                        "known blobs: x"):
         net_from(X + 'layer { name: "a" type: "ReLU" bottom: "q" top: "y" }')
+    with pytest.raises(NetError, match=r"layer 'x' \(Input\): a blob of shape \(100000000000, "
+                                       r"100000000000, 0\) cannot be an array"):
+        net_from('layer { name: "x" type: "Input" top: "x" '
+                 'input_param { shape { dim: 100000000000 dim: 100000000000 dim: 0 } } }')
 
 
 def test_positional_forms_of_the_constructor(tmp_path):
