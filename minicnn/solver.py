@@ -618,7 +618,12 @@ class Solver:
             self.net.copy_from(model)
         extra = state.minicnn
         if extra.HasField("rng_state"):
-            get_rng().bit_generator.state = json.loads(extra.rng_state)
+            try:
+                get_rng().bit_generator.state = json.loads(extra.rng_state)
+            except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as e:
+                # not JSON, or not a state of this generator: NumPy checks it all before setting
+                raise MinicnnError(f"{path}: the saved random generator state (minicnn."
+                                   f"rng_state) is corrupt: {type(e).__name__}: {e}") from None
         nets = {"train": self.net, **{f"test{i}": n for i, n in enumerate(self.test_nets)}}
         by_net = {}
         for s in extra.data_state:

@@ -357,6 +357,21 @@ def test_restore_reads_caffe_style_state_without_minicnn_fields(tmp_path):
         make_solver("Adam").restore(str(caffe_state))
 
 
+@pytest.mark.parametrize("rng_state", ['{"bit_generator": "PCG64", "sta', '{"bit_generator": 1}',
+                                       '{"bit_generator": "PCG64", "state": {}}', "[" * 100000],
+                         ids=["cut short", "another generator", "keys missing", "nested deeply"])
+def test_restore_of_a_corrupt_rng_state_names_the_file(tmp_path, rng_state):
+    solver = make_solver(snapshot_prefix=str(tmp_path / "lin"))
+    solver.step(1)
+    _, state_path = solver.snapshot()
+    state = read_binary(state_path, "SolverState")
+    state.minicnn.rng_state = rng_state
+    minicnn.proto.write_binary(state, state_path)
+    with pytest.raises(MinicnnError, match=f"{state_path}: the saved random generator state "
+                                           r"\(minicnn.rng_state\) is corrupt"):
+        make_solver().restore(state_path)
+
+
 # --- divergence ---------------------------------------------------------------------------------
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
