@@ -606,7 +606,10 @@ class Solver:
         for blob in self.net.learnable_params:    # a diff deferred to a history (InnerProduct's
             blob.diff                             # SGD step) keeps the step it holds now
         for k, (h, proto) in enumerate(zip(self.history, state.history)):
-            values = blob_proto_to_array(proto)
+            try:
+                values = blob_proto_to_array(proto)
+            except MinicnnError as e:
+                raise MinicnnError(f"{path}: history blob {k}: {e}") from None
             if values.size != h.size:
                 raise MinicnnError(f"{path}: history blob {k} has {values.size} values, the "
                                    f"parameter has {h.size}")

@@ -357,6 +357,18 @@ def test_restore_reads_caffe_style_state_without_minicnn_fields(tmp_path):
         make_solver("Adam").restore(str(caffe_state))
 
 
+def test_restore_of_a_history_blob_with_a_bad_shape_names_the_file(tmp_path):
+    solver = make_solver(momentum=0.9, snapshot_prefix=str(tmp_path / "lin"))
+    solver.step(1)
+    _, state_path = solver.snapshot()
+    state = read_binary(state_path, "SolverState")
+    state.history[1].shape.dim[0] = 3                 # 2 values stored
+    minicnn.proto.write_binary(state, state_path)
+    with pytest.raises(MinicnnError, match=f"^{state_path}: history blob 1: blob of shape "
+                                           r"\(3,\) holds 2 data values, expected 3$"):
+        make_solver(momentum=0.9).restore(state_path)
+
+
 @pytest.mark.parametrize("rng_state", ['{"bit_generator": "PCG64", "sta', '{"bit_generator": 1}',
                                        '{"bit_generator": "PCG64", "state": {}}', "[" * 100000],
                          ids=["cut short", "another generator", "keys missing", "nested deeply"])
