@@ -187,6 +187,14 @@ def test_every_error_path_has_a_clear_message(text, message):
     assert message in str(error_of(text))
 
 
+def test_huge_integers_are_reported_as_written():
+    huge = "0x" + "F" * 4000                   # past the 4,300 digits str() of an int allows
+    e = error_of(f"layer {{ convolution_param {{ num_output: {huge} }} }}")
+    assert f"{huge} is out of range for field 'num_output'" in str(e)
+    e = error_of(f"layer {{ pooling_param {{ pool: -{huge} }} }}")
+    assert f"-{huge} is not a value of field 'pool'" in str(e)
+
+
 def test_invalid_utf8_is_an_error():
     with pytest.raises(PrototxtError, match="UTF-8"):
         parse_text(b'name: "\xff\xfe"')

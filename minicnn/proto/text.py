@@ -181,6 +181,7 @@ class _Parser:
         if tok.kind == "symbol" and tok.text == "-":
             negative, tok = True, self.next(f"a number after '-' for '{field.name}'")
         kind, t = field.kind, field.type_name
+        written = ("-" if negative else "") + tok.text   # str() fails on ints of 4300+ digits
         if kind == "enum":
             if tok.kind == "ident" and not negative:
                 if tok.text not in field.enum.values:
@@ -192,7 +193,7 @@ class _Parser:
             if tok.kind == "number":
                 number = self._integer(tok, negative, field)
                 if number not in field.enum.names:
-                    self.fail(f"{number} is not a value of field '{field.name}' "
+                    self.fail(f"{written} is not a value of field '{field.name}' "
                               f"(enum {field.enum.name})", tok.pos)
                 return field.enum.names[number]
             self.fail(f"expected an enum name for field '{field.name}', got '{tok.text}'", tok.pos)
@@ -203,7 +204,7 @@ class _Parser:
             value = self._integer(tok, negative, field)
             lo, hi = INT_RANGES[t]
             if not lo <= value <= hi:
-                self.fail(f"{value} is out of range for field '{field.name}' ({t}: "
+                self.fail(f"{written} is out of range for field '{field.name}' ({t}: "
                           f"{lo} to {hi})", tok.pos)
             return value
         if t in ("float", "double"):
