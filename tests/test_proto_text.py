@@ -193,6 +193,8 @@ def test_huge_integers_are_reported_as_written():
     assert f"{huge} is out of range for field 'num_output'" in str(e)
     e = error_of(f"layer {{ pooling_param {{ pool: -{huge} }} }}")
     assert f"-{huge} is not a value of field 'pool'" in str(e)
+    e = error_of(f"layer {{ relu_param {{ negative_slope: {huge} }} }}")
+    assert f"{huge} is out of range for field 'negative_slope' (float)" in str(e)
 
 
 def test_invalid_utf8_is_an_error():

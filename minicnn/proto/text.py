@@ -210,7 +210,11 @@ class _Parser:
         if t in ("float", "double"):
             if tok.kind == "number":
                 text = tok.text.rstrip("fF") if not tok.text.lower().startswith("0x") else tok.text
-                value = float(int(text, 16)) if text.lower().startswith("0x") else float(text)
+                try:
+                    value = float(int(text, 16)) if text.lower().startswith("0x") else float(text)
+                except OverflowError:          # a hex integer past the largest double
+                    self.fail(f"{written} is out of range for field '{field.name}' ({t})",
+                              tok.pos)
             elif tok.kind == "ident" and tok.text.lower() in ("inf", "infinity", "nan"):
                 value = float("nan") if tok.text.lower() == "nan" else float("inf")
             else:
