@@ -202,6 +202,12 @@ def test_invalid_utf8_is_an_error():
         parse_text(b'name: "\xff\xfe"')
 
 
+def test_a_lone_surrogate_in_a_string_is_an_error():
+    text = b'layer {\n  name: "caf\xe9"\n}'.decode("utf-8", "surrogateescape")
+    e = error_of(text)
+    assert (e.line, e.column) == (2, 13) and "'\\udce9', a lone surrogate" in str(e)
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(PrototxtError, match="cannot read file"):
         read_prototxt(tmp_path / "nope.prototxt")

@@ -263,6 +263,8 @@ class _Parser:
         while k < len(body):
             ch = body[k]
             if ch != "\\":
+                if "\ud800" <= ch <= "\udfff":   # only in a str, e.g. read with surrogateescape
+                    self.fail(f"string holds {ch!r}, a lone surrogate, not text", tok.pos + 1 + k)
                 out += ch.encode("utf-8")
                 k += 1
                 continue
