@@ -117,8 +117,8 @@ class _Parser:
                 self.i += 1
                 break
             if tok.kind != "ident":
-                what = "'}'" if closing else "a field name"
-                self.fail(f"expected a field name or {what} in {desc.name}, got '{tok.text}'")
+                what = f"a field name or '{closing}'" if closing else "a field name"
+                self.fail(f"expected {what} in {desc.name}, got '{tok.text}'")
             self.i += 1
             field = desc.fields_by_name.get(tok.text)
             if field is None:
