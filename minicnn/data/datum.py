@@ -181,6 +181,8 @@ def decode_datum(datum, is_color=None, where=None):
         except DataError as e:
             raise DataError(e.reason, where) from None
     shape = (datum.channels, datum.height, datum.width)
+    if min(shape) < 0:                        # -1 x -2 x 3 would pass the count check below
+        raise DataError(f"Datum of shape {shape} has a negative dimension", where)
     count = shape[0] * shape[1] * shape[2]
     if len(datum.data):
         if len(datum.data) != count:

@@ -67,6 +67,11 @@ def test_datum_with_the_wrong_number_of_bytes_is_an_error():
         decode_datum(datum, where="db key 7")
     with pytest.raises(DataError, match="no data bytes"):
         decode_datum(caffe_pb2.Datum(channels=1, height=2, width=2))
+    for values in ({"data": b"abcdef"}, {"float_data": [0.0] * 6}):
+        with pytest.raises(DataError, match=r"^db key 7: Datum of shape \(-1, -2, 3\) has a "
+                                            "negative dimension"):
+            decode_datum(caffe_pb2.Datum(channels=-1, height=-2, width=3, **values),
+                         where="db key 7")
 
 
 def _red_pixel_png(path, mode="RGB"):
