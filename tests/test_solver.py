@@ -10,11 +10,14 @@ import os
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import minicnn
 from minicnn.errors import MinicnnError
 from minicnn.layer import Layer, register
 from minicnn.proto import caffe_pb2, parse_text, read_binary
+from minicnn.rng import get_rng
 from minicnn.solver import learning_rate
 
 N, D, K = 4, 3, 2
@@ -382,6 +385,35 @@ def test_restore_of_a_corrupt_rng_state_names_the_file(tmp_path, rng_state):
     with pytest.raises(MinicnnError, match=f"{state_path}: the saved random generator state "
                                            r"\(minicnn.rng_state\) is corrupt"):
         make_solver().restore(state_path)
+
+
+@pytest.fixture(scope="module")
+def saved_state(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("state")
+    solver = make_solver(momentum=0.9, snapshot_prefix=str(folder / "lin"))
+    solver.step(1)
+    _, state_path = solver.snapshot()
+    with open(state_path, "rb") as f:
+        return folder, f.read()
+
+
+@given(edits=st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(0, 255)), min_size=1,
+                      max_size=4))
+@settings(max_examples=150, deadline=None)
+def test_restore_of_a_mutated_solverstate_raises_only_minicnn_errors(saved_state, edits):
+    folder, good = saved_state
+    data = bytearray(good)
+    for pos, value in edits:
+        data[pos % len(data)] = value
+    path = folder / "mutated.solverstate"
+    path.write_bytes(bytes(data))
+    rng_state = get_rng().bit_generator.state
+    try:
+        make_solver(momentum=0.9).restore(str(path))
+    except MinicnnError:
+        pass
+    finally:
+        get_rng().bit_generator.state = rng_state      # a mutated but valid state was set
 
 
 # --- divergence ---------------------------------------------------------------------------------
