@@ -4,10 +4,12 @@ shows that a layer is one class and one decorator."""
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import minicnn
 from minicnn.blob import array_to_blob_proto
-from minicnn.errors import NetError
+from minicnn.errors import MinicnnError, NetError
 from minicnn.layer import Layer, register
 from minicnn.proto import caffe_pb2, parse_text, write_binary
 
@@ -409,6 +411,37 @@ def test_copy_from_a_v1_model(tmp_path):
     net = net_from(DEPLOY)
     net.copy_from(path)
     assert net.params["a"][0].data[0] == 4
+
+
+SMALL_CNN = """
+input: "x" input_shape { dim: 1 dim: 2 dim: 4 dim: 4 }
+layer { name: "conv" type: "Convolution" bottom: "x" top: "c"
+        convolution_param { num_output: 2 kernel_size: 3 } }
+layer { name: "ip" type: "InnerProduct" bottom: "c" top: "y" inner_product_param { num_output: 3 } }
+"""
+
+
+@pytest.fixture(scope="module")
+def small_cnn_model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("model")
+    net_from(SMALL_CNN).save(folder / "cnn.caffemodel")
+    return folder, (folder / "cnn.caffemodel").read_bytes()
+
+
+@given(edits=st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(0, 255)), min_size=1,
+                      max_size=4), cut=st.none() | st.integers(0, 1 << 20))
+@settings(max_examples=150, deadline=None)
+def test_copy_from_a_mutated_caffemodel_raises_only_minicnn_errors(small_cnn_model, edits, cut):
+    folder, good = small_cnn_model
+    data = bytearray(good)
+    for pos, value in edits:
+        data[pos % len(data)] = value
+    path = folder / "mutated.caffemodel"
+    path.write_bytes(bytes(data[:None if cut is None else cut % len(data)]))
+    try:
+        net_from(SMALL_CNN).copy_from(path)
+    except MinicnnError as e:
+        assert str(path) in str(e)                     # every error names the file
 
 
 def test_save_writes_every_layer_with_its_blobs(tmp_path):
