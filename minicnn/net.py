@@ -532,9 +532,10 @@ class Net:
     def backward(self, diffs=None, start=None, end=None, **top_diffs):
         """Run backward; returns {name: diff} of the net inputs (or of layer ``end``'s bottoms)
         plus any names in ``diffs``. Keyword arguments set top diffs (any blob) first; loss tops
-        not given start from their loss_weight, other outputs from zero."""
+        not given start from their loss_weight, other outputs from the diff they hold (zero
+        unless written, e.g. ``net.blobs["prob"].diff[...] = g``, as in pycaffe)."""
         for name, weight in self.blob_loss_weights.items():
-            if name not in top_diffs and (weight or name in self.outputs):
+            if weight and name not in top_diffs:
                 self.blobs[name].diff[...] = weight
         self._set_blobs(top_diffs, "diff")
         first = self._layer_index(start) if start is not None else len(self.layers) - 1

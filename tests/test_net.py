@@ -332,6 +332,16 @@ def test_forward_start_end_and_backward_with_diffs():
     np.testing.assert_allclose(diffs["x"], 6)
 
 
+def test_backward_uses_an_output_diff_written_directly():
+    # pycaffe: net.blobs[out].diff[...] = g; net.backward() sends g down (the diff is not reset)
+    net = net_from("force_backward: true\n" + DEPLOY, dtype=np.float64)
+    net.forward(x=np.ones((2, 3)))
+    net.blobs["r"].diff[...] = 1
+    np.testing.assert_allclose(net.backward()["x"], 2)
+    net.blobs["r"].diff[...] = 0.5
+    np.testing.assert_allclose(net.backward(start="r")["x"], 1)
+
+
 def test_bad_names_and_shapes_are_clear_errors():
     net = net_from(DEPLOY)
     with pytest.raises(NetError, match="no blob named 'nope'"):
