@@ -475,6 +475,32 @@ class Net:
         names = self._top_lists[last] if end is not None else self.outputs
         return {n: self.blobs[n].data for n in list(dict.fromkeys(list(names) + list(blobs or [])))}
 
+    def forward_all(self, blobs=None, **inputs):
+        """pycaffe's forward_all: run input arrays of N items through the net in batches of the
+        first input's batch size; returns {name: N x ... copy} of the outputs and ``blobs``.
+        A last, partial batch is padded with zeros, whose results are dropped."""
+        if not inputs:
+            raise NetError("forward_all needs the input arrays, e.g. forward_all(data=x)")
+        inputs = {name: np.asarray(value) for name, value in inputs.items()}
+        num = len(next(iter(inputs.values())))
+        if any(len(value) != num for value in inputs.values()):
+            raise NetError("forward_all: the inputs hold different numbers of items: " +
+                           ", ".join(f"{n} {len(v)}" for n, v in inputs.items()))
+        first = next(iter(inputs))
+        if first not in self.blobs:
+            raise NetError(f"no blob named '{first}'; inputs: {', '.join(self.inputs)}")
+        batch = self.blobs[first].shape[0]
+        outs = {}
+        for start in range(0, num, batch):
+            chunk = {name: value[start:start + batch] for name, value in inputs.items()}
+            real = len(chunk[first])
+            if real < batch:
+                chunk = {name: np.concatenate([v, np.zeros((batch - real, *v.shape[1:]), v.dtype)])
+                         for name, v in chunk.items()}
+            for name, value in self.forward(blobs, **chunk).items():
+                outs.setdefault(name, []).append(np.array(cuda.to_host(value))[:real])
+        return {name: np.concatenate(parts) for name, parts in outs.items()}
+
     def forward_from_to(self, first=0, last=None):
         """Run layers first..last (indices); return the loss (sum of loss_weight * top)."""
         return self._settle(*self._forward_layers(first, last))

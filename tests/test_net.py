@@ -342,6 +342,15 @@ def test_backward_uses_an_output_diff_written_directly():
     np.testing.assert_allclose(net.backward(start="r")["x"], 1)
 
 
+def test_forward_all_batches_and_drops_the_padding_of_the_last_batch():
+    net = net_from(DEPLOY, dtype=np.float64)              # batch 2; TestAffine: 2 x + 0
+    x = np.arange(-7.0, 8.0).reshape(5, 3)
+    out = net.forward_all(x=x, blobs=["y"])
+    assert set(out) == {"r", "y"} and net.blobs["x"].shape == (2, 3)
+    np.testing.assert_array_equal(out["y"], 2 * x)
+    np.testing.assert_array_equal(out["r"], np.maximum(2 * x, 0))
+
+
 def test_bad_names_and_shapes_are_clear_errors():
     net = net_from(DEPLOY)
     with pytest.raises(NetError, match="no blob named 'nope'"):
