@@ -157,9 +157,13 @@ class Transformer:
         return np.ascontiguousarray(x, dtype=np.float32)
 
     def deprocess(self, name, data):
-        """The inverse of preprocess (without the resize): C x H x W back to H x W x C."""
+        """The inverse of preprocess (without the resize): C x H x W back to H x W x C. A
+        batch of one (1 x C x H x W, e.g. the input blob's data) is taken as its item, as
+        caffe.io squeezes it."""
         self._check(name)
         x = np.array(data, dtype=np.float32)
+        if x.ndim == len(self.inputs[name]) and x.shape[0] == 1:
+            x = x[0]
         if name in self.input_scale:
             x /= self.input_scale[name]
         if name in self.mean:

@@ -44,6 +44,8 @@ def test_transformer_applies_caffe_io_order():
         * 0.5
     np.testing.assert_allclose(x, expected, rtol=1e-6)
     np.testing.assert_allclose(t.deprocess("data", x), image, rtol=1e-5, atol=1e-6)
+    # a batch of one, as pycaffe users pass net.blobs["data"].data (caffe.io squeezes it)
+    np.testing.assert_allclose(t.deprocess("data", x[None]), image, rtol=1e-5, atol=1e-6)
 
 
 def test_transformer_resizes_to_the_input_and_checks_settings():
