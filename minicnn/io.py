@@ -22,6 +22,7 @@ import numpy as np
 from minicnn.errors import MinicnnError
 
 IMAGENET_MEAN_BGR = (104.0, 117.0, 123.0)
+_WIDE_GRAY_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")    # Pillow's 16-bit/float gray
 
 
 def _pil():
@@ -35,10 +36,16 @@ def _pil():
 
 def load_image(path, color=True):
     """An image file as float32 H x W x C in [0, 1]: RGB (C = 3) when ``color``, else gray
-    (C = 1), as caffe.io.load_image returns it."""
+    (C = 1), as caffe.io.load_image returns it. A 16-bit gray image is scaled by 1 / 65535
+    (a float one kept as it is), as skimage's img_as_float does there."""
     Image = _pil()
     try:
         with Image.open(path) as image:
+            if image.mode in _WIDE_GRAY_MODES:
+                pixels = np.asarray(image, dtype=np.float32)[:, :, None]
+                if image.mode != "F":
+                    pixels /= 65535.0
+                return np.repeat(pixels, 3, axis=2) if color else pixels
             image = image.convert("RGB" if color else "L")
             pixels = np.asarray(image, dtype=np.float32) / 255.0
     except (OSError, ValueError) as e:

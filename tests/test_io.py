@@ -30,6 +30,16 @@ def test_load_image_is_float_rgb_in_unit_range(rgb_file):
         load_image(rgb_file.parent / "missing.png")
 
 
+def test_load_image_scales_16_bit_gray_to_the_unit_range(tmp_path):
+    pixels = np.array([[0, 257, 65535]], np.uint16)
+    Image.fromarray(pixels).save(tmp_path / "deep.png")          # caffe.io: value / 65535
+    np.testing.assert_allclose(load_image(tmp_path / "deep.png", color=False)[..., 0],
+                               [[0, 257 / 65535, 1]])
+    image = load_image(tmp_path / "deep.png")
+    assert image.shape == (1, 3, 3) and image.dtype == np.float32
+    np.testing.assert_allclose(image[0, 1], 257 / 65535)
+
+
 def test_transformer_applies_caffe_io_order():
     rng = np.random.default_rng(0)
     image = rng.random((5, 7, 3)).astype(np.float32)
