@@ -282,6 +282,12 @@ def _train(args, world):
     if args.snapshot and args.weights:
         raise MinicnnError("give --snapshot (resume) or --weights (fine-tune), not both")
     param, path = _solver_param(args)
+    # as Caffe's train: --weights replaces the solver file's weights and a resume drops them;
+    # other ranks load none (rank 0's weights are broadcast to them)
+    if args.snapshot or args.weights or not root:
+        param.ClearField("weights")
+        if args.weights and root:
+            param.weights.append(args.weights)
     device = world.device if world is not None else _train_device(args, param, root)
     if param.type not in SOLVERS:
         raise MinicnnError(f"unknown solver type '{param.type}'; minicnn supports: "
@@ -294,10 +300,6 @@ def _train(args, world):
     monitor = TrainingMonitor(solver, param.snapshot_prefix,
                               progress=False if args.no_progress else None) if root else None
     try:
-        for weights in (args.weights.split(",") if args.weights and root else []):
-            solver.log(f"Finetuning from {weights}")
-            for net in [solver.net] + solver.test_nets:
-                net.copy_from(weights)
         parallel = world.attach(solver, param) if world is not None else None
         with _signal_effects(solver if parallel is None else parallel.requests,
                              args.sigint_effect, args.sighup_effect), \

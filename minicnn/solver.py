@@ -184,6 +184,8 @@ class Solver:
         self.test_nets = self._test_nets()
         for test_net in self.test_nets:
             test_net.share_with(self.net)
+        for models in param.weights:         # the solver file's weights: fine-tune from them
+            self.load_weights(models)
         self.iter = 0
         self.current_step = 0
         self.losses, self.smoothed_loss = [], 0.0
@@ -218,6 +220,16 @@ class Solver:
             log.info(message)
         else:
             print(message, file=sys.stderr, flush=True)
+
+    def load_weights(self, models):
+        """Caffe's LoadNetWeights: copy the layers of each .caffemodel in ``models`` (a path, or
+        paths separated by commas) into the train net and every test net, by layer name. A
+        relative path is looked for as given, then next to the solver file."""
+        for model in str(models).split(","):
+            path = resolve_path(model, self.source_dir, what="weights file")
+            self.log(f"Finetuning from {model}")
+            for net in [self.net] + self.test_nets:
+                net.copy_from(path)
 
     # --- building the nets (Caffe's InitTrainNet / InitTestNets) ---------------------------------
     def _read_net(self, path):

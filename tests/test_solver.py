@@ -462,3 +462,38 @@ def test_messages_from_signal_handlers_wait_for_the_main_flow():
     solver.log_from_signal("during a step")
     solver.step(1)
     assert lines[-1] == "during a step"
+
+
+TEST_ONLY = """
+layer { name: "fc_test" type: "InnerProduct" bottom: "x" top: "z" include { phase: TEST }
+  inner_product_param { num_output: 1 } }
+"""
+
+
+def _weights_file(path, scale):
+    """A caffemodel of LINEAR + TEST_ONLY with every parameter value ``scale``."""
+    net = minicnn.Net(parse_text(LINEAR + TEST_ONLY), phase=minicnn.TEST, dtype=np.float64)
+    for blobs in net.params.values():
+        for blob in blobs:
+            blob.data[...] = scale
+    net.save(path)
+    return path
+
+
+def test_the_solver_files_weights_are_loaded_into_every_net(tmp_path, monkeypatch):
+    """Caffe's SolverParameter.weights (Solver::InitTrainNet/InitTestNets, LoadNetWeights):
+    each entry a comma-separated list, copied in order into the train and the test nets."""
+    (tmp_path / "net.prototxt").write_text(LINEAR + TEST_ONLY)
+    _weights_file(tmp_path / "one.caffemodel", 1.0)
+    _weights_file(tmp_path / "two.caffemodel", 2.0)
+    solver_file = tmp_path / "solver.prototxt"
+    solver_file.write_text('net: "net.prototxt" base_lr: 0.1 lr_policy: "fixed" test_iter: 1 '
+                           'test_interval: 10 weights: "one.caffemodel,two.caffemodel"')
+    monkeypatch.chdir(tmp_path.parent)                 # found next to the solver file
+    solver = minicnn.get_solver(str(solver_file), log=lambda m: None)
+    assert np.all(solver.net.params["fc"][0].data == 2) and "fc_test" not in solver.net.params
+    assert np.all(solver.test_nets[0].params["fc_test"][0].data == 2)
+    assert np.all(solver.test_nets[0].params["fc"][1].data == 2)
+    solver_file.write_text('net: "net.prototxt" weights: "one.caffemodel" weights: "nope"')
+    with pytest.raises(MinicnnError, match="weights file not found.*nope"):
+        minicnn.get_solver(str(solver_file), log=lambda m: None)

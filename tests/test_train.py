@@ -158,6 +158,25 @@ def test_train_and_test_commands(tiny_setup, capsys):
     assert "not both" in capsys.readouterr().err
 
 
+def test_train_fine_tunes_from_the_solver_files_weights_or_weights_flag(tiny_setup):
+    """Caffe's train: the solver file's `weights` are loaded into the nets before training;
+    --weights replaces them."""
+    tmp_path, list_file, db = tiny_setup
+    source = f'data_param {{ source: "{db}" batch_size: 4 backend: LMDB }}'
+    net_text = NET.format(train_type="Data", train_source=source, db=db)
+    solver_file = tiny_solver(tmp_path, net_text, base_lr=0, max_iter=1,
+                              weights='"quarter.caffemodel"')
+    net = minicnn.Net(str(tmp_path / "net.prototxt"), phase="TEST")
+    for name, value in (("quarter", 0.25), ("half", -0.5)):
+        net.params["fc"][0].data[...] = value
+        net.save(tmp_path / f"{name}.caffemodel")
+    trained = tmp_path / "snap" / "tiny_iter_1.caffemodel"
+    for flags, value in (([], 0.25), (["--weights", str(tmp_path / "half.caffemodel")], -0.5)):
+        assert main(["train", str(solver_file), "--no-progress", *flags]) == 0
+        net.copy_from(trained)
+        assert np.all(net.params["fc"][0].data == np.float32(value)), flags
+
+
 def test_train_a_net_prototxt_with_flags(tiny_setup, capsys):
     tmp_path, list_file, db = tiny_setup
     source = f'data_param {{ source: "{db}" batch_size: 4 backend: LMDB }}'
