@@ -124,8 +124,12 @@ class WeightsReader:
         self.major, self.minor, self.revision = (int(v) for v in
                                                  np.frombuffer(self.buf, "<i4", 3))
         wide = self.major * 10 + self.minor >= 2 and self.major < 1000 and self.minor < 1000
-        self.seen = int(np.frombuffer(self.buf, "<u8" if wide else "<i4", 1, 12)[0])
         self.offset = 20 if wide else 16
+        if len(self.buf) < self.offset:
+            raise DarknetError(f"{path}: the file ends at byte {len(self.buf)} inside the header: "
+                               f"version {self.major}.{self.minor} stores seen as int64, so the "
+                               f"header is {self.offset} bytes")
+        self.seen = int(np.frombuffer(self.buf, "<u8" if wide else "<i4", 1, 12)[0])
         self.transpose = self.major > 1000 or self.minor > 1000
 
     def read(self, count, what):

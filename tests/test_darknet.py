@@ -334,6 +334,15 @@ def test_header_sizes(tmp_path):
         assert (r.offset, r.seen, r.transpose) == (offset, seen, major > 1000)
 
 
+def test_header_cut_inside_a_64_bit_seen(tmp_path):
+    """16 to 19 bytes: enough for an int32 seen but not for the int64 one of version 0.2."""
+    path = tmp_path / "w"
+    for extra in (0, 3):
+        path.write_bytes(np.array([0, 2, 0, 7], "<i4").tobytes() + bytes(extra))
+        with pytest.raises(DarknetError, match=f"ends at byte {16 + extra} inside the header"):
+            WeightsReader(str(path))
+
+
 def test_errors_name_the_place(tmp_path):
     cfg = tmp_path / "a.cfg"
     cfg.write_text("[net]\nheight=8\nwidth=8\nchannels=1\n[convolutional]\nfilters=2\nsize=3\n")
