@@ -291,6 +291,28 @@ def test_loss_matches_darknets_detection_layer(tmp_path, rescore, sqrt):
     assert cost == pytest.approx(float(np.sum(delta.astype(np.float64) ** 2)), rel=1e-5)
 
 
+@needs_darknet
+def test_truth_grid_matches_darknets_fill_truth_region(tmp_path):
+    """Darknet's truth of one label file (no jitter, no flip): boxes crossing the image's edges
+    are clipped before they are placed, tiny ones (after clipping) dropped."""
+    lib = darknet()
+    lib.fill_truth_region.argtypes = ([ctypes.c_char_p, ctypes.POINTER(ctypes.c_float)]
+                                      + [ctypes.c_int] * 3 + [ctypes.c_float] * 4)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    side, classes = 4, 3
+    rng = np.random.default_rng(6)
+    for k in range(40):
+        box = [k % classes, *np.round(rng.uniform(-0.1, 1.1, 2), 6),
+               *np.round(rng.uniform(0.003, 0.9, 2), 6)]
+        (tmp_path / "labels" / "a.txt").write_text(" ".join(map(str, box)) + "\n")
+        want = np.zeros((1, side * side, 5 + classes), np.float32)
+        lib.fill_truth_region(str(tmp_path / "images" / "a.jpg").encode(), _floats(want),
+                              classes, side, 0, 0, 0, 1, 1)
+        got = detection_truth(np.array([[box]], np.float32), side, classes)
+        np.testing.assert_allclose(got, want, atol=1e-6, err_msg=str(box))
+
+
 # --- without Darknet: the formulas -------------------------------------------------------------
 
 def _leaky(v):

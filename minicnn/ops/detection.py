@@ -76,11 +76,14 @@ def detection_truth(labels, side, classes, coords=4, dtype=None):
     """Darknet's truth grid (N, S*S, 1 + C + 4) from box lists ``labels`` (N, K, 5).
 
     Each row of labels[n] is (class, x, y, w, h), x, y the box centre and w, h its size, all
-    relative to the image (0..1); rows with class < 0 are padding. In row order (Darknet shuffles
-    the boxes of an image before this step; a data layer does that), a box goes to the cell
-    holding its centre, col = int(x*S), row = int(y*S) (clamped to S - 1 at x or y = 1), unless
-    that cell already has one: one object per cell, the first wins. Boxes with w or h below
-    0.005 are dropped, as in Darknet. Class ids must be integers in [0, classes).
+    relative to the image (0..1); rows with class < 0 are padding. As Darknet's
+    fill_truth_region (its correct_boxes), a box is first clipped to the image: its edges
+    x -+ w/2, y -+ h/2 are limited to [0, 1] and x, y, w, h recomputed from them. In row order
+    (Darknet shuffles the boxes of an image before this step; a data layer does that), a box
+    goes to the cell holding its centre, col = int(x*S), row = int(y*S) (clamped to S - 1 at x
+    or y = 1), unless that cell already has one: one object per cell, the first wins. Boxes
+    with w or h below 0.005 (after clipping) are dropped, as in Darknet. Class ids must be
+    integers in [0, classes).
     """
     labels = np.asarray(labels)
     if labels.ndim != 3 or labels.shape[2] != 5:
@@ -101,6 +104,9 @@ def detection_truth(labels, side, classes, coords=4, dtype=None):
             if not all(np.isfinite((x, y, w, h))):
                 raise LayerError(f"box {k} of item {b} has a non-finite coordinate "
                                  f"{(x, y, w, h)}")
+            x0, x1 = min(max(x - w / 2, 0), 1), min(max(x + w / 2, 0), 1)   # clipped to the
+            y0, y1 = min(max(y - h / 2, 0), 1), min(max(y + h / 2, 0), 1)   # image
+            x, y, w, h = (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0
             if w < MIN_BOX_SIZE or h < MIN_BOX_SIZE:
                 continue
             col = min(max(int(x * side), 0), side - 1)

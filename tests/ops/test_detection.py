@@ -289,9 +289,18 @@ def test_truth_grid_one_object_per_cell_first_wins():
     assert truth[0, 1].sum() == truth[0, 2].sum() == 0
 
 
-def test_truth_grid_clamps_the_right_and_bottom_edge():
-    truth = detection_truth(np.array([[[0, 1.0, 1.0, 0.5, 0.5]]]), 3, 1)
-    assert truth[0, 8, 0] == 1 and truth[0, 8, 2:4].tolist() == [1.0, 1.0]
+def test_truth_grid_clips_boxes_to_the_image():
+    """As Darknet's correct_boxes: the edges are limited to [0, 1], the centre and size follow;
+    the 0.005 rule applies after clipping. Values from Debian's libdarknet (fill_truth_region)."""
+    labels = np.array([[[0, 0.95, 0.5, 0.3, 0.2],       # 0.8 .. 1.1 -> 0.8 .. 1: cell (1, 2)
+                        [0, 0.1, 0.05, 0.1, 0.3],       # -0.1 .. 0.2 -> 0 .. 0.2: cell (0, 0)
+                        [0, 0.4, 1.2, 0.1, 0.404]]])    # 0.998 .. 1.402 -> 0.998 .. 1: dropped
+    truth = detection_truth(labels, 3, 1)
+    np.testing.assert_allclose(truth[0, 5], [1, 1, 0.7, 0.5, 0.2, 0.2], atol=1e-12)
+    np.testing.assert_allclose(truth[0, 0], [1, 1, 0.3, 0.3, 0.1, 0.2], atol=1e-12)
+    assert truth[0, :, 0].sum() == 2
+    truth = detection_truth(np.array([[[0, 1.0, 1.0, 0.5, 0.5]]]), 3, 1)   # the far corner
+    np.testing.assert_allclose(truth[0, 8], [1, 1, 0.625, 0.625, 0.25, 0.25], atol=1e-12)
 
 
 @pytest.mark.parametrize("labels, match", [
