@@ -64,7 +64,8 @@ def convert_imageset(root, list_file, db_path, resize_height=0, resize_width=0, 
     new LMDB at ``db_path``; returns the number of records written.
 
     Each Datum holds the image as BGR (or gray, ``gray=True``) uint8 CHW, resized to
-    (resize_height, resize_width) with a bilinear filter when both are > 0, and its label.
+    (resize_height, resize_width) as Caffe resizes (OpenCV's bilinear, pixel for pixel) when
+    both are > 0, and its label.
     ``encoded`` stores image-file bytes instead (the original file when it needs no change,
     else re-encoded as ``encode_type``, by default the file's extension). ``shuffle`` permutes
     the lines first, with ``np.random.default_rng(seed)`` (seed None: minicnn's global

@@ -115,11 +115,23 @@ def test_encode_image_writes_rgb_files(tmp_path):
         encode_image(bgr, "nosuchformat")
 
 
-def test_resize_is_bilinear_to_the_asked_size(tmp_path):
+def test_resize_is_opencvs_bilinear_pixel_for_pixel(tmp_path):
+    """Caffe's ReadImageToCVMat resizes with cv::resize (INTER_LINEAR): the same pixels, up and
+    down, gray and colour, 1-pixel sources, and the halving OpenCV takes as INTER_AREA."""
+    cv2 = pytest.importorskip("cv2")
+    rng = np.random.default_rng(7)
+    sizes = [((8, 8), (4, 4)), ((64, 48), (32, 24)), ((65, 48), (32, 24)), ((1, 1), (3, 5)),
+             ((1, 9), (4, 2)), ((300, 400), (227, 227)), ((28, 28), (256, 256))]
+    sizes += [(tuple(rng.integers(1, 90, 2)), tuple(rng.integers(1, 120, 2))) for _ in range(40)]
+    for (h, w), (oh, ow) in sizes:
+        c = int(rng.choice([1, 3]))
+        x = rng.integers(0, 256, (c, h, w), dtype=np.uint8)
+        want = cv2.resize(np.ascontiguousarray(x.transpose(1, 2, 0)), (int(ow), int(oh)),
+                          interpolation=cv2.INTER_LINEAR).reshape(oh, ow, c).transpose(2, 0, 1)
+        got = resize_image(x, oh, ow)
+        assert got.dtype == np.uint8 and got.shape == (c, oh, ow)
+        np.testing.assert_array_equal(got, want, err_msg=f"{(c, h, w)} -> {(oh, ow)}")
     x = np.tile(np.arange(8, dtype=np.uint8) * 30, (3, 4, 1))
-    out = resize_image(x, 2, 4)
-    assert out.shape == (3, 2, 4) and out.dtype == np.uint8
-    assert (np.diff(out[0, 0].astype(int)) > 0).all()              # still increasing
     path = str(tmp_path / "a.png")
     Image.fromarray(x.transpose(1, 2, 0)).save(path)
     assert read_image(path, 3, 5).shape == (3, 3, 5)
