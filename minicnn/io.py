@@ -128,13 +128,20 @@ class Transformer:
         self.raw_scale[name] = float(scale)
 
     def set_mean(self, name, mean):
-        """Subtract a per-channel mean (C,) or a mean image (C, H, W), after the raw scale."""
+        """Subtract a per-channel mean (C,) or a mean image (C, H, W; H x W for one channel),
+        after the raw scale. A mean image of another size is resized to the input's, as
+        pycaffe does (e.g. ImageNet's 256 x 256 mean for a 227 x 227 input)."""
         self._check(name)
         mean = np.asarray(mean, dtype=np.float32)
         shape = self.inputs[name][1:]
+        if mean.ndim == 2:
+            mean = mean[None]
         if mean.ndim == 1 and mean.shape[0] == shape[0]:
             mean = mean[:, None, None]                   # per channel
-        elif mean.shape != shape:
+        elif mean.ndim == len(shape) == 3 and mean.shape[0] == shape[0] and mean.size:
+            if mean.shape != shape:
+                mean = resize_image(mean.transpose(1, 2, 0), shape[1:]).transpose(2, 0, 1)
+        else:
             raise MinicnnError(f"mean of shape {mean.shape} fits neither the input's channels "
                                f"({shape[0]},) nor its shape {shape}")
         self.mean[name] = mean

@@ -65,9 +65,27 @@ def test_transformer_resizes_to_the_input_and_checks_settings():
     with pytest.raises(MinicnnError, match="not one of the net inputs"):
         t.set_raw_scale("image", 255)
     with pytest.raises(MinicnnError, match="fits neither"):
-        t.set_mean("data", np.zeros((3, 5, 5)))
+        t.set_mean("data", np.zeros((2, 4, 4)))
+    with pytest.raises(MinicnnError, match="fits neither"):
+        t.set_mean("data", np.zeros(4))
     with pytest.raises(MinicnnError, match="channel swap needs 3"):
         t.set_channel_swap("data", (1, 0))
+
+
+def test_a_mean_image_of_another_size_is_resized_as_pycaffe_does():
+    """pycaffe's set_mean resizes a mean image to the input (ImageNet's 256 x 256 mean for a
+    227 x 227 crop): the per-channel levels stay, a 2-D mean serves one channel."""
+    t = Transformer({"data": (1, 3, 4, 6), "gray": (1, 1, 4, 4)})
+    levels = np.array([104.0, 117.0, 123.0], np.float32)
+    t.set_mean("data", np.broadcast_to(levels[:, None, None], (3, 9, 8)))
+    assert t.mean["data"].shape == (3, 4, 6)
+    np.testing.assert_allclose(t.mean["data"], np.broadcast_to(levels[:, None, None], (3, 4, 6)),
+                               rtol=1e-6)
+    ramp = np.tile(np.arange(8, dtype=np.float32), (8, 1))         # 2-D: the one channel
+    t.set_mean("gray", ramp)
+    assert t.mean["gray"].shape == (1, 4, 4)
+    np.testing.assert_allclose(t.mean["gray"][0], resize_image(ramp[:, :, None], (4, 4))[:, :, 0])
+    assert (np.diff(t.mean["gray"][0, 0]) > 0).all()
 
 
 def test_resize_crop_and_oversample():
