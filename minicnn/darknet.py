@@ -271,7 +271,7 @@ def build(sections, weights):
             _activation(b, s, name, top)
         elif kind == "dropout":
             p = s.float("probability", 0.5)
-            b.layer(f"drop{i}", "Dropout", top, top, f"dropout_param {{ dropout_ratio: {p:g} }}")
+            b.layer(f"drop{i}", "Dropout", top, top, f"dropout_param {{ dropout_ratio: {p!r} }}")
         elif kind == "detection":
             if s.int("random", 0) or s.int("forced", 0) or s.int("reorg", 0):
                 warnings.warn(f"{s.where()}: random, forced and reorg only change training in "
@@ -291,7 +291,7 @@ def build(sections, weights):
                                                      "class_scale", "coord_scale")}
             body = " ".join([f"{k}: {v}" for k, v in fields.items()]
                             + [f"{k}: {'true' if v else 'false'}" for k, v in flags.items()]
-                            + [f"{k}: {v:g}" for k, v in scales.items()])
+                            + [f"{k}: {v!r}" for k, v in scales.items()])
             b.layer("detection", "Detection", top, "detection", f"detection_param {{ {body} }}")
             top = "detection"
         else:

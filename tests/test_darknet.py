@@ -411,6 +411,16 @@ def test_convert_command(tmp_path, capsys):
     p = net.layer_dict["detection"].param.detection_param
     assert (p.side, p.num, p.classes, p.sqrt, p.rescore) == (2, 2, 3, True, True)
     assert (p.noobject_scale, p.coord_scale) == (0.5, 5.0)
+    # values that six significant digits would round: Darknet keeps float(atof(text))
+    cfg.write_text(SMALL_CFG.replace("probability=.5", "probability=.123456789")
+                   .replace("noobject_scale=.5", "noobject_scale=0.30000012"))
+    assert main(["convert", "darknet", str(cfg), str(tmp_path / "small.weights"),
+                 str(tmp_path / "out")]) == 0
+    net = minicnn.Net(str(tmp_path / "out" / "small.prototxt"), phase=minicnn.TEST)
+    assert net.layer_dict["detection"].param.detection_param.noobject_scale == \
+        np.float32(0.30000012)
+    drop = next(layer for layer in net.layers if layer.type == "Dropout")
+    assert drop.param.dropout_param.dropout_ratio == np.float32(0.123456789)
     bad = tmp_path / "bad.cfg"
     bad.write_text("[net]\nheight=1\n")
     assert main(["convert", "darknet", str(bad), str(tmp_path / "small.weights"),
