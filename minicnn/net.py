@@ -809,6 +809,8 @@ class Net:
         Layers of the model with no same-named layer here are ignored, and layers here that the
         model lacks keep their filler values (Caffe's CopyTrainedLayersFrom); a same-named layer
         with a different blob count or shape is an error: rename the layer to learn it afresh.
+        Every blob is read and checked before any is copied: after an error the net is as it
+        was.
         """
         if isinstance(weights, caffe_pb2.NetParameter):
             source, where = weights, "<NetParameter>"
@@ -819,6 +821,7 @@ class Net:
                     "V1LayerParameter": {"name", "type", "blobs"}}
             source = upgrade_net(read_binary(where, "NetParameter", keep=keep))
         targets = self.layer_dict
+        copies = []
         for src in source.layer:
             layer = targets.get(src.name)
             if layer is None:
@@ -836,9 +839,11 @@ class Net:
                         "layer's parameters from scratch rather than copying them, rename the "
                         "layer")
                 try:
-                    blob.data = blob_proto_to_array(proto).reshape(blob.shape)
+                    copies.append((blob, blob_proto_to_array(proto).reshape(blob.shape)))
                 except MinicnnError as e:
                     raise NetError(f"{where}: layer '{src.name}' param {k}: {e}") from None
+        for blob, values in copies:
+            blob.data = values
 
     def to_proto(self, write_diff=False):
         """The net as a NetParameter with every layer's blobs (Caffe's Net::ToProto)."""

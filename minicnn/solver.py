@@ -609,14 +609,14 @@ class Solver:
 
     def restore(self, path):
         """Continue from a .solverstate (minicnn's or Caffe's): iteration, lr step, history,
-        the weights it names and, when minicnn wrote it, the data positions and RNG state."""
+        the weights it names and, when minicnn wrote it, the data positions and RNG state.
+        The whole state is read and checked first: after an error the solver is as it was."""
         state = read_binary(path, "SolverState")
         if len(state.history) != len(self.history):
             raise MinicnnError(f"{path}: {len(state.history)} history blobs, but a {self.type} "
                                f"solver on this net keeps {len(self.history)} (is it a state of "
                                "another net or solver type?)")
-        for blob in self.net.learnable_params:    # a diff deferred to a history (InnerProduct's
-            blob.diff                             # SGD step) keeps the step it holds now
+        history = []
         for k, (h, proto) in enumerate(zip(self.history, state.history)):
             try:
                 values = blob_proto_to_array(proto)
@@ -625,29 +625,42 @@ class Solver:
             if values.size != h.size:
                 raise MinicnnError(f"{path}: history blob {k} has {values.size} values, the "
                                    f"parameter has {h.size}")
-            cuda.assign(h, values.reshape(h.shape))
-        self.iter, self.current_step = state.iter, state.current_step
+            history.append(values.reshape(h.shape))
+        model = None
         if state.HasField("learned_net"):
             model = resolve_path(state.learned_net, os.path.dirname(os.path.abspath(path)),
                                  what=f"the weights file {path} names")
-            self.net.copy_from(model)
         extra = state.minicnn
+        rng_state = None
         if extra.HasField("rng_state"):
-            try:
-                get_rng().bit_generator.state = json.loads(extra.rng_state)
+            try:            # not JSON, or not a state of this generator: tried on a spare one
+                rng_state = json.loads(extra.rng_state)
+                type(get_rng().bit_generator)().state = rng_state
             except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as e:
-                # not JSON, or not a state of this generator: NumPy checks it all before setting
                 raise MinicnnError(f"{path}: the saved random generator state (minicnn."
                                    f"rng_state) is corrupt: {type(e).__name__}: {e}") from None
         nets = {"train": self.net, **{f"test{i}": n for i, n in enumerate(self.test_nets)}}
         by_net = {}
         for s in extra.data_state:
+            if s.net not in nets:
+                raise NetError(f"{path}: the saved data position names net '{s.net}', which "
+                               "this solver does not have")
+            layer = nets[s.net].layer_dict.get(s.layer)
+            if layer is None or not hasattr(layer, "restore_data_state"):
+                raise NetError(f"{path}: the saved data position names layer '{s.layer}', "
+                               f"which is not a data layer of the {s.net} net")
             by_net.setdefault(s.net, {})[s.layer] = {"seed": s.seed,
                                                      "batches_served": s.batches_served}
+        if model is not None:                     # checks every blob before it copies one
+            self.net.copy_from(model)
+        for blob in self.net.learnable_params:    # a diff deferred to a history (InnerProduct's
+            blob.diff                             # SGD step) keeps the step it holds now
+        for h, values in zip(self.history, history):
+            cuda.assign(h, values)
+        self.iter, self.current_step = state.iter, state.current_step
+        if rng_state is not None:
+            get_rng().bit_generator.state = rng_state
         for label, states in by_net.items():
-            if label not in nets:
-                raise NetError(f"{path}: the saved data position names net '{label}', which "
-                               "this solver does not have")
             nets[label].restore_data_state(states)
         self.log(f"Restored from {path} at iteration {self.iter}")
 

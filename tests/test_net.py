@@ -411,6 +411,19 @@ def test_copy_from_shape_mismatch_says_rename_the_layer(tmp_path):
         net.copy_from(path)
 
 
+def test_a_failed_copy_from_leaves_every_layer_as_it_was(tmp_path):
+    net = net_from(DEPLOY.replace('top: "r" }', 'top: "r" }\n' + 'layer { name: "b" type: '
+                                  '"TestAffine" bottom: "r" top: "z" }'))
+    before = {name: [b.data.copy() for b in blobs] for name, blobs in net.params.items()}
+    path = tmp_path / "m.caffemodel"
+    write_binary(model_with([("a", [[5.0], [6.0]]), ("b", [[1.0, 2.0], [3.0]])]), path)
+    with pytest.raises(NetError, match="layer 'b'.*shape mismatch"):
+        net.copy_from(path)
+    for name, blobs in net.params.items():           # layer a was fine, and is not copied
+        for a, b in zip(before[name], blobs):
+            np.testing.assert_array_equal(a, b.data)
+
+
 def test_copy_from_accepts_legacy_4d_shapes():
     net = net_from(DEPLOY)
     legacy = caffe_pb2.BlobProto(num=1, channels=1, height=1, width=1, data=[9.0])

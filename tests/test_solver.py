@@ -372,6 +372,37 @@ def test_restore_of_a_history_blob_with_a_bad_shape_names_the_file(tmp_path):
         make_solver(momentum=0.9).restore(state_path)
 
 
+@pytest.mark.parametrize("spoil", ["weights of another shape", "rng state", "data position"])
+def test_a_failed_restore_leaves_the_solver_as_it_was(tmp_path, spoil):
+    """Everything in the state is checked before anything is restored: no half-restored solver
+    (history from the file, weights or generator or iteration from before)."""
+    solver = make_solver(momentum=0.9, snapshot_prefix=str(tmp_path / "lin"))
+    solver.step(2)
+    model, state_path = solver.snapshot()
+    state = read_binary(state_path, "SolverState")
+    if spoil == "weights of another shape":
+        net = minicnn.Net(parse_text(LINEAR.replace(f"num_output: {K}", f"num_output: {K + 1}")
+                                     .replace(f"dim: {K} }}", f"dim: {K + 1} }}")),
+                          dtype=np.float64)
+        net.save(model)
+    elif spoil == "rng state":
+        state.minicnn.rng_state = '{"bit_generator": "PCG64", "state": {}}'
+    else:
+        state.minicnn.data_state.add(net="train", layer="fc", seed=1, batches_served=2)
+    minicnn.proto.write_binary(state, state_path)
+    other = make_solver(momentum=0.9)
+    other.step(1)
+    before = ([b.data.copy() for b in other.net.learnable_params],
+              [h.copy() for h in other.history], other.iter, get_rng().bit_generator.state)
+    with pytest.raises(MinicnnError, match=str(state_path) if spoil != "weights of another "
+                       "shape" else "shape mismatch"):
+        other.restore(state_path)
+    for a, b in zip(before[0] + before[1], [b.data for b in other.net.learnable_params]
+                    + other.history):
+        np.testing.assert_array_equal(a, b)
+    assert other.iter == before[2] and get_rng().bit_generator.state == before[3]
+
+
 @pytest.mark.parametrize("rng_state", ['{"bit_generator": "PCG64", "sta', '{"bit_generator": 1}',
                                        '{"bit_generator": "PCG64", "state": {}}', "[" * 100000],
                          ids=["cut short", "another generator", "keys missing", "nested deeply"])
