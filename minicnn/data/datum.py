@@ -94,8 +94,8 @@ def _linear_taps(src, dst, clamp_weights):
     f -= first.astype(np.float32)
     if clamp_weights:
         f[(first < 0) | (first >= src - 1)] = 0
-    w0 = np.rint((np.float32(1) - f) * np.float32(_COEF_SCALE)).astype(np.int64)
-    w1 = np.rint(f * np.float32(_COEF_SCALE)).astype(np.int64)
+    w0 = np.rint((np.float32(1) - f) * np.float32(_COEF_SCALE)).astype(np.int32)
+    w1 = np.rint(f * np.float32(_COEF_SCALE)).astype(np.int32)
     return np.clip(first, 0, src - 1), np.clip(first + 1, 0, src - 1), w0, w1
 
 
@@ -110,7 +110,7 @@ def resize_image(chw, height, width):
     height, width = int(height), int(width)
     if (h, w) == (height, width):
         return chw.copy()
-    s = chw.astype(np.int64)
+    s = chw.astype(np.int32)                      # the sums below stay under 2^27
     if (h, w) == (2 * height, 2 * width):                 # OpenCV takes INTER_AREA here
         out = (s[:, 0::2, 0::2] + s[:, 0::2, 1::2] + s[:, 1::2, 0::2] + s[:, 1::2, 1::2] + 2) >> 2
         return out.astype(np.uint8)
