@@ -13,6 +13,7 @@ import os
 from minicnn.errors import MinicnnError
 from minicnn.net import filter_net
 from minicnn.proto import caffe_pb2, read_prototxt, upgrade_net
+from minicnn.proto.wire import atomic_write
 
 LAYER_COLOURS = {"Convolution": "#FF5050", "Deconvolution": "#FF5050", "Pooling": "#FF9900",
                  "SPP": "#FF9900", "InnerProduct": "#CC33FF"}
@@ -80,21 +81,22 @@ def draw_net(model, path, rankdir="LR", phase="TRAIN", display_lrm=False):
     """Write a picture of the net in ``model`` (a prototxt path or NetParameter) to ``path``."""
     net_param = model if isinstance(model, caffe_pb2.NetParameter) else read_prototxt(model)
     dot = net_to_dot(net_param, rankdir, phase, display_lrm)
-    stem, extension = os.path.splitext(os.fspath(path))
-    extension = extension.lstrip(".").lower()
+    extension = os.path.splitext(os.fspath(path))[1].lstrip(".").lower()
     if extension in ("dot", "gv"):
-        with open(path, "w") as f:
+        with atomic_write(path, "w") as f:
             f.write(dot.source)
         return path
     if not extension:
         raise MinicnnError(f"give the picture a file extension (.png, .svg, .pdf or .dot): {path}")
     import graphviz
-    try:
-        dot.render(stem, format=extension, cleanup=True)
+    try:            # piped, not rendered: render writes its source to the path less the extension
+        picture = dot.pipe(format=extension)
     except graphviz.ExecutableNotFound:
         raise MinicnnError("drawing needs Graphviz's 'dot' program, which is not installed: "
                            "apt-get install graphviz (Debian/Ubuntu) or brew install graphviz "
                            "(or write the .dot source instead)") from None
     except (graphviz.CalledProcessError, ValueError) as e:
         raise MinicnnError(f"Graphviz could not write {path}: {e}") from None
+    with atomic_write(path, "wb") as f:
+        f.write(picture)
     return path

@@ -51,6 +51,18 @@ def test_command_writes_a_png(tmp_path):
     assert os.listdir(tmp_path) == ["lenet.png"]
 
 
+@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's dot is not installed")
+def test_picture_named_after_the_prototxt_keeps_it(tmp_path):
+    net = tmp_path / "lenet.prototxt"             # Graphviz's render wrote its source to the
+    shutil.copy(LENET, net)                       # output path less .png, then deleted it
+    (tmp_path / "out").write_text("mine")
+    assert main(["draw", str(net), str(net) + ".png"]) == 0
+    assert main(["draw", str(net), str(tmp_path / "out.svg")]) == 0
+    assert net.read_text() == open(LENET).read() and (tmp_path / "out").read_text() == "mine"
+    assert sorted(os.listdir(tmp_path)) == ["lenet.prototxt", "lenet.prototxt.png", "out",
+                                            "out.svg"]
+
+
 def test_missing_extension_is_an_error(tmp_path):
     from minicnn.draw import draw_net
     with pytest.raises(MinicnnError, match="file extension"):
