@@ -67,7 +67,8 @@ def convert_imageset(root, list_file, db_path, resize_height=0, resize_width=0, 
     (resize_height, resize_width) as Caffe resizes (OpenCV's bilinear, pixel for pixel) when
     both are > 0, and its label.
     ``encoded`` stores image-file bytes instead (the original file when it needs no change,
-    else re-encoded as ``encode_type``, by default the file's extension). ``shuffle`` permutes
+    else re-encoded as ``encode_type``, by default the file's extension); an ``encode_type``
+    alone encodes too, as in Caffe. ``shuffle`` permutes
     the lines first, with ``np.random.default_rng(seed)`` (seed None: minicnn's global
     generator). ``check_size`` makes differently sized images an error. An image that cannot be
     read is skipped with a warning, as Caffe does (its index is still used up).
@@ -83,6 +84,7 @@ def convert_imageset(root, list_file, db_path, resize_height=0, resize_width=0, 
     if os.path.lexists(db_path) and not overwrite:
         raise DataError("already exists (remove it, or pass overwrite=True)", db_path)
     is_color = not gray
+    encoded = encoded or bool(encode_type)    # Caffe encodes whenever the encoding is known
     tmp = f"{db_path}.tmp-{os.getpid()}"
     remove_db(tmp)
     size = None

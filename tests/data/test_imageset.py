@@ -140,6 +140,16 @@ def test_encoded_records_decode_to_the_same_pixels(imageset, tmp_path):
     db.close()
 
 
+def test_encode_type_alone_encodes_as_caffe_does(imageset, tmp_path):
+    root, list_file, images = imageset
+    convert_imageset(root, list_file, str(tmp_path / "db"), encode_type="bmp")
+    db = open_db(str(tmp_path / "db"))
+    datum = parse_binary(db.get_index(0), "Datum")
+    assert datum.encoded and datum.data[:2] == b"BM"
+    np.testing.assert_array_equal(decode_datum(db.get_index(0))[0], images[0])
+    db.close()
+
+
 def test_check_size_and_unreadable_images(imageset, tmp_path):
     root, list_file, _ = imageset
     make_images(root, ["big.png"], size=(5, 5))
