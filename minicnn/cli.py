@@ -395,6 +395,8 @@ def data(args):
 def convert_imageset(args):
     """Caffe's convert_imageset: a list of `path label` lines -> an LMDB of Datum records."""
     from minicnn.data.imageset import convert_imageset as convert
+    if args.backend != "lmdb":
+        raise MinicnnError("minicnn writes LMDB databases only (--backend lmdb, the default)")
     n = convert(args.root, args.list_file, args.db, resize_height=args.resize_height,
                 resize_width=args.resize_width, gray=args.gray, shuffle=args.shuffle,
                 encoded=args.encoded, encode_type=args.encode_type, check_size=args.check_size)
@@ -1192,10 +1194,15 @@ def build_parser():
     p.add_argument("--encoded", action="store_true", help="store the encoded image files")
     p.add_argument("--encode-type", default="", help="re-encode as png or jpg")
     p.add_argument("--check-size", action="store_true", help="all images must share a size")
+    p.add_argument("--backend", choices=["lmdb", "leveldb"], default="lmdb", type=str.lower,
+                   help="database to write: lmdb (the default; minicnn writes no LevelDB)")
 
     p = sub.add_parser("compute-image-mean", help="LMDB -> mean .binaryproto")
     p.add_argument("db")
     p.add_argument("output", nargs="?")
+    p.add_argument("--backend", choices=["lmdb", "leveldb"], default="lmdb", type=str.lower,
+                   help="the database's kind, as Caffe's flag (LMDB is recognised by its "
+                        "content; minicnn reads no LevelDB)")
     p = sub.add_parser("classify", help="the top-k classes of images (like classify.py)")
     p.add_argument("image", nargs="*", metavar="IMAGE", help="image files; @LIST reads a list")
     p.add_argument("--images", help="a list file of images (`path` or `path label` lines)")

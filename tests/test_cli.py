@@ -4,7 +4,9 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from minicnn.cli import _caffe_style, main
 
@@ -60,3 +62,25 @@ def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "minicnn", "time", LENET, "-iterations", "1",
                           "-phase", "TEST"], capture_output=True, text=True, check=True).stdout
     assert "Average Forward pass" in out
+
+
+def write_images(folder, count=3, size=(4, 5)):
+    """`count` random RGB PNGs in ``folder`` and their list file (`name label` lines)."""
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(
+            folder / f"{i}.png")
+    (folder / "list.txt").write_text("".join(f"{i}.png {i}\n" for i in range(count)))
+    return folder / "list.txt"
+
+
+def test_data_tools_take_caffes_backend_flag(tmp_path, capsys):
+    list_file = write_images(tmp_path)
+    assert main(["convert-imageset", str(tmp_path), str(list_file), str(tmp_path / "db"),
+                 "-backend=lmdb"]) == 0
+    assert main(["compute-image-mean", "-backend", "lmdb", str(tmp_path / "db"),
+                 str(tmp_path / "mean.binaryproto")]) == 0
+    assert main(["convert-imageset", str(tmp_path), str(list_file), str(tmp_path / "db2"),
+                 "--backend", "leveldb"]) == 1
+    assert "LMDB databases only" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "db2")
