@@ -59,7 +59,8 @@ def _add_net_options(p, phase_default):
     p.add_argument("--weights", help="a .caffemodel to load first")
     p.add_argument("--phase", choices=["TRAIN", "TEST"], default=phase_default, type=str.upper)
     p.add_argument("--level", type=int, default=0, help="net state level")
-    p.add_argument("--stage", action="append", default=[], help="net state stage (repeatable)")
+    p.add_argument("--stage", action="append", default=[],
+                   help="net state stage (repeatable, or a,b)")
 
 
 def _model(args):
@@ -1318,6 +1319,8 @@ def main(argv=None):
     if args.command is None:
         parser.print_help()
         return 2
+    if getattr(args, "stage", None):        # Caffe's -stage a,b names two stages
+        args.stage = [s for text in args.stage for s in text.split(",") if s]
     try:
         return COMMANDS[args.command](args)
     except MinicnnError as e:

@@ -84,3 +84,12 @@ def test_data_tools_take_caffes_backend_flag(tmp_path, capsys):
                  "--backend", "leveldb"]) == 1
     assert "LMDB databases only" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "db2")
+
+
+def test_stage_flag_is_comma_separated_as_caffes(tmp_path, capsys):
+    net = tmp_path / "net.prototxt"
+    net.write_text('layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 1 } } }'
+                   'layer { name: "ab" type: "Power" bottom: "x" top: "y" '
+                   'include { stage: "a" stage: "b" } }')
+    assert main(["test", "-model", str(net), "-stage", "a,b", "-iterations", "1"]) == 0
+    assert "Batch 0, y = " in capsys.readouterr().out
