@@ -53,6 +53,16 @@ def _caffe_style(argv):
     return out
 
 
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def _add_net_options(p, phase_default):
     p.add_argument("model_path", nargs="?", metavar="MODEL", help="net prototxt")
     p.add_argument("--model", help="net prototxt (Caffe's -model)")
@@ -1136,12 +1146,13 @@ def build_parser():
 
     p = sub.add_parser("test", help="average a net's outputs over batches (like `caffe test`)")
     _add_net_options(p, "TEST")
-    p.add_argument("--iterations", type=int, default=50, help="batches (default 50)")
+    p.add_argument("--iterations", type=_positive_int, default=50, help="batches (default 50)")
     p.add_argument("--gpu", help="run on this GPU (e.g. 0)")
 
     p = sub.add_parser("time", help="time forward/backward of each layer (like `caffe time`)")
     _add_net_options(p, "TRAIN")
-    p.add_argument("--iterations", type=int, default=50, help="timed iterations (default 50)")
+    p.add_argument("--iterations", type=_positive_int, default=50,
+                   help="timed iterations (default 50)")
     p.add_argument("--gpu", help="time on this GPU (e.g. 0; each layer is synchronized)")
 
     p = sub.add_parser("draw", help="draw a net as a graph picture (like draw_net.py)")

@@ -93,3 +93,11 @@ def test_stage_flag_is_comma_separated_as_caffes(tmp_path, capsys):
                    'include { stage: "a" stage: "b" } }')
     assert main(["test", "-model", str(net), "-stage", "a,b", "-iterations", "1"]) == 0
     assert "Batch 0, y = " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["test", "time"])
+def test_iterations_must_be_positive(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "-model", LENET, "-iterations", "0"])
+    assert e.value.code == 2
+    assert "--iterations: expected a positive integer, got '0'" in capsys.readouterr().err
