@@ -1337,6 +1337,10 @@ def main(argv=None):
     except MinicnnError as e:
         print(f"minicnn {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:                # a file that cannot be written: a folder, no such folder
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"minicnn {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -101,3 +101,15 @@ def test_iterations_must_be_positive(command, capsys):
         main([command, "-model", LENET, "-iterations", "0"])
     assert e.value.code == 2
     assert "--iterations: expected a positive integer, got '0'" in capsys.readouterr().err
+
+
+def test_an_output_that_cannot_be_written_is_a_one_line_error(tmp_path, capsys):
+    list_file = write_images(tmp_path)
+    assert main(["convert-imageset", str(tmp_path), str(list_file), str(tmp_path / "db")]) == 0
+    capsys.readouterr()
+    assert main(["compute-image-mean", str(tmp_path / "db"), str(tmp_path)]) == 1
+    assert main(["draw", LENET, str(tmp_path / "no" / "net.dot")]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"minicnn compute-image-mean: error: {tmp_path}: Is a directory",
+                   f"minicnn draw: error: {tmp_path / 'no' / 'net.dot'}: no such folder to "
+                   "write into"]

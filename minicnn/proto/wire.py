@@ -15,6 +15,7 @@ bytes (strings, sub-messages, packed arrays). Fields may come in any order and r
 """
 
 import contextlib
+import errno
 import mmap
 import os
 import struct
@@ -417,6 +418,10 @@ def atomic_write(path, mode="wb"):
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):                   # said of the path, not of the temporary file
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(errno.ENOENT, "no such folder to write into", path)
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
     try:
         os.chmod(tmp, os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o644)
