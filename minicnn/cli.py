@@ -408,6 +408,9 @@ def convert_imageset(args):
     from minicnn.data.imageset import convert_imageset as convert
     if args.backend != "lmdb":
         raise MinicnnError("minicnn writes LMDB databases only (--backend lmdb, the default)")
+    if (args.resize_height > 0) != (args.resize_width > 0):
+        raise MinicnnError("give both --resize-height and --resize-width (images are resized "
+                           "only when both are set)")
     n = convert(args.root, args.list_file, args.db, resize_height=args.resize_height,
                 resize_width=args.resize_width, gray=args.gray, shuffle=args.shuffle,
                 encoded=args.encoded, encode_type=args.encode_type, check_size=args.check_size)

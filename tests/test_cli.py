@@ -113,3 +113,10 @@ def test_an_output_that_cannot_be_written_is_a_one_line_error(tmp_path, capsys):
     assert err == [f"minicnn compute-image-mean: error: {tmp_path}: Is a directory",
                    f"minicnn draw: error: {tmp_path / 'no' / 'net.dot'}: no such folder to "
                    "write into"]
+
+
+def test_one_resize_flag_alone_is_a_one_line_error(tmp_path, capsys):
+    list_file = write_images(tmp_path)
+    assert main(["convert-imageset", str(tmp_path), str(list_file), str(tmp_path / "db"),
+                 "--resize_height=8"]) == 1
+    assert "give both --resize-height and --resize-width" in capsys.readouterr().err
