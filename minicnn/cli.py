@@ -42,13 +42,25 @@ def command(fn):
     return fn
 
 
+GFLAGS_SWITCHES = {"gray", "shuffle", "encoded", "check-size"}   # convert_imageset's bools
+
+
 def _caffe_style(argv):
-    """-model -> --model, --sigint_effect -> --sigint-effect (Caffe's gflags spellings)."""
+    """-model -> --model, --sigint_effect -> --sigint-effect (Caffe's gflags spellings); the
+    boolean flags also as gflags writes them: --shuffle=true, --gray=false, --nogray."""
     out = []
     for arg in argv:
         m = re.match(r"^-{1,2}([A-Za-z][A-Za-z0-9_-]+)(=.*)?$", arg)
         if m and (arg.startswith("--") or len(m.group(1)) > 1):
-            arg = "--" + m.group(1).replace("_", "-") + (m.group(2) or "")
+            name, value = m.group(1).replace("_", "-"), m.group(2) or ""
+            if name.startswith("no") and name[2:] in GFLAGS_SWITCHES and not value:
+                continue                                       # --nogray: the default
+            if name in GFLAGS_SWITCHES and value:
+                if value[1:].lower() in ("false", "f", "no", "n", "0"):
+                    continue
+                if value[1:].lower() in ("true", "t", "yes", "y", "1"):
+                    value = ""
+            arg = "--" + name + value
         out.append(arg)
     return out
 

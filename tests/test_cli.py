@@ -20,6 +20,12 @@ def test_caffe_single_dash_options_are_accepted():
                                          "--sigint-effect", "stop", "-p", "x"]
 
 
+def test_gflags_boolean_spellings_of_convert_imageset():
+    assert _caffe_style(["convert-imageset", "--shuffle=true", "-gray=false", "--nocheck_size",
+                         "--encoded", "--check_size=1", "--resize_height=3"]) == [
+        "convert-imageset", "--shuffle", "--encoded", "--check-size", "--resize-height=3"]
+
+
 @pytest.mark.parametrize("argv", [
     ["time", LENET, "--iterations", "1", "--phase", "TEST"],
     ["time", "-model", LENET, "-iterations", "1"],
