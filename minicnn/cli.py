@@ -435,7 +435,8 @@ def compute_image_mean(args):
     """Caffe's compute_image_mean: the mean image of an LMDB, as a .binaryproto."""
     from minicnn.data.imageset import compute_image_mean as compute
     mean = compute(args.db, args.output)
-    for c, value in enumerate(np.asarray(mean).reshape(mean.shape[-3], -1).mean(axis=1)):
+    for c, plane in enumerate(mean.reshape(mean.shape[-3], -1)):   # Caffe's float sums, in order
+        value = np.add.accumulate(plane, dtype=np.float32)[-1] / np.float32(plane.size)
         print(f"mean_value channel [{c}]: {value:.6g}")
     return 0
 

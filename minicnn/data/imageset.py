@@ -147,14 +147,15 @@ def _aliases(encoding):
 def compute_image_mean(db_path, out_path=None):
     """Caffe's compute_image_mean: the mean of every record of a database, as a float32 array
     of shape (1, C, H, W); written to ``out_path`` as a .binaryproto when given (legacy
-    num/channels/height/width fields, as Caffe writes it)."""
+    num/channels/height/width fields, as Caffe writes it). Summed and divided in float32, record
+    by record in the database's order, as Caffe does: the same bits."""
     db = open_db(db_path)
     total, shape, count = None, None, 0
     try:
         for key, value in db.items():
             array, _ = decode_datum(value, where=f"{db_path} key {key.decode(errors='replace')}")
-            if total is None:
-                shape, total = array.shape, np.zeros(array.shape, np.float64)
+            if total is None:          # Caffe adds into the BlobProto's float data: float32
+                shape, total = array.shape, np.zeros(array.shape, np.float32)
             elif array.shape != shape:
                 raise DataError(f"record {key!r} has shape {array.shape}, the first one "
                                 f"{shape}: every image must have the same size", db_path)
@@ -164,7 +165,7 @@ def compute_image_mean(db_path, out_path=None):
         db.close()
     if not count:
         raise DataError("the database is empty", db_path)
-    mean = (total / count).astype(np.float32)[None]
+    mean = (total / np.float32(count))[None]
     if out_path is not None:
         proto = caffe_pb2.BlobProto(num=1, channels=shape[0], height=shape[1], width=shape[2])
         proto.data = mean.ravel()

@@ -185,3 +185,26 @@ def test_compute_image_mean_is_the_numpy_mean(imageset, tmp_path):
                       transform_param={"mean_file": out})
     data, _ = layer()
     np.testing.assert_allclose(data[0], images[0] - mean[0], atol=1e-4)
+
+
+def test_compute_image_mean_sums_in_float32_as_caffe(tmp_path):
+    """Caffe's compute_image_mean adds each record into the BlobProto's float data and divides
+    in float: float32 rounding at every step, record by record (float64 sums round differently
+    here)."""
+    from minicnn.data.datum import encode_datum
+    from minicnn.data.db import LMDBWriter
+    from minicnn.proto import serialize
+    rng = np.random.default_rng(3)
+    records = (rng.random((60, 1, 4, 5)) * rng.choice([1e-3, 1.0, 1e3], (60, 1, 1, 1))) \
+        .astype(np.float32)
+    writer = LMDBWriter(tmp_path / "db")
+    for i, record in enumerate(records):
+        writer.put(f"{i:08d}", serialize(encode_datum(record)))
+    writer.close()
+    total = np.zeros((1, 4, 5), np.float32)
+    for record in records:
+        total = total + record                                    # float32 each time
+    want = total / np.float32(len(records))
+    mean = compute_image_mean(str(tmp_path / "db"))
+    np.testing.assert_array_equal(mean[0], want)
+    assert not np.array_equal(want, (records.astype(np.float64).sum(0) / 60).astype(np.float32))
