@@ -85,6 +85,19 @@ def test_launches_refuse_python_numbers():
     cuda.launch(lambda grid, block, args: pytest.fail("launched"), 0, (3,))  # nothing to do
 
 
+
+def test_the_emulator_refuses_grids_a_gpu_refuses():
+    """gridDim.y and .z stop at 65535 and a block at 1024 threads on a GPU; the emulator would
+    run any grid, so it checks the limits itself (a (channels, splits) grid with the channels
+    on y would pass here and fail on the device)."""
+    from tests.cuda_emu import fake_cupy
+    assert fake_cupy.check_launch("k", (2**31 - 1, 65535, 65535), (1024,)) == \
+        ((2**31 - 1, 65535, 65535), (1024, 1, 1))
+    for grid, block in [((1, 65536), 256), ((1, 1, 65536), 256), (2**31, 256), (1, 1025),
+                        (1, (1, 1, 65)), (1, (64, 32))]:
+        with pytest.raises(fake_cupy.CUDARuntimeError, match="invalid configuration"):
+            fake_cupy.check_launch("k", grid, block)
+
 def test_kernel_sources_are_self_contained():
     for path in sorted(cuda.kernels_dir().glob("*.cu")):
         source = cuda.kernel_source(path.name)

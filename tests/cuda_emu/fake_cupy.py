@@ -476,10 +476,7 @@ class RawKernel:
         return k
 
     def __call__(self, grid, block, args, shared_mem=0, stream=None):
-        grid, block = _dims(grid), _dims(block)
-        if int(np.prod(block)) > 1024:
-            raise CUDARuntimeError(f"{self.name}: {int(np.prod(block))} threads per block "
-                                   "(at most 1024)")
+        grid, block = check_launch(self.name, grid, block)
         if len(args) != len(self.signature):
             raise TypeError(f"{self.name} takes {len(self.signature)} arguments "
                             f"({','.join(self.signature)}), got {len(args)}")
@@ -523,6 +520,22 @@ def _dims(d):
     if any(v <= 0 for v in d):
         raise CUDARuntimeError(f"invalid launch dimensions {d}")
     return d + (1,) * (3 - len(d))
+
+
+GRID_LIMITS = (2**31 - 1, 65535, 65535)        # CUDA's largest gridDim.x, .y, .z
+BLOCK_LIMITS = (1024, 1024, 64)                 # blockDim.x, .y, .z; 1024 threads in all
+
+
+def check_launch(name, grid, block):
+    """(grid, block) as 3-tuples, or the error a GPU gives a launch outside CUDA's limits
+    (cudaErrorInvalidConfiguration): the emulator itself would run any grid."""
+    grid, block = _dims(grid), _dims(block)
+    if any(v > most for v, most in zip(grid + block, GRID_LIMITS + BLOCK_LIMITS)) or \
+            int(np.prod(block)) > 1024:
+        raise CUDARuntimeError(f"{name}: invalid configuration argument: grid {grid}, block "
+                               f"{block} (CUDA's limits: grid {GRID_LIMITS}, block "
+                               f"{BLOCK_LIMITS}, 1024 threads)")
+    return grid, block
 
 
 # --- cuBLAS: strided-batched GEMM, column-major ---------------------------------------------------
