@@ -1,4 +1,6 @@
-"""Gradient checking: compare a layer's backward with finite differences of its forward.
+"""Gradient checking: compare a layer's backward with finite differences of its forward
+(check_layer_gradient), and a layer run in place with the same layer out of place
+(check_in_place).
 
     from minicnn.testing import check_layer_gradient
     check_layer_gradient(lambda: ConvolutionLayer(num_output=2, kernel_size=3,
@@ -104,3 +106,22 @@ def check_layer_gradient(make_layer, bottoms, *, check_bottoms=None, check_param
                     f" analytic {grad[idx]:.10g}, numeric {numeric:.10g}")
     objective()                                           # leave the tops as forward made them
     return worst
+
+
+def check_in_place(make_layer, x, top_diff, tol=1e-12):
+    """Run a one-bottom layer with top == bottom and with a top of its own, from the same
+    weights (``make_layer()`` must build the same layer each call, e.g. with a seeded rng), and
+    assert that the top, the bottom diff and the parameter diffs agree within ``tol``."""
+    runs = []
+    for in_place in (True, False):
+        layer = make_layer()
+        bottom = [Blob.from_array(np.array(x))]
+        top = bottom if in_place else [Blob((), bottom[0].dtype)]
+        layer.setup(bottom, top)
+        layer.forward(bottom, top)
+        y = top[0].data.copy()
+        top[0].diff[...] = top_diff
+        layer.backward(top, [True], bottom)
+        runs.append([y, bottom[0].diff.copy()] + [b.diff.copy() for b in layer.blobs])
+    for got, want in zip(*runs):
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol)

@@ -11,7 +11,7 @@ from minicnn.errors import LayerError
 from minicnn.layers import ConvolutionLayer
 from minicnn.ops.conv import ConvGeometry, conv2d_forward
 from minicnn.proto import parse_text
-from minicnn.testing import check_layer_gradient
+from minicnn.testing import check_in_place, check_layer_gradient
 
 GAUSSIAN = {"type": "gaussian", "std": 1.0}
 
@@ -228,21 +228,13 @@ def test_several_bottoms_share_the_weights():
 def test_in_place_keeps_x_for_the_weight_gradient():
     """top == bottom: forward overwrites x with y, but dW needs x (it used to read y)."""
     x, dy = np.random.default_rng(6).standard_normal((2, 2, 3, 4, 4))
-    runs = []
-    for in_place in (True, False):
+
+    def make():
         layer = ConvolutionLayer(num_output=3, kernel_size=3, pad=1, weight_filler=GAUSSIAN,
                                  bias_filler=GAUSSIAN)
         layer.rng = np.random.default_rng(7)                    # the same weights both times
-        bottom = [Blob.from_array(x.copy())]
-        top = bottom if in_place else [Blob((), x.dtype)]
-        layer.setup(bottom, top)
-        layer.forward(bottom, top)
-        y = top[0].data.copy()
-        top[0].diff[...] = dy
-        layer.backward(top, [True], bottom)
-        runs.append([y, bottom[0].diff.copy()] + [b.diff.copy() for b in layer.blobs])
-    for got, want in zip(*runs):
-        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+        return layer
+    check_in_place(make, x, dy)
 
 
 def test_standalone_call_and_backprop_in_float32():

@@ -12,7 +12,7 @@ import minicnn
 from minicnn.blob import Blob, array_to_blob_proto
 from minicnn.layers import InnerProductLayer
 from minicnn.proto import caffe_pb2, parse_text
-from minicnn.testing import check_layer_gradient
+from minicnn.testing import check_in_place, check_layer_gradient
 
 GAUSSIAN = {"type": "gaussian", "std": 1.0}
 
@@ -119,20 +119,12 @@ def test_in_place_keeps_x_for_the_weight_gradient():
     to read y)."""
     rng = np.random.default_rng(5)
     x, dy = rng.standard_normal((2, 4, 3))
-    runs = []
-    for in_place in (True, False):
+
+    def make():
         layer = InnerProductLayer(num_output=3, weight_filler=GAUSSIAN, bias_filler=GAUSSIAN)
         layer.rng = np.random.default_rng(6)                    # the same weights both times
-        bottom = [Blob.from_array(x.copy())]
-        top = bottom if in_place else [Blob((), x.dtype)]
-        layer.setup(bottom, top)
-        layer.forward(bottom, top)
-        y = top[0].data.copy()
-        top[0].diff[...] = dy
-        layer.backward(top, [True], bottom)
-        runs.append([y, bottom[0].diff.copy()] + [b.diff.copy() for b in layer.blobs])
-    for got, want in zip(*runs):
-        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+        return layer
+    check_in_place(make, x, dy)
 
 def test_frozen_weights_in_a_net_get_no_diff():
     text = """

@@ -23,7 +23,7 @@ from minicnn.layers import (
 )
 from minicnn.ops.conv import ConvGeometry
 from minicnn.proto import parse_text
-from minicnn.testing import check_layer_gradient
+from minicnn.testing import check_in_place, check_layer_gradient
 
 GAUSSIAN = {"type": "gaussian", "std": 1.0}
 
@@ -84,21 +84,13 @@ def test_deconvolution_in_place_keeps_x_for_the_weight_gradient():
     """top == bottom: forward overwrites x with y, but dW needs x (it used to read y)."""
     rng = np.random.default_rng(8)
     x, dy = rng.standard_normal((2, 2, 2, 3, 3))
-    runs = []
-    for in_place in (True, False):
+
+    def make():
         layer = DeconvolutionLayer(num_output=2, kernel_size=3, pad=1, weight_filler=GAUSSIAN,
                                    bias_filler=GAUSSIAN)
         layer.rng = np.random.default_rng(9)                    # the same weights both times
-        bottom = [Blob.from_array(x.copy())]
-        top = bottom if in_place else [Blob((), x.dtype)]
-        layer.setup(bottom, top)
-        layer.forward(bottom, top)
-        y = top[0].data.copy()
-        top[0].diff[...] = dy
-        layer.backward(top, [True], bottom)
-        runs.append([y, bottom[0].diff.copy()] + [b.diff.copy() for b in layer.blobs])
-    for got, want in zip(*runs):
-        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+        return layer
+    check_in_place(make, x, dy)
 
 DECONV_TEXT = """
 name: "up" type: "Deconvolution" bottom: "x" top: "y"
