@@ -1,5 +1,6 @@
-"""Convolution layers: Caffe's `Convolution` and `Deconvolution`, and the depthwise aliases of
-Caffe forks (`ConvolutionDepthwise`, `DepthwiseConvolution`). The math is in minicnn.ops.conv."""
+"""Convolution layers: Caffe's `Convolution` and `Deconvolution`, the depthwise aliases of
+Caffe forks (`ConvolutionDepthwise`, `DepthwiseConvolution`), and `Im2col`, a convolution's
+first half on its own. The math is in minicnn.ops.conv and minicnn.ops.im2col."""
 
 from minicnn import ops
 from minicnn.errors import LayerError
@@ -203,3 +204,45 @@ class DeconvolutionLayer(ConvolutionLayer):
             if down:                               # bottom diffs are assigned (I1)
                 x.diff[...] = ops.conv2d_forward(y.diff, w, None, geom=self.geom,
                                                  group=self.group)
+
+
+@register("Im2col")
+class Im2colLayer(Layer):
+    """Caffe `Im2col`: every kernel window of the bottom as a column, the lowering that turns a
+    convolution into a matrix product (a Convolution's output is its weights, as a
+    (num_output, C*kh*kw) matrix, times these columns, plus the bias).
+
+    top (N, C*kh*kw, oh, ow): channel (c*kh + i)*kw + j holds tap (i, j) of input channel c at
+    every output position; 0 where the window lies on padding. Backward is col2im: each entry's
+    diff added back onto the pixel it came from (pixels in several windows sum their diffs).
+
+    Reads convolution_param's kernel, stride, pad and dilation (num_output, group, the fillers
+    and bias_term are ignored, as Caffe does: the layer has no parameters); 2 spatial axes.
+    """
+    param_field = "convolution_param"
+    exact_num_bottom = exact_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        p = self.type_param
+        shape = bottom[0].shape
+        if len(shape) != 4 or not -4 <= p.axis < 4 or p.axis % 4 != 1:
+            raise LayerError(f"minicnn's Im2col supports 2 spatial axes only: a 4-D (N, C, H, W) "
+                             f"bottom with axis 1, got axis {p.axis} and a bottom of shape "
+                             f"{shape}")
+        self.geom = ConvGeometry.from_param(p)
+
+    def reshape(self, bottom, top):
+        shape = bottom[0].shape
+        if len(shape) != 4:
+            raise LayerError(f"Im2col needs a 4-D (N, C, H, W) bottom, got shape {shape}")
+        n, c, h, w = shape
+        kh, kw = self.geom.kernel
+        top[0].reshape((n, c * kh * kw, *self.geom.out_hw(h, w)))
+
+    def forward(self, bottom, top):
+        top[0].data[...] = ops.im2col_forward(bottom[0].data, geom=self.geom)
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            bottom[0].diff[...] = ops.im2col_backward(top[0].diff, x_hw=bottom[0].shape[2:],
+                                                      geom=self.geom)

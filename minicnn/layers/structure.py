@@ -1,5 +1,6 @@
-"""Layers that route blobs (Split, Concat, Slice, Flatten, Reshape, Permute, Silence) or combine
-them elementwise (Eltwise, whose math is in minicnn.ops.eltwise)."""
+"""Layers that route blobs (Split, Concat, Slice, Flatten, Reshape, Permute, Silence), pick
+items of a batch (BatchReindex, Filter), hold a blob of their own (Parameter) or combine them
+elementwise (Eltwise, whose math is in minicnn.ops.eltwise)."""
 
 import warnings
 
@@ -399,3 +400,132 @@ class CropLayer(Layer):
 
     def allow_force_backward(self, bottom_index):
         return bottom_index == 0          # bottom[1] only gives the size
+
+
+@register("Parameter")
+class ParameterLayer(Layer):
+    """Caffe `Parameter`: a learnable blob of parameter_param.shape as a top, for nets that
+    use a parameter as data (a learned bias map fed to Eltwise, a learned embedding table).
+
+    blobs[0]  the parameter: zeros until a .caffemodel or training gives it values (Caffe's
+              layer has no filler); shared across layers by ``param { name }`` as any blob
+
+    Forward copies it into the top; backward adds the top's diff onto its diff (Caffe shares
+    data and diff with the top instead: the same values, without a parameter written through
+    the top by an in-place layer above it).
+    """
+    param_field = "parameter_param"
+    exact_num_bottom = 0
+    exact_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        dims = tuple(self.type_param.shape.dim)
+        if any(d < 0 for d in dims):
+            raise LayerError(f"parameter_param.shape {list(dims)} has a negative dimension")
+        self.init_param(0, dims, None, "parameter")
+
+    def reshape(self, bottom, top):
+        top[0].reshape(self.blobs[0].shape)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = self.blobs[0].data
+
+    def backward(self, top, propagate_down, bottom):
+        if self.param_propagate_down[0]:
+            self.blobs[0].diff += top[0].diff            # parameter diffs accumulate (I1)
+
+
+@register("BatchReindex")
+class BatchReindexLayer(Layer):
+    """Caffe `BatchReindex`: top[i] = bottom[0][index[i]] along the first axis, index being
+    bottom[1], a 1-D blob of item numbers (a permutation, a subset, repeats: any of them).
+
+    Backward sums the top's diffs back onto the items they came from (an item picked twice gets
+    both diffs; one never picked gets 0). The indices get no gradient (Caffe refuses one). An
+    index that is not a whole number in [0, N) is a LayerError (Caffe casts 1.5 to 1, and checks
+    the range only in debug builds).
+    """
+    exact_num_bottom = 2
+    exact_num_top = 1
+
+    def reshape(self, bottom, top):
+        data, index = bottom
+        if len(index.shape) != 1:
+            raise LayerError(f"the index (bottom 1) must be 1-D, got shape {index.shape}")
+        if len(data.shape) < 1:
+            raise LayerError("the data (bottom 0) must have a first axis to pick items from, "
+                             "got a scalar")
+        top[0].reshape((index.shape[0], *data.shape[1:]))
+
+    def forward(self, bottom, top):
+        ops.batch_reindex_forward(bottom[0].data, bottom[1].data, out=top[0].data)
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[1]:
+            raise LayerError("BatchReindex cannot backpropagate to its index (bottom 1)")
+        if propagate_down[0]:
+            ops.batch_reindex_backward(top[0].diff, bottom[1].data, bottom[0].shape[0],
+                                       dx_out=bottom[0].diff)
+
+    def allow_force_backward(self, bottom_index):
+        return bottom_index == 0
+
+
+@register("Filter")
+class FilterLayer(Layer):
+    """Caffe `Filter`: keeps the items (first-axis entries) whose selector is nonzero.
+
+    bottoms: blobs to filter (each with the selector's first axis), then the selector, of shape
+    (N,) or (N, 1, ...); tops: one per filtered bottom, (number selected, ...). A top's shape thus
+    depends on the selector's values: it is set at every forward (when the net is set up, before
+    any data, it is N, as in Caffe). Backward copies each kept item's diff back; items dropped
+    get 0, and the selector no gradient. A batch that selects nothing gives empty tops, which
+    the next layer refuses (a NetError naming it).
+    """
+    min_num_bottom = 2
+    min_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        if len(top) != len(bottom) - 1:
+            raise LayerError(f"Filter needs one top per filtered bottom: {len(bottom) - 1} "
+                             f"bottom(s) before the selector, {len(top)} top(s)")
+        self._first_reshape = True
+        self._num_bottoms = len(bottom)
+
+    def reshape(self, bottom, top):
+        selector = bottom[-1]
+        if len(selector.shape) < 1 or any(d != 1 for d in selector.shape[1:]):
+            raise LayerError(f"the selector (last bottom) must be (N,) or (N, 1, ...), got shape "
+                             f"{selector.shape}")
+        for i, b in enumerate(bottom[:-1]):
+            if len(b.shape) < 1 or b.shape[0] != selector.shape[0]:
+                raise LayerError(f"bottom {i} of shape {b.shape} must have the selector's "
+                                 f"{selector.shape[0]} items on its first axis")
+        if self._first_reshape:              # set-up time: the selector holds no data yet
+            self._first_reshape = False
+            for b, t in zip(bottom, top):
+                t.reshape(b.shape)
+        else:
+            self._select(bottom, top)
+
+    def _select(self, bottom, top):
+        """The kept items' numbers from the selector's values, and the tops' shapes."""
+        self.kept = np.flatnonzero(np.asarray(bottom[-1].data).reshape(-1) != 0) \
+            .astype(np.float64)
+        for b, t in zip(bottom, top):
+            t.reshape((len(self.kept), *b.shape[1:]))
+
+    def forward(self, bottom, top):
+        self._select(bottom, top)           # again: a layer driven by hand skips reshape
+        for b, t in zip(bottom, top):
+            ops.batch_reindex_forward(b.data, self.kept, out=t.data)
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[-1]:
+            raise LayerError("Filter cannot backpropagate to its selector (the last bottom)")
+        for t, down, b in zip(top, propagate_down, bottom):
+            if down:
+                ops.batch_reindex_backward(t.diff, self.kept, b.shape[0], dx_out=b.diff)
+
+    def allow_force_backward(self, bottom_index):
+        return bottom_index != self._num_bottoms - 1
