@@ -107,18 +107,25 @@ def test_kernel_sources_are_self_contained():
                                                                      "relu_backward"]
 
 
-def test_every_op_but_argmax_has_a_cuda_impl():
+# Ops written for the host only, and the layers that call them (which a GPU net runs on host
+# copies): ArgMax (a sort), BatchReindex and Filter (indices checked on the host; Filter's top
+# shape depends on its selector's values).
+HOST_OPS = ["argmax_forward", "batch_reindex_backward", "batch_reindex_forward"]
+HOST_LAYERS = ["ArgMax", "BatchReindex", "Filter"]
+
+
+def test_every_op_but_the_host_ones_has_a_cuda_impl():
     from minicnn import ops
     lacking = sorted(name for name in ops.__all__ if isinstance(getattr(ops, name), ops.Op)
                      and "cuda" not in getattr(ops, name).declared)
-    assert lacking == ["argmax_forward"]
+    assert lacking == HOST_OPS
     assert ("cuda" in ops.relu_forward.impls) == cuda.importable
 
 
-def test_gpu_nets_run_data_python_and_argmax_layers_on_the_host():
+def test_gpu_nets_run_data_python_and_host_op_layers_on_the_host():
     from minicnn.net import _cuda_ready
     assert sorted(cls.type for cls in set(LAYERS.values()) if not _cuda_ready(cls)) == \
-        ["ArgMax"]
+        HOST_LAYERS
     assert LAYERS["Python"].host_only and not LAYERS["Convolution"].host_only
 
 
