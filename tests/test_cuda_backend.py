@@ -109,9 +109,12 @@ def test_kernel_sources_are_self_contained():
 
 # Ops written for the host only, and the layers that call them (which a GPU net runs on host
 # copies): ArgMax (a sort), BatchReindex and Filter (indices checked on the host; Filter's top
-# shape depends on its selector's values).
-HOST_OPS = ["argmax_forward", "batch_reindex_backward", "batch_reindex_forward"]
-HOST_LAYERS = ["ArgMax", "BatchReindex", "Filter"]
+# shape depends on its selector's values), the zoo's rarer losses (small blobs).
+HOST_LOSSES = ["contrastive_loss", "hinge_loss", "infogain_loss", "multinomial_logistic_loss"]
+HOST_OPS = sorted(["argmax_forward", "batch_reindex_backward", "batch_reindex_forward"] +
+                  [f"{name}_{way}" for name in HOST_LOSSES for way in ("forward", "backward")])
+HOST_LAYERS = sorted(["ArgMax", "BatchReindex", "Filter", "ContrastiveLoss", "HingeLoss",
+                      "InfogainLoss", "MultinomialLogisticLoss"])
 
 
 def test_every_op_but_the_host_ones_has_a_cuda_impl():

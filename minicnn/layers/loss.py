@@ -1,13 +1,17 @@
-"""Layers that score predictions against targets: the losses SoftmaxWithLoss, EuclideanLoss and
-SigmoidCrossEntropyLoss, and Accuracy."""
+"""Layers that score predictions against targets: the losses SoftmaxWithLoss, EuclideanLoss,
+SigmoidCrossEntropyLoss, MultinomialLogisticLoss, InfogainLoss, HingeLoss and ContrastiveLoss,
+and Accuracy."""
 
 import numpy as np
 
 from minicnn import cuda, ops
-from minicnn.errors import LayerError
+from minicnn.blob import blob_proto_to_array
+from minicnn.data.db import resolve_path
+from minicnn.errors import LayerError, MinicnnError
 from minicnn.layer import Layer, register
 from minicnn.ops.sigmoid_cross_entropy import resolve_sce_normalization
 from minicnn.ops.softmax import find_bad_label, flag_bad_labels, resolve_normalization, split_shape
+from minicnn.proto import read_binary
 
 
 def _check_label_count(scores, labels, axis):
@@ -233,3 +237,233 @@ class SigmoidCrossEntropyLossLayer(Layer):
 
     def allow_force_backward(self, bottom_index):
         return bottom_index != 1                           # targets have no gradient
+
+
+def _check_item_labels(scores, labels, what="labels"):
+    """One label per item, as Caffe's N x 1 x 1 x 1 label blob: N values, first axis N."""
+    n = scores.shape[0] if scores.shape else None
+    if n is None or not labels.shape or labels.shape[0] != n or labels.count != n:
+        raise LayerError(f"the {what} (shape {labels.shape}) must hold one value per item of the "
+                         f"predictions (shape {scores.shape}): shape (N,) or (N, 1, ...) with "
+                         f"N = {n}")
+
+
+def _no_label_gradient(layer, propagate_down, index=1, what="labels"):
+    if propagate_down[index]:
+        raise LayerError(f"{layer.type} cannot backpropagate to {what} (bottom {index}); set "
+                         "propagate_down: false for them")
+
+
+@register("MultinomialLogisticLoss")
+class MultinomialLogisticLossLayer(Layer):
+    """Caffe `MultinomialLogisticLoss`: -sum log(max(p[label], 1e-20)) / N of probabilities.
+
+    bottom[0]: probabilities p, N x C or N x C x 1 x 1 (e.g. a Softmax layer's top; Caffe reads
+    each item's count / N values as its classes); bottom[1]: one label per item, integers in
+    [0, C). top[0]: the loss, shape (). The gradient -loss_weight / (N max(p, 1e-20)) goes to
+    the labelled class only; labels get none. No ignore_label or normalization: Caffe reads no
+    loss_param here. SoftmaxWithLoss computes the same loss from scores, and more stably."""
+    exact_num_bottom, exact_num_top = 2, 1
+    is_loss = True
+
+    def reshape(self, bottom, top):
+        probs, labels = bottom
+        _check_item_labels(probs, labels)
+        self.num_classes = probs.count // probs.shape[0]
+        top[0].reshape(())
+
+    def forward(self, bottom, top):
+        probs, labels = bottom
+        _check_label_values(self, labels.data, self.num_classes, None)
+        top[0].data[...] = ops.multinomial_logistic_loss_forward(probs.data, labels.data)
+
+    def backward(self, top, propagate_down, bottom):
+        _no_label_gradient(self, propagate_down)
+        if propagate_down[0]:
+            bottom[0].diff[...] = ops.multinomial_logistic_loss_backward(
+                bottom[0].data, bottom[1].data, loss_weight=top[0].diff)
+
+    def allow_force_backward(self, bottom_index):
+        return bottom_index != 1                           # labels have no gradient
+
+
+@register("InfogainLoss")
+class InfogainLossLayer(Layer):
+    """Caffe `InfogainLoss` (BVLC master): a softmax loss whose terms are weighed by the rows
+    of a C x C infogain matrix H: -sum_l H[label, l] log(max(softmax(x)_l, 1e-20)) / D.
+
+    bottom[0]: scores (not probabilities: the softmax is inside the layer since 2017) with the
+    classes along infogain_loss_param.axis (default 1); bottom[1]: labels, one per other position,
+    as SoftmaxWithLoss; an optional bottom[2]: H, C * C values (row = the label). Without it,
+    H is read once from infogain_loss_param.source, a BlobProto .binaryproto file (a relative
+    path: the current directory, then the prototxt's folder). top[0]: the loss, shape (); an
+    optional top[1]: the softmax probabilities. loss_param: ignore_label, normalization (VALID
+    by default, FULL, BATCH_SIZE, NONE); the deprecated normalize is refused, as in Caffe.
+    The gradient (p * sum_k H[label, k] - H[label, :]) * loss_weight / D goes to the scores
+    only (neither labels nor H get one). H = identity gives SoftmaxWithLoss."""
+    param_field = "infogain_loss_param"
+    min_num_bottom, max_num_bottom = 2, 3
+    min_num_top, max_num_top = 1, 2
+    is_loss = True
+
+    def layer_setup(self, bottom, top):
+        p = self.param.loss_param
+        if p.HasField("normalize"):
+            raise LayerError("loss_param.normalize is deprecated and Caffe's InfogainLoss "
+                             "refuses it: use loss_param.normalization (VALID, the default, "
+                             "FULL, BATCH_SIZE or NONE)")
+        self.ignore_label = _ignore_label(p)
+        self.normalization = p.normalization
+        self.infogain = None if len(bottom) > 2 else self._read_infogain()
+
+    def _read_infogain(self):
+        p = self.param.infogain_loss_param
+        if not p.HasField("source"):
+            raise LayerError("infogain_loss_param.source must name the infogain matrix (a "
+                             "BlobProto .binaryproto file), or the matrix must be bottom 2")
+        try:
+            path = resolve_path(p.source, self.source_dir, what="infogain matrix file")
+            return blob_proto_to_array(read_binary(path, "BlobProto")).astype(self.dtype)
+        except MinicnnError as e:
+            raise LayerError(f"infogain_loss_param.source: cannot read the infogain matrix: "
+                             f"{e}") from None
+
+    def _matrix(self, bottom):
+        return bottom[2].data if len(bottom) > 2 else self.infogain
+
+    def reshape(self, bottom, top):
+        scores, labels = bottom[:2]
+        self.axis = self.canonical_axis(scores, self.param.infogain_loss_param.axis,
+                                        "infogain_loss_param.axis")
+        if scores.shape[:1] != labels.shape[:1]:        # Caffe's LossLayer check
+            raise LayerError(f"the predictions (shape {scores.shape}) and the labels (shape "
+                             f"{labels.shape}) must have the same first dimension")
+        _check_label_count(scores, labels, self.axis)
+        c = self.num_classes = scores.shape[self.axis]
+        h = self._matrix(bottom)
+        if h.size != c * c:
+            where = "bottom 2" if len(bottom) > 2 else \
+                f"infogain_loss_param.source {self.param.infogain_loss_param.source!r}"
+            raise LayerError(f"the infogain matrix H ({where}, shape {h.shape}) must hold "
+                             f"{c} x {c} = {c * c} values for the {c} classes along axis "
+                             f"{self.axis} of the predictions (shape {scores.shape})")
+        top[0].reshape(())
+        if len(top) > 1:
+            top[1].reshape(scores.shape)
+
+    def forward(self, bottom, top):
+        scores, labels = bottom[:2]
+        _check_label_values(self, labels.data, self.num_classes, self.ignore_label)
+        loss, self.prob = ops.infogain_loss_forward(
+            scores.data, labels.data, self._matrix(bottom), axis=self.axis,
+            ignore_label=self.ignore_label, normalization=self.normalization)
+        top[0].data[...] = loss
+        if len(top) > 1:
+            top[1].data[...] = self.prob
+
+    def backward(self, top, propagate_down, bottom):
+        _no_label_gradient(self, propagate_down)
+        if len(bottom) > 2:
+            _no_label_gradient(self, propagate_down, 2, "the infogain matrix")
+        if propagate_down[0]:
+            bottom[0].diff[...] = ops.infogain_loss_backward(
+                self.prob, bottom[1].data, self._matrix(bottom), axis=self.axis,
+                ignore_label=self.ignore_label, normalization=self.normalization,
+                loss_weight=top[0].diff)
+
+    def allow_force_backward(self, bottom_index):
+        return bottom_index == 0                           # labels and H have no gradient
+
+
+@register("HingeLoss")
+class HingeLossLayer(Layer):
+    """Caffe `HingeLoss`: one-vs-all hinges h = max(0, 1 + t x), t = -1 at the label and +1
+    elsewhere; loss = sum(h) / N (hinge_loss_param.norm L1, the default) or sum(h^2) / N (L2).
+
+    bottom[0]: scores, N x C (Caffe reads each item's count / N values as its classes);
+    bottom[1]: one label per item, integers in [0, C). top[0]: the loss, shape (). The
+    gradient t sign(h) / N (L1) or 2 t h / N (L2), times the loss_weight, goes to the scores;
+    labels get none. No ignore_label or normalization: Caffe reads no loss_param here."""
+    param_field = "hinge_loss_param"
+    exact_num_bottom, exact_num_top = 2, 1
+    is_loss = True
+
+    def layer_setup(self, bottom, top):
+        self.norm = self.param.hinge_loss_param.norm
+
+    def reshape(self, bottom, top):
+        scores, labels = bottom
+        _check_item_labels(scores, labels)
+        self.num_classes = scores.count // scores.shape[0]
+        top[0].reshape(())
+
+    def forward(self, bottom, top):
+        scores, labels = bottom
+        _check_label_values(self, labels.data, self.num_classes, None)
+        loss, self._hinges = ops.hinge_loss_forward(scores.data, labels.data, norm=self.norm)
+        top[0].data[...] = loss
+
+    def backward(self, top, propagate_down, bottom):
+        _no_label_gradient(self, propagate_down)
+        if propagate_down[0]:
+            bottom[0].diff[...] = ops.hinge_loss_backward(
+                self._hinges, bottom[1].data, norm=self.norm,
+                loss_weight=top[0].diff).reshape(bottom[0].shape)
+
+    def allow_force_backward(self, bottom_index):
+        return bottom_index != 1                           # labels have no gradient
+
+
+@register("ContrastiveLoss")
+class ContrastiveLossLayer(Layer):
+    """Caffe `ContrastiveLoss`: for pairs (a, b) at distance d = ||a - b|| and similarity y,
+    sum(y d^2 + (1 - y) max(margin - d, 0)^2) / (2 N); legacy_version puts
+    max(margin - d^2, 0) in the second term (contrastive_loss_param: margin 1, legacy false).
+
+    bottom[0], bottom[1]: features a and b, N x C (or N x C x 1 x 1); bottom[2]: y, one per
+    pair; a pair is similar when y truncated to an integer is nonzero (Caffe's cast: 0.5 is
+    dissimilar). top[0]: the loss, shape (). a and b get opposite gradients, times the
+    loss_weight; y gets zero. Caffe's dissimilar gradient divides by d + 1e-4 rather than d
+    (finite at d = 0, off the exact derivative by a relative 1e-4 / (d + 1e-4)); so does this."""
+    param_field = "contrastive_loss_param"
+    exact_num_bottom, exact_num_top = 3, 1
+    is_loss = True
+
+    def layer_setup(self, bottom, top):
+        p = self.param.contrastive_loss_param
+        self.margin, self.legacy_version = p.margin, p.legacy_version
+
+    def reshape(self, bottom, top):
+        a, b, y = bottom
+        pairs = []
+        for i, blob in enumerate((a, b)):
+            shape = blob.shape
+            if not 1 <= len(shape) <= 4 or any(d != 1 for d in shape[2:]):
+                raise LayerError(f"bottom {i} (shape {shape}) must hold features as N x C or "
+                                 "N x C x 1 x 1")
+            pairs.append((shape[0], shape[1] if len(shape) > 1 else 1))
+        if pairs[0] != pairs[1]:
+            raise LayerError(f"the two features must have the same N x C: bottom 0 has shape "
+                             f"{a.shape}, bottom 1 {b.shape}")
+        _check_item_labels(a, y, "similarities (bottom 2)")
+        top[0].reshape(())
+
+    def forward(self, bottom, top):
+        a, b, y = bottom
+        loss, self._diff, self._dist_sq = ops.contrastive_loss_forward(
+            a.data, b.data, y.data, margin=self.margin, legacy_version=self.legacy_version)
+        top[0].data[...] = loss
+
+    def backward(self, top, propagate_down, bottom):
+        da = ops.contrastive_loss_backward(
+            self._diff, self._dist_sq, bottom[2].data, margin=self.margin,
+            legacy_version=self.legacy_version, loss_weight=top[0].diff)
+        for sign, down, blob in ((1, propagate_down[0], bottom[0]),
+                                 (-1, propagate_down[1], bottom[1])):
+            if down:
+                blob.diff[...] = (da if sign > 0 else -da).reshape(blob.shape)
+        if propagate_down[2]:             # the loss is a step function of y: zero a.e.
+            bottom[2].diff[...] = 0
+
+    def allow_force_backward(self, bottom_index):
+        return bottom_index != 2                           # similarities have no gradient

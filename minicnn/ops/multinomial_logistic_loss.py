@@ -1,0 +1,50 @@
+"""Multinomial logistic loss, Caffe's "MultinomialLogisticLoss": the negative log-likelihood of
+probabilities the net has already computed (a Softmax layer below it, say), N = prob.shape[0].
+
+    loss = -sum_n log(max(p[n, label_n], 1e-20)) / N
+    dp   = -loss_weight / (N * max(p[n, label_n], 1e-20))   at (n, label_n), 0 elsewhere
+
+The clamp (Caffe's kLOG_THRESHOLD, 1e-20 in float and double) keeps log and the division finite
+when a probability is 0; below it the gradient is that of the clamped value, not zero.
+p is read as (N, count / N): Caffe indexes the row of item n by the label, so for N x C x 1 x 1
+and N x C alike the classes are the C values of an item. No ignore_label, no normalization
+modes (Caffe reads no loss_param here). Labels are integers in [0, count / N): the layer checks.
+Impls: ref.
+"""
+
+import numpy as np
+
+from minicnn.ops._dispatch import Op
+
+multinomial_logistic_loss_forward = Op("multinomial_logistic_loss_forward")
+multinomial_logistic_loss_backward = Op("multinomial_logistic_loss_backward")
+
+KLOG_THRESHOLD = 1e-20              # Caffe's kLOG_THRESHOLD (loss_layer.hpp)
+
+
+def _picked(prob, label):
+    """(rows, label indices, max(p[n, label_n], threshold)) with prob seen as (N, count / N)."""
+    n = prob.shape[0]
+    p = prob.reshape(n, -1)
+    idx = np.asarray(label).reshape(n).astype(np.int64)       # truncates, as Caffe's cast
+    rows = np.arange(n)
+    return rows, idx, np.maximum(p[rows, idx], prob.dtype.type(KLOG_THRESHOLD))
+
+
+@multinomial_logistic_loss_forward.impl("ref")
+def _multinomial_logistic_loss_forward_ref(prob, label):
+    """The loss as a 0-d array of prob's dtype."""
+    _, _, p = _picked(prob, label)
+    loss = -np.sum(np.log(p), dtype=prob.dtype) / prob.dtype.type(prob.shape[0])
+    return np.asarray(loss, dtype=prob.dtype)
+
+
+@multinomial_logistic_loss_backward.impl("ref")
+def _multinomial_logistic_loss_backward_ref(prob, label, loss_weight=1.0):
+    """d(loss_weight * loss)/dprob: nonzero only at each item's labelled class."""
+    dtype = prob.dtype.type
+    rows, idx, p = _picked(prob, label)
+    scale = -dtype(float(loss_weight)) / dtype(prob.shape[0])   # Caffe: -top_diff / num
+    dx = np.zeros((prob.shape[0], prob.size // prob.shape[0]), prob.dtype)
+    dx[rows, idx] = scale / p
+    return dx.reshape(prob.shape)
