@@ -1,6 +1,7 @@
 """Layers that bring data into a net: Input (arrays you set), DummyData (filler-made blobs),
-MemoryData (arrays given with set_input_arrays), and the layers that read a source in a
-background thread: Data (LMDB of Datum records), ImageData (list file of images) and HDF5Data.
+MemoryData (arrays given with set_input_arrays), the layers that read a source in a
+background thread: Data (LMDB of Datum records), ImageData (list file of images), HDF5Data and
+WindowData (R-CNN's window file).
 
 The reading layers are deterministic: batch b depends only on the source, the layer's seed
 (drawn once from minicnn's global generator at setup) and b, so ``data_state()`` (seed and
@@ -12,13 +13,14 @@ import os
 
 import numpy as np
 
-from minicnn.data.datum import decode_datum, read_image
+from minicnn.data.datum import decode_datum, decode_image, read_image
 from minicnn.data.buckets import SizeBuckets, image_size
 from minicnn.data.db import open_db, resolve_path
 from minicnn.data.errors import DataError, need
 from minicnn.data.imageset import read_list_file
 from minicnn.data.prefetch import Prefetcher
 from minicnn.data.transform import DataTransformer, merged_transform_param
+from minicnn.data.windows import WindowFile, crop_window
 from minicnn.errors import LayerError
 from minicnn.fillers import fill
 from minicnn.layer import Layer, register
@@ -476,6 +478,142 @@ class HDF5DataLayer(_SourceDataLayer):
             for o, a in zip(out, arrays):
                 o[rows] = a[ids[rows] - self.offsets[k]]
         return tuple(out)
+
+
+@register("WindowData")
+class WindowDataLayer(_SourceDataLayer):
+    """Caffe `WindowData`, R-CNN's fine-tuning input: windows of images listed in a window file
+    (``source``; format in minicnn.data.windows), each cut out with context_pad pixels of
+    context, warped to crop_size x crop_size (crop_mode "warp"; "square" first widens the window
+    to a square) and labelled with its class (foreground: overlap >= fg_threshold) or 0
+    (background: overlap < bg_threshold). Every batch draws batch_size - int(batch_size *
+    fg_fraction) background windows, then the foreground ones, uniformly with replacement (in
+    both phases). Tops: data (batch_size, 3, crop_size, crop_size) and label (batch_size,).
+
+    Caffe's surprises, kept: the context may reach past the image, and that part of the crop is
+    0 after the mean is subtracted (the mean colour); the mean file is indexed at the crop
+    position plus (mean width - crop_size) // 2 on both axes; mirror flips in TEST too. Images
+    are read in colour like ImageData's (root_folder joined to each path); cache_images keeps
+    the image files in memory. crop_size, mirror and mean_file/mean_value come from
+    transform_param (or the old window_data_param fields); ``scale`` too, where Caffe's layer
+    reads window_data_param.scale only (it ignores transform_param.scale, and its V1 upgrade
+    moves window_data_param.scale there, so a V1 net loses it): minicnn applies either."""
+    param_field = "window_data_param"
+    exact_num_top = 2
+
+    def _open(self, top):
+        p = self.param.window_data_param
+        if not p.source:
+            raise LayerError("window_data_param.source is required (the window file)")
+        if p.batch_size <= 0:
+            raise LayerError("window_data_param.batch_size must be positive")
+        if p.crop_mode not in ("warp", "square"):
+            raise LayerError(f"window_data_param.crop_mode is '{p.crop_mode}'; Caffe knows "
+                             "'warp' and 'square'")
+        if not 0 <= p.fg_fraction <= 1:
+            raise LayerError(f"window_data_param.fg_fraction is {p.fg_fraction:g}; it must lie "
+                             "in [0, 1]")
+        tp = merged_transform_param(self.param, "window_data_param")
+        self.crop = int(tp.crop_size)
+        if self.crop <= 0:
+            raise LayerError("WindowData needs transform_param.crop_size > 0 (the warped size)")
+        if 2 * p.context_pad >= self.crop:
+            raise LayerError(f"window_data_param.context_pad {p.context_pad} leaves nothing of "
+                             f"crop_size {self.crop} for the window: need 2 * context_pad < "
+                             "crop_size")
+        self.batch_size, self.context_pad = p.batch_size, p.context_pad
+        self.square, self.mirror = p.crop_mode == "square", bool(tp.mirror)
+        self.source_path = self.resolve(p.source, what="window file")
+        self.windows = WindowFile(self.source_path, p.fg_threshold, p.bg_threshold)
+        channels = self.windows.channels
+        if channels != 3:
+            raise DataError(f"the last image block declares {channels} channels; the data top "
+                            "takes that count (Caffe's rule) and WindowData reads every image in "
+                            "colour, so it must be 3", self.source_path, self.windows.images[-1][2])
+        self.num_fg = int(np.float32(p.batch_size) * np.float32(p.fg_fraction))
+        for count, kind, have in ((p.batch_size - self.num_fg, "background", self.windows.bg),
+                                  (self.num_fg, "foreground", self.windows.fg)):
+            if count and not len(have):
+                raise DataError(f"a batch takes {count} {kind} windows but the file has none "
+                                f"(fg_threshold {p.fg_threshold:g}, bg_threshold "
+                                f"{p.bg_threshold:g})", self.source_path)
+        self.num_samples = len(self.windows.fg) + len(self.windows.bg)
+        transformer = DataTransformer(tp, self.phase, self.dtype,
+                                      resolve=lambda f: self.resolve(f, what="mean file"))
+        self.mean, self.scale = transformer.mean, transformer.scale
+        if transformer.mean_file is not None:
+            c, h, w = self.mean.shape
+            off = (w - self.crop) // 2
+            if c != 3 or w < self.crop or h < off + self.crop:
+                raise LayerError(f"the mean file {transformer.mean_file} is {c}x{h}x{w}; "
+                                 f"WindowData needs 3 channels and the {self.crop} x "
+                                 f"{self.crop} crop at offset {max(off, 0)} inside it "
+                                 f"(height >= {max(off, 0) + self.crop}, width >= {self.crop})")
+        elif self.mean is not None and len(self.mean) not in (1, 3):
+            raise LayerError(f"{len(self.mean)} mean_value values for 3-channel windows: give "
+                             "one, or one per channel")
+        folder = os.path.dirname(self.source_path)
+        self.image_paths = []
+        for name, _, line in self.windows.images:
+            path = os.path.join(p.root_folder, name) if p.root_folder else name
+            try:
+                self.image_paths.append(self.resolve(path, folder))
+            except DataError as e:
+                raise DataError(f"image '{path}': {e.reason}", self.source_path, line) from None
+        self.image_cache = None
+        if p.cache_images:
+            self.image_cache = []
+            for path, (_, _, line) in zip(self.image_paths, self.windows.images):
+                try:
+                    with open(path, "rb") as f:
+                        self.image_cache.append(f.read())
+                except OSError as e:
+                    raise DataError(f"image '{path}': cannot read: {e.strerror}",
+                                    self.source_path, line) from None
+        return [(self.batch_size, 3, self.crop, self.crop), (self.batch_size,)]
+
+    def batch_plan(self, b):
+        """[(is_fg, window row, mirror)] of batch ``b`` (this rank's block when sharded):
+        background first, then foreground, as Caffe fills a batch; the draws per window are
+        its index, then the mirror coin (when mirror is set)."""
+        rng = np.random.default_rng([self.seed, b, 1])
+        total = self.batch_size * self.shard_count
+        num_fg = self.num_fg if self.shard_count == 1 else \
+            int(np.float32(total) * np.float32(self.param.window_data_param.fg_fraction))
+        plan = []
+        for is_fg, count in ((0, total - num_fg), (1, num_fg)):
+            rows = self.windows.fg if is_fg else self.windows.bg
+            for _ in range(count):
+                row = rows[int(rng.integers(len(rows)))]
+                plan.append((is_fg, row, bool(rng.integers(2)) if self.mirror else False))
+        return plan[self.shard_rank * self.batch_size:(self.shard_rank + 1) * self.batch_size]
+
+    def _image(self, k):
+        name, _, line = self.windows.images[k]
+        try:
+            if self.image_cache is not None:
+                return decode_image(self.image_cache[k], is_color=True)
+            return read_image(self.image_paths[k], is_color=True)
+        except DataError as e:
+            raise DataError(f"image '{name}': {e.reason}", self.source_path, line) from None
+
+    def _make_batch(self, b):
+        data = np.empty((self.batch_size, 3, self.crop, self.crop), self.dtype)
+        labels = np.empty(self.batch_size, self.dtype)
+        images = {}
+        for i, (_, row, mirror) in enumerate(self.batch_plan(b)):
+            k, label, box, line = int(row[0]), row[1], row[2:6], int(row[6])
+            if k not in images:
+                images[k] = self._image(k)
+            try:
+                data[i] = crop_window(images[k], box, self.crop, self.context_pad, self.square,
+                                      mirror, self.mean, self.scale, self.dtype)
+            except ValueError as e:
+                raise DataError(f"window {' '.join(map(str, box))} of image "
+                                f"'{self.windows.images[k][0]}': {e}", self.source_path,
+                                line) from None
+            labels[i] = label
+        return data, labels
 
 
 @register("MemoryData")
