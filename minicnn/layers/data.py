@@ -1,7 +1,7 @@
 """Layers that bring data into a net: Input (arrays you set), DummyData (filler-made blobs),
 MemoryData (arrays given with set_input_arrays), the layers that read a source in a
 background thread: Data (LMDB of Datum records), ImageData (list file of images), HDF5Data and
-WindowData (R-CNN's window file).
+WindowData (R-CNN's window file), and HDF5Output, which writes its bottoms to a file.
 
 The reading layers are deterministic: batch b depends only on the source, the layer's seed
 (drawn once from minicnn's global generator at setup) and b, so ``data_state()`` (seed and
@@ -614,6 +614,69 @@ class WindowDataLayer(_SourceDataLayer):
                                 line) from None
             labels[i] = label
         return data, labels
+
+
+@register("HDF5Output")
+class HDF5OutputLayer(Layer):
+    """Caffe `HDF5Output`: writes its two bottoms to the HDF5 file hdf5_output_param.file_name
+    as the datasets "data" and "label", in the net's dtype and as 4-D N x C x H x W arrays
+    (Caffe's legacy shape: a label of shape (N,) is stored as N x 1 x 1 x 1). No tops, no
+    gradient.
+
+    As in Caffe, the file is created (emptied if it exists) when the layer is set up and the
+    batch is written by the forward pass; Caffe's layer can write only one batch per file (its
+    second forward fails: the datasets exist, BVLC/caffe#1726), and so does minicnn's, with an
+    error. minicnn closes the file after each write, so it is complete once forward returns
+    (Caffe's is complete when the net is destroyed)."""
+    param_field = "hdf5_output_param"
+    exact_num_bottom = 2
+    exact_num_top = 0
+    host_only = True                    # writes NumPy arrays to a file
+
+    def layer_setup(self, bottom, top):
+        h5py = need("h5py")
+        self.file_name = self.param.hdf5_output_param.file_name
+        if not self.file_name:
+            raise LayerError("hdf5_output_param.file_name is required (the HDF5 file to write)")
+        try:
+            h5py.File(self.file_name, "w").close()
+        except OSError as e:
+            raise LayerError(f"cannot create hdf5_output_param.file_name "
+                             f"'{self.file_name}': {_os_reason(e)}") from None
+
+    def reshape(self, bottom, top):
+        shapes = [b.shape for b in bottom]
+        for name, shape in zip(("data", "label"), shapes):
+            if not 1 <= len(shape) <= 4:
+                raise LayerError(f"bottom '{name}' has shape {shape}; HDF5Output writes blobs of "
+                                 "1 to 4 axes (Caffe's num x channels x height x width)")
+        if shapes[0][0] != shapes[1][0]:
+            raise LayerError(f"data {shapes[0]} and label {shapes[1]} must have the same number "
+                             "of rows (first axis)")
+
+    def forward(self, bottom, top):
+        h5py = need("h5py")
+        arrays = {name: np.asarray(b.data).reshape(b.shape + (1,) * (4 - len(b.shape)))
+                  for name, b in zip(("data", "label"), bottom)}
+        try:
+            with h5py.File(self.file_name, "r+") as f:
+                if "data" in f or "label" in f:
+                    raise LayerError(f"'{self.file_name}' already holds a batch: Caffe's "
+                                     "HDF5Output writes one batch per file (a second forward "
+                                     "fails, BVLC/caffe#1726); set the net up again to write "
+                                     "a new file")
+                for name, array in arrays.items():
+                    f.create_dataset(name, data=array)
+        except OSError as e:
+            raise LayerError(f"cannot write hdf5_output_param.file_name '{self.file_name}': "
+                             f"{_os_reason(e)}") from None
+
+    def allow_force_backward(self, bottom_index):
+        return False                    # Caffe's Backward_cpu does nothing
+
+
+def _os_reason(e):
+    return e.strerror or str(e)
 
 
 @register("MemoryData")

@@ -1,9 +1,11 @@
-"""WindowData, R-CNN's input layer: its window file, batch composition and crop geometry (by
-hand, and against a transliteration of Caffe's loop with OpenCV), in nets."""
+"""HDF5Output and WindowData, BVLC Caffe's last two I/O layers: HDF5Output's file written at
+setup and forward (read back bit for bit), WindowData's window file, batch composition and crop
+geometry (by hand, and against a transliteration of Caffe's loop with OpenCV), in nets."""
 
 import decimal
 import os
 
+import h5py
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -15,9 +17,104 @@ from minicnn.blob import array_to_blob_proto
 from minicnn.data.datum import resize_image
 from minicnn.data.errors import DataError
 from minicnn.data.windows import WindowFile, crop_window, window_geometry
-from minicnn.errors import LayerError
-from minicnn.layers import WindowDataLayer
-from minicnn.proto import write_binary
+from minicnn.errors import LayerError, NetError
+from minicnn.layers import HDF5OutputLayer, WindowDataLayer
+from minicnn.proto import parse_text, write_binary
+
+
+# --- HDF5Output ----------------------------------------------------------------------------------
+
+def output_net(file_name, data_shape=(2, 3, 4, 5), label_shape=(2,), dtype=np.float32):
+    text = f"""
+    layer {{ name: "in" type: "Input" top: "data" top: "label"
+            input_param {{ shape {{ dim: {' dim: '.join(map(str, data_shape))} }}
+                          shape {{ dim: {' dim: '.join(map(str, label_shape))} }} }} }}
+    layer {{ name: "out" type: "HDF5Output" bottom: "data" bottom: "label"
+            hdf5_output_param {{ file_name: "{file_name}" }} }}
+    """
+    return minicnn.Net(parse_text(text), minicnn.TEST, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_hdf5_output_writes_both_bottoms_bit_for_bit(tmp_path, dtype):
+    path = tmp_path / "out.h5"
+    with h5py.File(path, "w") as f:                 # an old file: emptied at setup, as Caffe's
+        f["old"] = np.zeros(3)
+    net = output_net(path, dtype=dtype)
+    with h5py.File(path, "r") as f:
+        assert list(f.keys()) == []
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((2, 3, 4, 5)).astype(dtype)
+    label = np.array([3, -1.5], dtype)
+    net.forward(data=data, label=label)
+    with h5py.File(path, "r") as f:
+        assert sorted(f.keys()) == ["data", "label"]
+        got_data, got_label = f["data"][...], f["label"][...]
+    assert got_data.dtype == dtype and got_label.dtype == dtype
+    assert got_data.shape == (2, 3, 4, 5) and got_label.shape == (2, 1, 1, 1)   # Caffe's 4-D
+    np.testing.assert_array_equal(got_data.view(np.uint8), data.view(np.uint8))
+    np.testing.assert_array_equal(got_label.reshape(2).view(np.uint8), label.view(np.uint8))
+
+
+def test_hdf5_output_fits_blobs_of_fewer_axes_into_four(tmp_path):
+    net = output_net(tmp_path / "o.h5", data_shape=(3, 7), label_shape=(3, 2, 2))
+    x = np.arange(21, dtype=np.float32).reshape(3, 7)
+    net.forward(data=x, label=np.ones((3, 2, 2), np.float32))
+    with h5py.File(tmp_path / "o.h5", "r") as f:
+        assert f["data"].shape == (3, 7, 1, 1) and f["label"].shape == (3, 2, 2, 1)
+        np.testing.assert_array_equal(f["data"][...].reshape(3, 7), x)
+
+
+def test_hdf5_output_writes_one_batch_per_file_as_caffe(tmp_path):
+    net = output_net(tmp_path / "o.h5")
+    net.forward(data=np.ones((2, 3, 4, 5)), label=np.zeros(2))
+    with pytest.raises(NetError, match=r"layer 'out'.*o.h5' already holds a batch: Caffe's "
+                                       r"HDF5Output writes one batch per file"):
+        net.forward(data=np.ones((2, 3, 4, 5)), label=np.zeros(2))
+    with h5py.File(tmp_path / "o.h5", "r") as f:        # the first batch is still there
+        np.testing.assert_array_equal(f["data"][...], 1)
+    output_net(tmp_path / "o.h5").forward(data=np.ones((2, 3, 4, 5)) * 2, label=np.zeros(2))
+    with h5py.File(tmp_path / "o.h5", "r") as f:        # a new net starts the file again
+        np.testing.assert_array_equal(f["data"][...], 2)
+
+
+def test_hdf5_output_errors(tmp_path):
+    with pytest.raises(NetError, match=r"layer 'out'.*cannot create hdf5_output_param.file_name "
+                                       r"'.*missing/o.h5'"):
+        output_net(tmp_path / "missing" / "o.h5")
+    with pytest.raises(NetError, match=r"cannot create hdf5_output_param.file_name '.*'"):
+        output_net(tmp_path)                                        # a folder
+    with pytest.raises(LayerError, match="hdf5_output_param.file_name is required"):
+        HDF5OutputLayer()(np.zeros((2, 1)), np.zeros(2))
+    with pytest.raises(NetError, match=r"layer 'out'.*data \(2, 3, 4, 5\) and label \(3,\) must "
+                                       r"have the same number of rows"):
+        output_net(tmp_path / "o.h5", label_shape=(3,))
+    with pytest.raises(NetError, match=r"bottom 'data' has shape \(2, 1, 1, 1, 1\); HDF5Output "
+                                       r"writes blobs of 1 to 4 axes"):
+        output_net(tmp_path / "o.h5", data_shape=(2, 1, 1, 1, 1))
+    with pytest.raises(LayerError, match="exactly 2 bottom"):
+        HDF5OutputLayer(file_name=str(tmp_path / "o.h5"))(np.zeros((2, 1)))
+
+
+def test_hdf5_output_beside_a_loss_has_no_backward(tmp_path):
+    # a V1 net (HDF5_OUTPUT), force_backward: the layer still asks for no bottom diff
+    net = minicnn.Net(parse_text(f"""
+    force_backward: true
+    input: "data" input_shape {{ dim: 4 dim: 3 }} input: "label" input_shape {{ dim: 4 }}
+    layers {{ name: "ip" type: INNER_PRODUCT bottom: "data" top: "ip"
+             inner_product_param {{ num_output: 2 weight_filler {{ type: "gaussian" }} }} }}
+    layers {{ name: "loss" type: SOFTMAX_LOSS bottom: "ip" bottom: "label" top: "loss" }}
+    layers {{ name: "out" type: HDF5_OUTPUT bottom: "ip" bottom: "label"
+             hdf5_output_param {{ file_name: "{tmp_path / 'o.h5'}" }} }}
+    """), minicnn.TRAIN)
+    net.forward(data=np.ones((4, 3)), label=np.array([0, 1, 1, 0]))
+    net.backward()
+    assert np.abs(net.params["ip"][0].diff).sum() > 0
+    i = [layer.name for layer in net.layers].index("out")
+    assert isinstance(net.layers[i], HDF5OutputLayer)
+    assert net.bottom_need_backward[i] == [False, False]
+    with h5py.File(tmp_path / "o.h5", "r") as f:
+        np.testing.assert_array_equal(f["data"][...].reshape(4, 2), net.blobs["ip"].data)
 
 
 # --- WindowData: files ---------------------------------------------------------------------------
