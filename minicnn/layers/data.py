@@ -623,11 +623,12 @@ class HDF5OutputLayer(Layer):
     (Caffe's legacy shape: a label of shape (N,) is stored as N x 1 x 1 x 1). No tops, no
     gradient.
 
-    As in Caffe, the file is created (emptied if it exists) when the layer is set up and the
-    batch is written by the forward pass; Caffe's layer can write only one batch per file (its
-    second forward fails: the datasets exist, BVLC/caffe#1726), and so does minicnn's, with an
-    error. minicnn closes the file after each write, so it is complete once forward returns
-    (Caffe's is complete when the net is destroyed)."""
+    As in Caffe, the file is created (emptied if it exists) when the layer is set up and each
+    batch is written by a forward pass. Caffe's layer can write only one batch per file (its
+    second forward aborts: the datasets exist, BVLC/caffe#1726); minicnn appends each later
+    batch to the two datasets (along the first axis), so ``minicnn test -iterations K`` keeps
+    all K batches, ready for an HDF5Data layer. minicnn closes the file after each write, so it
+    is complete once forward returns (Caffe's is complete when the net is destroyed)."""
     param_field = "hdf5_output_param"
     exact_num_bottom = 2
     exact_num_top = 0
@@ -660,19 +661,31 @@ class HDF5OutputLayer(Layer):
                   for name, b in zip(("data", "label"), bottom)}
         try:
             with h5py.File(self.file_name, "r+") as f:
-                if "data" in f or "label" in f:
-                    raise LayerError(f"'{self.file_name}' already holds a batch: Caffe's "
-                                     "HDF5Output writes one batch per file (a second forward "
-                                     "fails, BVLC/caffe#1726); set the net up again to write "
-                                     "a new file")
                 for name, array in arrays.items():
-                    f.create_dataset(name, data=array)
+                    _append_rows(f, name, array, self.file_name)
         except OSError as e:
             raise LayerError(f"cannot write hdf5_output_param.file_name '{self.file_name}': "
                              f"{_os_reason(e)}") from None
 
     def allow_force_backward(self, bottom_index):
         return False                    # Caffe's Backward_cpu does nothing
+
+
+def _append_rows(f, name, array, file_name):
+    """Dataset ``name`` of the open HDF5 file ``f`` with ``array``'s rows added at its end
+    (created, growable along the first axis, by the first batch)."""
+    if name not in f:
+        f.create_dataset(name, data=array, maxshape=(None, *array.shape[1:]),
+                         chunks=(max(1, array.shape[0]), *array.shape[1:]))
+        return
+    dataset = f[name]
+    if dataset.shape[1:] != array.shape[1:] or dataset.dtype != array.dtype:
+        raise LayerError(f"'{file_name}': cannot append a {name} batch of shape {array.shape} "
+                         f"({array.dtype}) to the dataset of shape {dataset.shape} "
+                         f"({dataset.dtype}) the earlier batches made")
+    rows = dataset.shape[0]
+    dataset.resize(rows + array.shape[0], axis=0)
+    dataset[rows:] = array
 
 
 def _os_reason(e):

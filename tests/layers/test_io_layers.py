@@ -65,17 +65,30 @@ def test_hdf5_output_fits_blobs_of_fewer_axes_into_four(tmp_path):
         np.testing.assert_array_equal(f["data"][...].reshape(3, 7), x)
 
 
-def test_hdf5_output_writes_one_batch_per_file_as_caffe(tmp_path):
+def test_hdf5_output_appends_later_batches(tmp_path):
+    # Caffe aborts on the second batch (BVLC/caffe#1726); minicnn keeps every batch, in order
     net = output_net(tmp_path / "o.h5")
-    net.forward(data=np.ones((2, 3, 4, 5)), label=np.zeros(2))
-    with pytest.raises(NetError, match=r"layer 'out'.*o.h5' already holds a batch: Caffe's "
-                                       r"HDF5Output writes one batch per file"):
-        net.forward(data=np.ones((2, 3, 4, 5)), label=np.zeros(2))
-    with h5py.File(tmp_path / "o.h5", "r") as f:        # the first batch is still there
-        np.testing.assert_array_equal(f["data"][...], 1)
-    output_net(tmp_path / "o.h5").forward(data=np.ones((2, 3, 4, 5)) * 2, label=np.zeros(2))
-    with h5py.File(tmp_path / "o.h5", "r") as f:        # a new net starts the file again
-        np.testing.assert_array_equal(f["data"][...], 2)
+    batches = [np.full((2, 3, 4, 5), k, np.float32) for k in range(3)]
+    for k, batch in enumerate(batches):
+        net.forward(data=batch, label=np.array([k, -k], np.float32))
+    with h5py.File(tmp_path / "o.h5", "r") as f:
+        np.testing.assert_array_equal(f["data"][...], np.concatenate(batches))
+        np.testing.assert_array_equal(f["label"][...].reshape(-1), [0, 0, 1, -1, 2, -2])
+    (tmp_path / "list.txt").write_text(f"{tmp_path / 'o.h5'}\n")
+    reader = minicnn.Net(parse_text(f"""
+        layer {{ name: "in" type: "HDF5Data" top: "data" top: "label"
+                hdf5_data_param {{ source: "{tmp_path / 'list.txt'}" batch_size: 6 }} }}"""),
+        minicnn.TEST)                                   # an HDF5Data source as it stands
+    np.testing.assert_array_equal(reader.forward()["data"], np.concatenate(batches))
+
+    net = output_net(tmp_path / "o.h5")                 # a new net starts the file again
+    net.forward(data=np.full((2, 3, 4, 5), 7), label=np.zeros(2))
+    with h5py.File(tmp_path / "o.h5", "r") as f:
+        np.testing.assert_array_equal(f["data"][...], 7)
+    with pytest.raises(NetError, match=r"layer 'out'.*cannot append a data batch of shape "
+                                       r"\(2, 3, 4, 6\) \(float32\) to the dataset of shape "
+                                       r"\(2, 3, 4, 5\)"):
+        net.forward(data=np.ones((2, 3, 4, 6)), label=np.zeros(2))
 
 
 def test_hdf5_output_errors(tmp_path):
