@@ -109,12 +109,14 @@ def test_kernel_sources_are_self_contained():
 
 # Ops written for the host only, and the layers that call them (which a GPU net runs on host
 # copies): ArgMax (a sort), BatchReindex and Filter (indices checked on the host; Filter's top
-# shape depends on its selector's values), the zoo's rarer losses (small blobs).
+# shape depends on its selector's values), the zoo's rarer losses (small blobs), SSD's PriorBox
+# and DetectionOutput (box geometry and NMS, at the end of the net).
 HOST_LOSSES = ["contrastive_loss", "hinge_loss", "infogain_loss", "multinomial_logistic_loss"]
-HOST_OPS = sorted(["argmax_forward", "batch_reindex_backward", "batch_reindex_forward"] +
+HOST_OPS = sorted(["argmax_forward", "batch_reindex_backward", "batch_reindex_forward",
+                   "detection_output_forward", "prior_box_forward"] +
                   [f"{name}_{way}" for name in HOST_LOSSES for way in ("forward", "backward")])
 HOST_LAYERS = sorted(["ArgMax", "BatchReindex", "Filter", "ContrastiveLoss", "HingeLoss",
-                      "InfogainLoss", "MultinomialLogisticLoss"])
+                      "InfogainLoss", "MultinomialLogisticLoss", "DetectionOutput", "PriorBox"])
 
 
 def test_every_op_but_the_host_ones_has_a_cuda_impl():
