@@ -26,10 +26,11 @@ class NormalizeLayer(Layer):
     eps (1e-10) inside the square root. The scale is blobs[0]: one value (channel_shared, the
     default) or one per channel, filled by scale_filler (default constant 1; SSD uses 20).
 
-    Bottom: 2 to 4 axes (N x C x H x W, missing axes 1). Backward gives dx and adds dscale;
-    dx is Caffe's, which is the gradient only while all channels have the same scale (always
-    with channel_shared; see minicnn.ops.ssd). Safe in place: forward keeps x / norm and the
-    norm."""
+    Bottom: 2 to 4 axes (N x C x H x W, missing axes 1). Backward gives dx and adds dscale.
+    dx is the gradient; Caffe's applies per-channel scales after its sum, which is the gradient
+    only while all channels have the same scale (see minicnn.ops.ssd): the same numbers until
+    training moves SSD's per-channel scales apart. Safe in place: forward keeps x / norm and
+    the norm."""
     param_field = "norm_param"
     exact_num_bottom = exact_num_top = 1
 

@@ -6,15 +6,16 @@ scale (one value, or one per channel). x is (N, C, S) with S = H*W:
     norm  = sqrt(sum x^2 + eps)          sum over C and S (across_spatial) or over C only;
                                          eps goes INSIDE the square root (MVN adds it after)
     xh    = x / norm,  y = xh * scale
-    dx    = scale * (dy - xh * sum(xh * dy)) / norm      (the same sums as the norm's)
+    g     = scale * dy                   (the gradient reaching xh)
+    dx    = (g - xh * sum(xh * g)) / norm          (the same sums as the norm's)
     dscale = sum(xh * dy)                over everything scale is broadcast across
 
-dx is Caffe's backward, which applies the scale after the sum: it is the gradient (for any eps)
-when every channel has the same scale (channel_shared, or per-channel scales all equal, as SSD
-fills them: 20). With unequal per-channel scales the gradient would be
-(scale * dy - xh * sum(xh * scale * dy)) / norm; Caffe, and so minicnn, computes the formula
-above. Caffe writes dscale as sum(y * dy) / scale, which is NaN or inf where a scale is 0;
-minicnn sums xh * dy, the same number elsewhere. No kinks.
+Caffe's backward applies the scale after the sum, scale * (dy - xh * sum(xh * dy)) / norm: the
+same numbers while every channel has the same scale (channel_shared, or per-channel scales as
+SSD fills them, all 20), and not the gradient once training moves per-channel scales apart.
+minicnn computes the gradient; with one shared scale it keeps Caffe's order of operations.
+Caffe writes dscale as sum(y * dy) / scale, which is NaN or inf where a scale is 0; minicnn
+sums xh * dy, the same number elsewhere. No kinks.
 
 PriorBox: the default boxes of one feature map, as corners (xmin, ymin, xmax, ymax) relative to
 the image, in the fork's order: for each row h, column w, each min_size: the min_size square,
@@ -75,8 +76,13 @@ def _normalize_backward_ref(dy, xh, norm, scale, *, across_spatial=True):
     """Returns (dx, dscale); dscale has scale's shape."""
     dy3 = _as_ncs(dy)
     dscale = np.sum(xh * dy3, axis=None if scale.ndim == 0 else (0, 2)).reshape(scale.shape)
-    dot = np.sum(xh * dy3, axis=_sum_axes(across_spatial), keepdims=True)
-    dx = (dy3 - xh * dot) / norm * scale.reshape(1, -1, 1)
+    if scale.ndim == 0:                  # one scale: Caffe's order, scaled after the sum
+        dot = np.sum(xh * dy3, axis=_sum_axes(across_spatial), keepdims=True)
+        dx = (dy3 - xh * dot) / norm * scale
+    else:                                # per channel: the scale goes inside the sum
+        g = dy3 * scale.reshape(1, -1, 1)
+        dot = np.sum(xh * g, axis=_sum_axes(across_spatial), keepdims=True)
+        dx = (g - xh * dot) / norm
     return dx.reshape(dy.shape), dscale
 
 
@@ -265,8 +271,14 @@ def _normalize_forward_cuda(x, scale, *, across_spatial=True, eps=1e-10):
 
 @normalize_backward.impl("cuda", available=cuda.importable)
 def _normalize_backward_cuda(dy, xh, norm, scale, *, across_spatial=True):
-    p = xh * _as_ncs(cuda.contiguous(dy))
+    dy3 = _as_ncs(cuda.contiguous(dy))
+    p = xh * dy3
     dscale = (p.sum() if scale.ndim == 0 else p.sum(axis=(0, 2))).reshape(scale.shape)
-    dot = p.sum(axis=_sum_axes(across_spatial), keepdims=True)
-    dx = (_as_ncs(dy) - xh * dot) / norm * scale.reshape(1, -1, 1)
+    if scale.ndim == 0:
+        dot = p.sum(axis=_sum_axes(across_spatial), keepdims=True)
+        dx = (dy3 - xh * dot) / norm * scale
+    else:
+        g = dy3 * scale.reshape(1, -1, 1)
+        dot = (xh * g).sum(axis=_sum_axes(across_spatial), keepdims=True)
+        dx = (g - xh * dot) / norm
     return dx.reshape(dy.shape), dscale
