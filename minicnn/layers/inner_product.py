@@ -1,4 +1,4 @@
-"""The fully connected layer: InnerProduct."""
+"""The fully connected layers: InnerProduct, and Embed (InnerProduct on one-hot inputs)."""
 
 import math
 
@@ -100,3 +100,70 @@ class InnerProductLayer(Layer):
             db_acc=self.blobs[1].diff if need_db else None)
         if need_dx and in_place:
             bottom[0].diff[...] = dx
+
+
+@register("Embed")
+class EmbedLayer(Layer):
+    """Caffe `Embed`: a lookup table, y = W[x] + b. It is InnerProduct on one-hot inputs
+    (onehot(x) @ W + b), computed by indexing.
+
+    The bottom holds integer indices in [0, input_dim), stored as floats (any shape); the top
+    has shape bottom.shape + (num_output,). blobs[0]: weights (input_dim, num_output), the
+    transpose of InnerProduct's layout, one row per index; blobs[1]: bias (num_output,) when
+    bias_term (default true). Backward adds each top diff row to the weight row of its index
+    (a repeated index gets the sum) and gives the indices no gradient: asking for one is an
+    error, as Caffe's CHECK; force_backward skips the bottom. An index that is not an integer
+    or is out of range is a LayerError naming the value (Caffe only DCHECKs it)."""
+    param_field = "embed_param"
+    exact_num_bottom = exact_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        p = self.param.embed_param
+        for field in ("num_output", "input_dim"):
+            if getattr(p, field) < 1:
+                raise LayerError(f"Embed layer '{self.name}': embed_param.{field} must be "
+                                 f"positive, got {getattr(p, field)}")
+        if bottom[0] is top[0]:
+            raise LayerError("Embed does not allow in-place computation (the top has one more "
+                             "axis)")
+        self.num_output, self.input_dim, self.bias_term = p.num_output, p.input_dim, p.bias_term
+        n_blobs = 2 if self.bias_term else 1
+        if len(self.blobs) > n_blobs:
+            raise LayerError(f"{len(self.blobs)} parameter blobs given, but an Embed with "
+                             f"bias_term {str(self.bias_term).lower()} has {n_blobs}")
+        self.init_param(0, (self.input_dim, self.num_output), p.weight_filler, "weights")
+        if self.bias_term:
+            self.init_param(1, (self.num_output,), p.bias_filler, "bias")
+        self._idx = None
+
+    def reshape(self, bottom, top):
+        top[0].reshape(bottom[0].shape + (self.num_output,))
+
+    def _indices(self, x):
+        idx, bad = ops.embed_indices(x, self.input_dim)
+        if bad is not None:
+            pos, value = bad
+            raise LayerError(f"Embed layer '{self.name}': bottom value {value:g} at {pos} is not "
+                             f"an index: indices must be integers in [0, input_dim = "
+                             f"{self.input_dim})")
+        return idx
+
+    def forward(self, bottom, top):
+        self._idx = self._indices(bottom[0].data)
+        b = self.blobs[1].data if self.bias_term else None
+        top[0].data[...] = ops.embed_forward(self._idx, self.blobs[0].data, b)
+
+    def allow_force_backward(self, bottom_index):
+        return False                  # no gradient exists for the indices
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            raise LayerError(f"Embed layer '{self.name}' cannot backpropagate to its input (the "
+                             "indices have no gradient); set propagate_down: false")
+        need_dw = self.param_propagate_down[0]
+        need_db = self.bias_term and self.param_propagate_down[1]
+        if need_dw or need_db:
+            idx = self._idx if self._idx is not None else self._indices(bottom[0].data)
+            ops.embed_backward(top[0].diff, idx, self.blobs[0].shape, need_dw=need_dw,
+                               need_db=need_db, dw_acc=self.blobs[0].diff if need_dw else None,
+                               db_acc=self.blobs[1].diff if need_db else None)

@@ -328,3 +328,58 @@ class ThresholdLayer(NeuronLayer):
 
     def allow_force_backward(self, bottom_index):
         return False
+
+
+@register("Clip")
+class ClipLayer(NeuronLayer):
+    """Caffe `Clip`: max(min, min(x, max)) (clip_param.min and max, both required).
+
+    Backward passes dy where min <= x <= max, the ends included, and 0 elsewhere. Caffe's CPU
+    code maps NaN to min (see minicnn.ops.neurons). min > max is allowed, as in Caffe: y is
+    then min everywhere and the gradient 0. Caffe rejects a clip_param without min or max; a
+    Clip with no clip_param at all runs there as min = max = 0, and minicnn refuses it too.
+    Safe in place: forward then keeps a copy of x. Caffe's in-place Clip does not: its
+    backward reads y, which lies in [min, max], and so passes dy everywhere; minicnn gives the
+    true gradient instead (the same as out of place)."""
+    param_field = "clip_param"
+
+    def layer_setup(self, bottom, top):
+        p = self.param.clip_param
+        missing = [f for f in ("min", "max") if not p.HasField(f)]
+        if missing:
+            fields = " and ".join(f"clip_param.{f}" for f in missing)
+            raise LayerError(f"Clip layer '{self.name}': {fields} "
+                             f"{'is' if len(missing) == 1 else 'are'} required (Caffe's "
+                             "ClipParameter requires both min and max)")
+        self.min, self.max = p.min, p.max
+        self._x = None
+
+    def forward(self, bottom, top):
+        self._x = _input_copy(bottom, top)
+        top[0].data[...] = ops.clip_forward(bottom[0].data, self.min, self.max)
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            x = self._x if self._x is not None else bottom[0].data
+            bottom[0].diff[...] = ops.clip_backward(top[0].diff, x, self.min, self.max)
+
+
+@register("Swish")
+class SwishLayer(NeuronLayer):
+    """Caffe `Swish`: x * sigmoid(beta * x) (swish_param.beta, default 1; beta 1 is SiLU).
+
+    Backward reads y and sigmoid(beta x), both kept from forward (as Caffe's inner Sigmoid
+    layer keeps its output), so it is safe in place."""
+    param_field = "swish_param"
+    _y = _s = None               # y and sigmoid(beta x) from the last forward
+
+    def layer_setup(self, bottom, top):
+        self.beta = self.param.swish_param.beta
+
+    def forward(self, bottom, top):
+        self._y, self._s = ops.swish_forward(bottom[0].data, self.beta)
+        top[0].data[...] = self._y
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            bottom[0].diff[...] = ops.swish_backward(top[0].diff, self._y, self._s, self.beta)

@@ -1,6 +1,6 @@
-"""Layers that route blobs (Split, Concat, Slice, Flatten, Reshape, Permute, Silence), pick
-items of a batch (BatchReindex, Filter), hold a blob of their own (Parameter) or combine them
-elementwise (Eltwise, whose math is in minicnn.ops.eltwise)."""
+"""Layers that route blobs (Split, Concat, Slice, Flatten, Reshape, Permute, Silence, Tile), pick
+items of a batch (BatchReindex, Filter), hold a blob of their own (Parameter), combine them
+elementwise (Eltwise, whose math is in minicnn.ops.eltwise) or reduce them (Reduction)."""
 
 import warnings
 
@@ -529,3 +529,70 @@ class FilterLayer(Layer):
 
     def allow_force_backward(self, bottom_index):
         return bottom_index != self._num_bottoms - 1
+
+
+@register("Reduction")
+class ReductionLayer(Layer):
+    """Caffe `Reduction`: each item's values from reduction_param.axis on (default 0: the whole
+    blob) reduced to one number by operation SUM (default), ASUM (sum of |x|), SUMSQ (sum of
+    x^2) or MEAN, times coeff (default 1). The top keeps the axes before axis: shape
+    bottom.shape[:axis], a scalar (shape ()) for axis 0. Only tail axes can be reduced, as in
+    Caffe (there is no end axis). Used to build losses: SUMSQ with coeff 0.5 is half the squared
+    norm. Not in place (the shapes differ)."""
+    param_field = "reduction_param"
+    exact_num_bottom = exact_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        if bottom[0] is top[0]:
+            raise LayerError("Reduction does not allow in-place computation (the top has "
+                             "fewer axes)")
+        p = self.param.reduction_param
+        self.operation, self.coeff = p.operation, p.coeff
+
+    def reshape(self, bottom, top):
+        self.axis = self.canonical_axis(bottom[0], self.param.reduction_param.axis,
+                                        "reduction_param.axis")
+        top[0].reshape(bottom[0].shape[:self.axis])
+
+    def forward(self, bottom, top):
+        top[0].data[...] = ops.reduction_forward(bottom[0].data, self.operation, self.axis,
+                                                 self.coeff)
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            bottom[0].diff[...] = ops.reduction_backward(top[0].diff, bottom[0].data,
+                                                         self.operation, self.axis, self.coeff)
+
+
+@register("Tile")
+class TileLayer(Layer):
+    """Caffe `Tile`: the sub-blob from tile_param.axis (default 1, negative allowed) on,
+    repeated tile_param.tiles times (required, > 0) along that axis: a (2, 3) bottom with
+    axis 1 and tiles 2 gives (2, 6), each row written twice in a row (numpy.tile, not
+    numpy.repeat). Backward sums the copies' diffs. Not in place."""
+    param_field = "tile_param"
+    exact_num_bottom = exact_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        if bottom[0] is top[0]:
+            raise LayerError("Tile does not allow in-place computation (the top is larger)")
+        p = self.param.tile_param
+        if not p.HasField("tiles"):
+            raise LayerError(f"Tile layer '{self.name}': tile_param.tiles is required (the "
+                             "number of copies)")
+        if p.tiles < 1:
+            raise LayerError(f"Tile layer '{self.name}': tile_param.tiles must be positive, "
+                             f"got {p.tiles}")
+        self.tiles = p.tiles
+
+    def reshape(self, bottom, top):
+        self.axis = self.canonical_axis(bottom[0], self.param.tile_param.axis,
+                                        "tile_param.axis")
+        top[0].reshape(ops.tile.tile_shape(bottom[0].shape, self.axis, self.tiles))
+
+    def forward(self, bottom, top):
+        top[0].data[...] = ops.tile_forward(bottom[0].data, self.axis, self.tiles)
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            bottom[0].diff[...] = ops.tile_backward(top[0].diff, self.axis, self.tiles)

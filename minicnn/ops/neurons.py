@@ -13,10 +13,19 @@ With u = shift + scale * x (Power, Exp, Log):
     Log        y = log_base(u)                   dx = dy scale / (u ln(base))
     BNLL       y = log(1 + exp(x))               dx = dy e / (e + 1), e = exp(min(x, 50))
     Threshold  y = 1 if x > threshold else 0     no backward (the derivative is 0 or undefined)
+    Clip       y = max(min, min(x, max))         dx = dy (min <= x <= max)
+    Swish      y = x s, s = sigmoid(beta x)      dx = dy (beta y + s (1 - beta y))
 
 Exp and Log take base -1 to mean e (ln(base) = 1 exactly); callers check base > 0 (and, for
 Log, base != 1). Kinks: PReLU and ELU at 0 take the x <= 0 branch (as ReLU, invariant I3); AbsVal
-gives 0 at 0, Caffe's caffe_cpu_sign.
+gives 0 at 0, Caffe's caffe_cpu_sign. Clip's backward passes dy where min <= x <= max, both
+ends *included* (Caffe's comparison), so at x == min or x == max the gradient is dy, not 0
+(PyTorch's clamp agrees); outside, and everywhere when min > max (y is then min), it is 0.
+
+Clip keeps Caffe's CPU comparisons exactly, NaN included: std::min(x, max) keeps a NaN and
+std::max(min, NaN) gives min, so Caffe's CPU maps NaN to min (np.clip and torch.clamp keep NaN;
+Caffe's GPU kernel, fmax(min, fmin(x, max)), gives max). Swish computes sigmoid(beta x) in
+Caffe's order: beta x rounded to the dtype first, then the tanh form of the sigmoid.
 
 Where this differs in floating point from Caffe's loops, it is the more accurate form of the same
 formula: Sigmoid uses Caffe's own tanh form (no overflow for large |x|); ELU uses expm1; BNLL
@@ -33,7 +42,8 @@ Values outside a function's domain (Log of a negative number, Power of a negativ
 fractional power, Exp overflowing) give NaN or inf as Caffe's do, without NumPy warnings.
 
 Every op keeps the input's dtype (parameters are Python floats, which NumPy 2 keeps weak).
-Impls: ref. (Elementwise NumPy is memory-bound already.)
+Impls: ref (elementwise NumPy is memory-bound already); cuda (kernels/neurons.cu) for all but
+Clip and Swish, which a GPU net runs on host copies (minicnn.net.runs_on_host).
 """
 
 import math
@@ -52,6 +62,8 @@ exp_forward, exp_backward = Op("exp_forward"), Op("exp_backward")
 log_forward, log_backward = Op("log_forward"), Op("log_backward")
 bnll_forward, bnll_backward = Op("bnll_forward"), Op("bnll_backward")
 threshold_forward = Op("threshold_forward")
+clip_forward, clip_backward = Op("clip_forward"), Op("clip_backward")
+swish_forward, swish_backward = Op("swish_forward"), Op("swish_backward")
 
 BNLL_THRESHOLD = 50.0                   # Caffe's kBNLL_THRESHOLD: exp's argument is clamped here
 
@@ -197,6 +209,36 @@ def _bnll_backward_ref(dy, x):
 @threshold_forward.impl("ref")
 def _threshold_forward_ref(x, threshold=0.0):
     return (x > threshold).astype(x.dtype)
+
+
+# --- reference: Clip, Swish ----------------------------------------------------------------------
+
+@clip_forward.impl("ref")
+def _clip_forward_ref(x, min, max):
+    # Caffe's std::max(min, std::min(x, max)), comparison for comparison: NaN -> min
+    below_max = np.where(max < x, max, x)
+    return np.where(min < below_max, below_max, min).astype(x.dtype, copy=False)
+
+
+@clip_backward.impl("ref")
+def _clip_backward_ref(dy, x, min, max):
+    """x must be the input: in place, y would pass every element."""
+    return np.where((x >= min) & (x <= max), dy, 0).astype(dy.dtype, copy=False)
+
+
+@swish_forward.impl("ref")
+def _swish_forward_ref(x, beta=1.0):
+    """(y, s): s = sigmoid(beta x) is returned for the backward, as Caffe keeps it."""
+    s = _sigmoid_forward_ref(x * beta)
+    return x * s, s
+
+
+@swish_backward.impl("ref")
+def _swish_backward_ref(dy, y, s, beta=1.0):
+    """Needs y and s only (not x), so it is safe in place. d(x s)/dx = s + beta x s (1 - s)
+    = beta y + s (1 - beta y)."""
+    by = beta * y
+    return dy * (by + s * (1 - by))
 
 
 # --- CUDA (kernels/neurons.cu) ------------------------------------------------------------------
