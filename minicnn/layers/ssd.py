@@ -69,6 +69,8 @@ class NormalizeLayer(Layer):
     def backward(self, top, propagate_down, bottom):
         if not (propagate_down[0] or self.param_propagate_down[0]):
             return
+        if self._xh is None and not (propagate_down[0] or self.backward_needed):
+            return      # no loss above it (minicnn time runs every layer's backward anyway)
         if self._xh is None:
             raise LayerError("backward after a forward that kept nothing for it: the net said "
                              "this layer needs no backward")

@@ -179,9 +179,10 @@ def box_sizes(boxes):
 
 def jaccard_overlap(box, size, others, other_sizes):
     """IoU of one box with each of ``others`` (the fork's JaccardOverlap, in float): 0 unless
-    the intersection has a positive width and height."""
-    x0, y0 = np.maximum(box[0], others[:, 0]), np.maximum(box[1], others[:, 1])
-    x1, y1 = np.minimum(box[2], others[:, 2]), np.minimum(box[3], others[:, 3])
+    the intersection has a positive width and height. Boxes are (..., 4) rows that broadcast:
+    (M, 1, 4) against (1, M, 4) gives every pair."""
+    x0, y0 = np.maximum(box[..., 0], others[..., 0]), np.maximum(box[..., 1], others[..., 1])
+    x1, y1 = np.minimum(box[..., 2], others[..., 2]), np.minimum(box[..., 3], others[..., 3])
     iw, ih = x1 - x0, y1 - y0
     inter = np.where((iw > 0) & (ih > 0), iw * ih, box.dtype.type(0))
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -198,15 +199,18 @@ def nms_fast(boxes, scores, score_threshold, nms_threshold, eta=1.0, top_k=-1):
     candidates = candidates[np.argsort(-scores[candidates], kind="stable")]
     if top_k > -1:
         candidates = candidates[:top_k]
+    boxes = boxes[candidates]
     sizes = box_sizes(boxes)
+    # every pair's IoU at once (row: the box considered, column: one kept before it); the
+    # greedy pass below then only looks values up
+    iou = jaccard_overlap(boxes[:, None, :], sizes[:, None], boxes[None], sizes[None])
     threshold, kept = f32(nms_threshold), []
-    for i in candidates:
-        iou = jaccard_overlap(boxes[i], sizes[i], boxes[kept], sizes[kept])
-        if np.all(iou <= threshold):
-            kept.append(i)
+    for k in range(len(candidates)):
+        if np.all(iou[k, kept] <= threshold):
+            kept.append(k)
             if eta < 1 and threshold > 0.5:
                 threshold = threshold * f32(eta)
-    return kept
+    return [int(candidates[k]) for k in kept]
 
 
 @detection_output_forward.impl("ref")
