@@ -654,3 +654,16 @@ def test_ssd_net_on_the_emulated_gpu_runs_only_the_box_layers_on_the_host(tmp_pa
         on_host = sorted(gpu_net.layers[i].type for i in gpu_net._mirrors)
     assert on_host == ["DetectionOutput", "PriorBox"]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_minicnn_time_runs_a_net_with_normalize_and_no_loss(tmp_path, capsys):
+    # no loss: the net keeps nothing for Normalize's backward, which time runs anyway
+    from minicnn.cli import main
+    net = tmp_path / "net.prototxt"
+    net.write_text("""
+        layer { name: "in" type: "Input" top: "x"
+                input_param { shape { dim: 1 dim: 3 dim: 4 dim: 4 } } }
+        layer { name: "norm" type: "Normalize" bottom: "x" top: "y"
+                norm_param { across_spatial: false channel_shared: false } }""")
+    assert main(["time", str(net), "--iterations", "1"]) == 0
+    assert "norm\tbackward" in capsys.readouterr().out
