@@ -154,8 +154,9 @@ def _known(blobs):
 
 def runs_on_host(layer):
     """Whether a GPU net runs ``layer`` on host copies of its blobs: data sources (no bottoms;
-    not Input, whose tops the caller fills, nor Parameter, whose top is its own blob), layers that say so (``host_only``, e.g. Python
-    layers, which compute with NumPy), and layers that call an op without a CUDA version."""
+    not Input, whose tops the caller fills, nor Parameter, whose top is its own blob), layers
+    that say so (``host_only``, e.g. Python layers, which compute with NumPy), and layers that
+    call an op without a CUDA version."""
     if getattr(layer, "host_only", False):
         return True
     if layer.type in ("Input", "Parameter"):

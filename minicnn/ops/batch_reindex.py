@@ -25,8 +25,8 @@ def item_indices(index, num_items, what="index"):
     bad = ~whole | (index < 0) | (index >= num_items)
     if bad.any():
         i = int(np.argmax(bad))
-        raise LayerError(f"{what}[{i}] is {float(index[i]):g}: not an item of a batch of {num_items} "
-                         f"(a whole number in [0, {num_items}))")
+        raise LayerError(f"{what}[{i}] is {float(index[i]):g}: not an item of a batch of "
+                         f"{num_items} (a whole number in [0, {num_items}))")
     return index.astype(np.int64)
 
 
