@@ -37,8 +37,11 @@ gradients of h_0 and c_0 are returned too (the layers do not pass them on, as Ca
 Sums run in the order of Caffe's unrolled net (W_hc h + (W_xc x + b) + static) so float32
 results stay close to Caffe's.
 
-sigm(x) is computed as 0.5 tanh(x / 2) + 0.5 (Caffe's LSTMUnit: 1 / (1 + exp(-x)), equal up to
-rounding, but exp(-x) overflows for x < -88 in float32). Every op keeps the input's dtype.
+sigm and tanh inside LSTMUnit are Caffe's own: sigm(x) = 1. / (1. + exp(-x)) and
+tanh(x) = 2. * sigm(2. * x) - 1., whose C++ computes exp in the blob's type and the rest in
+double (the 1. and 2. are doubles), then rounds to the blob's type; so does minicnn (exp through
+float64, correctly rounded to float32, where glibc's expf is within 0.502 ulp). Where RNN applies
+a TanH layer it is the TanH layer's tanh. Every op keeps the input's dtype.
 Impls: ref. (A GPU net runs these layers on host copies.)
 """
 
@@ -57,7 +60,17 @@ rnn_forward, rnn_backward = Op("rnn_forward"), Op("rnn_backward")
 
 
 def _sigmoid(x):
-    return 0.5 * np.tanh(0.5 * x) + 0.5
+    """Caffe's LSTMUnit sigmoid: exp(-x) in x's dtype, 1 / (1 + e) in double, rounded back."""
+    with np.errstate(over="ignore"):                 # exp(88.8) is inf in float32: sigm 0
+        e = np.exp(-x.astype(np.float64)).astype(x.dtype).astype(np.float64)
+    return (1.0 / (1.0 + e)).astype(x.dtype)
+
+
+def _lstm_tanh(x):
+    """Caffe's LSTMUnit tanh: 2 * sigm(2 x) - 1, all in double (2. * x is a double), rounded."""
+    with np.errstate(over="ignore"):
+        s = 1.0 / (1.0 + np.exp(-2.0 * x.astype(np.float64)))
+    return (2.0 * s - 1.0).astype(x.dtype)
 
 
 def _flat(x, axis):
@@ -69,7 +82,7 @@ def _gates(a, cont):
     """i, f, o, g from the pre-activations a (..., 4H), with cont (...) folded into f."""
     a_i, a_f, a_o, a_g = np.split(a, 4, axis=-1)
     f = cont[..., None] * _sigmoid(a_f)
-    return _sigmoid(a_i), f, _sigmoid(a_o), np.tanh(a_g)
+    return _sigmoid(a_i), f, _sigmoid(a_o), _lstm_tanh(a_g)
 
 
 def _input_term(x, w, b, x_static, w_static):
@@ -104,14 +117,14 @@ def _lstm_unit_forward_ref(c_prev, a, cont):
     Returns (c, h), each like c_prev."""
     i, f, o, g = _gates(a, cont)
     c = f * c_prev + i * g
-    return c, o * np.tanh(c)
+    return c, o * _lstm_tanh(c)
 
 
 @lstm_unit_backward.impl("ref")
 def _lstm_unit_backward_ref(dc, dh, c_prev, a, cont, c):
     """(dc_prev, da) from the gradients of c and h, with forward's inputs and its c."""
     i, f, o, g = _gates(a, cont)
-    tanh_c = np.tanh(c)
+    tanh_c = _lstm_tanh(c)
     dc_ = dc + dh * o * (1 - tanh_c * tanh_c)
     da = np.concatenate([dc_ * g * i * (1 - i),
                          dc_ * c_prev * f * (1 - f),        # Caffe's: see the module docstring

@@ -569,3 +569,39 @@ def test_registered_with_caffe_counts_and_force_backward_skips_cont():
     net.forward(x=np.ones((2, 1, 3)), cont=np.array([[0.0], [1.0]]))
     net.backward(h=np.ones((2, 1, 2)))                 # does not ask for cont's diff
     assert np.abs(net.blobs["x"].diff).max() > 0
+
+
+def test_lstm_unit_float32_is_caffes_expression_bit_for_bit():
+    """Caffe's LSTMUnit: sigmoid(x) = 1. / (1. + exp(-x)) (exp in float, the rest in double),
+    tanh(x) = 2. * sigmoid(2. * x) - 1. (all in double), each result rounded to float; the
+    products and the sum c = f c_prev + i g in float. A transliteration, element by element."""
+    import math
+    from minicnn.ops.recurrent import lstm_unit_forward
+    f32 = np.float32
+    rng = np.random.default_rng(11)
+    hidden = 5
+    a = (rng.standard_normal((3, 4 * hidden)) * 4).astype(f32)
+    a[0, 0], a[1, 1] = -100, 100                     # exp overflows in float: sigm 0 and 1
+    c_prev = rng.standard_normal((3, hidden)).astype(f32)
+    cont = np.array([1, 0, 1], f32)
+
+    def sigm(x):
+        with np.errstate(over="ignore"):               # exp(100) is inf in float
+            e = f32(math.exp(-float(x)))
+        return f32(1.0 / (1.0 + float(e)))
+
+    def tanh(x):
+        return f32(2.0 * (1.0 / (1.0 + math.exp(-2.0 * float(x)))) - 1.0)
+
+    want_c, want_h = np.empty_like(c_prev), np.empty_like(c_prev)
+    for n in range(3):
+        for d in range(hidden):
+            i, o = sigm(a[n, d]), sigm(a[n, 2 * hidden + d])
+            f = f32(0) if cont[n] == 0 else f32(cont[n] * sigm(a[n, hidden + d]))
+            g = tanh(a[n, 3 * hidden + d])
+            want_c[n, d] = f32(f32(f * c_prev[n, d]) + f32(i * g))
+            want_h[n, d] = f32(o * tanh(want_c[n, d]))
+    with np.errstate(over="ignore"):
+        c, h = lstm_unit_forward.impls["ref"](c_prev, a, cont)
+    np.testing.assert_array_equal(c.view(np.uint32), want_c.view(np.uint32))
+    np.testing.assert_array_equal(h.view(np.uint32), want_h.view(np.uint32))
