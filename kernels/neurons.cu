@@ -149,3 +149,46 @@ template <typename T>
 __global__ void threshold_forward(const T* x, T* y, T threshold, long long n) {
   MINICNN_KERNEL_LOOP(i, n) { y[i] = x[i] > threshold ? T(1) : T(0); }
 }
+
+// Clip: Caffe's CPU std::max(min, std::min(x, max)), comparison for comparison, so NaN gives
+// min (std::min keeps the NaN, std::max(min, NaN) returns min) and min > max gives min.
+template <typename T>
+__global__ void clip_forward(const T* x, T* y, T lo, T hi, long long n) {
+  MINICNN_KERNEL_LOOP(i, n) {
+    T v = x[i];
+    T below = hi < v ? hi : v;
+    y[i] = lo < below ? below : lo;
+  }
+}
+
+// dy where lo <= x <= hi, both ends included (NaN and everything when lo > hi: 0)
+template <typename T>
+__global__ void clip_backward(const T* dy, const T* x, T* dx, T lo, T hi, long long n) {
+  MINICNN_KERNEL_LOOP(i, n) {
+    T v = x[i];
+    dx[i] = (v >= lo && v <= hi) ? dy[i] : T(0);
+  }
+}
+
+// Swish: s = sigmoid(beta x) in the reference's order (beta x rounded first, then Caffe's tanh
+// form), y = x s; both written, the backward reads them.
+template <typename T>
+__global__ void swish_forward(const T* x, T* y, T* s, T beta, long long n) {
+  MINICNN_KERNEL_LOOP(i, n) {
+    T v = x[i];
+    T bx = v * beta;
+    T sig = T(0.5) * mc::tanh_(T(0.5) * bx) + T(0.5);
+    s[i] = sig;
+    y[i] = v * sig;
+  }
+}
+
+// dx = dy (beta y + s (1 - beta y)): reads y and s only, so in place is safe
+template <typename T>
+__global__ void swish_backward(const T* dy, const T* y, const T* s, T* dx, T beta,
+                               long long n) {
+  MINICNN_KERNEL_LOOP(i, n) {
+    T by = beta * y[i], sig = s[i];
+    dx[i] = dy[i] * (by + sig * (T(1) - by));
+  }
+}

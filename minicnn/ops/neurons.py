@@ -42,8 +42,8 @@ Values outside a function's domain (Log of a negative number, Power of a negativ
 fractional power, Exp overflowing) give NaN or inf as Caffe's do, without NumPy warnings.
 
 Every op keeps the input's dtype (parameters are Python floats, which NumPy 2 keeps weak).
-Impls: ref (elementwise NumPy is memory-bound already); cuda (kernels/neurons.cu) for all but
-Clip and Swish, which a GPU net runs on host copies (minicnn.net.runs_on_host).
+Impls: ref (elementwise NumPy is memory-bound already); cuda (kernels/neurons.cu), the same
+comparisons and the same sigmoid form per element.
 """
 
 import math
@@ -398,3 +398,30 @@ def _bnll_backward_cuda(dy, x):
 @threshold_forward.impl("cuda", available=cuda.importable)
 def _threshold_forward_cuda(x, threshold=0.0):
     return _unary("threshold_forward", x, threshold)
+
+
+@clip_forward.impl("cuda", available=cuda.importable)
+def _clip_forward_cuda(x, min, max):
+    return _unary("clip_forward", x, min, max)
+
+
+@clip_backward.impl("cuda", available=cuda.importable)
+def _clip_backward_cuda(dy, x, min, max):
+    return _binary("clip_backward", dy, x, min, max)
+
+
+@swish_forward.impl("cuda", available=cuda.importable)
+def _swish_forward_cuda(x, beta=1.0):
+    x = cuda.contiguous(x)
+    cp = cuda.cupy()
+    y, s = cp.empty_like(x), cp.empty_like(x)
+    _run("swish_forward", x.size, x.dtype, x, y, s, x.dtype.type(beta))
+    return y, s
+
+
+@swish_backward.impl("cuda", available=cuda.importable)
+def _swish_backward_cuda(dy, y, s, beta=1.0):
+    dy, y, s = cuda.contiguous(dy, y, s)
+    dx = cuda.cupy().empty_like(dy)
+    _run("swish_backward", dy.size, dy.dtype, dy, y, s, dx, dy.dtype.type(beta))
+    return dx
