@@ -7,7 +7,8 @@ x is seen as M = prod(shape[:axis]) blocks of D = prod(shape[axis:]) values; y h
     dx[m, :]   = sum over t of dy[m, t, :]
 
 So along ``axis`` the whole sub-blob repeats (1 2 3 -> 1 2 3 1 2 3, numpy.tile), not each
-element (1 1 2 2 3 3, numpy.repeat). No kinks. Impls: ref.
+element (1 1 2 2 3 3, numpy.repeat). No kinks. Impls: ref; cuda (a CuPy broadcast copy, and
+kernels/tile.cu's sum of the copies in the reference's order).
 """
 
 import math
@@ -39,3 +40,27 @@ def _tile_backward_ref(dy, axis, tiles):
     for t in range(1, tiles):                # copy by copy, in Caffe's order (caffe_axpy)
         dx += copies[:, t]
     return dx.reshape(x_shape)
+
+
+# --- CUDA (kernels/tile.cu) ---------------------------------------------------------------------
+
+from minicnn import cuda  # noqa: E402
+
+
+@tile_forward.impl("cuda", available=cuda.importable)
+def _tile_forward_cuda(x, axis, tiles):
+    cp = cuda.cupy()
+    blocks = x.reshape(math.prod(x.shape[:axis]), 1, -1)            # (M, 1, D)
+    y = cp.broadcast_to(blocks, (blocks.shape[0], tiles, blocks.shape[2]))
+    return cp.ascontiguousarray(y).reshape(tile_shape(x.shape, axis, tiles))
+
+
+@tile_backward.impl("cuda", available=cuda.importable)
+def _tile_backward_cuda(dy, axis, tiles):
+    dy = cuda.contiguous(dy)
+    x_shape = tuple(d // tiles if a == axis else d for a, d in enumerate(dy.shape))
+    dx = cuda.cupy().empty(x_shape, dy.dtype)
+    inner = math.prod(dy.shape[axis:]) // tiles if tiles else 0
+    cuda.launch_1d(cuda.kernel("tile.cu", "tile_backward", dy.dtype), dx.size, dy, dx,
+                   np.int32(tiles), np.int64(inner))
+    return dx

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from minicnn.ops import neurons as nr
+from minicnn.ops.reduction import reduction_backward, reduction_forward
+from minicnn.ops.tile import tile_backward, tile_forward
 
 from .conftest import assert_close
 
@@ -53,3 +55,35 @@ def test_swish(gpu, beta, dtype):
     assert_close(s, want_s, _tol(dtype), "s")
     assert_close(nr.swish_backward(gpu.asarray(dy), y, s, beta),
                  nr.swish_backward.impls["ref"](dy, want_y, want_s, beta), _tol(dtype), "dx")
+
+
+# --- Reduction, Tile ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("operation", ["SUM", "ASUM", "SUMSQ", "MEAN"])
+@pytest.mark.parametrize("axis, coeff", [(0, 1.0), (1, -0.7), (3, 2.5)])
+def test_reduction(gpu, operation, axis, coeff, dtype):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 4, 5, 6)).astype(dtype)
+    x.flat[::7] = 0                                             # ASUM's sign(0) = 0
+    want = reduction_forward.impls["ref"](x, operation, axis, coeff)
+    y = reduction_forward(gpu.asarray(x), operation, axis, coeff)
+    assert y.shape == want.shape == x.shape[:axis]
+    assert_close(y, want, _tol(dtype, 1e-5), "y")               # CuPy's order of the sums
+    dy = rng.standard_normal(want.shape).astype(dtype)
+    dx = reduction_backward(gpu.asarray(dy), gpu.asarray(x), operation, axis, coeff)
+    assert_close(dx, reduction_backward.impls["ref"](dy, x, operation, axis, coeff), 0, "dx")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, axis, tiles", [((2, 3, 4), 1, 3), ((5,), 0, 4),
+                                                ((2, 3, 4), 2, 1), ((3, 2, 2, 5), 0, 7)])
+def test_tile(gpu, shape, axis, tiles, dtype):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(shape).astype(dtype)
+    want = tile_forward.impls["ref"](x, axis, tiles)
+    y = tile_forward(gpu.asarray(x), axis, tiles)
+    assert_close(y, want, 0, "y")
+    dy = rng.standard_normal(want.shape).astype(dtype)
+    dx = tile_backward(gpu.asarray(dy), axis, tiles)
+    assert_close(dx, tile_backward.impls["ref"](dy, axis, tiles), 0, "dx")  # Caffe's order
