@@ -116,11 +116,11 @@ HOST_LOSSES = ["contrastive_loss", "hinge_loss", "infogain_loss", "multinomial_l
 HOST_OPS = sorted(["argmax_forward", "batch_reindex_backward", "batch_reindex_forward",
                    "detection_output_forward", "prior_box_forward", "lstm_backward",
                    "lstm_forward", "lstm_unit_backward", "lstm_unit_forward", "rnn_backward",
-                   "rnn_forward", "embed_backward", "embed_forward"] +
+                   "rnn_forward"] +
                   [f"{name}_{way}" for name in HOST_LOSSES for way in ("forward", "backward")])
 HOST_LAYERS = sorted(["ArgMax", "BatchReindex", "Filter", "ContrastiveLoss", "HingeLoss",
                       "InfogainLoss", "MultinomialLogisticLoss", "DetectionOutput", "PriorBox",
-                      "LSTM", "LSTMUnit", "RNN", "Embed"])
+                      "LSTM", "LSTMUnit", "RNN"])
 
 
 def test_every_op_but_the_host_ones_has_a_cuda_impl():

@@ -2,7 +2,7 @@
 
 import math
 
-from minicnn import ops
+from minicnn import cuda, ops
 from minicnn.errors import LayerError
 from minicnn.layer import Layer, register
 
@@ -113,7 +113,9 @@ class EmbedLayer(Layer):
     bias_term (default true). Backward adds each top diff row to the weight row of its index
     (a repeated index gets the sum) and gives the indices no gradient: asking for one is an
     error, as Caffe's CHECK; force_backward skips the bottom. An index that is not an integer
-    or is out of range is a LayerError naming the value (Caffe only DCHECKs it)."""
+    or is out of range is a LayerError naming the value (Caffe only DCHECKs it); on the GPU a
+    kernel checks the indices and the Net raises that error with the loss (deferred_flag), the
+    kernels leaving the bad ones out meanwhile."""
     param_field = "embed_param"
     exact_num_bottom = exact_num_top = 1
 
@@ -140,6 +142,11 @@ class EmbedLayer(Layer):
         top[0].reshape(bottom[0].shape + (self.num_output,))
 
     def _indices(self, x):
+        if cuda.is_device_array(x):
+            # checked by a kernel whose flag the Net reads with the loss (deferred_flag), not
+            # here: reading x back would make the step wait for the GPU mid-forward
+            idx, self.deferred_flag = ops.flag_embed_indices(x, self.input_dim)
+            return idx
         idx, bad = ops.embed_indices(x, self.input_dim)
         if bad is not None:
             pos, value = bad
@@ -152,6 +159,10 @@ class EmbedLayer(Layer):
         self._idx = self._indices(bottom[0].data)
         b = self.blobs[1].data if self.bias_term else None
         top[0].data[...] = ops.embed_forward(self._idx, self.blobs[0].data, b)
+
+    def raise_deferred(self, bottom):
+        self._indices(cuda.to_host(bottom[0].data))          # the host's check and message
+        super().raise_deferred(bottom)
 
     def allow_force_backward(self, bottom_index):
         return False                  # no gradient exists for the indices

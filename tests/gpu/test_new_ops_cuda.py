@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from minicnn.ops import neurons as nr
+from minicnn.ops.embed import embed_backward, embed_forward, embed_indices, flag_embed_indices
 from minicnn.ops.reduction import reduction_backward, reduction_forward
 from minicnn.ops.tile import tile_backward, tile_forward
 
@@ -87,3 +88,137 @@ def test_tile(gpu, shape, axis, tiles, dtype):
     dy = rng.standard_normal(want.shape).astype(dtype)
     dx = tile_backward(gpu.asarray(dy), axis, tiles)
     assert_close(dx, tile_backward.impls["ref"](dy, axis, tiles), 0, "dx")  # Caffe's order
+
+
+# --- Embed ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_embed(gpu, bias, dtype):
+    rng = np.random.default_rng(6)
+    k, n = 7, 5
+    idx = rng.integers(0, k, (4, 6))
+    idx[0, :4] = 3                                              # a repeated index
+    idx[1, 0] = k - 1
+    w = rng.standard_normal((k, n)).astype(dtype)
+    b = rng.standard_normal(n).astype(dtype) if bias else None
+    want = embed_forward.impls["ref"](idx, w, b)
+    y = embed_forward(gpu.asarray(idx), gpu.asarray(w), None if b is None else gpu.asarray(b))
+    assert_close(y, want, 0, "y")
+    dy = rng.standard_normal(want.shape).astype(dtype)
+    want_dw, want_db = embed_backward.impls["ref"](dy, idx, w.shape)
+    dw, db = embed_backward(gpu.asarray(dy), gpu.asarray(idx), w.shape)
+    assert_close(dw, want_dw, _tol(dtype), "dw")               # atomics: any order
+    assert_close(db, want_db, _tol(dtype), "db")
+    acc_w, acc_b = rng.standard_normal((k, n)).astype(dtype), rng.standard_normal(n).astype(dtype)
+    dw_acc, db_acc = gpu.asarray(acc_w), gpu.asarray(acc_b)     # the diffs accumulate
+    got = embed_backward(gpu.asarray(dy), gpu.asarray(idx.astype(np.int32)), w.shape,
+                         dw_acc=dw_acc, db_acc=db_acc)
+    assert got[0] is dw_acc and got[1] is db_acc
+    assert_close(dw_acc, acc_w + want_dw, _tol(dtype), "dw_acc")
+    assert_close(db_acc, acc_b + want_db, _tol(dtype), "db_acc")
+    dw_acc = gpu.asarray(np.ascontiguousarray(acc_w.T)).T      # not contiguous: added after
+    assert embed_backward(gpu.asarray(dy), gpu.asarray(idx), w.shape, dw_acc=dw_acc)[0] is dw_acc
+    assert_close(dw_acc, acc_w + want_dw, _tol(dtype), "strided dw_acc")
+    assert embed_backward(gpu.asarray(dy), gpu.asarray(idx), w.shape, need_dw=False)[0] is None
+    assert embed_backward(gpu.asarray(dy), gpu.asarray(idx), w.shape, need_db=False)[1] is None
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_embed_indices_flag_the_bad_ones_and_the_kernels_skip_them(gpu, dtype):
+    k = 4
+    good = np.array([[0, 3, 3], [1, 2, -0.0]], dtype)
+    idx, bad = flag_embed_indices(gpu.asarray(good), k)
+    assert idx.dtype == np.int64 and np.array_equal(idx.get(), embed_indices(good, k)[0])
+    assert int(bad.get()[0]) == 0
+    for value in (-1, k, 2.5, np.nan, np.inf, -np.inf):
+        x = good.copy()
+        x[1, 1] = value
+        assert embed_indices(x, k)[1] is not None                # the host refuses it too
+        idx, bad = flag_embed_indices(gpu.asarray(x), k)
+        assert int(bad.get()[0]) == 1, value
+        assert idx.get()[1, 1] == -1 and np.array_equal(np.delete(idx.get(), 4),
+                                                        np.delete(good.astype(int), 4))
+    rng = np.random.default_rng(7)                               # out-of-range rows: skipped
+    w, b = rng.standard_normal((k, 3)).astype(dtype), rng.standard_normal(3).astype(dtype)
+    idx = np.array([0, -1, k, 2, 1000])
+    y = embed_forward(gpu.asarray(idx), gpu.asarray(w), gpu.asarray(b)).get()
+    assert np.array_equal(y[[0, 3]], w[[0, 2]] + b) and np.array_equal(y[[1, 2, 4]], [b] * 3)
+    y = embed_forward(gpu.asarray(idx), gpu.asarray(w)).get()   # w[k] would be guard bytes
+    assert np.array_equal(y[[0, 3]], w[[0, 2]]) and not y[[1, 2, 4]].any()
+    dy = rng.standard_normal((5, 3)).astype(dtype)
+    dw, _ = embed_backward(gpu.asarray(dy), gpu.asarray(idx), w.shape)
+    want = np.zeros_like(w)
+    want[[0, 2]] = dy[[0, 3]]
+    assert np.array_equal(dw.get(), want)                        # guard bytes: nothing beyond
+
+
+# --- in a Net -------------------------------------------------------------------------------------
+
+NET = """name: "five" force_backward: true
+input: "idx" input_shape { dim: 3 dim: 4 }
+input: "x" input_shape { dim: 3 dim: 4 dim: 2 }
+layer { name: "embed" type: "Embed" bottom: "idx" top: "e"
+        embed_param { num_output: 2 input_dim: 6 weight_filler { type: "gaussian" std: 1.5 }
+                      bias_filler { type: "uniform" min: -0.5 max: 0.5 } } }
+layer { name: "sum" type: "Eltwise" bottom: "e" bottom: "x" top: "s" }
+layer { name: "swish" type: "Swish" bottom: "s" top: "s" swish_param { beta: 1.5 } }
+layer { name: "clip" type: "Clip" bottom: "s" top: "s" clip_param { min: -0.25 max: 1 } }
+layer { name: "tile" type: "Tile" bottom: "s" top: "t" tile_param { axis: 1 tiles: 3 } }
+layer { name: "sq" type: "Reduction" bottom: "t" top: "sq" loss_weight: 1
+        reduction_param { operation: SUMSQ axis: 1 coeff: 0.5 } }
+layer { name: "abs" type: "Reduction" bottom: "t" top: "abs" loss_weight: 0.25
+        reduction_param { operation: ASUM } }
+"""
+
+
+def _net_inputs(rng):
+    idx = rng.integers(0, 6, (3, 4)).astype(np.float32)
+    idx[0, :3] = 5                                              # a repeated index
+    return idx, rng.uniform(-1.5, 1.5, (3, 4, 2)).astype(np.float32)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_net_of_the_five_on_the_gpu_equals_the_cpu(gpu, dtype):
+    import minicnn
+    from minicnn import cuda
+    from minicnn.proto.text import parse_text
+    idx, x = _net_inputs(np.random.default_rng(8))
+    nets = []
+    for device in (None, "cuda:0"):
+        minicnn.set_random_seed(9)
+        net = minicnn.Net(parse_text(NET), dtype=dtype, device=device)
+        net.forward(idx=idx.astype(dtype), x=x.astype(dtype))
+        net.backward()
+        nets.append(net)
+    cpu, dev = nets
+    assert dev._mirrors == {} and cuda.is_device_array(dev.blobs["t"].data)   # all on device
+    tol = _tol(dtype, 1e-5)
+    for name, blob in cpu.blobs.items():
+        assert_close(dev.blobs[name].data, blob.data, tol, name)
+        if name != "idx":                                       # Embed gives idx no diff
+            assert_close(dev.blobs[name].diff, blob.diff, tol, f"{name} diff")
+    for a, b in zip(cpu.params["embed"], dev.params["embed"]):
+        assert np.abs(a.diff).max() > 0.1
+        assert_close(b.diff, a.diff, tol, "embed diff")
+    assert abs(cpu.loss - dev.loss) <= tol * abs(cpu.loss)
+
+
+@pytest.mark.parametrize("value", [6.0, -1.0, 0.5, np.nan])
+def test_a_bad_embed_index_raises_the_hosts_error_from_the_gpu_net(gpu, value):
+    import minicnn
+    from minicnn.proto.text import parse_text
+    idx, x = _net_inputs(np.random.default_rng(10))
+    idx[2, 1] = value
+    errors = []
+    for device in (None, "cuda:0"):
+        net = minicnn.Net(parse_text(NET), device=device)
+        with pytest.raises(minicnn.NetError) as caught:
+            net.forward(idx=idx, x=x)
+        errors.append(str(caught.value))
+        assert net.layer_dict["embed"].deferred_flag is None
+        with pytest.raises(minicnn.NetError, match=r"bottom value .* at \(2, 1\)"):
+            net.forward_backward()                              # the step raises before the update
+    assert errors[0] == errors[1] and "is not an index" in errors[1]
+    idx[2, 1] = 1                                               # a good batch runs again
+    net.forward(idx=idx, x=x)

@@ -390,9 +390,9 @@ def test_all_five_from_a_prototxt_forward_and_backward(dtype):
     for blob, want in zip(net.params["embed"], (want_dw, want_db)):
         assert blob.diff.dtype == dtype and np.abs(want).max() > 0.1
         np.testing.assert_allclose(blob.diff, want, **tol)
-    # all but Embed have CUDA versions; a GPU net runs Embed on host copies
-    assert [n for n in ("embed", "swish", "clip", "tile", "red")
-            if runs_on_host(net.layer_dict[n])] == ["embed"]
+    # all five have CUDA versions: a GPU net keeps them on the device
+    assert not any(runs_on_host(net.layer_dict[n]) for n in ("embed", "swish", "clip", "tile",
+                                                            "red"))
 
 
 def test_float32_in_float32_out():
@@ -461,10 +461,9 @@ def test_embed_reduction_euclidean_net_trains_with_sgd():
 
 @pytest.mark.skipif(not cuda_emu.available(), reason="no C++ compiler for the CUDA emulator")
 def test_on_the_emulated_gpu_the_net_gives_the_cpu_results():
-    """Clip, Swish, Tile and Reduction run on the device, Embed on host copies of its blobs
-    (tests/cuda_emu stands in for the GPU), with the CPU's values (to float32 rounding: the
-    kernels' tanh is not NumPy's, nor CuPy's sums). tests/gpu/test_new_ops_cuda.py checks the
-    ops themselves."""
+    """All five run on the device (tests/cuda_emu stands in for the GPU), with the CPU's
+    values to float32 rounding (the kernels' tanh is not NumPy's, nor CuPy's sums, and the
+    embedding's gradient adds by atomics); tests/gpu/test_new_ops_cuda.py checks the ops."""
     from minicnn import cuda
     idx = np.array([[0, 4, 4], [2, 1, 0]], np.float32)
     with cuda_emu.installed():
@@ -476,7 +475,7 @@ def test_on_the_emulated_gpu_the_net_gives_the_cpu_results():
             net.backward()
             nets.append(net)
         cpu, dev = nets
-        assert sorted(dev.layers[i].type for i in dev._mirrors) == ["Embed"]
+        assert dev._mirrors == {}
         assert cuda.is_device_array(dev.blobs["r"].data)
         for name, blob in cpu.blobs.items():
             np.testing.assert_allclose(cuda.to_host(dev.blobs[name].data), blob.data,
