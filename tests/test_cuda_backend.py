@@ -109,17 +109,13 @@ def test_kernel_sources_are_self_contained():
 
 # Ops written for the host only, and the layers that call them (which a GPU net runs on host
 # copies): ArgMax (a sort), BatchReindex and Filter (indices checked on the host; Filter's top
-# shape depends on its selector's values), the zoo's rarer losses (small blobs), SSD's PriorBox
-# and DetectionOutput (box geometry and NMS, at the end of the net), the recurrent layers (a
-# loop over time steps in NumPy).
-HOST_LOSSES = ["contrastive_loss", "hinge_loss", "infogain_loss", "multinomial_logistic_loss"]
+# shape depends on its selector's values), SSD's PriorBox and DetectionOutput (box geometry and
+# NMS, at the end of the net), the recurrent layers (a loop over time steps in NumPy).
 HOST_OPS = sorted(["argmax_forward", "batch_reindex_backward", "batch_reindex_forward",
                    "detection_output_forward", "prior_box_forward", "lstm_backward",
                    "lstm_forward", "lstm_unit_backward", "lstm_unit_forward", "rnn_backward",
-                   "rnn_forward"] +
-                  [f"{name}_{way}" for name in HOST_LOSSES for way in ("forward", "backward")])
-HOST_LAYERS = sorted(["ArgMax", "BatchReindex", "Filter", "ContrastiveLoss", "HingeLoss",
-                      "InfogainLoss", "MultinomialLogisticLoss", "DetectionOutput", "PriorBox",
+                   "rnn_forward"])
+HOST_LAYERS = sorted(["ArgMax", "BatchReindex", "Filter", "DetectionOutput", "PriorBox",
                       "LSTM", "LSTMUnit", "RNN"])
 
 

@@ -43,7 +43,8 @@ def _check_label_values(layer, labels, num_classes, ignore_label):
 
 def _raise_bad_labels(layer, labels):
     """A GPU label check failed: the same error as on the host, from a host copy."""
-    _check_label_values(layer, cuda.to_host(labels), layer.num_classes, layer.ignore_label)
+    _check_label_values(layer, cuda.to_host(labels), layer.num_classes,
+                        getattr(layer, "ignore_label", None))
     raise LayerError(f"a label of {layer.name} was not a class in [0, {layer.num_classes}) "
                      "when its forward ran (the labels have changed since)")
 
@@ -283,6 +284,9 @@ class MultinomialLogisticLossLayer(Layer):
             bottom[0].diff[...] = ops.multinomial_logistic_loss_backward(
                 bottom[0].data, bottom[1].data, loss_weight=top[0].diff)
 
+    def raise_deferred(self, bottom):
+        _raise_bad_labels(self, bottom[1].data)
+
     def allow_force_backward(self, bottom_index):
         return bottom_index != 1                           # labels have no gradient
 
@@ -371,6 +375,9 @@ class InfogainLossLayer(Layer):
                 ignore_label=self.ignore_label, normalization=self.normalization,
                 loss_weight=top[0].diff)
 
+    def raise_deferred(self, bottom):
+        _raise_bad_labels(self, bottom[1].data)
+
     def allow_force_backward(self, bottom_index):
         return bottom_index == 0                           # labels and H have no gradient
 
@@ -409,6 +416,9 @@ class HingeLossLayer(Layer):
             bottom[0].diff[...] = ops.hinge_loss_backward(
                 self._hinges, bottom[1].data, norm=self.norm,
                 loss_weight=top[0].diff).reshape(bottom[0].shape)
+
+    def raise_deferred(self, bottom):
+        _raise_bad_labels(self, bottom[1].data)
 
     def allow_force_backward(self, bottom_index):
         return bottom_index != 1                           # labels have no gradient

@@ -17,7 +17,8 @@ Where Caffe is surprising:
   (d = 0 gives 0) but is not the exact derivative of the loss; its relative error is
   1e-4 / (d + 1e-4) (1e-4 at d = 1). Caffe's numbers, kept here.
 - The loss is the sum divided by N and then by 2, each in the blob's precision.
-Impls: ref.
+Impls: ref; cuda (CuPy: the same expressions, the squared distances a row sum rather than
+einsum's, the loss weight read on the device).
 """
 
 import numpy as np
@@ -69,4 +70,48 @@ def _contrastive_loss_backward_ref(diff, dist_sq, y, *, margin=1.0, legacy_versi
         inside = m - dist > 0
         beta = -alpha * (m - dist) / (dist + dtype(DIST_EPS))
     coeff = np.where(similar_pairs(y), alpha, np.where(inside, beta, dtype(0)))
+    return coeff.astype(diff.dtype)[:, None] * diff
+
+
+# --- CUDA (CuPy) --------------------------------------------------------------------------------
+
+from minicnn import cuda  # noqa: E402
+
+
+def _cuda_similar(y):
+    return cuda.cupy().trunc(y.reshape(-1)) != 0          # NaN: nonzero, as the reference
+
+
+@contrastive_loss_forward.impl("cuda", available=cuda.importable)
+def _contrastive_loss_forward_cuda(a, b, y, *, margin=1.0, legacy_version=False):
+    cp = cuda.cupy()
+    dtype = a.dtype.type
+    n = a.shape[0]
+    diff = a.reshape(n, -1) - b.reshape(n, -1)
+    dist_sq = (diff * diff).sum(axis=1, dtype=a.dtype)
+    m = dtype(margin)
+    if legacy_version:
+        apart = cp.maximum(m - dist_sq, dtype(0))
+    else:
+        apart = cp.maximum(m - cp.sqrt(dist_sq), dtype(0)) ** 2
+    terms = cp.where(_cuda_similar(y), dist_sq, apart)
+    loss = terms.sum(dtype=a.dtype) / dtype(n) / dtype(2)
+    return loss.astype(a.dtype, copy=False), diff, dist_sq
+
+
+@contrastive_loss_backward.impl("cuda", available=cuda.importable)
+def _contrastive_loss_backward_cuda(diff, dist_sq, y, *, margin=1.0, legacy_version=False,
+                                    loss_weight=1.0):
+    cp = cuda.cupy()
+    dtype = diff.dtype.type
+    alpha = cuda.loss_scale(loss_weight, float(diff.shape[0]), diff.dtype)
+    m = dtype(margin)
+    if legacy_version:
+        inside = m - dist_sq > 0
+        beta = -alpha
+    else:
+        dist = cp.sqrt(dist_sq)
+        inside = m - dist > 0
+        beta = -alpha * (m - dist) / (dist + dtype(DIST_EPS))
+    coeff = cp.where(_cuda_similar(y), alpha, cp.where(inside, beta, dtype(0)))
     return coeff.astype(diff.dtype)[:, None] * diff

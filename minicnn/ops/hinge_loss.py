@@ -11,7 +11,7 @@ against the labelled class, N = x.shape[0].
 Caffe keeps the hinges in bottom[0]'s diff between forward and backward; here forward returns
 them and backward takes them. No ignore_label and no normalization modes: Caffe's HingeLoss
 reads no loss_param, and labels are integers in [0, count / N) (the layer checks).
-Impls: ref.
+Impls: ref; cuda (CuPy: the same expressions, the loss weight read on the device).
 """
 
 import numpy as np
@@ -57,3 +57,38 @@ def _hinge_loss_backward_ref(h, label, *, norm="L1", loss_weight=1.0):
     if norm == "L1":
         return t * np.sign(h) * (dtype(float(loss_weight)) / dtype(n))
     return t * h * (dtype(float(loss_weight)) * dtype(2) / dtype(n))
+
+
+# --- CUDA (CuPy) --------------------------------------------------------------------------------
+# The reference's expressions on device arrays (labels through cuda_label_classes: a bad one,
+# which flag_bad_labels reports, is read as class 0); the scale stays a device scalar.
+
+from minicnn import cuda  # noqa: E402
+from minicnn.ops.softmax import cuda_label_classes  # noqa: E402
+
+
+def _cuda_signs(n, c, label, dtype):
+    cp = cuda.cupy()
+    idx, _ = cuda_label_classes(label.reshape(n), c)
+    return (1 - 2 * (cp.arange(c)[None, :] == idx[:, None])).astype(dtype)
+
+
+@hinge_loss_forward.impl("cuda", available=cuda.importable)
+def _hinge_loss_forward_cuda(x, label, *, norm="L1"):
+    _check_norm(norm)
+    n = x.shape[0]
+    x2 = x.reshape(n, -1)
+    h = cuda.cupy().maximum(x.dtype.type(0),
+                            1 + _cuda_signs(n, x2.shape[1], label, x.dtype) * x2)
+    total = h.sum(dtype=x.dtype) if norm == "L1" else (h * h).sum(dtype=x.dtype)
+    return (total / x.dtype.type(n)).astype(x.dtype, copy=False), h
+
+
+@hinge_loss_backward.impl("cuda", available=cuda.importable)
+def _hinge_loss_backward_cuda(h, label, *, norm="L1", loss_weight=1.0):
+    _check_norm(norm)
+    n = h.shape[0]
+    t = _cuda_signs(n, h.shape[1], label, h.dtype)
+    if norm == "L1":           # w / N; L2: 2 w / N = w / (N / 2), the same quotient in double
+        return t * cuda.cupy().sign(h) * cuda.loss_scale(loss_weight, float(n), h.dtype)
+    return t * h * cuda.loss_scale(loss_weight, n / 2, h.dtype)

@@ -16,7 +16,8 @@ Where Caffe is surprising:
   (it is the gradient of the unclamped loss), as SoftmaxWithLoss's does.
 - The gradient uses H's row sums: exact only for the loss as written, whatever H holds (H need
   not be symmetric or have rows summing to 1).
-Impls: ref.
+Impls: ref; cuda (the softmax's kernels, then CuPy: the same expressions, the normalizer and the
+loss weight read on the device).
 """
 
 import numpy as np
@@ -65,3 +66,55 @@ def _infogain_loss_backward_ref(prob, label, h, *, axis=1, ignore_label=None,
     dx *= valid[:, None, :]
     d = loss_normalizer(normalization, outer, inner, int(valid.sum()))
     return (dx * (dtype(float(loss_weight)) / dtype(d))).reshape(prob.shape)
+
+
+# --- CUDA (CuPy after the softmax's kernels) ------------------------------------------------------
+# Labels through cuda_label_classes (a bad one, which flag_bad_labels reports, and an ignored one
+# take H's row 0 and are left out); the VALID count, the normalizer and the backward's scale stay
+# on the device.
+
+from minicnn import cuda  # noqa: E402
+from minicnn.ops.softmax import (  # noqa: E402
+    cuda_label_classes, cuda_normalizer, resolve_normalization)
+
+
+def _cuda_rows(h, label, outer, c, inner, ignore_label, dtype):
+    cp = cuda.cupy()
+    lab = label.reshape(outer, inner)
+    idx, valid = cuda_label_classes(lab, c)
+    if ignore_label is not None:
+        valid &= lab != lab.dtype.type(ignore_label)
+    h = h if cuda.is_device_array(h) else cuda.to_device(np.asarray(h))
+    return cp.take(h.reshape(c, c).astype(dtype, copy=False), idx, axis=0), valid
+
+
+def _cuda_normalizer(normalization, outer, inner, valid, dtype):
+    count = valid.sum() if resolve_normalization(normalization) == "VALID" else 0
+    return cuda_normalizer(normalization, outer, inner, count, dtype)
+
+
+@infogain_loss_forward.impl("cuda", available=cuda.importable)
+def _infogain_loss_forward_cuda(x, label, h, *, axis=1, ignore_label=None,
+                                normalization="VALID"):
+    cp = cuda.cupy()
+    outer, c, inner = split_shape(x.shape, axis)
+    prob = softmax_forward(cuda.contiguous(x), axis)
+    rows, valid = _cuda_rows(h, label, outer, c, inner, ignore_label, x.dtype)
+    log_p = cp.log(cp.maximum(prob.reshape(outer, c, inner), x.dtype.type(KLOG_THRESHOLD)))
+    weighted = cp.einsum("oil,oli->oi", rows, log_p)
+    total = cp.where(valid, weighted, x.dtype.type(0)).sum(dtype=x.dtype)
+    loss = -total / _cuda_normalizer(normalization, outer, inner, valid, x.dtype)
+    return loss.astype(x.dtype, copy=False), prob
+
+
+@infogain_loss_backward.impl("cuda", available=cuda.importable)
+def _infogain_loss_backward_cuda(prob, label, h, *, axis=1, ignore_label=None,
+                                 normalization="VALID", loss_weight=1.0):
+    outer, c, inner = split_shape(prob.shape, axis)
+    rows, valid = _cuda_rows(h, label, outer, c, inner, ignore_label, prob.dtype)
+    row_sums = rows.sum(axis=2, dtype=prob.dtype)
+    dx = prob.reshape(outer, c, inner) * row_sums[:, None, :] - rows.transpose(0, 2, 1)
+    dx = dx * valid[:, None, :].astype(prob.dtype)
+    scale = cuda.loss_scale(
+        loss_weight, _cuda_normalizer(normalization, outer, inner, valid, np.float64), prob.dtype)
+    return (dx * scale).reshape(prob.shape)

@@ -9,7 +9,7 @@ when a probability is 0; below it the gradient is that of the clamped value, not
 p is read as (N, count / N): Caffe indexes the row of item n by the label, so for N x C x 1 x 1
 and N x C alike the classes are the C values of an item. No ignore_label, no normalization
 modes (Caffe reads no loss_param here). Labels are integers in [0, count / N): the layer checks.
-Impls: ref.
+Impls: ref; cuda (CuPy: the same expressions, the loss weight read on the device).
 """
 
 import numpy as np
@@ -48,3 +48,38 @@ def _multinomial_logistic_loss_backward_ref(prob, label, loss_weight=1.0):
     dx = np.zeros((prob.shape[0], prob.size // prob.shape[0]), prob.dtype)
     dx[rows, idx] = scale / p
     return dx.reshape(prob.shape)
+
+
+# --- CUDA (CuPy) --------------------------------------------------------------------------------
+# The reference's expressions on device arrays; the labels (checked by flag_bad_labels, read
+# with the loss) index through cuda_label_classes, so a bad one reads class 0, and the scale
+# -loss_weight / N stays a device scalar (cuda.loss_scale).
+
+from minicnn import cuda  # noqa: E402
+from minicnn.ops.softmax import cuda_label_classes  # noqa: E402
+
+
+def _cuda_picked(prob, label):
+    cp = cuda.cupy()
+    n = prob.shape[0]
+    p = prob.reshape(n, -1)
+    idx, _ = cuda_label_classes(label.reshape(n), p.shape[1])
+    picked = cp.take_along_axis(p, idx[:, None], axis=1)[:, 0]
+    return idx, cp.maximum(picked, prob.dtype.type(KLOG_THRESHOLD))
+
+
+@multinomial_logistic_loss_forward.impl("cuda", available=cuda.importable)
+def _multinomial_logistic_loss_forward_cuda(prob, label):
+    _, p = _cuda_picked(prob, label)
+    loss = -cuda.cupy().log(p).sum(dtype=prob.dtype) / prob.dtype.type(prob.shape[0])
+    return loss.astype(prob.dtype, copy=False)
+
+
+@multinomial_logistic_loss_backward.impl("cuda", available=cuda.importable)
+def _multinomial_logistic_loss_backward_cuda(prob, label, loss_weight=1.0):
+    cp = cuda.cupy()
+    n = prob.shape[0]
+    idx, p = _cuda_picked(prob, label)
+    scale = cuda.loss_scale(loss_weight, float(n), prob.dtype)
+    onehot = (cp.arange(prob.size // n)[None, :] == idx[:, None]).astype(prob.dtype)
+    return (onehot * (-scale / p)[:, None]).reshape(prob.shape)

@@ -226,6 +226,18 @@ def flag_bad_labels(label, num_classes, ignore_label=None):
     return bad
 
 
+def cuda_label_classes(label, num_classes):
+    """Labels on the GPU as classes for CuPy gathers: (int64 indices, usable), usable where the
+    label is an integer in [0, num_classes); elsewhere (bad labels, which flag_bad_labels
+    reports, or an ignore_label outside the classes) the index is 0, so a gather stays in range."""
+    cp = cuda.cupy()
+    label = label if cuda.is_device_array(label) else cuda.to_device(np.asarray(label))
+    if label.dtype not in cuda.CTYPES:
+        label = label.astype(np.float64)
+    usable = (cp.trunc(label) == label) & (label >= 0) & (label < num_classes)
+    return cp.where(usable, label, label.dtype.type(0)).astype(np.int64), usable
+
+
 @softmax_loss_forward.impl("cuda", available=cuda.importable)
 def _softmax_loss_forward_cuda(x, label, *, axis=1, ignore_label=None, normalization="VALID"):
     cp = cuda.cupy()

@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 
 from minicnn.ops import neurons as nr
+from minicnn.ops.contrastive_loss import contrastive_loss_backward, contrastive_loss_forward
 from minicnn.ops.embed import embed_backward, embed_forward, embed_indices, flag_embed_indices
+from minicnn.ops.hinge_loss import hinge_loss_backward, hinge_loss_forward
+from minicnn.ops.infogain_loss import infogain_loss_backward, infogain_loss_forward
+from minicnn.ops.multinomial_logistic_loss import (multinomial_logistic_loss_backward,
+                                                   multinomial_logistic_loss_forward)
 from minicnn.ops.reduction import reduction_backward, reduction_forward
 from minicnn.ops.tile import tile_backward, tile_forward
 
@@ -222,3 +227,153 @@ def test_a_bad_embed_index_raises_the_hosts_error_from_the_gpu_net(gpu, value):
     assert errors[0] == errors[1] and "is not an index" in errors[1]
     idx[2, 1] = 1                                               # a good batch runs again
     net.forward(idx=idx, x=x)
+
+
+# --- the four losses ------------------------------------------------------------------------------
+
+def _weight(gpu, dtype, value=0.75):
+    return gpu.full((), value, dtype)                           # the loss top's diff, on device
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(5, 4), (3, 6, 1, 1)])
+def test_multinomial_logistic_loss(gpu, shape, dtype):
+    rng = np.random.default_rng(11)
+    prob = rng.uniform(0, 1, shape).astype(dtype)
+    label = rng.integers(0, shape[1], shape[0]).astype(dtype)
+    prob.reshape(shape[0], -1)[0, int(label[0])] = 0            # the clamp at 1e-20
+    loss = multinomial_logistic_loss_forward(gpu.asarray(prob), gpu.asarray(label))
+    assert loss.shape == ()
+    assert_close(loss, multinomial_logistic_loss_forward.impls["ref"](prob, label),
+                 _tol(dtype), "loss")
+    dx = multinomial_logistic_loss_backward(gpu.asarray(prob), gpu.asarray(label),
+                                            loss_weight=_weight(gpu, dtype))
+    assert_close(dx, multinomial_logistic_loss_backward.impls["ref"](prob, label, 0.75),
+                 _tol(dtype), "dx")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("norm", ["L1", "L2"])
+def test_hinge_loss(gpu, norm, dtype):
+    rng = np.random.default_rng(12)
+    x = rng.uniform(-2, 2, (6, 5)).astype(dtype)
+    label = rng.integers(0, 5, 6).astype(dtype)
+    x[1, 0], x[2, int(label[2])] = -1.0, 1.0                    # hinges at their kink, h = 0
+    want_loss, want_h = hinge_loss_forward.impls["ref"](x, label, norm=norm)
+    loss, h = hinge_loss_forward(gpu.asarray(x), gpu.asarray(label), norm=norm)
+    assert_close(loss, want_loss, _tol(dtype), "loss")
+    assert_close(h, want_h, 0, "h")
+    dx = hinge_loss_backward(h, gpu.asarray(label), norm=norm, loss_weight=_weight(gpu, dtype))
+    assert_close(dx, hinge_loss_backward.impls["ref"](want_h, label, norm=norm,
+                                                      loss_weight=0.75), 0, "dx")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("legacy", [False, True])
+def test_contrastive_loss(gpu, legacy, dtype):
+    rng = np.random.default_rng(13)
+    a = rng.standard_normal((8, 3)).astype(dtype) * 0.6
+    b = rng.standard_normal((8, 3)).astype(dtype) * 0.6
+    b[0] = a[0]                                                 # d = 0
+    y = np.array([1, 0, 0.5, 2, -1, 0, 1, 0], dtype)            # 0.5 dissimilar, 2 similar
+    kw = {"margin": 1.5, "legacy_version": legacy}
+    want_loss, want_diff, want_dsq = contrastive_loss_forward.impls["ref"](a, b, y, **kw)
+    assert 0 < (np.sqrt(want_dsq) < 1.5).sum() < 8               # both sides of the margin
+    loss, diff, dsq = contrastive_loss_forward(gpu.asarray(a), gpu.asarray(b), gpu.asarray(y),
+                                               **kw)
+    assert_close(loss, want_loss, _tol(dtype), "loss")
+    assert_close(diff, want_diff, 0, "diff")
+    assert_close(dsq, want_dsq, _tol(dtype), "dist_sq")
+    da = contrastive_loss_backward(diff, dsq, gpu.asarray(y), loss_weight=_weight(gpu, dtype),
+                                   **kw)
+    assert_close(da, contrastive_loss_backward.impls["ref"](want_diff, want_dsq, y,
+                                                            loss_weight=0.75, **kw),
+                 _tol(dtype, 1e-5), "da")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("normalization, ignore", [("VALID", 2), ("FULL", None),
+                                                   ("BATCH_SIZE", 9), ("NONE", None)])
+def test_infogain_loss(gpu, normalization, ignore, dtype):
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((3, 4, 2, 5)).astype(dtype) * 3
+    label = rng.integers(0, 4, (3, 1, 2, 5)).astype(dtype)
+    if ignore is not None:
+        label.flat[::3] = ignore
+    h = rng.uniform(0, 2, (4, 4)).astype(dtype)
+    kw = {"axis": 1, "ignore_label": ignore, "normalization": normalization}
+    want_loss, want_prob = infogain_loss_forward.impls["ref"](x, label, h, **kw)
+    loss, prob = infogain_loss_forward(gpu.asarray(x), gpu.asarray(label), gpu.asarray(h), **kw)
+    assert_close(loss, want_loss, _tol(dtype, 1e-5), "loss")
+    assert_close(prob, want_prob, _tol(dtype, 1e-5), "prob")
+    dx = infogain_loss_backward(prob, gpu.asarray(label), h, loss_weight=_weight(gpu, dtype),
+                                **kw)                           # h on the host: a layer's file
+    assert_close(dx, infogain_loss_backward.impls["ref"](want_prob, label, h, loss_weight=0.75,
+                                                         **kw), _tol(dtype, 1e-5), "dx")
+
+
+LOSS_INPUTS = """name: "losses" force_backward: true
+input: "x" input_shape { dim: 4 dim: 3 }
+input: "label" input_shape { dim: 4 }
+input: "y" input_shape { dim: 4 }
+input: "H" input_shape { dim: 3 dim: 3 }
+layer { name: "prob" type: "Softmax" bottom: "x" top: "prob" }
+"""
+LOSSES = {
+    "mll": """layer { name: "mll" type: "MultinomialLogisticLoss" bottom: "prob" bottom: "label"
+                      top: "mll" }""",
+    "hinge": """layer { name: "hinge" type: "HingeLoss" bottom: "x" bottom: "label" top: "hinge"
+                        loss_weight: 0.5 hinge_loss_param { norm: L2 } }""",
+    "info": """layer { name: "info" type: "InfogainLoss" bottom: "x" bottom: "label" bottom: "H"
+                       top: "info" loss_weight: 2 }""",
+    "pair": """layer { name: "pair" type: "ContrastiveLoss" bottom: "x" bottom: "prob"
+                       bottom: "y" top: "pair" loss_weight: 0.25
+                       contrastive_loss_param { margin: 2 } }""",
+}
+LOSS_NET = LOSS_INPUTS + "\n".join(LOSSES.values())
+
+
+def _loss_inputs(rng):
+    return {"x": rng.standard_normal((4, 3)).astype(np.float32),
+            "label": np.array([0, 2, 1, 2], np.float32),
+            "y": np.array([1, 0, 0, 1], np.float32),
+            "H": rng.uniform(0, 1, (3, 3)).astype(np.float32)}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_net_of_the_four_losses_on_the_gpu_equals_the_cpu(gpu, dtype):
+    import minicnn
+    from minicnn import cuda
+    from minicnn.proto.text import parse_text
+    inputs = {k: v.astype(dtype) for k, v in _loss_inputs(np.random.default_rng(15)).items()}
+    nets = []
+    for device in (None, "cuda:0"):
+        net = minicnn.Net(parse_text(LOSS_NET), dtype=dtype, device=device)
+        net.forward(**inputs)
+        net.backward()
+        nets.append(net)
+    cpu, dev = nets
+    assert dev._mirrors == {} and cuda.is_device_array(dev.blobs["info"].data)
+    for name in ("mll", "hinge", "info", "pair", "prob"):
+        assert_close(dev.blobs[name].data, cpu.blobs[name].data, _tol(dtype, 1e-5), name)
+    for name in ("x", "prob"):
+        assert np.abs(cpu.blobs[name].diff).max() > 0.01
+        assert_close(dev.blobs[name].diff, cpu.blobs[name].diff, _tol(dtype, 1e-5), name)
+    assert abs(cpu.loss - dev.loss) <= _tol(dtype, 1e-5) * abs(cpu.loss)
+
+
+@pytest.mark.parametrize("layer", ["mll", "hinge", "info"])
+def test_a_bad_label_of_a_loss_raises_the_hosts_error_from_the_gpu_net(gpu, layer):
+    import minicnn
+    from minicnn.proto.text import parse_text
+    inputs = _loss_inputs(np.random.default_rng(16))
+    inputs["label"][1] = 3                                      # one past the classes
+    errors = []
+    for device in (None, "cuda:0"):
+        net = minicnn.Net(parse_text(LOSS_INPUTS + LOSSES[layer]), device=device)
+        with pytest.raises(minicnn.NetError) as caught:
+            net.forward(**inputs)
+        errors.append(str(caught.value))
+        with pytest.raises(minicnn.NetError, match="label 3 at index"):
+            net.forward_backward()                              # raises before any update
+    assert errors[0] == errors[1] and "label 3 at index (1,)" in errors[1], errors
