@@ -333,7 +333,12 @@ class InfogainLossLayer(Layer):
                              f"{e}") from None
 
     def _matrix(self, bottom):
-        return bottom[2].data if len(bottom) > 2 else self.infogain
+        if len(bottom) > 2:
+            return bottom[2].data
+        if cuda.is_device_array(bottom[0].data) and not cuda.is_device_array(self.infogain):
+            # once: a copy each step would also wait for the GPU (pageable host memory)
+            self.infogain = cuda.to_device(self.infogain, bottom[0].device)
+        return self.infogain
 
     def reshape(self, bottom, top):
         scores, labels = bottom[:2]

@@ -513,6 +513,8 @@ def test_a_gpu_net_runs_the_losses_on_the_device(gpu, tmp_path):
     for net in nets:
         net.forward(**inputs)
         net.backward()
+    infogain_layer = nets[1].layers[list(nets[1].layer_names).index("infogain")]
+    assert cuda.is_device_array(infogain_layer.infogain)       # copied once, kept there
     for name in ("mll", "infogain", "infogain_prob", "hinge", "contrastive"):
         np.testing.assert_allclose(cuda.to_host(nets[1].blobs[name].data),
                                    nets[0].blobs[name].data, rtol=1e-5, err_msg=name)
