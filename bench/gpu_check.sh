@@ -7,8 +7,8 @@
 #
 # 1. environment and a first kernel: nvidia-smi, CuPy and PyTorch versions, every kernels/*.cu
 #    compiled by NVRTC (a compile error shows here, in seconds)
-# 2. the GPU tests: pytest -m cuda (every op's cuda impl against the NumPy reference, whole nets
-#    and the CLI on the device against the CPU)
+# 2. the GPU tests: pytest -m cuda over tests/ (every op's cuda impl against the NumPy reference,
+#    whole nets and the CLI on the device against the CPU; the [cuda] half of each `gpu` test)
 # 3. `minicnn train models/lenet/lenet_solver.prototxt --gpu 0`, the final test accuracy against
 #    the CPU's (LENET_CPU_ACCURACY, measured with the same command on the CPU)
 # 4. bench/gpu_vs_torch.py --markdown: minicnn against PyTorch + cuDNN, tables for RESULTS.md
@@ -69,8 +69,7 @@ else note "FAIL kernels: NVRTC or the first launch failed (env.txt)"; tail -30 "
 fi
 
 # --- 2. the GPU tests ------------------------------------------------------------------------------
-timeout 240 python3 -m pytest -q -m cuda -p no:cacheprovider -rfE tests/gpu \
-  tests/test_cuda_backend.py > "$OUT/tests.log" 2>&1
+timeout 240 python3 -m pytest -q -m cuda -p no:cacheprovider -rfE tests > "$OUT/tests.log" 2>&1
 status=$?
 tail -15 "$OUT/tests.log"
 last=$(tail -1 "$OUT/tests.log")

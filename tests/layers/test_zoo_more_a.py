@@ -22,7 +22,7 @@ from minicnn.layers import ClipLayer, EmbedLayer, ReductionLayer, SwishLayer, Ti
 from minicnn.net import runs_on_host
 from minicnn.proto import caffe_pb2, parse_text
 from minicnn.testing import check_in_place, check_layer_gradient
-from tests import cuda_emu
+from tests.gpu.conftest import gpu  # noqa: F401  (the emulator, and a GPU where there is one)
 
 torch = pytest.importorskip("torch")
 
@@ -459,30 +459,28 @@ def test_embed_reduction_euclidean_net_trains_with_sgd():
     assert all(b < a for a, b in zip(losses, losses[1:])), losses
 
 
-@pytest.mark.skipif(not cuda_emu.available(), reason="no C++ compiler for the CUDA emulator")
-def test_on_the_emulated_gpu_the_net_gives_the_cpu_results():
-    """All five run on the device (tests/cuda_emu stands in for the GPU), with the CPU's
+def test_on_the_gpu_the_net_gives_the_cpu_results(gpu):
+    """All five run on the device (the emulator here, a GPU where there is one), with the CPU's
     values to float32 rounding (the kernels' tanh is not NumPy's, nor CuPy's sums, and the
     embedding's gradient adds by atomics); tests/gpu/test_new_ops_cuda.py checks the ops."""
     from minicnn import cuda
     idx = np.array([[0, 4, 4], [2, 1, 0]], np.float32)
-    with cuda_emu.installed():
-        nets = []
-        for device in (None, "cuda:0"):
-            minicnn.set_random_seed(3)
-            net = minicnn.Net(parse_text(ALL_NET), device=device)
-            net.forward(idx=idx)
-            net.backward()
-            nets.append(net)
-        cpu, dev = nets
-        assert dev._mirrors == {}
-        assert cuda.is_device_array(dev.blobs["r"].data)
-        for name, blob in cpu.blobs.items():
-            np.testing.assert_allclose(cuda.to_host(dev.blobs[name].data), blob.data,
-                                       rtol=1e-6, atol=1e-7, err_msg=name)
-        for a, b in zip(cpu.params["embed"], dev.params["embed"]):
-            np.testing.assert_allclose(cuda.to_host(b.diff), a.diff, rtol=1e-6, atol=1e-7)
-        (cpu_losses, cpu_w), (dev_losses, dev_w) = train_embed_sum(5), \
-            train_embed_sum(5, "cuda:0")
+    nets = []
+    for device in (None, "cuda:0"):
+        minicnn.set_random_seed(3)
+        net = minicnn.Net(parse_text(ALL_NET), device=device)
+        net.forward(idx=idx)
+        net.backward()
+        nets.append(net)
+    cpu, dev = nets
+    assert dev._mirrors == {}
+    assert cuda.is_device_array(dev.blobs["r"].data)
+    for name, blob in cpu.blobs.items():
+        np.testing.assert_allclose(cuda.to_host(dev.blobs[name].data), blob.data,
+                                   rtol=1e-6, atol=1e-7, err_msg=name)
+    for a, b in zip(cpu.params["embed"], dev.params["embed"]):
+        np.testing.assert_allclose(cuda.to_host(b.diff), a.diff, rtol=1e-6, atol=1e-7)
+    (cpu_losses, cpu_w), (dev_losses, dev_w) = train_embed_sum(5), \
+        train_embed_sum(5, "cuda:0")
     np.testing.assert_allclose(dev_losses, cpu_losses, rtol=1e-6)
     np.testing.assert_allclose(dev_w, cpu_w, rtol=1e-6, atol=1e-7)
