@@ -8,6 +8,14 @@ from minicnn.layer import Layer, register
 from minicnn.ops.conv import ConvGeometry
 
 
+def check_two_spatial_axes(type_name, axis, shape):
+    """minicnn's convolutions take (N, C, H, W) bottoms with the channels on axis 1."""
+    if len(shape) != 4 or not -4 <= axis < 4 or axis % 4 != 1:
+        raise LayerError(f"minicnn's {type_name} supports 2 spatial axes only: a 4-D "
+                         f"(N, C, H, W) bottom with axis 1, got axis {axis} and a bottom "
+                         f"of shape {shape}")
+
+
 @register("Convolution")
 class ConvolutionLayer(Layer):
     """Caffe `Convolution`: y = w * x + b over (N, C, H, W) bottoms, 2 spatial axes (axis 1).
@@ -35,10 +43,7 @@ class ConvolutionLayer(Layer):
             raise LayerError(f"{self.type} needs one top per bottom, got {len(bottom)} bottom(s) "
                              f"and {len(top)} top(s)")
         shape = bottom[0].shape
-        if len(shape) != 4 or not -4 <= p.axis < 4 or p.axis % 4 != 1:
-            raise LayerError(f"minicnn's {self.type} supports 2 spatial axes only: a 4-D "
-                             f"(N, C, H, W) bottom with axis 1, got axis {p.axis} and a bottom "
-                             f"of shape {shape}")
+        check_two_spatial_axes(self.type, p.axis, shape)
         self.geom = ConvGeometry.from_param(p)
         self.channels = shape[1]
         self.num_output, self.group = self._outputs_and_group(p)
@@ -224,11 +229,7 @@ class Im2colLayer(Layer):
 
     def layer_setup(self, bottom, top):
         p = self.type_param
-        shape = bottom[0].shape
-        if len(shape) != 4 or not -4 <= p.axis < 4 or p.axis % 4 != 1:
-            raise LayerError(f"minicnn's Im2col supports 2 spatial axes only: a 4-D (N, C, H, W) "
-                             f"bottom with axis 1, got axis {p.axis} and a bottom of shape "
-                             f"{shape}")
+        check_two_spatial_axes(self.type, p.axis, bottom[0].shape)
         self.geom = ConvGeometry.from_param(p)
 
     def reshape(self, bottom, top):
