@@ -23,6 +23,7 @@ from minicnn.errors import LayerError, MinicnnError, NetError, PrototxtError, Wi
 from minicnn.layer import LAYERS, Layer, create_layer, register
 from minicnn.layers.python_layer import PythonLayerBase
 from minicnn.net import TEST, TRAIN, Net
+from minicnn.net_spec import NetSpec, to_proto
 from minicnn.rng import set_random_seed
 from minicnn.sgd_solvers import (AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver,
                                  RMSPropSolver, SGDSolver)
@@ -35,4 +36,4 @@ __all__ = ["Blob", "Layer", "LAYERS", "Net", "TRAIN", "TEST", "create_layer", "r
            "NetError", "LayerError", "Solver", "get_solver", "TrainingDiverged", "SGDSolver",
            "NesterovSolver", "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver", "AdamSolver",
            "io", "deploy", "visualize", "detect", "PythonLayerBase", "set_mode_gpu",
-           "set_mode_cpu", "set_device"]
+           "set_mode_cpu", "set_device", "NetSpec", "to_proto"]

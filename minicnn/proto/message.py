@@ -268,6 +268,11 @@ class Message:
         body = to_text(self).strip()
         return f"{type(self).__name__}({body!r})" if body else f"{type(self).__name__}()"
 
+    def __str__(self):
+        """The message as prototxt, as protobuf's str() of a message."""
+        from minicnn.proto.text import to_text
+        return to_text(self)
+
     def __dir__(self):
         return list(type(self).DESCRIPTOR.fields_by_name) + [
             "HasField", "ClearField", "Clear", "ListFields", "CopyFrom", "MergeFrom", "copy"]
