@@ -8,6 +8,7 @@
     minicnn time -model models/lenet/lenet.prototxt -iterations 20     (Caffe's spelling)
     minicnn convert-imageset ROOT/ LIST.txt DB           # Caffe's convert_imageset
     minicnn compute-image-mean DB mean.binaryproto
+    minicnn upgrade old.prototxt new.prototxt            # V1 nets and solvers; .caffemodel too
     minicnn draw NET.prototxt net.png --rankdir TB --phase TRAIN       # Caffe's draw_net.py
     minicnn classify cat.jpg @more.txt --model M --weights W --labels synset_words.txt
     minicnn extract --model M --weights W --blob pool --images list.txt --out feats.h5
@@ -438,6 +439,52 @@ def compute_image_mean(args):
     for c, plane in enumerate(mean.reshape(mean.shape[-3], -1)):   # Caffe's float sums, in order
         value = np.add.accumulate(plane, dtype=np.float32)[-1] / np.float32(plane.size)
         print(f"mean_value channel [{c}]: {value:.6g}")
+    return 0
+
+
+def _is_text(path):
+    """A prototxt is UTF-8 text; a .caffemodel's tags and blob bytes are not."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError as e:
+        raise MinicnnError(f"{path}: cannot read file: {e.strerror}") from None
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return e.start > len(head) - 4                 # only a character cut at the end
+    return b"\0" not in head
+
+
+@command
+def upgrade(args):
+    """Caffe's upgrade_net_proto_text, upgrade_net_proto_binary and upgrade_solver_proto_text:
+    an old net (V1 `layers`, `input_dim`, data-layer transforms) or solver (`solver_type`)
+    written in the current format, text for text and binary for binary."""
+    from minicnn.errors import PrototxtError
+    from minicnn.proto import (parse_text, read_binary, upgrade_net, upgrade_solver,
+                               write_binary, write_prototxt)
+    if not _is_text(args.input):
+        net = upgrade_net(read_binary(args.input, "NetParameter"))
+        write_binary(net, args.output)
+        print(f"Wrote upgraded NetParameter binary proto to {args.output}")
+        return 0
+    with open(args.input, "rb") as f:
+        text = f.read()
+    try:
+        kind, message = "NetParameter", parse_text(text, "NetParameter", path=args.input)
+    except PrototxtError as net_error:
+        try:                                            # not a net: perhaps a solver
+            kind, message = "SolverParameter", parse_text(text, "SolverParameter",
+                                                          path=args.input)
+        except PrototxtError:
+            raise net_error from None
+    before = message.copy()
+    (upgrade_net if kind == "NetParameter" else upgrade_solver)(message)
+    if message == before:
+        print(f"{args.input}: already in the latest format")
+    write_prototxt(message, args.output)
+    print(f"Wrote upgraded {kind} text proto to {args.output}")
     return 0
 
 
@@ -1231,6 +1278,10 @@ def build_parser():
     p.add_argument("--backend", choices=["lmdb", "leveldb"], default="lmdb", type=str.lower,
                    help="the database's kind, as Caffe's flag (LMDB is recognised by its "
                         "content; minicnn reads no LevelDB)")
+    p = sub.add_parser("upgrade", help="an old net (V1 layers, input_dim) or solver in the "
+                                       "current format (Caffe's upgrade_*_proto_* tools)")
+    p.add_argument("input", help="net prototxt, binary .caffemodel or solver prototxt")
+    p.add_argument("output", help="where to write it (text for text, binary for binary)")
     p = sub.add_parser("classify", help="the top-k classes of images (like classify.py)")
     p.add_argument("image", nargs="*", metavar="IMAGE", help="image files; @LIST reads a list")
     p.add_argument("--images", help="a list file of images (`path` or `path label` lines)")

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import minicnn
 from minicnn.cli import _caffe_style, main
+from minicnn.proto import parse_text, read_binary, read_prototxt, write_binary
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LENET = os.path.join(REPO, "models", "lenet", "lenet.prototxt")
@@ -126,3 +128,60 @@ def test_one_resize_flag_alone_is_a_one_line_error(tmp_path, capsys):
     assert main(["convert-imageset", str(tmp_path), str(list_file), str(tmp_path / "db"),
                  "--resize_height=8"]) == 1
     assert "give both --resize-height and --resize-width" in capsys.readouterr().err
+
+
+V1_NET = """name: "old"
+input: "data"
+input_dim: 2 input_dim: 3 input_dim: 8 input_dim: 8
+layers {
+  name: "conv1" type: CONVOLUTION bottom: "data" top: "conv1"
+  blobs_lr: 1 blobs_lr: 2 weight_decay: 1 weight_decay: 0
+  convolution_param { num_output: 4 kernel_size: 3 }
+}
+layers { name: "relu" type: RELU bottom: "conv1" top: "conv1" }
+"""
+
+
+def test_upgrade_rewrites_v1_nets_and_solvers_as_caffes_upgrade_tools(tmp_path, capsys):
+    old, new = tmp_path / "old.prototxt", tmp_path / "new.prototxt"
+    old.write_text(V1_NET)
+    assert main(["upgrade", str(old), str(new)]) == 0
+    net = read_prototxt(str(new))
+    assert [(layer.name, layer.type) for layer in net.layer] == [("input", "Input"),
+                                                     ("conv1", "Convolution"), ("relu", "ReLU")]
+    assert [(p.lr_mult, p.decay_mult) for p in net.layer[1].param] == [(1, 1), (2, 0)]
+    assert not net.HasField("layers") and not net.HasField("input")
+    assert "already" not in capsys.readouterr().out
+    assert main(["upgrade", str(new), str(tmp_path / "again.prototxt")]) == 0
+    assert "already in the latest format" in capsys.readouterr().out
+    assert read_prototxt(str(tmp_path / "again.prototxt")) == net
+
+    # a binary V1 .caffemodel keeps its weights, bit for bit, and stays binary
+    weights = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    v1_model = parse_text(V1_NET, "NetParameter")
+    v1_model.layers[0].blobs.add(data=weights, num=4, channels=3, height=3, width=3)
+    v1_model.layers[0].blobs.add(data=np.arange(4, dtype=np.float32), num=1,
+                                   channels=1, height=1, width=4)
+    old_model, new_model = tmp_path / "old.caffemodel", tmp_path / "new.caffemodel"
+    write_binary(v1_model, old_model)
+    assert main(["upgrade", str(old_model), str(new_model)]) == 0
+    upgraded = read_binary(new_model)
+    assert [layer.type for layer in upgraded.layer] == ["Input", "Convolution", "ReLU"]
+    assert np.array_equal(upgraded.layer[1].blobs[0].data, weights.ravel())
+    loaded = minicnn.Net(str(new), minicnn.TEST, weights=str(new_model))
+    assert np.array_equal(loaded.params["conv1"][0].data, weights)
+
+    solver = tmp_path / "solver.prototxt"
+    solver.write_text('net: "new.prototxt"\nsolver_type: NESTEROV\nbase_lr: 0.1\n')
+    assert main(["upgrade", str(solver), str(tmp_path / "solver2.prototxt")]) == 0
+    upgraded_solver = read_prototxt(str(tmp_path / "solver2.prototxt"), "SolverParameter")
+    assert upgraded_solver.type == "Nesterov" and not upgraded_solver.HasField("solver_type")
+
+
+def test_upgrade_names_the_field_it_cannot_read(tmp_path, capsys):
+    bad = tmp_path / "bad.prototxt"
+    bad.write_text('layers { nme: "x" }\n')
+    assert main(["upgrade", str(bad), str(tmp_path / "out.prototxt")]) == 1
+    err = capsys.readouterr().err
+    assert "bad.prototxt:1:10" in err and "did you mean 'name'" in err
+    assert not (tmp_path / "out.prototxt").exists()
