@@ -24,6 +24,7 @@ from minicnn.layer import LAYERS, Layer, create_layer, register
 from minicnn.layers.python_layer import PythonLayerBase
 from minicnn.net import TEST, TRAIN, Net
 from minicnn.net_spec import NetSpec, to_proto
+from minicnn.rcnn import Detector
 from minicnn.rng import set_random_seed
 from minicnn.sgd_solvers import (AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver,
                                  RMSPropSolver, SGDSolver)
@@ -36,4 +37,4 @@ __all__ = ["Blob", "Layer", "LAYERS", "Net", "TRAIN", "TEST", "create_layer", "r
            "NetError", "LayerError", "Solver", "get_solver", "TrainingDiverged", "SGDSolver",
            "NesterovSolver", "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver", "AdamSolver",
            "io", "deploy", "visualize", "detect", "PythonLayerBase", "set_mode_gpu",
-           "set_mode_cpu", "set_device", "NetSpec", "to_proto"]
+           "set_mode_cpu", "set_device", "NetSpec", "to_proto", "Detector"]
