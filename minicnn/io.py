@@ -15,10 +15,15 @@ differs), transpose, channel swap, raw scale, mean subtraction, input scale. The
 ImageNet recipe (Caffe's models were trained on 256 x 256 images and see 224 or 227 crops) is
 ``preprocess``: resize to 256 x 256, centre crop, RGB -> BGR, x 255, minus the BGR mean
 (104, 117, 123); ``oversample`` makes Caffe's 10 crops (4 corners and centre, and their mirrors).
+
+caffe.io's proto conversions are here too: ``blobproto_to_array`` / ``array_to_blobproto`` (a
+mean .binaryproto is one BlobProto), their BlobProtoVector string forms, and ``array_to_datum`` /
+``datum_to_array`` for the Datum records of an LMDB.
 """
 
 import numpy as np
 
+from minicnn.blob import array_to_blob_proto, blob_proto_to_array
 from minicnn.errors import MinicnnError
 
 IMAGENET_MEAN_BGR = (104.0, 117.0, 123.0)
@@ -216,3 +221,59 @@ def preprocess(image, crop=224, resize=256, mean=IMAGENET_MEAN_BGR, raw_scale=25
             raise MinicnnError(f"mean has {mean.shape[0]} values for {x.shape[0]} channels")
         x = x - mean
     return np.ascontiguousarray(x, dtype=np.float32)
+
+
+# --- proto / Datum / array conversions (caffe.io's) ---------------------------------------------
+
+def blobproto_to_array(blob, return_diff=False):
+    """A BlobProto's data (its diff with ``return_diff``) as a float64 array, as caffe.io gives
+    it (the values are the float32 ones stored; double_data is read too). The shape is the
+    legacy num x channels x height x width when any of those four is set, else ``shape``."""
+    return np.asarray(blob_proto_to_array(blob, diff=return_diff), np.float64)
+
+
+def array_to_blobproto(arr, diff=None):
+    """A BlobProto of ``arr``'s shape with its values (and ``diff``'s) as float32 ``data``
+    (``diff``), whatever the array's type, as caffe.io writes them."""
+    arr = np.asarray(arr, np.float32)
+    if diff is not None:
+        diff = np.asarray(diff, np.float32)
+        if diff.shape != arr.shape:
+            raise ValueError(f"diff of shape {diff.shape} for an array of shape {arr.shape}")
+    return array_to_blob_proto(arr, diff)
+
+
+def arraylist_to_blobprotovector_str(arraylist):
+    """The wire bytes of a BlobProtoVector holding each array (see array_to_blobproto)."""
+    from minicnn.proto import caffe_pb2, serialize
+    return serialize(caffe_pb2.BlobProtoVector(blobs=[array_to_blobproto(a) for a in arraylist]))
+
+
+def blobprotovector_str_to_arraylist(str):
+    """The arrays of a BlobProtoVector's wire bytes (see blobproto_to_array)."""
+    from minicnn.proto import parse_binary
+    vec = parse_binary(str, "BlobProtoVector", path="<BlobProtoVector>")
+    return [blobproto_to_array(blob) for blob in vec.blobs]
+
+
+def array_to_datum(arr, label=None):
+    """A Datum holding a C x H x W array: uint8 values as the ``data`` bytes, any other type as
+    float32 ``float_data``; ``label`` is set when given."""
+    from minicnn.data.datum import encode_datum
+    arr = np.asarray(arr)
+    if arr.ndim != 3:
+        raise ValueError(f"a Datum holds a C x H x W array (3 axes), not one of shape "
+                         f"{arr.shape}")
+    datum = encode_datum(arr, 0 if label is None else label)
+    if label is None:
+        datum.ClearField("label")
+    return datum
+
+
+def datum_to_array(datum):
+    """A Datum's values as a C x H x W array (the label is ``datum.label``): uint8 from the
+    ``data`` bytes, else float64 from ``float_data``, as caffe.io gives them. An encoded Datum
+    (an image file's bytes) is decoded, to B, G, R channels as Caffe's OpenCV reads them."""
+    from minicnn.data.datum import decode_datum
+    array, _ = decode_datum(datum)
+    return array if array.dtype == np.uint8 else array.astype(np.float64)
