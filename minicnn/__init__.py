@@ -17,6 +17,7 @@ if _os.environ.get("MINICNN_NUM_THREADS") and "numpy" not in _sys.modules:
 
 from minicnn import deploy, io, layers, native, ops, visualize  # noqa: F401,E402  (registers layers)
 from minicnn.blob import Blob
+from minicnn.classifier import Classifier
 from minicnn.cuda import set_device, set_mode_cpu, set_mode_gpu
 from minicnn.detection import detect
 from minicnn.errors import LayerError, MinicnnError, NetError, PrototxtError, WireFormatError
@@ -37,4 +38,4 @@ __all__ = ["Blob", "Layer", "LAYERS", "Net", "TRAIN", "TEST", "create_layer", "r
            "NetError", "LayerError", "Solver", "get_solver", "TrainingDiverged", "SGDSolver",
            "NesterovSolver", "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver", "AdamSolver",
            "io", "deploy", "visualize", "detect", "PythonLayerBase", "set_mode_gpu",
-           "set_mode_cpu", "set_device", "NetSpec", "to_proto", "Detector"]
+           "set_mode_cpu", "set_device", "NetSpec", "to_proto", "Detector", "Classifier"]

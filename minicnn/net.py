@@ -17,6 +17,7 @@ Building a net, in Caffe's order:
 """
 
 import functools
+import itertools
 import os
 import warnings
 from collections import OrderedDict, defaultdict
@@ -148,6 +149,12 @@ def insert_splits(net_param):
 def _known(blobs):
     names = list(blobs)
     return f"; known blobs: {', '.join(names)}" if names else "; no blob is produced before it"
+
+
+def _items(value, real):
+    """A host copy of a batch's first ``real`` items; a 0-axis blob (a loss) as one value."""
+    value = np.array(cuda.to_host(value))
+    return value[None] if value.ndim == 0 else value[:real]
 
 
 # --- which layers compute on the host in a GPU net ------------------------------------------------
@@ -431,6 +438,11 @@ class Net:
     def layer_names(self):
         return list(self._layer_names)
 
+    @property
+    def _blob_names(self):
+        """The blob names in the order the net made them (pycaffe's ``net._blob_names``)."""
+        return list(self.blobs)
+
     def _layer_index(self, name):
         try:
             return self._layer_names.index(name)
@@ -479,28 +491,74 @@ class Net:
     def forward_all(self, blobs=None, **inputs):
         """pycaffe's forward_all: run input arrays of N items through the net in batches of the
         first input's batch size; returns {name: N x ... copy} of the outputs and ``blobs``.
-        A last, partial batch is padded with zeros, whose results are dropped."""
+        A last, partial batch is padded with zeros, whose results are dropped. A blob with no
+        batch axis (a loss) gives one value per batch."""
         if not inputs:
             raise NetError("forward_all needs the input arrays, e.g. forward_all(data=x)")
-        inputs = {name: np.asarray(value) for name, value in inputs.items()}
-        num = len(next(iter(inputs.values())))
-        if any(len(value) != num for value in inputs.values()):
-            raise NetError("forward_all: the inputs hold different numbers of items: " +
-                           ", ".join(f"{n} {len(v)}" for n, v in inputs.items()))
-        first = next(iter(inputs))
+        outs = {}
+        for chunk, real in self._batches(inputs):
+            for name, value in self.forward(blobs, **chunk).items():
+                outs.setdefault(name, []).append(_items(value, real))
+        return {name: np.concatenate(parts) for name, parts in outs.items()}
+
+    def forward_backward_all(self, blobs=None, diffs=None, **arrays):
+        """pycaffe's forward_backward_all: forward and backward in batches. ``arrays`` holds N
+        items for net inputs (forward) and for net outputs (their top diffs; loss tops not given
+        start from their loss_weight). Returns ({name: N x ... copy} of the outputs and
+        ``blobs``, {name: N x ... copy} of the input diffs and ``diffs``); the padding of a
+        last, partial batch is dropped and a loss gives one value per batch, as in
+        forward_all. A name that is neither an input nor an output is an error (pycaffe
+        ignores it)."""
+        if not arrays:
+            raise NetError("forward_backward_all needs input or output arrays, e.g. "
+                           "forward_backward_all(data=x)")
+        unknown = [n for n in arrays if n not in self.inputs and n not in self.outputs]
+        if unknown:
+            raise NetError(f"forward_backward_all: {', '.join(unknown)} is neither a net input "
+                           f"nor a net output; inputs: {', '.join(self.inputs)}; outputs: "
+                           f"{', '.join(self.outputs)}")
+        sizes = {name: len(np.asarray(value)) for name, value in arrays.items()}
+        if len(set(sizes.values())) > 1:
+            raise NetError("forward_backward_all: the arrays hold different numbers of items: "
+                           + ", ".join(f"{n} {k}" for n, k in sizes.items()))
+        forward = self._batches({n: v for n, v in arrays.items() if n in self.inputs})
+        backward = self._batches({n: v for n, v in arrays.items() if n in self.outputs})
+        all_outs, all_diffs = {}, {}
+        for (f_chunk, f_real), (b_chunk, b_real) in itertools.zip_longest(
+                forward, backward, fillvalue=({}, None)):
+            real = f_real if f_real is not None else b_real
+            for name, value in self.forward(blobs, **f_chunk).items():
+                all_outs.setdefault(name, []).append(_items(value, real))
+            for name, value in self.backward(diffs, **b_chunk).items():
+                all_diffs.setdefault(name, []).append(_items(value, real))
+        return ({name: np.concatenate(parts) for name, parts in all_outs.items()},
+                {name: np.concatenate(parts) for name, parts in all_diffs.items()})
+
+    def _batches(self, arrays):
+        """pycaffe's _batch: ({name: chunk}, items) for chunks of ``arrays`` ({blob name: N x
+        ... array}) in the batch size of the first one's blob, a last, partial chunk padded
+        with zeros to the batch size (``items``: how many are real)."""
+        if not arrays:
+            return
+        arrays = {name: np.asarray(value) for name, value in arrays.items()}
+        num = len(next(iter(arrays.values())))
+        if any(len(value) != num for value in arrays.values()):
+            raise NetError("the arrays hold different numbers of items: " +
+                           ", ".join(f"{n} {len(v)}" for n, v in arrays.items()))
+        first = next(iter(arrays))
         if first not in self.blobs:
             raise NetError(f"no blob named '{first}'; inputs: {', '.join(self.inputs)}")
+        if not self.blobs[first].shape or not self.blobs[first].shape[0]:
+            raise NetError(f"blob '{first}' of shape {self.blobs[first].shape} has no batch "
+                           "axis to split the arrays along")
         batch = self.blobs[first].shape[0]
-        outs = {}
         for start in range(0, num, batch):
-            chunk = {name: value[start:start + batch] for name, value in inputs.items()}
+            chunk = {name: value[start:start + batch] for name, value in arrays.items()}
             real = len(chunk[first])
             if real < batch:
                 chunk = {name: np.concatenate([v, np.zeros((batch - real, *v.shape[1:]), v.dtype)])
                          for name, v in chunk.items()}
-            for name, value in self.forward(blobs, **chunk).items():
-                outs.setdefault(name, []).append(np.array(cuda.to_host(value))[:real])
-        return {name: np.concatenate(parts) for name, parts in outs.items()}
+            yield chunk, real
 
     def forward_from_to(self, first=0, last=None):
         """Run layers first..last (indices); return the loss (sum of loss_weight * top)."""
@@ -561,15 +619,37 @@ class Net:
         plus any names in ``diffs``. Keyword arguments set top diffs (any blob) first; loss tops
         not given start from their loss_weight, other outputs from the diff they hold (zero
         unless written, e.g. ``net.blobs["prob"].diff[...] = g``, as in pycaffe)."""
-        for name, weight in self.blob_loss_weights.items():
-            if weight and name not in top_diffs:
-                self.blobs[name].diff[...] = weight
+        self._seed_loss_diffs(skip=top_diffs)
         self._set_blobs(top_diffs, "diff")
         first = self._layer_index(start) if start is not None else len(self.layers) - 1
         last = self._layer_index(end) if end is not None else 0
         self.backward_from_to(first, last)
         names = self._bottom_lists[last] if end is not None else self.inputs
         return {n: self.blobs[n].diff for n in list(dict.fromkeys(list(names) + list(diffs or [])))}
+
+    def _seed_loss_diffs(self, skip=()):
+        """Loss tops (but those in ``skip``) start the backward from their loss_weight."""
+        for name, weight in self.blob_loss_weights.items():
+            if weight and name not in skip:
+                self.blobs[name].diff[...] = weight
+
+    def _forward(self, start, end):
+        """pycaffe's ``net._forward(start, end)``: layers start..end by index (both included);
+        the loss."""
+        self._check_range(f"_forward({start}, {end})", start, end, "start <= end")
+        return self.forward_from_to(start, end)
+
+    def _backward(self, start, end):
+        """pycaffe's ``net._backward(start, end)``: the backward of layers start down to end by
+        index (both included), the loss tops starting from their loss_weight as in backward()."""
+        self._check_range(f"_backward({start}, {end})", end, start, "end <= start")
+        self._seed_loss_diffs()
+        self.backward_from_to(start, end)
+
+    def _check_range(self, call, low, high, order):
+        if not 0 <= low <= high < len(self.layers):
+            raise NetError(f"{call}: layer indices need 0 <= {order} < {len(self.layers)} "
+                           "(the number of layers)")
 
     def backward_from_to(self, first=None, last=0):
         first = len(self.layers) - 1 if first is None else first
@@ -863,6 +943,97 @@ class Net:
     def save(self, path, write_diff=False):
         """Write the weights as a .caffemodel (atomically: the old file survives a crash)."""
         write_binary(self.to_proto(write_diff), path)
+
+    # --- weights in HDF5 (Caffe's ToHDF5 / CopyTrainedLayersFromHDF5) ---------------------------
+    def _owns_params(self):
+        """Per layer, per parameter blob: whether it is its own (not shared from an earlier
+        layer by ``param { name }``)."""
+        seen, owns, i = set(), [], 0
+        for layer in self.layers:
+            owns.append([])
+            for _ in layer.blobs:
+                owns[-1].append(self._param_owner[i] not in seen)
+                seen.add(self._param_owner[i])
+                i += 1
+        return owns
+
+    def save_hdf5(self, path, write_diff=False):
+        """Write the weights as HDF5 in Caffe's layout (pycaffe's ``net.save_hdf5``): a group
+        ``data`` with one group per layer, named as the layer, holding a dataset ``"0"``,
+        ``"1"``, ... per parameter blob in the net's dtype (a blob shared from an earlier layer
+        is left out there); with ``write_diff`` a group ``diff`` likewise, shared blobs
+        included. Written atomically, as ``save``. h5py makes nested groups of a name with
+        '/' (GoogLeNet's "inception_3a/1x1"); load_hdf5 finds them by the same path."""
+        from minicnn.data.errors import need
+        from minicnn.proto.wire import atomic_write
+        h5py = need("h5py")
+        names = self._layer_names
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise NetError(f"cannot save HDF5 weights: layers {', '.join(twice)} share a name, "
+                           "and the file holds them by layer name")
+        with atomic_write(path, "w+b") as f, h5py.File(f, "w") as h5:
+            groups = [("data", False)] + ([("diff", True)] if write_diff else [])
+            for group_name, diff in groups:
+                group = h5.create_group(group_name)
+                for layer, owns in zip(self.layers, self._owns_params()):
+                    layer_group = group.create_group(layer.name)
+                    for k, blob in enumerate(layer.blobs):
+                        if owns[k] or diff:
+                            values = cuda.to_host(blob.diff if diff else blob.data)
+                            layer_group.create_dataset(str(k), data=values)
+
+    def load_hdf5(self, path):
+        """Copy weights from an HDF5 file in Caffe's layout (see ``save_hdf5``; pycaffe's
+        ``net.load_hdf5``), matching layers by name as ``copy_from`` does: layers of the file
+        that the net lacks are ignored, layers it lacks keep their values, a blob missing from
+        the file is allowed only if shared from an earlier layer, and a count or shape that
+        differs is an error naming the layer and the shapes. Every dataset is read and checked
+        before any is copied: after an error the net is as it was."""
+        from minicnn.data.errors import need
+        h5py = need("h5py")
+        where = os.fspath(path)
+        try:
+            h5 = h5py.File(where, "r")
+        except OSError as e:
+            raise NetError(f"{where}: cannot read HDF5 weights ({e})") from None
+        copies = []
+        with h5:
+            data = h5.get("data")
+            if not isinstance(data, h5py.Group):
+                raise NetError(f"{where}: no group 'data' of layer weights (Caffe's HDF5 "
+                               "layout: data/<layer name>/0, 1, ...)")
+            for layer, owns in zip(self.layers, self._owns_params()):
+                group = data.get(layer.name)
+                if not isinstance(group, h5py.Group):
+                    continue
+                stored = [k for k, v in group.items() if isinstance(v, h5py.Dataset)]
+                if len(stored) > len(layer.blobs) or \
+                        any(k not in [str(j) for j in range(len(layer.blobs))] for k in stored):
+                    raise NetError(f"{where}: layer '{layer.name}' has datasets "
+                                   f"{', '.join(sorted(stored))} there but {len(layer.blobs)} "
+                                   f"blob(s) here ({layer.type}); rename the layer to learn its "
+                                   "parameters from scratch")
+                for k, blob in enumerate(layer.blobs):
+                    if str(k) not in group:
+                        if owns[k]:
+                            raise NetError(f"{where}: layer '{layer.name}' has no dataset "
+                                           f"'{k}' for its param {k} of shape {blob.shape} "
+                                           f"({len(layer.blobs)} blob(s) here)")
+                        continue                   # shared: its owner's dataset fills it
+                    dataset = group[str(k)]
+                    if dataset.shape != blob.shape:
+                        raise NetError(
+                            f"{where}: cannot copy param {k} of layer '{layer.name}': shape "
+                            f"mismatch, the file has {dataset.shape} but the net wants "
+                            f"{blob.shape}. To learn this layer's parameters from scratch "
+                            "rather than copying them, rename the layer")
+                    if dataset.dtype.kind != "f":
+                        raise NetError(f"{where}: param {k} of layer '{layer.name}' is "
+                                       f"{dataset.dtype}, not float or double")
+                    copies.append((blob, np.asarray(dataset[()], dtype=self.dtype)))
+        for blob, values in copies:
+            blob.data = values
 
     def share_with(self, other):
         """Use ``other``'s parameter blobs for same-named layers (Caffe's ShareTrainedLayersWith:
