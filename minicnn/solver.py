@@ -174,6 +174,7 @@ class Solver:
         self._log = log
         self._signal_messages = []           # what signal handlers had to say (log_from_signal)
         self.on_iteration, self.on_test = [], []       # callbacks (see _notify_*)
+        self.callbacks = []                  # (on_start, on_gradients_ready): add_callback
         if param.type != self.type and type(self) is not Solver:
             self.log(f"note: the solver file says type '{param.type}', running {self.type}")
         if param.random_seed >= 0:
@@ -298,6 +299,13 @@ class Solver:
         return nets
 
     # --- the loop -------------------------------------------------------------------------------
+    def add_callback(self, on_start, on_gradients_ready):
+        """pycaffe's ``solver.add_callback``: ``on_start()`` is called at the start of each
+        iteration (after any testing, before the forward pass) and ``on_gradients_ready()``
+        once the gradients are in the parameters' diffs, before the update (which then uses
+        the diffs as the callback leaves them). Both take no arguments."""
+        self.callbacks.append((on_start, on_gradients_ready))
+
     def step(self, iters):
         """Run ``iters`` iterations (fewer if stopped by a request or divergence)."""
         p = self.param
@@ -313,6 +321,8 @@ class Solver:
                 if self.requested_early_exit:
                     self._clear_untaken(steps)
                     break
+            for on_start, _ in self.callbacks:
+                on_start()
             display = p.display and self.iter % p.display == 0
             if steps:
                 loss = self._forward_backward_taking(steps)
@@ -335,6 +345,8 @@ class Solver:
                 timer, iter_last = time.perf_counter(), self.iter
                 self._log_outputs(self.net, "Train", {n: self.net.blobs[n].data
                                                       for n in self.net.outputs})
+            for _, on_gradients_ready in self.callbacks:
+                on_gradients_ready()
             rate = self.apply_update(display, taken={i for i, st in steps.items() if st.taken})
             self.iter += 1
             for callback in self.on_iteration:
@@ -491,14 +503,14 @@ class Solver:
     # the same pass over memory (InnerProduct's weights: CaffeNet's fc6 and fc7 are 89% of its
     # parameters, and the step reads and writes each of them several times). The result is bit
     # for bit the same; only the order of the work changes. It applies to one plain iteration
-    # a step (iter_size 1, no gradient clipping, no averaging over ranks: all of these need
-    # every gradient before any step) and to parameters no other layer shares.
+    # a step (iter_size 1, no gradient clipping, no averaging over ranks, no add_callback: all
+    # of these need every gradient before any step) and to parameters no other layer shares.
 
     def _layer_steps(self):
         """{param_id: ParamStep} for this iteration's steps the layers may take."""
         p = self.param
         if p.iter_size > 1 or p.clip_gradients >= 0 or self.gradient_reducer is not None \
-                or os.environ.get("MINICNN_FUSE", "1") == "0":
+                or self.callbacks or os.environ.get("MINICNN_FUSE", "1") == "0":
             return {}
         rate = None
         steps = {}

@@ -1,6 +1,6 @@
 """pycaffe's remaining API: caffe.io's proto conversions, caffe.Classifier, forward_backward_all,
-save_hdf5 / load_hdf5 in Caffe's layout, _forward / _backward by index and _blob_names. Each is
-checked against the same steps done by hand."""
+save_hdf5 / load_hdf5 in Caffe's layout, _forward / _backward by index, _blob_names and
+Solver.add_callback. Each is checked against the same steps done by hand."""
 
 import h5py
 import numpy as np
@@ -391,3 +391,47 @@ def test_save_hdf5_keeps_slashed_layer_names_and_float64_nets(tmp_path):
     for name, blobs in net.params.items():
         for a, b in zip(blobs, other.params[name]):
             assert a.data.tobytes() == b.data.tobytes(), name
+
+
+# --- Solver.add_callback -----------------------------------------------------------------------
+
+LINEAR = """
+name: "linear"
+layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 4 dim: 3 } } }
+layer { name: "t" type: "Input" top: "t" input_param { shape { dim: 4 dim: 2 } } }
+layer { name: "fc" type: "InnerProduct" bottom: "x" top: "y"
+        inner_product_param { num_output: 2 weight_filler { type: "gaussian" std: 0.5 }
+                              bias_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "y" bottom: "t" top: "loss" }
+"""
+
+
+def test_solver_callbacks_run_at_the_start_and_before_the_update():
+    param = caffe_pb2.SolverParameter(net_param=parse_text(LINEAR, "NetParameter"), base_lr=0.1,
+                                      lr_policy="fixed", max_iter=10, momentum=0.0)
+    solver = minicnn.SGDSolver(param, log=lambda message: None)
+    solver.net.blobs["x"].data[...] = RNG.standard_normal((4, 3))
+    solver.net.blobs["t"].data[...] = RNG.standard_normal((4, 2))
+    w = solver.net.params["fc"][0]
+    events = []
+
+    def on_start():
+        events.append(("start", solver.iter, w.data.copy(), w.diff.copy()))
+
+    def on_gradients_ready():
+        events.append(("ready", solver.iter, w.data.copy(), w.diff.copy()))
+        if solver.iter == 1:                    # the update uses the diffs as left here
+            for blob in solver.net.learnable_params:
+                blob.diff[...] = 0
+
+    solver.add_callback(on_start, on_gradients_ready)
+    start = w.data.copy()
+    solver.step(1)
+    assert [e[:2] for e in events] == [("start", 0), ("ready", 0)]
+    assert not np.any(events[0][3]) and np.any(events[1][3])    # diffs cleared, then computed
+    np.testing.assert_array_equal(events[1][2], start)            # not updated yet
+    after_one = w.data.copy()
+    np.testing.assert_allclose(after_one, start - 0.1 * events[1][3], rtol=1e-6)
+    solver.step(1)
+    assert [e[:2] for e in events[2:]] == [("start", 1), ("ready", 1)]
+    np.testing.assert_array_equal(w.data, after_one)      # zeroed diffs: no change
