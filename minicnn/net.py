@@ -44,6 +44,27 @@ TRAIN, TEST = "TRAIN", "TEST"
 _PHASES = {TRAIN: TRAIN, TEST: TEST, 0: TRAIN, 1: TEST, "train": TRAIN, "test": TEST}
 
 
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _is_hdf5(path):
+    """Whether the file is HDF5: its signature at offset 0, 512, 1024, 2048, ... (after a user
+    block), where H5Fis_hdf5 looks for it. False for unreadable files (the reader says why)."""
+    try:
+        with open(path, "rb") as f:
+            offset = 0
+            while True:
+                f.seek(offset)
+                head = f.read(len(HDF5_SIGNATURE))
+                if len(head) < len(HDF5_SIGNATURE):
+                    return False
+                if head == HDF5_SIGNATURE:
+                    return True
+                offset = 512 if offset == 0 else offset * 2
+    except (OSError, TypeError):
+        return False
+
+
 def as_phase(phase):
     if phase not in _PHASES:
         raise ValueError(f"phase must be minicnn.TRAIN or minicnn.TEST, not {phase!r}")
@@ -885,7 +906,8 @@ class Net:
 
     # --- weights --------------------------------------------------------------------------------
     def copy_from(self, weights):
-        """Copy weights from a .caffemodel path (or NetParameter), matching layers by name.
+        """Copy weights from a .caffemodel path (or NetParameter; an HDF5 file, such as a
+        .caffemodel.h5 snapshot, goes to ``load_hdf5``), matching layers by name.
 
         Layers of the model with no same-named layer here are ignored, and layers here that the
         model lacks keep their filler values (Caffe's CopyTrainedLayersFrom); a same-named layer
@@ -895,6 +917,8 @@ class Net:
         """
         if isinstance(weights, caffe_pb2.NetParameter):
             source, where = weights, "<NetParameter>"
+        elif _is_hdf5(weights):                  # Caffe's CopyTrainedLayersFrom tells by content
+            return self.load_hdf5(weights)
         else:
             where = os.fspath(weights)
             keep = {"NetParameter": {"layer", "layers"},

@@ -588,19 +588,23 @@ class Solver:
         return f"{self.param.snapshot_prefix}_iter_{self.iter}{extension}"
 
     def snapshot(self):
-        """Write <prefix>_iter_<N>.caffemodel, then .solverstate; each appears whole or not
+        """Write <prefix>_iter_<N>.caffemodel, then .solverstate (with snapshot_format HDF5:
+        .caffemodel.h5 and .solverstate.h5, Caffe's HDF5 layouts); each appears whole or not
         at all. Returns the two paths."""
-        if self.param.snapshot_format == "HDF5":
-            raise MinicnnError("snapshot_format HDF5 is not supported; use BINARYPROTO")
-        model = self.snapshot_filename(".caffemodel")
+        hdf5 = self.param.snapshot_format == "HDF5"
+        model = self.snapshot_filename(".caffemodel.h5" if hdf5 else ".caffemodel")
         folder = os.path.dirname(model)
         if folder:
             os.makedirs(folder, exist_ok=True)
-        self.log(f"Snapshotting to binary proto file {model}")
-        self.net.save(model, write_diff=self.param.snapshot_diff)
-        state_path = self.snapshot_filename(".solverstate")
-        self.log(f"Snapshotting solver state to binary proto file {state_path}")
-        write_binary(self.solver_state(model), state_path)
+        kind = "HDF5" if hdf5 else "binary proto"
+        self.log(f"Snapshotting to {kind} file {model}")
+        if hdf5:
+            self.net.save_hdf5(model, write_diff=self.param.snapshot_diff)
+        else:
+            self.net.save(model, write_diff=self.param.snapshot_diff)
+        state_path = self.snapshot_filename(".solverstate.h5" if hdf5 else ".solverstate")
+        self.log(f"Snapshotting solver state to {kind} file {state_path}")
+        (write_state_hdf5 if hdf5 else write_binary)(self.solver_state(model), state_path)
         self.last_snapshot = model
         return model, state_path
 
@@ -623,7 +627,10 @@ class Solver:
         """Continue from a .solverstate (minicnn's or Caffe's): iteration, lr step, history,
         the weights it names and, when minicnn wrote it, the data positions and RNG state.
         The whole state is read and checked first: after an error the solver is as it was."""
-        state = read_binary(path, "SolverState")
+        if os.fspath(path).endswith(".h5"):           # Caffe also tells the two by the name
+            state = read_state_hdf5(path)
+        else:
+            state = read_binary(path, "SolverState")
         if len(state.history) != len(self.history):
             raise MinicnnError(f"{path}: {len(state.history)} history blobs, but a {self.type} "
                                f"solver on this net keeps {len(self.history)} (is it a state of "
@@ -675,6 +682,67 @@ class Solver:
         for label, states in by_net.items():
             nets[label].restore_data_state(states)
         self.log(f"Restored from {path} at iteration {self.iter}")
+
+
+def write_state_hdf5(state, path):
+    """A SolverState as Caffe's .solverstate.h5 (SGDSolver::SnapshotSolverStateToHDF5): scalar
+    datasets ``iter`` and ``current_step``, the string ``learned_net``, a group ``history`` of
+    datasets "0", "1", ... in the parameters' shapes; minicnn's own part (random generator and
+    data positions) as the wire bytes of its message in ``minicnn``, which Caffe skips."""
+    from minicnn.data.errors import need
+    from minicnn.proto import serialize
+    from minicnn.proto.wire import atomic_write
+    h5py = need("h5py")
+    with atomic_write(path, "w+b") as f, h5py.File(f, "w") as h5:
+        h5.create_dataset("iter", data=np.int32(state.iter))
+        h5.create_dataset("learned_net", data=np.bytes_(state.learned_net.encode("utf-8")))
+        h5.create_dataset("current_step", data=np.int32(state.current_step))
+        history = h5.create_group("history")
+        for k, proto in enumerate(state.history):
+            history.create_dataset(str(k), data=blob_proto_to_array(proto))
+        if state.HasField("minicnn"):
+            h5.create_dataset("minicnn", data=np.void(serialize(state.minicnn)))
+
+
+def read_state_hdf5(path):
+    """A .solverstate.h5 (Caffe's or minicnn's) as a SolverState message."""
+    from minicnn.data.errors import need
+    from minicnn.proto import parse_binary
+    h5py = need("h5py")
+    where = os.fspath(path)
+    try:
+        h5 = h5py.File(where, "r")
+    except OSError as e:
+        raise MinicnnError(f"{where}: not a readable HDF5 solver state ({e})") from None
+    with h5:
+        def scalar(name, kind):
+            item = h5.get(name)
+            if not isinstance(item, h5py.Dataset) or item.shape not in ((), (1,)) or (
+                    item.dtype.kind not in kind):
+                found = "missing" if item is None else f"{getattr(item, 'shape', '')} " \
+                    f"{getattr(item, 'dtype', type(item).__name__)}"
+                raise MinicnnError(f"{where}: '{name}' should be a single "
+                                   f"{'integer' if kind == 'iu' else 'string'} ({found})")
+            return item[()] if item.shape == () else item[0]
+
+        state = caffe_pb2.SolverState(iter=int(scalar("iter", "iu")),
+                                      current_step=int(scalar("current_step", "iu")))
+        if "learned_net" in h5:
+            name = scalar("learned_net", "SOU")
+            state.learned_net = name.decode("utf-8") if isinstance(name, bytes) else str(name)
+        history = h5.get("history")
+        if not isinstance(history, h5py.Group):
+            raise MinicnnError(f"{where}: no 'history' group")
+        for k in range(len(history)):
+            item = history.get(str(k))
+            if not isinstance(item, h5py.Dataset) or item.dtype.kind != "f":
+                raise MinicnnError(f"{where}: history holds {len(history)} entries, but "
+                                   f"'history/{k}' is not a float dataset")
+            state.history.append(array_to_blob_proto(item[()]))
+        if "minicnn" in h5:
+            state.minicnn = parse_binary(h5["minicnn"][()].tobytes(), "MinicnnSolverState",
+                                         path=f"{where}:minicnn")
+    return state
 
 
 def set_batch_size(net_param, batch_size):

@@ -311,6 +311,69 @@ def test_snapshot_names_contents_and_copy_from(tmp_path):
     np.testing.assert_array_equal(net.params["fc"][0].data, solver.net.params["fc"][0].data)
 
 
+def test_hdf5_snapshots_are_caffes_layout_and_restore(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    solver = make_solver("Adam", snapshot=2, snapshot_format="HDF5",
+                         snapshot_prefix=str(tmp_path / "lin"))
+    solver.step(4)
+    assert sorted(os.listdir(tmp_path)) == ["lin_iter_2.caffemodel.h5", "lin_iter_2.solverstate.h5",
+                                            "lin_iter_4.caffemodel.h5", "lin_iter_4.solverstate.h5"]
+    with h5py.File(tmp_path / "lin_iter_4.solverstate.h5", "r") as h5:
+        assert h5["iter"][()] == 4 and h5["current_step"][()] == 0
+        assert h5["learned_net"][()].decode() == str(tmp_path / "lin_iter_4.caffemodel.h5")
+        assert sorted(h5["history"]) == ["0", "1", "2", "3"]        # Adam: m and v per blob
+        for k, h in enumerate(solver.history):
+            np.testing.assert_array_equal(h5["history"][str(k)][()], h)
+    with h5py.File(tmp_path / "lin_iter_4.caffemodel.h5", "r") as h5:
+        np.testing.assert_array_equal(h5["data/fc/0"][()], solver.net.params["fc"][0].data)
+    # weights by content, as Caffe's CopyTrainedLayersFrom: Net(model, weights) and copy_from
+    net = minicnn.Net(parse_text(LINEAR), str(tmp_path / "lin_iter_4.caffemodel.h5"),
+                      dtype=np.float64)
+    np.testing.assert_array_equal(net.params["fc"][1].data, solver.net.params["fc"][1].data)
+
+    # what Caffe writes (no minicnn dataset) restores too; then both run on alike
+    caffe_state = tmp_path / "caffe.solverstate.h5"
+    with h5py.File(tmp_path / "lin_iter_4.solverstate.h5", "r") as src, \
+            h5py.File(caffe_state, "w") as dst:
+        for name in ("iter", "learned_net", "current_step", "history"):
+            src.copy(name, dst)
+    resumed = make_solver("Adam")
+    resumed.restore(str(caffe_state))
+    assert resumed.iter == 4
+    solver.step(2)
+    resumed.step(2)
+    np.testing.assert_array_equal(resumed.net.params["fc"][0].data,
+                                  solver.net.params["fc"][0].data)
+    with pytest.raises(MinicnnError, match="4 history blobs, but a SGD solver on this net "
+                                           "keeps 2"):
+        make_solver().restore(str(caffe_state))
+
+
+@pytest.mark.parametrize("spoil,message", [
+    (lambda h5: h5.pop("iter"), "'iter' should be a single integer \\(missing\\)"),
+    (lambda h5: h5.pop("history"), "no 'history' group"),
+    (lambda h5: h5["history"].move("1", "7"), "'history/1' is not a float dataset"),
+    (lambda h5: (h5.pop("minicnn"), h5.create_dataset("minicnn", data=np.void(b"\\xff\\xff"))),
+     "solverstate.h5:minicnn"),
+])
+def test_a_damaged_hdf5_solver_state_is_named_and_changes_nothing(tmp_path, spoil, message):
+    h5py = pytest.importorskip("h5py")
+    solver = make_solver(momentum=0.9, snapshot_format="HDF5", snapshot_prefix=str(tmp_path / "s"))
+    solver.step(2)
+    _, state_path = solver.snapshot()
+    with h5py.File(state_path, "a") as h5:
+        spoil(h5)
+    fresh = make_solver(momentum=0.9)
+    before = fresh.net.params["fc"][0].data.copy()
+    with pytest.raises(MinicnnError, match=message):
+        fresh.restore(state_path)
+    assert fresh.iter == 0
+    np.testing.assert_array_equal(fresh.net.params["fc"][0].data, before)
+    (tmp_path / "plain.solverstate.h5").write_bytes(b"not hdf5")
+    with pytest.raises(MinicnnError, match="not a readable HDF5 solver state"):
+        fresh.restore(str(tmp_path / "plain.solverstate.h5"))
+
+
 def test_snapshot_prefix_defaults_like_caffe(tmp_path):
     net_file = tmp_path / "net.prototxt"
     net_file.write_text(LINEAR)

@@ -74,16 +74,19 @@ def tiny_solver(tmp_path, net_text, solver_type="SGD", **extra):
     return solver_file
 
 
-@pytest.mark.parametrize("train_type", ["ImageData", "Data"])
-@pytest.mark.parametrize("solver_type", ["SGD", "Adam"])
-def test_interrupt_and_resume_equals_an_uninterrupted_run(tiny_setup, train_type, solver_type):
+@pytest.mark.parametrize("train_type,solver_type,snapshot_format", [
+    ("ImageData", "SGD", "BINARYPROTO"), ("ImageData", "Adam", "BINARYPROTO"),
+    ("Data", "SGD", "BINARYPROTO"), ("Data", "Adam", "BINARYPROTO"), ("Data", "Adam", "HDF5")])
+def test_interrupt_and_resume_equals_an_uninterrupted_run(tiny_setup, train_type, solver_type,
+                                                          snapshot_format):
     """Random crops, mirrors, dropout, shuffling, test passes: all continue exactly."""
     tmp_path, list_file, db = tiny_setup
     source = (f'image_data_param {{ source: "{list_file}" root_folder: "{tmp_path}/" '
               f'batch_size: 4 shuffle: true }}' if train_type == "ImageData"
               else f'data_param {{ source: "{db}" batch_size: 4 backend: LMDB }}')
     net_text = NET.format(train_type=train_type, train_source=source, db=db)
-    solver_file = tiny_solver(tmp_path, net_text, solver_type)
+    solver_file = tiny_solver(tmp_path, net_text, solver_type, snapshot_format=snapshot_format)
+    state = "tiny_iter_5.solverstate" + (".h5" if snapshot_format == "HDF5" else "")
 
     def run(resume=None, stop_at=None):
         solver = minicnn.get_solver(str(solver_file), log=lambda m: None)
@@ -97,8 +100,7 @@ def test_interrupt_and_resume_equals_an_uninterrupted_run(tiny_setup, train_type
 
     full, full_losses, full_tests = run()
     run(stop_at=5)                                     # writes snap/tiny_iter_5.*, then "dies"
-    resumed, resumed_losses, resumed_tests = run(resume=str(tmp_path / "snap" /
-                                                            "tiny_iter_5.solverstate"))
+    resumed, resumed_losses, resumed_tests = run(resume=str(tmp_path / "snap" / state))
     assert resumed_losses == full_losses[5:]           # bit-identical losses
     assert resumed_tests == [t for t in full_tests if t[0] > 5]
     for a, b in zip(full.net.learnable_params, resumed.net.learnable_params):
