@@ -37,16 +37,8 @@ class Classifier(Net):
         if len(shape) != 4:
             raise MinicnnError(f"input '{name}' has shape {shape}: images need an (N, C, H, W) "
                                "input")
-        self.transformer = io.Transformer({name: shape})
-        self.transformer.set_transpose(name, (2, 0, 1))
-        if mean is not None:
-            self.transformer.set_mean(name, mean)
-        if input_scale is not None:
-            self.transformer.set_input_scale(name, input_scale)
-        if raw_scale is not None:
-            self.transformer.set_raw_scale(name, raw_scale)
-        if channel_swap is not None:
-            self.transformer.set_channel_swap(name, channel_swap)
+        self.transformer = io.image_transformer(name, shape, mean, input_scale, raw_scale,
+                                                channel_swap)
         self.crop_dims = np.array(shape[2:])
         if image_dims is None or len(image_dims) == 0:
             image_dims = self.crop_dims

@@ -196,6 +196,23 @@ class Transformer:
         return x
 
 
+def image_transformer(name, shape, mean=None, input_scale=None, raw_scale=None,
+                      channel_swap=None):
+    """A Transformer for input ``name`` of ``shape`` fed H x W x C images, set up as pycaffe's
+    Classifier and Detector set theirs: transpose (2, 0, 1), then each setting given."""
+    transformer = Transformer({name: shape})
+    transformer.set_transpose(name, (2, 0, 1))
+    if mean is not None:
+        transformer.set_mean(name, mean)
+    if input_scale is not None:
+        transformer.set_input_scale(name, input_scale)
+    if raw_scale is not None:
+        transformer.set_raw_scale(name, raw_scale)
+    if channel_swap is not None:
+        transformer.set_channel_swap(name, channel_swap)
+    return transformer
+
+
 def preprocess(image, crop=224, resize=256, mean=IMAGENET_MEAN_BGR, raw_scale=255.0,
                channel_swap=(2, 1, 0), color=True):
     """The usual Caffe recipe in one call: an image (path or H x W x C array in [0, 1])

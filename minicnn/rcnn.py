@@ -20,7 +20,7 @@ give the windows from any proposal method to detect_windows.
 import numpy as np
 
 from minicnn.errors import MinicnnError
-from minicnn.io import Transformer, load_image, resize_image
+from minicnn.io import image_transformer, load_image, resize_image
 from minicnn.net import TEST, Net
 
 
@@ -36,16 +36,8 @@ class Detector(Net):
                  raw_scale=None, channel_swap=None, context_pad=None, **net_options):
         super().__init__(model_file, pretrained_file, TEST, **net_options)
         name = self.inputs[0]
-        self.transformer = Transformer({name: self.blobs[name].shape})
-        self.transformer.set_transpose(name, (2, 0, 1))
-        if mean is not None:
-            self.transformer.set_mean(name, mean)
-        if input_scale is not None:
-            self.transformer.set_input_scale(name, input_scale)
-        if raw_scale is not None:
-            self.transformer.set_raw_scale(name, raw_scale)
-        if channel_swap is not None:
-            self.transformer.set_channel_swap(name, channel_swap)
+        self.transformer = image_transformer(name, self.blobs[name].shape, mean, input_scale,
+                                             raw_scale, channel_swap)
         self.configure_crop(context_pad)
 
     def configure_crop(self, context_pad):
