@@ -100,3 +100,10 @@ def draw_net(model, path, rankdir="LR", phase="TRAIN", display_lrm=False):
     with atomic_write(path, "wb") as f:
         f.write(picture)
     return path
+
+
+def draw_net_to_file(caffe_net, filename, rankdir="LR", phase=None, display_lrm=False):
+    """pycaffe's caffe.draw.draw_net_to_file: ``phase`` None (pycaffe's default) draws the
+    layers of every phase."""
+    return draw_net(caffe_net, filename, rankdir=rankdir, phase=phase or "ALL",
+                    display_lrm=display_lrm)

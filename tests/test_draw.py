@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from minicnn.cli import main
-from minicnn.draw import net_to_dot
+from minicnn.draw import draw_net_to_file, net_to_dot
 from minicnn.errors import MinicnnError
 from minicnn.proto import read_prototxt
 
@@ -67,3 +67,11 @@ def test_missing_extension_is_an_error(tmp_path):
     from minicnn.draw import draw_net
     with pytest.raises(MinicnnError, match="file extension"):
         draw_net(LENET, tmp_path / "picture")
+
+
+def test_pycaffes_draw_net_to_file_draws_every_phase_by_default(tmp_path):
+    draw_net_to_file(read_prototxt(LENET), tmp_path / "all.dot")
+    assert "accuracy" in (tmp_path / "all.dot").read_text()
+    draw_net_to_file(read_prototxt(LENET), tmp_path / "train.dot", rankdir="TB", phase="TRAIN")
+    source = (tmp_path / "train.dot").read_text()
+    assert "accuracy" not in source and "rankdir=TB" in source
