@@ -9,6 +9,7 @@
     minicnn convert-imageset ROOT/ LIST.txt DB           # Caffe's convert_imageset
     minicnn compute-image-mean DB mean.binaryproto
     minicnn upgrade old.prototxt new.prototxt            # V1 nets and solvers; .caffemodel too
+    minicnn parse-log snapshots/lenet_train.log out/     # Caffe's parse_log.py: CSV per phase
     minicnn draw NET.prototxt net.png --rankdir TB --phase TRAIN       # Caffe's draw_net.py
     minicnn classify cat.jpg @more.txt --model M --weights W --labels synset_words.txt
     minicnn extract --model M --weights W --blob pool --images list.txt --out feats.h5
@@ -485,6 +486,23 @@ def upgrade(args):
         print(f"{args.input}: already in the latest format")
     write_prototxt(message, args.output)
     print(f"Wrote upgraded {kind} text proto to {args.output}")
+    return 0
+
+
+@command
+def parse_log(args):
+    """Caffe's tools/extra/parse_log.py: a training log as LOG.train and LOG.test CSV files."""
+    from minicnn.monitor import parse_log as parse, write_parsed_log
+    if not os.path.isfile(args.logfile):
+        raise MinicnnError(f"{args.logfile}: no such log file")
+    rows = parse(args.logfile)
+    base = os.path.join(args.output_dir, os.path.basename(args.logfile))
+    for kind in ("train", "test"):
+        path = f"{base}.{kind}"
+        if write_parsed_log(rows[kind], path, delimiter=args.delimiter):
+            print(f"Wrote {len(rows[kind])} {kind} rows to {path}")
+        else:
+            print(f"Not writing {path}; no lines to write")
     return 0
 
 
@@ -1282,6 +1300,11 @@ def build_parser():
                                        "current format (Caffe's upgrade_*_proto_* tools)")
     p.add_argument("input", help="net prototxt, binary .caffemodel or solver prototxt")
     p.add_argument("output", help="where to write it (text for text, binary for binary)")
+    p = sub.add_parser("parse-log", help="a training log as .train and .test CSV files "
+                                         "(Caffe's parse_log.py)")
+    p.add_argument("logfile", help="a log of Caffe's or minicnn's training (glog lines)")
+    p.add_argument("output_dir", help="where LOGFILE.train and LOGFILE.test go")
+    p.add_argument("--delimiter", default=",", help="column separator (default ',')")
     p = sub.add_parser("classify", help="the top-k classes of images (like classify.py)")
     p.add_argument("image", nargs="*", metavar="IMAGE", help="image files; @LIST reads a list")
     p.add_argument("--images", help="a list file of images (`path` or `path label` lines)")

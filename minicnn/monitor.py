@@ -12,6 +12,8 @@ a terminal and is installed; matplotlib draws the PNG when installed.
 """
 
 import csv
+import datetime
+import math
 import os
 import re
 import sys
@@ -168,3 +170,95 @@ def read_test_log(path):
             if m:
                 out[m.group(1)] = float(m.group(2))
     return out
+
+
+_GLOG_TIME = re.compile(r"^[IWEF](\d\d)(\d\d) (\d+):(\d+):(\d+)\.(\d+) ")
+_NET_OUTPUT = {kind: re.compile(rf"{kind} net output #(\d+): (\S+) = ([\.\deE+-]+)")
+               for kind in ("Train", "Test")}
+_LEARNING_RATE = re.compile(r"lr = ([-+]?[0-9]*\.?[0-9]+([eE]?[-+]?[0-9]+)?)")
+
+
+def _glog_time(line, year):
+    """The time of a glog line (``I1122 13:05:01.123456 ...``), or None."""
+    m = _GLOG_TIME.match(line.strip())
+    if m is None:
+        return None
+    month, day, hour, minute, second, micro = (int(g) for g in m.groups())
+    try:
+        return datetime.datetime(year, month, day, hour, minute, second, micro)
+    except ValueError:
+        return None
+
+
+def parse_log(path):
+    """The training log of Caffe (or of minicnn, which writes the same lines) as two lists of
+    rows, as Caffe's tools/extra/parse_log.py reads it: ``train`` from the "Train net output"
+    lines, ``test`` from the "Test net output" lines, each row {"NumIters", "Seconds",
+    "LearningRate", output name: value, ...} for one iteration. Seconds count from the log's
+    first time stamp (its year from the file's date; a month going back means a new year);
+    the first row takes the second row's learning rate (parse_log.py's fix for the NaN before
+    the first "lr =" line), and, as there, a last row with fewer outputs than the first is
+    dropped."""
+    year = datetime.datetime.fromtimestamp(os.path.getmtime(path)).year
+    rows = {"Train": [], "Test": []}
+    current = {"Train": None, "Test": None}
+    iteration, learning_rate = -1, math.nan
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = iter(f)
+        start = None
+        for line in lines:                  # parse_log.py reads up to the first time stamp
+            start = _glog_time(line, year)
+            if start is not None:
+                break
+        if start is None:
+            return {"train": [], "test": []}
+        last = start
+        for line in lines:
+            m = re.search(r"Iteration (\d+)", line)
+            if m:
+                iteration = float(m.group(1))
+            if iteration == -1:
+                continue                    # nothing counts before the first iteration
+            stamp = _glog_time(line, year)
+            if stamp is None:
+                continue                    # not a log line (a resumed solver's output)
+            if stamp.month < last.month:
+                year += 1
+                stamp = _glog_time(line, year)
+            last = stamp
+            seconds = (stamp - start).total_seconds()
+            m = _LEARNING_RATE.search(line)
+            if m:
+                learning_rate = float(m.group(1))
+            for kind, pattern in _NET_OUTPUT.items():
+                row, done = current[kind], rows[kind]
+                m = pattern.search(line)
+                if m:
+                    if row is None or row["NumIters"] != iteration:
+                        if row is not None:
+                            done.append(row)
+                        row = {"NumIters": iteration, "Seconds": seconds,
+                               "LearningRate": learning_rate}
+                    row[m.group(2)] = float(m.group(3))
+                if row is not None and done and len(row) == len(done[0]):
+                    done.append(row)        # as many columns as the first row: complete
+                    row = None
+                current[kind] = row
+    for done in rows.values():
+        if len(done) > 1:
+            done[0]["LearningRate"] = done[1]["LearningRate"]
+    return {"train": rows["Train"], "test": rows["Test"]}
+
+
+def write_parsed_log(rows, path, delimiter=","):
+    """parse_log's rows as a CSV file (the first row's columns; Excel's dialect, as
+    parse_log.py), atomically; nothing is written for no rows. Returns whether it wrote."""
+    from minicnn.proto.wire import atomic_write
+    if not rows:
+        return False
+    with atomic_write(path, "w") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter=delimiter,
+                                extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return True

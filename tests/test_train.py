@@ -1,6 +1,7 @@
 """Training end to end: exact resume, the train/test commands, signals, and LeNet on real digits.
 """
 
+import csv
 import os
 import signal
 import subprocess
@@ -290,6 +291,82 @@ def test_data_tools_commands(tiny_setup, capsys, monkeypatch):
         pytest.skip(str(e))
     assert main(["data", "mnist", "--format", "hdf5", "--out", "m"]) == 0
     assert sorted(os.listdir(tmp_path / "m")) == ["test.h5", "test.txt", "train.h5", "train.txt"]
+
+
+CAFFE_LOG = """Log file created at: 2016/03/20 10:00:00
+I0320 10:00:00.000000  1234 caffe.cpp:185] Using GPUs 0
+I0320 10:00:01.500000  1234 solver.cpp:337] Iteration 0, Testing net (#0)
+I0320 10:00:02.000000  1234 solver.cpp:404]     Test net output #0: accuracy = 0.1
+I0320 10:00:02.000000  1234 solver.cpp:404]     Test net output #1: loss = 2.3 (* 1 = 2.3 loss)
+I0320 10:00:02.250000  1234 solver.cpp:228] Iteration 0, loss = 2.31
+I0320 10:00:02.250000  1234 solver.cpp:244]     Train net output #0: loss = 2.31 (* 1 = 2.31 loss)
+I0320 10:00:02.250000  1234 sgd_solver.cpp:106] Iteration 0, lr = 0.01
+I0320 10:00:04.000000  1234 solver.cpp:228] Iteration 100, loss = 0.5
+I0320 10:00:04.000000  1234 solver.cpp:244]     Train net output #0: loss = 0.5 (* 1 = 0.5 loss)
+I0320 10:00:04.000000  1234 sgd_solver.cpp:106] Iteration 100, lr = 0.0099
+I0320 10:00:05.000000  1234 solver.cpp:337] Iteration 200, Testing net (#0)
+I0320 10:00:06.000000  1234 solver.cpp:404]     Test net output #0: accuracy = 0.9
+I0320 10:00:06.000000  1234 solver.cpp:404]     Test net output #1: loss = 0.3 (* 1 = 0.3 loss)
+I0320 10:00:06.500000  1234 solver.cpp:244]     Train net output #0: loss = 0.2 (* 1 = 0.2 loss)
+I0320 10:00:07.000000  1234 solver.cpp:337] Iteration 300, Testing net (#0)
+I0320 10:00:07.500000  1234 solver.cpp:404]     Test net output #0: accuracy = 0.95
+"""
+
+
+def test_parse_log_writes_the_csv_files_of_caffes_parse_log(tmp_path, capsys):
+    """Worked out by hand from parse_log.py's rules: seconds from the first time stamp, a row
+    per iteration complete when it has the first row's columns, the first row's NaN learning
+    rate replaced by the second's, the incomplete last row (iteration 300's test) dropped."""
+    log = tmp_path / "caffe.log"
+    log.write_text(CAFFE_LOG)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(["parse-log", str(log), str(out)]) == 0
+    assert (out / "caffe.log.train").read_bytes() == (
+        b"NumIters,Seconds,LearningRate,loss\r\n0.0,2.25,0.01,2.31\r\n100.0,4.0,0.01,0.5\r\n"
+        b"200.0,6.5,0.0099,0.2\r\n")
+    assert (out / "caffe.log.test").read_bytes() == (
+        b"NumIters,Seconds,LearningRate,accuracy,loss\r\n0.0,2.0,0.0099,0.1,2.3\r\n"
+        b"200.0,6.0,0.0099,0.9,0.3\r\n")
+    assert main(["parse-log", str(log), str(out), "--delimiter", ";"]) == 0
+    assert (out / "caffe.log.test").read_text().splitlines()[1] == "0.0;2.0;0.0099;0.1;2.3"
+    # a log across New Year counts on; output lines before the first "Iteration" are not rows
+    log.write_text(
+        "I1231 23:59:58.000000 1 solver.cpp:1] Starting\n"
+        "I1231 23:59:58.500000 1 solver.cpp:1]     Train net output #0: loss = 9\n"
+        "I1231 23:59:59.000000 1 solver.cpp:1] Iteration 0, lr = 0.1\n"
+        "I1231 23:59:59.000000 1 solver.cpp:1]     Train net output #0: loss = 3\n"
+        "I0101 00:00:01.000000 1 solver.cpp:1] Iteration 10, lr = 0.1\n"
+        "I0101 00:00:01.000000 1 solver.cpp:1]     Train net output #0: loss = 2\n")
+    assert main(["parse-log", str(log), str(out)]) == 0
+    assert (out / "caffe.log.train").read_text().splitlines()[1:] == ["0.0,1.0,0.1,3.0",
+                                                                     "10.0,3.0,0.1,2.0"]
+    (tmp_path / "empty.log").write_text("no glog lines here\n")
+    assert main(["parse-log", str(tmp_path / "empty.log"), str(out)]) == 0
+    assert "Not writing" in capsys.readouterr().out and not (out / "empty.log.train").exists()
+    assert main(["parse-log", str(tmp_path / "missing.log"), str(out)]) == 1
+
+
+def test_parse_log_reads_minicnns_own_training_log(tiny_setup):
+    from minicnn.monitor import parse_log
+    tmp_path, list_file, db = tiny_setup
+    source = f'data_param {{ source: "{db}" batch_size: 4 backend: LMDB }}'
+    solver_file = tiny_solver(tmp_path, NET.format(train_type="Data", train_source=source,
+                                                   db=db), display=4)
+    assert main(["train", str(solver_file), "--no-progress"]) == 0
+    prefix = tmp_path / "snap" / "tiny"
+    rows = parse_log(f"{prefix}_train.log")
+    curve = {int(r["iteration"]): r for r in
+             csv.DictReader(open(f"{prefix}_curve.csv"))}
+    assert [r["NumIters"] for r in rows["train"]] == [0.0, 4.0, 8.0]
+    assert [r["NumIters"] for r in rows["test"]] == [0.0, 4.0, 8.0, 12.0]
+    for r in rows["train"]:
+        assert r["loss"] == pytest.approx(float(curve[int(r["NumIters"])]["loss"]), rel=1e-5)
+        assert r["LearningRate"] == 0.05
+    for r in rows["test"]:
+        assert r["acc"] == pytest.approx(float(curve[int(r["NumIters"])]["test0/acc"]), rel=1e-5)
+    seconds = [r["Seconds"] for r in rows["train"] + rows["test"]]
+    assert all(0 <= s < 60 for s in seconds)
 
 
 def test_read_train_log_and_test_log(tmp_path):
