@@ -29,6 +29,7 @@ from minicnn.data.db import resolve_path
 from minicnn.data.errors import DataError, need
 from minicnn.data.imageset import read_list_file
 from minicnn.errors import MinicnnError
+from minicnn.proto import serialize
 
 __all__ = ["ImageInput", "classify", "extract_features", "save_features", "retrieve",
            "average_precision", "mean_average_precision", "read_image_list", "read_labels",
@@ -379,7 +380,10 @@ def save_features(path, features, labels=None):
     ``.h5``/``.hdf5``: datasets ``data`` and ``label`` (float32, Caffe's HDF5Data names) and a
     list file ``<stem>.txt`` beside it holding the .h5's absolute path, so a net can train on
     the features at once: ``hdf5_data_param { source: "<stem>.txt" batch_size: 32 }``.
-    Each file is written to a temporary name and renamed.
+    A name ending in ``lmdb`` (``feats_lmdb``): an LMDB as Caffe's extract_features writes
+    it, one Datum of float_data per item keyed by its index in 10 digits, with the blob's
+    channels, height and width (1 for missing axes), and the label when given (a Data layer
+    reads it back). Each file is written to a temporary name and renamed.
     """
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()
@@ -388,8 +392,11 @@ def save_features(path, features, labels=None):
         labels = np.asarray(labels)
         if len(labels) != len(features):
             raise MinicnnError(f"{len(labels)} labels for {len(features)} features")
+    if path.rstrip("/\\").lower().endswith("lmdb"):
+        return [_save_features_lmdb(path.rstrip("/\\"), features, labels)]
     if ext not in (".npy", ".npz", ".h5", ".hdf5"):
-        raise MinicnnError(f"{path}: the features file must end in .npy, .npz or .h5")
+        raise MinicnnError(f"{path}: the features file must end in .npy, .npz or .h5, or "
+                           "the folder's name in lmdb")
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
@@ -420,6 +427,28 @@ def save_features(path, features, labels=None):
             f.write(os.path.abspath(path) + "\n")  # absolute: Caffe reads it from any folder
         written.append(list_path)
     return written
+
+
+def _save_features_lmdb(path, features, labels):
+    """extract_features' LMDB: Datums of float_data keyed by the item's index in 10 digits."""
+    from minicnn.data.datum import encode_datum
+    from minicnn.data.db import LMDBWriter, replace_db
+    if features.ndim > 4:
+        raise MinicnnError(f"{path}: a Datum holds at most channels x height x width; the "
+                           f"features have shape {features.shape}")
+    shape = (features.shape[1:] + (1, 1, 1))[:3]            # Caffe's legacy C, H, W of a blob
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    with LMDBWriter(tmp, overwrite=True) as writer:
+        for i, item in enumerate(features):
+            label = 0 if labels is None else int(labels[i])
+            datum = encode_datum(item.reshape(shape), label)
+            if labels is None:
+                datum.ClearField("label")
+            writer.put(f"{i:010d}", serialize(datum))
+    replace_db(tmp, path)
+    return path
 
 
 # --- retrieval ---------------------------------------------------------------------------------

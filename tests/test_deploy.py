@@ -292,6 +292,39 @@ def test_save_features_in_three_formats(tmp_path):
         save_features(tmp_path / "f.csv", features)
 
 
+def test_lmdb_features_are_caffes_extract_features_db_and_feed_a_data_layer(tmp_path):
+    from minicnn.data.db import open_db
+    from minicnn.proto import parse_binary
+    rng = np.random.default_rng(3)
+    features = rng.standard_normal((5, 4, 2, 3)).astype(np.float32)
+    labels = np.array([3, 1, 4, 1, 5])
+    assert save_features(tmp_path / "feats_lmdb", features, labels) == [
+        str(tmp_path / "feats_lmdb")]
+    with open_db(str(tmp_path / "feats_lmdb")) as db:
+        records = list(db.items())
+    assert [k for k, _ in records] == [f"{i:010d}".encode() for i in range(5)]
+    datum = parse_binary(records[2][1], "Datum")
+    assert (datum.channels, datum.height, datum.width, datum.label) == (4, 2, 3, 4)
+    np.testing.assert_array_equal(datum.float_data, features[2].ravel())
+    net = tmp_path / "net.prototxt"
+    net.write_text(f"""
+layer {{ name: "d" type: "Data" top: "data" top: "label"
+        data_param {{ source: "{tmp_path / 'feats_lmdb'}" batch_size: 5 backend: LMDB }} }}""")
+    out = minicnn.Net(str(net), minicnn.TEST).forward()
+    np.testing.assert_array_equal(out["data"], features)
+    np.testing.assert_array_equal(out["label"], labels)
+    # fc7-like features (N, C): C x 1 x 1 Datums, no label when none is given; written again
+    save_features(tmp_path / "feats_lmdb", features[:, :, 0, 0])
+    with open_db(str(tmp_path / "feats_lmdb")) as db:
+        datum = parse_binary(db.get(b"0000000004"), "Datum")
+        assert len(db) == 5
+    assert (datum.channels, datum.height, datum.width) == (4, 1, 1)
+    assert not datum.HasField("label")
+    assert sorted(os.listdir(tmp_path)) == ["feats_lmdb", "net.prototxt"]   # no temp folders
+    with pytest.raises(MinicnnError, match=r"at most channels x height x width"):
+        save_features(tmp_path / "five_lmdb", np.zeros((2, 1, 1, 1, 1), np.float32))
+
+
 def test_h5_features_train_a_classifier_through_hdf5data(tmp_path):
     rng = np.random.default_rng(2)
     labels = np.arange(8) % 2
