@@ -507,6 +507,24 @@ def parse_log(args):
 
 
 @command
+def device_query(args):
+    """caffe device_query: the properties of each GPU --gpu names (Caffe::DeviceQuery)."""
+    from minicnn import cuda
+    from minicnn.distributed import parse_gpus
+    every = (args.gpu or "").strip().lower() == "all"
+    gpus = parse_gpus(args.gpu, device_count=cuda.device_count() if every else None)
+    if not gpus:
+        raise MinicnnError("device-query needs --gpu (a number, a list such as 0,1, or all)")
+    for gpu in gpus:
+        lines = cuda.device_query(gpu)
+        width = max(len(label) for label, _ in lines) + 2
+        print(f"Querying GPU {gpu}")
+        for label, text in lines:
+            print(f"{label + ':':<{width}}{text}")
+    return 0
+
+
+@command
 def draw(args):
     """Draw the net as a graph picture (Caffe's draw_net.py)."""
     from minicnn.draw import draw_net
@@ -1305,6 +1323,8 @@ def build_parser():
     p.add_argument("logfile", help="a log of Caffe's or minicnn's training (glog lines)")
     p.add_argument("output_dir", help="where LOGFILE.train and LOGFILE.test go")
     p.add_argument("--delimiter", default=",", help="column separator (default ',')")
+    p = sub.add_parser("device-query", help="a GPU's properties (like `caffe device_query`)")
+    p.add_argument("--gpu", help="GPU number, list (0,1) or all")
     p = sub.add_parser("classify", help="the top-k classes of images (like classify.py)")
     p.add_argument("image", nargs="*", metavar="IMAGE", help="image files; @LIST reads a list")
     p.add_argument("--images", help="a list file of images (`path` or `path label` lines)")

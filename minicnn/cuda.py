@@ -109,6 +109,44 @@ def check_device(device):
                               f"(devices 0..{count - 1})")
 
 
+# Caffe::DeviceQuery's lines: label, cudaDeviceProp field (CuPy's getDeviceProperties keys).
+DEVICE_QUERY_FIELDS = [
+    ("Major revision number", "major"), ("Minor revision number", "minor"), ("Name", "name"),
+    ("Total global memory", "totalGlobalMem"),
+    ("Total shared memory per block", "sharedMemPerBlock"),
+    ("Total registers per block", "regsPerBlock"), ("Warp size", "warpSize"),
+    ("Maximum memory pitch", "memPitch"), ("Maximum threads per block", "maxThreadsPerBlock"),
+    ("Maximum dimension of block", "maxThreadsDim"), ("Maximum dimension of grid", "maxGridSize"),
+    ("Clock rate", "clockRate"), ("Total constant memory", "totalConstMem"),
+    ("Texture alignment", "textureAlignment"),
+    ("Concurrent copy and execution", "deviceOverlap"),
+    ("Number of multiprocessors", "multiProcessorCount"),
+    ("Kernel execution timeout", "kernelExecTimeoutEnabled")]
+_YES_NO = ("deviceOverlap", "kernelExecTimeoutEnabled")
+
+
+def device_query(device):
+    """[(label, text)] of CUDA device ``device``'s properties, as `caffe device_query` prints
+    them; a property this CUDA no longer reports (CUDA 13 dropped clockRate) reads n/a."""
+    check_device(device)
+    prop = cupy().cuda.runtime.getDeviceProperties(device)
+    lines = [("Device id", str(device))]
+    for label, key in DEVICE_QUERY_FIELDS:
+        value = prop.get(key)
+        if value is None:
+            text = "n/a"
+        elif key in _YES_NO:
+            text = "Yes" if value else "No"
+        elif isinstance(value, bytes):
+            text = value.decode(errors="replace").rstrip("\0")
+        elif isinstance(value, (tuple, list)):
+            text = ", ".join(str(v) for v in value)
+        else:
+            text = str(value)
+        lines.append((label, text))
+    return lines
+
+
 def parse_device(device):
     """None (the host) or a CUDA device number from None, "cpu", "cuda", "cuda:N", "gpu:N"
     or an int."""

@@ -185,3 +185,35 @@ def test_upgrade_names_the_field_it_cannot_read(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "bad.prototxt:1:10" in err and "did you mean 'name'" in err
     assert not (tmp_path / "out.prototxt").exists()
+
+
+def test_device_query_prints_caffes_lines(monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from minicnn import cuda
+    props = {"name": b"NVIDIA H100 80GB HBM3", "major": 9, "minor": 0,
+             "totalGlobalMem": 85045379072, "sharedMemPerBlock": 49152, "regsPerBlock": 65536,
+             "warpSize": 32, "memPitch": 2147483647, "maxThreadsPerBlock": 1024,
+             "maxThreadsDim": (1024, 1024, 64), "maxGridSize": (2147483647, 65535, 65535),
+             "totalConstMem": 65536, "textureAlignment": 512, "deviceOverlap": 1,
+             "multiProcessorCount": 132, "kernelExecTimeoutEnabled": 0}     # no clockRate
+    runtime = SimpleNamespace(getDeviceCount=lambda: 2, getDeviceProperties=lambda d: props)
+    monkeypatch.setattr(cuda, "cupy", lambda: SimpleNamespace(cuda=SimpleNamespace(
+        runtime=runtime)))
+    assert main(["device-query", "-gpu", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "Querying GPU 1"
+    assert lines[1:5] == ["Device id:                     1",
+                          "Major revision number:         9",
+                          "Minor revision number:         0",
+                          "Name:                          NVIDIA H100 80GB HBM3"]
+    assert "Maximum dimension of block:    1024, 1024, 64" in lines
+    assert "Clock rate:                    n/a" in lines
+    assert "Concurrent copy and execution: Yes" in lines
+    assert "Kernel execution timeout:      No" in lines and len(lines) == 19
+    assert main(["device-query", "--gpu", "all"]) == 0
+    assert capsys.readouterr().out.count("Querying GPU") == 2
+    assert main(["device-query", "--gpu", "2"]) == 1
+    assert "there is no CUDA device 2" in capsys.readouterr().err
+    assert main(["device-query"]) == 1
+    assert "needs --gpu" in capsys.readouterr().err

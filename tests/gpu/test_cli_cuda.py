@@ -66,3 +66,12 @@ def test_train_test_time_extract_on_the_gpu(gpu, lenet_files, capsys):
           "gpu_iter_20.caffemodel", "--blob", "ip2", "--iterations", "2", "--out", "f.npy",
           "--gpu", "0"], capsys)
     assert np.load("f.npy").shape == (200, 10)
+
+
+@pytest.mark.cuda
+def test_device_query_on_the_gpu(capsys):
+    assert main(["device-query", "--gpu", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "Device id:                     0" in out and "Name:" in out
+    memory = [line for line in out.splitlines() if line.startswith("Total global memory:")]
+    assert len(memory) == 1 and int(memory[0].split()[-1]) > 2**30
