@@ -37,6 +37,7 @@ fi
 {
   date -u
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+  timeout 60 python3 -m minicnn device-query --gpu 0 || echo "device-query failed"
   python3 - <<'EOF'
 import platform, numpy, cupy
 print("python", platform.python_version(), "numpy", numpy.__version__, "cupy", cupy.__version__,
