@@ -59,7 +59,11 @@ def load_image(path, color=True):
 
 
 def resize_image(image, size):
-    """An H x W x C float image resized (bilinear) to ``size`` = (height, width)."""
+    """An H x W x C float image resized (Pillow's bilinear) to ``size`` = (height, width).
+
+    pycaffe's caffe.io.resize_image uses scikit-image instead (README: where minicnn
+    deliberately differs): the same values inside an enlarged image, not at its border nor
+    in a shrunk one (scikit-image's anti-aliasing there changes between its versions)."""
     image = np.asarray(image, dtype=np.float32)
     height, width = (int(s) for s in size)
     if image.shape[:2] == (height, width):
