@@ -70,3 +70,19 @@ def test_enum_constants_and_repr():
     assert caffe_pb2.PoolingParameter.MAX == "MAX"
     assert caffe_pb2.TEST == "TEST"
     assert "kernel_size: 3" in repr(caffe_pb2.PoolingParameter(kernel_size=3))
+
+
+def test_serialize_and_parse_from_string_as_protobuf():
+    # pycaffe code reads LMDB values with datum.ParseFromString(value) and writes
+    # datum.SerializeToString(); ParseFromString replaces what the message held
+    datum = caffe_pb2.Datum(channels=2, height=1, width=3, data=bytes(range(6)), label=4)
+    wire = datum.SerializeToString()
+    assert isinstance(wire, bytes)
+    other = caffe_pb2.Datum(label=9, float_data=[1.0])
+    assert other.ParseFromString(wire) == len(wire)
+    assert other == datum and not other.HasField("float_data")
+    blob = caffe_pb2.BlobProto(data=np.arange(3, dtype=np.float32))
+    blob.MergeFromString(caffe_pb2.BlobProto(data=[5.0]).SerializeToString())
+    assert blob.data.tolist() == [0.0, 1.0, 2.0, 5.0]
+    with pytest.raises(Exception, match="Datum"):
+        caffe_pb2.Datum().ParseFromString(b"\x0a\xff")

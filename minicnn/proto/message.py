@@ -8,8 +8,8 @@
 An unset field reads as its default. Enum values are their names (``"AVE"``), float fields hold the
 float32 value Caffe would hold, ``array`` fields (blob data) are NumPy arrays, other repeated fields
 are lists. Reading an unset sub-message gives an empty one that becomes present once written to.
-The method names follow Google's protobuf (HasField, ClearField, CopyFrom, MergeFrom, ListFields),
-so code written against pycaffe's caffe_pb2 reads the same.
+The method names follow Google's protobuf (HasField, ClearField, CopyFrom, MergeFrom, ListFields,
+SerializeToString, ParseFromString), so code written against pycaffe's caffe_pb2 reads the same.
 """
 
 import difflib
@@ -248,6 +248,24 @@ class Message:
         if other._present:
             self._touch()
 
+    def SerializeToString(self):
+        """The message's wire-format bytes (what an LMDB value or a .caffemodel holds)."""
+        from minicnn.proto.wire import serialize
+        return serialize(self)
+
+    def MergeFromString(self, data):
+        """Merge wire-format bytes into this message; the number of bytes read, as protobuf."""
+        from minicnn.proto.wire import parse_binary
+        self.MergeFrom(parse_binary(data, type(self).DESCRIPTOR.name,
+                                    path=f"<{type(self).DESCRIPTOR.name} bytes>"))
+        return len(data)
+
+    def ParseFromString(self, data):
+        """Replace the message's fields with those of wire-format bytes (protobuf's
+        ParseFromString, e.g. ``datum.ParseFromString(lmdb_value)``); the number of bytes."""
+        self.Clear()
+        return self.MergeFromString(data)
+
     def copy(self):
         clone = type(self)()
         clone.MergeFrom(self)
@@ -275,7 +293,8 @@ class Message:
 
     def __dir__(self):
         return list(type(self).DESCRIPTOR.fields_by_name) + [
-            "HasField", "ClearField", "Clear", "ListFields", "CopyFrom", "MergeFrom", "copy"]
+            "HasField", "ClearField", "Clear", "ListFields", "CopyFrom", "MergeFrom", "copy",
+            "SerializeToString", "ParseFromString", "MergeFromString"]
 
 
 def _scalar_equal(a, b):
