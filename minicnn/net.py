@@ -591,6 +591,8 @@ class Net:
         last = len(self.layers) - 1 if last is None else last
         loss = 0.0
         deferred = []
+        if self.device is None and cuda.mode() == "GPU":
+            self._warn_mode_changed()
         self._plan_fusions()
         i = first
         while i <= last:
@@ -622,6 +624,16 @@ class Net:
                 if weight:                # a device scalar on a GPU: not read here
                     loss = loss + weight * np.sum(top.data, dtype=np.float64)
         return loss, deferred
+
+    def _warn_mode_changed(self):
+        """Caffe reads its mode at every forward, so pycaffe's ``caffe.set_mode_gpu();
+        net.forward()`` runs a net made in CPU mode on the GPU; here a net stays where it was
+        made. Say so once, rather than let the CPU be timed as if it were the GPU."""
+        if not getattr(self, "_mode_warned", False):
+            self._mode_warned = True
+            warnings.warn("this net was made in CPU mode and runs on the CPU: set_mode_gpu() "
+                          "places the nets made after it on the GPU; make the net again (or "
+                          "pass device='cuda') to run it there", stacklevel=5)
 
     def _settle(self, loss, deferred):
         """The loss as a float; then the checks that GPU layers left (deferred_flag), raised

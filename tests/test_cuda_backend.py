@@ -6,6 +6,7 @@ host; and CPU nets untouched by all of it."""
 import os
 import sys
 import types
+import warnings
 
 import numpy as np
 import pytest
@@ -139,3 +140,19 @@ def test_cpu_nets_stay_numpy():
     assert net.device is None and net._mirrors == {}
     assert all(type(b.data) is np.ndarray for b in net.blobs.values())
     assert "device" not in repr(net.blobs["data"])
+
+
+def test_a_cpu_net_run_after_set_mode_gpu_warns_once(monkeypatch):
+    # pycaffe's notebooks time `caffe.set_mode_gpu(); net.forward()` on a net made before it;
+    # minicnn keeps that net on the CPU, and says so instead of running there silently
+    net = minicnn.Net(LENET, minicnn.TEST)
+    x = np.zeros(net.blobs["data"].shape, np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        net.forward(data=x)                          # CPU mode: nothing to say
+    monkeypatch.setitem(cuda._mode, "gpu", True)    # as set_mode_gpu() leaves it
+    with pytest.warns(UserWarning, match="made in CPU mode.*device='cuda'"):
+        net.forward(data=x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        net.forward(data=x)                          # once per net
