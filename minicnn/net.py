@@ -255,6 +255,7 @@ class Net:
         self.force_backward = param.force_backward
         self.net_param = insert_splits(filter_net(param, state))
         self.device, self._mirrors = None, {}
+        self._mode_warned = device is not None    # device="cpu" chosen: no set_mode_gpu note
         self._fusions = None              # minicnn/fusion.py's plan, made at the first forward
         self._fused_backwards = None      # its training chains by their last layer
         self._build()
@@ -629,7 +630,7 @@ class Net:
         """Caffe reads its mode at every forward, so pycaffe's ``caffe.set_mode_gpu();
         net.forward()`` runs a net made in CPU mode on the GPU; here a net stays where it was
         made. Say so once, rather than let the CPU be timed as if it were the GPU."""
-        if not getattr(self, "_mode_warned", False):
+        if not self._mode_warned:
             self._mode_warned = True
             warnings.warn("this net was made in CPU mode and runs on the CPU: set_mode_gpu() "
                           "places the nets made after it on the GPU; make the net again (or "

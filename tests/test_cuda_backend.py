@@ -156,3 +156,5 @@ def test_a_cpu_net_run_after_set_mode_gpu_warns_once(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         net.forward(data=x)                          # once per net
+        chosen = minicnn.Net(LENET, minicnn.TEST, device="cpu")
+        chosen.forward(data=x)                       # put on the CPU on purpose: no note
