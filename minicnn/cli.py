@@ -418,16 +418,16 @@ def data(args):
 
 @command
 def convert_imageset(args):
-    """Caffe's convert_imageset: a list of `path label` lines -> an LMDB of Datum records."""
+    """Caffe's convert_imageset: a list of `path label` lines -> an LMDB (or LevelDB) of
+    Datum records."""
     from minicnn.data.imageset import convert_imageset as convert
-    if args.backend != "lmdb":
-        raise MinicnnError("minicnn writes LMDB databases only (--backend lmdb, the default)")
     if (args.resize_height > 0) != (args.resize_width > 0):
         raise MinicnnError("give both --resize-height and --resize-width (images are resized "
                            "only when both are set)")
     n = convert(args.root, args.list_file, args.db, resize_height=args.resize_height,
                 resize_width=args.resize_width, gray=args.gray, shuffle=args.shuffle,
-                encoded=args.encoded, encode_type=args.encode_type, check_size=args.check_size)
+                encoded=args.encoded, encode_type=args.encode_type, check_size=args.check_size,
+                backend=args.backend)
     print(f"Processed {n} files into {args.db}" if n is not None else f"Wrote {args.db}")
     return 0
 
@@ -1306,14 +1306,14 @@ def build_parser():
     p.add_argument("--encode-type", default="", help="re-encode as png or jpg")
     p.add_argument("--check-size", action="store_true", help="all images must share a size")
     p.add_argument("--backend", choices=["lmdb", "leveldb"], default="lmdb", type=str.lower,
-                   help="database to write: lmdb (the default; minicnn writes no LevelDB)")
+                   help="database to write: lmdb (the default) or leveldb (needs plyvel)")
 
     p = sub.add_parser("compute-image-mean", help="LMDB -> mean .binaryproto")
     p.add_argument("db")
     p.add_argument("output", nargs="?")
     p.add_argument("--backend", choices=["lmdb", "leveldb"], default="lmdb", type=str.lower,
-                   help="the database's kind, as Caffe's flag (LMDB is recognised by its "
-                        "content; minicnn reads no LevelDB)")
+                   help="the database's kind, as Caffe's flag (either kind is recognised by "
+                        "its content)")
     p = sub.add_parser("upgrade", help="an old net (V1 layers, input_dim) or solver in the "
                                        "current format (Caffe's upgrade_*_proto_* tools)")
     p.add_argument("input", help="net prototxt, binary .caffemodel or solver prototxt")

@@ -88,10 +88,23 @@ def test_data_tools_take_caffes_backend_flag(tmp_path, capsys):
                  "-backend=lmdb"]) == 0
     assert main(["compute-image-mean", "-backend", "lmdb", str(tmp_path / "db"),
                  str(tmp_path / "mean.binaryproto")]) == 0
+    # LevelDB: the same records, the same mean, the same batches through a Data layer
     assert main(["convert-imageset", str(tmp_path), str(list_file), str(tmp_path / "db2"),
-                 "--backend", "leveldb"]) == 1
-    assert "LMDB databases only" in capsys.readouterr().err
-    assert not os.path.exists(tmp_path / "db2")
+                 "--backend", "leveldb"]) == 0
+    assert os.path.exists(tmp_path / "db2" / "CURRENT")
+    assert main(["compute-image-mean", "-backend", "leveldb", str(tmp_path / "db2"),
+                 str(tmp_path / "mean2.binaryproto")]) == 0
+    assert (tmp_path / "mean2.binaryproto").read_bytes() == \
+        (tmp_path / "mean.binaryproto").read_bytes()
+    outputs = []
+    for db, backend in (("db", "LMDB"), ("db2", "LEVELDB")):
+        net = tmp_path / f"{db}.prototxt"
+        net.write_text(f'layer {{ name: "d" type: "Data" top: "data" top: "label" data_param '
+                       f'{{ source: "{tmp_path / db}" batch_size: 5 backend: {backend} }} }}')
+        data_net = minicnn.Net(str(net), minicnn.TEST)
+        outputs.append([data_net.forward()["data"].copy() for _ in range(3)])
+        del data_net
+    np.testing.assert_array_equal(outputs[0], outputs[1])
 
 
 def test_stage_flag_is_comma_separated_as_caffes(tmp_path, capsys):

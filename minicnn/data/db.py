@@ -1,4 +1,4 @@
-"""Key-value databases of Datum records (Caffe's db::DB): LMDB reading and writing, and paths.
+"""Key-value databases of Datum records (Caffe's db::DB): LMDB and LevelDB, and paths.
 
     db = open_db("mnist_train_lmdb")          # read-only; keys listed once, in key order
     len(db), db.keys[0], db.get(db.keys[0])
@@ -6,7 +6,9 @@
     with LMDBWriter("out_lmdb") as w:        # commits in chunks; the map grows when full
         w.put("00000000", datum_bytes)
 
-Caffe also writes LevelDB; minicnn reads LMDB only and says so when given a LevelDB folder.
+``open_db`` tells the two kinds apart by their files (LMDB's data.mdb, LevelDB's CURRENT),
+whatever a prototxt's ``backend`` says; both list their keys in bytewise order, the order
+Caffe's cursors read them in. LevelDB goes through the plyvel package (pip install plyvel).
 ``resolve_path`` is the rule every data file follows: a relative path is looked up in the
 current directory first (Caffe's rule), then in the folders given (e.g. the prototxt's).
 """
@@ -136,25 +138,6 @@ class LMDBReader:
         self.close()
 
 
-def open_db(path, backend=None):
-    """Open a database of records for reading. LMDB is recognised by its content whatever
-    ``backend`` says ("LMDB"/"LEVELDB", Caffe's DataParameter.backend, whose default is
-    LEVELDB although nearly every net reads LMDB); a LevelDB folder is a clear error."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise DataError("database not found", path)
-    if os.path.isdir(path) and os.path.exists(os.path.join(path, "data.mdb")):
-        return LMDBReader(path)
-    if _is_leveldb(path):
-        raise DataError("this is a LevelDB database, which minicnn does not read: convert it to "
-                        "LMDB (e.g. re-run convert_imageset / the dataset script with "
-                        "backend lmdb, or copy its records with the plyvel and lmdb packages) "
-                        "and set backend: LMDB", path)
-    if os.path.isdir(path):
-        raise DataError("not an LMDB database (the folder has no data.mdb)", path)
-    return LMDBReader(path)               # a single-file LMDB (opened with subdir=False)
-
-
 class LMDBWriter:
     """Write records into a new LMDB folder (an existing one is an error unless ``overwrite``).
 
@@ -234,3 +217,137 @@ def replace_db(tmp_path, path):
     os.rename(tmp_path, path)
     if old:
         remove_db(old)
+
+
+_SHARED_LEVELDBS = weakref.WeakValueDictionary()   # real path -> open plyvel DB
+
+
+class _SharedLevelDB:
+    """One open LevelDB per folder and process: LevelDB locks its folder, so a train and a
+    test net reading the same database share it (as Caffe's data readers share a source)."""
+
+    def __init__(self, db):
+        self.db = db
+
+    def __del__(self):
+        try:
+            self.db.close()
+        except Exception:
+            pass
+
+
+def _plyvel():
+    return need("plyvel")
+
+
+class LevelDBReader(LMDBReader):
+    """A LevelDB of records, read as LMDBReader reads an LMDB: ``keys`` (bytes, in LevelDB's
+    bytewise order), ``get``, ``get_index``, ``get_many``, ``items``."""
+
+    def __init__(self, path):
+        plyvel = _plyvel()
+        self.path = path
+        real = os.path.realpath(path)
+        with _SHARED_LOCK:
+            shared = _SHARED_LEVELDBS.get(real)
+            if shared is None:
+                try:
+                    db = plyvel.DB(path, create_if_missing=False)
+                except plyvel.Error as e:
+                    raise DataError(f"cannot open as a LevelDB database: {e}", path) from None
+                shared = _SHARED_LEVELDBS[real] = _SharedLevelDB(db)
+        self._shared = shared
+        self.db = shared.db
+        self.keys = list(self.db.iterator(include_value=False))
+
+    def get(self, key):
+        if isinstance(key, str):
+            key = key.encode()
+        value = self.db.get(key)
+        if value is None:
+            raise DataError(f"no record with key {key!r}", self.path)
+        return value
+
+    def get_many(self, keys):
+        with self.db.snapshot() as snapshot:
+            values = [snapshot.get(k) for k in keys]
+        for k, v in zip(keys, values):
+            if v is None:
+                raise DataError(f"no record with key {k!r}", self.path)
+        return values
+
+    def items(self):
+        yield from self.db.iterator()
+
+    def close(self):
+        self.db = self._shared = None
+
+
+class LevelDBWriter:
+    """Write records into a new LevelDB folder, with Caffe's options (64 KiB blocks, a 256 MiB
+    write buffer), in batches of ``commit_every`` records, as LMDBWriter."""
+
+    def __init__(self, path, commit_every=1000, overwrite=False):
+        plyvel = _plyvel()
+        self.path = os.fspath(path)
+        if os.path.lexists(self.path):
+            if not overwrite:
+                raise DataError("already exists (remove it, or ask to overwrite it)", self.path)
+            remove_db(self.path)
+        self.db = plyvel.DB(self.path, create_if_missing=True, error_if_exists=True,
+                            block_size=65536, write_buffer_size=256 << 20)
+        self.commit_every = commit_every
+        self.count = 0
+        self._pending = []
+
+    put = LMDBWriter.put
+
+    def commit(self):
+        with self.db.write_batch() as batch:
+            for key, value in self._pending:
+                batch.put(key, value)
+        self.count += len(self._pending)
+        self._pending = []
+
+    def close(self):
+        if self.db is not None:
+            self.commit()
+            self.db.close()
+            self.db = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        if exc_type is None:
+            self.close()
+        elif self.db is not None:
+            self.db.close()
+            self.db = None
+
+
+def db_writer(path, backend="lmdb", **options):
+    """A writer of a new database of ``backend`` "lmdb" or "leveldb" (Caffe's --backend)."""
+    kinds = {"lmdb": LMDBWriter, "leveldb": LevelDBWriter}
+    if str(backend).lower() not in kinds:
+        raise DataError(f"unknown database backend '{backend}' (lmdb or leveldb)", path)
+    if str(backend).lower() == "leveldb":
+        options.pop("map_size", None)
+    return kinds[str(backend).lower()](path, **options)
+
+
+def open_db(path, backend=None):
+    """Open a database of records for reading. LMDB and LevelDB are recognised by their
+    content whatever ``backend`` says ("LMDB"/"LEVELDB", Caffe's DataParameter.backend, whose
+    default is LEVELDB although most nets read LMDB)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise DataError("database not found", path)
+    if os.path.isdir(path) and os.path.exists(os.path.join(path, "data.mdb")):
+        return LMDBReader(path)
+    if _is_leveldb(path):
+        return LevelDBReader(path)
+    if os.path.isdir(path):
+        raise DataError("neither an LMDB database (the folder has no data.mdb) nor a LevelDB "
+                        "one (no CURRENT file)", path)
+    return LMDBReader(path)               # a single-file LMDB (opened with subdir=False)

@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 
 from minicnn.data.datum import decode_datum, decode_image, encode_datum, read_image, serialize_datum
-from minicnn.data.db import LMDBWriter, open_db, remove_db, replace_db
+from minicnn.data.db import db_writer, open_db, remove_db, replace_db
 from minicnn.data.errors import DataError
 from minicnn.proto import caffe_pb2, serialize, write_binary
 
@@ -59,9 +59,10 @@ def _guess_encoding(name):
 
 def convert_imageset(root, list_file, db_path, resize_height=0, resize_width=0, gray=False,
                      shuffle=False, encoded=False, encode_type="", check_size=False, seed=None,
-                     overwrite=False, verbose=False):
+                     overwrite=False, verbose=False, backend="lmdb"):
     """Caffe's convert_imageset: the images of ``list_file`` (paths relative to ``root``) into a
-    new LMDB at ``db_path``; returns the number of records written.
+    new LMDB (``backend="leveldb"``: a LevelDB) at ``db_path``; returns the number of records
+    written.
 
     Each Datum holds the image as BGR (or gray, ``gray=True``) uint8 CHW, resized to
     (resize_height, resize_width) as Caffe resizes (OpenCV's bilinear, pixel for pixel) when
@@ -90,7 +91,7 @@ def convert_imageset(root, list_file, db_path, resize_height=0, resize_width=0, 
     size = None
     count = skipped = 0
     try:
-        with LMDBWriter(tmp) as writer:
+        with db_writer(tmp, backend) as writer:
             for index, (name, label, lineno) in enumerate(entries):
                 image_path = os.path.join(root, name) if root else name
                 try:

@@ -192,17 +192,42 @@ def test_lmdb_writer_refuses_an_existing_db_unless_overwrite(tmp_path):
     db.close()
 
 
-def test_leveldb_and_missing_sources_are_clear_errors(tmp_path):
+def test_leveldb_reads_like_lmdb(tmp_path):
+    from minicnn.data.db import LevelDBReader, db_writer
+    records = {f"{i:08d}_x".encode(): bytes([i]) * (i + 1) for i in (3, 0, 2, 1, 10)}
+    with db_writer(tmp_path / "l_leveldb", "leveldb", commit_every=2) as writer:
+        for key, value in records.items():                 # out of order: LevelDB sorts
+            writer.put(key, value)
+    assert writer.count == 5
+    db = open_db(str(tmp_path / "l_leveldb"), backend="LMDB")    # told by content, as LMDB
+    assert isinstance(db, LevelDBReader) and len(db) == 5
+    assert db.keys == sorted(records)
+    assert db.get_index(4) == records[b"00000010_x"] and db.get("00000002_x") == b"\2\2\2"
+    assert db.get_many(db.keys[:2]) == [records[k] for k in sorted(records)[:2]]
+    assert dict(db.items()) == records
+    second = open_db(str(tmp_path / "l_leveldb"))         # a second reader shares the open DB
+    assert second.keys == db.keys
+    with pytest.raises(DataError, match="no record with key b'nope'"):
+        db.get(b"nope")
+    db.close()
+    second.close()
+    with pytest.raises(DataError, match="already exists"):
+        db_writer(tmp_path / "l_leveldb", "leveldb")
+    with pytest.raises(DataError, match="unknown database backend 'rocksdb'"):
+        db_writer(tmp_path / "r", "rocksdb")
+
+
+def test_broken_and_missing_sources_are_clear_errors(tmp_path):
     level = tmp_path / "train_leveldb"
     level.mkdir()
     (level / "CURRENT").write_text("MANIFEST-000001\n")
     (level / "000003.ldb").write_bytes(b"")
-    with pytest.raises(DataError, match="LevelDB.*convert it to LMDB"):
+    with pytest.raises(DataError, match="cannot open as a LevelDB database"):
         open_db(str(level))
     with pytest.raises(DataError, match="database not found"):
         open_db(str(tmp_path / "missing"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="no data.mdb"):
+    with pytest.raises(DataError, match="no data.mdb.*no CURRENT file"):
         open_db(str(tmp_path / "empty"))
 
 

@@ -166,7 +166,7 @@ def test_data_layer_errors(tmp_path):
     level = tmp_path / "leveldb"
     level.mkdir()
     (level / "CURRENT").write_text("")
-    with pytest.raises(DataError, match="convert it to LMDB"):
+    with pytest.raises(DataError, match="cannot open as a LevelDB database"):
         DataLayer(source=str(level), batch_size=2)()
     make_lmdb(tmp_path / "db", n=2, shape=(1, 3, 3))
     with pytest.raises(LayerError, match=r"crop_size 4 is larger than the image \(3 x 3\)"):
