@@ -1341,7 +1341,7 @@ def build_parser():
     p.add_argument("--images", help="list file of images (`path label` or `path` lines)")
     p.add_argument("--iterations", type=int, help="batches of the net's own data layers")
     p.add_argument("--out", required=True, help="features file: .npy, .npz or .h5 (+ .txt), "
-                                                "or an LMDB folder named *lmdb")
+                                                "or a database folder named *lmdb / *leveldb")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--gpu", help="run the net on this GPU (e.g. 0)")
 

@@ -380,8 +380,8 @@ def save_features(path, features, labels=None):
     ``.h5``/``.hdf5``: datasets ``data`` and ``label`` (float32, Caffe's HDF5Data names) and a
     list file ``<stem>.txt`` beside it holding the .h5's absolute path, so a net can train on
     the features at once: ``hdf5_data_param { source: "<stem>.txt" batch_size: 32 }``.
-    A name ending in ``lmdb`` (``feats_lmdb``): an LMDB as Caffe's extract_features writes
-    it, one Datum of float_data per item keyed by its index in 10 digits, with the blob's
+    A name ending in ``lmdb`` (``feats_lmdb``) or ``leveldb``: the database Caffe's
+    extract_features writes, one Datum of float_data per item keyed by its index in 10 digits, with the blob's
     channels, height and width (1 for missing axes), and the label when given (a Data layer
     reads it back). Each file is written to a temporary name and renamed.
     """
@@ -392,11 +392,13 @@ def save_features(path, features, labels=None):
         labels = np.asarray(labels)
         if len(labels) != len(features):
             raise MinicnnError(f"{len(labels)} labels for {len(features)} features")
-    if path.rstrip("/\\").lower().endswith("lmdb"):
-        return [_save_features_lmdb(path.rstrip("/\\"), features, labels)]
+    name = path.rstrip("/\\")
+    if name.lower().endswith(("lmdb", "leveldb")):
+        backend = "leveldb" if name.lower().endswith("leveldb") else "lmdb"
+        return [_save_features_db(name, features, labels, backend)]
     if ext not in (".npy", ".npz", ".h5", ".hdf5"):
         raise MinicnnError(f"{path}: the features file must end in .npy, .npz or .h5, or "
-                           "the folder's name in lmdb")
+                           "the folder's name in lmdb or leveldb")
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
@@ -429,10 +431,11 @@ def save_features(path, features, labels=None):
     return written
 
 
-def _save_features_lmdb(path, features, labels):
-    """extract_features' LMDB: Datums of float_data keyed by the item's index in 10 digits."""
+def _save_features_db(path, features, labels, backend):
+    """extract_features' LMDB or LevelDB: Datums of float_data keyed by the item's index in
+    10 digits."""
     from minicnn.data.datum import encode_datum
-    from minicnn.data.db import LMDBWriter, replace_db
+    from minicnn.data.db import db_writer, replace_db
     if features.ndim > 4:
         raise MinicnnError(f"{path}: a Datum holds at most channels x height x width; the "
                            f"features have shape {features.shape}")
@@ -440,7 +443,7 @@ def _save_features_lmdb(path, features, labels):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    with LMDBWriter(tmp, overwrite=True) as writer:
+    with db_writer(tmp, backend, overwrite=True) as writer:
         for i, item in enumerate(features):
             label = 0 if labels is None else int(labels[i])
             datum = encode_datum(item.reshape(shape), label)

@@ -323,6 +323,10 @@ layer {{ name: "d" type: "Data" top: "data" top: "label"
     assert sorted(os.listdir(tmp_path)) == ["feats_lmdb", "net.prototxt"]   # no temp folders
     with pytest.raises(MinicnnError, match=r"at most channels x height x width"):
         save_features(tmp_path / "five_lmdb", np.zeros((2, 1, 1, 1, 1), np.float32))
+    save_features(tmp_path / "feats_leveldb", features, labels)       # extract_features' other
+    with open_db(str(tmp_path / "feats_leveldb")) as db:
+        assert os.path.exists(tmp_path / "feats_leveldb" / "CURRENT")
+        assert parse_binary(db.get_index(3), "Datum").label == 1
 
 
 def test_h5_features_train_a_classifier_through_hdf5data(tmp_path):
