@@ -152,6 +152,12 @@ def load_python_layer_class(module, layer, folder=None):
         raise LayerError(f"python_param: module '{module}' ({getattr(mod, '__file__', '?')}) has "
                          f"no class '{layer}'" + (f"; its classes: {', '.join(classes)}"
                                                   if classes else ""))
+    if issubclass(cls, Layer) and not issubclass(cls, PythonLayerBase):
+        raise LayerError(f"python_param: class '{layer}' of module '{module}' subclasses "
+                         "minicnn.Layer, the base of minicnn's built-in layers (what `import "
+                         "minicnn as caffe` makes caffe.Layer); a Python layer subclasses "
+                         "minicnn.PythonLayerBase, pycaffe's caffe.Layer: write "
+                         f"class {layer}(minicnn.PythonLayerBase)")
     missing = [m for m in ("setup", "reshape", "forward", "backward")
                if not callable(getattr(cls, m, None))]
     if missing:

@@ -271,6 +271,13 @@ def test_missing_module_class_or_methods_are_clear_errors(tmp_path):
     (tmp_path / "half_a_layer.py").write_text("class Half:\n    def setup(self, b, t): pass\n")
     with pytest.raises(NetError, match="lacks reshape, forward, backward"):
         minicnn.Net(net_with('module: "half_a_layer" layer: "Half"', tmp_path))
+    # `import minicnn as caffe` makes caffe.Layer minicnn's own base, not pycaffe's
+    (tmp_path / "caffe_style_layer.py").write_text(
+        "import minicnn as caffe\n\nclass Loss(caffe.Layer):\n"
+        "    def setup(self, bottom, top): pass\n")
+    with pytest.raises(NetError, match=r"'Loss' of module 'caffe_style_layer' subclasses "
+                                       r"minicnn.Layer.*class Loss\(minicnn.PythonLayerBase\)"):
+        minicnn.Net(net_with('module: "caffe_style_layer" layer: "Loss"', tmp_path))
     (tmp_path / "bad_syntax_layer.py").write_text("def oops(:\n")
     with pytest.raises(NetError, match=r"bad_syntax_layer.*failed to import: SyntaxError"):
         minicnn.Net(net_with('module: "bad_syntax_layer" layer: "X"', tmp_path))
