@@ -21,7 +21,7 @@ from minicnn.classifier import Classifier
 from minicnn.cuda import set_device, set_mode_cpu, set_mode_gpu
 from minicnn.detection import detect
 from minicnn.errors import LayerError, MinicnnError, NetError, PrototxtError, WireFormatError
-from minicnn.layer import LAYERS, Layer, create_layer, register
+from minicnn.layer import LAYERS, Layer, create_layer, layer_type_list, register
 from minicnn.layers.python_layer import PythonLayerBase
 from minicnn.net import TEST, TRAIN, Net
 from minicnn.net_spec import NetSpec, to_proto
@@ -38,4 +38,5 @@ __all__ = ["Blob", "Layer", "LAYERS", "Net", "TRAIN", "TEST", "create_layer", "r
            "NetError", "LayerError", "Solver", "get_solver", "TrainingDiverged", "SGDSolver",
            "NesterovSolver", "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver", "AdamSolver",
            "io", "deploy", "visualize", "detect", "PythonLayerBase", "set_mode_gpu",
-           "set_mode_cpu", "set_device", "NetSpec", "to_proto", "Detector", "Classifier"]
+           "set_mode_cpu", "set_device", "NetSpec", "to_proto", "Detector", "Classifier",
+           "layer_type_list"]

@@ -42,6 +42,11 @@ def register(type_name, *aliases):
     return decorate
 
 
+def layer_type_list():
+    """Every registered layer type, sorted (pycaffe's caffe.layer_type_list)."""
+    return sorted(LAYERS)
+
+
 def layer_class(type_name):
     cls = LAYERS.get(type_name)
     if cls is None:

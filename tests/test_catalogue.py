@@ -35,3 +35,9 @@ def test_layers_command(capsys):
     assert out.splitlines()[0].split() == ["type", "bottoms", "tops", "backward", "parameters",
                                            "backends"]
     assert any(line.startswith("Deconvolution ") for line in out.splitlines())
+
+
+def test_layer_type_list_is_pycaffes():
+    import minicnn
+    types = minicnn.layer_type_list()
+    assert types == sorted(minicnn.LAYERS) and {"Convolution", "Python", "LSTM"} <= set(types)
