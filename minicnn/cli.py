@@ -1223,8 +1223,9 @@ def build_parser():
     p.add_argument("solver_path", nargs="?", metavar="SOLVER",
                    help="solver prototxt, or a net prototxt with --max-iter and friends")
     p.add_argument("--solver", help="solver prototxt (Caffe's -solver)")
-    p.add_argument("--weights", help="fine-tune from these .caffemodel files (comma-separated)")
-    p.add_argument("--snapshot", help="resume from this .solverstate")
+    p.add_argument("--weights", help="fine-tune from these .caffemodel (or .caffemodel.h5) files "
+                                     "(comma-separated)")
+    p.add_argument("--snapshot", help="resume from this .solverstate (or .solverstate.h5)")
     p.add_argument("--gpu", help="train on this GPU (e.g. 0); several (0,1 or all) train "
                                  "data-parallel, one process per GPU")
     p.add_argument("--level", type=int, default=0)

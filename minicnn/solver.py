@@ -624,9 +624,10 @@ class Solver:
         return state
 
     def restore(self, path):
-        """Continue from a .solverstate (minicnn's or Caffe's): iteration, lr step, history,
-        the weights it names and, when minicnn wrote it, the data positions and RNG state.
-        The whole state is read and checked first: after an error the solver is as it was."""
+        """Continue from a .solverstate or .solverstate.h5 (minicnn's or Caffe's): iteration,
+        lr step, history, the weights it names and, when minicnn wrote it, the data positions
+        and RNG state. The whole state is read and checked first: after an error the solver is
+        as it was."""
         if os.fspath(path).endswith(".h5"):           # Caffe also tells the two by the name
             state = read_state_hdf5(path)
         else:
