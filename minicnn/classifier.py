@@ -21,6 +21,18 @@ from minicnn.errors import MinicnnError
 from minicnn.net import TEST, Net
 
 
+def image_input(net, who):
+    """(name, shape) of the net input that images feed: the first, an N x C x H x W one."""
+    if not net.inputs:
+        raise MinicnnError(f"a {who} needs a net with an Input layer to feed images to")
+    name = net.inputs[0]
+    shape = net.blobs[name].shape
+    if len(shape) != 4:
+        raise MinicnnError(f"input '{name}' has shape {shape}: images need an (N, C, H, W) "
+                           "input")
+    return name, shape
+
+
 class Classifier(Net):
     """caffe.Classifier: ``Classifier(model_file, pretrained_file, image_dims=None, mean=None,
     input_scale=None, raw_scale=None, channel_swap=None)``, a TEST-phase Net with a
@@ -30,13 +42,7 @@ class Classifier(Net):
     def __init__(self, model_file, pretrained_file, image_dims=None, mean=None,
                  input_scale=None, raw_scale=None, channel_swap=None):
         super().__init__(model_file, pretrained_file, TEST)
-        if not self.inputs:
-            raise MinicnnError("a Classifier needs a net with an Input layer to feed images to")
-        name = self.inputs[0]
-        shape = self.blobs[name].shape
-        if len(shape) != 4:
-            raise MinicnnError(f"input '{name}' has shape {shape}: images need an (N, C, H, W) "
-                               "input")
+        name, shape = image_input(self, "Classifier")
         self.transformer = io.image_transformer(name, shape, mean, input_scale, raw_scale,
                                                 channel_swap)
         self.crop_dims = np.array(shape[2:])

@@ -19,6 +19,7 @@ give the windows from any proposal method to detect_windows.
 
 import numpy as np
 
+from minicnn.classifier import image_input
 from minicnn.errors import MinicnnError
 from minicnn.io import image_transformer, load_image, resize_image
 from minicnn.net import TEST, Net
@@ -35,9 +36,9 @@ class Detector(Net):
     def __init__(self, model_file, pretrained_file, mean=None, input_scale=None,
                  raw_scale=None, channel_swap=None, context_pad=None, **net_options):
         super().__init__(model_file, pretrained_file, TEST, **net_options)
-        name = self.inputs[0]
-        self.transformer = image_transformer(name, self.blobs[name].shape, mean, input_scale,
-                                             raw_scale, channel_swap)
+        name, shape = image_input(self, "Detector")
+        self.transformer = image_transformer(name, shape, mean, input_scale, raw_scale,
+                                             channel_swap)
         self.configure_crop(context_pad)
 
     def configure_crop(self, context_pad):

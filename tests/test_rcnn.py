@@ -89,7 +89,7 @@ def test_context_padding_is_the_mean_colour_once_preprocessed(model, swap):
     assert np.array_equal(net.forward()["prob"][0], detections[0]["prediction"])
 
 
-def test_bad_windows_and_proposals_are_named(model):
+def test_bad_windows_and_proposals_are_named(model, tmp_path):
     deploy, weights, image_path = model
     detector = Detector(deploy, weights)
     with pytest.raises(MinicnnError, match=r"window \(5, 5, 5, 9\) is empty in the 20x24 image"):
@@ -98,6 +98,11 @@ def test_bad_windows_and_proposals_are_named(model):
         detector.detect_selective_search([image_path])
     with pytest.raises(MinicnnError, match="context_pad 5 leaves no room"):
         Detector(deploy, weights, context_pad=5)
+    flat = tmp_path / "flat.prototxt"
+    flat.write_text('layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 '
+                    'dim: 3 } } }\nlayer { name: "p" type: "Softmax" bottom: "x" top: "p" }')
+    with pytest.raises(MinicnnError, match=r"input 'x' has shape \(2, 3\): images need an"):
+        Detector(str(flat), None)
     padded = Detector(deploy, weights, context_pad=1)
     with pytest.raises(MinicnnError, match="lies outside the 20x24 image"):
         padded.crop(np.zeros((20, 24, 3), np.float32), (40, 40, 50, 50))
