@@ -19,6 +19,7 @@ Building a net, in Caffe's order:
 import functools
 import itertools
 import os
+import sys
 import warnings
 from collections import OrderedDict, defaultdict
 
@@ -63,6 +64,18 @@ def _is_hdf5(path):
                 offset = 512 if offset == 0 else offset * 2
     except (OSError, TypeError):
         return False
+
+
+def _log_to_stderr(message):
+    print(message, file=sys.stderr, flush=True)
+
+
+def _abs_mean(values):
+    """Caffe's asum / count of a blob's data or diff (debug_info), on either device."""
+    if values.size == 0:
+        return float("nan")
+    xp = cuda.array_module(values)
+    return float(xp.abs(values).sum(dtype=np.float64)) / values.size
 
 
 def as_phase(phase):
@@ -256,7 +269,12 @@ class Net:
         self.net_param = insert_splits(filter_net(param, state))
         self.device, self._mirrors = None, {}
         self._mode_warned = device is not None    # device="cpu" chosen: no set_mode_gpu note
+        # Caffe's debug_info: each layer's mean |value| logged after its forward and backward
+        # (a solver sets it on its display iterations); lines go to debug_log (stderr).
+        self.debug_info = bool(param.debug_info)
+        self.debug_log = _log_to_stderr
         self._fusions = None              # minicnn/fusion.py's plan, made at the first forward
+        self._fusions_debug = False       # the plan was made for debug_info (no fusions)
         self._fused_backwards = None      # its training chains by their last layer
         self._build()
         if weights is not None:
@@ -618,6 +636,8 @@ class Net:
                     layer.forward(bottoms, tops)
             except MinicnnError as e:
                 raise NetError(f"{self._describe(layer, bottoms)}: {e}") from None
+            if self.debug_info:
+                self._forward_debug_info(k)
             if layer.deferred_flag is not None:
                 deferred.append(k)
             for j, top in enumerate(tops):
@@ -658,6 +678,8 @@ class Net:
         first = self._layer_index(start) if start is not None else len(self.layers) - 1
         last = self._layer_index(end) if end is not None else 0
         self.backward_from_to(first, last)
+        if self.debug_info and start is None and end is None:
+            self._params_debug_info()
         names = self._bottom_lists[last] if end is not None else self.inputs
         return {n: self.blobs[n].diff for n in list(dict.fromkeys(list(names) + list(diffs or [])))}
 
@@ -708,13 +730,55 @@ class Net:
                         layer.backward(self.top_vecs[i], self.bottom_need_backward[i], bottoms)
                 except MinicnnError as e:
                     raise NetError(f"{self._describe(layer, bottoms)}: {e}") from None
+                if self.debug_info:
+                    self._backward_debug_info(i)
             i -= 1
 
     def _plan_fusions(self):
-        if self._fusions is None:
-            self._fusions = fusion.plan(self)
+        if self._fusions is None or self._fusions_debug != self.debug_info:
+            self._fusions_debug = self.debug_info     # fused chains skip the tops it reports
+            self._fusions = {} if self.debug_info else fusion.plan(self)
             self._fused_backwards = {c.first + c.count - 1: c for c in self._fusions.values()
                                      if hasattr(c, "run_backward")}
+
+    # --- debug_info: Caffe's Net::ForwardDebugInfo / BackwardDebugInfo -------------------------
+    def _param_display_name(self, k, j):
+        """Caffe's param_display_names_: the param's name if it has one, else its index."""
+        specs = self.layers[k].param.param
+        return specs[j].name if j < len(specs) and specs[j].name else str(j)
+
+    def _forward_debug_info(self, k):
+        layer = self.layers[k]
+        for name, top in zip(self._top_lists[k], self.top_vecs[k]):
+            self.debug_log(f"    [Forward] Layer {layer.name}, top blob {name} data: "
+                           f"{_abs_mean(top.data):.6g}")
+        for j, blob in enumerate(layer.blobs):
+            self.debug_log(f"    [Forward] Layer {layer.name}, param blob "
+                           f"{self._param_display_name(k, j)} data: {_abs_mean(blob.data):.6g}")
+
+    def _backward_debug_info(self, k):
+        layer = self.layers[k]
+        for name, blob, needed in zip(self._bottom_lists[k], self.bottom_vecs[k],
+                                      self.bottom_need_backward[k]):
+            if needed:
+                self.debug_log(f"    [Backward] Layer {layer.name}, bottom blob {name} diff: "
+                               f"{_abs_mean(blob.diff):.6g}")
+        for j, blob in enumerate(layer.blobs):
+            if j < len(layer.param_propagate_down) and layer.param_propagate_down[j]:
+                self.debug_log(f"    [Backward] Layer {layer.name}, param blob {j} diff: "
+                               f"{_abs_mean(blob.diff):.6g}")
+
+    def _params_debug_info(self):
+        """Net::Backward's summary: L1 and L2 norms of every learnable parameter."""
+        sums = np.zeros(4)
+        for blob in self.learnable_params:
+            for n, values in enumerate((blob.data, blob.diff)):
+                xp = cuda.array_module(values)
+                sums[n] += float(xp.abs(values).sum(dtype=np.float64))
+                sums[2 + n] += float((values.astype(np.float64) ** 2).sum())
+        self.debug_log(f"    [Backward] All net params (data, diff): L1 norm = ({sums[0]:.6g}, "
+                       f"{sums[1]:.6g}); L2 norm = ({np.sqrt(sums[2]):.6g}, "
+                       f"{np.sqrt(sums[3]):.6g})")
 
     def forward_backward(self):
         """One forward and backward pass (loss tops seeded with their loss_weight); the loss.

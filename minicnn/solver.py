@@ -183,8 +183,11 @@ class Solver:
         self.device = cuda.resolve_device(device)
         self.net = self._train_net(train_batch_size)
         self.test_nets = self._test_nets()
+        for net in [self.net] + self.test_nets:
+            net.debug_log = self.log
         for test_net in self.test_nets:
             test_net.share_with(self.net)
+            test_net.debug_info = bool(param.debug_info)
         for models in param.weights:         # the solver file's weights: fine-tune from them
             self.load_weights(models)
         self.iter = 0
@@ -324,6 +327,7 @@ class Solver:
             for on_start, _ in self.callbacks:
                 on_start()
             display = p.display and self.iter % p.display == 0
+            self.net.debug_info = bool(display and p.debug_info)    # as Caffe's Step
             if steps:
                 loss = self._forward_backward_taking(steps)
             else:
@@ -510,7 +514,7 @@ class Solver:
         """{param_id: ParamStep} for this iteration's steps the layers may take."""
         p = self.param
         if p.iter_size > 1 or p.clip_gradients >= 0 or self.gradient_reducer is not None \
-                or self.callbacks or os.environ.get("MINICNN_FUSE", "1") == "0":
+                or self.callbacks or p.debug_info or os.environ.get("MINICNN_FUSE", "1") == "0":
             return {}
         rate = None
         steps = {}
