@@ -254,7 +254,15 @@ class LevelDBReader(LMDBReader):
                 try:
                     db = plyvel.DB(path, create_if_missing=False)
                 except plyvel.Error as e:
-                    raise DataError(f"cannot open as a LevelDB database: {e}", path) from None
+                    reason = e.args[0].decode(errors="replace") if e.args and isinstance(
+                        e.args[0], bytes) else str(e)
+                    if "lock" in reason.lower():
+                        raise DataError("another process has this LevelDB open (LevelDB allows "
+                                        "one; data-parallel ranks each open their sources): "
+                                        "convert it to LMDB, which any number of processes "
+                                        "read", path) from None
+                    raise DataError(f"cannot open as a LevelDB database: {reason}",
+                                    path) from None
                 shared = _SHARED_LEVELDBS[real] = _SharedLevelDB(db)
         self._shared = shared
         self.db = shared.db

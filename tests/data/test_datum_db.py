@@ -1,6 +1,7 @@
 """Datum <-> arrays, image decoding in OpenCV's BGR order, and LMDB reading and writing."""
 
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -207,6 +208,13 @@ def test_leveldb_reads_like_lmdb(tmp_path):
     assert dict(db.items()) == records
     second = open_db(str(tmp_path / "l_leveldb"))         # a second reader shares the open DB
     assert second.keys == db.keys
+    other_process = subprocess.run(
+        [sys.executable, "-c", "from minicnn.data.db import open_db\n"
+         "from minicnn.data.errors import DataError\n"
+         f"try: open_db({str(tmp_path / 'l_leveldb')!r})\n"
+         "except DataError as e: print(e)"], capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert "another process has this LevelDB open" in other_process.stdout, other_process
     with pytest.raises(DataError, match="no record with key b'nope'"):
         db.get(b"nope")
     db.close()
