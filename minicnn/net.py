@@ -185,6 +185,14 @@ def _known(blobs):
     return f"; known blobs: {', '.join(names)}" if names else "; no blob is produced before it"
 
 
+def _automatic_name(blobs):
+    """Caffe's name for the top it gives a loss layer that names none, made unique here."""
+    name, k = "(automatic)", 1
+    while name in blobs:
+        name, k = f"(automatic){k}", k + 1
+    return name
+
+
 def _items(value, real):
     """A host copy of a batch's first ``real`` items; a 0-axis blob (a loss) as one value."""
     value = np.array(cuda.to_host(value))
@@ -328,8 +336,13 @@ class Net:
                     need = layer_param.propagate_down[j]
                 bottom_need.append(need)
                 need_backward |= blob_need_backward[blob_name]
-            tops = []
-            for j, blob_name in enumerate(layer_param.top):
+            tops, top_names = [], list(layer_param.top)
+            n_named = len(top_names)
+            if layer.is_loss:       # Caffe's AutoTopBlobs: a loss layer with no top gets one
+                needed = max(layer.min_num_top or 0, layer.exact_num_top or 0)
+                while len(top_names) < needed:
+                    top_names.append(_automatic_name(self.blobs))
+            for j, blob_name in enumerate(top_names):
                 in_place = j < len(layer_param.bottom) and layer_param.bottom[j] == blob_name
                 if in_place:
                     blob = self.blobs[blob_name]
@@ -343,7 +356,8 @@ class Net:
                 if ltype == "Input":
                     self.inputs.append(blob_name)
                 tops.append(blob)
-                available.append(blob_name)
+                if j < n_named:     # an automatic top is no net output (as in Caffe)
+                    available.append(blob_name)
             layer.dtype = self.dtype
             layer.source_dir = self.source_dir
             self._setup_layer(layer, bottoms, tops)
@@ -361,13 +375,13 @@ class Net:
             self.bottom_vecs.append(bottoms)
             self.top_vecs.append(tops)
             self.bottom_names[name] = list(layer_param.bottom)
-            self.top_names[name] = list(layer_param.top)
+            self.top_names[name] = top_names
             self._bottom_lists.append(list(layer_param.bottom))
-            self._top_lists.append(list(layer_param.top))
+            self._top_lists.append(top_names)
             self.layer_need_backward.append(need_backward)
             self.bottom_need_backward.append(bottom_need)
             if need_backward:
-                for blob_name in layer_param.top:
+                for blob_name in top_names:
                     blob_need_backward[blob_name] = True
         self.outputs = sorted(dict.fromkeys(available))   # Caffe keeps them in a std::set
         self._prune_backward()
@@ -978,7 +992,7 @@ class Net:
             for j, blob in enumerate(self.top_vecs[i]):
                 if not np.all(np.isfinite(blob.data)):
                     return (f"layer '{layer.name}' ({layer.type}) is the first whose output "
-                            f"'{layer.param.top[j]}' is not finite")
+                            f"'{self._top_lists[i][j]}' is not finite")
         return None
 
     # --- weights --------------------------------------------------------------------------------

@@ -262,6 +262,24 @@ def test_loss_weight_zero_turns_a_loss_off():
     assert net.loss == 0 and net.layer_need_backward == [False, False, False]
 
 
+def test_a_loss_layer_without_a_top_gets_an_automatic_one():
+    # Caffe's AutoTopBlobs: examples/mnist/lenet_consolidated_solver.prototxt's V1 SOFTMAX_LOSS
+    # names no top; Caffe still computes and backpropagates that loss, from a top that is no
+    # net output. Two such layers must not share one blob.
+    net = net_from(X + """
+        layer { name: "a" type: "TestAffine" bottom: "x" top: "y" }
+        layer { name: "l" type: "EuclideanLoss" bottom: "y" bottom: "x" }
+        layer { name: "l2" type: "EuclideanLoss" bottom: "y" bottom: "x" loss_weight: 2 }""",
+                   dtype=np.float64)
+    x = np.ones((2, 3))
+    assert net.outputs == [] and net.top_names["l"] == ["(automatic)"]
+    net.forward(x=x)
+    assert net.loss == pytest.approx(3 * np.sum((2 * x + 0 - x) ** 2) / 2 / 2)
+    assert net.layer_need_backward[net.layer_names.index("a")]
+    net.backward()
+    assert net.params["a"][1].diff[0] == pytest.approx(3 * np.sum(x) / 2)
+
+
 def test_pruning_lr_mult_zero_and_propagate_down():
     net = net_from(X + """
         layer { name: "frozen" type: "TestAffine" bottom: "x" top: "y"
