@@ -337,7 +337,7 @@ def _train(args, world):
         return 0
     finals = {k: v for k, v in monitor.last_test.items()}
     if finals:
-        print(f"Final test at iteration {solver.iter}: "
+        print(f"Final test at iteration {monitor.last_test_iter}: "
               + ", ".join(f"{k.split('/', 1)[1]} = {v:.4g}" for k, v in finals.items()))
     if solver.last_snapshot:
         print(f"Weights: {solver.last_snapshot}")

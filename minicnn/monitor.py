@@ -32,7 +32,7 @@ class TrainingMonitor:
         self.log_file = open(self.log_path, "a", encoding="utf-8")
         self.rows = {}                          # iteration -> {column: value}
         self.columns = ["iteration", "loss", "smoothed_loss", "lr"]
-        self.last_test = {}
+        self.last_test, self.last_test_iter = {}, None
         self.bar = self._make_bar(progress)
         self._t0, self._it0 = time.perf_counter(), solver.iter
         solver._log = self.log
@@ -77,6 +77,7 @@ class TrainingMonitor:
 
     def _on_test(self, solver, index, outputs):
         row = self.rows.setdefault(solver.iter, {"iteration": solver.iter})
+        self.last_test_iter = solver.iter
         for name, value in outputs.items():
             if isinstance(value, float):
                 column = f"test{index}/{name}"

@@ -156,6 +156,8 @@ def test_train_and_test_commands(tiny_setup, capsys):
     assert main(["train", str(solver_file), "--snapshot", f"{prefix}_iter_5.solverstate",
                  "--max-iter", "14", "--no-progress"]) == 0
     assert os.path.exists(f"{prefix}_iter_14.caffemodel")
+    out = capsys.readouterr().out       # tests at 8 and 12 (test_interval 4), none at 14
+    assert "Final test at iteration 12: acc = " in out
     assert main(["train", str(solver_file), "--weights", f"{prefix}_iter_12.caffemodel",
                  "--snapshot", f"{prefix}_iter_5.solverstate"]) == 1
     assert "not both" in capsys.readouterr().err
