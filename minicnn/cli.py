@@ -13,6 +13,7 @@
     minicnn draw NET.prototxt net.png --rankdir TB --phase TRAIN       # Caffe's draw_net.py
     minicnn classify cat.jpg @more.txt --model M --weights W --labels synset_words.txt
     minicnn extract --model M --weights W --blob pool --images list.txt --out feats.h5
+    minicnn extract-features W.caffemodel net.prototxt fc7,fc8 fc7_db,fc8_db 10 lmdb    # Caffe's
     minicnn retrieve --model M --weights W --blob pool --database list.txt --query q.jpg -k 5
     minicnn visualize --model M --weights W --layer conv1 --out filters.png
     minicnn data segmentation-digits                     # images + per-pixel labels
@@ -671,6 +672,41 @@ def extract(args):
     print(f"Extracted {len(features)} features of shape {features.shape[1:]} from blob "
           f"'{args.blob}'" + (" with labels" if labels is not None else "") + " -> "
           + ", ".join(written))
+    return 0
+
+
+@command
+def extract_features(args):
+    """Caffe's extract_features tool with its positional arguments: the net's own data layers
+    run num_mini_batches times (TEST phase), each named blob into a new database of Datums of
+    float values keyed by the item index (no label, as Caffe's)."""
+    from minicnn import Net, cuda
+    from minicnn.deploy import run_data_layers, save_features_db
+    blobs = [b for b in args.blob_names.split(",") if b]
+    datasets = [d for d in args.dataset_names.split(",") if d]
+    if len(blobs) != len(datasets):
+        raise MinicnnError(f"{len(blobs)} blob name(s) but {len(datasets)} dataset name(s): "
+                           "give one dataset per blob (comma-separated, in the same order)")
+    backend = args.db_type.lower()
+    if backend not in ("lmdb", "leveldb"):
+        raise MinicnnError(f"db_type must be lmdb or leveldb, not '{args.db_type}'")
+    existing = [d for d in datasets if os.path.lexists(d)]
+    if existing:
+        raise MinicnnError(f"{', '.join(existing)}: already exists (extract_features makes new "
+                           "databases)")
+    mode = (args.mode or "CPU").upper()
+    if mode not in ("CPU", "GPU"):
+        raise MinicnnError(f"the mode must be CPU or GPU, not '{args.mode}'")
+    device = None
+    if mode == "GPU":
+        device = int(args.device_id.split("=")[-1]) if args.device_id else 0
+        cuda.check_device(device)
+    net = Net(args.proto, weights=args.weights, phase="TEST", device=device)
+    features, _ = run_data_layers(net, blobs, args.num_mini_batches, _progress(args))
+    for blob, dataset in zip(blobs, datasets):
+        save_features_db(dataset, features[blob], None, backend)
+        print(f"Extracted features of {len(features[blob])} query images for feature blob "
+              f"{blob} -> {dataset}")
     return 0
 
 
@@ -1345,6 +1381,18 @@ def build_parser():
                                                 "or a database folder named *lmdb / *leveldb")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--gpu", help="run the net on this GPU (e.g. 0)")
+
+    p = sub.add_parser("extract-features", help="Caffe's extract_features, its positional "
+                                                "arguments as Caffe takes them")
+    p.add_argument("weights", help="pretrained_net_param: the .caffemodel")
+    p.add_argument("proto", help="feature_extraction_proto_file: a net with data layers")
+    p.add_argument("blob_names", help="extract_feature_blob_name1[,name2,...]")
+    p.add_argument("dataset_names", help="save_feature_dataset_name1[,name2,...]")
+    p.add_argument("num_mini_batches", type=_positive_int, help="batches to run")
+    p.add_argument("db_type", help="lmdb or leveldb")
+    p.add_argument("mode", nargs="?", default="CPU", help="CPU (default) or GPU")
+    p.add_argument("device_id", nargs="?", help="the GPU (DEVICE_ID=0 or 0; default 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("retrieve", help="database images most similar to a query image")
     _add_deploy_options(p)

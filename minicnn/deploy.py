@@ -198,24 +198,25 @@ def run_images(net, image_input, images, blob, batch_size=10, progress=False, pe
     return np.concatenate(out).astype(np.float32, copy=False)
 
 
-def _run_data_layers(net, blob, iterations, progress):
+def run_data_layers(net, blobs, iterations, progress=None):
     """Caffe's extract_features: forward the net's own data layers ``iterations`` times,
-    collecting ``blob`` and, when the net has one, the ``label`` blob."""
-    _check_blob(net, blob)
+    collecting each of ``blobs`` (names) and, when the net has one, the ``label`` blob;
+    returns ({blob: (N, ...) float32}, labels or None)."""
+    for blob in blobs:
+        _check_blob(net, blob)
     if not any(not layer.param.bottom and layer.type != "Input" for layer in net.layers):
         raise MinicnnError("the net has no data layers to read from: give images instead")
     if int(iterations) <= 0:
         raise MinicnnError(f"iterations must be positive, not {iterations}")
-    has_label = "label" in net.blobs and blob != "label"
-    last = _last_writer(net, blob)
-    if has_label:
-        last = max(last, _last_writer(net, "label"))
-    features, labels = [], []
+    has_label = "label" in net.blobs and "label" not in blobs
+    last = max(_last_writer(net, b) for b in blobs + ["label"] * has_label)
+    features, labels = {blob: [] for blob in blobs}, []
     bar = _progress_bar(int(iterations), progress, "batch")
     try:
         for _ in range(int(iterations)):
             net.forward_from_to(0, last)
-            features.append(np.array(to_host(net.blobs[blob].data), dtype=np.float32))
+            for blob in blobs:
+                features[blob].append(np.array(to_host(net.blobs[blob].data), dtype=np.float32))
             if has_label:
                 labels.append(np.array(to_host(net.blobs["label"].data), dtype=np.float32))
             if bar is not None:
@@ -223,7 +224,7 @@ def _run_data_layers(net, blob, iterations, progress):
     finally:
         if bar is not None:
             bar.close()
-    features = np.concatenate(features)
+    features = {blob: np.concatenate(parts) for blob, parts in features.items()}
     if not has_label:
         return features, None
     labels = np.concatenate(labels)
@@ -362,7 +363,8 @@ def extract_features(net, blob, images=None, batch_size=10, progress=None, itera
     if images is None:
         if iterations is None:
             raise MinicnnError("give images, or iterations to run the net's own data layers")
-        return _run_data_layers(net, blob, iterations, progress)
+        features, labels = run_data_layers(net, [blob], iterations, progress)
+        return features[blob], labels
     labels = None
     if isinstance(images, (str, bytes)) or hasattr(images, "__fspath__"):
         images, labels = read_image_list(images, root_folder)
@@ -395,7 +397,7 @@ def save_features(path, features, labels=None):
     name = path.rstrip("/\\")
     if name.lower().endswith(("lmdb", "leveldb")):
         backend = "leveldb" if name.lower().endswith("leveldb") else "lmdb"
-        return [_save_features_db(name, features, labels, backend)]
+        return [save_features_db(name, features, labels, backend)]
     if ext not in (".npy", ".npz", ".h5", ".hdf5"):
         raise MinicnnError(f"{path}: the features file must end in .npy, .npz or .h5, or "
                            "the folder's name in lmdb or leveldb")
@@ -431,7 +433,7 @@ def save_features(path, features, labels=None):
     return written
 
 
-def _save_features_db(path, features, labels, backend):
+def save_features_db(path, features, labels=None, backend="lmdb"):
     """extract_features' LMDB or LevelDB: Datums of float_data keyed by the item's index in
     10 digits."""
     from minicnn.data.datum import encode_datum

@@ -352,6 +352,43 @@ layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: 
     assert s.net.forward_from_to() < first / 2                      # it learns
 
 
+def test_extract_features_takes_caffes_positional_arguments(tmp_path, capsys):
+    from minicnn.data.db import open_db
+    from minicnn.proto import parse_binary
+    model = image_data_net(tmp_path)
+    minicnn.set_random_seed(4)
+    weights = str(tmp_path / "w.caffemodel")
+    minicnn.Net(model, minicnn.TEST).save(weights)
+    fc_db, data_db = str(tmp_path / "fc_feats"), str(tmp_path / "data_feats")
+    assert main(["extract-features", weights, model, "fc,data", f"{fc_db},{data_db}", "3",
+                 "leveldb", "CPU"]) == 0
+    assert f"Extracted features of 6 query images for feature blob fc -> {fc_db}" in \
+        capsys.readouterr().out
+    net = minicnn.Net(model, weights, minicnn.TEST)                   # the same batches by hand
+    expected = {"fc": [], "data": []}
+    for _ in range(3):
+        out = net.forward(blobs=["data", "fc"])
+        expected["fc"].append(out["fc"].copy())
+        expected["data"].append(out["data"].copy())
+    for blob, db_path, shape in (("fc", fc_db, (5, 1, 1)), ("data", data_db, (3, 8, 8))):
+        with open_db(db_path) as db:
+            assert db.keys == [f"{i:010d}".encode() for i in range(6)]
+            datums = [parse_binary(db.get_index(i), "Datum") for i in range(6)]
+        assert all((d.channels, d.height, d.width) == shape for d in datums)
+        assert not any(d.HasField("label") for d in datums)               # as Caffe's tool
+        np.testing.assert_array_equal(np.stack([d.float_data for d in datums]),
+                                      np.concatenate(expected[blob]).reshape(6, -1))
+    assert main(["extract-features", weights, model, "fc", fc_db, "1", "lmdb"]) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert main(["extract-features", weights, model, "fc,data", "x", "1", "lmdb"]) == 1
+    assert "2 blob name(s) but 1 dataset name(s)" in capsys.readouterr().err
+    assert main(["extract-features", weights, model, "fc", "y", "1", "rocksdb"]) == 1
+    assert "db_type must be lmdb or leveldb" in capsys.readouterr().err
+    assert main(["extract-features", weights, model, "nope", str(tmp_path / "z"), "1",
+                 "lmdb"]) == 1
+    assert "nope" in capsys.readouterr().err and not os.path.exists(tmp_path / "z")
+
+
 def test_extract_command_from_data_layers_and_images(tmp_path, tiny, capsys):
     model = image_data_net(tmp_path)
     assert main(["extract", "--model", model, "--blob", "fc", "--iterations", "2",
