@@ -37,11 +37,11 @@ class Classifier(Net):
     """caffe.Classifier: ``Classifier(model_file, pretrained_file, image_dims=None, mean=None,
     input_scale=None, raw_scale=None, channel_swap=None)``, a TEST-phase Net with a
     ``transformer`` (minicnn.io.Transformer) for its first input, ``crop_dims`` (the input's
-    H x W) and ``image_dims``."""
+    H x W) and ``image_dims``. Other keywords go to Net (``device="cuda"``, ``dtype``)."""
 
     def __init__(self, model_file, pretrained_file, image_dims=None, mean=None,
-                 input_scale=None, raw_scale=None, channel_swap=None):
-        super().__init__(model_file, pretrained_file, TEST)
+                 input_scale=None, raw_scale=None, channel_swap=None, **net_options):
+        super().__init__(model_file, pretrained_file, TEST, **net_options)
         name, shape = image_input(self, "Classifier")
         self.transformer = io.image_transformer(name, shape, mean, input_scale, raw_scale,
                                                 channel_swap)

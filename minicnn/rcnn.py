@@ -30,7 +30,8 @@ class Detector(Net):
 
     ``mean`` (per channel, or a C x H x W image), ``input_scale``, ``raw_scale`` and
     ``channel_swap`` configure the Transformer of the first input as pycaffe does, images being
-    H x W x C RGB in [0, 1] (``minicnn.io.load_image``).
+    H x W x C RGB in [0, 1] (``minicnn.io.load_image``). Other keywords go to Net
+    (``device="cuda"``, ``dtype``).
     """
 
     def __init__(self, model_file, pretrained_file, mean=None, input_scale=None,

@@ -8,6 +8,7 @@ import minicnn
 from minicnn import Detector
 from minicnn.errors import MinicnnError
 from minicnn.io import Transformer, load_image
+from tests.gpu.conftest import gpu  # noqa: F401  (the emulator, and a GPU where there is one)
 
 DEPLOY = """
 layer { name: "data" type: "Input" top: "data"
@@ -106,3 +107,20 @@ def test_bad_windows_and_proposals_are_named(model, tmp_path):
     padded = Detector(deploy, weights, context_pad=1)
     with pytest.raises(MinicnnError, match="lies outside the 20x24 image"):
         padded.crop(np.zeros((20, 24, 3), np.float32), (40, 40, 50, 50))
+
+
+def test_detector_and_classifier_on_the_gpu_predict_what_the_cpu_does(model, gpu):
+    deploy, weights, image_path = model
+    options = {"mean": np.array([104.0, 117.0, 123.0]), "raw_scale": 255,
+               "channel_swap": (2, 1, 0)}
+    windows = [(image_path, [(0, 0, 10, 10), (3, 5, 18, 20), (5, 2, 9, 23)])]
+    cpu = Detector(deploy, weights, context_pad=2, **options).detect_windows(windows)
+    dev = Detector(deploy, weights, context_pad=2, device="cuda:0", **options)
+    assert dev.device == 0
+    for a, b in zip(cpu, dev.detect_windows(windows)):
+        np.testing.assert_allclose(b["prediction"], a["prediction"], rtol=1e-5, atol=1e-7)
+    image = load_image(image_path)
+    want = minicnn.Classifier(deploy, weights, image_dims=(12, 12), **options).predict([image])
+    got = minicnn.Classifier(deploy, weights, image_dims=(12, 12), device="cuda:0",
+                             **options).predict([image])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
