@@ -497,6 +497,21 @@ class Net:
         """The blob names in the order the net made them (pycaffe's ``net._blob_names``)."""
         return list(self.blobs)
 
+    @property
+    def _blobs(self):
+        """The blobs in that order (pycaffe's ``net._blobs``)."""
+        return list(self.blobs.values())
+
+    @property
+    def _inputs(self):
+        """The inputs' indices among the blobs (pycaffe's ``net._inputs``)."""
+        return [self._blob_names.index(name) for name in self.inputs]
+
+    @property
+    def _outputs(self):
+        """The outputs' indices among the blobs (pycaffe's ``net._outputs``)."""
+        return [self._blob_names.index(name) for name in self.outputs]
+
     def _layer_index(self, name):
         try:
             return self._layer_names.index(name)

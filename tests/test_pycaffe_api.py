@@ -227,6 +227,8 @@ def test_forward_backward_all_starts_loss_tops_from_their_loss_weight():
 def test_forward_and_backward_by_layer_index():
     net = minicnn.Net(small_net_param(force_backward=True), minicnn.TEST)
     assert net._blob_names == ["data", "conv", "ip", "prob"] == list(net.blobs)
+    assert net._blobs[2] is net.blobs["ip"]
+    assert net._inputs == [0] and net._outputs == [3]              # pycaffe's index lists
     x = RNG.standard_normal((3, 3, 6, 6)).astype(np.float32)
     g = RNG.standard_normal((3, 5)).astype(np.float32)
     want = net.forward(data=x)["prob"].copy()
