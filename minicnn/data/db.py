@@ -138,23 +138,18 @@ class LMDBReader:
         self.close()
 
 
-class LMDBWriter:
-    """Write records into a new LMDB folder (an existing one is an error unless ``overwrite``).
+class _RecordWriter:
+    """What the two writers share: a new folder (an existing one is an error unless
+    ``overwrite``), puts buffered and committed every ``commit_every`` records, and a context
+    manager that commits on success and only closes after an error. Subclasses open
+    ``self._store`` and write a chunk in ``commit``."""
 
-    Puts are buffered and committed every ``commit_every`` records; when the memory map is
-    full, the map size is doubled and the chunk written again, so ``map_size`` is only a
-    starting guess (LMDB files are sparse: a large map costs no disk)."""
-
-    def __init__(self, path, map_size=1 << 28, commit_every=1000, overwrite=False):
-        lmdb = _lmdb()
+    def _new_folder(self, path, overwrite, commit_every):
         self.path = os.fspath(path)
-        if os.path.exists(self.path):
+        if os.path.lexists(self.path):
             if not overwrite:
                 raise DataError("already exists (remove it, or ask to overwrite it)", self.path)
             remove_db(self.path)
-        os.makedirs(self.path)
-        self.map_size = int(map_size)
-        self.env = lmdb.open(self.path, map_size=self.map_size, subdir=True, meminit=False)
         self.commit_every = commit_every
         self.count = 0
         self._pending = []
@@ -163,31 +158,17 @@ class LMDBWriter:
         if isinstance(key, str):
             key = key.encode()
         if not key or len(key) > 511:
-            raise DataError(f"LMDB keys must be 1 to 511 bytes, got {len(key)}: {key[:60]!r}",
-                            self.path)
+            raise DataError(f"keys must be 1 to 511 bytes (LMDB's limit), got {len(key)}: "
+                            f"{key[:60]!r}", self.path)
         self._pending.append((key, bytes(value)))
         if len(self._pending) >= self.commit_every:
             self.commit()
 
-    def commit(self):
-        lmdb = _lmdb()
-        while self._pending:
-            try:
-                with self.env.begin(write=True) as txn:
-                    for key, value in self._pending:
-                        txn.put(key, value)
-            except lmdb.MapFullError:
-                self.map_size *= 2                # the aborted chunk is written again
-                self.env.set_mapsize(self.map_size)
-                continue
-            self.count += len(self._pending)
-            self._pending = []
-
     def close(self):
-        if self.env is not None:
+        if self._store is not None:
             self.commit()
-            self.env.close()
-            self.env = None
+            self._store.close()
+            self._store = None
 
     def __enter__(self):
         return self
@@ -195,9 +176,36 @@ class LMDBWriter:
     def __exit__(self, exc_type, *exc):
         if exc_type is None:
             self.close()
-        elif self.env is not None:
-            self.env.close()
-            self.env = None
+        elif self._store is not None:
+            self._store.close()
+            self._store = None
+
+
+class LMDBWriter(_RecordWriter):
+    """Write records into a new LMDB folder. When the memory map is full, the map size is
+    doubled and the chunk written again, so ``map_size`` is only a starting guess (LMDB files
+    are sparse: a large map costs no disk)."""
+
+    def __init__(self, path, map_size=1 << 28, commit_every=1000, overwrite=False):
+        lmdb = _lmdb()
+        self._new_folder(path, overwrite, commit_every)
+        os.makedirs(self.path)
+        self.map_size = int(map_size)
+        self._store = lmdb.open(self.path, map_size=self.map_size, subdir=True, meminit=False)
+
+    def commit(self):
+        lmdb = _lmdb()
+        while self._pending:
+            try:
+                with self._store.begin(write=True) as txn:
+                    for key, value in self._pending:
+                        txn.put(key, value)
+            except lmdb.MapFullError:
+                self.map_size *= 2                # the aborted chunk is written again
+                self._store.set_mapsize(self.map_size)
+                continue
+            self.count += len(self._pending)
+            self._pending = []
 
 
 def remove_db(path):
@@ -291,47 +299,22 @@ class LevelDBReader(LMDBReader):
         self.db = self._shared = None
 
 
-class LevelDBWriter:
+class LevelDBWriter(_RecordWriter):
     """Write records into a new LevelDB folder, with Caffe's options (64 KiB blocks, a 256 MiB
-    write buffer), in batches of ``commit_every`` records, as LMDBWriter."""
+    write buffer), a write batch per chunk."""
 
     def __init__(self, path, commit_every=1000, overwrite=False):
         plyvel = _plyvel()
-        self.path = os.fspath(path)
-        if os.path.lexists(self.path):
-            if not overwrite:
-                raise DataError("already exists (remove it, or ask to overwrite it)", self.path)
-            remove_db(self.path)
-        self.db = plyvel.DB(self.path, create_if_missing=True, error_if_exists=True,
-                            block_size=65536, write_buffer_size=256 << 20)
-        self.commit_every = commit_every
-        self.count = 0
-        self._pending = []
-
-    put = LMDBWriter.put
+        self._new_folder(path, overwrite, commit_every)
+        self._store = plyvel.DB(self.path, create_if_missing=True, error_if_exists=True,
+                                block_size=65536, write_buffer_size=256 << 20)
 
     def commit(self):
-        with self.db.write_batch() as batch:
+        with self._store.write_batch() as batch:
             for key, value in self._pending:
                 batch.put(key, value)
         self.count += len(self._pending)
         self._pending = []
-
-    def close(self):
-        if self.db is not None:
-            self.commit()
-            self.db.close()
-            self.db = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, *exc):
-        if exc_type is None:
-            self.close()
-        elif self.db is not None:
-            self.db.close()
-            self.db = None
 
 
 def db_writer(path, backend="lmdb", **options):
