@@ -1331,7 +1331,8 @@ def build_parser():
                    help="segmentation-digits: label 255 (ignore) the pixels whose class covers "
                         "less than this fraction of them (default 0.75; 0: none)")
 
-    p = sub.add_parser("convert-imageset", help="image list -> LMDB (Caffe's convert_imageset)")
+    p = sub.add_parser("convert-imageset", help="image list -> LMDB or LevelDB (Caffe's "
+                                                  "convert_imageset)")
     p.add_argument("root", help="folder the list's paths are relative to")
     p.add_argument("list_file", help="text file of `path label` lines")
     p.add_argument("db", help="LMDB to write")
@@ -1345,7 +1346,7 @@ def build_parser():
     p.add_argument("--backend", choices=["lmdb", "leveldb"], default="lmdb", type=str.lower,
                    help="database to write: lmdb (the default) or leveldb (needs plyvel)")
 
-    p = sub.add_parser("compute-image-mean", help="LMDB -> mean .binaryproto")
+    p = sub.add_parser("compute-image-mean", help="LMDB or LevelDB -> mean .binaryproto")
     p.add_argument("db")
     p.add_argument("output", nargs="?")
     p.add_argument("--backend", choices=["lmdb", "leveldb"], default="lmdb", type=str.lower,
