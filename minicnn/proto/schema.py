@@ -9,8 +9,9 @@ The table below is written in a small .proto-like notation of our own, one field
 an enum declared with ``enum``, or a message declared with ``message``. ``array`` marks a
 repeated float or double field kept as one NumPy array instead of a list (blob data). A field
 without a default takes its type's zero (0, false, "", the first enum value), as in proto2.
-Numbers and defaults are the facts of Caffe's caffe.proto (BVLC master); SSD's messages are
-included so that SSD prototxts parse.
+Numbers and defaults are the facts of Caffe's caffe.proto (BVLC master); SSD's messages, and
+the two of Ross Girshick's Fast/Faster R-CNN fork (caffe-fast-rcnn), are included so that those
+prototxts parse.
 """
 
 import numpy as np
@@ -236,6 +237,8 @@ message LayerParameter
   204 detection_output_param DetectionOutputParameter
   206 norm_param          NormalizeParameter
   9143 interp_param       InterpParameter    # DeepLab/PSPNet fork; their 143 is BVLC's input_param
+  8266711 roi_pooling_param ROIPoolingParameter     # caffe-fast-rcnn (Fast/Faster R-CNN)
+  8266712 smooth_l1_loss_param SmoothL1LossParameter  # caffe-fast-rcnn
   20001 detection_param   DetectionParameter  # minicnn's own (YOLOv1). 20000+: clear of
   20002 detection_data_param DetectionDataParameter  # BVLC's numbers and known forks' (Yahoo's
   20110 segmentation_data_param SegmentationDataParameter  # open_nsfw model uses 10001)
@@ -622,6 +625,14 @@ message SegmentationDataParameter  # minicnn's "SegmentationData": image + label
   10  root_folder         string   = ""
   11  rand_skip           uint32   = 0
   12  prefetch            uint32   = 4
+
+message ROIPoolingParameter    # caffe-fast-rcnn's ROIPooling
+  1   pooled_h            uint32   = 0
+  2   pooled_w            uint32   = 0
+  3   spatial_scale       float    = 1
+
+message SmoothL1LossParameter  # caffe-fast-rcnn's SmoothL1Loss
+  1   sigma               float    = 1
 
 message NormalizeParameter
   1   across_spatial      bool     = true
