@@ -1335,7 +1335,7 @@ def build_parser():
                                                   "convert_imageset)")
     p.add_argument("root", help="folder the list's paths are relative to")
     p.add_argument("list_file", help="text file of `path label` lines")
-    p.add_argument("db", help="LMDB to write")
+    p.add_argument("db", help="the database folder to write")
     p.add_argument("--resize-height", type=int, default=0)
     p.add_argument("--resize-width", type=int, default=0)
     p.add_argument("--gray", action="store_true")
@@ -1352,17 +1352,21 @@ def build_parser():
     p.add_argument("--backend", choices=["lmdb", "leveldb"], default="lmdb", type=str.lower,
                    help="the database's kind, as Caffe's flag (either kind is recognised by "
                         "its content)")
+
     p = sub.add_parser("upgrade", help="an old net (V1 layers, input_dim) or solver in the "
                                        "current format (Caffe's upgrade_*_proto_* tools)")
     p.add_argument("input", help="net prototxt, binary .caffemodel or solver prototxt")
     p.add_argument("output", help="where to write it (text for text, binary for binary)")
+
     p = sub.add_parser("parse-log", help="a training log as .train and .test CSV files "
                                          "(Caffe's parse_log.py)")
     p.add_argument("logfile", help="a log of Caffe's or minicnn's training (glog lines)")
     p.add_argument("output_dir", help="where LOGFILE.train and LOGFILE.test go")
     p.add_argument("--delimiter", default=",", help="column separator (default ',')")
+
     p = sub.add_parser("device-query", help="a GPU's properties (like `caffe device_query`)")
     p.add_argument("--gpu", help="GPU number, list (0,1) or all")
+
     p = sub.add_parser("classify", help="the top-k classes of images (like classify.py)")
     p.add_argument("image", nargs="*", metavar="IMAGE", help="image files; @LIST reads a list")
     p.add_argument("--images", help="a list file of images (`path` or `path label` lines)")
