@@ -21,7 +21,7 @@ from minicnn.classifier import Classifier
 from minicnn.cuda import set_device, set_mode_cpu, set_mode_gpu
 from minicnn.detection import detect
 from minicnn.errors import LayerError, MinicnnError, NetError, PrototxtError, WireFormatError
-from minicnn.layer import LAYERS, Layer, create_layer, layer_type_list, register
+from minicnn.layer import LAYERS, create_layer, layer_type_list, register
 from minicnn.layers.python_layer import PythonLayerBase
 from minicnn.net import TEST, TRAIN, Net
 from minicnn.net_spec import NetSpec, to_proto
@@ -30,6 +30,10 @@ from minicnn.rng import set_random_seed
 from minicnn.sgd_solvers import (AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver,
                                  RMSPropSolver, SGDSolver)
 from minicnn.solver import Solver, TrainingDiverged, get_solver
+
+# pycaffe's caffe.Layer is the base of Python layers, so `import minicnn as caffe` keeps user
+# layers unchanged; minicnn's own layers derive from minicnn.layer.Layer.
+Layer = PythonLayerBase
 
 __version__ = "0.1.0"
 

@@ -11,7 +11,7 @@
 that names it (``my_layers.py`` or a ``my_layers/`` package there); ``layer`` is a class in it.
 The class follows pycaffe's protocol:
 
-    class EuclideanLoss(minicnn.PythonLayerBase):        # pycaffe: caffe.Layer
+    class EuclideanLoss(minicnn.Layer):                  # pycaffe: caffe.Layer
         def setup(self, bottom, top): ...                  # once; self.param_str is the string
         def reshape(self, bottom, top): top[0].reshape(1)
         def forward(self, bottom, top): top[0].data[...] = ...
@@ -22,10 +22,10 @@ written in place), ``reshape(*shape)``, ``shape``, ``count``, ``num``, ``channel
 ``width``. The instance also gets ``param_str``, ``phase`` (``minicnn.TRAIN`` or ``minicnn.TEST``,
 pycaffe's ``caffe.TRAIN``/``caffe.TEST``) and ``blobs``, its learnable parameters: a list with
 ``add_blob(*shape)`` (learned by the solver and saved in the .caffemodel like any layer's).
-A class that subclasses ``PythonLayerBase`` is built as pycaffe builds it, with the
-LayerParameter (``cls(layer_param)``); any other class with the four methods is built with
-``cls()``. Porting a pycaffe layer: ``import caffe`` -> ``import minicnn``, ``caffe.Layer`` ->
-``minicnn.PythonLayerBase``, ``caffe.TRAIN`` -> ``minicnn.TRAIN``.
+A class that subclasses ``PythonLayerBase`` (which ``minicnn.Layer`` is, as ``caffe.Layer`` is
+pycaffe's) is built as pycaffe builds it, with the LayerParameter (``cls(layer_param)``); any
+other class with the four methods is built with ``cls()``. Porting a pycaffe layer: ``import
+caffe`` -> ``import minicnn as caffe``, nothing else.
 
 Security: building a net that has a Python layer imports and runs the named module: a
 prototxt with Python layers is a program; run only those you trust. Reading a .caffemodel
@@ -154,10 +154,9 @@ def load_python_layer_class(module, layer, folder=None):
                                                   if classes else ""))
     if issubclass(cls, Layer) and not issubclass(cls, PythonLayerBase):
         raise LayerError(f"python_param: class '{layer}' of module '{module}' subclasses "
-                         "minicnn.Layer, the base of minicnn's built-in layers (what `import "
-                         "minicnn as caffe` makes caffe.Layer); a Python layer subclasses "
-                         "minicnn.PythonLayerBase, pycaffe's caffe.Layer: write "
-                         f"class {layer}(minicnn.PythonLayerBase)")
+                         "minicnn.layer.Layer, the base of minicnn's built-in layers; a Python "
+                         "layer subclasses minicnn.Layer (minicnn.PythonLayerBase, pycaffe's "
+                         f"caffe.Layer): write class {layer}(minicnn.Layer)")
     missing = [m for m in ("setup", "reshape", "forward", "backward")
                if not callable(getattr(cls, m, None))]
     if missing:

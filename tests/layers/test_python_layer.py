@@ -165,11 +165,12 @@ def test_duck_typed_class_and_pycaffe_blob_accessors():
 
 PYLOSS = '''
 import numpy as np
-import minicnn
+import minicnn as caffe
 
 
-class EuclideanLossLayer(minicnn.PythonLayerBase):
-    """Caffe's examples/pycaffe/layers/pyloss.py, ported: L = sum((a - b)^2) / 2N."""
+class EuclideanLossLayer(caffe.Layer):
+    """Caffe's examples/pycaffe/layers/pyloss.py, ported by its import line alone:
+    L = sum((a - b)^2) / 2N."""
 
     def setup(self, bottom, top):
         if len(bottom) != 2:
@@ -271,13 +272,13 @@ def test_missing_module_class_or_methods_are_clear_errors(tmp_path):
     (tmp_path / "half_a_layer.py").write_text("class Half:\n    def setup(self, b, t): pass\n")
     with pytest.raises(NetError, match="lacks reshape, forward, backward"):
         minicnn.Net(net_with('module: "half_a_layer" layer: "Half"', tmp_path))
-    # `import minicnn as caffe` makes caffe.Layer minicnn's own base, not pycaffe's
-    (tmp_path / "caffe_style_layer.py").write_text(
-        "import minicnn as caffe\n\nclass Loss(caffe.Layer):\n"
+    # minicnn's own layer base is not the Python layers' (minicnn.Layer, pycaffe's caffe.Layer)
+    (tmp_path / "native_base_layer.py").write_text(
+        "from minicnn.layer import Layer\n\nclass Loss(Layer):\n"
         "    def setup(self, bottom, top): pass\n")
-    with pytest.raises(NetError, match=r"'Loss' of module 'caffe_style_layer' subclasses "
-                                       r"minicnn.Layer.*class Loss\(minicnn.PythonLayerBase\)"):
-        minicnn.Net(net_with('module: "caffe_style_layer" layer: "Loss"', tmp_path))
+    with pytest.raises(NetError, match=r"'Loss' of module 'native_base_layer' subclasses "
+                                       r"minicnn.layer.Layer.*class Loss\(minicnn.Layer\)"):
+        minicnn.Net(net_with('module: "native_base_layer" layer: "Loss"', tmp_path))
     (tmp_path / "bad_syntax_layer.py").write_text("def oops(:\n")
     with pytest.raises(NetError, match=r"bad_syntax_layer.*failed to import: SyntaxError"):
         minicnn.Net(net_with('module: "bad_syntax_layer" layer: "X"', tmp_path))
