@@ -50,17 +50,17 @@ def _is_leveldb(path):
                                     or any(n.endswith(".ldb") for n in os.listdir(path)))
 
 
-class _SharedEnv:
-    """One open environment per database file: python-lmdb refuses a second one in the same
-    process (a train and a test net often read the same LMDB). Closed when the last reader
-    holding it goes."""
+class _Shared:
+    """One open database per process: python-lmdb refuses a second environment on the same
+    file and LevelDB locks its folder, while a train and a test net often read the same
+    source. Readers hold this; the handle closes when the last of them goes."""
 
-    def __init__(self, env):
-        self.env = env
+    def __init__(self, handle):
+        self.handle = handle
 
     def __del__(self):
         try:
-            self.env.close()
+            self.handle.close()
         except Exception:
             pass
 
@@ -82,7 +82,7 @@ def _open_shared(path):
                                 subdir=subdir, max_readers=512)
             except lmdb.Error as e:
                 raise DataError(f"cannot open as an LMDB database: {e}", path) from None
-            shared = _SHARED_ENVS[key] = _SharedEnv(env)
+            shared = _SHARED_ENVS[key] = _Shared(env)
         return shared
 
 
@@ -95,7 +95,7 @@ class LMDBReader:
     def __init__(self, path):
         self.path = path
         self._shared = _open_shared(path)
-        self.env = self._shared.env
+        self.env = self._shared.handle
         with self.env.begin(buffers=False) as txn:
             self.keys = list(txn.cursor().iternext(keys=True, values=False))
 
@@ -230,20 +230,6 @@ def replace_db(tmp_path, path):
 _SHARED_LEVELDBS = weakref.WeakValueDictionary()   # real path -> open plyvel DB
 
 
-class _SharedLevelDB:
-    """One open LevelDB per folder and process: LevelDB locks its folder, so a train and a
-    test net reading the same database share it (as Caffe's data readers share a source)."""
-
-    def __init__(self, db):
-        self.db = db
-
-    def __del__(self):
-        try:
-            self.db.close()
-        except Exception:
-            pass
-
-
 def _plyvel():
     return need("plyvel")
 
@@ -271,9 +257,9 @@ class LevelDBReader(LMDBReader):
                                         "read", path) from None
                     raise DataError(f"cannot open as a LevelDB database: {reason}",
                                     path) from None
-                shared = _SHARED_LEVELDBS[real] = _SharedLevelDB(db)
+                shared = _SHARED_LEVELDBS[real] = _Shared(db)
         self._shared = shared
-        self.db = shared.db
+        self.db = shared.handle
         self.keys = list(self.db.iterator(include_value=False))
 
     def get(self, key):
