@@ -10,7 +10,12 @@
 // im2col_rows fills cols; col2im_rows is its adjoint (adds each column entry back onto the
 // pixel it was read from). fnp_to_nfp moves y_t into the (N, F, oh, ow) output adding the bias,
 // nfp_to_fnp moves dy the other way and sums it per filter (the bias gradient) on the way.
+//
+// phases_gather / phases_scatter move planes to and from the "space to batch" split of a
+// dilated convolution (minicnn/ops/conv.py, _atrous_forward): the phase of residues (a, b)
+// holds every dh-th row from row a and every dw-th column from column b of the padded plane.
 #include <cstring>
+#include <string>
 
 #include "im2col.h"
 
@@ -96,7 +101,76 @@ static void channel_sums(const T* v, T* sums, std::int64_t N, std::int64_t F, st
     }
 }
 
+// The split's index map, both directions: phase image p = (ia * count_w + ib) * N + n holds
+//     image[p, k, i, j] = plane[n, k, a0 + ia + dh*i - off_h, b0 + ib + dw*j - off_w]
+// gather reads it (0 outside the plane: the padding), scatter writes it back (dropping the
+// image's values that fall outside the plane).
+struct PhaseMap {
+    std::int64_t N, K, H, W, count_h, count_w, sh, sw, dh, dw, a0, b0, off_h, off_w;
+};
+
+template <bool gather>   // gather: from = planes, to = images; scatter: the other way round
+static void phases_move(const PhaseMap& m, const float* from, float* to) {
+    const std::int64_t planes = m.N * m.K, phases = m.count_h * m.count_w;
+    // plane by plane (each read or written once, from cache), every phase of it in turn
+#pragma omp parallel for schedule(static) if (planes * phases * m.sh * m.sw > PARALLEL_WORK)
+    for (std::int64_t nk = 0; nk < planes; ++nk) {
+        const std::int64_t plane = nk * m.H * m.W;
+        for (std::int64_t phase = 0; phase < phases; ++phase) {
+            const std::int64_t row0 = m.a0 + phase / m.count_w - m.off_h;
+            const std::int64_t col0 = m.b0 + phase % m.count_w - m.off_w;
+            const std::int64_t image = (phase * planes + nk) * m.sh * m.sw;   // (phase, n, k)
+            for (std::int64_t i = 0; i < m.sh; ++i) {
+                const std::int64_t r = row0 + m.dh * i;
+                for (std::int64_t j = 0; j < m.sw; ++j) {
+                    const std::int64_t c = col0 + m.dw * j;
+                    const bool inside = r >= 0 && r < m.H && c >= 0 && c < m.W;
+                    const std::int64_t at = plane + r * m.W + c, pixel = image + i * m.sw + j;
+                    if (gather)
+                        to[pixel] = inside ? from[at] : 0.0f;
+                    else if (inside)
+                        to[at] = from[pixel];
+                }
+            }
+        }
+    }
+}
+
+static PhaseMap phase_map(const py::array& planes, const py::array& images,
+                          const py::tuple& split, const char* what) {
+    require(planes.ndim() == 4 && images.ndim() == 4 && py::len(split) == 8,
+            std::string(what) + ": planes and images 4-D, split (count_h, count_w, dh, dw, a0, "
+            "b0, off_h, off_w)");
+    auto at = [&](int i) { return split[i].cast<std::int64_t>(); };
+    const PhaseMap m{planes.shape(0), planes.shape(1), planes.shape(2), planes.shape(3),
+                     at(0), at(1), images.shape(2), images.shape(3), at(2), at(3), at(4), at(5),
+                     at(6), at(7)};
+    require(m.count_h >= 1 && m.count_w >= 1 && m.dh >= 1 && m.dw >= 1 &&
+                images.shape(0) == m.count_h * m.count_w * m.N && images.shape(1) == m.K,
+            std::string(what) + ": images must be (count_h * count_w * N, K, rows, columns)");
+    return m;
+}
+
 REGISTER_NATIVE(m) {
+    m.def("phases_gather", [](const py::array& planes, py::array& images,
+                              const py::tuple& split) {
+        const PhaseMap p = phase_map(planes, images, split, "phases_gather");
+        const float* src = in_ptr<float>(planes, "planes");
+        float* dst = out_ptr<float>(images, "images");
+        py::gil_scoped_release release;
+        phases_move<true>(p, src, dst);
+    }, "images[(ia*count_w + ib)*N + n, k, i, j] <- planes[n, k, a0 + ia + dh*i - off_h, "
+       "b0 + ib + dw*j - off_w] (0 outside), float32; split = (count_h, count_w, dh, dw, a0, b0, "
+       "off_h, off_w)");
+    m.def("phases_scatter", [](const py::array& images, py::array& planes,
+                               const py::tuple& split) {
+        const PhaseMap p = phase_map(planes, images, split, "phases_scatter");
+        const float* src = in_ptr<float>(images, "images");
+        float* dst = out_ptr<float>(planes, "planes");
+        py::gil_scoped_release release;
+        phases_move<false>(p, src, dst);
+    }, "the inverse of phases_gather: planes at the images' places <- images (values outside "
+       "the planes dropped)");
     m.def("channel_sums", [](const py::array& v, py::array& sums) {
         require(v.ndim() >= 2 && sums.size() == v.shape(1), "channel_sums: sums must be (F,)");
         const std::int64_t N = v.shape(0), F = v.shape(1);

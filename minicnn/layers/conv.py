@@ -30,9 +30,11 @@ class ConvolutionLayer(Layer):
     (top == bottom, same shape), forward keeps a copy of x for the weight gradient.
 
     On the CPU, float32 3x3 and 5x5 stride-1 convolutions with enough output tiles run by
-    Winograd's F(2x2, 3x3) or F(2x2, 5x5) (minicnn/ops/conv.py, csrc/winograd.cpp): a few
-    float32 roundings apart from the direct product; MINICNN_CONV_WINOGRAD=0 keeps every one
-    direct. engine is read and ignored (minicnn picks its algorithm per shape, as measured).
+    Winograd's F(2x2, 3x3) or F(2x2, 5x5) (minicnn/ops/conv.py, csrc/winograd.cpp), and so do
+    atrous 3x3 ones with 128+ channels on large enough maps, split into the input's dilation x
+    dilation phases (each an undilated convolution): a few float32 roundings apart from the
+    direct product; MINICNN_CONV_WINOGRAD=0 keeps every one direct. engine is read and ignored
+    (minicnn picks its algorithm per shape, as measured).
     """
     param_field = "convolution_param"
     min_num_bottom = min_num_top = 1
@@ -105,7 +107,7 @@ class ConvolutionLayer(Layer):
         b = self.blobs[1].data if len(self.blobs) > 1 else None
         self._kept = {}
         for i, (x, y) in enumerate(zip(bottom, top)):
-            if x is y:        # in place (as Caffe allows): the kernels must not read what they write
+            if x is y:        # in place (as Caffe allows): kernels must not read what they write
                 self._keep_input(i, x)
                 y.data[...] = ops.conv2d_forward(x.data, w, b, geom=self.geom, group=self.group)
             else:

@@ -386,6 +386,131 @@ def _winograd(x_shape, w_shape, group, geom, dtype, part):
     return True
 
 
+# Atrous (dilated) stride-1 convolutions run by Winograd too, after a "space to batch" split
+# (DeepLab's atrous_conv2d): an output row o reads the padded input's rows o, o + d, o + 2d, ...,
+# all of o's residue mod d. So the padded input cut into its d x d phases (every d-th row and
+# column, from each starting residue) gives d*d small undilated convolutions, each phase's
+# outputs being every d-th output from the same residue. Phases whose sub-images differ in
+# tile count (when d does not divide the padded size) go in separate calls, at most 2 per axis.
+# By default only 3x3 kernels with at least ATROUS_MIN_CHANNELS channels and filters a group
+# (with fewer, the split's copies cost more than Winograd saves), and only where the split's
+# estimated cost is below the direct product's taps, which skip those reading only padding:
+# large rates on small maps stay direct, and so do small maps (bench/RESULTS.md: ASPP's 3x3
+# at rates 2, 4 and 6 on 33x33 maps take it, 12 and 18 do not).
+ATROUS_MIN_CHANNELS = 128
+# the split's costs in direct taps (one output's tap over the channels and filters), measured on
+# 2 cores with 128-512 channels: a phase's 2x2 tile, copies included, about 20; each call's
+# filter transforms and start about 3000 (so 17x17 maps at rate 2, 648 tiles in 4 calls, stay
+# direct: 18 ms against 15.6 with 256 channels at batch 8)
+ATROUS_TAPS_PER_TILE = 20
+ATROUS_TAPS_PER_CALL = 3000
+
+
+def _phase_runs(size, pad, dilation, kernel):
+    """One axis's phases as runs [(first residue, end residue, rows in, rows out)]: residue a's
+    phase reads the padded rows a, a + d, ... (``rows in`` of them) and makes outputs a, a + d,
+    ... (``rows out``). Residues with the same tile count share a run and its larger size (the
+    extra row is padding, its output dropped); residues without outputs are left out."""
+    padded = size + 2 * pad
+    out = padded - dilation * (kernel - 1)
+    runs = []
+    for a in range(min(dilation, out)):
+        rows_in = -(-(padded - a) // dilation)
+        rows_out = rows_in - kernel + 1
+        if runs and (runs[-1][3] + 1) // 2 == (rows_out + 1) // 2:
+            runs[-1][1] = a + 1                 # same tiles: the run keeps its larger size
+        else:
+            runs.append([a, a + 1, rows_in, rows_out])
+    return [tuple(r) for r in runs]
+
+
+def _taps_inside(size, pad, dilation, kernel, out):
+    """(output, tap) pairs of one axis whose tap reads the input, not its padding: tap k of
+    output o reads o - pad + k*dilation."""
+    return sum(max(0, min(out, pad - k * dilation + size) - max(0, pad - k * dilation))
+               for k in range(kernel))
+
+
+def _atrous_winograd(x_shape, w_shape, group, geom, dtype, part):
+    """Whether ``part`` of this dilated convolution runs by Winograd on its phases."""
+    if WINOGRAD_MODE == "0" or dtype != np.float32 or not hasattr(lib, "winograd_forward") or \
+            geom.stride != (1, 1) or geom.dilation == (1, 1) or x_shape[0] == 0 or \
+            _is_depthwise(x_shape[1], group):
+        return False
+    rows, cols = (_phase_runs(size, p, d, k) for size, p, d, k in
+                  zip(x_shape[2:], geom.pad, geom.dilation, geom.kernel))
+    if WINOGRAD_MODE != "2":
+        oh, ow = geom.out_hw(*x_shape[2:])
+        taps = (_taps_inside(x_shape[2], geom.pad[0], geom.dilation[0], geom.kernel[0], oh) *
+                _taps_inside(x_shape[3], geom.pad[1], geom.dilation[1], geom.kernel[1], ow))
+        tiles = sum((r1 - r0) * ((ro + 1) // 2) for r0, r1, _, ro in rows) * \
+            sum((c1 - c0) * ((co + 1) // 2) for c0, c1, _, co in cols)
+        cost = len(rows) * len(cols) * ATROUS_TAPS_PER_CALL + \
+            x_shape[0] * tiles * ATROUS_TAPS_PER_TILE
+        if geom.kernel != (3, 3) or cost >= x_shape[0] * taps or \
+                min(x_shape[1], w_shape[0]) < ATROUS_MIN_CHANNELS * group:
+            return False
+    # decided as one undilated convolution of every phase at the largest phase's size
+    phases = x_shape[0] * geom.dilation[0] * geom.dilation[1]
+    return _winograd((phases, x_shape[1], rows[0][2], cols[0][2]), w_shape, group,
+                     ConvGeometry(geom.kernel), dtype, part)
+
+
+def _phase_groups(shape, geom):
+    """The split's calls: every (row run, column run) pair of _phase_runs."""
+    (dh, dw), (kh, kw) = geom.dilation, geom.kernel
+    rows = _phase_runs(shape[2], geom.pad[0], dh, kh)
+    cols = _phase_runs(shape[3], geom.pad[1], dw, kw)
+    return [(r, c) for r in rows for c in cols]
+
+
+def _split(planes, run_h, run_w, size_h, size_w, geom, offset):
+    """The phases of ``planes`` (N, K, H, W) in the runs given as one batch of (phases * N, K,
+    size_h, size_w) images, phase-major: rows a, a + dh, ... of the planes shifted by -offset
+    (the pad for x; 0 for dy), zeros outside them."""
+    count_h, count_w = run_h[1] - run_h[0], run_w[1] - run_w[0]
+    n, k = planes.shape[:2]
+    images = np.empty((count_h * count_w * n, k, size_h, size_w), np.float32)
+    lib.phases_gather(planes, images,
+                      (count_h, count_w, *geom.dilation, run_h[0], run_w[0], *offset))
+    return images
+
+
+def _merge(images, planes, run_h, run_w, geom, offset):
+    """The inverse of _split: each phase image's values back into its places in ``planes``
+    (those falling outside dropped)."""
+    count_h, count_w = run_h[1] - run_h[0], run_w[1] - run_w[0]
+    lib.phases_scatter(images, planes,
+                       (count_h, count_w, *geom.dilation, run_h[0], run_w[0], *offset))
+
+
+def _atrous_forward(x, w, b, y, group, geom):
+    """y <- the dilated convolution of x, by Winograd on the phases of the padded x."""
+    f = w.shape[0]
+    for run_h, run_w in _phase_groups(x.shape, geom):
+        xs = _split(x, run_h, run_w, run_h[2], run_w[2], geom, geom.pad)
+        ys = np.empty((xs.shape[0], f, run_h[3], run_w[3]), np.float32)
+        lib.winograd_forward(xs, w, b, ys, group, 0, 0)
+        _merge(ys, y, run_h, run_w, geom, (0, 0))
+
+
+def _atrous_backward(dy, x, w, dx, dw_sum, group, geom):
+    """dx <- the input gradient and/or dw_sum += the filter gradient (each when not None) of
+    the dilated convolution, by Winograd on the phases, as _atrous_forward."""
+    oh, ow = dy.shape[2:]
+    if dx is not None and (oh < geom.dilation[0] or ow < geom.dilation[1]):
+        dx[...] = 0                 # residues without outputs: their rows get no gradient
+    for run_h, run_w in _phase_groups(dx.shape if x is None else x.shape, geom):
+        dys = _split(dy, run_h, run_w, run_h[3], run_w[3], geom, (0, 0))
+        if dw_sum is not None:
+            xs = _split(x, run_h, run_w, run_h[2], run_w[2], geom, geom.pad)
+            lib.winograd_backward_filter(dys, xs, dw_sum, group, 0, 0)
+        if dx is not None:
+            dxs = np.empty((dys.shape[0], dx.shape[1], run_h[2], run_w[2]), np.float32)
+            lib.winograd_backward_data(dys, w, dxs, group, 0, 0)
+            _merge(dxs, dx, run_h, run_w, geom, geom.pad)
+
+
 def _output(out, shape, dtype):
     """``out`` when the kernels can write it directly, else a new array."""
     if out is not None and out.shape == shape and out.dtype == dtype and out.flags.c_contiguous \
@@ -410,6 +535,9 @@ def _conv2d_forward_cpu(x, w, b, *, geom, group=1, out=None):
         return write_out(out, y) if y is not out else y
     if _winograd(x.shape, w.shape, group, geom, x.dtype, "forward"):
         lib.winograd_forward(x, w, b, y, group, *geom.pad)
+        return write_out(out, y) if y is not out else y
+    if _atrous_winograd(x.shape, w.shape, group, geom, x.dtype, "forward"):
+        _atrous_forward(x, w, b, y, group, geom)
         return write_out(out, y) if y is not out else y
     if x.dtype == np.float32:                       # minicnn's GEMM, implicit im2col
         lib.conv_gemm_forward(x, w, b, y, group, _geom_tuple(geom))
@@ -452,6 +580,12 @@ def _conv2d_backward_cpu_parts(dy, x, w, x_shape, geom, group, need, dx_out=None
         if need_db:
             lib.channel_sums(dy, db)
         w_shape = (f, c // group, kh, kw)
+        atrous_dw = need_dw and _atrous_winograd(x_shape, w_shape, group, geom, dtype, "filter")
+        atrous_dx = need_dx and _atrous_winograd(x_shape, w_shape, group, geom, dtype, "data")
+        if atrous_dw or atrous_dx:
+            _atrous_backward(dy, x, w, dx if atrous_dx else None, dw if atrous_dw else None,
+                             group, geom)
+            need_dw, need_dx = need_dw and not atrous_dw, need_dx and not atrous_dx
         if need_dw and _winograd(x_shape, w_shape, group, geom, dtype, "filter"):
             lib.winograd_backward_filter(dy, x, dw, group, *geom.pad)
         elif need_dw:

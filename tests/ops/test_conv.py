@@ -524,6 +524,18 @@ WINOGRAD_PINNED = {
     "wino_4x4_2x2_1x1": make_case(2, 3, (6, 7), 5, (4, 2), pad=(1, 0), bias=False),
     "wino_1x1": make_case(2, 4, (5, 3), 3, 1),
     "wino_5x1_wide": make_case(1, 2, (7, 33), 3, (5, 1), pad=(2, 0)),
+    # dilated, by Winograd on the "space to batch" phases (conv.py, _atrous_winograd): ASPP's
+    # same-size 3x3 (rate 2 on 9x11: phases of 6 and 5 rows and columns, four calls); rates and
+    # pads differing per axis, pads not multiples of the rate; no padding; fewer outputs than
+    # the rate (residues 2-4 make none: their input rows get a zero gradient); grouped;
+    # dilated 5x5 (F(2x2, 5x5)) and 7x7 (3x3 pieces)
+    "atrous_rate_2": make_case(2, 5, (9, 11), 4, 3, pad=2, dilation=2),
+    "atrous_rates_3_2": make_case(2, 3, (10, 7), 5, 3, pad=(1, 3), dilation=(3, 2)),
+    "atrous_no_pad": make_case(1, 4, (9, 12), 3, 3, dilation=(2, 4), bias=False),
+    "atrous_few_outputs": make_case(2, 3, (4, 6), 2, 3, pad=4, dilation=5),
+    "atrous_grouped": make_case(2, 6, (8, 8), 4, 3, pad=3, dilation=3, group=2),
+    "atrous_5x5": make_case(1, 3, (11, 9), 4, 5, pad=4, dilation=2),
+    "atrous_7x7": make_case(1, 2, (13, 14), 3, 7, pad=(3, 6), dilation=(1, 2)),
 }
 
 
@@ -573,7 +585,8 @@ def check_winograd(case):
         bound = (6e-6 if name == "dw" else 4e-6) if five else 2e-6
         assert np.all(np.isfinite(got)), name
         assert error <= bound * scale, (name, error, scale)
-    assert all(conv_module._winograd(x.shape, w.shape, group, geom, np.float32, part)
+    runs = conv_module._atrous_winograd if geom.dilation != (1, 1) else conv_module._winograd
+    assert all(runs(x.shape, w.shape, group, geom, np.float32, part)
                for part in ("forward", "data", "filter"))
 
 
@@ -615,6 +628,130 @@ def test_winograd_5x5_matches_reference(kind, case):
     """F(2x2, 5x5) on drawn shapes (the test above draws 5x5 in one case of 64)."""
     with winograd("2"):
         check_winograd(case)
+
+
+@st.composite
+def atrous_cases(draw):
+    """Dilated stride-1 convolutions: rates 1-6 per axis (at least one above 1), any pad."""
+    group = draw(st.integers(1, 2))
+    kernel = (draw(st.sampled_from((3, 3, 5, 2))), draw(st.sampled_from((3, 3, 5, 1))))
+    dilation = (draw(st.integers(1, 6)), draw(st.integers(2, 6)))
+    if draw(st.booleans()):
+        dilation = dilation[::-1]
+    pad = (draw(st.integers(0, 7)), draw(st.integers(0, 7)))
+    low = [max(1, d * (k - 1) + 1 - 2 * p) for k, p, d in zip(kernel, pad, dilation)]
+    h, w = (draw(st.integers(lo, max(lo, 20))) for lo in low)
+    channels = group * draw(st.integers(1 if group == 1 else 2, 5))     # not depthwise
+    return make_case(draw(st.integers(1, 3)), channels, (h, w),
+                     group * draw(st.integers(1, 5)), kernel, pad=pad, dilation=dilation,
+                     group=group, bias=draw(st.booleans()), seed=draw(st.integers(0, 2**32 - 1)))
+
+
+@fast
+@given(case=atrous_cases())
+def test_atrous_winograd_matches_reference(kind, case):
+    with winograd("2"):
+        check_winograd(case)
+
+
+@fast
+@pytest.mark.parametrize("name", ["atrous_rate_2", "atrous_few_outputs", "atrous_grouped"])
+def test_atrous_winograd_single_passes(kind, name):
+    """conv2d_backward_data (Deconvolution's forward) and conv2d_backward_filter alone take the
+    split as the whole backward does."""
+    x, w, _, geom, group = (a.astype(np.float32) if isinstance(a, np.ndarray) else a
+                            for a in WINOGRAD_PINNED[name])
+    dy = np.random.default_rng(2).standard_normal(
+        (x.shape[0], w.shape[0], *geom.out_hw(*x.shape[2:]))).astype(np.float32)
+    dx_ref, dw_ref, _ = backward(dy.astype(np.float64), x.astype(np.float64),
+                                 w.astype(np.float64), geom=geom, group=group)
+    with winograd("2"):
+        dx = conv2d_backward_data.impls[kind](dy, w, x_hw=x.shape[2:], geom=geom, group=group)
+        dw = conv2d_backward_filter.impls[kind](dy, x, geom=geom, group=group)
+    for got, ref in ((dx, dx_ref), (dw, dw_ref)):
+        assert np.abs(got - ref).max() <= 2e-6 * max(1.0, np.abs(ref).max())
+
+
+def test_atrous_phase_runs():
+    """The split of one axis worked out by hand. 33 rows padded by 4 at rate 4: residues 0-3
+    read 11, 10, 10, 10 padded rows and make 9, 8, 8, 8 outputs (5 tiles against 4: two
+    runs); at rate 6 and pad 6, 8, 8, 8, 7, 7, 7 rows and 6 or 5 outputs, 3 tiles each (one
+    run, at 8 rows); 4 rows padded by 4 at rate 5 make 2 outputs (residues 0 and 1 only)."""
+    import minicnn.ops.conv as conv_module
+    assert conv_module._phase_runs(33, 4, 4, 3) == [(0, 1, 11, 9), (1, 4, 10, 8)]
+    assert conv_module._phase_runs(33, 6, 6, 3) == [(0, 6, 8, 6)]
+    assert conv_module._phase_runs(4, 4, 5, 3) == [(0, 2, 3, 1)]
+    assert conv_module._phase_runs(9, 0, 2, 3) == [(0, 1, 5, 3), (1, 2, 4, 2)]
+    # taps reading the image: 33 outputs at rate 18 (pad 18) read 15 + 33 + 15 of them
+    assert conv_module._taps_inside(33, 18, 18, 3, 33) == 63
+    assert conv_module._taps_inside(33, 2, 2, 3, 33) == 95
+
+
+@fast
+def test_atrous_winograd_runs_where_it_measured_faster(kind, monkeypatch):
+    """The default: ASPP's 3x3 at rates 2, 4 and 6 on 33x33 maps with 256 channels takes the
+    split in every pass; rates 12 and 18 (whose taps mostly read padding, which the direct
+    product skips), small maps, fewer than 128 channels or filters a group, other kernels,
+    strides, depthwise, float64 and mode 0 do not. The filter gradient keeps _winograd's limit
+    on one image's transforms (the phases of one image counted as images)."""
+    import minicnn.ops.conv as conv_module
+    monkeypatch.setattr(conv_module, "WINOGRAD_MODE", "1")
+    parts = ("forward", "data", "filter")
+
+    def takes(rate, x_shape=(8, 256, 33, 33), w_shape=(256, 256, 3, 3), group=1, stride=1,
+              dtype=np.float32):
+        geom = ConvGeometry(w_shape[2:], stride, rate, rate)
+        return [conv_module._atrous_winograd(x_shape, w_shape, group, geom, dtype, p)
+                for p in parts]
+
+    for rate in (2, 4, 6):
+        assert takes(rate) == [True] * 3, rate
+    assert takes(12) == [False] * 3 and takes(18) == [False] * 3
+    assert takes(2, (8, 256, 17, 17)) == [False] * 3     # 648 tiles in 4 calls: slower
+    assert takes(2, (4, 128, 65, 65), (128, 128, 3, 3)) == [True] * 2 + [False]   # 4.7 MB
+    assert takes(2, (8, 64, 33, 33), (64, 64, 3, 3)) == [False] * 3
+    assert takes(2, (8, 256, 33, 33), (256, 128, 3, 3), group=2) == [True] * 3  # 128 a group
+    assert takes(2, (8, 256, 33, 33), (256, 64, 3, 3), group=4) == [False] * 3   # 64 a group
+    assert takes(2, w_shape=(256, 256, 5, 5)) == [False] * 3
+    assert takes(2, stride=2) == [False] * 3
+    assert takes(2, (8, 256, 33, 33), (256, 1, 3, 3), group=256) == [False] * 3
+    assert takes(2, dtype=np.float64) == [False] * 3
+    assert takes(1) == [False] * 3                          # undilated: _winograd's business
+    monkeypatch.setattr(conv_module, "WINOGRAD_MODE", "0")
+    assert takes(2) == [False] * 3
+
+
+@fast
+def test_phases_gather_and_scatter(kind):
+    """The split's copies against NumPy slicing: phase (ia, ib) of the runs from residues
+    (a0, b0) holds rows a0 + ia, a0 + ia + dh, ... of the planes shifted by the offset, zeros
+    outside; scattering the images back restores the planes where the phases cover them."""
+    from minicnn.native import lib
+    rng = np.random.default_rng(3)
+    planes = rng.standard_normal((2, 3, 7, 9)).astype(np.float32)
+    count_h, count_w, dh, dw, a0, b0, off_h, off_w = 2, 3, 3, 4, 1, 0, 2, 1
+    size_h, size_w = 4, 3
+    images = np.full((count_h * count_w * 2, 3, size_h, size_w), np.nan, np.float32)
+    split = (count_h, count_w, dh, dw, a0, b0, off_h, off_w)
+    lib.phases_gather(planes, images, split)
+    padded = np.zeros((2, 3, 7 + 20, 9 + 20), np.float32)
+    padded[:, :, off_h:off_h + 7, off_w:off_w + 9] = planes
+    want = np.stack([padded[:, :, a0 + ia::dh, b0 + ib::dw][:, :, :size_h, :size_w]
+                     for ia in range(count_h) for ib in range(count_w)])
+    np.testing.assert_array_equal(images, want.reshape(images.shape))
+    back = np.full(planes.shape, -1.0, np.float32)
+    lib.phases_scatter(images, back, split)
+    covered = np.zeros(padded.shape, bool)
+    for ia in range(count_h):
+        for ib in range(count_w):
+            covered[:, :, a0 + ia::dh, b0 + ib::dw][:, :, :size_h, :size_w] = True
+    covered = covered[:, :, off_h:off_h + 7, off_w:off_w + 9]
+    np.testing.assert_array_equal(back[covered], planes[covered])
+    assert np.all(back[~covered] == -1.0) and covered.sum() > 0 and (~covered).sum() > 0
+    with pytest.raises(ValueError, match="count_h \\* count_w \\* N"):
+        lib.phases_gather(planes, images[1:], split)
+    with pytest.raises(ValueError, match="split"):
+        lib.phases_scatter(images, back, split[:7])
 
 
 @fast
