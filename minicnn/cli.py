@@ -104,9 +104,17 @@ def time_(args):
     net = Net(_model(args), weights=args.weights, phase=args.phase, level=args.level,
               stages=args.stage, device=_device(args))
     rng = np.random.default_rng(0)
-    for name in net.inputs:                   # inputs get random data of their declared shape
-        blob = net.blobs[name]
-        blob.data = rng.standard_normal(blob.shape).astype(blob.dtype)
+    indices = set()                           # blobs read as labels, Embed's ids, ...
+    for name, layer in reversed(list(zip(net.layer_names, net.layers))):
+        bottoms = net.bottom_names[name]
+        if layer.index_bottom is not None and layer.index_bottom < len(bottoms):
+            indices.add(bottoms[layer.index_bottom])
+        if layer.type == "Split" and indices & set(net.top_names[name]):
+            indices.update(bottoms)           # a blob read by several layers: its source
+    for name in net.inputs:                   # inputs get random data of their declared shape,
+        blob = net.blobs[name]                # zeros where a layer reads indices (as Caffe's)
+        blob.data = np.zeros(blob.shape, blob.dtype) if name in indices else \
+            rng.standard_normal(blob.shape).astype(blob.dtype)
     sync = cuda.synchronize if net.device is not None else (lambda: None)
     n_layers = len(net.layers)
     print(f"Net '{net.name}' ({net.phase}): {n_layers} layers, input "

@@ -76,6 +76,9 @@ class Layer:
     exact_num_bottom = min_num_bottom = max_num_bottom = None
     exact_num_top = min_num_top = max_num_top = None
     is_loss = False              # top[0] gets loss_weight 1 unless the prototxt says otherwise
+    # the bottom read as whole-number indices (class labels, Embed's ids), if any: `minicnn
+    # time` gives it zeros, as Caffe's time runs on zero-filled blobs
+    index_bottom = None
     # False when the Net will never run this layer's backward (inference): forward may then
     # skip copies it keeps only for backward. Standalone layers always keep them.
     backward_needed = True

@@ -48,6 +48,33 @@ def test_time_prints_caffe_style_report(argv, capsys):
     assert "conv1" in split.split("Slowest")[1]
 
 
+def test_time_gives_label_and_index_inputs_zeros(tmp_path, capsys):
+    """Inputs a layer reads as whole-number indices (a loss's or Accuracy's labels, Embed's
+    ids, BatchReindex's items) get zeros, as Caffe's time runs on zero-filled blobs; the others
+    random data. Before, a deploy-style training net (Input label -> SoftmaxWithLoss) stopped
+    at its first forward: a random label is not a class."""
+    net = tmp_path / "train.prototxt"
+    net.write_text("""
+        layer { name: "in" type: "Input" top: "data" top: "label" top: "ids" top: "items"
+                top: "target" input_param { shape { dim: 4 dim: 5 } shape { dim: 4 }
+                shape { dim: 4 } shape { dim: 2 } shape { dim: 2 dim: 2 } } }
+        layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+                inner_product_param { num_output: 3 weight_filler { type: "xavier" } } }
+        layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+        layer { name: "acc" type: "Accuracy" bottom: "ip" bottom: "label" top: "acc" }
+        layer { name: "embed" type: "Embed" bottom: "ids" top: "e"
+                embed_param { num_output: 2 input_dim: 6 } }
+        layer { name: "pick" type: "BatchReindex" bottom: "e" bottom: "items" top: "picked" }
+        layer { name: "l2" type: "EuclideanLoss" bottom: "picked" bottom: "target" top: "l2" }
+    """)
+    assert main(["time", str(net), "--iterations", "1"]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "loss\tforward:" in out and "embed\tbackward:" in out
+    # the loss on zero labels and random data: log(3) plus what the random scores add
+    initial = float(out.split("Initial loss: ")[1].split()[0])
+    assert np.isfinite(initial) and initial > 0
+
+
 def test_errors_are_one_line_without_traceback(tmp_path, capsys):
     bad = tmp_path / "bad.prototxt"
     bad.write_text('layer { name: "c" type: "Convolution" convolution_param { kernel_sise: 3 } }')

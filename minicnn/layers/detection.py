@@ -50,6 +50,7 @@ class DetectionLayer(Layer):
     1, 5); softmax must stay false."""
     param_field = "detection_param"
     min_num_bottom, max_num_bottom = 1, 2
+    index_bottom = 1
     min_num_top, max_num_top = 1, 2
 
     def layer_setup(self, bottom, top):

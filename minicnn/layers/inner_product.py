@@ -118,6 +118,7 @@ class EmbedLayer(Layer):
     kernels leaving the bad ones out meanwhile."""
     param_field = "embed_param"
     exact_num_bottom = exact_num_top = 1
+    index_bottom = 0
 
     def layer_setup(self, bottom, top):
         p = self.param.embed_param

@@ -64,6 +64,7 @@ class SoftmaxWithLossLayer(Layer):
     deprecated normalize. The gradient is scaled by top[0].diff, where the Net puts the
     loss_weight (1 by default)."""
     param_field = "loss_param"
+    index_bottom = 1
     exact_num_bottom = 2
     min_num_top, max_num_top = 1, 2
     is_loss = True
@@ -123,6 +124,7 @@ class AccuracyLayer(Layer):
     that do not occur. No backward."""
     param_field = "accuracy_param"
     exact_num_bottom = 2
+    index_bottom = 1
     min_num_top, max_num_top = 1, 2
 
     def layer_setup(self, bottom, top):
@@ -265,6 +267,7 @@ class MultinomialLogisticLossLayer(Layer):
     the labelled class only; labels get none. No ignore_label or normalization: Caffe reads no
     loss_param here. SoftmaxWithLoss computes the same loss from scores, and more stably."""
     exact_num_bottom, exact_num_top = 2, 1
+    index_bottom = 1
     is_loss = True
 
     def reshape(self, bottom, top):
@@ -306,6 +309,7 @@ class InfogainLossLayer(Layer):
     The gradient (p * sum_k H[label, k] - H[label, :]) * loss_weight / D goes to the scores
     only (neither labels nor H get one). H = identity gives SoftmaxWithLoss."""
     param_field = "infogain_loss_param"
+    index_bottom = 1
     min_num_bottom, max_num_bottom = 2, 3
     min_num_top, max_num_top = 1, 2
     is_loss = True
@@ -397,6 +401,7 @@ class HingeLossLayer(Layer):
     gradient t sign(h) / N (L1) or 2 t h / N (L2), times the loss_weight, goes to the scores;
     labels get none. No ignore_label or normalization: Caffe reads no loss_param here."""
     param_field = "hinge_loss_param"
+    index_bottom = 1
     exact_num_bottom, exact_num_top = 2, 1
     is_loss = True
 

@@ -446,6 +446,7 @@ class BatchReindexLayer(Layer):
     the range only in debug builds).
     """
     exact_num_bottom = 2
+    index_bottom = 1
     exact_num_top = 1
 
     def reshape(self, bottom, top):
