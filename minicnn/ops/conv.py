@@ -437,8 +437,7 @@ def _atrous_winograd(x_shape, w_shape, group, geom, dtype, part):
             geom.stride != (1, 1) or geom.dilation == (1, 1) or x_shape[0] == 0 or \
             _is_depthwise(x_shape[1], group):
         return False
-    rows, cols = (_phase_runs(size, p, d, k) for size, p, d, k in
-                  zip(x_shape[2:], geom.pad, geom.dilation, geom.kernel))
+    rows, cols = _axis_runs(x_shape, geom)
     if WINOGRAD_MODE != "2":
         oh, ow = geom.out_hw(*x_shape[2:])
         taps = (_taps_inside(x_shape[2], geom.pad[0], geom.dilation[0], geom.kernel[0], oh) *
@@ -456,11 +455,15 @@ def _atrous_winograd(x_shape, w_shape, group, geom, dtype, part):
                      ConvGeometry(geom.kernel), dtype, part)
 
 
+def _axis_runs(shape, geom):
+    """_phase_runs of the rows and of the columns of an (N, C, H, W) input."""
+    return tuple(_phase_runs(size, p, d, k) for size, p, d, k in
+                 zip(shape[2:], geom.pad, geom.dilation, geom.kernel))
+
+
 def _phase_groups(shape, geom):
-    """The split's calls: every (row run, column run) pair of _phase_runs."""
-    (dh, dw), (kh, kw) = geom.dilation, geom.kernel
-    rows = _phase_runs(shape[2], geom.pad[0], dh, kh)
-    cols = _phase_runs(shape[3], geom.pad[1], dw, kw)
+    """The split's calls: every (row run, column run) pair."""
+    rows, cols = _axis_runs(shape, geom)
     return [(r, c) for r in rows for c in cols]
 
 
