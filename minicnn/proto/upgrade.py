@@ -5,7 +5,8 @@
 - ``input: "data"`` with ``input_dim`` (four per input) or ``input_shape`` becomes an ``Input``
   layer.
 - data-layer ``scale``/``mean_file``/``crop_size``/``mirror`` move into ``transform_param``.
-- a BatchNorm layer with three ``param`` specs loses them (the layer fixes its own lr_mult 0).
+- a BatchNorm layer with three ``param`` specs gets lr_mult 0 and decay_mult 0 in each (its
+  statistics are not learned); their other fields, such as a shared ``name``, stay.
 - the solver's enum ``solver_type: ADAM`` becomes ``type: "Adam"``.
 """
 
@@ -111,7 +112,9 @@ def upgrade_net(net):
     for layer in net.layer:
         _upgrade_data_transform(layer)
         if layer.type == "BatchNorm" and len(layer.param) == 3:
-            layer.ClearField("param")     # old BatchNorm nets listed its 3 statistics as params
+            for spec in layer.param:      # Caffe's UpgradeNetBatchNorm keeps the names (sharing)
+                spec.lr_mult = 0
+                spec.decay_mult = 0
     return net
 
 
