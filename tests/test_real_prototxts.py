@@ -34,3 +34,36 @@ def test_batch_norm_with_three_param_specs_keeps_their_names_for_sharing():
     np.testing.assert_allclose(out["yb"], out["ya"])
     want = (x - np.array([0.5, 1, 1.5])[:, None, None]) / np.sqrt(2 + 1e-5)
     np.testing.assert_allclose(out["yb"], want, rtol=1e-5, atol=1e-6)
+
+
+
+def test_spellings_of_real_files_parse_as_caffe_reads_them():
+    """Pinned from files that load in Caffe: V1 `layers{`, `type:SLICE`, tabs and
+    `include: { phase: TEST }` (LightCNN, GilLevi's age net); `bias_term: False`, single quotes
+    and `batch_norm_param{ }` (richzhang/colorization); legacy concat_dim (HED)."""
+    v1 = minicnn.Net(parse_text(
+        'input: "data"\ninput_dim: 1\ninput_dim: 4\ninput_dim: 3\ninput_dim: 3\n'
+        'layers{\n  name: "slice1"\n  type:SLICE\n  slice_param {\n\tslice_dim: 1\n  }\n'
+        '  bottom: "data"\n  top: "a"\n  top: "b"\n}\n'
+        'layers { name: "max" type: ELTWISE bottom: "a" bottom: "b" top: "m"\n'
+        '  eltwise_param { operation: MAX } include: { phase: TEST } }\n'
+        'layers { name: "drop" type: DROPOUT bottom: "m" top: "m" include: { phase: TRAIN } }'),
+        phase=minicnn.TEST)
+    assert [layer.type for layer in v1.layers] == ["Input", "Slice", "Eltwise"]
+    x = np.arange(36, dtype=np.float32).reshape(1, 4, 3, 3)
+    np.testing.assert_array_equal(v1.forward(data=x)["m"], np.maximum(x[:, :2], x[:, 2:]))
+
+    net = minicnn.Net(parse_text(
+        'input: "data"\ninput_shape { dim: 1 dim: 2 dim: 3 dim: 3 }\n'
+        'layer { name: "bn" type: "BatchNorm" bottom: "data" top: "n" batch_norm_param{ } }\n'
+        "layer { name: 's' type: \"Scale\" bottom: 'n' top: 's' scale_param {\n"
+        "  bias_term: False\n  filler {      type: 'constant'      value: 2.606    } } }\n"
+        'layer { name: "c" type: "Concat" bottom: "s" bottom: "data" top: "c" '
+        'concat_param { concat_dim: 1} }'), phase=minicnn.TEST)
+    assert len(net.params["s"]) == 1
+    np.testing.assert_array_equal(net.params["s"][0].data, np.float32(2.606))
+    mean, var, factor = net.params["bn"]
+    mean.data[...], var.data[...], factor.data[...] = 0, 1 - 1e-5, 1
+    out = net.forward(data=x[:, :2])["c"]
+    np.testing.assert_allclose(out[:, :2], np.float32(2.606) * x[:, :2], rtol=1e-6)
+    np.testing.assert_array_equal(out[:, 2:], x[:, :2])
