@@ -168,18 +168,29 @@ static void max_forward(const T* x, T* y, std::int64_t* mask, std::int64_t plane
     }
 }
 
+// Returns false (dx then undefined) when a mask entry lies past its plane; checked plane by
+// plane as it goes, in the threads, rather than in a serial pass over the whole mask first.
 template <typename T>
-static void max_backward(const T* dy, const std::int64_t* mask, T* dx, std::int64_t planes,
+static bool max_backward(const T* dy, const std::int64_t* mask, T* dx, std::int64_t planes,
                          std::int64_t in_size, std::int64_t out_size) {
-#pragma omp parallel for schedule(static) if (planes * (in_size + out_size) > PARALLEL_WORK)
+    bool in_range = true;
+#pragma omp parallel for schedule(static) reduction(&& : in_range) \
+    if (planes * (in_size + out_size) > PARALLEL_WORK)
     for (std::int64_t p = 0; p < planes; ++p) {
         T* plane = dx + p * in_size;
         std::memset(plane, 0, sizeof(T) * in_size);
         const T* g = dy + p * out_size;
         const std::int64_t* arg = mask + p * out_size;
+        bool ok = true;
+        for (std::int64_t i = 0; i < out_size; ++i) ok &= arg[i] < in_size;
+        if (!ok) {
+            in_range = false;
+            continue;
+        }
         for (std::int64_t i = 0; i < out_size; ++i)
             if (arg[i] >= 0) plane[arg[i]] += g[i];
     }
+    return in_range;
 }
 
 // The divisor of window (oy, oz), as Caffe's pool_size: before clipping to the image.
@@ -257,11 +268,12 @@ REGISTER_NATIVE(m) {
             const T* g = in_ptr<T>(dy, "dy");
             T* out = out_ptr<T>(dx, "dx");
             const std::int64_t planes = dy.shape(0) * dy.shape(1);
-            py::gil_scoped_release release;
-            for (std::int64_t i = 0; i < planes * out_size; ++i)
-                if (arg[i] >= in_size) throw std::invalid_argument("max_pool_backward: mask "
-                                                                   "index out of range");
-            max_backward<T>(g, arg, out, planes, in_size, out_size);
+            bool in_range;
+            {
+                py::gil_scoped_release release;
+                in_range = max_backward<T>(g, arg, out, planes, in_size, out_size);
+            }
+            require(in_range, "max_pool_backward: mask index out of range");
         });
     }, "dx <- each dy added at its window's argmax (mask)");
     m.def("ave_pool_forward", [](const py::array& x, py::array& y, const py::tuple& geom) {

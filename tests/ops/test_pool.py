@@ -351,3 +351,10 @@ def test_fast_path_on_a_strided_view_and_a_bad_mask(kind):
     mask[0, 0, 0, 0] = 81                                      # past the 9x9 plane
     with pytest.raises(ValueError, match="mask index out of range"):
         max_pool2d_backward.impls[kind](np.ones_like(y), mask, x.shape)
+    # checked plane by plane in the threads: a bad entry in the last plane of a batch large
+    # enough to run in parallel
+    x = np.random.default_rng(10).standard_normal((4, 16, 40, 40)).astype(np.float32)
+    y, mask = max_pool2d_forward.impls[kind](x, geom=geom)
+    mask[-1, -1, -1, -1] = 40 * 40
+    with pytest.raises(ValueError, match="mask index out of range"):
+        max_pool2d_backward.impls[kind](np.ones_like(y), mask, x.shape)
