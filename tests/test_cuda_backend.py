@@ -99,6 +99,40 @@ def test_the_emulator_refuses_grids_a_gpu_refuses():
         with pytest.raises(fake_cupy.CUDARuntimeError, match="invalid configuration"):
             fake_cupy.check_launch("k", grid, block)
 
+
+NEIGHBOUR = """
+template <typename T>
+__global__ void left_neighbour(const T* x, T* y, int barrier, long long n) {
+  __shared__ T s[256];
+  long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  s[threadIdx.x] = x[i];
+  if (barrier) __syncthreads();           // the same for the whole block: not divergent
+  T left = threadIdx.x > 0 ? s[threadIdx.x - 1] : T(0);
+  __syncthreads();
+  y[i] = left;
+}
+"""
+
+
+def test_the_emulator_runs_threads_out_of_index_order():
+    """A GPU runs a block's threads between two barriers, and a grid's blocks, in no promised
+    order. Thread t reading s[t - 1] without a barrier after the writes is a race there; in
+    index order (thread t - 1 first) the emulator would compute the right values anyway and
+    hide it. Its shuffled order exposes the race, and the kernel with the barrier is right."""
+    from tests import cuda_emu
+    from tests.cuda_emu import fake_cupy
+    if not cuda_emu.available():
+        pytest.skip("no C++ compiler for the CUDA host emulator")
+    module = fake_cupy.RawModule(code=cuda.kernel_source("common.cuh") + NEIGHBOUR,
+                                 name_expressions=["left_neighbour<float>"])
+    k = module.get_function("left_neighbour<float>")
+    x = np.arange(1, 3 * 256 + 1, dtype=np.float32)
+    want = np.concatenate([np.concatenate([[0], part[:-1]]) for part in np.split(x, 3)])
+    for barrier, right in ((0, False), (1, True)):
+        y = fake_cupy.full(x.shape, np.nan, np.float32)
+        k((3,), (256,), (fake_cupy.asarray(x), y, np.int32(barrier), np.int64(x.size)))
+        assert np.array_equal(y.get(), want) == right, f"barrier {barrier}"
+
 def test_kernel_sources_are_self_contained():
     for path in sorted(cuda.kernels_dir().glob("*.cu")):
         source = cuda.kernel_source(path.name)

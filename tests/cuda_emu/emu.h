@@ -6,6 +6,11 @@
 // barrier to barrier together, as on the device. __shared__ variables are function statics:
 // one copy that the threads of the running block share. atomicAdd is a plain add (one OS thread).
 // A divergent barrier (some threads finished while others wait) is reported as an error.
+//
+// Order: the GPU runs a grid's blocks, and a block's threads between two barriers, in no order
+// it promises. The emulator takes them in a fixed shuffled order (emu::shuffle), not by index:
+// in index order a kernel that reads what a lower thread (or block) wrote, without a barrier
+// between, would pass here and race on the device.
 #pragma once
 #include <cfloat>
 #include <cmath>
@@ -49,6 +54,18 @@ static void (*body)(void*) = nullptr;
 static void* body_arg = nullptr;
 static std::string error;
 
+// perm <- a permutation of 0 .. n-1 drawn from seed (Fisher-Yates on a 64-bit LCG): the same
+// launch runs in the same order every time, so a failure reproduces
+inline void shuffle(std::vector<unsigned>& perm, unsigned long long n, unsigned long long seed) {
+  perm.resize(n);
+  for (unsigned long long i = 0; i < n; ++i) perm[i] = (unsigned)i;
+  unsigned long long s = (seed + 1) * 0x9E3779B97F4A7C15ULL;
+  for (unsigned long long i = n; i > 1; --i) {
+    s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+    std::swap(perm[i - 1], perm[(s >> 33) % i]);
+  }
+}
+
 inline void fiber_main() {
   body(body_arg);
   current->done = true;
@@ -64,7 +81,7 @@ inline void syncthreads() {
 }
 
 template <typename F>
-void run_block_fibers(const F& f) {
+void run_block_fibers(const F& f, unsigned long long block) {
   unsigned n = blockDim.x * blockDim.y * blockDim.z;
   if (fibers.size() < n) fibers.resize(n);
   body = [](void* p) { (*static_cast<const F*>(p))(); };
@@ -80,9 +97,11 @@ void run_block_fibers(const F& f) {
     fb.ctx.uc_link = nullptr;
     makecontext(&fb.ctx, fiber_main, 0);
   }
-  for (;;) {                                  // one round: every thread to its next barrier
+  std::vector<unsigned> order;
+  for (unsigned long long round = 0;; ++round) {   // every thread to its next barrier
     unsigned finished = 0, waiting = 0;
-    for (unsigned t = 0; t < n; ++t) {
+    shuffle(order, n, block * 1000003ULL + round);
+    for (unsigned t : order) {
       Fiber& fb = fibers[t];
       if (fb.done) continue;
       current = &fb;
@@ -103,22 +122,27 @@ template <typename F>
 void run_grid(dim3 grid, dim3 block, bool fibered, const F& f) {
   gridDim = grid;
   blockDim = block;
-  for (unsigned bz = 0; bz < grid.z; ++bz)
-    for (unsigned by = 0; by < grid.y; ++by)
-      for (unsigned bx = 0; bx < grid.x; ++bx) {
-        blockIdx = {bx, by, bz};
-        if (fibered) {
-          run_block_fibers(f);
-          if (!error.empty()) return;
-          continue;
-        }
-        for (unsigned tz = 0; tz < block.z; ++tz)
-          for (unsigned ty = 0; ty < block.y; ++ty)
-            for (unsigned tx = 0; tx < block.x; ++tx) {
-              threadIdx = {tx, ty, tz};
-              f();
-            }
-      }
+  unsigned long long blocks = (unsigned long long)grid.x * grid.y * grid.z;
+  unsigned threads = block.x * block.y * block.z;
+  if (blocks > 0xFFFFFFFFULL) {
+    error = "the emulator runs grids of fewer than 2^32 blocks";
+    return;
+  }
+  std::vector<unsigned> block_order, thread_order;
+  shuffle(block_order, blocks, blocks);
+  for (unsigned b : block_order) {
+    blockIdx = {b % grid.x, (b / grid.x) % grid.y, b / (grid.x * grid.y)};
+    if (fibered) {
+      run_block_fibers(f, b);
+      if (!error.empty()) return;
+      continue;
+    }
+    shuffle(thread_order, threads, b);
+    for (unsigned t : thread_order) {
+      threadIdx = {t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
+      f();
+    }
+  }
 }
 
 template <typename... A, size_t... I>
