@@ -8,7 +8,9 @@
 #   run(command="bash bench/gpu_check.sh", carry=[".whl", "data/mnist"], timeout_s=560)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-grep -qxF '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+exclude=$(git rev-parse --git-path info/exclude)    # .git is a file in a worktree
+mkdir -p "$(dirname "$exclude")"
+grep -qxF '/.whl/' "$exclude" 2>/dev/null || echo '/.whl/' >> "$exclude"
 mkdir -p .whl
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
   --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
