@@ -70,7 +70,11 @@ else note "FAIL kernels: NVRTC or the first launch failed (env.txt)"; tail -30 "
 fi
 
 # --- 2. the GPU tests ------------------------------------------------------------------------------
-timeout 240 python3 -m pytest -q -m cuda -p no:cacheprovider -rfE tests > "$OUT/tests.log" 2>&1
+# -v names each test as it starts and faulthandler prints the stack of one still running after
+# 60 s: a test that hangs (a kernel that never ends, a barrier some threads miss) is named in
+# tests.log even when `timeout` kills pytest before its summary
+timeout 240 python3 -m pytest -v -m cuda -p no:cacheprovider -rfE -o faulthandler_timeout=60 \
+  tests > "$OUT/tests.log" 2>&1
 status=$?
 tail -15 "$OUT/tests.log"
 last=$(tail -1 "$OUT/tests.log")
