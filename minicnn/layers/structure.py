@@ -188,6 +188,41 @@ class PermuteLayer(Layer):
             bottom[0].diff[...] = ops.permute_backward(top[0].diff, self.order)
 
 
+@register("ShuffleChannel")
+class ShuffleChannelLayer(Layer):
+    """ShuffleNet's `ShuffleChannel` (a fork layer: farmingyard's and camel007's Caffe, field
+    164 shuffle_channel_param): the C channels as shuffle_channel_param.group (default 1)
+    groups of C/group, interleaved, so top channel k * group + g is bottom channel
+    g * C/group + k (minicnn.ops.permute). Backward applies the inverse shuffle. The channels
+    must split evenly into the groups. In place is allowed, as in the forks."""
+    param_field = "shuffle_channel_param"
+    exact_num_bottom = exact_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        self.group = self.param.shuffle_channel_param.group
+        if self.group < 1:
+            raise LayerError(f"ShuffleChannel layer '{self.name}': shuffle_channel_param.group "
+                             f"must be at least 1, got {self.group}")
+
+    def reshape(self, bottom, top):
+        shape = bottom[0].shape
+        if len(shape) < 2:
+            raise LayerError(f"ShuffleChannel layer '{self.name}': the bottom (shape {shape}) "
+                             "has no channel axis")
+        if shape[1] % self.group:
+            raise LayerError(f"ShuffleChannel layer '{self.name}': the bottom's {shape[1]} "
+                             f"channels (shape {shape}) do not split into {self.group} groups")
+        top[0].reshape(shape)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = ops.channel_shuffle(bottom[0].data, self.group)
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            channels = top[0].shape[1]
+            bottom[0].diff[...] = ops.channel_shuffle(top[0].diff, channels // self.group)
+
+
 @register("Silence")
 class SilenceLayer(Layer):
     """Caffe `Silence`: consumes bottoms so they are not net outputs; no tops. Backward gives

@@ -237,6 +237,7 @@ message LayerParameter
   204 detection_output_param DetectionOutputParameter
   206 norm_param          NormalizeParameter
   9143 interp_param       InterpParameter    # DeepLab/PSPNet fork; their 143 is BVLC's input_param
+  164 shuffle_channel_param ShuffleChannelParameter  # ShuffleNet forks (farmingyard, camel007)
   8266711 roi_pooling_param ROIPoolingParameter     # caffe-fast-rcnn (Fast/Faster R-CNN)
   8266712 smooth_l1_loss_param SmoothL1LossParameter  # caffe-fast-rcnn
   20001 detection_param   DetectionParameter  # minicnn's own (YOLOv1). 20000+: clear of
@@ -625,6 +626,9 @@ message SegmentationDataParameter  # minicnn's "SegmentationData": image + label
   10  root_folder         string   = ""
   11  rand_skip           uint32   = 0
   12  prefetch            uint32   = 4
+
+message ShuffleChannelParameter  # ShuffleNet forks' ShuffleChannel
+  1   group               uint32   = 1
 
 message ROIPoolingParameter    # caffe-fast-rcnn's ROIPooling
   1   pooled_h            uint32   = 0

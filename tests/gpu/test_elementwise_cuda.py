@@ -10,7 +10,7 @@ from minicnn.ops.eltwise import eltwise_backward, eltwise_forward
 from minicnn.ops.inner_product import inner_product_backward, inner_product_forward
 from minicnn.ops.interp import interp_backward, interp_forward
 from minicnn.ops.mvn import mvn_backward, mvn_forward
-from minicnn.ops.permute import permute_backward, permute_forward
+from minicnn.ops.permute import channel_shuffle, permute_backward, permute_forward
 from minicnn.ops.relu import relu_backward, relu_forward
 
 from .conftest import assert_close, poisoned
@@ -188,6 +188,13 @@ def test_permute(gpu):
     y = permute_forward(gpu.asarray(x), (0, 2, 3, 1))
     assert_close(y, permute_forward.impls["ref"](x, (0, 2, 3, 1)), 0, "y")
     assert_close(permute_backward(y, (0, 2, 3, 1)), x, 0, "dx")
+
+
+def test_channel_shuffle(gpu):
+    x = np.random.default_rng(10).standard_normal((2, 12, 3, 5)).astype(np.float32)
+    y = channel_shuffle(gpu.asarray(x), 3)
+    assert_close(y, channel_shuffle.impls["ref"](x, 3), 0, "y")
+    assert_close(channel_shuffle(y, 4), x, 0, "dx")
 
 
 DIVMOD = """
