@@ -364,6 +364,21 @@ class ClipLayer(NeuronLayer):
             bottom[0].diff[...] = ops.clip_backward(top[0].diff, x, self.min, self.max)
 
 
+@register("ReLU6")
+class ReLU6Layer(NeuronLayer):
+    """`ReLU6` (MobileNet v2/v3 ports and the ONNX/PyTorch-to-Caffe converters' layer, which
+    OpenCV's Caffe importer reads; no parameters): min(max(x, 0), 6). Backward passes dy where
+    0 < x < 6, both kinks excluded (as ReLU at 0); it reads y, which tells the same, so the
+    layer is safe in place."""
+
+    def forward(self, bottom, top):
+        top[0].data[...] = ops.relu6_forward(bottom[0].data)
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            bottom[0].diff[...] = ops.relu6_backward(top[0].diff, top[0].data)
+
+
 @register("Swish")
 class SwishLayer(NeuronLayer):
     """Caffe `Swish`: x * sigmoid(beta * x) (swish_param.beta, default 1; beta 1 is SiLU).

@@ -14,6 +14,7 @@ With u = shift + scale * x (Power, Exp, Log):
     BNLL       y = log(1 + exp(x))               dx = dy e / (e + 1), e = exp(min(x, 50))
     Threshold  y = 1 if x > threshold else 0     no backward (the derivative is 0 or undefined)
     Clip       y = max(min, min(x, max))         dx = dy (min <= x <= max)
+    ReLU6      y = min(max(x, 0), 6)             dx = dy (0 < y < 6), the same as 0 < x < 6
     Swish      y = x s, s = sigmoid(beta x)      dx = dy (beta y + s (1 - beta y))
 
 Exp and Log take base -1 to mean e (ln(base) = 1 exactly); callers check base > 0 (and, for
@@ -63,6 +64,7 @@ log_forward, log_backward = Op("log_forward"), Op("log_backward")
 bnll_forward, bnll_backward = Op("bnll_forward"), Op("bnll_backward")
 threshold_forward = Op("threshold_forward")
 clip_forward, clip_backward = Op("clip_forward"), Op("clip_backward")
+relu6_forward, relu6_backward = Op("relu6_forward"), Op("relu6_backward")
 swish_forward, swish_backward = Op("swish_forward"), Op("swish_backward")
 
 BNLL_THRESHOLD = 50.0                   # Caffe's kBNLL_THRESHOLD: exp's argument is clamped here
@@ -224,6 +226,18 @@ def _clip_forward_ref(x, min, max):
 def _clip_backward_ref(dy, x, min, max):
     """x must be the input: in place, y would pass every element."""
     return np.where((x >= min) & (x <= max), dy, 0).astype(dy.dtype, copy=False)
+
+
+@relu6_forward.impl("ref")
+def _relu6_forward_ref(x):
+    return np.minimum(np.maximum(x, 0), 6).astype(x.dtype, copy=False)    # NaN stays NaN
+
+
+@relu6_backward.impl("ref")
+def _relu6_backward_ref(dy, y):
+    """From y, not x: 0 < y < 6 exactly where 0 < x < 6, so the layer is safe in place. Both
+    kinks (0 and 6) pass no gradient, as ReLU's at 0 (and TensorFlow's and PyTorch's relu6)."""
+    return dy * ((y > 0) & (y < 6))
 
 
 @swish_forward.impl("ref")
@@ -408,6 +422,17 @@ def _clip_forward_cuda(x, min, max):
 @clip_backward.impl("cuda", available=cuda.importable)
 def _clip_backward_cuda(dy, x, min, max):
     return _binary("clip_backward", dy, x, min, max)
+
+
+@relu6_forward.impl("cuda", available=cuda.importable)
+def _relu6_forward_cuda(x):
+    cp = cuda.cupy()
+    return cp.minimum(cp.maximum(x, 0), 6).astype(x.dtype, copy=False)
+
+
+@relu6_backward.impl("cuda", available=cuda.importable)
+def _relu6_backward_cuda(dy, y):
+    return dy * ((y > 0) & (y < 6))
 
 
 @swish_forward.impl("cuda", available=cuda.importable)

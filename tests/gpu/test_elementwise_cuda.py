@@ -1,15 +1,18 @@
-"""ReLU, the neurons, Dropout, Eltwise, inner product, Interp, MVN and Permute on the GPU against
-the NumPy reference, float32 and float64, outputs poisoned where the op takes out=."""
+"""ReLU, the neurons, Dropout, Eltwise, inner product, Interp, MVN, Permute and the channel
+shuffle on the GPU against the NumPy reference, float32 and float64, outputs poisoned where the
+op takes out=."""
 
 import numpy as np
 import pytest
 
+import minicnn.cuda
 from minicnn.ops import neurons as nr
 from minicnn.ops.dropout import dropout_backward, dropout_forward, dropout_mask
 from minicnn.ops.eltwise import eltwise_backward, eltwise_forward
 from minicnn.ops.inner_product import inner_product_backward, inner_product_forward
 from minicnn.ops.interp import interp_backward, interp_forward
 from minicnn.ops.mvn import mvn_backward, mvn_forward
+from minicnn.ops.neurons import relu6_backward, relu6_forward
 from minicnn.ops.permute import channel_shuffle, permute_backward, permute_forward
 from minicnn.ops.relu import relu_backward, relu_forward
 
@@ -188,6 +191,18 @@ def test_permute(gpu):
     y = permute_forward(gpu.asarray(x), (0, 2, 3, 1))
     assert_close(y, permute_forward.impls["ref"](x, (0, 2, 3, 1)), 0, "y")
     assert_close(permute_backward(y, (0, 2, 3, 1)), x, 0, "dx")
+
+
+def test_relu6(gpu):
+    x = np.random.default_rng(11).uniform(-3, 9, (2, 3, 4, 5)).astype(np.float32)
+    x.flat[:2] = [0, 6]                                       # the kinks
+    dy = np.random.default_rng(12).standard_normal(x.shape).astype(np.float32)
+    y = relu6_forward(gpu.asarray(x))
+    assert_close(y, relu6_forward.impls["ref"](x), 0, "y")
+    assert_close(relu6_backward(gpu.asarray(dy), y),
+                 relu6_backward.impls["ref"](dy, relu6_forward.impls["ref"](x)), 0, "dx")
+    nan = relu6_forward(gpu.asarray(np.array([np.nan, -np.inf, np.inf], np.float32)))
+    np.testing.assert_array_equal(minicnn.cuda.to_host(nan), [np.nan, 0, 6])   # as NumPy's
 
 
 def test_channel_shuffle(gpu):
