@@ -1,4 +1,5 @@
-"""Pooling layers: Caffe's `Pooling` (MAX, AVE; global_pooling; CEIL or FLOOR rounding)."""
+"""Pooling layers: Caffe's `Pooling` (MAX, AVE; global_pooling; CEIL or FLOOR rounding), SPP,
+and the forks' `Upsample` (max-unpooling through a Pooling mask, or nearest-neighbour)."""
 
 from minicnn import ops
 from minicnn.errors import LayerError
@@ -127,3 +128,88 @@ class SPPLayer(Layer):
             bottom[0].diff[...] = ops.spp_backward(dy, bottom[0].shape, levels=self.levels,
                                                    pool=self.pool, masks=self.masks,
                                                    rule=self.rule)
+
+
+@register("Upsample")
+class UpsampleLayer(Layer):
+    """The forks' `Upsample` (upsample_param, field 149 as in the YOLOv3 ports; SegNet's fork
+    numbered it 138, BVLC's tile_param), by its bottoms:
+
+    - two bottoms, SegNet's max-unpooling: bottom[0] the values, bottom[1] the mask top of the
+      MAX Pooling being undone (same shape); each value goes to the place its window took the
+      max from, zeros elsewhere (minicnn.ops.upsample). The top is upsample_h x upsample_w when
+      both are given, else the bottom's size times scale_h and scale_w (or scale, default 2),
+      less 1 where pad_out_h / pad_out_w is set (only with a scale of 2: an odd-sized input of
+      the pooling). A mask naming a place outside the top is an error (SegNet: a fatal log).
+    - one bottom, the YOLOv3 ports' nearest-neighbour upsampling by scale (or scale_h and
+      scale_w): each value repeated over a block; backward sums the block.
+
+    No gradient for the mask. Not in place."""
+    param_field = "upsample_param"
+    min_num_bottom, max_num_bottom = 1, 2
+    exact_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        if top[0] in bottom:
+            raise LayerError("Upsample does not allow in-place computation (the top is larger)")
+        p = self.param.upsample_param
+        self.unpool = len(bottom) == 2
+        exact = p.HasField("upsample_h") or p.HasField("upsample_w")
+        if exact and not (p.HasField("upsample_h") and p.HasField("upsample_w")):
+            raise LayerError(f"Upsample layer '{self.name}': upsample_param.upsample_h and "
+                             "upsample_w go together")
+        if p.HasField("scale_h") != p.HasField("scale_w"):
+            raise LayerError(f"Upsample layer '{self.name}': upsample_param.scale_h and "
+                             "scale_w go together")
+        if p.HasField("scale_h") and p.HasField("scale"):
+            raise LayerError(f"Upsample layer '{self.name}': give upsample_param.scale or "
+                             "scale_h and scale_w, not both")
+        self.scale = (p.scale_h, p.scale_w) if p.HasField("scale_h") else (p.scale, p.scale)
+        self.pad_out = (int(p.pad_out_h), int(p.pad_out_w))
+        self.exact = (p.upsample_h, p.upsample_w) if exact else None
+        if not self.unpool and (exact or any(self.pad_out)):
+            raise LayerError(f"Upsample layer '{self.name}': one bottom is nearest-neighbour "
+                             "upsampling by scale; upsample_h, upsample_w and pad_out_* belong "
+                             "to max-unpooling, which takes the Pooling mask as bottom 1")
+        if self.exact is not None:
+            if min(self.exact) < 1:
+                raise LayerError(f"Upsample layer '{self.name}': upsample_h and upsample_w "
+                                 f"must be positive, got {self.exact[0]}x{self.exact[1]}")
+        elif min(self.scale) < 1 or (self.unpool and min(self.scale) < 2):
+            raise LayerError(f"Upsample layer '{self.name}': the scale must be at least "
+                             f"{2 if self.unpool else 1}, got {self.scale[0]}x{self.scale[1]}")
+        for pad, scale, axis in zip(self.pad_out, self.scale, "hw"):
+            if pad and scale != 2 and self.exact is None:
+                raise LayerError(f"Upsample layer '{self.name}': pad_out_{axis} needs scale "
+                                 f"2 on that axis (else the output size is ill-defined), got "
+                                 f"{scale}")
+
+    def reshape(self, bottom, top):
+        shape = bottom[0].shape
+        if len(shape) != 4:
+            raise LayerError(f"Upsample takes (N, C, H, W) bottoms, got shape {shape}")
+        if self.unpool and bottom[1].shape != shape:
+            raise LayerError(f"Upsample: the mask (bottom 1, shape {bottom[1].shape}) must "
+                             f"have the values' shape {shape}")
+        if self.exact is not None:
+            out = self.exact
+        else:
+            out = tuple(d * s - pad for d, s, pad in zip(shape[2:], self.scale, self.pad_out))
+        top[0].reshape((*shape[:2], *out))
+
+    def forward(self, bottom, top):
+        if self.unpool:
+            top[0].data[...] = ops.max_unpool2d_forward(bottom[0].data, bottom[1].data,
+                                                        top[0].shape[2:])
+        else:
+            top[0].data[...] = ops.nearest_upsample_forward(bottom[0].data, *self.scale)
+
+    def backward(self, top, propagate_down, bottom):
+        if self.unpool and len(propagate_down) > 1 and propagate_down[1]:
+            bottom[1].diff[...] = 0                     # the mask is piecewise constant
+        if not propagate_down[0]:
+            return
+        if self.unpool:
+            bottom[0].diff[...] = ops.max_unpool2d_backward(top[0].diff, bottom[1].data)
+        else:
+            bottom[0].diff[...] = ops.nearest_upsample_backward(top[0].diff, *self.scale)

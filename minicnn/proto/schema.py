@@ -238,6 +238,7 @@ message LayerParameter
   206 norm_param          NormalizeParameter
   9143 interp_param       InterpParameter    # DeepLab/PSPNet fork; their 143 is BVLC's input_param
   164 shuffle_channel_param ShuffleChannelParameter  # ShuffleNet forks (farmingyard, camel007)
+  149 upsample_param      UpsampleParameter  # YOLOv3 ports' number (SegNet's fork: 138)
   8266711 roi_pooling_param ROIPoolingParameter     # caffe-fast-rcnn (Fast/Faster R-CNN)
   8266712 smooth_l1_loss_param SmoothL1LossParameter  # caffe-fast-rcnn
   20001 detection_param   DetectionParameter  # minicnn's own (YOLOv1). 20000+: clear of
@@ -626,6 +627,15 @@ message SegmentationDataParameter  # minicnn's "SegmentationData": image + label
   10  root_folder         string   = ""
   11  rand_skip           uint32   = 0
   12  prefetch            uint32   = 4
+
+message UpsampleParameter      # SegNet's Upsample (max-unpooling); the YOLOv3 ports' takes scale
+  1   scale               uint32   = 2
+  2   scale_h             uint32
+  3   scale_w             uint32
+  4   pad_out_h           bool     = false
+  5   pad_out_w           bool     = false
+  6   upsample_h          uint32
+  7   upsample_w          uint32
 
 message ShuffleChannelParameter  # ShuffleNet forks' ShuffleChannel
   1   group               uint32   = 1

@@ -179,6 +179,44 @@ def test_python_and_argmax_layers_run_on_host_copies(gpu, tmp_path):
     assert rel_error(dev.blobs["data"].diff.get(), cpu.blobs["data"].diff) < 1e-5
 
 
+FORK_UNITS = """
+force_backward: true
+layer { name: "data" type: "Input" top: "data"
+        input_param { shape { dim: 2 dim: 6 dim: 9 dim: 7 } } }
+layer { name: "g1" type: "Convolution" bottom: "data" top: "g1"
+        convolution_param { num_output: 6 kernel_size: 1 group: 3
+                            weight_filler { type: "gaussian" std: 2 } } }
+layer { name: "r6" type: "ReLU6" bottom: "g1" top: "g1" }
+layer { name: "shuffle" type: "ShuffleChannel" bottom: "g1" top: "shuffled"
+        shuffle_channel_param { group: 3 } }
+layer { name: "pool" type: "Pooling" bottom: "shuffled" top: "pool" top: "mask"
+        pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "unpool" type: "Upsample" bottom: "pool" bottom: "mask" top: "unpooled"
+        upsample_param { scale: 2 pad_out_h: true pad_out_w: true } }
+layer { name: "nearest" type: "Upsample" bottom: "pool" top: "nearest" upsample_param { scale: 2 } }
+"""
+
+
+def test_fork_layers_as_on_the_cpu(gpu):
+    """ReLU6 and ShuffleChannel on the device, SegNet's and the YOLOv3 ports' Upsample on host
+    copies of the Pooling's mask and values: the same tops and bottom gradient as the CPU's."""
+    param = parse_text(FORK_UNITS, "NetParameter")
+    minicnn.set_random_seed(3)
+    cpu = minicnn.Net(param, phase=minicnn.TRAIN)
+    minicnn.set_random_seed(3)
+    dev = minicnn.Net(param, phase=minicnn.TRAIN, device="cuda:0")
+    assert sorted(dev.layers[i].type for i in dev._mirrors) == ["Upsample", "Upsample"]
+    x = np.random.default_rng(4).standard_normal((2, 6, 9, 7)).astype(np.float32)
+    for net in (cpu, dev):
+        net.forward(data=x)
+        for name in ("unpooled", "nearest"):
+            net.blobs[name].diff[...] = 1
+        net.backward()
+    for name in ("g1", "shuffled", "pool", "mask", "unpooled", "nearest"):
+        assert rel_error(cuda.to_host(dev.blobs[name].data), cpu.blobs[name].data) < 1e-6, name
+    assert rel_error(cuda.to_host(dev.blobs["data"].diff), cpu.blobs["data"].diff) < 1e-5
+
+
 def test_global_gpu_mode_and_set_device(gpu):
     minicnn.set_device(0)
     minicnn.set_mode_gpu()
