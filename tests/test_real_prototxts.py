@@ -67,3 +67,32 @@ def test_spellings_of_real_files_parse_as_caffe_reads_them():
     out = net.forward(data=x[:, :2])["c"]
     np.testing.assert_allclose(out[:, :2], np.float32(2.606) * x[:, :2], rtol=1e-6)
     np.testing.assert_array_equal(out[:, 2:], x[:, :2])
+
+
+def test_faster_rcnn_dropout_scale_train_false_scales_at_test_time():
+    """py-faster-rcnn's ZF and VGG_CNN_M_1024 prototxts say `dropout_param { scale_train: false }`
+    (caffe-fast-rcnn's field 2): TRAIN keeps x * mask unscaled and TEST multiplies by
+    1 - dropout_ratio, forward and backward, so the trained fc layers see the same mean."""
+    def net(phase, ratio, in_place):
+        top = "x" if in_place else "y"
+        return minicnn.Net(parse_text(
+            'force_backward: true input: "x" input_shape { dim: 2 dim: 50 } '
+            f'layer {{ name: "drop" type: "Dropout" bottom: "x" top: "{top}" '
+            f'dropout_param {{ dropout_ratio: {ratio} scale_train: false }} }}'), phase=phase)
+    x = np.random.default_rng(0).standard_normal((2, 50)).astype(np.float32) + 3
+    dy = np.random.default_rng(1).standard_normal((2, 50)).astype(np.float32)
+    for in_place in (False, True):
+        test = net(minicnn.TEST, 0.3, in_place)
+        top = "x" if in_place else "y"
+        np.testing.assert_allclose(test.forward(x=x.copy())[top], x * np.float32(0.7), rtol=1e-6)
+        np.testing.assert_allclose(test.backward(**{top: dy})["x"], dy * np.float32(0.7), rtol=1e-6)
+    train = net(minicnn.TRAIN, 0.5, False)
+    y = train.forward(x=x)["y"]
+    kept = y != 0
+    assert 0 < kept.mean() < 1
+    np.testing.assert_array_equal(y[kept], x[kept])              # unscaled, not 2 * x
+    np.testing.assert_array_equal(train.backward(y=dy)["x"], np.where(kept, dy, 0))
+    default = minicnn.Net(parse_text(                                # scale_train: true, BVLC's
+        'input: "x" input_shape { dim: 2 dim: 50 } '
+        'layer { name: "drop" type: "Dropout" bottom: "x" top: "y" }'), phase=minicnn.TEST)
+    np.testing.assert_array_equal(default.forward(x=x)["y"], x)

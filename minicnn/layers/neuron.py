@@ -48,15 +48,26 @@ class DropoutLayer(NeuronLayer):
     1 - dropout_ratio and scaled by 1 / (1 - dropout_ratio), the mask drawn from ``self.rng``
     at every forward and reused by backward; in the TEST phase it is the identity.
 
+    ``scale_train: false`` (caffe-fast-rcnn's field, in py-faster-rcnn's prototxts) moves the
+    scaling to the other phase, as that fork does: TRAIN keeps x * mask unscaled, and TEST
+    multiplies by 1 - dropout_ratio (forward and backward).
+
     Safe in place: neither pass reads the input again."""
     param_field = "dropout_param"
 
     def layer_setup(self, bottom, top):
-        self.ratio = self.param.dropout_param.dropout_ratio
+        p = self.param.dropout_param
+        self.ratio = p.dropout_ratio
         if not 0.0 <= self.ratio < 1.0:
             raise LayerError(f"dropout_param.dropout_ratio must be in [0, 1), got {self.ratio:g}")
+        self.scale_train = p.scale_train
         self.mask = None
         self._device_mask = None
+
+    def _test_scale(self, dtype):
+        """TEST's factor with scale_train false: 1 / scale, scale = 1 / (1 - ratio) in the
+        blob's dtype, as Caffe's caffe_scal(count, 1. / scale_, ...)."""
+        return dtype.type(1.0 / dtype.type(1.0 / (1.0 - self.ratio)))
 
     def forward(self, bottom, top):
         if self.phase == "TRAIN":
@@ -66,15 +77,22 @@ class DropoutLayer(NeuronLayer):
                 if self._device_mask is None or self._device_mask.shape != self.mask.shape:
                     self._device_mask = cuda.cupy().empty_like(x, dtype=np.bool_)
                 self.mask = cuda.assign(self._device_mask, self.mask)
-            top[0].data[...] = ops.dropout_forward(x, self.mask, self.ratio)
+            top[0].data[...] = ops.dropout_forward(x, self.mask, self._train_ratio())
+        elif not self.scale_train:
+            top[0].data[...] = bottom[0].data * self._test_scale(bottom[0].data.dtype)
         elif bottom[0] is not top[0]:
             top[0].data[...] = bottom[0].data
+
+    def _train_ratio(self):
+        return self.ratio if self.scale_train else 0.0      # ratio 0: the op's scale is 1
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
         if self.phase == "TRAIN":
-            bottom[0].diff[...] = ops.dropout_backward(top[0].diff, self.mask, self.ratio)
+            bottom[0].diff[...] = ops.dropout_backward(top[0].diff, self.mask, self._train_ratio())
+        elif not self.scale_train:
+            bottom[0].diff[...] = top[0].diff * self._test_scale(top[0].diff.dtype)
         elif bottom[0] is not top[0]:
             bottom[0].diff[...] = top[0].diff
 

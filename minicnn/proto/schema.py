@@ -325,6 +325,7 @@ message DataParameter
 
 message DropoutParameter
   1   dropout_ratio       float    = 0.5
+  2   scale_train         bool     = true    # caffe-fast-rcnn: false scales at TEST, not TRAIN
 
 message DummyDataParameter
   1   data_filler         FillerParameter repeated
