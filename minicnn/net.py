@@ -37,7 +37,7 @@ from minicnn.errors import MinicnnError, NetError
 from minicnn.layer import check_not_empty, create_layer
 from minicnn.native import lib
 from minicnn.proto import caffe_pb2
-from minicnn.proto.text import read_prototxt
+from minicnn.proto.text import layer_lines, read_prototxt
 from minicnn.proto.upgrade import upgrade_net
 from minicnn.proto.wire import read_binary, write_binary
 
@@ -322,7 +322,7 @@ class Net:
             try:
                 layer = create_layer(layer_param)
             except MinicnnError as e:
-                raise NetError(f"layer '{name}': {e}") from None
+                raise NetError(f"{self._where(name)}layer '{name}': {e}") from None
             bottoms, need_backward, bottom_need = [], False, []
             for j, blob_name in enumerate(layer_param.bottom):
                 if blob_name not in self.blobs:
@@ -398,7 +398,13 @@ class Net:
         try:
             layer.setup(bottoms, tops)
         except MinicnnError as e:
-            raise NetError(f"{self._describe(layer, bottoms)}: {e}") from None
+            where = self._where(layer.param.name)
+            raise NetError(f"{where}{self._describe(layer, bottoms)}: {e}") from None
+
+    def _where(self, layer_name):
+        """'file:line: ' of the layer in the prototxt this net was read from ('' if none)."""
+        line = None if self.source == "<NetParameter>" else layer_lines(self.source).get(layer_name)
+        return f"{self.source}:{line}: " if line else ""
 
     def _describe(self, layer, bottoms):
         param = layer.param

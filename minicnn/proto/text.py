@@ -46,6 +46,7 @@ class _Parser:
         self.text, self.path = text, path
         self.line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
         self.stack = []            # messages being parsed, for "in layer 'x'" context
+        self.layer_starts = []     # (layer message, position of its '{'), for layer_lines
         self.i = 0
         self.tokens = []
         self.tokens = self._tokenize(text)
@@ -172,6 +173,8 @@ class _Parser:
             self.fail(f"expected '{{' to open {field.message.name} '{field.name}', "
                       f"got '{tok.text}'", tok.pos)
         child = getattr(msg, field.name).add() if field.repeated else getattr(msg, field.name)
+        if len(self.stack) == 1 and field.name in ("layer", "layers"):
+            self.layer_starts.append((child, tok.pos))
         self.parse_message(child, _CLOSING[tok.text], tok.pos)
 
     # --- scalars ---
@@ -325,6 +328,20 @@ def parse_text(text, message_type="NetParameter", path="<string>", into=None):
     msg = into if into is not None else MESSAGES[message_type].cls()
     _Parser(text, path).parse_message(msg)
     return msg
+
+
+def layer_lines(path):
+    """{layer name: the line its ``layer {`` (or V1 ``layers {``) opens on, the first such layer
+    of that name} for the net prototxt at ``path``; {} when it cannot be read. For the errors a
+    Net finds after parsing (an unknown layer type, bad parameters), which name the line too."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8").lstrip("\ufeff")
+        parser = _Parser(text, path)
+        parser.parse_message(MESSAGES["NetParameter"].cls())
+    except (OSError, UnicodeDecodeError, PrototxtError):
+        return {}
+    return {layer.name: parser.where(pos)[0] for layer, pos in reversed(parser.layer_starts)}
 
 
 def read_prototxt(path, message_type="NetParameter"):
