@@ -102,9 +102,9 @@ def test_faster_rcnn_dropout_scale_train_false_scales_at_test_time():
 
 
 def test_a_fork_layer_type_is_refused_with_its_file_and_line(tmp_path):
-    """SE-ResNet's Axpy (hujie-frank/SENet), ShuffleNet's ShuffleChannel, YOLO's Reorg and
-    Region, R-FCN's PSROIPooling: the error names where the file defines the layer, as a parse
-    error does, then the layer and the type; so do a layer's setup errors."""
+    """SE-ResNet's Axpy (hujie-frank/SENet), a fork's layer minicnn lacks: the error names where
+    the file defines the layer, as a parse error does, then the layer and the type; so do a
+    layer's setup errors."""
     text = ('name: "SE"\n# line 2\ninput: "a"\ninput_shape { dim: 1 dim: 2 dim: 3 dim: 3 }\n'
             'layer {\n  name: "relu"\n  type: "ReLU"\n  bottom: "a"\n  top: "b"\n}\n'
             'layer {\n  name: "conv2_1"\n  type: "Axpy"\n  bottom: "a"\n  bottom: "b"\n'
@@ -118,3 +118,26 @@ def test_a_fork_layer_type_is_refused_with_its_file_and_line(tmp_path):
         minicnn.Net(str(path))
     with pytest.raises(NetError, match=r"^layer 'conv2_1' \(Concat"):     # no file: no line
         minicnn.Net(parse_text(path.read_text()))
+
+
+def test_a_fork_layer_with_its_own_param_is_named_by_type_not_a_guessed_spelling():
+    """R-FCN's PSROIPooling (psroi_pooling_param), PSPNet's BN (bn_param): a fork's layer stops
+    at its parameter block, before the Net sees the type, and the error said "did you mean
+    'roi_pooling_param'?" ('mvn_param'). It names the fork's layer type instead; a typo in one
+    of our layers' own parameters keeps its suggestion."""
+    text = ('input: "data"\ninput_shape { dim: 1 dim: 1029 dim: 14 dim: 14 }\n'
+            'input: "rois"\ninput_shape { dim: 1 dim: 5 }\n'
+            'layer {\n    bottom: "data"\n    bottom: "rois"\n    top: "psroipooled_cls_rois"\n'
+            '    name: "psroipooled_cls_rois"\n    type: "PSROIPooling"\n'
+            '    psroi_pooling_param {\n        spatial_scale: 0.0625\n        output_dim: 21\n'
+            '        group_size: 7\n    }\n}\n')
+    with pytest.raises(minicnn.errors.PrototxtError) as e:
+        parse_text(text, path="rfcn.prototxt")
+    assert str(e.value).startswith("rfcn.prototxt:11:5: LayerParameter has no field named "
+                                   "'psroi_pooling_param': the layer's type 'PSROIPooling' is "
+                                   "not one minicnn implements")
+    assert "did you mean" not in str(e.value)
+    for typo in ("roi_pooling_parm", "roi_poolng_param"):
+        wrong = text.replace('"PSROIPooling"', '"ROIPooling"').replace("psroi_pooling_param", typo)
+        with pytest.raises(minicnn.errors.PrototxtError, match="did you mean 'roi_pooling_param'"):
+            parse_text(wrong)

@@ -123,7 +123,7 @@ class _Parser:
             self.i += 1
             field = desc.fields_by_name.get(tok.text)
             if field is None:
-                self.fail(_unknown_field_message(desc, tok.text), tok.pos)
+                self.fail(_unknown_field_message(desc, tok.text, msg), tok.pos)
             if not field.repeated:
                 if field.name in seen:
                     self.fail(f"field '{field.name}' of {desc.name} is set twice (first on line "
@@ -301,8 +301,14 @@ class _Parser:
         return bytes(out)
 
 
-def _unknown_field_message(desc, name):
+def _unknown_field_message(desc, name, msg=None):
     text = f"{desc.name} has no field named '{name}'"
+    if desc.name == "LayerParameter" and name.endswith("_param") and msg is not None \
+            and msg.HasField("type") and not _known_layer_type(msg.type):
+        # a fork's layer (ShuffleChannel, PSROIPooling, ...): its type is the news, not a
+        # guessed spelling of one of our parameters
+        return text + f": the layer's type '{msg.type}' is not one minicnn implements " \
+                      "(a Caffe fork's layer?)"
     close = difflib.get_close_matches(name, desc.fields_by_name, n=1, cutoff=0.6)
     if close:
         return text + f"; did you mean '{close[0]}'?"
@@ -314,6 +320,13 @@ def _unknown_field_message(desc, name):
         if name.endswith("_param"):
             return text + " (a layer parameter of a Caffe fork that minicnn does not know)"
     return text
+
+
+def _known_layer_type(name):
+    # the layer registry, imported here because minicnn.layer imports this module's package
+    from minicnn.layer import LAYERS
+
+    return name in LAYERS
 
 
 def parse_text(text, message_type="NetParameter", path="<string>", into=None):
