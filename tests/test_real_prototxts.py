@@ -141,3 +141,22 @@ def test_a_fork_layer_with_its_own_param_is_named_by_type_not_a_guessed_spelling
         wrong = text.replace('"PSROIPooling"', '"ROIPooling"').replace("psroi_pooling_param", typo)
         with pytest.raises(minicnn.errors.PrototxtError, match="did you mean 'roi_pooling_param'"):
             parse_text(wrong)
+
+
+def test_pooling_ceil_mode_false_is_round_mode_floor():
+    """soeaver/caffe-model's nets (ResNeXt, Inception, Xception, DPN ...) and PyTorch-to-Caffe
+    conversions write `ceil_mode: false` in pooling_param, the forks' spelling (BVLC/caffe#3057)
+    of what BVLC calls `round_mode: FLOOR`; OpenCV reads it so too."""
+    def net(pool_fields):
+        return minicnn.Net(parse_text(
+            'input: "x" input_shape { dim: 1 dim: 2 dim: 6 dim: 6 } layer { name: "pool1" '
+            'type: "Pooling" bottom: "x" top: "y" pooling_param { pool: MAX kernel_size: 3 '
+            f'stride: 2 {pool_fields} }} }}'), phase=minicnn.TEST)
+    x = np.random.default_rng(0).standard_normal((1, 2, 6, 6)).astype(np.float32)
+    floor = net("round_mode: FLOOR").forward(x=x)["y"]
+    assert floor.shape == (1, 2, 2, 2)
+    np.testing.assert_array_equal(net("ceil_mode: false").forward(x=x)["y"], floor)
+    np.testing.assert_array_equal(net("ceil_mode: true").forward(x=x)["y"],
+                                  net("").forward(x=x)["y"])          # (1, 2, 3, 3), CEIL
+    with pytest.raises(NetError, match="round_mode CEIL and ceil_mode false; give one"):
+        net("ceil_mode: false round_mode: CEIL")

@@ -441,6 +441,7 @@ message PoolingParameter
   11  engine              Engine   = DEFAULT
   12  global_pooling      bool     = false
   13  round_mode          RoundMode = CEIL
+  1013 ceil_mode          bool     = true    # forks' (BVLC/caffe#3057, their 13): as round_mode
 
 message PowerParameter
   1   power               float    = 1

@@ -7,6 +7,8 @@
 - data-layer ``scale``/``mean_file``/``crop_size``/``mirror`` move into ``transform_param``.
 - a BatchNorm layer with three ``param`` specs gets lr_mult 0 and decay_mult 0 in each (its
   statistics are not learned); their other fields, such as a shared ``name``, stay.
+- Pooling's ``ceil_mode: false`` (the forks' spelling, from BVLC/caffe#3057: soeaver's
+  caffe-model, PyTorch-to-Caffe converters, OpenCV) becomes ``round_mode: FLOOR``.
 - the solver's enum ``solver_type: ADAM`` becomes ``type: "Adam"``.
 """
 
@@ -88,6 +90,17 @@ def _upgrade_input(net):
         net.ClearField(name)
 
 
+def _upgrade_ceil_mode(layer):
+    p = layer.pooling_param
+    if not p.HasField("ceil_mode"):
+        return
+    if p.HasField("round_mode") and (p.round_mode == "CEIL") != p.ceil_mode:
+        raise NetError(f"layer '{layer.name}': pooling_param has round_mode {p.round_mode} and "
+                       f"ceil_mode {str(p.ceil_mode).lower()}; give one of them")
+    p.round_mode = "CEIL" if p.ceil_mode else "FLOOR"
+    p.ClearField("ceil_mode")
+
+
 def _upgrade_data_transform(layer):
     for param_name in ("data_param", "image_data_param", "window_data_param"):
         if not layer.HasField(param_name):
@@ -111,6 +124,7 @@ def upgrade_net(net):
     _upgrade_input(net)
     for layer in net.layer:
         _upgrade_data_transform(layer)
+        _upgrade_ceil_mode(layer)
         if layer.type == "BatchNorm" and len(layer.param) == 3:
             for spec in layer.param:      # Caffe's UpgradeNetBatchNorm keeps the names (sharing)
                 spec.lr_mult = 0
