@@ -9,7 +9,9 @@ min_size/max_size (the fork truncates to ints) and ignores img_size/img_h/img_w;
 takes per-channel scales only with across_spatial false; its DetectionOutput needs keep_top_k,
 wants priors without variances when variance_encoded_in_target, takes confidence_threshold 0
 when unset (the fork: none), orders the detections by score over all classes (the fork: by
-class, then score) and pads its top with zero rows to keep_top_k * N.
+class, then score), pads its top with zero rows to keep_top_k * N, and stops ("Could not find
+location predictions for label -1") on shared locations with background_label_id -1. Its own
+DetectionOutput field `clip` (boxes clipped to [0, 1] before NMS) is drawn too.
 """
 
 import importlib.util
@@ -18,7 +20,7 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import minicnn
@@ -401,6 +403,38 @@ def test_detection_output_errors(params, shapes, message):
         DetectionOutputLayer(**params)(*(np.zeros(s) for s in shapes))
 
 
+CLIP_NET = """
+layer { name: "in" type: "Input" top: "loc" top: "conf" top: "priors"
+        input_param { shape { dim: 1 dim: 8 } shape { dim: 1 dim: 4 }
+                      shape { dim: 1 dim: 2 dim: 8 } } }
+layer { name: "det" type: "DetectionOutput" bottom: "loc" bottom: "conf" bottom: "priors"
+        top: "det" detection_output_param { num_classes: 2 share_location: true
+        background_label_id: 0 nms_param { nms_threshold: 0.45 } code_type: CORNER
+        keep_top_k: 10 confidence_threshold: 0.01 clip: %s } }
+"""
+
+
+@pytest.mark.parametrize("clip", ["false", "true"])
+def test_detection_output_clip_is_before_nms_as_opencv(clip, tmp_path):
+    """OpenCV's own `clip`: two boxes [-1, 0, 0.5, 1] and [0, 0, 0.5, 1] (IoU 1/3) both stay
+    unclipped; clipped to [0, 1] first they are the same box, and NMS keeps the better one."""
+    loc = np.array([[-1.1, -0.1, 0, 0.1, -0.1, -0.1, 0, 0.1]], np.float32)   # CORNER offsets
+    conf = np.array([[0.1, 0.9, 0.2, 0.8]], np.float32)
+    priors = np.array([[[0.1, 0.1, 0.5, 0.9] * 2, [1.0] * 8]], np.float32)
+    model = write(tmp_path, CLIP_NET % clip)
+    got = minicnn.Net(model).forward(loc=loc, conf=conf, priors=priors)["det"][0, 0]
+    want = [[0, 1, 0.9, 0, 0, 0.5, 1]] if clip == "true" else \
+        [[0, 1, 0.9, -1, 0, 0.5, 1], [0, 1, 0.8, 0, 0, 0.5, 1]]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    cv2 = pytest.importorskip("cv2")
+    cv_net = cv2.dnn.readNetFromCaffe(model)
+    for name, value in (("loc", loc), ("conf", conf), ("priors", priors)):
+        cv_net.setInput(value, name)
+    theirs = cv_net.forward("det")[0, 0]
+    np.testing.assert_allclose(theirs[:len(want)], want, rtol=0, atol=1e-6)
+    assert not theirs[len(want):].any()
+
+
 def test_detection_output_has_no_backward_and_force_backward_skips_it():
     layer = DetectionOutputLayer(num_classes=2)
     assert not layer.allow_force_backward(0)
@@ -439,7 +473,7 @@ layer {{ name: "detections" type: "DetectionOutput" bottom: "loc_flat" bottom: "
   detection_output_param {{ num_classes: {classes} share_location: {share}
     background_label_id: {background} code_type: {code_type}
     variance_encoded_in_target: {encoded} nms_param {{ nms_threshold: {nms} {top_k} }}
-    keep_top_k: {keep_top_k} confidence_threshold: {threshold} }} }}
+    keep_top_k: {keep_top_k} confidence_threshold: {threshold} clip: {clip_boxes} }} }}
 """
 
 
@@ -462,18 +496,21 @@ def ssd_nets(draw):
             shapes += [r, 1 / r] if flip else [r]
     classes = draw(st.integers(2, 4))
     across = flag()
+    share, background = flag(), draw(st.sampled_from([0, -1, classes - 1]))
+    assume(not (share == "true" and background == -1))     # OpenCV stops there (docstring)
     return dict(
         img_h=draw(st.integers(20, 40)), img_w=draw(st.integers(20, 40)),
         feat_h=draw(st.integers(2, 4)), feat_w=draw(st.integers(2, 4)),
         across=across, shared="true" if across == "true" else flag(),  # OpenCV: per channel
         prior_box=" ".join(prior_box), classes=classes,                  # only per pixel
-        share=flag(), background=draw(st.sampled_from([0, -1, classes - 1])),
+        share=share, background=background,
         code_type=draw(st.sampled_from(["CORNER", "CENTER_SIZE"])),
         encoded="false",             # OpenCV then wants priors without their variances
         nms=draw(st.sampled_from([0.3, 0.45, 0.7])),
         top_k=draw(st.sampled_from(["", "top_k: 5", "top_k: 50"])),
         keep_top_k=draw(st.sampled_from([3, 10, 200])),
         threshold=draw(st.sampled_from([0.01, 0.2, 0.4])),
+        clip_boxes=flag(),                      # OpenCV's own DetectionOutput field
         num_priors=len(shapes) + has_max), draw(seeds)
 
 
@@ -629,7 +666,7 @@ def test_ssd_net_on_the_gpu_runs_only_the_box_layers_on_the_host(gpu, tmp_path):
                   prior_box="min_size: 6 max_size: 12 aspect_ratio: 2 flip: true clip: false "
                             "variance: 0.1", classes=3, share="true", background=0,
                   code_type="CENTER_SIZE", encoded="false", nms=0.45, top_k="top_k: 50",
-                  keep_top_k=20, threshold=0.2)
+                  keep_top_k=20, threshold=0.2, clip_boxes="true")
     model = write(tmp_path, SSD_NET.format(loc_out=16, conf_out=12, **params))
     net = minicnn.Net(model)
     rng = np.random.default_rng(0)

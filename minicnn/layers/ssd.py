@@ -178,7 +178,9 @@ class DetectionOutputLayer(Layer):
     the keep_top_k best of the image over all classes (-1: all).
 
     Top: 1 x 1 x K x 7, one row [image, label, score, xmin, ymin, xmax, ymax] per detection
-    (boxes relative to the image, not clipped), by image, then label, then score. With no
+    (boxes relative to the image, not clipped unless `clip: true`, OpenCV's own field, which
+    clips each decoded box to [0, 1] before NMS, as OpenCV does), by image, then label, then
+    score. With no
     detection in the whole batch, the fork writes one row [i, -1, -1, -1, -1, -1, -1] per
     image; an image without detections in a batch that has some gets no row. Computed in float,
     as the fork does, in float64 nets too; among equal scores keep_top_k keeps the earlier class
@@ -208,7 +210,7 @@ class DetectionOutputLayer(Layer):
             confidence_threshold=p.confidence_threshold if p.HasField("confidence_threshold")
             else -FLT_MAX,
             nms_threshold=nms.nms_threshold, top_k=nms.top_k if nms.HasField("top_k") else -1,
-            eta=nms.eta, keep_top_k=p.keep_top_k)
+            eta=nms.eta, keep_top_k=p.keep_top_k, clip=p.clip)
 
     def reshape(self, bottom, top):
         p = self.param.detection_output_param

@@ -217,7 +217,8 @@ def nms_fast(boxes, scores, score_threshold, nms_threshold, eta=1.0, top_k=-1):
 def _detection_output_forward_ref(loc, conf, prior, *, num_classes, share_location=True,
                                   background_label_id=0, code_type="CORNER",
                                   variance_encoded_in_target=False, confidence_threshold=-FLT_MAX,
-                                  nms_threshold=0.3, top_k=-1, eta=1.0, keep_top_k=-1):
+                                  nms_threshold=0.3, top_k=-1, eta=1.0, keep_top_k=-1,
+                                  clip=False):
     """(1, 1, K, 7) detections from loc (N, P * L * 4; L = 1 with share_location, else
     num_classes), conf (N, P * num_classes, already probabilities) and prior (the PriorBox
     output: P boxes then P variances). With no detection at all, one row per image
@@ -233,6 +234,8 @@ def _detection_output_forward_ref(loc, conf, prior, *, num_classes, share_locati
     for i in range(num):
         decoded = [decode_boxes(priors, variances, loc[i, :, k], code_type,
                                 variance_encoded_in_target) for k in range(num_loc_classes)]
+        if clip:                                     # OpenCV's option: before NMS
+            decoded = [np.clip(boxes, np.float32(0), np.float32(1)) for boxes in decoded]
         kept = {}                                    # label -> (boxes, prior indices best first)
         for c in range(num_classes):
             if c == background_label_id:

@@ -580,6 +580,7 @@ message DetectionOutputParameter
   10  visualize           bool     = false
   11  visualize_threshold float
   12  save_file           string
+  1000 clip               bool     = false   # OpenCV's own field: decoded boxes to [0, 1]
 
 message InterpParameter        # the DeepLab/PSPNet fork's bilinear resize layer
   1   height              int32    = 0
