@@ -104,6 +104,43 @@ class BatchNormLayer(Layer):
                                     out=bottom[0].diff)     # safe in place: dy read first
 
 
+@register("Axpy")
+class AxpyLayer(Layer):
+    """SENet's `Axpy` (hujie-frank/SENet's fork; no parameters): top = a * X + Y with
+    bottom[0] a, one factor per image and channel (N x C, or N x C x 1 x 1: the excitation's
+    sigmoid), bottom[1] X (N x C x ...; the residual branch) and bottom[2] Y (X's shape; the
+    shortcut). Backward: da = sum over positions of dtop * X, dX = a * dtop, dY = dtop
+    (minicnn.ops.axpy). Not in place (a Net allows it only on bottom 0, a, which backward
+    reads and whose shape differs)."""
+    exact_num_bottom, exact_num_top = 3, 1
+
+    def layer_setup(self, bottom, top):
+        if any(top[0] is b for b in bottom):
+            raise LayerError("Axpy does not allow in-place computation (backward reads a and X)")
+
+    def reshape(self, bottom, top):
+        a, x, y = (b.shape for b in bottom)
+        if len(x) < 2 or x != y:
+            raise LayerError(f"Axpy: X (bottom 1, shape {x}) and Y (bottom 2, shape {y}) must "
+                             "have one shape, with a channel axis")
+        if a[:2] != x[:2] or any(d != 1 for d in a[2:]):
+            raise LayerError(f"Axpy: a (bottom 0, shape {a}) must be N x C or N x C x 1 x 1 "
+                             f"for X of shape {x}")
+        top[0].reshape(x)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = ops.axpy_forward(bottom[0].data, bottom[1].data, bottom[2].data)
+
+    def backward(self, top, propagate_down, bottom):
+        if not any(propagate_down):
+            return
+        da, dx, dy = ops.axpy_backward(top[0].diff, bottom[0].data, bottom[1].data,
+                                       need=tuple(propagate_down))
+        for blob, grad in zip(bottom, (da, dx, dy)):
+            if grad is not None:
+                blob.diff[...] = grad
+
+
 @register("Scale")
 class ScaleLayer(Layer):
     """Caffe `Scale`: y = x * scale (+ bias), scale broadcast along axes axis .. axis+num_axes.

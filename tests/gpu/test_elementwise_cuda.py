@@ -7,6 +7,7 @@ import pytest
 
 import minicnn.cuda
 from minicnn.ops import neurons as nr
+from minicnn.ops.axpy import axpy_backward, axpy_forward
 from minicnn.ops.dropout import dropout_backward, dropout_forward, dropout_mask
 from minicnn.ops.eltwise import eltwise_backward, eltwise_forward
 from minicnn.ops.inner_product import inner_product_backward, inner_product_forward
@@ -203,6 +204,18 @@ def test_relu6(gpu):
                  relu6_backward.impls["ref"](dy, relu6_forward.impls["ref"](x)), 0, "dx")
     nan = relu6_forward(gpu.asarray(np.array([np.nan, -np.inf, np.inf], np.float32)))
     np.testing.assert_array_equal(minicnn.cuda.to_host(nan), [np.nan, 0, 6])   # as NumPy's
+
+
+def test_axpy(gpu):
+    rng = np.random.default_rng(13)
+    a, x, y = (rng.standard_normal(s).astype(np.float32) for s in ((2, 3), (2, 3, 4, 5),
+                                                                    (2, 3, 4, 5)))
+    df = rng.standard_normal(x.shape).astype(np.float32)
+    assert_close(axpy_forward(gpu.asarray(a), gpu.asarray(x), gpu.asarray(y)),
+                 axpy_forward.impls["ref"](a, x, y), 1e-6, "F")
+    got = axpy_backward(gpu.asarray(df), gpu.asarray(a), gpu.asarray(x))
+    for name, g, w in zip(("da", "dX", "dY"), got, axpy_backward.impls["ref"](df, a, x)):
+        assert_close(g, w, 1e-6, name)
 
 
 def test_channel_shuffle(gpu):
