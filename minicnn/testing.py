@@ -48,7 +48,7 @@ def check_layer_gradient(make_layer, bottoms, *, check_bottoms=None, check_param
     make_layer     a Layer, or a function returning a fresh one
     bottoms        input arrays (converted to float64)
     check_bottoms  indices of bottoms whose diff to check (default: all the layer allows)
-    check_params   also check the parameter blobs' diffs
+    check_params   also check the parameter blobs' diffs (True), or those of the indices given
     tops           indices of tops in the objective (default: all)
     kink           skip elements x with |x - kink| < kink_range (e.g. kink=0 for ReLU)
     max_checks     check at most this many elements per blob (chosen at random)
@@ -84,7 +84,9 @@ def check_layer_gradient(make_layer, bottoms, *, check_bottoms=None, check_param
     layer.backward(top, propagate_down, bottom)
     analytic = [(f"bottom[{i}]", bottom[i], bottom[i].diff.copy()) for i in check_bottoms]
     if check_params:
-        analytic += [(f"blobs[{k}]", blob, blob.diff.copy()) for k, blob in enumerate(layer.blobs)]
+        wanted = range(len(layer.blobs)) if check_params is True else check_params
+        analytic += [(f"blobs[{k}]", layer.blobs[k], layer.blobs[k].diff.copy())
+                     for k in wanted]
 
     worst = 0.0
     for label, blob, grad in analytic:

@@ -102,18 +102,19 @@ def test_faster_rcnn_dropout_scale_train_false_scales_at_test_time():
 
 
 def test_a_fork_layer_type_is_refused_with_its_file_and_line(tmp_path):
-    """A fork's layer minicnn lacks (PSPNet's BN here; SE-ResNet's Axpy, where the sweep met
-    this, is implemented since): the error names where the file defines the layer, as a parse
-    error does, then the layer and the type; so do a layer's setup errors."""
+    """A fork's layer minicnn lacks (R-FCN's PSROIPooling here; SE-ResNet's Axpy, where the
+    sweep met this, is implemented since): the error names where the file defines the layer,
+    as a parse error does, then the layer and the type; so do a layer's setup errors."""
     text = ('name: "SE"\n# line 2\ninput: "a"\ninput_shape { dim: 1 dim: 2 dim: 3 dim: 3 }\n'
             'layer {\n  name: "relu"\n  type: "ReLU"\n  bottom: "a"\n  top: "b"\n}\n'
-            'layer {\n  name: "conv2_1"\n  type: "BN"\n  bottom: "a"\n  bottom: "b"\n'
+            'layer {\n  name: "conv2_1"\n  type: "PSROIPooling"\n  bottom: "a"\n  bottom: "b"\n'
             '  top: "y"\n}\n')
     path = tmp_path / "se.prototxt"
     path.write_text(text)
-    with pytest.raises(NetError, match=rf"^{path}:11: layer 'conv2_1': unknown layer type 'BN'"):
+    with pytest.raises(NetError,
+                       match=rf"^{path}:11: layer 'conv2_1': unknown layer type 'PSROIPooling'"):
         minicnn.Net(str(path))
-    path.write_text(text.replace('"BN"', '"Concat"\n  concat_param { axis: 4 }'))
+    path.write_text(text.replace('"PSROIPooling"', '"Concat"\n  concat_param { axis: 4 }'))
     with pytest.raises(NetError, match=rf"^{path}:11: layer 'conv2_1' \(Concat; bottoms a"):
         minicnn.Net(str(path))
     with pytest.raises(NetError, match=r"^layer 'conv2_1' \(Concat"):     # no file: no line

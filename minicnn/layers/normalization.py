@@ -1,5 +1,6 @@
 """Normalization layers: BatchNorm (statistics only), Scale (the learned gamma and beta that
-Caffe nets put after it) and Bias (Scale's additive half on its own)."""
+Caffe nets put after it) and Bias (Scale's additive half on its own); the PSPNet fork's BN (both
+in one) and SENet's Axpy."""
 
 import numpy as np
 
@@ -102,6 +103,78 @@ class BatchNormLayer(Layer):
                                  "said this layer needs no backward")
             ops.batch_norm_backward(top[0].diff, self._y, self._std, self.use_global_stats,
                                     out=bottom[0].diff)     # safe in place: dy read first
+
+
+@register("BN")
+class ForkBNLayer(Layer):
+    """The PSPNet/yjxiong fork's `BN` (bn_param; field 137 there, BVLC's embed_param, so 9137
+    here, as Interp's): BatchNorm and Scale in one layer, y = slope * (x - mean) /
+    sqrt(var + eps) + bias per channel (minicnn.ops.bn).
+
+    blobs: [0] slope, [1] bias (1 x C x 1 x 1; bn_param.slope_filler and bias_filler, default
+    constant 0 as any FillerParameter), [2] running mean, [3] running variance (0 and 0, or 1
+    when frozen). TRAIN uses the batch's mean and biased variance and moves the running ones:
+    running = (1 - momentum) * batch + momentum * running (momentum 0.9); TEST, and any phase
+    with bn_param.frozen, uses the running ones. The statistics get lr_mult and decay_mult 0,
+    and frozen gives slope and bias 0 too (the fork's LayerSetUp). Backward with the stored
+    statistics is the gradient of that affine map (the fork's TEST-phase backward of an
+    unfrozen layer reuses its batch formula). Safe in place: forward keeps x_hat."""
+    param_field = "bn_param"
+    exact_num_bottom = exact_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        p = self.param.bn_param
+        shape = bottom[0].shape
+        if len(shape) < 2:
+            raise LayerError(f"BN needs a channel axis (N x C x ...), got shape {shape}")
+        self.frozen, self.momentum, self.eps = p.frozen, p.momentum, p.eps
+        if not self.eps > 0:
+            raise LayerError(f"bn_param.eps must be positive, got {self.eps:g}")
+        self.channels = shape[1]
+        blob_shape = (1, self.channels, 1, 1)
+        constant = FillerParameter()
+        constant.type, constant.value = "constant", 1.0 if self.frozen else 0.0
+        for k, (filler, what) in enumerate(((p.slope_filler, "slope"), (p.bias_filler, "bias"),
+                                            (FillerParameter(), "running mean"),
+                                            (constant, "running variance"))):
+            self.init_param(k, blob_shape, filler, what=what)
+        specs = self.param.param
+        while len(specs) < 4:
+            specs.add()
+        for k in (0, 1, 2, 3) if self.frozen else (2, 3):
+            specs[k].lr_mult, specs[k].decay_mult = 0, 0
+        self._x_hat = self._inv_std = None
+
+    def reshape(self, bottom, top):
+        shape = bottom[0].shape
+        if len(shape) < 2 or shape[1] != self.channels:
+            raise LayerError(f"BN was set up for {self.channels} channels, but the bottom now "
+                             f"has shape {shape}")
+        top[0].reshape(shape)
+
+    def _batch_stats(self):
+        return not self.frozen and self.phase == "TRAIN"
+
+    def forward(self, bottom, top):
+        slope, bias, mean, var = (b.data for b in self.blobs)
+        y, self._x_hat, self._inv_std, batch_mean, batch_var = ops.fork_bn_forward(
+            bottom[0].data, slope, bias, mean, var, self.eps, self._batch_stats())
+        if batch_mean is not None:                      # the fork's caffe_cpu_axpby
+            keep, take = mean.dtype.type(self.momentum), mean.dtype.type(1 - self.momentum)
+            mean[...] = take * batch_mean.reshape(mean.shape) + keep * mean
+            var[...] = take * batch_var.reshape(var.shape) + keep * var
+        top[0].data[...] = y
+
+    def backward(self, top, propagate_down, bottom):
+        if self._x_hat is None:
+            raise LayerError("BN backward before its forward")
+        dx, dslope, dbias = ops.fork_bn_backward(top[0].diff, self._x_hat, self._inv_std,
+                                                 self.blobs[0].data, self._batch_stats())
+        if not self.frozen:                             # the fork computes no diffs frozen
+            self.blobs[0].diff[...] += dslope.reshape(self.blobs[0].shape)
+            self.blobs[1].diff[...] += dbias.reshape(self.blobs[1].shape)
+        if propagate_down[0]:
+            bottom[0].diff[...] = dx
 
 
 @register("Axpy")

@@ -237,6 +237,7 @@ message LayerParameter
   204 detection_output_param DetectionOutputParameter
   206 norm_param          NormalizeParameter
   9143 interp_param       InterpParameter    # DeepLab/PSPNet fork; their 143 is BVLC's input_param
+  9137 bn_param           BNParameter        # PSPNet/yjxiong fork; their 137 is BVLC's embed_param
   164 shuffle_channel_param ShuffleChannelParameter  # ShuffleNet forks (farmingyard, camel007)
   149 upsample_param      UpsampleParameter  # YOLOv3 ports' number (SegNet's fork: 138)
   8266711 roi_pooling_param ROIPoolingParameter     # caffe-fast-rcnn (Fast/Faster R-CNN)
@@ -581,6 +582,14 @@ message DetectionOutputParameter
   11  visualize_threshold float
   12  save_file           string
   1000 clip               bool     = false   # OpenCV's own field: decoded boxes to [0, 1]
+
+message BNParameter            # the PSPNet/yjxiong fork's BN layer (batch norm + slope + bias)
+  1   slope_filler        FillerParameter
+  2   bias_filler         FillerParameter
+  3   momentum            float    = 0.9
+  4   eps                 float    = 1e-5
+  5   frozen              bool     = false
+  6   engine              Engine   = DEFAULT
 
 message InterpParameter        # the DeepLab/PSPNet fork's bilinear resize layer
   1   height              int32    = 0

@@ -187,6 +187,9 @@ layer { name: "g1" type: "Convolution" bottom: "data" top: "g1"
         convolution_param { num_output: 6 kernel_size: 1 group: 3
                             weight_filler { type: "gaussian" std: 2 } } }
 layer { name: "r6" type: "ReLU6" bottom: "g1" top: "g1" }
+layer { name: "bn" type: "BN" bottom: "g1" top: "g1"
+        bn_param { slope_filler { type: "gaussian" std: 1 }
+                   bias_filler { type: "constant" value: 0.5 } } }
 layer { name: "shuffle" type: "ShuffleChannel" bottom: "g1" top: "shuffled"
         shuffle_channel_param { group: 3 } }
 layer { name: "pool" type: "Pooling" bottom: "shuffled" top: "pool" top: "mask"
@@ -198,8 +201,9 @@ layer { name: "nearest" type: "Upsample" bottom: "pool" top: "nearest" upsample_
 
 
 def test_fork_layers_as_on_the_cpu(gpu):
-    """ReLU6 and ShuffleChannel on the device, SegNet's and the YOLOv3 ports' Upsample on host
-    copies of the Pooling's mask and values: the same tops and bottom gradient as the CPU's."""
+    """ReLU6, the PSPNet fork's BN (batch statistics) and ShuffleChannel on the device, SegNet's
+    and the YOLOv3 ports' Upsample on host copies of the Pooling's mask and values: the same
+    tops, BN's running statistics and slope gradient, and bottom gradient as the CPU's."""
     param = parse_text(FORK_UNITS, "NetParameter")
     minicnn.set_random_seed(3)
     cpu = minicnn.Net(param, phase=minicnn.TRAIN)
@@ -215,6 +219,9 @@ def test_fork_layers_as_on_the_cpu(gpu):
     for name in ("g1", "shuffled", "pool", "mask", "unpooled", "nearest"):
         assert rel_error(cuda.to_host(dev.blobs[name].data), cpu.blobs[name].data) < 1e-6, name
     assert rel_error(cuda.to_host(dev.blobs["data"].diff), cpu.blobs["data"].diff) < 1e-5
+    for k in (0, 2, 3):
+        assert rel_error(cuda.to_host(dev.params["bn"][k].data), cpu.params["bn"][k].data) < 1e-6
+    assert rel_error(cuda.to_host(dev.params["bn"][0].diff), cpu.params["bn"][0].diff) < 1e-4
 
 
 def test_global_gpu_mode_and_set_device(gpu):
