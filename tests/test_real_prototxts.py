@@ -102,19 +102,19 @@ def test_faster_rcnn_dropout_scale_train_false_scales_at_test_time():
 
 
 def test_a_fork_layer_type_is_refused_with_its_file_and_line(tmp_path):
-    """A fork's layer minicnn lacks (R-FCN's PSROIPooling here; SE-ResNet's Axpy, where the
+    """A fork's layer minicnn lacks (a YOLOv2 port's Reorg here; SE-ResNet's Axpy, where the
     sweep met this, is implemented since): the error names where the file defines the layer,
     as a parse error does, then the layer and the type; so do a layer's setup errors."""
     text = ('name: "SE"\n# line 2\ninput: "a"\ninput_shape { dim: 1 dim: 2 dim: 3 dim: 3 }\n'
             'layer {\n  name: "relu"\n  type: "ReLU"\n  bottom: "a"\n  top: "b"\n}\n'
-            'layer {\n  name: "conv2_1"\n  type: "PSROIPooling"\n  bottom: "a"\n  bottom: "b"\n'
+            'layer {\n  name: "conv2_1"\n  type: "Reorg"\n  bottom: "a"\n  bottom: "b"\n'
             '  top: "y"\n}\n')
     path = tmp_path / "se.prototxt"
     path.write_text(text)
     with pytest.raises(NetError,
-                       match=rf"^{path}:11: layer 'conv2_1': unknown layer type 'PSROIPooling'"):
+                       match=rf"^{path}:11: layer 'conv2_1': unknown layer type 'Reorg'"):
         minicnn.Net(str(path))
-    path.write_text(text.replace('"PSROIPooling"', '"Concat"\n  concat_param { axis: 4 }'))
+    path.write_text(text.replace('"Reorg"', '"Concat"\n  concat_param { axis: 4 }'))
     with pytest.raises(NetError, match=rf"^{path}:11: layer 'conv2_1' \(Concat; bottoms a"):
         minicnn.Net(str(path))
     with pytest.raises(NetError, match=r"^layer 'conv2_1' \(Concat"):     # no file: no line
@@ -122,26 +122,28 @@ def test_a_fork_layer_type_is_refused_with_its_file_and_line(tmp_path):
 
 
 def test_a_fork_layer_with_its_own_param_is_named_by_type_not_a_guessed_spelling():
-    """R-FCN's PSROIPooling (psroi_pooling_param), PSPNet's BN (bn_param): a fork's layer stops
-    at its parameter block, before the Net sees the type, and the error said "did you mean
-    'roi_pooling_param'?" ('mvn_param'). It names the fork's layer type instead; a typo in one
-    of our layers' own parameters keeps its suggestion."""
-    text = ('input: "data"\ninput_shape { dim: 1 dim: 1029 dim: 14 dim: 14 }\n'
-            'input: "rois"\ninput_shape { dim: 1 dim: 5 }\n'
-            'layer {\n    bottom: "data"\n    bottom: "rois"\n    top: "psroipooled_cls_rois"\n'
-            '    name: "psroipooled_cls_rois"\n    type: "PSROIPooling"\n'
-            '    psroi_pooling_param {\n        spatial_scale: 0.0625\n        output_dim: 21\n'
-            '        group_size: 7\n    }\n}\n')
+    """A fork's layer minicnn lacks stops at its parameter block, before the Net sees the type,
+    and the error had guessed one of our spellings: R-FCN's psroi_pooling_param got "did you
+    mean 'roi_pooling_param'?" (PSROIPooling is implemented since; a YOLOv2 port's Reorg with
+    its reorg_param stands in for such a layer here). It names the fork's layer type instead;
+    a typo in one of our layers' own parameters keeps its suggestion."""
+    text = ('input: "data"\ninput_shape { dim: 1 dim: 64 dim: 26 dim: 26 }\n'
+            'layer {\n    bottom: "data"\n    top: "reorg"\n'
+            '    name: "reorg"\n    type: "Reorg"\n'
+            '    reorg_param {\n        stride: 2\n    }\n}\n')
     with pytest.raises(minicnn.errors.PrototxtError) as e:
-        parse_text(text, path="rfcn.prototxt")
-    assert str(e.value).startswith("rfcn.prototxt:11:5: LayerParameter has no field named "
-                                   "'psroi_pooling_param': the layer's type 'PSROIPooling' is "
+        parse_text(text, path="yolov2.prototxt")
+    assert str(e.value).startswith("yolov2.prototxt:8:5: LayerParameter has no field named "
+                                   "'reorg_param': the layer's type 'Reorg' is "
                                    "not one minicnn implements")
     assert "did you mean" not in str(e.value)
+    rois = ('input: "data"\ninput_shape { dim: 1 dim: 2 dim: 4 dim: 4 }\n'
+            'input: "rois"\ninput_shape { dim: 1 dim: 5 }\n'
+            'layer { bottom: "data" bottom: "rois" top: "pooled" name: "pool" '
+            'type: "ROIPooling" roi_pooling_param { pooled_h: 2 pooled_w: 2 } }\n')
     for typo in ("roi_pooling_parm", "roi_poolng_param"):
-        wrong = text.replace('"PSROIPooling"', '"ROIPooling"').replace("psroi_pooling_param", typo)
         with pytest.raises(minicnn.errors.PrototxtError, match="did you mean 'roi_pooling_param'"):
-            parse_text(wrong)
+            parse_text(rois.replace("roi_pooling_param", typo))
 
 
 def test_pooling_ceil_mode_false_is_round_mode_floor():

@@ -1,5 +1,5 @@
 """The layers of Ross Girshick's Fast/Faster R-CNN fork (caffe-fast-rcnn, which py-faster-rcnn
-builds): ROIPooling and SmoothL1Loss. The math is minicnn.ops.frcnn."""
+builds): ROIPooling and SmoothL1Loss; and R-FCN's PSROIPooling. The math is minicnn.ops.frcnn."""
 
 import numpy as np
 
@@ -89,6 +89,62 @@ class ROIPoolingLayer(Layer):
 
     def allow_force_backward(self, bottom_index):
         return bottom_index == 0
+
+
+@register("PSROIPooling")
+class PSROIPoolingLayer(ROIPoolingLayer):
+    """R-FCN's `PSROIPooling` (position-sensitive ROI pooling; psroi_pooling_param:
+    spatial_scale, output_dim, group_size, all required): bottom[0] holds output_dim groups of
+    group_size^2 score maps (C = output_dim * group_size^2), bottom[1] the rois as ROIPooling's.
+    Top: R x output_dim x group_size x group_size; bin (i, j) of output channel o is the mean
+    over its window of channel (o * group_size + i) * group_size + j (0 for an empty bin).
+
+    The fork's geometry: the roi is rounded, then scaled (round(x1) * spatial_scale to
+    (round(x2) + 1) * spatial_scale), at least 0.1 wide and high; bins as ROIPooling's but from
+    those float corners (minicnn.ops.frcnn). Backward spreads each top diff evenly over its
+    window; the rois get no gradient. On a GPU the layer runs on host copies."""
+    param_field = "psroi_pooling_param"
+
+    def layer_setup(self, bottom, top):
+        p = self.param.psroi_pooling_param
+        missing = [f for f in ("spatial_scale", "output_dim", "group_size") if not p.HasField(f)]
+        if missing:
+            raise LayerError(f"PSROIPooling layer '{self.name}': psroi_pooling_param."
+                             f"{', '.join(missing)} required (the fork's fields are required)")
+        for name in ("output_dim", "group_size"):
+            if getattr(p, name) < 1:
+                raise LayerError(f"psroi_pooling_param.{name} must be > 0, got "
+                                 f"{getattr(p, name)}")
+        self.output_dim, self.group_size = p.output_dim, p.group_size
+        self.pooled = (p.group_size, p.group_size)
+        self.spatial_scale = p.spatial_scale
+
+    def reshape(self, bottom, top):
+        features = _legacy_4d(bottom[0], "PSROIPooling's bottom[0] (the score maps)")
+        if features[1] != self.output_dim * self.group_size ** 2:
+            raise LayerError(f"PSROIPooling's bottom[0] has {features[1]} channels (shape "
+                             f"{bottom[0].shape}); output_dim {self.output_dim} x group_size "
+                             f"{self.group_size}^2 = {self.output_dim * self.group_size ** 2} "
+                             "are needed")
+        num, c, h, w = _legacy_4d(bottom[1], "PSROIPooling's bottom[1] (the rois)")
+        if c * h * w != 5:
+            raise LayerError(f"PSROIPooling's rois must be R x 5 (batch index, x1, y1, x2, y2), "
+                             f"got shape {bottom[1].shape}")
+        top[0].reshape((num, self.output_dim, *self.pooled))
+
+    def forward(self, bottom, top):
+        top[0].data[...] = ops.psroi_pool_forward(
+            self._features(bottom[0]), self._rois(bottom), output_dim=self.output_dim,
+            group_size=self.group_size, spatial_scale=self.spatial_scale)
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[1]:
+            bottom[1].diff[...] = 0
+        if propagate_down[0]:
+            dx = ops.psroi_pool_backward(top[0].diff, self._rois(bottom),
+                                         _legacy_4d(bottom[0], ""),
+                                         spatial_scale=self.spatial_scale)
+            bottom[0].diff[...] = dx.reshape(bottom[0].shape)
 
 
 @register("SmoothL1Loss")

@@ -1,5 +1,5 @@
 """The two layers of Ross Girshick's Fast/Faster R-CNN fork (caffe-fast-rcnn): ROIPooling and
-SmoothL1Loss.
+SmoothL1Loss; and R-FCN's PSROIPooling (below, before SmoothL1Loss).
 
 ROIPooling: max pooling of each region of interest to a fixed pooled_h x pooled_w grid. A roi
 is (batch index, x1, y1, x2, y2) in image coordinates; spatial_scale maps them onto the feature
@@ -30,8 +30,8 @@ The fork evaluates f in double (its constants are doubles) and stores it in the 
 does the reference. f and f' are continuous; f'' jumps at |x| = 1 / sigma2.
 
 Impls: ref (NumPy: ROIPooling loops over the rois and bins, vectorised over the channels);
-cuda for SmoothL1Loss (CuPy array expressions, as the reference). ROIPooling has no CUDA impl:
-a GPU net runs it on host copies (minicnn.net.runs_on_host).
+cuda for SmoothL1Loss (CuPy array expressions, as the reference). ROIPooling and PSROIPooling
+have no CUDA impl: a GPU net runs them on host copies (minicnn.net.runs_on_host).
 """
 
 import numpy as np
@@ -39,6 +39,7 @@ import numpy as np
 from minicnn.ops._dispatch import Op
 
 roi_pool_forward, roi_pool_backward = Op("roi_pool_forward"), Op("roi_pool_backward")
+psroi_pool_forward, psroi_pool_backward = Op("psroi_pool_forward"), Op("psroi_pool_backward")
 smooth_l1_loss_forward = Op("smooth_l1_loss_forward")
 smooth_l1_loss_backward = Op("smooth_l1_loss_backward")
 
@@ -122,6 +123,85 @@ def _roi_pool_backward_ref(dy, argmax, rois, x_shape, *, spatial_scale=1.0):
     dx = np.zeros(n * c * height * width, dy.dtype)
     np.add.at(dx, (plane[:, :, None, None] + argmax)[keep], dy[keep])
     return dx.reshape(x_shape)
+
+
+# --- PSROIPooling (R-FCN) ----------------------------------------------------------------------
+#
+# R-FCN's position-sensitive pooling: the features hold output_dim groups of k x k score maps
+# (k = group_size, the pooled size); bin (i, j) of output channel o averages its window of
+# channel (o * k + i) * k + j only. The fork's geometry, in the net's dtype (its kernel is GPU
+# only): corners round(x1) * scale .. (round(x2) + 1) * scale, so the roi is rounded *before*
+# scaling (ROIPooling scales first), at least 0.1 wide and high; bin p covers
+# [floor(p * bin + start), ceil((p + 1) * bin + start)) clipped to the map; an empty bin gives 0.
+# Backward spreads each top diff evenly over its window (the fork's atomicAdd; here roi by roi).
+
+def psroi_pool_bins(rois, *, spatial_scale, group_size, height, width, dtype):
+    """(batch (R,), hstart, hend, wstart, wend (R, group_size)) as the fork's kernel."""
+    dtype = np.dtype(dtype).type
+    corners = c_round(np.asarray(rois)[:, 1:5].astype(dtype))
+    scale, k = dtype(spatial_scale), dtype(group_size)
+    x1, y1 = corners[:, 0] * scale, corners[:, 1] * scale
+    x2, y2 = (corners[:, 2] + dtype(1)) * scale, (corners[:, 3] + dtype(1)) * scale
+
+    def bins(start, end, size):
+        extent = np.maximum(end - start, dtype(0.1))
+        bin_size = extent / k
+        p = np.arange(group_size, dtype=dtype)
+        lo = np.floor(p[None, :] * bin_size[:, None] + start[:, None]).astype(np.int64)
+        hi = np.ceil((p[None, :] + dtype(1)) * bin_size[:, None] + start[:, None]).astype(np.int64)
+        return np.clip(lo, 0, size), np.clip(hi, 0, size)
+
+    hstart, hend = bins(y1, y2, height)
+    wstart, wend = bins(x1, x2, width)
+    return roi_batch_indices(rois), hstart, hend, wstart, wend
+
+
+@psroi_pool_forward.impl("ref")
+def _psroi_pool_forward_ref(x, rois, *, output_dim, group_size, spatial_scale=1.0):
+    """x (N, output_dim * group_size^2, H, W), rois (R, 5) -> y (R, output_dim, group_size,
+    group_size): each bin the mean of its window of its own channel (0 when empty)."""
+    _, _, height, width = x.shape
+    k = group_size
+    batch, hstart, hend, wstart, wend = psroi_pool_bins(
+        rois, spatial_scale=spatial_scale, group_size=k, height=height, width=width,
+        dtype=x.dtype)
+    y = np.zeros((len(batch), output_dim, k, k), x.dtype)
+    channels = np.arange(output_dim) * k * k                    # (o * k + i) * k + j
+    for r, b in enumerate(batch):
+        for i in range(k):
+            h0, h1 = hstart[r, i], hend[r, i]
+            for j in range(k):
+                w0, w1 = wstart[r, j], wend[r, j]
+                if h1 <= h0 or w1 <= w0:
+                    continue
+                window = x[b, channels + i * k + j, h0:h1, w0:w1].reshape(output_dim, -1)
+                total = np.zeros(output_dim, x.dtype)
+                for v in window.T:                              # the fork's order, row-major
+                    total += v
+                y[r, :, i, j] = total / x.dtype.type((h1 - h0) * (w1 - w0))
+    return y
+
+
+@psroi_pool_backward.impl("ref")
+def _psroi_pool_backward_ref(dy, rois, x_shape, *, spatial_scale=1.0):
+    """dx (x_shape): each top diff divided by its window's area, added over the window."""
+    n, c, height, width = x_shape
+    output_dim, k = dy.shape[1], dy.shape[2]
+    batch, hstart, hend, wstart, wend = psroi_pool_bins(
+        rois, spatial_scale=spatial_scale, group_size=k, height=height, width=width,
+        dtype=dy.dtype)
+    dx = np.zeros(x_shape, dy.dtype)
+    channels = np.arange(output_dim) * k * k
+    for r, b in enumerate(batch):
+        for i in range(k):
+            h0, h1 = hstart[r, i], hend[r, i]
+            for j in range(k):
+                w0, w1 = wstart[r, j], wend[r, j]
+                if h1 <= h0 or w1 <= w0:
+                    continue
+                share = dy[r, :, i, j] / dy.dtype.type((h1 - h0) * (w1 - w0))
+                dx[b, channels + i * k + j, h0:h1, w0:w1] += share[:, None, None]
+    return dx
 
 
 # --- SmoothL1Loss ------------------------------------------------------------------------------

@@ -240,6 +240,7 @@ message LayerParameter
   9137 bn_param           BNParameter        # PSPNet/yjxiong fork; their 137 is BVLC's embed_param
   164 shuffle_channel_param ShuffleChannelParameter  # ShuffleNet forks (farmingyard, camel007)
   149 upsample_param      UpsampleParameter  # YOLOv3 ports' number (SegNet's fork: 138)
+  9149 psroi_pooling_param PSROIPoolingParameter  # R-FCN's fork; its 149 is upsample_param above
   8266711 roi_pooling_param ROIPoolingParameter     # caffe-fast-rcnn (Fast/Faster R-CNN)
   8266712 smooth_l1_loss_param SmoothL1LossParameter  # caffe-fast-rcnn
   20001 detection_param   DetectionParameter  # minicnn's own (YOLOv1). 20000+: clear of
@@ -656,6 +657,11 @@ message ROIPoolingParameter    # caffe-fast-rcnn's ROIPooling
   1   pooled_h            uint32   = 0
   2   pooled_w            uint32   = 0
   3   spatial_scale       float    = 1
+
+message PSROIPoolingParameter  # R-FCN's PSROIPooling (all three required there)
+  1   spatial_scale       float
+  2   output_dim          int32
+  3   group_size          int32
 
 message SmoothL1LossParameter  # caffe-fast-rcnn's SmoothL1Loss
   1   sigma               float    = 1

@@ -1,4 +1,6 @@
-"""The Fast/Faster R-CNN fork's layers (caffe-fast-rcnn): ROIPooling and SmoothL1Loss.
+"""The Fast/Faster R-CNN fork's layers (caffe-fast-rcnn): ROIPooling and SmoothL1Loss; and
+R-FCN's PSROIPooling (against a loop transliterated from its kernel, OpenCV's importer, which
+implements it, and finite differences).
 
 ROIPooling is checked against a plain loop written here from the fork's forward, its backward
 against the fork's own backward algorithm (each bottom element collects the bins that could
@@ -19,8 +21,9 @@ from hypothesis import strategies as st
 
 import minicnn
 from minicnn.errors import LayerError
-from minicnn.layers import ROIPoolingLayer, SmoothL1LossLayer
-from minicnn.ops.frcnn import roi_pool_backward, roi_pool_forward
+from minicnn.layers import PSROIPoolingLayer, ROIPoolingLayer, SmoothL1LossLayer
+from minicnn.ops.frcnn import (psroi_pool_backward, psroi_pool_forward, roi_pool_backward,
+                                roi_pool_forward)
 from minicnn.proto import caffe_pb2, parse_binary, parse_text, read_binary, serialize
 from minicnn.testing import check_layer_gradient
 from tests.gpu.conftest import gpu  # noqa: F401  (the emulator, and a GPU where there is one)
@@ -318,6 +321,121 @@ layer { name: "pool" type: "ROIPooling" bottom: "data" bottom: "rois" top: "pool
     cv_net.setInput(x, "data")
     cv_net.setInput(rois, "rois")
     np.testing.assert_array_equal(ours, cv_net.forward("pool"))
+
+
+# --- R-FCN's PSROIPooling -----------------------------------------------------------------------
+
+def psroi_loops(x, rois, output_dim, k, scale, dtype):
+    """R-FCN's psroi_pooling_layer.cu, one top element at a time: (y, dx for dy = ones * 1.5).
+    Corners rounded then scaled; extent at least 0.1; floor/ceil bins from the float start."""
+    f = np.dtype(dtype).type
+    n, c, height, width = x.shape
+    y = np.zeros((len(rois), output_dim, k, k), dtype)
+    dx = np.zeros(x.shape, dtype)
+    for r, roi in enumerate(rois):
+        b = int(roi[0])
+        x1, y1, x2, y2 = (f(c_round(f(v))) for v in roi[1:5])
+        x1, y1, x2, y2 = x1 * f(scale), y1 * f(scale), (x2 + f(1)) * f(scale), \
+            (y2 + f(1)) * f(scale)
+        bin_w, bin_h = max(x2 - x1, f(0.1)) / f(k), max(y2 - y1, f(0.1)) / f(k)
+        for o in range(output_dim):
+            for i in range(k):
+                for j in range(k):
+                    h0 = min(max(math.floor(f(i) * bin_h + y1), 0), height)
+                    h1 = min(max(math.ceil(f(i + 1) * bin_h + y1), 0), height)
+                    w0 = min(max(math.floor(f(j) * bin_w + x1), 0), width)
+                    w1 = min(max(math.ceil(f(j + 1) * bin_w + x1), 0), width)
+                    if h1 <= h0 or w1 <= w0:
+                        continue
+                    ch = (o * k + i) * k + j
+                    total = f(0)
+                    for h in range(h0, h1):
+                        for w in range(w0, w1):
+                            total = f(total + x[b, ch, h, w])
+                    area = f((h1 - h0) * (w1 - w0))
+                    y[r, o, i, j] = total / area
+                    dx[b, ch, h0:h1, w0:w1] += f(1.5) / area
+    return y, dx
+
+
+@st.composite
+def psroi_cases(draw):
+    k, output_dim, n = draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.integers(1, 2))
+    height, width = draw(st.integers(1, 8)), draw(st.integers(1, 8))
+    scale = draw(st.sampled_from([1.0, 0.5, 0.25, 0.0625]))
+    rng = np.random.default_rng(draw(seeds))
+    x = rng.standard_normal((n, output_dim * k * k, height, width))
+    rois = []
+    for _ in range(draw(st.integers(1, 5))):
+        corners = rng.uniform(-3, 12, 4) / scale              # fractional, off the map, reversed
+        rois.append([draw(st.integers(0, n - 1)), *corners])
+    return x, np.array(rois), output_dim, k, scale
+
+
+@settings(max_examples=30)
+@given(psroi_cases(), st.sampled_from([np.float32, np.float64]))
+def test_psroi_pooling_matches_the_forks_kernel(case, dtype):
+    x, rois, output_dim, k, scale = case
+    x = x.astype(dtype)
+    layer_args = dict(output_dim=output_dim, group_size=k, spatial_scale=scale)
+    y = psroi_pool_forward.impls["ref"](x, rois, **layer_args)
+    want_y, want_dx = psroi_loops(x, rois, output_dim, k, scale, dtype)
+    np.testing.assert_allclose(y, want_y, rtol=1e-6 if dtype == np.float32 else 1e-13, atol=0)
+    dx = psroi_pool_backward.impls["ref"](np.full(y.shape, 1.5, dtype), rois, x.shape,
+                                          spatial_scale=scale)
+    np.testing.assert_allclose(dx, want_dx, rtol=1e-6 if dtype == np.float32 else 1e-13)
+
+
+@settings(max_examples=15)
+@given(psroi_cases())
+def test_psroi_pooling_gradient(case):
+    x, rois, output_dim, k, scale = case
+    check_layer_gradient(lambda: PSROIPoolingLayer(output_dim=output_dim, group_size=k,
+                                                   spatial_scale=scale),
+                         [x, rois], check_bottoms=[0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_psroi_pooling_agrees_with_opencv(tmp_path, dtype):
+    """OpenCV's Caffe importer implements PSROIPooling (for R-FCN): the same numbers on 40 rois
+    with fractional, reversed and off-map corners."""
+    cv2 = pytest.importorskip("cv2")
+    text = """
+input: "data" input_shape { dim: 2 dim: 18 dim: 9 dim: 11 }
+input: "rois" input_shape { dim: 40 dim: 5 }
+layer { name: "ps" type: "PSROIPooling" bottom: "data" bottom: "rois" top: "ps"
+  psroi_pooling_param { spatial_scale: 0.5 output_dim: 2 group_size: 3 } }
+"""
+    model = tmp_path / "psroi.prototxt"
+    model.write_text(text)
+    net = minicnn.Net(str(model), dtype=dtype)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 18, 9, 11)).astype(np.float32)
+    corners = rng.uniform(-6, 26, (40, 4)).astype(np.float32)
+    rois = np.hstack([rng.integers(0, 2, (40, 1)), corners]).astype(np.float32)
+    ours = net.forward(data=x, rois=rois)["ps"]
+    cv_net = cv2.dnn.readNetFromCaffe(str(model))
+    cv_net.setInput(x, "data")
+    cv_net.setInput(rois, "rois")
+    np.testing.assert_allclose(ours, cv_net.forward("ps"), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("params, shapes, message", [
+    ("output_dim: 2 group_size: 3", ((1, 18, 4, 4), (2, 5)), "spatial_scale required"),
+    ("spatial_scale: 1 output_dim: 2 group_size: 3", ((1, 17, 4, 4), (2, 5)),
+     r"17 channels .* output_dim 2 x group_size 3\^2 = 18 are needed"),
+    ("spatial_scale: 1 output_dim: 0 group_size: 3", ((1, 18, 4, 4), (2, 5)),
+     "output_dim must be > 0"),
+    ("spatial_scale: 1 output_dim: 2 group_size: 3", ((1, 18, 4, 4), (2, 4)),
+     "rois must be R x 5"),
+])
+def test_psroi_pooling_errors(params, shapes, message):
+    text = (f'input: "data" input_shape {{ {" ".join(f"dim: {d}" for d in shapes[0])} }}\n'
+            f'input: "rois" input_shape {{ {" ".join(f"dim: {d}" for d in shapes[1])} }}\n'
+            'layer { name: "ps" type: "PSROIPooling" bottom: "data" bottom: "rois" top: "ps" '
+            f'psroi_pooling_param {{ {params} }} }}')
+    with pytest.raises(minicnn.errors.NetError, match=message):
+        minicnn.Net(parse_text(text))
 
 
 # --- SmoothL1Loss ------------------------------------------------------------------------------
