@@ -102,19 +102,20 @@ def test_faster_rcnn_dropout_scale_train_false_scales_at_test_time():
 
 
 def test_a_fork_layer_type_is_refused_with_its_file_and_line(tmp_path):
-    """A fork's layer minicnn lacks (a YOLOv2 port's Reorg here; SE-ResNet's Axpy, where the
-    sweep met this, is implemented since): the error names where the file defines the layer,
-    as a parse error does, then the layer and the type; so do a layer's setup errors."""
+    """A fork's layer minicnn lacks (an invented type here: SE-ResNet's Axpy, where the sweep
+    met this, and the next candidates are implemented since): the error names where the file
+    defines the layer, as a parse error does, then the layer and the type; so do a layer's
+    setup errors."""
     text = ('name: "SE"\n# line 2\ninput: "a"\ninput_shape { dim: 1 dim: 2 dim: 3 dim: 3 }\n'
             'layer {\n  name: "relu"\n  type: "ReLU"\n  bottom: "a"\n  top: "b"\n}\n'
-            'layer {\n  name: "conv2_1"\n  type: "Reorg"\n  bottom: "a"\n  bottom: "b"\n'
+            'layer {\n  name: "conv2_1"\n  type: "ForkOnlyPool"\n  bottom: "a"\n  bottom: "b"\n'
             '  top: "y"\n}\n')
     path = tmp_path / "se.prototxt"
     path.write_text(text)
     with pytest.raises(NetError,
-                       match=rf"^{path}:11: layer 'conv2_1': unknown layer type 'Reorg'"):
+                       match=rf"^{path}:11: layer 'conv2_1': unknown layer type 'ForkOnlyPool'"):
         minicnn.Net(str(path))
-    path.write_text(text.replace('"Reorg"', '"Concat"\n  concat_param { axis: 4 }'))
+    path.write_text(text.replace('"ForkOnlyPool"', '"Concat"\n  concat_param { axis: 4 }'))
     with pytest.raises(NetError, match=rf"^{path}:11: layer 'conv2_1' \(Concat; bottoms a"):
         minicnn.Net(str(path))
     with pytest.raises(NetError, match=r"^layer 'conv2_1' \(Concat"):     # no file: no line
@@ -124,17 +125,18 @@ def test_a_fork_layer_type_is_refused_with_its_file_and_line(tmp_path):
 def test_a_fork_layer_with_its_own_param_is_named_by_type_not_a_guessed_spelling():
     """A fork's layer minicnn lacks stops at its parameter block, before the Net sees the type,
     and the error had guessed one of our spellings: R-FCN's psroi_pooling_param got "did you
-    mean 'roi_pooling_param'?" (PSROIPooling is implemented since; a YOLOv2 port's Reorg with
-    its reorg_param stands in for such a layer here). It names the fork's layer type instead;
-    a typo in one of our layers' own parameters keeps its suggestion."""
+    mean 'roi_pooling_param'?" (PSROIPooling is implemented since; an invented type with its
+    own parameter block stands in for such a layer here). It names the fork's layer type
+    instead; a typo in one of our layers' own parameters keeps its suggestion."""
     text = ('input: "data"\ninput_shape { dim: 1 dim: 64 dim: 26 dim: 26 }\n'
             'layer {\n    bottom: "data"\n    top: "reorg"\n'
-            '    name: "reorg"\n    type: "Reorg"\n'
-            '    reorg_param {\n        stride: 2\n    }\n}\n')
+            '    name: "reorg"\n    type: "ForkOnlyReorg"\n'
+            '    fork_only_reorg_param {\n        stride: 2\n    }\n}\n')
     with pytest.raises(minicnn.errors.PrototxtError) as e:
         parse_text(text, path="yolov2.prototxt")
     assert str(e.value).startswith("yolov2.prototxt:8:5: LayerParameter has no field named "
-                                   "'reorg_param': the layer's type 'Reorg' is "
+                                   "'fork_only_reorg_param': the layer's type "
+                                   "'ForkOnlyReorg' is "
                                    "not one minicnn implements")
     assert "did you mean" not in str(e.value)
     rois = ('input: "data"\ninput_shape { dim: 1 dim: 2 dim: 4 dim: 4 }\n'

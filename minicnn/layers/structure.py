@@ -188,6 +188,45 @@ class PermuteLayer(Layer):
             bottom[0].diff[...] = ops.permute_backward(top[0].diff, self.order)
 
 
+@register("Reorg")
+class ReorgLayer(Layer):
+    """YOLOv2's `Reorg` (the passthrough layer of the YOLOv2 Caffe ports, reorg_param: stride,
+    required, and reverse): Darknet's reorg, N x C x H x W -> N x C s^2 x H/s x W/s, by
+    Darknet's index arithmetic (minicnn.ops.permute: not a plain space-to-depth; OpenCV's
+    importer does the same). reverse: N x C/s^2 x H s x W s, the scatter by the same map.
+    C must divide by s^2, and H and W by s (without reverse). Backward is the inverse
+    permutation. Not in place."""
+    param_field = "reorg_param"
+    exact_num_bottom = exact_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        p = self.param.reorg_param
+        if bottom[0] is top[0]:
+            raise LayerError("Reorg does not allow in-place computation (the top's shape "
+                             "differs)")
+        if not p.HasField("stride") or p.stride < 1:
+            raise LayerError(f"Reorg layer '{self.name}': reorg_param.stride is required and "
+                             "must be at least 1 (the ports' field has no default)")
+        self.stride, self.reverse = p.stride, p.reverse
+
+    def reshape(self, bottom, top):
+        shape, s = bottom[0].shape, self.stride
+        if len(shape) != 4:
+            raise LayerError(f"Reorg takes N x C x H x W, got shape {shape}")
+        if shape[1] % (s * s) or (not self.reverse and (shape[2] % s or shape[3] % s)):
+            need = f"C divisible by {s * s}" + ("" if self.reverse else f", H and W by {s}")
+            raise LayerError(f"Reorg with stride {s} needs {need}; the bottom has shape {shape}")
+        top[0].reshape(ops.permute.reorg_shape(shape, s, self.reverse))
+
+    def forward(self, bottom, top):
+        top[0].data[...] = ops.reorg_forward(bottom[0].data, self.stride, self.reverse)
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            bottom[0].diff[...] = ops.reorg_backward(top[0].diff, bottom[0].shape, self.stride,
+                                                     self.reverse)
+
+
 @register("ShuffleChannel")
 class ShuffleChannelLayer(Layer):
     """ShuffleNet's `ShuffleChannel` (a fork layer: farmingyard's and camel007's Caffe, field

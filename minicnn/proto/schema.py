@@ -239,6 +239,7 @@ message LayerParameter
   9143 interp_param       InterpParameter    # DeepLab/PSPNet fork; their 143 is BVLC's input_param
   9137 bn_param           BNParameter        # PSPNet/yjxiong fork; their 137 is BVLC's embed_param
   164 shuffle_channel_param ShuffleChannelParameter  # ShuffleNet forks (farmingyard, camel007)
+  159 reorg_param         ReorgParameter     # YOLOv2 Caffe ports (caffe-yolov2)
   149 upsample_param      UpsampleParameter  # YOLOv3 ports' number (SegNet's fork: 138)
   9149 psroi_pooling_param PSROIPoolingParameter  # R-FCN's fork; its 149 is upsample_param above
   8266711 roi_pooling_param ROIPoolingParameter     # caffe-fast-rcnn (Fast/Faster R-CNN)
@@ -649,6 +650,10 @@ message UpsampleParameter      # SegNet's Upsample (max-unpooling); the YOLOv3 p
   5   pad_out_w           bool     = false
   6   upsample_h          uint32
   7   upsample_w          uint32
+
+message ReorgParameter         # YOLOv2 Caffe ports' Reorg (Darknet's reorg layer)
+  1   stride              uint32
+  2   reverse             bool     = false
 
 message ShuffleChannelParameter  # ShuffleNet forks' ShuffleChannel
   1   group               uint32   = 1

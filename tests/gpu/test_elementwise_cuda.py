@@ -14,7 +14,8 @@ from minicnn.ops.inner_product import inner_product_backward, inner_product_forw
 from minicnn.ops.interp import interp_backward, interp_forward
 from minicnn.ops.mvn import mvn_backward, mvn_forward
 from minicnn.ops.neurons import relu6_backward, relu6_forward
-from minicnn.ops.permute import channel_shuffle, permute_backward, permute_forward
+from minicnn.ops.permute import (channel_shuffle, permute_backward, permute_forward,
+                                  reorg_backward, reorg_forward)
 from minicnn.ops.relu import relu_backward, relu_forward
 
 from .conftest import assert_close, poisoned
@@ -216,6 +217,14 @@ def test_axpy(gpu):
     got = axpy_backward(gpu.asarray(df), gpu.asarray(a), gpu.asarray(x))
     for name, g, w in zip(("da", "dX", "dY"), got, axpy_backward.impls["ref"](df, a, x)):
         assert_close(g, w, 1e-6, name)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_reorg(gpu, reverse):
+    x = np.random.default_rng(14).standard_normal((2, 8, 6, 4)).astype(np.float32)
+    y = reorg_forward(gpu.asarray(x), 2, reverse)
+    assert_close(y, reorg_forward.impls["ref"](x, 2, reverse), 0, "y")
+    assert_close(reorg_backward(y, x.shape, 2, reverse), x, 0, "dx")
 
 
 def test_channel_shuffle(gpu):
