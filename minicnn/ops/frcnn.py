@@ -156,51 +156,45 @@ def psroi_pool_bins(rois, *, spatial_scale, group_size, height, width, dtype):
     return roi_batch_indices(rois), hstart, hend, wstart, wend
 
 
-@psroi_pool_forward.impl("ref")
-def _psroi_pool_forward_ref(x, rois, *, output_dim, group_size, spatial_scale=1.0):
-    """x (N, output_dim * group_size^2, H, W), rois (R, 5) -> y (R, output_dim, group_size,
-    group_size): each bin the mean of its window of its own channel (0 when empty)."""
-    _, _, height, width = x.shape
+def _psroi_windows(rois, group_size, output_dim, x_shape, spatial_scale, dtype):
+    """(roi r, its item b, bin i, j, the bin's channels, its window (rows, columns), its area)
+    for every bin that is not empty, roi by roi as the fork's kernel."""
     k = group_size
     batch, hstart, hend, wstart, wend = psroi_pool_bins(
-        rois, spatial_scale=spatial_scale, group_size=k, height=height, width=width,
-        dtype=x.dtype)
-    y = np.zeros((len(batch), output_dim, k, k), x.dtype)
+        rois, spatial_scale=spatial_scale, group_size=k, height=x_shape[2], width=x_shape[3],
+        dtype=dtype)
     channels = np.arange(output_dim) * k * k                    # (o * k + i) * k + j
     for r, b in enumerate(batch):
         for i in range(k):
             h0, h1 = hstart[r, i], hend[r, i]
             for j in range(k):
                 w0, w1 = wstart[r, j], wend[r, j]
-                if h1 <= h0 or w1 <= w0:
-                    continue
-                window = x[b, channels + i * k + j, h0:h1, w0:w1].reshape(output_dim, -1)
-                total = np.zeros(output_dim, x.dtype)
-                for v in window.T:                              # the fork's order, row-major
-                    total += v
-                y[r, :, i, j] = total / x.dtype.type((h1 - h0) * (w1 - w0))
+                if h1 > h0 and w1 > w0:
+                    yield (r, b, i, j, channels + i * k + j, (slice(h0, h1), slice(w0, w1)),
+                           np.dtype(dtype).type((h1 - h0) * (w1 - w0)))
+
+
+@psroi_pool_forward.impl("ref")
+def _psroi_pool_forward_ref(x, rois, *, output_dim, group_size, spatial_scale=1.0):
+    """x (N, output_dim * group_size^2, H, W), rois (R, 5) -> y (R, output_dim, group_size,
+    group_size): each bin the mean of its window of its own channel (0 when empty)."""
+    y = np.zeros((len(rois), output_dim, group_size, group_size), x.dtype)
+    for r, b, i, j, channels, (rows, cols), area in _psroi_windows(
+            rois, group_size, output_dim, x.shape, spatial_scale, x.dtype):
+        total = np.zeros(output_dim, x.dtype)
+        for v in x[b, channels, rows, cols].reshape(output_dim, -1).T:   # the fork's order
+            total += v
+        y[r, :, i, j] = total / area
     return y
 
 
 @psroi_pool_backward.impl("ref")
 def _psroi_pool_backward_ref(dy, rois, x_shape, *, spatial_scale=1.0):
     """dx (x_shape): each top diff divided by its window's area, added over the window."""
-    n, c, height, width = x_shape
-    output_dim, k = dy.shape[1], dy.shape[2]
-    batch, hstart, hend, wstart, wend = psroi_pool_bins(
-        rois, spatial_scale=spatial_scale, group_size=k, height=height, width=width,
-        dtype=dy.dtype)
     dx = np.zeros(x_shape, dy.dtype)
-    channels = np.arange(output_dim) * k * k
-    for r, b in enumerate(batch):
-        for i in range(k):
-            h0, h1 = hstart[r, i], hend[r, i]
-            for j in range(k):
-                w0, w1 = wstart[r, j], wend[r, j]
-                if h1 <= h0 or w1 <= w0:
-                    continue
-                share = dy[r, :, i, j] / dy.dtype.type((h1 - h0) * (w1 - w0))
-                dx[b, channels + i * k + j, h0:h1, w0:w1] += share[:, None, None]
+    for r, b, i, j, channels, (rows, cols), area in _psroi_windows(
+            rois, dy.shape[2], dy.shape[1], x_shape, spatial_scale, dy.dtype):
+        dx[b, channels, rows, cols] += (dy[r, :, i, j] / area)[:, None, None]
     return dx
 
 
