@@ -108,13 +108,16 @@ def filter_net(net_param, state):
         if layer.include and layer.exclude:
             raise NetError(f"layer '{layer.name}' has both include and exclude rules; "
                            "give one or the other")
-        if layer.include:
-            keep = any(state_meets_rule(state, rule) for rule in layer.include)
-        else:
-            keep = not any(state_meets_rule(state, rule) for rule in layer.exclude)
-        if keep:
+        if layer_included(layer, state):
             out.layer.append(layer.copy())
     return out
+
+
+def layer_included(layer, state):
+    """Whether the net ``state`` keeps ``layer`` (its include rules, else its exclude rules)."""
+    if layer.include:
+        return any(state_meets_rule(state, rule) for rule in layer.include)
+    return not any(state_meets_rule(state, rule) for rule in layer.exclude)
 
 
 # --- 2. splits ---------------------------------------------------------------------------------
@@ -232,6 +235,8 @@ class Net:
     the NetParameter carries (whose phase defaults to TEST). ``dtype`` is float32 (Caffe's
     Net<float>) or float64 (Net<double>, for gradient checks). ``source_dir`` is where data
     layers look for relative paths after the current directory (default: the prototxt's folder).
+    ``source_file`` names the prototxt a NetParameter ``model`` was read from (a solver's net
+    file), so that errors found while building the net name its file and line.
 
     ``device`` puts the net on a GPU: "cuda:0" (or "cuda", 0), "cpu"; None follows
     minicnn.set_mode_gpu()/set_mode_cpu() (the CPU by default). The net is built on the host,
@@ -241,7 +246,7 @@ class Net:
     """
 
     def __init__(self, model, *args, weights=None, phase=None, level=None, stages=(),
-                 dtype=np.float32, source_dir=None, device=None):
+                 dtype=np.float32, source_dir=None, device=None, source_file=None):
         if len(args) == 1:
             if args[0] in _PHASES and phase is None:
                 phase = args[0]
@@ -252,7 +257,7 @@ class Net:
         elif args:
             raise TypeError("Net(model, [weights], [phase]) takes at most 3 positional arguments")
         if isinstance(model, caffe_pb2.NetParameter):
-            param, self.source = model.copy(), "<NetParameter>"
+            param, self.source = model.copy(), os.fspath(source_file or "<NetParameter>")
         else:
             self.source = os.fspath(model)
             param = read_prototxt(self.source, "NetParameter")
@@ -402,9 +407,14 @@ class Net:
             raise NetError(f"{where}{self._describe(layer, bottoms)}: {e}") from None
 
     def _where(self, layer_name):
-        """'file:line: ' of the layer in the prototxt this net was read from ('' if none)."""
-        line = None if self.source == "<NetParameter>" else layer_lines(self.source).get(layer_name)
-        return f"{self.source}:{line}: " if line else ""
+        """'file:line: ' of the layer in the prototxt this net was read from ('' if none): the
+        first layer of that name this net's state keeps (train_val's two "data" layers)."""
+        if self.source == "<NetParameter>":
+            return ""
+        for layer, line in layer_lines(self.source):
+            if layer.name == layer_name and layer_included(layer, self.state):
+                return f"{self.source}:{line}: "
+        return ""
 
     def _describe(self, layer, bottoms):
         param = layer.param

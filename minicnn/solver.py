@@ -236,9 +236,11 @@ class Solver:
                 net.copy_from(path)
 
     # --- building the nets (Caffe's InitTrainNet / InitTestNets) ---------------------------------
+    def _net_file(self, path):
+        return resolve_path(path, self.source_dir, what="net file")
+
     def _read_net(self, path):
-        return read_prototxt(resolve_path(path, self.source_dir, what="net file"),
-                             "NetParameter")
+        return read_prototxt(self._net_file(path), "NetParameter")
 
     def _net_folder(self, path):
         return os.path.dirname(os.path.abspath(resolve_path(path, self.source_dir)))
@@ -264,33 +266,35 @@ class Solver:
             set_batch_size(net_param, batch_size)
         self.log(f"Creating training net from {field}"
                  + (f" {getattr(p, field)}" if not field.endswith("_param") else ""))
-        return Net(net_param, dtype=self.dtype, source_dir=folder, device=self.device)
+        return Net(net_param, dtype=self.dtype, source_dir=folder, device=self.device,
+                   source_file=None if field.endswith("_param") else
+                   self._net_file(getattr(p, field)))
 
     def _test_nets(self):
         p = self.param
         if p.HasField("net") and p.HasField("net_param"):
             raise MinicnnError("give the solver's net or net_param, not both")
-        sources = [(f"test_net_param #{i}", q.copy(), self.source_dir)
+        sources = [(f"test_net_param #{i}", q.copy(), self.source_dir, None)
                    for i, q in enumerate(p.test_net_param)]
-        sources += [(f"test_net file {f}", self._read_net(f), self._net_folder(f))
-                    for f in p.test_net]
+        sources += [(f"test_net file {f}", self._read_net(f), self._net_folder(f),
+                     self._net_file(f)) for f in p.test_net]
         generic = p.HasField("net") or p.HasField("net_param")
         if (len(p.test_iter) < len(sources)) if generic else (len(p.test_iter) != len(sources)):
             raise MinicnnError(f"test_iter must be given once per test net: {len(sources)} test "
                                f"net(s), {len(p.test_iter)} test_iter value(s)")
         for _ in range(len(p.test_iter) - len(sources)):   # the net's TEST phase, once per iter
             if p.HasField("net_param"):
-                sources.append(("net_param", p.net_param.copy(), self.source_dir))
+                sources.append(("net_param", p.net_param.copy(), self.source_dir, None))
             else:
                 sources.append((f"net file {p.net}", self._read_net(p.net),
-                                self._net_folder(p.net)))
+                                self._net_folder(p.net), self._net_file(p.net)))
         if p.test_state and len(p.test_state) != len(sources):
             raise MinicnnError(f"test_state must be unspecified or given once per test net "
                                f"({len(sources)} test nets, {len(p.test_state)} test_state)")
         if sources and p.test_interval <= 0:
             raise MinicnnError("the solver has test nets (test_iter) but no test_interval > 0")
         nets = []
-        for i, (label, net_param, folder) in enumerate(sources):
+        for i, (label, net_param, folder, path) in enumerate(sources):
             state = caffe_pb2.NetState(phase="TEST")
             state.MergeFrom(net_param.state)
             if p.test_state:
@@ -298,7 +302,7 @@ class Solver:
             net_param.state.CopyFrom(state)
             self.log(f"Creating test net (#{i}) specified by {label}")
             nets.append(Net(net_param, dtype=self.dtype, source_dir=folder,
-                            device=self.device))
+                            device=self.device, source_file=path))
         return nets
 
     # --- the loop -------------------------------------------------------------------------------

@@ -165,3 +165,34 @@ def test_pooling_ceil_mode_false_is_round_mode_floor():
                                   net("").forward(x=x)["y"])          # (1, 2, 3, 3), CEIL
     with pytest.raises(NetError, match="round_mode CEIL and ceil_mode false; give one"):
         net("ceil_mode: false round_mode: CEIL")
+
+
+@pytest.mark.parametrize("bad_phase", ["TRAIN", "TEST"])
+def test_a_solvers_nets_name_the_line_of_the_layer_their_phase_keeps(tmp_path, bad_phase):
+    """A train_val file names both data layers "data" (bvlc_googlenet, SqueezeNet, DIGITS); an
+    error in the one a phase keeps names that layer's line, not the first "data" of the file,
+    and the nets a solver reads from its `net:` file name the file and line too (they said only
+    "layer 'data' (Data): ...": DIGITS' lenet.prototxt without its source, a missing val LMDB)."""
+    good = 'dummy_data_param { shape { dim: 2 dim: 3 } shape { dim: 2 } }'
+    bad = 'data_param { source: "no_such_lmdb" batch_size: 2 }'
+    layers = [(phase, "Data" if phase == bad_phase else "DummyData",
+               bad if phase == bad_phase else good) for phase in ("TRAIN", "TEST")]
+    text = "".join(f'layer {{\n  name: "data"\n  type: "{kind}"\n  top: "data"\n  top: "label"\n'
+                   f'  include {{ phase: {phase} }}\n  {body}\n}}\n'
+                   for phase, kind, body in layers)
+    text += ('layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"\n'
+             '  inner_product_param { num_output: 2 } }\n'
+             'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" '
+             'top: "loss" }\n')
+    net_file = tmp_path / "train_val.prototxt"
+    net_file.write_text(text)
+    line = 1 if bad_phase == "TRAIN" else 9
+    assert text.splitlines()[line - 1:line + 2] == ["layer {", '  name: "data"', '  type: "Data"']
+    where = f"{net_file}:{line}: layer 'data' \\(Data\\): no_such_lmdb"
+    with pytest.raises(NetError, match=where):
+        minicnn.Net(str(net_file), phase=bad_phase)
+    solver_file = tmp_path / "solver.prototxt"
+    solver_file.write_text(f'net: "{net_file}"\ntest_iter: 1\ntest_interval: 1\nbase_lr: 0.1\n'
+                           'lr_policy: "fixed"\nmax_iter: 1\n')
+    with pytest.raises(NetError, match=where):
+        minicnn.get_solver(str(solver_file), log=lambda *_: None)

@@ -344,17 +344,18 @@ def parse_text(text, message_type="NetParameter", path="<string>", into=None):
 
 
 def layer_lines(path):
-    """{layer name: the line its ``layer {`` (or V1 ``layers {``) opens on, the first such layer
-    of that name} for the net prototxt at ``path``; {} when it cannot be read. For the errors a
-    Net finds after parsing (an unknown layer type, bad parameters), which name the line too."""
+    """[(layer message, the line its ``layer {`` (or V1 ``layers {``) opens on)] in file order
+    for the net prototxt at ``path``; [] when it cannot be read. For the errors a Net finds
+    after parsing (an unknown layer type, bad parameters), which name the line too; a train_val
+    file has layers of one name in both phases, told apart by their include/exclude rules."""
     try:
         with open(path, "rb") as f:
             text = f.read().decode("utf-8").lstrip("\ufeff")
         parser = _Parser(text, path)
         parser.parse_message(MESSAGES["NetParameter"].cls())
     except (OSError, UnicodeDecodeError, PrototxtError):
-        return {}
-    return {layer.name: parser.where(pos)[0] for layer, pos in reversed(parser.layer_starts)}
+        return []
+    return [(layer, parser.where(pos)[0]) for layer, pos in parser.layer_starts]
 
 
 def read_prototxt(path, message_type="NetParameter"):
