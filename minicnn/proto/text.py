@@ -84,6 +84,13 @@ class _Parser:
                 return f" (in layer '{msg.name}')"
         return ""
 
+    def _layer(self):
+        """The innermost LayerParameter being parsed, or None."""
+        for msg in reversed(self.stack):
+            if type(msg).DESCRIPTOR.name == "LayerParameter":
+                return msg
+        return None
+
     def peek(self):
         return self.tokens[self.i] if self.i < len(self.tokens) else None
 
@@ -123,7 +130,7 @@ class _Parser:
             self.i += 1
             field = desc.fields_by_name.get(tok.text)
             if field is None:
-                self.fail(_unknown_field_message(desc, tok.text, msg), tok.pos)
+                self.fail(_unknown_field_message(desc, tok.text, msg, self._layer()), tok.pos)
             if not field.repeated:
                 if field.name in seen:
                     self.fail(f"field '{field.name}' of {desc.name} is set twice (first on line "
@@ -301,7 +308,7 @@ class _Parser:
         return bytes(out)
 
 
-def _unknown_field_message(desc, name, msg=None):
+def _unknown_field_message(desc, name, msg=None, layer=None):
     text = f"{desc.name} has no field named '{name}'"
     if desc.name == "LayerParameter" and name.endswith("_param") and msg is not None \
             and msg.HasField("type") and not _known_layer_type(msg.type):
@@ -309,6 +316,12 @@ def _unknown_field_message(desc, name, msg=None):
         # guessed spelling of one of our parameters
         return text + f": the layer's type '{msg.type}' is not one minicnn implements " \
                       "(a Caffe fork's layer?)"
+    if desc.name != "LayerParameter" and layer is not None and layer.HasField("type") \
+            and not _known_layer_type(layer.type):
+        # the fork's own fields in a standard block (SSD's AnnotatedData: transform_param's
+        # resize_param): the layer's type is the news here too
+        return text + f"; the layer's type '{layer.type}' is not one minicnn implements " \
+                      "(a Caffe fork's layer, with the fork's fields?)"
     close = difflib.get_close_matches(name, desc.fields_by_name, n=1, cutoff=0.6)
     if close:
         return text + f"; did you mean '{close[0]}'?"
