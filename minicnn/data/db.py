@@ -36,7 +36,8 @@ def resolve_path(path, *dirs, what="file"):
                 candidate = os.path.join(d, path)
                 if os.path.exists(candidate):
                     return candidate
-                tried.append(os.path.abspath(candidate))
+                if os.path.abspath(candidate) not in tried:   # the prototxt's folder is the cwd
+                    tried.append(os.path.abspath(candidate))
     looked = "" if len(tried) == 1 else " (looked for " + ", ".join(tried) + ")"
     raise DataError(f"{what} not found{looked}", path)
 

@@ -252,6 +252,10 @@ def test_resolve_path_tries_cwd_then_the_given_dirs(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="h.txt: list file not found .*looked for") as e:
         resolve_path("h.txt", str(tmp_path / "b"), what="list file")
     assert str(tmp_path / "b" / "h.txt") in str(e.value)
+    # a train_val run from its own folder (the usual case): one place, named once
+    with pytest.raises(DataError) as e:
+        resolve_path("h.txt", str(tmp_path / "a"), what="list file")
+    assert str(e.value) == "h.txt: list file not found"
 
 
 def test_a_missing_optional_package_names_the_pip_package(tmp_path, monkeypatch):
