@@ -130,12 +130,13 @@ def split_blob_name(layer_name, blob_name, top_index, split_index):
     return f"{blob_name}_{layer_name}_{top_index}_split_{split_index}"
 
 
-def insert_splits(net_param):
+def insert_splits(net_param, where=lambda layer_name: ""):
     """A copy of ``net_param`` with Split layers on fan-out (Caffe's InsertSplits).
 
     A top counts one use per consuming bottom, plus one if it carries a nonzero loss_weight; a
     top used more than once gets a Split whose tops (named as Caffe names them, e.g.
-    ``data_input_0_split_1``) feed the consumers in order.
+    ``data_input_0_split_1``) feed the consumers in order. A bottom no earlier layer produces
+    is an error, prefixed by ``where(layer name)`` (the Net's "file:line: ").
     """
     layers = list(net_param.layer)
     last_producer = {}                     # blob name -> (layer index, top index)
@@ -145,8 +146,9 @@ def insert_splits(net_param):
     for i, layer in enumerate(layers):
         for j, name in enumerate(layer.bottom):
             if name not in last_producer:
-                raise NetError(f"layer '{layer.name}' ({layer.type}): bottom '{name}' is not "
-                               "produced by any layer before it" + _known(last_producer))
+                raise NetError(f"{where(layer.name)}layer '{layer.name}' ({layer.type}): bottom "
+                               f"'{name}' is not produced by any layer before it"
+                               + _known(last_producer))
             source[i, j] = last_producer[name]
             uses[last_producer[name]] += 1
         for j, name in enumerate(layer.top):
@@ -279,7 +281,7 @@ class Net:
         self.state = state
         self.name = param.name
         self.force_backward = param.force_backward
-        self.net_param = insert_splits(filter_net(param, state))
+        self.net_param = insert_splits(filter_net(param, state), self._where)
         self.device, self._mirrors = None, {}
         self._mode_warned = device is not None    # device="cpu" chosen: no set_mode_gpu note
         # Caffe's debug_info: each layer's mean |value| logged after its forward and backward

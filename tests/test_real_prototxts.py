@@ -218,3 +218,28 @@ def test_a_fork_layers_fields_in_a_standard_block_name_the_layers_type():
     with pytest.raises(minicnn.errors.PrototxtError, match="did you mean 'crop_size'") as e:
         parse_text(typo)
     assert "is not one minicnn implements" not in str(e.value)
+
+
+def test_a_bottom_missing_in_a_stage_names_the_file_and_line(tmp_path):
+    """DIGITS' standard networks keep train, val and deploy in one file by stage; built with a
+    stage whose layers miss a blob (`--stage deploy` under `minicnn train`: the Power layer reads
+    "data", which only deploy's input gives), the wiring error named the layer but not where
+    it is, unlike the net's other errors (file:line since 5c1cb52)."""
+    text = ('layer {\n  name: "train-data"\n  type: "DummyData"\n  top: "scaled"\n'
+            '  dummy_data_param { shape { dim: 2 dim: 3 } }\n  include { stage: "train" }\n}\n'
+            'layer {\n  name: "scale"\n  type: "Power"\n  bottom: "data"\n  top: "scaled"\n'
+            '  include { stage: "deploy" }\n}\n'
+            'layer { name: "ip" type: "InnerProduct" bottom: "scaled" top: "ip"\n'
+            '  inner_product_param { num_output: 2 } }\n')
+    net_file = tmp_path / "lenet.prototxt"
+    net_file.write_text(text)
+    where = (f"{net_file}:8: layer 'scale' \\(Power\\): bottom 'data' is not produced by any "
+             "layer before it")
+    with pytest.raises(NetError, match=where):
+        minicnn.Net(str(net_file), phase=minicnn.TRAIN, stages=["deploy"])
+    solver_file = tmp_path / "solver.prototxt"
+    solver_file.write_text(f'net: "{net_file}"\ntrain_state {{ stage: "deploy" }}\n'
+                           'base_lr: 0.1\nlr_policy: "fixed"\nmax_iter: 1\n')
+    with pytest.raises(NetError, match=where):
+        minicnn.get_solver(str(solver_file), log=lambda *_: None)
+    assert minicnn.Net(str(net_file), phase=minicnn.TRAIN, stages=["train"]).blobs["ip"]
