@@ -610,13 +610,14 @@ def _deploy_net(args):
 
 def _image_paths(items, root_folder=""):
     """Image arguments as paths: `@LIST` reads a list file (labels, if any, are ignored)."""
+    from minicnn.data.db import root_joined
     from minicnn.deploy import read_image_list
     paths = []
     for item in items:
         if item.startswith("@"):
             paths.extend(read_image_list(item[1:], root_folder)[0])
         else:
-            paths.append(os.path.join(root_folder, item) if root_folder else item)
+            paths.append(root_joined(root_folder, item))
     return paths
 
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from minicnn import io
 from minicnn.cuda import to_host
-from minicnn.data.db import resolve_path
+from minicnn.data.db import resolve_path, root_joined
 from minicnn.data.errors import DataError, need
 from minicnn.data.imageset import read_list_file
 from minicnn.errors import MinicnnError
@@ -267,7 +267,7 @@ def read_image_list(path, root_folder=""):
     folder = os.path.dirname(os.path.abspath(path))
     paths = []
     for name, _, lineno in entries:
-        full = os.path.join(root_folder, name) if root_folder else name
+        full = root_joined(root_folder, name)
         try:
             paths.append(resolve_path(full, folder, what="image"))
         except DataError as e:

@@ -354,7 +354,7 @@ def write_json(obj, path):
 def read_detection_list(path, root_folder=""):
     """The image paths of a Darknet list file (one per line; relative paths are found from the
     current folder, then beside the list), with the line numbers."""
-    from minicnn.data.db import resolve_path
+    from minicnn.data.db import resolve_path, root_joined
     from minicnn.data.errors import DataError
     try:
         with open(path, encoding="utf-8") as f:
@@ -365,7 +365,7 @@ def read_detection_list(path, root_folder=""):
         raise DataError("the list names no images", path)
     out = []
     for n, name in lines:
-        name = os.path.join(root_folder, name) if root_folder else name
+        name = root_joined(root_folder, name)
         try:
             out.append(resolve_path(name, os.path.dirname(path), what="image"))
         except DataError as e:

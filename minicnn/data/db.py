@@ -21,6 +21,18 @@ import weakref
 from minicnn.data.errors import DataError, need
 
 
+def root_joined(root_folder, name):
+    """An image list entry under a data layer's root_folder as Caffe reads it: the two strings
+    concatenated (DeepLab's lists say "/JPEGImages/x.jpg" under root_folder "/data/VOC2012",
+    which os.path.join would cut down to "/JPEGImages/x.jpg"); a root without its trailing
+    slash gets one, where Caffe would glue "imagescat.jpg" together."""
+    if not root_folder:
+        return name
+    if root_folder.endswith("/") or name.startswith("/"):
+        return root_folder + name
+    return os.path.join(root_folder, name)
+
+
 def resolve_path(path, *dirs, what="file"):
     """``path`` if it exists as given (absolute, or relative to the current directory), else the
     first ``dir/path`` that exists; a DataError naming every place tried otherwise."""

@@ -15,7 +15,7 @@ import numpy as np
 
 from minicnn.data.datum import decode_datum, decode_image, read_image
 from minicnn.data.buckets import SizeBuckets, image_size
-from minicnn.data.db import open_db, resolve_path
+from minicnn.data.db import open_db, resolve_path, root_joined
 from minicnn.data.errors import DataError, need
 from minicnn.data.imageset import read_list_file
 from minicnn.data.prefetch import Prefetcher
@@ -336,7 +336,7 @@ class ImageDataLayer(_SourceDataLayer):
     def _read(self, i, header_only=False):
         p = self.param.image_data_param
         name, _, lineno = self.entries[i]
-        path = os.path.join(p.root_folder, name) if p.root_folder else name
+        path = root_joined(p.root_folder, name)
         try:
             found = self.resolve(path, os.path.dirname(self.source_path))
             if header_only:
@@ -555,7 +555,7 @@ class WindowDataLayer(_SourceDataLayer):
         folder = os.path.dirname(self.source_path)
         self.image_paths = []
         for name, _, line in self.windows.images:
-            path = os.path.join(p.root_folder, name) if p.root_folder else name
+            path = root_joined(p.root_folder, name)
             try:
                 self.image_paths.append(self.resolve(path, folder))
             except DataError as e:

@@ -8,6 +8,7 @@ import numpy as np
 from minicnn import cuda, ops
 from minicnn.data.detection import augment, label_path, pad_boxes, read_labels
 from minicnn.data.datum import read_image
+from minicnn.data.db import root_joined
 from minicnn.data.errors import DataError, need
 from minicnn.data.transform import transform_sample
 from minicnn.errors import LayerError
@@ -177,7 +178,7 @@ class DetectionDataLayer(_SourceDataLayer):
     def _path(self, i):
         p = self.param.detection_data_param
         name, lineno = self.entries[i]
-        path = os.path.join(p.root_folder, name) if p.root_folder else name
+        path = root_joined(p.root_folder, name)
         try:
             return self.resolve(path, os.path.dirname(self.source_path))
         except DataError as e:

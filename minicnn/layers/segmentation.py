@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 
+from minicnn.data.db import root_joined
 from minicnn.data.errors import DataError, need
 from minicnn.data.segmentation import augment_pair, read_pair, read_pair_list
 from minicnn.errors import LayerError
@@ -65,7 +66,7 @@ class SegmentationDataLayer(_SourceDataLayer):
 
     def _path(self, name, lineno):
         p = self.param.segmentation_data_param
-        path = os.path.join(p.root_folder, name) if p.root_folder else name
+        path = root_joined(p.root_folder, name)
         try:
             return self.resolve(path, os.path.dirname(self.source_path))
         except DataError as e:

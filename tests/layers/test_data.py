@@ -290,6 +290,26 @@ def test_image_data_gray_resize_and_root_folder(tmp_path):
         ImageDataLayer(source=source, new_height=3)()
 
 
+def test_root_folder_is_prefixed_as_caffe_does(tmp_path):
+    """Caffe reads root_folder + name, strings glued: DeepLab-style lists ("/imgs/x.png" under
+    a root without its trailing slash) name files below the root, where os.path.join would
+    have kept only "/imgs/x.png"; a root without its slash before a relative name gets one."""
+    from minicnn.data.db import root_joined
+    assert root_joined("/data/VOC", "/JPEGImages/a.jpg") == "/data/VOC/JPEGImages/a.jpg"
+    assert root_joined("/data/VOC/", "JPEGImages/a.jpg") == "/data/VOC/JPEGImages/a.jpg"
+    assert root_joined("/data/VOC", "JPEGImages/a.jpg") == "/data/VOC/JPEGImages/a.jpg"
+    assert root_joined("", "/abs/a.jpg") == "/abs/a.jpg"
+    sub = tmp_path / "imgs"
+    sub.mkdir()
+    make_image_list(sub)
+    names = [line.rsplit(" ", 1) for line in (sub / "list.txt").read_text().splitlines()]
+    (tmp_path / "list.txt").write_text("".join(f"/imgs/{name} {label}\n"
+                                               for name, label in names))
+    layer = ImageDataLayer(source=str(tmp_path / "list.txt"), root_folder=str(tmp_path),
+                           batch_size=2)
+    assert layer()[0].shape == (2, 3, 5, 6)
+
+
 def test_image_data_default_batch_size_is_one(tmp_path):
     source, _ = make_image_list(tmp_path, n=2)
     assert ImageDataLayer(source=source)()[0].shape == (1, 3, 5, 6)
