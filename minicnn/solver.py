@@ -291,8 +291,9 @@ class Solver:
         if p.test_state and len(p.test_state) != len(sources):
             raise MinicnnError(f"test_state must be unspecified or given once per test net "
                                f"({len(sources)} test nets, {len(p.test_state)} test_state)")
-        if sources and p.test_interval <= 0:
-            raise MinicnnError("the solver has test nets (test_iter) but no test_interval > 0")
+        if sources and p.test_interval <= 0:     # Caffe builds them and never tests: say so
+            self.log("note: the solver has test nets (test_iter) but no test_interval > 0: "
+                     "they are built and never run, as in Caffe")
         nets = []
         for i, (label, net_param, folder, path) in enumerate(sources):
             state = caffe_pb2.NetState(phase="TEST")
