@@ -405,8 +405,7 @@ class Net:
         try:
             layer.setup(bottoms, tops)
         except MinicnnError as e:
-            where = self._where(layer.param.name)
-            raise NetError(f"{where}{self._describe(layer, bottoms)}: {e}") from None
+            raise NetError(f"{self._describe(layer, bottoms)}: {e}") from None
 
     def _where(self, layer_name):
         """'file:line: ' of the layer in the prototxt this net was read from ('' if none): the
@@ -419,9 +418,12 @@ class Net:
         return ""
 
     def _describe(self, layer, bottoms):
+        """The start of an error about ``layer`` (setup, forward, backward): where the prototxt
+        defines it, its name and type, and its bottoms' names and shapes."""
         param = layer.param
         inputs = ", ".join(f"{n} {b.shape}" for n, b in zip(param.bottom, bottoms))
-        return f"layer '{param.name}' ({param.type}" + (f"; bottoms {inputs})" if inputs else ")")
+        return f"{self._where(param.name)}layer '{param.name}' ({param.type}" + \
+            (f"; bottoms {inputs})" if inputs else ")")
 
     def _prune_backward(self):
         """Caffe's rule: a layer needs backward only if it leads to a loss; force_backward asks

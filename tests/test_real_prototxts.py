@@ -243,3 +243,17 @@ def test_a_bottom_missing_in_a_stage_names_the_file_and_line(tmp_path):
     with pytest.raises(NetError, match=where):
         minicnn.get_solver(str(solver_file), log=lambda *_: None)
     assert minicnn.Net(str(net_file), phase=minicnn.TRAIN, stages=["train"]).blobs["ip"]
+
+
+def test_errors_in_a_forward_name_the_file_and_line_too(tmp_path):
+    """A label that is not a class, found when the loss runs: the message starts with where
+    the file defines the layer, as setup errors do (the training sweep's note)."""
+    path = tmp_path / "train.prototxt"
+    path.write_text('input: "x"\ninput_shape { dim: 2 dim: 3 }\ninput: "label"\n'
+                    'input_shape { dim: 2 }\n'
+                    'layer {\n  name: "loss"\n  type: "SoftmaxWithLoss"\n  bottom: "x"\n'
+                    '  bottom: "label"\n  top: "loss"\n}\n')
+    net = minicnn.Net(str(path), phase="TRAIN")
+    with pytest.raises(NetError, match=rf"^{path}:5: layer 'loss' \(SoftmaxWithLoss; bottoms "
+                                       r"x \(2, 3\), label \(2,\)\): label 7 at index \(1,\)"):
+        net.forward(x=np.zeros((2, 3), np.float32), label=np.array([0, 7], np.float32))
