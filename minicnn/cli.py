@@ -1022,18 +1022,20 @@ def _class_names(args, classes):
 
 @command
 def detect(args):
-    """Detect objects with a YOLOv1 net: PNGs with the boxes drawn and a JSON of the
-    detections (boxes x0, y0, x1, y1 in the image's pixels)."""
+    """Detect objects with a YOLO net (YOLOv1's Detection layer, YOLOv2's Region, YOLOv3's Yolo
+    layers): PNGs with the boxes drawn and a JSON of the detections (boxes x0, y0, x1, y1 in
+    the image's pixels)."""
     from minicnn import detection
     images = _image_paths(args.image, args.root_folder)
     if not images:
         raise MinicnnError("give the images: minicnn detect --model M --weights W IMAGE... "
                            "(@LIST reads a list file)")
     net = _detection_net(args)
-    p, _ = detection.detection_layer(net)
-    names = _class_names(args, p.classes)
+    names = _class_names(args, detection.net_classes(net))
     found = detection.detect(net, images, args.thresh, args.nms, names=names,
-                             batch_size=args.batch_size, **_detection_inputs(args))
+                             batch_size=args.batch_size,
+                             letterbox=False if args.no_letterbox else None,
+                             **_detection_inputs(args))
     results, used = [], set()
     for path, dets in zip(images, found):
         stem = os.path.splitext(os.path.basename(path))[0]
@@ -1101,7 +1103,8 @@ def convert(args):
 
 
 def _add_detection_options(p):
-    p.add_argument("--model", help="the detector's deploy prototxt (ends in a Detection layer)")
+    p.add_argument("--model", help="the detector's deploy prototxt (ends in a Detection layer, "
+                                   "or Region/Yolo layers)")
     p.add_argument("--weights", help="the trained .caffemodel")
     p.add_argument("--nms", type=float, default=0.4,
                    help="per-class NMS: drop boxes overlapping a better one by IoU > this "
@@ -1449,12 +1452,16 @@ def build_parser():
     p.add_argument("--out", help="folder for eval.json and example pictures")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    p = sub.add_parser("detect", help="detect objects with a YOLOv1 net: PNGs with boxes + JSON")
+    p = sub.add_parser("detect", help="detect objects with a YOLO net (v1 Detection, v2 Region, "
+                                      "v3 Yolo layers): PNGs with boxes + JSON")
     p.add_argument("image", nargs="*", metavar="IMAGE", help="image files; @LIST reads a list")
     _add_detection_options(p)
-    p.add_argument("--thresh", type=float, default=0.2,
-                   help="report boxes whose confidence x class probability exceeds this "
-                        "(default 0.2, Darknet's)")
+    p.add_argument("--thresh", type=float, default=None,
+                   help="report boxes whose objectness x class probability exceeds this "
+                        "(default Darknet's: 0.2 for YOLOv1, 0.5 for v2/v3)")
+    p.add_argument("--no-letterbox", action="store_true",
+                   help="stretch the image to the input size (the default for YOLOv1) "
+                        "instead of Darknet's letterbox (the default for v2/v3)")
     p.add_argument("--out", required=True, help="folder for the pictures and detections.json")
 
     p = sub.add_parser("eval-detection", help="mAP@0.5 (VOC 11-point and all-point) of a "

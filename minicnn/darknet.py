@@ -1,21 +1,41 @@
-"""Darknet YOLOv1 models -> Caffe prototxt + caffemodel (``minicnn convert darknet``).
+"""Darknet models -> Caffe prototxt + caffemodel (``minicnn convert darknet``): YOLOv1, YOLOv2,
+YOLOv3 and Darknet's classifiers (darknet19/53, resnets, densenet, ...).
 
-    convert_darknet("yolov1-tiny.cfg", "yolov1-tiny.weights", "out/")
-    # -> out/yolov1-tiny.prototxt, out/yolov1-tiny.caffemodel
+    convert_darknet("yolov3-tiny.cfg", "yolov3-tiny.weights", "out/")
+    # -> out/yolov3-tiny.prototxt, out/yolov3-tiny.caffemodel
 
 The cfg's sections become layers, in order (Darknet's parse_network_cfg defaults apply to keys a
-section leaves out):
+section leaves out; layers are numbered from 0 after [net], as [route] and [shortcut] count):
 
   [net]            Input 1 x channels x height x width (Darknet feeds RGB scaled to [0, 1])
   [convolutional]  Convolution (pad=1 means padding size/2, as in Darknet); with
                    batch_normalize=1: Convolution without bias, BatchNorm, Scale (with bias);
                    then the activation: leaky -> ReLU negative_slope 0.1, relu, logistic ->
                    Sigmoid, tanh -> TanH, elu -> ELU, linear -> nothing
-  [maxpool]        Pooling MAX (Darknet's default padding size-1 is Caffe's ceil rounding; other
-                   geometries must give the same output size or are refused)
+  [maxpool]        Pooling MAX. Darknet pads padding // 2 (default (size-1) // 2) on the top and
+                   left and the rest on the bottom and right; where Caffe's ceil rounding gives
+                   the same windows it is that, an even padding with Darknet's floor is
+                   round_mode FLOOR, and size 2 stride 1 (the tiny YOLOs') is a Pooling padded
+                   on both sides and a Crop of its first row and column
+  [avgpool]        Pooling AVE, global
   [connected]      InnerProduct (+ BatchNorm, Scale with batch_normalize), then the activation
   [dropout]        Dropout (identity at test time in both)
+  [softmax]        Softmax (groups=1 over a C x 1 x 1 output); [cost] is dropped (training only)
+  [route]          Concat of the named layers' outputs (one layer: its blob is read again)
+  [shortcut]       Eltwise SUM (coeff alpha, beta when not 1) with an earlier output, then the
+                   activation (default linear). Darknet adds over the channels both have: a
+                   Slice and Concat keep this one's extra channels, a Crop drops the other's; an
+                   earlier output k times larger is read at every k-th place (Pooling MAX of
+                   kernel 1, stride k)
+  [upsample]       Upsample (nearest, upsample_param scale = stride); a Power for scale != 1
+  [reorg]          Reorg (Darknet's index arithmetic; reverse kept)
+  [region]         Region (YOLOv2's head: anchors, classes, coords, num, softmax, background)
+  [yolo]           Yolo (YOLOv3's heads: anchors, mask, classes)
   [detection]      Detection with one bottom (a deploy net), its parameters copied
+
+Region and Yolo keep what decoding needs; the training options of [region], [yolo] and
+[detection] (jitter, thresholds, scales, random) are not kept. ``minicnn detect`` decodes all
+three kinds (minicnn.detection).
 
 Darknet's batch norm at test time is y = scales * (x - mean) / (sqrt(var) + 1e-6) + biases: the
 epsilon is added *after* the square root, where Caffe's BatchNorm adds it inside. The
@@ -42,8 +62,11 @@ DARKNET_BN_EPS = 1e-6
 ACTIVATIONS = {"leaky": ("ReLU", "relu_param { negative_slope: 0.1 }"), "relu": ("ReLU", ""),
                "logistic": ("Sigmoid", ""), "tanh": ("TanH", ""), "elu": ("ELU", ""),
                "linear": None}
-SECTIONS = ("net", "network", "convolutional", "conv", "maxpool", "max", "connected", "conn",
-            "dropout", "detection")
+KINDS = {"convolutional": "convolutional", "conv": "convolutional", "maxpool": "maxpool",
+         "max": "maxpool", "connected": "connected", "conn": "connected", "dropout": "dropout",
+         "avgpool": "avgpool", "avg": "avgpool", "softmax": "softmax", "soft": "softmax",
+         "cost": "cost", "route": "route", "shortcut": "shortcut", "upsample": "upsample",
+         "reorg": "reorg", "region": "region", "yolo": "yolo", "detection": "detection"}
 
 
 class DarknetError(MinicnnError):
@@ -155,8 +178,9 @@ class _Builder:
 
     def layer(self, name, type_, bottom, top, body="", blobs=None):
         lines = ["layer {", f'  name: "{name}"', f'  type: "{type_}"']
-        lines += [f'  bottom: "{b}"' for b in ([bottom] if bottom else [])]
-        lines += [f'  top: "{top}"']
+        bottoms = bottom if isinstance(bottom, list) else [bottom] if bottom else []
+        lines += [f'  bottom: "{b}"' for b in bottoms]
+        lines += [f'  top: "{t}"' for t in (top if isinstance(top, list) else [top])]
         lines += ["  " + line for line in body.strip().splitlines() if line.strip()]
         self.lines += lines + ["}"]
         if blobs is not None:
@@ -181,14 +205,268 @@ def _batch_norm(b, name, top, n, biases, weights):
             [gamma.astype(np.float32), biases])
 
 
-def _activation(b, s, name, top):
-    kind = s.str("activation", "logistic")
+def _activation(b, s, name, top, default="logistic"):
+    kind = s.str("activation", default)
     if kind not in ACTIVATIONS:
         raise DarknetError(f"{s.where()}: activation={kind} has no minicnn layer (supported: "
                            f"{', '.join(ACTIVATIONS)})")
     if ACTIVATIONS[kind]:
         type_, body = ACTIVATIONS[kind]
         b.layer(f"{name}_{kind}", type_, top, top, body)
+
+
+class _Out:
+    """A section's output as the next sections see it: the blob, its C x H x W, and whether it
+    is flat (after a connected layer)."""
+
+    def __init__(self, top, c, h, w, flat=False):
+        self.top, self.c, self.h, self.w, self.flat = top, c, h, w, flat
+
+
+def _earlier(s, i, outs, value):
+    """The output of the section a [route] or [shortcut] names: a negative value counts back
+    from section i, a non-negative one is an index (Darknet's layers are numbered from 0 after
+    [net])."""
+    try:
+        k = int(value)
+    except ValueError:
+        raise DarknetError(f"{s.where()}: '{value}' is not a layer index") from None
+    j = i + k if k < 0 else k
+    if not 0 <= j < i:
+        raise DarknetError(f"{s.where()}: layer {value} (index {j}) is not an earlier layer of "
+                           f"the {i} before this one")
+    return outs[j]
+
+
+def _anchors(s, count):
+    text = s.str("anchors", "")
+    try:
+        values = [float(v) for v in text.split(",") if v]
+    except ValueError:
+        raise DarknetError(f"{s.where()}: anchors={text} is not a list of numbers") from None
+    if values and len(values) < count:
+        raise DarknetError(f"{s.where()}: {len(values)} anchors values for {count // 2} "
+                           f"anchors (a width and a height each)")
+    return values[:count]
+
+
+def _convolutional(b, s, i, x, weights):
+    n, size = s.int("filters", 1), s.int("size", 1)
+    stride, groups = s.int("stride", 1), s.int("groups", 1)
+    padding = size // 2 if s.int("pad", 0) else s.int("padding", 0)
+    bn = s.int("batch_normalize", 0)
+    if s.int("binary", 0) or s.int("xnor", 0):
+        raise DarknetError(f"{s.where()}: binary/xnor convolutions are not supported")
+    if groups != 1 and (x.c % groups or n % groups):
+        raise DarknetError(f"{s.where()}: groups={groups} must divide the {x.c} input "
+                           f"channels and the {n} filters")
+    name = f"conv{i}"
+    biases = weights.read(n, f"the biases of {name}")
+    bn_at = weights.offset
+    if bn:
+        weights.read(3 * n, f"the batch norm of {name}")            # after the weights below
+    kernel = weights.read(n * (x.c // groups) * size * size, f"the weights of {name}")
+    kernel = kernel.reshape(n, x.c // groups, size, size)
+    body = (f"convolution_param {{ num_output: {n} kernel_size: {size} stride: {stride} "
+            f"pad: {padding}" + (f" group: {groups}" if groups != 1 else "")
+            + (" bias_term: false" if bn else "") + " }")
+    b.layer(name, "Convolution", x.top, name, body, [kernel] if bn else [kernel, biases])
+    if bn:
+        end, weights.offset = weights.offset, bn_at
+        _batch_norm(b, name, name, n, biases, weights)
+        weights.offset = end
+    _activation(b, s, name, name)
+    return _Out(name, n, (x.h + 2 * padding - size) // stride + 1,
+                (x.w + 2 * padding - size) // stride + 1)
+
+
+def _maxpool(b, s, i, x):
+    """Darknet pads (padding, default size - 1) on the top/left by padding // 2 and the rest on
+    the bottom/right; Caffe pads both sides alike. Where they differ (size 2, stride 1: the
+    tiny YOLOs) Caffe pads by the larger side and a Crop drops the extra first row and column,
+    which works when the output keeps the input's size (the Crop's reference)."""
+    stride = s.int("stride", 1)
+    size = s.int("size", stride)
+    padding = s.int("padding", size - 1)
+    dh, dw = (x.h + padding - size) // stride + 1, (x.w + padding - size) // stride + 1
+    pad = padding // 2
+    name = f"pool{i}"
+
+    def body(caffe_pad):
+        return (f"pooling_param {{ pool: MAX kernel_size: {size} stride: {stride} "
+                f"pad: {caffe_pad} }}")
+    if tuple(_caffe_pool_size(v, size, stride, pad) for v in (x.h, x.w)) == (dh, dw):
+        b.layer(name, "Pooling", x.top, name, body(pad))       # ceil rounding covers the rest
+        return _Out(name, x.c, dh, dw)
+    if padding == 2 * pad:                     # even padding: Darknet's floor is Caffe's FLOOR
+        b.layer(name, "Pooling", x.top, name, body(pad)[:-2] + " round_mode: FLOOR }")
+        return _Out(name, x.c, dh, dw)
+    caffe_pad = padding - pad                   # pad both sides by the larger, bottom/right
+    shift = caffe_pad - pad
+    sizes = [_caffe_pool_size(v, size, stride, caffe_pad) for v in (x.h, x.w)]
+    if shift % stride or (dh, dw) != (x.h, x.w) or min(sizes) < min(dh, dw) + shift // stride:
+        raise DarknetError(f"{s.where()}: size={size} stride={stride} padding={padding} gives "
+                           f"{dh}x{dw} in Darknet; Caffe's pooling cannot place these windows")
+    b.layer(f"{name}_padded", "Pooling", x.top, f"{name}_padded", body(caffe_pad))
+    b.layer(name, "Crop", [f"{name}_padded", x.top], name,
+            f"crop_param {{ axis: 2 offset: {shift // stride} }}")
+    return _Out(name, x.c, dh, dw)
+
+
+def _connected(b, s, i, x, weights):
+    n, bn = s.int("output", 1), s.int("batch_normalize", 0)
+    inputs = x.c * x.h * x.w
+    name = f"fc{i}"
+    biases = weights.read(n, f"the biases of {name}")
+    matrix = weights.read(n * inputs, f"the weights of {name}")
+    matrix = matrix.reshape(inputs, n).T.copy() if weights.transpose \
+        else matrix.reshape(n, inputs)
+    b.layer(name, "InnerProduct", x.top, name,
+            f"inner_product_param {{ num_output: {n}" + (" bias_term: false" if bn else "")
+            + " }", [matrix] if bn else [matrix, biases])
+    if bn:
+        _batch_norm(b, name, name, n, biases, weights)
+    _activation(b, s, name, name)
+    return _Out(name, n, 1, 1, flat=True)
+
+
+def _route(b, s, i, outs):
+    parts = [_earlier(s, i, outs, v) for v in s.str("layers", "").split(",") if v]
+    if not parts:
+        raise DarknetError(f"{s.where()}: a route needs layers=")
+    if any(p.flat for p in parts) or len({(p.h, p.w) for p in parts}) != 1:
+        sizes = ", ".join(f"{p.c}x{p.h}x{p.w}" for p in parts)
+        raise DarknetError(f"{s.where()}: the routed layers' outputs ({sizes}) must share their "
+                           "height and width")
+    if len(parts) == 1:                              # the same blob, read again
+        return _Out(parts[0].top, parts[0].c, parts[0].h, parts[0].w)
+    name = f"route{i}"
+    b.layer(name, "Concat", [p.top for p in parts], name)
+    return _Out(name, sum(p.c for p in parts), parts[0].h, parts[0].w)
+
+
+def _shortcut(b, s, i, x, outs):
+    """Darknet adds the earlier output into this one over the channels both have (the rest of
+    this one passes unchanged; the rest of the earlier one is dropped): out = alpha * out +
+    beta * from there."""
+    other = _earlier(s, i, outs, s.str("from", ""))
+    stride = other.w // x.w if x.w else 0
+    if other.flat or x.flat or stride < 1 or other.h // x.h != stride or \
+            (other.h - 1) // stride + 1 != x.h or (other.w - 1) // stride + 1 != x.w:
+        raise DarknetError(f"{s.where()}: adds a {other.c}x{other.h}x{other.w} output to a "
+                           f"{x.c}x{x.h}x{x.w} one; minicnn converts shortcuts from outputs of "
+                           "the same size or a whole multiple of it")
+    alpha, beta = s.float("alpha", 1.0), s.float("beta", 1.0)
+    name = f"shortcut{i}"
+    coeff = "" if alpha == beta == 1 else f" coeff: {alpha!r} coeff: {beta!r}"
+    add, rest = other.top, None
+    if stride > 1:                              # Darknet reads every stride-th place of it
+        add = f"{name}_sampled"
+        b.layer(add, "Pooling", other.top, add, f"pooling_param {{ pool: MAX kernel_size: 1 "
+                                                f"stride: {stride} round_mode: FLOOR }}")
+    if other.c > x.c:
+        b.layer(f"{name}_from", "Crop", [add, x.top], f"{name}_from",
+                "crop_param { axis: 1 offset: 0 }")
+        add = f"{name}_from"
+    mine = x.top
+    if x.c > other.c:
+        mine, rest = f"{name}_head", f"{name}_rest"
+        b.layer(f"{name}_slice", "Slice", x.top, [mine, rest],
+                f"slice_param {{ axis: 1 slice_point: {other.c} }}")
+    total = f"{name}_sum" if rest else name
+    b.layer(total, "Eltwise", [mine, add], total, f"eltwise_param {{ operation: SUM{coeff} }}")
+    if rest:
+        b.layer(name, "Concat", [total, rest], name)
+    _activation(b, s, name, name, default="linear")
+    return _Out(name, x.c, x.h, x.w)
+
+
+def _upsample(b, s, i, x):
+    stride, scale = s.int("stride", 2), s.float("scale", 1.0)
+    if stride < 1:
+        raise DarknetError(f"{s.where()}: stride={stride} (Darknet's downsampling) is not "
+                           "supported")
+    name = f"upsample{i}"
+    b.layer(name, "Upsample", x.top, name, f"upsample_param {{ scale: {stride} }}")
+    if scale != 1:
+        b.layer(f"{name}_scale", "Power", name, name, f"power_param {{ scale: {scale!r} }}")
+    return _Out(name, x.c, x.h * stride, x.w * stride)
+
+
+def _reorg(b, s, i, x):
+    stride, reverse = s.int("stride", 1), s.int("reverse", 0)
+    if s.int("flatten", 0) or s.int("extra", 0):
+        raise DarknetError(f"{s.where()}: reorg's flatten and extra modes are not supported")
+    if reverse:
+        c, h, w = x.c // (stride * stride), x.h * stride, x.w * stride
+    else:
+        c, h, w = x.c * stride * stride, x.h // stride, x.w // stride
+    if c * h * w != x.c * x.h * x.w:
+        raise DarknetError(f"{s.where()}: stride {stride} does not divide the {x.c}x{x.h}x{x.w} "
+                           "input")
+    name = f"reorg{i}"
+    b.layer(name, "Reorg", x.top, name, f"reorg_param {{ stride: {stride}"
+            + (" reverse: true" if reverse else "") + " }")
+    return _Out(name, c, h, w)
+
+
+def _region(b, s, i, x):
+    classes, coords, num = s.int("classes", 20), s.int("coords", 4), s.int("num", 1)
+    softmax, background = s.int("softmax", 0), s.int("background", 0)
+    if s.options.get("tree") or s.options.get("map"):
+        raise DarknetError(f"{s.where()}: YOLO9000's softmax tree is not supported")
+    if x.c != num * (coords + 1 + classes) or x.flat:
+        raise DarknetError(f"{s.where()}: num {num} x (coords {coords} + 1 + classes {classes}) "
+                           f"channels, but the layer before gives {x.c}x{x.h}x{x.w}")
+    anchors = _anchors(s, 2 * num)
+    body = (f"region_param {{ classes: {classes} coords: {coords} num: {num}"
+            + (" softmax: true" if softmax else "") + (" background: true" if background else "")
+            + "".join(f" anchors: {a!r}" for a in anchors) + " }")
+    b.layer(f"region{i}", "Region", x.top, f"region{i}", body)
+    return _Out(f"region{i}", x.c, x.h, x.w)
+
+
+def _yolo(b, s, i, x):
+    classes, total = s.int("classes", 20), s.int("num", 1)
+    text = s.str("mask", "")
+    try:
+        mask = [int(v) for v in text.split(",") if v] or list(range(total))
+    except ValueError:
+        raise DarknetError(f"{s.where()}: mask={text} is not a list of integers") from None
+    if any(not 0 <= m < total for m in mask):
+        raise DarknetError(f"{s.where()}: mask {text} names anchors outside 0..{total - 1}")
+    if x.c != len(mask) * (5 + classes) or x.flat:
+        raise DarknetError(f"{s.where()}: {len(mask)} anchors x (5 + classes {classes}) "
+                           f"channels, but the layer before gives {x.c}x{x.h}x{x.w}")
+    anchors = _anchors(s, 2 * total)
+    body = (f"yolo_param {{ classes: {classes}" + "".join(f" mask: {m}" for m in mask)
+            + "".join(f" anchors: {a!r}" for a in anchors) + " }")
+    b.layer(f"yolo{i}", "Yolo", x.top, f"yolo{i}", body)
+    return _Out(f"yolo{i}", x.c, x.h, x.w)
+
+
+def _detection(b, s, x):
+    if s.int("random", 0) or s.int("forced", 0) or s.int("reorg", 0):
+        warnings.warn(f"{s.where()}: random, forced and reorg only change training in "
+                      "Darknet; minicnn's Detection layer ignores them", stacklevel=4)
+    fields = dict(side=s.int("side", 7), num=s.int("num", 1),
+                  classes=s.int("classes", 1), coords=s.int("coords", 1))
+    d = fields["side"] ** 2 * (fields["classes"] + fields["num"] * (1 + fields["coords"]))
+    if x.c * x.h * x.w != d:
+        raise DarknetError(f"{s.where()}: side {fields['side']}, num {fields['num']}, "
+                           f"classes {fields['classes']}, coords {fields['coords']} make "
+                           f"{d} values, but the layer before gives {x.c * x.h * x.w}")
+    if fields["coords"] != 4 or s.int("softmax", 0):
+        raise DarknetError(f"{s.where()}: minicnn's Detection needs coords=4 and "
+                           "softmax=0 (YOLOv1)")
+    flags = dict(sqrt=s.int("sqrt", 0), rescore=s.int("rescore", 0))
+    scales = {k: s.float(k, 1.0) for k in ("object_scale", "noobject_scale",
+                                             "class_scale", "coord_scale")}
+    body = " ".join([f"{k}: {v}" for k, v in fields.items()]
+                    + [f"{k}: {'true' if v else 'false'}" for k, v in flags.items()]
+                    + [f"{k}: {v!r}" for k, v in scales.items()])
+    b.layer("detection", "Detection", x.top, "detection", f"detection_param {{ {body} }}")
+    return _Out("detection", d, 1, 1, flat=True)
 
 
 def build(sections, weights):
@@ -200,103 +478,54 @@ def build(sections, weights):
     b = _Builder(os.path.splitext(os.path.basename(net.path))[0])
     b.layer("data", "Input", None, "data",
             f"input_param {{ shape {{ dim: 1 dim: {c} dim: {h} dim: {w} }} }}")
-    top, flat = "data", False
+    x, outs = _Out("data", c, h, w), []
     for i, s in enumerate(sections[1:]):
-        kind = s.kind
-        if kind in ("convolutional", "conv"):
-            if flat:
-                raise DarknetError(f"{s.where()}: a convolution after a connected layer")
-            n, size = s.int("filters", 1), s.int("size", 1)
-            stride, groups = s.int("stride", 1), s.int("groups", 1)
-            padding = size // 2 if s.int("pad", 0) else s.int("padding", 0)
-            bn = s.int("batch_normalize", 0)
-            if s.int("binary", 0) or s.int("xnor", 0):
-                raise DarknetError(f"{s.where()}: binary/xnor convolutions are not supported")
-            if groups != 1 and (c % groups or n % groups):
-                raise DarknetError(f"{s.where()}: groups={groups} must divide the {c} input "
-                                   f"channels and the {n} filters")
-            name = f"conv{i}"
-            biases = weights.read(n, f"the biases of {name}")
-            bn_at = weights.offset
-            if bn:
-                weights.read(3 * n, f"the batch norm of {name}")    # after the weights below
-            kernel = weights.read(n * (c // groups) * size * size, f"the weights of {name}")
-            kernel = kernel.reshape(n, c // groups, size, size)
-            body = (f"convolution_param {{ num_output: {n} kernel_size: {size} stride: {stride} "
-                    f"pad: {padding}" + (f" group: {groups}" if groups != 1 else "")
-                    + (" bias_term: false" if bn else "") + " }")
-            b.layer(name, "Convolution", top, name, body, [kernel] if bn else [kernel, biases])
-            top = name
-            if bn:
-                end, weights.offset = weights.offset, bn_at
-                _batch_norm(b, name, top, n, biases, weights)
-                weights.offset = end
-            h = (h + 2 * padding - size) // stride + 1
-            w = (w + 2 * padding - size) // stride + 1
-            c = n
-            _activation(b, s, name, top)
-        elif kind in ("maxpool", "max"):
-            if flat:
-                raise DarknetError(f"{s.where()}: max pooling after a connected layer")
-            stride = s.int("stride", 1)
-            size = s.int("size", stride)
-            padding = s.int("padding", size - 1)
-            dh, dw = (h + padding - size) // stride + 1, (w + padding - size) // stride + 1
-            pad = padding // 2
-            ch, cw = (_caffe_pool_size(v, size, stride, pad) for v in (h, w))
-            if (ch, cw) != (dh, dw):
-                raise DarknetError(f"{s.where()}: size={size} stride={stride} padding={padding} "
-                                   f"gives {dh}x{dw} in Darknet but {ch}x{cw} with Caffe's "
-                                   "pooling: this geometry cannot be converted")
-            name = f"pool{i}"
-            b.layer(name, "Pooling", top, name, f"pooling_param {{ pool: MAX kernel_size: "
-                                                f"{size} stride: {stride} pad: {pad} }}")
-            top, h, w = name, dh, dw
-        elif kind in ("connected", "conn"):
-            n, bn = s.int("output", 1), s.int("batch_normalize", 0)
-            inputs = c * h * w
-            name = f"fc{i}"
-            biases = weights.read(n, f"the biases of {name}")
-            matrix = weights.read(n * inputs, f"the weights of {name}")
-            matrix = matrix.reshape(inputs, n).T.copy() if weights.transpose \
-                else matrix.reshape(n, inputs)
-            b.layer(name, "InnerProduct", top, name,
-                    f"inner_product_param {{ num_output: {n}"
-                    + (" bias_term: false" if bn else "") + " }",
-                    [matrix] if bn else [matrix, biases])
-            top = name
-            if bn:
-                _batch_norm(b, name, top, n, biases, weights)
-            c, h, w, flat = n, 1, 1, True
-            _activation(b, s, name, top)
+        kind = KINDS.get(s.kind)
+        if kind in ("convolutional", "maxpool", "upsample", "reorg", "region", "yolo") and \
+                x.flat:
+            raise DarknetError(f"{s.where()}: a [{s.kind}] after a connected layer")
+        if kind == "convolutional":
+            x = _convolutional(b, s, i, x, weights)
+        elif kind == "maxpool":
+            x = _maxpool(b, s, i, x)
+        elif kind == "connected":
+            x = _connected(b, s, i, x, weights)
         elif kind == "dropout":
             p = s.float("probability", 0.5)
-            b.layer(f"drop{i}", "Dropout", top, top, f"dropout_param {{ dropout_ratio: {p!r} }}")
+            b.layer(f"drop{i}", "Dropout", x.top, x.top,
+                    f"dropout_param {{ dropout_ratio: {p!r} }}")
+        elif kind == "avgpool":
+            name = f"avgpool{i}"
+            b.layer(name, "Pooling", x.top, name, "pooling_param { pool: AVE global_pooling: "
+                                                  "true }")
+            x = _Out(name, x.c, 1, 1)
+        elif kind == "softmax":
+            if s.int("groups", 1) != 1 or s.float("temperature", 1.0) != 1 or x.h * x.w != 1:
+                raise DarknetError(f"{s.where()}: minicnn converts a softmax over a whole "
+                                   "C x 1 x 1 output (groups=1, temperature=1)")
+            name = f"softmax{i}"
+            b.layer(name, "Softmax", x.top, name)
+            x = _Out(name, x.c, 1, 1, x.flat)
+        elif kind == "cost":
+            pass                                 # training only; Darknet predicts before it
+        elif kind == "route":
+            x = _route(b, s, i, outs)
+        elif kind == "shortcut":
+            x = _shortcut(b, s, i, x, outs)
+        elif kind == "upsample":
+            x = _upsample(b, s, i, x)
+        elif kind == "reorg":
+            x = _reorg(b, s, i, x)
+        elif kind == "region":
+            x = _region(b, s, i, x)
+        elif kind == "yolo":
+            x = _yolo(b, s, i, x)
         elif kind == "detection":
-            if s.int("random", 0) or s.int("forced", 0) or s.int("reorg", 0):
-                warnings.warn(f"{s.where()}: random, forced and reorg only change training in "
-                              "Darknet; minicnn's Detection layer ignores them", stacklevel=3)
-            fields = dict(side=s.int("side", 7), num=s.int("num", 1),
-                          classes=s.int("classes", 1), coords=s.int("coords", 1))
-            d = fields["side"] ** 2 * (fields["classes"] + fields["num"] * (1 + fields["coords"]))
-            if c * h * w != d:
-                raise DarknetError(f"{s.where()}: side {fields['side']}, num {fields['num']}, "
-                                   f"classes {fields['classes']}, coords {fields['coords']} make "
-                                   f"{d} values, but the layer before gives {c * h * w}")
-            if fields["coords"] != 4 or s.int("softmax", 0):
-                raise DarknetError(f"{s.where()}: minicnn's Detection needs coords=4 and "
-                                   "softmax=0 (YOLOv1)")
-            flags = dict(sqrt=s.int("sqrt", 0), rescore=s.int("rescore", 0))
-            scales = {k: s.float(k, 1.0) for k in ("object_scale", "noobject_scale",
-                                                     "class_scale", "coord_scale")}
-            body = " ".join([f"{k}: {v}" for k, v in fields.items()]
-                            + [f"{k}: {'true' if v else 'false'}" for k, v in flags.items()]
-                            + [f"{k}: {v!r}" for k, v in scales.items()])
-            b.layer("detection", "Detection", top, "detection", f"detection_param {{ {body} }}")
-            top = "detection"
+            x = _detection(b, s, x)
         else:
             raise DarknetError(f"{s.where()}: this kind of section cannot be converted "
-                               f"(minicnn converts YOLOv1 nets: {', '.join(SECTIONS[2:])})")
+                               f"(minicnn converts: {', '.join(sorted(set(KINDS.values())))})")
+        outs.append(x)
     return b.text(), b.weights
 
 

@@ -104,6 +104,10 @@ def detections_from(predictions, side, num, classes, sqrt=True, width=1.0, heigh
     """The detections of one image's predictions: a list of {"class", "label", "score",
     "box": [x0, y0, x1, y1]} in units of width/height (clipped to the image), best first."""
     boxes, scores = decode(predictions, side, num, classes, sqrt, width, height)
+    return _reported(boxes, scores, width, height, thresh, nms_thresh, names, clip)
+
+
+def _reported(boxes, scores, width, height, thresh, nms_thresh, names, clip=True):
     scores = nms(boxes, scores, thresh, nms_thresh)
     corners = centre_to_corners(boxes)
     if clip:
@@ -114,6 +118,86 @@ def detections_from(predictions, side, num, classes, sqrt=True, width=1.0, heigh
                     "score": float(scores[i, c]), "box": [float(v) for v in corners[i]]})
     out.sort(key=lambda d: -d["score"])
     return out
+
+
+# --- YOLOv2 and YOLOv3 heads --------------------------------------------------------------------
+
+def head_boxes(y, layer, net_width, net_height, thresh):
+    """One image's boxes from a Region or Yolo layer's top y (C, H, W), as Darknet's
+    get_region_detections / get_yolo_detections: (centre boxes (M, 4) relative to the net's
+    input, class scores (M, classes)).
+
+    Anchor a at place (row, col) has the centre ((col + x) / W, (row + y) / H) and the size
+    exp(w) * anchor width, exp(h) * anchor height, over W, H for a Region (anchors in cells)
+    and over the net's input size for a Yolo (anchors in pixels). Its scores are objectness *
+    class probability, each set to 0 unless above ``thresh``; a Region's with an objectness
+    at or below ``thresh`` are all 0 (a Region with ``background`` has no objectness: 1), a
+    Yolo reports only anchors whose objectness is above ``thresh``. Darknet's order: a Region's
+    anchors by anchor then place, a Yolo's by place then anchor."""
+    anchors, s = layer.anchors, layer.settings
+    coords, classes = s["coords"], s["classes"]
+    _, h, w = y.shape
+    v = np.asarray(y, np.float64).reshape(anchors, coords + 1 + classes, h * w)
+    row, col = np.divmod(np.arange(h * w), w)
+    if layer.type == "Region":
+        p = layer.param.region_param
+        sizes = np.asarray(p.anchors or [0.5] * (2 * anchors), np.float64).reshape(-1, 2)
+        scale_w, scale_h = w, h
+        objectness = np.ones((anchors, h * w)) if s["background"] else v[:, coords]
+    else:
+        p = layer.param.yolo_param
+        mask = list(p.mask) or list(range(anchors))
+        sizes = np.asarray(p.anchors or [0.5] * (2 * (max(mask) + 1)), np.float64)
+        sizes = sizes.reshape(-1, 2)[mask]
+        scale_w, scale_h = net_width, net_height
+        objectness = v[:, 4]
+    boxes = np.stack([(col + v[:, 0]) / w, (row + v[:, 1]) / h,
+                      np.exp(v[:, 2]) * sizes[:, :1] / scale_w,
+                      np.exp(v[:, 3]) * sizes[:, 1:] / scale_h], axis=-1)     # (A, HW, 4)
+    scores = objectness[..., None] * v[:, coords + 1:coords + 1 + classes].transpose(0, 2, 1)
+    scores = np.where((objectness[..., None] > thresh) & (scores > thresh), scores, 0.0)
+    if layer.type == "Region":
+        return boxes.reshape(-1, 4), scores.reshape(-1, classes)
+    keep = (objectness > thresh).T.reshape(-1)
+    return (boxes.transpose(1, 0, 2).reshape(-1, 4)[keep],
+            scores.transpose(1, 0, 2).reshape(-1, classes)[keep])
+
+
+def letterbox_size(width, height, net_width, net_height):
+    """Darknet's letterbox: the image's size scaled to fit the net's input, aspect kept."""
+    if net_width / width < net_height / height:
+        return net_width, (height * net_width) // width
+    return (width * net_height) // height, net_height
+
+
+def unletterbox(boxes, width, height, net_width, net_height):
+    """Centre boxes relative to the letterboxed input -> relative to the image (Darknet's
+    correct_region_boxes / correct_yolo_boxes)."""
+    new_w, new_h = letterbox_size(width, height, net_width, net_height)
+    out = np.array(boxes, np.float64)
+    out[:, 0] = (out[:, 0] - (net_width - new_w) / 2 / net_width) / (new_w / net_width)
+    out[:, 1] = (out[:, 1] - (net_height - new_h) / 2 / net_height) / (new_h / net_height)
+    out[:, 2] *= net_width / new_w
+    out[:, 3] *= net_height / new_h
+    return out
+
+
+def head_layers(net):
+    """[(layer, top blob name)] of the net's Region and Yolo layers, in net order."""
+    return [(layer, net.top_names[name][0]) for name, layer in net.layer_dict.items()
+            if layer.type in ("Region", "Yolo")]
+
+
+def net_classes(net):
+    """How many classes the net's detection layers predict."""
+    heads = head_layers(net)
+    if not heads:
+        return detection_layer(net)[0].classes
+    classes = {layer.settings["classes"] for layer, _ in heads}
+    if len(classes) != 1:
+        raise MinicnnError(f"the net's Region/Yolo layers predict different numbers of classes "
+                           f"({sorted(classes)})")
+    return classes.pop()
 
 
 # --- running a net --------------------------------------------------------------------------------
@@ -129,9 +213,10 @@ def detection_layer(net):
     return layer.param.detection_param, blob
 
 
-def load_detection_input(image, height, width, channels=3, rgb=False):
+def load_detection_input(image, height, width, channels=3, rgb=False, letterbox=False):
     """An image file (path) or an H x W (x 3, RGB) uint8 array as a CHW uint8 array of the net's
-    size, BGR (or RGB with ``rgb``) or gray; returns (it, original width, original height)."""
+    size, BGR (or RGB with ``rgb``) or gray; returns (it, original width, original height).
+    With ``letterbox`` the first is (the resized image, top, left), as ``letterboxed``."""
     from minicnn.data.datum import decode_image, resize_image
     from minicnn.data.errors import need
     need("PIL.Image", "Pillow")
@@ -150,25 +235,43 @@ def load_detection_input(image, height, width, channels=3, rgb=False):
             a = a[:, :, ::-1]                                  # RGB -> BGR
         chw = np.ascontiguousarray(a.transpose(2, 0, 1))
     h0, w0 = chw.shape[1:]
-    chw = resize_image(chw, height, width)
     if rgb and channels == 3:
         chw = np.ascontiguousarray(chw[::-1])
-    return chw, w0, h0
+    if letterbox:
+        return letterboxed(chw, height, width), w0, h0
+    return resize_image(chw, height, width), w0, h0
 
 
-def detect(net, images, thresh=0.2, nms=0.4, scale=1 / 255, mean=None, rgb=False, names=None,
-           batch_size=8):
+def letterboxed(chw, height, width):
+    """An image (C, H, W) resized into a height x width canvas, aspect kept and centred, the
+    rest None (Darknet's letterbox_image; the caller fills it)."""
+    from minicnn.data.datum import resize_image
+    new_w, new_h = letterbox_size(chw.shape[2], chw.shape[1], width, height)
+    return resize_image(chw, new_h, new_w), (height - new_h) // 2, (width - new_w) // 2
+
+
+def detect(net, images, thresh=None, nms=0.4, scale=1 / 255, mean=None, rgb=False, names=None,
+           batch_size=8, letterbox=None):
     """Detections of one image (a path or an RGB uint8 array) or of a list of them (then a list
-    of lists), with the net's Detection layer settings; boxes in the original image's pixels.
+    of lists), with the net's Detection layer (YOLOv1) or its Region/Yolo layers (YOLOv2/v3);
+    boxes in the original image's pixels.
 
     The input is prepared as the DetectionData layer does in TEST: decoded as BGR (``rgb`` for
     nets trained on RGB, such as Darknet's), resized to the net's input size, minus ``mean``,
     times ``scale`` (1/255 by default, the yolo models' transform_param scale and Darknet's).
+    With ``letterbox`` (the default for Region/Yolo nets, as Darknet's `detector test`) the
+    image keeps its aspect and the rest of the input is 0.5 after scaling (Darknet's gray), and
+    the boxes are mapped back. ``thresh``: 0.2 for YOLOv1 (`yolo test`), 0.5 for v2/v3
+    (`detector test`); NMS 0.4 (Darknet's `.45` for v2/v3 is the caller's choice).
     """
     single = isinstance(images, (str, os.PathLike)) or (
         isinstance(images, np.ndarray) and images.dtype == np.uint8)
     items = [images] if single else list(images)
-    p, blob = detection_layer(net)
+    heads = head_layers(net)
+    if not heads:
+        p, blob = detection_layer(net)
+    letterbox = bool(heads) if letterbox is None else letterbox
+    thresh = (0.5 if heads else 0.2) if thresh is None else thresh
     if not net.inputs:
         raise MinicnnError("the net has no Input layer to feed images to (use a deploy "
                            "prototxt)")
@@ -177,16 +280,32 @@ def detect(net, images, thresh=0.2, nms=0.4, scale=1 / 255, mean=None, rgb=False
     results = []
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
-        loaded = [load_detection_input(im, height, width, channels, rgb) for im in chunk]
-        x = np.stack([chw for chw, _, _ in loaded]).astype(net.blobs[name].dtype)
-        if mean is not None:
-            x -= np.asarray(mean, x.dtype).reshape(1, -1, 1, 1)
-        x *= x.dtype.type(scale)
+        loaded = [load_detection_input(im, height, width, channels, rgb, letterbox)
+                  for im in chunk]
+        x = np.full((len(chunk), channels, height, width), 0.5, net.blobs[name].dtype)
+        for k, (chw, _, _) in enumerate(loaded):
+            part = chw[0] if letterbox else chw
+            part = part.astype(x.dtype)
+            if mean is not None:
+                part -= np.asarray(mean, x.dtype).reshape(-1, 1, 1)
+            part *= x.dtype.type(scale)
+            top, left = chw[1:] if letterbox else (0, 0)
+            x[k, :, top:top + part.shape[1], left:left + part.shape[2]] = part
         net.forward(**{name: x})
-        preds = net.blobs[blob].data.reshape(len(chunk), -1)
-        for pred, (_, w0, h0) in zip(preds, loaded):
-            results.append(detections_from(pred, p.side, p.num, p.classes, p.sqrt, w0, h0,
-                                           thresh, nms, names))
+        for k, (_, w0, h0) in enumerate(loaded):
+            if not heads:
+                pred = net.blobs[blob].data.reshape(len(chunk), -1)[k]
+                results.append(detections_from(pred, p.side, p.num, p.classes, p.sqrt, w0, h0,
+                                               thresh, nms, names))
+                continue
+            found = [head_boxes(net.blobs[top].data[k], layer, width, height, thresh)
+                     for layer, top in heads]
+            boxes = np.concatenate([b for b, _ in found])
+            scores = np.concatenate([sc for _, sc in found])
+            if letterbox:
+                boxes = unletterbox(boxes, w0, h0, width, height)
+            boxes = boxes * [w0, h0, w0, h0]
+            results.append(_reported(boxes, scores, w0, h0, thresh, nms, names))
     return results[0] if single else results
 
 

@@ -148,16 +148,18 @@ def test_kernel_sources_are_self_contained():
 # shape depends on its selector's values), SSD's PriorBox and DetectionOutput (box geometry and
 # NMS, at the end of the net), the recurrent layers (a loop over time steps in NumPy), Fast
 # R-CNN's ROIPooling and R-FCN's PSROIPooling (loops over the rois and bins), the forks' Upsample
-# (mask checks and scatters on the host).
+# (mask checks and scatters on the host), YOLOv2/v3's output heads (a few maps on the last blob).
 HOST_OPS = sorted(["argmax_forward", "batch_reindex_backward", "batch_reindex_forward",
                    "detection_output_forward", "prior_box_forward", "lstm_backward",
                    "lstm_forward", "lstm_unit_backward", "lstm_unit_forward", "rnn_backward",
                    "rnn_forward", "roi_pool_backward", "roi_pool_forward",
                    "max_unpool2d_backward", "max_unpool2d_forward",
                    "nearest_upsample_backward", "nearest_upsample_forward",
-                   "psroi_pool_backward", "psroi_pool_forward"])
+                   "psroi_pool_backward", "psroi_pool_forward", "yolo_head_backward",
+                   "yolo_head_forward"])
 HOST_LAYERS = sorted(["ArgMax", "BatchReindex", "Filter", "DetectionOutput", "PriorBox",
-                      "LSTM", "LSTMUnit", "RNN", "ROIPooling", "PSROIPooling", "Upsample"])
+                      "Region", "Yolo", "LSTM", "LSTMUnit", "RNN", "ROIPooling",
+                      "PSROIPooling", "Upsample"])
 
 
 def test_every_op_but_the_host_ones_has_a_cuda_impl():

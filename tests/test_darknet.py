@@ -380,8 +380,9 @@ def test_errors_name_the_place(tmp_path):
     cfg.write_text("[net]\nheight=8\nwidth=8\nchannels=1\nfilters 3\n")
     with pytest.raises(DarknetError, match=r"a\.cfg:5: expected \[section\] or key=value"):
         read_cfg(str(cfg))
-    cfg.write_text("[net]\nheight=8\nwidth=8\nchannels=1\n[maxpool]\nsize=2\nstride=1\n")
-    with pytest.raises(DarknetError, match="8x8 in Darknet but 7x7"):
+    cfg.write_text("[net]\nheight=8\nwidth=8\nchannels=1\n[maxpool]\nsize=1\nstride=1\n"
+                   "padding=1\n")
+    with pytest.raises(DarknetError, match="gives 9x9 in Darknet; Caffe's pooling cannot"):
         convert_darknet(str(cfg), str(weights), str(tmp_path / "o"))
     cfg.write_text("[net]\nheight=8\nwidth=8\nchannels=1\n[convolutional]\nactivation=swish\n")
     weights.write_bytes(np.array([0, 2, 0, 0, 0], "<i4").tobytes() + bytes(4 * 2))
@@ -426,3 +427,367 @@ def test_convert_command(tmp_path, capsys):
     assert main(["convert", "darknet", str(bad), str(tmp_path / "small.weights"),
                  str(tmp_path / "out")]) == 1
     assert "bad.cfg" in capsys.readouterr().err
+
+
+# --- YOLOv2 and YOLOv3 nets, and Darknet classifiers ---------------------------------------------
+
+V2_CFG = """[net]
+height=32
+width=32
+channels=3
+
+[convolutional]
+batch_normalize=1
+filters=8
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[maxpool]
+size=2
+stride=2
+
+[convolutional]
+filters=16
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[maxpool]
+size=2
+stride=1
+
+[maxpool]
+size=2
+stride=2
+
+[route]
+layers=-3
+
+[convolutional]
+filters=4
+size=1
+stride=1
+pad=1
+activation=leaky
+
+[reorg]
+stride=2
+
+[route]
+layers=-1,-4
+
+[convolutional]
+filters=30
+size=1
+stride=1
+pad=1
+activation=linear
+
+[region]
+anchors = 0.6,1.1, 2.2,1.9, 1.3,3.5
+classes=5
+coords=4
+num=3
+softmax=1
+jitter=.3
+rescore=1
+"""
+
+V3_CFG = """[net]
+height=32
+width=32
+channels=3
+
+[convolutional]
+batch_normalize=1
+filters=8
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[convolutional]
+filters=8
+size=3
+stride=2
+pad=1
+activation=leaky
+
+[convolutional]
+filters=4
+size=1
+stride=1
+pad=1
+activation=leaky
+
+[convolutional]
+filters=8
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[shortcut]
+from=-3
+activation=linear
+
+[shortcut]
+from=-3
+activation=leaky
+
+[convolutional]
+filters=12
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[shortcut]
+from=-7
+activation=linear
+
+[convolutional]
+filters=8
+size=3
+stride=2
+pad=1
+activation=leaky
+
+[shortcut]
+from=-2
+alpha=0.5
+beta=2
+
+[convolutional]
+filters=18
+size=1
+stride=1
+pad=1
+activation=linear
+
+[yolo]
+mask = 2,3
+anchors = 4,5, 7,9, 12,8, 10,14, 20,18
+classes=4
+num=5
+jitter=.3
+ignore_thresh = .7
+
+[route]
+layers = -3
+
+[upsample]
+stride=2
+
+[route]
+layers = -1, 6
+
+[convolutional]
+filters=27
+size=1
+stride=1
+pad=1
+activation=linear
+
+[yolo]
+mask = 0,1,4
+anchors = 4,5, 7,9, 12,8, 10,14, 20,18
+classes=4
+num=5
+"""
+
+CLASSIFIER_CFG = """[net]
+height=16
+width=16
+channels=3
+
+[convolutional]
+filters=6
+size=3
+stride=2
+pad=1
+activation=leaky
+
+[maxpool]
+size=3
+stride=2
+padding=0
+
+[convolutional]
+filters=10
+size=1
+stride=1
+pad=1
+activation=linear
+
+[avgpool]
+
+[softmax]
+groups=1
+
+[cost]
+type=sse
+"""
+
+
+def _outputs_of_darknet_layers(cfg_text, tmp_path, cut_after):
+    """A cfg ending after section ``cut_after`` (0-based, after [net]): Darknet's output there."""
+    sections = re.split(r"(?m)^(?=\[)", cfg_text)
+    return "".join(sections[:cut_after + 3])        # "" before [net], [net], 0..cut_after
+
+
+@needs_darknet
+@pytest.mark.parametrize("which", ["v2", "v3-first-head", "v3", "classifier"])
+def test_yolov2_v3_and_classifier_pieces_match_darknet(tmp_path, which):
+    """route (one layer and a concat), reorg, maxpool size 2 stride 1 (Darknet pads only the
+    bottom and right: a padded Caffe pooling and a Crop) and size 3 stride 2 without padding
+    (Darknet's floor: round_mode FLOOR), region with softmax; shortcuts of equal shapes, from
+    fewer channels (the rest pass), from more (cut), from a larger map (every 2nd place),
+    alpha/beta, activation after; upsample; yolo heads with masks; avgpool, softmax, cost."""
+    text = {"v2": V2_CFG, "v3": V3_CFG, "classifier": CLASSIFIER_CFG,
+            "v3-first-head": _outputs_of_darknet_layers(V3_CFG, tmp_path, 11)}[which]
+    cfg, weights, net, _ = converted(tmp_path, text, dead=False)
+    x = np.random.default_rng(7).random((3, 32, 32) if "v" in which else (3, 16, 16),
+                                        np.float32)
+    want = darknet_forward(cfg, weights, x)
+    last = net.layers[-1]
+    got = net.forward(data=x[None])[net.top_names[last.name][0]][0].ravel()
+    expected_type = {"v2": "Region", "v3": "Yolo", "v3-first-head": "Yolo",
+                     "classifier": "Softmax"}[which]
+    assert last.type == expected_type and got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+    types = [layer.type for layer in net.layers]
+    if which == "classifier":
+        assert net.layer_dict["pool1"].param.pooling_param.round_mode == "FLOOR"
+    if which == "v2":
+        assert types.count("Crop") == 1 and types.count("Reorg") == 1 and "Concat" in types
+    if which == "v3":
+        assert types.count("Yolo") == 2 and {"Slice", "Crop", "Upsample"} <= set(types)
+
+
+@needs_darknet
+@pytest.mark.parametrize("name", ["yolov2-tiny-voc.cfg", "yolov3-tiny.cfg"])
+def test_debian_yolo_cfgs_match_darknet(tmp_path, name):
+    """Debian's tiny YOLOv2 (VOC) and YOLOv3 cfgs at a 64 x 64 input (their layers, weights
+    layout and heads as at 416)."""
+    with open(os.path.join(CFG_DIR, name)) as f:
+        text = re.sub(r"(?m)^(height|width)=\d+", r"\1=64", f.read())
+    cfg, weights, net, _ = converted(tmp_path, text, dead=False)
+    x = np.random.default_rng(8).random((3, 64, 64), np.float32)
+    want = darknet_forward(cfg, weights, x)
+    outs = net.forward(data=x[None])
+    got = outs[net.top_names[net.layers[-1].name][0]].ravel()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+    assert len(outs) == (2 if "v3" in name else 1)
+
+
+class Box(ctypes.Structure):
+    _fields_ = [(k, ctypes.c_float) for k in ("x", "y", "w", "h")]
+
+
+class Detection(ctypes.Structure):
+    _fields_ = [("bbox", Box), ("classes", ctypes.c_int), ("prob", ctypes.POINTER(ctypes.c_float)),
+                ("mask", ctypes.POINTER(ctypes.c_float)), ("objectness", ctypes.c_float),
+                ("sort_class", ctypes.c_int)]
+
+
+class Image(ctypes.Structure):
+    _fields_ = [("w", ctypes.c_int), ("h", ctypes.c_int), ("c", ctypes.c_int),
+                ("data", ctypes.POINTER(ctypes.c_float))]
+
+
+def darknet_detect(cfg, weights, rgb, thresh, nms, classes):
+    """Darknet's `detector test` on an H x W x 3 uint8 RGB image: letterbox_image,
+    network_predict, get_network_boxes (relative), do_nms_sort; the boxes in pixels that
+    draw_detections would report: [(class, prob, x0, y0, x1, y1)]."""
+    lib = darknet()
+    lib.letterbox_image.restype = Image
+    lib.letterbox_image.argtypes = [Image, ctypes.c_int, ctypes.c_int]
+    lib.get_network_boxes.restype = ctypes.POINTER(Detection)
+    lib.get_network_boxes.argtypes = [ctypes.POINTER(Network), ctypes.c_int, ctypes.c_int,
+                                      ctypes.c_float, ctypes.c_float, ctypes.c_void_p,
+                                      ctypes.c_int, ctypes.POINTER(ctypes.c_int)]
+    lib.do_nms_sort.argtypes = [ctypes.POINTER(Detection), ctypes.c_int, ctypes.c_int,
+                                ctypes.c_float]
+    lib.free_detections.argtypes = [ctypes.POINTER(Detection), ctypes.c_int]
+    lib.free_image.argtypes = [Image]
+    h, w, _ = rgb.shape
+    planes = np.ascontiguousarray(rgb.transpose(2, 0, 1), np.float32) / np.float32(255)
+    im = Image(w, h, 3, _floats(planes))
+    net = lib.load_network(cfg.encode(), weights.encode(), 0)
+    try:
+        sized = lib.letterbox_image(im, net.contents.w, net.contents.h)
+        lib.network_predict(net, sized.data)
+        lib.free_image(sized)
+        count = ctypes.c_int(0)
+        dets = lib.get_network_boxes(net, w, h, thresh, 0.5, None, 1, ctypes.byref(count))
+        total, found = count.value, []                  # (a region's dets leave classes 0:
+        lib.do_nms_sort(dets, total, classes, nms)       # detector.c passes the last layer's)
+        for k in range(total):
+            b = dets[k].bbox
+            for j in range(classes):
+                if dets[k].prob[j] > thresh:
+                    corners = np.clip([(b.x - b.w / 2) * w, (b.y - b.h / 2) * h,
+                                       (b.x + b.w / 2) * w, (b.y + b.h / 2) * h], 0, [w, h, w, h])
+                    found.append((j, dets[k].prob[j], *corners))
+        lib.free_detections(dets, total)
+        return sorted(found)
+    finally:
+        lib.free_network(net)
+
+
+@needs_darknet
+@pytest.mark.parametrize("which", ["v2", "v3"])
+def test_detections_match_darknets_detector_test(tmp_path, which):
+    """minicnn.detect on a converted net against Darknet's own pipeline, on an image whose
+    letterbox needs no resizing (64 x 32 into 32 x 32 would; 32 x 16 does not), so both feed
+    the same input: the boxes (anchors, masks, letterbox correction), the thresholding and the
+    per-class NMS agree, and some boxes are suppressed."""
+    cfg, weights, net, _ = converted(tmp_path, V2_CFG if which == "v2" else V3_CFG, dead=False)
+    rgb = np.random.default_rng(9).integers(0, 256, (16, 32, 3), dtype=np.uint8)
+    thresh, nms = (0.1 if which == "v2" else 0.3), 0.3
+    want = darknet_detect(cfg, weights, rgb, thresh, nms, 5 if which == "v2" else 4)
+    got = minicnn.detect(net, rgb, thresh=thresh, nms=nms, rgb=True)
+    got = sorted((d["class"], d["score"], *d["box"]) for d in got)
+    assert len(want) >= 3, want
+    assert [g[0] for g in got] == [w[0] for w in want]
+    np.testing.assert_allclose(np.array(got)[:, 1:], np.array(want)[:, 1:], rtol=1e-4,
+                               atol=1e-3)
+    unsuppressed = minicnn.detect(net, rgb, thresh=thresh, nms=1.0, rgb=True)
+    assert len(unsuppressed) > len(got)
+    from PIL import Image as PILImage
+    PILImage.fromarray(rgb).save(tmp_path / "street.png")
+    assert main(["detect", "--model", str(tmp_path / "out" / "net.prototxt"), "--weights",
+                 str(tmp_path / "out" / "net.caffemodel"), "--rgb", "--thresh", str(thresh),
+                 "--nms", str(nms), "--out", str(tmp_path / "found"),
+                 str(tmp_path / "street.png")]) == 0
+    import json
+    with open(tmp_path / "found" / "detections.json") as f:
+        assert len(json.load(f)[0]["detections"]) == len(want)
+
+
+def test_errors_of_the_v2_v3_sections(tmp_path):
+    def build_text(text):
+        cfg = tmp_path / "e.cfg"
+        cfg.write_text(text)
+        return build(read_cfg(str(cfg)), _Recorder())
+    head = "[net]\nheight=8\nwidth=8\nchannels=3\n[convolutional]\nfilters=4\nsize=1\n"
+    with pytest.raises(DarknetError, match=r"e\.cfg:8: \[route\]: layer -3 \(index -2\) is not "
+                                           r"an earlier layer"):
+        build_text(head + "[route]\nlayers=-3\n")
+    with pytest.raises(DarknetError, match=r"\[region\]: num 1 x \(coords 4 \+ 1 \+ classes "
+                                           r"20\) channels, but the layer before gives 4x8x8"):
+        build_text(head + "[region]\n")
+    with pytest.raises(DarknetError, match=r"mask 0,5 names anchors outside 0\.\.1"):
+        build_text(head + "[yolo]\nmask=0,5\nnum=2\n")
+    with pytest.raises(DarknetError, match="softmax tree"):
+        build_text(head + "[region]\ntree=data/9k.tree\n")
+    with pytest.raises(DarknetError, match=r"adds a 4x4x4 output to a 4x8x8 one.* the same size "
+                                           "or a whole multiple"):
+        build_text(head + "[maxpool]\nsize=2\nstride=2\n[route]\nlayers=0\n[shortcut]\n"
+                   "from=-2\n")
+    with pytest.raises(DarknetError, match=r"adds a 4x8x8 output to a 4x3x3 one"):
+        build_text(head + "[maxpool]\nsize=3\nstride=3\n[shortcut]\nfrom=0\n")

@@ -116,6 +116,89 @@ class DetectionLayer(Layer):
         return bottom_index == 0
 
 
+class _YoloHead(Layer):
+    """What Region and Yolo share: one bottom, a convolution's N x A*E x H x W output, and a top
+    of the same shape holding it activated (minicnn.ops.yolo_heads)."""
+    exact_num_bottom = exact_num_top = 1
+    host_only = True                    # a few elementwise maps on the net's last blob
+
+    def head(self):
+        """(anchors in this head, keyword arguments of the yolo_head ops)."""
+        raise NotImplementedError
+
+    def layer_setup(self, bottom, top):
+        self.anchors, self.settings = self.head()
+        if self.settings["classes"] < 1:
+            raise LayerError(f"{self.type} layer '{self.name}': classes must be at least 1")
+
+    def reshape(self, bottom, top):
+        shape = bottom[0].shape
+        e = ops.yolo_heads.head_entries(self.settings["coords"], self.settings["classes"])
+        if len(shape) != 4 or shape[1] != self.anchors * e:
+            raise LayerError(f"{self.type} layer '{self.name}' takes N x {self.anchors * e} x H x "
+                             f"W ({self.anchors} anchors x ({self.settings['coords']} coords + 1 "
+                             f"+ {self.settings['classes']} classes)), got shape {shape}")
+        top[0].reshape(shape)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = ops.yolo_head_forward(bottom[0].data, anchors=self.anchors,
+                                                 **self.settings)
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            bottom[0].diff[...] = ops.yolo_head_backward(top[0].diff, top[0].data,
+                                                         anchors=self.anchors, **self.settings)
+
+
+@register("Region")
+class RegionLayer(_YoloHead):
+    """YOLOv2's output layer, Darknet's [region] at test time: per anchor, logistic on x, y and
+    the objectness, and a softmax over the classes (softmax: true) or a logistic on each; w, h
+    pass unchanged. Top: the bottom's shape, N x num*(coords + 1 + classes) x H x W, in Darknet's
+    layout (minicnn.ops.yolo_heads); ``minicnn.detect`` decodes it with the anchors (pairs of
+    width, height in cells; Darknet's 0.5 each when none are given). region_param: classes
+    (20), coords (4), num (1, anchors per place), softmax (false), background (false: with it,
+    no objectness and a softmax over classes + 1 starting at entry coords), anchors. Darknet's
+    training options (jitter, rescore, object_scale, ...) are not kept: the layer is not a loss
+    (``minicnn convert darknet`` writes it). Backward: the chain rule through the activations."""
+    param_field = "region_param"
+
+    def head(self):
+        p = self.param.region_param
+        if p.num < 1 or p.coords < 4:
+            raise LayerError(f"Region layer '{self.name}': region_param needs num >= 1 and "
+                             f"coords >= 4, got num {p.num}, coords {p.coords}")
+        if len(p.anchors) not in (0, 2 * p.num):
+            raise LayerError(f"Region layer '{self.name}': {len(p.anchors)} anchors values for "
+                             f"num {p.num}: give a width and a height per anchor "
+                             f"({2 * p.num} values), or none")
+        return p.num, dict(coords=p.coords, classes=p.classes, softmax=p.softmax,
+                           background=p.background)
+
+
+@register("Yolo")
+class YoloLayer(_YoloHead):
+    """YOLOv3's output layer, Darknet's [yolo] at test time: per anchor of this scale, logistic
+    on x, y, the objectness and every class score; w, h pass unchanged. Top: the bottom's shape,
+    N x len(mask)*(5 + classes) x H x W. yolo_param: classes (20), anchors (width, height pairs
+    in input pixels, all scales'), mask (which anchors this scale predicts; all of them when
+    empty, as Darknet). Not a loss; ``minicnn.detect`` decodes the top. Backward: the chain rule
+    through the logistics."""
+    param_field = "yolo_param"
+
+    def head(self):
+        p = self.param.yolo_param
+        total = len(p.anchors) // 2
+        if len(p.anchors) % 2:
+            raise LayerError(f"Yolo layer '{self.name}': yolo_param.anchors holds width, height "
+                             f"pairs, got {len(p.anchors)} values")
+        mask = list(p.mask) or list(range(max(total, 1)))
+        if any(m >= max(total, 1) for m in mask) and total:
+            raise LayerError(f"Yolo layer '{self.name}': mask {mask} names anchors past the "
+                             f"{total} given")
+        return len(mask), dict(coords=4, classes=p.classes, softmax=False, background=False)
+
+
 @register("DetectionData")
 class DetectionDataLayer(_SourceDataLayer):
     """Images and their boxes for a Detection loss: ``source`` lists image paths (one per line;

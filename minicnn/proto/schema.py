@@ -247,6 +247,8 @@ message LayerParameter
   20001 detection_param   DetectionParameter  # minicnn's own (YOLOv1). 20000+: clear of
   20002 detection_data_param DetectionDataParameter  # BVLC's numbers and known forks' (Yahoo's
   20110 segmentation_data_param SegmentationDataParameter  # open_nsfw model uses 10001)
+  20003 region_param      RegionParameter     # minicnn's own (YOLOv2's [region])
+  20004 yolo_param        YoloParameter       # minicnn's own (YOLOv3's [yolo])
 
 message TransformationParameter
   1   scale               float    = 1
@@ -613,6 +615,19 @@ message DetectionParameter     # minicnn's YOLOv1 "Detection" layer, Darknet's [
   9   noobject_scale      float    = 0.5
   10  class_scale         float    = 1
   11  coord_scale         float    = 5
+
+message RegionParameter        # minicnn's "Region" layer, Darknet's [region] (YOLOv2)
+  1   classes             uint32   = 20
+  2   coords              uint32   = 4
+  3   num                 uint32   = 1
+  4   softmax             bool     = false
+  5   background          bool     = false
+  6   anchors             float    repeated
+
+message YoloParameter          # minicnn's "Yolo" layer, Darknet's [yolo] (YOLOv3)
+  1   classes             uint32   = 20
+  2   mask                uint32   repeated
+  3   anchors             float    repeated
 
 message DetectionDataParameter # minicnn's "DetectionData" layer: images + Darknet label files
   1   source              string
