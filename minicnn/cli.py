@@ -1059,15 +1059,14 @@ def detect(args):
 
 @command
 def eval_detection(args):
-    """Mean average precision at IoU 0.5 (VOC2007 11-point and all-point) of a YOLOv1 net on a
-    Darknet image list, per class, with a precision/recall plot."""
+    """Mean average precision at IoU 0.5 (VOC2007 11-point and all-point) of a YOLO net (v1, v2
+    or v3) on a Darknet image list, per class, with a precision/recall plot."""
     from minicnn import detection
     images = detection.read_detection_list(args.list, args.root_folder)
     if args.limit:
         images = images[:args.limit]
     net = _detection_net(args)
-    p, _ = detection.detection_layer(net)
-    names = _class_names(args, p.classes)
+    names = _class_names(args, detection.net_classes(net))
     result, found = detection.evaluate_images(
         net, images, iou=args.iou, thresh=args.thresh, nms_thresh=args.nms, names=names,
         batch_size=args.batch_size, progress=False if args.no_progress else None,
@@ -1465,7 +1464,7 @@ def build_parser():
     p.add_argument("--out", required=True, help="folder for the pictures and detections.json")
 
     p = sub.add_parser("eval-detection", help="mAP@0.5 (VOC 11-point and all-point) of a "
-                                              "YOLOv1 net on a labelled image list")
+                                              "YOLO net (v1, v2, v3) on a labelled image list")
     p.add_argument("--list", required=True, help="image list; labels by Darknet's rule "
                                                  "(images/ -> labels/, .txt)")
     _add_detection_options(p)

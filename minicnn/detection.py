@@ -510,8 +510,7 @@ def evaluate_images(net, images, classes=None, iou=0.5, thresh=0.005, nms_thresh
     low-scoring detections that the precision/recall curve needs (Darknet's `valid` uses
     0.001)."""
     from minicnn.data.detection import label_path, read_labels
-    p, _ = detection_layer(net)
-    classes = classes or p.classes
+    classes = classes or net_classes(net)
     truths = []
     for path in images:
         w, h = image_size(path)

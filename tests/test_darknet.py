@@ -767,6 +767,17 @@ def test_detections_match_darknets_detector_test(tmp_path, which):
     import json
     with open(tmp_path / "found" / "detections.json") as f:
         assert len(json.load(f)[0]["detections"]) == len(want)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    PILImage.fromarray(rgb).save(tmp_path / "images" / "a.png")
+    best = max(got, key=lambda g: g[1])            # a truth where the best box is: AP 1 there
+    x0, y0, x1, y1 = (v / s for v, s in zip(best[2:], (32, 16, 32, 16)))
+    (tmp_path / "labels" / "a.txt").write_text(
+        f"{best[0]} {(x0 + x1) / 2} {(y0 + y1) / 2} {x1 - x0} {y1 - y0}\n")
+    result, _ = minicnn.detection.evaluate_images(net, [str(tmp_path / "images" / "a.png")],
+                                                  rgb=True, progress=False)
+    ap = {e["class"]: e["ap_allpoint"] for e in result["classes"]}
+    assert ap[best[0]] == 1.0 and len(ap) == (5 if which == "v2" else 4)
 
 
 def test_errors_of_the_v2_v3_sections(tmp_path):
