@@ -236,6 +236,7 @@ message LayerParameter
   203 prior_box_param     PriorBoxParameter
   204 detection_output_param DetectionOutputParameter
   206 norm_param          NormalizeParameter
+  200 annotated_data_param AnnotatedDataParameter  # SSD (weiliu89/caffe, branch ssd)
   9143 interp_param       InterpParameter    # DeepLab/PSPNet fork; their 143 is BVLC's input_param
   9137 bn_param           BNParameter        # PSPNet/yjxiong fork; their 137 is BVLC's embed_param
   164 shuffle_channel_param ShuffleChannelParameter  # ShuffleNet forks (farmingyard, camel007)
@@ -258,6 +259,13 @@ message TransformationParameter
   5   mean_value          float    repeated
   6   force_color         bool     = false
   7   force_gray          bool     = false
+  8   resize_param        ResizeParameter    # SSD's fields (weiliu89/caffe, branch ssd) ...
+  9   noise_param         NoiseParameter
+  10  emit_constraint     EmitConstraint
+  11  crop_h              uint32   = 0
+  12  crop_w              uint32   = 0
+  13  distort_param       DistortionParameter
+  14  expand_param        ExpansionParameter  # ... to here
 
 message LossParameter
   1   ignore_label        int32
@@ -776,6 +784,121 @@ message V0LayerParameter
   64  shuffle_images      bool     = false
   65  concat_dim          uint32   = 1
   1001 hdf5_output_param  HDF5OutputParameter
+
+# --- SSD (weiliu89/caffe, branch ssd): AnnotatedData's records, samplers and transforms --------
+enum AnnotationType      BBOX=0
+enum ResizeMode          WARP=1 FIT_SMALL_SIZE=2 FIT_LARGE_SIZE_AND_PAD=3
+enum PadMode             CONSTANT=1 MIRRORED=2 REPEAT_NEAREST=3
+enum InterpMode          LINEAR=1 AREA=2 NEAREST=3 CUBIC=4 LANCZOS4=5
+enum EmitType            CENTER=0 MIN_OVERLAP=1
+
+message NormalizedBBox
+  1   xmin                float
+  2   ymin                float
+  3   xmax                float
+  4   ymax                float
+  5   label               int32
+  6   difficult           bool
+  7   score               float
+  8   size                float
+
+message Annotation
+  1   instance_id         int32    = 0
+  2   bbox                NormalizedBBox
+
+message AnnotationGroup
+  1   group_label         int32
+  2   annotation          Annotation repeated
+
+message AnnotatedDatum
+  1   datum               Datum
+  2   type                AnnotationType
+  3   annotation_group    AnnotationGroup repeated
+
+message LabelMapItem
+  1   name                string
+  2   label               int32
+  3   display_name        string
+
+message LabelMap
+  1   item                LabelMapItem repeated
+
+message Sampler
+  1   min_scale           float    = 1
+  2   max_scale           float    = 1
+  3   min_aspect_ratio    float    = 1
+  4   max_aspect_ratio    float    = 1
+
+message SampleConstraint
+  1   min_jaccard_overlap float
+  2   max_jaccard_overlap float
+  3   min_sample_coverage float
+  4   max_sample_coverage float
+  5   min_object_coverage float
+  6   max_object_coverage float
+
+message BatchSampler
+  1   use_original_image  bool     = true
+  2   sampler             Sampler
+  3   sample_constraint   SampleConstraint
+  4   max_sample          uint32
+  5   max_trials          uint32   = 100
+
+message EmitConstraint
+  1   emit_type           EmitType = CENTER
+  2   emit_overlap        float
+
+message AnnotatedDataParameter
+  1   batch_sampler       BatchSampler repeated
+  2   label_map_file      string
+  3   anno_type           AnnotationType
+
+message ResizeParameter
+  1   prob                float    = 1
+  2   resize_mode         ResizeMode = WARP
+  3   height              uint32   = 0
+  4   width               uint32   = 0
+  5   pad_mode            PadMode  = CONSTANT
+  6   pad_value           float    repeated
+  7   interp_mode         InterpMode repeated
+  8   height_scale        uint32   = 0
+  9   width_scale         uint32   = 0
+
+message SaltPepperParameter
+  1   fraction            float    = 0
+  2   value               float    repeated
+
+message NoiseParameter
+  1   prob                float    = 0
+  2   hist_eq             bool     = false
+  3   inverse             bool     = false
+  4   decolorize          bool     = false
+  5   gauss_blur          bool     = false
+  6   jpeg                float    = -1
+  7   posterize           bool     = false
+  8   erode               bool     = false
+  9   saltpepper          bool     = false
+  10  saltpepper_param    SaltPepperParameter
+  11  clahe               bool     = false
+  12  convert_to_hsv      bool     = false
+  13  convert_to_lab      bool     = false
+
+message DistortionParameter
+  1   brightness_prob     float    = 0
+  2   brightness_delta    float    = 0
+  3   contrast_prob       float    = 0
+  4   contrast_lower      float    = 0
+  5   contrast_upper      float    = 0
+  6   hue_prob            float    = 0
+  7   hue_delta           float    = 0
+  8   saturation_prob     float    = 0
+  9   saturation_lower    float    = 0
+  10  saturation_upper    float    = 0
+  11  random_order_prob   float    = 0
+
+message ExpansionParameter
+  1   prob                float    = 1
+  2   max_expand_ratio    float    = 1
 """
 
 # --- descriptors -------------------------------------------------------------------------------

@@ -1,0 +1,389 @@
+"""SSD's AnnotatedData (weiliu89/caffe, branch ssd): AnnotatedDatum LMDBs read with the fork's
+transform (resize policies, crop, mirror, mean, scale, emit_constraint), batch samplers and
+expansion. References: hand-worked cases, a plain float32 transliteration of the fork's
+TransformAnnotation written here, OpenCV's cv2.resize / copyMakeBorder for the pixels."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import minicnn
+import minicnn.layers.annotated_data as annotated_layer
+from minicnn.data import annotated as A
+from minicnn.data.annotated import as_box, make_anno_datum
+from minicnn.data.db import db_writer
+from minicnn.data.errors import DataError
+from minicnn.errors import MinicnnError
+from minicnn.proto import caffe_pb2, parse_text
+
+cv2 = pytest.importorskip("cv2")
+F = np.float32
+
+GROUPS = [(1, [(0, as_box(0.1, 0.2, 0.5, 0.6), False), (1, as_box(0.6, 0.1, 0.9, 0.9), True)]),
+          (3, [(0, as_box(0.0, 0.0, 0.3, 0.3), False)])]
+
+
+def write_db(path, records, backend="lmdb"):
+    with db_writer(str(path), backend, overwrite=True) as w:
+        for i, anno in enumerate(records):
+            w.put(f"{i:08d}".encode(), anno.SerializeToString())
+    return str(path)
+
+
+def image(seed=0, shape=(3, 8, 10)):
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def data_net(source, transform="", anno="", batch=1, phase=minicnn.TEST, backend="LMDB",
+             tops=("data", "label")):
+    text = f'''layer {{ name: "data" type: "AnnotatedData" {" ".join(f'top: "{t}"' for t in tops)}
+      data_param {{ source: "{source}" batch_size: {batch} backend: {backend} }}
+      transform_param {{ {transform} }}
+      annotated_data_param {{ {anno} }} }}'''
+    return minicnn.Net(parse_text(text), phase=phase)
+
+
+def forward(net):
+    net.forward()
+    return net.blobs["data"].data.copy(), net.blobs["label"].data.copy()
+
+
+class Scripted:
+    """Draws with given values: uniform() returns the next of ``u`` (mapped into [a, b) as
+    a + (b - a) * u, as caffe_rng_uniform), rand() the next of ``r``."""
+
+    def __init__(self, u=(), r=()):
+        self.u, self.r = list(u), list(r)
+
+    def uniform(self, a, b):
+        a, b = F(a), F(b)
+        return F(a + (b - a) * F(self.u.pop(0)))
+
+    def rand(self, n):
+        return self.r.pop(0) % n
+
+
+def script(monkeypatch, u=(), r=()):
+    s = Scripted(u, r)
+    monkeypatch.setattr(annotated_layer, "Draws", lambda rng: s)
+    return s
+
+
+# --- a plain transliteration of the fork's TransformAnnotation (float32, one box) --------------
+
+def fork_box(box, crop, mirror, emit_center=False):
+    f = [F(v) for v in box]
+    c = [F(v) for v in crop]
+    if emit_center:
+        xc, yc = (f[0] + f[2]) / F(2), (f[1] + f[3]) / F(2)
+        if not (xc >= c[0] and xc <= c[2] and yc >= c[1] and yc <= c[3]):
+            return None
+    if f[0] >= c[2] or f[2] <= c[0] or f[1] >= c[3] or f[3] <= c[1]:
+        return None
+    sw, sh = c[2] - c[0], c[3] - c[1]
+    p = [(f[0] - c[0]) / sw, (f[1] - c[1]) / sh, (f[2] - c[0]) / sw, (f[3] - c[1]) / sh]
+    p = [min(max(v, F(0)), F(1)) for v in p]
+    if not (p[2] - p[0]) * (p[3] - p[1]) > 0:
+        return None
+    if mirror:
+        p = [F(1) - p[2], p[1], F(1) - p[0], p[3]]
+    return p
+
+
+def fork_rows(groups, crop, mirror=False, item=0, emit_center=False):
+    rows = []
+    for label, annos in groups:
+        for inst, box, diff in annos:
+            p = fork_box(box, crop, mirror, emit_center)
+            if p is not None:
+                rows.append([item, label, inst, *p, float(diff)])
+    return rows
+
+
+# --- TEST phase ---------------------------------------------------------------------------------
+
+def test_raw_record_centre_crop_mean_scale_by_hand(tmp_path):
+    img = image()
+    src = write_db(tmp_path / "db", [make_anno_datum(img, GROUPS)])
+    net = data_net(src, "mean_value: 104 mean_value: 117 mean_value: 123 scale: 0.5 "
+                        "crop_size: 6")
+    data, label = forward(net)
+    want = (img[:, 1:7, 2:8].astype(F) - F([104, 117, 123])[:, None, None]) * F(0.5)
+    np.testing.assert_array_equal(data[0], want)
+    # crop x 2..8 of 10, y 1..7 of 8: box 1 (x 1..5, y 1.6..4.8) -> (0, 0.1, 0.5, 0.6333)
+    np.testing.assert_allclose(label[0, 0, 0], [0, 1, 0, 0, 0.6 / 6, 3 / 6, 3.8 / 6, 0],
+                               rtol=1e-6)
+    assert label.shape == (1, 1, 3, 8)
+    np.testing.assert_array_equal(label[0, 0, :, 1:3], [[1, 0], [1, 1], [3, 0]])
+    assert label[0, 0, 1, 7] == 1                                   # difficult kept
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**31), st.integers(1, 8), st.integers(1, 10), st.booleans())
+def test_boxes_equal_the_forks_arithmetic(tmp_path_factory, seed, crop_h, crop_w, center):
+    rng = np.random.default_rng(seed)
+    h, w = 8, 10
+    boxes = np.sort(rng.random((5, 2, 2)), axis=1).astype(F)      # (xmin, ymin) <= (xmax, ymax)
+    groups = [(int(k) + 1, [(0, as_box(*b[0], *b[1]), bool(k % 2))]) for k, b in
+              enumerate(boxes)]
+    src = write_db(tmp_path_factory.mktemp("db") / "db",
+                   [make_anno_datum(image(seed, (3, h, w)), groups)])
+    emit = "emit_constraint { emit_type: CENTER }" if center else ""
+    net = data_net(src, f"crop_h: {crop_h} crop_w: {crop_w} {emit}")
+    layer = net.layers[0]
+    layer.crop_h, layer.crop_w = crop_h, crop_w          # crop_h/w: the encoded path's fields
+    sample = layer._decode(layer.db.keys[0])
+    sample.encoded = True                                 # take the cv path (no resize set)
+    data, got = layer.transform(sample, A.Draws(np.random.default_rng(0)))
+    ho, wo = (h - crop_h) // 2, (w - crop_w) // 2
+    crop = [F(wo) / F(w), F(ho) / F(h), F(wo + crop_w) / F(w), F(ho + crop_h) / F(h)]
+    want = fork_rows(groups, crop, emit_center=center)
+    rows = A.label_rows([got])[0, 0]
+    if not want:
+        np.testing.assert_array_equal(rows, -np.ones((1, 8)))
+    else:
+        np.testing.assert_array_equal(rows, np.asarray(want, F))
+    assert data.shape == (3, crop_h, crop_w)
+
+
+def test_encoded_warp_resize_pixels_equal_opencv(tmp_path):
+    img = image(1, (3, 12, 9))
+    src = write_db(tmp_path / "db", [make_anno_datum(img, GROUPS, encoding="png")])
+    net = data_net(src, "resize_param { resize_mode: WARP height: 7 width: 11 "
+                        "interp_mode: LINEAR }")
+    data, label = forward(net)
+    hwc = np.ascontiguousarray(img.transpose(1, 2, 0))
+    want = cv2.resize(hwc, (11, 7), interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1)
+    np.testing.assert_array_equal(data[0], want.astype(F))
+    # WARP keeps normalized boxes: x * 9 * 11 / 9 / 11
+    np.testing.assert_allclose(label[0, 0, :, 3:7],
+                               [b for _, a in GROUPS for _, b, _ in a], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("shape", [(3, 6, 12), (3, 12, 6)])
+def test_fit_large_size_and_pad_equals_opencv(tmp_path, shape):
+    img = image(2, shape)
+    groups = [(2, [(0, as_box(0.25, 0.5, 0.75, 1.0), False)])]
+    src = write_db(tmp_path / "db", [make_anno_datum(img, groups, encoding="png")])
+    net = data_net(src, "resize_param { resize_mode: FIT_LARGE_SIZE_AND_PAD height: 8 "
+                        "width: 8 pad_value: 7 }")
+    data, label = forward(net)
+    hwc = np.ascontiguousarray(img.transpose(1, 2, 0))
+    if shape[2] > shape[1]:                        # wide: 8 x 4, 2 rows of padding above
+        r = cv2.resize(hwc, (8, 4), interpolation=cv2.INTER_LINEAR)
+        want = cv2.copyMakeBorder(r, 2, 2, 0, 0, cv2.BORDER_CONSTANT, value=(7, 7, 7))
+        box = [0.25, (2 + 0.5 * 4) / 8, 0.75, (2 + 4) / 8]
+    else:
+        r = cv2.resize(hwc, (4, 8), interpolation=cv2.INTER_LINEAR)
+        want = cv2.copyMakeBorder(r, 0, 0, 2, 2, cv2.BORDER_CONSTANT, value=(7, 7, 7))
+        box = [(2 + 1) / 8, 0.5, (2 + 3) / 8, 1.0]
+    np.testing.assert_array_equal(data[0], want.transpose(2, 0, 1).astype(F))
+    np.testing.assert_allclose(label[0, 0, 0], [0, 2, 0, *box, 0], rtol=1e-6)
+
+
+def test_fit_small_size_keeps_the_aspect_ratio(tmp_path):
+    img = image(3, (3, 10, 20))
+    src = write_db(tmp_path / "db", [make_anno_datum(img, GROUPS, encoding="png")])
+    net = data_net(src, "resize_param { resize_mode: FIT_SMALL_SIZE height: 5 width: 5 }")
+    data, label = forward(net)
+    want = cv2.resize(np.ascontiguousarray(img.transpose(1, 2, 0)), (10, 5),
+                      interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1)
+    np.testing.assert_array_equal(data[0], want.astype(F))
+    np.testing.assert_allclose(label[0, 0, :, 3:7],
+                               [b for _, a in GROUPS for _, b, _ in a], rtol=1e-6, atol=1e-7)
+
+
+def test_records_without_type_give_datum_labels_and_leveldb_reads(tmp_path):
+    pytest.importorskip("plyvel")
+    img = image()
+    annos = [make_anno_datum(img, [], label=k) for k in (4, 9)]
+    for a in annos:
+        a.ClearField("type")
+    src = write_db(tmp_path / "db", annos, backend="leveldb")
+    data, label = forward(data_net(src, batch=2, backend="LEVELDB"))
+    np.testing.assert_array_equal(label.ravel(), [4, 9])
+    assert label.shape == (2, 1, 1, 1)
+    np.testing.assert_array_equal(data[1], img.astype(F))
+
+
+def test_a_batch_without_boxes_gives_one_row_of_minus_ones(tmp_path):
+    src = write_db(tmp_path / "db", [make_anno_datum(image(), [])])
+    _, label = forward(data_net(src))
+    np.testing.assert_array_equal(label, -np.ones((1, 1, 1, 8), F))
+
+
+# --- TRAIN: mirror, crop, samplers, expansion (draws scripted) -----------------------------------
+
+def test_mirror_flips_pixels_and_boxes(tmp_path, monkeypatch):
+    img = image()
+    src = write_db(tmp_path / "db", [make_anno_datum(img, GROUPS)])
+    net = data_net(src, "mirror: true crop_size: 6", phase=minicnn.TRAIN)
+    script(monkeypatch, r=[1, 2, 0] * 10)         # mirror, then h_off 2 of 0..2, w_off 0
+    data, label = forward(net)
+    np.testing.assert_array_equal(data[0], img[:, 2:8, 0:6][:, :, ::-1].astype(F))
+    crop = [0, F(2) / F(8), F(6) / F(10), 1]
+    want = np.asarray(fork_rows(GROUPS, crop, mirror=True), F)
+    np.testing.assert_array_equal(label[0, 0], want)
+    # box 1 by hand: x 1..5 of crop 0..6 -> 1/6..5/6, flipped -> 1/6..5/6
+    np.testing.assert_allclose(label[0, 0, 0, [3, 5]], [1 - 5 / 6, 1 - 1 / 6], rtol=1e-6)
+
+
+def test_batch_sampler_crops_as_the_fork(tmp_path, monkeypatch):
+    img = image(4, (3, 20, 10))
+    src = write_db(tmp_path / "db", [make_anno_datum(img, GROUPS)])
+    anno = '''batch_sampler { sampler { min_scale: 0.5 max_scale: 0.5 }
+                              sample_constraint { min_jaccard_overlap: 0.1 }
+                              max_sample: 1 max_trials: 5 }'''
+    net = data_net(src, "", anno, phase=minicnn.TRAIN)
+    # trial 1: scale .5 ratio 1 -> 0.5 x 0.5 at (0.5, 0.5) * (1 - 0.5): box (.25 .25 .75 .75)
+    script(monkeypatch, u=[0, 0, 0.5, 0.5] * 4, r=[0] * 8)
+    data, label = forward(net)
+    # crop: x int(2.5)=2, width int(7.5-2.5)=5; y int(5)=5, height int(15-5)=10
+    np.testing.assert_array_equal(data[0], img[:, 5:15, 2:7].astype(F))
+    crop = [F(0.25), F(0.25), F(0.75), F(0.75)]
+    np.testing.assert_array_equal(label[0, 0], np.asarray(fork_rows(GROUPS, crop), F))
+
+
+def test_sampler_constraint_follows_the_forks_found_flag():
+    c = caffe_pb2.SampleConstraint(min_jaccard_overlap=0.5, min_sample_coverage=0.99)
+    box = as_box(0, 0, 0.5, 0.5)
+    first = as_box(0, 0, 0.45, 0.5)           # jaccard .9 passes, sample coverage .9 fails
+    far = as_box(0.9, 0.9, 1, 1)              # fails the jaccard test: `found` stays true
+    assert A.satisfy_sample_constraint(box, [first, far], c)
+    assert not A.satisfy_sample_constraint(box, [far], c)
+    assert A.satisfy_sample_constraint(box, [], caffe_pb2.SampleConstraint())
+    c2 = caffe_pb2.SampleConstraint(max_jaccard_overlap=0.5)
+    assert not A.satisfy_sample_constraint(box, [first], c2)
+
+
+def test_sample_box_clamps_the_aspect_ratio():
+    s = caffe_pb2.Sampler(min_scale=0.5, max_scale=0.5, min_aspect_ratio=0.1,
+                          max_aspect_ratio=0.1)
+    box = A.sample_box(s, Scripted(u=[0, 0, 0, 1]))
+    # ratio raised to scale^2 = .25: width .5 * .5 = .25, height .5 / .5 = 1
+    np.testing.assert_allclose(box, [0, 0, 0.25, 1.0], rtol=1e-6)
+
+
+def test_expansion_places_the_image_on_the_canvas(tmp_path, monkeypatch):
+    img = image(5, (3, 4, 5))
+    groups = [(1, [(0, as_box(0, 0, 1, 1), False)])]
+    src = write_db(tmp_path / "db", [make_anno_datum(img, groups)])
+    net = data_net(src, "expand_param { prob: 1 max_expand_ratio: 2 } "
+                        "resize_param { height: 8 width: 10 }", phase=minicnn.TRAIN)
+    script(monkeypatch, u=[0.5, 1.0, 0.75, 0.5] * 2)   # prob, ratio 2, h_off 3, w_off 2.5 -> 2
+    data, label = forward(net)
+    want = np.full((3, 8, 10), 32, np.uint8)            # the fork's raw canvas: byte 32
+    want[:, 3:7, 2:7] = img
+    np.testing.assert_array_equal(data[0], want.astype(F))
+    np.testing.assert_allclose(label[0, 0, 0, 3:7], [0.2, 3 / 8, 0.7, 7 / 8], rtol=1e-6)
+
+
+def test_encoded_expansion_fills_the_mean(tmp_path, monkeypatch):
+    img = np.full((3, 4, 4), 60, np.uint8)
+    src = write_db(tmp_path / "db", [make_anno_datum(img, [], encoding="png")])
+    net = data_net(src, "mean_value: 20 expand_param { prob: 1 max_expand_ratio: 4 }",
+                   phase=minicnn.TRAIN)              # gray: JPEG's chroma keeps the values
+    script(monkeypatch, u=[0, 1.0, 0, 0] * 2)           # ratio 4: a 16 x 16 canvas, image at 0, 0
+    data, _ = forward(net)
+    assert data.shape == (1, 3, 16, 16)
+    # the canvas away from the image is the mean: 0 after mean subtraction, up to JPEG's error
+    np.testing.assert_allclose(data[0, :, 8:, 8:].mean(axis=(1, 2)), 0, atol=1.5)
+    np.testing.assert_allclose(data[0, :, :3, :3].mean(axis=(1, 2)), 40, atol=1.5)
+
+
+def test_emit_min_overlap_drops_boxes():
+    crop = as_box(0, 0, 0.5, 1)
+    emit = caffe_pb2.EmitConstraint(emit_type="MIN_OVERLAP", emit_overlap=0.5)
+    groups = [(1, [(0, as_box(0.3, 0, 0.7, 1), False), (1, as_box(0.1, 0, 0.6, 1), False)])]
+    got = A.transform_groups(groups, crop, emit=emit)
+    assert [inst for _, a in got for inst, _, _ in a] == [1]     # 0.5 covered is not > 0.5
+
+
+# --- a net, and errors ----------------------------------------------------------------------------
+
+SSD_TRAIN = '''
+layer {{ name: "data" type: "AnnotatedData" top: "data" top: "label"
+  include {{ phase: TRAIN }}
+  transform_param {{ mirror: true mean_value: 104 mean_value: 117 mean_value: 123
+    resize_param {{ prob: 1 resize_mode: WARP height: 16 width: 16
+                   interp_mode: LINEAR interp_mode: AREA interp_mode: NEAREST
+                   interp_mode: CUBIC interp_mode: LANCZOS4 }}
+    emit_constraint {{ emit_type: CENTER }}
+    expand_param {{ prob: 0.5 max_expand_ratio: 4.0 }} }}
+  data_param {{ source: "{src}" batch_size: 2 backend: LMDB }}
+  annotated_data_param {{
+    batch_sampler {{ max_sample: 1 max_trials: 1 }}
+    batch_sampler {{ sampler {{ min_scale: 0.3 max_scale: 1.0 min_aspect_ratio: 0.5
+                                max_aspect_ratio: 2.0 }}
+                    sample_constraint {{ min_jaccard_overlap: 0.1 }}
+                    max_sample: 1 max_trials: 50 }}
+    label_map_file: "labelmap_voc.prototxt" }} }}
+layer {{ name: "conv" type: "Convolution" bottom: "data" top: "conv"
+  convolution_param {{ num_output: 2 kernel_size: 3 weight_filler {{ type: "xavier" }} }} }}
+layer {{ name: "pool" type: "Pooling" bottom: "conv" top: "pool"
+  pooling_param {{ pool: AVE global_pooling: true }} }}
+layer {{ name: "zero" type: "DummyData" top: "zero"
+  dummy_data_param {{ shape {{ dim: 2 dim: 2 dim: 1 dim: 1 }} }} }}
+layer {{ name: "loss" type: "EuclideanLoss" bottom: "pool" bottom: "zero" top: "loss" }}
+layer {{ name: "silence" type: "Silence" bottom: "label" }}
+'''
+
+
+def test_an_ssd_style_train_net_trains(tmp_path):
+    records = [make_anno_datum(image(k, (3, 20, 24)), GROUPS, encoding="jpg") for k in range(3)]
+    src = write_db(tmp_path / "db", records)
+    solver = caffe_pb2.SolverParameter(net_param=parse_text(SSD_TRAIN.format(src=src)),
+                                       base_lr=1e-6, lr_policy="fixed", max_iter=4,
+                                       snapshot_after_train=False)
+    s = minicnn.SGDSolver(solver)
+    s.step(4)
+    assert np.isfinite(float(s.net.blobs["loss"].data))
+    label = s.net.blobs["label"].data
+    assert label.shape[-1] == 8 and label.shape[:2] == (1, 1)
+    assert s.net.blobs["data"].shape == (2, 3, 16, 16)
+    boxes = label[0, 0][label[0, 0, :, 0] >= 0]
+    assert np.all((boxes[:, 3:7] >= 0) & (boxes[:, 3:7] <= 1))
+
+
+@pytest.mark.parametrize("transform,anno,batch,match", [
+    ("distort_param { brightness_prob: 0.5 }", "", 1, "distort_param"),
+    ("resize_param { resize_mode: FIT_SMALL_SIZE height: 4 width: 4 }", "", 2, "batch_size 1"),
+    ("resize_param { height: 0 width: 4 }", "", 1, "height and width"),
+    ("expand_param { max_expand_ratio: 1 }", "", 1, "max_expand_ratio"),
+    ("crop_size: 11", "", 1, "larger than the image"),
+    ("", "batch_sampler { sampler { min_scale: 0 } }", 1, "min_scale"),
+])
+def test_bad_parameters_name_the_field(tmp_path, transform, anno, batch, match):
+    src = write_db(tmp_path / "db", [make_anno_datum(image(), GROUPS)])
+    with pytest.raises(MinicnnError, match=match):
+        data_net(src, transform, anno, batch=batch)
+
+
+def test_a_raw_record_of_another_size_than_resize_param_is_an_error(tmp_path):
+    src = write_db(tmp_path / "db", [make_anno_datum(image(), GROUPS)])
+    with pytest.raises(MinicnnError, match="encoded records only"):
+        forward(data_net(src, "resize_param { height: 4 width: 4 }"))
+
+
+def test_a_record_that_is_not_an_annotated_datum_is_an_error(tmp_path):
+    with db_writer(str(tmp_path / "db"), "lmdb") as w:
+        w.put(b"0", b"\xff\xff\xff")
+    with pytest.raises((DataError, MinicnnError), match="record '0'"):
+        data_net(str(tmp_path / "db"))
+
+
+def test_crop_truncates_offset_and_size_separately():
+    img = image(7, (3, 4, 10))
+    sample = A.Sample(img, False, GROUPS, -1, True)
+    got = A.crop_sample(sample, as_box(0.27, 0, 0.72, 1))
+    # x 2.7 .. 7.2: offset int(2.7) = 2, width int(7.2 - 2.7) = 4 (not 7 - 2)
+    np.testing.assert_array_equal(got.image, img[:, :, 2:6])
+
+
+def test_anno_type_overrides_records_without_a_type(tmp_path):
+    anno = make_anno_datum(image(), GROUPS)
+    anno.ClearField("type")
+    src = write_db(tmp_path / "db", [anno])
+    _, label = forward(data_net(src, anno="anno_type: BBOX"))
+    assert label.shape == (1, 1, 3, 8)
+    np.testing.assert_array_equal(label[0, 0, :, 1], [1, 1, 3])
