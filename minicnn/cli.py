@@ -7,6 +7,7 @@
     minicnn time models/lenet/lenet.prototxt --iterations 20
     minicnn time -model models/lenet/lenet.prototxt -iterations 20     (Caffe's spelling)
     minicnn convert-imageset ROOT/ LIST.txt DB           # Caffe's convert_imageset
+    minicnn convert-annoset ROOT/ LIST.txt DB --anno-type detection --label-map-file M
     minicnn compute-image-mean DB mean.binaryproto
     minicnn upgrade old.prototxt new.prototxt            # V1 nets and solvers; .caffemodel too
     minicnn parse-log snapshots/lenet_train.log out/     # Caffe's parse_log.py: CSV per phase
@@ -45,7 +46,7 @@ def command(fn):
     return fn
 
 
-GFLAGS_SWITCHES = {"gray", "shuffle", "encoded", "check-size"}   # convert_imageset's bools
+GFLAGS_SWITCHES = {"gray", "shuffle", "encoded", "check-size", "check-label"}   # convert_imageset's bools
 
 
 def _caffe_style(argv):
@@ -438,6 +439,24 @@ def convert_imageset(args):
                 encoded=args.encoded, encode_type=args.encode_type, check_size=args.check_size,
                 backend=args.backend)
     print(f"Processed {n} files into {args.db}" if n is not None else f"Wrote {args.db}")
+    return 0
+
+
+@command
+def convert_annoset(args):
+    """SSD's convert_annoset: `image annotation` lines -> an LMDB (or LevelDB) of
+    AnnotatedDatum records for the AnnotatedData layer."""
+    from minicnn.data.annoset import convert_annoset as convert
+    if args.min_dim or args.max_dim:
+        raise MinicnnError("--min-dim/--max-dim are not supported; use --resize-height and "
+                           "--resize-width")
+    n = convert(args.root, args.list_file, args.db, anno_type=args.anno_type,
+                label_type=args.label_type, label_map_file=args.label_map_file,
+                resize_height=args.resize_height, resize_width=args.resize_width,
+                gray=args.gray, shuffle=args.shuffle, encoded=args.encoded,
+                encode_type=args.encode_type, check_size=args.check_size,
+                backend=args.backend)
+    print(f"Processed {n} files into {args.db}")
     return 0
 
 
@@ -1356,6 +1375,29 @@ def build_parser():
     p.add_argument("--check-size", action="store_true", help="all images must share a size")
     p.add_argument("--backend", choices=["lmdb", "leveldb"], default="lmdb", type=str.lower,
                    help="database to write: lmdb (the default) or leveldb (needs plyvel)")
+
+    p = sub.add_parser("convert-annoset", help="image + annotation list -> LMDB or LevelDB of "
+                                                 "AnnotatedDatum (SSD's convert_annoset)")
+    p.add_argument("root", help="folder the list's paths are relative to (prefixed as given)")
+    p.add_argument("list_file", help="text file of `image annotation` lines")
+    p.add_argument("db", help="the database folder to write")
+    p.add_argument("--anno-type", choices=["detection", "classification"],
+                   default="classification", type=str.lower)
+    p.add_argument("--label-type", choices=["xml", "json", "txt"], default="xml",
+                   type=str.lower)
+    p.add_argument("--label-map-file", default="", help="LabelMap prototxt: names -> labels")
+    p.add_argument("--check-label", action="store_true", help="accepted; names are always "
+                                                              "checked for duplicates")
+    p.add_argument("--resize-height", type=int, default=0)
+    p.add_argument("--resize-width", type=int, default=0)
+    p.add_argument("--min-dim", type=int, default=0)
+    p.add_argument("--max-dim", type=int, default=0)
+    p.add_argument("--gray", action="store_true")
+    p.add_argument("--shuffle", action="store_true")
+    p.add_argument("--encoded", action="store_true", help="store encoded image files")
+    p.add_argument("--encode-type", default="", help="re-encode as png or jpg")
+    p.add_argument("--check-size", action="store_true", help="all images must share a size")
+    p.add_argument("--backend", choices=["lmdb", "leveldb"], default="lmdb", type=str.lower)
 
     p = sub.add_parser("compute-image-mean", help="LMDB or LevelDB -> mean .binaryproto")
     p.add_argument("db")

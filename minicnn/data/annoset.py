@@ -1,0 +1,249 @@
+"""SSD's convert_annoset (weiliu89/caffe, tools/convert_annoset.cpp and util/io.cpp): a list of
+``image annotation`` lines -> an LMDB or LevelDB of AnnotatedDatum records for AnnotatedData.
+
+Annotations are VOC XML (``label_type="xml"``: size/width and size/height, then per <object> its
+<name> mapped to a label by the LabelMap, <difficult>, and <bndbox> xmin ymin xmax ymax as
+integers), COCO-style JSON (``"json"``: image.width/height, annotation[].category_id, bbox
+x y w h, iscrowd as difficult) or text (``"txt"``: ``label xmin ymin xmax ymax`` per line, in
+pixels). Boxes are stored normalized by the annotation's image size (the image's own size when
+the file gives none), in groups per label in order of first appearance, each box numbered
+within its group (instance_id). As in the fork: a missing annotation file gives a record with
+no boxes; an object's ``difficult`` is the one read before its bndbox; the Datum label is -1;
+keys are ``%08d_<image path>``.
+"""
+
+import json
+import os
+import warnings
+import xml.etree.ElementTree as ET
+
+import numpy as np
+
+from minicnn.data.annotated import as_box, make_anno_datum
+from minicnn.data.datum import decode_image, read_image
+from minicnn.data.db import db_writer, remove_db, replace_db, root_joined
+from minicnn.data.errors import DataError
+from minicnn.data.imageset import _aliases, _guess_encoding
+
+F = np.float32
+
+
+def read_label_map(path):
+    """{name: label} of a LabelMap prototxt (item { name label display_name }); names must be
+    unique (the fork's MapNameToLabel with strict checking of names)."""
+    from minicnn.proto import parse_text
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise DataError(f"cannot read the label map: {e.strerror or e}", path) from None
+    label_map = parse_text(text, "LabelMap", path=path)
+    out = {}
+    for item in label_map.item:
+        if item.name in out:
+            raise DataError(f"the label map names {item.name!r} twice", path)
+        out[item.name] = item.label
+    return out
+
+
+def _add_box(groups, label, box, difficult):
+    """Append a box to its label's group (a new group at the end for a new label)."""
+    for group_label, annos in groups:
+        if group_label == label:
+            annos.append((annos[-1][0] + 1 if annos else 0, box, difficult))
+            return
+    groups.append((label, [(0, box, difficult)]))
+
+
+def _check_size(path, width, height, img_width, img_height):
+    if height != img_height or width != img_width:
+        warnings.warn(f"{path}: inconsistent image size (the annotation says {width} x "
+                      f"{height}, the image is {img_width} x {img_height})", stacklevel=3)
+    if width == 0 or height == 0:
+        raise DataError("no valid image width/height", path)
+
+
+def read_xml_annotation(path, img_height, img_width, name_to_label):
+    """Groups (as minicnn.data.annotated.read_groups gives) of a VOC XML file."""
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError) as e:
+        raise DataError(f"cannot read the XML annotation: {e}", path) from None
+    try:
+        height = int(root.findtext("size/height"))
+        width = int(root.findtext("size/width"))
+    except (TypeError, ValueError):
+        warnings.warn(f"{path}: no size/width and size/height: the image's size is used",
+                      stacklevel=2)
+        height, width = img_height, img_width
+    _check_size(path, width, height, img_width, img_height)
+    groups = []
+    for obj in root:
+        if obj.tag != "object":
+            continue
+        difficult, label, have = False, None, False
+        for child in obj:
+            if child.tag == "name":
+                name = (child.text or "").strip()
+                if name not in name_to_label:
+                    raise DataError(f"unknown name {name!r} (not in the label map)", path)
+                label, have = name_to_label[name], True
+            elif child.tag == "difficult":
+                difficult = (child.text or "").strip() == "1"
+            elif child.tag == "bndbox":
+                if not have:
+                    raise DataError("an object's bndbox comes before its name", path)
+                try:
+                    x0, y0, x1, y1 = (int((child.findtext(k) or "0").strip())
+                                      for k in ("xmin", "ymin", "xmax", "ymax"))
+                except ValueError as e:
+                    raise DataError(f"bndbox coordinates must be integers ({e})", path) from None
+                box = as_box(F(x0) / F(width), F(y0) / F(height), F(x1) / F(width),
+                             F(y1) / F(height))
+                _add_box(groups, label, box, difficult)
+    return groups
+
+
+def read_json_annotation(path, img_height, img_width, name_to_label):
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read the JSON annotation: {e}", path) from None
+    try:
+        height, width = int(doc["image"]["height"]), int(doc["image"]["width"])
+    except (KeyError, TypeError, ValueError):
+        height, width = img_height, img_width
+    _check_size(path, width, height, img_width, img_height)
+    groups = []
+    for obj in doc.get("annotation", []):
+        name = str(obj["category_id"])
+        if name not in name_to_label:
+            raise DataError(f"unknown category_id {name!r} (not in the label map)", path)
+        x, y, w, h = (F(v) for v in obj["bbox"])
+        box = as_box(x / F(width), y / F(height), (x + w) / F(width), (y + h) / F(height))
+        _add_box(groups, name_to_label[name], box, bool(obj.get("iscrowd", 0)))
+    return groups
+
+
+def read_txt_annotation(path, height, width):
+    groups = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            words = f.read().split()
+    except OSError as e:
+        raise DataError(f"cannot read the annotation: {e.strerror or e}", path) from None
+    for k in range(0, len(words) - len(words) % 5, 5):      # the fork reads while it can
+        try:
+            label = int(words[k])
+            x0, y0, x1, y1 = (F(v) for v in words[k + 1:k + 5])
+        except ValueError:
+            break
+        _add_box(groups, label, as_box(x0 / F(width), y0 / F(height), x1 / F(width),
+                                       y1 / F(height)), False)
+    return groups
+
+
+def annotated_record(image_path, anno_path, label_type="xml", name_to_label=None,
+                     resize_height=0, resize_width=0, is_color=True, encoding=""):
+    """An AnnotatedDatum of one image and its annotation file (ReadRichImageToAnnotatedDatum)."""
+    chw = read_image(image_path, resize_height, resize_width, is_color)
+    native = decode_image(image_path, None)
+    img_height, img_width = native.shape[1:]
+    groups = []
+    if os.path.exists(anno_path):
+        if label_type == "xml":
+            groups = read_xml_annotation(anno_path, img_height, img_width, name_to_label or {})
+        elif label_type == "json":
+            groups = read_json_annotation(anno_path, img_height, img_width, name_to_label or {})
+        elif label_type == "txt":
+            groups = read_txt_annotation(anno_path, img_height, img_width)
+        else:
+            raise DataError(f"unknown label_type {label_type!r} (xml, json or txt)")
+    resized = resize_height > 0 and resize_width > 0
+    if encoding and not resized and native.shape[0] == chw.shape[0] \
+            and _guess_encoding(image_path) in _aliases(encoding):
+        anno = make_anno_datum(chw, groups, -1, "")
+        with open(image_path, "rb") as f:            # the file is already what was asked for
+            anno.datum.data = f.read()
+        anno.datum.encoded = True
+        return anno
+    return make_anno_datum(chw, groups, -1, encoding)
+
+
+def convert_annoset(root, list_file, db_path, anno_type="detection", label_type="xml",
+                    label_map_file="", resize_height=0, resize_width=0, gray=False,
+                    shuffle=False, encoded=False, encode_type="", check_size=False,
+                    backend="lmdb", seed=None, overwrite=False):
+    """SSD's convert_annoset: returns the number of records written. ``anno_type``
+    "classification" stores ``image label`` lines as records without annotations."""
+    from minicnn.rng import get_rng
+    if anno_type not in ("detection", "classification"):
+        raise DataError(f"unknown anno_type {anno_type!r} (detection or classification)")
+    if (resize_height > 0) != (resize_width > 0):
+        raise DataError("give both resize_height and resize_width, or neither")
+    name_to_label = {}
+    if anno_type == "detection" and label_type in ("xml", "json"):
+        if not label_map_file:
+            raise DataError(f"label_type {label_type} needs a label_map_file (LabelMap "
+                            "prototxt)")
+        name_to_label = read_label_map(label_map_file)
+    try:
+        with open(list_file, encoding="utf-8") as f:
+            words = f.read().split()
+    except OSError as e:
+        raise DataError(f"cannot read the list file: {e.strerror or e}", list_file) from None
+    if len(words) % 2:
+        raise DataError("the list file must hold pairs: image and annotation (or label)",
+                        list_file)
+    lines = list(zip(words[0::2], words[1::2]))
+    if not lines:
+        raise DataError("the list file names no images", list_file)
+    if shuffle:
+        rng = get_rng() if seed is None else np.random.default_rng(seed)
+        lines = [lines[i] for i in rng.permutation(len(lines))]
+    encoding = encode_type or ""
+    db_path = os.fspath(db_path)
+    if os.path.lexists(db_path) and not overwrite:
+        raise DataError("already exists (remove it first)", db_path)
+    tmp = f"{db_path}.tmp-{os.getpid()}"
+    remove_db(tmp)
+    count, size = 0, None
+    try:
+        with db_writer(tmp, backend) as writer:
+            for index, (name, second) in enumerate(lines):
+                image_path = root_joined(root, name)
+                enc = encoding or (_guess_encoding(name) if encoded else "")
+                try:
+                    if anno_type == "detection":
+                        anno = annotated_record(image_path, root_joined(root, second),
+                                                label_type, name_to_label, resize_height,
+                                                resize_width, not gray, enc)
+                    else:
+                        anno = make_anno_datum(read_image(image_path, resize_height,
+                                                          resize_width, not gray), [],
+                                               int(second), enc)
+                        anno.ClearField("type")
+                except DataError as e:
+                    if e.path and e.path != image_path:     # a bad annotation file: stop
+                        raise
+                    warnings.warn(f"{list_file}: skipping {image_path}: {e.reason}",
+                                  stacklevel=2)
+                    continue
+                except ValueError:
+                    raise DataError(f"label {second!r} of {name} is not an integer",
+                                    list_file) from None
+                if check_size and not anno.datum.encoded:
+                    shape = (anno.datum.channels, anno.datum.height, anno.datum.width)
+                    if size is None:
+                        size = shape
+                    elif shape != size:
+                        raise DataError(f"image {image_path} is {shape}, the first one {size} "
+                                        "(check_size)", list_file)
+                writer.put(f"{index:08d}_{name}", anno.SerializeToString())
+                count += 1
+        replace_db(tmp, db_path)
+    except BaseException:
+        remove_db(tmp)
+        raise
+    return count

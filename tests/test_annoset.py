@@ -1,0 +1,146 @@
+"""`minicnn convert-annoset` (SSD's convert_annoset): images and VOC XML / txt annotations made
+here, converted, then read back by AnnotatedData in TEST and TRAIN; boxes checked against the
+XML by hand."""
+
+import numpy as np
+import pytest
+
+import minicnn
+from minicnn import cli
+from minicnn.data.annoset import read_xml_annotation
+from minicnn.data.datum import encode_image
+from minicnn.data.errors import DataError
+from minicnn.proto import parse_text
+
+LABELMAP = '''item { name: "none_of_the_above" label: 0 display_name: "background" }
+item { name: "cat" label: 1 display_name: "cat" }
+item { name: "dog" label: 2 display_name: "dog" }
+'''
+
+
+def voc_xml(width, height, objects):
+    objs = "".join(
+        f"<object><name>{n}</name><pose>Left</pose><truncated>0</truncated>"
+        f"<difficult>{d}</difficult><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin>"
+        f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>" for n, d, b in objects)
+    return (f"<annotation><folder>VOC</folder><filename>x.jpg</filename><size>"
+            f"<width>{width}</width><height>{height}</height><depth>3</depth></size>"
+            f"{objs}</annotation>")
+
+
+OBJECTS = [[("dog", 0, (4, 2, 20, 10)), ("cat", 1, (0, 0, 8, 8)), ("dog", 0, (10, 6, 24, 16))],
+           [("cat", 0, (2, 4, 12, 14))]]
+
+
+@pytest.fixture
+def voc(tmp_path):
+    """Two 24 x 16 PNG images with VOC XML files, a label map and the list file."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "VOC"
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "Annotations").mkdir()
+    images, lines = [], []
+    for k, objects in enumerate(OBJECTS):
+        img = rng.integers(0, 256, (3, 16, 24), dtype=np.uint8)
+        images.append(img)
+        (root / "JPEGImages" / f"{k}.png").write_bytes(encode_image(img, "png"))
+        (root / "Annotations" / f"{k}.xml").write_text(voc_xml(24, 16, objects))
+        lines.append(f"JPEGImages/{k}.png Annotations/{k}.xml")
+    (tmp_path / "trainval.txt").write_text("\n".join(lines) + "\n")
+    (tmp_path / "labelmap.prototxt").write_text(LABELMAP)
+    return tmp_path, images
+
+
+def convert(tmp_path, *extra, db="db"):
+    argv = ["convert-annoset", str(tmp_path / "VOC") + "/", str(tmp_path / "trainval.txt"),
+            str(tmp_path / db), "--anno-type", "detection",
+            "--label-map-file", str(tmp_path / "labelmap.prototxt"), *extra]
+    assert cli.main(argv) == 0
+    return str(tmp_path / db)
+
+
+def net(src, transform="", anno="", phase=minicnn.TEST, batch=2, backend="LMDB"):
+    return minicnn.Net(parse_text(f'''layer {{ name: "data" type: "AnnotatedData"
+      top: "data" top: "label"
+      data_param {{ source: "{src}" batch_size: {batch} backend: {backend} }}
+      transform_param {{ {transform} }} annotated_data_param {{ {anno} }} }}'''), phase=phase)
+
+
+# rows of the label top for OBJECTS in groups: dog (label 2) first in image 0, then cat
+WANT = [[0, 2, 0, 4 / 24, 2 / 16, 20 / 24, 10 / 16, 0],
+        [0, 2, 1, 10 / 24, 6 / 16, 24 / 24, 16 / 16, 0],
+        [0, 1, 0, 0, 0, 8 / 24, 8 / 16, 1],
+        [1, 1, 0, 2 / 24, 4 / 16, 12 / 24, 14 / 16, 0]]
+
+
+@pytest.mark.parametrize("flags", [[], ["--encoded"], ["--encode-type", "png"]])
+def test_voc_xml_converted_then_read_in_test(voc, flags):
+    tmp_path, images = voc
+    src = convert(tmp_path, *flags)
+    n = net(src)
+    n.forward()
+    np.testing.assert_array_equal(n.blobs["data"].data, np.stack(images).astype(np.float32))
+    np.testing.assert_allclose(n.blobs["label"].data[0, 0], WANT, rtol=1e-6)
+
+
+def test_resized_encoded_records_read_with_warp_and_mirror_in_train(voc):
+    tmp_path, images = voc
+    src = convert(tmp_path, "--encode-type", "jpg", "--resize-height", "8",
+                  "--resize-width", "12", "--shuffle", "--backend", "lmdb")
+    n = net(src, "mirror: true resize_param { height: 8 width: 12 }",
+            anno='batch_sampler { max_sample: 1 max_trials: 1 } '
+                 'batch_sampler { sampler { min_scale: 0.3 } '
+                 'sample_constraint { min_jaccard_overlap: 0.1 } max_trials: 20 }',
+            phase=minicnn.TRAIN)
+    for _ in range(3):
+        n.forward()
+        label = n.blobs["label"].data[0, 0]
+        assert n.blobs["data"].shape == (2, 3, 8, 12)
+        boxes = label[label[:, 0] >= 0]
+        assert np.all((boxes[:, 3:7] >= 0) & (boxes[:, 3:7] <= 1))
+        assert np.all(boxes[:, 3] <= boxes[:, 5]) and set(boxes[:, 1]) <= {1, 2}
+
+
+def test_txt_annotations_and_leveldb(tmp_path):
+    pytest.importorskip("plyvel")
+    (tmp_path / "VOC").mkdir()
+    img = np.zeros((3, 10, 20), np.uint8)
+    (tmp_path / "VOC" / "a.png").write_bytes(encode_image(img, "png"))
+    (tmp_path / "VOC" / "a.txt").write_text("3 2 1 12 5\n3 0 0 20 10\n1 5 5 6 6\n")
+    (tmp_path / "trainval.txt").write_text("a.png a.txt\n")
+    (tmp_path / "labelmap.prototxt").write_text(LABELMAP)
+    src = convert(tmp_path, "--label-type", "txt", "--backend", "leveldb")
+    n = net(src, batch=1, backend="LEVELDB")
+    n.forward()
+    np.testing.assert_allclose(n.blobs["label"].data[0, 0],
+                               [[0, 3, 0, 0.1, 0.1, 0.6, 0.5, 0], [0, 3, 1, 0, 0, 1, 1, 0],
+                                [0, 1, 0, 0.25, 0.5, 0.3, 0.6, 0]], rtol=1e-6)
+
+
+def test_difficult_is_the_one_read_before_bndbox(tmp_path):
+    xml = ("<annotation><size><width>10</width><height>10</height></size><object>"
+           "<name>cat</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>2</xmax><ymax>2</ymax>"
+           "</bndbox><difficult>1</difficult></object></annotation>")
+    (tmp_path / "a.xml").write_text(xml)
+    groups = read_xml_annotation(str(tmp_path / "a.xml"), 10, 10, {"cat": 1})
+    assert groups[0][1][0][2] is False
+
+
+def test_unknown_names_and_bad_lists_are_errors(voc):
+    tmp_path, _ = voc
+    (tmp_path / "VOC" / "Annotations" / "1.xml").write_text(
+        voc_xml(24, 16, [("horse", 0, (1, 1, 2, 2))]))
+    with pytest.raises(DataError, match="unknown name 'horse'"):
+        from minicnn.data.annoset import convert_annoset
+        convert_annoset(str(tmp_path / "VOC") + "/", str(tmp_path / "trainval.txt"),
+                        str(tmp_path / "db"), label_map_file=str(tmp_path / "labelmap.prototxt"))
+    assert cli.main(["convert-annoset", str(tmp_path), str(tmp_path / "trainval.txt"),
+                     str(tmp_path / "db2"), "--anno-type", "detection"]) == 1   # no label map
+    assert not (tmp_path / "db").exists()
+
+
+def test_the_xml_size_normalizes_with_a_warning_when_the_image_differs(tmp_path):
+    (tmp_path / "a.xml").write_text(voc_xml(48, 32, [("dog", 0, (12, 8, 24, 16))]))
+    with pytest.warns(UserWarning, match="inconsistent image size"):
+        groups = read_xml_annotation(str(tmp_path / "a.xml"), 16, 24, {"dog": 2})
+    np.testing.assert_allclose(groups[0][1][0][1], [0.25, 0.25, 0.5, 0.5])
