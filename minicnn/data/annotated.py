@@ -7,6 +7,8 @@ label (``group_label``) a list of annotations, each an ``instance_id`` and a Nor
 fork's order (annotated_data_layer.cpp, data_transformer.cpp, sampler.cpp, bbox_util.cpp,
 im_transforms.cpp):
 
+0. distort_param (encoded records): brightness, contrast, saturation, hue and channel order
+   changed at random, in one of two orders.
 1. expand_param (TRAIN augmentation): with probability ``prob`` the image is placed at a random
    integer offset on a canvas ``max_expand_ratio``-times larger at most, filled with the mean;
    boxes are re-normalized to the canvas.
@@ -396,6 +398,89 @@ def decode_sample(value, is_color, where):
         raise DataError(f"annotation type {anno.type} is not supported (only BBOX)", where)
     return Sample(image, bool(anno.datum.encoded), read_groups(anno), label,
                   anno.HasField("type"))
+
+
+def _convert(x, alpha, beta):
+    """cv::Mat::convertTo(-1, alpha, beta) on uint8: saturate(round(alpha * x + beta))."""
+    y = x.astype(F) * F(alpha) + F(beta)
+    return np.clip(np.rint(y), 0, 255).astype(np.uint8)
+
+
+def _hsv_channel(chw, k, alpha, beta):
+    """Channel k of the image in OpenCV's 8-bit HSV, through convertTo, and back to BGR."""
+    cv2 = need("cv2", "opencv-python")
+    hsv = cv2.cvtColor(np.ascontiguousarray(chw.transpose(1, 2, 0)), cv2.COLOR_BGR2HSV)
+    hsv[:, :, k] = _convert(hsv[:, :, k], alpha, beta)
+    return np.ascontiguousarray(cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR).transpose(2, 0, 1))
+
+
+def apply_distort(chw, dp, draws):
+    """ApplyDistort on a CHW uint8 BGR image: a coin (> 0.5) picks the order brightness,
+    contrast, saturation, hue or brightness, saturation, hue, contrast; each step happens with
+    its probability and draws its amount; then the channels are shuffled with
+    random_order_prob. As in the fork, saturation always goes through HSV and back (its
+    ``fabs(delta - 1) != 1e-3`` test is always true), and hue is shifted with saturation at
+    0 and 255 in OpenCV's 0..180 hue."""
+    img = chw
+    if img.shape[0] != 3:
+        raise DataError(f"distort_param needs colour (3-channel) images, got {img.shape[0]}")
+
+    def brightness(img):
+        if draws.uniform(0, 1) < F(dp.brightness_prob):
+            if dp.brightness_delta < 0:
+                raise LayerError("distort_param.brightness_delta must be non-negative")
+            delta = draws.uniform(-dp.brightness_delta, dp.brightness_delta)
+            if abs(delta) > 0:
+                return _convert(img, 1, delta)
+        return img
+
+    def contrast(img):
+        if draws.uniform(0, 1) < F(dp.contrast_prob):
+            if not dp.contrast_upper >= dp.contrast_lower >= 0:
+                raise LayerError("distort_param: need 0 <= contrast_lower <= contrast_upper")
+            delta = draws.uniform(dp.contrast_lower, dp.contrast_upper)
+            if abs(delta - F(1)) > F(1e-3):
+                return _convert(img, delta, 0)
+        return img
+
+    def saturation(img):
+        if draws.uniform(0, 1) < F(dp.saturation_prob):
+            if not dp.saturation_upper >= dp.saturation_lower >= 0:
+                raise LayerError("distort_param: need 0 <= saturation_lower <= "
+                                 "saturation_upper")
+            return _hsv_channel(img, 1, draws.uniform(dp.saturation_lower,
+                                                      dp.saturation_upper), 0)
+        return img
+
+    def hue(img):
+        if draws.uniform(0, 1) < F(dp.hue_prob):
+            if dp.hue_delta < 0:
+                raise LayerError("distort_param.hue_delta must be non-negative")
+            delta = draws.uniform(-dp.hue_delta, dp.hue_delta)
+            if abs(delta) > 0:
+                return _hsv_channel(img, 0, 1, delta)
+        return img
+
+    steps = (brightness, contrast, saturation, hue) if draws.uniform(0, 1) > F(0.5) \
+        else (brightness, saturation, hue, contrast)
+    for step in steps:
+        img = step(img)
+    if draws.uniform(0, 1) < F(dp.random_order_prob):
+        order = [0, 1, 2]
+        for i in range(2, 0, -1):                  # a random permutation (Fisher-Yates)
+            j = draws.rand(i + 1)
+            order[i], order[j] = order[j], order[i]
+        img = img[order]
+    return np.ascontiguousarray(img)
+
+
+def distort_sample(sample, dp, draws):
+    """DistortImage: encoded records only (the fork logs an error for raw ones and leaves
+    them), stored again as JPEG."""
+    if not sample.encoded:
+        return sample
+    image = _jpeg_roundtrip(apply_distort(sample.image, dp, draws))
+    return Sample(image, True, sample.groups, sample.label, sample.has_type)
 
 
 def expand_sample(sample, ep, mean, draws, emit=None):

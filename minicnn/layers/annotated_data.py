@@ -5,6 +5,7 @@ described in minicnn.data.annotated."""
 import numpy as np
 
 from minicnn.data.annotated import (Draws, apply_resize, check_sampler, crop_sample,
+                                    distort_sample,
                                     decode_sample, expand_sample, generate_batch_samples,
                                     infer_new_size, label_rows, transform_groups, as_box)
 from minicnn.data.db import open_db
@@ -31,8 +32,8 @@ class AnnotatedDataLayer(_SourceDataLayer):
     transform_param: resize_param (WARP, FIT_SMALL_SIZE with batch_size 1, FIT_LARGE_SIZE_AND_PAD;
     applied to encoded records only, as in the fork: a raw record must already have the output
     size), crop_size or crop_h/crop_w, mirror (boxes flipped), mean_value or mean_file, scale,
-    emit_constraint (CENTER, MIN_OVERLAP), expand_param. distort_param and noise_param are
-    refused (not implemented). The random draws of sample j of batch b come from a generator
+    emit_constraint (CENTER, MIN_OVERLAP), expand_param, distort_param (encoded records, as in
+    the fork). noise_param is refused (not implemented). The random draws of sample j of batch b come from a generator
     seeded by (layer seed, b, j), so runs resume exactly; they are not Caffe's stream.
     """
     param_field = "annotated_data_param"
@@ -46,10 +47,9 @@ class AnnotatedDataLayer(_SourceDataLayer):
             raise LayerError("data_param.batch_size must be positive")
         tp = merged_transform_param(self.param, "data_param")
         self.tp = tp
-        for name in ("distort_param", "noise_param"):
-            if tp.HasField(name):
-                raise LayerError(f"transform_param.{name} is not supported by minicnn's "
-                                 "AnnotatedData")
+        if tp.HasField("noise_param"):
+            raise LayerError("transform_param.noise_param is not supported by minicnn's "
+                             "AnnotatedData")
         if tp.HasField("resize_param"):
             rp = tp.resize_param
             if rp.height <= 0 or rp.width <= 0:
@@ -144,9 +144,11 @@ class AnnotatedDataLayer(_SourceDataLayer):
         return data, groups
 
     def prepare(self, sample, draws):
-        """Expansion, then the batch samplers' crop (the fork's order)."""
+        """Distortion, expansion, then the batch samplers' crop (the fork's order)."""
         tp = self.tp
         emit = tp.emit_constraint if tp.HasField("emit_constraint") else None
+        if tp.HasField("distort_param"):
+            sample = distort_sample(sample, tp.distort_param, draws)
         if tp.HasField("expand_param"):
             sample = expand_sample(sample, tp.expand_param, self.transformer.mean, draws, emit)
         if self.samplers:

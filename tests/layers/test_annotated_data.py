@@ -309,6 +309,10 @@ layer {{ name: "data" type: "AnnotatedData" top: "data" top: "label"
                    interp_mode: LINEAR interp_mode: AREA interp_mode: NEAREST
                    interp_mode: CUBIC interp_mode: LANCZOS4 }}
     emit_constraint {{ emit_type: CENTER }}
+    distort_param {{ brightness_prob: 0.5 brightness_delta: 32 contrast_prob: 0.5
+      contrast_lower: 0.5 contrast_upper: 1.5 hue_prob: 0.5 hue_delta: 18
+      saturation_prob: 0.5 saturation_lower: 0.5 saturation_upper: 1.5
+      random_order_prob: 0.0 }}
     expand_param {{ prob: 0.5 max_expand_ratio: 4.0 }} }}
   data_param {{ source: "{src}" batch_size: 2 backend: LMDB }}
   annotated_data_param {{
@@ -346,7 +350,7 @@ def test_an_ssd_style_train_net_trains(tmp_path):
 
 
 @pytest.mark.parametrize("transform,anno,batch,match", [
-    ("distort_param { brightness_prob: 0.5 }", "", 1, "distort_param"),
+    ("noise_param { hist_eq: true }", "", 1, "noise_param"),
     ("resize_param { resize_mode: FIT_SMALL_SIZE height: 4 width: 4 }", "", 2, "batch_size 1"),
     ("resize_param { height: 0 width: 4 }", "", 1, "height and width"),
     ("expand_param { max_expand_ratio: 1 }", "", 1, "max_expand_ratio"),
@@ -387,3 +391,52 @@ def test_anno_type_overrides_records_without_a_type(tmp_path):
     _, label = forward(data_net(src, anno="anno_type: BBOX"))
     assert label.shape == (1, 1, 3, 8)
     np.testing.assert_array_equal(label[0, 0, :, 1], [1, 1, 3])
+
+
+# --- distortion -----------------------------------------------------------------------------------
+
+def test_distort_brightness_then_contrast_in_the_first_order():
+    img = image(8, (3, 5, 6))
+    dp = caffe_pb2.DistortionParameter(brightness_prob=1, brightness_delta=32, contrast_prob=1,
+                                       contrast_lower=0.5, contrast_upper=1.5)
+    # order coin 0.75 (> 0.5: brightness, contrast, saturation, hue); brightness p=0 < 1,
+    # delta -32 + 64 * 0.75 = 16; contrast p=0, 0.5 + 0.25 = 0.75; saturation, hue, order: no
+    got = A.apply_distort(img, dp, Scripted(u=[0.75, 0, 0.75, 0, 0.25, 0.9, 0.9, 0.9]))
+    step = np.clip(np.rint(img.astype(np.float64) + 16), 0, 255)
+    want = np.clip(np.rint(step * 0.75), 0, 255)
+    np.testing.assert_array_equal(got, want.astype(np.uint8))
+
+
+def test_distort_second_order_saturation_hue_then_contrast_and_channel_order():
+    img = image(9, (3, 4, 4))
+    dp = caffe_pb2.DistortionParameter(saturation_prob=1, saturation_lower=1.5,
+                                       saturation_upper=1.5, hue_prob=1, hue_delta=10,
+                                       contrast_prob=1, contrast_lower=2, contrast_upper=2,
+                                       random_order_prob=1)
+    # coin 0.25: brightness (skip: prob 0), saturation 1.5, hue -10 + 20 * 0.8 = 6, contrast 2;
+    # then channels shuffled by rand() 0, 0: order [1, 2, 0] after swaps (2<->0), (1<->0)
+    got = A.apply_distort(img, dp, Scripted(u=[0.25, 0.5, 0, 0.3, 0, 0.8, 0, 0.1, 0],
+                                            r=[0, 0]))
+    hwc = np.ascontiguousarray(img.transpose(1, 2, 0))
+    hsv = cv2.cvtColor(hwc, cv2.COLOR_BGR2HSV).astype(np.float64)
+    hsv[:, :, 1] = np.clip(np.rint(hsv[:, :, 1] * 1.5), 0, 255)
+    step = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2BGR)
+    hsv = cv2.cvtColor(step, cv2.COLOR_BGR2HSV).astype(np.float64)
+    hsv[:, :, 0] = np.clip(hsv[:, :, 0] + 6, 0, 255)
+    step = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2BGR).astype(np.float64)
+    want = np.clip(np.rint(step * 2), 0, 255).astype(np.uint8).transpose(2, 0, 1)
+    np.testing.assert_array_equal(got, want[[1, 2, 0]])
+
+
+def test_distort_leaves_raw_records_and_runs_on_encoded_ones(tmp_path, monkeypatch):
+    img = image(10, (3, 8, 8))
+    dp = "distort_param { brightness_prob: 1 brightness_delta: 40 }"
+    raw = write_db(tmp_path / "raw", [make_anno_datum(img, GROUPS)])
+    script(monkeypatch, u=[0.9, 0, 1.0, 0.9, 0.9, 0.9, 0.9] * 2)
+    data, _ = forward(data_net(raw, dp, phase=minicnn.TRAIN))
+    np.testing.assert_array_equal(data[0], img.astype(F))
+    enc = write_db(tmp_path / "enc", [make_anno_datum(np.full((3, 8, 8), 100, np.uint8), GROUPS,
+                                                      encoding="png")])
+    script(monkeypatch, u=[0.9, 0, 1.0, 0.9, 0.9, 0.9, 0.9] * 2)   # brightness +40
+    data, _ = forward(data_net(enc, dp, phase=minicnn.TRAIN))
+    np.testing.assert_allclose(data[0].mean(), 140, atol=1)         # through JPEG again
