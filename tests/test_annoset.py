@@ -144,3 +144,22 @@ def test_the_xml_size_normalizes_with_a_warning_when_the_image_differs(tmp_path)
     with pytest.warns(UserWarning, match="inconsistent image size"):
         groups = read_xml_annotation(str(tmp_path / "a.xml"), 16, 24, {"dog": 2})
     np.testing.assert_allclose(groups[0][1][0][1], [0.25, 0.25, 0.5, 0.5])
+
+
+def test_coco_json_annotations(tmp_path):
+    import json
+    (tmp_path / "VOC").mkdir()
+    (tmp_path / "VOC" / "a.png").write_bytes(encode_image(np.zeros((3, 10, 20), np.uint8), "png"))
+    doc = {"image": {"width": 20, "height": 10},
+           "annotation": [{"category_id": 18, "bbox": [2, 1, 10, 4], "iscrowd": 1},
+                          {"category_id": 1, "bbox": [0, 0, 5, 5]}]}
+    (tmp_path / "VOC" / "a.json").write_text(json.dumps(doc))
+    (tmp_path / "trainval.txt").write_text("a.png a.json\n")
+    (tmp_path / "labelmap.prototxt").write_text(
+        'item { name: "1" label: 1 } item { name: "18" label: 18 }')
+    src = convert(tmp_path, "--label-type", "json")
+    n = net(src, batch=1)
+    n.forward()
+    np.testing.assert_allclose(n.blobs["label"].data[0, 0],
+                               [[0, 18, 0, 0.1, 0.1, 0.6, 0.5, 1],
+                                [0, 1, 0, 0, 0, 0.25, 0.5, 0]], rtol=1e-6)

@@ -199,21 +199,22 @@ def test_a_solvers_nets_name_the_line_of_the_layer_their_phase_keeps(tmp_path, b
 
 
 def test_a_fork_layers_fields_in_a_standard_block_name_the_layers_type():
-    """SSD's train/test prototxts (weiliu89/caffe) open with an AnnotatedData layer whose
-    transform_param carries the fork's resize_param; the parser stops there, before the Net
+    """SSD's train/test prototxts (weiliu89/caffe) opened with an AnnotatedData layer whose
+    transform_param carries the fork's resize_param; the parser stopped there, before the Net
     could say that AnnotatedData is the fork's layer, and the message named only the field.
-    It names the layer's type too; a misspelt field in a layer minicnn has keeps its guess."""
-    text = ('layer {\n  name: "data"\n  type: "AnnotatedData"\n  top: "data"\n  top: "label"\n'
-            '  transform_param {\n    mirror: true\n    resize_param {\n      prob: 1\n'
+    It names the layer's type too; a misspelt field in a layer minicnn has keeps its guess.
+    (minicnn now has AnnotatedData: an invented fork layer and field keep the case.)"""
+    text = ('layer {\n  name: "data"\n  type: "WarpedData"\n  top: "data"\n  top: "label"\n'
+            '  transform_param {\n    mirror: true\n    warp_param {\n      prob: 1\n'
             '      height: 300\n      width: 300\n    }\n  }\n}\n')
     with pytest.raises(minicnn.errors.PrototxtError) as e:
         parse_text(text, path="ssd_train.prototxt")
     assert str(e.value) == ("ssd_train.prototxt:8:5: TransformationParameter has no field named "
-                            "'resize_param'; the layer's type 'AnnotatedData' is not one minicnn "
+                            "'warp_param'; the layer's type 'WarpedData' is not one minicnn "
                             "implements (a Caffe fork's layer, with the fork's fields?) "
                             "(in layer 'data')")
-    typo = text.replace("AnnotatedData", "Data").replace(
-        "    resize_param {\n      prob: 1\n      height: 300\n      width: 300\n    }\n",
+    typo = text.replace("WarpedData", "Data").replace(
+        "    warp_param {\n      prob: 1\n      height: 300\n      width: 300\n    }\n",
         "    crop_sise: 300\n")
     with pytest.raises(minicnn.errors.PrototxtError, match="did you mean 'crop_size'") as e:
         parse_text(typo)

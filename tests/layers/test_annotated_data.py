@@ -440,3 +440,22 @@ def test_distort_leaves_raw_records_and_runs_on_encoded_ones(tmp_path, monkeypat
     script(monkeypatch, u=[0.9, 0, 1.0, 0.9, 0.9, 0.9, 0.9] * 2)   # brightness +40
     data, _ = forward(data_net(enc, dp, phase=minicnn.TRAIN))
     np.testing.assert_allclose(data[0].mean(), 140, atol=1)         # through JPEG again
+
+
+def test_train_batches_resume_exactly(tmp_path):
+    records = [make_anno_datum(image(k, (3, 12, 12)), GROUPS, encoding="png") for k in range(3)]
+    src = write_db(tmp_path / "db", records)
+    transform = ("mirror: true crop_size: 8 resize_param { height: 12 width: 12 } "
+                 "expand_param { prob: 0.5 max_expand_ratio: 2 }")
+    anno = ("batch_sampler { sampler { min_scale: 0.5 } "
+            "sample_constraint { min_jaccard_overlap: 0.1 } max_trials: 10 }")
+    a = data_net(src, transform, anno, batch=2, phase=minicnn.TRAIN)
+    first = [forward(a) for _ in range(3)]
+    state = a.layers[0].data_state()
+    later = [forward(a) for _ in range(2)]
+    b = data_net(src, transform, anno, batch=2, phase=minicnn.TRAIN)
+    b.layers[0].restore_data_state(state)
+    for (d0, l0), (d1, l1) in zip(later, [forward(b) for _ in range(2)]):
+        np.testing.assert_array_equal(d0, d1)
+        np.testing.assert_array_equal(l0, l1)
+    assert any(not np.array_equal(first[0][1], f[1]) for f in first[1:])   # draws vary
