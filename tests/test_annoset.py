@@ -84,7 +84,7 @@ def test_voc_xml_converted_then_read_in_test(voc, flags):
 
 
 def test_resized_encoded_records_read_with_warp_and_mirror_in_train(voc):
-    tmp_path, images = voc
+    tmp_path, _ = voc
     src = convert(tmp_path, "--encode-type", "jpg", "--resize-height", "8",
                   "--resize-width", "12", "--shuffle", "--backend", "lmdb")
     n = net(src, "mirror: true resize_param { height: 8 width: 12 }",

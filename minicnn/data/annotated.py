@@ -361,7 +361,7 @@ def _jpeg_roundtrip(chw):
     except ImportError:
         cv2 = None
     if cv2 is not None:
-        ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(chw.transpose(1, 2, 0)))
+        _, buf = cv2.imencode(".jpg", np.ascontiguousarray(chw.transpose(1, 2, 0)))
         img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
         img = img[:, :, None] if img.ndim == 2 else img
         return np.ascontiguousarray(img.transpose(2, 0, 1))
@@ -386,12 +386,13 @@ class Sample:
 
 def decode_sample(value, is_color, where):
     """A Sample from an AnnotatedDatum's wire bytes."""
+    from minicnn.errors import MinicnnError
     from minicnn.proto import parse_binary
     try:
         anno = parse_binary(value, "AnnotatedDatum", path=where)
     except DataError:
         raise
-    except Exception as e:
+    except MinicnnError as e:
         raise DataError(f"not an AnnotatedDatum record ({e})", where) from None
     image, label = decode_datum(anno.datum, is_color, where=where)
     if anno.HasField("type") and anno.type != "BBOX":

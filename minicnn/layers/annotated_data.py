@@ -4,10 +4,20 @@ described in minicnn.data.annotated."""
 
 import numpy as np
 
-from minicnn.data.annotated import (Draws, apply_resize, check_sampler, crop_sample,
-                                    distort_sample,
-                                    decode_sample, expand_sample, generate_batch_samples,
-                                    infer_new_size, label_rows, transform_groups, as_box)
+from minicnn.data.annotated import (
+    Draws,
+    apply_resize,
+    as_box,
+    check_sampler,
+    crop_sample,
+    decode_sample,
+    distort_sample,
+    expand_sample,
+    generate_batch_samples,
+    infer_new_size,
+    label_rows,
+    transform_groups,
+)
 from minicnn.data.db import open_db
 from minicnn.data.errors import DataError
 from minicnn.data.transform import DataTransformer, merged_transform_param, transform_sample
@@ -23,6 +33,10 @@ class AnnotatedDataLayer(_SourceDataLayer):
     """SSD's `AnnotatedData`: data_param gives source, batch_size and backend (records read in key
     order, wrapping around); annotated_data_param the batch_samplers (and anno_type, which
     overrides the records' type; label_map_file is kept but not read, as in the fork).
+    Deliberately unlike the fork, anno_type also serves records stored without a type (the
+    fork checks has_type() before applying anno_type, so such a record aborts unless a crop or
+    expansion happened to set the type), and crop_h/crop_w also crop raw records (the fork
+    crops those by crop_size only and fails its shape check).
 
     Tops: data (N, C, H, W) and label. With annotated records (type BBOX) the label is
     1 x 1 x num_boxes x 8, one row (item_id, group_label, instance_id, xmin, ymin, xmax, ymax,

@@ -5,7 +5,8 @@ TransformAnnotation written here, OpenCV's cv2.resize / copyMakeBorder for the p
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import minicnn
 import minicnn.layers.annotated_data as annotated_layer
