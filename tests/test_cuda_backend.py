@@ -148,7 +148,8 @@ def test_kernel_sources_are_self_contained():
 # shape depends on its selector's values), SSD's PriorBox and DetectionOutput (box geometry and
 # NMS, at the end of the net), the recurrent layers (a loop over time steps in NumPy), Fast
 # R-CNN's ROIPooling and R-FCN's PSROIPooling (loops over the rois and bins), the forks' Upsample
-# (mask checks and scatters on the host), YOLOv2/v3's output heads (a few maps on the last blob).
+# (mask checks and scatters on the host), YOLOv2/v3's output heads (a few maps on the last blob),
+# SSD's MultiBoxLoss (matching and mining, per image).
 HOST_OPS = sorted(["argmax_forward", "batch_reindex_backward", "batch_reindex_forward",
                    "detection_output_forward", "prior_box_forward", "lstm_backward",
                    "lstm_forward", "lstm_unit_backward", "lstm_unit_forward", "rnn_backward",
@@ -156,10 +157,10 @@ HOST_OPS = sorted(["argmax_forward", "batch_reindex_backward", "batch_reindex_fo
                    "max_unpool2d_backward", "max_unpool2d_forward",
                    "nearest_upsample_backward", "nearest_upsample_forward",
                    "psroi_pool_backward", "psroi_pool_forward", "yolo_head_backward",
-                   "yolo_head_forward"])
+                   "yolo_head_forward", "multibox_loss_forward"])
 HOST_LAYERS = sorted(["ArgMax", "BatchReindex", "Filter", "DetectionOutput", "PriorBox",
                       "Region", "Yolo", "LSTM", "LSTMUnit", "RNN", "ROIPooling",
-                      "PSROIPooling", "Upsample"])
+                      "PSROIPooling", "Upsample", "MultiBoxLoss"])
 
 
 def test_every_op_but_the_host_ones_has_a_cuda_impl():

@@ -243,3 +243,166 @@ class DetectionOutputLayer(Layer):
 
     def allow_force_backward(self, bottom_index):
         return False
+
+
+@register("MultiBoxLoss")
+class MultiBoxLossLayer(Layer):
+    """SSD's `MultiBoxLoss`, the loss SSD trains with. Bottoms: loc (N x P*4, or P*num_classes*4
+    without share_location), conf (N x P*num_classes, raw scores), the priors (PriorBox's
+    1 x 2 x P*4) and the ground truth (1 x 1 x G x 8 rows [item_id, label, instance, xmin,
+    ymin, xmax, ymax, difficult] as AnnotatedData writes them; item_id -1 rows hold no box).
+    Top: the loss, a scalar.
+
+    Per image, the priors (use_prior_for_matching, the default) or the predictions decoded
+    against them are matched to the ground truth (match_type BIPARTITE, or PER_PREDICTION:
+    bipartite, then every box with IoU >= overlap_threshold to its best gt; ignore_cross_boundary
+    _bbox leaves boxes crossing the border out; difficult boxes count unless use_difficult_gt is
+    false). Negatives are mined (mining_type NONE: every prior enters the confidence loss;
+    MAX_NEGATIVE, the default: the neg_pos_ratio * positives unmatched priors with IoU below
+    neg_overlap and the highest confidence loss; HARD_EXAMPLE: the sample_size examples of
+    highest loc + conf loss, positives included; nms_param suppresses overlapping candidates
+    first, by nms_threshold, keeping at most its top_k, which the fork reads as 0, so none,
+    when unset; do_neg_mining is the legacy switch and must agree with mining_type). Then
+
+        loss = loc_weight * sum loc_loss(loc - encode(gt)) / n + sum conf_loss / n
+
+    with loc_loss smooth L1 (SMOOTH_L1, threshold 1) or half the square (L2) over the matched
+    priors, the targets coded as the fork's EncodeBBox (code_type CORNER, CENTER_SIZE,
+    CORNER_SIZE; divided by the variances unless encode_variance_in_target, in which case the
+    prediction and target are both divided by them after coding, as the fork does), conf_loss
+    softmax cross-entropy (SOFTMAX, label: the gt's, or background_label_id for a negative;
+    map_object_to_agnostic makes every object background_label_id + 1) or sigmoid cross-entropy
+    over every class (LOGISTIC; targets start at the value background_label_id, as the fork
+    fills them, with 1 at the gt's class, or at the background for a mined negative). n is
+    loss_param's normalization (VALID, the default: the number of matches; FULL: N*P;
+    BATCH_SIZE: N; NONE: 1; the legacy normalize true/false: VALID/BATCH_SIZE), at least 1.
+    As in the fork, a part enters the loss only where the layer's propagate_down lets it
+    (none given means true, true, false, false).
+
+    Backward gives the gradient to loc and conf for this forward's matches and negatives (the
+    matching and mining are not differentiated, as in the fork); a diff asked for the priors or
+    the labels is an error, as in the fork, so SSD's prototxts say propagate_down: true, true,
+    false, false. Ties among equal losses in the mining keep the lower prior index (the fork's
+    std::sort leaves them open). Where minicnn deliberately differs: the loc predictions enter
+    the loss in the net's dtype (the fork rounds them through float, the same numbers in a
+    float net); with encode_variance_in_target the loc gradient includes the 1 / variance of the
+    division (the fork leaves it out); for LOGISTIC without mining each image's targets sit at
+    its own priors (the fork steps its target pointer by P, not P*num_classes, per image, which
+    misplaces them after the first image); each forward matches afresh (the fork keeps
+    appending matches when no backward clears them). The mining's confidence losses follow the
+    fork's CPU code (ComputeConfLoss)."""
+    param_field = "multibox_loss_param"
+    exact_num_bottom = 4
+    exact_num_top = 1
+    is_loss = True
+    host_only = True
+
+    def layer_setup(self, bottom, top):
+        p = self.param.multibox_loss_param
+        if not p.HasField("num_classes"):
+            raise LayerError("multibox_loss_param.num_classes must be given")
+        if p.num_classes < 1:
+            raise LayerError(f"multibox_loss_param.num_classes must be at least 1, got "
+                             f"{p.num_classes}")
+        bg = p.background_label_id
+        mining = p.mining_type
+        if p.HasField("do_neg_mining") and p.do_neg_mining != (mining != "NONE"):
+            raise LayerError(f"multibox_loss_param.do_neg_mining "
+                             f"{str(p.do_neg_mining).lower()} contradicts mining_type "
+                             f"{mining} (do_neg_mining is deprecated: give mining_type only)")
+        if mining != "NONE" and not p.share_location:
+            raise LayerError(f"mining_type {mining} needs share_location: true (the SSD fork "
+                             "mines negatives with shared locations only)")
+        if mining != "NONE" and bg >= p.num_classes:
+            raise LayerError(f"background_label_id {bg} must be below num_classes "
+                             f"{p.num_classes} for mining_type {mining}")
+        if p.conf_loss_type == "SOFTMAX" and bg >= p.num_classes:
+            raise LayerError(f"background_label_id {bg} must be within [0, num_classes "
+                             f"{p.num_classes}) for conf_loss_type SOFTMAX")
+        if mining == "HARD_EXAMPLE" and p.sample_size <= 0:
+            raise LayerError(f"multibox_loss_param.sample_size must be positive for "
+                             f"HARD_EXAMPLE mining, got {p.sample_size}")
+        if p.map_object_to_agnostic and p.num_classes != 2:
+            raise LayerError(f"map_object_to_agnostic needs num_classes 2 (background and "
+                             f"object), got {p.num_classes}")
+        if not p.overlap_threshold >= 0 or not p.neg_overlap >= 0:
+            raise LayerError("multibox_loss_param.overlap_threshold and neg_overlap must be "
+                             "non-negative")
+        if not p.neg_pos_ratio >= 0:
+            raise LayerError(f"multibox_loss_param.neg_pos_ratio must be non-negative, got "
+                             f"{p.neg_pos_ratio:g}")
+        lp = self.param.loss_param
+        normalization = lp.normalization if lp.HasField("normalization") else (
+            ("VALID" if lp.normalize else "BATCH_SIZE") if lp.HasField("normalize") else "VALID")
+        down = list(self.param.propagate_down) or [True, True, False, False]
+        self.settings = {
+            "num_classes": p.num_classes, "share_location": p.share_location,
+            "match_type": p.match_type, "overlap_threshold": p.overlap_threshold,
+            "use_prior_for_matching": p.use_prior_for_matching, "background_label_id": bg,
+            "use_difficult_gt": p.use_difficult_gt, "mining_type": mining,
+            "neg_pos_ratio": p.neg_pos_ratio, "neg_overlap": p.neg_overlap,
+            "code_type": p.code_type, "encode_variance_in_target": p.encode_variance_in_target,
+            "map_object_to_agnostic": p.map_object_to_agnostic,
+            "ignore_cross_boundary_bbox": p.ignore_cross_boundary_bbox,
+            "bp_inside": p.bp_inside,
+            "nms": ((p.nms_param.nms_threshold, p.nms_param.top_k)
+                    if p.HasField("nms_param") else None),
+            "sample_size": p.sample_size, "use_prior_for_nms": p.use_prior_for_nms,
+            "loc_loss_type": p.loc_loss_type, "conf_loss_type": p.conf_loss_type,
+            "loc_weight": p.loc_weight, "normalization": normalization,
+            "loc_term": bool(down[0]), "conf_term": bool(down[1]) if len(down) > 1 else True}
+        self._grads = None
+
+    def reshape(self, bottom, top):
+        p = self.param.multibox_loss_param
+        num, loc_c, _, _ = _legacy_4d(self, bottom[0], "bottom[0] (loc)")
+        conf_num, conf_c, _, _ = _legacy_4d(self, bottom[1], "bottom[1] (conf)")
+        _, _, prior_h, _ = _legacy_4d(self, bottom[2], "bottom[2] (priors)")
+        if num != conf_num:
+            raise LayerError(f"loc has {num} items but conf has {conf_num} (shapes "
+                             f"{bottom[0].shape}, {bottom[1].shape})")
+        num_priors = prior_h // 4
+        loc_classes = 1 if p.share_location else p.num_classes
+        if bottom[2].count < 2 * num_priors * 4 or num_priors < 1:
+            raise LayerError(f"the priors (shape {bottom[2].shape}) must hold P boxes and their "
+                             "variances (PriorBox's 1 x 2 x P*4)")
+        if num_priors * loc_classes * 4 != loc_c or bottom[0].count != num * loc_c:
+            raise LayerError(f"loc has shape {bottom[0].shape}, but {num_priors} priors x "
+                             f"{loc_classes} location class(es) x 4 = "
+                             f"{num_priors * loc_classes * 4} values per item")
+        if num_priors * p.num_classes != conf_c or bottom[1].count != num * conf_c:
+            raise LayerError(f"conf has shape {bottom[1].shape}, but {num_priors} priors x "
+                             f"num_classes {p.num_classes} = {num_priors * p.num_classes} "
+                             f"values per item")
+        if bottom[3].count % 8:
+            raise LayerError(f"the ground truth (shape {bottom[3].shape}) must be rows of 8 "
+                             "(item_id, label, instance, xmin, ymin, xmax, ymax, difficult)")
+        top[0].reshape(())
+
+    def forward(self, bottom, top):
+        try:
+            loss, dloc, dconf, self.info = ops.multibox_loss_forward(
+                bottom[0].data, bottom[1].data, bottom[2].data, bottom[3].data,
+                **self.settings)
+        except ValueError as e:
+            raise LayerError(f"MultiBoxLoss: {e}") from None
+        self._grads = (dloc, dconf)
+        top[0].data[...] = loss
+
+    def backward(self, top, propagate_down, bottom):
+        for k, what in ((2, "prior"), (3, "label")):
+            if propagate_down[k]:
+                raise LayerError(f"MultiBoxLoss cannot backpropagate to its {what} input "
+                                 f"(bottom {k}); give propagate_down: true, true, false, false "
+                                 "as SSD's prototxts do")
+        if not (propagate_down[0] or propagate_down[1]):
+            return
+        if self._grads is None:
+            raise LayerError("MultiBoxLoss: backward before a forward")
+        scale = top[0].diff.reshape(-1)[0]
+        for k in (0, 1):
+            if propagate_down[k]:
+                bottom[k].diff[...] = self._grads[k] * scale
+
+    def allow_force_backward(self, bottom_index):
+        return bottom_index < 2

@@ -42,6 +42,7 @@ from minicnn.ops._dispatch import Op
 normalize_forward, normalize_backward = Op("normalize_forward"), Op("normalize_backward")
 prior_box_forward = Op("prior_box_forward")
 detection_output_forward = Op("detection_output_forward")
+multibox_loss_forward = Op("multibox_loss_forward")
 
 CODE_TYPES = ("CORNER", "CENTER_SIZE", "CORNER_SIZE")
 FLT_MAX = float(np.finfo(np.float32).max)
@@ -258,6 +259,398 @@ def _detection_output_forward_ref(loc, conf, prior, *, num_classes, share_locati
         out[:, 0] = np.arange(num)
         return out[None, None]
     return np.array(rows, dtype=np.float32).astype(dtype)[None, None]
+
+
+# --- MultiBoxLoss ------------------------------------------------------------------------------
+# SSD's training loss (the fork's multibox_loss_layer.cpp and bbox_util.cpp): match the priors
+# (or the decoded predictions) to the ground truth, pick the negatives, then
+#     loss = loc_weight * sum smooth_L1(loc - encode(gt)) / normalizer
+#          + sum -log softmax(conf)[label] / normalizer          (or logistic)
+# over the matched priors (loc) and the matched plus the mined priors (conf). The matching and
+# the mining are fixed by the forward; the gradient is that of the sums above.
+
+FLT_MIN = float(np.finfo(np.float32).tiny)
+MATCH_TYPES = ("BIPARTITE", "PER_PREDICTION")
+MINING_TYPES = ("NONE", "MAX_NEGATIVE", "HARD_EXAMPLE")
+
+
+def encode_boxes(priors, variances, boxes, code_type="CORNER", encode_variance_in_target=False):
+    """Targets (P, 4) float32 for ground-truth boxes (P, 4) against their priors (P, 4) and the
+    priors' variances, as the fork's EncodeBBox (the inverse of decode_boxes):
+
+        CORNER       (box - prior) / v
+        CENTER_SIZE  (centre - prior centre) / prior size / v[:2],  log(size / prior size) / v[2:]
+        CORNER_SIZE  (box - prior) / prior size / v
+    v is 1 with encode_variance_in_target. Sizes must be positive where the fork checks them
+    (prior sizes for CENTER_SIZE and CORNER_SIZE, box sizes for CENTER_SIZE): ValueError."""
+    f32 = np.float32
+    p, b = priors.astype(f32), boxes.astype(f32)
+    v = np.ones_like(p) if encode_variance_in_target else variances.astype(f32)
+    if code_type == "CORNER":
+        return (b - p) / v
+    if code_type not in CODE_TYPES:
+        raise ValueError(f"code_type must be one of {CODE_TYPES}, not {code_type!r}")
+    pw, ph = p[:, 2] - p[:, 0], p[:, 3] - p[:, 1]
+    if not (np.all(pw > 0) and np.all(ph > 0)):
+        raise ValueError(f"a prior matched to a ground-truth box has no positive width and "
+                         f"height ({code_type} divides by them)")
+    if code_type == "CORNER_SIZE":
+        return (b - p) / np.stack([pw, ph, pw, ph], axis=1) / v
+    bw, bh = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+    if not (np.all(bw > 0) and np.all(bh > 0)):
+        raise ValueError("a ground-truth box has no positive width and height (CENTER_SIZE "
+                         "takes their logarithm)")
+    pcx, pcy = (p[:, 0] + p[:, 2]) / f32(2), (p[:, 1] + p[:, 3]) / f32(2)
+    bcx, bcy = (b[:, 0] + b[:, 2]) / f32(2), (b[:, 1] + b[:, 3]) / f32(2)
+    return np.stack([(bcx - pcx) / pw / v[:, 0], (bcy - pcy) / ph / v[:, 1],
+                     np.log(bw / pw) / v[:, 2], np.log(bh / ph) / v[:, 3]], axis=1)
+
+
+def match_boxes(gt, preds, match_type="PER_PREDICTION", overlap_threshold=0.5,
+                ignore_cross_boundary=False):
+    """The fork's MatchBBox: (match, overlap) for each of the boxes ``preds`` (P, 4) against the
+    ground truth ``gt`` (G, 4), float32. match[i] is the gt row matched to box i, -1 for none,
+    -2 for a box ignored as crossing the image border (ignore_cross_boundary). overlap[i] is
+    the IoU with the matched gt, else the best IoU above 1e-6 (0 if none).
+
+    First a greedy bipartite pass: while some gt is free, the best overlapping pair of a free
+    gt and an unmatched box is matched (the first in box-then-gt order among equals); boxes and
+    gts without any overlap above 1e-6 are never paired. PER_PREDICTION then matches each box
+    still free to its best gt with IoU >= overlap_threshold (a gt may take many boxes)."""
+    f32 = np.float32
+    num_pred, num_gt = len(preds), len(gt)
+    match = np.full(num_pred, -1, dtype=np.int64)
+    overlap = np.zeros(num_pred, dtype=f32)
+    if num_gt == 0 or num_pred == 0:
+        return match, overlap
+    preds, gt = preds.astype(f32), gt.astype(f32)
+    iou = jaccard_overlap(preds[:, None, :], box_sizes(preds)[:, None], gt[None],
+                          box_sizes(gt)[None])                                      # (P, G)
+    valid = iou.astype(np.float64) > 1e-6           # the fork compares in double
+    if ignore_cross_boundary:
+        cross = np.any((preds < 0) | (preds > 1), axis=1)
+        match[cross] = -2
+        valid[cross] = False
+    overlap = np.where(valid, iou, f32(0)).max(axis=1)
+    free_gt = np.ones(num_gt, dtype=bool)
+    for _ in range(num_gt):
+        cand = np.where(valid & (match[:, None] == -1) & free_gt[None, :], iou, -np.inf)
+        k = int(np.argmax(cand))                    # the first of equals, box-major as the fork
+        i, j = divmod(k, num_gt)
+        if cand[i, j] == -np.inf:
+            break
+        match[i], overlap[i], free_gt[j] = j, iou[i, j], False
+    if match_type == "PER_PREDICTION":
+        cand = np.where(valid & (iou >= f32(overlap_threshold)), iou, -np.inf)
+        best = np.argmax(cand, axis=1)
+        rows = np.flatnonzero((match == -1) & (cand.max(axis=1) > -np.inf))
+        match[rows], overlap[rows] = best[rows], iou[rows, best[rows]]
+    elif match_type != "BIPARTITE":
+        raise ValueError(f"match_type must be one of {MATCH_TYPES}, not {match_type!r}")
+    return match, overlap
+
+
+def apply_nms(boxes, scores, threshold, top_k):
+    """The fork's ApplyNMS (the one its hard example mining calls): positions into ``boxes``
+    kept, best score first. Scores sorted high to low (stable), the top_k first (-1: all); boxes
+    smaller than 1e-5 are dropped; a box goes when its IoU with a kept one exceeds threshold;
+    stops once top_k are kept."""
+    order = list(np.argsort(-scores, kind="stable"))
+    if top_k > -1:
+        order = order[:top_k]
+    sizes = box_sizes(boxes)
+    kept = []
+    while order:
+        best = order.pop(0)
+        if sizes[best] < 1e-5:
+            continue
+        kept.append(best)
+        if top_k > -1 and len(kept) >= top_k:
+            break
+        rest = np.array(order, dtype=np.int64)
+        if not len(rest):
+            break
+        iou = jaccard_overlap(boxes[best], sizes[best], boxes[rest], sizes[rest])
+        order = [int(r) for r, o in zip(rest, iou) if not (sizes[r] < 1e-5 or o > threshold)]
+    return kept
+
+
+def _ground_truth(label, background_label_id, use_difficult_gt):
+    """The fork's GetGroundTruth: {item: (boxes (G, 4) float32, labels (G,))} from the rows
+    [item_id, label, instance, xmin, ymin, xmax, ymax, difficult]; item_id -1 rows are skipped,
+    difficult ones too unless use_difficult_gt. The background label is an error."""
+    gts = {}
+    for row in np.asarray(label, dtype=np.float64).reshape(-1, 8):
+        item = int(row[0])                                  # C++ int(): towards zero
+        if item == -1:
+            continue
+        cls = int(row[1])
+        if cls == background_label_id:
+            raise ValueError(f"a ground-truth box has the background label "
+                             f"{background_label_id} (row {list(row)})")
+        if not use_difficult_gt and bool(row[7]):
+            continue
+        gts.setdefault(item, ([], []))
+        gts[item][0].append(row[3:7])
+        gts[item][1].append(cls)
+    return {i: (np.array(b, dtype=np.float32), np.array(c, dtype=np.int64))
+            for i, (b, c) in gts.items()}
+
+
+def _conf_loss_per_prior(conf, labels, conf_loss_type):
+    """(P,) the fork's ComputeConfLoss for one image: conf (P, C), the label of each prior."""
+    rows = np.arange(len(conf))
+    if conf_loss_type == "SOFTMAX":
+        z = conf - conf.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        prob = e[rows, labels] / e.sum(axis=1)
+        return -np.log(np.maximum(prob, conf.dtype.type(FLT_MIN)))
+    target = np.zeros_like(conf)
+    target[rows, labels] = 1
+    return _logistic_loss(conf, target).sum(axis=1)
+
+
+def _logistic_loss(x, t):
+    """Caffe's stable sigmoid cross-entropy, elementwise."""
+    pos = (x >= 0).astype(x.dtype)
+    return -(x * (t - pos) - np.log1p(np.exp(x - 2 * x * pos)))
+
+
+def _loc_terms(loc3, gts, matches, priors, variances, *, share_location, code_type,
+               encode_variance_in_target, bp_inside, use_prior_for_matching):
+    """The fork's EncodeLocPrediction over every matched prior (image, then label, then prior
+    order): (pred, target, dpred_dloc, where) with where = (image, prior, loc column) of each
+    row; dpred_dloc is 0 where bp_inside put the target in place of the prediction and 1 / v
+    where encode_variance_in_target divides by the variances."""
+    rows = [(i, j, 0 if share_location else lab, m[j])
+            for i in sorted(matches) for lab in sorted(matches[i])
+            for m in (matches[i][lab][0],) for j in np.flatnonzero(m > -1)]
+    if not rows:
+        z = np.zeros((0, 4), loc3.dtype)
+        return z, z, z, np.zeros((0, 3), np.int64)
+    where = np.array([r[:3] for r in rows], dtype=np.int64)
+    gt_box = np.stack([gts[i][0][g] for i, _, _, g in rows])
+    j = where[:, 1]
+    target = encode_boxes(priors[j], variances[j], gt_box, code_type,
+                          encode_variance_in_target).astype(loc3.dtype)
+    pred = loc3[where[:, 0], j, where[:, 2]].copy()
+    scale = np.ones_like(pred)
+    if bp_inside:
+        box = priors[j] if use_prior_for_matching else decode_boxes(
+            priors[j], variances[j], pred, code_type, encode_variance_in_target)
+        outside = (box < 0) | (box > 1)
+        pred[outside], scale[outside] = target[outside], 0
+    if encode_variance_in_target:
+        v = variances[j].astype(loc3.dtype)
+        pred, target, scale = pred / v, target / v, scale / v
+    return pred, target, scale, where
+
+
+def _loc_loss(diff, loc_loss_type):
+    """(loss per element, d loss / d diff): smooth L1 (SSD's SmoothL1Loss, threshold 1) or
+    half the square (EuclideanLoss)."""
+    if loc_loss_type == "L2":
+        return diff * diff / 2, diff
+    a = np.abs(diff)
+    small = a < 1
+    return np.where(small, diff * diff / 2, a - diff.dtype.type(0.5)), \
+        np.where(small, diff, np.sign(diff))
+
+
+@multibox_loss_forward.impl("ref")
+def _multibox_loss_forward_ref(loc, conf, prior, label, *, num_classes, share_location=True,
+                               match_type="PER_PREDICTION", overlap_threshold=0.5,
+                               use_prior_for_matching=True, background_label_id=0,
+                               use_difficult_gt=True, mining_type="MAX_NEGATIVE",
+                               neg_pos_ratio=3.0, neg_overlap=0.5, code_type="CORNER",
+                               encode_variance_in_target=False, map_object_to_agnostic=False,
+                               ignore_cross_boundary_bbox=False, bp_inside=False, nms=None,
+                               sample_size=64, use_prior_for_nms=False,
+                               loc_loss_type="SMOOTH_L1", conf_loss_type="SOFTMAX",
+                               loc_weight=1.0, normalization="VALID", loc_term=True,
+                               conf_term=True):
+    """SSD's MultiBoxLoss on loc (N, P * L * 4; L = 1 with share_location, else num_classes),
+    conf (N, P * num_classes, raw scores), prior (PriorBox's (1, 2, P * 4)) and label (the
+    ground truth, rows of 8). ``nms`` is (nms_threshold, top_k) when nms_param is given.
+    loc_term / conf_term: whether each part enters the loss (the layer's propagate_down).
+
+    Returns (loss, dloc, dconf, info): the loss (a scalar of loc's dtype), its gradients with
+    respect to loc and conf for this forward's matches and mined negatives, and info: the
+    matches {image: {label: (match, overlap)}}, the negatives {image: priors}, num_matches."""
+    dtype, f32 = loc.dtype, np.float32
+    num, num_priors = loc.shape[0], prior.shape[-1] // 4
+    num_loc = 1 if share_location else num_classes
+    flat = prior.reshape(-1).astype(f32)
+    priors = flat[:num_priors * 4].reshape(-1, 4)
+    variances = flat[num_priors * 4:num_priors * 8].reshape(-1, 4)
+    loc3 = loc.reshape(num, num_priors, num_loc, 4)
+    conf3 = conf.reshape(num, num_priors, num_classes)
+    bg = background_label_id
+    gts = {i: g for i, g in _ground_truth(label, bg, use_difficult_gt).items() if 0 <= i < num}
+
+    # --- matching (FindMatches) ---
+    matches = {}
+    for i, (gt_box, gt_cls) in gts.items():
+        per_label = matches[i] = {}
+        if not use_prior_for_matching:
+            for c in range(num_loc):
+                lab = -1 if share_location else c
+                if not share_location and lab == bg:
+                    continue
+                boxes = decode_boxes(priors, variances, loc3[i, :, c], code_type,
+                                     encode_variance_in_target)
+                sel = np.arange(len(gt_cls)) if lab == -1 else np.flatnonzero(gt_cls == lab)
+                m, o = match_boxes(gt_box[sel], boxes, match_type, overlap_threshold,
+                                   ignore_cross_boundary_bbox)
+                to_row = np.append(sel, -1)        # gt rows of this label; -1 for none
+                per_label[lab] = (np.where(m > -1, to_row[np.where(m > -1, m, -1)], m), o)
+        else:
+            m, o = match_boxes(gt_box, priors, match_type, overlap_threshold,
+                               ignore_cross_boundary_bbox)
+            if share_location:
+                per_label[-1] = (m, o)
+            else:
+                for c in range(num_classes):
+                    if c != bg:
+                        mine = (m > -1) & (gt_cls[np.maximum(m, 0)] == c)
+                        per_label[c] = (np.where(mine, m, -1), o)
+
+    def gt_label_of(i, g):
+        return bg + 1 if map_object_to_agnostic else int(gts[i][1][g])
+
+    for i, per_label in matches.items():
+        for m, _ in per_label.values():
+            for g in m[m > -1]:
+                if not 0 <= gt_label_of(i, g) < num_classes:
+                    raise ValueError(f"a matched ground-truth box has label {gt_label_of(i, g)}, "
+                                     f"outside [0, num_classes {num_classes})")
+    num_matches = sum(int(np.sum(m > -1)) for i in matches for m, _ in matches[i].values())
+
+    # --- mining (MineHardExamples) ---
+    negatives = {i: np.zeros(0, np.int64) for i in range(num)}
+    if mining_type != "NONE":
+        loc_loss_prior = np.zeros((num, num_priors), f32)
+        if mining_type == "HARD_EXAMPLE":
+            pred, target, _, where = _loc_terms(
+                loc3, gts, matches, priors, variances, share_location=share_location,
+                code_type=code_type, encode_variance_in_target=encode_variance_in_target,
+                bp_inside=bp_inside, use_prior_for_matching=use_prior_for_matching)
+            per_row = _loc_loss(pred - target, loc_loss_type)[0].sum(axis=1)
+            loc_loss_prior[where[:, 0], where[:, 1]] = per_row
+        for i in range(num):
+            labels = np.full(num_priors, bg, dtype=np.int64)
+            for m, _ in (matches[i].values() if i in matches else ()):
+                hit = (m > -1) & (labels == bg)     # the first label's match counts
+                labels[hit] = [gt_label_of(i, g) for g in m[hit]]
+            loss = _conf_loss_per_prior(conf3[i], labels, conf_loss_type).astype(f32) \
+                + loc_loss_prior[i]
+            if i not in matches:
+                continue                            # an image without gt mines nothing
+            for lab in sorted(matches[i]):
+                m, o = matches[i][lab]
+                if mining_type == "MAX_NEGATIVE":
+                    eligible = np.flatnonzero((m == -1) & (o < f32(neg_overlap)))
+                    num_pos = int(np.sum(m > -1))
+                    num_sel = min(int(f32(num_pos) * f32(neg_pos_ratio)), len(eligible))
+                else:
+                    eligible = np.arange(num_priors)
+                    num_sel = min(sample_size, len(eligible))
+                if nms is not None and nms[0] > 0:
+                    boxes = priors if use_prior_for_nms else decode_boxes(
+                        priors, variances, loc3[i, :, 0], code_type, encode_variance_in_target)
+                    kept = apply_nms(boxes[eligible], loss[eligible], nms[0], nms[1])
+                    chosen = eligible[kept[:min(len(kept), num_sel)]]
+                else:                               # stable: the fork's std::sort is not
+                    chosen = eligible[np.argsort(-loss[eligible], kind="stable")[:num_sel]]
+                picked = np.zeros(num_priors, dtype=bool)
+                picked[chosen] = True
+                if mining_type == "HARD_EXAMPLE":
+                    dropped = (m > -1) & ~picked
+                    num_matches -= int(dropped.sum())
+                    m = np.where(dropped, -1, m)
+                    matches[i][lab] = (m, o)
+                negatives[i] = np.flatnonzero((m == -1) & picked)
+
+    # --- localization loss (EncodeLocPrediction, then SmoothL1Loss or EuclideanLoss) ---
+    dloc = np.zeros(loc3.shape, dtype)
+    loc_loss = dtype.type(0)
+    if num_matches >= 1:
+        pred, target, scale, where = _loc_terms(
+            loc3, gts, matches, priors, variances, share_location=share_location,
+            code_type=code_type, encode_variance_in_target=encode_variance_in_target,
+            bp_inside=bp_inside, use_prior_for_matching=use_prior_for_matching)
+        per_elem, grad = _loc_loss(pred - target, loc_loss_type)
+        loc_loss = per_elem.sum(dtype=dtype)
+        dloc[where[:, 0], where[:, 1], where[:, 2]] = grad * scale
+
+    # --- confidence loss (EncodeConfPrediction, then SoftmaxWithLoss or SigmoidCrossEntropy) ---
+    if mining_type != "NONE":
+        picks, cls = [], []                         # (image, prior) rows and their labels
+        for i in range(num):
+            for lab in sorted(matches.get(i, {})):
+                m = matches[i][lab][0]
+                for j in np.flatnonzero(m > -1):
+                    picks.append((i, j))
+                    cls.append(gt_label_of(i, m[j]))
+            picks += [(i, j) for j in negatives[i]]
+            cls += [-1] * len(negatives[i])         # -1: a negative
+        picks = np.array(picks, dtype=np.int64).reshape(-1, 2)
+        cls = np.array(cls, dtype=np.int64)
+        rows = conf3[picks[:, 0], picks[:, 1]]
+        if conf_loss_type == "SOFTMAX":
+            target = np.where(cls == -1, bg, cls)
+        else:
+            target = np.full(rows.shape, dtype.type(bg), dtype=dtype)
+            pos = np.flatnonzero(cls > -1)
+            target[pos, cls[pos]] = 1
+            if 0 <= bg < num_classes:
+                target[cls == -1, bg] = 1
+    else:
+        picks = np.stack(np.meshgrid(np.arange(num), np.arange(num_priors), indexing="ij"),
+                         axis=-1).reshape(-1, 2)
+        rows = conf3.reshape(-1, num_classes)
+        if conf_loss_type == "SOFTMAX":
+            target = np.full((num, num_priors), bg, dtype=np.int64)
+        else:
+            target = np.full((num, num_priors, num_classes), dtype.type(bg), dtype=dtype)
+        for i in sorted(matches):
+            for lab in sorted(matches[i]):          # a later label overwrites, as the fork
+                m = matches[i][lab][0]
+                for j in np.flatnonzero(m > -1):
+                    if conf_loss_type == "SOFTMAX":
+                        target[i, j] = gt_label_of(i, m[j])
+                    else:
+                        target[i, j, gt_label_of(i, m[j])] = 1
+        target = target.reshape(len(rows), -1) if conf_loss_type != "SOFTMAX" \
+            else target.reshape(-1)
+    dconf = np.zeros(conf3.shape, dtype)
+    conf_loss = dtype.type(0)
+    if len(rows):
+        if conf_loss_type == "SOFTMAX":
+            z = rows - rows.max(axis=1, keepdims=True)
+            e = np.exp(z)
+            prob = e / e.sum(axis=1, keepdims=True)
+            idx = np.arange(len(rows))
+            conf_loss = -np.log(np.maximum(prob[idx, target], dtype.type(FLT_MIN))).sum()
+            grad = prob
+            grad[idx, target] -= 1
+        else:
+            conf_loss = _logistic_loss(rows, target).sum()
+            grad = 1 / (1 + np.exp(-rows)) - target
+        dconf[picks[:, 0], picks[:, 1]] = grad
+
+    count = {"FULL": num * num_priors, "VALID": num_matches, "BATCH_SIZE": num,
+             "NONE": 1}[normalization]
+    normalizer = dtype.type(max(1.0, float(count)))
+    loss = dtype.type(0)
+    if loc_term:
+        loss += dtype.type(loc_weight) * loc_loss / normalizer
+    if conf_term:
+        loss += conf_loss / normalizer
+    dloc *= dtype.type(loc_weight) / normalizer
+    dconf /= normalizer
+    info = {"matches": matches, "negatives": negatives, "num_matches": num_matches}
+    return dtype.type(loss), dloc.reshape(loc.shape), dconf.reshape(conf.shape), info
 
 
 # --- CUDA (Normalize only: CuPy reductions, as the reference; PriorBox and DetectionOutput run

@@ -33,6 +33,10 @@ enum SnapshotFormat      HDF5=0 BINARYPROTO=1
 enum SolverMode          CPU=0 GPU=1
 enum SolverType          SGD=0 NESTEROV=1 ADAGRAD=2 RMSPROP=3 ADADELTA=4 ADAM=5
 enum CodeType            CORNER=1 CENTER_SIZE=2 CORNER_SIZE=3
+enum LocLossType         L2=0 SMOOTH_L1=1
+enum ConfLossType        SOFTMAX=0 LOGISTIC=1
+enum MatchType           BIPARTITE=0 PER_PREDICTION=1
+enum MiningType          NONE=0 MAX_NEGATIVE=1 HARD_EXAMPLE=2
 enum V1LayerType         NONE=0 ACCURACY=1 BNLL=2 CONCAT=3 CONVOLUTION=4 DATA=5 DROPOUT=6
                          EUCLIDEAN_LOSS=7 FLATTEN=8 HDF5_DATA=9 HDF5_OUTPUT=10 IM2COL=11
                          IMAGE_DATA=12 INFOGAIN_LOSS=13 INNER_PRODUCT=14 LRN=15
@@ -235,6 +239,7 @@ message LayerParameter
   202 permute_param       PermuteParameter
   203 prior_box_param     PriorBoxParameter
   204 detection_output_param DetectionOutputParameter
+  201 multibox_loss_param MultiBoxLossParameter
   206 norm_param          NormalizeParameter
   200 annotated_data_param AnnotatedDataParameter  # SSD (weiliu89/caffe, branch ssd)
   9143 interp_param       InterpParameter    # DeepLab/PSPNet fork; their 143 is BVLC's input_param
@@ -693,6 +698,30 @@ message PSROIPoolingParameter  # R-FCN's PSROIPooling (all three required there)
 
 message SmoothL1LossParameter  # caffe-fast-rcnn's SmoothL1Loss
   1   sigma               float    = 1
+
+message MultiBoxLossParameter  # SSD's MultiBoxLoss (Wei Liu's caffe, branch ssd)
+  1   loc_loss_type       LocLossType = SMOOTH_L1
+  2   conf_loss_type      ConfLossType = SOFTMAX
+  3   loc_weight          float    = 1
+  4   num_classes         uint32
+  5   share_location      bool     = true
+  6   match_type          MatchType = PER_PREDICTION
+  7   overlap_threshold   float    = 0.5
+  8   use_prior_for_matching bool  = true
+  9   background_label_id uint32   = 0
+  10  use_difficult_gt    bool     = true
+  11  do_neg_mining       bool
+  12  neg_pos_ratio       float    = 3
+  13  neg_overlap         float    = 0.5
+  14  code_type           CodeType = CORNER
+  16  encode_variance_in_target bool = false
+  17  map_object_to_agnostic bool  = false
+  18  ignore_cross_boundary_bbox bool = false
+  19  bp_inside           bool     = false
+  20  mining_type         MiningType = MAX_NEGATIVE
+  21  nms_param           NonMaximumSuppressionParameter
+  22  sample_size         int32    = 64
+  23  use_prior_for_nms   bool     = false
 
 message NormalizeParameter
   1   across_spatial      bool     = true
