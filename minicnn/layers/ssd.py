@@ -289,8 +289,9 @@ class MultiBoxLossLayer(Layer):
     division (the fork leaves it out); for LOGISTIC without mining each image's targets sit at
     its own priors (the fork steps its target pointer by P, not P*num_classes, per image, which
     misplaces them after the first image); each forward matches afresh (the fork keeps
-    appending matches when no backward clears them). The mining's confidence losses follow the
-    fork's CPU code (ComputeConfLoss)."""
+    appending matches when no backward clears them). The mining's confidence losses are the
+    fork's ComputeConfLoss (its GPU version computes the same). A GPU net runs the layer on host
+    copies of its blobs."""
     param_field = "multibox_loss_param"
     exact_num_bottom = 4
     exact_num_top = 1

@@ -8,7 +8,8 @@ SoftmaxWithLoss/SigmoidCrossEntropyLoss with the fork's normalizer) on hypothesi
 the gradients by float64 finite differences (the matching and mining are fixed by the forward,
 and random draws keep them away from ties under a 1e-6 step); bad parameters and shapes give
 LayerErrors; and an SSD-style net built from prototxt text (conv -> loc/conf heads -> Permute,
-Flatten, Concat, PriorBox, MultiBoxLoss on an Input label blob) trains with a falling loss.
+Flatten, Concat, PriorBox, MultiBoxLoss on an Input label blob) trains with a falling loss,
+and on the GPU (the emulator here) gives the CPU's loss and diffs, the loss on host copies.
 """
 
 import math
@@ -24,6 +25,7 @@ from minicnn.layers import MultiBoxLossLayer
 from minicnn.ops.ssd import decode_boxes, encode_boxes, match_boxes
 from minicnn.proto import caffe_pb2, parse_text
 from minicnn.testing import check_layer_gradient
+from tests.gpu.conftest import gpu  # noqa: F401  (the emulator, and a GPU where there is one)
 
 F = np.float32
 FLT_MIN = float(np.finfo(np.float32).tiny)
@@ -703,3 +705,23 @@ def test_net_without_propagate_down_stops_at_backward_as_the_fork_does():
     net.forward(data=np.zeros((2, 3, 16, 16), np.float32))
     with pytest.raises(NetError, match="cannot backpropagate to its prior input"):
         net.backward()
+
+
+def test_ssd_net_on_the_gpu_runs_the_loss_on_the_host(gpu, tmp_path):
+    from minicnn import cuda
+    minicnn.set_random_seed(4)
+    net = minicnn.Net(parse_text(SSD_NET), phase=minicnn.TRAIN)
+    weights = str(tmp_path / "net.caffemodel")
+    net.save(weights)
+    data = np.random.default_rng(5).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    inputs = {"data": data, "label": SSD_LABEL}
+    want = float(net.forward(**inputs)["mbox_loss"])
+    net.backward()
+    gpu_net = minicnn.Net(parse_text(SSD_NET), weights, phase=minicnn.TRAIN, device=0)
+    got = float(cuda.to_host(gpu_net.forward(**inputs)["mbox_loss"]))
+    gpu_net.backward()
+    assert "MultiBoxLoss" in [gpu_net.layers[i].type for i in gpu_net._mirrors]
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    for name in ("conv1", "conv1_mbox_loc", "conv1_mbox_conf"):
+        np.testing.assert_allclose(cuda.to_host(gpu_net.params[name][0].diff),
+                                   net.params[name][0].diff, rtol=1e-4, atol=1e-6)
