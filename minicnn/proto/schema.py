@@ -255,6 +255,9 @@ message LayerParameter
   20110 segmentation_data_param SegmentationDataParameter  # open_nsfw model uses 10001)
   20003 region_param      RegionParameter     # minicnn's own (YOLOv2's [region])
   20004 yolo_param        YoloParameter       # minicnn's own (YOLOv3's [yolo])
+  9147 center_loss_param  CenterLossParameter  # ydwen/caffe-face; its 147 is BVLC's swish_param
+  9247 margin_inner_product_param MarginInnerProductParameter  # SphereFace; also its 147
+  163 label_specific_add_param LabelSpecificAddParameter  # AM-Softmax (happynear) forks
 
 message TransformationParameter
   1   scale               float    = 1
@@ -728,6 +731,27 @@ message NormalizeParameter
   2   scale_filler        FillerParameter
   3   channel_shared      bool     = true
   4   eps                 float    = 1e-10
+
+message CenterLossParameter    # ydwen/caffe-face's CenterLoss (Wen et al., ECCV 2016)
+  1   num_output          uint32
+  2   center_filler       FillerParameter
+  3   axis                int32    = 1
+
+enum MarginType          SINGLE=0 DOUBLE=1 TRIPLE=2 QUADRUPLE=3
+message MarginInnerProductParameter  # SphereFace's A-Softmax layer (wy1iu/sphereface)
+  1   num_output          uint32
+  2   type                MarginType = SINGLE
+  3   weight_filler       FillerParameter
+  4   axis                int32    = 1
+  5   base                float    = 1
+  6   gamma               float    = 0
+  7   power               float    = 1
+  8   iteration           int32    = 0
+  9   lambda_min          float    = 0
+
+message LabelSpecificAddParameter  # AM-Softmax's additive margin (happynear's forks)
+  1   bias                float    = 0
+  2   transform_test      bool     = false
 
 message V1LayerParameter
   1   layer               V0LayerParameter

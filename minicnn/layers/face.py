@@ -1,0 +1,235 @@
+"""The face-recognition forks' layers: CenterLoss (ydwen/caffe-face), SphereFace's
+MarginInnerProduct (A-Softmax) and AM-Softmax's LabelSpecificAdd. The math is minicnn.ops.face;
+all three compute with NumPy (host layers in a GPU net)."""
+
+import math
+
+import numpy as np
+
+from minicnn import ops
+from minicnn.errors import LayerError
+from minicnn.layer import Layer, register
+from minicnn.layers.loss import _check_item_labels, _check_label_values, _no_label_gradient
+
+
+def _int_labels(layer, labels, num_classes):
+    _check_label_values(layer, labels, num_classes, None)
+    return labels.reshape(-1).astype(np.int64)
+
+
+def _positive(layer, message, field):
+    value = getattr(getattr(layer.param, message), field)
+    if value <= 0:
+        raise LayerError(f"{layer.type} layer '{layer.name}': {message}.{field} must be > 0, "
+                         f"got {value}")
+    return value
+
+
+@register("CenterLoss")
+class CenterLossLayer(Layer):
+    """ydwen/caffe-face's `CenterLoss` (Wen et al., ECCV 2016): loss = sum_i ||x_i - c_{y_i}||^2
+    / (2 M), pulling each item's features x_i towards a learned centre of its class.
+
+    bottom[0]: features, M items (the first axis) of K = count from center_loss_param.axis
+    (default 1) on; bottom[1]: one label per item (M or M x 1 x 1 x 1). blobs[0]: the centres,
+    num_output x K, filled by center_filler. top[0]: the loss, shape ().
+
+    Backward as the fork: the features get the gradient, loss_weight * (x_i - c_{y_i}) / M. The
+    centres' diff is the fork's update rule, not the gradient: row j is set to
+    sum_{i: y_i = j} (c_j - x_i) / (1 + n_j), n_j the items of class j, 0 for a class the batch
+    lacks, not scaled by loss_weight; the solver then moves the centres by lr * lr_mult times it
+    (lr_mult is the paper's alpha). Like the fork (its GPU code), the diff is assigned, not
+    added: with iter_size > 1 only the last pass's update counts, as in the fork."""
+    param_field = "center_loss_param"
+    exact_num_bottom = 2
+    exact_num_top = 1
+    is_loss = True
+    index_bottom = 1
+    host_only = True
+
+    def layer_setup(self, bottom, top):
+        p = self.param.center_loss_param
+        self.num_classes = _positive(self, "center_loss_param", "num_output")
+        axis = self.canonical_axis(bottom[0], p.axis, "center_loss_param.axis")
+        self.K = math.prod(bottom[0].shape[axis:])
+        self.init_param(0, (self.num_classes, self.K), p.center_filler, "centers")
+
+    def reshape(self, bottom, top):
+        x, labels = bottom
+        axis = self.canonical_axis(x, self.param.center_loss_param.axis, "center_loss_param.axis")
+        k = math.prod(x.shape[axis:])
+        if k != self.K or x.shape[0] * k != x.count:
+            raise LayerError(f"CenterLoss reads its features (shape {x.shape}) as {x.shape[0]} "
+                             f"items of K = {self.K} values (the count from "
+                             f"center_loss_param.axis on, fixed at setup), but they hold "
+                             f"{x.count} values with {k} from axis {axis} on")
+        _check_item_labels(x, labels)
+        top[0].reshape(())
+
+    def forward(self, bottom, top):
+        x, labels = bottom
+        self._labels = _int_labels(self, labels.data, self.num_classes)
+        loss, self._distance = ops.center_loss_forward(
+            x.data.reshape(x.shape[0], self.K), self._labels, self.blobs[0].data)
+        top[0].data[...] = loss
+
+    def backward(self, top, propagate_down, bottom):
+        _no_label_gradient(self, propagate_down)
+        if not (propagate_down[0] or self.param_propagate_down[0]):
+            return
+        dx, dcenters = ops.center_loss_backward(self._distance, self._labels, self.num_classes,
+                                                float(top[0].diff))
+        if self.param_propagate_down[0]:
+            self.blobs[0].diff[...] = dcenters           # assigned, as the fork's update rule
+        if propagate_down[0]:
+            bottom[0].diff[...] = dx.reshape(bottom[0].shape)
+
+    def allow_force_backward(self, bottom_index):
+        return bottom_index == 0
+
+
+@register("MarginInnerProduct")
+class MarginInnerProductLayer(Layer):
+    """SphereFace's `MarginInnerProduct` (A-Softmax, wy1iu/sphereface): an inner product with
+    unit-length weight rows, whose target logit |x| cos(theta) becomes |x| psi(theta),
+    psi = (-1)^k cos(m theta) - 2k, m = 1, 2, 3, 4 for type SINGLE, DOUBLE, TRIPLE, QUADRUPLE;
+    mixed as (lambda x.w + |x| psi) / (1 + lambda) to anneal from the plain softmax.
+
+    bottom[0]: features (M items of K from margin_inner_product_param.axis, default 1, on);
+    bottom[1]: one label per item. blobs[0]: weights, num_output x K (weight_filler); no bias.
+    top[0]: bottom.shape[:axis] + (num_output,); an optional top[1]: lambda, shape (1,).
+
+    As the fork: every forward first counts an iteration (starting from `iteration`, default 0;
+    TEST forwards count too) and sets lambda = max(base * (1 + gamma * iter)^-power,
+    lambda_min); then it rescales the weight rows to unit length in place, so the stored
+    weights are the normalised ones. SINGLE is the plain x w^T (lambda unused).
+
+    Backward as the fork, which is not the gradient of its forward for DOUBLE, TRIPLE and
+    QUADRUPLE (SphereFace's models were trained so; minicnn follows): the weights get dy^T x,
+    the plain inner product's diff, for every type (the margin and the normalisation are left
+    out); the features get dy w for the non-target classes and, for the target one, the
+    gradient's two coefficients (of w_t and of x) rescaled to unit length, plus the lambda
+    part. SINGLE's features diff is the gradient with the normalised weights held fixed.
+
+    Where the fork differs: its forward writes top[1] even when there is none (out of
+    bounds); minicnn writes lambda only to a top[1] that is there. Labels that are not
+    classes are an error. A zero feature row or weight row gives NaN, as in the fork."""
+    param_field = "margin_inner_product_param"
+    exact_num_bottom = 2
+    min_num_top, max_num_top = 1, 2
+    index_bottom = 1
+    host_only = True
+
+    def layer_setup(self, bottom, top):
+        p = self.param.margin_inner_product_param
+        self.num_classes = _positive(self, "margin_inner_product_param", "num_output")
+        self.margin_type = p.type
+        axis = self._axis(bottom[0])
+        self.K = math.prod(bottom[0].shape[axis:])
+        self.init_param(0, (self.num_classes, self.K), p.weight_filler, "weights")
+        self.iter = p.iteration
+        self.lam = 0.0
+
+    def _axis(self, blob):
+        return self.canonical_axis(blob, self.param.margin_inner_product_param.axis,
+                                   "margin_inner_product_param.axis")
+
+    def reshape(self, bottom, top):
+        x, labels = bottom
+        axis = self._axis(x)
+        k = math.prod(x.shape[axis:])
+        if k != self.K:
+            raise LayerError(f"MarginInnerProduct's input (shape {x.shape}) has K = {k} values "
+                             f"from axis {axis} on, but the weights were set up for K = {self.K}")
+        self.axis, self.M = axis, math.prod(x.shape[:axis])
+        if labels.shape[:1] != x.shape[:1] or labels.count != self.M:
+            raise LayerError(f"MarginInnerProduct needs one label per item: {self.M} labels with "
+                             f"first dimension {x.shape[0]} for features of shape {x.shape}, "
+                             f"got labels of shape {labels.shape}")
+        top[0].reshape(x.shape[:axis] + (self.num_classes,))
+        if len(top) > 1:
+            top[1].reshape((1,))
+
+    def lambda_at(self, iteration):
+        p = self.param.margin_inner_product_param
+        return ops.face.margin_lambda(iteration, base=p.base, gamma=p.gamma, power=p.power,
+                                      lambda_min=p.lambda_min)
+
+    def forward(self, bottom, top):
+        x, labels = bottom
+        self._labels = _int_labels(self, labels.data, self.num_classes)
+        self.iter += 1
+        self.lam = self.lambda_at(self.iter)
+        if len(top) > 1:
+            top[1].data[...] = self.lam
+        w = self.blobs[0].data
+        w /= np.sqrt(np.sum(w * w, axis=1, keepdims=True))             # in place, as the fork
+        y, self._x_norm = ops.margin_inner_product_forward(
+            x.data.reshape(self.M, self.K), w, self._labels, lam=self.lam,
+            margin_type=self.margin_type)
+        top[0].data[...] = y.reshape(top[0].shape)
+
+    def backward(self, top, propagate_down, bottom):
+        _no_label_gradient(self, propagate_down)
+        if not (propagate_down[0] or self.param_propagate_down[0]):
+            return
+        x = bottom[0]
+        dx, dw = ops.margin_inner_product_backward(
+            top[0].diff.reshape(self.M, self.num_classes), x.data.reshape(self.M, self.K),
+            self.blobs[0].data, self._labels, self._x_norm, lam=self.lam,
+            margin_type=self.margin_type)
+        if self.param_propagate_down[0]:
+            self.blobs[0].diff += dw
+        if propagate_down[0]:
+            x.diff[...] = dx.reshape(x.shape)
+
+    def allow_force_backward(self, bottom_index):
+        return bottom_index == 0
+
+
+@register("LabelSpecificAdd")
+class LabelSpecificAddLayer(Layer):
+    """AM-Softmax's `LabelSpecificAdd` (happynear's forks; CosFace's additive margin): adds
+    label_specific_add_param.bias (the margin, negative: -0.35 in AM-Softmax's prototxts) to
+    each item's target score, where that score is above -bias (the fork's condition), in TRAIN.
+
+    bottom[0]: scores, N items (the first axis) of count / N classes; bottom[1]: one label per
+    item. top[0]: bottom[0]'s shape (in place allowed). Backward passes the diff through
+    unchanged, the gradient of the shift.
+
+    The fork's transform_test has no effect: its setup keeps it only in TRAIN, and its forward
+    returns early in TEST unless it is kept, so TEST never adds the bias. minicnn follows."""
+    param_field = "label_specific_add_param"
+    exact_num_bottom = 2
+    exact_num_top = 1
+    index_bottom = 1
+    host_only = True
+
+    def layer_setup(self, bottom, top):
+        self.bias = float(self.param.label_specific_add_param.bias)
+
+    def reshape(self, bottom, top):
+        x, labels = bottom
+        _check_item_labels(x, labels)
+        self.num_classes = x.count // x.shape[0]
+        if top[0] is not x:
+            top[0].reshape(x.shape)
+
+    def forward(self, bottom, top):
+        x, labels = bottom
+        n = x.shape[0]
+        label_ints = _int_labels(self, labels.data, self.num_classes)
+        if self.phase != "TRAIN":                       # transform_test: see the docstring
+            if top[0] is not x:
+                top[0].data[...] = x.data
+            return
+        top[0].data[...] = ops.label_specific_add_forward(
+            x.data.reshape(n, self.num_classes), label_ints, bias=self.bias).reshape(x.shape)
+
+    def backward(self, top, propagate_down, bottom):
+        _no_label_gradient(self, propagate_down)
+        if propagate_down[0] and top[0] is not bottom[0]:
+            bottom[0].diff[...] = top[0].diff
+
+    def allow_force_backward(self, bottom_index):
+        return bottom_index == 0

@@ -1,0 +1,140 @@
+"""The face-recognition forks' losses: CenterLoss (ydwen/caffe-face), SphereFace's
+MarginInnerProduct (A-Softmax, wy1iu/sphereface) and AM-Softmax's LabelSpecificAdd (happynear).
+
+Impls: ref only (NumPy; the layers are host layers in a GPU net). Each op follows its fork's
+arithmetic, including where the fork's backward is not the gradient of its forward (see the
+functions' docstrings); minicnn.layers.face says why.
+
+Shapes: x (M, K) features, one row per item; labels (M,) whole-number classes; centers and
+weights (N, K), one row per class.
+"""
+
+import numpy as np
+
+from minicnn.ops._dispatch import Op
+
+center_loss_forward, center_loss_backward = Op("center_loss_forward"), Op("center_loss_backward")
+margin_inner_product_forward = Op("margin_inner_product_forward")
+margin_inner_product_backward = Op("margin_inner_product_backward")
+label_specific_add_forward = Op("label_specific_add_forward")
+
+MARGIN_TYPES = ("SINGLE", "DOUBLE", "TRIPLE", "QUADRUPLE")
+
+
+# --- CenterLoss ----------------------------------------------------------------------------------
+
+@center_loss_forward.impl("ref")
+def _center_loss_forward_ref(x, labels, centers):
+    """loss = sum_i ||x_i - c_{y_i}||^2 / (2 M). Returns (loss, distance), distance = x - c_y."""
+    distance = x - centers[labels]                                   # (M, K)
+    return float(np.sum(distance * distance)) / x.shape[0] / 2, distance
+
+
+@center_loss_backward.impl("ref")
+def _center_loss_backward_ref(distance, labels, num_classes, loss_weight):
+    """(dx, dcenters) as the fork writes them.
+
+    dx = loss_weight * (x - c_y) / M: the gradient. dcenters is the fork's own update rule, not
+    the gradient: row j = sum_{i: y_i = j} (c_j - x_i) / (1 + n_j), n_j the items of class j
+    in the batch, 0 for a class the batch lacks; loss_weight does not scale it (the centers'
+    lr_mult is the paper's alpha)."""
+    m, k = distance.shape
+    dx = distance * (loss_weight / m)
+    variation = np.zeros((num_classes, k), distance.dtype)
+    np.add.at(variation, labels, -distance)
+    count = np.bincount(labels, minlength=num_classes).astype(distance.dtype)
+    return dx, variation / (count + 1)[:, None]
+
+
+# --- MarginInnerProduct (A-Softmax) --------------------------------------------------------------
+
+def _signs(cos, margin_type):
+    """The fork's sign terms, which pick k in psi(theta) = (-1)^k cos(m theta) - 2k."""
+    s0 = np.sign(cos)
+    if margin_type == "TRIPLE":
+        s1 = np.sign(np.abs(cos) - 0.5)
+        return s1, s0 * (1 + s1) - 2
+    if margin_type == "QUADRUPLE":
+        s3 = s0 * np.sign(2 * cos * cos - 1)
+        return s3, 2 * s0 + s3 - 3
+    return s0, None
+
+
+def margin_psi(cos, margin_type):
+    """psi(cos theta) = (-1)^k cos(m theta) - 2k for m = 1..4, by the fork's polynomials."""
+    c = cos
+    if margin_type == "SINGLE":
+        return c
+    a, b = _signs(c, margin_type)
+    if margin_type == "DOUBLE":
+        return 2 * a * c * c - 1
+    if margin_type == "TRIPLE":
+        return a * (4 * c ** 3 - 3 * c) + b
+    return a * (8 * c ** 4 - 8 * c * c + 1) + b
+
+
+def _margin_coefficients(cos, x_norm, margin_type):
+    """The fork's (coeff_w, coeff_x) of the target logit |x| psi(cos): d/dx = coeff_w * w +
+    coeff_x * x, i.e. psi'(cos) and (psi - cos psi'(cos)) / |x|, before the fork rescales them."""
+    c = cos
+    a, b = _signs(c, margin_type)
+    if margin_type == "DOUBLE":
+        return 4 * a * c, -(2 * a * c * c + 1) / x_norm
+    if margin_type == "TRIPLE":
+        return a * (12 * c * c - 3), -(8 * a * c ** 3 - b) / x_norm
+    return (a * (32 * c ** 3 - 16 * c),
+            -(a * (24 * c ** 4 - 8 * c * c - 1) - b) / x_norm)
+
+
+def margin_lambda(iteration, *, base, gamma, power, lambda_min):
+    """lambda = max(base * (1 + gamma * iteration)^-power, lambda_min), the fork's annealing."""
+    return max(base * (1.0 + gamma * iteration) ** (-power), lambda_min)
+
+
+@margin_inner_product_forward.impl("ref")
+def _margin_inner_product_forward_ref(x, w, labels, *, lam, margin_type):
+    """y = x w^T, then for each item's target class t (w's rows of unit length):
+    y_t = (lam * x.w_t + |x| psi(cos theta_t)) / (1 + lam), cos theta_t = x.w_t / |x|.
+    SINGLE leaves y = x w^T (lam plays no part). Returns (y, x_norm)."""
+    y = x @ w.T                                                       # (M, N)
+    x_norm = np.sqrt(np.sum(x * x, axis=1))
+    if margin_type != "SINGLE":
+        rows = np.arange(x.shape[0])
+        xw = y[rows, labels]
+        psi = margin_psi(xw / x_norm, margin_type)
+        y[rows, labels] = (lam * xw + x_norm * psi) / (1 + lam)
+    return y, x_norm
+
+
+@margin_inner_product_backward.impl("ref")
+def _margin_inner_product_backward_ref(dy, x, w, labels, x_norm, *, lam, margin_type):
+    """(dx, dw) as the fork computes them; neither is the gradient of the forward for the
+    margin types. dw = dy^T x, the plain inner product's, whatever the type (the margin and the
+    rows' normalisation play no part). dx: the plain dy w for every class but the target; for
+    the target, lam/(1+lam) dy_t w_t plus 1/(1+lam) dy_t (a w_t + b x), where (a, b) is the
+    gradient's pair (coeff_w, coeff_x) scaled to unit length, sqrt(a^2 + b^2) = 1."""
+    dw = dy.T @ x
+    dx = dy @ w
+    if margin_type == "SINGLE":
+        return dx, dw
+    rows = np.arange(x.shape[0])
+    wt = w[labels]                                                    # (M, K)
+    dyt = dy[rows, labels][:, None]
+    a, b = _margin_coefficients(np.sum(x * wt, axis=1) / x_norm, x_norm, margin_type)
+    norm = np.sqrt(a * a + b * b)
+    a, b = (a / norm)[:, None], (b / norm)[:, None]
+    dx += dyt * (lam / (1 + lam) - 1) * wt + dyt / (1 + lam) * (a * wt + b * x)
+    return dx, dw
+
+
+# --- LabelSpecificAdd (AM-Softmax) ---------------------------------------------------------------
+
+@label_specific_add_forward.impl("ref")
+def _label_specific_add_forward_ref(x, labels, *, bias):
+    """y = x, with bias added to each item's target score where that score is above -bias
+    (the fork's condition: with bias = -m, cos theta_t > m becomes cos theta_t - m)."""
+    y = x.copy()
+    rows = np.arange(x.shape[0])
+    target = y[rows, labels]
+    y[rows, labels] = np.where(target > -bias, target + bias, target)
+    return y
