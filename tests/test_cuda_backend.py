@@ -157,12 +157,12 @@ HOST_OPS = sorted(["argmax_forward", "batch_reindex_backward", "batch_reindex_fo
                    "margin_inner_product_forward", "max_unpool2d_backward", "max_unpool2d_forward",
                    "multibox_loss_forward", "nearest_upsample_backward", "nearest_upsample_forward",
                    "prior_box_forward", "psroi_pool_backward", "psroi_pool_forward", "rnn_backward",
-                   "rnn_forward", "roi_pool_backward", "roi_pool_forward", "yolo_head_backward",
-                   "yolo_head_forward"])
+                   "rnn_forward", "roi_pool_backward", "roi_pool_forward", "seg_confusion_forward",
+                   "yolo_head_backward", "yolo_head_forward"])
 HOST_LAYERS = sorted(["ArgMax", "BatchReindex", "CenterLoss", "DetectionOutput", "Filter", "LSTM",
                       "LSTMUnit", "LabelSpecificAdd", "MarginInnerProduct", "MultiBoxLoss",
-                      "PSROIPooling", "PriorBox", "RNN", "ROIPooling", "Region", "Upsample",
-                      "Yolo"])
+                      "PSROIPooling", "PriorBox", "RNN", "ROIPooling", "Region", "SegAccuracy",
+                      "Upsample", "Yolo"])
 
 
 def test_every_op_but_the_host_ones_has_a_cuda_impl():

@@ -37,6 +37,8 @@ enum LocLossType         L2=0 SMOOTH_L1=1
 enum ConfLossType        SOFTMAX=0 LOGISTIC=1
 enum MatchType           BIPARTITE=0 PER_PREDICTION=1
 enum MiningType          NONE=0 MAX_NEGATIVE=1 HARD_EXAMPLE=2
+enum SegLabelType        NONE=0 IMAGE=1 PIXEL=2          # DeepLab's ImageDataParameter.LabelType
+enum SegAccuracyMetric   PixelAccuracy=0 ClassAccuracy=1 PixelIOU=2   # DeepLab's AccuracyMetric
 enum V1LayerType         NONE=0 ACCURACY=1 BNLL=2 CONCAT=3 CONVOLUTION=4 DATA=5 DROPOUT=6
                          EUCLIDEAN_LOSS=7 FLATTEN=8 HDF5_DATA=9 HDF5_OUTPUT=10 IM2COL=11
                          IMAGE_DATA=12 INFOGAIN_LOSS=13 INNER_PRODUCT=14 LRN=15
@@ -258,6 +260,7 @@ message LayerParameter
   9147 center_loss_param  CenterLossParameter  # ydwen/caffe-face; its 147 is BVLC's swish_param
   9247 margin_inner_product_param MarginInnerProductParameter  # SphereFace; also its 147
   163 label_specific_add_param LabelSpecificAddParameter  # AM-Softmax (happynear) forks
+  154 seg_accuracy_param  SegAccuracyParameter  # DeepLab v2 fork (deeplab-public-ver2)
 
 message TransformationParameter
   1   scale               float    = 1
@@ -274,6 +277,9 @@ message TransformationParameter
   12  crop_w              uint32   = 0
   13  distort_param       DistortionParameter
   14  expand_param        ExpansionParameter  # ... to here
+  9008 scale_factors      float    repeated  # DeepLab v2 fork (ImageSegData); its 8, 9 and 10
+  9009 crop_width         uint32   = 0       # are SSD's resize_param, noise_param and
+  9010 crop_height        uint32   = 0       # emit_constraint
 
 message LossParameter
   1   ignore_label        int32
@@ -404,6 +410,8 @@ message ImageDataParameter
   10  new_width           uint32   = 0
   11  is_color            bool     = true
   12  root_folder         string   = ""
+  15  ignore_label        int32    = 255     # DeepLab fork (ImageSegData): padding's label
+  16  label_type          SegLabelType = IMAGE  # DeepLab fork (ImageSegData)
   10001 bucket_by_size    bool     = false   # minicnn's: batches of one image size
 
 message InfogainLossParameter
@@ -672,6 +680,11 @@ message SegmentationDataParameter  # minicnn's "SegmentationData": image + label
   10  root_folder         string   = ""
   11  rand_skip           uint32   = 0
   12  prefetch            uint32   = 4
+
+message SegAccuracyParameter   # DeepLab's SegAccuracy (deeplab-public, deeplab-public-ver2)
+  1   metric              SegAccuracyMetric = PixelAccuracy   # read by the fork, never used
+  2   ignore_label        int32    repeated
+  3   reset               bool     = true    # false: the confusion matrix accumulates
 
 message UpsampleParameter      # SegNet's Upsample (max-unpooling); the YOLOv3 ports' takes scale
   1   scale               uint32   = 2
