@@ -201,3 +201,80 @@ class SegAccuracyLayer(Layer):
 
     def allow_force_backward(self, bottom_index):
         return False
+
+
+@register("MatWrite")
+class MatWriteLayer(Layer):
+    """DeepLab's `MatWrite`: writes each bottom to a MATLAB .mat file (what DeepLab's test nets
+    do with fc8 scores for its DenseCRF post-processing), as util/matio_io.cpp's WriteBlobToMat:
+    one variable "data", single (or double) precision, uncompressed MAT 5, of MATLAB shape
+    width x height x channels x num (Caffe's memory order read column-major; blobs of fewer
+    than 4 axes are num x channels x height x width with leading 1s).
+
+    mat_write_param: prefix (required; glued to the name, directories are not created),
+    source (a list whose first word per line, less its last ``strip`` characters, names the
+    file of each forward: forward k writes prefix + name[k] + "_blob_<i>.mat" for bottom i;
+    without a source, prefix + "iter_<k>_blob_<i>.mat"), period (write every period-th
+    forward; the count goes on between writes). A forward past the end of the source list is
+    an error, as in the fork. No tops, no gradient. Blank lines of the source are skipped
+    (the fork stops at them: "Too much stripping")."""
+    param_field = "mat_write_param"
+    min_num_bottom = 1
+    exact_num_top = 0
+    host_only = True                    # writes NumPy arrays to a file
+
+    def layer_setup(self, bottom, top):
+        p = self.param.mat_write_param
+        if not p.HasField("prefix"):
+            raise LayerError("mat_write_param.prefix is required (where the .mat files go)")
+        if p.period <= 0:
+            raise LayerError(f"mat_write_param.period must be positive, got {p.period}")
+        if p.strip < 0:
+            raise LayerError(f"mat_write_param.strip cannot be negative, got {p.strip}")
+        self.iter = 0
+        self.names = None
+        if p.HasField("source"):
+            try:
+                with open(p.source, encoding="utf-8") as f:
+                    lines = f.readlines()
+            except OSError as e:
+                raise LayerError(f"cannot read mat_write_param.source '{p.source}': "
+                                 f"{e.strerror or e}") from None
+            self.names = []
+            for lineno, line in enumerate(lines, 1):
+                words = line.split()
+                if not words:
+                    continue
+                if len(words[0]) <= p.strip:
+                    raise DataError(f"strip {p.strip} removes all of {words[0]!r}", p.source,
+                                    lineno)
+                self.names.append(words[0][:len(words[0]) - p.strip])
+
+    def reshape(self, bottom, top):
+        for i, b in enumerate(bottom):
+            if len(b.shape) > 4:
+                raise LayerError(f"bottom {i} has shape {b.shape}: MatWrite writes blobs of at "
+                                 "most 4 axes (num x channels x height x width)")
+
+    def forward(self, bottom, top):
+        p = self.param.mat_write_param
+        k, self.iter = self.iter, self.iter + 1
+        if k % p.period:
+            return
+        if self.names is not None and k >= len(self.names):
+            raise LayerError(f"forward {k + 1} but mat_write_param.source '{p.source}' names "
+                             f"{len(self.names)} files: the test ran longer than its list")
+        name = self.names[k] if self.names is not None else f"iter_{k}"
+        savemat = need("scipy.io", "scipy").savemat
+        for i, b in enumerate(bottom):
+            data = np.asarray(b.data).reshape((1,) * (4 - len(b.shape)) + tuple(b.shape))
+            path = f"{p.prefix}{name}_blob_{i}.mat"
+            try:
+                savemat(path, {"data": data.transpose(3, 2, 1, 0)}, format="5",
+                        do_compression=False)
+            except OSError as e:
+                raise LayerError(f"cannot write '{path}' (mat_write_param.prefix "
+                                 f"'{p.prefix}'): {e.strerror or e}") from None
+
+    def allow_force_backward(self, bottom_index):
+        return False                    # the fork's Backward_cpu does nothing

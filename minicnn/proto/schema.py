@@ -261,6 +261,7 @@ message LayerParameter
   9247 margin_inner_product_param MarginInnerProductParameter  # SphereFace; also its 147
   163 label_specific_add_param LabelSpecificAddParameter  # AM-Softmax (happynear) forks
   154 seg_accuracy_param  SegAccuracyParameter  # DeepLab v2 fork (deeplab-public-ver2)
+  155 mat_write_param     MatWriteParameter     # DeepLab v2 fork
 
 message TransformationParameter
   1   scale               float    = 1
@@ -685,6 +686,12 @@ message SegAccuracyParameter   # DeepLab's SegAccuracy (deeplab-public, deeplab-
   1   metric              SegAccuracyMetric = PixelAccuracy   # read by the fork, never used
   2   ignore_label        int32    repeated
   3   reset               bool     = true    # false: the confusion matrix accumulates
+
+message MatWriteParameter      # DeepLab's MatWrite (prefix is required there)
+  1   prefix              string
+  2   source              string   = ""
+  3   strip               int32    = 0
+  4   period              int32    = 1
 
 message UpsampleParameter      # SegNet's Upsample (max-unpooling); the YOLOv3 ports' takes scale
   1   scale               uint32   = 2

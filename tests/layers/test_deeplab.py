@@ -21,7 +21,7 @@ from PIL import Image
 import minicnn
 from minicnn.data.deeplab import resize_nearest
 from minicnn.data.errors import DataError
-from minicnn.errors import LayerError
+from minicnn.errors import LayerError, MinicnnError
 from minicnn.layers import ImageSegDataLayer, SegAccuracyLayer
 from minicnn.proto import parse_text
 from tests.gpu.conftest import gpu  # noqa: F401  (the emulator, and a GPU where there is one)
@@ -512,3 +512,87 @@ def test_a_deeplab_test_net_on_the_gpu_runs_its_data_and_segaccuracy_on_the_host
         outputs.append([np.array(cuda.to_host(net.forward()["accuracy"])) for _ in range(3)])
     assert sorted(net.layers[i].type for i in net._mirrors) == ["ImageSegData", "SegAccuracy"]
     np.testing.assert_allclose(outputs[1], outputs[0], rtol=1e-6)
+
+
+# --- MatWrite, and the DeepLab layers minicnn lacks ---------------------------------------------
+
+MAT_NET = """
+layer { name: "in" type: "Input" top: "fc8" top: "dim"
+        input_param { shape { dim: 2 dim: 3 dim: 4 dim: 5 } shape { dim: 2 dim: 2 } } }
+layer { name: "fc8_mat" type: "MatWrite" bottom: "fc8" bottom: "dim"
+        include { phase: TEST }
+        mat_write_param { prefix: "PREFIX" SOURCE } }
+"""
+
+
+def mat_net(tmp_path, source=""):
+    text = MAT_NET.replace("PREFIX", f"{tmp_path}/fc8/").replace("SOURCE", source)
+    (tmp_path / "fc8").mkdir(exist_ok=True)
+    return minicnn.Net(parse_text(text), minicnn.TEST)
+
+
+def test_matwrite_writes_each_bottom_as_the_forks_matio_file(tmp_path):
+    from scipy.io import loadmat
+    (tmp_path / "val_id.txt").write_text("2007_000033.jpg\n\n2007_000042.jpg extra\n"
+                                         "2007_000061.jpg\n")
+    net = mat_net(tmp_path, f'source: "{tmp_path}/val_id.txt" strip: 4 period: 2')
+    rng = np.random.default_rng(0)
+    written = []
+    for k in range(3):
+        fc8, dim = rng.standard_normal((2, 3, 4, 5)), rng.standard_normal((2, 2))
+        net.forward(fc8=fc8, dim=dim)
+        written.append((fc8.astype(np.float32), dim.astype(np.float32)))
+    files = sorted(p.name for p in (tmp_path / "fc8").iterdir())
+    assert files == ["2007_000033_blob_0.mat", "2007_000033_blob_1.mat",
+                     "2007_000061_blob_0.mat", "2007_000061_blob_1.mat"]   # forwards 0 and 2
+    for name, (fc8, dim) in (("2007_000033", written[0]), ("2007_000061", written[2])):
+        for i, blob, dims in ((0, fc8, (5, 4, 3, 2)), (1, dim, (2, 2, 1, 1))):
+            raw = (tmp_path / "fc8" / f"{name}_blob_{i}.mat").read_bytes()
+            assert raw.startswith(b"MATLAB 5.0 MAT-file")
+            assert blob.tobytes() in raw          # the blob's memory as is: uncompressed
+            data = loadmat(tmp_path / "fc8" / f"{name}_blob_{i}.mat")["data"]
+            assert data.dtype == np.float32 and data.shape == dims   # width x height x C x N
+            np.testing.assert_array_equal(data, blob.reshape((1,) * (4 - blob.ndim)
+                                                             + blob.shape).transpose(3, 2, 1, 0))
+    net.forward(fc8=fc8, dim=dim)                                    # forward 3: not written
+    with pytest.raises(MinicnnError, match=r"forward 5 but mat_write_param.source .* names 3 "
+                                         r"files"):
+        net.forward(fc8=fc8, dim=dim)
+
+
+def test_matwrite_without_a_source_names_files_by_forward_and_checks_its_fields(tmp_path):
+    net = mat_net(tmp_path)
+    for _ in range(2):
+        net.forward(fc8=np.ones((2, 3, 4, 5)), dim=np.zeros((2, 2)))
+    assert sorted(p.name for p in (tmp_path / "fc8").iterdir()) == [
+        "iter_0_blob_0.mat", "iter_0_blob_1.mat", "iter_1_blob_0.mat", "iter_1_blob_1.mat"]
+    with pytest.raises(MinicnnError, match="period must be positive, got 0"):
+        mat_net(tmp_path, "period: 0")
+    with pytest.raises(MinicnnError, match="prefix is required"):
+        minicnn.Net(parse_text(MAT_NET.replace('prefix: "PREFIX" SOURCE', "")), minicnn.TEST)
+    (tmp_path / "ids.txt").write_text("abc\nde\n")
+    net = mat_net(tmp_path, f'source: "{tmp_path}/ids.txt"')
+    for _ in range(2):                                     # as many forwards as names, no more
+        net.forward(fc8=np.ones((2, 3, 4, 5)), dim=np.zeros((2, 2)))
+    with pytest.raises(MinicnnError, match="forward 3 but .* names 2 files"):
+        net.forward(fc8=np.ones((2, 3, 4, 5)), dim=np.zeros((2, 2)))
+    with pytest.raises(MinicnnError, match=r"ids.txt:2: strip 2 removes all of .de."):
+        mat_net(tmp_path, f'source: "{tmp_path}/ids.txt" strip: 2')
+
+
+@pytest.mark.parametrize("layer", [
+    ('layer { name: "crf" type: "DenseCRF" bottom: "fc8_interp" bottom: "data_dim" '
+     'bottom: "data" top: "crf_inf" dense_crf_param { max_iter: 10 pos_w: 3 pos_xy_std: 3 '
+     'bi_w: 4 bi_xy_std: 121 bi_rgb_std: 5 } }'),
+    ('layer { name: "dt" type: "DomainTransform" bottom: "fc8_interp" bottom: "data" '
+     'top: "dt" domain_transform_param { num_iter: 3 spatial_sigma: 50 range_sigma: 5 } }'),
+    'layer { name: "read" type: "MatRead" top: "fc8" mat_read_param { prefix: "f/" } }'])
+def test_deeplab_layers_minicnn_lacks_are_named_with_their_line(tmp_path, layer):
+    # DeepLab v2's CRF test nets end with DenseCRF, its DT-EdgeNet with DomainTransform, and
+    # MatRead feeds saved features: minicnn has none of them; the error names the type
+    path = tmp_path / "test.prototxt"
+    path.write_text(DEEPLAB_NET.replace("ROOT", str(tmp_path)) + layer + "\n")
+    kind = layer.split('type: "')[1].split('"')[0]
+    with pytest.raises(MinicnnError, match=rf"test.prototxt:\d+:\d+: .*'{kind}' is not one "
+                                           rf"minicnn implements"):
+        minicnn.Net(str(path), minicnn.TEST)
