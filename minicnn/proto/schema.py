@@ -47,6 +47,11 @@ enum V1LayerType         NONE=0 ACCURACY=1 BNLL=2 CONCAT=3 CONVOLUTION=4 DATA=5 
                          SIGMOID_CROSS_ENTROPY_LOSS=27 HINGE_LOSS=28 MEMORY_DATA=29 ARGMAX=30
                          THRESHOLD=31 DUMMY_DATA=32 SLICE=33 MVN=34 ABSVAL=35 SILENCE=36
                          CONTRASTIVE_LOSS=37 EXP=38 DECONVOLUTION=39
+                         IMAGE_SEG_DATA=9039 SEG_ACCURACY=40 INTERP=41 PADDING=42 MAT_WRITE=43
+                         MAT_READ=44 DENSE_CRF=45 DOMINANT_CHANNEL=46 BIAS_CHANNEL=47
+                         UNIQUE_LABEL=48 CENSOR_LABEL=49 ADAPTIVE_BIAS_CHANNEL=50
+                         CHANNEL_AGGREGATOR=51 IGNORE_OVERLAY=52 HISTOGRAM=53 RELATIVE_ERROR=54
+                         GAIN_CHANNEL=55 ONEHOT=56
 
 message BlobShape
   1   dim                 int64    repeated packed
@@ -334,6 +339,9 @@ message ConvolutionParameter
   16  axis                int32    = 1
   17  force_nd_im2col     bool     = false
   18  dilation            uint32   repeated
+  9017 hole               uint32   = 1       # DeepLab v1's dilation (its 17, 18, 19 are
+  9018 hole_h             uint32   = 1       # BVLC's force_nd_im2col, dilation and the
+  9019 hole_w             uint32   = 1       # next): upgraded to dilation
 
 message CropParameter
   1   axis                int32    = 2
@@ -687,6 +695,10 @@ message SegAccuracyParameter   # DeepLab's SegAccuracy (deeplab-public, deeplab-
   2   ignore_label        int32    repeated
   3   reset               bool     = true    # false: the confusion matrix accumulates
 
+message SoftmaxLossParameter   # DeepLab v1's SOFTMAX_LOSS options (upgraded to loss_param)
+  2   ignore_label        int32    repeated
+  16  weight_source       string
+
 message MatWriteParameter      # DeepLab's MatWrite (prefix is required there)
   1   prefix              string
   2   source              string   = ""
@@ -815,6 +827,10 @@ message V1LayerParameter
   40  contrastive_loss_param ContrastiveLossParameter
   41  exp_param           ExpParameter
   42  loss_param          LossParameter
+  43  interp_param        InterpParameter       # DeepLab v1 (deeplab-public) from here on;
+  9042 seg_accuracy_param SegAccuracyParameter  # its V1 enum names above (IMAGE_SEG_DATA is
+  44  softmaxloss_param   SoftmaxLossParameter  # its 39, BVLC's DECONVOLUTION), its 42
+  46  mat_write_param     MatWriteParameter     # is BVLC's loss_param
   1001 param              string   repeated
   1002 blob_share_mode    DimCheckMode repeated
 

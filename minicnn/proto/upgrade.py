@@ -10,6 +10,9 @@
 - Pooling's ``ceil_mode: false`` (the forks' spelling, from BVLC/caffe#3057: soeaver's
   caffe-model, PyTorch-to-Caffe converters, OpenCV) becomes ``round_mode: FLOOR``.
 - the solver's enum ``solver_type: ADAM`` becomes ``type: "Adam"``.
+- DeepLab v1's V1 nets: its enum types (IMAGE_SEG_DATA, SEG_ACCURACY, INTERP, MAT_WRITE, ...)
+  become their type names, convolution_param's ``hole`` becomes ``dilation``, and SOFTMAX_LOSS's
+  ``softmaxloss_param { ignore_label }`` becomes ``loss_param { ignore_label }``.
 """
 
 from minicnn.errors import NetError
@@ -28,6 +31,14 @@ V1_TYPE_NAMES = {
     "SIGMOID_CROSS_ENTROPY_LOSS": "SigmoidCrossEntropyLoss", "SILENCE": "Silence",
     "SOFTMAX": "Softmax", "SOFTMAX_LOSS": "SoftmaxWithLoss", "SPLIT": "Split", "SLICE": "Slice",
     "TANH": "TanH", "WINDOW_DATA": "WindowData", "THRESHOLD": "Threshold",
+    # DeepLab v1 (deeplab-public) wrote its nets in the V1 format with its own enum names
+    "IMAGE_SEG_DATA": "ImageSegData", "SEG_ACCURACY": "SegAccuracy", "INTERP": "Interp",
+    "MAT_WRITE": "MatWrite", "MAT_READ": "MatRead", "DENSE_CRF": "DenseCRF",
+    "PADDING": "Padding", "DOMINANT_CHANNEL": "DominantChannel", "BIAS_CHANNEL": "BiasChannel",
+    "UNIQUE_LABEL": "UniqueLabel", "CENSOR_LABEL": "CensorLabel",
+    "ADAPTIVE_BIAS_CHANNEL": "AdaptiveBiasChannel", "CHANNEL_AGGREGATOR": "ChannelAggregator",
+    "IGNORE_OVERLAY": "IgnoreOverlay", "HISTOGRAM": "Histogram",
+    "RELATIVE_ERROR": "RelativeError", "GAIN_CHANNEL": "GainChannel", "ONEHOT": "OneHot",
 }
 SOLVER_TYPE_NAMES = {"SGD": "SGD", "NESTEROV": "Nesterov", "ADAGRAD": "AdaGrad",
                      "RMSPROP": "RMSProp", "ADADELTA": "AdaDelta", "ADAM": "Adam"}
@@ -43,7 +54,10 @@ def upgrade_v1_layer(v1):
                        "upgrade_net_proto_text first")
     layer = LayerParameter()
     for field, value in v1.ListFields():       # sub-messages move over; v1 is discarded after
-        if field.name in _V1_COPIED or (field.name.endswith("_param") and field.name != "param"):
+        if field.name == "softmaxloss_param":
+            _upgrade_softmaxloss(v1, layer)
+        elif field.name in _V1_COPIED or (field.name.endswith("_param")
+                                          and field.name != "param"):
             setattr(layer, field.name, value)
     if v1.HasField("type"):
         if v1.type == "NONE":
@@ -61,6 +75,35 @@ def upgrade_v1_layer(v1):
         if i < len(v1.weight_decay):
             spec.decay_mult = v1.weight_decay[i]
     return layer
+
+
+def _upgrade_softmaxloss(v1, layer):
+    """DeepLab v1's SOFTMAX_LOSS options: its loss is divided by the number of pixels not
+    ignored, which is loss_param's VALID normalization with one ignore_label."""
+    p = v1.softmaxloss_param
+    if p.HasField("weight_source"):
+        raise NetError(f"layer '{v1.name}': softmaxloss_param.weight_source (DeepLab v1's "
+                       "per-class loss weights) is not supported by minicnn's SoftmaxWithLoss")
+    if len(p.ignore_label) > 1:
+        raise NetError(f"layer '{v1.name}': softmaxloss_param gives {len(p.ignore_label)} "
+                       "ignore_label values; minicnn's SoftmaxWithLoss ignores one label")
+    if p.ignore_label:
+        layer.loss_param.ignore_label = p.ignore_label[0]
+
+
+def _upgrade_hole(layer):
+    """DeepLab v1's convolution_param hole (or hole_h and hole_w) is dilation: the fork takes
+    hole_h and hole_w when hole_h is given, else hole for both."""
+    p = layer.convolution_param
+    if not layer.HasField("convolution_param") or not any(
+            p.HasField(f) for f in ("hole", "hole_h", "hole_w")):
+        return
+    if p.HasField("dilation"):
+        raise NetError(f"layer '{layer.name}': convolution_param has both dilation and "
+                       "DeepLab v1's hole; give one of them")
+    p.dilation = [p.hole_h, p.hole_w] if p.HasField("hole_h") else [p.hole]
+    for name in ("hole", "hole_h", "hole_w"):
+        p.ClearField(name)
 
 
 def _upgrade_input(net):
@@ -125,6 +168,7 @@ def upgrade_net(net):
     for layer in net.layer:
         _upgrade_data_transform(layer)
         _upgrade_ceil_mode(layer)
+        _upgrade_hole(layer)
         if layer.type == "BatchNorm" and len(layer.param) == 3:
             for spec in layer.param:      # Caffe's UpgradeNetBatchNorm keeps the names (sharing)
                 spec.lr_mult = 0

@@ -10,6 +10,7 @@ classes and several batches; then both run in a DeepLab-style net trained by a s
 """
 
 import itertools
+import re
 
 import cv2
 import numpy as np
@@ -596,3 +597,125 @@ def test_deeplab_layers_minicnn_lacks_are_named_with_their_line(tmp_path, layer)
     with pytest.raises(MinicnnError, match=rf"test.prototxt:\d+:\d+: .*'{kind}' is not one "
                                            rf"minicnn implements"):
         minicnn.Net(str(path), minicnn.TEST)
+
+
+# --- DeepLab v1's V1-format nets -----------------------------------------------------------------
+
+DEEPLAB_V1_NET = """
+name: "deeplab-v1"
+layers {
+  name: "data" type: IMAGE_SEG_DATA top: "data" top: "label"
+  image_data_param { root_folder: "ROOT" source: "ROOT/list.txt" batch_size: 2
+                     label_type: PIXEL }
+  transform_param { mean_value: 104.008 mean_value: 116.669 mean_value: 122.675
+                    crop_size: 9 mirror: true }
+}
+layers {
+  bottom: "data" top: "conv1" name: "conv1" type: CONVOLUTION
+  blobs_lr: 1 blobs_lr: 2 weight_decay: 1 weight_decay: 0
+  convolution_param { num_output: 8 kernel_size: 3 HOLE
+                      weight_filler { type: "gaussian" std: 0.1 } }
+}
+layers { bottom: "conv1" top: "conv1" name: "relu1" type: RELU }
+layers {
+  bottom: "conv1" top: "fc8_voc12" name: "fc8_voc12" type: CONVOLUTION
+  convolution_param { num_output: 4 kernel_size: 3 pad: 1 stride: 2
+                      weight_filler { type: "gaussian" std: 0.1 } }
+}
+layers {
+  bottom: "label" top: "label_shrink" name: "label_shrink" type: INTERP
+  interp_param { shrink_factor: 2 pad_beg: 0 pad_end: 0 }
+}
+layers {
+  bottom: "fc8_voc12" bottom: "label_shrink" top: "loss" name: "loss" type: SOFTMAX_LOSS
+  SOFTMAXLOSS
+  include: { phase: TRAIN }
+}
+layers {
+  bottom: "fc8_voc12" bottom: "label_shrink" top: "accuracy" name: "accuracy"
+  type: SEG_ACCURACY seg_accuracy_param { ignore_label: 255 }
+}
+"""
+
+DEEPLAB_V2_TWIN = """
+name: "deeplab-v1"
+layer {
+  name: "data" type: "ImageSegData" top: "data" top: "label"
+  image_data_param { root_folder: "ROOT" source: "ROOT/list.txt" batch_size: 2
+                     label_type: PIXEL }
+  transform_param { mean_value: 104.008 mean_value: 116.669 mean_value: 122.675
+                    crop_size: 9 mirror: true }
+}
+layer {
+  bottom: "data" top: "conv1" name: "conv1" type: "Convolution"
+  param { lr_mult: 1 decay_mult: 1 } param { lr_mult: 2 decay_mult: 0 }
+  convolution_param { num_output: 8 kernel_size: 3 DILATION
+                      weight_filler { type: "gaussian" std: 0.1 } }
+}
+layer { bottom: "conv1" top: "conv1" name: "relu1" type: "ReLU" }
+layer {
+  bottom: "conv1" top: "fc8_voc12" name: "fc8_voc12" type: "Convolution"
+  convolution_param { num_output: 4 kernel_size: 3 pad: 1 stride: 2
+                      weight_filler { type: "gaussian" std: 0.1 } }
+}
+layer {
+  bottom: "label" top: "label_shrink" name: "label_shrink" type: "Interp"
+  interp_param { shrink_factor: 2 pad_beg: 0 pad_end: 0 }
+}
+layer {
+  bottom: "fc8_voc12" bottom: "label_shrink" top: "loss" name: "loss" type: "SoftmaxWithLoss"
+  loss_param { ignore_label: 255 }
+  include: { phase: TRAIN }
+}
+layer {
+  bottom: "fc8_voc12" bottom: "label_shrink" top: "accuracy" name: "accuracy"
+  type: "SegAccuracy" seg_accuracy_param { ignore_label: 255 }
+}
+"""
+
+
+@pytest.mark.parametrize("hole, dilation", [
+    ("pad: 2 hole: 2", "pad: 2 dilation: 2"),
+    ("pad_h: 2 pad_w: 1 hole_h: 2 hole_w: 1", "pad_h: 2 pad_w: 1 dilation: 2 dilation: 1"),
+    ("pad: 3 hole: 3 hole_w: 2", "pad: 3 dilation: 3")])           # hole_w without hole_h
+def test_a_deeplab_v1_net_in_the_v1_format_is_its_v2_twin(tmp_path, hole, dilation):
+    write_set(tmp_path, [(12, 10), (8, 14), (9, 9)])
+    v1 = (DEEPLAB_V1_NET.replace("ROOT", str(tmp_path)).replace("HOLE", hole)
+          .replace("SOFTMAXLOSS", "softmaxloss_param { ignore_label: 255 }"))
+    v2 = DEEPLAB_V2_TWIN.replace("ROOT", str(tmp_path)).replace("DILATION", dilation)
+    nets = []
+    for text in (v1, v2):
+        minicnn.set_random_seed(7)
+        net = minicnn.Net(parse_text(text), minicnn.TRAIN)
+        for _ in range(2):
+            net.forward()
+        net.backward()
+        nets.append(net)
+    old, new = nets
+    assert [lay.type for lay in old.layers] == [lay.type for lay in new.layers]
+    conv1, loss = old.layer_dict["conv1"].param, old.layer_dict["loss"].param
+    assert list(conv1.convolution_param.dilation) == \
+        [int(d) for d in re.findall(r"dilation: (\d+)", dilation)]
+    assert conv1.param[1].lr_mult == 2 and loss.loss_param.ignore_label == 255
+    for name in new.blobs:
+        np.testing.assert_array_equal(old.blobs[name].data, new.blobs[name].data, err_msg=name)
+        np.testing.assert_array_equal(old.blobs[name].diff, new.blobs[name].diff, err_msg=name)
+    assert np.isfinite(old.blobs["loss"].data).all()
+
+
+@pytest.mark.parametrize("change, message", [
+    (("SOFTMAXLOSS", 'softmaxloss_param { weight_source: "w.txt" }'),
+     r"layer 'loss': softmaxloss_param.weight_source \(DeepLab v1's per-class loss weights\)"),
+    (("SOFTMAXLOSS", "softmaxloss_param { ignore_label: 255 ignore_label: 0 }"),
+     "layer 'loss': softmaxloss_param gives 2 ignore_label values"),
+    (("HOLE", "pad: 2 hole: 2 dilation: 2"),
+     "layer 'conv1': convolution_param has both dilation and DeepLab v1's hole"),
+    (("SOFTMAXLOSS", "} layers { name: 'crf' type: DENSE_CRF bottom: 'fc8_voc12' top: 'crf'"),
+     r"deeplab.prototxt:\d+: .*unknown layer type 'DenseCRF'")])
+def test_deeplab_v1_nets_minicnn_cannot_take_say_why(tmp_path, change, message):
+    write_set(tmp_path, [(12, 10)])
+    text = DEEPLAB_V1_NET.replace("ROOT", str(tmp_path)).replace(*change)
+    text = text.replace("HOLE", "pad: 2 hole: 2").replace("SOFTMAXLOSS", "").replace("'", '"')
+    (tmp_path / "deeplab.prototxt").write_text(text)
+    with pytest.raises(MinicnnError, match=message):
+        minicnn.Net(str(tmp_path / "deeplab.prototxt"), minicnn.TRAIN)
