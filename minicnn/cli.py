@@ -369,6 +369,8 @@ def test(args):
               file=sys.stderr)
     net = Net(_model(args), weights=args.weights, phase=args.phase, level=args.level,
               stages=args.stage, device=device)
+    if args.eval_type == "detection":
+        return _test_detection(net, args)
     sums, loss = {}, 0.0
     for i in range(args.iterations):
         loss += net.forward_from_to()
@@ -384,6 +386,22 @@ def test(args):
         for k, value in enumerate(total / args.iterations):
             extra = f" (* {weight:g} = {weight * value:.6g} loss)" if weight else ""
             print(f"{name}{'' if total.size == 1 else f'[{k}]'} = {value:.6g}{extra}")
+    return 0
+
+
+def _test_detection(net, args):
+    """`minicnn test --eval-type detection`: the SSD fork's solver test (TestDetection) on a
+    net with DetectionEvaluate outputs: their rows over --iterations batches, then the mAP."""
+    from minicnn.proto import caffe_pb2
+    from minicnn.solver import add_detection_rows, check_eval_type, detection_results
+    check_eval_type(caffe_pb2.SolverParameter(eval_type="detection",
+                                              ap_version=args.ap_version))
+    stats, loss = {}, 0.0
+    for _ in range(args.iterations):
+        loss += net.forward_from_to()
+        add_detection_rows(net, stats)
+    print(f"Loss: {loss / args.iterations:.6g}")
+    detection_results(net, stats, args.ap_version, args.show_per_class_result, print)
     return 0
 
 
@@ -1314,6 +1332,14 @@ def build_parser():
     _add_net_options(p, "TEST")
     p.add_argument("--iterations", type=_positive_int, default=50, help="batches (default 50)")
     p.add_argument("--gpu", help="run on this GPU (e.g. 0)")
+    p.add_argument("--eval-type", choices=["classification", "detection"],
+                   default="classification",
+                   help="detection: mAP of the net's DetectionEvaluate outputs, as the SSD "
+                        "fork's solver test (default: average each output)")
+    p.add_argument("--ap-version", default="Integral",
+                   help="with --eval-type detection: 11point, MaxIntegral or Integral (default)")
+    p.add_argument("--show-per-class-result", action="store_true",
+                   help="with --eval-type detection: each class's AP too")
 
     p = sub.add_parser("time", help="time forward/backward of each layer (like `caffe time`)")
     _add_net_options(p, "TRAIN")

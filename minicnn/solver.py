@@ -34,6 +34,7 @@ from minicnn.blob import array_to_blob_proto, blob_proto_to_array
 from minicnn.data.db import resolve_path
 from minicnn.errors import MinicnnError, NetError
 from minicnn.net import Net
+from minicnn.ops.ssd_eval import AP_VERSIONS, EVAL_TYPES, DetectionStats
 from minicnn.proto import caffe_pb2, read_binary, read_prototxt, upgrade_solver, write_binary
 from minicnn.rng import get_rng, set_random_seed
 
@@ -170,6 +171,7 @@ class Solver:
         if not isinstance(solver, caffe_pb2.SolverParameter):
             source, solver = solver, read_solver(solver)
         self.param = param = upgrade_solver(solver.copy())
+        check_eval_type(param)
         self.source_dir = os.path.dirname(os.path.abspath(source)) if source else None
         self._log = log
         self._signal_messages = []           # what signal handlers had to say (log_from_signal)
@@ -434,7 +436,10 @@ class Solver:
         return results
 
     def test(self, index=0):
-        """Run test net ``index`` for test_iter batches; returns {output: mean over batches}."""
+        """Run test net ``index`` for test_iter batches; returns {output: mean over batches}
+        (with eval_type "detection", {output: mAP}: test_detection)."""
+        if self.param.eval_type == "detection":
+            return self.test_detection(index)
         net = self.test_nets[index]
         net.share_with(self.net)
         self.log(f"Iteration {self.iter}, Testing net (#{index})")
@@ -459,6 +464,34 @@ class Solver:
         means = {name: values / n_iter for name, values in sums.items()}
         self._log_outputs(net, "Test", means)
         scalars = {name: float(v[0]) if v.size == 1 else v for name, v in means.items()}
+        for callback in self.on_test:
+            callback(self, index, scalars)
+        return scalars
+
+    def test_detection(self, index=0):
+        """The SSD fork's TestDetection (eval_type: "detection"): run test net ``index`` for
+        test_iter batches, gather each output's DetectionEvaluate rows, and log its mAP
+        (ap_version; each class's AP with show_per_class_result). Returns {output: mAP}."""
+        net = self.test_nets[index]
+        net.share_with(self.net)
+        self.log(f"Iteration {self.iter}, Testing net (#{index})")
+        stats, loss = {}, 0.0
+        n_iter = self.param.test_iter[index]
+        for _ in range(n_iter):
+            self.log_signal_messages()
+            action, self.requested_action = self.requested_action, None
+            if action == "snapshot":
+                self.snapshot()
+            elif action == "stop":
+                self.requested_early_exit = True
+                self.log("Test interrupted.")
+                return None
+            loss += net.forward_from_to()
+            add_detection_rows(net, stats)
+        if self.param.test_compute_loss:
+            self.log(f"Test loss: {loss / n_iter:.6g}")
+        scalars = detection_results(net, stats, self.param.ap_version,
+                                    self.param.show_per_class_result, self.log)
         for callback in self.on_test:
             callback(self, index, scalars)
         return scalars
@@ -753,6 +786,58 @@ def read_state_hdf5(path):
             state.minicnn = parse_binary(h5["minicnn"][()].tobytes(), "MinicnnSolverState",
                                          path=f"{where}:minicnn")
     return state
+
+
+def check_eval_type(param):
+    """The SSD fork's eval_type and ap_version: a value it does not know is an error naming the
+    field (the fork stops at the first test with "Unknown evaluation type")."""
+    if param.eval_type not in EVAL_TYPES:
+        raise MinicnnError(f"eval_type '{param.eval_type}' is unknown; the SSD fork's solver "
+                           "takes 'classification' (the default) or 'detection'")
+    if param.eval_type == "detection" and param.ap_version not in AP_VERSIONS:
+        raise MinicnnError(f"ap_version '{param.ap_version}' is unknown; the SSD fork's are "
+                           f"{', '.join(repr(v) for v in AP_VERSIONS)} (the default)")
+
+
+def add_detection_rows(net, stats):
+    """Add the DetectionEvaluate rows of each output of ``net`` (after a forward) to
+    ``stats`` ({output index: DetectionStats}), as TestDetection gathers them."""
+    for j, name in enumerate(net.outputs):
+        rows = np.asarray(cuda.to_host(net.blobs[name].data), dtype=np.float64)
+        shape = tuple(rows.shape) + (1,) * (4 - rows.ndim)
+        if rows.ndim > 4 or shape[3] != 5:
+            raise MinicnnError(f"eval_type \"detection\" reads every test net output as "
+                               f"DetectionEvaluate's N x 5 rows, but output '{name}' has shape "
+                               f"{tuple(rows.shape)}")
+        stats.setdefault(j, DetectionStats()).add(rows)
+
+
+def detection_results(net, stats, ap_version, show_per_class, log):
+    """Log each output's mAP as the SSD fork's TestDetection does ("class<label>: <AP>" lines
+    with show_per_class, then "    Test net output #i: <name> = <mAP>"); returns {name: mAP}.
+    As in the fork, outputs are numbered among those with detection rows, and an output
+    without any gets no line (minicnn says so in a note)."""
+    counted = [j for j in sorted(stats) if stats[j].has_detections]
+    results = {}
+    for i in range(len(counted)):
+        if i not in counted:
+            raise MinicnnError(f"Missing output_blob true_pos: {i} (the SSD fork's error: test "
+                               f"net output #{i} has no detection rows while a later one has)")
+        if not stats[i].num_pos:
+            raise MinicnnError(f"Missing output_blob num_pos: {i} (test net output "
+                               f"'{net.outputs[i]}' has no [-1, label, positives] rows)")
+        mean, aps = stats[i].average_precisions(ap_version)
+        for label, ap in aps:
+            if ap is None:
+                log(f"Missing true_pos for label: {label} (no detections of this class: "
+                    "its AP counts as 0 in the mean)")
+            elif show_per_class:
+                log(f"class{label}: {float(ap):.6g}")
+        log(f"    Test net output #{i}: {net.outputs[i]} = {float(mean):.6g}")
+        results[net.outputs[i]] = float(mean)
+    if not counted:
+        log("note: no detections in any test batch: the SSD fork logs no mAP then")
+    return results
 
 
 def set_batch_size(net_param, batch_size):

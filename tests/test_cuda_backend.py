@@ -151,18 +151,19 @@ def test_kernel_sources_are_self_contained():
 # (mask checks and scatters on the host), YOLOv2/v3's output heads (a few maps on the last blob),
 # SSD's MultiBoxLoss (matching and mining, per image), the face forks' losses (per-class loops).
 HOST_OPS = sorted(["argmax_forward", "batch_reindex_backward", "batch_reindex_forward",
-                   "center_loss_backward", "center_loss_forward", "detection_output_forward",
-                   "label_specific_add_forward", "lstm_backward", "lstm_forward",
-                   "lstm_unit_backward", "lstm_unit_forward", "margin_inner_product_backward",
-                   "margin_inner_product_forward", "max_unpool2d_backward", "max_unpool2d_forward",
-                   "multibox_loss_forward", "nearest_upsample_backward", "nearest_upsample_forward",
-                   "prior_box_forward", "psroi_pool_backward", "psroi_pool_forward", "rnn_backward",
-                   "rnn_forward", "roi_pool_backward", "roi_pool_forward", "seg_confusion_forward",
+                   "center_loss_backward", "center_loss_forward", "detection_evaluate_forward",
+                   "detection_output_forward", "label_specific_add_forward", "lstm_backward",
+                   "lstm_forward", "lstm_unit_backward", "lstm_unit_forward",
+                   "margin_inner_product_backward", "margin_inner_product_forward",
+                   "max_unpool2d_backward", "max_unpool2d_forward", "multibox_loss_forward",
+                   "nearest_upsample_backward", "nearest_upsample_forward", "prior_box_forward",
+                   "psroi_pool_backward", "psroi_pool_forward", "rnn_backward", "rnn_forward",
+                   "roi_pool_backward", "roi_pool_forward", "seg_confusion_forward",
                    "yolo_head_backward", "yolo_head_forward"])
-HOST_LAYERS = sorted(["ArgMax", "BatchReindex", "CenterLoss", "DetectionOutput", "Filter", "LSTM",
-                      "LSTMUnit", "LabelSpecificAdd", "MarginInnerProduct", "MultiBoxLoss",
-                      "PSROIPooling", "PriorBox", "RNN", "ROIPooling", "Region", "SegAccuracy",
-                      "Upsample", "Yolo"])
+HOST_LAYERS = sorted(["ArgMax", "BatchReindex", "CenterLoss", "DetectionEvaluate",
+                      "DetectionOutput", "Filter", "LSTM", "LSTMUnit", "LabelSpecificAdd",
+                      "MarginInnerProduct", "MultiBoxLoss", "PSROIPooling", "PriorBox", "RNN",
+                      "ROIPooling", "Region", "SegAccuracy", "Upsample", "Yolo"])
 
 
 def test_every_op_but_the_host_ones_has_a_cuda_impl():

@@ -143,6 +143,9 @@ message SolverParameter
   40  type                string   = "SGD"
   41  layer_wise_reduce   bool     = true
   42  weights             string   repeated
+  44  show_per_class_result bool   = false    # SSD fork: log each class's AP in detection tests
+  9041 eval_type          string   = "classification"  # SSD fork; its 41 is layer_wise_reduce above
+  9042 ap_version         string   = "Integral"        # SSD fork; its 42 is weights above
 
 message SolverState
   1   iter                int32
@@ -247,6 +250,7 @@ message LayerParameter
   203 prior_box_param     PriorBoxParameter
   204 detection_output_param DetectionOutputParameter
   201 multibox_loss_param MultiBoxLossParameter
+  205 detection_evaluate_param DetectionEvaluateParameter  # SSD fork
   206 norm_param          NormalizeParameter
   200 annotated_data_param AnnotatedDataParameter  # SSD (weiliu89/caffe, branch ssd)
   9143 interp_param       InterpParameter    # DeepLab/PSPNet fork; their 143 is BVLC's input_param
@@ -784,6 +788,18 @@ message MarginInnerProductParameter  # SphereFace's A-Softmax layer (wy1iu/spher
 message LabelSpecificAddParameter  # AM-Softmax's additive margin (happynear's forks)
   1   bias                float    = 0
   2   transform_test      bool     = false
+
+# --- SSD fork: DetectionEvaluate (detection_evaluate_param 205 above; the solver's eval_type,
+# ap_version, show_per_class_result in SolverParameter; ResizeParameter and its enums are with
+# AnnotatedData's messages below) -------------------------------------------------------------
+
+message DetectionEvaluateParameter  # SSD's DetectionEvaluate (mAP rows for the solver)
+  1   num_classes         uint32
+  2   background_label_id uint32   = 0
+  3   overlap_threshold   float    = 0.5
+  4   evaluate_difficult_gt bool   = true
+  5   name_size_file      string
+  6   resize_param        ResizeParameter
 
 message V1LayerParameter
   1   layer               V0LayerParameter
