@@ -120,6 +120,141 @@ def test_equal_scores_keep_the_input_order():
     assert rows[1:, 3:].tolist() == [[0, 1], [1, 0]]
 
 
+# --- against a transliteration of the fork's loops ---------------------------------------------
+
+def fork_rows(det, gt, num_classes, overlap_threshold, evaluate_difficult_gt, sizes=()):
+    """DetectionEvaluateLayer::Forward_cpu (background 0, no resize_param) written out with the
+    fork's maps and loops, one float at a time: GetDetectionResults, GetGroundTruth, ClipBBox +
+    ScaleBBox for name_size_file, JaccardOverlap, the greedy match."""
+    f = np.float32
+    pixels = bool(sizes)
+
+    def size(b, normalized=True):
+        if b[2] < b[0] or b[3] < b[1]:
+            return f(0)
+        w, h = f(b[2] - b[0]), f(b[3] - b[1])
+        return w * h if normalized else f(w + f(1)) * f(h + f(1))
+
+    def to_pixels(b, hw):
+        clipped = [max(min(v, f(1)), f(0)) for v in b]
+        h, w = hw
+        out = [clipped[0] * f(w), clipped[1] * f(h), clipped[2] * f(w), clipped[3] * f(h)]
+        return out, size(out, normalized=not (w > 1 or h > 1))
+
+    def jaccard(a, sa, b, sb):
+        if b[0] > a[2] or b[2] < a[0] or b[1] > a[3] or b[3] < a[1]:
+            inter_box = [f(0)] * 4
+        else:
+            inter_box = [max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])]
+        iw, ih = f(inter_box[2] - inter_box[0]), f(inter_box[3] - inter_box[1])
+        if pixels:
+            iw, ih = f(iw + f(1)), f(ih + f(1))
+        if not (iw > 0 and ih > 0):
+            return f(0)
+        inter = f(iw * ih)
+        sa = f(0) if a[2] < a[0] or a[3] < a[1] else sa
+        sb = f(0) if b[2] < b[0] or b[3] < b[1] else sb
+        return f(inter / f(f(sa + sb) - inter))
+
+    detections = {}
+    for row in det:
+        if int(row[0]) == -1:
+            continue
+        box = [f(v) for v in row[3:7]]
+        detections.setdefault(int(row[0]), {}).setdefault(int(row[1]), []).append(
+            [f(row[2]), box, size(box)])
+    truths = {}
+    for row in gt:
+        if int(row[0]) == -1:
+            break
+        box = [f(v) for v in row[3:7]]
+        truths.setdefault(int(row[0]), {}).setdefault(int(row[1]), []).append(
+            [box, size(box), bool(row[7])])
+    top = np.zeros((num_classes - 1 + len(det), 5))
+    n = 0
+    for c in range(1, num_classes):
+        count = sum(len(g) if evaluate_difficult_gt else sum(not t[2] for t in g)
+                    for labels in truths.values() for lab, g in labels.items() if lab == c)
+        top[n] = (-1, c, count, -1, -1)
+        n += 1
+    image_count = 0
+    for item in sorted(detections):
+        for label in sorted(detections[item]):
+            boxes = detections[item][label]
+            if item not in truths or label not in truths[item]:
+                for score, _, _ in boxes:
+                    top[n] = (item, label, score, 0, 1)
+                    n += 1
+                continue
+            gts = [list(t) for t in truths[item][label]]
+            if pixels:
+                for t in gts:
+                    t[0], t[1] = to_pixels(t[0], sizes[image_count])
+            for i in range(1, len(boxes)):                 # insertion sort, highest first
+                j = i
+                while j > 0 and boxes[j - 1][0] < boxes[j][0]:
+                    boxes[j - 1], boxes[j] = boxes[j], boxes[j - 1]
+                    j -= 1
+            visited = [False] * len(gts)
+            for score, box, box_size in boxes:
+                top[n, :3] = (item, label, score)
+                if pixels:
+                    box, box_size = to_pixels(box, sizes[image_count])
+                best, jmax = f(-1), -1
+                for j, (g, g_size, _) in enumerate(gts):
+                    overlap = jaccard(box, box_size, g, g_size)
+                    if overlap > best:
+                        best, jmax = overlap, j
+                if best >= f(overlap_threshold):
+                    if evaluate_difficult_gt or not gts[jmax][2]:
+                        top[n, 3:] = (0, 1) if visited[jmax] else (1, 0)
+                        visited[jmax] = True
+                else:
+                    top[n, 3:] = (0, 1)
+                n += 1
+        if pixels:
+            image_count = (image_count + 1) % len(sizes)
+    return top
+
+
+@st.composite
+def evaluate_cases(draw):
+    coord = st.sampled_from(np.round(np.arange(-0.1, 1.15, 0.1), 1).tolist())
+    shift = st.sampled_from([-0.1, 0.0, 0.0, 0.1])
+
+    def box():
+        x0, y0, x1, y1 = (draw(coord) for _ in range(4))
+        return [min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)]
+
+    images = draw(st.integers(1, 3))
+    gt = [[draw(st.integers(0, images - 1)), draw(st.integers(1, 3)), 0, *box(),
+           draw(st.integers(0, 1))] for _ in range(draw(st.integers(1, 6)))]
+    det = []
+    for _ in range(draw(st.integers(1, 10))):
+        score = draw(st.sampled_from([0.2, 0.5, 0.7, 0.9]))
+        if draw(st.booleans()):                  # near a ground truth box: matches, duplicates
+            g = gt[draw(st.integers(0, len(gt) - 1))]
+            det.append([g[0], g[1], score] + [round(v + draw(shift), 1) for v in g[3:7]])
+        else:
+            det.append([draw(st.integers(-1, images - 1)), draw(st.integers(1, 3)), score,
+                        *box()])
+    if draw(st.booleans()):                      # a -1 row ends the ground truth
+        gt.insert(draw(st.integers(0, len(gt))), [-1, 0, 0, 0, 0, 0, 0, 0])
+    sizes = draw(st.sampled_from([(), ((300, 500),), ((10, 20), (3, 5), (1, 1))]))
+    return (det, gt, draw(st.sampled_from([0.3, 0.5, 0.7, 1.0])), draw(st.booleans()), sizes)
+
+
+@settings(max_examples=200, deadline=None)
+@given(evaluate_cases())
+def test_rows_match_the_transliterated_loops(case):
+    det, gt, threshold, difficult, sizes = case
+    want = fork_rows(det, gt, 4, threshold, difficult, sizes)
+    rows, count = minicnn.ops.detection_evaluate_forward(
+        det, gt, num_classes=4, overlap_threshold=threshold, evaluate_difficult_gt=difficult,
+        sizes=sizes)
+    np.testing.assert_array_equal(rows, want)
+
+
 # --- name_size_file and resize_param ------------------------------------------------------------
 
 def test_name_size_file_compares_in_pixels_with_plus_one_sizes(tmp_path):
@@ -444,6 +579,14 @@ def test_classification_solver_ignores_the_detection_fields(tmp_path):
     log = []
     minicnn.get_solver(param, log=log.append).solve()
     assert any(line.startswith("    Test net output #0: loss = ") for line in log)
+
+
+def test_cli_train_with_a_detection_solver(tmp_path, capsys):
+    path = detection_solver(tmp_path, snapshot_prefix=f'"{tmp_path / "snap"}"')
+    assert cli.main(["train", str(path), "--no-progress"]) == 0
+    out = capsys.readouterr()
+    assert "Final test at iteration 2: detection_eval = 0.7083" in out.out
+    assert "    Test net output #0: detection_eval = 0.708333" in out.out
 
 
 def test_cli_test_with_eval_type_detection(tmp_path, capsys):
