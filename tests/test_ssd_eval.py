@@ -409,12 +409,57 @@ def ap_cases(draw):
     return scores, tp, num_pos
 
 
+def fork_eleven_point(prec, rec):
+    """ComputeAP's "11point" loop as the fork writes it, on its float32 precision and recall."""
+    max_precs = [np.float32(0)] * 11
+    start = len(rec) - 1
+    for j in range(10, -1, -1):
+        for i in range(start, -1, -1):
+            if float(rec[i]) < j / 10.0:
+                start = i
+                if j > 0:
+                    max_precs[j - 1] = max_precs[j]
+                break
+            if max_precs[j] < prec[i]:
+                max_precs[j] = prec[i]
+    ap = np.float32(0)
+    for j in range(10, -1, -1):
+        ap = np.float32(ap + np.float32(max_precs[j] / np.float32(11)))
+    return ap
+
+
+def fork_integrals(prec, rec, ap_version):
+    """ComputeAP's "MaxIntegral" and "Integral" loops as the fork writes them, in float."""
+    f, eps, ap = np.float32, np.float32(1e-6), np.float32(0)
+    if ap_version == "MaxIntegral":
+        cur_rec, cur_prec = rec[-1], prec[-1]
+        for i in range(len(rec) - 2, -1, -1):
+            cur_prec = max(prec[i], cur_prec)
+            if abs(f(cur_rec - rec[i])) > eps:
+                ap = f(ap + f(cur_prec * abs(f(cur_rec - rec[i]))))
+            cur_rec = rec[i]
+        return f(ap + f(cur_rec * cur_prec))
+    prev_rec = f(0)
+    for i in range(len(rec)):
+        if abs(f(rec[i] - prev_rec)) > eps:
+            ap = f(ap + f(prec[i] * abs(f(rec[i] - prev_rec))))
+        prev_rec = rec[i]
+    return ap
+
+
+FORK_LOOPS = {"11point": lambda p, r: fork_eleven_point(p, r),
+              "MaxIntegral": lambda p, r: fork_integrals(p, r, "MaxIntegral"),
+              "Integral": lambda p, r: fork_integrals(p, r, "Integral")}
+
+
 @settings(max_examples=150, deadline=None)
 @given(ap_cases(), st.sampled_from(["11point", "MaxIntegral", "Integral"]))
 def test_compute_ap_matches_the_reference(case, ap_version):
     scores, tp, num_pos = case
-    ap, _, _ = compute_ap(scores, tp, num_pos, ap_version)
+    ap, prec, rec = compute_ap(scores, tp, num_pos, ap_version)
     assert float(ap) == pytest.approx(reference_ap(scores, tp, num_pos, ap_version), abs=2e-6)
+    if len(rec):
+        assert ap == FORK_LOOPS[ap_version](prec, rec)       # the fork's own loop, exactly
 
 
 def test_eleven_point_recall_is_a_float32():

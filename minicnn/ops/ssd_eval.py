@@ -35,8 +35,11 @@ ties keep row order), cumulative tp and fp, precision = tp / (tp + fp), recall =
     MaxIntegral  area under the precision envelope (max precision to the right; VOC2012)
     Integral     sum of precision * recall step, the steps over 1e-6 (the default)
 
-A class without positives has AP 0; a class with positives but no detections is skipped with a
-warning, and both still count in the mean (mAP = sum of APs / number of classes).
+The sums are float32, term after term in the fork's order (checked against its loops written
+out in the tests); where its `fabs` of a float widens to double, the fork can differ in the
+last bit of a float. A class without positives has AP 0; a class with positives but no
+detections is skipped with a warning, and both still count in the mean (mAP = sum of APs /
+number of classes).
 
 Impls: ref (NumPy; a loop over each image's labels and, for the greedy match, their
 detections). No backward.
@@ -279,18 +282,13 @@ def compute_ap(scores, tp, num_pos, ap_version="Integral"):
         raise MinicnnError(f"{tp_cum[-1]} true positives for {num_pos} positives")
     prec = (tp_cum.astype(F32) / (tp_cum + fp_cum).astype(F32)).astype(F32)
     rec = (tp_cum.astype(F32) / F32(num_pos)).astype(F32)
-    eps, n = F32(1e-6), len(tp)
+    eps = F32(1e-6)
     if ap_version == "11point":
-        max_precs = [F32(0)] * 11
-        start = n - 1
-        for j in range(10, -1, -1):                      # the fork's backward scan
-            for i in range(start, -1, -1):
-                if float(rec[i]) < j / 10.0:
-                    start = i
-                    if j > 0:
-                        max_precs[j - 1] = max_precs[j]
-                    break
-                max_precs[j] = max(max_precs[j], prec[i])
+        # the fork scans backwards, carrying the best precision down; that is the highest
+        # precision at recall >= t (a float32 recall against t in double), or 0
+        rec64 = rec.astype(np.float64)
+        max_precs = [prec[rec64 >= j / 10].max() if rec64[-1] >= j / 10 else F32(0)
+                     for j in range(11)]
         ap = _fsum([m / F32(11) for m in reversed(max_precs)])
     elif ap_version == "MaxIntegral":
         envelope = np.maximum.accumulate(prec[::-1])[::-1]   # max precision from i on
