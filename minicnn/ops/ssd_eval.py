@@ -309,24 +309,26 @@ class DetectionStats:
 
     def __init__(self):
         self.num_pos = {}             # label -> positives, summed over batches
-        self.scores = {}              # label -> [score, ...] of the counted detections
-        self.tp = {}                  # label -> [1 or 0, ...]
+        self.scores = {}              # label -> [float32 array per batch] of counted detections
+        self.tp = {}                  # label -> [array per batch] of 1 (true) or 0 (false)
 
     def add(self, rows):
         rows = np.asarray(rows, np.float64).reshape(-1, 5)
-        for row in rows:
-            item, label = int(row[0]), int(row[1])
-            if item == -1:
-                self.num_pos[label] = self.num_pos.get(label, 0) + int(row[2])
-                continue
-            tp, fp = int(row[3]), int(row[4])
-            if tp == 0 and fp == 0:                      # matched a difficult box: not counted
-                continue
-            if tp != 1 - fp:
-                raise MinicnnError(f"a DetectionEvaluate row has tp {tp} and fp {fp}; one of "
-                                   "them must be 1")
-            self.scores.setdefault(label, []).append(F32(row[2]))
-            self.tp.setdefault(label, []).append(tp)
+        ints = np.trunc(rows).astype(np.int64)            # the fork's static_cast<int>
+        counts = ints[:, 0] == -1
+        for label, n in zip(ints[counts, 1], ints[counts, 2]):
+            self.num_pos[int(label)] = self.num_pos.get(int(label), 0) + int(n)
+        tp, fp = ints[~counts, 3], ints[~counts, 4]
+        kept = (tp != 0) | (fp != 0)                      # matched a difficult box: not counted
+        if np.any(tp[kept] != 1 - fp[kept]):
+            bad = np.flatnonzero(tp[kept] != 1 - fp[kept])[0]
+            raise MinicnnError(f"a DetectionEvaluate row has tp {tp[kept][bad]} and fp "
+                               f"{fp[kept][bad]}; one of them must be 1")
+        labels, scores, tp = ints[~counts, 1][kept], rows[~counts, 2][kept], tp[kept]
+        for label in np.unique(labels):                   # each label's rows in row order
+            mine = labels == label
+            self.scores.setdefault(int(label), []).append(scores[mine].astype(F32))
+            self.tp.setdefault(int(label), []).append(tp[mine])
 
     @property
     def has_detections(self):
@@ -341,8 +343,8 @@ class DetectionStats:
             if label not in self.scores:
                 aps.append((label, None))
                 continue
-            ap, _, _ = compute_ap(self.scores[label], self.tp[label], self.num_pos[label],
-                                  ap_version)
+            ap, _, _ = compute_ap(np.concatenate(self.scores[label]),
+                                  np.concatenate(self.tp[label]), self.num_pos[label], ap_version)
             aps.append((label, ap))
             total = F32(total + ap)
         mean = F32(total / F32(len(self.num_pos))) if self.num_pos else F32(math.nan)
