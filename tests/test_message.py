@@ -86,3 +86,17 @@ def test_serialize_and_parse_from_string_as_protobuf():
     assert blob.data.tolist() == [0.0, 1.0, 2.0, 5.0]
     with pytest.raises(Exception, match="Datum"):
         caffe_pb2.Datum().ParseFromString(b"\x0a\xff")
+
+
+def test_the_schema_refuses_a_name_or_field_given_twice():
+    """Forks' messages are appended to the schema by different hands: a second definition of a
+    name would silently replace the first (and its fields' numbers), so it is an error."""
+    from minicnn.proto.schema import _load
+    one = "message A\n  1   x                   float\n"
+    with pytest.raises(ValueError, match="A is defined twice"):
+        _load(one + "\n" + one)
+    with pytest.raises(ValueError, match="E is defined twice"):
+        _load("enum E X=0\nenum E Y=0\n")
+    with pytest.raises(ValueError, match="duplicate field y=1 in A"):
+        _load(one + "  1   y                   float\n")
+    assert set(_load(one)[1]) == {"A"}

@@ -1101,6 +1101,8 @@ def _load(schema_text):
         if not line:
             continue
         words = line.split()
+        if words[0] in ("enum", "message") and (words[1] in enums or words[1] in messages):
+            raise ValueError(f"schema: {words[1]} is defined twice")   # the later would win
         if words[0] == "enum":
             pairs = words[2:]
             while i < len(lines) and lines[i].startswith(" ") and "=" in lines[i] \
