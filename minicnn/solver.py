@@ -440,27 +440,16 @@ class Solver:
         (with eval_type "detection", {output: mAP}: test_detection)."""
         if self.param.eval_type == "detection":
             return self.test_detection(index)
-        net = self.test_nets[index]
-        net.share_with(self.net)
-        self.log(f"Iteration {self.iter}, Testing net (#{index})")
-        sums, loss = {}, 0.0
-        n_iter = self.param.test_iter[index]
-        for _ in range(n_iter):
-            self.log_signal_messages()
-            action, self.requested_action = self.requested_action, None
-            if action == "snapshot":
-                self.snapshot()
-            elif action == "stop":
-                self.requested_early_exit = True
-                self.log("Test interrupted.")
-                return None
-            loss += net.forward_from_to()
+        net, sums = self.test_nets[index], {}
+
+        def add_outputs():
             for name in net.outputs:
                 values = np.asarray(cuda.to_host(net.blobs[name].data),
                                     dtype=np.float64).reshape(-1)
                 sums[name] = sums[name] + values if name in sums else values.copy()
-        if self.param.test_compute_loss:
-            self.log(f"Test loss: {loss / n_iter:.6g}")
+        n_iter = self._run_test_batches(index, add_outputs)
+        if n_iter is None:
+            return None
         means = {name: values / n_iter for name, values in sums.items()}
         self._log_outputs(net, "Test", means)
         scalars = {name: float(v[0]) if v.size == 1 else v for name, v in means.items()}
@@ -468,15 +457,14 @@ class Solver:
             callback(self, index, scalars)
         return scalars
 
-    def test_detection(self, index=0):
-        """The SSD fork's TestDetection (eval_type: "detection"): run test net ``index`` for
-        test_iter batches, gather each output's DetectionEvaluate rows, and log its mAP
-        (ap_version; each class's AP with show_per_class_result). Returns {output: mAP}."""
+    def _run_test_batches(self, index, gather):
+        """Forward test net ``index`` test_iter times with the train net's weights, calling
+        ``gather()`` after each batch and answering snapshot/stop requests between batches;
+        logs the mean loss with test_compute_loss. Returns test_iter, or None if stopped."""
         net = self.test_nets[index]
         net.share_with(self.net)
         self.log(f"Iteration {self.iter}, Testing net (#{index})")
-        stats, loss = {}, 0.0
-        n_iter = self.param.test_iter[index]
+        loss, n_iter = 0.0, self.param.test_iter[index]
         for _ in range(n_iter):
             self.log_signal_messages()
             action, self.requested_action = self.requested_action, None
@@ -487,9 +475,18 @@ class Solver:
                 self.log("Test interrupted.")
                 return None
             loss += net.forward_from_to()
-            add_detection_rows(net, stats)
+            gather()
         if self.param.test_compute_loss:
             self.log(f"Test loss: {loss / n_iter:.6g}")
+        return n_iter
+
+    def test_detection(self, index=0):
+        """The SSD fork's TestDetection (eval_type: "detection"): run test net ``index`` for
+        test_iter batches, gather each output's DetectionEvaluate rows, and log its mAP
+        (ap_version; each class's AP with show_per_class_result). Returns {output: mAP}."""
+        net, stats = self.test_nets[index], {}
+        if self._run_test_batches(index, lambda: add_detection_rows(net, stats)) is None:
+            return None
         scalars = detection_results(net, stats, self.param.ap_version,
                                     self.param.show_per_class_result, self.log)
         for callback in self.on_test:

@@ -393,8 +393,9 @@ def test_detection_output_float64_is_computed_in_float_as_the_fork():
     (dict(), None, "num_classes must be given"),
     (dict(num_classes=2, nms_param={"nms_threshold": -0.1}), None, "nms_threshold must be"),
     (dict(num_classes=2, nms_param={"eta": 0}), None, r"eta must be in \(0, 1\]"),
-    (dict(num_classes=2), ((1, 12), (1, 6), (1, 2, 16)), r"loc has 12 values.*4 priors"),
-    (dict(num_classes=3), ((1, 16), (1, 8), (1, 2, 16)), r"conf has 8 values.*num_classes 3"),
+    (dict(num_classes=2), ((1, 12), (1, 6), (1, 2, 16)), r"loc has shape \(1, 12\), but 4 priors"),
+    (dict(num_classes=3), ((1, 16), (1, 8), (1, 2, 16)),
+     r"conf has shape \(1, 8\), but 4 priors x num_classes 3"),
     (dict(num_classes=2), ((2, 16), (1, 8), (1, 2, 16)), "loc has 2 items but conf has 1"),
 ])
 def test_detection_output_errors(params, shapes, message):

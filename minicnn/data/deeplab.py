@@ -19,7 +19,7 @@ import re
 import numpy as np
 
 from minicnn.data.datum import resize_image
-from minicnn.data.errors import DataError
+from minicnn.data.errors import DataError, read_lines
 
 __all__ = ["read_seg_list", "resize_nearest", "transform_img_and_seg"]
 
@@ -30,13 +30,7 @@ def read_seg_list(path, label_type):
     Like the fork's ``iss >> imgfn >> segfn`` the first two whitespace-separated words are read
     (names cannot hold spaces; more words are ignored), and label_type NONE reads the image
     only. Blank lines are skipped (the fork reads one as an image named "" and fails)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.readlines()
-    except FileNotFoundError:
-        raise DataError("list file not found", path) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read the list file: {e}", path) from None
+    lines = read_lines(path)
     out = []
     for lineno, line in enumerate(lines, 1):
         words = line.split()

@@ -22,7 +22,7 @@ import re
 import numpy as np
 
 from minicnn.data.datum import resize_image
-from minicnn.data.errors import DataError
+from minicnn.data.errors import DataError, read_lines
 
 PAD_ROW = (-1.0, 0.0, 0.0, 0.0, 0.0)
 
@@ -46,14 +46,8 @@ def label_path(image_path):
 
 def read_labels(path, classes=None):
     """The boxes of a label file as a float array (K, 5) of rows (class, x, y, w, h)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.readlines()
-    except FileNotFoundError:
-        raise DataError("label file not found (Darknet's rule: images/ -> labels/, "
-                        "extension -> .txt)", path) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read the label file: {e}", path) from None
+    lines = read_lines(path, "label file", "label file not found (Darknet's rule: images/ -> "
+                                           "labels/, extension -> .txt)")
     rows = []
     for lineno, line in enumerate(lines, 1):
         words = line.split()

@@ -26,3 +26,15 @@ def need(module, package=None):
     except ImportError:
         raise DataError(f"this needs the Python package '{package or module}': "
                         f"pip install {package or module}") from None
+
+
+def read_lines(path, what="list file", missing=None):
+    """The lines of a text file (UTF-8), or a DataError naming ``what`` and the path (with
+    ``missing`` as the message when it does not exist)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readlines()
+    except FileNotFoundError:
+        raise DataError(missing or f"{what} not found", path) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read the {what}: {e}", path) from None

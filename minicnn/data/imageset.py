@@ -13,7 +13,7 @@ import numpy as np
 
 from minicnn.data.datum import decode_datum, decode_image, encode_datum, read_image, serialize_datum
 from minicnn.data.db import db_writer, open_db, remove_db, replace_db
-from minicnn.data.errors import DataError
+from minicnn.data.errors import DataError, read_lines
 from minicnn.proto import caffe_pb2, serialize, write_binary
 
 
@@ -33,13 +33,7 @@ def parse_list_line(line, path="<list>", lineno=0):
 
 def read_list_file(path):
     """[(image path, label, line number)] of a list file; blank lines are skipped."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.readlines()
-    except FileNotFoundError:
-        raise DataError("list file not found", path) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read the list file: {e}", path) from None
+    lines = read_lines(path)
     out = []
     for lineno, line in enumerate(lines, 1):
         if line.strip():

@@ -21,7 +21,7 @@ import os
 import numpy as np
 
 from minicnn.data.datum import decode_image, resize_image
-from minicnn.data.errors import DataError, need
+from minicnn.data.errors import DataError, need, read_lines
 from minicnn.data.transform import transform_sample
 
 __all__ = ["augment_pair", "crop_pair", "read_label", "read_pair_list", "rescale_pair"]
@@ -29,13 +29,7 @@ __all__ = ["augment_pair", "crop_pair", "read_label", "read_pair_list", "rescale
 
 def read_pair_list(path):
     """[(image path, label path, line number)] of a segmentation list; blank lines skipped."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.readlines()
-    except FileNotFoundError:
-        raise DataError("list file not found", path) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read the list file: {e}", path) from None
+    lines = read_lines(path)
     out = []
     for lineno, line in enumerate(lines, 1):
         text = line.strip()

@@ -31,7 +31,7 @@ import math
 import numpy as np
 
 from minicnn.data.datum import resize_image
-from minicnn.data.errors import DataError
+from minicnn.data.errors import DataError, read_lines
 
 
 class WindowFile:
@@ -110,13 +110,8 @@ class WindowFile:
 
 def _tokens(path):
     """[(token, line number)] of a text file."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return [(tok, n) for n, line in enumerate(f, 1) for tok in line.split()]
-    except FileNotFoundError:
-        raise DataError("window file not found", path) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read the window file: {e}", path) from None
+    lines = read_lines(path, "window file")
+    return [(tok, n) for n, line in enumerate(lines, 1) for tok in line.split()]
 
 
 def _round(v):

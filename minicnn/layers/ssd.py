@@ -19,6 +19,30 @@ def _legacy_4d(layer, blob, what):
     return tuple(shape) + (1,) * (4 - len(shape))
 
 
+def _check_heads(layer, bottom, p):
+    """DetectionOutput's and MultiBoxLoss's first three bottoms: loc (N x P*L*4, L = 1 with
+    share_location, else num_classes), conf (N x P*num_classes) and PriorBox's 1 x 2 x P*4."""
+    num, loc_c, _, _ = _legacy_4d(layer, bottom[0], "bottom[0] (loc)")
+    conf_num, conf_c, _, _ = _legacy_4d(layer, bottom[1], "bottom[1] (conf)")
+    _, _, prior_h, _ = _legacy_4d(layer, bottom[2], "bottom[2] (priors)")
+    if num != conf_num:
+        raise LayerError(f"loc has {num} items but conf has {conf_num} (shapes "
+                         f"{bottom[0].shape}, {bottom[1].shape})")
+    num_priors = prior_h // 4
+    loc_classes = 1 if p.share_location else p.num_classes
+    if bottom[2].count < 2 * num_priors * 4 or num_priors < 1:
+        raise LayerError(f"the priors (shape {bottom[2].shape}) must hold P boxes and their "
+                         "variances (PriorBox's 1 x 2 x P*4)")
+    if num_priors * loc_classes * 4 != loc_c or bottom[0].count != num * loc_c:
+        raise LayerError(f"loc has shape {bottom[0].shape}, but {num_priors} priors x "
+                         f"{loc_classes} location class(es) x 4 = "
+                         f"{num_priors * loc_classes * 4} values per item")
+    if num_priors * p.num_classes != conf_c or bottom[1].count != num * conf_c:
+        raise LayerError(f"conf has shape {bottom[1].shape}, but {num_priors} priors x "
+                         f"num_classes {p.num_classes} = {num_priors * p.num_classes} "
+                         f"values per item")
+
+
 @register("Normalize")
 class NormalizeLayer(Layer):
     """SSD's `Normalize`: y = x / sqrt(sum x^2 + eps) * scale, the sum over C*H*W per item
@@ -213,26 +237,7 @@ class DetectionOutputLayer(Layer):
             eta=nms.eta, keep_top_k=p.keep_top_k, clip=p.clip)
 
     def reshape(self, bottom, top):
-        p = self.param.detection_output_param
-        num, loc_c, _, _ = _legacy_4d(self, bottom[0], "bottom[0] (loc)")
-        conf_num, conf_c, _, _ = _legacy_4d(self, bottom[1], "bottom[1] (conf)")
-        _, _, prior_h, _ = _legacy_4d(self, bottom[2], "bottom[2] (priors)")
-        if num != conf_num:
-            raise LayerError(f"loc has {num} items but conf has {conf_num} (shapes "
-                             f"{bottom[0].shape}, {bottom[1].shape})")
-        num_priors = prior_h // 4
-        loc_classes = 1 if p.share_location else p.num_classes
-        if bottom[2].count < 2 * num_priors * 4:
-            raise LayerError(f"the priors (shape {bottom[2].shape}) must hold {num_priors} boxes "
-                             "and their variances (PriorBox's 1 x 2 x P*4)")
-        if num_priors * loc_classes * 4 != loc_c:
-            raise LayerError(f"loc has {loc_c} values per item (shape {bottom[0].shape}), but "
-                             f"{num_priors} priors x {loc_classes} location class(es) x 4 = "
-                             f"{num_priors * loc_classes * 4}")
-        if num_priors * p.num_classes != conf_c:
-            raise LayerError(f"conf has {conf_c} values per item (shape {bottom[1].shape}), but "
-                             f"{num_priors} priors x num_classes {p.num_classes} = "
-                             f"{num_priors * p.num_classes}")
+        _check_heads(self, bottom, self.param.detection_output_param)
         top[0].reshape((1, 1, 1, 7))          # the real count is known after forward
 
     def forward(self, bottom, top):
@@ -355,26 +360,7 @@ class MultiBoxLossLayer(Layer):
         self._grads = None
 
     def reshape(self, bottom, top):
-        p = self.param.multibox_loss_param
-        num, loc_c, _, _ = _legacy_4d(self, bottom[0], "bottom[0] (loc)")
-        conf_num, conf_c, _, _ = _legacy_4d(self, bottom[1], "bottom[1] (conf)")
-        _, _, prior_h, _ = _legacy_4d(self, bottom[2], "bottom[2] (priors)")
-        if num != conf_num:
-            raise LayerError(f"loc has {num} items but conf has {conf_num} (shapes "
-                             f"{bottom[0].shape}, {bottom[1].shape})")
-        num_priors = prior_h // 4
-        loc_classes = 1 if p.share_location else p.num_classes
-        if bottom[2].count < 2 * num_priors * 4 or num_priors < 1:
-            raise LayerError(f"the priors (shape {bottom[2].shape}) must hold P boxes and their "
-                             "variances (PriorBox's 1 x 2 x P*4)")
-        if num_priors * loc_classes * 4 != loc_c or bottom[0].count != num * loc_c:
-            raise LayerError(f"loc has shape {bottom[0].shape}, but {num_priors} priors x "
-                             f"{loc_classes} location class(es) x 4 = "
-                             f"{num_priors * loc_classes * 4} values per item")
-        if num_priors * p.num_classes != conf_c or bottom[1].count != num * conf_c:
-            raise LayerError(f"conf has shape {bottom[1].shape}, but {num_priors} priors x "
-                             f"num_classes {p.num_classes} = {num_priors * p.num_classes} "
-                             f"values per item")
+        _check_heads(self, bottom, self.param.multibox_loss_param)
         if bottom[3].count % 8:
             raise LayerError(f"the ground truth (shape {bottom[3].shape}) must be rows of 8 "
                              "(item_id, label, instance, xmin, ymin, xmax, ymax, difficult)")
