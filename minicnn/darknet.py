@@ -536,6 +536,37 @@ def _caffe_pool_size(size_in, kernel, stride, pad):
     return out
 
 
+def darknet_resize(image, height, width):
+    """Darknet's resize_image (src/image.c) on a float32 (C, H, W) image, in its float32
+    arithmetic: a horizontal pass, sx = c * (W-1)/(width-1), (1 - dx) * p[ix] + dx * p[ix+1]
+    (the last column copies the last pixel), then a vertical one that writes (1 - dy) * row iy
+    and adds dy * row iy+1 except on the last output row (Darknet's quirk: where sy rounds
+    below H-1 there, that row is dimmed)."""
+    f = np.float32
+    image = np.asarray(image, f)
+    c, h, w = image.shape
+    if height < 1 or width < 1:
+        raise DarknetError(f"cannot resize to {height}x{width}")
+
+    def taps(n_in, n_out):
+        scale = f(n_in - 1) / f(n_out - 1) if n_out > 1 else f(0)
+        s = np.arange(n_out, dtype=f) * scale
+        i = np.minimum(s.astype(np.int64), n_in - 1)
+        return i, s - i.astype(f)
+    ix, dx = taps(w, width)
+    part = (f(1) - dx) * image[:, :, ix] + dx * image[:, :, np.minimum(ix + 1, w - 1)]
+    if w == 1 or width == 1:
+        part[...] = image[:, :, w - 1:w]
+    else:
+        part[:, :, -1] = image[:, :, -1]
+    iy, dy = taps(h, height)
+    out = (f(1) - dy)[None, :, None] * part[:, iy]
+    if h > 1:
+        more = dy[:-1, None] * part[:, np.minimum(iy[:-1] + 1, h - 1)]
+        out[:, :-1] += more
+    return out
+
+
 def convert_darknet(cfg, weights, out_dir):
     """Write ``<cfg name>.prototxt`` and ``.caffemodel`` into ``out_dir``; returns their
     paths."""

@@ -213,10 +213,10 @@ def detection_layer(net):
     return layer.param.detection_param, blob
 
 
-def load_detection_input(image, height, width, channels=3, rgb=False, letterbox=False):
+def load_detection_input(image, height, width, channels=3, rgb=False, resize=True):
     """An image file (path) or an H x W (x 3, RGB) uint8 array as a CHW uint8 array of the net's
-    size, BGR (or RGB with ``rgb``) or gray; returns (it, original width, original height).
-    With ``letterbox`` the first is (the resized image, top, left), as ``letterboxed``."""
+    size (its own size without ``resize``), BGR (or RGB with ``rgb``) or gray; returns (it,
+    original width, original height)."""
     from minicnn.data.datum import decode_image, resize_image
     from minicnn.data.errors import need
     need("PIL.Image", "Pillow")
@@ -237,21 +237,39 @@ def load_detection_input(image, height, width, channels=3, rgb=False, letterbox=
     h0, w0 = chw.shape[1:]
     if rgb and channels == 3:
         chw = np.ascontiguousarray(chw[::-1])
-    if letterbox:
-        return letterboxed(chw, height, width), w0, h0
-    return resize_image(chw, height, width), w0, h0
+    return (resize_image(chw, height, width) if resize else chw), w0, h0
 
 
-def letterboxed(chw, height, width):
-    """An image (C, H, W) resized into a height x width canvas, aspect kept and centred, the
-    rest None (Darknet's letterbox_image; the caller fills it)."""
+def net_input(chw, height, width, scale=1 / 255, mean=None, letterbox=False,
+               darknet_resize=False, dtype=np.float32):
+    """One image (C, H, W uint8) as the net's (C, height, width) input: resized to the input
+    size, or with ``letterbox`` to fit it with its aspect kept, centred on 0.5 (Darknet's
+    letterbox_image); minus ``mean``, times ``scale``. The resize is the data layers' (OpenCV's
+    bilinear on the 8-bit image, then the arithmetic), or with ``darknet_resize`` Darknet's
+    resize_image on the scaled float image, as Darknet prepares its input."""
+    from minicnn.darknet import darknet_resize as resize_floats
     from minicnn.data.datum import resize_image
-    new_w, new_h = letterbox_size(chw.shape[2], chw.shape[1], width, height)
-    return resize_image(chw, new_h, new_w), (height - new_h) // 2, (width - new_w) // 2
+
+    def scaled(a, work):                    # Darknet: pixel / 255. rounded once to float
+        a = a.astype(work)
+        if mean is not None:
+            a -= np.asarray(mean, work).reshape(-1, 1, 1)
+        a *= work(scale)
+        return a.astype(dtype)
+    new_w, new_h = letterbox_size(chw.shape[2], chw.shape[1], width, height) if letterbox \
+        else (width, height)
+    if darknet_resize:
+        part = resize_floats(scaled(chw, np.float64), new_h, new_w).astype(dtype)
+    else:                                    # as the DetectionData layer in TEST
+        part = scaled(resize_image(chw, new_h, new_w), np.dtype(dtype).type)
+    x = np.full((chw.shape[0], height, width), 0.5, dtype)
+    top, left = (height - new_h) // 2, (width - new_w) // 2
+    x[:, top:top + new_h, left:left + new_w] = part
+    return x
 
 
 def detect(net, images, thresh=None, nms=0.4, scale=1 / 255, mean=None, rgb=False, names=None,
-           batch_size=8, letterbox=None):
+           batch_size=8, letterbox=None, darknet_resize=None):
     """Detections of one image (a path or an RGB uint8 array) or of a list of them (then a list
     of lists), with the net's Detection layer (YOLOv1) or its Region/Yolo layers (YOLOv2/v3);
     boxes in the original image's pixels.
@@ -261,7 +279,9 @@ def detect(net, images, thresh=None, nms=0.4, scale=1 / 255, mean=None, rgb=Fals
     times ``scale`` (1/255 by default, the yolo models' transform_param scale and Darknet's).
     With ``letterbox`` (the default for Region/Yolo nets, as Darknet's `detector test`) the
     image keeps its aspect and the rest of the input is 0.5 after scaling (Darknet's gray), and
-    the boxes are mapped back. ``thresh``: 0.2 for YOLOv1 (`yolo test`), 0.5 for v2/v3
+    the boxes are mapped back. ``darknet_resize`` (the default for Region/Yolo nets, which come
+    from Darknet) resizes as Darknet's resize_image does, so a converted net sees Darknet's
+    input exactly (see ``net_input``). ``thresh``: 0.2 for YOLOv1 (`yolo test`), 0.5 for v2/v3
     (`detector test`); NMS 0.4 (Darknet's `.45` for v2/v3 is the caller's choice).
     """
     single = isinstance(images, (str, os.PathLike)) or (
@@ -271,6 +291,7 @@ def detect(net, images, thresh=None, nms=0.4, scale=1 / 255, mean=None, rgb=Fals
     if not heads:
         p, blob = detection_layer(net)
     letterbox = bool(heads) if letterbox is None else letterbox
+    darknet_resize = bool(heads) if darknet_resize is None else darknet_resize
     thresh = (0.5 if heads else 0.2) if thresh is None else thresh
     if not net.inputs:
         raise MinicnnError("the net has no Input layer to feed images to (use a deploy "
@@ -280,17 +301,10 @@ def detect(net, images, thresh=None, nms=0.4, scale=1 / 255, mean=None, rgb=Fals
     results = []
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
-        loaded = [load_detection_input(im, height, width, channels, rgb, letterbox)
+        loaded = [load_detection_input(im, height, width, channels, rgb, resize=False)
                   for im in chunk]
-        x = np.full((len(chunk), channels, height, width), 0.5, net.blobs[name].dtype)
-        for k, (chw, _, _) in enumerate(loaded):
-            part = chw[0] if letterbox else chw
-            part = part.astype(x.dtype)
-            if mean is not None:
-                part -= np.asarray(mean, x.dtype).reshape(-1, 1, 1)
-            part *= x.dtype.type(scale)
-            top, left = chw[1:] if letterbox else (0, 0)
-            x[k, :, top:top + part.shape[1], left:left + part.shape[2]] = part
+        x = np.stack([net_input(chw, height, width, scale, mean, letterbox, darknet_resize,
+                                net.blobs[name].dtype) for chw, _, _ in loaded])
         net.forward(**{name: x})
         for k, (_, w0, h0) in enumerate(loaded):
             if not heads:

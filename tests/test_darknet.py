@@ -11,7 +11,8 @@ import pytest
 
 import minicnn
 from minicnn.cli import main
-from minicnn.darknet import DarknetError, WeightsReader, build, convert_darknet, read_cfg
+from minicnn.darknet import (DarknetError, WeightsReader, build, convert_darknet,
+                             darknet_resize, read_cfg)
 from minicnn.ops.detection import detection_loss_forward, detection_truth
 
 LIB = "/usr/lib/darknet/libdarknet.so"
@@ -740,6 +741,57 @@ def darknet_detect(cfg, weights, rgb, thresh, nms, classes):
 
 
 @needs_darknet
+def test_resize_matches_darknets_resize_image():
+    """minicnn.darknet.darknet_resize against libdarknet's resize_image, bit for bit: up, down,
+    one row or column in, and sizes whose last row's source rounds below the edge."""
+    lib = darknet()
+    lib.resize_image.restype = Image
+    lib.resize_image.argtypes = [Image, ctypes.c_int, ctypes.c_int]
+    lib.free_image.argtypes = [Image]
+    rng = np.random.default_rng(10)
+    for (h, w), (oh, ow) in [((29, 45), (32, 49)), ((29, 45), (12, 20)), ((7, 3), (300, 416)),
+                             ((1, 5), (4, 9)), ((6, 1), (3, 7)), ((5, 8), (2, 2)),
+                             ((8, 9), (24, 42)),       # (7/23) * 23 < 7 in float32, so do the
+                             ((9, 8), (42, 24)),       # last row and column's sources
+                             ((375, 500), (312, 416)), ((480, 640), (312, 416))]:
+        image = rng.random((3, h, w), np.float32)
+        resized = lib.resize_image(Image(w, h, 3, _floats(image)), ow, oh)
+        want = np.ctypeslib.as_array(resized.data, (3 * oh * ow,)).reshape(3, oh, ow).copy()
+        lib.free_image(resized)
+        np.testing.assert_array_equal(darknet_resize(image, oh, ow), want, err_msg=f"{h}x{w}")
+    lib.letterbox_image.restype = Image                      # and the whole input of a net
+    lib.letterbox_image.argtypes = [Image, ctypes.c_int, ctypes.c_int]
+    rgb = rng.integers(0, 256, (3, 29, 45), dtype=np.uint8)
+    planes = rgb.astype(np.float32) / np.float32(255)          # stb_image's pixel / 255.
+    boxed = lib.letterbox_image(Image(45, 29, 3, _floats(planes)), 64, 48)
+    want = np.ctypeslib.as_array(boxed.data, (3 * 48 * 64,)).reshape(3, 48, 64).copy()
+    lib.free_image(boxed)
+    got = minicnn.detection.net_input(rgb, 48, 64, letterbox=True, darknet_resize=True)
+    np.testing.assert_array_equal(got, want)
+
+
+def assert_same_detections(got, want, unsuppressed=None):
+    """minicnn.detect's list against darknet_detect's rows, one to one: each of Darknet's
+    (class, prob, corners) has one of minicnn's with the same class within 1e-4 (equal scores
+    make the order of the two lists arbitrary). The engines' outputs differ in the last bits
+    (summation order), so two boxes of a class whose scores are closer than that could swap
+    in NMS: the images are chosen so the scores before NMS (``unsuppressed``) are 1e-6 apart
+    or equal (boxes over the letterbox's flat gray: equal in both engines, kept in the same
+    order by the stable sorts of both, glibc's qsort being a merge sort)."""
+    for c in {d["class"] for d in unsuppressed or []}:
+        gaps = np.diff(np.sort([d["score"] for d in unsuppressed if d["class"] == c]))
+        assert not np.any((gaps > 0) & (gaps <= 1e-6)), "a near-tie: NMS could go either way"
+    left = [(d["class"], d["score"], *d["box"]) for d in got]
+    assert len(left) == len(want)
+    for row in want:
+        same = [g for g in left if g[0] == row[0]]
+        assert same, row
+        best = min(same, key=lambda g: np.abs(np.subtract(g[1:], row[1:])).max())
+        np.testing.assert_allclose(best[1:], row[1:], rtol=1e-4, atol=1e-3)
+        left.remove(best)
+
+
+@needs_darknet
 @pytest.mark.parametrize("which", ["v2", "v3"])
 def test_detections_match_darknets_detector_test(tmp_path, which):
     """minicnn.detect on a converted net against Darknet's own pipeline, on an image whose
@@ -747,17 +799,19 @@ def test_detections_match_darknets_detector_test(tmp_path, which):
     the same input: the boxes (anchors, masks, letterbox correction), the thresholding and the
     per-class NMS agree, and some boxes are suppressed."""
     cfg, weights, net, _ = converted(tmp_path, V2_CFG if which == "v2" else V3_CFG, dead=False)
-    rgb = np.random.default_rng(9).integers(0, 256, (16, 32, 3), dtype=np.uint8)
+    rgb = np.random.default_rng(10).integers(0, 256, (16, 32, 3), dtype=np.uint8)
     thresh, nms = (0.1 if which == "v2" else 0.3), 0.3
     want = darknet_detect(cfg, weights, rgb, thresh, nms, 5 if which == "v2" else 4)
     got = minicnn.detect(net, rgb, thresh=thresh, nms=nms, rgb=True)
-    got = sorted((d["class"], d["score"], *d["box"]) for d in got)
     assert len(want) >= 3, want
-    assert [g[0] for g in got] == [w[0] for w in want]
-    np.testing.assert_allclose(np.array(got)[:, 1:], np.array(want)[:, 1:], rtol=1e-4,
-                               atol=1e-3)
     unsuppressed = minicnn.detect(net, rgb, thresh=thresh, nms=1.0, rgb=True)
+    assert_same_detections(got, want, unsuppressed)
     assert len(unsuppressed) > len(got)
+    odd = np.random.default_rng(14).integers(0, 256, (29, 45, 3), dtype=np.uint8)
+    want_odd = darknet_detect(cfg, weights, odd, thresh, nms, 5 if which == "v2" else 4)
+    assert len(want_odd) >= 3                                  # resized as Darknet resizes:
+    assert_same_detections(minicnn.detect(net, odd, thresh=thresh, nms=nms, rgb=True), want_odd,
+                           minicnn.detect(net, odd, thresh=thresh, nms=1.0, rgb=True))
     from PIL import Image as PILImage
     PILImage.fromarray(rgb).save(tmp_path / "street.png")
     assert main(["detect", "--model", str(tmp_path / "out" / "net.prototxt"), "--weights",
@@ -770,7 +824,8 @@ def test_detections_match_darknets_detector_test(tmp_path, which):
     (tmp_path / "images").mkdir()
     (tmp_path / "labels").mkdir()
     PILImage.fromarray(rgb).save(tmp_path / "images" / "a.png")
-    best = max(got, key=lambda g: g[1])            # a truth where the best box is: AP 1 there
+    best = max(((d["class"], d["score"], *d["box"]) for d in got), key=lambda g: g[1])
+    # a truth where the best box is: AP 1 there
     x0, y0, x1, y1 = (v / s for v, s in zip(best[2:], (32, 16, 32, 16)))
     (tmp_path / "labels" / "a.txt").write_text(
         f"{best[0]} {(x0 + x1) / 2} {(y0 + y1) / 2} {x1 - x0} {y1 - y0}\n")
