@@ -157,9 +157,10 @@ HOST_OPS = sorted(["argmax_forward", "batch_reindex_backward", "batch_reindex_fo
                    "margin_inner_product_backward", "margin_inner_product_forward",
                    "max_unpool2d_backward", "max_unpool2d_forward", "multibox_loss_forward",
                    "nearest_upsample_backward", "nearest_upsample_forward", "prior_box_forward",
-                   "psroi_pool_backward", "psroi_pool_forward", "rnn_backward", "rnn_forward",
-                   "roi_pool_backward", "roi_pool_forward", "seg_confusion_forward",
-                   "yolo_head_backward", "yolo_head_forward"])
+                   "psroi_pool_backward", "psroi_pool_forward", "region_loss_forward",
+                   "rnn_backward", "rnn_forward", "roi_pool_backward", "roi_pool_forward",
+                   "seg_confusion_forward", "yolo_head_backward", "yolo_head_forward",
+                   "yolo_loss_forward"])
 HOST_LAYERS = sorted(["ArgMax", "BatchReindex", "CenterLoss", "DetectionEvaluate",
                       "DetectionOutput", "Filter", "LSTM", "LSTMUnit", "LabelSpecificAdd",
                       "MarginInnerProduct", "MultiBoxLoss", "PSROIPooling", "PriorBox", "RNN",

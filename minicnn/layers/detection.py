@@ -1,20 +1,22 @@
-"""YOLOv1 detection layers: the Detection loss (Darknet's [detection] layer) and DetectionData,
-which reads images with Darknet label files and augments them with their boxes."""
+"""YOLO's detection layers: YOLOv1's Detection loss (Darknet's [detection] layer), YOLOv2's Region
+and YOLOv3's Yolo heads (with box lists, their training losses), and DetectionData, which reads
+images with Darknet label files and augments them with their boxes."""
 
 import os
 
 import numpy as np
 
 from minicnn import cuda, ops
-from minicnn.data.detection import augment, label_path, pad_boxes, read_labels
 from minicnn.data.datum import read_image
 from minicnn.data.db import root_joined
+from minicnn.data.detection import augment, label_path, pad_boxes, read_labels
 from minicnn.data.errors import DataError, need
 from minicnn.data.transform import transform_sample
 from minicnn.errors import LayerError
 from minicnn.layer import Layer, register
 from minicnn.layers.data import _SourceDataLayer
 from minicnn.ops.detection import detection_layout, detection_truth
+from minicnn.ops.yolo_losses import REGION_MAX_BOXES, darknet_truth
 
 
 def detection_settings(p):
@@ -117,19 +119,36 @@ class DetectionLayer(Layer):
 
 
 class _YoloHead(Layer):
-    """What Region and Yolo share: one bottom, a convolution's N x A*E x H x W output, and a top
-    of the same shape holding it activated (minicnn.ops.yolo_heads)."""
-    exact_num_bottom = exact_num_top = 1
+    """What Region and Yolo share: bottom 0 a convolution's N x A*E x H x W output. With one
+    bottom the top has its shape and holds it activated (minicnn.ops.yolo_heads); with a second
+    bottom, the box lists (N, K, 5) of rows (class, x, y, w, h) relative to the image, padding
+    rows with class -1 (what DetectionData writes), the layer is Darknet's training loss
+    (minicnn.ops.yolo_losses): top[0] the loss, an optional top[1] Darknet's printed figures."""
+    min_num_bottom, max_num_bottom = 1, 2
+    index_bottom = 1
+    min_num_top, max_num_top = 1, 2
     host_only = True                    # a few elementwise maps on the net's last blob
+    figures = 6
 
     def head(self):
         """(anchors in this head, keyword arguments of the yolo_head ops)."""
+        raise NotImplementedError
+
+    def loss_settings(self):
+        """(the loss op, its keyword arguments, the truths kept per image)."""
         raise NotImplementedError
 
     def layer_setup(self, bottom, top):
         self.anchors, self.settings = self.head()
         if self.settings["classes"] < 1:
             raise LayerError(f"{self.type} layer '{self.name}': classes must be at least 1")
+        self.is_loss = len(bottom) == 2
+        if not self.is_loss and len(top) > 1:
+            raise LayerError(f"{self.type} layer '{self.name}' without labels (a deploy net) has "
+                             "one top; the figures top needs the box lists as bottom 1")
+        if self.is_loss:
+            self.loss_op, self.loss_kwargs, self.max_boxes = self.loss_settings()
+        self.grad = None
 
     def reshape(self, bottom, top):
         shape = bottom[0].shape
@@ -138,29 +157,73 @@ class _YoloHead(Layer):
             raise LayerError(f"{self.type} layer '{self.name}' takes N x {self.anchors * e} x H x "
                              f"W ({self.anchors} anchors x ({self.settings['coords']} coords + 1 "
                              f"+ {self.settings['classes']} classes)), got shape {shape}")
-        top[0].reshape(shape)
+        if not self.is_loss:
+            top[0].reshape(shape)
+            return
+        labels = bottom[1].shape
+        if len(labels) != 3 or labels[0] != shape[0] or labels[2] != 5:
+            raise LayerError(f"{self.type} layer '{self.name}': the box lists (shape {labels}) "
+                             f"must be (N, K, 5) rows (class, x, y, w, h) for the N = {shape[0]} "
+                             "predictions")
+        top[0].reshape(())
+        if len(top) > 1:
+            top[1].reshape((self.figures,))
 
     def forward(self, bottom, top):
-        top[0].data[...] = ops.yolo_head_forward(bottom[0].data, anchors=self.anchors,
-                                                 **self.settings)
+        if not self.is_loss:
+            top[0].data[...] = ops.yolo_head_forward(bottom[0].data, anchors=self.anchors,
+                                                     **self.settings)
+            return
+        x = cuda.to_host(bottom[0].data)
+        labels = cuda.to_host(bottom[1].data)
+        truths = darknet_truth(labels, self.max_boxes, self.settings["classes"])
+        loss, self.grad, _, figures = self.loss_op(x, truths, **self.loss_kwargs)
+        top[0].data[...] = loss
+        if len(top) > 1:
+            top[1].data[...] = figures
 
     def backward(self, top, propagate_down, bottom):
+        if not self.is_loss:
+            if propagate_down[0]:
+                bottom[0].diff[...] = ops.yolo_head_backward(top[0].diff, top[0].data,
+                                                             anchors=self.anchors,
+                                                             **self.settings)
+            return
+        if propagate_down[1]:
+            raise LayerError(f"{self.type} layer '{self.name}' cannot backpropagate to the box "
+                             "lists (bottom 1); set propagate_down: false for them")
         if propagate_down[0]:
-            bottom[0].diff[...] = ops.yolo_head_backward(top[0].diff, top[0].data,
-                                                         anchors=self.anchors, **self.settings)
+            bottom[0].diff[...] = self.grad * self.grad.dtype.type(float(top[0].diff))
+
+    def allow_force_backward(self, bottom_index):
+        return bottom_index == 0
 
 
 @register("Region")
 class RegionLayer(_YoloHead):
-    """YOLOv2's output layer, Darknet's [region] at test time: per anchor, logistic on x, y and
-    the objectness, and a softmax over the classes (softmax: true) or a logistic on each; w, h
-    pass unchanged. Top: the bottom's shape, N x num*(coords + 1 + classes) x H x W, in Darknet's
-    layout (minicnn.ops.yolo_heads); ``minicnn.detect`` decodes it with the anchors (pairs of
-    width, height in cells; Darknet's 0.5 each when none are given). region_param: classes
-    (20), coords (4), num (1, anchors per place), softmax (false), background (false: with it,
-    no objectness and a softmax over classes + 1 starting at entry coords), anchors. Darknet's
-    training options (jitter, rescore, object_scale, ...) are not kept: the layer is not a loss
-    (``minicnn convert darknet`` writes it). Backward: the chain rule through the activations."""
+    """YOLOv2's output layer, Darknet's [region]. At test time (one bottom): per anchor,
+    logistic on x, y and the objectness, and a softmax over the classes (softmax: true) or a
+    logistic on each; w, h pass unchanged. Top: the bottom's shape, N x num*(coords + 1 +
+    classes) x H x W, in Darknet's layout (minicnn.ops.yolo_heads); ``minicnn.detect`` decodes
+    it with the anchors (pairs of width, height in cells; Darknet's 0.5 each when none are
+    given). Backward: the chain rule through the activations.
+
+    With a second bottom, the box lists, the layer is Darknet's training loss
+    (forward_region_layer; minicnn.ops.yolo_losses has the rules and the gradient): top[0] the
+    loss, an optional top[1] [Avg IOU, Class, Obj, No Obj, Avg Recall, count]. Of each image
+    the first 30 boxes count (Darknet's truth holds 30), clipped to the image, those under 0.001
+    wide or high dropped (Darknet's loader). The prior-matching warm-up runs while the layer
+    has seen fewer than 12800 images: it counts the images of each loss forward (Darknet adds
+    the batch before the forward), starting from region_param.seen (the .weights header's count,
+    which ``minicnn convert darknet`` copies); the count lives in the layer only (a snapshot
+    does not keep it: set seen to resume past the warm-up).
+
+    region_param: classes (20), coords (4), num (1, anchors per place), softmax (false),
+    background (false: with it, no objectness and a softmax over classes + 1 starting at entry
+    coords), anchors; for the loss: object_scale, noobject_scale, class_scale, coord_scale (1
+    each), thresh (.5), rescore, bias_match (false), absolute (read by Darknet and never used;
+    kept for the round trip), seen (0). The loss needs coords 4 and no background (Darknet's
+    background delta is no gradient of any loss)."""
     param_field = "region_param"
 
     def head(self):
@@ -175,16 +238,50 @@ class RegionLayer(_YoloHead):
         return p.num, dict(coords=p.coords, classes=p.classes, softmax=p.softmax,
                            background=p.background)
 
+    def loss_settings(self):
+        p = self.param.region_param
+        if p.coords != 4 or p.background:
+            raise LayerError(f"Region layer '{self.name}': the loss (a second bottom) needs "
+                             f"region_param coords 4 and background false, got coords "
+                             f"{p.coords}, background {str(p.background).lower()}")
+        anchors = np.asarray(list(p.anchors) or [0.5] * (2 * p.num), np.float64).reshape(-1, 2)
+        if np.any(anchors <= 0):
+            raise LayerError(f"Region layer '{self.name}': the loss needs positive anchors, got "
+                             f"{list(p.anchors)}")
+        self.images_seen = int(p.seen)
+        kwargs = dict(anchors=anchors, classes=p.classes, softmax=p.softmax,
+                      object_scale=p.object_scale, noobject_scale=p.noobject_scale,
+                      class_scale=p.class_scale, coord_scale=p.coord_scale, thresh=p.thresh,
+                      rescore=p.rescore, bias_match=p.bias_match)
+        return ops.region_loss_forward, kwargs, REGION_MAX_BOXES
+
+    def forward(self, bottom, top):
+        if self.is_loss:
+            self.images_seen += bottom[0].shape[0]
+            self.loss_kwargs["seen"] = self.images_seen
+        super().forward(bottom, top)
+
 
 @register("Yolo")
 class YoloLayer(_YoloHead):
-    """YOLOv3's output layer, Darknet's [yolo] at test time: per anchor of this scale, logistic
-    on x, y, the objectness and every class score; w, h pass unchanged. Top: the bottom's shape,
-    N x len(mask)*(5 + classes) x H x W. yolo_param: classes (20), anchors (width, height pairs
-    in input pixels, all scales'), mask (which anchors this scale predicts; all of them when
-    empty, as Darknet). Not a loss; ``minicnn.detect`` decodes the top. Backward: the chain rule
-    through the logistics."""
+    """YOLOv3's output layer, Darknet's [yolo]. At test time (one bottom): per anchor of this
+    scale, logistic on x, y, the objectness and every class score; w, h pass unchanged. Top:
+    the bottom's shape, N x len(mask)*(5 + classes) x H x W; ``minicnn.detect`` decodes it.
+    Backward: the chain rule through the logistics.
+
+    With a second bottom, the box lists, the layer is Darknet's training loss
+    (forward_yolo_layer; minicnn.ops.yolo_losses has the rules and the gradient): top[0] the
+    loss, an optional top[1] [Avg IOU, Class, Obj, No Obj, .5R, .75R, count]. Of each image
+    the first max_boxes boxes count, clipped to the image, those under 0.001 wide or high
+    dropped (Darknet's loader).
+
+    yolo_param: classes (20), anchors (width, height pairs in input pixels, all scales'), mask
+    (which anchors this scale predicts; all of them when empty, as Darknet); for the loss:
+    ignore_thresh (.5), truth_thresh (1), max_boxes (Darknet's max, 90), and net_width,
+    net_height: the net's input size in pixels (Darknet's [net] width, height), which the
+    anchors are relative to (``minicnn convert darknet`` writes them)."""
     param_field = "yolo_param"
+    figures = 7
 
     def head(self):
         p = self.param.yolo_param
@@ -197,6 +294,23 @@ class YoloLayer(_YoloHead):
             raise LayerError(f"Yolo layer '{self.name}': mask {mask} names anchors past the "
                              f"{total} given")
         return len(mask), dict(coords=4, classes=p.classes, softmax=False, background=False)
+
+    def loss_settings(self):
+        p = self.param.yolo_param
+        if not p.net_width or not p.net_height:
+            raise LayerError(f"Yolo layer '{self.name}': the loss (a second bottom) needs "
+                             "yolo_param net_width and net_height, the net's input size in "
+                             "pixels that the anchors are relative to")
+        mask = list(p.mask) or list(range(max(len(p.anchors) // 2, 1)))
+        anchors = np.asarray(list(p.anchors) or [0.5] * (2 * (max(mask) + 1)),
+                             np.float64).reshape(-1, 2)
+        if np.any(anchors <= 0):
+            raise LayerError(f"Yolo layer '{self.name}': the loss needs positive anchors, got "
+                             f"{list(p.anchors)}")
+        kwargs = dict(anchors=anchors, mask=mask, classes=p.classes, net_width=p.net_width,
+                      net_height=p.net_height, ignore_thresh=p.ignore_thresh,
+                      truth_thresh=p.truth_thresh)
+        return ops.yolo_loss_forward, kwargs, p.max_boxes
 
 
 @register("DetectionData")

@@ -660,11 +660,25 @@ message RegionParameter        # minicnn's "Region" layer, Darknet's [region] (Y
   4   softmax             bool     = false
   5   background          bool     = false
   6   anchors             float    repeated
+  7   object_scale        float    = 1       # 7-15: [region]'s training keys (its loss), with
+  8   noobject_scale      float    = 1       # parse_region's defaults
+  9   class_scale         float    = 1
+  10  coord_scale         float    = 1
+  11  thresh              float    = 0.5
+  12  rescore             bool     = false
+  13  bias_match          bool     = false
+  14  absolute            bool     = false   # parsed by Darknet, never used
+  15  seen                uint64   = 0       # images seen before (the prior warm-up's counter)
 
 message YoloParameter          # minicnn's "Yolo" layer, Darknet's [yolo] (YOLOv3)
   1   classes             uint32   = 20
   2   mask                uint32   repeated
   3   anchors             float    repeated
+  4   ignore_thresh       float    = 0.5     # 4-6: [yolo]'s training keys (its loss)
+  5   truth_thresh        float    = 1
+  6   max_boxes           uint32   = 90      # Darknet's max
+  7   net_width           uint32   = 0       # the [net]'s input size the anchors are in
+  8   net_height          uint32   = 0
 
 message DetectionDataParameter # minicnn's "DetectionData" layer: images + Darknet label files
   1   source              string
