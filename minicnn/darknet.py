@@ -29,13 +29,18 @@ section leaves out; layers are numbered from 0 after [net], as [route] and [shor
                    kernel 1, stride k)
   [upsample]       Upsample (nearest, upsample_param scale = stride); a Power for scale != 1
   [reorg]          Reorg (Darknet's index arithmetic; reverse kept)
-  [region]         Region (YOLOv2's head: anchors, classes, coords, num, softmax, background)
-  [yolo]           Yolo (YOLOv3's heads: anchors, mask, classes)
+  [region]         Region (YOLOv2's head: anchors, classes, coords, num, softmax, background;
+                   and the loss's keys the cfg gives: object_scale, noobject_scale,
+                   class_scale, coord_scale, thresh, rescore, bias_match, absolute; the
+                   weights file's seen count when not 0)
+  [yolo]           Yolo (YOLOv3's heads: anchors, mask, classes; net_width and net_height from
+                   [net]; and the loss's ignore_thresh, truth_thresh, max when given)
   [detection]      Detection with one bottom (a deploy net), its parameters copied
 
-Region and Yolo keep what decoding needs; the training options of [region], [yolo] and
-[detection] (jitter, thresholds, scales, random) are not kept. ``minicnn detect`` decodes all
-three kinds (minicnn.detection).
+The converted net is a deploy net (one bottom per head). Region and Yolo keep their training
+keys, so a train prototxt only adds the box lists as each head's second bottom to make it
+Darknet's loss; jitter and random (the loader's augmentation) are not kept. ``minicnn detect``
+decodes all three kinds (minicnn.detection).
 
 Darknet's batch norm at test time is y = scales * (x - mean) / (sqrt(var) + 1e-6) + biases: the
 epsilon is added *after* the square root, where Caffe's BatchNorm adds it inside. The
@@ -410,6 +415,14 @@ def _reorg(b, s, i, x):
     return _Out(name, c, h, w)
 
 
+def _given(s, floats, flags):
+    """The training keys the section gives, as prototxt fields (Darknet's defaults are the
+    schema's, so keys left out stay out)."""
+    out = "".join(f" {k}: {s.float(k, 0.0)!r}" for k in floats if k in s.options)
+    return out + "".join(f" {k}: {'true' if s.int(k, 0) else 'false'}" for k in flags
+                         if k in s.options)
+
+
 def _region(b, s, i, x):
     classes, coords, num = s.int("classes", 20), s.int("coords", 4), s.int("num", 1)
     softmax, background = s.int("softmax", 0), s.int("background", 0)
@@ -419,9 +432,13 @@ def _region(b, s, i, x):
         raise DarknetError(f"{s.where()}: num {num} x (coords {coords} + 1 + classes {classes}) "
                            f"channels, but the layer before gives {x.c}x{x.h}x{x.w}")
     anchors = _anchors(s, 2 * num)
+    training = _given(s, ("object_scale", "noobject_scale", "class_scale", "coord_scale",
+                          "thresh"), ("rescore", "bias_match", "absolute"))
+    if getattr(b, "seen", 0):
+        training += f" seen: {b.seen}"
     body = (f"region_param {{ classes: {classes} coords: {coords} num: {num}"
             + (" softmax: true" if softmax else "") + (" background: true" if background else "")
-            + "".join(f" anchors: {a!r}" for a in anchors) + " }")
+            + "".join(f" anchors: {a!r}" for a in anchors) + training + " }")
     b.layer(f"region{i}", "Region", x.top, f"region{i}", body)
     return _Out(f"region{i}", x.c, x.h, x.w)
 
@@ -439,8 +456,12 @@ def _yolo(b, s, i, x):
         raise DarknetError(f"{s.where()}: {len(mask)} anchors x (5 + classes {classes}) "
                            f"channels, but the layer before gives {x.c}x{x.h}x{x.w}")
     anchors = _anchors(s, 2 * total)
+    training = _given(s, ("ignore_thresh", "truth_thresh"), ())
+    if "max" in s.options:
+        training += f" max_boxes: {s.int('max', 90)}"
     body = (f"yolo_param {{ classes: {classes}" + "".join(f" mask: {m}" for m in mask)
-            + "".join(f" anchors: {a!r}" for a in anchors) + " }")
+            + "".join(f" anchors: {a!r}" for a in anchors)
+            + f" net_width: {b.net_w} net_height: {b.net_h}" + training + " }")
     b.layer(f"yolo{i}", "Yolo", x.top, f"yolo{i}", body)
     return _Out(f"yolo{i}", x.c, x.h, x.w)
 
@@ -476,6 +497,7 @@ def build(sections, weights):
     if min(c, h, w) <= 0:
         raise DarknetError(f"{net.where()}: give height, width and channels (got {h}, {w}, {c})")
     b = _Builder(os.path.splitext(os.path.basename(net.path))[0])
+    b.net_w, b.net_h, b.seen = w, h, getattr(weights, "seen", 0)
     b.layer("data", "Input", None, "data",
             f"input_param {{ shape {{ dim: 1 dim: {c} dim: {h} dim: {w} }} }}")
     x, outs = _Out("data", c, h, w), []

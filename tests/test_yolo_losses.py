@@ -288,3 +288,90 @@ def test_errors():
                      minicnn.Blob.from_array(np.zeros((2, 2, 5)))], [minicnn.Blob(())])
     with pytest.raises(LayerError, match="without labels .* has one top"):
         region_layer().setup([minicnn.Blob.from_array(x)], [minicnn.Blob(()), minicnn.Blob(())])
+
+
+# --- converted YOLOv2 / YOLOv3 nets as train nets --------------------------------------------------
+
+def rectangle_images(folder, n=4, size=32):
+    """Black images with two bright rectangles each (two classes), and their exact boxes."""
+    from minicnn.data.datum import encode_image
+    from minicnn.data.detection import write_labels
+    rng = np.random.default_rng(5)
+    (folder / "images").mkdir()
+    (folder / "labels").mkdir()
+    lines = []
+    for i in range(n):
+        image = np.zeros((3, size, size), np.uint8)
+        boxes = []
+        for k in range(2):
+            x0, y0 = (int(v) for v in rng.integers(0, size - 14, 2))
+            x1, y1 = x0 + int(rng.integers(5, 14)), y0 + int(rng.integers(5, 14))
+            image[k, y0:y1, x0:x1] = 255
+            boxes.append([k, (x0 + x1) / 2 / size, (y0 + y1) / 2 / size, (x1 - x0) / size,
+                          (y1 - y0) / size])
+        (folder / "images" / f"{i}.png").write_bytes(encode_image(image, "png"))
+        write_labels(str(folder / "labels" / f"{i}.txt"), boxes)
+        lines.append(f"images/{i}.png")
+    (folder / "list.txt").write_text("\n".join(lines) + "\n")
+    return str(folder / "list.txt")
+
+
+def train_prototxt(deploy, source, n):
+    """The converted deploy net with a DetectionData layer for its Input and the boxes as each
+    head's second bottom, its loss (and figures) as tops."""
+    text = re.sub(r'layer \{\n  name: "data"\n  type: "Input".*?\n\}\n', f'''layer {{
+  name: "data" type: "DetectionData" top: "data" top: "boxes"
+  transform_param {{ scale: 0.00392156862745098 }}
+  detection_data_param {{ source: "{source}" batch_size: {n} max_boxes: 4 }}
+}}
+''', deploy, count=1, flags=re.DOTALL)
+    assert "DetectionData" in text
+    return re.sub(r'(type: "(?:Region|Yolo)"\n  bottom: "[^"]+"\n)  top: "([^"]+)"',
+                  r'\1  bottom: "boxes"\n  top: "\2_loss"\n  top: "\2_figures"\n'
+                  r'  loss_weight: 1\n  loss_weight: 0', text)
+
+
+@pytest.mark.parametrize("which", ["v2", "v3"])
+def test_converted_yolo_nets_train(tmp_path, which):
+    """A converted small YOLOv2 / YOLOv3 (tests/test_darknet.py's cfgs, with their training
+    keys) trained on four images by minicnn's SGD: the losses are finite and fall, the figures
+    count the boxes."""
+    from minicnn.darknet import convert_darknet
+    from minicnn.proto import caffe_pb2
+    from minicnn.proto.text import parse_text
+    from tests.test_darknet import V2_CFG, V3_CFG, random_weights
+    cfg_text = V2_CFG.replace("rescore=1\n", "rescore=1\nobject_scale=5\nnoobject_scale=1\n"
+                              "class_scale=1\ncoord_scale=1\nbias_match=1\nthresh=.6\nabsolute=0\n") \
+        if which == "v2" else V3_CFG.replace("ignore_thresh = .7\n",
+                                             "ignore_thresh = .7\ntruth_thresh = 1\nmax=40\n")
+    cfg = tmp_path / "net.cfg"
+    cfg.write_text(cfg_text)
+    random_weights(str(cfg), str(tmp_path / "net.weights"), dead=False)
+    prototxt, caffemodel = convert_darknet(str(cfg), str(tmp_path / "net.weights"),
+                                           str(tmp_path / "out"))
+    with open(prototxt) as f:
+        deploy = f.read()
+    if which == "v2":
+        assert ("object_scale: 5.0" in deploy and "thresh: 0.6" in deploy
+                and "bias_match: true" in deploy and "rescore: true" in deploy
+                and "absolute: false" in deploy and "seen: 12345" in deploy)
+    else:
+        assert deploy.count("net_width: 32 net_height: 32") == 2
+        assert "ignore_thresh: 0.7 truth_thresh: 1.0 max_boxes: 40" in deploy
+    text = train_prototxt(deploy, rectangle_images(tmp_path), 4)
+    param = caffe_pb2.SolverParameter(net_param=parse_text(text), base_lr=0.002,
+                                      lr_policy="fixed", momentum=0.9, max_iter=12)
+    solver = minicnn.SGDSolver(param, log=lambda message: None)
+    solver.net.copy_from(caffemodel)
+    heads = [layer.name for layer in solver.net.layers if layer.type in ("Region", "Yolo")]
+    assert len(heads) == (1 if which == "v2" else 2)
+    losses = []
+    for _ in range(12):
+        solver.step(1)
+        losses.append(sum(float(solver.net.blobs[f"{h}_loss"].data) for h in heads))
+    assert np.all(np.isfinite(losses)), losses
+    assert losses[-1] < 0.8 * losses[0], losses
+    counts = sum(float(solver.net.blobs[f"{h}_figures"].data[-1]) for h in heads)
+    assert counts == 8                   # each box counted once (v3: by one of the two heads)
+    if which == "v2":
+        assert solver.net.layer_dict[heads[0]].images_seen == 12345 + 12 * 4
