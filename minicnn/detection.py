@@ -183,9 +183,19 @@ def unletterbox(boxes, width, height, net_width, net_height):
 
 
 def head_layers(net):
-    """[(layer, top blob name)] of the net's Region and Yolo layers, in net order."""
-    return [(layer, net.top_names[name][0]) for name, layer in net.layer_dict.items()
-            if layer.type in ("Region", "Yolo")]
+    """[(layer, blob name)] of the net's Region and Yolo layers, in net order: the activated
+    top of a deploy net's, the raw bottom of a loss's (``head_output`` activates it)."""
+    return [(layer, (net.bottom_names if layer.is_loss else net.top_names)[name][0])
+            for name, layer in net.layer_dict.items() if layer.type in ("Region", "Yolo")]
+
+
+def head_output(net, layer, blob, k):
+    """Item k of a Region/Yolo head's activated output (C, H, W), on the host."""
+    from minicnn import cuda, ops
+    data = cuda.to_host(net.blobs[blob].data[k:k + 1])
+    if layer.is_loss:
+        data = ops.yolo_head_forward(data, anchors=layer.anchors, **layer.settings)
+    return data[0]
 
 
 def net_classes(net):
@@ -293,10 +303,11 @@ def detect(net, images, thresh=None, nms=0.4, scale=1 / 255, mean=None, rgb=Fals
     letterbox = bool(heads) if letterbox is None else letterbox
     darknet_resize = bool(heads) if darknet_resize is None else darknet_resize
     thresh = (0.5 if heads else 0.2) if thresh is None else thresh
-    if not net.inputs:
-        raise MinicnnError("the net has no Input layer to feed images to (use a deploy "
+    images_in = [n for n in net.inputs if len(net.blobs[n].shape) == 4]
+    if not images_in:
+        raise MinicnnError("the net has no N x C x H x W Input to feed images to (use a deploy "
                            "prototxt)")
-    name = net.inputs[0]
+    name = images_in[0]                       # (a loss head's box lists are N x K x 5)
     _, channels, height, width = net.blobs[name].shape
     results = []
     for start in range(0, len(items), batch_size):
@@ -312,8 +323,8 @@ def detect(net, images, thresh=None, nms=0.4, scale=1 / 255, mean=None, rgb=Fals
                 results.append(detections_from(pred, p.side, p.num, p.classes, p.sqrt, w0, h0,
                                                thresh, nms, names))
                 continue
-            found = [head_boxes(net.blobs[top].data[k], layer, width, height, thresh)
-                     for layer, top in heads]
+            found = [head_boxes(head_output(net, layer, blob, k), layer, width, height, thresh)
+                     for layer, blob in heads]
             boxes = np.concatenate([b for b, _ in found])
             scores = np.concatenate([sc for _, sc in found])
             if letterbox:

@@ -857,3 +857,27 @@ def test_errors_of_the_v2_v3_sections(tmp_path):
                    "from=-2\n")
     with pytest.raises(DarknetError, match=r"adds a 4x8x8 output to a 4x3x3 one"):
         build_text(head + "[maxpool]\nsize=3\nstride=3\n[shortcut]\nfrom=0\n")
+
+
+def test_detect_reads_a_loss_form_head_as_its_deploy_twin(tmp_path):
+    """A Region/Yolo head given the box lists is a loss whose top is the loss: detect
+    activates its bottom instead, and finds what the deploy net finds."""
+    for name, text in (("v2", V2_CFG), ("v3", V3_CFG)):
+        folder = tmp_path / name
+        folder.mkdir()
+        _, _, deploy, _ = converted(folder, text, dead=False)
+        prototxt = (folder / "out" / "net.prototxt").read_text()
+        heads = re.findall(r'type: "(?:Region|Yolo)"\n  bottom: "[^"]+"', prototxt)
+        assert heads
+        for head in heads:
+            prototxt = prototxt.replace(head, head + '\n  bottom: "boxes"')
+        prototxt = prototxt.replace('layer {\n  name: "data"', 'input: "boxes" input_shape { '
+                                    'dim: 1 dim: 2 dim: 5 }\nlayer {\n  name: "data"', 1)
+        (folder / "train.prototxt").write_text(prototxt)
+        train = minicnn.Net(str(folder / "train.prototxt"),
+                            weights=str(folder / "out" / "net.caffemodel"), phase=minicnn.TEST)
+        assert all(layer.is_loss for layer in train.layers if layer.type in ("Region", "Yolo"))
+        rgb = np.random.default_rng(12).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+        thresh = 0.1 if name == "v2" else 0.3
+        want = minicnn.detect(deploy, rgb, thresh=thresh, rgb=True)
+        assert want and minicnn.detect(train, rgb, thresh=thresh, rgb=True) == want
