@@ -1,5 +1,5 @@
-"""Darknet models -> Caffe prototxt + caffemodel (``minicnn convert darknet``): YOLOv1, YOLOv2,
-YOLOv3 and Darknet's classifiers (darknet19/53, resnets, densenet, ...).
+"""Darknet models -> Caffe prototxt + caffemodel (``minicnn convert darknet``): YOLOv1 (tiny and
+full), YOLOv2, YOLOv3 and Darknet's classifiers (darknet19/53, resnets, densenet, ...).
 
     convert_darknet("yolov3-tiny.cfg", "yolov3-tiny.weights", "out/")
     # -> out/yolov3-tiny.prototxt, out/yolov3-tiny.caffemodel
@@ -18,6 +18,8 @@ section leaves out; layers are numbered from 0 after [net], as [route] and [shor
                    round_mode FLOOR, and size 2 stride 1 (the tiny YOLOs') is a Pooling padded
                    on both sides and a Crop of its first row and column
   [avgpool]        Pooling AVE, global
+  [local]          Local (a convolution with different filters at every place: YOLOv1's full
+                   model), then the activation
   [connected]      InnerProduct (+ BatchNorm, Scale with batch_normalize), then the activation
   [dropout]        Dropout (identity at test time in both)
   [softmax]        Softmax (groups=1 over a C x 1 x 1 output); [cost] is dropped (training only)
@@ -71,7 +73,8 @@ KINDS = {"convolutional": "convolutional", "conv": "convolutional", "maxpool": "
          "max": "maxpool", "connected": "connected", "conn": "connected", "dropout": "dropout",
          "avgpool": "avgpool", "avg": "avgpool", "softmax": "softmax", "soft": "softmax",
          "cost": "cost", "route": "route", "shortcut": "shortcut", "upsample": "upsample",
-         "reorg": "reorg", "region": "region", "yolo": "yolo", "detection": "detection"}
+         "reorg": "reorg", "region": "region", "yolo": "yolo", "detection": "detection",
+         "local": "local"}
 
 
 class DarknetError(MinicnnError):
@@ -283,6 +286,28 @@ def _convolutional(b, s, i, x, weights):
     _activation(b, s, name, name)
     return _Out(name, n, (x.h + 2 * padding - size) // stride + 1,
                 (x.w + 2 * padding - size) // stride + 1)
+
+
+def _local(b, s, i, x, weights):
+    """Darknet's [local]: pad is a flag there (out = (h - 1) / stride + 1 with it, (h - size) /
+    stride + 1 without) while its im2col pads by the flag's value; minicnn converts the
+    geometries where the two agree (size 3 with pad=1, any size without padding)."""
+    n, size = s.int("filters", 1), s.int("size", 1)
+    stride, pad = s.int("stride", 1), s.int("pad", 0)
+    oh, ow = ((v - 1 if pad else v - size) // stride + 1 for v in (x.h, x.w))
+    if (oh, ow) != tuple((v + 2 * pad - size) // stride + 1 for v in (x.h, x.w)) or \
+            min(oh, ow) < 1:
+        raise DarknetError(f"{s.where()}: size={size} stride={stride} pad={pad}: Darknet's "
+                           "output size and its im2col disagree here; minicnn converts size 3 "
+                           "with pad=1 or pad=0")
+    name = f"local{i}"
+    biases = weights.read(n * oh * ow, f"the biases of {name}")
+    kernel = weights.read(oh * ow * n * x.c * size * size, f"the weights of {name}")
+    b.layer(name, "Local", x.top, name,
+            f"local_param {{ num_output: {n} kernel_size: {size} stride: {stride} pad: {pad} }}",
+            [kernel, biases])
+    _activation(b, s, name, name)
+    return _Out(name, n, oh, ow)
 
 
 def _maxpool(b, s, i, x):
@@ -503,11 +528,13 @@ def build(sections, weights):
     x, outs = _Out("data", c, h, w), []
     for i, s in enumerate(sections[1:]):
         kind = KINDS.get(s.kind)
-        if kind in ("convolutional", "maxpool", "upsample", "reorg", "region", "yolo") and \
-                x.flat:
+        if kind in ("convolutional", "local", "maxpool", "upsample", "reorg", "region",
+                    "yolo") and x.flat:
             raise DarknetError(f"{s.where()}: a [{s.kind}] after a connected layer")
         if kind == "convolutional":
             x = _convolutional(b, s, i, x, weights)
+        elif kind == "local":
+            x = _local(b, s, i, x, weights)
         elif kind == "maxpool":
             x = _maxpool(b, s, i, x)
         elif kind == "connected":

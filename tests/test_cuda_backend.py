@@ -149,11 +149,13 @@ def test_kernel_sources_are_self_contained():
 # NMS, at the end of the net), the recurrent layers (a loop over time steps in NumPy), Fast
 # R-CNN's ROIPooling and R-FCN's PSROIPooling (loops over the rois and bins), the forks' Upsample
 # (mask checks and scatters on the host), YOLOv2/v3's output heads (a few maps on the last blob),
-# SSD's MultiBoxLoss (matching and mining, per image), the face forks' losses (per-class loops).
+# SSD's MultiBoxLoss (matching and mining, per image), the face forks' losses (per-class loops),
+# Darknet's Local (einsum over places; no kernel yet).
 HOST_OPS = sorted(["argmax_forward", "batch_reindex_backward", "batch_reindex_forward",
                    "center_loss_backward", "center_loss_forward", "detection_evaluate_forward",
                    "detection_output_forward", "label_specific_add_forward", "lstm_backward",
-                   "lstm_forward", "lstm_unit_backward", "lstm_unit_forward",
+                   "lstm_forward", "local_backward", "local_forward", "lstm_unit_backward",
+                   "lstm_unit_forward",
                    "margin_inner_product_backward", "margin_inner_product_forward",
                    "max_unpool2d_backward", "max_unpool2d_forward", "multibox_loss_forward",
                    "nearest_upsample_backward", "nearest_upsample_forward", "prior_box_forward",
@@ -162,7 +164,7 @@ HOST_OPS = sorted(["argmax_forward", "batch_reindex_backward", "batch_reindex_fo
                    "seg_confusion_forward", "yolo_head_backward", "yolo_head_forward",
                    "yolo_loss_forward"])
 HOST_LAYERS = sorted(["ArgMax", "BatchReindex", "CenterLoss", "DetectionEvaluate",
-                      "DetectionOutput", "Filter", "LSTM", "LSTMUnit", "LabelSpecificAdd",
+                      "DetectionOutput", "Filter", "LSTM", "LSTMUnit", "LabelSpecificAdd", "Local",
                       "MarginInnerProduct", "MultiBoxLoss", "PSROIPooling", "PriorBox", "RNN",
                       "ROIPooling", "Region", "SegAccuracy", "Upsample", "Yolo"])
 

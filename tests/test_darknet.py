@@ -375,8 +375,8 @@ def test_errors_name_the_place(tmp_path):
                                            "conv0 \\(18 floats"):
         convert_darknet(str(cfg), str(weights), str(tmp_path / "o"))
     assert not os.path.exists(tmp_path / "o" / "a.prototxt")
-    cfg.write_text("[net]\nheight=8\nwidth=8\nchannels=1\n\n[local]\nsize=3\n")
-    with pytest.raises(DarknetError, match=r"a\.cfg:6: \[local\]: this kind of section"):
+    cfg.write_text("[net]\nheight=8\nwidth=8\nchannels=1\n\n[crop]\nsize=3\n")
+    with pytest.raises(DarknetError, match=r"a\.cfg:6: \[crop\]: this kind of section"):
         convert_darknet(str(cfg), str(weights), str(tmp_path / "o"))
     cfg.write_text("[net]\nheight=8\nwidth=8\nchannels=1\nfilters 3\n")
     with pytest.raises(DarknetError, match=r"a\.cfg:5: expected \[section\] or key=value"):
@@ -391,13 +391,66 @@ def test_errors_name_the_place(tmp_path):
         convert_darknet(str(cfg), str(weights), str(tmp_path / "o"))
 
 
-@pytest.mark.skipif(not os.path.exists(CFG_DIR), reason="Debian's darknet package is not "
-                                                        "installed")
-def test_yolov1_full_cfg_is_refused_at_its_local_layer(tmp_path):
-    weights = tmp_path / "w"
-    weights.write_bytes(bytes(20))
-    with pytest.raises(DarknetError, match=r"yolov1\.cfg:\d+: \[local\]"):
-        build(read_cfg(os.path.join(CFG_DIR, "yolov1.cfg")), _Recorder())
+LOCAL_CFG = """[net]
+height=12
+width=10
+channels=8
+
+[convolutional]
+filters=4
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[local]
+size=3
+stride=1
+pad=1
+filters=5
+activation=leaky
+
+[local]
+size=2
+stride=2
+pad=0
+filters=3
+activation=linear
+
+[connected]
+output=7
+activation=linear
+"""
+
+
+@needs_darknet
+def test_local_layers_match_darknet(tmp_path):
+    """[local] with pad=1 (size 3, the shape YOLOv1 uses) and without padding at stride 2:
+    weights per place and a bias per output value, in Darknet's order. (8 input channels: a
+    [local] in Darknet does not size the shared workspace, so the convolution before must.)"""
+    cfg, weights, net, _ = converted(tmp_path, LOCAL_CFG, dead=False)
+    assert [layer.type for layer in net.layers].count("Local") == 2
+    assert net.params["local1"][0].shape == (120, 5, 36)
+    assert net.params["local2"][1].shape == (3, 6, 5)
+    x = np.random.default_rng(13).random((8, 12, 10), np.float32)
+    want = darknet_forward(cfg, weights, x)
+    np.testing.assert_allclose(net.forward(data=x[None])["fc3"][0], want, rtol=1e-5,
+                               atol=1e-6)
+
+
+@needs_darknet
+def test_yolov1_full_cfg_matches_darknet(tmp_path):
+    """Debian's yolov1.cfg (24 convolutions, the [local] layer, dropout, connected 1715,
+    detection), at a 64 x 64 input to stay quick: its [local] then works on a 1 x 1 map."""
+    with open(os.path.join(CFG_DIR, "yolov1.cfg")) as f:
+        text = re.sub(r"(?m)^(height|width)=448", r"\1=64", f.read())
+    cfg, weights, net, _ = converted(tmp_path, text, dead=False)
+    types = [layer.type for layer in net.layers]
+    assert types.count("Local") == 1 and types[-1] == "Detection"
+    x = np.random.default_rng(14).random((3, 64, 64), np.float32)
+    want = darknet_forward(cfg, weights, x)
+    got = net.forward(data=x[None])["detection"][0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
 def test_convert_command(tmp_path, capsys):

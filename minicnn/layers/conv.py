@@ -1,8 +1,10 @@
 """Convolution layers: Caffe's `Convolution` and `Deconvolution`, the depthwise aliases of
-Caffe forks (`ConvolutionDepthwise`, `DepthwiseConvolution`), and `Im2col`, a convolution's
-first half on its own. The math is in minicnn.ops.conv and minicnn.ops.im2col."""
+Caffe forks (`ConvolutionDepthwise`, `DepthwiseConvolution`), `Im2col`, a convolution's first
+half on its own, and `Local`, a convolution with different filters at every place. The math is
+in minicnn.ops.conv, minicnn.ops.im2col and minicnn.ops.local."""
 
 from minicnn import ops
+from minicnn.blob import Blob
 from minicnn.errors import LayerError
 from minicnn.layer import Layer, register
 from minicnn.ops.conv import ConvGeometry
@@ -249,3 +251,70 @@ class Im2colLayer(Layer):
         if propagate_down[0]:
             bottom[0].diff[...] = ops.im2col_backward(top[0].diff, x_hw=bottom[0].shape[2:],
                                                       geom=self.geom)
+
+
+@register("Local")
+class LocalLayer(Layer):
+    """A locally connected layer (Darknet's [local]: YOLOv1's full model, written by ``minicnn
+    convert darknet``): a convolution whose filters differ at each of the OH x OW output places.
+
+    blobs[0]  weights (OH*OW, num_output, C*k*k), place-major as Darknet stores them, filled by
+              weight_filler per place (fan-in C*k*k; default constant 0)
+    blobs[1]  bias (num_output, OH, OW), one per output value, when bias_term (default true)
+
+    local_param: num_output, kernel_size (1), stride (1), pad (0), bias_term, weight_filler,
+    bias_filler. The weights fix the input's height and width: a bottom of another size is an
+    error. y[n, f, l] = sum_k w[l, f, k] cols[n, k, l] + b[f, l] over the im2col columns
+    (minicnn.ops.local); backward gives dx, dw and db."""
+    param_field = "local_param"
+    exact_num_bottom = exact_num_top = 1
+    host_only = True                  # no CUDA kernel yet: a GPU net runs it on host copies
+
+    def layer_setup(self, bottom, top):
+        p = self.param.local_param
+        if bottom[0] is top[0]:
+            raise LayerError(f"Local layer '{self.name}' cannot run in place (its backward needs "
+                             "its input)")
+        if p.num_output < 1:
+            raise LayerError(f"Local layer '{self.name}': local_param.num_output must be at "
+                             "least 1")
+        self.geom = ConvGeometry(p.kernel_size, p.stride, p.pad)
+        shape = bottom[0].shape
+        check_two_spatial_axes("Local", 1, shape)
+        self.in_hw = tuple(shape[2:])
+        oh, ow = self.geom.out_hw(*self.in_hw)
+        k = shape[1] * p.kernel_size ** 2
+        want = (oh * ow, p.num_output, k)
+        if self.blobs:
+            self.init_param(0, want, what="weights")
+        else:                               # fan-in k: filled as (L*F) rows of k, reshaped
+            filled = self.init_param(0, (oh * ow * p.num_output, k), p.weight_filler)
+            self.blobs[0] = Blob.from_array(filled.data.reshape(want), self.dtype)
+        if p.bias_term:
+            self.init_param(1, (p.num_output, oh, ow), p.bias_filler, "bias")
+
+    def reshape(self, bottom, top):
+        shape = bottom[0].shape
+        check_two_spatial_axes("Local", 1, shape)
+        if tuple(shape[2:]) != self.in_hw or shape[1] * self.geom.kernel[0] ** 2 != \
+                self.blobs[0].shape[2]:
+            raise LayerError(f"Local layer '{self.name}' was set up for C x {self.in_hw[0]} x "
+                             f"{self.in_hw[1]} inputs with {self.blobs[0].shape[2]} values per "
+                             f"window; got shape {shape} (its weights differ per place)")
+        top[0].reshape((shape[0], self.blobs[0].shape[1], *self.geom.out_hw(*shape[2:])))
+
+    def forward(self, bottom, top):
+        b = self.blobs[1].data if len(self.blobs) > 1 else None
+        top[0].data[...] = ops.local_forward(bottom[0].data, self.blobs[0].data, b,
+                                             geom=self.geom)
+
+    def backward(self, top, propagate_down, bottom):
+        has_bias = len(self.blobs) > 1
+        dx, dw, db = ops.local_backward(top[0].diff, bottom[0].data, self.blobs[0].data,
+                                        geom=self.geom, bias=has_bias)
+        if propagate_down[0]:
+            bottom[0].diff[...] = dx
+        if self.param_propagate_down[0]:
+            self.blobs[0].diff[...] += dw
+        if has_bias and self.param_propagate_down[1]:
+            self.blobs[1].diff[...] += db

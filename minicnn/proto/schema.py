@@ -266,6 +266,7 @@ message LayerParameter
   20110 segmentation_data_param SegmentationDataParameter  # open_nsfw model uses 10001)
   20003 region_param      RegionParameter     # minicnn's own (YOLOv2's [region])
   20004 yolo_param        YoloParameter       # minicnn's own (YOLOv3's [yolo])
+  20005 local_param       LocalParameter      # minicnn's own (Darknet's [local])
   9147 center_loss_param  CenterLossParameter  # ydwen/caffe-face; its 147 is BVLC's swish_param
   9247 margin_inner_product_param MarginInnerProductParameter  # SphereFace; also its 147
   163 label_specific_add_param LabelSpecificAddParameter  # AM-Softmax (happynear) forks
@@ -669,6 +670,15 @@ message RegionParameter        # minicnn's "Region" layer, Darknet's [region] (Y
   13  bias_match          bool     = false
   14  absolute            bool     = false   # parsed by Darknet, never used
   15  seen                uint64   = 0       # images seen before (the prior warm-up's counter)
+
+message LocalParameter         # minicnn's "Local" layer, Darknet's [local] (unshared conv)
+  1   num_output          uint32
+  2   kernel_size         uint32   = 1
+  3   stride              uint32   = 1
+  4   pad                 uint32   = 0
+  5   bias_term           bool     = true
+  6   weight_filler       FillerParameter
+  7   bias_filler         FillerParameter
 
 message YoloParameter          # minicnn's "Yolo" layer, Darknet's [yolo] (YOLOv3)
   1   classes             uint32   = 20
