@@ -327,8 +327,11 @@ def _train(args, world):
     if param.type not in SOLVERS:
         raise MinicnnError(f"unknown solver type '{param.type}'; minicnn supports: "
                            f"{', '.join(sorted(SOLVERS))}")
-    if param.max_iter <= 0:
-        raise MinicnnError(f"{path}: max_iter is {param.max_iter}: nothing to train")
+    # max_iter 0 trains nothing but still runs Solve's last display and test, as in Caffe:
+    # SSD's score_ssd_pascal.py scores a model that way (max_iter 0, test_initialization)
+    if param.max_iter < 0:
+        raise MinicnnError(f"{path}: max_iter is {param.max_iter}: it must be 0 (only the "
+                           "final test) or more")
     solver = SOLVERS[param.type](param if world is None else world.rank_param(param),
                                  source=path, train_batch_size=args.batch_size,
                                  log=None if root else world.quiet, device=device)
