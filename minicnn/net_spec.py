@@ -39,6 +39,8 @@ from collections import Counter, OrderedDict
 
 from minicnn.layer import LAYERS
 from minicnn.proto import caffe_pb2
+from minicnn.proto.message import NESTED_ENUMS
+from minicnn.proto.schema import ENUMS
 
 __all__ = ["NetSpec", "Top", "Function", "layers", "params", "to_proto", "assign_proto"]
 
@@ -267,7 +269,8 @@ class _EnumValues:
         cls = getattr(caffe_pb2, self._message)
         if not isinstance(getattr(cls, value_name, None), str):
             enums = sorted({v for f in cls.DESCRIPTOR.fields if f.kind == "enum"
-                            for v in f.enum.values})
+                            for v in f.enum.values}
+                           | {v for e in NESTED_ENUMS.get(self._message, ()) for v in ENUMS[e].values})
             raise AttributeError(f"{self._message} has no enum value '{value_name}' "
                                  f"(it has: {', '.join(enums) or 'none'})")
         return getattr(cls, value_name)

@@ -15,6 +15,10 @@ import pytest
 import minicnn
 from minicnn import cli
 from minicnn.data.datum import decode_image, encode_image, resize_image
+from minicnn.net_spec import NetSpec
+from minicnn.net_spec import layers as L
+from minicnn.net_spec import params as P
+from minicnn.proto import caffe_pb2, parse_text
 
 LABELMAP = """item { name: "none_of_the_above" label: 0 display_name: "background" }
 item { name: "car" label: 1 display_name: "car" }
@@ -341,3 +345,35 @@ def test_snapshot_and_resume_continue_as_one_run(ssd_data):
                 if ", loss = " in line]
     assert len(losses(straight)) == 7
     assert losses(resumed) == losses(straight)[3:]
+
+
+def test_ssd_pascal_py_spelling_writes_the_same_loss_layer(ssd_data):
+    # ssd_pascal.py builds its nets with NetSpec and these names: caffe.proto's
+    # PriorBoxParameter.CodeType (P.PriorBox.CENTER_SIZE, the type of code_type) and protobuf's
+    # enum wrapper for the top-level Phase (caffe_pb2.Phase.Value('TRAIN'))
+    root, _ = ssd_data
+    n = NetSpec()
+    n.mbox_loc, n.mbox_conf, n.mbox_priorbox, n.label = L.Input(ntop=4)
+    multibox_loss_param = {
+        "loc_loss_type": P.MultiBoxLoss.SMOOTH_L1, "conf_loss_type": P.MultiBoxLoss.SOFTMAX,
+        "loc_weight": 1.0, "num_classes": 4, "share_location": True,
+        "match_type": P.MultiBoxLoss.PER_PREDICTION, "overlap_threshold": 0.5,
+        "use_prior_for_matching": True, "background_label_id": 0, "use_difficult_gt": True,
+        "neg_pos_ratio": 3.0, "neg_overlap": 0.5, "code_type": P.PriorBox.CENTER_SIZE,
+        "ignore_cross_boundary_bbox": False, "mining_type": P.MultiBoxLoss.MAX_NEGATIVE}
+    n.mbox_loss = L.MultiBoxLoss(n.mbox_loc, n.mbox_conf, n.mbox_priorbox, n.label,
+                                 multibox_loss_param=multibox_loss_param,
+                                 loss_param={"normalization": P.Loss.VALID},
+                                 include={"phase": caffe_pb2.Phase.Value("TRAIN")},
+                                 propagate_down=[True, True, False, False])
+    written = parse_text(train_net(root)).layer[-1]
+    assert n.to_proto().layer[-1] == written
+    assert (P.PriorBox.CORNER, P.PriorBox.CORNER_SIZE) == ("CORNER", "CORNER_SIZE")
+    assert caffe_pb2.Phase.Value("TRAIN") == caffe_pb2.TRAIN      # minicnn's enum values: names
+    assert caffe_pb2.Phase.Name(1) == caffe_pb2.Phase.Name("TEST") == caffe_pb2.TEST
+    assert caffe_pb2.Phase.keys() == ["TRAIN", "TEST"]
+    with pytest.raises(ValueError, match="enum Phase has no value named 'VAL'"):
+        caffe_pb2.Phase.Value("VAL")
+    with pytest.raises(AttributeError, match=r"PriorBoxParameter has no enum value 'CENTER' "
+                                             r"\(it has: CENTER_SIZE, CORNER, CORNER_SIZE\)"):
+        assert P.PriorBox.CENTER

@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from minicnn.proto.schema import ARRAY_DTYPES, INT_RANGES, MESSAGES
+from minicnn.proto.schema import ARRAY_DTYPES, ENUMS, INT_RANGES, MESSAGES
 
 
 def _unknown_field(desc, name):
@@ -314,14 +314,21 @@ def _values_equal(field, a, b):
     return _scalar_equal(a, b)
 
 
+# Enums that caffe.proto declares inside a message none of whose own fields has that type: their
+# values are constants of the message all the same. SSD's PriorBoxParameter.CodeType is the type
+# of MultiBoxLoss's and DetectionOutput's code_type; ssd_pascal.py writes P.PriorBox.CENTER_SIZE.
+NESTED_ENUMS = {"PriorBoxParameter": ("CodeType",)}
+
+
 def _make_classes():
     classes = {}
     for name, desc in MESSAGES.items():
         attrs = {"__slots__": (), "DESCRIPTOR": desc, "__module__": "minicnn.proto.caffe_pb2"}
-        for f in desc.fields:                            # enum constants: PoolingParameter.MAX
-            if f.kind == "enum":
-                for value_name in f.enum.values:
-                    attrs.setdefault(value_name, value_name)
+        enums = [f.enum for f in desc.fields if f.kind == "enum"]
+        enums += [ENUMS[e] for e in NESTED_ENUMS.get(name, ())]
+        for enum in enums:                               # enum constants: PoolingParameter.MAX
+            for value_name in enum.values:
+                attrs.setdefault(value_name, value_name)
         cls = type(name, (Message,), attrs)
         desc.cls = cls
         classes[name] = cls
