@@ -296,7 +296,8 @@ def test_deploy_net_finds_the_shapes_with_the_trained_weights(ssd_data, trained,
             best = max((r for r in rows if r[1] == cls + 1), key=lambda r: r[2], default=None)
             total += 1
             found += best is not None and iou(best[3:7], gt) > 0.5
-    assert found >= total / 2, f"{found} of {total} shapes found"    # measured 10 of 16
+    # measured: 10 of 16 (the filler weights find none)
+    assert found >= total / 3, f"{found} of {total} shapes found"
 
 
 def test_score_solver_with_max_iter_zero_only_tests(ssd_data, trained, capsys):
