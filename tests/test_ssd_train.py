@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import minicnn
 from minicnn import cli
@@ -18,6 +20,7 @@ from minicnn.data.datum import decode_image, encode_image, resize_image
 from minicnn.net_spec import NetSpec
 from minicnn.net_spec import layers as L
 from minicnn.net_spec import params as P
+from minicnn.ops.ssd import nms_fast
 from minicnn.proto import caffe_pb2, parse_text
 
 LABELMAP = """item { name: "none_of_the_above" label: 0 display_name: "background" }
@@ -378,3 +381,50 @@ def test_ssd_pascal_py_spelling_writes_the_same_loss_layer(ssd_data):
     with pytest.raises(AttributeError, match=r"PriorBoxParameter has no enum value 'CENTER' "
                                              r"\(it has: CENTER_SIZE, CORNER, CORNER_SIZE\)"):
         assert P.PriorBox.CENTER
+
+
+def fork_apply_nms_fast(boxes, scores, score_threshold, nms_threshold, eta, top_k):
+    """The fork's ApplyNMSFast (bbox_util.cpp) as its loops run, in float: GetMaxScoreIndex's
+    stable sort of the scores above the threshold, the top_k first, then each candidate against
+    the boxes kept so far, JaccardOverlap(candidate, kept) <= the adaptive threshold."""
+    f32 = np.float32
+
+    def size(b):
+        return f32(0) if b[2] < b[0] or b[3] < b[1] else f32(b[2] - b[0]) * f32(b[3] - b[1])
+
+    def jaccard(b1, b2):
+        if b2[0] > b1[2] or b2[2] < b1[0] or b2[1] > b1[3] or b2[3] < b1[1]:
+            return f32(0)
+        w = f32(min(b1[2], b2[2]) - max(b1[0], b2[0]))
+        h = f32(min(b1[3], b2[3]) - max(b1[1], b2[1]))
+        inter = w * h
+        return inter / (size(b1) + size(b2) - inter) if inter > 0 else f32(0)
+
+    order = sorted((i for i in range(len(scores)) if scores[i] > f32(score_threshold)),
+                   key=lambda i: -scores[i])                     # sorted() is stable
+    if top_k > -1:
+        order = order[:top_k]
+    threshold, kept = f32(nms_threshold), []
+    for i in order:
+        keep = all(jaccard(boxes[i], boxes[j]) <= threshold for j in kept)
+        if keep:
+            kept.append(i)
+            if eta < 1 and threshold > 0.5:
+                threshold = threshold * f32(eta)
+    return kept
+
+
+@settings(deadline=None)
+@given(seed=st.integers(0, 2 ** 31 - 1), n=st.integers(0, 120),
+       nms_threshold=st.sampled_from([0.0, 0.3, 0.45, 0.7, 1.0]),
+       eta=st.sampled_from([1.0, 0.9, 0.5]), top_k=st.sampled_from([-1, 5, 400]))
+def test_detection_output_nms_keeps_the_forks_boxes(seed, n, nms_threshold, eta, top_k):
+    # DetectionOutput's NMS (ops.nms_fast) on crowded boxes and tied scores, against the loops
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(0.3, 0.7, (n, 2))
+    sizes = rng.uniform(0.05, 0.4, (n, 2))
+    boxes = np.concatenate([centres - sizes / 2, centres + sizes / 2], axis=1).astype(np.float32)
+    boxes[rng.random(n) < 0.1] = boxes[0] if n else 0          # some exact duplicates
+    scores = np.round(rng.random(n), 1).astype(np.float32)     # many ties
+    want = fork_apply_nms_fast(boxes, scores, 0.01, nms_threshold, eta, top_k)
+    assert nms_fast(boxes, scores, 0.01, nms_threshold, eta=eta, top_k=top_k) == want
