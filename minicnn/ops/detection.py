@@ -72,6 +72,27 @@ def check_detection_shapes(x_shape, truth_shape, side, num, classes, coords=4):
 
 # --- ground truth: box lists -> Darknet's per-cell truth ---------------------------------------
 
+def box_rows(labels, classes):
+    """The real rows of box lists ``labels`` (N, K, 5), checked: (item, index, class, x, y, w,
+    h) for every row whose class is not negative (the rest are padding). Classes must be
+    integers in [0, classes) and coordinates finite."""
+    labels = np.asarray(labels)
+    if labels.ndim != 3 or labels.shape[2] != 5:
+        raise LayerError(f"box lists must have shape (N, K, 5) (class, x, y, w, h per row), got "
+                         f"{labels.shape}")
+    for b in range(labels.shape[0]):
+        for k, (c, x, y, w, h) in enumerate(labels[b].tolist()):
+            if c < 0:
+                continue                                   # padding
+            if c != int(c) or c >= classes:
+                raise LayerError(f"box {k} of item {b} has class {c:g}: classes must be integers "
+                                 f"in [0, {classes}) (or negative for padding rows)")
+            if not all(np.isfinite((x, y, w, h))):
+                raise LayerError(f"box {k} of item {b} has a non-finite coordinate "
+                                 f"{(x, y, w, h)}")
+            yield b, k, c, x, y, w, h
+
+
 def detection_truth(labels, side, classes, coords=4, dtype=None):
     """Darknet's truth grid (N, S*S, 1 + C + 4) from box lists ``labels`` (N, K, 5).
 
@@ -86,37 +107,24 @@ def detection_truth(labels, side, classes, coords=4, dtype=None):
     integers in [0, classes).
     """
     labels = np.asarray(labels)
-    if labels.ndim != 3 or labels.shape[2] != 5:
-        raise LayerError(f"box lists must have shape (N, K, 5) (class, x, y, w, h per row), got "
-                         f"{labels.shape}")
     if coords != 4:
         raise LayerError(f"coords must be 4 (x, y, w, h), got {coords}")
     dtype = labels.dtype if dtype is None else np.dtype(dtype)
-    n = labels.shape[0]
-    truth = np.zeros((n, side * side, 1 + classes + coords), dtype)
-    for b in range(n):
-        for k, (c, x, y, w, h) in enumerate(labels[b].tolist()):
-            if c < 0:
-                continue                                   # padding
-            if c != int(c) or c >= classes:
-                raise LayerError(f"box {k} of item {b} has class {c:g}: classes must be integers "
-                                 f"in [0, {classes}) (or negative for padding rows)")
-            if not all(np.isfinite((x, y, w, h))):
-                raise LayerError(f"box {k} of item {b} has a non-finite coordinate "
-                                 f"{(x, y, w, h)}")
-            x0, x1 = min(max(x - w / 2, 0), 1), min(max(x + w / 2, 0), 1)   # clipped to the
-            y0, y1 = min(max(y - h / 2, 0), 1), min(max(y + h / 2, 0), 1)   # image
-            x, y, w, h = (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0
-            if w < MIN_BOX_SIZE or h < MIN_BOX_SIZE:
-                continue
-            col = min(max(int(x * side), 0), side - 1)
-            row = min(max(int(y * side), 0), side - 1)
-            cell = truth[b, row * side + col]
-            if cell[0]:
-                continue                                   # one object per cell: first wins
-            cell[0] = 1
-            cell[1 + int(c)] = 1
-            cell[1 + classes:] = (x * side - col, y * side - row, w, h)
+    truth = np.zeros((labels.shape[0], side * side, 1 + classes + coords), dtype)
+    for b, _, c, x, y, w, h in box_rows(labels, classes):
+        x0, x1 = min(max(x - w / 2, 0), 1), min(max(x + w / 2, 0), 1)   # clipped to the
+        y0, y1 = min(max(y - h / 2, 0), 1), min(max(y + h / 2, 0), 1)   # image
+        x, y, w, h = (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0
+        if w < MIN_BOX_SIZE or h < MIN_BOX_SIZE:
+            continue
+        col = min(max(int(x * side), 0), side - 1)
+        row = min(max(int(y * side), 0), side - 1)
+        cell = truth[b, row * side + col]
+        if cell[0]:
+            continue                                       # one object per cell: first wins
+        cell[0] = 1
+        cell[1 + int(c)] = 1
+        cell[1 + classes:] = (x * side - col, y * side - row, w, h)
     return truth
 
 

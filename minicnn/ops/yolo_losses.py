@@ -67,8 +67,8 @@ the figures that divide by the count are 0 (Darknet prints nan).
 
 import numpy as np
 
-from minicnn.errors import LayerError
 from minicnn.ops._dispatch import Op
+from minicnn.ops.detection import box_rows
 
 region_loss_forward = Op("region_loss_forward")
 yolo_loss_forward = Op("yolo_loss_forward")
@@ -84,29 +84,17 @@ def darknet_truth(labels, max_boxes, classes):
     fill_truth_detection (no jitter, no flip): each box is clipped to the image (its edges to
     [0, 1], then x, y, w, h from them), the first ``max_boxes`` boxes are kept, and of those the
     ones narrower or lower than 0.001 are dropped."""
-    labels = np.asarray(labels)
-    if labels.ndim != 3 or labels.shape[2] != 5:
-        raise LayerError(f"box lists must have shape (N, K, 5) (class, x, y, w, h per row), got "
-                         f"{labels.shape}")
+    f, per_image = np.float32, {}
+    for b, _, c, x, y, w, h in box_rows(labels, classes):
+        rows = per_image.setdefault(b, [])
+        if len(rows) == max_boxes:
+            continue
+        x0, x1 = (min(max(f(v), f(0)), f(1)) for v in (f(x) - f(w) / 2, f(x) + f(w) / 2))
+        y0, y1 = (min(max(f(v), f(0)), f(1)) for v in (f(y) - f(h) / 2, f(y) + f(h) / 2))
+        rows.append((f((x0 + x1) / 2), f((y0 + y1) / 2), f(x1 - x0), f(y1 - y0), c))
     out = []
-    for b in range(labels.shape[0]):
-        rows = []
-        for k, (c, x, y, w, h) in enumerate(labels[b].tolist()):
-            if c < 0:
-                continue                                          # padding
-            if c != int(c) or c >= classes:
-                raise LayerError(f"box {k} of item {b} has class {c:g}: classes must be integers "
-                                 f"in [0, {classes}) (or negative for padding rows)")
-            if not all(np.isfinite((x, y, w, h))):
-                raise LayerError(f"box {k} of item {b} has a non-finite coordinate "
-                                 f"{(x, y, w, h)}")
-            if len(rows) == max_boxes:
-                break
-            f = np.float32
-            x0, x1 = (min(max(f(v), f(0)), f(1)) for v in (f(x) - f(w) / 2, f(x) + f(w) / 2))
-            y0, y1 = (min(max(f(v), f(0)), f(1)) for v in (f(y) - f(h) / 2, f(y) + f(h) / 2))
-            rows.append((f((x0 + x1) / 2), f((y0 + y1) / 2), f(x1 - x0), f(y1 - y0), c))
-        boxes = np.array(rows, np.float32).reshape(-1, 5)
+    for b in range(len(labels)):
+        boxes = np.array(per_image.get(b, []), np.float32).reshape(-1, 5)
         keep = (boxes[:, 2] >= MIN_TRUTH_SIZE) & (boxes[:, 3] >= MIN_TRUTH_SIZE)
         out.append(boxes[keep])
     return out
