@@ -10,6 +10,7 @@
     minicnn convert-annoset ROOT/ LIST.txt DB --anno-type detection --label-map-file M
     minicnn compute-image-mean DB mean.binaryproto
     minicnn upgrade old.prototxt new.prototxt            # V1 nets and solvers; .caffemodel too
+    minicnn merge-bn deploy.prototxt W.caffemodel merged.prototxt merged.caffemodel  # merge_bn.py
     minicnn parse-log snapshots/lenet_train.log out/     # Caffe's parse_log.py: CSV per phase
     minicnn draw NET.prototxt net.png --rankdir TB --phase TRAIN       # Caffe's draw_net.py
     minicnn classify cat.jpg @more.txt --model M --weights W --labels synset_words.txt
@@ -535,6 +536,24 @@ def upgrade(args):
         print(f"{args.input}: already in the latest format")
     write_prototxt(message, args.output)
     print(f"Wrote upgraded {kind} text proto to {args.output}")
+    return 0
+
+
+@command
+def merge_bn(args):
+    """The merge_bn.py scripts of Caffe users: BatchNorm, Scale (and Bias, and the PSPNet
+    fork's BN) folded into the Convolution, Deconvolution or InnerProduct before them, where that
+    is exact (minicnn/merge_bn.py); a new prototxt and caffemodel."""
+    from minicnn.merge_bn import merge_bn_files
+    result = merge_bn_files(args.model, args.weights, args.out_model, args.out_weights)
+    for fold in result.folds:
+        print(fold.summary())
+    for line in result.kept:
+        print(line)
+    count = sum(len(fold.folded) for fold in result.folds)
+    print(f"{count} layer(s) merged into {len(result.folds)} layer(s); "
+          f"{len(result.net.layer)} layers left")
+    print(f"Wrote {args.out_model} and {args.out_weights}")
     return 0
 
 
@@ -1439,6 +1458,13 @@ def build_parser():
                                        "current format (Caffe's upgrade_*_proto_* tools)")
     p.add_argument("input", help="net prototxt, binary .caffemodel or solver prototxt")
     p.add_argument("output", help="where to write it (text for text, binary for binary)")
+
+    p = sub.add_parser("merge-bn", help="fold BatchNorm and Scale into the convolutions before "
+                                        "them, for deploy (the merge_bn.py scripts)")
+    p.add_argument("model", help="the net's deploy prototxt")
+    p.add_argument("weights", help="its trained .caffemodel")
+    p.add_argument("out_model", help="where the merged prototxt goes")
+    p.add_argument("out_weights", help="where the merged .caffemodel goes")
 
     p = sub.add_parser("parse-log", help="a training log as .train and .test CSV files "
                                          "(Caffe's parse_log.py)")
