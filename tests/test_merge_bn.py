@@ -22,15 +22,16 @@ from minicnn.merge_bn import merge_bn
 from minicnn.proto import parse_text, write_binary, write_prototxt
 
 
-def random_weights(net, rng, zero_factor=()):
+def random_weights(net, rng, zero_factor=(), variances=(1e-3, 0.5)):
     """Random parameters for every layer of a float64 Net; BatchNorm statistics as Caffe stores
-    them (sums times a scale factor s != 1, s = 0 for the layers in ``zero_factor``)."""
+    them (sums times a scale factor s != 1, s = 0 for the layers in ``zero_factor``), variances
+    drawn uniformly from the range ``variances``."""
     for name, layer in zip(net.layer_names, net.layers):
         if layer.type == "BatchNorm":
             c = layer.blobs[0].shape[0]
             s = 0.0 if name in zero_factor else rng.uniform(0.2, 5.0)
             layer.blobs[0].data[...] = rng.normal(0, 1, c) * s
-            layer.blobs[1].data[...] = rng.uniform(1e-3, 0.5, c) * s
+            layer.blobs[1].data[...] = rng.uniform(*variances, c) * s
             layer.blobs[2].data[...] = s
         elif layer.type == "BN":
             shape = layer.blobs[0].shape
@@ -45,12 +46,12 @@ def random_weights(net, rng, zero_factor=()):
     return net.to_proto()
 
 
-def merged_pair(text, seed=0, zero_factor=()):
+def merged_pair(text, seed=0, **draw):
     """(original net, merged net, MergeResult), both nets float64 with the same weights."""
     rng = np.random.default_rng(seed)
     param = parse_text(text, "NetParameter")
     original = Net(param, phase="TEST", dtype=np.float64)
-    weights = random_weights(original, rng, zero_factor)
+    weights = random_weights(original, rng, **draw)
     result = merge_bn(param, weights, dtype=np.float64)
     merged = Net(result.net, weights=result.weights, phase="TEST", dtype=np.float64)
     return original, merged, result
@@ -317,62 +318,98 @@ layer { name: "d/scale" type: "Scale" bottom: "d" top: "d" }
     assert_same_outputs(original, merged)
 
 
-MOBILENET_SSD = """
-layer { name: "data" type: "Input" top: "data"
-  input_param { shape { dim: 2 dim: 3 dim: 32 dim: 32 } } }
-""" + conv_bn_scale("conv0", "data", 8, "stride: 2 bias_term: false") \
-    + conv_bn_scale("conv1/dw", "conv0", 8, "group: 8 bias_term: false") \
-    + conv_bn_scale("conv1", "conv1/dw", 16, "kernel_size: 1 pad: 0 bias_term: false") \
-      .replace("kernel_size: 3 pad: 1 ", "") \
-    + conv_bn_scale("conv2/dw", "conv1", 16, "stride: 2 group: 16 bias_term: false",
-                    conv_type="DepthwiseConvolution") \
-    + conv_bn_scale("conv2", "conv2/dw", 16, "kernel_size: 1 pad: 0 bias_term: false") \
-      .replace("kernel_size: 3 pad: 1 ", "") + """
-layer { name: "conv2_mbox_loc" type: "Convolution" bottom: "conv2" top: "conv2_mbox_loc"
-  convolution_param { num_output: 12 kernel_size: 1 } }
-layer { name: "conv2_mbox_loc_perm" type: "Permute" bottom: "conv2_mbox_loc"
-  top: "conv2_mbox_loc_perm" permute_param { order: 0 order: 2 order: 3 order: 1 } }
-layer { name: "conv2_mbox_loc_flat" type: "Flatten" bottom: "conv2_mbox_loc_perm"
-  top: "conv2_mbox_loc_flat" flatten_param { axis: 1 } }
-layer { name: "conv2_mbox_conf" type: "Convolution" bottom: "conv2" top: "conv2_mbox_conf"
-  convolution_param { num_output: 9 kernel_size: 1 } }
-layer { name: "conv2_mbox_conf_perm" type: "Permute" bottom: "conv2_mbox_conf"
-  top: "conv2_mbox_conf_perm" permute_param { order: 0 order: 2 order: 3 order: 1 } }
-layer { name: "conv2_mbox_conf_flat" type: "Flatten" bottom: "conv2_mbox_conf_perm"
-  top: "conv2_mbox_conf_flat" flatten_param { axis: 1 } }
-layer { name: "conv2_mbox_priorbox" type: "PriorBox" bottom: "conv2" bottom: "data"
-  top: "conv2_mbox_priorbox"
-  prior_box_param { min_size: 10 max_size: 20 aspect_ratio: 2 flip: false clip: false
-    variance: 0.1 variance: 0.1 variance: 0.2 variance: 0.2 offset: 0.5 } }
-layer { name: "mbox_conf_reshape" type: "Reshape" bottom: "conv2_mbox_conf_flat"
-  top: "mbox_conf_reshape" reshape_param { shape { dim: 0 dim: -1 dim: 3 } } }
-layer { name: "mbox_conf_softmax" type: "Softmax" bottom: "mbox_conf_reshape"
-  top: "mbox_conf_softmax" softmax_param { axis: 2 } }
-layer { name: "mbox_conf_flatten" type: "Flatten" bottom: "mbox_conf_softmax"
-  top: "mbox_conf_flatten" flatten_param { axis: 1 } }
-layer { name: "detection_out" type: "DetectionOutput" bottom: "conv2_mbox_loc_flat"
-  bottom: "mbox_conf_flatten" bottom: "conv2_mbox_priorbox" top: "detection_out"
-  include { phase: TEST }
-  detection_output_param { num_classes: 3 share_location: true background_label_id: 0
-    nms_param { nms_threshold: 0.45 top_k: 100 } code_type: CENTER_SIZE keep_top_k: 100
-    confidence_threshold: 0.25 } }
+def mobilenet_ssd(width=8, classes=21, size=300):
+    """MobileNet-SSD's deploy net with its BatchNorm and Scale layers, as chuanqi305's
+    template/MobileNetSSD_deploy_bn_template.prototxt lays it out (legacy input, depthwise
+    convolutions as Convolution with group and engine CAFFE, conv0 .. conv13, the extra layers
+    conv14_1 .. conv17_2, heads on conv11, conv13, conv14_2 .. conv17_2, DetectionOutput), with
+    every channel count divided by ``width``."""
+    def block(name, bottom, out, kernel=1, stride=1, group=0):
+        pad = kernel // 2
+        extra = f"group: {group} engine: CAFFE " if group else ""
+        return f"""
+layer {{ name: "{name}" type: "Convolution" bottom: "{bottom}" top: "{name}"
+  param {{ lr_mult: 0.1 decay_mult: 0.1 }}
+  convolution_param {{ num_output: {out} bias_term: false pad: {pad} kernel_size: {kernel}
+    stride: {stride} {extra}weight_filler {{ type: "msra" }} }} }}
+layer {{ name: "{name}/bn" type: "BatchNorm" bottom: "{name}" top: "{name}"
+  param {{ lr_mult: 0 decay_mult: 0 }} param {{ lr_mult: 0 decay_mult: 0 }}
+  param {{ lr_mult: 0 decay_mult: 0 }} }}
+layer {{ name: "{name}/scale" type: "Scale" bottom: "{name}" top: "{name}"
+  param {{ lr_mult: 0.1 decay_mult: 0.0 }} param {{ lr_mult: 0.2 decay_mult: 0.0 }}
+  scale_param {{ filler {{ value: 1 }} bias_term: true bias_filler {{ value: 0 }} }} }}
+layer {{ name: "{name}/relu" type: "ReLU" bottom: "{name}" top: "{name}" }}
+"""
+    text = (f'name: "MobileNet-SSD"\ninput: "data"\ninput_shape {{ dim: 1 dim: 3 dim: {size} '
+            f'dim: {size} }}\n' + block("conv0", "data", 32 // width, 3, 2))
+    channels, bottom = 32 // width, "conv0"
+    for i, (out, stride) in enumerate([(64, 1), (128, 2), (128, 1), (256, 2), (256, 1),
+                                       (512, 2)] + [(512, 1)] * 5 + [(1024, 2), (1024, 1)],
+                                      start=1):
+        text += block(f"conv{i}/dw", bottom, channels, 3, stride, group=channels)
+        channels, bottom = out // width, f"conv{i}"
+        text += block(bottom, f"conv{i}/dw", channels)
+    for i, (mid, out) in enumerate([(256, 512), (128, 256), (128, 256), (64, 128)], start=14):
+        text += block(f"conv{i}_1", bottom, mid // width)
+        text += block(f"conv{i}_2", f"conv{i}_1", out // width, 3, 2)
+        bottom = f"conv{i}_2"
+    heads = ["conv11", "conv13", "conv14_2", "conv15_2", "conv16_2", "conv17_2"]
+    sizes = [60, 105, 150, 195, 240, 285, 300]
+    for k, head in enumerate(heads):
+        priors = 3 if k == 0 else 6
+        box = f"min_size: {sizes[k]} " + ("aspect_ratio: 2 " if k == 0 else
+                                         f"max_size: {sizes[k + 1]} aspect_ratio: 2 "
+                                         "aspect_ratio: 3 ")
+        for part, out in (("loc", 4 * priors), ("conf", classes * priors)):
+            text += f"""
+layer {{ name: "{head}_mbox_{part}" type: "Convolution" bottom: "{head}" top: "{head}_mbox_{part}"
+  convolution_param {{ num_output: {out} kernel_size: 1 }} }}
+layer {{ name: "{head}_mbox_{part}_perm" type: "Permute" bottom: "{head}_mbox_{part}"
+  top: "{head}_mbox_{part}_perm" permute_param {{ order: 0 order: 2 order: 3 order: 1 }} }}
+layer {{ name: "{head}_mbox_{part}_flat" type: "Flatten" bottom: "{head}_mbox_{part}_perm"
+  top: "{head}_mbox_{part}_flat" flatten_param {{ axis: 1 }} }}
+"""
+        text += f"""
+layer {{ name: "{head}_mbox_priorbox" type: "PriorBox" bottom: "{head}" bottom: "data"
+  top: "{head}_mbox_priorbox" prior_box_param {{ {box} flip: true clip: false
+    variance: 0.1 variance: 0.1 variance: 0.2 variance: 0.2 offset: 0.5 }} }}
+"""
+    for part, axis in (("loc", 1), ("conf", 1), ("priorbox", 2)):
+        bottoms = " ".join(f'bottom: "{head}_mbox_{part}' + ('"' if part == "priorbox"
+                                                            else '_flat"') for head in heads)
+        text += f"""layer {{ name: "mbox_{part}" type: "Concat" {bottoms} top: "mbox_{part}"
+  concat_param {{ axis: {axis} }} }}
+"""
+    return text + f"""
+layer {{ name: "mbox_conf_reshape" type: "Reshape" bottom: "mbox_conf" top: "mbox_conf_reshape"
+  reshape_param {{ shape {{ dim: 0 dim: -1 dim: {classes} }} }} }}
+layer {{ name: "mbox_conf_softmax" type: "Softmax" bottom: "mbox_conf_reshape"
+  top: "mbox_conf_softmax" softmax_param {{ axis: 2 }} }}
+layer {{ name: "mbox_conf_flatten" type: "Flatten" bottom: "mbox_conf_softmax"
+  top: "mbox_conf_flatten" flatten_param {{ axis: 1 }} }}
+layer {{ name: "detection_out" type: "DetectionOutput" bottom: "mbox_loc"
+  bottom: "mbox_conf_flatten" bottom: "mbox_priorbox" top: "detection_out"
+  include {{ phase: TEST }}
+  detection_output_param {{ num_classes: {classes} share_location: true background_label_id: 0
+    nms_param {{ nms_threshold: 0.45 top_k: 100 }} code_type: CENTER_SIZE keep_top_k: 100
+    confidence_threshold: 0.25 }} }}
 """
 
 
-def test_a_mobilenet_ssd_style_net_detects_the_same_boxes():
-    original, merged, result = merged_pair(MOBILENET_SSD)
-    assert len(result.folds) == 5
-    assert len(merged.layers) == len(original.layers) - 10
+def test_mobilenet_ssd_detects_the_same_boxes_after_merging():
+    # variances near 1: 35 blocks of 1 / sqrt(1e-3) would overflow DetectionOutput's exp
+    original, merged, result = merged_pair(mobilenet_ssd(), variances=(0.3, 1.5))
+    assert len(result.folds) == 35                    # conv0, 13 x (dw, pointwise), 8 extra
+    assert len(merged.layers) == len(original.layers) - 70
     assert "BatchNorm" not in types(merged) and "Scale" not in types(merged)
-    rng = np.random.default_rng(3)
-    x = rng.normal(0, 1, (2, 3, 32, 32))
+    x = np.random.default_rng(3).normal(0, 1, (1, 3, 300, 300))
     want = original.forward(data=x)["detection_out"].copy()
     got = merged.forward(data=x)["detection_out"]
-    assert want.shape == got.shape and want.shape[2] > 1
+    assert want.shape == got.shape and want.shape[2] > 3
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
-    for blob in ("conv2_mbox_loc", "mbox_conf_softmax"):
+    for blob in ("mbox_loc", "mbox_conf_softmax"):
         np.testing.assert_allclose(merged.blobs[blob].data, original.blobs[blob].data,
-                                   rtol=1e-10, atol=1e-12)
+                                   rtol=0, atol=1e-10 * np.abs(original.blobs[blob].data).max())
 
 
 def _write_pair(tmp_path, text, seed=0):
