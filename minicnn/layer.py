@@ -56,8 +56,10 @@ def layer_class(type_name):
 
 
 def create_layer(param, phase=None):
-    """The layer for a LayerParameter, by its type (Caffe's LayerRegistry::CreateLayer)."""
-    return layer_class(param.type)(param, phase=phase)
+    """The layer for a LayerParameter, by its type (Caffe's LayerRegistry::CreateLayer). Forks
+    that gave one type name to different layers are told apart by the registered class's
+    variant_for (SSD's and happynear's Normalize, by their parameter blocks)."""
+    return layer_class(param.type).variant_for(param)(param, phase=phase)
 
 
 def check_not_empty(bottom):
@@ -95,6 +97,11 @@ class Layer:
     # that turns nonzero if the check failed. The Net reads it with the loss, once the GPU has
     # caught up (settle_deferred), and the layer's raise_deferred says what was wrong.
     deferred_flag = None
+
+    @classmethod
+    def variant_for(cls, param):
+        """The class that implements ``param``: this one, unless forks share the type name."""
+        return cls
 
     def __init__(self, layer_param=None, phase=None, **fields):
         param = layer_param

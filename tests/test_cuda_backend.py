@@ -149,11 +149,14 @@ def test_kernel_sources_are_self_contained():
 # NMS, at the end of the net), the recurrent layers (a loop over time steps in NumPy), Fast
 # R-CNN's ROIPooling and R-FCN's PSROIPooling (loops over the rois and bins), the forks' Upsample
 # (mask checks and scatters on the host), YOLOv2/v3's output heads (a few maps on the last blob),
-# SSD's MultiBoxLoss (matching and mining, per image), the face forks' losses (per-class loops),
-# Darknet's Local (einsum over places; no kernel yet).
+# SSD's MultiBoxLoss (matching and mining, per image), the face forks' losses (per-class loops)
+# and happynear's Normalize (a NumPy layer beside them), Darknet's Local
+# (einsum over places; no kernel yet).
 HOST_OPS = sorted(["argmax_forward", "batch_reindex_backward", "batch_reindex_forward",
                    "center_loss_backward", "center_loss_forward", "detection_evaluate_forward",
-                   "detection_output_forward", "label_specific_add_forward", "lstm_backward",
+                   "detection_output_forward", "face_normalize_backward",
+                   "face_normalize_forward",
+                   "label_specific_add_forward", "lstm_backward",
                    "lstm_forward", "local_backward", "local_forward", "lstm_unit_backward",
                    "lstm_unit_forward",
                    "margin_inner_product_backward", "margin_inner_product_forward",

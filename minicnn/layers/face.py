@@ -1,6 +1,7 @@
 """The face-recognition forks' layers: CenterLoss (ydwen/caffe-face), SphereFace's
-MarginInnerProduct (A-Softmax) and AM-Softmax's LabelSpecificAdd. The math is minicnn.ops.face;
-all three compute with NumPy (host layers in a GPU net)."""
+MarginInnerProduct (A-Softmax), AM-Softmax's LabelSpecificAdd, and happynear's Normalize (which
+a "Normalize" layer without SSD's norm_param is, see FaceNormalizeLayer). The math is
+minicnn.ops.face; all compute with NumPy (host layers in a GPU net)."""
 
 import math
 
@@ -233,3 +234,66 @@ class LabelSpecificAddLayer(Layer):
 
     def allow_force_backward(self, bottom_index):
         return bottom_index == 0
+
+
+class FaceNormalizeLayer(Layer):
+    """happynear's `Normalize` (caffe-windows; AM-Softmax's and NormFace's norm1): y = x / |x|
+    over the channels at each place, |x| = sqrt(sum_c x^2 + 1e-12) (normalize_type "L2", the
+    default) or sum_c |x| + 1e-6 ("L1"). An fc feature (N x K) is normalised per item.
+
+    Caffe type "Normalize", shared with SSD's layer: a Net makes this one when the layer has
+    normalize_param or no parameter block at all (AM-Softmax writes a bare
+    `type: "Normalize"`), and SSD's when it has norm_param (SSD's prototxts always write it).
+    It has no parameter blobs.
+
+    As the fork: the top is 4-D, N x C x H x W from the legacy accessors (an N x K bottom gives
+    N x K x 1 x 1; more than 4 axes is an error); an optional top[1] is the norm, N x 1 x H x W.
+    Backward is the gradient, dx = (dy - g <y, dy>) / |x| with g = y (L2) or sign(x) (L1);
+    fix_gradient leaves out the division by |x| (the fork's GPU code; its CPU code ignores
+    fix_gradient, and uses eps 1e-6 for L2: minicnn follows the GPU code, which trained the
+    published models); bp_norm, with two tops, adds top[1]'s diff times g (the norm's
+    gradient), else top[1]'s diff is ignored. Safe in place (backward reads y and the norm)."""
+    type = "Normalize"
+    param_field = "normalize_param"
+    exact_num_bottom = 1
+    min_num_top, max_num_top = 1, 2
+    host_only = True
+
+    def layer_setup(self, bottom, top):
+        p = self.param.normalize_param
+        if p.normalize_type not in ("L2", "L1"):
+            raise LayerError(f"Normalize layer '{self.name}': normalize_param.normalize_type "
+                             f"must be \"L2\" or \"L1\", got \"{p.normalize_type}\"")
+        self.normalize_type, self.fix_gradient = p.normalize_type, p.fix_gradient
+        self.bp_norm = p.bp_norm and len(top) == 2
+        if self.blobs:
+            raise LayerError(f"Normalize layer '{self.name}' (happynear's, normalize_param or no "
+                             f"block) has no parameter blobs, but {len(self.blobs)} were given; "
+                             "SSD's Normalize, which has a scale blob, needs norm_param")
+        self._norm = None
+
+    def reshape(self, bottom, top):
+        from minicnn.layers.ssd import _legacy_4d
+        n, c, h, w = _legacy_4d(self, bottom[0], "its bottom")
+        top[0].reshape((n, c, h, w))
+        if len(top) > 1:
+            top[1].reshape((n, 1, h, w))
+
+    def forward(self, bottom, top):
+        n, c, h, w = top[0].shape
+        y, norm = ops.face_normalize_forward(bottom[0].data.reshape(n, c, h * w),
+                                             normalize_type=self.normalize_type)
+        self._norm = norm
+        top[0].data[...] = y.reshape(top[0].shape)
+        if len(top) > 1:
+            top[1].data[...] = norm.reshape(top[1].shape)
+
+    def backward(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        n, c, h, w = top[0].shape
+        dnorm = top[1].diff.reshape(n, 1, h * w) if self.bp_norm else None
+        dx = ops.face_normalize_backward(
+            top[0].diff.reshape(n, c, h * w), top[0].data.reshape(n, c, h * w), self._norm,
+            normalize_type=self.normalize_type, fix_gradient=self.fix_gradient, dnorm=dnorm)
+        bottom[0].diff[...] = dx.reshape(bottom[0].shape)

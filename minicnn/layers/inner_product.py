@@ -14,7 +14,14 @@ class InnerProductLayer(Layer):
     blobs[0]: weights (num_output, K), or (K, num_output) with transpose: true;
     blobs[1]: bias (num_output,) when bias_term. The top has shape
     bottom.shape[:axis] + (num_output,). K is fixed at setup: a later input must keep it.
-    In place (num_output == K), forward keeps a copy of x for the weight gradient."""
+    In place (num_output == K), forward keeps a copy of x for the weight gradient.
+
+    normalize: true (happynear's caffe-windows, AM-Softmax's and NormFace's cosine layer, field 7):
+    every forward first rescales each weight row to unit length in place, w_n /= sqrt(|w_n|^2 +
+    1e-12) (the fork's GPU code; its CPU code adds 1e-6), so the stored weights are the
+    normalised ones; backward is the plain inner product's, as the fork's (the weights' diff is
+    dy^T x, not the gradient through the normalisation). With transpose: true the fork rescales
+    the wrong values (it reads the K x N blob as N rows of K); minicnn refuses the pair."""
     param_field = "inner_product_param"
     exact_num_bottom = exact_num_top = 1
 
@@ -24,6 +31,10 @@ class InnerProductLayer(Layer):
             raise LayerError(f"inner_product_param.num_output must be at least 1, "
                              f"got {p.num_output}")
         self.num_output, self.bias_term, self.transpose = p.num_output, p.bias_term, p.transpose
+        self.normalize = p.normalize
+        if self.normalize and self.transpose:
+            raise LayerError("inner_product_param.normalize rescales weight rows (num_output x "
+                             "K); it cannot be combined with transpose: true (K x num_output)")
         axis = self._axis(bottom[0])
         self.K = math.prod(bottom[0].shape[axis:])
         n_blobs = 2 if self.bias_term else 1
@@ -50,6 +61,9 @@ class InnerProductLayer(Layer):
         top[0].reshape(bottom[0].shape[:axis] + (self.num_output,))
 
     def forward(self, bottom, top):
+        if self.normalize:           # in place, as happynear's fork (works on host or device)
+            w = self.blobs[0].data
+            w *= ((w * w).sum(axis=1, keepdims=True) + 1e-12) ** -0.5
         b = self.blobs[1].data if self.bias_term else None
         self._x = None
         if bottom[0] is top[0]:       # in place: the product must not read what it writes

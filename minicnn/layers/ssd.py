@@ -54,9 +54,21 @@ class NormalizeLayer(Layer):
     dx is the gradient; Caffe's applies per-channel scales after its sum, which is the gradient
     only while all channels have the same scale (see minicnn.ops.ssd): the same numbers until
     training moves SSD's per-channel scales apart. Safe in place: forward keeps x / norm and
-    the norm."""
+    the norm.
+
+    happynear's face forks also call a layer "Normalize" (normalize_param, no blobs): a Net
+    makes that one (minicnn.layers.face.FaceNormalizeLayer) for a Normalize layer with
+    normalize_param or with no parameter block, and this one for a layer with norm_param, as
+    SSD's prototxts always write it."""
     param_field = "norm_param"
     exact_num_bottom = exact_num_top = 1
+
+    @classmethod
+    def variant_for(cls, param):
+        if param.HasField("norm_param"):
+            return cls
+        from minicnn.layers.face import FaceNormalizeLayer
+        return FaceNormalizeLayer
 
     def layer_setup(self, bottom, top):
         p = self.param.norm_param

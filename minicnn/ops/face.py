@@ -1,5 +1,6 @@
 """The face-recognition forks' losses: CenterLoss (ydwen/caffe-face), SphereFace's
-MarginInnerProduct (A-Softmax, wy1iu/sphereface) and AM-Softmax's LabelSpecificAdd (happynear).
+MarginInnerProduct (A-Softmax, wy1iu/sphereface) and AM-Softmax's LabelSpecificAdd (happynear),
+and happynear's Normalize (AM-Softmax's and NormFace's feature normalisation).
 
 Impls: ref only (NumPy; the layers are host layers in a GPU net). Each op follows its fork's
 arithmetic, including where the fork's backward is not the gradient of its forward (see the
@@ -17,6 +18,8 @@ center_loss_forward, center_loss_backward = Op("center_loss_forward"), Op("cente
 margin_inner_product_forward = Op("margin_inner_product_forward")
 margin_inner_product_backward = Op("margin_inner_product_backward")
 label_specific_add_forward = Op("label_specific_add_forward")
+face_normalize_forward = Op("face_normalize_forward")
+face_normalize_backward = Op("face_normalize_backward")
 
 MARGIN_TYPES = ("SINGLE", "DOUBLE", "TRIPLE", "QUADRUPLE")
 
@@ -138,3 +141,34 @@ def _label_specific_add_forward_ref(x, labels, *, bias):
     target = y[rows, labels]
     y[rows, labels] = np.where(target > -bias, target + bias, target)
     return y
+
+
+# --- happynear's Normalize -----------------------------------------------------------------------
+# x, y, dy: (N, C, S), S = H*W; norm, a: (N, 1, S). The norm is over the channels at each place.
+
+FACE_NORM_EPS = {"L2": 1e-12, "L1": 1e-6}   # the fork's GPU values (its CPU code's L2 eps: 1e-6)
+
+
+@face_normalize_forward.impl("ref")
+def _face_normalize_forward_ref(x, *, normalize_type):
+    """y = x / norm, norm = sqrt(sum_c x^2 + 1e-12) (L2) or sum_c |x| + 1e-6 (L1).
+    Returns (y, norm)."""
+    if normalize_type == "L2":
+        norm = np.sqrt(np.sum(x * x, axis=1, keepdims=True) + FACE_NORM_EPS["L2"])
+    else:
+        norm = np.sum(np.abs(x), axis=1, keepdims=True) + FACE_NORM_EPS["L1"]
+    return x / norm, norm
+
+
+@face_normalize_backward.impl("ref")
+def _face_normalize_backward_ref(dy, y, norm, *, normalize_type, fix_gradient, dnorm=None):
+    """dx = (dy - g <y, dy>) / norm, g = y (L2) or sign(y) = sign(x) (L1): the gradient. With
+    fix_gradient the division by norm is left out (the fork's GPU code; its CPU code ignores
+    the flag). dnorm (bp_norm with the norm as top[1]) adds dnorm * g, the norm's gradient."""
+    g = y if normalize_type == "L2" else np.sign(y)
+    dx = dy - g * np.sum(y * dy, axis=1, keepdims=True)
+    if not fix_gradient:
+        dx = dx / norm
+    if dnorm is not None:
+        dx = dx + dnorm * g
+    return dx

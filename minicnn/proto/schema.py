@@ -272,6 +272,7 @@ message LayerParameter
   163 label_specific_add_param LabelSpecificAddParameter  # AM-Softmax (happynear) forks
   154 seg_accuracy_param  SegAccuracyParameter  # DeepLab v2 fork (deeplab-public-ver2)
   155 mat_write_param     MatWriteParameter     # DeepLab v2 fork
+  214 normalize_param     FaceNormalizeParameter  # happynear's caffe-windows (AM-Softmax, NormFace)
 
 message TransformationParameter
   1   scale               float    = 1
@@ -439,6 +440,7 @@ message InnerProductParameter
   4   bias_filler         FillerParameter
   5   axis                int32    = 1
   6   transpose           bool     = false
+  7   normalize           bool     = false  # happynear's caffe-windows (AM-Softmax's fc6)
 
 message InputParameter
   1   shape               BlobShape repeated
@@ -812,6 +814,14 @@ message MarginInnerProductParameter  # SphereFace's A-Softmax layer (wy1iu/spher
 message LabelSpecificAddParameter  # AM-Softmax's additive margin (happynear's forks)
   1   bias                float    = 0
   2   transform_test      bool     = false
+
+# --- happynear's caffe-windows: Normalize with normalize_param (the message is NormalizeParameter
+# there; renamed here, SSD's Normalize has that name) ----------------------------------------
+
+message FaceNormalizeParameter  # happynear's Normalize (AM-Softmax's and NormFace's norm1)
+  1   normalize_type      string   = "L2"
+  2   fix_gradient        bool     = false
+  3   bp_norm             bool     = false
 
 # --- SSD fork: DetectionEvaluate (detection_evaluate_param 205 above; the solver's eval_type,
 # ap_version, show_per_class_result in SolverParameter; ResizeParameter and its enums are with

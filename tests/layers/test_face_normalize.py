@@ -1,0 +1,309 @@
+"""happynear's caffe-windows pieces of AM-Softmax's training net: InnerProduct's normalize
+(field 7) and its Normalize layer (normalize_param; a bare `type: "Normalize"` is this one, SSD's
+needs norm_param), and the published face_train_test.prototxt's structure trained a few steps.
+
+References written here: transliterations of the fork's loops (normalize_layer.cpp's per-place
+loop, the GPU code's fix_gradient), PyTorch on the formulas, and float64 finite differences
+where the fork's backward is the gradient."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import minicnn
+from minicnn.blob import Blob
+from minicnn.errors import LayerError
+from minicnn.layers.face import FaceNormalizeLayer
+from minicnn.layers.inner_product import InnerProductLayer
+from minicnn.layers.ssd import NormalizeLayer
+from minicnn.proto import caffe_pb2
+from minicnn.proto.text import parse_text
+from minicnn.testing import check_in_place, check_layer_gradient
+
+# --- Normalize (happynear) ---------------------------------------------------------------------
+
+
+def fork_normalize(x, kind, eps):
+    """normalize_layer.cpp's Forward_cpu loop over (n, s), its eps a parameter (GPU: 1e-12)."""
+    shape4 = x.shape + (1,) * (4 - x.ndim)
+    n, c, h, w = shape4
+    xs = x.reshape(n, c, h * w)
+    y, norm = np.zeros_like(xs), np.zeros((n, 1, h * w))
+    for i in range(n):
+        for s in range(h * w):
+            total = 0.0
+            for j in range(c):
+                total += xs[i, j, s] ** 2 if kind == "L2" else abs(xs[i, j, s])
+            total += eps
+            norm[i, 0, s] = np.sqrt(total) if kind == "L2" else total
+            for j in range(c):
+                y[i, j, s] = xs[i, j, s] / norm[i, 0, s]
+    return y.reshape(shape4), norm.reshape(n, 1, h, w)
+
+
+def fork_normalize_backward(dy, y, x, norm, kind, fix_gradient, dnorm):
+    """normalize_layer.cu's Backward_gpu, element by element."""
+    n, c, h, w = y.shape
+    dys, ys, xs = (a.reshape(n, c, h * w) for a in (dy, y, x.reshape(y.shape)))
+    ns = norm.reshape(n, h * w)
+    dx = np.zeros_like(ys)
+    for i in range(n):
+        for s in range(h * w):
+            a = sum(ys[i, j, s] * dys[i, j, s] for j in range(c))
+            for j in range(c):
+                g = ys[i, j, s] if kind == "L2" else np.sign(xs[i, j, s])
+                dx[i, j, s] = dys[i, j, s] - g * a
+                if not fix_gradient:
+                    dx[i, j, s] /= ns[i, s]
+                if dnorm is not None:
+                    dx[i, j, s] += dnorm.reshape(n, h * w)[i, s] * g
+    return dx.reshape(x.shape)
+
+
+@st.composite
+def normalize_cases(draw):
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    shape = draw(st.sampled_from([(3, 5), (2, 4, 3), (2, 3, 2, 3), (1, 1, 1, 1), (4,)]))
+    return rng.standard_normal(shape), draw(st.sampled_from(["L2", "L1"]))
+
+
+def face_normalize(**p):
+    return FaceNormalizeLayer(normalize_param=p)
+
+
+@settings(max_examples=30, deadline=None)
+@given(normalize_cases(), st.booleans(), st.booleans(), st.booleans())
+def test_normalize_follows_the_fork(case, two_tops, fix_gradient, bp_norm):
+    x, kind = case
+    layer = face_normalize(normalize_type=kind, fix_gradient=fix_gradient, bp_norm=bp_norm)
+    if two_tops:
+        layer.param.top.extend(["y", "norm"])
+    out = layer(x)
+    eps = 1e-12 if kind == "L2" else 1e-6
+    want_y, want_norm = fork_normalize(x, kind, eps)
+    y, norm = out if two_tops else (out, None)
+    assert y.shape == want_y.shape                                  # 4-D, as the fork's top
+    np.testing.assert_allclose(y, want_y, rtol=1e-13, atol=1e-15)
+    if two_tops:
+        np.testing.assert_allclose(norm, want_norm, rtol=1e-13)
+    rng = np.random.default_rng(3)
+    dy, dnorm = rng.standard_normal(y.shape), rng.standard_normal(want_norm.shape)
+    dx = layer.backprop(dy, dnorm) if two_tops else layer.backprop(dy)
+    want = fork_normalize_backward(dy, want_y, x, want_norm, kind, fix_gradient,
+                                   dnorm if two_tops and bp_norm else None)
+    np.testing.assert_allclose(dx, want, rtol=1e-12, atol=1e-14)
+
+
+@settings(max_examples=20, deadline=None)
+@given(normalize_cases(), st.booleans())
+def test_normalize_backward_is_the_gradient(case, two_tops):
+    x, kind = case
+    x = x + np.sign(x) * 0.05                                      # L1's kink at 0
+    make = (lambda: face_normalize(normalize_type=kind, bp_norm=True))
+    if two_tops:
+        layer = make()
+        layer.param.top.extend(["y", "norm"])
+        check_layer_gradient(layer, [x])                           # both tops: bp_norm
+        layer = face_normalize(normalize_type=kind)                # without bp_norm, top[1]'s
+        layer.param.top.extend(["y", "norm"])                      # diff is left out
+        check_layer_gradient(layer, [x], tops=[0])
+    else:
+        check_layer_gradient(make, [x])
+
+
+def test_normalize_without_bp_norm_ignores_the_norm_diff():
+    x = np.random.default_rng(0).standard_normal((2, 3))
+    diffs = []
+    for dnorm in (0.0, 5.0):
+        layer = face_normalize()
+        layer.param.top.extend(["y", "norm"])
+        layer(x)
+        diffs.append(layer.backprop(np.ones((2, 3, 1, 1)), np.full((2, 1, 1, 1), dnorm)))
+    np.testing.assert_array_equal(diffs[0], diffs[1])
+
+
+@pytest.mark.parametrize("kind", ["L2", "L1"])
+def test_normalize_in_place(kind):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 3, 2, 2))
+    check_in_place(lambda: face_normalize(normalize_type=kind), x,
+                   rng.standard_normal(x.shape))
+
+
+def test_normalize_matches_torch_on_fc_features():
+    x = np.random.default_rng(1).standard_normal((4, 7)).astype(np.float32)
+    y = face_normalize()(x)
+    want = torch.nn.functional.normalize(torch.from_numpy(x), dim=1).numpy()
+    np.testing.assert_allclose(y.reshape(4, 7), want, rtol=1e-6, atol=1e-7)
+
+
+NET_HEAD = """
+layer { name: "data" type: "Input" top: "x" input_param { shape { dim: 2 dim: 6 } } }
+"""
+
+
+@pytest.mark.parametrize("block, cls", [
+    ("", FaceNormalizeLayer),
+    ('normalize_param { normalize_type: "L1" }', FaceNormalizeLayer),
+    ("norm_param { across_spatial: false }", NormalizeLayer)])
+def test_normalize_type_is_told_apart_by_its_parameter_block(block, cls):
+    net = minicnn.Net(parse_text(NET_HEAD + f"""
+        layer {{ name: "norm1" type: "Normalize" bottom: "x" top: "y" {block} }}"""),
+                      minicnn.TEST)
+    assert type(net.layer_dict["norm1"]) is cls
+    assert net.layer_dict["norm1"].type == "Normalize"
+    assert len(net.params.get("norm1", [])) == (1 if cls is NormalizeLayer else 0)
+
+
+def test_normalize_errors():
+    with pytest.raises(LayerError, match='normalize_type must be "L2" or "L1", got "L3"'):
+        face_normalize(normalize_type="L3")(np.ones((2, 3)))
+    with pytest.raises(LayerError, match="at most 4"):
+        face_normalize()(np.ones((1, 2, 1, 1, 1)))
+    layer = face_normalize()
+    layer.blobs = [Blob.from_array(np.ones(1))]
+    with pytest.raises(LayerError, match="no parameter blobs.*norm_param"):
+        layer(np.ones((2, 3)))
+
+
+# --- InnerProduct's normalize ----------------------------------------------------------------
+
+
+def ip(normalize, **p):
+    minicnn.set_random_seed(2)
+    return InnerProductLayer(inner_product_param=dict(
+        num_output=4, normalize=normalize, weight_filler={"type": "gaussian", "std": 1.0},
+        bias_filler={"type": "gaussian", "std": 1.0}, **p))
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 6), st.booleans(), st.integers(0, 2**32 - 1))
+def test_inner_product_normalize_follows_the_fork(m, k, bias_term, seed):
+    rng = np.random.default_rng(seed)
+    x, dy = rng.standard_normal((m, k)), rng.standard_normal((m, 4))
+    layer = ip(True, bias_term=bias_term)
+    layer(x)
+    layer.blobs[0].data[...] = w0 = rng.standard_normal((4, k)) * 3   # rows far from unit
+    y = layer(x)
+    dx = layer.backprop(dy)
+    # the fork: w_n *= (|w_n|^2 + eps)^-1/2 in place, then the plain product and its backward
+    wn = torch.from_numpy(w0)
+    wn = wn / torch.sqrt((wn * wn).sum(dim=1, keepdim=True) + 1e-12)
+    np.testing.assert_allclose(layer.blobs[0].data, wn.numpy(), rtol=1e-14)
+    wt = wn.clone().requires_grad_(True)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    yt = xt @ wt.T
+    if bias_term:
+        yt = yt + torch.from_numpy(layer.blobs[1].data)
+    yt.backward(torch.from_numpy(dy))
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(layer.blobs[0].diff, wt.grad.numpy(), rtol=1e-12, atol=1e-14)
+    check_layer_gradient(layer, [x], check_params=False)  # dx: the gradient at fixed weights
+
+
+def test_inner_product_without_normalize_leaves_the_weights_alone():
+    x = np.random.default_rng(5).standard_normal((3, 6))
+    runs = []
+    for fields in ({"normalize": False}, {}):            # explicit false, and BVLC's block
+        minicnn.set_random_seed(2)
+        layer = InnerProductLayer(inner_product_param=dict(
+            num_output=4, weight_filler={"type": "gaussian", "std": 1.0},
+            bias_filler={"type": "gaussian", "std": 1.0}, **fields))
+        layer.setup([Blob.from_array(x)], [Blob((), np.float64)])
+        w = layer.blobs[0].data.copy()
+        y = layer(x)
+        np.testing.assert_array_equal(layer.blobs[0].data, w)    # not rescaled, bit for bit
+        runs.append((y, w))
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+    assert not np.allclose(np.sum(runs[0][1] ** 2, axis=1), 1)
+
+
+def test_inner_product_normalize_refuses_transpose():
+    with pytest.raises(LayerError, match="normalize.*transpose"):
+        ip(True, transpose=True)(np.ones((2, 3)))
+
+
+# --- AM-Softmax's face_train_test.prototxt ------------------------------------------------------
+
+def am_softmax_net(widths=(64, 128, 256, 512), units=(1, 2, 4, 1), feature=512, classes=10516,
+                   input_shape=(256, 3, 112, 96)):
+    """happynear/AMSoftmax's prototxt/face_train_test.prototxt, layer for layer (its 20-layer
+    residual net: each stage a stride-2 xavier conv, then units of two gaussian(0.01) convs
+    with an Eltwise sum, PReLU after every conv; fc5, Normalize, fc6 with normalize: true,
+    LabelSpecificAdd, a fixed Scale of 30, SoftmaxWithLoss), its ImageData layers replaced by
+    Input layers. The widths and sizes are parameters so that a test can shrink them."""
+    n, c, h, w = input_shape
+    layers = [(f'layer {{ name: "data" type: "Input" top: "data" top: "label"\n'
+               f'  input_param {{ shape {{ dim: {n} dim: {c} dim: {h} dim: {w} }}'
+               f' shape {{ dim: {n} }} }} }}')]
+
+    def conv(name, bottom, num, stride, first):
+        filler = 'type: "xavier"' if first else 'type: "gaussian" std: 0.01'
+        layers.append(f"""layer {{ name: "{name}" type: "Convolution" bottom: "{bottom}"
+  top: "{name}" param {{ lr_mult: 1 decay_mult: 1 }}
+  param {{ lr_mult: {2 if first else 0} decay_mult: 0 }}
+  convolution_param {{ num_output: {num} kernel_size: 3 stride: {stride} pad: 1
+    weight_filler {{ {filler} }} bias_filler {{ type: "constant" value: 0 }} }} }}
+layer {{ name: "relu{name[4:]}" type: "PReLU" bottom: "{name}" top: "{name}" }}""")
+
+    bottom = "data"
+    for s, (width, count) in enumerate(zip(widths, units), start=1):
+        conv(f"conv{s}_1", bottom, width, 2, True)
+        res = f"conv{s}_1"
+        for u in range(count):
+            a, b = f"conv{s}_{2 * u + 2}", f"conv{s}_{2 * u + 3}"
+            conv(a, res if u else f"conv{s}_1", width, 1, False)
+            conv(b, a, width, 1, False)
+            layers.append(f'layer {{ name: "res{s}_{2 * u + 3}" type: "Eltwise" bottom: "{res}" '
+                          f'bottom: "{b}" top: "res{s}_{2 * u + 3}" '
+                          f'eltwise_param {{ operation: 1 }} }}')
+            res = f"res{s}_{2 * u + 3}"
+        bottom = res
+    layers.append(f"""layer {{ name: "fc5" type: "InnerProduct" bottom: "{bottom}" top: "fc5"
+  param {{ lr_mult: 1 decay_mult: 1 }} param {{ lr_mult: 2 decay_mult: 0 }}
+  inner_product_param {{ num_output: {feature} weight_filler {{ type: "xavier" }}
+    bias_filler {{ type: "constant" value: 0 }} }} }}
+layer {{ name: "norm1" type: "Normalize" bottom: "fc5" top: "norm1" }}
+layer {{ name: "fc6_l2" type: "InnerProduct" bottom: "norm1" top: "fc6" param {{ lr_mult: 1 }}
+  inner_product_param{{ num_output: {classes} normalize: true
+    weight_filler {{ type: "xavier" }} bias_term: false }} }}
+layer {{ name: "label_specific_margin" type: "LabelSpecificAdd" bottom: "fc6" bottom: "label"
+  top: "fc6_margin" label_specific_add_param {{ bias: -0.35 }} }}
+layer {{ name: "fc6_margin_scale" type: "Scale" bottom: "fc6_margin" top: "fc6_margin_scale"
+  param {{ lr_mult: 0 decay_mult: 0 }} scale_param {{ filler{{ type: "constant" value: 30 }} }} }}
+layer {{ name: "softmax_loss" type: "SoftmaxWithLoss" bottom: "fc6_margin_scale"
+  bottom: "label" top: "softmax_loss" loss_weight: 1 }}
+layer {{ name: "Accuracy" type: "Accuracy" bottom: "fc6" bottom: "label" top: "accuracy"
+  include {{ phase: TEST }} }}""")
+    return 'name: "Face-ResNet"\n' + "\n".join(layers)
+
+
+def test_am_softmax_face_net_trains():
+    minicnn.set_random_seed(7)
+    text = am_softmax_net(widths=(4, 6, 8, 8), feature=8, classes=3, input_shape=(12, 3, 16, 16))
+    param = caffe_pb2.SolverParameter(net_param=parse_text(text), base_lr=0.002,
+                                      lr_policy="fixed", momentum=0.9, weight_decay=0.0005)
+    solver = minicnn.get_solver(param, log=lambda message: None)
+    net = solver.net
+    assert type(net.layer_dict["norm1"]) is FaceNormalizeLayer
+    assert net.blobs["norm1"].shape == (12, 8, 1, 1)
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 3, 12)
+    means = rng.standard_normal((3, 3, 16, 16))
+    data = means[labels] + 0.2 * rng.standard_normal((12, 3, 16, 16))
+    losses = []
+    for _ in range(15):
+        net.blobs["data"].data[...] = data
+        net.blobs["label"].data[...] = labels
+        solver.step(1)
+        losses.append(float(net.blobs["softmax_loss"].data))
+    assert np.all(np.isfinite(losses)) and losses[-1] < 0.1 * losses[0], losses
+    net.forward()
+    w = net.params["fc6_l2"][0].data            # fc6's rows are unit length after a forward
+    np.testing.assert_allclose(np.sum(w * w, axis=1), 1, rtol=1e-5)
+    fc6 = net.blobs["fc6"].data                # cosines: |fc6| <= 1 (unit features, unit rows)
+    assert np.all(np.abs(fc6) <= 1 + 1e-4)
