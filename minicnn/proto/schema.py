@@ -273,6 +273,7 @@ message LayerParameter
   154 seg_accuracy_param  SegAccuracyParameter  # DeepLab v2 fork (deeplab-public-ver2)
   155 mat_write_param     MatWriteParameter     # DeepLab v2 fork
   214 normalize_param     FaceNormalizeParameter  # happynear's caffe-windows (AM-Softmax, NormFace)
+  9124 focal_loss_param   FocalLossParameter  # zimenglan-sysu-512/Focal-Loss; its 124 is sigmoid_param
 
 message TransformationParameter
   1   scale               float    = 1
@@ -822,6 +823,15 @@ message FaceNormalizeParameter  # happynear's Normalize (AM-Softmax's and NormFa
   1   normalize_type      string   = "L2"
   2   fix_gradient        bool     = false
   3   bp_norm             bool     = false
+
+# --- zimenglan-sysu-512/Focal-Loss: FocalLoss (softmax form) ---------------------------------
+
+enum FocalLossType       ORIGIN=0 LINEAR=1 ONEADDP=2  # ONEADDP: happynear's copy only
+message FocalLossParameter  # Lin et al. 2017, softmax over softmax_param.axis
+  1   type                FocalLossType = ORIGIN
+  2   gamma               float    = 2
+  3   alpha               float    = 0.25
+  4   beta                float    = 1
 
 # --- SSD fork: DetectionEvaluate (detection_evaluate_param 205 above; the solver's eval_type,
 # ap_version, show_per_class_result in SolverParameter; ResizeParameter and its enums are with

@@ -1,0 +1,97 @@
+"""FocalLoss, the softmax form of zimenglan-sysu-512/Focal-Loss (the most copied of the Caffe
+forks' "FocalLoss" layers, which otherwise differ: sigmoid forms, per-class alphas, happynear's
+1 + p_t). The math is minicnn.ops.focal_loss."""
+
+from minicnn import ops
+from minicnn.errors import LayerError
+from minicnn.layer import Layer, register
+from minicnn.layers.loss import (
+    _check_label_count,
+    _check_label_values,
+    _ignore_label,
+    _raise_bad_labels,
+)
+from minicnn.ops.softmax import resolve_normalization
+
+
+@register("FocalLoss")
+class FocalLossLayer(Layer):
+    """zimenglan-sysu-512/Focal-Loss's `FocalLoss` (Lin et al. 2017), on a softmax:
+    loss = -sum alpha (1 - p_t)^gamma log(p_t) / D over the positions not labelled
+    ignore_label, p = softmax(bottom[0]) along softmax_param.axis (default 1), p_t the
+    labelled class's probability, log's argument clamped at FLT_MIN as Caffe's softmax loss.
+
+    bottom[0]: scores; bottom[1]: one label per position, as SoftmaxWithLoss's. top[0]: the
+    loss, shape (); an optional top[1]: the probabilities. focal_loss_param: alpha (default
+    0.25, one weight for every class, > 0), gamma (default 2, >= 0). loss_param: ignore_label,
+    normalization (VALID by default, FULL, BATCH_SIZE, NONE) or the deprecated normalize
+    (true: VALID, false: BATCH_SIZE), as the fork. Backward as the fork: the gradient, but for
+    its clamps (1 - p_t at 1e-10 in a division; 1 / p_t unclamped).
+
+    As the fork, focal_loss_param.type (ORIGIN, LINEAR) and beta are read but not used: LINEAR
+    computes ORIGIN's loss. ONEADDP (happynear's caffe-windows copy, (1 + p_t)^gamma with
+    alpha in place of 1) is not this fork's and is refused. The fork's number for
+    focal_loss_param is 124, BVLC's sigmoid_param: minicnn writes 9124 (text prototxts name
+    the field, so only minicnn-written binary files see it)."""
+    param_field = "focal_loss_param"
+    index_bottom = 1
+    exact_num_bottom = 2
+    min_num_top, max_num_top = 1, 2
+    is_loss = True
+    host_only = True
+
+    def layer_setup(self, bottom, top):
+        p, lp = self.param.focal_loss_param, self.param.loss_param
+        if p.type == "ONEADDP":
+            raise LayerError(f"FocalLoss layer '{self.name}': focal_loss_param.type ONEADDP is "
+                             "happynear's variant ((1 + p_t)^gamma), which minicnn does not "
+                             "implement; minicnn's FocalLoss is zimenglan-sysu-512's (ORIGIN)")
+        if not p.gamma >= 0:
+            raise LayerError(f"FocalLoss layer '{self.name}': focal_loss_param.gamma must be "
+                             f">= 0, got {p.gamma}")
+        if not p.alpha > 0:
+            raise LayerError(f"FocalLoss layer '{self.name}': focal_loss_param.alpha must be "
+                             f"> 0, got {p.alpha}")
+        self.alpha, self.gamma = float(p.alpha), float(p.gamma)
+        self.ignore_label = _ignore_label(lp)
+        self.normalization = resolve_normalization(
+            lp.normalization if lp.HasField("normalization") else None,
+            lp.normalize if lp.HasField("normalize") else None)
+
+    def reshape(self, bottom, top):
+        scores, labels = bottom
+        self.axis = self.canonical_axis(scores, self.param.softmax_param.axis, "softmax_param.axis")
+        if scores.shape[:1] != labels.shape[:1]:        # Caffe's LossLayer check
+            raise LayerError(f"the predictions (shape {scores.shape}) and the labels (shape "
+                             f"{labels.shape}) must have the same first dimension")
+        _check_label_count(scores, labels, self.axis)
+        self.num_classes = scores.shape[self.axis]
+        top[0].reshape(())
+        if len(top) > 1:
+            top[1].reshape(scores.shape)
+
+    def _kw(self):
+        return {"axis": self.axis, "alpha": self.alpha, "gamma": self.gamma,
+                "ignore_label": self.ignore_label, "normalization": self.normalization}
+
+    def forward(self, bottom, top):
+        scores, labels = bottom
+        _check_label_values(self, labels.data, self.num_classes, self.ignore_label)
+        loss, self.prob = ops.focal_loss_forward(scores.data, labels.data, **self._kw())
+        top[0].data[...] = loss
+        if len(top) > 1:
+            top[1].data[...] = self.prob
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[1]:
+            raise LayerError("FocalLoss cannot backpropagate to labels (bottom 1); set "
+                             "propagate_down: false for them")
+        if propagate_down[0]:
+            bottom[0].diff[...] = ops.focal_loss_backward(
+                self.prob, bottom[1].data, loss_weight=top[0].diff, **self._kw())
+
+    def raise_deferred(self, bottom):
+        _raise_bad_labels(self, bottom[1].data)
+
+    def allow_force_backward(self, bottom_index):
+        return bottom_index != 1                           # labels have no gradient
