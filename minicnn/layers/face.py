@@ -199,15 +199,25 @@ class LabelSpecificAddLayer(Layer):
     unchanged, the gradient of the shift.
 
     The fork's transform_test has no effect: its setup keeps it only in TRAIN, and its forward
-    returns early in TEST unless it is kept, so TEST never adds the bias. minicnn follows."""
+    returns early in TEST unless it is kept, so TEST never adds the bias. minicnn follows.
+
+    Annealing (happynear's caffe-windows, when bias_base is given): each TRAIN forward sets
+    bias = bias_base + (1 + bias_gamma * iter)^bias_power - 1, clamped to [bias_min, bias_max]
+    (min first, then max, as the fork), then counts the iteration (from `iteration`, default
+    0); TEST forwards neither anneal nor count. An optional top[1], shape (1,), is the bias used,
+    written in TRAIN only (in TEST the fork returns before writing it: it keeps its last
+    value)."""
     param_field = "label_specific_add_param"
     exact_num_bottom = 2
-    exact_num_top = 1
+    min_num_top, max_num_top = 1, 2
     index_bottom = 1
     host_only = True
 
     def layer_setup(self, bottom, top):
-        self.bias = float(self.param.label_specific_add_param.bias)
+        p = self.param.label_specific_add_param
+        self.bias = float(p.bias)
+        self.anneal = p.HasField("bias_base")
+        self.iter = p.iteration
 
     def reshape(self, bottom, top):
         x, labels = bottom
@@ -215,6 +225,8 @@ class LabelSpecificAddLayer(Layer):
         self.num_classes = x.count // x.shape[0]
         if top[0] is not x:
             top[0].reshape(x.shape)
+        if len(top) > 1:
+            top[1].reshape((1,))
 
     def forward(self, bottom, top):
         x, labels = bottom
@@ -224,6 +236,14 @@ class LabelSpecificAddLayer(Layer):
             if top[0] is not x:
                 top[0].data[...] = x.data
             return
+        if self.anneal:
+            p = self.param.label_specific_add_param
+            self.bias = ops.face.label_specific_add_bias(
+                self.iter, base=p.bias_base, gamma=p.bias_gamma, power=p.bias_power,
+                bias_min=p.bias_min, bias_max=p.bias_max)
+            self.iter += 1
+        if len(top) > 1:
+            top[1].data[...] = self.bias
         top[0].data[...] = ops.label_specific_add_forward(
             x.data.reshape(n, self.num_classes), label_ints, bias=self.bias).reshape(x.shape)
 

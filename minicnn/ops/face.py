@@ -132,6 +132,13 @@ def _margin_inner_product_backward_ref(dy, x, w, labels, x_norm, *, lam, margin_
 
 # --- LabelSpecificAdd (AM-Softmax) ---------------------------------------------------------------
 
+def label_specific_add_bias(iteration, *, base, gamma, power, bias_min, bias_max):
+    """happynear's annealed margin: min(max(base + (1 + gamma * iter)^power - 1, bias_min),
+    bias_max)."""
+    bias = base + (1.0 + gamma * iteration) ** power - 1.0
+    return min(max(bias, bias_min), bias_max)
+
+
 @label_specific_add_forward.impl("ref")
 def _label_specific_add_forward_ref(x, labels, *, bias):
     """y = x, with bias added to each item's target score where that score is above -bias

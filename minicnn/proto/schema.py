@@ -815,6 +815,12 @@ message MarginInnerProductParameter  # SphereFace's A-Softmax layer (wy1iu/spher
 message LabelSpecificAddParameter  # AM-Softmax's additive margin (happynear's forks)
   1   bias                float    = 0
   2   transform_test      bool     = false
+  3   bias_base           float    = 0   # 3-8: happynear's caffe-windows, the margin's annealing
+  4   bias_gamma          float    = 0   # (AM-Softmax's face_train_test_wo_fn.prototxt)
+  5   bias_power          float    = 1
+  6   bias_min            float    = 0
+  7   bias_max            float    = 0
+  8   iteration           uint32   = 0
 
 # --- happynear's caffe-windows: Normalize with normalize_param (the message is NormalizeParameter
 # there; renamed here, SSD's Normalize has that name) ----------------------------------------

@@ -292,6 +292,41 @@ def test_label_specific_add_follows_the_fork(case, bias, phase, transform_test, 
     np.testing.assert_array_equal(bottom[0].diff, dy)
 
 
+@pytest.mark.parametrize("p", [
+    {"bias_base": 0, "bias_gamma": -0.1, "bias_power": 1, "bias_min": -0.25, "bias_max": 0},
+    {"bias_base": -0.05, "bias_gamma": 0.5, "bias_power": 2, "bias_min": -1, "bias_max": 0.3,
+     "iteration": 2},
+    {"bias_base": 0, "bias_gamma": -0.1, "bias_min": -0.1, "bias_max": -0.3},  # max wins
+    {"bias": -0.2, "bias_gamma": -0.1, "bias_min": -1}])          # no bias_base: no annealing
+def test_label_specific_add_anneals_its_bias_in_train(p):
+    # happynear's caffe-windows: bias = base + (1 + gamma iter)^power - 1, clamped, per TRAIN
+    # forward; top[1] the bias used
+    rng = np.random.default_rng(4)
+    labels = np.array([0, 2, 1, 2.0])
+    layer = LabelSpecificAddLayer(label_specific_add_param=p)
+    layer.param.top.extend(["y", "margin"])
+    it, fixed = p.get("iteration", 0), np.float32(p.get("bias", 0))
+    for _ in range(6):
+        x = rng.uniform(-1, 1, (4, 3))
+        y, margin = layer(x, labels)
+        if "bias_base" in p:                      # the fields as stored (float32), in double
+            f = {k: float(np.float32(v)) for k, v in {"bias_power": 1, **p}.items()}
+            want_bias = f["bias_base"] + (1 + f["bias_gamma"] * it) ** f["bias_power"] - 1
+            want_bias = min(max(want_bias, f["bias_min"]), f["bias_max"])
+            it += 1
+        else:
+            want_bias = fixed
+        np.testing.assert_allclose(margin, [want_bias], rtol=1e-12)
+        np.testing.assert_array_equal(y, fork_label_specific_add(x, labels, want_bias, "TRAIN"))
+    test = LabelSpecificAddLayer(label_specific_add_param=p, phase="TEST")
+    test.param.top.extend(["y", "margin"])
+    x = rng.uniform(-1, 1, (4, 3))
+    for _ in range(2):                            # TEST: no shift, no count, top[1] not written
+        y, margin = test(x, labels)
+        np.testing.assert_array_equal(y, x)
+        assert test.iter == p.get("iteration", 0) and float(margin[0]) == 0
+
+
 def test_label_specific_add_gradient_away_from_the_condition():
     rng = np.random.default_rng(3)
     x = rng.uniform(-1, 1, (5, 4))
