@@ -317,3 +317,97 @@ class FaceNormalizeLayer(Layer):
             top[0].diff.reshape(n, c, h * w), top[0].data.reshape(n, c, h * w), self._norm,
             normalize_type=self.normalize_type, fix_gradient=self.fix_gradient, dnorm=dnorm)
         bottom[0].diff[...] = dx.reshape(bottom[0].shape)
+
+
+@register("ChannelScale")
+class ChannelScaleLayer(Layer):
+    """happynear's `ChannelScale` (caffe-windows; AM-Softmax's face_train_test_wo_fn.prototxt,
+    which scales the cosines by the feature norm from Normalize's top[1]): y[n, c, s] =
+    x[n, c, s] * scale[n, s].
+
+    bottom[0]: x, read as N x C x H x W (legacy accessors: missing axes 1, at most 4);
+    bottom[1]: the scale, one value per item and place (count N*H*W, first axis N). top[0]:
+    x's shape. Backward as the fork: dx = dy * scale (dy itself with do_backward_feature
+    false), dscale = sum_c dy * x (0 with do_backward_scale false): the gradient. do_forward
+    false copies x.
+
+    global_scale (as the fork's GPU code, which trained its models): a parameter blob, one
+    value starting at -1, with lr_mult 0 (added when no param is given; any other lr_mult is an
+    error, as the fork). Each TRAIN forward sets it to m = mean |bottom[1]| the first time
+    (while negative), else to 0.99 * it + 0.01 * m, then clamps it to max_global_scale and
+    min_global_scale; TEST forwards use it unchanged. y = it * x; an optional top[1] (shape
+    (1,)) is it. Backward stays the per-place one above, with bottom[1]'s values, not the
+    global scale (the fork's). The fork's CPU code differs: it only clamps the stored value,
+    never updating it. init_global_scale is read by no code of the fork, nor by minicnn."""
+    param_field = "channel_scale_param"
+    exact_num_bottom = 2
+    min_num_top, max_num_top = 1, 2
+    host_only = True
+
+    def layer_setup(self, bottom, top):
+        from minicnn.proto.caffe_pb2 import FillerParameter
+        p = self.param.channel_scale_param
+        self.global_scale = p.global_scale
+        if len(top) > 1 and not self.global_scale:
+            raise LayerError(f"ChannelScale layer '{self.name}': a second top (the global "
+                             "scale) needs channel_scale_param.global_scale: true")
+        if self.global_scale:
+            self.init_param(0, (1,), FillerParameter(type="constant", value=-1.0),
+                            what="global scale")
+            specs = self.param.param
+            if not specs:
+                specs.add(lr_mult=0, decay_mult=0)
+            elif specs[0].lr_mult != 0:
+                raise LayerError(f"ChannelScale layer '{self.name}': the global scale is a "
+                                 f"statistic, not a learned parameter: param 0 has lr_mult "
+                                 f"{specs[0].lr_mult:g}, it must be 0")
+        elif self.blobs:
+            raise LayerError(f"ChannelScale layer '{self.name}' has a parameter blob only with "
+                             f"global_scale: true, but {len(self.blobs)} were given")
+
+    def reshape(self, bottom, top):
+        from minicnn.layers.ssd import _legacy_4d
+        x, scale = bottom
+        n, c, h, w = _legacy_4d(self, x, "bottom[0]")
+        if scale.shape[:1] != (n,) or scale.count != n * h * w:
+            raise LayerError(f"ChannelScale needs one scale per item and place: bottom[1] with "
+                             f"first dimension {n} and {n} x {h * w} = {n * h * w} values for "
+                             f"bottom[0] of shape {x.shape}, got shape {scale.shape}")
+        self.shape3 = (n, c, h * w)
+        top[0].reshape(x.shape)
+        if len(top) > 1:
+            top[1].reshape((1,))
+
+    def forward(self, bottom, top):
+        x, scale = bottom
+        p = self.param.channel_scale_param
+        if not p.do_forward:
+            top[0].data[...] = x.data
+            return
+        if self.global_scale:
+            g = self.blobs[0].data
+            if self.phase == "TRAIN":
+                mean_norm = np.abs(scale.data).sum() / scale.count
+                g[0] = mean_norm if g[0] < 0 else g[0] * 0.99 + mean_norm * 0.01
+                g[0] = max(min(g[0], p.max_global_scale), p.min_global_scale)
+            if len(top) > 1:
+                top[1].data[...] = g[0]
+            top[0].data[...] = x.data * g[0]
+            return
+        n, c, s = self.shape3
+        y = ops.channel_scale_forward(x.data.reshape(n, c, s), scale.data.reshape(n, 1, s))
+        top[0].data[...] = y.reshape(x.shape)
+
+    def backward(self, top, propagate_down, bottom):
+        if not any(propagate_down[:2]):
+            return
+        x, scale = bottom
+        p = self.param.channel_scale_param
+        n, c, s = self.shape3
+        dx, dscale = ops.channel_scale_backward(
+            top[0].diff.reshape(n, c, s), x.data.reshape(n, c, s), scale.data.reshape(n, 1, s),
+            backward_feature=p.do_backward_feature, backward_scale=p.do_backward_scale)
+        if propagate_down[1]:
+            scale.diff[...] = dscale.reshape(scale.shape)
+        if propagate_down[0]:
+            x.diff[...] = dx.reshape(x.shape)

@@ -20,6 +20,8 @@ margin_inner_product_backward = Op("margin_inner_product_backward")
 label_specific_add_forward = Op("label_specific_add_forward")
 face_normalize_forward = Op("face_normalize_forward")
 face_normalize_backward = Op("face_normalize_backward")
+channel_scale_forward = Op("channel_scale_forward")
+channel_scale_backward = Op("channel_scale_backward")
 
 MARGIN_TYPES = ("SINGLE", "DOUBLE", "TRIPLE", "QUADRUPLE")
 
@@ -179,3 +181,21 @@ def _face_normalize_backward_ref(dy, y, norm, *, normalize_type, fix_gradient, d
     if dnorm is not None:
         dx = dx + dnorm * g
     return dx
+
+
+# --- happynear's ChannelScale --------------------------------------------------------------------
+# x, dy: (N, C, S); scale: (N, 1, S), one value per place (Normalize's norm top).
+
+@channel_scale_forward.impl("ref")
+def _channel_scale_forward_ref(x, scale):
+    """y = x * scale, the place's scale for every channel."""
+    return x * scale
+
+
+@channel_scale_backward.impl("ref")
+def _channel_scale_backward_ref(dy, x, scale, *, backward_feature=True, backward_scale=True):
+    """(dx, dscale): dx = dy * scale (dy with backward_feature false), dscale = sum_c dy * x
+    (0 with backward_scale false): the gradient when both are on."""
+    dx = dy * scale if backward_feature else dy.copy()
+    dscale = np.sum(dy * x, axis=1, keepdims=True) if backward_scale else np.zeros_like(scale)
+    return dx, dscale

@@ -273,6 +273,7 @@ message LayerParameter
   154 seg_accuracy_param  SegAccuracyParameter  # DeepLab v2 fork (deeplab-public-ver2)
   155 mat_write_param     MatWriteParameter     # DeepLab v2 fork
   214 normalize_param     FaceNormalizeParameter  # happynear's caffe-windows (AM-Softmax, NormFace)
+  237 channel_scale_param ChannelScaleParameter  # happynear's caffe-windows (AM-Softmax's wo_fn)
   9124 focal_loss_param   FocalLossParameter  # zimenglan-sysu-512/Focal-Loss; its 124 is sigmoid_param
 
 message TransformationParameter
@@ -829,6 +830,15 @@ message FaceNormalizeParameter  # happynear's Normalize (AM-Softmax's and NormFa
   1   normalize_type      string   = "L2"
   2   fix_gradient        bool     = false
   3   bp_norm             bool     = false
+
+message ChannelScaleParameter  # happynear's ChannelScale (x times a per-place scale bottom)
+  1   do_forward          bool     = true
+  2   do_backward_feature bool     = true
+  3   do_backward_scale   bool     = true
+  4   global_scale        bool     = false
+  5   max_global_scale    float    = 1000
+  6   min_global_scale    float    = 0
+  7   init_global_scale   float    = 1   # read by no code of the fork
 
 # --- zimenglan-sysu-512/Focal-Loss: FocalLoss (softmax form) ---------------------------------
 

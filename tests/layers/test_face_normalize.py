@@ -1,6 +1,7 @@
-"""happynear's caffe-windows pieces of AM-Softmax's training net: InnerProduct's normalize
-(field 7) and its Normalize layer (normalize_param; a bare `type: "Normalize"` is this one, SSD's
-needs norm_param), and the published face_train_test.prototxt's structure trained a few steps.
+"""happynear's caffe-windows pieces of AM-Softmax's training nets: InnerProduct's normalize
+(field 7), its Normalize layer (normalize_param; a bare `type: "Normalize"` is this one, SSD's
+needs norm_param) and ChannelScale, and the published face_train_test.prototxt's and
+face_train_test_wo_fn.prototxt's structures trained a few steps.
 
 References written here: transliterations of the fork's loops (normalize_layer.cpp's per-place
 loop, the GPU code's fix_gradient), PyTorch on the formulas, and float64 finite differences
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 import minicnn
 from minicnn.blob import Blob
 from minicnn.errors import LayerError
-from minicnn.layers.face import FaceNormalizeLayer
+from minicnn.layers.face import ChannelScaleLayer, FaceNormalizeLayer
 from minicnn.layers.inner_product import InnerProductLayer
 from minicnn.layers.ssd import NormalizeLayer
 from minicnn.proto import caffe_pb2
@@ -307,3 +308,137 @@ def test_am_softmax_face_net_trains():
     np.testing.assert_allclose(np.sum(w * w, axis=1), 1, rtol=1e-5)
     fc6 = net.blobs["fc6"].data                # cosines: |fc6| <= 1 (unit features, unit rows)
     assert np.all(np.abs(fc6) <= 1 + 1e-4)
+
+
+# --- ChannelScale (happynear), and AM-Softmax's face_train_test_wo_fn.prototxt ----------------
+
+def fork_channel_scale(x, scale, dy, p):
+    """channel_scale_layer.cpp's per-place loops (forward), and the .cu's backward."""
+    n = x.shape[0]
+    x3 = x.reshape(n, x.size // n // scale[0].size, scale[0].size)
+    s2, dy3 = scale.reshape(n, -1), dy.reshape(x3.shape)
+    y, dx, ds = np.zeros_like(x3), np.zeros_like(x3), np.zeros_like(s2)
+    for i in range(n):
+        for s in range(x3.shape[2]):
+            for c in range(x3.shape[1]):
+                y[i, c, s] = s2[i, s] * x3[i, c, s] if p.get("do_forward", True) else x3[i, c, s]
+                dx[i, c, s] = s2[i, s] * dy3[i, c, s] if p.get("do_backward_feature", True) \
+                    else dy3[i, c, s]
+                if p.get("do_backward_scale", True):
+                    ds[i, s] += x3[i, c, s] * dy3[i, c, s]
+    return y.reshape(x.shape), dx.reshape(x.shape), ds.reshape(scale.shape)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.sampled_from([((3, 5), (3, 1, 1, 1)), ((3, 5), (3,)), ((2, 3, 2, 2), (2, 1, 2, 2)),
+                        ((2, 4, 3), (2, 3))]),
+       st.booleans(), st.booleans(), st.booleans(), st.integers(0, 2**32 - 1))
+def test_channel_scale_follows_the_fork(shapes, forward, feature, scale_grad, seed):
+    rng = np.random.default_rng(seed)
+    x, scale = rng.standard_normal(shapes[0]), rng.standard_normal(shapes[1])
+    p = {"do_forward": forward, "do_backward_feature": feature, "do_backward_scale": scale_grad}
+    layer = ChannelScaleLayer(channel_scale_param=p)
+    y = layer(x, scale)
+    dy = rng.standard_normal(x.shape)
+    dx, ds = layer.backprop(dy)
+    want_y, want_dx, want_ds = fork_channel_scale(x, scale, dy, p)
+    np.testing.assert_allclose(y, want_y, rtol=1e-14)
+    np.testing.assert_allclose(dx, want_dx, rtol=1e-14)
+    np.testing.assert_allclose(ds, want_ds, rtol=1e-12, atol=1e-14)
+
+
+def test_channel_scale_backward_is_the_gradient():
+    rng = np.random.default_rng(6)
+    for xs, ss in (((3, 5), (3, 1, 1, 1)), ((2, 3, 2, 2), (2, 1, 2, 2))):
+        check_layer_gradient(ChannelScaleLayer(), [rng.standard_normal(xs),
+                                                   rng.standard_normal(ss)])
+
+
+def test_channel_scale_global_follows_the_forks_gpu_code():
+    rng = np.random.default_rng(7)
+    p = {"global_scale": True, "max_global_scale": 3.0, "min_global_scale": 0.5}
+    for sizes in ([40, 1, 2, 1, 3], [0.1, 1, 2, 1, 3], [2, 1, 20, 50, 3]):  # max, min, neither
+        layer = ChannelScaleLayer(channel_scale_param=p)
+        layer.param.top.extend(["y", "g"])
+        g = -1.0
+        for size in sizes:
+            x, scale = rng.standard_normal((4, 3)), rng.uniform(-1, 1, (4, 1)) * size
+            y, top_g = layer(x, scale)
+            m = np.abs(scale).mean()
+            g = min(max(m if g < 0 else g * 0.99 + m * 0.01, 0.5), 3.0)
+            assert float(top_g[0]) == pytest.approx(g, rel=1e-14)
+            np.testing.assert_allclose(y, x * g, rtol=1e-14)
+    dy = rng.standard_normal(x.shape)
+    dx, _ = layer.backprop(dy, np.zeros(1))
+    np.testing.assert_allclose(dx, dy * scale, rtol=1e-14)     # the per-place scale (the fork's)
+    assert layer.param.param[0].lr_mult == 0 and layer.param.param[0].decay_mult == 0
+    test = ChannelScaleLayer(channel_scale_param=p, phase="TEST")
+    test.param.top.extend(["y", "g"])
+    test.setup([Blob.from_array(x), Blob.from_array(scale)], [Blob((), np.float64)] * 2)
+    test.blobs[0].data[...] = 2.0
+    y, top_g = test(x, scale * 100)                            # TEST: used, not updated
+    assert float(top_g[0]) == 2.0 and float(test.blobs[0].data[0]) == 2.0
+    np.testing.assert_allclose(y, 2 * x)
+
+
+def test_channel_scale_errors():
+    with pytest.raises(LayerError, match="one scale per item and place"):
+        ChannelScaleLayer()(np.zeros((2, 3, 2, 2)), np.zeros((2, 1, 2, 1)))
+    layer = ChannelScaleLayer()
+    layer.param.top.extend(["y", "g"])
+    with pytest.raises(LayerError, match="needs channel_scale_param.global_scale"):
+        layer(np.zeros((2, 3)), np.zeros(2))
+    layer = ChannelScaleLayer(channel_scale_param={"global_scale": True},
+                              param=[{"lr_mult": 1}])
+    with pytest.raises(LayerError, match="lr_mult 1, it must be 0"):
+        layer(np.zeros((2, 3)), np.zeros(2))
+
+
+def am_softmax_wo_fn_net(**sizes):
+    """face_train_test_wo_fn.prototxt: the same net, but Normalize also gives the feature norm
+    (bp_norm), LabelSpecificAdd anneals its margin, and ChannelScale multiplies the cosines by
+    the norm instead of the fixed Scale of 30."""
+    text = am_softmax_net(**sizes)
+    head = text[:text.index('layer { name: "norm1"')]
+    classes = sizes.get("classes", 10516)
+    return head + f"""layer {{ name: "norm1" type: "Normalize" bottom: "fc5" top: "norm1"
+  top: "feature_norm" normalize_param {{ bp_norm: true }} }}
+layer {{ name: "fc6_l2" type: "InnerProduct" bottom: "norm1" top: "fc6" param {{ lr_mult: 1 }}
+  inner_product_param{{ num_output: {classes} normalize: true
+    weight_filler {{ type: "xavier" }} bias_term: false }} }}
+layer {{ name: "label_specific_margin" type: "LabelSpecificAdd" bottom: "fc6" bottom: "label"
+  top: "fc6_margin" top: "margin"
+  label_specific_add_param {{ iteration: 0 bias_base: 0 bias_gamma: -5e-05 bias_power: 1
+    bias_min: -0.4 bias_max: 0 }} }}
+layer {{ name: "fc6_margin_scale" type: "ChannelScale" bottom: "fc6_margin"
+  bottom: "feature_norm" top: "fc6_margin_scale" }}
+layer {{ name: "softmax_loss" type: "SoftmaxWithLoss" bottom: "fc6_margin_scale"
+  bottom: "label" top: "softmax_loss" loss_weight: 1 }}
+layer {{ name: "Accuracy" type: "Accuracy" bottom: "fc6" bottom: "label" top: "accuracy"
+  include {{ phase: TEST }} }}"""
+
+
+def test_am_softmax_wo_fn_net_trains():
+    minicnn.set_random_seed(7)
+    text = am_softmax_wo_fn_net(widths=(4, 6, 8, 8), feature=8, classes=3,
+                                input_shape=(12, 3, 16, 16))
+    param = caffe_pb2.SolverParameter(net_param=parse_text(text), base_lr=0.05,
+                                      lr_policy="fixed", momentum=0.9, weight_decay=0.0005)
+    solver = minicnn.get_solver(param, log=lambda message: None)
+    net = solver.net
+    assert net.blobs["feature_norm"].shape == (12, 1, 1, 1)
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 3, 12)
+    data = rng.standard_normal((3, 3, 16, 16))[labels] + 0.2 * rng.standard_normal((12, 3, 16, 16))
+    losses = []
+    for k in range(15):
+        net.blobs["data"].data[...] = data
+        net.blobs["label"].data[...] = labels
+        solver.step(1)
+        losses.append(float(net.blobs["softmax_loss"].data))
+        assert float(net.blobs["margin"].data[0]) == pytest.approx(
+            max(-5e-5 * k, -0.4), rel=1e-5, abs=1e-9)
+    np.testing.assert_allclose(net.blobs["fc6_margin_scale"].data,
+                               net.blobs["fc6_margin"].data * net.blobs["feature_norm"].data
+                               .reshape(12, 1), rtol=1e-6)
+    assert np.all(np.isfinite(losses)) and losses[-1] < 0.1 * losses[0], losses
