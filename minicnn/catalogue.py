@@ -26,9 +26,18 @@ def _count(exact, low, high):
 
 
 def _ops_of(cls):
-    """The Op objects whose names appear in the layer class's source (and its bases')."""
-    source = "".join(inspect.getsource(c) for c in cls.__mro__
-                     if c.__module__.startswith("minicnn.layers"))
+    """The Op objects whose names appear in the source of the methods the layer class runs:
+    its own or inherited, and a base's version only where the one above calls super() (a
+    method a subclass replaces does not count)."""
+    pieces = []
+    for name, _ in inspect.getmembers(cls, inspect.isfunction):
+        for c in cls.__mro__:
+            f = c.__dict__.get(name)
+            if inspect.isfunction(f) and f.__module__.startswith("minicnn.layers"):
+                pieces.append(inspect.getsource(f))
+                if "super()" not in pieces[-1]:
+                    break
+    source = "".join(pieces)
     found = {}
     for name in ops.__all__:
         op = getattr(ops, name)

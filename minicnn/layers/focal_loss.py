@@ -4,18 +4,12 @@ forks' "FocalLoss" layers, which otherwise differ: sigmoid forms, per-class alph
 
 from minicnn import ops
 from minicnn.errors import LayerError
-from minicnn.layer import Layer, register
-from minicnn.layers.loss import (
-    _check_label_count,
-    _check_label_values,
-    _ignore_label,
-    _raise_bad_labels,
-)
-from minicnn.ops.softmax import resolve_normalization
+from minicnn.layer import register
+from minicnn.layers.loss import SoftmaxWithLossLayer, _check_label_values
 
 
 @register("FocalLoss")
-class FocalLossLayer(Layer):
+class FocalLossLayer(SoftmaxWithLossLayer):
     """zimenglan-sysu-512/Focal-Loss's `FocalLoss` (Lin et al. 2017), on a softmax:
     loss = -sum alpha (1 - p_t)^gamma log(p_t) / D over the positions not labelled
     ignore_label, p = softmax(bottom[0]) along softmax_param.axis (default 1), p_t the
@@ -33,15 +27,11 @@ class FocalLossLayer(Layer):
     alpha in place of 1) is not this fork's and is refused. The fork's number for
     focal_loss_param is 124, BVLC's sigmoid_param: minicnn writes 9124 (text prototxts name
     the field, so only minicnn-written binary files see it)."""
-    param_field = "focal_loss_param"
-    index_bottom = 1
-    exact_num_bottom = 2
-    min_num_top, max_num_top = 1, 2
-    is_loss = True
+    param_field = "focal_loss_param"          # bottoms, tops, shapes: SoftmaxWithLoss's
     host_only = True
 
     def layer_setup(self, bottom, top):
-        p, lp = self.param.focal_loss_param, self.param.loss_param
+        p = self.param.focal_loss_param
         if p.type == "ONEADDP":
             raise LayerError(f"FocalLoss layer '{self.name}': focal_loss_param.type ONEADDP is "
                              "happynear's variant ((1 + p_t)^gamma), which minicnn does not "
@@ -53,22 +43,7 @@ class FocalLossLayer(Layer):
             raise LayerError(f"FocalLoss layer '{self.name}': focal_loss_param.alpha must be "
                              f"> 0, got {p.alpha}")
         self.alpha, self.gamma = float(p.alpha), float(p.gamma)
-        self.ignore_label = _ignore_label(lp)
-        self.normalization = resolve_normalization(
-            lp.normalization if lp.HasField("normalization") else None,
-            lp.normalize if lp.HasField("normalize") else None)
-
-    def reshape(self, bottom, top):
-        scores, labels = bottom
-        self.axis = self.canonical_axis(scores, self.param.softmax_param.axis, "softmax_param.axis")
-        if scores.shape[:1] != labels.shape[:1]:        # Caffe's LossLayer check
-            raise LayerError(f"the predictions (shape {scores.shape}) and the labels (shape "
-                             f"{labels.shape}) must have the same first dimension")
-        _check_label_count(scores, labels, self.axis)
-        self.num_classes = scores.shape[self.axis]
-        top[0].reshape(())
-        if len(top) > 1:
-            top[1].reshape(scores.shape)
+        super().layer_setup(bottom, top)             # ignore_label, normalization
 
     def _kw(self):
         return {"axis": self.axis, "alpha": self.alpha, "gamma": self.gamma,
@@ -89,9 +64,3 @@ class FocalLossLayer(Layer):
         if propagate_down[0]:
             bottom[0].diff[...] = ops.focal_loss_backward(
                 self.prob, bottom[1].data, loss_weight=top[0].diff, **self._kw())
-
-    def raise_deferred(self, bottom):
-        _raise_bad_labels(self, bottom[1].data)
-
-    def allow_force_backward(self, bottom_index):
-        return bottom_index != 1                           # labels have no gradient
