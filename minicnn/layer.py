@@ -97,6 +97,9 @@ class Layer:
     # that turns nonzero if the check failed. The Net reads it with the loss, once the GPU has
     # caught up (settle_deferred), and the layer's raise_deferred says what was wrong.
     deferred_flag = None
+    # Attributes a layer counts up as it runs (iterations, images seen) and that change what it
+    # computes next: a solver's snapshot keeps them, so a resumed run continues them exactly.
+    counters = ()
 
     @classmethod
     def variant_for(cls, param):

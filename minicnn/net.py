@@ -1007,6 +1007,21 @@ class Net:
                                "data layer of this net")
             layers[name].restore_data_state(state)
 
+    def layer_counters(self):
+        """{layer name: {counter: value}} of the layers that count (Layer.counters)."""
+        return {layer.name: {c: int(getattr(layer, c)) for c in layer.counters}
+                for layer in self.layers if layer.counters}
+
+    def restore_layer_counters(self, counters):
+        layers = self.layer_dict
+        for name, values in counters.items():
+            layer = layers.get(name)
+            for counter, value in values.items():
+                if layer is None or counter not in layer.counters:
+                    raise NetError(f"the saved counter '{counter}' names layer '{name}', which "
+                                   "has no such counter in this net")
+                setattr(layer, counter, int(value))
+
     def find_non_finite(self):
         """Where a forward pass first produced NaN or Inf: a message naming the parameter blob
         or the layer and top, or None. Re-runs the forward pass after the data layers."""

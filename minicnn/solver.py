@@ -15,8 +15,9 @@ One iteration, in Caffe's order:
 
 The update rules of the six solver types are in sgd_solvers.py. Snapshots are Caffe's pair of
 files, ``<prefix>_iter_<N>.caffemodel`` and ``.solverstate``; minicnn's solverstate also keeps the
-data layers' positions and the random generator, so a resumed run repeats an uninterrupted one
-exactly (Caffe's own .solverstate files load too).
+data layers' positions, the random generator and the layers' counters (Layer.counters: the
+images a Region loss has seen, SphereFace's and AM-Softmax's annealing iterations), so a resumed
+run repeats an uninterrupted one exactly (Caffe's own .solverstate files load too).
 """
 
 import json
@@ -660,6 +661,9 @@ class Solver:
             for layer, s in net.data_state().items():
                 extra.data_state.add(net=label, layer=layer, seed=s["seed"],
                                      batches_served=s["batches_served"])
+            for layer, values in net.layer_counters().items():
+                for name, value in values.items():
+                    extra.layer_counter.add(net=label, layer=layer, name=name, value=value)
         return state
 
     def restore(self, path):
@@ -710,6 +714,14 @@ class Solver:
                                f"which is not a data layer of the {s.net} net")
             by_net.setdefault(s.net, {})[s.layer] = {"seed": s.seed,
                                                      "batches_served": s.batches_served}
+        counters = {}
+        for c in extra.layer_counter:
+            net = nets.get(c.net)
+            layer = net.layer_dict.get(c.layer) if net is not None else None
+            if layer is None or c.name not in layer.counters:
+                raise NetError(f"{path}: the saved counter '{c.name}' names layer '{c.layer}' of "
+                               f"the {c.net} net, which has no such counter")
+            counters.setdefault(c.net, {}).setdefault(c.layer, {})[c.name] = c.value
         if model is not None:                     # checks every blob before it copies one
             self.net.copy_from(model)
         for blob in self.net.learnable_params:    # a diff deferred to a history (InnerProduct's
@@ -721,6 +733,8 @@ class Solver:
             get_rng().bit_generator.state = rng_state
         for label, states in by_net.items():
             nets[label].restore_data_state(states)
+        for label, values in counters.items():
+            nets[label].restore_layer_counters(values)
         self.log(f"Restored from {path} at iteration {self.iter}")
 
 

@@ -596,3 +596,54 @@ def test_the_solver_files_weights_are_loaded_into_every_net(tmp_path, monkeypatc
     solver_file.write_text('net: "net.prototxt" weights: "one.caffemodel" weights: "nope"')
     with pytest.raises(MinicnnError, match="weights file not found.*nope"):
         minicnn.get_solver(str(solver_file), log=lambda m: None)
+
+
+A_SOFTMAX = """
+input: "x" input_shape { dim: 4 dim: 6 }
+input: "label" input_shape { dim: 4 }
+layer { name: "fc" type: "MarginInnerProduct" bottom: "x" bottom: "label" top: "fc"
+        margin_inner_product_param { num_output: 3 type: QUADRUPLE base: 1000 gamma: 0.12
+                                     power: 1 lambda_min: 5
+                                     weight_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }
+"""
+
+
+def test_layer_counters_are_snapshotted_so_a_resume_is_exact(tmp_path):
+    """SphereFace's lambda anneals with the iterations its layer has counted: a resumed run
+    must continue that count, or its lambda (and so its weights) differ from an uninterrupted
+    run's. The solverstate keeps Layer.counters; a counter naming a layer the net lacks is an
+    error."""
+    rng = np.random.default_rng(3)
+    x, label = rng.standard_normal((4, 6)), np.array([0, 1, 2, 1], float)
+
+    def solver():
+        param = caffe_pb2.SolverParameter(net_param=parse_text(A_SOFTMAX), base_lr=0.05,
+                                          lr_policy="fixed", max_iter=100,
+                                          snapshot_prefix=str(tmp_path / "a"),
+                                          snapshot_after_train=False)
+        s = minicnn.get_solver(param, dtype=np.float64, log=lambda message: None)
+        s.net.blobs["x"].data[...], s.net.blobs["label"].data[...] = x, label
+        return s
+    whole = solver()
+    whole.step(3)
+    _, state = whole.snapshot()
+    weights = whole.net.params["fc"][0].data.copy()
+    whole.step(3)
+    resumed = solver()
+    resumed.net.params["fc"][0].data[...] = 0              # restore brings the weights back
+    resumed.restore(state)
+    np.testing.assert_array_equal(resumed.net.params["fc"][0].data, weights)
+    assert resumed.net.layer_dict["fc"].iter == 3
+    resumed.step(3)
+    assert resumed.net.layer_dict["fc"].iter == whole.net.layer_dict["fc"].iter == 6
+    np.testing.assert_array_equal(resumed.net.params["fc"][0].data,
+                                  whole.net.params["fc"][0].data)
+    saved = read_binary(state, "SolverState")
+    saved.minicnn.layer_counter[0].layer = "gone"
+    spoiled = tmp_path / "spoiled.solverstate"
+    spoiled.write_bytes(saved.SerializeToString())
+    with pytest.raises(MinicnnError, match="counter 'iter' names layer 'gone' of the train net"):
+        solver().restore(str(spoiled))
+    from minicnn.layers import RegionLayer
+    assert RegionLayer.counters == ("images_seen",)

@@ -215,8 +215,8 @@ class RegionLayer(_YoloHead):
     wide or high dropped (Darknet's loader). The prior-matching warm-up runs while the layer
     has seen fewer than 12800 images: it counts the images of each loss forward (Darknet adds
     the batch before the forward), starting from region_param.seen (the .weights header's count,
-    which ``minicnn convert darknet`` copies); the count lives in the layer only (a snapshot
-    does not keep it: set seen to resume past the warm-up).
+    which ``minicnn convert darknet`` copies); a solver's snapshot keeps the count (Layer.counters)
+    and a resumed run continues it.
 
     region_param: classes (20), coords (4), num (1, anchors per place), softmax (false),
     background (false: with it, no objectness and a softmax over classes + 1 starting at entry
@@ -225,6 +225,7 @@ class RegionLayer(_YoloHead):
     kept for the round trip), seen (0). The loss needs coords 4 and no background (Darknet's
     background delta is no gradient of any loss)."""
     param_field = "region_param"
+    counters = ("images_seen",)         # the 12800-image warm-up
 
     def head(self):
         p = self.param.region_param

@@ -101,7 +101,8 @@ class MarginInnerProductLayer(Layer):
     top[0]: bottom.shape[:axis] + (num_output,); an optional top[1]: lambda, shape (1,).
 
     As the fork: every forward first counts an iteration (starting from `iteration`, default 0;
-    TEST forwards count too) and sets lambda = max(base * (1 + gamma * iter)^-power,
+    TEST forwards count too; a solver's snapshot keeps the count, which the fork's does not, so a
+    resumed run continues the annealing) and sets lambda = max(base * (1 + gamma * iter)^-power,
     lambda_min); then it rescales the weight rows to unit length in place, so the stored
     weights are the normalised ones. SINGLE is the plain x w^T (lambda unused).
 
@@ -116,6 +117,7 @@ class MarginInnerProductLayer(Layer):
     bounds); minicnn writes lambda only to a top[1] that is there. Labels that are not
     classes are an error. A zero feature row or weight row gives NaN, as in the fork."""
     param_field = "margin_inner_product_param"
+    counters = ("iter",)                 # lambda / margin annealing
     exact_num_bottom = 2
     min_num_top, max_num_top = 1, 2
     index_bottom = 1
@@ -204,10 +206,11 @@ class LabelSpecificAddLayer(Layer):
     Annealing (happynear's caffe-windows, when bias_base is given): each TRAIN forward sets
     bias = bias_base + (1 + bias_gamma * iter)^bias_power - 1, clamped to [bias_min, bias_max]
     (min first, then max, as the fork), then counts the iteration (from `iteration`, default
-    0); TEST forwards neither anneal nor count. An optional top[1], shape (1,), is the bias used,
-    written in TRAIN only (in TEST the fork returns before writing it: it keeps its last
-    value)."""
+    0; kept by a solver's snapshot); TEST forwards neither anneal nor count. An optional
+    top[1], shape (1,), is the bias used, written in TRAIN only (in TEST the fork returns
+    before writing it: it keeps its last value)."""
     param_field = "label_specific_add_param"
+    counters = ("iter",)                 # lambda / margin annealing
     exact_num_bottom = 2
     min_num_top, max_num_top = 1, 2
     index_bottom = 1

@@ -160,6 +160,13 @@ message MinicnnSolverState
   1   rng_state           string
   2   data_state          DataLayerState repeated
   3   solver_type         string
+  4   layer_counter       LayerCounter repeated
+
+message LayerCounter           # a layer's counter (Layer.counters): images seen, iterations
+  1   net                 string
+  2   layer               string
+  3   name                string
+  4   value               int64
 
 message DataLayerState
   1   net                 string
