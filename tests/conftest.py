@@ -21,6 +21,26 @@ def _gpu_available():
         return False
 
 
+# Tests write under tmp_path: a file left in the folder pytest runs from (a snapshot with no
+# snapshot_prefix, say) would end up in users' checkouts and hide in .gitignore.
+_CACHES = {".pytest_cache", ".hypothesis", "__pycache__"}
+
+
+def pytest_sessionstart(session):
+    session.config._names_before = set(os.listdir(os.getcwd()))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    left = sorted(set(os.listdir(os.getcwd())) - session.config._names_before - _CACHES)
+    if left:
+        writer = session.config.get_terminal_writer()
+        writer.line()
+        writer.line(
+            f"tests left files in {os.getcwd()}: {', '.join(left)} (write under tmp_path)",
+            red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def pytest_collection_modifyitems(config, items):
     marked = [item for item in items if item.get_closest_marker("cuda") is not None]
     if marked and not _gpu_available():

@@ -288,7 +288,7 @@ def test_solver_needs_exactly_one_train_net_and_test_iters():
         minicnn.get_solver(caffe_pb2.SolverParameter(base_lr=1), log=lambda m: None)
     param = caffe_pb2.SolverParameter(net_param=parse_text(LINEAR), test_iter=[1], base_lr=0.1,
                                       lr_policy="fixed",
-                                      max_iter=2)
+                                      max_iter=2, snapshot_after_train=False)
     lines = []                  # Caffe trains such a solver and never tests: so does minicnn
     solver = minicnn.get_solver(param, log=lines.append)
     solver.solve()
