@@ -32,7 +32,7 @@ import numpy as np
 from minicnn.data.datasets import load_mnist_subset, stratified_split
 from minicnn.data.datum import encode_image
 from minicnn.data.db import remove_db, replace_db
-from minicnn.data.errors import need
+from minicnn.data.detection_digits import resize_gray
 
 CANVAS_SEED = 606
 CANVAS_SIZES = (24, 32, 40, 48)
@@ -40,17 +40,11 @@ DIGIT_SIZE = (22, 30)               # the 28 x 28 frame's size on the canvas, ea
 INK = 0.2
 
 
-def _resize(array, height, width):
-    Image = need("PIL.Image", "Pillow")
-    img = Image.fromarray(np.ascontiguousarray(array, np.float32), mode="F")
-    return np.asarray(img.resize((int(width), int(height)), Image.BILINEAR), np.float32)
-
-
 def make_canvas(rng, glyph, sizes=CANVAS_SIZES):
     """One uint8 (H, W) canvas with ``glyph`` (28 x 28 uint8) drawn on it."""
     height, width = int(rng.choice(sizes)), int(rng.choice(sizes))
     gh, gw = (int(rng.integers(DIGIT_SIZE[0], DIGIT_SIZE[1] + 1)) for _ in range(2))
-    alpha = np.clip(_resize(glyph.astype(np.float32) / 255, gh, gw), 0, 1)
+    alpha = np.clip(resize_gray(glyph.astype(np.float32) / 255, gh, gw), 0, 1)
     rows = np.flatnonzero((alpha >= INK).any(1))
     cols = np.flatnonzero((alpha >= INK).any(0))
     alpha = alpha[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]          # the ink's box
@@ -59,7 +53,7 @@ def make_canvas(rng, glyph, sizes=CANVAS_SIZES):
     top = int(rng.integers(height - ah + 1))
     left = int(rng.integers(width - aw + 1))
     base = rng.uniform(0.0, 0.35)
-    shade = _resize(rng.random((3, 3)), height, width) * rng.uniform(0, 0.15)
+    shade = resize_gray(rng.random((3, 3)), height, width) * rng.uniform(0, 0.15)
     canvas = np.full((height, width), base, np.float32) + shade
     ink = rng.uniform(0.65, 1.0)
     patch = canvas[top:top + ah, left:left + aw]

@@ -70,34 +70,37 @@ def load_textures():
     return {name: getattr(data, name)().astype(np.float32) / 255 for name in TEXTURES}
 
 
-def _resize(array, height, width):
-    """A float32 2-D array resized with Pillow's bilinear filter."""
+def resize_gray(array, height, width, nearest=False):
+    """A float32 2-D array resized with Pillow (bilinear, or nearest); the synthetic sets'
+    one resize."""
     Image = need("PIL.Image", "Pillow")
     img = Image.fromarray(np.ascontiguousarray(array, np.float32), mode="F")
-    return np.asarray(img.resize((int(width), int(height)), Image.BILINEAR), np.float32)
+    kind = Image.NEAREST if nearest else Image.BILINEAR
+    return np.asarray(img.resize((int(width), int(height)), kind), np.float32)
 
 
-def _smooth_noise(rng, size):
+def smooth_noise(rng, size):
     """Random smooth noise in [0, 1]: a few octaves of upsampled uniform noise."""
     out = np.zeros((size, size), np.float32)
     for cells, weight in ((4, 0.5), (8, 0.3), (24, 0.2)):
-        out += weight * _resize(rng.random((cells, cells), np.float32), size, size)
+        out += weight * resize_gray(rng.random((cells, cells), np.float32), size, size)
     return (out - out.min()) / max(float(out.max() - out.min()), 1e-6)
 
 
-def _background(rng, textures, split, size):
-    """An RGB float image (size, size, 3): a texture crop (or noise) between two colours."""
+def textured_background(rng, textures, split, size, min_crop=96, mirror=True):
+    """An RGB float image (size, size, 3): a texture crop (or noise) between two colours.
+    With ``mirror`` a crop is flipped left-right half of the time (one more draw)."""
     kind = int(rng.integers(len(TEXTURES) + 1))
     if kind < len(TEXTURES):
         rows, cols = TEXTURE_REGIONS[split]
         region = textures[TEXTURES[kind]][rows, cols]
-        crop = int(rng.integers(96, min(region.shape) + 1))
+        crop = int(rng.integers(min_crop, min(region.shape) + 1))
         y, x = (int(rng.integers(d - crop + 1)) for d in region.shape)
-        gray = _resize(region[y:y + crop, x:x + crop], size, size)
-        if rng.integers(2):
+        gray = resize_gray(region[y:y + crop, x:x + crop], size, size)
+        if mirror and rng.integers(2):
             gray = gray[:, ::-1]
     else:
-        gray = _smooth_noise(rng, size)
+        gray = smooth_noise(rng, size)
     lo, hi = rng.random(3, np.float32), rng.random(3, np.float32)
     return lo + gray[:, :, None] * (hi - lo)
 
@@ -113,7 +116,7 @@ def _place(rng, glyph, size, taken, tries=50):
         side = rng.uniform(0.2, 0.5) * size                      # the 28 x 28 frame's size
         gh = max(8, int(round(side * rng.uniform(0.85, 1.15))))
         gw = max(8, int(round(side * rng.uniform(0.85, 1.15))))
-        alpha = np.clip(_resize(glyph, gh, gw), 0, 1)
+        alpha = np.clip(resize_gray(glyph, gh, gw), 0, 1)
         ink_rows, ink_cols = np.flatnonzero((alpha >= INK).any(1)), \
             np.flatnonzero((alpha >= INK).any(0))
         if not len(ink_rows):
@@ -136,7 +139,7 @@ def _place(rng, glyph, size, taken, tries=50):
 
 def make_image(rng, glyphs, glyph_labels, textures, split, size=160, max_digits=4):
     """One image (size, size, 3) uint8 RGB and its boxes (K, 5) rows (class, x, y, w, h)."""
-    image = _background(rng, textures, split, size)
+    image = textured_background(rng, textures, split, size)
     boxes = []
     for _ in range(int(rng.integers(1, max_digits + 1))):
         k = int(rng.integers(len(glyphs)))

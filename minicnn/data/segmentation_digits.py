@@ -52,7 +52,8 @@ import numpy as np
 from minicnn.data.datasets import load_mnist_subset
 from minicnn.data.datum import encode_image
 from minicnn.data.db import remove_db, replace_db
-from minicnn.data.detection_digits import TEXTURE_REGIONS, TEXTURES, load_textures, split_glyphs
+from minicnn.data.detection_digits import (load_textures, resize_gray, split_glyphs,
+                                           textured_background)
 from minicnn.data.errors import need
 
 SEGMENTATION_SEED = 5151
@@ -68,16 +69,8 @@ FILL_REGIONS = {"train": ((0.0, 1.0), (0.0, 0.6)), "val": ((0.0, 0.5), (0.6, 1.0
                 "test": ((0.5, 1.0), (0.6, 1.0))}
 
 
-def _resize(array, height, width, nearest=False):
-    """A float32 2-D array resized with Pillow (bilinear, or nearest)."""
-    Image = need("PIL.Image", "Pillow")
-    img = Image.fromarray(np.ascontiguousarray(array, np.float32), mode="F")
-    kind = Image.NEAREST if nearest else Image.BILINEAR
-    return np.asarray(img.resize((int(width), int(height)), kind), np.float32)
-
-
 def _resize_rgb(rgb, height, width):
-    return np.stack([_resize(rgb[:, :, c], height, width) for c in range(3)], axis=2)
+    return np.stack([resize_gray(rgb[:, :, c], height, width) for c in range(3)], axis=2)
 
 
 def load_sources():
@@ -89,27 +82,6 @@ def load_sources():
             "wheel": wheel, "wheel_mask": (wheel.max(axis=2) > 16 / 255).astype(np.float32),
             "photos": [getattr(data, name)().astype(np.float32)[..., :3] / 255
                        for name in FILL_PHOTOS]}
-
-
-def _smooth_noise(rng, size):
-    out = np.zeros((size, size), np.float32)
-    for cells, weight in ((4, 0.5), (8, 0.3), (24, 0.2)):
-        out += weight * _resize(rng.random((cells, cells), np.float32), size, size)
-    return (out - out.min()) / max(float(out.max() - out.min()), 1e-6)
-
-
-def _background(rng, textures, split, size):
-    kind = int(rng.integers(len(TEXTURES) + 1))
-    if kind < len(TEXTURES):
-        rows, cols = TEXTURE_REGIONS[split]
-        region = textures[TEXTURES[kind]][rows, cols]
-        crop = int(rng.integers(64, min(region.shape) + 1))
-        y, x = (int(rng.integers(d - crop + 1)) for d in region.shape)
-        gray = _resize(region[y:y + crop, x:x + crop], size, size)
-    else:
-        gray = _smooth_noise(rng, size)
-    lo, hi = rng.random(3, np.float32), rng.random(3, np.float32)
-    return lo + gray[:, :, None] * (hi - lo)
 
 
 def _fill(rng, photos, split, height, width):
@@ -154,11 +126,11 @@ def _object(rng, sources, split, size):
         mask = sources["horse"]
         aspect = mask.shape[1] / mask.shape[0] * rng.uniform(0.85, 1.15)
         h, w = side, max(8, int(round(side * aspect)))
-        alpha = np.clip(_resize(mask, h, w), 0, 1)
+        alpha = np.clip(resize_gray(mask, h, w), 0, 1)
         colour, cls = _fill(rng, sources["photos"], split, h, w), HORSE
     else:
         h = w = side
-        alpha = np.clip(_resize(sources["wheel_mask"], h, w), 0, 1)
+        alpha = np.clip(resize_gray(sources["wheel_mask"], h, w), 0, 1)
         colour, cls = np.clip(_resize_rgb(sources["wheel"], h, w), 0, 1), WHEEL
     if rng.integers(2):
         alpha, colour = alpha[:, ::-1], colour[:, ::-1]
@@ -169,7 +141,7 @@ def _digit_alpha(rng, glyph):
     side = rng.uniform(*DIGIT_SIZE)
     gh = int(round(side * rng.uniform(0.9, 1.1)))
     gw = int(round(side * rng.uniform(0.9, 1.1)))
-    alpha = np.clip(_resize(glyph.astype(np.float32) / 255, gh, gw), 0, 1)
+    alpha = np.clip(resize_gray(glyph.astype(np.float32) / 255, gh, gw), 0, 1)
     rows, cols = np.flatnonzero((alpha >= 0.1).any(1)), np.flatnonzero((alpha >= 0.1).any(0))
     return alpha[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]       # the ink's box
 
@@ -177,7 +149,8 @@ def _digit_alpha(rng, glyph):
 def make_image(rng, glyphs, glyph_labels, sources, split, size=97):
     """One image (size, size, 3) uint8 RGB, its labels (size, size) uint8 and the share of each
     pixel that its class covers (size, size) float32."""
-    image = _background(rng, sources["textures"], split, size)
+    image = textured_background(rng, sources["textures"], split, size, min_crop=64,
+                                mirror=False)
     label = np.zeros((size, size), np.uint8)
     share = np.ones((size, size), np.float32)
     for _ in range(int(rng.integers(0, 3))):
