@@ -16,9 +16,10 @@ im_transforms.cpp):
    and keeps those meeting its sample_constraint (Jaccard overlap / coverage with any object),
    at most ``max_sample``; one kept box is picked and the image cropped to it, the boxes
    projected into the crop (those whose centre or overlap fails ``emit_constraint`` dropped).
-3. the transform: resize_param (WARP, FIT_SMALL_SIZE, FIT_LARGE_SIZE_AND_PAD) for encoded
-   images, crop_size (random in TRAIN, centred in TEST), mirror (a coin flip, in both phases when
-   asked), (x - mean) * scale; boxes follow the resize policy, the crop and the flip.
+3. the transform: mirror's coin flip (in both phases when asked), resize_param (WARP,
+   FIT_SMALL_SIZE, FIT_LARGE_SIZE_AND_PAD) and then noise_param (``apply_noise``) for encoded
+   images, crop_size (random in TRAIN, centred in TEST), (x - mean) * scale; boxes follow the
+   resize policy, the crop and the flip.
 
 Box arithmetic is single precision, as the fork's ``float`` fields and locals are, so TEST-phase
 labels equal the fork's bit for bit. Random draws go through a ``Draws`` object (the fork's
@@ -29,8 +30,15 @@ The fork's quirks kept: an expanded *raw* (not encoded) datum's canvas is filled
 image is encoded again as JPEG (quality 95, OpenCV's default) before the transform, so its pixels
 go through that compression; a sampler's constraint is met as soon as one object passes the
 first of its tests (the fork keeps ``found`` across objects); the ``difficult`` of a VOC object
-is the one read before its bndbox. Deliberate differences: a sampled box's width or height past
-1 (a float rounding) is clipped to 1, where the fork's caffe_rng_uniform check aborts.
+is the one read before its bndbox; noise_param ignores its ``prob`` (the fork never reads it:
+every op asked is applied to every encoded image, in TEST too) and leaves raw records alone (the
+fork's raw-datum transform has no noise step). Deliberate differences: a sampled box's width or
+height past 1 (a float rounding) is clipped to 1, where the fork's caffe_rng_uniform check
+aborts; noise_param values the fork crashes on or misreads are errors: convert_to_lab (a float32
+image whose bytes the fork's transform reads as pixels), saltpepper without a value (read from
+an empty list) or with values outside 0..255 or a fraction outside [0, 1], jpeg above 100
+(OpenCV clamps it), and decolorize, convert_to_hsv or jpeg on gray images (OpenCV rejects the
+first two; jpeg decodes to colour, which the fork then reads as one channel).
 """
 
 import numpy as np
@@ -482,6 +490,108 @@ def distort_sample(sample, dp, draws):
         return sample
     image = _jpeg_roundtrip(apply_distort(sample.image, dp, draws))
     return Sample(image, True, sample.groups, sample.label, sample.has_type)
+
+
+# --- noise_param (im_transforms.cpp ApplyNoise) ------------------------------------------------
+
+_NOISE = "transform_param.noise_param"
+_POSTERIZE = (np.arange(256) // 64 * 64 + 32).astype(np.uint8)    # colorReduce's div = 64
+
+
+def check_noise(npar):
+    """LayerErrors for noise_param values the fork crashes on or misreads (see apply_noise)."""
+    if npar.convert_to_lab:
+        raise LayerError(f"{_NOISE}.convert_to_lab is not supported: the fork's Lab image is "
+                         "float32 and its transform reads those floats' bytes as 8-bit pixels")
+    if npar.jpeg > 100:
+        raise LayerError(f"{_NOISE}.jpeg is a JPEG quality: at most 100 (0 or less for none), "
+                         f"got {npar.jpeg:g}")
+    sp = npar.saltpepper_param
+    for v in sp.value:
+        if not -1 < v < 256:
+            raise LayerError(f"{_NOISE}.saltpepper_param.value must be a byte value (0..255), "
+                             f"got {v:g}")
+    if npar.saltpepper:
+        if not len(sp.value):
+            raise LayerError(f"{_NOISE}.saltpepper needs saltpepper_param.value (the fork reads "
+                             "the noise colour from an empty list)")
+        if not 0 <= sp.fraction <= 1:
+            raise LayerError(f"{_NOISE}.saltpepper_param.fraction must be in [0, 1], got "
+                             f"{sp.fraction:g}")
+
+
+def noise_channel_problem(npar, channels):
+    """Why noise_param cannot run on images of ``channels`` channels, or None."""
+    nv = len(npar.saltpepper_param.value)
+    if nv and nv not in (1, channels):
+        return (f"{_NOISE}.saltpepper_param has {nv} values for images of {channels} "
+                "channels: give one, or one per channel")
+    if channels != 3:
+        for field, why in (("decolorize", "BGR to gray"), ("convert_to_hsv", "BGR to HSV"),
+                           ("jpeg", "decoded as colour")):
+            on = npar.jpeg > 0 if field == "jpeg" else getattr(npar, field)
+            if on:
+                return (f"{_NOISE}.{field} needs 3-channel (colour) images ({why}), got "
+                        f"{channels} channel(s)")
+    return None
+
+
+def _on_luma(hwc, op):
+    """op on the Y plane of OpenCV's YCrCb (colour), or on the gray image itself."""
+    cv2 = need("cv2", "opencv-python")
+    if hwc.ndim == 2:
+        return op(hwc)
+    planes = list(cv2.split(cv2.cvtColor(hwc, cv2.COLOR_BGR2YCrCb)))
+    planes[0] = op(planes[0])
+    return cv2.cvtColor(cv2.merge(planes), cv2.COLOR_YCrCb2BGR)
+
+
+def apply_noise(chw, npar, draws):
+    """ApplyNoise on a CHW uint8 image, in the fork's order: decolorize (BGR -> gray -> BGR),
+    gauss_blur (7 x 7, sigma 1.5), hist_eq and clahe (clip limit 4, 8 x 8 tiles) on YCrCb's
+    Y plane (or the gray image), jpeg (imencode at quality int(jpeg), imdecode as colour),
+    erode (3 x 3 ellipse), posterize (each byte to its 64-wide bin's centre), inverse
+    (bitwise not), saltpepper (floor(fraction * cols * rows) pixels, each at column rand() %
+    cols then row rand() % rows, set to the value(s)), convert_to_hsv (8-bit HSV, kept as the
+    image). ``prob`` is not read: the fork applies every op asked, always, and these are
+    its only draws."""
+    cv2 = need("cv2", "opencv-python")
+    c, rows, cols = chw.shape
+    problem = noise_channel_problem(npar, c)
+    if problem:
+        raise DataError(problem)
+    img = np.ascontiguousarray(chw[0] if c == 1 else chw.transpose(1, 2, 0))
+    if npar.decolorize:
+        img = cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+    if npar.gauss_blur:
+        img = cv2.GaussianBlur(img, (7, 7), 1.5)
+    if npar.hist_eq:
+        img = _on_luma(img, cv2.equalizeHist)
+    if npar.clahe:
+        clahe = cv2.createCLAHE()
+        clahe.setClipLimit(4)
+        img = _on_luma(img, clahe.apply)
+    if npar.jpeg > 0:
+        _, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(npar.jpeg)])
+        img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if npar.erode:
+        img = cv2.erode(img, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3), (1, 1)))
+    if npar.posterize:
+        img = cv2.LUT(img, _POSTERIZE)
+    if npar.inverse:
+        img = cv2.bitwise_not(img)
+    if npar.saltpepper and c in (1, 3):                  # constantNoise knows these two
+        sp = npar.saltpepper_param
+        value = np.resize(np.asarray([int(v) for v in sp.value], np.uint8), c)
+        n = int(np.floor(F(F(F(sp.fraction) * F(cols)) * F(rows))))
+        img = np.array(img)                               # writable, and not the input's
+        for _ in range(n):                                # later pixels overwrite earlier
+            i = draws.rand(cols)
+            j = draws.rand(rows)
+            img[j, i] = value if c == 3 else value[0]
+    if npar.convert_to_hsv:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2HSV)
+    return np.ascontiguousarray(img[None] if img.ndim == 2 else img.transpose(2, 0, 1))
 
 
 def expand_sample(sample, ep, mean, draws, emit=None):

@@ -6,8 +6,10 @@ import numpy as np
 
 from minicnn.data.annotated import (
     Draws,
+    apply_noise,
     apply_resize,
     as_box,
+    check_noise,
     check_sampler,
     crop_sample,
     decode_sample,
@@ -16,6 +18,7 @@ from minicnn.data.annotated import (
     generate_batch_samples,
     infer_new_size,
     label_rows,
+    noise_channel_problem,
     transform_groups,
 )
 from minicnn.data.db import open_db
@@ -46,9 +49,11 @@ class AnnotatedDataLayer(_SourceDataLayer):
     transform_param: resize_param (WARP, FIT_SMALL_SIZE with batch_size 1, FIT_LARGE_SIZE_AND_PAD;
     applied to encoded records only, as in the fork: a raw record must already have the output
     size), crop_size or crop_h/crop_w, mirror (boxes flipped), mean_value or mean_file, scale,
-    emit_constraint (CENTER, MIN_OVERLAP), expand_param, distort_param (encoded records, as in
-    the fork). noise_param is refused (not implemented). The random draws of sample j of batch b come from a generator
-    seeded by (layer seed, b, j), so runs resume exactly; they are not Caffe's stream.
+    emit_constraint (CENTER, MIN_OVERLAP), expand_param, distort_param and noise_param (encoded
+    records, as in the fork; noise_param right after the resize, its ``prob`` unread as in the
+    fork, convert_to_lab refused). The random draws of sample j of batch b come from a
+    generator seeded by (layer seed, b, j), so runs resume exactly; they are not Caffe's
+    stream.
     """
     param_field = "annotated_data_param"
     max_num_top = 2
@@ -62,8 +67,7 @@ class AnnotatedDataLayer(_SourceDataLayer):
         tp = merged_transform_param(self.param, "data_param")
         self.tp = tp
         if tp.HasField("noise_param"):
-            raise LayerError("transform_param.noise_param is not supported by minicnn's "
-                             "AnnotatedData")
+            check_noise(tp.noise_param)
         if tp.HasField("resize_param"):
             rp = tp.resize_param
             if rp.height <= 0 or rp.width <= 0:
@@ -90,6 +94,10 @@ class AnnotatedDataLayer(_SourceDataLayer):
         if not self.num_samples:
             return []
         first = self._decode(self.db.keys[self.sample_ids(0)[0]])
+        if tp.HasField("noise_param") and first.encoded:
+            problem = noise_channel_problem(tp.noise_param, first.image.shape[0])
+            if problem:
+                raise LayerError(problem)
         self.anno_type = ap.anno_type if ap.HasField("anno_type") else None
         self.has_anno = first.has_type or self.anno_type is not None
         shape = (self.batch_size, *self._out_shape(first))
@@ -134,6 +142,8 @@ class AnnotatedDataLayer(_SourceDataLayer):
             if want != (w0, h0):
                 raise DataError(f"a raw (not encoded) record of {h0} x {w0} with resize_param "
                                 f"{want[1]} x {want[0]}: the fork resizes encoded records only")
+        if sample.encoded and tp.HasField("noise_param"):
+            image = apply_noise(image, tp.noise_param, draws)
         c, h, w = image.shape
         ch, cw = self.crop_h or h, self.crop_w or w
         if ch > h or cw > w:

@@ -351,7 +351,7 @@ def test_an_ssd_style_train_net_trains(tmp_path):
 
 
 @pytest.mark.parametrize("transform,anno,batch,match", [
-    ("noise_param { hist_eq: true }", "", 1, "noise_param"),
+    ("noise_param { convert_to_lab: true }", "", 1, "noise_param.convert_to_lab"),
     ("resize_param { resize_mode: FIT_SMALL_SIZE height: 4 width: 4 }", "", 2, "batch_size 1"),
     ("resize_param { height: 0 width: 4 }", "", 1, "height and width"),
     ("expand_param { max_expand_ratio: 1 }", "", 1, "max_expand_ratio"),
