@@ -469,15 +469,12 @@ def convert_annoset(args):
     """SSD's convert_annoset: `image annotation` lines -> an LMDB (or LevelDB) of
     AnnotatedDatum records for the AnnotatedData layer."""
     from minicnn.data.annoset import convert_annoset as convert
-    if args.min_dim or args.max_dim:
-        raise MinicnnError("--min-dim/--max-dim are not supported; use --resize-height and "
-                           "--resize-width")
     n = convert(args.root, args.list_file, args.db, anno_type=args.anno_type,
                 label_type=args.label_type, label_map_file=args.label_map_file,
                 resize_height=args.resize_height, resize_width=args.resize_width,
                 gray=args.gray, shuffle=args.shuffle, encoded=args.encoded,
                 encode_type=args.encode_type, check_size=args.check_size,
-                backend=args.backend)
+                backend=args.backend, min_dim=args.min_dim, max_dim=args.max_dim)
     print(f"Processed {n} files into {args.db}")
     return 0
 
@@ -1438,8 +1435,11 @@ def build_parser():
                                                               "checked for duplicates")
     p.add_argument("--resize-height", type=int, default=0)
     p.add_argument("--resize-width", type=int, default=0)
-    p.add_argument("--min-dim", type=int, default=0)
-    p.add_argument("--max-dim", type=int, default=0)
+    p.add_argument("--min-dim", type=int, default=0,
+                   help="scale up so the shorter side is at least this (keeps the aspect ratio; "
+                        "wins over --resize-*)")
+    p.add_argument("--max-dim", type=int, default=0,
+                   help="scale so the longer side is at most this (keeps the aspect ratio)")
     p.add_argument("--gray", action="store_true")
     p.add_argument("--shuffle", action="store_true")
     p.add_argument("--encoded", action="store_true", help="store encoded image files")

@@ -163,3 +163,108 @@ def test_coco_json_annotations(tmp_path):
     np.testing.assert_allclose(n.blobs["label"].data[0, 0],
                                [[0, 18, 0, 0.1, 0.1, 0.6, 0.5, 1],
                                 [0, 1, 0, 0, 0, 0.25, 0.5, 0]], rtol=1e-6)
+
+
+# --- --min-dim / --max-dim (ReadImageToCVMat) ----------------------------------------------------
+# The images are 24 x 16 (cols x rows). Scale by hand: min_dim scales the shorter side up to it
+# (float32 min_dim / 16); if int(scale * 24) then passes max_dim, scale = max_dim / 24.
+
+F = np.float32
+DIM_CASES = [
+    (["--min-dim", "20"], F(20) / F(16), (20, 30)),                   # 1.25
+    (["--min-dim", "20", "--max-dim", "25"], F(25) / F(24), (17, 25)),  # int(30) > 25
+    (["--max-dim", "12"], F(12) / F(24), (8, 12)),                    # only shrinks
+    (["--min-dim", "20", "--resize-height", "5", "--resize-width", "5"], F(1.25), (20, 30)),
+    (["--min-dim", "10", "--max-dim", "24"], None, (16, 24)),         # scale 1: left as it is
+    (["--min-dim", "-3", "--max-dim", "-1"], None, (16, 24)),         # negatives count as 0
+]
+
+
+@pytest.mark.parametrize("encoded", [False, True])
+@pytest.mark.parametrize("flags,scale,size", DIM_CASES)
+def test_min_dim_and_max_dim_resize_by_the_forks_factor(voc, flags, scale, size, encoded):
+    cv2 = pytest.importorskip("cv2")
+    tmp_path, images = voc
+    src = convert(tmp_path, *flags, *(["--encode-type", "png"] if encoded else []))
+    n = net(src)
+    n.forward()
+    want = []
+    for img in images:
+        hwc = np.ascontiguousarray(img.transpose(1, 2, 0))
+        if scale is not None:      # cv::resize(img, out, Size(0, 0), scale, scale): bilinear
+            hwc = cv2.resize(hwc, (0, 0), fx=float(scale), fy=float(scale),
+                             interpolation=cv2.INTER_LINEAR)
+        want.append(hwc.transpose(2, 0, 1))
+    assert n.blobs["data"].shape[2:] == size
+    np.testing.assert_array_equal(n.blobs["data"].data, np.stack(want).astype(np.float32))
+    # boxes stay normalized by the original 24 x 16
+    np.testing.assert_allclose(n.blobs["label"].data[0, 0], WANT, rtol=1e-6)
+
+
+def test_the_factor_not_the_rounded_size_sets_the_sampling(voc):
+    """25 / 24 makes 25 x 17 (16.67 rounded): cv2.resize to (25, 17) samples differently."""
+    cv2 = pytest.importorskip("cv2")
+    tmp_path, images = voc
+    n = net(convert(tmp_path, "--min-dim", "20", "--max-dim", "25"))
+    n.forward()
+    hwc = np.ascontiguousarray(images[0].transpose(1, 2, 0))
+    by_size = cv2.resize(hwc, (25, 17), interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1)
+    assert not np.array_equal(n.blobs["data"].data[0], by_size.astype(np.float32))
+
+
+def test_min_dim_re_encodes_even_at_scale_one(voc):
+    cv2 = pytest.importorskip("cv2")
+    tmp_path, images = voc
+    for k, img in enumerate(images):                 # PNGs stored uncompressed: re-encoding shows
+        _, buf = cv2.imencode(".png", np.ascontiguousarray(img.transpose(1, 2, 0)),
+                              [cv2.IMWRITE_PNG_COMPRESSION, 0])
+        (tmp_path / "VOC" / "JPEGImages" / f"{k}.png").write_bytes(buf.tobytes())
+    plain = convert(tmp_path, "--encode-type", "png", db="plain")
+    dims = convert(tmp_path, "--encode-type", "png", "--min-dim", "8", db="dims")
+    from minicnn.data.db import open_db
+    from minicnn.proto import parse_binary
+    a, b = open_db(plain, "lmdb"), open_db(dims, "lmdb")
+    key = a.keys[0]
+    file_bytes = (tmp_path / "VOC" / "JPEGImages" / "0.png").read_bytes()
+    assert parse_binary(a.get(key), "AnnotatedDatum").datum.data == file_bytes
+    stored = parse_binary(b.get(key), "AnnotatedDatum").datum
+    assert stored.encoded and stored.data != file_bytes      # encoded again (scale 1)
+    n = net(dims)
+    n.forward()
+    np.testing.assert_array_equal(n.blobs["data"].data, np.stack(images).astype(np.float32))
+
+
+# The fork's float factor, not the double one, sets the size: 11 / 6 = 1.83333337 takes 9
+# columns to 16.5000003 -> 17 (the double 16.5 rounds half to even: 16); 7 / 10 = 0.69999999
+# takes 5 rows to 3.4999999 -> 3 (double: 3.5 -> 4).
+@pytest.mark.parametrize("shape,flag,scale,size", [
+    ((3, 6, 9), ["--min-dim", "11"], F(11) / F(6), (11, 17)),
+    ((3, 5, 10), ["--max-dim", "7"], F(7) / F(10), (3, 7)),
+])
+def test_min_dim_and_max_dim_in_classification_records(tmp_path, shape, flag, scale, size):
+    cv2 = pytest.importorskip("cv2")
+    (tmp_path / "VOC").mkdir()
+    img = np.random.default_rng(3).integers(0, 256, shape, dtype=np.uint8)
+    (tmp_path / "VOC" / "a.png").write_bytes(encode_image(img, "png"))
+    (tmp_path / "list.txt").write_text("a.png 4\n")
+    assert cli.main(["convert-annoset", str(tmp_path / "VOC") + "/", str(tmp_path / "list.txt"),
+                     str(tmp_path / "db"), *flag]) == 0
+    n = net(str(tmp_path / "db"), batch=1)
+    n.forward()
+    want = cv2.resize(np.ascontiguousarray(img.transpose(1, 2, 0)), (0, 0), fx=float(scale),
+                      fy=float(scale), interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1)
+    assert want.shape[1:] == size
+    np.testing.assert_array_equal(n.blobs["data"].data[0], want.astype(np.float32))
+    assert n.blobs["label"].data.ravel().tolist() == [4]
+
+
+def test_an_image_scaled_to_nothing_is_skipped(tmp_path):
+    (tmp_path / "VOC").mkdir()
+    for name, shape in (("thin.png", (3, 2, 40)), ("ok.png", (3, 8, 8))):
+        (tmp_path / "VOC" / name).write_bytes(encode_image(np.zeros(shape, np.uint8), "png"))
+    (tmp_path / "list.txt").write_text("thin.png 1\nok.png 2\n")
+    from minicnn.data.annoset import convert_annoset
+    with pytest.warns(UserWarning, match="thin.png.*to nothing"):     # 2 x 5 / 40 = 0.25 rows
+        n = convert_annoset(str(tmp_path / "VOC") + "/", str(tmp_path / "list.txt"),
+                            str(tmp_path / "db"), anno_type="classification", max_dim=5)
+    assert n == 1

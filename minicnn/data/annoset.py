@@ -10,6 +10,16 @@ the file gives none), in groups per label in order of first appearance, each box
 within its group (instance_id). As in the fork: a missing annotation file gives a record with
 no boxes; an object's ``difficult`` is the one read before its bndbox; the Datum label is -1;
 keys are ``%08d_<image path>``.
+
+``min_dim``/``max_dim`` (ReadImageToCVMat) take precedence over resize_height/resize_width:
+an image whose shorter side is under min_dim is scaled up by min_dim / shorter side (float),
+and if int(scale * longer side) then passes max_dim, the scale becomes max_dim / longer side;
+a scale of 1 leaves it, any other goes through OpenCV's bilinear cv::resize by that factor
+(cv2.resize with fx = fy = scale: size round(side * scale), and the sampling uses the factor,
+not the rounded size's ratio). Boxes stay normalized by the original size, as in the fork (they
+are relative, so the resize keeps them). With min_dim or max_dim set the image is always encoded
+again (the fork's copy-the-file shortcut asks for both to be 0). An image the factor would
+shrink to no row or column is skipped with a warning (OpenCV's resize asserts in the fork).
 """
 
 import json
@@ -22,7 +32,7 @@ import numpy as np
 from minicnn.data.annotated import as_box, make_anno_datum
 from minicnn.data.datum import decode_image, read_image
 from minicnn.data.db import db_writer, remove_db, replace_db, root_joined
-from minicnn.data.errors import DataError
+from minicnn.data.errors import DataError, need
 from minicnn.data.imageset import _aliases, _guess_encoding
 
 F = np.float32
@@ -144,10 +154,44 @@ def read_txt_annotation(path, height, width):
     return groups
 
 
+def min_max_dim_scale(rows, cols, min_dim=0, max_dim=0):
+    """The float32 factor ReadImageToCVMat scales an image of rows x cols by for min_dim and
+    max_dim (1: left as it is)."""
+    scale = F(1)
+    short, long = min(rows, cols), max(rows, cols)
+    if min_dim > 0 and short < min_dim:
+        scale = F(min_dim) / F(short)
+    if max_dim > 0 and int(F(scale * F(long))) > max_dim:
+        scale = F(max_dim) / F(long)
+    return scale
+
+
+def read_annoset_image(path, resize_height=0, resize_width=0, min_dim=0, max_dim=0,
+                       is_color=True):
+    """ReadImageToCVMat with the fork's min_dim/max_dim (which win over the fixed size)."""
+    if min_dim <= 0 and max_dim <= 0:
+        return read_image(path, resize_height, resize_width, is_color)
+    chw = decode_image(path, is_color)
+    scale = min_max_dim_scale(chw.shape[1], chw.shape[2], min_dim, max_dim)
+    if scale == 1:
+        return chw
+    rows, cols = (int(np.rint(float(scale) * n)) for n in chw.shape[1:])
+    if rows < 1 or cols < 1:                    # cv::resize asserts: the fork aborts there
+        raise DataError(f"min_dim {min_dim} / max_dim {max_dim} scale this {chw.shape[1]} x "
+                        f"{chw.shape[2]} image by {float(scale):g} to nothing", path)
+    cv2 = need("cv2", "opencv-python")
+    out = cv2.resize(np.ascontiguousarray(chw.transpose(1, 2, 0)), (0, 0), fx=float(scale),
+                     fy=float(scale), interpolation=cv2.INTER_LINEAR)
+    out = out.reshape(out.shape[0], out.shape[1], -1)
+    return np.ascontiguousarray(out.transpose(2, 0, 1))
+
+
 def annotated_record(image_path, anno_path, label_type="xml", name_to_label=None,
-                     resize_height=0, resize_width=0, is_color=True, encoding=""):
+                     resize_height=0, resize_width=0, is_color=True, encoding="", min_dim=0,
+                     max_dim=0):
     """An AnnotatedDatum of one image and its annotation file (ReadRichImageToAnnotatedDatum)."""
-    chw = read_image(image_path, resize_height, resize_width, is_color)
+    chw = read_annoset_image(image_path, resize_height, resize_width, min_dim, max_dim,
+                             is_color)
     native = decode_image(image_path, None)
     img_height, img_width = native.shape[1:]
     groups = []
@@ -160,7 +204,7 @@ def annotated_record(image_path, anno_path, label_type="xml", name_to_label=None
             groups = read_txt_annotation(anno_path, img_height, img_width)
         else:
             raise DataError(f"unknown label_type {label_type!r} (xml, json or txt)")
-    resized = resize_height > 0 and resize_width > 0
+    resized = (resize_height > 0 and resize_width > 0) or min_dim > 0 or max_dim > 0
     if encoding and not resized and native.shape[0] == chw.shape[0] \
             and _guess_encoding(image_path) in _aliases(encoding):
         anno = make_anno_datum(chw, groups, -1, "")
@@ -174,14 +218,16 @@ def annotated_record(image_path, anno_path, label_type="xml", name_to_label=None
 def convert_annoset(root, list_file, db_path, anno_type="detection", label_type="xml",
                     label_map_file="", resize_height=0, resize_width=0, gray=False,
                     shuffle=False, encoded=False, encode_type="", check_size=False,
-                    backend="lmdb", seed=None, overwrite=False):
+                    backend="lmdb", seed=None, overwrite=False, min_dim=0, max_dim=0):
     """SSD's convert_annoset: returns the number of records written. ``anno_type``
-    "classification" stores ``image label`` lines as records without annotations."""
+    "classification" stores ``image label`` lines as records without annotations. Negative
+    min_dim/max_dim count as 0, as the fork's max(0, flag)."""
     from minicnn.rng import get_rng
     if anno_type not in ("detection", "classification"):
         raise DataError(f"unknown anno_type {anno_type!r} (detection or classification)")
     if (resize_height > 0) != (resize_width > 0):
         raise DataError("give both resize_height and resize_width, or neither")
+    min_dim, max_dim = max(0, int(min_dim)), max(0, int(max_dim))
     name_to_label = {}
     if anno_type == "detection" and label_type in ("xml", "json"):
         if not label_map_file:
@@ -218,11 +264,11 @@ def convert_annoset(root, list_file, db_path, anno_type="detection", label_type=
                     if anno_type == "detection":
                         anno = annotated_record(image_path, root_joined(root, second),
                                                 label_type, name_to_label, resize_height,
-                                                resize_width, not gray, enc)
+                                                resize_width, not gray, enc, min_dim, max_dim)
                     else:
-                        anno = make_anno_datum(read_image(image_path, resize_height,
-                                                          resize_width, not gray), [],
-                                               int(second), enc)
+                        image = read_annoset_image(image_path, resize_height, resize_width,
+                                                   min_dim, max_dim, not gray)
+                        anno = make_anno_datum(image, [], int(second), enc)
                         anno.ClearField("type")
                 except DataError as e:
                     if e.path and e.path != image_path:     # a bad annotation file: stop
