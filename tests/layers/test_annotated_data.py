@@ -37,8 +37,10 @@ def image(seed=0, shape=(3, 8, 10)):
 
 def data_net(source, transform="", anno="", batch=1, phase=minicnn.TEST, backend="LMDB",
              tops=("data", "label")):
+    # prefetch 0: no thread computes batches ahead, where it would take a later test's
+    # scripted draws (script() patches the module's Draws)
     text = f'''layer {{ name: "data" type: "AnnotatedData" {" ".join(f'top: "{t}"' for t in tops)}
-      data_param {{ source: "{source}" batch_size: {batch} backend: {backend} }}
+      data_param {{ source: "{source}" batch_size: {batch} backend: {backend} prefetch: 0 }}
       transform_param {{ {transform} }}
       annotated_data_param {{ {anno} }} }}'''
     return minicnn.Net(parse_text(text), phase=phase)
