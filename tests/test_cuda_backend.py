@@ -151,10 +151,11 @@ def test_kernel_sources_are_self_contained():
 # (mask checks and scatters on the host), YOLOv2/v3's output heads (a few maps on the last blob),
 # SSD's MultiBoxLoss (matching and mining, per image), the face forks' losses (per-class loops)
 # and happynear's Normalize and ChannelScale (NumPy layers beside them), zimenglan's FocalLoss,
-# Darknet's Local (einsum over places; no kernel yet).
+# Darknet's Local (einsum over places; no kernel yet), DeepLab's DenseCRF (a permutohedral
+# lattice per image).
 HOST_OPS = sorted(["argmax_forward", "batch_reindex_backward", "batch_reindex_forward",
                    "center_loss_backward", "center_loss_forward", "channel_scale_backward",
-                   "channel_scale_forward", "detection_evaluate_forward",
+                   "channel_scale_forward", "dense_crf_forward", "detection_evaluate_forward",
                    "detection_output_forward", "face_normalize_backward",
                    "face_normalize_forward", "focal_loss_backward", "focal_loss_forward",
                    "label_specific_add_forward", "lstm_backward",
@@ -167,7 +168,7 @@ HOST_OPS = sorted(["argmax_forward", "batch_reindex_backward", "batch_reindex_fo
                    "rnn_backward", "rnn_forward", "roi_pool_backward", "roi_pool_forward",
                    "seg_confusion_forward", "yolo_head_backward", "yolo_head_forward",
                    "yolo_loss_forward"])
-HOST_LAYERS = sorted(["ArgMax", "BatchReindex", "CenterLoss", "ChannelScale",
+HOST_LAYERS = sorted(["ArgMax", "BatchReindex", "CenterLoss", "ChannelScale", "DenseCRF",
                       "DetectionEvaluate", "DetectionOutput", "Filter", "FocalLoss", "LSTM", "LSTMUnit",
                       "LabelSpecificAdd", "Local",
                       "MarginInnerProduct", "MultiBoxLoss", "PSROIPooling", "PriorBox", "RNN",

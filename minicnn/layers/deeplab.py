@@ -278,3 +278,218 @@ class MatWriteLayer(Layer):
 
     def allow_force_backward(self, bottom_index):
         return False                    # the fork's Backward_cpu does nothing
+
+
+@register("DenseCRF")
+class DenseCRFLayer(Layer):
+    """DeepLab's `DenseCRF` (deeplab-public-ver2's densecrf_layer.cpp): the fully connected CRF
+    that post-processes DeepLab's scores at test time, by mean-field inference over
+    Krähenbühl's permutohedral lattice (minicnn.ops.densecrf explains what a dense CRF does and
+    which of the fork's arithmetic is followed; in short: all of it, in float32).
+
+    Bottoms: scores (N, M, H, W) (fc8 after Interp, the unary is -score), data_dim (N, ...)
+    whose first two values per image are its real height and width (ImageSegData's third
+    top), and optionally the image (N, 3, H, W) as the data layer gives it (mean-subtracted,
+    BGR: its channels divided by bi_rgb_std are the bilateral kernel's colour features, so
+    scale must be 1 for bi_rgb_std to mean grey levels, as the fork notes).
+    Top: (N, M, H, W): the marginals Q (output_probability, the default) or log(max(Q,
+    FLT_MIN)), on the image's real h x w at the top left, 0 elsewhere.
+
+    dense_crf_param: max_iter (10; 0 gives softmax(score)), pos_w / pos_xy_std (one Gaussian
+    kernel on (x, y) / pos_xy_std per pair, weight pos_w), bi_w / bi_xy_std / bi_rgb_std
+    (one bilateral kernel on (x, y) / bi_xy_std and the three channels / bi_rgb_std per
+    triple), output_probability (true); for example max_iter 10, pos_w 3, pos_xy_std 3,
+    bi_w 4, bi_xy_std 121, bi_rgb_std 5.
+
+    The crop, as the fork: when the blob is no larger than data_dim on both axes, the whole
+    blob (the image was cropped); otherwise data_dim's h x w (the image was padded). Inference
+    runs per image. No backward: a net that asks for one gets an error (the fork's
+    Backward_cpu does nothing, leaving whatever the bottoms' diffs held).
+
+    Where minicnn differs, deliberately: without the image bottom (two bottoms) it runs the
+    positional kernels only (the fork's Reshape reads bottom[2] regardless and crashes); a
+    data_dim larger than the blob on one axis only is an error (the fork reads past the
+    blob); data_dim values below 1, negative max_iter and non-positive stds are errors (the
+    fork makes an empty crop, runs no iteration, and divides by zero)."""
+    param_field = "dense_crf_param"
+    min_num_bottom, max_num_bottom = 2, 3
+    exact_num_top = 1
+    host_only = True                # NumPy lattice, per image
+
+    def layer_setup(self, bottom, top):
+        p = self.param.dense_crf_param
+        if len(p.pos_w) != len(p.pos_xy_std):
+            raise LayerError(f"dense_crf_param gives {len(p.pos_w)} pos_w and "
+                             f"{len(p.pos_xy_std)} pos_xy_std: they pair up, one of each per "
+                             "positional kernel")
+        if not len(p.bi_w) == len(p.bi_xy_std) == len(p.bi_rgb_std):
+            raise LayerError(f"dense_crf_param gives {len(p.bi_w)} bi_w, {len(p.bi_xy_std)} "
+                             f"bi_xy_std and {len(p.bi_rgb_std)} bi_rgb_std: one of each per "
+                             "bilateral kernel")
+        if p.max_iter < 0:
+            raise LayerError(f"dense_crf_param.max_iter cannot be negative, got {p.max_iter}")
+        for name in ("pos_xy_std", "bi_xy_std", "bi_rgb_std"):
+            bad = [v for v in getattr(p, name) if not v > 0]
+            if bad:
+                raise LayerError(f"dense_crf_param.{name} must be positive, got {bad[0]:g}")
+        if len(bottom) == 3 and not len(p.bi_w):
+            raise LayerError("DenseCRF has the image as a third bottom but no bilateral kernel "
+                             "(dense_crf_param bi_w, bi_xy_std, bi_rgb_std), as the fork checks")
+
+    def reshape(self, bottom, top):
+        scores, dims = bottom[0], bottom[1]
+        if len(scores.shape) != 4:
+            raise LayerError(f"DenseCRF's scores must be (N, M, H, W), got shape {scores.shape}")
+        n, _, h, w = scores.shape
+        if dims.shape[0] != n or dims.count < 2 * n:
+            raise LayerError(f"data_dim of shape {dims.shape} does not fit scores of shape "
+                             f"{scores.shape}: it needs (height, width) for each of the {n} "
+                             "images, as ImageSegData's (N, 1, 1, 2)")
+        if len(bottom) == 3:
+            image = bottom[2]
+            if len(image.shape) != 4 or image.shape[0] != n or image.shape[1] != 3 or \
+                    image.shape[2:] != (h, w):
+                raise LayerError(f"the image of shape {image.shape} does not fit scores of "
+                                 f"shape {scores.shape}: it must be (N, 3, H, W) = "
+                                 f"{(n, 3, h, w)} (a color image the scores' size)")
+        top[0].reshape(scores.shape)
+
+    def _crop(self, dims, k, h, w):
+        """The effective (height, width) of image k, as the fork picks it."""
+        real = np.asarray(dims, np.float64).reshape(dims.shape[0], -1)[k, :2]
+        rh, rw = int(real[0]), int(real[1])                  # the fork's int cast
+        if h <= rh and w <= rw:
+            return h, w
+        if not (1 <= rh <= h and 1 <= rw <= w):
+            raise LayerError(f"data_dim gives image {k} the size {real[0]:g} x {real[1]:g}, "
+                             f"which does not fit the scores' {h} x {w}: give whole sizes "
+                             "from 1 up to the blob's, or at least the blob's on both axes")
+        return rh, rw
+
+    def forward(self, bottom, top):
+        p = self.param.dense_crf_param
+        scores = bottom[0].data
+        n, _, h, w = scores.shape
+        out = np.zeros(scores.shape, top[0].dtype)
+        for k in range(n):
+            ch, cw = self._crop(bottom[1].data, k, h, w)
+            image = bottom[2].data[k] if len(bottom) == 3 else None
+            q = ops.dense_crf_forward(
+                scores[k, :, :ch, :cw], image, max_iter=p.max_iter, pos_w=list(p.pos_w),
+                pos_xy_std=list(p.pos_xy_std), bi_w=list(p.bi_w), bi_xy_std=list(p.bi_xy_std),
+                bi_rgb_std=list(p.bi_rgb_std))
+            q = q.astype(top[0].dtype)
+            if not p.output_probability:
+                q = np.log(np.maximum(q, top[0].dtype.type(np.finfo(np.float32).tiny)))
+            out[k, :, :ch, :cw] = q
+        top[0].data[...] = out
+
+    def allow_force_backward(self, bottom_index):
+        return False
+
+
+@register("MatRead")
+class MatReadLayer(Layer):
+    """DeepLab's `MatRead` (deeplab-public-ver2's mat_read_layer.cpp): reads blobs back from
+    the .mat files MatWrite wrote (util/matio_io.cpp's ReadBlobFromMat), to feed stored
+    features (fc8 scores) to a net, as DeepLab's CRF tuning does.
+
+    Tops: one per blob index i; each forward fills batch_size images: image n of a forward
+    reads prefix + name + "_blob_<i>.mat", name being the next line of mat_read_param.source
+    (its first word less its last ``strip`` characters; after the last line it starts over
+    at the first, as the fork) or, without a source, "iter_<k>" for the k-th image read. A
+    file holds a variable "data" of MATLAB shape width x height x channels x num (missing
+    trailing axes are 1), num 1, of the net's precision (single for float32 nets: the fork
+    checks the class), read column-major into a (1, channels, height, width) blob. The tops
+    take their shapes from the first files at setup, and every file read later must have
+    them. mat_read_param: prefix (required), source, strip, batch_size (1). No gradient.
+
+    Where minicnn differs, deliberately: without a source, setup reads "iter_0" (the fork's
+    setup reads the first name of an empty list); blank lines of the source are skipped (the
+    fork stops at them: "Too much stripping")."""
+    param_field = "mat_read_param"
+    exact_num_bottom = 0
+    min_num_top = 1
+    host_only = True                    # reads files into NumPy arrays
+    counters = ("iter",)                # where in the list the next forward reads
+
+    def layer_setup(self, bottom, top):
+        p = self.param.mat_read_param
+        if not p.HasField("prefix"):
+            raise LayerError("mat_read_param.prefix is required (where the .mat files are)")
+        if p.batch_size <= 0:
+            raise LayerError(f"mat_read_param.batch_size must be positive, got {p.batch_size}")
+        if p.strip < 0:
+            raise LayerError(f"mat_read_param.strip cannot be negative, got {p.strip}")
+        self.iter = 0
+        self.names = None
+        if p.HasField("source"):
+            try:
+                with open(p.source, encoding="utf-8") as f:
+                    lines = f.readlines()
+            except OSError as e:
+                raise LayerError(f"cannot read mat_read_param.source '{p.source}': "
+                                 f"{e.strerror or e}") from None
+            self.names = []
+            for lineno, line in enumerate(lines, 1):
+                words = line.split()
+                if not words:
+                    continue
+                if len(words[0]) <= p.strip:
+                    raise DataError(f"strip {p.strip} removes all of {words[0]!r}", p.source,
+                                    lineno)
+                self.names.append(words[0][:len(words[0]) - p.strip])
+            if not self.names:
+                raise DataError("names no files", p.source)
+        for i, t in enumerate(top):
+            t.reshape((p.batch_size, *self._read(self._path(0, i)).shape[1:]))
+
+    def _path(self, k, i):
+        p = self.param.mat_read_param
+        name = self.names[k % len(self.names)] if self.names is not None else f"iter_{k}"
+        return f"{p.prefix}{name}_blob_{i}.mat"
+
+    def _read(self, path):
+        """The blob (1, C, H, W) of a MatWrite file."""
+        loadmat = need("scipy.io", "scipy").loadmat
+        try:
+            data = loadmat(path, squeeze_me=False, mat_dtype=False).get("data")
+        except (OSError, ValueError, TypeError, NotImplementedError) as e:
+            raise LayerError(f"cannot read '{path}' (mat_read_param.prefix "
+                             f"'{self.param.mat_read_param.prefix}'): {e}") from None
+        if data is None:
+            raise LayerError(f"'{path}' has no variable 'data' (MatWrite's)")
+        want = {np.dtype(np.float32): "single", np.dtype(np.float64): "double"}
+        if data.dtype != self.dtype:
+            raise LayerError(f"'{path}' holds {want.get(data.dtype, data.dtype)} data but the "
+                             f"net is {want.get(self.dtype, self.dtype)}: the fork reads "
+                             "only its own precision")
+        if data.ndim > 4:
+            raise LayerError(f"'{path}' holds data of {data.ndim} dimensions {data.shape}: at "
+                             "most 4 (width x height x channels x num)")
+        dims = tuple(data.shape) + (1,) * (4 - data.ndim)
+        if dims[3] != 1:
+            raise LayerError(f"'{path}' holds {dims[3]} images (width x height x channels x "
+                             f"num = {dims}): MatRead reads one per file")
+        return data.reshape(dims, order="A").transpose(3, 2, 1, 0)
+
+    def reshape(self, bottom, top):
+        pass
+
+    def forward(self, bottom, top):
+        p = self.param.mat_read_param
+        for n in range(p.batch_size):
+            for i, t in enumerate(top):
+                path = self._path(self.iter, i)
+                blob = self._read(path)
+                if blob.shape[1:] != t.shape[1:]:
+                    raise LayerError(f"'{path}' holds a blob of channels x height x width "
+                                     f"{blob.shape[1:]}, but top {i} has {t.shape[1:]} (from "
+                                     "the first file)")
+                t.data[n] = blob[0]
+            self.iter += 1
+        if self.names is not None:
+            self.iter %= len(self.names)
+
+    def allow_force_backward(self, bottom_index):
+        return False

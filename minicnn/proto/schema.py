@@ -282,6 +282,8 @@ message LayerParameter
   214 normalize_param     FaceNormalizeParameter  # happynear's caffe-windows (AM-Softmax, NormFace)
   237 channel_scale_param ChannelScaleParameter  # happynear's caffe-windows (AM-Softmax's wo_fn)
   9124 focal_loss_param   FocalLossParameter  # zimenglan-sysu-512/Focal-Loss; its 124 is sigmoid_param
+  9146 dense_crf_param    DenseCRFParameter  # DeepLab v2 fork; its 146 is BVLC's recurrent_param
+  151 mat_read_param      MatReadParameter   # DeepLab v2 fork (its number; free in BVLC)
 
 message TransformationParameter
   1   scale               float    = 1
@@ -914,6 +916,8 @@ message V1LayerParameter
   9042 seg_accuracy_param SegAccuracyParameter  # its V1 enum names above (IMAGE_SEG_DATA is
   44  softmaxloss_param   SoftmaxLossParameter  # its 39, BVLC's DECONVOLUTION), its 42
   46  mat_write_param     MatWriteParameter     # is BVLC's loss_param
+  47  mat_read_param      MatReadParameter      # DeepLab v1's numbers, clear of BVLC's V1
+  48  dense_crf_param     DenseCRFParameter
   1001 param              string   repeated
   1002 blob_share_mode    DimCheckMode repeated
 
@@ -1071,6 +1075,22 @@ message DistortionParameter
 message ExpansionParameter
   1   prob                float    = 1
   2   max_expand_ratio    float    = 1
+
+# --- DeepLab fork: DenseCRF and MatRead (deeplab-public-ver2; v1's messages lack 7) ---
+message DenseCRFParameter      # DeepLab's DenseCRF (mean field over a permutohedral lattice)
+  1   max_iter            int32    = 10
+  2   pos_xy_std          float    repeated
+  3   pos_w               float    repeated
+  4   bi_xy_std           float    repeated
+  5   bi_rgb_std          float    repeated
+  6   bi_w                float    repeated
+  7   output_probability  bool     = true    # false: log(max(prob, FLT_MIN))
+
+message MatReadParameter       # DeepLab's MatRead (prefix is required there)
+  1   prefix              string
+  2   source              string   = ""
+  3   strip               int32    = 0
+  4   batch_size          int32    = 1
 """
 
 # --- descriptors -------------------------------------------------------------------------------

@@ -582,15 +582,11 @@ def test_matwrite_without_a_source_names_files_by_forward_and_checks_its_fields(
 
 
 @pytest.mark.parametrize("layer", [
-    ('layer { name: "crf" type: "DenseCRF" bottom: "fc8_interp" bottom: "data_dim" '
-     'bottom: "data" top: "crf_inf" dense_crf_param { max_iter: 10 pos_w: 3 pos_xy_std: 3 '
-     'bi_w: 4 bi_xy_std: 121 bi_rgb_std: 5 } }'),
     ('layer { name: "dt" type: "DomainTransform" bottom: "fc8_interp" bottom: "data" '
-     'top: "dt" domain_transform_param { num_iter: 3 spatial_sigma: 50 range_sigma: 5 } }'),
-    'layer { name: "read" type: "MatRead" top: "fc8" mat_read_param { prefix: "f/" } }'])
+     'top: "dt" domain_transform_param { num_iter: 3 spatial_sigma: 50 range_sigma: 5 } }')])
 def test_deeplab_layers_minicnn_lacks_are_named_with_their_line(tmp_path, layer):
-    # DeepLab v2's CRF test nets end with DenseCRF, its DT-EdgeNet with DomainTransform, and
-    # MatRead feeds saved features: minicnn has none of them; the error names the type
+    # DeepLab v2's DT-EdgeNet ends with DomainTransform, which minicnn lacks: the error names
+    # the type (DenseCRF and MatRead are in tests/layers/test_densecrf.py)
     path = tmp_path / "test.prototxt"
     path.write_text(DEEPLAB_NET.replace("ROOT", str(tmp_path)) + layer + "\n")
     kind = layer.split('type: "')[1].split('"')[0]
@@ -710,8 +706,8 @@ def test_a_deeplab_v1_net_in_the_v1_format_is_its_v2_twin(tmp_path, hole, dilati
      "layer 'loss': softmaxloss_param gives 2 ignore_label values"),
     (("HOLE", "pad: 2 hole: 2 dilation: 2"),
      "layer 'conv1': convolution_param has both dilation and DeepLab v1's hole"),
-    (("SOFTMAXLOSS", "} layers { name: 'crf' type: DENSE_CRF bottom: 'fc8_voc12' top: 'crf'"),
-     r"deeplab.prototxt:\d+: .*unknown layer type 'DenseCRF'")])
+    (("SOFTMAXLOSS", "} layers { name: 'pad' type: PADDING bottom: 'fc8_voc12' top: 'pad'"),
+     r"deeplab.prototxt:\d+: .*unknown layer type 'Padding'")])
 def test_deeplab_v1_nets_minicnn_cannot_take_say_why(tmp_path, change, message):
     write_set(tmp_path, [(12, 10)])
     text = DEEPLAB_V1_NET.replace("ROOT", str(tmp_path)).replace(*change)
