@@ -310,7 +310,11 @@ class DenseCRFLayer(Layer):
     positional kernels only (the fork's Reshape reads bottom[2] regardless and crashes); a
     data_dim larger than the blob on one axis only is an error (the fork reads past the
     blob); data_dim values below 1, negative max_iter and non-positive stds are errors (the
-    fork makes an empty crop, runs no iteration, and divides by zero)."""
+    fork makes an empty crop, runs no iteration, and divides by zero).
+
+    DeepLab v1's V1 `DENSE_CRF` (its dense_crf_param has no output_probability) upgrades to
+    this layer: v1's unary is -log(softmax(score)), which differs from -score by one constant
+    per pixel, so its Q is the same up to float rounding; v1 always outputs Q."""
     param_field = "dense_crf_param"
     min_num_bottom, max_num_bottom = 2, 3
     exact_num_top = 1

@@ -464,3 +464,23 @@ layer {{ name: "fc8" type: "MatRead" top: "fc8_interp"
     for k in range(2):
         second.forward()
         np.testing.assert_array_equal(second.blobs["crf_inf"].data, crf_first[k])
+
+
+def test_deeplab_v1_nets_name_them_dense_crf_and_mat_read(tmp_path):
+    # DeepLab v1's V1 format: DENSE_CRF with dense_crf_param (its field 48), MAT_READ with
+    # mat_read_param (47); they upgrade to the same layers
+    pytest.importorskip("scipy")
+    blobs = write_mats(tmp_path, ["im1"], [(3, 4, 5)])
+    (tmp_path / "ids.txt").write_text("im1\n")
+    text = f"""
+input: "dim" input_dim: 1 input_dim: 1 input_dim: 1 input_dim: 2
+layers {{ name: "fc8" type: MAT_READ top: "fc8"
+          mat_read_param {{ prefix: "{tmp_path}/" source: "{tmp_path}/ids.txt" }} }}
+layers {{ name: "crf" type: DENSE_CRF bottom: "fc8" bottom: "dim" top: "crf"
+          dense_crf_param {{ max_iter: 3 pos_w: 3 pos_xy_std: 2 }} }}
+"""
+    net = minicnn.Net(parse_text(text), minicnn.TEST)
+    assert [lay.type for lay in net.layers][-2:] == ["MatRead", "DenseCRF"]
+    out = net.forward(dim=np.array([4.0, 5.0]).reshape(1, 1, 1, 2))["crf"]
+    np.testing.assert_array_equal(out, crf(blobs["im1", 0][None], max_iter=3, pos_w=3,
+                                           pos_xy_std=2))
