@@ -150,9 +150,9 @@ def test_kernel_sources_are_self_contained():
 # R-CNN's ROIPooling and R-FCN's PSROIPooling (loops over the rois and bins), the forks' Upsample
 # (mask checks and scatters on the host), YOLOv2/v3's output heads (a few maps on the last blob),
 # SSD's MultiBoxLoss (matching and mining, per image), the face forks' losses (per-class loops)
-# and happynear's Normalize and ChannelScale (NumPy layers beside them), zimenglan's FocalLoss,
-# Darknet's Local (einsum over places; no kernel yet), DeepLab's DenseCRF (a permutohedral
-# lattice per image).
+# and happynear's Normalize and ChannelScale (NumPy layers beside them), zimenglan's and
+# sciencefans's FocalLoss, Darknet's Local (einsum over places; no kernel yet), DeepLab's
+# DenseCRF (a permutohedral lattice per image).
 HOST_OPS = sorted(["argmax_forward", "batch_reindex_backward", "batch_reindex_forward",
                    "center_loss_backward", "center_loss_forward", "channel_scale_backward",
                    "channel_scale_forward", "dense_crf_forward", "detection_evaluate_forward",
@@ -166,7 +166,8 @@ HOST_OPS = sorted(["argmax_forward", "batch_reindex_backward", "batch_reindex_fo
                    "nearest_upsample_backward", "nearest_upsample_forward", "prior_box_forward",
                    "psroi_pool_backward", "psroi_pool_forward", "region_loss_forward",
                    "rnn_backward", "rnn_forward", "roi_pool_backward", "roi_pool_forward",
-                   "seg_confusion_forward", "yolo_head_backward", "yolo_head_forward",
+                   "seg_confusion_forward", "sigmoid_focal_loss_backward",
+                   "sigmoid_focal_loss_forward", "yolo_head_backward", "yolo_head_forward",
                    "yolo_loss_forward"])
 HOST_LAYERS = sorted(["ArgMax", "BatchReindex", "CenterLoss", "ChannelScale", "DenseCRF",
                       "DetectionEvaluate", "DetectionOutput", "Filter", "FocalLoss", "LSTM", "LSTMUnit",

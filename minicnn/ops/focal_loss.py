@@ -1,5 +1,6 @@
-"""Focal loss, the softmax form of zimenglan-sysu-512/Focal-Loss (Caffe "FocalLoss"; Lin et al.,
-"Focal Loss for Dense Object Detection", 2017), along one axis of x.
+"""Focal loss (Caffe "FocalLoss"; Lin et al., "Focal Loss for Dense Object Detection", 2017), in
+two forks' forms: the softmax form of zimenglan-sysu-512/Focal-Loss along one axis of x, and the
+sigmoid form of sciencefans/Focal-Loss (sigmoid_focal_loss_*, at the end of this file).
 
 x has shape (outer..., C, inner...) around ``axis``; labels hold one class per (outer, inner)
 position. p = softmax(x), p_t = p[label], V = positions whose label != ignore_label:
@@ -57,3 +58,69 @@ def _focal_loss_backward_ref(prob, label, *, axis=1, alpha=0.25, gamma=2.0, igno
     dx *= float(np.asarray(loss_weight).reshape(-1)[0]) / \
         loss_normalizer(normalization, outer, inner, int(valid.sum()))
     return dx.reshape(prob.shape)
+
+
+# --- sigmoid form: sciencefans/Focal-Loss (its GPU code; its CPU code is plain cross-entropy) ---
+#
+# One independent sigmoid per element of x, t the target of the same element, T = int(t)
+# (truncated, as the fork's static_cast), s = sigmoid(x), V = elements whose T != ignore_label:
+#     p_t = s if T == 1 else 1 - s,   a_t = alpha if T == 1 else 1 - alpha
+#     ce  = -(x (t - [x >= 0]) - log(1 + exp(x - 2 x [x >= 0])))       (SigmoidCrossEntropy's)
+#     loss = sum_V a_t (1 - p_t)^gamma ce / D
+#     dx   = (a_t (1 - p_t)^gamma (s - t)
+#             + ce a_t gamma (1 - p_t)^(gamma - 1) s (1 - s) (-1 if T == 1 else 1))
+#            * loss_weight / D                                          (0 outside V)
+# ce takes the float t, the focal factor the truncated T, as the fork. D: FULL and VALID without
+# an ignore_label count every element, VALID with one counts V, BATCH_SIZE is x.shape[0], NONE
+# is 1 (at least 1).
+
+sigmoid_focal_loss_forward = Op("sigmoid_focal_loss_forward")
+sigmoid_focal_loss_backward = Op("sigmoid_focal_loss_backward")
+
+
+def _sigmoid_parts(x, target, alpha, gamma, ignore_label):
+    x = np.asarray(x)
+    t = np.asarray(target).reshape(x.shape)
+    with np.errstate(invalid="ignore"):
+        tt = np.trunc(t)                                     # static_cast<int>
+    pos = tt == 1
+    valid = np.ones(x.shape, bool) if ignore_label is None else tt != ignore_label
+    e = np.exp(-np.abs(x))
+    s = np.where(x >= 0, 1 / (1 + e), e / (1 + e))           # sigmoid without overflow
+    one_minus_pt = np.where(pos, 1 - s, s)
+    a_t = np.where(pos, alpha, 1 - alpha)
+    nonneg = (x >= 0).astype(x.dtype)
+    ce = -(x * (t - nonneg) - np.log1p(np.exp(x - 2 * x * nonneg)))
+    return t, pos, valid, s, one_minus_pt, a_t, ce
+
+
+def _sigmoid_normalizer(normalization, x, valid, has_ignore):
+    count = x.size
+    d = {"FULL": count, "VALID": int(valid.sum()) if has_ignore else count,
+         "BATCH_SIZE": x.shape[0], "NONE": 1}[normalization]
+    return float(max(1, d))
+
+
+@sigmoid_focal_loss_forward.impl("ref")
+def _sigmoid_focal_loss_forward_ref(x, target, *, alpha=0.25, gamma=2.0, ignore_label=None,
+                                    normalization="BATCH_SIZE"):
+    """Returns the loss (a float)."""
+    _, _, valid, _, omp, a_t, ce = _sigmoid_parts(x, target, alpha, gamma, ignore_label)
+    terms = a_t * omp ** gamma * ce
+    d = _sigmoid_normalizer(normalization, np.asarray(x), valid, ignore_label is not None)
+    return float(np.sum(terms[valid])) / d
+
+
+@sigmoid_focal_loss_backward.impl("ref")
+def _sigmoid_focal_loss_backward_ref(x, target, *, alpha=0.25, gamma=2.0, ignore_label=None,
+                                     normalization="BATCH_SIZE", loss_weight=1.0):
+    x = np.asarray(x)
+    t, pos, valid, s, omp, a_t, ce = _sigmoid_parts(x, target, alpha, gamma, ignore_label)
+    e = np.exp(-np.abs(x))
+    ds = e / (e * e + 2 * e + 1)                             # s (1 - s), as the fork writes it
+    with np.errstate(divide="ignore", invalid="ignore"):     # (1 - p_t)^(gamma - 1) at 0
+        second = a_t * gamma * omp ** (gamma - 1) * ds * np.where(pos, -1.0, 1.0) * ce
+    dx = a_t * omp ** gamma * (s - t) + second
+    dx = np.where(valid, dx, 0.0)
+    d = _sigmoid_normalizer(normalization, x, valid, ignore_label is not None)
+    return dx * (float(np.asarray(loss_weight).reshape(-1)[0]) / d)

@@ -98,12 +98,13 @@ def test_focal_loss_by_hand():
     np.testing.assert_allclose(layer.backprop()[0], [[-g / 4, g / 4]], rtol=1e-7)
 
 
-def test_one_class_gives_zero_through_the_forks_clamp():
-    # p_t = 1: (1 - p_t)^gamma / max(1 - p_t, 1e-10) = 0 for gamma > 0, where autograd of
-    # (1 - p)^0.5 gives NaN
+def test_p_t_of_one_gives_zero_through_the_forks_clamp():
+    # p_t = 1 (the other score 800 below): (1 - p_t)^gamma / max(1 - p_t, 1e-10) = 0 for
+    # gamma > 0, where autograd of (1 - p)^0.5 gives NaN. (One class, N x 1 scores with N
+    # labels, is the sigmoid form: test_focal_loss_sigmoid.py.)
     layer = FocalLossLayer(focal_loss_param={"gamma": 0.5})
-    assert float(layer(np.full((3, 1), 0.7), np.zeros(3))) == 0
-    np.testing.assert_array_equal(layer.backprop()[0], np.zeros((3, 1)))
+    assert float(layer(np.array([[0.0, -800]] * 3), np.zeros(3))) == 0
+    np.testing.assert_array_equal(layer.backprop()[0], np.zeros((3, 2)))
 
 
 def test_gamma_0_alpha_1_is_softmax_with_loss():
