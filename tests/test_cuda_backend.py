@@ -150,14 +150,15 @@ def test_kernel_sources_are_self_contained():
 # R-CNN's ROIPooling and R-FCN's PSROIPooling (loops over the rois and bins), the forks' Upsample
 # (mask checks and scatters on the host), YOLOv2/v3's output heads (a few maps on the last blob),
 # SSD's MultiBoxLoss (matching and mining, per image), the face forks' losses (per-class loops)
-# and happynear's Normalize and ChannelScale (NumPy layers beside them), zimenglan's and
-# sciencefans's FocalLoss, Darknet's Local (einsum over places; no kernel yet), DeepLab's
-# DenseCRF (a permutohedral lattice per image).
+# and happynear's Normalize, ChannelScale and GlobalLSEMargin (NumPy layers beside them),
+# zimenglan's and sciencefans's FocalLoss, Darknet's Local (einsum over places; no kernel yet),
+# DeepLab's DenseCRF (a permutohedral lattice per image).
 HOST_OPS = sorted(["argmax_forward", "batch_reindex_backward", "batch_reindex_forward",
                    "center_loss_backward", "center_loss_forward", "channel_scale_backward",
                    "channel_scale_forward", "dense_crf_forward", "detection_evaluate_forward",
                    "detection_output_forward", "face_normalize_backward",
                    "face_normalize_forward", "focal_loss_backward", "focal_loss_forward",
+                   "global_lse_margin_backward", "global_lse_margin_forward",
                    "label_specific_add_forward", "lstm_backward",
                    "lstm_forward", "local_backward", "local_forward", "lstm_unit_backward",
                    "lstm_unit_forward",
@@ -170,7 +171,8 @@ HOST_OPS = sorted(["argmax_forward", "batch_reindex_backward", "batch_reindex_fo
                    "sigmoid_focal_loss_forward", "yolo_head_backward", "yolo_head_forward",
                    "yolo_loss_forward"])
 HOST_LAYERS = sorted(["ArgMax", "BatchReindex", "CenterLoss", "ChannelScale", "DenseCRF",
-                      "DetectionEvaluate", "DetectionOutput", "Filter", "FocalLoss", "LSTM", "LSTMUnit",
+                      "DetectionEvaluate", "DetectionOutput", "Filter", "FocalLoss",
+                      "GlobalLSEMargin", "LSTM", "LSTMUnit",
                       "LabelSpecificAdd", "Local",
                       "MarginInnerProduct", "MultiBoxLoss", "PSROIPooling", "PriorBox", "RNN",
                       "ROIPooling", "Region", "SegAccuracy", "Upsample", "Yolo"])

@@ -1,6 +1,7 @@
 """The face-recognition forks' layers: CenterLoss (ydwen/caffe-face), SphereFace's
 MarginInnerProduct (A-Softmax), AM-Softmax's LabelSpecificAdd, and happynear's Normalize (which
-a "Normalize" layer without SSD's norm_param is, see FaceNormalizeLayer). The math is
+a "Normalize" layer without SSD's norm_param is, see FaceNormalizeLayer), ChannelScale and
+GlobalLSEMargin (AM-Softmax's auto/ net). The math is
 minicnn.ops.face; all compute with NumPy (host layers in a GPU net)."""
 
 import math
@@ -414,3 +415,117 @@ class ChannelScaleLayer(Layer):
             scale.diff[...] = dscale.reshape(scale.shape)
         if propagate_down[0]:
             x.diff[...] = dx.reshape(x.shape)
+
+
+@register("GlobalLSEMargin")
+class GlobalLSEMarginLayer(Layer):
+    """happynear's `GlobalLSEMargin` (caffe-windows; AM-Softmax's prototxt/auto/, the margin
+    found automatically): y = s (x - m onehot(label)) on cosines x, N items of count / N
+    classes, with m a running margin and s a learned scale.
+
+    Per item the fork measures margin_n = x_t - LSE_n, x_t the target cosine and LSE_n =
+    log(sum_{c != t} exp(s (x_c - M_n))) / s + M_n, M_n the largest other cosine floored at -1
+    (minicnn.ops.face.global_lse_margin_stats). m is blobs[1] (shape (1,), starts at 0): while
+    it is 0 a forward sets it to the mean shift (margin_mean_shift) of the batch's margins from
+    their mean, 20 passes; after that each forward sets m = 0.9 m + 0.1 (one pass from m); a NaN
+    batch value leaves m alone. Every forward updates it, TEST ones too (the fork does not look
+    at the phase). The target is shifted only while m > 0.
+
+    s is blobs[0] (shape (1,)): 30, or scale_param.filler's value, clamped by each forward to
+    [scale_param.min_value, scale_param.max_value] (unset: 0 and FLT_MAX). With a third bottom
+    (one feature norm per item, Normalize's top[1]) each item is scaled by its norm instead, and
+    s is neither used nor learned. Parameter specs, when the prototxt gives none: s lr_mult 1
+    (0 with the norm bottom), decay_mult 0; m lr_mult 0, decay_mult 0 (added when one is given).
+
+    top[0]: bottom[0]'s shape. Optional top[1], shape (5,): s (or the batch's mean norm), the
+    mean target cosine, the mean LSE, the mean largest other cosine, m. Backward as the fork:
+    dx = s dy (m held constant: it is a statistic, not a function of this batch's gradient);
+    the norm bottom gets sum_c dy y / norm per item; s's diff is sum(dy y) / s, the gradient,
+    which the fork *assigns* rather than adds (minicnn follows: with iter_size > 1 or a shared
+    s only the last pass's counts, as in the fork).
+
+    As the fork's GPU code (its CPU Forward/Backward are NOT_IMPLEMENTED). Its MeanShift would
+    loop forever when no margin lies within 0.1 of the mean of all (or one is NaN); minicnn
+    returns that mean there. The fork's abs in MeanShift is taken as the float one (MSVC's and
+    CUDA's headers overload it for float). Labels: one per item, in [0, C); C >= 2."""
+    param_field = "scale_param"
+    min_num_bottom, max_num_bottom = 2, 3
+    min_num_top, max_num_top = 1, 2
+    index_bottom = 1
+    host_only = True
+
+    def layer_setup(self, bottom, top):
+        from minicnn.proto.caffe_pb2 import FillerParameter
+        p = self.param.scale_param
+        self.original_norm = len(bottom) == 3
+        filler = p.filler if p.HasField("filler") else \
+            FillerParameter(type="constant", value=30.0)
+        self.init_param(0, (1,), filler, what="scale")
+        self.init_param(1, (1,), FillerParameter(type="constant", value=0.0), what="margin")
+        self.min_scale = float(p.min_value) if p.HasField("min_value") else 0.0
+        self.max_scale = float(p.max_value) if p.HasField("max_value") else \
+            float(np.finfo(np.float32).max)
+        specs = self.param.param
+        if not specs:
+            specs.add(lr_mult=0 if self.original_norm else 1, decay_mult=0)
+        if len(specs) == 1:
+            specs.add(lr_mult=0, decay_mult=0)
+
+    def reshape(self, bottom, top):
+        x, labels = bottom[:2]
+        _check_item_labels(x, labels)
+        n = x.shape[0]
+        self.num_classes = x.count // n
+        if self.num_classes < 2:
+            raise LayerError(f"GlobalLSEMargin layer '{self.name}' needs at least 2 classes per "
+                             f"item (the LSE is over the non-target ones), got bottom shape "
+                             f"{x.shape}")
+        if self.original_norm:
+            _check_item_labels(x, bottom[2], what="feature norms (bottom 2)")
+        if top[0] is not x:
+            top[0].reshape(x.shape)
+        if len(top) > 1:
+            top[1].reshape((5,))
+
+    def _s(self, bottom):
+        return bottom[2].data.reshape(-1) if self.original_norm else float(self.blobs[0].data[0])
+
+    def forward(self, bottom, top):
+        x, labels = bottom[:2]
+        n, c = x.shape[0], self.num_classes
+        label_ints = _int_labels(self, labels.data, c)
+        scale, margin = self.blobs[0].data, self.blobs[1].data
+        scale[0] = min(max(scale[0], self.min_scale), self.max_scale)
+        cos = x.data.reshape(n, c)
+        s = self._s(bottom)
+        target, lse, max_negative = ops.face.global_lse_margin_stats(cos, label_ints, s)
+        margins = target - lse
+        if margin[0] == 0:                                      # the fork's initialisation
+            batch = ops.face.margin_mean_shift(margins, float(margins.mean()), 20)
+            if not math.isnan(batch):
+                margin[0] = batch
+        else:
+            batch = ops.face.margin_mean_shift(margins, float(margin[0]), 1)
+            if not math.isnan(batch):
+                margin[0] = 0.9 * margin[0] + 0.1 * batch
+        y = ops.global_lse_margin_forward(cos, label_ints, margin=float(margin[0]), s=s)
+        top[0].data[...] = y.reshape(top[0].shape)
+        if len(top) > 1:
+            top[1].data[...] = [np.mean(s) if self.original_norm else scale[0], target.mean(),
+                                lse.mean(), max_negative.mean(), margin[0]]
+
+    def backward(self, top, propagate_down, bottom):
+        _no_label_gradient(self, propagate_down)
+        n, c = bottom[0].shape[0], self.num_classes
+        dy, y = top[0].diff.reshape(n, c), top[0].data.reshape(n, c)
+        dx, ds = ops.global_lse_margin_backward(dy, y, s=self._s(bottom))
+        if self.original_norm:
+            if propagate_down[2]:
+                bottom[2].diff[...] = ds.reshape(bottom[2].shape)
+        elif self.param_propagate_down[0]:
+            self.blobs[0].diff[...] = ds                 # assigned, as the fork (see above)
+        if propagate_down[0]:
+            bottom[0].diff[...] = dx.reshape(bottom[0].shape)
+
+    def allow_force_backward(self, bottom_index):
+        return bottom_index != 1

@@ -62,7 +62,11 @@ class SoftmaxWithLossLayer(Layer):
     top[0]: the loss, shape (); an optional top[1]: the probabilities (its diff is not used).
     loss_param: ignore_label, normalization (FULL, VALID (default), BATCH_SIZE, NONE) or the
     deprecated normalize. The gradient is scaled by top[0].diff, where the Net puts the
-    loss_weight (1 by default)."""
+    loss_weight (1 by default).
+
+    happynear's caffe-windows adds softmax_param.normalize_type (AM-Softmax's auto/ prototxt
+    writes "Softmax", its default, which is this layer); its "L2" and "L1" put a Normalize
+    layer where the softmax is and are refused."""
     param_field = "loss_param"
     index_bottom = 1
     exact_num_bottom = 2
@@ -70,6 +74,12 @@ class SoftmaxWithLossLayer(Layer):
     is_loss = True
 
     def layer_setup(self, bottom, top):
+        normalize_type = self.param.softmax_param.normalize_type
+        if normalize_type != "Softmax":
+            raise LayerError(f"{self.type} layer '{self.name}': softmax_param.normalize_type "
+                             f"\"{normalize_type}\" (happynear's caffe-windows: a Normalize "
+                             "layer's output as the probabilities) is not implemented; only "
+                             "\"Softmax\", the default")
         p = self.param.loss_param
         self.ignore_label = _ignore_label(p)
         self.normalization = resolve_normalization(
@@ -121,7 +131,12 @@ class AccuracyLayer(Layer):
     A position counts as correct when fewer than top_k *other* classes score >= the labelled
     one, so ties count against it. Positions labelled ignore_label are left out. top[0]: the
     accuracy, shape (); an optional top[1]: per-class accuracy, shape (C,), 0 for classes
-    that do not occur. No backward."""
+    that do not occur. No backward.
+
+    accuracy_param.min_is_better (happynear's caffe-windows; AM-Softmax's auto/ prototxt writes
+    false) ranks the classes by ascending score (distances): the top_k *lowest* scores count,
+    ties again against the label (the fork sorts (score, class) pairs, so its ties go to the
+    lower class index; minicnn keeps BVLC's rule in both directions)."""
     param_field = "accuracy_param"
     exact_num_bottom = 2
     index_bottom = 1
@@ -130,6 +145,7 @@ class AccuracyLayer(Layer):
     def layer_setup(self, bottom, top):
         p = self.param.accuracy_param
         self.top_k, self.ignore_label = p.top_k, _ignore_label(p)
+        self.min_is_better = p.min_is_better
 
     def reshape(self, bottom, top):
         scores, labels = bottom
@@ -149,7 +165,8 @@ class AccuracyLayer(Layer):
         scores, labels = bottom
         _check_label_values(self, labels.data, self.num_classes, self.ignore_label)
         accuracy, per_class = ops.accuracy_forward(
-            scores.data, labels.data, axis=self.axis, top_k=self.top_k,
+            -scores.data if self.min_is_better else scores.data, labels.data, axis=self.axis,
+            top_k=self.top_k,
             ignore_label=self.ignore_label)
         top[0].data[...] = accuracy
         if len(top) > 1:

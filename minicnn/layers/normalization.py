@@ -228,6 +228,11 @@ class ScaleLayer(Layer):
 
     def layer_setup(self, bottom, top):
         p = self.param.scale_param
+        for field in ("min_value", "max_value"):
+            if p.HasField(field):       # parsed for happynear's GlobalLSEMargin, which reads them
+                raise LayerError(f"Scale layer '{self.name}': scale_param.{field} (happynear's "
+                                 "caffe-windows clamps the scale with it) is not implemented "
+                                 "for Scale; only GlobalLSEMargin reads it")
         x_shape = bottom[0].shape
         self.scale_is_param = len(bottom) == 1
         if self.scale_is_param:

@@ -22,6 +22,8 @@ face_normalize_forward = Op("face_normalize_forward")
 face_normalize_backward = Op("face_normalize_backward")
 channel_scale_forward = Op("channel_scale_forward")
 channel_scale_backward = Op("channel_scale_backward")
+global_lse_margin_forward = Op("global_lse_margin_forward")
+global_lse_margin_backward = Op("global_lse_margin_backward")
 
 MARGIN_TYPES = ("SINGLE", "DOUBLE", "TRIPLE", "QUADRUPLE")
 
@@ -199,3 +201,73 @@ def _channel_scale_backward_ref(dy, x, scale, *, backward_feature=True, backward
     dx = dy * scale if backward_feature else dy.copy()
     dscale = np.sum(dy * x, axis=1, keepdims=True) if backward_scale else np.zeros_like(scale)
     return dx, dscale
+
+
+# --- happynear's GlobalLSEMargin -----------------------------------------------------------------
+# x: (N, C) cosines, one row per item; labels: (N,) ints; s: the scale, a float or one value per
+# item (N,) (the feature norm, with a third bottom). The margin is a running statistic the
+# layer keeps (minicnn.layers.face.GlobalLSEMarginLayer); the ops take it as a number.
+
+def global_lse_margin_stats(x, labels, s):
+    """Per item: (target cosine, LSE of the other cosines at temperature s, the largest other
+    cosine floored at -1), as the fork's select_target_logits, CalcLSE and max_negative_logit:
+    m_n = max(-1, max_{c != t} x_nc), lse_n = log(sum_{c != t} exp(s (x_nc - m_n))) / s + m_n."""
+    n = x.shape[0]
+    rows = np.arange(n)
+    target = x[rows, labels]
+    others = x.copy()
+    others[rows, labels] = -np.inf
+    max_negative = np.maximum(others.max(axis=1), -1.0)   # the fork starts its max at -1
+    s = np.broadcast_to(np.asarray(s, dtype=x.dtype), (n,))
+    total = np.exp(s[:, None] * (others - max_negative[:, None])).sum(axis=1)  # target: exp(-inf)
+    lse = np.log(total) / s + max_negative
+    return target, lse, max_negative
+
+
+def margin_mean_shift(margins, mu, loop=1):
+    """The fork's MeanShift: up to ``loop`` times, mu = the mean of the margins within 0.1 of
+    mu, stopping once mu moves less than 0.001; when none is that close, mu restarts at the
+    mean of all (not counted as a pass). The fork loops forever when none is within 0.1 of
+    that mean either (or a margin is NaN); minicnn returns the mean then."""
+    margins = np.asarray(margins, dtype=np.float64)
+    last_mu = mu
+    restarted = False
+    while loop > 0:
+        loop -= 1
+        close = np.abs(margins - mu) < 0.1
+        if not close.any():
+            if restarted:                       # the fork's endless loop
+                return float(mu)
+            mu = last_mu = float(margins.mean())
+            restarted = True
+            loop += 1
+            continue
+        restarted = False
+        mu = float(margins[close].mean())
+        if abs(last_mu - mu) < 0.001:
+            break
+        last_mu = mu
+    return float(mu)
+
+
+@global_lse_margin_forward.impl("ref")
+def _global_lse_margin_forward_ref(x, labels, *, margin, s):
+    """y = s (x - margin onehot(label)): the target cosine less the margin where the margin is
+    positive (the fork's condition), everything times s (a float, or one value per item)."""
+    y = x.copy()
+    if margin > 0:
+        rows = np.arange(x.shape[0])
+        y[rows, labels] -= margin
+    s = np.asarray(s, dtype=x.dtype)
+    return y * (s[:, None] if s.ndim else s)
+
+
+@global_lse_margin_backward.impl("ref")
+def _global_lse_margin_backward_ref(dy, y, *, s):
+    """(dx, ds): dx = s dy, the margin held constant (the fork's: it is a statistic); ds =
+    sum dy * y / s, summed over all for a scalar s, per item for per-item s (the norm bottom):
+    the gradients of y = s (x - margin onehot) in x and s."""
+    s = np.asarray(s, dtype=dy.dtype)
+    if s.ndim:
+        return dy * s[:, None], np.sum(dy * y, axis=1) / s
+    return dy * s, float(np.sum(dy * y)) / float(s)

@@ -313,6 +313,7 @@ message AccuracyParameter
   1   top_k               uint32   = 1
   2   axis                int32    = 1
   3   ignore_label        int32
+  4   min_is_better       bool     = false  # happynear's caffe-windows (AM-Softmax's auto/)
 
 message ArgMaxParameter
   1   out_max_val         bool     = false
@@ -537,6 +538,8 @@ message ScaleParameter
   3   filler              FillerParameter
   4   bias_term           bool     = false
   5   bias_filler         FillerParameter
+  6   min_value           float    # 6-7: happynear's caffe-windows, GlobalLSEMargin's scale
+  7   max_value           float    # bounds (unset: 0 and FLT_MAX); minicnn's Scale refuses them
 
 message SigmoidParameter
   1   engine              Engine   = DEFAULT
@@ -549,6 +552,8 @@ message SliceParameter
 message SoftmaxParameter
   1   engine              Engine   = DEFAULT
   2   axis                int32    = 1
+  7   normalize_type      string   = "Softmax"  # happynear's caffe-windows (AM-Softmax's auto/);
+                                   # SoftmaxWithLoss: only "Softmax" ("L2"/"L1" refused)
 
 message SwishParameter
   1   beta                float    = 1
