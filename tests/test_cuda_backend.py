@@ -151,8 +151,8 @@ def test_kernel_sources_are_self_contained():
 # (mask checks and scatters on the host), YOLOv2/v3's output heads (a few maps on the last blob),
 # SSD's MultiBoxLoss (matching and mining, per image), the face forks' losses (per-class loops)
 # and happynear's Normalize, ChannelScale and GlobalLSEMargin (NumPy layers beside them),
-# zimenglan's and sciencefans's FocalLoss, Darknet's Local (einsum over places; no kernel yet),
-# DeepLab's DenseCRF (a permutohedral lattice per image).
+# zimenglan's and sciencefans's FocalLoss, Longqi-S's SoftmaxWithFocalLoss, Darknet's Local
+# (einsum over places; no kernel yet), DeepLab's DenseCRF (a permutohedral lattice per image).
 HOST_OPS = sorted(["argmax_forward", "batch_reindex_backward", "batch_reindex_forward",
                    "center_loss_backward", "center_loss_forward", "channel_scale_backward",
                    "channel_scale_forward", "dense_crf_forward", "detection_evaluate_forward",
@@ -168,14 +168,16 @@ HOST_OPS = sorted(["argmax_forward", "batch_reindex_backward", "batch_reindex_fo
                    "psroi_pool_backward", "psroi_pool_forward", "region_loss_forward",
                    "rnn_backward", "rnn_forward", "roi_pool_backward", "roi_pool_forward",
                    "seg_confusion_forward", "sigmoid_focal_loss_backward",
-                   "sigmoid_focal_loss_forward", "yolo_head_backward", "yolo_head_forward",
+                   "sigmoid_focal_loss_forward", "softmax_focal_loss_backward",
+                   "softmax_focal_loss_forward", "yolo_head_backward", "yolo_head_forward",
                    "yolo_loss_forward"])
 HOST_LAYERS = sorted(["ArgMax", "BatchReindex", "CenterLoss", "ChannelScale", "DenseCRF",
                       "DetectionEvaluate", "DetectionOutput", "Filter", "FocalLoss",
                       "GlobalLSEMargin", "LSTM", "LSTMUnit",
                       "LabelSpecificAdd", "Local",
                       "MarginInnerProduct", "MultiBoxLoss", "PSROIPooling", "PriorBox", "RNN",
-                      "ROIPooling", "Region", "SegAccuracy", "Upsample", "Yolo"])
+                      "ROIPooling", "Region", "SegAccuracy", "SoftmaxWithFocalLoss", "Upsample",
+                      "Yolo"])
 
 
 def test_every_op_but_the_host_ones_has_a_cuda_impl():

@@ -1,7 +1,7 @@
 """FocalLoss: the softmax form of zimenglan-sysu-512/Focal-Loss (the most copied of the Caffe
 forks' "FocalLoss" layers, which otherwise differ: sigmoid forms, per-class alphas, happynear's
-1 + p_t), and the sigmoid form of sciencefans/Focal-Loss, told apart by the labels' count. The
-math is minicnn.ops.focal_loss."""
+1 + p_t), and the sigmoid form of sciencefans/Focal-Loss, told apart by the labels' count; and
+Longqi-S/Focal-Loss's SoftmaxWithFocalLoss. The math is minicnn.ops.focal_loss."""
 
 from minicnn import ops
 from minicnn.errors import LayerError
@@ -129,4 +129,52 @@ class FocalLossLayer(SoftmaxWithLossLayer):
                 **self._sigmoid_kw()).reshape(bottom[0].shape)
         elif propagate_down[0]:
             bottom[0].diff[...] = ops.focal_loss_backward(
+                self.prob, bottom[1].data, loss_weight=top[0].diff, **self._kw())
+
+
+@register("SoftmaxWithFocalLoss")
+class SoftmaxWithFocalLossLayer(SoftmaxWithLossLayer):
+    """Longqi-S/Focal-Loss's `SoftmaxWithFocalLoss` (its README's layer; the code as copied in
+    chenbinghui1/Hybrid-Attention-based-Decoupled-Metric-Learning, which reads the README's
+    softmax_focal_loss_param): loss = sum alpha (1 - p_t)^gamma (-log p_t) / D over the
+    positions not labelled ignore_label, p = softmax(bottom[0]) along softmax_param.axis, p_t
+    the labelled class's probability clamped at FLT_MIN. softmax_focal_loss_param: alpha
+    (default 0.25), gamma (default 2). Bottoms, tops (top[1]: the probabilities) and loss_param
+    (ignore_label, normalization VALID by default, the deprecated normalize) as SoftmaxWithLoss.
+
+    Backward as the fork (minicnn.ops.focal_loss), which is not the gradient: its non-target
+    term has (1 - p_c)^(gamma - 1) where the gradient has (1 - p_t)^(gamma - 1), and it finds
+    the target class by label == c * inner + j, right only for N x C scores (inner 1). Both
+    kept: the fork trained with them. The gradient for gamma 0 or 1 on N x C scores.
+
+    Not followed: for a position labelled ignore_label the fork still subtracts 1 at
+    [label] before zeroing the position, a write outside the position (outside the blob for a
+    label such as -1 or 255) that changes a neighbour's diff or memory; minicnn leaves ignored
+    positions out. The fork's LayerParameter number, 157, is free in BVLC's and is used."""
+    param_field = "softmax_focal_loss_param"
+    host_only = True
+
+    def layer_setup(self, bottom, top):
+        p = self.param.softmax_focal_loss_param
+        self.alpha, self.gamma = float(p.alpha), float(p.gamma)
+        super().layer_setup(bottom, top)
+
+    def _kw(self):
+        return {"axis": self.axis, "alpha": self.alpha, "gamma": self.gamma,
+                "ignore_label": self.ignore_label, "normalization": self.normalization}
+
+    def forward(self, bottom, top):
+        scores, labels = bottom
+        _check_label_values(self, labels.data, self.num_classes, self.ignore_label)
+        loss, self.prob = ops.softmax_focal_loss_forward(scores.data, labels.data, **self._kw())
+        top[0].data[...] = loss
+        if len(top) > 1:
+            top[1].data[...] = self.prob
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[1]:
+            raise LayerError("SoftmaxWithFocalLoss cannot backpropagate to labels (bottom 1); "
+                             "set propagate_down: false for them")
+        if propagate_down[0]:
+            bottom[0].diff[...] = ops.softmax_focal_loss_backward(
                 self.prob, bottom[1].data, loss_weight=top[0].diff, **self._kw())

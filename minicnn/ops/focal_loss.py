@@ -1,6 +1,7 @@
-"""Focal loss (Caffe "FocalLoss"; Lin et al., "Focal Loss for Dense Object Detection", 2017), in
-two forks' forms: the softmax form of zimenglan-sysu-512/Focal-Loss along one axis of x, and the
-sigmoid form of sciencefans/Focal-Loss (sigmoid_focal_loss_*, at the end of this file).
+"""Focal loss (Lin et al., "Focal Loss for Dense Object Detection", 2017), in three forks'
+forms: Caffe "FocalLoss" as zimenglan-sysu-512/Focal-Loss's softmax along one axis of x and as
+sciencefans/Focal-Loss's sigmoid (sigmoid_focal_loss_*), and Longqi-S/Focal-Loss's
+"SoftmaxWithFocalLoss" (softmax_focal_loss_*), both at the end of this file.
 
 x has shape (outer..., C, inner...) around ``axis``; labels hold one class per (outer, inner)
 position. p = softmax(x), p_t = p[label], V = positions whose label != ignore_label:
@@ -124,3 +125,60 @@ def _sigmoid_focal_loss_backward_ref(x, target, *, alpha=0.25, gamma=2.0, ignore
     dx = np.where(valid, dx, 0.0)
     d = _sigmoid_normalizer(normalization, x, valid, ignore_label is not None)
     return dx * (float(np.asarray(loss_weight).reshape(-1)[0]) / d)
+
+
+# --- SoftmaxWithFocalLoss: Longqi-S/Focal-Loss (softmax_focal_loss_param) ----------------------
+#
+# Along one axis as the softmax form above; p_t = max(p[label], FLT_MIN) at each kept position:
+#     scale = alpha (1 - p_t)^gamma,  ce = -log p_t,  loss = sum |scale ce| / D
+#     dx_c  = (scale (p_c - [c == label])
+#              + ce * (-alpha gamma (1 - p_t)^gamma p_t                           if T(c)
+#                      alpha gamma (1 - q_c)^(gamma - 1) p_t q_c, q_c = max(p_c, FLT_MIN)  else))
+#             * loss_weight / D
+# T(c) is the fork's test for the target class, label == c * inner + j (j the position within
+# inner): the target exactly when inner == 1 (N x C scores), another class or none otherwise.
+# The non-target term has (1 - p_c)^(gamma - 1) where the gradient has (1 - p_t)^(gamma - 1): dx
+# is the gradient only for gamma 0 or 1 with inner == 1. Kept, as the fork's training used it.
+
+softmax_focal_loss_forward = Op("softmax_focal_loss_forward")
+softmax_focal_loss_backward = Op("softmax_focal_loss_backward")
+
+
+def _longqi_parts(prob, label, axis, alpha, gamma, ignore_label):
+    p, lab, valid, pt = _target(prob, label, axis, ignore_label)
+    pt = np.maximum(pt, FLT_MIN)
+    scale = alpha * (1 - pt) ** gamma
+    ce = -np.log(pt)
+    return p, lab, valid, pt, scale, ce
+
+
+@softmax_focal_loss_forward.impl("ref")
+def _softmax_focal_loss_forward_ref(x, label, *, axis=1, alpha=0.25, gamma=2.0,
+                                    ignore_label=None, normalization="VALID"):
+    """Returns (loss, prob)."""
+    prob = softmax_forward.impls["ref"](x, axis=axis)
+    _, _, valid, pt, scale, ce = _longqi_parts(prob, label, axis, alpha, gamma, ignore_label)
+    outer, inner = pt.shape
+    d = loss_normalizer(normalization, outer, inner, int(valid.sum()))
+    return float(np.sum(np.abs(scale * ce)[valid])) / d, prob       # caffe_cpu_asum
+
+
+@softmax_focal_loss_backward.impl("ref")
+def _softmax_focal_loss_backward_ref(prob, label, *, axis=1, alpha=0.25, gamma=2.0,
+                                     ignore_label=None, normalization="VALID", loss_weight=1.0):
+    p, lab, valid, pt, scale, ce = _longqi_parts(prob, label, axis, alpha, gamma, ignore_label)
+    outer, c, inner = p.shape
+    onehot = np.zeros_like(p)
+    np.put_along_axis(onehot, lab[:, None, :], 1, axis=1)
+    first = (p - onehot) * scale[:, None, :]
+    flat = np.arange(c)[:, None] * inner + np.arange(inner)[None, :]     # (C, inner)
+    is_target = lab[:, None, :] == flat[None]                            # the fork's test
+    q = np.maximum(p, FLT_MIN)
+    with np.errstate(divide="ignore", invalid="ignore"):                 # (1 - q)^(gamma-1) at 0
+        other = alpha * gamma * (1 - q) ** (gamma - 1) * pt[:, None, :] * q
+    target = (-alpha * gamma * (1 - pt) ** gamma * pt)[:, None, :]
+    second = np.where(is_target, target, other) * ce[:, None, :]
+    dx = (first + second) * valid[:, None, :]
+    dx *= float(np.asarray(loss_weight).reshape(-1)[0]) / \
+        loss_normalizer(normalization, outer, inner, int(valid.sum()))
+    return dx.reshape(prob.shape)

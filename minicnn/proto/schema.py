@@ -284,6 +284,7 @@ message LayerParameter
   9124 focal_loss_param   FocalLossParameter  # zimenglan-sysu-512/Focal-Loss; its 124 is sigmoid_param
   9146 dense_crf_param    DenseCRFParameter  # DeepLab v2 fork; its 146 is BVLC's recurrent_param
   151 mat_read_param      MatReadParameter   # DeepLab v2 fork (its number; free in BVLC)
+  157 softmax_focal_loss_param SoftmaxFocalLossParameter  # Longqi-S/Focal-Loss (its copies' number)
 
 message TransformationParameter
   1   scale               float    = 1
@@ -862,6 +863,12 @@ message FocalLossParameter  # Lin et al. 2017, softmax over softmax_param.axis
   2   gamma               float    = 2
   3   alpha               float    = 0.25
   4   beta                float    = 1
+
+# --- Longqi-S/Focal-Loss: SoftmaxWithFocalLoss (softmax_focal_loss_param 157 above) ------------
+
+message SoftmaxFocalLossParameter  # alpha (1 - p_t)^gamma (-log p_t), softmax over softmax_param
+  1   alpha               float    = 0.25
+  2   gamma               float    = 2
 
 # --- SSD fork: DetectionEvaluate (detection_evaluate_param 205 above; the solver's eval_type,
 # ap_version, show_per_class_result in SolverParameter; ResizeParameter and its enums are with
