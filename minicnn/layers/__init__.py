@@ -3,6 +3,23 @@
 Every module here is imported when the package is, which registers its layer classes by their
 Caffe type names (see ``minicnn.layer.LAYERS``). Adding a layer means adding a class with
 ``@register("TypeName")`` to a module in this folder; nothing else needs to change.
+
+To learn backprop from them, read in this order (the base class first: ../layer.py):
+
+    neuron.py         ReLU, Sigmoid, TanH: one input, one output, the chain rule at its simplest
+    inner_product.py  InnerProduct: a matrix product, gradients for the input, weights and bias
+    conv.py           Convolution, Deconvolution: the same through im2col (ops/conv.py)
+    pooling.py        MAX (the gradient goes to the winner), AVE, SPP
+    softmax.py        Softmax, then loss.py: SoftmaxWithLoss, where the gradient starts
+    normalization.py  BatchNorm (statistics of the batch in the gradient), Scale, Bias
+    structure.py      Split, Concat, Eltwise: how gradients add up and are routed
+    lrn.py, recurrent.py, interp.py, argmax.py, python_layer.py; data.py and segmentation.py
+                      read the inputs
+
+The other modules are the Caffe forks' layers, one file per fork family: ssd.py, ssd_eval.py
+and annotated_data.py (SSD), frcnn.py (Fast/Faster R-CNN, R-FCN), detection.py (YOLO),
+deeplab.py (DeepLab), face.py and focal_loss.py (face recognition, focal
+losses). Each layer's math is a pure function in ../ops/, one file per op.
 """
 
 import importlib
