@@ -1091,7 +1091,7 @@ def detect(args):
     found = detection.detect(net, images, args.thresh, args.nms, names=names,
                              batch_size=args.batch_size,
                              letterbox=False if args.no_letterbox else None,
-                             **_detection_inputs(args))
+                             hier_thresh=args.hier_thresh, **_detection_inputs(args))
     results, used = [], set()
     for path, dets in zip(images, found):
         stem = os.path.splitext(os.path.basename(path))[0]
@@ -1126,7 +1126,7 @@ def eval_detection(args):
     result, found = detection.evaluate_images(
         net, images, iou=args.iou, thresh=args.thresh, nms_thresh=args.nms, names=names,
         batch_size=args.batch_size, progress=False if args.no_progress else None,
-        **_detection_inputs(args))
+        hier_thresh=args.hier_thresh, **_detection_inputs(args))
     rows = [(e["label"], e["ground_truths"], e["detections"],
              "-" if e["ap_11point"] is None else f"{e['ap_11point']:.4f}",
              "-" if e["ap_allpoint"] is None else f"{e['ap_allpoint']:.4f}")
@@ -1173,6 +1173,9 @@ def _add_detection_options(p):
     p.add_argument("--names", help="class names, one per line")
     p.add_argument("--root-folder", default="", help="folder prepended to the images' paths")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    p.add_argument("--hier-thresh", type=float, default=0.5,
+                   help="YOLO9000's softmax tree: go down the tree while the class probability "
+                        "stays above this (default 0.5, Darknet's)")
 
 
 # --- any-size inputs and segmentation: data canvas-digits / segmentation-digits, segment,

@@ -22,7 +22,9 @@ section leaves out; layers are numbered from 0 after [net], as [route] and [shor
                    model), then the activation
   [connected]      InnerProduct (+ BatchNorm, Scale with batch_normalize), then the activation
   [dropout]        Dropout (identity at test time in both)
-  [softmax]        Softmax (groups=1 over a C x 1 x 1 output); [cost] is dropped (training only)
+  [softmax]        Softmax (groups=1 over a C x 1 x 1 output); [cost] is dropped (training only);
+                   with tree= (darknet9000), SoftmaxTree: one softmax per group of siblings,
+                   the tree's parents written into softmax_tree_param
   [route]          Concat of the named layers' outputs (one layer: its blob is read again)
   [shortcut]       Eltwise SUM (coeff alpha, beta when not 1) with an earlier output, then the
                    activation (default linear). Darknet adds over the channels both have: a
@@ -34,10 +36,16 @@ section leaves out; layers are numbered from 0 after [net], as [route] and [shor
   [region]         Region (YOLOv2's head: anchors, classes, coords, num, softmax, background;
                    and the loss's keys the cfg gives: object_scale, noobject_scale,
                    class_scale, coord_scale, thresh, rescore, bias_match, absolute; the
-                   weights file's seen count when not 0)
+                   weights file's seen count when not 0); tree= (YOLO9000's softmax tree)
+                   as region_param tree_parent, map= as class_map
   [yolo]           Yolo (YOLOv3's heads: anchors, mask, classes; net_width and net_height from
                    [net]; and the loss's ignore_thresh, truth_thresh, max when given)
   [detection]      Detection with one bottom (a deploy net), its parameters copied
+
+A tree= or map= file is read as Darknet opens it (from the current folder), else beside the
+cfg; its numbers go into the prototxt (one parent per class, as a wrapped list), so the
+converted net needs no Darknet data files: parents alone make the tree (its groups are the runs
+of equal parents, as read_tree makes them).
 
 The converted net is a deploy net (one bottom per head). Region and Yolo keep their training
 keys, so a train prototxt only adds the box lists as each head's second bottom to make it
@@ -448,11 +456,67 @@ def _given(s, floats, flags):
                          if k in s.options)
 
 
+def _data_file(s, key):
+    """A file a section names (tree=, map=): as Darknet opens it (from the current folder), else
+    beside the cfg; None when the key is not given."""
+    name = s.str(key, "")
+    if not name:
+        return None
+    for path in (name, os.path.join(os.path.dirname(os.path.abspath(s.path)), name)):
+        if os.path.isfile(path):
+            return path
+    raise DarknetError(f"{s.where()}: {key}={name}: no such file (looked in the current folder "
+                       "and beside the cfg)")
+
+
+def _tree(s, nodes):
+    """The parents of the tree= file (Darknet's read_tree), checked against ``nodes`` classes, as
+    a prototxt list wrapped at 100 columns."""
+    from minicnn.ops.softmax_tree import SoftmaxTree
+    path = _data_file(s, "tree")
+    try:
+        tree = SoftmaxTree.read(path)
+    except (OSError, ValueError) as e:
+        raise DarknetError(f"{s.where()}: tree={s.str('tree', '')}: {e}") from None
+    if tree.n != nodes:
+        raise DarknetError(f"{s.where()}: the tree {s.str('tree', '')} has {tree.n} nodes, but "
+                           f"the layer has {nodes} classes")
+    return (f"# {os.path.basename(path)}: {tree.n} classes in {tree.groups} groups (runs of "
+            f"siblings), each class's parent\n  " + _int_list(tree.parent))
+
+
+def _int_list(values):
+    lines, line = [], ""
+    for v in values:
+        word = f"{int(v)}, "
+        if len(line) + len(word) > 96:
+            lines.append(line.rstrip())
+            line = ""
+        line += word
+    lines.append(line.rstrip().rstrip(","))
+    return "[" + "\n  ".join(lines) + "]"
+
+
 def _region(b, s, i, x):
     classes, coords, num = s.int("classes", 20), s.int("coords", 4), s.int("num", 1)
     softmax, background = s.int("softmax", 0), s.int("background", 0)
-    if s.options.get("tree") or s.options.get("map"):
-        raise DarknetError(f"{s.where()}: YOLO9000's softmax tree is not supported")
+    tree = _tree(s, classes) if s.options.get("tree") else None
+    tree_text = tree.replace("\n  [", "\n  tree_parent: [") if tree else ""
+    if tree and background:
+        raise DarknetError(f"{s.where()}: a softmax tree with background=1 (Darknet's softmax "
+                           "and its decoding would read different entries)")
+    class_map = None
+    if s.options.get("map"):
+        path = _data_file(s, "map")
+        with open(path, encoding="utf-8", errors="replace") as f:
+            try:
+                class_map = [int(line) for line in f.read().split()]
+            except ValueError:
+                raise DarknetError(f"{s.where()}: map={s.str('map', '')}: not a list of class "
+                                   "numbers") from None
+        if any(not 0 <= c < classes for c in class_map):
+            raise DarknetError(f"{s.where()}: map={s.str('map', '')} names classes outside "
+                               f"0..{classes - 1}")
     if x.c != num * (coords + 1 + classes) or x.flat:
         raise DarknetError(f"{s.where()}: num {num} x (coords {coords} + 1 + classes {classes}) "
                            f"channels, but the layer before gives {x.c}x{x.h}x{x.w}")
@@ -463,7 +527,9 @@ def _region(b, s, i, x):
         training += f" seen: {b.seen}"
     body = (f"region_param {{ classes: {classes} coords: {coords} num: {num}"
             + (" softmax: true" if softmax else "") + (" background: true" if background else "")
-            + "".join(f" anchors: {a!r}" for a in anchors) + training + " }")
+            + "".join(f" anchors: {a!r}" for a in anchors) + training
+            + (f"\n  class_map: {_int_list(class_map)}" if class_map else "")
+            + (f"\n  {tree_text}" if tree else "") + " }")
     b.layer(f"region{i}", "Region", x.top, f"region{i}", body)
     return _Out(f"region{i}", x.c, x.h, x.w)
 
@@ -548,6 +614,15 @@ def build(sections, weights):
             b.layer(name, "Pooling", x.top, name, "pooling_param { pool: AVE global_pooling: "
                                                   "true }")
             x = _Out(name, x.c, 1, 1)
+        elif kind == "softmax" and s.options.get("tree"):
+            if s.float("temperature", 1.0) != 1 or x.h * x.w != 1:
+                raise DarknetError(f"{s.where()}: minicnn converts a softmax tree over a whole "
+                                   "C x 1 x 1 output (temperature=1)")
+            name = f"softmax{i}"
+            b.layer(name, "SoftmaxTree", x.top, name,
+                    "softmax_tree_param {\n  " + _tree(s, x.c).replace("\n  [", "\n  parent: [")
+                    + " }")
+            x = _Out(name, x.c, 1, 1, x.flat)
         elif kind == "softmax":
             if s.int("groups", 1) != 1 or s.float("temperature", 1.0) != 1 or x.h * x.w != 1:
                 raise DarknetError(f"{s.where()}: minicnn converts a softmax over a whole "

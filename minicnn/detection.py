@@ -29,6 +29,7 @@ import numpy as np
 
 from minicnn.errors import MinicnnError
 from minicnn.ops.detection import detection_layout
+from minicnn.ops.softmax_tree import hierarchy_predictions, hierarchy_top_prediction
 
 COLOURS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
            (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
@@ -89,7 +90,7 @@ def nms(boxes, scores, thresh=0.2, nms_thresh=0.4):
     scores = np.where(np.asarray(scores, np.float64) > thresh, scores, 0.0)
     corners = centre_to_corners(boxes)
     overlaps = iou_matrix(corners, corners)
-    for c in range(scores.shape[1]):
+    for c in np.flatnonzero(np.any(scores > 0, axis=0)):      # (YOLO9000: 9418 classes)
         order = np.argsort(-scores[:, c], kind="stable")
         for rank, i in enumerate(order):
             if scores[i, c] == 0:
@@ -122,7 +123,7 @@ def _reported(boxes, scores, width, height, thresh, nms_thresh, names, clip=True
 
 # --- YOLOv2 and YOLOv3 heads --------------------------------------------------------------------
 
-def head_boxes(y, layer, net_width, net_height, thresh):
+def head_boxes(y, layer, net_width, net_height, thresh, hier_thresh=0.5):
     """One image's boxes from a Region or Yolo layer's top y (C, H, W), as Darknet's
     get_region_detections / get_yolo_detections: (centre boxes (M, 4) relative to the net's
     input, class scores (M, classes)).
@@ -133,7 +134,14 @@ def head_boxes(y, layer, net_width, net_height, thresh):
     class probability, each set to 0 unless above ``thresh``; a Region's with an objectness
     at or below ``thresh`` are all 0 (a Region with ``background`` has no objectness: 1), a
     Yolo reports only anchors whose objectness is above ``thresh``. Darknet's order: a Region's
-    anchors by anchor then place, a Yolo's by place then anchor."""
+    anchors by anchor then place, a Yolo's by place then anchor.
+
+    A Region with a softmax tree (YOLO9000) scores one class per box, as get_region_detections
+    does without a map: the class probabilities are made absolute along the tree
+    (hierarchy_predictions), hierarchy_top_prediction walks down while the product stays above
+    ``hier_thresh`` (Darknet's hier_thresh, .5 in `detector test`), and the node it stops at
+    scores the objectness itself (not objectness times the class probability: Darknet's
+    choice, kept), 0 unless the objectness is above ``thresh``."""
     anchors, s = layer.anchors, layer.settings
     coords, classes = s["coords"], s["classes"]
     _, h, w = y.shape
@@ -154,6 +162,15 @@ def head_boxes(y, layer, net_width, net_height, thresh):
     boxes = np.stack([(col + v[:, 0]) / w, (row + v[:, 1]) / h,
                       np.exp(v[:, 2]) * sizes[:, :1] / scale_w,
                       np.exp(v[:, 3]) * sizes[:, 1:] / scale_h], axis=-1)     # (A, HW, 4)
+    tree = s.get("tree")
+    if tree is not None:
+        probs = np.asarray(y, np.float32).reshape(anchors, coords + 1 + classes, h * w)
+        absolute = hierarchy_predictions(probs[:, coords + 1:].transpose(0, 2, 1), tree)
+        scores = np.zeros((anchors, h * w, classes))
+        for a, k in np.ndindex(anchors, h * w):
+            top = hierarchy_top_prediction(absolute[a, k], tree, hier_thresh)
+            scores[a, k, top] = v[a, coords, k] if v[a, coords, k] > thresh else 0.0
+        return boxes.reshape(-1, 4), scores.reshape(-1, classes)
     scores = objectness[..., None] * v[:, coords + 1:coords + 1 + classes].transpose(0, 2, 1)
     scores = np.where((objectness[..., None] > thresh) & (scores > thresh), scores, 0.0)
     if layer.type == "Region":
@@ -279,7 +296,7 @@ def net_input(chw, height, width, scale=1 / 255, mean=None, letterbox=False,
 
 
 def detect(net, images, thresh=None, nms=0.4, scale=1 / 255, mean=None, rgb=False, names=None,
-           batch_size=8, letterbox=None, darknet_resize=None):
+           batch_size=8, letterbox=None, darknet_resize=None, hier_thresh=0.5):
     """Detections of one image (a path or an RGB uint8 array) or of a list of them (then a list
     of lists), with the net's Detection layer (YOLOv1) or its Region/Yolo layers (YOLOv2/v3);
     boxes in the original image's pixels.
@@ -293,6 +310,8 @@ def detect(net, images, thresh=None, nms=0.4, scale=1 / 255, mean=None, rgb=Fals
     from Darknet) resizes as Darknet's resize_image does, so a converted net sees Darknet's
     input exactly (see ``net_input``). ``thresh``: 0.2 for YOLOv1 (`yolo test`), 0.5 for v2/v3
     (`detector test`); NMS 0.4 (Darknet's `.45` for v2/v3 is the caller's choice).
+    ``hier_thresh``: where a Region with a softmax tree (YOLO9000) stops going down the tree
+    (see ``head_boxes``).
     """
     single = isinstance(images, (str, os.PathLike)) or (
         isinstance(images, np.ndarray) and images.dtype == np.uint8)
@@ -323,8 +342,8 @@ def detect(net, images, thresh=None, nms=0.4, scale=1 / 255, mean=None, rgb=Fals
                 results.append(detections_from(pred, p.side, p.num, p.classes, p.sqrt, w0, h0,
                                                thresh, nms, names))
                 continue
-            found = [head_boxes(head_output(net, layer, blob, k), layer, width, height, thresh)
-                     for layer, blob in heads]
+            found = [head_boxes(head_output(net, layer, blob, k), layer, width, height, thresh,
+                                hier_thresh) for layer, blob in heads]
             boxes = np.concatenate([b for b, _ in found])
             scores = np.concatenate([sc for _, sc in found])
             if letterbox:

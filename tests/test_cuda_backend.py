@@ -152,7 +152,8 @@ def test_kernel_sources_are_self_contained():
 # SSD's MultiBoxLoss (matching and mining, per image), the face forks' losses (per-class loops)
 # and happynear's Normalize, ChannelScale and GlobalLSEMargin (NumPy layers beside them),
 # zimenglan's and sciencefans's FocalLoss, Longqi-S's SoftmaxWithFocalLoss, Darknet's Local
-# (einsum over places; no kernel yet), DeepLab's DenseCRF (a permutohedral lattice per image).
+# (einsum over places; no kernel yet) and SoftmaxTree (per-group reductions), DeepLab's DenseCRF
+# (a permutohedral lattice per image).
 HOST_OPS = sorted(["argmax_forward", "batch_reindex_backward", "batch_reindex_forward",
                    "center_loss_backward", "center_loss_forward", "channel_scale_backward",
                    "channel_scale_forward", "dense_crf_forward", "detection_evaluate_forward",
@@ -169,15 +170,16 @@ HOST_OPS = sorted(["argmax_forward", "batch_reindex_backward", "batch_reindex_fo
                    "rnn_backward", "rnn_forward", "roi_pool_backward", "roi_pool_forward",
                    "seg_confusion_forward", "sigmoid_focal_loss_backward",
                    "sigmoid_focal_loss_forward", "softmax_focal_loss_backward",
-                   "softmax_focal_loss_forward", "yolo_head_backward", "yolo_head_forward",
+                   "softmax_focal_loss_forward", "softmax_tree_backward", "softmax_tree_forward",
+                   "yolo_head_backward", "yolo_head_forward",
                    "yolo_loss_forward"])
 HOST_LAYERS = sorted(["ArgMax", "BatchReindex", "CenterLoss", "ChannelScale", "DenseCRF",
                       "DetectionEvaluate", "DetectionOutput", "Filter", "FocalLoss",
                       "GlobalLSEMargin", "LSTM", "LSTMUnit",
                       "LabelSpecificAdd", "Local",
                       "MarginInnerProduct", "MultiBoxLoss", "PSROIPooling", "PriorBox", "RNN",
-                      "ROIPooling", "Region", "SegAccuracy", "SoftmaxWithFocalLoss", "Upsample",
-                      "Yolo"])
+                      "ROIPooling", "Region", "SegAccuracy", "SoftmaxTree", "SoftmaxWithFocalLoss",
+                      "Upsample", "Yolo"])
 
 
 def test_every_op_but_the_host_ones_has_a_cuda_impl():

@@ -223,7 +223,13 @@ class RegionLayer(_YoloHead):
     coords), anchors; for the loss: object_scale, noobject_scale, class_scale, coord_scale (1
     each), thresh (.5), rescore, bias_match (false), absolute (read by Darknet and never used;
     kept for the round trip), seen (0). The loss needs coords 4 and no background (Darknet's
-    background delta is no gradient of any loss)."""
+    background delta is no gradient of any loss).
+
+    YOLO9000 (Darknet's tree= and map=): tree_parent, each class's parent in the softmax tree
+    (-1 at the top; minicnn.ops.softmax_tree): the classes then get one softmax per group of
+    siblings (Darknet's GPU path; Debian's CPU build computes NaN there, see
+    minicnn.ops.yolo_heads), and ``minicnn.detect`` decodes them down the tree (hier_thresh);
+    class_map, the truth class -> output class map of the loss (Darknet's map=)."""
     param_field = "region_param"
     counters = ("images_seen",)         # the 12800-image warm-up
 
@@ -236,11 +242,29 @@ class RegionLayer(_YoloHead):
             raise LayerError(f"Region layer '{self.name}': {len(p.anchors)} anchors values for "
                              f"num {p.num}: give a width and a height per anchor "
                              f"({2 * p.num} values), or none")
+        tree = None
+        if len(p.tree_parent):
+            from minicnn.ops.softmax_tree import SoftmaxTree
+            try:
+                tree = SoftmaxTree(p.tree_parent)
+            except ValueError as e:
+                raise LayerError(f"Region layer '{self.name}': region_param.tree_parent: {e}") \
+                    from None
+            if tree.n != p.classes or p.background:
+                raise LayerError(f"Region layer '{self.name}': a softmax tree needs one node per "
+                                 f"class and no background, got {tree.n} nodes for classes "
+                                 f"{p.classes}, background {str(p.background).lower()}")
+        if len(p.class_map) and not all(0 <= c < p.classes for c in p.class_map):
+            raise LayerError(f"Region layer '{self.name}': region_param.class_map names classes "
+                             f"outside 0..{p.classes - 1}")
         return p.num, dict(coords=p.coords, classes=p.classes, softmax=p.softmax,
-                           background=p.background)
+                           background=p.background, tree=tree)
 
     def loss_settings(self):
         p = self.param.region_param
+        if len(p.tree_parent):
+            raise LayerError(f"Region layer '{self.name}': the loss (a second bottom) with a "
+                             "softmax tree (region_param.tree_parent) is not supported yet")
         if p.coords != 4 or p.background:
             raise LayerError(f"Region layer '{self.name}': the loss (a second bottom) needs "
                              f"region_param coords 4 and background false, got coords "

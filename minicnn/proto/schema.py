@@ -274,6 +274,7 @@ message LayerParameter
   20003 region_param      RegionParameter     # minicnn's own (YOLOv2's [region])
   20004 yolo_param        YoloParameter       # minicnn's own (YOLOv3's [yolo])
   20005 local_param       LocalParameter      # minicnn's own (Darknet's [local])
+  20006 softmax_tree_param SoftmaxTreeParameter  # minicnn's own (Darknet's [softmax] tree=)
   9147 center_loss_param  CenterLossParameter  # ydwen/caffe-face; its 147 is BVLC's swish_param
   9247 margin_inner_product_param MarginInnerProductParameter  # SphereFace; also its 147
   163 label_specific_add_param LabelSpecificAddParameter  # AM-Softmax (happynear) forks
@@ -689,6 +690,13 @@ message RegionParameter        # minicnn's "Region" layer, Darknet's [region] (Y
   13  bias_match          bool     = false
   14  absolute            bool     = false   # parsed by Darknet, never used
   15  seen                uint64   = 0       # images seen before (the prior warm-up's counter)
+  16  tree_parent         int32    repeated packed  # YOLO9000's softmax tree ([region] tree=):
+                                        # each class's parent, -1 at the top
+  17  class_map           int32    repeated packed  # [region] map=: truth class -> output class
+
+message SoftmaxTreeParameter   # minicnn's "SoftmaxTree" layer, Darknet's [softmax] tree=
+  1   parent              int32    repeated packed  # each node's parent, -1 at the top
+  2   axis                int32    = 1
 
 message LocalParameter         # minicnn's "Local" layer, Darknet's [local] (unshared conv)
   1   num_output          uint32

@@ -1,0 +1,405 @@
+"""YOLO9000's softmax tree (Darknet's tree.c; minicnn.ops.softmax_tree, the SoftmaxTree layer and
+a Region with region_param.tree_parent): the tree reader, the group softmax and its gradient, the
+hierarchical decoding, and Debian's darknet9000.cfg / yolo9000.cfg converted and run against
+libdarknet."""
+
+import ctypes
+import os
+import re
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import minicnn
+from minicnn.errors import LayerError
+from minicnn.layer import create_layer
+from minicnn.ops.softmax_tree import (
+    SoftmaxTree,
+    _softmax_tree_backward_ref,
+    _softmax_tree_forward_ref,
+    hierarchy_predictions,
+    hierarchy_top_prediction,
+)
+from minicnn.proto.text import parse_text
+from minicnn.testing import check_layer_gradient
+from tests.test_darknet import (
+    CFG_DIR,
+    Detection,
+    Image,
+    Network,
+    _floats,
+    assert_same_detections,
+    converted,
+    darknet,
+    needs_darknet,
+)
+
+TREE = "/usr/share/darknet/data/9k.tree"
+needs_tree = pytest.mark.skipif(not os.path.exists(TREE), reason="Debian's darknet data is not "
+                                "installed")
+SMALL_TREE = [-1, -1, 0, 0, 0, 1, 1, 3, 3]          # groups [0 1] [2 3 4] [5 6] [7 8]
+
+
+class Tree(ctypes.Structure):
+    """darknet.h's tree."""
+    _fields_ = [("leaf", ctypes.POINTER(ctypes.c_int)), ("n", ctypes.c_int),
+                ("parent", ctypes.POINTER(ctypes.c_int)), ("child", ctypes.POINTER(ctypes.c_int)),
+                ("group", ctypes.POINTER(ctypes.c_int)), ("name", ctypes.c_void_p),
+                ("groups", ctypes.c_int), ("group_size", ctypes.POINTER(ctypes.c_int)),
+                ("group_offset", ctypes.POINTER(ctypes.c_int))]
+
+
+def darknet_tree(lib, path):
+    lib.read_tree.restype = ctypes.POINTER(Tree)
+    lib.read_tree.argtypes = [ctypes.c_char_p]
+    return lib.read_tree(str(path).encode())
+
+
+def write_tree(path, parents):
+    path.write_text("".join(f"n{i:08d} {p}\n" for i, p in enumerate(parents)))
+    return str(path)
+
+
+# --- the tree and the group softmax, without Darknet ---------------------------------------------
+
+def test_tree_groups_by_hand():
+    t = SoftmaxTree(SMALL_TREE)
+    assert t.group_offset.tolist() == [0, 2, 5, 7] and t.group_size.tolist() == [2, 3, 2, 2]
+    assert t.group.tolist() == [0, 0, 1, 1, 1, 2, 2, 3, 3]
+    assert t.child.tolist() == [1, 2, -1, 3, -1, -1, -1, -1, -1]
+    assert t.leaf.tolist() == [False, False, True, False, True, True, True, True, True]
+    # a first node under a parent starts with an empty group 0, as read_tree makes it
+    odd = SoftmaxTree([1, -1])
+    assert odd.group_size.tolist() == [0, 1, 1] and odd.group.tolist() == [1, 2]
+    with pytest.raises(ValueError, match="node 1 names parent 5, outside -1..2"):
+        SoftmaxTree([-1, 5, 0])
+
+
+def _group_softmax_loops(x, tree):
+    """Per group and position, Darknet's softmax (tree.c / blas.c) written as loops."""
+    y = np.empty_like(x)
+    for b in range(x.shape[0]):
+        for off, size in zip(tree.group_offset, tree.group_size):
+            if size:
+                z = x[b, off:off + size]
+                e = np.exp(z - z.max(axis=0))
+                y[b, off:off + size] = e / e.sum(axis=0)
+    return y
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 3), hw=st.sampled_from([1, 2, 6]))
+def test_group_softmax_forward_and_gradient(seed, n, hw):
+    rng = np.random.default_rng(seed)
+    parents = [-1] * int(rng.integers(1, 4))
+    while len(parents) < 12:                   # siblings in runs, some parents split in two runs
+        parents += [int(rng.integers(0, len(parents)))] * int(rng.integers(1, 4))
+    tree = SoftmaxTree(parents)
+    x = rng.normal(0, 3, (n, tree.n, hw))
+    y = _softmax_tree_forward_ref(x, tree=tree, axis=1)
+    np.testing.assert_allclose(y, _group_softmax_loops(x, tree), rtol=1e-12)
+    sums = np.add.reduceat(y, tree.starts, axis=1)
+    np.testing.assert_allclose(sums, 1.0, rtol=1e-12)
+    dy = rng.normal(size=x.shape)
+    dx = _softmax_tree_backward_ref(dy, y, tree=tree, axis=1)
+    eps, num = 1e-6, np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        old = x[i]
+        x[i] = old + eps
+        up = np.sum(_softmax_tree_forward_ref(x, tree=tree, axis=1) * dy)
+        x[i] = old - eps
+        down = np.sum(_softmax_tree_forward_ref(x, tree=tree, axis=1) * dy)
+        x[i] = old
+        num[i] = (up - down) / (2 * eps)
+    np.testing.assert_allclose(dx, num, rtol=1e-6, atol=1e-8)
+
+
+def _layer(text):
+    return create_layer(parse_text(text, "LayerParameter"))
+
+
+def test_softmax_tree_layer_gradient_and_errors():
+    parents = ", ".join(map(str, SMALL_TREE))
+    text = f'name: "t" type: "SoftmaxTree" softmax_tree_param {{ parent: [{parents}] }}'
+    x = np.random.default_rng(3).normal(size=(2, 9, 2, 3))
+    check_layer_gradient(lambda: _layer(text), [x])
+    check_layer_gradient(lambda: _layer(text.replace("}", "axis: -1 }")),
+                         [np.random.default_rng(4).normal(size=(3, 9))])
+    with pytest.raises(LayerError, match=r"\(shape \(2, 8\)\) has 8 entries along axis 1, but "
+                                         r"the tree has 9 nodes"):
+        check_layer_gradient(lambda: _layer(text), [np.zeros((2, 8))])
+    with pytest.raises(LayerError, match="softmax_tree_param.parent: node 0 names parent 3"):
+        check_layer_gradient(_layer('name: "t" type: "SoftmaxTree" softmax_tree_param { '
+                                    'parent: [3, -1] }'), [np.zeros((1, 2))])
+
+
+def test_region_with_a_tree_gradient_and_errors():
+    parents = ", ".join(map(str, SMALL_TREE))
+    body = f"region_param {{ classes: 9 coords: 4 num: 2 softmax: true tree_parent: [{parents}] }}"
+    layer = _layer('name: "r" type: "Region" ' + body)
+    x = np.random.default_rng(4).normal(size=(2, 2 * 14, 2, 3))
+    check_layer_gradient(layer, [x])
+    bad = _layer('name: "r" type: "Region" ' + body.replace("classes: 9", "classes: 8"))
+    with pytest.raises(LayerError, match="a softmax tree needs one node per class and no "
+                                       "background, got 9 nodes for classes 8"):
+        check_layer_gradient(bad, [np.zeros((1, 2 * 13, 1, 1))])
+
+
+def test_region_tree_top_by_hand():
+    """One anchor, one place: x, y, objectness logistic, w, h as they are, each group's softmax."""
+    from minicnn.ops.yolo_heads import _yolo_head_forward_ref
+    tree = SoftmaxTree(SMALL_TREE)
+    x = np.arange(14, dtype=np.float64).reshape(1, 14, 1, 1) / 7 - 1
+    y = _yolo_head_forward_ref(x, anchors=1, coords=4, classes=9, softmax=True, tree=tree)[0, :, 0, 0]
+    v = x[0, :, 0, 0]
+    sig = 1 / (1 + np.exp(-v))
+    np.testing.assert_allclose(y[[0, 1, 4]], sig[[0, 1, 4]])
+    np.testing.assert_allclose(y[2:4], v[2:4])
+    for lo, hi in ((5, 7), (7, 10), (10, 12), (12, 14)):
+        e = np.exp(v[lo:hi])
+        np.testing.assert_allclose(y[lo:hi], e / e.sum())
+
+
+def test_hierarchy_decoding_by_hand():
+    tree = SoftmaxTree(SMALL_TREE)
+    cond = np.array([0.7, 0.3, 0.1, 0.8, 0.1, 0.6, 0.4, 0.9, 0.1], np.float32)
+    absolute = hierarchy_predictions(cond, tree)
+    np.testing.assert_allclose(absolute, [0.7, 0.3, 0.07, 0.56, 0.07, 0.18, 0.12, 0.504, 0.056],
+                               rtol=1e-6)
+    # 0.7 > t -> group 1: 0.7 * 0.56 = 0.392; > 0.3 -> group 3: 0.392 * 0.504 = 0.198 <= 0.3,
+    # so the parent of group 3, node 3
+    assert hierarchy_top_prediction(absolute, tree, 0.3) == 3
+    assert hierarchy_top_prediction(absolute, tree, 0.1) == 7          # down to a leaf
+    assert hierarchy_top_prediction(absolute, tree, 0.5) == 0          # group 1 fails: its parent
+    assert hierarchy_top_prediction(absolute, tree, 0.8) == 0          # group 0 fails: its best
+
+
+# --- against libdarknet --------------------------------------------------------------------------
+
+@needs_darknet
+@needs_tree
+def test_tree_reader_matches_darknets_read_tree(tmp_path):
+    lib = darknet()
+    for path in (TREE, write_tree(tmp_path / "odd.tree", [2, 2, -1, 0, 0, 1, 2])):
+        want = darknet_tree(lib, path).contents
+        got = SoftmaxTree.read(path)
+        n, g = want.n, want.groups
+        assert (got.n, got.groups) == (n, g)
+        for name, count in (("parent", n), ("child", n), ("group", n), ("leaf", n),
+                            ("group_size", g), ("group_offset", g)):
+            np.testing.assert_array_equal(getattr(got, name).astype(int),
+                                          np.ctypeslib.as_array(getattr(want, name), (count,)),
+                                          err_msg=name)
+
+
+@needs_darknet
+@needs_tree
+def test_hierarchy_decoding_matches_darknet():
+    """hierarchy_predictions and hierarchy_top_prediction of libdarknet on random group softmax
+    outputs of the 9k tree, at several thresholds."""
+    lib = darknet()
+    ptree = darknet_tree(lib, TREE)
+    lib.hierarchy_predictions.argtypes = [ctypes.POINTER(ctypes.c_float), ctypes.c_int,
+                                          ctypes.POINTER(Tree), ctypes.c_int, ctypes.c_int]
+    lib.hierarchy_top_prediction.argtypes = [ctypes.POINTER(ctypes.c_float),
+                                             ctypes.POINTER(Tree), ctypes.c_float, ctypes.c_int]
+    lib.hierarchy_top_prediction.restype = ctypes.c_int
+    tree = SoftmaxTree.read(TREE)
+    rng = np.random.default_rng(5)
+    for k in range(12):
+        logits = rng.normal(0, 1 + k, (1, tree.n)).astype(np.float32)
+        cond = _softmax_tree_forward_ref(logits, tree=tree, axis=1)[0].astype(np.float32)
+        want = cond.copy()
+        lib.hierarchy_predictions(_floats(want), tree.n, ptree, 0, 1)
+        got = hierarchy_predictions(cond, tree)
+        np.testing.assert_array_equal(got, want)
+        for thresh in (0.05, 0.3, 0.5, 0.9):
+            assert hierarchy_top_prediction(got, tree, thresh) == \
+                lib.hierarchy_top_prediction(_floats(want), ptree, thresh, 1)
+
+
+def _debian_cfg(name, size):
+    with open(os.path.join(CFG_DIR, name)) as f:
+        return re.sub(r"(?m)^(height|width)=\d+", rf"\1={size}", f.read())
+
+
+def darknet_predict(lib, net, x):
+    n = net.contents.outputs * net.contents.batch
+    x = np.ascontiguousarray(x, np.float32)
+    return np.ctypeslib.as_array(lib.network_predict(net, _floats(x)), (n,))
+
+
+def darknet_tree_softmax(lib, tmp_path, z):
+    """libdarknet's [softmax] tree=9k.tree (forward_softmax_layer) on each row of z (B, 9418)."""
+    cfg = tmp_path / "tree_softmax.cfg"
+    cfg.write_text(f"[net]\nbatch={len(z)}\nheight=1\nwidth=1\nchannels={z.shape[1]}\n"
+                   f"[softmax]\ntree={TREE}\n")
+    net = lib.parse_network_cfg(str(cfg).encode())
+    try:
+        return darknet_predict(lib, net, z).copy().reshape(z.shape)
+    finally:
+        lib.free_network(net)
+
+
+@needs_darknet
+@needs_tree
+def test_darknet9000_matches_darknet(tmp_path):
+    """Debian's darknet9000.cfg (Darknet-19 to 9418 classes, avgpool, [softmax] tree=9k.tree) at a
+    64 x 64 input: network_predict's 9418 probabilities, each group summing to 1."""
+    cfg, weights, net, _ = converted(tmp_path, _debian_cfg("darknet9000.cfg", 64), dead=False)
+    last = net.layers[-1]
+    assert last.type == "SoftmaxTree" and last.tree.n == 9418 and last.tree.groups == 1846
+    x = np.random.default_rng(6).random((3, 64, 64), np.float32)
+    lib = darknet()
+    dn = lib.load_network(cfg.encode(), weights.encode(), 0)
+    try:
+        want = darknet_predict(lib, dn, x).copy()
+    finally:
+        lib.free_network(dn)
+    got = net.forward(data=x[None])[net.top_names[last.name][0]].ravel()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    assert np.add.reduceat(got, last.tree.starts) == pytest.approx(1, rel=1e-5)
+    text = (tmp_path / "out" / "net.prototxt").read_text()
+    assert TREE not in text and "# 9k.tree: 9418 classes in 1846 groups" in text  # self-contained
+
+
+def _logistic(v):
+    return 1 / (1 + np.exp(-v))
+
+
+def darknet_region_detections(lib, net, rgb, thresh, hier, nms, classes, region_top):
+    """Darknet's `detector test` path on an image whose letterbox needs no resizing, with the
+    region layer's output (network_predict's buffer) replaced by ``region_top`` before
+    get_network_boxes (hier thresh) and do_nms_sort read it: [(class, prob, x0, y0, x1, y1)]."""
+    lib.letterbox_image.restype = Image
+    lib.letterbox_image.argtypes = [Image, ctypes.c_int, ctypes.c_int]
+    lib.get_network_boxes.restype = ctypes.POINTER(Detection)
+    lib.get_network_boxes.argtypes = [ctypes.POINTER(Network), ctypes.c_int, ctypes.c_int,
+                                      ctypes.c_float, ctypes.c_float, ctypes.c_void_p,
+                                      ctypes.c_int, ctypes.POINTER(ctypes.c_int)]
+    lib.do_nms_sort.argtypes = [ctypes.POINTER(Detection), ctypes.c_int, ctypes.c_int,
+                                ctypes.c_float]
+    lib.free_detections.argtypes = [ctypes.POINTER(Detection), ctypes.c_int]
+    lib.free_image.argtypes = [Image]
+    h, w, _ = rgb.shape
+    planes = np.ascontiguousarray(rgb.transpose(2, 0, 1), np.float32) / np.float32(255)
+    sized = lib.letterbox_image(Image(w, h, 3, _floats(planes)), net.contents.w, net.contents.h)
+    out = np.ctypeslib.as_array(lib.network_predict(net, sized.data), (net.contents.outputs,))
+    lib.free_image(sized)
+    raw = out.copy()
+    out[:] = region_top.ravel()
+    count = ctypes.c_int(0)
+    dets = lib.get_network_boxes(net, w, h, thresh, hier, None, 1, ctypes.byref(count))
+    total, found = count.value, []
+    lib.do_nms_sort(dets, total, classes, nms)
+    for k in range(total):
+        b = dets[k].bbox
+        for j in range(classes):
+            if dets[k].prob[j] > thresh:
+                corners = np.clip([(b.x - b.w / 2) * w, (b.y - b.h / 2) * h,
+                                   (b.x + b.w / 2) * w, (b.y + b.h / 2) * h], 0, [w, h, w, h])
+                found.append((j, dets[k].prob[j], *corners))
+    lib.free_detections(dets, total)
+    return sorted(found), raw
+
+
+@needs_darknet
+@needs_tree
+def test_yolo9000_matches_darknet(tmp_path):
+    """Debian's yolo9000.cfg (3 anchors x (5 + 9418) channels, [region] tree=9k.tree
+    map=coco9k.map) at a 64 x 64 input (a 2 x 2 grid). The region's input is libdarknet's
+    (the cfg cut before [region]); its top is the logistic of x, y, objectness and libdarknet's
+    own [softmax] tree over each anchor's classes at each place (Darknet's GPU path: Debian's
+    CPU region computes NaN there, shown below). The detections: libdarknet's
+    get_network_boxes (hier_thresh .5) and do_nms_sort reading minicnn's top, against
+    minicnn.detect."""
+    text = _debian_cfg("yolo9000.cfg", 64)
+    cfg, weights, net, _ = converted(tmp_path, text, dead=False)
+    region = net.layers[-1]
+    assert region.type == "Region" and region.settings["tree"].n == 9418
+    p = region.param.region_param
+    assert len(p.class_map) == 80 and p.class_map[0] == 5177
+    rgb = np.random.default_rng(7).integers(0, 256, (32, 64, 3), dtype=np.uint8)
+    x = minicnn.detection.net_input(rgb.transpose(2, 0, 1), 64, 64, letterbox=True,
+                                    darknet_resize=True)
+    lib = darknet()
+    cut = tmp_path / "cut.cfg"
+    cut.write_text(text[:text.index("[region]")])
+    dn = lib.load_network(str(cut).encode(), weights.encode(), 0)
+    try:
+        raw = darknet_predict(lib, dn, x).copy().reshape(3, 9423, 4)
+    finally:
+        lib.free_network(dn)
+    outs = net.forward(data=x[None])
+    bottom = net.blobs[net.bottom_names[region.name][0]].data[0].reshape(3, 9423, 4)
+    np.testing.assert_allclose(bottom, raw, rtol=1e-4, atol=1e-4 * np.abs(raw).max())
+    want = raw.copy()
+    want[:, [0, 1, 4]] = _logistic(raw[:, [0, 1, 4]].astype(np.float64))
+    classes = raw[:, 5:].transpose(0, 2, 1).reshape(12, 9418)
+    want[:, 5:] = darknet_tree_softmax(lib, tmp_path, classes).reshape(3, 4, 9418).transpose(0, 2, 1)
+    top = outs[net.top_names[region.name][0]][0]
+    np.testing.assert_allclose(top.reshape(3, 9423, 4), want, rtol=1e-4, atol=1e-5)
+    tree = region.settings["tree"]
+    thresh, nms = 0.3, 0.3
+    unsuppressed = minicnn.detect(net, rgb, thresh=thresh, nms=1.0, rgb=True)
+    depth = {}
+    for hier in (0.5, 0.01):                     # .01: deeper into the tree than the top groups
+        dn = lib.load_network(cfg.encode(), weights.encode(), 0)
+        try:
+            found, cpu = darknet_region_detections(lib, dn, rgb, thresh, hier, nms, 9418, top)
+        finally:
+            lib.free_network(dn)
+        assert np.isnan(cpu.reshape(3, 9423, 4)[:, 5:]).any()      # Debian's CPU tree branch
+        got = minicnn.detect(net, rgb, thresh=thresh, nms=nms, rgb=True, hier_thresh=hier)
+        assert len(found) >= 3, found
+        assert_same_detections(got, found, unsuppressed)
+        depth[hier] = max(_depth(tree, d["class"]) for d in got)
+    assert depth[0.5] < depth[0.01], depth
+    from PIL import Image as PILImage
+
+    from minicnn.cli import main
+    PILImage.fromarray(rgb).save(tmp_path / "a.png")
+    assert main(["detect", "--model", str(tmp_path / "out" / "net.prototxt"), "--weights",
+                 str(tmp_path / "out" / "net.caffemodel"), "--rgb", "--thresh", str(thresh),
+                 "--nms", str(nms), "--hier-thresh", "0.01", "--out", str(tmp_path / "found"),
+                 str(tmp_path / "a.png")]) == 0
+    import json
+    with open(tmp_path / "found" / "detections.json") as f:
+        assert [d["class"] for d in json.load(f)[0]["detections"]] == [d["class"] for d in got]
+
+
+def _depth(tree, c):
+    d = 0
+    while tree.parent[c] >= 0:
+        c, d = tree.parent[c], d + 1
+    return d
+
+
+def test_converter_reads_the_tree_beside_the_cfg_and_checks_it(tmp_path):
+    from minicnn.darknet import DarknetError, build, read_cfg
+    from tests.test_darknet import _Recorder
+    write_tree(tmp_path / "small.tree", SMALL_TREE)
+    (tmp_path / "small.map").write_text("3\n8\n0\n")
+    head = "[net]\nheight=2\nwidth=2\nchannels=3\n[convolutional]\nfilters=28\nsize=1\n"
+
+    def build_text(text):
+        cfg = tmp_path / "e.cfg"
+        cfg.write_text(text)
+        return build(read_cfg(str(cfg)), _Recorder())[0]
+    text = build_text(head + "[region]\nclasses=9\nnum=2\nsoftmax=1\ntree=small.tree\n"
+                      "map=small.map\n")
+    net = minicnn.Net(parse_text(text, "NetParameter"), phase=minicnn.TEST)
+    p = net.layers[-1].param.region_param
+    assert list(p.tree_parent) == SMALL_TREE and list(p.class_map) == [3, 8, 0]
+    with pytest.raises(DarknetError, match=r"e\.cfg:8: \[region\]: the tree small\.tree has 9 "
+                                           "nodes, but the layer has 8 classes"):
+        build_text(head.replace("28", "26") + "[region]\nclasses=8\nnum=2\ntree=small.tree\n")
+    with pytest.raises(DarknetError, match=r"map=small\.map names classes outside 0\.\.7"):
+        build_text(head.replace("28", "26") + "[region]\nclasses=8\nnum=2\nmap=small.map\n")
+    with pytest.raises(DarknetError, match=r"\[softmax\]: minicnn converts a softmax tree over a "
+                                           r"whole C x 1 x 1 output"):
+        build_text(head.replace("28", "9") + "[softmax]\ntree=small.tree\n")
+    with pytest.raises(DarknetError, match="the tree small.tree has 9 nodes, but the layer has 4"):
+        build_text(head.replace("28", "4") + "[avgpool]\n[softmax]\ntree=small.tree\n")
