@@ -403,3 +403,222 @@ def test_converter_reads_the_tree_beside_the_cfg_and_checks_it(tmp_path):
         build_text(head.replace("28", "9") + "[softmax]\ntree=small.tree\n")
     with pytest.raises(DarknetError, match="the tree small.tree has 9 nodes, but the layer has 4"):
         build_text(head.replace("28", "4") + "[avgpool]\n[softmax]\ntree=small.tree\n")
+
+
+# --- the Region loss with a tree -----------------------------------------------------------------
+
+TREE_SHIM = r"""
+#include "darknet.h"
+void shim_temperature(network *net, int i, float t) { net->layers[i].temperature = t; }
+"""
+LOSS_TREE = [-1, -1, -1, 0, 0, 1, 1, 1, 3, 3, 3, 6, 6, 2, 2]
+
+
+def darknet_tree_loss(shim, capfd, tmp_path, cfg, x, truths, seen):
+    """libdarknet's forward_region_layer with a tree on x (N, C, 1, 1), one anchor: there its
+    CPU activations are the GPU's once the layer's temperature is 1 (the shim sets it; parse_region
+    leaves 0). (delta, printed figures)."""
+    import subprocess
+
+    from tests.test_yolo_losses import HEADER
+    lib, sh = shim
+    src, so = tmp_path / "tree_shim.c", tmp_path / "tree_shim.so"
+    src.write_text(TREE_SHIM)
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O1", "-I", os.path.dirname(HEADER), str(src),
+                    "-o", str(so)], check=True)
+    tsh = ctypes.CDLL(str(so))
+    tsh.shim_temperature.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_float]
+    net = lib.parse_network_cfg(str(cfg).encode())
+    try:
+        tsh.shim_temperature(net, 0, 1.0)
+        per = net.contents.truths
+        buf = np.zeros((len(x), per), np.float32)
+        for b, boxes in enumerate(truths):
+            buf[b, :boxes.size] = boxes.reshape(-1)[:per]
+        xin = np.ascontiguousarray(x, np.float32)
+        capfd.readouterr()
+        sh.shim_forward(net, _floats(xin), _floats(buf), seen, net.contents.w, net.contents.h)
+        printed = capfd.readouterr().out
+        delta = np.ctypeslib.as_array(sh.shim_delta(net, 0), (x.size,)).copy().reshape(x.shape)
+    finally:
+        lib.free_network(net)
+    line = printed.strip().splitlines()[-1]
+    figures = [float(v) for v in re.findall(r":\s*(-?nan|-?[\d.]+)", line.split("Avg IOU")[1])]
+    return delta, np.array(figures)
+
+
+@needs_darknet
+@pytest.mark.parametrize("seen, with_map", [(20000, False), (64, True)])
+def test_region_tree_loss_matches_darknet(tmp_path, capfd, seen, with_map):
+    """The delta of libdarknet's forward_region_layer with tree= (delta_region_class's tree
+    branch: each group on the class's path, one-hot on the path) and map=, on a one-anchor 1 x 1
+    head (where Debian's CPU activations are right): images with boxes (a later box overwrites
+    an earlier one's groups, keeps the rest), one with a label at x = y = 0 (a class without a
+    box: only the likeliest place learns the class, every objectness is pushed to 0 but its
+    own) and one with both (the class-only label wins the image)."""
+    from minicnn.ops.yolo_losses import _region_loss_forward_ref, darknet_truth
+    classes, n = len(LOSS_TREE), 4
+    tree_path = write_tree(tmp_path / "loss.tree", LOSS_TREE)
+    class_map = [12, 4, 9, 14, 0]
+    (tmp_path / "loss.map").write_text("".join(f"{c}\n" for c in class_map))
+    cfg = tmp_path / "region.cfg"
+    cfg.write_text(f"[net]\nbatch={n}\nheight=1\nwidth=1\nchannels={5 + classes}\n[region]\n"
+                   f"anchors=1.3,0.8\nclasses={classes}\ncoords=4\nnum=1\nsoftmax=1\n"
+                   f"tree={tree_path}\n" + (f"map={tmp_path / 'loss.map'}\n" if with_map else "")
+                   + "object_scale=5\nnoobject_scale=.7\nclass_scale=1.5\ncoord_scale=1.2\n"
+                   "rescore=1\nthresh=.45\n")
+    rng = np.random.default_rng(seen)
+    x = rng.normal(0, 1.5, (n, 5 + classes, 1, 1)).astype(np.float32)
+    top = 5 if with_map else classes
+    labels = np.full((n, 3, 5), -1.0)
+    labels[0, :2] = [[11 % top, 0.4, 0.6, 0.5, 0.3], [top - 1, 0.55, 0.5, 0.3, 0.6]]
+    labels[1, 0] = [8, 0, 0, 0.2, 0.2]                      # class only
+    labels[2, :3] = [[2, 0.5, 0.5, 0.8, 0.8], [12 % top, 0, 0, 0, 0], [1, 0.3, 0.4, 0.2, 0.2]]
+    labels[3, 0] = [3, 0.6, 0.3, 0.4, 0.5]
+    truths = darknet_truth(labels, 30, classes, class_only=True)
+    assert truths[1][0, 0] == 999999
+    want, printed = darknet_tree_loss(_shim(tmp_path), capfd, tmp_path, cfg, x, truths, seen)
+    loss, _, delta, figures = _region_loss_forward_ref(
+        x, truths, anchors=np.array([[1.3, 0.8]]), classes=classes, softmax=True,
+        object_scale=5, noobject_scale=0.7, class_scale=1.5, coord_scale=1.2, thresh=0.45,
+        rescore=True, seen=seen, tree=SoftmaxTree(LOSS_TREE),
+        class_map=np.array(class_map) if with_map else None)
+    assert np.count_nonzero(want[:, 5:]) > 10 and np.count_nonzero(want[1, :5]) == 0
+    np.testing.assert_allclose(delta, want, rtol=1e-4, atol=2e-6)
+    np.testing.assert_allclose(figures, printed, rtol=0, atol=2e-6)
+    assert np.isfinite(loss) and loss > 0
+
+
+def _shim(tmp_path):
+    """tests.test_yolo_losses's shim (libdarknet, and its forward/delta helpers), built here."""
+    import subprocess
+
+    from tests.test_yolo_losses import HEADER, LIB, SHIM
+    (tmp_path / "shim.c").write_text(SHIM)
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O1", "-I", os.path.dirname(HEADER),
+                    str(tmp_path / "shim.c"), "-o", str(tmp_path / "shim.so"), LIB], check=True)
+    lib = darknet()
+    sh = ctypes.CDLL(str(tmp_path / "shim.so"))
+    sh.shim_delta.restype = ctypes.POINTER(ctypes.c_float)
+    sh.shim_delta.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    sh.shim_forward.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_float),
+                                ctypes.POINTER(ctypes.c_float), ctypes.c_size_t, ctypes.c_int,
+                                ctypes.c_int]
+    return lib, sh
+
+
+def test_region_tree_loss_class_only_place_by_hand():
+    """A label without a box: the anchor and place with the largest objectness x P(class along
+    its path) learns the class (first on ties); every other objectness goes to 0 (noobject)."""
+    from minicnn.ops.yolo_losses import _region_loss_forward_ref, darknet_truth
+    tree, e = SoftmaxTree(LOSS_TREE), 5 + len(LOSS_TREE)
+    x = np.zeros((1, 2 * e, 2, 2))
+    xv = x.reshape(2, e, 2, 2)
+    xv[0, 5 + 8, 1, 0] = 4.0                # anchor 0 at (1, 0): the class's path is likeliest
+    xv[0, 4, 1, 0] = -3.0                   # ... but hardly an object
+    xv[1, 5 + 8, 0, 1] = 2.0                # anchor 1 at (0, 1): less likely class, an object
+    xv[1, 4, 0, 1] = 2.0
+    truths = darknet_truth(np.array([[[8, 0, 0, 0, 0]]]), 30, len(LOSS_TREE), class_only=True)
+    _, _, delta, figures = _region_loss_forward_ref(
+        x, truths, anchors=np.array([[1.0, 1.0], [2.0, 2.0]]), classes=len(LOSS_TREE),
+        softmax=True, noobject_scale=0.5, class_scale=2.0, tree=tree)
+    dv = delta.reshape(2, e, 2, 2)
+    taught = [(k, j, i) for k, j, i in np.ndindex(2, 2, 2) if np.any(dv[k, 5:, j, i])]
+    assert taught == [(1, 0, 1)]
+    touched = np.flatnonzero(dv[1, 5:, 0, 1])              # groups of 8, 3 and 0: the path
+    assert set(touched) == {0, 1, 2, 3, 4, 8, 9, 10}
+    assert dv[1, 4, 0, 1] == 0 and np.count_nonzero(dv[:, 4]) == 7
+    assert not np.any(dv[:, :4])
+    y = 1 / (1 + np.exp(-xv[1, 4, 0, 1]))
+    assert figures[0] == 0 and figures[-1] == 0 and figures[3] == 0         # count 0, no IoU
+    assert 0 < figures[1] < 1 and y > 0.8
+
+
+def region_tree_layer(class_map=()):
+    from minicnn.layers.detection import RegionLayer
+    return RegionLayer(classes=len(LOSS_TREE), num=2, anchors=[0.8, 1.2, 2.0, 1.5],
+                       softmax=True, bias_match=True, object_scale=5, noobject_scale=0.5,
+                       class_scale=1.5, coord_scale=2, seen=20000, tree_parent=LOSS_TREE,
+                       class_map=list(class_map))
+
+
+@pytest.mark.parametrize("class_map", [(), (14, 9, 12, 6)])
+def test_region_tree_loss_gradient(class_map):
+    """Finite differences of the loss (each touched group's cross-entropy) with boxes, with a
+    class-only image, and with the map; bias_match fixes the responsible anchors."""
+    rng = np.random.default_rng(21 + len(class_map))
+    e = 5 + len(LOSS_TREE)
+    x = rng.normal(0, 1, (3, 2 * e, 3, 2))
+    labels = np.full((3, 3, 5), -1.0)
+    labels[0, :2] = [[3, 0.3, 0.4, 0.3, 0.5], [1, 0.7, 0.8, 0.4, 0.2]]
+    labels[1, 0] = [2, 0, 0, 0, 0]
+    labels[2, :2] = [[0, 0.5, 0.5, 0.6, 0.6], [3, 0.52, 0.45, 0.6, 0.5]]
+    check_layer_gradient(lambda: region_tree_layer(class_map), [x, labels], check_bottoms=[0],
+                         tops=[0], rtol=1e-5, atol=1e-8)
+
+
+def test_region_tree_loss_errors():
+    layer = region_tree_layer((3, 1))
+    bottom = [minicnn.Blob.from_array(np.zeros((1, 2 * (5 + len(LOSS_TREE)), 1, 1))),
+              minicnn.Blob.from_array(np.array([[[2, 0.5, 0.5, 0.2, 0.2]]]))]
+    top = [minicnn.Blob(())]
+    layer.setup(bottom, top)
+    with pytest.raises(LayerError, match="a box of class 2, but region_param.class_map maps 2 "
+                                         "classes"):
+        layer.forward(bottom, top)
+    with pytest.raises(LayerError, match="class_map names classes outside 0..14"):
+        region_tree_layer((3, 15)).setup(bottom, top)
+
+
+def test_region_tree_layer_reads_class_only_labels():
+    """Through the layer: a box list row at x = y = 0 is a class without a box (Darknet's
+    loader), so the image teaches a class and no box."""
+    layer = region_tree_layer()
+    e = 5 + len(LOSS_TREE)
+    x = np.random.default_rng(8).normal(size=(1, 2 * e, 2, 2))
+    bottom = [minicnn.Blob.from_array(x), minicnn.Blob.from_array(np.array([[[8, 0, 0, 0, 0]]],
+                                                                           np.float64))]
+    top = [minicnn.Blob(()), minicnn.Blob(())]
+    layer.setup(bottom, top)
+    layer.forward(bottom, top)
+    top[0].diff[...] = 1
+    layer.backward(top, [True, False], bottom)
+    g = bottom[0].diff.reshape(2, e, 2, 2)
+    assert np.count_nonzero(g[:, 5:]) == 8 and not np.any(g[:, :4])     # the path's groups
+    assert list(top[1].data[[0, 4, 5]]) == [0, 0, 0] and top[1].data[1] > 0
+
+
+def test_converted_tree_net_trains(tmp_path):
+    """tests/test_darknet.py's small YOLOv2 with a YOLO9000 head ([region] tree= map=, as
+    yolo9000.cfg writes it), converted and trained by minicnn's SGD on four images: finite,
+    falling losses, every box counted."""
+    from minicnn.darknet import convert_darknet
+    from minicnn.proto import caffe_pb2
+    from tests.test_darknet import V2_CFG, random_weights
+    from tests.test_yolo_losses import rectangle_images, train_prototxt
+    write_tree(tmp_path / "t.tree", LOSS_TREE)
+    (tmp_path / "t.map").write_text("8\n14\n")        # the images' classes 0, 1 -> tree nodes
+    cfg_text = V2_CFG.replace("filters=30", f"filters={3 * (5 + len(LOSS_TREE))}").replace(
+        "classes=5", f"classes={len(LOSS_TREE)}").replace(
+        "rescore=1\n", "rescore=1\nbias_match=1\nobject_scale=5\ntree=t.tree\nmap=t.map\n")
+    cfg = tmp_path / "net.cfg"
+    cfg.write_text(cfg_text)
+    random_weights(str(cfg), str(tmp_path / "net.weights"), dead=False)
+    prototxt, caffemodel = convert_darknet(str(cfg), str(tmp_path / "net.weights"),
+                                           str(tmp_path / "out"))
+    with open(prototxt) as f:
+        deploy = f.read()
+    assert "class_map: [8, 14]" in deploy and "tree_parent: [-1, -1, -1, 0, 0, 1," in deploy
+    text = train_prototxt(deploy, rectangle_images(tmp_path), 4)
+    param = caffe_pb2.SolverParameter(net_param=parse_text(text), base_lr=0.002,
+                                      lr_policy="fixed", momentum=0.9, max_iter=12)
+    solver = minicnn.SGDSolver(param, log=lambda message: None)
+    solver.net.copy_from(caffemodel)
+    head = next(layer.name for layer in solver.net.layers if layer.type == "Region")
+    losses = []
+    for _ in range(12):
+        solver.step(1)
+        losses.append(float(solver.net.blobs[f"{head}_loss"].data))
+    assert np.all(np.isfinite(losses)), losses
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert float(solver.net.blobs[f"{head}_figures"].data[-1]) == 8

@@ -176,7 +176,8 @@ class _YoloHead(Layer):
             return
         x = cuda.to_host(bottom[0].data)
         labels = cuda.to_host(bottom[1].data)
-        truths = darknet_truth(labels, self.max_boxes, self.settings["classes"])
+        truths = darknet_truth(labels, self.max_boxes, self.settings["classes"],
+                               class_only=self.settings.get("tree") is not None)
         loss, self.grad, _, figures = self.loss_op(x, truths, **self.loss_kwargs)
         top[0].data[...] = loss
         if len(top) > 1:
@@ -262,9 +263,6 @@ class RegionLayer(_YoloHead):
 
     def loss_settings(self):
         p = self.param.region_param
-        if len(p.tree_parent):
-            raise LayerError(f"Region layer '{self.name}': the loss (a second bottom) with a "
-                             "softmax tree (region_param.tree_parent) is not supported yet")
         if p.coords != 4 or p.background:
             raise LayerError(f"Region layer '{self.name}': the loss (a second bottom) needs "
                              f"region_param coords 4 and background false, got coords "
@@ -277,7 +275,8 @@ class RegionLayer(_YoloHead):
         kwargs = dict(anchors=anchors, classes=p.classes, softmax=p.softmax,
                       object_scale=p.object_scale, noobject_scale=p.noobject_scale,
                       class_scale=p.class_scale, coord_scale=p.coord_scale, thresh=p.thresh,
-                      rescore=p.rescore, bias_match=p.bias_match)
+                      rescore=p.rescore, bias_match=p.bias_match, tree=self.settings["tree"],
+                      class_map=np.asarray(p.class_map, np.int64) if len(p.class_map) else None)
         return ops.region_loss_forward, kwargs, REGION_MAX_BOXES
 
     def forward(self, bottom, top):

@@ -26,7 +26,18 @@ them from minicnn's box lists as Darknet's fill_truth_detection does).
      when the anchor's class-0 delta is already non-zero (an earlier truth chose this anchor),
      only the new class's target becomes 1, the others keep theirs, and Class does not count
      it. A later truth overwrites what an earlier one wrote.
-  Figures: [Avg IOU, Class, Obj, No Obj, Avg Recall (IoU > .5), count] as Darknet prints them.
+  With a softmax tree (YOLO9000: ``tree``, minicnn.ops.softmax_tree) the classes follow
+  delta_region_class's tree branch: for the class and each of its ancestors, the whole group
+  gets class_scale, target 0, and the node on the path target 1 (a later truth overwrites the
+  groups it touches; the tag quirk does not apply). An image with a truth at x, y > 100000 (a
+  label without a box, written at x = y = 0: see darknet_truth) is a class-only image, taken
+  before anything else: every objectness gets noobject_scale, target 0; the anchor and place
+  with the largest objectness x P(class and its ancestors) (first on ties, place 0 if none is
+  above 0) gets the class's tree targets and no objectness delta; nothing else of that image
+  (no box, no prior, no No Obj figure). ``class_map`` (Darknet's map=) maps a box truth's class
+  before step 2's class targets (not a class-only truth's, as Darknet).
+  Figures: [Avg IOU, Class, Obj, No Obj, Avg Recall (IoU > .5), count] as Darknet prints them
+  (Class over the boxes and class-only images, the rest over the boxes).
 
 [yolo] (per image; anchors in pixels of the net's input, ``mask`` picks this head's):
   1. every anchor at every place: pred box as above with y0, y1 the logistic outputs and the
@@ -51,7 +62,8 @@ and its loss value is the function whose gradient that is, summed over the entri
 
     scale (t - y)^2 / 2          region x, y, objectness (through the logistic); w, h (both)
     scale * KL(t || sigmoid(x))  yolo x, y, objectness, classes; region logistic classes
-    scale * -log softmax(x)_c    region softmax classes (one-hot target)
+    scale * -log softmax(x)_c    region softmax classes (one-hot target); with a tree, over
+                                 each group the targets touch (log of the group's softmax)
 
 divided by N (KL(t || p) = t log(t/p) + (1-t) log((1-t)/(1-p)), the cross-entropy less its
 minimum: 0 at a perfect prediction). Darknet's own printed cost is sum(delta^2); minicnn keeps
@@ -67,6 +79,7 @@ the figures that divide by the count are 0 (Darknet prints nan).
 
 import numpy as np
 
+from minicnn.errors import LayerError
 from minicnn.ops._dispatch import Op
 from minicnn.ops.detection import box_rows
 
@@ -76,18 +89,26 @@ yolo_loss_forward = Op("yolo_loss_forward")
 REGION_MAX_BOXES = 30            # forward_region_layer reads 30 truths per image
 WARMUP_IMAGES = 12800            # the prior-matching term while *net->seen < 12800
 MIN_TRUTH_SIZE = 0.001           # fill_truth_detection drops narrower or lower boxes
+CLASS_ONLY = 999999              # correct_boxes' box of a label at x = y = 0 (no box, a class)
 
 
-def darknet_truth(labels, max_boxes, classes):
+def darknet_truth(labels, max_boxes, classes, class_only=False):
     """Per image a (k, 5) float32 array of Darknet truths (x, y, w, h, class) from box lists
     ``labels`` (N, K, 5) of rows (class, x, y, w, h), rows with class < 0 padding. As Darknet's
     fill_truth_detection (no jitter, no flip): each box is clipped to the image (its edges to
     [0, 1], then x, y, w, h from them), the first ``max_boxes`` boxes are kept, and of those the
-    ones narrower or lower than 0.001 are dropped."""
+    ones narrower or lower than 0.001 are dropped. With ``class_only`` (a Region with a softmax
+    tree), a row at x = y = 0 is a label without a box (YOLO9000's ImageNet images), the truth
+    (999999, 999999, 999999, 999999, class) as Darknet's correct_boxes writes it; Darknet's
+    loader does that for every net, but only the tree's loss reads such truths (the others would
+    index past the grid), so minicnn does it there only."""
     f, per_image = np.float32, {}
     for b, _, c, x, y, w, h in box_rows(labels, classes):
         rows = per_image.setdefault(b, [])
         if len(rows) == max_boxes:
+            continue
+        if class_only and x == 0 and y == 0:
+            rows.append((f(CLASS_ONLY),) * 4 + (c,))
             continue
         x0, x1 = (min(max(f(v), f(0)), f(1)) for v in (f(x) - f(w) / 2, f(x) + f(w) / 2))
         y0, y1 = (min(max(f(v), f(0)), f(1)) for v in (f(y) - f(h) / 2, f(y) + f(h) / 2))
@@ -129,17 +150,33 @@ def _places(x, anchors):
 
 # --- [region] ---------------------------------------------------------------------------------
 
+def _tree_class(scale, target, yv, tree, c, class_scale):
+    """delta_region_class with a tree at one anchor and place (views (E,)): the group of the
+    class and of each of its ancestors, target one-hot on the path; returns the product of the
+    path's probabilities (Darknet's Class figure)."""
+    pred = 1.0
+    while c >= 0:
+        pred *= float(yv[5 + c])
+        lo = 5 + int(tree.group_offset[tree.group[c]])
+        hi = lo + int(tree.group_size[tree.group[c]])
+        scale[lo:hi], target[lo:hi] = class_scale, 0
+        target[5 + c] = 1
+        c = int(tree.parent[c])
+    return pred
+
+
 @region_loss_forward.impl("ref")
 def _region_loss_forward_ref(x, truths, *, anchors, classes, softmax=False, object_scale=1.0,
                              noobject_scale=1.0, class_scale=1.0, coord_scale=1.0, thresh=0.5,
-                             rescore=False, bias_match=False, seen=0):
+                             rescore=False, bias_match=False, seen=0, tree=None, class_map=None):
     """(loss 0-d, d loss/d x like x, delta like x, figures (6,)) for the bottom x
     (N, A*(5 + classes), H, W), ``truths`` from darknet_truth and ``anchors`` (A, 2) in cells."""
     from minicnn.ops.yolo_heads import _yolo_head_forward_ref
     dt = x.dtype.type
     a = len(anchors)
     n, _, h, w = x.shape
-    y = _yolo_head_forward_ref(x, anchors=a, coords=4, classes=classes, softmax=softmax)
+    y = _yolo_head_forward_ref(x, anchors=a, coords=4, classes=classes, softmax=softmax,
+                               tree=tree)
     xv, yv = _places(x, a), _places(y, a)
     scale, target = np.zeros_like(yv), np.zeros_like(yv)
     aw = np.asarray(anchors, x.dtype)[:, 0][:, None, None]
@@ -147,9 +184,27 @@ def _region_loss_forward_ref(x, truths, *, anchors, classes, softmax=False, obje
     col = np.arange(w, dtype=x.dtype)[None, None, :]
     row = np.arange(h, dtype=x.dtype)[None, :, None]
     iou_sum = recall = cat_sum = obj_sum = 0.0
-    count = 0
-    anyobj_sum = float(np.sum(yv[:, :, 4], dtype=np.float64))
+    count = class_count = 0
+    anyobj_sum = 0.0
     for b in range(n):
+        if tree is not None:
+            only = [t for t in truths[b] if t[0] > 100000 and t[1] > 100000][:1]
+            if only:                 # a class without a box: the likeliest anchor learns it
+                c = int(only[0][4])
+                p = np.ones_like(yv[b, :, 4])
+                node = c
+                while node >= 0:                               # get_hierarchy_probability
+                    p = p * yv[b, :, 5 + node]
+                    node = int(tree.parent[node])
+                p = yv[b, :, 4] * p
+                k, j, i = np.unravel_index(int(np.argmax(p)) if p.max() > 0 else 0, p.shape)
+                scale[b, :, 4], target[b, :, 4] = dt(noobject_scale), 0
+                scale[b, k, 4, j, i] = 0
+                cat_sum += _tree_class(scale[b, k, :, j, i], target[b, k, :, j, i],
+                                       yv[b, k, :, j, i], tree, c, dt(class_scale))
+                class_count += 1
+                continue
+        anyobj_sum += float(np.sum(yv[b, :, 4], dtype=np.float64))
         px, py = (col + yv[b, :, 0]) / dt(w), (row + yv[b, :, 1]) / dt(h)
         pw, ph = np.exp(xv[b, :, 2]) * aw / dt(w), np.exp(xv[b, :, 3]) * ah / dt(h)
         best = np.zeros((a, h, w), x.dtype)
@@ -185,7 +240,17 @@ def _region_loss_forward_ref(x, truths, *, anchors, classes, softmax=False, obje
             cls = slice(5, 5 + classes)
             first = scale[b, k, 5, j, i] * (target[b, k, 5, j, i] - yv[b, k, 5, j, i])
             c = int(c)
-            if not softmax and first != 0:
+            if class_map is not None and len(class_map):
+                if c >= len(class_map):
+                    raise LayerError(f"a box of class {c}, but region_param.class_map maps "
+                                     f"{len(class_map)} classes")
+                c = int(class_map[c])
+            count += 1
+            class_count += 1
+            if tree is not None:
+                cat_sum += _tree_class(scale[b, k, :, j, i], target[b, k, :, j, i],
+                                       yv[b, k, :, j, i], tree, c, dt(class_scale))
+            elif not softmax and first != 0:
                 scale[b, k, 5 + c, j, i] = dt(class_scale)
                 target[b, k, 5 + c, j, i] = 1
             else:
@@ -193,7 +258,6 @@ def _region_loss_forward_ref(x, truths, *, anchors, classes, softmax=False, obje
                 target[b, k, cls, j, i] = 0
                 target[b, k, 5 + c, j, i] = 1
                 cat_sum += float(yv[b, k, 5 + c, j, i])
-            count += 1
     delta = (scale * (target - yv)).reshape(x.shape)
     # the loss and its gradient
     d = -(scale * (target - yv)) / dt(n)
@@ -202,14 +266,21 @@ def _region_loss_forward_ref(x, truths, *, anchors, classes, softmax=False, obje
     for e in (0, 1, 4):
         d[:, :, e] *= yv[:, :, e] * (1 - yv[:, :, e])
     sc, tc = scale[:, :, 5:], target[:, :, 5:]
-    if softmax:
+    if tree is not None:                  # each group's cross-entropy (a touched group is
+        z = np.moveaxis(xv[:, :, 5:], 2, -1)                 # wholly scaled, one-hot)
+        big = np.repeat(np.maximum.reduceat(z, tree.starts, axis=-1), tree.sizes, axis=-1)
+        lse = np.log(np.repeat(np.add.reduceat(np.exp(z - big), tree.starts, axis=-1),
+                               tree.sizes, axis=-1)) + big
+        total -= np.sum(sc * tc * np.moveaxis(z - lse, -1, 2), dtype=np.float64)
+    elif softmax:
         z = xv[:, :, 5:]
         log_p = z - z.max(axis=2, keepdims=True)
         log_p = log_p - np.log(np.exp(log_p).sum(axis=2, keepdims=True))
         total -= np.sum(sc * tc * log_p, dtype=np.float64)
     else:
         total += np.sum(sc * _kl_logistic(tc, xv[:, :, 5:]), dtype=np.float64)
-    figures = np.array([iou_sum / count if count else 0.0, cat_sum / count if count else 0.0,
+    figures = np.array([iou_sum / count if count else 0.0,
+                        cat_sum / class_count if class_count else 0.0,
                         obj_sum / count if count else 0.0, anyobj_sum / (n * a * h * w),
                         recall / count if count else 0.0, count], x.dtype)
     return np.asarray(total / n, x.dtype), d.reshape(x.shape), delta, figures
