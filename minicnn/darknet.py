@@ -11,7 +11,8 @@ section leaves out; layers are numbered from 0 after [net], as [route] and [shor
   [convolutional]  Convolution (pad=1 means padding size/2, as in Darknet); with
                    batch_normalize=1: Convolution without bias, BatchNorm, Scale (with bias);
                    then the activation: leaky -> ReLU negative_slope 0.1, relu, logistic ->
-                   Sigmoid, tanh -> TanH, elu -> ELU, linear -> nothing
+                   Sigmoid, tanh -> TanH, elu -> ELU, linear -> nothing, ramp (x * (x > 0) +
+                   .1 x) -> ReLU negative_slope 1/11 and Power scale 1.1
   [maxpool]        Pooling MAX. Darknet pads padding // 2 (default (size-1) // 2) on the top and
                    left and the rest on the bottom and right; where Caffe's ceil rounding gives
                    the same windows it is that, an even padding with Darknet's floor is
@@ -22,7 +23,8 @@ section leaves out; layers are numbered from 0 after [net], as [route] and [shor
                    model), then the activation
   [connected]      InnerProduct (+ BatchNorm, Scale with batch_normalize), then the activation
   [dropout]        Dropout (identity at test time in both)
-  [softmax]        Softmax (groups=1 over a C x 1 x 1 output); [cost] is dropped (training only);
+  [softmax]        Softmax (groups=1 over a C x 1 x 1 output; a Power 1/t before it for a
+                   temperature t != 1); [cost] is dropped (training only);
                    with tree= (darknet9000), SoftmaxTree: one softmax per group of siblings,
                    the tree's parents written into softmax_tree_param
   [route]          Concat of the named layers' outputs (one layer: its blob is read again)
@@ -32,7 +34,8 @@ section leaves out; layers are numbered from 0 after [net], as [route] and [shor
                    earlier output k times larger is read at every k-th place (Pooling MAX of
                    kernel 1, stride k)
   [upsample]       Upsample (nearest, upsample_param scale = stride); a Power for scale != 1
-  [reorg]          Reorg (Darknet's index arithmetic; reverse kept)
+  [reorg]          Reorg (Darknet's index arithmetic; reverse kept); extra=k (go.cfg): the
+                   input flattened with k zeros after it (Flatten, Concat)
   [region]         Region (YOLOv2's head: anchors, classes, coords, num, softmax, background;
                    and the loss's keys the cfg gives: object_scale, noobject_scale,
                    class_scale, coord_scale, thresh, rescore, bias_match, absolute; the
@@ -41,6 +44,9 @@ section leaves out; layers are numbered from 0 after [net], as [route] and [shor
   [yolo]           Yolo (YOLOv3's heads: anchors, mask, classes; net_width and net_height from
                    [net]; and the loss's ignore_thresh, truth_thresh, max when given)
   [detection]      Detection with one bottom (a deploy net), its parameters copied
+  [crop]           the test-time centre crop (DummyData of the crop's size, Crop), then Power
+                   2 x - 1 unless noadjust=1 (Darknet's random crop and flip in training are
+                   not kept)
 
 A tree= or map= file is read as Darknet opens it (from the current folder), else beside the
 cfg; its numbers go into the prototxt (one parent per class, as a wrapped list), so the
@@ -76,13 +82,14 @@ from minicnn.errors import MinicnnError
 DARKNET_BN_EPS = 1e-6
 ACTIVATIONS = {"leaky": ("ReLU", "relu_param { negative_slope: 0.1 }"), "relu": ("ReLU", ""),
                "logistic": ("Sigmoid", ""), "tanh": ("TanH", ""), "elu": ("ELU", ""),
-               "linear": None}
+               "linear": None,
+               "ramp": ("ReLU", f"relu_param {{ negative_slope: {float(np.float32(1 / 11))!r} }}")}
 KINDS = {"convolutional": "convolutional", "conv": "convolutional", "maxpool": "maxpool",
          "max": "maxpool", "connected": "connected", "conn": "connected", "dropout": "dropout",
          "avgpool": "avgpool", "avg": "avgpool", "softmax": "softmax", "soft": "softmax",
          "cost": "cost", "route": "route", "shortcut": "shortcut", "upsample": "upsample",
          "reorg": "reorg", "region": "region", "yolo": "yolo", "detection": "detection",
-         "local": "local"}
+         "local": "local", "crop": "crop"}
 
 
 class DarknetError(MinicnnError):
@@ -229,6 +236,8 @@ def _activation(b, s, name, top, default="logistic"):
     if ACTIVATIONS[kind]:
         type_, body = ACTIVATIONS[kind]
         b.layer(f"{name}_{kind}", type_, top, top, body)
+    if kind == "ramp":                         # x * (x > 0) + .1 x = 1.1 * leaky(x, 1/11)
+        b.layer(f"{name}_ramp_scale", "Power", top, top, "power_param { scale: 1.1 }")
 
 
 class _Out:
@@ -433,8 +442,13 @@ def _upsample(b, s, i, x):
 
 def _reorg(b, s, i, x):
     stride, reverse = s.int("stride", 1), s.int("reverse", 0)
-    if s.int("flatten", 0) or s.int("extra", 0):
-        raise DarknetError(f"{s.where()}: reorg's flatten and extra modes are not supported")
+    extra = s.int("extra", 0)
+    if s.int("flatten", 0):
+        raise DarknetError(f"{s.where()}: reorg's flatten mode is not supported")
+    if extra > 0:
+        return _reorg_extra(b, s, i, x, extra)
+    if extra < 0:
+        raise DarknetError(f"{s.where()}: extra={extra} must not be negative")
     if reverse:
         c, h, w = x.c // (stride * stride), x.h * stride, x.w * stride
     else:
@@ -446,6 +460,28 @@ def _reorg(b, s, i, x):
     b.layer(name, "Reorg", x.top, name, f"reorg_param {{ stride: {stride}"
             + (" reverse: true" if reverse else "") + " }")
     return _Out(name, c, h, w)
+
+
+def _reorg_extra(b, s, i, x, extra):
+    """Darknet's reorg with extra=k (go.cfg: the "pass" move): the input flattened and k zeros
+    after it (its output buffer is calloc'ed and only the input is copied in). The zeros are
+    0 times the first k inputs, so the net keeps any batch size."""
+    name = f"reorg{i}"
+    count = x.c * x.h * x.w
+    if extra > count:
+        raise DarknetError(f"{s.where()}: extra={extra} is more than the {count} inputs minicnn "
+                           "builds its zeros from")
+    b.layer(f"{name}_flat", "Flatten", x.top, f"{name}_flat")
+    parts = [f"{name}_flat"]
+    if extra:
+        b.layer(f"{name}_take", "Slice", f"{name}_flat", [f"{name}_zeros", f"{name}_rest"],
+                f"slice_param {{ axis: 1 slice_point: {extra} }}")
+        b.layer(f"{name}_unused", "Silence", f"{name}_rest", [])
+        b.layer(f"{name}_zero", "Power", f"{name}_zeros", f"{name}_zeros",
+                "power_param { scale: 0 }")
+        parts.append(f"{name}_zeros")
+    b.layer(name, "Concat", parts, name)
+    return _Out(name, count + extra, 1, 1, flat=True)
 
 
 def _given(s, floats, flags):
@@ -557,6 +593,31 @@ def _yolo(b, s, i, x):
     return _Out(f"yolo{i}", x.c, x.h, x.w)
 
 
+def _crop(b, s, i, x):
+    """Darknet's [crop] (crop_layer.c) as a test-time net: the centre crop_height x crop_width
+    window (offsets (h - crop_height) / 2, (w - crop_width) / 2, rounded down), then 2 x - 1
+    (its scale 2, trans -1) unless noadjust=1. In training Darknet crops at a random place and
+    flips at random (flip=1; its GPU path also rotates by angle and jitters saturation, exposure
+    and shift); the converted net, a deploy net, keeps the test-time crop."""
+    ch, cw = s.int("crop_height", 1), s.int("crop_width", 1)
+    noadjust = s.int("noadjust", 0)
+    defaults = {"flip": 0, "angle": 0, "saturation": 1, "exposure": 1, "shift": 0}
+    augment = [k for k, d in defaults.items() if s.float(k, d) != d]
+    if augment:
+        warnings.warn(f"{s.where()}: {', '.join(augment)} only change training in Darknet; "
+                      "the converted net keeps the test-time centre crop", stacklevel=4)
+    if x.flat or not (1 <= ch <= x.h and 1 <= cw <= x.w):
+        raise DarknetError(f"{s.where()}: a {ch}x{cw} crop of a {x.c}x{x.h}x{x.w} output")
+    name = f"crop{i}"
+    b.layer(f"{name}_size", "DummyData", None, f"{name}_size",
+            f"dummy_data_param {{ shape {{ dim: 1 dim: 1 dim: {ch} dim: {cw} }} }}")
+    b.layer(name, "Crop", [x.top, f"{name}_size"], name,
+            f"crop_param {{ axis: 2 offset: {(x.h - ch) // 2} offset: {(x.w - cw) // 2} }}")
+    if not noadjust:
+        b.layer(f"{name}_adjust", "Power", name, name, "power_param { scale: 2 shift: -1 }")
+    return _Out(name, x.c, ch, cw)
+
+
 def _detection(b, s, x):
     if s.int("random", 0) or s.int("forced", 0) or s.int("reorg", 0):
         warnings.warn(f"{s.where()}: random, forced and reorg only change training in "
@@ -624,11 +685,17 @@ def build(sections, weights):
                     + " }")
             x = _Out(name, x.c, 1, 1, x.flat)
         elif kind == "softmax":
-            if s.int("groups", 1) != 1 or s.float("temperature", 1.0) != 1 or x.h * x.w != 1:
+            temperature = s.float("temperature", 1.0)
+            if s.int("groups", 1) != 1 or temperature <= 0 or x.h * x.w != 1:
                 raise DarknetError(f"{s.where()}: minicnn converts a softmax over a whole "
-                                   "C x 1 x 1 output (groups=1, temperature=1)")
+                                   "C x 1 x 1 output (groups=1, temperature > 0)")
             name = f"softmax{i}"
-            b.layer(name, "Softmax", x.top, name)
+            bottom = x.top
+            if temperature != 1:               # Darknet: exp(x / t - max / t)
+                bottom = f"{name}_tempered"
+                b.layer(bottom, "Power", x.top, bottom,
+                        f"power_param {{ scale: {float(np.float32(1 / temperature))!r} }}")
+            b.layer(name, "Softmax", bottom, name)
             x = _Out(name, x.c, 1, 1, x.flat)
         elif kind == "cost":
             pass                                 # training only; Darknet predicts before it
@@ -646,6 +713,8 @@ def build(sections, weights):
             x = _yolo(b, s, i, x)
         elif kind == "detection":
             x = _detection(b, s, x)
+        elif kind == "crop":
+            x = _crop(b, s, i, x)
         else:
             raise DarknetError(f"{s.where()}: this kind of section cannot be converted "
                                f"(minicnn converts: {', '.join(sorted(set(KINDS.values())))})")

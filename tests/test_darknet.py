@@ -375,8 +375,8 @@ def test_errors_name_the_place(tmp_path):
                                            "conv0 \\(18 floats"):
         convert_darknet(str(cfg), str(weights), str(tmp_path / "o"))
     assert not os.path.exists(tmp_path / "o" / "a.prototxt")
-    cfg.write_text("[net]\nheight=8\nwidth=8\nchannels=1\n\n[crop]\nsize=3\n")
-    with pytest.raises(DarknetError, match=r"a\.cfg:6: \[crop\]: this kind of section"):
+    cfg.write_text("[net]\nheight=8\nwidth=8\nchannels=1\n\n[rnn]\noutput=3\n")
+    with pytest.raises(DarknetError, match=r"a\.cfg:6: \[rnn\]: this kind of section"):
         convert_darknet(str(cfg), str(weights), str(tmp_path / "o"))
     cfg.write_text("[net]\nheight=8\nwidth=8\nchannels=1\nfilters 3\n")
     with pytest.raises(DarknetError, match=r"a\.cfg:5: expected \[section\] or key=value"):

@@ -622,3 +622,94 @@ def test_converted_tree_net_trains(tmp_path):
     assert np.all(np.isfinite(losses)), losses
     assert losses[-1] < 0.8 * losses[0], losses
     assert float(solver.net.blobs[f"{head}_figures"].data[-1]) == 8
+
+
+# --- [crop] and [softmax] temperature ------------------------------------------------------------
+
+CROP_CFG = """[net]
+height=11
+width=14
+channels=3
+
+[crop]
+crop_height=8
+crop_width=9
+flip=1
+angle=7
+saturation=1.5
+exposure=1.5
+shift=.2
+
+[convolutional]
+filters=4
+size=3
+stride=1
+pad=1
+activation=ramp
+
+[crop]
+crop_height=5
+crop_width=6
+noadjust=1
+
+[connected]
+output=7
+activation=linear
+
+[softmax]
+temperature=3
+"""
+
+
+@needs_darknet
+def test_crop_and_softmax_temperature_match_darknet(tmp_path):
+    """[crop] at test time (the centre window, rounded down, then 2 x - 1; noadjust=1 without
+    it; vgg-16.cfg's, strided.cfg's), the ramp activation (strided.cfg's) and [softmax]
+    temperature=3 (cifar.test.cfg's) against network_predict; the training augmentation's keys
+    draw a warning."""
+    with pytest.warns(UserWarning, match=r"\[crop\]: flip, angle, saturation, exposure, shift "
+                                         "only change training"):
+        cfg, weights, net, _ = converted(tmp_path, CROP_CFG, dead=False)
+    x = np.random.default_rng(9).random((3, 11, 14), np.float32)
+    lib = darknet()
+    dn = lib.load_network(cfg.encode(), weights.encode(), 0)
+    try:
+        want = darknet_predict(lib, dn, x).copy()
+    finally:
+        lib.free_network(dn)
+    outs = net.forward(data=x[None])
+    got = outs[net.top_names[net.layers[-1].name][0]].ravel()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    crop = net.blobs["crop0"].data[0]
+    np.testing.assert_array_equal(crop, x[:, 1:9, 2:11] * np.float32(2) - np.float32(1))
+    assert net.blobs["crop2"].data.shape == (1, 4, 5, 6)
+    assert 0.05 < want.max() < 0.5                           # flattened by the temperature
+
+
+def test_crop_errors(tmp_path):
+    from minicnn.darknet import DarknetError, build, read_cfg
+    from tests.test_darknet import _Recorder
+    cfg = tmp_path / "c.cfg"
+    cfg.write_text("[net]\nheight=4\nwidth=4\nchannels=1\n[crop]\ncrop_height=5\ncrop_width=2\n")
+    with pytest.raises(DarknetError, match=r"c\.cfg:5: \[crop\]: a 5x2 crop of a 1x4x4 output"):
+        build(read_cfg(str(cfg)), _Recorder())
+
+
+@needs_darknet
+def test_go_cfg_reorg_extra_matches_darknet(tmp_path):
+    """Debian's go.test.cfg (19 x 19 board, 13 BN convolutions, [reorg] extra=1: the 361 scores
+    and a zero for "pass", then [softmax]) against network_predict."""
+    cfg, weights, net, _ = converted(tmp_path, _debian_cfg("go.test.cfg", 19), dead=False)
+    x = np.random.default_rng(10).integers(-1, 2, (1, 19, 19)).astype(np.float32)
+    lib = darknet()
+    dn = lib.load_network(cfg.encode(), weights.encode(), 0)
+    try:
+        want = darknet_predict(lib, dn, x).copy()
+    finally:
+        lib.free_network(dn)
+    outs = net.forward(data=x[None])
+    got = outs[net.top_names[net.layers[-1].name][0]].ravel()
+    assert got.shape == (362,)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    reorg = next(name for name in net.blobs if re.fullmatch(r"reorg\d+", name))
+    assert net.blobs[reorg].data[0, -1] == 0
