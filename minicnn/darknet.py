@@ -92,6 +92,9 @@ KINDS = {"convolutional": "convolutional", "conv": "convolutional", "maxpool": "
          "local": "local", "crop": "crop"}
 
 
+RECURRENT = ("rnn", "gru", "lstm", "crnn", "conv_lstm")
+
+
 class DarknetError(MinicnnError):
     """A Darknet cfg or weights file minicnn cannot convert; names the file and the line."""
 
@@ -645,6 +648,13 @@ def _detection(b, s, x):
 def build(sections, weights):
     """(prototxt text, {layer name: [arrays]}) of a parsed cfg with its weights."""
     net = sections[0]
+    recurrent = [s for s in sections[1:] if s.kind in RECURRENT]
+    if recurrent:
+        raise DarknetError(f"{recurrent[0].where()}: Darknet's recurrent layers "
+                           f"({', '.join(RECURRENT)}) are not converted: they keep a state from "
+                           "one network_predict to "
+                           "the next (char-rnn's time steps), which a Caffe deploy net has no "
+                           "place for")
     c, h, w = net.int("channels", 0), net.int("height", 0), net.int("width", 0)
     if min(c, h, w) <= 0:
         raise DarknetError(f"{net.where()}: give height, width and channels (got {h}, {w}, {c})")

@@ -375,8 +375,8 @@ def test_errors_name_the_place(tmp_path):
                                            "conv0 \\(18 floats"):
         convert_darknet(str(cfg), str(weights), str(tmp_path / "o"))
     assert not os.path.exists(tmp_path / "o" / "a.prototxt")
-    cfg.write_text("[net]\nheight=8\nwidth=8\nchannels=1\n\n[rnn]\noutput=3\n")
-    with pytest.raises(DarknetError, match=r"a\.cfg:6: \[rnn\]: this kind of section"):
+    cfg.write_text("[net]\nheight=8\nwidth=8\nchannels=1\n\n[deconvolutional]\nsize=3\n")
+    with pytest.raises(DarknetError, match=r"a\.cfg:6: \[deconvolutional\]: this kind of section"):
         convert_darknet(str(cfg), str(weights), str(tmp_path / "o"))
     cfg.write_text("[net]\nheight=8\nwidth=8\nchannels=1\nfilters 3\n")
     with pytest.raises(DarknetError, match=r"a\.cfg:5: expected \[section\] or key=value"):
@@ -902,7 +902,8 @@ def test_errors_of_the_v2_v3_sections(tmp_path):
         build_text(head + "[region]\n")
     with pytest.raises(DarknetError, match=r"mask 0,5 names anchors outside 0\.\.1"):
         build_text(head + "[yolo]\nmask=0,5\nnum=2\n")
-    with pytest.raises(DarknetError, match=r"e\.cfg:8: \[region\]: tree=data/9k\.tree: no such file"):
+    with pytest.raises(DarknetError, match=r"e\.cfg:8: \[region\]: tree=data/9k\.tree: no such "
+                                           "file"):
         build_text(head + "[region]\ntree=data/9k.tree\n")
     with pytest.raises(DarknetError, match=r"adds a 4x4x4 output to a 4x8x8 one.* the same size "
                                            "or a whole multiple"):

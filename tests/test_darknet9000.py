@@ -152,7 +152,8 @@ def test_region_tree_top_by_hand():
     from minicnn.ops.yolo_heads import _yolo_head_forward_ref
     tree = SoftmaxTree(SMALL_TREE)
     x = np.arange(14, dtype=np.float64).reshape(1, 14, 1, 1) / 7 - 1
-    y = _yolo_head_forward_ref(x, anchors=1, coords=4, classes=9, softmax=True, tree=tree)[0, :, 0, 0]
+    y = _yolo_head_forward_ref(x, anchors=1, coords=4, classes=9, softmax=True, tree=tree)
+    y = y[0, :, 0, 0]
     v = x[0, :, 0, 0]
     sig = 1 / (1 + np.exp(-v))
     np.testing.assert_allclose(y[[0, 1, 4]], sig[[0, 1, 4]])
@@ -338,7 +339,8 @@ def test_yolo9000_matches_darknet(tmp_path):
     want = raw.copy()
     want[:, [0, 1, 4]] = _logistic(raw[:, [0, 1, 4]].astype(np.float64))
     classes = raw[:, 5:].transpose(0, 2, 1).reshape(12, 9418)
-    want[:, 5:] = darknet_tree_softmax(lib, tmp_path, classes).reshape(3, 4, 9418).transpose(0, 2, 1)
+    soft = darknet_tree_softmax(lib, tmp_path, classes)
+    want[:, 5:] = soft.reshape(3, 4, 9418).transpose(0, 2, 1)
     top = outs[net.top_names[region.name][0]][0]
     np.testing.assert_allclose(top.reshape(3, 9423, 4), want, rtol=1e-4, atol=1e-5)
     tree = region.settings["tree"]
@@ -713,3 +715,14 @@ def test_go_cfg_reorg_extra_matches_darknet(tmp_path):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
     reorg = next(name for name in net.blobs if re.fullmatch(r"reorg\d+", name))
     assert net.blobs[reorg].data[0, -1] == 0
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(CFG_DIR, "rnn.cfg")),
+                    reason="Debian's darknet cfgs are not installed")
+def test_recurrent_cfgs_are_refused_by_name():
+    from minicnn.darknet import DarknetError, build, read_cfg
+    from tests.test_darknet import _Recorder
+    for name, kind in (("rnn.cfg", "rnn"), ("gru.cfg", "gru")):
+        with pytest.raises(DarknetError, match=rf"{name}:\d+: \[{kind}\]: Darknet's recurrent "
+                                               "layers .* keep a state"):
+            build(read_cfg(os.path.join(CFG_DIR, name)), _Recorder())

@@ -53,9 +53,9 @@ class SoftmaxTreeLayer(Layer):
         self.axis = self.canonical_axis(bottom[0], self.param.softmax_tree_param.axis,
                                         "softmax_tree_param.axis")
         if bottom[0].shape[self.axis] != self.tree.n:
-            raise LayerError(f"the bottom (shape {bottom[0].shape}) has {bottom[0].shape[self.axis]}"
-                             f" entries along axis {self.axis}, but the tree has {self.tree.n} "
-                             "nodes (softmax_tree_param.parent)")
+            raise LayerError(f"the bottom (shape {bottom[0].shape}) has "
+                             f"{bottom[0].shape[self.axis]} entries along axis {self.axis}, but "
+                             f"the tree has {self.tree.n} nodes (softmax_tree_param.parent)")
         top[0].reshape(bottom[0].shape)
 
     def forward(self, bottom, top):
