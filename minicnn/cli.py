@@ -1426,29 +1426,44 @@ def build_parser():
 
     p = sub.add_parser("convert-annoset", help="image + annotation list -> LMDB or LevelDB of "
                                                  "AnnotatedDatum (SSD's convert_annoset)")
-    p.add_argument("root", help="folder the list's paths are relative to (prefixed as given)")
-    p.add_argument("list_file", help="text file of `image annotation` lines")
+    p.add_argument("root", help="folder the list's paths are under (root + path, as the fork "
+                                "joins them; a missing trailing slash is added)")
+    p.add_argument("list_file", help="text file of `image annotation` lines (or `image label` "
+                                     "with --anno-type classification)")
     p.add_argument("db", help="the database folder to write")
     p.add_argument("--anno-type", choices=["detection", "classification"],
-                   default="classification", type=str.lower)
+                   default="classification", type=str.lower,
+                   help="detection: the second word of a line is an annotation file (VOC XML, "
+                        "JSON or txt boxes); classification: an integer label (default "
+                        "classification, as the fork's: SSD's create_data.sh passes "
+                        "--anno-type=detection)")
     p.add_argument("--label-type", choices=["xml", "json", "txt"], default="xml",
-                   type=str.lower)
-    p.add_argument("--label-map-file", default="", help="LabelMap prototxt: names -> labels")
+                   type=str.lower, help="the annotation files' format with --anno-type "
+                                        "detection (default xml)")
+    p.add_argument("--label-map-file", default="",
+                   help="LabelMap prototxt: names -> labels (needed for xml and json)")
     p.add_argument("--check-label", action="store_true", help="accepted; names are always "
                                                               "checked for duplicates")
-    p.add_argument("--resize-height", type=int, default=0)
-    p.add_argument("--resize-width", type=int, default=0)
+    p.add_argument("--resize-height", type=int, default=0,
+                   help="resize every image to this height (default 0: keep; give both "
+                        "--resize-height and --resize-width)")
+    p.add_argument("--resize-width", type=int, default=0,
+                   help="resize every image to this width (default 0: keep)")
     p.add_argument("--min-dim", type=int, default=0,
                    help="scale up so the shorter side is at least this (keeps the aspect ratio; "
                         "wins over --resize-*)")
     p.add_argument("--max-dim", type=int, default=0,
                    help="scale so the longer side is at most this (keeps the aspect ratio)")
-    p.add_argument("--gray", action="store_true")
-    p.add_argument("--shuffle", action="store_true")
-    p.add_argument("--encoded", action="store_true", help="store encoded image files")
-    p.add_argument("--encode-type", default="", help="re-encode as png or jpg")
+    p.add_argument("--gray", action="store_true", help="store the images as one gray channel")
+    p.add_argument("--shuffle", action="store_true",
+                   help="write the records in a random order (default: the list's order)")
+    p.add_argument("--encoded", action="store_true",
+                   help="store encoded image files (default: raw pixels)")
+    p.add_argument("--encode-type", default="",
+                   help="re-encode as png or jpg (default: keep each file's own encoding)")
     p.add_argument("--check-size", action="store_true", help="all images must share a size")
-    p.add_argument("--backend", choices=["lmdb", "leveldb"], default="lmdb", type=str.lower)
+    p.add_argument("--backend", choices=["lmdb", "leveldb"], default="lmdb", type=str.lower,
+                   help="database to write: lmdb (the default) or leveldb (needs plyvel)")
 
     p = sub.add_parser("compute-image-mean", help="LMDB or LevelDB -> mean .binaryproto")
     p.add_argument("db")

@@ -268,3 +268,37 @@ def test_an_image_scaled_to_nothing_is_skipped(tmp_path):
         n = convert_annoset(str(tmp_path / "VOC") + "/", str(tmp_path / "list.txt"),
                             str(tmp_path / "db"), anno_type="classification", max_dim=5)
     assert n == 1
+
+
+def test_a_detection_list_without_anno_type_detection_says_to_give_it(voc, capsys):
+    # the fork's default anno_type is classification: a user who leaves out --anno-type gets
+    # "label 'Annotations/0.xml' ... is not an integer"; the error says which flag to give
+    tmp_path, _ = voc
+    argv = ["convert-annoset", str(tmp_path / "VOC") + "/", str(tmp_path / "trainval.txt"),
+            str(tmp_path / "db"), "--label-map-file", str(tmp_path / "labelmap.prototxt")]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "'Annotations/0.xml' of JPEGImages/0.png is not an integer" in err
+    assert "give anno_type detection (convert-annoset --anno-type detection)" in err
+    assert not (tmp_path / "db").exists()
+    (tmp_path / "labels.txt").write_text("JPEGImages/0.png cat\n")         # not a file: no hint
+    argv[2] = str(tmp_path / "labels.txt")
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "label 'cat' of JPEGImages/0.png is not an integer" in err and "--anno-type" not in err
+
+
+def test_a_list_whose_images_all_fail_writes_no_database(voc, capsys):
+    tmp_path, _ = voc
+    argv = ["convert-annoset", str(tmp_path / "VOCX") + "/", str(tmp_path / "trainval.txt"),
+            str(tmp_path / "db"), "--anno-type", "detection",
+            "--label-map-file", str(tmp_path / "labelmap.prototxt")]
+    with pytest.warns(UserWarning) as record:
+        assert cli.main(argv) == 1
+    assert [str(w.message).split("skipping ")[1] for w in record] == [
+        f"{tmp_path}/VOCX/JPEGImages/{k}.png: file not found" for k in (0, 1)]
+    err = capsys.readouterr().err
+    assert "none of the 2 images could be read" in err and "VOCX/" in err
+    assert "no database was written" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["VOC", "labelmap.prototxt",
+                                                          "trainval.txt"]

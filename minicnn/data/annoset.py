@@ -277,7 +277,12 @@ def convert_annoset(root, list_file, db_path, anno_type="detection", label_type=
                                   stacklevel=2)
                     continue
                 except ValueError:
-                    raise DataError(f"label {second!r} of {name} is not an integer",
+                    hint = ""
+                    if os.path.splitext(second)[1].lower() in (".xml", ".json", ".txt"):
+                        hint = (": anno_type classification reads `image label` lines; for "
+                                "annotation files give anno_type detection (convert-annoset "
+                                "--anno-type detection)")
+                    raise DataError(f"label {second!r} of {name} is not an integer{hint}",
                                     list_file) from None
                 if check_size and not anno.datum.encoded:
                     shape = (anno.datum.channels, anno.datum.height, anno.datum.width)
@@ -288,6 +293,10 @@ def convert_annoset(root, list_file, db_path, anno_type="detection", label_type=
                                         "(check_size)", list_file)
                 writer.put(f"{index:08d}_{name}", anno.SerializeToString())
                 count += 1
+        if count == 0:                 # the fork writes an empty database and exits 0
+            raise DataError(f"none of the {len(lines)} images could be read (see the warnings "
+                            f"above; root folder {root!r}), so no database was written",
+                            list_file)
         replace_db(tmp, db_path)
     except BaseException:
         remove_db(tmp)
