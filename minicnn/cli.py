@@ -34,6 +34,7 @@ import re
 import signal
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -1627,6 +1628,8 @@ def main(argv=None):
         return 2
     if getattr(args, "stage", None):        # Caffe's -stage a,b names two stages
         args.stage = [s for text in args.stage for s in text.split(",") if s]
+    formatwarning = warnings.formatwarning
+    warnings.formatwarning = _warning_format(args.command, formatwarning)
     try:
         return COMMANDS[args.command](args)
     except MinicnnError as e:
@@ -1638,6 +1641,19 @@ def main(argv=None):
         return 1
     except KeyboardInterrupt:
         return 130
+    finally:
+        warnings.formatwarning = formatwarning
+
+
+def _warning_format(command, default):
+    """minicnn's own warnings (UserWarning: a skipped image, unused bytes, an ignored field) as
+    one line like its errors, not Python's file:line and source line of minicnn's code; other
+    warnings (NumPy's RuntimeWarning, deprecations) keep Python's form."""
+    def format_(message, category, filename, lineno, line=None):
+        if issubclass(category, UserWarning):
+            return f"minicnn {command}: warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+    return format_
 
 
 if __name__ == "__main__":

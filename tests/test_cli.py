@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -257,3 +258,23 @@ def test_device_query_prints_caffes_lines(monkeypatch, capsys):
     assert "there is no CUDA device 2" in capsys.readouterr().err
     assert main(["device-query"]) == 1
     assert "needs --gpu" in capsys.readouterr().err
+
+
+def test_warnings_print_as_one_line_like_the_errors(tmp_path):
+    # a skipped image is a UserWarning; Python's own form would print minicnn's file and line
+    # and the source line that warned ("  n = convert(...)"), which means nothing to a user
+    list_file = write_images(tmp_path, count=2)
+    (tmp_path / "0.png").unlink()
+    run = subprocess.run([sys.executable, "-m", "minicnn", "convert-imageset",
+                          str(tmp_path) + "/", str(list_file), str(tmp_path / "db")],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr == (f"minicnn convert-imageset: warning: {list_file}:1: skipping "
+                          f"{tmp_path}/0.png: file not found\n")
+    from minicnn.cli import _warning_format
+    default = warnings.formatwarning                     # other warnings keep Python's form
+    fmt = _warning_format("detect", default)
+    args = ("overflow encountered in exp", RuntimeWarning, "/x/detection.py", 155)
+    assert fmt(*args) == default(*args)
+    assert fmt("5 bytes not used", UserWarning, "/x/cli.py", 9) == \
+        "minicnn detect: warning: 5 bytes not used\n"
