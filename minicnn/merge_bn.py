@@ -45,6 +45,7 @@ gone, and the convolutions, whose blobs are replaced.
 """
 
 import os
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -195,6 +196,27 @@ def _fold_weights(layer_type, obj, a, b):
     return w, a * bias + b
 
 
+def _check_weights_cover(layers, objects, stored, model, weights):
+    """A weights file that holds no blobs for any of the net's layers with parameters is the
+    wrong file (another net's, a renamed net's): merging would write the fillers' values as
+    "trained" weights, silently. Some layers missing is a warning: they keep their fillers."""
+    learned = [layer.name for layer in layers
+               if objects.get(layer.name) is not None and objects[layer.name].blobs]
+    missing = [name for name in learned if stored[name] == 0]
+    if not missing:
+        return
+    where = weights if isinstance(weights, (str, os.PathLike)) else "the weights"
+    net_name = model if isinstance(model, (str, os.PathLike)) else "the net"
+    shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5
+                                      else "")
+    if len(missing) == len(learned):
+        raise MinicnnError(f"{where}: holds no blobs for any of the {len(learned)} layers with "
+                           f"parameters of {net_name} ({shown}): are these its weights?")
+    warnings.warn(f"{where}: holds no blobs for {len(missing)} of the {len(learned)} layers "
+                  f"with parameters of {net_name} ({shown}); they keep their fillers' values",
+                  stacklevel=3)
+
+
 def merge_bn(model, weights, dtype=np.float32):
     """Fold BatchNorm/Scale/Bias/BN chains into the convolutions before them.
 
@@ -212,6 +234,7 @@ def merge_bn(model, weights, dtype=np.float32):
     objects = net.layer_dict
     stored = Counter(layer.name for layer in weight_param.layer if layer.blobs)
     layers = list(param.layer)
+    _check_weights_cover(layers, objects, stored, model, weights)
     graph = _Graph(layers)
     shared = _shared_names(layers)
     folds, kept, removed, new_blobs = [], [], set(), {}

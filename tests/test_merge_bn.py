@@ -10,6 +10,7 @@ with OpenCV's Caffe importer reading the merged files; a MobileNet-SSD-style net
 through DetectionOutput.
 """
 
+import os
 
 import numpy as np
 import pytest
@@ -450,6 +451,35 @@ def test_the_command_never_overwrites_its_inputs_and_names_bad_files(tmp_path, c
                  str(tmp_path / "o.caffemodel")]) == 1
     assert "nothing" in capsys.readouterr().err
     assert not (tmp_path / "o.prototxt").exists()
+
+
+def test_weights_of_another_net_are_an_error_not_a_merged_net_of_fillers(tmp_path, capsys):
+    # the net's layers are looked up by name in the weights file; one that names none of them
+    # (another net's snapshot) used to give "0 layer(s) merged" and a caffemodel of the
+    # fillers' values, whose outputs are NaN where BatchNorm's stored statistics are zeros
+    model, _ = _write_pair(tmp_path, data() + conv_bn_scale("c", "data", 4)
+                           + conv_bn_scale("d", "c", 4))
+    other = Net(parse_text(data() + conv_bn_scale("x", "data", 4), "NetParameter"), phase="TEST")
+    write_binary(random_weights(other, np.random.default_rng(0)), tmp_path / "other.caffemodel")
+    out = [str(tmp_path / "o.prototxt"), str(tmp_path / "o.caffemodel")]
+    assert main(["merge-bn", model, str(tmp_path / "other.caffemodel"), *out]) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path}/other.caffemodel: holds no blobs for any of the 6 layers with " \
+           f"parameters of {model} (c, c/bn, c/scale, d, d/bn and 1 more): are these its " \
+           "weights?" in err
+    assert not any(os.path.exists(p) for p in out)
+    # a weights file missing some layers merges what it has and says which layers it lacked
+    param = parse_text(data() + conv_bn_scale("c", "data", 4) + conv_bn_scale("d", "c", 4),
+                       "NetParameter")
+    weights = random_weights(Net(param, phase="TEST", dtype=np.float64),
+                             np.random.default_rng(1))
+    kept = [layer for layer in weights.layer if not layer.name.startswith("d")]
+    weights.ClearField("layer")
+    weights.layer.extend(kept)
+    with pytest.warns(UserWarning, match=r"the weights: holds no blobs for 3 of the 6 layers "
+                                         r"with parameters of the net \(d, d/bn, d/scale\)"):
+        result = merge_bn(param, weights, dtype=np.float64)
+    assert [fold.conv for fold in result.folds] == ["c"]
 
 
 def test_open_nsfw_resnet50_merged_agrees_with_itself_and_opencv(open_nsfw, tmp_path):
