@@ -1072,16 +1072,30 @@ def _class_names(args, classes):
         return None
     from minicnn.deploy import read_labels
     names = read_labels(args.names)
+    if re.match(r"\s*item\s*\{", "\n".join(n for n in names if not n.lstrip().startswith("#"))):
+        names = _label_map_names(args.names)           # SSD's labelmap_voc.prototxt
     if len(names) < classes:
         raise MinicnnError(f"{args.names} names {len(names)} classes, the net has {classes}")
+    return names
+
+
+def _label_map_names(path):
+    """Names by label from a LabelMap prototxt: each item's display_name (its name if it has
+    none); labels the map skips are named by their number."""
+    from minicnn.proto import read_prototxt
+    items = read_prototxt(path, "LabelMap").item
+    names = [str(k) for k in range(max((item.label for item in items), default=-1) + 1)]
+    for item in items:
+        if item.label >= 0:
+            names[item.label] = item.display_name or item.name
     return names
 
 
 @command
 def detect(args):
     """Detect objects with a YOLO net (YOLOv1's Detection layer, YOLOv2's Region, YOLOv3's Yolo
-    layers): PNGs with the boxes drawn and a JSON of the detections (boxes x0, y0, x1, y1 in
-    the image's pixels)."""
+    layers) or an SSD net (DetectionOutput, run as the fork's ssd_detect): PNGs with the boxes
+    drawn and a JSON of the detections (boxes x0, y0, x1, y1 in the image's pixels)."""
     from minicnn import detection
     images = _image_paths(args.image, args.root_folder)
     if not images:
@@ -1119,10 +1133,14 @@ def eval_detection(args):
     """Mean average precision at IoU 0.5 (VOC2007 11-point and all-point) of a YOLO net (v1, v2
     or v3) on a Darknet image list, per class, with a precision/recall plot."""
     from minicnn import detection
+    net = _detection_net(args)
+    if not detection.head_layers(net) and detection.ssd_output(net) is not None:
+        raise MinicnnError("eval-detection scores YOLO nets on Darknet label files; score an "
+                           "SSD net with its test net: minicnn test --model test.prototxt "
+                           "--weights W --iterations N --eval-type detection (docs/ssd.md)")
     images = detection.read_detection_list(args.list, args.root_folder)
     if args.limit:
         images = images[:args.limit]
-    net = _detection_net(args)
     names = _class_names(args, detection.net_classes(net))
     result, found = detection.evaluate_images(
         net, images, iou=args.iou, thresh=args.thresh, nms_thresh=args.nms, names=names,
@@ -1160,20 +1178,27 @@ def convert(args):
 
 def _add_detection_options(p):
     p.add_argument("--model", help="the detector's deploy prototxt (ends in a Detection layer, "
-                                   "or Region/Yolo layers)")
-    p.add_argument("--weights", help="the trained .caffemodel")
+                                   "Region/Yolo layers, or, for detect, SSD's DetectionOutput)")
+    p.add_argument("--weights", help="the trained .caffemodel (required in practice: without "
+                                     "it the net keeps its fillers' values)")
     p.add_argument("--nms", type=float, default=0.4,
                    help="per-class NMS: drop boxes overlapping a better one by IoU > this "
-                        "(default 0.4, Darknet's)")
-    p.add_argument("--scale", type=float, default=1 / 255,
-                   help="multiply the 0..255 pixels by this (default 1/255)")
+                        "(default 0.4, Darknet's; SSD nets use their DetectionOutput's own)")
+    p.add_argument("--scale", type=float, default=None,
+                   help="multiply the 0..255 pixels by this, after the mean (default 1/255; "
+                        "1 for SSD nets, as ssd_detect; MobileNet-SSD: 0.007843)")
     p.add_argument("--mean", type=_numbers(float), default=None,
-                   help="per-channel mean subtracted before the scale (default none)")
+                   help="per-channel mean subtracted before the scale, in the net's channel "
+                        "order, e.g. 104,117,123 (default none; 104,117,123 for SSD nets, as "
+                        "ssd_detect; MobileNet-SSD: 127.5; --mean 0 for none)")
     p.add_argument("--rgb", action="store_true",
                    help="feed RGB (Darknet nets) instead of BGR (nets trained by minicnn)")
-    p.add_argument("--names", help="class names, one per line")
+    p.add_argument("--names", help="class names, one per line (line 1 is class 0: for SSD "
+                                   "nets the background), or SSD's LabelMap prototxt "
+                                   "(labelmap_voc.prototxt)")
     p.add_argument("--root-folder", default="", help="folder prepended to the images' paths")
-    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="images per forward pass (default 8)")
     p.add_argument("--hier-thresh", type=float, default=0.5,
                    help="YOLO9000's softmax tree: go down the tree while the class probability "
                         "stays above this (default 0.5, Darknet's)")
@@ -1210,7 +1235,9 @@ def _add_segmentation_options(p):
     p.add_argument("--scale", type=float, default=0.0078125,
                    help="then multiplied by this (default 1/128, models/deeplab's)")
     p.add_argument("--blob", help="the score maps (default: the net's first output)")
-    p.add_argument("--names", help="class names, one per line")
+    p.add_argument("--names", help="class names, one per line (line 1 is class 0: for SSD "
+                                   "nets the background), or SSD's LabelMap prototxt "
+                                   "(labelmap_voc.prototxt)")
     p.add_argument("--root-folder", default="", help="folder prepended to the images' paths")
     p.add_argument("--scales", type=_scales, default=(1.0,),
                    help="multi-scale inference: comma-separated input scales whose score maps "
@@ -1568,12 +1595,14 @@ def build_parser():
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("detect", help="detect objects with a YOLO net (v1 Detection, v2 Region, "
-                                      "v3 Yolo layers): PNGs with boxes + JSON")
+                                      "v3 Yolo layers) or an SSD net (DetectionOutput): PNGs "
+                                      "with boxes + JSON")
     p.add_argument("image", nargs="*", metavar="IMAGE", help="image files; @LIST reads a list")
     _add_detection_options(p)
     p.add_argument("--thresh", type=float, default=None,
                    help="report boxes whose objectness x class probability exceeds this "
-                        "(default Darknet's: 0.2 for YOLOv1, 0.5 for v2/v3)")
+                        "(default Darknet's: 0.2 for YOLOv1, 0.5 for v2/v3; SSD: boxes scoring "
+                        "at least this, default 0.01 as ssd_detect's confidence_threshold)")
     p.add_argument("--no-letterbox", action="store_true",
                    help="stretch the image to the input size (the default for YOLOv1) "
                         "instead of Darknet's letterbox (the default for v2/v3)")

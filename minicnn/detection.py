@@ -215,10 +215,43 @@ def head_output(net, layer, blob, k):
     return data[0]
 
 
+def ssd_output(net):
+    """(the DetectionOutput layer, its top's name) of an SSD deploy net, or None without one."""
+    found = [(layer, net.top_names[name][0]) for name, layer in net.layer_dict.items()
+             if layer.type == "DetectionOutput"]
+    if len(found) > 1:
+        raise MinicnnError(f"the net has {len(found)} DetectionOutput layers; minicnn detect "
+                           "reads one")
+    return found[0] if found else None
+
+
+def ssd_boxes(rows, k, width, height, thresh, names=None):
+    """Item k's detections from DetectionOutput's rows [image, label, score, xmin, ymin, xmax,
+    ymax] (boxes relative to the input), as the fork's examples/ssd/ssd_detect.cpp reads them:
+    rows whose image is -1 (the fork's filler when nothing is kept) are skipped, a score at or
+    above ``thresh`` is reported, and the corners are scaled by the image's width and height
+    (not clipped: ssd_detect prints them as they are, truncated to integers; here they stay
+    floats). Labels count the background (label 0 in VOC SSD nets) as the net does."""
+    rows = np.asarray(rows, np.float64).reshape(-1, 7)
+    rows = rows[(rows[:, 0] == k) & (rows[:, 2] >= thresh)]
+    out = []
+    for row in rows:
+        c = int(row[1])
+        out.append({"class": c, "label": names[c] if names else str(c),
+                    "score": float(row[2]),
+                    "box": [float(v) for v in row[3:7] * [width, height, width, height]]})
+    out.sort(key=lambda d: -d["score"])
+    return out
+
+
 def net_classes(net):
-    """How many classes the net's detection layers predict."""
+    """How many classes the net's detection layers predict (an SSD net's DetectionOutput
+    counts its background class)."""
     heads = head_layers(net)
     if not heads:
+        ssd = ssd_output(net)
+        if ssd is not None:
+            return ssd[0].param.detection_output_param.num_classes
         return detection_layer(net)[0].classes
     classes = {layer.settings["classes"] for layer, _ in heads}
     if len(classes) != 1:
@@ -233,8 +266,10 @@ def detection_layer(net):
     """(the Detection layer's detection_param, the blob holding its predictions) of a net."""
     found = [(name, layer) for name, layer in net.layer_dict.items() if layer.type == "Detection"]
     if len(found) != 1:
-        raise MinicnnError(f"the net must have exactly one Detection layer (it tells how to "
-                           f"decode the predictions), found {len(found)}")
+        raise MinicnnError(f"the net must end in a Detection layer (YOLOv1), Region or Yolo "
+                           f"layers (YOLOv2/v3) or an SSD DetectionOutput layer, which tell how "
+                           f"to decode the predictions; found {len(found)} Detection layers and "
+                           f"no others")
     name, layer = found[0]
     blob = net.bottom_names[name][0] if layer.is_loss else net.top_names[name][0]
     return layer.param.detection_param, blob
@@ -295,7 +330,7 @@ def net_input(chw, height, width, scale=1 / 255, mean=None, letterbox=False,
     return x
 
 
-def detect(net, images, thresh=None, nms=0.4, scale=1 / 255, mean=None, rgb=False, names=None,
+def detect(net, images, thresh=None, nms=0.4, scale=None, mean=None, rgb=False, names=None,
            batch_size=8, letterbox=None, darknet_resize=None, hier_thresh=0.5):
     """Detections of one image (a path or an RGB uint8 array) or of a list of them (then a list
     of lists), with the net's Detection layer (YOLOv1) or its Region/Yolo layers (YOLOv2/v3);
@@ -312,16 +347,28 @@ def detect(net, images, thresh=None, nms=0.4, scale=1 / 255, mean=None, rgb=Fals
     (`detector test`); NMS 0.4 (Darknet's `.45` for v2/v3 is the caller's choice).
     ``hier_thresh``: where a Region with a softmax tree (YOLO9000) stops going down the tree
     (see ``head_boxes``).
+
+    An SSD net (one DetectionOutput layer, Wei Liu's fork) is run as the fork's
+    examples/ssd/ssd_detect.cpp runs it: the BGR image resized to the input size (OpenCV's
+    bilinear), minus ``mean`` (default 104, 117, 123, ssd_detect's mean_value), times ``scale``
+    (default 1: ssd_detect does not scale; MobileNet-SSD's deploy wants scale 0.007843 and mean
+    127.5), ``thresh`` 0.01 (its confidence_threshold); DetectionOutput has done the NMS (its
+    own nms_param; ``nms`` is not used) and its rows become boxes (see ``ssd_boxes``).
     """
     single = isinstance(images, (str, os.PathLike)) or (
         isinstance(images, np.ndarray) and images.dtype == np.uint8)
     items = [images] if single else list(images)
     heads = head_layers(net)
-    if not heads:
+    ssd = None if heads else ssd_output(net)
+    if not heads and ssd is None:
         p, blob = detection_layer(net)
     letterbox = bool(heads) if letterbox is None else letterbox
     darknet_resize = bool(heads) if darknet_resize is None else darknet_resize
-    thresh = (0.5 if heads else 0.2) if thresh is None else thresh
+    thresh = (0.5 if heads else 0.01 if ssd else 0.2) if thresh is None else thresh
+    if ssd is not None:
+        scale = 1.0 if scale is None else scale
+        mean = (104.0, 117.0, 123.0) if mean is None else mean
+    scale = 1 / 255 if scale is None else scale
     images_in = [n for n in net.inputs if len(net.blobs[n].shape) == 4]
     if not images_in:
         raise MinicnnError("the net has no N x C x H x W Input to feed images to (use a deploy "
@@ -337,6 +384,11 @@ def detect(net, images, thresh=None, nms=0.4, scale=1 / 255, mean=None, rgb=Fals
                                 net.blobs[name].dtype) for chw, _, _ in loaded])
         net.forward(**{name: x})
         for k, (_, w0, h0) in enumerate(loaded):
+            if ssd is not None:
+                from minicnn import cuda
+                rows = cuda.to_host(net.blobs[ssd[1]].data)
+                results.append(ssd_boxes(rows, k, w0, h0, thresh, names))
+                continue
             if not heads:
                 pred = net.blobs[blob].data.reshape(len(chunk), -1)[k]
                 results.append(detections_from(pred, p.side, p.num, p.classes, p.sqrt, w0, h0,

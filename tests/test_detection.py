@@ -239,5 +239,7 @@ def test_detect_needs_one_detection_layer(tmp_path):
                                          .replace("detection_param { side: 2 num: 1 classes: "
                                                   "1 }", ""))
     net = minicnn.Net(str(tmp_path / "n.prototxt"), phase=minicnn.TEST)
-    with pytest.raises(MinicnnError, match="exactly one Detection layer"):
+    with pytest.raises(MinicnnError, match=r"must end in a Detection layer \(YOLOv1\), Region "
+                                           r"or Yolo layers \(YOLOv2/v3\) or an SSD "
+                                           r"DetectionOutput layer.*found 0 Detection layers"):
         minicnn.detect(net, np.zeros((4, 4, 3), np.uint8))

@@ -7,6 +7,7 @@ the fork's score_ssd_pascal.py (max_iter 0). The images are drawn here: a rectan
 disc ("cat") or a cross ("dog") on noise, so that a few convolutions learn them in seconds.
 (docs/ssd.md: the real VGG SSD300 and MobileNet-SSD files trained the same way.)"""
 
+import json
 import math
 
 import numpy as np
@@ -428,3 +429,74 @@ def test_detection_output_nms_keeps_the_forks_boxes(seed, n, nms_threshold, eta,
     scores = np.round(rng.random(n), 1).astype(np.float32)     # many ties
     want = fork_apply_nms_fast(boxes, scores, 0.01, nms_threshold, eta, top_k)
     assert nms_fast(boxes, scores, 0.01, nms_threshold, eta=eta, top_k=top_k) == want
+
+
+# --- minicnn detect on an SSD deploy net, as the fork's examples/ssd/ssd_detect.cpp ------------
+
+def ssd_detect_reference(net, path, mean=(104, 117, 123), threshold=0.01):
+    """ssd_detect.cpp's Detector on one image, written out with OpenCV: cv::imread(file, -1),
+    gray/BGRA -> BGR, cv::resize to the input, float, minus mean_value; DetectionOutput's rows
+    whose image is not -1 and whose score >= confidence_threshold, corners times cols/rows."""
+    cv2 = pytest.importorskip("cv2")
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img.ndim == 2:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    elif img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
+    rows_, cols = img.shape[:2]
+    sample = cv2.resize(img, (SIZE, SIZE)).astype(np.float32) - np.float32(mean)
+    rows = net.forward(data=sample.transpose(2, 0, 1)[None])["detection_out"].reshape(-1, 7)
+    return [(int(r[1]), float(r[2]), [r[3] * cols, r[4] * rows_, r[5] * cols, r[6] * rows_])
+            for r in rows if r[0] != -1 and r[2] >= threshold]
+
+
+def test_detect_runs_an_ssd_deploy_net_as_ssd_detect_does(tmp_path, capsys):
+    # a user with an SSD deploy net reaches for `minicnn detect` first; it used to answer
+    # "the net must have exactly one Detection layer"
+    from PIL import Image
+    rng = np.random.default_rng(3)
+    minicnn.set_random_seed(5)
+    (tmp_path / "deploy.prototxt").write_text(deploy_net())
+    (tmp_path / "labelmap.prototxt").write_text(LABELMAP)
+    net = minicnn.Net(str(tmp_path / "deploy.prototxt"), phase=minicnn.TEST)
+    for k, layer in enumerate(l for l in net.layers if l.blobs):   # biases too: scores differ
+        w, b = layer.blobs[0], layer.blobs[1]
+        w.data[...] = rng.normal(0, 1, w.shape) / np.sqrt(np.prod(w.shape[1:])) / (
+            128 if k == 0 else 1)                                      # pixels minus the mean
+        b.data[...] = rng.normal(0, 1.5, b.shape)
+    net.save(str(tmp_path / "w.caffemodel"))
+    images = [tmp_path / "rgb.png", tmp_path / "gray.png", tmp_path / "alpha.png"]
+    Image.fromarray(rng.integers(0, 256, (50, 70, 3), np.uint8)).save(images[0])
+    Image.fromarray(rng.integers(0, 256, (90, 40), np.uint8)).save(images[1])
+    Image.fromarray(rng.integers(0, 256, (64, 64, 4), np.uint8), "RGBA").save(images[2])
+    assert cli.main(["detect", "--model", str(tmp_path / "deploy.prototxt"), "--weights",
+                     str(tmp_path / "w.caffemodel"), "--names", str(tmp_path / "labelmap.prototxt"),
+                     *map(str, images), "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    found = json.loads((tmp_path / "out" / "detections.json").read_text())
+    reference = minicnn.Net(str(tmp_path / "deploy.prototxt"),
+                            weights=str(tmp_path / "w.caffemodel"), phase=minicnn.TEST)
+    names = ["background", *CLASSES]
+    total = 0
+    for path, entry in zip(images, found):
+        want = sorted(ssd_detect_reference(reference, path), key=lambda d: -d[1])
+        got = entry["detections"]
+        assert len(got) == len(want) and (tmp_path / "out" / f"{path.stem}.png").exists()
+        total += len(got)
+        for d, (label, score, box) in zip(got, want):
+            assert (d["class"], d["label"]) == (label, names[label])
+            np.testing.assert_allclose(d["score"], score, rtol=1e-5)
+            np.testing.assert_allclose(d["box"], box, rtol=1e-5, atol=1e-3)
+        assert f"{path}: {len(got)} detection(s)" in printed
+    assert total > 10 and {d["class"] for e in found for d in e["detections"]} >= {1, 2, 3}
+    scores = [d["score"] for e in found for d in e["detections"]]
+    assert min(scores) < 0.1 and max(scores) > 0.5    # the default threshold (0.01) matters
+
+
+def test_eval_detection_points_an_ssd_net_to_minicnn_test(tmp_path, capsys):
+    (tmp_path / "deploy.prototxt").write_text(deploy_net())
+    (tmp_path / "list.txt").write_text("images/a.png\n")
+    assert cli.main(["eval-detection", "--model", str(tmp_path / "deploy.prototxt"), "--list",
+                     str(tmp_path / "list.txt")]) == 1
+    assert "minicnn test --model test.prototxt --weights W --iterations N --eval-type " \
+           "detection" in capsys.readouterr().err
