@@ -1642,8 +1642,10 @@ def build_parser():
 
     p = sub.add_parser("convert", help="another framework's model -> prototxt + caffemodel")
     p.add_argument("framework", choices=["darknet"])
-    p.add_argument("cfg", help="Darknet .cfg (YOLOv1 layers: convolutional, maxpool, "
-                               "connected, dropout, detection)")
+    p.add_argument("cfg", help="Darknet .cfg: YOLOv1 (tiny and full), YOLOv2, YOLO9000, YOLOv3 "
+                               "and the classifiers (sections convolutional, local, maxpool, "
+                               "avgpool, connected, dropout, softmax, cost, crop, route, "
+                               "shortcut, upsample, reorg, region, yolo, detection)")
     p.add_argument("weights", help="Darknet .weights")
     p.add_argument("outdir", help="folder for <cfg name>.prototxt and .caffemodel")
     return parser

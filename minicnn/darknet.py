@@ -53,6 +53,10 @@ cfg; its numbers go into the prototxt (one parent per class, as a wrapped list),
 converted net needs no Darknet data files: parents alone make the tree (its groups are the runs
 of equal parents, as read_tree makes them).
 
+A key a layer section does not use (a misspelt one, which Darknet would read as its default)
+is warned about with its line, as Darknet prints "Unused field"; [net], [region], [yolo],
+[detection] and [cost] hold training keys and are not checked.
+
 The converted net is a deploy net (one bottom per head). Region and Yolo keep their training
 keys, so a train prototxt only adds the box lists as each head's second bottom to make it
 Darknet's loss; jitter and random (the loader's augmentation) are not kept. ``minicnn detect``
@@ -95,6 +99,11 @@ KINDS = {"convolutional": "convolutional", "conv": "convolutional", "maxpool": "
 RECURRENT = ("rnn", "gru", "lstm", "crnn", "conv_lstm")
 
 
+# keys Darknet's parser reads in a layer section that do not change the converted net: training
+# only (dot, spatial, noloss), or ignored by Darknet itself (a tree softmax's groups)
+TRAINING_KEYS = {"convolutional": {"dot"}, "softmax": {"spatial", "noloss", "groups"}}
+
+
 class DarknetError(MinicnnError):
     """A Darknet cfg or weights file minicnn cannot convert; names the file and the line."""
 
@@ -102,6 +111,7 @@ class DarknetError(MinicnnError):
 class Section:
     def __init__(self, kind, line, path):
         self.kind, self.line, self.path, self.options, self.used = kind, line, path, {}, set()
+        self.key_lines = {}                   # key -> its line in the cfg
 
     def where(self):
         return f"{self.path}:{self.line}: [{self.kind}]"
@@ -134,6 +144,9 @@ def read_cfg(path):
             lines = f.readlines()
     except OSError as e:
         raise DarknetError(f"{path}: cannot read the cfg: {e.strerror or e}") from None
+    if any("\ufffd" in line or "\x00" in line for line in lines[:4]):
+        raise DarknetError(f"{path}: this is not a text cfg (a binary file: the .weights? the "
+                           "arguments are: cfg weights outdir)")
     sections = []
     for n, raw in enumerate(lines, 1):
         line = "".join(raw.split())
@@ -149,6 +162,7 @@ def read_cfg(path):
                 raise DarknetError(f"{path}:{n}: an option before the first [section]")
             key, _, value = line.partition("=")
             sections[-1].options[key] = value
+            sections[-1].key_lines[key] = n
         else:
             raise DarknetError(f"{path}:{n}: expected [section] or key=value, got "
                                f"{raw.strip()!r}")
@@ -222,7 +236,8 @@ def _batch_norm(b, name, top, n, biases, weights):
     mean = weights.read(n, f"the rolling mean of {name}")
     var = weights.read(n, f"the rolling variance of {name}")
     if np.any(var < 0):
-        raise DarknetError(f"{weights.path}: layer {name} has a negative rolling variance")
+        raise DarknetError(f"{weights.path}: layer {name} has a negative rolling variance: "
+                           "the weights do not match the cfg (another model's .weights?)")
     gamma = (scales.astype(np.float64) / (np.sqrt(var.astype(np.float64)) + DARKNET_BN_EPS))
     b.layer(f"{name}_bn", "BatchNorm", top, top,
             "batch_norm_param { use_global_stats: true eps: 0 }",
@@ -285,6 +300,9 @@ def _convolutional(b, s, i, x, weights):
     bn = s.int("batch_normalize", 0)
     if s.int("binary", 0) or s.int("xnor", 0):
         raise DarknetError(f"{s.where()}: binary/xnor convolutions are not supported")
+    if s.int("flipped", 0):                   # Darknet transposes such filters as it loads them
+        raise DarknetError(f"{s.where()}: flipped=1 (filters stored transposed) is not "
+                           "supported")
     if groups != 1 and (x.c % groups or n % groups):
         raise DarknetError(f"{s.where()}: groups={groups} must divide the {x.c} input "
                            f"channels and the {n} filters")
@@ -645,6 +663,20 @@ def _detection(b, s, x):
     return _Out("detection", d, 1, 1, flat=True)
 
 
+def _warn_unused(s, kind):
+    """Darknet's option_unused: a key no parser read is printed as "Unused field" (a misspelt
+    key silently takes its default, filters=1 for a misspelt filters). The layer sections'
+    keys are all read by the conversion; [net], [region], [yolo], [detection] and [cost] hold
+    training keys minicnn does not use, and are not checked."""
+    if kind in ("region", "yolo", "detection", "cost"):
+        return
+    for key in s.options:
+        if key not in s.used and key not in TRAINING_KEYS.get(kind, ()):
+            warnings.warn(f"{s.path}:{s.key_lines[key]}: [{s.kind}]: unused field "
+                          f"'{key}={s.options[key]}' (not a key of this section that minicnn "
+                          "converts: misspelt? Darknet prints 'Unused field' too)", stacklevel=4)
+
+
 def build(sections, weights):
     """(prototxt text, {layer name: [arrays]}) of a parsed cfg with its weights."""
     net = sections[0]
@@ -728,6 +760,7 @@ def build(sections, weights):
         else:
             raise DarknetError(f"{s.where()}: this kind of section cannot be converted "
                                f"(minicnn converts: {', '.join(sorted(set(KINDS.values())))})")
+        _warn_unused(s, kind)
         outs.append(x)
     return b.text(), b.weights
 

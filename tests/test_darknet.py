@@ -935,3 +935,82 @@ def test_detect_reads_a_loss_form_head_as_its_deploy_twin(tmp_path):
         thresh = 0.1 if name == "v2" else 0.3
         want = minicnn.detect(deploy, rgb, thresh=thresh, rgb=True)
         assert want and minicnn.detect(train, rgb, thresh=thresh, rgb=True) == want
+
+
+TYPO_CFG = """[net]
+height=8
+width=8
+channels=3
+
+[convolutional]
+filter=4
+size=3
+stride=1
+pad=1
+dot=0.1
+activation=leaky
+
+[maxpool]
+size=2
+stide=2
+
+[connected]
+ouput=5
+activation=linear
+
+[softmax]
+spatial=0
+"""
+
+
+@needs_darknet
+def test_misspelt_keys_warn_as_darknets_unused_field(tmp_path, capfd):
+    # a misspelt key takes the default silently (filters=1 for 'filter=4'); Darknet prints
+    # "Unused field: 'filter = 4'" for each key its parser did not read, minicnn warns for the
+    # same keys with the cfg's line
+    cfg = tmp_path / "typo.cfg"
+    cfg.write_text(TYPO_CFG)
+    lib = darknet()
+    lib.parse_network_cfg(str(cfg).encode())
+    unused = re.findall(r"Unused field: '(\w+) = (\S+)'", capfd.readouterr().err)
+    assert unused == [("filter", "4"), ("stide", "2"), ("ouput", "5")]
+    weights = tmp_path / "typo.weights"
+    with pytest.warns(UserWarning):                   # random_weights builds the net too
+        random_weights(str(cfg), str(weights))
+    with pytest.warns(UserWarning) as record:
+        convert_darknet(str(cfg), str(weights), str(tmp_path / "out"))
+    lines = {"filter": 7, "stide": 16, "ouput": 19}
+    kinds = {"filter": "convolutional", "stide": "maxpool", "ouput": "connected"}
+    assert [str(w.message) for w in record] == [
+        f"{cfg}:{lines[k]}: [{kinds[k]}]: unused field '{k}={v}' (not a key of this section "
+        "that minicnn converts: misspelt? Darknet prints 'Unused field' too)" for k, v in unused]
+
+
+def test_debian_cfgs_have_no_unused_fields_and_wrong_inputs_say_so(tmp_path):
+    import warnings
+    if os.path.isdir(CFG_DIR):
+        for name in sorted(os.listdir(CFG_DIR)):
+            if name.endswith(".cfg"):
+                with warnings.catch_warnings(record=True) as record:
+                    warnings.simplefilter("always")
+                    try:
+                        build(read_cfg(os.path.join(CFG_DIR, name)), _Recorder())
+                    except DarknetError:
+                        pass                      # rnn.cfg, ...: refused, not warned
+                assert not [w for w in record if "unused field" in str(w.message)], name
+    cfg = tmp_path / "a.cfg"
+    cfg.write_text("[net]\nheight=4\nwidth=4\nchannels=1\n[convolutional]\nflipped=1\n")
+    with pytest.raises(DarknetError, match=r"a\.cfg:5: \[convolutional\]: flipped=1"):
+        build(read_cfg(str(cfg)), _Recorder())
+    weights = tmp_path / "a.weights"           # the arguments swapped: the .weights as the cfg
+    weights.write_bytes(np.array([0, 2, 0, 0, 0], "<i4").tobytes()
+                        + np.arange(-9, 1, dtype="<f4").tobytes())
+    with pytest.raises(DarknetError, match=r"a\.weights: this is not a text cfg \(a binary "
+                                           r"file: the \.weights\? the arguments are: cfg "
+                                           r"weights outdir\)"):
+        convert_darknet(str(weights), str(cfg), str(tmp_path / "o"))
+    cfg.write_text("[net]\nheight=4\nwidth=4\nchannels=1\n[convolutional]\nfilters=2\n"
+                   "batch_normalize=1\n")
+    with pytest.raises(DarknetError, match=r"a\.weights: layer conv0 has a negative rolling "
+                                           r"variance: the weights do not match the cfg"):
+        convert_darknet(str(cfg), str(weights), str(tmp_path / "o"))
