@@ -140,7 +140,7 @@ def read_cfg(path):
     """A Darknet cfg as a list of Sections (``[name]`` headers, ``key=value`` lines; '#' and ';'
     start comments; whitespace is ignored, as Darknet strips it)."""
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
+        with open(path, encoding="utf-8-sig", errors="replace") as f:
             lines = f.readlines()
     except OSError as e:
         raise DarknetError(f"{path}: cannot read the cfg: {e.strerror or e}") from None

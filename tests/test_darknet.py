@@ -1014,3 +1014,13 @@ def test_debian_cfgs_have_no_unused_fields_and_wrong_inputs_say_so(tmp_path):
     with pytest.raises(DarknetError, match=r"a\.weights: layer conv0 has a negative rolling "
                                            r"variance: the weights do not match the cfg"):
         convert_darknet(str(cfg), str(weights), str(tmp_path / "o"))
+
+
+def test_a_cfg_saved_by_a_windows_editor_reads_the_same(tmp_path):
+    # Notepad writes a UTF-8 byte order mark and CRLF line ends; the prototxt reader takes the
+    # mark, the cfg reader said "a.cfg:1: expected [section] or key=value, got '\ufeff[net]'"
+    plain, windows = tmp_path / "plain.cfg", tmp_path / "windows.cfg"
+    plain.write_text(SMALL_CFG)
+    windows.write_bytes(b"\xef\xbb\xbf" + SMALL_CFG.replace("\n", "\r\n").encode())
+    want, got = (build(read_cfg(str(p)), _Recorder())[0] for p in (plain, windows))
+    assert got.replace("windows", "plain") == want and "Convolution" in want
