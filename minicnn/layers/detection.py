@@ -342,8 +342,10 @@ class DetectionDataLayer(_SourceDataLayer):
     """Images and their boxes for a Detection loss: ``source`` lists image paths (one per line;
     relative ones are found from the current folder, then beside the list), each with a Darknet
     label file (images/ -> labels/, extension -> .txt, lines ``class x y w h`` relative to the
-    image). Images are decoded as BGR (gray with is_color: false) and resized to new_height x
-    new_width (required unless all images share a size); in TRAIN, ``jitter`` and ``flip`` apply
+    image). Images are decoded as BGR (gray with is_color: false; RGB with ``rgb: true``, the
+    order Darknet trains in, so a net from `minicnn convert darknet` is fine-tuned on the
+    channels its weights expect) and resized to new_height x new_width (required unless all
+    images share a size); in TRAIN, ``jitter`` and ``flip`` apply
     Darknet's YOLOv1 augmentation (each side moves by up to jitter of the size, then resize,
     then a random left-right flip; the boxes follow and are shuffled). transform_param gives
     scale and mean_value (crop_size and mirror would not move the boxes: use jitter and flip).
@@ -435,6 +437,8 @@ class DetectionDataLayer(_SourceDataLayer):
                 image = self._read(i)
             images.append(image)
             lists.append(pad_boxes(boxes, p.max_boxes, self.dtype))
+        if p.rgb:
+            images = [im[::-1] if im.shape[0] == 3 else im for im in images]   # BGR -> RGB
         shape = images[0].shape
         for i, image in zip(ids, images):
             if image.shape != shape:

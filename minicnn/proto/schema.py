@@ -730,6 +730,7 @@ message DetectionDataParameter # minicnn's "DetectionData" layer: images + Darkn
   10  flip                bool     = false
   11  rand_skip           uint32   = 0
   12  prefetch            uint32   = 4
+  13  rgb                 bool     = false  # channels R, G, B: Darknet's order (converted nets)
 
 message SegmentationDataParameter  # minicnn's "SegmentationData": image + label-image pairs
   1   source              string

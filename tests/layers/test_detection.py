@@ -281,3 +281,31 @@ def test_detection_digits(tmp_path, capsys):
     assert not set(sets["train"]) & set(sets["test"]) and not set(sets["val"]) & set(sets["test"])
     assert [len(sets[s]) for s in ("train", "val", "test")] == [3500, 500, 1000]
     assert main(["data", "detection-digits", "--out", str(out), "--size", "10"]) == 1
+
+
+def test_rgb_feeds_darknets_channel_order_as_detect_rgb_does(tmp_path):
+    # a net converted from Darknet wants R, G, B; DetectionData decoded BGR only, so fine-tuning
+    # a converted YOLO fed its weights swapped channels (and `detect --rgb` then disagreed)
+    from PIL import Image
+
+    from minicnn.detection import load_detection_input, net_input
+    os.makedirs(tmp_path / "images")
+    os.makedirs(tmp_path / "labels")
+    red = np.zeros((20, 30, 3), np.uint8)
+    red[..., 0] = 255                                   # R
+    red[5:15, 10:20, 1] = 128                           # a green patch
+    Image.fromarray(red).save(tmp_path / "images" / "0.png")
+    write_labels(str(tmp_path / "labels" / "0.txt"), [[0, 0.5, 0.5, 0.3, 0.5]])
+    (tmp_path / "list.txt").write_text("images/0.png\n")
+    source = str(tmp_path / "list.txt")
+    bgr, _ = data_layer(source, phase="TEST", batch_size=1, new_height=16, new_width=24)()
+    bgr = bgr.copy()
+    rgb, _ = data_layer(source, phase="TEST", batch_size=1, new_height=16, new_width=24,
+                        rgb=True)()
+    assert rgb[0, 0].min() == 1 and rgb[0, 2].max() == 0 and bgr[0, 2].min() == 1
+    np.testing.assert_array_equal(rgb, bgr[:, ::-1])
+    chw, _, _ = load_detection_input(str(tmp_path / "images" / "0.png"), 16, 24, rgb=True,
+                                     resize=False)
+    np.testing.assert_array_equal(rgb[0], net_input(chw, 16, 24, scale=1 / 255))
+    augmented, _ = data_layer(source, batch_size=1, new_height=16, new_width=24, rgb=True)()
+    assert augmented[0, 0].max() == 1 and augmented[0, 2].max() == 0     # TRAIN path too
