@@ -376,6 +376,10 @@ def test(args):
               stages=args.stage, device=device)
     if args.eval_type == "detection":
         return _test_detection(net, args)
+    from minicnn.solver import detection_eval_note
+    note = detection_eval_note(net, "the net", "--eval-type detection")
+    if note:
+        print(note, file=sys.stderr)
     sums, loss = {}, 0.0
     for i in range(args.iterations):
         loss += net.forward_from_to()

@@ -186,6 +186,12 @@ class Solver:
         self.device = cuda.resolve_device(device)
         self.net = self._train_net(train_batch_size)
         self.test_nets = self._test_nets()
+        if param.eval_type != "detection":
+            for i, test_net in enumerate(self.test_nets):
+                note = detection_eval_note(test_net, f"test net #{i}", 'eval_type: "detection" '
+                                           "(ssd_pascal.py's solver sets it)")
+                if note:
+                    self.log(note)
         for net in [self.net] + self.test_nets:
             net.debug_log = self.log
         for test_net in self.test_nets:
@@ -797,6 +803,18 @@ def read_state_hdf5(path):
             state.minicnn = parse_binary(h5["minicnn"][()].tobytes(), "MinicnnSolverState",
                                          path=f"{where}:minicnn")
     return state
+
+
+def detection_eval_note(net, what, flag):
+    """A note for a net with DetectionEvaluate outputs tested as "classification" (the fork's
+    default eval_type): each of their rows' values is averaged and printed (thousands of
+    lines, as in the fork), not the mAP; None for other nets."""
+    layers = [name for name, layer in net.layer_dict.items() if layer.type == "DetectionEvaluate"]
+    if not layers:
+        return None
+    return (f"note: {what} has DetectionEvaluate ('{layers[0]}') but is scored as "
+            f"\"classification\" (the default): each value of its rows is averaged, not the "
+            f"mAP; {flag} gives the mAP")
 
 
 def check_eval_type(param):

@@ -500,3 +500,31 @@ def test_eval_detection_points_an_ssd_net_to_minicnn_test(tmp_path, capsys):
                      str(tmp_path / "list.txt")]) == 1
     assert "minicnn test --model test.prototxt --weights W --iterations N --eval-type " \
            "detection" in capsys.readouterr().err
+
+
+def test_an_ssd_test_net_scored_as_classification_says_to_ask_for_detection(ssd_data, capsys,
+                                                                             caplog):
+    # the fork's eval_type defaults to "classification": a solver without eval_type "detection"
+    # prints each of DetectionEvaluate's values averaged (thousands of lines per test), as the
+    # fork does, and no mAP; minicnn says once which setting gives the mAP
+    root, _ = ssd_data
+    note = "has DetectionEvaluate ('detection_eval') but is scored as \"classification\""
+    for eval_type, noted in (('"classification"', True), ('"detection"', False)):
+        path = write_solver(root, "noted", max_iter=0, test_initialization="false",
+                            snapshot_after_train="false", eval_type=eval_type)
+        caplog.clear()
+        with caplog.at_level("INFO"):        # the solver's log before the command's own starts
+            assert cli.main(["train", str(path), "--no-progress"]) == 0
+        out = "".join(capsys.readouterr()) + caplog.text
+        assert (f"note: test net #0 {note} (the default): each value of its rows is averaged, "
+                "not the mAP; eval_type: \"detection\" (ssd_pascal.py's solver sets it) gives "
+                "the mAP" in out) == noted
+    for flags, noted in (([], True), (["--eval-type", "detection"], False)):
+        assert cli.main(["test", str(root / "test.prototxt"), "--iterations", "1",
+                         *flags]) == 0
+        err = capsys.readouterr().err
+        assert (f"note: the net {note}" in err and "--eval-type detection gives the mAP" in err) \
+            == noted
+    assert cli.main(["test", str(root / "train.prototxt"), "--iterations", "1", "--phase",
+                     "TRAIN"]) == 0
+    assert "DetectionEvaluate" not in capsys.readouterr().err      # no such layer: no note
