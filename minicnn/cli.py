@@ -1064,7 +1064,20 @@ def _detection_net(args):
     if not args.weights:
         print("note: no --weights given: using the net's initial (filler) weights",
               file=sys.stderr)
-    return Net(args.model, weights=args.weights, phase="TEST")
+    net = Net(args.model, weights=args.weights, phase="TEST")
+    if not args.rgb and _converted_from_darknet(args.model):
+        print(f"note: {args.model} was converted from Darknet, whose nets take RGB: give --rgb "
+              "(this run feeds BGR, as for nets trained by minicnn)", file=sys.stderr)
+    return net
+
+
+def _converted_from_darknet(model):
+    """Whether a prototxt is `minicnn convert darknet`'s (its first line says so)."""
+    try:
+        with open(model, encoding="utf-8", errors="replace") as f:
+            return f.readline().startswith("# Converted by minicnn from")
+    except OSError:
+        return False
 
 
 def _detection_inputs(args):
@@ -1267,7 +1280,20 @@ def _segmentation_net(args):
     if not args.weights:
         print("note: no --weights given: using the net's initial (filler) weights",
               file=sys.stderr)
-    return Net(args.model, weights=args.weights, phase="TEST")
+    net = Net(args.model, weights=args.weights, phase="TEST")
+    if not args.rgb and _converted_from_darknet(args.model):
+        print(f"note: {args.model} was converted from Darknet, whose nets take RGB: give --rgb "
+              "(this run feeds BGR, as for nets trained by minicnn)", file=sys.stderr)
+    return net
+
+
+def _converted_from_darknet(model):
+    """Whether a prototxt is `minicnn convert darknet`'s (its first line says so)."""
+    try:
+        with open(model, encoding="utf-8", errors="replace") as f:
+            return f.readline().startswith("# Converted by minicnn from")
+    except OSError:
+        return False
 
 
 @command

@@ -1024,3 +1024,27 @@ def test_a_cfg_saved_by_a_windows_editor_reads_the_same(tmp_path):
     windows.write_bytes(b"\xef\xbb\xbf" + SMALL_CFG.replace("\n", "\r\n").encode())
     want, got = (build(read_cfg(str(p)), _Recorder())[0] for p in (plain, windows))
     assert got.replace("windows", "plain") == want and "Convolution" in want
+
+
+def test_detect_without_rgb_on_a_converted_net_says_to_give_it(tmp_path, capsys):
+    # a converted net takes RGB; forgetting --rgb feeds BGR and gives other boxes, silently
+    cfg = tmp_path / "small.cfg"
+    cfg.write_text(SMALL_CFG)
+    random_weights(str(cfg), str(tmp_path / "small.weights"))
+    assert main(["convert", "darknet", str(cfg), str(tmp_path / "small.weights"),
+                 str(tmp_path / "out")]) == 0
+    image = tmp_path / "x.png"
+    from PIL import Image
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 20, 3), np.uint8)).save(image)
+    model = str(tmp_path / "out" / "small.prototxt")
+    argv = ["detect", "--model", model, "--weights", str(tmp_path / "out" / "small.caffemodel"),
+            str(image), "--out", str(tmp_path / "d")]
+    for flags, noted in (([], True), (["--rgb"], False)):
+        capsys.readouterr()
+        assert main(argv + flags) == 0
+        assert (f"note: {model} was converted from Darknet, whose nets take RGB: give --rgb"
+                in capsys.readouterr().err) == noted
+    plain = tmp_path / "plain.prototxt"                     # the same net, not the converter's
+    plain.write_text(open(model).read().split("\n", 2)[2])
+    argv[2] = str(plain)
+    assert main(argv) == 0 and "give --rgb" not in capsys.readouterr().err
