@@ -302,3 +302,45 @@ def test_a_list_whose_images_all_fail_writes_no_database(voc, capsys):
     assert "no database was written" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["VOC", "labelmap.prototxt",
                                                           "trainval.txt"]
+
+
+def test_the_forks_box_warnings_and_what_it_drops_quietly_are_said(voc):
+    # the fork warns "bounding box exceeds image boundary" / "bounding box irregular" and keeps
+    # the box; it drops quietly a txt file's rest after a bad line and stores an image whose
+    # annotation file is missing without boxes (a misspelt Annotations folder: loss 0)
+    tmp_path, _ = voc
+    path = tmp_path / "a.xml"
+    path.write_text(voc_xml(24, 16, [("cat", 0, (4, 2, 30, 10)), ("dog", 0, (9, 6, 5, 12)),
+                                     ("dog", 0, (1, 1, 5, 5))]))
+    with pytest.warns(UserWarning) as record:
+        groups = read_xml_annotation(str(path), 16, 24, {"cat": 1, "dog": 2})
+    assert [str(w.message) for w in record] == [
+        f"{path}: bounding box (4, 2, 30, 10) exceeds image boundary (24 x 16)",
+        f"{path}: bounding box (9, 6, 5, 12) irregular (xmin > xmax or ymin > ymax)"]
+    np.testing.assert_allclose(groups[0][1][0][1], [4 / 24, 2 / 16, 30 / 24, 10 / 16])
+    assert len(groups[1][1]) == 2                           # both dogs kept, as the fork
+    from minicnn.data.annoset import read_txt_annotation
+    txt = tmp_path / "a.txt"
+    for text, kept, stop in (("1 10 10 20 14\ncar 1 2 3 4\n2 5 5 9 9\n", 1, "car 1 2 3 4"),
+                             ("1 10 10 20 14\n2 5 5 9\n", 1, "2 5 5 9"),
+                             ("1 -2 3 4 5\n", 1, None)):
+        txt.write_text(text)
+        with pytest.warns(UserWarning) as record:
+            groups = read_txt_annotation(str(txt), 16, 24)
+        assert sum(len(annos) for _, annos in groups) == kept
+        messages = [str(w.message) for w in record]
+        if stop:
+            assert messages == [f"{txt}: reading stopped at {stop!r}, not 'label xmin ymin xmax "
+                                "ymax' (an integer label, four numbers); 1 box(es) before it "
+                                "kept, the rest dropped (as the fork)"]
+        else:
+            assert messages == [f"{txt}: bounding box (-2, 3, 4, 5) exceeds image boundary "
+                                "(24 x 16)"]
+    (tmp_path / "VOC" / "Annotations" / "1.xml").rename(tmp_path / "1.xml")
+    with pytest.warns(UserWarning, match=r"Annotations/1\.xml: annotation file not found: "
+                                         r".*JPEGImages/1\.png is stored without boxes"):
+        db = convert(tmp_path)
+    data_net = net(db)
+    data_net.forward()
+    labels = data_net.blobs["label"].data.reshape(-1, 8)
+    assert set(labels[:, 0]) == {0}                         # image 1 has no box left

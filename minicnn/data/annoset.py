@@ -73,6 +73,17 @@ def _check_size(path, width, height, img_width, img_height):
         raise DataError("no valid image width/height", path)
 
 
+def _check_box(path, x0, y0, x1, y1, width, height):
+    """The fork's warnings on a box, in the annotation's pixels; the box is kept as it is."""
+    box = f"({x0:g}, {y0:g}, {x1:g}, {y1:g})"
+    if max(x0, x1) > width or max(y0, y1) > height or min(x0, y0, x1, y1) < 0:
+        warnings.warn(f"{path}: bounding box {box} exceeds image boundary ({width} x {height})",
+                      stacklevel=3)
+    if x0 > x1 or y0 > y1:
+        warnings.warn(f"{path}: bounding box {box} irregular (xmin > xmax or ymin > ymax)",
+                      stacklevel=3)
+
+
 def read_xml_annotation(path, img_height, img_width, name_to_label):
     """Groups (as minicnn.data.annotated.read_groups gives) of a VOC XML file."""
     try:
@@ -108,6 +119,7 @@ def read_xml_annotation(path, img_height, img_width, name_to_label):
                                       for k in ("xmin", "ymin", "xmax", "ymax"))
                 except ValueError as e:
                     raise DataError(f"bndbox coordinates must be integers ({e})", path) from None
+                _check_box(path, x0, y0, x1, y1, width, height)
                 box = as_box(F(x0) / F(width), F(y0) / F(height), F(x1) / F(width),
                              F(y1) / F(height))
                 _add_box(groups, label, box, difficult)
@@ -131,6 +143,7 @@ def read_json_annotation(path, img_height, img_width, name_to_label):
         if name not in name_to_label:
             raise DataError(f"unknown category_id {name!r} (not in the label map)", path)
         x, y, w, h = (F(v) for v in obj["bbox"])
+        _check_box(path, x, y, x + w, y + h, width, height)
         box = as_box(x / F(width), y / F(height), (x + w) / F(width), (y + h) / F(height))
         _add_box(groups, name_to_label[name], box, bool(obj.get("iscrowd", 0)))
     return groups
@@ -143,14 +156,24 @@ def read_txt_annotation(path, height, width):
             words = f.read().split()
     except OSError as e:
         raise DataError(f"cannot read the annotation: {e.strerror or e}", path) from None
+    stop = None
     for k in range(0, len(words) - len(words) % 5, 5):      # the fork reads while it can
         try:
             label = int(words[k])
             x0, y0, x1, y1 = (F(v) for v in words[k + 1:k + 5])
         except ValueError:
+            stop = k
             break
+        _check_box(path, x0, y0, x1, y1, width, height)
         _add_box(groups, label, as_box(x0 / F(width), y0 / F(height), x1 / F(width),
                                        y1 / F(height)), False)
+    if stop is None and len(words) % 5:
+        stop = len(words) - len(words) % 5
+    if stop is not None:                     # the fork's `infile >> label >> ...` stops quietly
+        warnings.warn(f"{path}: reading stopped at {' '.join(words[stop:stop + 5])!r}, not "
+                      f"'label xmin ymin xmax ymax' (an integer label, four numbers); "
+                      f"{stop // 5} box(es) before it kept, the rest dropped (as the fork)",
+                      stacklevel=2)
     return groups
 
 
@@ -195,7 +218,10 @@ def annotated_record(image_path, anno_path, label_type="xml", name_to_label=None
     native = decode_image(image_path, None)
     img_height, img_width = native.shape[1:]
     groups = []
-    if os.path.exists(anno_path):
+    if not os.path.exists(anno_path):        # the fork stores the image without boxes, quietly
+        warnings.warn(f"{anno_path}: annotation file not found: {image_path} is stored without "
+                      "boxes (as the fork does)", stacklevel=3)
+    else:
         if label_type == "xml":
             groups = read_xml_annotation(anno_path, img_height, img_width, name_to_label or {})
         elif label_type == "json":
