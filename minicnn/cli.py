@@ -1198,9 +1198,10 @@ def _add_detection_options(p):
                                    "Region/Yolo layers, or, for detect, SSD's DetectionOutput)")
     p.add_argument("--weights", help="the trained .caffemodel (required in practice: without "
                                      "it the net keeps its fillers' values)")
-    p.add_argument("--nms", type=float, default=0.4,
+    p.add_argument("--nms", type=float, default=None,
                    help="per-class NMS: drop boxes overlapping a better one by IoU > this "
-                        "(default 0.4, Darknet's; SSD nets use their DetectionOutput's own)")
+                        "(default Darknet's: 0.4 for YOLOv1, 0.45 for v2/v3; SSD nets use "
+                        "their DetectionOutput's own)")
     p.add_argument("--scale", type=float, default=None,
                    help="multiply the 0..255 pixels by this, after the mean (default 1/255; "
                         "1 for SSD nets, as ssd_detect; MobileNet-SSD: 0.007843)")

@@ -330,7 +330,7 @@ def net_input(chw, height, width, scale=1 / 255, mean=None, letterbox=False,
     return x
 
 
-def detect(net, images, thresh=None, nms=0.4, scale=None, mean=None, rgb=False, names=None,
+def detect(net, images, thresh=None, nms=None, scale=None, mean=None, rgb=False, names=None,
            batch_size=8, letterbox=None, darknet_resize=None, hier_thresh=0.5):
     """Detections of one image (a path or an RGB uint8 array) or of a list of them (then a list
     of lists), with the net's Detection layer (YOLOv1) or its Region/Yolo layers (YOLOv2/v3);
@@ -344,9 +344,9 @@ def detect(net, images, thresh=None, nms=0.4, scale=None, mean=None, rgb=False, 
     the boxes are mapped back. ``darknet_resize`` (the default for Region/Yolo nets, which come
     from Darknet) resizes as Darknet's resize_image does, so a converted net sees Darknet's
     input exactly (see ``net_input``). ``thresh``: 0.2 for YOLOv1 (`yolo test`), 0.5 for v2/v3
-    (`detector test`); NMS 0.4 (Darknet's `.45` for v2/v3 is the caller's choice).
-    ``hier_thresh``: where a Region with a softmax tree (YOLO9000) stops going down the tree
-    (see ``head_boxes``).
+    (`detector test`); ``nms``: 0.4 for YOLOv1 (`yolo test`), 0.45 for v2/v3 (`detector
+    test`). ``hier_thresh``: where a Region with a softmax tree (YOLO9000) stops going down the
+    tree (see ``head_boxes``).
 
     An SSD net (one DetectionOutput layer, Wei Liu's fork) is run as the fork's
     examples/ssd/ssd_detect.cpp runs it: the BGR image resized to the input size (OpenCV's
@@ -365,6 +365,7 @@ def detect(net, images, thresh=None, nms=0.4, scale=None, mean=None, rgb=False, 
     letterbox = bool(heads) if letterbox is None else letterbox
     darknet_resize = bool(heads) if darknet_resize is None else darknet_resize
     thresh = (0.5 if heads else 0.01 if ssd else 0.2) if thresh is None else thresh
+    nms = (0.45 if heads else 0.4) if nms is None else nms
     if ssd is not None:
         scale = 1.0 if scale is None else scale
         mean = (104.0, 117.0, 123.0) if mean is None else mean
@@ -599,12 +600,12 @@ def image_size(path):
         raise DataError(f"cannot read image ({type(e).__name__}: {e})", path) from None
 
 
-def evaluate_images(net, images, classes=None, iou=0.5, thresh=0.005, nms_thresh=0.4,
+def evaluate_images(net, images, classes=None, iou=0.5, thresh=0.005, nms_thresh=None,
                     names=None, batch_size=8, progress=None, **input_options):
     """Detect on every image (paths) and score against their Darknet label files; returns
     (evaluate()'s result, per-image detections). The low default threshold (0.005) keeps the
     low-scoring detections that the precision/recall curve needs (Darknet's `valid` uses
-    0.001)."""
+    0.001); the NMS threshold defaults as ``detect``'s (0.4 for YOLOv1, 0.45 for v2/v3)."""
     from minicnn.data.detection import label_path, read_labels
     classes = classes or net_classes(net)
     truths = []

@@ -1048,3 +1048,29 @@ def test_detect_without_rgb_on_a_converted_net_says_to_give_it(tmp_path, capsys)
     plain.write_text(open(model).read().split("\n", 2)[2])
     argv[2] = str(plain)
     assert main(argv) == 0 and "give --rgb" not in capsys.readouterr().err
+
+
+@needs_darknet
+@pytest.mark.parametrize("which", ["v2", "v3"])
+def test_detect_defaults_are_darknets_detector_test(tmp_path, which):
+    # `darknet detector test` runs thresh .5 and nms .45 (detector.c); detect's NMS default was
+    # YOLOv1's 0.4 for every net, so its boxes differed from Darknet's unless --nms was given
+    cfg, weights, net, _ = converted(tmp_path, V2_CFG if which == "v2" else V3_CFG, dead=False)
+    classes = 5 if which == "v2" else 4
+    kept = {}
+    for seed in range(40):                          # an image where 0.4 and 0.45 differ
+        rgb = np.random.default_rng(seed).integers(0, 256, (16, 32, 3), dtype=np.uint8)
+        for thresh in (0.5, 0.2):
+            kept = {nms: minicnn.detect(net, rgb, thresh=thresh, nms=nms, rgb=True)
+                    for nms in (0.4, 0.45)}
+            if len(kept[0.4]) != len(kept[0.45]):
+                break
+        else:
+            continue
+        break
+    assert len(kept[0.4]) != len(kept[0.45]), "no image tells 0.4 from 0.45"
+    want = darknet_detect(cfg, weights, rgb, thresh, 0.45, classes)
+    got = minicnn.detect(net, rgb, thresh=thresh, rgb=True)               # NMS by default
+    assert_same_detections(got, want, minicnn.detect(net, rgb, thresh=thresh, nms=1.0, rgb=True))
+    if thresh == 0.5:
+        assert_same_detections(minicnn.detect(net, rgb, rgb=True), want)   # thresh too

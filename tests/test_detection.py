@@ -243,3 +243,18 @@ def test_detect_needs_one_detection_layer(tmp_path):
                                            r"or Yolo layers \(YOLOv2/v3\) or an SSD "
                                            r"DetectionOutput layer.*found 0 Detection layers"):
         minicnn.detect(net, np.zeros((4, 4, 3), np.uint8))
+
+
+def test_detect_defaults_nms_as_yolo_test_for_yolov1(tmp_path):
+    # Darknet's `yolo test` (yolo.c) suppresses at IoU > .4 and `detector test` at .45: two
+    # boxes of one class overlapping by IoU 0.15 / 0.35 = 0.43 are one box by YOLOv1's default
+    (tmp_path / "deploy.prototxt").write_text(
+        DEPLOY.replace("num_output: 24", "num_output: 11")
+        .replace("side: 2 num: 1 classes: 1", "side: 1 num: 2 classes: 1 sqrt: false"))
+    net = minicnn.Net(str(tmp_path / "deploy.prototxt"), phase=minicnn.TEST)
+    fc = net.layer_dict["fc"]
+    fc.blobs[0].data[...] = 0
+    fc.blobs[1].data[...] = [1.0, 0.9, 0.8, 0.5, 0.5, 0.5, 0.5, 0.7, 0.5, 0.5, 0.5]
+    image = np.zeros((10, 10, 3), np.uint8)
+    assert len(minicnn.detect(net, image)) == 1
+    assert len(minicnn.detect(net, image, nms=0.45)) == 2
