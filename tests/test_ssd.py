@@ -15,6 +15,7 @@ DetectionOutput field `clip` (boxes clipped to [0, 1] before NMS) is drawn too.
 """
 
 import importlib.util
+import json
 import math
 import os
 
@@ -698,3 +699,29 @@ def test_minicnn_time_runs_a_net_with_normalize_and_no_loss(tmp_path, capsys):
                 norm_param { across_spatial: false channel_shared: false } }""")
     assert main(["time", str(net), "--iterations", "1"]) == 0
     assert "norm\tbackward" in capsys.readouterr().out
+
+
+@needs_face_model
+def test_minicnn_detect_on_res10_matches_opencvs_blob_from_image(tmp_path):
+    # the user's command for OpenCV's face detector: `minicnn detect` with its mean; OpenCV's
+    # sample prepares the input with blobFromImage(image, 1.0, (300, 300), (104, 177, 123))
+    cv2 = pytest.importorskip("cv2")
+    skimage_data = pytest.importorskip("skimage.data")
+    from minicnn.cli import main
+    model = os.path.join(FACE_DIR, "deploy.prototxt.txt")
+    weights = os.path.join(FACE_DIR, "res10_300x300_ssd_iter_140000.caffemodel")
+    cv2.imwrite(str(tmp_path / "astronaut.png"), skimage_data.astronaut()[:, :, ::-1])
+    assert main(["detect", "--model", model, "--weights", weights, "--mean", "104,177,123",
+                 "--thresh", "0.5", str(tmp_path / "astronaut.png"), "--out",
+                 str(tmp_path / "out")]) == 0
+    with open(tmp_path / "out" / "detections.json") as f:
+        (face,) = json.load(f)[0]["detections"]
+    image = cv2.imread(str(tmp_path / "astronaut.png"))
+    cv_net = cv2.dnn.readNetFromCaffe(model, weights)
+    cv_net.setInput(cv2.dnn.blobFromImage(image, 1.0, (300, 300), (104, 177, 123)))
+    rows = cv_net.forward()[0, 0]
+    (want,) = rows[rows[:, 2] >= 0.5]
+    assert face["class"] == int(want[1]) == 1
+    np.testing.assert_allclose(face["score"], want[2], atol=1e-5)
+    np.testing.assert_allclose(face["box"], want[3:] * 512, atol=2e-3)
+    assert 175 < face["box"][0] < 185 and 170 < face["box"][3] < 185   # the README's face
