@@ -809,6 +809,9 @@ def convert_darknet(cfg, weights, out_dir):
     from minicnn.net import TEST, Net
     from minicnn.proto.text import parse_text
     from minicnn.proto.wire import atomic_write
+    if os.fspath(out_dir).endswith((".prototxt", ".caffemodel")) and not os.path.isdir(out_dir):
+        raise DarknetError(f"{out_dir}: the third argument is a folder: the prototxt and the "
+                           "caffemodel are written into it, named after the cfg (e.g. out/)")
     sections = read_cfg(cfg)
     reader = WeightsReader(weights)
     text, arrays = build(sections, reader)

@@ -1009,6 +1009,9 @@ def test_debian_cfgs_have_no_unused_fields_and_wrong_inputs_say_so(tmp_path):
                                            r"file: the \.weights\? the arguments are: cfg "
                                            r"weights outdir\)"):
         convert_darknet(str(weights), str(cfg), str(tmp_path / "o"))
+    with pytest.raises(DarknetError, match=r"model\.prototxt: the third argument is a folder"):
+        convert_darknet(str(cfg), str(weights), str(tmp_path / "model.prototxt"))
+    assert not (tmp_path / "model.prototxt").exists()
     cfg.write_text("[net]\nheight=4\nwidth=4\nchannels=1\n[convolutional]\nfilters=2\n"
                    "batch_normalize=1\n")
     with pytest.raises(DarknetError, match=r"a\.weights: layer conv0 has a negative rolling "
