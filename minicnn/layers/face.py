@@ -1,8 +1,8 @@
 """The face-recognition forks' layers: CenterLoss (ydwen/caffe-face), SphereFace's
 MarginInnerProduct (A-Softmax), AM-Softmax's LabelSpecificAdd, and happynear's Normalize (which
-a "Normalize" layer without SSD's norm_param is, see FaceNormalizeLayer), ChannelScale and
-GlobalLSEMargin (AM-Softmax's auto/ net). The math is
-minicnn.ops.face; all compute with NumPy (host layers in a GPU net)."""
+a "Normalize" layer without SSD's norm_param is, see FaceNormalizeLayer), ChannelScale,
+GlobalLSEMargin (AM-Softmax's auto/ net) and Flip. The math is minicnn.ops.face; all compute with
+NumPy (host layers in a GPU net) but Flip, an indexing that runs on either kind of array."""
 
 import math
 
@@ -529,3 +529,43 @@ class GlobalLSEMarginLayer(Layer):
 
     def allow_force_backward(self, bottom_index):
         return bottom_index != 1
+
+
+@register("Flip")
+class FlipLayer(Layer):
+    """happynear's `Flip` (caffe-windows; AM-Softmax's face_deploy_mirror_normalize.prototxt
+    puts each face beside its mirror image, then adds their features): y[n, c, h, w] =
+    x[n, c, h', w'], w' = W - 1 - w with flip_param.flip_width (default true), h' = H - 1 - h
+    with flip_height (default false); neither copies x.
+
+    bottom[0]: read as N x C x H x W by the legacy accessors, as the fork (missing axes are 1:
+    an N x K blob has W = 1, so it is copied unchanged; more than 4 axes is an error). top[0]:
+    bottom[0]'s shape. Backward as the fork: dx is dy flipped the same way (the gradient; a
+    flip is its own inverse). In place is refused: the fork's loop reads the bottom while it
+    writes the top, so in place it would mirror one half of the blob onto the other."""
+    param_field = "flip_param"
+    exact_num_bottom = exact_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        p = self.param.flip_param
+        self.flip_width, self.flip_height = bool(p.flip_width), bool(p.flip_height)
+        if bottom[0] is top[0]:
+            raise LayerError(f"Flip layer '{self.name}' cannot run in place (the fork's loop "
+                             "would overwrite the values it still reads): give it its own top")
+
+    def reshape(self, bottom, top):
+        from minicnn.layers.ssd import _legacy_4d
+        _legacy_4d(self, bottom[0], "its bottom")
+        top[0].reshape(bottom[0].shape)
+
+    def _flipped(self, a):
+        from minicnn.layers.ssd import _legacy_4d
+        x = a.reshape(_legacy_4d(self, a, "its bottom"))
+        return x[:, :, ::-1 if self.flip_height else 1, ::-1 if self.flip_width else 1]
+
+    def forward(self, bottom, top):
+        top[0].data[...] = self._flipped(bottom[0].data).reshape(top[0].shape)
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            bottom[0].diff[...] = self._flipped(top[0].diff).reshape(bottom[0].shape)

@@ -282,6 +282,7 @@ message LayerParameter
   155 mat_write_param     MatWriteParameter     # DeepLab v2 fork
   214 normalize_param     FaceNormalizeParameter  # happynear's caffe-windows (AM-Softmax, NormFace)
   237 channel_scale_param ChannelScaleParameter  # happynear's caffe-windows (AM-Softmax's wo_fn)
+  212 flip_param          FlipParameter  # happynear's caffe-windows (AM-Softmax's mirror deploy)
   9124 focal_loss_param   FocalLossParameter  # zimenglan-sysu-512/Focal-Loss; its 124 is sigmoid_param
   9146 dense_crf_param    DenseCRFParameter  # DeepLab v2 fork; its 146 is BVLC's recurrent_param
   151 mat_read_param      MatReadParameter   # DeepLab v2 fork (its number; free in BVLC)
@@ -863,6 +864,10 @@ message ChannelScaleParameter  # happynear's ChannelScale (x times a per-place s
   5   max_global_scale    float    = 1000
   6   min_global_scale    float    = 0
   7   init_global_scale   float    = 1   # read by no code of the fork
+
+message FlipParameter  # happynear's Flip (mirror a blob along its width and/or height)
+  1   flip_width          bool     = true
+  2   flip_height         bool     = false
 
 # --- zimenglan-sysu-512/Focal-Loss: FocalLoss (softmax form) ---------------------------------
 
