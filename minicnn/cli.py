@@ -1253,9 +1253,7 @@ def _add_segmentation_options(p):
     p.add_argument("--scale", type=float, default=0.0078125,
                    help="then multiplied by this (default 1/128, models/deeplab's)")
     p.add_argument("--blob", help="the score maps (default: the net's first output)")
-    p.add_argument("--names", help="class names, one per line (line 1 is class 0: for SSD "
-                                   "nets the background), or SSD's LabelMap prototxt "
-                                   "(labelmap_voc.prototxt)")
+    p.add_argument("--names", help="class names, one per line")
     p.add_argument("--root-folder", default="", help="folder prepended to the images' paths")
     p.add_argument("--scales", type=_scales, default=(1.0,),
                    help="multi-scale inference: comma-separated input scales whose score maps "
@@ -1281,20 +1279,7 @@ def _segmentation_net(args):
     if not args.weights:
         print("note: no --weights given: using the net's initial (filler) weights",
               file=sys.stderr)
-    net = Net(args.model, weights=args.weights, phase="TEST")
-    if not args.rgb and _converted_from_darknet(args.model):
-        print(f"note: {args.model} was converted from Darknet, whose nets take RGB: give --rgb "
-              "(this run feeds BGR, as for nets trained by minicnn)", file=sys.stderr)
-    return net
-
-
-def _converted_from_darknet(model):
-    """Whether a prototxt is `minicnn convert darknet`'s (its first line says so)."""
-    try:
-        with open(model, encoding="utf-8", errors="replace") as f:
-            return f.readline().startswith("# Converted by minicnn from")
-    except OSError:
-        return False
+    return Net(args.model, weights=args.weights, phase="TEST")
 
 
 @command
