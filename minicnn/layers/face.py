@@ -536,7 +536,7 @@ class FlipLayer(Layer):
     """happynear's `Flip` (caffe-windows; AM-Softmax's face_deploy_mirror_normalize.prototxt
     puts each face beside its mirror image, then adds their features): y[n, c, h, w] =
     x[n, c, h', w'], w' = W - 1 - w with flip_param.flip_width (default true), h' = H - 1 - h
-    with flip_height (default false); neither copies x.
+    with flip_height (default false); with neither, y is a copy of x.
 
     bottom[0]: read as N x C x H x W by the legacy accessors, as the fork (missing axes are 1:
     an N x K blob has W = 1, so it is copied unchanged; more than 4 axes is an error). top[0]:
