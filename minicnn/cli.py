@@ -1625,7 +1625,8 @@ def build_parser():
     p.add_argument("--out", required=True, help="folder for the pictures and detections.json")
 
     p = sub.add_parser("eval-detection", help="mAP@0.5 (VOC 11-point and all-point) of a "
-                                              "YOLO net (v1, v2, v3) on a labelled image list")
+                                              "YOLO net (v1, v2, v3) on a labelled image list "
+                                              "(SSD nets: minicnn test --eval-type detection)")
     p.add_argument("--list", required=True, help="image list; labels by Darknet's rule "
                                                  "(images/ -> labels/, .txt)")
     _add_detection_options(p)
