@@ -330,12 +330,12 @@ def test_the_forks_box_warnings_and_what_it_drops_quietly_are_said(voc):
         assert sum(len(annos) for _, annos in groups) == kept
         messages = [str(w.message) for w in record]
         if stop:
-            assert messages == [f"{txt}: reading stopped at {stop!r}, not 'label xmin ymin xmax "
-                                "ymax' (an integer label, four numbers); 1 box(es) before it "
-                                "kept, the rest dropped (as the fork)"]
+            assert messages == [(f"{txt}: reading stopped at {stop!r}, not 'label xmin ymin xmax "
+                                 "ymax' (an integer label, four numbers); 1 box(es) before it "
+                                 "kept, the rest dropped (as the fork)")]
         else:
-            assert messages == [f"{txt}: bounding box (-2, 3, 4, 5) exceeds image boundary "
-                                "(24 x 16)"]
+            assert messages == [(f"{txt}: bounding box (-2, 3, 4, 5) exceeds image boundary "
+                                 "(24 x 16)")]
     (tmp_path / "VOC" / "Annotations" / "1.xml").rename(tmp_path / "1.xml")
     with pytest.warns(UserWarning, match=r"Annotations/1\.xml: annotation file not found: "
                                          r".*JPEGImages/1\.png is stored without boxes"):

@@ -1048,7 +1048,7 @@ def test_detect_without_rgb_on_a_converted_net_says_to_give_it(tmp_path, capsys)
         assert (f"note: {model} was converted from Darknet, whose nets take RGB: give --rgb"
                 in capsys.readouterr().err) == noted
     plain = tmp_path / "plain.prototxt"                     # the same net, not the converter's
-    plain.write_text(open(model).read().split("\n", 2)[2])
+    plain.write_text((tmp_path / "out" / "small.prototxt").read_text().split("\n", 2)[2])
     argv[2] = str(plain)
     assert main(argv) == 0 and "give --rgb" not in capsys.readouterr().err
 
