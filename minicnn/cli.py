@@ -48,7 +48,8 @@ def command(fn):
     return fn
 
 
-GFLAGS_SWITCHES = {"gray", "shuffle", "encoded", "check-size", "check-label"}   # convert_imageset's bools
+# convert_imageset's bools
+GFLAGS_SWITCHES = {"gray", "shuffle", "encoded", "check-size", "check-label"}
 
 
 def _caffe_style(argv):

@@ -383,9 +383,9 @@ def save_features(path, features, labels=None):
     list file ``<stem>.txt`` beside it holding the .h5's absolute path, so a net can train on
     the features at once: ``hdf5_data_param { source: "<stem>.txt" batch_size: 32 }``.
     A name ending in ``lmdb`` (``feats_lmdb``) or ``leveldb``: the database Caffe's
-    extract_features writes, one Datum of float_data per item keyed by its index in 10 digits, with the blob's
-    channels, height and width (1 for missing axes), and the label when given (a Data layer
-    reads it back). Each file is written to a temporary name and renamed.
+    extract_features writes, one Datum of float_data per item keyed by its index in 10 digits,
+    with the blob's channels, height and width (1 for missing axes), and the label when given
+    (a Data layer reads it back). Each file is written to a temporary name and renamed.
     """
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()

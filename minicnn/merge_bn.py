@@ -13,9 +13,10 @@ too, and every layer's own parameters are used.
 Per channel the chain after the convolution is an affine map y = A x + B, composed from:
 
     BatchNorm   mean = blobs[0] / s, var = blobs[1] / s with s = blobs[2] (0 when s is 0, as
-                Caffe's BatchNormLayer), a = 1 / sqrt(var + eps):   A <- a A,  B <- a (B - mean)
-    Scale       gamma, beta (0 without bias_term):                  A <- gamma A, B <- gamma B + beta
-    Bias        beta:                                               B <- B + beta
+                Caffe's BatchNormLayer), a = 1 / sqrt(var + eps):
+                                                    A <- a A,      B <- a (B - mean)
+    Scale       gamma, beta (0 without bias_term):  A <- gamma A,  B <- gamma B + beta
+    Bias        beta:                                              B <- B + beta
     BN          the PSPNet fork's (TEST: running statistics, any frozen flag):
                 A <- slope A / sqrt(var + eps),  B <- slope (B - mean) / sqrt(var + eps) + bias
 

@@ -270,7 +270,8 @@ class _EnumValues:
         if not isinstance(getattr(cls, value_name, None), str):
             enums = sorted({v for f in cls.DESCRIPTOR.fields if f.kind == "enum"
                             for v in f.enum.values}
-                           | {v for e in NESTED_ENUMS.get(self._message, ()) for v in ENUMS[e].values})
+                           | {v for e in NESTED_ENUMS.get(self._message, ())
+                              for v in ENUMS[e].values})
             raise AttributeError(f"{self._message} has no enum value '{value_name}' "
                                  f"(it has: {', '.join(enums) or 'none'})")
         return getattr(cls, value_name)

@@ -508,7 +508,7 @@ def write_json(obj, path):
     return _atomic(path, write)
 
 
-# --- evaluation on a set with object masks (minicnn data sos) ---------------------------------------
+# --- evaluation on a set with object masks (minicnn data sos) -------------------------------------
 
 def read_objects(data_dir, split):
     """The records of ``<data_dir>/<split>_objects.json`` (written by ``minicnn data sos``):

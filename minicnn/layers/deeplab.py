@@ -137,8 +137,9 @@ class ImageSegDataLayer(_SourceDataLayer):
                 dtype=self.dtype)
             if d.shape != shape:
                 raise DataError(f"image '{self.entries[i][0]}' gives data of shape {d.shape} "
-                                f"but the top has {shape}, from the first image (the fork shapes its "
-                                "tops so): set crop_size", self.source_path, self.entries[i][2])
+                                f"but the top has {shape}, from the first image (the fork "
+                                "shapes its tops so): set crop_size", self.source_path,
+                                self.entries[i][2])
             data.append(d)
             labels.append(lab)
         return np.stack(data), np.stack(labels), np.asarray(dims, self.dtype)
@@ -203,6 +204,25 @@ class SegAccuracyLayer(Layer):
         return False
 
 
+def _source_names(source, strip, field):
+    """MatWrite's and MatRead's file names: the first word of each line of ``source``, less its
+    last ``strip`` characters (blank lines skipped)."""
+    try:
+        with open(source, encoding="utf-8") as f:
+            lines = f.readlines()
+    except OSError as e:
+        raise LayerError(f"cannot read {field}.source '{source}': {e.strerror or e}") from None
+    names = []
+    for lineno, line in enumerate(lines, 1):
+        words = line.split()
+        if not words:
+            continue
+        if len(words[0]) <= strip:
+            raise DataError(f"strip {strip} removes all of {words[0]!r}", source, lineno)
+        names.append(words[0][:len(words[0]) - strip])
+    return names
+
+
 @register("MatWrite")
 class MatWriteLayer(Layer):
     """DeepLab's `MatWrite`: writes each bottom to a MATLAB .mat file (what DeepLab's test nets
@@ -234,21 +254,7 @@ class MatWriteLayer(Layer):
         self.iter = 0
         self.names = None
         if p.HasField("source"):
-            try:
-                with open(p.source, encoding="utf-8") as f:
-                    lines = f.readlines()
-            except OSError as e:
-                raise LayerError(f"cannot read mat_write_param.source '{p.source}': "
-                                 f"{e.strerror or e}") from None
-            self.names = []
-            for lineno, line in enumerate(lines, 1):
-                words = line.split()
-                if not words:
-                    continue
-                if len(words[0]) <= p.strip:
-                    raise DataError(f"strip {p.strip} removes all of {words[0]!r}", p.source,
-                                    lineno)
-                self.names.append(words[0][:len(words[0]) - p.strip])
+            self.names = _source_names(p.source, p.strip, "mat_write_param")
 
     def reshape(self, bottom, top):
         for i, b in enumerate(bottom):
@@ -428,21 +434,7 @@ class MatReadLayer(Layer):
         self.iter = 0
         self.names = None
         if p.HasField("source"):
-            try:
-                with open(p.source, encoding="utf-8") as f:
-                    lines = f.readlines()
-            except OSError as e:
-                raise LayerError(f"cannot read mat_read_param.source '{p.source}': "
-                                 f"{e.strerror or e}") from None
-            self.names = []
-            for lineno, line in enumerate(lines, 1):
-                words = line.split()
-                if not words:
-                    continue
-                if len(words[0]) <= p.strip:
-                    raise DataError(f"strip {p.strip} removes all of {words[0]!r}", p.source,
-                                    lineno)
-                self.names.append(words[0][:len(words[0]) - p.strip])
+            self.names = _source_names(p.source, p.strip, "mat_read_param")
             if not self.names:
                 raise DataError("names no files", p.source)
         for i, t in enumerate(top):

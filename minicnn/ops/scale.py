@@ -9,8 +9,9 @@ scale has the shape of x.shape[axis : axis + scale.ndim] and is broadcast over t
     dbias  = sum of dy over the broadcast axes
 
 ``out=`` names the array to write y into (it may be x); ``keep_x=`` an array to copy x into first
-(an in-place layer keeps its input for backward; one pass with y on the CPU); ``dx_out=`` the array for dx, and ``dscale_acc=`` /
-``dbias_acc=`` arrays to *add* dscale and dbias to (a layer's parameter diffs).
+(an in-place layer keeps its input for backward; one pass with y on the CPU); ``dx_out=`` the
+array for dx, and ``dscale_acc=`` / ``dbias_acc=`` arrays to *add* dscale and dbias to (a
+layer's parameter diffs).
 No kinks. Impls: ref; cpu for a per-channel scale (shape (C,) at axis 1, the Caffe nets' case:
 csrc/normalization.cpp, one pass each way).
 """

@@ -38,7 +38,8 @@ Where n divides H both are the same plain tiling (kernel = stride = H / n, pad 0
     dx = sum_l pool_l_backward(dy_l)                               (the levels share x)
 
 oh_l = ow_l = bins under both rules (for every size each accepts), so y has C * sum_l bins_l^2
-columns: C * sum_l 4^l for Caffe's pyramid. MAX's kink is the pooling one (ties go to the first maximum).
+columns: C * sum_l 4^l for Caffe's pyramid. MAX's kink is the pooling one (ties go to the first
+maximum).
 Impls: ref (the pooling op per level).
 """
 

@@ -283,7 +283,7 @@ message LayerParameter
   214 normalize_param     FaceNormalizeParameter  # happynear's caffe-windows (AM-Softmax, NormFace)
   237 channel_scale_param ChannelScaleParameter  # happynear's caffe-windows (AM-Softmax's wo_fn)
   212 flip_param          FlipParameter  # happynear's caffe-windows (AM-Softmax's mirror deploy)
-  9124 focal_loss_param   FocalLossParameter  # zimenglan-sysu-512/Focal-Loss; its 124 is sigmoid_param
+  9124 focal_loss_param   FocalLossParameter  # zimenglan-sysu-512's; its 124 is sigmoid_param
   9146 dense_crf_param    DenseCRFParameter  # DeepLab v2 fork; its 146 is BVLC's recurrent_param
   151 mat_read_param      MatReadParameter   # DeepLab v2 fork (its number; free in BVLC)
   157 softmax_focal_loss_param SoftmaxFocalLossParameter  # Longqi-S/Focal-Loss (its copies' number)
