@@ -12,7 +12,22 @@
 
 Per sample, the draws are made in Caffe's order: mirror, then h0, then w0. ``transform_sample`` is
 the pure function; ``DataTransformer`` reads a TransformationParameter and draws the offsets.
+
+SSD's fork (weiliu89/caffe, branch ssd) adds steps to DataTransformer::Transform, which its
+plain Data and ImageData layers run too (AnnotatedData has its own pipeline, in
+minicnn.layers.annotated_data). On an image (ImageData's images, Data's *encoded* records):
+mirror's coin, then resize_param (ApplyResize: WARP, FIT_SMALL_SIZE, FIT_LARGE_SIZE_AND_PAD; one
+of interp_mode drawn when several are given), then noise_param (ApplyNoise, ``prob`` unread as in
+the fork), then the crop: crop_size, or crop_h x crop_w when crop_size is 0 (both needed), random
+in TRAIN and centred in TEST, then mean and scale. A *raw* record takes the fork's datum path,
+which has neither a resize nor a noise step: resize_param must leave its size as it is (the
+fork's shape check fails otherwise, here a DataError), noise_param leaves it alone. Deliberately
+unlike the fork: crop_h/crop_w crop raw records too (the fork crops those by crop_size only and
+fails its shape check), and a TRAIN crop by crop_h/crop_w draws its offsets without mirror or
+crop_size set (the fork's generator exists only for those, so its Rand check aborts).
 """
+
+import warnings
 
 import numpy as np
 
@@ -63,10 +78,25 @@ class DataTransformer:
 
     def __init__(self, param, phase, dtype=np.float32, resolve=None):
         """``resolve`` turns the mean_file path into a readable path (default: as given)."""
+        from minicnn.data.annotated import check_noise
         self.param, self.phase, self.dtype = param, phase, np.dtype(dtype)
         self.crop = int(param.crop_size)
+        self.crop_h = self.crop_w = self.crop          # crop_size wins, as in SSD's fork
+        if not self.crop and (param.crop_h or param.crop_w):
+            if not (param.crop_h and param.crop_w):
+                raise LayerError(f"transform_param: give both crop_h and crop_w (got crop_h "
+                                 f"{param.crop_h}, crop_w {param.crop_w}); SSD's fork crops "
+                                 "only when both are set")
+            self.crop_h, self.crop_w = int(param.crop_h), int(param.crop_w)
         self.scale = float(param.scale)
         self.mirror = bool(param.mirror)
+        self.resize = param.resize_param if param.HasField("resize_param") else None
+        if self.resize is not None and not (self.resize.height > 0 and self.resize.width > 0):
+            raise LayerError(f"transform_param.resize_param needs height and width > 0, got "
+                             f"{self.resize.height} x {self.resize.width}")
+        self.noise = param.noise_param if param.HasField("noise_param") else None
+        if self.noise is not None:
+            check_noise(self.noise)
         if param.force_color and param.force_gray:
             raise LayerError("transform_param: force_color and force_gray cannot both be set")
         self.is_color = True if param.force_color else False if param.force_gray else None
@@ -91,13 +121,39 @@ class DataTransformer:
             self.mean = np.asarray(param.mean_value, self.dtype)
         self._checked = set()
 
-    def check(self, shape):
-        """Validate a sample shape (C, H, W) against crop and mean; return the output shape."""
-        shape = tuple(shape)
+    def resized_shape(self, shape, encoded=True):
+        """The shape after resize_param: (C, H, W) of the image the crop is taken from."""
         c, h, w = shape
+        if self.resize is None:
+            return tuple(shape)
+        from minicnn.data.annotated import infer_new_size
+        new_w, new_h = infer_new_size(self.resize, w, h)
+        if not encoded and (new_h, new_w) != (h, w):
+            raise DataError(f"a raw (not encoded) record of {h} x {w} with resize_param "
+                            f"{new_h} x {new_w}: SSD's fork resizes encoded records and images "
+                            "only (its raw-datum transform fails the shape check)")
+        return (c, new_h, new_w)
+
+    def check(self, shape, encoded=True):
+        """Validate a sample shape (C, H, W) against resize, noise, crop and mean; return the
+        output shape. ``encoded``: an image (resized and noised) rather than a raw record."""
+        resized = self.resized_shape(shape, encoded)
+        if encoded and self.noise is not None and (resized, "noise") not in self._checked:
+            from minicnn.data.annotated import noise_channel_problem
+            problem = noise_channel_problem(self.noise, resized[0])
+            if problem:
+                raise LayerError(problem)
+            self._checked.add((resized, "noise"))
+        return self._check_resized(resized)
+
+    def _check_resized(self, shape):
+        """check() of the image the crop is taken from (after any resize)."""
+        c, h, w = shape = tuple(shape)
         if shape not in self._checked:
-            if self.crop and (self.crop > h or self.crop > w):
-                raise LayerError(f"crop_size {self.crop} is larger than the image ({h} x {w})")
+            if self.crop_h and (self.crop_h > h or self.crop_w > w):
+                what = f"crop_size {self.crop}" if self.crop else \
+                    f"crop_h x crop_w {self.crop_h} x {self.crop_w}"
+                raise LayerError(f"{what} is larger than the image ({h} x {w})")
             if self.mean_file is not None and self.mean.shape != shape:
                 raise LayerError(f"the mean file {self.mean_file} has shape "
                                  f"{'x'.join(map(str, self.mean.shape))} but the data is "
@@ -107,25 +163,94 @@ class DataTransformer:
                 raise LayerError(f"{len(self.mean)} mean_value values for data with {c} "
                                  "channels: give one, or one per channel")
             self._checked.add(shape)
-        return (c, self.crop, self.crop) if self.crop else shape
+        return (c, self.crop_h, self.crop_w) if self.crop_h else shape
 
     def draw(self, rng, shape):
         """(mirror, h_off, w_off) of one sample of ``shape``, drawn from ``rng`` as Caffe draws:
         mirror first (if asked), then the crop offsets (random in TRAIN, centred in TEST)."""
-        _, h, w = shape
         mirror = bool(rng.integers(2)) if self.mirror else False
-        h_off = w_off = 0
-        if self.crop:
-            if self.phase == "TRAIN":
-                h_off = int(rng.integers(h - self.crop + 1))
-                w_off = int(rng.integers(w - self.crop + 1))
-            else:
-                h_off, w_off = (h - self.crop) // 2, (w - self.crop) // 2
-        return mirror, h_off, w_off
+        return (mirror, *self._offsets(rng, shape))
 
-    def __call__(self, x, rng):
-        """The transformed sample (a new array in the transformer's dtype)."""
-        self.check(x.shape)
-        mirror, h_off, w_off = self.draw(rng, x.shape)
-        return transform_sample(x, self.crop, self.crop, h_off, w_off, mirror, self.mean,
+    def _offsets(self, rng, shape):
+        _, h, w = shape
+        h_off = w_off = 0
+        if self.crop_h:
+            if self.phase == "TRAIN":
+                h_off = int(rng.integers(h - self.crop_h + 1))
+                w_off = int(rng.integers(w - self.crop_w + 1))
+            else:
+                h_off, w_off = (h - self.crop_h) // 2, (w - self.crop_w) // 2
+        return h_off, w_off
+
+    def skip(self, rng, shape, encoded=True):
+        """Make the draws of one sample of ``shape`` (as __call__ would) and drop them."""
+        if encoded and (self.resize is not None or self.noise is not None):
+            self(np.zeros(shape, np.uint8), rng, encoded)
+        else:
+            self.draw(rng, self.resized_shape(shape, encoded))
+
+    def __call__(self, x, rng, encoded=True):
+        """The transformed sample (a new array in the transformer's dtype). ``encoded``: x is
+        a decoded image, which SSD's resize_param and noise_param apply to."""
+        self.check(x.shape, encoded)
+        if not (encoded and (self.resize is not None or self.noise is not None)):
+            mirror, h_off, w_off = self.draw(rng, self.resized_shape(x.shape, encoded))
+            return transform_sample(x, self.crop_h, self.crop_w, h_off, w_off, mirror,
+                                    self.mean, self.scale, self.dtype)
+        from minicnn.data.annotated import Draws, apply_noise, apply_resize
+        draws = Draws(rng)
+        mirror = bool(rng.integers(2)) if self.mirror else False       # the fork's order
+        if self.resize is not None:
+            interp = "LINEAR"
+            if len(self.resize.interp_mode):
+                interp = self.resize.interp_mode[draws.rand(len(self.resize.interp_mode))]
+            x = apply_resize(x, self.resize, interp)
+        if self.noise is not None:
+            x = apply_noise(x, self.noise, draws)
+        self._check_resized(x.shape)                # FIT_SMALL_SIZE: each image its size
+        h_off, w_off = self._offsets(rng, x.shape)
+        return transform_sample(x, self.crop_h, self.crop_w, h_off, w_off, mirror, self.mean,
                                 self.scale, self.dtype)
+
+
+# Fields of transform_param that only some layers read, and where the fork reads them.
+SSD_ANNOTATED_ONLY = ("distort_param", "expand_param", "emit_constraint")
+SSD_TRANSFORMER = ("resize_param", "noise_param", "crop_h", "crop_w")
+DEEPLAB_SEG_ONLY = ("scale_factors", "crop_width", "crop_height")
+ALL_TRANSFORM_FIELDS = ("scale", "mirror", "crop_size", "mean_file", "mean_value", "force_color",
+                        "force_gray") + SSD_TRANSFORMER + SSD_ANNOTATED_ONLY + DEEPLAB_SEG_ONLY
+_WHERE = {"distort_param": "SSD's AnnotatedData",
+          "expand_param": "SSD's AnnotatedData",
+          "emit_constraint": "SSD's AnnotatedData (its box labels)",
+          "resize_param": "SSD's AnnotatedData, Data and ImageData",
+          "noise_param": "SSD's AnnotatedData, Data and ImageData",
+          "crop_h": "SSD's AnnotatedData, Data and ImageData",
+          "crop_w": "SSD's AnnotatedData, Data and ImageData",
+          "scale_factors": "DeepLab's ImageSegData",
+          "crop_width": "DeepLab's ImageSegData",
+          "crop_height": "DeepLab's ImageSegData",
+          "force_color": "Data (encoded records; ImageData and WindowData read image_data_param"
+                         ".is_color or always colour)",
+          "force_gray": "Data (encoded records; ImageData and WindowData read image_data_param"
+                        ".is_color or always colour)"}
+
+
+def warn_unread_transform(layer, fields, why=None):
+    """Warn (once per message) for each of ``fields`` set in ``layer``'s transform_param: the
+    fork this layer comes from ignores it there, and so does minicnn. ``why`` replaces the
+    default reason."""
+    tp = layer.param.transform_param
+    for name in fields:
+        if tp.HasField(name):
+            reason = why or f"it is read by {_WHERE.get(name, 'other layers')} only"
+            warnings.warn(f"layer '{layer.name}' ({layer.type}) ignores transform_param.{name}: "
+                          f"{reason}, and Caffe's {layer.type} ignores it too", stacklevel=2)
+
+
+def refuse_transform(layer, fields, why):
+    """A LayerError for the first of ``fields`` set in ``layer``'s transform_param."""
+    tp = layer.param.transform_param
+    for name in fields:
+        if tp.HasField(name):
+            raise LayerError(f"layer '{layer.name}' ({layer.type}) does not read "
+                             f"transform_param.{name}: {why(name) if callable(why) else why}")

@@ -23,7 +23,13 @@ from minicnn.data.annotated import (
 )
 from minicnn.data.db import open_db
 from minicnn.data.errors import DataError
-from minicnn.data.transform import DataTransformer, merged_transform_param, transform_sample
+from minicnn.data.transform import (
+    DEEPLAB_SEG_ONLY,
+    DataTransformer,
+    merged_transform_param,
+    refuse_transform,
+    transform_sample,
+)
 from minicnn.errors import LayerError
 from minicnn.layer import register
 from minicnn.layers.data import _SourceDataLayer
@@ -64,6 +70,8 @@ class AnnotatedDataLayer(_SourceDataLayer):
             raise LayerError("data_param.source is required (the LMDB of AnnotatedDatum records)")
         if p.batch_size <= 0:
             raise LayerError("data_param.batch_size must be positive")
+        refuse_transform(self, DEEPLAB_SEG_ONLY, "it is DeepLab's field (ImageSegData), which "
+                         "SSD's fork does not know: give crop_h/crop_w or crop_size")
         tp = merged_transform_param(self.param, "data_param")
         self.tp = tp
         if tp.HasField("noise_param"):

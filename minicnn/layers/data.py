@@ -19,11 +19,20 @@ from minicnn.data.db import open_db, resolve_path, root_joined
 from minicnn.data.errors import DataError, need
 from minicnn.data.imageset import read_list_file
 from minicnn.data.prefetch import Prefetcher
-from minicnn.data.transform import DataTransformer, merged_transform_param
+from minicnn.data.transform import (
+    ALL_TRANSFORM_FIELDS,
+    DEEPLAB_SEG_ONLY,
+    SSD_ANNOTATED_ONLY,
+    SSD_TRANSFORMER,
+    DataTransformer,
+    merged_transform_param,
+    warn_unread_transform,
+)
 from minicnn.data.windows import WindowFile, crop_window
 from minicnn.errors import LayerError
 from minicnn.fillers import fill
 from minicnn.layer import Layer, register
+from minicnn.proto import parse_binary
 from minicnn.proto.caffe_pb2 import FillerParameter
 
 
@@ -173,13 +182,24 @@ class _SourceDataLayer(Layer):
             self._prefetcher.seek(self._prefetcher.position)
         self.shard_rank, self.shard_count = rank, count
 
-    def _transform_rng(self, b, shape):
+    def _transform_rng(self, b, shape, encoded=True):
         """The generator of batch b's random transforms, past the draws of the samples that
         other ranks serve before this rank's block (``shape``: the shape of those samples)."""
         rng = np.random.default_rng([self.seed, b, 1])
         for _ in range(self.shard_rank * self.batch_size):
-            self.transformer.draw(rng, shape)
+            self.transformer.skip(rng, shape, encoded)
         return rng
+
+    def _transform_batch(self, samples, names, b, encoded):
+        """The batch of transformed samples (``encoded[j]``: sample j is a decoded image).
+        Without resize_param the samples must share a shape (Caffe shapes a batch by the first);
+        with it, the resized and cropped outputs must."""
+        if self.transformer.resize is None:
+            _check_same_shape(samples, names)
+        rng = self._transform_rng(b, samples[0].shape, encoded[0])
+        out = [self.transformer(s, rng, e) for s, e in zip(samples, encoded)]
+        _check_same_shape(out, names, after="resize_param")
+        return np.stack(out)
 
     def sample_ids(self, b):
         """The sample indices of batch ``b`` (this rank's block of it when sharded)."""
@@ -236,21 +256,28 @@ def _check_state(state):
     return int(seed), int(served)
 
 
-def _check_same_shape(samples, names):
+def _check_same_shape(samples, names, after=None):
     """Samples of one batch must have the first one's shape (Caffe shapes a batch by it)."""
     shape = samples[0].shape
     for sample, name in zip(samples, names):
         if sample.shape != shape:
-            raise DataError(f"{name} has shape {sample.shape} but the first sample of its batch "
-                            f"has {shape}: samples of a batch must have the same size (resize "
-                            "them, or crop with transform_param)")
+            what = f"after {after} " if after else ""
+            raise DataError(f"{name} has shape {sample.shape} {what}but the first sample of its "
+                            f"batch has {shape}: samples of a batch must have the same size "
+                            "(resize them, or crop with transform_param)")
 
 
 @register("Data")
 class DataLayer(_SourceDataLayer):
     """Caffe `Data`: Datum records of an LMDB read in key order, wrapping around at the end
     (never shuffled, as in Caffe), transformed by transform_param. Tops: data (N, C, H, W) and
-    optionally label (N,). The shape comes from the first record."""
+    optionally label (N,). The shape comes from the first record.
+
+    SSD's transform fields apply as in that fork's Data layer (minicnn.data.transform):
+    resize_param and noise_param to encoded records, crop_h/crop_w to every record. Its
+    AnnotatedData-only fields (distort_param, expand_param, emit_constraint) and DeepLab's
+    ImageSegData fields (scale_factors, crop_width, crop_height) are ignored with a warning, as
+    those forks' Data layers ignore them."""
     param_field = "data_param"
     max_num_top = 2
 
@@ -260,6 +287,7 @@ class DataLayer(_SourceDataLayer):
             raise LayerError("data_param.source is required (the LMDB folder)")
         if p.batch_size <= 0:
             raise LayerError("data_param.batch_size must be positive")
+        warn_unread_transform(self, SSD_ANNOTATED_ONLY + DEEPLAB_SEG_ONLY)
         self.batch_size, self.rand_skip, self.prefetch = p.batch_size, p.rand_skip, p.prefetch
         self.source_path = self.resolve(p.source, what="data source")
         self.db = open_db(self.source_path, p.backend)
@@ -269,26 +297,28 @@ class DataLayer(_SourceDataLayer):
             resolve=lambda f: self.resolve(f, what="mean file"))
         if not self.num_samples:
             return []
-        first = self._decode(self.db.keys[self.sample_ids(0)[0]])
-        shape = self.transformer.check(first[0].shape)
+        first, _, encoded = self._decode(self.db.keys[self.sample_ids(0)[0]])
+        shape = self.transformer.check(first.shape, encoded)
         return [(self.batch_size, *shape), (self.batch_size,)][:len(top)]
 
     def _decode(self, key, value=None):
+        """(CHW array, label, encoded) of a record."""
         where = f"{self.source_path} record {key.decode(errors='replace')!r}"
         value = self.db.get(key) if value is None else value
-        return decode_datum(value, self.transformer.is_color, where=where)
+        datum = parse_binary(value, "Datum", path=where)
+        array, label = decode_datum(datum, self.transformer.is_color, where=where)
+        return array, label, bool(datum.encoded)
 
     def _load(self, ids, b):
         keys = [self.db.keys[i] for i in ids]
-        samples, labels = [], []
+        samples, labels, encoded = [], [], []
         for key, value in zip(keys, self.db.get_many(keys)):
-            array, label = self._decode(key, value)
+            array, label, enc = self._decode(key, value)
             samples.append(array)
             labels.append(label)
-        _check_same_shape(samples, [f"record {k.decode(errors='replace')!r} of "
-                                    f"{self.source_path}" for k in keys])
-        rng = self._transform_rng(b, samples[0].shape)
-        data = np.stack([self.transformer(s, rng) for s in samples])
+            encoded.append(enc)
+        names = [f"record {k.decode(errors='replace')!r} of {self.source_path}" for k in keys]
+        data = self._transform_batch(samples, names, b, encoded)
         return data, np.asarray(labels, self.dtype)
 
 
@@ -297,7 +327,9 @@ class ImageDataLayer(_SourceDataLayer):
     """Caffe `ImageData`: images named by a list file (``path label`` per line, split at the
     last space), decoded as BGR (or gray with is_color: false), optionally resized to
     new_height x new_width, transformed by transform_param. ``shuffle`` draws a new order every
-    epoch. Tops: data (N, C, H, W) and label (N,).
+    epoch. Tops: data (N, C, H, W) and label (N,). SSD's resize_param, noise_param and
+    crop_h/crop_w apply after new_height/new_width, as in that fork; the fields Data warns
+    about, and force_color/force_gray (is_color decides), are ignored with a warning.
 
     Without new_height/new_width and crop_size each image keeps its size, and the tops take the
     shape of each batch (nets that take any size, e.g. with SPP): batch_size 1, or minicnn's
@@ -315,6 +347,9 @@ class ImageDataLayer(_SourceDataLayer):
             raise LayerError("image_data_param.batch_size must be positive")
         if (p.new_height > 0) != (p.new_width > 0):
             raise LayerError("image_data_param: give both new_height and new_width, or neither")
+        warn_unread_transform(self, SSD_ANNOTATED_ONLY + DEEPLAB_SEG_ONLY)
+        warn_unread_transform(self, ("force_color", "force_gray"),
+                              "ImageData decodes by image_data_param.is_color")
         self.batch_size, self.rand_skip, self.shuffle = p.batch_size, p.rand_skip, p.shuffle
         self.source_path = self.resolve(p.source, what="image list file")
         self.entries = read_list_file(self.source_path)
@@ -373,10 +408,9 @@ class ImageDataLayer(_SourceDataLayer):
 
     def _load(self, ids, b):
         samples = [self._read(i) for i in ids]
-        _check_same_shape(samples, [f"image '{self.entries[i][0]}' ({self.source_path}:"
-                                    f"{self.entries[i][2]})" for i in ids])
-        rng = self._transform_rng(b, samples[0].shape)
-        data = np.stack([self.transformer(s, rng) for s in samples])
+        names = [f"image '{self.entries[i][0]}' ({self.source_path}:{self.entries[i][2]})"
+                 for i in ids]
+        data = self._transform_batch(samples, names, b, [True] * len(samples))
         return data, np.asarray([self.entries[i][1] for i in ids], self.dtype)
 
 
@@ -396,6 +430,9 @@ class HDF5DataLayer(_SourceDataLayer):
                              "files)")
         if p.batch_size <= 0:
             raise LayerError("hdf5_data_param.batch_size must be positive")
+        warn_unread_transform(self, ALL_TRANSFORM_FIELDS,
+                              "Caffe's HDF5Data serves the stored values as they are (no "
+                              "transformer)")
         self.batch_size, self.shuffle = p.batch_size, p.shuffle
         self.source_path = self.resolve(p.source, what="HDF5 list file")
         self.names = list(self.param.top) or ["data", "label"][:len(top)]
@@ -514,6 +551,9 @@ class WindowDataLayer(_SourceDataLayer):
             raise LayerError(f"window_data_param.fg_fraction is {p.fg_fraction:g}; it must lie "
                              "in [0, 1]")
         tp = merged_transform_param(self.param, "window_data_param")
+        warn_unread_transform(self, SSD_TRANSFORMER + SSD_ANNOTATED_ONLY + DEEPLAB_SEG_ONLY)
+        warn_unread_transform(self, ("force_color", "force_gray"),
+                              "WindowData reads every image in colour")
         self.crop = int(tp.crop_size)
         if self.crop <= 0:
             raise LayerError("WindowData needs transform_param.crop_size > 0 (the warped size)")
@@ -713,6 +753,10 @@ class MemoryDataLayer(Layer):
         if min(shape) <= 0:
             raise LayerError(f"memory_data_param batch_size, channels, height and width must all "
                              f"be positive, got {shape}")
+        warn_unread_transform(self, ALL_TRANSFORM_FIELDS,
+                              "Caffe's MemoryData serves set_input_arrays's arrays as they are "
+                              "(its transformer runs for AddDatumVector/AddMatVector only, "
+                              "which minicnn does not have)")
         self.batch_size, self.shape = p.batch_size, shape
 
     def reshape(self, bottom, top):

@@ -12,6 +12,12 @@ from minicnn.data.db import root_joined
 from minicnn.data.deeplab import read_seg_list, transform_img_and_seg
 from minicnn.data.errors import DataError, need
 from minicnn.data.segmentation import read_label
+from minicnn.data.transform import (
+    SSD_ANNOTATED_ONLY,
+    SSD_TRANSFORMER,
+    refuse_transform,
+    warn_unread_transform,
+)
 from minicnn.errors import LayerError
 from minicnn.layer import Layer, register
 from minicnn.layers.data import _SourceDataLayer
@@ -57,6 +63,11 @@ class ImageSegDataLayer(_SourceDataLayer):
             raise LayerError("image_data_param.batch_size must be positive")
         if (p.new_height > 0) != (p.new_width > 0):
             raise LayerError("image_data_param: give both new_height and new_width, or neither")
+        refuse_transform(self, SSD_TRANSFORMER + SSD_ANNOTATED_ONLY,
+                         "it is SSD's field, which DeepLab's fork does not know (crop_height and "
+                         "crop_width are its crop, scale_factors its resize)")
+        warn_unread_transform(self, ("force_color", "force_gray"),
+                              "ImageSegData decodes by image_data_param.is_color")
         if tp.HasField("mean_file"):
             raise LayerError("ImageSegData does not support transform_param.mean_file (nor does "
                              "the DeepLab fork): give mean_value")

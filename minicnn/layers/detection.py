@@ -11,7 +11,13 @@ from minicnn.data.datum import read_image
 from minicnn.data.db import root_joined
 from minicnn.data.detection import augment, label_path, pad_boxes, read_labels
 from minicnn.data.errors import DataError, need
-from minicnn.data.transform import transform_sample
+from minicnn.data.transform import (
+    DEEPLAB_SEG_ONLY,
+    SSD_ANNOTATED_ONLY,
+    SSD_TRANSFORMER,
+    refuse_transform,
+    transform_sample,
+)
 from minicnn.errors import LayerError
 from minicnn.layer import Layer, register
 from minicnn.layers.data import _SourceDataLayer
@@ -368,6 +374,9 @@ class DetectionDataLayer(_SourceDataLayer):
         if not 0 <= p.jitter < 0.5:
             raise LayerError(f"detection_data_param.jitter must be in [0, 0.5), got {p.jitter:g}")
         tp = self.param.transform_param
+        refuse_transform(self, SSD_TRANSFORMER + SSD_ANNOTATED_ONLY + DEEPLAB_SEG_ONLY
+                         + ("force_color", "force_gray"),
+                         "DetectionData takes transform_param scale and mean_value only")
         if tp.crop_size or tp.mirror or tp.HasField("mean_file"):
             raise LayerError("DetectionData takes transform_param scale and mean_value only: "
                              "crop_size and mirror would not move the boxes (use "

@@ -8,6 +8,12 @@ import numpy as np
 from minicnn.data.db import root_joined
 from minicnn.data.errors import DataError, need
 from minicnn.data.segmentation import augment_pair, read_pair, read_pair_list
+from minicnn.data.transform import (
+    DEEPLAB_SEG_ONLY,
+    SSD_ANNOTATED_ONLY,
+    SSD_TRANSFORMER,
+    refuse_transform,
+)
 from minicnn.errors import LayerError
 from minicnn.layer import register
 from minicnn.layers.data import _SourceDataLayer
@@ -44,6 +50,9 @@ class SegmentationDataLayer(_SourceDataLayer):
             raise LayerError(f"segmentation_data_param needs 0 < scale_min <= scale_max, got "
                              f"{p.scale_min:g} and {p.scale_max:g}")
         tp = self.param.transform_param
+        refuse_transform(self, SSD_TRANSFORMER + SSD_ANNOTATED_ONLY + DEEPLAB_SEG_ONLY
+                         + ("force_color", "force_gray"),
+                         "SegmentationData takes transform_param scale and mean_value only")
         if tp.crop_size or tp.mirror or tp.HasField("mean_file"):
             raise LayerError("SegmentationData takes transform_param scale and mean_value "
                              "only: crop_size and mirror would not move the labels (use "
