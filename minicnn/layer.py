@@ -25,6 +25,7 @@ from minicnn.blob import Blob, blob_proto_to_array, legacy_shape_matches
 from minicnn.errors import LayerError, NetError
 from minicnn.fillers import fill
 from minicnn.proto.caffe_pb2 import FillerParameter, LayerParameter
+from minicnn.proto.upgrade import upgrade_layer
 from minicnn.rng import get_rng
 
 LAYERS = {}                      # Caffe type name -> Layer subclass
@@ -115,6 +116,7 @@ class Layer:
                             "keywords")
         self.param = param                   # the LayerParameter (Caffe's layer_param_)
         self._set_fields(fields)
+        upgrade_layer(param)                 # ceil_mode, hole: as a Net's upgrade does
         if not param.HasField("name"):
             param.name = self.type or type(self).__name__
         if phase is not None:

@@ -32,7 +32,7 @@ from minicnn.data.transform import (
 )
 from minicnn.errors import LayerError
 from minicnn.layer import register
-from minicnn.layers.data import _SourceDataLayer
+from minicnn.layers.data import _SourceDataLayer, warn_force_encoded_color
 
 F = np.float32
 
@@ -72,6 +72,7 @@ class AnnotatedDataLayer(_SourceDataLayer):
             raise LayerError("data_param.batch_size must be positive")
         refuse_transform(self, DEEPLAB_SEG_ONLY, "it is DeepLab's field (ImageSegData), which "
                          "SSD's fork does not know: give crop_h/crop_w or crop_size")
+        warn_force_encoded_color(self)
         tp = merged_transform_param(self.param, "data_param")
         self.tp = tp
         if tp.HasField("noise_param"):

@@ -10,6 +10,7 @@ pixel work are in ``minicnn.data``; these classes read parameters and fill tops.
 """
 
 import os
+import warnings
 
 import numpy as np
 
@@ -242,6 +243,16 @@ class _SourceDataLayer(Layer):
         self._prefetcher.seek(served)
 
 
+def warn_force_encoded_color(layer):
+    """data_param.force_encoded_color: read by older Caffe's Data layer (decode encoded records
+    in colour), by none since DataTransformer decodes them (transform_param.force_color)."""
+    if layer.param.data_param.HasField("force_encoded_color"):
+        warnings.warn(f"layer '{layer.name}' ({layer.type}) ignores "
+                      "data_param.force_encoded_color: Caffe's current Data layers do not read "
+                      "it (older Caffe did); give transform_param.force_color",
+                      stacklevel=3)
+
+
 def _check_state(state):
     try:
         seed, served = state["seed"], state["batches_served"]
@@ -288,6 +299,7 @@ class DataLayer(_SourceDataLayer):
         if p.batch_size <= 0:
             raise LayerError("data_param.batch_size must be positive")
         warn_unread_transform(self, SSD_ANNOTATED_ONLY + DEEPLAB_SEG_ONLY)
+        warn_force_encoded_color(self)
         self.batch_size, self.rand_skip, self.prefetch = p.batch_size, p.rand_skip, p.prefetch
         self.source_path = self.resolve(p.source, what="data source")
         self.db = open_db(self.source_path, p.backend)
@@ -350,6 +362,11 @@ class ImageDataLayer(_SourceDataLayer):
         warn_unread_transform(self, SSD_ANNOTATED_ONLY + DEEPLAB_SEG_ONLY)
         warn_unread_transform(self, ("force_color", "force_gray"),
                               "ImageData decodes by image_data_param.is_color")
+        for field in ("ignore_label", "label_type"):
+            if p.HasField(field):
+                warnings.warn(f"layer '{self.name}' (ImageData) ignores image_data_param.{field}:"
+                              " it is read by DeepLab's ImageSegData only, and DeepLab's "
+                              "ImageData ignores it too", stacklevel=2)
         self.batch_size, self.rand_skip, self.shuffle = p.batch_size, p.rand_skip, p.shuffle
         self.source_path = self.resolve(p.source, what="image list file")
         self.entries = read_list_file(self.source_path)

@@ -68,6 +68,10 @@ class ImageSegDataLayer(_SourceDataLayer):
                          "crop_width are its crop, scale_factors its resize)")
         warn_unread_transform(self, ("force_color", "force_gray"),
                               "ImageSegData decodes by image_data_param.is_color")
+        if p.bucket_by_size:
+            raise LayerError("image_data_param.bucket_by_size is minicnn's ImageData field; "
+                             "ImageSegData does not read it (give new_height/new_width or a "
+                             "crop for batches of one size)")
         if tp.HasField("mean_file"):
             raise LayerError("ImageSegData does not support transform_param.mean_file (nor does "
                              "the DeepLab fork): give mean_value")

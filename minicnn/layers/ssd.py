@@ -2,6 +2,8 @@
 (the default boxes of a feature map) and DetectionOutput (decoding, NMS, the detections). The
 math is minicnn.ops.ssd."""
 
+import warnings
+
 from minicnn import ops
 from minicnn.errors import LayerError
 from minicnn.layer import Layer, register
@@ -228,6 +230,15 @@ class DetectionOutputLayer(Layer):
 
     def layer_setup(self, bottom, top):
         p = self.param.detection_output_param
+        for field, does, on in (
+                ("save_output_param", "writes the detections to files",
+                 p.save_output_param.output_directory != ""),   # the fork's need_save_
+                ("visualize", "shows them in an OpenCV window", p.visualize)):
+            if on:
+                warnings.warn(f"layer '{self.name}' (DetectionOutput) ignores "
+                              f"detection_output_param.{field}: SSD's fork {does}; minicnn only "
+                              "computes them (its top; `minicnn detect` draws and saves)",
+                              stacklevel=2)
         if not p.HasField("num_classes"):
             raise LayerError("detection_output_param.num_classes must be given")
         if p.num_classes < 1:

@@ -155,6 +155,14 @@ def _upgrade_data_transform(layer):
                 param.ClearField(field)
 
 
+def upgrade_layer(layer):
+    """The upgrades of one LayerParameter's own fields (ceil_mode, hole), in place: a Net's
+    upgrade_net runs them, and so does a layer built on its own (minicnn.layer.Layer)."""
+    _upgrade_ceil_mode(layer)
+    _upgrade_hole(layer)
+    return layer
+
+
 def upgrade_net(net):
     """Upgrade a NetParameter in place to the current format; return it."""
     if net.HasField("layers"):
@@ -167,8 +175,7 @@ def upgrade_net(net):
     _upgrade_input(net)
     for layer in net.layer:
         _upgrade_data_transform(layer)
-        _upgrade_ceil_mode(layer)
-        _upgrade_hole(layer)
+        upgrade_layer(layer)
         if layer.type == "BatchNorm" and len(layer.param) == 3:
             for spec in layer.param:      # Caffe's UpgradeNetBatchNorm keeps the names (sharing)
                 spec.lr_mult = 0

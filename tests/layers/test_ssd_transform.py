@@ -16,8 +16,8 @@ from minicnn.data.datum import encode_datum, serialize_datum
 from minicnn.data.db import LMDBWriter
 from minicnn.data.errors import DataError
 from minicnn.errors import LayerError
-from minicnn.layers import DataLayer, HDF5DataLayer, ImageDataLayer, MemoryDataLayer
 from minicnn.layer import LAYERS
+from minicnn.layers import DataLayer, HDF5DataLayer, ImageDataLayer, MemoryDataLayer
 
 
 def encoded_lmdb(path, n=4, size=(9, 12), seed=0, encoding="png"):
@@ -203,13 +203,12 @@ def test_image_data_warns_for_force_gray(tmp_path):
 
 
 def test_memory_and_hdf5_data_warn_that_caffe_serves_arrays_as_they_are(tmp_path):
+    layer = MemoryDataLayer(batch_size=1, channels=1, height=1, width=1,
+                            transform_param={"mirror": True})
+    layer.set_input_arrays(np.ones((1, 1, 1, 1)), np.zeros(1))
     with pytest.warns(UserWarning, match="MemoryData.*ignores transform_param.mirror"):
-        MemoryDataLayer(batch_size=1, channels=1, height=1, width=1,
-                        transform_param={"mirror": True})
-        layer = MemoryDataLayer(batch_size=1, channels=1, height=1, width=1,
-                                transform_param={"mirror": True})
-        layer.set_input_arrays(np.ones((1, 1, 1, 1)), np.zeros(1))
-        layer()
+        data, _ = layer()
+    assert data.tolist() == [[[[1]]]]                       # served as it is
     h5py = pytest.importorskip("h5py")
     with h5py.File(tmp_path / "a.h5", "w") as f:
         f["data"] = np.zeros((2, 1), np.float32)
