@@ -23,8 +23,10 @@ section leaves out; layers are numbered from 0 after [net], as [route] and [shor
                    model), then the activation
   [connected]      InnerProduct (+ BatchNorm, Scale with batch_normalize), then the activation
   [dropout]        Dropout (identity at test time in both)
-  [softmax]        Softmax (groups=1 over a C x 1 x 1 output; a Power 1/t before it for a
-                   temperature t != 1); [cost] is dropped (training only);
+  [softmax]        Softmax (over a C x 1 x 1 output with groups=1; else over each of the groups
+                   equal runs of the output in memory order: Reshape N x groups x run, Softmax
+                   axis 2, Reshape back; a Power 1/t before it for a temperature t != 1);
+                   [cost] is dropped (training only);
                    with tree= (darknet9000), SoftmaxTree: one softmax per group of siblings,
                    the tree's parents written into softmax_tree_param
   [route]          Concat of the named layers' outputs (one layer: its blob is read again)
@@ -35,7 +37,8 @@ section leaves out; layers are numbered from 0 after [net], as [route] and [shor
                    kernel 1, stride k)
   [upsample]       Upsample (nearest, upsample_param scale = stride); a Power for scale != 1
   [reorg]          Reorg (Darknet's index arithmetic; reverse kept); extra=k (go.cfg): the
-                   input flattened with k zeros after it (Flatten, Concat)
+                   input flattened with k zeros after it (Flatten, Concat); flatten=1: the
+                   input transposed to H x W x C (reverse=1: back from it), Permute and Reshape
   [region]         Region (YOLOv2's head: anchors, classes, coords, num, softmax, background;
                    and the loss's keys the cfg gives: object_scale, noobject_scale,
                    class_scale, coord_scale, thresh, rescore, bias_match, absolute; the
@@ -464,8 +467,10 @@ def _upsample(b, s, i, x):
 def _reorg(b, s, i, x):
     stride, reverse = s.int("stride", 1), s.int("reverse", 0)
     extra = s.int("extra", 0)
-    if s.int("flatten", 0):
-        raise DarknetError(f"{s.where()}: reorg's flatten mode is not supported")
+    flatten = s.int("flatten", 0)
+    if flatten and extra:
+        raise DarknetError(f"{s.where()}: flatten=1 with extra={extra}: Darknet copies "
+                           "outputs = inputs + extra values from the input (past its end)")
     if extra > 0:
         return _reorg_extra(b, s, i, x, extra)
     if extra < 0:
@@ -478,9 +483,31 @@ def _reorg(b, s, i, x):
         raise DarknetError(f"{s.where()}: stride {stride} does not divide the {x.c}x{x.h}x{x.w} "
                            "input")
     name = f"reorg{i}"
+    if flatten:
+        return _reorg_flatten(b, i, x, reverse, _Out(name, c, h, w))
     b.layer(name, "Reorg", x.top, name, f"reorg_param {{ stride: {stride}"
             + (" reverse: true" if reverse else "") + " }")
     return _Out(name, c, h, w)
+
+
+def _reorg_flatten(b, i, x, reverse, out):
+    """Darknet's reorg with flatten=1: the input copied as it is and transposed by blas.c's
+    flatten over its own C and H*W (C x H x W -> H x W x C in memory; with reverse=1 the
+    memory read as H x W x C and put back to C x H x W); the stride only changes the shape the
+    next layer reads it as (out_c x out_h x out_w, as without flatten). A Permute, with
+    Reshapes around it."""
+    name, bottom = out.top, x.top
+    dims = f"dim: 0 dim: {out.c} dim: {out.h} dim: {out.w}"
+    if reverse:
+        b.layer(f"{name}_hwc", "Reshape", bottom, f"{name}_hwc",
+                f"reshape_param {{ shape {{ dim: 0 dim: {x.h} dim: {x.w} dim: {x.c} }} }}")
+        order, bottom = (0, 3, 1, 2), f"{name}_hwc"
+    else:
+        order = (0, 2, 3, 1)
+    b.layer(f"{name}_t", "Permute", bottom, f"{name}_t",
+            "permute_param { " + " ".join(f"order: {a}" for a in order) + " }")
+    b.layer(name, "Reshape", f"{name}_t", name, f"reshape_param {{ shape {{ {dims} }} }}")
+    return out
 
 
 def _reorg_extra(b, s, i, x, extra):
@@ -503,6 +530,37 @@ def _reorg_extra(b, s, i, x, extra):
         parts.append(f"{name}_zeros")
     b.layer(name, "Concat", parts, name)
     return _Out(name, count + extra, 1, 1, flat=True)
+
+
+def _softmax(b, s, i, x):
+    """Darknet's softmax_cpu(input, inputs/groups, batch, inputs, groups, inputs/groups, 1, t):
+    the C*H*W outputs, in memory order, cut into groups runs of equal length, a softmax over
+    each run (the whole of C x H x W with groups=1, not one per place). A C x 1 x 1 output with
+    groups=1 is a plain Softmax; otherwise a Reshape to N x groups x run, a Softmax along the
+    run, and a Reshape back."""
+    temperature, groups = s.float("temperature", 1.0), s.int("groups", 1)
+    count = x.c * x.h * x.w
+    if temperature <= 0:
+        raise DarknetError(f"{s.where()}: temperature={temperature} must be positive")
+    if groups < 1 or count % groups:               # make_softmax_layer: assert(inputs%groups == 0)
+        raise DarknetError(f"{s.where()}: groups={groups} must divide the {count} inputs "
+                           f"({x.c}x{x.h}x{x.w}), as Darknet asserts")
+    name = f"softmax{i}"
+    bottom = x.top
+    if temperature != 1:                           # Darknet: exp(x / t - max / t)
+        bottom = f"{name}_tempered"
+        b.layer(bottom, "Power", x.top, bottom,
+                f"power_param {{ scale: {float(np.float32(1 / temperature))!r} }}")
+    if groups == 1 and x.h * x.w == 1:
+        b.layer(name, "Softmax", bottom, name)
+        return _Out(name, x.c, 1, 1, x.flat)
+    b.layer(f"{name}_runs", "Reshape", bottom, f"{name}_runs",
+            f"reshape_param {{ shape {{ dim: 0 dim: {groups} dim: {count // groups} }} }}")
+    b.layer(f"{name}_soft", "Softmax", f"{name}_runs", f"{name}_soft",
+            "softmax_param { axis: 2 }")
+    dims = f"dim: 0 dim: {x.c}" + ("" if x.flat else f" dim: {x.h} dim: {x.w}")
+    b.layer(name, "Reshape", f"{name}_soft", name, f"reshape_param {{ shape {{ {dims} }} }}")
+    return _Out(name, x.c, x.h, x.w, x.flat)
 
 
 def _given(s, floats, flags):
@@ -727,18 +785,7 @@ def build(sections, weights):
                     + " }")
             x = _Out(name, x.c, 1, 1, x.flat)
         elif kind == "softmax":
-            temperature = s.float("temperature", 1.0)
-            if s.int("groups", 1) != 1 or temperature <= 0 or x.h * x.w != 1:
-                raise DarknetError(f"{s.where()}: minicnn converts a softmax over a whole "
-                                   "C x 1 x 1 output (groups=1, temperature > 0)")
-            name = f"softmax{i}"
-            bottom = x.top
-            if temperature != 1:               # Darknet: exp(x / t - max / t)
-                bottom = f"{name}_tempered"
-                b.layer(bottom, "Power", x.top, bottom,
-                        f"power_param {{ scale: {float(np.float32(1 / temperature))!r} }}")
-            b.layer(name, "Softmax", bottom, name)
-            x = _Out(name, x.c, 1, 1, x.flat)
+            x = _softmax(b, s, i, x)
         elif kind == "cost":
             pass                                 # training only; Darknet predicts before it
         elif kind == "route":
