@@ -151,7 +151,8 @@ def test_kernel_sources_are_self_contained():
 # (mask checks and scatters on the host), YOLOv2/v3's output heads (a few maps on the last blob),
 # SSD's MultiBoxLoss (matching and mining, per image), the face forks' losses (per-class loops)
 # and happynear's Normalize, ChannelScale and GlobalLSEMargin (NumPy layers beside them),
-# zimenglan's and sciencefans's FocalLoss, Longqi-S's SoftmaxWithFocalLoss, Darknet's Local
+# zimenglan's and sciencefans's FocalLoss, Longqi-S's SoftmaxWithFocalLoss, happynear's
+# SoftmaxWithLoss with a weights bottom (a variant class, sorting for hard_ratio), Darknet's Local
 # (einsum over places; no kernel yet) and SoftmaxTree (per-group reductions), DeepLab's DenseCRF
 # (a permutohedral lattice per image).
 HOST_OPS = sorted(["argmax_forward", "batch_reindex_backward", "batch_reindex_forward",
@@ -171,7 +172,8 @@ HOST_OPS = sorted(["argmax_forward", "batch_reindex_backward", "batch_reindex_fo
                    "seg_confusion_forward", "sigmoid_focal_loss_backward",
                    "sigmoid_focal_loss_forward", "softmax_focal_loss_backward",
                    "softmax_focal_loss_forward", "softmax_tree_backward", "softmax_tree_forward",
-                   "yolo_head_backward", "yolo_head_forward",
+                   "weighted_softmax_loss_backward", "weighted_softmax_loss_forward",
+                   "weighted_softmax_loss_mine", "yolo_head_backward", "yolo_head_forward",
                    "yolo_loss_forward"])
 HOST_LAYERS = sorted(["ArgMax", "BatchReindex", "CenterLoss", "ChannelScale", "DenseCRF",
                       "DetectionEvaluate", "DetectionOutput", "Filter", "FocalLoss",

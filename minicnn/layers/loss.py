@@ -2,6 +2,8 @@
 SigmoidCrossEntropyLoss, MultinomialLogisticLoss, InfogainLoss, HingeLoss and ContrastiveLoss,
 and Accuracy."""
 
+import warnings
+
 import numpy as np
 
 from minicnn import cuda, ops
@@ -11,6 +13,7 @@ from minicnn.errors import LayerError, MinicnnError
 from minicnn.layer import Layer, register
 from minicnn.ops.sigmoid_cross_entropy import resolve_sce_normalization
 from minicnn.ops.softmax import find_bad_label, flag_bad_labels, resolve_normalization, split_shape
+from minicnn.ops.weighted_softmax_loss import hard_ratio_index
 from minicnn.proto import read_binary
 
 
@@ -66,14 +69,33 @@ class SoftmaxWithLossLayer(Layer):
 
     happynear's caffe-windows adds softmax_param.normalize_type (AM-Softmax's auto/ prototxt
     writes "Softmax", its default, which is this layer); its "L2" and "L1" put a Normalize
-    layer where the softmax is and are refused."""
+    layer where the softmax is and are refused. Its third bottom (per-position weights) and
+    softmax_param.class_weight, hard_ratio, ... are WeightedSoftmaxWithLossLayer's, which a Net
+    makes for such a layer (variant_for)."""
     param_field = "loss_param"
     index_bottom = 1
     exact_num_bottom = 2
     min_num_top, max_num_top = 1, 2
     is_loss = True
 
+    @classmethod
+    def variant_for(cls, param):
+        if cls is SoftmaxWithLossLayer and (len(param.bottom) == 3
+                                            or _happynear_fields(param.softmax_param)):
+            return WeightedSoftmaxWithLossLayer
+        return cls
+
     def layer_setup(self, bottom, top):
+        given = _happynear_fields(self.param.softmax_param)
+        if given and not isinstance(self, WeightedSoftmaxWithLossLayer):
+            raise LayerError(
+                f"{self.type} layer '{self.name}': softmax_param.{given[0]} is happynear's "
+                "caffe-windows SoftmaxWithLoss field (minicnn.layers.loss."
+                f"WeightedSoftmaxWithLossLayer, which a Net makes for a SoftmaxWithLoss that "
+                f"gives it); {type(self).__name__} does not use it")
+        self._setup_loss()
+
+    def _setup_loss(self):
         normalize_type = self.param.softmax_param.normalize_type
         if normalize_type != "Softmax":
             raise LayerError(f"{self.type} layer '{self.name}': softmax_param.normalize_type "
@@ -122,6 +144,136 @@ class SoftmaxWithLossLayer(Layer):
 
     def allow_force_backward(self, bottom_index):
         return bottom_index != 1                           # labels have no gradient
+
+
+HAPPYNEAR_SOFTMAX_FIELDS = ("hard_ratio", "class_weight", "hard_mining_label", "cutting_point",
+                            "label_smooth_factor")
+
+
+def _happynear_fields(softmax_param):
+    """The happynear softmax_param fields a layer gives (class_weight when it has values)."""
+    return [f for f in HAPPYNEAR_SOFTMAX_FIELDS
+            if (len(softmax_param.class_weight) if f == "class_weight"
+                else softmax_param.HasField(f))]
+
+
+class WeightedSoftmaxWithLossLayer(SoftmaxWithLossLayer):
+    """happynear's caffe-windows `SoftmaxWithLoss` (softmax_loss_layer.cpp/.cu) with a third
+    bottom of per-position weights w (as many as the labels) and softmax_param.class_weight
+    (one per class, 4 in the fork's SoftmaxParameter) and hard_ratio (3; default 1, in [0, 1]).
+    With the weights bottom, as the fork's CPU code (minicnn.ops.weighted_softmax_loss):
+    loss = -sum wc log(max(p_label, FLT_MIN)) / D(sum wc), wc = w cw[label] (cw 1 when
+    class_weight is not given), over the positions not ignored with wc != 0; backward
+    (p - onehot) wc / D(sum of the non-zero w): the fork's backward counts w alone, so with
+    class weights other than 1 under VALID it is not the forward's gradient (kept: the fork
+    trained with it; its GPU code has the same counts). D is loss_param's normalizer, at
+    least 1 (a VALID sum of weights below 1 gives 1).
+
+    hard_ratio r, with the weights bottom, follows the fork's GPU Backward (its CPU code reads
+    r and does nothing with it): the per-position losses of the last forward sorted, the one at
+    int(M (1 - r)) the threshold, and the weights below it set to 0 *in bottom[2]'s data* (the
+    fork writes them there; a data layer refills them, an Input keeps the zeros), before the
+    backward. r = 0 is refused (the fork reads one past its sorted losses).
+
+    Not followed: the GPU backward multiplies position j's diff for class c by class_weight[c]
+    where the CPU code (and minicnn) uses class_weight[label]; the fork reads class_weight at
+    an ignored position's label (out of its array for 255 or -1), minicnn does not.
+
+    Without the weights bottom the fork uses neither field (both read; class_weight's length
+    checked): minicnn does the same (plain SoftmaxWithLoss) and warns that they do nothing.
+    hard_mining_label (5), cutting_point (6) and label_smooth_factor (8, non-zero) act only in
+    the fork's GPU code and no published prototxt was found using them: refused. No gradient
+    for the weights (the fork computes none). Host only."""
+    exact_num_bottom = None
+    min_num_bottom, max_num_bottom = 2, 3
+    host_only = True
+
+    def layer_setup(self, bottom, top):
+        sp = self.param.softmax_param
+        where = f"SoftmaxWithLoss layer '{self.name}'"
+        for field in ("hard_mining_label", "cutting_point"):
+            if sp.HasField(field):
+                raise LayerError(f"{where}: softmax_param.{field} (happynear's caffe-windows, "
+                                 "used only by its GPU code) is not implemented")
+        if sp.label_smooth_factor != 0:
+            raise LayerError(f"{where}: softmax_param.label_smooth_factor "
+                             f"{sp.label_smooth_factor:g} (happynear's caffe-windows, used "
+                             "only by its GPU code) is not implemented; only 0")
+        self.hard_ratio = float(sp.hard_ratio) if sp.HasField("hard_ratio") else None
+        if self.hard_ratio is not None and not 0 <= self.hard_ratio <= 1:
+            raise LayerError(f"{where}: softmax_param.hard_ratio must be in [0, 1], got "
+                             f"{self.hard_ratio:g}")
+        if self.hard_ratio == 0 and len(bottom) == 3:
+            raise LayerError(f"{where}: softmax_param.hard_ratio 0 (the fork reads the loss one "
+                             "past its sorted losses as the threshold) is refused")
+        self.class_weight = np.asarray(sp.class_weight, np.float64)
+        self._setup_loss()
+        axis = self.canonical_axis(bottom[0], sp.axis, "softmax_param.axis")
+        if self.class_weight.size and self.class_weight.size != bottom[0].shape[axis]:
+            raise LayerError(f"{where}: {self.class_weight.size} softmax_param.class_weight "
+                             f"values for {bottom[0].shape[axis]} classes (axis {axis} of the "
+                             f"scores, shape {bottom[0].shape}): give one per class")
+        if len(bottom) == 2:
+            unused = [f for f in ("hard_ratio", "class_weight") if f in _happynear_fields(sp)]
+            if unused:
+                warnings.warn(f"{where}: softmax_param.{' and '.join(unused)} do nothing "
+                              "without a third bottom (per-position weights), as in "
+                              "happynear's caffe-windows", stacklevel=2)
+
+    def reshape(self, bottom, top):
+        super().reshape(bottom[:2], top)
+        if len(bottom) < 3:
+            return
+        scores, labels, weights = bottom
+        if weights.count != labels.count:
+            raise LayerError(f"SoftmaxWithLoss layer '{self.name}': {weights.count} loss weights "
+                             f"(bottom 2, shape {weights.shape}) for {labels.count} labels "
+                             f"(shape {labels.shape}): give one per label")
+        if self.class_weight.size and (self.class_weight.size != self.num_classes
+                                       or len(scores.shape) < 2
+                                       or scores.shape[1] != self.class_weight.size):
+            raise LayerError(f"SoftmaxWithLoss layer '{self.name}': {self.class_weight.size} "
+                             f"softmax_param.class_weight values for scores of shape "
+                             f"{scores.shape} (the fork checks them against axis "
+                             f"{self.axis} and against axis 1)")
+
+    def _kw(self, bottom):
+        cw = self.class_weight if self.class_weight.size else np.ones(self.num_classes)
+        return {"weight": bottom[2].data, "class_weight": cw, "axis": self.axis,
+                "ignore_label": self.ignore_label, "normalization": self.normalization}
+
+    def forward(self, bottom, top):
+        if len(bottom) < 3:
+            return super().forward(bottom, top)
+        scores, labels = bottom[:2]
+        _check_label_values(self, labels.data, self.num_classes, self.ignore_label)
+        loss, self.prob, self.position_loss = ops.weighted_softmax_loss_forward(
+            scores.data, labels.data, **self._kw(bottom))
+        top[0].data[...] = loss
+        if len(top) > 1:
+            top[1].data[...] = self.prob
+
+    def backward(self, top, propagate_down, bottom):
+        if len(bottom) < 3:
+            return super().backward(top, propagate_down, bottom)
+        if propagate_down[1]:
+            raise LayerError("SoftmaxWithLoss cannot backpropagate to labels (bottom 1); "
+                             "set propagate_down: false for them")
+        if not propagate_down[0]:
+            return
+        if self.hard_ratio is not None:
+            k = hard_ratio_index(self.position_loss.size, self.hard_ratio)
+            if k >= self.position_loss.size:
+                raise LayerError(f"SoftmaxWithLoss layer '{self.name}': hard_ratio "
+                                 f"{self.hard_ratio:g} puts the threshold at loss {k} of "
+                                 f"{self.position_loss.size} (past the last)")
+            bottom[2].data[...] = ops.weighted_softmax_loss_mine(
+                self.position_loss, bottom[2].data, self.hard_ratio)
+        bottom[0].diff[...] = ops.weighted_softmax_loss_backward(
+            self.prob, bottom[1].data, loss_weight=top[0].diff, **self._kw(bottom))
+
+    def allow_force_backward(self, bottom_index):
+        return bottom_index == 0                           # no gradient for labels or weights
 
 
 @register("Accuracy")

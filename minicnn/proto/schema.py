@@ -555,8 +555,13 @@ message SliceParameter
 message SoftmaxParameter
   1   engine              Engine   = DEFAULT
   2   axis                int32    = 1
+  3   hard_ratio          float    = 1   # 3-6, 8: happynear's caffe-windows (SoftmaxWithLoss
+  4   class_weight        float    repeated  # with a weights bottom; its numbers, free in BVLC):
+  5   hard_mining_label   int32             # hard_mining_label, cutting_point and
+  6   cutting_point       float             # label_smooth_factor parse and are refused
   7   normalize_type      string   = "Softmax"  # happynear's caffe-windows (AM-Softmax's auto/);
                                    # SoftmaxWithLoss: only "Softmax" ("L2"/"L1" refused)
+  8   label_smooth_factor float    = 0
 
 message SwishParameter
   1   beta                float    = 1
