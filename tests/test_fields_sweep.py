@@ -158,6 +158,10 @@ ALLOWED = {
     ("SegAccuracy", "seg_accuracy_param", "metric"): "read by DeepLab's fork, never used",
     ("Softmax", "softmax_param", "normalize_type"):
         "happynear's Softmax ignores it (SoftmaxWithLoss reads it)",
+    **{("Softmax", "softmax_param", f):
+       "happynear's loss fields: his Softmax ignores them (SoftmaxWithLoss reads or refuses them)"
+       for f in ("hard_ratio", "class_weight", "hard_mining_label", "cutting_point",
+                 "label_smooth_factor")},
     **{("GlobalLSEMargin", "scale_param", f):
        "happynear's GlobalLSEMargin reads scale_param's filler, min_value and max_value only"
        for f in ("axis", "num_axes", "bias_term", "bias_filler")},
