@@ -812,6 +812,33 @@ def build(sections, weights):
     return b.text(), b.weights
 
 
+def darknet_train_data(sections, source="train.txt"):
+    """The TRAIN data layer (prototxt text) that feeds a YOLOv2/v3 cfg as Darknet's detector
+    trainer does, or None when the cfg's last section is not a [region] or [yolo] (YOLOv1 and
+    classifiers keep what they had). detector.c takes the loader's settings from the [net]
+    (height, width; hue, saturation, exposure: Darknet's defaults 0, 1, 1) and from the net's
+    last layer (jitter, default .2; max, the truths per image: 90 for [yolo], 30 for [region]):
+    a DetectionData with augment: DARKNET_V2 and those keys, R, G, B channels scaled to [0, 1],
+    flip: true (the 2018 loader always flips at random), batch_size = batch / subdivisions.
+    ``sections`` is read_cfg's list."""
+    net, last = sections[0], sections[-1]
+    kind = KINDS.get(last.kind)
+    if kind not in ("region", "yolo"):
+        return None
+    h, w = net.int("height", 0), net.int("width", 0)
+    batch = max(net.int("batch", 1) // max(net.int("subdivisions", 1), 1), 1)
+    fields = (f"source: \"{source}\" batch_size: {batch} shuffle: true new_height: {h} "
+              f"new_width: {w} rgb: true\n    augment: DARKNET_V2 jitter: "
+              f"{last.float('jitter', 0.2)!r} hue: {net.float('hue', 0.0)!r} saturation: "
+              f"{net.float('saturation', 1.0)!r} exposure: {net.float('exposure', 1.0)!r} "
+              "flip: true")
+    fields += f" max_boxes: {last.int('max', 90 if kind == 'yolo' else 30)}"
+    return ('layer { name: "data" type: "DetectionData" top: "data" top: "boxes"\n'
+            "  include { phase: TRAIN }\n"
+            "  transform_param { scale: 0.00392156862745098 }\n"
+            f"  detection_data_param {{ {fields} }} }}\n")
+
+
 def _caffe_pool_size(size_in, kernel, stride, pad):
     out = -(-(size_in + 2 * pad - kernel) // stride) + 1            # ceil, as Caffe
     if pad and (out - 1) * stride >= size_in + pad:
@@ -850,6 +877,15 @@ def darknet_resize(image, height, width):
     return out
 
 
+def _train_data_comment(sections):
+    layer = darknet_train_data(sections)
+    if layer is None:
+        return ""
+    return ("# To train it as Darknet's detector trainer does, take this data layer (the box lists "
+            "as\n# each Region/Yolo layer's second bottom):\n"
+            + "".join(f"#   {line}\n" for line in layer.splitlines()))
+
+
 def convert_darknet(cfg, weights, out_dir):
     """Write ``<cfg name>.prototxt`` and ``.caffemodel`` into ``out_dir``; returns their
     paths."""
@@ -878,6 +914,6 @@ def convert_darknet(cfg, weights, out_dir):
         f.write(f"# Converted by minicnn from {os.path.basename(cfg)} and "
                 f"{os.path.basename(weights)} (Darknet {reader.major}.{reader.minor}."
                 f"{reader.revision}, seen {reader.seen}).\n# Input: RGB scaled to [0, 1] "
-                "(minicnn detect --rgb).\n" + text)
+                "(minicnn detect --rgb).\n" + _train_data_comment(sections) + text)
     net.save(caffemodel)
     return [prototxt, caffemodel]

@@ -9,7 +9,14 @@ import numpy as np
 from minicnn import cuda, ops
 from minicnn.data.datum import read_image
 from minicnn.data.db import root_joined
-from minicnn.data.detection import augment, label_path, pad_boxes, read_labels
+from minicnn.data.detection import (
+    DarknetV2Draws,
+    augment,
+    darknet_v2_augment,
+    label_path,
+    pad_boxes,
+    read_labels,
+)
 from minicnn.data.errors import DataError, need
 from minicnn.data.transform import (
     DEEPLAB_SEG_ONLY,
@@ -356,7 +363,23 @@ class DetectionDataLayer(_SourceDataLayer):
     then a random left-right flip; the boxes follow and are shuffled). transform_param gives
     scale and mean_value (crop_size and mirror would not move the boxes: use jitter and flip).
     Tops: data (N, C, H, W) and boxes (N, max_boxes, 5), padding rows (-1, 0, 0, 0, 0); an image
-    with more boxes keeps the first max_boxes. ``shuffle`` draws a new order every epoch."""
+    with more boxes keeps the first max_boxes. ``shuffle`` draws a new order every epoch.
+
+    ``augment: DARKNET_V2`` (what ``minicnn convert darknet`` writes for [region] and [yolo]
+    nets) is instead the TRAIN augmentation Darknet's YOLOv2/v3 trainer uses, data.c's
+    load_data_detection in Debian's 2018 Darknet (minicnn.data.detection.darknet_v2_augment):
+    the aspect ratio jittered by up to ``jitter`` of each side (the [region]/[yolo] key, which
+    may reach 1 here), the image scaled so its longer side fills new_height x new_width (that
+    snapshot's scale is 1: its .25..2 draw is commented out), placed at a random offset on a
+    gray (0.5) canvas, distorted in HSV (hue shifted by up to ``hue``, saturation and value
+    scaled by up to ``saturation`` and ``exposure`` or their inverses: Darknet's [net] keys; 0
+    reads as 1, as Darknet's loader), flipped at random (``flip``), the boxes shuffled
+    (randomize_boxes), moved and clipped (correct_boxes), the first max_boxes kept and of those
+    the ones under 0.001 wide or high dropped. The pixels are computed in float32 like
+    Darknet's and come out as Darknet's [0, 1] values times 255 (so transform_param scale:
+    0.00392157 gives Darknet's input, within float rounding); is_color must stay true. The
+    draws come from the layer's seeded per-batch generator, so a resumed run repeats them;
+    Darknet's own C rand() stream is not reproduced. TEST reads images as without it."""
     param_field = "detection_data_param"
     max_num_top = 2
 
@@ -371,7 +394,10 @@ class DetectionDataLayer(_SourceDataLayer):
                              "neither")
         if p.max_boxes <= 0:
             raise LayerError("detection_data_param.max_boxes must be positive")
-        if not 0 <= p.jitter < 0.5:
+        self.darknet_v2 = p.augment == "DARKNET_V2"
+        if self.darknet_v2:
+            self._check_darknet_v2(p)
+        elif not 0 <= p.jitter < 0.5:
             raise LayerError(f"detection_data_param.jitter must be in [0, 0.5), got {p.jitter:g}")
         tp = self.param.transform_param
         refuse_transform(self, SSD_TRANSFORMER + SSD_ANNOTATED_ONLY + DEEPLAB_SEG_ONLY
@@ -388,13 +414,43 @@ class DetectionDataLayer(_SourceDataLayer):
         self.entries = self._read_list()
         self.num_samples = len(self.entries)
         self.boxes = [self._read_boxes(i) for i in range(self.num_samples)]
-        self.augmenting = self.phase == "TRAIN" and (p.jitter > 0 or p.flip)
+        self.augmenting = self.phase == "TRAIN" and (p.jitter > 0 or p.flip or self.darknet_v2)
         self.mean = np.asarray(tp.mean_value, self.dtype) if len(tp.mean_value) else None
         first = self._read(0)
         if self.mean is not None and len(self.mean) not in (1, first.shape[0]):
             raise LayerError(f"{len(self.mean)} mean_value values for images with "
                              f"{first.shape[0]} channels: give one, or one per channel")
         return [(self.batch_size, *first.shape), (self.batch_size, p.max_boxes, 5)][:len(top)]
+
+    def _check_darknet_v2(self, p):
+        if not p.new_height:
+            raise LayerError("detection_data_param augment: DARKNET_V2 needs new_height and "
+                             "new_width (the net's input size, Darknet's [net] height and width)")
+        if not p.is_color:
+            raise LayerError("detection_data_param augment: DARKNET_V2 needs is_color: true "
+                             "(Darknet loads 3 channels and distorts them in HSV)")
+        if not 0 <= p.jitter < 1:
+            raise LayerError(f"detection_data_param.jitter must be in [0, 1) with DARKNET_V2, "
+                             f"got {p.jitter:g}")
+        if not 0 <= p.hue <= 1:
+            raise LayerError(f"detection_data_param.hue must be in [0, 1], got {p.hue:g}")
+        for name in ("saturation", "exposure"):
+            if getattr(p, name) < 0:
+                raise LayerError(f"detection_data_param.{name} must be >= 0 (0 means 1, as "
+                                 f"Darknet's loader), got {getattr(p, name):g}")
+
+    def _darknet_v2(self, i, boxes, rng):
+        """One TRAIN sample through Darknet's load_data_detection: (image, boxes), the image
+        float32 in 0..255 (Darknet's [0, 1] times 255), in the layer's channel order."""
+        p = self.param.detection_data_param
+        raw = read_image(self._path(i), 0, 0, True)
+        rgb = (raw[::-1].astype(np.float64) / 255).astype(np.float32)   # Darknet: pixel / 255.
+        draws = DarknetV2Draws.draw(rng, len(boxes), p.flip)
+        image, boxes = darknet_v2_augment(rgb, boxes, draws, (p.new_height, p.new_width),
+                                          p.jitter, p.hue, p.saturation or 1.0,
+                                          p.exposure or 1.0, p.max_boxes)
+        image *= np.float32(255)
+        return (image if p.rgb else image[::-1]), boxes
 
     def _read_list(self):
         try:
@@ -438,7 +494,9 @@ class DetectionDataLayer(_SourceDataLayer):
         images, lists = [], []
         for i in ids:
             boxes = self.boxes[i]
-            if self.augmenting:
+            if self.augmenting and self.darknet_v2:
+                image, boxes = self._darknet_v2(i, boxes, rng)
+            elif self.augmenting:
                 raw = read_image(self._path(i), 0, 0, p.is_color)
                 out_hw = (p.new_height, p.new_width) if p.new_height else None
                 image, boxes = augment(raw, boxes, rng, p.jitter, p.flip, out_hw)
@@ -446,7 +504,7 @@ class DetectionDataLayer(_SourceDataLayer):
                 image = self._read(i)
             images.append(image)
             lists.append(pad_boxes(boxes, p.max_boxes, self.dtype))
-        if p.rgb:
+        if p.rgb and not (self.augmenting and self.darknet_v2):
             images = [im[::-1] if im.shape[0] == 3 else im for im in images]   # BGR -> RGB
         shape = images[0].shape
         for i, image in zip(ids, images):

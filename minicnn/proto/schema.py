@@ -737,6 +737,12 @@ message DetectionDataParameter # minicnn's "DetectionData" layer: images + Darkn
   11  rand_skip           uint32   = 0
   12  prefetch            uint32   = 4
   13  rgb                 bool     = false  # channels R, G, B: Darknet's order (converted nets)
+  14  augment             DetectionAugment = DARKNET_V1  # TRAIN: YOLOv1's crop, or v2/v3's loader
+  15  hue                 float    = 0      # 15-17: DARKNET_V2's HSV distortion ([net] keys)
+  16  saturation          float    = 1
+  17  exposure            float    = 1
+
+enum DetectionAugment    DARKNET_V1=0 DARKNET_V2=1   # load_data_region / load_data_detection
 
 message SegmentationDataParameter  # minicnn's "SegmentationData": image + label-image pairs
   1   source              string
