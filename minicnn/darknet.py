@@ -817,7 +817,8 @@ def darknet_train_data(sections, source="train.txt"):
     trainer does, or None when the cfg's last section is not a [region] or [yolo] (YOLOv1 and
     classifiers keep what they had). detector.c takes the loader's settings from the [net]
     (height, width; hue, saturation, exposure: Darknet's defaults 0, 1, 1) and from the net's
-    last layer (jitter, default .2; max, the truths per image: 90 for [yolo], 30 for [region]):
+    last layer (jitter, default .2; max, the truths per image: 90 for [yolo], 30 for [region];
+    random=1, multi-scale training: random_size with the [net]'s max_batches):
     a DetectionData with augment: DARKNET_V2 and those keys, R, G, B channels scaled to [0, 1],
     flip: true (the 2018 loader always flips at random), batch_size = batch / subdivisions.
     ``sections`` is read_cfg's list."""
@@ -833,6 +834,8 @@ def darknet_train_data(sections, source="train.txt"):
               f"{net.float('saturation', 1.0)!r} exposure: {net.float('exposure', 1.0)!r} "
               "flip: true")
     fields += f" max_boxes: {last.int('max', 90 if kind == 'yolo' else 30)}"
+    if last.int("random", 0):
+        fields += f"\n    random_size: true max_batches: {net.int('max_batches', 0)}"
     return ('layer { name: "data" type: "DetectionData" top: "data" top: "boxes"\n'
             "  include { phase: TRAIN }\n"
             "  transform_param { scale: 0.00392156862745098 }\n"

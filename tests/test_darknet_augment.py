@@ -14,11 +14,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import minicnn
+from minicnn.darknet import convert_darknet, darknet_train_data, read_cfg
 from minicnn.data.datum import decode_image, encode_image, read_image
 from minicnn.data.detection import (DarknetV2Draws, darknet_correct_boxes, darknet_distort_image,
                                     darknet_hsv_to_rgb, darknet_place_image, darknet_rgb_to_hsv,
                                     darknet_v2_augment, label_path, read_labels, write_labels)
 from minicnn.data.errors import need
+from minicnn.errors import LayerError
+from minicnn.layers import DetectionDataLayer
+from minicnn.proto import caffe_pb2
+from minicnn.proto.text import parse_text
 
 LIB = "/usr/lib/darknet/libdarknet.so"
 needs_darknet = pytest.mark.skipif(not os.path.exists(LIB), reason="Debian's darknet package "
@@ -259,7 +265,6 @@ def rectangles(folder, n=4, size=(30, 40)):
 
 
 def v2_layer(source, phase="TRAIN", **extra):
-    from minicnn.layers import DetectionDataLayer
     fields = {"source": source, "batch_size": 2, "new_height": 24, "new_width": 32,
               "augment": "DARKNET_V2", "jitter": 0.3, "hue": 0.1, "saturation": 1.5,
               "exposure": 1.5, "flip": True, "max_boxes": 3}
@@ -333,7 +338,6 @@ def test_resumes_exactly(tmp_path):
     ({"saturation": -1}, "saturation must be >= 0"),
     ({"exposure": -0.5}, "exposure must be >= 0")])
 def test_bad_settings_say_which(tmp_path, extra, match):
-    from minicnn.errors import LayerError
     with pytest.raises(LayerError, match=match):
         v2_layer(rectangles(tmp_path), **extra)()
 
@@ -365,7 +369,6 @@ def data_layer_of(prototxt):
 
 
 def test_converter_writes_darknets_loader_settings(tmp_path):
-    from minicnn.darknet import darknet_train_data, read_cfg
     from tests.test_darknet import V2_CFG, V3_CFG
     cfg = tmp_path / "v2.cfg"
     cfg.write_text(V2_CFG.replace("channels=3\n", "channels=3\nbatch=64\nsubdivisions=8\n"
@@ -386,10 +389,6 @@ def test_converter_writes_darknets_loader_settings(tmp_path):
 
 @pytest.mark.parametrize("which", ["v2", "v3"])
 def test_converted_nets_train_with_darknets_loader(tmp_path, which):
-    import minicnn
-    from minicnn.darknet import convert_darknet
-    from minicnn.proto import caffe_pb2
-    from minicnn.proto.text import parse_text
     from tests.test_darknet import V2_CFG, V3_CFG, random_weights
     from tests.test_yolo_losses import rectangle_images
     cfg_text = (V2_CFG if which == "v2" else V3_CFG).replace(
@@ -409,6 +408,7 @@ def test_converted_nets_train_with_darknets_loader(tmp_path, which):
                   r'\1  bottom: "boxes"\n  top: "\2_loss"\n  loss_weight: 1', text)
     param = caffe_pb2.SolverParameter(net_param=parse_text(text), base_lr=0.0005,
                                       lr_policy="fixed", momentum=0.9, max_iter=30)
+    minicnn.set_random_seed(1)
     solver = minicnn.SGDSolver(param, log=lambda message: None)
     solver.net.copy_from(caffemodel)
     assert solver.net.layer_dict["data"].darknet_v2
@@ -419,3 +419,73 @@ def test_converted_nets_train_with_darknets_loader(tmp_path, which):
         losses.append(sum(float(solver.net.blobs[f"{h}_loss"].data) for h in heads))
     assert np.all(np.isfinite(losses)), losses
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
+
+
+# --- multi-scale training (random=1) -------------------------------------------------------------
+
+def test_random_size_follows_detector_c(tmp_path):
+    source = rectangles(tmp_path)
+    layer = v2_layer(source, random_size=True)
+    layer()
+    sizes = [layer.input_size(b) for b in range(60)]
+    for k in range(6):                                    # a new size every 10 batches
+        assert len(set(sizes[10 * k:10 * k + 10])) == 1
+        assert sizes[10 * k][0] == sizes[10 * k][1] and sizes[10 * k][0] in range(320, 609, 32)
+    assert {layer.input_size(10 * k)[0] for k in range(300)} == set(range(320, 609, 32))
+    data, _ = layer._load(layer.sample_ids(0), 0)
+    assert data.shape == (2, 3, *sizes[0])
+    late = v2_layer(source, random_size=True, max_batches=215)    # its last 200 at 608
+    late()
+    assert [late.input_size(b) for b in (20, 29, 300)] == [(608, 608)] * 3   # 20 + 200 > 215
+    assert late.input_size(10) == late.input_size(19) != late.input_size(20) or \
+        late.input_size(10) == (608, 608) == late.input_size(0)       # drawn: 608 possible
+    again = v2_layer(source, random_size=True)           # the sizes come with the seed
+    again()
+    again.restore_data_state(layer.data_state())
+    assert [again.input_size(b) for b in range(60)] == sizes
+    test = v2_layer(source, phase="TEST", random_size=True)
+    assert test()[0].shape == (2, 3, 24, 32) and test.input_size(0) == (24, 32)
+    with pytest.raises(LayerError, match="random_size .* needs augment: DARKNET_V2"):
+        v2_layer(source, random_size=True, augment="DARKNET_V1", jitter=0.2)()
+
+
+@pytest.mark.parametrize("which", ["v2", "v3"])
+def test_converted_nets_train_across_a_size_change(tmp_path, which):
+    from tests.test_darknet import V2_CFG, V3_CFG, random_weights
+    from tests.test_yolo_losses import rectangle_images
+    cfg_text = (V2_CFG if which == "v2" else V3_CFG).replace(
+        "channels=3\n", "channels=3\nbatch=2\nmax_batches=1000\n") + "random=1\n"
+    cfg = tmp_path / "net.cfg"
+    cfg.write_text(cfg_text)
+    random_weights(str(cfg), str(tmp_path / "net.weights"), dead=False)
+    prototxt, caffemodel = convert_darknet(str(cfg), str(tmp_path / "net.weights"),
+                                           str(tmp_path / "out"))
+    layer = data_layer_of(prototxt).replace('"train.txt"', f'"{rectangle_images(tmp_path)}"')
+    assert "random_size: true max_batches: 1000" in layer
+    with open(prototxt) as f:
+        text = re.sub(r'layer \{\n  name: "data"\n  type: "Input".*?\n\}\n', layer, f.read(),
+                      count=1, flags=re.DOTALL)
+    text = re.sub(r'(type: "(?:Region|Yolo)"\n  bottom: "[^"]+"\n)  top: "([^"]+)"',
+                  r'\1  bottom: "boxes"\n  top: "\2_loss"\n  loss_weight: 1', text)
+    param = caffe_pb2.SolverParameter(net_param=parse_text(text), base_lr=1e-5,
+                                      lr_policy="fixed", momentum=0.9, max_iter=12)
+    minicnn.set_random_seed(1)
+    solver = minicnn.SGDSolver(param, log=lambda message: None)
+    solver.net.copy_from(caffemodel)
+    data = solver.net.layer_dict["data"]
+    data.restore_data_state({"seed": 4, "batches_served": 0})
+    assert data.input_size(0) != data.input_size(10)
+    heads = [layer.name for layer in solver.net.layers if layer.type in ("Region", "Yolo")]
+    losses, shapes = [], []
+    for _ in range(12):
+        solver.step(1)
+        losses.append(sum(float(solver.net.blobs[f"{h}_loss"].data) for h in heads))
+        shapes.append(solver.net.blobs["data"].shape[2:])
+        for h in heads:
+            layer = solver.net.layer_dict[h]
+            if layer.type == "Yolo":              # Darknet's net.w, net.h: the new input size
+                assert layer.loss_kwargs["net_width"] == shapes[-1][1]
+                assert layer.loss_kwargs["net_height"] == shapes[-1][0]
+    assert shapes[:10] == [data.input_size(0)] * 10 and shapes[10:] == [data.input_size(10)] * 2
+    assert np.all(np.isfinite(losses)), losses
+    assert min(losses[5:10]) < 0.5 * losses[0], losses      # it learns at the first size

@@ -316,7 +316,9 @@ class YoloLayer(_YoloHead):
     (which anchors this scale predicts; all of them when empty, as Darknet); for the loss:
     ignore_thresh (.5), truth_thresh (1), max_boxes (Darknet's max, 90), and net_width,
     net_height: the net's input size in pixels (Darknet's [net] width, height), which the
-    anchors are relative to (``minicnn convert darknet`` writes them)."""
+    anchors are relative to (``minicnn convert darknet`` writes them). When the input is
+    resized after setup (DetectionData random_size, multi-scale training), the loss takes them
+    times the grid's change (W / W at setup), as Darknet's resize_network sets net.w, net.h."""
     param_field = "yolo_param"
     figures = 7
 
@@ -349,6 +351,22 @@ class YoloLayer(_YoloHead):
                       truth_thresh=p.truth_thresh)
         return ops.yolo_loss_forward, kwargs, p.max_boxes
 
+    def layer_setup(self, bottom, top):
+        super().layer_setup(bottom, top)
+        self.setup_grid = tuple(bottom[0].shape[2:]) if len(bottom[0].shape) == 4 else None
+
+    def forward(self, bottom, top):
+        if self.is_loss and self.setup_grid and tuple(bottom[0].shape[2:]) != self.setup_grid:
+            # the input was resized (multi-scale training): Darknet's resize_network sets net.w,
+            # net.h to the new size, the grid times this head's stride
+            p, (h0, w0), (h, w) = self.param.yolo_param, self.setup_grid, bottom[0].shape[2:]
+            self.loss_kwargs.update(net_width=round(p.net_width * w / w0),
+                                    net_height=round(p.net_height * h / h0))
+        elif self.is_loss:
+            p = self.param.yolo_param
+            self.loss_kwargs.update(net_width=p.net_width, net_height=p.net_height)
+        super().forward(bottom, top)
+
 
 @register("DetectionData")
 class DetectionDataLayer(_SourceDataLayer):
@@ -379,7 +397,15 @@ class DetectionDataLayer(_SourceDataLayer):
     Darknet's and come out as Darknet's [0, 1] values times 255 (so transform_param scale:
     0.00392157 gives Darknet's input, within float rounding); is_color must stay true. The
     draws come from the layer's seeded per-batch generator, so a resumed run repeats them;
-    Darknet's own C rand() stream is not reproduced. TEST reads images as without it."""
+    Darknet's own C rand() stream is not reproduced. TEST reads images as without it.
+
+    ``random_size: true`` (a [region]/[yolo] random=1) adds detector.c's multi-scale training:
+    every 10 TRAIN batches, from the first, the images take a new square size, (r % 10 + 10) *
+    32 = 320 to 608 pixels whatever new_height and new_width are (Darknet 2018 does not scale
+    them to the cfg), and 608 from the batch where ``max_batches`` (the [net]'s, when given) is
+    within 200; the net reshapes to each size (Darknet's resize_network), Yolo heads' net_width
+    and net_height follow (see Yolo). Darknet counts solver iterations, this layer its batches:
+    the same with iter_size 1."""
     param_field = "detection_data_param"
     max_num_top = 2
 
@@ -399,6 +425,9 @@ class DetectionDataLayer(_SourceDataLayer):
             self._check_darknet_v2(p)
         elif not 0 <= p.jitter < 0.5:
             raise LayerError(f"detection_data_param.jitter must be in [0, 0.5), got {p.jitter:g}")
+        if p.random_size and not self.darknet_v2:
+            raise LayerError("detection_data_param.random_size (Darknet's multi-scale training) "
+                             "needs augment: DARKNET_V2")
         tp = self.param.transform_param
         refuse_transform(self, SSD_TRANSFORMER + SSD_ANNOTATED_ONLY + DEEPLAB_SEG_ONLY
                          + ("force_color", "force_gray"),
@@ -439,14 +468,28 @@ class DetectionDataLayer(_SourceDataLayer):
                 raise LayerError(f"detection_data_param.{name} must be >= 0 (0 means 1, as "
                                  f"Darknet's loader), got {getattr(p, name):g}")
 
-    def _darknet_v2(self, i, boxes, rng):
+    def input_size(self, b):
+        """The (height, width) of TRAIN batch b. With random_size, detector.c's multi-scale
+        training: every 10 batches (from the first) a new square size (r % 10 + 10) * 32, 320 to
+        608 whatever the cfg's size, r drawn from the layer's seed and b // 10; 608 once
+        max_batches (when given) is within 200 batches."""
+        p = self.param.detection_data_param
+        if not (p.random_size and self.augmenting):
+            return p.new_height, p.new_width
+        period = b // 10
+        if p.max_batches and 10 * period + 200 > p.max_batches:
+            return 608, 608
+        dim = (int(np.random.default_rng([self.seed, period, 3]).integers(10)) + 10) * 32
+        return dim, dim
+
+    def _darknet_v2(self, i, boxes, rng, net_hw):
         """One TRAIN sample through Darknet's load_data_detection: (image, boxes), the image
         float32 in 0..255 (Darknet's [0, 1] times 255), in the layer's channel order."""
         p = self.param.detection_data_param
         raw = read_image(self._path(i), 0, 0, True)
         rgb = (raw[::-1].astype(np.float64) / 255).astype(np.float32)   # Darknet: pixel / 255.
         draws = DarknetV2Draws.draw(rng, len(boxes), p.flip)
-        image, boxes = darknet_v2_augment(rgb, boxes, draws, (p.new_height, p.new_width),
+        image, boxes = darknet_v2_augment(rgb, boxes, draws, net_hw,
                                           p.jitter, p.hue, p.saturation or 1.0,
                                           p.exposure or 1.0, p.max_boxes)
         image *= np.float32(255)
@@ -495,7 +538,7 @@ class DetectionDataLayer(_SourceDataLayer):
         for i in ids:
             boxes = self.boxes[i]
             if self.augmenting and self.darknet_v2:
-                image, boxes = self._darknet_v2(i, boxes, rng)
+                image, boxes = self._darknet_v2(i, boxes, rng, self.input_size(b))
             elif self.augmenting:
                 raw = read_image(self._path(i), 0, 0, p.is_color)
                 out_hw = (p.new_height, p.new_width) if p.new_height else None

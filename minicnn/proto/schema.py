@@ -741,6 +741,8 @@ message DetectionDataParameter # minicnn's "DetectionData" layer: images + Darkn
   15  hue                 float    = 0      # 15-17: DARKNET_V2's HSV distortion ([net] keys)
   16  saturation          float    = 1
   17  exposure            float    = 1
+  18  random_size         bool     = false  # DARKNET_V2: [region]/[yolo] random=1, multi-scale
+  19  max_batches         uint32   = 0      # [net] max_batches: its last 200 train at 608
 
 enum DetectionAugment    DARKNET_V1=0 DARKNET_V2=1   # load_data_region / load_data_detection
 
