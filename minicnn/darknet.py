@@ -62,8 +62,12 @@ is warned about with its line, as Darknet prints "Unused field"; [net], [region]
 
 The converted net is a deploy net (one bottom per head). Region and Yolo keep their training
 keys, so a train prototxt only adds the box lists as each head's second bottom to make it
-Darknet's loss; jitter and random (the loader's augmentation) are not kept. ``minicnn detect``
-decodes all three kinds (minicnn.detection).
+Darknet's loss. For a cfg whose last layer is [region] or [yolo], the loader's settings (that
+layer's jitter, max and random, the [net]'s size, hue, saturation, exposure, batch /
+subdivisions and max_batches) are written at the top of the prototxt as a commented TRAIN
+DetectionData layer with augment: DARKNET_V2 (darknet_train_data), Darknet's detector-training
+data; YOLOv1's [detection] jitter is not kept. ``minicnn detect`` decodes all three kinds
+(minicnn.detection).
 
 Darknet's batch norm at test time is y = scales * (x - mean) / (sqrt(var) + 1e-6) + biases: the
 epsilon is added *after* the square root, where Caffe's BatchNorm adds it inside. The
