@@ -340,9 +340,9 @@ def darknet_v2_augment(image, boxes, draws, net_hw, jitter=0.2, hue=0.0, saturat
     boxes = np.array(boxes, np.float64).reshape(-1, 5)
     for i, j in enumerate(draws.swaps[:len(boxes)]):       # randomize_boxes
         boxes[[i, j]] = boxes[[j, i]]
+    class_only = ((boxes[:, 1] == 0) & (boxes[:, 2] == 0))[:max_boxes]   # as given, not moved
     boxes = darknet_correct_boxes(boxes, -dx / f(width), -dy / f(height), nw / f(width),
                                   nh / f(height), draws.flip)[:max_boxes]
     size = boxes[:, 3:5].astype(f).astype(np.float64)          # float compared in double, as C
-    tiny = ((size[:, 0] < DARKNET_MIN_BOX) | (size[:, 1] < DARKNET_MIN_BOX)) & \
-        ~((boxes[:, 1] == 0) & (boxes[:, 2] == 0))
+    tiny = ((size[:, 0] < DARKNET_MIN_BOX) | (size[:, 1] < DARKNET_MIN_BOX)) & ~class_only
     return canvas, boxes[~tiny]
