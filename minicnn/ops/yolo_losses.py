@@ -122,11 +122,13 @@ def darknet_truth(labels, max_boxes, classes, class_only=False):
 
 
 def _iou(ax, ay, aw, ah, bx, by, bw, bh):
-    """Darknet's box_iou of centre boxes, broadcast; 0 where they do not overlap."""
-    iw = np.minimum(ax + aw / 2, bx + bw / 2) - np.maximum(ax - aw / 2, bx - bw / 2)
-    ih = np.minimum(ay + ah / 2, by + bh / 2) - np.maximum(ay - ah / 2, by - bh / 2)
-    inter = np.where((iw < 0) | (ih < 0), 0, iw * ih)
-    return inter / (aw * ah + bw * bh - inter)
+    """Darknet's box_iou of centre boxes, broadcast; 0 where they do not overlap. A predicted
+    side exp(t) that overflowed to inf (as in Darknet's float exp) gives an IoU of 0."""
+    with np.errstate(over="ignore"):
+        iw = np.minimum(ax + aw / 2, bx + bw / 2) - np.maximum(ax - aw / 2, bx - bw / 2)
+        ih = np.minimum(ay + ah / 2, by + bh / 2) - np.maximum(ay - ah / 2, by - bh / 2)
+        inter = np.where((iw < 0) | (ih < 0), 0, iw * ih)
+        return inter / (aw * ah + bw * bh - inter)
 
 
 def _logistic(v):
@@ -318,7 +320,8 @@ def _yolo_loss_forward_ref(x, truths, *, anchors, mask, classes, net_width, net_
 
     for b in range(n):
         px, py = (col + yv[b, :, 0]) / dt(w), (row + yv[b, :, 1]) / dt(h)
-        pw, ph = np.exp(xv[b, :, 2]) * aw / nw, np.exp(xv[b, :, 3]) * ah / nh
+        with np.errstate(over="ignore"):       # an untrained head's exp(t) may be inf
+            pw, ph = np.exp(xv[b, :, 2]) * aw / nw, np.exp(xv[b, :, 3]) * ah / nh
         best = np.zeros((a, h, w), x.dtype)
         best_t = np.zeros((a, h, w), int)
         for t, (tx, ty, tw, th, _) in enumerate(truths[b]):
