@@ -24,7 +24,7 @@ from minicnn.errors import LayerError, MinicnnError, NetError, PrototxtError, Wi
 from minicnn.layer import LAYERS, create_layer, layer_type_list, register
 from minicnn.layers.python_layer import PythonLayerBase
 from minicnn.net import TEST, TRAIN, Net
-from minicnn.net_spec import NetSpec, to_proto
+from minicnn.net_spec import NetSpec, params, to_proto
 from minicnn.rcnn import Detector
 from minicnn.rng import set_random_seed
 from minicnn.sgd_solvers import (AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver,
@@ -42,5 +42,5 @@ __all__ = ["Blob", "Layer", "LAYERS", "Net", "TRAIN", "TEST", "create_layer", "r
            "NetError", "LayerError", "Solver", "get_solver", "TrainingDiverged", "SGDSolver",
            "NesterovSolver", "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver", "AdamSolver",
            "io", "deploy", "visualize", "detect", "PythonLayerBase", "set_mode_gpu",
-           "set_mode_cpu", "set_device", "NetSpec", "to_proto", "Detector", "Classifier",
+           "set_mode_cpu", "set_device", "NetSpec", "to_proto", "params", "Detector", "Classifier",
            "layer_type_list"]

@@ -207,3 +207,30 @@ def test_the_readme_example_writes_its_prototxt(tmp_path, monkeypatch):
     written = read_prototxt(str(tmp_path / "lenet_auto.prototxt"))
     assert [layer.name for layer in written.layer] == ["data", "conv1", "pool1", "ip1", "loss"]
     assert written.layer[0].data_param.backend == "LMDB"
+
+
+def test_caffe_layers_and_params_as_pycaffe_exports_them():
+    """pycaffe's tutorials write ``from caffe import layers as L`` and ``from caffe import
+    params as P``: under ``import minicnn as caffe`` those are minicnn.layers (the package of
+    layer modules, which makes NetSpec layers for Caffe type names) and minicnn.params."""
+    from minicnn import layers as CL
+    from minicnn import params as CP
+    assert CP is P
+    n = NetSpec()
+    n.data, n.label = CL.Data(batch_size=64, backend=CP.Data.LMDB, source="mnist_train_lmdb",
+                              transform_param=dict(scale=1. / 255), ntop=2)
+    n.conv1 = CL.Convolution(n.data, kernel_size=5, num_output=20,
+                             weight_filler=dict(type="xavier"))
+    n.pool1 = CL.Pooling(n.conv1, kernel_size=2, stride=2, pool=CP.Pooling.MAX)
+    n.ip1 = CL.InnerProduct(n.pool1, num_output=500, weight_filler=dict(type="xavier"))
+    n.relu1 = CL.ReLU(n.ip1, in_place=True)
+    n.ip2 = CL.InnerProduct(n.relu1, num_output=10, weight_filler=dict(type="xavier"))
+    n.loss = CL.SoftmaxWithLoss(n.ip2, n.label)
+    assert str(n.to_proto()) == str(lenet(64))
+    # the package's own names are untouched; other lower-case names are not layers
+    from minicnn.layers.conv import ConvolutionLayer
+    assert CL.ConvolutionLayer is ConvolutionLayer and CL.conv.ConvolutionLayer is ConvolutionLayer
+    with pytest.raises(AttributeError, match="no attribute 'not_a_module'"):
+        _ = CL.not_a_module
+    with pytest.raises(AttributeError):
+        _ = CL.__wrapped__

@@ -37,3 +37,14 @@ for _module_info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name)
                 and _obj.__module__ == _module.__name__:
             globals()[_name] = _obj
             __all__.append(_name)
+
+
+def __getattr__(name):
+    """pycaffe's ``from caffe import layers as L`` is net_spec's layer maker, and Caffe's
+    tutorials write ``L.Convolution(...)``; this package keeps minicnn's layer modules, so a
+    capitalised name that is not one of them (every Caffe layer type) makes a NetSpec layer,
+    as ``minicnn.net_spec.layers`` does. Module and class names here never equal a type."""
+    if name[:1].isupper():
+        from minicnn.net_spec import layers as spec_layers
+        return getattr(spec_layers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
