@@ -166,6 +166,12 @@ def load_python_layer_class(module, layer, folder=None):
     return cls
 
 
+# Names minicnn asks its own layers with hasattr/getattr (data state for resumed runs, sharding
+# for distributed runs): never answered from the user's object.
+_MINICNN_PROBES = frozenset({"data_state", "restore_data_state", "set_shard", "counters",
+                             "run_backward", "ignore_label", "num_classes"})
+
+
 @register("Python")
 class PythonLayer(Layer):
     """Caffe `Python`: the user's class (python_param module, layer) does the work with
@@ -193,6 +199,15 @@ class PythonLayer(Layer):
         if impl.blobs is not params:                # the user replaced the list: adopt it
             self.blobs = BlobVec(impl.blobs, self.dtype)
             impl.blobs = self.blobs
+
+    def __getattr__(self, name):
+        """pycaffe's net.layers[i] (and layer_dict[name]) of a Python layer is the user's own
+        object, so code such as py-faster-rcnn's ``solver.net.layers[0].set_roidb(roidb)``
+        reaches its methods and attributes: a name this layer lacks is looked up there."""
+        impl = self.__dict__.get("impl")
+        if impl is None or name.startswith("__") or name in _MINICNN_PROBES:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return getattr(impl, name)
 
     def reshape(self, bottom, top):
         self._call("reshape", bottom, top)

@@ -344,3 +344,43 @@ def test_catalogue_lists_the_python_layer():
     assert ("param_str", "string", '""') in entries["Python"]["params"]
     with pytest.raises(LayerError, match="needs both module and layer"):
         PythonLayer()(np.zeros(2))
+
+
+FEED_LAYER = '''
+import minicnn as caffe
+
+
+class Feed(caffe.Layer):
+    def setup(self, bottom, top):
+        self.value = 0.0
+        self.data_state = "the user's own"
+
+    def set_data(self, value):
+        self.value = value
+
+    def reshape(self, bottom, top):
+        top[0].reshape(2, 3)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = self.value
+
+    def backward(self, top, propagate_down, bottom):
+        pass
+'''
+
+
+def test_net_layers_reach_the_users_python_object(tmp_path):
+    """pycaffe's net.layers[i] of a Python layer is the user's object: py-faster-rcnn's
+    train.py calls solver.net.layers[0].set_roidb(roidb) before solving."""
+    (tmp_path / "feed_layer.py").write_text(FEED_LAYER)
+    (tmp_path / "net.prototxt").write_text(
+        'layer { name: "feed" type: "Python" top: "x" '
+        'python_param { module: "feed_layer" layer: "Feed" } }\n')
+    net = minicnn.Net(str(tmp_path / "net.prototxt"), minicnn.TEST)
+    net.layers[0].set_data(5.0)
+    np.testing.assert_array_equal(net.forward()["x"], np.full((2, 3), 5.0))
+    assert net.layer_dict["feed"].value == 5.0 and net.layers[0].type == "Python"
+    with pytest.raises(AttributeError, match="no attribute 'set_roidb'"):
+        _ = net.layers[0].set_roidb
+    # minicnn's own probes are not answered by the user's attributes of the same name
+    assert not hasattr(net.layers[0], "data_state")
