@@ -227,7 +227,8 @@ SOLVER_FLAGS = {  # command-line flag -> SolverParameter field (for quick runs a
 def _is_net_prototxt(path):
     """A net prototxt (layer/layers/input at the top level) rather than a solver one."""
     try:
-        text = open(path, encoding="utf-8", errors="replace").read()
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read()
     except OSError:
         return False
     text = re.sub(r"#[^\n]*", "", text)

@@ -278,3 +278,15 @@ def test_warnings_print_as_one_line_like_the_errors(tmp_path):
     assert fmt(*args) == default(*args)
     assert fmt("5 bytes not used", UserWarning, "/x/cli.py", 9) == \
         "minicnn detect: warning: 5 bytes not used\n"
+
+
+@pytest.mark.filterwarnings("error")
+def test_telling_a_solver_from_a_net_closes_the_file(tmp_path):
+    """minicnn train -solver reads the file to tell a net prototxt from a solver one; the
+    file is closed (an unclosed one was a ResourceWarning under -W error, e.g. in
+    BVLC's brewing-logreg notebook run as a test)."""
+    from minicnn.cli import _is_net_prototxt
+    solver, net = tmp_path / "solver.prototxt", tmp_path / "net.prototxt"
+    solver.write_text('net: "net.prototxt"\nbase_lr: 0.1\n')
+    net.write_text('layer { name: "x" type: "Input" top: "x" }\n')
+    assert not _is_net_prototxt(str(solver)) and _is_net_prototxt(str(net))
