@@ -1491,3 +1491,130 @@ def test_pycaffe_caffenet_py(tmp_path, monkeypatch):
     # all 1000 scores tie: BVLC's Accuracy counts every score >= the label's as better
     # (num_better_predictions starts at -1), 999 of them, so no label is right
     assert out['Accuracy1'] == 0
+
+
+# --- detection.ipynb -----------------------------------------------------------------------
+# The notebook runs python/detect.py with --crop_mode=selective_search (R-CNN's MATLAB
+# proposals: not in minicnn, docs/pycaffe.md "Not there") and reads its HDF5 output with
+# pandas (not installed here). What detect.py does with a window list is done here with
+# caffe.Detector as detect.py builds it; the notebook's pandas steps are done with NumPy, and
+# its nms_detections is kept as written.
+
+def rcnn_deploy(path):
+    """models/bvlc_reference_rcnn_ilsvrc13/deploy.prototxt's stand-in: the small CaffeNet
+    with fc8 -> fc-rcnn (200 detection classes) and no Softmax."""
+    with open(small_caffenet_deploy(path)) as f:
+        text = f.read()
+    text = text[:text.index('layer {\n  name: "prob"')]
+    text = text.replace('"fc8"', '"fc-rcnn"').replace('num_output: 1000', 'num_output: 200')
+    with open(path, 'w') as f:
+        f.write(text)
+    return path
+
+
+def test_detection(tmp_path, monkeypatch):
+    from PIL import Image
+    from skimage import data
+    monkeypatch.chdir(tmp_path)
+    os.makedirs('models/bvlc_reference_rcnn_ilsvrc13')
+    os.makedirs('images')
+    os.makedirs('_temp')
+    model_def = rcnn_deploy('models/bvlc_reference_rcnn_ilsvrc13/deploy.prototxt')
+    pretrained_model = random_weights(
+        model_def, 'models/bvlc_reference_rcnn_ilsvrc13/bvlc_reference_rcnn_ilsvrc13.caffemodel')
+    Image.fromarray(data.astronaut()[::2, ::2]).save('images/fish-bike.jpg')     # 256 x 256
+    mean_file = ilsvrc_mean_npy('ilsvrc_2012_mean.npy')
+
+    # python/detect.py --crop_mode=list --raw_scale=255 (its defaults: context_pad 16, the
+    # ImageNet mean, channel swap 2,1,0): windows as (ymin, xmin, ymax, xmax)
+    mean = np.load(mean_file).mean(1).mean(1)
+    detector = caffe.Detector(model_def, pretrained_model, mean=mean, input_scale=None,
+                              raw_scale=255, channel_swap=[2, 1, 0], context_pad=16)
+    windows = np.array([[10, 20, 120, 140], [12, 22, 118, 150], [100, 100, 250, 250],
+                        [0, 0, 255, 255], [30, 160, 90, 230]])
+    detections = detector.detect_windows([(os.path.abspath('images/fish-bike.jpg'), windows)])
+    assert [d['filename'] for d in detections] == [os.path.abspath('images/fish-bike.jpg')] * 5
+    np.testing.assert_array_equal(np.vstack([d['window'] for d in detections]), windows)
+
+    # df = pd.read_hdf('_temp/det_output.h5', 'df'): its prediction and coordinate columns
+    prediction = np.vstack([d['prediction'] for d in detections])
+    ymin, xmin, ymax, xmax = np.vstack([d['window'] for d in detections]).T
+    print(prediction.shape)
+    assert prediction.shape == (5, 200)
+    labels = ['class %d' % i for i in range(200)]           # det_synset_words.txt
+    labels[0], labels[1] = 'person', 'bicycle'
+    max_s = prediction.max(0)                               # predictions_df.max(0)
+    print([labels[k] for k in np.argsort(-max_s)[:10]])
+    # Find, print, and display the top detections: person and bicycle.
+    i = prediction[:, labels.index('person')].argmax()
+    j = prediction[:, labels.index('bicycle')].argmax()
+    print('Top detection:', [labels[k] for k in np.argsort(-prediction[i])[:5]])
+    print('Second-best detection:', [labels[k] for k in np.argsort(-prediction[j])[:5]])
+    coords = (xmin[i], ymin[i]), xmax[i] - xmin[i], ymax[i] - ymin[i]     # plt.Rectangle
+    assert coords[1] > 0 and coords[2] > 0
+
+    # the first window's score is the net's output on the crop Detector made of it
+    crop = detector.crop(caffe.io.load_image('images/fish-bike.jpg'), windows[0])
+    detector.blobs['data'].data[0] = detector.transformer.preprocess('data', crop)
+    detector.forward()
+    np.testing.assert_allclose(prediction[0], detector.blobs['fc-rcnn'].data[0],
+                               rtol=1e-5, atol=1e-6)
+
+    def nms_detections(dets, overlap=0.3):
+        """
+        Non-maximum suppression: Greedily select high-scoring detections and
+        skip detections that are significantly covered by a previously
+        selected detection.
+
+        This version is translated from Matlab code by Tomasz Malisiewicz,
+        who sped up Pedro Felzenszwalb's code.
+        """
+        x1 = dets[:, 0]
+        y1 = dets[:, 1]
+        x2 = dets[:, 2]
+        y2 = dets[:, 3]
+        ind = np.argsort(dets[:, 4])
+
+        w = x2 - x1
+        h = y2 - y1
+        area = (w * h).astype(float)
+
+        pick = []
+        while len(ind) > 0:
+            i = ind[-1]
+            pick.append(i)
+            ind = ind[:-1]
+
+            xx1 = np.maximum(x1[i], x1[ind])
+            yy1 = np.maximum(y1[i], y1[ind])
+            xx2 = np.minimum(x2[i], x2[ind])
+            yy2 = np.minimum(y2[i], y2[ind])
+
+            w = np.maximum(0., xx2 - xx1)
+            h = np.maximum(0., yy2 - yy1)
+
+            wh = w * h
+            o = wh / (area[i] + area[ind] - wh)
+
+            ind = ind[np.nonzero(o <= overlap)[0]]
+
+        return dets[np.array(pick, dtype=int), :]           # np.int (gone from NumPy)
+
+    scores = prediction[:, labels.index('bicycle')]
+    windows = np.c_[xmin, ymin, xmax, ymax]                 # df[['xmin', 'ymin', 'xmax', 'ymax']]
+    dets = np.hstack((windows, scores[:, np.newaxis]))
+    nms_dets = nms_detections(dets)
+    assert nms_dets[0, 4] == scores.max()
+
+    def iou(a, b):        # the notebook's overlap (areas without the +1)
+        w = max(0., min(a[2], b[2]) - max(a[0], b[0]))
+        h = max(0., min(a[3], b[3]) - max(a[1], b[1]))
+        area = lambda d: (d[2] - d[0]) * (d[3] - d[1])
+        return w * h / (area(a) + area(b) - w * h)
+    kept = {tuple(d) for d in nms_dets}
+    assert 1 < len(kept) < len(dets)
+    for m, a in enumerate(nms_dets):    # the kept windows overlap by at most 0.3 ...
+        assert all(iou(a, b) <= 0.3 for b in nms_dets[m + 1:])
+    for d in dets:          # ... and each dropped one overlaps a better kept one by more
+        if tuple(d) not in kept:
+            assert any(iou(d, k) > 0.3 and k[4] >= d[4] for k in nms_dets)
