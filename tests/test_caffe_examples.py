@@ -163,6 +163,119 @@ def test_01_learning_lenet(tmp_path, monkeypatch):
     np.testing.assert_allclose(probs.sum(0), 1)
 
 
+
+def test_01_learning_lenet_custom_net(tmp_path, monkeypatch):
+    """The notebook's current version (examples/01-learning-lenet.ipynb on master) ends with
+    a net and a solver of one's own: caffe_pb2.SolverParameter with random_seed 0xCAFFE and
+    type "SGD", caffe.get_solver after `solver = None`, a loop reading 'score'."""
+    from minicnn import layers as L
+    from minicnn import params as P
+    from minicnn.proto import caffe_pb2
+
+    monkeypatch.chdir(tmp_path)
+    images, labels = load_mnist_subset()
+    train, test = stratified_split(labels, 60, 20)
+    os.makedirs("examples/mnist")
+    write_lmdb("examples/mnist/mnist_train_lmdb", images[train], labels[train])
+    write_lmdb("examples/mnist/mnist_test_lmdb", images[test], labels[test])
+    os.chdir('examples')
+
+    train_net_path = 'mnist/custom_auto_train.prototxt'
+    test_net_path = 'mnist/custom_auto_test.prototxt'
+    solver_config_path = 'mnist/custom_auto_solver.prototxt'
+
+    ### define net
+    def custom_net(lmdb, batch_size):
+        # define your own net!
+        n = caffe.NetSpec()
+        # keep this data layer for all networks
+        n.data, n.label = L.Data(batch_size=batch_size, backend=P.Data.LMDB, source=lmdb,
+                                 transform_param=dict(scale=1./255), ntop=2)
+        # this single layer defines a simple linear classifier
+        # (in particular this defines a multiway logistic regression)
+        n.score =   L.InnerProduct(n.data, num_output=10, weight_filler=dict(type='xavier'))
+        # keep this loss layer for all networks
+        n.loss =  L.SoftmaxWithLoss(n.score, n.label)
+        return n.to_proto()
+
+    with open(train_net_path, 'w') as f:
+        f.write(str(custom_net('mnist/mnist_train_lmdb', 64)))
+    with open(test_net_path, 'w') as f:
+        f.write(str(custom_net('mnist/mnist_test_lmdb', 100)))
+
+    ### define solver
+    s = caffe_pb2.SolverParameter()
+    # Set a seed for reproducible experiments:
+    # this controls for randomization in training.
+    s.random_seed = 0xCAFFE
+    # Specify locations of the train and (maybe) test networks.
+    s.train_net = train_net_path
+    s.test_net.append(test_net_path)
+    s.test_interval = 500  # Test after every 500 training iterations.
+    s.test_iter.append(2) # Test on 100 batches each time we test.
+    s.max_iter = 10000     # no. of times to update the net (training iterations)
+    # solver types include "SGD", "Adam", and "Nesterov" among others.
+    s.type = "SGD"
+    # Set the initial learning rate for SGD.
+    s.base_lr = 0.01  # EDIT HERE to try different learning rates
+    # Set momentum to accelerate learning by
+    # taking weighted average of current and previous updates.
+    s.momentum = 0.9
+    # Set weight decay to regularize and prevent overfitting
+    s.weight_decay = 5e-4
+    # Set `lr_policy` to define how the learning rate changes during training.
+    # This is the same policy as our default LeNet.
+    s.lr_policy = 'inv'
+    s.gamma = 0.0001
+    s.power = 0.75
+    # Display the current training loss and accuracy every 1000 iterations.
+    s.display = 1000
+    # Snapshots are files used to store networks we've trained.
+    # We'll snapshot every 5K iterations -- twice during training.
+    s.snapshot = 5000
+    s.snapshot_prefix = 'mnist/custom_net'
+    # Train on the GPU (the CPU here)
+    s.solver_mode = caffe_pb2.SolverParameter.CPU
+    # Write the solver to a temporary file and return its filename.
+    with open(solver_config_path, 'w') as f:
+        f.write(str(s))
+
+    ### load the solver and create train and test nets
+    solver = None  # ignore this workaround for lmdb data (can't instantiate two solvers on the same data)
+    solver = caffe.get_solver(solver_config_path)
+    assert type(solver).__name__ == 'SGDSolver'
+
+    ### solve
+    niter = 40  # EDIT HERE increase to train for longer (250)
+    test_interval = niter // 10     # niter / 10: an int in Python 2
+    # losses will also be stored in the log
+    train_loss = np.zeros(niter)
+    test_acc = np.zeros(int(np.ceil(niter / test_interval)))
+    # the main solver loop
+    for it in range(niter):
+        solver.step(1)  # SGD by Caffe
+        # store the train loss
+        train_loss[it] = solver.net.blobs['loss'].data
+        # run a full test every so often
+        if it % test_interval == 0:
+            print('Iteration', it, 'testing...')
+            correct = 0
+            for test_it in range(2):          # 100
+                solver.test_nets[0].forward()
+                correct += sum(solver.test_nets[0].blobs['score'].data.argmax(1)
+                               == solver.test_nets[0].blobs['label'].data)
+            test_acc[it // test_interval] = correct / 200     # 1e4
+    assert len(test_acc) == 10 and test_acc[-1] > 0.5
+    assert train_loss[-5:].mean() < train_loss[:5].mean()
+
+    # random_seed makes the run reproducible: the same solver again gives the same losses
+    again = caffe.get_solver(solver_config_path)
+    again.step(3)
+    first = caffe.get_solver(solver_config_path)
+    first.step(3)
+    np.testing.assert_array_equal(again.net.params['score'][0].data,
+                                  first.net.params['score'][0].data)
+
 # --- 00-classification.ipynb ---------------------------------------------------------------
 
 def test_00_classification(tmp_path):
