@@ -77,10 +77,47 @@ def net_to_dot(net_param, rankdir="LR", phase="TRAIN", display_lrm=False):
     return dot
 
 
-def draw_net(model, path, rankdir="LR", phase="TRAIN", display_lrm=False):
-    """Write a picture of the net in ``model`` (a prototxt path or NetParameter) to ``path``."""
-    net_param = model if isinstance(model, caffe_pb2.NetParameter) else read_prototxt(model)
-    dot = net_to_dot(net_param, rankdir, phase, display_lrm)
+RANKDIRS = ("LR", "TB", "BT", "RL")
+
+
+def _picture(dot, extension, where):
+    """The picture of ``dot`` in the format ``extension`` (bytes; the source for dot/gv)."""
+    if extension in ("dot", "gv"):
+        return dot.source.encode()
+    import graphviz
+    try:            # piped, not rendered: render writes its source to the path less the extension
+        return dot.pipe(format=extension)
+    except graphviz.ExecutableNotFound:
+        raise MinicnnError("drawing needs Graphviz's 'dot' program, which is not installed: "
+                           "apt-get install graphviz (Debian/Ubuntu) or brew install graphviz "
+                           "(or write the .dot source instead)") from None
+    except (graphviz.CalledProcessError, ValueError) as e:
+        raise MinicnnError(f"Graphviz could not write {where}: {e}") from None
+
+
+def draw_net(model, path, *args, **kwargs):
+    """Write a picture of the net in ``model`` (a prototxt path or NetParameter) to ``path``:
+    draw_net(model, path, rankdir="LR", phase="TRAIN", display_lrm=False).
+
+    pycaffe's form is taken too, told by its second argument being a rank direction:
+    ``caffe.draw.draw_net(caffe_net, rankdir, ext="png", phase=None, display_lrm=False)``
+    returns the picture's bytes, and phase None (its default) draws every phase."""
+    if isinstance(path, str) and path in RANKDIRS:
+        return _draw_net_bytes(model, path, *args, **kwargs)
+    return _draw_net_file(model, path, *args, **kwargs)
+
+
+def _net_param(model):
+    return model if isinstance(model, caffe_pb2.NetParameter) else read_prototxt(model)
+
+
+def _draw_net_bytes(caffe_net, rankdir, ext="png", phase=None, display_lrm=False):
+    dot = net_to_dot(_net_param(caffe_net), rankdir, phase or "ALL", display_lrm)
+    return _picture(dot, str(ext).lstrip(".").lower(), f"a .{ext} picture")
+
+
+def _draw_net_file(model, path, rankdir="LR", phase="TRAIN", display_lrm=False):
+    dot = net_to_dot(_net_param(model), rankdir, phase, display_lrm)
     extension = os.path.splitext(os.fspath(path))[1].lstrip(".").lower()
     if extension in ("dot", "gv"):
         with atomic_write(path, "w") as f:
@@ -88,15 +125,7 @@ def draw_net(model, path, rankdir="LR", phase="TRAIN", display_lrm=False):
         return path
     if not extension:
         raise MinicnnError(f"give the picture a file extension (.png, .svg, .pdf or .dot): {path}")
-    import graphviz
-    try:            # piped, not rendered: render writes its source to the path less the extension
-        picture = dot.pipe(format=extension)
-    except graphviz.ExecutableNotFound:
-        raise MinicnnError("drawing needs Graphviz's 'dot' program, which is not installed: "
-                           "apt-get install graphviz (Debian/Ubuntu) or brew install graphviz "
-                           "(or write the .dot source instead)") from None
-    except (graphviz.CalledProcessError, ValueError) as e:
-        raise MinicnnError(f"Graphviz could not write {path}: {e}") from None
+    picture = _picture(dot, extension, path)
     with atomic_write(path, "wb") as f:
         f.write(picture)
     return path

@@ -9,7 +9,7 @@ import pytest
 from minicnn.cli import main
 from minicnn.draw import draw_net_to_file, net_to_dot
 from minicnn.errors import MinicnnError
-from minicnn.proto import read_prototxt
+from minicnn.proto import caffe_pb2, read_prototxt
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LENET = os.path.join(REPO, "models", "lenet", "lenet_train_test.prototxt")
@@ -75,3 +75,18 @@ def test_pycaffes_draw_net_to_file_draws_every_phase_by_default(tmp_path):
     draw_net_to_file(read_prototxt(LENET), tmp_path / "train.dot", rankdir="TB", phase="TRAIN")
     source = (tmp_path / "train.dot").read_text()
     assert "accuracy" not in source and "rankdir=TB" in source
+
+
+def test_pycaffes_draw_net_returns_the_picture():
+    """pycaffe's caffe.draw.draw_net(caffe_net, rankdir, ext='png', phase=None) returns the
+    image's bytes (notebooks show it with IPython's Image); phase None draws every phase."""
+    from minicnn.draw import draw_net
+    net = read_prototxt(LENET)
+    png = draw_net(net, "LR")
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    source = draw_net(net, "TB", "dot").decode()
+    assert "rankdir=TB" in source and "accuracy" in source
+    source = draw_net(net, "BT", ext="dot", phase=caffe_pb2.Phase.TRAIN).decode()
+    assert "rankdir=BT" in source and "accuracy" not in source
+    svg = draw_net(net, "RL", "svg", None, True)                # display_lrm
+    assert svg.lstrip().startswith(b"<?xml") and b"lr_mult" in svg
