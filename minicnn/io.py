@@ -25,6 +25,7 @@ import numpy as np
 
 from minicnn.blob import array_to_blob_proto, blob_proto_to_array
 from minicnn.errors import MinicnnError
+from minicnn.proto import caffe_pb2  # also pycaffe's caffe.io.caffe_pb2, as scripts use it
 
 IMAGENET_MEAN_BGR = (104.0, 117.0, 123.0)
 _WIDE_GRAY_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")    # Pillow's 16-bit/float gray
@@ -266,7 +267,7 @@ def array_to_blobproto(arr, diff=None):
 
 def arraylist_to_blobprotovector_str(arraylist):
     """The wire bytes of a BlobProtoVector holding each array (see array_to_blobproto)."""
-    from minicnn.proto import caffe_pb2, serialize
+    from minicnn.proto import serialize
     return serialize(caffe_pb2.BlobProtoVector(blobs=[array_to_blobproto(a) for a in arraylist]))
 
 

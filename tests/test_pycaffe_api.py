@@ -437,3 +437,25 @@ def test_solver_callbacks_run_at_the_start_and_before_the_update():
     solver.step(1)
     assert [e[:2] for e in events[2:]] == [("start", 1), ("ready", 1)]
     np.testing.assert_array_equal(w.data, after_one)      # zeroed diffs: no change
+
+
+def test_reading_datums_as_pycaffe_scripts_do(tmp_path):
+    """The usual loop over an LMDB in pycaffe scripts: caffe.io.caffe_pb2.Datum() (pycaffe's
+    io module imports caffe_pb2), ParseFromString, or Datum().FromString(value), which
+    returns a new message and leaves the instance alone, as protobuf's classmethod does."""
+    import lmdb
+    pixels = RNG.integers(0, 256, (4, 3, 5, 6), dtype=np.uint8)
+    with lmdb.open(str(tmp_path / "db"), map_size=1 << 22) as env, env.begin(write=True) as txn:
+        for i, image in enumerate(pixels):
+            txn.put(b"%08d" % i, io.array_to_datum(image, i).SerializeToString())
+    assert io.caffe_pb2 is caffe_pb2 and minicnn.io.caffe_pb2.Datum is caffe_pb2.Datum
+    with lmdb.open(str(tmp_path / "db"), readonly=True) as env, env.begin() as txn:
+        for k, (key, value) in enumerate(txn.cursor()):
+            datum = minicnn.io.caffe_pb2.Datum()
+            datum.ParseFromString(value)
+            np.testing.assert_array_equal(minicnn.io.datum_to_array(datum), pixels[k])
+            again = minicnn.io.caffe_pb2.Datum().FromString(value)
+            assert again == datum and again.label == k
+            empty = caffe_pb2.Datum()
+            assert empty.FromString(value) == datum and not empty.HasField("label")
+            assert caffe_pb2.Datum.FromString(value).label == k

@@ -260,6 +260,15 @@ class Message:
                                     path=f"<{type(self).DESCRIPTOR.name} bytes>"))
         return len(data)
 
+    @classmethod
+    def FromString(cls, data):
+        """A new message read from wire-format bytes (protobuf's Message.FromString; called
+        on an instance, as in ``caffe.io.caffe_pb2.Datum().FromString(lmdb_value)``, it
+        still returns a new message and leaves the instance as it was)."""
+        message = cls()
+        message.MergeFromString(data)
+        return message
+
     def ParseFromString(self, data):
         """Replace the message's fields with those of wire-format bytes (protobuf's
         ParseFromString, e.g. ``datum.ParseFromString(lmdb_value)``); the number of bytes."""
@@ -294,7 +303,7 @@ class Message:
     def __dir__(self):
         return list(type(self).DESCRIPTOR.fields_by_name) + [
             "HasField", "ClearField", "Clear", "ListFields", "CopyFrom", "MergeFrom", "copy",
-            "SerializeToString", "ParseFromString", "MergeFromString"]
+            "SerializeToString", "ParseFromString", "MergeFromString", "FromString"]
 
 
 def _scalar_equal(a, b):
