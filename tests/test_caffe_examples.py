@@ -1491,7 +1491,7 @@ lr_policy: "inv"
 gamma: 0.0001
 power: 0.75
 display: 100
-max_iter: 40
+max_iter: 20
 snapshot: 5000
 snapshot_prefix: "examples/siamese/mnist_siamese"
 solver_mode: GPU
@@ -1527,10 +1527,11 @@ def test_mnist_siamese(tmp_path, monkeypatch):
         f.write(SIAMESE_TRAIN_TEST)
     with open('examples/siamese/mnist_siamese_solver.prototxt', 'w') as f:
         f.write(SIAMESE_SOLVER.replace('solver_mode: GPU', 'solver_mode: CPU'))
-    # "./examples/siamese/train_mnist_siamese.sh" (50000 iterations; 40 here)
+    # "./examples/siamese/train_mnist_siamese.sh" (50000 iterations; 20 here)
     from minicnn.cli import main
     assert main(['train', '--solver=examples/siamese/mnist_siamese_solver.prototxt']) in (0, None)
-    deploy = ('name: "mnist_siamese"\ninput: "data"\ninput_shape { dim: 10000 dim: 1 dim: 28 '
+    # the deploy net's batch is its test set's size: 10000 there, 300 here
+    deploy = ('name: "mnist_siamese"\ninput: "data"\ninput_shape { dim: 300 dim: 1 dim: 28 '
               'dim: 28 }\n' + re.sub(r'param \{ name: "\w+" lr_mult: (\d) \}',
                                      r'param { lr_mult: \1 }', siamese_tower('', 'data')))
     with open('examples/siamese/mnist_siamese.prototxt', 'w') as f:
@@ -1540,7 +1541,7 @@ def test_mnist_siamese(tmp_path, monkeypatch):
     caffe_root = '../../'
     MODEL_FILE = 'mnist_siamese.prototxt'
     # decrease if you want to preview during training
-    PRETRAINED_FILE = 'mnist_siamese_iter_40.caffemodel'    # _iter_50000
+    PRETRAINED_FILE = 'mnist_siamese_iter_20.caffemodel'    # _iter_50000
     caffe.set_mode_cpu()
     net = caffe.Net(MODEL_FILE, PRETRAINED_FILE, caffe.TEST)
 
