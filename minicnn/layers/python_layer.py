@@ -209,6 +209,18 @@ class PythonLayer(Layer):
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
         return getattr(impl, name)
 
+    def __setattr__(self, name, value):
+        """Setting, through net.layers[i], an attribute the user's object has and this layer
+        does not (``net.layers[0].batch_size = 8``) sets it on the user's object, as in
+        pycaffe; any other name is this layer's own."""
+        impl = self.__dict__.get("impl")
+        if (impl is not None and name not in self.__dict__ and not name.startswith("_")
+                and name not in _MINICNN_PROBES and not hasattr(type(self), name)
+                and hasattr(impl, name)):
+            setattr(impl, name, value)
+        else:
+            object.__setattr__(self, name, value)
+
     def reshape(self, bottom, top):
         self._call("reshape", bottom, top)
 

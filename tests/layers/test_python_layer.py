@@ -384,3 +384,10 @@ def test_net_layers_reach_the_users_python_object(tmp_path):
         _ = net.layers[0].set_roidb
     # minicnn's own probes are not answered by the user's attributes of the same name
     assert not hasattr(net.layers[0], "data_state")
+    # setting an attribute the user's layer has sets it there; a new name stays on minicnn's
+    net.layers[0].value = 7.0
+    np.testing.assert_array_equal(net.forward()["x"], np.full((2, 3), 7.0))
+    net.layers[0].note = "mine"
+    assert net.layers[0].note == "mine" and not hasattr(net.layers[0].impl, "note")
+    net.layers[0].data_state = "minicnn's"
+    assert net.layers[0].impl.data_state == "the user's own"
