@@ -234,3 +234,6 @@ def test_caffe_layers_and_params_as_pycaffe_exports_them():
         _ = CL.not_a_module
     with pytest.raises(AttributeError):
         _ = CL.__wrapped__
+    # no name of the package may hide a Caffe type from L.<Type>
+    from minicnn.layer import LAYERS
+    assert not set(vars(CL)) & set(LAYERS)
