@@ -17,6 +17,7 @@ Impls: ref (the layer is a host layer in a GPU net).
 import numpy as np
 
 from minicnn.ops._dispatch import Op
+from minicnn.ops.sigmoid_cross_entropy import _normalizer, _valid, log_likelihood
 from minicnn.ops.softmax import FLT_MIN, _labels, loss_normalizer, softmax_forward, split_shape
 
 focal_loss_forward, focal_loss_backward = Op("focal_loss_forward"), Op("focal_loss_backward")
@@ -85,21 +86,13 @@ def _sigmoid_parts(x, target, alpha, gamma, ignore_label):
     with np.errstate(invalid="ignore"):
         tt = np.trunc(t)                                     # static_cast<int>
     pos = tt == 1
-    valid = np.ones(x.shape, bool) if ignore_label is None else tt != ignore_label
+    valid = _valid(t, ignore_label)
     e = np.exp(-np.abs(x))
     s = np.where(x >= 0, 1 / (1 + e), e / (1 + e))           # sigmoid without overflow
     one_minus_pt = np.where(pos, 1 - s, s)
     a_t = np.where(pos, alpha, 1 - alpha)
-    nonneg = (x >= 0).astype(x.dtype)
-    ce = -(x * (t - nonneg) - np.log1p(np.exp(x - 2 * x * nonneg)))
+    ce = -log_likelihood(x, t)
     return t, pos, valid, s, one_minus_pt, a_t, ce
-
-
-def _sigmoid_normalizer(normalization, x, valid, has_ignore):
-    count = x.size
-    d = {"FULL": count, "VALID": int(valid.sum()) if has_ignore else count,
-         "BATCH_SIZE": x.shape[0], "NONE": 1}[normalization]
-    return float(max(1, d))
 
 
 @sigmoid_focal_loss_forward.impl("ref")
@@ -108,7 +101,7 @@ def _sigmoid_focal_loss_forward_ref(x, target, *, alpha=0.25, gamma=2.0, ignore_
     """Returns the loss (a float)."""
     _, _, valid, _, omp, a_t, ce = _sigmoid_parts(x, target, alpha, gamma, ignore_label)
     terms = a_t * omp ** gamma * ce
-    d = _sigmoid_normalizer(normalization, np.asarray(x), valid, ignore_label is not None)
+    d = _normalizer(np.asarray(x), valid, normalization)
     return float(np.sum(terms[valid])) / d
 
 
@@ -123,7 +116,7 @@ def _sigmoid_focal_loss_backward_ref(x, target, *, alpha=0.25, gamma=2.0, ignore
         second = a_t * gamma * omp ** (gamma - 1) * ds * np.where(pos, -1.0, 1.0) * ce
     dx = a_t * omp ** gamma * (s - t) + second
     dx = np.where(valid, dx, 0.0)
-    d = _sigmoid_normalizer(normalization, x, valid, ignore_label is not None)
+    d = _normalizer(x, valid, normalization)
     return dx * (float(np.asarray(loss_weight).reshape(-1)[0]) / d)
 
 

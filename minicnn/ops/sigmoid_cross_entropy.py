@@ -38,6 +38,13 @@ def _valid(target, ignore_label):
         return np.trunc(target) != ignore_label               # Caffe casts the target to int
 
 
+def log_likelihood(x, t):
+    """Per element t log p + (1 - t) log(1 - p), p = sigmoid(x), in Caffe's form whose exp never
+    overflows (the summand above without its minus sign)."""
+    pos = x >= 0
+    return x * (t - pos) - np.log1p(np.exp(x - 2 * x * pos))
+
+
 def _normalizer(x, valid, normalization):
     outer = x.shape[0] if x.ndim else 1
     return loss_normalizer(normalization, outer, x.size // max(outer, 1), int(valid.sum()))
@@ -48,10 +55,9 @@ def _sigmoid_cross_entropy_forward_ref(x, target, *, ignore_label=None,
                                        normalization="BATCH_SIZE"):
     """Returns (loss as a 0-d array of x's dtype, p = sigmoid(x)); target has x's count."""
     t = np.asarray(target, dtype=x.dtype).reshape(x.shape)
-    pos = x >= 0
-    term = x * (t - pos) - np.log1p(np.exp(x - 2 * x * pos))   # exp(-|x|): never overflows
     valid = _valid(t, ignore_label)
-    loss = -np.sum(term, where=valid, dtype=x.dtype) / _normalizer(x, valid, normalization)
+    loss = -np.sum(log_likelihood(x, t), where=valid, dtype=x.dtype) / _normalizer(
+        x, valid, normalization)
     return np.asarray(loss, dtype=x.dtype), 0.5 * np.tanh(0.5 * x) + 0.5
 
 
