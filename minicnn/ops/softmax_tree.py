@@ -76,6 +76,11 @@ class SoftmaxTree:
     def groups(self):
         return len(self.group_offset)
 
+    def group_reduce(self, ufunc, z):
+        """``ufunc`` (np.maximum, np.add) reduced over each group along z's last axis (tree.n
+        entries), the result repeated back over the group's entries: same shape as z."""
+        return np.repeat(ufunc.reduceat(z, self.starts, axis=-1), self.sizes, axis=-1)
+
     @classmethod
     def read(cls, path):
         """A Darknet .tree file: per line a name and (optionally) the parent's index."""
@@ -100,9 +105,8 @@ def _moved(a, axis):
 def _softmax_tree_forward_ref(x, *, tree, axis=1):
     """One softmax per group of ``tree`` along ``axis`` (x.shape[axis] == tree.n)."""
     z = _moved(x, axis)
-    big = np.repeat(np.maximum.reduceat(z, tree.starts, axis=-1), tree.sizes, axis=-1)
-    e = np.exp(z - big)                             # the group's max keeps exp from overflowing
-    y = e / np.repeat(np.add.reduceat(e, tree.starts, axis=-1), tree.sizes, axis=-1)
+    e = np.exp(z - tree.group_reduce(np.maximum, z))   # the group's max: exp cannot overflow
+    y = e / tree.group_reduce(np.add, e)
     return np.ascontiguousarray(np.moveaxis(y, -1, axis))
 
 
@@ -110,7 +114,7 @@ def _softmax_tree_forward_ref(x, *, tree, axis=1):
 def _softmax_tree_backward_ref(dy, y, *, tree, axis=1):
     """dx from the top's diff and the top (each group's softmax Jacobian)."""
     g, p = _moved(dy, axis), _moved(y, axis)
-    dot = np.repeat(np.add.reduceat(g * p, tree.starts, axis=-1), tree.sizes, axis=-1)
+    dot = tree.group_reduce(np.add, g * p)
     return np.ascontiguousarray(np.moveaxis(p * (g - dot), -1, axis))
 
 

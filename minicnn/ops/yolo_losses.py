@@ -270,9 +270,8 @@ def _region_loss_forward_ref(x, truths, *, anchors, classes, softmax=False, obje
     sc, tc = scale[:, :, 5:], target[:, :, 5:]
     if tree is not None:                  # each group's cross-entropy (a touched group is
         z = np.moveaxis(xv[:, :, 5:], 2, -1)                 # wholly scaled, one-hot)
-        big = np.repeat(np.maximum.reduceat(z, tree.starts, axis=-1), tree.sizes, axis=-1)
-        lse = np.log(np.repeat(np.add.reduceat(np.exp(z - big), tree.starts, axis=-1),
-                               tree.sizes, axis=-1)) + big
+        big = tree.group_reduce(np.maximum, z)
+        lse = np.log(tree.group_reduce(np.add, np.exp(z - big))) + big
         total -= np.sum(sc * tc * np.moveaxis(z - lse, -1, 2), dtype=np.float64)
     elif softmax:
         z = xv[:, :, 5:]
