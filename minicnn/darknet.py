@@ -588,9 +588,9 @@ def _data_file(s, key):
                        "and beside the cfg)")
 
 
-def _tree(s, nodes):
+def _tree(s, nodes, field):
     """The parents of the tree= file (Darknet's read_tree), checked against ``nodes`` classes, as
-    a prototxt list wrapped at 100 columns."""
+    the prototxt list ``field`` (after a comment line), wrapped at 100 columns."""
     from minicnn.ops.softmax_tree import SoftmaxTree
     path = _data_file(s, "tree")
     try:
@@ -601,7 +601,7 @@ def _tree(s, nodes):
         raise DarknetError(f"{s.where()}: the tree {s.str('tree', '')} has {tree.n} nodes, but "
                            f"the layer has {nodes} classes")
     return (f"# {os.path.basename(path)}: {tree.n} classes in {tree.groups} groups (runs of "
-            f"siblings), each class's parent\n  " + _int_list(tree.parent))
+            f"siblings), each class's parent\n  {field}: " + _int_list(tree.parent))
 
 
 def _int_list(values):
@@ -619,8 +619,7 @@ def _int_list(values):
 def _region(b, s, i, x):
     classes, coords, num = s.int("classes", 20), s.int("coords", 4), s.int("num", 1)
     softmax, background = s.int("softmax", 0), s.int("background", 0)
-    tree = _tree(s, classes) if s.options.get("tree") else None
-    tree_text = tree.replace("\n  [", "\n  tree_parent: [") if tree else ""
+    tree = _tree(s, classes, "tree_parent") if s.options.get("tree") else None
     if tree and background:
         raise DarknetError(f"{s.where()}: a softmax tree with background=1 (Darknet's softmax "
                            "and its decoding would read different entries)")
@@ -648,7 +647,7 @@ def _region(b, s, i, x):
             + (" softmax: true" if softmax else "") + (" background: true" if background else "")
             + "".join(f" anchors: {a!r}" for a in anchors) + training
             + (f"\n  class_map: {_int_list(class_map)}" if class_map else "")
-            + (f"\n  {tree_text}" if tree else "") + " }")
+            + (f"\n  {tree}" if tree else "") + " }")
     b.layer(f"region{i}", "Region", x.top, f"region{i}", body)
     return _Out(f"region{i}", x.c, x.h, x.w)
 
@@ -785,8 +784,7 @@ def build(sections, weights):
                                    "C x 1 x 1 output (temperature=1)")
             name = f"softmax{i}"
             b.layer(name, "SoftmaxTree", x.top, name,
-                    "softmax_tree_param {\n  " + _tree(s, x.c).replace("\n  [", "\n  parent: [")
-                    + " }")
+                    "softmax_tree_param {\n  " + _tree(s, x.c, "parent") + " }")
             x = _Out(name, x.c, 1, 1, x.flat)
         elif kind == "softmax":
             x = _softmax(b, s, i, x)
