@@ -534,11 +534,13 @@ class DetectionDataLayer(_SourceDataLayer):
     def _load(self, ids, b):
         p = self.param.detection_data_param
         rng = np.random.default_rng([self.seed, b, 1])
+        darknet_v2 = self.augmenting and self.darknet_v2
+        net_hw = self.input_size(b) if darknet_v2 else None      # one size for the batch
         images, lists = [], []
         for i in ids:
             boxes = self.boxes[i]
-            if self.augmenting and self.darknet_v2:
-                image, boxes = self._darknet_v2(i, boxes, rng, self.input_size(b))
+            if darknet_v2:
+                image, boxes = self._darknet_v2(i, boxes, rng, net_hw)
             elif self.augmenting:
                 raw = read_image(self._path(i), 0, 0, p.is_color)
                 out_hw = (p.new_height, p.new_width) if p.new_height else None
@@ -547,7 +549,7 @@ class DetectionDataLayer(_SourceDataLayer):
                 image = self._read(i)
             images.append(image)
             lists.append(pad_boxes(boxes, p.max_boxes, self.dtype))
-        if p.rgb and not (self.augmenting and self.darknet_v2):
+        if p.rgb and not darknet_v2:
             images = [im[::-1] if im.shape[0] == 3 else im for im in images]   # BGR -> RGB
         shape = images[0].shape
         for i, image in zip(ids, images):
