@@ -536,6 +536,11 @@ def noise_channel_problem(npar, channels):
     return None
 
 
+def saltpepper_count(sp, rows, cols):
+    """How many pixels saltpepper sets in a rows x cols image (the fork's float arithmetic)."""
+    return int(np.floor(F(F(F(sp.fraction) * F(cols)) * F(rows))))
+
+
 def _on_luma(hwc, op):
     """op on the Y plane of OpenCV's YCrCb (colour), or on the gray image itself."""
     cv2 = need("cv2", "opencv-python")
@@ -583,9 +588,8 @@ def apply_noise(chw, npar, draws):
     if npar.saltpepper and c in (1, 3):                  # constantNoise knows these two
         sp = npar.saltpepper_param
         value = np.resize(np.asarray([int(v) for v in sp.value], np.uint8), c)
-        n = int(np.floor(F(F(F(sp.fraction) * F(cols)) * F(rows))))
         img = np.array(img)                               # writable, and not the input's
-        for _ in range(n):                                # later pixels overwrite earlier
+        for _ in range(saltpepper_count(sp, rows, cols)):  # later pixels overwrite earlier
             i = draws.rand(cols)
             j = draws.rand(rows)
             img[j, i] = value if c == 3 else value[0]

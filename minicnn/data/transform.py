@@ -183,11 +183,25 @@ class DataTransformer:
         return h_off, w_off
 
     def skip(self, rng, shape, encoded=True):
-        """Make the draws of one sample of ``shape`` (as __call__ would) and drop them."""
-        if encoded and (self.resize is not None or self.noise is not None):
-            self(np.zeros(shape, np.uint8), rng, encoded)
-        else:
+        """Make the draws of one sample of ``shape`` (as __call__ would) and drop them, without
+        its pixel work: the resize and the noise keep no draws that depend on pixels (the
+        interp_mode pick; saltpepper's two per pixel set, as many as the resized size gives)."""
+        if not (encoded and (self.resize is not None or self.noise is not None)):
             self.draw(rng, self.resized_shape(shape, encoded))
+            return
+        self.check(shape, encoded)
+        if self.mirror:
+            rng.integers(2)
+        if self.resize is not None and len(self.resize.interp_mode):
+            rng.integers(len(self.resize.interp_mode))
+        c, rows, cols = resized = self.resized_shape(shape, encoded)
+        if self.noise is not None and self.noise.saltpepper and c in (1, 3):
+            from minicnn.data.annotated import saltpepper_count
+            for _ in range(saltpepper_count(self.noise.saltpepper_param, rows, cols)):
+                rng.integers(cols)
+                rng.integers(rows)
+        self._check_resized(resized)
+        self._offsets(rng, resized)
 
     def __call__(self, x, rng, encoded=True):
         """The transformed sample (a new array in the transformer's dtype). ``encoded``: x is

@@ -155,6 +155,26 @@ def test_a_sharded_rank_skips_the_other_ranks_draws(tmp_path):
     assert (whole == 255).any()
 
 
+def test_a_sharded_rank_skips_the_other_ranks_interp_mode_draws(tmp_path):
+    """As above with several interp_mode (one draw per sample picks one) and FIT_SMALL_SIZE,
+    whose size each image gives."""
+    encoded_lmdb(tmp_path / "db", n=8)
+    rp = {"resize_mode": "FIT_SMALL_SIZE", "height": 7, "width": 7,
+          "interp_mode": ["LINEAR", "NEAREST", "CUBIC", "AREA"]}
+    tp = {"resize_param": rp, "crop_size": 5, "mirror": True}
+
+    def layer(batch):
+        one = DataLayer(source=str(tmp_path / "db"), batch_size=batch, backend="LMDB",
+                        phase="TRAIN", transform_param=tp)
+        one.restore_data_state({"seed": 7, "batches_served": 0})
+        return one
+
+    whole = layer(4)()[0]
+    half = layer(2)
+    half.set_shard(1, 2)
+    np.testing.assert_array_equal(half()[0], whole[2:])
+
+
 @pytest.mark.parametrize("tp, match", [
     ({"crop_h": 4}, "give both crop_h and crop_w"),
     ({"resize_param": {"height": 0, "width": 5}}, "height and width > 0"),
