@@ -32,6 +32,15 @@ import warnings
 import numpy as np
 
 from minicnn.blob import blob_proto_to_array
+from minicnn.data.annotated import (
+    Draws,
+    apply_noise,
+    apply_resize,
+    check_noise,
+    infer_new_size,
+    noise_channel_problem,
+    saltpepper_count,
+)
 from minicnn.data.errors import DataError
 from minicnn.errors import LayerError, MinicnnError
 
@@ -78,7 +87,6 @@ class DataTransformer:
 
     def __init__(self, param, phase, dtype=np.float32, resolve=None):
         """``resolve`` turns the mean_file path into a readable path (default: as given)."""
-        from minicnn.data.annotated import check_noise
         self.param, self.phase, self.dtype = param, phase, np.dtype(dtype)
         self.crop = int(param.crop_size)
         self.crop_h = self.crop_w = self.crop          # crop_size wins, as in SSD's fork
@@ -126,7 +134,6 @@ class DataTransformer:
         c, h, w = shape
         if self.resize is None:
             return tuple(shape)
-        from minicnn.data.annotated import infer_new_size
         new_w, new_h = infer_new_size(self.resize, w, h)
         if not encoded and (new_h, new_w) != (h, w):
             raise DataError(f"a raw (not encoded) record of {h} x {w} with resize_param "
@@ -139,7 +146,6 @@ class DataTransformer:
         output shape. ``encoded``: an image (resized and noised) rather than a raw record."""
         resized = self.resized_shape(shape, encoded)
         if encoded and self.noise is not None and (resized, "noise") not in self._checked:
-            from minicnn.data.annotated import noise_channel_problem
             problem = noise_channel_problem(self.noise, resized[0])
             if problem:
                 raise LayerError(problem)
@@ -196,7 +202,6 @@ class DataTransformer:
             rng.integers(len(self.resize.interp_mode))
         c, rows, cols = resized = self.resized_shape(shape, encoded)
         if self.noise is not None and self.noise.saltpepper and c in (1, 3):
-            from minicnn.data.annotated import saltpepper_count
             for _ in range(saltpepper_count(self.noise.saltpepper_param, rows, cols)):
                 rng.integers(cols)
                 rng.integers(rows)
@@ -211,7 +216,6 @@ class DataTransformer:
             mirror, h_off, w_off = self.draw(rng, self.resized_shape(x.shape, encoded))
             return transform_sample(x, self.crop_h, self.crop_w, h_off, w_off, mirror,
                                     self.mean, self.scale, self.dtype)
-        from minicnn.data.annotated import Draws, apply_noise, apply_resize
         draws = Draws(rng)
         mirror = bool(rng.integers(2)) if self.mirror else False       # the fork's order
         if self.resize is not None:
