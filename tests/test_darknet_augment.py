@@ -36,16 +36,11 @@ from minicnn.errors import LayerError
 from minicnn.layers import DetectionDataLayer
 from minicnn.proto import caffe_pb2
 from minicnn.proto.text import parse_text
+from tests.test_darknet import Image, needs_darknet
+from tests.test_darknet import darknet as darknet_library
 
-LIB = "/usr/lib/darknet/libdarknet.so"
-needs_darknet = pytest.mark.skipif(not os.path.exists(LIB), reason="Debian's darknet package "
-                                   "(libdarknet) is not installed")
 need("PIL.Image", "Pillow")
 F = ctypes.POINTER(ctypes.c_float)
-
-
-class Image(ctypes.Structure):
-    _fields_ = [("w", ctypes.c_int), ("h", ctypes.c_int), ("c", ctypes.c_int), ("data", F)]
 
 
 class BoxLabel(ctypes.Structure):
@@ -69,10 +64,7 @@ _LIB = None
 def darknet():
     global _LIB
     if _LIB is None:
-        lib = ctypes.CDLL(LIB)
-        libm = ctypes.CDLL("libm.so.6")                 # undo -Ofast's FTZ/DAZ (test_darknet.py)
-        libm.fesetenv.argtypes = [ctypes.c_void_p]
-        libm.fesetenv(ctypes.c_void_p(-1))
+        lib = darknet_library()                         # with -Ofast's FTZ/DAZ undone
         lib.place_image.argtypes = [Image, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
                                     Image]
         lib.distort_image.argtypes = [Image, ctypes.c_float, ctypes.c_float, ctypes.c_float]
