@@ -753,11 +753,9 @@ class Image(ctypes.Structure):
                 ("data", ctypes.POINTER(ctypes.c_float))]
 
 
-def darknet_detect(cfg, weights, rgb, thresh, nms, classes):
-    """Darknet's `detector test` on an H x W x 3 uint8 RGB image: letterbox_image,
-    network_predict, get_network_boxes (relative), do_nms_sort; the boxes in pixels that
-    draw_detections would report: [(class, prob, x0, y0, x1, y1)]."""
-    lib = darknet()
+def detector_api(lib):
+    """``lib`` with the types of `detector test`'s calls (letterbox_image, get_network_boxes,
+    do_nms_sort and the frees) declared."""
     lib.letterbox_image.restype = Image
     lib.letterbox_image.argtypes = [Image, ctypes.c_int, ctypes.c_int]
     lib.get_network_boxes.restype = ctypes.POINTER(Detection)
@@ -768,6 +766,14 @@ def darknet_detect(cfg, weights, rgb, thresh, nms, classes):
                                 ctypes.c_float]
     lib.free_detections.argtypes = [ctypes.POINTER(Detection), ctypes.c_int]
     lib.free_image.argtypes = [Image]
+    return lib
+
+
+def darknet_detect(cfg, weights, rgb, thresh, nms, classes):
+    """Darknet's `detector test` on an H x W x 3 uint8 RGB image: letterbox_image,
+    network_predict, get_network_boxes (relative), do_nms_sort; the boxes in pixels that
+    draw_detections would report: [(class, prob, x0, y0, x1, y1)]."""
+    lib = detector_api(darknet())
     h, w, _ = rgb.shape
     planes = np.ascontiguousarray(rgb.transpose(2, 0, 1), np.float32) / np.float32(255)
     im = Image(w, h, 3, _floats(planes))

@@ -26,13 +26,12 @@ from minicnn.proto.text import parse_text
 from minicnn.testing import check_layer_gradient
 from tests.test_darknet import (
     CFG_DIR,
-    Detection,
     Image,
-    Network,
     _floats,
     assert_same_detections,
     converted,
     darknet,
+    detector_api,
     needs_darknet,
 )
 
@@ -274,16 +273,7 @@ def darknet_region_detections(lib, net, rgb, thresh, hier, nms, classes, region_
     """Darknet's `detector test` path on an image whose letterbox needs no resizing, with the
     region layer's output (network_predict's buffer) replaced by ``region_top`` before
     get_network_boxes (hier thresh) and do_nms_sort read it: [(class, prob, x0, y0, x1, y1)]."""
-    lib.letterbox_image.restype = Image
-    lib.letterbox_image.argtypes = [Image, ctypes.c_int, ctypes.c_int]
-    lib.get_network_boxes.restype = ctypes.POINTER(Detection)
-    lib.get_network_boxes.argtypes = [ctypes.POINTER(Network), ctypes.c_int, ctypes.c_int,
-                                      ctypes.c_float, ctypes.c_float, ctypes.c_void_p,
-                                      ctypes.c_int, ctypes.POINTER(ctypes.c_int)]
-    lib.do_nms_sort.argtypes = [ctypes.POINTER(Detection), ctypes.c_int, ctypes.c_int,
-                                ctypes.c_float]
-    lib.free_detections.argtypes = [ctypes.POINTER(Detection), ctypes.c_int]
-    lib.free_image.argtypes = [Image]
+    detector_api(lib)
     h, w, _ = rgb.shape
     planes = np.ascontiguousarray(rgb.transpose(2, 0, 1), np.float32) / np.float32(255)
     sized = lib.letterbox_image(Image(w, h, 3, _floats(planes)), net.contents.w, net.contents.h)
