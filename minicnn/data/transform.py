@@ -271,4 +271,4 @@ def refuse_transform(layer, fields, why):
     for name in fields:
         if tp.HasField(name):
             raise LayerError(f"layer '{layer.name}' ({layer.type}) does not read "
-                             f"transform_param.{name}: {why(name) if callable(why) else why}")
+                             f"transform_param.{name}: {why}")
