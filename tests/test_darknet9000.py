@@ -31,6 +31,7 @@ from tests.test_darknet import (
     assert_same_detections,
     converted,
     darknet,
+    darknet_forward,
     detector_api,
     needs_darknet,
 )
@@ -252,12 +253,7 @@ def test_darknet9000_matches_darknet(tmp_path):
     last = net.layers[-1]
     assert last.type == "SoftmaxTree" and last.tree.n == 9418 and last.tree.groups == 1846
     x = np.random.default_rng(6).random((3, 64, 64), np.float32)
-    lib = darknet()
-    dn = lib.load_network(cfg.encode(), weights.encode(), 0)
-    try:
-        want = darknet_predict(lib, dn, x).copy()
-    finally:
-        lib.free_network(dn)
+    want = darknet_forward(cfg, weights, x)
     got = net.forward(data=x[None])[net.top_names[last.name][0]].ravel()
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
     assert np.add.reduceat(got, last.tree.starts) == pytest.approx(1, rel=1e-5)
@@ -318,11 +314,7 @@ def test_yolo9000_matches_darknet(tmp_path):
     lib = darknet()
     cut = tmp_path / "cut.cfg"
     cut.write_text(text[:text.index("[region]")])
-    dn = lib.load_network(str(cut).encode(), weights.encode(), 0)
-    try:
-        raw = darknet_predict(lib, dn, x).copy().reshape(3, 9423, 4)
-    finally:
-        lib.free_network(dn)
+    raw = darknet_forward(str(cut), weights, x).reshape(3, 9423, 4)
     outs = net.forward(data=x[None])
     bottom = net.blobs[net.bottom_names[region.name][0]].data[0].reshape(3, 9423, 4)
     np.testing.assert_allclose(bottom, raw, rtol=1e-4, atol=1e-4 * np.abs(raw).max())
@@ -663,12 +655,7 @@ def test_crop_and_softmax_temperature_match_darknet(tmp_path):
                                          "only change training"):
         cfg, weights, net, _ = converted(tmp_path, CROP_CFG, dead=False)
     x = np.random.default_rng(9).random((3, 11, 14), np.float32)
-    lib = darknet()
-    dn = lib.load_network(cfg.encode(), weights.encode(), 0)
-    try:
-        want = darknet_predict(lib, dn, x).copy()
-    finally:
-        lib.free_network(dn)
+    want = darknet_forward(cfg, weights, x)
     outs = net.forward(data=x[None])
     got = outs[net.top_names[net.layers[-1].name][0]].ravel()
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
@@ -693,12 +680,7 @@ def test_go_cfg_reorg_extra_matches_darknet(tmp_path):
     and a zero for "pass", then [softmax]) against network_predict."""
     cfg, weights, net, _ = converted(tmp_path, _debian_cfg("go.test.cfg", 19), dead=False)
     x = np.random.default_rng(10).integers(-1, 2, (1, 19, 19)).astype(np.float32)
-    lib = darknet()
-    dn = lib.load_network(cfg.encode(), weights.encode(), 0)
-    try:
-        want = darknet_predict(lib, dn, x).copy()
-    finally:
-        lib.free_network(dn)
+    want = darknet_forward(cfg, weights, x)
     outs = net.forward(data=x[None])
     got = outs[net.top_names[net.layers[-1].name][0]].ravel()
     assert got.shape == (362,)
