@@ -384,12 +384,13 @@ def detect(net, images, thresh=None, nms=None, scale=None, mean=None, rgb=False,
         x = np.stack([net_input(chw, height, width, scale, mean, letterbox, darknet_resize,
                                 net.blobs[name].dtype) for chw, _, _ in loaded])
         net.forward(**{name: x})
+        if ssd is not None:
+            from minicnn import cuda
+            rows = cuda.to_host(net.blobs[ssd[1]].data)      # the chunk's rows, copied once
+            results += [ssd_boxes(rows, k, w0, h0, thresh, names)
+                        for k, (_, w0, h0) in enumerate(loaded)]
+            continue
         for k, (_, w0, h0) in enumerate(loaded):
-            if ssd is not None:
-                from minicnn import cuda
-                rows = cuda.to_host(net.blobs[ssd[1]].data)
-                results.append(ssd_boxes(rows, k, w0, h0, thresh, names))
-                continue
             if not heads:
                 pred = net.blobs[blob].data.reshape(len(chunk), -1)[k]
                 results.append(detections_from(pred, p.side, p.num, p.classes, p.sqrt, w0, h0,
