@@ -9,7 +9,12 @@ parameter diffs (``backward``). Subclasses override four methods, as in Caffe:
     backward(top, propagate_down, bottom)     bottom[j].diff (assigned) and blobs[k].diff (added)
 
 Bottom diffs are *assigned*, parameter diffs are *accumulated*: only a solver (or you) zeroes
-parameter diffs. A layer only unpacks blobs and parameters and calls the pure functions in
+parameter diffs. Why the difference: a blob that feeds several layers gets a Split layer (the
+Net inserts it), whose backward sums its tops' diffs, so every bottom diff has exactly one
+writer; a parameter can be used many times before an update (weights shared by name between
+layers, iter_size passes per step), and its gradient is the sum over those uses.
+``propagate_down[j]`` says whether bottom j needs a diff at all (labels and input data do not):
+backward may skip that work. A layer only unpacks blobs and parameters and calls the pure functions in
 ``minicnn.ops``, where the math is.
 
 A layer also works on its own, built from the keyword fields of its prototxt block:

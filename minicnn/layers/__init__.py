@@ -16,6 +16,14 @@ To learn backprop from them, read in this order (the base class first: ../layer.
     lrn.py, recurrent.py, interp.py, argmax.py, python_layer.py; data.py and segmentation.py
                       read the inputs
 
+docs/learn.md walks this order with a runnable snippet per stage. A layer here is the graph
+side (shapes, fields, which blob is which); its forward and backward call an op in ../ops/,
+whose file docstring gives the formula and why the backward is what it is. In an op file, the
+``# --- reference`` section (plain NumPy) is the spec; the ``fast CPU`` and ``CUDA`` sections
+below it compute the same numbers faster (tests/ops/ checks them against it) and can be skipped
+when learning. The same goes for a layer's ``out=``/``dx_out=`` arguments (write into the
+blob, no copy) and ``dw_acc=`` (add onto the parameter diff): plumbing, not math.
+
 The other modules are the Caffe forks' layers, one file per fork family: ssd.py, ssd_eval.py
 and annotated_data.py (SSD), frcnn.py (Fast/Faster R-CNN, R-FCN), detection.py (YOLO),
 deeplab.py (DeepLab), face.py and focal_loss.py (face recognition, focal

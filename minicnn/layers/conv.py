@@ -31,6 +31,10 @@ class ConvolutionLayer(Layer):
     bottoms of one shape may be given, each with its own top; they share the weights. In place
     (top == bottom, same shape), forward keeps a copy of x for the weight gradient.
 
+    Here w * x is cross-correlation (no kernel flip), written per element in minicnn/ops/conv.py
+    with its backward (dw from dy and im2col's columns, dx by col2im: a transposed convolution).
+    What follows is about speed only.
+
     On the CPU, float32 3x3 and 5x5 stride-1 convolutions with enough output tiles run by
     Winograd's F(2x2, 3x3) or F(2x2, 5x5) (minicnn/ops/conv.py, csrc/winograd.cpp), and so do
     atrous 3x3 ones with 128+ channels on large enough maps, split into the input's dilation x

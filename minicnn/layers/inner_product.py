@@ -10,6 +10,8 @@ from minicnn.layer import Layer, register
 @register("InnerProduct")
 class InnerProductLayer(Layer):
     """Caffe `InnerProduct`: y = x W^T + b, with x flattened from `axis` on into K features.
+    Backward: dx = dy W, dW = dy^T x, db = dy summed over the items (derived in
+    minicnn/ops/inner_product.py).
 
     blobs[0]: weights (num_output, K), or (K, num_output) with transpose: true;
     blobs[1]: bias (num_output,) when bias_term. The top has shape
@@ -85,6 +87,9 @@ class InnerProductLayer(Layer):
         if not (need_dx or need_dw or need_db):
             return
         in_place = bottom[0] is top[0]
+        # A speed path first: when the solver lends its step (Solver._layer_steps), dW is
+        # computed and applied to the weights in one pass. The math is the same as the plain
+        # path below: dx = dy W, dW += dy^T x, db += sum of dy (minicnn/ops/inner_product.py).
         step = self.param_steps.get(0) if need_dw else None
         if step is not None:
             # dx (from the old weights), then the weights' gradient and step in one pass. The

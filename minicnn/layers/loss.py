@@ -67,6 +67,10 @@ class SoftmaxWithLossLayer(Layer):
     deprecated normalize. The gradient is scaled by top[0].diff, where the Net puts the
     loss_weight (1 by default).
 
+    Backward is where a net's gradient starts: dx = (p - onehot(label)) * loss_weight / D, D
+    the normalization's count (why p - onehot: minicnn/ops/softmax.py). The labels get none
+    (asking for one is an error).
+
     happynear's caffe-windows adds softmax_param.normalize_type (AM-Softmax's auto/ prototxt
     writes "Softmax", its default, which is this layer); its "L2" and "L1" put a Normalize
     layer where the softmax is and are refused. Its third bottom (per-position weights) and

@@ -34,6 +34,8 @@ class ReLULayer(NeuronLayer):
                              "the output in place of the input)")
 
     def forward(self, bottom, top):
+        # out=: the op writes y straight into the top blob (no temporary); the math is
+        # minicnn/ops/relu.py's reference section
         ops.relu_forward(bottom[0].data, self.negative_slope, out=top[0].data)
 
     def backward(self, top, propagate_down, bottom):
@@ -196,8 +198,8 @@ class ELULayer(NeuronLayer):
 
 @register("Sigmoid")
 class SigmoidLayer(NeuronLayer):
-    """Caffe `Sigmoid`: 1 / (1 + exp(-x)). Backward reads y only (kept from forward), so it is
-    safe in place."""
+    """Caffe `Sigmoid`: 1 / (1 + exp(-x)). Its derivative is y (1 - y), a function of the output
+    alone, so backward reads y only (kept from forward) and is safe in place."""
     param_field = "sigmoid_param"
     _y = None                    # y from the last forward
 
@@ -212,8 +214,8 @@ class SigmoidLayer(NeuronLayer):
 
 @register("TanH")
 class TanHLayer(NeuronLayer):
-    """Caffe `TanH`: tanh(x). Backward reads y only (kept from forward), so it is safe in
-    place."""
+    """Caffe `TanH`: tanh(x). Its derivative is 1 - y^2, a function of the output alone, so
+    backward reads y only (kept from forward) and is safe in place."""
     param_field = "tanh_param"
     _y = None                    # y from the last forward
 

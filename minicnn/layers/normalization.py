@@ -12,7 +12,11 @@ from minicnn.proto.caffe_pb2 import FillerParameter
 
 @register("BatchNorm")
 class BatchNormLayer(Layer):
-    """Caffe `BatchNorm`: y = (x - mean) / sqrt(var + eps) per channel (axis 1).
+    """Caffe `BatchNorm`: y = (x - mean) / sqrt(var + eps) per channel (axis 1). Caffe's BatchNorm
+    has no learned gamma and beta: nets follow it with a Scale layer (bias_term: true) for those.
+    Backward with batch statistics: dx = (dy - E[dy] - y E[dy y]) / sqrt(var + eps), the two
+    extra terms being the paths through the batch's mean and variance (derived in
+    minicnn/ops/batch_norm.py); with global statistics dx = dy / sqrt(var + eps).
 
     blobs: [0] running sum of means (C,), [1] running sum of unbiased variances (C,), [2] the
     scale factor (1,) that both are divided by. They are statistics, not parameters: their
@@ -221,7 +225,9 @@ class ScaleLayer(Layer):
     One bottom: scale is blobs[0] (shape bottom.shape[axis : axis + num_axes], num_axes -1 = to
     the end, 0 = a scalar; filler default constant 1). Two bottoms: scale is bottom[1]. With
     bias_term a learned bias of the scale's shape follows (blobs[1], or blobs[0] with two
-    bottoms; bias_filler default constant 0). Safe in place: forward keeps a copy of x."""
+    bottoms; bias_filler default constant 0). Safe in place: forward keeps a copy of x.
+    Backward: dx = dy * scale, dscale = dy * x summed over the axes scale is broadcast along,
+    dbias = dy summed the same way (minicnn/ops/scale.py)."""
     param_field = "scale_param"
     min_num_bottom, max_num_bottom = 1, 2
     exact_num_top = 1

@@ -40,7 +40,10 @@ class SplitLayer(Layer):
 @register("Eltwise")
 class EltwiseLayer(Layer):
     """Caffe `Eltwise`: SUM (with one coeff per bottom, or none), PROD or MAX of same-shaped
-    bottoms. MAX ties go to bottom 1 over bottom 0, and to an earlier bottom otherwise."""
+    bottoms. MAX ties go to bottom 1 over bottom 0, and to an earlier bottom otherwise.
+    Backward (minicnn/ops/eltwise.py): SUM gives bottom k coeff_k * dy (a residual connection
+    passes dy through unchanged); PROD gives dy times the other bottoms' product; MAX routes dy
+    to the bottom that won, as max pooling does."""
     param_field = "eltwise_param"
     min_num_bottom = 2
     exact_num_top = 1
@@ -89,7 +92,9 @@ class EltwiseLayer(Layer):
 @register("Concat")
 class ConcatLayer(Layer):
     """Caffe `Concat`: joins bottoms along concat_param.axis (default 1, negative allowed) or
-    the legacy concat_dim; every other dim must match. Backward hands each bottom its slice."""
+    the legacy concat_dim; every other dim must match. Backward hands each bottom its slice of
+    the top diff: concatenation only moves values, so a value's gradient is the top diff at
+    the place it moved to."""
     param_field = "concat_param"
     min_num_bottom = 1
     exact_num_top = 1

@@ -8,6 +8,17 @@ per channel, over every axis but 1 (m = N * prod(spatial) values each):
     training (batch statistics):  dx = (dy - E[dy] - y * E[dy * y]) / sqrt(var + eps)
     global statistics (constants): dx = dy / sqrt(var + eps)
 
+Why the two extra terms in training: every x_k of a channel moves that channel's mean and
+variance too, so y_i depends on x_k through three paths. With s = sqrt(var + eps), dmean/dx_k =
+1/m and ds/dx_k = (x_k - mean) / (m s) = y_k / m (the mean's own change drops out of the variance
+because E[x - mean] = 0), hence
+
+    dy_i/dx_k = (delta_ik - 1/m - y_i y_k) / s
+    dx_k = sum_i dy_i dy_i/dx_k = (dy_k - E[dy] - y_k E[dy y]) / s
+
+-E[dy] is the path through the mean, -y_k E[dy y] the path through the variance. With global
+statistics the mean and variance are stored constants, so only delta_ik / s is left.
+
 Running statistics are Caffe's unnormalized sums (blobs [0], [1], [2] of the layer):
 
     s <- lambda * s + 1,  mean_acc <- lambda * mean_acc + mean,

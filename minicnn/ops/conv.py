@@ -17,6 +17,19 @@ spaces the kernel taps d apart (atrous). Backward, per group g:
 
 where cols = im2col(x) lays every kernel window out as a column. col2im is the adjoint of
 im2col: it adds each column entry back onto the pixel it was read from (padding is dropped).
+
+Why: im2col turns the convolution into a matrix product per group and image, y_g = w_g @
+cols_g (w_g: (F/G, C/G*kh*kw), cols_g: (C/G*kh*kw, oh*ow)), so the backward is InnerProduct's
+(minicnn/ops/inner_product.py): dw_g = dy_g @ cols_g^T, summed over images because the same
+filter slides over all of them, and dcols_g = w_g^T @ dy_g. A pixel of x was copied into every
+window that covers it, so its gradient is the sum of those copies' gradients: col2im does that
+sum. dx is therefore a transposed convolution of dy with w (stride becomes upsampling), which
+is exactly Caffe's Deconvolution forward. db sums dy over the images and positions that every
+bias value was added to.
+
+Reading order: the ``# --- reference (the spec)`` section below (im2col_ref, col2im_ref and the
+_ref functions) is the whole math in NumPy; everything after it is speed, checked against it by
+tests/ops/test_conv.py.
 conv2d_backward(..., need=(dx?, dw?, db?)) computes only the parts asked for (None otherwise);
 every impl takes ``need``. ``out=`` (forward) and ``dx_out=`` (backward) name arrays to write y
 and dx into, as NumPy's ``out``: the layers pass their blobs, so nothing is copied.

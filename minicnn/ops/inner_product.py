@@ -14,6 +14,13 @@ Backward, with DY = dy.reshape(M, N):
     dw = DY.T @ X    (X.T @ DY when transposed)
     db = DY.sum(0)
 
+Why (the default layout), per element: Y[m, n] = sum_k X[m, k] w[n, k] + b[n]. So
+dY[m, n]/dX[m, k] = w[n, k], and X[m, k] reaches every output n of its item: dX[m, k] = sum_n
+DY[m, n] w[n, k], i.e. DY @ w. Weight w[n, k] is used by every item m: dw[n, k] = sum_m DY[m, n]
+X[m, k], i.e. DY.T @ X (the items' gradients add up, which is why a batch's dw is a sum). The
+bias is added to every item: db[n] = sum_m DY[m, n]. A shape check remembers all three: dx has
+x's shape, dw has w's.
+
 ``out=`` (forward) and ``dx_out=`` name arrays to write y and dx into; ``dw_acc=`` and
 ``db_acc=`` name arrays to *add* dw and db to (a layer's parameter diffs, which accumulate).
 Impls: ref (NumPy's BLAS); cpu, float32 (csrc/inner_product.cpp on minicnn's GEMM: each pass

@@ -17,6 +17,13 @@ AVE:  y = sum of the window / divisor, divisor = (min(h0 + kh, H + ph) - h0) * (
       backward spreads dy / divisor over the window's pixels in the image. A window wholly outside
       the image gives 0 (Caffe divides 0 by a divisor <= 0 there, giving -0 or NaN).
 
+Why these backwards: a window's max changes with its largest entry at rate 1 and not at all
+with the others (moving a loser a little does not change the max), so dy goes to the argmax
+alone; forward saves the argmax (the mask) so that backward need not search again. An average
+is linear, d(sum / divisor)/dx = 1 / divisor for each pixel in the window. Windows may overlap
+(stride < kernel), and a pixel in several windows collects the sum of what each sends it, as in
+any chain rule through several uses.
+
 ``out=`` names the array to write y (forward) or dx (backward) into.
 Impls: ref; cpu (csrc/pool.cpp: one loop nest per (image, channel) plane, the same window
 order, so MAX and the AVE forward are bit-identical to ref).

@@ -3,6 +3,9 @@
     y  = x       if x > 0 else negative_slope * x
     dx = dy      if x > 0 else negative_slope * dy
 
+Why: y is linear on each side of 0 (slope 1 for x > 0, negative_slope below), so dy/dx is that
+slope and the chain rule dL/dx = dL/dy * dy/dx gives the line above. At x == 0 there is a kink
+(no derivative); any value between the two slopes is a valid subgradient, and Caffe picks one.
 Kink convention: x == 0 takes the slope branch, as Caffe's (x > 0) + slope * (x <= 0).
 Because sign(y) == sign(x) when negative_slope >= 0, backward may be given y in place of x: that
 is what makes the in-place ReLU (top == bottom) correct.

@@ -8,6 +8,9 @@ scale has the shape of x.shape[axis : axis + scale.ndim] and is broadcast over t
     dscale = sum of dy * x over the broadcast axes
     dbias  = sum of dy over the broadcast axes
 
+The sums are the chain rule for broadcasting: one scale value multiplies x at every position
+along the broadcast axes, and a value used several times collects the sum of its gradients.
+
 ``out=`` names the array to write y into (it may be x); ``keep_x=`` an array to copy x into first
 (an in-place layer keeps its input for backward; one pass with y on the CPU); ``dx_out=`` the
 array for dx, and ``dscale_acc=`` / ``dbias_acc=`` arrays to *add* dscale and dbias to (a

@@ -6,12 +6,19 @@ position, so label.size == outer * inner (e.g. N x C x H x W scores, N x H x W l
 Softmax (Caffe "Softmax"), per position, made stable by subtracting the max along the axis:
     y  = exp(x - max x) / sum exp(x - max x)
     dx = y * (dy - sum(dy * y))                      (needs only y, so it is safe in place)
+Subtracting the max changes nothing mathematically (it cancels between numerator and
+denominator) and keeps exp from overflowing. Why dx: dy_i/dx_j = y_i (delta_ij - y_j), so
+dx_j = sum_i dy_i y_i (delta_ij - y_j) = y_j (dy_j - sum_i dy_i y_i).
 
 Softmax loss (Caffe "SoftmaxWithLoss"), p = softmax(x), V = positions whose label != ignore_label:
     loss = -sum_{V} log(max(p[label], FLT_MIN)) / D
     dx   = (p - onehot(label)) * loss_weight / D      (0 at ignored positions)
     D    = max(1, FULL: outer*inner | VALID: |V| | BATCH_SIZE: outer | NONE: 1)
 FLT_MIN is the float32 one for both float32 and float64, as in Caffe.
+Why dx is p - onehot: per position, -log p[label] = -x[label] + log sum_j exp(x_j), whose
+derivative in x_j is -[j == label] + p_j. (Through the softmax's dx above with dy = -1/p at the
+label and 0 elsewhere gives the same: the Jacobian cancels the 1/p.) This is why the two are
+one layer: the fused gradient is simple and never divides by a tiny p.
 
 Accuracy (Caffe "Accuracy"): a position is correct when fewer than top_k *other* classes score
 >= the true class (ties count against it); accuracy = correct / |V| (0 when V is empty), and per
