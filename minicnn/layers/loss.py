@@ -1,6 +1,11 @@
 """Layers that score predictions against targets: the losses SoftmaxWithLoss, EuclideanLoss,
 SigmoidCrossEntropyLoss, MultinomialLogisticLoss, InfogainLoss, HingeLoss and ContrastiveLoss,
-and Accuracy."""
+and Accuracy.
+
+A loss layer is where backward starts. Its top is the scalar L, and the Net writes the layer's
+loss_weight into top[0].diff (d(total loss)/dL), so the loss's backward is the ordinary chain
+rule with that number as its dy; a layer used on its own gets it from ``backprop()`` with no
+arguments. Labels get no gradient; EuclideanLoss, symmetric in its two bottoms, gives both one."""
 
 import warnings
 
@@ -341,7 +346,8 @@ class EuclideanLossLayer(Layer):
 
     The two bottoms must hold the same number of values per item (shapes may differ, e.g.
     (N, 1) against (N,)); both receive a gradient, of opposite signs, scaled by the loss weight
-    that the Net puts in top[0].diff."""
+    that the Net puts in top[0].diff: d/da = (a - b) / N (the 1/2 cancels the square's 2), and
+    d/db = -(a - b) / N."""
     exact_num_bottom = 2
     exact_num_top = 1
     is_loss = True

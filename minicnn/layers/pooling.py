@@ -1,5 +1,7 @@
 """Pooling layers: Caffe's `Pooling` (MAX, AVE; global_pooling; CEIL or FLOOR rounding), SPP,
-and the forks' `Upsample` (max-unpooling through a Pooling mask, or nearest-neighbour)."""
+and the forks' `Upsample` (max-unpooling through a Pooling mask, or nearest-neighbour).
+The math, and why MAX's backward sends each dy to its window's argmax, is in
+minicnn/ops/pool.py."""
 
 from minicnn import ops
 from minicnn.errors import LayerError
