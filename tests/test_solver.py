@@ -188,6 +188,8 @@ def test_iter_size_averages_and_clipping_scales_the_summed_gradient():
         s.step(1)
     np.testing.assert_allclose(accumulated.net.params["fc"][0].data,
                                plain.net.params["fc"][0].data, rtol=1e-12)
+    # the same data in each of the 3 passes: the loss shown is their mean, as Caffe's Step
+    assert accumulated.smoothed_loss == pytest.approx(plain.smoothed_loss, rel=1e-12)
     clipped = make_solver(momentum=0.0, clip_gradients=0.01, iter_size=2)
     w0, b0 = (blob.data.copy() for blob in clipped.net.params["fc"])
     dw, db = gradients(w0, b0)
@@ -196,6 +198,17 @@ def test_iter_size_averages_and_clipping_scales_the_summed_gradient():
     scale = F32(0.01) / summed / 2                                 # clip, then divide by 2
     np.testing.assert_allclose(clipped.net.params["fc"][0].data, w0 - F32(0.1) * 2 * dw * scale,
                                rtol=1e-9)
+    np.testing.assert_allclose(clipped.net.params["fc"][1].data,        # every blob, lr_mult 2
+                               b0 - F32(0.1) * 2 * 2 * db * scale, rtol=1e-9)
+
+
+def test_clip_gradients_zero_scales_every_gradient_to_zero():
+    """Caffe returns early only for clip_gradients < 0; 0 scales the gradients by 0 / norm."""
+    solver = make_solver(momentum=0.0, clip_gradients=0.0)
+    before = [blob.data.copy() for blob in solver.net.params["fc"]]
+    solver.step(1)
+    for blob, value in zip(solver.net.params["fc"], before):
+        np.testing.assert_array_equal(blob.data, value)
 
 
 def test_lr_mult_zero_freezes_and_decay_mult_applies_per_blob():
@@ -214,6 +227,7 @@ def test_lr_mult_zero_freezes_and_decay_mult_applies_per_blob():
 @pytest.mark.parametrize("policy, fields, iteration, expected", [
     ("fixed", {}, 7, 0.1),
     ("step", {"gamma": 0.5, "stepsize": 3}, 7, 0.1 * 0.5 ** 2),
+    ("step", {"gamma": 0.5, "stepsize": 4}, 7, 0.1 * 0.5),        # floor(7 / 4): one step
     ("exp", {"gamma": 0.9}, 4, 0.1 * 0.9 ** 4),
     ("inv", {"gamma": 1e-4, "power": 0.75}, 1000, 0.1 * (1 + 1e-4 * 1000) ** -0.75),
     ("poly", {"power": 2.0, "max_iter": 10}, 4, 0.1 * (1 - 0.4) ** 2),

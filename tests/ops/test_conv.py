@@ -88,6 +88,8 @@ PINNED = {
     "depthwise": make_case(2, 3, (5, 6), 3, 3, pad=1, group=3, bias=False),
     "depthwise_multiplier": make_case(1, 2, (4, 5), 4, 2, stride=(2, 1), dilation=2, group=2),
     "pad_gt_kernel": make_case(1, 1, (3, 2), 2, 1, stride=2, pad=(2, 3)),
+    # kernel > 4 * size + 16: tap_ranges lists only the taps that reach the image
+    "kernel_far_wider_than_image": make_case(1, 2, (2, 3), 2, (25, 1), pad=(12, 0)),
 }
 
 
@@ -212,6 +214,7 @@ def test_ops_do_not_write_their_inputs():
 @pytest.mark.parametrize("x_shape, w_shape, b_shape, group, match", [
     ((1, 3, 5, 5), (2, 3, 3, 3), None, 2, "channels 3 and filters 2 .* group 2"),
     ((1, 4, 5, 5), (2, 4, 3, 3), None, 2, r"expected \(2, 2, 3, 3\)"),
+    ((1, 4, 5, 5), (3, 2, 3, 3), None, 2, "channels 4 and filters 3 .* group 2"),
     ((1, 4, 5, 5), (2, 4, 2, 2), None, 1, "kernel 3x3"),
     ((1, 4, 5, 5), (2, 4, 3, 3), (3,), 1, r"bias of shape \(3,\) .* 2 filters"),
     ((4, 5, 5), (2, 4, 3, 3), None, 1, r"4-D x, got one of shape \(4, 5, 5\)"),
@@ -825,11 +828,13 @@ def test_winograd_checks_its_arguments(kind):
 
 @fast
 def test_fast_path_in_chunks_of_one_image(kind, monkeypatch):
-    """A batch whose columns exceed the scratch budget goes through in several chunks."""
+    """A batch whose columns exceed the scratch budget goes through in several chunks (float64
+    runs the chunked im2col + BLAS loop, whose filter gradient adds up over the chunks)."""
     import minicnn.ops.conv as conv_module
     monkeypatch.setattr(conv_module, "COLS_BUDGET", 1)
     for name in ("plain", "grouped", "pointwise", "atrous_same"):
-        check_fast_path(kind, FAST_PINNED[name], np.float32)
+        for dtype in (np.float32, np.float64):
+            check_fast_path(kind, FAST_PINNED[name], dtype)
 
 
 @fast

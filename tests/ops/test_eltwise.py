@@ -97,6 +97,19 @@ def test_which_limits_the_gradients_computed():
     np.testing.assert_array_equal(dxs[1], [1.0, 1.0])
 
 
+def test_sum_backward_may_write_into_dy():
+    """An in-place Eltwise's bottom diff is its top diff: the reference writes that dx last, so
+    the others still read the untouched dy (dx_k = coeff_k * dy)."""
+    rng = np.random.default_rng(4)
+    xs = [rng.standard_normal((2, 3)) for _ in range(3)]
+    dy = rng.standard_normal((2, 3))
+    g = dy.copy()
+    dxs = backward(g, xs, "SUM", [2.0, -1.0, 3.0], outs=[g, None, None])
+    assert dxs[0] is g
+    for dx, c in zip(dxs, (2.0, -1.0, 3.0)):
+        np.testing.assert_array_equal(dx, c * dy)
+
+
 def test_unknown_operation():
     with pytest.raises(ValueError, match="MIN"):
         forward([np.ones(1), np.ones(1)], "MIN")

@@ -186,6 +186,7 @@ def test_kernel_that_cannot_fit_is_refused():
     ({"kernel_size": 0}, "zero"),
     ({"kernel_size": 2, "pad": 2}, "pad 2 x 2 .* kernel 2 x 2"),
     ({"kernel_h": 3, "kernel_w": 2, "pad_h": 1, "pad_w": 2}, "pad 1 x 2"),
+    ({"kernel_h": 2, "kernel_w": 3, "pad_h": 2, "pad_w": 0}, "pad 2 x 0"),
     ({"kernel_size": 2, "pad": 1, "pad_h": 1, "pad_w": 1}, "not a mix"),
     ({"kernel_size": 2, "stride_h": 2}, "not a mix"),
     ({"kernel_size": 2, "stride": 0}, "stride 0 x 0"),
