@@ -42,6 +42,19 @@ def test_from_a_prototxt_snippet():
     np.testing.assert_array_equal(y, want)                 # k is not used in WITHIN_CHANNEL
 
 
+def test_k_is_read_from_the_prototxt():
+    """ACROSS_CHANNELS with lrn_param k 2 (the k of Krizhevsky et al.'s LRN), against the
+    definition written as a loop over channels."""
+    param = parse_text('type: "LRN" lrn_param { local_size: 3 alpha: 0.5 beta: 0.75 k: 2 }',
+                       "LayerParameter")
+    x = np.random.default_rng(2).standard_normal((2, 4, 3, 2)).astype(np.float32)
+    want = np.empty(x.shape)
+    for c in range(4):
+        window = x[:, max(0, c - 1):c + 2].astype(np.float64)
+        want[:, c] = x[:, c] * (2.0 + 0.5 / 3 * (window ** 2).sum(axis=1)) ** -0.75
+    np.testing.assert_allclose(LRNLayer(param)(x), want, rtol=1e-5)
+
+
 def test_defaults_are_caffes():
     layer = LRNLayer()
     layer(np.ones((1, 5, 2, 2)))

@@ -95,3 +95,16 @@ def test_in_place_on_the_first_argument(name):
         first = args[0].copy()
         impl(first, *args[1:], **kwargs, out=first)
         np.testing.assert_allclose(first, want, rtol=1e-5, atol=1e-5, err_msg=kind)
+
+
+def test_write_out_copies_a_view_of_out_laid_out_differently():
+    """write_out skips the copy only when value is out's own elements in out's own layout; a
+    transposed view of out (same memory, same shape, other strides) is still written."""
+    from minicnn.ops._dispatch import write_out
+    out = np.arange(9.0).reshape(3, 3)
+    want = out.T.copy()
+    assert write_out(out, out.T) is out
+    np.testing.assert_array_equal(out, want)
+    same = out.reshape(9).reshape(3, 3)                     # the same layout: nothing to do
+    assert write_out(out, same) is out
+    np.testing.assert_array_equal(out, want)
