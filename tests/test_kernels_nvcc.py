@@ -10,6 +10,7 @@ syntax error never waits for a GPU session:
   NVRTC is not nvcc: no host headers, other defaults; this is the compiler the GPU uses."""
 
 import io
+import re
 import shutil
 import subprocess
 
@@ -48,10 +49,34 @@ def test_kernel_file_compiles_with_nvcc(name, tmp_path):
     uses = " ".join(f"(void)&{name};" for name in cuda.instantiations(source))
     path = tmp_path / name
     path.write_text(source + f"\nvoid minicnn_instantiate() {{ {uses} }}\n")
-    done = subprocess.run([NVCC, "-std=c++17", "-arch=sm_90", "-c", str(path), "-o",
-                           str(tmp_path / "kernels.o")], capture_output=True, text=True)
+    done = subprocess.run([NVCC, "-std=c++17", "-arch=sm_90", "--resource-usage", "-c",
+                           str(path), "-o", str(tmp_path / "kernels.o")],
+                          capture_output=True, text=True)
     assert done.returncode == 0, f"nvcc failed on {name}:\n{done.stderr[-4000:]}"
     assert "warning" not in done.stderr.lower(), f"nvcc warns on {name}:\n{done.stderr}"
+    check_launch_resources(name, done.stdout + done.stderr)
+
+
+def check_launch_resources(name, report):
+    """A launch of more threads than the registers allow fails on the GPU only ("too many
+    resources requested for launch"; the host emulator has no registers): every kernel's
+    registers times minicnn's block size (cuda.BLOCK threads, the only size it launches) must
+    fit a block's 64K registers, its static shared memory the 48 KiB a block gets unasked."""
+    usage = re.findall(r"Used (\d+) registers(.*)", report)
+    assert usage, f"nvcc printed no resource usage for {name}:\n{report[-2000:]}"
+    for registers, rest in usage:
+        assert int(registers) * cuda.BLOCK <= 65536, \
+            f"{name}: a kernel uses {registers} registers, too many for {cuda.BLOCK} threads"
+        smem = re.search(r"(\d+) bytes smem", rest)
+        assert smem is None or int(smem.group(1)) <= 48 * 1024, f"{name}: {rest}"
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_shared_arrays_hold_a_slot_per_thread_of_a_block(name):
+    """The kernels' `__shared__ T shared[N]` reductions index a slot per thread: N must be the
+    block size minicnn launches with, or a larger BLOCK would write past them."""
+    sizes = re.findall(r"__shared__\s+\w+\s+\w+\[(\w+)\]", cuda.kernel_source(name))
+    assert all(size == str(cuda.BLOCK) for size in sizes), (name, sizes, cuda.BLOCK)
 
 
 @pytest.mark.skipif(NVRTC is None, reason=f"CuPy's NVRTC compiler is not usable here ({NO_NVRTC})")

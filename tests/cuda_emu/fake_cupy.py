@@ -22,6 +22,8 @@ of bounds fails the test. Kernel arguments are checked against the kernel's C++ 
 
 import ctypes
 import hashlib
+import importlib.util
+import inspect
 import os
 import re
 import subprocess
@@ -225,6 +227,7 @@ class ndarray(NDArrayOperatorsMixin):
     # methods CuPy has
     def _method(name):
         def call(self, *args, **kwargs):
+            _check_keywords(name, kwargs, method=True)
             for a in args:
                 _reject_numpy(a)
             return _wrap(getattr(self._a, name)(*_unwrap(args), **_unwrap(kwargs)), self._buf)
@@ -283,7 +286,8 @@ def full(shape, fill_value, dtype=None, order="C"):
     return _new(shape, dtype, _unwrap(fill_value))
 
 
-def empty_like(a, dtype=None, order="K", subok=None, shape=None):
+def empty_like(prototype, dtype=None, order="K", subok=None, shape=None):      # CuPy's name
+    a = prototype
     return _new(a.shape if shape is None else shape, a.dtype if dtype is None else dtype)
 
 
@@ -330,6 +334,64 @@ def get_array_module(*args):
     return _THIS if any(isinstance(a, ndarray) for a in args) else np
 
 
+# --- CuPy's keywords ---------------------------------------------------------------------------
+# The methods and functions above hand their keywords to NumPy, which takes more than CuPy does
+# (x.sum(where=...), x.max(initial=...)): where CuPy itself is installed (CI installs it, no GPU
+# needed), a keyword CuPy's function or method does not take fails here as it would on a GPU.
+
+def _real_parameters(name, method):
+    """The parameter names of CuPy's function or ndarray method ``name``, or None where CuPy is
+    absent or the callable does not say (ufuncs, *args/**kwargs)."""
+    key = (name, method)
+    if key not in _REAL_PARAMETERS:
+        _REAL_PARAMETERS[key] = _read_parameters(name, method)
+    return _REAL_PARAMETERS[key]
+
+
+_REAL_PARAMETERS = {}
+
+
+def _read_parameters(name, method):
+    if importlib.util.find_spec("cupy") is None:
+        return None
+    try:
+        import cupy
+    except Exception:                             # a broken CUDA installation: nothing to compare
+        return None
+    fn = getattr(cupy.ndarray if method else cupy, name, None)
+    if fn is None:
+        return None
+    try:
+        params = inspect.signature(fn).parameters.values()
+        if any(p.kind == p.VAR_KEYWORD for p in params):
+            return None
+        return {p.name for p in params if p.kind != p.VAR_POSITIONAL}
+    except (TypeError, ValueError):               # Cython methods: the docstring's first line
+        first = (fn.__doc__ or "").strip().splitlines()[:1]
+        match = re.match(r"[\w.]+\((.*)\)", first[0]) if first else None
+        if match is None or "**" in match.group(1):
+            return None
+        names = set()
+        for part in match.group(1).split(","):
+            part = part.split("=")[0].strip().lstrip("*").split()
+            if part:
+                names.add(part[-1])
+        return names
+
+
+def _check_keywords(name, kwargs, method=False):
+    if not kwargs:
+        return
+    accepted = _real_parameters(name, method)
+    if accepted is None:
+        return
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        what = f"cupy.ndarray.{name}" if method else f"cupy.{name}"
+        raise TypeError(f"{what}() got unexpected keyword argument(s) {unknown}: CuPy's takes "
+                        f"{sorted(accepted)} (NumPy's takes more)")
+
+
 # NumPy names CuPy has too; calls on our arrays go to NumPy and come back wrapped
 _NUMPY_NAMES = {
     "exp", "log", "sqrt", "tanh", "abs", "absolute", "sign", "maximum", "minimum", "add",
@@ -353,6 +415,7 @@ def _passthrough(name):
     fn = getattr(np, name)
 
     def call(*args, **kwargs):
+        _check_keywords(name, kwargs)
         if args:
             first = args[0]
             if isinstance(first, (list, tuple)):
@@ -475,7 +538,7 @@ class RawKernel:
         k.signature = signature().decode().rstrip(",").split(",")
         return k
 
-    def __call__(self, grid, block, args, shared_mem=0, stream=None):
+    def __call__(self, grid, block, args, *, shared_mem=0):        # CuPy's: no stream
         grid, block = check_launch(self.name, grid, block)
         if len(args) != len(self.signature):
             raise TypeError(f"{self.name} takes {len(self.signature)} arguments "
