@@ -42,8 +42,9 @@ class _Token:
 
 
 class _Parser:
-    def __init__(self, text, path):
+    def __init__(self, text, path, merge=False):
         self.text, self.path = text, path
+        self.merge = merge         # protobuf's Merge: a singular field given again, last wins
         self.line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
         self.stack = []            # messages being parsed, for "in layer 'x'" context
         self.layer_starts = []     # (layer message, position of its '{'), for layer_lines
@@ -131,7 +132,7 @@ class _Parser:
             field = desc.fields_by_name.get(tok.text)
             if field is None:
                 self.fail(_unknown_field_message(desc, tok.text, msg, self._layer()), tok.pos)
-            if not field.repeated:
+            if not field.repeated and not self.merge:
                 if field.name in seen:
                     self.fail(f"field '{field.name}' of {desc.name} is set twice (first on line "
                               f"{self.where(seen[field.name])[0]}); it is not repeated", tok.pos)
@@ -169,8 +170,8 @@ class _Parser:
                     setattr(msg, field.name, values[0])
             if not self.accept(","):
                 self.accept(";")
-        for name, values in arrays.items():
-            setattr(msg, name, values)
+        for name, values in arrays.items():        # after what the message held (merging)
+            setattr(msg, name, np.concatenate([getattr(msg, name), values]))
         msg._touch()
         self.stack.pop()
 
@@ -342,8 +343,11 @@ def _known_layer_type(name):
     return name in LAYERS
 
 
-def parse_text(text, message_type="NetParameter", path="<string>", into=None):
-    """Parse prototxt ``text`` into a new message of ``message_type`` (or into message ``into``)."""
+def parse_text(text, message_type="NetParameter", path="<string>", into=None, merge=False):
+    """Parse prototxt ``text`` into a new message of ``message_type`` (or into message ``into``,
+    whose repeated fields it extends). A field that is not repeated may be given once, as in
+    Caffe's files, or again with ``merge`` (the last value wins: protobuf's text_format.Merge).
+    """
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")
@@ -352,7 +356,7 @@ def parse_text(text, message_type="NetParameter", path="<string>", into=None):
                                 path, 1, 1) from None
     text = text.lstrip("\ufeff")
     msg = into if into is not None else MESSAGES[message_type].cls()
-    _Parser(text, path).parse_message(msg)
+    _Parser(text, path, merge).parse_message(msg)
     return msg
 
 
