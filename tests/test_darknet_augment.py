@@ -18,10 +18,11 @@ from hypothesis import strategies as st
 
 import minicnn
 from minicnn.darknet import convert_darknet, darknet_train_data, read_cfg
-from minicnn.data.datum import decode_image, encode_image, read_image
+from minicnn.data.datum import decode_image, encode_image
 from minicnn.data.detection import (
     DarknetV2Draws,
     darknet_correct_boxes,
+    darknet_letterbox,
     darknet_distort_image,
     darknet_hsv_to_rgb,
     darknet_place_image,
@@ -382,13 +383,59 @@ def test_zero_saturation_and_exposure_read_as_one(tmp_path):
         np.testing.assert_array_equal(x, y)
 
 
-def test_jitter_past_v1s_limit_and_test_phase(tmp_path):
-    source = rectangles(tmp_path)
-    data, _ = v2_layer(source, jitter=0.8)()
+def test_jitter_past_v1s_limit(tmp_path):
+    data, _ = v2_layer(rectangles(tmp_path), jitter=0.8)()
     assert data.shape == (2, 3, 24, 32)
-    plain, _ = v2_layer(source, phase="TEST", shuffle=False)()
-    np.testing.assert_allclose(plain[0], read_image(str(tmp_path / "images" / "0.png"), 24, 32)
-                               / np.float32(255), atol=1e-6)
+
+
+def letterboxed_by_darknet(path, height, width):
+    """libdarknet's letterbox_image of the image at ``path`` (R, G, B in [0, 1])."""
+    lib = darknet()
+    lib.letterbox_image.restype = Image
+    lib.letterbox_image.argtypes = [Image, ctypes.c_int, ctypes.c_int]
+    lib.free_image.argtypes = [Image]
+    planes = np.ascontiguousarray(decode_image(path)[::-1]).astype(np.float32) / np.float32(255)
+    boxed = lib.letterbox_image(as_image(planes), width, height)
+    out = np.ctypeslib.as_array(boxed.data, (3 * height * width,)).reshape(3, height, width)
+    out = out.copy()
+    lib.free_image(boxed)
+    return out
+
+
+@needs_darknet
+@pytest.mark.parametrize("size,net_hw,rgb", [((30, 40), (24, 32), True),      # same aspect
+                                             ((30, 40), (32, 32), False),     # bars above/below
+                                             ((45, 20), (32, 48), True),      # bars left/right
+                                             ((30, 41), (32, 32), False)])    # a half offset
+def test_test_phase_is_darknets_validate_letterbox(tmp_path, size, net_hw, rgb):
+    source = rectangles(tmp_path, size=size)
+    layer = v2_layer(source, phase="TEST", shuffle=False, rgb=rgb, new_height=net_hw[0],
+                     new_width=net_hw[1], batch_size=4)
+    data, boxes = layer()
+    for i in range(4):
+        path = str(tmp_path / "images" / f"{i}.png")
+        want = letterboxed_by_darknet(path, *net_hw)            # the layer's scale: 1 / 255
+        np.testing.assert_allclose(data[i], want if rgb else want[::-1], rtol=0, atol=1e-6)
+        given = read_labels(label_path(path))
+        # mapped back as Darknet maps its detections (correct_yolo_boxes), the boxes are the
+        # label file's: IoUs against them are those Darknet's validation computes
+        back = minicnn.detection.unletterbox(boxes[i, :1, 1:], size[1], size[0], net_hw[1],
+                                             net_hw[0])
+        np.testing.assert_allclose(back, given[:, 1:], atol=1e-6)
+        assert boxes[i, 0, 0] == given[0, 0] and (boxes[i, 1:, 0] == -1).all()
+        # and they sit on the rectangle's pixels in the letterboxed image (G is 1 there only)
+        ys, xs = np.nonzero(data[i][1] > 0.75)
+        _, x, y, w, h = boxes[i, 0]
+        np.testing.assert_allclose([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1],
+                                   [(x - w / 2) * net_hw[1], (y - h / 2) * net_hw[0],
+                                    (x + w / 2) * net_hw[1], (y + h / 2) * net_hw[0]], atol=1.5)
+
+
+def test_letterbox_keeps_class_only_rows():
+    image = np.zeros((3, 10, 20), np.float32)
+    canvas, boxes = darknet_letterbox(image, [[2, 0, 0, 0, 0], [1, 0.5, 0.5, 0.2, 0.4]], (20, 20))
+    assert canvas.shape == (3, 20, 20) and (canvas[:, :5] == np.float32(0.5)).all()
+    np.testing.assert_allclose(boxes, [[2, 0, 0, 0, 0], [1, 0.5, 0.5, 0.2, 0.2]])
 
 
 # --- the converter's data layer, and converted nets that train with it --------------------------

@@ -304,6 +304,37 @@ def darknet_correct_boxes(boxes, dx, dy, sx, sy, flip):
     return out
 
 
+def darknet_letterbox(image, boxes, net_hw):
+    """Darknet's letterbox_image, as its validate_detector (LETTERBOX_DATA) prepares YOLOv2/v3
+    images: ``image`` (3, H, W) float32 in [0, 1] scaled by resize_image so it fits ``net_hw``
+    with its aspect kept (the sides compared as float, new sizes in int arithmetic), centred on a
+    gray (0.5) canvas at the integer offsets embed_image gets. ``boxes`` (K, 5) rows (class, x,
+    y, w, h) relative to the image come back relative to the canvas, moved by the half-offsets
+    Darknet's correct_region_boxes / correct_yolo_boxes take back (as float, not the canvas's
+    integer ones): a detection's IoU with a box here is the IoU Darknet computes after mapping
+    the detection back onto the image. Rows of a class alone (x = y = 0) stay as given."""
+    from minicnn.darknet import darknet_resize
+
+    f = np.float32
+    height, width = net_hw
+    _, h, w = image.shape
+    if f(width) / f(w) < f(height) / f(h):
+        new_w, new_h = width, (h * width) // w
+    else:
+        new_w, new_h = (w * height) // h, height
+    canvas = np.full((image.shape[0], height, width), f(0.5), f)
+    top, left = (height - new_h) // 2, (width - new_w) // 2
+    canvas[:, top:top + new_h, left:left + new_w] = darknet_resize(image, new_h, new_w)
+    boxes = np.array(boxes, np.float64).reshape(-1, 5)
+    real = ~((boxes[:, 1] == 0) & (boxes[:, 2] == 0))
+    sx, sy = new_w / width, new_h / height
+    boxes[real, 1] = boxes[real, 1] * sx + (width - new_w) / 2 / width
+    boxes[real, 2] = boxes[real, 2] * sy + (height - new_h) / 2 / height
+    boxes[real, 3] *= sx
+    boxes[real, 4] *= sy
+    return canvas, boxes
+
+
 def darknet_v2_augment(image, boxes, draws, net_hw, jitter=0.2, hue=0.0, saturation=1.0,
                        exposure=1.0, max_boxes=90):
     """One sample of Darknet's load_data_detection: ``image`` (3, H, W) float32 R, G, B in

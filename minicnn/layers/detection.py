@@ -12,6 +12,7 @@ from minicnn.data.db import root_joined
 from minicnn.data.detection import (
     DarknetV2Draws,
     augment,
+    darknet_letterbox,
     darknet_v2_augment,
     label_path,
     pad_boxes,
@@ -397,7 +398,12 @@ class DetectionDataLayer(_SourceDataLayer):
     Darknet's and come out as Darknet's [0, 1] values times 255 (so transform_param scale:
     0.00392157 gives Darknet's input, within float rounding); is_color must stay true. The
     draws come from the layer's seeded per-batch generator, so a resumed run repeats them;
-    Darknet's own C rand() stream is not reproduced. TEST reads images as without it.
+    Darknet's own C rand() stream is not reproduced. In TEST the images are Darknet's
+    validate_detector's (LETTERBOX_DATA, for YOLOv2 and v3 alike): letterboxed by
+    letterbox_image into new_height x new_width (aspect kept, Darknet's resize_image, a 0.5
+    canvas), 0..255 as in TRAIN, and the boxes moved with them (minicnn.data.detection.
+    darknet_letterbox), so DetectionEvaluate's IoUs are those Darknet's get after mapping its
+    detections back onto the image.
 
     ``random_size: true`` (a [region]/[yolo] random=1) adds detector.c's multi-scale training:
     every 10 TRAIN batches, from the first, the images take a new square size, (r % 10 + 10) *
@@ -495,6 +501,16 @@ class DetectionDataLayer(_SourceDataLayer):
         image *= np.float32(255)
         return (image if p.rgb else image[::-1]), boxes
 
+    def _darknet_letterbox(self, i, boxes):
+        """One TEST sample as Darknet's validate_detector loads it (LETTERBOX_DATA): the image
+        letterboxed, float32 in 0..255, in the layer's channel order; the boxes moved with it."""
+        p = self.param.detection_data_param
+        raw = read_image(self._path(i), 0, 0, True)
+        rgb = (raw[::-1].astype(np.float64) / 255).astype(np.float32)
+        image, boxes = darknet_letterbox(rgb, boxes, (p.new_height, p.new_width))
+        image *= np.float32(255)
+        return (image if p.rgb else image[::-1]), boxes
+
     def _read_list(self):
         try:
             with open(self.source_path, encoding="utf-8") as f:
@@ -541,6 +557,8 @@ class DetectionDataLayer(_SourceDataLayer):
             boxes = self.boxes[i]
             if darknet_v2:
                 image, boxes = self._darknet_v2(i, boxes, rng, net_hw)
+            elif self.darknet_v2:                        # TEST: Darknet's validate_detector
+                image, boxes = self._darknet_letterbox(i, boxes)
             elif self.augmenting:
                 raw = read_image(self._path(i), 0, 0, p.is_color)
                 out_hw = (p.new_height, p.new_width) if p.new_height else None
@@ -549,7 +567,7 @@ class DetectionDataLayer(_SourceDataLayer):
                 image = self._read(i)
             images.append(image)
             lists.append(pad_boxes(boxes, p.max_boxes, self.dtype))
-        if p.rgb and not darknet_v2:
+        if p.rgb and not self.darknet_v2:            # the Darknet paths make R, G, B
             images = [im[::-1] if im.shape[0] == 3 else im for im in images]   # BGR -> RGB
         shape = images[0].shape
         for i, image in zip(ids, images):
