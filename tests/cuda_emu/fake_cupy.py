@@ -699,7 +699,7 @@ def _device_count():
 
 def _properties(device):
     return {"name": b"minicnn host emulator", "multiProcessorCount": 1, "clockRate": 1000000,
-            "totalGlobalMem": 1 << 30, "major": 9, "minor": 0}
+            "totalGlobalMem": 16 << 30, "major": 9, "minor": 0}
 
 
 cuda = types.SimpleNamespace(
