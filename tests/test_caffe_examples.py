@@ -1290,7 +1290,13 @@ def test_02_fine_tuning(tmp_path, monkeypatch):
     np.testing.assert_allclose(probs, 0.2, rtol=1e-6)
     diff = untrained_style_net.blobs['fc7'].data[0] - imagenet_net.blobs['fc7'].data[0]
     error = (diff ** 2).sum()
-    assert error < 1e-8
+    # The notebook's bound, 1e-8, is absolute, for ImageNet's weights. The two nets run the image
+    # in batches of 1 and 2, and minicnn's CPU convolutions group small maps' tiles across the
+    # images of a batch (Winograd, and the direct 5x5), so the sums round differently, a few
+    # float32 ulps of the values: ~1.3e-8 here on a machine without AVX-512 (its vectors group
+    # tiles by 8, not 16), against fc7's own sum of squares of 2.8e4 (4.7e-13 of it). Replaced:
+    # a bound relative to that sum, 1e-10 of it (any weight not copied is far past it).
+    assert error < 1e-10 * max(1.0, float((imagenet_net.blobs['fc7'].data[0] ** 2).sum()))
     disp_imagenet_preds(imagenet_net, image)
     del untrained_style_net
 
