@@ -243,6 +243,27 @@ def test_the_paths_the_docs_name_exist():
     assert checked >= 50
 
 
+def test_every_minicnn_name_exists():
+    from tests.test_docs_pycaffe import resolve
+    names = {name for doc in DOCS
+             for name in re.findall(r"(?<![\w.])(minicnn(?:\.\w+)+)", open(os.path.join(REPO,
+                                                                                    doc)).read())}
+    assert len(names) >= 50
+    for name in sorted(names):
+        resolve(name)
+
+
+def test_the_extras_the_docs_name_exist():
+    import tomllib
+    extras = tomllib.load(open(os.path.join(REPO, "pyproject.toml"), "rb"))["project"][
+        "optional-dependencies"]
+    named = {e for doc in DOCS for group in re.findall(r"(?:minicnn|\.)\[([\w,]+)\]",
+                                                      open(os.path.join(REPO, doc)).read())
+             for e in group.split(",")}
+    assert {"train", "test", "mpi", "cuda", "draw"} <= named
+    assert named - set(extras) == set()
+
+
 def test_gpu_python_block_names_exist():
     """docs/cuda.md's Python block, not run (no GPU): its calls exist with those keywords."""
     text = BLOCKS["docs/cuda.md § minicnn on a GPU (CUDA) #1"].text
@@ -371,6 +392,9 @@ def readme_train(block, tmp):
     shutil.copy("models/lenet/lenet_train_test.prototxt", "my_net.prototxt")
     out = run_commands("\n".join(lines[1:]) + "\n", tmp)
     assert "Final test at iteration 4" in out["minicnn train -solver"]
+    for made in ("lenet_iter_4.caffemodel", "lenet_iter_4.solverstate", "lenet_train.log",
+                 "lenet_curve.csv", "lenet_curve.png"):      # "snapshots, a log, the curve"
+        assert os.path.exists(os.path.join("snapshots", made)), made
     assert os.path.exists("my_net_iter_2.caffemodel")
     assert re.search(r"accuracy = 0\.\d+", out["minicnn test -model"])
 
@@ -518,7 +542,8 @@ def readme_other(block, tmp):
                                     "deploy.prototxt --iterations 1"))
     out = run_commands(text, tmp)
     assert "inception_5b/output" in out["minicnn time models/googlenet/deploy.prototxt"]
-    assert "conv1" in out["minicnn time -model"]
+    for said in ("conv1\tforward:", "Average Forward pass", "By layer type", "Slowest"):
+        assert said in out["minicnn time -model"], said     # README: what `minicnn time` prints
     assert open("lenet.png", "rb").read(4) == b"\x89PNG"
     assert "Convolution" in out["minicnn layers"]
     upgraded = open("new.prototxt").read()
@@ -555,7 +580,8 @@ def ssd_detect(block, tmp):
     run_commands(block.text, tmp)
     import json
     found = json.load(open("detections/detections.json"))
-    assert found and "picture.jpg" in json.dumps(found)
+    assert found and "picture.jpg" in json.dumps(found) and "face" in json.dumps(found)
+    assert len(os.listdir("detections")) == 2               # the picture with its boxes, and json
 
 
 def ssd_python(block, tmp):
