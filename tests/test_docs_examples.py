@@ -118,9 +118,11 @@ def substituted(text, *pairs):
 
 DISTRIBUTED_TOP = "Data-parallel training: several processes, several machines #0"
 NOT_RUN = {
-    "README.md § minicnn #0": "pip installs from the network and the whole suite; "
-                            "tests/test_repo.py keeps them CI's command (its minicnn "
-                            "commands run in README § Train and § Data)",
+    "README.md § minicnn #0": "pip installs from the network, then trains LeNet for 2,000 "
+                              "iterations and runs the whole suite; tests/test_repo.py keeps "
+                              "them CI's command, tests/test_train.py's "
+                              "test_lenet_learns_real_digits trains that LeNet on those digits "
+                              "(and README § Train and § Data run its minicnn commands)",
     "README.md § Study one layer by hand #0": "run by tests/test_repo.py",
     "README.md § Study one layer by hand #1": "run by tests/test_repo.py",
     "README.md § Study one layer by hand #2": "run by tests/test_repo.py",
@@ -408,6 +410,10 @@ def readme_solver(block, tmp):
 
 def readme_trained_cli(block, tmp):
     variables = {"M": open_nsfw_folder()}
+    recipe = re.search(r"\$M` below is its folder\s+\(`(python3 -c '[^`]*')`\)",
+                       prose("README.md")).group(1)                  # README's way to find $M
+    assert subprocess.run(shlex.split(recipe), capture_output=True, text=True,
+                          check=True).stdout.strip() == variables["M"]
     images(tmp, "astronaut.png", "chelsea.png")
     open("labels.txt", "w").write("sfw\nnsfw\n")
     open("list.txt", "w").write("astronaut.png\nchelsea.png\n")
