@@ -433,8 +433,9 @@ def readme_trained_python(block, tmp):
 
 def readme_data(block, tmp):
     skip = skipped_in(block.key)
-    if not os.path.isdir("/usr/share/datasets/fashion-mnist"):
-        skip = skip | {"minicnn data fashion-mnist"}            # Debian's dataset-fashion-mnist
+    from minicnn.data.datasets import FASHION_MNIST_DIR
+    if not os.path.isdir(FASHION_MNIST_DIR):                   # Debian's dataset-fashion-mnist
+        skip = skip | {"minicnn data fashion-mnist"}
     os.makedirs("images")
     images(os.path.join(tmp, "images"), "astronaut.png", "chelsea.png")
     open("train.txt", "w").write("astronaut.png 0\nchelsea.png 1\n")
