@@ -568,6 +568,8 @@ def parse_log(args):
     if not os.path.isfile(args.logfile):
         raise MinicnnError(f"{args.logfile}: no such log file")
     rows = parse(args.logfile)
+    if rows["train"] or rows["test"]:       # README's `parse-log LOG out/` makes out/, as mkdir -p
+        os.makedirs(args.output_dir, exist_ok=True)
     base = os.path.join(args.output_dir, os.path.basename(args.logfile))
     for kind in ("train", "test"):
         path = f"{base}.{kind}"
@@ -1147,6 +1149,11 @@ def detect(args):
     return 0
 
 
+def _fmt4(value):
+    """A score with 4 decimals, "-" for none."""
+    return "-" if value is None else f"{value:.4f}"
+
+
 @command
 def eval_detection(args):
     """Mean average precision at IoU 0.5 (VOC2007 11-point and all-point) of a YOLO net (v1, v2
@@ -1171,7 +1178,7 @@ def eval_detection(args):
             for e in result["classes"]]
     _print_table(["class", "truths", "detections", "AP 11-point", "AP all-point"], rows,
                  right=(1, 2, 3, 4))
-    fmt = (lambda v: "-" if v is None else f"{v:.4f}")
+    fmt = _fmt4
     print(f"mAP@{args.iou:g} over {len(images)} images: {fmt(result['map_11point'])} "
           f"(VOC2007 11-point), {fmt(result['map_allpoint'])} (all-point)")
     if args.out:
@@ -1341,7 +1348,7 @@ def eval_segmentation(args):
     result = seg.evaluate(net, pairs, args.mean, args.scale, args.ignore_label, bands,
                           output_blob=args.blob, progress=_progress(args),
                           scales=args.scales)
-    fmt = (lambda v: "-" if v is None else f"{v:.4f}")
+    fmt = _fmt4
     overall = result["overall"]
     confusion = np.asarray(result["confusion"])
     heads = ["class", "IoU"] + [f"IoU@{b}px" for b in bands] + ["truth px", "predicted px"]

@@ -321,8 +321,7 @@ def test_parse_log_writes_the_csv_files_of_caffes_parse_log(tmp_path, capsys):
     rate replaced by the second's, the incomplete last row (iteration 300's test) dropped."""
     log = tmp_path / "caffe.log"
     log.write_text(CAFFE_LOG)
-    out = tmp_path / "out"
-    out.mkdir()
+    out = tmp_path / "out" / "csv"              # made as needed (README: `parse-log LOG out/`)
     assert main(["parse-log", str(log), str(out)]) == 0
     assert (out / "caffe.log.train").read_bytes() == (
         b"NumIters,Seconds,LearningRate,loss\r\n0.0,2.25,0.01,2.31\r\n100.0,4.0,0.01,0.5\r\n"
