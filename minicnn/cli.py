@@ -418,11 +418,38 @@ def _test_detection(net, args):
 
 # --- data tools --------------------------------------------------------------------------------
 
+# the options of `minicnn data` each dataset reads (--out and --seed: all of them); another one
+# given is an error, not a flag taken and ignored
+_SIZES = ("train_images", "val_images", "test_images", "size")
+DATA_FLAGS = {"mnist": ("format", "train_per_class", "test_per_class"),
+              "fashion-mnist": ("format", "train_per_class", "test_per_class"),
+              "detection-digits": _SIZES, "canvas-digits": (),
+              "segmentation-digits": _SIZES + ("ignore_coverage",),
+              "sos": _SIZES, "face-area": _SIZES}
+
+
+def _check_data_flags(args):
+    flags = sorted({f for taken in DATA_FLAGS.values() for f in taken})
+    wrong = [f for f in flags if getattr(args, f) is not None
+             and f not in DATA_FLAGS[args.dataset]]
+    if wrong:
+        takes = ", ".join("--" + f.replace("_", "-") for f in DATA_FLAGS[args.dataset] +
+                          ("out", "seed"))
+        raise MinicnnError(f"minicnn data {args.dataset} does not take "
+                           f"{', '.join('--' + f.replace('_', '-') for f in wrong)} (it takes "
+                           f"{takes})")
+    if args.format is None:
+        args.format = "lmdb"
+    if args.ignore_coverage is None:
+        args.ignore_coverage = 0.75
+
+
 @command
 def data(args):
     """Write a dataset that ships offline in a package as Caffe-standard LMDB or HDF5 files,
     or as PNG files with Caffe list files (for ImageData, convert_imageset, extract)."""
     from minicnn.data import datasets
+    _check_data_flags(args)
     if args.dataset in ("canvas-digits", "segmentation-digits"):
         return _any_size_data(args)
     if args.dataset in ("sos", "face-area"):
@@ -1439,26 +1466,30 @@ def build_parser():
                                        "canvas-digits", "segmentation-digits", "sos",
                                        "face-area"])
     p.add_argument("--out", help="output folder (default data/<dataset> with _ for -)")
-    p.add_argument("--format", choices=["lmdb", "hdf5", "images"], default="lmdb",
-                   help="lmdb (default), hdf5 (+ list files), or images (PNGs + list files)")
+    p.add_argument("--format", choices=["lmdb", "hdf5", "images"],
+                   help="mnist, fashion-mnist: lmdb (default), hdf5 (+ list files), or images "
+                        "(PNGs + list files)")
     p.add_argument("--train-per-class", type=int,
-                   help="keep a balanced subset: this many training images of each class")
+                   help="mnist, fashion-mnist: keep a balanced subset: this many training "
+                        "images of each class")
     p.add_argument("--test-per-class", type=int,
-                   help="keep this many test images of each class")
+                   help="mnist, fashion-mnist: keep this many test images of each class")
     p.add_argument("--seed", type=int,
                    help="seed of the per-class subsets (default 2024), or of detection-digits "
                         "(default 4242), canvas-digits (606), segmentation-digits (5151)")
     p.add_argument("--train-images", type=int,
                    help="detection-digits: training images (default 3000); "
-                        "segmentation-digits: 2000")
+                        "segmentation-digits: 2000; sos: 5000; face-area: 4000")
     p.add_argument("--val-images", type=int, help="detection-digits: default 300; "
-                                                  "segmentation-digits: 200")
+                                                  "segmentation-digits: 200; sos: 500; "
+                                                  "face-area: 400")
     p.add_argument("--test-images", type=int, help="detection-digits: default 500; "
-                                                   "segmentation-digits: 500")
+                                                   "segmentation-digits: 500; sos, face-area: "
+                                                   "1000")
     p.add_argument("--size", type=int,
                    help="detection-digits: image width and height (default 160); "
-                        "segmentation-digits: 97")
-    p.add_argument("--ignore-coverage", type=float, default=0.75,
+                        "segmentation-digits: 97; sos: 128; face-area: 64")
+    p.add_argument("--ignore-coverage", type=float,
                    help="segmentation-digits: label 255 (ignore) the pixels whose class covers "
                         "less than this fraction of them (default 0.75; 0: none)")
 

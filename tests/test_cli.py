@@ -290,3 +290,20 @@ def test_telling_a_solver_from_a_net_closes_the_file(tmp_path):
     solver.write_text('net: "net.prototxt"\nbase_lr: 0.1\n')
     net.write_text('layer { name: "x" type: "Input" top: "x" }\n')
     assert not _is_net_prototxt(str(solver)) and _is_net_prototxt(str(net))
+
+
+@pytest.mark.parametrize("argv,wrong,takes", [
+    (["canvas-digits", "--size", "64", "--train-images", "10"], "--size, --train-images",
+     "(it takes --out, --seed)"),
+    (["mnist", "--size", "10"], "--size", "--format, --train-per-class"),
+    (["detection-digits", "--format", "hdf5"], "--format", "--size"),
+    (["sos", "--ignore-coverage", "0.5"], "--ignore-coverage", "--test-images"),
+    (["fashion-mnist", "--test-images", "5"], "--test-images", "--test-per-class")])
+def test_data_refuses_the_options_its_dataset_does_not_read(tmp_path, capsys, argv, wrong,
+                                                            takes):
+    # they were accepted and ignored: a dataset of another size than asked, in silence
+    out = tmp_path / "out"
+    assert main(["data", *argv, "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"minicnn data {argv[0]} does not take {wrong} " in err and takes in err
+    assert not out.exists()
