@@ -181,8 +181,11 @@ def head_boxes(y, layer, net_width, net_height, thresh, hier_thresh=0.5):
 
 
 def letterbox_size(width, height, net_width, net_height):
-    """Darknet's letterbox: the image's size scaled to fit the net's input, aspect kept."""
-    if net_width / width < net_height / height:
+    """Darknet's letterbox: the image's size scaled to fit the net's input, aspect kept (the
+    sides' ratios compared in float32, the new sizes in int arithmetic, as letterbox_image and
+    correct_*_boxes)."""
+    f = np.float32
+    if f(net_width) / f(width) < f(net_height) / f(height):
         return net_width, (height * net_width) // width
     return (width * net_height) // height, net_height
 

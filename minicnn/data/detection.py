@@ -314,14 +314,12 @@ def darknet_letterbox(image, boxes, net_hw):
     integer ones): a detection's IoU with a box here is the IoU Darknet computes after mapping
     the detection back onto the image. Rows of a class alone (x = y = 0) stay as given."""
     from minicnn.darknet import darknet_resize
+    from minicnn.detection import letterbox_size
 
     f = np.float32
     height, width = net_hw
     _, h, w = image.shape
-    if f(width) / f(w) < f(height) / f(h):
-        new_w, new_h = width, (h * width) // w
-    else:
-        new_w, new_h = (w * height) // h, height
+    new_w, new_h = letterbox_size(w, h, width, height)
     canvas = np.full((image.shape[0], height, width), f(0.5), f)
     top, left = (height - new_h) // 2, (width - new_w) // 2
     canvas[:, top:top + new_h, left:left + new_w] = darknet_resize(image, new_h, new_w)
