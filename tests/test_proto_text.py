@@ -45,13 +45,14 @@ def test_numbers_in_every_form():
     p = parse_layer("""
         loss_weight: 1.5 loss_weight: -2e-3 loss_weight: .5 loss_weight: 3. loss_weight: 1e+2
         loss_weight: inf loss_weight: -inf loss_weight: nan loss_weight: 2.5f loss_weight: 7
-        loss_weight: 010 loss_weight: 0.25 loss_weight: 00 loss_weight: -07 loss_weight: 0e1
+        loss_weight: 0 loss_weight: 0.25 loss_weight: -0 loss_weight: 1F loss_weight: 0e1
         convolution_param { num_output: 0x10 group: 010 axis: -1 }
     """)
     w = list(p.loss_weight)
     assert w[:5] == [np.float32(1.5), np.float32(-2e-3), 0.5, 3.0, 100.0]
     assert w[5] == math.inf and w[6] == -math.inf and math.isnan(w[7])
-    assert w[8:] == [2.5, 7.0, 8.0, 0.25, 0.0, -7.0, 0.0]     # a leading 0: octal, as protobuf
+    assert w[8:] == [2.5, 7.0, 0.0, 0.25, 0.0, 1.0, 0.0]
+    assert math.copysign(1, w[10]) == 1 and math.copysign(1, w[12]) == -1
     c = p.convolution_param
     assert (c.num_output, c.group, c.axis) == (16, 8, -1)
 
@@ -172,8 +173,11 @@ def test_field_at_the_wrong_level_says_where_it_belongs():
     ("layer { convolution_param { num_output: 1.5 } }", "expected an integer"),
     ("layer { convolution_param { bias_term: yes } }", "expected true or false"),
     ("layer { relu_param { negative_slope: abc } }", "expected a number"),
-    ("layer { relu_param { negative_slope: 08 } }", "leading zero is an octal integer"),
-    ("layer { relu_param { negative_slope: 010.5 } }", "leading zero is an octal integer"),
+    ("layer { relu_param { negative_slope: 08 } }", "a float takes a decimal number"),
+    ("layer { relu_param { negative_slope: 010.5 } }", "a float takes a decimal number"),
+    ("layer { relu_param { negative_slope: 010 } }", "a float takes a decimal number"),
+    ("layer { relu_param { negative_slope: -00 } }", "a float takes a decimal number"),
+    ("layer { relu_param { negative_slope: 0x10 } }", "a float takes a decimal number"),
     ('layer { name: 3 }', "expected a quoted string"),
     ('layer { name: "a" name: "b" }', "is set twice"),
     ("layer { include { phase: TEST }", "missing its '}'"),
@@ -198,7 +202,7 @@ def test_huge_integers_are_reported_as_written():
     e = error_of(f"layer {{ pooling_param {{ pool: -{huge} }} }}")
     assert f"-{huge} is not a value of field 'pool'" in str(e)
     e = error_of(f"layer {{ relu_param {{ negative_slope: {huge} }} }}")
-    assert f"{huge} is out of range for field 'negative_slope' (float)" in str(e)
+    assert f"'{huge}' for field 'negative_slope' (float): a float takes a decimal" in str(e)
 
 
 def test_invalid_utf8_is_an_error():

@@ -220,20 +220,15 @@ class _Parser:
             return value
         if t in ("float", "double"):
             if tok.kind == "number":
-                text = tok.text.rstrip("fF") if not tok.text.lower().startswith("0x") else tok.text
-                if len(text) > 1 and text[0] == "0" and text[1].isdigit():
-                    # protobuf's tokenizer: a leading zero makes an octal integer (010 is 8)
-                    if not all(ch in "01234567" for ch in tok.text):
-                        self.fail(f"'{tok.text}' for field '{field.name}': a number with a "
-                                  "leading zero is an octal integer (as in protobuf)", tok.pos)
-                    value = float(int(tok.text, 8))
-                else:
-                    try:
-                        value = float(int(text, 16)) if text.lower().startswith("0x") \
-                            else float(text)
-                    except OverflowError:          # a hex integer past the largest double
-                        self.fail(f"{written} is out of range for field '{field.name}' ({t})",
-                                  tok.pos)
+                text = tok.text
+                if text[0] == "0" and len(text) > 1 and (text[1].isdigit() or text[1] in "xX"):
+                    # protobuf's tokenizer makes 010 an octal and 0x10 a hex integer, and its
+                    # text parsers refuse both for a float field (C++: "Expect a decimal
+                    # number"; protobuf 2's read them as integers, 010 as 8)
+                    self.fail(f"'{text}' for field '{field.name}' ({t}): a float takes a decimal "
+                              "number (a leading 0 or 0x makes an octal or hex integer, which "
+                              "protobuf refuses here)", tok.pos)
+                value = float(text.rstrip("fF"))
             elif tok.kind == "ident" and tok.text.lower() in ("inf", "infinity", "nan"):
                 value = float("nan") if tok.text.lower() == "nan" else float("inf")
             else:
