@@ -205,6 +205,28 @@ def test_huge_integers_are_reported_as_written():
     assert f"'{huge}' for field 'negative_slope' (float): a float takes a decimal" in str(e)
 
 
+def test_unicode_escapes_as_protobufs_tokenizer_reads_them():
+    # \u takes four hex digits, \U eight; a UTF-16 pair is one code point; all become UTF-8
+    p = parse_text(r'name: "caf\u00e9 \U0001F600 \uD83D\uDE00\u0041" type: "\U0010FFFF"',
+                   "LayerParameter")
+    assert p.name == "caf\u00e9 \U0001F600 \U0001F600A" and p.type == "\U0010FFFF"
+    # a lone surrogate gives the three bytes protobuf's C++ tokenizer gives: bytes, not text
+    assert parse_text(r'data: "\ud800\ud800"', "Datum").data == b"\xed\xa0\x80" * 2
+    with pytest.raises(PrototxtError, match="'name' is not valid UTF-8"):
+        parse_text(r'name: "\udc00"', "LayerParameter")
+
+
+@pytest.mark.parametrize("escape, message", [
+    (r"\u00e", "must be followed by 4 hex digits"),
+    (r"\u", "must be followed by 4 hex digits"),
+    (r"\U0001F60", "must be followed by 8 hex digits"),
+    (r"\U00110000", "past the last Unicode code point"),
+])
+def test_bad_unicode_escapes_are_errors(escape, message):
+    e = error_of(f'name: "{escape}"')
+    assert message in str(e) and (e.line, e.column) == (1, 9)
+
+
 def test_invalid_utf8_is_an_error():
     with pytest.raises(PrototxtError, match="UTF-8"):
         parse_text(b'name: "\xff\xfe"')

@@ -299,9 +299,30 @@ class _Parser:
                     self.fail(f"octal escape \\{digits} is larger than a byte", tok.pos + k + 1)
                 out.append(int(digits, 8))
                 k += len(digits)
+            elif esc in "uU":
+                k = self._unicode_escape(tok, body, k, out)
             else:
                 self.fail(f"unknown escape '\\{esc}' in string", tok.pos + k + 1)
         return bytes(out)
+
+    def _unicode_escape(self, tok, body, k, out):
+        """protobuf's \\uXXXX and \\UXXXXXXXX (a code point, appended as UTF-8; a UTF-16 pair
+        \\uD83D\\uDE00 is one code point); ``k`` is at the u. Returns the index after it."""
+        esc, width = body[k], 4 if body[k] == "u" else 8
+        digits = body[k + 1:k + 1 + width]
+        if not re.fullmatch(f"[0-9A-Fa-f]{{{width}}}", digits):
+            self.fail(f"\\{esc} must be followed by {width} hex digits", tok.pos + k + 1)
+        code, k = int(digits, 16), k + 1 + width
+        if code > 0x10FFFF:
+            self.fail(f"\\{esc}{digits} is past the last Unicode code point (10FFFF)",
+                      tok.pos + k - width)
+        trail = re.match(r"\\u([Dd][C-Fc-f][0-9A-Fa-f]{2})", body[k:])
+        if 0xD800 <= code < 0xDC00 and trail:
+            code = 0x10000 + ((code - 0xD800) << 10 | (int(trail.group(1), 16) - 0xDC00))
+            k += 6
+        # a lone surrogate: the three bytes protobuf writes too (not UTF-8: a string refuses it)
+        out += chr(code).encode("utf-8", "surrogatepass")
+        return k
 
 
 def _unknown_field_message(desc, name, msg=None, layer=None):
