@@ -73,6 +73,8 @@ def test_list_syntax_and_bool_spellings():
     p = parse_layer("top: ['a', 'b'] propagate_down: [true, False, 1, t]")
     assert list(p.top) == ["a", "b"]
     assert list(p.propagate_down) == [True, False, True, True]
+    net = parse_text("layer: [ { name: 'a' }, < name: 'b' > ] layer [] input: []")
+    assert [layer.name for layer in net.layer] == ["a", "b"] and not net.HasField("input")
 
 
 def test_enum_by_number():
@@ -188,6 +190,8 @@ def test_field_at_the_wrong_level_says_where_it_belongs():
     ("layer { $ }", "unexpected character"),
     ("layer { top: [1, 2] }", "expected a quoted string"),
     ("name: ['a']", "not repeated"),
+    ("layer [ { name: 'a' } { name: 'b' } ]", "expected ',' or ']' in the list"),
+    ("layer [ { name: 'a' }, ]", "expected '{' to open LayerParameter 'layer', got ']'"),
     ("layer { pooling_param 3 }", "expected '{'"),
     ("name:", "unexpected end of file"),
 ])

@@ -140,9 +140,13 @@ class _Parser:
             if field.is_message:
                 self.accept(":")
                 if field.repeated and self.accept("["):
-                    while not self.accept("]"):
-                        self._parse_child(msg, field)
-                        self.accept(",")
+                    if not self.accept("]"):
+                        while True:                 # [ {...}, {...} ]: commas, as protobuf
+                            self._parse_child(msg, field)
+                            if self.accept("]"):
+                                break
+                            if not self.accept(","):
+                                self.fail("expected ',' or ']' in the list")
                 else:
                     self._parse_child(msg, field)
             else:
