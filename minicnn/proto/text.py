@@ -28,6 +28,7 @@ _TOKEN = re.compile(r"""
   | (?P<symbol>[{}<>\[\]:,;-])
 """, re.VERBOSE)
 
+_LETTER = re.compile(r"[A-Za-z_]")
 _CLOSING = {"{": "}", "<": ">"}
 _BOOL_WORDS = {"true": True, "True": True, "t": True, "false": False, "False": False, "f": False}
 _SIMPLE_ESCAPES = {"n": 10, "t": 9, "r": 13, "a": 7, "b": 8, "f": 12, "v": 11,
@@ -63,6 +64,12 @@ class _Parser:
                     self.fail("string is not closed on this line", pos)
                 self.fail(f"unexpected character {ch!r}", pos)
             kind = m.lastgroup
+            if kind == "number" and _LETTER.match(text, m.end()):
+                # protobuf's tokenizer: "Need space between number and identifier" (else
+                # num_output: 0x1bias_term would read 0x1b, then a field 'ias_term')
+                word = _TOKEN.match(text, m.end()).group()
+                self.fail(f"a number must be followed by a space or a symbol, not a letter: "
+                          f"'{m.group()}{word}'", pos)
             if kind != "space":
                 tokens.append(_Token(kind, m.group(), pos))
             pos = m.end()
