@@ -229,6 +229,35 @@ def test_an_enum_value_the_schema_lacks_is_an_error():
         parse_binary(raw, "PoolingParameter")
 
 
+@pytest.mark.parametrize("type_name, raw, message", [
+    ("LayerParameter", b"\x0a\x02\xff\xfe", "string field 'name' is not valid UTF-8"),
+    ("LayerParameter", b"\x08\x05", "field 'name' \\(string\\) arrived with wire type varint"),
+    ("FillerParameter", b"\x10\x01", "field 'value' \\(float\\) arrived with wire type varint"),
+])
+def test_what_protobuf_keeps_and_minicnn_refuses(type_name, raw, message):
+    """Intended differences: proto2 protobuf takes a string that is not UTF-8 (its Python API
+    then hands out bytes) and keeps a known field that arrives with another wire type as an
+    unknown field; minicnn refuses both, naming the field and the byte, since the first is not
+    text and the second a fork that gave the number to a field of another type."""
+    pb = pb_class(type_name).FromString(raw)
+    assert pb.SerializeToString() == raw
+    with pytest.raises(WireFormatError, match=message):
+        parse_binary(raw, type_name)
+
+
+def test_corrupt_data_is_corrupt_for_both():
+    for raw in [b"\x38" + b"\x80" * 10 + b"\x00",           # an 11-byte varint
+                b"\x2a\x03\x00\x00\x00",                   # packed floats, 3 bytes
+                b"\x0c",                                      # an end-group with no group
+                b"\x00\x01",                                  # field number 0
+                encode_varint(1 << 32) + b"\x01",              # field number 2**29
+                b"\x2a\x08\x00\x00\x80\x3f"]:                  # packed floats cut short
+        with pytest.raises(Exception, match="corrupt|Error parsing"):
+            pb_class("BlobProto").FromString(raw)
+        with pytest.raises(WireFormatError):
+            parse_binary(raw, "BlobProto")
+
+
 # --- text format --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("type_name", KEY_TYPES)
@@ -353,6 +382,7 @@ CPP_NOT_PYTHON = [
                                             "(Python's float() reads 1_0 as 10)"),
     ("FillerParameter", "value: - 1", -1.0, "C++'s minus is a token of its own; space may follow"),
     ("FillerParameter", "value: -  inf", -math.inf, "as above"),
+    ("FillerParameter", "sparse: - 1", -1, "as above"),
     ("PoolingParameter", "pool: 01", "AVE", "C++ reads an enum number as an integer, octal too"),
     ("LayerParameter", r'name: "\?"', "?", r"C++ (and C): \? is ?; Python keeps the backslash"),
     ("LayerParameter", r'name: "\q"', None, "C++: invalid escape sequence (Python keeps it)"),
