@@ -74,6 +74,7 @@ def test_protobuf_reads_minicnn_bytes_and_writes_the_same_bytes(type_name, data)
     pb = pb_class(type_name).FromString(raw)
     assert pb_tree(pb) == tree(msg)               # bit for bit: -0.0, NaN payloads, enums
     assert pb.SerializeToString() == raw           # both write fields in number order
+    assert msg.ByteSize() == pb.ByteSize()
 
 
 @given(data=st.data())
