@@ -100,3 +100,34 @@ def test_the_schema_refuses_a_name_or_field_given_twice():
     with pytest.raises(ValueError, match="duplicate field y=1 in A"):
         _load(one + "  1   y                   float\n")
     assert set(_load(one)[1]) == {"A"}
+
+
+def test_copy_deepcopy_and_pickle_give_whole_independent_messages():
+    import copy
+    import pickle
+
+    net = caffe_pb2.NetParameter(name="n", input_dim=[1, 3])
+    layer = net.layer.add(name="c", type="Convolution")
+    layer.blobs.add(data=np.array([1.5, -0.0, np.nan], np.float32))
+    layer.convolution_param.SetInParent()               # present, though empty
+    for clone in (copy.deepcopy(net), copy.copy(net), pickle.loads(pickle.dumps(net)),
+                  copy.deepcopy(net.layer[0])):
+        original = net if type(clone) is type(net) else net.layer[0]
+        assert clone == original and clone.SerializeToString() == original.SerializeToString()
+        assert clone is not original
+    clone = copy.deepcopy(net)
+    clone.layer[0].blobs[0].data[0] = 9
+    clone.layer[0].name = "d"
+    clone.input_dim.append(5)
+    assert net.layer[0].blobs[0].data[0] == 1.5 and net.layer[0].name == "c"
+    assert list(net.input_dim) == [1, 3]
+
+
+def test_protobufs_other_message_methods():
+    net = caffe_pb2.NetParameter(name="n")
+    assert not net.HasField("state")
+    net.state.SetInParent()
+    assert net.HasField("state") and net.SerializeToString() == b"\n\x01n\x32\x00"
+    assert net.ByteSize() == len(net.SerializeToString()) == 5
+    assert net.IsInitialized() and net.DiscardUnknownFields() is None
+    assert {"ByteSize", "SetInParent"} <= set(dir(net))

@@ -45,13 +45,14 @@ def test_numbers_in_every_form():
     p = parse_layer("""
         loss_weight: 1.5 loss_weight: -2e-3 loss_weight: .5 loss_weight: 3. loss_weight: 1e+2
         loss_weight: inf loss_weight: -inf loss_weight: nan loss_weight: 2.5f loss_weight: 7
-        loss_weight: 010 loss_weight: 0.25 loss_weight: 00 loss_weight: -07 loss_weight: 0e1
+        loss_weight: 0 loss_weight: 0.25 loss_weight: -0 loss_weight: 1F loss_weight: 0e1
         convolution_param { num_output: 0x10 group: 010 axis: -1 }
     """)
     w = list(p.loss_weight)
     assert w[:5] == [np.float32(1.5), np.float32(-2e-3), 0.5, 3.0, 100.0]
     assert w[5] == math.inf and w[6] == -math.inf and math.isnan(w[7])
-    assert w[8:] == [2.5, 7.0, 8.0, 0.25, 0.0, -7.0, 0.0]     # a leading 0: octal, as protobuf
+    assert w[8:] == [2.5, 7.0, 0.0, 0.25, 0.0, 1.0, 0.0]
+    assert math.copysign(1, w[10]) == 1 and math.copysign(1, w[12]) == -1
     c = p.convolution_param
     assert (c.num_output, c.group, c.axis) == (16, 8, -1)
 
@@ -72,6 +73,8 @@ def test_list_syntax_and_bool_spellings():
     p = parse_layer("top: ['a', 'b'] propagate_down: [true, False, 1, t]")
     assert list(p.top) == ["a", "b"]
     assert list(p.propagate_down) == [True, False, True, True]
+    net = parse_text("layer: [ { name: 'a' }, < name: 'b' > ] layer [] input: []")
+    assert [layer.name for layer in net.layer] == ["a", "b"] and not net.HasField("input")
 
 
 def test_enum_by_number():
@@ -172,8 +175,11 @@ def test_field_at_the_wrong_level_says_where_it_belongs():
     ("layer { convolution_param { num_output: 1.5 } }", "expected an integer"),
     ("layer { convolution_param { bias_term: yes } }", "expected true or false"),
     ("layer { relu_param { negative_slope: abc } }", "expected a number"),
-    ("layer { relu_param { negative_slope: 08 } }", "leading zero is an octal integer"),
-    ("layer { relu_param { negative_slope: 010.5 } }", "leading zero is an octal integer"),
+    ("layer { relu_param { negative_slope: 08 } }", "a float takes a decimal number"),
+    ("layer { relu_param { negative_slope: 010.5 } }", "a float takes a decimal number"),
+    ("layer { relu_param { negative_slope: 010 } }", "a float takes a decimal number"),
+    ("layer { relu_param { negative_slope: -00 } }", "a float takes a decimal number"),
+    ("layer { relu_param { negative_slope: 0x10 } }", "a float takes a decimal number"),
     ('layer { name: 3 }', "expected a quoted string"),
     ('layer { name: "a" name: "b" }', "is set twice"),
     ("layer { include { phase: TEST }", "missing its '}'"),
@@ -184,6 +190,12 @@ def test_field_at_the_wrong_level_says_where_it_belongs():
     ("layer { $ }", "unexpected character"),
     ("layer { top: [1, 2] }", "expected a quoted string"),
     ("name: ['a']", "not repeated"),
+    ("layer { convolution_param { num_output: 0x1bias_term: true } }",
+     "a number must be followed by a space or a symbol, not a letter: '0x1bias_term'"),
+    ("layer { convolution_param { num_output: 10kernel_size: 3 } }", "not a letter"),
+    ("layer { relu_param { negative_slope: 1e } }", "not a letter: '1e'"),
+    ("layer [ { name: 'a' } { name: 'b' } ]", "expected ',' or ']' in the list"),
+    ("layer [ { name: 'a' }, ]", "expected '{' to open LayerParameter 'layer', got ']'"),
     ("layer { pooling_param 3 }", "expected '{'"),
     ("name:", "unexpected end of file"),
 ])
@@ -198,7 +210,29 @@ def test_huge_integers_are_reported_as_written():
     e = error_of(f"layer {{ pooling_param {{ pool: -{huge} }} }}")
     assert f"-{huge} is not a value of field 'pool'" in str(e)
     e = error_of(f"layer {{ relu_param {{ negative_slope: {huge} }} }}")
-    assert f"{huge} is out of range for field 'negative_slope' (float)" in str(e)
+    assert f"'{huge}' for field 'negative_slope' (float): a float takes a decimal" in str(e)
+
+
+def test_unicode_escapes_as_protobufs_tokenizer_reads_them():
+    # \u takes four hex digits, \U eight; a UTF-16 pair is one code point; all become UTF-8
+    p = parse_text(r'name: "caf\u00e9 \U0001F600 \uD83D\uDE00\u0041" type: "\U0010FFFF"',
+                   "LayerParameter")
+    assert p.name == "caf\u00e9 \U0001F600 \U0001F600A" and p.type == "\U0010FFFF"
+    # a lone surrogate gives the three bytes protobuf's C++ tokenizer gives: bytes, not text
+    assert parse_text(r'data: "\ud800\ud800"', "Datum").data == b"\xed\xa0\x80" * 2
+    with pytest.raises(PrototxtError, match="'name' is not valid UTF-8"):
+        parse_text(r'name: "\udc00"', "LayerParameter")
+
+
+@pytest.mark.parametrize("escape, message", [
+    (r"\u00e", "must be followed by 4 hex digits"),
+    (r"\u", "must be followed by 4 hex digits"),
+    (r"\U0001F60", "must be followed by 8 hex digits"),
+    (r"\U00110000", "past the last Unicode code point"),
+])
+def test_bad_unicode_escapes_are_errors(escape, message):
+    e = error_of(f'name: "{escape}"')
+    assert message in str(e) and (e.line, e.column) == (1, 9)
 
 
 def test_invalid_utf8_is_an_error():

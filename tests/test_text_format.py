@@ -78,6 +78,14 @@ def test_lines_and_one_line_output():
         'name: "n" layer { name: "a" type: "ReLU" }'
 
 
+def test_one_line_output_keeps_line_separators_inside_strings():
+    # U+0085 and U+2028 are printed as themselves; str.splitlines() would cut the string there
+    net = caffe_pb2.NetParameter(name="a\x85b\u2028c ", input=["x"])
+    line = text_format.MessageToString(net, as_one_line=True)
+    assert line == 'name: "a\x85b\u2028c " input: "x"'
+    assert text_format.Parse(line, caffe_pb2.NetParameter()) == net
+
+
 def test_errors_name_the_field_and_the_message_type():
     with pytest.raises(text_format.ParseError, match="SolverParameter has no field named "
                                                      "'base_rl'; did you mean 'base_lr'"):

@@ -160,7 +160,9 @@ def test_error_message_names_the_layer_and_blob():
     (field(1, 0, varint(3)), "arrived with wire type varint"),
     (field(5, 0, varint(3)), "arrived with wire type varint"),          # float data as varint
     (field(1, 2, b"\xff\xfe"), "not valid UTF-8"),
-    (varint(0), "field number 0"),
+    (varint(0), "field number 0 is not allowed"),
+    (varint(1 << 32) + varint(1), "field number 536870912 is not allowed"),      # 2**29
+    (varint(77 << 3 | 3) + varint(0), "field number 0 is not allowed"),           # in a group
     (b"\xff" * 11, "longer than 10 bytes"),
     (field(106, 2, b"") [:-1] + varint(2 ** 31), "claims 2147483648 bytes"),
     (field(121, 2, field(1, 0, varint(9))), "9 is not a value of enum PoolMethod"),

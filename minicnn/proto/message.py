@@ -280,6 +280,31 @@ class Message:
         clone.MergeFrom(self)
         return clone
 
+    def __copy__(self):
+        return self.copy()                  # a whole copy, as protobuf's copy.copy gives
+
+    def __deepcopy__(self, memo=None):      # copy.deepcopy(layer), as net surgery scripts do
+        return self.copy()
+
+    def __reduce__(self):
+        """Pickled as its wire bytes (multiprocessing hands messages to workers this way)."""
+        return type(self).FromString, (self.SerializeToString(),)
+
+    def ByteSize(self):
+        """The length of SerializeToString(), without building it."""
+        from minicnn.proto.wire import _Writer
+        return _Writer().size(self)
+
+    def SetInParent(self):
+        """Make this (possibly empty) sub-message present, as protobuf's SetInParent."""
+        self._touch()
+
+    def IsInitialized(self):
+        return True                         # caffe.proto has no required fields
+
+    def DiscardUnknownFields(self):
+        """Nothing to do: minicnn keeps no unknown fields (the wire reader skips them)."""
+
     def __eq__(self, other):
         if type(other) is not type(self):
             return NotImplemented
@@ -303,7 +328,8 @@ class Message:
     def __dir__(self):
         return list(type(self).DESCRIPTOR.fields_by_name) + [
             "HasField", "ClearField", "Clear", "ListFields", "CopyFrom", "MergeFrom", "copy",
-            "SerializeToString", "ParseFromString", "MergeFromString", "FromString"]
+            "SerializeToString", "ParseFromString", "MergeFromString", "FromString", "ByteSize",
+            "SetInParent", "IsInitialized", "DiscardUnknownFields"]
 
 
 def _scalar_equal(a, b):

@@ -28,6 +28,7 @@ _TOKEN = re.compile(r"""
   | (?P<symbol>[{}<>\[\]:,;-])
 """, re.VERBOSE)
 
+_LETTER = re.compile(r"[A-Za-z_]")
 _CLOSING = {"{": "}", "<": ">"}
 _BOOL_WORDS = {"true": True, "True": True, "t": True, "false": False, "False": False, "f": False}
 _SIMPLE_ESCAPES = {"n": 10, "t": 9, "r": 13, "a": 7, "b": 8, "f": 12, "v": 11,
@@ -63,6 +64,12 @@ class _Parser:
                     self.fail("string is not closed on this line", pos)
                 self.fail(f"unexpected character {ch!r}", pos)
             kind = m.lastgroup
+            if kind == "number" and _LETTER.match(text, m.end()):
+                # protobuf's tokenizer: "Need space between number and identifier" (else
+                # num_output: 0x1bias_term would read 0x1b, then a field 'ias_term')
+                word = _TOKEN.match(text, m.end()).group()
+                self.fail(f"a number must be followed by a space or a symbol, not a letter: "
+                          f"'{m.group()}{word}'", pos)
             if kind != "space":
                 tokens.append(_Token(kind, m.group(), pos))
             pos = m.end()
@@ -140,9 +147,13 @@ class _Parser:
             if field.is_message:
                 self.accept(":")
                 if field.repeated and self.accept("["):
-                    while not self.accept("]"):
-                        self._parse_child(msg, field)
-                        self.accept(",")
+                    if not self.accept("]"):
+                        while True:                 # [ {...}, {...} ]: commas, as protobuf
+                            self._parse_child(msg, field)
+                            if self.accept("]"):
+                                break
+                            if not self.accept(","):
+                                self.fail("expected ',' or ']' in the list")
                 else:
                     self._parse_child(msg, field)
             else:
@@ -220,20 +231,15 @@ class _Parser:
             return value
         if t in ("float", "double"):
             if tok.kind == "number":
-                text = tok.text.rstrip("fF") if not tok.text.lower().startswith("0x") else tok.text
-                if len(text) > 1 and text[0] == "0" and text[1].isdigit():
-                    # protobuf's tokenizer: a leading zero makes an octal integer (010 is 8)
-                    if not all(ch in "01234567" for ch in tok.text):
-                        self.fail(f"'{tok.text}' for field '{field.name}': a number with a "
-                                  "leading zero is an octal integer (as in protobuf)", tok.pos)
-                    value = float(int(tok.text, 8))
-                else:
-                    try:
-                        value = float(int(text, 16)) if text.lower().startswith("0x") \
-                            else float(text)
-                    except OverflowError:          # a hex integer past the largest double
-                        self.fail(f"{written} is out of range for field '{field.name}' ({t})",
-                                  tok.pos)
+                text = tok.text
+                if text[0] == "0" and len(text) > 1 and (text[1].isdigit() or text[1] in "xX"):
+                    # protobuf's tokenizer makes 010 an octal and 0x10 a hex integer, and its
+                    # text parsers refuse both for a float field (C++: "Expect a decimal
+                    # number"; protobuf 2's read them as integers, 010 as 8)
+                    self.fail(f"'{text}' for field '{field.name}' ({t}): a float takes a decimal "
+                              "number (a leading 0 or 0x makes an octal or hex integer, which "
+                              "protobuf refuses here)", tok.pos)
+                value = float(text.rstrip("fF"))
             elif tok.kind == "ident" and tok.text.lower() in ("inf", "infinity", "nan"):
                 value = float("nan") if tok.text.lower() == "nan" else float("inf")
             else:
@@ -304,9 +310,30 @@ class _Parser:
                     self.fail(f"octal escape \\{digits} is larger than a byte", tok.pos + k + 1)
                 out.append(int(digits, 8))
                 k += len(digits)
+            elif esc in "uU":
+                k = self._unicode_escape(tok, body, k, out)
             else:
                 self.fail(f"unknown escape '\\{esc}' in string", tok.pos + k + 1)
         return bytes(out)
+
+    def _unicode_escape(self, tok, body, k, out):
+        """protobuf's \\uXXXX and \\UXXXXXXXX (a code point, appended as UTF-8; a UTF-16 pair
+        \\uD83D\\uDE00 is one code point); ``k`` is at the u. Returns the index after it."""
+        esc, width = body[k], 4 if body[k] == "u" else 8
+        digits = body[k + 1:k + 1 + width]
+        if not re.fullmatch(f"[0-9A-Fa-f]{{{width}}}", digits):
+            self.fail(f"\\{esc} must be followed by {width} hex digits", tok.pos + k + 1)
+        code, k = int(digits, 16), k + 1 + width
+        if code > 0x10FFFF:
+            self.fail(f"\\{esc}{digits} is past the last Unicode code point (10FFFF)",
+                      tok.pos + k - width)
+        trail = re.match(r"\\u([Dd][C-Fc-f][0-9A-Fa-f]{2})", body[k:])
+        if 0xD800 <= code < 0xDC00 and trail:
+            code = 0x10000 + ((code - 0xD800) << 10 | (int(trail.group(1), 16) - 0xDC00))
+            k += 6
+        # a lone surrogate: the three bytes protobuf writes too (not UTF-8: a string refuses it)
+        out += chr(code).encode("utf-8", "surrogatepass")
+        return k
 
 
 def _unknown_field_message(desc, name, msg=None, layer=None):

@@ -78,7 +78,8 @@ def MessageToString(message, as_utf8=False, as_one_line=False, **options):
     ``as_one_line`` joins it into one line. ``str(message)`` is the same text."""
     text = to_text(message)
     if as_one_line:
-        return " ".join(line.strip() for line in text.splitlines())
+        # split at "\n" only: a string may hold U+0085 or U+2028, which splitlines() splits at
+        return " ".join(line.lstrip(" ") for line in text.split("\n") if line)
     return text
 
 

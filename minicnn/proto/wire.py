@@ -32,6 +32,7 @@ _SCALAR_WIRE = {"int32": VARINT, "int64": VARINT, "uint32": VARINT, "uint64": VA
 _WIRE_NAMES = {0: "varint", 1: "fixed64", 2: "length-delimited", 3: "start-group",
                4: "end-group", 5: "fixed32"}
 _MAX_DEPTH = 64
+_MAX_FIELD = (1 << 29) - 1               # protobuf's largest field number (a key is 32 bits)
 
 # Caffe forks that reused a BVLC field number for their own layer parameter: in a layer of the
 # given type, the number means the fork's field. (DeepLab and PSPNet put interp_param at 143,
@@ -91,7 +92,11 @@ class _Reader:
             while True:
                 if pos >= end:
                     self.fail(f"group {number} is not closed", pos)
+                key_pos = pos
                 key, pos = self.varint(pos, end)
+                if not 0 < key >> 3 <= _MAX_FIELD:
+                    self.fail(f"field number {key >> 3} is not allowed (1 to {_MAX_FIELD}; "
+                              "corrupt data?)", key_pos)
                 if key & 7 == END_GROUP:
                     if key >> 3 != number:
                         self.fail(f"group {number} closed by end-group {key >> 3}", pos)
@@ -109,8 +114,9 @@ class _Reader:
             key_pos = pos
             key, pos = self.varint(pos, end)
             number, wire_type = key >> 3, key & 7
-            if number == 0:
-                self.fail("field number 0 is not allowed (corrupt data?)", key_pos)
+            if not 0 < number <= _MAX_FIELD:
+                self.fail(f"field number {number} is not allowed (1 to {_MAX_FIELD}; corrupt "
+                          "data?)", key_pos)
             field = desc.fields_by_number.get(number)
             if (desc.name, number) in FORK_FIELDS and getattr(msg, "type", None) in \
                     FORK_FIELDS[desc.name, number]:
