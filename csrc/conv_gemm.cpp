@@ -960,17 +960,46 @@ __attribute__((target("avx512f"))) static void add_transposed_avx512(
     for (std::int64_t t = 0; t < n; ++t)
         for (std::int64_t r = r0; r < m; ++r) dst[t * ld + r] += C[r * ldc + t];
 }
+
+// The same with 8 x 8 blocks (AVX2).
+__attribute__((target("avx2"))) static void add_transposed_avx2(
+        const float* C, std::int64_t ldc, std::int64_t m, std::int64_t n, float* dst,
+        std::int64_t ld) {
+    std::int64_t r0 = 0;
+    for (; r0 + 8 <= m; r0 += 8) {
+        std::int64_t t0 = 0;
+        for (; t0 + 8 <= n; t0 += 8) {
+            __m256 r[8];
+            for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(C + (r0 + i) * ldc + t0);
+            gemm::transpose8(r);                         // r[j]: column t0 + j, rows r0..
+            for (int i = 0; i < 8; ++i) {
+                float* d = dst + (t0 + i) * ld + r0;
+                _mm256_storeu_ps(d, _mm256_add_ps(_mm256_loadu_ps(d), r[i]));
+            }
+        }
+        for (std::int64_t t = t0; t < n; ++t)
+            for (std::int64_t r = r0; r < r0 + 8; ++r) dst[t * ld + r] += C[r * ldc + t];
+    }
+    for (std::int64_t t = 0; t < n; ++t)
+        for (std::int64_t r = r0; r < m; ++r) dst[t * ld + r] += C[r * ldc + t];
+}
 #endif
 
 // dst[t * ld + r] += C[r * ldc + t] for r < m, t < n: a finished tile of the filter gradient's
 // product (taps x filters) added onto dw (filters x taps), 16 x 16 blocks transposed in
-// registers (walking C's columns one value a line took 5% of CaffeNet conv3's filter gradient).
+// registers (walking C's columns one value a line took 5% of CaffeNet conv3's filter gradient),
+// or 8 x 8 with AVX2.
 static void add_transposed(const float* C, std::int64_t ldc, std::int64_t m, std::int64_t n,
                            float* dst, std::int64_t ld) {
 #ifdef MINICNN_X86
     static const bool wide = __builtin_cpu_supports("avx512f");
     if (wide) {
         add_transposed_avx512(C, ldc, m, n, dst, ld);
+        return;
+    }
+    static const bool avx2 = __builtin_cpu_supports("avx2");
+    if (avx2) {
+        add_transposed_avx2(C, ldc, m, n, dst, ld);
         return;
     }
 #endif
