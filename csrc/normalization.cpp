@@ -14,6 +14,7 @@
 
 #include "common.h"
 #include "exact_fp.h"     // the fused inference kernel below gives the layers' own bits
+#include "nontrapping_fp.h"   // the ReLU selects below vectorize on AVX2
 
 namespace minicnn {
 
@@ -55,6 +56,7 @@ inline void bn_dx_channel(const T* dy, const T* y, T* dx, T mean_dy, T mean_dyy,
     for (std::int64_t n = 0; n < v.N; ++n) {
         const T *g = dy + v.at(n, c), *yy = y + v.at(n, c);
         T* out = dx + v.at(n, c);
+#pragma omp simd          // out may be g (an in-place chain): GCC's overlap check ran it scalar
         for (std::int64_t s = 0; s < v.S; ++s) out[s] = (g[s] - mean_dy - yy[s] * mean_dyy) * inv;
     }
 }

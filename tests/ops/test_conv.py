@@ -384,6 +384,12 @@ FAST_PINNED = dict(PINNED, **{
     # AVX-512 gather packs 16 filters at a time): 24 (16 + 8) and 40 (32, then 8)
     "filters_24": make_case(2, 3, (6, 7), 24, 3, pad=1),
     "filters_40_pointwise": make_case(1, 5, (9, 4), 40, 1),
+    # a pointwise filter gradient through the packed product (more than 64 filters): channels
+    # in whole 6-row panels (AVX2's 6 x 8 interleave) and a partial one, 63 positions an image
+    # (8-position steps and a tail, runs ending at image ends inside a block), and filters
+    # filling 16-wide dy panels partly (the AVX2 8 x 8 transposes with zero rows)
+    "pointwise_filter_panels": make_case(3, 14, (7, 9), 70, 1),
+    "pointwise_filter_panels_grouped": make_case(2, 24, (5, 11), 132, 1, group=2),
 })
 
 

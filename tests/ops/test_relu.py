@@ -59,6 +59,33 @@ def test_fast_paths_match_the_reference_bit_for_bit(kind, dtype, x, slope):
                                   relu_backward.impls["ref"](dy, x, slope))
 
 
+@pytest.mark.parametrize("kind", FAST_KINDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("slope", [0.0, 0.1, -0.5])
+def test_fast_paths_keep_every_bit_in_place_on_long_arrays(kind, dtype, slope):
+    # long enough for the threads and the vector loops (csrc/relu.cpp), an odd length for their
+    # tails; signed zeros, infinities and NaNs, whose bits assert_array_equal does not compare
+    n = (1 << 17) + 13
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal(n).astype(dtype)
+    x[::11], x[1::11], x[2::11], x[3::11], x[4::11] = 0.0, -0.0, np.inf, -np.inf, np.nan
+    x[5::13] = -np.nan
+    dy = rng.standard_normal(n).astype(dtype)
+    dy[::5], dy[1::17], dy[2::19], dy[3::23] = -0.0, np.nan, np.inf, 0.0
+    bits = np.uint32 if dtype == np.float32 else np.uint64
+    with np.errstate(invalid="ignore"):                     # inf * 0
+        want_y = relu_forward.impls["ref"](x, slope).view(bits)
+        want_dx = relu_backward.impls["ref"](dy, x, slope).view(bits)
+    y = x.copy()
+    assert relu_forward.impls[kind](y, slope, out=y) is y
+    np.testing.assert_array_equal(y.view(bits), want_y)
+    np.testing.assert_array_equal(relu_forward.impls[kind](x, slope).view(bits), want_y)
+    dx = dy.copy()
+    assert relu_backward.impls[kind](dx, x, slope, out=dx) is dx
+    np.testing.assert_array_equal(dx.view(bits), want_dx)
+    np.testing.assert_array_equal(relu_backward.impls[kind](dy, x, slope).view(bits), want_dx)
+
+
 @pytest.mark.parametrize("kind", ["ref"] + FAST_KINDS)
 def test_out_may_be_the_input_as_an_in_place_layer_runs_it(kind):
     x = np.array([[-2.0, 0.0, 3.0]], np.float32)
