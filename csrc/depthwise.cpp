@@ -9,7 +9,9 @@
 // inputs once. Channels (or filters) are split across threads, so no two threads write one
 // value.
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -279,6 +281,20 @@ inline FlatRange flat_range(const Shape& s) {
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
+// Which hand-written loop below this CPU runs: 2 AVX-512, 1 AVX2 with FMA, 0 the portable one.
+// MINICNN_GEMM_KERNEL=avx2|generic narrows it as it narrows the GEMM's micro-kernel, so the
+// tests run every version on one machine.
+static int simd_level() {
+    const char* wanted = std::getenv("MINICNN_GEMM_KERNEL");
+    const std::string choice = wanted ? wanted : "";
+    __builtin_cpu_init();
+    if ((choice.empty() || choice == "avx512") && __builtin_cpu_supports("avx512f")) return 2;
+    if ((choice.empty() || choice == "avx512" || choice == "avx2") &&
+        __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return 1;
+    return 0;
+}
+
 // The 3x3 loop below with AVX-512 masked loads: a lane whose tap reads across the row's edge
 // is zeroed by the load itself (a mask register per chunk phase) instead of an AND of the
 // loaded vector, which competed with the multiply-adds for the vector pipes. Four chunks at a
@@ -321,6 +337,44 @@ __attribute__((target("avx512f"))) static std::int64_t dw3x3_masked_avx512(
     }
     return p;
 }
+
+// The same with AVX2 and FMA: a chunk of V is two ymm halves, an edge lane is zeroed by an AND
+// with the phase's mask, two chunks at a time (four sums and the nine taps fill the sixteen
+// registers). The same order and fused multiply-adds as above: the same bits.
+__attribute__((target("avx2,fma"))) static std::int64_t dw3x3_masked_avx2(
+        const float* __restrict x, const float* __restrict w, float bias, float* __restrict out,
+        bool accumulate, const std::int64_t* off, const EdgeMasks& edge, std::int64_t period,
+        std::int64_t p, std::int64_t p1, std::int64_t& phase) {
+    static_assert(V == 16, "a chunk is two ymm halves");
+    __m256 t[9];
+    for (int k = 0; k < 9; ++k) t[k] = _mm256_set1_ps(w[k]);
+    const std::int64_t d = off[1] - off[0];
+    const __m256 b = _mm256_set1_ps(bias);
+    for (; p + 2 * V <= p1; p += 2 * V) {
+        const std::int64_t q0 = phase, q1 = phase + 1 == period ? 0 : phase + 1;
+        phase = q1 + 1 == period ? 0 : q1 + 1;
+        const std::int64_t q[4] = {q0, q0, q1, q1};         // the phase of each ymm quarter
+        __m256 a[4];
+        for (int c = 0; c < 4; ++c) a[c] = accumulate ? _mm256_loadu_ps(out + p + 8 * c) : b;
+        for (int i = 0; i < 3; ++i) {
+            const float* src = x + p + off[3 * i];
+            for (int c = 0; c < 4; ++c) {
+                const float* at = src + 8 * c;
+                const float* left = reinterpret_cast<const float*>(edge.masks[q[c] * 9].v);
+                const float* right = reinterpret_cast<const float*>(edge.masks[q[c] * 9 + 2].v);
+                const __m256 l = _mm256_and_ps(_mm256_loadu_ps(at),
+                                               _mm256_load_ps(left + 8 * (c & 1)));
+                const __m256 r = _mm256_and_ps(_mm256_loadu_ps(at + 2 * d),
+                                               _mm256_load_ps(right + 8 * (c & 1)));
+                a[c] = _mm256_fmadd_ps(t[3 * i], l, a[c]);
+                a[c] = _mm256_fmadd_ps(t[3 * i + 1], _mm256_loadu_ps(at + d), a[c]);
+                a[c] = _mm256_fmadd_ps(t[3 * i + 2], r, a[c]);
+            }
+        }
+        for (int c = 0; c < 4; ++c) _mm256_storeu_ps(out + p + 8 * c, a[c]);
+    }
+    return p;
+}
 #endif
 
 // The float flat loop without edge fix-ups, when the columns under a chunk of V outputs repeat
@@ -347,6 +401,7 @@ MINICNN_VECTOR_CLONES static bool correlate_plane_masked(const float* __restrict
         return edge.apply(load_v(x + p + off[k]), k, phase);
     };
     std::int64_t p = p0, phase = 0;
+    const floatv start = floatv{} + bias;     // once: GCC builds it through the stack on AVX2
     if (s.kh == 3 && s.kw == 3) {
         // The usual 3x3, unrolled: the nine taps in registers and, per chunk, one mask for the
         // left column and one for the right (the same for the three rows; the centre column
@@ -364,8 +419,8 @@ MINICNN_VECTOR_CLONES static bool correlate_plane_masked(const float* __restrict
         auto chunks2 = [&](std::int64_t at, std::int64_t q, std::int64_t r) {
             const intv left0 = lanes(0, q), right0 = lanes(2, q);
             const intv left1 = lanes(0, r), right1 = lanes(2, r);
-            floatv a0 = accumulate ? load_v(out + at) : zero + bias;
-            floatv a1 = accumulate ? load_v(out + at + V) : zero + bias;
+            floatv a0 = accumulate ? load_v(out + at) : start;
+            floatv a1 = accumulate ? load_v(out + at + V) : start;
             for (std::int64_t i = 0; i < 3; ++i) {
                 const float* src = x + at + off[3 * i];
                 a0 += t[3 * i] * (floatv)((intv)load_v(src) & left0);
@@ -379,9 +434,11 @@ MINICNN_VECTOR_CLONES static bool correlate_plane_masked(const float* __restrict
             std::memcpy(out + at + V, &a1, sizeof a1);
         };
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-        static const bool avx512 = __builtin_cpu_supports("avx512f");
-        if (avx512 && period <= 16)
+        static const int simd = simd_level();
+        if (simd == 2 && period <= 16)
             p = dw3x3_masked_avx512(x, w, bias, out, accumulate, off, edge, period, p, p1, phase);
+        else if (simd >= 1)
+            p = dw3x3_masked_avx2(x, w, bias, out, accumulate, off, edge, period, p, p1, phase);
 #endif
         for (; p + 2 * V <= p1; p += 2 * V) {
             const std::int64_t q = phase + 1 == period ? 0 : phase + 1;
@@ -398,7 +455,7 @@ MINICNN_VECTOR_CLONES static bool correlate_plane_masked(const float* __restrict
             a0 = load_v(out + p), a1 = load_v(out + p + V);
             a2 = load_v(out + p + 2 * V), a3 = load_v(out + p + 3 * V);
         } else {
-            a0 = a1 = a2 = a3 = floatv{} + bias;
+            a0 = a1 = a2 = a3 = start;
         }
         for (std::int64_t k = 0; k < taps; ++k) {
             const float tap = w[k];
@@ -414,7 +471,7 @@ MINICNN_VECTOR_CLONES static bool correlate_plane_masked(const float* __restrict
         phase = q3 + 1 == period ? 0 : q3 + 1;
     }
     for (; p + V <= p1; p += V) {
-        floatv acc = accumulate ? load_v(out + p) : floatv{} + bias;
+        floatv acc = accumulate ? load_v(out + p) : start;
         for (std::int64_t k = 0; k < taps; ++k) acc += w[k] * masked(p, k, phase);
         std::memcpy(out + p, &acc, sizeof acc);
         if (++phase == period) phase = 0;
@@ -620,6 +677,44 @@ MINICNN_VECTOR_CLONES static void filter_border_rows(const T* dy, const T* x, co
     }
 }
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// The 3x3 loop of backward_filter_plane_masked below with AVX2 and FMA. Nine sums of V lanes
+// are eighteen ymm registers, two more than there are, so the chunks' low halves are summed
+// in one pass over the range and their high halves in a second (the range is in cache): each
+// lane adds the same products in the same order, fused, as the one-pass loop. lanes[k][t]
+// <- tap k's sum in lane t.
+__attribute__((target("avx2,fma"))) static void dw3x3_filter_masked_avx2(
+        const float* __restrict dy, const float* __restrict x, const std::int64_t* off,
+        const EdgeMasks& edge, std::int64_t period, std::int64_t p0, std::int64_t p1,
+        float (*lanes)[V]) {
+    static_assert(V == 16, "a chunk is two ymm halves");
+    for (int half = 0; half < 2; ++half) {
+        __m256 l0 = _mm256_setzero_ps(), l1 = l0, l2 = l0, l3 = l0, l4 = l0, l5 = l0, l6 = l0,
+               l7 = l0, l8 = l0;
+        std::int64_t phase = 0;
+        for (std::int64_t p = p0 + 8 * half; p < p1; p += V) {
+            const __m256 gv = _mm256_loadu_ps(dy + p);
+            const float* b = x + p;
+            const float* masks = reinterpret_cast<const float*>(edge.masks[phase * 9].v);
+            const __m256 left = _mm256_load_ps(masks + 8 * half);
+            const __m256 right = _mm256_load_ps(masks + 2 * V + 8 * half);   // tap 2's lanes
+            l0 = _mm256_fmadd_ps(gv, _mm256_and_ps(_mm256_loadu_ps(b + off[0]), left), l0);
+            l1 = _mm256_fmadd_ps(gv, _mm256_loadu_ps(b + off[1]), l1);
+            l2 = _mm256_fmadd_ps(gv, _mm256_and_ps(_mm256_loadu_ps(b + off[2]), right), l2);
+            l3 = _mm256_fmadd_ps(gv, _mm256_and_ps(_mm256_loadu_ps(b + off[3]), left), l3);
+            l4 = _mm256_fmadd_ps(gv, _mm256_loadu_ps(b + off[4]), l4);
+            l5 = _mm256_fmadd_ps(gv, _mm256_and_ps(_mm256_loadu_ps(b + off[5]), right), l5);
+            l6 = _mm256_fmadd_ps(gv, _mm256_and_ps(_mm256_loadu_ps(b + off[6]), left), l6);
+            l7 = _mm256_fmadd_ps(gv, _mm256_loadu_ps(b + off[7]), l7);
+            l8 = _mm256_fmadd_ps(gv, _mm256_and_ps(_mm256_loadu_ps(b + off[8]), right), l8);
+            if (++phase == period) phase = 0;
+        }
+        const __m256 sums[9] = {l0, l1, l2, l3, l4, l5, l6, l7, l8};
+        for (int k = 0; k < 9; ++k) _mm256_storeu_ps(lanes[k] + 8 * half, sums[k]);
+    }
+}
+#endif
+
 // The float filter gradient of a "same" plane with the edge masks (see EdgeMasks): the flat
 // loop covers the interior rows whole, each tap's sum kept in V lanes, a tap's lanes that
 // would read across the row's edge masked to 0; then the few points at the ends of that
@@ -637,6 +732,14 @@ MINICNN_VECTOR_CLONES static bool backward_filter_plane_masked(const float* __re
     floatv lanes[49];
     for (std::int64_t k = 0; k < taps; ++k) lanes[k] = floatv{};
     std::int64_t phase = 0;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    static const int simd = simd_level();
+    if (s.kh == 3 && s.kw == 3 && simd == 1) {
+        float sums[9][V];
+        dw3x3_filter_masked_avx2(dy, x, off, edge, period, p0, p1, sums);
+        for (std::int64_t k = 0; k < 9; ++k) std::memcpy(&lanes[k], sums[k], sizeof lanes[k]);
+    } else
+#endif
     if (s.kh == 3 && s.kw == 3) {             // 3x3: nine sums that stay in registers
         // only the left and right kernel columns can fall in the padding ("same" geometry:
         // the centre column never leaves the row): one mask each per chunk
