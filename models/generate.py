@@ -1,10 +1,11 @@
-"""Writes the generated deploy prototxts of models/: GoogLeNet and ResNet-50.
+"""Writes the generated deploy prototxts of models/: GoogLeNet, ResNet-50 and MobileNet v1.
 
     python models/generate.py
 
-Both nets are long and regular, so they are produced by the small builders below instead of
-being written by hand; the output is what Caffe users know as bvlc_googlenet's and ResNet-50's
-deploy.prototxt (layer names as in the published models, so their weights load by name).
+The nets are long and regular, so they are produced by the small builders below instead of
+being written by hand; the output is what Caffe users know as bvlc_googlenet's, ResNet-50's and
+shicai/MobileNet-Caffe's deploy.prototxt (layer names as in the published models, so their
+weights load by name).
 """
 
 import os
@@ -161,8 +162,60 @@ def resnet50():
     w.save("resnet50/deploy.prototxt")
 
 
+# --- MobileNet v1 (Howard et al. 2017), as shicai/MobileNet-Caffe lays it out -------------------
+# Depthwise-separable blocks: a 3x3 convolution with group == channels (one filter per channel)
+# and a 1x1 convolution mixing the channels, each followed by BatchNorm, Scale and ReLU.
+
+MOBILENET_BLOCKS = [  # name, output channels of the 1x1, stride of the 3x3
+    ("2_1", 64, 1), ("2_2", 128, 2), ("3_1", 128, 1), ("3_2", 256, 2), ("4_1", 256, 1),
+    ("4_2", 512, 2), ("5_1", 512, 1), ("5_2", 512, 1), ("5_3", 512, 1), ("5_4", 512, 1),
+    ("5_5", 512, 1), ("5_6", 1024, 2), ("6", 1024, 1),
+]
+
+
+def mobilenet():
+    w = Writer("MobileNet")
+    w.input("data", (1, 3, 224, 224))
+
+    def conv_bn(name, bottom, num_output, kernel, stride=1, pad=0, group=1, relu=""):
+        body = ["param { lr_mult: 1 decay_mult: 1 }", "convolution_param {",
+                f"  num_output: {num_output}", "  bias_term: false"]
+        body += [f"  pad: {pad}"] if pad else []
+        body += [f"  kernel_size: {kernel}"]
+        body += [f"  group: {group}"] if group > 1 else []
+        body += [f"  stride: {stride}"] if stride != 1 else []
+        body += ['  weight_filler { type: "msra" }', "}"]
+        top = w.layer(name, "Convolution", [bottom], [name], "\n".join(body))
+        w.layer(f"{name}/bn", "BatchNorm", [top], [top], "batch_norm_param { eps: 1e-05 }")
+        w.layer(f"{name}/scale", "Scale", [top], [top], "scale_param { bias_term: true }")
+        w.relu(relu, top)
+        return top
+
+    x = conv_bn("conv1", "data", 32, 3, stride=2, pad=1, relu="relu1")
+    channels = 32
+    for name, out, stride in MOBILENET_BLOCKS:
+        x = conv_bn(f"conv{name}/dw", x, channels, 3, stride, pad=1, group=channels,
+                    relu=f"relu{name}/dw")
+        x = conv_bn(f"conv{name}/sep", x, out, 1, relu=f"relu{name}/sep")
+        channels = out
+    x = w.layer("pool6", "Pooling", [x], ["pool6"],
+                "pooling_param { pool: AVE global_pooling: true }")
+    x = w.layer("fc7", "Convolution", [x], ["fc7"], """
+param { lr_mult: 1 decay_mult: 1 }
+param { lr_mult: 2 decay_mult: 0 }
+convolution_param {
+  num_output: 1000
+  kernel_size: 1
+  weight_filler { type: "msra" }
+  bias_filler { type: "constant" value: 0 }
+}""")
+    w.layer("prob", "Softmax", [x], ["prob"])
+    w.save("mobilenet/deploy.prototxt")
+
+
 if __name__ == "__main__":
-    os.makedirs(os.path.join(HERE, "googlenet"), exist_ok=True)
-    os.makedirs(os.path.join(HERE, "resnet50"), exist_ok=True)
+    for folder in ("googlenet", "resnet50", "mobilenet"):
+        os.makedirs(os.path.join(HERE, folder), exist_ok=True)
     googlenet()
     resnet50()
+    mobilenet()

@@ -73,6 +73,28 @@ def test_googlenet_deploy_forward_and_backward_to_the_image():
     assert grad.shape == x.shape and np.abs(grad).sum() > 0
 
 
+def test_mobilenet_deploy_is_depthwise_separable_and_runs_both_ways():
+    param = read_prototxt(model("mobilenet/deploy.prototxt"))
+    param.force_backward = True
+    net = minicnn.Net(param, minicnn.TEST)
+    depthwise = [layer for layer in net.layers
+                 if layer.type == "Convolution" and layer.name.endswith("/dw")]
+    assert len(depthwise) == 13
+    for layer in depthwise:                     # one 3x3 filter per channel
+        weights = net.params[layer.name][0].data
+        assert layer.group == weights.shape[0] and weights.shape[1:] == (1, 3, 3)
+    for layer in net.layers:
+        if layer.type == "BatchNorm":           # untrained nets have no statistics yet
+            layer.blobs[1].data[...] = 1
+            layer.blobs[2].data[...] = 1
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    prob = net.forward(data=x)["prob"]
+    assert prob.shape == (1, 1000, 1, 1) and prob.sum() == pytest.approx(1, rel=1e-5)
+    assert net.blobs["conv6/sep"].shape == (1, 1024, 7, 7)
+    grad = net.backward(prob=np.eye(1000, dtype=np.float32)[[3]].reshape(1, 1000, 1, 1))["data"]
+    assert grad.shape == x.shape and np.all(np.isfinite(grad)) and np.abs(grad).sum() > 0
+
+
 def test_resnet50_deploy_forward_and_backward():
     param = read_prototxt(model("resnet50/deploy.prototxt"))
     param.force_backward = True
@@ -181,19 +203,22 @@ def test_every_prototxt_in_models_builds(tiny_sets, monkeypatch, capsys):
 
 
 def test_generated_prototxts_are_current():
-    """models/generate.py writes googlenet/resnet50; the committed files must be its output."""
+    """models/generate.py writes googlenet/resnet50/mobilenet; the committed files must be its
+    output."""
     import importlib.util
     import tempfile
     spec = importlib.util.spec_from_file_location("generate", model("generate.py"))
     generate = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(generate)
     with tempfile.TemporaryDirectory() as tmp:
-        for sub in ("googlenet", "resnet50"):
+        for sub in ("googlenet", "resnet50", "mobilenet"):
             os.makedirs(os.path.join(tmp, sub))
         generate.HERE = tmp
         generate.googlenet()
         generate.resnet50()
-        for path in ("googlenet/deploy.prototxt", "resnet50/deploy.prototxt"):
+        generate.mobilenet()
+        for path in ("googlenet/deploy.prototxt", "resnet50/deploy.prototxt",
+                     "mobilenet/deploy.prototxt"):
             assert open(os.path.join(tmp, path)).read() == open(model(path)).read()
 
 

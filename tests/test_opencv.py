@@ -175,7 +175,8 @@ def test_drawn_conv_and_pool_geometries_agree(case, seed):
 
 
 @pytest.mark.parametrize("path", ["lenet/lenet.prototxt", "googlenet/deploy.prototxt",
-                                  "resnet50/deploy.prototxt", "caffenet/deploy.prototxt"])
+                                  "resnet50/deploy.prototxt", "caffenet/deploy.prototxt",
+                                  "mobilenet/deploy.prototxt"])
 def test_whole_nets_agree_blob_by_blob(path, tmp_path):
     prototxt = open(os.path.join(REPO, "models", path)).read()
     net_shape = minicnn.Net(os.path.join(REPO, "models", path)).blobs["data"].shape
