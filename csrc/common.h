@@ -89,13 +89,13 @@ inline auto by_dtype(const py::array& a, Body&& body) {
 
 // Hot loops carry several compiled versions; the CPU picks the best at load time (GCC's
 // function multiversioning), so one portable wheel still uses AVX2 / AVX-512 where present.
-// The middle version is x86-64-v3 (AVX2 with FMA) where GCC knows it: a plain "avx2" clone
-// has no FMA, so its a*b + c were a multiply and an add (slower, and other bits than the
-// AVX-512 clone's fused ones).
+// Where GCC knows it, x86-64-v3 (AVX2 with FMA) comes before plain AVX2: an "avx2" clone has
+// no FMA, so its a*b + c are a multiply and an add (slower, and other bits than the AVX-512
+// clone's fused ones); it stays for CPUs (or VMs) that show AVX2 without all of x86-64-v3.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #if __GNUC__ >= 12
 #define MINICNN_VECTOR_CLONES \
-    __attribute__((target_clones("avx512f", "arch=x86-64-v3", "default")))
+    __attribute__((target_clones("avx512f", "arch=x86-64-v3", "avx2", "default")))
 #else
 #define MINICNN_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #endif
