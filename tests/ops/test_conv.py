@@ -4,7 +4,7 @@ import contextlib
 
 import numpy as np
 import pytest
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from minicnn.errors import LayerError
@@ -405,6 +405,30 @@ def test_fast_path_pinned_cases(kind, dtype, case):
 @given(case=conv_cases(max_hw=10))
 def test_fast_path_matches_reference(kind, dtype, case):
     check_fast_path(kind, case, dtype)
+
+
+@st.composite
+def depthwise_same_cases(draw):
+    """Depthwise "same" convolutions on rows wide enough for the hand-vectorized loops of
+    csrc/depthwise.cpp (chunks of 16 outputs, two or four at a time, edge masks per chunk
+    phase): widths 16-90 (phases of 1 to 45 chunks), 3x3 most often, dilation up to 3, a
+    channel multiplier up to 3 (the input gradient accumulates over it)."""
+    channels, multiplier = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    k = draw(st.sampled_from([3, 3, 3, 5, (3, 5)]))
+    dilation = draw(st.integers(1, 3))
+    geom = ConvGeometry(k, 1, 0, dilation)
+    pad = tuple((e - 1) // 2 for e in geom.extent)          # odd extents: output == input
+    h, w = draw(st.integers(max(geom.extent[0] - 1, 1), 9)), draw(st.integers(16, 90))
+    return make_case(draw(st.integers(1, 2)), channels, (h, w), channels * multiplier, k,
+                     pad=pad, dilation=dilation, group=channels, bias=draw(st.booleans()),
+                     seed=draw(st.integers(0, 2**16)))
+
+
+@fast
+@settings(max_examples=40, deadline=None)
+@given(case=depthwise_same_cases())
+def test_depthwise_same_wide_rows_match_reference(kind, case):
+    check_fast_path(kind, case, np.float32)
 
 
 # The direct stride-1 products (csrc/conv_gemm.cpp) on the padded input: forced at every stride-1
