@@ -303,13 +303,34 @@ def test_minicnn_prints_what_protobuf_prints(data):
     mine = to_text(msg).splitlines()
     theirs = pb_text.MessageToString(pb, as_utf8=True).splitlines()
     assert len(mine) == len(theirs)
+    shorter_float32 = False
     for a, b in zip(mine, theirs):
         if a == b or a == b.replace("\\'", "'"):
             continue
         name_a, value_a = a.split(": ", 1)
         name_b, value_b = b.split(": ", 1)
         assert name_a == name_b and _is_number(value_a) and _is_number(value_b), (a, b)
-        assert float(value_a) == float(value_b) or math.isnan(float(value_a))
+        if float(value_a) == float(value_b) or math.isnan(float(value_a)):
+            continue
+        # a float field's value spelled as the shortest text giving the same float32 (1e-45
+        # for 1.4013e-45, the smallest subnormal): protobuf must read it back bit for bit
+        assert np.float32(value_a) == np.float32(value_b), (a, b)
+        shorter_float32 = True
+    if shorter_float32 and not any(line.endswith("nan") for line in mine):
+        back = pb_text.Parse("\n".join(mine), pb_class(type_name)())
+        assert back.SerializeToString(deterministic=True) == \
+            pb.SerializeToString(deterministic=True)
+
+
+@pytest.mark.parametrize("value", [1.401298464324817e-45, 3.4028234663852886e38,
+                                   1.1754942106924411e-38, -2.802596928649634e-45])
+def test_float32_extremes_print_short_and_read_back_exactly(value):
+    """The smallest subnormal prints as 1e-45 (protobuf: 1.4013e-45), the same float32."""
+    text = to_text(caffe_pb2.FillerParameter(value=value))
+    theirs = pb_text.Parse(text, pb_class("FillerParameter")())
+    assert np.float32(theirs.value) == np.float32(value)
+    assert caffe_pb2.FillerParameter(value=value).value == parse_text(text,
+                                                                      "FillerParameter").value
 
 
 @given(st.floats(width=32))
