@@ -14,7 +14,8 @@ C*H*W values with across_channels; per group, with m its size:
 The first dx is Caffe's backward, which treats s as sqrt(var): it is the exact derivative when
 eps == 0 and off by O(eps / s) of |dy| / s otherwise (nothing at the default eps for data of any
 real spread; but a group of two values has y = +-1 up to eps, its exact dx is itself that
-small, and the two differ in full). Backward needs y and s, not x, so an in-place layer keeps what it needs.
+small, and the two differ in full). Backward needs y and s, not x, so an in-place layer keeps
+what it needs.
 No kinks (a group of constant values gives y = 0 and s = eps; NaN if eps is 0, as in Caffe).
 Caffe refuses blobs of more than 4 axes here; minicnn folds the extra ones into H*W.
 Impls: ref.
