@@ -4,6 +4,7 @@
     python bench/cpu_vs_torch.py --only layers    # or nets, memory
     python bench/cpu_vs_torch.py --markdown       # tables as Markdown (for bench/RESULTS.md)
     python bench/cpu_vs_torch.py --one-thread     # both engines on one thread, CPU time
+    python bench/cpu_vs_torch.py --match depthwise --match mobilenet   # only those rows
 
 Each row runs both engines interleaved: a warm-up of each, then `--repeat` rounds of one timed
 block of minicnn and one of PyTorch, each block long enough to time (at least `--block`
@@ -91,6 +92,10 @@ CONVS = [  # name, x shape, (F, kernel, stride, pad, dilation, group)
     ("ResNet 3x3 64->64 @56", (8, 64, 56, 56), (64, 3, 1, 1, 1, 1)),
     ("ResNet 1x1 64->256 @56", (8, 64, 56, 56), (256, 1, 1, 0, 1, 1)),
     ("depthwise 3x3 256 @56", (8, 256, 56, 56), (256, 3, 1, 1, 1, 256)),
+    ("depthwise 3x3/2 128 @56", (8, 128, 56, 56), (128, 3, 2, 1, 1, 128)),   # MobileNet's
+    ("depthwise 3x3 512 @14", (8, 512, 14, 14), (512, 3, 1, 1, 1, 512)),
+    ("depthwise 3x3 1024 @7", (8, 1024, 7, 7), (1024, 3, 1, 1, 1, 1024)),
+    ("atrous depthwise 3x3 rate 6 @33", (8, 256, 33, 33), (256, 3, 1, 6, 6, 256)),
     ("pointwise 1x1 256 @56", (8, 256, 56, 56), (256, 1, 1, 0, 1, 1)),
     ("atrous 3x3 rate 2 @33", (8, 256, 33, 33), (256, 3, 1, 2, 2, 1)),
     ("atrous 3x3 rate 4 @33", (8, 256, 33, 33), (256, 3, 1, 4, 4, 1)),
@@ -104,11 +109,18 @@ def fma_peak():
     return rate or None
 
 
+def wanted(args, label):
+    """Whether --match (any of its words) picks this row."""
+    return not args.match or any(word.lower() in label.lower() for word in args.match)
+
+
 def layer_rows(args, torch, sgemm, peak=None):
     F = torch.nn.functional
     rng = np.random.default_rng(0)
     rows = []
     for name, xs, (f, k, s, p, d, g) in CONVS:
+        if not wanted(args, name):
+            continue
         x = rng.standard_normal(xs, dtype=np.float32)
         w = rng.standard_normal((f, xs[1] // g, k, k), dtype=np.float32) * 0.01
         b = rng.standard_normal(f, dtype=np.float32)
@@ -125,32 +137,7 @@ def layer_rows(args, torch, sgemm, peak=None):
                            args.repeat, args.block)
         rows.append((name, "forward", *fwd, flops))
         rows.append((name, "backward", *bwd, 2 * flops))
-    x = rng.standard_normal((16, 96, 27, 27), dtype=np.float32)
-    tx = torch.from_numpy(x).requires_grad_()
-    lrn = dict(local_size=5, alpha=1e-4, beta=0.75, k=1.0)
-    ty = F.local_response_norm(tx, 5, 1e-4, 0.75, 1.0)
-    dy = np.ones_like(x)
-    rows.append(("LRN 5 (CaffeNet norm1)", "forward", *side_by_side(
-        lambda: ops.lrn_forward(x, **lrn), lambda: F.local_response_norm(tx, 5, 1e-4, 0.75, 1.0),
-        args.repeat, args.block), None))
-    rows.append(("LRN 5 (CaffeNet norm1)", "backward", *side_by_side(
-        lambda: ops.lrn_backward(dy, x, **lrn),
-        lambda: torch.autograd.grad(ty, tx, torch.from_numpy(dy), retain_graph=True),
-        args.repeat, args.block), None))
-    x = rng.standard_normal((16, 96, 55, 55), dtype=np.float32)
-    tx = torch.from_numpy(x).requires_grad_()
-    geom = PoolGeometry((3, 3), (2, 2), (0, 0))
-    ty = F.max_pool2d(tx, 3, 2, ceil_mode=True)
-    y, mask = ops.max_pool2d_forward(x, geom=geom)
-    dy = np.ones_like(y)
-    rows.append(("MAX pool 3x3/2 (CaffeNet pool1)", "forward", *side_by_side(
-        lambda: ops.max_pool2d_forward(x, geom=geom),
-        lambda: F.max_pool2d(tx, 3, 2, ceil_mode=True),
-        args.repeat, args.block), None))
-    rows.append(("MAX pool 3x3/2 (CaffeNet pool1)", "backward", *side_by_side(
-        lambda: ops.max_pool2d_backward(dy, mask, x.shape),
-        lambda: torch.autograd.grad(ty, tx, torch.from_numpy(dy), retain_graph=True),
-        args.repeat, args.block), None))
+    rows += lrn_and_pool_rows(args, torch, rng)
     header = ("layer", "pass", "minicnn ms", "PyTorch ms", "PyTorch/minicnn", "minicnn GFLOP/s",
               "of sgemm", "of peak", "PyTorch of peak")
     table = []
@@ -162,6 +149,44 @@ def layer_rows(args, torch, sgemm, peak=None):
         table.append((name, kind, f"{ours * 1e3:.2f}", f"{theirs * 1e3:.2f}",
                       f"{theirs / ours:.2f}x", rate, share, of_peak, theirs_of_peak))
     return header, table
+
+
+def lrn_and_pool_rows(args, torch, rng):
+    """CaffeNet's norm1 and pool1, forward and backward (inputs drawn either way, so --match
+    leaves the other rows' data as it was)."""
+    F = torch.nn.functional
+    rows = []
+    x = rng.standard_normal((16, 96, 27, 27), dtype=np.float32)
+    label = "LRN 5 (CaffeNet norm1)"
+    if wanted(args, label):
+        tx = torch.from_numpy(x).requires_grad_()
+        lrn = dict(local_size=5, alpha=1e-4, beta=0.75, k=1.0)
+        ty = F.local_response_norm(tx, 5, 1e-4, 0.75, 1.0)
+        dy = np.ones_like(x)
+        rows.append((label, "forward", *side_by_side(
+            lambda: ops.lrn_forward(x, **lrn),
+            lambda: F.local_response_norm(tx, 5, 1e-4, 0.75, 1.0), args.repeat, args.block),
+            None))
+        rows.append((label, "backward", *side_by_side(
+            lambda: ops.lrn_backward(dy, x, **lrn),
+            lambda: torch.autograd.grad(ty, tx, torch.from_numpy(dy), retain_graph=True),
+            args.repeat, args.block), None))
+    x = rng.standard_normal((16, 96, 55, 55), dtype=np.float32)
+    label = "MAX pool 3x3/2 (CaffeNet pool1)"
+    if wanted(args, label):
+        tx = torch.from_numpy(x).requires_grad_()
+        geom = PoolGeometry((3, 3), (2, 2), (0, 0))
+        ty = F.max_pool2d(tx, 3, 2, ceil_mode=True)
+        y, mask = ops.max_pool2d_forward(x, geom=geom)
+        dy = np.ones_like(y)
+        rows.append((label, "forward", *side_by_side(
+            lambda: ops.max_pool2d_forward(x, geom=geom),
+            lambda: F.max_pool2d(tx, 3, 2, ceil_mode=True), args.repeat, args.block), None))
+        rows.append((label, "backward", *side_by_side(
+            lambda: ops.max_pool2d_backward(dy, mask, x.shape),
+            lambda: torch.autograd.grad(ty, tx, torch.from_numpy(dy), retain_graph=True),
+            args.repeat, args.block), None))
+    return rows
 
 
 # --- whole nets -----------------------------------------------------------------------------------
@@ -207,6 +232,8 @@ def net_rows(args, torch):
               "PyTorch img/s")
     table = []
     for label, name, batch, train in NET_ROWS:
+        if not wanted(args, label):
+            continue
         ours, theirs = engines(name, batch, train, torch)
         a, b = side_by_side(ours, theirs, args.repeat, args.block)
         table.append((label, batch, f"{a * 1e3:.1f}", f"{b * 1e3:.1f}", f"{b / a:.2f}x",
@@ -300,6 +327,8 @@ def main():
     parser.add_argument("--repeat", type=int, default=7, help="timed blocks per side (median)")
     parser.add_argument("--block", type=float, default=0.2, help="seconds per timed block")
     parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--match", action="append", metavar="TEXT",
+                        help="only the rows whose name holds TEXT (case ignored; repeatable)")
     parser.add_argument("--one-thread", action="store_true",
                         help="one thread per engine, timed by CPU time")
     args = parser.parse_args()

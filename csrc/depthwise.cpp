@@ -4,10 +4,12 @@
 //     y[n, f, y, z] = b[f] + sum_{i,j} w[f, 0, i, j] * x[n, f/m, y*sh + i*dh - ph, z*sw + j*dw - pw]
 //
 // im2col + GEMM would multiply a (m x kh*kw) by a (kh*kw x oh*ow) matrix per channel: far too
-// thin for BLAS, and memory bound on the columns. Here every output row is accumulated tap by
-// tap in cache, and the three passes (forward, backward-data, backward-filter) each read their
-// inputs once. Channels (or filters) are split across threads, so no two threads write one
-// value.
+// thin for BLAS, and memory bound on the columns. Here the three passes (forward, backward-data,
+// backward-filter) each read their inputs once, in one of two ways: float32 3x3 "same" planes
+// with wide rows by loops along each plane's rows (the first half of this file), everything
+// else eight channels at a time with the channels innermost (the channel blocks, the second
+// half; rows_path says which). Channels (or filters) are split across threads, so no two
+// threads write one value.
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -39,64 +41,12 @@ inline floatv load_v(const float* p) {
     return v;
 }
 
-// out[p .. p+V) (+)= sum_k w[k] * x[p + off[k] .. ] for the flat loop below; double: plainly.
-template <typename T>
-inline void flat_chunk(const T* x, const T* w, const std::int64_t* off, std::int64_t taps,
-                       std::int64_t p, T bias, bool accumulate, T* out) {
-    for (std::int64_t t = 0; t < V; ++t) {
-        T acc = accumulate ? out[p + t] : bias;
-        for (std::int64_t k = 0; k < taps; ++k) acc += w[k] * x[p + t + off[k]];
-        out[p + t] = acc;
-    }
-}
-
-template <>
-inline void flat_chunk<float>(const float* x, const float* w, const std::int64_t* off,
-                              std::int64_t taps, std::int64_t p, float bias, bool accumulate,
-                              float* out) {
-    floatv acc = accumulate ? load_v(out + p) : floatv{} + bias;
-    for (std::int64_t k = 0; k < taps; ++k) acc += w[k] * load_v(x + p + off[k]);
-    std::memcpy(out + p, &acc, sizeof acc);
-}
-
-// Four chunks at once: four independent sums, so the multiply-adds do not wait on each other.
-template <typename T>
-inline void flat_chunks4(const T* x, const T* w, const std::int64_t* off, std::int64_t taps,
-                         std::int64_t p, T bias, bool accumulate, T* out) {
-    for (std::int64_t c = 0; c < 4; ++c)
-        flat_chunk<T>(x, w, off, taps, p + c * V, bias, accumulate, out);
-}
-
-template <>
-inline void flat_chunks4<float>(const float* x, const float* w, const std::int64_t* off,
-                                std::int64_t taps, std::int64_t p, float bias, bool accumulate,
-                                float* out) {
-    floatv a0, a1, a2, a3;
-    if (accumulate) {
-        a0 = load_v(out + p), a1 = load_v(out + p + V);
-        a2 = load_v(out + p + 2 * V), a3 = load_v(out + p + 3 * V);
-    } else {
-        a0 = a1 = a2 = a3 = floatv{} + bias;
-    }
-    for (std::int64_t k = 0; k < taps; ++k) {
-        const float tap = w[k];
-        const float* src = x + p + off[k];
-        a0 += tap * load_v(src);
-        a1 += tap * load_v(src + V);
-        a2 += tap * load_v(src + 2 * V);
-        a3 += tap * load_v(src + 3 * V);
-    }
-    std::memcpy(out + p, &a0, sizeof a0);
-    std::memcpy(out + p + V, &a1, sizeof a1);
-    std::memcpy(out + p + 2 * V, &a2, sizeof a2);
-    std::memcpy(out + p + 3 * V, &a3, sizeof a3);
-}
-
 // out (oh x ow) (+)= the taps of w over the plane x (H x W), for one (image, filter) pair:
 //     out[y, z] = [out[y, z] +] bias + sum_{i,j} w[i, j] * x[y*sh + i*dh - ph, z*sw + j*dw - pw]
 // Stride 1: the columns where every tap reads inside the row are done V at a time with the V
 // sums kept in registers (one load per tap, one store per V outputs); the few columns next to
-// the padding, and other strides, go tap by tap.
+// the padding, and other strides, go tap by tap. (Used for the rows [y0, y1) of a "same" plane
+// whose windows leave the image; correlate_plane_masked does the others.)
 template <typename T>
 MINICNN_VECTOR_CLONES static void correlate_rows(const T* __restrict x, const T* __restrict w,
                                                  T bias, T* __restrict out, bool accumulate,
@@ -171,18 +121,11 @@ MINICNN_VECTOR_CLONES static void correlate_rows(const T* __restrict x, const T*
     }
 }
 
-template <typename T>
-static void correlate_plane(const T* x, const T* w, T bias, T* out, bool accumulate,
-                            const Shape& s) {
-    correlate_rows<T>(x, w, bias, out, accumulate, s, 0, s.oh);
-}
-
 // "Same" geometry (stride 1, output the size of the input): every output row whose window rows
 // are all inside the image is computed over the flat index p = y*W + z, one long vector loop
-// per plane, tap offsets (i*dh - ph)*W + j*dw - pw. Near the left and right edges that reads
-// the neighbouring row instead of padding, so those few columns are then redone exactly (and
-// the top and bottom rows, whose windows leave the image, by correlate_plane's path). float32
-// planes of the usual widths take correlate_plane_masked instead, which needs no redoing.
+// per plane, tap offsets (i*dh - ph)*W + j*dw - pw, with the lanes that would read across a
+// row's edge masked (correlate_plane_masked); the top and bottom rows, whose windows leave the
+// image, by correlate_rows.
 inline bool same_geometry(const Shape& s) {
     return s.sh == 1 && s.sw == 1 && s.oh == s.H && s.ow == s.W && s.kh * s.kw <= 49;
 }
@@ -483,172 +426,6 @@ MINICNN_VECTOR_CLONES static bool correlate_plane_masked(const float* __restrict
     return true;
 }
 
-template <typename T>
-MINICNN_VECTOR_CLONES static void correlate_plane_flat(const T* __restrict x,
-                                                       const T* __restrict w, T bias,
-                                                       T* __restrict out, bool accumulate,
-                                                       const Shape& s) {
-    if constexpr (std::is_same_v<T, float>)
-        if (correlate_plane_masked(x, w, bias, out, accumulate, s)) return;
-    const std::int64_t taps = s.kh * s.kw, W = s.W;
-    std::int64_t off[49];
-    flat_offsets(s, off);
-    // rows whose window rows all lie inside: [ylo, yhi); columns away from the edges:
-    // [zlo, zhi). The flat loop starts zlo into row ylo and stops short of the last row's
-    // right edge, so it never reads outside the plane.
-    const std::int64_t ylo = std::min(s.H, s.ph);
-    const std::int64_t yhi = std::max(ylo, s.H - ((s.kh - 1) * s.dh - s.ph));
-    const std::int64_t zlo = std::min(W, s.pw);
-    const std::int64_t zhi = std::max(zlo, W - ((s.kw - 1) * s.dw - s.pw));
-    thread_local std::vector<T> saved;              // accumulate: the edges' values before
-    if (accumulate && yhi > ylo) {
-        saved.resize((yhi - ylo) * (zlo + W - zhi));
-        T* keep = saved.data();
-        for (std::int64_t y = ylo; y < yhi; ++y) {
-            for (std::int64_t z = 0; z < zlo; ++z) *keep++ = out[y * W + z];
-            for (std::int64_t z = zhi; z < W; ++z) *keep++ = out[y * W + z];
-        }
-    }
-    const std::int64_t p1 = yhi > ylo ? yhi * W - (W - zhi) : 0;
-    std::int64_t p = ylo * W + zlo;
-    for (; p + 4 * V <= p1; p += 4 * V) flat_chunks4<T>(x, w, off, taps, p, bias, accumulate, out);
-    for (; p + V <= p1; p += V) flat_chunk<T>(x, w, off, taps, p, bias, accumulate, out);
-    for (; p < p1; ++p) {
-        T acc = accumulate ? out[p] : bias;
-        for (std::int64_t k = 0; k < taps; ++k) acc += w[k] * x[p + off[k]];
-        out[p] = acc;
-    }
-    // now exactly: the edge columns of those rows (the flat loop read the neighbouring row
-    // there), with their valid kernel columns worked out once per column ...
-    thread_local std::vector<std::int64_t> edges;   // (z, first j, end j) per edge column
-    edges.clear();
-    for (std::int64_t z = 0; z < W; ++z) {
-        if (z == zlo) z = zhi;                           // the middle is done
-        if (z >= W) break;
-        std::int64_t jlo = 0, jhi = s.kw;                 // taps j with 0 <= z + j*dw - pw < W
-        while (jlo < s.kw && z + jlo * s.dw - s.pw < 0) ++jlo;
-        while (jhi > jlo && z + (jhi - 1) * s.dw - s.pw >= W) --jhi;
-        edges.insert(edges.end(), {z, jlo, jhi});
-    }
-    const T* keep = saved.data();
-    for (std::int64_t y = ylo; y < yhi; ++y) {
-        for (std::size_t e = 0; e < edges.size(); e += 3) {
-            const std::int64_t z = edges[e], jlo = edges[e + 1], jhi = edges[e + 2];
-            T acc = accumulate ? *keep++ : bias;
-            for (std::int64_t i = 0; i < s.kh; ++i) {
-                const T* row = x + (y + i * s.dh - s.ph) * W + z - s.pw;
-                for (std::int64_t j = jlo; j < jhi; ++j) acc += w[i * s.kw + j] * row[j * s.dw];
-            }
-            out[y * W + z] = acc;
-        }
-    }
-    // ... and the rows whose windows leave the image, row by row
-    correlate_rows<T>(x, w, bias, out, accumulate, s, 0, ylo);
-    correlate_rows<T>(x, w, bias, out, accumulate, s, yhi, s.H);
-}
-
-// dx plane += the adjoint of the forward for one filter, scattering tap by tap (any stride).
-template <typename T>
-MINICNN_VECTOR_CLONES static void backward_data_plane(const T* dy, const T* w, T* dx,
-                                                      const Shape& s) {
-    thread_local std::vector<std::int64_t> lo_of, hi_of;
-    lo_of.resize(s.kw);
-    hi_of.resize(s.kw);
-    for (std::int64_t j = 0; j < s.kw; ++j)
-        valid_range(s.W, s.sw, j * s.dw - s.pw, s.ow, lo_of[j], hi_of[j]);
-    for (std::int64_t oy = 0; oy < s.oh; ++oy) {
-        const T* g = dy + oy * s.ow;
-        for (std::int64_t i = 0; i < s.kh; ++i) {
-            const std::int64_t r = oy * s.sh + i * s.dh - s.ph;
-            if (r < 0 || r >= s.H) continue;
-            T* row = dx + r * s.W;
-            for (std::int64_t j = 0; j < s.kw; ++j) {
-                const std::int64_t off = j * s.dw - s.pw;
-                const std::int64_t lo = lo_of[j], hi = hi_of[j];
-                const T tap = w[i * s.kw + j];
-                T* dst = row + off;
-                for (std::int64_t z = lo; z < hi; ++z) dst[z * s.sw] += tap * g[z];
-            }
-        }
-    }
-}
-
-// acc[i*kw + j] += sum_{y,z} dy[y, z] * x[y*sh + i*dh - ph, z*sw + j*dw - pw] for one plane;
-// each tap sums into V lanes over the whole plane and reduces once.
-template <typename T>
-MINICNN_VECTOR_CLONES static void backward_filter_plane(const T* dy, const T* x, double* acc,
-                                                        const Shape& s) {
-    for (std::int64_t i = 0; i < s.kh; ++i) {
-        for (std::int64_t j = 0; j < s.kw; ++j) {
-            const std::int64_t off = j * s.dw - s.pw;
-            std::int64_t lo, hi;
-            valid_range(s.W, s.sw, off, s.ow, lo, hi);
-            T lanes[V] = {};
-            T rest = 0;
-            for (std::int64_t oy = 0; oy < s.oh; ++oy) {
-                const std::int64_t r = oy * s.sh + i * s.dh - s.ph;
-                if (r < 0 || r >= s.H) continue;
-                const T* g = dy + oy * s.ow;
-                const T* src = x + r * s.W + off;
-                std::int64_t z = lo;
-                if (s.sw == 1) {
-                    for (; z + V <= hi; z += V) {
-#pragma omp simd
-                        for (std::int64_t t = 0; t < V; ++t) lanes[t] += g[z + t] * src[z + t];
-                    }
-                }
-                for (; z < hi; ++z) rest += g[z] * src[z * s.sw];
-            }
-            double total = rest;
-            for (std::int64_t t = 0; t < V; ++t) total += lanes[t];
-            acc[i * s.kw + j] += total;
-        }
-    }
-}
-
-// sums[k] += sum over whole V-chunks of p in [p0, p1) of g[p] * x[p + off[k]]; returns where
-// the chunks stopped. float: one register of partial sums per tap.
-template <typename T>
-inline std::int64_t filter_flat_range(const T* g, const T* x, const std::int64_t* off,
-                                      std::int64_t taps, std::int64_t p0, std::int64_t p1,
-                                      double* sums) {
-    std::int64_t p = p0;
-    for (; p + V <= p1; p += V)
-        for (std::int64_t k = 0; k < taps; ++k)
-            for (std::int64_t t = 0; t < V; ++t) sums[k] += double(g[p + t]) * x[p + t + off[k]];
-    return p;
-}
-
-template <>
-inline std::int64_t filter_flat_range<float>(const float* g, const float* x,
-                                             const std::int64_t* off, std::int64_t taps,
-                                             std::int64_t p0, std::int64_t p1, double* sums) {
-    floatv lanes[49];
-    for (std::int64_t k = 0; k < taps; ++k) lanes[k] = floatv{};
-    std::int64_t p = p0;
-    if (taps == 9) {            // 3x3: nine sums that stay in registers
-        floatv l0{}, l1{}, l2{}, l3{}, l4{}, l5{}, l6{}, l7{}, l8{};
-        for (; p + V <= p1; p += V) {
-            const floatv gv = load_v(g + p);
-            const float* b = x + p;
-            l0 += gv * load_v(b + off[0]), l1 += gv * load_v(b + off[1]);
-            l2 += gv * load_v(b + off[2]), l3 += gv * load_v(b + off[3]);
-            l4 += gv * load_v(b + off[4]), l5 += gv * load_v(b + off[5]);
-            l6 += gv * load_v(b + off[6]), l7 += gv * load_v(b + off[7]);
-            l8 += gv * load_v(b + off[8]);
-        }
-        lanes[0] = l0, lanes[1] = l1, lanes[2] = l2, lanes[3] = l3, lanes[4] = l4;
-        lanes[5] = l5, lanes[6] = l6, lanes[7] = l7, lanes[8] = l8;
-    }
-    for (; p + V <= p1; p += V) {
-        const floatv gv = load_v(g + p);
-        for (std::int64_t k = 0; k < taps; ++k) lanes[k] += gv * load_v(x + p + off[k]);
-    }
-    for (std::int64_t k = 0; k < taps; ++k)
-        for (std::int64_t t = 0; t < V; ++t) sums[k] += lanes[k][t];
-    return p;
-}
-
 // The border rows' part of a plane's filter gradient: rows [0, ylo) and [yhi, H), one dot
 // product per (row, tap), added into edge.
 template <typename T>
@@ -798,181 +575,554 @@ MINICNN_VECTOR_CLONES static bool backward_filter_plane_masked(const float* __re
     return true;
 }
 
-// The filter gradient of one plane for "same" geometry: the flat range of positions against
-// every tap at once (one load of dy per V positions), with dy's edge columns masked to 0 there
-// (the flat reads wrap into the next row), then the edge columns and the border rows exactly.
-template <typename T>
-MINICNN_VECTOR_CLONES static void backward_filter_plane_flat(const T* __restrict dy,
-                                                             const T* __restrict x, double* acc,
-                                                             const Shape& s) {
-    if constexpr (std::is_same_v<T, float>)
-        if (backward_filter_plane_masked(dy, x, acc, s)) return;
-    const std::int64_t taps = s.kh * s.kw, W = s.W;
-    std::int64_t off[49];
-    flat_offsets(s, off);
-    const std::int64_t ylo = std::min(s.H, s.ph);
-    const std::int64_t yhi = std::max(ylo, s.H - ((s.kh - 1) * s.dh - s.ph));
-    const std::int64_t zlo = std::min(W, s.pw);
-    const std::int64_t zhi = std::max(zlo, W - ((s.kw - 1) * s.dw - s.pw));
-    const std::int64_t p0 = ylo * W + zlo, p1 = yhi > ylo ? yhi * W - (W - zhi) : p0;
-    thread_local std::vector<T> g;                   // dy with the edge columns zeroed
-    g.assign(dy, dy + s.H * W);
-    for (std::int64_t y = ylo; y < yhi; ++y) {
-        for (std::int64_t z = 0; z < zlo; ++z) g[y * W + z] = 0;
-        for (std::int64_t z = zhi; z < W; ++z) g[y * W + z] = 0;
-    }
-    double sums[49] = {};
-    const std::int64_t p = filter_flat_range<T>(g.data(), x, off, taps, p0, p1, sums);
-    for (std::int64_t q = p; q < p1; ++q)
-        for (std::int64_t k = 0; k < taps; ++k) sums[k] += double(g[q]) * x[q + off[k]];
-    for (std::int64_t k = 0; k < taps; ++k) acc[k] += sums[k];
-    // exactly: the edge columns of the inner rows (their valid kernel columns found once) ...
-    T edge[49] = {};
-    for (std::int64_t z = 0; z < W; ++z) {
-        if (z == zlo) z = zhi;
-        if (z >= W) break;
-        std::int64_t jlo = 0, jhi = s.kw;
-        while (jlo < s.kw && z + jlo * s.dw - s.pw < 0) ++jlo;
-        while (jhi > jlo && z + (jhi - 1) * s.dw - s.pw >= W) --jhi;
-        for (std::int64_t y = ylo; y < yhi; ++y) {
-            const T gy = dy[y * W + z];
-            for (std::int64_t i = 0; i < s.kh; ++i) {
-                const T* row = x + (y + i * s.dh - s.ph) * W + z - s.pw;
-                for (std::int64_t j = jlo; j < jhi; ++j) edge[i * s.kw + j] += gy * row[j * s.dw];
-            }
-        }
-    }
-    // ... and the border rows, one dot product per (row, tap)
-    filter_border_rows<T>(dy, x, s, ylo, yhi, edge);
-    for (std::int64_t k = 0; k < taps; ++k) acc[k] += edge[k];
+// --- channel blocks: eight channels at a time, channels innermost -------------------------------
+// The loops above vectorize along a row, which a small plane starves (a 7x7 output is one short
+// partial vector per row, and every plane pays its edge handling again), and a stride (every
+// sw-th input) or a kernel other than 3x3 leaves scalar or worse. Here B planes are transposed
+// into one buffer with the channels innermost, [row][column][B], zeros all around (the
+// padding), so every tap of every output is one B-lane multiply-add with no edge case, at any
+// kernel, stride and dilation, and the results are transposed back. The transposes cost a
+// pass over the input and the output each, which the row loops do not pay: they stay for
+// float32 3x3 "same" planes whose rows are wide (rows_path). Measured on the Zen 3 (AVX2), one
+// thread, batch 8, row loops -> channel blocks, forward / input gradient / filter gradient in
+// ms: MobileNet's 1024 channels at 7x7 4.12 / 4.04 / 3.88 -> 0.56 / 0.56 / 0.48, 512 at 14x14
+// 2.51 / 2.56 / 2.50 -> 0.98 / 0.94 / 0.82, 256 at 28x28 stride 2 2.34 / 2.71 / 3.33 -> 0.90 /
+// 1.12 / 0.84, 64 at 112x112 stride 2 5.98 / 14.99 / 7.69 -> 3.72 / 4.46 / 3.19; 64 channels at
+// 57x57 (no mask table: W / gcd(W, 16) > 16) 13.1 / 13.2 / 5.1 -> 1.9 / 1.8 / 1.6; a 5x5
+// "same" at 56x56 30.4 / 30.3 / 52.6 -> 4.6 / 3.5 / 5.7. The row loops stayed faster for the
+// 3x3 "same" planes from 40 columns (64 at 56x56: 1.11 against 1.57 ms forward).
+constexpr std::int64_t B = 8;                   // channels per block: one ymm register of floats
+constexpr std::int64_t ROWS_FROM = 33;          // output columns
+
+// The row loops: float32, 3x3, "same", stride 1, rows of ROWS_FROM columns and more, and a mask
+// table for the width (flat_range's period).
+inline bool rows_path(const Shape& s) {
+    return s.kh == 3 && s.kw == 3 && same_geometry(s) && s.ow >= ROWS_FROM &&
+           flat_range(s).period > 0;
 }
 
-// --- strided filter gradient: the padded input split into its stride phases ------------------
-// At stride (sh, sw), tap (i, j) of output (y, z) reads the zero-padded input at row
-// y*sh + i*dh, column z*sw + j*dw. Phase (a, b) of the padded plane holds its rows a, a + sh, ...
-// and columns b, b + sw, ...; the tap reads phase ((i*dh) % sh, (j*dw) % sw) at row
-// y + (i*dh) / sh, column z + (j*dw) / sw. So once the plane is split (one pass), each tap's
-// sum is a dot product of dy's rows with contiguous rows of one phase (backward_filter_plane
-// gathers every sw-th value, and its vector loop is for stride 1 only). Measured on the Zen 3,
-// one thread, MobileNet's stride-2 3x3 depthwise layers at batch 8: 64 channels at 112x112
-// 14.2-14.3 -> 5.1-5.2 ms, 128 at 56x56 7.1-8.4 -> 4.0, 256 at 28x28 3.9 -> 3.7-3.8; with 7x7
-// outputs (512 at 14x14) 2.5 -> 3.6, so rows shorter than PHASES_MIN_WIDTH stay with the
-// gather. The
-// forward and the input gradient measured no faster this way (the input gradient slower:
-// spreading onto the phases costs a pass more than the scatter).
-constexpr std::int64_t PHASES_MIN_WIDTH = 12;
-struct Phases {
-    std::int64_t rows, cols;          // of one phase: the outputs plus the taps' reach
-    std::int64_t size() const { return rows * cols; }
+// The padded plane of a block: big enough for every tap of every output (Caffe's output size
+// never reads past the padding, but oh and ow come from the caller).
+struct Padded {
+    std::int64_t rows, cols;
+    explicit Padded(const Shape& s)
+        : rows(std::max(s.H + 2 * s.ph, (s.oh - 1) * s.sh + (s.kh - 1) * s.dh + 1)),
+          cols(std::max(s.W + 2 * s.pw, (s.ow - 1) * s.sw + (s.kw - 1) * s.dw + 1)) {}
+    std::int64_t size() const { return rows * cols * B; }
+};
 
-    explicit Phases(const Shape& s)
-        : rows(s.oh + (s.kh - 1) * s.dh / s.sh), cols(s.ow + (s.kw - 1) * s.dw / s.sw) {}
+// Tap k = i*kw + j of output (y, z) reads the padded buffer at element
+// (y*sh*cols + z*sw)*B + offsets[k].
+inline const std::int64_t* blocked_offsets(const Shape& s, const Padded& pad) {
+    thread_local std::vector<std::int64_t> off;
+    off.resize(s.kh * s.kw);
+    for (std::int64_t i = 0; i < s.kh; ++i)
+        for (std::int64_t j = 0; j < s.kw; ++j)
+            off[i * s.kw + j] = (i * s.dh * pad.cols + j * s.dw) * B;
+    return off.data();
+}
 
-    // Where tap (i, j) of output (0, 0) reads, as an offset into the phases' array.
-    std::int64_t tap(const Shape& s, std::int64_t i, std::int64_t j) const {
-        const std::int64_t a = i * s.dh % s.sh, b = j * s.dw % s.sw;
-        return (a * s.sw + b) * size() + i * s.dh / s.sh * cols + j * s.dw / s.sw;
+typedef float float8 __attribute__((vector_size(B * sizeof(float))));
+typedef std::int32_t int8v __attribute__((vector_size(B * sizeof(std::int32_t))));
+
+inline float8 load8(const float* p) {
+    float8 v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+
+inline void store8(float* p, float8 v) { std::memcpy(p, &v, sizeof v); }
+
+// r[i] lane j <- r[j] lane i: an 8 x 8 block transposed in registers (GCC's shuffles:
+// unpacks, then pairs, then halves).
+inline void transpose8(float8 r[8]) {
+    float8 t[8], u[8];
+    for (int k = 0; k < 8; k += 2) {
+        t[k] = __builtin_shuffle(r[k], r[k + 1], int8v{0, 8, 1, 9, 4, 12, 5, 13});
+        t[k + 1] = __builtin_shuffle(r[k], r[k + 1], int8v{2, 10, 3, 11, 6, 14, 7, 15});
+    }
+    for (int k = 0; k < 8; k += 4) {
+        u[k] = __builtin_shuffle(t[k], t[k + 2], int8v{0, 1, 8, 9, 4, 5, 12, 13});
+        u[k + 1] = __builtin_shuffle(t[k], t[k + 2], int8v{2, 3, 10, 11, 6, 7, 14, 15});
+        u[k + 2] = __builtin_shuffle(t[k + 1], t[k + 3], int8v{0, 1, 8, 9, 4, 5, 12, 13});
+        u[k + 3] = __builtin_shuffle(t[k + 1], t[k + 3], int8v{2, 3, 10, 11, 6, 7, 14, 15});
+    }
+    for (int k = 0; k < 4; ++k) {
+        r[k] = __builtin_shuffle(u[k], u[k + 4], int8v{0, 1, 2, 3, 8, 9, 10, 11});
+        r[k + 4] = __builtin_shuffle(u[k], u[k + 4], int8v{4, 5, 6, 7, 12, 13, 14, 15});
+    }
+}
+
+// Where pixel q of a plane (rows of `width`) sits in a blocked buffer whose rows are `pitch`
+// elements apart: (q / width)*pitch + (q % width)*B. Stepped along, without the divisions.
+struct BlockedRows {
+    std::int64_t width, pitch, row = 0, col = 0;
+    BlockedRows(std::int64_t width_, std::int64_t pitch_) : width(width_), pitch(pitch_) {}
+    std::int64_t at() const { return row * pitch + col * B; }
+    void next() {
+        if (++col == width) col = 0, ++row;
     }
 };
 
-// phases[(a*sw + b)][r][c] <- the padded plane at (r*sh + a, c*sw + b) (0 in the padding).
+// dst at pixel q's place <- planes[l][q] for q < count, l < lanes (0 for the lanes beyond).
 template <typename T>
-MINICNN_VECTOR_CLONES static void split_phases(const T* __restrict x, const Shape& s,
-                                               const Phases& ph, T* __restrict phases) {
-    for (std::int64_t a = 0; a < s.sh; ++a)
-        for (std::int64_t b = 0; b < s.sw; ++b) {
-            std::int64_t lo, hi;                      // phase columns inside the image
-            valid_range(s.W, s.sw, b - s.pw, ph.cols, lo, hi);
-            T* dst = phases + (a * s.sw + b) * ph.size();
-            for (std::int64_t r = 0; r < ph.rows; ++r, dst += ph.cols) {
-                const std::int64_t xr = r * s.sh + a - s.ph;
-                if (xr < 0 || xr >= s.H || hi <= lo) {
-                    std::fill(dst, dst + ph.cols, T(0));
-                    continue;
-                }
-                const T* src = x + xr * s.W + b - s.pw;
-                std::fill(dst, dst + lo, T(0));
-                if (s.sw == 2) {                          // (a constant stride vectorizes)
-                    for (std::int64_t c = lo; c < hi; ++c) dst[c] = src[2 * c];
-                } else {
-                    for (std::int64_t c = lo; c < hi; ++c) dst[c] = src[c * s.sw];
-                }
-                std::fill(dst + hi, dst + ph.cols, T(0));
+MINICNN_VECTOR_CLONES static void to_blocked(const T* const* planes, std::int64_t lanes,
+                                             std::int64_t count, BlockedRows place,
+                                             T* __restrict dst) {
+    std::int64_t q = 0;
+    if constexpr (std::is_same_v<T, float>) {
+        if (lanes == B) {
+            for (; q + B <= count; q += B) {
+                float8 r[B];
+                for (std::int64_t l = 0; l < B; ++l) r[l] = load8(planes[l] + q);
+                transpose8(r);
+                for (std::int64_t l = 0; l < B; ++l, place.next()) store8(dst + place.at(), r[l]);
             }
         }
+    }
+    for (; q < count; ++q, place.next())
+        for (std::int64_t l = 0; l < B; ++l) dst[place.at() + l] = l < lanes ? planes[l][q] : T(0);
 }
 
-// acc[i*kw + j] += sum_{y,z} dy[y, z] * (tap (i, j)'s window on the split plane), a row's
-// products summed in T, the rows in double.
+// planes[l][q] <- src at pixel q's place, for q < count, l < lanes.
 template <typename T>
-MINICNN_VECTOR_CLONES static void filter_phases(const T* __restrict dy,
-                                                const T* __restrict phases, double* acc,
-                                                const Shape& s, const Phases& ph) {
-    for (std::int64_t i = 0; i < s.kh; ++i)
-        for (std::int64_t j = 0; j < s.kw; ++j) {
-            const T* src = phases + ph.tap(s, i, j);
-            double total = 0;
-            for (std::int64_t oy = 0; oy < s.oh; ++oy) {
-                const T* g = dy + oy * s.ow;
-                const T* in = src + oy * ph.cols;
-                T dot = 0;
-#pragma omp simd reduction(+ : dot)
-                for (std::int64_t z = 0; z < s.ow; ++z) dot += g[z] * in[z];
-                total += dot;
+MINICNN_VECTOR_CLONES static void from_blocked(const T* __restrict src, std::int64_t count,
+                                               BlockedRows place, T* const* planes,
+                                               std::int64_t lanes) {
+    std::int64_t q = 0;
+    if constexpr (std::is_same_v<T, float>) {
+        if (lanes == B) {
+            for (; q + B <= count; q += B) {
+                float8 r[B];
+                for (std::int64_t l = 0; l < B; ++l, place.next()) r[l] = load8(src + place.at());
+                transpose8(r);
+                for (std::int64_t l = 0; l < B; ++l) store8(planes[l] + q, r[l]);
             }
-            acc[i * s.kw + j] += total;
         }
+    }
+    for (; q < count; ++q, place.next())
+        for (std::int64_t l = 0; l < lanes; ++l) planes[l][q] = src[place.at() + l];
 }
 
-inline bool strided(const Shape& s) { return s.sh > 1 || s.sw > 1; }
-
+// buf <- the planes (H x W each) at row ph, column pw of the padded buffer, zeros around.
 template <typename T>
-static void depthwise_forward(const T* x, const T* w, const T* b, T* y, const Shape& s) {
-    const std::int64_t m = s.F / s.C;
-#pragma omp parallel for collapse(2) schedule(static) \
-    if (s.N * s.F * s.oh * s.ow * s.kh * s.kw > PARALLEL_WORK)
-    for (std::int64_t n = 0; n < s.N; ++n) {
-        for (std::int64_t f = 0; f < s.F; ++f) {
-            const T* in = x + (n * s.C + f / m) * s.H * s.W;
-            T* out = y + (n * s.F + f) * s.oh * s.ow;
-            if (same_geometry(s))
-                correlate_plane_flat<T>(in, w + f * s.kh * s.kw, b ? b[f] : T(0), out, false, s);
-            else
-                correlate_plane<T>(in, w + f * s.kh * s.kw, b ? b[f] : T(0), out, false, s);
+static void pad_blocked(const T* const* planes, std::int64_t lanes, const Shape& s,
+                        const Padded& pad, T* buf) {
+    const std::int64_t pitch = pad.cols * B, right = pad.cols - s.W - s.pw;
+    std::memset(buf, 0, sizeof(T) * s.ph * pitch);
+    std::memset(buf + (s.ph + s.H) * pitch, 0, sizeof(T) * (pad.rows - s.ph - s.H) * pitch);
+    for (std::int64_t r = 0; r < s.H; ++r) {
+        T* line = buf + (s.ph + r) * pitch;
+        std::memset(line, 0, sizeof(T) * s.pw * B);
+        std::memset(line + (s.pw + s.W) * B, 0, sizeof(T) * right * B);
+    }
+    to_blocked<T>(planes, lanes, s.H * s.W, BlockedRows(s.W, pitch),
+                  buf + (s.ph * pad.cols + s.pw) * B);
+}
+
+// out[(y*ow + z)*B + l] = bias[l] + sum_k w[k*B + l] * buf[(y*sh*cols + z*sw)*B + off[k] + l]
+// over the padded buffer; four outputs at a time, so four sums are in flight.
+template <typename T>
+MINICNN_VECTOR_CLONES static void correlate_blocked(const T* __restrict buf, const T* __restrict w,
+                                                    const T* __restrict bias, T* __restrict out,
+                                                    const Shape& s, const Padded& pad) {
+    constexpr std::int64_t U = 4;
+    const std::int64_t taps = s.kh * s.kw, step = s.sw * B;
+    const std::int64_t* off = blocked_offsets(s, pad);
+    for (std::int64_t y = 0; y < s.oh; ++y) {
+        const T* row = buf + y * s.sh * pad.cols * B;
+        T* dst = out + y * s.ow * B;
+        std::int64_t z = 0;
+        for (; z + U <= s.ow; z += U) {
+            T acc[U][B];
+            for (std::int64_t u = 0; u < U; ++u)
+#pragma omp simd
+                for (std::int64_t l = 0; l < B; ++l) acc[u][l] = bias[l];
+            for (std::int64_t k = 0; k < taps; ++k) {
+                const T* src = row + z * step + off[k];
+                for (std::int64_t u = 0; u < U; ++u)
+#pragma omp simd
+                    for (std::int64_t l = 0; l < B; ++l)
+                        acc[u][l] += w[k * B + l] * src[u * step + l];
+            }
+            for (std::int64_t u = 0; u < U; ++u)
+#pragma omp simd
+                for (std::int64_t l = 0; l < B; ++l) dst[(z + u) * B + l] = acc[u][l];
+        }
+        for (; z < s.ow; ++z) {
+            T acc[B];
+#pragma omp simd
+            for (std::int64_t l = 0; l < B; ++l) acc[l] = bias[l];
+            for (std::int64_t k = 0; k < taps; ++k) {
+                const T* src = row + z * step + off[k];
+#pragma omp simd
+                for (std::int64_t l = 0; l < B; ++l) acc[l] += w[k * B + l] * src[l];
+            }
+#pragma omp simd
+            for (std::int64_t l = 0; l < B; ++l) dst[z * B + l] = acc[l];
         }
     }
 }
 
-// Stride 1: dx is a correlation of dy with the flipped kernel, padded by (k - 1)*d - p, so the
-// register-blocked forward does it (the filters of one channel accumulate). Otherwise scatter.
+// float: the same with the eight lanes as one vector value, so the four sums stay in registers
+// (GCC kept the arrays above in memory).
+template <>
+MINICNN_VECTOR_CLONES void correlate_blocked<float>(const float* __restrict buf,
+                                                    const float* __restrict w,
+                                                    const float* __restrict bias,
+                                                    float* __restrict out, const Shape& s,
+                                                    const Padded& pad) {
+    const std::int64_t taps = s.kh * s.kw, step = s.sw * B;
+    const std::int64_t* off = blocked_offsets(s, pad);
+    const float8 b = load8(bias);
+    for (std::int64_t y = 0; y < s.oh; ++y) {
+        const float* row = buf + y * s.sh * pad.cols * B;
+        float* dst = out + y * s.ow * B;
+        std::int64_t z = 0;
+        for (; z + 4 <= s.ow; z += 4) {
+            float8 a0 = b, a1 = b, a2 = b, a3 = b;
+            const float* at = row + z * step;
+            for (std::int64_t k = 0; k < taps; ++k) {
+                const float8 tap = load8(w + k * B);
+                const float* src = at + off[k];
+                a0 += tap * load8(src);
+                a1 += tap * load8(src + step);
+                a2 += tap * load8(src + 2 * step);
+                a3 += tap * load8(src + 3 * step);
+            }
+            store8(dst + z * B, a0);
+            store8(dst + (z + 1) * B, a1);
+            store8(dst + (z + 2) * B, a2);
+            store8(dst + (z + 3) * B, a3);
+        }
+        for (; z < s.ow; ++z) {
+            float8 a = b;
+            const float* at = row + z * step;
+            for (std::int64_t k = 0; k < taps; ++k) a += load8(w + k * B) * load8(at + off[k]);
+            store8(dst + z * B, a);
+        }
+    }
+}
+
+// buf (the padded dx planes) += the adjoint of correlate_blocked: each output's gradient
+// scattered onto the taps it read.
 template <typename T>
-static void depthwise_backward_data(const T* dy, const T* w, T* dx, const Shape& s) {
+MINICNN_VECTOR_CLONES static void scatter_blocked(const T* __restrict g, const T* __restrict w,
+                                                  T* __restrict buf, const Shape& s,
+                                                  const Padded& pad) {
+    const std::int64_t taps = s.kh * s.kw;
+    const std::int64_t* off = blocked_offsets(s, pad);
+    for (std::int64_t y = 0; y < s.oh; ++y) {
+        for (std::int64_t z = 0; z < s.ow; ++z) {
+            const T* gz = g + (y * s.ow + z) * B;
+            T* base = buf + (y * s.sh * pad.cols + z * s.sw) * B;
+            for (std::int64_t k = 0; k < taps; ++k) {
+                T* dst = base + off[k];
+#pragma omp simd
+                for (std::int64_t l = 0; l < B; ++l) dst[l] += w[k * B + l] * gz[l];
+            }
+        }
+    }
+}
+
+template <>
+MINICNN_VECTOR_CLONES void scatter_blocked<float>(const float* __restrict g,
+                                                  const float* __restrict w,
+                                                  float* __restrict buf, const Shape& s,
+                                                  const Padded& pad) {
+    const std::int64_t taps = s.kh * s.kw;
+    const std::int64_t* off = blocked_offsets(s, pad);
+    for (std::int64_t y = 0; y < s.oh; ++y) {
+        for (std::int64_t z = 0; z < s.ow; ++z) {
+            const float8 gz = load8(g + (y * s.ow + z) * B);
+            float* base = buf + (y * s.sh * pad.cols + z * s.sw) * B;
+            for (std::int64_t k = 0; k < taps; ++k)
+                store8(base + off[k], load8(base + off[k]) + load8(w + k * B) * gz);
+        }
+    }
+}
+
+// acc[k*B + l] += sum_{y,z} g[(y*ow + z)*B + l] * buf[(y*sh*cols + z*sw)*B + off[k] + l] for
+// each tap k; sums[l] (unless null) += the sum of g's lane l (the bias gradient). A tap sums in
+// T over the plane, four partial sums apart, and adds onto the double totals once.
+template <typename T>
+MINICNN_VECTOR_CLONES static void filter_blocked(const T* __restrict g, const T* __restrict buf,
+                                                 double* __restrict acc, double* __restrict sums,
+                                                 const Shape& s, const Padded& pad) {
+    constexpr std::int64_t U = 4;
+    const std::int64_t taps = s.kh * s.kw, step = s.sw * B, P = s.oh * s.ow;
+    const std::int64_t* off = blocked_offsets(s, pad);
+    for (std::int64_t k = 0; k < taps; ++k) {
+        T part[U][B] = {};
+        for (std::int64_t y = 0; y < s.oh; ++y) {
+            const T* src = buf + y * s.sh * pad.cols * B + off[k];
+            const T* gy = g + y * s.ow * B;
+            std::int64_t z = 0;
+            for (; z + U <= s.ow; z += U)
+                for (std::int64_t u = 0; u < U; ++u)
+#pragma omp simd
+                    for (std::int64_t l = 0; l < B; ++l)
+                        part[u][l] += gy[(z + u) * B + l] * src[(z + u) * step + l];
+            for (; z < s.ow; ++z)
+#pragma omp simd
+                for (std::int64_t l = 0; l < B; ++l) part[0][l] += gy[z * B + l] * src[z * step + l];
+        }
+        for (std::int64_t l = 0; l < B; ++l)
+            acc[k * B + l] += double(part[0][l] + part[1][l]) + double(part[2][l] + part[3][l]);
+    }
+    if (!sums) return;
+    T part[U][B] = {};
+    std::int64_t p = 0;
+    for (; p + U <= P; p += U)
+        for (std::int64_t u = 0; u < U; ++u)
+#pragma omp simd
+            for (std::int64_t l = 0; l < B; ++l) part[u][l] += g[(p + u) * B + l];
+    for (; p < P; ++p)
+#pragma omp simd
+        for (std::int64_t l = 0; l < B; ++l) part[0][l] += g[p * B + l];
+    for (std::int64_t l = 0; l < B; ++l)
+        sums[l] += double(part[0][l] + part[1][l]) + double(part[2][l] + part[3][l]);
+}
+
+// float: vector values again; the 3x3's nine sums stay in registers, each output's gradient
+// loaded once for all of them (one load per multiply-add instead of two).
+template <>
+MINICNN_VECTOR_CLONES void filter_blocked<float>(const float* __restrict g,
+                                                 const float* __restrict buf,
+                                                 double* __restrict acc,
+                                                 double* __restrict sums, const Shape& s,
+                                                 const Padded& pad) {
+    const std::int64_t taps = s.kh * s.kw, step = s.sw * B, P = s.oh * s.ow;
+    const std::int64_t* off = blocked_offsets(s, pad);
+    auto add = [&](std::int64_t k, float8 sum) {
+        for (std::int64_t l = 0; l < B; ++l) acc[k * B + l] += double(sum[l]);
+    };
+    if (taps == 9) {
+        float8 p0 = {}, p1 = {}, p2 = {}, p3 = {}, p4 = {}, p5 = {}, p6 = {}, p7 = {}, p8 = {};
+        for (std::int64_t y = 0; y < s.oh; ++y) {
+            const float* row = buf + y * s.sh * pad.cols * B;
+            const float* gy = g + y * s.ow * B;
+            for (std::int64_t z = 0; z < s.ow; ++z) {
+                const float8 gz = load8(gy + z * B);
+                const float* src = row + z * step;
+                p0 += gz * load8(src + off[0]);
+                p1 += gz * load8(src + off[1]);
+                p2 += gz * load8(src + off[2]);
+                p3 += gz * load8(src + off[3]);
+                p4 += gz * load8(src + off[4]);
+                p5 += gz * load8(src + off[5]);
+                p6 += gz * load8(src + off[6]);
+                p7 += gz * load8(src + off[7]);
+                p8 += gz * load8(src + off[8]);
+            }
+        }
+        add(0, p0), add(1, p1), add(2, p2), add(3, p3), add(4, p4);
+        add(5, p5), add(6, p6), add(7, p7), add(8, p8);
+    } else {
+        for (std::int64_t k = 0; k < taps; ++k) {
+            float8 p0 = {}, p1 = {}, p2 = {}, p3 = {};
+            for (std::int64_t y = 0; y < s.oh; ++y) {
+                const float* src = buf + y * s.sh * pad.cols * B + off[k];
+                const float* gy = g + y * s.ow * B;
+                std::int64_t z = 0;
+                for (; z + 4 <= s.ow; z += 4) {
+                    p0 += load8(gy + z * B) * load8(src + z * step);
+                    p1 += load8(gy + (z + 1) * B) * load8(src + (z + 1) * step);
+                    p2 += load8(gy + (z + 2) * B) * load8(src + (z + 2) * step);
+                    p3 += load8(gy + (z + 3) * B) * load8(src + (z + 3) * step);
+                }
+                for (; z < s.ow; ++z) p0 += load8(gy + z * B) * load8(src + z * step);
+            }
+            add(k, (p0 + p1) + (p2 + p3));
+        }
+    }
+    if (!sums) return;
+    float8 p0 = {}, p1 = {}, p2 = {}, p3 = {};
+    std::int64_t p = 0;
+    for (; p + 4 <= P; p += 4) {
+        p0 += load8(g + p * B);
+        p1 += load8(g + (p + 1) * B);
+        p2 += load8(g + (p + 2) * B);
+        p3 += load8(g + (p + 3) * B);
+    }
+    for (; p < P; ++p) p0 += load8(g + p * B);
+    const float8 total = (p0 + p1) + (p2 + p3);
+    for (std::int64_t l = 0; l < B; ++l) sums[l] += double(total[l]);
+}
+
+// Taps (or biases) laid out per block of B lanes: out[(block*taps + k)*B + l] = the value of
+// lane l's filter (filter_of(lane index over all blocks)), 0 for lanes past `count`.
+template <typename T, typename FilterOf>
+static std::vector<T> by_lanes(const T* w, std::int64_t count, std::int64_t taps,
+                               FilterOf filter_of, bool flip = false) {
+    const std::int64_t blocks = (count + B - 1) / B;
+    std::vector<T> out(blocks * taps * B, T(0));
+    for (std::int64_t c = 0; w && c < count; ++c)
+        for (std::int64_t k = 0; k < taps; ++k)
+            out[((c / B) * taps + k) * B + c % B] =
+                w[filter_of(c) * taps + (flip ? taps - 1 - k : k)];
+    return out;
+}
+
+inline std::int64_t lanes_of(std::int64_t count, std::int64_t block) {
+    return std::min(B, count - block * B);
+}
+
+// Forward by blocks of B filters: lane l of block k is filter k*B + l, reading its channel's
+// plane. (flip: the taps reversed, for the input gradient at stride 1.)
+template <typename T>
+static void forward_blocked(const T* x, const T* w, const T* b, T* y, const Shape& s,
+                            bool flip = false) {
+    const std::int64_t taps = s.kh * s.kw, blocks = (s.F + B - 1) / B, m = s.F / s.C;
+    auto same = [](std::int64_t f) { return f; };
+    const std::vector<T> wb = by_lanes(w, s.F, taps, same, flip);
+    const std::vector<T> bias = by_lanes(b, s.F, 1, same);
+    const Padded pad(s);
+#pragma omp parallel for collapse(2) schedule(static) \
+    if (s.N * s.F * s.oh * s.ow * taps > PARALLEL_WORK)
+    for (std::int64_t n = 0; n < s.N; ++n) {
+        for (std::int64_t blk = 0; blk < blocks; ++blk) {
+            thread_local std::vector<T> buf, out;
+            buf.resize(pad.size());
+            out.resize(s.oh * s.ow * B);
+            const std::int64_t lanes = lanes_of(s.F, blk);
+            const T* in[B];
+            T* planes[B];
+            for (std::int64_t l = 0; l < lanes; ++l) {
+                const std::int64_t f = blk * B + l;
+                in[l] = x + (n * s.C + f / m) * s.H * s.W;
+                planes[l] = y + (n * s.F + f) * s.oh * s.ow;
+            }
+            pad_blocked<T>(in, lanes, s, pad, buf.data());
+            correlate_blocked<T>(buf.data(), wb.data() + blk * taps * B, bias.data() + blk * B,
+                                 out.data(), s, pad);
+            from_blocked<T>(out.data(), s.oh * s.ow, BlockedRows(s.ow, s.ow * B), planes, lanes);
+        }
+    }
+}
+
+// Input gradient by blocks of B channels: each of a channel's m filters scatters its gradient
+// onto the channel's padded plane, whose inside is then transposed back.
+template <typename T>
+static void backward_data_blocked(const T* dy, const T* w, T* dx, const Shape& s) {
+    const std::int64_t taps = s.kh * s.kw, blocks = (s.C + B - 1) / B, m = s.F / s.C;
+    std::vector<std::vector<T>> wb(m);              // per r: lane c holds filter c*m + r
+    for (std::int64_t r = 0; r < m; ++r)
+        wb[r] = by_lanes(w, s.C, taps, [&](std::int64_t c) { return c * m + r; });
+    const Padded pad(s);
+#pragma omp parallel for collapse(2) schedule(static) \
+    if (s.N * s.F * s.oh * s.ow * taps > PARALLEL_WORK)
+    for (std::int64_t n = 0; n < s.N; ++n) {
+        for (std::int64_t blk = 0; blk < blocks; ++blk) {
+            thread_local std::vector<T> buf, g;
+            buf.assign(pad.size(), T(0));
+            g.resize(s.oh * s.ow * B);
+            const std::int64_t lanes = lanes_of(s.C, blk);
+            const T* grads[B];
+            T* planes[B];
+            for (std::int64_t r = 0; r < m; ++r) {
+                for (std::int64_t l = 0; l < lanes; ++l)
+                    grads[l] = dy + (n * s.F + (blk * B + l) * m + r) * s.oh * s.ow;
+                to_blocked<T>(grads, lanes, s.oh * s.ow, BlockedRows(s.ow, s.ow * B), g.data());
+                scatter_blocked<T>(g.data(), wb[r].data() + blk * taps * B, buf.data(), s, pad);
+            }
+            for (std::int64_t l = 0; l < lanes; ++l)
+                planes[l] = dx + (n * s.C + blk * B + l) * s.H * s.W;
+            from_blocked<T>(buf.data() + (s.ph * pad.cols + s.pw) * B, s.H * s.W,
+                            BlockedRows(s.W, pad.cols * B), planes, lanes);
+        }
+    }
+}
+
+// Filter gradient by blocks of B filters, summed over the images in double (per plane in T).
+template <typename T>
+static void backward_filter_blocked(const T* dy, const T* x, T* dw, T* db, const Shape& s) {
+    const std::int64_t taps = s.kh * s.kw, blocks = (s.F + B - 1) / B, m = s.F / s.C;
+    const Padded pad(s);
+#pragma omp parallel for schedule(static) \
+    if (s.N * s.F * s.oh * s.ow * taps > PARALLEL_WORK)
+    for (std::int64_t blk = 0; blk < blocks; ++blk) {
+        thread_local std::vector<T> buf, g;
+        buf.resize(pad.size());
+        g.resize(s.oh * s.ow * B);
+        std::vector<double> acc(taps * B, 0.0), sums(B, 0.0);
+        const std::int64_t lanes = lanes_of(s.F, blk);
+        for (std::int64_t n = 0; n < s.N; ++n) {
+            const T* in[B];
+            const T* grads[B];
+            for (std::int64_t l = 0; l < lanes; ++l) {
+                const std::int64_t f = blk * B + l;
+                in[l] = x + (n * s.C + f / m) * s.H * s.W;
+                grads[l] = dy + (n * s.F + f) * s.oh * s.ow;
+            }
+            pad_blocked<T>(in, lanes, s, pad, buf.data());
+            to_blocked<T>(grads, lanes, s.oh * s.ow, BlockedRows(s.ow, s.ow * B), g.data());
+            filter_blocked<T>(g.data(), buf.data(), acc.data(), db ? sums.data() : nullptr, s,
+                              pad);
+        }
+        for (std::int64_t l = 0; l < lanes; ++l) {
+            const std::int64_t f = blk * B + l;
+            for (std::int64_t k = 0; k < taps; ++k) dw[f * taps + k] = T(acc[k * B + l]);
+            if (db) db[f] = T(sums[l]);
+        }
+    }
+}
+
+// --- the three passes ------------------------------------------------------------------------
+// (The row loops' float functions below return false only without a mask table, which
+// rows_path has ruled out.)
+
+static void forward_rows(const float* x, const float* w, const float* b, float* y,
+                         const Shape& s) {
+    const std::int64_t m = s.F / s.C;
+#pragma omp parallel for collapse(2) schedule(static) \
+    if (s.N * s.F * s.oh * s.ow * s.kh * s.kw > PARALLEL_WORK)
+    for (std::int64_t n = 0; n < s.N; ++n)
+        for (std::int64_t f = 0; f < s.F; ++f)
+            correlate_plane_masked(x + (n * s.C + f / m) * s.H * s.W, w + f * s.kh * s.kw,
+                                   b ? b[f] : 0.0f, y + (n * s.F + f) * s.oh * s.ow, false, s);
+}
+
+template <typename T>
+static void depthwise_forward(const T* x, const T* w, const T* b, T* y, const Shape& s) {
+    if constexpr (std::is_same_v<T, float>)
+        if (rows_path(s)) return forward_rows(x, w, b, y, s);
+    forward_blocked<T>(x, w, b, y, s);
+}
+
+// The stride-1 input gradient on the row loops: dy correlated with the flipped kernels (the
+// shape t), the filters of one channel accumulating onto its plane.
+static void backward_data_rows(const float* dy, const float* w, float* dx, const Shape& s,
+                               const Shape& t) {
     const std::int64_t m = s.F / s.C, taps = s.kh * s.kw;
-    const bool flip = s.sh == 1 && s.sw == 1;
-    Shape t = s;                                    // the flipped problem: dy in, dx out
-    t.H = s.oh, t.W = s.ow, t.oh = s.H, t.ow = s.W;
-    t.ph = (s.kh - 1) * s.dh - s.ph, t.pw = (s.kw - 1) * s.dw - s.pw;
-    std::vector<T> flipped(flip ? s.F * taps : 0);
-    for (std::int64_t f = 0; flip && f < s.F; ++f)
+    std::vector<float> flipped(s.F * taps);
+    for (std::int64_t f = 0; f < s.F; ++f)
         for (std::int64_t k = 0; k < taps; ++k) flipped[f * taps + k] = w[f * taps + taps - 1 - k];
 #pragma omp parallel for collapse(2) schedule(static) \
     if (s.N * s.F * s.oh * s.ow * s.kh * s.kw > PARALLEL_WORK)
     for (std::int64_t n = 0; n < s.N; ++n) {
         for (std::int64_t c = 0; c < s.C; ++c) {
-            T* plane = dx + (n * s.C + c) * s.H * s.W;
-            if (!flip) std::memset(plane, 0, sizeof(T) * s.H * s.W);
-            for (std::int64_t f = c * m; f < (c + 1) * m; ++f) {
-                const T* g = dy + (n * s.F + f) * s.oh * s.ow;
-                if (flip && same_geometry(t))
-                    correlate_plane_flat<T>(g, flipped.data() + f * taps, T(0), plane, f > c * m,
-                                            t);
-                else if (flip)
-                    correlate_plane<T>(g, flipped.data() + f * taps, T(0), plane, f > c * m, t);
-                else
-                    backward_data_plane<T>(g, w + f * taps, plane, s);
-            }
+            float* plane = dx + (n * s.C + c) * s.H * s.W;
+            for (std::int64_t f = c * m; f < (c + 1) * m; ++f)
+                correlate_plane_masked(dy + (n * s.F + f) * s.oh * s.ow,
+                                       flipped.data() + f * taps, 0.0f, plane, f > c * m, t);
         }
     }
+}
+
+// Stride 1: dx is a correlation of dy with the flipped kernel, padded by (k - 1)*d - p, so the
+// forward's loops do it. Otherwise (or where that pad would be negative, or a channel has
+// several filters and the row loops do not apply) the blocks scatter.
+template <typename T>
+static void depthwise_backward_data(const T* dy, const T* w, T* dx, const Shape& s) {
+    Shape t = s;                                    // the flipped problem: dy in, dx out
+    t.H = s.oh, t.W = s.ow, t.oh = s.H, t.ow = s.W;
+    t.ph = (s.kh - 1) * s.dh - s.ph, t.pw = (s.kw - 1) * s.dw - s.pw;
+    const bool flip = s.sh == 1 && s.sw == 1 && t.ph >= 0 && t.pw >= 0;
+    if constexpr (std::is_same_v<T, float>)
+        if (flip && rows_path(t)) return backward_data_rows(dy, w, dx, s, t);
+    if (flip && s.F == s.C) return forward_blocked<T>(dy, w, nullptr, dx, t, true);
+    backward_data_blocked<T>(dy, w, dx, s);
 }
 
 // The sum of a plane that is in cache: four vector sums, so the adds do not wait on each other.
@@ -994,34 +1144,29 @@ MINICNN_VECTOR_CLONES static double plane_sum(const T* g, std::int64_t P) {
 
 // db (unless null) <- the bias gradient too, each dy plane summed while it is still in cache
 // (a pass over dy fewer than channel_sums).
-template <typename T>
-static void depthwise_backward_filter(const T* dy, const T* x, T* dw, T* db, const Shape& s) {
+static void backward_filter_rows(const float* dy, const float* x, float* dw, float* db,
+                                 const Shape& s) {
     const std::int64_t m = s.F / s.C, taps = s.kh * s.kw, P = s.oh * s.ow;
 #pragma omp parallel for schedule(static) \
     if (s.N * s.F * s.oh * s.ow * s.kh * s.kw > PARALLEL_WORK)
     for (std::int64_t f = 0; f < s.F; ++f) {
         std::vector<double> acc(taps, 0.0);
         double bias_total = 0;
-        const bool flat = same_geometry(s);
-        const Phases ph(s);
         for (std::int64_t n = 0; n < s.N; ++n) {
-            const T* g = dy + (n * s.F + f) * P;
-            const T* in = x + (n * s.C + f / m) * s.H * s.W;
-            if (flat) {
-                backward_filter_plane_flat<T>(g, in, acc.data(), s);
-            } else if (strided(s) && s.ow >= PHASES_MIN_WIDTH) {
-                thread_local std::vector<T> phases;
-                phases.resize(s.sh * s.sw * ph.size());
-                split_phases<T>(in, s, ph, phases.data());
-                filter_phases<T>(g, phases.data(), acc.data(), s, ph);
-            } else {
-                backward_filter_plane<T>(g, in, acc.data(), s);
-            }
-            if (db) bias_total += plane_sum<T>(g, P);
+            const float* g = dy + (n * s.F + f) * P;
+            backward_filter_plane_masked(g, x + (n * s.C + f / m) * s.H * s.W, acc.data(), s);
+            if (db) bias_total += plane_sum<float>(g, P);
         }
-        for (std::int64_t t = 0; t < taps; ++t) dw[f * taps + t] = T(acc[t]);
-        if (db) db[f] = T(bias_total);
+        for (std::int64_t k = 0; k < taps; ++k) dw[f * taps + k] = float(acc[k]);
+        if (db) db[f] = float(bias_total);
     }
+}
+
+template <typename T>
+static void depthwise_backward_filter(const T* dy, const T* x, T* dw, T* db, const Shape& s) {
+    if constexpr (std::is_same_v<T, float>)
+        if (rows_path(s)) return backward_filter_rows(dy, x, dw, db, s);
+    backward_filter_blocked<T>(dy, x, dw, db, s);
 }
 
 // --- bindings ----------------------------------------------------------------------------------

@@ -418,11 +418,11 @@ def test_fast_path_matches_reference(kind, dtype, case):
 
 @st.composite
 def depthwise_wide_cases(draw):
-    """Depthwise convolutions on rows wide enough for csrc/depthwise.cpp's vector loops: "same"
-    geometries 16-90 wide (the hand-vectorized chunks of 16 outputs, two or four at a time,
-    edge masks per chunk phase), and strides 2-3 with outputs 12 and more wide (the filter
-    gradient on the input's stride phases); 3x3 most often, dilation up to 3, a channel
-    multiplier up to 3 (the input gradient accumulates over it)."""
+    """Depthwise convolutions on wide rows: "same" geometries 16-90 wide (from 33 columns the
+    3x3 ones take csrc/depthwise.cpp's row loops: chunks of 16 outputs, two or four at a time,
+    edge masks per chunk phase; the rest its channel blocks), and strides 2-3 with outputs 12
+    and more wide; 3x3 most often, dilation up to 3, a channel multiplier up to 3 (the input
+    gradient accumulates over it)."""
     channels, multiplier = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     k = draw(st.sampled_from([3, 3, 3, 5, (3, 5)]))
     dilation = draw(st.integers(1, 3))
@@ -448,6 +448,85 @@ def depthwise_wide_cases(draw):
 @given(case=depthwise_wide_cases())
 def test_depthwise_wide_rows_match_reference(kind, case):
     check_fast_path(kind, case, np.float32)
+
+
+@st.composite
+def depthwise_block_cases(draw):
+    """Depthwise convolutions for csrc/depthwise.cpp's channel blocks (eight channels at a time
+    in one zero-padded buffer): channel counts off the block size, a channel multiplier (the
+    input gradient then sums m filters per channel), kernels of 1-5 on each axis and now and
+    then more than 49 taps, strides and dilations up to 3, pads from none to past the kernel's
+    reach (where the stride-1 input gradient cannot be the flipped forward)."""
+    channels, multiplier = draw(st.integers(1, 19)), draw(st.integers(1, 3))
+    if draw(st.integers(0, 9)) == 0:
+        k = (draw(st.integers(6, 9)), draw(st.integers(9, 11)))
+    else:
+        k = (draw(st.integers(1, 5)), draw(st.integers(1, 5)))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    extent = ConvGeometry(k, 1, 0, dilation).extent
+    pad = tuple(draw(st.integers(0, e)) for e in extent)
+    hw = tuple(draw(st.integers(max(e - 2 * p, 1), max(e - 2 * p, 1) + 24))
+               for e, p in zip(extent, pad))
+    return make_case(draw(st.integers(1, 2)), channels, hw, channels * multiplier, k,
+                     stride=stride, pad=pad, dilation=dilation, group=channels,
+                     bias=draw(st.booleans()), seed=draw(st.integers(0, 2**16)))
+
+
+def check_poisoned_outputs(kind, case, dtype):
+    """The forward and the input gradient written into arrays filled with NaN: every element
+    must be written."""
+    x, w, b, geom, group = (a.astype(dtype) if isinstance(a, np.ndarray) else a for a in case)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
+    want = forward(x, w, b, geom=geom, group=group)
+    y = np.full(want.shape, np.nan, dtype)
+    assert conv2d_forward.impls[kind](x, w, b, geom=geom, group=group, out=y) is y
+    np.testing.assert_allclose(y, want, **tol)
+    dy = np.random.default_rng(6).standard_normal(y.shape).astype(dtype)
+    dx = np.full(x.shape, np.nan, dtype)
+    got, _, _ = conv2d_backward.impls[kind](dy, x, w, geom=geom, group=group,
+                                            need=(True, False, False), dx_out=dx)
+    assert got is dx
+    np.testing.assert_allclose(dx, backward(dy, x, w, geom=geom, group=group)[0], **tol)
+
+
+DEPTHWISE_BLOCK_PINNED = {
+    # nine channels: a whole block and a block of one lane
+    "blocks_9_channels_stride2": make_case(2, 9, (14, 14), 9, 3, stride=2, pad=1, group=9),
+    # MobileNet's last depthwise layer's shape, shrunk: 7x7 planes, eight whole blocks
+    "blocks_7x7": make_case(2, 64, (7, 7), 64, 3, pad=1, group=64),
+    # a channel multiplier of 3 at stride 2: the blocks scatter three filters per channel
+    "blocks_multiplier_3": make_case(1, 5, (9, 11), 15, 3, stride=2, pad=1, group=5),
+    # 9x11 taps (more than 49), dilated, pad past nothing
+    "blocks_99_taps": make_case(1, 10, (12, 14), 10, (9, 11), pad=(4, 5), group=10),
+    # pad past the kernel's reach at stride 1: no flipped forward for the input gradient
+    "blocks_pad_past_kernel": make_case(2, 8, (5, 6), 8, 3, pad=3, group=8),
+    # a 3x3 "same" plane 57 wide: no mask table for the row loops (57 / gcd(57, 16) > 16)
+    "blocks_same_57": make_case(1, 8, (5, 57), 8, 3, pad=1, group=8),
+    # 5x5 "same" and atrous "same" 40 wide: the blocks, not the row loops
+    "blocks_same_5x5": make_case(1, 11, (6, 40), 11, 5, pad=2, group=11),
+    "blocks_same_atrous_odd": make_case(1, 3, (9, 33), 3, 3, pad=6, dilation=6, group=3),
+    # and the row loops' side of the rule: 3x3 "same" 48 and 64 wide
+    "rows_same_48": make_case(1, 16, (4, 48), 16, 3, pad=1, group=16),
+    "rows_same_64_multiplier": make_case(1, 4, (3, 64), 8, 3, pad=1, group=4),
+}
+
+
+@fast
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("case", DEPTHWISE_BLOCK_PINNED.values(), ids=DEPTHWISE_BLOCK_PINNED)
+def test_depthwise_blocks_pinned(kind, dtype, case):
+    check_fast_path(kind, case, dtype)
+    check_poisoned_outputs(kind, case, dtype)
+
+
+@fast
+@settings(max_examples=60, deadline=None)
+@given(case=depthwise_block_cases(),
+       dtype=st.sampled_from([np.float32, np.float64]))
+def test_depthwise_blocks_match_reference(kind, case, dtype):
+    check_fast_path(kind, case, dtype)
+    check_poisoned_outputs(kind, case, dtype)
 
 
 # The direct stride-1 products (csrc/conv_gemm.cpp) on the padded input: forced at every stride-1
