@@ -362,18 +362,19 @@ FAST_PINNED = dict(PINNED, **{
                                           group=4),
     "depthwise_x3_non_square": make_case(2, 3, (7, 9), 9, (3, 1), stride=(1, 3), pad=(1, 0),
                                          group=3),
-    # outputs 12 and more wide at a stride: the filter gradient on the input's stride phases
+    # strided depthwise with wider outputs (csrc/depthwise.cpp's channel blocks)
     "depthwise_stride2_wide": make_case(2, 3, (9, 28), 3, 3, stride=2, pad=1, group=3),
     "depthwise_stride3_atrous_x2": make_case(1, 2, (8, 41), 4, 3, stride=(2, 3), pad=(1, 2),
                                              dilation=2, group=2),
-    # "same" depthwise geometries: the flat kernel, its edge columns and the border rows
+    # "same" depthwise geometries: float32 3x3 ones from 33 columns on the row loops (their
+    # masked flat loop and the border rows), the others on the channel blocks
     "depthwise_same_wide": make_case(2, 3, (9, 70), 3, 3, pad=1, group=3),
     "depthwise_same_atrous": make_case(1, 2, (11, 40), 2, 3, pad=2, dilation=2, group=2),
     "depthwise_same_x2": make_case(2, 2, (6, 37), 4, 3, pad=1, group=2),
     "depthwise_same_5x5": make_case(1, 3, (8, 81), 3, 5, pad=2, group=3, bias=False),
     "depthwise_same_tiny": make_case(1, 2, (2, 3), 2, 3, pad=1, group=2),
     # widths whose columns under a 16-wide chunk repeat quickly (56: every 7 chunks, 16: every
-    # chunk, 7: chunks across rows) take float32's masked flat loop over whole rows
+    # chunk, 7: chunks across rows) have a mask table for the row loops (3x3 from 33 columns)
     "depthwise_same_56": make_case(2, 3, (9, 56), 3, 3, pad=1, group=3),
     "depthwise_same_16_atrous": make_case(1, 2, (10, 16), 2, 3, pad=2, dilation=2, group=2),
     "depthwise_same_7_rows": make_case(3, 2, (7, 7), 2, 3, pad=1, group=2),
