@@ -590,7 +590,8 @@ MINICNN_VECTOR_CLONES static bool backward_filter_plane_masked(const float* __re
 // 1.12 / 0.84, 64 at 112x112 stride 2 5.98 / 14.99 / 7.69 -> 3.72 / 4.46 / 3.19; 64 channels at
 // 57x57 (no mask table: W / gcd(W, 16) > 16) 13.1 / 13.2 / 5.1 -> 1.9 / 1.8 / 1.6; a 5x5
 // "same" at 56x56 30.4 / 30.3 / 52.6 -> 4.6 / 3.5 / 5.7. The row loops stayed faster for the
-// 3x3 "same" planes from 40 columns (64 at 56x56: 1.11 against 1.57 ms forward).
+// 3x3 "same" planes from 40 columns on (64 at 56x56: 1.11 against 1.57 ms forward; 128 at 40x40
+// 2.34 against 2.74), the blocks up to 32 (128 at 32x32: 1.78 against 2.00): ROWS_FROM is 33.
 constexpr std::int64_t B = 8;                   // channels per block: one ymm register of floats
 constexpr std::int64_t ROWS_FROM = 33;          // output columns
 
