@@ -48,7 +48,8 @@ def chain_net(c, relu1=True, slope=0.0, bias1=True, bn2_in_place=False, relu2=Tr
     if loss:
         text = text.replace('dim: 2 dim: 3 dim: 7 dim: 9 } } }',
                             f'dim: 2 dim: 3 dim: 7 dim: 9 }} shape {{ dim: 2 dim: {c} '
-                            'dim: 1 dim: 1 } } }').replace('top: "data"\n', 'top: "data" top: "t"\n')
+                            'dim: 1 dim: 1 } } }')
+        text = text.replace('top: "data"\n', 'top: "data" top: "t"\n')
         text += 'layer { name: "loss" type: "EuclideanLoss" bottom: "pool" bottom: "t" ' \
                 'top: "loss" }'
     return parse_text(text)
@@ -169,7 +170,14 @@ def test_training_chain_is_bit_identical(c, relu1, slope, bias1, bn2_in_place, r
     assert fused.layers[3]._x is fused.layers[2]._y           # s1 keeps bn1's y: one copy
     assert fused.fused_backwards == 2 * 3                       # 2 steps, 3 chains
     assert_nets_equal(fused, plain)
-    assert np.any(fused.blobs["c1"].diff != 0) and np.all(np.isfinite(fused.blobs["data"].diff))
+    # Not a vacuous comparison: a gradient reached c1, unless none can. r2 masks by its blob's
+    # data at backward time, as Caffe's in-place ReLU does, and bn3 and s3 have overwritten
+    # that blob in place: where their output is <= 0 everywhere, r2 rightly passes nothing
+    # (drawn once in 200: c=2, TEST, seed 2181601).
+    blob = "c2" if bn2_in_place else "b2"
+    stopped = relu2 and slope == 0 and np.all(fused.blobs[blob].data <= 0)
+    assert stopped or np.any(fused.blobs["c1"].diff != 0)
+    assert np.all(np.isfinite(fused.blobs["data"].diff))
 
 
 def test_frozen_scale_and_partial_runs_match_the_layers(monkeypatch):
@@ -218,7 +226,7 @@ def test_float64_blobs_fall_back_to_the_layers(monkeypatch):
     param = chain_net(2)
     fused, plain = run_both(param, 3, monkeypatch)
     for net in (fused, plain):
-        net.layers[[l.name for l in net.layers].index("s1")].blobs[0].data = \
-            net.layers[[l.name for l in net.layers].index("s1")].blobs[0].data.astype(np.float64)
+        s1 = net.layers[[layer.name for layer in net.layers].index("s1")]
+        s1.blobs[0].data = s1.blobs[0].data.astype(np.float64)
         net.forward()
     np.testing.assert_array_equal(fused.blobs["c1"].data, plain.blobs["c1"].data)
