@@ -134,6 +134,42 @@ def test_the_emulator_runs_threads_out_of_index_order():
         assert np.array_equal(y.get(), want) == right, f"barrier {barrier}"
 
 
+BARRIERS = """
+template <typename T>
+__global__ void prefix_sums(const T* x, T* y, int quit_below) {
+  __shared__ double s[256];
+  double mine = x[threadIdx.x], scale = 1.5;        // held across every barrier
+  if ((int)threadIdx.x < quit_below) return;          // divergent when some threads leave
+  for (unsigned step = 1; step < blockDim.x; step <<= 1) {
+    s[threadIdx.x] = mine;
+    __syncthreads();
+    if (threadIdx.x >= step) mine += s[threadIdx.x - step];
+    __syncthreads();
+  }
+  y[threadIdx.x] = (T)(mine * scale);
+}
+"""
+
+
+def test_the_emulators_fibers_keep_their_state_and_report_divergent_barriers():
+    """Threads run as fibers that __syncthreads switches between (emu.h's emu_switch on
+    x86-64): each keeps its locals across 16 barriers, and a barrier that some threads of the
+    block never reach (they returned) is the error it is on a GPU, not a hang or wrong sums."""
+    from tests import cuda_emu
+    from tests.cuda_emu import fake_cupy
+    if not cuda_emu.available():
+        pytest.skip("no C++ compiler for the CUDA host emulator")
+    module = fake_cupy.RawModule(code=cuda.kernel_source("common.cuh") + BARRIERS,
+                                 name_expressions=["prefix_sums<double>"])
+    k = module.get_function("prefix_sums<double>")
+    x = np.random.default_rng(0).standard_normal(256)
+    y = fake_cupy.full(x.shape, np.nan, np.float64)
+    k((1,), (256,), (fake_cupy.asarray(x), y, np.int32(0)))
+    np.testing.assert_allclose(y.get(), 1.5 * np.cumsum(x), rtol=1e-12, atol=1e-12)
+    with pytest.raises(fake_cupy.CUDARuntimeError, match="divergent __syncthreads"):
+        k((1,), (256,), (fake_cupy.asarray(x), y, np.int32(100)))
+
+
 def test_kernel_sources_are_self_contained():
     for path in sorted(cuda.kernels_dir().glob("*.cu")):
         source = cuda.kernel_source(path.name)
