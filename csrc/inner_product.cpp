@@ -167,6 +167,18 @@ void pack_b(const float* b, std::int64_t ld, bool transposed, std::int64_t j0, s
             std::int64_t l0, std::int64_t kc, std::int64_t nr, float* Bp);
 
 #ifdef MINICNN_X86
+// The dot product whose 16 lanes of running sums are (lo, hi), with a[t] * b[t] for t in
+// [from, L) added after them: the order both loops below finish their sums in.
+__attribute__((target("avx2,fma"))) static inline float finish_dot(
+        __m256 lo, __m256 hi, const float* a, const float* b, std::int64_t from, std::int64_t L) {
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, _mm256_add_ps(lo, hi));
+    float total = 0.0f;
+    for (int k = 0; k < 8; ++k) total += lanes[k];
+    for (std::int64_t t = from; t < L; ++t) total += a[t] * b[t];
+    return total;
+}
+
 // C (M x N) = A B^T + bias for a batch of at most 4 rows (inference, one image at a time) on
 // AVX2: each row of B (of W) is read once, in place, and multiplied into the M rows of A at once
 // (two 8-lane sums a row, then summed across). The packed GEMM would copy all of W into panels
@@ -194,14 +206,9 @@ __attribute__((target("avx2,fma"))) static void dot_few_rows_avx2(
                         _mm256_fmadd_ps(_mm256_loadu_ps(w + r * L + l + 8), a1, acc[r][1]);
                 }
             }
-            for (int r = 0; r < 4; ++r) {
-                alignas(32) float lanes[8];
-                _mm256_store_ps(lanes, _mm256_add_ps(acc[r][0], acc[r][1]));
-                float total = 0.0f;
-                for (int k = 0; k < 8; ++k) total += lanes[k];
-                for (std::int64_t t = l; t < L; ++t) total += A[t] * w[r * L + t];
-                C[j0 + r] = total + (bias ? bias[j0 + r] : 0.0f);
-            }
+            for (int r = 0; r < 4; ++r)
+                C[j0 + r] = finish_dot(acc[r][0], acc[r][1], A, w + r * L, l, L) +
+                            (bias ? bias[j0 + r] : 0.0f);
         }
     }
 #pragma omp parallel for schedule(static) if (M * (N - first) * L > PARALLEL_WORK)
@@ -218,14 +225,9 @@ __attribute__((target("avx2,fma"))) static void dot_few_rows_avx2(
                 acc[i][1] = _mm256_fmadd_ps(_mm256_loadu_ps(A + i * L + l + 8), w1, acc[i][1]);
             }
         }
-        for (std::int64_t i = 0; i < M; ++i) {
-            alignas(32) float lanes[8];
-            _mm256_store_ps(lanes, _mm256_add_ps(acc[i][0], acc[i][1]));
-            float total = 0.0f;
-            for (int k = 0; k < 8; ++k) total += lanes[k];
-            for (std::int64_t r = l; r < L; ++r) total += A[i * L + r] * w[r];
-            C[i * N + j] = total + (bias ? bias[j] : 0.0f);
-        }
+        for (std::int64_t i = 0; i < M; ++i)
+            C[i * N + j] = finish_dot(acc[i][0], acc[i][1], A + i * L, w, l, L) +
+                           (bias ? bias[j] : 0.0f);
     }
 }
 #endif
