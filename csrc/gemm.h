@@ -417,6 +417,7 @@ inline void tile(const Kernel& K, const Panels& A, std::int64_t p, std::int64_t 
 template <typename PackA, typename PackB, typename Store>
 void run(std::int64_t M, std::int64_t N, std::int64_t L, const Blocking& blocking,
          PackA&& pack_a, PackB&& pack_b, Store&& store) {
+    if (M <= 0 || N <= 0) return;           // C is empty: nothing to store (no row groups)
     const Kernel& K = kernel();
     const std::int64_t nr = K.nr;
     const std::int64_t mc = std::max<std::int64_t>(MR, (blocking.mc + MR - 1) / MR * MR);

@@ -1020,8 +1020,8 @@ def test_fast_path_backward_data_in_several_chunks(kind):
 @pytest.mark.parametrize("gemm_kernel", ["avx2", "generic"])
 def test_every_gemm_micro_kernel_matches_the_reference(gemm_kernel):
     """The GEMM picks the widest micro-kernel the CPU has; the narrower ones (what other CPUs
-    get) run here in a subprocess and must agree too (convolutions and InnerProduct's
-    backward)."""
+    get) run here in a subprocess and must agree too (convolutions and InnerProduct: a few
+    backward cases, and every edge case of tests/ops/test_inner_product.py)."""
     import os
     import subprocess
     import sys
@@ -1052,6 +1052,10 @@ def test_every_gemm_micro_kernel_matches_the_reference(gemm_kernel):
         "    got, want = (ip.impls[kind](dy, x, w, transpose=tr) for kind in ('cpu', 'ref'))\n"
         "    for g, r in zip(got, want):\n"
         "        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-3)\n"
+        "import test_inner_product as ti\n"     # InnerProduct's edges, both ways round
+        "for m, k, n in ti.EDGE_CASES:\n"
+        "    for tr in (False, True):\n"
+        "        ti.test_fast_kernels_at_their_block_edges('cpu', m, k, n, tr)\n"
         "print('ok')\n")
     env = dict(os.environ, MINICNN_GEMM_KERNEL=gemm_kernel)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
