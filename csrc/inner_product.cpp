@@ -13,6 +13,7 @@
 // dot_products.) Past a batch of 64 the packed GEMM takes the backward passes over, and the
 // forward goes through W in stretches.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "common.h"
@@ -452,11 +453,88 @@ float* pack_columns8(const float* a, std::int64_t M, std::int64_t L, std::int64_
     return at;
 }
 
-// C = A B for M up to a small batch, or false when this machine has no AVX-512 (the caller
-// takes the packed product instead).
+// c[i][j0..j1) += sum over g < G of a[i][l + g] * b[l + g][j0..j1) for M rows of c: G rows of B
+// (of W) read once, each added into every row of C, weighted by A's value for it.
+template <int M, int G>
+__attribute__((target("avx2,fma"))) static inline void add_weighted_rows_avx2(
+        const float* a, std::int64_t lda, const float* b, std::int64_t ldb, std::int64_t j0,
+        std::int64_t j1, float* c, std::int64_t ldc) {
+    __m256 weight[M][G];
+    for (int i = 0; i < M; ++i)
+        for (int g = 0; g < G; ++g) weight[i][g] = _mm256_set1_ps(a[i * lda + g]);
+    std::int64_t j = j0;
+    for (; j + 8 <= j1; j += 8) {
+        __m256 row[G];
+        for (int g = 0; g < G; ++g) row[g] = _mm256_loadu_ps(b + g * ldb + j);
+        for (int i = 0; i < M; ++i) {
+            __m256 sum = _mm256_loadu_ps(c + i * ldc + j);
+            for (int g = 0; g < G; ++g) sum = _mm256_fmadd_ps(weight[i][g], row[g], sum);
+            _mm256_storeu_ps(c + i * ldc + j, sum);
+        }
+    }
+    for (; j < j1; ++j)                                 // the same fused steps, one lane
+        for (int i = 0; i < M; ++i) {
+            float sum = c[i * ldc + j];
+            for (int g = 0; g < G; ++g) sum = std::fma(a[i * lda + g], b[g * ldb + j], sum);
+            c[i * ldc + j] = sum;
+        }
+}
+
+// C (M x N) = A (M x L) B for one to four rows of A on AVX2. B streams from memory once, in
+// its own order, four rows at a time, each added into C's rows; a thread owns a range of C's
+// columns (whole rows of its range: shorter stretches, which would keep C in L1, broke B's
+// stream into pieces and measured slower).
+template <int M>
+__attribute__((target("avx2,fma"))) static void rows_few_avx2(std::int64_t N, std::int64_t L,
+                                                              const float* a, const float* b,
+                                                              float* c) {
+    constexpr int G = 4;                       // rows of B at a time (G x M weights held)
+#pragma omp parallel if (M * N * L > PARALLEL_WORK)
+    {
+#ifdef _OPENMP
+        const std::int64_t thread = omp_get_thread_num(), threads = omp_get_num_threads();
+#else
+        const std::int64_t thread = 0, threads = 1;
+#endif
+        const std::int64_t lines = (N + 15) / 16;      // 64-byte lines of a row of C
+        const std::int64_t j0 = std::min(N, lines * thread / threads * 16);
+        const std::int64_t j1 = std::min(N, lines * (thread + 1) / threads * 16);
+        for (int i = 0; i < M; ++i) std::fill(c + i * N + j0, c + i * N + j1, 0.0f);
+        std::int64_t l = 0;
+        for (; l + G <= L; l += G)
+            add_weighted_rows_avx2<M, G>(a + l, L, b + l * N, N, j0, j1, c, N);
+        for (; l < L; ++l) add_weighted_rows_avx2<M, 1>(a + l, L, b + l * N, N, j0, j1, c, N);
+    }
+}
+
+// Up to this many rows of A on AVX2, C = A B goes through rows_few_avx2, four rows of A a pass
+// over B: one image's input gradient (dX = dY W) took the packed product, which copies all of
+// W into panels first. CaffeNet's fc6 (dY W, W 4096 x 9216), Zen 3, CPU time, min of 7, packed
+// product -> passes (PyTorch's OpenBLAS beside): one thread, batch 1 26.3 -> 4.6-4.9 ms (4.8),
+// 4 about 20 -> 6.3-8.4 (16-24), 8 28.7 -> 12.6 (18.2), 12 28.8 -> 19.8 (27.8), 16 32.9 ->
+// 31.7 (26.4), 32 47.8 -> 64.4 (39.4); two threads, wall clock, batch 1 12.9 -> 3.6-4.0 (4.7-5.2),
+// 8 15.2 -> 8.1 (17.9-24.6), 12 15.0-15.3 -> 12.1-14.9 (16.1-19.9).
+constexpr std::int64_t rows_passes_batch = 12;
+
+// C = A B for M up to a small batch, or false where this machine has neither AVX-512 nor, for
+// up to rows_passes_batch rows, AVX2 (the caller takes the packed product instead).
 bool rows_product(std::int64_t M, std::int64_t N, std::int64_t L, const float* a,
                   const float* b, float* c) {
-    if (!__builtin_cpu_supports("avx512f") || std::getenv("MINICNN_GEMM_KERNEL")) return false;
+    if (!__builtin_cpu_supports("avx512f") || std::getenv("MINICNN_GEMM_KERNEL")) {
+        if (M > rows_passes_batch || std::strncmp(gemm::kernel().name, "avx2", 4) != 0)
+            return false;
+        for (std::int64_t i0 = 0; i0 < M; i0 += 4) {
+            const float* rows = a + i0 * L;
+            float* out = c + i0 * N;
+            switch (std::min<std::int64_t>(4, M - i0)) {
+                case 1: rows_few_avx2<1>(N, L, rows, b, out); break;
+                case 2: rows_few_avx2<2>(N, L, rows, b, out); break;
+                case 3: rows_few_avx2<3>(N, L, rows, b, out); break;
+                default: rows_few_avx2<4>(N, L, rows, b, out); break;
+            }
+        }
+        return true;
+    }
     if (L == 0) {                                      // an empty sum: no row of B to stream
         std::fill(c, c + M * N, 0.0f);
         return true;
