@@ -640,17 +640,32 @@ inline std::vector<float> pack_all(const float* a, std::int64_t M, std::int64_t 
                                    std::int64_t lda, bool transposed) {
     const std::int64_t panels = (M + MR - 1) / MR;
     std::vector<float> packed(panels * L * MR, 0.0f);
+    if (transposed) {
+        // A panel's MR rows are MR adjacent values of each row of a: read them together, for 8
+        // panels (3 cache lines a row) over 32 rows at a time. Gathering one row of the panel
+        // at a time walked all of a's rows once per value, a cache line each, 4 KB apart for
+        // a pointwise layer of 1024 channels, whose input gradient packs w^T so (MobileNet's
+        // conv6/sep at batch 1, one thread, Zen 3: 6.3 ms for its input gradient -> 2.1).
+        constexpr std::int64_t panels_together = 8, rows_together = 32;
+#pragma omp parallel for schedule(static) if (M * L > (1 << 16))
+        for (std::int64_t p0 = 0; p0 < panels; p0 += panels_together)
+            for (std::int64_t l0 = 0; l0 < L; l0 += rows_together)
+                for (std::int64_t p = p0; p < std::min(panels, p0 + panels_together); ++p) {
+                    const std::int64_t width = std::min(MR, M - p * MR);
+                    float* dst = packed.data() + p * L * MR;
+                    for (std::int64_t l = l0; l < std::min(L, l0 + rows_together); ++l)
+                        for (std::int64_t r = 0; r < width; ++r)
+                            dst[l * MR + r] = a[l * lda + p * MR + r];
+                }
+        return packed;
+    }
 #pragma omp parallel for schedule(static) if (M * L > (1 << 16))
     for (std::int64_t p = 0; p < panels; ++p) {
         float* dst = packed.data() + p * L * MR;
         const std::int64_t rows = std::min(MR, M - p * MR);
         for (std::int64_t r = 0; r < rows; ++r) {
             const std::int64_t i = p * MR + r;
-            if (transposed) {
-                for (std::int64_t l = 0; l < L; ++l) dst[l * MR + r] = a[l * lda + i];
-            } else {
-                for (std::int64_t l = 0; l < L; ++l) dst[l * MR + r] = a[i * lda + l];
-            }
+            for (std::int64_t l = 0; l < L; ++l) dst[l * MR + r] = a[i * lda + l];
         }
     }
     return packed;
