@@ -353,6 +353,11 @@ FAST_PINNED = dict(PINNED, **{
     # takes the kept positions' product instead of the packed one (forward, input gradient)
     "kept_instead_of_packed": make_case(2, 8, (9, 9), 32, 3, pad=4, dilation=4),
     "pointwise_grouped": make_case(2, 4, (3, 5), 6, 1, group=2),
+    # 1x1 maps: an InnerProduct's kernels (batch of 3, and one image through the AVX2 passes
+    # over w), with groups the GEMM's
+    "pointwise_on_1x1_maps": make_case(3, 37, (1, 1), 29, 1),
+    "pointwise_on_1x1_maps_one_image": make_case(1, 70, (1, 1), 50, 1, bias=False),
+    "pointwise_on_1x1_maps_grouped": make_case(2, 6, (1, 1), 4, 1, group=2),
     "pointwise_strided": make_case(2, 3, (5, 5), 2, 1, stride=2),
     # strides 2 and 4 over rows long enough for the vectorized strided gather (and its tail)
     "conv1_like_stride4": make_case(2, 3, (27, 95), 5, 11, stride=4, pad=1),
