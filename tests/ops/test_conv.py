@@ -358,6 +358,10 @@ FAST_PINNED = dict(PINNED, **{
     "pointwise_on_1x1_maps": make_case(3, 37, (1, 1), 29, 1),
     "pointwise_on_1x1_maps_one_image": make_case(1, 70, (1, 1), 50, 1, bias=False),
     "pointwise_on_1x1_maps_grouped": make_case(2, 6, (1, 1), 4, 1, group=2),
+    # few positions and a large dw (csrc/conv_gemm.cpp, few_positions): its filter gradient
+    # added into dw tile by tile in place; filters and channels past whole tiles, and groups
+    "pointwise_few_positions": make_case(2, 370, (2, 3), 359, 1),
+    "pointwise_few_positions_grouped": make_case(1, 728, (2, 2), 724, 1, group=2),
     "pointwise_strided": make_case(2, 3, (5, 5), 2, 1, stride=2),
     # strides 2 and 4 over rows long enough for the vectorized strided gather (and its tail)
     "conv1_like_stride4": make_case(2, 3, (27, 95), 5, 11, stride=4, pad=1),
