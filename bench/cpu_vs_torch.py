@@ -191,25 +191,32 @@ def lrn_and_pool_rows(args, torch, rng):
 
 # --- whole nets -----------------------------------------------------------------------------------
 
-NET_ROWS = [  # label, net, batch, training step?
-    ("LeNet training step", "lenet", 64, True),
-    ("CaffeNet training step", "caffenet", 16, True),
-    ("CaffeNet inference", "caffenet", 16, False),
-    ("ResNet-50-1by2 (open_nsfw) inference", "resnet50_1by2", 1, False),
-    ("ResNet-50-1by2 (open_nsfw) inference", "resnet50_1by2", 8, False),
-    ("ResNet-50-1by2 (open_nsfw) training step", "resnet50_1by2", 8, True),
-    ("MobileNet v1 inference", "mobilenet", 8, False),
-    ("MobileNet v1 training step", "mobilenet", 8, True),
+NET_ROWS = [  # label, net, batch, what runs: "train" (an SGD step), "test", "saliency"
+    ("LeNet training step", "lenet", 64, "train"),
+    ("CaffeNet training step", "caffenet", 16, "train"),
+    ("CaffeNet inference", "caffenet", 16, "test"),
+    ("CaffeNet saliency map", "caffenet", 1, "saliency"),
+    ("ResNet-50-1by2 (open_nsfw) inference", "resnet50_1by2", 1, "test"),
+    ("ResNet-50-1by2 (open_nsfw) inference", "resnet50_1by2", 8, "test"),
+    ("ResNet-50-1by2 (open_nsfw) training step", "resnet50_1by2", 8, "train"),
+    ("ResNet-50-1by2 (open_nsfw) saliency map", "resnet50_1by2", 1, "saliency"),
+    ("MobileNet v1 inference", "mobilenet", 8, "test"),
+    ("MobileNet v1 training step", "mobilenet", 8, "train"),
+    ("MobileNet v1 saliency map", "mobilenet", 1, "saliency"),
 ]
 
 
-def engines(name, batch, train, torch):
-    """(minicnn step, PyTorch step) closures for one row."""
-    solver = minicnn_solver(name, batch) if train else None
-    net = solver.net if train else minicnn_net(name, batch, train)
+def engines(name, batch, mode, torch):
+    """(minicnn step, PyTorch step) closures for one row. A saliency map is the gradient of
+    one class score with respect to the image: a forward, then a backward from the output
+    (every parameter's gradient included, as pycaffe's ``net.backward()`` and autograd with
+    trainable weights both compute them)."""
+    solver = minicnn_solver(name, batch) if mode == "train" else None
+    net = solver.net if solver else minicnn_net(name, batch, False,
+                                                force_backward=mode == "saliency")
     model = TorchNet(net)
     inputs = {n: net.blobs[n].data.copy() for n in net.inputs}
-    if train:
+    if mode == "train":
         optimizer = model.sgd()
 
         def ours():
@@ -219,6 +226,20 @@ def engines(name, batch, train, torch):
             optimizer.zero_grad()
             model.forward(inputs)["loss"].backward()
             optimizer.step()
+        return ours, theirs
+    if mode == "saliency":
+        top = net.outputs[0]
+        score = min(3, net.blobs[top].count // batch - 1)        # any one class
+
+        def ours():
+            net.forward()
+            net.blobs[top].diff[...] = 0
+            net.blobs[top].diff.reshape(batch, -1)[0, score] = 1
+            net.backward()
+
+        def theirs():
+            data = torch.from_numpy(inputs["data"]).requires_grad_(True)
+            model.forward({"data": data})[top].flatten(1)[0, score].backward()
         return ours, theirs
 
     def theirs():
@@ -231,10 +252,10 @@ def net_rows(args, torch):
     header = ("net", "batch", "minicnn ms", "PyTorch ms", "PyTorch/minicnn", "minicnn img/s",
               "PyTorch img/s")
     table = []
-    for label, name, batch, train in NET_ROWS:
+    for label, name, batch, mode in NET_ROWS:
         if not wanted(args, label):
             continue
-        ours, theirs = engines(name, batch, train, torch)
+        ours, theirs = engines(name, batch, mode, torch)
         a, b = side_by_side(ours, theirs, args.repeat, args.block)
         table.append((label, batch, f"{a * 1e3:.1f}", f"{b * 1e3:.1f}", f"{b / a:.2f}x",
                       f"{batch / a:.1f}", f"{batch / b:.1f}"))
@@ -281,8 +302,8 @@ def peak_step_memory(engine, name, batch, steps=3):
 def memory_rows(args, torch):
     header = ("training step", "batch", "minicnn MiB", "PyTorch MiB", "minicnn/PyTorch")
     table = []
-    for label, name, batch, train in NET_ROWS:
-        if not train:
+    for label, name, batch, mode in NET_ROWS:
+        if mode != "train":
             continue
         ours = peak_step_memory("minicnn", name, batch)
         theirs = peak_step_memory("torch", name, batch)

@@ -72,12 +72,15 @@ def net_param(name, batch, train):
     return out
 
 
-def minicnn_net(name, batch, train, dtype=np.float32, seed=0, device=None):
+def minicnn_net(name, batch, train, dtype=np.float32, seed=0, device=None,
+                force_backward=False):
     """The benchmark net, inputs random; weights from its fillers (seeded), or for open_nsfw
-    the real pretrained ones. ``device``: a GPU ("cuda:0") for the GPU benchmark."""
+    the real pretrained ones. ``device``: a GPU ("cuda:0") for the GPU benchmark;
+    ``force_backward``: a deploy net that back-propagates to its input (saliency maps)."""
     minicnn.set_random_seed(seed)
-    net = minicnn.Net(net_param(name, batch, train), phase="TRAIN" if train else "TEST",
-                      dtype=dtype, device=device)
+    param = net_param(name, batch, train)
+    param.force_backward = force_backward
+    net = minicnn.Net(param, phase="TRAIN" if train else "TEST", dtype=dtype, device=device)
     return _prepare(net, name, seed)
 
 
