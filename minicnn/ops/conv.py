@@ -582,9 +582,10 @@ def _conv2d_forward_cpu(x, w, b, *, geom, group=1, out=None):
     return write_out(out, y) if y is not out else y
 
 
-def _conv2d_backward_cpu_parts(dy, x, w, x_shape, geom, group, need, dx_out=None):
+def _conv2d_backward_cpu_parts(dy, x, w, x_shape, geom, group, need, dx_out=None,
+                               dw_into=None):
     """(dx, dw, db) on the native path; x or w may be None when the part needing it is not
-    asked for."""
+    asked for. ``dw_into``: an array the filter gradient is added onto (returned as dw)."""
     need_dx, need_dw, need_db = need
     n, f, oh, ow = dy.shape
     c = x_shape[1]
@@ -594,16 +595,21 @@ def _conv2d_backward_cpu_parts(dy, x, w, x_shape, geom, group, need, dx_out=None
     w = None if w is None else np.ascontiguousarray(w)
     kh, kw = geom.kernel
     dx = _output(dx_out, tuple(x_shape), dtype) if need_dx else None
-    dw = np.zeros((f, c // group, kh, kw), dtype) if need_dw else None
     db = np.zeros(f, dtype) if need_db else None
     if _is_depthwise(c, group):
         if need_dx:
             lib.depthwise_backward_data(dy, w, dx, _geom_tuple(geom))
+        dw = None
         if need_dw:                               # db summed in the same pass over dy
+            dw = np.zeros((f, 1, kh, kw), dtype)  # (written, not added: added below)
             lib.depthwise_backward_filter(dy, x, dw, _geom_tuple(geom), db)
+            dw = _accumulate(dw_into, dw)
         elif need_db:
             lib.channel_sums(dy, db)
         return _finish_dx(dx_out, dx), dw, db
+    # every other kernel below adds its filter gradient into dw
+    dw = None if not need_dw else \
+        dw_into if dw_into is not None else np.zeros((f, c // group, kh, kw), dtype)
     if dtype == np.float32 and _is_fully_connected(x_shape, geom, group):
         if need_db:
             lib.channel_sums(dy, db)
@@ -667,8 +673,12 @@ def _conv2d_backward_cpu(dy, x, w, *, geom, group=1, need=(True, True, True), dx
     if not _native_ok(dy, x, w):
         return _conv2d_backward_ref(dy, x, w, geom=geom, group=group, need=need, dx_out=dx_out,
                                     dw_acc=dw_acc, db_acc=db_acc)
-    dx, dw, db = _conv2d_backward_cpu_parts(dy, x, w, x.shape, geom, group, need, dx_out)
-    return dx, _accumulate(dw_acc, dw), _accumulate(db_acc, db)
+    # the parameter's diff itself takes the sum where the kernels can add into it (no
+    # temporary the size of w, and no second pass to add it)
+    dw_into = _usable_acc(dw_acc, w.shape, w.dtype, device=False)
+    dx, dw, db = _conv2d_backward_cpu_parts(dy, x, w, x.shape, geom, group, need, dx_out,
+                                            dw_into)
+    return dx, dw if dw_into is not None else _accumulate(dw_acc, dw), _accumulate(db_acc, db)
 
 
 @conv2d_backward_data.impl("cpu", available=lib is not None)
@@ -820,12 +830,13 @@ def _conv2d_forward_wide_cuda(x, w, y, geom, group):
                        np.int64(f))
 
 
-def _usable_acc(acc, shape, dtype):
-    """acc, if a kernel or GEMM can add into it directly, else None."""
-    if acc is not None and cuda.is_device_array(acc) and acc.flags.c_contiguous \
-            and acc.dtype == dtype and acc.shape == tuple(shape):
-        return acc
-    return None
+def _usable_acc(acc, shape, dtype, device=True):
+    """acc, if a kernel or GEMM (on the GPU, or on the host when not ``device``) can add into
+    it directly, else None."""
+    if acc is None or cuda.is_device_array(acc) != device or not acc.flags.c_contiguous \
+            or acc.dtype != dtype or acc.shape != tuple(shape):
+        return None
+    return acc if device or acc.flags.writeable else None
 
 
 def _depthwise_filter_cuda(dy, x, f, geom, oh, ow, dw=None):

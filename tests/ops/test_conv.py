@@ -1025,6 +1025,35 @@ def test_fast_path_backward_data_in_several_chunks(kind):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("kind", FAST_KINDS)
+@pytest.mark.parametrize("winograd", ["1", "2"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_backward_adds_into_the_parameter_diffs(kind, winograd, dtype, monkeypatch):
+    """With dw_acc and db_acc (a layer's parameter diffs, which Caffe accumulates over
+    iter_size) the gradients are added onto what they hold, and those arrays are returned, on
+    every path: the kernels that add into dw_acc in place (GEMM, direct, Winograd, atrous
+    phases, InnerProduct's for 1x1 maps, few positions) and the depthwise one, which writes."""
+    import minicnn.ops.conv as conv_module
+    monkeypatch.setattr(conv_module, "WINOGRAD_MODE", winograd)     # "2": Winograd wherever
+    cases = dict(FAST_PINNED, **WINOGRAD_PINNED)
+    rng = np.random.default_rng(8)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
+    for name, case in cases.items():
+        x, w, b, geom, group = (a.astype(dtype) if isinstance(a, np.ndarray) else a
+                                for a in case)
+        y = conv2d_forward.impls[kind](x, w, b, geom=geom, group=group)
+        dy = rng.standard_normal(y.shape).astype(dtype)
+        _, dw, db = conv2d_backward.impls[kind](dy, x, w, geom=geom, group=group)
+        dw_acc = rng.standard_normal(w.shape).astype(dtype)
+        db_acc = rng.standard_normal(w.shape[0]).astype(dtype)
+        dw_start, db_start = dw_acc.copy(), db_acc.copy()
+        _, dw_got, db_got = conv2d_backward.impls[kind](dy, x, w, geom=geom, group=group,
+                                                        dw_acc=dw_acc, db_acc=db_acc)
+        assert dw_got is dw_acc and db_got is db_acc, name
+        np.testing.assert_allclose(dw_acc, dw_start + dw, err_msg=name, **tol)
+        np.testing.assert_allclose(db_acc, db_start + db, err_msg=name, **tol)
+
+
 @pytest.mark.skipif("cpu" not in conv2d_forward.impls, reason="minicnn._native was not built")
 @pytest.mark.parametrize("gemm_kernel", ["avx2", "generic"])
 def test_every_gemm_micro_kernel_matches_the_reference(gemm_kernel):
