@@ -509,12 +509,14 @@ __attribute__((target("avx2,fma"))) static void rows_few_avx2(std::int64_t N, st
 
 // Up to this many rows of A on AVX2, C = A B goes through rows_few_avx2, four rows of A a pass
 // over B: one image's input gradient (dX = dY W) took the packed product, which copies all of
-// W into panels first. CaffeNet's fc6 (dY W, W 4096 x 9216), Zen 3, CPU time, min of 7, packed
-// product -> passes (PyTorch's OpenBLAS beside): one thread, batch 1 26.3 -> 4.6-4.9 ms (4.8),
-// 4 about 20 -> 6.3-8.4 (16-24), 8 28.7 -> 12.6 (18.2), 12 28.8 -> 19.8 (27.8), 16 32.9 ->
-// 31.7 (26.4), 32 47.8 -> 64.4 (39.4); two threads, wall clock, batch 1 12.9 -> 3.6-4.0 (4.7-5.2),
-// 8 15.2 -> 8.1 (17.9-24.6), 12 15.0-15.3 -> 12.1-14.9 (16.1-19.9).
-constexpr std::int64_t rows_passes_batch = 12;
+// W into panels first. CaffeNet's fc6 (dY W, W 4096 x 9216), Zen 3, min of 7, the packed
+// product -> passes (PyTorch's OpenBLAS beside), one thread, CPU time, runs on a quiet and on a
+// busy machine: batch 1 24.0-33.4 -> 4.6-7.4 ms (4.8-7.4), 4 30.6-33.2 -> 6.3-8.7 (16-32), 8
+// 28.7-41.6 -> 12.6-19.1 (18-36); 12 28.8-39.3 -> 19.8-37.1 (three passes read W three times:
+// faster on the quiet machine, no faster on the busy one), so past 8 rows the packed product
+// stays. Two threads, wall clock: batch 1 12.8-13.0 -> 3.6-4.0 (4.7-5.2), 8 15.1-15.3 -> 8.1
+// (18-25).
+constexpr std::int64_t rows_passes_batch = 8;
 
 // C = A B for M up to a small batch, or false where this machine has neither AVX-512 nor, for
 // up to rows_passes_batch rows, AVX2 (the caller takes the packed product instead).

@@ -131,7 +131,7 @@ def test_fast_paths_match_the_reference(kind, case):
 # chunks of 128 rows of W, split between the threads (one block only: a thread with none); a
 # batch of 64 (the last on the streaming paths) and 65; without AVX-512, the forward's transposed
 # product (W's rows in place, six at a time, the batch packed in 16-wide panels), and up to a
-# batch of 12 the input gradient's passes over W (four rows of dY a pass).
+# batch of 8 the input gradient's passes over W (four rows of dY a pass).
 EDGE_CASES = [  # (batch M, inputs K, outputs N)
     (1, 1, 1), (1, 9, 17), (5, 300, 33), (8, 48, 16), (9, 49, 50), (16, 257, 129),
     (16, 600, 64), (17, 30, 300), (3, 97, 255), (64, 100, 130), (65, 100, 130), (16, 512, 4),
@@ -142,9 +142,9 @@ EDGE_CASES = [  # (batch M, inputs K, outputs N)
     (100, 5300, 37),
     # one image on AVX2: four rows of W at a time, two left over
     (1, 600, 22),
-    # the AVX2 passes over W for a batch up to 12 (the input gradient, and the transposed
-    # forward): three passes, on both threads, each thread's columns ending in a partial vector
-    (12, 1001, 37), (7, 250, 301),
+    # the AVX2 passes over W for a batch up to 8 (the input gradient, and the transposed
+    # forward): two passes, on both threads, each thread's columns ending in a partial vector
+    (8, 1001, 37), (7, 250, 301),
 ]
 
 
