@@ -111,6 +111,20 @@ inline int max_threads() {
 #endif
 }
 
+// Inside a parallel region: this thread's share [first, last) of n items, the shares in
+// thread order and within one of each other in size.
+struct Share {
+    std::int64_t first, last;
+};
+inline Share my_share(std::int64_t n) {
+#ifdef _OPENMP
+    const std::int64_t id = omp_get_thread_num(), count = omp_get_num_threads();
+#else
+    const std::int64_t id = 0, count = 1;
+#endif
+    return {n * id / count, n * (id + 1) / count};
+}
+
 // Registration: each op file adds a function that defines its bindings on the module.
 using Registration = std::function<void(py::module_&)>;
 inline std::vector<Registration>& registrations() {

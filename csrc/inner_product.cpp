@@ -129,12 +129,7 @@ __attribute__((target("avx512f"))) static void dot_products_blocks(
     const int per_step = static_cast<int>((block * L * 4 / 64 + steps - 1) / steps);
 #pragma omp parallel if (M * N * L > PARALLEL_WORK)
     {
-#ifdef _OPENMP
-        const std::int64_t id = omp_get_thread_num(), count = omp_get_num_threads();
-#else
-        const std::int64_t id = 0, count = 1;
-#endif
-        const std::int64_t first = blocks * id / count, last = blocks * (id + 1) / count;
+        const auto [first, last] = my_share(blocks);
         for (std::int64_t k = first; k < last; ++k) {
             const std::int64_t next_rows = k + 1 < last ? std::min(block, N - (k + 1) * block) : 0;
             const char* ahead = reinterpret_cast<const char*>(B + (k + 1) * block * L);
@@ -491,14 +486,9 @@ __attribute__((target("avx2,fma"))) static void rows_few_avx2(std::int64_t N, st
     constexpr int G = 4;                       // rows of B at a time (G x M weights held)
 #pragma omp parallel if (M * N * L > PARALLEL_WORK)
     {
-#ifdef _OPENMP
-        const std::int64_t thread = omp_get_thread_num(), threads = omp_get_num_threads();
-#else
-        const std::int64_t thread = 0, threads = 1;
-#endif
-        const std::int64_t lines = (N + 15) / 16;      // 64-byte lines of a row of C
-        const std::int64_t j0 = std::min(N, lines * thread / threads * 16);
-        const std::int64_t j1 = std::min(N, lines * (thread + 1) / threads * 16);
+        const Share lines = my_share((N + 15) / 16);   // 64-byte lines of a row of C
+        const std::int64_t j0 = std::min(N, lines.first * 16);
+        const std::int64_t j1 = std::min(N, lines.last * 16);
         for (int i = 0; i < M; ++i) std::fill(c + i * N + j0, c + i * N + j1, 0.0f);
         std::int64_t l = 0;
         for (; l + G <= L; l += G)
@@ -552,13 +542,7 @@ bool rows_product(std::int64_t M, std::int64_t N, std::int64_t L, const float* a
     const std::int64_t column_blocks = (N + width - 1) / width;
 #pragma omp parallel if (M * N * L > PARALLEL_WORK)
     {
-#ifdef _OPENMP
-        const std::int64_t thread = omp_get_thread_num(), threads = omp_get_num_threads();
-#else
-        const std::int64_t thread = 0, threads = 1;
-#endif
-        const std::int64_t q_begin = column_blocks * thread / threads;
-        const std::int64_t q_end = column_blocks * (thread + 1) / threads;
+        const auto [q_begin, q_end] = my_share(column_blocks);
         for (std::int64_t l0 = 0; l0 < L; l0 += chunk) {
             const std::int64_t l1 = std::min(L, l0 + chunk);
             for (std::int64_t q = q_begin; q < q_end; ++q) {
