@@ -565,7 +565,8 @@ def _conv2d_forward_cpu(x, w, b, *, geom, group=1, out=None):
         _atrous_forward(x, w, b, y, group, geom)
         return write_out(out, y) if y is not out else y
     if x.dtype == np.float32 and _is_fully_connected(x.shape, geom, group):
-        lib.ip_forward(x.reshape(n, -1), w.reshape(f, -1), b, y.reshape(n, f), False)
+        c = x.shape[1]
+        lib.ip_forward(x.reshape(n, c), w.reshape(f, c), b, y.reshape(n, f), False)
         return write_out(out, y) if y is not out else y
     if x.dtype == np.float32:                       # minicnn's GEMM, implicit im2col
         lib.conv_gemm_forward(x, w, b, y, group, _geom_tuple(geom))

@@ -358,6 +358,8 @@ FAST_PINNED = dict(PINNED, **{
     "pointwise_on_1x1_maps": make_case(3, 37, (1, 1), 29, 1),
     "pointwise_on_1x1_maps_one_image": make_case(1, 70, (1, 1), 50, 1, bias=False),
     "pointwise_on_1x1_maps_grouped": make_case(2, 6, (1, 1), 4, 1, group=2),
+    "pointwise_on_1x1_maps_no_images": make_case(0, 5, (1, 1), 3, 1),   # an empty batch
+    "no_images": make_case(0, 3, (5, 5), 4, 3, pad=1),
     # few positions and a large dw (csrc/conv_gemm.cpp, few_positions): its filter gradient
     # added into dw tile by tile in place; filters and channels past whole tiles, and groups
     "pointwise_few_positions": make_case(2, 370, (2, 3), 359, 1),
