@@ -375,6 +375,14 @@ WINOGRAD_FILTER_BYTES = 1 << 27
 # 64 channels at 56x56 (6.4 MB an image) took 9.7-30 ms on 2 cores against 9.0-10.4 direct
 # (CaffeNet's conv3 2 MB, ResNet's 28x28 1.6 MB: faster)
 WINOGRAD_FILTER_IMAGE_BYTES = 1 << 22
+# With AVX2's 16-wide micro tiles (no AVX-512) F(2x2, 3x3)'s filter gradient lost to the direct
+# product on small maps with fewer channels than this (Zen 3, one thread, default against
+# MINICNN_CONV_WINOGRAD=0, two runs each: 192 channels a group at 13x13, batch 16, 22.2-22.8
+# against 19.3 ms; CaffeNet's conv5 31.0-31.5 against 25.7; 64 at 28x28, batch 8, 6.5
+# against 5.0; 128 at 14x14 5.6-5.8 against 5.0; two threads the same or closer), and won
+# with 128 at 28x28 (18.4-18.7 against 20.0-20.2) and with 256 at 14x14 (19.0-19.7 against
+# 22.6-22.9): there it keeps 128 channels and maps of 28x28 (196 tiles an image) or more.
+WINOGRAD_FILTER_NARROW_CHANNELS = 256
 
 
 def _winograd(x_shape, w_shape, group, geom, dtype, part):
@@ -402,9 +410,13 @@ def _winograd(x_shape, w_shape, group, geom, dtype, part):
     if part == "data":              # each thread takes whole images
         return n >= lib.num_threads()
     if part == "filter":            # F(2x2, 3x3)'s transforms outweigh the savings below 64
-        return geom.kernel == (5, 5) or \
-            (geom.kernel == (3, 3) and min(cg, fg) >= 64 and tiles >= 256 and   # channels
-             image_bytes <= WINOGRAD_FILTER_IMAGE_BYTES)
+        if geom.kernel == (5, 5):   # channels
+            return True
+        narrow = min(cg, fg) < WINOGRAD_FILTER_NARROW_CHANNELS and \
+            not lib.gemm_kernel().startswith("avx512") and \
+            not (min(cg, fg) >= 128 and per_image >= 196)
+        return geom.kernel == (3, 3) and min(cg, fg) >= 64 and tiles >= 256 and \
+            image_bytes <= WINOGRAD_FILTER_IMAGE_BYTES and not narrow
     return True
 
 

@@ -838,6 +838,7 @@ def test_atrous_winograd_runs_where_it_measured_faster(kind, monkeypatch):
     strides, depthwise, float64 and mode 0 do not. The filter gradient keeps _winograd's limit
     on one image's transforms (the phases of one image counted as images)."""
     import minicnn.ops.conv as conv_module
+    from minicnn.native import lib
     monkeypatch.setattr(conv_module, "WINOGRAD_MODE", "1")
     parts = ("forward", "data", "filter")
 
@@ -853,7 +854,9 @@ def test_atrous_winograd_runs_where_it_measured_faster(kind, monkeypatch):
     assert takes(2, (8, 256, 17, 17)) == [False] * 3     # 648 tiles in 4 calls: slower
     assert takes(2, (4, 128, 65, 65), (128, 128, 3, 3)) == [True] * 2 + [False]   # 4.7 MB
     assert takes(2, (8, 64, 33, 33), (64, 64, 3, 3)) == [False] * 3
-    assert takes(2, (8, 256, 33, 33), (256, 128, 3, 3), group=2) == [True] * 3  # 128 a group
+    wide = lib.gemm_kernel().startswith("avx512")   # AVX2's tiles: the filter gradient direct
+    assert takes(2, (8, 256, 33, 33), (256, 128, 3, 3), group=2) == [True] * 2 + [wide]
+    assert takes(2, (8, 128, 33, 33), (128, 128, 3, 3)) == [True] * 2 + [wide]  # 128 channels
     assert takes(2, (8, 256, 33, 33), (256, 64, 3, 3), group=4) == [False] * 3   # 64 a group
     assert takes(2, w_shape=(256, 256, 5, 5)) == [False] * 3
     assert takes(2, stride=2) == [False] * 3
@@ -916,8 +919,9 @@ def test_winograd_filter_gradient_in_chunks_of_one_image(kind):
 @fast
 def test_winograd_runs_where_it_measured_faster(kind, monkeypatch):
     """The default (MINICNN_CONV_WINOGRAD=1): CaffeNet's conv3-5 and 5x5 conv2 at batch 16 and
-    LeNet's conv2 at batch 64 take it in every pass; few tiles, other geometries, float64 and
-    mode 0 do not."""
+    LeNet's conv2 at batch 64 take it in every pass (with AVX2's 16-wide tiles, the 3x3 filter
+    gradient only from 256 channels, or 128 on maps of 28x28 and up); few tiles, other
+    geometries, float64 and mode 0 do not."""
     import minicnn.ops.conv as conv_module
     from minicnn.native import lib
     monkeypatch.setattr(conv_module, "WINOGRAD_MODE", "1")
@@ -927,10 +931,14 @@ def test_winograd_runs_where_it_measured_faster(kind, monkeypatch):
     def takes(x_shape, w_shape, group=1, geom=same, dtype=np.float32):
         return [conv_module._winograd(x_shape, w_shape, group, geom, dtype, p) for p in parts]
 
+    wide = lib.gemm_kernel().startswith("avx512")   # AVX2's tiles: fewer filter gradients
     assert takes((16, 256, 13, 13), (384, 256, 3, 3)) == [True, True, True]         # conv3
-    assert takes((16, 384, 13, 13), (384, 192, 3, 3), group=2) == [True, True, True]  # conv4
-    assert takes((16, 384, 13, 13), (256, 192, 3, 3), group=2) == [True, True, True]  # conv5
-    assert takes((8, 64, 28, 28), (64, 64, 3, 3)) == [True, True, True]
+    assert takes((16, 384, 13, 13), (384, 192, 3, 3), group=2) == [True, True, wide]  # conv4
+    assert takes((16, 384, 13, 13), (256, 192, 3, 3), group=2) == [True, True, wide]  # conv5
+    assert takes((8, 64, 28, 28), (64, 64, 3, 3)) == [True, True, wide]
+    assert takes((8, 128, 14, 14), (128, 128, 3, 3)) == [True, True, wide]
+    assert takes((8, 128, 28, 28), (128, 128, 3, 3)) == [True, True, True]   # 196 tiles an image
+    assert takes((8, 256, 14, 14), (256, 256, 3, 3)) == [True, True, True]   # 256 channels
     assert takes((8, 32, 56, 56), (32, 32, 3, 3)) == [True, True, False]   # filter: < 64 ch
     assert takes((8, 64, 56, 56), (64, 64, 3, 3)) == [True, True, False]   # 6.4 MB an image
     assert takes((1, 64, 300, 300), (64, 64, 3, 3))[2] is False  # an image: 184 MB of transforms
