@@ -368,6 +368,13 @@ WINOGRAD_MODE = os.environ.get("MINICNN_CONV_WINOGRAD", "1")
 # below this many 2x2 output tiles (over the batch), transforming the filters costs more than
 # the products save, by kernel size
 WINOGRAD_MIN_TILES = {(3, 3): 96, (5, 5): 512}
+# ... and with AVX2's 16-wide micro tiles, for F(2x2, 3x3): at 128 tiles (7x7 maps, batch 8)
+# the direct products measured faster in every pass (Zen 3, one thread, two runs each: 512
+# channels forward 27.4-27.6 against 35.7-35.8 ms, input gradient 29.3-29.6 against 36.1-37.3;
+# 256 6.9 against 8.2-8.5 and 7.3-7.4 against 8.7-8.8; 128 1.9 against 2.3-2.4 and 1.9-2.0
+# against 2.5); at 196 (28x28, one image, 128 channels: 2.80-2.88 against 2.96-2.97) and 256
+# (7x7, batch 16, 256 channels: 11.7-12.2 against 13.7) Winograd was the faster
+WINOGRAD_MIN_TILES_NARROW = {(3, 3): 192, (5, 5): 512}
 # the filter gradient holds the transforms of a chunk of images at a time, at least one: no
 # Winograd where one image's pass this
 WINOGRAD_FILTER_BYTES = 1 << 27
@@ -404,7 +411,9 @@ def _winograd(x_shape, w_shape, group, geom, dtype, part):
     if WINOGRAD_MODE == "2":
         return True
     cg, fg = c // group, w_shape[0] // group
-    if tiles < WINOGRAD_MIN_TILES.get(geom.kernel, np.inf) or min(cg, fg) < 16 or \
+    wide = lib.gemm_kernel().startswith("avx512")
+    min_tiles = (WINOGRAD_MIN_TILES if wide else WINOGRAD_MIN_TILES_NARROW).get(geom.kernel)
+    if tiles < (min_tiles or np.inf) or min(cg, fg) < 16 or \
             _is_depthwise(c, group):
         return False
     if part == "data":              # each thread takes whole images
@@ -412,8 +421,7 @@ def _winograd(x_shape, w_shape, group, geom, dtype, part):
     if part == "filter":            # F(2x2, 3x3)'s transforms outweigh the savings below 64
         if geom.kernel == (5, 5):   # channels
             return True
-        narrow = min(cg, fg) < WINOGRAD_FILTER_NARROW_CHANNELS and \
-            not lib.gemm_kernel().startswith("avx512") and \
+        narrow = min(cg, fg) < WINOGRAD_FILTER_NARROW_CHANNELS and not wide and \
             not (min(cg, fg) >= 128 and per_image >= 196)
         return geom.kernel == (3, 3) and min(cg, fg) >= 64 and tiles >= 256 and \
             image_bytes <= WINOGRAD_FILTER_IMAGE_BYTES and not narrow

@@ -920,8 +920,8 @@ def test_winograd_filter_gradient_in_chunks_of_one_image(kind):
 def test_winograd_runs_where_it_measured_faster(kind, monkeypatch):
     """The default (MINICNN_CONV_WINOGRAD=1): CaffeNet's conv3-5 and 5x5 conv2 at batch 16 and
     LeNet's conv2 at batch 64 take it in every pass (with AVX2's 16-wide tiles, the 3x3 filter
-    gradient only from 256 channels, or 128 on maps of 28x28 and up); few tiles, other
-    geometries, float64 and mode 0 do not."""
+    gradient only from 256 channels, or 128 on maps of 28x28 and up, and no 3x3 pass under 192
+    tiles); few tiles, other geometries, float64 and mode 0 do not."""
     import minicnn.ops.conv as conv_module
     from minicnn.native import lib
     monkeypatch.setattr(conv_module, "WINOGRAD_MODE", "1")
@@ -939,6 +939,8 @@ def test_winograd_runs_where_it_measured_faster(kind, monkeypatch):
     assert takes((8, 128, 14, 14), (128, 128, 3, 3)) == [True, True, wide]
     assert takes((8, 128, 28, 28), (128, 128, 3, 3)) == [True, True, True]   # 196 tiles an image
     assert takes((8, 256, 14, 14), (256, 256, 3, 3)) == [True, True, True]   # 256 channels
+    assert takes((8, 256, 7, 7), (256, 256, 3, 3)) == [wide, wide, False]    # 128 tiles
+    assert takes((16, 256, 7, 7), (256, 256, 3, 3)) == [True, True, True]    # 256 tiles
     assert takes((8, 32, 56, 56), (32, 32, 3, 3)) == [True, True, False]   # filter: < 64 ch
     assert takes((8, 64, 56, 56), (64, 64, 3, 3)) == [True, True, False]   # 6.4 MB an image
     assert takes((1, 64, 300, 300), (64, 64, 3, 3))[2] is False  # an image: 184 MB of transforms
