@@ -371,9 +371,10 @@ WINOGRAD_MIN_TILES = {(3, 3): 96, (5, 5): 512}
 # ... and with AVX2's 16-wide micro tiles, for F(2x2, 3x3): at 128 tiles (7x7 maps, batch 8)
 # the direct products measured faster in every pass (Zen 3, one thread, two runs each: 512
 # channels forward 27.4-27.6 against 35.7-35.8 ms, input gradient 29.3-29.6 against 36.1-37.3;
-# 256 6.9 against 8.2-8.5 and 7.3-7.4 against 8.7-8.8; 128 1.9 against 2.3-2.4 and 1.9-2.0
-# against 2.5); at 196 (28x28, one image, 128 channels: 2.80-2.88 against 2.96-2.97) and 256
-# (7x7, batch 16, 256 channels: 11.7-12.2 against 13.7) Winograd was the faster
+# 256 6.9-7.0 (one run 9.4) against 8.2-8.5 and 7.3-7.6 against 8.5-9.4; 128 1.9 against
+# 2.3-2.4 and 1.9-2.0 against 2.5); at 196 (28x28, one image, 128 channels: 2.80-2.88 against
+# 2.96-2.97) and 256 (7x7, batch 16, 256 channels: 11.7-12.2 against 13.7) Winograd was the
+# faster
 WINOGRAD_MIN_TILES_NARROW = {(3, 3): 192, (5, 5): 512}
 # the filter gradient holds the transforms of a chunk of images at a time, at least one: no
 # Winograd where one image's pass this
