@@ -1125,12 +1125,6 @@ static void conv_backward_filter_direct(const Conv& cv, const float* dy, const f
     }
 }
 
-//
-// The product's columns are the filters (fg) and its inner dimension the output positions (NP,
-// tens of thousands): with fewer filters than NC per thread, splitting columns or rows between
-// threads would have every thread pack the same dy block. Then the positions are split instead:
-// each thread multiplies its share into its own partial dw, and the partials are added in
-// thread order (the same sums whatever the timing).
 // The filter gradient of a pointwise convolution over few positions in all (one image at 7x7 or
 // 14x14, a batch of 16 at 7x7): dw_g (F/G x C/G) += dy_g (F/G x NP) x_g^T, a rank-NP update of
 // a large dw. The general product builds dw^T in a buffer, inner block by inner block, and adds
@@ -1138,8 +1132,8 @@ static void conv_backward_filter_direct(const Conv& cv, const float* dy, const f
 // of 6 filters, and the micro-kernel adds every full tile into dw in place, so dw is read and
 // written once, row by row. Zen 3, min of 9, general product -> this, ratio to PyTorch's time:
 // one thread, batch 1, 1024 -> 1024 at 7x7: 0.59x -> 0.96-1.16x; 2048 -> 512 at 7x7 0.50x ->
-// 0.95-1.02x; 512 -> 512 at 14x14 0.88-0.91x -> 0.99-1.31x; two threads, batch 1 1024 -> 1024 at 7x7
-// 1.55-1.94 -> 0.83-0.85 ms (PyTorch 0.96-0.99), batch 4 512 -> 512 at 14x14 3.53-3.57 ->
+// 0.95-1.02x; 512 -> 512 at 14x14 0.88-0.91x -> 0.99-1.31x; two threads, batch 1 1024 -> 1024
+// at 7x7 1.55-1.94 -> 0.83-0.85 ms (PyTorch 0.96-0.99), batch 4 512 -> 512 at 14x14 3.53-3.57 ->
 // 2.54 (2.51-2.72), batch 16 1024 -> 1024 at 7x7 9.85-10.13 -> 9.38-9.42 (9.67-9.95). With
 // a dw of 256 x 256 at 28x28 the general product was as fast or faster (0.65-0.68 against
 // 0.73-0.74 ms on two threads), so smaller filter banks keep it.
@@ -1161,34 +1155,30 @@ static void pointwise_filter_gradient_few(const Conv& cv, const float* dy, const
         for (std::int64_t q = 0; q < panels; ++q)
             for (std::int64_t n = 0; n < cv.N; ++n)
                 gemm::transposed_panel(x + (n * cv.C + g * cg + q * nr) * P, P,
-                                       std::min(nr, cg - q * nr), P, nr, Bp + (q * L + n * P) * nr);
+                                       std::min(nr, cg - q * nr), P, nr,
+                                       Bp + (q * L + n * P) * nr);
         const std::int64_t row_panels = (fg + MR - 1) / MR;
 #pragma omp parallel for schedule(static) if (fg * cg * L > PARALLEL_WORK)
         for (std::int64_t p = 0; p < row_panels; ++p) {
             const std::int64_t f0 = p * MR, rows = std::min(MR, fg - f0);
             float* Ap = gemm::scratch(0, MR * L);           // Ap[k][r] = dy[n][f0 + r][position]
-            float* tile = gemm::scratch(1, MR * nr);
             for (std::int64_t r = 0; r < MR; ++r)
                 for (std::int64_t n = 0; n < cv.N; ++n) {
                     const float* src = dy + (n * cv.F + g * fg + f0 + std::min(r, rows - 1)) * P;
                     for (std::int64_t s = 0; s < P; ++s)
                         Ap[(n * P + s) * MR + r] = r < rows ? src[s] : 0.0f;
                 }
-            float* dwp = dw + (g * fg + f0) * cg;
-            for (std::int64_t q = 0; q < panels; ++q) {
-                const std::int64_t j0 = q * nr, cols = std::min(nr, cg - j0);
-                if (rows == MR && cols == nr) {
-                    K.run(L, Ap, Bp + q * nr * L, dwp + j0, cg, true);
-                    continue;
-                }
-                K.run(L, Ap, Bp + q * nr * L, tile, nr, false);
-                for (std::int64_t r = 0; r < rows; ++r)
-                    for (std::int64_t t = 0; t < cols; ++t) dwp[r * cg + j0 + t] += tile[r * nr + t];
-            }
+            gemm::add_panel_products(K, L, Ap, rows, Bp, cg, dw + (g * fg + f0) * cg, cg);
         }
     }
 }
 
+//
+// The product's columns are the filters (fg) and its inner dimension the output positions (NP,
+// tens of thousands): with fewer filters than NC per thread, splitting columns or rows between
+// threads would have every thread pack the same dy block. Then the positions are split instead:
+// each thread multiplies its share into its own partial dw, and the partials are added in
+// thread order (the same sums whatever the timing).
 static void conv_backward_filter(const Conv& cv, const float* dy, const float* x, float* dw) {
     if (few_positions(cv)) {
         pointwise_filter_gradient_few(cv, dy, x, dw);

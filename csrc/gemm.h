@@ -361,6 +361,28 @@ inline float* scratch(int slot, std::int64_t floats) {
     return buffers[slot].get();
 }
 
+// c (rows x S, row stride ldc) += an MR-row panel Ap (kc deep) times the nr-wide panels Bp of
+// S columns (Bp[q][k][t], kc deep each): full tiles added in place by the micro-kernel, the
+// edges through a scratch tile (slot 1). A rank-kc update of a large C that streams it once,
+// row panel by row panel (InnerProduct's filter gradient, a pointwise one over few positions).
+inline void add_panel_products(const Kernel& K, std::int64_t kc, const float* Ap,
+                               std::int64_t rows, const float* Bp, std::int64_t S, float* c,
+                               std::int64_t ldc) {
+    const std::int64_t nr = K.nr;
+    for (std::int64_t j0 = 0; j0 < S; j0 += nr) {
+        const float* b = Bp + j0 * kc;                  // panel j0 / nr
+        const std::int64_t cols = std::min(nr, S - j0);
+        if (rows == MR && cols == nr) {
+            K.run(kc, Ap, b, c + j0, ldc, true);
+            continue;
+        }
+        float* tile = scratch(1, MR * nr);
+        K.run(kc, Ap, b, tile, nr, false);
+        for (std::int64_t r = 0; r < rows; ++r)
+            for (std::int64_t t = 0; t < cols; ++t) c[r * ldc + j0 + t] += tile[r * nr + t];
+    }
+}
+
 // --- the driver -------------------------------------------------------------------------------
 //
 //   pack_a(i0, mc, l0, kc, Ap) -> Panels   A's panels for rows i0.. and inner l0..l0+kc:

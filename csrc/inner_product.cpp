@@ -813,18 +813,8 @@ void rank_update(std::int64_t R, std::int64_t S, std::int64_t L, const float* a,
     for (std::int64_t p = 0; p < row_panels; ++p) {
         const std::int64_t i0 = p * MR, rows = std::min(MR, R - i0);
         float* Ap = gemm::scratch(0, MR * L);
-        float* tile = gemm::scratch(1, MR * nr);
         pack_a(a, R, true, i0, rows, 0, L, Ap);                 // Ap[k][r] = a[k][i0 + r]
-        for (std::int64_t q = 0; q < panels; ++q) {
-            const std::int64_t j0 = q * nr, cols = std::min(nr, S - j0);
-            if (rows == MR && cols == nr) {
-                K.run(L, Ap, Bp + q * nr * L, c + i0 * S + j0, S, true);
-                continue;
-            }
-            K.run(L, Ap, Bp + q * nr * L, tile, nr, false);
-            for (std::int64_t r = 0; r < rows; ++r)
-                for (std::int64_t t = 0; t < cols; ++t) c[(i0 + r) * S + j0 + t] += tile[r * nr + t];
-        }
+        gemm::add_panel_products(K, L, Ap, rows, Bp, S, c + i0 * S, S);
     }
 }
 
