@@ -99,9 +99,10 @@ def test_net_agrees_with_opencv(top, tmp_path):
     cv_net.setInput(x)
     want = cv_net.forward("c2")
     assert np.linalg.norm(out - want) <= 1e-5 * np.linalg.norm(want)
-    if top == "shuffled":
-        cv_net.setInput(x)
-        np.testing.assert_array_equal(net.blobs["shuffled"].data, cv_net.forward("shuffle"))
+    if top == "shuffled":       # a wrong permutation moves values by O(1); the convolutions
+        cv_net.setInput(x)      # before it round alike only with the same micro-kernel
+        np.testing.assert_allclose(net.blobs["shuffled"].data, cv_net.forward("shuffle"),
+                                   rtol=1e-5, atol=1e-6)
 
 
 def test_in_place_backward_is_the_inverse_shuffle():
