@@ -750,10 +750,47 @@ static void conv_forward_direct(const Conv& cv, const float* x, const float* w, 
     }
 }
 
+// --- 1x1 at a stride --------------------------------------------------------------------------
+//
+// A 1x1 convolution at a stride without padding (ResNet's downsampling shortcuts and the 1x1
+// that opens each downsampling block) reads only every sh-th row and sw-th column: it is the
+// pointwise convolution of that subsampled input, whose every product the packed or direct
+// pointwise paths run with no wasted tap. One thread, batch 8, Zen 3 (AVX2), forward, the
+// strided convolution (direct product) against subsample + pointwise: 512->1024 at 14x14
+// 8.26 against 4.77 ms, 256->512 at 28x28 6.16 against 4.78; the filter gradient 512->1024
+// at 14x14 5.16 against 4.65, batch 1 1.13 against 0.66. The input gradient measured the same
+// both ways (5.20 against 5.14 ms) and keeps its col2im onto dx.
+static bool strided_pointwise(const Conv& cv) {
+    return cv.kh == 1 && cv.kw == 1 && cv.ph == 0 && cv.pw == 0 && (cv.sh > 1 || cv.sw > 1);
+}
+
+// The pointwise convolution of the subsampled input (dilation means nothing to a 1x1 kernel).
+static Conv subsampled(const Conv& cv) {
+    return Conv{cv.N, cv.C, cv.oh, cv.ow, cv.F, cv.G, cv.oh, cv.ow, 1, 1, 1, 1, 0, 0, 1, 1};
+}
+
+// x[n][c][u*sh][v*sw] for every output position, (N, C, oh, ow), in a buffer of this thread's.
+static const float* subsample(const Conv& cv, const float* x) {
+    thread_local std::vector<float> out;
+    out.resize(cv.N * cv.C * cv.P());
+    float* dst = out.data();
+    const std::int64_t planes = cv.N * cv.C;
+#pragma omp parallel for schedule(static) if (planes * cv.P() > PARALLEL_WORK)
+    for (std::int64_t pl = 0; pl < planes; ++pl)
+        for (std::int64_t u = 0; u < cv.oh; ++u)
+            strided_copy(dst + (pl * cv.oh + u) * cv.ow, x + (pl * cv.H + u * cv.sh) * cv.W,
+                         cv.ow, cv.sw);
+    return dst;
+}
+
 // --- forward ----------------------------------------------------------------------------------
 
 static void conv_forward(const Conv& cv, const float* x, const float* w, const float* b,
                          float* y) {
+    if (strided_pointwise(cv)) {
+        conv_forward(subsampled(cv), subsample(cv, x), w, b, y);
+        return;
+    }
     if (use_direct(cv)) {
         conv_forward_direct(cv, x, w, b, y);
         return;
@@ -1180,6 +1217,10 @@ static void pointwise_filter_gradient_few(const Conv& cv, const float* dy, const
 // each thread multiplies its share into its own partial dw, and the partials are added in
 // thread order (the same sums whatever the timing).
 static void conv_backward_filter(const Conv& cv, const float* dy, const float* x, float* dw) {
+    if (strided_pointwise(cv)) {
+        conv_backward_filter(subsampled(cv), dy, subsample(cv, x), dw);
+        return;
+    }
     if (few_positions(cv)) {
         pointwise_filter_gradient_few(cv, dy, x, dw);
         return;

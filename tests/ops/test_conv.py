@@ -365,6 +365,14 @@ FAST_PINNED = dict(PINNED, **{
     "pointwise_few_positions": make_case(2, 370, (2, 3), 359, 1),
     "pointwise_few_positions_grouped": make_case(1, 728, (2, 2), 724, 1, group=2),
     "pointwise_strided": make_case(2, 3, (5, 5), 2, 1, stride=2),
+    # a 1x1 at a stride without padding runs as the pointwise convolution of the subsampled
+    # input (csrc/conv_gemm.cpp, strided_pointwise): a stride per axis with dilation (which a
+    # 1x1 ignores), groups, a filter gradient with few positions into a large dw, and enough
+    # planes (64 x 15 x 15 x 4 > 2^16) for the threads to share the subsampling
+    "pointwise_stride_2x3_dilated": make_case(2, 5, (9, 10), 7, 1, stride=(2, 3), dilation=2),
+    "pointwise_strided_grouped": make_case(3, 6, (7, 8), 9, 1, stride=2, group=3),
+    "pointwise_strided_few_positions": make_case(1, 370, (5, 6), 359, 1, stride=2),
+    "pointwise_strided_many_planes": make_case(4, 64, (30, 29), 8, 1, stride=2),
     # strides 2 and 4 over rows long enough for the vectorized strided gather (and its tail)
     "conv1_like_stride4": make_case(2, 3, (27, 95), 5, 11, stride=4, pad=1),
     "stride2_7x7": make_case(1, 3, (15, 77), 4, 7, stride=2, pad=3),
