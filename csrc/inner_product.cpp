@@ -660,139 +660,13 @@ __attribute__((target("avx512f"))) void gradient_step_tile_avx512(
     }
 }
 
-// The step of rows r < R of W from row l, the 32 columns at j0 (``cols`` of them inside W),
-// given their gradient (grad[r][32]), with AVX2. Its own function, built without FMA and never
-// inlined into one that has it: each product and sum is its own rounded instruction, as in
-// the passes one by one (GCC fuses a*b+c wherever FMA is enabled, even in ISO C++).
-__attribute__((target("avx2"), noinline)) static void step_rows_avx2(
-        const float* grad, int R, std::int64_t K, std::int64_t l, std::int64_t j0,
-        std::int64_t cols, float* w, float* v, float* d, const MomentumRule& rule) {
-    constexpr std::int64_t ahead = 256;        // floats: how far on W and V are prefetched
-    const __m256 lr = _mm256_set1_ps(rule.lr), momentum = _mm256_set1_ps(rule.momentum);
-    const __m256 decay = _mm256_set1_ps(rule.decay);
-    const __m256 one_plus = _mm256_set1_ps(1.0f + rule.momentum);
-    const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f);
-    const __m256 minus_one = _mm256_set1_ps(-1.0f);
-    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    for (int r = 0; r < R; ++r) {
-        const std::int64_t row = (l + r) * K + j0;
-        for (int t = 0; t < 4; t += 2) {        // (a prefetch past the end does not fault)
-            _mm_prefetch(reinterpret_cast<const char*>(w + row + ahead + 8 * t), _MM_HINT_T0);
-            _mm_prefetch(reinterpret_cast<const char*>(v + row + ahead + 8 * t), _MM_HINT_T0);
-        }
-        for (int t = 0; t < 4; ++t) {
-            const std::int64_t n = std::clamp<std::int64_t>(cols - 8 * t, 0, 8);
-            if (n == 0) break;
-            float* wp = w + row + 8 * t;
-            float* vp = v + row + 8 * t;
-            float* dp = d ? d + row + 8 * t : nullptr;
-            const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), lanes);
-            const __m256 data = n == 8 ? _mm256_loadu_ps(wp) : _mm256_maskload_ps(wp, mask);
-            const __m256 old = n == 8 ? _mm256_loadu_ps(vp) : _mm256_maskload_ps(vp, mask);
-            __m256 g = _mm256_load_ps(grad + r * 32 + 8 * t);
-            if (rule.regularization == 1) {
-                g = _mm256_add_ps(g, _mm256_mul_ps(decay, data));
-            } else if (rule.regularization == 2) {        // sign(data): NaN and zeros kept
-                __m256 sign = _mm256_blendv_ps(data, one, _mm256_cmp_ps(data, zero, _CMP_GT_OQ));
-                sign = _mm256_blendv_ps(sign, minus_one, _mm256_cmp_ps(data, zero, _CMP_LT_OQ));
-                g = _mm256_add_ps(g, _mm256_mul_ps(decay, sign));
-            }
-            const __m256 kept = _mm256_mul_ps(momentum, old);
-            const __m256 fresh = _mm256_add_ps(kept, _mm256_mul_ps(lr, g));
-            const __m256 step = rule.nesterov
-                ? _mm256_sub_ps(_mm256_mul_ps(one_plus, fresh), kept)
-                : fresh;
-            const __m256 moved = _mm256_sub_ps(data, step);
-            if (n < 8) {                                  // the last columns of W's rows
-                _mm256_maskstore_ps(vp, mask, fresh);
-                _mm256_maskstore_ps(wp, mask, moved);
-                if (d) _mm256_maskstore_ps(dp, mask, step);
-                continue;
-            }
-            _mm256_storeu_ps(vp, fresh);
-            _mm256_storeu_ps(wp, moved);
-            if (!d) continue;                           // the caller keeps no diff
-            if ((reinterpret_cast<std::uintptr_t>(dp) & 31) == 0)
-                _mm256_stream_ps(dp, step);
-            else
-                _mm256_storeu_ps(dp, step);
-        }
-    }
-}
-
-// Rows r < R of W from row l, the 32 columns at j0: their gradient as
-// gradient_step_tile_avx512's (in order over the batch, with FMA as the rank update), four
-// vectors a row (two rows: 8 running sums and X's 4 vectors in 16 registers), then the step.
-template <int R>
-__attribute__((target("avx2,fma"))) void gradient_step_tile_avx2(
-        const float* at, std::int64_t L, std::int64_t M, const float* xq, std::int64_t K,
-        std::int64_t l, std::int64_t j0, std::int64_t cols, float* w, float* v, float* d,
-        const MomentumRule& rule) {
-    constexpr int V = 4;                       // vectors a row
-    __m256 g[R][V];
-    for (int r = 0; r < R; ++r)
-        for (int t = 0; t < V; ++t) g[r][t] = _mm256_setzero_ps();
-    for (std::int64_t b = 0; b < M; ++b) {
-        __m256 xv[V];
-        for (int t = 0; t < V; ++t) xv[t] = _mm256_load_ps(xq + b * 8 * V + 8 * t);
-        const float* s = at + ((b >> 3) * L + l) * 8 + (b & 7);      // dY[b][l + r] = s[8 r]
-        for (int r = 0; r < R; ++r) {
-            const __m256 y = _mm256_set1_ps(s[8 * r]);
-            for (int t = 0; t < V; ++t) g[r][t] = _mm256_fmadd_ps(y, xv[t], g[r][t]);
-        }
-    }
-    alignas(32) float grad[R * 8 * V];
-    for (int r = 0; r < R; ++r)
-        for (int t = 0; t < V; ++t) _mm256_store_ps(grad + r * 8 * V + 8 * t, g[r][t]);
-    step_rows_avx2(grad, R, K, l, j0, cols, w, v, d, rule);
-}
-
-// gradient_step below with AVX2 (the tiles above, 32 columns wide); false where the GEMM's
-// kernel is not AVX2's (no AVX2, or MINICNN_GEMM_KERNEL=generic).
-static bool gradient_step_avx2(std::int64_t M, std::int64_t N, std::int64_t K, const float* dy,
-                               const float* x, float* w, float* v, float* d,
-                               const MomentumRule& rule) {
-    if (std::strncmp(gemm::kernel().name, "avx2", 4) != 0) return false;
-    constexpr std::int64_t width = 32;
-    const std::int64_t blocks = (M + 7) / 8, column_blocks = (K + width - 1) / width;
-    std::vector<float> packed;          // at as gradient_step's; xp[q][b][32], 0 past K
-    float* at = pack_columns8(dy, M, N, column_blocks * M * width + 16, packed);
-    float* xp = at + (blocks * N * 8 + 15) / 16 * 16;
-    for (std::int64_t q = 0; q < column_blocks; ++q)
-        for (std::int64_t b = 0; b < M; ++b)
-            for (std::int64_t t = 0; t < width; ++t) {
-                const std::int64_t j = q * width + t;
-                xp[(q * M + b) * width + t] = j < K ? x[b * K + j] : 0.0f;
-            }
-    const std::int64_t pairs = (N + 1) / 2;
-#pragma omp parallel if (M * N * K > PARALLEL_WORK)
-    {
-#pragma omp for schedule(static)
-        for (std::int64_t pair = 0; pair < pairs; ++pair) {
-            const std::int64_t l = 2 * pair;
-            for (std::int64_t q = 0; q < column_blocks; ++q) {
-                const std::int64_t j0 = q * width, cols = std::min(width, K - j0);
-                const float* xq = xp + q * M * width;
-                if (l + 1 < N)
-                    gradient_step_tile_avx2<2>(at, N, M, xq, K, l, j0, cols, w, v, d, rule);
-                else
-                    gradient_step_tile_avx2<1>(at, N, M, xq, K, l, j0, cols, w, v, d, rule);
-            }
-        }
-        _mm_sfence();                          // the streamed stores, before anyone reads D
-    }
-    return true;
-}
-
 // W (N x K) <- its SGD step for the gradient dY^T X, V (N x K) <- the new momentum, D (N x K)
-// <- the step (D null: not stored; for SGD the layer lets the diff copy V when read), for a
-// batch of M <= rows_product_batch; without AVX-512 the AVX2 tiles, and false where the GEMM's
-// kernel is neither (the caller takes the passes one by one). Threads take pairs of W's rows
-// and sweep them in order: W, V and D stream from memory in long runs.
+// <- the step (D null: not stored; for SGD the layer lets the diff copy V when read), for a batch of M <= rows_product_batch; false where there is no AVX-512 (the
+// caller takes the passes one by one). Threads take pairs of W's rows and sweep them in order:
+// W, V and D stream from memory in long runs.
 bool gradient_step(std::int64_t M, std::int64_t N, std::int64_t K, const float* dy,
                    const float* x, float* w, float* v, float* d, const MomentumRule& rule) {
-    if (!__builtin_cpu_supports("avx512f") || std::getenv("MINICNN_GEMM_KERNEL"))
-        return gradient_step_avx2(M, N, K, dy, x, w, v, d, rule);
+    if (!__builtin_cpu_supports("avx512f") || std::getenv("MINICNN_GEMM_KERNEL")) return false;
     constexpr std::int64_t width = 96;
     const std::int64_t blocks = (M + 7) / 8, column_blocks = (K + width - 1) / width;
     // at[block][l][8] = dY[8 block + i][l] (a row's 8 broadcasts from one line); xp[q][b][96] =
@@ -837,16 +711,6 @@ bool gradient_step(std::int64_t, std::int64_t, std::int64_t, const float*, const
     return false;
 }
 #endif
-
-// Whether gradient_step runs here (it declines nothing else).
-static bool has_gradient_step() {
-#ifdef MINICNN_X86
-    return (__builtin_cpu_supports("avx512f") && !std::getenv("MINICNN_GEMM_KERNEL")) ||
-           std::strncmp(gemm::kernel().name, "avx2", 4) == 0;
-#else
-    return false;
-#endif
-}
 
 // B panels from a row-major (rows x cols) matrix b, or from its transpose (b is (cols x rows)):
 // Bp[q][k][t] = B[l0 + k][j0 + q*nr + t]. Read in b's own order (row by row, or for the
@@ -1019,16 +883,16 @@ REGISTER_NATIVE(m) {
         const MomentumRule rule{static_cast<float>(lr), static_cast<float>(momentum),
                                 static_cast<float>(decay), regularization, nesterov};
         py::gil_scoped_release release;
-        if (M > rows_product_batch || !has_gradient_step()) return false;
-        if (dxs && !rows_product(M, K, N, g, ws, dxs))       // from the old W, as ip_backward_data
-            product(M, K, N, g, N, false, ws, K, false, dxs, false);
+        if (M > rows_product_batch || !__builtin_cpu_supports("avx512f") ||
+            std::getenv("MINICNN_GEMM_KERNEL"))
+            return false;
+        if (dxs && !rows_product(M, K, N, g, ws, dxs)) return false;     // from the old W
         return gradient_step(M, N, K, g, xs, ws, vs, ds, rule);
     }, "dx <- dy w (when dx is not None), then w's gradient dy^T x and the solver's SGD step "
        "(nesterov: Nesterov's) with it, in one pass over w, history and diff: history <- the new "
        "momentum, diff <- the step (not when diff is None), w -= the step. False, with nothing "
        "written, where this "
-       "machine has no such pass (neither AVX-512 nor AVX2, or a batch over 64): take the "
-       "passes one by one");
+       "machine has no such pass (no AVX-512, or a batch over 64): take the passes one by one");
     m.def("ip_backward_filter", [](const py::array& dy, const py::array& x, py::array& dw,
                                    bool transpose) {
         require(dy.ndim() == 2 && x.ndim() == 2 && dw.ndim() == 2, "ip_backward_filter: 2-D");

@@ -16,9 +16,8 @@ from minicnn.proto import caffe_pb2, parse_text
 
 pytestmark = pytest.mark.skipif(lib is None, reason="minicnn._native was not built")
 
-# The one-pass step needs AVX-512 or AVX2's GEMM kernel (elsewhere, MINICNN_GEMM_KERNEL=generic
-# included, the op declines and the solver updates as before).
-FUSED_HERE = lib is not None and lib.gemm_kernel().startswith(("avx512", "avx2"))
+# The one-pass step needs AVX-512 (elsewhere the op declines and the solver updates as before).
+FUSED_HERE = lib is not None and lib.gemm_kernel().startswith("avx512")
 
 
 def aligned_zeros(shape, offset=0):
@@ -44,7 +43,7 @@ def step_cases(draw):
                 decay=draw(st.sampled_from([0.0, 5e-4, 0.3])))
 
 
-@pytest.mark.skipif(not FUSED_HERE, reason="the one-pass step needs AVX-512 or AVX2")
+@pytest.mark.skipif(not FUSED_HERE, reason="the one-pass step needs AVX-512")
 @settings(max_examples=60, deadline=None)
 @given(case=step_cases())
 def test_one_pass_step_is_the_backward_then_the_update(case):
@@ -78,7 +77,7 @@ def test_one_pass_step_is_the_backward_then_the_update(case):
         np.testing.assert_array_equal(a.view(np.int32), b.view(np.int32))
 
 
-@pytest.mark.skipif(not FUSED_HERE, reason="the one-pass step needs AVX-512 or AVX2")
+@pytest.mark.skipif(not FUSED_HERE, reason="the one-pass step needs AVX-512")
 def test_one_pass_step_declines_a_batch_over_64_and_writes_nothing():
     rng = np.random.default_rng(0)
     x, dy = rng.standard_normal((65, 10), dtype=np.float32), np.ones((65, 3), np.float32)
@@ -206,7 +205,7 @@ def test_a_deferred_diff_holds_each_iterations_step_when_read(every, monkeypatch
     assert taken == ({"fc1": 6, "fc2": 6} if FUSED_HERE else {})
 
 
-@pytest.mark.skipif(not FUSED_HERE, reason="the one-pass step needs AVX-512 or AVX2")
+@pytest.mark.skipif(not FUSED_HERE, reason="the one-pass step needs AVX-512")
 def test_training_never_copies_a_deferred_diff_nobody_reads(monkeypatch):
     """The copy is for readers: the solver's own iterations (handing the next step over
     included) leave fc1's and fc2's diffs deferred."""

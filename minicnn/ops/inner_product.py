@@ -140,8 +140,7 @@ def inner_product_backward_step(dy, x, w, diff, step, *, axis=1, transpose=False
     new history); the weight gradient itself is never stored. Bit for bit the result of the
     backward followed by the solver's update. True when done; False, with nothing written,
     where this pass does not run (not float32 host arrays, a transposed layer, a batch over 64,
-    neither AVX-512 nor AVX2 (or MINICNN_GEMM_KERNEL=generic), MINICNN_CPU=ref): then take the
-    backward and leave the step to the solver."""
+    no AVX-512, MINICNN_CPU=ref): then take the backward and leave the step to the solver."""
     if lib is None or transpose or os.environ.get("MINICNN_CPU", "") == "ref":
         return False
     dy2, x2 = dy.reshape(-1, dy.shape[-1]), _as_matrix(x, axis)
