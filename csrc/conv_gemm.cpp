@@ -757,9 +757,9 @@ static void conv_forward_direct(const Conv& cv, const float* x, const float* w, 
 // pointwise convolution of that subsampled input, whose every product the packed or direct
 // pointwise paths run with no wasted tap. One thread, batch 8, Zen 3 (AVX2), forward, the
 // strided convolution (direct product) against subsample + pointwise: 512->1024 at 14x14
-// 8.26 against 4.77 ms, 256->512 at 28x28 6.16 against 4.78; the filter gradient 512->1024
-// at 14x14 5.16 against 4.65, batch 1 1.13 against 0.66. The input gradient measured the same
-// both ways (5.20 against 5.14 ms) and keeps its col2im onto dx.
+// 8.26 against 4.85 ms, 256->512 at 28x28 6.16 against 4.84-4.94; the filter gradient
+// 512->1024 at 14x14 5.16 against 4.76-4.86, batch 1 1.13 against 0.64. The input gradient
+// measured the same both ways (5.20 against 5.14 ms) and keeps its col2im onto dx.
 static bool strided_pointwise(const Conv& cv) {
     return cv.kh == 1 && cv.kw == 1 && cv.ph == 0 && cv.pw == 0 && (cv.sh > 1 || cv.sw > 1);
 }
