@@ -210,3 +210,31 @@ def test_float32_stays_float32_and_float64_stays_float64():
             {np.dtype(dtype)}
     np.testing.assert_allclose(deconv_layer(w, b, geom, group)(x.astype(np.float32)),
                                naive_deconv(x, w, b, geom, group), rtol=1e-4, atol=1e-5)
+
+
+FLOAT32_CASES = dict(PINNED, **{
+    # a 1x1 at a stride: its filter gradient runs as the pointwise one of the subsampled top
+    # diff (csrc/conv_gemm.cpp, strided_pointwise)
+    "pointwise_strided": make_case(2, 3, (4, 5), 2, 1, stride=2),
+    "pointwise_strided_grouped": make_case(1, 4, (3, 3), 6, 1, stride=(2, 3), group=2),
+})
+
+
+@pytest.mark.parametrize("case", FLOAT32_CASES.values(), ids=FLOAT32_CASES.keys())
+def test_float32_layer_matches_float64(case):
+    """The float32 layer (minicnn's GEMM kernels) against the float64 one (NumPy/BLAS): top,
+    bottom diff and both parameter diffs, to float32 rounding."""
+    x, w, b, geom, group = case
+    dy = None
+    results = []
+    for dtype in (np.float64, np.float32):
+        layer = deconv_layer(w.astype(dtype), None if b is None else b.astype(dtype), geom,
+                             group)
+        y = layer(x.astype(dtype))
+        if dy is None:
+            dy = np.random.default_rng(2).standard_normal(y.shape)
+        dx = layer.backprop(dy.astype(dtype)).copy()
+        results.append((y, dx, *(blob.diff.copy() for blob in layer.blobs)))
+    for name, want, got in zip(("top", "dx", "dw", "db"), *results):
+        assert got.dtype == np.float32, name
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=name)
