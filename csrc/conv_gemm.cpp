@@ -785,6 +785,23 @@ static const float* subsample(const Conv& cv, const float* x) {
 
 // --- forward ----------------------------------------------------------------------------------
 
+// Where the forward's product C (filters of a group x output positions) lives in y: C[i][j] at
+// y[n][g*fg + i][q] for the position j = (n, q), so a tile's rows are a plane (P) apart and its
+// nr positions contiguous whenever no tile straddles two images (P a multiple of nr). Then the
+// micro-kernel writes y itself (gemm::run's target), without the buffer and the store's copy
+// (no bias to add: a bias goes through the store). One thread, batch 8, Zen 3, interleaved in
+// one process, bit-identical: 1x1 32 -> 64 at 112x112 7.95 -> 6.96 ms, 64 -> 128 at 56x56 5.95
+// -> 5.44, 64 -> 256 at 56x56 12.08 -> 10.26, 256 -> 256 at 28x28 9.61 -> 9.33.
+struct OutputTiles {
+    float* y;                 // the group's first filter plane of image 0
+    std::int64_t P, F, ldc;   // ldc: P, or 0 where tiles straddle images or a bias is added
+    OutputTiles(float* y, std::int64_t P, std::int64_t F, bool usable)
+        : y(y), P(P), F(F), ldc(usable ? P : 0) {}
+    float* operator()(std::int64_t i, std::int64_t j) const {
+        return y + ((j / P) * F + i) * P + j % P;
+    }
+};
+
 static void conv_forward(const Conv& cv, const float* x, const float* w, const float* b,
                          float* y) {
     if (strided_pointwise(cv)) {
@@ -827,7 +844,8 @@ static void conv_forward(const Conv& cv, const float* x, const float* w, const f
                             dst[t] = src[run.offset + t] + bias;
                     }
                 }
-            });
+            },
+            OutputTiles{y + g * fg * P, P, cv.F, b == nullptr && P % gemm::kernel().nr == 0});
     });
 }
 

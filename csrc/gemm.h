@@ -391,6 +391,11 @@ inline void add_panel_products(const Kernel& K, std::int64_t kc, const float* Ap
 //       past mc are 0. Or A itself, row-major: {&a[i0][l0], 0, lda}, read in place
 //   pack_b(j0, nc, l0, kc, nr, Bp)   Bp[q][k][nr] for columns j0..; columns past nc 0
 //   store(i0, mc, j0, nc, C, ldc)   the finished C[i0 .. i0+mc, j0 .. j0+nc] (row stride ldc)
+//   target (optional): where C's tiles can go straight, skipping the buffer and the store:
+//       target(i, j) is where C[i][j] lives, with MR rows target.ldc apart and each row's nr
+//       columns contiguous there, for every whole tile; target.ldc 0: never. Taken only when
+//       the inner dimension is one block (each tile final when the micro-kernel is done) and
+//       for whole MR x nr tiles; the other rows of the block go through ``store``.
 //
 // A task owns a block of NC columns (and, when there are fewer column blocks than threads, a
 // share of the rows). For each KC block of the inner dimension it packs its B block once and
@@ -436,9 +441,14 @@ inline void tile(const Kernel& K, const Panels& A, std::int64_t p, std::int64_t 
         K.run(kc, A.first + p * A.stride, b, c, ldc, accumulate);
 }
 
-template <typename PackA, typename PackB, typename Store>
+struct NoTarget {
+    std::int64_t ldc = 0;
+    float* operator()(std::int64_t, std::int64_t) const { return nullptr; }
+};
+
+template <typename PackA, typename PackB, typename Store, typename Target = NoTarget>
 void run(std::int64_t M, std::int64_t N, std::int64_t L, const Blocking& blocking,
-         PackA&& pack_a, PackB&& pack_b, Store&& store) {
+         PackA&& pack_a, PackB&& pack_b, Store&& store, const Target& target = Target{}) {
     if (M <= 0 || N <= 0) return;           // C is empty: nothing to store (no row groups)
     const Kernel& K = kernel();
     const std::int64_t nr = K.nr;
@@ -492,16 +502,25 @@ void run(std::int64_t M, std::int64_t N, std::int64_t L, const Blocking& blockin
                     for (std::int64_t i0 = 0; i0 < rows; i0 += mc) {
                         const std::int64_t m = std::min(mc, rows - i0);
                         const std::int64_t m_panels = (m + MR - 1) / MR;
+                        // row panels written straight to the target (whole tiles only)
+                        const std::int64_t straight = target.ldc && L > 0 && n % nr == 0
+                                                          ? m / MR : 0;
                         if (L == 0) {
                             std::memset(C, 0, sizeof(float) * m_panels * MR * ldc);
                         } else {
                             const Panels A = pack_a(r0 + i0, m, 0, L, Ap);
                             for (std::int64_t q = 0; q < n_panels; ++q)
-                                for (std::int64_t p = 0; p < m_panels; ++p)
+                                for (std::int64_t p = 0; p < m_panels; ++p) {
+                                    const bool there = p < straight;
                                     tile(K, A, p, m, L, Bp + q * nr * L,
-                                         C + p * MR * ldc + q * nr, ldc, false);
+                                         there ? target(r0 + i0 + p * MR, j0 + q * nr)
+                                               : C + p * MR * ldc + q * nr,
+                                         there ? target.ldc : ldc, false);
+                                }
                         }
-                        store(r0 + i0, m, j0, n, C, ldc);
+                        if (straight < m_panels)
+                            store(r0 + i0 + straight * MR, m - straight * MR, j0, n,
+                                  C + straight * MR * ldc, ldc);
                     }
                     continue;
                 }

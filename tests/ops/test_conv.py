@@ -365,6 +365,13 @@ FAST_PINNED = dict(PINNED, **{
     "pointwise_few_positions": make_case(2, 370, (2, 3), 359, 1),
     "pointwise_few_positions_grouped": make_case(1, 728, (2, 2), 724, 1, group=2),
     "pointwise_strided": make_case(2, 3, (5, 5), 2, 1, stride=2),
+    # no bias and whole micro tiles per image (32 or 64 positions): the packed forward's
+    # micro-kernel writes y itself (csrc/conv_gemm.cpp, OutputTiles), and the filters past
+    # whole 6-row panels go through the store; groups, a 3x3, and row blocks of 48 filters
+    "pointwise_straight_to_y": make_case(3, 5, (4, 8), 14, 1, bias=False),
+    "pointwise_straight_to_y_grouped": make_case(2, 6, (8, 8), 20, 1, group=2, bias=False),
+    "straight_to_y_3x3": make_case(2, 3, (8, 4), 7, 3, pad=1, bias=False),
+    "straight_to_y_100_filters": make_case(2, 4, (8, 8), 100, 1, bias=False),
     # a 1x1 at a stride without padding runs as the pointwise convolution of the subsampled
     # input (csrc/conv_gemm.cpp, strided_pointwise): a stride per axis with dilation (which a
     # 1x1 ignores), groups, a filter gradient with few positions into a large dw, and enough
