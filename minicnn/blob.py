@@ -129,6 +129,7 @@ class Blob:
     @data.setter
     def data(self, value):
         if value is not self._data:       # `blob.data -= step` has written in place already
+            self._check_values(value, "data")
             cuda.assign(self._data, value)    # write in place: keeps shared views alive
 
     @property
@@ -145,7 +146,24 @@ class Blob:
     def diff(self, value):
         target = self.diff
         if value is not target:           # `blob.diff += g` has written in place already
+            self._check_values(value, "diff")
             cuda.assign(target, value)
+
+    def _check_values(self, value, field):
+        """``blob.data = value`` takes a scalar (every element) or an array of the blob's own
+        shape: NumPy would broadcast a (5, 5) array into every filter of a (20, 1, 5, 5) blob
+        without a word. (``blob.data[...] = value`` still broadcasts, as NumPy does.)"""
+        shape = getattr(value, "shape", None)
+        if shape is None:
+            shape = np.shape(value)
+        if shape and tuple(shape) != self._shape:
+            raise MinicnnError(f"cannot set a blob of shape {self._shape} from {field} of shape "
+                               f"{tuple(shape)}; reshape the blob first, or write "
+                               f"blob.{field}[...] = values to broadcast on purpose")
+        dtype = getattr(value, "dtype", None)
+        if (dtype if dtype is not None else np.asarray(value).dtype).kind == "c":
+            raise MinicnnError(f"cannot set a blob's {field} from complex values: minicnn's "
+                               "blobs are real")
 
     def defer_diff(self, source):
         """The diff is a copy of the host array ``source``, taken when the diff is next read

@@ -231,11 +231,12 @@ def merge_bn(model, weights, dtype=np.float32):
         raise ValueError(f"dtype must be float32 or float64, not {dtype}")
     param = _read_net(model)
     weight_param = _read_weights(weights)
-    net = Net(param, weights=weight_param, phase="TEST", dtype=np.float64)
+    net = Net(param, phase="TEST", dtype=np.float64)
     objects = net.layer_dict
     stored = Counter(layer.name for layer in weight_param.layer if layer.blobs)
     layers = list(param.layer)
     _check_weights_cover(layers, objects, stored, model, weights)
+    net.copy_from(weight_param)
     graph = _Graph(layers)
     shared = _shared_names(layers)
     folds, kept, removed, new_blobs = [], [], set(), {}

@@ -78,10 +78,29 @@ def _abs_mean(values):
     return float(xp.abs(values).sum(dtype=np.float64)) / values.size
 
 
+def _phase_key(phase):
+    return phase.lower() if isinstance(phase, str) else phase
+
+
+def is_phase(value):
+    try:
+        return _phase_key(value) in _PHASES
+    except TypeError:                  # unhashable: an array, a list
+        return False
+
+
+def _some(names, limit=8):
+    """'a, b, c' or 'a, b, ... (40 in all)': a list of names for an error message."""
+    names = [f"'{n}'" for n in names]
+    if len(names) <= limit:
+        return ", ".join(names)
+    return ", ".join(names[:limit]) + f", ... ({len(names)} in all)"
+
+
 def as_phase(phase):
-    if phase not in _PHASES:
+    if not is_phase(phase):
         raise ValueError(f"phase must be minicnn.TRAIN or minicnn.TEST, not {phase!r}")
-    return _PHASES[phase]
+    return _PHASES[_phase_key(phase)]
 
 
 # --- 1. filtering by net state -----------------------------------------------------------------
@@ -99,14 +118,16 @@ def state_meets_rule(state, rule):
     return not any(stage in state.stage for stage in rule.not_stage)
 
 
-def filter_net(net_param, state):
-    """The layers of ``net_param`` that the net ``state`` includes (Caffe's FilterNet)."""
+def filter_net(net_param, state, where=lambda name: ""):
+    """The layers of ``net_param`` that the net ``state`` includes (Caffe's FilterNet).
+    ``where(layer name)`` begins an error ("file:line: ")."""
     out = caffe_pb2.NetParameter()
     out.MergeFrom(net_param)
     out.ClearField("layer")
     for layer in net_param.layer:
         if layer.include and layer.exclude:
-            raise NetError(f"layer '{layer.name}' has both include and exclude rules; "
+            raise NetError(f"{where(layer.name)}layer '{layer.name}' has both include and "
+                           "exclude rules; "
                            "give one or the other")
         if layer_included(layer, state):
             out.layer.append(layer.copy())
@@ -234,7 +255,9 @@ class Net:
 
     ``model`` is a prototxt path or a NetParameter; ``weights`` a .caffemodel path (copied by
     layer name, as ``copy_from``). ``phase``, ``level`` and ``stages`` override the net state
-    the NetParameter carries (whose phase defaults to TEST). ``dtype`` is float32 (Caffe's
+    the NetParameter carries (whose phase defaults to TEST), and ``force_backward`` its field
+    of that name (True: every layer computes its diffs, as for a saliency map of a deploy net
+    without a loss, whose backward computes nothing otherwise). ``dtype`` is float32 (Caffe's
     Net<float>) or float64 (Net<double>, for gradient checks). ``source_dir`` is where data
     layers look for relative paths after the current directory (default: the prototxt's folder).
     ``source_file`` names the prototxt a NetParameter ``model`` was read from (a solver's net
@@ -248,9 +271,10 @@ class Net:
     """
 
     def __init__(self, model, *args, weights=None, phase=None, level=None, stages=(),
-                 dtype=np.float32, source_dir=None, device=None, source_file=None):
+                 dtype=np.float32, source_dir=None, device=None, source_file=None,
+                 force_backward=None):
         if len(args) == 1:
-            if args[0] in _PHASES and phase is None:
+            if is_phase(args[0]) and phase is None:
                 phase = args[0]
             else:
                 weights = args[0]
@@ -258,6 +282,15 @@ class Net:
             weights, phase = args
         elif args:
             raise TypeError("Net(model, [weights], [phase]) takes at most 3 positional arguments")
+        if weights is not None and not isinstance(weights, (str, os.PathLike,
+                                                            caffe_pb2.NetParameter)):
+            raise TypeError(f"Net(model, weights, phase): weights must be a file path or a "
+                            f"NetParameter, not {weights!r}; the phase is minicnn.TRAIN or "
+                            "minicnn.TEST")
+        if stages is None:                # pycaffe's default
+            stages = ()
+        elif isinstance(stages, str):     # one stage, not its letters
+            stages = (stages,)
         if isinstance(model, caffe_pb2.NetParameter):
             param, self.source = model.copy(), os.fspath(source_file or "<NetParameter>")
         else:
@@ -280,8 +313,10 @@ class Net:
         state.stage.extend(s for s in stages if s not in state.stage)
         self.state = state
         self.name = param.name
-        self.force_backward = param.force_backward
-        self.net_param = insert_splits(filter_net(param, state), self._where)
+        self._force_backward = bool(param.force_backward if force_backward is None
+                                    else force_backward)
+        self.net_param = insert_splits(
+            filter_net(param, state, lambda name: self._where(name, any_state=True)), self._where)
         self.device, self._mirrors = None, {}
         self._mode_warned = device is not None    # device="cpu" chosen: no set_mode_gpu note
         # Caffe's debug_info: each layer's mean |value| logged after its forward and backward
@@ -301,6 +336,17 @@ class Net:
     @property
     def phase(self):
         return self.state.phase
+
+    @property
+    def force_backward(self):
+        return self._force_backward
+
+    @force_backward.setter
+    def force_backward(self, value):
+        # which layers run a backward is settled as the net is built (Caffe's Init)
+        if bool(value) != self._force_backward:
+            raise NetError("force_backward is fixed when the net is built: pass "
+                           f"Net(..., force_backward={bool(value)}) or set it in the prototxt")
 
     # --- 3-5. building -----------------------------------------------------------------------
     def _build(self):
@@ -324,8 +370,8 @@ class Net:
             seen_names.add(name)
             if layer_param.propagate_down and len(layer_param.propagate_down) != \
                     len(layer_param.bottom):
-                raise NetError(f"layer '{name}': propagate_down must be given 0 or "
-                               f"{len(layer_param.bottom)} times (once per bottom)")
+                raise NetError(f"{self._where(name)}layer '{name}': propagate_down must be "
+                               f"given 0 or {len(layer_param.bottom)} times (once per bottom)")
             try:
                 layer = create_layer(layer_param)
             except MinicnnError as e:
@@ -333,8 +379,8 @@ class Net:
             bottoms, need_backward, bottom_need = [], False, []
             for j, blob_name in enumerate(layer_param.bottom):
                 if blob_name not in self.blobs:
-                    raise NetError(f"layer '{name}' ({ltype}): unknown bottom blob '{blob_name}'"
-                                   + _known(self.blobs))
+                    raise NetError(f"{self._where(name)}layer '{name}' ({ltype}): unknown bottom "
+                                   f"blob '{blob_name}'" + _known(self.blobs))
                 if blob_name in available:
                     available.remove(blob_name)
                 bottoms.append(self.blobs[blob_name])
@@ -354,9 +400,10 @@ class Net:
                 if in_place:
                     blob = self.blobs[blob_name]
                 elif blob_name in self.blobs:
-                    raise NetError(f"layer '{name}' ({ltype}): top blob '{blob_name}' is already "
-                                   "produced by another layer (tops may only reuse the name of "
-                                   "the bottom at the same index, for in-place computation)")
+                    raise NetError(f"{self._where(name)}layer '{name}' ({ltype}): top blob "
+                                   f"'{blob_name}' is already produced by another layer (tops "
+                                   "may only reuse the name of the bottom at the same index, for "
+                                   "in-place computation)")
                 else:
                     blob = self.blobs[blob_name] = Blob((), self.dtype)
                     blob_need_backward[blob_name] = False
@@ -369,7 +416,8 @@ class Net:
             layer.source_dir = self.source_dir
             self._setup_layer(layer, bottoms, tops)
             if len(layer_param.param) > len(layer.blobs):
-                raise NetError(f"layer '{name}' ({ltype}): {len(layer_param.param)} param specs "
+                raise NetError(f"{self._where(name)}layer '{name}' ({ltype}): "
+                               f"{len(layer_param.param)} param specs "
                                f"for {len(layer.blobs)} parameter blob(s); too many params "
                                "specified (give at most one per blob: weights, then bias)")
             for k in range(len(layer.blobs)):
@@ -407,13 +455,14 @@ class Net:
         except MinicnnError as e:
             raise NetError(f"{self._describe(layer, bottoms)}: {e}") from None
 
-    def _where(self, layer_name):
+    def _where(self, layer_name, any_state=False):
         """'file:line: ' of the layer in the prototxt this net was read from ('' if none): the
-        first layer of that name this net's state keeps (train_val's two "data" layers)."""
+        first layer of that name this net's state keeps (train_val's two "data" layers), or
+        with ``any_state`` the first of that name."""
         if self.source == "<NetParameter>":
             return ""
         for layer, line in layer_lines(self.source):
-            if layer.name == layer_name and layer_included(layer, self.state):
+            if layer.name == layer_name and (any_state or layer_included(layer, self.state)):
                 return f"{self.source}:{line}: "
         return ""
 
@@ -452,7 +501,7 @@ class Net:
                     self.bottom_need_backward[i][j] = False
                 if not self.bottom_need_backward[i][j]:
                     skip_backprop.add(name)
-        if self.force_backward:
+        if self._force_backward:
             for i, layer in enumerate(self.layers):
                 self.layer_need_backward[i] = True
                 self.bottom_need_backward[i] = [
@@ -485,7 +534,8 @@ class Net:
                 permissive = spec.share_mode == "PERMISSIVE"
                 if (owner.count != blob.count) if permissive else (owner.shape != blob.shape):
                     raise NetError(
-                        f"cannot share param '{pname}' owned by layer '{owner_layer.name}' with "
+                        f"{self._where(layer.name)}cannot share param '{pname}' owned by layer "
+                        f"'{owner_layer.name}' with "
                         f"layer '{layer.name}': {'count' if permissive else 'shape'} mismatch "
                         f"(owner shape {owner.shape}, sharing layer shape {blob.shape})")
                 blob.share_data(owner)
@@ -494,7 +544,8 @@ class Net:
                                          ("decay_mult", has_decay, self.params_weight_decay)):
                     if spec.HasField(attr):
                         if has[index] and getattr(spec, attr) != value[index]:
-                            raise NetError(f"shared param '{pname}' has mismatched {attr} in "
+                            raise NetError(f"{self._where(layer.name)}shared param '{pname}' "
+                                           f"has mismatched {attr} in "
                                            f"layer '{layer.name}'")
                         has[index], value[index] = True, getattr(spec, attr)
 
@@ -569,13 +620,43 @@ class Net:
     def forward(self, blobs=None, start=None, end=None, **inputs):
         """Run forward; returns {name: data} of the net outputs (or of layer ``end``'s tops)
         plus any names in ``blobs``. Keyword arguments set input blobs first; an input of a new
-        shape reshapes the net. The arrays returned are the blobs' own (as in pycaffe)."""
-        self._set_blobs(inputs, "data")
+        shape reshapes the net. The arrays returned are the blobs' own (as in pycaffe). A blob
+        some layer of the run computes (a Data layer's "data") cannot be given: an error."""
         first = self._layer_index(start) if start is not None else 0
         last = self._layer_index(end) if end is not None else len(self.layers) - 1
+        self._check_given("forward", inputs, range(first, last + 1), blobs)
+        self._set_blobs(inputs, "data")
         self.forward_from_to(first, last)
         names = self._top_lists[last] if end is not None else self.outputs
         return {n: self.blobs[n].data for n in list(dict.fromkeys(list(names) + list(blobs or [])))}
+
+    def _check_given(self, call, arrays, order, wanted):
+        """Refuse arrays the run would overwrite before any layer reads them, which would be
+        silently lost (pycaffe refuses any name but the inputs, or outputs for backward): a
+        blob computed in ``order`` (layer indices as the run takes them) by a layer that does
+        not also read it, e.g. data=... for a net whose Data layer makes "data", or a diff for
+        a blob whose consumer's backward assigns it. And name unknown ``wanted`` blobs."""
+        unknown = [n for n in list(arrays) + list(wanted or []) if n not in self.blobs]
+        if unknown:
+            raise NetError(f"{call}: no blob named {', '.join(map(repr, unknown))}; inputs: "
+                           f"{', '.join(self.inputs) or 'none'}; outputs: "
+                           f"{', '.join(self.outputs)}")
+        # forward: a layer's tops are written, its bottoms read; backward the other way round
+        writes, reads = ((self._top_lists, self._bottom_lists) if call == "forward"
+                         else (self._bottom_lists, self._top_lists))
+        for name in arrays:
+            if call == "forward" and name in self.inputs:     # Input layers keep what is set
+                continue
+            for k in order:
+                if name in reads[k]:
+                    break
+                if name in writes[k]:
+                    field, ends, names = (("data", "inputs", self.inputs) if call == "forward"
+                                          else ("diff", "outputs", self.outputs))
+                    raise NetError(f"{call}: the {field} given for blob '{name}' would be "
+                                   f"overwritten by layer '{self._layer_names[k]}' "
+                                   f"({self.layers[k].type}) before any layer reads it; the "
+                                   f"net's {ends}: {', '.join(names) or 'none'}")
 
     def forward_all(self, blobs=None, **inputs):
         """pycaffe's forward_all: run input arrays of N items through the net in batches of the
@@ -719,13 +800,23 @@ class Net:
 
     def backward(self, diffs=None, start=None, end=None, **top_diffs):
         """Run backward; returns {name: diff} of the net inputs (or of layer ``end``'s bottoms)
-        plus any names in ``diffs``. Keyword arguments set top diffs (any blob) first; loss tops
-        not given start from their loss_weight, other outputs from the diff they hold (zero
-        unless written, e.g. ``net.blobs["prob"].diff[...] = g``, as in pycaffe)."""
-        self._seed_loss_diffs(skip=top_diffs)
-        self._set_blobs(top_diffs, "diff")
+        plus any names in ``diffs``. Keyword arguments set top diffs first (of any blob whose
+        diff the run reads before computing it: an error otherwise); loss tops not given start
+        from their loss_weight, other outputs from the diff they hold (zero unless written,
+        e.g. ``net.blobs["prob"].diff[...] = g``, as in pycaffe). A net whose layers need no
+        backward (no loss, no force_backward) computes nothing: a warning says so."""
         first = self._layer_index(start) if start is not None else len(self.layers) - 1
         last = self._layer_index(end) if end is not None else 0
+        self._check_given("backward", top_diffs, range(first, last - 1, -1), diffs)
+        self._seed_loss_diffs(skip=top_diffs)
+        self._set_blobs(top_diffs, "diff")
+        if not any(self.layer_need_backward[last:first + 1]):
+            warnings.warn("backward: no layer here computes any diff, so every diff returned "
+                          "stays as it was (zero): Caffe runs a layer's backward only if it "
+                          "leads to a loss. For gradients of a net without a loss (a deploy "
+                          "net), put force_backward: true in its prototxt (or pass "
+                          "Net(..., force_backward=True))",
+                          stacklevel=2)
         self.backward_from_to(first, last)
         if self.debug_info and start is None and end is None:
             self._params_debug_info()
@@ -1088,8 +1179,22 @@ class Net:
                     copies.append((blob, blob_proto_to_array(proto).reshape(blob.shape)))
                 except MinicnnError as e:
                     raise NetError(f"{where}: layer '{src.name}' param {k}: {e}") from None
+        self._check_some_copied(where, copies, [src.name for src in source.layer if src.blobs])
         for blob, values in copies:
             blob.data = values
+
+    def _check_some_copied(self, where, copies, named):
+        """Weights that fill none of this net's parameters are for another net (or empty):
+        Caffe would go on with the fillers' values and say nothing; a fine-tuned net whose
+        renamed last layer starts afresh still copies the rest."""
+        if copies or not any(layer.blobs for layer in self.layers):
+            return
+        here = [layer.name for layer in self.layers if layer.blobs]
+        there = (f"its layers with weights are {_some(named)}" if named
+                 else "it holds no layer weights at all")
+        raise NetError(f"{where}: no layer of this net gets weights from it ({there}; the net's "
+                       f"layers with parameters are {_some(here)}): weights are matched by "
+                       "layer name, so these are another net's")
 
     def to_proto(self, write_diff=False):
         """The net as a NetParameter with every layer's blobs (Caffe's Net::ToProto)."""
@@ -1197,6 +1302,8 @@ class Net:
                         raise NetError(f"{where}: param {k} of layer '{layer.name}' is "
                                        f"{dataset.dtype}, not float or double")
                     copies.append((blob, np.asarray(dataset[()], dtype=self.dtype)))
+            named = [name for name, group in data.items() if isinstance(group, h5py.Group)]
+        self._check_some_copied(where, copies, named)
         for blob, values in copies:
             blob.data = values
 

@@ -374,6 +374,7 @@ def readme_pycaffe(block, tmp):
     assert list(ns["out"]) == ["prob"] and ns["out"]["prob"].shape == (64, 10)
     assert list(ns["grads"]) == ns["net"].inputs == ["data"]
     assert ns["grads"]["data"].shape == (64, 1, 24, 24)
+    assert np.abs(ns["grads"]["data"]).max() > 0           # force_backward: computed
     assert os.path.getsize("mine.caffemodel") == os.path.getsize("weights.caffemodel")
 
 

@@ -507,3 +507,132 @@ def test_float64_net():
     net = net_from(DEPLOY, dtype=np.float64)
     assert all(b.data.dtype == np.float64 for b in net.blobs.values())
     assert net.params["a"][0].data.dtype == np.float64
+
+
+# --- arrays a run would lose, and other misuse of the API ---------------------------------------
+
+LOSS_NET = X + """
+layer { name: "a" type: "TestAffine" bottom: "x" top: "y" }
+layer { name: "r" type: "ReLU" bottom: "y" top: "y" }
+layer { name: "b" type: "TestAffine" bottom: "y" top: "z" }
+layer { name: "loss" type: "TestSquareLoss" bottom: "z" top: "loss" }
+"""
+
+
+def test_arrays_the_run_would_overwrite_are_errors_not_silently_dropped():
+    net = net_from(LOSS_NET, force_backward=True)
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    # y is computed by layer 'a' before any layer of the run reads it: pycaffe refuses any
+    # name but the inputs, minicnn any whose array would be lost
+    with pytest.raises(NetError, match="data given for blob 'y' would be overwritten by layer "
+                                       r"'a' \(TestAffine\) before any layer reads it"):
+        net.forward(x=x, y=np.ones((2, 3)))
+    # from start='r' (in place: it reads y) the same array is the run's input
+    net.forward(x=x)
+    got = net.forward(start="r", y=-np.ones((2, 3)))
+    assert np.all(got["loss"] == 0.5 * 6 * (2 * 0 + 0) ** 2)      # relu(-1) = 0, then 2*0+0
+    # backward: z's diff is assigned by the loss layer's backward before any layer reads it
+    with pytest.raises(NetError, match="diff given for blob 'z' would be overwritten by layer "
+                                       r"'loss' \(TestSquareLoss\)"):
+        net.backward(z=np.ones((2, 3)))
+    # ... but from start='b' it is where the run starts
+    net.forward(x=x)
+    dx = net.backward(start="b", z=np.ones((2, 3), np.float32))["x"]
+    np.testing.assert_array_equal(dx, 2 * 2 * (x > 0))            # b's a=2, relu, a's a=2
+    with pytest.raises(NetError, match="forward: no blob named 'nope'"):
+        net.forward(blobs=["nope"])
+    with pytest.raises(NetError, match="backward: no blob named 'zzz'"):
+        net.backward(diffs=["zzz"])
+
+
+def test_a_data_layer_top_cannot_be_given_to_forward():
+    net = net_from("""
+layer { name: "d" type: "DummyData" top: "data"
+        dummy_data_param { shape { dim: 2 dim: 3 } data_filler { type: "constant" value: 1 } } }
+layer { name: "r" type: "ReLU" bottom: "data" top: "r" }""")
+    with pytest.raises(NetError, match="'data' would be overwritten by layer 'd' \\(DummyData\\)"):
+        net.forward(data=np.zeros((2, 3)))
+
+
+def test_a_backward_that_computes_nothing_warns_and_force_backward_computes():
+    x = np.ones((2, 3), np.float32)
+    net = net_from(DEPLOY)                          # no loss, no force_backward: Caffe prunes all
+    net.forward(x=x)
+    with pytest.warns(UserWarning, match="no layer here computes any diff"):
+        grads = net.backward(r=np.ones((2, 3)))
+    assert not grads["x"].any()
+    net = net_from(DEPLOY, force_backward=True)     # the prototxt's field, overridden
+    net.forward(x=x)
+    np.testing.assert_array_equal(net.backward(r=np.ones((2, 3)))["x"], 2 * np.ones((2, 3)))
+    assert not net_from("force_backward: true\n" + DEPLOY, force_backward=False).force_backward
+    with pytest.raises(NetError, match="force_backward is fixed when the net is built"):
+        net.force_backward = False                  # would silently change nothing
+
+
+def test_constructor_arguments_pycaffe_users_pass():
+    text = X + """
+layer { name: "d" type: "ReLU" bottom: "x" top: "d" include { stage: "deploy" } }
+layer { name: "n" type: "ReLU" bottom: "x" top: "n" exclude { stage: "deploy" } }"""
+    assert net_from(text, stages="deploy").layer_names[1:] == ["d"]   # one stage, not letters
+    assert net_from(text, stages=None).layer_names[1:] == ["n"]       # pycaffe's default
+    assert net_from(text, "Test").phase == minicnn.TEST
+    with pytest.raises(TypeError, match="weights must be a file path or a NetParameter, not 5"):
+        net_from(text, 5)
+
+
+def test_weights_that_fill_no_parameter_are_another_nets(tmp_path):
+    net = net_from(DEPLOY)
+    empty = tmp_path / "empty.caffemodel"
+    empty.write_bytes(b"")
+    with pytest.raises(NetError, match="empty.caffemodel: no layer of this net gets weights from "
+                                       r"it \(it holds no layer weights at all; the net's layers "
+                                       r"with parameters are 'a'\)"):
+        net.copy_from(str(empty))
+    other = caffe_pb2.NetParameter()
+    other.layer.add(name="other", type="TestAffine").blobs.append(
+        array_to_blob_proto(np.ones(1, np.float32)))
+    with pytest.raises(NetError, match="its layers with weights are 'other'"):
+        net.copy_from(other)
+    assert net.params["a"][0].data[0] == 2                   # as it was
+    other.layer.add(name="a", type="TestAffine").blobs.extend(
+        [array_to_blob_proto(np.full(1, 5, np.float32)), array_to_blob_proto(np.zeros(1))])
+    net.copy_from(other)                                     # some layers match: copied
+    assert net.params["a"][0].data[0] == 5
+
+
+def test_setting_a_blob_from_values_of_another_shape_is_an_error():
+    net = net_from(DEPLOY)
+    blob = net.blobs["y"]
+    with pytest.raises(MinicnnError, match=r"cannot set a blob of shape \(2, 3\) from data of "
+                                           r"shape \(3,\)"):
+        blob.data = np.ones(3)           # NumPy would broadcast it into both rows
+    with pytest.raises(MinicnnError, match="from diff of shape"):
+        blob.diff = np.ones((1, 3))
+    with pytest.raises(MinicnnError, match="complex"):
+        net.forward(x=np.ones((2, 3), complex))
+    blob.data = 7                        # a scalar fills it
+    blob.data[...] = np.arange(3)        # and [...] broadcasts on purpose
+    assert blob.data.tolist() == [[0, 1, 2], [0, 1, 2]]
+
+
+@pytest.mark.parametrize("layers, line, message", [
+    ('layer { name: "a" type: "ReLU" bottom: "x" top: "y" }\n'
+     'layer { name: "b" type: "ReLU" bottom: "x" top: "y" }\n', 3,
+     r"layer 'b' \(ReLU\): top blob 'y' is already produced by another layer"),
+    ('layer { name: "a" type: "ReLU" bottom: "x" top: "y" param { lr_mult: 1 } }\n', 2,
+     r"layer 'a' \(ReLU\): 1 param specs for 0 parameter blob\(s\)"),
+    ('layer { name: "a" type: "ReLU" bottom: "x" top: "y" propagate_down: true\n'
+     '        propagate_down: false }\n', 2, "layer 'a': propagate_down must be given 0 or 1"),
+    ('layer { name: "a" type: "ReLU" bottom: "x" top: "y" include { phase: TEST }\n'
+     '        exclude { phase: TRAIN } }\n', 2, "layer 'a' has both include and exclude rules"),
+    ('layer { name: "a" type: "InnerProduct" bottom: "x" top: "y" param { name: "w" }\n'
+     '        inner_product_param { num_output: 2 } }\n'
+     'layer { name: "b" type: "InnerProduct" bottom: "x" top: "z" param { name: "w" }\n'
+     '        inner_product_param { num_output: 3 } }\n', 4,
+     "cannot share param 'w' owned by layer 'a' with layer 'b': shape mismatch"),
+])
+def test_graph_errors_name_the_prototxt_line(tmp_path, layers, line, message):
+    path = tmp_path / "net.prototxt"
+    path.write_text(X + layers)
+    with pytest.raises(NetError, match=f"^{path}:{line}: {message}"):
+        minicnn.Net(str(path))

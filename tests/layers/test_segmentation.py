@@ -195,8 +195,8 @@ layer {{ name: "score" type: "Convolution" bottom: "data" top: "score"
 layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "score" bottom: "label" top: "loss"
         loss_param {{ ignore_label: 255 }} }}
 layer {{ name: "acc" type: "Accuracy" bottom: "score" bottom: "label" top: "acc"
-        accuracy_param {{ ignore_label: 255 }} }}""", "NetParameter"), phase="TEST")
-    net.force_backward = True
+        accuracy_param {{ ignore_label: 255 }} }}""", "NetParameter"), phase="TEST",
+                      force_backward=True)
     loss = net.forward_from_to()
     score, label = net.blobs["score"].data, net.blobs["label"].data[:, 0]
     valid = label != 255
