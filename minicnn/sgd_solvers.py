@@ -23,7 +23,6 @@ import os
 import numpy as np
 
 from minicnn import cuda
-from minicnn.errors import MinicnnError
 from minicnn.native import lib
 from minicnn.solver import ParamStep, Solver, register_solver
 
@@ -142,11 +141,6 @@ class NesterovSolver(_Rule):
 class AdaGradSolver(_Rule):
     """AdaGrad: each weight's rate shrinks with the sum of its squared gradients."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if self.param.momentum != 0:
-            raise MinicnnError("AdaGrad takes no momentum (set momentum: 0)")
-
     def compute_update_value(self, param_id, rate):
         g, lr, t = self._parts(param_id, rate)
         h = self.history[param_id]
@@ -157,12 +151,6 @@ class AdaGradSolver(_Rule):
 @register_solver("RMSProp")
 class RMSPropSolver(_Rule):
     """RMSProp: the rate shrinks with a running mean (rms_decay) of squared gradients."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if self.param.momentum != 0:
-            raise MinicnnError("RMSProp takes no momentum (set momentum: 0); its decay is "
-                               "rms_decay")
 
     def compute_update_value(self, param_id, rate):
         g, lr, t = self._parts(param_id, rate)

@@ -37,6 +37,7 @@ from minicnn.errors import MinicnnError, NetError
 from minicnn.net import Net
 from minicnn.ops.ssd_eval import AP_VERSIONS, EVAL_TYPES, DetectionStats
 from minicnn.proto import caffe_pb2, read_binary, read_prototxt, upgrade_solver, write_binary
+from minicnn.proto.text import field_lines
 from minicnn.rng import get_rng, set_random_seed
 
 SOLVERS = {}                      # type name ("SGD", "Adam", ...) -> Solver subclass
@@ -155,6 +156,45 @@ def learning_rate(param, iteration, current_step, log=None):
 
 
 
+# Values Caffe's solvers refuse (their CHECKs) or that an update rule cannot take (Adam's bias
+# correction divides by 1 - momentum^t): (field, test, what it must be, the solver types it is
+# for, None for all). Checked before any net is built, naming the solver file's line.
+_SOLVER_RULES = [
+    ("average_loss", lambda v: v >= 1, ">= 1 (the number of losses averaged for display)", None),
+    ("iter_size", lambda v: v >= 1, ">= 1 (forward/backward passes per update)", None),
+    ("momentum", lambda v: v == 0, "0: AdaGrad takes no momentum", {"AdaGrad"}),
+    ("momentum", lambda v: v == 0, "0: RMSProp takes no momentum, its decay is rms_decay",
+     {"RMSProp"}),
+    ("rms_decay", lambda v: 0 <= v < 1, "in [0, 1)", {"RMSProp"}),
+    ("momentum", lambda v: 0 <= v <= 1, "in [0, 1] (AdaDelta's decay rate)", {"AdaDelta"}),
+    ("momentum", lambda v: 0 <= v < 1, "in [0, 1) (Adam's beta1)", {"Adam"}),
+    ("momentum2", lambda v: 0 <= v < 1, "in [0, 1) (Adam's beta2)", {"Adam"}),
+]
+
+
+def solver_field_where(source):
+    """field -> "file:line: " where the solver prototxt ``source`` sets it ("file: " where it
+    does not, "" without a file), to begin an error about a field's value."""
+    lines = field_lines(source, "SolverParameter") if source else {}
+
+    def where(field):
+        if field in lines:
+            return f"{source}:{lines[field]}: "
+        return f"{source}: " if source else ""
+    return where
+
+
+def check_solver_values(param, solver_type, source=None):
+    """A MinicnnError naming the file, line and field of the first value of ``param`` that
+    _SOLVER_RULES refuses. (The learning-rate policy's own fields are checked as it is first
+    used, as Caffe's are: a solver that never trains needs none.)"""
+    where = solver_field_where(source)
+    for field, ok, must, types in _SOLVER_RULES:
+        if (types is None or solver_type in types) and not ok(getattr(param, field)):
+            raise MinicnnError(f"{where(field)}{field} must be {must}; it is "
+                               f"{getattr(param, field):g}")
+
+
 class Solver:
     """Trains ``self.net`` and evaluates ``self.test_nets`` (pycaffe's Solver interface).
 
@@ -172,7 +212,9 @@ class Solver:
         if not isinstance(solver, caffe_pb2.SolverParameter):
             source, solver = solver, read_solver(solver)
         self.param = param = upgrade_solver(solver.copy())
+        check_solver_values(param, self.type, source)
         check_eval_type(param)
+        self.source = os.fspath(source) if source else None
         self.source_dir = os.path.dirname(os.path.abspath(source)) if source else None
         self._log = log
         self._signal_messages = []           # what signal handlers had to say (log_from_signal)
@@ -205,7 +247,7 @@ class Solver:
         self.requested_action = None         # "stop" or "snapshot", set by signal handlers
         self.requested_early_exit = False
         self.diverged = None
-        self.last_snapshot = None
+        self.last_snapshot, self.last_snapshot_iter = None, None
         self.gradient_reducer = None         # data-parallel: (solver, loss) -> averaged loss
         self.history = [np.zeros_like(p.data) for _ in range(self.history_per_param)
                         for p in self.net.learnable_params]
@@ -300,9 +342,11 @@ class Solver:
         if p.test_state and len(p.test_state) != len(sources):
             raise MinicnnError(f"test_state must be unspecified or given once per test net "
                                f"({len(sources)} test nets, {len(p.test_state)} test_state)")
-        if sources and p.test_interval <= 0:     # Caffe builds them and never tests: say so
-            self.log("note: the solver has test nets (test_iter) but no test_interval > 0: "
-                     "they are built and never run, as in Caffe")
+        if sources and p.test_interval <= 0:     # Caffe's InitTestNets: CHECK_GT
+            raise MinicnnError(f"{solver_field_where(self.source)('test_iter')}the solver has "
+                               f"{len(sources)} test net(s) (test_iter) but test_interval is "
+                               f"{p.test_interval}: give test_interval > 0 to test every that "
+                               "many iterations, or no test_iter to train without testing")
         nets = []
         for i, (label, net_param, folder, path) in enumerate(sources):
             state = caffe_pb2.NetState(phase="TEST")
@@ -372,7 +416,7 @@ class Solver:
             self.log_signal_messages()
             action, self.requested_action = self.requested_action, None
             if (p.snapshot and self.iter % p.snapshot == 0) or action == "snapshot":
-                self.snapshot()
+                self._snapshot_if_finite()    # if not, the next forward's loss stops the run
             if action == "stop":
                 self.requested_early_exit = True
                 break
@@ -388,10 +432,11 @@ class Solver:
             self.restore(resume_file)
         start_iter = self.iter
         self.step(p.max_iter - self.iter)
+        if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0) and \
+                not self.diverged:
+            self._snapshot_if_finite()
         if self.diverged:
             raise TrainingDiverged(self.diverged)
-        if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
-            self.snapshot()
         if self.requested_early_exit:
             self.log("Optimization stopped early.")
             return
@@ -424,14 +469,38 @@ class Solver:
                 self.log(f"    {kind} net output #{index}: {name} = {value:.6g}{extra}")
                 index += 1
 
-    def _diverge(self, loss):
-        where = self.net.find_non_finite() or "no single layer could be blamed"
-        kept = (f"the last snapshot, {self.last_snapshot}, is kept" if self.last_snapshot
-                else "no snapshot was written")
-        self.diverged = (f"iteration {self.iter}: the loss is {loss}; {where}. Training "
-                         f"stopped and {kept}. Try a lower base_lr (now {self.param.base_lr:g}) "
-                         "or clip_gradients, and check the data.")
+    def _diverge(self, loss=None, weights=None):
+        """Stop: the loss of this iteration's forward is not finite, or (``weights``, the
+        parameter named) the last update left a weight that is not."""
+        if weights is not None:
+            what = (f"the update to iteration {self.iter} left {weights} not finite, so it is "
+                    "not written as a snapshot")
+        else:
+            what = (f"the loss is {loss}; "
+                    f"{self.net.find_non_finite() or 'no single layer could be blamed'}")
+        if not self.last_snapshot:
+            kept = "no snapshot was written"
+        elif self.last_snapshot_iter == self.iter:     # its weights gave this loss
+            kept = (f"the last snapshot, {self.last_snapshot}, holds the weights whose loss "
+                    "this is")
+        else:
+            kept = f"the last snapshot, {self.last_snapshot}, is kept"
+        self.diverged = (f"iteration {self.iter}: {what}. Training stopped and {kept}. Try a "
+                         f"lower base_lr (now {self.param.base_lr:g}) or clip_gradients, and "
+                         "check the data.")
         self.log("Divergence: " + self.diverged)
+
+    def _snapshot_if_finite(self):
+        """snapshot() unless an update has left a weight that is not finite, which the next
+        forward's loss has not shown yet (after the last update it never would): then it is a
+        divergence. (Training goes on to that forward, which stops it on every rank of a
+        data-parallel run alike; only rank 0 writes snapshots.)"""
+        for name, blobs in self.net.params.items():
+            for k, blob in enumerate(blobs):
+                if not bool(np.all(np.isfinite(blob.data))):
+                    self._diverge(weights=f"param {k} of layer '{name}'")
+                    return
+        self.snapshot()
 
     # --- testing --------------------------------------------------------------------------------
     def test_all(self):
@@ -502,9 +571,15 @@ class Solver:
 
     # --- the update ------------------------------------------------------------------------------
     def learning_rate(self):
-        rate, self.current_step = learning_rate(self.param, self.iter, self.current_step,
-                                                self.log)
+        rate, self.current_step = self._rate(self.log)
         return rate
+
+    def _rate(self, log):
+        """learning_rate() at this iteration; its errors name the solver file's line."""
+        try:
+            return learning_rate(self.param, self.iter, self.current_step, log)
+        except MinicnnError as e:
+            raise MinicnnError(f"{solver_field_where(self.source)('lr_policy')}{e}") from None
 
     def apply_update(self, display=False, taken=()):
         """One update of every learnable parameter; returns the learning rate used. ``taken``:
@@ -562,7 +637,7 @@ class Solver:
         steps = {}
         for layer, k, param_id in self.net.steppable_params():
             if rate is None:    # the rate apply_update will use, without its log lines
-                rate = learning_rate(p, self.iter, self.current_step, lambda *_: None)[0]
+                rate = self._rate(lambda *_: None)[0]
             step = self.param_step(param_id, rate)
             if step is not None:
                 steps[param_id] = step
@@ -651,7 +726,7 @@ class Solver:
         state_path = self.snapshot_filename(".solverstate.h5" if hdf5 else ".solverstate")
         self.log(f"Snapshotting solver state to {kind} file {state_path}")
         (write_state_hdf5 if hdf5 else write_binary)(self.solver_state(model), state_path)
-        self.last_snapshot = model
+        self.last_snapshot, self.last_snapshot_iter = model, self.iter
         return model, state_path
 
     def solver_state(self, model_path):
@@ -685,6 +760,9 @@ class Solver:
             raise MinicnnError(f"{path}: {len(state.history)} history blobs, but a {self.type} "
                                f"solver on this net keeps {len(self.history)} (is it a state of "
                                "another net or solver type?)")
+        if state.iter < 0 or state.current_step < 0:
+            raise MinicnnError(f"{path}: iter {state.iter} and current_step "
+                               f"{state.current_step}: neither can be negative")
         history = []
         for k, (h, proto) in enumerate(zip(self.history, state.history)):
             try:
@@ -698,7 +776,7 @@ class Solver:
         model = None
         if state.HasField("learned_net"):
             model = resolve_path(state.learned_net, os.path.dirname(os.path.abspath(path)),
-                                 what=f"the weights file {path} names")
+                                 what=f"weights file (learned_net) of {path}")
         extra = state.minicnn
         rng_state = None
         if extra.HasField("rng_state"):

@@ -333,16 +333,17 @@ def test_snapshot_and_resume_continue_as_one_run(ssd_data):
     # AnnotatedData's samplers, distortion-free crops and mirror draw from the RNG: resumed at
     # iteration 3, the losses of iterations 3 to 5 are those of the run without a stop
     root, _ = ssd_data
+    untested = dict(display=1, test_interval=1000, test_initialization="false")  # as Caffe wants
     straight = []
-    minicnn.get_solver(str(write_solver(root, "straight", max_iter=6, display=1,
-                                        test_interval=0, snapshot_after_train="false")),
+    minicnn.get_solver(str(write_solver(root, "straight", max_iter=6, **untested,
+                                        snapshot_after_train="false")),
                        log=straight.append).solve()
-    first = minicnn.get_solver(str(write_solver(root, "resumed", max_iter=3, display=1,
-                                                test_interval=0)), log=lambda m: None)
+    first = minicnn.get_solver(str(write_solver(root, "resumed", max_iter=3, **untested)),
+                               log=lambda m: None)
     first.solve()
     resumed = []
-    minicnn.get_solver(str(write_solver(root, "resumed", max_iter=6, display=1,
-                                        test_interval=0, snapshot_after_train="false")),
+    minicnn.get_solver(str(write_solver(root, "resumed", max_iter=6, **untested,
+                                        snapshot_after_train="false")),
                        log=resumed.append).solve(str(root / "resumed_iter_3.solverstate"))
 
     def losses(log):

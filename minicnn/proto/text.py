@@ -49,6 +49,7 @@ class _Parser:
         self.line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
         self.stack = []            # messages being parsed, for "in layer 'x'" context
         self.layer_starts = []     # (layer message, position of its '{'), for layer_lines
+        self.top_fields = {}       # top-level field name -> position of its first use
         self.i = 0
         self.tokens = []
         self.tokens = self._tokenize(text)
@@ -139,6 +140,8 @@ class _Parser:
             field = desc.fields_by_name.get(tok.text)
             if field is None:
                 self.fail(_unknown_field_message(desc, tok.text, msg, self._layer()), tok.pos)
+            if len(self.stack) == 1:
+                self.top_fields.setdefault(field.name, tok.pos)
             if not field.repeated and not self.merge:
                 if field.name in seen:
                     self.fail(f"field '{field.name}' of {desc.name} is set twice (first on line "
@@ -400,6 +403,20 @@ def layer_lines(path):
     except (OSError, UnicodeDecodeError, PrototxtError):
         return []
     return [(layer, parser.where(pos)[0]) for layer, pos in parser.layer_starts]
+
+
+def field_lines(path, message_type):
+    """{field name: the line it is first set on} for the top-level fields of the prototxt at
+    ``path`` ({} when it cannot be read): for errors about values found after parsing (a
+    solver's rms_decay out of range) to name the line, as parse errors do."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8").lstrip("\ufeff")
+        parser = _Parser(text, path)
+        parser.parse_message(MESSAGES[message_type].cls())
+    except (OSError, UnicodeDecodeError, PrototxtError):
+        return {}
+    return {name: parser.where(pos)[0] for name, pos in parser.top_fields.items()}
 
 
 def read_prototxt(path, message_type="NetParameter"):
