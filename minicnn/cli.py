@@ -126,7 +126,9 @@ def time_(args):
     print("Performing Forward")
     print(f"Initial loss: {net.forward_from_to():g}")
     print("Performing Backward")
-    net.backward()
+    with warnings.catch_warnings():           # the note below says it for `time`
+        warnings.simplefilter("ignore")
+        net.backward()
     if not any(net.layer_need_backward):
         print("Note: nothing in this net needs a gradient (no loss, or force_backward unset); "
               "backward times below cover parameter diffs only.")
@@ -546,6 +548,7 @@ def upgrade(args):
     from minicnn.errors import PrototxtError
     from minicnn.proto import (parse_text, read_binary, upgrade_net, upgrade_solver,
                                write_binary, write_prototxt)
+    from minicnn.proto.wire import atomic_write
     if not _is_text(args.input):
         net = upgrade_net(read_binary(args.input, "NetParameter"))
         write_binary(net, args.output)
@@ -563,8 +566,12 @@ def upgrade(args):
             raise net_error from None
     before = message.copy()
     (upgrade_net if kind == "NetParameter" else upgrade_solver)(message)
-    if message == before:
-        print(f"{args.input}: already in the latest format")
+    if message == before:                           # the file as it is, comments and all
+        if not (os.path.exists(args.output) and os.path.samefile(args.input, args.output)):
+            with atomic_write(args.output) as f:
+                f.write(text)
+        print(f"{args.input}: already in the latest format; {args.output} holds it unchanged")
+        return 0
     write_prototxt(message, args.output)
     print(f"Wrote upgraded {kind} text proto to {args.output}")
     return 0
@@ -671,14 +678,14 @@ def _add_deploy_options(p, phase=False, oversample=True):
                    help="multiply the [0, 1] pixels by this (default 255)")
     p.add_argument("--channel-swap", type=_numbers(int), default=(2, 1, 0),
                    help="channel order the net wants (default 2,1,0: RGB -> BGR; 'none')")
-    p.add_argument("--resize", type=int, default=256,
+    p.add_argument("--resize", type=_positive_int, default=256,
                    help="resize images to this square size before the centre crop to the net "
                         "input's size (default 256; 0 keeps their size)")
     if oversample:
         p.add_argument("--oversample", action="store_true",
                        help="average over Caffe's 10 crops (corners, centre, mirrored)")
     p.add_argument("--root-folder", default="", help="folder prepended to the images' paths")
-    p.add_argument("--batch-size", type=int, default=10,
+    p.add_argument("--batch-size", type=_positive_int, default=10,
                    help="net items per forward pass (default 10; an oversampled image is 10)")
 
 
@@ -1082,7 +1089,7 @@ def _add_saliency_options(p):
     p.add_argument("--raw-scale", type=float, default=255.0, help="default 255")
     p.add_argument("--channel-swap", type=_numbers(int), default=(2, 1, 0),
                    help="default 2,1,0: RGB -> BGR")
-    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
+    p.add_argument("--batch-size", type=_positive_int, default=16, help="images per forward pass")
 
 
 # --- detection: detect, eval-detection, convert darknet ----------------------------------------
@@ -1251,7 +1258,7 @@ def _add_detection_options(p):
                                    "nets the background), or SSD's LabelMap prototxt "
                                    "(labelmap_voc.prototxt)")
     p.add_argument("--root-folder", default="", help="folder prepended to the images' paths")
-    p.add_argument("--batch-size", type=int, default=8,
+    p.add_argument("--batch-size", type=_positive_int, default=8,
                    help="images per forward pass (default 8)")
     p.add_argument("--hier-thresh", type=float, default=0.5,
                    help="YOLO9000's softmax tree: go down the tree while the class probability "
@@ -1420,8 +1427,9 @@ def build_parser():
                    help="on Ctrl-C: stop (writing a snapshot, as snapshot_after_train does; "
                         "the default), snapshot and go on, or nothing")
     p.add_argument("--sighup-effect", choices=["stop", "snapshot", "none"], default="snapshot")
-    p.add_argument("--batch-size", type=int, help="batch size of the train net's data layers")
-    p.add_argument("--test-iter", type=int, help="test batches per test")
+    p.add_argument("--batch-size", type=_positive_int,
+                   help="batch size of the train net's data layers")
+    p.add_argument("--test-iter", type=_positive_int, help="test batches per test")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     for flag in SOLVER_FLAGS:
         kind = str if flag in ("lr_policy", "solver_type", "snapshot_prefix") else (
@@ -1582,7 +1590,7 @@ def build_parser():
     p.add_argument("--images", help="a list file of images (`path` or `path label` lines)")
     _add_deploy_options(p)
     p.add_argument("--labels", help="class names, one per line (synset_words.txt)")
-    p.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
+    p.add_argument("--top-k", type=_positive_int, default=5, help="classes per image (default 5)")
     p.add_argument("--blob", help="the scores or probabilities (default: the first output)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--gpu", help="run the net on this GPU (e.g. 0)")
@@ -1591,7 +1599,7 @@ def build_parser():
     _add_deploy_options(p, phase=True)
     p.add_argument("--blob", required=True, help="the blob to extract, e.g. pool or fc7")
     p.add_argument("--images", help="list file of images (`path label` or `path` lines)")
-    p.add_argument("--iterations", type=int, help="batches of the net's own data layers")
+    p.add_argument("--iterations", type=_positive_int, help="batches of the net's own data layers")
     p.add_argument("--out", required=True, help="features file: .npy, .npz or .h5 (+ .txt), "
                                                 "or a database folder named *lmdb / *leveldb")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -1614,8 +1622,9 @@ def build_parser():
     p.add_argument("--blob", required=True, help="the features' blob, e.g. pool or fc7")
     p.add_argument("--database", required=True, help="list file of the images to search")
     p.add_argument("--query", nargs="+", metavar="IMAGE", help="query images (@LIST too)")
-    p.add_argument("-k", type=int, help="matches per query (default 10); with --evaluate, "
-                                        "mean average precision at k")
+    p.add_argument("-k", type=_positive_int,
+                   help="matches per query (default 10); with --evaluate, mean average precision "
+                        "at k")
     p.add_argument("--evaluate", action="store_true",
                    help="print the mean average precision of the database against its labels")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -1626,8 +1635,8 @@ def build_parser():
     p.add_argument("--blob", help="draw this blob's feature maps for --image")
     p.add_argument("--image", help="the image whose feature maps to draw")
     p.add_argument("--out", required=True, help="the PNG to write")
-    p.add_argument("--scale", type=int, help="enlarge each tile this many times (default: "
-                                             "automatic)")
+    p.add_argument("--scale", type=_positive_int,
+                   help="enlarge each tile this many times (default: automatic)")
 
     p = sub.add_parser("saliency", help="saliency maps (entropy, gradient, sum) of images, "
                                         "and the best crop for each aspect ratio")
@@ -1644,7 +1653,7 @@ def build_parser():
     _add_saliency_options(p)
     p.add_argument("--data", default="data/sos", help="the set's folder (default data/sos)")
     p.add_argument("--split", default="test", help="train, val or test (default test)")
-    p.add_argument("--limit", type=int, help="only the first N images")
+    p.add_argument("--limit", type=_positive_int, help="only the first N images")
     p.add_argument("--examples", type=int, default=6,
                    help="with --out, pictures of the first N images (default 6)")
     p.add_argument("--out", help="folder for eval.json and example pictures")
@@ -1673,7 +1682,7 @@ def build_parser():
     p.add_argument("--thresh", type=float, default=0.005,
                    help="keep detections scoring above this (default 0.005)")
     p.add_argument("--iou", type=float, default=0.5, help="IoU for a true positive (0.5)")
-    p.add_argument("--limit", type=int, help="only the first N images")
+    p.add_argument("--limit", type=_positive_int, help="only the first N images")
     p.add_argument("--out", help="folder for pr_curve.png and eval.json")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -1693,7 +1702,7 @@ def build_parser():
     p.add_argument("--band", type=_numbers(int), default=(2,),
                    help="boundary bands for the trimap mIoU, in pixels (default 2; e.g. 1,2,4)")
     p.add_argument("--ignore-label", type=int, default=255, help="truth not scored (255)")
-    p.add_argument("--limit", type=int, help="only the first N images")
+    p.add_argument("--limit", type=_positive_int, help="only the first N images")
     p.add_argument("--out", help="write eval.json (scores and confusion matrix) here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -1710,7 +1719,11 @@ def build_parser():
 
 def main(argv=None):
     parser = build_parser()
-    args = parser.parse_args(_caffe_style(sys.argv[1:] if argv is None else argv))
+    args, extra = parser.parse_known_args(_caffe_style(sys.argv[1:] if argv is None else argv))
+    if extra:               # said by the command's parser, with its usage, not the top one's
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        commands.choices.get(args.command, parser).error(
+            f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         parser.print_help()
         return 2

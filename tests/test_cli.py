@@ -152,6 +152,30 @@ def test_iterations_must_be_positive(command, capsys):
     assert "--iterations: expected a positive integer, got '0'" in capsys.readouterr().err
 
 
+def test_an_unknown_flag_is_refused_by_its_command_with_that_commands_usage(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", LENET, "--bogus"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "minicnn train: error: unrecognized arguments: --bogus" in err
+    assert "usage: minicnn train" in err
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["classify", "--model", LENET, "--top-k", "0", "x.png"], "--top-k"),
+    (["classify", "--model", LENET, "--batch-size", "-2", "x.png"], "--batch-size"),
+    (["train", LENET, "--test-iter", "0"], "--test-iter"),
+    (["extract", "--model", LENET, "--blob", "ip1", "--out", "f.npy", "--iterations", "0"],
+     "--iterations"),
+])
+def test_counts_given_as_flags_must_be_positive(argv, flag, capsys):
+    # a count of 0 used to run as 1 (--top-k) or fail deep inside the run
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert f"{flag}: expected a positive integer" in capsys.readouterr().err
+
+
 def test_an_output_that_cannot_be_written_is_a_one_line_error(tmp_path, capsys):
     list_file = write_images(tmp_path)
     assert main(["convert-imageset", str(tmp_path), str(list_file), str(tmp_path / "db")]) == 0
@@ -196,6 +220,13 @@ def test_upgrade_rewrites_v1_nets_and_solvers_as_caffes_upgrade_tools(tmp_path, 
     assert main(["upgrade", str(new), str(tmp_path / "again.prototxt")]) == 0
     assert "already in the latest format" in capsys.readouterr().out
     assert read_prototxt(str(tmp_path / "again.prototxt")) == net
+    # a current file is copied as it is, comments and all, and never rewritten in place
+    commented = "# my notes\n" + new.read_text()
+    new.write_text(commented)
+    assert main(["upgrade", str(new), str(tmp_path / "again.prototxt")]) == 0
+    assert (tmp_path / "again.prototxt").read_text() == commented
+    assert main(["upgrade", str(new), str(new)]) == 0
+    assert new.read_text() == commented
 
     # a binary V1 .caffemodel keeps its weights, bit for bit, and stays binary
     weights = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)

@@ -131,3 +131,22 @@ def test_protobufs_other_message_methods():
     assert net.ByteSize() == len(net.SerializeToString()) == 5
     assert net.IsInitialized() and net.DiscardUnknownFields() is None
     assert {"ByteSize", "SetInParent"} <= set(dir(net))
+
+
+def test_array_fields_take_protobufs_extend_and_append_as_pycaffe_code_calls_them():
+    # caffe.io.array_to_blobproto: blob.shape.dim.extend(arr.shape); blob.data.extend(arr.flat)
+    arr = np.arange(6, dtype=np.float64).reshape(2, 3)
+    blob = caffe_pb2.BlobProto()
+    blob.shape.dim.extend(arr.shape)
+    blob.data.extend(arr.astype(float).flat)
+    assert blob.HasField("data") and blob.data.dtype == np.float32
+    np.testing.assert_array_equal(blob.data, arr.ravel())
+    datum = caffe_pb2.Datum(channels=3, height=1, width=1)
+    datum.float_data.extend(x for x in (0.5, 1.5))          # a generator too
+    datum.float_data.append(2)
+    assert datum.float_data.tolist() == [0.5, 1.5, 2.0]
+    assert caffe_pb2.Datum.FromString(datum.SerializeToString()) == datum
+    doubled = blob.data * 2                                 # values computed: plain arrays
+    assert type(doubled) is np.ndarray and repr(blob.data).startswith("array(")
+    with pytest.raises(TypeError, match="on a message's array field itself"):
+        blob.data[1:].extend([1.0])

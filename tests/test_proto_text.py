@@ -291,6 +291,8 @@ def test_input_shape_upgrade_and_errors():
     assert list(net.layer[0].top) == ["a", "b"]
     with pytest.raises(NetError, match="input_dim"):
         upgrade_net(parse_text('input: "a" input_dim: 1 input_dim: 2'))
+    with pytest.raises(NetError, match="2 inputs but 1 input_shape entries: give exactly one"):
+        upgrade_net(parse_text('input: "a" input: "b" input_shape { dim: 1 }'))  # as Caffe
     with pytest.raises(NetError, match="mixes V1"):
         upgrade_net(parse_text('layers { name: "a" } layer { name: "b" }'))
     with pytest.raises(NetError, match="V0"):

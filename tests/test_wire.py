@@ -126,6 +126,13 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     assert os.listdir(tmp_path) == ["m.caffemodel"]
 
 
+def test_a_folder_that_refuses_new_files_is_said_of_the_path_asked_for(tmp_path):
+    # the temporary file beside it is an implementation detail: name the user's path
+    with pytest.raises(OSError, match=r"cannot create a file in its folder .*'/proc/m.caffemodel'"):
+        with atomic_write("/proc/m.caffemodel") as f:
+            f.write(b"x")
+
+
 def test_empty_file_is_an_empty_message(tmp_path):
     (tmp_path / "e").write_bytes(b"")
     assert read_binary(tmp_path / "e") == caffe_pb2.NetParameter()

@@ -69,6 +69,43 @@ def coerce_scalar(field, value):
     raise AssertionError(t)
 
 
+class ArrayField(np.ndarray):
+    """An array field's values as read from its message: a NumPy array (blob data stays one),
+    which also takes protobuf's ``extend`` and ``append``, so code written against pycaffe's
+    caffe_pb2 runs (caffe.io.array_to_blobproto's ``blob.data.extend(arr.flat)``, a float
+    Datum's ``datum.float_data.extend(...)``). They set the field to the longer array."""
+
+    def __array_finalize__(self, obj):
+        self._owner = None          # views taken from the values are not fields
+
+    def __array_wrap__(self, array, context=None, return_scalar=False):
+        # what NumPy computes from the values (blob.data * 2, .sum()) is a plain array
+        array = array.view(np.ndarray)
+        return array[()] if return_scalar else array
+
+    def __repr__(self):
+        return repr(self.view(np.ndarray))
+
+    def extend(self, values):
+        if self._owner is None:
+            raise TypeError("extend() works on a message's array field itself (msg.data), not "
+                            "on values taken from it")
+        msg, name = self._owner
+        if not isinstance(values, np.ndarray):
+            values = np.fromiter(values, self.dtype) if not hasattr(values, "__len__") else values
+        setattr(msg, name, np.concatenate([self.view(np.ndarray),
+                                           np.asarray(values, self.dtype).reshape(-1)]))
+
+    def append(self, value):
+        self.extend([value])
+
+
+def _array_field(values, msg, name):
+    view = values.view(ArrayField)
+    view._owner = (msg, name)
+    return view
+
+
 class RepeatedField(list):
     """A list that checks what goes in and marks its message present when it changes."""
 
@@ -158,10 +195,11 @@ class Message:
         if field is None:
             raise _unknown_field(desc, name)
         values = self._values
+        if field.array:
+            return _array_field(values[name] if name in values else
+                                np.zeros(0, ARRAY_DTYPES[field.type_name]), self, name)
         if name in values:
             return values[name]
-        if field.array:
-            return np.zeros(0, ARRAY_DTYPES[field.type_name])
         if field.repeated:
             values[name] = RepeatedField(self, field)
             return values[name]

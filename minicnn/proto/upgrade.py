@@ -116,8 +116,9 @@ def _upgrade_input(net):
         raise NetError("give either input_shape or input_dim, not both")
     shapes = []
     if net.HasField("input_shape"):
-        if len(net.input_shape) not in (1, len(inputs)):
-            raise NetError(f"{len(inputs)} inputs but {len(net.input_shape)} input_shape entries")
+        if len(net.input_shape) != len(inputs):         # Caffe's UpgradeNetInput
+            raise NetError(f"{len(inputs)} inputs but {len(net.input_shape)} input_shape "
+                           "entries: give exactly one input_shape per input, in order")
         shapes = [s.copy() for s in net.input_shape]
     elif net.HasField("input_dim"):
         dims = list(net.input_dim)

@@ -428,7 +428,12 @@ def atomic_write(path, mode="wb"):
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
     if not os.path.isdir(directory):
         raise FileNotFoundError(errno.ENOENT, "no such folder to write into", path)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp",
+                                   dir=directory)
+    except OSError as e:                      # said of the path asked for, not the temporary
+        raise type(e)(e.errno, f"cannot create a file in its folder ({e.strerror})",
+                      path) from None
     try:
         os.chmod(tmp, os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o644)
         with os.fdopen(fd, mode) as f:
