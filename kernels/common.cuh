@@ -50,12 +50,33 @@ __device__ __forceinline__ float abs_(float x) { return fabsf(x); }
 __device__ __forceinline__ double abs_(double x) { return fabs(x); }
 
 // Products and sums rounded one at a time, never contracted into a fused multiply-add: where the
-// GPU must compute bit for bit what the CPU does (the solver's step)
+// GPU must compute bit for bit what the CPU does (the solver's step). CuPy compiles every kernel
+// with -ftz=true, which makes __fmul_rn & co flush subnormals to zero (FMUL.FTZ), and a momentum
+// history that decays (a parameter whose gradient is 0) goes subnormal after ~800 steps; the PTX
+// instructions without .ftz keep subnormals, as the CPU does. (double has no flush.)
+#ifdef __CUDA_ARCH__
+__device__ __forceinline__ float mul_rn(float a, float b) {
+  float r;
+  asm("mul.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+}
+__device__ __forceinline__ float add_rn(float a, float b) {
+  float r;
+  asm("add.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+}
+__device__ __forceinline__ float sub_rn(float a, float b) {
+  float r;
+  asm("sub.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+}
+#else                                  // the host emulator (tests/cuda_emu): plain C++ floats
 __device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
-__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
 __device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
-__device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
 __device__ __forceinline__ float sub_rn(float a, float b) { return __fsub_rn(a, b); }
+#endif
+__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+__device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
 __device__ __forceinline__ double sub_rn(double a, double b) { return __dsub_rn(a, b); }
 
 template <typename T> __device__ __forceinline__ T max_(T a, T b) { return a > b ? a : b; }

@@ -73,13 +73,15 @@ __global__ void depthwise_backward_data(const T* dy, const T* w, T* dx, int C, i
 // Grid (F, splits) of 256 threads: block (f, s) walks its share of the N * oh * ow positions
 // once, reading each dy value once and keeping one sum per tap in registers (a pass covers up
 // to MINICNN_DW_TAPS taps: kernels up to 5x5 in one pass), then reduces each sum in shared
-// memory and adds it to dw (atomically: the splits of a filter add up there).
+// memory and stores it as its split's part, partial[s][f][tap]; depthwise_filter_finish adds
+// the parts into dw in split order (atomic adds would sum them in no fixed order: the last
+// bits of dw, and so of training, would change from run to run).
 #define MINICNN_DW_TAPS 25
 
 template <typename T>
-__global__ void depthwise_backward_filter(const T* dy, const T* x, T* dw, int N, int C, int H,
-                                          int W, int M, int kh, int kw, int sh, int sw, int ph,
-                                          int pw, int dh, int dwid, int oh, int ow) {
+__global__ void depthwise_backward_filter(const T* dy, const T* x, T* partial, int N, int C,
+                                          int H, int W, int M, int kh, int kw, int sh, int sw,
+                                          int ph, int pw, int dh, int dwid, int oh, int ow) {
   __shared__ T shared[256];
   int f = blockIdx.x, taps = kh * kw;
   long long P = (long long)oh * ow, total = (long long)N * P;
@@ -114,8 +116,19 @@ __global__ void depthwise_backward_filter(const T* dy, const T* x, T* dw, int N,
     for (int t = 0; t < MINICNN_DW_TAPS; ++t) {
       if (t0 + t < taps) {                    // the same for every thread: no divergent barrier
         T sum = mc::block_sum(acc[t], shared);
-        if (threadIdx.x == 0) atomicAdd(dw + (long long)f * taps + t0 + t, sum);
+        if (threadIdx.x == 0)
+          partial[((long long)blockIdx.y * gridDim.x + f) * taps + t0 + t] = sum;
       }
     }
+  }
+}
+
+// dw[i] += partial[0][i] + partial[1][i] + ... (the splits' parts in order), i < count = F * taps
+template <typename T>
+__global__ void depthwise_filter_finish(const T* partial, T* dw, int splits, long long count) {
+  MINICNN_KERNEL_LOOP(i, count) {
+    T total = T(0);
+    for (int s = 0; s < splits; ++s) total += partial[s * count + i];
+    dw[i] += total;
   }
 }

@@ -1,8 +1,8 @@
 // Max and average pooling with Caffe's window rules (minicnn/ops/pool.py): window (y, z) covers
 // rows y sh - ph .. y sh - ph + kh - 1 clipped to the image (the output size, with Caffe's
 // rounding and drop-last rule, is decided on the host). Planes = N * C; one thread per output
-// element forward, and backward one per input element for AVE (a gather: every dx written, no
-// atomics) or one per output element for MAX (a scatter through the mask).
+// element forward, and backward one per input element (a gather: every dx written, no atomics;
+// MAX without its geometry falls back to a scatter through the mask).
 #include "common.cuh"
 
 // MAX: y starts at -FLT_MAX and takes a value only if strictly greater, scanning the window in
@@ -35,8 +35,37 @@ __global__ void max_pool2d_forward(const T* x, T* y, long long* mask, int H, int
   }
 }
 
-// dx += dy at each window's maximum (dx zeroed first): a scatter, since the op is given the
-// mask and not the geometry; overlapping windows (kernel > stride) add up atomically.
+// dx = the sum of dy over the windows whose maximum is this pixel, one thread per input element
+// (Caffe's MaxPoolBackward): a gather over the windows that cover the pixel, in row-major window
+// order, so overlapping windows (3x3 stride 2) add up in the order the CPU adds them, bit for
+// bit, and every run alike. oh, ow: dy's own size (SPP's levels keep only their first windows).
+template <typename T>
+__global__ void max_pool2d_backward_gather(const T* dy, const long long* mask, T* dx, int H,
+                                           int W, int oh, int ow, int kh, int kw, int sh, int sw,
+                                           int ph, int pw, long long n) {
+  MINICNN_KERNEL_LOOP(idx, n) {               // n = planes * H * W
+    int w = (int)mc::mod_(idx, W);
+    long long t = mc::div_(idx, W);
+    int h = (int)mc::mod_(t, H);
+    long long plane = mc::div_(t, H);
+    int ys = (h + ph < kh) ? 0 : (h + ph - kh) / sh + 1;
+    int ye = mc::min_((h + ph) / sh + 1, oh);
+    int zs = (w + pw < kw) ? 0 : (w + pw - kw) / sw + 1;
+    int ze = mc::min_((w + pw) / sw + 1, ow);
+    const long long here = (long long)h * W + w, first = plane * oh * ow;
+    T acc = T(0);
+    for (int yy = ys; yy < ye; ++yy)
+      for (int z = zs; z < ze; ++z) {
+        long long o = first + (long long)yy * ow + z;
+        if (mask[o] == here) acc += dy[o];
+      }
+    dx[idx] = acc;
+  }
+}
+
+// The same without the geometry (the op called with a mask alone): dx += dy at each window's
+// maximum, dx zeroed first, a scatter whose overlapping windows add up atomically, in no fixed
+// order (float sums may then differ in their last bits from run to run).
 template <typename T>
 __global__ void max_pool2d_backward(const T* dy, const long long* mask, T* dx, long long plane_in,
                                     long long plane_out, long long n) {

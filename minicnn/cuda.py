@@ -245,6 +245,8 @@ def assign(dst, src):
     pinned memory when it has dst's shape and dtype), a device source to a NumPy dst."""
     if is_device_array(dst):
         if isinstance(src, np.ndarray) and src.ndim:
+            if src.size == 0 == dst.size:      # nothing to copy (and no pinned buffer of 0 bytes)
+                return dst
             if src.shape == dst.shape and src.dtype == dst.dtype and dst.flags.c_contiguous:
                 _staged_copy(dst, src)
                 return dst

@@ -66,7 +66,8 @@ class PoolingLayer(Layer):
             return
         dx = bottom[0].diff if bottom[0] is not top[0] else None   # assigned (I1)
         if self.pool == "MAX":     # the mask top has no gradient: it is piecewise constant
-            dx = ops.max_pool2d_backward(top[0].diff, self.mask, bottom[0].shape, out=dx)
+            dx = ops.max_pool2d_backward(top[0].diff, self.mask, bottom[0].shape,
+                                         geom=self.geom, out=dx)
         else:
             dx = ops.ave_pool2d_backward(top[0].diff, bottom[0].shape, geom=self.geom, out=dx)
         if dx is not bottom[0].diff:

@@ -871,9 +871,12 @@ def _depthwise_filter_cuda(dy, x, f, geom, oh, ow, dw=None):
     if dw is None:
         dw = cuda.cupy().zeros((f, 1, kh, kw), dy.dtype)
     splits = max(1, min(-(-n * oh * ow // (cuda.BLOCK * 4)), -(-1024 // f)))
+    partial = cuda.cupy().empty((splits, f * kh * kw), dy.dtype)     # each split's sums
     cuda.launch_blocks(cuda.kernel("depthwise.cu", "depthwise_backward_filter", dy.dtype),
-                       (f, splits), (dy, x, dw, np.int32(n),
+                       (f, splits), (dy, x, partial, np.int32(n),
                                           *_depthwise_args(x.shape, f, geom, oh, ow)))
+    cuda.launch_1d(cuda.kernel("depthwise.cu", "depthwise_filter_finish", dy.dtype), dw.size,
+                   partial, dw, np.int32(splits))
     return dw
 
 

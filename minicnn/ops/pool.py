@@ -160,8 +160,9 @@ def _max_pool2d_forward_ref(x, *, geom, out=None):
 
 
 @max_pool2d_backward.impl("ref")
-def _max_pool2d_backward_ref(dy, mask, x_shape, *, out=None):
-    """dy, mask (N, C, oh, ow) -> dx (N, C, H, W): each dy added at its argmax."""
+def _max_pool2d_backward_ref(dy, mask, x_shape, *, geom=None, out=None):
+    """dy, mask (N, C, oh, ow) -> dx (N, C, H, W): each dy added at its argmax, the windows in
+    row-major order. ``geom`` (the forward's) is not needed here; the GPU's gather uses it."""
     n, c, h, w = x_shape
     dx = np.zeros((n * c, h * w), dy.dtype)
     plane = np.broadcast_to(np.arange(n * c)[:, None], (n * c, mask.shape[2] * mask.shape[3]))
@@ -252,7 +253,7 @@ def _max_pool2d_forward_cpu(x, *, geom, out=None):
 
 
 @max_pool2d_backward.impl("cpu", available=lib is not None)
-def _max_pool2d_backward_cpu(dy, mask, x_shape, *, out=None):
+def _max_pool2d_backward_cpu(dy, mask, x_shape, *, geom=None, out=None):
     if dy.ndim != 4 or not _native_dtype(dy) or mask.dtype != np.int64:
         return _max_pool2d_backward_ref(dy, mask, x_shape, out=out)
     dx = _output(out, x_shape, dy.dtype)
@@ -311,10 +312,20 @@ def _max_pool2d_forward_cuda(x, *, geom, out=None):
 
 
 @max_pool2d_backward.impl("cuda", available=cuda.importable)
-def _max_pool2d_backward_cuda(dy, mask, x_shape, *, out=None):
+def _max_pool2d_backward_cuda(dy, mask, x_shape, *, geom=None, out=None):
+    """With the forward's ``geom``: a gather, each dx the sum over the windows that chose it,
+    in the reference's order (deterministic, bit for bit the CPU's); without, a scatter with
+    atomic adds (overlapping windows then sum in no fixed order)."""
     _cuda_4d(x_shape)
     dy, mask = cuda.contiguous(dy, mask.astype(np.int64, copy=False))
     dx = cuda.output(cuda.distinct(out, dy), x_shape, dy.dtype)
+    if geom is not None:
+        h, w = x_shape[2:]
+        (kh, kw), (sh, sw), (ph, pw) = geom.kernel_for(h, w), geom.stride, geom.pad
+        args = (h, w, *dy.shape[2:], kh, kw, sh, sw, ph, pw)     # dy's windows (SPP: the first)
+        cuda.launch_1d(cuda.kernel("pooling.cu", "max_pool2d_backward_gather", dy.dtype),
+                       dx.size, dy, mask, dx, *(np.int32(v) for v in args))
+        return cuda.finish(out, dx)
     dx.fill(0)                                               # the kernel scatters into it
     cuda.launch_1d(cuda.kernel("pooling.cu", "max_pool2d_backward", dy.dtype), dy.size, dy, mask,
                    dx, np.int64(x_shape[2] * x_shape[3]), np.int64(dy.shape[2] * dy.shape[3]))

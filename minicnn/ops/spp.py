@@ -219,7 +219,7 @@ def _spp_backward_cuda(dy, x_shape, *, levels, pool="MAX", masks=None, rule="caf
         start += c * oh * ow
         if pool == "MAX":
             dx += max_pool2d_backward(cp.ascontiguousarray(dy_level),
-                                      cp.ascontiguousarray(masks[i]), x_shape)
+                                      cp.ascontiguousarray(masks[i]), x_shape, geom=geom)
         else:
             full = cp.zeros((n, c, *geom.out_hw(h, w)), dy.dtype)
             full[:, :, :oh, :ow] = dy_level

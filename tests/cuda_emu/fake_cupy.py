@@ -433,11 +433,17 @@ def _passthrough(name):
     return call
 
 
+_PASSTHROUGHS = {}
+
+
 def __getattr__(name):
     if name in _NUMPY_NAMES:
-        fn = _passthrough(name)
-        globals()[name] = fn
-        return fn
+        # kept apart from the module's globals: `all`, `any`, `sum`, `max`, ... there would
+        # shadow the builtins this module's own code calls (a cupy.all(...) made
+        # `all(isinstance(...) for ...)` in __array_ufunc__ a read of a device array)
+        if name not in _PASSTHROUGHS:
+            _PASSTHROUGHS[name] = _passthrough(name)
+        return _PASSTHROUGHS[name]
     if name in _TYPES:
         return getattr(np, name)
     raise AttributeError(f"the CuPy stand-in has no '{name}' (does CuPy have it? add it to "

@@ -1,6 +1,7 @@
 """Pooling (MAX with its mask, AVE) and SPP on the GPU against the NumPy reference, with
 Caffe's rounding: CEIL and FLOOR, padding, global pooling, windows wholly outside the image,
-ties in MAX (the first maximum wins), overlapping windows in backward."""
+ties in MAX (the first maximum wins), overlapping windows in backward (MAX's gather, given the
+geometry, bit for bit the reference's sums)."""
 
 import numpy as np
 import pytest
@@ -34,9 +35,15 @@ def test_max_pooling_matches_the_reference(gpu, shape, geom, dtype):
     assert_close(y, want_y, 0, "y")
     np.testing.assert_array_equal(mask.get(), want_mask)
     dy = rng.standard_normal(want_y.shape).astype(dtype)
+    want_dx = max_pool2d_backward.impls["ref"](dy, want_mask, shape)
     dx = poisoned(gpu, shape, dtype)
-    assert max_pool2d_backward(gpu.asarray(dy), mask, shape, out=dx) is dx
-    assert_close(dx, max_pool2d_backward.impls["ref"](dy, want_mask, shape), 1e-6, "dx")
+    assert max_pool2d_backward(gpu.asarray(dy), mask, shape, out=dx) is dx     # the scatter
+    assert_close(dx, want_dx, 1e-6, "dx")
+    # with the geometry (as the Pooling layer calls it): the gather, whose overlapping windows
+    # add up in the reference's order, so bit for bit and the same on every run
+    dx = poisoned(gpu, shape, dtype)
+    assert max_pool2d_backward(gpu.asarray(dy), mask, shape, geom=geom, out=dx) is dx
+    np.testing.assert_array_equal(dx.get(), want_dx)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
