@@ -227,7 +227,10 @@ class ScaleLayer(Layer):
     bias_term a learned bias of the scale's shape follows (blobs[1], or blobs[0] with two
     bottoms; bias_filler default constant 0). Safe in place: forward keeps a copy of x.
     Backward: dx = dy * scale, dscale = dy * x summed over the axes scale is broadcast along,
-    dbias = dy summed the same way (minicnn/ops/scale.py)."""
+    dbias = dy summed the same way (minicnn/ops/scale.py). The parameter diffs accumulate, as
+    every layer's do; Caffe's own Scale assigns its scale diff where the scale has as many
+    values as the bottom, so a shared element-wise scale, or one under iter_size > 1, keeps
+    only the last pass's gradient there: minicnn's sum is the true gradient."""
     param_field = "scale_param"
     min_num_bottom, max_num_bottom = 1, 2
     exact_num_top = 1
