@@ -14,11 +14,22 @@ The thread holds only a weak reference to the Prefetcher between batches, so a d
 its data layers) is collected and its thread ends.
 """
 
+import atexit
 import queue
 import threading
 import weakref
 
 _POLL = 0.05                 # seconds between checks for a stop request while the queue is full
+_running = weakref.WeakSet()  # Prefetchers whose thread was started
+
+
+@atexit.register
+def _stop_all():
+    """Stop every thread before the interpreter tears down: a daemon thread still inside native
+    code then (OpenCV resizing a batch) can abort the process at exit ("terminate called
+    without an active exception"), after all the work succeeded."""
+    for prefetcher in list(_running):
+        prefetcher.stop()
 
 
 def _work(ref, q, stop, index):
@@ -72,6 +83,7 @@ class Prefetcher:
             target=_work, args=(weakref.ref(self), self._queue, self._stop, self._position),
             name=self.name, daemon=True)
         self._thread.start()
+        _running.add(self)
 
     def next(self):
         """The batch at ``position``; advances the position."""

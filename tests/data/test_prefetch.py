@@ -104,3 +104,14 @@ def test_stop_joins_the_thread():
     thread = p._thread
     p.stop()
     assert not thread.is_alive()
+
+
+def test_threads_still_running_at_exit_are_stopped_first():
+    # the atexit hook: no thread left inside native code while the interpreter tears down
+    from minicnn.data import prefetch
+    p = Prefetcher(lambda b: b, depth=2)
+    assert p.next() == 0 and p.running
+    prefetch._stop_all()
+    assert not p.running and p._thread is None
+    assert p.next() == 1                          # and it can start again
+    p.stop()
