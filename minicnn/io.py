@@ -43,7 +43,9 @@ def _pil():
 def load_image(path, color=True):
     """An image file as float32 H x W x C in [0, 1]: RGB (C = 3) when ``color``, else gray
     (C = 1), as caffe.io.load_image returns it. A 16-bit gray image is scaled by 1 / 65535
-    (a float one kept as it is), as skimage's img_as_float does there."""
+    (a float one kept as it is), as skimage's img_as_float does there. Gray from colour is
+    skimage's (imread with as_gray, which pycaffe calls): rgb2gray's 0.2125 R + 0.7154 G +
+    0.0721 B in float64, an image with alpha first laid on white (rgba2rgb)."""
     Image = _pil()
     try:
         with Image.open(path) as image:
@@ -52,11 +54,23 @@ def load_image(path, color=True):
                 if image.mode != "F":
                     pixels /= 65535.0
                 return np.repeat(pixels, 3, axis=2) if color else pixels
-            image = image.convert("RGB" if color else "L")
-            pixels = np.asarray(image, dtype=np.float32) / 255.0
+            if color:
+                return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+            if image.mode in ("1", "L", "LA"):
+                return np.asarray(image.convert("L"), dtype=np.float32)[:, :, None] / 255.0
+            return _skimage_gray(image)[:, :, None]
     except (OSError, ValueError) as e:
         raise MinicnnError(f"{path}: cannot read the image ({e})") from None
-    return pixels if color else pixels[:, :, None]
+
+
+def _skimage_gray(image):
+    """skimage.color.rgb2gray of a colour Pillow image, after rgba2rgb where it has alpha."""
+    alpha = image.mode in ("RGBA", "PA") or "transparency" in image.info
+    values = np.asarray(image.convert("RGBA" if alpha else "RGB"), dtype=np.float64) / 255.0
+    if alpha:
+        a = values[:, :, 3:]
+        values = np.clip((1 - a) + a * values[:, :, :3], 0, 1)      # on a white background
+    return (values @ np.array([0.2125, 0.7154, 0.0721])).astype(np.float32)
 
 
 def resize_image(image, size):
@@ -139,8 +153,11 @@ class Transformer:
 
     def set_mean(self, name, mean):
         """Subtract a per-channel mean (C,) or a mean image (C, H, W; H x W for one channel),
-        after the raw scale. A mean image of another size is resized to the input's, as
-        pycaffe does (e.g. ImageNet's 256 x 256 mean for a 227 x 227 input)."""
+        after the raw scale. A mean image of another size (ImageNet's 256 x 256 mean for a
+        227 x 227 input) is resized to the input's, as the patch to pycaffe's io.py that Caffe
+        users pass around does: pycaffe's own set_mean raises "Mean shape incompatible with
+        input shape", and Caffe's C++ DataTransformer takes the mean file's values at the
+        crop's offset instead (for those, crop the mean image first)."""
         self._check(name)
         mean = np.asarray(mean, dtype=np.float32)
         shape = self.inputs[name][1:]

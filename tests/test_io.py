@@ -72,9 +72,10 @@ def test_transformer_resizes_to_the_input_and_checks_settings():
         t.set_channel_swap("data", (1, 0))
 
 
-def test_a_mean_image_of_another_size_is_resized_as_pycaffe_does():
-    """pycaffe's set_mean resizes a mean image to the input (ImageNet's 256 x 256 mean for a
-    227 x 227 crop): the per-channel levels stay, a 2-D mean serves one channel."""
+def test_a_mean_image_of_another_size_is_resized_as_the_common_pycaffe_patch_does():
+    """set_mean resizes a mean image to the input (ImageNet's 256 x 256 mean for a 227 x 227
+    crop), as the widely used patch to pycaffe's io.py does (pycaffe itself raises): the
+    per-channel levels stay, a 2-D mean serves one channel."""
     t = Transformer({"data": (1, 3, 4, 6), "gray": (1, 1, 4, 4)})
     levels = np.array([104.0, 117.0, 123.0], np.float32)
     t.set_mean("data", np.broadcast_to(levels[:, None, None], (3, 9, 8)))
@@ -106,3 +107,23 @@ def test_preprocess_is_the_usual_caffe_recipe(rgb_file):
     image = resize_image(load_image(rgb_file), (4, 4))[1:3, 1:3]
     expected = image.transpose(2, 0, 1)[::-1] * 255 - np.array([104, 117, 123])[:, None, None]
     np.testing.assert_allclose(x, expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["rgb.png", "rgb.jpg", "rgba.png", "palette.png"])
+def test_load_image_in_gray_is_pycaffes(tmp_path, kind):
+    # pycaffe: skimage.img_as_float(skimage.io.imread(path, as_gray=True)).astype(float32):
+    # rgb2gray's weights in float, alpha laid on white (Pillow's "L" was up to 28/255 off, and
+    # 226/255 where the image had alpha)
+    skimage_io = pytest.importorskip("skimage.io")
+    from skimage import data, img_as_float
+    rgb = data.coffee()[::2, ::2]
+    name = kind.split(".")[0]
+    ramp = (np.arange(rgb.shape[1]) % 256).astype(np.uint8)[None].repeat(rgb.shape[0], 0)
+    image = {"rgb": Image.fromarray(rgb), "palette": Image.fromarray(rgb).convert("P"),
+             "rgba": Image.fromarray(np.dstack([rgb, ramp]))}[name]
+    path = str(tmp_path / kind)
+    image.save(path)
+    want = img_as_float(skimage_io.imread(path, as_gray=True)).astype(np.float32)
+    got = load_image(path, color=False)
+    assert got.shape == (*rgb.shape[:2], 1) and got.dtype == np.float32
+    np.testing.assert_allclose(got[:, :, 0], want, rtol=0, atol=1e-7)

@@ -5,8 +5,9 @@ raw uint8 bytes in ``data`` (C, H, W order), as ``float_data``, or as an image f
 ``data`` with ``encoded: true``.
 
 Caffe decodes images with OpenCV, so a colour image comes out in **B, G, R** channel order and a
-grayscale one with a single channel; ``decode_image`` does the same with Pillow. Pillow is imported
-only when an image is decoded or encoded; ``resize_image`` computes what OpenCV's does.
+grayscale one with a single channel; ``decode_image`` does the same with Pillow, with OpenCV's
+grey conversions (``_gray``), and ``encode_image`` writes JPEG at OpenCV's quality. Pillow is
+imported only when an image is decoded or encoded; ``resize_image`` computes what OpenCV's does.
 """
 
 import io
@@ -27,8 +28,28 @@ def _pil():
     return need("PIL", "Pillow")
 
 
-def _to_chw(img, is_color):
-    """A Pillow image as a CHW uint8 array: 3 channels BGR, or 1 gray (is_color None: native)."""
+def _gray(img, file_format):
+    """An 8-bit Pillow image as one gray channel (H x W uint8), as OpenCV's IMREAD_GRAYSCALE
+    gives it (Pillow's "L" rounds differently: half the pixels of a colour PNG were one level
+    off). A JPEG is decoded to its luma already (decode_image's draft, as OpenCV asks libjpeg
+    for JCS_GRAYSCALE); a PNG's colours go through libpng's png_set_rgb_to_gray(0.299, 0.587):
+    weights 9797, 19234 and 3737 in 1/32768ths, the sum truncated; other files through
+    OpenCV's own BGR -> gray: weights 4899, 9617, 1868 in 1/16384ths, rounded. Alpha is
+    dropped, a palette looked up first, as OpenCV does."""
+    if img.mode in _GRAY_MODES:
+        return np.asarray(img.convert("L"))
+    rgb = np.asarray(img.convert("RGB")).astype(np.int32)
+    r, g, b = rgb[:, :, 0], rgb[:, :, 1], rgb[:, :, 2]
+    if file_format == "PNG":
+        gray = (9797 * r + 19234 * g + 3737 * b) >> 15
+    else:
+        gray = (4899 * r + 9617 * g + 1868 * b + 8192) >> 14
+    return gray.astype(np.uint8)
+
+
+def _to_chw(img, is_color, file_format=None):
+    """A Pillow image as a CHW uint8 array: 3 channels BGR, or 1 gray (is_color None: native).
+    ``file_format``: Pillow's name of the file's format ("PNG", "JPEG", ...), for _gray."""
     if img.mode in _WIDE_MODES:
         # OpenCV reduces 16-bit images to 8 bits by dropping the low byte
         a = np.asarray(img)
@@ -41,7 +62,7 @@ def _to_chw(img, is_color):
         if color:
             a = np.asarray(img.convert("RGB"))[:, :, ::-1]       # RGB -> BGR, as OpenCV
         else:
-            a = np.asarray(img.convert("L"))[:, :, None]
+            a = _gray(img, file_format)[:, :, None]
     return np.ascontiguousarray(a.transpose(2, 0, 1))
 
 
@@ -67,9 +88,12 @@ def decode_image(source, is_color=True):
             raise DataError(f"cannot read image: {e.strerror}", path) from None
     try:
         with stream, Image.open(stream) as img:
+            file_format = img.format
+            if is_color is False and file_format == "JPEG" and img.mode in ("RGB", "YCbCr"):
+                img.draft("L", img.size)      # libjpeg's luma, as OpenCV's IMREAD_GRAYSCALE
             img.load()
             img = ImageOps.exif_transpose(img)
-            return _to_chw(img, is_color)
+            return _to_chw(img, is_color, file_format)
     except DataError:
         raise
     except Exception as e:                 # Pillow raises several types for broken files
@@ -152,7 +176,10 @@ def encode_image(chw, encoding="png"):
     img = Image.fromarray(np.ascontiguousarray(hwc[:, :, 0] if chw.shape[0] == 1
                                                else hwc[:, :, ::-1]))       # BGR -> RGB
     buf = io.BytesIO()
-    img.save(buf, format=_pil_format(encoding))
+    fmt = _pil_format(encoding)
+    # OpenCV's imencode writes JPEG at quality 95 (IMWRITE_JPEG_QUALITY's default); Pillow's
+    # own default, 75, changed pixels of re-encoded records by up to 24 levels
+    img.save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
     return buf.getvalue()
 
 

@@ -193,9 +193,10 @@ class _SourceDataLayer(Layer):
 
     def _transform_batch(self, samples, names, b, encoded):
         """The batch of transformed samples (``encoded[j]``: sample j is a decoded image).
-        Without resize_param the samples must share a shape (Caffe shapes a batch by the first);
-        with it, the resized and cropped outputs must."""
-        if self.transformer.resize is None:
+        Without resize_param or a crop the samples must share a shape (Caffe shapes a batch by
+        the first); with either, the resized and cropped outputs must (Caffe's Transform crops
+        each datum from its own size)."""
+        if self.transformer.resize is None and not self.transformer.crop_h:
             _check_same_shape(samples, names)
         rng = self._transform_rng(b, samples[0].shape, encoded[0])
         out = [self.transformer(s, rng, e) for s, e in zip(samples, encoded)]

@@ -116,6 +116,41 @@ def test_encode_image_writes_rgb_files(tmp_path):
         encode_image(bgr, "nosuchformat")
 
 
+@pytest.mark.parametrize("kind", ["rgb.png", "rgba.png", "palette.png", "rgb.jpg", "rgb.bmp"])
+def test_gray_decoding_is_opencvs_imread_grayscale_pixel_for_pixel(tmp_path, kind):
+    # ImageData is_color: false, convert-imageset --gray, force_gray: Caffe reads with
+    # cv::imread(IMREAD_GRAYSCALE), whose formula depends on the file's format (libpng's
+    # rgb_to_gray for PNG, libjpeg's luma for JPEG, cvtColor's otherwise); Pillow's "L" put
+    # half of a PNG's pixels one level off and a JPEG's up to 17
+    cv2 = pytest.importorskip("cv2")
+    from skimage import data
+    rgb = data.coffee()[::2, ::2]
+    name, ext = kind.split(".")
+    image = {"rgb": Image.fromarray(rgb), "palette": Image.fromarray(rgb).convert("P"),
+             "rgba": Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 99, np.uint8)]))}[name]
+    path = tmp_path / kind
+    image.save(path)
+    want = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    np.testing.assert_array_equal(decode_image(str(path), is_color=False)[0], want)
+    np.testing.assert_array_equal(decode_image(path.read_bytes(), is_color=False)[0], want)
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_jpeg_records_decode_as_opencvs_imencode_would_write_them(channels):
+    # Caffe's ReadImageToDatum encodes with cv::imencode: quality 95, where Pillow's default
+    # (75) moved pixels by up to 24 levels (with the same libjpeg the bytes are the same too)
+    cv2 = pytest.importorskip("cv2")
+    from skimage import data
+    bgr = np.ascontiguousarray(data.chelsea()[:, :, ::-1])
+    image = bgr if channels == 3 else cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)[:, :, None]
+    ours = encode_image(image.transpose(2, 0, 1), "jpg")
+    theirs = cv2.imencode(".jpg", image)[1]
+    flag = cv2.IMREAD_UNCHANGED
+    difference = cv2.imdecode(np.frombuffer(ours, np.uint8), flag).astype(int) - \
+        cv2.imdecode(theirs, flag)
+    assert np.abs(difference).max() <= 1
+
+
 def test_resize_is_opencvs_bilinear_pixel_for_pixel(tmp_path):
     """Caffe's ReadImageToCVMat resizes with cv::resize (INTER_LINEAR): the same pixels, up and
     down, gray and colour, 1-pixel sources, and the halving OpenCV takes as INTER_AREA."""

@@ -290,6 +290,31 @@ def test_image_data_gray_resize_and_root_folder(tmp_path):
         ImageDataLayer(source=source, new_height=3)()
 
 
+def test_images_of_several_sizes_are_each_cropped_from_their_own_size(tmp_path):
+    # Caffe's DataTransformer::Transform crops each image from its own size (only the crop
+    # must fit); without a crop the sizes must agree, as the batch's shape is the first one's
+    rng = np.random.default_rng(1)
+    images, lines = [], []
+    for i, size in enumerate([(5, 6), (7, 9), (6, 5)]):
+        rgb = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+        Image.fromarray(rgb).save(tmp_path / f"{i}.png")
+        images.append(rgb[:, :, ::-1].transpose(2, 0, 1))
+        lines.append(f"{i}.png {i}\n")
+    (tmp_path / "list.txt").write_text("".join(lines))
+    layer = ImageDataLayer(source=str(tmp_path / "list.txt"), batch_size=3, phase="TEST",
+                           transform_param={"crop_size": 4})
+    data, _ = layer()
+    for got, image in zip(data, images):
+        top, left = (image.shape[1] - 4) // 2, (image.shape[2] - 4) // 2
+        np.testing.assert_array_equal(got, image[:, top:top + 4, left:left + 4])
+    with pytest.raises(DataError, match=r"has shape \(3, 7, 9\) but the first sample of its "
+                                        r"batch has \(3, 5, 6\)"):
+        ImageDataLayer(source=str(tmp_path / "list.txt"), batch_size=3, phase="TEST")()
+    with pytest.raises(LayerError, match=r"crop_size 6 is larger than the image \(5 x 6\)"):
+        ImageDataLayer(source=str(tmp_path / "list.txt"), batch_size=3, phase="TEST",
+                       transform_param={"crop_size": 6})()
+
+
 def test_root_folder_is_prefixed_as_caffe_does(tmp_path):
     """Caffe reads root_folder + name, strings glued: DeepLab-style lists ("/imgs/x.png" under
     a root without its trailing slash) name files below the root, where os.path.join would
