@@ -127,8 +127,7 @@ def filter_net(net_param, state, where=lambda name: ""):
     for layer in net_param.layer:
         if layer.include and layer.exclude:
             raise NetError(f"{where(layer.name)}layer '{layer.name}' has both include and "
-                           "exclude rules; "
-                           "give one or the other")
+                           "exclude rules; give one or the other")
         if layer_included(layer, state):
             out.layer.append(layer.copy())
     return out
@@ -417,9 +416,9 @@ class Net:
             self._setup_layer(layer, bottoms, tops)
             if len(layer_param.param) > len(layer.blobs):
                 raise NetError(f"{self._where(name)}layer '{name}' ({ltype}): "
-                               f"{len(layer_param.param)} param specs "
-                               f"for {len(layer.blobs)} parameter blob(s); too many params "
-                               "specified (give at most one per blob: weights, then bias)")
+                               f"{len(layer_param.param)} param specs for {len(layer.blobs)} "
+                               "parameter blob(s); too many params specified (give at most one "
+                               "per blob: weights, then bias)")
             for k in range(len(layer.blobs)):
                 spec = layer_param.param[k] if k < len(layer_param.param) else None
                 lr = spec.lr_mult if spec is not None else 1.0
@@ -535,9 +534,9 @@ class Net:
                 if (owner.count != blob.count) if permissive else (owner.shape != blob.shape):
                     raise NetError(
                         f"{self._where(layer.name)}cannot share param '{pname}' owned by layer "
-                        f"'{owner_layer.name}' with "
-                        f"layer '{layer.name}': {'count' if permissive else 'shape'} mismatch "
-                        f"(owner shape {owner.shape}, sharing layer shape {blob.shape})")
+                        f"'{owner_layer.name}' with layer '{layer.name}': "
+                        f"{'count' if permissive else 'shape'} mismatch (owner shape "
+                        f"{owner.shape}, sharing layer shape {blob.shape})")
                 blob.share_data(owner)
                 self._param_owner.append(index)
                 for attr, has, value in (("lr_mult", has_lr, self.params_lr),
@@ -545,8 +544,7 @@ class Net:
                     if spec.HasField(attr):
                         if has[index] and getattr(spec, attr) != value[index]:
                             raise NetError(f"{self._where(layer.name)}shared param '{pname}' "
-                                           f"has mismatched {attr} in "
-                                           f"layer '{layer.name}'")
+                                           f"has mismatched {attr} in layer '{layer.name}'")
                         has[index], value[index] = True, getattr(spec, attr)
 
     # --- pycaffe-style views -----------------------------------------------------------------
