@@ -135,7 +135,8 @@ def time_(args):
     forward_ms, backward_ms = np.zeros(n_layers), np.zeros(n_layers)
     start = time.perf_counter()
     sync()
-    for _ in range(args.iterations):
+    for k in range(args.iterations):
+        iteration_start = time.perf_counter()
         for i in range(n_layers):             # on a GPU each layer is waited for (as Caffe's
             t = time.perf_counter()           # CUDA events time them)
             net.forward_layer(i, reshape=False)
@@ -146,6 +147,8 @@ def time_(args):
             net.backward_layer(i)
             sync()
             backward_ms[i] += time.perf_counter() - t
+        print(f"Iteration: {k + 1} forward-backward time: "      # as Caffe's, as it goes
+              f"{(time.perf_counter() - iteration_start) * 1000:.4g} ms.", flush=True)
     total = (time.perf_counter() - start) * 1000
     forward_ms *= 1000 / args.iterations
     backward_ms *= 1000 / args.iterations
@@ -356,12 +359,16 @@ def _train(args, world):
         return 0
     finals = {k: v for k, v in monitor.last_test.items()}
     if finals:
-        print(f"Final test at iteration {monitor.last_test_iter}: "
-              + ", ".join(f"{k.split('/', 1)[1]} = {v:.4g}" for k, v in finals.items()))
+        scores = ", ".join(f"{k.split('/', 1)[1]} = {v:.4g}" for k, v in finals.items())
+        if monitor.last_test_iter == solver.iter:
+            monitor.say(f"Final test at iteration {solver.iter}: {scores}")
+        else:                         # not the trained weights' score: say whose it is
+            monitor.say(f"Last test at iteration {monitor.last_test_iter} (training ended at "
+                        f"{solver.iter}; test_interval {param.test_interval}): {scores}")
     if solver.last_snapshot:
-        print(f"Weights: {solver.last_snapshot}")
-    print(f"Log: {monitor.log_path}  Curve: {monitor.csv_path}"
-          + (f", {monitor.png_path}" if os.path.exists(monitor.png_path) else ""))
+        monitor.say(f"Weights: {solver.last_snapshot}")
+    monitor.say(f"Log: {monitor.log_path}  Curve: {monitor.csv_path}"
+                + (f", {monitor.png_path}" if os.path.exists(monitor.png_path) else ""))
     return 0
 
 
@@ -611,6 +618,11 @@ def parse_log(args):
             print(f"Wrote {len(rows[kind])} {kind} rows to {path}")
         else:
             print(f"Not writing {path}; no lines to write")
+    if not (rows["train"] or rows["test"]):
+        print("(parse-log reads the solver's glog-style lines, 'I1207 12:00:00.000000 ... "
+              "Iteration N ...': the <snapshot_prefix>_train.log that minicnn train writes, "
+              "or Caffe's own log; what minicnn train prints to the terminal has no such "
+              "prefix)")
     return 0
 
 
@@ -653,6 +665,28 @@ def layers(args):
 
 # --- using a trained net: classify, extract, retrieve, visualize -------------------------------
 
+def _mean_values(text):
+    """--mean: comma-separated per-channel values, 'none', or a mean image file (.binaryproto,
+    as compute-image-mean writes, or .npy), averaged per channel as pycaffe's classification
+    example does with ilsvrc_2012_mean.npy (a 256 x 256 mean does not fit a 227 x 227 crop)."""
+    if text.lower().endswith((".binaryproto", ".npy")):
+        from minicnn.io import blobproto_to_array
+        from minicnn.proto import read_binary
+        try:
+            mean = (np.load(text, allow_pickle=False) if text.lower().endswith(".npy")
+                    else blobproto_to_array(read_binary(text, "BlobProto")))
+        except (OSError, ValueError) as e:
+            raise argparse.ArgumentTypeError(f"cannot read the mean file {text}: {e}") from None
+        mean = np.asarray(mean, np.float64)
+        if mean.ndim == 4 and mean.shape[0] == 1:
+            mean = mean[0]
+        if mean.ndim != 3:
+            raise argparse.ArgumentTypeError(f"the mean file {text} holds shape {mean.shape}, "
+                                             "not C x H x W")
+        return tuple(float(v) for v in mean.mean(axis=(1, 2)))
+    return _numbers(float)(text)
+
+
 def _numbers(kind):
     def parse(text):
         if text.strip().lower() == "none":
@@ -671,9 +705,10 @@ def _add_deploy_options(p, phase=False, oversample=True):
         p.add_argument("--phase", choices=["TRAIN", "TEST"], default="TEST", type=str.upper)
         p.add_argument("--level", type=int, default=0, help="net state level")
         p.add_argument("--stage", action="append", default=[], help="net state stage")
-    p.add_argument("--mean", type=_numbers(float), default=(104.0, 117.0, 123.0),
+    p.add_argument("--mean", type=_mean_values, default=(104.0, 117.0, 123.0),
                    help="per-channel mean subtracted after the raw scale, in the net's channel "
-                        "order (default 104,117,123: ImageNet's BGR mean; 'none' for none)")
+                        "order (default 104,117,123: ImageNet's BGR mean; 'none' for none), or "
+                        "a mean image (.binaryproto, .npy) averaged per channel")
     p.add_argument("--raw-scale", type=float, default=255.0,
                    help="multiply the [0, 1] pixels by this (default 255)")
     p.add_argument("--channel-swap", type=_numbers(int), default=(2, 1, 0),
@@ -777,9 +812,11 @@ def extract(args):
                                         iterations=args.iterations,
                                         root_folder=args.root_folder, **_input_options(args))
     written = save_features(args.out, features, labels)
+    kept = labels is not None and not args.out.lower().endswith(".npy")
     print(f"Extracted {len(features)} features of shape {features.shape[1:]} from blob "
-          f"'{args.blob}'" + (" with labels" if labels is not None else "") + " -> "
-          + ", ".join(written))
+          f"'{args.blob}'" + (" with labels" if kept else "") + " -> " + ", ".join(written)
+          + (" (a .npy holds the features alone: .npz, .h5 or an LMDB keep the labels)"
+             if labels is not None and not kept else ""))
     return 0
 
 
@@ -1084,8 +1121,9 @@ def _add_saliency_options(p):
     p.add_argument("--smooth", type=float, default=0.03,
                    help="Gaussian smoothing sigma as a fraction of the image's longer side "
                         "(default 0.03)")
-    p.add_argument("--mean", type=_numbers(float), default=(104.0, 117.0, 123.0),
-                   help="per-channel mean subtracted after the raw scale (default 104,117,123)")
+    p.add_argument("--mean", type=_mean_values, default=(104.0, 117.0, 123.0),
+                   help="per-channel mean subtracted after the raw scale (default 104,117,123), "
+                        "or a mean image (.binaryproto, .npy) averaged per channel")
     p.add_argument("--raw-scale", type=float, default=255.0, help="default 255")
     p.add_argument("--channel-swap", type=_numbers(int), default=(2, 1, 0),
                    help="default 2,1,0: RGB -> BGR")
@@ -1421,12 +1459,16 @@ def build_parser():
     p.add_argument("--snapshot", help="resume from this .solverstate (or .solverstate.h5)")
     p.add_argument("--gpu", help="train on this GPU (e.g. 0); several (0,1 or all) train "
                                  "data-parallel, one process per GPU")
-    p.add_argument("--level", type=int, default=0)
-    p.add_argument("--stage", action="append", default=[])
+    p.add_argument("--level", type=int, default=0,
+                   help="net state level of the train net (the solver's train_state)")
+    p.add_argument("--stage", action="append", default=[],
+                   help="net state stage of the train net (repeat, or a,b)")
     p.add_argument("--sigint-effect", choices=["stop", "snapshot", "none"], default="stop",
                    help="on Ctrl-C: stop (writing a snapshot, as snapshot_after_train does; "
                         "the default), snapshot and go on, or nothing")
-    p.add_argument("--sighup-effect", choices=["stop", "snapshot", "none"], default="snapshot")
+    p.add_argument("--sighup-effect", choices=["stop", "snapshot", "none"], default="snapshot",
+                   help="on SIGHUP (the terminal closed): snapshot and go on (the default), "
+                        "stop, or nothing")
     p.add_argument("--batch-size", type=_positive_int,
                    help="batch size of the train net's data layers")
     p.add_argument("--test-iter", type=_positive_int, help="test batches per test")

@@ -401,6 +401,9 @@ def save_features(path, features, labels=None):
     if ext not in (".npy", ".npz", ".h5", ".hdf5"):
         raise MinicnnError(f"{path}: the features file must end in .npy, .npz or .h5, or "
                            "the folder's name in lmdb or leveldb")
+    list_path = os.path.splitext(path)[0] + ".txt"
+    if ext in (".h5", ".hdf5"):
+        _check_list_file_is_ours(list_path, path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
@@ -426,11 +429,26 @@ def save_features(path, features, labels=None):
         if os.path.exists(tmp):
             os.remove(tmp)
     if ext in (".h5", ".hdf5"):
-        list_path = os.path.splitext(path)[0] + ".txt"
         with open(list_path, "w", encoding="utf-8") as f:
             f.write(os.path.abspath(path) + "\n")  # absolute: Caffe reads it from any folder
         written.append(list_path)
     return written
+
+
+def _check_list_file_is_ours(list_path, path):
+    """The .h5's list file may replace only a list of HDF5 files (one save_features wrote):
+    `--images train.txt --out train.h5` would otherwise overwrite the image list itself."""
+    try:
+        with open(list_path, encoding="utf-8", errors="replace") as f:
+            lines = [line.strip() for line in f if line.strip()]
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise MinicnnError(f"{list_path}: cannot read it ({e.strerror})") from None
+    if not all(line.lower().endswith((".h5", ".hdf5")) for line in lines):
+        raise MinicnnError(f"{path}: its list file {list_path} (which HDF5Data reads) would "
+                           "replace a file that is not a list of HDF5 files (an image list?); "
+                           "give the features another name")
 
 
 def save_features_db(path, features, labels=None, backend="lmdb"):

@@ -33,6 +33,7 @@ class TrainingMonitor:
         self.rows = {}                          # iteration -> {column: value}
         self.columns = ["iteration", "loss", "smoothed_loss", "lr"]
         self.last_test, self.last_test_iter = {}, None
+        self._earlier_kept = False
         self.bar = self._make_bar(progress)
         self._t0, self._it0 = time.perf_counter(), solver.iter
         solver._log = self.log
@@ -58,9 +59,23 @@ class TrainingMonitor:
         if self.bar is not None:
             if message.startswith("    ") or message.startswith("Iteration"):
                 return                          # the bar shows these; the log file keeps them
-            self.bar.write(message, file=self.stream)
-        else:
-            print(message, file=self.stream, flush=True)
+            self._console(self.bar.write, message, file=self.stream)
+        elif self.stream is not None:
+            self._console(print, message, file=self.stream, flush=True)
+
+    def say(self, message):
+        """A line for the terminal only (the CLI's summary), while there is one."""
+        if self.stream is not None:
+            self._console(print, message, file=self.stream, flush=True)
+
+    def _console(self, write, *args, **kwargs):
+        """write(*args) to the terminal; once the terminal is gone (an ssh drop: EIO, or a
+        closed pipe), the log file alone goes on, and training with it, as Caffe's glog does
+        (its SIGHUP snapshot was lost to the error otherwise)."""
+        try:
+            write(*args, **kwargs)
+        except OSError:
+            self.stream = self.bar = None
 
     def _on_iteration(self, solver, loss, rate):
         it = solver.iter - 1                    # the loss and lr of the update just made
@@ -73,7 +88,7 @@ class TrainingMonitor:
                        "it/s": f"{speed:.3g}"}
             postfix.update({k: f"{v:.4g}" for k, v in self.last_test.items()})
             self.bar.set_postfix(postfix, refresh=False)
-            self.bar.update(1)
+            self._console(self.bar.update, 1)
 
     def _on_test(self, solver, index, outputs):
         row = self.rows.setdefault(solver.iter, {"iteration": solver.iter})
@@ -88,7 +103,32 @@ class TrainingMonitor:
         self.write_csv()
 
     # --- outputs -----------------------------------------------------------------------------
+    def _keep_earlier_rows(self):
+        """A resumed run's curve starts where the snapshot was taken: the rows before it come
+        from the curve file the earlier run wrote (the log file is appended to likewise)."""
+        first = min(self.rows)
+        if first <= 0:
+            return
+        try:
+            with open(self.csv_path, newline="") as f:
+                earlier = list(csv.DictReader(f))
+        except (OSError, csv.Error, UnicodeDecodeError):
+            return
+        for row in earlier:
+            try:
+                it = int(row["iteration"])
+                values = {k: float(v) for k, v in row.items()
+                          if k and k != "iteration" and v not in ("", None)}
+            except (KeyError, TypeError, ValueError):
+                continue
+            if it < first:
+                self.rows[it] = {"iteration": it, **values}
+                self.columns += [k for k in values if k not in self.columns]
+
     def write_csv(self):
+        if not self._earlier_kept:                 # before this run first replaces the file
+            self._keep_earlier_rows()
+            self._earlier_kept = True
         with open(self.csv_path, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=self.columns)
             writer.writeheader()
@@ -131,7 +171,7 @@ class TrainingMonitor:
 
     def close(self):
         if self.bar is not None:
-            self.bar.close()
+            self._console(self.bar.close)
         if self.rows:
             self.write_csv()
             self.write_png()

@@ -33,7 +33,7 @@ from minicnn.blob import (
     blob_proto_to_array,
     legacy_shape_matches,
 )
-from minicnn.errors import MinicnnError, NetError
+from minicnn.errors import MinicnnError, NetError, WireFormatError
 from minicnn.layer import check_not_empty, create_layer
 from minicnn.native import lib
 from minicnn.proto import caffe_pb2
@@ -1154,7 +1154,14 @@ class Net:
             keep = {"NetParameter": {"layer", "layers"},
                     "LayerParameter": {"name", "type", "blobs"},
                     "V1LayerParameter": {"name", "type", "blobs"}}
-            source = upgrade_net(read_binary(where, "NetParameter", keep=keep))
+            try:
+                source = upgrade_net(read_binary(where, "NetParameter", keep=keep))
+            except WireFormatError as e:
+                if "solverstate" not in os.path.basename(where):
+                    raise
+                raise NetError(f"{e}; it looks like a solver state, not weights: fine-tune "
+                               "from the .caffemodel beside it, or resume from this file "
+                               "(--snapshot)") from None
         targets = self.layer_dict
         copies = []
         for src in source.layer:

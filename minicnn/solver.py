@@ -33,7 +33,8 @@ import numpy as np
 from minicnn import cuda
 from minicnn.blob import array_to_blob_proto, blob_proto_to_array
 from minicnn.data.db import resolve_path
-from minicnn.errors import MinicnnError, NetError
+from minicnn.data.errors import DataError
+from minicnn.errors import MinicnnError, NetError, WireFormatError
 from minicnn.net import Net
 from minicnn.ops.ssd_eval import AP_VERSIONS, EVAL_TYPES, DetectionStats
 from minicnn.proto import caffe_pb2, read_binary, read_prototxt, upgrade_solver, write_binary
@@ -755,7 +756,14 @@ class Solver:
         if os.fspath(path).endswith(".h5"):           # Caffe also tells the two by the name
             state = read_state_hdf5(path)
         else:
-            state = read_binary(path, "SolverState")
+            try:
+                state = read_binary(path, "SolverState")
+            except WireFormatError as e:
+                hint = ("; it looks like weights, not a solver state: resume from the "
+                        ".solverstate written beside it, or fine-tune from these weights "
+                        "(--weights)" if "caffemodel" in os.path.basename(os.fspath(path))
+                        else "")
+                raise MinicnnError(f"{e}{hint}") from None
         if len(state.history) != len(self.history):
             raise MinicnnError(f"{path}: {len(state.history)} history blobs, but a {self.type} "
                                f"solver on this net keeps {len(self.history)} (is it a state of "
@@ -775,8 +783,15 @@ class Solver:
             history.append(values.reshape(h.shape))
         model = None
         if state.HasField("learned_net"):
-            model = resolve_path(state.learned_net, os.path.dirname(os.path.abspath(path)),
-                                 what=f"weights file (learned_net) of {path}")
+            here = os.path.dirname(os.path.abspath(path))
+            beside = os.path.join(here, os.path.basename(state.learned_net))
+            try:
+                model = resolve_path(state.learned_net, here,
+                                     what=f"weights file (learned_net) of {path}")
+            except DataError:
+                if not (state.learned_net and os.path.isfile(beside)):
+                    raise
+                model = beside          # the snapshots' folder moved: the pair stays together
         extra = state.minicnn
         rng_state = None
         if extra.HasField("rng_state"):

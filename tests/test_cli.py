@@ -1,5 +1,6 @@
 """The minicnn command: `time`, Caffe's single-dash spellings, and one-line errors."""
 
+import argparse
 import os
 import subprocess
 import sys
@@ -37,6 +38,7 @@ def test_time_prints_caffe_style_report(argv, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "Average time per layer:" in out
+    assert "Iteration: 1 forward-backward time: " in out          # each pass as it ends
     assert "conv1\tforward:" in out and "conv1\tbackward:" in out
     assert "Average Forward-Backward:" in out and "Total Time:" in out
     split = out.split("By layer type (share of forward + backward):")[1]
@@ -338,3 +340,21 @@ def test_data_refuses_the_options_its_dataset_does_not_read(tmp_path, capsys, ar
     err = capsys.readouterr().err
     assert f"minicnn data {argv[0]} does not take {wrong} " in err and takes in err
     assert not out.exists()
+
+
+def test_mean_flag_takes_a_mean_image_file_averaged_per_channel(tmp_path):
+    # compute-image-mean's .binaryproto (or ilsvrc_2012_mean.npy) into --mean, as pycaffe's
+    # classification example averages it: mean.mean(1).mean(1)
+    from minicnn.cli import _mean_values
+    from minicnn.io import array_to_blobproto
+    from minicnn.proto import write_binary
+    mean = np.stack([np.full((4, 5), v, np.float32) for v in (10.0, 20.0, 30.0)])
+    mean[0, 0, 0] = 30.0
+    write_binary(array_to_blobproto(mean[None]), tmp_path / "mean.binaryproto")
+    np.save(tmp_path / "mean.npy", mean)
+    want = tuple(mean.mean(axis=(1, 2)).astype(np.float64))
+    for name in ("mean.binaryproto", "mean.npy"):
+        assert _mean_values(str(tmp_path / name)) == pytest.approx(want)
+    assert _mean_values("104,117,123") == (104.0, 117.0, 123.0)
+    with pytest.raises(argparse.ArgumentTypeError, match="cannot read the mean file"):
+        _mean_values(str(tmp_path / "missing.npy"))

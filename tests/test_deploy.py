@@ -290,6 +290,13 @@ def test_save_features_in_three_formats(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["f.h5", "f.npy", "f.npz", "f.txt"]   # no temp files
     with pytest.raises(MinicnnError, match=r"\.npy, \.npz or \.h5"):
         save_features(tmp_path / "f.csv", features)
+    save_features(tmp_path / "f.h5", features)               # its own list: replaced
+    # `--images train.txt --out train.h5`: the list file would have replaced the image list
+    (tmp_path / "train.txt").write_text("a.png 0\nb.png 1\n")
+    with pytest.raises(MinicnnError, match="would replace a file that is not a list of HDF5"):
+        save_features(tmp_path / "train.h5", features, labels)
+    assert (tmp_path / "train.txt").read_text() == "a.png 0\nb.png 1\n"
+    assert not (tmp_path / "train.h5").exists()
 
 
 def test_lmdb_features_are_caffes_extract_features_db_and_feed_a_data_layer(tmp_path):

@@ -620,6 +620,34 @@ def test_a_missing_lr_policy_value_names_the_solver_file_line(tmp_path):
         solver.step(1)
 
 
+def test_a_moved_snapshot_folder_still_resumes(tmp_path, monkeypatch):
+    # learned_net is the relative path the run wrote ("snap/lin_iter_1.caffemodel"); after
+    # `mv snap moved` it names nothing, but the weights sit beside the .solverstate
+    monkeypatch.chdir(tmp_path)
+    solver = make_solver(snapshot_prefix="snap/lin")
+    solver.step(1)
+    solver.snapshot()
+    os.rename(tmp_path / "snap", tmp_path / "moved")
+    resumed = make_solver()
+    resumed.restore("moved/lin_iter_1.solverstate")
+    assert resumed.iter == 1
+    np.testing.assert_array_equal(resumed.net.params["fc"][0].data,
+                                  solver.net.params["fc"][0].data)
+    os.remove(tmp_path / "moved" / "lin_iter_1.caffemodel")
+    with pytest.raises(MinicnnError, match="weights file .learned_net. of moved/lin_iter_1"):
+        make_solver().restore("moved/lin_iter_1.solverstate")
+
+
+def test_weights_and_states_given_for_each_other_say_so(tmp_path):
+    solver = make_solver(snapshot_prefix=str(tmp_path / "lin"))
+    solver.step(1)
+    model, state = solver.snapshot()
+    with pytest.raises(MinicnnError, match="it looks like weights, not a solver state"):
+        make_solver().restore(model)
+    with pytest.raises(MinicnnError, match="it looks like a solver state, not weights"):
+        make_solver().net.copy_from(state)
+
+
 def test_a_solverstate_with_a_negative_iteration_is_refused(tmp_path):
     solver = make_solver(snapshot_prefix=str(tmp_path / "lin"))
     solver.step(1)

@@ -157,10 +157,39 @@ def test_train_and_test_commands(tiny_setup, capsys):
                  "--max-iter", "14", "--no-progress"]) == 0
     assert os.path.exists(f"{prefix}_iter_14.caffemodel")
     out = capsys.readouterr().out       # tests at 8 and 12 (test_interval 4), none at 14
-    assert "Final test at iteration 12: acc = " in out
+    assert "Last test at iteration 12 (training ended at 14; test_interval 4): acc = " in out
+    # the curve keeps the first run's rows before the snapshot (iterations 0-4), then this one's
+    resumed = open(f"{prefix}_curve.csv").read().splitlines()
+    assert [int(line.split(",")[0]) for line in resumed[1:]] == list(range(14))   # 13: last update
+    assert resumed[1:6] == csv_lines[1:6]
     assert main(["train", str(solver_file), "--weights", f"{prefix}_iter_12.caffemodel",
                  "--snapshot", f"{prefix}_iter_5.solverstate"]) == 1
     assert "not both" in capsys.readouterr().err
+
+
+class _GoneTerminal:
+    """stdout after an ssh drop: every write fails with EIO."""
+    def write(self, text):
+        raise OSError(5, "Input/output error")
+
+    def flush(self):
+        raise OSError(5, "Input/output error")
+
+    def isatty(self):
+        return False
+
+
+def test_training_goes_on_when_the_terminal_is_gone(tiny_setup, monkeypatch, capsys):
+    # a closed terminal (SIGHUP's snapshot-and-go-on) used to end the run at its next log line
+    tmp_path, list_file, db = tiny_setup
+    source = f'data_param {{ source: "{db}" batch_size: 4 backend: LMDB }}'
+    solver_file = tiny_solver(tmp_path, NET.format(train_type="Data", train_source=source,
+                                                   db=db), display=1)
+    monkeypatch.setattr("sys.stdout", _GoneTerminal())
+    assert main(["train", str(solver_file), "--no-progress"]) == 0
+    prefix = tmp_path / "snap" / "tiny"
+    assert os.path.exists(f"{prefix}_iter_12.caffemodel")
+    assert "Iteration 11" in open(f"{prefix}_train.log").read()     # the log file has it all
 
 
 def test_train_fine_tunes_from_the_solver_files_weights_or_weights_flag(tiny_setup):

@@ -77,7 +77,8 @@ def convert_imageset(root, list_file, db_path, resize_height=0, resize_width=0, 
         entries = [entries[i] for i in rng.permutation(len(entries))]
     db_path = os.fspath(db_path)
     if os.path.lexists(db_path) and not overwrite:
-        raise DataError("already exists (remove it, or pass overwrite=True)", db_path)
+        raise DataError("already exists (remove it first, as Caffe's convert_imageset "
+                        "wants, or give another name)", db_path)
     is_color = not gray
     encoded = encoded or bool(encode_type)    # Caffe encodes whenever the encoding is known
     tmp = f"{db_path}.tmp-{os.getpid()}"
