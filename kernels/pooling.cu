@@ -35,6 +35,22 @@ __global__ void max_pool2d_forward(const T* x, T* y, long long* mask, int H, int
   }
 }
 
+// The windows y in [ys, ye), z in [zs, ze) whose rows and columns cover input pixel (h, w)
+// (Caffe's phstart/phend): the range each backward gather walks
+struct Covering {
+  int ys, ye, zs, ze;
+};
+
+__device__ __forceinline__ Covering covering(int h, int w, int oh, int ow, int kh, int kw,
+                                             int sh, int sw, int ph, int pw) {
+  Covering c;
+  c.ys = (h + ph < kh) ? 0 : (h + ph - kh) / sh + 1;
+  c.ye = mc::min_((h + ph) / sh + 1, oh);
+  c.zs = (w + pw < kw) ? 0 : (w + pw - kw) / sw + 1;
+  c.ze = mc::min_((w + pw) / sw + 1, ow);
+  return c;
+}
+
 // dx = the sum of dy over the windows whose maximum is this pixel, one thread per input element
 // (Caffe's MaxPoolBackward): a gather over the windows that cover the pixel, in row-major window
 // order, so overlapping windows (3x3 stride 2) add up in the order the CPU adds them, bit for
@@ -48,14 +64,11 @@ __global__ void max_pool2d_backward_gather(const T* dy, const long long* mask, T
     long long t = mc::div_(idx, W);
     int h = (int)mc::mod_(t, H);
     long long plane = mc::div_(t, H);
-    int ys = (h + ph < kh) ? 0 : (h + ph - kh) / sh + 1;
-    int ye = mc::min_((h + ph) / sh + 1, oh);
-    int zs = (w + pw < kw) ? 0 : (w + pw - kw) / sw + 1;
-    int ze = mc::min_((w + pw) / sw + 1, ow);
+    const Covering c = covering(h, w, oh, ow, kh, kw, sh, sw, ph, pw);
     const long long here = (long long)h * W + w, first = plane * oh * ow;
     T acc = T(0);
-    for (int yy = ys; yy < ye; ++yy)
-      for (int z = zs; z < ze; ++z) {
+    for (int yy = c.ys; yy < c.ye; ++yy)
+      for (int z = c.zs; z < c.ze; ++z) {
         long long o = first + (long long)yy * ow + z;
         if (mask[o] == here) acc += dy[o];
       }
@@ -111,14 +124,11 @@ __global__ void ave_pool2d_backward(const T* dy, T* dx, int H, int W, int oh, in
     long long t = mc::div_(idx, W);
     int h = (int)mc::mod_(t, H);
     long long plane = mc::div_(t, H);
-    int ys = (h + ph < kh) ? 0 : (h + ph - kh) / sh + 1;
-    int ye = mc::min_((h + ph) / sh + 1, oh);
-    int zs = (w + pw < kw) ? 0 : (w + pw - kw) / sw + 1;
-    int ze = mc::min_((w + pw) / sw + 1, ow);
+    const Covering c = covering(h, w, oh, ow, kh, kw, sh, sw, ph, pw);
     const T* dyp = dy + plane * oh * ow;
     T acc = T(0);
-    for (int yy = ys; yy < ye; ++yy)
-      for (int z = zs; z < ze; ++z)
+    for (int yy = c.ys; yy < c.ye; ++yy)
+      for (int z = c.zs; z < c.ze; ++z)
         acc += dyp[(long long)yy * ow + z] / T(ave_divisor(yy, z, H, W, kh, kw, sh, sw, ph, pw));
     dx[idx] = acc;
   }
