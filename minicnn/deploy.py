@@ -109,8 +109,8 @@ class ImageInput:
             if pixels.ndim != 3 or pixels.shape[2] not in (1, 3):
                 raise MinicnnError(f"an image array must be H x W or H x W x 1/3, not "
                                    f"{pixels.shape}")
-            if pixels.shape[2] == 3 and not self.color:   # ITU-R 601 luma, as Pillow's "L"
-                pixels = pixels @ np.array([[0.299], [0.587], [0.114]], np.float32)
+            if pixels.shape[2] == 3 and not self.color:   # rgb2gray's, as load_image's files
+                pixels = pixels @ np.array([[0.2125], [0.7154], [0.0721]], np.float32)
         if pixels.shape[2] != self.channels:
             pixels = np.repeat(pixels, self.channels, axis=2)    # gray into a colour net
         return pixels

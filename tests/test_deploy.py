@@ -156,6 +156,10 @@ def test_a_one_channel_net_gets_gray_images(photos):
     gray = io.resize_image(io.load_image(photos["coffee"], color=False), (28, 28))
     expected = io.center_crop(gray, (24, 24)).transpose(2, 0, 1)     # LeNet sees 24 x 24
     np.testing.assert_array_equal(batch, expected[None])
+    # an RGB array turns gray as the file does (rgb2gray's weights, load_image's)
+    colour = io.load_image(photos["coffee"])
+    from_array = ImageInput(lenet, mean=None, raw_scale=1, resize=28)([colour])
+    np.testing.assert_allclose(from_array, batch, atol=1e-6)
 
 def test_oversample_gives_caffes_ten_crops(nsfw_net, photos):
     inp = ImageInput(nsfw_net, oversample=True)
