@@ -59,8 +59,13 @@ def load_image(path, color=True):
             if image.mode in ("1", "L", "LA"):
                 return np.asarray(image.convert("L"), dtype=np.float32)[:, :, None] / 255.0
             return _skimage_gray(image)[:, :, None]
-    except (OSError, ValueError) as e:
-        raise MinicnnError(f"{path}: cannot read the image ({e})") from None
+    except (OSError, ValueError) as e:    # an OSError too, as pycaffe's (skimage's) is
+        raise ImageReadError(f"{path}: cannot read the image ({e})") from None
+
+
+class ImageReadError(MinicnnError, OSError):
+    """load_image's error: a MinicnnError, and an OSError as pycaffe's load_image raises (its
+    users skip unreadable images with ``except IOError``)."""
 
 
 def _skimage_gray(image):
@@ -73,19 +78,24 @@ def _skimage_gray(image):
     return (values @ np.array([0.2125, 0.7154, 0.0721])).astype(np.float32)
 
 
-def resize_image(image, size):
-    """An H x W x C float image resized (Pillow's bilinear) to ``size`` = (height, width).
+def resize_image(image, size, interp_order=1):
+    """An H x W x C float image resized (Pillow's bilinear; ``interp_order`` 0: nearest, as
+    pycaffe's argument of that name) to ``size`` = (height, width).
 
     pycaffe's caffe.io.resize_image uses scikit-image instead (README: where minicnn
     deliberately differs): the same values inside an enlarged image, not at its border nor
     in a shrunk one (scikit-image's anti-aliasing there changes between its versions)."""
+    if interp_order not in (0, 1):
+        raise MinicnnError(f"resize_image: interp_order {interp_order!r}: minicnn resizes "
+                           "with 0 (nearest) or 1 (bilinear)")
     image = np.asarray(image, dtype=np.float32)
     height, width = (int(s) for s in size)
     if image.shape[:2] == (height, width):
         return image.copy()
     Image = _pil()
+    method = Image.NEAREST if interp_order == 0 else Image.BILINEAR
     channels = [np.asarray(Image.fromarray(np.ascontiguousarray(image[:, :, c]), mode="F")
-                           .resize((width, height), Image.BILINEAR), dtype=np.float32)
+                           .resize((width, height), method), dtype=np.float32)
                 for c in range(image.shape[2])]
     return np.stack(channels, axis=2)
 

@@ -106,7 +106,7 @@ def get_solver(solver, **kwargs):
 #   exp    base_lr * gamma^iter          inv        base_lr * (1 + gamma * iter)^-power
 #   multistep  base_lr * gamma^(steps passed, one per iteration at most)
 #   poly   base_lr * (1 - iter / max_iter)^power
-#   sigmoid    base_lr / (1 + exp(-gamma * (iter - stepsize)))     (gamma >= 0: a warm-up)
+#   sigmoid    base_lr / (1 + exp(-gamma * (iter - stepsize)))     (gamma > 0 rises, < 0 decays)
 # with iter the number of updates done so far.
 
 def _need(param, *fields):
@@ -148,9 +148,8 @@ def learning_rate(param, iteration, current_step, log=None):
         return base * math.pow(1 - iteration / param.max_iter, param.power), current_step
     if policy == "sigmoid":
         _need(param, "gamma", "stepsize")
-        if param.gamma < 0:
-            raise MinicnnError("lr_policy 'sigmoid' needs gamma >= 0 (Caffe's rising curve)")
-        return base / (1 + math.exp(-param.gamma * (iteration - param.stepsize))), current_step
+        exponent = -param.gamma * (iteration - param.stepsize)   # gamma < 0: a decay
+        return (base / (1 + math.exp(exponent)) if exponent < 700 else 0.0), current_step
     known = "fixed, step, exp, inv, multistep, poly, sigmoid"
     raise MinicnnError(f"unknown lr_policy '{policy}'; Caffe's policies are: {known}"
                        if policy else f"the solver gives no lr_policy (one of: {known})")

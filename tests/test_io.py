@@ -127,3 +127,18 @@ def test_load_image_in_gray_is_pycaffes(tmp_path, kind):
     got = load_image(path, color=False)
     assert got.shape == (*rgb.shape[:2], 1) and got.dtype == np.float32
     np.testing.assert_allclose(got[:, :, 0], want, rtol=0, atol=1e-7)
+
+
+def test_pycaffe_signatures_and_errors(tmp_path):
+    # caffe.io.resize_image(im, new_dims, interp_order=1); load_image's failures are IOErrors
+    image = np.arange(12, dtype=np.float32).reshape(2, 2, 3)
+    nearest = resize_image(image, (4, 4), 0)
+    np.testing.assert_array_equal(nearest[::2, ::2], image)
+    assert resize_image(image, (4, 4), interp_order=1).shape == (4, 4, 3)
+    with pytest.raises(MinicnnError, match="interp_order 3"):
+        resize_image(image, (4, 4), 3)
+    with pytest.raises(IOError):
+        load_image(str(tmp_path / "missing.png"))
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(MinicnnError, match="cannot read the image"):
+        load_image(str(tmp_path / "bad.png"))
