@@ -150,3 +150,15 @@ def test_array_fields_take_protobufs_extend_and_append_as_pycaffe_code_calls_the
     assert type(doubled) is np.ndarray and repr(blob.data).startswith("array(")
     with pytest.raises(TypeError, match="on a message's array field itself"):
         blob.data[1:].extend([1.0])
+
+
+def test_nested_enum_types_as_protobuf_nests_them():
+    # pycaffe's draw.py: {v: k for k, v in caffe_pb2.PoolingParameter.PoolMethod.items()}, then
+    # indexed by layer.pooling_param.pool
+    names = {v: k for k, v in caffe_pb2.PoolingParameter.PoolMethod.items()}
+    assert names[caffe_pb2.PoolingParameter(pool="AVE").pool] == "AVE"
+    assert caffe_pb2.PoolingParameter.PoolMethod.Name(1) == "AVE"
+    assert caffe_pb2.SolverParameter.SolverType.Value("ADAM") == "ADAM"
+    assert caffe_pb2.PriorBoxParameter.CodeType.keys() == ["CORNER", "CENTER_SIZE", "CORNER_SIZE"]
+    with pytest.raises(ValueError, match="has no value named 'MIN'"):
+        caffe_pb2.PoolingParameter.PoolMethod.Value("MIN")

@@ -7,7 +7,7 @@ offers them.
     conv.convolution_param.num_output = 8
 """
 
-from minicnn.proto.message import CLASSES
+from minicnn.proto.message import CLASSES, NESTED_ENUMS
 from minicnn.proto.schema import ENUMS
 
 globals().update(CLASSES)
@@ -50,5 +50,20 @@ class EnumTypeWrapper:
 
 
 Phase = EnumTypeWrapper(ENUMS["Phase"])
+
+
+def _nest_enum_types():
+    """Each message's enum types as class attributes, as protobuf nests them:
+    PoolingParameter.PoolMethod.items() (pycaffe's draw.py reads it), SolverParameter.SolverType."""
+    for name, cls in CLASSES.items():
+        enums = [f.enum for f in cls.DESCRIPTOR.fields if f.kind == "enum"]
+        enums += [ENUMS[e] for e in NESTED_ENUMS.get(name, ())]
+        for enum in enums:
+            if enum.name != "Phase" and enum.name not in cls.DESCRIPTOR.fields_by_name \
+                    and not hasattr(cls, enum.name):
+                setattr(cls, enum.name, EnumTypeWrapper(enum))
+
+
+_nest_enum_types()
 
 __all__ = sorted(CLASSES) + ["TRAIN", "TEST", "Phase"]
