@@ -581,6 +581,19 @@ class Net:
         """The outputs' indices among the blobs (pycaffe's ``net._outputs``)."""
         return [self._blob_names.index(name) for name in self.outputs]
 
+    def _bottom_ids(self, i):
+        """Layer ``i``'s bottoms as indices among the blobs (pycaffe's ``net._bottom_ids``)."""
+        return [self._blob_names.index(name) for name in self._bottom_lists[i]]
+
+    def _top_ids(self, i):
+        """Layer ``i``'s tops as indices among the blobs (pycaffe's ``net._top_ids``)."""
+        return [self._blob_names.index(name) for name in self._top_lists[i]]
+
+    @property
+    def _blob_loss_weights(self):
+        """Each blob's loss weight, in blob order (pycaffe's ``net._blob_loss_weights``)."""
+        return [self.blob_loss_weights.get(name, 0.0) for name in self._blob_names]
+
     def _layer_index(self, name):
         try:
             return self._layer_names.index(name)

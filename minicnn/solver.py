@@ -360,6 +360,11 @@ class Solver:
         return nets
 
     # --- the loop -------------------------------------------------------------------------------
+    def share_weights(self, net):
+        """pycaffe's ``solver.share_weights(net)``: ``net`` uses the train net's parameter blobs
+        for its same-named layers (as the solver's own test nets do)."""
+        net.share_with(self.net)
+
     def add_callback(self, on_start, on_gradients_ready):
         """pycaffe's ``solver.add_callback``: ``on_start()`` is called at the start of each
         iteration (after any testing, before the forward pass) and ``on_gradients_ready()``

@@ -636,3 +636,9 @@ def test_graph_errors_name_the_prototxt_line(tmp_path, layers, line, message):
     path.write_text(X + layers)
     with pytest.raises(NetError, match=f"^{path}:{line}: {message}"):
         minicnn.Net(str(path))
+
+
+def test_blob_loss_weights_in_blob_order():
+    net = net_from(LOSS_NET)
+    assert net._blob_names == ["x", "y", "z", "loss"]
+    assert net._blob_loss_weights == [0.0, 0.0, 0.0, 1.0]         # pycaffe's vector

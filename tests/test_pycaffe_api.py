@@ -229,6 +229,10 @@ def test_forward_and_backward_by_layer_index():
     assert net._blob_names == ["data", "conv", "ip", "prob"] == list(net.blobs)
     assert net._blobs[2] is net.blobs["ip"]
     assert net._inputs == [0] and net._outputs == [3]              # pycaffe's index lists
+    for i, name in enumerate(net.layer_names):
+        assert [net._blob_names[j] for j in net._bottom_ids(i)] == net.bottom_names[name]
+        assert [net._blob_names[j] for j in net._top_ids(i)] == net.top_names[name]
+    assert net._blob_loss_weights == [0.0] * 4                      # no loss in this net
     x = RNG.standard_normal((3, 3, 6, 6)).astype(np.float32)
     g = RNG.standard_normal((3, 5)).astype(np.float32)
     want = net.forward(data=x)["prob"].copy()

@@ -771,3 +771,13 @@ def test_layer_counters_are_snapshotted_so_a_resume_is_exact(tmp_path):
         solver().restore(str(spoiled))
     from minicnn.layers import RegionLayer
     assert RegionLayer.counters == ("images_seen",)
+
+
+def test_share_weights_gives_a_net_the_train_nets_parameters():
+    # pycaffe's solver.share_weights(net), as for a test net made by hand
+    solver = make_solver()
+    other = minicnn.Net(parse_text(LINEAR), dtype=np.float64)
+    solver.share_weights(other)
+    solver.step(1)
+    assert np.shares_memory(other.params["fc"][0].data, solver.net.params["fc"][0].data)
+    np.testing.assert_array_equal(other.params["fc"][1].data, solver.net.params["fc"][1].data)
