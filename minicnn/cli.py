@@ -321,7 +321,7 @@ def train(args):
 
 def _train(args, world):
     from minicnn.monitor import TrainingMonitor
-    from minicnn.solver import SOLVERS
+    from minicnn.solver import SOLVERS, TrainingDiverged
     root = world is None or world.rank == 0           # the rank that logs, tests, snapshots
     if args.snapshot and args.weights:
         raise MinicnnError("give --snapshot (resume) or --weights (fine-tune), not both")
@@ -352,6 +352,12 @@ def _train(args, world):
                              args.sigint_effect, args.sighup_effect), \
                 np.errstate(over="ignore", invalid="ignore"):   # divergence is reported instead
             (solver if parallel is None else parallel).solve(args.snapshot)
+    except TrainingDiverged as e:
+        if monitor is None:
+            raise
+        # the monitor has shown the reason as the "Divergence:" line: don't print it twice
+        raise TrainingDiverged(f"training diverged at iteration {solver.iter} (the reason is "
+                               f"the Divergence line above, also in {monitor.log_path})") from e
     finally:
         if monitor is not None:
             monitor.close()

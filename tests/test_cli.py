@@ -358,3 +358,27 @@ def test_mean_flag_takes_a_mean_image_file_averaged_per_channel(tmp_path):
     assert _mean_values("104,117,123") == (104.0, 117.0, 123.0)
     with pytest.raises(argparse.ArgumentTypeError, match="cannot read the mean file"):
         _mean_values(str(tmp_path / "missing.npy"))
+
+
+def test_a_divergence_is_explained_once_and_exits_1(tmp_path, capsys):
+    """The monitor shows the reason as the "Divergence:" line; the closing error points to it
+    and to the log instead of repeating it."""
+    (tmp_path / "net.prototxt").write_text("""
+layer { name: "data" type: "DummyData" top: "x" top: "y"
+  dummy_data_param { shape { dim: 4 dim: 3 } shape { dim: 4 dim: 3 }
+    data_filler { type: "gaussian" } data_filler { type: "gaussian" } } }
+layer { name: "ip" type: "InnerProduct" bottom: "x" top: "z"
+  inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 1 } } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "z" bottom: "y" top: "loss" }""")
+    (tmp_path / "solver.prototxt").write_text(
+        f'net: "{tmp_path / "net.prototxt"}" base_lr: 1e30 lr_policy: "fixed" max_iter: 5 '
+        f'display: 1 snapshot_prefix: "{tmp_path / "snap" / "d"}"')
+    assert main(["train", str(tmp_path / "solver.prototxt"), "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    shown = captured.out + captured.err
+    assert shown.count("the loss is inf") == 1
+    assert "Divergence: iteration 1: the loss is inf" in shown
+    assert captured.err.strip().splitlines()[-1] == (
+        "minicnn train: error: training diverged at iteration 1 (the reason is the Divergence "
+        f"line above, also in {tmp_path / 'snap' / 'd_train.log'})")
+    assert "the loss is inf" in (tmp_path / "snap" / "d_train.log").read_text()
