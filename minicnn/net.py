@@ -41,7 +41,7 @@ from minicnn.proto.text import layer_lines, read_prototxt
 from minicnn.proto.upgrade import upgrade_net
 from minicnn.proto.wire import read_binary, write_binary
 
-TRAIN, TEST = "TRAIN", "TEST"
+TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST          # "TRAIN" == 0, "TEST" == 1
 _PHASES = {TRAIN: TRAIN, TEST: TEST, 0: TRAIN, 1: TEST, "train": TRAIN, "test": TEST}
 
 

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from minicnn.proto import caffe_pb2
+import minicnn
+from minicnn.proto import caffe_pb2, parse_binary, parse_text, serialize
 
 
 def test_constructor_dicts_and_repeated_add():
@@ -70,6 +71,42 @@ def test_enum_constants_and_repr():
     assert caffe_pb2.PoolingParameter.MAX == "MAX"
     assert caffe_pb2.TEST == "TEST"
     assert "kernel_size: 3" in repr(caffe_pb2.PoolingParameter(kernel_size=3))
+
+
+@pytest.mark.parametrize("how", ["default", "name", "number", "text", "wire", "copy", "pickle"])
+def test_an_enum_value_is_its_name_and_equals_its_number_as_protobufs(how):
+    """pycaffe code compares enum fields with numbers (protobuf's values are ints): pool == 1,
+    phase == 0; minicnn's name-valued fields must answer as protobuf would, however they were
+    set or read."""
+    import copy
+    import pickle
+    make = {"name": lambda: caffe_pb2.PoolingParameter(pool="AVE"),
+            "number": lambda: caffe_pb2.PoolingParameter(pool=1),
+            "text": lambda: parse_text("pool: AVE", "PoolingParameter"),
+            "wire": lambda: parse_binary(serialize(caffe_pb2.PoolingParameter(pool="AVE")),
+                                         "PoolingParameter"),
+            "copy": lambda: copy.deepcopy(caffe_pb2.PoolingParameter(pool="AVE")),
+            "pickle": lambda: caffe_pb2.PoolingParameter(
+                pool=pickle.loads(pickle.dumps(caffe_pb2.PoolingParameter.AVE)))}
+    if how == "default":                       # proto2: the first value listed, MAX = 0
+        pool, name, number = caffe_pb2.PoolingParameter().pool, "MAX", 0
+    else:
+        pool, name, number = make[how]().pool, "AVE", 1
+    assert pool == name and pool == number and number == pool and not pool != number
+    assert pool != number + 1 and pool != "STOCHASTIC" and pool != 2.5
+    assert int(pool) == number and ["MAX", "AVE", "STOCHASTIC"][pool] == name
+    assert str(pool) == name and f"{pool}" == name and "%d" % pool == str(number)
+    assert {name: "found"}[pool] == "found"            # hashes as its name
+    assert pool == getattr(caffe_pb2.PoolingParameter, name)
+    assert caffe_pb2.PoolingParameter.PoolMethod.Value(name) == number
+
+
+def test_phase_constants_equal_protobufs_numbers():
+    assert caffe_pb2.TRAIN == 0 and caffe_pb2.TEST == 1 and minicnn.TEST == 1
+    assert caffe_pb2.Phase.Value("TEST") == 1 and caffe_pb2.Phase.Name(1) == "TEST"
+    assert type(caffe_pb2.Phase.Name(caffe_pb2.TEST)) is str
+    rule = parse_text("phase: TEST", "NetStateRule")
+    assert rule.phase == caffe_pb2.TEST and rule.phase == 1 and rule.phase != 0
 
 
 def test_serialize_and_parse_from_string_as_protobuf():

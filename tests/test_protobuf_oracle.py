@@ -54,8 +54,9 @@ def test_every_default_is_protobufs():
                 continue
             ours, theirs = getattr(mine, f.name), getattr(pb, f.name)
             assert not pb.HasField(f.name) and not mine.HasField(f.name)
-            if f.kind == "enum":
-                theirs = pb.DESCRIPTOR.fields_by_name[f.name].enum_type \
+            if f.kind == "enum":                      # the name, equal to the number too
+                assert ours == theirs and int(ours) == theirs, (desc.name, f.name)
+                ours, theirs = str(ours), pb.DESCRIPTOR.fields_by_name[f.name].enum_type \
                     .values_by_number[theirs].name
             if f.type_name in ("float", "double"):        # the same float32 (or float64) bits
                 ours, theirs = struct.pack("<d", ours), struct.pack("<d", theirs)
@@ -405,7 +406,8 @@ CPP_NOT_PYTHON = [
     ("FillerParameter", "value: - 1", -1.0, "C++'s minus is a token of its own; space may follow"),
     ("FillerParameter", "value: -  inf", -math.inf, "as above"),
     ("FillerParameter", "sparse: - 1", -1, "as above"),
-    ("PoolingParameter", "pool: 01", "AVE", "C++ reads an enum number as an integer, octal too"),
+    ("PoolingParameter", "pool: 01", caffe_pb2.PoolingParameter.AVE,
+     "C++ reads an enum number as an integer, octal too"),
     ("LayerParameter", r'name: "\?"', "?", r"C++ (and C): \? is ?; Python keeps the backslash"),
     ("LayerParameter", r'name: "\q"', None, "C++: invalid escape sequence (Python keeps it)"),
     ("LayerParameter", r'name: "\8"', None, "as above"),

@@ -12,41 +12,42 @@ from minicnn.proto.schema import ENUMS
 
 globals().update(CLASSES)
 
-TRAIN, TEST = "TRAIN", "TEST"          # the Phase enum
+TRAIN, TEST = ENUMS["Phase"].members["TRAIN"], ENUMS["Phase"].members["TEST"]
 
 
 class EnumTypeWrapper:
     """A top-level enum of caffe.proto as protobuf's EnumTypeWrapper offers it: Phase.Value,
-    Name, keys, values, items and Phase.TRAIN. minicnn's messages hold an enum value as its name
-    ("TRAIN", as caffe_pb2.TRAIN is), so Value gives the name back (checked) where protobuf gives
-    the number; a message field takes either. Name takes the number or the name. SSD's
-    ssd_pascal.py writes include=dict(phase=caffe_pb2.Phase.Value('TRAIN'))."""
+    Name, keys, values, items and Phase.TRAIN. minicnn's messages hold an enum value as a name
+    that also equals its number (schema.EnumValue: caffe_pb2.TRAIN == "TRAIN" == 0), so Value
+    gives that value where protobuf gives the number; a message field takes either. Name takes
+    the number or the name. SSD's ssd_pascal.py writes
+    include=dict(phase=caffe_pb2.Phase.Value('TRAIN'))."""
 
     def __init__(self, enum):
         self.DESCRIPTOR = enum
-        for name in enum.values:
-            setattr(self, name, name)
+        for name, value in enum.members.items():
+            setattr(self, name, value)
 
     def Value(self, name):
         if name not in self.DESCRIPTOR.values:
             raise ValueError(f"enum {self.DESCRIPTOR.name} has no value named {name!r}")
-        return name
+        return self.DESCRIPTOR.members[name]
 
     def Name(self, number):
         if isinstance(number, str) and number in self.DESCRIPTOR.values:
-            return number
+            return str(number)
         if number not in self.DESCRIPTOR.names:
             raise ValueError(f"enum {self.DESCRIPTOR.name} has no value with number {number!r}")
-        return self.DESCRIPTOR.names[number]
+        return str(self.DESCRIPTOR.names[number])
 
     def keys(self):
         return list(self.DESCRIPTOR.values)
 
     def values(self):
-        return list(self.DESCRIPTOR.values)
+        return list(self.DESCRIPTOR.members.values())
 
     def items(self):
-        return [(name, name) for name in self.DESCRIPTOR.values]
+        return list(self.DESCRIPTOR.members.items())
 
 
 Phase = EnumTypeWrapper(ENUMS["Phase"])

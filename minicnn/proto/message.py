@@ -34,7 +34,7 @@ def coerce_scalar(field, value):
             if value not in field.enum.values:
                 raise ValueError(f"'{value}' is not a value of enum {field.enum.name} "
                                  f"(one of {', '.join(field.enum.values)})")
-            return value
+            return field.enum.members[value]
         if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
             if int(value) not in field.enum.names:
                 raise ValueError(f"{value} is not a value of enum {field.enum.name}")
@@ -401,7 +401,7 @@ def _make_classes():
         enums += [ENUMS[e] for e in NESTED_ENUMS.get(name, ())]
         for enum in enums:                               # enum constants: PoolingParameter.MAX
             for value_name in enum.values:
-                attrs.setdefault(value_name, value_name)
+                attrs.setdefault(value_name, enum.members[value_name])
         cls = type(name, (Message,), attrs)
         desc.cls = cls
         classes[name] = cls

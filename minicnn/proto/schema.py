@@ -14,6 +14,8 @@ the two of Ross Girshick's Fast/Faster R-CNN fork (caffe-fast-rcnn), are include
 prototxts parse.
 """
 
+import numbers
+
 import numpy as np
 
 SCHEMA = """
@@ -1144,11 +1146,54 @@ INT_RANGES = {
 ARRAY_DTYPES = {"float": np.dtype("<f4"), "double": np.dtype("<f8")}
 
 
+class EnumValue(str):
+    """An enum field's value: its name ("MAX" prints, compares and hashes as the string) that
+    also equals its number, as protobuf's int values do: ``pool == 0``, ``phase == 1``, and
+    int() or an index give the number. (A dict keyed by numbers does not find it: its hash is
+    the name's.)"""
+
+    def __new__(cls, name, number, enum_name):
+        self = super().__new__(cls, name)
+        self.number, self.enum_name = number, enum_name
+        return self
+
+    def __eq__(self, other):
+        if isinstance(other, numbers.Integral) and not isinstance(other, bool):
+            return self.number == other
+        return str.__eq__(self, other)
+
+    def __ne__(self, other):
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    __hash__ = str.__hash__
+
+    def __int__(self):
+        return self.number
+
+    __index__ = __int__
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __reduce__(self):
+        return _enum_value, (self.enum_name, str(self))
+
+
+def _enum_value(enum_name, name):
+    return ENUMS[enum_name].members[name]
+
+
 class EnumDescriptor:
     def __init__(self, name, values):
         self.name = name
         self.values = dict(values)                       # name -> number
-        self.names = {v: k for k, v in reversed(list(self.values.items()))}  # number -> first name
+        self.members = {k: EnumValue(k, v, name) for k, v in self.values.items()}
+        # number -> the first name listed with it
+        self.names = {v: self.members[k] for k, v in reversed(list(self.values.items()))}
 
     def __repr__(self):
         return f"<enum {self.name}>"
@@ -1199,10 +1244,10 @@ def _parse_default(field):
     text = field.default_text
     if field.kind == "enum":
         if text is None:
-            return next(iter(field.enum.values))         # proto2: the first value listed
+            return next(iter(field.enum.members.values()))   # proto2: the first value listed
         if text not in field.enum.values:
             raise ValueError(f"schema: bad default {text} for {field.name}")
-        return text
+        return field.enum.members[text]
     t = field.type_name
     if text is None:
         return {"bool": False, "string": "", "bytes": b"", "float": 0.0, "double": 0.0}.get(t, 0)

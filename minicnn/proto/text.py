@@ -214,7 +214,7 @@ class _Parser:
                     hint = f"; did you mean '{close[0]}'?" if close else ""
                     self.fail(f"'{tok.text}' is not a value of field '{field.name}' (enum "
                               f"{field.enum.name}: {', '.join(field.enum.values)}){hint}", tok.pos)
-                return tok.text
+                return field.enum.members[tok.text]
             if tok.kind == "number":
                 number = self._integer(tok, negative, field)
                 if number not in field.enum.names:
