@@ -842,23 +842,38 @@ class Solver:
 
 
 def write_state_hdf5(state, path):
-    """A SolverState as Caffe's .solverstate.h5 (SGDSolver::SnapshotSolverStateToHDF5): scalar
-    datasets ``iter`` and ``current_step``, the string ``learned_net``, a group ``history`` of
-    datasets "0", "1", ... in the parameters' shapes; minicnn's own part (random generator and
-    data positions) as the wire bytes of its message in ``minicnn``, which Caffe skips."""
+    """A SolverState as Caffe's .solverstate.h5 (SGDSolver::SnapshotSolverStateToHDF5), in the
+    layout of caffe/util/hdf5.cpp: ``iter`` and ``current_step`` one-element int32 datasets
+    (hdf5_save_int), ``learned_net`` a NUL-terminated string (hdf5_save_string: Caffe reads it
+    into a buffer of the type's size and takes the C string there, so the NUL must be inside),
+    a group ``history`` of datasets "0", "1", ... in the parameters' shapes; minicnn's own part
+    (random generator and data positions) as the wire bytes of its message in ``minicnn``,
+    which Caffe skips."""
     from minicnn.data.errors import need
     from minicnn.proto import serialize
     from minicnn.proto.wire import atomic_write
     h5py = need("h5py")
     with atomic_write(path, "w+b") as f, h5py.File(f, "w") as h5:
-        h5.create_dataset("iter", data=np.int32(state.iter))
-        h5.create_dataset("learned_net", data=np.bytes_(state.learned_net.encode("utf-8")))
-        h5.create_dataset("current_step", data=np.int32(state.current_step))
+        h5.create_dataset("iter", data=np.array([state.iter], np.int32))
+        _write_c_string(h5py, h5, "learned_net", state.learned_net.encode("utf-8"))
+        h5.create_dataset("current_step", data=np.array([state.current_step], np.int32))
         history = h5.create_group("history")
         for k, proto in enumerate(state.history):
             history.create_dataset(str(k), data=blob_proto_to_array(proto))
         if state.HasField("minicnn"):
             h5.create_dataset("minicnn", data=np.void(serialize(state.minicnn)))
+
+
+def _write_c_string(h5py, h5, name, text):
+    """A scalar string dataset as HDF5's H5LTmake_dataset_string makes it: the C string's bytes
+    and its NUL, padded NULLTERM (h5py's own fixed strings are NULLPAD, without the NUL)."""
+    string_type = h5py.h5t.C_S1.copy()
+    string_type.set_size(len(text) + 1)
+    string_type.set_strpad(h5py.h5t.STR_NULLTERM)
+    dataset = h5py.h5d.create(h5.id, name.encode(), string_type,
+                              h5py.h5s.create(h5py.h5s.SCALAR))
+    dataset.write(h5py.h5s.ALL, h5py.h5s.ALL, np.array(text + b"\0", f"S{len(text) + 1}"),
+                  mtype=string_type)
 
 
 def read_state_hdf5(path):

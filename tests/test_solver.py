@@ -369,6 +369,29 @@ def test_hdf5_snapshots_are_caffes_layout_and_restore(tmp_path):
         make_solver().restore(str(caffe_state))
 
 
+def test_hdf5_solver_state_reads_as_caffes_hdf5_util_reads_it(tmp_path):
+    # caffe/util/hdf5.cpp: hdf5_load_string reads learned_net with the file's own string type
+    # into a buffer of that type's size and takes the C string there, so the NUL must be part
+    # of the stored value (H5LTmake_dataset_string: NULLTERM, strlen + 1); hdf5_save_int writes
+    # one-element int datasets. (h5py's fixed strings are NULLPAD without the NUL: Caffe read
+    # past its buffer.)
+    h5py = pytest.importorskip("h5py")
+    solver = make_solver(momentum=0.9, snapshot_format="HDF5", snapshot_prefix=str(tmp_path / "s"))
+    solver.step(3)
+    model, state_path = solver.snapshot()
+    with h5py.File(state_path, "r") as h5:
+        string_type = h5["learned_net"].id.get_type()
+        assert string_type.get_strpad() == h5py.h5t.STR_NULLTERM
+        buffer = np.zeros((), f"V{string_type.get_size()}")           # Caffe's new char[size]
+        h5["learned_net"].id.read(h5py.h5s.ALL, h5py.h5s.ALL, buffer, mtype=string_type)
+        assert bytes(buffer).split(b"\0")[0] == model.encode() and bytes(buffer)[-1:] == b"\0"
+        for name, value in (("iter", 3), ("current_step", 0)):
+            assert h5[name].shape == (1,) and h5[name].dtype == np.int32 and h5[name][0] == value
+    resumed = make_solver(momentum=0.9)
+    resumed.restore(state_path)
+    assert resumed.iter == 3
+
+
 @pytest.mark.parametrize("spoil,message", [
     (lambda h5: h5.pop("iter"), "'iter' should be a single integer \\(missing\\)"),
     (lambda h5: h5.pop("history"), "no 'history' group"),
