@@ -448,6 +448,49 @@ def test_a_failed_snapshot_write_keeps_the_previous_file(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["lin_iter_1.caffemodel", "lin_iter_1.solverstate"]
 
 
+MEMORY_NET = """
+name: "memory"
+layer { name: "d" type: "MemoryData" top: "x" top: "label"
+  memory_data_param { batch_size: 2 channels: 3 height: 1 width: 1 } }
+layer { name: "fc" type: "InnerProduct" bottom: "x" top: "y"
+  inner_product_param { num_output: 2 weight_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "y" bottom: "label" top: "loss" }
+"""
+
+
+@pytest.mark.parametrize("arrays_first", [True, False])
+def test_memory_data_resumes_its_position_whether_arrays_come_before_or_after_restore(
+        tmp_path, arrays_first):
+    data = RNG.standard_normal((10, 3, 1, 1))
+    labels = np.arange(10) % 2
+
+    def solver():
+        param = caffe_pb2.SolverParameter(net_param=parse_text(MEMORY_NET), base_lr=0.5,
+                                          momentum=0.9, lr_policy="fixed", max_iter=10,
+                                          random_seed=4, snapshot_prefix=str(tmp_path / "m"))
+        return minicnn.get_solver(param, dtype=np.float64, log=lambda message: None)
+
+    straight = solver()
+    straight.net.set_input_arrays(data, labels)
+    straight.step(6)
+    first = solver()
+    first.net.set_input_arrays(data, labels)
+    first.step(3)
+    _, state = first.snapshot()
+    resumed = solver()
+    if arrays_first:
+        resumed.net.set_input_arrays(data, labels)
+    resumed.restore(state)
+    if not arrays_first:                 # pycaffe order: restore, then give the arrays
+        resumed.net.set_input_arrays(data, labels)
+    assert resumed.net.layer_dict["d"].data_state()["batches_served"] == 3
+    resumed.step(3)
+    np.testing.assert_array_equal(resumed.net.params["fc"][0].data,
+                                  straight.net.params["fc"][0].data)
+    resumed.net.set_input_arrays(data, labels)        # new arrays later: from the first batch
+    assert resumed.net.layer_dict["d"].data_state()["batches_served"] == 0
+
+
 def test_restore_reads_caffe_style_state_without_minicnn_fields(tmp_path):
     solver = make_solver(momentum=0.9, snapshot_prefix=str(tmp_path / "lin"))
     solver.step(3)

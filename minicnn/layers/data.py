@@ -763,6 +763,7 @@ class MemoryDataLayer(Layer):
         super().__init__(*args, **kwargs)
         self._data = self._labels = None          # set_input_arrays may come before setup
         self._served = 0
+        self._resume_at = None                    # a restored position awaiting the arrays
         self.shard_rank, self.shard_count = 0, 1
 
     def layer_setup(self, bottom, top):
@@ -784,7 +785,9 @@ class MemoryDataLayer(Layer):
     def set_input_arrays(self, data, labels):
         """The arrays to serve: ``data`` N x C x H x W (the configured C, H, W), ``labels`` N
         values (shape (N,) or (N, 1, 1, 1)); N must be a multiple of batch_size. They are
-        copied; serving restarts at the first batch."""
+        copied; serving restarts at the first batch, except for the first arrays after a
+        restored position (a solver restored before it was given its arrays), which continue
+        from there."""
         p = self.param.memory_data_param
         data, labels = np.asarray(data), np.asarray(labels)
         for name, a in (("data", data), ("labels", labels)):
@@ -805,7 +808,7 @@ class MemoryDataLayer(Layer):
         dtype = self.dtype or np.float32
         self._data = np.array(data, dtype)
         self._labels = np.array(labels.reshape(n), dtype)
-        self._served = 0
+        self._served, self._resume_at = self._resume_at or 0, None
 
     def forward(self, bottom, top):
         if self._data is None:
@@ -830,4 +833,7 @@ class MemoryDataLayer(Layer):
         return {"seed": 0, "batches_served": self._served}
 
     def restore_data_state(self, state):
+        """Continue from a ``data_state()``: the next forward serves batch ``batches_served``
+        (kept for the first set_input_arrays when no arrays are given yet)."""
         _, self._served = _check_state(state)
+        self._resume_at = self._served if self._data is None else None
