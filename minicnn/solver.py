@@ -839,6 +839,9 @@ class Solver:
         for label, values in counters.items():
             nets[label].restore_layer_counters(values)
         self.log(f"Restored from {path} at iteration {self.iter}")
+        if extra.solver_type and extra.solver_type != self.type:     # Caffe does not check
+            self.log(f"note: {path} was written by the {extra.solver_type} solver; its history is "
+                     f"taken as {self.type}'s, which keeps other quantities in it")
 
 
 def write_state_hdf5(state, path):

@@ -491,6 +491,25 @@ def test_memory_data_resumes_its_position_whether_arrays_come_before_or_after_re
     assert resumed.net.layer_dict["d"].data_state()["batches_served"] == 0
 
 
+def test_restoring_another_solver_types_state_is_noted(tmp_path):
+    # Caffe restores any state whose history count fits; minicnn does too, but says so when
+    # its own record of the writer's type differs (AdaGrad's sums of g^2 become SGD's velocity)
+    writer = make_solver("AdaGrad", snapshot_prefix=str(tmp_path / "a"))
+    writer.step(2)
+    _, state = writer.snapshot()
+    for solver_type, noted in (("SGD", True), ("AdaGrad", False)):
+        lines = []
+        param = caffe_pb2.SolverParameter(net_param=parse_text(LINEAR), type=solver_type,
+                                          base_lr=0.1, lr_policy="fixed")
+        reader = minicnn.get_solver(param, dtype=np.float64, log=lines.append)
+        reader.restore(state)
+        assert reader.iter == 2
+        notes = [line for line in lines if "was written by the AdaGrad solver" in line]
+        assert bool(notes) == noted, lines
+        if noted:
+            assert "taken as SGD's" in notes[0]
+
+
 def test_restore_reads_caffe_style_state_without_minicnn_fields(tmp_path):
     solver = make_solver(momentum=0.9, snapshot_prefix=str(tmp_path / "lin"))
     solver.step(3)
