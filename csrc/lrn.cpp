@@ -4,10 +4,14 @@
 //     y_c  = x_c * s_c^-beta
 //     dx_c = dy_c * s_c^-beta - (2 alpha beta / n) * x_c * sum_{j = c-h .. c+h} dy_j * y_j / s_j
 //
-// As Caffe's CPU path, the channel window sum slides (add the channel entering, subtract the one
-// leaving), so a pixel costs O(C) whatever n is; pixels are processed in blocks of BLOCK so the
-// per-channel rows of a block stay in cache and every inner loop runs over contiguous pixels.
+// Each window sum is added up afresh, channel c - h to c + h in order, as the reference does.
+// (Caffe's CPU path slides it instead, adding the channel entering and subtracting the one
+// leaving: O(C) per pixel whatever n is, but one inf in x^2 then leaves inf - inf or, with FMA,
+// inf in every later channel, and a large x^2 leaving cancels the small ones still inside.)
+// Pixels are processed in blocks of BLOCK so the per-channel rows of a block stay in cache and
+// every inner loop runs over contiguous pixels.
 // s^-beta is two square roots for Caffe's beta = 0.75 (and one for 0.5) instead of a pow.
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -43,22 +47,15 @@ MINICNN_VECTOR_CLONES static void block_scale(const T* x, T* scale, std::int64_t
                                               const Lrn& L) {
     const std::int64_t half = (L.size - 1) / 2;
     const T a = T(L.alpha / L.size), k = T(L.k);
-    std::vector<T> sum(len, T(0));
-    for (std::int64_t c = 0; c < std::min(half, L.C); ++c) {
-        const T* row = x + c * L.HW;
-        for (std::int64_t p = 0; p < len; ++p) sum[p] += row[p] * row[p];
-    }
     for (std::int64_t c = 0; c < L.C; ++c) {
-        if (c + half < L.C) {                                   // channel entering the window
-            const T* row = x + (c + half) * L.HW;
-            for (std::int64_t p = 0; p < len; ++p) sum[p] += row[p] * row[p];
-        }
-        if (c - half - 1 >= 0) {                                // channel leaving it
-            const T* row = x + (c - half - 1) * L.HW;
-            for (std::int64_t p = 0; p < len; ++p) sum[p] -= row[p] * row[p];
-        }
         T* s = scale + c * len;
-        for (std::int64_t p = 0; p < len; ++p) s[p] = k + a * sum[p];
+        std::fill(s, s + len, T(0));
+        for (std::int64_t j = std::max<std::int64_t>(c - half, 0);
+             j <= std::min(c + half, L.C - 1); ++j) {
+            const T* row = x + j * L.HW;
+            for (std::int64_t p = 0; p < len; ++p) s[p] += row[p] * row[p];
+        }
+        for (std::int64_t p = 0; p < len; ++p) s[p] = k + a * s[p];
     }
 }
 
@@ -88,14 +85,12 @@ MINICNN_VECTOR_CLONES static void block_backward(const T* dy, const T* x, T* dx,
         }
     }
     const T factor = T(2 * L.alpha * L.beta / L.size);
-    std::vector<T> sum(len, T(0));
-    for (std::int64_t c = 0; c < std::min(half, L.C); ++c)
-        for (std::int64_t p = 0; p < len; ++p) sum[p] += ratio[c * len + p];
+    std::vector<T> sum(len);
     for (std::int64_t c = 0; c < L.C; ++c) {
-        if (c + half < L.C)
-            for (std::int64_t p = 0; p < len; ++p) sum[p] += ratio[(c + half) * len + p];
-        if (c - half - 1 >= 0)
-            for (std::int64_t p = 0; p < len; ++p) sum[p] -= ratio[(c - half - 1) * len + p];
+        std::fill(sum.begin(), sum.end(), T(0));
+        for (std::int64_t j = std::max<std::int64_t>(c - half, 0);
+             j <= std::min(c + half, L.C - 1); ++j)
+            for (std::int64_t p = 0; p < len; ++p) sum[p] += ratio[j * len + p];
         const T *g = dy + c * L.HW, *in = x + c * L.HW, *power = scale + c * len;
         T* out = dx + c * L.HW;
         for (std::int64_t p = 0; p < len; ++p)

@@ -11,8 +11,9 @@ with pad h and stride 1, power, product), so k is not used and the pool's diviso
     dx = dy * b^-beta - (2 alpha beta / n^2) * x * sum over the n x n neighbourhood of dy * y / b
 The window sums are symmetric (odd n, centred), so each backward sum is the same window sum.
 ``out=`` names the array to write the result into (it may be x or dy: in place is safe).
-Impls: ref; cpu for ACROSS_CHANNELS (csrc/lrn.cpp: Caffe's sliding channel sum, one pass over
-the data per direction; WITHIN_CHANNEL runs on ref).
+Impls: ref; cpu for ACROSS_CHANNELS (csrc/lrn.cpp: the same window sums over blocks of pixels;
+not Caffe's sliding sum, which carries an overflowing x^2 into every later channel;
+WITHIN_CHANNEL runs on ref).
 """
 
 import numpy as np

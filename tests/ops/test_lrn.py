@@ -132,7 +132,7 @@ FAST_KINDS = [kind for kind in lrn_forward.impls if kind == "cpu"]
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @given(case=lrn_cases(), wide=st.booleans())
 def test_fast_paths_match_the_reference(kind, dtype, case, wide):
-    """Caffe's sliding channel sum against the reference's direct window sums, both regions
+    """The native window sums against the reference's, both regions
     (WITHIN_CHANNEL falls back to the reference), images wider than one pixel block."""
     x, p = case
     if wide:                                       # more pixels than one block of 256
@@ -147,3 +147,25 @@ def test_fast_paths_match_the_reference(kind, dtype, case, wide):
         np.testing.assert_allclose(lrn_backward.impls[kind](dy, x, norm_region=region, **p),
                                    lrn_backward.impls["ref"](dy, x, norm_region=region, **p),
                                    **tol)
+
+
+@pytest.mark.parametrize("kind", FAST_KINDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fast_paths_keep_window_sums_local_at_extremes(kind, dtype):
+    """An x^2 that overflows (or dwarfs its neighbours) stays in its own windows: a sliding
+    channel sum would carry inf (or the cancellation of the large term) into every later
+    channel, giving 0, inf or NaN where the reference gives about x."""
+    big = np.sqrt(np.finfo(dtype).max) * 4                     # big**2 overflows to inf
+    large = 1e4 if dtype == np.float32 else 1e9                # large**2 swamps 1 + 1
+    for x0, k in ((big, 1.0), (large, 0.0)):
+        x = np.ones((1, 8, 2, 3), dtype)
+        x[0, 1 if k else 0] = x0
+        dy = np.ones_like(x)
+        p = dict(local_size=3, alpha=1.0 if k == 0 else 1e-4, beta=0.75, k=k)
+        with np.errstate(over="ignore", invalid="ignore"):
+            y, want = lrn_forward.impls[kind](x, **p), fwd(x, **p)
+            dx, want_dx = lrn_backward.impls[kind](dy, x, **p), bwd(dy, x, **p)
+        far = slice(3, None)                                   # channels outside x0's windows
+        assert np.all(np.isfinite(want[:, far])) and np.all(want[:, far] > 0.5)
+        np.testing.assert_allclose(y[:, far], want[:, far], rtol=1e-5)
+        np.testing.assert_allclose(dx[:, far], want_dx[:, far], rtol=1e-4, atol=1e-6)
