@@ -40,7 +40,9 @@ class ConvolutionLayer(Layer):
     atrous 3x3 ones with 128+ channels on large enough maps, split into the input's dilation x
     dilation phases (each an undilated convolution): a few float32 roundings apart from the
     direct product; MINICNN_CONV_WINOGRAD=0 keeps every one direct. engine is read and ignored
-    (minicnn picks its algorithm per shape, as measured).
+    (minicnn picks its algorithm per shape, as measured). Its transforms add several inputs
+    before any product, so x (or dy, for the input gradient) beyond about FLT_MAX / 4 for 3x3
+    (8e37; about 1e37 for 5x5) overflows there to inf/NaN where Caffe's im2col product is finite.
     """
     param_field = "convolution_param"
     min_num_bottom = min_num_top = 1

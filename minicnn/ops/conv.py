@@ -362,7 +362,9 @@ def _columns(x, n0, nb, geom, oh, ow):
 # tiles x C x F over 2x2 output tiles instead of 9 taps per output, 0.44-0.52 of the multiply-
 # adds; F(2x2, 5x5) for 5x5 kernels, 36 products instead of 25 taps per output (0.39 of them
 # on 27x27); other kernels as 3x3 pieces. Its sums round differently from the direct
-# product's (a few float32 ulps, like cuDNN's WINOGRAD algorithms);
+# product's (a few float32 ulps, like cuDNN's WINOGRAD algorithms), and its input transforms
+# add up to 4 (3x3) or more (5x5) values first, so |x| near FLT_MAX (from ~8e37 for 3x3, ~1e37
+# for 5x5) overflows there to inf/NaN where the direct product is finite;
 # MINICNN_CONV_WINOGRAD=0 turns it off, =2 takes it wherever the geometry allows (for the
 # tests). WINOGRAD_MODE is read at each call.
 WINOGRAD_MODE = os.environ.get("MINICNN_CONV_WINOGRAD", "1")
