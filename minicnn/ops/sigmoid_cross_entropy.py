@@ -56,7 +56,7 @@ def _sigmoid_cross_entropy_forward_ref(x, target, *, ignore_label=None,
     """Returns (loss as a 0-d array of x's dtype, p = sigmoid(x)); target has x's count."""
     t = np.asarray(target, dtype=x.dtype).reshape(x.shape)
     valid = _valid(t, ignore_label)
-    loss = -np.sum(log_likelihood(x, t), where=valid, dtype=x.dtype) / _normalizer(
+    loss = np.sum(-log_likelihood(x, t), where=valid, dtype=x.dtype) / _normalizer(
         x, valid, normalization)
     return np.asarray(loss, dtype=x.dtype), 0.5 * np.tanh(0.5 * x) + 0.5
 

@@ -117,7 +117,7 @@ def _softmax_loss_forward_ref(x, label, *, axis=1, ignore_label=None, normalizat
     p = np.take_along_axis(prob.reshape(outer, c, inner), idx[:, None, :], axis=1)[:, 0, :]
     log_p = np.log(np.maximum(p, x.dtype.type(FLT_MIN)))            # clamp: log(0) = -inf
     d = loss_normalizer(normalization, outer, inner, int(valid.sum()))
-    loss = -np.sum(log_p, where=valid, dtype=x.dtype) / d
+    loss = np.sum(-log_p, where=valid, dtype=x.dtype) / d        # 0, not -0, when none valid
     return np.asarray(loss, dtype=x.dtype), prob
 
 

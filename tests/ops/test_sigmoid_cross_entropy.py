@@ -119,3 +119,9 @@ def test_large_scores_are_stable(dtype):
     assert loss.dtype == dtype and prob.dtype == dtype and dx.dtype == dtype
     np.testing.assert_allclose(loss, 2000 + math.log(2), rtol=1e-6)   # two wrong by 1000 each
     np.testing.assert_allclose(dx, [[0.0, 0.0, -1.0, 1.0, -0.5]])
+
+
+def test_all_ignored_gives_plus_zero_loss():
+    """Nothing to sum: the loss is +0, as Caffe's sum from 0 (a log would show "-0")."""
+    loss, _ = forward(np.array([[2.0, -3.0]]), np.array([[1.0, 1.0]]), ignore_label=1)
+    assert loss == 0 and not np.signbit(loss)
