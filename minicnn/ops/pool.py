@@ -11,7 +11,9 @@ MAX:  y = max of the window, padding counting as -inf. As Caffe, y starts at -FL
       replaces it only if strictly greater, scanning the window in row-major order: ties go to the
       first maximum. The mask is its flat index h * W + w in the input plane; backward routes dy
       there. A window wholly outside the image (CEIL rounding, pad 0 and stride > kernel) keeps
-      y = -FLT_MAX and mask -1, and passes no gradient.
+      y = -FLT_MAX and mask -1, and passes no gradient. NaN never compares greater, so it is
+      skipped as Caffe skips it (PyTorch propagates it): a window of NaNs (or of -inf) gives
+      -FLT_MAX and mask -1 too. AVE sums NaN and inf like any value.
 AVE:  y = sum of the window / divisor, divisor = (min(h0 + kh, H + ph) - h0) * (same for w), taken
       before clipping to the image: padding zeros count, overhang past the padding does not.
       backward spreads dy / divisor over the window's pixels in the image. A window wholly outside

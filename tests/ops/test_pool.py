@@ -359,3 +359,14 @@ def test_fast_path_on_a_strided_view_and_a_bad_mask(kind):
     mask[-1, -1, -1, -1] = 40 * 40
     with pytest.raises(ValueError, match="mask index out of range"):
         max_pool2d_backward.impls[kind](np.ones_like(y), mask, x.shape)
+
+
+@pytest.mark.parametrize("kind", ["ref", *FAST_KINDS])
+def test_max_pool_skips_nan_as_caffe(kind):
+    """Caffe's strict > never takes a NaN: the window's largest number wins, and a window of
+    NaNs keeps -FLT_MAX with no argmax (mask -1, no gradient)."""
+    nan = np.nan
+    x = np.array([[[[nan, 1, nan, nan], [2, nan, nan, nan]]]], np.float32)
+    y, mask = max_pool2d_forward.impls[kind](x, geom=PoolGeometry((2, 2), (2, 2)))
+    np.testing.assert_array_equal(y.ravel(), [2, np.finfo(np.float32).min])
+    np.testing.assert_array_equal(mask.ravel(), [4, -1])
