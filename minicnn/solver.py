@@ -26,6 +26,7 @@ import math
 import os
 import sys
 import time
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,6 +77,21 @@ class ParamStep:
 
 class TrainingDiverged(MinicnnError):
     """The loss became NaN or infinite; training stopped without saving the bad weights."""
+
+
+def _weak_log(solver):
+    """A net's debug_log that writes to ``solver.log`` while the solver lives (then stderr, as
+    a lone net logs). The bound method itself would make a cycle, solver -> net -> solver, so a
+    dropped solver, its nets and all their arrays would wait for the cycle collector."""
+    ref = weakref.ref(solver)
+
+    def debug_log(message):
+        owner = ref()
+        if owner is None:
+            print(message, file=sys.stderr, flush=True)
+        else:
+            owner.log(message)
+    return debug_log
 
 
 def read_solver(path):
@@ -235,7 +251,7 @@ class Solver:
                 if note:
                     self.log(note)
         for net in [self.net] + self.test_nets:
-            net.debug_log = self.log
+            net.debug_log = _weak_log(self)
         for test_net in self.test_nets:
             test_net.share_with(self.net)
             test_net.debug_info = bool(param.debug_info)
