@@ -98,3 +98,21 @@ def test_a_solvers_net_kept_after_the_solver_still_logs(capsys):
     net.debug_info = True
     net.forward()                         # the debug lines go to stderr, as a lone net's do
     assert "[Forward] Layer fc" in capsys.readouterr().err
+
+
+def test_a_dropped_net_ends_its_prefetch_thread_and_closes_its_database(tmp_path,
+                                                                         no_cycle_collector):
+    # the Data layer's Prefetcher held the layer's bound _make_batch: layer -> prefetcher ->
+    # layer, so the layer, its LMDB environment, its thread and the batches queued stayed
+    source = make_lmdb(tmp_path / "db")
+    net = minicnn.Net(parse_text(lmdb_net_text(source)), "train")
+    net.forward()
+    net.forward()
+    layer = weakref.ref(net.layers[0])
+    [thread] = prefetch_threads()
+    assert open_files(source)
+    del net
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+    assert layer() is None
+    assert open_files(source) == []

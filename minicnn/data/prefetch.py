@@ -10,11 +10,14 @@ Determinism comes from the caller: ``make_batch(b)`` must depend only on ``b`` a
 was computed ahead or not, and after a ``seek``. The thread is a daemon; an exception in it is
 raised again, the same object with its message, from the ``next()`` that would have returned that
 batch, and the following ``next()`` retries that batch. ``depth=0`` computes in the caller.
-The thread holds only a weak reference to the Prefetcher between batches, so a dropped Net (and
-its data layers) is collected and its thread ends.
+The thread holds only a weak reference to the Prefetcher between batches, and the Prefetcher
+only a weak one to a bound method's object (a data layer's ``self._make_batch``: a strong one
+would make the cycle layer -> prefetcher -> layer), so a dropped Net's data layers are freed as
+soon as it goes, and their threads end.
 """
 
 import atexit
+import inspect
 import queue
 import threading
 import weakref
@@ -39,6 +42,8 @@ def _work(ref, q, stop, index):
             return
         make_batch = owner.make_batch
         del owner
+        if make_batch is None:                  # its object (a data layer) is gone
+            return
         try:
             item = (index, make_batch(index), None)
         except Exception as e:              # handed to the consumer, raised there
@@ -67,6 +72,16 @@ class Prefetcher:
         self.name = name
         self._position = int(start)
         self._thread = self._queue = self._stop = None
+
+    @property
+    def make_batch(self):
+        """The batch function (None once the object of a bound method is gone)."""
+        return self._make_batch() if self._weak else self._make_batch
+
+    @make_batch.setter
+    def make_batch(self, function):
+        self._weak = inspect.ismethod(function)
+        self._make_batch = weakref.WeakMethod(function) if self._weak else function
 
     @property
     def position(self):
