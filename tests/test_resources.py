@@ -116,3 +116,22 @@ def test_a_dropped_net_ends_its_prefetch_thread_and_closes_its_database(tmp_path
     assert not thread.is_alive()
     assert layer() is None
     assert open_files(source) == []
+
+
+def test_a_net_whose_data_layer_failed_is_freed_after_the_error_is_handled(tmp_path,
+                                                                           no_cycle_collector):
+    # the error raised again from Prefetcher.next was a local of the frames in its own
+    # traceback, and those frames hold the layer and the net
+    source = make_lmdb(tmp_path / "db", bad=5)
+    net = minicnn.Net(parse_text(lmdb_net_text(source)), "train")
+    refs = [weakref.ref(net), weakref.ref(net.layers[0])]
+    net.forward()                             # records 0-3
+    message = None
+    try:
+        net.forward()                         # records 4-7: record 5 is damaged
+    except minicnn.NetError as e:
+        message = str(e)
+    assert "record '00000005'" in message
+    del net
+    assert [r() is None for r in refs] == [True, True]
+    assert prefetch_threads() == [] and open_files(source) == []

@@ -57,7 +57,8 @@ def _work(ref, q, stop, index):
                 break
             except queue.Full:
                 pass
-        if item[2] is not None:
+        failed, item = item[2] is not None, None  # the error's traceback holds this frame
+        if failed:
             return
         index += 1
 
@@ -122,7 +123,11 @@ class Prefetcher:
         if error is not None:
             self._thread.join()
             self._thread = None                          # the next call retries this batch
-            raise error
+            try:
+                raise error
+            finally:
+                error = None         # a local of a frame in its own traceback: a cycle that
+                                     # would keep the net alive until the cycle collector ran
         self._position += 1
         return batch
 
