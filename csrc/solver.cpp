@@ -48,15 +48,20 @@ static void momentum_update(T* diff, T* data, T* history, std::int64_t n, T lr, 
 }
 
 // Caffe's ClearParamDiffs, every iteration: CaffeNet's 61M diffs are 244 MB of zeros, which
-// one thread writes at a fraction of what both cores can.
+// one thread writes at a fraction of what both cores can. A small net's diffs (under a chunk in
+// all) are zeroed by this thread: waking the others costs more than the memset, and far more
+// (milliseconds a step) when the cores are busy with other processes.
 static void zero_fill(const std::vector<std::pair<char*, std::int64_t>>& buffers) {
     constexpr std::int64_t chunk = std::int64_t(1) << 20;                 // bytes per task
     std::vector<std::pair<char*, std::int64_t>> pieces;
-    for (const auto& [p, bytes] : buffers)
+    std::int64_t total = 0;
+    for (const auto& [p, bytes] : buffers) {
+        total += bytes;
         for (std::int64_t at = 0; at < bytes; at += chunk)
             pieces.emplace_back(p + at, std::min(chunk, bytes - at));
+    }
     const std::int64_t n = static_cast<std::int64_t>(pieces.size());
-#pragma omp parallel for schedule(static) if (n > 1)
+#pragma omp parallel for schedule(static) if (total > chunk)
     for (std::int64_t i = 0; i < n; ++i) std::memset(pieces[i].first, 0, pieces[i].second);
 }
 

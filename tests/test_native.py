@@ -59,3 +59,29 @@ def test_fma_peak_is_a_plausible_rate():
         assert rate == 0.0
     else:
         assert 1.0 < rate < 100_000.0, rate
+
+
+@needs_native
+def test_zero_fill_of_small_diffs_wakes_no_other_thread():
+    """ClearParamDiffs of a small net (under 1 MB of diffs) is one memset on this thread:
+    waking OpenMP's other threads for it cost milliseconds a step on busy cores. Seen from a
+    fresh process: OpenMP's worker threads appear only with the large fill."""
+    code = """if True:
+        import os
+        import numpy as np
+        from minicnn.native import lib
+        tasks = lambda: len(os.listdir("/proc/self/task"))
+        small = [np.ones(n, np.float32) for n in (36, 4, 640, 10)]
+        large = [np.ones(1 << 19, np.float32) for _ in range(3)]
+        before = tasks()
+        lib.zero_fill(small)
+        after_small = tasks()
+        lib.zero_fill(large)
+        print(before, after_small, tasks(), sum(a.sum() for a in small + large))
+        """
+    env = dict(os.environ, MINICNN_NUM_THREADS="2")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    before, after_small, after_large, total = out.stdout.split()
+    assert float(total) == 0.0
+    assert int(after_large) > int(before)         # the large fill runs on both threads
+    assert after_small == before
