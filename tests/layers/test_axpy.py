@@ -102,3 +102,27 @@ def test_not_in_place():
     for b in bottom:
         with pytest.raises(LayerError, match="does not allow in-place computation"):
             AxpyLayer().setup(bottom, [b])
+
+
+@pytest.mark.parametrize("down", [(a, x, y) for a in (False, True) for x in (False, True)
+                                  for y in (False, True) if a or x or y])
+def test_propagate_down_fills_exactly_the_diffs_asked_for(down):
+    """Each bottom asked for gets its own gradient (as with all three asked for); the others keep
+    whatever diff they had."""
+    rng = np.random.default_rng(3)
+    a, x, y = rng.standard_normal((2, 3)), rng.standard_normal((2, 3, 4)), \
+        rng.standard_normal((2, 3, 4))
+    dtop = rng.standard_normal((2, 3, 4))
+    want = (np.sum(dtop * x, axis=2), a[:, :, None] * dtop, dtop)
+    bottom = [Blob.from_array(v, np.float64) for v in (a, x, y)]
+    top = [Blob((), np.float64)]
+    layer = AxpyLayer()
+    layer.setup(bottom, top)
+    layer.forward(bottom, top)
+    stale = [np.full(b.shape, 7.0) for b in bottom]
+    for b, s in zip(bottom, stale):
+        b.diff[...] = s
+    top[0].diff[...] = dtop
+    layer.backward(top, list(down), bottom)
+    for b, asked, grad, s in zip(bottom, down, want, stale):
+        np.testing.assert_allclose(b.diff, grad if asked else s, rtol=1e-14, atol=1e-14)
