@@ -8,7 +8,8 @@
                          [np.random.randn(2, 3, 5, 5)])
 
 The objective is L = sum_i <top_i, R_i> for fixed random R_i, so dL/dtop_i = R_i: backward is
-run once with those diffs, and each checked input element x is moved by +-eps to get
+run once with those diffs (from stale random diffs: backward must assign the bottom diffs and add
+to the parameter diffs), and each checked input element x is moved by +-eps to get
 (L(x+eps) - L(x-eps)) / 2eps. Everything runs in float64. As in Caffe's GradientChecker,
 elements within ``kink_range`` of a kink (ReLU's 0) are skipped, since the derivative jumps there.
 """
@@ -76,8 +77,13 @@ def check_layer_gradient(make_layer, bottoms, *, check_bottoms=None, check_param
     if check_bottoms is None:
         check_bottoms = [i for i in range(len(bottom)) if layer.allow_force_backward(i)]
     propagate_down = [i in check_bottoms for i in range(len(bottom))]
-    for blob in layer.blobs:
-        blob.diff[...] = 0
+    # backward assigns bottom diffs and adds to parameter diffs (CONTRIBUTING.md, I1): start
+    # both from stale values, which a bottom diff must overwrite and a parameter diff keep
+    for i in check_bottoms:
+        bottom[i].diff[...] = rng.standard_normal(bottom[i].shape)
+    stale = [rng.standard_normal(blob.shape) for blob in layer.blobs]
+    for blob, old in zip(layer.blobs, stale):
+        blob.diff[...] = old
     run_forward()
     for i, t in enumerate(top):
         t.diff[...] = weights[i] if i in weights else 0
@@ -85,7 +91,7 @@ def check_layer_gradient(make_layer, bottoms, *, check_bottoms=None, check_param
     analytic = [(f"bottom[{i}]", bottom[i], bottom[i].diff.copy()) for i in check_bottoms]
     if check_params:
         wanted = range(len(layer.blobs)) if check_params is True else check_params
-        analytic += [(f"blobs[{k}]", layer.blobs[k], layer.blobs[k].diff.copy())
+        analytic += [(f"blobs[{k}]", layer.blobs[k], layer.blobs[k].diff - stale[k])
                      for k in wanted]
 
     worst = 0.0

@@ -1,0 +1,50 @@
+"""minicnn.testing's gradient check must be able to fail: a backward that leaves part of a
+bottom diff as it was, or assigns a parameter diff instead of adding to it (CONTRIBUTING.md,
+I1), is caught even where its values are the gradient's."""
+
+import numpy as np
+import pytest
+
+from minicnn.layer import Layer
+from minicnn.testing import GradientMismatch, check_layer_gradient
+
+
+class _PadBias(Layer):
+    """y = x[:, :2] + b, one learned b (x has 3 columns). ``writes_all``: backward writes every
+    element of the bottom diff (the zero column too); ``adds``: it adds to b's diff."""
+    exact_num_bottom = exact_num_top = 1
+
+    def __init__(self, writes_all=True, adds=True):
+        super().__init__()
+        self.writes_all, self.adds = writes_all, adds
+
+    def layer_setup(self, bottom, top):
+        self.init_param(0, (1,))
+
+    def reshape(self, bottom, top):
+        top[0].reshape((bottom[0].shape[0], 2))
+
+    def forward(self, bottom, top):
+        top[0].data[...] = bottom[0].data[:, :2] + self.blobs[0].data
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            if self.writes_all:
+                bottom[0].diff[...] = 0
+            bottom[0].diff[:, :2] = top[0].diff
+        grad = top[0].diff.sum()
+        if self.adds:
+            self.blobs[0].diff += grad
+        else:
+            self.blobs[0].diff[...] = grad
+
+
+def test_a_correct_backward_passes():
+    assert check_layer_gradient(lambda: _PadBias(), [np.arange(6.0).reshape(2, 3)]) < 1e-6
+
+
+@pytest.mark.parametrize("fields, where", [({"writes_all": False}, r"bottom\[0\]"),
+                                           ({"adds": False}, r"blobs\[0\]")])
+def test_stale_bottom_diffs_and_assigned_parameter_diffs_fail(fields, where):
+    with pytest.raises(GradientMismatch, match=where):
+        check_layer_gradient(lambda: _PadBias(**fields), [np.arange(6.0).reshape(2, 3)])
