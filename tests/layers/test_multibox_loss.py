@@ -427,6 +427,21 @@ def test_loc_loss_by_hand_smooth_l1_and_l2():
     np.testing.assert_allclose(l2(loc, conf, prior, label), (4 + .25 + .25) / 2, rtol=1e-6)
 
 
+
+@pytest.mark.parametrize("bp_inside, want", [(False, [-0.5, 0.5, 0.5, 1.0]),
+                                             (True, [0.0, 0.5, 0.5, 0.0])])
+def test_bp_inside_zeroes_each_coordinate_outside_the_image_by_hand(bp_inside, want):
+    """The fork's EncodeLocPrediction with bp_inside: a matched prior's coordinate below 0 or
+    above 1 (here xmin -0.1 and ymax 1.2) takes the target in place of the prediction, so it
+    adds no loss and gets no gradient; the others are as without bp_inside."""
+    prior = prior_blob([[-.1, .2, .6, 1.2]])
+    label = gt_blob([0, 1, 0, 0., .2, .6, 1., 0])     # IoU .686: CORNER target (1, 0, 0, -2)
+    loc = np.full((1, 4), .5)
+    layer = MultiBoxLossLayer(num_classes=2, mining_type="NONE", bp_inside=bp_inside,
+                              propagate_down=[True, False, False, False])
+    layer(loc, np.zeros((1, 2)), prior, label)
+    np.testing.assert_allclose(layer.backprop()[0][0], want, rtol=1e-6, atol=1e-12)
+
 def test_gt_rows_item_minus_one_difficult_and_normalization():
     prior = prior_blob([A, C])
     rows = [[-1, -1, -1, -1, -1, -1, -1, -1],       # no box, as AnnotatedData pads
