@@ -345,6 +345,17 @@ def test_detection_output_eta_lowers_the_threshold_after_each_kept_box():
     np.testing.assert_allclose(rows[:, 2], [0.9, 0.7], rtol=1e-6)
 
 
+
+def test_nms_eta_stops_lowering_the_threshold_at_one_half():
+    """ApplyNMSFast multiplies the threshold by eta after a kept box only while it is above 0.5:
+    0.8 -> 0.4 after the first box, then it stays 0.4 (not 0.2), so a box overlapping the first
+    with IoU 1/3 is still kept after a second, disjoint box."""
+    from minicnn.ops.ssd import nms_fast
+    boxes = np.array([[0, 0, 1, 1], [10, 0, 11, 1], [0.5, 0, 1.5, 1]], np.float32)
+    scores = np.array([0.9, 0.8, 0.7], np.float32)
+    assert nms_fast(boxes, scores, 0.0, 0.8, eta=0.5) == [0, 1, 2]
+    assert nms_fast(boxes, scores, 0.0, 0.3, eta=0.5) == [0, 1]       # 1/3 > 0.3: suppressed
+
 def test_detection_output_groups_by_class_and_keep_top_k_ranks_over_classes():
     scores = [[0.2, 0.6], [0.5, 0.1], [0.3, 0.05]]      # classes 1 and 2 (0 is background)
     rows = boxes_detect(scores, nms_param={"nms_threshold": 0.9}, confidence_threshold=0.15)
