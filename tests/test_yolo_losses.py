@@ -131,7 +131,7 @@ REGION_ANCHORS = [[0.6, 1.1], [2.2, 1.9], [1.3, 3.5]]
 @needs_darknet
 @pytest.mark.parametrize("seen, rescore, softmax, bias_match",
                          [(64, 1, 1, 1), (20000, 1, 1, 1), (64, 0, 0, 0), (20000, 0, 0, 1),
-                          (12799, 1, 0, 0)])
+                          (12799, 1, 0, 0), (12800, 1, 0, 0)])   # the warm-up's last image
 def test_region_loss_matches_darknet(tmp_path, shim, capfd, seen, rescore, softmax, bias_match):
     n, a, classes, h, w = 3, 3, 4, 5, 6
     e = 5 + classes
