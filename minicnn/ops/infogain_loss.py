@@ -49,7 +49,7 @@ def _infogain_loss_forward_ref(x, label, h, *, axis=1, ignore_label=None,
     log_p = np.log(np.maximum(prob.reshape(outer, c, inner), x.dtype.type(KLOG_THRESHOLD)))
     weighted = np.einsum("oil,oli->oi", rows, log_p)                  # sum over classes l
     d = loss_normalizer(normalization, outer, inner, int(valid.sum()))
-    loss = -np.sum(weighted, where=valid, dtype=x.dtype) / x.dtype.type(d)
+    loss = (0 - np.sum(weighted, where=valid, dtype=x.dtype)) / x.dtype.type(d)   # +0, as Caffe
     return np.asarray(loss, dtype=x.dtype), prob
 
 
@@ -103,7 +103,7 @@ def _infogain_loss_forward_cuda(x, label, h, *, axis=1, ignore_label=None,
     log_p = cp.log(cp.maximum(prob.reshape(outer, c, inner), x.dtype.type(KLOG_THRESHOLD)))
     weighted = cp.einsum("oil,oli->oi", rows, log_p)
     total = cp.where(valid, weighted, x.dtype.type(0)).sum(dtype=x.dtype)
-    loss = -total / _cuda_normalizer(normalization, outer, inner, valid, x.dtype)
+    loss = (0 - total) / _cuda_normalizer(normalization, outer, inner, valid, x.dtype)
     return loss.astype(x.dtype, copy=False), prob
 
 

@@ -35,7 +35,8 @@ def _picked(prob, label):
 def _multinomial_logistic_loss_forward_ref(prob, label):
     """The loss as a 0-d array of prob's dtype."""
     _, _, p = _picked(prob, label)
-    loss = -np.sum(np.log(p), dtype=prob.dtype) / prob.dtype.type(prob.shape[0])
+    # Caffe's loss -= log(p) from 0: +0, not -0, when every p is 1
+    loss = (0 - np.sum(np.log(p), dtype=prob.dtype)) / prob.dtype.type(prob.shape[0])
     return np.asarray(loss, dtype=prob.dtype)
 
 
@@ -71,7 +72,7 @@ def _cuda_picked(prob, label):
 @multinomial_logistic_loss_forward.impl("cuda", available=cuda.importable)
 def _multinomial_logistic_loss_forward_cuda(prob, label):
     _, p = _cuda_picked(prob, label)
-    loss = -cuda.cupy().log(p).sum(dtype=prob.dtype) / prob.dtype.type(prob.shape[0])
+    loss = (0 - cuda.cupy().log(p).sum(dtype=prob.dtype)) / prob.dtype.type(prob.shape[0])
     return loss.astype(prob.dtype, copy=False)
 
 

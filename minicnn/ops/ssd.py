@@ -640,7 +640,7 @@ def _multibox_loss_forward_ref(loc, conf, prior, label, *, num_classes, share_lo
             e = np.exp(z)
             prob = e / e.sum(axis=1, keepdims=True)
             idx = np.arange(len(rows))
-            conf_loss = -np.log(np.maximum(prob[idx, target], dtype.type(FLT_MIN))).sum()
+            conf_loss = 0 - np.log(np.maximum(prob[idx, target], dtype.type(FLT_MIN))).sum()
             grad = prob
             grad[idx, target] -= 1
         else:

@@ -150,6 +150,13 @@ def test_multinomial_clamps_zero_probabilities_at_1e_minus_20():
     np.testing.assert_allclose(dp, [[-0.5 / 1e-20, 0.0], [0.0, -0.5 / 0.5]], rtol=1e-14)
 
 
+
+def test_multinomial_loss_of_certain_predictions_is_plus_zero():
+    # Caffe's loss -= log(p) from 0: a loss of 0, never -0 (which logs print as "-0")
+    loss = MultinomialLogisticLossLayer()(np.array([[1.0, 0.0], [0.0, 1.0]], np.float32),
+                                         np.array([0.0, 1.0]))
+    assert loss == 0 and not np.signbit(loss)
+
 # --- InfogainLoss ------------------------------------------------------------------------------
 
 @st.composite
@@ -241,6 +248,14 @@ def test_infogain_clamp_is_1e_minus_20_and_ignored_positions_get_no_gradient():
     np.testing.assert_allclose(loss, -(1.0 * math.log(1e-20) + 0.5 * 0.0), rtol=1e-14)
     dx = layer.backprop()[0]
     np.testing.assert_allclose(dx, [[-1.0, 1.0], [0.0, 0.0]], atol=1e-300)   # p*1.5 - H[0]
+
+
+@pytest.mark.parametrize("ignore", [None, 0])
+def test_infogain_loss_of_certain_or_ignored_predictions_is_plus_zero(ignore):
+    x = np.array([[0.0, 200.0]], np.float32)          # p = (0, 1): log p[1] = 0
+    loss = infogain_layer(ignore=ignore)(x, np.array([1.0 if ignore is None else 0.0]),
+                                         np.eye(2, dtype=np.float32))
+    assert loss == 0 and not np.signbit(loss)
 
 
 def infogain_file(tmp_path, h, name="H.binaryproto"):
