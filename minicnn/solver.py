@@ -785,7 +785,7 @@ class Solver:
                         else "")
                 raise MinicnnError(f"{e}{hint}") from None
         if len(state.history) != len(self.history):
-            raise MinicnnError(f"{path}: {len(state.history)} history blobs, but a {self.type} "
+            raise MinicnnError(f"{path}: {len(state.history)} history blobs, but the {self.type} "
                                f"solver on this net keeps {len(self.history)} (is it a state of "
                                "another net or solver type?)")
         if state.iter < 0 or state.current_step < 0:

@@ -364,7 +364,7 @@ def test_hdf5_snapshots_are_caffes_layout_and_restore(tmp_path):
     resumed.step(2)
     np.testing.assert_array_equal(resumed.net.params["fc"][0].data,
                                   solver.net.params["fc"][0].data)
-    with pytest.raises(MinicnnError, match="4 history blobs, but a SGD solver on this net "
+    with pytest.raises(MinicnnError, match="4 history blobs, but the SGD solver on this net "
                                            "keeps 2"):
         make_solver().restore(str(caffe_state))
 
