@@ -24,6 +24,9 @@ CASES = [   # (N, C, H, W), F, kernel, stride, pad, dilation, group
     ((2, 4, 10, 9), 4, (5, 3), (2, 1), (2, 1), 1, 4),   # depthwise 5x3, strided
     ((1, 2, 5, 5), 3, 5, 1, 0, 1, 1),                   # one output position
     ((2, 3, 6, 6), 2, 2, 3, 1, 1, 1),                   # stride larger than the kernel
+    ((2, 4, 11, 10), 4, 3, 1, (2, 1), (2, 1), 2),       # dilation h != w (im2col, col2im)
+    ((2, 3, 11, 10), 6, 3, 1, (2, 1), (2, 1), 3),       # dilation h != w, depthwise
+    ((2, 2, 34, 34), 2, 3, 1, 1, 1, 2),                 # depthwise dw: 3 splits of the images
 ]
 
 
