@@ -13,7 +13,8 @@ from .conftest import assert_close, poisoned
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(4, 3, 5, 6), (8, 5), (6,), (3, 2, 40, 40)])
+@pytest.mark.parametrize("shape", [(4, 3, 5, 6), (8, 5), (6,), (3, 2, 40, 40),
+                                   (40, 3, 5, 5)])      # short rows over 4 splits
 def test_batch_norm_matches_the_reference(gpu, shape, dtype):
     rng = np.random.default_rng(1)
     x = (rng.standard_normal(shape) * 3 + 2).astype(dtype)
