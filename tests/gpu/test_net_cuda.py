@@ -236,21 +236,28 @@ def test_global_gpu_mode_and_set_device(gpu):
     assert minicnn.Net(lenet_memory_data(), phase=minicnn.TRAIN).device is None
 
 
-@pytest.mark.parametrize("bn_in_place, global_stats, relu", [
-    (True, False, True), (False, False, True), (True, True, True), (False, False, False)])
+@pytest.mark.parametrize("bn_in_place, global_stats, slope", [
+    (True, False, 0.1), (False, False, 0.1), (True, True, 0.1), (False, False, None),
+    (True, False, 0.0)])
 def test_the_batchnorm_chain_runs_fused_on_the_gpu(gpu, monkeypatch, bn_in_place,
-                                                   global_stats, relu):
+                                                   global_stats, slope):
     """BatchNorm -> Scale (-> ReLU) in place (minicnn/fusion.py's training chain): forward,
     BatchNorm's y only into its kept buffer and Scale (+ ReLU) as one kernel from there into
     the top; backward in two passes (chain_backward_*). The same values as layer by layer
     (MINICNN_FUSE=0) and as the CPU, with BatchNorm in place or not (then the blob between
-    keeps Scale's dx), batch or global statistics, with and without the ReLU."""
+    keeps Scale's dx), batch or global statistics, with and without the ReLU (slope None), a
+    leaky one or a plain one (slope 0: the top of every negative input is exactly 0, where
+    the backward's mask must block the gradient)."""
     import minicnn.fusion as fusion
 
     from .test_host_calls_cuda import net_param
     x = np.random.default_rng(4).standard_normal((2, 3, 6, 6)).astype(np.float32)
     label = np.array([1, 3], np.float32)
+    relu = slope is not None
     param = net_param(2, bn_in_place, global_stats, relu)
+    for layer in param.layer:
+        if layer.type == "ReLU":
+            layer.relu_param.negative_slope = slope
     calls = []
     real = fusion.bn_scale_relu_backward_cuda
     monkeypatch.setattr(fusion, "bn_scale_relu_backward_cuda",
