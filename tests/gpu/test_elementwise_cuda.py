@@ -68,6 +68,7 @@ NEURONS = [   # (forward, backward, parameters, backward reads x (else y), input
 def test_neurons(gpu, forward, backward, params, reads, span, dtype):
     rng = np.random.default_rng(1)
     x = rng.uniform(*span, (4, 3, 5)).astype(dtype)
+    x[0, 0, :3] = 0                                  # the kinks (ELU's, AbsVal's sign(0) = 0)
     dy = rng.standard_normal(x.shape).astype(dtype)
     want_y = forward.impls["ref"](x, *params)
     y = forward(gpu.asarray(x), *params)
@@ -87,6 +88,7 @@ def test_neurons(gpu, forward, backward, params, reads, span, dtype):
 def test_prelu_and_threshold(gpu, shared, dtype):
     rng = np.random.default_rng(2)
     x = rng.standard_normal((2, 3, 4, 5)).astype(dtype)
+    x[0, :, 0, 0] = 0                                # the kink takes the slope
     slope = (np.array(0.3) if shared else rng.random(3)).astype(dtype)
     dy = rng.standard_normal(x.shape).astype(dtype)
     assert_close(nr.prelu_forward(gpu.asarray(x), gpu.asarray(slope)),
