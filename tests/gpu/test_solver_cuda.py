@@ -56,6 +56,7 @@ def test_momentum_step_equals_the_cpu_bit_for_bit(gpu, dtype, nesterov, regulari
     host[6][2][:4] = np.finfo(dtype).tiny * np.array([0.75, -0.5, 2.0 ** -20, 1.5])
     rate, momentum = 0.0123, 0.9
     mults = [(1.0 + i % 3, 0.0005 * (i % 2)) for i in range(len(SIZES))]   # some decay 0
+    mults[4] = (0.1, 0.0005)                 # lr = T(rate * 0.1), not T(rate) * T(0.1)
     host[1][1][0] = np.nan                                  # decay 0 there: NaN stays out of g
     mults[1] = (2.0, 0.0)
     device = [tuple(gpu.asarray(a) for a in (data, diff, history))
