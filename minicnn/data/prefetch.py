@@ -10,14 +10,16 @@ Determinism comes from the caller: ``make_batch(b)`` must depend only on ``b`` a
 was computed ahead or not, and after a ``seek``. The thread is a daemon; an exception in it is
 raised again, the same object with its message, from the ``next()`` that would have returned that
 batch, and the following ``next()`` retries that batch. ``depth=0`` computes in the caller.
-The thread holds only a weak reference to the Prefetcher between batches, and the Prefetcher
-only a weak one to a bound method's object (a data layer's ``self._make_batch``: a strong one
-would make the cycle layer -> prefetcher -> layer), so a dropped Net's data layers are freed as
-soon as it goes, and their threads end.
+A forked child (multiprocessing's 'fork') drops the parent's queue and starts its own thread
+at the same position. The thread holds only a weak reference to the Prefetcher between batches,
+and the Prefetcher only a weak one to a bound method's object (a data layer's
+``self._make_batch``: a strong one would make the cycle layer -> prefetcher -> layer), so a
+dropped Net's data layers are freed as soon as it goes, and their threads end.
 """
 
 import atexit
 import inspect
+import os
 import queue
 import threading
 import weakref
@@ -33,6 +35,19 @@ def _stop_all():
     without an active exception"), after all the work succeeded."""
     for prefetcher in list(_running):
         prefetcher.stop()
+
+
+def _forget_threads():
+    """In a forked child: the parent's threads are not there, and their queues (whose locks a
+    thread may have held at the fork) are dropped unread. Each Prefetcher starts afresh at its
+    position on its next ``next()``, which computes the same batches (they depend on b only)."""
+    for prefetcher in list(_running):
+        prefetcher._thread = prefetcher._queue = prefetcher._stop = None
+    _running.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_threads)
 
 
 def _work(ref, q, stop, index):

@@ -1,8 +1,10 @@
 """The background prefetcher: order, determinism, seek, errors surfacing, thread hygiene."""
 
 import gc
+import multiprocessing
 import threading
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -114,4 +116,42 @@ def test_threads_still_running_at_exit_are_stopped_first():
     prefetch._stop_all()
     assert not p.running and p._thread is None
     assert p.next() == 1                          # and it can start again
+    p.stop()
+
+
+def _batches_in_child(prefetcher, n, connection):
+    connection.send([prefetcher.next() for _ in range(n)])
+
+
+def _run_forked(target, args, seconds=20):
+    """target(*args, connection) in a forked child: what it sent, "hung" or "died"."""
+    ctx = multiprocessing.get_context("fork")
+    receive, send = ctx.Pipe(duplex=False)
+    with warnings.catch_warnings():                 # Python 3.12+: fork with threads running
+        warnings.simplefilter("ignore", DeprecationWarning)
+        child = ctx.Process(target=target, args=(*args, send))
+        child.start()
+    send.close()
+    try:
+        got = receive.recv() if receive.poll(seconds) else "hung"
+    except EOFError:
+        got = "died"
+    child.join(5)
+    if child.is_alive():
+        child.kill()
+        child.join()
+    return got
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="no fork")
+def test_a_forked_child_starts_its_own_thread_where_the_parent_was():
+    # The parent's thread is not in the child: the child's next() once found the queue the
+    # parent had filled, then nothing ("ended without a batch"), or hung on the queue's lock.
+    p = Prefetcher(lambda b: b, depth=2)
+    assert [p.next(), p.next()] == [0, 1]
+    deadline = time.monotonic() + 5
+    while p._queue.qsize() < 2 and time.monotonic() < deadline:   # full: the thread waits
+        time.sleep(0.01)
+    assert _run_forked(_batches_in_child, (p, 6)) == [2, 3, 4, 5, 6, 7]
+    assert [p.next(), p.next(), p.next()] == [2, 3, 4]      # the parent goes on unchanged
     p.stop()
