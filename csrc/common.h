@@ -7,6 +7,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <stdexcept>
@@ -103,6 +104,38 @@ inline auto by_dtype(const py::array& a, Body&& body) {
 #define MINICNN_VECTOR_CLONES
 #endif
 
+// The kernels' thread count. omp_set_num_threads sets it for the calling thread only: a count
+// set from one Python thread would not reach the kernels another thread runs, which would use
+// OpenMP's default (every core) and differ from the same work on the first thread in the last
+// bits (a split's partial sums). So the count is kept here, for the process (0: OpenMP's
+// default), and each entry point applies it to its own thread (Release, below).
+//
+// GNU OpenMP hangs a forked child that starts a parallel region after the parent had started
+// its threads (the child has none of them, and waits for them). A forked child of a process
+// whose kernels ran on more than one thread therefore runs them on one (fork_child, below,
+// registered with pthread_atfork), as PyTorch's DataLoader workers do.
+inline std::atomic<int> requested_threads{0};
+inline std::atomic<bool> ran_in_parallel{false};    // a kernel ran with more than one thread
+inline std::atomic<bool> forked_after_parallel{false};
+
+inline void apply_threads() {
+#ifdef _OPENMP
+    thread_local int applied = 0;
+    const int n = requested_threads.load(std::memory_order_relaxed);
+    if (n > 0 && n != applied) {
+        omp_set_num_threads(n);
+        applied = n;
+    }
+#endif
+}
+
+inline void fork_child() {                         // only atomics: no allocation in a child
+    if (ran_in_parallel.load(std::memory_order_relaxed)) {
+        forked_after_parallel.store(true, std::memory_order_relaxed);
+        requested_threads.store(1, std::memory_order_relaxed);
+    }
+}
+
 inline int max_threads() {
 #ifdef _OPENMP
     return omp_get_max_threads();
@@ -110,6 +143,17 @@ inline int max_threads() {
     return 1;
 #endif
 }
+
+// What every kernel's binding holds while it computes: the GIL released, and this thread's
+// OpenMP count set to the process's (above).
+struct Release {
+    py::gil_scoped_release release;
+    Release() {
+        apply_threads();
+        if (!ran_in_parallel.load(std::memory_order_relaxed) && max_threads() > 1)
+            ran_in_parallel.store(true, std::memory_order_relaxed);
+    }
+};
 
 // Inside a parallel region: this thread's share [first, last) of n items, the shares in
 // thread order and within one of each other in size.

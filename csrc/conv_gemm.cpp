@@ -1380,7 +1380,7 @@ REGISTER_NATIVE(m) {
     m.def("gemm_kernel", [] { return std::string(gemm::kernel().name); },
           "the micro-kernel minicnn's GEMM picked for this CPU");
     m.def("fma_peak_gflops", [](double seconds) {
-        py::gil_scoped_release release;
+        Release release;
         return fma_peak_gflops(seconds);
     }, py::arg("seconds") = 0.6,
        "measured GFLOP/s of float32 AVX-512 multiply-adds on every thread (0 without AVX-512): "
@@ -1410,7 +1410,7 @@ REGISTER_NATIVE(m) {
         const float* as = in_ptr<float>(a, "a");
         const float* bs = in_ptr<float>(b, "b");
         float* cs = out_ptr<float>(c, "c");
-        py::gil_scoped_release release;
+        Release release;
         gemm::run(
             M, N, L, gemm::Blocking{mc, nc, kc},
             [&](std::int64_t i0, std::int64_t m, std::int64_t l0, std::int64_t k, float* Ap) {
@@ -1445,7 +1445,7 @@ REGISTER_NATIVE(m) {
         const float* bs = opt_in_ptr<float>(b, "b");
         if (bs) require(py::len(b) == static_cast<size_t>(cv.F), "conv_gemm: bias size");
         float* ys = out_ptr<float>(y, "y");
-        py::gil_scoped_release release;
+        Release release;
         conv_forward(cv, xs, ws, bs, ys);
     }, "y <- conv(x, w) + b, float32, on minicnn's GEMM with implicit im2col");
     m.def("conv_gemm_backward_data", [](const py::array& dy, const py::array& w, py::array& dx,
@@ -1456,7 +1456,7 @@ REGISTER_NATIVE(m) {
         const float* g = in_ptr<float>(dy, "dy");
         const float* ws = in_ptr<float>(w, "w");
         float* out = out_ptr<float>(dx, "dx");
-        py::gil_scoped_release release;
+        Release release;
         conv_backward_data(cv, g, ws, out);
     }, "dx <- the input gradient of conv(x, w) for dy, float32 (w^T dy, then col2im)");
     m.def("conv_gemm_backward_filter", [](const py::array& dy, const py::array& x,
@@ -1468,7 +1468,7 @@ REGISTER_NATIVE(m) {
         const float* g = in_ptr<float>(dy, "dy");
         const float* xs = in_ptr<float>(x, "x");
         float* out = out_ptr<float>(dw, "dw");
-        py::gil_scoped_release release;
+        Release release;
         conv_backward_filter(cv, g, xs, out);
     }, "dw += the filter gradient of conv(x, w) for dy, float32");
 }

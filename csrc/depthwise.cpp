@@ -1192,7 +1192,7 @@ REGISTER_NATIVE(m) {
             const T* bs = opt_in_ptr<T>(b, "b");
             if (bs) require(py::len(b) == static_cast<size_t>(s.F), "depthwise: bias size");
             T* ys = out_ptr<T>(y, "y");
-            py::gil_scoped_release release;
+            Release release;
             depthwise_forward<T>(xs, ws, bs, ys, s);
         });
     }, "y <- depthwise convolution of x (N, C, H, W) by w (F, 1, kh, kw) (+ b)");
@@ -1205,7 +1205,7 @@ REGISTER_NATIVE(m) {
             using T = decltype(tag);
             const T *g = in_ptr<T>(dy, "dy"), *ws = in_ptr<T>(w, "w");
             T* out = out_ptr<T>(dx, "dx");
-            py::gil_scoped_release release;
+            Release release;
             depthwise_backward_data<T>(g, ws, out, s);
         });
     }, "dx <- d(loss)/dx of the depthwise convolution, from dy");
@@ -1220,7 +1220,7 @@ REGISTER_NATIVE(m) {
             const T *g = in_ptr<T>(dy, "dy"), *xs = in_ptr<T>(x, "x");
             T* out = out_ptr<T>(dw, "dw");
             T* bias = opt_out_ptr<T>(db, "db");
-            py::gil_scoped_release release;
+            Release release;
             depthwise_backward_filter<T>(g, xs, out, bias, s);
         });
     }, "dw (F, 1, kh, kw) <- d(loss)/dw of the depthwise convolution, from dy and x; db (F,) "

@@ -63,7 +63,7 @@ static py::tuple detection_loss_forward(const Array<T>& x, const Array<T>& truth
     double loss2 = 0, iou_sum = 0, cat_sum = 0, allcat_sum = 0, obj_sum = 0, anyobj_sum = 0;
     std::int64_t count = 0;
     {
-        py::gil_scoped_release release;
+        Release release;
 #pragma omp parallel for reduction(+ : loss2, iou_sum, cat_sum, allcat_sum, obj_sum, \
                                        anyobj_sum, count) schedule(static)
         for (std::int64_t b = 0; b < n; ++b) {

@@ -79,7 +79,7 @@ REGISTER_NATIVE(m) {
             const T* c = opt_in_ptr<T>(coeff, "coeff");
             if (c) require(py::len(coeff) == py::len(xs), "eltwise_sum: one coeff per array");
             T* out = out_ptr<T>(y, "y");
-            py::gil_scoped_release release;
+            Release release;
             eltwise_sum<T>(ptrs, c, out, y.size());
         });
     }, "y <- sum_k coeff[k] * xs[k] (left to right; coeff None: plain sums); y may be an x");
@@ -96,7 +96,7 @@ REGISTER_NATIVE(m) {
                 ptrs.push_back(out_ptr<T>(a, "dx"));
             }
             std::vector<T> c(coeff.begin(), coeff.end());
-            py::gil_scoped_release release;
+            Release release;
             eltwise_scatter<T>(g, ptrs, c, dy.size());
         });
     }, "outs[k] <- coeff[k] * dy for every k in one pass (dy may be one of the outs)");

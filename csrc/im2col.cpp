@@ -157,7 +157,7 @@ REGISTER_NATIVE(m) {
         const PhaseMap p = phase_map(planes, images, split, "phases_gather");
         const float* src = in_ptr<float>(planes, "planes");
         float* dst = out_ptr<float>(images, "images");
-        py::gil_scoped_release release;
+        Release release;
         phases_move<true>(p, src, dst);
     }, "images[(ia*count_w + ib)*N + n, k, i, j] <- planes[n, k, a0 + ia + dh*i - off_h, "
        "b0 + ib + dw*j - off_w] (0 outside), float32; split = (count_h, count_w, dh, dw, a0, b0, "
@@ -167,7 +167,7 @@ REGISTER_NATIVE(m) {
         const PhaseMap p = phase_map(planes, images, split, "phases_scatter");
         const float* src = in_ptr<float>(images, "images");
         float* dst = out_ptr<float>(planes, "planes");
-        py::gil_scoped_release release;
+        Release release;
         phases_move<false>(p, src, dst);
     }, "the inverse of phases_gather: planes at the images' places <- images (values outside "
        "the planes dropped)");
@@ -179,7 +179,7 @@ REGISTER_NATIVE(m) {
             using T = decltype(tag);
             const T* in = in_ptr<T>(v, "v");
             T* out = out_ptr<T>(sums, "sums");
-            py::gil_scoped_release release;
+            Release release;
             channel_sums<T>(in, out, N, F, P);
         });
     }, "sums[f] <- v[:, f].sum() for v (N, F, ...)");
@@ -191,7 +191,7 @@ REGISTER_NATIVE(m) {
             using T = decltype(tag);
             const T* xs = in_ptr<T>(x, "x");
             T* out = out_ptr<T>(cols, "cols");
-            py::gil_scoped_release release;
+            Release release;
             im2col_rows<T>(xs, out, x.shape(1), x.shape(2), x.shape(3), n0, nb, g, oh, ow);
         });
     }, "cols (C*kh*kw, nb*oh*ow) <- the windows of images n0..n0+nb-1 of x (N, C, H, W); "
@@ -205,7 +205,7 @@ REGISTER_NATIVE(m) {
             using T = decltype(tag);
             const T* in = in_ptr<T>(dcols, "dcols");
             T* out = out_ptr<T>(dx, "dx");
-            py::gil_scoped_release release;
+            Release release;
             col2im_rows<T>(in, out, dx.shape(1), dx.shape(2), dx.shape(3), n0, nb, g, oh, ow);
         });
     }, "dx[n0:n0+nb] <- the adjoint of im2col_rows applied to dcols");
@@ -222,7 +222,7 @@ REGISTER_NATIVE(m) {
             T* d = out_ptr<T>(dst, "dst");
             const T* b = opt_in_ptr<T>(bias, "bias");
             if (b) require(py::len(bias) == static_cast<size_t>(F), "fnp_to_nfp: bias size");
-            py::gil_scoped_release release;
+            Release release;
             fnp_to_nfp<T>(s, d, b, F, P, n0, nb);
         });
     }, "dst[n0 + n, f] <- src[f, n] (+ bias[f]) for src (F, nb*P), dst (N, F, ...)");
@@ -239,7 +239,7 @@ REGISTER_NATIVE(m) {
             T* d = out_ptr<T>(dst, "dst");
             T* total = opt_out_ptr<T>(sums, "sums");
             if (total) require(py::len(sums) == static_cast<size_t>(F), "nfp_to_fnp: sums size");
-            py::gil_scoped_release release;
+            Release release;
             nfp_to_fnp<T>(s, d, total, F, P, n0, nb);
         });
     }, "dst[f, n] <- src[n0 + n, f] for src (N, F, ...), dst (F, nb*P); sums[f] += their sum");

@@ -833,7 +833,7 @@ REGISTER_NATIVE(m) {
         const float* bs = opt_in_ptr<float>(b, "b");
         if (bs) require(py::len(b) == static_cast<size_t>(N), "ip_forward: bias size");
         float* ys = out_ptr<float>(y, "y");
-        py::gil_scoped_release release;
+        Release release;
         if (!transpose) {            // w (N x K): y[i][j] = x[i] . w[j]
             dot_products(M, N, K, xs, ws, bs, ys);
             return;
@@ -852,7 +852,7 @@ REGISTER_NATIVE(m) {
         const float* g = in_ptr<float>(dy, "dy");
         const float* ws = in_ptr<float>(w, "w");
         float* out = out_ptr<float>(dx, "dx");
-        py::gil_scoped_release release;
+        Release release;
         // dx (M x K) = dy (M x N) . W (N x K)   [W^T . when w is stored (K x N)]
         if (M > rows_product_batch)
             product(M, K, N, g, N, false, ws, transpose ? N : K, transpose, out, false);
@@ -882,7 +882,7 @@ REGISTER_NATIVE(m) {
         if (dxs) require(dx.cast<py::array>().size() == M * K, "ip_backward_step: dx size");
         const MomentumRule rule{static_cast<float>(lr), static_cast<float>(momentum),
                                 static_cast<float>(decay), regularization, nesterov};
-        py::gil_scoped_release release;
+        Release release;
         if (M > rows_product_batch || !__builtin_cpu_supports("avx512f") ||
             std::getenv("MINICNN_GEMM_KERNEL"))
             return false;
@@ -901,7 +901,7 @@ REGISTER_NATIVE(m) {
         const float* g = in_ptr<float>(dy, "dy");
         const float* xs = in_ptr<float>(x, "x");
         float* out = out_ptr<float>(dw, "dw");
-        py::gil_scoped_release release;
+        Release release;
         if (M <= 64) {   // a batch: C streams through once, in its own order
             if (transpose)
                 rank_update(K, N, M, xs, g, out);

@@ -148,7 +148,7 @@ REGISTER_NATIVE(m) {
             using T = decltype(tag);
             const T* in = in_ptr<T>(x, "x");
             T* out = out_ptr<T>(y, "y");
-            py::gil_scoped_release release;
+            Release release;
             lrn_forward<T>(in, out, L);
         });
     }, "y <- LRN across channels of x (N, C, ...)");
@@ -161,7 +161,7 @@ REGISTER_NATIVE(m) {
             using T = decltype(tag);
             const T *g = in_ptr<T>(dy, "dy"), *in = in_ptr<T>(x, "x");
             T* out = out_ptr<T>(dx, "dx");
-            py::gil_scoped_release release;
+            Release release;
             lrn_backward<T>(g, in, out, L);
         });
     }, "dx <- the gradient of LRN across channels, s recomputed from x");

@@ -281,7 +281,7 @@ REGISTER_NATIVE(m) {
             const T *mp = in_ptr<T>(mean, "mean"), *vp = in_ptr<T>(var, "var");
             const T *sp = in_ptr<T>(scale, "scale"), *bp = opt_in_ptr<T>(bias, "bias");
             T* sd = out_ptr<T>(std_out, "std");
-            py::gil_scoped_release release;
+            Release release;
             bn_scale_relu<T>(in, out, mp, vp, sd, eps, sp, bp, relu, T(slope), v);
         });
     }, "y <- relu(((x - mean) / sqrt(var + eps)) * scale[c] + bias[c]) per channel, as the "
@@ -301,7 +301,7 @@ REGISTER_NATIVE(m) {
             T* mp = out_ptr<T>(mean, "mean");
             T* vp = out_ptr<T>(var, "var");
             T* sp = out_ptr<T>(std_out, "std");
-            py::gil_scoped_release release;
+            Release release;
             bn_forward<T>(in, out, out2, mp, vp, sp, batch_stats, eps, v);
         });
     }, "y (and y2, unless None) <- (x - mean) / sqrt(var + eps) per channel; batch_stats: "
@@ -314,7 +314,7 @@ REGISTER_NATIVE(m) {
             using T = decltype(tag);
             const T *g = in_ptr<T>(dy, "dy"), *yy = in_ptr<T>(y, "y"), *s = in_ptr<T>(sd, "std");
             T* out = out_ptr<T>(dx, "dx");
-            py::gil_scoped_release release;
+            Release release;
             bn_backward<T>(g, yy, s, out, global_stats, v);
         });
     }, "dx <- the BatchNorm input gradient from dy, the normalized y and std");
@@ -331,7 +331,7 @@ REGISTER_NATIVE(m) {
             if (b) require(py::len(bias) == static_cast<size_t>(v.C), "scale_forward: bias");
             T* out = out_ptr<T>(y, "y");
             T* kept = opt_out_ptr<T>(keep, "keep");
-            py::gil_scoped_release release;
+            Release release;
             scale_forward<T>(in, s, b, out, kept, relu && !kept, T(slope), v);
         });
     }, "y <- x * scale[c] (+ bias[c]) per channel (axis 1); keep (unless None) <- x first; "
@@ -355,7 +355,7 @@ REGISTER_NATIVE(m) {
             const T* a = in_ptr<T>(scale, "scale");
             T *gp = out_ptr<T>(g, "g"), *out = out_ptr<T>(dx, "dx");
             T *ds = opt_out_ptr<T>(dscale, "dscale"), *db = opt_out_ptr<T>(dbias, "dbias");
-            py::gil_scoped_release release;
+            Release release;
             bn_scale_relu_backward<T>(d, t, T(slope), yy, s, a, gp, out, ds, db, global_stats,
                                       v);
         });
@@ -375,7 +375,7 @@ REGISTER_NATIVE(m) {
             if (out) require(dx.cast<py::array>().size() == dy.size(), "scale_backward: dx");
             if (ds) require(dscale.cast<py::array>().size() == v.C, "scale_backward: dscale");
             if (db) require(dbias.cast<py::array>().size() == v.C, "scale_backward: dbias");
-            py::gil_scoped_release release;
+            Release release;
             scale_backward<T>(g, in, s, out, ds, db, v);
         });
     }, "dx <- dy * scale[c]; dscale[c] += sum(dy * x); dbias[c] += sum(dy) (each optional)");

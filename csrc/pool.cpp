@@ -336,7 +336,7 @@ REGISTER_NATIVE(m) {
             using T = decltype(tag);
             const T* in = in_ptr<T>(x, "x");
             T* out = out_ptr<T>(y, "y");
-            py::gil_scoped_release release;
+            Release release;
             max_forward<T>(in, out, arg, x.shape(0) * x.shape(1), g);
         });
     }, "y, mask (int64 h*W + w, or -1) <- MAX pooling of x; geom = (kh, kw, sh, sw, ph, pw)");
@@ -353,7 +353,7 @@ REGISTER_NATIVE(m) {
             const std::int64_t planes = dy.shape(0) * dy.shape(1);
             bool in_range;
             {
-                py::gil_scoped_release release;
+                Release release;
                 in_range = max_backward<T>(g, arg, out, planes, in_size, out_size);
             }
             require(in_range, "max_pool_backward: mask index out of range");
@@ -365,7 +365,7 @@ REGISTER_NATIVE(m) {
             using T = decltype(tag);
             const T* in = in_ptr<T>(x, "x");
             T* out = out_ptr<T>(y, "y");
-            py::gil_scoped_release release;
+            Release release;
             ave_forward<T>(in, out, x.shape(0) * x.shape(1), g);
         });
     }, "y <- AVE pooling of x; geom = (kh, kw, sh, sw, ph, pw)");
@@ -375,7 +375,7 @@ REGISTER_NATIVE(m) {
             using T = decltype(tag);
             const T* grad = in_ptr<T>(dy, "dy");
             T* out = out_ptr<T>(dx, "dx");
-            py::gil_scoped_release release;
+            Release release;
             ave_backward<T>(grad, out, dx.shape(0) * dx.shape(1), g);
         });
     }, "dx <- dy / divisor spread over each window's pixels");

@@ -26,7 +26,7 @@ REGISTER_NATIVE(m) {
             using T = decltype(tag);
             const T* in = in_ptr<T>(x, "x");
             T* out = out_ptr<T>(y, "y");
-            py::gil_scoped_release release;
+            Release release;
             relu_forward<T>(in, out, x.size(), T(slope));
         });
     }, "y <- leaky ReLU of x (y may be x)");
@@ -38,7 +38,7 @@ REGISTER_NATIVE(m) {
             using T = decltype(tag);
             const T *g = in_ptr<T>(dy, "dy"), *in = in_ptr<T>(x, "x");
             T* out = out_ptr<T>(dx, "dx");
-            py::gil_scoped_release release;
+            Release release;
             relu_backward<T>(g, in, out, dy.size(), T(slope));
         });
     }, "dx <- dy where x > 0, else slope * dy (dx may be dy)");

@@ -5,6 +5,7 @@ namespace minicnn {
 
 template <typename T>
 static double sum_all(const Array<T>& a) {
+    apply_threads();
     const T* p = cdata_of(a);
     const std::int64_t n = a.size();
     double total = 0;

@@ -74,7 +74,7 @@ REGISTER_NATIVE(m) {
                     "zero_fill: arrays must be C-contiguous and writeable");
             buffers.emplace_back(static_cast<char*>(a.mutable_data()), a.nbytes());
         }
-        py::gil_scoped_release release;
+        Release release;
         zero_fill(buffers);
     }, "every array of the list <- 0 (all bytes), both cores at once");
     m.def("momentum_update", [](py::array& diff, py::array& data, py::array& history,
@@ -89,7 +89,7 @@ REGISTER_NATIVE(m) {
             T* d = out_ptr<T>(diff, "diff");
             T* h = out_ptr<T>(history, "history");
             T* w = out_ptr<T>(data, "data");
-            py::gil_scoped_release release;
+            Release release;
             momentum_update<T>(d, w, h, data.size(), T(lr), T(momentum), T(decay),
                                regularization, T(scale), scale != 1.0, nesterov);
         });

@@ -1251,7 +1251,7 @@ REGISTER_NATIVE(m) {
         const float* bs = opt_in_ptr<float>(b, "b");
         if (bs) require(py::len(b) == static_cast<size_t>(v.F), "winograd: bias size");
         float* ys = out_ptr<float>(y, "y");
-        py::gil_scoped_release release;
+        Release release;
         winograd_forward(v, xs, ws, bs, ys);
     }, "y <- conv(x, w) + b (stride 1, pad (ph, pw)), float32, by Winograd F(2x2, 3x3) (5x5: "
        "F(2x2, 5x5); other kernels in 3x3 pieces)");
@@ -1261,7 +1261,7 @@ REGISTER_NATIVE(m) {
         const float* g = in_ptr<float>(dy, "dy");
         const float* ws = in_ptr<float>(w, "w");
         float* out = out_ptr<float>(dx, "dx");
-        py::gil_scoped_release release;
+        Release release;
         winograd_backward_data(v, g, ws, out);
     }, "dx <- the input gradient of the stride-1 conv for dy, by Winograd");
     m.def("set_winograd_filter_chunk", [](std::int64_t bytes) {
@@ -1277,7 +1277,7 @@ REGISTER_NATIVE(m) {
         const float* g = in_ptr<float>(dy, "dy");
         const float* xs = in_ptr<float>(x, "x");
         float* out = out_ptr<float>(dw, "dw");
-        py::gil_scoped_release release;
+        Release release;
         winograd_backward_filter(v, g, xs, out);
     }, "dw += the filter gradient of the stride-1 conv for dy, by Winograd");
 }

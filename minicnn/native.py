@@ -16,6 +16,10 @@ Threads: the kernels use ``MINICNN_NUM_THREADS`` OpenMP threads (default: OpenMP
 every core unless ``OMP_NUM_THREADS`` says otherwise). NumPy's BLAS, which does the matrix
 products, reads ``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS`` when NumPy is first imported;
 ``import minicnn`` copies ``MINICNN_NUM_THREADS`` into them if NumPy is not loaded yet.
+The count is the process's: ``set_num_threads`` reaches the kernels every Python thread runs
+(OpenMP's own setting is per thread). A child forked after the kernels ran on several threads
+runs them on one (GNU OpenMP would hang it otherwise; see docs/pycaffe.md, "Threads and
+processes").
 """
 
 import os
@@ -63,7 +67,8 @@ def _threads_from_env():
 
 
 def set_num_threads(n):
-    """Threads of minicnn's own kernels (BLAS keeps the count it started with)."""
+    """Threads of minicnn's own kernels, in every Python thread (BLAS keeps the count it
+    started with). In a forked child held to one thread (see above) more is a RuntimeError."""
     if lib is not None:
         lib.set_num_threads(int(n))
 
