@@ -197,14 +197,15 @@ def test_rescore_targets_the_iou_and_sqrt_roots_the_size():
     np.testing.assert_allclose(delta, [[0, 0.1, 0, 0, 0, 0]], atol=1e-12)
 
 
-def test_best_iou_then_rmse_then_first():
+@pytest.mark.parametrize("kind", ["ref", *FAST])
+def test_best_iou_then_rmse_then_first(kind):
     p = dict(side=1, num=3, classes=1, sqrt=False, rescore=False, object_scale=1.0,
              noobject_scale=1.0, class_scale=1.0, coord_scale=1.0)
     truth = detection_truth(np.array([[[0, 0.5, 0.5, 0.2, 0.2]]]), 1, 1)
 
     def responsible(boxes):
         x = np.concatenate([[[1.0, 0, 0, 0]], np.array(boxes).reshape(1, -1)], axis=1)
-        delta = REF(x, truth, **p)[1]
+        delta = detection_loss_forward.impls[kind](x, truth, **p)[1]
         return [j for j in range(3) if delta[0, 1 + j] != 0]     # the object's confidence
 
     # IoU decides: predictor 2 overlaps the truth most
@@ -215,6 +216,8 @@ def test_best_iou_then_rmse_then_first():
     assert responsible([[0.5, 0.5, 0.2, 0.2], [0.5, 0.5, 0.2, 0.2], [0.1, 0.1, 0.1, 0.1]]) == [0]
     # an IoU beats any RMSE, even when found after a closer non-overlapping box
     assert responsible([[0.7, 0.5, 0.19, 0.19], [0.0, 0.0, 0.9, 0.9], [0, 0, 0, 0]]) == [1]
+    # no overlap and every box 20 or more away (Darknet's starting best_rmse): the first
+    assert responsible([[30.0, 0, 0.1, 0.1], [0, 25.0, 0.1, 0.1], [21.0, 21.0, 0.1, 0.1]]) == [0]
 
 
 # --- finite differences ----------------------------------------------------------------------
