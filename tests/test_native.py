@@ -85,3 +85,15 @@ def test_zero_fill_of_small_diffs_wakes_no_other_thread():
     assert float(total) == 0.0
     assert int(after_large) > int(before)         # the large fill runs on both threads
     assert after_small == before
+
+
+@needs_native
+def test_zero_fill_zeroes_the_short_last_piece_of_a_large_array():
+    """zero_fill cuts the arrays into 1 MiB pieces shared by the threads; an array that is no
+    whole number of pieces (1 MiB + 4 bytes, 2.5 MiB, an odd float64 size) has its last,
+    shorter piece zeroed too, and so do the small arrays beside them."""
+    arrays = [np.ones((1 << 18) + 1, np.float32), np.ones(5 << 17, np.float32),
+              np.ones((3 << 17) + 7, np.float64), np.ones(3, np.float32)]
+    lib.zero_fill(arrays)
+    for a in arrays:
+        assert not a.any(), (a.size, np.flatnonzero(a)[:3])
