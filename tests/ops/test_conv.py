@@ -574,9 +574,12 @@ DIRECT_PINNED = {
     # rows of 40 positions: the filter gradient's inner blocks split padded rows
     "direct_long_rows": make_case(2, 6, (21, 40), 9, 3, pad=1),
     # the kept positions' product: two stretches of positions (tiles across images), and one
-    # image whose three panels of filters (the last one short) are split between threads
+    # image whose panels of filters (3 of 32 or 5 of 16, the last one short) are split between
+    # threads: only where there are fewer stretches than threads, so one micro tile of
+    # positions (6; 20 positions make two stretches of 2 tiles instead)
     "kept_stretches": make_case(4, 8, (20, 20), 64, 3, pad=1),
     "kept_filter_ranges": make_case(1, 6, (4, 5), 70, 3, pad=1),
+    "kept_filter_ranges_one_tile": make_case(1, 6, (2, 3), 70, 3, pad=1),
     # the kernel rows on the border skipped (KeptOrder): edge rows of several images in one
     # tile, runs across two inner blocks (300 taps), dilated rows at a stride, and whole rows
     # of outputs that read nothing but the border
