@@ -935,6 +935,34 @@ def test_winograd_filter_gradient_in_chunks_of_one_image(kind):
 
 
 @fast
+def test_winograd_filter_gradient_with_a_shorter_last_chunk(kind):
+    """Chunks of two (then three) images over a batch of five: the last chunk holds only the
+    images left, and reads nothing past the batch (x and dy are the first five images of
+    larger arrays, whose images beyond are 1e3)."""
+    import minicnn.ops.conv as conv_module
+    from minicnn.native import lib
+    rng = np.random.default_rng(9)
+    n, c, f, geom = 5, 4, 4, ConvGeometry(3, 1, 1)
+    x_all = np.full((n + 3, c, 6, 6), 1e3, np.float32)
+    dy_all = np.full((n + 3, f, 6, 6), 1e3, np.float32)
+    x_all[:n], dy_all[:n] = rng.standard_normal((2, n, c, 6, 6))
+    x, dy = x_all[:n], dy_all[:n]
+    want = backward(dy.astype(np.float64), x.astype(np.float64),
+                    np.zeros((f, c, 3, 3)), geom=geom)[1]
+    per_image = 16 * (c + f) * 9 * 4     # bytes: 16 elements x (c + f) rows x 9 tiles, float32
+    previous = lib.set_winograd_filter_chunk(per_image)
+    try:
+        with winograd("2"):
+            assert conv_module._winograd(x.shape, (f, c, 3, 3), 1, geom, np.float32, "filter")
+            for images in (2, 3):
+                lib.set_winograd_filter_chunk(images * per_image)
+                dw = conv2d_backward_filter.impls[kind](dy, x, geom=geom)
+                np.testing.assert_allclose(dw, want, rtol=1e-4, atol=1e-3, err_msg=images)
+    finally:
+        lib.set_winograd_filter_chunk(previous)
+
+
+@fast
 def test_winograd_runs_where_it_measured_faster(kind, monkeypatch):
     """The default (MINICNN_CONV_WINOGRAD=1): CaffeNet's conv3-5 and 5x5 conv2 at batch 16 and
     LeNet's conv2 at batch 64 take it in every pass (with AVX2's 16-wide tiles, the 3x3 filter
