@@ -131,8 +131,9 @@ def _need(param, *fields):
             raise MinicnnError(f"lr_policy '{param.lr_policy}' needs {field} in the solver")
 
 
-def learning_rate(param, iteration, current_step, log=None):
-    """(rate, current_step) at ``iteration`` under param.lr_policy, in Caffe's arithmetic."""
+def learning_rate(param, iteration, current_step, log=None, dtype=np.float32):
+    """(rate, current_step) at ``iteration`` under param.lr_policy, in Caffe's arithmetic for a
+    net of ``dtype`` (SGDSolver<Dtype>::GetLearningRate)."""
     policy, base = param.lr_policy, param.base_lr
     if policy == "fixed":
         return base, current_step
@@ -147,9 +148,11 @@ def learning_rate(param, iteration, current_step, log=None):
         return base * math.pow(param.gamma, iteration), current_step
     if policy == "inv":
         _need(param, "gamma", "power")
-        f32 = np.float32                      # Caffe computes this one in the net's float
-        return float(f32(base) * f32(f32(1) + f32(param.gamma) * f32(iteration))
-                     ** -f32(param.power)), current_step
+        # Caffe computes this one in the net's float, Dtype(1) + gamma() * iter_ with gamma *
+        # iter a float product (float * int), whatever Dtype is
+        f32, t = np.float32, np.dtype(dtype).type
+        return float(t(base) * (t(1) + t(f32(param.gamma) * f32(iteration)))
+                     ** -t(param.power)), current_step
     if policy == "multistep":
         _need(param, "gamma")
         if current_step < len(param.stepvalue) and iteration >= param.stepvalue[current_step]:
@@ -598,7 +601,7 @@ class Solver:
     def _rate(self, log):
         """learning_rate() at this iteration; its errors name the solver file's line."""
         try:
-            return learning_rate(self.param, self.iter, self.current_step, log)
+            return learning_rate(self.param, self.iter, self.current_step, log, self.dtype)
         except MinicnnError as e:
             raise MinicnnError(f"{solver_field_where(self.source)('lr_policy')}{e}") from None
 

@@ -94,7 +94,9 @@ def hand_updates(solver_type, w, b, steps, p):
 
 
 def learning_rate_of(p, it):
-    return p["base_lr"] * (1 + p["gamma"] * it) ** -p["power"] if p.get("lr_policy") == "inv" \
+    """Caffe's SGDSolver<double> rate: inv in double, but for gamma() * iter_ (a float product)."""
+    gamma_iter = float(np.float32(p.get("gamma", 0)) * np.float32(it))
+    return p["base_lr"] * (1 + gamma_iter) ** -p["power"] if p.get("lr_policy") == "inv" \
         else p["base_lr"]
 
 
@@ -177,7 +179,24 @@ def test_l1_regularization_and_inv_policy():
     p = {"base_lr": F32(0.1), "momentum": F32(0.9), "weight_decay": F32(0.05), "reg": "L1",
          "lr_policy": "inv", "gamma": F32(0.1), "power": F32(0.75)}
     w, b = hand_updates("SGD", w0, b0, 3, p)
-    np.testing.assert_allclose(solver.net.params["fc"][0].data, w, rtol=1e-6)
+    np.testing.assert_allclose(solver.net.params["fc"][0].data, w, rtol=1e-10)
+    np.testing.assert_allclose(solver.net.params["fc"][1].data, b, rtol=1e-10)
+
+
+def test_inv_policy_is_computed_in_the_nets_float():
+    """SGDSolver<Dtype>::GetLearningRate's inv: base_lr() * pow(Dtype(1) + gamma() * iter_,
+    -power()), where gamma() * iter_ is a float product: a double net's rate is a double (not
+    the float32 rate, 1e-8 off, that would pull a whole float64 run off Caffe's and PyTorch's,
+    tests/test_torch_training.py), a float net's a float."""
+    param = caffe_pb2.SolverParameter(base_lr=0.01, lr_policy="inv", gamma=1e-4, power=0.75)
+    base, gamma, power = F32(0.01), np.float32(1e-4), F32(0.75)
+    for it in (0, 1, 7, 1000, 12345):
+        product = float(gamma * np.float32(it))
+        assert learning_rate(param, it, 0, dtype=np.float64)[0] == pytest.approx(
+            base * (1 + product) ** -power, rel=1e-15, abs=0)
+        f32 = np.float32
+        assert learning_rate(param, it, 0)[0] == float(f32(base) * (f32(1) + f32(product))
+                                                       ** -f32(power))
 
 
 def test_iter_size_averages_and_clipping_scales_the_summed_gradient():
