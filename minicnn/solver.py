@@ -133,7 +133,15 @@ def _need(param, *fields):
 
 def learning_rate(param, iteration, current_step, log=None, dtype=np.float32):
     """(rate, current_step) at ``iteration`` under param.lr_policy, in Caffe's arithmetic for a
-    net of ``dtype`` (SGDSolver<Dtype>::GetLearningRate)."""
+    net of ``dtype`` (SGDSolver<Dtype>::GetLearningRate). The rate is a value of ``dtype``, as
+    Caffe's ``Dtype rate``: a parameter's lr is then dtype(rate * lr_mult), Caffe's
+    ``Dtype local_rate = rate * net_params_lr[i]`` (with a float32 net, one rounding of the
+    policy's double result before the lr_mult, not one after it)."""
+    rate, current_step = _policy_rate(param, iteration, current_step, log, dtype)
+    return float(np.dtype(dtype).type(rate)), current_step
+
+
+def _policy_rate(param, iteration, current_step, log, dtype):
     policy, base = param.lr_policy, param.base_lr
     if policy == "fixed":
         return base, current_step

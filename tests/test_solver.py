@@ -267,8 +267,8 @@ def test_multistep_advances_at_most_one_step_per_iteration():
     for it in range(6):
         rate, step = learning_rate(param, it, step)
         rates.append(rate)
-    g = F32(0.1)
-    assert rates == pytest.approx([1.0, 1.0, g, g ** 2, g ** 3, g ** 3], rel=1e-12)
+    g = float(F32(0.1))                 # Caffe: pow(gamma, step) in double, then a Dtype
+    assert rates == [float(F32(g ** k)) for k in (0, 0, 1, 2, 3, 3)]
 
 
 @pytest.mark.parametrize("fields, message", [
@@ -885,3 +885,31 @@ def test_share_weights_gives_a_net_the_train_nets_parameters():
     solver.step(1)
     assert np.shares_memory(other.params["fc"][0].data, solver.net.params["fc"][0].data)
     np.testing.assert_array_equal(other.params["fc"][1].data, solver.net.params["fc"][1].data)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_parameters_lr_is_the_rate_as_a_dtype_times_its_lr_mult(dtype):
+    """Caffe: Dtype rate = GetLearningRate(); Dtype local_rate = rate * net_params_lr[i]. With a
+    float32 net the policy's double result is rounded before the lr_mult multiplies it: base_lr
+    0.01, gamma 0.1 at step 1 and lr_mult 10 (fine-tuning's usual new-layer setting) give
+    0.010000001 there, where one rounding after the lr_mult gives 0.01."""
+    net = caffe_pb2.NetParameter()
+    net.layer.add(name="x", type="Input", top=["x"]).input_param.shape.add(dim=[1, 2])
+    ip = net.layer.add(name="ip", type="InnerProduct", bottom=["x"], top=["y"])
+    ip.inner_product_param.num_output = 1
+    ip.param.add(lr_mult=10)
+    ip.param.add(lr_mult=0.7)
+    param = caffe_pb2.SolverParameter(base_lr=0.01, lr_policy="step", gamma=0.1, stepsize=1,
+                                      net_param=net)
+    solver = minicnn.SGDSolver(param, dtype=dtype, log=lambda m: None)
+    solver.iter = 1
+    for blob in solver.net.params["ip"]:
+        blob.diff[...] = 1
+    rate = solver.apply_update()
+    t = np.dtype(dtype).type
+    assert rate == float(t(float(F32(0.01)) * float(F32(0.1))))
+    for blob, mult, history in zip(solver.net.params["ip"], (10, 0.7), solver.history):
+        lr = t(t(rate) * float(F32(mult)))       # momentum 0: the history is lr * 1
+        assert history.dtype == dtype and np.all(history == lr), (history, lr)
+    if dtype == np.float32:
+        assert solver.history[0][0, 0] == F32(0.010000001) != F32(0.01)
