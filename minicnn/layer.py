@@ -106,6 +106,21 @@ class Layer:
     # Attributes a layer counts up as it runs (iterations, images seen) and that change what it
     # computes next: a solver's snapshot keeps them, so a resumed run continues them exactly.
     counters = ()
+    # Blob data that backward reads as it is when backward runs, not from a copy forward kept:
+    # "top" (Softmax reads y), "bottom" (ReLU reads x, which is y when it computes in place). A
+    # later layer computing in place on such a blob overwrites that data before this backward
+    # runs; the Net warns as it builds such a net (Net._warn_overwritten_backward_data).
+    backward_reads_data = ()
+    # The same for Caffe's layer of this type, where it differs (None: the same): Caffe's
+    # Sigmoid reads y from its top, which minicnn keeps a copy of, so there only Caffe's
+    # gradient comes from the overwritten data.
+    caffe_backward_reads_data = None
+    # True when all backward needs of that data is whether each value is > 0 (ReLU's mask), and
+    # True when a layer computing in place leaves whether each value is > 0 as it was wherever
+    # its backward passes a diff on (ReLU; Dropout, whose zeros get none): such a later layer
+    # changes nothing such a backward reads.
+    backward_reads_sign_only = False
+    in_place_keeps_sign = False
 
     @classmethod
     def variant_for(cls, param):

@@ -205,6 +205,11 @@ def insert_splits(net_param, where=lambda layer_name: ""):
     return out
 
 
+def _in_place_blobs(bottoms, tops):
+    """The blobs a layer computes in place: a top named as the bottom at its index."""
+    return {b for b, t in zip(bottoms, tops) if b == t}
+
+
 def _known(blobs):
     names = list(blobs)
     return f"; known blobs: {', '.join(names)}" if names else "; no blob is produced before it"
@@ -441,6 +446,7 @@ class Net:
         self._prune_backward()
         for layer, need in zip(self.layers, self.layer_need_backward):
             layer.backward_needed = need        # lets a layer skip keeping state for backward
+        self._warn_overwritten_backward_data()
         self._share_params()
         self.blob_loss_weights = OrderedDict((n, 0.0) for n in self.blobs)
         for layer, names in zip(self.layers, self._top_lists):
@@ -507,6 +513,61 @@ class Net:
                     need or layer.allow_force_backward(j)
                     for j, need in enumerate(self.bottom_need_backward[i])]
                 layer.param_propagate_down = [True] * len(layer.blobs)
+
+    def _warn_overwritten_backward_data(self):
+        """Warn where a layer whose backward runs reads a blob's data then (backward_reads_data:
+        ReLU's x, which in place is its y) and a later layer computes in place on that blob:
+        the backward reads that layer's output instead, and the gradient is wrong. Caffe
+        computes the same and says nothing. Where only Caffe's layer reads the blob (Sigmoid's
+        y: caffe_backward_reads_data), Caffe's gradient is the wrong one and minicnn's the true
+        one. Later in-place layers that keep what is > 0 (Dropout) leave ReLU's mask alone."""
+        for i, layer in enumerate(self.layers):
+            if not (self.layer_need_backward[i] and any(self.bottom_need_backward[i])):
+                continue                          # no diff is computed from the data
+            here = layer.backward_reads_data
+            caffe = here if layer.caffe_backward_reads_data is None \
+                else layer.caffe_backward_reads_data
+            sides = {"bottom": self._bottom_lists[i], "top": self._top_lists[i]}
+            for blob in dict.fromkeys(sides["bottom"] + sides["top"]):
+                read_here = [s for s in here if blob in sides[s]]
+                read_caffe = [s for s in caffe if blob in sides[s]]
+                if not (read_here or read_caffe):
+                    continue
+                k = self._later_in_place_writer(i, blob, layer.backward_reads_sign_only)
+                if k is not None:      # warned from here: a solver's test net, which repeats
+                    warnings.warn(      # its train net's message, adds no second line
+                        self._overwrite_message(i, k, blob, read_here, read_caffe))
+
+    def _later_in_place_writer(self, i, blob, sign_only):
+        """The first layer after layer i that computes in place on ``blob`` and changes what a
+        backward that reads it sees (with ``sign_only``: whether each value is > 0)."""
+        for k in range(i + 1, len(self.layers)):
+            if blob in _in_place_blobs(self._bottom_lists[k], self._top_lists[k]) and not (
+                    sign_only and self.layers[k].in_place_keeps_sign):
+                return k
+        return None
+
+    def _overwrite_message(self, i, k, blob, read_here, read_caffe):
+        reader, writer = self.layers[i], self.layers[k]
+        a, b = reader.name, writer.name
+        in_place = blob in _in_place_blobs(self._bottom_lists[i], self._top_lists[i])
+        where_b = self._where(b).rstrip(": ")
+        start = (f"{self._where(a)}layer '{a}' ({reader.type}, "
+                 + (f"in place on '{blob}')" if in_place else f"top '{blob}')"))
+        overwrites = (f"layer '{b}' ({writer.type}" + (f", {where_b}" if where_b else "")
+                      + ") overwrites it in place afterwards")
+        # out of place, a layer that reads only its bottom reads a blob nothing overwrites; one
+        # that reads its top needs the later layer to leave that top alone
+        fix = f"give {a} or {b} a top of its own" if in_place and "top" not in (
+            read_here or read_caffe) else f"give {b} a top of its own"
+        if read_here:
+            return (f"{start} reads '{blob}' in its backward, but {overwrites}: {a}'s gradient "
+                    f"is computed from {b}'s output" + (" (Caffe does the same)" if read_caffe
+                                                         else "") + f"; {fix}")
+        return (f"{start}: Caffe's {reader.type} reads '{blob}' in its backward, and "
+                f"{overwrites}: Caffe computes {a}'s gradient from {b}'s output, minicnn from a "
+                f"copy {a} kept (the true gradient), so training here differs from Caffe's; "
+                f"{fix}")
 
     def _share_params(self):
         """Blobs with the same ``param { name }`` share data and diff with the first owner."""

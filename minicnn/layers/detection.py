@@ -143,6 +143,7 @@ class _YoloHead(Layer):
     min_num_top, max_num_top = 1, 2
     host_only = True                    # a few elementwise maps on the net's last blob
     figures = 6
+    backward_reads_data = ("top",)
 
     def head(self):
         """(anchors in this head, keyword arguments of the yolo_head ops)."""

@@ -279,6 +279,7 @@ class FaceNormalizeLayer(Layer):
     gradient), else top[1]'s diff is ignored. Safe in place (backward reads y and the norm)."""
     type = "Normalize"
     param_field = "normalize_param"
+    backward_reads_data = ("top",)
     exact_num_bottom = 1
     min_num_top, max_num_top = 1, 2
     host_only = True
@@ -345,6 +346,7 @@ class ChannelScaleLayer(Layer):
     never updating it. init_global_scale is read by no code of the fork, nor by minicnn."""
     param_field = "channel_scale_param"
     exact_num_bottom = 2
+    backward_reads_data = ("bottom",)
     min_num_top, max_num_top = 1, 2
     host_only = True
 
@@ -449,6 +451,7 @@ class GlobalLSEMarginLayer(Layer):
     returns that mean there. The fork's abs in MeanShift is taken as the float one (MSVC's and
     CUDA's headers overload it for float). Labels: one per item, in [0, C); C >= 2."""
     param_field = "scale_param"
+    backward_reads_data = ("top",)
     min_num_bottom, max_num_bottom = 2, 3
     min_num_top, max_num_top = 1, 2
     index_bottom = 1

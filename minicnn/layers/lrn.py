@@ -14,6 +14,7 @@ class LRNLayer(Layer):
     WITHIN_CHANNEL: y = x * (1 + alpha * mean of x^2 over an n x n patch)^-beta (k unused, as in
     Caffe). local_size n must be odd. Safe in place: forward then keeps a copy of x."""
     param_field = "lrn_param"
+    caffe_backward_reads_data = ("bottom", "top")   # Caffe keeps no copy of x in place
     exact_num_bottom = exact_num_top = 1
 
     def layer_setup(self, bottom, top):

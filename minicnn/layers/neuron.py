@@ -26,6 +26,8 @@ class ReLULayer(NeuronLayer):
     Safe in place (top == bottom) when negative_slope >= 0: backward then reads y for x, which
     has the same sign."""
     param_field = "relu_param"
+    backward_reads_data = ("bottom",)
+    backward_reads_sign_only = in_place_keeps_sign = True
 
     def layer_setup(self, bottom, top):
         self.negative_slope = self.param.relu_param.negative_slope
@@ -56,6 +58,7 @@ class DropoutLayer(NeuronLayer):
 
     Safe in place: neither pass reads the input again."""
     param_field = "dropout_param"
+    in_place_keeps_sign = True       # x * mask * scale: 0 only where the diff is 0 too
 
     def layer_setup(self, bottom, top):
         p = self.param.dropout_param
@@ -177,6 +180,7 @@ class ELULayer(NeuronLayer):
     Safe in place: backward reads y (kept from forward) and the sign of x, which y shares when
     alpha >= 0; with alpha < 0 an in-place layer keeps a copy of x."""
     param_field = "elu_param"
+    caffe_backward_reads_data = ("bottom", "top")
 
     def layer_setup(self, bottom, top):
         self.alpha = self.param.elu_param.alpha
@@ -201,6 +205,7 @@ class SigmoidLayer(NeuronLayer):
     """Caffe `Sigmoid`: 1 / (1 + exp(-x)). Its derivative is y (1 - y), a function of the output
     alone, so backward reads y only (kept from forward) and is safe in place."""
     param_field = "sigmoid_param"
+    caffe_backward_reads_data = ("top",)          # Caffe reads y from the top blob
     _y = None                    # y from the last forward
 
     def forward(self, bottom, top):
@@ -217,6 +222,7 @@ class TanHLayer(NeuronLayer):
     """Caffe `TanH`: tanh(x). Its derivative is 1 - y^2, a function of the output alone, so
     backward reads y only (kept from forward) and is safe in place."""
     param_field = "tanh_param"
+    caffe_backward_reads_data = ("top",)          # Caffe reads y from the top blob
     _y = None                    # y from the last forward
 
     def forward(self, bottom, top):
@@ -253,6 +259,7 @@ class PowerLayer(NeuronLayer):
     Backward uses the direct derivative (Caffe's shortcut gives NaN where shift + scale*x == 0;
     see minicnn.ops.neurons). Safe in place: forward then keeps a copy of x."""
     param_field = "power_param"
+    caffe_backward_reads_data = ("bottom", "top")
 
     def layer_setup(self, bottom, top):
         p = self.param.power_param
@@ -275,6 +282,7 @@ class ExpLayer(NeuronLayer):
     """Caffe `Exp`: base^(shift + scale * x) (exp_param: base -1 = e, scale 1, shift 0; base
     must be > 0). Backward reads y only (kept from forward), so it is safe in place."""
     param_field = "exp_param"
+    caffe_backward_reads_data = ("top",)          # Caffe reads y from the top blob
 
     def layer_setup(self, bottom, top):
         p = self.param.exp_param
@@ -296,6 +304,7 @@ class LogLayer(NeuronLayer):
     """Caffe `Log`: log_base(shift + scale * x) (log_param: base -1 = e, scale 1, shift 0; base
     must be > 0 and != 1). Safe in place: forward then keeps a copy of x."""
     param_field = "log_param"
+    caffe_backward_reads_data = ("bottom",)
 
     def layer_setup(self, bottom, top):
         p = self.param.log_param
@@ -317,6 +326,7 @@ class LogLayer(NeuronLayer):
 class BNLLLayer(NeuronLayer):
     """Caffe `BNLL` (binomial normal log likelihood, softplus): log(1 + exp(x)), computed
     stably; derivative sigmoid(x). Safe in place: forward then keeps a copy of x."""
+    caffe_backward_reads_data = ("bottom",)
 
     def layer_setup(self, bottom, top):
         self._x = None
@@ -362,6 +372,7 @@ class ClipLayer(NeuronLayer):
     backward reads y, which lies in [min, max], and so passes dy everywhere; minicnn gives the
     true gradient instead (the same as out of place)."""
     param_field = "clip_param"
+    caffe_backward_reads_data = ("bottom",)
 
     def layer_setup(self, bottom, top):
         p = self.param.clip_param
@@ -390,6 +401,8 @@ class ReLU6Layer(NeuronLayer):
     OpenCV's Caffe importer reads; no parameters): min(max(x, 0), 6). Backward passes dy where
     0 < x < 6, both kinks excluded (as ReLU at 0); it reads y, which tells the same, so the
     layer is safe in place."""
+    backward_reads_data = ("top",)
+    in_place_keeps_sign = True
 
     def forward(self, bottom, top):
         top[0].data[...] = ops.relu6_forward(bottom[0].data)
@@ -406,6 +419,7 @@ class SwishLayer(NeuronLayer):
     Backward reads y and sigmoid(beta x), both kept from forward (as Caffe's inner Sigmoid
     layer keeps its output), so it is safe in place."""
     param_field = "swish_param"
+    caffe_backward_reads_data = ("top",)          # Caffe reads y from the top blob
     _y = _s = None               # y and sigmoid(beta x) from the last forward
 
     def layer_setup(self, bottom, top):

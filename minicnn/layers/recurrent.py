@@ -276,6 +276,7 @@ class LSTMUnitLayer(Layer):
     No parameters. Backward is Caffe's: the forget gate's gradient c_prev f (1 - f) uses
     f = cont sigm(X_f), exact only for cont 0 or 1; no gradient to cont."""
     exact_num_bottom, exact_num_top = 3, 2
+    backward_reads_data = ("top",)           # c, from top 0
 
     def allow_force_backward(self, bottom_index):
         return bottom_index != 2

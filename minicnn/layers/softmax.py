@@ -10,6 +10,7 @@ from minicnn.layer import Layer, register
 class SoftmaxLayer(Layer):
     """Caffe `Softmax`: exp(x) / sum exp(x) along softmax_param.axis (default 1, the channels),
     independently at every other position. Safe in place: backward reads only the top."""
+    backward_reads_data = ("top",)
     param_field = "softmax_param"
     exact_num_bottom = exact_num_top = 1
 
@@ -39,6 +40,7 @@ class SoftmaxTreeLayer(Layer):
     place: backward reads only the top."""
     param_field = "softmax_tree_param"
     exact_num_bottom = exact_num_top = 1
+    backward_reads_data = ("top",)
     host_only = True                    # per-group reductions (NumPy's reduceat); no kernel yet
 
     def layer_setup(self, bottom, top):

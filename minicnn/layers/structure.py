@@ -63,6 +63,8 @@ class EltwiseLayer(Layer):
                 warnings.warn(f"layer '{self.name}': Eltwise MAX ignores coeff (as Caffe does)",
                               stacklevel=2)
                 self.coeff = None
+        # PROD's backward reads the product from the top (as Caffe's does)
+        self.backward_reads_data = ("top",) if self.operation == "PROD" else ()
         # an in-place PROD would lose x_0, which every other bottom's gradient needs
         if self.operation == "PROD" and bottom[0] is top[0]:
             raise LayerError("an in-place Eltwise PROD is not supported (its backward needs "
