@@ -343,17 +343,17 @@ class ChannelScaleLayer(Layer):
     min_global_scale; TEST forwards use it unchanged. y = it * x; an optional top[1] (shape
     (1,)) is it. Backward stays the per-place one above, with bottom[1]'s values, not the
     global scale (the fork's). The fork's CPU code differs: it only clamps the stored value,
-    never updating it. init_global_scale is read by no code of the fork, nor by minicnn."""
+    never updating it. init_global_scale is read by no code of the fork, nor by minicnn. Safe
+    in place: forward then keeps a copy of x for the scale's gradient."""
     param_field = "channel_scale_param"
     exact_num_bottom = 2
-    backward_reads_data = ("bottom",)
     min_num_top, max_num_top = 1, 2
     host_only = True
 
     def layer_setup(self, bottom, top):
         from minicnn.proto.caffe_pb2 import FillerParameter
         p = self.param.channel_scale_param
-        self.global_scale = p.global_scale
+        self.global_scale, self._x = p.global_scale, None
         if len(top) > 1 and not self.global_scale:
             raise LayerError(f"ChannelScale layer '{self.name}': a second top (the global "
                              "scale) needs channel_scale_param.global_scale: true")
@@ -387,6 +387,8 @@ class ChannelScaleLayer(Layer):
     def forward(self, bottom, top):
         x, scale = bottom
         p = self.param.channel_scale_param
+        # in place, the scale's gradient still needs x, which y is about to overwrite
+        self._x = x.data.copy() if x is top[0] and self.backward_needed else None
         if not p.do_forward:
             top[0].data[...] = x.data
             return
@@ -410,8 +412,9 @@ class ChannelScaleLayer(Layer):
         x, scale = bottom
         p = self.param.channel_scale_param
         n, c, s = self.shape3
+        x_data = self._x if self._x is not None else x.data
         dx, dscale = ops.channel_scale_backward(
-            top[0].diff.reshape(n, c, s), x.data.reshape(n, c, s), scale.data.reshape(n, 1, s),
+            top[0].diff.reshape(n, c, s), x_data.reshape(n, c, s), scale.data.reshape(n, 1, s),
             backward_feature=p.do_backward_feature, backward_scale=p.do_backward_scale)
         if propagate_down[1]:
             scale.diff[...] = dscale.reshape(scale.shape)

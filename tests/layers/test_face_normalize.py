@@ -354,6 +354,24 @@ def test_channel_scale_backward_is_the_gradient():
                                                    rng.standard_normal(ss)])
 
 
+
+def test_channel_scale_in_place_gives_the_gradients_of_its_own_top():
+    """The scale's gradient is sum_c dy * x: in place, forward keeps x before y replaces it."""
+    def run(top):
+        net = minicnn.Net(parse_text(f"""force_backward: true
+            input: "x" input_shape {{ dim: 2 dim: 3 dim: 2 dim: 2 }}
+            input: "s" input_shape {{ dim: 2 dim: 1 dim: 2 dim: 2 }}
+            layer {{ name: "cs" type: "ChannelScale" bottom: "x" bottom: "s" top: "{top}" }}
+            layer {{ name: "l" type: "Reduction" bottom: "{top}" top: "l" loss_weight: 1
+                    reduction_param {{ operation: SUMSQ }} }}""", "NetParameter"),
+                          phase="TRAIN", dtype=np.float64)
+        rng = np.random.default_rng(0)
+        net.forward(x=rng.standard_normal((2, 3, 2, 2)), s=rng.standard_normal((2, 1, 2, 2)) + 2)
+        net.backward()
+        return net.blobs["s"].diff.copy(), net.blobs["x"].diff.copy()
+    for got, want in zip(run("x"), run("y")):
+        np.testing.assert_allclose(got, want, rtol=1e-14)
+
 def test_channel_scale_global_follows_the_forks_gpu_code():
     rng = np.random.default_rng(7)
     p = {"global_scale": True, "max_global_scale": 3.0, "min_global_scale": 0.5}
