@@ -9,6 +9,19 @@ from minicnn.ops.detection import (detection_layout, detection_loss_backward,
 from .conftest import assert_close
 
 
+def check_forward(gpu, x, truth, **fields):
+    """The GPU forward's loss, delta and statistics against the reference's; returns (GPU
+    delta, reference delta, tolerance) for a backward check."""
+    p = dict(object_scale=1.0, noobject_scale=0.5, class_scale=1.0, coord_scale=5.0, **fields)
+    want_loss, want_delta, want_stats = detection_loss_forward.impls["ref"](x, truth, **p)
+    loss, delta, stats = detection_loss_forward(gpu.asarray(x), truth, **p)
+    tol = 1e-5 if x.dtype == np.float32 else 1e-11
+    assert_close(loss, want_loss, tol, "loss")
+    assert_close(delta, want_delta, tol, "delta")
+    assert_close(stats, want_stats, tol, "stats")
+    return delta, want_delta, tol
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("sqrt, rescore", [(True, True), (False, False)])
 def test_detection_loss_matches_the_reference(gpu, sqrt, rescore, dtype):
@@ -23,14 +36,8 @@ def test_detection_loss_matches_the_reference(gpu, sqrt, rescore, dtype):
             labels[b, k] = [rng.integers(classes), *rng.uniform(0.05, 0.95, 2),
                             *rng.uniform(0.1, 0.6, 2)]
     truth = detection_truth(labels, side, classes, dtype=dtype)
-    p = dict(side=side, num=num, classes=classes, sqrt=sqrt, rescore=rescore,
-             object_scale=1.0, noobject_scale=0.5, class_scale=1.0, coord_scale=5.0)
-    want_loss, want_delta, want_stats = detection_loss_forward.impls["ref"](x, truth, **p)
-    loss, delta, stats = detection_loss_forward(gpu.asarray(x), truth, **p)
-    tol = 1e-5 if dtype == np.float32 else 1e-11
-    assert_close(loss, want_loss, tol, "loss")
-    assert_close(delta, want_delta, tol, "delta")
-    assert_close(stats, want_stats, tol, "stats")
+    delta, want_delta, tol = check_forward(gpu, x, truth, side=side, num=num, classes=classes,
+                                           sqrt=sqrt, rescore=rescore)
     assert_close(detection_loss_backward(delta, 0.5),
                  detection_loss_backward.impls["ref"](want_delta, 0.5), tol, "dx")
 
@@ -66,11 +73,4 @@ def test_detection_loss_picks_the_predictor_as_darknet(gpu, sqrt, dtype):
             for j, box in enumerate(boxes):
                 start = box0 + (cell * num + j) * 4
                 x[b, start:start + 4] = box
-    p = dict(side=side, num=num, classes=classes, sqrt=sqrt, rescore=True,
-             object_scale=1.0, noobject_scale=0.5, class_scale=1.0, coord_scale=5.0)
-    want_loss, want_delta, want_stats = detection_loss_forward.impls["ref"](x, truth, **p)
-    loss, delta, stats = detection_loss_forward(gpu.asarray(x), truth, **p)
-    tol = 1e-5 if dtype == np.float32 else 1e-11
-    assert_close(loss, want_loss, tol, "loss")
-    assert_close(delta, want_delta, tol, "delta")
-    assert_close(stats, want_stats, tol, "stats")
+    check_forward(gpu, x, truth, side=side, num=num, classes=classes, sqrt=sqrt, rescore=True)
