@@ -121,6 +121,9 @@ class Layer:
     # changes nothing such a backward reads.
     backward_reads_sign_only = False
     in_place_keeps_sign = False
+    # False for a layer that, computing in place, leaves the data as it was (Dropout in the
+    # TEST phase): then no backward reading that blob is affected.
+    in_place_changes_data = True
 
     @classmethod
     def variant_for(cls, param):

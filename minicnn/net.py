@@ -542,8 +542,10 @@ class Net:
         """The first layer after layer i that computes in place on ``blob`` and changes what a
         backward that reads it sees (with ``sign_only``: whether each value is > 0)."""
         for k in range(i + 1, len(self.layers)):
-            if blob in _in_place_blobs(self._bottom_lists[k], self._top_lists[k]) and not (
-                    sign_only and self.layers[k].in_place_keeps_sign):
+            writer = self.layers[k]
+            if blob in _in_place_blobs(self._bottom_lists[k], self._top_lists[k]) \
+                    and writer.in_place_changes_data \
+                    and not (sign_only and writer.in_place_keeps_sign):
                 return k
         return None
 

@@ -29,6 +29,9 @@ LAYERS = {
               '  scale_param { bias_term: true filler { type: "gaussian" std: 1 }\n'
               '                bias_filler { type: "gaussian" std: 1 } } }\n',
     "drop1": 'layer { name: "drop1" type: "Dropout" bottom: "conv1" top: "conv1" }\n',
+    "drop_fork": 'layer { name: "drop1" type: "Dropout" bottom: "conv1" top: "conv1"\n'
+                 '  dropout_param { scale_train: false } }\n',
+    "relu6": 'layer { name: "relu6" type: "ReLU6" bottom: "conv1" top: "conv1" }\n',
     "sig1": 'layer { name: "sig1" type: "Sigmoid" bottom: "conv1" top: "conv1" }\n',
     "pool1": 'layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1"\n'
              '  pooling_param { pool: AVE kernel_size: 3 } }\n',
@@ -80,6 +83,18 @@ def test_the_usual_in_place_chains_do_not_warn(tmp_path, names):
 def test_a_later_dropout_does_not_hide_a_batch_norm_after_it(tmp_path):
     _, said = build(tmp_path, ["relu1", "drop1", "bn1"])
     assert len(said) == 1 and "layer 'bn1' (BatchNorm" in said[0]
+
+
+def test_dropout_warns_after_relu6_in_train_only(tmp_path):
+    """ReLU6 reads y < 6 from its top; TRAIN's Dropout scales y by 1 / (1 - ratio), TEST's is
+    the identity (with scale_train false it scales in TEST instead)."""
+    head = "force_backward: true\n"
+    _, said = build(tmp_path, ["relu6", "drop1"], head=head)
+    assert len(said) == 1 and "layer 'drop1' (Dropout" in said[0]
+    _, said = build(tmp_path, ["relu6", "drop1"], head=head, phase=minicnn.TEST)
+    assert said == []
+    _, said = build(tmp_path, ["relu6", "drop_fork"], head=head, phase=minicnn.TEST)
+    assert len(said) == 1 and "layer 'drop1' (Dropout" in said[0]
 
 
 def test_a_deploy_net_that_runs_no_backward_does_not_warn(tmp_path):

@@ -88,6 +88,10 @@ class DropoutLayer(NeuronLayer):
         elif bottom[0] is not top[0]:
             top[0].data[...] = bottom[0].data
 
+    @property
+    def in_place_changes_data(self):
+        return self.phase == "TRAIN" or not self.scale_train     # TEST: the identity
+
     def _train_ratio(self):
         return self.ratio if self.scale_train else 0.0      # ratio 0: the op's scale is 1
 
