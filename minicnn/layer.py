@@ -14,8 +14,8 @@ Net inserts it), whose backward sums its tops' diffs, so every bottom diff has e
 writer; a parameter can be used many times before an update (weights shared by name between
 layers, iter_size passes per step), and its gradient is the sum over those uses.
 ``propagate_down[j]`` says whether bottom j needs a diff at all (labels and input data do not):
-backward may skip that work. A layer only unpacks blobs and parameters and calls the pure functions in
-``minicnn.ops``, where the math is.
+backward may skip that work. A layer only unpacks blobs and parameters and calls the pure
+functions in ``minicnn.ops``, where the math is.
 
 A layer also works on its own, built from the keyword fields of its prototxt block:
 
@@ -115,10 +115,10 @@ class Layer:
     # Sigmoid reads y from its top, which minicnn keeps a copy of, so there only Caffe's
     # gradient comes from the overwritten data.
     caffe_backward_reads_data = None
-    # True when all backward needs of that data is whether each value is > 0 (ReLU's mask), and
-    # True when a layer computing in place leaves whether each value is > 0 as it was wherever
-    # its backward passes a diff on (ReLU; Dropout, whose zeros get none): such a later layer
-    # changes nothing such a backward reads.
+    # backward_reads_sign_only: True when all this backward needs of that data is whether each
+    # value is > 0 (ReLU's mask). in_place_keeps_sign: True when this layer, computing in place,
+    # leaves whether each value is > 0 as it was wherever its backward passes a diff on (ReLU;
+    # Dropout, whose zeros get none). Such a later layer changes nothing such a backward reads.
     backward_reads_sign_only = False
     in_place_keeps_sign = False
     # False for a layer that, computing in place, leaves the data as it was (Dropout in the

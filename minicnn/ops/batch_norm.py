@@ -13,8 +13,8 @@ variance too, so y_i depends on x_k through three paths. With s = sqrt(var + eps
 1/m and ds/dx_k = (x_k - mean) / (m s) = y_k / m (the mean's own change drops out of the variance
 because E[x - mean] = 0), hence
 
-    dy_i/dx_k = (delta_ik - 1/m - y_i y_k) / s
-    dx_k = sum_i dy_i dy_i/dx_k = (dy_k - E[dy] - y_k E[dy y]) / s
+    dy_i/dx_k = (delta_ik - 1/m - y_i y_k / m) / s
+    dx_k = sum_i dL/dy_i * dy_i/dx_k = (dy_k - E[dy] - y_k E[dy y]) / s     (dy_i: dL/dy_i)
 
 -E[dy] is the path through the mean, -y_k E[dy y] the path through the variance. With global
 statistics the mean and variance are stored constants, so only delta_ik / s is left.
