@@ -26,8 +26,9 @@ A layer also works on its own, built from the keyword fields of its prototxt blo
 
 import numpy as np
 
+from minicnn import cuda
 from minicnn.blob import Blob, blob_proto_to_array, legacy_shape_matches
-from minicnn.errors import LayerError, NetError
+from minicnn.errors import LayerError, MinicnnError, NetError
 from minicnn.fillers import fill
 from minicnn.proto.caffe_pb2 import FillerParameter, LayerParameter
 from minicnn.proto.upgrade import upgrade_layer
@@ -278,8 +279,9 @@ class Layer:
 
     # --- parameters ---
     def init_param(self, index, shape, filler=None, what="weights"):
-        """Make sure blobs[index] exists with ``shape``: filled by ``filler`` if new, checked if
-        loaded from a model. Call in order (index 0, 1, ...) from layer_setup."""
+        """Make sure blobs[index] exists with ``shape``: filled by ``filler`` (a FillerParameter
+        or a dict of its fields) if new, checked if loaded from a model. Call in order (index 0,
+        1, ...) from layer_setup."""
         shape = tuple(int(d) for d in shape)
         if index < len(self.blobs):
             blob = self.blobs[index]
@@ -293,6 +295,8 @@ class Layer:
             raise AssertionError("init_param must be called in blob order")
         if filler is None:
             filler = FillerParameter()                  # Caffe's default: constant 0
+        elif isinstance(filler, dict):                  # {"type": "gaussian", "std": 0.1}, as
+            filler = FillerParameter(**filler)          # the layers' keyword fields take it
         blob = Blob(shape, self.dtype)
         blob.data[...] = fill(filler, shape, self.dtype, self.rng)
         self.blobs.append(blob)
@@ -304,39 +308,84 @@ class Layer:
     # --- standalone use on arrays ---
     def __call__(self, *arrays):
         """Forward on NumPy arrays: sets the layer up on first use; returns top data
-        (one array, or a tuple for several tops)."""
-        bottom = [Blob.from_array(a) for a in arrays]
-        if self._standalone is None:
-            dtype = bottom[0].dtype if bottom else (self.dtype or np.float32)
-            top = [Blob((), dtype) for _ in range(self.default_num_tops())]
-            self.setup(bottom, top)
-        else:
-            old_bottom, top = self._standalone
-            if [b.shape for b in bottom] != [b.shape for b in old_bottom]:
-                self.reshape(bottom, top)
-        self._standalone = (bottom, top)
-        self.forward(bottom, top)
-        self.settle_deferred(bottom)
+        (one array, or a tuple for several tops). Errors name the layer and the bottoms'
+        shapes, as a Net's do."""
+        bottom = [self._bottom_from(i, a) for i, a in enumerate(arrays)]
+        try:
+            if self._standalone is None:
+                dtype = bottom[0].dtype if bottom else (self.dtype or np.float32)
+                top = [Blob((), dtype) for _ in range(self.default_num_tops())]
+                self.setup(bottom, top)
+            else:
+                old_bottom, top = self._standalone
+                if bottom and bottom[0].dtype != self.dtype:
+                    raise LayerError(f"it was set up for {self.dtype} bottoms (its first call) "
+                                     f"and is now given {bottom[0].dtype}: cast the input, or "
+                                     "make a new layer for the other dtype")
+                if [b.shape for b in bottom] != [b.shape for b in old_bottom]:
+                    self.reshape(bottom, top)
+            self._standalone = (bottom, top)
+            self.forward(bottom, top)
+            self.settle_deferred(bottom)
+        except MinicnnError as e:
+            self._reraise_naming_the_layer(e, self._describe(bottom))
         return top[0].data if len(top) == 1 else tuple(t.data for t in top)
+
+    def _describe(self, bottom):
+        """The start of an error about this layer driven by hand: its name, type and bottoms."""
+        shapes = ", ".join(str(b.shape) for b in bottom)
+        return f"layer '{self.name}' ({self.type}" + (f"; bottoms {shapes})" if bottom else ")")
+
+    @staticmethod
+    def _reraise_naming_the_layer(error, where):
+        """A layer's error raised again with ``where`` (the layer, its bottoms) in front, as the
+        Net does. Errors that already say where they come from (a data file's line: DataError,
+        PrototxtError, ...) keep their type and message."""
+        if type(error) in (MinicnnError, NetError, LayerError):
+            raise LayerError(f"{where}: {error}") from None
+        raise error
+
+    def _bottom_from(self, i, array):
+        """A Blob for the array given as bottom ``i`` of ``__call__`` (ints and bools become
+        float32, or the dtype the layer was set up for; anything that is not real numbers is
+        refused, naming the layer)."""
+        values = array if cuda.is_device_array(array) else np.asarray(array)
+        if values.dtype.kind not in "biuf":
+            raise LayerError(f"layer '{self.name}' ({self.type}): bottom {i} holds "
+                             f"{values.dtype} values (shape {values.shape}); layers compute on "
+                             "real numbers (float32 or float64)")
+        dtype = None if values.dtype.kind == "f" or self._standalone is None else self.dtype
+        return Blob.from_array(values, dtype)
 
     def backprop(self, *top_diffs):
         """Backward after ``__call__``: takes d(loss)/d(top) for each top (none for a loss layer:
         its loss_weight is used) and returns d(loss)/d(bottom) (None where not computed)."""
         if self._standalone is None:
-            raise LayerError(f"call the layer on inputs before backprop ({self.name})")
+            raise LayerError(f"layer '{self.name}' ({self.type}): call the layer on inputs "
+                             "before backprop (backprop runs backward through that forward)")
         bottom, top = self._standalone
+        where = self._describe(bottom)
         if top_diffs and len(top_diffs) != len(top):
-            raise LayerError(f"{self.name} has {len(top)} top(s) but {len(top_diffs)} diffs given")
+            raise LayerError(f"{where}: it has {len(top)} top(s) but {len(top_diffs)} diffs "
+                             "were given")
+        propagate_down = [self.allow_force_backward(i) for i in range(len(bottom))]
+        if not top_diffs and not any(self.loss_weight(i) for i in range(len(top))) and \
+                (any(propagate_down) or self.blobs):
+            raise LayerError(f"{where}: it is not a loss layer (no loss_weight), so backprop "
+                             f"needs d(loss)/d(top) for each of its {len(top)} top(s), e.g. "
+                             "backprop(np.ones_like(y))")
         for i, t in enumerate(top):
             if top_diffs:
                 diff = np.asarray(top_diffs[i], dtype=t.dtype)
                 if diff.shape != t.shape:
-                    raise LayerError(f"diff for top {i} has shape {diff.shape}, "
-                                     f"top has shape {t.shape}")
+                    raise LayerError(f"{where}: the diff for top {i} has shape {diff.shape}, "
+                                     f"but the top has shape {t.shape}")
                 t.diff[...] = diff
             else:
                 t.diff[...] = self.loss_weight(i)
-        propagate_down = [self.allow_force_backward(i) for i in range(len(bottom))]
-        self.backward(top, propagate_down, bottom)
+        try:
+            self.backward(top, propagate_down, bottom)
+        except MinicnnError as e:
+            self._reraise_naming_the_layer(e, where)
         diffs = [b.diff if down else None for b, down in zip(bottom, propagate_down)]
         return diffs[0] if len(diffs) == 1 else tuple(diffs)
