@@ -109,8 +109,9 @@ def check_layer_gradient(make_layer, bottoms, *, check_bottoms=None, check_param
             error = abs(numeric - grad[idx]) / scale
             worst = max(worst, error)
             if abs(numeric - grad[idx]) > atol + rtol * scale:
+                where = tuple(int(i) for i in np.unravel_index(idx, blob.shape))
                 raise GradientMismatch(
-                    f"{type(layer).__name__} {label} element {np.unravel_index(idx, blob.shape)}:"
+                    f"{type(layer).__name__} {label} element {where}:"
                     f" analytic {grad[idx]:.10g}, numeric {numeric:.10g}")
     objective()                                           # leave the tops as forward made them
     return worst

@@ -43,8 +43,8 @@ def test_a_correct_backward_passes():
     assert check_layer_gradient(lambda: _PadBias(), [np.arange(6.0).reshape(2, 3)]) < 1e-6
 
 
-@pytest.mark.parametrize("fields, where", [({"writes_all": False}, r"bottom\[0\]"),
-                                           ({"adds": False}, r"blobs\[0\]")])
+@pytest.mark.parametrize("fields, where", [({"writes_all": False}, r"bottom\[0\] element \(0, 2\)"),
+                                           ({"adds": False}, r"blobs\[0\] element \(0,\)")])
 def test_stale_bottom_diffs_and_assigned_parameter_diffs_fail(fields, where):
     with pytest.raises(GradientMismatch, match=where):
         check_layer_gradient(lambda: _PadBias(**fields), [np.arange(6.0).reshape(2, 3)])
