@@ -46,7 +46,9 @@ def check_layer_gradient(make_layer, bottoms, *, check_bottoms=None, check_param
                          max_checks=None, seed=1701):
     """Check a layer's bottom and parameter diffs against finite differences (float64).
 
-    make_layer     a Layer, or a function returning a fresh one
+    make_layer     a Layer, or a function returning a fresh one (a Python layer's object,
+                   a subclass of minicnn.Layer / pycaffe's caffe.Layer, is checked as the
+                   Net runs it)
     bottoms        input arrays (converted to float64)
     check_bottoms  indices of bottoms whose diff to check (default: all the layer allows)
     check_params   also check the parameter blobs' diffs (True), or those of the indices given
@@ -56,7 +58,10 @@ def check_layer_gradient(make_layer, bottoms, *, check_bottoms=None, check_param
     Returns the largest relative error seen; raises GradientMismatch with the worst element.
     """
     from minicnn.layer import Layer
-    layer = make_layer if isinstance(make_layer, Layer) else make_layer()
+    from minicnn.layers.python_layer import PythonLayerBase
+    layer = make_layer if isinstance(make_layer, (Layer, PythonLayerBase)) else make_layer()
+    if isinstance(layer, PythonLayerBase):
+        layer = _python_layer_for(layer)
     rng = np.random.default_rng(seed)
     bottom = [Blob.from_array(np.asarray(a, dtype=np.float64), np.float64) for a in bottoms]
     top = [Blob((), np.float64) for _ in range(layer.default_num_tops())]
@@ -115,6 +120,26 @@ def check_layer_gradient(make_layer, bottoms, *, check_bottoms=None, check_param
                     f" analytic {grad[idx]:.10g}, numeric {numeric:.10g}")
     objective()                                           # leave the tops as forward made them
     return worst
+
+
+def _python_layer_for(impl):
+    """A Python layer's object (pycaffe's protocol: setup, reshape, forward, backward) inside
+    the Layer that a Net's type: "Python" gives it, without a module to import it from."""
+    from minicnn.layers.python_layer import BlobVec, PythonLayer
+
+    class GivenPythonLayer(PythonLayer):
+        def layer_setup(self, bottom, top):
+            self.where = f"python layer {type(impl).__name__}"
+            params = BlobVec(self.blobs, self.dtype)
+            self.blobs = impl.blobs = params
+            impl.phase = self.phase
+            self.impl = impl
+            self._call("setup", bottom, top)
+            if impl.blobs is not params:            # the user replaced the list: adopt it
+                self.blobs = BlobVec(impl.blobs, self.dtype)
+                impl.blobs = self.blobs
+
+    return GivenPythonLayer()
 
 
 def check_in_place(make_layer, x, top_diff, tol=1e-12):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from minicnn.layer import Layer
+from minicnn.layers.python_layer import PythonLayerBase
 from minicnn.testing import GradientMismatch, check_layer_gradient
 
 
@@ -48,3 +49,32 @@ def test_a_correct_backward_passes():
 def test_stale_bottom_diffs_and_assigned_parameter_diffs_fail(fields, where):
     with pytest.raises(GradientMismatch, match=where):
         check_layer_gradient(lambda: _PadBias(**fields), [np.arange(6.0).reshape(2, 3)])
+
+
+class _PyScale(PythonLayerBase):
+    """A Python layer (pycaffe's protocol): y = x * w with one learned w; ``bug`` drops the 2
+    from dL/dx = 2 * w * dy of y = 2 * x * w."""
+    bug = False
+
+    def setup(self, bottom, top):
+        self.blobs.add_blob(1)
+        self.blobs[0].data[...] = 1.5
+
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].data.shape)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = 2 * bottom[0].data * self.blobs[0].data
+
+    def backward(self, top, propagate_down, bottom):
+        self.blobs[0].diff[...] += 2 * np.sum(top[0].diff * bottom[0].data)
+        if propagate_down[0]:
+            bottom[0].diff[...] = (1 if self.bug else 2) * top[0].diff * self.blobs[0].data
+
+
+def test_a_python_layer_is_checked_and_its_bug_caught():
+    x = np.arange(6.0).reshape(2, 3) - 2.5
+    assert check_layer_gradient(_PyScale, [x]) < 1e-6
+    buggy = type("Buggy", (_PyScale,), {"bug": True})
+    with pytest.raises(GradientMismatch, match=r"bottom\[0\]"):
+        check_layer_gradient(buggy, [x])
