@@ -125,19 +125,12 @@ def check_layer_gradient(make_layer, bottoms, *, check_bottoms=None, check_param
 def _python_layer_for(impl):
     """A Python layer's object (pycaffe's protocol: setup, reshape, forward, backward) inside
     the Layer that a Net's type: "Python" gives it, without a module to import it from."""
-    from minicnn.layers.python_layer import BlobVec, PythonLayer
+    from minicnn.layers.python_layer import PythonLayer
 
     class GivenPythonLayer(PythonLayer):
         def layer_setup(self, bottom, top):
             self.where = f"python layer {type(impl).__name__}"
-            params = BlobVec(self.blobs, self.dtype)
-            self.blobs = impl.blobs = params
-            impl.phase = self.phase
-            self.impl = impl
-            self._call("setup", bottom, top)
-            if impl.blobs is not params:            # the user replaced the list: adopt it
-                self.blobs = BlobVec(impl.blobs, self.dtype)
-                impl.blobs = self.blobs
+            self.set_up_impl(impl, bottom, top)
 
     return GivenPythonLayer()
 

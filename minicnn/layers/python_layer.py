@@ -185,13 +185,18 @@ class PythonLayer(Layer):
         p = self.param.python_param
         self.where = f"python layer {p.module}.{p.layer}"
         cls = load_python_layer_class(p.module, p.layer, self.source_dir)
-        params = BlobVec(self.blobs, self.dtype)    # weights from the message, if any
-        self.blobs = params
         try:
             impl = cls(self.param) if issubclass(cls, PythonLayerBase) else cls()
         except Exception as e:
             raise self._user_error("construction", e) from e
         impl.param_str = p.param_str
+        self.set_up_impl(impl, bottom, top)
+
+    def set_up_impl(self, impl, bottom, top):
+        """Give the user's object its phase and parameter blobs (the message's weights, if
+        any) and call its setup."""
+        params = BlobVec(self.blobs, self.dtype)
+        self.blobs = params
         impl.phase = self.phase
         impl.blobs = params
         self.impl = impl
