@@ -258,3 +258,28 @@ def test_errors_in_a_forward_name_the_file_and_line_too(tmp_path):
     with pytest.raises(NetError, match=rf"^{path}:5: layer 'loss' \(SoftmaxWithLoss; bottoms "
                                        r"x \(2, 3\), label \(2,\)\): label 7 at index \(1,\)"):
         net.forward(x=np.zeros((2, 3), np.float32), label=np.array([0, 7], np.float32))
+
+
+@pytest.mark.parametrize("fields, fork", [
+    ("bn_mode: INFERENCE scale_filler { type: 'constant' value: 1 }", "SegNet"),
+    ("scale_filler { type: 'constant' value: 1 } moving_average: true decay: 0.05", "var_eps"),
+])
+def test_another_forks_bn_of_the_same_name_is_named_not_given_a_guessed_spelling(fields, fork):
+    """SegNet (caffe-segnet) and ENet write a BN layer whose bn_param says bn_mode, scale_filler
+    and shift_filler; an early PSPNet revision's says scale_filler, moving_average and decay.
+    minicnn's BN is the PSPNet/yjxiong fork's, another layer under the same type name: the error
+    had said "BNParameter has no field named 'bn_mode'" or "did you mean 'slope_filler'?", a
+    rename that is not the fix. It says whose BN the file holds and which minicnn's is."""
+    text = ('input: "data"\ninput_shape { dim: 1 dim: 2 dim: 3 dim: 3 }\n'
+            'layer {\n  bottom: "data"\n  top: "data"\n  name: "conv1_bn"\n  type: "BN"\n'
+            f'  bn_param {{ {fields} }}\n}}\n')
+    with pytest.raises(minicnn.errors.PrototxtError) as e:
+        parse_text(text, path="segnet.prototxt")
+    message = str(e.value)
+    assert message.startswith("segnet.prototxt:8:")
+    assert "did you mean" not in message
+    assert "PSPNet/yjxiong" in message and fork in message and "'conv1_bn'" in message
+    # the fork's own BN fields still parse, and a typo in them keeps its suggestion
+    parse_text(text.replace(fields, "slope_filler { value: 1 } frozen: true"))
+    with pytest.raises(minicnn.errors.PrototxtError, match="did you mean 'slope_filler'"):
+        parse_text(text.replace(fields, "slope_filer { value: 1 }"))

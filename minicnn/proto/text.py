@@ -339,8 +339,25 @@ class _Parser:
         return k
 
 
+# A layer type two forks both define, each with its own parameters: a file from the other fork
+# names fields minicnn's has not. The news is whose layer the file holds, not a guessed spelling.
+_SAME_NAME_OTHER_FORK = {
+    "BNParameter": (
+        {"bn_mode", "scale_filler", "shift_filler", "var_eps", "moving_average", "decay"},
+        "minicnn's BN is the PSPNet/yjxiong fork's layer (bn_param: slope_filler, bias_filler, "
+        "momentum, eps, frozen); this file's BN is another fork's layer of the same name, "
+        "which minicnn does not implement: SegNet's caffe-segnet and ENet (bn_mode, "
+        "scale_filler, shift_filler; bn_mode: INFERENCE is y = scale * x + shift per channel, "
+        "a Scale layer with bias_term: true) or an early PSPNet/DeepLab revision (scale_filler, "
+        "shift_filler, var_eps, moving_average, decay)"),
+}
+
+
 def _unknown_field_message(desc, name, msg=None, layer=None):
     text = f"{desc.name} has no field named '{name}'"
+    fields, note = _SAME_NAME_OTHER_FORK.get(desc.name, ((), ""))
+    if name in fields:
+        return text + "; " + note
     if desc.name == "LayerParameter" and name.endswith("_param") and msg is not None \
             and msg.HasField("type") and not _known_layer_type(msg.type):
         # a fork's layer (ShuffleChannel, PSROIPooling, ...): its type is the news, not a
