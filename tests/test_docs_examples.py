@@ -224,6 +224,23 @@ def test_prose_commands_and_flags_exist():
     assert seen >= 30
 
 
+def test_every_command_and_flag_is_documented():
+    """Each `minicnn` command and each of its --flags is named in the docs or a model's README
+    (a flag only `--help` knows is one users do not find)."""
+    text = "".join(open(os.path.join(REPO, doc)).read() for doc in DOCS)
+    text += "".join(open(path).read() for path in glob.glob(os.path.join(REPO, "models", "*",
+                                                                          "README.md")))
+    missing = []
+    for command in COMMANDS:
+        if f"minicnn {command}" not in text:
+            missing.append(f"minicnn {command}")
+        for flag in subparser(command)._option_string_actions:
+            if flag.startswith("--") and flag != "--help" and not re.search(
+                    re.escape(flag) + r"(?![\w-])", text):
+                missing.append(f"minicnn {command} {flag}")
+    assert missing == [], f"not in the docs: {missing}"
+
+
 # Paths of other projects' trees.
 OTHER_PATHS = {"models/VGGNet/VOC0712/SSD_300x300/"}
 
