@@ -36,7 +36,7 @@ from minicnn.blob import array_to_blob_proto, blob_proto_to_array
 from minicnn.data.db import resolve_path
 from minicnn.data.errors import DataError
 from minicnn.errors import MinicnnError, NetError, WireFormatError
-from minicnn.net import Net
+from minicnn.net import Net, layer_included
 from minicnn.ops.ssd_eval import AP_VERSIONS, EVAL_TYPES, DetectionStats
 from minicnn.proto import caffe_pb2, read_binary, read_prototxt, upgrade_solver, write_binary
 from minicnn.proto.text import field_lines
@@ -340,8 +340,11 @@ class Solver:
         state.MergeFrom(net_param.state)
         state.MergeFrom(p.train_state)
         net_param.state.CopyFrom(state)
-        if batch_size:
-            set_batch_size(net_param, batch_size)
+        if batch_size and not set_batch_size(net_param, batch_size):
+            raise MinicnnError(
+                f"a train batch size of {batch_size} was asked for (--batch-size), but the train "
+                f"net has no data layer with a batch_size ({', '.join(BATCH_SIZE_FIELDS)}): "
+                "set the batch in its Input or DummyData shape, or its Python layer's param_str")
         self.log(f"Creating training net from {field}"
                  + (f" {getattr(p, field)}" if not field.endswith("_param") else ""))
         return Net(net_param, dtype=self.dtype, source_dir=folder, device=self.device,
@@ -1011,10 +1014,17 @@ def detection_results(net, stats, ap_version, show_per_class, log):
     return results
 
 
+BATCH_SIZE_FIELDS = ("data_param", "image_data_param", "hdf5_data_param", "memory_data_param",
+                     "window_data_param", "detection_data_param", "segmentation_data_param")
+
+
 def set_batch_size(net_param, batch_size):
-    """Set the batch size of every data layer that has one (for `minicnn train --batch-size`)."""
+    """Set the batch size of every data layer that has one (for `minicnn train --batch-size`);
+    returns how many of them net_param.state keeps."""
+    kept = 0
     for layer in net_param.layer:
-        for field in ("data_param", "image_data_param", "hdf5_data_param",
-                      "memory_data_param", "detection_data_param", "segmentation_data_param"):
+        for field in BATCH_SIZE_FIELDS:
             if layer.HasField(field):
                 getattr(layer, field).batch_size = batch_size
+                kept += layer_included(layer, net_param.state)
+    return kept

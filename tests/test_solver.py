@@ -913,3 +913,31 @@ def test_a_parameters_lr_is_the_rate_as_a_dtype_times_its_lr_mult(dtype):
         assert history.dtype == dtype and np.all(history == lr), (history, lr)
     if dtype == np.float32:
         assert solver.history[0][0, 0] == F32(0.010000001) != F32(0.01)
+
+
+def test_train_batch_size_reaches_every_data_layer_or_is_an_error():
+    """`minicnn train --batch-size` (Solver's train_batch_size) sets each data layer's
+    batch_size, WindowData's included; a train net with none (DummyData, Input) is an error,
+    not a flag silently ignored."""
+    from minicnn.solver import set_batch_size
+    net = parse_text('''
+state { phase: TRAIN }
+layer { name: "w" type: "WindowData" top: "x" top: "y" include { phase: TRAIN }
+        window_data_param { source: "windows.txt" batch_size: 4 } }
+layer { name: "t" type: "Data" top: "x" top: "y" include { phase: TEST }
+        data_param { source: "test_lmdb" batch_size: 4 } }''')
+    assert set_batch_size(net, 16) == 1                  # the TEST layer is set, not counted
+    assert [net.layer[0].window_data_param.batch_size,
+            net.layer[1].data_param.batch_size] == [16, 16]
+    dummy = parse_text('''
+layer { name: "d" type: "DummyData" top: "x" top: "y" dummy_data_param {
+        shape { dim: 4 dim: 3 } shape { dim: 4 dim: 1 } } }
+layer { name: "t" type: "Data" top: "x" top: "y" include { phase: TEST }
+        data_param { source: "test_lmdb" batch_size: 4 } }
+layer { name: "fc" type: "InnerProduct" bottom: "x" top: "fc"
+        inner_product_param { num_output: 1 } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "fc" bottom: "y" top: "loss" }''')
+    param = caffe_pb2.SolverParameter(train_net_param=dummy, base_lr=0.1, max_iter=1)
+    assert minicnn.SGDSolver(param, log=lambda m: None).net.blobs["x"].shape == (4, 3)
+    with pytest.raises(MinicnnError, match=r"batch size of 8 .*--batch-size.* no data layer"):
+        minicnn.SGDSolver(param, train_batch_size=8, log=lambda m: None)
