@@ -40,6 +40,7 @@ from minicnn.net import Net, layer_included
 from minicnn.ops.ssd_eval import AP_VERSIONS, EVAL_TYPES, DetectionStats
 from minicnn.proto import caffe_pb2, read_binary, read_prototxt, upgrade_solver, write_binary
 from minicnn.proto.text import field_lines
+from minicnn.proto.upgrade import upgrade_net
 from minicnn.rng import get_rng, set_random_seed
 
 SOLVERS = {}                      # type name ("SGD", "Adam", ...) -> Solver subclass
@@ -1020,7 +1021,8 @@ BATCH_SIZE_FIELDS = ("data_param", "image_data_param", "hdf5_data_param", "memor
 
 def set_batch_size(net_param, batch_size):
     """Set the batch size of every data layer that has one (for `minicnn train --batch-size`);
-    returns how many of them net_param.state keeps."""
+    returns how many of them net_param.state keeps. A V1 net is upgraded first (in place)."""
+    upgrade_net(net_param)
     kept = 0
     for layer in net_param.layer:
         for field in BATCH_SIZE_FIELDS:

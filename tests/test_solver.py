@@ -929,6 +929,9 @@ layer { name: "t" type: "Data" top: "x" top: "y" include { phase: TEST }
     assert set_batch_size(net, 16) == 1                  # the TEST layer is set, not counted
     assert [net.layer[0].window_data_param.batch_size,
             net.layer[1].data_param.batch_size] == [16, 16]
+    v1 = parse_text('layers { name: "d" type: DATA top: "x" data_param { source: "db" '
+                    'batch_size: 4 } }')
+    assert set_batch_size(v1, 16) == 1 and v1.layer[0].data_param.batch_size == 16
     dummy = parse_text('''
 layer { name: "d" type: "DummyData" top: "x" top: "y" dummy_data_param {
         shape { dim: 4 dim: 3 } shape { dim: 4 dim: 1 } } }
