@@ -16,7 +16,6 @@ current directory first (Caffe's rule), then in the folders given (e.g. the prot
 import os
 import shutil
 import threading
-import weakref
 
 from minicnn.data.errors import DataError, need
 
@@ -66,37 +65,61 @@ def _is_leveldb(path):
 class _Shared:
     """One open database per process: python-lmdb refuses a second environment on the same
     file and LevelDB locks its folder, while a train and a test net often read the same
-    source. Readers hold this; the handle closes when the last of them goes."""
+    source. Readers count themselves in (_acquire) and out (_release); the last one out closes
+    the handle. (Not a weak reference with a finalizer: a lookup could find, and so revive, a
+    holder whose finalizer was closing the handle in another thread.)"""
 
-    def __init__(self, handle):
-        self.handle = handle
+    def __init__(self, handle, table, key):
+        self.handle, self.table, self.key = handle, table, key
+        self.users, self.closed = 0, False
 
-    def __del__(self):
+
+_SHARED_ENVS = {}                   # (st_dev, st_ino) of the data file -> _Shared LMDB env
+_SHARED_LEVELDBS = {}               # real path -> _Shared plyvel DB
+# Reentrant: a reader's __del__ may run (the cycle collector) while this thread holds it.
+_SHARED_LOCK = threading.RLock()
+
+
+def _acquire(table, key, open_handle):
+    """The shared handle of ``key``, opened by ``open_handle()`` if no reader holds it."""
+    with _SHARED_LOCK:
+        while True:
+            shared = table.get(key)
+            if shared is None:
+                shared = _Shared(open_handle(), table, key)
+                table[key] = shared
+            shared.users += 1
+            if not shared.closed:            # else a reader's __del__ ran in between: again
+                return shared
+
+
+def _release(shared):
+    with _SHARED_LOCK:
+        shared.users -= 1
+        if shared.users > 0 or shared.closed:
+            return
+        shared.closed = True
+        if shared.table.get(shared.key) is shared:
+            del shared.table[shared.key]
         try:
-            self.handle.close()
+            shared.handle.close()
         except Exception:
             pass
-
-
-_SHARED_ENVS = weakref.WeakValueDictionary()      # (st_dev, st_ino) of the data file -> env
-_SHARED_LOCK = threading.Lock()
 
 
 def _open_shared(path):
     lmdb = _lmdb()
     subdir = os.path.isdir(path)
     st = os.stat(os.path.join(path, "data.mdb") if subdir else path)
-    key = (st.st_dev, st.st_ino)           # a replaced database is a new file: a new env
-    with _SHARED_LOCK:
-        shared = _SHARED_ENVS.get(key)
-        if shared is None:
-            try:
-                env = lmdb.open(path, readonly=True, lock=False, readahead=False,
-                                subdir=subdir, max_readers=512)
-            except lmdb.Error as e:
-                raise DataError(f"cannot open as an LMDB database: {e}", path) from None
-            shared = _SHARED_ENVS[key] = _Shared(env)
-        return shared
+
+    def open_env():
+        try:
+            return lmdb.open(path, readonly=True, lock=False, readahead=False, subdir=subdir,
+                             max_readers=512)
+        except lmdb.Error as e:
+            raise DataError(f"cannot open as an LMDB database: {e}", path) from None
+    # an open environment keeps its file's inode, so a database replaced meanwhile is a new key
+    return _acquire(_SHARED_ENVS, (st.st_dev, st.st_ino), open_env)
 
 
 class LMDBReader:
@@ -104,6 +127,7 @@ class LMDBReader:
     ``get_index(i)``, ``items()``. Safe to read from another thread (python-lmdb opens the
     environment with MDB_NOTLS); opened without a lock file, so read-only folders work.
     Readers of the same database share one environment."""
+    _shared = env = None
 
     def __init__(self, path):
         self.path = path
@@ -142,7 +166,12 @@ class LMDBReader:
 
     def close(self):
         """Let go of the environment (closed once no reader of this database holds it)."""
-        self.env = self._shared = None
+        shared, self._shared, self.env = self._shared, None, None
+        if shared is not None:
+            _release(shared)
+
+    def __del__(self):
+        self.close()
 
     def __enter__(self):
         return self
@@ -240,7 +269,6 @@ def replace_db(tmp_path, path):
         remove_db(old)
 
 
-_SHARED_LEVELDBS = weakref.WeakValueDictionary()   # real path -> open plyvel DB
 
 
 def _plyvel():
@@ -250,27 +278,26 @@ def _plyvel():
 class LevelDBReader(LMDBReader):
     """A LevelDB of records, read as LMDBReader reads an LMDB: ``keys`` (bytes, in LevelDB's
     bytewise order), ``get``, ``get_index``, ``get_many``, ``items``."""
+    db = None
 
     def __init__(self, path):
         plyvel = _plyvel()
         self.path = path
         real = os.path.realpath(path)
-        with _SHARED_LOCK:
-            shared = _SHARED_LEVELDBS.get(real)
-            if shared is None:
-                try:
-                    db = plyvel.DB(path, create_if_missing=False)
-                except plyvel.Error as e:
-                    reason = e.args[0].decode(errors="replace") if e.args and isinstance(
-                        e.args[0], bytes) else str(e)
-                    if "lock" in reason.lower():
-                        raise DataError("another process has this LevelDB open (LevelDB allows "
-                                        "one; data-parallel ranks each open their sources): "
-                                        "convert it to LMDB, which any number of processes "
-                                        "read", path) from None
-                    raise DataError(f"cannot open as a LevelDB database: {reason}",
-                                    path) from None
-                shared = _SHARED_LEVELDBS[real] = _Shared(db)
+
+        def open_leveldb():
+            try:
+                return plyvel.DB(path, create_if_missing=False)
+            except plyvel.Error as e:
+                reason = e.args[0].decode(errors="replace") if e.args and isinstance(
+                    e.args[0], bytes) else str(e)
+                if "lock" in reason.lower():
+                    raise DataError("another process has this LevelDB open (LevelDB allows "
+                                    "one; data-parallel ranks each open their sources): "
+                                    "convert it to LMDB, which any number of processes "
+                                    "read", path) from None
+                raise DataError(f"cannot open as a LevelDB database: {reason}", path) from None
+        shared = _acquire(_SHARED_LEVELDBS, real, open_leveldb)
         self._shared = shared
         self.db = shared.handle
         self.keys = list(self.db.iterator(include_value=False))
@@ -295,7 +322,9 @@ class LevelDBReader(LMDBReader):
         yield from self.db.iterator()
 
     def close(self):
-        self.db = self._shared = None
+        shared, self._shared, self.db = self._shared, None, None
+        if shared is not None:
+            _release(shared)
 
 
 class LevelDBWriter(_RecordWriter):

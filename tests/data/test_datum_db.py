@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -300,3 +301,42 @@ def test_a_missing_optional_package_names_the_pip_package(tmp_path, monkeypatch)
     monkeypatch.setitem(sys.modules, "PIL", None)
     with pytest.raises(DataError, match="pip install Pillow"):
         decode_image(b"\x89PNG")
+
+
+class _CloseWaits:
+    """An open database handle whose close() signals that it started, then waits for ``go``."""
+
+    def __init__(self, handle):
+        self.handle, self.closing, self.go = handle, threading.Event(), threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self.handle, name)
+
+    def close(self):
+        self.closing.set()
+        self.go.wait(10)
+        self.handle.close()
+
+
+def test_a_reader_opened_while_the_last_one_closes_gets_an_open_database(tmp_path):
+    """The last reader of an LMDB let go in one thread (a dropped data layer's prefetch thread)
+    while another thread opens the same database: the new reader must not be handed the
+    environment that is being closed (it was, found through the shared table's weak reference
+    while the old holder's finalizer ran, and its reads then failed with lmdb's 'Attempt to
+    operate on closed/deleted/dropped object')."""
+    with LMDBWriter(str(tmp_path / "db")) as w:
+        w.put("00000000", b"record")
+    first = [LMDBReader(str(tmp_path / "db"))]
+    handle = first[0]._shared.handle = _CloseWaits(first[0]._shared.handle)
+    dropper = threading.Thread(target=first.clear)     # drops the only reference, in a thread
+    dropper.start()
+    assert handle.closing.wait(10)
+    second = []
+    opener = threading.Thread(target=lambda: second.append(LMDBReader(str(tmp_path / "db"))))
+    opener.start()
+    opener.join(0.3)                 # the opener, if not held back, finds the closing one now
+    handle.go.set()
+    dropper.join(10)
+    opener.join(10)
+    assert second[0].get_index(0) == b"record"
+    assert len(second[0]) == 1
