@@ -556,14 +556,18 @@ def _is_text(path):
 @command
 def upgrade(args):
     """Caffe's upgrade_net_proto_text, upgrade_net_proto_binary and upgrade_solver_proto_text:
-    an old net (V1 `layers`, `input_dim`, data-layer transforms) or solver (`solver_type`)
+    an old net (V0 or V1 `layers`, `input_dim`, data-layer transforms) or solver (`solver_type`)
     written in the current format, text for text and binary for binary."""
-    from minicnn.errors import PrototxtError
+    from minicnn.errors import NetError, PrototxtError
     from minicnn.proto import (parse_text, read_binary, upgrade_net, upgrade_solver,
                                write_binary, write_prototxt)
     from minicnn.proto.wire import atomic_write
     if not _is_text(args.input):
-        net = upgrade_net(read_binary(args.input, "NetParameter"))
+        net = read_binary(args.input, "NetParameter")
+        try:
+            upgrade_net(net)
+        except NetError as e:
+            raise NetError(f"{args.input}: {e}") from None
         write_binary(net, args.output)
         print(f"Wrote upgraded NetParameter binary proto to {args.output}")
         return 0
@@ -578,7 +582,10 @@ def upgrade(args):
         except PrototxtError:
             raise net_error from None
     before = message.copy()
-    (upgrade_net if kind == "NetParameter" else upgrade_solver)(message)
+    if kind == "NetParameter":
+        upgrade_net(message, args.input)
+    else:
+        upgrade_solver(message)
     if message == before:                           # the file as it is, comments and all
         if not (os.path.exists(args.output) and os.path.samefile(args.input, args.output)):
             with atomic_write(args.output) as f:

@@ -87,7 +87,7 @@ class MergeResult:
 def _read_net(model):
     if isinstance(model, caffe_pb2.NetParameter):
         return upgrade_net(model.copy())
-    return upgrade_net(read_prototxt(os.fspath(model), "NetParameter"))
+    return upgrade_net(read_prototxt(os.fspath(model), "NetParameter"), os.fspath(model))
 
 
 def _read_weights(weights):

@@ -303,7 +303,8 @@ class Net:
             if source_dir is None:
                 source_dir = os.path.dirname(os.path.abspath(self.source))
         self.source_dir = source_dir
-        param = upgrade_net(param)
+        param = upgrade_net(param, None if isinstance(model, caffe_pb2.NetParameter)
+                            else self.source)
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise ValueError(f"dtype must be float32 or float64, not {self.dtype}")
@@ -467,7 +468,10 @@ class Net:
         if self.source == "<NetParameter>":
             return ""
         for layer, line in layer_lines(self.source):
-            if layer.name == layer_name and (any_state or layer_included(layer, self.state)):
+            name = layer.name
+            if not name and type(layer).DESCRIPTOR.name == "V1LayerParameter":
+                name = layer.layer.name                 # a V0 layer names itself in 'layer'
+            if name == layer_name and (any_state or layer_included(layer, self.state)):
                 return f"{self.source}:{line}: "
         return ""
 
@@ -1229,15 +1233,20 @@ class Net:
             where = os.fspath(weights)
             keep = {"NetParameter": {"layer", "layers"},
                     "LayerParameter": {"name", "type", "blobs"},
-                    "V1LayerParameter": {"name", "type", "blobs"}}
+                    "V1LayerParameter": {"name", "type", "blobs", "layer"},
+                    "V0LayerParameter": {"name", "type", "blobs"}}     # 2014's, in "layer"
             try:
-                source = upgrade_net(read_binary(where, "NetParameter", keep=keep))
+                source = read_binary(where, "NetParameter", keep=keep)
             except WireFormatError as e:
                 if "solverstate" not in os.path.basename(where):
                     raise
                 raise NetError(f"{e}; it looks like a solver state, not weights: fine-tune "
                                "from the .caffemodel beside it, or resume from this file "
                                "(--snapshot)") from None
+            try:
+                upgrade_net(source)
+            except NetError as e:                # a V0 layer type Caffe does not know
+                raise NetError(f"{where}: {e}") from None
         targets = self.layer_dict
         copies = []
         for src in source.layer:

@@ -295,8 +295,8 @@ def test_input_shape_upgrade_and_errors():
         upgrade_net(parse_text('input: "a" input: "b" input_shape { dim: 1 }'))  # as Caffe
     with pytest.raises(NetError, match="mixes V1"):
         upgrade_net(parse_text('layers { name: "a" } layer { name: "b" }'))
-    with pytest.raises(NetError, match="V0"):
-        upgrade_net(parse_text('layers { layer { name: "old" type: "conv" } }'))
+    with pytest.raises(NetError, match="'convolution' is not a V0 layer type"):
+        upgrade_net(parse_text('layers { layer { name: "old" type: "convolution" } }'))
 
 
 # --- fuzzing --------------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ class _Parser:
         self.stack = []            # messages being parsed, for "in layer 'x'" context
         self.layer_starts = []     # (layer message, position of its '{'), for layer_lines
         self.top_fields = {}       # top-level field name -> position of its first use
+        self.field_positions = None   # {id(message): {field name: [positions]}} when asked for
         self.i = 0
         self.tokens = []
         self.tokens = self._tokenize(text)
@@ -142,6 +143,9 @@ class _Parser:
                 self.fail(_unknown_field_message(desc, tok.text, msg, self._layer()), tok.pos)
             if len(self.stack) == 1:
                 self.top_fields.setdefault(field.name, tok.pos)
+            if self.field_positions is not None:
+                self.field_positions.setdefault(id(msg), {}).setdefault(field.name, []).append(
+                    tok.pos)
             if not field.repeated and not self.merge:
                 if field.name in seen:
                     self.fail(f"field '{field.name}' of {desc.name} is set twice (first on line "
@@ -420,6 +424,28 @@ def layer_lines(path):
     except (OSError, UnicodeDecodeError, PrototxtError):
         return []
     return [(layer, parser.where(pos)[0]) for layer, pos in parser.layer_starts]
+
+
+def v0_layer_lines(path):
+    """For the errors of Caffe's V0 upgrade, which come after parsing: per top-level ``layers``
+    entry of the net prototxt at ``path``, in file order, (the line it opens on, {field name:
+    [lines]} of the entry itself (bottom, top), {field name: [lines]} of its V0 ``layer {}``);
+    [] when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8").lstrip("\ufeff")
+        parser = _Parser(text, path)
+        parser.field_positions = {}
+        parser.parse_message(MESSAGES["NetParameter"].cls())
+    except (OSError, UnicodeDecodeError, PrototxtError):
+        return []
+
+    def lines(msg):
+        return {name: [parser.where(pos)[0] for pos in positions]
+                for name, positions in parser.field_positions.get(id(msg), {}).items()}
+    return [(parser.where(pos)[0], lines(entry), lines(entry.layer))
+            for entry, pos in parser.layer_starts if type(entry).DESCRIPTOR.name ==
+            "V1LayerParameter"]
 
 
 def field_lines(path, message_type):

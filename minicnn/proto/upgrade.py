@@ -10,6 +10,8 @@
 - Pooling's ``ceil_mode: false`` (the forks' spelling, from BVLC/caffe#3057: soeaver's
   caffe-model, PyTorch-to-Caffe converters, OpenCV) becomes ``round_mode: FLOOR``.
 - the solver's enum ``solver_type: ADAM`` becomes ``type: "Adam"``.
+- V0 nets (2013-2014: ``layers { layer { type: "conv" kernelsize: 11 } }``) first become V1
+  nets, as Caffe's UpgradeV0Net does (upgrade_v0.py).
 - DeepLab v1's V1 nets: its enum types (IMAGE_SEG_DATA, SEG_ACCURACY, INTERP, MAT_WRITE, ...)
   become their type names, convolution_param's ``hole`` becomes ``dilation``, and SOFTMAX_LOSS's
   ``softmaxloss_param { ignore_label }`` becomes ``loss_param { ignore_label }``.
@@ -17,6 +19,8 @@
 
 from minicnn.errors import NetError
 from minicnn.proto.caffe_pb2 import BlobShape, LayerParameter
+from minicnn.proto.text import v0_layer_lines
+from minicnn.proto.upgrade_v0 import is_v0_net, upgrade_v0_net
 
 V1_TYPE_NAMES = {
     "ABSVAL": "AbsVal", "ACCURACY": "Accuracy", "ARGMAX": "ArgMax", "BNLL": "BNLL",
@@ -48,10 +52,6 @@ _V1_COPIED = ("bottom", "top", "name", "include", "exclude", "blobs", "loss_weig
 
 def upgrade_v1_layer(v1):
     """One V1LayerParameter as a LayerParameter."""
-    if v1.HasField("layer"):
-        raise NetError(f"layer '{v1.name or v1.layer.name}' uses the V0 format (2014 and earlier), "
-                       "which minicnn does not read; upgrade it with Caffe's "
-                       "upgrade_net_proto_text first")
     layer = LayerParameter()
     for field, value in v1.ListFields():       # sub-messages move over; v1 is discarded after
         if field.name == "softmaxloss_param":
@@ -164,12 +164,35 @@ def upgrade_layer(layer):
     return layer
 
 
-def upgrade_net(net):
-    """Upgrade a NetParameter in place to the current format; return it."""
+def _v0_locator(path):
+    """upgrade_v0_net's ``locate`` for the prototxt at ``path`` (None: no file): the file is
+    read again only when there is an error to place."""
+    found = []
+
+    def locate(index, field, nth, in_v0):
+        if path is None:
+            return ""
+        if not found:
+            found.append(v0_layer_lines(path))
+        if index >= len(found[0]):
+            return ""
+        line, entry_lines, v0_lines = found[0][index]
+        lines = (v0_lines if in_v0 else entry_lines).get(field) if field else None
+        if lines:
+            line = lines[min(nth, len(lines) - 1)]
+        return f"{path}:{line}: "
+    return locate
+
+
+def upgrade_net(net, path=None):
+    """Upgrade a NetParameter in place to the current format; return it. ``path``: the prototxt
+    it was read from, for errors of the V0 upgrade to name the line."""
+    if net.HasField("layers") and net.HasField("layer"):
+        raise NetError("the net mixes V1 'layers' and current 'layer' definitions; "
+                       "use one of them")
+    if is_v0_net(net):
+        upgrade_v0_net(net, _v0_locator(path))
     if net.HasField("layers"):
-        if net.HasField("layer"):
-            raise NetError("the net mixes V1 'layers' and current 'layer' definitions; "
-                           "use one of them")
         for v1 in net.layers:
             net.layer.append(upgrade_v1_layer(v1))
         net.ClearField("layers")
