@@ -391,6 +391,9 @@ def test(args):
               file=sys.stderr)
     net = Net(_model(args), weights=args.weights, phase=args.phase, level=args.level,
               stages=args.stage, device=device)
+    from minicnn.solver import test_coverage_notes
+    for note in test_coverage_notes(net, args.iterations, "the net", "--iterations"):
+        print(note, file=sys.stderr)
     if args.eval_type == "detection":
         return _test_detection(net, args)
     from minicnn.solver import detection_eval_note

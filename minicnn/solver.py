@@ -262,6 +262,9 @@ class Solver:
                                            "(ssd_pascal.py's solver sets it)")
                 if note:
                     self.log(note)
+        for i, test_net in enumerate(self.test_nets):
+            for note in test_coverage_notes(test_net, param.test_iter[i], f"test net #{i}"):
+                self.log(note)
         for net in [self.net] + self.test_nets:
             net.debug_log = _weak_log(self)
         for test_net in self.test_nets:
@@ -961,6 +964,31 @@ def detection_eval_note(net, what, flag):
     return (f"note: {what} has DetectionEvaluate ('{layers[0]}') but is scored as "
             f"\"classification\" (the default): each value of its rows is averaged, not the "
             f"mAP; {flag} gives the mAP")
+
+
+def test_coverage_notes(net, batches, what, field="test_iter"):
+    """Notes for the data layers of a test net whose ``batches`` per test (the solver's
+    ``test_iter``, or ``field`` as named there) do not read their source once: fewer leave
+    samples out of each test (the next test goes on from there), more score some samples twice
+    (the source wraps around). Caffe is silent in both cases; the outputs are then not the
+    scores of the test set."""
+    notes = []
+    for name, layer in net.layer_dict.items():
+        epoch = layer.batches_per_epoch() if hasattr(layer, "batches_per_epoch") else None
+        if not epoch or batches == epoch:
+            continue
+        source = f" ({layer.source_path})" if getattr(layer, "source_path", None) else ""
+        reads = (f"note: {what} runs {field} {batches} batches per test, but its layer "
+                 f"'{name}' reads its {layer.num_samples} samples{source} in {epoch} batches "
+                 f"of {layer.batch_size}: ")
+        setting = f"{field}: {epoch}" if field == "test_iter" else f"{field} {epoch}"
+        if batches < epoch:
+            notes.append(reads + "each test leaves some of them out (the next test goes on "
+                         f"from there, as in Caffe); {setting} scores them all")
+        else:
+            notes.append(reads + "each test scores some of them more than once (the source "
+                         f"wraps around, as in Caffe); {setting} scores each once")
+    return notes
 
 
 def check_eval_type(param):

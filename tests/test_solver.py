@@ -944,3 +944,53 @@ layer { name: "loss" type: "EuclideanLoss" bottom: "fc" bottom: "y" top: "loss" 
     assert minicnn.SGDSolver(param, log=lambda m: None).net.blobs["x"].shape == (4, 3)
     with pytest.raises(MinicnnError, match=r"batch size of 8 .*--batch-size.* no data layer"):
         minicnn.SGDSolver(param, train_batch_size=8, log=lambda m: None)
+
+
+def _ten_image_net(tmp_path):
+    """A net whose ImageData reads 10 images in batches of 4 (3 batches read them once)."""
+    import cv2
+    lines = []
+    for i in range(10):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((4, 4), 20 * i, np.uint8))
+        lines.append(f"{i}.png {i % 2}")
+    (tmp_path / "list.txt").write_text("\n".join(lines) + "\n")
+    return f"""
+        layer {{ name: "data" type: "ImageData" top: "data" top: "label"
+          image_data_param {{ source: "{tmp_path / 'list.txt'}" root_folder: "{tmp_path}/"
+                              batch_size: 4 is_color: false }} }}
+        layer {{ name: "fc" type: "InnerProduct" bottom: "data" top: "fc"
+          inner_product_param {{ num_output: 2 }} }}
+        layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label"
+          top: "loss" }}"""
+
+
+@pytest.mark.parametrize("test_iter, note", [(3, None), (2, "leaves some of them out"),
+                                             (4, "scores some of them more than once")])
+def test_a_test_iter_that_does_not_read_the_test_set_once_is_noted(tmp_path, test_iter, note):
+    """Caffe's recipe: test_iter x batch_size should cover the test set once (10 images in
+    batches of 4: 3 batches). Fewer leave images out of each test, more score some twice;
+    Caffe does either silently."""
+    messages = []
+    param = caffe_pb2.SolverParameter(net_param=parse_text(_ten_image_net(tmp_path)),
+                                      base_lr=0.1, lr_policy="fixed", test_iter=[test_iter],
+                                      test_interval=1, max_iter=0)
+    minicnn.get_solver(param, log=messages.append)
+    notes = [m for m in messages if "test_iter" in m]
+    if note is None:
+        assert notes == []
+    else:
+        assert len(notes) == 1 and note in notes[0], messages
+        assert "'data' reads its 10 samples" in notes[0] and "test_iter: 3" in notes[0]
+
+
+@pytest.mark.parametrize("iterations, note", [(3, None), (50, "more than once")])
+def test_minicnn_test_notes_iterations_that_do_not_read_the_data_once(tmp_path, capsys,
+                                                                     iterations, note):
+    from minicnn.cli import main
+    (tmp_path / "net.prototxt").write_text(_ten_image_net(tmp_path))
+    assert main(["test", str(tmp_path / "net.prototxt"), "--iterations", str(iterations)]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "batches per test" in line]
+    if note is None:
+        assert notes == []
+    else:
+        assert len(notes) == 1 and note in notes[0] and "--iterations 3 " in notes[0]

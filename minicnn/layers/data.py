@@ -216,6 +216,11 @@ class _SourceDataLayer(Layer):
     def _make_batch(self, b):
         return self._load(self.sample_ids(b), b)
 
+    def batches_per_epoch(self):
+        """Batches that read every sample of the source once (the last may end in the next
+        epoch), or None where batches draw their samples at random (WindowData)."""
+        return -(-self.num_samples // (self.batch_size * self.shard_count))
+
     def forward(self, bottom, top):
         batch = self._prefetcher.next()
         for blob, array in zip(top, batch):
@@ -413,6 +418,11 @@ class ImageDataLayer(_SourceDataLayer):
             self._orders = {epoch: plan}        # batches move forward: keep one epoch
         n = self.batch_size
         return plan[k][self.shard_rank * n:(self.shard_rank + 1) * n]
+
+    def batches_per_epoch(self):
+        if self.buckets is None:
+            return super().batches_per_epoch()
+        return self.buckets.batches_per_epoch
 
     def set_shard(self, rank, count):
         super().set_shard(rank, count)
@@ -629,6 +639,9 @@ class WindowDataLayer(_SourceDataLayer):
                     raise DataError(f"image '{path}': cannot read: {e.strerror}",
                                     self.source_path, line) from None
         return [(self.batch_size, 3, self.crop, self.crop), (self.batch_size,)]
+
+    def batches_per_epoch(self):
+        return None                              # each window is drawn at random
 
     def batch_plan(self, b):
         """[(is_fg, window row, mirror)] of batch ``b`` (this rank's block when sharded):
