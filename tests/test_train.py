@@ -418,3 +418,33 @@ def test_read_train_log_and_test_log(tmp_path):
     out = tmp_path / "x_test.log"
     out.write_text("Loading...\naccuracy = 0.98\nloss = 0.0612\n")
     assert monitor.read_test_log(str(out)) == {"accuracy": 0.98, "loss": 0.0612}
+
+
+@pytest.mark.parametrize("order, shuffle, phase, warned", [
+    ("sorted", "false", "TRAIN", True), ("sorted", "true", "TRAIN", False),
+    ("sorted", "false", "TEST", False), ("mixed", "false", "TRAIN", False)])
+def test_a_training_list_in_label_order_without_shuffle_is_warned(tmp_path, order, shuffle,
+                                                                  phase, warned):
+    """Caffe's fine-tuning recipe: shuffle the images. A list sorted by class, read in order,
+    gives batches of one class; Caffe trains on it silently (LeNet on MNIST diverges)."""
+    lines = write_images(tmp_path).read_text().splitlines()      # labels 0, 1, 2, 0, 1, ...
+    if order == "sorted":
+        lines.sort(key=lambda line: int(line.split()[1]))
+    (tmp_path / "list.txt").write_text("\n".join(lines) + "\n")
+    net = f"""layer {{ name: "data" type: "ImageData" top: "data" top: "label"
+      image_data_param {{ source: "{tmp_path / 'list.txt'}" root_folder: "{tmp_path}/"
+                          batch_size: 4 shuffle: {shuffle} }} }}"""
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        minicnn.Net(minicnn.proto.parse_text(net), phase)
+    messages = [str(w.message) for w in caught if "label order" in str(w.message)]
+    assert len(messages) == int(warned)
+    if warned:
+        assert "(24 images, 3 labels, one run each)" in messages[0] and "shuffle" in messages[0]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        convert_imageset(str(tmp_path), str(tmp_path / "list.txt"), str(tmp_path / "db"),
+                         shuffle=shuffle == "true")
+    messages = [str(w.message) for w in caught if "label order" in str(w.message)]
+    assert len(messages) == int(order == "sorted" and shuffle == "false")

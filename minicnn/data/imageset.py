@@ -43,6 +43,18 @@ def read_list_file(path):
     return out
 
 
+def grouped_by_label(labels, run=2):
+    """"N images, K labels, one run each" where ``labels`` come grouped by label (each label in
+    one contiguous run, at least two labels, runs of ``run`` or more on average: a list sorted
+    by class), else None. Read in that order, most batches of ``run`` hold a single class."""
+    labels = list(labels)
+    distinct = len(set(labels))
+    runs = 1 + sum(a != b for a, b in zip(labels, labels[1:]))
+    if distinct < 2 or runs != distinct or len(labels) < distinct * max(run, 2):
+        return None
+    return f"{len(labels)} images, {distinct} labels, one run each"
+
+
 def _guess_encoding(name):
     ext = os.path.splitext(name)[1].lower().lstrip(".")
     if not ext:
@@ -75,6 +87,13 @@ def convert_imageset(root, list_file, db_path, resize_height=0, resize_width=0, 
     if shuffle:
         rng = get_rng() if seed is None else np.random.default_rng(seed)
         entries = [entries[i] for i in rng.permutation(len(entries))]
+    else:
+        grouped = grouped_by_label(label for _, label, _ in entries)
+        if grouped:
+            warnings.warn(f"{list_file} is in label order ({grouped}) and shuffle is off: a "
+                          "Data layer reads the records in this order (it cannot shuffle "
+                          "them), so most training batches would hold a single class; "
+                          "shuffle a training set (--shuffle)", stacklevel=2)
     db_path = os.fspath(db_path)
     if os.path.lexists(db_path) and not overwrite:
         raise DataError("already exists (remove it first, as Caffe's convert_imageset "

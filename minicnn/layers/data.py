@@ -18,7 +18,7 @@ from minicnn.data.datum import decode_datum, decode_image, read_image
 from minicnn.data.buckets import SizeBuckets, image_size
 from minicnn.data.db import open_db, resolve_path, root_joined
 from minicnn.data.errors import DataError, need
-from minicnn.data.imageset import read_list_file
+from minicnn.data.imageset import grouped_by_label, read_list_file
 from minicnn.data.prefetch import Prefetcher
 from minicnn.data.transform import (
     ALL_TRANSFORM_FIELDS,
@@ -376,6 +376,14 @@ class ImageDataLayer(_SourceDataLayer):
         self.batch_size, self.rand_skip, self.shuffle = p.batch_size, p.rand_skip, p.shuffle
         self.source_path = self.resolve(p.source, what="image list file")
         self.entries = read_list_file(self.source_path)
+        grouped = None if p.shuffle or self.phase != "TRAIN" else \
+            grouped_by_label((label for _, label, _ in self.entries), p.batch_size)
+        if grouped:
+            warnings.warn(f"layer '{self.name}' (ImageData) trains on {p.source} in label order "
+                          f"({grouped}) and shuffle is off: most batches hold a single class, "
+                          "so SGD learns one class at a time (and may diverge); set "
+                          "image_data_param { shuffle: true } or shuffle the list",
+                          stacklevel=2)
         self.num_samples = len(self.entries)
         self.transformer = DataTransformer(
             merged_transform_param(self.param, "image_data_param"), self.phase, self.dtype,
