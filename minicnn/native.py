@@ -22,10 +22,11 @@ runs them on one (GNU OpenMP would hang it otherwise; see docs/pycaffe.md, "Thre
 processes").
 """
 
+import importlib
 import os
 
-try:
-    from minicnn import _native as lib
+try:            # import_module, not `from minicnn import _native`: where the file is missing
+    lib = importlib.import_module("minicnn._native")   # that one says "circular import"
     load_error = None
 except ImportError as e:                   # not built (no compiler, no pybind11): NumPy path
     lib, load_error = None, e

@@ -2,6 +2,7 @@
 control works, and ops pick their "cpu" implementation unless MINICNN_CPU=ref."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -97,3 +98,31 @@ def test_zero_fill_zeroes_the_short_last_piece_of_a_large_array():
     lib.zero_fill(arrays)
     for a in arrays:
         assert not a.any(), (a.size, np.flatnonzero(a)[:3])
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _without_native(tmp_path, require):
+    """An environment that imports a copy of the package without its compiled extension, as
+    pip installs it where no C++ compiler is (pip hides setup.py's warning about that)."""
+    shutil.copytree(os.path.dirname(minicnn.__file__), tmp_path / "pkg" / "minicnn",
+                    ignore=shutil.ignore_patterns("_native*", "__pycache__"))
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "pkg"), MPLBACKEND="Agg")
+    env.pop("MINICNN_CPU", None)
+    if require:
+        env["MINICNN_REQUIRE_NATIVE"] = "1"
+    else:
+        env.pop("MINICNN_REQUIRE_NATIVE", None)
+    return env
+
+
+def test_a_missing_extension_is_named_where_it_is_required(tmp_path):
+    """Not Python's "cannot import name '_native' from partially initialized module 'minicnn'
+    (most likely due to a circular import)", which sends one looking for an import cycle."""
+    out = subprocess.run([sys.executable, "-c", "import minicnn"], cwd=tmp_path,
+                         env=_without_native(tmp_path, True), capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "No module named 'minicnn._native'" in out.stderr, out.stderr
+    assert "circular" not in out.stderr
+
