@@ -104,7 +104,7 @@ def time_(args):
     """Time forward and backward of every layer, as `caffe time` does."""
     from minicnn import Net
 
-    from minicnn import cuda
+    from minicnn import cuda, native
     net = Net(_model(args), weights=args.weights, phase=args.phase, level=args.level,
               stages=args.stage, device=_device(args))
     rng = np.random.default_rng(0)
@@ -123,6 +123,9 @@ def time_(args):
     n_layers = len(net.layers)
     print(f"Net '{net.name}' ({net.phase}): {n_layers} layers, input "
           + ", ".join(f"{n} {net.blobs[n].shape}" for n in net.inputs))
+    if net.device is None and native.lib is None:   # pip shows no build warning: say it here
+        print(f"Note: minicnn's native extension did not load ({native.load_error}); these are "
+              "the NumPy reference path's times (reinstall with pybind11 and a C++17 compiler)")
     print("Performing Forward")
     print(f"Initial loss: {net.forward_from_to():g}")
     print("Performing Backward")

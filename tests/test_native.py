@@ -126,3 +126,40 @@ def test_a_missing_extension_is_named_where_it_is_required(tmp_path):
     assert "No module named 'minicnn._native'" in out.stderr, out.stderr
     assert "circular" not in out.stderr
 
+
+def test_without_the_extension_minicnn_runs_on_numpy_and_time_says_so(tmp_path):
+    """The NumPy path gives the native path's outputs (LeNet forward with seeded weights), and
+    `minicnn time` tells why its times are those of the reference ops."""
+    code = """if True:
+        import sys
+        import numpy as np
+        import minicnn
+        assert minicnn.native.lib is None and minicnn.__file__.startswith(sys.argv[2])
+        minicnn.set_random_seed(3)
+        net = minicnn.Net(sys.argv[1], minicnn.TEST)
+        net.blobs["data"].data = np.linspace(-1, 1, net.blobs["data"].count).reshape(
+            net.blobs["data"].shape).astype(np.float32)
+        np.save(sys.argv[2] + "/prob.npy", net.forward()["prob"])
+        """
+    lenet = os.path.join(REPO, "models", "lenet", "lenet.prototxt")
+    env = _without_native(tmp_path, False)
+    out = subprocess.run([sys.executable, "-c", code, lenet, str(tmp_path)], cwd=tmp_path,
+                         env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    minicnn.set_random_seed(3)
+    net = minicnn.Net(lenet, minicnn.TEST)
+    net.blobs["data"].data = np.linspace(-1, 1, net.blobs["data"].count).reshape(
+        net.blobs["data"].shape).astype(np.float32)
+    np.testing.assert_allclose(np.load(tmp_path / "prob.npy"), net.forward()["prob"],
+                               rtol=1e-5, atol=1e-7)
+    out = subprocess.run([sys.executable, "-m", "minicnn", "time", lenet, "--iterations", "1"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "native extension did not load (No module named 'minicnn._native')" in out.stdout
+    if lib is not None:       # with it, no such note
+        out = subprocess.run([sys.executable, "-m", "minicnn", "time", lenet, "--iterations",
+                              "1"], cwd=tmp_path, capture_output=True, text=True,
+                             env=dict(os.environ, PYTHONPATH=os.path.dirname(
+                                 os.path.dirname(minicnn.__file__))))
+        assert out.returncode == 0, out.stderr
+        assert "native extension" not in out.stdout
