@@ -33,3 +33,19 @@ def test_readme_layer_study_examples_run():
     for block in blocks:
         exec(compile(block, "README.md", "exec"), namespace)
     assert namespace["dx"].shape == namespace["x"].shape
+
+
+def test_pyproject_uses_no_deprecated_setuptools_configuration():
+    """setuptools stops building deprecated configuration after a date it announces (the license
+    as a table {text = ...}: by 2027-02-18), so a warning today is a failed `pip install` later."""
+    import warnings
+
+    import pytest
+    pytest.importorskip("setuptools", minversion="77")
+    from setuptools.config.pyprojecttoml import apply_configuration
+    from setuptools.dist import Distribution
+    from setuptools.warnings import SetuptoolsDeprecationWarning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SetuptoolsDeprecationWarning)
+        dist = apply_configuration(Distribution(), os.path.join(REPO, "pyproject.toml"))
+    assert dist.metadata.name == "minicnn" and "minicnn.kernels" in dist.packages
