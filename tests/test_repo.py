@@ -49,3 +49,32 @@ def test_pyproject_uses_no_deprecated_setuptools_configuration():
         warnings.simplefilter("error", SetuptoolsDeprecationWarning)
         dist = apply_configuration(Distribution(), os.path.join(REPO, "pyproject.toml"))
     assert dist.metadata.name == "minicnn" and "minicnn.kernels" in dist.packages
+
+
+def test_the_wheel_gets_every_subpackage_and_kernel_file():
+    """pyproject.toml lists the packages and data files by hand; the editable install the tests
+    run from finds any file anyway, so a missed one would break only an installed wheel (a
+    kernels/*.cu that cuda.py compiles, a new minicnn/ subpackage)."""
+    import fnmatch
+
+    import pytest
+    pytest.importorskip("setuptools", minversion="77")
+    from setuptools.config.pyprojecttoml import apply_configuration
+    from setuptools.dist import Distribution
+    dist = apply_configuration(Distribution(), os.path.join(REPO, "pyproject.toml"))
+    folders = {p: os.path.join(REPO, dist.package_dir.get(p, p.replace(".", os.sep)))
+               for p in dist.packages}
+    found = set()
+    for top in ("minicnn", "kernels"):
+        for root, dirs, files in os.walk(os.path.join(REPO, top)):
+            dirs[:] = [d for d in dirs if d != "__pycache__"]
+            if "__init__.py" in files:
+                found.add(root)
+            package = next((p for p, f in folders.items() if f == root), None)
+            for name in files:
+                if name.endswith((".py", ".pyc", ".so", ".pyd")) or name.startswith("."):
+                    continue
+                patterns = dist.package_data.get(package, []) if package else []
+                assert any(fnmatch.fnmatch(name, p) for p in patterns), \
+                    f"{os.path.join(root, name)} is in no package-data pattern of pyproject.toml"
+    assert found == set(folders.values()), found ^ set(folders.values())
