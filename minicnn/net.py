@@ -1227,6 +1227,8 @@ class Net:
         """
         if isinstance(weights, caffe_pb2.NetParameter):
             source, where = weights, "<NetParameter>"
+            if source.layers:                    # V0/V1 layers: read as a file's would be
+                source = upgrade_net(source.copy())
         elif _is_hdf5(weights):                  # Caffe's CopyTrainedLayersFrom tells by content
             return self.load_hdf5(weights)
         else:

@@ -461,6 +461,9 @@ def test_copy_from_a_v1_model(tmp_path):
     net = net_from(DEPLOY)
     net.copy_from(path)
     assert net.params["a"][0].data[0] == 4
+    net = net_from(DEPLOY)                     # the message itself: upgraded as the file is
+    net.copy_from(v1)
+    assert net.params["a"][0].data[0] == 4 and v1.layers and not v1.layer   # v1 unchanged
 
 
 SMALL_CNN = """
