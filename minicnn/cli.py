@@ -1289,6 +1289,10 @@ def convert(args):
     written = convert_darknet(args.cfg, args.weights, args.outdir)
     for path in written:
         print(f"Wrote {path}")
+    if args.weights is None:
+        print("No caffemodel: no .weights given, so the layers' fillers are Darknet's random "
+              "initialisation (train from scratch: a data layer in place of the Input, the labels "
+              "as the loss layer's second bottom)")
     print("The net takes RGB input scaled to [0, 1] (Darknet's): minicnn detect --rgb")
     return 0
 
@@ -1773,7 +1777,10 @@ def build_parser():
                                "and the classifiers (sections convolutional, local, maxpool, "
                                "avgpool, connected, dropout, softmax, cost, crop, route, "
                                "shortcut, upsample, reorg, region, yolo, detection)")
-    p.add_argument("weights", help="Darknet .weights")
+    p.add_argument("weights", nargs="?",
+                   help="Darknet .weights; leave it out (cfg outdir) to start from scratch: the "
+                        "prototxt's fillers are then Darknet's random initialisation and no "
+                        "caffemodel is written")
     p.add_argument("outdir", help="folder for <cfg name>.prototxt and .caffemodel")
     return parser
 

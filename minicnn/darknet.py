@@ -3,6 +3,8 @@ full), YOLOv2, YOLOv3 and Darknet's classifiers (darknet19/53, resnets, densenet
 
     convert_darknet("yolov3-tiny.cfg", "yolov3-tiny.weights", "out/")
     # -> out/yolov3-tiny.prototxt, out/yolov3-tiny.caffemodel
+    convert_darknet("yolov3-tiny.cfg", None, "out/")
+    # -> out/yolov3-tiny.prototxt alone, its fillers Darknet's random initialisation
 
 The cfg's sections become layers, in order (Darknet's parse_network_cfg defaults apply to keys a
 section leaves out; layers are numbered from 0 after [net], as [route] and [shortcut] count):
@@ -83,6 +85,7 @@ connected: biases, weights (outputs, inputs; stored transposed when major or min
 reported.
 """
 
+import math
 import os
 import warnings
 
@@ -91,6 +94,7 @@ import numpy as np
 from minicnn.errors import MinicnnError
 
 DARKNET_BN_EPS = 1e-6
+DARKNET_FRESH_BN_EPS = 1e-12            # (1e-6)^2: see _fresh_batch_norm
 ACTIVATIONS = {"leaky": ("ReLU", "relu_param { negative_slope: 0.1 }"), "relu": ("ReLU", ""),
                "logistic": ("Sigmoid", ""), "tanh": ("TanH", ""), "elu": ("ELU", ""),
                "linear": None,
@@ -188,6 +192,9 @@ class WeightsReader:
                 self.buf = f.read()
         except OSError as e:
             raise DarknetError(f"{path}: cannot read the weights: {e.strerror or e}") from None
+        if self.buf[:256].lstrip().startswith((b"[", b"#", b";")):   # not a header of int32s
+            raise DarknetError(f"{path}: this is a text cfg, not a .weights file (the arguments "
+                               "are: cfg [weights] outdir)")
         if len(self.buf) < 16:
             raise DarknetError(f"{path}: {len(self.buf)} bytes is too short for a .weights "
                                "header (major, minor, revision, seen)")
@@ -238,7 +245,11 @@ class _Builder:
 
 
 def _batch_norm(b, name, top, n, biases, weights):
-    """BatchNorm + Scale for Darknet's test-time batch norm (epsilon after the square root)."""
+    """BatchNorm + Scale for Darknet's test-time batch norm (epsilon after the square root);
+    without weights (``weights`` None), a BatchNorm that trains: see _fresh_batch_norm."""
+    if weights is None:
+        _fresh_batch_norm(b, name, top)
+        return
     scales = weights.read(n, f"the scales of {name}")
     mean = weights.read(n, f"the rolling mean of {name}")
     var = weights.read(n, f"the rolling variance of {name}")
@@ -251,6 +262,36 @@ def _batch_norm(b, name, top, n, biases, weights):
             [mean, np.ones(n, np.float32), np.ones(1, np.float32)])
     b.layer(f"{name}_scale", "Scale", top, top, "scale_param { bias_term: true }",
             [gamma.astype(np.float32), biases])
+
+
+def _fresh_batch_norm(b, name, top):
+    """Darknet's batch norm as make_convolutional_layer / make_connected_layer create it (scales
+    1, biases and rolling statistics 0), to train: BatchNorm on the batch's statistics in TRAIN
+    and the running ones in TEST, Scale with fillers constant 1 and 0. Darknet's rolling
+    statistics move by .99 / .01 a batch (forward_batchnorm_layer): moving_average_fraction
+    0.99. Darknet divides by sqrt(var) + 1e-6, Caffe by sqrt(var + eps): eps 1e-12 is the same
+    where it matters (a nearly constant channel) and below float32's resolution elsewhere. Not
+    the same: Darknet's batch variance is the unbiased one (1 / (m - 1)), Caffe's the biased
+    one, a factor m / (m - 1) with m the batch's values per channel."""
+    b.layer(f"{name}_bn", "BatchNorm", top, top,
+            f"batch_norm_param {{ moving_average_fraction: 0.99 eps: {DARKNET_FRESH_BN_EPS!r} }}")
+    b.layer(f"{name}_scale", "Scale", top, top,
+            "scale_param { bias_term: true filler { type: \"constant\" value: 1 }\n"
+            "  bias_filler { type: \"constant\" value: 0 } }")
+
+
+def _he(fan_in):
+    """Darknet's float scale = sqrt(2. / fan_in), as the float32 a prototxt float reads back."""
+    return float(np.float32(math.sqrt(2.0 / fan_in)))
+
+
+def _fillers(weight, bias=True):
+    """A layer's weight_filler (and bias_filler constant 0, Darknet's calloc'ed biases) as
+    prototxt text."""
+    kind, value = weight
+    body = (f' std: {value!r}' if kind == "gaussian" else f' min: {-value!r} max: {value!r}')
+    text = f'\n  weight_filler {{ type: "{kind}"{body} }}'
+    return text + ('\n  bias_filler { type: "constant" value: 0 }' if bias else "")
 
 
 def _activation(b, s, name, top, default="logistic"):
@@ -314,20 +355,27 @@ def _convolutional(b, s, i, x, weights):
         raise DarknetError(f"{s.where()}: groups={groups} must divide the {x.c} input "
                            f"channels and the {n} filters")
     name = f"conv{i}"
-    biases = weights.read(n, f"the biases of {name}")
-    bn_at = weights.offset
-    if bn:
-        weights.read(3 * n, f"the batch norm of {name}")            # after the weights below
-    kernel = weights.read(n * (x.c // groups) * size * size, f"the weights of {name}")
-    kernel = kernel.reshape(n, x.c // groups, size, size)
-    body = (f"convolution_param {{ num_output: {n} kernel_size: {size} stride: {stride} "
+    head = (f"convolution_param {{ num_output: {n} kernel_size: {size} stride: {stride} "
             f"pad: {padding}" + (f" group: {groups}" if groups != 1 else "")
-            + (" bias_term: false" if bn else "") + " }")
-    b.layer(name, "Convolution", x.top, name, body, [kernel] if bn else [kernel, biases])
-    if bn:
-        end, weights.offset = weights.offset, bn_at
-        _batch_norm(b, name, name, n, biases, weights)
-        weights.offset = end
+            + (" bias_term: false" if bn else ""))
+    if weights is None:                      # scale * rand_normal(), scale = sqrt(2 / fan in)
+        fill = _fillers(("gaussian", _he(size * size * x.c // groups)), bias=not bn)
+        b.layer(name, "Convolution", x.top, name, head + fill + " }")
+        if bn:
+            _batch_norm(b, name, name, n, None, None)
+    else:
+        biases = weights.read(n, f"the biases of {name}")
+        bn_at = weights.offset
+        if bn:
+            weights.read(3 * n, f"the batch norm of {name}")        # after the weights below
+        kernel = weights.read(n * (x.c // groups) * size * size, f"the weights of {name}")
+        kernel = kernel.reshape(n, x.c // groups, size, size)
+        b.layer(name, "Convolution", x.top, name, head + " }",
+                [kernel] if bn else [kernel, biases])
+        if bn:
+            end, weights.offset = weights.offset, bn_at
+            _batch_norm(b, name, name, n, biases, weights)
+            weights.offset = end
     _activation(b, s, name, name)
     return _Out(name, n, (x.h + 2 * padding - size) // stride + 1,
                 (x.w + 2 * padding - size) // stride + 1)
@@ -346,11 +394,14 @@ def _local(b, s, i, x, weights):
                            "output size and its im2col disagree here; minicnn converts size 3 "
                            "with pad=1 or pad=0")
     name = f"local{i}"
-    biases = weights.read(n * oh * ow, f"the biases of {name}")
-    kernel = weights.read(oh * ow * n * x.c * size * size, f"the weights of {name}")
-    b.layer(name, "Local", x.top, name,
-            f"local_param {{ num_output: {n} kernel_size: {size} stride: {stride} pad: {pad} }}",
-            [kernel, biases])
+    head = f"local_param {{ num_output: {n} kernel_size: {size} stride: {stride} pad: {pad}"
+    if weights is None:                # scale * rand_uniform(-1, 1), scale = sqrt(2 / fan in)
+        b.layer(name, "Local", x.top, name,
+                head + _fillers(("uniform", _he(size * size * x.c))) + " }")
+    else:
+        biases = weights.read(n * oh * ow, f"the biases of {name}")
+        kernel = weights.read(oh * ow * n * x.c * size * size, f"the weights of {name}")
+        b.layer(name, "Local", x.top, name, head + " }", [kernel, biases])
     _activation(b, s, name, name)
     return _Out(name, n, oh, ow)
 
@@ -392,13 +443,18 @@ def _connected(b, s, i, x, weights):
     n, bn = s.int("output", 1), s.int("batch_normalize", 0)
     inputs = x.c * x.h * x.w
     name = f"fc{i}"
-    biases = weights.read(n, f"the biases of {name}")
-    matrix = weights.read(n * inputs, f"the weights of {name}")
-    matrix = matrix.reshape(inputs, n).T.copy() if weights.transpose \
-        else matrix.reshape(n, inputs)
-    b.layer(name, "InnerProduct", x.top, name,
-            f"inner_product_param {{ num_output: {n}" + (" bias_term: false" if bn else "")
-            + " }", [matrix] if bn else [matrix, biases])
+    head = f"inner_product_param {{ num_output: {n}" + (" bias_term: false" if bn else "")
+    if weights is None:                # scale * rand_uniform(-1, 1), scale = sqrt(2 / inputs)
+        b.layer(name, "InnerProduct", x.top, name,
+                head + _fillers(("uniform", _he(inputs)), bias=not bn) + " }")
+        biases = None
+    else:
+        biases = weights.read(n, f"the biases of {name}")
+        matrix = weights.read(n * inputs, f"the weights of {name}")
+        matrix = matrix.reshape(inputs, n).T.copy() if weights.transpose \
+            else matrix.reshape(n, inputs)
+        b.layer(name, "InnerProduct", x.top, name, head + " }",
+                [matrix] if bn else [matrix, biases])
     if bn:
         _batch_norm(b, name, name, n, biases, weights)
     _activation(b, s, name, name)
@@ -739,7 +795,9 @@ def _warn_unused(s, kind):
 
 
 def build(sections, weights):
-    """(prototxt text, {layer name: [arrays]}) of a parsed cfg with its weights."""
+    """(prototxt text, {layer name: [arrays]}) of a parsed cfg with its weights (a
+    WeightsReader); with ``weights`` None, the layers get fillers instead (Darknet's random
+    initialisation, see convert_darknet) and the dict is empty."""
     net = sections[0]
     recurrent = [s for s in sections[1:] if s.kind in RECURRENT]
     if recurrent:
@@ -893,17 +951,32 @@ def _train_data_comment(sections):
 
 def convert_darknet(cfg, weights, out_dir):
     """Write ``<cfg name>.prototxt`` and ``.caffemodel`` into ``out_dir``; returns their
-    paths."""
+    paths. With ``weights`` None (a cfg alone, as ``darknet detector train`` starts from
+    scratch) only the prototxt is written, its layers' fillers Darknet's random initialisation
+    (Debian's 2018 libdarknet): [convolutional] weights gaussian, std sqrt(2 / (size * size *
+    channels / groups)) (scale * rand_normal()); [connected] uniform in +-sqrt(2 / inputs) and
+    [local] in +-sqrt(2 / (size * size * channels)) (scale * rand_uniform(-1, 1)); biases 0;
+    batch norm scales 1, rolling statistics 0, a BatchNorm that uses the batch's statistics in
+    TRAIN (see _fresh_batch_norm). Darknet's make_local_layer draws only the first place's
+    filters and leaves the other places' at 0 (its loop stops at c * n * size * size); the
+    filler draws every place's alike."""
     from minicnn.net import TEST, Net
     from minicnn.proto.text import parse_text
     from minicnn.proto.wire import atomic_write
-    if os.fspath(out_dir).endswith((".prototxt", ".caffemodel")) and not os.path.isdir(out_dir):
-        raise DarknetError(f"{out_dir}: the third argument is a folder: the prototxt and the "
+    out, place = os.fspath(out_dir), "second" if weights is None else "third"
+    if out.endswith(".weights") and not os.path.isdir(out):
+        raise DarknetError(f"{out_dir}: the {place} argument is the output folder, not a "
+                           ".weights file: the arguments are cfg [weights] outdir")
+    if out.endswith((".prototxt", ".caffemodel")) and not os.path.isdir(out):
+        raise DarknetError(f"{out_dir}: the {place} argument is a folder: the prototxt and the "
                            "caffemodel are written into it, named after the cfg (e.g. out/)")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise DarknetError(f"{out_dir}: the {place} argument, the output folder, is a file (the "
+                           "arguments are cfg [weights] outdir)")
     sections = read_cfg(cfg)
-    reader = WeightsReader(weights)
+    reader = None if weights is None else WeightsReader(weights)
     text, arrays = build(sections, reader)
-    if reader.left:
+    if reader is not None and reader.left:
         warnings.warn(f"{weights}: {reader.left} bytes after the last layer's weights were not "
                       "used", stacklevel=2)
     net = Net(parse_text(text, "NetParameter", path=cfg), phase=TEST)
@@ -915,10 +988,16 @@ def convert_darknet(cfg, weights, out_dir):
     stem = os.path.splitext(os.path.basename(cfg))[0]
     prototxt = os.path.join(out_dir, stem + ".prototxt")
     caffemodel = os.path.join(out_dir, stem + ".caffemodel")
+    if reader is None:
+        source = (f"{os.path.basename(cfg)} without weights: the fillers are Darknet's random "
+                  "initialisation, to train from scratch; no caffemodel")
+    else:
+        source = (f"{os.path.basename(cfg)} and {os.path.basename(weights)} (Darknet "
+                  f"{reader.major}.{reader.minor}.{reader.revision}, seen {reader.seen})")
     with atomic_write(prototxt, "w") as f:
-        f.write(f"# Converted by minicnn from {os.path.basename(cfg)} and "
-                f"{os.path.basename(weights)} (Darknet {reader.major}.{reader.minor}."
-                f"{reader.revision}, seen {reader.seen}).\n# Input: RGB scaled to [0, 1] "
+        f.write(f"# Converted by minicnn from {source}.\n# Input: RGB scaled to [0, 1] "
                 "(minicnn detect --rgb).\n" + _train_data_comment(sections) + text)
+    if reader is None:
+        return [prototxt]
     net.save(caffemodel)
     return [prototxt, caffemodel]
