@@ -272,10 +272,11 @@ def _fresh_batch_norm(b, name, top):
     0.99. Darknet divides by sqrt(var) + 1e-6, Caffe by sqrt(var + eps): eps 1e-12 is the same
     where it matters (a nearly constant channel) and below float32's resolution elsewhere. Not
     the same: Darknet's batch variance is the unbiased one (1 / (m - 1)), Caffe's the biased
-    one, a factor m / (m - 1) with m the batch's values per channel."""
+    one, a factor m / (m - 1) with m the batch's values per channel. Neither the scales nor
+    the biases are decayed (decay_mult 0), as in Darknet."""
     b.layer(f"{name}_bn", "BatchNorm", top, top,
             f"batch_norm_param {{ moving_average_fraction: 0.99 eps: {DARKNET_FRESH_BN_EPS!r} }}")
-    b.layer(f"{name}_scale", "Scale", top, top,
+    b.layer(f"{name}_scale", "Scale", top, top, _decay(False, False) +
             "scale_param { bias_term: true filler { type: \"constant\" value: 1 }\n"
             "  bias_filler { type: \"constant\" value: 0 } }")
 
@@ -292,6 +293,12 @@ def _fillers(weight, bias=True):
     body = (f' std: {value!r}' if kind == "gaussian" else f' min: {-value!r} max: {value!r}')
     text = f'\n  weight_filler {{ type: "{kind}"{body} }}'
     return text + ('\n  bias_filler { type: "constant" value: 0 }' if bias else "")
+
+
+def _decay(*decayed):
+    """The layer's param specs: Darknet's updates (update_convolutional_layer & co) decay the
+    weights only, never the biases or batch norm scales."""
+    return "".join(f"param {{ decay_mult: {int(d)} }}\n" for d in decayed)
 
 
 def _activation(b, s, name, top, default="logistic"):
@@ -360,7 +367,8 @@ def _convolutional(b, s, i, x, weights):
             + (" bias_term: false" if bn else ""))
     if weights is None:                      # scale * rand_normal(), scale = sqrt(2 / fan in)
         fill = _fillers(("gaussian", _he(size * size * x.c // groups)), bias=not bn)
-        b.layer(name, "Convolution", x.top, name, head + fill + " }")
+        b.layer(name, "Convolution", x.top, name, _decay(True, *[False] * (not bn))
+                + head + fill + " }")
         if bn:
             _batch_norm(b, name, name, n, None, None)
     else:
@@ -397,7 +405,8 @@ def _local(b, s, i, x, weights):
     head = f"local_param {{ num_output: {n} kernel_size: {size} stride: {stride} pad: {pad}"
     if weights is None:                # scale * rand_uniform(-1, 1), scale = sqrt(2 / fan in)
         b.layer(name, "Local", x.top, name,
-                head + _fillers(("uniform", _he(size * size * x.c))) + " }")
+                _decay(True, False) + head + _fillers(("uniform", _he(size * size * x.c)))
+                + " }")
     else:
         biases = weights.read(n * oh * ow, f"the biases of {name}")
         kernel = weights.read(oh * ow * n * x.c * size * size, f"the weights of {name}")
@@ -445,8 +454,8 @@ def _connected(b, s, i, x, weights):
     name = f"fc{i}"
     head = f"inner_product_param {{ num_output: {n}" + (" bias_term: false" if bn else "")
     if weights is None:                # scale * rand_uniform(-1, 1), scale = sqrt(2 / inputs)
-        b.layer(name, "InnerProduct", x.top, name,
-                head + _fillers(("uniform", _he(inputs)), bias=not bn) + " }")
+        b.layer(name, "InnerProduct", x.top, name, _decay(True, *[False] * (not bn))
+                + head + _fillers(("uniform", _he(inputs)), bias=not bn) + " }")
         biases = None
     else:
         biases = weights.read(n, f"the biases of {name}")

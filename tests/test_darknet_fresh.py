@@ -116,7 +116,11 @@ def test_fillers_are_darknets_rules(tmp_path):
         else:                                         # scale * rand_uniform(-1, 1)
             assert (p.weight_filler.min, p.weight_filler.max) == \
                 (-np.float32(scale), np.float32(scale)), name
+        # Darknet's weight decay reaches the weights, not the biases or scales
+        decays = [spec.decay_mult for spec in layers[name].param]
+        assert decays == ([1] if name in BATCH_NORMALIZED else [1, 0]), name
         if name in BATCH_NORMALIZED:                  # the biases are the Scale's
+            assert [spec.decay_mult for spec in layers[f"{name}_scale"].param] == [0, 0]
             assert not p.bias_term, name
             bn, sc = layers[f"{name}_bn"].batch_norm_param, layers[f"{name}_scale"].scale_param
             assert not bn.HasField("use_global_stats")        # batch statistics in TRAIN
