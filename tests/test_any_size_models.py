@@ -37,6 +37,14 @@ def test_committed_nets_are_what_make_nets_writes(folder, tmp_path):
             assert a.read() == b.read(), f"{name} differs from make_nets.py's output: run it"
 
 
+@pytest.mark.parametrize("folder", [SPP, DEEPLAB])
+def test_make_nets_makes_its_out_folder(folder, tmp_path):
+    # models/deeplab/README.md's ablation: make_nets.py --out /tmp/dl/w50 on a fresh machine
+    out = tmp_path / "dl" / "w50"
+    load_script(folder).main(["--out", str(out)])
+    assert any(name.endswith("_solver.prototxt") for name in os.listdir(out))
+
+
 def deploy(folder, name):
     """The deploy net with fresh weights and unit BatchNorm statistics (mean 0, variance 1; the
     stored ones start at 0, which would divide by sqrt(eps) at every layer)."""

@@ -260,6 +260,7 @@ def main(argv=None):
     ap.add_argument("--max-iter", type=int, default=60000)
     ap.add_argument("--digit-weight", type=float, default=DIGIT_WEIGHT)
     args = ap.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
     for name, v in VARIANTS.items():
         save(train_test(name, **v, spec=args.encoder, aspp_width=args.aspp_width,
                         batch=args.batch, crop=args.crop, digit_weight=args.digit_weight),

@@ -134,6 +134,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=HERE)
     args = ap.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
     train_test("spp_variable").save(os.path.join(args.out, "spp_variable_train_test.prototxt"))
     train_test("spp_fixed", 32).save(os.path.join(args.out, "spp_fixed_train_test.prototxt"))
     for name, test_iter in (("spp_variable", 1000), ("spp_fixed", 10)):
