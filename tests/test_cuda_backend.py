@@ -235,6 +235,14 @@ def test_gpu_nets_run_data_python_and_host_op_layers_on_the_host():
     assert LAYERS["Python"].host_only and not LAYERS["Convolution"].host_only
 
 
+def test_cuda_md_names_every_host_layer():
+    # docs/cuda.md's "Host layers" bullet is the user's list of what a GPU net leaves on the CPU
+    text = open(os.path.join(REPO, "docs", "cuda.md")).read()
+    bullet = text.split("- **Host layers.**", 1)[1].split("\n- **", 1)[0]
+    words = set(bullet.replace(",", " ").replace("(", " ").replace(")", " ").split())
+    assert [name for name in HOST_LAYERS if name not in words] == []
+
+
 def test_cpu_nets_stay_numpy():
     net = minicnn.Net(LENET)
     assert net.device is None and net._mirrors == {}
