@@ -43,6 +43,9 @@ def _zeros_on_a_line(shape, dtype, line=64):
 
 
 class Blob:
+    """``Blob(shape, dtype=float32, device=None)``: ``data`` and ``diff`` arrays of one shape
+    (see the module's docstring); ``device`` a GPU number, None for host memory."""
+
     __slots__ = ("_data", "_diff", "_diff_source", "_shape", "_count", "dtype", "device")
 
     def __init__(self, shape=(), dtype=np.float32, device=None):

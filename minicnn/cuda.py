@@ -171,6 +171,7 @@ def set_mode_gpu():
 
 
 def set_mode_cpu():
+    """Caffe's set_mode_cpu: Nets and Solvers made from now on live on the CPU (the default)."""
     _mode["gpu"] = False
 
 

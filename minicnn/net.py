@@ -269,9 +269,10 @@ class Net:
 
     ``device`` puts the net on a GPU: "cuda:0" (or "cuda", 0), "cpu"; None follows
     minicnn.set_mode_gpu()/set_mode_cpu() (the CPU by default). The net is built on the host,
-    then every blob moves to the device and stays there; data layers (and Python layers, and
-    layers whose ops have no CUDA version) compute on host copies of their blobs, which the net
-    copies across around them (see ``runs_on_host``).
+    then every blob moves to the device and stays there; data layers (and layers marked
+    ``host_only``, Python layers among them, and layers whose ops have no CUDA version) compute
+    on host copies of their blobs, which the net copies across around them (see
+    ``runs_on_host``; docs/cuda.md lists them).
     """
 
     def __init__(self, model, *args, weights=None, phase=None, level=None, stages=(),

@@ -11,6 +11,8 @@ _rng = np.random.default_rng()
 
 
 def set_random_seed(seed):
+    """Reseed the generator of fillers, Dropout and the data layers' shuffles and augmentation
+    (Caffe's Caffe::set_random_seed): the same seed repeats a run exactly."""
     global _rng
     _rng = np.random.default_rng(seed)
 
