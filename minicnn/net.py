@@ -305,7 +305,7 @@ class Net:
                 source_dir = os.path.dirname(os.path.abspath(self.source))
         self.source_dir = source_dir
         param = upgrade_net(param, None if isinstance(model, caffe_pb2.NetParameter)
-                            else self.source)
+                            else self.source, source_file=source_file)
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise ValueError(f"dtype must be float32 or float64, not {self.dtype}")

@@ -283,3 +283,22 @@ def test_another_forks_bn_of_the_same_name_is_named_not_given_a_guessed_spelling
     parse_text(text.replace(fields, "slope_filler { value: 1 } frozen: true"))
     with pytest.raises(minicnn.errors.PrototxtError, match="did you mean 'slope_filler'"):
         parse_text(text.replace(fields, "slope_filer { value: 1 }"))
+
+
+def test_a_net_mixing_v1_layers_and_layer_names_its_file_and_line(tmp_path):
+    """Caffe refuses a net with both V1 ``layers`` and current ``layer`` entries (UpgradeV1Net),
+    and so does minicnn; a hand-edited V1 file (GilLevi's age net given an ``Input`` layer) met
+    this and the error named neither the file nor where the V1 entries start."""
+    path = tmp_path / "age.prototxt"
+    path.write_text('name: "CaffeNet"\n'
+                    'layer { name: "data" type: "Input" top: "data"\n'
+                    '  input_param { shape { dim: 1 dim: 3 dim: 4 dim: 4 } } }\n'
+                    '# the V1 part\n'
+                    'layers {\n  name: "relu1"\n  type: RELU\n  bottom: "data"\n  top: "r"\n}\n')
+    for build in (lambda: minicnn.Net(str(path), phase=minicnn.TEST),
+                  lambda: minicnn.Net(parse_text(path.read_text()), phase=minicnn.TEST,
+                                      source_file=str(path))):
+        with pytest.raises(NetError, match=rf"^{path}:5: the net mixes V1 'layers' .*line 2"):
+            build()
+    with pytest.raises(NetError, match=r"^the net mixes V1 'layers'"):   # no file: no line
+        minicnn.Net(parse_text(path.read_text()), phase=minicnn.TEST)

@@ -19,7 +19,7 @@
 
 from minicnn.errors import NetError
 from minicnn.proto.caffe_pb2 import BlobShape, LayerParameter
-from minicnn.proto.text import v0_layer_lines
+from minicnn.proto.text import field_lines, v0_layer_lines
 from minicnn.proto.upgrade_v0 import is_v0_net, upgrade_v0_net
 
 V1_TYPE_NAMES = {
@@ -184,12 +184,12 @@ def _v0_locator(path):
     return locate
 
 
-def upgrade_net(net, path=None):
+def upgrade_net(net, path=None, source_file=None):
     """Upgrade a NetParameter in place to the current format; return it. ``path``: the prototxt
-    it was read from, for errors of the V0 upgrade to name the line."""
+    it was read from, for errors of the V0 upgrade to name the line; ``source_file``: the file a
+    NetParameter was read from (a solver's net), for the error about mixed formats only."""
     if net.HasField("layers") and net.HasField("layer"):
-        raise NetError("the net mixes V1 'layers' and current 'layer' definitions; "
-                       "use one of them")
+        raise NetError(_mixed_formats_message(path or source_file))
     if is_v0_net(net):
         upgrade_v0_net(net, _v0_locator(path))
     if net.HasField("layers"):
@@ -205,6 +205,16 @@ def upgrade_net(net, path=None):
                 spec.lr_mult = 0
                 spec.decay_mult = 0
     return net
+
+
+def _mixed_formats_message(source):
+    """Caffe's UpgradeV1Net refuses a net with both fields; say where each kind starts."""
+    lines = field_lines(source, "NetParameter") if source else {}
+    where = f"{source}:{lines['layers']}: " if "layers" in lines else ""
+    first = f" (the first 'layer' is on line {lines['layer']})" if "layer" in lines else ""
+    return (f"{where}the net mixes V1 'layers' and current 'layer' definitions{first}; Caffe "
+            "refuses to upgrade such a net: write every entry in one format (minicnn upgrade "
+            "converts a whole V1 file)")
 
 
 def upgrade_solver(solver):
