@@ -302,3 +302,33 @@ def test_a_net_mixing_v1_layers_and_layer_names_its_file_and_line(tmp_path):
             build()
     with pytest.raises(NetError, match=r"^the net mixes V1 'layers'"):   # no file: no line
         minicnn.Net(parse_text(path.read_text()), phase=minicnn.TEST)
+
+
+def test_intel_caffe_engines_are_named_and_a_misplaced_field_goes_to_the_layers_own_param():
+    """Intel Caffe's model files (its copy of bvlc_googlenet's train_val, its generated ResNets)
+    write ``engine: MKL2017`` inside relu_param, concat_param, ... and ``engine: "MKL2017"`` on
+    the layer itself. BVLC Caffe refuses both, as minicnn does; the layer-level one was told
+    "it belongs inside convolution_param or lrn_param or pooling_param" for a ReLU. Both now say
+    whose engine it is and to delete the line; another misplaced field is sent to the layer's
+    own parameter block first."""
+    head = 'input: "data"\ninput_shape { dim: 1 dim: 2 dim: 3 dim: 3 }\n'
+    relu = 'layer {\n  name: "relu"\n  type: "ReLU"\n  bottom: "data"\n  top: "r"\n  %s\n}\n'
+    for body, line in (('engine: "MKL2017"', "8:3"), ('relu_param { engine: MKL2017 }', "8:24"),
+                       ('relu_param { engine: MKLDNN }', "8:24")):
+        with pytest.raises(minicnn.errors.PrototxtError) as e:
+            parse_text(head + relu % body, path="intel.prototxt")
+        message = str(e.value)
+        assert message.startswith(f"intel.prototxt:{line}:"), message
+        assert "Intel Caffe" in message and "delete the line" in message, message
+        assert "convolution_param" not in message, message
+    with pytest.raises(minicnn.errors.PrototxtError, match="did you mean 'CUDNN'"):
+        parse_text(head + relu % 'relu_param { engine: CUDN }')    # a typo keeps its guess
+    parse_text(head + relu % 'relu_param { engine: CUDNN }')
+    # a field of the layer's own block, written on the layer: that block comes first
+    with pytest.raises(minicnn.errors.PrototxtError,
+                       match=r"no field named 'negative_slope'; it belongs inside relu_param \{"):
+        parse_text(head + relu % 'negative_slope: 0.1')
+    pool = relu.replace('"ReLU"', '"Pooling"') % 'pad: 1'
+    with pytest.raises(minicnn.errors.PrototxtError,
+                       match=r"no field named 'pad'; it belongs inside pooling_param or "):
+        parse_text(head + pool)

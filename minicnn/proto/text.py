@@ -216,6 +216,8 @@ class _Parser:
                 if tok.text not in field.enum.values:
                     close = difflib.get_close_matches(tok.text, field.enum.values, n=1)
                     hint = f"; did you mean '{close[0]}'?" if close else ""
+                    if field.name == "engine" and tok.text.startswith("MKL"):
+                        hint = "; " + _INTEL_ENGINE
                     self.fail(f"'{tok.text}' is not a value of field '{field.name}' (enum "
                               f"{field.enum.name}: {', '.join(field.enum.values)}){hint}", tok.pos)
                 return field.enum.members[tok.text]
@@ -357,8 +359,17 @@ _SAME_NAME_OTHER_FORK = {
 }
 
 
+# Intel Caffe's engines, in its copies of the model zoo's files: BVLC Caffe refuses them too,
+# and minicnn picks its own backends whatever a layer's engine says.
+_INTEL_ENGINE = ("MKL2017 and MKLDNN are Intel Caffe's engines (a string 'engine' on the layer, "
+                 "or these values in its parameters): minicnn chooses its own backends, so "
+                 "delete the line")
+
+
 def _unknown_field_message(desc, name, msg=None, layer=None):
     text = f"{desc.name} has no field named '{name}'"
+    if desc.name == "LayerParameter" and name == "engine":
+        return text + "; " + _INTEL_ENGINE
     fields, note = _SAME_NAME_OTHER_FORK.get(desc.name, ((), ""))
     if name in fields:
         return text + "; " + note
@@ -380,11 +391,23 @@ def _unknown_field_message(desc, name, msg=None, layer=None):
     if desc.name in ("LayerParameter", "V1LayerParameter"):
         homes = [f.name for f in desc.fields
                  if f.is_message and f.name.endswith("_param") and name in f.message.fields_by_name]
+        own = _own_param_field(msg.type) if msg is not None and msg.HasField("type") else None
+        if own in homes:                  # the layer's own block first (a ReLU's relu_param)
+            homes.remove(own)
+            homes.insert(0, own)
         if homes:
             return text + f"; it belongs inside {' or '.join(homes[:3])} {{ ... }}"
         if name.endswith("_param"):
             return text + " (a layer parameter of a Caffe fork that minicnn does not know)"
     return text
+
+
+def _own_param_field(name):
+    """The parameter block of layer type ``name`` (relu_param for ReLU), None if unknown."""
+    from minicnn.layer import LAYERS
+
+    cls = LAYERS.get(name) if isinstance(name, str) else None
+    return getattr(cls, "param_field", None)
 
 
 def _known_layer_type(name):
