@@ -133,9 +133,11 @@ def load_python_layer_class(module, layer, folder=None):
                       os.path.join(folder, *module.split("."), "__init__.py")] if folder else []
         if not any(os.path.isfile(c) for c in candidates):
             where = f" nor in the prototxt's folder {folder}" if folder else ""
+            parts = module.split(".")
+            holder = "its folder" if len(parts) == 1 else f"the folder holding {parts[0]}/"
             raise LayerError(f"python_param module '{module}' is not on sys.path{where}; put "
-                             f"{module.split('.')[0]}.py next to the prototxt, or add its "
-                             "folder to PYTHONPATH") from None
+                             f"{os.path.join(*parts)}.py next to the prototxt, or add {holder} "
+                             "to PYTHONPATH") from None
         try:
             mod = _import_from(module, folder)
         except Exception as e:            # the user's module itself failed to import

@@ -284,6 +284,31 @@ def test_missing_module_class_or_methods_are_clear_errors(tmp_path):
         minicnn.Net(net_with('module: "bad_syntax_layer" layer: "X"', tmp_path))
 
 
+def test_a_missing_module_of_a_package_names_the_file_to_put_there(tmp_path):
+    """py-faster-rcnn's and R-FCN's nets name 'rpn.proposal_layer' (lib/rpn/proposal_layer.py):
+    the error had said to put rpn.py next to the prototxt, which can hold no proposal_layer. It
+    names rpn/proposal_layer.py, and a package folder put there then loads."""
+    param = 'module: "rpn_hh.proposal_layer" layer: "Same"'
+    with pytest.raises(NetError) as e:
+        minicnn.Net(net_with(param, tmp_path))
+    message = str(e.value)
+    assert f"put {os.path.join('rpn_hh', 'proposal_layer.py')} next to the prototxt" in message
+    assert "rpn_hh.py" not in message
+    (tmp_path / "rpn_hh").mkdir()
+    (tmp_path / "rpn_hh" / "proposal_layer.py").write_text(
+        "class Same:\n"
+        "    def setup(self, bottom, top): pass\n"
+        "    def reshape(self, bottom, top): top[0].reshape(*bottom[0].data.shape)\n"
+        "    def forward(self, bottom, top): top[0].data[...] = bottom[0].data\n"
+        "    def backward(self, top, propagate_down, bottom): pass\n")
+    try:
+        net = minicnn.Net(net_with(param, tmp_path))
+        np.testing.assert_array_equal(net.forward(data=np.array([1.0, 2.0]))["out"], [1, 2])
+    finally:
+        for name in [m for m in sys.modules if m == "rpn_hh" or m.startswith("rpn_hh.")]:
+            del sys.modules[name]
+
+
 def test_errors_in_user_code_name_the_layer_method_and_line(tmp_path):
     net = minicnn.Net(net_with(f'module: "{THIS_MODULE}" layer: "Broken"', tmp_path))
     with pytest.raises(NetError) as info:
