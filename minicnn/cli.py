@@ -500,7 +500,6 @@ def data(args):
     except ValueError as e:
         raise MinicnnError(str(e)) from None
     return 0
-    return 0
 
 
 @command
