@@ -972,6 +972,18 @@ def _saliency_data(args):
     return 0
 
 
+def _output_name(path, used):
+    """The name an image's output files start with: its file name without the extension,
+    numbered (``a_2``, ``a_3``) when an earlier image had the same name; added to ``used``."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    name, k = stem, 1
+    while name in used:
+        k += 1
+        name = f"{stem}_{k}"
+    used.add(name)
+    return name
+
+
 def _saliency_options(args):
     return {"mean": args.mean, "raw_scale": args.raw_scale, "channel_swap": args.channel_swap}
 
@@ -1026,12 +1038,7 @@ def saliency(args):
     inp = ImageInput(net, **_saliency_options(args), resize=None, crop=(1, 1))
     results, used = [], set()
     for i, path in enumerate(images):
-        stem = os.path.splitext(os.path.basename(path))[0]
-        name, k = stem, 1
-        while name in used:
-            k += 1
-            name = f"{stem}_{k}"
-        used.add(name)
+        name = _output_name(path, used)
         pixels = inp.load(path)
         rgb = np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels
         entry = {"image": path, "width": rgb.shape[1], "height": rgb.shape[0],
@@ -1220,12 +1227,7 @@ def detect(args):
                              hier_thresh=args.hier_thresh, **_detection_inputs(args))
     results, used = [], set()
     for path, dets in zip(images, found):
-        stem = os.path.splitext(os.path.basename(path))[0]
-        name, k = stem, 1
-        while name in used:                      # two images with one name: number them
-            k += 1
-            name = f"{stem}_{k}"
-        used.add(name)
+        name = _output_name(path, used)
         out_png = os.path.join(args.out, name + ".png")
         detection.draw_detections(path, dets, out_png)
         width, height = detection.image_size(path)
@@ -1400,12 +1402,7 @@ def segment(args):
     for path in images:
         labels, _, chw = seg.segment(net, path, args.mean, args.scale, output_blob=args.blob,
                                      scales=args.scales)
-        stem = os.path.splitext(os.path.basename(path))[0]
-        name, k = stem, 1
-        while name in used:                      # two images with one name: number them
-            k += 1
-            name = f"{stem}_{k}"
-        used.add(name)
+        name = _output_name(path, used)
         base = os.path.join(args.out, name)
         seg.save_png(seg.colorize(labels), base + "_mask.png")
         seg.save_png(seg.overlay(seg.rgb_of(chw), labels), base + "_overlay.png")

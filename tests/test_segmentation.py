@@ -175,6 +175,22 @@ def test_cli_segment_writes_masks_overlays_and_labels(tmp_path, known_net, capsy
     assert "pixels per class: 0 26, 2 9" in capsys.readouterr().out
 
 
+def test_cli_segment_numbers_images_that_share_a_file_name(tmp_path, known_net):
+    model, weights = known_net
+    paths = []
+    for folder, k in (("one", 1), ("two", 2)):                   # both called pic.png
+        bgr = np.full((3, 4, 5), 40, np.uint8)
+        bgr[k] = 220                                             # every pixel class k
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "pic.png").write_bytes(encode_image(bgr, "png"))
+        paths.append(str(tmp_path / folder / "pic.png"))
+    out = tmp_path / "out"
+    assert main(["segment", "--model", model, "--weights", weights, *paths,
+                 "--out", str(out)]) == 0
+    assert np.all(np.asarray(Image.open(out / "pic_labels.png")) == 1)
+    assert np.all(np.asarray(Image.open(out / "pic_2_labels.png")) == 2)
+
+
 def test_cli_eval_segmentation_prints_and_writes_the_scores(tmp_path, known_net, capsys):
     classes = np.zeros((6, 6), int)
     classes[:3] = 1
