@@ -287,15 +287,6 @@ class ScaleLayer(Layer):
             keep = self._x = self._x_buffer               # filled in the same pass as top
         else:
             self._x = None
-        self._scale_into(x, bottom, top, keep)
-
-    def forward_from_kept(self, x, bottom, top):
-        """Forward from x, an input that the layer before keeps unchanged until this backward
-        (BatchNorm's y in minicnn/fusion.py's training chain): kept by reference, no copy."""
-        self._x = x
-        self._scale_into(x, bottom, top)
-
-    def _scale_into(self, x, bottom, top, keep=None):
         bias = self.blobs[self.bias_index].data if self.bias_term else None
         ops.scale_forward(x, self._scale_blob(bottom).data, bias, self.axis, out=top[0].data,
                           keep_x=keep)
