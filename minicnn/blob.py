@@ -92,9 +92,6 @@ class Blob:
             self._diff = self._diff_source = None
         return self
 
-    def reshape_like(self, other):
-        return self.reshape(other.shape)
-
     @property
     def count(self):
         return self._count
@@ -102,9 +99,6 @@ class Blob:
     @property
     def num_axes(self):
         return len(self._shape)
-
-    def shape_at(self, axis):
-        return self._shape[self.canonical_axis(axis)]
 
     def canonical_axis(self, axis):
         """Caffe's CanonicalAxisIndex: -1 is the last axis; out of range is an error."""
