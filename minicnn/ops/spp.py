@@ -131,6 +131,18 @@ def _check(x_shape, pool, rule="caffe"):
     _check_rule(rule)
 
 
+def _check_backward(dy, x_shape, levels, pool, masks, rule):
+    _check(x_shape, pool, rule)
+    n, c, h, w = x_shape
+    if pool == "MAX" and (masks is None or len(masks) != len(levels)):
+        raise LayerError(f"SPP MAX backward needs one mask per level ({len(levels)}), "
+                         f"got {None if masks is None else len(masks)}")
+    expected = (n, c * spp_features(h, w, levels, rule))
+    if tuple(dy.shape) != expected:
+        raise LayerError(f"dy of shape {tuple(dy.shape)} does not match the SPP output "
+                         f"{expected}")
+
+
 @spp_forward.impl("ref")
 def _spp_forward_ref(x, *, levels, pool="MAX", rule="caffe"):
     """(N, C, H, W) -> y (N, C * features) and masks: one argmax mask per level for MAX (what
@@ -155,15 +167,8 @@ def _spp_forward_ref(x, *, levels, pool="MAX", rule="caffe"):
 def _spp_backward_ref(dy, x_shape, *, levels, pool="MAX", masks=None, rule="caffe"):
     """dy (N, C * features) -> dx (N, C, H, W): each level's slice through its pooling backward,
     summed (every level reads all of x, as Caffe's Split before the levels)."""
-    _check(x_shape, pool, rule)
+    _check_backward(dy, x_shape, levels, pool, masks, rule)
     n, c, h, w = x_shape
-    if pool == "MAX" and (masks is None or len(masks) != len(levels)):
-        raise LayerError(f"SPP MAX backward needs one mask per level ({len(levels)}), "
-                         f"got {None if masks is None else len(masks)}")
-    expected = (n, c * spp_features(h, w, levels, rule))
-    if tuple(dy.shape) != expected:
-        raise LayerError(f"dy of shape {tuple(dy.shape)} does not match the SPP output "
-                         f"{expected}")
     dx, start = np.zeros(x_shape, dy.dtype), 0
     for i, bins in enumerate(levels):
         geom, (oh, ow) = _level(h, w, bins, rule)
@@ -202,15 +207,8 @@ def _spp_forward_cuda(x, *, levels, pool="MAX", rule="caffe"):
 
 @spp_backward.impl("cuda", available=cuda.importable)
 def _spp_backward_cuda(dy, x_shape, *, levels, pool="MAX", masks=None, rule="caffe"):
-    _check(x_shape, pool, rule)
+    _check_backward(dy, x_shape, levels, pool, masks, rule)
     n, c, h, w = x_shape
-    if pool == "MAX" and (masks is None or len(masks) != len(levels)):
-        raise LayerError(f"SPP MAX backward needs one mask per level ({len(levels)}), "
-                         f"got {None if masks is None else len(masks)}")
-    expected = (n, c * spp_features(h, w, levels, rule))
-    if tuple(dy.shape) != expected:
-        raise LayerError(f"dy of shape {tuple(dy.shape)} does not match the SPP output "
-                         f"{expected}")
     cp = cuda.cupy()
     dx, start = cp.zeros(x_shape, dy.dtype), 0
     for i, bins in enumerate(levels):
