@@ -11,6 +11,18 @@ from minicnn.errors import LayerError
 from minicnn.layer import Layer, register
 
 
+def _axis_or_legacy_dim(layer, bottom, p, legacy_field):
+    """Concat's and Slice's axis: ``axis`` (negative counts from the end), or the legacy
+    concat_dim / slice_dim where given, an unsigned index with no counting from the end."""
+    if not p.HasField(legacy_field):
+        return layer.canonical_axis(bottom, p.axis)
+    dim, shape = getattr(p, legacy_field), bottom.shape
+    if dim >= len(shape):
+        raise LayerError(f"{legacy_field} {dim} is out of range for a bottom of shape {shape} "
+                         f"({len(shape)} axes)")
+    return dim
+
+
 @register("Split")
 class SplitLayer(Layer):
     """Caffe `Split`: copies one blob to several tops. The Net inserts one wherever a blob feeds
@@ -108,16 +120,8 @@ class ConcatLayer(Layer):
                              f"({p.concat_dim}), not both")
 
     def reshape(self, bottom, top):
-        p = self.param.concat_param
         shape0 = bottom[0].shape
-        if p.HasField("concat_dim"):
-            # legacy: an unsigned index, no counting from the end
-            if p.concat_dim >= len(shape0):
-                raise LayerError(f"concat_dim {p.concat_dim} is out of range for a bottom of "
-                                 f"shape {shape0} ({len(shape0)} axes)")
-            self.axis = p.concat_dim
-        else:
-            self.axis = self.canonical_axis(bottom[0], p.axis)
+        self.axis = _axis_or_legacy_dim(self, bottom[0], self.param.concat_param, "concat_dim")
         out = list(shape0)
         for i, b in enumerate(bottom[1:], start=1):
             same = len(b.shape) == len(shape0) and all(
@@ -317,16 +321,8 @@ class SliceLayer(Layer):
                              f"got {len(top)}")
 
     def reshape(self, bottom, top):
-        p = self.param.slice_param
         shape = bottom[0].shape
-        if p.HasField("slice_dim"):
-            # legacy: an unsigned index, no counting from the end
-            if p.slice_dim >= len(shape):
-                raise LayerError(f"slice_dim {p.slice_dim} is out of range for a bottom of "
-                                 f"shape {shape} ({len(shape)} axes)")
-            self.axis = p.slice_dim
-        else:
-            self.axis = self.canonical_axis(bottom[0], p.axis)
+        self.axis = _axis_or_legacy_dim(self, bottom[0], self.param.slice_param, "slice_dim")
         dim = shape[self.axis]
         if self.slice_points:
             cuts = [0, *self.slice_points, dim]

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 import minicnn
 from minicnn.blob import Blob
 from minicnn.errors import LayerError
-from minicnn.layers import ConcatLayer, EltwiseLayer, FlattenLayer, SilenceLayer, SplitLayer
+from minicnn.layers import (ConcatLayer, EltwiseLayer, FlattenLayer, SilenceLayer, SliceLayer,
+                            SplitLayer)
 from minicnn.proto import parse_text
 from minicnn.testing import check_layer_gradient
 
@@ -211,6 +212,14 @@ def test_concat_legacy_concat_dim():
         ConcatLayer(concat_dim=2)(a, a)
     with pytest.raises(LayerError, match="axis \\(0\\) or concat_dim \\(0\\), not both"):
         ConcatLayer(axis=0, concat_dim=0)(a, a)
+
+
+def test_slice_legacy_slice_dim_is_not_counted_from_the_end():
+    x = np.arange(6.0).reshape(2, 3)
+    y0, y1 = SliceLayer(slice_dim=0, top=["y0", "y1"])(x)
+    np.testing.assert_array_equal(y0, x[:1])
+    with pytest.raises(LayerError, match="slice_dim 2 is out of range.*\\(2, 3\\)"):
+        SliceLayer(slice_dim=2, top=["y0", "y1"])(x)
 
 
 def test_concat_single_bottom_is_a_copy():
