@@ -28,6 +28,11 @@ global_lse_margin_backward = Op("global_lse_margin_backward")
 MARGIN_TYPES = ("SINGLE", "DOUBLE", "TRIPLE", "QUADRUPLE")
 
 
+def _check_margin_type(margin_type):
+    if margin_type not in MARGIN_TYPES:
+        raise ValueError(f"margin_type must be one of {MARGIN_TYPES}, not {margin_type!r}")
+
+
 # --- CenterLoss ----------------------------------------------------------------------------------
 
 @center_loss_forward.impl("ref")
@@ -103,6 +108,7 @@ def _margin_inner_product_forward_ref(x, w, labels, *, lam, margin_type):
     """y = x w^T, then for each item's target class t (w's rows of unit length):
     y_t = (lam * x.w_t + |x| psi(cos theta_t)) / (1 + lam), cos theta_t = x.w_t / |x|.
     SINGLE leaves y = x w^T (lam plays no part). Returns (y, x_norm)."""
+    _check_margin_type(margin_type)
     y = x @ w.T                                                       # (M, N)
     x_norm = np.sqrt(np.sum(x * x, axis=1))
     if margin_type != "SINGLE":
@@ -120,6 +126,7 @@ def _margin_inner_product_backward_ref(dy, x, w, labels, x_norm, *, lam, margin_
     rows' normalisation play no part). dx: the plain dy w for every class but the target; for
     the target, lam/(1+lam) dy_t w_t plus 1/(1+lam) dy_t (a w_t + b x), where (a, b) is the
     gradient's pair (coeff_w, coeff_x) scaled to unit length, sqrt(a^2 + b^2) = 1."""
+    _check_margin_type(margin_type)
     dw = dy.T @ x
     dx = dy @ w
     if margin_type == "SINGLE":

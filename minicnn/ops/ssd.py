@@ -486,6 +486,8 @@ def _multibox_loss_forward_ref(loc, conf, prior, label, *, num_classes, share_lo
     Returns (loss, dloc, dconf, info): the loss (a scalar of loc's dtype), its gradients with
     respect to loc and conf for this forward's matches and mined negatives, and info: the
     matches {image: {label: (match, overlap)}}, the negatives {image: priors}, num_matches."""
+    if mining_type not in MINING_TYPES:
+        raise ValueError(f"mining_type must be one of {MINING_TYPES}, not {mining_type!r}")
     dtype, f32 = loc.dtype, np.float32
     num, num_priors = loc.shape[0], prior.shape[-1] // 4
     num_loc = 1 if share_location else num_classes

@@ -436,3 +436,13 @@ def test_face_nets_train(text, loss_names):
     if "lambda" in solver.net.blobs:
         assert float(solver.net.blobs["lambda"].data[0]) == pytest.approx(1000 / (1 + 0.12 * 25),
                                                                             rel=1e-6)
+
+
+@pytest.mark.parametrize("margin_type", ["quadruple", "FIVEFOLD"])
+def test_margin_ops_refuse_an_unknown_margin_type(margin_type):
+    x, w, labels = np.ones((2, 3)), np.eye(3)[:2], np.array([0, 1])
+    with pytest.raises(ValueError, match="margin_type must be one of .*QUADRUPLE"):
+        minicnn.ops.margin_inner_product_forward(x, w, labels, lam=0.0, margin_type=margin_type)
+    with pytest.raises(ValueError, match="margin_type must be one of .*QUADRUPLE"):
+        minicnn.ops.margin_inner_product_backward(np.ones((2, 2)), x, w, labels, np.ones(2),
+                                                  lam=0.0, margin_type=margin_type)

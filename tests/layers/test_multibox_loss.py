@@ -740,3 +740,12 @@ def test_ssd_net_on_the_gpu_runs_the_loss_on_the_host(gpu, tmp_path):
     for name in ("conv1", "conv1_mbox_loc", "conv1_mbox_conf"):
         np.testing.assert_allclose(cuda.to_host(gpu_net.params[name][0].diff),
                                    net.params[name][0].diff, rtol=1e-4, atol=1e-6)
+
+
+def test_op_refuses_an_unknown_mining_type():
+    # the layer passes MiningType's names; a caller of the op with a misspelt one was given
+    # HARD_EXAMPLE's candidates without HARD_EXAMPLE's loc term: a different loss, no error
+    prior, label = prior_blob([A, B, C]), gt_blob([0, 1, 0, *A, 0])
+    with pytest.raises(ValueError, match="mining_type must be one of .*MAX_NEGATIVE"):
+        minicnn.ops.multibox_loss_forward(np.zeros((1, 12)), np.zeros((1, 6)), prior, label,
+                                          num_classes=2, mining_type="MAX_NEGATIV")
