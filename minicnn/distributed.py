@@ -240,7 +240,7 @@ class NCCLCommunicator(Communicator):
                 raise MinicnnError(f"GPU data-parallel training needs CuPy with NCCL ({e})") \
                     from None
             cupy, nccl = cupy or cupy_module, nccl or nccl_module
-        self.control, self._cupy, self._nccl = control, cupy, nccl
+        self.control, self._cupy = control, cupy
         self.rank, self.size = control.rank, control.size
         self.local_rank, self.local_size = control.local_rank, control.local_size
         self.host = getattr(control, "host", "localhost")
