@@ -109,6 +109,18 @@ def _luma(rgb):
     return rgb @ np.array([0.299, 0.587, 0.114], np.float32)
 
 
+def contrasting_colour(rng, under):
+    """A random RGB colour (float32 in [0, 1]) whose luma differs by at least 0.35 from the
+    mean luma of ``under`` (the H x W x 3 pixels it will cover); black or white when 20 tries
+    find none."""
+    luma = float(_luma(under.reshape(-1, 3)).mean())
+    for _ in range(20):
+        colour = rng.random(3, np.float32)
+        if abs(float(_luma(colour)) - luma) >= 0.35:
+            return colour
+    return np.full(3, 0.0 if luma > 0.5 else 1.0, np.float32)
+
+
 def _place(rng, glyph, size, taken, tries=50):
     """(alpha image, box (x0, y0, x1, y1) in pixels) of a glyph resized and placed where its
     box overlaps no box in ``taken``; None if no place is found."""
@@ -148,13 +160,7 @@ def make_image(rng, glyphs, glyph_labels, textures, split, size=160, max_digits=
             continue
         alpha, box = placed
         x0, y0, x1, y1 = box
-        under = float(_luma(image[y0:y1, x0:x1].reshape(-1, 3)).mean())
-        for _ in range(20):                                      # a colour that stands out
-            colour = rng.random(3, np.float32)
-            if abs(float(_luma(colour)) - under) >= 0.35:
-                break
-        else:
-            colour = np.full(3, 0.0 if under > 0.5 else 1.0, np.float32)
+        colour = contrasting_colour(rng, image[y0:y1, x0:x1])
         image = image * (1 - alpha[:, :, None]) + colour * alpha[:, :, None]
         boxes.append((int(glyph_labels[k]), box))
     image = image + rng.normal(0, 0.02, image.shape).astype(np.float32)

@@ -52,8 +52,8 @@ import numpy as np
 from minicnn.data.datasets import load_mnist_subset
 from minicnn.data.datum import encode_image
 from minicnn.data.db import remove_db, replace_db
-from minicnn.data.detection_digits import (load_textures, resize_gray, split_glyphs,
-                                           textured_background)
+from minicnn.data.detection_digits import (contrasting_colour, load_textures, resize_gray,
+                                           split_glyphs, textured_background)
 from minicnn.data.errors import need
 
 SEGMENTATION_SEED = 5151
@@ -95,10 +95,6 @@ def _fill(rng, photos, split, height, width):
     y, x = int(rng.integers(region.shape[0] - crop_h + 1)), \
         int(rng.integers(region.shape[1] - crop_w + 1))
     return _resize_rgb(region[y:y + crop_h, x:x + crop_w], height, width)
-
-
-def _luma(rgb):
-    return rgb @ np.array([0.299, 0.587, 0.114], np.float32)
 
 
 def _paste(image, label, share, alpha, colour, cls, top, left):
@@ -173,13 +169,7 @@ def make_image(rng, glyphs, glyph_labels, sources, split, size=97):
         else:
             continue
         boxes.append(box)
-        under = float(_luma(image[top:top + h, left:left + w].reshape(-1, 3)).mean())
-        for _ in range(20):                                      # a colour that stands out
-            colour = rng.random(3, np.float32)
-            if abs(float(_luma(colour)) - under) >= 0.35:
-                break
-        else:
-            colour = np.full(3, 0.0 if under > 0.5 else 1.0, np.float32)
+        colour = contrasting_colour(rng, image[top:top + h, left:left + w])
         _paste(image, label, share, alpha, colour, 1 + int(glyph_labels[k]), top, left)
     image = image + rng.normal(0, 0.02, image.shape).astype(np.float32)
     return np.clip(np.round(image * 255), 0, 255).astype(np.uint8), label, share
