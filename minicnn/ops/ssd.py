@@ -281,6 +281,9 @@ def _detection_output_forward_ref(loc, conf, prior, *, num_classes, share_locati
 FLT_MIN = float(np.finfo(np.float32).tiny)
 MATCH_TYPES = ("BIPARTITE", "PER_PREDICTION")
 MINING_TYPES = ("NONE", "MAX_NEGATIVE", "HARD_EXAMPLE")
+LOC_LOSS_TYPES = ("L2", "SMOOTH_L1")
+CONF_LOSS_TYPES = ("SOFTMAX", "LOGISTIC")
+NORMALIZATIONS = ("FULL", "VALID", "BATCH_SIZE", "NONE")
 
 
 def encode_boxes(priors, variances, boxes, code_type="CORNER", encode_variance_in_target=False):
@@ -486,8 +489,12 @@ def _multibox_loss_forward_ref(loc, conf, prior, label, *, num_classes, share_lo
     Returns (loss, dloc, dconf, info): the loss (a scalar of loc's dtype), its gradients with
     respect to loc and conf for this forward's matches and mined negatives, and info: the
     matches {image: {label: (match, overlap)}}, the negatives {image: priors}, num_matches."""
-    if mining_type not in MINING_TYPES:
-        raise ValueError(f"mining_type must be one of {MINING_TYPES}, not {mining_type!r}")
+    for name, value, allowed in (("mining_type", mining_type, MINING_TYPES),
+                                 ("loc_loss_type", loc_loss_type, LOC_LOSS_TYPES),
+                                 ("conf_loss_type", conf_loss_type, CONF_LOSS_TYPES),
+                                 ("normalization", normalization, NORMALIZATIONS)):
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, not {value!r}")
     dtype, f32 = loc.dtype, np.float32
     num, num_priors = loc.shape[0], prior.shape[-1] // 4
     num_loc = 1 if share_location else num_classes

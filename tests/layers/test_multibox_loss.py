@@ -742,10 +742,14 @@ def test_ssd_net_on_the_gpu_runs_the_loss_on_the_host(gpu, tmp_path):
                                    net.params[name][0].diff, rtol=1e-4, atol=1e-6)
 
 
-def test_op_refuses_an_unknown_mining_type():
-    # the layer passes MiningType's names; a caller of the op with a misspelt one was given
-    # HARD_EXAMPLE's candidates without HARD_EXAMPLE's loc term: a different loss, no error
+@pytest.mark.parametrize("field, misspelt, allowed", [
+    ("mining_type", "MAX_NEGATIV", "MAX_NEGATIVE"), ("loc_loss_type", "SMOOTH_L2", "SMOOTH_L1"),
+    ("conf_loss_type", "SIGMOID", "LOGISTIC"), ("normalization", "valid", "VALID")])
+def test_op_refuses_an_unknown_type_name(field, misspelt, allowed):
+    # the layer passes the enums' names; a caller of the op with a misspelt one was given
+    # HARD_EXAMPLE's candidates without HARD_EXAMPLE's loc term (mining_type), smooth L1 for
+    # another loc loss, the logistic loss for another conf loss: a different loss, no error
     prior, label = prior_blob([A, B, C]), gt_blob([0, 1, 0, *A, 0])
-    with pytest.raises(ValueError, match="mining_type must be one of .*MAX_NEGATIVE"):
+    with pytest.raises(ValueError, match=f"{field} must be one of .*{allowed}"):
         minicnn.ops.multibox_loss_forward(np.zeros((1, 12)), np.zeros((1, 6)), prior, label,
-                                          num_classes=2, mining_type="MAX_NEGATIV")
+                                          num_classes=2, **{field: misspelt})
