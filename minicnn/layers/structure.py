@@ -147,7 +147,8 @@ class ConcatLayer(Layer):
 @register("Flatten")
 class FlattenLayer(Layer):
     """Caffe `Flatten`: merges axes axis .. end_axis (defaults 1 and -1, negative allowed) into
-    one. Not in place (Caffe refuses it too)."""
+    one. end_axis may be axis - 1, an empty range: as in Caffe (count(axis, axis) = 1) that
+    inserts an axis of size 1 before `axis`. Not in place (Caffe refuses it too)."""
     param_field = "flatten_param"
     exact_num_bottom = exact_num_top = 1
 
@@ -160,9 +161,10 @@ class FlattenLayer(Layer):
         shape = bottom[0].shape
         start = self.canonical_axis(bottom[0], p.axis)
         end = self.canonical_axis(bottom[0], p.end_axis, "end_axis")
-        if end < start:
-            raise LayerError(f"Flatten end_axis {p.end_axis} (axis {end}) comes before axis "
-                             f"{p.axis} (axis {start}) for a bottom of shape {shape}")
+        if end < start - 1:
+            raise LayerError(f"Flatten end_axis {p.end_axis} (axis {end}) comes more than one "
+                             f"axis before axis {p.axis} (axis {start}) for a bottom of shape "
+                             f"{shape}")
         flat = int(np.prod(shape[start:end + 1], dtype=np.int64))
         top[0].reshape(shape[:start] + (flat,) + shape[end + 1:])
 

@@ -251,6 +251,8 @@ def test_concat_errors_name_the_shapes():
     ({"axis": 1, "end_axis": -2}, (2, 12, 5)),
     ({"axis": -3, "end_axis": -3}, (2, 3, 4, 5)),
     ({"axis": 3}, (2, 3, 4, 5)),
+    ({"axis": 2, "end_axis": 1}, (2, 3, 1, 4, 5)),       # Caffe: count(2, 2) = 1, a new axis
+    ({"axis": 1, "end_axis": -4}, (2, 1, 3, 4, 5)),
 ])
 def test_flatten_axes(kwargs, shape):
     x = np.arange(120.0).reshape(2, 3, 4, 5)
@@ -270,8 +272,9 @@ def test_flatten_gradient(shape, seed, data):
 
 
 def test_flatten_errors():
-    with pytest.raises(LayerError, match="end_axis 1 \\(axis 1\\) comes before axis 2"):
-        FlattenLayer(axis=2, end_axis=1)(np.ones((2, 3, 4)))
+    with pytest.raises(LayerError, match="end_axis 0 \\(axis 0\\) comes more than one axis "
+                                         "before axis 2"):
+        FlattenLayer(axis=2, end_axis=0)(np.ones((2, 3, 4)))
     with pytest.raises(LayerError, match="end_axis 5 is out of range.*\\(2, 3, 4\\)"):
         FlattenLayer(end_axis=5)(np.ones((2, 3, 4)))
     text = 'input: "x" input_shape { dim: 2 dim: 3 } ' \
