@@ -130,6 +130,30 @@ LAYER_CASES = {
                       'layer { name: "c" type: "Concat" bottom: "data" bottom: "r" top: "c" }'
                       'layer { name: "f" type: "Flatten" bottom: "c" top: "f" }',
     "dropout_is_identity_in_test": 'layer { name: "d" type: "Dropout" bottom: "data" top: "d" }',
+    # drawn by a differential fuzzer over more layer types (OpenCV differs from Caffe, so left
+    # out: Log's log_param, MVN's eps (sqrt(var + eps) for sqrt(var) + eps), Interp's pad_end
+    # and zoom with shrink, Scale with a 2nd bottom and bias_term or a negative axis,
+    # Deconvolution with dilation or pad >= kernel, BatchNorm with batch statistics)
+    "deconv_group_stride": 'layer { name: "d" type: "Deconvolution" bottom: "data" top: "d" '
+                           'convolution_param { num_output: 4 kernel_size: 3 stride: 2 pad: 1 '
+                           'group: 2 } }',
+    "prelu_per_channel": 'layer { name: "p" type: "PReLU" bottom: "data" top: "p" }',
+    "elu_alpha": 'layer { name: "e" type: "ELU" bottom: "data" top: "e" elu_param { alpha: 0.7 } }',
+    "bnll": 'layer { name: "b" type: "BNLL" bottom: "data" top: "b" }',
+    "power": 'layer { name: "p" type: "Power" bottom: "data" top: "p" '
+             'power_param { power: 2 scale: -0.5 shift: 1.5 } }',
+    "exp_base_scale_shift": 'layer { name: "e" type: "Exp" bottom: "data" top: "e" '
+                            'exp_param { base: 2 scale: 0.5 shift: -0.3 } }',
+    "softmax_axis_2": 'layer { name: "s" type: "Softmax" bottom: "data" top: "s" '
+                      'softmax_param { axis: 2 } }',
+    "mvn_across_channels": 'layer { name: "m" type: "MVN" bottom: "data" top: "m" '
+                           'mvn_param { across_channels: true } }',
+    "shuffle_channel": 'layer { name: "s" type: "ShuffleChannel" bottom: "data" top: "s" '
+                       'shuffle_channel_param { group: 3 } }',
+    "interp_zoom": 'layer { name: "i" type: "Interp" bottom: "data" top: "i" '
+                   'interp_param { zoom_factor: 2 } }',
+    "reshape_copy_and_infer": 'layer { name: "r" type: "Reshape" bottom: "data" top: "r" '
+                              'reshape_param { shape { dim: 0 dim: 3 dim: -1 } } }',
 }
 
 
