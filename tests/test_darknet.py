@@ -20,6 +20,27 @@ CFG_DIR = "/usr/share/darknet/cfg"
 needs_darknet = pytest.mark.skipif(not os.path.exists(LIB),
                                    reason="Debian's darknet package is not installed")
 
+# the [dropout], [connected] and [detection] ending of YOLOv1's cfgs, at 3 classes on a 2 x 2 grid
+DETECTION_HEAD = """[dropout]
+probability=.5
+
+[connected]
+output=52
+activation=linear
+
+[detection]
+classes=3
+coords=4
+rescore=1
+side=2
+num=2
+softmax=0
+sqrt=1
+object_scale=1
+noobject_scale=.5
+class_scale=1
+coord_scale=5
+"""
 SMALL_CFG = """[net]
 batch=1
 height=20
@@ -50,26 +71,7 @@ batch_normalize=1
 output=16
 activation=leaky
 
-[dropout]
-probability=.5
-
-[connected]
-output=52
-activation=linear
-
-[detection]
-classes=3
-coords=4
-rescore=1
-side=2
-num=2
-softmax=0
-sqrt=1
-object_scale=1
-noobject_scale=.5
-class_scale=1
-coord_scale=5
-"""
+""" + DETECTION_HEAD
 
 
 # --- random .weights for a cfg, laid out by the converter's own reading order --------------------

@@ -15,7 +15,7 @@ from minicnn.cli import main
 from minicnn.darknet import DarknetError, WeightsReader, build, convert_darknet, read_cfg
 from minicnn.proto import caffe_pb2
 from minicnn.proto.text import parse_text
-from tests.test_darknet import darknet, needs_darknet
+from tests.test_darknet import DETECTION_HEAD, darknet, needs_darknet
 
 # conv + BN, maxpool, grouped conv with a bias, local, connected + BN, dropout, connected,
 # detection (side 2, 3 classes, 2 boxes: 4 * (3 + 2 * 5) = 52 outputs)
@@ -57,26 +57,7 @@ batch_normalize=1
 output=256
 activation=leaky
 
-[dropout]
-probability=.5
-
-[connected]
-output=52
-activation=linear
-
-[detection]
-classes=3
-coords=4
-rescore=1
-side=2
-num=2
-softmax=0
-sqrt=1
-object_scale=1
-noobject_scale=.5
-class_scale=1
-coord_scale=5
-"""
+""" + DETECTION_HEAD
 
 # Darknet's scale of each parametric layer, from the cfg by hand: 3 channels in; the maxpool
 # halves 16 x 16 to 8 x 8; conv2 (stride 2, pad 1) gives 64 x 4 x 4; local3 (pad 1) 8 x 4 x 4
