@@ -40,3 +40,16 @@ class NetError(MinicnnError, ValueError):
 
 class LayerError(NetError):
     """A layer whose parameters or input shapes are invalid; the Net adds its name and bottoms."""
+
+
+class SnapshotError(MinicnnError, OSError):
+    """A snapshot file that could not be written (disk full, no permission, no such folder).
+    It is an OSError too, with the write's errno; the message names the file and the reason.
+    The previous snapshot is never touched: each file appears whole or not at all."""
+
+    def __init__(self, message, errno=None, filename=None):
+        super().__init__(errno, message)
+        self.message, self.filename = message, filename
+
+    def __str__(self):
+        return self.message

@@ -35,7 +35,7 @@ from minicnn import cuda
 from minicnn.blob import array_to_blob_proto, blob_proto_to_array
 from minicnn.data.db import resolve_path
 from minicnn.data.errors import DataError
-from minicnn.errors import MinicnnError, NetError, WireFormatError
+from minicnn.errors import MinicnnError, NetError, SnapshotError, WireFormatError
 from minicnn.net import Net, layer_included
 from minicnn.ops.ssd_eval import AP_VERSIONS, EVAL_TYPES, DetectionStats
 from minicnn.proto import caffe_pb2, read_binary, read_prototxt, upgrade_solver, write_binary
@@ -539,7 +539,7 @@ class Solver:
                 if not bool(np.all(np.isfinite(blob.data))):
                     self._diverge(weights=f"param {k} of layer '{name}'")
                     return
-        self.snapshot()
+        self._snapshot_in_training()
 
     # --- testing --------------------------------------------------------------------------------
     def test_all(self):
@@ -584,7 +584,7 @@ class Solver:
             self.log_signal_messages()
             action, self.requested_action = self.requested_action, None
             if action == "snapshot":
-                self.snapshot()
+                self._snapshot_in_training()
             elif action == "stop":
                 self.requested_early_exit = True
                 self.log("Test interrupted.")
@@ -753,20 +753,38 @@ class Solver:
         at all. Returns the two paths."""
         hdf5 = self.param.snapshot_format == "HDF5"
         model = self.snapshot_filename(".caffemodel.h5" if hdf5 else ".caffemodel")
-        folder = os.path.dirname(model)
-        if folder:
-            os.makedirs(folder, exist_ok=True)
-        kind = "HDF5" if hdf5 else "binary proto"
-        self.log(f"Snapshotting to {kind} file {model}")
-        if hdf5:
-            self.net.save_hdf5(model, write_diff=self.param.snapshot_diff)
-        else:
-            self.net.save(model, write_diff=self.param.snapshot_diff)
         state_path = self.snapshot_filename(".solverstate.h5" if hdf5 else ".solverstate")
-        self.log(f"Snapshotting solver state to {kind} file {state_path}")
-        (write_state_hdf5 if hdf5 else write_binary)(self.solver_state(model), state_path)
+        kind = "HDF5" if hdf5 else "binary proto"
+        target = model
+        try:
+            folder = os.path.dirname(model)
+            if folder:
+                os.makedirs(folder, exist_ok=True)
+            self.log(f"Snapshotting to {kind} file {model}")
+            if hdf5:
+                self.net.save_hdf5(model, write_diff=self.param.snapshot_diff)
+            else:
+                self.net.save(model, write_diff=self.param.snapshot_diff)
+            target = state_path
+            self.log(f"Snapshotting solver state to {kind} file {state_path}")
+            (write_state_hdf5 if hdf5 else write_binary)(self.solver_state(model), state_path)
+        except OSError as e:
+            raise SnapshotError(f"{target}: cannot write the snapshot: {_os_reason(e)}",
+                                e.errno, target) from e
         self.last_snapshot, self.last_snapshot_iter = model, self.iter
         return model, state_path
+
+    def _snapshot_in_training(self):
+        """snapshot() from the training loop: a snapshot that cannot be written stops training,
+        as in Caffe (whose write is a CHECK), with the error saying where it stopped and which
+        snapshot holds the last weights. (Going on would train on without any snapshot.)"""
+        try:
+            self.snapshot()
+        except SnapshotError as e:
+            kept = (f"the last snapshot, {self.last_snapshot}, is kept" if self.last_snapshot
+                    else "no snapshot was written")
+            raise SnapshotError(f"{e}. Training stopped at iteration {self.iter}; {kept}",
+                                e.errno, e.filename) from e.__cause__
 
     def solver_state(self, model_path):
         state = caffe_pb2.SolverState(iter=self.iter, learned_net=model_path,
@@ -876,6 +894,12 @@ class Solver:
         if extra.solver_type and extra.solver_type != self.type:     # Caffe does not check
             self.log(f"note: {path} was written by the {extra.solver_type} solver; its history is "
                      f"taken as {self.type}'s, which keeps other quantities in it")
+
+
+def _os_reason(error):
+    """What went wrong in an OSError, without the file name (said by the caller): "File too
+    large", "No space left on device", or the message of an error without an errno (h5py's)."""
+    return error.strerror or str(error) or type(error).__name__
 
 
 def write_state_hdf5(state, path):

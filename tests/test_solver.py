@@ -467,6 +467,42 @@ def test_a_failed_snapshot_write_keeps_the_previous_file(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["lin_iter_1.caffemodel", "lin_iter_1.solverstate"]
 
 
+@pytest.mark.parametrize("snapshot_format", ["BINARYPROTO", "HDF5"])
+@pytest.mark.parametrize("failing", ["caffemodel", "solverstate"])
+def test_a_snapshot_that_cannot_be_written_stops_training_and_says_where(
+        tmp_path, monkeypatch, snapshot_format, failing):
+    # a full disk mid-snapshot: Caffe stops (its write is a CHECK); the error names the file,
+    # the OS error, the iteration and the snapshot to resume from, which is left intact
+    import errno
+    from minicnn.errors import SnapshotError
+    solver = make_solver(snapshot_prefix=str(tmp_path / "lin"), snapshot=2,
+                         snapshot_format=snapshot_format)
+    solver.step(2)
+    ext = ".h5" if snapshot_format == "HDF5" else ""
+    first = {n: open(tmp_path / n, "rb").read() for n in os.listdir(tmp_path)}
+    assert sorted(first) == [f"lin_iter_2.caffemodel{ext}", f"lin_iter_2.solverstate{ext}"]
+    real_fsync = os.fsync
+
+    def full_disk(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").split("/")[-1].startswith(f"lin_iter_4.{failing}"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_fsync(fd)
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(SnapshotError) as caught:
+        solver.step(4)
+    message = str(caught.value)
+    target = tmp_path / f"lin_iter_4.{failing}{ext}"
+    assert message == (f"{target}: cannot write the snapshot: No space left on device. Training "
+                       f"stopped at iteration 4; the last snapshot, "
+                       f"{tmp_path / f'lin_iter_2.caffemodel{ext}'}, is kept")
+    assert isinstance(caught.value, OSError) and caught.value.errno == errno.ENOSPC
+    assert solver.iter == 4 and solver.last_snapshot_iter == 2
+    left = sorted(os.listdir(tmp_path))            # no temporary file, no half-written file
+    assert left == sorted(first) + ([f"lin_iter_4.caffemodel{ext}"]
+                                    if failing == "solverstate" else [])
+    assert all(open(tmp_path / n, "rb").read() == data for n, data in first.items())
+
+
 MEMORY_NET = """
 name: "memory"
 layer { name: "d" type: "MemoryData" top: "x" top: "label"
