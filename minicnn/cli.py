@@ -38,7 +38,7 @@ import warnings
 
 import numpy as np
 
-from minicnn.errors import MinicnnError
+from minicnn.errors import MinicnnError, SnapshotError
 
 COMMANDS = {}
 
@@ -355,6 +355,10 @@ def _train(args, world):
                              args.sigint_effect, args.sighup_effect), \
                 np.errstate(over="ignore", invalid="ignore"):   # divergence is reported instead
             (solver if parallel is None else parallel).solve(args.snapshot)
+    except SnapshotError as e:
+        if monitor is not None:           # the log file, too, says why training ended
+            monitor.log(f"error: {e}", console=False)
+        raise
     except TrainingDiverged as e:
         if monitor is None:
             raise

@@ -34,6 +34,7 @@ class TrainingMonitor:
         self.columns = ["iteration", "loss", "smoothed_loss", "lr"]
         self.last_test, self.last_test_iter = {}, None
         self._earlier_kept = False
+        self._unwritable = set()                # curve files that could not be written
         self.bar = self._make_bar(progress)
         self._t0, self._it0 = time.perf_counter(), solver.iter
         solver._log = self.log
@@ -51,14 +52,40 @@ class TrainingMonitor:
                     dynamic_ncols=True, file=self.stream, leave=True)
 
     # --- events ------------------------------------------------------------------------------
-    def log(self, message):
+    def log(self, message, console=True):
+        """A log line for the log file (with glog's prefix) and, with ``console``, the terminal."""
         now = time.time()
         stamp = time.strftime("%m%d %H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1e6):06d}"
-        self.log_file.write(f"I{stamp} {os.getpid()} solver.py] {message}\n")
-        self.log_file.flush()
+        if self.log_file is not None:
+            try:
+                self.log_file.write(f"I{stamp} {os.getpid()} solver.py] {message}\n")
+                self.log_file.flush()
+            except OSError as e:           # the disk is full: glog, too, trains on without it
+                self._drop_log_file(e)
+        if not console:
+            return
         if self.bar is not None:
             if message.startswith("    ") or message.startswith("Iteration"):
                 return                          # the bar shows these; the log file keeps them
+            self._console(self.bar.write, message, file=self.stream)
+        elif self.stream is not None:
+            self._console(print, message, file=self.stream, flush=True)
+
+    def _drop_log_file(self, error):
+        log_file, self.log_file = self.log_file, None
+        try:
+            log_file.close()
+        except OSError:
+            pass
+        self._warn(f"cannot write the log file {self.log_path} ({_reason(error)}): training goes "
+                   "on, logged here only")
+
+    def _warn(self, message):
+        """A warning for the terminal and, while it can be written, the log file."""
+        message = "warning: " + message
+        if self.log_file is not None:
+            self.log(message)
+        elif self.bar is not None:
             self._console(self.bar.write, message, file=self.stream)
         elif self.stream is not None:
             self._console(print, message, file=self.stream, flush=True)
@@ -100,7 +127,19 @@ class TrainingMonitor:
                     self.columns.append(column)
                 row[column] = value
                 self.last_test[column] = value
-        self.write_csv()
+        self._write_curve(self.write_csv)
+
+    def _write_curve(self, write):
+        """write() (the curve's CSV or PNG); if it fails (disk full, no permission), warn once
+        per file and train on: the curve is a view of the log, which keeps its numbers."""
+        try:
+            write()
+        except OSError as e:
+            path = self.png_path if write == self.write_png else self.csv_path
+            if path not in self._unwritable:
+                self._unwritable.add(path)
+                self._warn(f"cannot write the training curve {path} ({_reason(e)}); the log "
+                           f"file {self.log_path} keeps its numbers")
 
     # --- outputs -----------------------------------------------------------------------------
     def _keep_earlier_rows(self):
@@ -129,7 +168,8 @@ class TrainingMonitor:
         if not self._earlier_kept:                 # before this run first replaces the file
             self._keep_earlier_rows()
             self._earlier_kept = True
-        with open(self.csv_path, "w", newline="") as f:
+        from minicnn.proto.wire import atomic_write
+        with atomic_write(self.csv_path, "w") as f:      # a crash keeps the earlier rows
             writer = csv.DictWriter(f, fieldnames=self.columns)
             writer.writeheader()
             for it in sorted(self.rows):
@@ -165,17 +205,34 @@ class TrainingMonitor:
             ax.legend(loc="best")
         axes[-1][0].set_xlabel("iteration")
         fig.tight_layout()
-        fig.savefig(self.png_path, dpi=100)
-        plt.close(fig)
+        from minicnn.proto.wire import atomic_write
+        try:
+            with atomic_write(self.png_path, "wb") as f:
+                fig.savefig(f, dpi=100, format="png")
+        finally:
+            plt.close(fig)
         return self.png_path
 
     def close(self):
+        """Write the curve and close the log file. A curve that cannot be written is a warning,
+        not an error: close() is called after training, also after one that failed, whose
+        error it must not replace."""
         if self.bar is not None:
             self._console(self.bar.close)
         if self.rows:
-            self.write_csv()
-            self.write_png()
-        self.log_file.close()
+            self._write_curve(self.write_csv)
+            self._write_curve(self.write_png)
+        if self.log_file is not None:
+            try:
+                self.log_file.close()
+            except OSError as e:
+                self.log_file = None
+                self._warn(f"cannot write the log file {self.log_path} ({_reason(e)})")
+            self.log_file = None
+
+
+def _reason(error):
+    return error.strerror or str(error) or type(error).__name__
 
 
 def read_train_log(path):

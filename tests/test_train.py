@@ -192,6 +192,102 @@ def test_training_goes_on_when_the_terminal_is_gone(tiny_setup, monkeypatch, cap
     assert "Iteration 11" in open(f"{prefix}_train.log").read()     # the log file has it all
 
 
+DUMMY_NET = """
+name: "dummy"
+layer { name: "data" type: "DummyData" top: "data" top: "label"
+  dummy_data_param { shape { dim: 4 dim: 6 } shape { dim: 4 }
+    data_filler { type: "gaussian" std: 1 } data_filler { type: "constant" value: 1 } } }
+layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc"
+  inner_product_param { num_output: 3 weight_filler { type: "xavier" } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }
+"""
+
+
+def dummy_solver(tmp_path, **extra):
+    """A solver for DUMMY_NET: no data files, a few milliseconds an iteration."""
+    (tmp_path / "net.prototxt").write_text(DUMMY_NET)
+    fields = {"net": f'"{tmp_path / "net.prototxt"}"', "base_lr": 0.01, "lr_policy": '"fixed"',
+              "max_iter": 6, "display": 1, "snapshot": 2, "random_seed": 1,
+              "snapshot_prefix": f'"{tmp_path / "snap" / "d"}"', **extra}
+    solver_file = tmp_path / "solver.prototxt"
+    solver_file.write_text("\n".join(f"{k}: {v}" for k, v in fields.items()))
+    return solver_file
+
+
+def test_a_failed_snapshot_is_the_error_reported_and_logged(tmp_path, monkeypatch, capsys):
+    # the snapshot's error (disk full) used to be replaced by the curve PNG's, written after it
+    # by the same full disk, and neither named a file: "minicnn train: error: File too large"
+    pytest.importorskip("matplotlib")
+    import errno
+    solver_file = dummy_solver(tmp_path)
+    (tmp_path / "snap").mkdir()
+    (tmp_path / "snap" / "d_curve.png").mkdir()        # the curve cannot be written either
+    real_fsync = os.fsync
+
+    def full_disk(fd):
+        if "_iter_4." in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+        return real_fsync(fd)
+    monkeypatch.setattr(os, "fsync", full_disk)
+    assert main(["train", str(solver_file), "--no-progress"]) == 1
+    out, err = capsys.readouterr()
+    model = tmp_path / "snap" / "d_iter_4.caffemodel"
+    expected = (f"{model}: cannot write the snapshot: File too large. Training stopped at "
+                f"iteration 4; the last snapshot, {tmp_path / 'snap' / 'd_iter_2.caffemodel'}, "
+                "is kept")
+    assert err.splitlines()[-1] == f"minicnn train: error: {expected}"
+    assert "Traceback" not in err and expected not in out              # said once
+    assert f"warning: cannot write the training curve {tmp_path / 'snap' / 'd_curve.png'}" \
+        in out
+    assert f"error: {expected}" in (tmp_path / "snap" / "d_train.log").read_text()
+    assert sorted(os.listdir(tmp_path / "snap")) == [
+        "d_curve.csv", "d_curve.png", "d_iter_2.caffemodel", "d_iter_2.solverstate",
+        "d_train.log"]
+
+
+def test_an_unwritable_log_or_curve_is_a_warning_and_training_goes_on(tmp_path, monkeypatch,
+                                                                       capsys):
+    # Caffe's glog trains on when its log file cannot be written (a full disk); minicnn's curve
+    # files are a view of the log: neither may end an hour of training
+    import errno
+    import minicnn.monitor as monitor
+    solver_file = dummy_solver(tmp_path)
+    (tmp_path / "snap").mkdir()
+    (tmp_path / "snap" / "d_curve.csv").mkdir()         # in the way of the curve file
+
+    class FullDiskLog:
+        def __init__(self, f):
+            self.f, self.lines = f, 0
+
+        def write(self, text):
+            self.lines += 1
+            if self.lines > 3:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return self.f.write(text)
+
+        def flush(self):
+            self.f.flush()
+
+        def close(self):
+            self.f.close()
+    real_init = monitor.TrainingMonitor.__init__
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        self.log_file = FullDiskLog(self.log_file)
+    monkeypatch.setattr(monitor.TrainingMonitor, "__init__", init)
+    assert main(["train", str(solver_file), "--no-progress", "--test-iter", "1"]) == 0
+    out, err = capsys.readouterr()
+    log = tmp_path / "snap" / "d_train.log"
+    assert out.count(f"warning: cannot write the log file {log} (No space left on device): "
+                     "training goes on, logged here only") == 1
+    assert out.count("warning: cannot write the training curve "
+                     f"{tmp_path / 'snap' / 'd_curve.csv'} (Is a directory)") == 1
+    assert "Optimization Done." in out and "Traceback" not in err
+    assert os.path.exists(tmp_path / "snap" / "d_iter_6.solverstate")
+    assert len(log.read_text().splitlines()) == 3
+
+
 def test_train_fine_tunes_from_the_solver_files_weights_or_weights_flag(tiny_setup):
     """Caffe's train: the solver file's `weights` are loaded into the nets before training;
     --weights replaces them."""
