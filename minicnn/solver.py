@@ -223,6 +223,34 @@ def check_solver_values(param, solver_type, source=None):
                                f"{getattr(param, field):g}")
 
 
+def check_snapshot_prefix(prefix):
+    """Caffe's CheckSnapshotWritePermissions, made at the start rather than at the first
+    snapshot an hour into training: a MinicnnError if files ``<prefix>_iter_N...`` cannot be
+    written. A folder that does not exist yet is fine where it can be made (snapshot() makes
+    it; Caffe would fail): then the nearest folder that exists must take new entries."""
+    folder = os.path.dirname(prefix) or "."
+    missing = folder
+    while not os.path.exists(missing):
+        missing = os.path.dirname(missing) or "."
+    reason = None
+    if not os.path.isdir(missing):
+        reason = f"{missing} is a file, not a folder"
+    elif missing == folder:               # as Caffe: write a probe file, then remove it
+        import tempfile
+        try:
+            fd, probe = tempfile.mkstemp(prefix=os.path.basename(prefix) + ".",
+                                         suffix=".tempfile", dir=folder)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            reason = f"cannot write a file in {folder} ({_os_reason(e)})"
+    elif not os.access(missing, os.W_OK | os.X_OK):
+        reason = f"cannot make {folder}: {missing} cannot be written"
+    if reason:
+        raise MinicnnError(f"snapshot_prefix '{prefix}': {reason}. Make sure that the folder "
+                           "exists (or can be made) and can be written")
+
+
 class Solver:
     """Trains ``self.net`` and evaluates ``self.test_nets`` (pycaffe's Solver interface).
 
@@ -242,6 +270,8 @@ class Solver:
         self.param = param = upgrade_solver(solver.copy())
         check_solver_values(param, self.type, source)
         check_eval_type(param)
+        if param.snapshot > 0:             # as Caffe's Solver::Init, before the nets are built
+            check_snapshot_prefix(param.snapshot_prefix)
         self.source = os.fspath(source) if source else None
         self.source_dir = os.path.dirname(os.path.abspath(source)) if source else None
         self._log = log
@@ -467,6 +497,8 @@ class Solver:
         self.log(f"Solving {self.net.name}")
         self.log(f"Learning Rate Policy: {p.lr_policy}")
         self.requested_early_exit = False
+        if p.snapshot_after_train and not p.snapshot:  # else checked by __init__
+            check_snapshot_prefix(p.snapshot_prefix)
         if resume_file:
             self.restore(resume_file)
         start_iter = self.iter

@@ -503,6 +503,33 @@ def test_a_snapshot_that_cannot_be_written_stops_training_and_says_where(
     assert all(open(tmp_path / n, "rb").read() == data for n, data in first.items())
 
 
+def test_a_snapshot_prefix_that_cannot_be_written_is_an_error_at_the_start(tmp_path,
+                                                                          monkeypatch):
+    # Caffe's Solver::Init checks it (CheckSnapshotWritePermissions); minicnn used to train
+    # until the first snapshot and fail there
+    import errno
+    import tempfile
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(MinicnnError, match=f"snapshot_prefix '{tmp_path / 'afile' / 'x' / 'lin'}'"
+                       f": {tmp_path / 'afile'} is a file, not a folder"):
+        make_solver(snapshot=2, snapshot_prefix=str(tmp_path / "afile" / "x" / "lin"))
+
+    def read_only(*args, **kwargs):          # a chmod 555 folder (root ignores the mode)
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(MinicnnError, match=f"cannot write a file in {tmp_path} "
+                       r"\(Permission denied\)"):
+        make_solver(snapshot=2, snapshot_prefix=str(tmp_path / "lin"))
+    solver = make_solver(snapshot_prefix=str(tmp_path / "lin"), max_iter=3,
+                         snapshot_after_train=True)       # snapshot 0: checked by solve()
+    with pytest.raises(MinicnnError, match="Make sure that the folder exists"):
+        solver.solve()
+    assert solver.iter == 0
+    monkeypatch.undo()
+    make_solver(snapshot=2, snapshot_prefix=str(tmp_path / "new" / "lin"))     # can be made
+    assert sorted(os.listdir(tmp_path)) == ["afile"]        # the probe file went
+
+
 MEMORY_NET = """
 name: "memory"
 layer { name: "d" type: "MemoryData" top: "x" top: "label"
