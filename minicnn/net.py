@@ -1216,22 +1216,23 @@ class Net:
         return None
 
     # --- weights --------------------------------------------------------------------------------
-    def copy_from(self, weights):
+    def copy_from(self, weights, complete=False):
         """Copy weights from a .caffemodel path (or NetParameter; an HDF5 file, such as a
         .caffemodel.h5 snapshot, goes to ``load_hdf5``), matching layers by name.
 
         Layers of the model with no same-named layer here are ignored, and layers here that the
         model lacks keep their filler values (Caffe's CopyTrainedLayersFrom); a same-named layer
         with a different blob count or shape is an error: rename the layer to learn it afresh.
-        Every blob is read and checked before any is copied: after an error the net is as it
-        was.
+        With ``complete`` (a resume: the weights are this net's snapshot), a parameter of this
+        net that the model lacks is an error too. Every blob is read and checked before any is
+        copied: after an error the net is as it was.
         """
         if isinstance(weights, caffe_pb2.NetParameter):
             source, where = weights, "<NetParameter>"
             if source.layers:                    # V0/V1 layers: read as a file's would be
                 source = upgrade_net(source.copy())
         elif _is_hdf5(weights):                  # Caffe's CopyTrainedLayersFrom tells by content
-            return self.load_hdf5(weights)
+            return self.load_hdf5(weights, complete=complete)
         else:
             where = os.fspath(weights)
             keep = {"NetParameter": {"layer", "layers"},
@@ -1273,6 +1274,8 @@ class Net:
                 except MinicnnError as e:
                     raise NetError(f"{where}: layer '{src.name}' param {k}: {e}") from None
         self._check_some_copied(where, copies, [src.name for src in source.layer if src.blobs])
+        if complete:
+            self._check_all_copied(where, copies)
         for blob, values in copies:
             blob.data = values
 
@@ -1288,6 +1291,19 @@ class Net:
         raise NetError(f"{where}: no layer of this net gets weights from it ({there}; the net's "
                        f"layers with parameters are {_some(here)}): weights are matched by "
                        "layer name, so these are another net's")
+
+    def _check_all_copied(self, where, copies):
+        """copy_from(complete=True): every parameter blob of this net (a shared one through its
+        owner) is among ``copies``. A snapshot's weights cut short at a layer's end (a copy
+        that stopped) still parse, as weights for the layers before the cut."""
+        copied = {id(blob) for blob, _ in copies}
+        missing = [layer.name for layer, owns in zip(self.layers, self._owns_params())
+                   if any(own and id(blob) not in copied for blob, own in zip(layer.blobs, owns))]
+        if missing:
+            raise NetError(f"{where}: no weights there for layer{'s' if len(missing) > 1 else ''}"
+                           f" {_some(missing)} of this net; resuming would train "
+                           f"{'them' if len(missing) > 1 else 'it'} from the filler's values "
+                           "with the saved history. Is the file cut short, or another net's?")
 
     def to_proto(self, write_diff=False):
         """The net as a NetParameter with every layer's blobs (Caffe's Net::ToProto)."""
@@ -1346,7 +1362,7 @@ class Net:
                             values = cuda.to_host(blob.diff if diff else blob.data)
                             layer_group.create_dataset(str(k), data=values)
 
-    def load_hdf5(self, path):
+    def load_hdf5(self, path, complete=False):
         """Copy weights from an HDF5 file in Caffe's layout (see ``save_hdf5``; pycaffe's
         ``net.load_hdf5``), matching layers by name as ``copy_from`` does: layers of the file
         that the net lacks are ignored, layers it lacks keep their values, a blob missing from
@@ -1397,6 +1413,8 @@ class Net:
                     copies.append((blob, np.asarray(dataset[()], dtype=self.dtype)))
             named = [name for name, group in data.items() if isinstance(group, h5py.Group)]
         self._check_some_copied(where, copies, named)
+        if complete:
+            self._check_all_copied(where, copies)
         for blob, values in copies:
             blob.data = values
 

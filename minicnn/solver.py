@@ -910,7 +910,7 @@ class Solver:
                                f"the {c.net} net, which has no such counter")
             counters.setdefault(c.net, {}).setdefault(c.layer, {})[c.name] = c.value
         if model is not None:                     # checks every blob before it copies one
-            self.net.copy_from(model)
+            self.net.copy_from(model, complete=True)
         for blob in self.net.learnable_params:    # a diff deferred to a history (InnerProduct's
             blob.diff                             # SGD step) keeps the step it holds now
         for h, values in zip(self.history, history):

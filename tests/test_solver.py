@@ -530,6 +530,50 @@ def test_a_snapshot_prefix_that_cannot_be_written_is_an_error_at_the_start(tmp_p
     assert sorted(os.listdir(tmp_path)) == ["afile"]        # the probe file went
 
 
+TWO_LAYERS = """
+name: "two"
+input: "x" input_shape { dim: 2 dim: 3 }
+input: "t" input_shape { dim: 2 dim: 3 }
+layer { name: "fc1" type: "InnerProduct" bottom: "x" top: "h" param { name: "shared" }
+  inner_product_param { num_output: 3 bias_term: false weight_filler { type: "xavier" } } }
+layer { name: "fc2" type: "InnerProduct" bottom: "h" top: "h2" param { name: "shared" }
+  inner_product_param { num_output: 3 bias_term: false } }
+layer { name: "fc3" type: "InnerProduct" bottom: "h2" top: "y"
+  inner_product_param { num_output: 3 weight_filler { type: "xavier" } } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "y" bottom: "t" top: "loss" }
+"""
+
+
+@pytest.mark.parametrize("snapshot_format", ["BINARYPROTO", "HDF5"])
+def test_a_resume_whose_weights_lack_a_layer_is_an_error(tmp_path, snapshot_format):
+    # a .caffemodel cut short at a layer's end parses as the layers before the cut: the resume
+    # went on with fc3 at its filler values and the saved momentum, silently
+    h5py = pytest.importorskip("h5py") if snapshot_format == "HDF5" else None
+    param = caffe_pb2.SolverParameter(net_param=parse_text(TWO_LAYERS), base_lr=0.1,
+                                      momentum=0.9, lr_policy="fixed", max_iter=4,
+                                      snapshot_prefix=str(tmp_path / "two"),
+                                      snapshot_format=snapshot_format)
+    solver = minicnn.get_solver(param, log=lambda message: None)
+    solver.step(2)
+    model, state = solver.snapshot()
+    fresh = minicnn.get_solver(param, log=lambda message: None)
+    fresh.restore(state)                  # whole: every layer, fc2 through its shared blob
+    assert np.array_equal(fresh.net.params["fc3"][0].data, solver.net.params["fc3"][0].data)
+    if h5py is None:
+        whole = read_binary(model, "NetParameter")
+        del whole.layer[-2:]                # fc3 and loss: the file as a copy cut short left it
+        write_binary(whole, model)
+    else:
+        with h5py.File(model, "r+") as f:
+            del f["data/fc3"]
+    before = fresh.net.params["fc3"][0].data.copy()
+    with pytest.raises(MinicnnError, match=f"{model}: no weights there for layer 'fc3' of "
+                       "this net; resuming would train it from the filler's values"):
+        fresh.restore(state)
+    assert np.array_equal(fresh.net.params["fc3"][0].data, before)     # as it was
+    fresh.net.copy_from(model)              # not a resume: Caffe's partial copy, as before
+
+
 MEMORY_NET = """
 name: "memory"
 layer { name: "d" type: "MemoryData" top: "x" top: "label"
