@@ -1303,7 +1303,9 @@ class Net:
             raise NetError(f"{where}: no weights there for layer{'s' if len(missing) > 1 else ''}"
                            f" {_some(missing)} of this net; resuming would train "
                            f"{'them' if len(missing) > 1 else 'it'} from the filler's values "
-                           "with the saved history. Is the file cut short, or another net's?")
+                           "with the saved history. Is the file cut short, or another net's? "
+                           "(To learn a new or renamed layer afresh, fine-tune from these "
+                           "weights, --weights, instead of resuming)")
 
     def to_proto(self, write_diff=False):
         """The net as a NetParameter with every layer's blobs (Caffe's Net::ToProto)."""
