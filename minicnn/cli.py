@@ -284,9 +284,11 @@ def _solver_param(args):
 
 
 @contextlib.contextmanager
-def _signal_effects(solver, sigint_effect, sighup_effect):
+def _signal_effects(solver, sigint_effect, sighup_effect, sigterm_effect=None):
     """SIGINT/SIGHUP ask the solver to stop or snapshot at the end of the iteration (Caffe's
-    -sigint_effect/-sighup_effect); a second Ctrl-C stops at once."""
+    -sigint_effect/-sighup_effect); a second Ctrl-C stops at once. SIGTERM (a cluster's
+    scheduler ending or preempting the job), which Caffe leaves to end the process at once,
+    likewise where ``sigterm_effect`` is given (a second SIGTERM quits at once)."""
     def handler_for(effect, name):
         def handle(signum, frame):
             if effect == "none":
@@ -294,15 +296,17 @@ def _signal_effects(solver, sigint_effect, sighup_effect):
             if effect == "stop" and solver.requested_early_exit or \
                     solver.requested_action == "stop":
                 raise KeyboardInterrupt
+            again = "press Ctrl-C again" if name == "SIGINT" else f"send {name} again"
             solver.log_from_signal(
                 f"{name} received: will {effect} after this iteration"
-                + (" (press Ctrl-C again to quit at once)" if effect == "stop" else ""))
+                + (f" ({again} to quit at once)" if effect == "stop" else ""))
             solver.requested_action = effect
         return handle
     previous = {}
     for sig, effect, name in ((signal.SIGINT, sigint_effect, "SIGINT"),
-                              (getattr(signal, "SIGHUP", None), sighup_effect, "SIGHUP")):
-        if sig is not None:
+                              (getattr(signal, "SIGHUP", None), sighup_effect, "SIGHUP"),
+                              (signal.SIGTERM, sigterm_effect, "SIGTERM")):
+        if sig is not None and effect is not None:
             previous[sig] = signal.signal(sig, handler_for(effect, name))
     try:
         yield
@@ -352,7 +356,9 @@ def _train(args, world):
     try:
         parallel = world.attach(solver, param) if world is not None else None
         with _signal_effects(solver if parallel is None else parallel.requests,
-                             args.sigint_effect, args.sighup_effect), \
+                             args.sigint_effect, args.sighup_effect,
+                             # mpirun's SIGTERM comes with an abort: each rank ends at once
+                             args.sigterm_effect if world is None else None), \
                 np.errstate(over="ignore", invalid="ignore"):   # divergence is reported instead
             (solver if parallel is None else parallel).solve(args.snapshot)
     except SnapshotError as e:
@@ -1492,6 +1498,11 @@ def build_parser():
     p.add_argument("--sighup-effect", choices=["stop", "snapshot", "none"], default="snapshot",
                    help="on SIGHUP (the terminal closed): snapshot and go on (the default), "
                         "stop, or nothing")
+    p.add_argument("--sigterm-effect", choices=["stop", "snapshot", "none"], default="stop",
+                   help="on SIGTERM (a scheduler ending the job; Caffe dies at once): stop "
+                        "after the iteration, writing a snapshot (the default; a second "
+                        "SIGTERM quits at once), snapshot and go on, or nothing (one process "
+                        "only: under mpirun each rank ends at once)")
     p.add_argument("--batch-size", type=_positive_int,
                    help="batch size of the train net's data layers")
     p.add_argument("--test-iter", type=_positive_int, help="test batches per test")

@@ -351,6 +351,27 @@ def test_sigint_snapshots_and_stops(tiny_setup):
     assert len(snapshots) == 1
 
 
+def test_sigterm_stops_with_a_snapshot(tmp_path):
+    # a scheduler's SIGTERM (the job's time is up, or it is preempted) used to end the run at
+    # once: Caffe's way, which loses every iteration since the last snapshot, and the curve
+    solver_file = dummy_solver(tmp_path, max_iter=10**7, snapshot=0)
+    process = subprocess.Popen([sys.executable, "-m", "minicnn", "train", str(solver_file),
+                                "--no-progress"], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    deadline = time.time() + 60
+    for line in process.stdout:
+        if line.startswith("Iteration 5 ") or time.time() > deadline:
+            break
+    process.send_signal(signal.SIGTERM)
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, out
+    assert "SIGTERM received: will stop after this iteration (send SIGTERM again to quit at " \
+        "once)" in out and "Optimization stopped early." in out
+    names = os.listdir(tmp_path / "snap")
+    assert len([n for n in names if n.endswith(".solverstate")]) == 1
+    assert "d_curve.csv" in names and not [n for n in names if n.endswith(".tmp")]
+
+
 def test_sighup_default_is_snapshot_and_continue(tiny_setup):
     tmp_path, list_file, db = tiny_setup
     source = f'data_param {{ source: "{db}" batch_size: 4 backend: LMDB }}'
