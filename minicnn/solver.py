@@ -980,6 +980,11 @@ def read_state_hdf5(path):
     except OSError as e:
         raise MinicnnError(f"{where}: not a readable HDF5 solver state ({e})") from None
     with h5:
+        if "iter" not in h5 and isinstance(h5.get("data"), h5py.Group):
+            raise MinicnnError(f"{where}: it looks like HDF5 weights (a group 'data' of "
+                               "layers), not a solver state: resume from the .solverstate.h5 "
+                               "written beside it, or fine-tune from these weights (--weights)")
+
         def scalar(name, kind):
             item = h5.get(name)
             if not isinstance(item, h5py.Dataset) or item.shape not in ((), (1,)) or (

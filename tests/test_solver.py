@@ -574,6 +574,15 @@ def test_a_resume_whose_weights_lack_a_layer_is_an_error(tmp_path, snapshot_form
     fresh.net.copy_from(model)              # not a resume: Caffe's partial copy, as before
 
 
+def test_resuming_from_hdf5_weights_says_they_are_weights(tmp_path):
+    pytest.importorskip("h5py")
+    solver = make_solver(snapshot_prefix=str(tmp_path / "lin"), snapshot_format="HDF5")
+    model, _ = solver.snapshot()
+    with pytest.raises(MinicnnError, match=f"{model}: it looks like HDF5 weights .*, not a "
+                       "solver state: resume from the .solverstate.h5 written beside it"):
+        solver.restore(model)
+
+
 MEMORY_NET = """
 name: "memory"
 layer { name: "d" type: "MemoryData" top: "x" top: "label"
