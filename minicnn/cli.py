@@ -328,7 +328,7 @@ def train(args):
 
 def _train(args, world):
     from minicnn.monitor import TrainingMonitor
-    from minicnn.solver import SOLVERS, TrainingDiverged
+    from minicnn.solver import SOLVERS, TrainingDiverged, check_snapshot_prefix
     root = world is None or world.rank == 0           # the rank that logs, tests, snapshots
     if args.snapshot and args.weights:
         raise MinicnnError("give --snapshot (resume) or --weights (fine-tune), not both")
@@ -351,6 +351,8 @@ def _train(args, world):
     solver = SOLVERS[param.type](param if world is None else world.rank_param(param),
                                  source=path, train_batch_size=args.batch_size,
                                  log=None if root else world.quiet, device=device)
+    if root:                      # the log and curve go there even with no snapshot to write
+        check_snapshot_prefix(param.snapshot_prefix)
     monitor = TrainingMonitor(solver, param.snapshot_prefix,
                               progress=False if args.no_progress else None) if root else None
     try:

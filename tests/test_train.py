@@ -245,6 +245,16 @@ def test_a_failed_snapshot_is_the_error_reported_and_logged(tmp_path, monkeypatc
         "d_train.log"]
 
 
+def test_a_snapshot_prefix_under_a_file_is_a_clear_error_without_snapshots(tmp_path, capsys):
+    (tmp_path / "afile").write_text("")
+    prefix = tmp_path / "afile" / "x" / "d"
+    solver_file = dummy_solver(tmp_path, snapshot=0, snapshot_prefix=f'"{prefix}"')
+    assert main(["train", str(solver_file), "--no-progress"]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"minicnn train: error: snapshot_prefix '{prefix}': {tmp_path / 'afile'} is a file, not "
+        "a folder. Make sure that the folder exists (or can be made) and can be written")
+
+
 def test_an_unwritable_log_or_curve_is_a_warning_and_training_goes_on(tmp_path, monkeypatch,
                                                                        capsys):
     # Caffe's glog trains on when its log file cannot be written (a full disk); minicnn's curve
