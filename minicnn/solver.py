@@ -352,7 +352,10 @@ class Solver:
         return resolve_path(path, self.source_dir, what="net file")
 
     def _read_net(self, path):
-        return read_prototxt(self._net_file(path), "NetParameter")
+        """The net file, upgraded as Caffe's ReadNetParamsFromTextFileOrDie does: before the
+        solver sets its state (the V0 upgrade refuses a net with one, as it would drop it)."""
+        path = self._net_file(path)
+        return upgrade_net(read_prototxt(path, "NetParameter"), path)
 
     def _net_folder(self, path):
         return os.path.dirname(os.path.abspath(resolve_path(path, self.source_dir)))
@@ -366,7 +369,7 @@ class Solver:
                                f"{', '.join(given) or 'none'})")
         field = given[0]
         if field.endswith("_param"):
-            net_param, folder = getattr(p, field).copy(), self.source_dir
+            net_param, folder = upgrade_net(getattr(p, field).copy()), self.source_dir
         else:
             net_param, folder = self._read_net(getattr(p, field)), self._net_folder(getattr(p,
                                                                                         field))
@@ -389,7 +392,7 @@ class Solver:
         p = self.param
         if p.HasField("net") and p.HasField("net_param"):
             raise MinicnnError("give the solver's net or net_param, not both")
-        sources = [(f"test_net_param #{i}", q.copy(), self.source_dir, None)
+        sources = [(f"test_net_param #{i}", upgrade_net(q.copy()), self.source_dir, None)
                    for i, q in enumerate(p.test_net_param)]
         sources += [(f"test_net file {f}", self._read_net(f), self._net_folder(f),
                      self._net_file(f)) for f in p.test_net]
@@ -399,7 +402,8 @@ class Solver:
                                f"net(s), {len(p.test_iter)} test_iter value(s)")
         for _ in range(len(p.test_iter) - len(sources)):   # the net's TEST phase, once per iter
             if p.HasField("net_param"):
-                sources.append(("net_param", p.net_param.copy(), self.source_dir, None))
+                sources.append(("net_param", upgrade_net(p.net_param.copy()), self.source_dir,
+                                None))
             else:
                 sources.append((f"net file {p.net}", self._read_net(p.net),
                                 self._net_folder(p.net), self._net_file(p.net)))

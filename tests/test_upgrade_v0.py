@@ -250,3 +250,41 @@ def test_errors_of_a_v0_nets_layers_name_their_line(tmp_path):
                      'kernelsize: 20 }\n  bottom: "data" top: "conv1" }\n')
     assert message.startswith("net.prototxt:4: layer 'conv1' (Convolution; bottoms data "
                               "(1, 3, 8, 8)): convolution output would be")
+
+
+def test_a_solver_trains_and_tests_a_v0_net(tmp_path):
+    # Caffe upgrades a net file as it reads it, before the solver sets the net's state; the
+    # V0 upgrade refuses a net with a state (it would drop it), so the solver must upgrade first
+    from minicnn.solver import SOLVERS
+    (tmp_path / "net.prototxt").write_text(
+        'name: "v0"\ninput: "data"\ninput_dim: 2 input_dim: 3 input_dim: 4 input_dim: 4\n'
+        'layers { layer { name: "ip" type: "innerproduct" num_output: 5\n'
+        '  weight_filler { type: "gaussian" std: 0.1 } } bottom: "data" top: "ip" }\n'
+        'layers { layer { name: "loss" type: "euclidean_loss" } bottom: "ip" bottom: "ip"\n'
+        '  top: "loss" }\n')
+    (tmp_path / "solver.prototxt").write_text(
+        'net: "net.prototxt"\ntest_iter: 1\ntest_interval: 1\nbase_lr: 0.1\nmax_iter: 1\n'
+        'lr_policy: "fixed"\nsnapshot_prefix: "' + str(tmp_path / "snap") + '"\n')
+    solver = SOLVERS["SGD"](str(tmp_path / "solver.prototxt"), log=lambda message: None)
+    assert {"InnerProduct", "EuclideanLoss"} <= {layer.type for layer in solver.net.layers}
+    assert solver.net.state.phase == minicnn.TRAIN
+    assert solver.test_nets[0].state.phase == minicnn.TEST
+    solver.step(1)
+    # a V0 net given in the solver itself (net_param) likewise
+    text = (tmp_path / "net.prototxt").read_text()
+    (tmp_path / "solver2.prototxt").write_text(
+        "train_net_param {\n" + text + "}\nbase_lr: 0.1\nmax_iter: 1\nlr_policy: \"fixed\"\n"
+        'snapshot_prefix: "' + str(tmp_path / "snap") + '"\n')
+    solver = SOLVERS["SGD"](str(tmp_path / "solver2.prototxt"), log=lambda message: None)
+    assert solver.net.state.phase == minicnn.TRAIN
+
+
+def test_a_v0_solver_nets_errors_name_its_file_and_line(tmp_path):
+    from minicnn.solver import SOLVERS
+    (tmp_path / "net.prototxt").write_text(
+        'input: "data"\ninput_dim: 1 input_dim: 1 input_dim: 4 input_dim: 4\n'
+        'layers {\n  layer { name: "r" type: "relu"\n    kernelsize: 3 }\n'
+        '  bottom: "data" top: "r"\n}\n')
+    (tmp_path / "solver.prototxt").write_text('net: "net.prototxt"\nbase_lr: 0.1\n')
+    with pytest.raises(NetError, match=r"net\.prototxt:5: layer 'r': the V0 field 'kernelsize'"):
+        SOLVERS["SGD"](str(tmp_path / "solver.prototxt"), log=lambda message: None)
