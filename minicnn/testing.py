@@ -60,6 +60,7 @@ def check_layer_gradient(make_layer, bottoms, *, check_bottoms=None, check_param
     from minicnn.layer import Layer
     from minicnn.layers.python_layer import PythonLayerBase
     layer = make_layer if isinstance(make_layer, (Layer, PythonLayerBase)) else make_layer()
+    what = type(layer).__name__               # a Python layer's own class, not its wrapper
     if isinstance(layer, PythonLayerBase):
         layer = _python_layer_for(layer)
     rng = np.random.default_rng(seed)
@@ -116,7 +117,7 @@ def check_layer_gradient(make_layer, bottoms, *, check_bottoms=None, check_param
             if abs(numeric - grad[idx]) > atol + rtol * scale:
                 where = tuple(int(i) for i in np.unravel_index(idx, blob.shape))
                 raise GradientMismatch(
-                    f"{type(layer).__name__} {label} element {where}:"
+                    f"{what} {label} element {where}:"
                     f" analytic {grad[idx]:.10g}, numeric {numeric:.10g}")
     objective()                                           # leave the tops as forward made them
     return worst
