@@ -347,10 +347,12 @@ class Layer:
 
     def _bottom_from(self, i, array):
         """A Blob for the array given as bottom ``i`` of ``__call__`` (ints and bools become
-        float32, or the dtype the layer was set up for; anything that is not real numbers is
-        refused, naming the layer)."""
+        float32, or the dtype the layer was set up for; anything that is not real numbers, or
+        floats other than float32 and float64 (a Net's two dtypes), is refused, naming the
+        layer)."""
         values = array if cuda.is_device_array(array) else np.asarray(array)
-        if values.dtype.kind not in "biuf":
+        if values.dtype.kind not in "biuf" or (values.dtype.kind == "f" and values.dtype
+                                               not in (np.float32, np.float64)):
             raise LayerError(f"layer '{self.name}' ({self.type}): bottom {i} holds "
                              f"{values.dtype} values (shape {values.shape}); layers compute on "
                              "real numbers (float32 or float64)")

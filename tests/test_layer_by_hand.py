@@ -40,6 +40,16 @@ def test_values_that_are_not_real_numbers_are_refused(x):
         ReLULayer()(x)
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.longdouble])
+def test_floats_other_than_float32_and_float64_are_refused(dtype):
+    # a Net computes in float32 or float64 only; by hand, float16 ran on in half precision
+    # (Pooling's -FLT_MAX start overflowed with NumPy's 'overflow encountered in cast')
+    from minicnn.layers import PoolingLayer
+    with pytest.raises(LayerError, match=f"'Pooling'.*bottom 0 holds {np.dtype(dtype)} values.*"
+                                         "float32 or float64"):
+        PoolingLayer(kernel_size=2)(np.ones((1, 1, 4, 4), dtype))
+
+
 class _Scale(Layer):
     """y = x * w, one learned w per column; w filled from a dict, as layers' fields take it."""
     exact_num_bottom = exact_num_top = 1
