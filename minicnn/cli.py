@@ -295,7 +295,10 @@ def _signal_effects(solver, sigint_effect, sighup_effect, sigterm_effect=None):
                 return
             if effect == "stop" and solver.requested_early_exit or \
                     solver.requested_action == "stop":
-                raise KeyboardInterrupt
+                if name != "SIGTERM":
+                    raise KeyboardInterrupt
+                print(f"{name} received again: quitting at once", file=sys.stderr)
+                raise SystemExit(128 + signal.SIGTERM)     # the status SIGTERM's death gives
             again = "press Ctrl-C again" if name == "SIGINT" else f"send {name} again"
             solver.log_from_signal(
                 f"{name} received: will {effect} after this iteration"

@@ -382,6 +382,27 @@ def test_sigterm_stops_with_a_snapshot(tmp_path):
     assert "d_curve.csv" in names and not [n for n in names if n.endswith(".tmp")]
 
 
+def test_a_second_sigterm_quits_at_once_with_sigterms_status(capsys):
+    from minicnn.cli import _signal_effects
+
+    class Solver:
+        requested_action, requested_early_exit = None, False
+
+        def log_from_signal(self, message):
+            self.said = message
+
+    solver = Solver()
+    with _signal_effects(solver, "stop", "snapshot", "stop"):
+        handler = signal.getsignal(signal.SIGTERM)
+        handler(signal.SIGTERM, None)                     # the first: stop after the iteration
+        assert solver.requested_action == "stop" and "SIGTERM received" in solver.said
+        with pytest.raises(SystemExit) as stopped:
+            handler(signal.SIGTERM, None)
+    assert stopped.value.code == 143                      # 128 + SIGTERM, as if killed by it
+    assert "SIGTERM received again: quitting at once" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is not handler    # the handler is put back
+
+
 def test_sighup_default_is_snapshot_and_continue(tiny_setup):
     tmp_path, list_file, db = tiny_setup
     source = f'data_param {{ source: "{db}" batch_size: 4 backend: LMDB }}'
