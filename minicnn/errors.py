@@ -53,3 +53,9 @@ class SnapshotError(MinicnnError, OSError):
 
     def __str__(self):
         return self.message
+
+
+def os_reason(error):
+    """What went wrong in an OSError, without the file name (the caller says it): "File too
+    large", "No space left on device", or the message of an error without an errno (h5py's)."""
+    return error.strerror or str(error) or type(error).__name__

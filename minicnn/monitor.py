@@ -19,6 +19,8 @@ import re
 import sys
 import time
 
+from minicnn.errors import os_reason
+
 
 class TrainingMonitor:
     def __init__(self, solver, prefix, progress=None, stream=None):
@@ -77,7 +79,7 @@ class TrainingMonitor:
             log_file.close()
         except OSError:
             pass
-        self._warn(f"cannot write the log file {self.log_path} ({_reason(error)}): training goes "
+        self._warn(f"cannot write the log file {self.log_path} ({os_reason(error)}): training goes "
                    "on, logged here only")
 
     def _warn(self, message):
@@ -138,7 +140,7 @@ class TrainingMonitor:
             path = self.png_path if write == self.write_png else self.csv_path
             if path not in self._unwritable:
                 self._unwritable.add(path)
-                self._warn(f"cannot write the training curve {path} ({_reason(e)}); the log "
+                self._warn(f"cannot write the training curve {path} ({os_reason(e)}); the log "
                            f"file {self.log_path} keeps its numbers")
 
     # --- outputs -----------------------------------------------------------------------------
@@ -227,12 +229,8 @@ class TrainingMonitor:
                 self.log_file.close()
             except OSError as e:
                 self.log_file = None
-                self._warn(f"cannot write the log file {self.log_path} ({_reason(e)})")
+                self._warn(f"cannot write the log file {self.log_path} ({os_reason(e)})")
             self.log_file = None
-
-
-def _reason(error):
-    return error.strerror or str(error) or type(error).__name__
 
 
 def read_train_log(path):

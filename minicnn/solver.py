@@ -35,7 +35,7 @@ from minicnn import cuda
 from minicnn.blob import array_to_blob_proto, blob_proto_to_array
 from minicnn.data.db import resolve_path
 from minicnn.data.errors import DataError
-from minicnn.errors import MinicnnError, NetError, SnapshotError, WireFormatError
+from minicnn.errors import MinicnnError, NetError, SnapshotError, WireFormatError, os_reason
 from minicnn.net import Net, layer_included
 from minicnn.ops.ssd_eval import AP_VERSIONS, EVAL_TYPES, DetectionStats
 from minicnn.proto import caffe_pb2, read_binary, read_prototxt, upgrade_solver, write_binary
@@ -243,7 +243,7 @@ def check_snapshot_prefix(prefix):
             os.close(fd)
             os.unlink(probe)
         except OSError as e:
-            reason = f"cannot write a file in {folder} ({_os_reason(e)})"
+            reason = f"cannot write a file in {folder} ({os_reason(e)})"
     elif not os.access(missing, os.W_OK | os.X_OK):
         reason = f"cannot make {folder}: {missing} cannot be written"
     if reason:
@@ -805,7 +805,7 @@ class Solver:
             self.log(f"Snapshotting solver state to {kind} file {state_path}")
             (write_state_hdf5 if hdf5 else write_binary)(self.solver_state(model), state_path)
         except OSError as e:
-            raise SnapshotError(f"{target}: cannot write the snapshot: {_os_reason(e)}",
+            raise SnapshotError(f"{target}: cannot write the snapshot: {os_reason(e)}",
                                 e.errno, target) from e
         self.last_snapshot, self.last_snapshot_iter = model, self.iter
         return model, state_path
@@ -930,12 +930,6 @@ class Solver:
         if extra.solver_type and extra.solver_type != self.type:     # Caffe does not check
             self.log(f"note: {path} was written by the {extra.solver_type} solver; its history is "
                      f"taken as {self.type}'s, which keeps other quantities in it")
-
-
-def _os_reason(error):
-    """What went wrong in an OSError, without the file name (said by the caller): "File too
-    large", "No space left on device", or the message of an error without an errno (h5py's)."""
-    return error.strerror or str(error) or type(error).__name__
 
 
 def write_state_hdf5(state, path):
