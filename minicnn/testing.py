@@ -46,8 +46,8 @@ def check_layer_gradient(make_layer, bottoms, *, check_bottoms=None, check_param
                          max_checks=None, seed=1701):
     """Check a layer's bottom and parameter diffs against finite differences (float64).
 
-    make_layer     a Layer, or a function returning a fresh one (a Python layer's object,
-                   a subclass of minicnn.Layer / pycaffe's caffe.Layer, is checked as the
+    make_layer     a Layer, or a function or class returning a fresh one (a Python layer's
+                   object, with pycaffe's setup/reshape/forward/backward, is checked as the
                    Net runs it)
     bottoms        input arrays (converted to float64)
     check_bottoms  indices of bottoms whose diff to check (default: all the layer allows)
@@ -58,10 +58,10 @@ def check_layer_gradient(make_layer, bottoms, *, check_bottoms=None, check_param
     Returns the largest relative error seen; raises GradientMismatch with the worst element.
     """
     from minicnn.layer import Layer
-    from minicnn.layers.python_layer import PythonLayerBase
-    layer = make_layer if isinstance(make_layer, (Layer, PythonLayerBase)) else make_layer()
+    is_layer = not isinstance(make_layer, type) and hasattr(make_layer, "forward")
+    layer = make_layer if is_layer else make_layer()
     what = type(layer).__name__               # a Python layer's own class, not its wrapper
-    if isinstance(layer, PythonLayerBase):
+    if not isinstance(layer, Layer):          # pycaffe's protocol, subclassing caffe.Layer or not
         layer = _python_layer_for(layer)
     rng = np.random.default_rng(seed)
     bottom = [Blob.from_array(np.asarray(a, dtype=np.float64), np.float64) for a in bottoms]

@@ -75,6 +75,9 @@ class _PyScale(PythonLayerBase):
 def test_a_python_layer_is_checked_and_its_bug_caught():
     x = np.arange(6.0).reshape(2, 3) - 2.5
     assert check_layer_gradient(_PyScale, [x]) < 1e-6
+    assert check_layer_gradient(_PyScale(), [x]) < 1e-6           # an object, not a class
+    plain = type("Plain", (), dict(vars(_PyScale)))               # a Net takes it too
+    assert check_layer_gradient(plain, [x]) < 1e-6
     buggy = type("Buggy", (_PyScale,), {"bug": True})
     with pytest.raises(GradientMismatch, match=r"^Buggy bottom\[0\] element \(0, 0\)"):
         check_layer_gradient(buggy, [x])            # named as the user's class, not the wrapper
