@@ -1118,6 +1118,9 @@ def fake_flickr_style(caffe_root, num_labels=5, per_split=(('train', 10), ('test
 
 def test_02_fine_tuning(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    # the notebook's temporary nets, solvers and weights (delete=False, mkdtemp) go under tmp_path,
+    # not into the system's temporary folder, where each run left 7 MB
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     caffe_root = str(tmp_path) + '/'
     os.makedirs(caffe_root + 'models/bvlc_reference_caffenet')
     os.makedirs(caffe_root + 'models/finetune_flickr_style')
