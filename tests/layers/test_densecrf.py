@@ -7,8 +7,6 @@ fork's per-pixel normalisation, NORMALIZE_AFTER) on drawn images, to float32 rou
 the crop by data_dim; and a DeepLab v2-style TEST net. MatRead reads back what MatWrite wrote.
 """
 
-import time
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -239,14 +237,14 @@ def test_float64_nets_get_the_float32_inference():
     np.testing.assert_array_equal(got64, got32.astype(np.float64))
 
 
-def test_a_64x64_image_with_21_classes_takes_seconds():
+def test_a_64x64_image_with_21_classes():
+    """DeepLab's sizes of classes and kernels (about 0.6 s on a quiet core; speed is the
+    benchmarks' to measure): the marginals stay distributions."""
     rng = np.random.default_rng(4)
     scores = rng.standard_normal((1, 21, 64, 64)).astype(F32)
     image = rng.uniform(-120, 120, (1, 3, 64, 64)).astype(F32)
-    start = time.perf_counter()
     q = crf(scores, None, image, max_iter=10, pos_w=3, pos_xy_std=3, bi_w=4, bi_xy_std=121,
             bi_rgb_std=5)
-    assert time.perf_counter() - start < 30                  # about 0.6 s on a quiet core
     np.testing.assert_allclose(q.sum(1), 1, atol=1e-5)
 
 

@@ -268,19 +268,18 @@ def test_roi_pooling_shapes(rois_shape):
     assert y.shape == (3, 5, 3, 4)
 
 
-def test_roi_pooling_is_quick_at_faster_rcnn_sizes():
-    import time
+def test_roi_pooling_at_faster_rcnn_sizes_routes_one_gradient_per_bin():
+    """VGG16's conv5_3 of a 600 x 800 image and 128 rois (its speed is the benchmarks' to
+    measure, not a test's): every bin that covers a cell passes its diff to its one argmax."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, 512, 38, 50)).astype(np.float32)
     corners = rng.uniform(0, 600, (128, 2))
     rois = np.hstack([np.zeros((128, 1)), corners, corners + rng.uniform(16, 300, (128, 2))])
     layer = ROIPoolingLayer(pooled_h=7, pooled_w=7, spatial_scale=0.0625)
-    start = time.perf_counter()
     y = layer(x, rois.astype(np.float32))
-    layer.backprop(np.ones_like(y))
-    # forward + backward: about 0.4 s on a quiet core, over 2 s on a loaded one (a bound
-    # for a Python loop over 128 rois x 512 channels x 49 bins, not a benchmark)
-    assert time.perf_counter() - start < 20
+    dx, _ = layer.backprop(np.ones_like(y))
+    assert y.shape == (128, 512, 7, 7)
+    assert dx.sum() == np.count_nonzero(y) > 0.9 * y.size     # an empty bin gives 0, no diff
 
 
 @pytest.mark.parametrize("params, shapes, rois, message", [
