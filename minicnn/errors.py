@@ -42,6 +42,11 @@ class LayerError(NetError):
     """A layer whose parameters or input shapes are invalid; the Net adds its name and bottoms."""
 
 
+class LayerNotSetUp(LayerError, AttributeError):
+    """A layer driven by hand whose forward or backward ran before its setup: the state setup
+    makes is missing. An AttributeError too, so getattr(layer, name, default) still works."""
+
+
 class SnapshotError(MinicnnError, OSError):
     """A snapshot file that could not be written (disk full, no permission, no such folder).
     It is an OSError too, with the write's errno; the message names the file and the reason.

@@ -28,7 +28,7 @@ import numpy as np
 
 from minicnn import cuda
 from minicnn.blob import Blob, blob_proto_to_array, legacy_shape_matches
-from minicnn.errors import LayerError, MinicnnError, NetError
+from minicnn.errors import LayerError, LayerNotSetUp, MinicnnError, NetError
 from minicnn.fillers import fill
 from minicnn.proto.caffe_pb2 import FillerParameter, LayerParameter
 from minicnn.proto.upgrade import upgrade_layer
@@ -253,6 +253,19 @@ class Layer:
         self._set_loss_weights(top)
         while len(self.param_propagate_down) < len(self.blobs):
             self.param_propagate_down.append(True)
+        self._set_up = True
+
+    def __getattr__(self, name):
+        """Only for a name that normal lookup did not find. Setup makes a layer's state
+        (negative_slope, the pooling geometry, a kept mask), so a forward or backward driven by
+        hand before setup would meet a bare AttributeError deep in the layer: say what is
+        missing instead."""
+        state = self.__dict__
+        if name.startswith("__") or state.get("_set_up") or "param" not in state:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        raise LayerNotSetUp(f"layer '{state['param'].name}' ({self.type}) has no {name!r} yet: "
+                            "setup(bottom, top) makes it; call it before forward and backward "
+                            "(or call the layer on arrays, layer(x), which sets it up)")
 
     def _check_blob_counts(self, bottom, top):
         for kind, blobs, exact, lo, hi in (

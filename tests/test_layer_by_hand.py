@@ -7,7 +7,7 @@ import pytest
 
 from minicnn.errors import LayerError
 from minicnn.layer import Layer
-from minicnn.layers import ConvolutionLayer, InnerProductLayer, ReLULayer
+from minicnn.layers import ConvolutionLayer, InnerProductLayer, PoolingLayer, ReLULayer
 from minicnn.testing import check_layer_gradient
 
 
@@ -73,3 +73,25 @@ def test_init_param_takes_a_filler_as_a_dict():
     layer = _Scale()
     assert (layer(np.ones((2, 3))) == 3.0).all()
     assert check_layer_gradient(_Scale, [np.random.default_rng(0).standard_normal((2, 3))]) < 1e-6
+
+
+@pytest.mark.parametrize("make, missing", [
+    (lambda: ReLULayer(name="r"), "negative_slope"),
+    (lambda: PoolingLayer(name="p", kernel_size=2), "pool"),
+    (lambda: InnerProductLayer(name="p", num_output=2), None)])
+def test_forward_before_setup_says_setup_makes_what_is_missing(make, missing):
+    """setup/reshape/forward/backward called by hand (layer.py's protocol): a forward before
+    setup met a bare AttributeError ('ReLULayer' object has no attribute 'negative_slope')."""
+    from minicnn.blob import Blob
+    from minicnn.errors import LayerNotSetUp
+    layer = make()
+    bottom, top = [Blob.from_array(np.ones((1, 1, 4, 4)))], [Blob((), np.float64)]
+    with pytest.raises(LayerNotSetUp, match=rf"layer '{layer.name}' \({layer.type}\) has no "
+                       rf"'{missing or '.*'}' yet: setup\(bottom, top\) makes it"):
+        layer.forward(bottom, top)
+    assert getattr(layer, "not_made_yet", "default") == "default"   # still an AttributeError
+    layer.setup(bottom, top)
+    layer.forward(bottom, top)                                       # now it runs
+    with pytest.raises(AttributeError) as raised:
+        layer.not_made_yet
+    assert type(raised.value) is AttributeError         # after setup: a plain missing name
