@@ -340,7 +340,11 @@ def test_train_errors_are_one_line(tmp_path, capsys):
     assert "missing.prototxt: net file not found (looked for" in err and "Traceback" not in err
 
 
-def test_sigint_snapshots_and_stops(tiny_setup):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_stops_with_a_snapshot(tiny_setup, sig):
+    """Ctrl-C stops after the iteration with a snapshot, as Caffe's -sigint_effect stop; so
+    does SIGTERM (a scheduler ending or preempting the job), which used to end the run at once
+    (Caffe's way), losing every iteration since the last snapshot, and the curve."""
     tmp_path, list_file, db = tiny_setup
     source = f'data_param {{ source: "{db}" batch_size: 4 backend: LMDB }}'
     solver_file = tiny_solver(tmp_path, NET.format(train_type="Data", train_source=source,
@@ -353,33 +357,15 @@ def test_sigint_snapshots_and_stops(tiny_setup):
     for line in process.stdout:
         if line.startswith("Iteration 20 ") or time.time() > deadline:
             break
-    process.send_signal(signal.SIGINT)
+    process.send_signal(sig)
     out, _ = process.communicate(timeout=60)
     assert process.returncode == 0, out
-    assert "SIGINT received: will stop" in out and "Optimization stopped early." in out
-    snapshots = [n for n in os.listdir(tmp_path / "snap") if n.endswith(".solverstate")]
-    assert len(snapshots) == 1
-
-
-def test_sigterm_stops_with_a_snapshot(tmp_path):
-    # a scheduler's SIGTERM (the job's time is up, or it is preempted) used to end the run at
-    # once: Caffe's way, which loses every iteration since the last snapshot, and the curve
-    solver_file = dummy_solver(tmp_path, max_iter=10**7, snapshot=0)
-    process = subprocess.Popen([sys.executable, "-m", "minicnn", "train", str(solver_file),
-                                "--no-progress"], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
-    deadline = time.time() + 60
-    for line in process.stdout:
-        if line.startswith("Iteration 5 ") or time.time() > deadline:
-            break
-    process.send_signal(signal.SIGTERM)
-    out, _ = process.communicate(timeout=60)
-    assert process.returncode == 0, out
-    assert "SIGTERM received: will stop after this iteration (send SIGTERM again to quit at " \
-        "once)" in out and "Optimization stopped early." in out
+    again = "press Ctrl-C again" if sig == signal.SIGINT else "send SIGTERM again"
+    assert f"{sig.name} received: will stop after this iteration ({again} to quit at once)" \
+        in out and "Optimization stopped early." in out
     names = os.listdir(tmp_path / "snap")
     assert len([n for n in names if n.endswith(".solverstate")]) == 1
-    assert "d_curve.csv" in names and not [n for n in names if n.endswith(".tmp")]
+    assert "tiny_curve.csv" in names and not [n for n in names if n.endswith(".tmp")]
 
 
 def test_a_second_sigterm_quits_at_once_with_sigterms_status(capsys):
