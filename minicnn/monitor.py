@@ -20,6 +20,7 @@ import sys
 import time
 
 from minicnn.errors import os_reason
+from minicnn.proto.wire import atomic_write
 
 
 class TrainingMonitor:
@@ -170,7 +171,6 @@ class TrainingMonitor:
         if not self._earlier_kept:                 # before this run first replaces the file
             self._keep_earlier_rows()
             self._earlier_kept = True
-        from minicnn.proto.wire import atomic_write
         with atomic_write(self.csv_path, "w") as f:      # a crash keeps the earlier rows
             writer = csv.DictWriter(f, fieldnames=self.columns)
             writer.writeheader()
@@ -207,7 +207,6 @@ class TrainingMonitor:
             ax.legend(loc="best")
         axes[-1][0].set_xlabel("iteration")
         fig.tight_layout()
-        from minicnn.proto.wire import atomic_write
         try:
             with atomic_write(self.png_path, "wb") as f:
                 fig.savefig(f, dpi=100, format="png")
