@@ -105,10 +105,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _without_native(tmp_path, require):
     """An environment that imports a copy of the package without its compiled extension, as
-    pip installs it where no C++ compiler is (pip hides setup.py's warning about that)."""
+    pip installs it where no C++ compiler is (pip hides setup.py's warning about that). Run
+    Python with -S in it: an editable install's import hook (a .pth file in site-packages)
+    would find minicnn._native in the checkout whatever the copy lacks; the site-packages
+    folders come in through PYTHONPATH instead."""
     shutil.copytree(os.path.dirname(minicnn.__file__), tmp_path / "pkg" / "minicnn",
                     ignore=shutil.ignore_patterns("_native*", "__pycache__"))
-    env = dict(os.environ, PYTHONPATH=str(tmp_path / "pkg"), MPLBACKEND="Agg")
+    site_dirs = [p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages")]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "pkg"), *site_dirs]),
+               MPLBACKEND="Agg")
     env.pop("MINICNN_CPU", None)
     if require:
         env["MINICNN_REQUIRE_NATIVE"] = "1"
@@ -120,7 +125,7 @@ def _without_native(tmp_path, require):
 def test_a_missing_extension_is_named_where_it_is_required(tmp_path):
     """Not Python's "cannot import name '_native' from partially initialized module 'minicnn'
     (most likely due to a circular import)", which sends one looking for an import cycle."""
-    out = subprocess.run([sys.executable, "-c", "import minicnn"], cwd=tmp_path,
+    out = subprocess.run([sys.executable, "-S", "-c", "import minicnn"], cwd=tmp_path,
                          env=_without_native(tmp_path, True), capture_output=True, text=True)
     assert out.returncode != 0
     assert "No module named 'minicnn._native'" in out.stderr, out.stderr
@@ -143,8 +148,8 @@ def test_without_the_extension_minicnn_runs_on_numpy_and_time_says_so(tmp_path):
         """
     lenet = os.path.join(REPO, "models", "lenet", "lenet.prototxt")
     env = _without_native(tmp_path, False)
-    out = subprocess.run([sys.executable, "-c", code, lenet, str(tmp_path)], cwd=tmp_path,
-                         env=env, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-S", "-c", code, lenet, str(tmp_path)],
+                         cwd=tmp_path, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     minicnn.set_random_seed(3)
     net = minicnn.Net(lenet, minicnn.TEST)
@@ -152,8 +157,8 @@ def test_without_the_extension_minicnn_runs_on_numpy_and_time_says_so(tmp_path):
         net.blobs["data"].shape).astype(np.float32)
     np.testing.assert_allclose(np.load(tmp_path / "prob.npy"), net.forward()["prob"],
                                rtol=1e-5, atol=1e-7)
-    out = subprocess.run([sys.executable, "-m", "minicnn", "time", lenet, "--iterations", "1"],
-                         cwd=tmp_path, env=env, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-S", "-m", "minicnn", "time", lenet, "--iterations",
+                          "1"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "native extension did not load (No module named 'minicnn._native')" in out.stdout
     if lib is not None:       # with it, no such note
