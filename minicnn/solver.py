@@ -41,6 +41,7 @@ from minicnn.ops.ssd_eval import AP_VERSIONS, EVAL_TYPES, DetectionStats
 from minicnn.proto import caffe_pb2, read_binary, read_prototxt, upgrade_solver, write_binary
 from minicnn.proto.text import field_lines
 from minicnn.proto.upgrade import upgrade_net
+from minicnn.proto.wire import remove_stale_temporaries
 from minicnn.rng import get_rng, set_random_seed
 
 SOLVERS = {}                      # type name ("SGD", "Adam", ...) -> Solver subclass
@@ -276,6 +277,7 @@ class Solver:
         self.source_dir = os.path.dirname(os.path.abspath(source)) if source else None
         self._log = log
         self._signal_messages = []           # what signal handlers had to say (log_from_signal)
+        self._stale_snapshots_checked = False  # snapshot() removes a killed run's .tmp once
         self.on_iteration, self.on_test = [], []       # callbacks (see _notify_*)
         self.callbacks = []                  # (on_start, on_gradients_ready): add_callback
         if param.type != self.type and type(self) is not Solver:
@@ -796,6 +798,11 @@ class Solver:
             folder = os.path.dirname(model)
             if folder:
                 os.makedirs(folder, exist_ok=True)
+            if not self._stale_snapshots_checked:
+                self._stale_snapshots_checked = True
+                for stale in remove_stale_temporaries(self.param.snapshot_prefix + "_iter_"):
+                    self.log(f"Removed {stale}: an unfinished snapshot file of a run that "
+                             "was killed while writing it")
             self.log(f"Snapshotting to {kind} file {model}")
             if hdf5:
                 self.net.save_hdf5(model, write_diff=self.param.snapshot_diff)

@@ -350,6 +350,44 @@ def test_snapshot_names_contents_and_copy_from(tmp_path):
     np.testing.assert_array_equal(net.params["fc"][0].data, solver.net.params["fc"][0].data)
 
 
+def test_first_snapshot_removes_what_a_killed_writer_left_and_nothing_else(tmp_path):
+    """A snapshot write killed mid-way (SIGKILL) leaves its temporary file; the next run's
+    first snapshot removes it, but not a temporary of a process still running, nor others."""
+    import signal
+    import subprocess
+    import sys
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    killed = subprocess.Popen(
+        [sys.executable, "-c",
+         "import os, signal, sys; from minicnn.proto.wire import atomic_write\n"
+         "with atomic_write(sys.argv[1]) as f:\n"
+         "    f.write(b'half a caffemodel'); f.flush(); os.kill(os.getpid(), signal.SIGKILL)",
+         str(tmp_path / "lin_iter_6.caffemodel")], env=env)
+    assert killed.wait() == -signal.SIGKILL
+    (left,) = os.listdir(tmp_path)
+    assert left.startswith(f"lin_iter_6.caffemodel.{killed.pid}.") and left.endswith(".tmp")
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        kept = [f"lin_iter_8.solverstate.{running.pid}.abc123.tmp",   # still being written
+                f"other_iter_2.caffemodel.{killed.pid}.abc.tmp",       # another prefix
+                "lin_iter_2.caffemodel.notes.tmp"]                     # no writer's name
+        for name in kept:
+            (tmp_path / name).write_bytes(b"")
+        messages = []
+        solver = make_solver(snapshot=2, snapshot_prefix=str(tmp_path / "lin"))
+        solver._log = messages.append
+        solver.step(4)
+    finally:
+        running.kill()
+        running.wait()
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        kept + ["lin_iter_2.caffemodel", "lin_iter_2.solverstate",
+                "lin_iter_4.caffemodel", "lin_iter_4.solverstate"])
+    assert [m for m in messages if m.startswith("Removed")] == [
+        f"Removed {tmp_path / left}: an unfinished snapshot file of a run that was killed "
+        "while writing it"]
+
+
 def test_hdf5_snapshots_are_caffes_layout_and_restore(tmp_path):
     h5py = pytest.importorskip("h5py")
     solver = make_solver("Adam", snapshot=2, snapshot_format="HDF5",

@@ -18,6 +18,7 @@ import contextlib
 import errno
 import mmap
 import os
+import re
 import struct
 import tempfile
 
@@ -421,6 +422,8 @@ def atomic_write(path, mode="wb"):
     """Open a temporary file beside ``path``; on success rename it over ``path``.
 
     A crash or an error mid-write leaves the previous file untouched, never a half-written one.
+    The temporary file's name holds the writer's process id (``NAME.PID.XXXX.tmp``), so that
+    one left by a killed process can be told from one being written (remove_stale_temporaries).
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
@@ -429,8 +432,8 @@ def atomic_write(path, mode="wb"):
     if not os.path.isdir(directory):
         raise FileNotFoundError(errno.ENOENT, "no such folder to write into", path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp",
-                                   dir=directory)
+        fd, tmp = tempfile.mkstemp(prefix=f"{os.path.basename(path)}.{os.getpid()}.",
+                                   suffix=".tmp", dir=directory)
     except OSError as e:                      # said of the path asked for, not the temporary
         raise type(e)(e.errno, f"cannot create a file in its folder ({e.strerror})",
                       path) from None
@@ -445,6 +448,41 @@ def atomic_write(path, mode="wb"):
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+_TEMPORARY_NAME = re.compile(r"\.(\d+)\.[A-Za-z0-9_]+\.tmp$")
+
+
+def remove_stale_temporaries(prefix):
+    """Remove the temporary files atomic_write left behind when its process was killed
+    mid-write (SIGKILL, power loss): those beside ``prefix`` whose names start with its last
+    part and whose writer is no longer running. Returns the paths removed. A file of a process
+    still running is kept, whatever it is; so is any other file. (POSIX only: elsewhere there
+    is no harmless way to ask whether a process is running, and nothing is removed.)"""
+    if os.name != "posix":
+        return []
+    folder, start = os.path.dirname(prefix) or ".", os.path.basename(prefix)
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    removed = []
+    for name in sorted(names):
+        match = _TEMPORARY_NAME.search(name)
+        if not (name.startswith(start) and match) or int(match.group(1)) == os.getpid():
+            continue
+        try:
+            os.kill(int(match.group(1)), 0)    # signal 0: only asks whether it exists
+            continue
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError):   # another user's process, or no such pid
+            continue
+        path = os.path.join(folder, name)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+            removed.append(path)
+    return removed
 
 
 def write_binary(msg, path):
