@@ -190,6 +190,7 @@ def plan(net):
             blob = net.top_vecs[i][0]
             count = 3 if (i + 2 < n and type(net.layers[i + 2]) is ReLULayer and host(i + 2)
                           and net.layers[i + 2].backward_needed
+                          and not net.layers[i + 2].keeps_mask    # its backward needs the mask
                           and in_place_on(i + 2, blob)) else 2
             chains[i] = TrainingBatchNormChain(i, count)
             i += count

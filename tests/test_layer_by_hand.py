@@ -76,7 +76,7 @@ def test_init_param_takes_a_filler_as_a_dict():
 
 
 @pytest.mark.parametrize("make, missing", [
-    (lambda: ReLULayer(name="r"), "negative_slope"),
+    (lambda: ReLULayer(name="r"), "keeps_mask"),
     (lambda: PoolingLayer(name="p", kernel_size=2), "pool"),
     (lambda: InnerProductLayer(name="p", num_output=2), None)])
 def test_forward_before_setup_says_setup_makes_what_is_missing(make, missing):

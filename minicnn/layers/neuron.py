@@ -1,6 +1,7 @@
 """Neuron layers: one output element per input element (ReLU, ...)."""
 
 import math
+import warnings
 
 import numpy as np
 
@@ -24,26 +25,44 @@ class ReLULayer(NeuronLayer):
     """Caffe `ReLU`: max(x, 0) + negative_slope * min(x, 0) (leaky when negative_slope > 0).
 
     Safe in place (top == bottom) when negative_slope >= 0: backward then reads y for x, which
-    has the same sign."""
+    has the same sign. With negative_slope < 0 in place, y > 0 wherever x != 0, so y no longer
+    tells which slope each element took: forward keeps a mask of x > 0 for backward (Caffe
+    reads y and gets the gradient of every x < 0 wrong; minicnn warns in a TRAIN net)."""
     param_field = "relu_param"
     backward_reads_data = ("bottom",)
     backward_reads_sign_only = in_place_keeps_sign = True
 
     def layer_setup(self, bottom, top):
         self.negative_slope = self.param.relu_param.negative_slope
-        if bottom[0] is top[0] and self.negative_slope < 0:
-            raise LayerError("an in-place ReLU needs negative_slope >= 0 (its backward reads "
-                             "the output in place of the input)")
+        self.keeps_mask = bottom[0] is top[0] and self.negative_slope < 0
+        self.positive = None              # the mask: 1 where x > 0, else 0, in x's dtype
+        if self.keeps_mask:               # what the Net's in-place checks read, for this layer
+            self.backward_reads_data, self.caffe_backward_reads_data = (), ("bottom",)
+            self.in_place_keeps_sign = False          # x < 0 becomes y > 0
+            if self.phase == "TRAIN":
+                warnings.warn(
+                    f"layer '{self.name}' (ReLU in place, negative_slope "
+                    f"{self.negative_slope:g} < 0): Caffe's backward reads the output in place "
+                    "of the input and computes a wrong gradient wherever x < 0; minicnn keeps "
+                    "a mask of x > 0 and computes the true one. Give the ReLU a top of its own "
+                    "to have both agree")
 
     def forward(self, bottom, top):
+        if self.keeps_mask and self.backward_needed:     # before the op writes y over x
+            x = bottom[0].data
+            self.positive = cuda.array_module(x).greater(x, 0).astype(x.dtype)
         # out=: the op writes y straight into the top blob (no temporary); the math is
         # minicnn/ops/relu.py's reference section
         ops.relu_forward(bottom[0].data, self.negative_slope, out=top[0].data)
 
     def backward(self, top, propagate_down, bottom):
         if propagate_down[0]:
-            ops.relu_backward(top[0].diff, bottom[0].data, self.negative_slope,
-                              out=bottom[0].diff)
+            # the gradient needs only whether x > 0: the mask, where forward kept one, says so
+            x = self.positive if self.keeps_mask else bottom[0].data
+            if x is None:
+                raise LayerError("backward before any forward: the in-place ReLU with "
+                                 "negative_slope < 0 has no mask of x > 0 yet")
+            ops.relu_backward(top[0].diff, x, self.negative_slope, out=bottom[0].diff)
 
 
 @register("Dropout")
