@@ -171,9 +171,10 @@ class DeconvolutionLayer(ConvolutionLayer):
               swapped (a Convolution from num_output channels to C has weights of that shape)
     blobs[1]  bias (num_output,) when bias_term (default true)
 
-    Output size per axis s*(in - 1) + d*(k - 1) + 1 - 2p: the largest input that a Convolution
-    of this geometry maps to the bottom's size. Duality with that Convolution (call it K, from
-    num_output to C channels with these weights; its y = K x):
+    Output size per axis s*(in - 1) + d*(k - 1) + 1 - 2p: the smallest input that a Convolution
+    of this geometry maps to the bottom's size (the next s - 1 sizes map there too, by the
+    Convolution's floor; Caffe has no output_padding to pick them). Duality with that
+    Convolution (call it K, from num_output to C channels with these weights; its y = K x):
 
         forward       top = K^T bottom + b       = conv2d_backward_data(bottom, w)
         bottom diff   K dtop                     = conv2d_forward(dtop, w, no bias)

@@ -141,7 +141,8 @@ class ConvGeometry:
 
     def transposed_out_hw(self, h, w):
         """Deconvolution's output (oh, ow) for an (h, w) input: s*(in - 1) + extent - 2p, the
-        largest input a convolution of this geometry maps to (h, w)."""
+        smallest input a convolution of this geometry maps to (h, w) (with stride s the next
+        s - 1 sizes map there too, by the convolution's floor; Caffe picks the smallest)."""
         out = tuple(s * (size - 1) + e - 2 * p
                     for size, p, e, s in zip((h, w), self.pad, self.extent, self.stride))
         if min(out) < 1:

@@ -163,6 +163,22 @@ def test_output_size(size, k, s, p, d):
     assert deconv_layer(w, None, geom, 1)(x).shape == (1, 1, expected, expected)
 
 
+@given(st.integers(1, 9), st.integers(1, 4), st.integers(1, 4), st.integers(0, 3),
+       st.integers(1, 3))
+def test_output_size_is_the_smallest_convolution_input_of_that_size(size, k, s, p, d):
+    """The docstrings' claim: a Convolution of the same geometry maps the Deconvolution's output
+    size (and the s - 1 sizes after it) back to the input size, and one pixel less to less."""
+    geom = ConvGeometry(k, s, p, d)
+    out = out_size(size, k, s, p, d)
+    assume(out >= 1)
+    assert geom.transposed_out_hw(size, size) == (out, out)
+    for bigger in range(out, out + s):
+        assert geom.out_hw(bigger, bigger) == (size, size)
+    if out + 2 * p - geom.extent[0] >= 1:     # out - 1 still holds one window
+        assert geom.out_hw(out - 1, out - 1)[0] < size
+    assert geom.out_hw(out + s, out + s)[0] > size
+
+
 # --- FCN's bilinear upsampling ------------------------------------------------------------------
 
 def upsample_layer(factor, channels):
