@@ -11,7 +11,8 @@ class LRNLayer(Layer):
     """Caffe `LRN`: bottom (N, C, H, W) -> top of the same shape.
 
     ACROSS_CHANNELS: y = x * (k + alpha/n * sum of x^2 over n neighbouring channels)^-beta.
-    WITHIN_CHANNEL: y = x * (1 + alpha * mean of x^2 over an n x n patch)^-beta (k unused, as in
+    WITHIN_CHANNEL: y = x * (1 + alpha * (sum of x^2 over the n x n patch) / n^2)^-beta, pixels
+    outside the image counting as 0 and the divisor n^2 even at the borders (k unused, as in
     Caffe). local_size n must be odd. Safe in place: forward then keeps a copy of x."""
     param_field = "lrn_param"
     caffe_backward_reads_data = ("bottom", "top")   # Caffe keeps no copy of x in place
