@@ -90,3 +90,69 @@ def test_pycaffes_draw_net_returns_the_picture():
     assert "rankdir=BT" in source and "accuracy" not in source
     svg = draw_net(net, "RL", "svg", None, True)                # display_lrm
     assert svg.lstrip().startswith(b"<?xml") and b"lr_mult" in svg
+
+
+def test_pycaffes_label_colour_and_lr_mult_helpers():
+    """caffe.draw's helpers, with pycaffe's strings: the label is quoted for pydot and joined by
+    a literal backslash-n (Graphviz's line break) left-right, by spaces top-bottom."""
+    from minicnn import draw
+    net = read_prototxt(LENET)
+    conv1, pool1, ip1, relu1 = (next(ly for ly in net.layer if ly.name == name)
+                                for name in ("conv1", "pool1", "ip1", "relu1"))
+    assert draw.get_layer_label(conv1, "LR") == \
+        r'"conv1\n(Convolution)\nkernel size: 5\nstride: 1\npad: 0"'
+    assert draw.get_layer_label(pool1, "TB") == \
+        '"pool1 (Pooling MAX) kernel size: 2 stride: 2 pad: 0"'
+    assert draw.get_layer_label(ip1, "BT", display_lrm=True) == \
+        '"ip1 (InnerProduct) lr mult: 1.0, 2.0"'
+    assert [draw.get_edge_label(layer) for layer in net.layer[:3]] == \
+        ["Batch 64", "Batch 100", "20"]
+    assert draw.get_edge_label(relu1) == '""'
+    assert [draw.choose_color_by_layertype(t) for t in
+            ("Convolution", "Deconvolution", "Pooling", "InnerProduct", "ReLU")] == \
+        ["#FF5050", "#FF5050", "#FF9900", "#CC33FF", "#6495ED"]
+    assert draw.get_layer_lr_mult(conv1) == (1.0, 2.0)
+    bare = caffe_pb2.LayerParameter(name="fc", type="InnerProduct")
+    assert draw.get_layer_lr_mult(bare) == (1.0, 1.0)
+    bare.param.add(lr_mult=0)
+    assert draw.get_layer_lr_mult(bare) == (0.0, 1.0)
+    assert draw.get_layer_label(bare, "TB", display_lrm=True) == \
+        '"fc (InnerProduct) lr mult: 0.0, 1.0"'
+    with pytest.raises(ValueError, match="ReLU layers do not have"):
+        draw.get_layer_lr_mult(relu1)
+    pools = draw.get_pooling_types_dict()
+    assert pools == {0: "MAX", 1: "AVE", 2: "STOCHASTIC"}
+    assert pools[pool1.pooling_param.pool] == "MAX"       # the field's value looks it up too
+
+
+def test_pycaffes_get_pydot_graph(tmp_path):
+    """get_pydot_graph(caffe_net, rankdir, label_edges=True, phase=None, display_lrm=False)
+    gives an object with pydot.Dot's calls; phase takes pycaffe's numbers (caffe.TRAIN is 0)."""
+    from minicnn.draw import get_pydot_graph
+    net = read_prototxt(LENET)
+    graph = get_pydot_graph(net, "TB", phase=0)
+    source = graph.to_string()
+    assert "accuracy" not in source and "rankdir=TB" in source
+    assert '[label="Batch 64"]' in source and "[label=500]" in source
+    assert "accuracy" in get_pydot_graph(net, "LR").to_string()        # None: every phase
+    assert "accuracy" in get_pydot_graph(net, "LR", phase=1).to_string()
+    assert "label=500" not in get_pydot_graph(net, "LR", label_edges=False).to_string()
+    assert "lr_mult" in get_pydot_graph(net, "LR", display_lrm=True).to_string()
+    graph.write(str(tmp_path / "net.raw"))                            # pydot's default: source
+    assert (tmp_path / "net.raw").read_text() == source
+    assert graph.create(format="raw").decode() == source
+    if shutil.which("dot"):
+        assert graph.create(format="png")[:8] == graph.create_png()[:8] == b"\x89PNG\r\n\x1a\n"
+        graph.write_svg(str(tmp_path / "net.svg"))
+        assert b"<svg" in (tmp_path / "net.svg").read_bytes()
+
+
+def test_pycaffes_phase_zero_is_train(tmp_path):
+    """caffe.TRAIN is 0: draw_net and draw_net_to_file took it for 'no phase' and drew all."""
+    from minicnn.draw import draw_net
+    net = read_prototxt(LENET)
+    assert b"accuracy" not in draw_net(net, "LR", "dot", 0)
+    assert b"accuracy" not in draw_net(net, rankdir="LR", ext="dot", phase=0)
+    draw_net_to_file(net, str(tmp_path / "train.raw"), "LR", 0)   # .raw: the source, as
+    source = (tmp_path / "train.raw").read_text()                # pycaffe's docstring says
+    assert source.startswith("digraph") and "accuracy" not in source
