@@ -40,7 +40,7 @@ def _pil():
     return Image
 
 
-def load_image(path, color=True):
+def load_image(filename, color=True):
     """An image file as float32 H x W x C in [0, 1]: RGB (C = 3) when ``color``, else gray
     (C = 1), as caffe.io.load_image returns it. A 16-bit gray image is scaled by 1 / 65535
     (a float one kept as it is), as skimage's img_as_float does there. Gray from colour is
@@ -48,7 +48,7 @@ def load_image(path, color=True):
     0.0721 B in float64, an image with alpha first laid on white (rgba2rgb)."""
     Image = _pil()
     try:
-        with Image.open(path) as image:
+        with Image.open(filename) as image:
             if image.mode in _WIDE_GRAY_MODES:
                 pixels = np.asarray(image, dtype=np.float32)[:, :, None]
                 if image.mode != "F":
@@ -60,7 +60,7 @@ def load_image(path, color=True):
                 return np.asarray(image.convert("L"), dtype=np.float32)[:, :, None] / 255.0
             return _skimage_gray(image)[:, :, None]
     except (OSError, ValueError) as e:    # an OSError too, as pycaffe's (skimage's) is
-        raise ImageReadError(f"{path}: cannot read the image ({e})") from None
+        raise ImageReadError(f"{filename}: cannot read the image ({e})") from None
 
 
 class ImageReadError(MinicnnError, OSError):
@@ -78,9 +78,9 @@ def _skimage_gray(image):
     return (values @ np.array([0.2125, 0.7154, 0.0721])).astype(np.float32)
 
 
-def resize_image(image, size, interp_order=1):
+def resize_image(im, new_dims, interp_order=1):
     """An H x W x C float image resized (Pillow's bilinear; ``interp_order`` 0: nearest, as
-    pycaffe's argument of that name) to ``size`` = (height, width).
+    pycaffe's argument of that name) to ``new_dims`` = (height, width).
 
     pycaffe's caffe.io.resize_image uses scikit-image instead (README: where minicnn
     deliberately differs): the same values inside an enlarged image, not at its border nor
@@ -88,8 +88,8 @@ def resize_image(image, size, interp_order=1):
     if interp_order not in (0, 1):
         raise MinicnnError(f"resize_image: interp_order {interp_order!r}: minicnn resizes "
                            "with 0 (nearest) or 1 (bilinear)")
-    image = np.asarray(image, dtype=np.float32)
-    height, width = (int(s) for s in size)
+    image = np.asarray(im, dtype=np.float32)
+    height, width = (int(s) for s in new_dims)
     if image.shape[:2] == (height, width):
         return image.copy()
     Image = _pil()
@@ -110,10 +110,10 @@ def center_crop(image, size):
     return image[top:top + ch, left:left + cw]
 
 
-def oversample(images, crop_size):
+def oversample(images, crop_dims):
     """Caffe's 10 crops of each H x W x C image: the 4 corners and the centre, then the same
     five mirrored. Returns (10 * N, ch, cw, C) ordered image by image."""
-    ch, cw = crop_size
+    ch, cw = crop_dims
     out = []
     for image in images:
         h, w = image.shape[:2]
@@ -126,6 +126,17 @@ def oversample(images, crop_size):
     return np.stack(out)
 
 
+class MeanShapeError(MinicnnError, ValueError):
+    """Transformer.set_mean's error: a ValueError too, as pycaffe's set_mean raises."""
+
+
+def _scale(scale):
+    """A raw or input scale: a number, or an array broadcast against C x H x W (per channel:
+    shape (C, 1, 1)), as pycaffe multiplies by whatever it was given."""
+    scale = np.asarray(scale, dtype=np.float32)
+    return float(scale) if scale.ndim == 0 else scale
+
+
 class Transformer:
     """caffe.io.Transformer: prepares images for one or more net inputs.
 
@@ -133,44 +144,44 @@ class Transformer:
     """
 
     def __init__(self, inputs):
-        self.inputs = {name: tuple(shape) for name, shape in inputs.items()}
+        self.inputs = {in_: tuple(shape) for in_, shape in inputs.items()}
         self.transpose, self.channel_swap = {}, {}
         self.raw_scale, self.mean, self.input_scale = {}, {}, {}
 
-    def _check(self, name):
-        if name not in self.inputs:
-            raise MinicnnError(f"{name} is not one of the net inputs: {', '.join(self.inputs)}")
+    def _check(self, in_):
+        if in_ not in self.inputs:
+            raise MinicnnError(f"{in_} is not one of the net inputs: {', '.join(self.inputs)}")
 
-    def set_transpose(self, name, order):
+    def set_transpose(self, in_, order):
         """The axis order taking an H x W x C image to the input's C x H x W, e.g. (2, 0, 1)."""
-        self._check(name)
-        if len(order) != len(self.inputs[name]) - 1:
+        self._check(in_)
+        if len(order) != len(self.inputs[in_]) - 1:
             raise MinicnnError("transpose order needs as many axes as an input image has")
-        self.transpose[name] = tuple(order)
+        self.transpose[in_] = tuple(order)
 
-    def set_channel_swap(self, name, order):
+    def set_channel_swap(self, in_, order):
         """Reorder the channels (after the transpose), e.g. (2, 1, 0) for RGB -> BGR."""
-        self._check(name)
-        if len(order) != self.inputs[name][1]:
-            raise MinicnnError(f"channel swap needs {self.inputs[name][1]} channels, "
+        self._check(in_)
+        if len(order) != self.inputs[in_][1]:
+            raise MinicnnError(f"channel swap needs {self.inputs[in_][1]} channels, "
                                f"got {len(order)}")
-        self.channel_swap[name] = tuple(order)
+        self.channel_swap[in_] = tuple(order)
 
-    def set_raw_scale(self, name, scale):
+    def set_raw_scale(self, in_, scale):
         """Multiply the raw [0, 1] values, e.g. by 255 for nets trained on 0..255 pixels."""
-        self._check(name)
-        self.raw_scale[name] = float(scale)
+        self._check(in_)
+        self.raw_scale[in_] = _scale(scale)
 
-    def set_mean(self, name, mean):
+    def set_mean(self, in_, mean):
         """Subtract a per-channel mean (C,) or a mean image (C, H, W; H x W for one channel),
         after the raw scale. A mean image of another size (ImageNet's 256 x 256 mean for a
         227 x 227 input) is resized to the input's, as the patch to pycaffe's io.py that Caffe
         users pass around does: pycaffe's own set_mean raises "Mean shape incompatible with
         input shape", and Caffe's C++ DataTransformer takes the mean file's values at the
         crop's offset instead (for those, crop the mean image first)."""
-        self._check(name)
+        self._check(in_)
         mean = np.asarray(mean, dtype=np.float32)
-        shape = self.inputs[name][1:]
+        shape = self.inputs[in_][1:]
         if mean.ndim == 2:
             mean = mean[None]
         if mean.ndim == 1 and mean.shape[0] == shape[0]:
@@ -179,52 +190,52 @@ class Transformer:
             if mean.shape != shape:
                 mean = resize_image(mean.transpose(1, 2, 0), shape[1:]).transpose(2, 0, 1)
         else:
-            raise MinicnnError(f"mean of shape {mean.shape} fits neither the input's channels "
-                               f"({shape[0]},) nor its shape {shape}")
-        self.mean[name] = mean
+            raise MeanShapeError(f"mean of shape {mean.shape} fits neither the input's "
+                                 f"channels ({shape[0]},) nor its shape {shape}")
+        self.mean[in_] = mean
 
-    def set_input_scale(self, name, scale):
+    def set_input_scale(self, in_, scale):
         """Multiply after the mean subtraction (e.g. 0.017 for some nets)."""
-        self._check(name)
-        self.input_scale[name] = float(scale)
+        self._check(in_)
+        self.input_scale[in_] = _scale(scale)
 
-    def preprocess(self, name, image):
+    def preprocess(self, in_, data):
         """An H x W x C image (as load_image gives) as the net input's C x H x W float32."""
-        self._check(name)
-        x = np.asarray(image, dtype=np.float32)
-        size = self.inputs[name][2:]
+        self._check(in_)
+        x = np.asarray(data, dtype=np.float32)
+        size = self.inputs[in_][2:]
         if x.shape[:2] != tuple(size):
             x = resize_image(x, size)
-        if name in self.transpose:
-            x = x.transpose(self.transpose[name])
-        if name in self.channel_swap:
-            x = x[list(self.channel_swap[name])]
-        if name in self.raw_scale:
-            x = x * self.raw_scale[name]
-        if name in self.mean:
-            x = x - self.mean[name]
-        if name in self.input_scale:
-            x = x * self.input_scale[name]
+        if in_ in self.transpose:
+            x = x.transpose(self.transpose[in_])
+        if in_ in self.channel_swap:
+            x = x[list(self.channel_swap[in_])]
+        if in_ in self.raw_scale:
+            x = x * self.raw_scale[in_]
+        if in_ in self.mean:
+            x = x - self.mean[in_]
+        if in_ in self.input_scale:
+            x = x * self.input_scale[in_]
         return np.ascontiguousarray(x, dtype=np.float32)
 
-    def deprocess(self, name, data):
+    def deprocess(self, in_, data):
         """The inverse of preprocess (without the resize): C x H x W back to H x W x C. A
         batch of one (1 x C x H x W, e.g. the input blob's data) is taken as its item, as
         caffe.io squeezes it."""
-        self._check(name)
+        self._check(in_)
         x = np.array(data, dtype=np.float32)
-        if x.ndim == len(self.inputs[name]) and x.shape[0] == 1:
+        if x.ndim == len(self.inputs[in_]) and x.shape[0] == 1:
             x = x[0]
-        if name in self.input_scale:
-            x /= self.input_scale[name]
-        if name in self.mean:
-            x += self.mean[name]
-        if name in self.raw_scale:
-            x /= self.raw_scale[name]
-        if name in self.channel_swap:
-            x = x[np.argsort(self.channel_swap[name])]
-        if name in self.transpose:
-            x = x.transpose(np.argsort(self.transpose[name]))
+        if in_ in self.input_scale:
+            x /= self.input_scale[in_]
+        if in_ in self.mean:
+            x += self.mean[in_]
+        if in_ in self.raw_scale:
+            x /= self.raw_scale[in_]
+        if in_ in self.channel_swap:
+            x = x[np.argsort(self.channel_swap[in_])]
+        if in_ in self.transpose:
+            x = x.transpose(np.argsort(self.transpose[in_]))
         return x
 
 

@@ -67,11 +67,11 @@ class Detector(Net):
             crop_mean /= raw_scale
         self.crop_mean = crop_mean
 
-    def crop(self, image, window):
+    def crop(self, im, window):
         """The window (ymin, xmin, ymax, xmax) of an H x W x C image, with context if set."""
         ymin, xmin, ymax, xmax = (int(v) for v in window)
         if not self.context_pad:
-            return image[ymin:ymax, xmin:xmax]
+            return im[ymin:ymax, xmin:xmax]
         crop_size = int(self.crop_dims[1])                    # the input's width: square inputs
         scale = crop_size / (1.0 * crop_size - self.context_pad * 2)
         half_h, half_w = (ymax - ymin + 1) / 2.0, (xmax - xmin + 1) / 2.0
@@ -81,7 +81,7 @@ class Detector(Net):
         scale_w = crop_size / (box[3] - box[1] + 1)
         pad_y = int(round(max(0, -box[0]) * scale_h))        # the part above/left of the image
         pad_x = int(round(max(0, -box[1]) * scale_w))
-        im_h, im_w = image.shape[:2]
+        im_h, im_w = im.shape[:2]
         box = np.clip(box, 0.0, [im_h, im_w, im_h, im_w])
         top, left, bottom, right = (int(v) for v in box)
         if top >= bottom or left >= right:
@@ -89,7 +89,7 @@ class Detector(Net):
         clip_h, clip_w = box[2] - box[0] + 1, box[3] - box[1] + 1
         crop_h = min(int(round(clip_h * scale_h)), crop_size - pad_y)
         crop_w = min(int(round(clip_w * scale_w)), crop_size - pad_x)
-        context = resize_image(image[top:bottom, left:right], (crop_h, crop_w))
+        context = resize_image(im[top:bottom, left:right], (crop_h, crop_w))
         out = np.ones(self.crop_dims, dtype=np.float32) * self.crop_mean
         out[pad_y:pad_y + crop_h, pad_x:pad_x + crop_w] = context
         return out

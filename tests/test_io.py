@@ -142,3 +142,33 @@ def test_pycaffe_signatures_and_errors(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"not an image")
     with pytest.raises(MinicnnError, match="cannot read the image"):
         load_image(str(tmp_path / "bad.png"))
+
+
+def test_pycaffes_keyword_names(rgb_file):
+    """Scripts may name caffe.io's arguments: load_image(filename), resize_image(im, new_dims),
+    oversample(images, crop_dims), and the Transformer's (in_, order / scale / mean / data)."""
+    image = load_image(filename=str(rgb_file), color=True)
+    assert resize_image(im=image, new_dims=(2, 3)).shape == (2, 3, 3)
+    assert oversample(images=[image], crop_dims=(2, 2)).shape == (10, 2, 2, 3)
+    t = Transformer({"data": (1, 3, 4, 6)})
+    t.set_transpose(in_="data", order=(2, 0, 1))
+    t.set_channel_swap(in_="data", order=(2, 1, 0))
+    t.set_raw_scale(in_="data", scale=255)
+    t.set_mean(in_="data", mean=np.array([1.0, 2.0, 3.0]))
+    t.set_input_scale(in_="data", scale=0.5)
+    x = t.preprocess(in_="data", data=image)
+    np.testing.assert_allclose(x[:, 0, 0], [(0 - 1) / 2, (0 - 2) / 2, (255 - 3) / 2])
+    np.testing.assert_allclose(t.deprocess(in_="data", data=x), image, atol=1e-6)
+
+
+def test_transformer_scales_per_channel_and_set_mean_raises_valueerror():
+    """pycaffe multiplies by whatever scale it was given (an array broadcast per channel), and
+    its set_mean raises ValueError (scripts catch that)."""
+    t = Transformer({"data": (1, 3, 2, 2)})
+    t.set_transpose("data", (2, 0, 1))
+    t.set_input_scale("data", np.array([1.0, 2.0, 4.0])[:, None, None])
+    x = t.preprocess("data", np.ones((2, 2, 3), np.float32))
+    np.testing.assert_array_equal(x[:, 1, 1], [1, 2, 4])
+    np.testing.assert_array_equal(t.deprocess("data", x), np.ones((2, 2, 3)))
+    with pytest.raises(ValueError, match=r"mean of shape \(4,\)"):
+        t.set_mean("data", np.zeros(4))

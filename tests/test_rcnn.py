@@ -65,6 +65,8 @@ def test_context_padding_worked_out_by_hand(model):
     image = np.stack([yy, xx, yy * 0 + 7], axis=2)
     # window rows 4..9: centre 7, half 3, grown by 10/6 to 7 -+ 5 = 2..12, 11 rows -> 10
     assert np.allclose(detector.crop(image, (4, 4, 9, 9)), image[2:12, 2:12])
+    assert np.array_equal(detector.crop(im=image, window=(4, 4, 9, 9)),   # pycaffe's names
+                          detector.crop(image, (4, 4, 9, 9)))
     # at the corner the grown box starts at -2: 2 rows and columns of padding (mean 0), then
     # rows 0..7 of the image (clipped box 0..8, 9 rows x 10 / 11 -> 8)
     corner = detector.crop(image, (0, 0, 5, 5))
