@@ -783,6 +783,12 @@ class Net:
         return ({name: np.concatenate(parts) for name, parts in all_outs.items()},
                 {name: np.concatenate(parts) for name, parts in all_diffs.items()})
 
+    def _batch(self, blobs):
+        """pycaffe's Net._batch: yield {name: chunk} for chunks of ``blobs`` ({blob name: N x
+        ... array}) in the net's batch size, the last padded with zeros to a full batch."""
+        for chunk, _ in self._batches(blobs):
+            yield chunk
+
     def _batches(self, arrays):
         """pycaffe's _batch: ({name: chunk}, items) for chunks of ``arrays`` ({blob name: N x
         ... array}) in the batch size of the first one's blob, a last, partial chunk padded

@@ -203,6 +203,17 @@ def test_forward_backward_all_matches_forward_and_backward_by_batch():
         net.forward_backward_all(data=x, prob=top[:4])
 
 
+def test_batch_splits_arrays_in_the_nets_batch_size_padding_the_last():
+    """pycaffe's Net._batch(blobs): a generator of {name: batch} dicts, the last zero-padded."""
+    net = minicnn.Net(small_net_param(batch=2), minicnn.TEST)
+    x = RNG.standard_normal((5, 3, 6, 6)).astype(np.float32)
+    batches = list(net._batch({"data": x}))
+    assert [sorted(b) for b in batches] == [["data"]] * 3
+    assert all(b["data"].shape == (2, 3, 6, 6) for b in batches)
+    np.testing.assert_array_equal(np.concatenate([b["data"] for b in batches])[:5], x)
+    assert not batches[-1]["data"][1].any()
+
+
 def test_forward_backward_all_starts_loss_tops_from_their_loss_weight():
     param = small_net_param(batch=2)
     param.layer.append(caffe_pb2.LayerParameter(name="loss", type="EuclideanLoss",
