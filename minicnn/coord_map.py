@@ -23,7 +23,8 @@ import numpy as np
 
 from minicnn.net_spec import layers as L
 
-__all__ = ["coord_map", "coord_map_from_to", "compose", "inverse", "crop",
+__all__ = ["coord_map", "coord_map_from_to", "compose", "inverse", "crop", "conv_params",
+           "crop_params",
            "UndefinedMapException", "AxisMismatchException", "PASS_THROUGH_LAYERS"]
 
 # Layers whose top pixel i is the bottom's pixel i.
@@ -80,6 +81,21 @@ def _window_params(fn):
             _spatial(fields, "pad", 0, fn))
 
 
+def conv_params(fn):
+    """pycaffe's coord_map.conv_params: (axis, stride, kernel extent, pad) of a Convolution,
+    Deconvolution, Pooling or Im2col Function, the last three as arrays (one value, or one per
+    spatial axis); the extent counts the dilation. The _h/_w fields are read too (pycaffe
+    refuses them)."""
+    return _window_params(fn)
+
+
+def crop_params(fn):
+    """pycaffe's coord_map.crop_params: (axis, offset array) of a Crop Function, with Caffe's
+    defaults (axis 2, offset 0)."""
+    fields = _fields(fn, "crop_param")
+    return fields.get("axis", 2), np.array(fields.get("offset", 0), ndmin=1)
+
+
 def coord_map(fn):
     """The map of one layer (a net_spec Function) from its bottom's coordinates to its top's:
     (first axis it applies to or None for any, scale a, offset b) with top = a * bottom + b."""
@@ -92,9 +108,8 @@ def coord_map(fn):
     if fn.type_name in PASS_THROUGH_LAYERS:
         return None, 1, 0
     if fn.type_name == "Crop":
-        fields = _fields(fn, "crop_param")
-        offset = np.array(fields.get("offset", 0), dtype=float, ndmin=1)
-        return fields.get("axis", 2) - 1, 1, -offset     # the axis before the first cropped one
+        axis, offset = crop_params(fn)
+        return axis - 1, 1, -offset.astype(float)        # the axis before the first cropped one
     raise UndefinedMapException(f"{fn.type_name} has no coordinate map")
 
 

@@ -42,7 +42,15 @@ from minicnn.proto import caffe_pb2
 from minicnn.proto.message import NESTED_ENUMS
 from minicnn.proto.schema import ENUMS
 
-__all__ = ["NetSpec", "Top", "Function", "layers", "params", "to_proto", "assign_proto"]
+__all__ = ["NetSpec", "Top", "Function", "layers", "params", "to_proto", "assign_proto",
+           "param_name_dict"]
+
+
+def param_name_dict():
+    """pycaffe's net_spec.param_name_dict: Caffe type name -> its parameters' field less
+    "_param" ("Pooling" -> "pooling")."""
+    return {type_name: field[:-len("_param")] for type_name, field in
+            _param_fields_by_type().items()}
 
 
 def _param_fields_by_type():

@@ -89,3 +89,21 @@ def test_crops_that_cannot_align_are_refused():
     n.glob = L.Pooling(n.data, global_pooling=True)
     with pytest.raises(ValueError, match="no common blob"):
         crop(n.glob, n.data)
+
+
+def test_pycaffes_conv_params_and_crop_params():
+    """coord_map's public helpers: (axis, stride, dilated kernel extent, pad) and (axis,
+    offset), with Caffe's defaults."""
+    from minicnn.coord_map import conv_params, crop_params
+    n = NetSpec()
+    n.data = L.Input(shape=dict(dim=[1, 3, 16, 16]))
+    n.conv = L.Convolution(n.data, num_output=2, kernel_size=3, dilation=2, pad=1, stride=2)
+    n.pool = L.Pooling(n.conv, kernel_size=2, stride=2)
+    n.crop = L.Crop(n.pool, n.data, crop_param=dict(offset=[3]))
+    axis, stride, extent, pad = conv_params(n.conv.fn)
+    assert axis == 1 and stride.tolist() == [2] and extent.tolist() == [5] and pad.tolist() == [1]
+    axis, stride, extent, pad = conv_params(n.pool.fn)
+    assert stride.tolist() == [2] and extent.tolist() == [2] and pad.tolist() == [0]
+    axis, offset = crop_params(n.crop.fn)
+    assert axis == 2 and offset.tolist() == [3]
+    assert crop_params(L.Crop(n.pool, n.data).fn)[1].tolist() == [0]

@@ -237,3 +237,13 @@ def test_caffe_layers_and_params_as_pycaffe_exports_them():
     # no name of the package may hide a Caffe type from L.<Type>
     from minicnn.layer import LAYERS
     assert not set(vars(CL)) & set(LAYERS)
+
+
+def test_param_name_dict_is_pycaffes():
+    """net_spec.param_name_dict: type name -> its parameters' field less "_param"."""
+    from minicnn.net_spec import param_name_dict
+    names = param_name_dict()
+    assert names["Pooling"] == "pooling" and names["InnerProduct"] == "inner_product"
+    assert names["Convolution"] == "convolution" and names["Data"] == "data"
+    assert all(f"{field}_param" in caffe_pb2.LayerParameter.DESCRIPTOR.fields_by_name
+               for type_name, field in names.items() if type_name in ("Pooling", "ReLU", "LRN"))
