@@ -1307,8 +1307,11 @@ def convert(args):
         print(f"Wrote {path}")
     if args.weights is None:
         print("No caffemodel: no .weights given, so the layers' fillers are Darknet's random "
-              "initialisation (train from scratch: a data layer in place of the Input, the labels "
-              "as the loss layer's second bottom)")
+              "initialisation. To train from scratch: "
+              + ("point the train net's data layer at your image list, then "
+                 if written[-2].endswith("_train.prototxt") else "write the train net, then ")
+              + f"minicnn train {written[-1]} (the warnings above say what of Darknet's "
+              "schedule the solver cannot follow)")
     print("The net takes RGB input scaled to [0, 1] (Darknet's): minicnn detect --rgb")
     return 0
 

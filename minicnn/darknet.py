@@ -4,7 +4,9 @@ full), YOLOv2, YOLOv3 and Darknet's classifiers (darknet19/53, resnets, densenet
     convert_darknet("yolov3-tiny.cfg", "yolov3-tiny.weights", "out/")
     # -> out/yolov3-tiny.prototxt, out/yolov3-tiny.caffemodel
     convert_darknet("yolov3-tiny.cfg", None, "out/")
-    # -> out/yolov3-tiny.prototxt alone, its fillers Darknet's random initialisation
+    # -> out/yolov3-tiny.prototxt, its fillers Darknet's random initialisation, and, to train
+    #    it, out/yolov3-tiny_train.prototxt and out/yolov3-tiny_solver.prototxt (the [net]'s
+    #    schedule: darknet_solver)
 
 The cfg's sections become layers, in order (Darknet's parse_network_cfg defaults apply to keys a
 section leaves out; layers are numbered from 0 after [net], as [route] and [shortcut] count):
@@ -229,6 +231,7 @@ class _Builder:
     def __init__(self, name):
         self.lines = [f'name: "{name}"']
         self.weights = {}                     # layer name -> [arrays]
+        self.labels = []                      # a train net's box lists: the heads' 2nd bottom
 
     def layer(self, name, type_, bottom, top, body="", blobs=None):
         lines = ["layer {", f'  name: "{name}"', f'  type: "{type_}"']
@@ -713,7 +716,7 @@ def _region(b, s, i, x):
             + "".join(f" anchors: {a!r}" for a in anchors) + training
             + (f"\n  class_map: {_int_list(class_map)}" if class_map else "")
             + (f"\n  {tree}" if tree else "") + " }")
-    b.layer(f"region{i}", "Region", x.top, f"region{i}", body)
+    b.layer(f"region{i}", "Region", [x.top] + b.labels, f"region{i}", body)
     return _Out(f"region{i}", x.c, x.h, x.w)
 
 
@@ -736,7 +739,7 @@ def _yolo(b, s, i, x):
     body = (f"yolo_param {{ classes: {classes}" + "".join(f" mask: {m}" for m in mask)
             + "".join(f" anchors: {a!r}" for a in anchors)
             + f" net_width: {b.net_w} net_height: {b.net_h}" + training + " }")
-    b.layer(f"yolo{i}", "Yolo", x.top, f"yolo{i}", body)
+    b.layer(f"yolo{i}", "Yolo", [x.top] + b.labels, f"yolo{i}", body)
     return _Out(f"yolo{i}", x.c, x.h, x.w)
 
 
@@ -785,7 +788,8 @@ def _detection(b, s, x):
     body = " ".join([f"{k}: {v}" for k, v in fields.items()]
                     + [f"{k}: {'true' if v else 'false'}" for k, v in flags.items()]
                     + [f"{k}: {v!r}" for k, v in scales.items()])
-    b.layer("detection", "Detection", x.top, "detection", f"detection_param {{ {body} }}")
+    b.layer("detection", "Detection", [x.top] + b.labels, "detection",
+            f"detection_param {{ {body} }}")
     return _Out("detection", d, 1, 1, flat=True)
 
 
@@ -803,10 +807,12 @@ def _warn_unused(s, kind):
                           "converts: misspelt? Darknet prints 'Unused field' too)", stacklevel=4)
 
 
-def build(sections, weights):
+def build(sections, weights, train_data=None):
     """(prototxt text, {layer name: [arrays]}) of a parsed cfg with its weights (a
     WeightsReader); with ``weights`` None, the layers get fillers instead (Darknet's random
-    initialisation, see convert_darknet) and the dict is empty."""
+    initialisation, see convert_darknet) and the dict is empty. ``train_data``, a data layer's
+    text with tops "data" and "boxes", makes the train net instead: that layer in place of the
+    Input, the boxes each Region / Yolo / Detection layer's second bottom."""
     net = sections[0]
     recurrent = [s for s in sections[1:] if s.kind in RECURRENT]
     if recurrent:
@@ -820,8 +826,12 @@ def build(sections, weights):
         raise DarknetError(f"{net.where()}: give height, width and channels (got {h}, {w}, {c})")
     b = _Builder(os.path.splitext(os.path.basename(net.path))[0])
     b.net_w, b.net_h, b.seen = w, h, getattr(weights, "seen", 0)
-    b.layer("data", "Input", None, "data",
-            f"input_param {{ shape {{ dim: 1 dim: {c} dim: {h} dim: {w} }} }}")
+    if train_data:
+        b.lines.append(train_data.rstrip("\n"))
+        b.labels = ["boxes"]
+    else:
+        b.layer("data", "Input", None, "data",
+                f"input_param {{ shape {{ dim: 1 dim: {c} dim: {h} dim: {w} }} }}")
     x, outs = _Out("data", c, h, w), []
     for i, s in enumerate(sections[1:]):
         kind = KINDS.get(s.kind)
@@ -911,6 +921,163 @@ def darknet_train_data(sections, source="train.txt"):
             f"  detection_data_param {{ {fields} }} }}\n")
 
 
+def _yolov1_train_data(sections, source="train.txt"):
+    """The TRAIN DetectionData for a cfg ending in [detection] (YOLOv1: yolo.c's train_yolo
+    loads with load_data_region: a crop moving each side by up to the [detection]'s jitter, a
+    random flip), or None. Darknet's HSV distortion there (the [net]'s hue, saturation,
+    exposure) is not in minicnn's DARKNET_V1 loader: a note says so."""
+    net, last = sections[0], sections[-1]
+    if KINDS.get(last.kind) != "detection":
+        return None, []
+    h, w = net.int("height", 0), net.int("width", 0)
+    batch = max(net.int("batch", 1) // max(net.int("subdivisions", 1), 1), 1)
+    notes = []
+    distort = {k: net.float(k, d) for k, d in (("hue", 0.0), ("saturation", 1.0),
+                                                ("exposure", 1.0))}
+    if distort != {"hue": 0.0, "saturation": 1.0, "exposure": 1.0}:
+        notes.append("YOLOv1's data layer (DetectionData augment: DARKNET_V1) has no HSV "
+                     "distortion: the [net]'s " + ", ".join(f"{k}={v:g}" for k, v in
+                                                           distort.items()) + " are not kept")
+    layer = ('layer { name: "data" type: "DetectionData" top: "data" top: "boxes"\n'
+             "  include { phase: TRAIN }\n"
+             "  transform_param { scale: 0.00392156862745098 }\n"
+             f'  detection_data_param {{ source: "{source}" batch_size: {batch} shuffle: true '
+             f"new_height: {h} new_width: {w} rgb: true\n    jitter: "
+             f"{last.float('jitter', 0.2)!r} flip: true max_boxes: {last.int('max', 30)} }} }}\n")
+    return layer, notes
+
+
+def _f32(value):
+    """A float as the solver's float field holds it, written short (0.001, not 0.0009999...)."""
+    from minicnn.proto.text import format_float
+    return format_float(value)
+
+
+def _steps_schedule(net, lr):
+    """(solver lines, notes) for policy=steps. Darknet multiplies the rate by scales[i] once
+    the batch number reaches steps[i]; Caffe's multistep multiplies by one gamma at each
+    stepvalue. Exact when the scales are equal (and the steps rise from above 0). Darknet's cfgs
+    also warm up by steps (yolov1.cfg: scales=2.5,2,2,2,.1,.1): where the rate only rises to a
+    peak and then falls by one factor, the solver starts at the peak and keeps the rest exactly.
+    Anything else runs at the cfg's learning_rate, fixed, the schedule listed in a note."""
+    where = net.where()
+    try:
+        steps = [int(v) for v in net.str("steps", "").split(",") if v.strip()]
+        scales = [float(v) for v in net.str("scales", "").split(",") if v.strip()]
+    except ValueError:
+        raise DarknetError(f"{where}: steps= and scales= must be lists of numbers") from None
+    if not steps or len(steps) != len(scales):
+        raise DarknetError(f"{where}: policy=steps needs steps= and scales= of one length (got "
+                           f"{len(steps)} steps, {len(scales)} scales)")
+    rates, rate = [], lr
+    for scale in scales:
+        rate *= scale
+        rates.append(rate)
+    schedule = ", ".join([f"{lr:g} from 0"] + [f"{r:g} from {k}" for k, r in zip(steps, rates)])
+    for k in range(-1, len(steps)):
+        peak = lr if k < 0 else rates[k]
+        rest, gammas = steps[k + 1:], scales[k + 1:]
+        start = 0 if k < 0 else steps[k]
+        if any(r > peak * (1 + 1e-6) for r in [lr] + rates[:k + 1]) or len(set(gammas)) > 1 \
+                or any(a >= b for a, b in zip([start] + rest, rest)):
+            continue
+        lines = [f"base_lr: {_f32(peak)}"]
+        if rest:
+            lines += ['lr_policy: "multistep"', f"gamma: {_f32(gammas[0])}"]
+            lines += [f"stepvalue: {v}" for v in rest]
+        else:
+            lines += ['lr_policy: "fixed"']
+        notes = [] if k < 0 else [
+            f"Darknet's rate ({schedule}) rises to {peak:g} by steps; Caffe's lr_policy cannot "
+            f"raise the rate, so the solver runs at {peak:g} from iteration 0 (not the lower "
+            f"rates of the first {steps[k]} iterations), the rest of the schedule exactly"]
+        return lines, notes
+    return [f"base_lr: {_f32(lr)}", 'lr_policy: "fixed"'], [
+        f"Darknet's rate ({schedule}) changes by different factors, which Caffe's multistep "
+        "(one gamma) cannot follow: the solver keeps learning_rate fixed; to follow Darknet, "
+        "train in stages (edit base_lr and max_iter, resume with --snapshot)"]
+
+
+def darknet_solver(sections, net_file):
+    """(solver prototxt text, notes) for the [net]'s training keys, with Darknet's defaults
+    (parse_net_options): one Darknet batch (batch images; ``subdivisions`` forward/backward
+    passes of batch / subdivisions, the gradients summed, then one update divided by batch) is
+    one Caffe iteration of iter_size = subdivisions (the data layer's batch_size is batch /
+    subdivisions; Caffe divides the summed diffs by iter_size, its losses by batch_size);
+    learning_rate, momentum and decay are base_lr, momentum and weight_decay; max_batches is
+    max_iter; the policy (get_current_rate, with batch_num = the updates done, Caffe's iter):
+    constant -> fixed, step -> step (stepsize step, gamma scale), exp -> exp, poly -> poly
+    (power), sigmoid -> sigmoid (Darknet's lr / (1 + exp(gamma (n - step))): Caffe's gamma is
+    -gamma; a note says that libdarknet's unsigned n - step makes its rate 0 before step),
+    steps -> multistep (_steps_schedule). What has no Caffe equivalent is a note (written into
+    the solver and warned about by convert_darknet): burn_in (Darknet's
+    lr * (n / burn_in)^power warm-up), policy=random, adam=1."""
+    net = sections[0]
+    batch, subdivisions = net.int("batch", 1), max(net.int("subdivisions", 1), 1)
+    lr, power = net.float("learning_rate", 0.001), net.float("power", 4.0)
+    policy, notes = net.str("policy", "constant").strip(), []
+    if policy == "constant":
+        lines = [f"base_lr: {_f32(lr)}", 'lr_policy: "fixed"']
+    elif policy == "step":
+        lines = [f"base_lr: {_f32(lr)}", 'lr_policy: "step"',
+                 f"gamma: {_f32(net.float('scale', 1.0))}", f"stepsize: {net.int('step', 1)}"]
+    elif policy == "exp":
+        lines = [f"base_lr: {_f32(lr)}", 'lr_policy: "exp"',
+                 f"gamma: {_f32(net.float('gamma', 1.0))}"]
+    elif policy == "poly":
+        lines = [f"base_lr: {_f32(lr)}", 'lr_policy: "poly"', f"power: {_f32(power)}"]
+    elif policy == "sigmoid":
+        lines = [f"base_lr: {_f32(lr)}", 'lr_policy: "sigmoid"',
+                 f"gamma: {_f32(-net.float('gamma', 1.0))}", f"stepsize: {net.int('step', 1)}"]
+        notes.append(f"policy=sigmoid: Darknet computes batch - step in unsigned (size_t) "
+                     f"arithmetic, so its rate is 0 for the first {net.int('step', 1)} batches; "
+                     "the solver follows the formula there too (learning_rate / (1 + exp(gamma "
+                     "(batch - step))))")
+    elif policy == "steps":
+        lines, notes = _steps_schedule(net, lr)
+    else:
+        lines = [f"base_lr: {_f32(lr)}", 'lr_policy: "fixed"']
+        notes.append(f"policy={policy} ("
+                     + ("learning_rate * rand_uniform(0, 1)^power, drawn each batch"
+                        if policy == "random" else "not a Darknet policy: Darknet uses constant")
+                     + ") has no Caffe lr_policy: the solver keeps learning_rate fixed")
+    burn_in = net.int("burn_in", 0)
+    if burn_in > 0:
+        notes.append(f"burn_in={burn_in}: Darknet warms up over the first {burn_in} batches "
+                     f"(rate learning_rate * (batch / burn_in)^{power:g}); Caffe has no warm-up, "
+                     "so the solver starts at the full rate (lower base_lr for the first "
+                     f"{burn_in} iterations and resume with --snapshot if training diverges)")
+    if net.int("adam", 0):
+        notes.append("adam=1: written as SGD with momentum; Caffe's Adam solver (type: \"Adam\", "
+                     "momentum B1, momentum2 B2, delta eps) is the nearest, not checked against "
+                     "Darknet's update")
+    max_batches = net.int("max_batches", 0)
+    if max_batches <= 0:
+        notes.append("max_batches is 0 (Darknet's default: it would train no batch): set "
+                     "max_iter in the solver")
+    if batch // subdivisions <= 1:
+        notes.append(f"batch={batch} subdivisions={subdivisions}: one image per pass (Darknet's "
+                     "cfgs ship set for testing, batch=1; their training values, e.g. batch=64 "
+                     "subdivisions=16, are commented out in the [net]: set them before "
+                     "converting)")
+    stem = os.path.splitext(os.path.basename(net.path))[0]
+    lines = [f'net: "{net_file}"'] + lines + [
+        f"momentum: {_f32(net.float('momentum', 0.9))}",
+        f"weight_decay: {_f32(net.float('decay', 0.0001))}",
+        f"iter_size: {subdivisions}", f"max_iter: {max(max_batches, 0)}",
+        "display: 10", "average_loss: 10", "snapshot: 1000",
+        f'snapshot_prefix: "snapshots/{stem}"']
+    head = [f"# Converted by minicnn from {os.path.basename(net.path)}'s [net]: Darknet's "
+            "training schedule as a Caffe solver.",
+            f"# One iteration is one Darknet batch: iter_size {subdivisions} passes of "
+            f"{max(batch // subdivisions, 1)} images.",
+            "# Caffe's momentum keeps the rate in its history (Darknet applies the rate after "
+            "it):", "# the same updates under a fixed rate, a few iterations' difference after "
+            "a step."]
+    head += [f"# Note: {n}" for n in notes]
+    return "\n".join(head + lines) + "\n", notes
+
+
 def _caffe_pool_size(size_in, kernel, stride, pad):
     out = -(-(size_in + 2 * pad - kernel) // stride) + 1            # ceil, as Caffe
     if pad and (out - 1) * stride >= size_in + pad:
@@ -961,7 +1128,8 @@ def _train_data_comment(sections):
 def convert_darknet(cfg, weights, out_dir):
     """Write ``<cfg name>.prototxt`` and ``.caffemodel`` into ``out_dir``; returns their
     paths. With ``weights`` None (a cfg alone, as ``darknet detector train`` starts from
-    scratch) only the prototxt is written, its layers' fillers Darknet's random initialisation
+    scratch) no caffemodel is written but a train net and a solver are (_write_training), and
+    the prototxt's layers' fillers Darknet's random initialisation
     (Debian's 2018 libdarknet): [convolutional] weights gaussian, std sqrt(2 / (size * size *
     channels / groups)) (scale * rand_normal()); [connected] uniform in +-sqrt(2 / inputs) and
     [local] in +-sqrt(2 / (size * size * channels)) (scale * rand_uniform(-1, 1)); biases 0;
@@ -1007,6 +1175,51 @@ def convert_darknet(cfg, weights, out_dir):
         f.write(f"# Converted by minicnn from {source}.\n# Input: RGB scaled to [0, 1] "
                 "(minicnn detect --rgb).\n" + _train_data_comment(sections) + text)
     if reader is None:
-        return [prototxt]
+        return [prototxt] + _write_training(sections, out_dir, stem)
     net.save(caffemodel)
     return [prototxt, caffemodel]
+
+
+def _train_data(sections):
+    """(data layer text or None, notes): the TRAIN data layer a detector's train net takes."""
+    layer = darknet_train_data(sections)
+    return (layer, []) if layer is not None else _yolov1_train_data(sections)
+
+
+def _write_training(sections, out_dir, stem):
+    """A cfg without weights, to train from scratch: ``<stem>_solver.prototxt`` (darknet_solver)
+    and, for a detector (the last section [region], [yolo] or [detection]), the train net
+    ``<stem>_train.prototxt`` the solver names, its data layer's source the placeholder
+    train.txt (Darknet's image list, labels found by its images -> labels rule). Other nets
+    (classifiers: Darknet takes their labels from the image paths) get the solver alone, and a
+    note says to write the train net. The notes are warned about; returns the paths."""
+    from minicnn.proto.text import parse_text
+    from minicnn.proto.wire import atomic_write
+    net_file = f"{stem}_train.prototxt"
+    solver_text, notes = darknet_solver(sections, net_file)
+    layer, data_notes = _train_data(sections)
+    written = []
+    if layer is not None:
+        with warnings.catch_warnings():          # the deploy net's build said them already
+            warnings.simplefilter("ignore")
+            text, _ = build(sections, None, train_data=layer)
+        parse_text(text, "NetParameter", path=sections[0].path)      # a bad net fails here
+        path = os.path.join(out_dir, net_file)
+        with atomic_write(path, "w") as f:
+            f.write(f"# Converted by minicnn from {os.path.basename(sections[0].path)}: the train "
+                    f"net {stem}_solver.prototxt names (fillers: Darknet's initialisation).\n"
+                    "# Point the data layer's source at your image list (Darknet's train.txt: "
+                    "one image path a line,\n# its boxes in the labels/ file beside images/, "
+                    "class x y w h relative to the image).\n" + text)
+        written.append(path)
+        notes = data_notes + notes
+    else:
+        notes = [f"no train net written: minicnn writes one for detectors (last section "
+                 f"[region], [yolo] or [detection]); write {net_file} yourself (the prototxt "
+                 "with a data layer in place of the Input and a loss layer at the end)"] + notes
+    path = os.path.join(out_dir, f"{stem}_solver.prototxt")
+    with atomic_write(path, "w") as f:
+        f.write(solver_text)
+    for note in notes:
+        warnings.warn(f"{sections[0].path}: {note}", stacklevel=3)
+    return written + [path]

@@ -21,6 +21,7 @@ from tests.test_darknet import DETECTION_HEAD, darknet, needs_darknet
 # detection (side 2, 3 classes, 2 boxes: 4 * (3 + 2 * 5) = 52 outputs)
 FRESH_CFG = """[net]
 batch=4
+max_batches=100
 height=16
 width=16
 channels=3
@@ -83,7 +84,8 @@ def _param(layer):
 
 def test_fillers_are_darknets_rules(tmp_path):
     _, paths = fresh(tmp_path)
-    assert [p.rsplit("/", 1)[1] for p in paths] == ["fresh.prototxt"]
+    assert [p.rsplit("/", 1)[1] for p in paths] == ["fresh.prototxt", "fresh_train.prototxt",
+                                                    "fresh_solver.prototxt"]
     assert not (tmp_path / "out" / "fresh.caffemodel").exists()
     with open(paths[0]) as f:
         text = f.read()
@@ -237,7 +239,8 @@ def test_command_without_weights_and_wrong_combinations(tmp_path, capsys):
     assert main(["convert", "darknet", str(cfg), str(out)]) == 0
     said = capsys.readouterr().out
     assert "fresh.prototxt" in said and "No caffemodel" in said and "--rgb" in said
-    assert sorted(p.name for p in out.iterdir()) == ["fresh.prototxt"]
+    assert sorted(p.name for p in out.iterdir()) == ["fresh.prototxt", "fresh_solver.prototxt",
+                                                     "fresh_train.prototxt"]
     # the weights named without an output folder: refused, nothing written
     assert main(["convert", "darknet", str(cfg), str(tmp_path / "fresh.weights")]) == 1
     assert re.search(r"fresh\.weights: the second argument is the output folder, not a "

@@ -512,7 +512,8 @@ def readme_detection(block, tmp):
     assert "mAP@0.5 over 2 images" in out["minicnn eval-detection --model"]
     assert os.path.exists("detections/detections.json") and os.path.exists("eval/eval.json")
     assert os.path.exists("out/yolov1-tiny.prototxt")
-    assert os.listdir("scratch") == ["yolov1-tiny.prototxt"]        # no .weights: no caffemodel
+    assert sorted(os.listdir("scratch")) == ["yolov1-tiny.prototxt", "yolov1-tiny_solver.prototxt",
+                                             "yolov1-tiny_train.prototxt"]   # no caffemodel
     assert "--rgb" in out["minicnn convert darknet"]          # "then: minicnn detect --rgb"
 
 

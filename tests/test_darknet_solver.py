@@ -1,0 +1,224 @@
+"""`minicnn convert darknet CFG OUTDIR` (no .weights) also writes the train net and a solver
+holding the [net]'s schedule (minicnn.darknet.darknet_solver): the rates Caffe's lr_policy gives
+equal Darknet's get_current_rate where the policy maps, and the solver trains."""
+
+import ctypes
+import math
+import re
+
+import cv2
+import numpy as np
+import pytest
+
+from minicnn.cli import main
+from minicnn.darknet import convert_darknet, darknet_solver, read_cfg
+from minicnn.proto.text import parse_text
+from minicnn.solver import learning_rate
+from tests.test_darknet import darknet, needs_darknet
+
+# a 2-class, 3-anchor YOLOv3 head on 32 x 32 input; batch 4 in 2 subdivisions
+TINY_YOLO = """[net]
+batch=4
+subdivisions=2
+width=32
+height=32
+channels=3
+momentum=0.8
+decay=0.001
+learning_rate=0.01
+burn_in=5
+max_batches=3
+policy=steps
+steps=2,3
+scales=.5,.5
+
+[convolutional]
+batch_normalize=1
+filters=8
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[maxpool]
+size=2
+stride=2
+
+[convolutional]
+size=1
+stride=1
+pad=1
+filters=21
+activation=linear
+
+[yolo]
+mask=0,1,2
+anchors=4,5, 8,9, 12,10
+classes=2
+num=3
+jitter=.1
+"""
+
+# [net] schedules, each with the solver's fields Caffe needs; steps: Darknet's warm-up by steps
+SCHEDULES = {
+    "constant": "learning_rate=0.02",
+    "step": "learning_rate=0.1\npolicy=step\nstep=3\nscale=0.5",
+    "exp": "learning_rate=0.1\npolicy=exp\ngamma=0.9",
+    "poly": "learning_rate=0.1\npolicy=poly\npower=2\nmax_batches=12",
+    "sigmoid": "learning_rate=0.1\npolicy=sigmoid\ngamma=0.7\nstep=5",
+    "steps": "learning_rate=0.1\npolicy=steps\nsteps=3,7\nscales=.1,.1",
+}
+
+
+def _net_cfg(tmp_path, keys, name="s"):
+    cfg = tmp_path / f"{name}.cfg"
+    more = "" if "max_batches" in keys else "max_batches=12\n"
+    cfg.write_text(f"[net]\nbatch=8\nsubdivisions=2\nheight=8\nwidth=8\nchannels=3\n{keys}\n"
+                   f"{more}\n[convolutional]\nfilters=2\nsize=1\nstride=1\n")
+    return str(cfg)
+
+
+def _darknet_rate(keys, n):
+    """get_current_rate (network.c) at batch n, from the [net]'s keys, in plain Python."""
+    k = dict(line.split("=") for line in keys.splitlines())
+    lr, policy = float(k["learning_rate"]), k.get("policy", "constant")
+    if policy == "constant":
+        return lr
+    if policy == "step":
+        return lr * float(k["scale"]) ** (n // int(k["step"]))
+    if policy == "exp":
+        return lr * float(k["gamma"]) ** n
+    if policy == "poly":
+        return lr * (1 - n / int(k.get("max_batches", 12))) ** float(k["power"])
+    if policy == "sigmoid":
+        return lr / (1 + math.exp(float(k["gamma"]) * (n - int(k["step"]))))
+    rate = lr
+    for step, scale in zip(k["steps"].split(","), k["scales"].split(",")):
+        if int(step) > n:
+            return rate
+        rate *= float(scale)
+    return rate
+
+
+def _solver_rates(text, count):
+    param = parse_text(text, "SolverParameter")
+    rates, current = [], 0
+    for n in range(count):
+        rate, current = learning_rate(param, n, current)
+        rates.append(rate)
+    return param, rates
+
+
+@pytest.mark.parametrize("policy", sorted(SCHEDULES))
+def test_schedules_map_exactly(tmp_path, policy):
+    text, notes = darknet_solver(read_cfg(_net_cfg(tmp_path, SCHEDULES[policy])), "t.prototxt")
+    assert [n.split(":")[0] for n in notes] == (["policy=sigmoid"] if policy == "sigmoid" else [])
+    param, rates = _solver_rates(text, 12)
+    want = [_darknet_rate(SCHEDULES[policy], n) for n in range(12)]
+    assert rates == pytest.approx(want, rel=1e-6), text
+    assert (param.iter_size, param.max_iter, param.net) == (2, 12, "t.prototxt")
+    assert (param.momentum, param.weight_decay) == (np.float32(0.9), np.float32(0.0001))
+
+
+@needs_darknet
+def test_schedules_equal_libdarknets(tmp_path):
+    """libdarknet's own get_current_rate, its seen set to n batches of batch x subdivisions."""
+    lib = darknet()
+    lib.get_current_rate.restype = ctypes.c_float
+    for policy, keys in SCHEDULES.items():
+        cfg = _net_cfg(tmp_path, keys, policy)
+        _, rates = _solver_rates(darknet_solver(read_cfg(cfg), "t.prototxt")[0], 12)
+        net = lib.parse_network_cfg(cfg.encode())
+        try:
+            theirs = []
+            for n in range(12):
+                net.contents.seen[0] = n * net.contents.batch * net.contents.subdivisions
+                theirs.append(lib.get_current_rate(net))
+        finally:
+            lib.free_network(net)
+        if policy == "sigmoid":      # its size_t batch - step: exp(huge) before step 5
+            assert theirs[:5] == [0] * 5
+            rates, theirs = rates[5:], theirs[5:]
+        assert rates == pytest.approx(theirs, rel=1e-5), policy
+
+
+def test_what_does_not_map_is_said(tmp_path):
+    # yolov1.cfg's warm-up by steps: the solver starts at the peak, exact after it
+    keys = "learning_rate=0.0005\npolicy=steps\nsteps=2,4,8\nscales=2.5,.1,.1\nburn_in=3"
+    text, notes = darknet_solver(read_cfg(_net_cfg(tmp_path, keys)), "t.prototxt")
+    _, rates = _solver_rates(text, 12)
+    assert rates[:2] == pytest.approx([0.00125] * 2)               # Darknet: 0.0005 here
+    assert rates[2:] == pytest.approx([_darknet_rate(keys.rsplit("\n", 1)[0], n)
+                                       for n in range(2, 12)])
+    assert any("rises to 0.00125 by steps" in n and "first 2 iterations" in n for n in notes)
+    assert any(n.startswith("burn_in=3: Darknet warms up") for n in notes)
+    assert all(f"# Note: {n}" in text for n in notes)
+    # scales that differ after the peak: a fixed rate, the schedule listed
+    keys = "learning_rate=0.01\npolicy=steps\nsteps=5,9\nscales=.5,.2"
+    text, notes = darknet_solver(read_cfg(_net_cfg(tmp_path, keys)), "t.prototxt")
+    assert _solver_rates(text, 12)[1] == pytest.approx([0.01] * 12)
+    assert "0.005 from 5, 0.001 from 9" in notes[0] and "train in stages" in notes[0]
+
+
+def _detection_set(folder, count, rng):
+    """Darknet's layout: images/<k>.png, labels/<k>.txt (class x y w h), train.txt."""
+    (folder / "images").mkdir()
+    (folder / "labels").mkdir()
+    paths = []
+    for k in range(count):
+        path = folder / "images" / f"{k}.png"
+        cv2.imwrite(str(path), rng.integers(0, 256, (40, 48, 3), dtype=np.uint8))
+        (folder / "labels" / f"{k}.txt").write_text(f"{k % 2} 0.5 0.5 0.3 0.4\n1 0.3 0.6 0.2 "
+                                                    "0.2\n")
+        paths.append(str(path))
+    (folder / "train.txt").write_text("\n".join(paths) + "\n")
+
+
+def test_converted_detector_trains(tmp_path, monkeypatch, capsys):
+    cfg = tmp_path / "tiny.cfg"
+    cfg.write_text(TINY_YOLO)
+    with pytest.warns(UserWarning, match="burn_in=5: Darknet warms up") as said:
+        paths = convert_darknet(str(cfg), None, str(tmp_path / "out"))
+    assert [p.rsplit("/", 1)[1] for p in paths] == \
+        ["tiny.prototxt", "tiny_train.prototxt", "tiny_solver.prototxt"]
+    assert len(said) == 1, [str(w.message) for w in said]
+    with open(paths[1]) as f:
+        train = parse_text(f.read(), "NetParameter")
+    data = train.layer[0]
+    assert (data.type, list(data.top), data.include[0].phase) == \
+        ("DetectionData", ["data", "boxes"], "TRAIN")
+    p = data.detection_data_param
+    assert (p.source, p.batch_size, p.new_height, p.augment) == ("train.txt", 2, 32,
+                                                                 "DARKNET_V2")
+    assert [list(layer.bottom) for layer in train.layer if layer.type == "Yolo"] == \
+        [["conv2", "boxes"]]
+    assert "Input" not in [layer.type for layer in train.layer]
+    with open(paths[2]) as f:
+        solver = f.read()
+    for line in ('net: "tiny_train.prototxt"', "base_lr: 0.01", 'lr_policy: "multistep"',
+                 "gamma: 0.5", "stepvalue: 2\nstepvalue: 3", "momentum: 0.8",
+                 "weight_decay: 0.001", "iter_size: 2", "max_iter: 3"):
+        assert line in solver
+    # train it: three iterations of two 2-image passes, the rate stepping at 2 and 3
+    _detection_set(tmp_path, 4, np.random.default_rng(0))
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["train", paths[2]]) == 0
+    log = capsys.readouterr()
+    log = log.out + log.err
+    assert re.search(r"Iteration 0, lr = 0\.01\b", log), log
+    assert "MultiStep Status: Iteration 2, step = 1" in log, log
+    loss = float(re.search(r"Iteration 0 .*, loss = (\S+)", log).group(1))
+    assert np.isfinite(loss) and loss > 0, log
+    assert (tmp_path / "snapshots" / "tiny_iter_3.caffemodel").exists()
+
+
+def test_classifier_gets_a_solver_and_a_note(tmp_path, capsys):
+    cfg = tmp_path / "cls.cfg"
+    with open(_net_cfg(tmp_path, SCHEDULES["poly"])) as f:
+        cfg.write_text(f.read() + "\n[avgpool]\n\n[softmax]\ngroups=1\n")
+    with pytest.warns(UserWarning, match="no train net written"):
+        assert main(["convert", "darknet", str(cfg), str(tmp_path / "out")]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == \
+        ["cls.prototxt", "cls_solver.prototxt"]
+    assert "write the train net, then minicnn train" in capsys.readouterr().out
