@@ -96,7 +96,13 @@ def _msra(p, shape, rng):
 
 @register_filler("bilinear")
 def _bilinear(p, shape, rng):
-    """Bilinear interpolation kernels for a Deconvolution that upsamples (FCN's recipe)."""
+    """Bilinear interpolation kernels for a Deconvolution that upsamples (FCN's recipe).
+
+    BVLC's filler and its test_filler.cpp: f = ceil(k / 2), c = (k - 1) / (2f), a tap x is
+    1 - |x / f - c|, so every kernel is symmetric (k = 3: 0.5, 1, 0.5). The first version of
+    Caffe's filler (2015), copied into many PyTorch and TensorFlow ports, had c = (2f - 1 -
+    f % 2) / (2f): the same for the recipe's sizes (1, 4, 5, 8, ...), off-centre for the
+    others (k = 3: 0.25, 0.75, 0.75)."""
     if len(shape) != 4 or shape[2] != shape[3]:
         raise MinicnnError(f"bilinear filler needs a square 4-D blob, got shape {shape}")
     k = shape[3]

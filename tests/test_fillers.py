@@ -57,6 +57,17 @@ def test_bilinear_matches_caffe_formula_and_upsamples():
         filled(shape=(1, 1, 3, 4), type="bilinear")
 
 
+@pytest.mark.parametrize("k, taps", [
+    (3, [0.5, 1.0, 0.5]),                            # f 2, c 1/2
+    (6, [1 / 6, 1 / 2, 5 / 6, 5 / 6, 1 / 2, 1 / 6]),  # f 3, c 5/6
+    (7, [0.25, 0.5, 0.75, 1.0, 0.75, 0.5, 0.25])])   # f 4, c 3/4
+def test_bilinear_kernels_outside_the_recipe_are_symmetric_as_bvlcs(k, taps):
+    """BVLC's test_filler.cpp checks c = (k - 1) / (2f) for k = 6 and 7; the 2015 formula that
+    ports copied, (2f - 1 - f % 2) / (2f), gives 0.25, 0.75, 0.75 for k = 3."""
+    v = filled(shape=(1, 1, k, k), type="bilinear")
+    np.testing.assert_allclose(v[0, 0], np.outer(taps, taps), rtol=1e-6)
+
+
 def test_unknown_filler_lists_the_known_ones():
     with pytest.raises(MinicnnError, match="unknown filler type 'xaviar'.*xavier"):
         filled(type="xaviar")
