@@ -449,6 +449,7 @@ class Net:
         for layer, need in zip(self.layers, self.layer_need_backward):
             layer.backward_needed = need        # lets a layer skip keeping state for backward
         self._warn_overwritten_backward_data()
+        self._warn_in_place_on_split_tops()
         self._share_params()
         self.blob_loss_weights = OrderedDict((n, 0.0) for n in self.blobs)
         for layer, names in zip(self.layers, self._top_lists):
@@ -542,6 +543,32 @@ class Net:
                 if k is not None:      # warned from here: a solver's test net, which repeats
                     warnings.warn(      # its train net's message, adds no second line
                         self._overwrite_message(i, k, blob, read_here, read_caffe))
+
+    def _warn_in_place_on_split_tops(self):
+        """Warn where a layer computes in place on a top of a Split (one the prototxt names;
+        the Net's own Splits feed no in-place layer): a Split's tops *are* its bottom's values
+        (Caffe's ShareData), so the layer changes the bottom and the other tops as well, and
+        every layer that reads them afterwards, forward or backward, sees its output. Caffe
+        computes the same and says nothing."""
+        split_of = {}
+        for i, layer in enumerate(self.layers):
+            if layer.type == "Split":
+                split_of.update((name, i) for name in self._top_lists[i])
+        for k, writer in enumerate(self.layers):
+            if not writer.in_place_changes_data:
+                continue
+            for blob in _in_place_blobs(self._bottom_lists[k], self._top_lists[k]):
+                i = split_of.get(blob)
+                if i is None:
+                    continue
+                shared = [self._bottom_lists[i][0]] + [t for t in self._top_lists[i]
+                                                       if t != blob]
+                warnings.warn(
+                    f"{self._where(writer.name)}layer '{writer.name}' ({writer.type}) computes in "
+                    f"place on '{blob}', a top of Split '{self.layers[i].name}', whose tops share "
+                    f"its bottom's values: it overwrites {_some(shared)} too, and the layers "
+                    f"that read them see {writer.name}'s output (Caffe does the same); give "
+                    f"{writer.name} a top of its own")
 
     def _later_in_place_writer(self, i, blob, sign_only):
         """The first layer after layer i that computes in place on ``blob`` and changes what a

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import minicnn
+from minicnn.proto import parse_text
 
 torch = pytest.importorskip("torch")
 
@@ -146,3 +147,39 @@ layer { name: "sum" type: "Reduction" bottom: "pow" top: "sum" loss_weight: 1 }
     with pytest.warns(UserWarning, match=r"layer 'prob' \(Softmax, top 'prob'\) reads 'prob' in "
                       r"its backward, but layer 'pow' \(Power.*give pow a top of its own"):
         minicnn.Net(str(path), phase=minicnn.TRAIN)
+
+
+SPLIT_THEN_IN_PLACE = """input: "y" input_shape { dim: 2 dim: 3 }
+layer { name: "split" type: "Split" bottom: "y" top: "a" top: "b" }
+layer { name: "scale" type: "%s" bottom: "b" top: "b" %s }
+layer { name: "loss" type: "EuclideanLoss" bottom: "a" bottom: "b" top: "loss" }
+"""
+
+
+def test_an_in_place_layer_on_a_split_top_warns_that_it_overwrites_the_bottom_and_siblings(
+        tmp_path):
+    # Caffe's Split shares its bottom's data with every top: Scale in place on 'b' scales 'y'
+    # and 'a' too, so the loss compares 3y with 3y (0, not sum((y - 3y)^2) / 4)
+    path = tmp_path / "net.prototxt"
+    path.write_text(SPLIT_THEN_IN_PLACE % (
+        "Scale", 'scale_param { filler { type: "constant" value: 3 } }'))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        net = minicnn.Net(str(path), dtype=np.float64)
+    said = [str(w.message) for w in caught]
+    assert said == [f"{path}:3: layer 'scale' (Scale) computes in place on 'b', a top of Split "
+                    "'split', whose tops share its bottom's values: it overwrites 'y', 'a' too, "
+                    "and the layers that read them see scale's output (Caffe does the same); "
+                    "give scale a top of its own"]
+    net.forward(y=np.ones((2, 3)))
+    assert net.loss == 0 and np.all(net.blobs["a"].data == 3)
+
+
+def test_split_tops_kept_as_they_are_do_not_warn():
+    out_of_place = SPLIT_THEN_IN_PLACE.replace('bottom: "b" top: "b"', 'bottom: "b" top: "c"')
+    for text in (SPLIT_THEN_IN_PLACE % ("Dropout", ""),       # in the TEST phase: the identity
+                 out_of_place.replace('bottom: "b" top: "loss"', 'bottom: "c" top: "loss"')
+                 % ("Scale", "")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            minicnn.Net(parse_text(text), phase=minicnn.TEST)
