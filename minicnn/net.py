@@ -190,6 +190,7 @@ def insert_splits(net_param, where=lambda layer_name: ""):
                                                   next_split[producer])
                 next_split[producer] += 1
         out.layer.append(layer)
+        producer = out.layer[len(out.layer) - 1]
         for j, name in enumerate(layer.top):
             n_uses = uses[i, j]
             if n_uses <= 1:
@@ -198,9 +199,9 @@ def insert_splits(net_param, where=lambda layer_name: ""):
                                   bottom=[name])
             split.top.extend(split_blob_name(layer.name, name, j, k) for k in range(n_uses))
             weight = loss_weight_of.get((i, j), 0.0)
-            if weight:                     # the first split top carries the loss
-                split.loss_weight.extend([weight] + [0.0] * (n_uses - 1))
-                out.layer[-2].ClearField("loss_weight")
+            if weight:                     # the first split top carries the loss, and the
+                split.loss_weight.extend([weight] + [0.0] * (n_uses - 1))   # layer none (as
+                producer.ClearField("loss_weight")       # Caffe: all its tops' weights go)
                 next_split[i, j] += 1
     return out
 

@@ -164,6 +164,25 @@ def test_top_with_loss_weight_that_is_also_consumed_gets_a_loss_carrying_split()
     assert loss == pytest.approx(3 * np.sum(2 * x) + 0.5 * np.sum((2 * x) ** 2))
 
 
+def test_a_loss_carrying_split_of_a_later_top_counts_the_loss_once():
+    # both tops of the Slice fan out; only b carries a loss weight. Its Split takes the weight
+    # and the Slice must give it up (the Split of a, appended just before, had it cleared
+    # instead, and the loss counted sum(b) twice)
+    net = net_from(X + """
+        layer { name: "s" type: "Slice" bottom: "x" top: "a" top: "b" loss_weight: 0
+                loss_weight: 1 slice_param { axis: 0 } }
+        layer { name: "r1" type: "ReLU" bottom: "a" top: "r1" }
+        layer { name: "r2" type: "ReLU" bottom: "a" top: "r2" }
+        layer { name: "r3" type: "ReLU" bottom: "b" top: "r3" }""", dtype=np.float64,
+                   force_backward=True)
+    assert net.layer_dict["s"].loss_weights == [0.0, 0.0]
+    assert net.layer_dict["b_s_1_split"].loss_weights == [1.0, 0.0]
+    x = np.arange(6.0).reshape(2, 3)
+    net.forward(x=x)
+    assert net.loss == pytest.approx(np.sum(x[1]))
+    np.testing.assert_array_equal(net.backward()["x"], [[0, 0, 0], [1, 1, 1]])
+
+
 # --- in place -------------------------------------------------------------------------------------
 
 def test_in_place_layers_share_the_blob_and_fan_out_after_them():
