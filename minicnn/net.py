@@ -392,8 +392,8 @@ class Net:
                     available.remove(blob_name)
                 bottoms.append(self.blobs[blob_name])
                 need = blob_need_backward[blob_name]
-                if layer_param.propagate_down:
-                    need = layer_param.propagate_down[j]
+                if layer_param.propagate_down:   # Caffe 1.0: decides alone, true forces it
+                    need = layer_param.propagate_down[j]    # (2015's took need && it)
                 bottom_need.append(need)
                 need_backward |= blob_need_backward[blob_name]
             tops, top_names = [], list(layer_param.top)
@@ -430,7 +430,7 @@ class Net:
             for k in range(len(layer.blobs)):
                 spec = layer_param.param[k] if k < len(layer_param.param) else None
                 lr = spec.lr_mult if spec is not None else 1.0
-                layer.param_propagate_down[k] = lr != 0
+                layer.param_propagate_down[k] = lr != 0        # Caffe 1.0 (2015's: > 0)
                 need_backward |= lr != 0
             self.layers.append(layer)
             self._layer_names.append(name)
