@@ -305,6 +305,8 @@ class Net:
             if source_dir is None:
                 source_dir = os.path.dirname(os.path.abspath(self.source))
         self.source_dir = source_dir
+        bare_inputs = [] if param.HasField("input_dim") or param.HasField("input_shape") \
+            else list(param.input)                # the upgrade drops them, as Caffe does
         param = upgrade_net(param, None if isinstance(model, caffe_pb2.NetParameter)
                             else self.source, source_file=source_file)
         self.dtype = np.dtype(dtype)
@@ -322,8 +324,17 @@ class Net:
         self.name = param.name
         self._force_backward = bool(param.force_backward if force_backward is None
                                     else force_backward)
-        self.net_param = insert_splits(
-            filter_net(param, state, lambda name: self._where(name, any_state=True)), self._where)
+        try:
+            self.net_param = insert_splits(
+                filter_net(param, state, lambda name: self._where(name, any_state=True)),
+                self._where)
+        except NetError as e:
+            if not any(f"bottom '{name}' is not produced" in str(e) for name in bare_inputs):
+                raise
+            raise NetError(f"{e} (the net's input {', '.join(map(repr, bare_inputs))} has no "
+                           "input_shape or input_dim: Caffe drops input names without a shape, "
+                           "as a legacy caffemodel holds them; give each input its shape)"
+                           ) from None
         self.device, self._mirrors = None, {}
         self._mode_warned = device is not None    # device="cpu" chosen: no set_mode_gpu note
         # Caffe's debug_info: each layer's mean |value| logged after its forward and backward

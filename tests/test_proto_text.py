@@ -4,6 +4,7 @@ import glob
 import math
 import os
 
+import minicnn
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -353,3 +354,16 @@ def test_mutations_of_a_real_prototxt_raise_only_prototxt_errors(text):
 def test_errors_are_minicnn_errors_and_value_errors():
     e = error_of("bogus: 1")
     assert isinstance(e, MinicnnError) and isinstance(e, ValueError)
+
+
+def test_input_names_without_shapes_are_dropped_as_caffe_does(tmp_path):
+    # Caffe 1.0's UpgradeNetInput: a legacy caffemodel (2014-2015 Net::ToProto) lists its input
+    # names alone; they are stripped, and no Input layer with unshaped tops is made
+    net = upgrade_net(parse_text('input: "data" layer { name: "ip" type: "InnerProduct" '
+                                 'bottom: "data" top: "ip" }'))
+    assert not net.HasField("input") and [layer.name for layer in net.layer] == ["ip"]
+    path = tmp_path / "bare.prototxt"
+    path.write_text('input: "data"\nlayer { name: "r" type: "ReLU" bottom: "data" top: "r" }\n')
+    with pytest.raises(NetError, match=r"bare.prototxt:2: .*bottom 'data' is not produced.*"
+                                       r"input 'data' has no input_shape or input_dim"):
+        minicnn.Net(str(path), minicnn.TEST)

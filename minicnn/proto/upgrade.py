@@ -3,7 +3,8 @@
 - V1 ``layers { type: CONVOLUTION blobs_lr: 1 weight_decay: 1 param: "w" }`` becomes
   ``layer { type: "Convolution" param { name: "w" lr_mult: 1 decay_mult: 1 } }``.
 - ``input: "data"`` with ``input_dim`` (four per input) or ``input_shape`` becomes an ``Input``
-  layer.
+  layer; ``input`` names with neither (what a 2014-2015 caffemodel holds) are dropped, as Caffe
+  1.0 drops them, so a prototxt written that way has no such blob.
 - data-layer ``scale``/``mean_file``/``crop_size``/``mirror`` move into ``transform_param``.
 - a BatchNorm layer with three ``param`` specs gets lr_mult 0 and decay_mult 0 in each (its
   statistics are not learned); their other fields, such as a shared ``name``, stay.
@@ -114,6 +115,11 @@ def _upgrade_input(net):
         return
     if net.HasField("input_shape") and net.HasField("input_dim"):
         raise NetError("give either input_shape or input_dim, not both")
+    if not (net.HasField("input_shape") or net.HasField("input_dim")):
+        # Caffe's UpgradeNetInput: names alone are a legacy caffemodel's (2014-2015 Net::ToProto
+        # wrote them without shapes): the field is stripped and no Input layer made
+        net.ClearField("input")
+        return
     shapes = []
     if net.HasField("input_shape"):
         if len(net.input_shape) != len(inputs):         # Caffe's UpgradeNetInput
