@@ -70,14 +70,23 @@ def transform_sample(x, crop_h=0, crop_w=0, h_off=0, w_off=0, mirror=False, mean
     return np.ascontiguousarray(out)
 
 
-def merged_transform_param(layer_param, own_field):
-    """The layer's transform_param with the legacy fields of its own parameter (data_param or
-    image_data_param: scale, mean_file, crop_size, mirror) moved in, as Caffe's upgrade does."""
+def merged_transform_param(layer_param, own_field, read=()):
+    """The layer's transform_param, with the legacy fields of its own parameter (data_param,
+    image_data_param or window_data_param: scale, mean_file, crop_size, mirror) that the layer
+    still reads (``read``: WindowData's scale) moved in. The others are ignored with a warning,
+    as Caffe 1.0 ignores them: its upgrade moves them into transform_param in a V1 ``layers``
+    entry only (minicnn's upgrade_net does the same), and its data layers read transform_param
+    alone, so in a ``layer`` they never took effect."""
     tp = layer_param.transform_param.copy()
     own = getattr(layer_param, own_field)
     for name in ("scale", "mean_file", "crop_size", "mirror"):
-        if name in type(own).DESCRIPTOR.fields_by_name and own.HasField(name):
+        if name in read and own.HasField(name):
             setattr(tp, name, getattr(own, name))
+        elif name in type(own).DESCRIPTOR.fields_by_name and own.HasField(name):
+            warnings.warn(f"layer '{layer_param.name}' ({layer_param.type}) ignores "
+                          f"{own_field}.{name}: Caffe moves it into transform_param only in "
+                          "a V1 'layers' definition and ignores it in a 'layer', as minicnn "
+                          f"does; write transform_param {{ {name}: ... }}", stacklevel=3)
     return tp
 
 

@@ -568,9 +568,10 @@ class WindowDataLayer(_SourceDataLayer):
     position plus (mean width - crop_size) // 2 on both axes; mirror flips in TEST too. Images
     are read in colour like ImageData's (root_folder joined to each path); cache_images keeps
     the image files in memory. crop_size, mirror and mean_file/mean_value come from
-    transform_param (or the old window_data_param fields); ``scale`` too, where Caffe's layer
-    reads window_data_param.scale only (it ignores transform_param.scale, and its V1 upgrade
-    moves window_data_param.scale there, so a V1 net loses it): minicnn applies either."""
+    transform_param (the old window_data_param fields are ignored with a warning, as Caffe
+    ignores them outside a V1 net); ``scale`` too, where Caffe's layer reads
+    window_data_param.scale only (it ignores transform_param.scale, and its V1 upgrade moves
+    window_data_param.scale there, so a V1 net loses it): minicnn applies either."""
     param_field = "window_data_param"
     exact_num_top = 2
 
@@ -586,7 +587,7 @@ class WindowDataLayer(_SourceDataLayer):
         if not 0 <= p.fg_fraction <= 1:
             raise LayerError(f"window_data_param.fg_fraction is {p.fg_fraction:g}; it must lie "
                              "in [0, 1]")
-        tp = merged_transform_param(self.param, "window_data_param")
+        tp = merged_transform_param(self.param, "window_data_param", read=("scale",))
         warn_unread_transform(self, SSD_TRANSFORMER + SSD_ANNOTATED_ONLY + DEEPLAB_SEG_ONLY)
         warn_unread_transform(self, ("force_color", "force_gray"),
                               "WindowData reads every image in colour")

@@ -5,7 +5,8 @@
 - ``input: "data"`` with ``input_dim`` (four per input) or ``input_shape`` becomes an ``Input``
   layer; ``input`` names with neither (what a 2014-2015 caffemodel holds) are dropped, as Caffe
   1.0 drops them, so a prototxt written that way has no such blob.
-- data-layer ``scale``/``mean_file``/``crop_size``/``mirror`` move into ``transform_param``.
+- a V1 data layer's ``scale``/``mean_file``/``crop_size``/``mirror`` move into
+  ``transform_param`` (in a current ``layer`` Caffe leaves them, and its data layers ignore them).
 - a BatchNorm layer with three ``param`` specs gets lr_mult 0 and decay_mult 0 in each (its
   statistics are not learned); their other fields, such as a shared ``name``, stay.
 - Pooling's ``ceil_mode: false`` (the forks' spelling, from BVLC/caffe#3057: soeaver's
@@ -201,10 +202,10 @@ def upgrade_net(net, path=None, source_file=None):
     if net.HasField("layers"):
         for v1 in net.layers:
             net.layer.append(upgrade_v1_layer(v1))
+            _upgrade_data_transform(net.layer[-1])   # V1 entries only, as Caffe's upgrade
         net.ClearField("layers")
     _upgrade_input(net)
     for layer in net.layer:
-        _upgrade_data_transform(layer)
         upgrade_layer(layer)
         if layer.type == "BatchNorm" and len(layer.param) == 3:
             for spec in layer.param:      # Caffe's UpgradeNetBatchNorm keeps the names (sharing)

@@ -192,8 +192,8 @@ layer { name: "data" type: "Data" top: "data" top: "label" include { phase: TRAI
         transform_param { crop_size: 4 mirror: true scale: 0.00390625 }
         data_param { source: "train_lmdb" batch_size: 4 backend: LMDB } }
 layer { name: "data" type: "Data" top: "data" top: "label" include { phase: TEST }
-        data_param { source: "train_lmdb" batch_size: 2 backend: LMDB scale: 0.00390625
-                     crop_size: 4 } }
+        transform_param { scale: 0.00390625 crop_size: 4 }
+        data_param { source: "train_lmdb" batch_size: 2 backend: LMDB } }
 layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
         inner_product_param { num_output: 5 weight_filler { type: "xavier" } } }
 layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
@@ -213,7 +213,7 @@ def test_a_net_with_a_data_layer_in_both_phases(tmp_path, monkeypatch):
         assert net.blobs["data"].shape == (batch, 3, 4, 4)
         assert net.blobs["label"].data.tolist() == list(range(batch))
         assert net.blobs["data"].data.max() < 1
-    # TEST: centre crop (1, 1) of the 6x7 images, scaled (the legacy data_param fields)
+    # TEST: centre crop (1, 1) of the 6x7 images, scaled
     np.testing.assert_allclose(test.blobs["data"].data[1],
                                images[1][:, 1:5, 1:5] / np.float32(256))
     test.forward()
@@ -223,6 +223,22 @@ def test_a_net_with_a_data_layer_in_both_phases(tmp_path, monkeypatch):
     double.forward()
     assert double.blobs["data"].data.dtype == np.float64
     np.testing.assert_allclose(double.blobs["data"].data[1], images[1][:, 1:5, 1:5] / 256)
+
+
+def test_legacy_transform_fields_of_a_current_layer_are_ignored_as_in_caffe(tmp_path):
+    # Caffe 1.0 moves data_param's scale/crop_size/... into transform_param in a V1 'layers'
+    # entry only; its data layers read transform_param alone, so in a 'layer' they do nothing
+    images = make_lmdb(tmp_path / "db", n=3)
+    text = ('layer { name: "d" type: "Data" top: "data" top: "label" data_param { source: "%s" '
+            'batch_size: 2 backend: LMDB scale: 0.5 crop_size: 4 } }' % (tmp_path / "db"))
+    with pytest.warns(UserWarning, match=r"layer 'd' \(Data\) ignores data_param.scale: .* "
+                                         r"V1 'layers'"):
+        net = minicnn.Net(minicnn.proto.parse_text(text), minicnn.TEST)
+    net.forward()
+    np.testing.assert_array_equal(net.blobs["data"].data[1], images[1])      # 6x7, unscaled
+    v1 = minicnn.proto.parse_text(text.replace('layer {', 'layers {').replace('"Data"', "DATA"))
+    np.testing.assert_array_equal(minicnn.Net(v1, minicnn.TEST).forward()["data"][1],
+                                  images[1][:, 1:5, 1:5] * np.float32(0.5))   # upgraded
 
 
 def test_memory_data_in_a_net():
