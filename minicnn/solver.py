@@ -26,6 +26,7 @@ import math
 import os
 import sys
 import time
+import warnings
 import weakref
 from dataclasses import dataclass
 
@@ -891,6 +892,14 @@ class Solver:
                 if not (state.learned_net and os.path.isfile(beside)):
                     raise
                 model = beside          # the snapshots' folder moved: the pair stays together
+            if os.path.isfile(beside) and not os.path.samefile(model, beside):
+                # a relative learned_net found from this folder (Caffe's rule), another run's
+                # snapshot of the same name: the one written with this state sits beside it
+                warnings.warn(f"{path}: its learned_net '{state.learned_net}' names {model} "
+                              f"from the current folder, but {beside} sits beside the state: "
+                              f"resuming from {beside}, the pair snapshot() wrote together "
+                              "(Caffe would read the other)")
+                model = beside
         extra = state.minicnn
         rng_state = None
         if extra.HasField("rng_state"):

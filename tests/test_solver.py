@@ -7,6 +7,7 @@ closed form: dL/dy = (y - t) / N, dW = dy^T x, db = sum over the batch of dy.
 
 import math
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -896,6 +897,32 @@ def test_a_moved_snapshot_folder_still_resumes(tmp_path, monkeypatch):
     os.remove(tmp_path / "moved" / "lin_iter_1.caffemodel")
     with pytest.raises(MinicnnError, match="weights file .learned_net. of moved/lin_iter_1"):
         make_solver().restore("moved/lin_iter_1.solverstate")
+
+
+def test_a_same_named_snapshot_of_another_run_is_not_paired_with_the_state(tmp_path,
+                                                                           monkeypatch):
+    # learned_net "snap/lin_iter_1.caffemodel" is relative; resumed from another folder that
+    # has a snap/lin_iter_1.caffemodel of its own run, Caffe's rule (the current folder first)
+    # would pair this state with those weights: the weights written beside the state win
+    monkeypatch.chdir(tmp_path)
+    solver = make_solver(snapshot_prefix="snap/lin")
+    solver.step(1)
+    solver.snapshot()
+    os.rename(tmp_path / "snap", tmp_path / "run1")
+    other = make_solver(snapshot_prefix="snap/lin", base_lr=0.5)
+    other.step(1)
+    other.snapshot()
+    assert not np.array_equal(other.net.params["fc"][0].data, solver.net.params["fc"][0].data)
+    resumed = make_solver()
+    with pytest.warns(UserWarning, match=r"run1/lin_iter_1.solverstate: its learned_net "
+                      r"'snap/lin_iter_1.caffemodel' names snap/lin_iter_1.caffemodel from the "
+                      r"current folder, but .*run1/lin_iter_1.caffemodel sits beside the state"):
+        resumed.restore("run1/lin_iter_1.solverstate")
+    np.testing.assert_array_equal(resumed.net.params["fc"][0].data,
+                                  solver.net.params["fc"][0].data)
+    with warnings.catch_warnings():              # the usual case: one file, no warning
+        warnings.simplefilter("error")
+        make_solver().restore("snap/lin_iter_1.solverstate")
 
 
 def test_weights_and_states_given_for_each_other_say_so(tmp_path):
