@@ -288,7 +288,9 @@ def _check_same_shape(samples, names, after=None):
 class DataLayer(_SourceDataLayer):
     """Caffe `Data`: Datum records of an LMDB read in key order, wrapping around at the end
     (never shuffled, as in Caffe), transformed by transform_param. Tops: data (N, C, H, W) and
-    optionally label (N,). The shape comes from the first record.
+    optionally label (N,). The shape comes from the first record. ``rand_skip`` skips a seeded
+    number of records below it at the start, as 2014's Caffe did (its later DataReader and 1.0
+    read the field no more; ImageData still does).
 
     SSD's transform fields apply as in that fork's Data layer (minicnn.data.transform):
     resize_param and noise_param to encoded records, crop_h/crop_w to every record. Its
