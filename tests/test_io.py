@@ -96,9 +96,12 @@ def test_resize_crop_and_oversample():
     np.testing.assert_array_equal(center_crop(image, (4, 4)), image[2:6, 3:7])
     crops = oversample([image], (4, 6))
     assert crops.shape == (10, 4, 6, 2)
-    np.testing.assert_array_equal(crops[0], image[:4, :6])               # top-left corner
-    np.testing.assert_array_equal(crops[4], image[2:6, 2:8])             # centre
-    np.testing.assert_array_equal(crops[9], image[2:6, 2:8][:, ::-1])    # mirrored centre
+    # pycaffe's order: corners row by row (top-left, top-right, bottom-left, bottom-right),
+    # the centre, then the same five mirrored
+    corners = [image[:4, :6], image[:4, 4:], image[4:, :6], image[4:, 4:], image[2:6, 2:8]]
+    for i, crop in enumerate(corners):
+        np.testing.assert_array_equal(crops[i], crop, err_msg=f"crop {i}")
+        np.testing.assert_array_equal(crops[5 + i], crop[:, ::-1], err_msg=f"crop {5 + i}")
 
 
 def test_preprocess_is_the_usual_caffe_recipe(rgb_file):
@@ -172,3 +175,29 @@ def test_transformer_scales_per_channel_and_set_mean_raises_valueerror():
     np.testing.assert_array_equal(t.deprocess("data", x), np.ones((2, 2, 3)))
     with pytest.raises(ValueError, match=r"mean of shape \(4,\)"):
         t.set_mean("data", np.zeros(4))
+
+
+def test_deprocess_inverts_a_channel_swap_that_is_not_its_own_inverse():
+    """deprocess undoes the swap with its inverse permutation (pycaffe's np.argsort(order)):
+    (1, 2, 0) applied twice is not the identity, unlike RGB <-> BGR's (2, 1, 0)."""
+    t = Transformer({"data": (1, 3, 2, 3)})
+    t.set_transpose("data", (2, 0, 1))
+    t.set_channel_swap("data", (1, 2, 0))
+    image = np.arange(18, dtype=np.float32).reshape(2, 3, 3)
+    x = t.preprocess("data", image)
+    np.testing.assert_array_equal(x, image.transpose(2, 0, 1)[[1, 2, 0]])
+    np.testing.assert_array_equal(t.deprocess("data", x), image)
+
+
+def test_preprocess_of_gray_images_skips_the_swap_and_takes_a_single_mean():
+    """preprocess: the colour swap is for 3-channel images only (a gray one keeps its channel),
+    and one mean value serves every channel."""
+    gray = np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 4)
+    x = preprocess(gray, crop=None, resize=None, mean=(100.0,))
+    np.testing.assert_allclose(x, gray[None] * 255 - 100, rtol=1e-6)
+    rgb = np.random.default_rng(3).random((4, 4, 3)).astype(np.float32)
+    x = preprocess(rgb, crop=None, resize=None, mean=(100.0,))
+    np.testing.assert_allclose(x, rgb.transpose(2, 0, 1)[::-1] * 255 - 100, rtol=1e-6)
+    with pytest.raises(MinicnnError, match="mean has 2 values for 3 channels"):
+        preprocess(rgb, crop=None, resize=None, mean=(1.0, 2.0))
+
