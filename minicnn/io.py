@@ -226,6 +226,10 @@ class Transformer:
         x = np.array(data, dtype=np.float32)
         if x.ndim == len(self.inputs[in_]) and x.shape[0] == 1:
             x = x[0]
+        if x.ndim != len(self.inputs[in_]) - 1 and (in_ in self.transpose
+                                                    or in_ in self.channel_swap):
+            raise MinicnnError(f"deprocess takes one image ({len(self.inputs[in_]) - 1} axes, "
+                               f"or a batch of one), not an array of shape {x.shape}")
         if in_ in self.input_scale:
             x /= self.input_scale[in_]
         if in_ in self.mean:

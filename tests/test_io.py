@@ -201,3 +201,13 @@ def test_preprocess_of_gray_images_skips_the_swap_and_takes_a_single_mean():
     with pytest.raises(MinicnnError, match="mean has 2 values for 3 channels"):
         preprocess(rgb, crop=None, resize=None, mean=(1.0, 2.0))
 
+
+def test_deprocess_of_more_than_one_image_is_a_clear_error():
+    """deprocess takes one image (or a batch of one, as caffe.io squeezes it): a batch of two
+    was a bare NumPy IndexError from the channel swap."""
+    t = Transformer({"data": (2, 3, 2, 2)})
+    t.set_transpose("data", (2, 0, 1))
+    t.set_channel_swap("data", (2, 1, 0))
+    assert t.deprocess("data", np.ones((1, 3, 2, 2))).shape == (2, 2, 3)
+    with pytest.raises(MinicnnError, match=r"one image .* shape \(2, 3, 2, 2\)"):
+        t.deprocess("data", np.ones((2, 3, 2, 2)))
