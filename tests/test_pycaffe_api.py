@@ -174,6 +174,37 @@ def test_classifier_refuses_image_dims_smaller_than_the_input(saved_model):
         minicnn.Classifier(*map(str, saved_model), image_dims=(5, 8))
 
 
+def test_classifier_feeds_the_first_input_reads_the_first_output_and_takes_gray_images(
+        saved_model, tmp_path):
+    """pycaffe's Classifier: images feed net.inputs[0], predictions are net.outputs[0]'s; the
+    input's H x W (not W x H) is the default image_dims; a 2-D image is one channel."""
+    model, weights = saved_model
+    text = model.read_text() + """
+        layer { name: "aux" type: "Input" top: "aux"
+                input_param { shape { dim: 3 dim: 2 } } }
+        layer { name: "zz" type: "Power" bottom: "aux" top: "zz" } """
+    (tmp_path / "two.prototxt").write_text(text)
+    clf = minicnn.Classifier(str(tmp_path / "two.prototxt"), str(weights))
+    assert clf.inputs == ["data", "aux"] and clf.outputs == ["prob", "zz"]    # sorted, as Caffe
+    images = [RNG.random((9, 11, 3)).astype(np.float32)]
+    want = by_hand(model, weights, images, (6, 6), True)
+    np.testing.assert_allclose(clf.predict(images), want, rtol=1e-5, atol=1e-6)
+
+    wide = small_net_param(height=6, width=8)
+    wide.layer[0].input_param.shape[0].dim[1] = 1                       # a gray net
+    net = minicnn.Net(wide, minicnn.TEST)
+    randomize(net, 1)
+    write_prototxt(wide, tmp_path / "wide.prototxt")
+    net.save(tmp_path / "wide.caffemodel")
+    clf = minicnn.Classifier(str(tmp_path / "wide.prototxt"), str(tmp_path / "wide.caffemodel"))
+    assert tuple(clf.image_dims) == (6, 8)
+    gray = RNG.random((7, 9)).astype(np.float32)
+    got = clf.predict([gray], oversample=False)
+    batch = np.zeros((3, 1, 6, 8), np.float32)
+    batch[0] = io.resize_image(gray[:, :, None], (6, 8)).transpose(2, 0, 1)
+    np.testing.assert_allclose(got[0], net.forward(data=batch)["prob"][0], rtol=1e-5, atol=1e-6)
+
+
 def test_forward_backward_all_matches_forward_and_backward_by_batch():
     net = minicnn.Net(small_net_param(batch=2, force_backward=True), minicnn.TEST)
     randomize(net, 2)
