@@ -172,6 +172,63 @@ def test_maps_have_the_image_size_and_range():
         sal.saliency_map(net, image, "fc", "sum")
 
 
+def test_filter_weights_are_the_absolute_value_of_the_summed_response():
+    """w_k = |sum_ij A_k dH/dA_k|: opposite responses within a filter cancel before the
+    absolute value (the tiny net's global pooling gives every position one sign, so its
+    maps cannot tell)."""
+    a = np.array([[[[1.0, 2.0]], [[1.0, 1.0]]]])          # (1, 2, 1, 2)
+    g = np.array([[[[3.0, -1.0]], [[-2.0, -0.5]]]])
+    np.testing.assert_array_equal(sal.filter_weights(a, g), [[1.0, 2.5]])
+
+
+@pytest.mark.parametrize("scale, want", [(3000, "float64"), (1e5, "sum")])
+def test_entropy_maps_of_confident_predictions(scale, want):
+    """A confident prediction (class probabilities down to 1e-110) has an entropy gradient
+    far below float32's range: the per-item rescaling keeps a float32 net's map the float64
+    one. A saturated softmax (probabilities exactly 0 and 1) has no gradient at all, and the
+    map falls back to the naive sum."""
+    image = np.random.default_rng(4).random((8, 10, 3)).astype(np.float32)
+    maps = {}
+    for dtype in (np.float32, np.float64):
+        net = tiny_net(dtype)
+        net.params["fc"][0].data[...] *= scale
+        maps[dtype], _ = sal.saliency_maps(net, [image], "feat", ("entropy", "sum"), raw=True,
+                                           mean=None, raw_scale=1.0)
+    got = maps[np.float32]["entropy"][0]
+    other = {"float64": maps[np.float64]["entropy"][0], "sum": maps[np.float64]["sum"][0]}
+    assert np.isfinite(got).all() and got.max() > 0
+    np.testing.assert_allclose(got / got.max(), other[want] / other[want].max(), atol=1e-5)
+    if want == "float64":                                  # and it is not the sum's picture
+        plain = other["sum"] / other["sum"].max()
+        assert np.abs(got / got.max() - plain).max() > 0.1
+
+
+def test_maps_are_smoothed_by_a_fraction_of_the_longer_side_and_stretched():
+    net = tiny_net(np.float32)
+    image = np.random.default_rng(6).random((12, 30, 3)).astype(np.float32)
+    raw = sal.saliency_map(net, image, "feat", "sum", raw=True)
+    got = sal.saliency_map(net, image, "feat", "sum", smooth=0.1)
+    from minicnn.io import resize_image
+    want = sal.smooth(resize_image(raw[:, :, None], (12, 30))[:, :, 0], 0.1 * 30)
+    want = (want - want.min()) / (want.max() - want.min())
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    # a flat map (up to rounding) has no salient place: all zeros, not noise stretched to 1
+    flat = sal._normalise(np.full((3, 4), 5.0) + np.arange(12).reshape(3, 4) * 1e-15)
+    np.testing.assert_array_equal(flat, np.zeros((3, 4)))
+    np.testing.assert_array_equal(sal._normalise(np.full((3, 4), 5.0)), np.zeros((3, 4)))
+
+
+def test_scores_blob_is_the_last_writers_softmax_input():
+    """The scores behind an output are the bottom of the Softmax that makes it (its last
+    writer); an output changed in place after the Softmax is its own scores."""
+    text = TINY.replace('top: "prob" }', 'top: "prob" }\nlayer { name: "scale" type: "Power" '
+                        'bottom: "prob" top: "prob" power_param { scale: 2 } }')
+    assert sal.scores_blob(tiny_net()) == "fc"
+    with pytest.warns(UserWarning, match="overwrites it in place"):
+        net = minicnn.Net(parse_text(text), minicnn.TEST)
+    assert net.layer_names[-1] == "scale" and sal.scores_blob(net) == "prob"
+
+
 def test_smoothing_is_a_normalised_gaussian():
     impulse = np.zeros((21, 21))
     impulse[10, 10] = 1.0
@@ -268,6 +325,16 @@ def test_crop_errors():
     with pytest.raises(MinicnnError, match="NaN"):
         sal.best_crop(np.full((4, 4), np.nan), "1:1")
     assert sal.parse_ratio("4:3") == pytest.approx(4 / 3) and sal.parse_ratio((2, 1)) == 2.0
+
+
+def test_an_explicit_threshold_replaces_the_maps_mean():
+    m = np.zeros((10, 10))
+    m[2, 3] = 1.0
+    assert tuple(sal.best_crop(m, "1:1")[:4]) == (2, 2, 7, 7)            # mean: the smallest
+    c = sal.best_crop(m, "1:1", threshold=0)      # nothing charged per pixel: the largest
+    assert tuple(c[:4]) == (0, 0, 10, 10) and c.score == 1.0
+    c = sal.best_crop(m, "1:1", threshold=0.02)
+    assert tuple(c[:4]) == (2, 2, 7, 7) and c.score == pytest.approx(1 - 0.02 * 25)
 
 
 # --- evaluation helpers -------------------------------------------------------------------------
