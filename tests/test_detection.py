@@ -83,6 +83,22 @@ def test_detections_are_clipped_and_sorted():
     np.testing.assert_allclose(d["box"], [0, 3.75, 10, 6.25])   # w 14.4 clipped to the image
 
 
+def test_detections_are_reported_best_first_across_cells_and_classes():
+    side, num, classes = 2, 1, 2                      # four cells apart: no NMS between them
+    probs = np.array([[0.3, 0.0], [0.0, 0.9], [0.6, 0.0], [0.0, 0.0]])
+    conf, boxes = np.ones(4), np.tile([0.5, 0.5, 0.3, 0.3], 4)
+    pred = np.concatenate([probs.ravel(), conf, boxes])
+    got = detections_from(pred, side, num, classes, width=1, height=1, thresh=0.1)
+    assert [(d["class"], d["score"]) for d in got] == [(1, 0.9), (0, 0.6), (0, 0.3)]
+
+
+def test_iou_of_boxes_apart_along_one_axis_is_zero():
+    a = [[0, 0, 10, 10]]
+    np.testing.assert_array_equal(iou_matrix(a, [[20, 2, 30, 8], [2, 20, 8, 30],
+                                                  [20, 20, 30, 30], [10, 0, 20, 10]]),
+                                  [[0, 0, 0, 0]])
+
+
 # --- average precision, worked by hand ------------------------------------------------------------
 
 def test_voc_ap_hand_worked():
@@ -92,6 +108,9 @@ def test_voc_ap_hand_worked():
     assert voc_ap(recall, precision) == pytest.approx(5 / 9)
     # 11-point: r = 0..0.3 -> 1 (4 points), 0.4..0.6 -> 2/3 (3 points), 0.7..1 -> 0
     assert voc_ap(recall, precision, use_07_metric=True) == pytest.approx(6 / 11)
+    # a precision that rises later lifts the earlier recall levels (the envelope): 1/2 at
+    # recall 1/2 counts as 2/3, the best precision at any higher recall
+    assert voc_ap([0, 0.5, 1.0], [0, 0.5, 2 / 3]) == pytest.approx(2 / 3)
     assert voc_ap([0.5, 1.0], [1.0, 1.0]) == 1.0
     assert voc_ap([0.5, 1.0], [1.0, 1.0], True) == 1.0
 
