@@ -129,3 +129,35 @@ def test_legacy_data_param_fields_move_into_transform_param():
     merged = merged_transform_param(layer, "data_param")
     assert (merged.crop_size, merged.scale, merged.mirror) == (3, 0.5, True)
     assert not layer.transform_param.HasField("crop_size")          # the layer is unchanged
+
+
+def test_draws_are_mirror_then_h_then_w_as_caffes():
+    """Caffe's Transform draws Rand(2) for the mirror, then h_off, then w_off: the same
+    generator state gives the same sample only in that order."""
+    t = DataTransformer(tp(crop_size=2, mirror=True), "TRAIN")
+    for seed in range(20):
+        ref = np.random.default_rng(seed)
+        want = (bool(ref.integers(2)), int(ref.integers(5 - 2 + 1)), int(ref.integers(7 - 2 + 1)))
+        assert t.draw(np.random.default_rng(seed), (1, 5, 7)) == want
+
+
+def test_a_crop_of_the_full_width_or_height_fits():
+    x = np.arange(1 * 3 * 4, dtype=np.uint8).reshape(1, 3, 4)
+    t = DataTransformer(tp(crop_h=2, crop_w=4), "TEST")
+    assert t.check(x.shape) == (1, 2, 4)
+    np.testing.assert_array_equal(t(x, np.random.default_rng(0)), x[:, :2])
+    assert DataTransformer(tp(crop_size=3), "TRAIN").check((1, 3, 4)) == (1, 3, 3)
+
+
+def test_one_mean_value_serves_every_channel():
+    x = np.stack([np.full((2, 2), v, np.uint8) for v in (10, 20, 30)])
+    t = DataTransformer(tp(mean_value=[5.0]), "TEST")
+    assert t.check(x.shape) == (3, 2, 2)
+    np.testing.assert_array_equal(t(x, np.random.default_rng(0))[:, 0, 0], [5, 15, 25])
+
+
+def test_legacy_mirror_moves_into_transform_param():
+    for field in ("data_param", "image_data_param"):
+        layer = caffe_pb2.LayerParameter(type="Data")
+        getattr(layer, field).mirror = True
+        assert merged_transform_param(layer, field).mirror is True, field
