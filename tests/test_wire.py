@@ -68,6 +68,21 @@ def test_negative_int32_is_a_ten_byte_varint():
     assert serialize(caffe_pb2.FlattenParameter(end_axis=-1)) == data
 
 
+def test_oversized_varints_are_cut_as_protobuf_cuts_them():
+    """A varint's bits above 64 are dropped, a uint32 keeps its low 32 bits, and any nonzero
+    bool is true, as Google's protobuf reads them (tests/protobuf_oracle.py)."""
+    from tests.protobuf_oracle import pb_class
+    for data in (b"\xff" * 9 + b"\x7f", b"\xfe" * 9 + b"\x03"):    # 10 bytes, 70 bits
+        want = list(pb_class("BlobShape").FromString(field(1, 0, data)).dim)
+        assert list(parse_binary(field(1, 0, data), "BlobShape").dim) == want
+    assert want == [-72624976668147842]
+    data = field(1, 0, varint(2 ** 32 + 7)) + field(2, 0, varint(2))
+    pb = pb_class("ConvolutionParameter").FromString(data)
+    got = parse_binary(data, "ConvolutionParameter")
+    assert (got.num_output, got.bias_term) == (pb.num_output, pb.bias_term) == (7, True)
+    assert parse_binary(field(2, 0, varint(0)), "ConvolutionParameter").bias_term is False
+
+
 def test_unknown_fields_of_every_wire_type_are_skipped():
     unknown = (field(50, 0, varint(300)) + field(51, 1, b"\0" * 8) + field(52, 2, b"xyz")
                + field(53, 5, b"\0" * 4)
@@ -171,6 +186,10 @@ def test_error_message_names_the_layer_and_blob():
     (varint(1 << 32) + varint(1), "field number 536870912 is not allowed"),      # 2**29
     (varint(77 << 3 | 3) + varint(0), "field number 0 is not allowed"),           # in a group
     (b"\xff" * 11, "longer than 10 bytes"),
+    (b"\xff" * 10 + b"\x01", "longer than 10 bytes"),          # ends on its 11th byte
+    (varint(77 << 3 | 3) + varint(78 << 3 | 4), "group 77 closed by end-group 78"),
+    (field(53, 5, b"\0" * 3), "truncated 4-byte value of unknown field 53"),
+    (field(53, 1, b"\0" * 7), "truncated 8-byte value of unknown field 53"),
     (field(106, 2, b"") [:-1] + varint(2 ** 31), "claims 2147483648 bytes"),
     (field(121, 2, field(1, 0, varint(9))), "9 is not a value of enum PoolMethod"),
     (varint(77 << 3 | 6), "invalid wire type 6"),
