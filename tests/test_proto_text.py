@@ -70,10 +70,35 @@ def test_strings_escapes_and_concatenation():
     assert p.name == "ünïcode"
 
 
+def test_every_c_escape_and_its_limits_as_protobuf_reads_them():
+    """Each simple escape is its own byte (protobuf's text_format agrees), \\x takes at most
+    two hex digits, an octal escape at most three and up to \\377."""
+    p = parse_layer(r'name: "\a\b\f\n\r\t\v\?\'" type: "\x414\1014"')
+    assert p.name == "\a\b\f\n\r\t\v?'" and p.type == "A4A4"
+    assert parse_text(r'data: "\377"', "Datum").data == b"\xff"
+    with pytest.raises(PrototxtError, match=r"octal escape \\400 is larger than a byte"):
+        parse_layer(r'name: "\400"')
+    # two low surrogates are two lone ones (only a high one pairs with a low one): not text
+    with pytest.raises(PrototxtError, match="UTF-8"):
+        parse_layer(r'name: "\uDC00\uDC01"')
+
+
+def test_the_writer_escapes_delete_and_drops_a_floats_trailing_zero():
+    """As Caffe's C++ protobuf writes: DEL (0x7f) as \\177 in strings and bytes, 1.0 as 1."""
+    text = to_text(caffe_pb2.LayerParameter(name="a\x7fb"))
+    assert text == 'name: "a\\177b"\n'
+    assert to_text(caffe_pb2.Datum(data=b"\x7f~")) == 'data: "\\177~"\n'
+    assert to_text(caffe_pb2.ReLUParameter(negative_slope=1.0)) == "negative_slope: 1\n"
+    assert parse_text(text, "LayerParameter").name == "a\x7fb"
+
+
 def test_list_syntax_and_bool_spellings():
     p = parse_layer("top: ['a', 'b'] propagate_down: [true, False, 1, t]")
     assert list(p.top) == ["a", "b"]
     assert list(p.propagate_down) == [True, False, True, True]
+    for bad in ("-1", "-0", "2"):                 # protobuf: Expected "true" or "false"
+        with pytest.raises(PrototxtError, match="expected true or false"):
+            parse_layer(f"propagate_down: {bad}")
     net = parse_text("layer: [ { name: 'a' }, < name: 'b' > ] layer [] input: []")
     assert [layer.name for layer in net.layer] == ["a", "b"] and not net.HasField("input")
 
