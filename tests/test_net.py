@@ -78,14 +78,17 @@ layer { name: "not_staged" type: "ReLU" bottom: "x" top: "e" include { not_stage
 layer { name: "levelled" type: "ReLU" bottom: "x" top: "f" include { min_level: 1 max_level: 2 } }
 layer { name: "either" type: "ReLU" bottom: "x" top: "g"
         include { phase: TRAIN } include { stage: "s1" } }
+layer { name: "neither_stage" type: "ReLU" bottom: "x" top: "h"
+        include { not_stage: "s1" not_stage: "s2" } }
 """
 
 
 @pytest.mark.parametrize("phase, level, stages, expected", [
-    ("TRAIN", 0, (), ["train_only", "not_in_test", "not_staged", "either"]),
-    ("TEST", 0, (), ["test_only", "not_staged"]),
-    ("TEST", 0, ("deploy",), ["test_only", "staged"]),
+    ("TRAIN", 0, (), ["train_only", "not_in_test", "not_staged", "either", "neither_stage"]),
+    ("TEST", 0, (), ["test_only", "not_staged", "neither_stage"]),
+    ("TEST", 0, ("deploy",), ["test_only", "staged", "neither_stage"]),
     ("TEST", 1, ("s1",), ["test_only", "not_staged", "levelled", "either"]),
+    ("TEST", 2, ("s2",), ["test_only", "not_staged", "levelled"]),     # max_level inclusive
     ("TEST", 3, ("s1", "s2"), ["test_only", "two_stages", "not_staged", "either"]),
 ])
 def test_include_exclude_rules(phase, level, stages, expected):
@@ -159,6 +162,8 @@ def test_top_with_loss_weight_that_is_also_consumed_gets_a_loss_carrying_split()
     split = net.layer_dict["y_a_0_split"]
     assert split.loss_weights == [3.0, 0.0]
     assert net.layer_dict["a"].loss_weights == [0.0]
+    assert net.bottom_names["l"] == ["y_a_0_split_1"]      # split 0 carries the loss alone
+    assert net.outputs == ["loss", "y_a_0_split_0"]
     x = np.ones((2, 3))
     loss = net.forward(x=x) and net.loss
     assert loss == pytest.approx(3 * np.sum(2 * x) + 0.5 * np.sum((2 * x) ** 2))
@@ -244,6 +249,28 @@ def test_sharing_mismatches_are_errors():
     layer { name: "d" type: "InnerProductShapeless" bottom: "r" top: "z" }"""
     with pytest.raises(NetError, match="unknown layer type 'InnerProductShapeless'.*TestAffine"):
         net_from(text)
+
+
+def test_a_negative_loss_weight_counts_as_a_use_as_caffes_nonzero_test():
+    net = net_from(X + """
+        layer { name: "a" type: "TestAffine" bottom: "x" top: "y" loss_weight: -1 }
+        layer { name: "l" type: "TestSquareLoss" bottom: "y" top: "loss" }""")
+    assert net.layer_dict["y_a_0_split"].loss_weights == [-1.0, 0.0]
+
+
+def test_strict_sharing_needs_the_shape_permissive_the_count():
+    text = X + """
+    layer { name: "a" type: "InnerProduct" bottom: "x" top: "y"
+            inner_product_param { num_output: 6 bias_term: false } param { name: "w" %s } }
+    layer { name: "c" type: "InnerProduct" bottom: "y" top: "z"
+            inner_product_param { num_output: 3 bias_term: false } param { name: "w" %s } }"""
+    with pytest.raises(NetError, match=r"shape mismatch \(owner shape \(6, 3\), sharing layer "
+                                       r"shape \(3, 6\)\)"):
+        net_from(text % ("", ""))
+    net = net_from(text % ("", "share_mode: PERMISSIVE"))              # 18 values each
+    assert len(net.learnable_params) == 1
+    net.params["a"][0].data[...] = np.arange(18).reshape(6, 3)
+    np.testing.assert_array_equal(net.params["c"][0].data.reshape(-1), np.arange(18))
 
 
 def test_lr_mult_and_decay_mult_are_collected_per_learnable_param():
