@@ -24,13 +24,14 @@ from minicnn.proto import parse_text, write_binary, write_prototxt
 def random_weights(net, rng, zero_factor=(), variances=(1e-3, 0.5)):
     """Random parameters for every layer of a float64 Net; BatchNorm statistics as Caffe stores
     them (sums times a scale factor s != 1, s = 0 for the layers in ``zero_factor``), variances
-    drawn uniformly from the range ``variances``."""
+    drawn uniformly from the range ``variances`` (nonzero sums where s = 0)."""
     for name, layer in zip(net.layer_names, net.layers):
         if layer.type == "BatchNorm":
             c = layer.blobs[0].shape[0]
             s = 0.0 if name in zero_factor else rng.uniform(0.2, 5.0)
-            layer.blobs[0].data[...] = rng.normal(0, 1, c) * s
-            layer.blobs[1].data[...] = rng.uniform(*variances, c) * s
+            # s = 0 with nonzero sums: Caffe's statistics are 0 all the same
+            layer.blobs[0].data[...] = rng.normal(0, 1, c) * (s or 1)
+            layer.blobs[1].data[...] = rng.uniform(*variances, c) * (s or 1)
             layer.blobs[2].data[...] = s
         elif layer.type == "BN":
             shape = layer.blobs[0].shape
@@ -240,6 +241,25 @@ layer { name: "ip/scale" type: "Scale" bottom: "ip" bottom: "ip_gamma" top: "ip"
     assert_same_outputs(original, merged)
 
 
+def test_an_in_place_convolution_and_an_inner_product_on_another_axis_keep_their_bn():
+    text = data(c=3, h=2, w=2) + """
+layer { name: "c" type: "Convolution" bottom: "data" top: "data"
+  convolution_param { num_output: 3 kernel_size: 1 } }
+layer { name: "c/bn" type: "BatchNorm" bottom: "data" top: "data" }
+layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+  inner_product_param { num_output: 2 axis: 2 } }
+layer { name: "ip/bn" type: "BatchNorm" bottom: "ip" top: "ip" }
+"""
+    original, merged, result = merged_pair(text)
+    assert result.folds == []
+    kept = "\n".join(result.kept)
+    assert "kept c/bn: c (Convolution) cannot take it: it runs in place" in kept
+    assert "kept ip/bn: ip (InnerProduct) cannot take it: its inner_product_param.axis is 2" \
+        in kept
+    assert types(merged) == types(original)
+    assert_same_outputs(original, merged)
+
+
 def test_a_split_between_batchnorm_and_scale_keeps_the_scale():
     text = data(c=3) + """
 layer { name: "c" type: "Convolution" bottom: "data" top: "c"
@@ -445,6 +465,9 @@ def test_the_command_never_overwrites_its_inputs_and_names_bad_files(tmp_path, c
     model, weights = _write_pair(tmp_path, data() + conv_bn_scale("c", "data", 4))
     assert main(["merge-bn", model, weights, model, str(tmp_path / "o.caffemodel")]) == 1
     assert "would overwrite an input" in capsys.readouterr().err
+    assert main(["merge-bn", model, weights, str(tmp_path / "o.prototxt"), weights]) == 1
+    assert "would overwrite an input" in capsys.readouterr().err
+    assert not (tmp_path / "o.prototxt").exists()
     bad = tmp_path / "bad.prototxt"
     bad.write_text('layer { name: "c" type: "Convolution" bottom: "nothing" top: "c" }\n')
     assert main(["merge-bn", str(bad), weights, str(tmp_path / "o.prototxt"),
