@@ -553,3 +553,62 @@ def test_errors_name_the_problem(nsfw_net, tiny, photos, tmp_path, capsys):
     assert "needs 'path label' lines" in one_line_error(capsys)
     assert main(["classify", photos["coffee"], "--model", tiny[0], "--blob", "nope"]) == 1
     assert "no blob named 'nope'; blobs: data, conv, fc, prob" in one_line_error(capsys)
+
+
+def test_image_input_checks_both_sides_and_takes_one_mean_value(tiny):
+    net = minicnn.Net(*tiny, minicnn.TEST)
+    with pytest.raises(MinicnnError, match="cannot crop 8x8 from images resized to 10x6"):
+        ImageInput(net, resize=(10, 6))
+    image = np.random.default_rng(0).random((8, 8, 3)).astype(np.float32)
+    got = ImageInput(net, resize=8, mean=(100.0,))([image])
+    np.testing.assert_allclose(got[0], image.transpose(2, 0, 1)[::-1] * 255 - 100, rtol=1e-6)
+
+
+def test_classify_top_k_of_at_least_one_and_ties_in_class_order(tmp_path):
+    """top_k below 1 still gives the best class; equal probabilities rank by class index (a
+    stable sort): 40 classes all at 1/40, then at four levels."""
+    model = tmp_path / "flat.prototxt"
+    model.write_text(TINY.replace("num_output: 3 weight_filler { type: \"gaussian\" std: 0.01 }",
+                                  "num_output: 40 weight_filler { type: \"constant\" }")
+                     .replace("LAST", SOFTMAX))
+    net = minicnn.Net(str(model), minicnn.TEST)
+    image = np.random.default_rng(1).random((8, 8, 3)).astype(np.float32)
+    [result] = classify(net, [image], top_k=0, resize=8)
+    assert [c for c, _, _ in result["predictions"]] == [0]
+    [result] = classify(net, [image], top_k=40, resize=8)
+    assert [c for c, _, _ in result["predictions"]] == list(range(40))
+    np.testing.assert_allclose([p for _, _, p in result["predictions"]], 1 / 40, rtol=1e-5)
+    levels = np.tile([2.0, 1.0, 1.0, 0.0], 10)               # four levels, ten classes each
+    net.params["fc"][1].data[...] = levels
+    [result] = classify(net, [image], top_k=40, resize=8)
+    want = [c for level in (2, 1, 0) for c in range(40) if levels[c] == level]
+    assert [c for c, _, _ in result["predictions"]] == want
+
+
+def test_scores_with_a_negative_value_are_not_probabilities():
+    from minicnn.deploy import _is_probability
+    assert _is_probability(np.array([[0.25, 0.75]]))
+    assert not _is_probability(np.array([[-0.5, 1.5]]))        # sums to 1, but negative
+
+
+def test_list_files_with_spaces_and_negative_labels_and_labels_files(tmp_path):
+    for name in ("my photo.png", "b.png"):
+        Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(tmp_path / name)
+    listing = write_list(tmp_path / "list.txt", ["my photo.png 3", "b.png -1"])
+    paths, labels = read_image_list(listing)
+    assert [os.path.basename(p) for p in paths] == ["my photo.png", "b.png"]
+    assert labels.tolist() == [3, -1]
+    names = tmp_path / "names.txt"
+    names.write_text("  indented name \r\nsecond\n\n \n")        # the whole line, blank tail cut
+    assert read_labels(str(names)) == ["  indented name ", "second"]
+
+
+def test_retrieval_of_zero_vectors_and_duplicates():
+    """A zero vector has similarity 0 with everything (not nan); a query leaves itself out of
+    its ranking even when a duplicate of it comes first."""
+    indices, similarity = retrieve(np.zeros(2), unit([0, 90]), k=2)
+    assert indices.tolist() == [[0, 1]] and similarity.tolist() == [[0.0, 0.0]]
+    # q1 (B) ranks 0 (A, its duplicate) then 2 (B): AP 1/2; q2 (B) ranks 0, 1*: AP 1/2
+    assert mean_average_precision(unit([0, 0, 90]), ["A", "B", "B"]) == pytest.approx(1 / 2)
+    # AP@k divides by min(R, k): three relevant items, two ranked, both relevant
+    assert average_precision([1, 1, 1, 0], k=2) == 1
