@@ -72,6 +72,8 @@ def test_boundary_band_by_hand():
 def test_score_errors():
     with pytest.raises(MinicnnError, match="holds class 7, outside the net's 3 classes"):
         seg.confusion_matrix(np.zeros((1, 2)), np.array([[0, 7]]), 3)
+    with pytest.raises(MinicnnError, match=r"prediction holds a class outside \[0, 3\)"):
+        seg.confusion_matrix(np.array([[0, 3]]), np.array([[0, 1]]), 3)
     with pytest.raises(MinicnnError, match=r"prediction is \(1, 2\) but the truth is \(2,\)"):
         seg.confusion_matrix(np.zeros((1, 2)), np.zeros(2), 3)
 
@@ -303,3 +305,12 @@ def test_cli_scales_option(tmp_path, known_net, capsys):
         main(["eval-segmentation", "--model", model, "--list", str(tmp_path / "list.txt"),
               "--scales", "1,x"])
     assert "expected positive numbers" in capsys.readouterr().err
+
+
+def test_label_paths_swap_the_last_labels_folder_and_images_turn_rgb():
+    assert seg._label_path("voc/labels/set/labels/a.png", "full") == "voc/labels/set/full/a.png"
+    with pytest.raises(MinicnnError, match="no folder named 'labels'"):
+        seg._label_path("voc/seg/labels", "full")                 # a file, not a folder
+    bgr = np.arange(3 * 2 * 2, dtype=np.uint8).reshape(3, 2, 2)
+    np.testing.assert_array_equal(seg.rgb_of(bgr), bgr[::-1].transpose(1, 2, 0))
+    assert seg.rgb_of(bgr)[0, 0].tolist() == [8, 4, 0]
