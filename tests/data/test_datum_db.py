@@ -18,7 +18,7 @@ from minicnn.data.datum import (
     resize_image,
     serialize_datum,
 )
-from minicnn.data.db import LMDBReader, LMDBWriter, open_db, resolve_path
+from minicnn.data.db import LMDBReader, LMDBWriter, open_db, resolve_path, root_joined
 from minicnn.data.errors import DataError
 from minicnn.proto import caffe_pb2, serialize
 
@@ -69,6 +69,8 @@ def test_datum_with_the_wrong_number_of_bytes_is_an_error():
         decode_datum(datum, where="db key 7")
     with pytest.raises(DataError, match="no data bytes"):
         decode_datum(caffe_pb2.Datum(channels=1, height=2, width=2))
+    with pytest.raises(DataError, match=r"Datum of shape \(0, 0, 0\) holds 0 float_data"):
+        decode_datum(caffe_pb2.Datum())                  # an empty record is no image
     for values in ({"data": b"abcdef"}, {"float_data": [0.0] * 6}):
         with pytest.raises(DataError, match=r"^db key 7: Datum of shape \(-1, -2, 3\) has a "
                                             "negative dimension"):
@@ -340,3 +342,12 @@ def test_a_reader_opened_while_the_last_one_closes_gets_an_open_database(tmp_pat
     opener.join(10)
     assert second[0].get_index(0) == b"record"
     assert len(second[0]) == 1
+
+
+def test_root_folder_and_list_entry_join_as_caffe_concatenates_them():
+    """DeepLab's lists: root_folder "/data/VOC2012" and entries "/JPEGImages/x.jpg" (Caffe
+    concatenates the strings; os.path.join would drop the root)."""
+    assert root_joined("/data/VOC2012", "/JPEGImages/x.jpg") == "/data/VOC2012/JPEGImages/x.jpg"
+    assert root_joined("/data/", "x.jpg") == "/data/x.jpg"
+    assert root_joined("/data", "x.jpg") == os.path.join("/data", "x.jpg")
+    assert root_joined("", "x.jpg") == "x.jpg"

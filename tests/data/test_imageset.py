@@ -49,6 +49,8 @@ def test_list_lines_split_at_the_last_space():
     assert parse_list_line("my dir/a b.png 3\n") == ("my dir/a b.png", 3)
     assert parse_list_line("x.jpg -1\r\n") == ("x.jpg", -1)
     assert parse_list_line("x.jpg 4   ") == ("x.jpg", 4)
+    with pytest.raises(DataError, match="expected 'path label', got ' 3'"):
+        parse_list_line(" 3")                                    # no path before the label
 
 
 def test_list_file_errors_name_file_and_line(tmp_path):
@@ -158,6 +160,9 @@ def test_check_size_and_unreadable_images(imageset, tmp_path):
     with pytest.warns(UserWarning, match="missing.png"):
         n = convert_imageset(root, list_file, str(tmp_path / "db"))
     assert n == 6
+    with open_db(str(tmp_path / "db")) as db:     # the skipped image's index is used up
+        keys = [k.decode() for k, _ in db.items()]
+    assert keys[-2:] == ["00000004_e.png", "00000006_big.png"]
     with pytest.raises(DataError, match=r"list.txt:7: image .*big.png is 3x5x5, the first one "
                                         r"was 3x4x6"), pytest.warns(UserWarning):
         convert_imageset(root, list_file, str(tmp_path / "db2"), check_size=True)
@@ -208,3 +213,17 @@ def test_compute_image_mean_sums_in_float32_as_caffe(tmp_path):
     mean = compute_image_mean(str(tmp_path / "db"))
     np.testing.assert_array_equal(mean[0], want)
     assert not np.array_equal(want, (records.astype(np.float64).sum(0) / 60).astype(np.float32))
+
+
+def test_an_encoded_file_of_an_alias_extension_is_stored_as_it_is(tmp_path):
+    """A .jpe or .jpeg file asked to be stored as jpg needs no re-encoding: its own bytes go
+    into the Datum."""
+    make_images(str(tmp_path), ["a.png"])
+    Image.open(tmp_path / "a.png").save(tmp_path / "a.jpe", format="JPEG")
+    Image.open(tmp_path / "a.png").save(tmp_path / "b.jpeg", format="JPEG")
+    (tmp_path / "list.txt").write_text("a.jpe 0\nb.jpeg 1\n")
+    convert_imageset(str(tmp_path), str(tmp_path / "list.txt"), str(tmp_path / "db"),
+                     encode_type="jpg")
+    with open_db(str(tmp_path / "db")) as db:
+        stored = [parse_binary(v, "Datum").data for _, v in db.items()]
+    assert stored == [(tmp_path / "a.jpe").read_bytes(), (tmp_path / "b.jpeg").read_bytes()]
