@@ -1,5 +1,7 @@
 """Caffe's DataTransformer: crop (random in TRAIN, centred in TEST), mirror, mean, scale."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -121,14 +123,24 @@ def test_force_color_and_gray_choose_the_decoding():
     assert DataTransformer(tp(), "TEST").is_color is None
 
 
-def test_legacy_data_param_fields_move_into_transform_param():
-    layer = caffe_pb2.LayerParameter(type="Data")
+def test_legacy_fields_of_a_current_layer_are_ignored_unless_the_layer_reads_them():
+    """Caffe 1.0 moves data_param's scale/crop_size/mirror into transform_param only in a V1
+    'layers' entry; a 'layer' keeps transform_param's own values (WindowData reads its scale)."""
+    layer = caffe_pb2.LayerParameter(name="d", type="Data")
     layer.data_param.crop_size = 3
     layer.data_param.scale = 0.5
     layer.transform_param.mirror = True
-    merged = merged_transform_param(layer, "data_param")
-    assert (merged.crop_size, merged.scale, merged.mirror) == (3, 0.5, True)
-    assert not layer.transform_param.HasField("crop_size")          # the layer is unchanged
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        merged = merged_transform_param(layer, "data_param")
+    assert [str(w.message).split(":")[0] for w in caught] == [
+        "layer 'd' (Data) ignores data_param.scale",
+        "layer 'd' (Data) ignores data_param.crop_size"]
+    assert (merged.crop_size, merged.scale, merged.mirror) == (0, 1.0, True)
+    with pytest.warns(UserWarning, match="ignores data_param.crop_size"):
+        merged = merged_transform_param(layer, "data_param", read=("scale",))
+    assert (merged.crop_size, merged.scale) == (0, 0.5)
+    assert not layer.transform_param.HasField("scale")              # the layer is unchanged
 
 
 def test_draws_are_mirror_then_h_then_w_as_caffes():
@@ -154,10 +166,3 @@ def test_one_mean_value_serves_every_channel():
     t = DataTransformer(tp(mean_value=[5.0]), "TEST")
     assert t.check(x.shape) == (3, 2, 2)
     np.testing.assert_array_equal(t(x, np.random.default_rng(0))[:, 0, 0], [5, 15, 25])
-
-
-def test_legacy_mirror_moves_into_transform_param():
-    for field in ("data_param", "image_data_param"):
-        layer = caffe_pb2.LayerParameter(type="Data")
-        getattr(layer, field).mirror = True
-        assert merged_transform_param(layer, field).mirror is True, field
