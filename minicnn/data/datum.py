@@ -225,6 +225,67 @@ def serialize_datum(array, label=0):
                      b"\x22", v(len(data)), data, b"\x28", v(int(label))))
 
 
+# Datum's scalar fields by key byte (field number << 3 | varint): their slots in _plain_fields
+_PLAIN_VARINTS = {0x08: 0, 0x10: 1, 0x18: 2, 0x28: 4, 0x38: 5}
+_PLAIN_DATA = 0x22                          # field 4, length-delimited
+
+
+def _plain_fields(buf):
+    """[channels, height, width, data, label, encoded] of a Datum's wire bytes written as Caffe
+    and minicnn write them (fields 1-5 and 7, each at most once, scalars in [0, 2^31), no
+    float_data, nothing unknown), or None for anything else, which the full parser then reads
+    (and names the fault of). A Data layer reads a record per sample: building the Datum
+    message took ~10x as long as this, most of the data thread's time on MNIST."""
+    fields, seen, pos, end = [0, 0, 0, b"", 0, 0], 0, 0, len(buf)
+    while pos < end:
+        key = buf[pos]
+        pos += 1
+        value = shift = 0
+        while True:                                   # a varint: the value, or data's length
+            if pos >= end or shift > 28:
+                return None
+            byte = buf[pos]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                break
+            shift += 7
+        if key == _PLAIN_DATA:
+            if value > end - pos:
+                return None
+            slot, value, pos = 3, buf[pos:pos + value], pos + value
+        else:
+            slot = _PLAIN_VARINTS.get(key)
+            if slot is None or value > 0x7FFFFFFF or (slot == 5 and value > 1):
+                return None
+        if seen >> slot & 1:
+            return None
+        seen |= 1 << slot
+        fields[slot] = value
+    return fields
+
+
+def decode_record(value, is_color=None, where=None):
+    """(array, label, encoded) of a Datum's wire bytes (a database record): ``decode_datum``'s
+    array and label, and whether the record held an encoded image. Records in the plain layout
+    (``_plain_fields``) skip building the Datum message; the results are the same."""
+    where = where or "<datum>"
+    fields = _plain_fields(value)
+    if fields is not None:
+        channels, height, width, data, label, encoded = fields
+        if encoded:
+            try:
+                return decode_image(data, is_color), label, True
+            except DataError as e:
+                raise DataError(e.reason, where) from None
+        if data and len(data) == channels * height * width:
+            shape = (channels, height, width)
+            return np.frombuffer(data, np.uint8).reshape(shape).copy(), label, False
+    datum = parse_binary(value, "Datum", path=where)     # float_data, other layouts, faults
+    array, label = decode_datum(datum, is_color, where)
+    return array, label, bool(datum.encoded)
+
+
 def decode_datum(datum, is_color=None, where=None):
     """(array, label) of a Datum (or its wire bytes): CHW uint8 for byte data and encoded
     images (decoded with ``is_color``, see ``decode_image``), CHW float32 for float_data.

@@ -14,7 +14,7 @@ import warnings
 
 import numpy as np
 
-from minicnn.data.datum import decode_datum, decode_image, read_image
+from minicnn.data.datum import decode_image, decode_record, read_image
 from minicnn.data.buckets import SizeBuckets, image_size
 from minicnn.data.db import open_db, resolve_path, root_joined
 from minicnn.data.errors import DataError, need
@@ -33,7 +33,6 @@ from minicnn.data.windows import WindowFile, crop_window
 from minicnn.errors import LayerError
 from minicnn.fillers import fill
 from minicnn.layer import Layer, register
-from minicnn.proto import parse_binary
 from minicnn.proto.caffe_pb2 import FillerParameter
 
 
@@ -325,9 +324,7 @@ class DataLayer(_SourceDataLayer):
         """(CHW array, label, encoded) of a record."""
         where = f"{self.source_path} record {key.decode(errors='replace')!r}"
         value = self.db.get(key) if value is None else value
-        datum = parse_binary(value, "Datum", path=where)
-        array, label = decode_datum(datum, self.transformer.is_color, where=where)
-        return array, label, bool(datum.encoded)
+        return decode_record(value, self.transformer.is_color, where=where)
 
     def _load(self, ids, b):
         keys = [self.db.keys[i] for i in ids]

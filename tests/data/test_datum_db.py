@@ -12,6 +12,7 @@ from PIL import Image
 from minicnn.data.datum import (
     decode_datum,
     decode_image,
+    decode_record,
     encode_datum,
     encode_image,
     read_image,
@@ -20,7 +21,7 @@ from minicnn.data.datum import (
 )
 from minicnn.data.db import LMDBReader, LMDBWriter, open_db, resolve_path, root_joined
 from minicnn.data.errors import DataError
-from minicnn.proto import caffe_pb2, serialize
+from minicnn.proto import caffe_pb2, parse_binary, serialize
 
 
 def test_raw_uint8_datum_round_trip():
@@ -351,3 +352,76 @@ def test_root_folder_and_list_entry_join_as_caffe_concatenates_them():
     assert root_joined("/data/", "x.jpg") == "/data/x.jpg"
     assert root_joined("/data", "x.jpg") == os.path.join("/data", "x.jpg")
     assert root_joined("", "x.jpg") == "x.jpg"
+
+
+def _full_parse(value):
+    """What a Data layer made of a record before decode_record: the Datum message, then
+    decode_datum; (array, label, encoded), or the error's type and message."""
+    try:
+        datum = parse_binary(value, "Datum", path="rec")
+        array, label = decode_datum(datum, None, where="rec")
+        return array, label, bool(datum.encoded)
+    except Exception as e:
+        return type(e), str(e)
+
+
+def _records():
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (3, 4, 5), dtype=np.uint8)
+    png = encode_datum(x, label=4, encoding="png")
+    plain = serialize_datum(x, 9)
+    yield from (plain, serialize_datum(x[:1], 0), serialize_datum(x, 2**31 - 1),
+                serialize(png), serialize(encode_datum(x, -2)),        # negative label
+                serialize(encode_datum(x.astype(np.float32), 1)),      # float_data
+                serialize(caffe_pb2.Datum(label=1, encoded=True, data=png.data)),
+                serialize(caffe_pb2.Datum(encoded=True, data=b"not an image")),
+                serialize(caffe_pb2.Datum(channels=1, height=2, width=2, data=b"abc")),
+                serialize(caffe_pb2.Datum(channels=1, height=2, width=2)),
+                b"", plain + b"\x28\x03",                             # label twice: last wins
+                plain + b"\x38\x02", plain + b"\x48\x01",             # encoded 2, an unknown field
+                b"\x28\x05" + serialize(caffe_pb2.Datum(encoded=True, data=png.data)),
+                plain[:-1], plain[:30], b"\x08\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80")
+
+
+def test_decode_record_is_the_full_parser_and_decode_datum():
+    for value in _records():
+        want = _full_parse(value)
+        try:
+            got = decode_record(value, None, where="rec")
+        except Exception as e:
+            got = type(e), str(e)
+        assert len(got) == len(want), (value[:20], got, want)
+        if len(want) == 2:
+            assert got == want, value[:20]
+            continue
+        assert got[1:] == want[1:] and type(got[1]) is type(want[1]), value[:20]
+        assert got[0].dtype == want[0].dtype and got[0].flags.writeable
+        np.testing.assert_array_equal(got[0], want[0])
+
+
+def test_a_data_layer_reads_plain_records_without_building_datum_messages(tmp_path,
+                                                                          monkeypatch):
+    import minicnn
+    from minicnn.proto import wire
+    rng = np.random.default_rng(4)
+    path = str(tmp_path / "db")
+    with LMDBWriter(path) as w:
+        for i in range(6):
+            x = rng.integers(0, 256, (3, 6, 6), dtype=np.uint8)
+            w.put(f"{i:03d}", serialize_datum(x, i) if i % 2 else
+                  serialize(encode_datum(x, i, encoding="png")))
+    param = caffe_pb2.NetParameter()
+    layer = param.layer.add(name="d", type="Data", top=["data", "label"])
+    layer.data_param.source, layer.data_param.batch_size = path, 6
+    layer.transform_param.crop_size = 4
+    net = minicnn.Net(param, phase="TEST")
+    want = net.layers[0]._make_batch(0)
+    calls = []
+    real = wire._Reader.parse
+    monkeypatch.setattr(wire._Reader, "parse",
+                        lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    got = net.layers[0]._make_batch(0)
+    assert not calls
+    for g, w_ in zip(got, want):
+        np.testing.assert_array_equal(g, w_)
+    np.testing.assert_array_equal(got[1], np.arange(6))
