@@ -10,6 +10,7 @@ grey conversions (``_gray``), and ``encode_image`` writes JPEG at OpenCV's quali
 imported only when an image is decoded or encoded; ``resize_image`` computes what OpenCV's does.
 """
 
+import functools
 import io
 import os
 
@@ -109,10 +110,12 @@ def decode_image(source, is_color=True):
 _COEF_SCALE = 2048
 
 
+@functools.lru_cache(maxsize=1024)
 def _linear_taps(src, dst, clamp_weights):
-    """Per output index along one axis: the two source indices and their weights (sum 2048).
-    OpenCV keeps a fraction past the edge along y (both taps clamp to the edge row) but sets it
-    to 0 along x."""
+    """Per output index along one axis: the two source indices and their weights (sum 2048),
+    read-only (kept for the next image of that size: an ImageData layer resizes every image to
+    one size, and computing these took a third of the resize). OpenCV keeps a fraction past the
+    edge along y (both taps clamp to the edge row) but sets it to 0 along x."""
     f = ((np.arange(dst) + 0.5) * (src / dst) - 0.5).astype(np.float32)
     first = np.floor(f).astype(np.int64)
     f -= first.astype(np.float32)
@@ -120,7 +123,10 @@ def _linear_taps(src, dst, clamp_weights):
         f[(first < 0) | (first >= src - 1)] = 0
     w0 = np.rint((np.float32(1) - f) * np.float32(_COEF_SCALE)).astype(np.int32)
     w1 = np.rint(f * np.float32(_COEF_SCALE)).astype(np.int32)
-    return np.clip(first, 0, src - 1), np.clip(first + 1, 0, src - 1), w0, w1
+    taps = np.clip(first, 0, src - 1), np.clip(first + 1, 0, src - 1), w0, w1
+    for array in taps:
+        array.flags.writeable = False
+    return taps
 
 
 def resize_image(chw, height, width):
@@ -134,15 +140,23 @@ def resize_image(chw, height, width):
     height, width = int(height), int(width)
     if (h, w) == (height, width):
         return chw.copy()
-    s = chw.astype(np.int32)                      # the sums below stay under 2^27
     if (h, w) == (2 * height, 2 * width):                 # OpenCV takes INTER_AREA here
+        s = chw.astype(np.int32)
         out = (s[:, 0::2, 0::2] + s[:, 0::2, 1::2] + s[:, 1::2, 0::2] + s[:, 1::2, 1::2] + 2) >> 2
         return out.astype(np.uint8)
     x0, x1, a0, a1 = _linear_taps(w, width, clamp_weights=True)
     y0, y1, b0, b1 = _linear_taps(h, height, clamp_weights=False)
-    rows = s[:, :, x0] * a0 + s[:, :, x1] * a1                    # (C, h, width), 2048 x
-    top = (b0[:, None] * (rows[:, y0] >> 4)) >> 16                 # OpenCV's 16-bit products
-    bottom = (b1[:, None] * (rows[:, y1] >> 4)) >> 16
+    # the row pass, in int32 (uint8 times the int32 weights; the sums stay under 2^27), on the
+    # rows the column taps read: the rows they pick when that is fewer than all h
+    if 2 * height < h:
+        top_rows, bottom_rows = chw[:, y0], chw[:, y1]
+        top_rows = top_rows[:, :, x0] * a0 + top_rows[:, :, x1] * a1          # (C, height,
+        bottom_rows = bottom_rows[:, :, x0] * a0 + bottom_rows[:, :, x1] * a1  # width), 2048 x
+    else:
+        rows = chw[:, :, x0] * a0 + chw[:, :, x1] * a1                # (C, h, width), 2048 x
+        top_rows, bottom_rows = rows[:, y0], rows[:, y1]
+    top = (b0[:, None] * (top_rows >> 4)) >> 16                    # OpenCV's 16-bit products
+    bottom = (b1[:, None] * (bottom_rows >> 4)) >> 16
     return np.clip((top + bottom + 2) >> 2, 0, 255).astype(np.uint8)
 
 

@@ -178,6 +178,25 @@ def test_resize_is_opencvs_bilinear_pixel_for_pixel(tmp_path):
     assert read_image(path).shape == (3, 4, 8)
 
 
+def test_resize_computes_its_taps_once_per_size():
+    """An ImageData layer resizes every image to one size: the taps and weights of a (source,
+    destination) size are computed once and kept, read-only, and a strong shrink (the rows
+    taken before the row pass) keeps OpenCV's pixels."""
+    from minicnn.data import datum
+    cv2 = pytest.importorskip("cv2")
+    rng = np.random.default_rng(8)
+    x = rng.integers(0, 256, (3, 151, 97), dtype=np.uint8)
+    resize_image(x, 36, 35)
+    before = datum._linear_taps.cache_info()
+    got = resize_image(x[::-1].copy(), 36, 35)
+    after = datum._linear_taps.cache_info()
+    assert after.misses == before.misses and after.hits == before.hits + 2
+    assert not any(a.flags.writeable for a in datum._linear_taps(151, 36, False))
+    want = cv2.resize(np.ascontiguousarray(x[::-1].transpose(1, 2, 0)), (35, 36),
+                      interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1)
+    np.testing.assert_array_equal(got, want)
+
+
 def test_image_errors_name_the_file(tmp_path):
     with pytest.raises(DataError, match="nope.png: file not found"):
         decode_image(str(tmp_path / "nope.png"))
