@@ -198,9 +198,12 @@ class _SourceDataLayer(Layer):
         if self.transformer.resize is None and not self.transformer.crop_h:
             _check_same_shape(samples, names)
         rng = self._transform_rng(b, samples[0].shape, encoded[0])
-        out = [self.transformer(s, rng, e) for s, e in zip(samples, encoded)]
-        _check_same_shape(out, names, after="resize_param")
-        return np.stack(out)
+        batch = self.transformer.batch(samples, rng, encoded)
+        if batch is None:                       # resized, noised, or of several sizes
+            out = [self.transformer(s, rng, e) for s, e in zip(samples, encoded)]
+            _check_same_shape(out, names, after="resize_param")
+            batch = np.stack(out)
+        return batch
 
     def sample_ids(self, b):
         """The sample indices of batch ``b`` (this rank's block of it when sharded)."""

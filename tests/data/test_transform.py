@@ -166,3 +166,37 @@ def test_one_mean_value_serves_every_channel():
     t = DataTransformer(tp(mean_value=[5.0]), "TEST")
     assert t.check(x.shape) == (3, 2, 2)
     np.testing.assert_array_equal(t(x, np.random.default_rng(0))[:, 0, 0], [5, 15, 25])
+
+
+@pytest.mark.parametrize("phase", ["TRAIN", "TEST"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_batch_is_its_samples_transformed_one_by_one(tmp_path, phase, dtype):
+    """DataTransformer.batch: the draws and the values of the per-sample transform, for raw
+    and float samples, every mean kind, scale, crop and mirror; None (nothing drawn) where a
+    sample is resized or of another shape."""
+    rng = np.random.default_rng(5)
+    mean = rng.uniform(0, 255, (1, 3, 7, 6)).astype(np.float32)
+    path = str(tmp_path / "mean.binaryproto")
+    write_binary(array_to_blob_proto(mean), path)
+    params = [tp(), tp(scale=0.00390625, crop_size=4), tp(mirror=True, mean_value=[104.5]),
+              tp(mirror=True, crop_size=5, mean_value=[104, 117, 123], scale=0.017),
+              tp(mirror=True, crop_size=3, mean_file=path, scale=0.5), tp(mean_file=path)]
+    uint8 = list(rng.integers(0, 256, (9, 3, 7, 6), dtype=np.uint8))
+    floats = list(rng.uniform(-300, 300, (4, 3, 7, 6)).astype(np.float32))
+    for param in params:
+        t = DataTransformer(param, phase, dtype)
+        for samples, encoded in ((uint8, [False] * 9), (uint8, [True, False] * 4 + [True]),
+                                 (floats, [False] * 4)):
+            one, many = np.random.default_rng(9), np.random.default_rng(9)
+            want = np.stack([t(x, one, e) for x, e in zip(samples, encoded)])
+            got = t.batch(samples, many, encoded)
+            assert got.dtype == want.dtype and got.flags.c_contiguous
+            np.testing.assert_array_equal(got, want, err_msg=str(param))
+            assert one.integers(1 << 30) == many.integers(1 << 30)      # as many draws
+    t = DataTransformer(tp(crop_size=3, mirror=True), phase)
+    before = np.random.default_rng(9)
+    assert t.batch([uint8[0], uint8[1][:, :6]], before, [False, False]) is None
+    resized = DataTransformer(tp(resize_param=caffe_pb2.ResizeParameter(height=5, width=5)),
+                              phase)
+    assert resized.batch(uint8[:2], before, [True, True]) is None
+    assert before.integers(1 << 30) == np.random.default_rng(9).integers(1 << 30)
