@@ -385,3 +385,49 @@ def test_a_bad_label_on_the_gpu_stops_the_step_with_the_host_error(gpu, bad, sho
     with pytest.raises(minicnn.NetError, match=r"'acc'.*" + shown.replace("(", r"\(")
                        .replace(")", r"\)")):
         net.forward(**inputs)
+
+
+NEGATIVE_SLOPE = """
+force_backward: true
+layer { name: "data" type: "Input" top: "data" top: "label"
+        input_param { shape { dim: 2 dim: 3 dim: 5 dim: 5 } shape { dim: 2 } } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param { num_output: 4 kernel_size: 3
+                            weight_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "bn" type: "BatchNorm" bottom: "conv" top: "conv" }
+layer { name: "sc" type: "Scale" bottom: "conv" top: "conv" scale_param { bias_term: true } }
+layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" relu_param { negative_slope: -0.5 } }
+layer { name: "ip" type: "InnerProduct" bottom: "conv" top: "ip"
+        inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+"""
+
+
+def test_in_place_relu_with_a_negative_slope_keeps_its_mask_on_the_device(gpu):
+    """ReLU in place with negative_slope < 0 keeps a mask of x > 0 (a device array here) for
+    its backward and stays out of the fused BatchNorm chain: the CPU's values and gradients."""
+    import warnings
+    param = parse_text(NEGATIVE_SLOPE, "NetParameter")
+    x = np.random.default_rng(6).standard_normal((2, 3, 5, 5)).astype(np.float32)
+    label = np.array([0, 2], np.float32)
+    nets = []
+    for device in (None, "cuda:0"):
+        minicnn.set_random_seed(4)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")          # Caffe's gradient would differ: said
+            net = minicnn.Net(param, phase=minicnn.TRAIN, device=device)
+        net.forward(data=x, label=label)
+        net.backward()
+        nets.append(net)
+    cpu, dev = nets
+    assert cuda.is_device_array(dev.layer_dict["relu"].positive)
+    for name, blob in cpu.blobs.items():
+        assert rel_error(cuda.to_host(dev.blobs[name].data), blob.data) < 1e-5, name
+        if name != "label":
+            assert rel_error(cuda.to_host(dev.blobs[name].diff), blob.diff,
+                             floor=1e-3) < 1e-4, name
+    for layer in cpu.params:
+        for k, (a, b) in enumerate(zip(cpu.params[layer], dev.params[layer])):
+            if layer == "conv" and k == 1:
+                continue                    # no gradient through BatchNorm: rounding noise
+            assert rel_error(cuda.to_host(b.diff), a.diff, floor=1e-3) < 1e-4, (layer, k)
