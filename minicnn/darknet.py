@@ -955,7 +955,8 @@ def _f32(value):
 
 def _steps_schedule(net, lr):
     """(solver lines, notes) for policy=steps. Darknet multiplies the rate by scales[i] once
-    the batch number reaches steps[i]; Caffe's multistep multiplies by one gamma at each
+    the batch number reaches steps[i], so from its update steps[i], Caffe's iteration
+    steps[i] - 1 (darknet_solver); Caffe's multistep multiplies by one gamma at each
     stepvalue. Exact when the scales are equal (and the steps rise from above 0). Darknet's cfgs
     also warm up by steps (yolov1.cfg: scales=2.5,2,2,2,.1,.1): where the rate only rises to a
     peak and then falls by one factor, the solver starts at the peak and keeps the rest exactly.
@@ -984,13 +985,13 @@ def _steps_schedule(net, lr):
         lines = [f"base_lr: {_f32(peak)}"]
         if rest:
             lines += ['lr_policy: "multistep"', f"gamma: {_f32(gammas[0])}"]
-            lines += [f"stepvalue: {v}" for v in rest]
+            lines += [f"stepvalue: {v - 1}" for v in rest]       # update v: iteration v - 1
         else:
             lines += ['lr_policy: "fixed"']
         notes = [] if k < 0 else [
             f"Darknet's rate ({schedule}) rises to {peak:g} by steps; Caffe's lr_policy cannot "
             f"raise the rate, so the solver runs at {peak:g} from iteration 0 (not the lower "
-            f"rates of the first {steps[k]} iterations), the rest of the schedule exactly"]
+            f"rates of the first {steps[k] - 1} iterations), the rest of the schedule exactly"]
         return lines, notes
     return [f"base_lr: {_f32(lr)}", 'lr_policy: "fixed"'], [
         f"Darknet's rate ({schedule}) changes by different factors, which Caffe's multistep "
@@ -1005,32 +1006,46 @@ def darknet_solver(sections, net_file):
     one Caffe iteration of iter_size = subdivisions (the data layer's batch_size is batch /
     subdivisions; Caffe divides the summed diffs by iter_size, its losses by batch_size);
     learning_rate, momentum and decay are base_lr, momentum and weight_decay; max_batches is
-    max_iter; the policy (get_current_rate, with batch_num = the updates done, Caffe's iter):
-    constant -> fixed, step -> step (stepsize step, gamma scale), exp -> exp, poly -> poly
-    (power), sigmoid -> sigmoid (Darknet's lr / (1 + exp(gamma (n - step))): Caffe's gamma is
-    -gamma; a note says that libdarknet's unsigned n - step makes its rate 0 before step),
-    steps -> multistep (_steps_schedule). What has no Caffe equivalent is a note (written into
+    max_iter; the policy (get_current_rate at batch_num n: Darknet counts the images seen
+    before it updates, so its first update is at n = 1, and Caffe's iteration i is Darknet's
+    n = i + 1): constant -> fixed, exp -> exp (base_lr learning_rate * gamma), sigmoid ->
+    sigmoid (Darknet's lr / (1 + exp(gamma (n - step))): Caffe's gamma is -gamma, its stepsize
+    step - 1; a note says that libdarknet's unsigned n - step makes its rate 0 before step),
+    steps -> multistep (_steps_schedule, each stepvalue step - 1); step -> step (stepsize step,
+    gamma scale) and poly -> poly (power), which Caffe's formulas cannot shift by one
+    iteration: a comment in the solver says that each rate comes one iteration later than in
+    Darknet (exact for step=1, which becomes base_lr learning_rate * scale). What has no Caffe
+    equivalent is a note (written into
     the solver and warned about by convert_darknet): burn_in (Darknet's
     lr * (n / burn_in)^power warm-up), policy=random, adam=1."""
     net = sections[0]
     batch, subdivisions = net.int("batch", 1), max(net.int("subdivisions", 1), 1)
     lr, power = net.float("learning_rate", 0.001), net.float("power", 4.0)
-    policy, notes = net.str("policy", "constant").strip(), []
+    policy, notes, late = net.str("policy", "constant").strip(), [], None
     if policy == "constant":
         lines = [f"base_lr: {_f32(lr)}", 'lr_policy: "fixed"']
     elif policy == "step":
-        lines = [f"base_lr: {_f32(lr)}", 'lr_policy: "step"',
-                 f"gamma: {_f32(net.float('scale', 1.0))}", f"stepsize: {net.int('step', 1)}"]
+        step, scale = net.int("step", 1), net.float("scale", 1.0)
+        lines = [f"base_lr: {_f32(lr * scale if step == 1 else lr)}", 'lr_policy: "step"',
+                 f"gamma: {_f32(scale)}", f"stepsize: {step}"]
+        if step != 1:
+            late = (f"policy=step: Darknet's rate changes at its updates {step}, {2 * step}, "
+                    f"..., Caffe's iterations {step - 1}, {2 * step - 1}, ...; Caffe's step "
+                    f"policy changes it at {step}, {2 * step}, ...: one iteration later")
     elif policy == "exp":
-        lines = [f"base_lr: {_f32(lr)}", 'lr_policy: "exp"',
-                 f"gamma: {_f32(net.float('gamma', 1.0))}"]
+        gamma = net.float("gamma", 1.0)
+        lines = [f"base_lr: {_f32(lr * gamma)}", 'lr_policy: "exp"', f"gamma: {_f32(gamma)}"]
     elif policy == "poly":
         lines = [f"base_lr: {_f32(lr)}", 'lr_policy: "poly"', f"power: {_f32(power)}"]
+        late = ("policy=poly: Darknet's update i + 1 (Caffe's iteration i) runs at its rate "
+                "of batch i + 1, Caffe's poly at that of batch i: each rate one iteration later")
     elif policy == "sigmoid":
         lines = [f"base_lr: {_f32(lr)}", 'lr_policy: "sigmoid"',
-                 f"gamma: {_f32(-net.float('gamma', 1.0))}", f"stepsize: {net.int('step', 1)}"]
+                 f"gamma: {_f32(-net.float('gamma', 1.0))}",
+                 f"stepsize: {net.int('step', 1) - 1}"]
         notes.append(f"policy=sigmoid: Darknet computes batch - step in unsigned (size_t) "
-                     f"arithmetic, so its rate is 0 for the first {net.int('step', 1)} batches; "
+                     f"arithmetic, so its rate is 0 for its first {net.int('step', 1) - 1} "
+                     "updates (batches 1 to step - 1); "
                      "the solver follows the formula there too (learning_rate / (1 + exp(gamma "
                      "(batch - step))))")
     elif policy == "steps":
@@ -1074,6 +1089,8 @@ def darknet_solver(sections, net_file):
             "# Caffe's momentum keeps the rate in its history (Darknet applies the rate after "
             "it):", "# the same updates under a fixed rate, a few iterations' difference after "
             "a step."]
+    if late:          # like the momentum's difference: said in the solver, not warned about
+        head.append(f"# {late}.")
     head += [f"# Note: {n}" for n in notes]
     return "\n".join(head + lines) + "\n", notes
 

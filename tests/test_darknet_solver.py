@@ -100,6 +100,10 @@ def _darknet_rate(keys, n):
     return rate
 
 
+# policies whose Caffe formula cannot start one batch later: each rate comes one iteration late
+LAGGED = ("step", "poly")
+
+
 def _solver_rates(text, count):
     param = parse_text(text, "SolverParameter")
     rates, current = [], 0
@@ -113,8 +117,11 @@ def _solver_rates(text, count):
 def test_schedules_map_exactly(tmp_path, policy):
     text, notes = darknet_solver(read_cfg(_net_cfg(tmp_path, SCHEDULES[policy])), "t.prototxt")
     assert [n.split(":")[0] for n in notes] == (["policy=sigmoid"] if policy == "sigmoid" else [])
+    assert (f"# policy={policy}: " in text) == (policy in LAGGED), text
     param, rates = _solver_rates(text, 12)
-    want = [_darknet_rate(SCHEDULES[policy], n) for n in range(12)]
+    # Caffe's iteration n is Darknet's update n + 1, which runs at get_current_rate's batch n + 1
+    late = policy in LAGGED
+    want = [_darknet_rate(SCHEDULES[policy], n + (0 if late else 1)) for n in range(12)]
     assert rates == pytest.approx(want, rel=1e-6), text
     assert (param.iter_size, param.max_iter, param.net) == (2, 12, "t.prototxt")
     assert (param.momentum, param.weight_decay) == (np.float32(0.9), np.float32(0.0001))
@@ -122,7 +129,8 @@ def test_schedules_map_exactly(tmp_path, policy):
 
 @needs_darknet
 def test_schedules_equal_libdarknets(tmp_path):
-    """libdarknet's own get_current_rate, its seen set to n batches of batch x subdivisions."""
+    """libdarknet's own get_current_rate at its update n + 1 (its seen then n + 1 batches of
+    batch x subdivisions) against Caffe's iteration n."""
     lib = darknet()
     lib.get_current_rate.restype = ctypes.c_float
     for policy, keys in SCHEDULES.items():
@@ -132,14 +140,43 @@ def test_schedules_equal_libdarknets(tmp_path):
         try:
             theirs = []
             for n in range(12):
-                net.contents.seen[0] = n * net.contents.batch * net.contents.subdivisions
+                batches = n if policy in LAGGED else n + 1
+                net.contents.seen[0] = batches * net.contents.batch * net.contents.subdivisions
                 theirs.append(lib.get_current_rate(net))
         finally:
             lib.free_network(net)
         if policy == "sigmoid":      # its size_t batch - step: exp(huge) before step 5
-            assert theirs[:5] == [0] * 5
-            rates, theirs = rates[5:], theirs[5:]
+            assert theirs[:4] == [0] * 4
+            rates, theirs = rates[4:], theirs[4:]
         assert rates == pytest.approx(theirs, rel=1e-5), policy
+
+
+@needs_darknet
+def test_darknets_updates_run_at_the_solvers_rates(tmp_path):
+    """libdarknet trained (train_network_datum): an SSE cost on a [connected] layer's bias, with
+    input 0 and the target 1 above the output, moves the bias by the update's rate; Darknet
+    counts the batch before it updates, so its first update runs at batch 1's rate."""
+    cfg = tmp_path / "rate.cfg"
+    cfg.write_text("[net]\nbatch=1\nsubdivisions=1\ninputs=1\nlearning_rate=1\nmomentum=0\n"
+                   "decay=0\nmax_batches=10\npolicy=steps\nsteps=2,4\nscales=.5,.5\n\n"
+                   "[connected]\noutput=1\nactivation=linear\n\n[cost]\ntype=sse\n")
+    lib = darknet()
+    lib.train_network_datum.restype = ctypes.c_float
+    lib.network_predict.restype = ctypes.POINTER(ctypes.c_float)
+    net = lib.parse_network_cfg(str(cfg).encode())
+    zero = (ctypes.c_float * 1)(0.0)
+    theirs = []
+    try:
+        for _ in range(6):
+            bias = lib.network_predict(net, zero)[0]
+            net.contents.input[0], net.contents.truth[0] = 0.0, bias + 1.0
+            lib.train_network_datum(net)
+            theirs.append(lib.network_predict(net, zero)[0] - bias)
+    finally:
+        lib.free_network(net)
+    _, rates = _solver_rates(darknet_solver(read_cfg(str(cfg)), "t.prototxt")[0], 6)
+    assert theirs == pytest.approx([1, 0.5, 0.5, 0.25, 0.25, 0.25], rel=1e-5)
+    assert rates == pytest.approx(theirs, rel=1e-5)
 
 
 def test_what_does_not_map_is_said(tmp_path):
@@ -147,10 +184,10 @@ def test_what_does_not_map_is_said(tmp_path):
     keys = "learning_rate=0.0005\npolicy=steps\nsteps=2,4,8\nscales=2.5,.1,.1\nburn_in=3"
     text, notes = darknet_solver(read_cfg(_net_cfg(tmp_path, keys)), "t.prototxt")
     _, rates = _solver_rates(text, 12)
-    assert rates[:2] == pytest.approx([0.00125] * 2)               # Darknet: 0.0005 here
-    assert rates[2:] == pytest.approx([_darknet_rate(keys.rsplit("\n", 1)[0], n)
-                                       for n in range(2, 12)])
-    assert any("rises to 0.00125 by steps" in n and "first 2 iterations" in n for n in notes)
+    assert rates[:1] == pytest.approx([0.00125])            # Darknet's update 1: 0.0005
+    assert rates[1:] == pytest.approx([_darknet_rate(keys.rsplit("\n", 1)[0], n + 1)
+                                       for n in range(1, 12)])
+    assert any("rises to 0.00125 by steps" in n and "first 1 iterations" in n for n in notes)
     assert any(n.startswith("burn_in=3: Darknet warms up") for n in notes)
     assert all(f"# Note: {n}" in text for n in notes)
     # scales that differ after the peak: a fixed rate, the schedule listed
@@ -196,10 +233,11 @@ def test_converted_detector_trains(tmp_path, monkeypatch, capsys):
     with open(paths[2]) as f:
         solver = f.read()
     for line in ('net: "tiny_train.prototxt"', "base_lr: 0.01", 'lr_policy: "multistep"',
-                 "gamma: 0.5", "stepvalue: 2\nstepvalue: 3", "momentum: 0.8",
+                 "gamma: 0.5", "stepvalue: 1\nstepvalue: 2", "momentum: 0.8",
                  "weight_decay: 0.001", "iter_size: 2", "max_iter: 3"):
         assert line in solver
-    # train it: three iterations of two 2-image passes, the rate stepping at 2 and 3
+    # train it: three iterations of two 2-image passes, the rate stepping at Darknet's updates
+    # 2 and 3, Caffe's iterations 1 and 2
     _detection_set(tmp_path, 4, np.random.default_rng(0))
     monkeypatch.chdir(tmp_path)
     capsys.readouterr()
@@ -207,7 +245,8 @@ def test_converted_detector_trains(tmp_path, monkeypatch, capsys):
     log = capsys.readouterr()
     log = log.out + log.err
     assert re.search(r"Iteration 0, lr = 0\.01\b", log), log
-    assert "MultiStep Status: Iteration 2, step = 1" in log, log
+    assert "MultiStep Status: Iteration 1, step = 1" in log, log
+    assert "MultiStep Status: Iteration 2, step = 2" in log, log
     loss = float(re.search(r"Iteration 0 .*, loss = (\S+)", log).group(1))
     assert np.isfinite(loss) and loss > 0, log
     assert (tmp_path / "snapshots" / "tiny_iter_3.caffemodel").exists()
