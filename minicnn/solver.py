@@ -892,7 +892,8 @@ class Solver:
                 if not (state.learned_net and os.path.isfile(beside)):
                     raise
                 model = beside          # the snapshots' folder moved: the pair stays together
-            if os.path.isfile(beside) and not os.path.samefile(model, beside):
+            if not os.path.isabs(state.learned_net) and os.path.isfile(beside) \
+                    and not os.path.samefile(model, beside):
                 # a relative learned_net found from this folder (Caffe's rule), another run's
                 # snapshot of the same name: the one written with this state sits beside it
                 warnings.warn(f"{path}: its learned_net '{state.learned_net}' names {model} "

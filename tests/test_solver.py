@@ -925,6 +925,25 @@ def test_a_same_named_snapshot_of_another_run_is_not_paired_with_the_state(tmp_p
         make_solver().restore("snap/lin_iter_1.solverstate")
 
 
+def test_an_absolute_learned_net_is_read_as_it_names(tmp_path):
+    # an absolute learned_net names one file, whatever the current folder: a same-named file
+    # beside a state copied elsewhere does not replace it (Caffe reads the named one too)
+    solver = make_solver(snapshot_prefix=str(tmp_path / "a" / "lin"))
+    solver.step(1)
+    _, state = solver.snapshot()
+    other = make_solver(snapshot_prefix=str(tmp_path / "b" / "lin"), base_lr=0.5)
+    other.step(1)
+    other.snapshot()
+    assert not np.array_equal(other.net.params["fc"][0].data, solver.net.params["fc"][0].data)
+    os.replace(state, tmp_path / "b" / "lin_iter_1.solverstate")
+    resumed = make_solver()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resumed.restore(str(tmp_path / "b" / "lin_iter_1.solverstate"))
+    np.testing.assert_array_equal(resumed.net.params["fc"][0].data,
+                                  solver.net.params["fc"][0].data)
+
+
 def test_weights_and_states_given_for_each_other_say_so(tmp_path):
     solver = make_solver(snapshot_prefix=str(tmp_path / "lin"))
     solver.step(1)
