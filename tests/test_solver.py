@@ -366,12 +366,17 @@ def test_first_snapshot_removes_what_a_killed_writer_left_and_nothing_else(tmp_p
          str(tmp_path / "lin_iter_6.caffemodel")], env=env)
     assert killed.wait() == -signal.SIGKILL
     (left,) = os.listdir(tmp_path)
-    assert left.startswith(f"lin_iter_6.caffemodel.{killed.pid}.") and left.endswith(".tmp")
+    from minicnn.proto.wire import _host_tag
+    host = _host_tag()
+    assert left.startswith(f"lin_iter_6.caffemodel.{killed.pid}-{host}.") \
+        and left.endswith(".tmp")
+    other_host = "0" * 8 if host != "0" * 8 else "1" * 8
     running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        kept = [f"lin_iter_8.solverstate.{running.pid}.abc123.tmp",   # still being written
-                f"other_iter_2.caffemodel.{killed.pid}.abc.tmp",       # another prefix
-                "lin_iter_2.caffemodel.notes.tmp"]                     # no writer's name
+        kept = [f"lin_iter_8.solverstate.{running.pid}-{host}.abc123.tmp",  # being written
+                f"lin_iter_4.caffemodel.{killed.pid}-{other_host}.x.tmp",   # another machine's
+                f"other_iter_2.caffemodel.{killed.pid}-{host}.abc.tmp",     # another prefix
+                "lin_iter_2.caffemodel.notes.tmp"]                          # no writer's name
         for name in kept:
             (tmp_path / name).write_bytes(b"")
         messages = []

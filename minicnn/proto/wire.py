@@ -422,8 +422,9 @@ def atomic_write(path, mode="wb"):
     """Open a temporary file beside ``path``; on success rename it over ``path``.
 
     A crash or an error mid-write leaves the previous file untouched, never a half-written one.
-    The temporary file's name holds the writer's process id (``NAME.PID.XXXX.tmp``), so that
-    one left by a killed process can be told from one being written (remove_stale_temporaries).
+    The temporary file's name holds the writer's process id and host (``NAME.PID-HOST.XXXX.tmp``,
+    HOST a hash of the host name), so that one left by a killed process can be told from one
+    being written (remove_stale_temporaries).
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
@@ -432,7 +433,7 @@ def atomic_write(path, mode="wb"):
     if not os.path.isdir(directory):
         raise FileNotFoundError(errno.ENOENT, "no such folder to write into", path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f"{os.path.basename(path)}.{os.getpid()}.",
+        fd, tmp = tempfile.mkstemp(prefix=f"{os.path.basename(path)}.{_writer_tag()}.",
                                    suffix=".tmp", dir=directory)
     except OSError as e:                      # said of the path asked for, not the temporary
         raise type(e)(e.errno, f"cannot create a file in its folder ({e.strerror})",
@@ -450,17 +451,31 @@ def atomic_write(path, mode="wb"):
         raise
 
 
-_TEMPORARY_NAME = re.compile(r"\.(\d+)\.[A-Za-z0-9_]+\.tmp$")
+_TEMPORARY_NAME = re.compile(r"\.(\d+)-([0-9a-f]{8})\.[A-Za-z0-9_]+\.tmp$")
+
+
+def _host_tag():
+    import hashlib
+    import socket
+    return hashlib.sha1(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
+
+
+def _writer_tag():
+    """PID-HOST for a temporary file's name: which process on which machine writes it."""
+    return f"{os.getpid()}-{_host_tag()}"
 
 
 def remove_stale_temporaries(prefix):
     """Remove the temporary files atomic_write left behind when its process was killed
     mid-write (SIGKILL, power loss): those beside ``prefix`` whose names start with its last
-    part and whose writer is no longer running. Returns the paths removed. A file of a process
-    still running is kept, whatever it is; so is any other file. (POSIX only: elsewhere there
-    is no harmless way to ask whether a process is running, and nothing is removed.)"""
+    part, written on this machine by a process no longer running. Returns the paths removed.
+    A file of a process still running is kept, whatever it is; so is one another machine
+    wrote (a folder shared over the network: its pid means nothing here), and any other file.
+    (POSIX only: elsewhere there is no harmless way to ask whether a process is running, and
+    nothing is removed.)"""
     if os.name != "posix":
         return []
+    host = _host_tag()
     folder, start = os.path.dirname(prefix) or ".", os.path.basename(prefix)
     try:
         names = os.listdir(folder)
@@ -469,7 +484,8 @@ def remove_stale_temporaries(prefix):
     removed = []
     for name in sorted(names):
         match = _TEMPORARY_NAME.search(name)
-        if not (name.startswith(start) and match) or int(match.group(1)) == os.getpid():
+        if not (name.startswith(start) and match) or match.group(2) != host \
+                or int(match.group(1)) == os.getpid():
             continue
         try:
             os.kill(int(match.group(1)), 0)    # signal 0: only asks whether it exists
