@@ -41,6 +41,7 @@ class Gen:
         self.consumed = set()      # blobs read by some layer (no in place on them afterwards)
         self.n = 0
         self.shared = {}           # IP signature -> param names
+        self.lr_mults = {}         # shared param name -> the lr_mult its layers give
         self.loss_blobs = []
 
     def pick(self, k=1, pred=lambda s: True):
@@ -102,6 +103,18 @@ class Gen:
         k = int(np.prod(shape[axis:]))
         out = int(self.rng.integers(1, 4))
         bias = self.coin(0.7)
+        if self.shared and self.coin(0.6):
+            # reuse a shared signature where some blob fits it: sharing by chance alone was
+            # too rare to check that shared diffs accumulate
+            sigs = list(self.shared)
+            k, out, bias = sigs[int(self.rng.integers(0, len(sigs)))]
+            fits = [(name, a) for name, s in self.blobs.items() for a in range(1, len(s))
+                    if int(np.prod(s[a:])) == k]
+            if fits:
+                b, axis = fits[int(self.rng.integers(0, len(fits)))]
+                shape = self.blobs[b]
+            else:
+                k = int(np.prod(shape[axis:]))
         sig = (k, out, bias)
         specs = ""
         n_params = 2 if bias else 1
@@ -116,7 +129,10 @@ class Gen:
             if names:
                 fields += f' name: "{names[p]}"'
             if self.coin(0.25):
-                fields += f" lr_mult: {self.rng.choice(LRS)}"
+                lr = self.rng.choice(LRS)
+                if names:          # sharers may not disagree (Caffe: "mismatched lr_mult")
+                    lr = self.lr_mults.setdefault(names[p], lr)
+                fields += f" lr_mult: {lr}"
             if fields or self.coin(0.2):
                 specs += f" param {{{fields} }}"
         name = self.name("ip")
@@ -497,3 +513,14 @@ def test_random_net_backward_matches_caffe_rules_and_finite_differences(seed):
         assert "already produced by another layer" in str(e)
         return
     assert not problems, f"{text}\n" + "\n".join(repr(p) for p in problems)
+
+
+def test_the_seeds_share_params():
+    """The seeds above must include nets whose InnerProducts share a param by name (else that
+    shared diffs add up goes unchecked: a backward assigning dW passed every seed)."""
+    import re
+    from collections import Counter
+    sharing = [seed for seed in range(40)
+               if max(Counter(re.findall(r' name: "(w\d+)"', make(seed)[0])).values(),
+                      default=0) > 1]
+    assert len(sharing) >= 4, sharing
