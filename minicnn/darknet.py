@@ -960,7 +960,8 @@ def _steps_schedule(net, lr):
     stepvalue. Exact when the scales are equal (and the steps rise from above 0). Darknet's cfgs
     also warm up by steps (yolov1.cfg: scales=2.5,2,2,2,.1,.1): where the rate only rises to a
     peak and then falls by one factor, the solver starts at the peak and keeps the rest exactly.
-    Anything else runs at the cfg's learning_rate, fixed, the schedule listed in a note."""
+    Anything else runs at the cfg's learning_rate, fixed, the schedule listed in a note. A
+    negative step ends the schedule there, as libdarknet's unsigned comparison does."""
     where = net.where()
     try:
         steps = [int(v) for v in net.str("steps", "").split(",") if v.strip()]
@@ -970,6 +971,19 @@ def _steps_schedule(net, lr):
     if not steps or len(steps) != len(scales):
         raise DarknetError(f"{where}: policy=steps needs steps= and scales= of one length (got "
                            f"{len(steps)} steps, {len(scales)} scales)")
+    unsigned = []
+    if any(step < 0 for step in steps):
+        # get_current_rate compares int steps[i] with its size_t batch number: a negative step
+        # is huge unsigned, so the loop returns there and no later step is ever reached
+        # (yolov2-tiny-voc.cfg's steps=-1,100,...: libdarknet trains at learning_rate throughout)
+        cut = next(k for k, step in enumerate(steps) if step < 0)
+        unsigned = [f"steps={','.join(map(str, steps))}: libdarknet compares step {steps[cut]} "
+                    "with its unsigned batch number, so it is never reached and the rate keeps "
+                    "the value before it; the steps from there on are ignored, as Darknet "
+                    "ignores them"]
+        steps, scales = steps[:cut], scales[:cut]
+        if not steps:
+            return [f"base_lr: {_f32(lr)}", 'lr_policy: "fixed"'], unsigned
     rates, rate = [], lr
     for scale in scales:
         rate *= scale
@@ -988,12 +1002,12 @@ def _steps_schedule(net, lr):
             lines += [f"stepvalue: {v - 1}" for v in rest]       # update v: iteration v - 1
         else:
             lines += ['lr_policy: "fixed"']
-        notes = [] if k < 0 else [
+        notes = unsigned + ([] if k < 0 else [
             f"Darknet's rate ({schedule}) rises to {peak:g} by steps; Caffe's lr_policy cannot "
             f"raise the rate, so the solver runs at {peak:g} from iteration 0 (not the lower "
-            f"rates of the first {steps[k] - 1} iterations), the rest of the schedule exactly"]
+            f"rates of the first {steps[k] - 1} iterations), the rest of the schedule exactly"])
         return lines, notes
-    return [f"base_lr: {_f32(lr)}", 'lr_policy: "fixed"'], [
+    return [f"base_lr: {_f32(lr)}", 'lr_policy: "fixed"'], unsigned + [
         f"Darknet's rate ({schedule}) changes by different factors, which Caffe's multistep "
         "(one gamma) cannot follow: the solver keeps learning_rate fixed; to follow Darknet, "
         "train in stages (edit base_lr and max_iter, resume with --snapshot)"]

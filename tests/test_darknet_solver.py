@@ -197,6 +197,49 @@ def test_what_does_not_map_is_said(tmp_path):
     assert "0.005 from 5, 0.001 from 9" in notes[0] and "train in stages" in notes[0]
 
 
+# yolov2-tiny-voc.cfg's steps=-1,100,...: libdarknet's int step against its size_t batch number
+NEGATIVE_STEPS = ["learning_rate=0.01\npolicy=steps\nsteps=-1,3,6\nscales=.1,10,.1",
+                  "learning_rate=0.01\npolicy=steps\nsteps=2,-1,6\nscales=.5,.1,.1",
+                  "learning_rate=0.01\npolicy=steps\nsteps=2,5,-1\nscales=.5,.5,.1"]
+
+
+def _unsigned_rate(keys, n):
+    """_darknet_rate with get_current_rate's comparison as C makes it: a negative int step
+    becomes a huge size_t, greater than every batch number."""
+    k = dict(line.split("=") for line in keys.splitlines())
+    rate = float(k["learning_rate"])
+    for step, scale in zip(k["steps"].split(","), k["scales"].split(",")):
+        if int(step) % 2 ** 64 > n:
+            return rate
+        rate *= float(scale)
+    return rate
+
+
+@pytest.mark.parametrize("keys", NEGATIVE_STEPS)
+def test_a_negative_step_ends_the_schedule_as_in_libdarknet(tmp_path, keys):
+    text, notes = darknet_solver(read_cfg(_net_cfg(tmp_path, keys)), "t.prototxt")
+    _, rates = _solver_rates(text, 12)
+    assert rates == pytest.approx([_unsigned_rate(keys, n + 1) for n in range(12)]), text
+    assert any("never reached" in n for n in notes), notes
+
+
+@needs_darknet
+def test_negative_steps_equal_libdarknets(tmp_path):
+    lib = darknet()
+    lib.get_current_rate.restype = ctypes.c_float
+    for keys in NEGATIVE_STEPS:
+        cfg = _net_cfg(tmp_path, keys)
+        net = lib.parse_network_cfg(cfg.encode())
+        try:
+            theirs = []
+            for n in range(12):
+                net.contents.seen[0] = (n + 1) * net.contents.batch * net.contents.subdivisions
+                theirs.append(lib.get_current_rate(net))
+        finally:
+            lib.free_network(net)
+        assert theirs == pytest.approx([_unsigned_rate(keys, n + 1) for n in range(12)])
+
+
 def _detection_set(folder, count, rng):
     """Darknet's layout: images/<k>.png, labels/<k>.txt (class x y w h), train.txt."""
     (folder / "images").mkdir()
