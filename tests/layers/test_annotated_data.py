@@ -302,6 +302,77 @@ def test_emit_min_overlap_drops_boxes():
     assert [inst for _, a in got for inst, _, _ in a] == [1]     # 0.5 covered is not > 0.5
 
 
+
+def test_emit_min_overlap_is_the_share_of_the_box_inside_the_crop():
+    # BBoxCoverage(box, crop): a box wholly inside the crop is kept although it covers only
+    # 0.4 of the crop (coverage the other way round, or divided by the crop, would drop it)
+    crop = as_box(0, 0, 0.5, 1)
+    emit = caffe_pb2.EmitConstraint(emit_type="MIN_OVERLAP", emit_overlap=0.5)
+    got = A.transform_groups([(1, [(0, as_box(0.3, 0, 0.5, 1), False)])], crop, emit=emit)
+    np.testing.assert_allclose(got[0][1][0][1], [0.6, 0, 1, 1], rtol=1e-6)
+
+
+def test_emit_center_keeps_a_box_centred_on_the_crops_edge():
+    crop = as_box(0.25, 0.25, 0.75, 0.75)
+    emit = caffe_pb2.EmitConstraint(emit_type="CENTER")
+    left = (0, as_box(0.0, 0.4, 0.5, 0.6), False)          # centre x 0.25: on the edge, kept
+    right = (1, as_box(0.5, 0.4, 1.0, 0.6), False)         # centre x 0.75: kept
+    out = (2, as_box(0.0, 0.4, 0.49, 0.6), False)          # centre x 0.245: dropped
+    got = A.transform_groups([(1, [left, right, out])], crop, emit=emit)
+    assert [inst for _, a in got for inst, _, _ in a] == [0, 1]
+    np.testing.assert_allclose(got[0][1][0][1], [0, 0.3, 0.5, 0.7], rtol=1e-6)
+
+
+def test_a_box_of_no_area_is_dropped():
+    # ProjectBBox is false when the projected box has size 0 (here: xmin == xmax)
+    groups = [(1, [(0, as_box(0.3, 0.2, 0.3, 0.6), False)]),
+              (2, [(0, as_box(0.3, 0.2, 0.4, 0.6), False)])]
+    got = A.transform_groups(groups, as_box(0, 0, 1, 1))
+    assert [label for label, _ in got] == [2]
+
+
+def test_sampler_constraint_bounds_are_inclusive_and_object_coverage_is_of_the_object():
+    box = as_box(0, 0, 0.5, 0.5)
+    assert A.satisfy_sample_constraint(box, [box], caffe_pb2.SampleConstraint(
+        min_jaccard_overlap=1.0))                          # jaccard 1 is not < 1
+    small = as_box(0, 0, 0.25, 0.25)                       # inside box: object coverage 1,
+    c = caffe_pb2.SampleConstraint(min_object_coverage=0.9)  # sample coverage 0.25
+    assert A.satisfy_sample_constraint(box, [small], c)
+    assert not A.satisfy_sample_constraint(box, [small], caffe_pb2.SampleConstraint(
+        min_sample_coverage=0.9))
+
+
+def test_samplers_stop_at_max_sample_and_skip_use_original_image_false():
+    take_two = caffe_pb2.BatchSampler(max_sample=2, max_trials=5)
+    skipped = caffe_pb2.BatchSampler(use_original_image=False, max_trials=5)
+    boxes = A.generate_batch_samples(GROUPS, [take_two, skipped],
+                                     A.Draws(np.random.default_rng(0)))
+    assert len(boxes) == 2
+    assert len(A.generate_batch_samples(GROUPS, [caffe_pb2.BatchSampler(max_trials=5)],
+                                        A.Draws(np.random.default_rng(0)))) == 5
+
+
+def test_extrapolate_box_scales_x_by_the_crop_width_and_y_by_its_height():
+    rp = caffe_pb2.ResizeParameter(resize_mode=caffe_pb2.ResizeParameter.FIT_SMALL_SIZE,
+                                   height=10, width=10, height_scale=5, width_scale=5)
+    # a 20 x 40 image fits 10 x 20; the crop (half the height) is 20 wide and 5 high
+    got = A.extrapolate_box(rp, 20, 40, as_box(0, 0, 1, 0.5), as_box(0.1, 0.2, 0.3, 0.4))
+    np.testing.assert_allclose(got, [0.4, 0.2, 1.2, 0.4], rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape,pads", [((3, 6, 12), (2, 3, 0, 0)), ((3, 12, 6), (0, 0, 2, 3))])
+def test_fit_large_size_and_pad_puts_the_odd_row_below_or_right(shape, pads):
+    img = image(4, shape)
+    rp = caffe_pb2.ResizeParameter(
+        resize_mode=caffe_pb2.ResizeParameter.FIT_LARGE_SIZE_AND_PAD, height=9, width=9,
+        pad_value=[7])
+    hwc = np.ascontiguousarray(img.transpose(1, 2, 0))
+    size = (9, 4) if shape[2] > shape[1] else (4, 9)
+    r = cv2.resize(hwc, size, interpolation=cv2.INTER_LINEAR)
+    want = cv2.copyMakeBorder(r, *pads, cv2.BORDER_CONSTANT, value=(7, 7, 7))
+    np.testing.assert_array_equal(A.apply_resize(img, rp), want.transpose(2, 0, 1))
+
+
 # --- a net, and errors ----------------------------------------------------------------------------
 
 SSD_TRAIN = '''
@@ -359,6 +430,7 @@ def test_an_ssd_style_train_net_trains(tmp_path):
     ("expand_param { max_expand_ratio: 1 }", "", 1, "max_expand_ratio"),
     ("crop_size: 11", "", 1, "larger than the image"),
     ("", "batch_sampler { sampler { min_scale: 0 } }", 1, "min_scale"),
+    ("", "batch_sampler { sampler { max_scale: 1.5 } }", 1, "max_scale <= 1"),
 ])
 def test_bad_parameters_name_the_field(tmp_path, transform, anno, batch, match):
     src = write_db(tmp_path / "db", [make_anno_datum(image(), GROUPS)])
@@ -408,6 +480,16 @@ def test_distort_brightness_then_contrast_in_the_first_order():
     step = np.clip(np.rint(img.astype(np.float64) + 16), 0, 255)
     want = np.clip(np.rint(step * 0.75), 0, 255)
     np.testing.assert_array_equal(got, want.astype(np.uint8))
+
+
+
+def test_distort_contrast_of_zero_blacks_the_image():
+    # AdjustContrast skips only deltas within 1e-3 of 1: delta 0 makes every pixel 0
+    img = image(11, (3, 4, 5))
+    dp = caffe_pb2.DistortionParameter(contrast_prob=1, contrast_lower=0, contrast_upper=0.5)
+    # order coin 0.75; brightness p 0.9 (prob 0: no); contrast p 0, delta 0 + 0.5 * 0 = 0
+    got = A.apply_distort(img, dp, Scripted(u=[0.75, 0.9, 0, 0, 0.9, 0.9, 0.9]))
+    np.testing.assert_array_equal(got, np.zeros_like(img))
 
 
 def test_distort_second_order_saturation_hue_then_contrast_and_channel_order():

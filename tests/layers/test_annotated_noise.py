@@ -111,6 +111,13 @@ def test_jpeg_quality_is_truncated_not_rounded():
     np.testing.assert_array_equal(got, chw(ref_jpeg(hwc(img), 30)))
 
 
+def test_jpeg_quality_100_is_allowed():
+    img = low_contrast(3, (3, 8, 8))
+    A.check_noise(noise(jpeg=100))
+    np.testing.assert_array_equal(A.apply_noise(img, noise(jpeg=100), Scripted()),
+                                  chw(ref_jpeg(hwc(img), 100)))
+
+
 @pytest.mark.parametrize("values,want", [((0, 128, 255), (0, 128, 255)), ((9,), (9, 9, 9))])
 def test_saltpepper_draws_the_column_then_the_row(values, want):
     img = low_contrast(3, (3, 5, 8))                       # rows 5, cols 8
