@@ -52,6 +52,27 @@ def test_a_start_position_is_honoured():
     p.stop()
 
 
+def test_depth_0_computes_in_the_caller_and_starts_no_thread():
+    callers = []
+    p = Prefetcher(lambda b: callers.append(threading.current_thread()) or b, depth=0)
+    assert [p.next(), p.next()] == [0, 1]
+    assert callers == [threading.current_thread()] * 2 and not p.running
+    p.stop()
+
+
+def test_the_thread_computes_at_most_depth_batches_ahead():
+    calls = []
+    p = Prefetcher(lambda b: calls.append(b) or b, depth=2)
+    assert p.next() == 0
+    for _ in range(200):                          # batches 1, 2 queued, 3 waits to be put
+        if len(calls) >= 4:
+            break
+        time.sleep(0.01)
+    time.sleep(0.1)                               # a thread that did not stop would go on
+    assert calls == [0, 1, 2, 3]
+    p.stop()
+
+
 def test_exceptions_in_the_thread_surface_in_next_with_their_message():
     broken = {3}
 
