@@ -193,6 +193,16 @@ def test_window_file_errors_name_the_file_and_line(tmp_path, text, line, message
         WindowFile(str(tmp_path / "w.txt"))
 
 
+
+def test_window_file_channels_are_the_last_blocks(tmp_path):
+    # Caffe shapes the data top by the channels of the last block it read
+    for first, last in ((1, 3), (3, 1)):
+        (tmp_path / "w.txt").write_text(f"# 0\na.png\n{first}\n4\n4\n0\n"
+                                        f"# 1\nb.png\n{last}\n4\n4\n0\n")
+        assert WindowFile(str(tmp_path / "w.txt")).channels == last
+
+
+
 # --- WindowData: crops by hand -------------------------------------------------------------------
 
 IMAGE = pattern_image(20, 30)
@@ -205,6 +215,15 @@ def test_warp_without_context_is_the_window_resized():
     np.testing.assert_array_equal(same, IMAGE[:, 3:14, 2:13] * np.float32(0.5))
     np.testing.assert_array_equal(crop_window(IMAGE, (2, 3, 12, 13), 11, mirror=True),
                                   IMAGE[:, 3:14, 12:1:-1])
+
+
+
+def test_a_window_must_lie_inside_the_image_without_context():
+    # corners are inclusive: x2 = cols - 1 is the last column (Caffe's cv::Rect would fail past)
+    assert window_geometry((0, 0, 29, 19), (20, 30), 8)[0] == (0, 0, 29, 19)
+    for window in [(0, 0, 30, 19), (0, 0, 29, 20), (-1, 0, 29, 19), (0, -1, 29, 19)]:
+        with pytest.raises(ValueError, match="not inside the 20 x 30 image"):
+            window_geometry(window, (20, 30), 8)
 
 
 def test_warp_with_context_at_the_top_left_corner_pads():
