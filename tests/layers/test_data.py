@@ -127,8 +127,25 @@ def test_batch_b_is_the_same_however_far_ahead_it_was_computed(tmp_path, prefetc
     time.sleep(0.05)                              # the thread runs ahead meanwhile
     got += collect(layer, 4)
     assert_same_batches(got, reference)
-    # the crops and flips really are random (batch 0 and batch 3 hold different views)
-    assert not all(np.array_equal(a, b) for a, b in zip(reference[0][0], reference[3][0][:1]))
+    # the crops and flips really are random: record 0 (samples 0, 7, 14) is seen three ways
+    views = [reference[0][0][0], reference[2][0][1], reference[4][0][2]]
+    assert not all(np.array_equal(views[0], v) for v in views[1:])
+
+
+def test_every_batch_draws_its_own_crops_and_flips(tmp_path):
+    make_lmdb(tmp_path / "db", n=3)               # batch_size 3: every batch the same records
+    batches = collect(_augmenting_layer(tmp_path / "db"), 4)
+    assert len({data.tobytes() for data, _ in batches}) == 4
+
+
+
+def test_set_shard_drops_the_batches_computed_ahead(tmp_path):
+    make_lmdb(tmp_path / "db", n=10)
+    layer = DataLayer(source=str(tmp_path / "db"), batch_size=2, backend="LMDB")
+    assert layer()[1].tolist() == [0, 1]
+    time.sleep(0.05)                              # the thread fills its queue meanwhile
+    layer.set_shard(1, 2)                         # batch 1 of 4 samples: rank 1 takes 6, 7
+    assert layer()[1].tolist() == [6, 7]
 
 
 def test_restore_data_state_continues_exactly(tmp_path):
@@ -351,6 +368,18 @@ def test_root_folder_is_prefixed_as_caffe_does(tmp_path):
     assert layer()[0].shape == (2, 3, 5, 6)
 
 
+
+def test_image_data_rand_skip_starts_at_a_seeded_offset(tmp_path):
+    source, _ = make_image_list(tmp_path, n=8)
+    starts = set()
+    for seed in range(8):
+        minicnn.set_random_seed(seed)
+        first = int(ImageDataLayer(source=source, batch_size=2, rand_skip=5)()[1][0])
+        assert 0 <= first < 5
+        starts.add(first)
+    assert len(starts) > 1
+
+
 def test_image_data_default_batch_size_is_one(tmp_path):
     source, _ = make_image_list(tmp_path, n=2)
     assert ImageDataLayer(source=source)()[0].shape == (1, 3, 5, 6)
@@ -446,6 +475,20 @@ def test_hdf5_shuffle_permutes_every_epoch(tmp_path):
     assert len(set(epochs)) > 2
 
 
+def test_hdf5_shuffle_reads_files_whole_in_a_new_order_every_epoch(tmp_path):
+    # Caffe's HDF5Data shuffles the file list and the rows of each file: a file's rows are
+    # served together, and the files come in another order from epoch to epoch
+    source = h5_list(tmp_path, [2, 2, 2])
+    minicnn.set_random_seed(3)
+    layer = HDF5DataLayer(source=source, batch_size=6, shuffle=True)
+    file_orders = set()
+    for _ in range(8):
+        files = (layer()[0][:, 0, 0] // 6).astype(int) // 2
+        assert files[0] == files[1] and files[2] == files[3] and files[4] == files[5]
+        file_orders.add(tuple(files[::2]))
+    assert len(file_orders) > 1
+
+
 def test_hdf5_restore_continues_exactly(tmp_path):
     source = h5_list(tmp_path, [5, 3])
     a = HDF5DataLayer(source=source, batch_size=3, shuffle=True)
@@ -480,3 +523,19 @@ def test_hdf5_errors_name_the_file_and_datasets(tmp_path):
     (tmp_path / "list.txt").write_text("a.h5\nb.h5\n")
     with pytest.raises(DataError, match=r"b.h5: dataset 'data' has rows of shape \(3, 3\)"):
         HDF5DataLayer(source=str(tmp_path / "list.txt"), batch_size=2)()
+
+
+# --- DummyData -----------------------------------------------------------------------------------
+
+def test_dummy_data_refills_random_tops_every_forward_and_constant_ones_once():
+    text = '''layer { name: "d" type: "DummyData" top: "a" top: "b"
+      dummy_data_param { shape { dim: 2 dim: 3 } shape { dim: 4 }
+        data_filler { type: "gaussian" } data_filler { type: "constant" value: 5 } } }'''
+    net = minicnn.Net(minicnn.proto.parse_text(text), minicnn.TEST)
+    assert net.blobs["a"].shape == (2, 3) and net.blobs["b"].shape == (4,)
+    net.forward()
+    first = net.blobs["a"].data.copy()
+    net.blobs["b"].data[...] = 1                   # Caffe fills a constant top at setup only
+    net.forward()
+    assert not np.array_equal(net.blobs["a"].data, first)
+    np.testing.assert_array_equal(net.blobs["b"].data, 1)
