@@ -64,9 +64,8 @@ def test_the_thread_computes_at_most_depth_batches_ahead():
     calls = []
     p = Prefetcher(lambda b: calls.append(b) or b, depth=2)
     assert p.next() == 0
-    for _ in range(200):                          # batches 1, 2 queued, 3 waits to be put
-        if len(calls) >= 4:
-            break
+    deadline = time.monotonic() + 30              # batches 1, 2 queued, 3 waits to be put
+    while len(calls) < 4 and time.monotonic() < deadline:    # (a loaded machine is slow)
         time.sleep(0.01)
     time.sleep(0.1)                               # a thread that did not stop would go on
     assert calls == [0, 1, 2, 3]
