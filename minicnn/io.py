@@ -130,11 +130,33 @@ class MeanShapeError(MinicnnError, ValueError):
     """Transformer.set_mean's error: a ValueError too, as pycaffe's set_mean raises."""
 
 
-def _scale(scale):
-    """A raw or input scale: a number, or an array broadcast against C x H x W (per channel:
-    shape (C, 1, 1)), as pycaffe multiplies by whatever it was given."""
-    scale = np.asarray(scale, dtype=np.float32)
-    return float(scale) if scale.ndim == 0 else scale
+class ScaleShapeError(MinicnnError, ValueError):
+    """set_raw_scale / set_input_scale given what cannot multiply the input (a ValueError too,
+    as NumPy's own error in pycaffe would be, but raised when the scale is set)."""
+
+
+def _scale(scale, shape, what):
+    """A raw or input scale: a number, or an array broadcast against the input's C x H x W
+    ``shape`` (per channel: shape (C, 1, 1), or (C,) as set_mean takes it), as pycaffe
+    multiplies by whatever it was given; checked here, where pycaffe would fail in preprocess
+    with NumPy's broadcast error (or, for a 1-D array as long as W, scale the columns)."""
+    try:
+        value = np.asarray(scale, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise ScaleShapeError(f"{what}: a number or an array of numbers, got {scale!r}") from None
+    if value.ndim == 0:
+        return float(value)
+    if value.ndim == 1 and value.shape[0] == shape[0]:
+        return value[:, None, None]                      # per channel
+    try:
+        fits = value.ndim > 1 and np.broadcast_shapes(value.shape, shape) == tuple(shape)
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ScaleShapeError(f"{what}: an array of shape {value.shape} does not multiply the "
+                              f"input's C x H x W {tuple(shape)} (per channel: shape "
+                              f"({shape[0]}, 1, 1))")
+    return value
 
 
 class Transformer:
@@ -170,7 +192,7 @@ class Transformer:
     def set_raw_scale(self, in_, scale):
         """Multiply the raw [0, 1] values, e.g. by 255 for nets trained on 0..255 pixels."""
         self._check(in_)
-        self.raw_scale[in_] = _scale(scale)
+        self.raw_scale[in_] = _scale(scale, self.inputs[in_][1:], f"raw scale of '{in_}'")
 
     def set_mean(self, in_, mean):
         """Subtract a per-channel mean (C,) or a mean image (C, H, W; H x W for one channel),
@@ -197,7 +219,7 @@ class Transformer:
     def set_input_scale(self, in_, scale):
         """Multiply after the mean subtraction (e.g. 0.017 for some nets)."""
         self._check(in_)
-        self.input_scale[in_] = _scale(scale)
+        self.input_scale[in_] = _scale(scale, self.inputs[in_][1:], f"input scale of '{in_}'")
 
     def preprocess(self, in_, data):
         """An H x W x C image (as load_image gives) as the net input's C x H x W float32."""

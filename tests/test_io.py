@@ -177,6 +177,24 @@ def test_transformer_scales_per_channel_and_set_mean_raises_valueerror():
         t.set_mean("data", np.zeros(4))
 
 
+@pytest.mark.parametrize("scale, message", [
+    (np.array([1.0, 2.0]), r"raw scale of 'data': an array of shape \(2,\) does not multiply "
+                           r"the input's C x H x W \(3, 2, 2\) \(per channel: shape \(3, 1, 1\)\)"),
+    (np.ones((2, 3, 2, 2)), r"shape \(2, 3, 2, 2\) does not multiply"),    # would add an axis
+    ("abc", r"raw scale of 'data': a number or an array of numbers, got 'abc'")])
+def test_a_scale_that_cannot_multiply_the_input_is_refused_when_set(scale, message):
+    """Not NumPy's broadcast error from preprocess later: the setter names the input."""
+    t = Transformer({"data": (1, 3, 2, 2)})
+    with pytest.raises(ValueError, match=message):
+        t.set_raw_scale("data", scale)
+    assert "data" not in t.raw_scale
+    t.set_transpose("data", (2, 0, 1))
+    for per_channel in ([1.0, 2.0, 3.0], np.array([1.0, 2.0, 3.0])[:, None, None]):
+        t.set_raw_scale("data", per_channel)                         # (C,) as set_mean takes
+        x = t.preprocess("data", np.ones((2, 2, 3), np.float32))
+        np.testing.assert_array_equal(x[:, 0, 1], [1, 2, 3])
+
+
 def test_deprocess_inverts_a_channel_swap_that_is_not_its_own_inverse():
     """deprocess undoes the swap with its inverse permutation (pycaffe's np.argsort(order)):
     (1, 2, 0) applied twice is not the identity, unlike RGB <-> BGR's (2, 1, 0)."""
