@@ -25,6 +25,7 @@ import pytest
 import minicnn
 from minicnn.errors import NetError
 from minicnn.proto import parse_text
+from minicnn.testing import numerical_grad
 
 LRS = [0, 1, 2, -1]
 NEURONS = ["ReLU", "Sigmoid", "TanH", "Power", "Dropout", "BatchNorm", "Scale", "AbsVal"]
@@ -474,18 +475,7 @@ def check(text, rng, eps=1e-6, rtol=1e-4, atol=1e-6):
             for i, k in users:
                 if not param_down[i][k] or net.layers[i].type == "BatchNorm":
                     continue
-                blob = ref.layers[i].blobs[k]
-                flat = blob.data.reshape(-1)
-                g_ = np.zeros(blob.count)
-                for e in range(blob.count):
-                    old = flat[e]
-                    flat[e] = old + eps
-                    p = run()
-                    flat[e] = old - eps
-                    m = run()
-                    flat[e] = old
-                    g_[e] = (p - m) / (2 * eps)
-                want += g_.reshape(want.shape)
+                want += numerical_grad(run, ref.layers[i].blobs[k].data, eps)
             if not np.allclose(first_params[i0][k0], want, rtol=rtol, atol=atol):
                 problems.append(("param diff", net.layer_names[i0], k0, first_params[i0][k0],
                                  want))
