@@ -21,6 +21,8 @@ mean .binaryproto is one BlobProto), their BlobProtoVector string forms, and ``a
 ``datum_to_array`` for the Datum records of an LMDB.
 """
 
+import operator
+
 import numpy as np
 
 from minicnn.blob import array_to_blob_proto, blob_proto_to_array
@@ -46,6 +48,10 @@ def load_image(filename, color=True):
     (a float one kept as it is), as skimage's img_as_float does there. Gray from colour is
     skimage's (imread with as_gray, which pycaffe calls): rgb2gray's 0.2125 R + 0.7154 G +
     0.0721 B in float64, an image with alpha first laid on white (rgba2rgb)."""
+    if not (isinstance(filename, (str, bytes)) or hasattr(filename, "__fspath__")
+            or hasattr(filename, "read")):
+        raise ImageArgumentError(f"load_image: filename is a path (or an open file), not "
+                                 f"{type(filename).__name__} {filename!r}")
     Image = _pil()
     try:
         with Image.open(filename) as image:
@@ -61,6 +67,10 @@ def load_image(filename, color=True):
             return _skimage_gray(image)[:, :, None]
     except (OSError, ValueError) as e:    # an OSError too, as pycaffe's (skimage's) is
         raise ImageReadError(f"{filename}: cannot read the image ({e})") from None
+
+
+class ImageArgumentError(MinicnnError, TypeError):
+    """load_image given something that is not a path or a file."""
 
 
 class ImageReadError(MinicnnError, OSError):
@@ -89,7 +99,10 @@ def resize_image(im, new_dims, interp_order=1):
         raise MinicnnError(f"resize_image: interp_order {interp_order!r}: minicnn resizes "
                            "with 0 (nearest) or 1 (bilinear)")
     image = np.asarray(im, dtype=np.float32)
-    height, width = (int(s) for s in new_dims)
+    height, width = _dims(new_dims, "resize_image: new_dims", 1)
+    if image.ndim != 3 or not image.size:
+        raise ResizeError(f"resize_image: an H x W x C image with pixels, not an array of shape "
+                          f"{image.shape}")
     if image.shape[:2] == (height, width):
         return image.copy()
     Image = _pil()
@@ -98,6 +111,24 @@ def resize_image(im, new_dims, interp_order=1):
                            .resize((width, height), method), dtype=np.float32)
                 for c in range(image.shape[2])]
     return np.stack(channels, axis=2)
+
+
+class ResizeError(MinicnnError, ValueError):
+    """resize_image / oversample given sizes or images they cannot use (a ValueError too, as
+    pycaffe's errors there are NumPy's and scikit-image's ValueErrors)."""
+
+
+def _dims(dims, what, least):
+    """``dims`` as (height, width) ints of at least ``least`` (whole floats are taken, as
+    pycaffe's int() takes them)."""
+    try:
+        values = [float(d) for d in dims]
+    except (TypeError, ValueError):
+        raise ResizeError(f"{what}: (height, width), got {dims!r}") from None
+    if len(values) != 2 or any(v != int(v) or v < least for v in values):
+        raise ResizeError(f"{what}: (height, width) of whole numbers of at least {least}, got "
+                          f"{tuple(dims)}")
+    return int(values[0]), int(values[1])
 
 
 def center_crop(image, size):
@@ -113,16 +144,22 @@ def center_crop(image, size):
 def oversample(images, crop_dims):
     """Caffe's 10 crops of each H x W x C image: the 4 corners and the centre, then the same
     five mirrored. Returns (10 * N, ch, cw, C) ordered image by image."""
-    ch, cw = crop_dims
+    ch, cw = _dims(crop_dims, "oversample: crop_dims", 1)
     out = []
-    for image in images:
+    for k, image in enumerate(images):
+        image = np.asarray(image)
+        if image.ndim != 3:
+            raise ResizeError(f"oversample: image {k} of shape {image.shape} is not H x W x C "
+                              "(give a list, or an N x H x W x C array, of images)")
         h, w = image.shape[:2]
         if ch > h or cw > w:
-            raise MinicnnError(f"cannot crop {ch}x{cw} from an image of {h}x{w}")
+            raise ResizeError(f"oversample: cannot crop {ch}x{cw} from image {k} of {h}x{w}")
         corners = [(0, 0), (0, w - cw), (h - ch, 0), (h - ch, w - cw),
                    ((h - ch) // 2, (w - cw) // 2)]
         crops = [image[t:t + ch, left:left + cw] for t, left in corners]
         out.extend(crops + [crop[:, ::-1] for crop in crops])
+    if not out:
+        raise ResizeError("oversample: no images given")
     return np.stack(out)
 
 
@@ -159,6 +196,24 @@ def _scale(scale, shape, what):
     return value
 
 
+class TransformerError(MinicnnError, ValueError):
+    """A Transformer setting or image that does not fit the input (a ValueError too; pycaffe
+    raises a plain Exception for a wrong-length order, NumPy's errors later for the rest)."""
+
+
+def _permutation(order, size, what, things):
+    """``order`` as a tuple of ints, checked to be a permutation of 0..len - 1: a repeated or
+    out-of-range index would drop a channel/axis silently (and deprocess could not undo it)."""
+    try:
+        order = tuple(operator.index(i) for i in order)
+    except TypeError:
+        raise TransformerError(f"{what}: a sequence of integers, got {order!r}") from None
+    if sorted(order) != list(range(len(order))):
+        raise TransformerError(f"{what} {order}: not a reordering of its {len(order)} {things} "
+                               f"(each of 0..{len(order) - 1} once)")
+    return order
+
+
 class Transformer:
     """caffe.io.Transformer: prepares images for one or more net inputs.
 
@@ -166,7 +221,13 @@ class Transformer:
     """
 
     def __init__(self, inputs):
-        self.inputs = {in_: tuple(shape) for in_, shape in inputs.items()}
+        self.inputs = {}
+        for in_, shape in inputs.items():
+            try:
+                self.inputs[in_] = tuple(operator.index(d) for d in shape)
+            except TypeError:
+                raise TransformerError(f"input '{in_}': a blob shape (N, C, H, W), got "
+                                       f"{shape!r}") from None
         self.transpose, self.channel_swap = {}, {}
         self.raw_scale, self.mean, self.input_scale = {}, {}, {}
 
@@ -177,17 +238,23 @@ class Transformer:
     def set_transpose(self, in_, order):
         """The axis order taking an H x W x C image to the input's C x H x W, e.g. (2, 0, 1)."""
         self._check(in_)
-        if len(order) != len(self.inputs[in_]) - 1:
-            raise MinicnnError("transpose order needs as many axes as an input image has")
-        self.transpose[in_] = tuple(order)
+        axes = len(self.inputs[in_]) - 1
+        order = _permutation(order, axes, f"transpose order of '{in_}'", "axes")
+        if len(order) != axes:
+            raise TransformerError(f"transpose order of '{in_}' {order}: needs as many axes as "
+                                   f"an input image has ({axes}, for the input's shape "
+                                   f"{self.inputs[in_]})")
+        self.transpose[in_] = order
 
     def set_channel_swap(self, in_, order):
         """Reorder the channels (after the transpose), e.g. (2, 1, 0) for RGB -> BGR."""
         self._check(in_)
-        if len(order) != self.inputs[in_][1]:
-            raise MinicnnError(f"channel swap needs {self.inputs[in_][1]} channels, "
-                               f"got {len(order)}")
-        self.channel_swap[in_] = tuple(order)
+        channels = self.inputs[in_][1]
+        order = _permutation(order, channels, f"channel swap of '{in_}'", "channels")
+        if len(order) != channels:
+            raise TransformerError(f"channel swap needs {channels} channels (input '{in_}' of "
+                                   f"shape {self.inputs[in_]}), got {len(order)}: {order}")
+        self.channel_swap[in_] = order
 
     def set_raw_scale(self, in_, scale):
         """Multiply the raw [0, 1] values, e.g. by 255 for nets trained on 0..255 pixels."""
@@ -225,12 +292,26 @@ class Transformer:
         """An H x W x C image (as load_image gives) as the net input's C x H x W float32."""
         self._check(in_)
         x = np.asarray(data, dtype=np.float32)
-        size = self.inputs[in_][2:]
+        shape = self.inputs[in_]
+        if in_ in self.transpose:
+            if x.ndim != len(shape) - 1:
+                raise TransformerError(f"preprocess('{in_}'): an image of {len(shape) - 1} axes "
+                                       f"(H x W x C), not an array of shape {x.shape}")
+            channels = x.shape[self.transpose[in_][0]]
+            if channels != shape[1]:
+                raise TransformerError(f"preprocess('{in_}'): an image of shape {x.shape} has "
+                                       f"{channels} channels; the input {shape} takes {shape[1]}")
+        size = shape[2:]
         if x.shape[:2] != tuple(size):
             x = resize_image(x, size)
         if in_ in self.transpose:
             x = x.transpose(self.transpose[in_])
         if in_ in self.channel_swap:
+            if x.ndim < 1 or x.shape[0] != shape[1]:      # it would drop or repeat rows
+                raise TransformerError(f"preprocess('{in_}'): the channel swap reorders the "
+                                       f"first axis, of {x.shape[0] if x.ndim else 0} in "
+                                       f"shape {x.shape}, not the input's {shape[1]} channels "
+                                       "(set_transpose to bring the channels first)")
             x = x[list(self.channel_swap[in_])]
         if in_ in self.raw_scale:
             x = x * self.raw_scale[in_]
@@ -252,6 +333,16 @@ class Transformer:
                                                     or in_ in self.channel_swap):
             raise MinicnnError(f"deprocess takes one image ({len(self.inputs[in_]) - 1} axes, "
                                f"or a batch of one), not an array of shape {x.shape}")
+        shape = self.inputs[in_]
+        if in_ in self.transpose or in_ in self.channel_swap:
+            if x.shape[0] != shape[1]:
+                raise TransformerError(f"deprocess('{in_}'): an image of shape {x.shape} has "
+                                       f"{x.shape[0]} channels; the input {shape} has {shape[1]}")
+        mean = self.mean.get(in_)
+        if mean is not None and (mean.ndim != x.ndim or any(
+                m not in (1, n) for m, n in zip(mean.shape, x.shape))):
+            raise TransformerError(f"deprocess('{in_}'): an image of shape {x.shape}, but the "
+                                   f"mean image added back is {mean.shape}")
         if in_ in self.input_scale:
             x /= self.input_scale[in_]
         if in_ in self.mean:

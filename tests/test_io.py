@@ -1,5 +1,7 @@
 """minicnn.io: load_image, Transformer (caffe.io's order of operations), oversample, preprocess."""
 
+import re
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -229,3 +231,66 @@ def test_deprocess_of_more_than_one_image_is_a_clear_error():
     assert t.deprocess("data", np.ones((1, 3, 2, 2))).shape == (2, 2, 3)
     with pytest.raises(MinicnnError, match=r"one image .* shape \(2, 3, 2, 2\)"):
         t.deprocess("data", np.ones((2, 3, 2, 2)))
+
+
+def test_transformer_refuses_orders_that_are_not_permutations():
+    """A repeated or out-of-range index in set_transpose / set_channel_swap is refused when set
+    (a ValueError, naming the input): a swap (0, 0, 1) dropped a channel silently, and an
+    out-of-range transpose failed later in NumPy."""
+    t = Transformer({"data": (1, 3, 4, 4)})
+    for setter, order in ((t.set_transpose, (0, 0, 1)), (t.set_transpose, (3, 0, 1)),
+                          (t.set_channel_swap, (0, 0, 1)), (t.set_channel_swap, (0, 1, 5))):
+        with pytest.raises(ValueError, match=r"'data' .*not a reordering"):
+            setter("data", order)
+    assert not t.transpose and not t.channel_swap
+    with pytest.raises(ValueError, match="'data': a sequence of integers, got None"):
+        t.set_channel_swap("data", None)
+
+
+def test_preprocess_and_deprocess_refuse_images_of_the_wrong_channels():
+    """An image whose channels are not the input's is an error naming both shapes (a gray
+    image's (1, H, W) broadcast silently into a 3-channel blob; deprocess dropped a channel)."""
+    t = Transformer({"data": (1, 3, 4, 4)})
+    t.set_transpose("data", (2, 0, 1))
+    t.set_channel_swap("data", (2, 1, 0))
+    t.set_mean("data", np.zeros((3, 4, 4)))
+    with pytest.raises(ValueError, match=r"\(4, 4, 1\) has 1 channels; the input \(1, 3, 4, 4\)"):
+        t.preprocess("data", np.zeros((4, 4, 1)))
+    with pytest.raises(ValueError, match=r"3 axes \(H x W x C\), not an array of shape \(4, 4\)"):
+        t.preprocess("data", np.zeros((4, 4)))
+    with pytest.raises(ValueError, match=r"\(4, 4, 4\) has 4 channels"):
+        t.deprocess("data", np.zeros((4, 4, 4)))
+    with pytest.raises(ValueError, match=r"\(3, 5, 5\), but the mean image .* \(3, 4, 4\)"):
+        t.deprocess("data", np.zeros((3, 5, 5)))
+    assert t.deprocess("data", t.preprocess("data", np.ones((4, 4, 3)))).shape == (4, 4, 3)
+    swap_only = Transformer({"data": (1, 3, 4, 4)})
+    swap_only.set_channel_swap("data", (2, 1, 0))        # no transpose: it reorders the rows
+    with pytest.raises(ValueError, match="reorders the first axis, of 4"):
+        swap_only.preprocess("data", np.zeros((4, 4, 3)))
+
+
+def test_resize_and_oversample_refuse_bad_sizes_and_images():
+    """0 or negative sizes, a size that is not (height, width), an image that is not H x W x C
+    or has no pixels, and an empty list are ValueErrors naming the argument and the shapes (not
+    Pillow's or NumPy's errors, nor a 10 x 0 x W stack of empty crops)."""
+    image = np.zeros((10, 12, 3), np.float32)
+    for dims in ((0, 5), (-3, 5), (5,), (5.5, 5)):
+        with pytest.raises(ValueError, match=r"resize_image: new_dims: \(height, width\)"):
+            resize_image(image, dims)
+        with pytest.raises(ValueError, match=r"oversample: crop_dims: \(height, width\)"):
+            oversample([image], dims)
+    for bad in (image[:, :, 0], image[None], np.zeros((0, 5, 3))):
+        with pytest.raises(ValueError, match=rf"not an array of shape {re.escape(str(bad.shape))}"):
+            resize_image(bad, (4, 4))
+    with pytest.raises(ValueError, match=r"image 0 of shape \(12, 3\) is not H x W x C"):
+        oversample(image, (5, 5))                       # one image, not a list of them
+    with pytest.raises(ValueError, match=r"cannot crop 20x20 from image 1 of 10x12"):
+        oversample([np.zeros((30, 30, 3)), image], (20, 20))
+    with pytest.raises(ValueError, match="no images given"):
+        oversample([], (5, 5))
+    assert resize_image(image, (np.int64(4), 6.0)).shape == (4, 6, 3)
+
+
+def test_load_image_refuses_what_is_not_a_path():
+    with pytest.raises(TypeError, match="filename is a path .*not NoneType"):
+        load_image(None)
