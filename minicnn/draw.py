@@ -62,6 +62,8 @@ def net_to_dot(net_param, rankdir="LR", phase="TRAIN", display_lrm=False, label_
     except ImportError:
         raise MinicnnError("drawing needs the graphviz Python package: "
                            "pip install graphviz (and Graphviz's dot program)") from None
+    if rankdir not in RANKDIRS:                   # Graphviz would ignore it and draw TB
+        raise DrawError(f"rankdir {rankdir!r}: one of {', '.join(RANKDIRS)}")
     net_param = upgrade_net(net_param.copy())
     if phase is None:
         phase = "ALL"
@@ -260,7 +262,21 @@ def draw_net(model, path=None, *args, **kwargs):
 
 
 def _net_param(model):
-    return model if isinstance(model, caffe_pb2.NetParameter) else read_prototxt(model)
+    if isinstance(model, caffe_pb2.NetParameter):
+        return model
+    if not (isinstance(model, (str, bytes)) or hasattr(model, "__fspath__")):
+        raise DrawTypeError(f"draw: the net is a prototxt path or a NetParameter, not "
+                        f"{type(model).__name__}" + (" (draw the prototxt it was made from)"
+                                                     if hasattr(model, "blobs") else ""))
+    return read_prototxt(model)
+
+
+class DrawError(MinicnnError, ValueError):
+    """A drawing argument that cannot be drawn (a ValueError too, as pycaffe's own are)."""
+
+
+class DrawTypeError(MinicnnError, TypeError):
+    """A net given as what draw cannot read (not a path nor a NetParameter)."""
 
 
 def _draw_net_bytes(caffe_net, rankdir, ext="png", phase=None, display_lrm=False):

@@ -156,3 +156,23 @@ def test_pycaffes_phase_zero_is_train(tmp_path):
     draw_net_to_file(net, str(tmp_path / "train.raw"), "LR", 0)   # .raw: the source, as
     source = (tmp_path / "train.raw").read_text()                # pycaffe's docstring says
     assert source.startswith("digraph") and "accuracy" not in source
+
+
+def test_draw_refuses_an_unknown_rankdir_and_a_net_it_cannot_read(tmp_path):
+    """A rankdir Graphviz does not know is an error (Graphviz ignored it and drew top to bottom,
+    'lr' included); a Net object or None is a TypeError saying what draw takes, not open()'s."""
+    from minicnn import draw
+    from minicnn.proto import caffe_pb2
+    net = caffe_pb2.NetParameter(name="n")
+    for rankdir in ("XX", "lr"):
+        with pytest.raises(ValueError, match=f"rankdir '{rankdir}': one of LR, TB, BT, RL"):
+            draw.get_pydot_graph(net, rankdir)
+        with pytest.raises(ValueError, match=f"rankdir '{rankdir}'"):
+            draw.draw_net(net, str(tmp_path / "n.dot"), rankdir=rankdir)
+    assert not (tmp_path / "n.dot").exists()
+
+    class Net:                      # what draw sees of a minicnn.Net: no path, no NetParameter
+        blobs = {}
+    for model, said in ((Net(), r"not Net \(draw the prototxt"), (None, "not NoneType")):
+        with pytest.raises(TypeError, match=f"a prototxt path or a NetParameter, {said}"):
+            draw.draw_net(model, str(tmp_path / "n.dot"))
