@@ -1040,9 +1040,17 @@ def darknet_solver(sections, net_file):
         lines = [f"base_lr: {_f32(lr)}", 'lr_policy: "fixed"']
     elif policy == "step":
         step, scale = net.int("step", 1), net.float("scale", 1.0)
-        lines = [f"base_lr: {_f32(lr * scale if step == 1 else lr)}", 'lr_policy: "step"',
-                 f"gamma: {_f32(scale)}", f"stepsize: {step}"]
-        if step != 1:
+        if step == 0:       # get_current_rate's batch_num / step: libdarknet divides by 0
+            raise DarknetError(f"{net.where()}: policy=step needs step > 0 (got 0, by which "
+                               "Darknet would divide the batch number)")
+        if step < 0:        # size_t batch_num / int step: the step is huge unsigned, the power 0
+            lines = [f"base_lr: {_f32(lr)}", 'lr_policy: "fixed"']
+            notes.append(f"policy=step with step={step}: libdarknet divides its unsigned batch "
+                         "number by the step taken as unsigned, so the rate stays learning_rate")
+        else:
+            lines = [f"base_lr: {_f32(lr * scale if step == 1 else lr)}", 'lr_policy: "step"',
+                     f"gamma: {_f32(scale)}", f"stepsize: {step}"]
+        if step > 1:
             late = (f"policy=step: Darknet's rate changes at its updates {step}, {2 * step}, "
                     f"..., Caffe's iterations {step - 1}, {2 * step - 1}, ...; Caffe's step "
                     f"policy changes it at {step}, {2 * step}, ...: one iteration later")
@@ -1082,8 +1090,8 @@ def darknet_solver(sections, net_file):
                      "Darknet's update")
     max_batches = net.int("max_batches", 0)
     if max_batches <= 0:
-        notes.append("max_batches is 0 (Darknet's default: it would train no batch): set "
-                     "max_iter in the solver")
+        notes.append(f"max_batches is {max_batches} (0 is Darknet's default: it would train "
+                     "no batch): set max_iter in the solver")
     if batch // subdivisions <= 1:
         notes.append(f"batch={batch} subdivisions={subdivisions}: one image per pass (Darknet's "
                      "cfgs ship set for testing, batch=1; their training values, e.g. batch=64 "

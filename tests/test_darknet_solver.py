@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from minicnn.cli import main
-from minicnn.darknet import convert_darknet, darknet_solver, read_cfg
+from minicnn.darknet import DarknetError, convert_darknet, darknet_solver, read_cfg
 from minicnn.proto.text import parse_text
 from minicnn.solver import learning_rate
 from tests.test_darknet import darknet, needs_darknet
@@ -304,3 +304,40 @@ def test_classifier_gets_a_solver_and_a_note(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == \
         ["cls.prototxt", "cls_solver.prototxt"]
     assert "write the train net, then minicnn train" in capsys.readouterr().out
+
+
+def test_policy_step_of_zero_is_refused(tmp_path):
+    """step=0 would divide by zero in libdarknet's get_current_rate (and wrote Caffe's stepsize
+    0, which Caffe refuses): an error naming the cfg's [net] line."""
+    cfg = _net_cfg(tmp_path, "learning_rate=0.1\npolicy=step\nstep=0\nscale=0.5")
+    with pytest.raises(DarknetError, match=r"s\.cfg:1: \[net\]: policy=step needs step > 0"):
+        darknet_solver(read_cfg(cfg), "t.prototxt")
+
+
+@needs_darknet
+def test_policy_step_negative_is_libdarknets_fixed_rate(tmp_path):
+    """A negative step: libdarknet divides its size_t batch number by the step made unsigned,
+    so the rate stays learning_rate; the solver was written with stepsize -1, which Caffe
+    refuses."""
+    keys = "learning_rate=0.1\npolicy=step\nstep=-2\nscale=0.5"
+    cfg = _net_cfg(tmp_path, keys)
+    text, notes = darknet_solver(read_cfg(cfg), "t.prototxt")
+    assert [n.split(":")[0] for n in notes] == ["policy=step with step=-2"]
+    _, rates = _solver_rates(text, 12)
+    lib = darknet()
+    lib.get_current_rate.restype = ctypes.c_float
+    net = lib.parse_network_cfg(cfg.encode())
+    try:
+        theirs = []
+        for n in range(12):
+            net.contents.seen[0] = (n + 1) * net.contents.batch * net.contents.subdivisions
+            theirs.append(lib.get_current_rate(net))
+    finally:
+        lib.free_network(net)
+    assert rates == pytest.approx(theirs, rel=1e-6) == [0.1] * 12
+
+
+def test_a_negative_max_batches_is_named_in_the_note(tmp_path):
+    """The note said 'max_batches is 0' of max_batches=-5."""
+    _, notes = darknet_solver(read_cfg(_net_cfg(tmp_path, "max_batches=-5")), "t.prototxt")
+    assert [n for n in notes if n.startswith("max_batches is -5 (0 is Darknet's default")]
