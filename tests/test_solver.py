@@ -394,6 +394,23 @@ def test_first_snapshot_removes_what_a_killed_writer_left_and_nothing_else(tmp_p
         "while writing it"]
 
 
+def test_a_stale_temporary_that_cannot_be_removed_is_left(tmp_path, monkeypatch):
+    """Removing a killed writer's file is a cleanup: a PermissionError leaves it, the
+    snapshot goes on."""
+    from minicnn.proto import wire
+    stale = tmp_path / f"lin_iter_2.caffemodel.999999999-{wire._host_tag()}.x.tmp"
+    stale.write_bytes(b"")
+    real = os.unlink
+
+    def refuse(path, *args, **kw):
+        if os.fspath(path) == str(stale):
+            raise PermissionError(13, "Permission denied", path)
+        return real(path, *args, **kw)
+    monkeypatch.setattr(wire.os, "unlink", refuse)
+    assert wire.remove_stale_temporaries(str(tmp_path / "lin_iter_")) == []
+    assert stale.exists()
+
+
 def test_hdf5_snapshots_are_caffes_layout_and_restore(tmp_path):
     h5py = pytest.importorskip("h5py")
     solver = make_solver("Adam", snapshot=2, snapshot_format="HDF5",

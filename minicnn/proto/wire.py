@@ -495,8 +495,8 @@ def remove_stale_temporaries(prefix):
         except (PermissionError, OverflowError):   # another user's process, or no such pid
             continue
         path = os.path.join(folder, name)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+        with contextlib.suppress(OSError):    # gone meanwhile, or not ours to remove: a
+            os.unlink(path)                     # cleanup that must not stop the snapshot
             removed.append(path)
     return removed
 
