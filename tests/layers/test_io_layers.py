@@ -630,3 +630,46 @@ def test_a_train_net_with_window_data(tmp_path, monkeypatch):
     v1.forward()
     assert v1.blobs["data"].shape == (4, 3, 10, 10)
     assert v1.blobs["data"].data.max() <= 127.5
+
+
+def test_shards_draw_the_foreground_count_of_the_whole_batch_in_float32(tmp_path):
+    # two shards of 5 serve the batch of 10 a single process draws: its foreground count is
+    # int(10.0f * 0.7f) = 7 (float32, as Caffe's), so 3 + 7 windows, not 4 + 6 (double's)
+    path, _ = window_file(tmp_path, BLOCKS)
+    minicnn.set_random_seed(4)
+    whole = window_layer(path, batch_size=10, fg_fraction=0.7)()
+    blocks = []
+    for rank in (0, 1):
+        minicnn.set_random_seed(4)
+        shard = window_layer(path, batch_size=5, fg_fraction=0.7)
+        shard.set_shard(rank, 2)
+        blocks.append(shard())
+    label = np.concatenate([blk[1] for blk in blocks])
+    assert (whole[1] > 0).sum() == 7 and (label > 0).sum() == 7
+    np.testing.assert_array_equal(label, whole[1])
+    np.testing.assert_array_equal(np.concatenate([blk[0] for blk in blocks]), whole[0])
+
+
+def test_window_data_mean_checks(tmp_path):
+    path, _ = window_file(tmp_path, BLOCKS)
+    # a 10-wide mean puts the 6 x 6 crop at offset (10 - 6) // 2 = 2 on both axes: rows 2..7
+    write_binary(array_to_blob_proto(np.zeros((1, 3, 7, 10), np.float32)),
+                 str(tmp_path / "short.binaryproto"))
+    with pytest.raises(LayerError, match=r"short.binaryproto is 3x7x10; .* at offset 2 inside "
+                                         r"it \(height >= 8, width >= 6\)"):
+        window_layer(path, fg_fraction=1, mean_file=str(tmp_path / "short.binaryproto"))()
+    with pytest.raises(LayerError, match="2 mean_value values for 3-channel windows"):
+        window_layer(path, mean_value=[1, 2])()
+
+
+def test_window_data_has_no_epoch(tmp_path):
+    # each batch draws its windows at random: there is no epoch, and a test net reading
+    # WindowData gets no note about test_iter covering its windows
+    from minicnn.solver import test_coverage_notes
+    path, _ = window_file(tmp_path, BLOCKS)
+    layer = window_layer(path, batch_size=2)
+    layer()
+    assert layer.num_samples == 6 and layer.batches_per_epoch() is None
+    (tmp_path / "net.prototxt").write_text(NET.replace("TRAIN", "TEST"))
+    net = minicnn.Net(str(tmp_path / "net.prototxt"), minicnn.TEST)
+    assert test_coverage_notes(net, 7, "test net") == []
