@@ -281,6 +281,23 @@ def test_set_shard_checks_its_arguments(images):
                    + image_source(images, 2) + " }")
     with pytest.raises(MinicnnError, match="0 <= rank < count"):
         net.layers[0].set_shard(2, 2)
+    memory = minicnn.Net(parse_text(
+        'layer { name: "m" type: "MemoryData" top: "data" top: "label" '
+        'memory_data_param { batch_size: 2 channels: 1 height: 2 width: 2 } }'), phase="TRAIN")
+    for rank, count in ((2, 2), (-1, 2), (0, 0)):
+        with pytest.raises(MinicnnError, match="0 <= rank < count"):
+            memory.layers[0].set_shard(rank, count)
+
+
+def test_a_sharded_epoch_counts_the_batches_of_all_ranks(images):
+    # 22 images, 2 a rank, 3 ranks: a step reads 6 of them, so an epoch is ceil(22 / 6) = 4
+    # steps (test_iter's coverage note counts these), not the 11 of one rank alone
+    net = data_net('layer { name: "data" type: "ImageData" top: "data" top: "label" '
+                   + image_source(images, 2) + " }")
+    layer = net.layers[0]
+    assert layer.num_samples == 22 and layer.batches_per_epoch() == 11
+    layer.set_shard(1, 3)
+    assert layer.batches_per_epoch() == 4
 
 
 # --- DataParallel with ranks as threads -----------------------------------------------------------
