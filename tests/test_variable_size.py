@@ -148,8 +148,11 @@ def test_image_data_bucket_by_size_batches_and_resume(tmp_path):
         assert {sizes[int(k)] for k in label} == {data.shape[2:]}
         for image, k in zip(data, label):                  # the image of that list line
             assert np.all(image == int(k) * 20)
-    first = np.concatenate([label for _, label in batches[:per_epoch]]).astype(int)
-    assert set(first.tolist()) == set(range(6))
+    epochs = [np.concatenate([label for _, label in batches[e * per_epoch:(e + 1) * per_epoch]])
+              .astype(int).tolist() for e in range(3)]
+    for labels in epochs:                                  # each epoch serves every image
+        assert set(labels) == set(range(6))
+    assert len({tuple(labels) for labels in epochs}) > 1     # shuffled anew every epoch
     state = layer.data_state()
     more = [layer()[1].copy() for _ in range(5)]
     minicnn.set_random_seed(99)
