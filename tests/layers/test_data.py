@@ -466,6 +466,20 @@ def test_hdf5_batches_span_files_and_wrap(tmp_path):
     assert rows == [0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3]
 
 
+
+def test_hdf5_keeps_at_most_two_files_in_memory(tmp_path):
+    # the layer caches the arrays of the files it reads (a batch may span two), not every file
+    # of the list: a list of large files must not end up in memory whole
+    source = h5_list(tmp_path, [3, 2, 3, 2, 3])
+    layer = HDF5DataLayer(source=source, batch_size=2, top=["data", "label"])
+    layer.prefetch = 0                            # batches computed in the caller
+    rows = []
+    for _ in range(8):
+        data, _ = layer()
+        rows += (data[:, 0, 0] // 6).astype(int).tolist()
+        assert 1 <= len(layer._cache) <= 2
+    assert rows == list(range(13)) + [0, 1, 2]
+
 def test_hdf5_shuffle_permutes_every_epoch(tmp_path):
     source = h5_list(tmp_path, [4, 4])
     layer = HDF5DataLayer(source=source, batch_size=8, shuffle=True)
