@@ -544,3 +544,42 @@ def test_train_batches_resume_exactly(tmp_path):
         np.testing.assert_array_equal(d0, d1)
         np.testing.assert_array_equal(l0, l1)
     assert any(not np.array_equal(first[0][1], f[1]) for f in first[1:])   # draws vary
+
+
+@pytest.mark.parametrize("with_opencv", [True, False])
+def test_jpeg_roundtrip_is_opencvs_quality_95_with_or_without_opencv(with_opencv, monkeypatch):
+    # a cropped, expanded or distorted encoded record is stored again as JPEG (the fork's
+    # EncodeCVMatToDatum: imencode's quality 95); without OpenCV, Pillow encodes (RGB order)
+    # and decodes. Both libjpegs may round an IDCT differently: within 2 of OpenCV's result.
+    colour, gray = image(3, (3, 24, 32)), image(4, (1, 24, 32))
+    want = []
+    for img in (colour, gray):
+        _, buf = cv2.imencode(".jpg", np.ascontiguousarray(img.transpose(1, 2, 0)))
+        out = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+        want.append((out[:, :, None] if out.ndim == 2 else out).transpose(2, 0, 1))
+    if not with_opencv:
+        monkeypatch.setitem(__import__("sys").modules, "cv2", None)     # import cv2 fails
+    for img, ref in zip((colour, gray), want):
+        got = A._jpeg_roundtrip(img)
+        assert got.shape == img.shape and got.dtype == np.uint8
+        assert np.abs(got.astype(int) - ref).max() <= 2
+
+
+def test_make_anno_datum_and_decode_sample():
+    def flat(groups):
+        return [(lab, [(i, np.asarray(b).tolist(), d) for i, b, d in annos])
+                for lab, annos in groups]
+
+    img = image(5, (3, 6, 7))
+    encoded = make_anno_datum(img, GROUPS, label=2, encoding="png")
+    # EncodeCVMatToDatum records the encoded image's channels, height and width
+    d = encoded.datum
+    assert d.encoded and (d.channels, d.height, d.width) == (3, 6, 7) and d.label == 2
+    for anno in (encoded, make_anno_datum(img, GROUPS, label=2)):
+        sample = A.decode_sample(anno.SerializeToString(), True, "db record 7")
+        np.testing.assert_array_equal(sample.image, img)
+        assert sample.encoded == anno.datum.encoded and sample.label == 2 and sample.has_type
+        assert flat(sample.groups) == flat(GROUPS)
+    for value in (b"\xff\xff\xff", b"\x0a\x05ab"):
+        with pytest.raises(DataError, match="db record 7: not an AnnotatedDatum record"):
+            A.decode_sample(value, True, "db record 7")
