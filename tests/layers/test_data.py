@@ -61,6 +61,19 @@ def test_memory_data_serves_batches_cyclically():
     np.testing.assert_array_equal(layer()[1], [0, 1])
 
 
+
+def test_memory_data_keeps_a_float64_nets_values():
+    # the arrays are copied in the net's dtype: 0.1 stays 0.1 in a float64 net (a float32 copy
+    # would serve 0.10000000149011612), labels included (regression targets)
+    layer = memory_layer()
+    layer.dtype = np.dtype(np.float64)
+    x = np.arange(12, dtype=np.float64).reshape(2, 1, 2, 3) / 10
+    layer.set_input_arrays(x, np.array([0.1, 0.7]))
+    data, label = layer()
+    assert data.dtype == np.float64 and label.dtype == np.float64
+    np.testing.assert_array_equal(data, x)
+    assert label.tolist() == [0.1, 0.7]
+
 def test_memory_data_errors():
     layer = memory_layer()
     with pytest.raises(LayerError, match="call set_input_arrays"):
