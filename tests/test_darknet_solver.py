@@ -127,24 +127,31 @@ def test_schedules_map_exactly(tmp_path, policy):
     assert (param.momentum, param.weight_decay) == (np.float32(0.9), np.float32(0.0001))
 
 
+def _libdarknet_rates(cfg, count, lag=False):
+    """libdarknet's own get_current_rate at its updates 1..count (its seen then n + 1 batches
+    of batch x subdivisions for Caffe's iteration n; n batches with ``lag``)."""
+    lib = darknet()
+    lib.get_current_rate.restype = ctypes.c_float
+    net = lib.parse_network_cfg(str(cfg).encode())
+    try:
+        rates = []
+        for n in range(count):
+            batches = n if lag else n + 1
+            net.contents.seen[0] = batches * net.contents.batch * net.contents.subdivisions
+            rates.append(lib.get_current_rate(net))
+        return rates
+    finally:
+        lib.free_network(net)
+
+
 @needs_darknet
 def test_schedules_equal_libdarknets(tmp_path):
     """libdarknet's own get_current_rate at its update n + 1 (its seen then n + 1 batches of
     batch x subdivisions) against Caffe's iteration n."""
-    lib = darknet()
-    lib.get_current_rate.restype = ctypes.c_float
     for policy, keys in SCHEDULES.items():
         cfg = _net_cfg(tmp_path, keys, policy)
         _, rates = _solver_rates(darknet_solver(read_cfg(cfg), "t.prototxt")[0], 12)
-        net = lib.parse_network_cfg(cfg.encode())
-        try:
-            theirs = []
-            for n in range(12):
-                batches = n if policy in LAGGED else n + 1
-                net.contents.seen[0] = batches * net.contents.batch * net.contents.subdivisions
-                theirs.append(lib.get_current_rate(net))
-        finally:
-            lib.free_network(net)
+        theirs = _libdarknet_rates(cfg, 12, lag=policy in LAGGED)
         if policy == "sigmoid":      # its size_t batch - step: exp(huge) before step 5
             assert theirs[:4] == [0] * 4
             rates, theirs = rates[4:], theirs[4:]
@@ -225,18 +232,8 @@ def test_a_negative_step_ends_the_schedule_as_in_libdarknet(tmp_path, keys):
 
 @needs_darknet
 def test_negative_steps_equal_libdarknets(tmp_path):
-    lib = darknet()
-    lib.get_current_rate.restype = ctypes.c_float
     for keys in NEGATIVE_STEPS:
-        cfg = _net_cfg(tmp_path, keys)
-        net = lib.parse_network_cfg(cfg.encode())
-        try:
-            theirs = []
-            for n in range(12):
-                net.contents.seen[0] = (n + 1) * net.contents.batch * net.contents.subdivisions
-                theirs.append(lib.get_current_rate(net))
-        finally:
-            lib.free_network(net)
+        theirs = _libdarknet_rates(_net_cfg(tmp_path, keys), 12)
         assert theirs == pytest.approx([_unsigned_rate(keys, n + 1) for n in range(12)])
 
 
@@ -324,16 +321,7 @@ def test_policy_step_negative_is_libdarknets_fixed_rate(tmp_path):
     text, notes = darknet_solver(read_cfg(cfg), "t.prototxt")
     assert [n.split(":")[0] for n in notes] == ["policy=step with step=-2"]
     _, rates = _solver_rates(text, 12)
-    lib = darknet()
-    lib.get_current_rate.restype = ctypes.c_float
-    net = lib.parse_network_cfg(cfg.encode())
-    try:
-        theirs = []
-        for n in range(12):
-            net.contents.seen[0] = (n + 1) * net.contents.batch * net.contents.subdivisions
-            theirs.append(lib.get_current_rate(net))
-    finally:
-        lib.free_network(net)
+    theirs = _libdarknet_rates(cfg, 12)
     assert rates == pytest.approx(theirs, rel=1e-6) == [0.1] * 12
 
 
