@@ -201,16 +201,21 @@ class TransformerError(MinicnnError, ValueError):
     raises a plain Exception for a wrong-length order, NumPy's errors later for the rest)."""
 
 
-def _permutation(order, size, what, things):
-    """``order`` as a tuple of ints, checked to be a permutation of 0..len - 1: a repeated or
-    out-of-range index would drop a channel/axis silently (and deprocess could not undo it)."""
+def _permutation(order, what, things, in_, shape, size):
+    """``order`` as a tuple of ``size`` ints, checked to be a permutation of 0..size - 1: a
+    repeated or out-of-range index would drop a channel/axis silently (and deprocess could not
+    undo it). ``what`` names the setting ("channel swap"), ``things`` what it orders."""
     try:
         order = tuple(operator.index(i) for i in order)
     except TypeError:
-        raise TransformerError(f"{what}: a sequence of integers, got {order!r}") from None
-    if sorted(order) != list(range(len(order))):
-        raise TransformerError(f"{what} {order}: not a reordering of its {len(order)} {things} "
-                               f"(each of 0..{len(order) - 1} once)")
+        raise TransformerError(f"{what} of '{in_}': a sequence of integers, got "
+                               f"{order!r}") from None
+    if len(order) != size:
+        raise TransformerError(f"{what} needs {size} {things} (input '{in_}' of shape "
+                               f"{shape}), got {len(order)}: {order}")
+    if sorted(order) != list(range(size)):
+        raise TransformerError(f"{what} of '{in_}' {order}: not a reordering of its {size} "
+                               f"{things} (each of 0..{size - 1} once)")
     return order
 
 
@@ -238,23 +243,16 @@ class Transformer:
     def set_transpose(self, in_, order):
         """The axis order taking an H x W x C image to the input's C x H x W, e.g. (2, 0, 1)."""
         self._check(in_)
-        axes = len(self.inputs[in_]) - 1
-        order = _permutation(order, axes, f"transpose order of '{in_}'", "axes")
-        if len(order) != axes:
-            raise TransformerError(f"transpose order of '{in_}' {order}: needs as many axes as "
-                                   f"an input image has ({axes}, for the input's shape "
-                                   f"{self.inputs[in_]})")
-        self.transpose[in_] = order
+        shape = self.inputs[in_]
+        self.transpose[in_] = _permutation(order, "transpose order", "axes", in_, shape,
+                                           len(shape) - 1)
 
     def set_channel_swap(self, in_, order):
         """Reorder the channels (after the transpose), e.g. (2, 1, 0) for RGB -> BGR."""
         self._check(in_)
-        channels = self.inputs[in_][1]
-        order = _permutation(order, channels, f"channel swap of '{in_}'", "channels")
-        if len(order) != channels:
-            raise TransformerError(f"channel swap needs {channels} channels (input '{in_}' of "
-                                   f"shape {self.inputs[in_]}), got {len(order)}: {order}")
-        self.channel_swap[in_] = order
+        shape = self.inputs[in_]
+        self.channel_swap[in_] = _permutation(order, "channel swap", "channels", in_, shape,
+                                              shape[1])
 
     def set_raw_scale(self, in_, scale):
         """Multiply the raw [0, 1] values, e.g. by 255 for nets trained on 0..255 pixels."""
