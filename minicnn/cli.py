@@ -605,7 +605,7 @@ def upgrade(args):
     if kind == "NetParameter":
         upgrade_net(message, args.input)
     else:
-        upgrade_solver(message)
+        upgrade_solver(message, args.input)
     if message == before:                           # the file as it is, comments and all
         if not (os.path.exists(args.output) and os.path.samefile(args.input, args.output)):
             with atomic_write(args.output) as f:

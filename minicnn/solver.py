@@ -100,7 +100,7 @@ def _weak_log(solver):
 def read_solver(path):
     """A SolverParameter from a solver prototxt, upgraded, with snapshot_prefix defaulted as
     Caffe does (the solver file's path without extension; a folder gets the file's stem)."""
-    param = upgrade_solver(read_prototxt(path, "SolverParameter"))
+    param = upgrade_solver(read_prototxt(path, "SolverParameter"), path)
     stem = os.path.splitext(os.fspath(path))[0]
     if not param.HasField("snapshot_prefix"):
         param.snapshot_prefix = stem

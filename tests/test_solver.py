@@ -7,6 +7,7 @@ closed form: dL/dy = (y - t) / N, dW = dy^T x, db = sum over the batch of dy.
 
 import math
 import os
+import re
 import warnings
 
 import numpy as np
@@ -15,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minicnn
-from minicnn.errors import MinicnnError
+from minicnn.errors import MinicnnError, NetError
 from minicnn.layer import Layer, register
 from minicnn.proto import caffe_pb2, parse_text, read_binary, write_binary
 from minicnn.rng import get_rng
@@ -169,6 +170,18 @@ def test_legacy_solver_type_enum_selects_the_solver():
     param = caffe_pb2.SolverParameter(net_param=parse_text(LINEAR), solver_type="ADAM",
                                       base_lr=0.01, lr_policy="fixed")
     assert isinstance(minicnn.get_solver(param, log=lambda m: None), minicnn.AdamSolver)
+
+
+def test_solver_type_and_type_both_given_are_refused_even_when_they_agree(tmp_path):
+    # Caffe 1.0's UpgradeSolverType CHECKs that only one of them is set
+    both = caffe_pb2.SolverParameter(net_param=parse_text(LINEAR), solver_type="ADAM",
+                                     type="Adam", base_lr=0.01, lr_policy="fixed")
+    with pytest.raises(NetError, match="both the old enum 'solver_type'"):
+        minicnn.get_solver(both, log=lambda m: None)
+    path = tmp_path / "solver.prototxt"
+    path.write_text('base_lr: 0.01\ntype: "SGD"\nsolver_type: SGD\n')
+    with pytest.raises(NetError, match=rf"^{re.escape(str(path))}:3: .*give only 'type'"):
+        minicnn.get_solver(str(path), log=lambda m: None)
 
 
 def test_l1_regularization_and_inv_policy():

@@ -224,13 +224,16 @@ def _mixed_formats_message(source):
             "converts a whole V1 file)")
 
 
-def upgrade_solver(solver):
-    """Upgrade a SolverParameter in place (enum solver_type -> string type); return it."""
+def upgrade_solver(solver, path=None):
+    """Upgrade a SolverParameter in place (enum solver_type -> string type); return it.
+    Caffe 1.0 refuses a solver that gives both, even when they agree (UpgradeSolverType)."""
     if solver.HasField("solver_type"):
-        name = SOLVER_TYPE_NAMES[solver.solver_type]
-        if solver.HasField("type") and solver.type != name:
-            raise NetError(f"solver_type {solver.solver_type} conflicts with type "
-                           f"'{solver.type}'; give only 'type'")
-        solver.type = name
+        if solver.HasField("type"):
+            line = field_lines(path, "SolverParameter").get("solver_type") if path else None
+            where = f"{path}:{line}: " if line else f"{path}: " if path else ""
+            raise NetError(f"{where}the solver gives both the old enum 'solver_type' "
+                           f"({solver.solver_type}) and the new string 'type' "
+                           f"('{solver.type}'); Caffe refuses that: give only 'type'")
+        solver.type = SOLVER_TYPE_NAMES[solver.solver_type]
         solver.ClearField("solver_type")
     return solver
