@@ -30,7 +30,7 @@ section leaves out; layers are numbered from 0 after [net], as [route] and [shor
   [softmax]        Softmax (over a C x 1 x 1 output with groups=1; else over each of the groups
                    equal runs of the output in memory order: Reshape N x groups x run, Softmax
                    axis 2, Reshape back; a Power 1/t before it for a temperature t != 1);
-                   [cost] is dropped (training only);
+                   [cost] is dropped (training only: see the train net below);
                    with tree= (darknet9000), SoftmaxTree: one softmax per group of siblings,
                    the tree's parents written into softmax_tree_param
   [route]          Concat of the named layers' outputs (one layer: its blob is read again)
@@ -72,6 +72,20 @@ subdivisions and max_batches) are written at the top of the prototxt as a commen
 DetectionData layer with augment: DARKNET_V2 (darknet_train_data), Darknet's detector-training
 data; YOLOv1's [detection] jitter is not kept. ``minicnn detect`` decodes all three kinds
 (minicnn.detection).
+
+A classifier (the last section [softmax], or [softmax] then one [cost]) gets a train net
+(classifier_train_data): an ImageData ("path label" lines; R, G, B scaled to [0, 1], resized
+to the [net]'s size, mirrored at random) and a SoftmaxWithLoss in place of the last Softmax.
+Darknet's loss there (libdarknet trained against it: tests/test_darknet_solver.py): given a
+truth, softmax_layer sets its delta to truth - output (the cross-entropy's gradient at the
+softmax's *input*; the temperature t is not in it, noloss=1 leaves it out), and a [cost]
+after it adds scale * (truth - output), its l2 delta, which the softmax's backward passes on
+unchanged: (1 + scale) (output - truth) per image, summed over the batch, and update_network
+steps by learning_rate / batch times that sum. SoftmaxWithLoss's gradient is (output - truth)
+/ N (normalization VALID: the N images of a pass) and the solver divides by iter_size =
+subdivisions, so base_lr learning_rate (the same solver as a detector's, whose Region / Yolo
+losses are divided by N alike) with loss_weight (1 + scale) t is Darknet's step, weight decay
+and momentum included.
 
 Darknet's batch norm at test time is y = scales * (x - mean) / (sqrt(var) + 1e-6) + biases: the
 epsilon is added *after* the square root, where Caffe's BatchNorm adds it inside. The
@@ -604,12 +618,13 @@ def _reorg_extra(b, s, i, x, extra):
     return _Out(name, count + extra, 1, 1, flat=True)
 
 
-def _softmax(b, s, i, x):
+def _softmax(b, s, i, x, loss_weight=None):
     """Darknet's softmax_cpu(input, inputs/groups, batch, inputs, groups, inputs/groups, 1, t):
     the C*H*W outputs, in memory order, cut into groups runs of equal length, a softmax over
     each run (the whole of C x H x W with groups=1, not one per place). A C x 1 x 1 output with
     groups=1 is a plain Softmax; otherwise a Reshape to N x groups x run, a Softmax along the
-    run, and a Reshape back."""
+    run, and a Reshape back. With ``loss_weight`` (a classifier's train net) the plain Softmax
+    is a SoftmaxWithLoss of the labels, top "loss", with that weight (_classifier_head)."""
     temperature, groups = s.float("temperature", 1.0), s.int("groups", 1)
     count = x.c * x.h * x.w
     if temperature <= 0:
@@ -623,6 +638,14 @@ def _softmax(b, s, i, x):
         bottom = f"{name}_tempered"
         b.layer(bottom, "Power", x.top, bottom,
                 f"power_param {{ scale: {float(np.float32(1 / temperature))!r} }}")
+    if loss_weight is not None:
+        if groups != 1 or x.h * x.w != 1:
+            raise DarknetError(f"{s.where()}: a softmax over {x.c}x{x.h}x{x.w} in groups={groups}"
+                               ": minicnn writes a classifier's loss (SoftmaxWithLoss) for one "
+                               "softmax over C x 1 x 1 (groups=1)")
+        b.layer("loss", "SoftmaxWithLoss", [bottom] + b.labels, "loss",
+                f"loss_weight: {loss_weight!r}")
+        return _Out("loss", 1, 1, 1, True)
     if groups == 1 and x.h * x.w == 1:
         b.layer(name, "Softmax", bottom, name)
         return _Out(name, x.c, 1, 1, x.flat)
@@ -807,12 +830,13 @@ def _warn_unused(s, kind):
                           "converts: misspelt? Darknet prints 'Unused field' too)", stacklevel=4)
 
 
-def build(sections, weights, train_data=None):
+def build(sections, weights, train_data=None, label="boxes"):
     """(prototxt text, {layer name: [arrays]}) of a parsed cfg with its weights (a
     WeightsReader); with ``weights`` None, the layers get fillers instead (Darknet's random
     initialisation, see convert_darknet) and the dict is empty. ``train_data``, a data layer's
-    text with tops "data" and "boxes", makes the train net instead: that layer in place of the
-    Input, the boxes each Region / Yolo / Detection layer's second bottom."""
+    text with tops "data" and ``label``, makes the train net instead: that layer in place of the
+    Input, the label blob (a detector's box lists, "boxes") each Region / Yolo / Detection
+    layer's second bottom, or a classifier's ("label") its SoftmaxWithLoss's."""
     net = sections[0]
     recurrent = [s for s in sections[1:] if s.kind in RECURRENT]
     if recurrent:
@@ -826,9 +850,11 @@ def build(sections, weights, train_data=None):
         raise DarknetError(f"{net.where()}: give height, width and channels (got {h}, {w}, {c})")
     b = _Builder(os.path.splitext(os.path.basename(net.path))[0])
     b.net_w, b.net_h, b.seen = w, h, getattr(weights, "seen", 0)
+    head = None
     if train_data:
         b.lines.append(train_data.rstrip("\n"))
-        b.labels = ["boxes"]
+        b.labels = [label]
+        head = _classifier_head(sections)
     else:
         b.layer("data", "Input", None, "data",
                 f"input_param {{ shape {{ dim: 1 dim: {c} dim: {h} dim: {w} }} }}")
@@ -864,7 +890,7 @@ def build(sections, weights, train_data=None):
                     "softmax_tree_param {\n  " + _tree(s, x.c, "parent") + " }")
             x = _Out(name, x.c, 1, 1, x.flat)
         elif kind == "softmax":
-            x = _softmax(b, s, i, x)
+            x = _softmax(b, s, i, x, head[1] if head and head[0] is s else None)
         elif kind == "cost":
             pass                                 # training only; Darknet predicts before it
         elif kind == "route":
@@ -945,6 +971,111 @@ def _yolov1_train_data(sections, source="train.txt"):
              f"new_height: {h} new_width: {w} rgb: true\n    jitter: "
              f"{last.float('jitter', 0.2)!r} flip: true max_boxes: {last.int('max', 30)} }} }}\n")
     return layer, notes
+
+
+# the [net]'s keys of Darknet's classifier loader (load_data_augment) with no ImageData field:
+# (key, Darknet's default, what Darknet does with it)
+CLASSIFIER_AUGMENT = (
+    ("angle", 0.0, "rotates each image by a random angle within +-angle degrees"),
+    ("aspect", 1.0, "stretches its aspect ratio by a random factor between aspect and "
+                    "1/aspect"),
+    ("hue", 0.0, "shifts its hue by a random amount within +-hue"),
+    ("saturation", 1.0, "scales its saturation by a random factor between saturation and "
+                        "1/saturation"),
+    ("exposure", 1.0, "scales its brightness by a random factor between exposure and "
+                      "1/exposure"))
+
+
+def _classifier_head(sections):
+    """(the [softmax] section, the SoftmaxWithLoss's loss_weight) of a classifier, a cfg whose
+    last section is [softmax] or [softmax] then a [cost]; None for other nets. The weight makes
+    Darknet's gradient (see the module's docstring): 1 for the softmax's own delta (0 with
+    noloss=1), plus the [cost]'s scale (default 1; its types sse, masked and smooth all give
+    truth - output where |truth - output| < 1, i.e. everywhere but a probability of exactly 0
+    or 1 on the wrong side), times the softmax's temperature t, which Darknet's delta leaves out
+    and the Power 1/t before the SoftmaxWithLoss puts in. A head minicnn cannot write this way
+    is a DarknetError."""
+    k = len(sections)
+    while k > 1 and KINDS.get(sections[k - 1].kind) == "cost":
+        k -= 1
+    soft, costs = sections[k - 1], sections[k:]
+    if k < 2 or KINDS.get(soft.kind) != "softmax":
+        return None
+    if soft.options.get("tree"):
+        raise DarknetError(f"{soft.where()}: tree=: Darknet trains a softmax tree with its "
+                           "hierarchy's labels (every ancestor of the class set), which "
+                           "SoftmaxWithLoss's one label cannot hold")
+    if len(costs) > 1:
+        raise DarknetError(f"{costs[1].where()}: a second [cost] (Darknet feeds it the first "
+                           "one's squared errors): minicnn writes the loss of [softmax] and one "
+                           "[cost]")
+    weight = (0.0 if soft.int("noloss", 0) else 1.0) + sum(c.float("scale", 1.0) for c in costs)
+    if weight == 0:
+        raise DarknetError(f"{soft.where()}: noloss=1 without a [cost] after it: Darknet "
+                           "computes no gradient for this net")
+    return soft, weight * soft.float("temperature", 1.0)
+
+
+def classifier_train_data(sections, source="train.txt"):
+    """(data layer text, notes) of a classifier's train net (_classifier_head), or (None, [])
+    for other nets. Darknet's classifier trainer (classifier.c, load_data_augment) loads each
+    image as R, G, B in [0, 1], resizes its shorter side to a random size in [min_crop,
+    max_crop] (the [net]'s keys; defaults width and 2 x width), crops width x height at random
+    (center=1: in the centre), flips it at random and distorts it (CLASSIFIER_AUGMENT); its
+    labels come from the paths. The layer: an ImageData (``path label`` lines) with shuffle,
+    new_height x new_width the [net]'s size, transform_param scale 1/255 and mirror, and for
+    channels=3 a Slice and a Concat that turn OpenCV's B, G, R into R, G, B (is_color: false,
+    gray, for channels=1). The random-size crop and the distortions have no ImageData field:
+    the notes say which of the distortions the cfg asks for."""
+    if _classifier_head(sections) is None:
+        return None, []
+    net = sections[0]
+    c, h, w = net.int("channels", 0), net.int("height", 0), net.int("width", 0)
+    if c not in (1, 3):
+        raise DarknetError(f"{net.where()}: channels={c}: Caffe's ImageData gives 3 (colour) or "
+                           "1 (gray) channels")
+    batch = max(net.int("batch", 1) // max(net.int("subdivisions", 1), 1), 1)
+    layer = (f'layer {{ name: "data" type: "ImageData" top: "{"data" if c == 1 else "bgr"}" '
+             'top: "label"\n  include { phase: TRAIN }\n'
+             "  transform_param { scale: 0.00392156862745098 mirror: true }\n"
+             f'  image_data_param {{ source: "{source}" batch_size: {batch} shuffle: true '
+             f"new_height: {h} new_width: {w}" + (" is_color: false" if c == 1 else "")
+             + " } }\n")
+    if c == 3:                      # OpenCV decodes B, G, R; Darknet's nets take R, G, B
+        layer += ('layer { name: "bgr_planes" type: "Slice" bottom: "bgr" top: "b" top: "g" '
+                  'top: "r" slice_param { axis: 1 } }\n'
+                  'layer { name: "rgb" type: "Concat" bottom: "r" bottom: "g" bottom: "b" '
+                  'top: "data" concat_param { axis: 1 } }\n')
+    given = [(key, net.float(key, default), what) for key, default, what in CLASSIFIER_AUGMENT
+             if net.float(key, default) != default]
+    notes = [] if not given else [
+        "[net] " + ", ".join(f"{key}={value:g}" for key, value, _ in given) + ": Darknet's "
+        "classifier loader " + "; ".join(what for *_, what in given) + ". Caffe's ImageData has "
+        "no such augmentation: the train net leaves " + ("it" if len(given) == 1 else "them")
+        + " out"]
+    return layer, notes
+
+
+def _classifier_loader_comment(sections):
+    """The classifier train net's header (comment lines): how to write its image list from
+    Darknet's, and the crop its ImageData does not make."""
+    net = sections[0]
+    w, h = net.int("width", 0), net.int("height", 0)
+    lo, hi = net.int("min_crop", w), net.int("max_crop", 2 * w)
+    crop = (f"crops {w}x{h} from the centre of each image" if net.int("center", 0) else
+            f"resizes each image's shorter side to a random size in [{lo}, {hi}] (min_crop, "
+            f"max_crop) and crops a random {w}x{h} from it")
+    return ("# Point the data layer's source at your image list: ImageData reads 'path label' "
+            "lines, the label\n# the class number from 0. Darknet's classifier reads the data "
+            "cfg's train= list (one path a\n# line) and labels= file (one class name a line): "
+            "an image's class is the line whose name\n# occurs in its path (fill_truth; a path "
+            "with no name or several trains towards zero or several\n# ones, which ImageData's "
+            "one label cannot hold). So give each path its name's line number,\n# counted from "
+            "0, e.g. (labels.txt and train.list as your data cfg names them):\n"
+            "#   python3 -c 'import sys; names = open(sys.argv[1]).read().splitlines(); "
+            "[print(p, [k for k, n in enumerate(names) if n in p][0]) for p in "
+            "open(sys.argv[2]).read().splitlines()]' labels.txt train.list > train.txt\n"
+            f"# Darknet's loader {crop}; this one resizes the whole image to {w}x{h}.\n")
 
 
 def _f32(value):
@@ -1220,42 +1351,57 @@ def convert_darknet(cfg, weights, out_dir):
 
 
 def _train_data(sections):
-    """(data layer text or None, notes): the TRAIN data layer a detector's train net takes."""
+    """(data layer text or None, its label top, the train net's header, notes): the TRAIN data
+    layer of a detector's train net (box lists) or a classifier's (labels)."""
     layer = darknet_train_data(sections)
-    return (layer, []) if layer is not None else _yolov1_train_data(sections)
+    notes = []
+    if layer is None:
+        layer, notes = _yolov1_train_data(sections)
+    if layer is not None:
+        return layer, "boxes", ("# Point the data layer's source at your image list (Darknet's "
+                                "train.txt: one image path a line,\n# its boxes in the labels/ "
+                                "file beside images/, class x y w h relative to the image).\n"), \
+            notes
+    layer, notes = classifier_train_data(sections)
+    return layer, "label", _classifier_loader_comment(sections), notes
 
 
 def _write_training(sections, out_dir, stem):
     """A cfg without weights, to train from scratch: ``<stem>_solver.prototxt`` (darknet_solver)
-    and, for a detector (the last section [region], [yolo] or [detection]), the train net
-    ``<stem>_train.prototxt`` the solver names, its data layer's source the placeholder
-    train.txt (Darknet's image list, labels found by its images -> labels rule). Other nets
-    (classifiers: Darknet takes their labels from the image paths) get the solver alone, and a
-    note says to write the train net. The notes are warned about; returns the paths."""
+    and, for a detector (the last section [region], [yolo] or [detection]) or a classifier
+    (the last [softmax], then a [cost] or not), the train net ``<stem>_train.prototxt`` the
+    solver names, its data layer's source the placeholder train.txt (a detector's: Darknet's
+    image list, labels found by its images -> labels rule; a classifier's: ImageData's "path
+    label" lines, its header comment says how to make them from Darknet's list). Other nets,
+    and classifiers whose head minicnn cannot write as a SoftmaxWithLoss, get the solver alone,
+    and a note says to write the train net. The notes are warned about, and written into the
+    train net too; returns the paths."""
     from minicnn.proto.text import parse_text
     from minicnn.proto.wire import atomic_write
     net_file = f"{stem}_train.prototxt"
     solver_text, notes = darknet_solver(sections, net_file)
-    layer, data_notes = _train_data(sections)
-    written = []
+    written, why = [], "minicnn writes one for detectors (last section [region], [yolo] or " \
+        "[detection]) and classifiers (last section [softmax], or [softmax] and [cost])"
+    try:
+        layer, label, header, data_notes = _train_data(sections)
+        if layer is not None:
+            with warnings.catch_warnings():          # the deploy net's build said them already
+                warnings.simplefilter("ignore")
+                text, _ = build(sections, None, train_data=layer, label=label)
+    except DarknetError as e:                       # a classifier's head it cannot write
+        layer, why = None, str(e)
     if layer is not None:
-        with warnings.catch_warnings():          # the deploy net's build said them already
-            warnings.simplefilter("ignore")
-            text, _ = build(sections, None, train_data=layer)
         parse_text(text, "NetParameter", path=sections[0].path)      # a bad net fails here
         path = os.path.join(out_dir, net_file)
         with atomic_write(path, "w") as f:
             f.write(f"# Converted by minicnn from {os.path.basename(sections[0].path)}: the train "
                     f"net {stem}_solver.prototxt names (fillers: Darknet's initialisation).\n"
-                    "# Point the data layer's source at your image list (Darknet's train.txt: "
-                    "one image path a line,\n# its boxes in the labels/ file beside images/, "
-                    "class x y w h relative to the image).\n" + text)
+                    + header + "".join(f"# Note: {n}\n" for n in data_notes) + text)
         written.append(path)
         notes = data_notes + notes
     else:
-        notes = [f"no train net written: minicnn writes one for detectors (last section "
-                 f"[region], [yolo] or [detection]); write {net_file} yourself (the prototxt "
-                 "with a data layer in place of the Input and a loss layer at the end)"] + notes
+        notes = [f"no train net written: {why}; write {net_file} yourself (the prototxt with a "
+                 "data layer in place of the Input and a loss layer at the end)"] + notes
     path = os.path.join(out_dir, f"{stem}_solver.prototxt")
     with atomic_write(path, "w") as f:
         f.write(solver_text)

@@ -292,15 +292,171 @@ def test_converted_detector_trains(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "snapshots" / "tiny_iter_3.caffemodel").exists()
 
 
-def test_classifier_gets_a_solver_and_a_note(tmp_path, capsys):
+# a classifier: conv, maxpool, connected, [softmax] (+ HEADS[k]); batch 4 in 2 subdivisions
+CLASSIFIER = """[net]
+batch=4
+subdivisions=2
+height=6
+width=6
+channels=3
+learning_rate=0.1
+momentum=0.9
+decay=0.01
+max_batches=10
+
+[convolutional]
+filters=4
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[maxpool]
+size=2
+stride=2
+
+[connected]
+output=3
+activation=linear
+
+[softmax]
+groups=1
+"""
+
+# the heads Darknet trains (its softmax's delta truth - output, + a [cost]'s scale x the same,
+# the temperature left out) and the loss_weight that gives SoftmaxWithLoss that gradient
+HEADS = {"softmax": ("", 1.0), "cost": ("\n[cost]\ntype=sse\n", 2.0),
+         "tempered": ("temperature=2\n\n[cost]\nscale=.5\n", 3.0),
+         "noloss": ("noloss=1\n\n[cost]\n", 1.0)}
+
+
+def test_classifier_gets_a_train_net(tmp_path, capsys):
+    """A classifier's train net: ImageData (R, G, B by a Slice and a Concat, [0, 1], the [net]'s
+    size, mirrored) and SoftmaxWithLoss in place of the last Softmax, its loss_weight Darknet's
+    (HEADS); the augmentations ImageData lacks are warned about and noted in the file."""
     cfg = tmp_path / "cls.cfg"
-    with open(_net_cfg(tmp_path, SCHEDULES["poly"])) as f:
-        cfg.write_text(f.read() + "\n[avgpool]\n\n[softmax]\ngroups=1\n")
-    with pytest.warns(UserWarning, match="no train net written"):
+    cfg.write_text(CLASSIFIER.replace("channels=3\n", "channels=3\nangle=7\nhue=.1\n")
+                   + HEADS["cost"][0])
+    with pytest.warns(UserWarning) as said:
         assert main(["convert", "darknet", str(cfg), str(tmp_path / "out")]) == 0
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == \
-        ["cls.prototxt", "cls_solver.prototxt"]
-    assert "write the train net, then minicnn train" in capsys.readouterr().out
+    said = [str(w.message) for w in said]
+    assert [m.split(": ", 1)[1] for m in said] == [
+        "[net] angle=7, hue=0.1: Darknet's classifier loader rotates each image by a random "
+        "angle within +-angle degrees; shifts its hue by a random amount within +-hue. Caffe's "
+        "ImageData has no such augmentation: the train net leaves them out"], said
+    assert "point the train net's data layer at your image list" in capsys.readouterr().out
+    with open(tmp_path / "out" / "cls_train.prototxt") as f:
+        text = f.read()
+    assert f"# Note: {said[0].split(': ', 1)[1]}\n" in text
+    assert "random size in [6, 12] (min_crop, max_crop)" in text
+    layers = parse_text(text, "NetParameter").layer
+    data = layers[0]
+    assert (data.type, list(data.top), data.include[0].phase) == \
+        ("ImageData", ["bgr", "label"], "TRAIN")
+    p = data.image_data_param
+    assert (p.source, p.batch_size, p.shuffle, p.new_height, p.new_width, p.is_color) == \
+        ("train.txt", 2, True, 6, 6, True)
+    assert (data.transform_param.scale, data.transform_param.mirror) == \
+        (np.float32(1 / 255), True)
+    assert [(layer.type, list(layer.bottom), list(layer.top)) for layer in layers[1:3]] == \
+        [("Slice", ["bgr"], ["b", "g", "r"]), ("Concat", ["r", "g", "b"], ["data"])]
+    loss = layers[-1]
+    assert (loss.type, list(loss.bottom), list(loss.loss_weight)) == \
+        ("SoftmaxWithLoss", ["fc2", "label"], [2])
+    assert "Softmax" not in [layer.type for layer in layers] and "Input" not in text
+    # a gray net reads gray images; the solver names the train net
+    cfg.write_text(CLASSIFIER.replace("channels=3", "channels=1"))
+    convert_darknet(str(cfg), None, str(tmp_path / "gray"))
+    with open(tmp_path / "gray" / "cls_train.prototxt") as f:
+        layers = parse_text(f.read(), "NetParameter").layer
+    assert (list(layers[0].top), layers[0].image_data_param.is_color) == (["data", "label"], False)
+    assert list(layers[-1].loss_weight) == [1]
+    with open(tmp_path / "gray" / "cls_solver.prototxt") as f:
+        assert 'net: "cls_train.prototxt"' in f.read()
+
+
+@pytest.mark.parametrize("head, problem", [
+    ("[softmax]\ngroups=3\n", "groups=3: minicnn writes a classifier's loss"),
+    ("[softmax]\n\n[cost]\n\n[cost]\n", "a second [cost]"),
+    ("[softmax]\nnoloss=1\n", "noloss=1 without a [cost]"),
+    ("[dropout]\n", "minicnn writes one for detectors")])
+def test_what_gets_no_train_net_says_why(tmp_path, head, problem):
+    cfg = tmp_path / "cls.cfg"
+    cfg.write_text(CLASSIFIER.replace("[connected]\noutput=3", "[connected]\noutput=6")
+                   .split("[softmax]")[0] + head)
+    with pytest.warns(UserWarning, match="no train net written") as said:
+        paths = convert_darknet(str(cfg), None, str(tmp_path / "out"))
+    assert [p.rsplit("/", 1)[1] for p in paths] == ["cls.prototxt", "cls_solver.prototxt"]
+    assert any(problem in str(w.message) for w in said), [str(w.message) for w in said]
+
+
+def _libdarknet_trained(cfg, weights, images, labels, updates):
+    """libdarknet's train_network_datum on ``images`` (N x H x W x 3 uint8 RGB), its passes
+    of net.batch images in order, ``updates`` times over; the weights it saves after."""
+    lib = darknet()
+    lib.train_network_datum.restype = ctypes.c_float
+    lib.save_weights.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    net = lib.load_network(str(cfg).encode(), str(weights).encode(), 0)
+    n = net.contents
+    planes = images.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255)
+    truth = np.eye(n.truths, dtype=np.float32)[labels]
+    try:
+        for _ in range(updates):
+            for k in range(0, len(images), n.batch):
+                x = np.ascontiguousarray(planes[k:k + n.batch])
+                t = np.ascontiguousarray(truth[k:k + n.batch])
+                ctypes.memmove(n.input, x.ctypes.data, x.nbytes)
+                ctypes.memmove(n.truth, t.ctypes.data, t.nbytes)
+                lib.train_network_datum(net)
+        saved = str(cfg).replace(".cfg", "_trained.weights")
+        lib.save_weights(ctypes.cast(net, ctypes.c_void_p), saved.encode())
+    finally:
+        lib.free_network(net)
+    return saved
+
+
+@needs_darknet
+@pytest.mark.parametrize("head", sorted(HEADS))
+def test_converted_classifier_trains_as_libdarknet(tmp_path, monkeypatch, head):
+    """libdarknet and `minicnn train`'s solver on the converted train net and solver, from the
+    same weights on the same four images (two updates of two 2-image passes: momentum and
+    decay at work): the same weights after. Darknet's loss sums over the batch and its update
+    divides by it; SoftmaxWithLoss divides by the pass and iter_size by the passes, so base_lr
+    learning_rate with the head's loss_weight is Darknet's step."""
+    import minicnn
+    from tests.test_darknet import random_weights
+    extra, weight = HEADS[head]
+    cfg = tmp_path / "cls.cfg"
+    cfg.write_text(CLASSIFIER + extra)
+    random_weights(str(cfg), str(tmp_path / "cls.weights"))
+    _, start = convert_darknet(str(cfg), str(tmp_path / "cls.weights"), str(tmp_path / "start"))
+    convert_darknet(str(cfg), None, str(tmp_path / "out"))
+    rng = np.random.default_rng(3)
+    images, labels = rng.integers(0, 256, (4, 6, 6, 3), dtype=np.uint8), [0, 2, 1, 2]
+    lines = []
+    for k, (image, label) in enumerate(zip(images, labels)):
+        cv2.imwrite(str(tmp_path / f"{k}.png"), image[:, :, ::-1])      # RGB, written as BGR
+        lines.append(f"{tmp_path / f'{k}.png'} {label}\n")
+    (tmp_path / "out" / "train.txt").write_text("".join(lines))
+    train = tmp_path / "out" / "cls_train.prototxt"
+    text = train.read_text()
+    assert f"loss_weight: {weight!r}" in text
+    train.write_text(text.replace("mirror: true", "mirror: false"))   # Darknet's flips: random
+    monkeypatch.chdir(tmp_path / "out")
+    solver = minicnn.get_solver("cls_solver.prototxt", log=lambda message: None)
+    solver.net.copy_from(start)
+    solver.step(2)
+    theirs = _libdarknet_trained(cfg, tmp_path / "cls.weights", images, labels, 2)
+    deploy, after = convert_darknet(str(cfg), theirs, str(tmp_path / "after"))
+    darknets = minicnn.Net(deploy, weights=after, phase=minicnn.TEST)
+    before = minicnn.Net(deploy, weights=start, phase=minicnn.TEST)
+    for name in ("conv0", "fc2"):
+        for mine, their, first in zip(solver.net.params[name], darknets.params[name],
+                                      before.params[name]):
+            moved = their.data - first.data
+            assert np.abs(moved).max() > 1e-3, name          # trained, not only decayed
+            np.testing.assert_allclose(mine.data - first.data, moved, rtol=1e-4, atol=1e-6,
+                                       err_msg=f"{head}: {name}")
 
 
 def test_policy_step_of_zero_is_refused(tmp_path):
