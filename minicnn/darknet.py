@@ -1298,7 +1298,7 @@ def _train_data_comment(sections):
 def convert_darknet(cfg, weights, out_dir):
     """Write ``<cfg name>.prototxt`` and ``.caffemodel`` into ``out_dir``; returns their
     paths. With ``weights`` None (a cfg alone, as ``darknet detector train`` starts from
-    scratch) no caffemodel is written but a train net and a solver are (_write_training), and
+    scratch) no caffemodel is written but a train net and a solver are (_training_files), and
     the prototxt's layers' fillers Darknet's random initialisation
     (Debian's 2018 libdarknet): [convolutional] weights gaussian, std sqrt(2 / (size * size *
     channels / groups)) (scale * rand_normal()); [connected] uniform in +-sqrt(2 / inputs) and
@@ -1331,8 +1331,9 @@ def convert_darknet(cfg, weights, out_dir):
         layer = net.layer_dict[name]
         for blob, array in zip(layer.blobs, blobs):
             blob.data[...] = array.reshape(blob.shape)
-    os.makedirs(out_dir, exist_ok=True)
     stem = os.path.splitext(os.path.basename(cfg))[0]
+    training, notes = _training_files(sections, stem) if reader is None else ([], [])
+    os.makedirs(out_dir, exist_ok=True)
     prototxt = os.path.join(out_dir, stem + ".prototxt")
     caffemodel = os.path.join(out_dir, stem + ".caffemodel")
     if reader is None:
@@ -1345,7 +1346,14 @@ def convert_darknet(cfg, weights, out_dir):
         f.write(f"# Converted by minicnn from {source}.\n# Input: RGB scaled to [0, 1] "
                 "(minicnn detect --rgb).\n" + _train_data_comment(sections) + text)
     if reader is None:
-        return [prototxt] + _write_training(sections, out_dir, stem)
+        written = [prototxt]
+        for name, content in training:
+            written.append(os.path.join(out_dir, name))
+            with atomic_write(written[-1], "w") as f:
+                f.write(content)
+        for note in notes:
+            warnings.warn(f"{cfg}: {note}", stacklevel=2)
+        return written
     net.save(caffemodel)
     return [prototxt, caffemodel]
 
@@ -1366,21 +1374,21 @@ def _train_data(sections):
     return layer, "label", _classifier_loader_comment(sections), notes
 
 
-def _write_training(sections, out_dir, stem):
-    """A cfg without weights, to train from scratch: ``<stem>_solver.prototxt`` (darknet_solver)
-    and, for a detector (the last section [region], [yolo] or [detection]) or a classifier
-    (the last [softmax], then a [cost] or not), the train net ``<stem>_train.prototxt`` the
-    solver names, its data layer's source the placeholder train.txt (a detector's: Darknet's
-    image list, labels found by its images -> labels rule; a classifier's: ImageData's "path
-    label" lines, its header comment says how to make them from Darknet's list). Other nets,
-    and classifiers whose head minicnn cannot write as a SoftmaxWithLoss, get the solver alone,
-    and a note says to write the train net. The notes are warned about, and written into the
-    train net too; returns the paths."""
+def _training_files(sections, stem):
+    """([(file name, text)], notes) for a cfg without weights, to train from scratch:
+    ``<stem>_solver.prototxt`` (darknet_solver) and, for a detector (the last section [region],
+    [yolo] or [detection]) or a classifier (the last [softmax], then a [cost] or not), the train
+    net ``<stem>_train.prototxt`` the solver names, its data layer's source the placeholder
+    train.txt (a detector's: Darknet's image list, labels found by its images -> labels rule; a
+    classifier's: ImageData's "path label" lines, its header comment says how to make them from
+    Darknet's list). Other nets, and classifiers whose head minicnn cannot write as a
+    SoftmaxWithLoss, get the solver alone, and a note says to write the train net. The notes
+    are written into the train net too. Nothing is written here, so that an error in the cfg's
+    training keys (a step of 0) leaves no file behind."""
     from minicnn.proto.text import parse_text
-    from minicnn.proto.wire import atomic_write
     net_file = f"{stem}_train.prototxt"
     solver_text, notes = darknet_solver(sections, net_file)
-    written, why = [], "minicnn writes one for detectors (last section [region], [yolo] or " \
+    files, why = [], "minicnn writes one for detectors (last section [region], [yolo] or " \
         "[detection]) and classifiers (last section [softmax], or [softmax] and [cost])"
     try:
         layer, label, header, data_notes = _train_data(sections)
@@ -1392,19 +1400,13 @@ def _write_training(sections, out_dir, stem):
         layer, why = None, str(e)
     if layer is not None:
         parse_text(text, "NetParameter", path=sections[0].path)      # a bad net fails here
-        path = os.path.join(out_dir, net_file)
-        with atomic_write(path, "w") as f:
-            f.write(f"# Converted by minicnn from {os.path.basename(sections[0].path)}: the train "
-                    f"net {stem}_solver.prototxt names (fillers: Darknet's initialisation).\n"
-                    + header + "".join(f"# Note: {n}\n" for n in data_notes) + text)
-        written.append(path)
+        files.append((net_file, f"# Converted by minicnn from {os.path.basename(sections[0].path)}"
+                      f": the train net {stem}_solver.prototxt names (fillers: Darknet's "
+                      "initialisation).\n" + header
+                      + "".join(f"# Note: {n}\n" for n in data_notes) + text))
         notes = data_notes + notes
     else:
         notes = [f"no train net written: {why}; write {net_file} yourself (the prototxt with a "
                  "data layer in place of the Input and a loss layer at the end)"] + notes
-    path = os.path.join(out_dir, f"{stem}_solver.prototxt")
-    with atomic_write(path, "w") as f:
-        f.write(solver_text)
-    for note in notes:
-        warnings.warn(f"{sections[0].path}: {note}", stacklevel=3)
-    return written + [path]
+    files.append((f"{stem}_solver.prototxt", solver_text))
+    return files, notes

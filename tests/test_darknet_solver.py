@@ -467,6 +467,16 @@ def test_policy_step_of_zero_is_refused(tmp_path):
         darknet_solver(read_cfg(cfg), "t.prototxt")
 
 
+def test_a_bad_training_key_writes_no_file(tmp_path):
+    """The solver's keys are checked before anything is written: a step=0 used to leave the
+    deploy prototxt behind in a new output folder."""
+    cfg = _net_cfg(tmp_path, "learning_rate=0.1\npolicy=step\nstep=0\nscale=0.5")
+    out = tmp_path / "out"
+    with pytest.raises(DarknetError, match="policy=step needs step > 0"):
+        convert_darknet(cfg, None, str(out))
+    assert not out.exists()
+
+
 @needs_darknet
 def test_policy_step_negative_is_libdarknets_fixed_rate(tmp_path):
     """A negative step: libdarknet divides its size_t batch number by the step made unsigned,
