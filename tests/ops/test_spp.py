@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minicnn.errors import LayerError
@@ -133,6 +133,28 @@ def test_backward_matches_finite_differences(pool, hw, height):
 
     def loss():
         return float(np.sum(forward(x, levels=levels, pool=pool)[0] * dy))
+
+    np.testing.assert_allclose(dx, numerical_grad(loss, x), rtol=1e-6, atol=1e-8)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 9), st.integers(1, 9), st.sampled_from(["caffe", "sppnet"]),
+       st.lists(st.integers(1, 5), min_size=1, max_size=3), st.sampled_from(["MAX", "AVE"]),
+       st.integers(0, 2**32 - 1))
+def test_drawn_backward_matches_finite_differences(h, w, rule, levels, pool, seed):
+    """Drawn sizes and pyramids (any bins, in any order, repeated too), both rules: each level's
+    slice of dy goes back through its own windows, and the levels' gradients add up."""
+    try:
+        spp_features(h, w, levels, rule)
+    except LayerError:
+        return                                         # refused: the forward tests cover it
+    x = distinct((1, 2, h, w), seed % 1000) * 0.1 - 3.0   # no MAX ties, off the kinks
+    y, masks = forward(x, levels=levels, pool=pool, rule=rule)
+    dy = np.random.default_rng(seed).standard_normal(y.shape)
+    dx = backward(dy, x.shape, levels=levels, pool=pool, masks=masks, rule=rule)
+
+    def loss():
+        return float(np.sum(forward(x, levels=levels, pool=pool, rule=rule)[0] * dy))
 
     np.testing.assert_allclose(dx, numerical_grad(loss, x), rtol=1e-6, atol=1e-8)
 
