@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import minicnn
@@ -343,6 +343,42 @@ def test_interp_blob_counts():
 def test_crop_gradient(fields, size):
     rng = np.random.default_rng(8)
     x, ref = rng.standard_normal((2, 3, 6, 5)), rng.standard_normal(size)
+    check_layer_gradient(lambda: CropLayer(**fields), [x, ref])
+
+
+@st.composite
+def crop_cases(draw):
+    """1-4 axes, any axis (negative too), no offset, one, or one per cropped axis; bottom[1]
+    any size on the axes before the axis (they are kept whole)."""
+    ndim = draw(st.integers(1, 4))
+    shape = tuple(draw(st.lists(st.integers(1, 4), min_size=ndim, max_size=ndim)))
+    axis = draw(st.integers(-ndim, ndim - 1))
+    first = axis % ndim
+    kind = draw(st.sampled_from(["none", "one", "each"]))
+    if kind == "one":
+        one = draw(st.integers(0, min(shape[first:]) - 1))
+        offsets = [one] * (ndim - first)
+    else:
+        offsets = [draw(st.integers(0, n - 1)) if kind == "each" else 0 for n in shape[first:]]
+    size = [draw(st.integers(1, 3)) for _ in shape[:first]]
+    size += [draw(st.integers(1, n - o)) for n, o in zip(shape[first:], offsets)]
+    fields = {"axis": axis}
+    if kind != "none":
+        fields["offset"] = offsets[0] if kind == "one" else offsets
+    return fields, shape, tuple(size), [0] * first + offsets, draw(st.integers(0, 2**32 - 1))
+
+
+@settings(max_examples=60, deadline=None)
+@given(crop_cases())
+def test_crop_drawn_cases_match_the_index_loop_and_finite_differences(case):
+    fields, shape, size, offsets, seed = case
+    rng = np.random.default_rng(seed)
+    x, ref = rng.standard_normal(shape), rng.standard_normal(size)
+    y = CropLayer(**fields)(x, ref)
+    first = fields["axis"] % len(shape)
+    assert y.shape == shape[:first] + size[first:]
+    for index in np.ndindex(*y.shape):                   # y[i] = x[i + offset], element by element
+        assert y[index] == x[tuple(i + o for i, o in zip(index, offsets))]
     check_layer_gradient(lambda: CropLayer(**fields), [x, ref])
 
 
