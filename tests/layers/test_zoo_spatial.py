@@ -24,6 +24,7 @@ from minicnn.layers import (
 from minicnn.ops.conv import ConvGeometry
 from minicnn.proto import parse_text
 from minicnn.testing import check_in_place, check_layer_gradient
+from tests.ops.test_conv import naive_conv
 
 GAUSSIAN = {"type": "gaussian", "std": 1.0}
 
@@ -204,11 +205,39 @@ def test_depthwise_defaults_and_channel_multiplier():
     assert multiplier.blobs[0].shape == (8, 1, 3, 3)
 
 
-def test_depthwise_gradient():
-    x = np.random.default_rng(3).standard_normal((2, 3, 5, 4))
-    check_layer_gradient(lambda: ConvolutionDepthwiseLayer(num_output=6, kernel_size=3, pad=2,
-                                                           dilation=2, weight_filler=GAUSSIAN,
-                                                           bias_filler=GAUSSIAN), [x])
+@st.composite
+def depthwise_configs(draw):
+    """C channels, num_output unset (C) or a multiple of C, group unset or C; kernel, stride,
+    pad and dilation per axis."""
+    channels, multiplier = draw(st.integers(1, 3)), draw(st.integers(1, 2))
+    fields = {"weight_filler": GAUSSIAN, "bias_filler": GAUSSIAN,
+              "bias_term": draw(st.booleans()),
+              "kernel_size": draw(st.lists(st.integers(1, 3), min_size=1, max_size=2)),
+              "stride": draw(st.lists(st.integers(1, 3), max_size=2)),
+              "pad": draw(st.lists(st.integers(0, 2), max_size=2)),
+              "dilation": draw(st.lists(st.integers(1, 2), max_size=2))}
+    if multiplier > 1 or draw(st.booleans()):
+        fields["num_output"] = channels * multiplier
+    if draw(st.booleans()):
+        fields["group"] = channels
+    shape = (draw(st.integers(1, 2)), channels, draw(st.integers(1, 5)), draw(st.integers(1, 5)))
+    geom = ConvGeometry.from_param(ConvolutionDepthwiseLayer(**fields).type_param)
+    assume(all(s + 2 * p >= e for s, p, e in zip(shape[2:], geom.pad, geom.extent)))
+    return fields, shape, geom, draw(st.integers(0, 2**32 - 1))
+
+
+@settings(max_examples=30, deadline=None)
+@given(depthwise_configs())
+def test_depthwise_drawn_geometries_match_the_loop_and_finite_differences(config):
+    fields, shape, geom, seed = config
+    x = np.random.default_rng(seed).standard_normal(shape)
+    layer = ConvolutionDepthwiseLayer(**fields)
+    y = layer(x)
+    w = layer.blobs[0].data
+    assert w.shape[1] == 1 and layer.group == shape[1]
+    b = layer.blobs[1].data if fields["bias_term"] else None
+    np.testing.assert_allclose(y, naive_conv(x, w, b, geom, shape[1]), rtol=1e-10, atol=1e-12)
+    check_layer_gradient(lambda: ConvolutionDepthwiseLayer(**fields), [x])
 
 
 @pytest.mark.parametrize("fields, match", [
