@@ -1035,12 +1035,14 @@ def classifier_train_data(sections, source="train.txt"):
         raise DarknetError(f"{net.where()}: channels={c}: Caffe's ImageData gives 3 (colour) or "
                            "1 (gray) channels")
     batch = max(net.int("batch", 1) // max(net.int("subdivisions", 1), 1), 1)
+    side, crop = _classifier_resize(net)
     layer = (f'layer {{ name: "data" type: "ImageData" top: "{"data" if c == 1 else "bgr"}" '
              'top: "label"\n  include { phase: TRAIN }\n'
-             "  transform_param { scale: 0.00392156862745098 mirror: true }\n"
+             "  transform_param { scale: 0.00392156862745098 mirror: true"
+             + (f" crop_size: {w}" if crop else "") + " }\n"
              f'  image_data_param {{ source: "{source}" batch_size: {batch} shuffle: true '
-             f"new_height: {h} new_width: {w}" + (" is_color: false" if c == 1 else "")
-             + " } }\n")
+             f"new_height: {side or h} new_width: {side or w}"
+             + (" is_color: false" if c == 1 else "") + " } }\n")
     if c == 3:                      # OpenCV decodes B, G, R; Darknet's nets take R, G, B
         layer += ('layer { name: "bgr_planes" type: "Slice" bottom: "bgr" top: "b" top: "g" '
                   'top: "r" slice_param { axis: 1 } }\n'
@@ -1056,15 +1058,37 @@ def classifier_train_data(sections, source="train.txt"):
     return layer, notes
 
 
+def _classifier_resize(net):
+    """(side, crop) of a classifier's ImageData: Darknet's loader (random_augment_image) scales
+    each image's shorter side to a random size in [min_crop, max_crop] and crops a random
+    width x width from it (center=1: the centre square, resized to the net's size). Caffe's
+    nearest is new_height = new_width = min_crop, the smallest of those sizes, and a random
+    crop_size x crop_size (Caffe's crop is square): side min_crop and crop True where that
+    crops (min_crop > width, a square net, no center); else (None, False): the whole image
+    resized to the net's size."""
+    w, h = net.int("width", 0), net.int("height", 0)
+    lo = net.int("min_crop", w)
+    if net.int("center", 0) or lo <= w or w != h:
+        return None, False
+    return lo, True
+
+
 def _classifier_loader_comment(sections):
     """The classifier train net's header (comment lines): how to write its image list from
-    Darknet's, and the crop its ImageData does not make."""
+    Darknet's, and where its ImageData's resize and crop differ from Darknet's loader."""
     net = sections[0]
     w, h = net.int("width", 0), net.int("height", 0)
     lo, hi = net.int("min_crop", w), net.int("max_crop", 2 * w)
-    crop = (f"crops {w}x{h} from the centre of each image" if net.int("center", 0) else
-            f"resizes each image's shorter side to a random size in [{lo}, {hi}] (min_crop, "
-            f"max_crop) and crops a random {w}x{h} from it")
+    side, cropped = _classifier_resize(net)
+    if net.int("center", 0):
+        crop = (f"crops the centre square of each image and resizes it to {w}x{h}; this one "
+                f"resizes the whole image to {w}x{h} (the same for square images)")
+    else:
+        crop = (f"resizes each image's shorter side to a random size in [{lo}, {hi}] (min_crop, "
+                f"max_crop) and crops a random {w}x{h} from it; this one resizes the whole "
+                + (f"image to {side}x{side} and crops a random {w}x{w} (the same for square "
+                   f"images{'' if lo == hi else ' at the smallest size'})" if cropped else
+                   f"image to {w}x{h}"))
     return ("# Point the data layer's source at your image list: ImageData reads 'path label' "
             "lines, the label\n# the class number from 0. Darknet's classifier reads the data "
             "cfg's train= list (one path a\n# line) and labels= file (one class name a line): "
@@ -1075,7 +1099,7 @@ def _classifier_loader_comment(sections):
             "#   python3 -c 'import sys; names = open(sys.argv[1]).read().splitlines(); "
             "[print(p, [k for k, n in enumerate(names) if n in p][0]) for p in "
             "open(sys.argv[2]).read().splitlines()]' labels.txt train.list > train.txt\n"
-            f"# Darknet's loader {crop}; this one resizes the whole image to {w}x{h}.\n")
+            f"# Darknet's loader {crop}.\n")
 
 
 def _f32(value):

@@ -375,6 +375,37 @@ def test_classifier_gets_a_train_net(tmp_path, capsys):
         assert 'net: "cls_train.prototxt"' in f.read()
 
 
+@pytest.mark.parametrize("keys, side, crop", [
+    ("min_crop=8\nmax_crop=8\n", 8, 6),           # Darknet: shorter side 8, a random 6x6 crop
+    ("min_crop=8\nmax_crop=12\n", 8, 6),          # the smallest of its sizes
+    ("min_crop=8\nmax_crop=8\ncenter=1\n", 6, 0),  # the centre square resized: no crop
+    ("min_crop=4\n", 6, 0),                        # smaller than the net: resized to it
+])
+def test_classifier_train_net_crops_as_darknets_loader(tmp_path, monkeypatch, keys, side, crop):
+    """min_crop above the net's size: ImageData resizes to min_crop x min_crop and the
+    transform crops the net's size at random, as Darknet's random_augment_image does for square
+    images; center=1 or a smaller min_crop: the whole image resized. The net trains a step."""
+    import minicnn
+    cfg = tmp_path / "cls.cfg"
+    cfg.write_text(CLASSIFIER.replace("channels=3\n", "channels=3\n" + keys))
+    convert_darknet(str(cfg), None, str(tmp_path / "out"))
+    text = (tmp_path / "out" / "cls_train.prototxt").read_text()
+    data = parse_text(text, "NetParameter").layer[0]
+    p = data.image_data_param
+    assert (p.new_height, p.new_width, data.transform_param.crop_size) == (side, side, crop)
+    assert (f"this one resizes the whole image to {side}x{side} and crops a random 6x6" in
+            text.replace("\n# ", " ")) == bool(crop)
+    rng = np.random.default_rng(0)
+    for k in range(2):
+        cv2.imwrite(str(tmp_path / "out" / f"{k}.png"), rng.integers(0, 256, (10, 10, 3),
+                                                                      dtype=np.uint8))
+    (tmp_path / "out" / "train.txt").write_text("0.png 1\n1.png 2\n")
+    monkeypatch.chdir(tmp_path / "out")
+    solver = minicnn.get_solver("cls_solver.prototxt", log=lambda message: None)
+    solver.step(1)
+    assert solver.net.blobs["data"].shape == (2, 3, 6, 6)
+
+
 @pytest.mark.parametrize("head, problem", [
     ("[softmax]\ngroups=3\n", "groups=3: minicnn writes a classifier's loss"),
     ("[softmax]\n\n[cost]\n\n[cost]\n", "a second [cost]"),
