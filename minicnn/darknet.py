@@ -75,7 +75,8 @@ data; YOLOv1's [detection] jitter is not kept. ``minicnn detect`` decodes all th
 
 A classifier (the last section [softmax], or [softmax] then one [cost]) gets a train net
 (classifier_train_data): an ImageData ("path label" lines; R, G, B scaled to [0, 1], resized
-to the [net]'s size, mirrored at random) and a SoftmaxWithLoss in place of the last Softmax.
+to the [net]'s size, or to min_crop and cropped at random, mirrored at random) and a
+SoftmaxWithLoss in place of the last Softmax.
 Darknet's loss there (libdarknet trained against it: tests/test_darknet_solver.py): given a
 truth, softmax_layer sets its delta to truth - output (the cross-entropy's gradient at the
 softmax's *input*; the temperature t is not in it, noloss=1 leaves it out), and a [cost]
@@ -1023,9 +1024,10 @@ def classifier_train_data(sections, source="train.txt"):
     max_crop] (the [net]'s keys; defaults width and 2 x width), crops width x height at random
     (center=1: in the centre), flips it at random and distorts it (CLASSIFIER_AUGMENT); its
     labels come from the paths. The layer: an ImageData (``path label`` lines) with shuffle,
-    new_height x new_width the [net]'s size, transform_param scale 1/255 and mirror, and for
-    channels=3 a Slice and a Concat that turn OpenCV's B, G, R into R, G, B (is_color: false,
-    gray, for channels=1). The random-size crop and the distortions have no ImageData field:
+    new_height x new_width the [net]'s size or min_crop with a crop_size (_classifier_resize),
+    transform_param scale 1/255 and mirror, and for channels=3 a Slice and a Concat that turn
+    OpenCV's B, G, R into R, G, B (is_color: false, gray, for channels=1). The random size of
+    the crop and the distortions have no ImageData field:
     the notes say which of the distortions the cfg asks for."""
     if _classifier_head(sections) is None:
         return None, []
