@@ -25,6 +25,7 @@ from minicnn.ops.conv import ConvGeometry
 from minicnn.proto import parse_text
 from minicnn.testing import check_in_place, check_layer_gradient
 from tests.ops.test_conv import naive_conv
+from tests.ops.test_interp import naive_interp
 
 GAUSSIAN = {"type": "gaussian", "std": 1.0}
 
@@ -302,6 +303,51 @@ def test_spp_errors(fields, shape, match):
 def test_interp_gradient(fields):
     x = np.random.default_rng(5).standard_normal((2, 3, 5, 6))
     check_layer_gradient(lambda: InterpLayer(**fields), [x])
+
+
+@st.composite
+def interp_layer_cases(draw):
+    """A bottom cropped by drawn pads, and the output size from zoom_factor, shrink_factor,
+    both, height and width, or a second bottom; with the size the rules give."""
+    h, w = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    pad_beg = -draw(st.integers(0, min(h, w) - 1))
+    pad_end = -draw(st.integers(0, min(h, w) - 1 + pad_beg))
+    h_eff, w_eff = h + pad_beg + pad_end, w + pad_beg + pad_end
+    fields = {"pad_beg": pad_beg} if pad_beg or draw(st.booleans()) else {}
+    if pad_end or draw(st.booleans()):
+        fields["pad_end"] = pad_end
+    kind = draw(st.sampled_from(["zoom", "shrink", "both", "hw", "bottom"]))
+    size = None
+    if kind == "hw":
+        fields["height"], fields["width"] = draw(st.integers(1, 7)), draw(st.integers(1, 7))
+        out = (fields["height"], fields["width"])
+    elif kind == "bottom":
+        size = (draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.integers(1, 7)),
+                draw(st.integers(1, 7)))
+        out = size[2:]
+    else:
+        out = (h_eff, w_eff)
+        if kind != "zoom":
+            fields["shrink_factor"] = s = draw(st.integers(1, 3))
+            out = tuple((d - 1) // s + 1 for d in out)
+        if kind != "shrink":
+            fields["zoom_factor"] = z = draw(st.integers(1, 3))
+            out = tuple(d + (d - 1) * (z - 1) for d in out)
+    shape = (draw(st.integers(1, 2)), draw(st.integers(1, 2)), h, w)
+    return fields, shape, size, out, draw(st.integers(0, 2**32 - 1))
+
+
+@settings(max_examples=40, deadline=None)
+@given(interp_layer_cases())
+def test_interp_drawn_sizes_and_pads_match_the_loop_and_finite_differences(case):
+    fields, shape, size, out, seed = case
+    rng = np.random.default_rng(seed)
+    bottoms = [rng.standard_normal(shape)] + ([] if size is None else [rng.standard_normal(size)])
+    y = InterpLayer(**fields)(*bottoms)
+    assert y.shape == shape[:2] + out
+    pads = fields.get("pad_beg", 0), fields.get("pad_end", 0)
+    np.testing.assert_allclose(y, naive_interp(bottoms[0], out, *pads), rtol=1e-12, atol=1e-14)
+    check_layer_gradient(lambda: InterpLayer(**fields), bottoms)
 
 
 def test_interp_gradient_with_a_size_bottom():
