@@ -5,7 +5,7 @@ differences, in nets from prototxts, and the errors."""
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minicnn
@@ -115,6 +115,55 @@ def test_finite_differences():
     layer_gradient({"scale": 2, "pad_out_w": True}, values, mask.astype(np.float64))
     layer_gradient({"upsample_h": 6, "upsample_w": 5}, values, mask.astype(np.float64))
     layer_gradient({"scale_h": 2, "scale_w": 3}, values)
+
+
+@st.composite
+def layer_cases(draw):
+    """The layer's fields in each form, with the top size they give: max-unpooling through the
+    mask of a drawn MAX Pooling (kernel = stride per axis) sized by upsample_h/w, scale or
+    scale_h/w (pad_out where the pooled side is odd and the scale 2), or nearest upsampling by
+    scale or scale_h/w."""
+    n, c = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    sh, sw = draw(st.integers(2, 3)), draw(st.integers(2, 3))
+    if draw(st.booleans()):                                  # nearest: one bottom
+        sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+        h, w = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+        fields = {"scale_h": sh, "scale_w": sw} if sh != sw or draw(st.booleans()) else \
+            ({"scale": sh} if sh != 2 or draw(st.booleans()) else {})
+        return fields, (n, c, h, w), None, (h * sh, w * sw), draw(st.integers(0, 2**32 - 1))
+    h, w = draw(st.integers(sh, 7)), draw(st.integers(sw, 7))
+    seed = draw(st.integers(0, 2**32 - 1))
+    _, mask = max_pool2d_forward(np.random.default_rng(seed).standard_normal((n, c, h, w)),
+                                 geom=PoolGeometry((sh, sw), (sh, sw)))
+    ph, pw = mask.shape[2:]
+    if draw(st.booleans()):
+        fields, out = {"upsample_h": h, "upsample_w": w}, (h, w)
+    else:
+        fields = {"scale_h": sh, "scale_w": sw} if sh != sw or draw(st.booleans()) else \
+            ({"scale": sh} if sh != 2 or draw(st.booleans()) else {})
+        pad_h, pad_w = sh == 2 and h % 2 == 1, sw == 2 and w % 2 == 1
+        if pad_h:
+            fields["pad_out_h"] = True
+        if pad_w:
+            fields["pad_out_w"] = True
+        out = (ph * sh - pad_h, pw * sw - pad_w)
+    return fields, mask.shape, mask.astype(np.float64), out, seed
+
+
+@settings(max_examples=40, deadline=None)
+@given(layer_cases())
+def test_drawn_fields_match_the_forks_loops_and_finite_differences(case):
+    fields, shape, mask, out, seed = case
+    x = np.random.default_rng(seed + 1).standard_normal(shape)
+    bottoms = [x] if mask is None else [x, mask]
+    y = UpsampleLayer(**fields)(*bottoms)
+    assert y.shape == shape[:2] + out
+    if mask is None:
+        sh, sw = out[0] // shape[2], out[1] // shape[3]
+        np.testing.assert_array_equal(y, np.repeat(np.repeat(x, sh, axis=2), sw, axis=3))
+    else:
+        np.testing.assert_array_equal(y, segnet_forward(x, mask, out))
+    layer_gradient(fields, x, mask)
 
 
 SEGNET = """force_backward: true
