@@ -6,6 +6,8 @@ import os
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import minicnn
 from minicnn.blob import Blob
@@ -15,9 +17,10 @@ from minicnn.data.detection import augment, label_path, read_labels, write_label
 from minicnn.data.errors import DataError, need
 from minicnn.errors import LayerError
 from minicnn.layers import DetectionDataLayer, DetectionLayer
-from minicnn.ops.detection import detection_layout
+from minicnn.ops.detection import detection_layout, detection_truth
 from minicnn.proto import parse_text
 from minicnn.testing import check_layer_gradient
+from tests.ops.test_detection import darknet_detection, switch_margin
 
 need("PIL.Image", "Pillow")
 
@@ -49,6 +52,55 @@ def test_gradient_through_the_layer():
     x, labels = clear_case()
     check_layer_gradient(lambda: DetectionLayer(detection_param=SETTINGS), [x, labels],
                          check_bottoms=[0])
+
+
+@st.composite
+def layer_cases(draw):
+    """Box lists (padding rows of class -1), predictions of N x D read through another shape,
+    and every detection_param field drawn."""
+    side, num, classes = draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    n, k = draw(st.integers(1, 2)), draw(st.integers(1, 3))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    labels = np.zeros((n, k, 5))
+    labels[:, :, 0] = -1
+    for b in range(n):
+        for j in range(rng.integers(1 if b == 0 else 0, k + 1)):
+            labels[b, j] = [rng.integers(classes), *rng.uniform(0, 1, 2),
+                            *rng.uniform(0.05, 0.8, 2)]
+    d, _, box0 = detection_layout(side, num, classes)
+    x = rng.uniform(-0.2, 1.0, (n, d))
+    x[:, box0:] = rng.uniform(0.05, 0.95, (n, d - box0))
+    params = dict(side=side, num=num, classes=classes, sqrt=draw(st.booleans()),
+                  rescore=draw(st.booleans()),
+                  object_scale=draw(st.sampled_from([1.0, 2.0, 3.0])),
+                  noobject_scale=draw(st.sampled_from([0.5, 0.25, 1.0])),
+                  class_scale=draw(st.sampled_from([1.0, 0.75, 1.5])),
+                  coord_scale=draw(st.sampled_from([5.0, 1.0, 4.0])))
+    shape = draw(st.sampled_from([(n, d), (n, d, 1, 1), (n, 1, d)]))
+    return x, shape, labels, params
+
+
+@settings(max_examples=20, deadline=None)
+@given(layer_cases())
+def test_drawn_fields_match_darknets_loop_and_finite_differences(case):
+    """The loss and diff against the port of Darknet's loop (tests/ops/test_detection.py), and,
+    without rescore and away from a switch of responsible predictor, finite differences."""
+    x, shape, labels, p = case
+    layer = DetectionLayer(detection_param=p)
+    loss = layer(x.reshape(shape), labels)
+    truth = detection_truth(labels, p["side"], p["classes"])
+    want, scale = darknet_detection(x, truth.reshape(-1), p["side"], p["num"], p["classes"],
+                                    p["sqrt"], p["rescore"], p["object_scale"],
+                                    p["noobject_scale"], p["class_scale"], p["coord_scale"])
+    used = scale > 0
+    assert float(loss) == pytest.approx(np.sum(want[used] ** 2 / scale[used]) / (2 * len(x)),
+                                        rel=1e-10, abs=1e-12)
+    dx, dlabels = layer.backprop()
+    assert dx.shape == shape and dlabels is None
+    np.testing.assert_allclose(dx.reshape(x.shape), -want / len(x), rtol=1e-10, atol=1e-12)
+    if not p["rescore"] and switch_margin(x, truth, p) > 1e-3:
+        check_layer_gradient(lambda: DetectionLayer(detection_param=p),
+                             [x.reshape(shape), labels], check_bottoms=[0], max_checks=24)
 
 
 def test_loss_weight_scales_the_gradient():
