@@ -135,6 +135,31 @@ def test_softmax_tree_layer_gradient_and_errors():
                                     'parent: [3, -1] }'), [np.zeros((1, 2))])
 
 
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), ndim=st.integers(1, 4), data=st.data())
+def test_softmax_tree_layer_on_drawn_trees_shapes_and_axes(seed, ndim, data):
+    """The layer from its prototxt (parents, axis: negative too) against a per-group loop along
+    that axis, and finite differences."""
+    rng = np.random.default_rng(seed)
+    parents = [-1] * int(rng.integers(1, 3))
+    while len(parents) < 6:
+        parents += [int(rng.integers(0, len(parents)))] * int(rng.integers(1, 3))
+    axis = data.draw(st.integers(-ndim, ndim - 1))
+    shape = [data.draw(st.integers(1, 2)) for _ in range(ndim)]
+    shape[axis] = len(parents)
+    x = rng.normal(0, 3, shape)
+    text = (f'name: "t" type: "SoftmaxTree" softmax_tree_param {{ '
+            f'parent: [{", ".join(map(str, parents))}] axis: {axis} }}')
+    y = _layer(text)(x)
+    z, want = np.moveaxis(x, axis, 0), np.empty(x.shape)
+    out = np.moveaxis(want, axis, 0)                  # a view: the loop fills want
+    for off, size in zip(SoftmaxTree(parents).group_offset, SoftmaxTree(parents).group_size):
+        e = np.exp(z[off:off + size] - z[off:off + size].max(axis=0))
+        out[off:off + size] = e / e.sum(axis=0)
+    np.testing.assert_allclose(y, want, rtol=1e-12)
+    check_layer_gradient(lambda: _layer(text), [x])
+
+
 def test_region_with_a_tree_gradient_and_errors():
     parents = ", ".join(map(str, SMALL_TREE))
     body = f"region_param {{ classes: 9 coords: 4 num: 2 softmax: true tree_parent: [{parents}] }}"
