@@ -329,10 +329,22 @@ def fork_channel_scale(x, scale, dy, p):
     return y.reshape(x.shape), dx.reshape(x.shape), ds.reshape(scale.shape)
 
 
+@st.composite
+def channel_scale_shapes(draw):
+    """x of 1-4 axes (read as N x C x H x W, missing axes 1) and a scale of N*H*W values in one
+    of the shapes that hold them with N first."""
+    ndim = draw(st.integers(1, 4))
+    x = tuple(draw(st.integers(1, 3)) for _ in range(ndim))
+    n, _, h, w = x + (1,) * (4 - ndim)
+    scale = draw(st.sampled_from([(n, 1, h, w), (n, h, w), (n, h * w), (n, h * w, 1, 1)]))
+    if h * w == 1:
+        scale = draw(st.sampled_from([scale, (n,), (n, 1)]))
+    return x, scale
+
+
 @settings(max_examples=25, deadline=None)
-@given(st.sampled_from([((3, 5), (3, 1, 1, 1)), ((3, 5), (3,)), ((2, 3, 2, 2), (2, 1, 2, 2)),
-                        ((2, 4, 3), (2, 3))]),
-       st.booleans(), st.booleans(), st.booleans(), st.integers(0, 2**32 - 1))
+@given(channel_scale_shapes(), st.booleans(), st.booleans(), st.booleans(),
+       st.integers(0, 2**32 - 1))
 def test_channel_scale_follows_the_fork(shapes, forward, feature, scale_grad, seed):
     rng = np.random.default_rng(seed)
     x, scale = rng.standard_normal(shapes[0]), rng.standard_normal(shapes[1])
@@ -347,11 +359,24 @@ def test_channel_scale_follows_the_fork(shapes, forward, feature, scale_grad, se
     np.testing.assert_allclose(ds, want_ds, rtol=1e-12, atol=1e-14)
 
 
-def test_channel_scale_backward_is_the_gradient():
-    rng = np.random.default_rng(6)
-    for xs, ss in (((3, 5), (3, 1, 1, 1)), ((2, 3, 2, 2), (2, 1, 2, 2))):
-        check_layer_gradient(ChannelScaleLayer(), [rng.standard_normal(xs),
-                                                   rng.standard_normal(ss)])
+@settings(max_examples=25, deadline=None)
+@given(channel_scale_shapes(), st.sampled_from([[0, 1], [0], [1]]), st.integers(0, 2**32 - 1))
+def test_channel_scale_backward_is_the_gradient(shapes, wanted, seed):
+    """Finite differences for the bottoms backward is asked for; the other keeps its diff."""
+    rng = np.random.default_rng(seed)
+    x, scale = rng.standard_normal(shapes[0]), rng.standard_normal(shapes[1])
+    check_layer_gradient(ChannelScaleLayer(), [x, scale], check_bottoms=wanted)
+    layer = ChannelScaleLayer()
+    bottom, top = [Blob.from_array(x), Blob.from_array(scale)], [Blob((), np.float64)]
+    layer.setup(bottom, top)
+    layer.forward(bottom, top)
+    top[0].diff[...] = rng.standard_normal(top[0].shape)
+    stale = [rng.standard_normal(b.shape) for b in bottom]
+    for b, old in zip(bottom, stale):
+        b.diff[...] = old
+    layer.backward(top, [i in wanted for i in range(2)], bottom)
+    for i in set(range(2)) - set(wanted):
+        np.testing.assert_array_equal(bottom[i].diff, stale[i])
 
 
 
