@@ -5,7 +5,7 @@ finite differences, lr_mult masking, and its errors."""
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minicnn
@@ -69,15 +69,18 @@ def test_train_matches_pytorch_and_the_forks_running_update(case):
 
 
 @pytest.mark.parametrize("phase, frozen", [("TEST", False), ("TRAIN", True), ("TEST", True)])
-def test_stored_statistics_are_an_affine_map(phase, frozen):
-    rng = np.random.default_rng(3)
-    x = rng.standard_normal((2, 3, 4, 2))
-    slope, bias, mean = rng.standard_normal(3), rng.standard_normal(3), rng.standard_normal(3)
-    var = rng.uniform(0.5, 2, 3)
+@settings(max_examples=8, deadline=None)
+@given(case=cases())
+def test_stored_statistics_are_an_affine_map(phase, frozen, case):
+    shape, _, seed = case
+    rng = np.random.default_rng(seed)
+    x, c = rng.standard_normal(shape), shape[1]
+    slope, bias, mean = rng.standard_normal(c), rng.standard_normal(c), rng.standard_normal(c)
+    var = rng.uniform(0.5, 2, c)
     layer = ForkBNLayer(phase=phase, frozen=frozen, eps=1e-3)
     bottom, top = preset(layer, x, slope, bias, mean, var)
     layer.forward(bottom, top)
-    per = (1, 3, 1, 1)
+    per = (1, c) + (1,) * (len(shape) - 2)
     factor = slope.reshape(per) / np.sqrt(var.reshape(per) + float(np.float32(1e-3)))
     np.testing.assert_allclose(top[0].data, (x - mean.reshape(per)) * factor + bias.reshape(per),
                                rtol=1e-12, atol=1e-12)
