@@ -62,6 +62,21 @@ def test_layer_gradient_and_nchw_to_nhwc():
     check_layer_gradient(lambda: PermuteLayer(permute_param={"order": [0, 3]}), [x])
 
 
+@settings(max_examples=25, deadline=None)
+@given(permuted(), st.data())
+def test_layer_with_drawn_partial_orders_matches_index_loops_and_finite_differences(case, data):
+    """permute_param.order, the first k axes of a permutation (SSD fills in the rest in
+    increasing order), through the layer."""
+    x, full = case
+    given_axes = list(full[:data.draw(st.integers(0, len(full)))])
+    order = given_axes + sorted(set(range(x.ndim)) - set(given_axes))
+    y = PermuteLayer(permute_param={"order": given_axes})(x)
+    assert y.shape == tuple(x.shape[a] for a in order)
+    for index in itertools.product(*(range(d) for d in x.shape)):
+        assert y[tuple(index[a] for a in order)] == x[index]
+    check_layer_gradient(lambda: PermuteLayer(permute_param={"order": given_axes}), [x])
+
+
 def test_in_a_net_and_not_in_place():
     import minicnn
     net = minicnn.Net(parse_text("""
