@@ -6,8 +6,9 @@ raw uint8 bytes in ``data`` (C, H, W order), as ``float_data``, or as an image f
 
 Caffe decodes images with OpenCV, so a colour image comes out in **B, G, R** channel order and a
 grayscale one with a single channel; ``decode_image`` does the same with Pillow, with OpenCV's
-grey conversions (``_gray``), and ``encode_image`` writes JPEG at OpenCV's quality. Pillow is
-imported only when an image is decoded or encoded; ``resize_image`` computes what OpenCV's does.
+grey and CMYK conversions (``_gray``, ``_cmyk_to_rgb``), and ``encode_image`` writes JPEG at
+OpenCV's quality. Pillow is imported only when an image is decoded or encoded; ``resize_image``
+computes what OpenCV's does.
 """
 
 import functools
@@ -59,7 +60,8 @@ def _to_chw(img, is_color, file_format=None):
         if is_color:
             a = np.repeat(a, 3, axis=2)
     else:
-        color = is_color if is_color is not None else img.mode not in _GRAY_MODES
+        # IMREAD_ANYCOLOR keeps 1 channel for gray without alpha only (gray + alpha gives 3)
+        color = is_color if is_color is not None else img.mode not in ("1", "L")
         if color:
             a = np.asarray(img.convert("RGB"))[:, :, ::-1]       # RGB -> BGR, as OpenCV
         else:
@@ -67,12 +69,27 @@ def _to_chw(img, is_color, file_format=None):
     return np.ascontiguousarray(a.transpose(2, 0, 1))
 
 
+def _cmyk_to_rgb(img, inverted):
+    """A CMYK JPEG's pixels as OpenCV's decoder converts them (icvCvt_CMYK2BGR on the values
+    libjpeg gives, inverted in Adobe's files: c = k - ((255 - c) * k >> 8)); Pillow's own
+    conversion rounds otherwise (nearly every pixel 1 level off)."""
+    raw = np.asarray(img).astype(np.int32)
+    if inverted:                            # Pillow un-inverts Adobe's CMYK ("CMYK;I")
+        raw = 255 - raw
+    k = raw[:, :, 3:]
+    rgb = k - ((255 - raw[:, :, :3]) * k >> 8)
+    return _pil().Image.fromarray(rgb.astype(np.uint8), "RGB")
+
+
 def decode_image(source, is_color=True):
     """Decode an image (file bytes, or a path) into a CHW uint8 array.
 
     ``is_color`` True gives 3 channels in B, G, R order (OpenCV's IMREAD_COLOR), False one gray
-    channel (IMREAD_GRAYSCALE), None the file's own kind (IMREAD_ANYCOLOR: gray stays 1 channel).
-    The EXIF orientation is applied, as OpenCV's imread does.
+    channel (IMREAD_GRAYSCALE), None the file's own kind (IMREAD_ANYCOLOR: gray stays 1 channel,
+    colour and alpha give 3). The EXIF orientation is applied, as OpenCV's imread does. The
+    pixels are OpenCV's on JPEG (any subsampling, progressive, gray, CMYK), PNG (8-bit, palette,
+    alpha, 16-bit gray) and BMP files, but for 16-bit colour PNGs read as gray (libpng makes
+    OpenCV's gray from the 16-bit values: about half the pixels 1 level off).
     """
     Image = _pil().Image
     ImageOps = need("PIL.ImageOps", "Pillow")
@@ -92,8 +109,12 @@ def decode_image(source, is_color=True):
             file_format = img.format
             if is_color is False and file_format == "JPEG" and img.mode in ("RGB", "YCbCr"):
                 img.draft("L", img.size)      # libjpeg's luma, as OpenCV's IMREAD_GRAYSCALE
+            cmyk = file_format == "JPEG" and img.mode == "CMYK"
+            inverted = cmyk and any(tile.args[0] == "CMYK;I" for tile in img.tile)
             img.load()
             img = ImageOps.exif_transpose(img)
+            if cmyk:
+                img = _cmyk_to_rgb(img, inverted)
             return _to_chw(img, is_color, file_format)
     except DataError:
         raise
