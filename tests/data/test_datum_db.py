@@ -250,18 +250,62 @@ def _image_files():
 
 
 @pytest.mark.parametrize("is_color", [True, False, None])
-def test_pillow_decodes_the_same_pixels_as_opencvs_imdecode(is_color):
-    """cv::imdecode's pixels with IMREAD_COLOR, IMREAD_GRAYSCALE and IMREAD_ANYCOLOR (is_color
-    None), EXIF orientation applied. Pillow's own CMYK conversion was 1 level off on nearly
-    every pixel, and gray + alpha PNGs stayed 1 channel."""
+def test_opencv_and_pillow_decode_the_same_pixels_as_opencvs_imdecode(monkeypatch, is_color):
+    """decode_image decodes with OpenCV where it is installed (Caffe's decoder) and with Pillow
+    otherwise: both give cv::imdecode's pixels with IMREAD_COLOR, IMREAD_GRAYSCALE and
+    IMREAD_ANYCOLOR (is_color None), EXIF orientation applied. Pillow's own CMYK conversion was
+    1 level off on nearly every pixel, and it kept gray + alpha PNGs as 1 channel."""
     cv2 = pytest.importorskip("cv2")
+    from minicnn.data import datum
     flag = {True: cv2.IMREAD_COLOR, False: cv2.IMREAD_GRAYSCALE, None: cv2.IMREAD_ANYCOLOR}
     for name, blob in _image_files().items():
         want = cv2.imdecode(np.frombuffer(blob, np.uint8), flag[is_color])
         want = (want[:, :, None] if want.ndim == 2 else want).transpose(2, 0, 1)
-        got = decode_image(blob, is_color)
-        assert got.dtype == np.uint8 and got.flags.c_contiguous
-        np.testing.assert_array_equal(got, want, err_msg=name)
+        for decoder in (cv2, None):
+            monkeypatch.setattr(datum, "_opencv", lambda: decoder)
+            got = decode_image(blob, is_color)
+            assert got.dtype == np.uint8 and got.flags.c_contiguous
+            np.testing.assert_array_equal(got, want, err_msg=f"{name}, {decoder and 'cv2'}")
+
+
+def test_jpegs_decode_without_pillow_where_opencv_is_installed(monkeypatch, tmp_path):
+    pytest.importorskip("cv2")
+    path = tmp_path / "a.jpg"
+    path.write_bytes(_image_files()["exif6.jpg"])
+    want = decode_image(path)
+    monkeypatch.setitem(sys.modules, "PIL", None)                 # as if not installed
+    np.testing.assert_array_equal(decode_image(str(path)), want)
+    assert want.shape == (3, 86, 47)                              # rotated
+
+
+@pytest.mark.parametrize("opencv", [True, False])
+def test_broken_images_are_the_same_errors_with_either_decoder(monkeypatch, tmp_path, opencv):
+    """Files OpenCV cannot decode go to Pillow, which names the fault as before; a JPEG cut
+    short (no EOI marker) does too, since OpenCV before ~4.9 returned it with gray rows and a
+    warning (the fake decoder below does so)."""
+    cv2 = pytest.importorskip("cv2")
+    from minicnn.data import datum
+
+    class PartialImdecode:                      # an older OpenCV: a truncated JPEG decodes
+        error = cv2.error
+
+        @staticmethod
+        def imdecode(buf, flag):
+            return np.full((8, 8, 3), 128, np.uint8)
+
+    monkeypatch.setattr(datum, "_opencv", lambda: PartialImdecode if opencv else None)
+    jpeg = _image_files()["q95_2.jpg"]
+    for name, blob in (("cut.jpg", jpeg[:len(jpeg) // 2]), ("no_eoi.jpg", jpeg[:-2])):
+        (tmp_path / name).write_bytes(blob)
+        with pytest.raises(DataError, match=rf"{name}: cannot decode image \(OSError: image "
+                                            "file is truncated"):
+            decode_image(str(tmp_path / name))
+    monkeypatch.setattr(datum, "_opencv", lambda: cv2 if opencv else None)
+    for blob in (b"", b"not an image", jpeg[:300]):
+        with pytest.raises(DataError, match=r"^<image bytes>: cannot decode image"):
+            decode_image(blob)
+    with pytest.raises(DataError, match="nope.jpg: file not found"):
+        decode_image(tmp_path / "nope.jpg")
 
 
 # --- LMDB ----------------------------------------------------------------------------------------
