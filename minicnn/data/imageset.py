@@ -11,7 +11,13 @@ import warnings
 
 import numpy as np
 
-from minicnn.data.datum import decode_datum, decode_image, encode_datum, read_image, serialize_datum
+from minicnn.data.datum import (
+    decode_datum,
+    decode_image,
+    encode_datum,
+    read_image,
+    serialize_datum,
+)
 from minicnn.data.db import db_writer, open_db, remove_db, replace_db
 from minicnn.data.errors import DataError, read_lines
 from minicnn.proto import caffe_pb2, serialize, write_binary
@@ -73,9 +79,14 @@ def convert_imageset(root, list_file, db_path, resize_height=0, resize_width=0, 
     Each Datum holds the image as BGR (or gray, ``gray=True``) uint8 CHW, resized to
     (resize_height, resize_width) as Caffe resizes (OpenCV's bilinear, pixel for pixel) when
     both are > 0, and its label.
-    ``encoded`` stores image-file bytes instead (the original file when it needs no change,
-    else re-encoded as ``encode_type``, by default the file's extension); an ``encode_type``
-    alone encodes too, as in Caffe. ``shuffle`` permutes
+    ``encoded`` stores image-file bytes instead, by Caffe 1.0's rule: without ``encode_type``
+    the file itself when it is not resized, else the image re-encoded in the file's format;
+    with an ``encode_type`` the image is re-encoded in it (cv::imencode), unless it is given
+    with its dot (".png") and the file has that extension and is not resized. A file stored
+    as it is keeps its own colours whatever ``gray`` says (a Data layer decodes it natively:
+    a gray PNG to 1 channel, an RGBA one to 4, unless transform_param.force_color /
+    force_gray); the first such file whose channels differ from the ones asked for is
+    warned about. An ``encode_type`` alone encodes too, as in Caffe. ``shuffle`` permutes
     the lines first, with ``np.random.default_rng(seed)`` (seed None: minicnn's global
     generator). ``check_size`` makes differently sized images an error. An image that cannot be
     read is skipped with a warning, as Caffe does (its index is still used up).
@@ -104,6 +115,7 @@ def convert_imageset(root, list_file, db_path, resize_height=0, resize_width=0, 
     remove_db(tmp)
     size = None
     count = skipped = 0
+    warned = False
     try:
         with db_writer(tmp, backend) as writer:
             for index, (name, label, lineno) in enumerate(entries):
@@ -111,6 +123,13 @@ def convert_imageset(root, list_file, db_path, resize_height=0, resize_width=0, 
                 try:
                     value = _image_record(image_path, label, resize_height, resize_width,
                                           is_color, encoded, encode_type)
+                    if value[2] and not warned:
+                        warned = True
+                        warnings.warn(f"{image_path} is stored as it is, as Caffe's "
+                                      f"convert_imageset stores it whatever its colours: its "
+                                      f"record decodes to {value[2]} channel(s), not "
+                                      f"{value[1][0]}, unless transform_param sets "
+                                      f"force_color or force_gray", stacklevel=2)
                 except DataError as e:
                     warnings.warn(f"{list_file}:{lineno}: skipping {image_path}: {e.reason}",
                                   stacklevel=2)
@@ -135,19 +154,38 @@ def convert_imageset(root, list_file, db_path, resize_height=0, resize_width=0, 
     return count
 
 
+def _match_ext(path, encoding):
+    """Caffe 1.0's matchExt (io.cpp): the path from its last dot, *with* the dot, against the
+    encoding, both lower-cased (its "jpg" / "jpeg" alias compares "jpg" with ".jpeg": never
+    true). So the encoding convert_imageset guesses (the name from its last dot: ".jpg")
+    always matches, and an ``encode_type`` without a dot ("jpg", "png") never does."""
+    pos = path.rfind(".")
+    return (path[pos:] if pos >= 0 else path).lower() == encoding.lower()
+
+
 def _image_record(path, label, height, width, is_color, encoded, encode_type):
-    """(serialized Datum, CHW shape) of one image file, as Caffe's ReadImageToDatum."""
+    """(serialized Datum, CHW shape, native channels) of one image file, as Caffe's
+    ReadImageToDatum: with an encoding, the file's own bytes when it is not resized and its
+    extension matches (_match_ext; Caffe's channel test, (channels == 3) == is_color, always
+    holds, as the image was read with is_color's flag), else the image read with is_color,
+    resized, encoded again. The third item is 0, or for a file stored as it is whose native
+    decode (a Data layer's) has another channel count than ``is_color`` asked for, that count
+    (a gray file without gray, a colour one with gray, one with alpha)."""
     chw = read_image(path, height, width, is_color)
     if encoded:
         encoding = encode_type or _guess_encoding(path)
         resized = height > 0 and width > 0
-        same_kind = decode_image(path, None).shape[0] == chw.shape[0]
-        if not resized and same_kind and _guess_encoding(path) in _aliases(encoding):
-            with open(path, "rb") as f:           # the file is already what was asked for
-                datum = caffe_pb2.Datum(data=f.read(), label=label, encoded=True)
-            return serialize(datum), chw.shape
-        return serialize(encode_datum(chw, label, encoding)), chw.shape
-    return serialize_datum(chw, label), chw.shape
+        if not resized and (not encode_type or _match_ext(path, encode_type)):
+            with open(path, "rb") as f:           # ReadFileToDatum
+                data = f.read()
+            datum = caffe_pb2.Datum(data=data, label=label, encoded=True)
+            try:
+                native = decode_image(data, None).shape[0]
+            except DataError:                     # a 16-bit file: the Data layer names it
+                native = 0
+            return serialize(datum), chw.shape, 0 if native == chw.shape[0] else native
+        return serialize(encode_datum(chw, label, encoding)), chw.shape, 0
+    return serialize_datum(chw, label), chw.shape, 0
 
 
 def _aliases(encoding):

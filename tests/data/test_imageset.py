@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from minicnn.blob import blob_proto_to_array
-from minicnn.data.datum import decode_datum
+from minicnn.data.datum import decode_datum, decode_image
 from minicnn.data.db import open_db
 from minicnn.data.errors import DataError
 from minicnn.data.imageset import (
@@ -215,15 +215,35 @@ def test_compute_image_mean_sums_in_float32_as_caffe(tmp_path):
     assert not np.array_equal(want, (records.astype(np.float64).sum(0) / 60).astype(np.float32))
 
 
-def test_an_encoded_file_of_an_alias_extension_is_stored_as_it_is(tmp_path):
-    """A .jpe or .jpeg file asked to be stored as jpg needs no re-encoding: its own bytes go
-    into the Datum."""
-    make_images(str(tmp_path), ["a.png"])
+def test_encoded_records_hold_the_file_by_caffes_matchext_rule(tmp_path):
+    """Caffe 1.0's ReadImageToDatum stores the file's own bytes when it is not resized and
+    matchExt(file, encoding) holds: the file's extension is taken *with* its dot, so the
+    encoding convert_imageset guesses (".jpe", ".jpeg") matches, an encode_type such as "jpg"
+    or "png" never does (the image is encoded again, cv::imencode), ".png" does for a .png.
+    Its channel test always holds: with gray a colour file is stored as it is, in colour."""
+    images = make_images(str(tmp_path), ["a.png"])
     Image.open(tmp_path / "a.png").save(tmp_path / "a.jpe", format="JPEG")
     Image.open(tmp_path / "a.png").save(tmp_path / "b.jpeg", format="JPEG")
-    (tmp_path / "list.txt").write_text("a.jpe 0\nb.jpeg 1\n")
-    convert_imageset(str(tmp_path), str(tmp_path / "list.txt"), str(tmp_path / "db"),
-                     encode_type="jpg")
-    with open_db(str(tmp_path / "db")) as db:
-        stored = [parse_binary(v, "Datum").data for _, v in db.items()]
-    assert stored == [(tmp_path / "a.jpe").read_bytes(), (tmp_path / "b.jpeg").read_bytes()]
+    Image.open(tmp_path / "a.png").save(tmp_path / "a.png", compress_level=0)  # re-encoding shows
+    (tmp_path / "list.txt").write_text("a.jpe 0\nb.jpeg 1\na.png 2\n")
+    files = [(tmp_path / n).read_bytes() for n in ("a.jpe", "b.jpeg", "a.png")]
+
+    def stored(name, **kw):
+        convert_imageset(str(tmp_path), str(tmp_path / "list.txt"), str(tmp_path / name), **kw)
+        with open_db(str(tmp_path / name)) as db:
+            return [parse_binary(v, "Datum").data for _, v in db.items()]
+
+    assert stored("guessed", encoded=True) == files
+    jpg = stored("jpg", encode_type="jpg")
+    assert all(a != b and a[:2] == b"\xff\xd8" for a, b in zip(jpg, files))
+    png = stored("png", encode_type="png")
+    assert png[2] != files[2] and png[2][:4] == b"\x89PNG"
+    np.testing.assert_array_equal(decode_image(png[2]), images[0])
+    assert stored("dot_png", encode_type=".PNG")[2] == files[2]
+    with pytest.warns(UserWarning, match=r"a.jpe is stored as it is, .* decodes to 3 channel"):
+        gray = stored("gray", encoded=True, gray=True)
+    assert gray == files
+    assert decode_image(gray[2], None).shape == (3, 4, 6)
+    Image.open(tmp_path / "a.png").convert("L").save(tmp_path / "a.png")   # a gray file
+    with pytest.warns(UserWarning, match=r"a.png is stored as it is, .* decodes to 1 channel"):
+        assert stored("color", encoded=True)[2] == (tmp_path / "a.png").read_bytes()
