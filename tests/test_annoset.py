@@ -4,6 +4,7 @@ XML by hand."""
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import minicnn
 from minicnn import cli
@@ -344,3 +345,34 @@ def test_the_forks_box_warnings_and_what_it_drops_quietly_are_said(voc):
     data_net.forward()
     labels = data_net.blobs["label"].data.reshape(-1, 8)
     assert set(labels[:, 0]) == {0}                         # image 1 has no box left
+
+
+@pytest.mark.parametrize("anno_type", ["detection", "classification"])
+def test_the_file_itself_is_stored_by_the_forks_matchext(voc, anno_type):
+    """The fork's ReadImageToDatum stores the file's own bytes when it is not resized and its
+    matchExt (the extension without its dot; "jpg" also matches "jpeg") matches the encoding:
+    --encode-type png for a .png file and jpg for a .jpeg one, whatever the file's colours
+    (a gray PNG with a colour conversion); convert_annoset's guessed encoding keeps the dot,
+    so --encoded alone encodes every image again."""
+    from minicnn.data.db import open_db
+    from minicnn.proto import parse_binary
+    tmp_path, images = voc
+    folder = tmp_path / "VOC" / "JPEGImages"
+    Image.fromarray(images[0][0]).save(folder / "0.png", compress_level=0)      # gray
+    Image.fromarray(images[1][::-1].transpose(1, 2, 0)).save(folder / "1.jpeg", quality=90)
+    lines = (tmp_path / "trainval.txt").read_text().replace("1.png", "1.jpeg")
+    if anno_type == "classification":
+        lines = "".join(f"{line.split()[0]} {k}\n" for k, line in enumerate(lines.splitlines()))
+    (tmp_path / "trainval.txt").write_text(lines)
+    files = [(folder / n).read_bytes() for n in ("0.png", "1.jpeg")]
+
+    def stored(*flags):
+        src = convert(tmp_path, *flags, "--anno-type", anno_type, db="-".join(flags))
+        with open_db(src, "lmdb") as db:
+            return [parse_binary(v, "AnnotatedDatum").datum.data for _, v in db.items()]
+
+    assert stored("--encode-type", "png")[0] == files[0]
+    assert stored("--encode-type", "jpg")[1] == files[1]
+    guessed = stored("--encoded")
+    assert guessed[0] != files[0] and guessed[1] != files[1]
+    assert guessed[0][:4] == b"\x89PNG" and guessed[1][:2] == b"\xff\xd8"

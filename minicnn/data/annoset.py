@@ -17,9 +17,13 @@ and if int(scale * longer side) then passes max_dim, the scale becomes max_dim /
 a scale of 1 leaves it, any other goes through OpenCV's bilinear cv::resize by that factor
 (cv2.resize with fx = fy = scale: size round(side * scale), and the sampling uses the factor,
 not the rounded size's ratio). Boxes stay normalized by the original size, as in the fork (they
-are relative, so the resize keeps them). With min_dim or max_dim set the image is always encoded
-again (the fork's copy-the-file shortcut asks for both to be 0). An image the factor would
-shrink to no row or column is skipped with a warning (OpenCV's resize asserts in the fork).
+are relative, so the resize keeps them). An encoded record holds the file as it is only
+when it is not resized (min_dim, max_dim, resize_height and resize_width 0) and matches
+``encode_type`` by the fork's matchExt (``fork_match_ext``: "jpg" for .jpg and .jpeg files,
+"png" for .png), whatever the file's colours; ``--encoded`` alone re-encodes every image in
+its own format, as the fork's guessed encoding (".jpg", with the dot) never matches. An
+image the factor would shrink to no row or column is skipped with a warning (OpenCV's resize
+asserts in the fork).
 """
 
 import json
@@ -33,7 +37,7 @@ from minicnn.data.annotated import as_box, make_anno_datum
 from minicnn.data.datum import decode_image, read_image
 from minicnn.data.db import db_writer, remove_db, replace_db, root_joined
 from minicnn.data.errors import DataError, need
-from minicnn.data.imageset import _aliases, _guess_encoding
+from minicnn.data.imageset import _guess_encoding
 
 F = np.float32
 
@@ -189,6 +193,15 @@ def min_max_dim_scale(rows, cols, min_dim=0, max_dim=0):
     return scale
 
 
+def fork_match_ext(path, encoding):
+    """The fork's matchExt (its io.cpp): the path after its last dot (all of it without one)
+    against the encoding, lower-cased; "jpg" matches "jpeg" too. convert_annoset's guessed
+    encoding keeps the dot (".jpg"), so it never matches: without an encode_type the fork
+    encodes every image again. (BVLC's matchExt keeps the dot on the extension instead.)"""
+    ext, enc = path[path.rfind(".") + 1:].lower(), encoding.lower()
+    return ext == enc or (enc == "jpg" and ext == "jpeg")
+
+
 def read_annoset_image(path, resize_height=0, resize_width=0, min_dim=0, max_dim=0,
                        is_color=True):
     """ReadImageToCVMat with the fork's min_dim/max_dim (which win over the fixed size)."""
@@ -215,7 +228,8 @@ def annotated_record(image_path, anno_path, label_type="xml", name_to_label=None
     """An AnnotatedDatum of one image and its annotation file (ReadRichImageToAnnotatedDatum)."""
     chw = read_annoset_image(image_path, resize_height, resize_width, min_dim, max_dim,
                              is_color)
-    native = decode_image(image_path, None)
+    # GetImageSize: cv::imread's IMREAD_COLOR size (the EXIF orientation applied)
+    native = decode_image(image_path, True)
     img_height, img_width = native.shape[1:]
     groups = []
     if not os.path.exists(anno_path):        # the fork stores the image without boxes, quietly
@@ -230,15 +244,21 @@ def annotated_record(image_path, anno_path, label_type="xml", name_to_label=None
             groups = read_txt_annotation(anno_path, img_height, img_width)
         else:
             raise DataError(f"unknown label_type {label_type!r} (xml, json or txt)")
-    resized = (resize_height > 0 and resize_width > 0) or min_dim > 0 or max_dim > 0
-    if encoding and not resized and native.shape[0] == chw.shape[0] \
-            and _guess_encoding(image_path) in _aliases(encoding):
-        anno = make_anno_datum(chw, groups, -1, "")
-        with open(image_path, "rb") as f:            # the file is already what was asked for
+    return image_anno_datum(image_path, chw, groups, -1, encoding,
+                            (resize_height > 0 and resize_width > 0) or min_dim or max_dim)
+
+
+def image_anno_datum(image_path, chw, groups, label, encoding, resized):
+    """The fork's ReadImageToDatum into an AnnotatedDatum: the file as it is (ReadFileToDatum)
+    when it is encoded, not resized and ``fork_match_ext``, else ``chw``, encoded with
+    ``encoding`` when one is given."""
+    if encoding and not resized and fork_match_ext(image_path, encoding):
+        anno = make_anno_datum(chw, groups, label, "")
+        with open(image_path, "rb") as f:
             anno.datum.data = f.read()
         anno.datum.encoded = True
         return anno
-    return make_anno_datum(chw, groups, -1, encoding)
+    return make_anno_datum(chw, groups, label, encoding)
 
 
 def convert_annoset(root, list_file, db_path, anno_type="detection", label_type="xml",
@@ -285,7 +305,8 @@ def convert_annoset(root, list_file, db_path, anno_type="detection", label_type=
         with db_writer(tmp, backend) as writer:
             for index, (name, second) in enumerate(lines):
                 image_path = root_joined(root, name)
-                enc = encoding or (_guess_encoding(name) if encoded else "")
+                # the fork's guess keeps the dot: ".png" (encoded again as "..png": png)
+                enc = encoding or ("." + _guess_encoding(name) if encoded else "")
                 try:
                     if anno_type == "detection":
                         anno = annotated_record(image_path, root_joined(root, second),
@@ -294,7 +315,8 @@ def convert_annoset(root, list_file, db_path, anno_type="detection", label_type=
                     else:
                         image = read_annoset_image(image_path, resize_height, resize_width,
                                                    min_dim, max_dim, not gray)
-                        anno = make_anno_datum(image, [], int(second), enc)
+                        resized = (resize_height > 0 and resize_width > 0) or min_dim or max_dim
+                        anno = image_anno_datum(image_path, image, [], int(second), enc, resized)
                         anno.ClearField("type")
                 except DataError as e:
                     if e.path and e.path != image_path:     # a bad annotation file: stop

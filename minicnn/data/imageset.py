@@ -188,15 +188,6 @@ def _image_record(path, label, height, width, is_color, encoded, encode_type):
     return serialize_datum(chw, label), chw.shape, 0
 
 
-def _aliases(encoding):
-    encoding = encoding.lower().lstrip(".")
-    same = ({"jpg", "jpeg", "jpe"}, {"tif", "tiff"})
-    for group in same:
-        if encoding in group:
-            return group
-    return {encoding}
-
-
 def compute_image_mean(db_path, out_path=None):
     """Caffe's compute_image_mean: the mean of every record of a database, as a float32 array
     of shape (1, C, H, W); written to ``out_path`` as a .binaryproto when given (legacy
