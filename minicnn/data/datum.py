@@ -8,7 +8,10 @@ Caffe decodes images with OpenCV, so a colour image comes out in **B, G, R** cha
 grayscale one with a single channel; ``decode_image`` does the same, with OpenCV where it is
 installed and with Pillow otherwise (with OpenCV's grey and CMYK conversions: the same pixels
 but for the cases its docstring names), and ``encode_image`` writes JPEG at OpenCV's
-quality. Pillow and OpenCV are imported only when an image is decoded or encoded;
+quality. An encoded Datum is decoded as Caffe's DataTransformer does: natively
+(DecodeDatumToCVMatNative, cv::imdecode with IMREAD_UNCHANGED: no EXIF rotation, an alpha
+channel kept as a 4th) unless transform_param.force_color / force_gray asks for colour or
+gray. Pillow and OpenCV are imported only when an image is decoded or encoded;
 ``resize_image`` computes what OpenCV's does.
 """
 
@@ -24,6 +27,13 @@ from minicnn.proto.wire import encode_varint
 
 _GRAY_MODES = ("1", "L", "LA")
 _WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")      # 16-bit / float images
+
+# is_color None (an encoded Datum decoded natively): Caffe's DecodeDatumToCVMatNative keeps the
+# file's depth, and its DataTransformer (and CVMatToDatum) then CHECKs for 8 bits
+_NOT_8_BITS = ("an image of {} (not 8-bit): Caffe decodes an encoded Datum natively "
+               "(cv::imdecode IMREAD_UNCHANGED keeps the depth) and then stops ('Image data "
+               "type must be unsigned byte'); transform_param force_color or force_gray "
+               "decodes it to 8 bits")
 
 
 def _pil():
@@ -51,7 +61,7 @@ def _gray(img, file_format):
 
 
 def _to_chw(img, is_color, file_format=None):
-    """A Pillow image as a CHW uint8 array: 3 channels BGR, or 1 gray (is_color None: native).
+    """A Pillow image as a CHW uint8 array: 3 channels BGR (is_color True), or 1 gray (False).
     ``file_format``: Pillow's name of the file's format ("PNG", "JPEG", ...), for _gray."""
     if img.mode in _WIDE_MODES:
         # OpenCV reduces 16-bit images to 8 bits by dropping the low byte
@@ -60,14 +70,39 @@ def _to_chw(img, is_color, file_format=None):
         a = a.astype(np.uint8)[:, :, None]
         if is_color:
             a = np.repeat(a, 3, axis=2)
+    elif is_color:
+        a = np.asarray(img.convert("RGB"))[:, :, ::-1]           # RGB -> BGR, as OpenCV
     else:
-        # IMREAD_ANYCOLOR keeps 1 channel for gray without alpha only (gray + alpha gives 3)
-        color = is_color if is_color is not None else img.mode not in ("1", "L")
-        if color:
-            a = np.asarray(img.convert("RGB"))[:, :, ::-1]       # RGB -> BGR, as OpenCV
-        else:
-            a = _gray(img, file_format)[:, :, None]
+        a = _gray(img, file_format)[:, :, None]
     return np.ascontiguousarray(a.transpose(2, 0, 1))
+
+
+def _unchanged_chw(img):
+    """An 8-bit Pillow image as OpenCV's IMREAD_UNCHANGED gives it, CHW: gray (also 1-bit, and
+    gray with a transparent colour) stays 1 channel; gray + alpha, palettes with transparency
+    and PNG colour with a transparent colour (tRNS) become B, G, R, A; other colour B, G, R."""
+    if img.mode in ("1", "L"):
+        a = np.asarray(img.convert("L"))[:, :, None]
+    elif img.mode in ("LA", "RGBA", "PA") or \
+            (img.mode in ("P", "RGB") and "transparency" in img.info):
+        a = np.asarray(img.convert("RGBA"))[:, :, [2, 1, 0, 3]]
+    else:
+        a = np.asarray(img.convert("RGB"))[:, :, ::-1]
+    return np.ascontiguousarray(a.transpose(2, 0, 1))
+
+
+def _pillow_depth(img):
+    """"16 bits" / "32-bit values" for an image Pillow opened whose samples are wider than 8
+    bits (16-bit colour PNGs and TIFFs open as 8-bit "RGB": their tiles' raw mode tells), or
+    None. Read before ``load``, which drops the tiles."""
+    raw_modes = [t.args[0] if isinstance(t.args, tuple) and t.args else t.args
+                 for t in img.tile]
+    if img.mode.startswith("I;16") or any(isinstance(r, str) and ";16" in r
+                                           for r in raw_modes):
+        return "16 bits"
+    if img.mode in ("I", "F"):
+        return "32-bit values"
+    return None
 
 
 def _read_source(source):
@@ -94,9 +129,10 @@ def _opencv():
     return cv2
 
 
-# is_color -> cv::imread's flag: IMREAD_COLOR, IMREAD_GRAYSCALE, IMREAD_ANYCOLOR (8 bits; 1 or 3
-# channels; the EXIF orientation applied with all three)
-_CV_FLAGS = {True: 1, False: 0, None: 4}
+# is_color -> cv::imdecode's flag: IMREAD_COLOR, IMREAD_GRAYSCALE (8 bits, the EXIF orientation
+# applied), IMREAD_UNCHANGED (-1: Caffe's DecodeDatumToCVMatNative; the file's channels and
+# depth, no EXIF rotation)
+_CV_FLAGS = {True: 1, False: 0, None: -1}
 
 
 def _decode_opencv(cv2, data, is_color):
@@ -112,6 +148,9 @@ def _decode_opencv(cv2, data, is_color):
         return None
     if img is None:
         return None
+    if img.dtype != np.uint8:
+        raise DataError(_NOT_8_BITS.format(
+            "16 bits" if img.dtype.itemsize == 2 else f"{img.dtype.itemsize * 8}-bit values"))
     if img.ndim == 2:
         return img[None]
     return np.ascontiguousarray(img.transpose(2, 0, 1))
@@ -138,10 +177,16 @@ def _decode_pillow(data, is_color):
             img.draft("L", img.size)      # libjpeg's luma, as OpenCV's IMREAD_GRAYSCALE
         cmyk = file_format == "JPEG" and img.mode == "CMYK"
         inverted = cmyk and any(tile.args[0] == "CMYK;I" for tile in img.tile)
+        depth = _pillow_depth(img) if is_color is None else None
+        if depth:
+            raise DataError(_NOT_8_BITS.format(depth))
         img.load()
-        img = ImageOps.exif_transpose(img)
+        if is_color is not None:              # IMREAD_UNCHANGED leaves the EXIF orientation
+            img = ImageOps.exif_transpose(img)
         if cmyk:
             img = _cmyk_to_rgb(img, inverted)
+        if is_color is None:
+            return _unchanged_chw(img)
         return _to_chw(img, is_color, file_format)
 
 
@@ -149,8 +194,13 @@ def decode_image(source, is_color=True):
     """Decode an image (file bytes, or a path) into a CHW uint8 array.
 
     ``is_color`` True gives 3 channels in B, G, R order (OpenCV's IMREAD_COLOR), False one gray
-    channel (IMREAD_GRAYSCALE), None the file's own kind (IMREAD_ANYCOLOR: gray stays 1 channel,
-    colour and alpha give 3). The EXIF orientation is applied, as OpenCV's imread does.
+    channel (IMREAD_GRAYSCALE), both with the EXIF orientation applied, as OpenCV's imread
+    does. None decodes natively, as Caffe decodes an encoded Datum without force_color /
+    force_gray (DecodeDatumToCVMatNative: IMREAD_UNCHANGED): the EXIF orientation is not
+    applied; gray stays 1 channel; colour gives B, G, R; an alpha channel is kept (B, G, R, A:
+    4 channels, also for gray + alpha, palettes with transparency and PNG colour with a
+    transparent colour); an image of more than 8 bits (16-bit PNG or TIFF) is a DataError,
+    where Caffe's DataTransformer CHECKs for 8 bits.
 
     Where OpenCV (cv2) is installed it decodes, as Caffe's cv::imread / cv::imdecode do (1.1-2.6
     times as fast as Pillow: most on small JPEGs); files it cannot read, and every file without

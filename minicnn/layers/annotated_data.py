@@ -45,7 +45,9 @@ class AnnotatedDataLayer(_SourceDataLayer):
     Deliberately unlike the fork, anno_type also serves records stored without a type (the
     fork checks has_type() before applying anno_type, so such a record aborts unless a crop or
     expansion happened to set the type), and crop_h/crop_w also crop raw records (the fork
-    crops those by crop_size only and fails its shape check).
+    crops those by crop_size only and fails its shape check). Encoded records are decoded as
+    the fork's DataTransformer does: natively (IMREAD_UNCHANGED: not rotated by EXIF, so the
+    boxes refer to the image as stored) unless transform_param.force_color / force_gray.
 
     Tops: data (N, C, H, W) and label. With annotated records (type BBOX) the label is
     1 x 1 x num_boxes x 8, one row (item_id, group_label, instance_id, xmin, ymin, xmax, ymax,

@@ -292,7 +292,11 @@ class DataLayer(_SourceDataLayer):
     (never shuffled, as in Caffe), transformed by transform_param. Tops: data (N, C, H, W) and
     optionally label (N,). The shape comes from the first record. ``rand_skip`` skips a seeded
     number of records below it at the start, as 2014's Caffe did (its later DataReader and 1.0
-    read the field no more; ImageData still does).
+    read the field no more; ImageData still does). An encoded record (an image file's bytes)
+    is decoded as Caffe's DataTransformer decodes it: with transform_param.force_color as BGR,
+    force_gray as gray (the EXIF orientation applied), else natively (cv::imdecode with
+    IMREAD_UNCHANGED: not rotated by EXIF, gray 1 channel, alpha kept as B, G, R, A; a 16-bit
+    image is an error naming the record, where Caffe stops).
 
     SSD's transform fields apply as in that fork's Data layer (minicnn.data.transform):
     resize_param and noise_param to encoded records, crop_h/crop_w to every record. Its

@@ -242,6 +242,10 @@ def _image_files():
     for mode in ("RGB", "L", "LA", "P", "1"):
         files[f"{mode}.png"] = save(im.convert(mode), "PNG")
     files["RGBA.png"] = save(Image.fromarray(np.dstack([rgb, alpha])), "PNG")
+    files["P_transparent.png"] = save(im.convert("P"), "PNG", transparency=3)
+    files["P_alpha.png"] = save(Image.fromarray(np.dstack([rgb, alpha])).quantize(16), "PNG")
+    files["RGB_transparent.png"] = save(im, "PNG", transparency=tuple(map(int, rgb[0, 0])))
+    files["L_transparent.png"] = save(im.convert("L"), "PNG", transparency=int(alpha[0, 0]))
     files["gray16.png"] = save(Image.fromarray(rgb[:, :, 1].astype(np.uint16) * 257 - alpha),
                                "PNG")
     files["exif6.png"] = save(im, "PNG", exif=exif(6))
@@ -252,20 +256,58 @@ def _image_files():
 @pytest.mark.parametrize("is_color", [True, False, None])
 def test_opencv_and_pillow_decode_the_same_pixels_as_opencvs_imdecode(monkeypatch, is_color):
     """decode_image decodes with OpenCV where it is installed (Caffe's decoder) and with Pillow
-    otherwise: both give cv::imdecode's pixels with IMREAD_COLOR, IMREAD_GRAYSCALE and
-    IMREAD_ANYCOLOR (is_color None), EXIF orientation applied. Pillow's own CMYK conversion was
-    1 level off on nearly every pixel, and it kept gray + alpha PNGs as 1 channel."""
+    otherwise: both give cv::imdecode's pixels with IMREAD_COLOR, IMREAD_GRAYSCALE (EXIF
+    orientation applied) and IMREAD_UNCHANGED (is_color None: Caffe's DecodeDatumToCVMatNative
+    of an encoded Datum; no EXIF rotation, alpha kept as B, G, R, A, also for gray + alpha and
+    palettes with transparency). Pillow's own CMYK conversion was 1 level off on nearly every
+    pixel. A 16-bit image decoded natively is an error, as Caffe stops on it."""
     cv2 = pytest.importorskip("cv2")
     from minicnn.data import datum
-    flag = {True: cv2.IMREAD_COLOR, False: cv2.IMREAD_GRAYSCALE, None: cv2.IMREAD_ANYCOLOR}
-    for name, blob in _image_files().items():
+    flag = {True: cv2.IMREAD_COLOR, False: cv2.IMREAD_GRAYSCALE, None: cv2.IMREAD_UNCHANGED}
+    files = _image_files()
+    if is_color is not False:           # (as gray, libpng's 16-bit conversion: see decode_image)
+        rgb16 = (np.arange(5 * 7 * 3, dtype=np.uint16).reshape(5, 7, 3) * 613)
+        files["bgr16.png"] = cv2.imencode(".png", rgb16)[1].tobytes()
+        files["bgra16.png"] = cv2.imencode(".png", np.dstack([rgb16, rgb16[:, :, :1]]))[1].tobytes()
+    for name, blob in files.items():
         want = cv2.imdecode(np.frombuffer(blob, np.uint8), flag[is_color])
         want = (want[:, :, None] if want.ndim == 2 else want).transpose(2, 0, 1)
         for decoder in (cv2, None):
             monkeypatch.setattr(datum, "_opencv", lambda: decoder)
+            if want.dtype != np.uint8:
+                with pytest.raises(DataError, match="an image of 16 bits .* force_color"):
+                    decode_image(blob, is_color)
+                continue
             got = decode_image(blob, is_color)
             assert got.dtype == np.uint8 and got.flags.c_contiguous
             np.testing.assert_array_equal(got, want, err_msg=f"{name}, {decoder and 'cv2'}")
+
+
+@pytest.mark.parametrize("opencv", [True, False])
+def test_native_decoding_is_caffes_decode_datum_to_cv_mat_native(monkeypatch, opencv):
+    """Caffe decodes an encoded Datum without force_color / force_gray with cv::imdecode(data,
+    -1): an EXIF-rotated JPEG stays as stored, alpha is a 4th channel, gray stays 1 channel,
+    a 16-bit PNG stops Caffe (its DataTransformer CHECKs for 8 bits); minicnn decoded these
+    as IMREAD_ANYCOLOR (rotated; 3 channels; the low byte dropped)."""
+    from minicnn.data import datum
+    cv2 = pytest.importorskip("cv2")
+    monkeypatch.setattr(datum, "_opencv", lambda: cv2 if opencv else None)
+    files = _image_files()
+    assert decode_image(files["exif6.jpg"], None).shape == (3, 47, 86)       # not rotated
+    assert decode_image(files["exif6.jpg"], True).shape == (3, 86, 47)       # imread: rotated
+    rgba = decode_image(files["RGBA.png"], None)
+    alpha = np.arange(47 * 86, dtype=np.uint8).reshape(47, 86)
+    assert rgba.shape == (4, 47, 86) and (rgba[3] == alpha).all()
+    np.testing.assert_array_equal(rgba[:3], decode_image(files["RGBA.png"], True))
+    la = decode_image(files["LA.png"], None)
+    assert la.shape == (4, 47, 86) and (la[0] == la[1]).all() and (la[1] == la[2]).all()
+    assert decode_image(files["P.png"], None).shape == (3, 47, 86)
+    assert decode_image(files["P_transparent.png"], None).shape == (4, 47, 86)
+    assert decode_image(files["gray.jpg"], None).shape == (1, 47, 86)
+    assert decode_image(files["cmyk.jpg"], None).shape == (3, 47, 86)        # not rotated
+    with pytest.raises(DataError, match="16 bits"):
+        decode_image(files["gray16.png"], None)
+    assert decode_image(files["gray16.png"], False).shape == (1, 47, 86)   # force_gray: 8 bits
 
 
 def test_jpegs_decode_without_pillow_where_opencv_is_installed(monkeypatch, tmp_path):

@@ -566,3 +566,52 @@ def test_dummy_data_refills_random_tops_every_forward_and_constant_ones_once():
     net.forward()
     assert not np.array_equal(net.blobs["a"].data, first)
     np.testing.assert_array_equal(net.blobs["b"].data, 1)
+
+
+def _encoded_lmdb(path, files):
+    """An LMDB of encoded Datum records (image file bytes), labels 0, 1, ..."""
+    from minicnn.proto import caffe_pb2, serialize
+    with LMDBWriter(str(path)) as w:
+        for i, data in enumerate(files):
+            w.put(f"{i:08d}", serialize(caffe_pb2.Datum(data=data, label=i, encoded=True)))
+
+
+@pytest.mark.parametrize("opencv", [True, False])
+def test_encoded_records_decode_natively_as_caffes_data_transformer(tmp_path, monkeypatch,
+                                                                      opencv):
+    """Without force_color / force_gray Caffe's DataTransformer decodes an encoded Datum with
+    DecodeDatumToCVMatNative (cv::imdecode IMREAD_UNCHANGED): an RGBA PNG gives 4 channels
+    (B, G, R, A), an EXIF-rotated JPEG stays as stored (boxes of an SSD record refer to that),
+    a 16-bit PNG stops it; force_color gives 3 channels, the EXIF orientation applied."""
+    import io
+    cv2 = pytest.importorskip("cv2")
+    from minicnn.data import datum
+    monkeypatch.setattr(datum, "_opencv", lambda: cv2 if opencv else None)
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, (5, 6, 4), dtype=np.uint8)
+    png, jpg, exif = io.BytesIO(), io.BytesIO(), Image.Exif()
+    Image.fromarray(rgba).save(png, "PNG")
+    exif[0x0112] = 6                                             # rotate 90 degrees to view
+    Image.fromarray(rgba[:, :, :3]).save(jpg, "JPEG", quality=95, exif=exif.tobytes())
+    _encoded_lmdb(tmp_path / "rgba", [png.getvalue()] * 2)
+    data, label = DataLayer(source=str(tmp_path / "rgba"), batch_size=2, backend="LMDB")()
+    assert data.shape == (2, 4, 5, 6)
+    np.testing.assert_array_equal(data[0], rgba[:, :, [2, 1, 0, 3]].transpose(2, 0, 1))
+    data, _ = DataLayer(source=str(tmp_path / "rgba"), batch_size=2, backend="LMDB",
+                        transform_param={"force_color": True})()
+    np.testing.assert_array_equal(data[0], rgba[:, :, [2, 1, 0]].transpose(2, 0, 1))
+    _encoded_lmdb(tmp_path / "jpg", [jpg.getvalue()] * 2)
+    data, _ = DataLayer(source=str(tmp_path / "jpg"), batch_size=2, backend="LMDB")()
+    assert data.shape == (2, 3, 5, 6)
+    stored = cv2.imdecode(np.frombuffer(jpg.getvalue(), np.uint8), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(data[1], stored.transpose(2, 0, 1))
+    data, _ = DataLayer(source=str(tmp_path / "jpg"), batch_size=2, backend="LMDB",
+                        transform_param={"force_color": True})()
+    assert data.shape == (2, 3, 6, 5)
+    _encoded_lmdb(tmp_path / "deep", [cv2.imencode(".png", np.full((3, 4), 999, np.uint16))[1]
+                                      .tobytes()])
+    with pytest.raises(DataError, match=r"deep record '00000000'.*16 bits.*force_color"):
+        DataLayer(source=str(tmp_path / "deep"), batch_size=1, backend="LMDB")()
+    data, _ = DataLayer(source=str(tmp_path / "deep"), batch_size=1, backend="LMDB",
+                        transform_param={"force_gray": True})()
+    assert (data == 3).all()                                    # 999 >> 8
