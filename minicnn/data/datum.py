@@ -254,10 +254,10 @@ def _linear_taps(src, dst, clamp_weights):
 
 def resize_image(chw, height, width):
     """Resize a CHW uint8 image to (height, width) as Caffe does (OpenCV's bilinear cv::resize,
-    pixel for pixel)."""
+    pixel for pixel; 4 channels too: a natively decoded image with alpha)."""
     chw = np.asarray(chw)
-    if chw.dtype != np.uint8 or chw.ndim != 3 or chw.shape[0] not in (1, 3):
-        raise ValueError(f"resize_image needs a CHW uint8 array with 1 or 3 channels, "
+    if chw.dtype != np.uint8 or chw.ndim != 3 or chw.shape[0] not in (1, 3, 4):
+        raise ValueError(f"resize_image needs a CHW uint8 array with 1, 3 or 4 channels, "
                          f"got {chw.dtype} {chw.shape}")
     c, h, w = chw.shape
     height, width = int(height), int(width)

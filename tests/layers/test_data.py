@@ -615,3 +615,19 @@ def test_encoded_records_decode_natively_as_caffes_data_transformer(tmp_path, mo
     data, _ = DataLayer(source=str(tmp_path / "deep"), batch_size=1, backend="LMDB",
                         transform_param={"force_gray": True})()
     assert (data == 3).all()                                    # 999 >> 8
+
+
+def test_an_encoded_rgba_record_is_resized_by_resize_param_as_opencv(tmp_path):
+    """The fork's resize_param resizes an encoded record as decoded (cv::resize, any channel
+    count): an RGBA PNG's 4 channels too (resize_image refused them)."""
+    import io
+    cv2 = pytest.importorskip("cv2")
+    rgba = np.random.default_rng(2).integers(0, 256, (5, 6, 4), dtype=np.uint8)
+    png = io.BytesIO()
+    Image.fromarray(rgba).save(png, "PNG")
+    _encoded_lmdb(tmp_path / "db", [png.getvalue()])
+    data, _ = DataLayer(source=str(tmp_path / "db"), batch_size=1, backend="LMDB",
+                        transform_param={"resize_param": {"height": 8, "width": 7,
+                                                          "resize_mode": "WARP"}})()
+    want = cv2.resize(rgba[:, :, [2, 1, 0, 3]], (7, 8), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_array_equal(data[0], want.transpose(2, 0, 1))
