@@ -42,6 +42,39 @@ def test_thread_count_follows_minicnn_num_threads():
     assert out.returncode != 0 and "MINICNN_NUM_THREADS" in out.stderr
 
 
+def _libgomp_spincount(**env_vars):
+    """GNU OpenMP's GOMP_SPINCOUNT as libgomp read it in a fresh process importing minicnn
+    (OMP_DISPLAY_ENV=verbose prints it when libgomp loads), and GOMP_SPINCOUNT in that
+    process's environment afterwards; None where the extension uses another OpenMP."""
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    env.update(env_vars, OMP_DISPLAY_ENV="verbose")
+    code = ("import os, minicnn\n"
+            "print('gomp' in open('/proc/self/maps').read(), os.environ.get('GOMP_SPINCOUNT'))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    loaded, left = out.stdout.split()
+    if loaded != "True":
+        return None
+    read = [line.split("=")[1].strip(" '") for line in out.stderr.splitlines()
+            if line.strip().startswith("GOMP_SPINCOUNT =")]
+    assert len(read) == 1, out.stderr
+    return int(read[0]), left
+
+
+@needs_native
+def test_openmp_threads_spin_briefly_unless_the_user_says_otherwise():
+    """libgomp's default 300000 spins (milliseconds) made two threads several times slower than
+    one beside another busy process: minicnn sets minicnn.native.SPINCOUNT for libgomp to read
+    as it loads, without leaving it to child processes; the user's settings win."""
+    seen = _libgomp_spincount()
+    if seen is None:
+        pytest.skip("the extension's OpenMP is not GNU's")
+    assert seen[0] < 300000, "libgomp kept its default spin count"
+    assert seen == (minicnn.native.SPINCOUNT, "None")
+    assert _libgomp_spincount(GOMP_SPINCOUNT="12345") == (12345, "12345")
+    assert _libgomp_spincount(OMP_WAIT_POLICY="active")[0] > 300000     # libgomp's "active"
+
+
 def test_dispatch_prefers_cpu_unless_told_ref(monkeypatch):
     op = Op("twice")
     op.impl("ref")(lambda x: ("ref", x))
