@@ -65,7 +65,8 @@ static py::tuple detection_loss_forward(const Array<T>& x, const Array<T>& truth
     {
         Release release;
 #pragma omp parallel for reduction(+ : loss2, iou_sum, cat_sum, allcat_sum, obj_sum, \
-                                       anyobj_sum, count) schedule(static)
+                                       anyobj_sum, count) schedule(static) \
+    if (n * d > PARALLEL_WORK)
         for (std::int64_t b = 0; b < n; ++b) {
             const T* xb = xp + b * d;
             T* db = dp + b * d;
