@@ -220,6 +220,10 @@ def decode_image(source, is_color=True):
         return _decode_pillow(data, is_color)
     except DataError:
         raise
+    except _pil().UnidentifiedImageError:  # its message holds the stream's repr (an address)
+        readers = "OpenCV or Pillow" if cv2 is not None else "Pillow"
+        raise DataError(f"cannot decode image: not an image file {readers} can read",
+                        path or "<image bytes>") from None
     except Exception as e:                 # Pillow raises several types for broken files
         raise DataError(f"cannot decode image ({type(e).__name__}: {e})",
                         path or "<image bytes>") from None

@@ -208,6 +208,25 @@ def test_image_errors_name_the_file(tmp_path):
         decode_image(b"\x89PNG garbage")
 
 
+def test_an_unknown_format_is_named_the_same_way_every_time(tmp_path):
+    """Pillow's 'cannot identify image file <_io.BytesIO object at 0x...>' carried an address,
+    so one record's error differed between two reads (decode_record against the full parser
+    failed now and then) and told the user nothing; the message names the file instead."""
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"this is not an image")
+    kept = []                      # held, so that the next read cannot reuse the same address
+    for _ in range(3):
+        with pytest.raises(DataError) as e:
+            decode_image(b"this is not an image")
+        kept.append(e.value)
+    assert len({str(e) for e in kept}) == 1
+    assert "0x" not in str(kept[0]) and "BytesIO" not in str(kept[0])
+    with pytest.raises(DataError, match=r"bad.png: cannot decode image: not an image file "
+                                        "OpenCV or Pillow can read") as e:
+        decode_image(str(bad))
+    assert "0x" not in str(e.value)
+
+
 def _image_files():
     """name -> bytes: the kinds of image files decode_image meets (JPEG of every quality,
     subsampling, progressive, gray, CMYK with and without Adobe's marker, the eight EXIF
