@@ -201,7 +201,7 @@ class _SourceDataLayer(Layer):
         batch = self.transformer.batch(samples, rng, encoded)
         if batch is None:                       # resized, noised, or of several sizes
             out = [self.transformer(s, rng, e) for s, e in zip(samples, encoded)]
-            _check_same_shape(out, names, after="resize_param")
+            _check_same_shape(out, names, after="its transform")
             batch = np.stack(out)
         return batch
 
@@ -281,9 +281,13 @@ def _check_same_shape(samples, names, after=None):
     for sample, name in zip(samples, names):
         if sample.shape != shape:
             what = f"after {after} " if after else ""
+            hint = ("(resize them, or crop with transform_param)" if sample.shape[0] == shape[0]
+                    else "(an encoded record decodes to its file's own channels, gray 1, with "
+                    "alpha 4, as in Caffe, unless transform_param sets force_color or "
+                    "force_gray)")
             raise DataError(f"{name} has shape {sample.shape} {what}but the first sample of its "
                             f"batch has {shape}: samples of a batch must have the same size "
-                            "(resize them, or crop with transform_param)")
+                            + hint)
 
 
 @register("Data")

@@ -631,3 +631,27 @@ def test_an_encoded_rgba_record_is_resized_by_resize_param_as_opencv(tmp_path):
                                                           "resize_mode": "WARP"}})()
     want = cv2.resize(rgba[:, :, [2, 1, 0, 3]], (7, 8), interpolation=cv2.INTER_LINEAR)
     np.testing.assert_array_equal(data[0], want.transpose(2, 0, 1))
+
+
+@pytest.mark.parametrize("transform", [{}, {"crop_size": 4}])
+def test_records_of_other_channel_counts_in_one_batch_name_force_color(tmp_path, transform):
+    """An RGB PNG and an RGBA one in one batch: natively decoded they have 3 and 4 channels;
+    the error said to resize or crop them (and, with only a crop, 'after resize_param'), where
+    force_color is what makes them one shape."""
+    import io
+    rng = np.random.default_rng(5)
+    files = []
+    for channels in (3, 4):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (6, 6, channels), dtype=np.uint8)).save(buf, "PNG")
+        files.append(buf.getvalue())
+    _encoded_lmdb(tmp_path / "db", files)
+    with pytest.raises(DataError) as e:
+        DataLayer(source=str(tmp_path / "db"), batch_size=2, backend="LMDB",
+                  transform_param=transform)()
+    message = str(e.value)
+    assert "record '00000001'" in message and "(4, " in message and "(3, " in message
+    assert "force_color" in message and "resize_param" not in message
+    data, _ = DataLayer(source=str(tmp_path / "db"), batch_size=2, backend="LMDB",
+                        transform_param=dict(transform, force_color=True))()
+    assert data.shape[:2] == (2, 3)
