@@ -168,6 +168,19 @@ def _cmyk_to_rgb(img, inverted):
     return _pil().Image.fromarray(rgb.astype(np.uint8), "RGB")
 
 
+def _tiff_as_libtiff(img, is_color):
+    """A TIFF as OpenCV reads an 8-bit one (libtiff's TIFFReadRGBA*): colour with unassociated
+    alpha (Pillow's "RGBA") premultiplied, (alpha * value + 127) // 255 (libtiff's UaToAa
+    table), for every flag; gray + alpha read natively as the gray channel alone."""
+    if img.mode == "RGBA":
+        a = np.asarray(img).astype(np.int32)
+        a[:, :, :3] = (a[:, :, :3] * a[:, :, 3:] + 127) // 255
+        return _pil().Image.fromarray(a.astype(np.uint8), "RGBA")
+    if img.mode == "LA" and is_color is None:
+        return img.convert("L")
+    return img
+
+
 def _decode_pillow(data, is_color):
     Image = _pil().Image
     ImageOps = need("PIL.ImageOps", "Pillow")
@@ -185,6 +198,8 @@ def _decode_pillow(data, is_color):
             img = ImageOps.exif_transpose(img)
         if cmyk:
             img = _cmyk_to_rgb(img, inverted)
+        if file_format == "TIFF":
+            img = _tiff_as_libtiff(img, is_color)
         if is_color is None:
             return _unchanged_chw(img)
         return _to_chw(img, is_color, file_format)
@@ -205,10 +220,12 @@ def decode_image(source, is_color=True):
     Where OpenCV (cv2) is installed it decodes, as Caffe's cv::imread / cv::imdecode do (1.1-2.6
     times as fast as Pillow: most on small JPEGs); files it cannot read, and every file without
     it, go through Pillow. The two give the same pixels on JPEG (baseline or progressive, any
-    subsampling, gray, CMYK), PNG (8-bit, palette, alpha, 16-bit gray), BMP, TIFF, GIF and
-    lossless WebP files; 16-bit colour PNGs read as gray differ (libpng makes OpenCV's gray from
-    the 16-bit values: about half the pixels 1 level off), as do a few pixels of lossy WebP
-    read as gray.
+    subsampling, gray, CMYK), PNG (8-bit, palette, alpha, 16-bit gray), BMP, 8-bit TIFF (alpha
+    premultiplied, as libtiff's RGBA reader gives it to OpenCV), GIF and lossless WebP files;
+    16-bit colour PNGs read as gray differ (libpng makes OpenCV's gray from the 16-bit values:
+    about half the pixels 1 level off), as do a few pixels of lossy WebP read as gray, a GIF's
+    transparent pixels (OpenCV's GIF reader, which Caffe's OpenCV lacked, gives them the
+    background colour) and a TIFF's unspecified 4th sample (a 4th channel in OpenCV natively).
     """
     data, path = _read_source(source)
     cv2 = _opencv()

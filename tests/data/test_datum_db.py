@@ -230,7 +230,7 @@ def test_an_unknown_format_is_named_the_same_way_every_time(tmp_path):
 def _image_files():
     """name -> bytes: the kinds of image files decode_image meets (JPEG of every quality,
     subsampling, progressive, gray, CMYK with and without Adobe's marker, the eight EXIF
-    orientations, odd sizes; PNG of each colour type, 16-bit gray; BMP)."""
+    orientations, odd sizes; PNG of each colour type, 16-bit gray; BMP; TIFF with alpha)."""
     import io
     from skimage import data
     rgb = data.chelsea()[40:133:2, 100:357:3]                              # 47 x 86
@@ -269,6 +269,10 @@ def _image_files():
                                "PNG")
     files["exif6.png"] = save(im, "PNG", exif=exif(6))
     files["rgb.bmp"] = save(im, "BMP")
+    # OpenCV reads 8-bit TIFFs through libtiff's RGBA reader: unassociated alpha premultiplied
+    files["RGBA.tif"] = save(Image.fromarray(np.dstack([rgb, alpha])), "TIFF")
+    files["LA.tif"] = save(Image.fromarray(np.dstack([rgb[:, :, 0], alpha]), "LA"), "TIFF")
+    files["RGB.tif"] = save(im, "TIFF")
     return files
 
 
