@@ -1067,12 +1067,26 @@ def _classifier_resize(net):
     nearest is new_height = new_width = min_crop, the smallest of those sizes, and a random
     crop_size x crop_size (Caffe's crop is square): side min_crop and crop True where that
     crops (min_crop > width, a square net, no center); else (None, False): the whole image
-    resized to the net's size."""
+    resized to the net's size. min_crop here is Darknet's args.min (_classifier_crop_range:
+    min_ratio x width where the cfg gives min_ratio)."""
     w, h = net.int("width", 0), net.int("height", 0)
-    lo = net.int("min_crop", w)
+    lo, _ = _classifier_crop_range(net)
     if net.int("center", 0) or lo <= w or w != h:
         return None, False
     return lo, True
+
+
+def _classifier_crop_range(net):
+    """(min, max) of Darknet's classifier loader's random size: args.min = min_ratio * w and
+    args.max = max_ratio * w (float products truncated), min_ratio / max_ratio defaulting to
+    min_crop / w and max_crop / w (parse_net_options), min_crop w and max_crop 2 w."""
+    f32, w = np.float32, net.int("width", 0)
+    lo, hi = net.int("min_crop", w), net.int("max_crop", 2 * w)
+    if not w:
+        return lo, hi
+    ratios = [f32(net.float(key, f32(crop) / f32(w))) for key, crop in (("min_ratio", lo),
+                                                                          ("max_ratio", hi))]
+    return tuple(int(r * f32(w)) for r in ratios)
 
 
 def _classifier_loader_comment(sections):
@@ -1080,7 +1094,7 @@ def _classifier_loader_comment(sections):
     Darknet's, and where its ImageData's resize and crop differ from Darknet's loader."""
     net = sections[0]
     w, h = net.int("width", 0), net.int("height", 0)
-    lo, hi = net.int("min_crop", w), net.int("max_crop", 2 * w)
+    lo, hi = _classifier_crop_range(net)
     side, cropped = _classifier_resize(net)
     if net.int("center", 0):
         crop = (f"crops the centre square of each image and resizes it to {w}x{h}; this one "

@@ -380,6 +380,8 @@ def test_classifier_gets_a_train_net(tmp_path, capsys):
     ("min_crop=8\nmax_crop=12\n", 8, 6),          # the smallest of its sizes
     ("min_crop=8\nmax_crop=8\ncenter=1\n", 6, 0),  # the centre square resized: no crop
     ("min_crop=4\n", 6, 0),                        # smaller than the net: resized to it
+    ("min_crop=4\nmin_ratio=1.5\n", 9, 6),         # min_ratio wins: args.min = 1.5 * 6
+    ("min_crop=8\nmin_ratio=0.5\n", 6, 0),
 ])
 def test_classifier_train_net_crops_as_darknets_loader(tmp_path, monkeypatch, keys, side, crop):
     """min_crop above the net's size: ImageData resizes to min_crop x min_crop and the
