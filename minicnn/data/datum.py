@@ -229,13 +229,15 @@ def decode_image(source, is_color=True):
     """
     data, path = _read_source(source)
     cv2 = _opencv()
-    if cv2 is not None:
-        chw = _decode_opencv(cv2, data, is_color)
-        if chw is not None:
-            return chw
     try:
+        if cv2 is not None:
+            chw = _decode_opencv(cv2, data, is_color)
+            if chw is not None:
+                return chw
         return _decode_pillow(data, is_color)
-    except DataError:
+    except DataError as e:                 # not 8 bits: name the file, as every error here
+        if e.path is None:
+            raise DataError(e.reason, path or "<image bytes>") from None
         raise
     except _pil().UnidentifiedImageError:  # its message holds the stream's repr (an address)
         readers = "OpenCV or Pillow" if cv2 is not None else "Pillow"

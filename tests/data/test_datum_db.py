@@ -1,6 +1,7 @@
 """Datum <-> arrays, image decoding in OpenCV's BGR order, and LMDB reading and writing."""
 
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -307,7 +308,7 @@ def test_opencv_and_pillow_decode_the_same_pixels_as_opencvs_imdecode(monkeypatc
 
 
 @pytest.mark.parametrize("opencv", [True, False])
-def test_native_decoding_is_caffes_decode_datum_to_cv_mat_native(monkeypatch, opencv):
+def test_native_decoding_is_caffes_decode_datum_to_cv_mat_native(monkeypatch, tmp_path, opencv):
     """Caffe decodes an encoded Datum without force_color / force_gray with cv::imdecode(data,
     -1): an EXIF-rotated JPEG stays as stored, alpha is a 4th channel, gray stays 1 channel,
     a 16-bit PNG stops Caffe (its DataTransformer CHECKs for 8 bits); minicnn decoded these
@@ -328,9 +329,13 @@ def test_native_decoding_is_caffes_decode_datum_to_cv_mat_native(monkeypatch, op
     assert decode_image(files["P_transparent.png"], None).shape == (4, 47, 86)
     assert decode_image(files["gray.jpg"], None).shape == (1, 47, 86)
     assert decode_image(files["cmyk.jpg"], None).shape == (3, 47, 86)        # not rotated
-    with pytest.raises(DataError, match="16 bits"):
+    with pytest.raises(DataError, match="^<image bytes>: an image of 16 bits"):
         decode_image(files["gray16.png"], None)
     assert decode_image(files["gray16.png"], False).shape == (1, 47, 86)   # force_gray: 8 bits
+    path = tmp_path / "gray16.png"
+    path.write_bytes(files["gray16.png"])
+    with pytest.raises(DataError, match=f"^{re.escape(str(path))}: an image of 16 bits"):
+        decode_image(path, None)                                 # the error names the file
 
 
 def test_jpegs_decode_without_pillow_where_opencv_is_installed(monkeypatch, tmp_path):
