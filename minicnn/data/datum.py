@@ -41,6 +41,14 @@ def _pil():
     return need("PIL", "Pillow")
 
 
+def _rgb(img):
+    """A Pillow image's colours as an "RGB" image, alpha dropped. A palette with transparency
+    goes through "RGBA" (the same colours), where Pillow's direct conversion warns."""
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return img.convert("RGB")
+
+
 def _gray(img, file_format):
     """An 8-bit Pillow image as one gray channel (H x W uint8), as OpenCV's IMREAD_GRAYSCALE
     gives it (Pillow's "L" rounds differently: half the pixels of a colour PNG were one level
@@ -51,7 +59,7 @@ def _gray(img, file_format):
     dropped, a palette looked up first, as OpenCV does."""
     if img.mode in _GRAY_MODES:
         return np.asarray(img.convert("L"))
-    rgb = np.asarray(img.convert("RGB")).astype(np.int32)
+    rgb = np.asarray(_rgb(img)).astype(np.int32)
     r, g, b = rgb[:, :, 0], rgb[:, :, 1], rgb[:, :, 2]
     if file_format == "PNG":
         gray = (9797 * r + 19234 * g + 3737 * b) >> 15
@@ -71,7 +79,7 @@ def _to_chw(img, is_color, file_format=None):
         if is_color:
             a = np.repeat(a, 3, axis=2)
     elif is_color:
-        a = np.asarray(img.convert("RGB"))[:, :, ::-1]           # RGB -> BGR, as OpenCV
+        a = np.asarray(_rgb(img))[:, :, ::-1]                    # RGB -> BGR, as OpenCV
     else:
         a = _gray(img, file_format)[:, :, None]
     return np.ascontiguousarray(a.transpose(2, 0, 1))

@@ -277,6 +277,7 @@ def _image_files():
     return files
 
 
+@pytest.mark.filterwarnings("error")   # Pillow warned on palettes with transparency as colour
 @pytest.mark.parametrize("is_color", [True, False, None])
 def test_opencv_and_pillow_decode_the_same_pixels_as_opencvs_imdecode(monkeypatch, is_color):
     """decode_image decodes with OpenCV where it is installed (Caffe's decoder) and with Pillow
