@@ -195,8 +195,9 @@ class _SourceDataLayer(Layer):
         Without resize_param or a crop the samples must share a shape (Caffe shapes a batch by
         the first); with either, the resized and cropped outputs must (Caffe's Transform crops
         each datum from its own size)."""
-        if self.transformer.resize is None and not self.transformer.crop_h:
-            _check_same_shape(samples, names)
+        if (self.transformer.resize is None and not self.transformer.crop_h) \
+                or any(s.shape[0] != samples[0].shape[0] for s in samples):
+            _check_same_shape(samples, names)     # channels first, as Caffe's CHECK_EQ
         rng = self._transform_rng(b, samples[0].shape, encoded[0])
         batch = self.transformer.batch(samples, rng, encoded)
         if batch is None:                       # resized, noised, or of several sizes
@@ -286,8 +287,8 @@ def _check_same_shape(samples, names, after=None):
                     "alpha 4, as in Caffe, unless transform_param sets force_color or "
                     "force_gray)")
             raise DataError(f"{name} has shape {sample.shape} {what}but the first sample of its "
-                            f"batch has {shape}: samples of a batch must have the same size "
-                            + hint)
+                            f"batch, {names[0]}, has {shape}: samples of a batch must have the "
+                            "same size " + hint)
 
 
 @register("Data")
@@ -329,7 +330,24 @@ class DataLayer(_SourceDataLayer):
             return []
         first, _, encoded = self._decode(self.db.keys[self.sample_ids(0)[0]])
         shape = self.transformer.check(first.shape, encoded)
+        self._warned_channels = False
         return [(self.batch_size, *shape), (self.batch_size,)][:len(top)]
+
+    def forward(self, bottom, top):
+        position = self._prefetcher.position
+        super().forward(bottom, top)
+        channels = top[0].shape[1]
+        if channels != self._shapes[0][1] and self.transformer.is_color is None \
+                and not self._warned_channels:
+            self._warned_channels = True          # a natively decoded gray or RGBA file
+            key = self.db.keys[self.sample_ids(position)[0]]     # it shapes its batch
+            warnings.warn(f"layer '{self.name}' (Data): record "
+                          f"'{key.decode(errors='replace')}' of {self.source_path} decodes to "
+                          f"{channels} channel(s) where the first record, which shaped the "
+                          f"net, gave {self._shapes[0][1]}: its batch has {channels} "
+                          "(an encoded record decodes to its file's own channels, gray 1, "
+                          "with alpha 4, as in Caffe); transform_param force_color or "
+                          "force_gray gives every record the same channels", stacklevel=2)
 
     def _decode(self, key, value=None):
         """(CHW array, label, encoded) of a record."""

@@ -354,7 +354,7 @@ def test_images_of_several_sizes_are_each_cropped_from_their_own_size(tmp_path):
         top, left = (image.shape[1] - 4) // 2, (image.shape[2] - 4) // 2
         np.testing.assert_array_equal(got, image[:, top:top + 4, left:left + 4])
     with pytest.raises(DataError, match=r"has shape \(3, 7, 9\) but the first sample of its "
-                                        r"batch has \(3, 5, 6\)"):
+                                        r"batch, image .0\.png. \(.*:1\), has \(3, 5, 6\)"):
         ImageDataLayer(source=str(tmp_path / "list.txt"), batch_size=3, phase="TEST")()
     with pytest.raises(LayerError, match=r"crop_size 6 is larger than the image \(5 x 6\)"):
         ImageDataLayer(source=str(tmp_path / "list.txt"), batch_size=3, phase="TEST",
@@ -655,3 +655,63 @@ def test_records_of_other_channel_counts_in_one_batch_name_force_color(tmp_path,
     data, _ = DataLayer(source=str(tmp_path / "db"), batch_size=2, backend="LMDB",
                         transform_param=dict(transform, force_color=True))()
     assert data.shape[:2] == (2, 3)
+
+
+@pytest.mark.parametrize("transform", [{"crop_size": 4, "mean_value": [104, 117, 123]},
+                                       {"crop_size": 4, "mean_value": [117]},
+                                       {"mean_value": [104, 117, 123]}])
+def test_a_gray_record_among_colour_ones_names_force_color_whatever_the_mean(tmp_path,
+                                                                              transform):
+    """A gray PNG among colour ones in an encoded LMDB (convert-imageset --encoded keeps the
+    file): with a crop and three mean values the error was 'layer Data: 3 mean_value values
+    for data with 1 channels', naming neither the record nor force_color (Caffe's Transform
+    checks the channels before the mean: CHECK_EQ(channels, img_channels))."""
+    import io
+    rng = np.random.default_rng(6)
+    files = []
+    for shape in ((6, 6, 3), (6, 6), (6, 6, 3)):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(buf, "PNG")
+        files.append(buf.getvalue())
+    _encoded_lmdb(tmp_path / "db", files)
+    with pytest.raises(DataError) as e:
+        DataLayer(source=str(tmp_path / "db"), batch_size=3, backend="LMDB",
+                  transform_param=transform)()
+    message = str(e.value)
+    assert "record '00000001'" in message and "(1, " in message and "force_color" in message
+    assert "batch, record '00000000'" in message          # the first sample, which it differs from
+    data, _ = DataLayer(source=str(tmp_path / "db"), batch_size=3, backend="LMDB",
+                        transform_param=dict(transform, force_color=True))()
+    assert data.shape[:2] == (3, 3)
+
+
+def test_a_batch_of_gray_records_after_colour_ones_warns_with_force_color(tmp_path):
+    """A batch of natively decoded gray records where the first record (which shaped the
+    net) was colour: the batch is 1-channel, as in Caffe (its Data layer reshapes the top by
+    each batch's first record), and the next layer's error named only the shapes; a warning
+    now names the record and force_color, once."""
+    import io
+    import warnings
+    rng = np.random.default_rng(7)
+    files = []
+    for shape in ((6, 6, 3), (6, 6), (6, 6), (6, 6, 4)):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(buf, "PNG")
+        files.append(buf.getvalue())
+    _encoded_lmdb(tmp_path / "db", files)
+    layer = DataLayer(source=str(tmp_path / "db"), batch_size=1, backend="LMDB",
+                      transform_param={"mean_value": [117]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert layer()[0].shape == (1, 3, 6, 6)
+    with pytest.warns(UserWarning, match=r"record '00000001'.* 1 channel.* 3.*force_color"):
+        assert layer()[0].shape == (1, 1, 6, 6)          # Caffe's shape: reshaped per batch
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                   # once
+        assert layer()[0].shape == (1, 1, 6, 6)
+        assert layer()[0].shape == (1, 4, 6, 6)
+    layer = DataLayer(source=str(tmp_path / "db"), batch_size=1, backend="LMDB",
+                      transform_param={"mean_value": [117], "force_color": True})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert [layer()[0].shape[1] for _ in range(4)] == [3, 3, 3, 3]
