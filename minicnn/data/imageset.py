@@ -12,8 +12,8 @@ import warnings
 import numpy as np
 
 from minicnn.data.datum import (
-    decode_datum,
     decode_image,
+    decode_record,
     encode_datum,
     read_image,
     serialize_datum,
@@ -188,6 +188,21 @@ def _image_record(path, label, height, width, is_color, encoded, encode_type):
     return serialize_datum(chw, label), chw.shape, 0
 
 
+def _mismatch(name, shape, first, encoded):
+    """compute_image_mean's error for a record of another shape than the first one."""
+    if shape[0] != first[0]:
+        why = ("an encoded record is decoded natively, as Caffe's compute_image_mean decodes "
+               "it (a gray file 1 channel, one with alpha 4): convert-imageset --encode-type "
+               "png or jpg (or a resize) encodes every image again in colour (--gray: gray), "
+               "as does converting without --encoded; or give the Data layer mean_value "
+               "instead of a mean file") if encoded else "every record must have as many channels"
+        return (f"record '{name}' decodes to {shape[0]} channel(s), the first one to "
+                f"{first[0]}: {why}")
+    return (f"record '{name}' is {shape[1]} x {shape[2]}, the first one {first[1]} x "
+            f"{first[2]}: every image must have the same size (convert-imageset "
+            "--resize-height and --resize-width make it so)")
+
+
 def compute_image_mean(db_path, out_path=None):
     """Caffe's compute_image_mean: the mean of every record of a database, as a float32 array
     of shape (1, C, H, W); written to ``out_path`` as a .binaryproto when given (legacy
@@ -197,12 +212,12 @@ def compute_image_mean(db_path, out_path=None):
     total, shape, count = None, None, 0
     try:
         for key, value in db.items():
-            array, _ = decode_datum(value, where=f"{db_path} key {key.decode(errors='replace')}")
+            name = key.decode(errors="replace")
+            array, _, encoded = decode_record(value, where=f"{db_path} key {name}")
             if total is None:          # Caffe adds into the BlobProto's float data: float32
                 shape, total = array.shape, np.zeros(array.shape, np.float32)
             elif array.shape != shape:
-                raise DataError(f"record {key!r} has shape {array.shape}, the first one "
-                                f"{shape}: every image must have the same size", db_path)
+                raise DataError(_mismatch(name, array.shape, shape, encoded), db_path)
             total += array
             count += 1
     finally:

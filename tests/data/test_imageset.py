@@ -247,3 +247,30 @@ def test_encoded_records_hold_the_file_by_caffes_matchext_rule(tmp_path):
     Image.open(tmp_path / "a.png").convert("L").save(tmp_path / "a.png")   # a gray file
     with pytest.warns(UserWarning, match=r"a.png is stored as it is, .* decodes to 1 channel"):
         assert stored("color", encoded=True)[2] == (tmp_path / "a.png").read_bytes()
+
+
+def test_compute_image_mean_names_the_channels_of_a_natively_decoded_record(tmp_path):
+    """An encoded LMDB holding a gray PNG among colour ones: compute_image_mean decodes
+    natively, as Caffe's does (DecodeDatumNative, then a CHECK on the size), so the gray
+    record has 1 channel. The error said 'has shape (1, 4, 6), the first one (3, 4, 6): every
+    image must have the same size', with the key as bytes (b'...'), and no way out; it now
+    names the channels, why, and what stores 3-channel records."""
+    make_images(str(tmp_path), ["a.png", "c.png"])
+    Image.fromarray(np.zeros((4, 6), np.uint8)).save(tmp_path / "b.png")
+    (tmp_path / "list.txt").write_text("a.png 0\nb.png 1\nc.png 0\n")
+    with pytest.warns(UserWarning, match="b.png is stored as it is"):
+        convert_imageset(str(tmp_path), str(tmp_path / "list.txt"), str(tmp_path / "db"),
+                         encoded=True)
+    with pytest.raises(DataError) as e:
+        compute_image_mean(str(tmp_path / "db"))
+    message = str(e.value)
+    assert "'00000001_b.png'" in message and "b'" not in message
+    assert "1 channel" in message and "first one to 3" in message and "same size" not in message
+    assert "--encode-type" in message and "mean_value" in message
+    make_images(str(tmp_path), ["d.png"], size=(5, 6))
+    (tmp_path / "list2.txt").write_text("a.png 0\nd.png 1\n")
+    convert_imageset(str(tmp_path), str(tmp_path / "list2.txt"), str(tmp_path / "db2"),
+                     encoded=True)
+    with pytest.raises(DataError, match=r"'00000001_d.png' is 5 x 6, the first one 4 x 6.*"
+                                        r"--resize-height"):
+        compute_image_mean(str(tmp_path / "db2"))
