@@ -85,11 +85,12 @@ def convert_imageset(root, list_file, db_path, resize_height=0, resize_width=0, 
     with its dot (".png") and the file has that extension and is not resized. A file stored
     as it is keeps its own colours whatever ``gray`` says (a Data layer decodes it natively:
     a gray PNG to 1 channel, an RGBA one to 4, unless transform_param.force_color /
-    force_gray); the first such file whose channels differ from the ones asked for is
-    warned about. An ``encode_type`` alone encodes too, as in Caffe. ``shuffle`` permutes
-    the lines first, with ``np.random.default_rng(seed)`` (seed None: minicnn's global
-    generator). ``check_size`` makes differently sized images an error. An image that cannot be
-    read is skipped with a warning, as Caffe does (its index is still used up).
+    force_gray); the files whose channels differ from the ones asked for are warned about
+    once (the first named, the rest counted). An ``encode_type`` alone encodes too, as in
+    Caffe. ``shuffle`` permutes the lines first, with ``np.random.default_rng(seed)`` (seed
+    None: minicnn's global generator). ``check_size`` makes differently sized images an
+    error. An image that cannot be read is skipped with a warning, as Caffe does (its index
+    is still used up).
     """
     from minicnn.rng import get_rng
     if (resize_height > 0) != (resize_width > 0):
@@ -115,7 +116,7 @@ def convert_imageset(root, list_file, db_path, resize_height=0, resize_width=0, 
     remove_db(tmp)
     size = None
     count = skipped = 0
-    warned = False
+    other_channels = []               # (path, native channels, asked-for channels)
     try:
         with db_writer(tmp, backend) as writer:
             for index, (name, label, lineno) in enumerate(entries):
@@ -123,13 +124,8 @@ def convert_imageset(root, list_file, db_path, resize_height=0, resize_width=0, 
                 try:
                     value = _image_record(image_path, label, resize_height, resize_width,
                                           is_color, encoded, encode_type)
-                    if value[2] and not warned:
-                        warned = True
-                        warnings.warn(f"{image_path} is stored as it is, as Caffe's "
-                                      f"convert_imageset stores it whatever its colours: its "
-                                      f"record decodes to {value[2]} channel(s), not "
-                                      f"{value[1][0]}, unless transform_param sets "
-                                      f"force_color or force_gray", stacklevel=2)
+                    if value[2]:
+                        other_channels.append((image_path, value[2], value[1][0]))
                 except DataError as e:
                     warnings.warn(f"{list_file}:{lineno}: skipping {image_path}: {e.reason}",
                                   stacklevel=2)
@@ -149,9 +145,27 @@ def convert_imageset(root, list_file, db_path, resize_height=0, resize_width=0, 
     except BaseException:
         remove_db(tmp)
         raise
+    if other_channels:
+        warnings.warn(_other_channels_message(other_channels), stacklevel=2)
     if verbose:
         print(f"wrote {count} records to {db_path}" + (f" ({skipped} skipped)" if skipped else ""))
     return count
+
+
+def _other_channels_message(files):
+    """The warning for the files stored as they are whose native channels differ from the
+    ones asked for: the first named, the rest counted by their channels."""
+    path, native, asked = files[0]
+    message = (f"{path} is stored as it is, as Caffe's convert_imageset stores it whatever its "
+               f"colours: its record decodes to {native} channel(s), not {asked}")
+    if len(files) > 1:
+        counts = {}
+        for _, n, _ in files[1:]:
+            counts[n] = counts.get(n, 0) + 1
+        message += (f"; so do {len(files) - 1} more files (" + ", ".join(
+            f"{k} to {n} channel(s)" for n, k in sorted(counts.items())) + ")")
+    return (message + ", unless transform_param sets force_color or force_gray "
+            "(--encode-type png or jpg encodes every image again instead)")
 
 
 def _match_ext(path, encoding):

@@ -274,3 +274,27 @@ def test_compute_image_mean_names_the_channels_of_a_natively_decoded_record(tmp_
     with pytest.raises(DataError, match=r"'00000001_d.png' is 5 x 6, the first one 4 x 6.*"
                                         r"--resize-height"):
         compute_image_mean(str(tmp_path / "db2"))
+
+
+def test_convert_imageset_counts_every_file_stored_in_other_channels(tmp_path):
+    """A folder with two gray PNGs and an RGBA one among colour files, --encoded: each is
+    stored as it is and a Data layer decodes it to 1 or 4 channels. Only the first was
+    warned about, so removing or fixing it showed the next one run after run; one warning
+    now names the first and counts the others by their channels."""
+    import warnings
+    make_images(str(tmp_path), ["a.png", "e.png"])
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (4, 6), dtype=np.uint8)).save(tmp_path / "b.png")
+    Image.fromarray(rng.integers(0, 256, (4, 6, 4), dtype=np.uint8)).save(tmp_path / "c.png")
+    Image.fromarray(rng.integers(0, 256, (4, 6), dtype=np.uint8)).save(tmp_path / "d.png")
+    (tmp_path / "list.txt").write_text("a.png 0\nb.png 1\nc.png 0\nd.png 1\ne.png 0\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        convert_imageset(str(tmp_path), str(tmp_path / "list.txt"), str(tmp_path / "db"),
+                         encoded=True)
+    messages = [str(w.message) for w in caught if "stored as it is" in str(w.message)]
+    assert len(messages) == 1
+    assert "b.png is stored as it is" in messages[0] and "decodes to 1 channel(s), not 3" \
+        in messages[0]
+    assert "2 more files (1 to 1 channel(s), 1 to 4 channel(s))" in messages[0]
+    assert "force_color" in messages[0]
