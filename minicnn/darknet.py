@@ -74,9 +74,13 @@ data; YOLOv1's [detection] jitter is not kept. ``minicnn detect`` decodes all th
 (minicnn.detection).
 
 A classifier (the last section [softmax], or [softmax] then one [cost]) gets a train net
-(classifier_train_data): an ImageData ("path label" lines; R, G, B scaled to [0, 1], resized
-to the [net]'s size, or to min_crop and cropped at random, mirrored at random) and a
-SoftmaxWithLoss in place of the last Softmax.
+(classifier_train_data): a TRAIN ImageData ("path label" lines; R, G, B scaled to [0, 1],
+resized to the [net]'s size, or to min_crop and cropped at random, mirrored at random), a TEST
+one (val.txt, unmirrored, resized to the [net]'s size: Darknet's validation for square images),
+a SoftmaxWithLoss in place of the last Softmax and TEST-only Accuracy layers (top-1; top-5 over
+more than 5 classes); its solver's test_iter and test_interval are written commented out (the
+conversion cannot count the validation images; without test_iter no test net is built, so a
+train.txt alone trains).
 Darknet's loss there (libdarknet trained against it: tests/test_darknet_solver.py): given a
 truth, softmax_layer sets its delta to truth - output (the cross-entropy's gradient at the
 softmax's *input*; the temperature t is not in it, noloss=1 leaves it out), and a [cost]
@@ -625,7 +629,9 @@ def _softmax(b, s, i, x, loss_weight=None):
     each run (the whole of C x H x W with groups=1, not one per place). A C x 1 x 1 output with
     groups=1 is a plain Softmax; otherwise a Reshape to N x groups x run, a Softmax along the
     run, and a Reshape back. With ``loss_weight`` (a classifier's train net) the plain Softmax
-    is a SoftmaxWithLoss of the labels, top "loss", with that weight (_classifier_head)."""
+    is a SoftmaxWithLoss of the labels, top "loss", with that weight (_classifier_head), in both
+    phases, after TEST-only Accuracy layers: top "accuracy" (top-1) and, over more than 5
+    classes, "accuracy_top5" (top_k 5), as Caffe's ImageNet examples."""
     temperature, groups = s.float("temperature", 1.0), s.int("groups", 1)
     count = x.c * x.h * x.w
     if temperature <= 0:
@@ -644,6 +650,11 @@ def _softmax(b, s, i, x, loss_weight=None):
             raise DarknetError(f"{s.where()}: a softmax over {x.c}x{x.h}x{x.w} in groups={groups}"
                                ": minicnn writes a classifier's loss (SoftmaxWithLoss) for one "
                                "softmax over C x 1 x 1 (groups=1)")
+        b.layer("accuracy", "Accuracy", [bottom] + b.labels, "accuracy",
+                "include { phase: TEST }")
+        if x.c > 5:                                # as Caffe's ImageNet examples
+            b.layer("accuracy_top5", "Accuracy", [bottom] + b.labels, "accuracy_top5",
+                    "include { phase: TEST }\naccuracy_param { top_k: 5 }")
         b.layer("loss", "SoftmaxWithLoss", [bottom] + b.labels, "loss",
                 f"loss_weight: {loss_weight!r}")
         return _Out("loss", 1, 1, 1, True)
@@ -1017,17 +1028,23 @@ def _classifier_head(sections):
     return soft, weight * soft.float("temperature", 1.0)
 
 
-def classifier_train_data(sections, source="train.txt"):
-    """(data layer text, notes) of a classifier's train net (_classifier_head), or (None, [])
+def classifier_train_data(sections, source="train.txt", val_source="val.txt"):
+    """(data layers' text, notes) of a classifier's train net (_classifier_head), or (None, [])
     for other nets. Darknet's classifier trainer (classifier.c, load_data_augment) loads each
     image as R, G, B in [0, 1], resizes its shorter side to a random size in [min_crop,
     max_crop] (the [net]'s keys; defaults width and 2 x width), crops width x height at random
     (center=1: in the centre), flips it at random and distorts it (CLASSIFIER_AUGMENT); its
-    labels come from the paths. The layer: an ImageData (``path label`` lines) with shuffle,
-    new_height x new_width the [net]'s size or min_crop with a crop_size (_classifier_resize),
-    transform_param scale 1/255 and mirror, and for channels=3 a Slice and a Concat that turn
-    OpenCV's B, G, R into R, G, B (is_color: false, gray, for channels=1). The random size of
-    the crop and the distortions have no ImageData field:
+    labels come from the paths. The TRAIN layer: an ImageData (``path label`` lines) with
+    shuffle, new_height x new_width the [net]'s size or min_crop with a crop_size
+    (_classifier_resize), transform_param scale 1/255 and mirror. The TEST layer reads
+    ``val_source`` as Darknet's validation (``darknet classifier valid``,
+    validate_classifier_single) reads the data cfg's valid= list: no flip, no shuffle, each
+    image's shorter side resized to width, keeping its aspect, and the centre width x height
+    cropped from it; Caffe's nearest is the whole image resized to the [net]'s size (the same
+    for square images: a crop_size there, Caffe's centre crop in TEST, would cut their edges,
+    which Darknet keeps), the batch the TRAIN layer's. For channels=3 a Slice and a Concat, in
+    both phases, turn OpenCV's B, G, R into R, G, B (is_color: false, gray, for channels=1).
+    The random size of the crop and the distortions have no ImageData field:
     the notes say which of the distortions the cfg asks for."""
     if _classifier_head(sections) is None:
         return None, []
@@ -1038,13 +1055,18 @@ def classifier_train_data(sections, source="train.txt"):
                            "1 (gray) channels")
     batch = max(net.int("batch", 1) // max(net.int("subdivisions", 1), 1), 1)
     side, crop = _classifier_resize(net)
-    layer = (f'layer {{ name: "data" type: "ImageData" top: "{"data" if c == 1 else "bgr"}" '
-             'top: "label"\n  include { phase: TRAIN }\n'
-             "  transform_param { scale: 0.00392156862745098 mirror: true"
-             + (f" crop_size: {w}" if crop else "") + " }\n"
-             f'  image_data_param {{ source: "{source}" batch_size: {batch} shuffle: true '
-             f"new_height: {side or h} new_width: {side or w}"
-             + (" is_color: false" if c == 1 else "") + " } }\n")
+
+    def image_data(phase, transform, fields):
+        return (f'layer {{ name: "data" type: "ImageData" top: "{"data" if c == 1 else "bgr"}" '
+                f'top: "label"\n  include {{ phase: {phase} }}\n'
+                f"  transform_param {{ scale: 0.00392156862745098{transform} }}\n"
+                f"  image_data_param {{ {fields}"
+                + (" is_color: false" if c == 1 else "") + " } }\n")
+    layer = image_data("TRAIN", " mirror: true" + (f" crop_size: {w}" if crop else ""),
+                       f'source: "{source}" batch_size: {batch} shuffle: true '
+                       f"new_height: {side or h} new_width: {side or w}")
+    layer += image_data("TEST", "", f'source: "{val_source}" batch_size: {batch} '
+                        f"new_height: {h} new_width: {w}")
     if c == 3:                      # OpenCV decodes B, G, R; Darknet's nets take R, G, B
         layer += ('layer { name: "bgr_planes" type: "Slice" bottom: "bgr" top: "b" top: "g" '
                   'top: "r" slice_param { axis: 1 } }\n'
@@ -1105,9 +1127,9 @@ def _classifier_loader_comment(sections):
                 + (f"image to {side}x{side} and crops a random {w}x{w} (the same for square "
                    f"images{'' if lo == hi else ' at the smallest size'})" if cropped else
                    f"image to {w}x{h}"))
-    return ("# Point the data layer's source at your image list: ImageData reads 'path label' "
-            "lines, the label\n# the class number from 0. Darknet's classifier reads the data "
-            "cfg's train= list (one path a\n# line) and labels= file (one class name a line): "
+    return ("# Point the TRAIN data layer's source at your image list: ImageData reads 'path "
+            "label' lines, the label\n# the class number from 0. Darknet's classifier reads the "
+            "data cfg's train= list (one path a\n# line) and labels= file (one class name a line): "
             "an image's class is the line whose name\n# occurs in its path (fill_truth; a path "
             "with no name or several trains towards zero or several\n# ones, which ImageData's "
             "one label cannot hold). So give each path its name's line number,\n# counted from "
@@ -1115,7 +1137,14 @@ def _classifier_loader_comment(sections):
             "#   python3 -c 'import sys; names = open(sys.argv[1]).read().splitlines(); "
             "[print(p, [k for k, n in enumerate(names) if n in p][0]) for p in "
             "open(sys.argv[2]).read().splitlines()]' labels.txt train.list > train.txt\n"
-            f"# Darknet's loader {crop}.\n")
+            f"# Darknet's loader {crop}.\n"
+            "# The TEST data layer reads val.txt, made the same way from the data cfg's valid= "
+            "list\n# (... labels.txt valid.list > val.txt); the solver tests on it once you set "
+            "its test_iter\n# and test_interval. Darknet's validation (darknet classifier valid) "
+            f"resizes each image's shorter\n# side to {w}, keeping its aspect, and crops the "
+            f"centre {w}x{h}, unflipped; this one resizes the whole\n# image to {w}x{h} "
+            + ("(the same for square images).\n" if w == h else "(ImageData's crop is square, "
+               f"so not even a square image gets Darknet's {w}x{h} centre).\n"))
 
 
 def _f32(value):
@@ -1421,13 +1450,15 @@ def _training_files(sections, stem):
     net ``<stem>_train.prototxt`` the solver names, its data layer's source the placeholder
     train.txt (a detector's: Darknet's image list, labels found by its images -> labels rule; a
     classifier's: ImageData's "path label" lines, its header comment says how to make them from
-    Darknet's list). Other nets, and classifiers whose head minicnn cannot write as a
-    SoftmaxWithLoss, get the solver alone, and a note says to write the train net. The notes
-    are written into the train net too. Nothing is written here, so that an error in the cfg's
-    training keys (a step of 0) leaves no file behind."""
+    Darknet's list; its TEST data layer's source val.txt, the solver's test_iter and
+    test_interval commented out: _classifier_test_comment). Other nets, and classifiers whose
+    head minicnn cannot write as a SoftmaxWithLoss, get the solver alone, and a note says to
+    write the train net. The notes are written into the train net too. Nothing is written here,
+    so that an error in the cfg's training keys (a step of 0) leaves no file behind."""
     from minicnn.proto.text import parse_text
     net_file = f"{stem}_train.prototxt"
     solver_text, notes = darknet_solver(sections, net_file)
+    test = _classifier_test_comment(sections)
     files, why = [], "minicnn writes one for detectors (last section [region], [yolo] or " \
         "[detection]) and classifiers (last section [softmax], or [softmax] and [cost])"
     try:
@@ -1448,5 +1479,20 @@ def _training_files(sections, stem):
     else:
         notes = [f"no train net written: {why}; write {net_file} yourself (the prototxt with a "
                  "data layer in place of the Input and a loss layer at the end)"] + notes
-    files.append((f"{stem}_solver.prototxt", solver_text))
+    files.append((f"{stem}_solver.prototxt", solver_text + (test if layer is not None and
+                                                            label == "label" else "")))
     return files, notes
+
+
+def _classifier_test_comment(sections):
+    """The classifier solver's test schedule, commented out: test_iter depends on the
+    validation images, which the conversion does not see, and a solver without test_iter
+    builds no test net (Caffe's InitTestNets), so a train.txt alone trains."""
+    net = sections[0]
+    batch = max(net.int("batch", 1) // max(net.int("subdivisions", 1), 1), 1)
+    return ("# To test while training (\"Test net output #0: accuracy = ...\"), make val.txt as "
+            "the train net's\n# header says and uncomment these two lines, with test_iter = "
+            f"ceil(validation images / {batch}),\n# the TEST batches that score each once (100 "
+            f"here: {100 * batch} images; minicnn train notes the value\n# that covers your "
+            "val.txt, and stops at once, naming it, if there is none):\n"
+            "# test_iter: 100\n# test_interval: 1000\n")

@@ -358,7 +358,7 @@ def test_classifier_gets_a_train_net(tmp_path, capsys):
         ("train.txt", 2, True, 6, 6, True)
     assert (data.transform_param.scale, data.transform_param.mirror) == \
         (np.float32(1 / 255), True)
-    assert [(layer.type, list(layer.bottom), list(layer.top)) for layer in layers[1:3]] == \
+    assert [(layer.type, list(layer.bottom), list(layer.top)) for layer in layers[2:4]] == \
         [("Slice", ["bgr"], ["b", "g", "r"]), ("Concat", ["r", "g", "b"], ["data"])]
     loss = layers[-1]
     assert (loss.type, list(loss.bottom), list(loss.loss_weight)) == \
@@ -406,6 +406,82 @@ def test_classifier_train_net_crops_as_darknets_loader(tmp_path, monkeypatch, ke
     solver = minicnn.get_solver("cls_solver.prototxt", log=lambda message: None)
     solver.step(1)
     assert solver.net.blobs["data"].shape == (2, 3, 6, 6)
+
+
+@pytest.mark.parametrize("classes, accuracies", [(3, ["accuracy"]),
+                                                  (7, ["accuracy", "accuracy_top5"])])
+def test_classifier_train_net_tests(tmp_path, monkeypatch, capsys, classes, accuracies):
+    """The classifier's train net tests as Caffe's examples: a TEST ImageData on val.txt (not
+    mirrored, not shuffled, the whole image resized to the [net]'s size as Darknet's validation
+    gives a square image, even where TRAIN crops), the same R, G, B planes, and TEST-only
+    Accuracy layers (top-5 over more than 5 classes) beside the loss. The solver as written
+    builds no test net, so train.txt alone trains; with its commented test_iter and
+    test_interval set, `minicnn train` prints the test accuracy."""
+    import minicnn
+    cfg = tmp_path / "cls.cfg"
+    cfg.write_text(CLASSIFIER.replace("channels=3\n", "channels=3\nmin_crop=8\n")
+                   .replace("output=3", f"output={classes}"))
+    convert_darknet(str(cfg), None, str(tmp_path / "out"))
+    out = tmp_path / "out"
+    layers = parse_text((out / "cls_train.prototxt").read_text(), "NetParameter").layer
+    train, test = layers[0], layers[1]
+    assert (train.include[0].phase, train.transform_param.crop_size) == ("TRAIN", 6)
+    p = test.image_data_param
+    assert (test.type, list(test.top), test.include[0].phase) == \
+        ("ImageData", ["bgr", "label"], "TEST")
+    assert (p.source, p.batch_size, p.shuffle, p.new_height, p.new_width, p.is_color) == \
+        ("val.txt", 2, False, 6, 6, True)
+    t = test.transform_param
+    assert (t.scale, t.mirror, t.crop_size) == (np.float32(1 / 255), False, 0)
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (9, 13, 3), dtype=np.uint8) for _ in range(3)]
+    for k, image in enumerate(images):
+        cv2.imwrite(str(out / f"{k}.png"), image)
+    (out / "train.txt").write_text("0.png 0\n1.png 1\n")
+    monkeypatch.chdir(out)
+    solver = minicnn.get_solver("cls_solver.prototxt", log=lambda message: None)
+    assert solver.test_nets == []                  # as written: no val.txt needed
+    solver.step(1)
+    assert list(solver.net.outputs) == ["loss"]
+    (out / "val.txt").write_text("2.png 2\n0.png 0\n")
+    net = minicnn.Net("cls_train.prototxt", phase=minicnn.TEST)
+    assert list(net.outputs) == accuracies + ["loss"]
+    net.forward()
+    for k, index in enumerate((2, 0)):              # in order, unmirrored, uncropped, R, G, B
+        bgr = cv2.resize(images[index], (6, 6)).astype(np.float32) * np.float32(1 / 255)
+        np.testing.assert_allclose(net.blobs["data"].data[k], bgr[:, :, ::-1].transpose(2, 0, 1),
+                                   rtol=1e-6, atol=1e-6)
+    solver_text = (out / "cls_solver.prototxt").read_text()
+    assert "# test_iter: 100\n# test_interval: 1000\n" in solver_text
+    assert "ceil(validation images / 2)" in solver_text
+    (out / "test_solver.prototxt").write_text(
+        solver_text.replace("# test_iter: 100", "test_iter: 1")
+        .replace("# test_interval: 1000", "test_interval: 2")
+        .replace("max_iter: 10", "max_iter: 2"))
+    capsys.readouterr()
+    assert main(["train", "--solver", "test_solver.prototxt"]) == 0
+    log = capsys.readouterr().out
+    for k, name in enumerate(accuracies):
+        tested = re.findall(rf"Test net output #{k}: {name} = (\S+)", log)
+        assert len(tested) == 2 and all(float(a) in (0, 0.5, 1) for a in tested), log
+
+
+def test_classifier_test_without_val_txt_names_it(tmp_path, monkeypatch, capsys):
+    """With the solver's test lines uncommented and no val.txt, training stops at once, naming
+    the file and the train net's TEST data layer."""
+    cfg = tmp_path / "cls.cfg"
+    cfg.write_text(CLASSIFIER)
+    convert_darknet(str(cfg), None, str(tmp_path / "out"))
+    out = tmp_path / "out"
+    cv2.imwrite(str(out / "0.png"), np.zeros((6, 6, 3), np.uint8))
+    (out / "train.txt").write_text("0.png 0\n")
+    solver = (out / "cls_solver.prototxt").read_text()
+    (out / "cls_solver.prototxt").write_text(solver.replace("# test_iter", "test_iter")
+                                             .replace("# test_interval", "test_interval"))
+    monkeypatch.chdir(out)
+    assert main(["train", "--solver", "cls_solver.prototxt"]) != 0
+    err = capsys.readouterr().err
+    assert re.search(r"cls_train\.prototxt:\d+: layer 'data' \(ImageData\): val\.txt", err), err
 
 
 @pytest.mark.parametrize("head, problem", [
