@@ -117,6 +117,7 @@ def convert_imageset(root, list_file, db_path, resize_height=0, resize_width=0, 
     size = None
     count = skipped = 0
     other_channels = []               # (path, native channels, asked-for channels)
+    unrotated = []                    # paths stored as they are whose EXIF turns them
     try:
         with db_writer(tmp, backend) as writer:
             for index, (name, label, lineno) in enumerate(entries):
@@ -126,6 +127,8 @@ def convert_imageset(root, list_file, db_path, resize_height=0, resize_width=0, 
                                           is_color, encoded, encode_type)
                     if value[2]:
                         other_channels.append((image_path, value[2], value[1][0]))
+                    if value[3]:
+                        unrotated.append(image_path)
                 except DataError as e:
                     warnings.warn(f"{list_file}:{lineno}: skipping {image_path}: {e.reason}",
                                   stacklevel=2)
@@ -147,6 +150,14 @@ def convert_imageset(root, list_file, db_path, resize_height=0, resize_width=0, 
         raise
     if other_channels:
         warnings.warn(_other_channels_message(other_channels), stacklevel=2)
+    if unrotated:
+        more = f" (and {len(unrotated) - 1} more files)" if len(unrotated) > 1 else ""
+        warnings.warn(f"{unrotated[0]}{more} has an EXIF orientation and is stored unchanged: "
+                      "its record decodes unrotated, as Caffe decodes an encoded Datum natively "
+                      "(IMREAD_UNCHANGED ignores the orientation), where ImageData and "
+                      "convert-imageset without --encoded turn it upright; transform_param "
+                      "force_color (or force_gray) applies it, as does --encode-type png or jpg "
+                      "(every image encoded again)", stacklevel=2)
     if verbose:
         print(f"wrote {count} records to {db_path}" + (f" ({skipped} skipped)" if skipped else ""))
     return count
@@ -184,7 +195,9 @@ def _image_record(path, label, height, width, is_color, encoded, encode_type):
     holds, as the image was read with is_color's flag), else the image read with is_color,
     resized, encoded again. The third item is 0, or for a file stored as it is whose native
     decode (a Data layer's) has another channel count than ``is_color`` asked for, that count
-    (a gray file without gray, a colour one with gray, one with alpha)."""
+    (a gray file without gray, a colour one with gray, one with alpha). The fourth is True
+    for a file stored as it is whose EXIF orientation imread applies and the native decode
+    does not (its record decodes unrotated)."""
     chw = read_image(path, height, width, is_color)
     if encoded:
         encoding = encode_type or _guess_encoding(path)
@@ -194,12 +207,17 @@ def _image_record(path, label, height, width, is_color, encoded, encode_type):
                 data = f.read()
             datum = caffe_pb2.Datum(data=data, label=label, encoded=True)
             try:
-                native = decode_image(data, None).shape[0]
+                native = decode_image(data, None)
             except DataError:                     # a 16-bit file: the Data layer names it
-                native = 0
-            return serialize(datum), chw.shape, 0 if native == chw.shape[0] else native
-        return serialize(encode_datum(chw, label, encoding)), chw.shape, 0
-    return serialize_datum(chw, label), chw.shape, 0
+                return serialize(datum), chw.shape, 0, False
+            # an EXIF orientation: imread (chw) turned the image, the native decode does not
+            turned = native.shape[1:] != chw.shape[1:] or (
+                native.shape == chw.shape and not np.array_equal(native, chw))
+            channels = native.shape[0]
+            return (serialize(datum), chw.shape, 0 if channels == chw.shape[0] else channels,
+                    turned)
+        return serialize(encode_datum(chw, label, encoding)), chw.shape, 0, False
+    return serialize_datum(chw, label), chw.shape, 0, False
 
 
 def _mismatch(name, shape, first, encoded):

@@ -298,3 +298,35 @@ def test_convert_imageset_counts_every_file_stored_in_other_channels(tmp_path):
         in messages[0]
     assert "2 more files (1 to 1 channel(s), 1 to 4 channel(s))" in messages[0]
     assert "force_color" in messages[0]
+
+
+def test_convert_imageset_warns_about_files_stored_unrotated(tmp_path):
+    """A JPEG with an EXIF orientation stored as it is (--encoded) decodes unrotated in a Data
+    layer (Caffe's native decode), where ImageData and a raw record turn it: one warning names
+    the first and counts the rest; a file without an orientation is not named."""
+    import warnings
+    rng = np.random.default_rng(2)
+    for name, orientation in (("plain.jpg", 1), ("turned.jpg", 6), ("upside.jpg", 3)):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        Image.fromarray(rng.integers(0, 256, (4, 6, 3), dtype=np.uint8)).save(
+            tmp_path / name, exif=exif)
+    (tmp_path / "list.txt").write_text("plain.jpg 0\nturned.jpg 1\nupside.jpg 0\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        convert_imageset(str(tmp_path), str(tmp_path / "list.txt"), str(tmp_path / "db"),
+                         encoded=True, shuffle=True, seed=0)
+    messages = [str(w.message) for w in caught if "EXIF" in str(w.message)]
+    assert len(messages) == 1, messages
+    assert ("turned.jpg (and 1 more files) has an EXIF orientation" in messages[0]
+            or "upside.jpg (and 1 more files) has an EXIF orientation" in messages[0])
+    assert "plain.jpg" not in messages[0] and "force_color" in messages[0]
+    db = open_db(str(tmp_path / "db"))
+    shapes = [decode_datum(db.get_index(i))[0].shape for i in range(3)]
+    db.close()
+    assert shapes == [(3, 4, 6)] * 3                              # as stored: not turned
+    with warnings.catch_warnings(record=True) as caught:          # re-encoded: upright, quiet
+        warnings.simplefilter("always")
+        convert_imageset(str(tmp_path), str(tmp_path / "list.txt"), str(tmp_path / "db2"),
+                         encode_type="png", shuffle=True, seed=0)
+    assert not [w for w in caught if "EXIF" in str(w.message)]
