@@ -363,7 +363,9 @@ def generate_batch_samples(groups, batch_samplers, draws):
 
 def _jpeg_roundtrip(chw):
     """Encode as JPEG (quality 95, OpenCV's imencode default) and decode again, as the fork
-    stores a cropped or expanded encoded image (EncodeCVMatToDatum(..., "jpg"))."""
+    stores a cropped, expanded or distorted encoded image (EncodeCVMatToDatum(..., "jpg")). A
+    4-channel image (a natively decoded file with alpha) comes back with 3: OpenCV's JPEG
+    encoder writes its B, G, R and drops the alpha."""
     try:
         import cv2
     except ImportError:
@@ -377,7 +379,7 @@ def _jpeg_roundtrip(chw):
     Image = need("PIL.Image", "Pillow")
     hwc = chw.transpose(1, 2, 0)
     img = Image.fromarray(np.ascontiguousarray(hwc[:, :, 0] if chw.shape[0] == 1
-                                               else hwc[:, :, ::-1]))
+                                               else hwc[:, :, 2::-1]))     # B G R (A) -> RGB
     out = io.BytesIO()
     img.save(out, format="JPEG", quality=95)
     return decode_image(out.getvalue(), None if chw.shape[0] == 1 else True)

@@ -551,17 +551,21 @@ def test_jpeg_roundtrip_is_opencvs_quality_95_with_or_without_opencv(with_opencv
     # a cropped, expanded or distorted encoded record is stored again as JPEG (the fork's
     # EncodeCVMatToDatum: imencode's quality 95); without OpenCV, Pillow encodes (RGB order)
     # and decodes. Both libjpegs may round an IDCT differently: within 2 of OpenCV's result.
-    colour, gray = image(3, (3, 24, 32)), image(4, (1, 24, 32))
+    # A natively decoded RGBA record (4 channels, B G R A) loses its alpha: OpenCV's JPEG
+    # encoder writes B, G, R of a 4-channel image (Pillow's failed: 'cannot write mode RGBA
+    # as JPEG').
+    colour, gray, bgra = image(3, (3, 24, 32)), image(4, (1, 24, 32)), image(5, (4, 24, 32))
     want = []
-    for img in (colour, gray):
+    for img in (colour, gray, bgra):
         _, buf = cv2.imencode(".jpg", np.ascontiguousarray(img.transpose(1, 2, 0)))
         out = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
         want.append((out[:, :, None] if out.ndim == 2 else out).transpose(2, 0, 1))
+    assert want[2].shape == (3, 24, 32)
     if not with_opencv:
         monkeypatch.setitem(__import__("sys").modules, "cv2", None)     # import cv2 fails
-    for img, ref in zip((colour, gray), want):
+    for img, ref in zip((colour, gray, bgra), want):
         got = A._jpeg_roundtrip(img)
-        assert got.shape == img.shape and got.dtype == np.uint8
+        assert got.shape == ref.shape and got.dtype == np.uint8
         assert np.abs(got.astype(int) - ref).max() <= 2
 
 
