@@ -425,16 +425,39 @@ def _hsv_channel(chw, k, alpha, beta):
     return np.ascontiguousarray(cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR).transpose(2, 0, 1))
 
 
+def distort_channel_problem(dp, channels):
+    """Why distort_param cannot run on images of ``channels`` channels, or None. The fork's
+    brightness and contrast steps take any image; its saturation and hue steps convert BGR (or
+    BGRA, whose alpha they drop) to HSV and back, which OpenCV refuses for a gray image; its
+    channel shuffle CHECKs 3 channels. A step whose probability is 0 never runs; one above 0
+    makes the fork abort on the first image it draws for, so it is an error here for every
+    image (a 4-channel one with random_order_prob, which the fork shuffles only when a
+    saturation or hue step made it 3-channel before, included)."""
+    if channels == 3:
+        return None
+    steps = [f"{f} > 0" for f in ("saturation_prob", "hue_prob", "random_order_prob")
+             if getattr(dp, f) > 0 and (channels != 4 or f == "random_order_prob")]
+    if channels not in (1, 4):
+        return f"distort_param needs 1, 3 or 4-channel images, got {channels} channel(s)"
+    if not steps:
+        return None
+    return (f"distort_param with {' and '.join(steps)} needs colour (3-channel) images (the "
+            f"fork's HSV conversion and channel shuffle), got {channels} channel(s)")
+
+
 def apply_distort(chw, dp, draws):
     """ApplyDistort on a CHW uint8 BGR image: a coin (> 0.5) picks the order brightness,
     contrast, saturation, hue or brightness, saturation, hue, contrast; each step happens with
     its probability and draws its amount; then the channels are shuffled with
     random_order_prob. As in the fork, saturation always goes through HSV and back (its
     ``fabs(delta - 1) != 1e-3`` test is always true), and hue is shifted with saturation at
-    0 and 255 in OpenCV's 0..180 hue."""
+    0 and 255 in OpenCV's 0..180 hue. A gray image takes brightness and contrast only, a
+    4-channel (B, G, R, A) one all but the shuffle: its saturation or hue step gives B, G, R
+    (``distort_channel_problem``), as OpenCV's BGR to HSV conversion does in the fork."""
     img = chw
-    if img.shape[0] != 3:
-        raise DataError(f"distort_param needs colour (3-channel) images, got {img.shape[0]}")
+    problem = distort_channel_problem(dp, img.shape[0])
+    if problem:
+        raise DataError(problem)
 
     def brightness(img):
         if draws.uniform(0, 1) < F(dp.brightness_prob):
@@ -487,7 +510,7 @@ def apply_distort(chw, dp, draws):
 
 def distort_sample(sample, dp, draws):
     """DistortImage: encoded records only (the fork logs an error for raw ones and leaves
-    them), stored again as JPEG."""
+    them), stored again as JPEG (so a 4-channel image comes out with B, G, R)."""
     if not sample.encoded:
         return sample
     image = _jpeg_roundtrip(apply_distort(sample.image, dp, draws))

@@ -13,6 +13,7 @@ from minicnn.data.annotated import (
     check_sampler,
     crop_sample,
     decode_sample,
+    distort_channel_problem,
     distort_sample,
     expand_sample,
     generate_batch_samples,
@@ -32,7 +33,13 @@ from minicnn.data.transform import (
 )
 from minicnn.errors import LayerError
 from minicnn.layer import register
-from minicnn.layers.data import _SourceDataLayer, warn_force_encoded_color
+from minicnn.layers.data import (
+    NATIVE_CHANNELS,
+    _check_same_shape,
+    _SourceDataLayer,
+    check_mean_channels,
+    warn_force_encoded_color,
+)
 
 F = np.float32
 
@@ -102,6 +109,7 @@ class AnnotatedDataLayer(_SourceDataLayer):
         self.crop_h = self.crop_w = int(tp.crop_size)
         if not tp.crop_size:
             self.crop_h, self.crop_w = int(tp.crop_h), int(tp.crop_w)
+        self._warned_channels = False
         if not self.num_samples:
             return []
         first = self._decode(self.db.keys[self.sample_ids(0)[0]])
@@ -134,9 +142,15 @@ class AnnotatedDataLayer(_SourceDataLayer):
                              f"({h} x {w})")
         return c, self.crop_h or h, self.crop_w or w
 
+    def forward(self, bottom, top):
+        position = self._prefetcher.position
+        super().forward(bottom, top)
+        self._warn_other_channels(top[0].shape[1], position)
+
     # --- one sample ---
-    def transform(self, sample, draws):
-        """(data CHW, groups) of a sample after the fork's DataTransformer::Transform."""
+    def transform(self, sample, draws, name="the record"):
+        """(data CHW, groups) of a sample after the fork's DataTransformer::Transform
+        (``name``: the record, for error messages)."""
         tp = self.tp
         emit = tp.emit_constraint if tp.HasField("emit_constraint") else None
         mirror = bool(tp.mirror) and draws.rand(2) == 1
@@ -171,6 +185,8 @@ class AnnotatedDataLayer(_SourceDataLayer):
         if t.mean is not None and t.mean.ndim == 3 and t.mean.shape != image.shape:
             raise DataError(f"the mean file {t.mean_file} has shape {t.mean.shape} but the "
                             f"image is {image.shape}")
+        if t.mean is not None and t.mean.ndim == 1:
+            check_mean_channels(t, image, name, sample.encoded)
         if t.mean is not None and t.mean.ndim == 1 and len(t.mean) not in (1, c):
             raise LayerError(f"{len(t.mean)} mean_value values for data with {c} channels: "
                              "give one, or one per channel")
@@ -178,14 +194,22 @@ class AnnotatedDataLayer(_SourceDataLayer):
         groups = transform_groups(sample.groups, crop, mirror, emit, resize=rp, size=(w0, h0))
         return data, groups
 
-    def prepare(self, sample, draws):
+    def prepare(self, sample, draws, name="the record"):
         """Distortion, expansion, then the batch samplers' crop (the fork's order)."""
         tp = self.tp
         emit = tp.emit_constraint if tp.HasField("emit_constraint") else None
+        native = sample.encoded and self.transformer.is_color is None
         if tp.HasField("distort_param"):
+            problem = distort_channel_problem(tp.distort_param, sample.image.shape[0])
+            if problem and sample.encoded:
+                raise DataError(f"{name}: {problem}" + (f" ({NATIVE_CHANNELS})" if native
+                                                         else ""))
             sample = distort_sample(sample, tp.distort_param, draws)
         if tp.HasField("expand_param"):
-            sample = expand_sample(sample, tp.expand_param, self.transformer.mean, draws, emit)
+            mean = self.transformer.mean
+            if mean is not None and mean.ndim == 1:       # the fork's ExpandImage CHECKs it
+                check_mean_channels(self.transformer, sample.image, name, sample.encoded)
+            sample = expand_sample(sample, tp.expand_param, mean, draws, emit)
         if self.samplers:
             boxes = generate_batch_samples(sample.groups, self.samplers, draws)
             if boxes:
@@ -195,6 +219,8 @@ class AnnotatedDataLayer(_SourceDataLayer):
     def _load(self, ids, b):
         keys = [self.db.keys[i] for i in ids]
         datas, all_groups, labels = [], [], []
+        names = [f"record {k.decode(errors='replace')!r} of {self.source_path}" for k in keys]
+        first = None
         for j, (key, value) in enumerate(zip(keys, self.db.get_many(keys))):
             sample = self._decode(key, value)
             if self.has_anno and not sample.has_type and self.anno_type is None:
@@ -202,7 +228,11 @@ class AnnotatedDataLayer(_SourceDataLayer):
                                 f"{self.source_path} record {key.decode(errors='replace')!r}")
             draws = Draws(np.random.default_rng(
                 [self.seed, b, 1, self.shard_rank * self.batch_size + j]))
-            data, groups = self.transform(self.prepare(sample, draws), draws)
+            sample = self.prepare(sample, draws, names[j])
+            first = sample.image if first is None else first
+            if sample.image.shape[0] != first.shape[0]:     # channels first, as the fork
+                _check_same_shape([first, sample.image], [names[0], names[j]])
+            data, groups = self.transform(sample, draws, names[j])
             if datas and data.shape != datas[0].shape:
                 raise DataError(f"record {key.decode(errors='replace')!r} of {self.source_path}"
                                 f" gives data of shape {data.shape}, the first of its batch "

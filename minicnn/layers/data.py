@@ -198,6 +198,8 @@ class _SourceDataLayer(Layer):
         if (self.transformer.resize is None and not self.transformer.crop_h) \
                 or any(s.shape[0] != samples[0].shape[0] for s in samples):
             _check_same_shape(samples, names)     # channels first, as Caffe's CHECK_EQ
+        for sample, name, enc in zip(samples, names, encoded):
+            check_mean_channels(self.transformer, sample, name, enc)
         rng = self._transform_rng(b, samples[0].shape, encoded[0])
         batch = self.transformer.batch(samples, rng, encoded)
         if batch is None:                       # resized, noised, or of several sizes
@@ -218,6 +220,23 @@ class _SourceDataLayer(Layer):
 
     def _make_batch(self, b):
         return self._load(self.sample_ids(b), b)
+
+    def _warn_other_channels(self, channels, b):
+        """Warn, once, when batch b of a Data or AnnotatedData layer has other channels than
+        the net's set-up shape: a natively decoded gray or RGBA record shaped it (Caffe
+        reshapes the top by each batch's first record)."""
+        if channels == self._shapes[0][1] or self.transformer.is_color is not None \
+                or getattr(self, "_warned_channels", False):
+            return
+        self._warned_channels = True
+        key = self.db.keys[self.sample_ids(b)[0]]               # it shapes its batch
+        warnings.warn(f"layer '{self.name}' ({self.type}): record "
+                      f"'{key.decode(errors='replace')}' of {self.source_path} decodes to "
+                      f"{channels} channel(s) where the first record, which shaped the "
+                      f"net, gave {self._shapes[0][1]}: its batch has {channels} "
+                      "(an encoded record decodes to its file's own channels, gray 1, "
+                      "with alpha 4, as in Caffe); transform_param force_color or "
+                      "force_gray gives every record the same channels", stacklevel=3)
 
     def batches_per_epoch(self):
         """Batches that read every sample of the source once (the last may end in the next
@@ -262,6 +281,22 @@ def warn_force_encoded_color(layer):
                       stacklevel=3)
 
 
+# why a natively decoded record has other channels than its neighbours (the messages below)
+NATIVE_CHANNELS = ("an encoded record decodes to its file's own channels, gray 1, with alpha 4, "
+                   "as in Caffe, unless transform_param sets force_color or force_gray")
+
+
+def check_mean_channels(transformer, image, name, encoded=True):
+    """A natively decoded record (encoded, without force_color / force_gray) whose channels
+    mean_value does not fit: a DataError naming the record and force_color, where Caffe's
+    CHECK ('Specify either 1 mean_value or as many as channels') names neither."""
+    mean, c = transformer.mean, image.shape[0]
+    if encoded and transformer.is_color is None and transformer.mean_file is None \
+            and mean is not None and len(mean) not in (1, c):
+        raise DataError(f"{name} decodes to {c} channel(s), which {len(mean)} mean_value "
+                        f"values do not fit (give one, or one per channel): {NATIVE_CHANNELS}")
+
+
 def _check_state(state):
     try:
         seed, served = state["seed"], state["batches_served"]
@@ -283,9 +318,7 @@ def _check_same_shape(samples, names, after=None):
         if sample.shape != shape:
             what = f"after {after} " if after else ""
             hint = ("(resize them, or crop with transform_param)" if sample.shape[0] == shape[0]
-                    else "(an encoded record decodes to its file's own channels, gray 1, with "
-                    "alpha 4, as in Caffe, unless transform_param sets force_color or "
-                    "force_gray)")
+                    else f"({NATIVE_CHANNELS})")
             raise DataError(f"{name} has shape {sample.shape} {what}but the first sample of its "
                             f"batch, {names[0]}, has {shape}: samples of a batch must have the "
                             "same size " + hint)
@@ -336,18 +369,7 @@ class DataLayer(_SourceDataLayer):
     def forward(self, bottom, top):
         position = self._prefetcher.position
         super().forward(bottom, top)
-        channels = top[0].shape[1]
-        if channels != self._shapes[0][1] and self.transformer.is_color is None \
-                and not self._warned_channels:
-            self._warned_channels = True          # a natively decoded gray or RGBA file
-            key = self.db.keys[self.sample_ids(position)[0]]     # it shapes its batch
-            warnings.warn(f"layer '{self.name}' (Data): record "
-                          f"'{key.decode(errors='replace')}' of {self.source_path} decodes to "
-                          f"{channels} channel(s) where the first record, which shaped the "
-                          f"net, gave {self._shapes[0][1]}: its batch has {channels} "
-                          "(an encoded record decodes to its file's own channels, gray 1, "
-                          "with alpha 4, as in Caffe); transform_param force_color or "
-                          "force_gray gives every record the same channels", stacklevel=2)
+        self._warn_other_channels(top[0].shape[1], position)
 
     def _decode(self, key, value=None):
         """(CHW array, label, encoded) of a record."""

@@ -587,3 +587,95 @@ def test_make_anno_datum_and_decode_sample():
     for value in (b"\xff\xff\xff", b"\x0a\x05ab"):
         with pytest.raises(DataError, match="db record 7: not an AnnotatedDatum record"):
             A.decode_sample(value, True, "db record 7")
+
+
+# --- natively decoded gray and RGBA records among colour ones -------------------------------------
+
+def native_record(hwc):
+    """An AnnotatedDatum holding a PNG of ``hwc`` as it is (convert_annoset --encode-type png
+    stores PNG files unchanged: gray 1 channel, RGBA 4 when decoded natively)."""
+    anno = make_anno_datum(image(0, (3, 2, 2)), GROUPS, encoding="png")
+    anno.datum.data = cv2.imencode(".png", hwc)[1].tobytes()
+    return anno
+
+
+def native_db(path, shapes):
+    rng = np.random.default_rng(21)
+    return write_db(path, [native_record(rng.integers(0, 256, s, dtype=np.uint8))
+                           for s in shapes])
+
+
+def test_a_gray_or_rgba_record_among_colour_ones_names_the_record_and_force_color(tmp_path):
+    """The errors said '3 mean_value values for data with 1 channels' (naming neither the
+    record nor force_color); in a batch of several records the fork CHECKs each record's
+    shape against the batch's first (before the mean), in a batch of one its Transform CHECKs
+    the mean values against the channels, and so does its ExpandImage (an expanded RGBA
+    record passed here: stored again as JPEG, it had 3 channels when the mean was checked)."""
+    mean = "mean_value: 104 mean_value: 117 mean_value: 123"
+    src = native_db(tmp_path / "db", [(8, 10, 3), (8, 10), (8, 10, 4), (8, 10, 3)])
+    with pytest.raises(MinicnnError) as e:
+        forward(data_net(src, mean, batch=4))
+    message = str(e.value)
+    assert "record '00000001' of" in message and "batch, record '00000000' of" in message
+    assert "(1, 8, 10)" in message and "force_color" in message
+    net = data_net(src, mean)
+    assert forward(net)[0].shape == (1, 3, 8, 10)
+    with pytest.raises(MinicnnError, match=r"record '00000001' of .* decodes to 1 channel\(s\), "
+                                           r"which 3 mean_value values do not fit.*force_color"):
+        forward(net)
+    rgba = native_db(tmp_path / "rgba", [(8, 10, 3), (8, 10, 4)])
+    net = data_net(rgba, mean + " expand_param { prob: 1 max_expand_ratio: 2 }",
+                   phase=minicnn.TRAIN)
+    assert forward(net)[0].shape[:2] == (1, 3)
+    with pytest.raises(MinicnnError, match=r"record '00000001' of .* decodes to 4 channel\(s\), "
+                                           r"which 3 mean_value values do not fit.*force_color"):
+        forward(net)
+    net = data_net(src, mean + " force_color: true", batch=4)
+    assert forward(net)[0].shape == (4, 3, 8, 10)
+
+
+def test_a_batch_of_other_channels_than_the_set_up_shape_warns_once(tmp_path):
+    """As the Data layer: a batch shaped by a natively decoded gray or RGBA record has its
+    channels (the fork reshapes the top by each batch's first record), with a warning."""
+    import warnings
+    src = native_db(tmp_path / "db", [(8, 10, 3), (8, 10), (8, 10, 4)])
+    net = data_net(src)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert forward(net)[0].shape == (1, 3, 8, 10)
+    with pytest.warns(UserWarning, match=r"record '00000001' of .* 1 channel.* gave 3.*"
+                                         r"force_color"):
+        assert forward(net)[0].shape == (1, 1, 8, 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert forward(net)[0].shape == (1, 4, 8, 10)
+
+
+def test_distort_takes_gray_and_rgba_images_as_the_fork_does(tmp_path):
+    """The fork's ApplyDistort runs brightness and contrast on any image; saturation and hue
+    convert BGR(A) to HSV and back (a 4-channel image comes out as B, G, R; OpenCV refuses a
+    gray one); the channel shuffle CHECKs 3 channels. Every image that was not 3-channel was
+    refused here ('distort_param needs colour (3-channel) images, got 4')."""
+    bgra = image(12, (4, 5, 6))
+    dp = caffe_pb2.DistortionParameter(brightness_prob=1, brightness_delta=32, saturation_prob=1,
+                                       saturation_lower=1.5, saturation_upper=1.5)
+    u = [0.75, 0, 0.75, 0.9, 0, 0, 0.9, 0.9]
+    got = A.apply_distort(bgra, dp, Scripted(u=list(u)))
+    np.testing.assert_array_equal(got, A.apply_distort(bgra[:3].copy(), dp, Scripted(u=list(u))))
+    bright = caffe_pb2.DistortionParameter(brightness_prob=1, brightness_delta=32)
+    for img in (bgra, image(13, (1, 5, 6))):
+        got = A.apply_distort(img, bright, Scripted(u=[0.75, 0, 0.75, 0.9, 0.9, 0.9, 0.9]))
+        want = np.clip(img.astype(np.int64) + 16, 0, 255)
+        np.testing.assert_array_equal(got, want.astype(np.uint8))
+    with pytest.raises(DataError, match="saturation_prob > 0 needs colour"):
+        A.apply_distort(image(13, (1, 5, 6)), dp, Scripted(u=list(u)))
+    order = caffe_pb2.DistortionParameter(random_order_prob=0.5)
+    with pytest.raises(DataError, match="random_order_prob > 0 needs colour"):
+        A.apply_distort(bgra, order, Scripted(u=[0.75, 0.9, 0.9, 0.9, 0.9, 0.9]))
+    src = native_db(tmp_path / "db", [(8, 10, 3), (8, 10, 4), (8, 10)])
+    net = data_net(src, "distort_param { saturation_prob: 0.5 saturation_lower: 0.5 "
+                   "saturation_upper: 1.5 }", batch=2, phase=minicnn.TRAIN)
+    assert forward(net)[0].shape == (2, 3, 8, 10)          # the RGBA record through JPEG
+    with pytest.raises(MinicnnError, match=r"record '00000002' of .*saturation_prob > 0 needs "
+                                           r"colour.*force_color"):
+        forward(net)

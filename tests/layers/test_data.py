@@ -715,3 +715,23 @@ def test_a_batch_of_gray_records_after_colour_ones_warns_with_force_color(tmp_pa
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert [layer()[0].shape[1] for _ in range(4)] == [3, 3, 3, 3]
+
+
+def test_a_gray_record_in_a_batch_of_its_own_names_force_color_with_three_mean_values(tmp_path):
+    """batch_size 1: the gray PNG shapes its own batch, so no same-size check meets it, and
+    the mean check said only '3 mean_value values for data with 1 channels' (Caffe's CHECK:
+    'Specify either 1 mean_value or as many as channels: 1')."""
+    import io
+    rng = np.random.default_rng(8)
+    files = []
+    for shape in ((6, 6, 3), (6, 6)):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(buf, "PNG")
+        files.append(buf.getvalue())
+    _encoded_lmdb(tmp_path / "db", files)
+    layer = DataLayer(source=str(tmp_path / "db"), batch_size=1, backend="LMDB", prefetch=0,
+                      transform_param={"mean_value": [104, 117, 123]})
+    assert layer()[0].shape == (1, 3, 6, 6)
+    with pytest.raises(DataError, match=r"record '00000001' of .* decodes to 1 channel\(s\), "
+                                        r"which 3 mean_value values do not fit.*force_color"):
+        layer()
