@@ -376,3 +376,50 @@ def test_the_file_itself_is_stored_by_the_forks_matchext(voc, anno_type):
     guessed = stored("--encoded")
     assert guessed[0] != files[0] and guessed[1] != files[1]
     assert guessed[0][:4] == b"\x89PNG" and guessed[1][:2] == b"\xff\xd8"
+
+
+def test_files_stored_as_they_are_that_annotated_data_reads_otherwise_are_warned_about(voc):
+    """Stored unchanged by the fork's matchExt, a gray PNG decodes to 1 channel in AnnotatedData
+    (the fork's native decode), and a JPEG with an EXIF orientation unrotated, while its boxes
+    are normalized by its annotation's size, the upright image's (what the fork's
+    GetImageSize, cv::imread, checks it against): both were stored without a word, as the fork
+    does. One warning each now; --encoded alone encodes every image again, upright and in
+    colour, quietly."""
+    import warnings
+
+    from minicnn.data.annoset import convert_annoset
+    tmp_path, images = voc
+    folder = tmp_path / "VOC" / "JPEGImages"
+    Image.fromarray(images[0][0]).save(folder / "0.png")                       # gray
+    exif = Image.Exif()
+    exif[0x0112] = 6                           # stored 24 x 16, shown turned: 16 x 24
+    Image.fromarray(images[1].transpose(1, 2, 0)).save(folder / "1.jpg", exif=exif, quality=95)
+    (tmp_path / "VOC" / "Annotations" / "1.xml").write_text(
+        voc_xml(16, 24, [("cat", 0, (2, 4, 12, 14))]))
+    (tmp_path / "trainval.txt").write_text(
+        (tmp_path / "trainval.txt").read_text().replace("1.png", "1.jpg"))
+
+    def run(db, **kw):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            convert_annoset(str(tmp_path / "VOC") + "/", str(tmp_path / "trainval.txt"),
+                            str(tmp_path / db), anno_type="detection", encoded=True,
+                            label_map_file=str(tmp_path / "labelmap.prototxt"), **kw)
+        return [str(w.message) for w in caught]
+
+    messages = run("png", encode_type="png")
+    assert len(messages) == 1 and "0.png is stored as it is" in messages[0]
+    assert "decodes to 1 channel(s), not 3" in messages[0] and "force_color" in messages[0]
+    messages = run("jpg", encode_type="jpg")
+    assert len(messages) == 1 and "1.jpg has an EXIF orientation" in messages[0]
+    assert "boxes" in messages[0] and "force_color" in messages[0]
+    assert run("again") == []
+    label = [0, 1, 0, 2 / 16, 4 / 24, 12 / 16, 14 / 24, 0]
+    for db, transform, shape in (("jpg", "", (1, 3, 16, 24)),
+                                 ("jpg", "force_color: true", (1, 3, 24, 16)),
+                                 ("again", "", (1, 3, 24, 16))):
+        n = net(str(tmp_path / db), transform, batch=1)
+        n.forward()
+        n.forward()                                             # the JPEG's record
+        assert n.blobs["data"].shape == shape
+        np.testing.assert_allclose(n.blobs["label"].data.reshape(8), label, rtol=1e-6)

@@ -37,7 +37,7 @@ from minicnn.data.annotated import as_box, make_anno_datum
 from minicnn.data.datum import decode_image, read_image
 from minicnn.data.db import db_writer, remove_db, replace_db, root_joined
 from minicnn.data.errors import DataError, need
-from minicnn.data.imageset import _guess_encoding
+from minicnn.data.imageset import _guess_encoding, _other_channels_message, native_differences
 
 F = np.float32
 
@@ -224,8 +224,9 @@ def read_annoset_image(path, resize_height=0, resize_width=0, min_dim=0, max_dim
 
 def annotated_record(image_path, anno_path, label_type="xml", name_to_label=None,
                      resize_height=0, resize_width=0, is_color=True, encoding="", min_dim=0,
-                     max_dim=0):
-    """An AnnotatedDatum of one image and its annotation file (ReadRichImageToAnnotatedDatum)."""
+                     max_dim=0, report=None):
+    """An AnnotatedDatum of one image and its annotation file (ReadRichImageToAnnotatedDatum);
+    ``report``: see image_anno_datum."""
     chw = read_annoset_image(image_path, resize_height, resize_width, min_dim, max_dim,
                              is_color)
     # GetImageSize: cv::imread's IMREAD_COLOR size (the EXIF orientation applied)
@@ -245,18 +246,24 @@ def annotated_record(image_path, anno_path, label_type="xml", name_to_label=None
         else:
             raise DataError(f"unknown label_type {label_type!r} (xml, json or txt)")
     return image_anno_datum(image_path, chw, groups, -1, encoding,
-                            (resize_height > 0 and resize_width > 0) or min_dim or max_dim)
+                            (resize_height > 0 and resize_width > 0) or min_dim or max_dim,
+                            report)
 
 
-def image_anno_datum(image_path, chw, groups, label, encoding, resized):
+def image_anno_datum(image_path, chw, groups, label, encoding, resized, report=None):
     """The fork's ReadImageToDatum into an AnnotatedDatum: the file as it is (ReadFileToDatum)
     when it is encoded, not resized and ``fork_match_ext``, else ``chw``, encoded with
-    ``encoding`` when one is given."""
+    ``encoding`` when one is given. For a file stored as it is, (path, native channels or 0,
+    chw's channels, EXIF-turned) is appended to the list ``report`` (see
+    imageset.native_differences)."""
     if encoding and not resized and fork_match_ext(image_path, encoding):
         anno = make_anno_datum(chw, groups, label, "")
         with open(image_path, "rb") as f:
             anno.datum.data = f.read()
         anno.datum.encoded = True
+        if report is not None:
+            report.append((image_path, *native_differences(anno.datum.data, chw),
+                           chw.shape[0]))
         return anno
     return make_anno_datum(chw, groups, label, encoding)
 
@@ -300,7 +307,7 @@ def convert_annoset(root, list_file, db_path, anno_type="detection", label_type=
         raise DataError("already exists (remove it first)", db_path)
     tmp = f"{db_path}.tmp-{os.getpid()}"
     remove_db(tmp)
-    count, size = 0, None
+    count, size, stored = 0, None, []
     try:
         with db_writer(tmp, backend) as writer:
             for index, (name, second) in enumerate(lines):
@@ -311,12 +318,14 @@ def convert_annoset(root, list_file, db_path, anno_type="detection", label_type=
                     if anno_type == "detection":
                         anno = annotated_record(image_path, root_joined(root, second),
                                                 label_type, name_to_label, resize_height,
-                                                resize_width, not gray, enc, min_dim, max_dim)
+                                                resize_width, not gray, enc, min_dim, max_dim,
+                                                stored)
                     else:
                         image = read_annoset_image(image_path, resize_height, resize_width,
                                                    min_dim, max_dim, not gray)
                         resized = (resize_height > 0 and resize_width > 0) or min_dim or max_dim
-                        anno = image_anno_datum(image_path, image, [], int(second), enc, resized)
+                        anno = image_anno_datum(image_path, image, [], int(second), enc, resized,
+                                                stored)
                         anno.ClearField("type")
                 except DataError as e:
                     if e.path and e.path != image_path:     # a bad annotation file: stop
@@ -349,4 +358,29 @@ def convert_annoset(root, list_file, db_path, anno_type="detection", label_type=
     except BaseException:
         remove_db(tmp)
         raise
+    _warn_stored_files(stored, anno_type == "detection")
     return count
+
+
+def _warn_stored_files(stored, boxes):
+    """Warnings for the files stored as they are (``image_anno_datum``'s report) that
+    AnnotatedData, decoding natively as the fork, reads otherwise than convert_annoset did:
+    other channels (gray, alpha), or unrotated where imread applied an EXIF orientation."""
+    other = [(path, channels, asked) for path, channels, _, asked in stored if channels]
+    if other:
+        warnings.warn(_other_channels_message(
+            other, "convert_annoset", "--encoded without --encode-type encodes every image "
+            "again instead"), stacklevel=3)
+    turned = [path for path, _, turn, _ in stored if turn]
+    if turned:
+        more = f" (and {len(turned) - 1} more files)" if len(turned) > 1 else ""
+        what = ("its boxes, where its annotation describes the upright image (as the fork's "
+                "GetImageSize, cv::imread, does: one of the stored orientation gets an "
+                "'inconsistent image size' warning), do not fall on its pixels" if boxes
+                else "its pixels are not upright")
+        warnings.warn(f"{turned[0]}{more} has an EXIF orientation and is stored unchanged: its "
+                      "record decodes unrotated (AnnotatedData decodes an encoded record "
+                      f"natively, as the fork: IMREAD_UNCHANGED ignores the orientation), so "
+                      f"{what}; transform_param force_color (or force_gray) applies the "
+                      "orientation, as does --encoded without --encode-type (every image "
+                      "encoded again, upright)", stacklevel=3)

@@ -163,11 +163,26 @@ def convert_imageset(root, list_file, db_path, resize_height=0, resize_width=0, 
     return count
 
 
-def _other_channels_message(files):
+def native_differences(data, chw):
+    """(channels, turned) of an image file stored as it is (``data``), read by imread as
+    ``chw``: channels is 0, or the channel count of its native decode (a Data layer's,
+    IMREAD_UNCHANGED) where it differs from chw's; turned is True where imread applied an EXIF
+    orientation that the native decode does not (the record decodes unrotated)."""
+    try:
+        native = decode_image(data, None)
+    except DataError:                     # a 16-bit file: the Data layer names it
+        return 0, False
+    turned = native.shape[1:] != chw.shape[1:] or (
+        native.shape == chw.shape and not np.array_equal(native, chw))
+    return (0 if native.shape[0] == chw.shape[0] else native.shape[0]), turned
+
+
+def _other_channels_message(files, tool="convert_imageset",
+                            way_out="--encode-type png or jpg encodes every image again instead"):
     """The warning for the files stored as they are whose native channels differ from the
     ones asked for: the first named, the rest counted by their channels."""
     path, native, asked = files[0]
-    message = (f"{path} is stored as it is, as Caffe's convert_imageset stores it whatever its "
+    message = (f"{path} is stored as it is, as Caffe's {tool} stores it whatever its "
                f"colours: its record decodes to {native} channel(s), not {asked}")
     if len(files) > 1:
         counts = {}
@@ -176,7 +191,7 @@ def _other_channels_message(files):
         message += (f"; so do {len(files) - 1} more files (" + ", ".join(
             f"{k} to {n} channel(s)" for n, k in sorted(counts.items())) + ")")
     return (message + ", unless transform_param sets force_color or force_gray "
-            "(--encode-type png or jpg encodes every image again instead)")
+            f"({way_out})")
 
 
 def _match_ext(path, encoding):
@@ -206,16 +221,7 @@ def _image_record(path, label, height, width, is_color, encoded, encode_type):
             with open(path, "rb") as f:           # ReadFileToDatum
                 data = f.read()
             datum = caffe_pb2.Datum(data=data, label=label, encoded=True)
-            try:
-                native = decode_image(data, None)
-            except DataError:                     # a 16-bit file: the Data layer names it
-                return serialize(datum), chw.shape, 0, False
-            # an EXIF orientation: imread (chw) turned the image, the native decode does not
-            turned = native.shape[1:] != chw.shape[1:] or (
-                native.shape == chw.shape and not np.array_equal(native, chw))
-            channels = native.shape[0]
-            return (serialize(datum), chw.shape, 0 if channels == chw.shape[0] else channels,
-                    turned)
+            return (serialize(datum), chw.shape, *native_differences(data, chw))
         return serialize(encode_datum(chw, label, encoding)), chw.shape, 0, False
     return serialize_datum(chw, label), chw.shape, 0, False
 
