@@ -347,6 +347,7 @@ def test_the_forks_box_warnings_and_what_it_drops_quietly_are_said(voc):
     assert set(labels[:, 0]) == {0}                         # image 1 has no box left
 
 
+@pytest.mark.filterwarnings("ignore:.*is stored as it is")    # its gray PNG: the next test's
 @pytest.mark.parametrize("anno_type", ["detection", "classification"])
 def test_the_file_itself_is_stored_by_the_forks_matchext(voc, anno_type):
     """The fork's ReadImageToDatum stores the file's own bytes when it is not resized and its
