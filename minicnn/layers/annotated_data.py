@@ -53,8 +53,13 @@ class AnnotatedDataLayer(_SourceDataLayer):
     fork checks has_type() before applying anno_type, so such a record aborts unless a crop or
     expansion happened to set the type), and crop_h/crop_w also crop raw records (the fork
     crops those by crop_size only and fails its shape check). Encoded records are decoded as
-    the fork's DataTransformer does: natively (IMREAD_UNCHANGED: not rotated by EXIF, so the
-    boxes refer to the image as stored) unless transform_param.force_color / force_gray.
+    the fork's DataTransformer does: natively (IMREAD_UNCHANGED: gray 1 channel, alpha a 4th,
+    not rotated by EXIF) unless transform_param.force_color / force_gray. A photo with an EXIF
+    orientation stored as it is therefore decodes unrotated while its boxes are relative to
+    the upright image, as in the fork (convert-annoset warns; force_color turns it upright).
+    distort_param's brightness and contrast take any image, its saturation and hue turn B, G,
+    R, A into B, G, R (OpenCV's HSV round trip, as the fork); a gray record with saturation,
+    hue or random order, or one with alpha with random order, is an error naming the record.
 
     Tops: data (N, C, H, W) and label. With annotated records (type BBOX) the label is
     1 x 1 x num_boxes x 8, one row (item_id, group_label, instance_id, xmin, ymin, xmax, ymax,
