@@ -179,7 +179,16 @@ def _cmyk_to_rgb(img, inverted):
 def _tiff_as_libtiff(img, is_color):
     """A TIFF as OpenCV reads an 8-bit one (libtiff's TIFFReadRGBA*): colour with unassociated
     alpha (Pillow's "RGBA") premultiplied, (alpha * value + 127) // 255 (libtiff's UaToAa
-    table), for every flag; gray + alpha read natively as the gray channel alone."""
+    table), for every flag; gray + alpha read natively as the gray channel alone; CMYK as
+    libtiff converts it, (255 - K) * (255 - C) // 255 (Pillow rounds: half the values were 1
+    level off), natively with an opaque 4th channel (its 4 samples: B, G, R, A)."""
+    if img.mode == "CMYK":
+        cmyk = np.asarray(img).astype(np.int32)
+        rgb = (255 - cmyk[:, :, 3:]) * (255 - cmyk[:, :, :3]) // 255
+        if is_color is None:
+            rgb = np.dstack([rgb, np.full(rgb.shape[:2], 255)])
+        return _pil().Image.fromarray(rgb.astype(np.uint8), "RGB" if is_color is not None
+                                      else "RGBA")
     if img.mode == "RGBA":
         a = np.asarray(img).astype(np.int32)
         a[:, :, :3] = (a[:, :, :3] * a[:, :, 3:] + 127) // 255
@@ -229,7 +238,8 @@ def decode_image(source, is_color=True):
     times as fast as Pillow: most on small JPEGs); files it cannot read, and every file without
     it, go through Pillow. The two give the same pixels on JPEG (baseline or progressive, any
     subsampling, gray, CMYK), PNG (8-bit, palette, alpha, 16-bit gray), BMP, 8-bit TIFF (alpha
-    premultiplied, as libtiff's RGBA reader gives it to OpenCV), GIF and lossless WebP files;
+    premultiplied and CMYK converted as libtiff's RGBA reader gives them to OpenCV), GIF and
+    lossless WebP files;
     16-bit colour PNGs read as gray differ (libpng makes OpenCV's gray from the 16-bit values:
     about half the pixels 1 level off), as do a few pixels of lossy WebP read as gray, a GIF's
     transparent pixels (OpenCV's GIF reader, which Caffe's OpenCV lacked, gives them the

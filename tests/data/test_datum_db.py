@@ -231,7 +231,8 @@ def test_an_unknown_format_is_named_the_same_way_every_time(tmp_path):
 def _image_files():
     """name -> bytes: the kinds of image files decode_image meets (JPEG of every quality,
     subsampling, progressive, gray, CMYK with and without Adobe's marker, the eight EXIF
-    orientations, odd sizes; PNG of each colour type, 16-bit gray; BMP; TIFF with alpha)."""
+    orientations, odd sizes; PNG of each colour type, 16-bit gray; BMP; TIFF with alpha,
+    CMYK TIFF)."""
     import io
     from skimage import data
     rgb = data.chelsea()[40:133:2, 100:357:3]                              # 47 x 86
@@ -274,6 +275,11 @@ def _image_files():
     files["RGBA.tif"] = save(Image.fromarray(np.dstack([rgb, alpha])), "TIFF")
     files["LA.tif"] = save(Image.fromarray(np.dstack([rgb[:, :, 0], alpha]), "LA"), "TIFF")
     files["RGB.tif"] = save(im, "TIFF")
+    # CMYK as libtiff converts it (its own rounding: Pillow's was 1 level off on half the
+    # values), natively B, G, R and an opaque alpha: every C, M (and Y, K mixed) value
+    c, m = np.meshgrid(np.arange(256, dtype=np.uint8), np.arange(256, dtype=np.uint8))
+    files["CMYK.tif"] = save(Image.fromarray(np.dstack([c, m, c * 7 + m, c + 3 * m]), "CMYK"),
+                             "TIFF")
     return files
 
 
