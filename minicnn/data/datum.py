@@ -99,14 +99,20 @@ def _unchanged_chw(img):
     return np.ascontiguousarray(a.transpose(2, 0, 1))
 
 
+# a 16-bit BMP's raw mode in Pillow -> the bits OpenCV keeps of each 8-bit R, G, B: it shifts
+# the 5 (green: 6 in 565) bits up, where Pillow repeats their top bits in the low ones
+_BMP16_BITS = {"BGR;15": (0xF8, 0xF8, 0xF8), "BGR;16": (0xF8, 0xFC, 0xF8)}
+
+
 def _pillow_depth(img):
     """"16 bits" / "32-bit values" for an image Pillow opened whose samples are wider than 8
-    bits (16-bit colour PNGs and TIFFs open as 8-bit "RGB": their tiles' raw mode tells), or
-    None. Read before ``load``, which drops the tiles."""
+    bits (16-bit colour PNGs and TIFFs open as 8-bit "RGB": their tiles' raw mode tells; a
+    16-bit BMP's pixels are 5 or 6 bits each), or None. Read before ``load``, which drops the
+    tiles."""
     raw_modes = [t.args[0] if isinstance(t.args, tuple) and t.args else t.args
                  for t in img.tile]
     if img.mode.startswith("I;16") or any(isinstance(r, str) and ";16" in r
-                                           for r in raw_modes):
+                                           and r not in _BMP16_BITS for r in raw_modes):
         return "16 bits"
     if img.mode in ("I", "F"):
         return "32-bit values"
@@ -210,7 +216,10 @@ def _decode_pillow(data, is_color):
         depth = _pillow_depth(img) if is_color is None else None
         if depth:
             raise DataError(_NOT_8_BITS.format(depth))
+        bmp16 = file_format == "BMP" and img.tile and _BMP16_BITS.get(img.tile[0][3][0])
         img.load()
+        if bmp16:
+            img = Image.fromarray(np.asarray(img) & np.array(bmp16, np.uint8), "RGB")
         if is_color is not None:              # IMREAD_UNCHANGED leaves the EXIF orientation
             img = ImageOps.exif_transpose(img)
         if cmyk:
@@ -237,13 +246,13 @@ def decode_image(source, is_color=True):
     Where OpenCV (cv2) is installed it decodes, as Caffe's cv::imread / cv::imdecode do (1.1-2.6
     times as fast as Pillow: most on small JPEGs); files it cannot read, and every file without
     it, go through Pillow. The two give the same pixels on JPEG (baseline or progressive, any
-    subsampling, gray, CMYK), PNG (8-bit, palette, alpha, 16-bit gray), BMP, 8-bit TIFF (alpha
-    premultiplied and CMYK converted as libtiff's RGBA reader gives them to OpenCV), GIF and
-    lossless WebP files;
-    16-bit colour PNGs read as gray differ (libpng makes OpenCV's gray from the 16-bit values:
-    about half the pixels 1 level off), as do a few pixels of lossy WebP read as gray, a GIF's
-    transparent pixels (OpenCV's GIF reader, which Caffe's OpenCV lacked, gives them the
-    background colour) and a TIFF's unspecified 4th sample (a 4th channel in OpenCV natively).
+    subsampling, gray, CMYK), PNG (8-bit, palette, alpha, 16-bit gray), BMP (also 16-bit),
+    8-bit TIFF (alpha premultiplied and CMYK converted as libtiff's RGBA reader gives them to
+    OpenCV), GIF and lossless WebP files; 16-bit colour PNGs read as gray differ (libpng makes
+    OpenCV's gray from the 16-bit values: about half the pixels 1 level off), as do a few
+    pixels of lossy WebP read as gray, a GIF's transparent pixels (OpenCV's GIF reader, which
+    Caffe's OpenCV lacked, gives them the background colour) and a TIFF's unspecified 4th
+    sample (a 4th channel in OpenCV natively).
     """
     data, path = _read_source(source)
     cv2 = _opencv()

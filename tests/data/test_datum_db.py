@@ -231,8 +231,8 @@ def test_an_unknown_format_is_named_the_same_way_every_time(tmp_path):
 def _image_files():
     """name -> bytes: the kinds of image files decode_image meets (JPEG of every quality,
     subsampling, progressive, gray, CMYK with and without Adobe's marker, the eight EXIF
-    orientations, odd sizes; PNG of each colour type, 16-bit gray; BMP; TIFF with alpha,
-    CMYK TIFF)."""
+    orientations, odd sizes; PNG of each colour type, 16-bit gray; BMP, 16-bit BMP; TIFF with
+    alpha, CMYK TIFF)."""
     import io
     from skimage import data
     rgb = data.chelsea()[40:133:2, 100:357:3]                              # 47 x 86
@@ -280,6 +280,19 @@ def _image_files():
     c, m = np.meshgrid(np.arange(256, dtype=np.uint8), np.arange(256, dtype=np.uint8))
     files["CMYK.tif"] = save(Image.fromarray(np.dstack([c, m, c * 7 + m, c + 3 * m]), "CMYK"),
                              "TIFF")
+    # 16-bit BMPs: OpenCV shifts the 5 (6) bits up, Pillow repeated their top bits below
+    bgr = rgb[:, :, ::-1].astype(np.uint16)
+    for bits, (rb, gb) in (("555", (0x7C00, 0x03E0)), ("565", (0xF800, 0x07E0))):
+        g = 5 if bits == "555" else 6
+        px = (bgr[:, :, 2] >> 3 << (5 + g)) | (bgr[:, :, 1] >> (8 - g) << 5) | (bgr[:, :, 0] >> 3)
+        rows = np.zeros((47, 88), "<u2")                 # rows padded to 4 bytes, bottom up
+        rows[:, :86] = px[::-1]
+        masks = b"" if bits == "555" else np.array([rb, gb, 0x1F], "<u4").tobytes()
+        info = np.array([40, 86, 47, 1 | 16 << 16, 0 if bits == "555" else 3, rows.nbytes,
+                         2835, 2835, 0, 0], "<u4").tobytes()
+        offset = 14 + len(info) + len(masks)
+        files[f"bgr{bits}.bmp"] = (b"BM" + np.array([offset + rows.nbytes, 0, offset], "<u4")
+                                   .tobytes() + info + masks + rows.tobytes())
     return files
 
 
