@@ -99,6 +99,25 @@ def _unchanged_chw(img):
     return np.ascontiguousarray(a.transpose(2, 0, 1))
 
 
+def _pnm_as_opencv(img, data):
+    """A binary PGM / PPM that Pillow would scale (a maxval other than 255, or than 65535 in a
+    PGM: it stretches the samples to 0..255 or 0..65535) as OpenCV reads it: the samples as
+    they are in the file, 16-bit ones (maxval over 255) reduced to 8 bits by dropping the low
+    byte. (an 8-bit "L" or "RGB" Pillow image, "16 bits" or None.)"""
+    _, _, offset, (_, maxval) = img.tile[0]
+    width, height = img.size
+    bands = len(img.getbands())
+    dtype = np.dtype(np.uint8 if maxval < 256 else ">u2")
+    count = width * height * bands
+    if len(data) - offset < count * dtype.itemsize:
+        raise OSError("image file is truncated")
+    samples = np.frombuffer(data, dtype, count, offset).reshape(height, width, bands)
+    samples = (samples >> 8 if dtype.itemsize == 2 else samples).astype(np.uint8)
+    img = _pil().Image.fromarray(samples[:, :, 0] if bands == 1 else samples,
+                                 "L" if bands == 1 else "RGB")
+    return img, "16 bits" if dtype.itemsize == 2 else None
+
+
 # a 16-bit BMP's raw mode in Pillow -> the bits OpenCV keeps of each 8-bit R, G, B: it shifts
 # the 5 (green: 6 in 565) bits up, where Pillow repeats their top bits in the low ones
 _BMP16_BITS = {"BGR;15": (0xF8, 0xF8, 0xF8), "BGR;16": (0xF8, 0xFC, 0xF8)}
@@ -213,8 +232,11 @@ def _decode_pillow(data, is_color):
             img.draft("L", img.size)      # libjpeg's luma, as OpenCV's IMREAD_GRAYSCALE
         cmyk = file_format == "JPEG" and img.mode == "CMYK"
         inverted = cmyk and any(tile.args[0] == "CMYK;I" for tile in img.tile)
-        depth = _pillow_depth(img) if is_color is None else None
-        if depth:
+        if file_format == "PPM" and img.tile and img.tile[0][0] == "ppm":
+            img, depth = _pnm_as_opencv(img, data)
+        else:
+            depth = _pillow_depth(img)
+        if depth and is_color is None:
             raise DataError(_NOT_8_BITS.format(depth))
         bmp16 = file_format == "BMP" and img.tile and _BMP16_BITS.get(img.tile[0][3][0])
         img.load()
@@ -248,11 +270,12 @@ def decode_image(source, is_color=True):
     it, go through Pillow. The two give the same pixels on JPEG (baseline or progressive, any
     subsampling, gray, CMYK), PNG (8-bit, palette, alpha, 16-bit gray), BMP (also 16-bit),
     8-bit TIFF (alpha premultiplied and CMYK converted as libtiff's RGBA reader gives them to
-    OpenCV), GIF and lossless WebP files; 16-bit colour PNGs read as gray differ (libpng makes
-    OpenCV's gray from the 16-bit values: about half the pixels 1 level off), as do a few
-    pixels of lossy WebP read as gray, a GIF's transparent pixels (OpenCV's GIF reader, which
-    Caffe's OpenCV lacked, gives them the background colour) and a TIFF's unspecified 4th
-    sample (a 4th channel in OpenCV natively).
+    OpenCV), binary PGM / PPM (any maxval: the samples as stored), GIF and lossless WebP
+    files; 16-bit colour PNGs read as gray differ (libpng makes OpenCV's gray from the 16-bit
+    values: about half the pixels 1 level off), as do a few pixels of lossy WebP read as gray,
+    a GIF's transparent pixels (OpenCV's GIF reader, which Caffe's OpenCV lacked, gives them
+    the background colour) and a TIFF's unspecified 4th sample (a 4th channel in OpenCV
+    natively).
     """
     data, path = _read_source(source)
     cv2 = _opencv()

@@ -232,7 +232,7 @@ def _image_files():
     """name -> bytes: the kinds of image files decode_image meets (JPEG of every quality,
     subsampling, progressive, gray, CMYK with and without Adobe's marker, the eight EXIF
     orientations, odd sizes; PNG of each colour type, 16-bit gray; BMP, 16-bit BMP; TIFF with
-    alpha, CMYK TIFF)."""
+    alpha, CMYK TIFF; PGM / PPM of 8 and 16 bits)."""
     import io
     from skimage import data
     rgb = data.chelsea()[40:133:2, 100:357:3]                              # 47 x 86
@@ -293,6 +293,13 @@ def _image_files():
         offset = 14 + len(info) + len(masks)
         files[f"bgr{bits}.bmp"] = (b"BM" + np.array([offset + rows.nbytes, 0, offset], "<u4")
                                    .tobytes() + info + masks + rows.tobytes())
+    # PGM / PPM of a maxval other than 255: OpenCV keeps the samples as they are (16-bit ones
+    # to 8 bits by dropping the low byte), where Pillow scaled them to 0..255 (0..65535)
+    for magic, pixels in (("P5", rgb[:, :, 1]), ("P6", rgb)):
+        for maxval, dtype in ((15, np.uint8), (4095, ">u2"), (65535, ">u2")):
+            samples = (pixels.astype(np.int64) * (maxval * 257 + 254) // 65535).astype(dtype)
+            files[f"max{maxval}.{magic}.pnm"] = (f"{magic}\n# a comment\n86 47\n{maxval}\n"
+                                                 .encode() + samples.tobytes())
     return files
 
 
