@@ -7,7 +7,8 @@ raw uint8 bytes in ``data`` (C, H, W order), as ``float_data``, or as an image f
 Caffe decodes images with OpenCV, so a colour image comes out in **B, G, R** channel order and a
 grayscale one with a single channel; ``decode_image`` does the same, with OpenCV where it is
 installed and with Pillow otherwise (with OpenCV's grey and CMYK conversions: the same pixels
-but for the cases its docstring names), and ``encode_image`` writes JPEG at OpenCV's
+but for the cases its docstring names; MINICNN_IMAGE_DECODER=pillow|opencv picks one
+decoder on every machine), and ``encode_image`` writes JPEG at OpenCV's
 quality. An encoded Datum is decoded as Caffe's DataTransformer does: natively
 (DecodeDatumToCVMatNative, cv::imdecode with IMREAD_UNCHANGED: no EXIF rotation, an alpha
 channel kept as a 4th) unless transform_param.force_color / force_gray asks for colour or
@@ -153,12 +154,31 @@ def _read_source(source):
 
 
 @functools.lru_cache(maxsize=1)
-def _opencv():
-    """OpenCV's cv2 module, or None where it is not installed."""
+def _import_cv2():
     try:
         import cv2
     except ImportError:
         return None
+    return cv2
+
+
+_DECODERS = ("auto", "opencv", "pillow")
+
+
+def _opencv():
+    """OpenCV's cv2 module to decode with, or None: where it is not installed, or where the
+    environment variable MINICNN_IMAGE_DECODER is "pillow" (read at each call). "opencv"
+    requires it (a DataError without it); "auto" or unset takes it where it imports."""
+    choice = os.environ.get("MINICNN_IMAGE_DECODER", "").strip().lower() or "auto"
+    if choice not in _DECODERS:
+        raise DataError(f"MINICNN_IMAGE_DECODER is {choice!r}: set it to opencv, pillow or "
+                        f"auto (OpenCV where it is installed, else Pillow), or unset it")
+    if choice == "pillow":
+        return None
+    cv2 = _import_cv2()
+    if cv2 is None and choice == "opencv":
+        raise DataError("MINICNN_IMAGE_DECODER=opencv, but OpenCV (cv2) does not import: "
+                        "pip install opencv-python-headless, or unset it to decode with Pillow")
     return cv2
 
 
@@ -267,15 +287,18 @@ def decode_image(source, is_color=True):
 
     Where OpenCV (cv2) is installed it decodes, as Caffe's cv::imread / cv::imdecode do (1.1-2.6
     times as fast as Pillow: most on small JPEGs); files it cannot read, and every file without
-    it, go through Pillow. The two give the same pixels on JPEG (baseline or progressive, any
+    it, go through Pillow. The environment variable MINICNN_IMAGE_DECODER picks one for every
+    machine alike: "pillow" (Pillow only), "opencv" (an error where cv2 does not import) or
+    "auto" (the default). The two give the same pixels on JPEG (baseline or progressive, any
     subsampling, gray, CMYK), PNG (8-bit, palette, alpha, 16-bit gray), BMP (also 16-bit),
     8-bit TIFF (alpha premultiplied and CMYK converted as libtiff's RGBA reader gives them to
     OpenCV), binary PGM / PPM (any maxval: the samples as stored), GIF and lossless WebP
     files; 16-bit colour PNGs read as gray differ (libpng makes OpenCV's gray from the 16-bit
-    values: about half the pixels 1 level off), as do a few pixels of lossy WebP read as gray,
-    a GIF's transparent pixels (OpenCV's GIF reader, which Caffe's OpenCV lacked, gives them
-    the background colour) and a TIFF's unspecified 4th sample (a 4th channel in OpenCV
-    natively).
+    values: about half the pixels 1 level off), as do 16-bit colour TIFFs (libtiff rounds
+    v / 257, Pillow keeps the high byte: a sixth of the values 1 level off), a few pixels of
+    lossy WebP read as gray, a GIF's transparent pixels (OpenCV's GIF reader, which Caffe's
+    OpenCV lacked, gives them the background colour; natively it gives an animated GIF a 4th,
+    opaque channel) and a TIFF's unspecified 4th sample (a 4th channel in OpenCV natively).
     """
     data, path = _read_source(source)
     cv2 = _opencv()

@@ -375,6 +375,42 @@ def test_jpegs_decode_without_pillow_where_opencv_is_installed(monkeypatch, tmp_
     assert want.shape == (3, 86, 47)                              # rotated
 
 
+def test_minicnn_image_decoder_picks_the_decoder_on_every_machine(monkeypatch):
+    """MINICNN_IMAGE_DECODER=pillow decodes with Pillow where OpenCV is installed too (what
+    machines without OpenCV decode), =opencv stops where cv2 does not import (rather than
+    decode otherwise there), auto or unset takes OpenCV where it imports; other values are
+    named. Read at each decode."""
+    pytest.importorskip("cv2")
+    from minicnn.data import datum
+    calls = []
+    decode_opencv = datum._decode_opencv
+    monkeypatch.setattr(datum, "_decode_opencv",
+                        lambda *a: calls.append("opencv") or decode_opencv(*a))
+    jpeg = _image_files()["exif6.jpg"]
+    monkeypatch.delenv("MINICNN_IMAGE_DECODER", raising=False)
+    want = decode_image(jpeg)
+    assert calls == ["opencv"]
+    for value in ("pillow", " Pillow "):
+        monkeypatch.setenv("MINICNN_IMAGE_DECODER", value)
+        np.testing.assert_array_equal(decode_image(jpeg), want)
+        assert calls == ["opencv"]                            # Pillow decoded it
+    for value in ("opencv", "auto", ""):
+        monkeypatch.setenv("MINICNN_IMAGE_DECODER", value)
+        np.testing.assert_array_equal(decode_image(jpeg), want)
+    assert calls == ["opencv"] * 4
+    monkeypatch.setenv("MINICNN_IMAGE_DECODER", "pil")
+    with pytest.raises(DataError, match="MINICNN_IMAGE_DECODER is 'pil': set it to opencv, "
+                                        "pillow or auto"):
+        decode_image(jpeg)
+    monkeypatch.setattr(datum, "_import_cv2", lambda: None)     # as if cv2 were missing
+    monkeypatch.setenv("MINICNN_IMAGE_DECODER", "opencv")
+    with pytest.raises(DataError, match=r"MINICNN_IMAGE_DECODER=opencv, but OpenCV \(cv2\) "
+                                        "does not import: pip install opencv-python-headless"):
+        decode_image(jpeg)
+    monkeypatch.setenv("MINICNN_IMAGE_DECODER", "auto")
+    np.testing.assert_array_equal(decode_image(jpeg), want)     # Pillow, as without cv2
+
+
 @pytest.mark.parametrize("opencv", [True, False])
 def test_broken_images_are_the_same_errors_with_either_decoder(monkeypatch, tmp_path, opencv):
     """Files OpenCV cannot decode go to Pillow, which names the fault as before; a JPEG cut
