@@ -209,10 +209,11 @@ def test_image_errors_name_the_file(tmp_path):
         decode_image(b"\x89PNG garbage")
 
 
-def test_an_unknown_format_is_named_the_same_way_every_time(tmp_path):
+def test_an_unknown_format_is_named_the_same_way_every_time(monkeypatch, tmp_path):
     """Pillow's 'cannot identify image file <_io.BytesIO object at 0x...>' carried an address,
     so one record's error differed between two reads (decode_record against the full parser
     failed now and then) and told the user nothing; the message names the file instead."""
+    monkeypatch.delenv("MINICNN_IMAGE_DECODER", raising=False)   # (names both decoders)
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"this is not an image")
     kept = []                      # held, so that the next read cannot reuse the same address
@@ -367,6 +368,7 @@ def test_native_decoding_is_caffes_decode_datum_to_cv_mat_native(monkeypatch, tm
 
 def test_jpegs_decode_without_pillow_where_opencv_is_installed(monkeypatch, tmp_path):
     pytest.importorskip("cv2")
+    monkeypatch.delenv("MINICNN_IMAGE_DECODER", raising=False)   # (a run of the Pillow path)
     path = tmp_path / "a.jpg"
     path.write_bytes(_image_files()["exif6.jpg"])
     want = decode_image(path)
