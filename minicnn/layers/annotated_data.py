@@ -59,7 +59,10 @@ class AnnotatedDataLayer(_SourceDataLayer):
     the upright image, as in the fork (convert-annoset warns; force_color turns it upright).
     distort_param's brightness and contrast take any image, its saturation and hue turn B, G,
     R, A into B, G, R (OpenCV's HSV round trip, as the fork); a gray record with saturation,
-    hue or random order, or one with alpha with random order, is an error naming the record.
+    hue or random order, or one with alpha with random order, is an error naming the record. A
+    distorted, expanded or cropped record is stored again as JPEG (an alpha channel dropped),
+    and, but with FIT_SMALL_SIZE, must keep the channels of its batch's first record as stored
+    (the fork's shape CHECK): an RGBA record first in its batch so distorted is an error.
 
     Tops: data (N, C, H, W) and label. With annotated records (type BBOX) the label is
     1 x 1 x num_boxes x 8, one row (item_id, group_label, instance_id, xmin, ymin, xmax, ymax,
@@ -225,7 +228,9 @@ class AnnotatedDataLayer(_SourceDataLayer):
         keys = [self.db.keys[i] for i in ids]
         datas, all_groups, labels = [], [], []
         names = [f"record {k.decode(errors='replace')!r} of {self.source_path}" for k in keys]
-        first = None
+        first = stored = None
+        per_sample = self.tp.resize_param.resize_mode == "FIT_SMALL_SIZE" \
+            if self.tp.HasField("resize_param") else False
         for j, (key, value) in enumerate(zip(keys, self.db.get_many(keys))):
             sample = self._decode(key, value)
             if self.has_anno and not sample.has_type and self.anno_type is None:
@@ -233,10 +238,14 @@ class AnnotatedDataLayer(_SourceDataLayer):
                                 f"{self.source_path} record {key.decode(errors='replace')!r}")
             draws = Draws(np.random.default_rng(
                 [self.seed, b, 1, self.shard_rank * self.batch_size + j]))
+            channels = sample.image.shape[0]
+            stored = channels if stored is None else stored   # the fork's top shape: record 0
             sample = self.prepare(sample, draws, names[j])
             first = sample.image if first is None else first
             if sample.image.shape[0] != first.shape[0]:     # channels first, as the fork
                 _check_same_shape([first, sample.image], [names[0], names[j]])
+            if sample.image.shape[0] != stored and not per_sample:
+                raise DataError(_jpeg_channels_message(names, j, sample.image.shape[0], stored))
             data, groups = self.transform(sample, draws, names[j])
             if datas and data.shape != datas[0].shape:
                 raise DataError(f"record {key.decode(errors='replace')!r} of {self.source_path}"
@@ -249,3 +258,15 @@ class AnnotatedDataLayer(_SourceDataLayer):
         if self.has_anno:
             return data, label_rows(all_groups)
         return data, np.asarray(labels, self.dtype).reshape(-1, 1, 1, 1)
+
+
+def _jpeg_channels_message(names, j, channels, stored):
+    """The fork's shape CHECK on a sample whose distortion, expansion or crop changed its
+    channels (stored again as JPEG, an RGBA image has 3) from those of the batch's first record
+    as stored, by which it shaped the batch."""
+    which = "it" if j == 0 else f"the batch's first record, {names[0]},"
+    return (f"{names[j]} has {channels} channel(s) after distort_param, expand_param or a "
+            f"batch_sampler crop, but {which} decodes to {stored}, which shapes the batch, as "
+            "in the fork (its CHECK on each sample's shape fails): a distorted, expanded or "
+            "cropped encoded image is stored again as JPEG, which drops an alpha channel; "
+            "transform_param force_color decodes every record to 3 channels")

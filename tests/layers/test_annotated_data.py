@@ -679,3 +679,24 @@ def test_distort_takes_gray_and_rgba_images_as_the_fork_does(tmp_path):
     with pytest.raises(MinicnnError, match=r"record '00000002' of .*saturation_prob > 0 needs "
                                            r"colour.*force_color"):
         forward(net)
+
+
+def test_an_rgba_record_that_a_jpeg_round_trip_makes_colour_is_the_forks_shape_error(tmp_path):
+    """The fork shapes a batch by its first record as stored (InferBlobShape, native decode: 4
+    channels for RGBA) and CHECKs every distorted, expanded or cropped sample against it; those
+    are stored again as JPEG, which drops the alpha (3 channels), so an RGBA record first in
+    its batch aborts it. Here its batches came out with 3 channels, warned about as a record
+    that 'decodes to 3 channel(s) where the first record ... gave 4' (itself). With
+    FIT_SMALL_SIZE the fork reshapes by each sample, so the 3 channels pass."""
+    src = native_db(tmp_path / "db", [(8, 10, 4), (8, 10, 4)])
+    for step in ("distort_param { brightness_prob: 1 brightness_delta: 32 }",
+                 "expand_param { prob: 1 max_expand_ratio: 2 }"):
+        net = data_net(src, step, phase=minicnn.TRAIN)
+        with pytest.raises(MinicnnError, match=r"record '00000000' of .* has 3 channel\(s\) "
+                                               r"after .* decodes to 4\b.*JPEG.*force_color"):
+            forward(net)
+    net = data_net(src, "distort_param { brightness_prob: 1 brightness_delta: 32 } "
+                   "resize_param { resize_mode: FIT_SMALL_SIZE height: 8 width: 10 }",
+                   phase=minicnn.TRAIN)
+    with pytest.warns(UserWarning, match="gave 4"):
+        assert forward(net)[0].shape[:2] == (1, 3)
