@@ -944,7 +944,7 @@ def darknet_train_data(sections, source="train.txt"):
     if kind not in ("region", "yolo"):
         return None
     h, w = net.int("height", 0), net.int("width", 0)
-    batch = max(net.int("batch", 1) // max(net.int("subdivisions", 1), 1), 1)
+    batch = _pass_size(net)
     fields = (f"source: \"{source}\" batch_size: {batch} shuffle: true new_height: {h} "
               f"new_width: {w} rgb: true\n    augment: DARKNET_V2 jitter: "
               f"{last.float('jitter', 0.2)!r} hue: {net.float('hue', 0.0)!r} saturation: "
@@ -968,7 +968,7 @@ def _yolov1_train_data(sections, source="train.txt"):
     if KINDS.get(last.kind) != "detection":
         return None, []
     h, w = net.int("height", 0), net.int("width", 0)
-    batch = max(net.int("batch", 1) // max(net.int("subdivisions", 1), 1), 1)
+    batch = _pass_size(net)
     notes = []
     distort = {k: net.float(k, d) for k, d in (("hue", 0.0), ("saturation", 1.0),
                                                 ("exposure", 1.0))}
@@ -1053,7 +1053,7 @@ def classifier_train_data(sections, source="train.txt", val_source="val.txt"):
     if c not in (1, 3):
         raise DarknetError(f"{net.where()}: channels={c}: Caffe's ImageData gives 3 (colour) or "
                            "1 (gray) channels")
-    batch = max(net.int("batch", 1) // max(net.int("subdivisions", 1), 1), 1)
+    batch = _pass_size(net)
     side, crop = _classifier_resize(net)
 
     def image_data(phase, transform, fields):
@@ -1145,6 +1145,12 @@ def _classifier_loader_comment(sections):
             f"centre {w}x{h}, unflipped; this one resizes the whole\n# image to {w}x{h} "
             + ("(the same for square images).\n" if w == h else "(ImageData's crop is square, "
                f"so not even a square image gets Darknet's {w}x{h} centre).\n"))
+
+
+def _pass_size(net):
+    """The images of one pass (a data layer's batch_size): the [net]'s batch / subdivisions,
+    at least 1 (Darknet's parse_net_options: net->batch /= subdivs)."""
+    return max(net.int("batch", 1) // max(net.int("subdivisions", 1), 1), 1)
 
 
 def _f32(value):
@@ -1489,7 +1495,7 @@ def _classifier_test_comment(sections):
     validation images, which the conversion does not see, and a solver without test_iter
     builds no test net (Caffe's InitTestNets), so a train.txt alone trains."""
     net = sections[0]
-    batch = max(net.int("batch", 1) // max(net.int("subdivisions", 1), 1), 1)
+    batch = _pass_size(net)
     return ("# To test while training (\"Test net output #0: accuracy = ...\"), make val.txt as "
             "the train net's\n# header says and uncomment these two lines, with test_iter = "
             f"ceil(validation images / {batch}),\n# the TEST batches that score each once (100 "
