@@ -576,6 +576,18 @@ def _encoded_lmdb(path, files):
             w.put(f"{i:08d}", serialize(caffe_pb2.Datum(data=data, label=i, encoded=True)))
 
 
+def _random_pngs(seed, shapes):
+    """PNG file bytes of random uint8 images of the given (H, W) or (H, W, C) shapes."""
+    import io
+    rng = np.random.default_rng(seed)
+    files = []
+    for shape in shapes:
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(buf, "PNG")
+        files.append(buf.getvalue())
+    return files
+
+
 @pytest.mark.parametrize("opencv", [True, False])
 def test_encoded_records_decode_natively_as_caffes_data_transformer(tmp_path, monkeypatch,
                                                                       opencv):
@@ -638,13 +650,7 @@ def test_records_of_other_channel_counts_in_one_batch_name_force_color(tmp_path,
     """An RGB PNG and an RGBA one in one batch: natively decoded they have 3 and 4 channels;
     the error said to resize or crop them (and, with only a crop, 'after resize_param'), where
     force_color is what makes them one shape."""
-    import io
-    rng = np.random.default_rng(5)
-    files = []
-    for channels in (3, 4):
-        buf = io.BytesIO()
-        Image.fromarray(rng.integers(0, 256, (6, 6, channels), dtype=np.uint8)).save(buf, "PNG")
-        files.append(buf.getvalue())
+    files = _random_pngs(5, [(6, 6, c) for c in (3, 4)])
     _encoded_lmdb(tmp_path / "db", files)
     with pytest.raises(DataError) as e:
         DataLayer(source=str(tmp_path / "db"), batch_size=2, backend="LMDB",
@@ -666,13 +672,7 @@ def test_a_gray_record_among_colour_ones_names_force_color_whatever_the_mean(tmp
     file): with a crop and three mean values the error was 'layer Data: 3 mean_value values
     for data with 1 channels', naming neither the record nor force_color (Caffe's Transform
     checks the channels before the mean: CHECK_EQ(channels, img_channels))."""
-    import io
-    rng = np.random.default_rng(6)
-    files = []
-    for shape in ((6, 6, 3), (6, 6), (6, 6, 3)):
-        buf = io.BytesIO()
-        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(buf, "PNG")
-        files.append(buf.getvalue())
+    files = _random_pngs(6, ((6, 6, 3), (6, 6), (6, 6, 3)))
     _encoded_lmdb(tmp_path / "db", files)
     with pytest.raises(DataError) as e:
         DataLayer(source=str(tmp_path / "db"), batch_size=3, backend="LMDB",
@@ -690,14 +690,8 @@ def test_a_batch_of_gray_records_after_colour_ones_warns_with_force_color(tmp_pa
     net) was colour: the batch is 1-channel, as in Caffe (its Data layer reshapes the top by
     each batch's first record), and the next layer's error named only the shapes; a warning
     now names the record and force_color, once."""
-    import io
     import warnings
-    rng = np.random.default_rng(7)
-    files = []
-    for shape in ((6, 6, 3), (6, 6), (6, 6), (6, 6, 4)):
-        buf = io.BytesIO()
-        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(buf, "PNG")
-        files.append(buf.getvalue())
+    files = _random_pngs(7, ((6, 6, 3), (6, 6), (6, 6), (6, 6, 4)))
     _encoded_lmdb(tmp_path / "db", files)
     layer = DataLayer(source=str(tmp_path / "db"), batch_size=1, backend="LMDB",
                       transform_param={"mean_value": [117]})
@@ -721,13 +715,7 @@ def test_a_gray_record_in_a_batch_of_its_own_names_force_color_with_three_mean_v
     """batch_size 1: the gray PNG shapes its own batch, so no same-size check meets it, and
     the mean check said only '3 mean_value values for data with 1 channels' (Caffe's CHECK:
     'Specify either 1 mean_value or as many as channels: 1')."""
-    import io
-    rng = np.random.default_rng(8)
-    files = []
-    for shape in ((6, 6, 3), (6, 6)):
-        buf = io.BytesIO()
-        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(buf, "PNG")
-        files.append(buf.getvalue())
+    files = _random_pngs(8, ((6, 6, 3), (6, 6)))
     _encoded_lmdb(tmp_path / "db", files)
     layer = DataLayer(source=str(tmp_path / "db"), batch_size=1, backend="LMDB", prefetch=0,
                       transform_param={"mean_value": [104, 117, 123]})
