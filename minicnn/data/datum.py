@@ -55,7 +55,8 @@ def _gray(img, file_format):
     gives it (Pillow's "L" rounds differently: half the pixels of a colour PNG were one level
     off). A JPEG is decoded to its luma already (decode_image's draft, as OpenCV asks libjpeg
     for JCS_GRAYSCALE); a PNG's colours go through libpng's png_set_rgb_to_gray(0.299, 0.587):
-    weights 9797, 19234 and 3737 in 1/32768ths, the sum truncated; other files through
+    weights 9797, 19234 and 3737 in 1/32768ths, the sum truncated; a WebP's through cvtColor
+    (OpenCV 4.14's: weights 9798, 19235, 3735 in 1/32768ths, rounded); other files through
     OpenCV's own BGR -> gray: weights 4899, 9617, 1868 in 1/16384ths, rounded. Alpha is
     dropped, a palette looked up first, as OpenCV does."""
     if img.mode in _GRAY_MODES:
@@ -64,6 +65,8 @@ def _gray(img, file_format):
     r, g, b = rgb[:, :, 0], rgb[:, :, 1], rgb[:, :, 2]
     if file_format == "PNG":
         gray = (9797 * r + 19234 * g + 3737 * b) >> 15
+    elif file_format == "WEBP":
+        gray = (9798 * r + 19235 * g + 3735 * b + 16384) >> 15
     else:
         gray = (4899 * r + 9617 * g + 1868 * b + 8192) >> 14
     return gray.astype(np.uint8)
@@ -292,13 +295,13 @@ def decode_image(source, is_color=True):
     "auto" (the default). The two give the same pixels on JPEG (baseline or progressive, any
     subsampling, gray, CMYK), PNG (8-bit, palette, alpha, 16-bit gray), BMP (also 16-bit),
     8-bit TIFF (alpha premultiplied and CMYK converted as libtiff's RGBA reader gives them to
-    OpenCV), binary PGM / PPM (any maxval: the samples as stored), GIF and lossless WebP
-    files; 16-bit colour PNGs read as gray differ (libpng makes OpenCV's gray from the 16-bit
-    values: about half the pixels 1 level off), as do 16-bit colour TIFFs (libtiff rounds
-    v / 257, Pillow keeps the high byte: a sixth of the values 1 level off), a few pixels of
-    lossy WebP read as gray, a GIF's transparent pixels (OpenCV's GIF reader, which Caffe's
-    OpenCV lacked, gives them the background colour; natively it gives an animated GIF a 4th,
-    opaque channel) and a TIFF's unspecified 4th sample (a 4th channel in OpenCV natively).
+    OpenCV), binary PGM / PPM (any maxval: the samples as stored), GIF and WebP (lossless
+    or lossy) files; 16-bit colour PNGs read as gray differ (libpng makes OpenCV's gray from
+    the 16-bit values: about half the pixels 1 level off), as do 16-bit colour TIFFs (libtiff
+    rounds v / 257, Pillow keeps the high byte: a sixth of the values 1 level off), a GIF's
+    transparent pixels (OpenCV's GIF reader, which Caffe's OpenCV lacked, gives them the
+    background colour; natively it gives an animated GIF a 4th, opaque channel) and a TIFF's
+    unspecified 4th sample (a 4th channel in OpenCV natively).
     """
     data, path = _read_source(source)
     cv2 = _opencv()

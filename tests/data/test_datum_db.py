@@ -233,7 +233,7 @@ def _image_files():
     """name -> bytes: the kinds of image files decode_image meets (JPEG of every quality,
     subsampling, progressive, gray, CMYK with and without Adobe's marker, the eight EXIF
     orientations, odd sizes; PNG of each colour type, 16-bit gray; BMP, 16-bit BMP; TIFF with
-    alpha, CMYK TIFF; PGM / PPM of 8 and 16 bits)."""
+    alpha, CMYK TIFF; PGM / PPM of 8 and 16 bits; lossless and lossy WebP)."""
     import io
     from skimage import data
     rgb = data.chelsea()[40:133:2, 100:357:3]                              # 47 x 86
@@ -272,6 +272,11 @@ def _image_files():
                                "PNG")
     files["exif6.png"] = save(im, "PNG", exif=exif(6))
     files["rgb.bmp"] = save(im, "BMP")
+    # WebP read as gray goes through OpenCV's cvtColor (weights in 1/32768ths in OpenCV 4.14),
+    # not the 1/16384ths of its other readers: 1 level apart on a few random pixels (0.3%)
+    noise = np.random.default_rng(5).integers(0, 256, (100, 100, 3), dtype=np.uint8)
+    files["noise_lossless.webp"] = save(Image.fromarray(noise), "WEBP", lossless=True)
+    files["lossy.webp"] = save(im, "WEBP", quality=80)
     # OpenCV reads 8-bit TIFFs through libtiff's RGBA reader: unassociated alpha premultiplied
     files["RGBA.tif"] = save(Image.fromarray(np.dstack([rgb, alpha])), "TIFF")
     files["LA.tif"] = save(Image.fromarray(np.dstack([rgb[:, :, 0], alpha]), "LA"), "TIFF")
