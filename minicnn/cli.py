@@ -1301,7 +1301,7 @@ def eval_detection(args):
 @command
 def convert(args):
     """Convert another framework's model to a prototxt and a caffemodel."""
-    from minicnn.darknet import convert_darknet
+    from minicnn.darknet import convert_darknet, input_hint, read_cfg
     written = convert_darknet(args.cfg, args.weights, args.outdir)
     for path in written:
         print(f"Wrote {path}")
@@ -1312,7 +1312,8 @@ def convert(args):
                  if written[-2].endswith("_train.prototxt") else "write the train net, then ")
               + f"minicnn train {written[-1]} (the warnings above say what of Darknet's "
               "schedule the solver cannot follow)")
-    print("The net takes RGB input scaled to [0, 1] (Darknet's): minicnn detect --rgb")
+    print("The net takes RGB input scaled to [0, 1] (Darknet's): "
+          + input_hint(read_cfg(args.cfg)))
     return 0
 
 

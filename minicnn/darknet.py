@@ -1419,7 +1419,7 @@ def convert_darknet(cfg, weights, out_dir):
                   f"{reader.major}.{reader.minor}.{reader.revision}, seen {reader.seen})")
     with atomic_write(prototxt, "w") as f:
         f.write(f"# Converted by minicnn from {source}.\n# Input: RGB scaled to [0, 1] "
-                "(minicnn detect --rgb).\n" + _train_data_comment(sections) + text)
+                f"({input_hint(sections)}).\n" + _train_data_comment(sections) + text)
     if reader is None:
         written = [prototxt]
         for name, content in training:
@@ -1432,6 +1432,18 @@ def convert_darknet(cfg, weights, out_dir):
     net.save(caffemodel)
     return [prototxt, caffemodel]
 
+
+def input_hint(sections):
+    """The command that feeds a converted net Darknet's input (R, G, B scaled to [0, 1]): a
+    detector's (last section [region], [yolo] or [detection]) `minicnn detect --rgb`, any
+    other net's `minicnn classify` with the flags that turn off its BGR x 255 minus ImageNet's
+    mean."""
+    k = len(sections)
+    while k > 1 and KINDS.get(sections[k - 1].kind) == "cost":
+        k -= 1
+    if KINDS.get(sections[k - 1].kind) in ("region", "yolo", "detection"):
+        return "minicnn detect --rgb"
+    return "minicnn classify --channel-swap none --raw-scale 1 --mean none"
 
 def _train_data(sections):
     """(data layer text or None, its label top, the train net's header, notes): the TRAIN data

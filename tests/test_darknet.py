@@ -1037,6 +1037,21 @@ def test_a_cfg_saved_by_a_windows_editor_reads_the_same(tmp_path):
     assert got.replace("windows", "plain") == want and "Convolution" in want
 
 
+def test_convert_command_on_a_classifier_names_classifys_flags(tmp_path, capsys):
+    # a converted classifier takes RGB in [0, 1]: `minicnn classify` with those flags runs it
+    # (the hint was `minicnn detect --rgb`, a detector's command; classify's defaults feed
+    # BGR x 255 minus ImageNet's mean, silently)
+    cfg = tmp_path / "c.cfg"
+    cfg.write_text(CLASSIFIER_CFG)
+    random_weights(str(cfg), str(tmp_path / "c.weights"))
+    assert main(["convert", "darknet", str(cfg), str(tmp_path / "c.weights"),
+                 str(tmp_path / "out")]) == 0
+    hint = "minicnn classify --channel-swap none --raw-scale 1 --mean none"
+    out = capsys.readouterr().out
+    header = (tmp_path / "out" / "c.prototxt").read_text().split("\nname:")[0]
+    for said in (out, header):
+        assert hint in said and "detect --rgb" not in said, said
+
 def test_detect_without_rgb_on_a_converted_net_says_to_give_it(tmp_path, capsys):
     # a converted net takes RGB; forgetting --rgb feeds BGR and gives other boxes, silently
     cfg = tmp_path / "small.cfg"
