@@ -1596,7 +1596,10 @@ def build_parser():
     p.add_argument("--gray", action="store_true")
     p.add_argument("--shuffle", action="store_true")
     p.add_argument("--encoded", action="store_true", help="store the encoded image files")
-    p.add_argument("--encode-type", default="", help="re-encode as png or jpg")
+    p.add_argument("--encode-type", default="",
+                   help="encode every image again as png or jpg (given with its dot, .png, "
+                        "files of that extension are stored as they are, as in Caffe 1.0); "
+                        "without it, --encoded stores each file as it is, unless resized")
     p.add_argument("--check-size", action="store_true", help="all images must share a size")
     p.add_argument("--backend", choices=["lmdb", "leveldb"], default="lmdb", type=str.lower,
                    help="database to write: lmdb (the default) or leveldb (needs plyvel)")
@@ -1637,7 +1640,10 @@ def build_parser():
     p.add_argument("--encoded", action="store_true",
                    help="store encoded image files (default: raw pixels)")
     p.add_argument("--encode-type", default="",
-                   help="re-encode as png or jpg (default: keep each file's own encoding)")
+                   help="png or jpg: files of that extension (jpg: .jpg or .jpeg) are "
+                        "stored as they are, the others encoded again in it, as in the SSD "
+                        "fork (default with --encoded: every image encoded again in its own "
+                        "format; a resize encodes every image again)")
     p.add_argument("--check-size", action="store_true", help="all images must share a size")
     p.add_argument("--backend", choices=["lmdb", "leveldb"], default="lmdb", type=str.lower,
                    help="database to write: lmdb (the default) or leveldb (needs plyvel)")
