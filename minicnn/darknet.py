@@ -1438,10 +1438,7 @@ def input_hint(sections):
     detector's (last section [region], [yolo] or [detection]) `minicnn detect --rgb`, any
     other net's `minicnn classify` with the flags that turn off its BGR x 255 minus ImageNet's
     mean."""
-    k = len(sections)
-    while k > 1 and KINDS.get(sections[k - 1].kind) == "cost":
-        k -= 1
-    if KINDS.get(sections[k - 1].kind) in ("region", "yolo", "detection"):
+    if KINDS.get(sections[-1].kind) in ("region", "yolo", "detection"):
         return "minicnn detect --rgb"
     return "minicnn classify --channel-swap none --raw-scale 1 --mean none"
 
