@@ -271,6 +271,26 @@ def test_an_image_scaled_to_nothing_is_skipped(tmp_path):
     assert n == 1
 
 
+def test_convert_annoset_counts_a_gray_file_turned_180_degrees_in_both_warnings(tmp_path):
+    """A gray JPEG turned 180 degrees by its EXIF orientation keeps its size and decodes
+    natively to 1 channel: it is named in both warnings (before, only in the channels one)."""
+    from minicnn.data.annoset import convert_annoset
+    (tmp_path / "VOC").mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 3
+    Image.fromarray(np.random.default_rng(4).integers(0, 256, (4, 6), dtype=np.uint8)).save(
+        tmp_path / "VOC" / "upside.jpg", exif=exif)
+    (tmp_path / "list.txt").write_text("upside.jpg 1\n")
+    with pytest.warns(UserWarning) as record:
+        convert_annoset(str(tmp_path / "VOC") + "/", str(tmp_path / "list.txt"),
+                        str(tmp_path / "db"), anno_type="classification", encode_type="jpg")
+    messages = [str(w.message) for w in record]
+    assert len(messages) == 2, messages
+    assert "upside.jpg is stored as it is" in messages[0] and "1 channel(s), not 3" in messages[0]
+    assert "upside.jpg has an EXIF orientation" in messages[1]
+    assert "its pixels are not upright" in messages[1]
+
+
 def test_a_detection_list_without_anno_type_detection_says_to_give_it(voc, capsys):
     # the fork's default anno_type is classification: a user who leaves out --anno-type gets
     # "label 'Annotations/0.xml' ... is not an integer"; the error says which flag to give

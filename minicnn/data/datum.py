@@ -191,7 +191,7 @@ def _opencv():
 _CV_FLAGS = {True: 1, False: 0, None: -1}
 
 
-def _decode_opencv(cv2, data, is_color):
+def _decode_opencv(cv2, data, is_color, orient=True):
     """decode_image's array by OpenCV's imdecode, or None where OpenCV cannot decode ``data``
     (Pillow then decodes it or names the fault). A JPEG that does not end in its EOI marker
     goes to Pillow too: OpenCV before 4.9 or so decodes a truncated file, its missing rows
@@ -199,7 +199,10 @@ def _decode_opencv(cv2, data, is_color):
     if data[:2] == b"\xff\xd8" and data[-2:] != b"\xff\xd9":
         return None
     try:
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), _CV_FLAGS[is_color])
+        flags = _CV_FLAGS[is_color]
+        if not orient and is_color is not None:
+            flags |= cv2.IMREAD_IGNORE_ORIENTATION
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     except cv2.error:                       # an empty buffer; OpenCV returns None for others
         return None
     if img is None:
@@ -246,7 +249,7 @@ def _tiff_as_libtiff(img, is_color):
     return img
 
 
-def _decode_pillow(data, is_color):
+def _decode_pillow(data, is_color, orient=True):
     Image = _pil().Image
     ImageOps = need("PIL.ImageOps", "Pillow")
     with Image.open(io.BytesIO(data)) as img:
@@ -265,7 +268,7 @@ def _decode_pillow(data, is_color):
         img.load()
         if bmp16:
             img = Image.fromarray(np.asarray(img) & np.array(bmp16, np.uint8), "RGB")
-        if is_color is not None:              # IMREAD_UNCHANGED leaves the EXIF orientation
+        if is_color is not None and orient:   # IMREAD_UNCHANGED leaves the EXIF orientation
             img = ImageOps.exif_transpose(img)
         if cmyk:
             img = _cmyk_to_rgb(img, inverted)
@@ -276,7 +279,7 @@ def _decode_pillow(data, is_color):
         return _to_chw(img, is_color, file_format)
 
 
-def decode_image(source, is_color=True):
+def decode_image(source, is_color=True, orient=True):
     """Decode an image (file bytes, or a path) into a CHW uint8 array.
 
     ``is_color`` True gives 3 channels in B, G, R order (OpenCV's IMREAD_COLOR), False one gray
@@ -286,7 +289,8 @@ def decode_image(source, is_color=True):
     applied; gray stays 1 channel; colour gives B, G, R; an alpha channel is kept (B, G, R, A:
     4 channels, also for gray + alpha, palettes with transparency and PNG colour with a
     transparent colour); an image of more than 8 bits (16-bit PNG or TIFF) is a DataError,
-    where Caffe's DataTransformer CHECKs for 8 bits.
+    where Caffe's DataTransformer CHECKs for 8 bits. ``orient`` False leaves the EXIF
+    orientation unapplied with True or False too (OpenCV's IMREAD_IGNORE_ORIENTATION).
 
     Where OpenCV (cv2) is installed it decodes, as Caffe's cv::imread / cv::imdecode do (1.1-2.6
     times as fast as Pillow: most on small JPEGs); files it cannot read, and every file without
@@ -307,10 +311,10 @@ def decode_image(source, is_color=True):
     cv2 = _opencv()
     try:
         if cv2 is not None:
-            chw = _decode_opencv(cv2, data, is_color)
+            chw = _decode_opencv(cv2, data, is_color, orient)
             if chw is not None:
                 return chw
-        return _decode_pillow(data, is_color)
+        return _decode_pillow(data, is_color, orient)
     except DataError as e:                 # not 8 bits: name the file, as every error here
         if e.path is None:
             raise DataError(e.reason, path or "<image bytes>") from None

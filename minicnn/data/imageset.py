@@ -167,13 +167,17 @@ def native_differences(data, chw):
     """(channels, turned) of an image file stored as it is (``data``), read by imread as
     ``chw``: channels is 0, or the channel count of its native decode (a Data layer's,
     IMREAD_UNCHANGED) where it differs from chw's; turned is True where imread applied an EXIF
-    orientation that the native decode does not (the record decodes unrotated)."""
+    orientation that the native decode does not (the record decodes unrotated), also for a
+    file whose channels differ and for a turn that keeps the size (180 degrees, a square)."""
     try:
         native = decode_image(data, None)
+        if native.shape[0] == chw.shape[0]:
+            turned = not np.array_equal(native, chw)
+        else:        # compare like with like: chw's channels, the orientation left unapplied
+            turned = not np.array_equal(
+                decode_image(data, chw.shape[0] == 3, orient=False), chw)
     except DataError:                     # a 16-bit file: the Data layer names it
         return 0, False
-    turned = native.shape[1:] != chw.shape[1:] or (
-        native.shape == chw.shape and not np.array_equal(native, chw))
     return (0 if native.shape[0] == chw.shape[0] else native.shape[0]), turned
 
 

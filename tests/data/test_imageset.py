@@ -330,3 +330,44 @@ def test_convert_imageset_warns_about_files_stored_unrotated(tmp_path):
         convert_imageset(str(tmp_path), str(tmp_path / "list.txt"), str(tmp_path / "db2"),
                          encode_type="png", shuffle=True, seed=0)
     assert not [w for w in caught if "EXIF" in str(w.message)]
+
+
+@pytest.mark.parametrize("decoder", ["opencv", "pillow"])
+def test_convert_imageset_counts_turned_files_whose_channels_or_size_also_match(
+        tmp_path, monkeypatch, decoder):
+    """An EXIF orientation is told from the native decode by comparing like with like: a
+    gray or RGBA file (its record decodes to other channels too), turned 180 degrees (the
+    size kept) or square (turned 90, the size kept) is counted in both warnings, once each;
+    --gray compares in gray. Before, only a turn that changed the size, or one of a file
+    with the asked-for channels, was seen."""
+    import warnings
+    monkeypatch.setenv("MINICNN_IMAGE_DECODER", decoder)
+    rng = np.random.default_rng(3)
+    files = (("gray3.jpg", "L", (4, 6), 3), ("graysquare6.jpg", "L", (6, 6), 6),
+             ("rgba3.png", "RGBA", (4, 6), 3), ("rgbasquare8.png", "RGBA", (6, 6), 8),
+             ("rgb3.jpg", "RGB", (4, 6), 3), ("gray1.jpg", "L", (4, 6), 1),
+             ("rgba.png", "RGBA", (6, 6), 1))
+    for name, mode, size, orientation in files:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        shape = size if mode == "L" else (*size, len(mode))
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(
+            tmp_path / name, exif=exif)
+    (tmp_path / "list.txt").write_text("".join(f"{f[0]} 0\n" for f in files))
+
+    def messages(db, **kw):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            convert_imageset(str(tmp_path), str(tmp_path / "list.txt"), str(tmp_path / db),
+                             encoded=True, **kw)
+        return ([str(w.message) for w in caught if "stored as it is" in str(w.message)],
+                [str(w.message) for w in caught if "EXIF" in str(w.message)])
+
+    channels, turned = messages("db")
+    assert len(channels) == 1 and "gray3.jpg is stored as it is" in channels[0]
+    assert "so do 5 more files (2 to 1 channel(s), 3 to 4 channel(s))" in channels[0]
+    assert len(turned) == 1 and "gray3.jpg (and 4 more files) has an EXIF" in turned[0]
+    channels, turned = messages("gray", gray=True)               # rgb3.jpg: 3 channels
+    assert len(channels) == 1 and "rgba3.png is stored as it is" in channels[0]
+    assert "so do 3 more files (1 to 3 channel(s), 2 to 4 channel(s))" in channels[0]
+    assert len(turned) == 1 and "gray3.jpg (and 4 more files) has an EXIF" in turned[0]
