@@ -2,6 +2,8 @@
 from an LMDB or LevelDB, with the fork's detection augmentation. The pipeline and its quirks are
 described in minicnn.data.annotated."""
 
+import warnings
+
 import numpy as np
 
 from minicnn.data.annotated import (
@@ -62,7 +64,9 @@ class AnnotatedDataLayer(_SourceDataLayer):
     hue or random order, or one with alpha with random order, is an error naming the record. A
     distorted, expanded or cropped record is stored again as JPEG (an alpha channel dropped),
     and, but with FIT_SMALL_SIZE, must keep the channels of its batch's first record as stored
-    (the fork's shape CHECK): an RGBA record first in its batch so distorted is an error.
+    (the fork's shape CHECK): an RGBA record first in its batch so distorted is an error. An
+    RGBA record after a colour one passes that CHECK, as in the fork, and is read as B, G, R
+    without its alpha (warned about once: the first such record named).
 
     Tops: data (N, C, H, W) and label. With annotated records (type BBOX) the label is
     1 x 1 x num_boxes x 8, one row (item_id, group_label, instance_id, xmin, ymin, xmax, ymax,
@@ -117,7 +121,8 @@ class AnnotatedDataLayer(_SourceDataLayer):
         self.crop_h = self.crop_w = int(tp.crop_size)
         if not tp.crop_size:
             self.crop_h, self.crop_w = int(tp.crop_h), int(tp.crop_w)
-        self._warned_channels = False
+        self._warned_channels = self._warned_alpha = False
+        self._alpha_dropped = {}        # batch -> its first record whose alpha JPEG dropped
         if not self.num_samples:
             return []
         first = self._decode(self.db.keys[self.sample_ids(0)[0]])
@@ -154,6 +159,17 @@ class AnnotatedDataLayer(_SourceDataLayer):
         position = self._prefetcher.position
         super().forward(bottom, top)
         self._warn_other_channels(top[0].shape[1], position)
+        name = self._alpha_dropped.pop(position, None)
+        if name and not self._warned_alpha:
+            self._warned_alpha = True
+            warnings.warn(f"layer '{self.name}' ({self.type}): {name} decodes to 4 channels "
+                          "(B, G, R, A) and distort_param, expand_param or a batch_sampler "
+                          "crop stored it again as JPEG, which drops its alpha: it fits its "
+                          "batch's 3 channels and is read as B, G, R, transparent pixels "
+                          "showing their stored colour, as in the fork; transform_param "
+                          "force_color reads every record so (the alpha dropped) without this "
+                          "warning, or flatten the images before convert-annoset",
+                          stacklevel=2)
 
     # --- one sample ---
     def transform(self, sample, draws, name="the record"):
@@ -246,6 +262,8 @@ class AnnotatedDataLayer(_SourceDataLayer):
                 _check_same_shape([first, sample.image], [names[0], names[j]])
             if sample.image.shape[0] != stored and not per_sample:
                 raise DataError(_jpeg_channels_message(names, j, sample.image.shape[0], stored))
+            if channels == 4 and sample.image.shape[0] == 3 and not self._warned_alpha:
+                self._alpha_dropped.setdefault(b, names[j])     # forward warns (main thread)
             data, groups = self.transform(sample, draws, names[j])
             if datas and data.shape != datas[0].shape:
                 raise DataError(f"record {key.decode(errors='replace')!r} of {self.source_path}"
