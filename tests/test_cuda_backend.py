@@ -170,6 +170,47 @@ def test_the_emulators_fibers_keep_their_state_and_report_divergent_barriers():
         k((1,), (256,), (fake_cupy.asarray(x), y, np.int32(100)))
 
 
+SHIFTED = """
+template <typename T>
+__global__ void shifted_read(const T* x, T* y, int shift, long long n) {
+  MINICNN_KERNEL_LOOP(i, n) { y[i] = x[i + shift]; }
+}
+template <typename T>
+__global__ void shifted_write(const T* x, T* y, int shift, long long n) {
+  MINICNN_KERNEL_LOOP(i, n) { y[i + shift] = x[i]; }
+}
+"""
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size", [5, 6])          # 5 float32: the end is not 8-byte aligned
+def test_the_emulators_guard_bytes_read_as_nan_and_catch_writes(dtype, size):
+    """A kernel reading just past either end of an array reads garbage on a GPU (or faults);
+    in the emulator it reads the guard bytes, which are NaN in float32 and float64, so the
+    NaN reaches the output the GPU tests check. Writing there (even a NaN) fails the launch."""
+    from tests import cuda_emu
+    from tests.cuda_emu import fake_cupy
+    if not cuda_emu.available():
+        pytest.skip("no C++ compiler for the CUDA host emulator")
+    ctype = cuda.CTYPES[np.dtype(dtype)]
+    names = [f"shifted_read<{ctype}>", f"shifted_write<{ctype}>"]
+    module = fake_cupy.RawModule(code=cuda.kernel_source("common.cuh") + SHIFTED,
+                                 name_expressions=names)
+    read, write = (module.get_function(name) for name in names)
+    x = fake_cupy.asarray(np.arange(1, size + 1, dtype=dtype))
+    for shift, outside in ((1, size - 1), (-1, 0)):
+        y = fake_cupy.zeros(size, dtype)
+        read((1,), (256,), (x, y, np.int32(shift), np.int64(size)))
+        got = y.get()
+        assert np.isnan(got[outside]), (shift, got)
+        assert not np.isnan(np.delete(got, outside)).any(), (shift, got)
+    nan = fake_cupy.full(size, np.nan, dtype)
+    for shift in (1, -1):
+        with pytest.raises(fake_cupy.CUDARuntimeError, match="wrote outside"):
+            write((1,), (256,), (nan, fake_cupy.zeros(size, dtype), np.int32(shift),
+                                 np.int64(size)))
+
+
 def test_kernel_sources_are_self_contained():
     for path in sorted(cuda.kernels_dir().glob("*.cu")):
         source = cuda.kernel_source(path.name)

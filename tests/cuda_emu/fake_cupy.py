@@ -16,8 +16,10 @@ where they differ from NumPy's, so host/device mix-ups fail here as on a GPU:
     which exist only for the names CuPy has (see _NUMPY_NAMES).
 New arrays from ``empty`` hold NaN (garbage on a GPU), and every array made here is guarded by
 canary bytes before and after its memory, checked after each kernel launch: a kernel writing out
-of bounds fails the test. Kernel arguments are checked against the kernel's C++ signature
-(types, pointer dtypes, contiguity), which CuPy itself does not do.
+of bounds fails the test; the canary reads as NaN in float32 and float64, so a kernel reading
+just out of bounds (garbage or a fault on a GPU) puts NaN into what it computes from it. Kernel
+arguments are checked against the kernel's C++ signature (types, pointer dtypes, contiguity),
+which CuPy itself does not do.
 """
 
 import ctypes
@@ -36,7 +38,15 @@ from numpy.lib.mixins import NDArrayOperatorsMixin
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 _GUARD = 64
-_CANARY = 0xA5
+# The guard bytes repeat the word 0x7FFDA5A5 in step with the buffer's start (raw[i] is byte i % 4
+# of it): a float32 or float64 element read next to an array is a quiet NaN, and no kernel writes
+# that pattern (NaN from arithmetic is 0x7FC00000 / 0x7FF8000000000000)
+_CANARY_WORD = np.frombuffer(np.array(0x7FFDA5A5, "<u4").tobytes(), np.uint8)
+
+
+def _canary(start, n):
+    """The guard bytes at raw offsets start .. start + n - 1."""
+    return np.resize(_CANARY_WORD, start % 4 + n)[start % 4:]
 
 
 class CUDARuntimeError(RuntimeError):
@@ -51,15 +61,15 @@ class _Buffer:
     def __init__(self, nbytes):
         self.nbytes = nbytes
         self.raw = np.empty(nbytes + 2 * _GUARD, np.uint8)
-        self.raw[:_GUARD] = _CANARY
-        self.raw[_GUARD + nbytes:] = _CANARY
+        self.raw[:_GUARD] = _canary(0, _GUARD)
+        self.raw[_GUARD + nbytes:] = _canary(_GUARD + nbytes, _GUARD)
 
     def array(self, shape, dtype):
         return self.raw[_GUARD:_GUARD + self.nbytes].view(dtype).reshape(shape)
 
     def intact(self):
-        return bool(np.all(self.raw[:_GUARD] == _CANARY)
-                    and np.all(self.raw[_GUARD + self.nbytes:] == _CANARY))
+        return bool(np.array_equal(self.raw[:_GUARD], _canary(0, _GUARD)) and np.array_equal(
+            self.raw[_GUARD + self.nbytes:], _canary(_GUARD + self.nbytes, _GUARD)))
 
 
 def _new(shape, dtype, fill=None):
