@@ -211,6 +211,26 @@ def test_the_emulators_guard_bytes_read_as_nan_and_catch_writes(dtype, size):
                                  np.int64(size)))
 
 
+def test_the_emulators_gemm_refuses_what_cublas_races_on():
+    """cuBLAS's strided-batched GEMM writes C while reading A and B, and every C_i at once: C
+    overlapping A, B or another C_i is undefined on the GPU; the emulator, computing before it
+    writes, would give the right product, so it refuses such calls."""
+    from tests.cuda_emu import fake_cupy
+    a = fake_cupy.asarray(np.ones(16, np.float32))
+    b = fake_cupy.asarray(np.ones(16, np.float32))
+    c = fake_cupy.zeros(16, np.float32)
+    gemm = fake_cupy.gemm_strided_batched
+    gemm("N", "N", 2, 2, 2, 1.0, a, 0, 2, 4, b, 0, 2, 4, 0.0, c, 0, 2, 4, 4)   # C_i apart: fine
+    assert c.get().tolist() == [2.0] * 16
+    with pytest.raises(fake_cupy.CUDARuntimeError, match="C matrices overlap"):
+        gemm("N", "N", 2, 2, 2, 1.0, a, 0, 2, 4, b, 0, 2, 4, 0.0, c, 0, 2, 3, 4)
+    with pytest.raises(fake_cupy.CUDARuntimeError, match="overlaps A"):
+        gemm("N", "N", 2, 2, 2, 1.0, c, 0, 2, 0, b, 0, 2, 0, 0.0, c, 3, 2, 0, 1)
+    with pytest.raises(fake_cupy.CUDARuntimeError, match="overlaps B"):
+        gemm("N", "N", 2, 2, 2, 1.0, a, 0, 2, 0, c, 8, 2, 0, 0.0, c, 6, 2, 0, 1)
+    gemm("N", "N", 2, 2, 2, 1.0, c, 0, 2, 0, c, 4, 2, 0, 0.0, c, 8, 2, 0, 1)  # disjoint parts
+
+
 def test_kernel_sources_are_self_contained():
     for path in sorted(cuda.kernels_dir().glob("*.cu")):
         source = cuda.kernel_source(path.name)

@@ -633,19 +633,31 @@ def gemm_strided_batched(opa, opb, m, n, k, alpha, a, offset_a, lda, stride_a, b
                                f"{opa}{opb} m {m} n {n} k {k}")
     def view(arr, name, offset, rows, cols, ld, trans, stride):
         # column major: element (r, c) of the op'd matrix sits at offset + r + c * ld, or at
-        # offset + r * ld + c when transposed; matrix i of the batch stride elements later
+        # offset + r * ld + c when transposed; matrix i of the batch stride elements later.
+        # Returns the (batch, rows, cols) view and the byte addresses [first, end) it spans.
         flat = arr._a.reshape(-1)
         step = (ld, 1) if trans == "T" else (1, ld)
         last = offset + (batch - 1) * stride + (rows - 1) * step[0] + (cols - 1) * step[1]
         if rows and cols and (offset < 0 or last >= flat.size):
             raise CUDARuntimeError(f"gemm: {name} reaches element {last} of {flat.size}")
         item = flat.itemsize
+        span = (flat.ctypes.data + offset * item, flat.ctypes.data + (last + 1) * item) \
+            if rows and cols else (0, 0)
         return np.lib.stride_tricks.as_strided(
             flat[offset:], shape=(batch, rows, cols),
-            strides=(stride * item, step[0] * item, step[1] * item))
-    a3 = view(a, "A", offset_a, m, k, lda, opa, stride_a)
-    b3 = view(b, "B", offset_b, k, n, ldb, opb, stride_b)
-    c3 = view(c, "C", offset_c, m, n, ldc, "N", stride_c)
+            strides=(stride * item, step[0] * item, step[1] * item)), span
+    a3, a_span = view(a, "A", offset_a, m, k, lda, opa, stride_a)
+    b3, b_span = view(b, "B", offset_b, k, n, ldb, opb, stride_b)
+    c3, c_span = view(c, "C", offset_c, m, n, ldc, "N", stride_c)
+    # cuBLAS writes C while it reads A and B, the batch's C matrices at once: C overlapping A, B
+    # or another C_i is a race there (computing first and writing after, this one gets it right);
+    # overlap of A or B with C is judged by the address ranges they span
+    if batch > 1 and m and n and stride_c < (n - 1) * ldc + m:
+        raise CUDARuntimeError(f"gemm: the {batch} C matrices overlap (stride_c {stride_c}, "
+                               f"ldc {ldc}, m {m}, n {n})")
+    for name, span in (("A", a_span), ("B", b_span)):
+        if span[0] < c_span[1] and c_span[0] < span[1]:
+            raise CUDARuntimeError(f"gemm: C's memory overlaps {name}'s")
     t = c.dtype.type
     value = t(alpha) * np.matmul(a3, b3) if k else np.zeros((batch, m, n), c.dtype)
     if beta != 0:
