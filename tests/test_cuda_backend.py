@@ -231,6 +231,127 @@ def test_the_emulators_gemm_refuses_what_cublas_races_on():
     gemm("N", "N", 2, 2, 2, 1.0, c, 0, 2, 0, c, 4, 2, 0, 0.0, c, 8, 2, 0, 1)  # disjoint parts
 
 
+def _cupy_cublas_signatures():
+    """{function: [parameter names]} of CuPy's cuBLAS binding, read from the signatures Cython
+    embeds in the installed module (it does not import without libcublas, i.e. without a
+    GPU's CUDA); None where CuPy is not installed."""
+    import glob
+    import importlib.util
+    import re
+    spec = importlib.util.find_spec("cupy_backends")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    paths = glob.glob(os.path.join(spec.submodule_search_locations[0], "cuda", "libs",
+                                   "cublas.*"))
+    paths = [p for p in paths if p.endswith((".so", ".pyd"))]
+    if not paths:
+        return None
+    with open(paths[0], "rb") as f:
+        data = f.read()
+    found = {}
+    for name in ("sgemmStridedBatched", "dgemmStridedBatched", "setMathMode"):
+        m = re.search(rb"\b" + name.encode() + rb"\(([^)]*)\)", data)
+        assert m, f"CuPy's cuBLAS binding has no {name}"
+        found[name] = [p.split()[-1] for p in m.group(1).decode().split(",")]
+    for constant in (b"CUBLAS_TF32_TENSOR_OP_MATH", b"CUBLAS_DEFAULT_MATH"):
+        assert constant in data, constant
+    return found
+
+
+def test_cublas_gemm_hands_cublas_its_arguments(monkeypatch):
+    """minicnn.cuda._cublas_gemm, the GPU's GEMM call, is the one piece of the GPU path no
+    emulated test runs (the emulator's GEMM stands in for it). Here it calls a stand-in for
+    CuPy's cuBLAS binding that takes the binding's parameters by name (read from the installed
+    CuPy) and computes cuBLAS's column-major product from the host addresses it is given
+    (the emulator's arrays live on the host): transposes, leading dimensions, offsets, batch
+    strides and alpha/beta as host pointers must all arrive where cuBLAS reads them."""
+    import ctypes
+    from tests import cuda_emu
+    from tests.cuda_emu import fake_cupy
+    signatures = _cupy_cublas_signatures()
+    if signatures is None:
+        pytest.skip("CuPy is not installed (CI installs cupy-cuda13x)")
+    if not cuda_emu.available():
+        pytest.skip("no C++ compiler for the CUDA host emulator")
+    calls = []
+
+    def strided_batched(dtype, name):
+        def run(*args):
+            assert len(args) == len(signatures[name]), (name, args)
+            p = dict(zip(signatures[name], args))
+            calls.append((name, p["handle"]))
+            item = np.dtype(dtype).itemsize
+
+            def host(address, count):
+                return np.frombuffer((ctypes.c_byte * (count * item)).from_address(address),
+                                     dtype)
+            alpha, beta = host(p["alpha"], 1)[0], host(p["beta"], 1)[0]
+            m, n, k, batch = p["m"], p["n"], p["k"], p["batchCount"]
+
+            def matrices(ptr, ld, stride, rows, cols, trans):   # op(X_i): rows x cols
+                stored = (cols, rows) if trans else (rows, cols)
+                count = (batch - 1) * stride + (stored[1] - 1) * ld + stored[0]
+                flat = host(ptr, count)
+                x = np.lib.stride_tricks.as_strided(
+                    flat, (batch, *stored), (stride * item, item, ld * item))
+                return x.transpose(0, 2, 1) if trans else x
+            a = matrices(p["A"], p["lda"], p["strideA"], m, k, p["transa"] == 1)
+            b = matrices(p["B"], p["ldb"], p["strideB"], k, n, p["transb"] == 1)
+            c = matrices(p["C"], p["ldc"], p["strideC"], m, n, False)
+            value = alpha * np.matmul(a, b)
+            c[...] = value + beta * c if beta != 0 else value
+        return run
+
+    math_modes = []
+    binding = types.SimpleNamespace(
+        sgemmStridedBatched=strided_batched(np.float32, "sgemmStridedBatched"),
+        dgemmStridedBatched=strided_batched(np.float64, "dgemmStridedBatched"),
+        setMathMode=lambda handle, mode: math_modes.append((handle, mode)),
+        CUBLAS_TF32_TENSOR_OP_MATH=3, CUBLAS_DEFAULT_MATH=0)
+    libs = types.ModuleType("cupy_backends.cuda.libs")
+    libs.cublas = binding
+    device = types.ModuleType("cupy.cuda.device")
+    device.get_cublas_handle = lambda: 12345
+    cupy_cuda = types.ModuleType("cupy.cuda")
+    cupy_cuda.device = device
+    for name, module in (("cupy_backends", types.ModuleType("cupy_backends")),
+                         ("cupy_backends.cuda", types.ModuleType("cupy_backends.cuda")),
+                         ("cupy_backends.cuda.libs", libs), ("cupy", types.ModuleType("cupy")),
+                         ("cupy.cuda", cupy_cuda), ("cupy.cuda.device", device)):
+        monkeypatch.setitem(sys.modules, name, module)
+    sys.modules["cupy_backends"].cuda = sys.modules["cupy_backends.cuda"]
+    sys.modules["cupy_backends.cuda"].libs = libs
+    sys.modules["cupy"].cuda = cupy_cuda
+    previous = cuda.use_backend(fake_cupy, None)          # gemm goes to _cublas_gemm
+    try:
+        rng = np.random.default_rng(5)
+        for dtype in (np.float32, np.float64):
+            for trans_a in (False, True):
+                for trans_b in (False, True):
+                    m, n, k, batch = 3, 4, 5, 2
+                    a = rng.standard_normal((batch, k, m) if trans_a else (batch, m, k))
+                    b = rng.standard_normal((batch, n, k) if trans_b else (batch, k, n))
+                    c0 = rng.standard_normal((batch, m, n))
+                    a, b, c0 = (v.astype(dtype) for v in (a, b, c0))
+                    # a and b one element into larger buffers: the offsets count elements
+                    a_dev = fake_cupy.asarray(np.concatenate([[7], a.ravel()]).astype(dtype))
+                    b_dev = fake_cupy.asarray(np.concatenate([[7], b.ravel()]).astype(dtype))
+                    c_dev = fake_cupy.asarray(c0)
+                    cuda.gemm(a_dev, b_dev, c_dev, m, n, k, trans_a=trans_a, trans_b=trans_b,
+                              alpha=0.5, beta=2.0, batch=batch, stride_a=m * k, stride_b=k * n,
+                              offset_a=1, offset_b=1)
+                    op_a = a.transpose(0, 2, 1) if trans_a else a
+                    op_b = b.transpose(0, 2, 1) if trans_b else b
+                    want = 0.5 * (op_a.astype(np.float64) @ op_b) + 2.0 * c0
+                    np.testing.assert_allclose(c_dev.get(), want, rtol=1e-5, atol=1e-5,
+                                               err_msg=f"{dtype} {trans_a} {trans_b}")
+        assert {name for name, _ in calls} == {"sgemmStridedBatched", "dgemmStridedBatched"}
+        assert all(handle == 12345 for _, handle in calls)
+        assert math_modes == [(12345, 3 if cuda._tf32["on"] else 0)]     # once for the handle
+    finally:
+        cuda.use_backend(*previous)
+
+
 def test_kernel_sources_are_self_contained():
     for path in sorted(cuda.kernels_dir().glob("*.cu")):
         source = cuda.kernel_source(path.name)
