@@ -121,3 +121,35 @@ def test_a_keyword_only_numpy_takes_fails_in_the_standin_as_on_a_gpu():
         x.max(initial=0.0)
     with pytest.raises(TypeError, match=r"cupy.concatenate\(\).*'foo'"):
         fake_cupy.concatenate([x, x], foo=1)
+
+
+def test_new_arrays_like_a_transposed_one_keep_its_layout_as_cupys_do():
+    """empty_like, zeros_like, astype, copy(order="K") and asarray of a CuPy array keep a
+    transposed or Fortran-ordered layout (order "K"), so what they make is then not
+    C-contiguous, and a kernel launch refuses it: the stand-in's layouts are CuPy's own
+    (cupy._creation.basic._new_like_order_and_strides, NumPy's rule), not always C order."""
+    from cupy._creation.basic import _new_like_order_and_strides
+
+    def contiguous_strides(shape, itemsize, order):
+        dims = shape if order == "C" else shape[::-1]
+        strides, step = [], itemsize
+        for d in reversed(dims):
+            strides.append(step)
+            step *= d
+        strides = strides[::-1]
+        return tuple(strides if order == "C" else strides[::-1])
+    x = fake_cupy.asarray(np.arange(24.0).reshape(2, 3, 4))
+    for view in (x, x.T, x.transpose(1, 0, 2), x[:, ::2], x.transpose(0, 2, 1)):
+        order, strides, _ = _new_like_order_and_strides(view, view.dtype, "K", get_memptr=False)
+        want = tuple(strides) if strides is not None else \
+            contiguous_strides(view.shape, view.itemsize, order)
+        for made in (fake_cupy.empty_like(view), fake_cupy.zeros_like(view),
+                     view.astype(np.float64), view.copy(order="K"), fake_cupy.array(view)):
+            assert made.shape == view.shape and made.strides == want, (view.strides, made.strides)
+        half = view.astype(np.float32)                     # the same order, 4-byte items
+        assert half.strides == tuple(s // 2 for s in want)
+        assert np.array_equal(fake_cupy.array(view).get(), view.get())
+    assert fake_cupy.empty_like(x.T).flags.f_contiguous
+    assert not fake_cupy.empty_like(x.T).flags.c_contiguous
+    assert fake_cupy.empty_like(x.T, order="C").flags.c_contiguous
+    assert x.T.copy().flags.c_contiguous                   # copy's default order is "C"

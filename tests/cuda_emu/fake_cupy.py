@@ -12,6 +12,8 @@ where they differ from NumPy's, so host/device mix-ups fail here as on a GPU:
   - NumPy arrays are not accepted by the array's ufuncs, nor as values of d[...] = (CuPy
     raises for a non-scalar NumPy value there);
   - reductions and indexing return 0-d arrays, not scalars;
+  - empty_like, astype, asarray & co keep a transposed or Fortran-ordered layout (order "K"),
+    so what they make from such an array is not C-contiguous, as on a GPU;
   - numpy.* functions called on these arrays dispatch (NEP 18) to functions of this module,
     which exist only for the names CuPy has (see _NUMPY_NAMES).
 New arrays from ``empty`` hold NaN (garbage on a GPU), and every array made here is guarded by
@@ -254,12 +256,12 @@ class ndarray(NDArrayOperatorsMixin):
     def astype(self, dtype, order="K", casting=None, subok=None, copy=True):
         if not copy and np.dtype(dtype) == self.dtype:
             return self
-        out = _new(self.shape, dtype)
+        out = _new_like(self._a, dtype, order)
         out._a[...] = self._a
         return out
 
     def copy(self, order="C"):
-        out = _new(self.shape, self.dtype)
+        out = _new_like(self._a, order=order)
         out._a[...] = self._a
         return out
 
@@ -296,27 +298,40 @@ def full(shape, fill_value, dtype=None, order="C"):
     return _new(shape, dtype, _unwrap(fill_value))
 
 
+def _new_like(a, dtype=None, order="K", shape=None, fill=None):
+    """A new array shaped like NumPy array ``a`` in the memory layout CuPy gives it: order "K"
+    (the default of empty_like, astype, ...) keeps a transposed or Fortran-ordered layout, as
+    NumPy does, so the result is then not C-contiguous (which a kernel launch refuses)."""
+    dtype = a.dtype if dtype is None else np.dtype(dtype)
+    if shape is not None:
+        return _new(shape, dtype, fill)
+    layout = np.empty_like(a, dtype=dtype, order=order)
+    if layout.flags.c_contiguous:
+        return _new(a.shape, dtype, fill)
+    made = _new(layout.size, dtype, fill)               # the same elements, permuted strides
+    return ndarray._wrap(np.lib.stride_tricks.as_strided(made._a, layout.shape, layout.strides),
+                         made._buf)
+
+
 def empty_like(prototype, dtype=None, order="K", subok=None, shape=None):      # CuPy's name
-    a = prototype
-    return _new(a.shape if shape is None else shape, a.dtype if dtype is None else dtype)
+    return _new_like(prototype._a, dtype, order, shape)
 
 
 def zeros_like(a, dtype=None, order="K", subok=None, shape=None):
-    return _new(a.shape if shape is None else shape, a.dtype if dtype is None else dtype, 0)
+    return _new_like(a._a, dtype, order, shape, 0)
 
 
 def ones_like(a, dtype=None, order="K", subok=None, shape=None):
-    return _new(a.shape if shape is None else shape, a.dtype if dtype is None else dtype, 1)
+    return _new_like(a._a, dtype, order, shape, 1)
 
 
 def full_like(a, fill_value, dtype=None, order="K", subok=None, shape=None):
-    return _new(a.shape if shape is None else shape, a.dtype if dtype is None else dtype,
-                _unwrap(fill_value))
+    return _new_like(a._a, dtype, order, shape, _unwrap(fill_value))
 
 
 def array(obj, dtype=None, copy=True, order="K", subok=False, ndmin=0):
     src = np.asarray(_unwrap(obj), dtype=dtype)
-    out = _new(src.shape, src.dtype)
+    out = _new_like(src, order=order) if isinstance(obj, ndarray) else _new(src.shape, src.dtype)
     out._a[...] = src
     return out
 
