@@ -193,6 +193,12 @@ class AdamSolver(_Rule):
         m += t(1 - b1) * g
         v *= t(b2)
         v += t(1 - b2) * (g * g)
-        step = self.iter + 1
-        correction = t(math.sqrt(1 - b2 ** step) / (1 - b1 ** step))
+        correction = adam_correction(b1, b2, self.iter + 1, t)
         g[...] = (lr * correction) * (m / (np.sqrt(v) + t(self.param.delta)))
+
+
+def adam_correction(beta1, beta2, step, dtype):
+    """Adam's sqrt(1 - beta2^t) / (1 - beta1^t) as Caffe's AdamSolver computes it: pow(Dtype,
+    int) is a double pow (C++11 promotes the int), so all of it is double, rounded once to the
+    net's float."""
+    return np.dtype(dtype).type(math.sqrt(1 - beta2 ** step) / (1 - beta1 ** step))

@@ -36,6 +36,7 @@ from minicnn import cuda
 from minicnn.blob import array_to_blob_proto, blob_proto_to_array
 from minicnn.data.db import resolve_path
 from minicnn.data.errors import DataError
+from minicnn.libm import c_math
 from minicnn.errors import MinicnnError, NetError, SnapshotError, WireFormatError, os_reason
 from minicnn.net import Net, layer_included
 from minicnn.ops.ssd_eval import AP_VERSIONS, EVAL_TYPES, DetectionStats
@@ -125,7 +126,7 @@ def get_solver(solver, **kwargs):
 #   exp    base_lr * gamma^iter          inv        base_lr * (1 + gamma * iter)^-power
 #   multistep  base_lr * gamma^(steps passed, one per iteration at most)
 #   poly   base_lr * (1 - iter / max_iter)^power
-#   sigmoid    base_lr / (1 + exp(-gamma * (iter - stepsize)))     (gamma > 0 rises, < 0 decays)
+#   sigmoid    base_lr * (1 / (1 + exp(-gamma * (iter - stepsize))))  (gamma > 0 rises, < 0 decays)
 # with iter the number of updates done so far.
 
 def _need(param, *fields):
@@ -141,11 +142,16 @@ def learning_rate(param, iteration, current_step, log=None, dtype=np.float32):
     ``Dtype local_rate = rate * net_params_lr[i]`` (with a float32 net, one rounding of the
     policy's double result before the lr_mult, not one after it)."""
     rate, current_step = _policy_rate(param, iteration, current_step, log, dtype)
-    return float(np.dtype(dtype).type(rate)), current_step
+    with np.errstate(over="ignore"):           # inf, as Caffe's rate becomes
+        return float(np.dtype(dtype).type(rate)), current_step
 
 
 def _policy_rate(param, iteration, current_step, log, dtype):
+    # Caffe's types: base_lr, gamma and power are floats (caffe.proto), iter an int. pow(gamma,
+    # int) is a double pow (float * double: a double); the others are computed in the net's
+    # float, whose pow and exp are powf and expf for a float32 net (minicnn.libm)
     policy, base = param.lr_policy, param.base_lr
+    t, c, f32, dpow = np.dtype(dtype).type, c_math(dtype), np.float32, c_math(np.float64).pow
     if policy == "fixed":
         return base, current_step
     if policy == "step":
@@ -153,37 +159,36 @@ def _policy_rate(param, iteration, current_step, log, dtype):
         if param.stepsize <= 0:
             raise MinicnnError("lr_policy 'step' needs stepsize > 0")
         current_step = iteration // param.stepsize
-        return base * math.pow(param.gamma, current_step), current_step
+        return base * dpow(param.gamma, current_step), current_step
     if policy == "exp":
         _need(param, "gamma")
-        return base * math.pow(param.gamma, iteration), current_step
+        return base * dpow(param.gamma, iteration), current_step
     if policy == "inv":
         _need(param, "gamma", "power")
-        # Caffe computes this one in the net's float, Dtype(1) + gamma() * iter_ with gamma *
-        # iter a float product (float * int), whatever Dtype is
-        f32, t = np.float32, np.dtype(dtype).type
-        return float(t(base) * (t(1) + t(f32(param.gamma) * f32(iteration)))
-                     ** -t(param.power)), current_step
+        # Dtype(1) + gamma() * iter_, with gamma() * iter_ a float product whatever Dtype is
+        return t(base) * c.pow(t(1) + t(f32(param.gamma) * f32(iteration)),
+                               t(-param.power)), current_step
     if policy == "multistep":
         _need(param, "gamma")
         if current_step < len(param.stepvalue) and iteration >= param.stepvalue[current_step]:
             current_step += 1
             if log:
                 log(f"MultiStep Status: Iteration {iteration}, step = {current_step}")
-        return base * math.pow(param.gamma, current_step), current_step
+        return base * dpow(param.gamma, current_step), current_step
     if policy == "poly":
         _need(param, "power")
         if param.max_iter <= 0:
             raise MinicnnError("lr_policy 'poly' needs max_iter > 0")
-        return base * math.pow(1 - iteration / param.max_iter, param.power), current_step
+        return t(base) * c.pow(t(1) - t(iteration) / t(param.max_iter),
+                               t(param.power)), current_step
     if policy == "sigmoid":
         _need(param, "gamma", "stepsize")
-        exponent = -param.gamma * (iteration - param.stepsize)   # gamma < 0: a decay
-        return (base / (1 + math.exp(exponent)) if exponent < 700 else 0.0), current_step
+        # gamma < 0: a decay, to exactly 0 once exp overflows to inf
+        e = c.exp(t(-param.gamma) * (t(iteration) - t(param.stepsize)))
+        return t(base) * (t(1) / (t(1) + e)), current_step
     known = "fixed, step, exp, inv, multistep, poly, sigmoid"
     raise MinicnnError(f"unknown lr_policy '{policy}'; Caffe's policies are: {known}"
                        if policy else f"the solver gives no lr_policy (one of: {known})")
-
 
 
 # Values Caffe's solvers refuse (their CHECKs) or that an update rule cannot take (Adam's bias

@@ -1,0 +1,97 @@
+"""The scalars Caffe's solvers and a few layers compute, bit for bit against C++ compiled here.
+
+tests/caffe_scalars.cpp (built with g++ -O2, as Caffe's Makefile builds) spells each expression
+with the types Caffe gives it: caffe.proto's float fields, int iterations, the net's Dtype, and
+<cmath> then <math.h> included as Caffe's common.hpp and util/mkl_alternate.hpp include them, so
+that its unqualified pow and exp resolve as Caffe's do (powf and expf for a float net's floats;
+double pow where an int is an argument). It reads one case a line and writes the bit patterns.
+"""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from minicnn.proto import caffe_pb2
+from minicnn.sgd_solvers import adam_correction
+from minicnn.solver import learning_rate
+
+SOURCE = Path(__file__).with_name("caffe_scalars.cpp")
+F32, F64 = np.float32, np.float64
+
+
+@pytest.fixture(scope="module")
+def caffe(tmp_path_factory):
+    """run(lines) -> the C++ program's output lines, one per input line."""
+    compiler = shutil.which("g++")
+    assert compiler, "g++ is needed to build the C++ reference of these tests"
+    binary = tmp_path_factory.mktemp("scalars") / "caffe_scalars"
+    subprocess.run([compiler, "-O2", "-std=c++11", "-o", str(binary), str(SOURCE)], check=True)
+
+    def run(lines):
+        out = subprocess.run([str(binary)], input="\n".join(lines) + "\n", capture_output=True,
+                             text=True, check=True).stdout.splitlines()
+        assert len(out) == len(lines)
+        return out
+    return run
+
+
+def h(value):
+    """A float's exact text for the C++ side (hex)."""
+    return float(value).hex()
+
+
+def bits(value, dtype):
+    """The bit pattern of value as a dtype, in the C++ side's format."""
+    value = np.dtype(dtype).type(value)
+    return f"{int(value.view(np.uint32 if value.dtype == F32 else np.uint64)):x}"
+
+
+DT = {F32: "f", F64: "d"}
+
+POLICIES = [
+    ("fixed", {}),
+    ("step", {"gamma": 0.1, "stepsize": 1000}), ("step", {"gamma": 0.5, "stepsize": 7}),
+    ("multistep", {"gamma": 0.1}),
+    ("exp", {"gamma": 0.999}), ("exp", {"gamma": 0.9995}), ("exp", {"gamma": 1.5}),
+    ("inv", {"gamma": 1e-4, "power": 0.75}), ("inv", {"gamma": 0.001, "power": 0.5}),
+    ("poly", {"power": 0.9, "max_iter": 10000}), ("poly", {"power": 2.0, "max_iter": 450000}),
+    ("poly", {"power": 1.0, "max_iter": 777}), ("poly", {"power": 0.5, "max_iter": 1000}),
+    ("sigmoid", {"gamma": 0.001, "stepsize": 5000}), ("sigmoid", {"gamma": 0.05, "stepsize": 300}),
+    ("sigmoid", {"gamma": -0.5, "stepsize": 100}),     # a decay, to 0 once exp overflows
+]
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_learning_rate_policies_match_caffes_arithmetic(caffe, dtype):
+    """SGDSolver<Dtype>::GetLearningRate for every policy over thousands of iterations: a
+    float net's poly and sigmoid are float expressions with powf and expf (minicnn computed
+    them in double: 1 ulp off for 1 in 3 poly rates and up to 2 ulps for sigmoid), a double
+    net's sigmoid is base_lr * (1 / (1 + e)), not base_lr / (1 + e)."""
+    lines, ours = [], []
+    iterations = list(range(0, 3000, 7)) + [9999, 10000, 1 << 24, (1 << 24) + 1, 2 ** 31 - 1]
+    for base in (0.01, 0.1, 0.001, 1.0, 0.05, 3e-4):
+        for policy, fields in POLICIES:
+            param = caffe_pb2.SolverParameter(base_lr=base, lr_policy=policy, **fields)
+            for it in iterations:
+                # multistep's step is the solver's state (no stepvalue: it stays)
+                step = it // param.stepsize if policy == "step" else it % 5
+                lines.append(f"lr {DT[dtype]} {policy} {h(param.base_lr)} {h(param.gamma)} "
+                             f"{h(param.power)} {param.stepsize} {param.max_iter} {it} {step}")
+                ours.append(bits(learning_rate(param, it, step, dtype=dtype)[0], dtype))
+    theirs = caffe(lines)
+    wrong = [(line, o, c) for line, o, c in zip(lines, ours, theirs) if o != c]
+    assert not wrong, f"{len(wrong)} of {len(lines)} rates differ, e.g. {wrong[:3]}"
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_adam_correction_matches_caffes(caffe, dtype):
+    """AdamSolver: sqrt(Dtype(1) - pow(beta2, t)) / (Dtype(1) - pow(beta1, t)) with an int t."""
+    lines, ours = [], []
+    for b1, b2 in ((0.9, 0.999), (0.5, 0.99), (0.95, 0.9999), (0.0, 0.999), (0.8, 0.0)):
+        for t in list(range(1, 2000, 3)) + [10 ** 5, 10 ** 6]:
+            lines.append(f"adam {DT[dtype]} {h(F32(b1))} {h(F32(b2))} {t}")
+            ours.append(bits(adam_correction(float(F32(b1)), float(F32(b2)), t, dtype), dtype))
+    assert ours == caffe(lines)
