@@ -191,6 +191,19 @@ def _policy_rate(param, iteration, current_step, log, dtype):
                        if policy else f"the solver gives no lr_policy (one of: {known})")
 
 
+def clip_scale(threshold, sums_of_squares, dtype):
+    """(L2 norm, scale factor or None) of clip_gradients: Caffe's ClipGradients sums each
+    blob's sum of squares, takes the root and divides in the net's float (a float32 net's norm
+    in float64 was an ulp off, and compared with the threshold there)."""
+    t = np.dtype(dtype).type
+    total = t(0)
+    with np.errstate(over="ignore"):           # an inf norm scales by 0, as in Caffe
+        for value in sums_of_squares:
+            total += t(value)
+    norm = np.sqrt(total)
+    return float(norm), (float(t(threshold) / norm) if norm > t(threshold) else None)
+
+
 # Values Caffe's solvers refuse (their CHECKs) or that an update rule cannot take (Adam's bias
 # correction divides by 1 - momentum^t): (field, test, what it must be, the solver types it is
 # for, None for all). Checked before any net is built, naming the solver file's line.
@@ -757,10 +770,9 @@ class Solver:
         threshold = self.param.clip_gradients
         if threshold < 0:
             return
-        norm = math.sqrt(sum(float(np.dot(b.diff.reshape(-1), b.diff.reshape(-1)))
-                             for b in self.net.learnable_params))
-        if norm > threshold:
-            factor = threshold / norm
+        norm, factor = clip_scale(threshold, (float(np.dot(b.diff.reshape(-1), b.diff.reshape(-1)))
+                                              for b in self.net.learnable_params), self.dtype)
+        if factor is not None:
             self.log(f"Gradient clipping: scaling down gradients (L2 norm {norm:.6g} > "
                      f"{threshold:g}) by scale factor {factor:.6g}")
             for blob in self.net.learnable_params:

@@ -16,7 +16,7 @@ import pytest
 
 from minicnn.proto import caffe_pb2
 from minicnn.sgd_solvers import adam_correction
-from minicnn.solver import learning_rate
+from minicnn.solver import clip_scale, learning_rate
 
 SOURCE = Path(__file__).with_name("caffe_scalars.cpp")
 F32, F64 = np.float32, np.float64
@@ -95,3 +95,21 @@ def test_adam_correction_matches_caffes(caffe, dtype):
             lines.append(f"adam {DT[dtype]} {h(F32(b1))} {h(F32(b2))} {t}")
             ours.append(bits(adam_correction(float(F32(b1)), float(F32(b2)), t, dtype), dtype))
     assert ours == caffe(lines)
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_clip_gradients_scale_matches_caffes(caffe, dtype):
+    """ClipGradients: the blobs' sums of squares added up, the root and the division in
+    Dtype (a float net's norm was taken in double: an ulp off, and compared there)."""
+    rng = np.random.default_rng(3)
+    lines, ours = [], []
+    for _ in range(3000):
+        n = int(rng.integers(1, 9))
+        sums = (rng.random(n) * 10.0 ** rng.integers(-6, 6)).astype(dtype)
+        threshold = F32(rng.choice([0.0, 0.01, 1.0, 5.0, 35.0, 1e3]))
+        lines.append(f"clip {DT[dtype]} {h(threshold)} {n} " + " ".join(h(s) for s in sums))
+        norm, factor = clip_scale(float(threshold), [float(s) for s in sums], dtype)
+        ours.append(bits(norm, dtype) + " " + ("none" if factor is None else bits(factor, dtype)))
+    theirs = caffe(lines)
+    wrong = [(line, o, c) for line, o, c in zip(lines, ours, theirs) if o != c]
+    assert not wrong, f"{len(wrong)} of {len(lines)} differ, e.g. {wrong[:3]}"
