@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from minicnn.ops import batch_norm
 from minicnn.proto import caffe_pb2
 from minicnn.sgd_solvers import adam_correction
 from minicnn.solver import clip_scale, learning_rate
@@ -110,6 +111,28 @@ def test_clip_gradients_scale_matches_caffes(caffe, dtype):
         lines.append(f"clip {DT[dtype]} {h(threshold)} {n} " + " ".join(h(s) for s in sums))
         norm, factor = clip_scale(float(threshold), [float(s) for s in sums], dtype)
         ours.append(bits(norm, dtype) + " " + ("none" if factor is None else bits(factor, dtype)))
+    theirs = caffe(lines)
+    wrong = [(line, o, c) for line, o, c in zip(lines, ours, theirs) if o != c]
+    assert not wrong, f"{len(wrong)} of {len(lines)} differ, e.g. {wrong[:3]}"
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_batch_norm_scalars_match_caffes(caffe, dtype):
+    """BatchNorm: bias_correction_factor = Dtype(m) / (m - 1) with the int m rounded to Dtype
+    (above 2^24 values a channel a float net's factor is not m / (m - 1) rounded), the moving
+    average's scale factor s * fraction + 1, and the global statistics' 1 / s."""
+    t = np.dtype(dtype).type
+    ms = [1, 2, 3, 7, 100, 50176, (1 << 24) - 1, 1 << 24, (1 << 24) + 1, (1 << 24) + 2,
+          (1 << 24) + 3, 20971521, 3 * (1 << 23) + 6, 123456789]
+    lines, ours = [], []
+    for m in ms:
+        for fraction, factor in ((0.999, 0.0), (0.999, 17.25), (0.9, 3.1), (0.5, 1.999)):
+            lines.append(f"bn {DT[dtype]} {m} {h(F32(fraction))} {h(t(factor))}")
+            s, one, zero = np.full(1, factor, dtype), np.ones(1, dtype), np.zeros(1, dtype)
+            _, var_new, s_new = batch_norm.batch_norm_update_stats(
+                zero, zero, s, zero, one, m, float(F32(fraction)))     # var_new: the factor
+            inverse, _ = batch_norm.batch_norm_global_stats(one, one, s)
+            ours.append(" ".join(bits(v[0], dtype) for v in (var_new, s_new, inverse)))
     theirs = caffe(lines)
     wrong = [(line, o, c) for line, o, c in zip(lines, ours, theirs) if o != c]
     assert not wrong, f"{len(wrong)} of {len(lines)} differ, e.g. {wrong[:3]}"

@@ -81,6 +81,13 @@ def _batch_norm_backward_ref(dy, y, std, use_global_stats=False, *, out=None):
     return write_out(out, dx.reshape(dy.shape))
 
 
+def _bias_correction(m, dtype):
+    """Caffe's m / (m - 1): Dtype(m) / (m - 1), the int m rounded to the net's float first
+    (from m = 2^24 + 2 on a float32 net's factor is 1 + 2^-23, where m / (m - 1) is 1)."""
+    t = np.dtype(dtype).type
+    return t(m) / t(m - 1) if m > 1 else t(1)
+
+
 @batch_norm_update_stats.impl("ref")
 def _batch_norm_update_stats_ref(mean_acc, var_acc, scale_factor, mean, var, m,
                                  moving_average_fraction=0.999, *, out=None):
@@ -88,7 +95,7 @@ def _batch_norm_update_stats_ref(mean_acc, var_acc, scale_factor, mean, var, m,
     The stored variance is unbiased (m / (m - 1)), as Caffe stores it. ``out``: three arrays
     to write them into (the accumulators themselves, to update them in place)."""
     lam = moving_average_fraction
-    correction = m / (m - 1) if m > 1 else 1.0
+    correction = _bias_correction(m, mean_acc.dtype)
     new = (lam * mean_acc + mean, lam * var_acc + correction * var, lam * scale_factor + 1)
     if out is None:
         return new
@@ -226,7 +233,7 @@ def _batch_norm_update_stats_cuda(mean_acc, var_acc, scale_factor, mean, var, m,
     results = tuple(out) if direct else tuple(cp.empty_like(a) for a in accumulators)
     cuda.launch(cuda.kernel("normalization.cu", "batch_norm_update_stats", mean_acc.dtype),
                 mean_acc.size, (mean_acc, var_acc, scale_factor, mean, var, *results,
-                                t(moving_average_fraction), t(m / (m - 1) if m > 1 else 1.0),
+                                t(moving_average_fraction), _bias_correction(m, mean_acc.dtype),
                                 np.int32(mean_acc.size)))
     if out is None or direct:
         return results
