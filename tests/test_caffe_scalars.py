@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minicnn.ops import batch_norm
+from minicnn.ops import batch_norm, neurons
 from minicnn.proto import caffe_pb2
 from minicnn.sgd_solvers import adam_correction
 from minicnn.solver import clip_scale, learning_rate
@@ -133,6 +133,25 @@ def test_batch_norm_scalars_match_caffes(caffe, dtype):
                 zero, zero, s, zero, one, m, float(F32(fraction)))     # var_new: the factor
             inverse, _ = batch_norm.batch_norm_global_stats(one, one, s)
             ours.append(" ".join(bits(v[0], dtype) for v in (var_new, s_new, inverse)))
+    theirs = caffe(lines)
+    wrong = [(line, o, c) for line, o, c in zip(lines, ours, theirs) if o != c]
+    assert not wrong, f"{len(wrong)} of {len(lines)} differ, e.g. {wrong[:3]}"
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_power_constant_output_matches_caffes(caffe, dtype):
+    """Power with scale 0 fills its top with pow(shift, power) (1 for power 0): powf for a
+    float net, which NumPy's float32 power is up to ulps off (for 1 in 5 values here)."""
+    rng = np.random.default_rng(5)
+    lines, ours = [], []
+    for _ in range(3000):
+        power = F32(rng.choice([0.0, 2.0, 0.5, -1.0]) if rng.random() < 0.1
+                    else rng.random() * 4 - 2)
+        shift = F32(rng.random() * 3)
+        lines.append(f"power {DT[dtype]} {h(power)} {h(shift)}")
+        y = neurons.power_forward(np.full(3, 0.5, dtype), float(power), 0.0, float(shift))
+        assert y.dtype == dtype and np.all(y == y[0])
+        ours.append(bits(y[0], dtype))
     theirs = caffe(lines)
     wrong = [(line, o, c) for line, o, c in zip(lines, ours, theirs) if o != c]
     assert not wrong, f"{len(wrong)} of {len(lines)} differ, e.g. {wrong[:3]}"

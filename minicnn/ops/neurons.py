@@ -51,6 +51,7 @@ import math
 
 import numpy as np
 
+from minicnn.libm import c_math
 from minicnn.ops._dispatch import Op
 
 prelu_forward, prelu_backward = Op("prelu_forward"), Op("prelu_backward")
@@ -146,12 +147,18 @@ def _absval_backward_ref(dy, x):
 
 # --- reference: Power, Exp, Log -------------------------------------------------------------------
 
+def _power_constant(dtype, power, shift):
+    """Power's output where the input does not matter: 1 for power 0, else pow(shift, power)
+    in the net's float, C's powf for float32 (NumPy's float32 power is up to ulps off it)."""
+    t = np.dtype(dtype).type
+    return t(1) if power == 0 else c_math(dtype).pow(t(shift), t(power))
+
+
 @power_forward.impl("ref")
 def _power_forward_ref(x, power=1.0, scale=1.0, shift=0.0):
+    if power * scale == 0:                                # the input does not matter
+        return np.full_like(x, _power_constant(x.dtype, power, shift))
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):   # NaN/inf as Caffe
-        if power * scale == 0:                            # the input does not matter
-            t = x.dtype.type
-            return np.full_like(x, 1 if power == 0 else np.power(t(shift), t(power)))
         return (shift + scale * x) ** power
 
 
@@ -355,10 +362,7 @@ def _absval_backward_cuda(dy, x):
 @power_forward.impl("cuda", available=cuda.importable)
 def _power_forward_cuda(x, power=1.0, scale=1.0, shift=0.0):
     if power * scale == 0:                                # the input does not matter
-        t = x.dtype.type
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            value = 1 if power == 0 else np.power(t(shift), t(power))
-        return cuda.cupy().full(x.shape, value, x.dtype)
+        return cuda.cupy().full(x.shape, _power_constant(x.dtype, power, shift), x.dtype)
     return _unary("power_forward", x, power, scale, shift)
 
 
