@@ -1,5 +1,6 @@
 """Datum <-> arrays, image decoding in OpenCV's BGR order, and LMDB reading and writing."""
 
+import io
 import os
 import re
 import subprocess
@@ -227,6 +228,10 @@ def test_an_unknown_format_is_named_the_same_way_every_time(monkeypatch, tmp_pat
                                         "OpenCV or Pillow can read") as e:
         decode_image(str(bad))
     assert "0x" not in str(e.value)
+    monkeypatch.setenv("MINICNN_IMAGE_DECODER", "pillow")         # Pillow alone: named alone
+    with pytest.raises(DataError, match=r"bad.png: cannot decode image: not an image file "
+                                        "Pillow can read$"):
+        decode_image(str(bad))
 
 
 def _image_files():
@@ -302,7 +307,8 @@ def _image_files():
     # PGM / PPM of a maxval other than 255: OpenCV keeps the samples as they are (16-bit ones
     # to 8 bits by dropping the low byte), where Pillow scaled them to 0..255 (0..65535)
     for magic, pixels in (("P5", rgb[:, :, 1]), ("P6", rgb)):
-        for maxval, dtype in ((15, np.uint8), (4095, ">u2"), (65535, ">u2")):
+        # (256: the smallest maxval OpenCV reads as 16 bits)
+        for maxval, dtype in ((15, np.uint8), (256, ">u2"), (4095, ">u2"), (65535, ">u2")):
             samples = (pixels.astype(np.int64) * (maxval * 257 + 254) // 65535).astype(dtype)
             files[f"max{maxval}.{magic}.pnm"] = (f"{magic}\n# a comment\n86 47\n{maxval}\n"
                                                  .encode() + samples.tobytes())
@@ -369,6 +375,10 @@ def test_native_decoding_is_caffes_decode_datum_to_cv_mat_native(monkeypatch, tm
     path.write_bytes(files["gray16.png"])
     with pytest.raises(DataError, match=f"^{re.escape(str(path))}: an image of 16 bits"):
         decode_image(path, None)                                 # the error names the file
+    tiff = io.BytesIO()                       # Pillow's "I": 32-bit integer samples
+    Image.fromarray(np.arange(12, dtype=np.int32).reshape(3, 4) * 1000).save(tiff, "TIFF")
+    with pytest.raises(DataError, match="^<image bytes>: an image of 32-bit values"):
+        decode_image(tiff.getvalue(), None)
 
 
 def test_jpegs_decode_without_pillow_where_opencv_is_installed(monkeypatch, tmp_path):
@@ -444,6 +454,13 @@ def test_broken_images_are_the_same_errors_with_either_decoder(monkeypatch, tmp_
     for blob in (b"", b"not an image", jpeg[:300]):
         with pytest.raises(DataError, match=r"^<image bytes>: cannot decode image"):
             decode_image(blob)
+    # OpenCV raises on an empty buffer (None for other bytes it cannot read): Pillow names it
+    with pytest.raises(DataError, match=r"^<image bytes>: cannot decode image: not an image "):
+        decode_image(b"")
+    pgm = b"P5\n4 3\n15\n" + bytes(range(10))      # a maxval of 15: 12 samples, 10 given
+    with pytest.raises(DataError, match=r"^<image bytes>: cannot decode image \(OSError: image "
+                                        "file is truncated"):
+        decode_image(pgm)
     with pytest.raises(DataError, match="nope.jpg: file not found"):
         decode_image(tmp_path / "nope.jpg")
 
