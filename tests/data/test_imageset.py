@@ -140,6 +140,14 @@ def test_encoded_records_decode_to_the_same_pixels(imageset, tmp_path):
     assert b"BM" in value[:12]
     np.testing.assert_array_equal(decode_datum(value)[0], images[2])
     db.close()
+    # a resized image is encoded again in its file's format, never the file as it is
+    convert_imageset(root, list_file, str(tmp_path / "db3"), encoded=True, resize_height=2,
+                     resize_width=3)
+    db = open_db(str(tmp_path / "db3"))
+    datum = parse_binary(db.get_index(0), "Datum")
+    db.close()
+    assert datum.data != raw and datum.data[:4] == b"\x89PNG"
+    assert decode_datum(datum)[0].shape == (3, 2, 3)
 
 
 def test_encode_type_alone_encodes_as_caffe_does(imageset, tmp_path):
@@ -299,6 +307,18 @@ def test_convert_imageset_counts_every_file_stored_in_other_channels(tmp_path):
     assert "2 more files (1 to 1 channel(s), 1 to 4 channel(s))" in messages[0]
     assert "force_color" in messages[0]
 
+    def message(lines, db):
+        (tmp_path / "list2.txt").write_text(lines)
+        with pytest.warns(UserWarning, match="stored as it is") as said:
+            convert_imageset(str(tmp_path), str(tmp_path / "list2.txt"), str(tmp_path / db),
+                             encoded=True)
+        return str(said[0].message)
+
+    Image.fromarray(rng.integers(0, 256, (4, 6), dtype=np.uint8)).save(tmp_path / "f.png")
+    assert "; so do 1 more files (1 to 1 channel(s))," in message("b.png 1\nd.png 1\n", "two")
+    assert "; so do 3 more files (2 to 1 channel(s), 1 to 4 channel(s))," in message(
+        "b.png 1\nd.png 1\nc.png 0\nf.png 1\n", "four")
+
 
 def test_convert_imageset_warns_about_files_stored_unrotated(tmp_path):
     """A JPEG with an EXIF orientation stored as it is (--encoded) decodes unrotated in a Data
@@ -330,6 +350,11 @@ def test_convert_imageset_warns_about_files_stored_unrotated(tmp_path):
         convert_imageset(str(tmp_path), str(tmp_path / "list.txt"), str(tmp_path / "db2"),
                          encode_type="png", shuffle=True, seed=0)
     assert not [w for w in caught if "EXIF" in str(w.message)]
+    (tmp_path / "one.txt").write_text("plain.jpg 0\nturned.jpg 1\n")
+    with pytest.warns(UserWarning, match="EXIF") as said:
+        convert_imageset(str(tmp_path), str(tmp_path / "one.txt"), str(tmp_path / "db3"),
+                         encoded=True)
+    assert str(said[0].message).startswith(f"{tmp_path / 'turned.jpg'} has an EXIF orientation")
 
 
 @pytest.mark.parametrize("decoder", ["opencv", "pillow"])
@@ -371,3 +396,38 @@ def test_convert_imageset_counts_turned_files_whose_channels_or_size_also_match(
     assert len(channels) == 1 and "rgba3.png is stored as it is" in channels[0]
     assert "so do 3 more files (1 to 3 channel(s), 2 to 4 channel(s))" in channels[0]
     assert len(turned) == 1 and "gray3.jpg (and 4 more files) has an EXIF" in turned[0]
+
+
+def test_a_16_bit_file_is_stored_as_it_is_and_named_by_the_data_layer(tmp_path):
+    """--encoded stores a 16-bit PNG as it is, as Caffe does (imread reads it as 8-bit colour);
+    its native decode, a Data layer's, is the error naming it, not convert_imageset's: it was
+    not skipped, nor warned about as other channels."""
+    import warnings
+    cv2 = pytest.importorskip("cv2")
+    deep = np.arange(4 * 6 * 3, dtype=np.uint16).reshape(4, 6, 3) * 900
+    cv2.imwrite(str(tmp_path / "deep.png"), deep)
+    (tmp_path / "list.txt").write_text("deep.png 0\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert convert_imageset(str(tmp_path), str(tmp_path / "list.txt"),
+                                str(tmp_path / "db"), encoded=True) == 1
+    db = open_db(str(tmp_path / "db"))
+    value = db.get_index(0)
+    db.close()
+    assert parse_binary(value, "Datum").data == (tmp_path / "deep.png").read_bytes()
+    with pytest.raises(DataError, match="an image of 16 bits"):
+        decode_datum(value)
+
+
+def test_compute_image_mean_of_raw_records_of_other_channels(tmp_path):
+    """Raw (not encoded) records of 3 and 1 channels: the error names the channels, without
+    the native decode's explanation, which is about encoded records."""
+    from minicnn.data.datum import serialize_datum
+    from minicnn.data.db import LMDBWriter
+    with LMDBWriter(str(tmp_path / "db")) as w:
+        w.put("00000000_a", serialize_datum(np.zeros((3, 4, 6), np.uint8)))
+        w.put("00000001_b", serialize_datum(np.zeros((1, 4, 6), np.uint8)))
+    with pytest.raises(DataError, match=r"record '00000001_b' decodes to 1 channel\(s\), the "
+                                        r"first one to 3: every record must have as many "
+                                        r"channels$"):
+        compute_image_mean(str(tmp_path / "db"))
