@@ -379,13 +379,14 @@ def test_the_file_itself_is_stored_by_the_forks_matchext(voc, anno_type):
     from minicnn.proto import parse_binary
     tmp_path, images = voc
     folder = tmp_path / "VOC" / "JPEGImages"
-    Image.fromarray(images[0][0]).save(folder / "0.png", compress_level=0)      # gray
+    Image.fromarray(images[0][0]).save(folder / "0.PNG", compress_level=0)      # gray
     Image.fromarray(images[1][::-1].transpose(1, 2, 0)).save(folder / "1.jpeg", quality=90)
-    lines = (tmp_path / "trainval.txt").read_text().replace("1.png", "1.jpeg")
+    lines = (tmp_path / "trainval.txt").read_text().replace("1.png", "1.jpeg") \
+        .replace("0.png", "0.PNG")                         # matchExt lower-cases the extension
     if anno_type == "classification":
         lines = "".join(f"{line.split()[0]} {k}\n" for k, line in enumerate(lines.splitlines()))
     (tmp_path / "trainval.txt").write_text(lines)
-    files = [(folder / n).read_bytes() for n in ("0.png", "1.jpeg")]
+    files = [(folder / n).read_bytes() for n in ("0.PNG", "1.jpeg")]
 
     def stored(*flags):
         src = convert(tmp_path, *flags, "--anno-type", anno_type, db="-".join(flags))
@@ -394,6 +395,7 @@ def test_the_file_itself_is_stored_by_the_forks_matchext(voc, anno_type):
 
     assert stored("--encode-type", "png")[0] == files[0]
     assert stored("--encode-type", "jpg")[1] == files[1]
+    assert stored("--encode-type", "png", "--min-dim", "20")[0] != files[0]     # resized
     guessed = stored("--encoded")
     assert guessed[0] != files[0] and guessed[1] != files[1]
     assert guessed[0][:4] == b"\x89PNG" and guessed[1][:2] == b"\xff\xd8"
@@ -434,6 +436,9 @@ def test_files_stored_as_they_are_that_annotated_data_reads_otherwise_are_warned
     messages = run("jpg", encode_type="jpg")
     assert len(messages) == 1 and "1.jpg has an EXIF orientation" in messages[0]
     assert "boxes" in messages[0] and "force_color" in messages[0]
+    messages = run("gray", encode_type="jpg", gray=True)        # a colour file stored as it is
+    assert len(messages) == 2 and "1.jpg is stored as it is" in messages[0]
+    assert "decodes to 3 channel(s), not 1" in messages[0]
     assert run("again") == []
     label = [0, 1, 0, 2 / 16, 4 / 24, 12 / 16, 14 / 24, 0]
     for db, transform, shape in (("jpg", "", (1, 3, 16, 24)),
@@ -444,3 +449,23 @@ def test_files_stored_as_they_are_that_annotated_data_reads_otherwise_are_warned
         n.forward()                                             # the JPEG's record
         assert n.blobs["data"].shape == shape
         np.testing.assert_allclose(n.blobs["label"].data.reshape(8), label, rtol=1e-6)
+
+
+def test_classification_records_stored_unrotated_are_warned_about_by_their_pixels(tmp_path):
+    """anno_type classification: JPEGs with an EXIF orientation stored as they are (--encode-type
+    jpg) decode unrotated; one warning names the first, counts the rest, and speaks of the
+    pixels (such a record has no boxes)."""
+    from minicnn.data.annoset import convert_annoset
+    rng = np.random.default_rng(4)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    for name in ("a.jpg", "b.jpg"):
+        Image.fromarray(rng.integers(0, 256, (8, 12, 3), dtype=np.uint8)).save(
+            tmp_path / name, exif=exif, quality=95)
+    (tmp_path / "list.txt").write_text("a.jpg 0\nb.jpg 1\n")
+    with pytest.warns(UserWarning, match="EXIF") as said:
+        convert_annoset(str(tmp_path) + "/", str(tmp_path / "list.txt"), str(tmp_path / "db"),
+                        anno_type="classification", encode_type="jpg")
+    message = str(said[0].message)
+    assert message.startswith(f"{tmp_path / 'a.jpg'} (and 1 more files) has an EXIF")
+    assert "its pixels are not upright" in message and "boxes" not in message
