@@ -723,3 +723,52 @@ def test_a_gray_record_in_a_batch_of_its_own_names_force_color_with_three_mean_v
     with pytest.raises(DataError, match=r"record '00000001' of .* decodes to 1 channel\(s\), "
                                         r"which 3 mean_value values do not fit.*force_color"):
         layer()
+
+
+def test_the_warning_names_the_record_that_shapes_its_batch(tmp_path):
+    """A batch of two gray records after a colour batch: the warning names the batch's first
+    record, by which Caffe shapes it."""
+    files = _random_pngs(9, ((6, 6, 3), (6, 6, 3), (6, 6), (6, 6)))
+    _encoded_lmdb(tmp_path / "db", files)
+    layer = DataLayer(source=str(tmp_path / "db"), batch_size=2, backend="LMDB", prefetch=0)
+    assert layer()[0].shape == (2, 3, 6, 6)
+    with pytest.warns(UserWarning, match=r"record '00000002' of .* decodes to 1 channel"):
+        assert layer()[0].shape == (2, 1, 6, 6)
+
+
+def test_mean_values_that_do_not_fit_other_records_say_so_without_the_native_decode(tmp_path):
+    """The mean checks name the native decode only where it is the cause: a raw 1-channel
+    record after a colour one, an encoded record with force_gray, and a mean file against a
+    gray record keep their own errors (no 'force_color', which changes nothing there)."""
+    from minicnn.data.datum import serialize_datum
+    from minicnn.proto import caffe_pb2, write_binary
+    three = {"mean_value": [104, 117, 123]}
+    with LMDBWriter(str(tmp_path / "raw")) as w:
+        w.put("00000000", serialize_datum(np.zeros((3, 6, 6), np.uint8), 0))
+        w.put("00000001", serialize_datum(np.zeros((1, 6, 6), np.uint8), 1))
+    layer = DataLayer(source=str(tmp_path / "raw"), batch_size=1, backend="LMDB", prefetch=0,
+                      transform_param=three)
+    layer()
+    with pytest.raises(LayerError, match="3 mean_value values for data with 1 channels") as e:
+        layer()
+    assert "force_color" not in str(e.value)
+    with LMDBWriter(str(tmp_path / "mixed")) as w:     # a raw colour record, an encoded one
+        w.put("00000000", serialize_datum(np.zeros((3, 6, 6), np.uint8), 0))
+        w.put("00000001", caffe_pb2.Datum(data=_random_pngs(10, [(6, 6, 3)])[0], label=1,
+                                          encoded=True).SerializeToString())
+    layer = DataLayer(source=str(tmp_path / "mixed"), batch_size=1, backend="LMDB", prefetch=0,
+                      transform_param=dict(three, force_gray=True))
+    layer()
+    with pytest.raises(LayerError, match="3 mean_value values for data with 1 channels") as e:
+        layer()                                         # force_gray made it 1 channel
+    assert "decodes to its file's own channels" not in str(e.value)
+    _encoded_lmdb(tmp_path / "enc", _random_pngs(10, ((6, 6, 3), (6, 6))))
+    mean = caffe_pb2.BlobProto(num=1, channels=3, height=6, width=6)
+    mean.data = np.zeros(108, np.float32)
+    write_binary(mean, str(tmp_path / "mean.binaryproto"))
+    layer = DataLayer(source=str(tmp_path / "enc"), batch_size=1, backend="LMDB", prefetch=0,
+                      transform_param={"mean_file": str(tmp_path / "mean.binaryproto")})
+    layer()
+    with pytest.raises(LayerError, match=r"the mean file .* has shape 3x6x6 but the data is "
+                                         r"1x6x6"):
+        layer()
