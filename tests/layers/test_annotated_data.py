@@ -736,3 +736,20 @@ def test_an_rgba_record_that_a_jpeg_round_trip_makes_colour_is_the_forks_shape_e
         assert forward(net)[0].shape[:2] == (1, 3)
     messages = [str(w.message) for w in record]
     assert len(messages) == 2 and "gave 4" in messages[0] and "drops its alpha" in messages[1]
+
+
+def test_channel_checks_of_distort_and_noise_skip_raw_records_and_name_force_gray(tmp_path):
+    """distort_param and noise_param change encoded records only (the fork leaves raw ones),
+    so a raw gray record with saturation or decolorize is read as it is; a gray record that
+    force_gray made is an error without the native decode's explanation."""
+    raw = write_db(tmp_path / "raw", [make_anno_datum(image(14, (1, 8, 10)), GROUPS)] * 2)
+    for step in ("distort_param { saturation_prob: 1 saturation_lower: 0.5 "
+                 "saturation_upper: 1.5 }", "noise_param { decolorize: true }"):
+        data, _ = forward(data_net(raw, step, phase=minicnn.TRAIN))
+        np.testing.assert_array_equal(data[0], image(14, (1, 8, 10)).astype(F))
+    src = native_db(tmp_path / "db", [(8, 10, 3)])
+    net = data_net(src, "force_gray: true distort_param { saturation_prob: 1 "
+                   "saturation_lower: 0.5 saturation_upper: 1.5 }", phase=minicnn.TRAIN)
+    with pytest.raises(MinicnnError, match="saturation_prob > 0 needs colour") as e:
+        forward(net)
+    assert "decodes to its file's own channels" not in str(e.value)
