@@ -272,6 +272,7 @@ def test_converted_detector_trains(tmp_path, monkeypatch, capsys):
     assert "Input" not in [layer.type for layer in train.layer]
     with open(paths[2]) as f:
         solver = f.read()
+    assert "test_iter" not in solver and "val.txt" not in solver      # a classifier's lines
     for line in ('net: "tiny_train.prototxt"', "base_lr: 0.01", 'lr_policy: "multistep"',
                  "gamma: 0.5", "stepvalue: 1\nstepvalue: 2", "momentum: 0.8",
                  "weight_decay: 0.001", "iter_size: 2", "max_iter: 3"):
@@ -382,6 +383,8 @@ def test_classifier_gets_a_train_net(tmp_path, capsys):
     ("min_crop=4\n", 6, 0),                        # smaller than the net: resized to it
     ("min_crop=4\nmin_ratio=1.5\n", 9, 6),         # min_ratio wins: args.min = 1.5 * 6
     ("min_crop=8\nmin_ratio=0.5\n", 6, 0),
+    ("min_crop=6\n", 6, 0),                        # the net's size: resized to it, no crop
+    ("min_crop=4\nmin_ratio=1.45\n", 8, 6),        # args.min an int: 8.7 truncated
 ])
 def test_classifier_train_net_crops_as_darknets_loader(tmp_path, monkeypatch, keys, side, crop):
     """min_crop above the net's size: ImageData resizes to min_crop x min_crop and the
@@ -395,8 +398,10 @@ def test_classifier_train_net_crops_as_darknets_loader(tmp_path, monkeypatch, ke
     data = parse_text(text, "NetParameter").layer[0]
     p = data.image_data_param
     assert (p.new_height, p.new_width, data.transform_param.crop_size) == (side, side, crop)
+    flat = text.replace("\n# ", " ")
     assert (f"this one resizes the whole image to {side}x{side} and crops a random 6x6" in
-            text.replace("\n# ", " ")) == bool(crop)
+            flat) == bool(crop)
+    assert ("at the smallest size" in flat) == (bool(crop) and "max_crop=8" not in keys)
     rng = np.random.default_rng(0)
     for k in range(2):
         cv2.imwrite(str(tmp_path / "out" / f"{k}.png"), rng.integers(0, 256, (10, 10, 3),
@@ -454,6 +459,7 @@ def test_classifier_train_net_tests(tmp_path, monkeypatch, capsys, classes, accu
     solver_text = (out / "cls_solver.prototxt").read_text()
     assert "# test_iter: 100\n# test_interval: 1000\n" in solver_text
     assert "ceil(validation images / 2)" in solver_text
+    assert "(100 here: 200 images;" in solver_text
     (out / "test_solver.prototxt").write_text(
         solver_text.replace("# test_iter: 100", "test_iter: 1")
         .replace("# test_interval: 1000", "test_interval: 2")
@@ -482,6 +488,38 @@ def test_classifier_test_without_val_txt_names_it(tmp_path, monkeypatch, capsys)
     assert main(["train", "--solver", "cls_solver.prototxt"]) != 0
     err = capsys.readouterr().err
     assert re.search(r"cls_train\.prototxt:\d+: layer 'data' \(ImageData\): val\.txt", err), err
+
+
+def test_classifier_train_net_of_a_wide_net_and_of_one_image_a_pass(tmp_path):
+    """A 6 x 8 classifier: ImageData resizes to height x width in both phases and never crops
+    (Caffe's crop is square), whatever min_crop says. batch=1 with subdivisions=2 is a pass of
+    one image, not 0 (a batch_size Caffe refuses). A single augmentation below Darknet's
+    default is noted alone."""
+    cfg = tmp_path / "cls.cfg"
+    cfg.write_text(CLASSIFIER.replace("width=6", "width=8").replace("batch=4", "batch=1")
+                   .replace("channels=3\n", "channels=3\nmin_crop=10\nsaturation=.75\n"))
+    with pytest.warns(UserWarning) as said:
+        convert_darknet(str(cfg), None, str(tmp_path / "out"))
+    notes = [str(w.message).split(": ", 1)[1] for w in said]
+    assert notes[0] == ("[net] saturation=0.75: Darknet's classifier loader scales its "
+                        "saturation by a random factor between saturation and 1/saturation. "
+                        "Caffe's ImageData has no such augmentation: the train net leaves it out")
+    assert len(notes) == 2 and "one image per pass" in notes[1], notes
+    layers = parse_text((tmp_path / "out" / "cls_train.prototxt").read_text(),
+                        "NetParameter").layer
+    for data in layers[:2]:
+        p = data.image_data_param
+        assert (p.batch_size, p.new_height, p.new_width, data.transform_param.crop_size) == \
+            (1, 6, 8, 0), data.include[0].phase
+
+
+def test_a_classifier_of_four_channels_gets_no_train_net(tmp_path):
+    cfg = tmp_path / "cls.cfg"
+    cfg.write_text(CLASSIFIER.replace("channels=3", "channels=4"))
+    with pytest.warns(UserWarning, match="no train net written: .*channels=4: Caffe's ImageData "
+                                         r"gives 3 \(colour\) or 1 \(gray\) channels"):
+        paths = convert_darknet(str(cfg), None, str(tmp_path / "out"))
+    assert [p.rsplit("/", 1)[1] for p in paths] == ["cls.prototxt", "cls_solver.prototxt"]
 
 
 @pytest.mark.parametrize("head, problem", [
