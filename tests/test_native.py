@@ -122,6 +122,36 @@ def test_zero_fill_of_small_diffs_wakes_no_other_thread():
 
 
 @needs_native
+def test_a_one_image_yolov1_loss_wakes_no_other_thread():
+    """The YOLOv1 loss runs serially below PARALLEL_WORK, as the other kernels' loops: a
+    one-image loss woke a second thread (3 ms a call on a busy machine, against 0.006 on one
+    thread). Seen from a fresh process: the worker threads appear with a batch of 64."""
+    code = """if True:
+        import os
+        import numpy as np
+        from minicnn.native import lib
+        tasks = lambda: len(os.listdir("/proc/self/task"))
+        def loss(n):                      # side 7, 2 boxes, 20 classes: 1470 values an image
+            x = np.full((n, 1470), 0.5, np.float32)
+            truth = np.zeros((n, 49, 25), np.float32)
+            truth[:, 3, 0], truth[:, 3, 1], truth[:, 3, 21:] = 1, 1, 0.5
+            return lib.detection_loss_forward(x, truth, 7, 2, 20, True, True, 1, 0.5, 1, 5)[0]
+        before = tasks()
+        one = loss(1)
+        after_one = tasks()
+        many = loss(64)
+        print(before, after_one, tasks(), many / one)
+        """
+    env = dict(os.environ, MINICNN_NUM_THREADS="2")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    before, after_one, after_many, ratio = out.stdout.split()
+    assert float(ratio) == pytest.approx(64)          # the same loss for each image
+    assert int(after_many) > int(before)               # the batch runs on both threads
+    assert after_one == before
+
+
+@needs_native
 def test_zero_fill_zeroes_the_short_last_piece_of_a_large_array():
     """zero_fill cuts the arrays into 1 MiB pieces shared by the threads; an array that is no
     whole number of pieces (1 MiB + 4 bytes, 2.5 MiB, an odd float64 size) has its last,
