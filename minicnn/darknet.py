@@ -1442,6 +1442,7 @@ def input_hint(sections):
         return "minicnn detect --rgb"
     return "minicnn classify --channel-swap none --raw-scale 1 --mean none"
 
+
 def _train_data(sections):
     """(data layer text or None, its label top, the train net's header, notes): the TRAIN data
     layer of a detector's train net (box lists) or a classifier's (labels)."""

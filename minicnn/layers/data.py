@@ -288,13 +288,18 @@ NATIVE_CHANNELS = ("an encoded record decodes to its file's own channels, gray 1
 
 def check_mean_channels(transformer, image, name, encoded=True):
     """A natively decoded record (encoded, without force_color / force_gray) whose channels
-    mean_value does not fit: a DataError naming the record and force_color, where Caffe's
-    CHECK ('Specify either 1 mean_value or as many as channels') names neither."""
+    mean_value or the mean file does not fit: a DataError naming the record and force_color,
+    where Caffe's CHECKs ('Specify either 1 mean_value or as many as channels', the mean
+    file's channels) name neither."""
     mean, c = transformer.mean, image.shape[0]
-    if encoded and transformer.is_color is None and transformer.mean_file is None \
-            and mean is not None and len(mean) not in (1, c):
+    if not encoded or transformer.is_color is not None or mean is None:
+        return
+    if transformer.mean_file is None and len(mean) not in (1, c):
         raise DataError(f"{name} decodes to {c} channel(s), which {len(mean)} mean_value "
                         f"values do not fit (give one, or one per channel): {NATIVE_CHANNELS}")
+    if transformer.mean_file is not None and mean.shape[0] != c:
+        raise DataError(f"{name} decodes to {c} channel(s) but the mean file "
+                        f"{transformer.mean_file} has {mean.shape[0]}: {NATIVE_CHANNELS}")
 
 
 def _check_state(state):

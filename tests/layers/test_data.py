@@ -738,8 +738,9 @@ def test_the_warning_names_the_record_that_shapes_its_batch(tmp_path):
 
 def test_mean_values_that_do_not_fit_other_records_say_so_without_the_native_decode(tmp_path):
     """The mean checks name the native decode only where it is the cause: a raw 1-channel
-    record after a colour one, an encoded record with force_gray, and a mean file against a
-    gray record keep their own errors (no 'force_color', which changes nothing there)."""
+    record after a colour one and an encoded record with force_gray keep their own errors (no
+    'force_color', which changes nothing there); a colour mean file against a natively decoded
+    gray record names the record and force_color, as mean_value's case does."""
     from minicnn.data.datum import serialize_datum
     from minicnn.proto import caffe_pb2, write_binary
     three = {"mean_value": [104, 117, 123]}
@@ -769,6 +770,6 @@ def test_mean_values_that_do_not_fit_other_records_say_so_without_the_native_dec
     layer = DataLayer(source=str(tmp_path / "enc"), batch_size=1, backend="LMDB", prefetch=0,
                       transform_param={"mean_file": str(tmp_path / "mean.binaryproto")})
     layer()
-    with pytest.raises(LayerError, match=r"the mean file .* has shape 3x6x6 but the data is "
-                                         r"1x6x6"):
-        layer()
+    with pytest.raises(DataError, match=r"record '00000001' .* decodes to 1 channel\(s\) but "
+                                        r"the mean file .*mean.binaryproto has 3: .*force_color"):
+        layer()                                         # named as mean_value's case is
