@@ -1157,3 +1157,51 @@ def test_every_gemm_micro_kernel_matches_the_reference(gemm_kernel):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
+@pytest.mark.skipif("cpu" not in conv2d_forward.impls, reason="minicnn._native was not built")
+def test_depthwise_3x3_vector_loops_agree_to_the_bit():
+    """csrc/depthwise.cpp's 3x3 masked loops, AVX-512 (four chunks of 16 at a time) and AVX2
+    (two), sum each output in the same order with fused multiply-adds: the same bits. Here the
+    widest one this CPU runs against AVX2's (equal by construction where AVX2 is the widest), on
+    "same" planes whose interior is 4k or 4k + 1 chunks, so neither leaves a pair of chunks to
+    the portable loop (whose rounding may differ); forward and input gradient, a multiplier."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    code = (
+        "import numpy as np, sys\n"
+        "sys.path.insert(0, 'tests/ops')\n"
+        "import test_conv as t\n"
+        "from minicnn.ops.conv import conv2d_forward, conv2d_backward\n"
+        "out = {}\n"
+        # (H, W): interior chunks (W (H - 2) - 2) // 16 = 5, 8, 13, 4, 9, 5
+        "for i, (h, w, m) in enumerate([(4, 48, 1), (5, 48, 2), (6, 56, 1), (7, 16, 3),\n"
+        "                               (6, 40, 1), (5, 32, 2)]):\n"
+        "    x, wt, b, geom, group = t.make_case(2, 3, (h, w), 3 * m, 3, pad=1, group=3,\n"
+        "                                        seed=i)\n"
+        "    x, wt, b = (a.astype(np.float32) for a in (x, wt, b))\n"
+        "    y = conv2d_forward.impls['cpu'](x, wt, b, geom=geom, group=group)\n"
+        "    dy = np.random.default_rng(i).standard_normal(y.shape).astype(np.float32)\n"
+        "    dx = conv2d_backward.impls['cpu'](dy, x, wt, geom=geom, group=group,\n"
+        "                                      need=(True, False, False))[0]\n"
+        "    out[f'y{i}'], out[f'dx{i}'] = y, dx\n"
+        "np.savez(sys.argv[1], **out)\n")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+    results = []
+    for kernel in (None, "avx2"):
+        env = {k: v for k, v in os.environ.items() if k != "MINICNN_GEMM_KERNEL"}
+        if kernel:
+            env["MINICNN_GEMM_KERNEL"] = kernel
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "out.npz")
+            run = subprocess.run([sys.executable, "-c", code, path], env=env, cwd=root,
+                                 capture_output=True, text=True)
+            assert run.returncode == 0, run.stderr[-2000:]
+            with np.load(path) as data:
+                results.append({name: data[name] for name in data.files})
+    widest, avx2 = results
+    for name in widest:
+        np.testing.assert_array_equal(widest[name].view(np.int32), avx2[name].view(np.int32),
+                                      err_msg=name)
