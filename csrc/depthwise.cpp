@@ -359,23 +359,6 @@ MINICNN_VECTOR_CLONES static bool correlate_plane_masked(const float* __restrict
             return m;
         };
         const std::int64_t d = off[1] - off[0];                  // the dilation along a row
-        auto chunks2 = [&](std::int64_t at, std::int64_t q, std::int64_t r) {
-            const intv left0 = lanes(0, q), right0 = lanes(2, q);
-            const intv left1 = lanes(0, r), right1 = lanes(2, r);
-            floatv a0 = accumulate ? load_v(out + at) : start;
-            floatv a1 = accumulate ? load_v(out + at + V) : start;
-            for (std::int64_t i = 0; i < 3; ++i) {
-                const float* src = x + at + off[3 * i];
-                a0 += t[3 * i] * (floatv)((intv)load_v(src) & left0);
-                a1 += t[3 * i] * (floatv)((intv)load_v(src + V) & left1);
-                a0 += t[3 * i + 1] * load_v(src + d);
-                a1 += t[3 * i + 1] * load_v(src + V + d);
-                a0 += t[3 * i + 2] * (floatv)((intv)load_v(src + 2 * d) & right0);
-                a1 += t[3 * i + 2] * (floatv)((intv)load_v(src + V + 2 * d) & right1);
-            }
-            std::memcpy(out + at, &a0, sizeof a0);
-            std::memcpy(out + at + V, &a1, sizeof a1);
-        };
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
         static const int simd = simd_level();
         if (simd == 2 && period <= 16)
@@ -383,9 +366,26 @@ MINICNN_VECTOR_CLONES static bool correlate_plane_masked(const float* __restrict
         else if (simd >= 1)
             p = dw3x3_masked_avx2(x, w, bias, out, accumulate, off, edge, period, p, p1, phase);
 #endif
+        // two chunks at a time, written here rather than as a lambda: a lambda is a function
+        // of its own, compiled for the default target and not cloned, so its multiply-adds were
+        // not fused where the hand-written loops' are (other bits on the same machine)
         for (; p + 2 * V <= p1; p += 2 * V) {
             const std::int64_t q = phase + 1 == period ? 0 : phase + 1;
-            chunks2(p, phase, q);
+            const intv left0 = lanes(0, phase), right0 = lanes(2, phase);
+            const intv left1 = lanes(0, q), right1 = lanes(2, q);
+            floatv a0 = accumulate ? load_v(out + p) : start;
+            floatv a1 = accumulate ? load_v(out + p + V) : start;
+            for (std::int64_t i = 0; i < 3; ++i) {
+                const float* src = x + p + off[3 * i];
+                a0 += t[3 * i] * (floatv)((intv)load_v(src) & left0);
+                a1 += t[3 * i] * (floatv)((intv)load_v(src + V) & left1);
+                a0 += t[3 * i + 1] * load_v(src + d);
+                a1 += t[3 * i + 1] * load_v(src + V + d);
+                a0 += t[3 * i + 2] * (floatv)((intv)load_v(src + 2 * d) & right0);
+                a1 += t[3 * i + 2] * (floatv)((intv)load_v(src + V + 2 * d) & right1);
+            }
+            std::memcpy(out + p, &a0, sizeof a0);
+            std::memcpy(out + p + V, &a1, sizeof a1);
             phase = q + 1 == period ? 0 : q + 1;
         }
     }

@@ -1161,11 +1161,12 @@ def test_every_gemm_micro_kernel_matches_the_reference(gemm_kernel):
 
 @pytest.mark.skipif("cpu" not in conv2d_forward.impls, reason="minicnn._native was not built")
 def test_depthwise_3x3_vector_loops_agree_to_the_bit():
-    """csrc/depthwise.cpp's 3x3 masked loops, AVX-512 (four chunks of 16 at a time) and AVX2
-    (two), sum each output in the same order with fused multiply-adds: the same bits. Here the
-    widest one this CPU runs against AVX2's (equal by construction where AVX2 is the widest), on
-    "same" planes whose interior is 4k or 4k + 1 chunks, so neither leaves a pair of chunks to
-    the portable loop (whose rounding may differ); forward and input gradient, a multiplier."""
+    """csrc/depthwise.cpp's 3x3 masked loops, AVX-512 (four chunks of 16 at a time), AVX2 (two)
+    and the portable one (two, in the widest clone GCC built for this CPU), sum each output in
+    the same order with fused multiply-adds: the same bits whichever runs
+    (MINICNN_GEMM_KERNEL narrows it). On "same" planes whose interior leaves the wider loops
+    a pair of chunks or none (the portable pair was a lambda compiled for the default target,
+    unfused: other bits); forward, input and filter gradients, a channel multiplier."""
     import os
     import subprocess
     import sys
@@ -1176,21 +1177,22 @@ def test_depthwise_3x3_vector_loops_agree_to_the_bit():
         "import test_conv as t\n"
         "from minicnn.ops.conv import conv2d_forward, conv2d_backward\n"
         "out = {}\n"
-        # (H, W): interior chunks (W (H - 2) - 2) // 16 = 5, 8, 13, 4, 9, 5
+        # (H, W): interior chunks (W (H - 2) - 2) // 16 = 5, 8, 13, 4, 9, 5, 11, 27, 0
         "for i, (h, w, m) in enumerate([(4, 48, 1), (5, 48, 2), (6, 56, 1), (7, 16, 3),\n"
-        "                               (6, 40, 1), (5, 32, 2)]):\n"
+        "                               (6, 40, 1), (5, 32, 2), (6, 48, 1), (9, 64, 2),\n"
+        "                               (7, 7, 1)]):\n"
         "    x, wt, b, geom, group = t.make_case(2, 3, (h, w), 3 * m, 3, pad=1, group=3,\n"
         "                                        seed=i)\n"
         "    x, wt, b = (a.astype(np.float32) for a in (x, wt, b))\n"
         "    y = conv2d_forward.impls['cpu'](x, wt, b, geom=geom, group=group)\n"
         "    dy = np.random.default_rng(i).standard_normal(y.shape).astype(np.float32)\n"
-        "    dx = conv2d_backward.impls['cpu'](dy, x, wt, geom=geom, group=group,\n"
-        "                                      need=(True, False, False))[0]\n"
-        "    out[f'y{i}'], out[f'dx{i}'] = y, dx\n"
+        "    dx, dw = conv2d_backward.impls['cpu'](dy, x, wt, geom=geom, group=group,\n"
+        "                                          need=(True, True, False))[:2]\n"
+        "    out[f'y{i}'], out[f'dx{i}'], out[f'dw{i}'] = y, dx, dw\n"
         "np.savez(sys.argv[1], **out)\n")
     root = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
     results = []
-    for kernel in (None, "avx2"):
+    for kernel in (None, "avx2", "generic"):
         env = {k: v for k, v in os.environ.items() if k != "MINICNN_GEMM_KERNEL"}
         if kernel:
             env["MINICNN_GEMM_KERNEL"] = kernel
@@ -1201,7 +1203,8 @@ def test_depthwise_3x3_vector_loops_agree_to_the_bit():
             assert run.returncode == 0, run.stderr[-2000:]
             with np.load(path) as data:
                 results.append({name: data[name] for name in data.files})
-    widest, avx2 = results
-    for name in widest:
-        np.testing.assert_array_equal(widest[name].view(np.int32), avx2[name].view(np.int32),
-                                      err_msg=name)
+    widest = results[0]
+    for other, kernel in zip(results[1:], ("avx2", "generic")):
+        for name in widest:
+            np.testing.assert_array_equal(widest[name].view(np.int32),
+                                          other[name].view(np.int32), err_msg=f"{kernel} {name}")
