@@ -140,10 +140,24 @@ def learning_rate(param, iteration, current_step, log=None, dtype=np.float32):
     net of ``dtype`` (SGDSolver<Dtype>::GetLearningRate). The rate is a value of ``dtype``, as
     Caffe's ``Dtype rate``: a parameter's lr is then dtype(rate * lr_mult), Caffe's
     ``Dtype local_rate = rate * net_params_lr[i]`` (with a float32 net, one rounding of the
-    policy's double result before the lr_mult, not one after it)."""
+    policy's double result before the lr_mult, not one after it). A rate that is not finite
+    is an error naming the policy's fields: Caffe trains on with it, the weights turning inf or
+    NaN, which the divergence check would then blame on base_lr."""
     rate, current_step = _policy_rate(param, iteration, current_step, log, dtype)
-    with np.errstate(over="ignore"):           # inf, as Caffe's rate becomes
-        return float(np.dtype(dtype).type(rate)), current_step
+    with np.errstate(over="ignore"):           # a float32 rate past 3.4e38 is inf, as Caffe's
+        rate = float(np.dtype(dtype).type(rate))
+    if not math.isfinite(rate):
+        fields = ("base_lr",) + _POLICY_FIELDS.get(param.lr_policy, ())
+        values = ", ".join(f"{f} {getattr(param, f):g}" for f in fields)
+        raise MinicnnError(f"lr_policy '{param.lr_policy}' gives lr = {rate} at iteration "
+                           f"{iteration} ({values}): an update with it leaves no weight finite")
+    return rate, current_step
+
+
+# the fields besides base_lr that can make a policy's rate inf or NaN
+_POLICY_FIELDS = {"step": ("gamma", "stepsize"), "exp": ("gamma",), "inv": ("gamma", "power"),
+                  "multistep": ("gamma",), "poly": ("power", "max_iter"),
+                  "sigmoid": ("gamma", "stepsize")}
 
 
 def _policy_rate(param, iteration, current_step, log, dtype):
@@ -179,6 +193,11 @@ def _policy_rate(param, iteration, current_step, log, dtype):
         _need(param, "power")
         if param.max_iter <= 0:
             raise MinicnnError("lr_policy 'poly' needs max_iter > 0")
+        if iteration > param.max_iter:      # Caffe's rate: negative (ascent) or NaN
+            raise MinicnnError(f"lr_policy 'poly' reaches lr 0 at max_iter {param.max_iter}; "
+                               f"iteration {iteration} is past it, where Caffe's rate is no "
+                               "decay (negative, NaN, or rising with an even power): raise "
+                               "max_iter or step fewer")
         return t(base) * c.pow(t(1) - t(iteration) / t(param.max_iter),
                                t(param.power)), current_step
     if policy == "sigmoid":

@@ -295,6 +295,35 @@ def test_lr_policy_errors(fields, message):
         learning_rate(caffe_pb2.SolverParameter(base_lr=0.1, **fields), 5, 0)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("fields, iteration, message", [
+    # Caffe's rate past max_iter: NaN (power 0.9), negative (power 1: gradient ascent)
+    ({"lr_policy": "poly", "power": 0.9, "max_iter": 100}, 101, "iteration 101 is past it"),
+    ({"lr_policy": "poly", "power": 1.0, "max_iter": 100}, 150, "max_iter 100; iteration 150"),
+    ({"lr_policy": "poly", "power": -1.0, "max_iter": 100}, 100, r"lr = inf at iteration 100 "
+     r"\(base_lr 0.1, power -1, max_iter 100\)"),
+    ({"lr_policy": "exp", "gamma": 1.5}, 2000, r"'exp' gives lr = inf at iteration 2000 "
+     r"\(base_lr 0.1, gamma 1.5\)"),
+    ({"lr_policy": "step", "gamma": 10.0, "stepsize": 1}, 400, "lr = inf"),
+    ({"lr_policy": "inv", "gamma": -0.01, "power": 0.75}, 101, "'inv' gives lr = nan"),
+])
+def test_a_rate_that_is_no_decay_or_not_finite_is_an_error(fields, iteration, message, dtype):
+    """Caffe trains on with a NaN, inf or (poly past max_iter) negative rate: the weights
+    turn NaN, or climb the loss, and minicnn's divergence check would blame base_lr."""
+    with pytest.raises(MinicnnError, match=message):
+        learning_rate(caffe_pb2.SolverParameter(base_lr=0.1, **fields), iteration, 0,
+                      dtype=dtype)
+
+
+def test_stepping_past_a_poly_policys_max_iter_stops_with_the_reason():
+    solver = make_solver(lr_policy="poly", power=0.9, max_iter=3)
+    solver.step(3)
+    with pytest.raises(MinicnnError, match="'poly' reaches lr 0 at max_iter 3; iteration 4"):
+        solver.step(2)                           # iteration 3's rate is 0, 4's past it
+    assert solver.iter == 4
+    assert all(np.isfinite(blob.data).all() for blob in solver.net.params["fc"])
+
+
 # --- test nets ------------------------------------------------------------------------------------
 
 @register("TestCounter")
