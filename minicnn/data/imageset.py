@@ -174,11 +174,22 @@ def native_differences(data, chw):
         if native.shape[0] == chw.shape[0]:
             turned = not np.array_equal(native, chw)
         else:        # compare like with like: chw's channels, the orientation left unapplied
-            turned = not np.array_equal(
+            turned = not _colour_of(native, chw) and not np.array_equal(
                 decode_image(data, chw.shape[0] == 3, orient=False), chw)
     except DataError:                     # a 16-bit file: the Data layer names it
         return 0, False
     return (0 if native.shape[0] == chw.shape[0] else native.shape[0]), turned
+
+
+def _colour_of(native, chw):
+    """Whether colour ``chw`` is the native gray decode repeated or its alpha dropped, as
+    imread gives an unturned gray or RGBA file: then no third decode is needed (it made
+    convert-imageset --encoded of gray files 1.5 times as slow)."""
+    if chw.shape[0] != 3 or native.shape[1:] != chw.shape[1:]:
+        return False
+    if native.shape[0] == 1:
+        return np.array_equal(np.broadcast_to(native, chw.shape), chw)
+    return native.shape[0] == 4 and np.array_equal(native[:3], chw)
 
 
 def _other_channels_message(files, tool="convert_imageset",

@@ -431,3 +431,24 @@ def test_compute_image_mean_of_raw_records_of_other_channels(tmp_path):
                                         r"first one to 3: every record must have as many "
                                         r"channels$"):
         compute_image_mean(str(tmp_path / "db"))
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA"])
+def test_an_unturned_gray_or_rgba_file_is_decoded_once_to_compare(tmp_path, monkeypatch, mode):
+    """native_differences decodes such a file natively and compares: imread's colour is its
+    gray repeated or its alpha dropped. Another decode, the orientation left unapplied, is for
+    files that differ (turned ones: the test above)."""
+    from minicnn.data import imageset
+    rng = np.random.default_rng(0)
+    shape = (5, 7) if mode == "L" else (5, 7, 4)
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(tmp_path / "a.png")
+    data = (tmp_path / "a.png").read_bytes()
+    chw = imageset.decode_image(data, True)
+    calls = []
+
+    def counting(*args, **kw):
+        calls.append(kw)
+        return decode_image(*args, **kw)
+    monkeypatch.setattr(imageset, "decode_image", counting)
+    assert imageset.native_differences(data, chw) == ((1 if mode == "L" else 4), False)
+    assert len(calls) == 1
