@@ -37,9 +37,12 @@ View view_of(const py::array& a, std::int64_t channels) {
 
 // BatchNorm backward's two pieces, shared by bn_backward and the training chain's kernel (so
 // both give the same bits): the sums of dy and dy * y over one row, and channel c's dx from
-// their means.
+// their means. The sums are forced inline: a helper is compiled for the default target, not
+// cloned, and where GCC called it instead (bn_backward<double> did) its loops ran two lanes
+// wide inside the AVX-512 clone, summing in another order than the chain's inlined copy.
 template <typename T>
-inline void bn_row_sums(const T* g, const T* yy, std::int64_t S, double& a, double& b) {
+__attribute__((always_inline)) inline void bn_row_sums(const T* g, const T* yy, std::int64_t S,
+                                                       double& a, double& b) {
     T pa = 0, pb = 0;
 #pragma omp simd reduction(+ : pa, pb)
     for (std::int64_t s = 0; s < S; ++s) {
@@ -61,10 +64,13 @@ inline void bn_dx_channel(const T* dy, const T* y, T* dx, T mean_dy, T mean_dyy,
     }
 }
 
-// Scale backward's sums over one row: of dy * x (for dscale) and of dy (for dbias).
+// Scale backward's sums over one row: of dy * x (for dscale) and of dy (for dbias). Forced
+// inline as bn_row_sums, for the same reason.
 template <typename T>
-inline void scale_row_sums(const T* g, const T* in, std::int64_t S, bool want_dyx, bool want_dy,
-                           double& sum_dyx, double& sum_dy) {
+__attribute__((always_inline)) inline void scale_row_sums(const T* g, const T* in,
+                                                          std::int64_t S, bool want_dyx,
+                                                          bool want_dy, double& sum_dyx,
+                                                          double& sum_dy) {
     T p_dyx = 0, p_dy = 0;
     if (want_dyx)
 #pragma omp simd reduction(+ : p_dyx)
