@@ -7,6 +7,8 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include "simd_level.h"
+
 #include <atomic>
 #include <cstdint>
 #include <functional>

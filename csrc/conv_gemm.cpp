@@ -987,7 +987,7 @@ static void pack_pointwise_panels(const Conv& cv, const float* x, std::int64_t c
                                   std::int64_t m, std::int64_t j0, std::int64_t kc, float* Ap) {
     const std::int64_t MR = gemm::MR, P = cv.P();
 #ifdef MINICNN_X86
-    static const bool avx2 = __builtin_cpu_supports("avx2");
+    const bool avx2 = simd_level() >= 1;
 #endif
     thread_local std::vector<Run> runs;
     runs_of(cv, j0, kc, runs);
@@ -1065,13 +1065,11 @@ __attribute__((target("avx2"))) static void add_transposed_avx2(
 static void add_transposed(const float* C, std::int64_t ldc, std::int64_t m, std::int64_t n,
                            float* dst, std::int64_t ld) {
 #ifdef MINICNN_X86
-    static const bool wide = __builtin_cpu_supports("avx512f");
-    if (wide) {
+    if (simd_level() == 2) {             // narrowed by MINICNN_GEMM_KERNEL (csrc/simd_level.h)
         add_transposed_avx512(C, ldc, m, n, dst, ld);
         return;
     }
-    static const bool avx2 = __builtin_cpu_supports("avx2");
-    if (avx2) {
+    if (simd_level() == 1) {
         add_transposed_avx2(C, ldc, m, n, dst, ld);
         return;
     }

@@ -224,20 +224,6 @@ inline FlatRange flat_range(const Shape& s) {
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
-// Which hand-written loop below this CPU runs: 2 AVX-512, 1 AVX2 with FMA, 0 the portable one.
-// MINICNN_GEMM_KERNEL=avx2|generic narrows it as it narrows the GEMM's micro-kernel, so the
-// tests run every version on one machine.
-static int simd_level() {
-    const char* wanted = std::getenv("MINICNN_GEMM_KERNEL");
-    const std::string choice = wanted ? wanted : "";
-    __builtin_cpu_init();
-    if ((choice.empty() || choice == "avx512") && __builtin_cpu_supports("avx512f")) return 2;
-    if ((choice.empty() || choice == "avx512" || choice == "avx2") &&
-        __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-        return 1;
-    return 0;
-}
-
 // The 3x3 loop below with AVX-512 masked loads: a lane whose tap reads across the row's edge
 // is zeroed by the load itself (a mask register per chunk phase) instead of an AND of the
 // loaded vector, which competed with the multiply-adds for the vector pipes. Four chunks at a

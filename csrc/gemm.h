@@ -34,6 +34,8 @@
 #include <omp.h>
 #endif
 
+#include "simd_level.h"
+
 namespace minicnn {
 namespace gemm {
 
@@ -320,14 +322,10 @@ struct Kernel {
 // The widest kernel this CPU runs; MINICNN_GEMM_KERNEL=avx2|generic picks a narrower one (the
 // tests check each against the reference).
 inline Kernel best_kernel() {
-    const char* wanted = std::getenv("MINICNN_GEMM_KERNEL");
-    const std::string choice = wanted ? wanted : "";
 #ifdef MINICNN_X86
-    __builtin_cpu_init();
-    if ((choice.empty() || choice == "avx512") && __builtin_cpu_supports("avx512f"))
+    if (simd_level() == 2)
         return {micro_avx512, micro_avx512_rows, micro_avx512_taps, micro_avx512_offsets, 32, "avx512 6x32"};
-    if ((choice.empty() || choice == "avx512" || choice == "avx2") &&
-        __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    if (simd_level() == 1)
         return {micro_avx2, micro_avx2_rows, micro_avx2_taps, micro_avx2_offsets, 16, "avx2 6x16"};
 #endif
     return {micro_generic, micro_generic_rows, micro_generic_taps, micro_generic_offsets, 16, "generic 6x16"};
@@ -656,13 +654,11 @@ __attribute__((target("avx2"))) inline void transposed_panel_avx2(
 inline void transposed_panel(const float* src, std::int64_t P, std::int64_t width,
                              std::int64_t length, std::int64_t nr, float* panel) {
 #ifdef MINICNN_X86
-    static const bool wide = __builtin_cpu_supports("avx512f");
-    if (nr == 32 && wide) {
+    if (nr == 32 && simd_level() == 2) {
         transposed_panel_avx512(src, P, width, length, panel);
         return;
     }
-    static const bool avx2 = __builtin_cpu_supports("avx2");
-    if (nr == 16 && avx2 && width <= 16) {
+    if (nr == 16 && simd_level() >= 1 && width <= 16) {
         transposed_panel_avx2(src, P, width, length, panel);
         return;
     }

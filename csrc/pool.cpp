@@ -172,13 +172,12 @@ std::int64_t max_row_fast<float>(const float* in, const Window& g, std::int64_t 
                                  std::int64_t h1, std::int64_t lo, std::int64_t hi, float* out,
                                  std::int64_t* arg) {
 #ifdef MINICNN_POOL_X86
-    static const bool wide = __builtin_cpu_supports("avx512f");
-    if (wide && (g.sw == 1 || g.sw == 2) && g.H * g.W < (std::int64_t(1) << 31)) {
+    // simd_level (csrc/simd_level.h): MINICNN_GEMM_KERNEL picks the AVX2 or the scalar loop
+    if (simd_level() == 2 && (g.sw == 1 || g.sw == 2) && g.H * g.W < (std::int64_t(1) << 31)) {
         max_row16_avx512(in, g, h0, h1, lo, hi, out, arg);
         return hi;
     }
-    static const bool avx2 = __builtin_cpu_supports("avx2");
-    if (avx2 && (g.sw == 1 || g.sw == 2) && g.H * g.W < (std::int64_t(1) << 31)) {
+    if (simd_level() == 1 && (g.sw == 1 || g.sw == 2) && g.H * g.W < (std::int64_t(1) << 31)) {
         max_row8_avx2(in, g, h0, h1, lo, hi, out, arg);
         return hi;
     }

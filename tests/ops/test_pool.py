@@ -307,9 +307,12 @@ def test_fast_paths_match_the_reference(kind, dtype, case):
                                ave_bwd(dy, x.shape, geom=geom), rtol=1e-6, atol=1e-6)
 
 
+WIDE_ROWS = [(3, 2, 0), (3, 2, 1), (2, 1, 0), (3, 3, 1), (5, 2, 2)]
+SPECIAL_VALUES = [(3, 2, 0), (3, 2, 1), (2, 2, 1), (4, 3, 2), (3, 1, 1)]
+
+
 @pytest.mark.parametrize("kind", FAST_KINDS)
-@pytest.mark.parametrize("kernel, stride, pad", [(3, 2, 0), (3, 2, 1), (2, 1, 0), (3, 3, 1),
-                                                 (5, 2, 2)])
+@pytest.mark.parametrize("kernel, stride, pad", WIDE_ROWS)
 def test_fast_max_over_wide_rows(kind, kernel, stride, pad):
     """Rows wide enough for the vectorized interior of a row (and its tail and edges), ties
     included: values and argmax equal the reference's."""
@@ -323,8 +326,7 @@ def test_fast_max_over_wide_rows(kind, kernel, stride, pad):
 
 
 @pytest.mark.parametrize("kind", FAST_KINDS)
-@pytest.mark.parametrize("kernel, stride, pad", [(3, 2, 0), (3, 2, 1), (2, 2, 1), (4, 3, 2),
-                                                 (3, 1, 1)])
+@pytest.mark.parametrize("kernel, stride, pad", SPECIAL_VALUES)
 def test_fast_max_with_nan_infinities_and_ceil_overhang(kind, kernel, stride, pad):
     """The windows taken 16 and four at a time and the clipped ones one at a time keep the
     reference's rule: NaN never wins, -inf and -FLT_MAX lose to the start value (mask -1 for
@@ -341,6 +343,35 @@ def test_fast_max_with_nan_infinities_and_ceil_overhang(kind, kernel, stride, pa
         want_y, want_mask = max_fwd(x, geom=geom)
         np.testing.assert_array_equal(y, want_y)
         np.testing.assert_array_equal(mask, want_mask)
+
+
+@pytest.mark.skipif(not FAST_KINDS, reason="minicnn._native was not built")
+@pytest.mark.parametrize("gemm_kernel", ["avx2", "generic"])
+def test_fast_max_on_every_vector_loop(gemm_kernel):
+    """csrc/pool.cpp takes a row's inner windows 16 at a time with AVX-512, 8 with AVX2, or
+    four in its portable loop, picking the widest the CPU runs; MINICNN_GEMM_KERNEL narrows the
+    choice (csrc/simd_level.h), so the narrower loops (what other CPUs run) are held to the
+    reference here too, in a subprocess: the wide rows and special values above, values and
+    argmax bit for bit. (The AVX-512 loop ignored the variable: on an AVX-512 machine the AVX2
+    one never ran in the tests.)"""
+    import os
+    import subprocess
+    import sys
+    code = (
+        "import sys\n"
+        "sys.path.insert(0, 'tests/ops')\n"
+        "from minicnn.native import lib\n"
+        f"assert lib.gemm_kernel().startswith({gemm_kernel!r}), lib.gemm_kernel()\n"
+        "import test_pool as t\n"
+        "for case in t.WIDE_ROWS:\n"
+        "    t.test_fast_max_over_wide_rows('cpu', *case)\n"
+        "for case in t.SPECIAL_VALUES:\n"
+        "    t.test_fast_max_with_nan_infinities_and_ceil_overhang('cpu', *case)\n"
+        "print('ok')\n")
+    env = dict(os.environ, MINICNN_GEMM_KERNEL=gemm_kernel)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
 
 
 @pytest.mark.parametrize("kind", FAST_KINDS)
