@@ -95,6 +95,9 @@ inline auto by_dtype(const py::array& a, Body&& body) {
 // Where GCC knows it, x86-64-v3 (AVX2 with FMA) comes before plain AVX2: an "avx2" clone has
 // no FMA, so its a*b + c are a multiply and an add (slower, and other bits than the AVX-512
 // clone's fused ones); it stays for CPUs (or VMs) that show AVX2 without all of x86-64-v3.
+// GCC 12's "avx512f" clone fuses 512-bit and scalar multiply-adds but not 128/256-bit ones
+// (they need AVX512VL or FMA); "arch=x86-64-v4" would, but measured no faster and changes the
+// last bits on AVX-512 machines (bench/RESULTS.md, 2026-12-08).
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #if __GNUC__ >= 12
 #define MINICNN_VECTOR_CLONES \
