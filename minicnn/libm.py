@@ -7,12 +7,13 @@ float overloads into the global namespace, where Caffe's unqualified calls find 
 neither: its float32 exp and power ufuncs, on arrays and on scalars alike, are its own SIMD
 code, up to a few ulps off glibc's expf and powf (only the ``**`` of two float32 scalars calls
 powf). So these call the C library through ctypes; where none is found, NumPy's float32 scalar
-``**`` and a float64 exp rounded once stand in.
+``**`` and Python's math.exp (a double exp) rounded once stand in.
 """
 
 import ctypes
 import ctypes.util
 import functools
+import math
 
 import numpy as np
 
@@ -43,9 +44,13 @@ class _CMath:
 
     def exp(self, x):
         """e^x in this float type, C's exp (expf for float32); inf where it overflows."""
-        if self._exp is None:
-            with np.errstate(all="ignore"):
-                return self.type(np.exp(np.float64(x)))
+        if self._exp is None:        # Python's math.exp is the C library's double exp
+            try:
+                value = math.exp(float(x))
+            except OverflowError:
+                value = math.inf
+            with np.errstate(over="ignore"):
+                return self.type(value)
         return self.type(self._exp(x))
 
 

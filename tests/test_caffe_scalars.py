@@ -169,3 +169,33 @@ def test_power_constant_output_matches_caffes(caffe, dtype):
     theirs = caffe(lines)
     wrong = [(line, o, c) for line, o, c in zip(lines, ours, theirs) if o != c]
     assert not wrong, f"{len(wrong)} of {len(lines)} differ, e.g. {wrong[:3]}"
+
+
+def test_without_a_c_library_the_stand_ins_are_close_and_never_raise(monkeypatch):
+    """Where ctypes finds no C maths library, minicnn.libm falls back on NumPy's float32 scalar
+    ** and Python's math.exp (the C library's double exp, rounded once): a float64 net's pow
+    and exp are then still the C ones, a float32 net's within an ulp, overflow inf, no
+    exception and no warning."""
+    import ctypes
+    import warnings
+    from minicnn import libm
+
+    def no_library(*args, **kwargs):
+        raise OSError("no libm here")
+
+    monkeypatch.setattr(ctypes, "CDLL", no_library)
+    rng = np.random.default_rng(6)
+    xs, ys = rng.random(2000) * 40 - 20, rng.random(2000) * 4 - 2
+    for dtype in (F32, F64):
+        fallback, real = libm._CMath(dtype), libm.c_math(dtype)
+        assert fallback._exp is None and real._exp is not None
+        t = np.dtype(dtype).type
+        exp_ulps = [abs(int(bits(fallback.exp(t(x)), dtype), 16) -
+                        int(bits(real.exp(t(x)), dtype), 16)) for x in xs]
+        pow_ulps = [abs(int(bits(fallback.pow(t(abs(x)), t(y)), dtype), 16) -
+                        int(bits(real.pow(t(abs(x)), t(y)), dtype), 16)) for x, y in zip(xs, ys)]
+        assert max(exp_ulps) <= (1 if dtype is F32 else 0), dtype
+        assert max(pow_ulps) <= (1 if dtype is F32 else 0), dtype
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert fallback.exp(t(1000)) == np.inf and fallback.pow(t(10), t(400)) == np.inf
