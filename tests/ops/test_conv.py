@@ -19,6 +19,7 @@ from minicnn.ops.conv import (
 )
 from minicnn.proto import caffe_pb2, parse_text
 from minicnn.testing import numerical_grad
+from tests.kernel_choice import run_with_kernel
 
 forward = conv2d_forward.impls["ref"]
 backward = conv2d_backward.impls["ref"]
@@ -1118,9 +1119,6 @@ def test_every_gemm_micro_kernel_matches_the_reference(gemm_kernel):
     """The GEMM picks the widest micro-kernel the CPU has; the narrower ones (what other CPUs
     get) run here in a subprocess and must agree too (convolutions and InnerProduct: a few
     backward cases, and every edge case of tests/ops/test_inner_product.py)."""
-    import os
-    import subprocess
-    import sys
     code = (
         "import numpy as np, sys\n"
         "sys.path.insert(0, 'tests/ops')\n"
@@ -1153,10 +1151,7 @@ def test_every_gemm_micro_kernel_matches_the_reference(gemm_kernel):
         "    for tr in (False, True):\n"
         "        ti.test_fast_kernels_at_their_block_edges('cpu', m, k, n, tr)\n"
         "print('ok')\n")
-    env = dict(os.environ, MINICNN_GEMM_KERNEL=gemm_kernel)
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
-    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+    assert "ok" in run_with_kernel(code, gemm_kernel)
 
 
 @pytest.mark.skipif("cpu" not in conv2d_forward.impls, reason="minicnn._native was not built")
@@ -1168,8 +1163,6 @@ def test_depthwise_3x3_vector_loops_agree_to_the_bit():
     a pair of chunks or none (the portable pair was a lambda compiled for the default target,
     unfused: other bits); forward, input and filter gradients, a channel multiplier."""
     import os
-    import subprocess
-    import sys
     import tempfile
     code = (
         "import numpy as np, sys\n"
@@ -1190,17 +1183,11 @@ def test_depthwise_3x3_vector_loops_agree_to_the_bit():
         "                                          need=(True, True, False))[:2]\n"
         "    out[f'y{i}'], out[f'dx{i}'], out[f'dw{i}'] = y, dx, dw\n"
         "np.savez(sys.argv[1], **out)\n")
-    root = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
     results = []
     for kernel in (None, "avx2", "generic"):
-        env = {k: v for k, v in os.environ.items() if k != "MINICNN_GEMM_KERNEL"}
-        if kernel:
-            env["MINICNN_GEMM_KERNEL"] = kernel
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "out.npz")
-            run = subprocess.run([sys.executable, "-c", code, path], env=env, cwd=root,
-                                 capture_output=True, text=True)
-            assert run.returncode == 0, run.stderr[-2000:]
+            run_with_kernel(code, kernel, path)
             with np.load(path) as data:
                 results.append({name: data[name] for name in data.files})
     widest = results[0]

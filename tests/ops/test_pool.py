@@ -17,6 +17,7 @@ from minicnn.ops.pool import (
     max_pool2d_forward,
 )
 from minicnn.testing import numerical_grad
+from tests.kernel_choice import run_with_kernel
 
 FLT_MAX = float(np.finfo(np.float32).max)
 max_fwd, max_bwd = max_pool2d_forward.impls["ref"], max_pool2d_backward.impls["ref"]
@@ -354,9 +355,6 @@ def test_fast_max_on_every_vector_loop(gemm_kernel):
     reference here too, in a subprocess: the wide rows and special values above, values and
     argmax bit for bit. (The AVX-512 loop ignored the variable: on an AVX-512 machine the AVX2
     one never ran in the tests.)"""
-    import os
-    import subprocess
-    import sys
     code = (
         "import sys\n"
         "sys.path.insert(0, 'tests/ops')\n"
@@ -368,10 +366,7 @@ def test_fast_max_on_every_vector_loop(gemm_kernel):
         "for case in t.SPECIAL_VALUES:\n"
         "    t.test_fast_max_with_nan_infinities_and_ceil_overhang('cpu', *case)\n"
         "print('ok')\n")
-    env = dict(os.environ, MINICNN_GEMM_KERNEL=gemm_kernel)
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
-    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+    assert "ok" in run_with_kernel(code, gemm_kernel)
 
 
 @pytest.mark.parametrize("kind", FAST_KINDS)
